@@ -1,0 +1,32 @@
+//! Sans-IO core of postbox: the wire codec, the broker's control protocol, the port queue and
+//! the call table.
+//!
+//! This crate does **no I/O and reads no clock**. Bytes come in through `handle_*` methods,
+//! results come out through `poll_*` methods, and time arrives as a `now: Instant` argument, so
+//! every rule can be tested deterministically (the model is `quinn-proto`).
+//!
+//! ```text
+//!   socket bytes ──► FrameDecoder::read_buffer / commit ──► poll_frame() ──► Frame
+//!   Frame ──► FrameHeader::encode(body) ──► [header bytes] + body ──► socket (writev)
+//!   control packet ──► ControlMessage::decode ──► broker / node logic
+//!   call(now, deadline) ──► CallTable::begin ──► handle_reply / handle_timeout(now) ──► take
+//! ```
+//!
+//! The formats are specified in `docs/wire-format.md` of the repository.
+#![forbid(unsafe_code)]
+
+pub mod call_table;
+pub mod identity;
+pub mod name;
+pub mod queue;
+pub mod wire;
+
+pub use call_table::{CallId, CallTable};
+pub use identity::{PeerIdentity, ProcessId};
+pub use name::{NameError, PortName};
+pub use queue::{PortQueue, Selector};
+pub use wire::control::{
+    ControlErrorCode, ControlMessage, LinkId, ListenTarget, PortEntry, Target,
+};
+pub use wire::frame::{Frame, FrameDecoder, FrameHeader, FrameKind, ReplyErrorCode};
+pub use wire::{DecodeError, Reader};

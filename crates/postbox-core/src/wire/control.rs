@@ -1,0 +1,643 @@
+//! Control messages between a node and its broker, one per seqpacket (`docs/wire-format.md` §3).
+//!
+//! ```text
+//! 0 version u8 | 1 kind u8 | 2 reserved u16 (0) | 4 request u32 | 8 payload …
+//! ```
+//!
+//! Requests carry a request number chosen by the node; the broker's answer repeats it. Notices
+//! from the broker carry request 0. File descriptors (the two ends of a link) travel beside
+//! [`ControlMessage::Connected`] and [`ControlMessage::IncomingConnection`] as `SCM_RIGHTS`.
+
+use super::{put_text, DecodeError, Reader};
+use crate::identity::{PeerIdentity, ProcessId};
+use crate::name::PortName;
+
+/// The control protocol version this build speaks.
+pub const CONTROL_VERSION: u8 = 1;
+/// The largest control message, in bytes.
+pub const MAX_CONTROL_LEN: usize = 64 * 1024;
+/// Size of the control header in bytes.
+pub const CONTROL_HEADER_LEN: usize = 8;
+
+/// Identifies one link (connection) on a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u64);
+
+/// What a node asks to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A named port (indirect addressing).
+    Port(PortName),
+    /// The inbox of a node (direct addressing).
+    Inbox(ProcessId),
+}
+
+/// Which of the server's receive endpoints a new link feeds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenTarget {
+    /// One of the server's named ports.
+    Port(PortName),
+    /// The server's own inbox.
+    Inbox,
+}
+
+/// Why the broker refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ControlErrorCode {
+    /// Another live node holds that name.
+    NameTaken,
+    /// No port (or node) by that name or id.
+    NoSuchPort,
+    /// The name breaks the naming rules.
+    InvalidName,
+    /// A request before `Hello`, or a second `Hello`.
+    OutOfOrder,
+    /// The request could not be decoded.
+    Malformed,
+    /// The node does not own the port it tried to close.
+    NotOwner,
+    /// A per-node limit (ports, connections) was reached.
+    LimitExceeded,
+    /// A code this build does not know.
+    Unknown(u8),
+}
+
+impl ControlErrorCode {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::NameTaken => 1,
+            Self::NoSuchPort => 2,
+            Self::InvalidName => 3,
+            Self::OutOfOrder => 4,
+            Self::Malformed => 5,
+            Self::NotOwner => 6,
+            Self::LimitExceeded => 7,
+            Self::Unknown(code) => code,
+        }
+    }
+
+    fn from_u8(code: u8) -> Self {
+        match code {
+            1 => Self::NameTaken,
+            2 => Self::NoSuchPort,
+            3 => Self::InvalidName,
+            4 => Self::OutOfOrder,
+            5 => Self::Malformed,
+            6 => Self::NotOwner,
+            7 => Self::LimitExceeded,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// One row of a [`ControlMessage::Listing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortEntry {
+    /// The port's name.
+    pub name: PortName,
+    /// The node that owns it.
+    pub owner: PeerIdentity,
+    /// Links currently open to it.
+    pub connections: u32,
+}
+
+/// A control message with its request number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlMessage {
+    /// Node → broker, first message: admit me.
+    Hello {
+        /// Request number.
+        request: u32,
+    },
+    /// Broker → node: admitted.
+    Welcome {
+        /// Request number of the `Hello`.
+        request: u32,
+        /// The node's identity as the broker saw it.
+        identity: PeerIdentity,
+        /// The largest message body links on this host accept.
+        max_message_size: u32,
+    },
+    /// Node → broker: register a port name.
+    OpenPort {
+        /// Request number.
+        request: u32,
+        /// The name.
+        name: PortName,
+    },
+    /// Node → broker: release a port name.
+    ClosePort {
+        /// Request number.
+        request: u32,
+        /// The name.
+        name: PortName,
+    },
+    /// Node → broker: make a link to a port or an inbox.
+    Connect {
+        /// Request number.
+        request: u32,
+        /// Where to.
+        target: Target,
+    },
+    /// Node → broker: a link this node held is closed (for the broker's bookkeeping).
+    LinkClosed {
+        /// Request number (0: no answer wanted).
+        request: u32,
+        /// Which link.
+        link: LinkId,
+    },
+    /// Node → broker: list the ports.
+    List {
+        /// Request number.
+        request: u32,
+    },
+    /// Broker → node: the request succeeded.
+    Ok {
+        /// Request number answered.
+        request: u32,
+    },
+    /// Broker → node: the link is made; its client end travels beside this message.
+    Connected {
+        /// Request number answered.
+        request: u32,
+        /// The new link.
+        link: LinkId,
+        /// Who serves the other end.
+        server: PeerIdentity,
+    },
+    /// Broker → node: the ports, in name order.
+    Listing {
+        /// Request number answered.
+        request: u32,
+        /// Nodes admitted.
+        nodes: u32,
+        /// The ports (cut short when the message would exceed the size limit).
+        ports: Vec<PortEntry>,
+        /// True when `ports` was cut short.
+        truncated: bool,
+    },
+    /// Broker → node: the request failed.
+    Refused {
+        /// Request number answered.
+        request: u32,
+        /// Why.
+        code: ControlErrorCode,
+        /// A human-readable detail.
+        detail: String,
+    },
+    /// Broker → node (notice): a client connected to one of your ports; the server end of the
+    /// link travels beside this message.
+    IncomingConnection {
+        /// The new link.
+        link: LinkId,
+        /// Which endpoint it feeds.
+        target: ListenTarget,
+        /// Who the client is (kernel credentials, broker-assigned id).
+        client: PeerIdentity,
+    },
+}
+
+const HELLO: u8 = 0x01;
+const OPEN_PORT: u8 = 0x02;
+const CLOSE_PORT: u8 = 0x03;
+const CONNECT: u8 = 0x04;
+const LINK_CLOSED: u8 = 0x05;
+const LIST: u8 = 0x06;
+const WELCOME: u8 = 0x81;
+const OK: u8 = 0x82;
+const CONNECTED: u8 = 0x83;
+const LISTING: u8 = 0x84;
+const REFUSED: u8 = 0x85;
+const INCOMING_CONNECTION: u8 = 0xc1;
+
+/// Bytes one listing row may take at most (name + identity + count), for the size cap.
+const MAX_ENTRY_LEN: usize = 2 + PortName::MAX_LEN + 16 + 4;
+
+impl ControlMessage {
+    /// The request number this message carries (0 for notices).
+    #[must_use]
+    pub fn request(&self) -> u32 {
+        match self {
+            Self::Hello { request }
+            | Self::Welcome { request, .. }
+            | Self::OpenPort { request, .. }
+            | Self::ClosePort { request, .. }
+            | Self::Connect { request, .. }
+            | Self::LinkClosed { request, .. }
+            | Self::List { request }
+            | Self::Ok { request }
+            | Self::Connected { request, .. }
+            | Self::Listing { request, .. }
+            | Self::Refused { request, .. } => *request,
+            Self::IncomingConnection { .. } => 0,
+        }
+    }
+
+    /// True for the two messages that carry a file descriptor beside them.
+    #[must_use]
+    pub fn carries_fd(&self) -> bool {
+        matches!(
+            self,
+            Self::Connected { .. } | Self::IncomingConnection { .. }
+        )
+    }
+
+    /// Appends the encoded message to `buf`. The result never exceeds [`MAX_CONTROL_LEN`]
+    /// (a listing is cut short and marked truncated instead).
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        let (kind, request) = (self.kind(), self.request());
+        buf.extend_from_slice(&[CONTROL_VERSION, kind, 0, 0]);
+        buf.extend_from_slice(&request.to_le_bytes());
+        match self {
+            Self::Hello { .. } | Self::List { .. } | Self::Ok { .. } => {}
+            Self::Welcome {
+                identity,
+                max_message_size,
+                ..
+            } => {
+                put_identity(buf, identity);
+                buf.extend_from_slice(&max_message_size.to_le_bytes());
+            }
+            Self::OpenPort { name, .. } | Self::ClosePort { name, .. } => {
+                put_text(buf, name.as_str());
+            }
+            Self::Connect { target, .. } => match target {
+                Target::Port(name) => {
+                    buf.push(0);
+                    put_text(buf, name.as_str());
+                }
+                Target::Inbox(id) => {
+                    buf.push(1);
+                    put_process_id(buf, *id);
+                }
+            },
+            Self::LinkClosed { link, .. } => buf.extend_from_slice(&link.0.to_le_bytes()),
+            Self::Connected { link, server, .. } => {
+                buf.extend_from_slice(&link.0.to_le_bytes());
+                put_identity(buf, server);
+            }
+            Self::Listing {
+                nodes,
+                ports,
+                truncated,
+                ..
+            } => {
+                buf.extend_from_slice(&nodes.to_le_bytes());
+                let room = (MAX_CONTROL_LEN - CONTROL_HEADER_LEN - 4 - 1 - 2) / MAX_ENTRY_LEN;
+                let shown = ports.len().min(room).min(usize::from(u16::MAX));
+                buf.push(u8::from(*truncated || shown < ports.len()));
+                // The cast cannot truncate: `shown <= u16::MAX` by the line above.
+                buf.extend_from_slice(&(shown as u16).to_le_bytes());
+                for entry in &ports[..shown] {
+                    put_text(buf, entry.name.as_str());
+                    put_identity(buf, &entry.owner);
+                    buf.extend_from_slice(&entry.connections.to_le_bytes());
+                }
+            }
+            Self::Refused { code, detail, .. } => {
+                buf.push(code.to_u8());
+                let mut end = detail.len().min(1024);
+                while !detail.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_text(buf, &detail[..end]);
+            }
+            Self::IncomingConnection {
+                link,
+                target,
+                client,
+            } => {
+                buf.extend_from_slice(&link.0.to_le_bytes());
+                match target {
+                    ListenTarget::Port(name) => {
+                        buf.push(0);
+                        put_text(buf, name.as_str());
+                    }
+                    ListenTarget::Inbox => buf.push(1),
+                }
+                put_identity(buf, client);
+            }
+        }
+    }
+
+    /// Decodes one whole control message, rejecting trailing bytes.
+    ///
+    /// # Errors
+    /// Any [`DecodeError`]; never panics on any input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_CONTROL_LEN {
+            return Err(DecodeError::TooLong {
+                declared: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                limit: MAX_CONTROL_LEN as u32,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != CONTROL_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let kind = r.u8()?;
+        if r.u16()? != 0 {
+            return Err(DecodeError::ReservedNotZero);
+        }
+        let request = r.u32()?;
+        let message = match kind {
+            HELLO => Self::Hello { request },
+            LIST => Self::List { request },
+            OK => Self::Ok { request },
+            WELCOME => Self::Welcome {
+                request,
+                identity: read_identity(&mut r)?,
+                max_message_size: r.u32()?,
+            },
+            OPEN_PORT => Self::OpenPort {
+                request,
+                name: read_name(&mut r)?,
+            },
+            CLOSE_PORT => Self::ClosePort {
+                request,
+                name: read_name(&mut r)?,
+            },
+            CONNECT => {
+                let target = match r.u8()? {
+                    0 => Target::Port(read_name(&mut r)?),
+                    1 => Target::Inbox(read_process_id(&mut r)?),
+                    value => {
+                        return Err(DecodeError::UnknownValue {
+                            field: "target",
+                            value,
+                        })
+                    }
+                };
+                Self::Connect { request, target }
+            }
+            LINK_CLOSED => Self::LinkClosed {
+                request,
+                link: LinkId(r.u64()?),
+            },
+            CONNECTED => Self::Connected {
+                request,
+                link: LinkId(r.u64()?),
+                server: read_identity(&mut r)?,
+            },
+            LISTING => {
+                let nodes = r.u32()?;
+                let truncated = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    value => {
+                        return Err(DecodeError::UnknownValue {
+                            field: "truncated",
+                            value,
+                        })
+                    }
+                };
+                let count = r.u16()?;
+                let mut ports = Vec::with_capacity(usize::from(count).min(r.remaining() / 22));
+                for _ in 0..count {
+                    ports.push(PortEntry {
+                        name: read_name(&mut r)?,
+                        owner: read_identity(&mut r)?,
+                        connections: r.u32()?,
+                    });
+                }
+                Self::Listing {
+                    request,
+                    nodes,
+                    ports,
+                    truncated,
+                }
+            }
+            REFUSED => Self::Refused {
+                request,
+                code: ControlErrorCode::from_u8(r.u8()?),
+                detail: r.text()?.to_owned(),
+            },
+            INCOMING_CONNECTION => {
+                let link = LinkId(r.u64()?);
+                let target = match r.u8()? {
+                    0 => ListenTarget::Port(read_name(&mut r)?),
+                    1 => ListenTarget::Inbox,
+                    value => {
+                        return Err(DecodeError::UnknownValue {
+                            field: "target",
+                            value,
+                        })
+                    }
+                };
+                if request != 0 {
+                    return Err(DecodeError::ReservedNotZero);
+                }
+                Self::IncomingConnection {
+                    link,
+                    target,
+                    client: read_identity(&mut r)?,
+                }
+            }
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(message)
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Self::Hello { .. } => HELLO,
+            Self::OpenPort { .. } => OPEN_PORT,
+            Self::ClosePort { .. } => CLOSE_PORT,
+            Self::Connect { .. } => CONNECT,
+            Self::LinkClosed { .. } => LINK_CLOSED,
+            Self::List { .. } => LIST,
+            Self::Welcome { .. } => WELCOME,
+            Self::Ok { .. } => OK,
+            Self::Connected { .. } => CONNECTED,
+            Self::Listing { .. } => LISTING,
+            Self::Refused { .. } => REFUSED,
+            Self::IncomingConnection { .. } => INCOMING_CONNECTION,
+        }
+    }
+}
+
+fn put_process_id(buf: &mut Vec<u8>, id: ProcessId) {
+    buf.extend_from_slice(&id.pid.to_le_bytes());
+    buf.extend_from_slice(&id.generation.to_le_bytes());
+}
+
+fn put_identity(buf: &mut Vec<u8>, identity: &PeerIdentity) {
+    put_process_id(buf, identity.process_id);
+    buf.extend_from_slice(&identity.uid.to_le_bytes());
+    buf.extend_from_slice(&identity.gid.to_le_bytes());
+}
+
+fn read_process_id(r: &mut Reader<'_>) -> Result<ProcessId, DecodeError> {
+    Ok(ProcessId {
+        pid: r.u32()?,
+        generation: r.u32()?,
+    })
+}
+
+fn read_identity(r: &mut Reader<'_>) -> Result<PeerIdentity, DecodeError> {
+    Ok(PeerIdentity {
+        process_id: read_process_id(r)?,
+        uid: r.u32()?,
+        gid: r.u32()?,
+    })
+}
+
+fn read_name(r: &mut Reader<'_>) -> Result<PortName, DecodeError> {
+    PortName::new(r.text()?).map_err(|_| DecodeError::InvalidName)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> PeerIdentity {
+        PeerIdentity {
+            process_id: ProcessId::new(10, 2),
+            uid: 1000,
+            gid: 100,
+        }
+    }
+
+    fn samples() -> Vec<ControlMessage> {
+        let name = PortName::new("calc").unwrap();
+        vec![
+            ControlMessage::Hello { request: 1 },
+            ControlMessage::Welcome {
+                request: 1,
+                identity: identity(),
+                max_message_size: 1 << 24,
+            },
+            ControlMessage::OpenPort {
+                request: 2,
+                name: name.clone(),
+            },
+            ControlMessage::ClosePort {
+                request: 3,
+                name: name.clone(),
+            },
+            ControlMessage::Connect {
+                request: 4,
+                target: Target::Port(name.clone()),
+            },
+            ControlMessage::Connect {
+                request: 5,
+                target: Target::Inbox(ProcessId::new(7, 1)),
+            },
+            ControlMessage::LinkClosed {
+                request: 0,
+                link: LinkId(9),
+            },
+            ControlMessage::List { request: 6 },
+            ControlMessage::Ok { request: 2 },
+            ControlMessage::Connected {
+                request: 4,
+                link: LinkId(9),
+                server: identity(),
+            },
+            ControlMessage::Listing {
+                request: 6,
+                nodes: 3,
+                ports: vec![PortEntry {
+                    name: name.clone(),
+                    owner: identity(),
+                    connections: 2,
+                }],
+                truncated: false,
+            },
+            ControlMessage::Refused {
+                request: 4,
+                code: ControlErrorCode::NoSuchPort,
+                detail: "no port named calc".into(),
+            },
+            ControlMessage::IncomingConnection {
+                link: LinkId(9),
+                target: ListenTarget::Port(name),
+                client: identity(),
+            },
+            ControlMessage::IncomingConnection {
+                link: LinkId(10),
+                target: ListenTarget::Inbox,
+                client: identity(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_control_message_round_trips() {
+        for message in samples() {
+            let mut buf = Vec::new();
+            message.encode(&mut buf);
+            assert_eq!(ControlMessage::decode(&buf), Ok(message));
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_control_message_is_rejected_without_panicking() {
+        for message in samples() {
+            let mut buf = Vec::new();
+            message.encode(&mut buf);
+            for cut in 0..buf.len() {
+                assert!(
+                    ControlMessage::decode(&buf[..cut]).is_err(),
+                    "{message:?} cut at {cut}"
+                );
+            }
+            buf.push(0);
+            assert_eq!(
+                ControlMessage::decode(&buf),
+                Err(DecodeError::TrailingBytes(1))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_names_and_kinds_are_named_in_the_error() {
+        let mut buf = Vec::new();
+        ControlMessage::OpenPort {
+            request: 1,
+            name: PortName::new("ab").unwrap(),
+        }
+        .encode(&mut buf);
+        let last = buf.len() - 1;
+        buf[last] = b' ';
+        assert_eq!(ControlMessage::decode(&buf), Err(DecodeError::InvalidName));
+        buf[1] = 0x7f;
+        assert_eq!(
+            ControlMessage::decode(&buf),
+            Err(DecodeError::UnknownKind(0x7f))
+        );
+    }
+
+    #[test]
+    fn a_huge_listing_is_cut_to_fit_and_marked_truncated() {
+        let ports: Vec<PortEntry> = (0..1000)
+            .map(|i| PortEntry {
+                name: PortName::new(&format!("{i:0>250}")).unwrap(),
+                owner: identity(),
+                connections: 0,
+            })
+            .collect();
+        let mut buf = Vec::new();
+        ControlMessage::Listing {
+            request: 1,
+            nodes: 1,
+            ports,
+            truncated: false,
+        }
+        .encode(&mut buf);
+        assert!(buf.len() <= MAX_CONTROL_LEN);
+        match ControlMessage::decode(&buf).unwrap() {
+            ControlMessage::Listing {
+                truncated, ports, ..
+            } => {
+                assert!(truncated);
+                assert!(!ports.is_empty());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

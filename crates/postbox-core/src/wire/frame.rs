@@ -1,0 +1,568 @@
+//! Data frames: the unit a link carries, and the decoder that cuts a byte stream into frames.
+//!
+//! A frame is a 32-byte little-endian header followed by the body (`docs/wire-format.md` §2):
+//!
+//! ```text
+//! 0 version u8 | 1 flags u8 | 2 priority u8 | 3 reserved u8 | 4 msg_type u32
+//! 8 id u64 | 16 correlation u64 | 24 body_len u32 | 28 crc32c u32 (header 0..28, then body)
+//! ```
+//!
+//! The sender is deliberately not a header field: the receiver knows who is at the other end
+//! of each link from the broker, so a peer cannot claim to be someone else.
+
+use super::{DecodeError, Reader};
+
+/// The wire version this build writes and accepts.
+pub const VERSION: u8 = 1;
+/// Size of the frame header in bytes.
+pub const HEADER_LEN: usize = 32;
+/// The highest priority a message may carry.
+pub const MAX_PRIORITY: u8 = 31;
+
+const FLAG_CALL: u8 = 0x01;
+const FLAG_REPLY: u8 = 0x02;
+const FLAG_ERROR: u8 = 0x04;
+/// Staging buffer for small frames; bodies larger than what it holds are read in place.
+const STAGING_LEN: usize = 64 * 1024;
+
+/// What a frame is for, carried in its flags byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// A one-way message: no reply expected.
+    Oneway,
+    /// A call: the receiver owes one reply with the same correlation.
+    Call,
+    /// The successful reply to a call.
+    Reply,
+    /// A failed reply to a call; `msg_type` holds the [`ReplyErrorCode`] and the body may
+    /// explain.
+    ErrorReply,
+}
+
+impl FrameKind {
+    fn flags(self) -> u8 {
+        match self {
+            Self::Oneway => 0,
+            Self::Call => FLAG_CALL,
+            Self::Reply => FLAG_REPLY,
+            Self::ErrorReply => FLAG_REPLY | FLAG_ERROR,
+        }
+    }
+
+    fn from_flags(flags: u8) -> Result<Self, DecodeError> {
+        match flags {
+            0 => Ok(Self::Oneway),
+            FLAG_CALL => Ok(Self::Call),
+            FLAG_REPLY => Ok(Self::Reply),
+            x if x == FLAG_REPLY | FLAG_ERROR => Ok(Self::ErrorReply),
+            other => Err(DecodeError::InvalidFlags(other)),
+        }
+    }
+}
+
+/// Why a call was answered with an [`FrameKind::ErrorReply`] (its `msg_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplyErrorCode {
+    /// The receiver dropped its reply token without answering.
+    NoReply,
+    /// The receiver's handler failed; the body says how.
+    Failed,
+    /// A code this build does not know.
+    Unknown(u32),
+}
+
+impl ReplyErrorCode {
+    /// The code as carried in `msg_type`.
+    #[must_use]
+    pub fn to_u32(self) -> u32 {
+        match self {
+            Self::NoReply => 1,
+            Self::Failed => 2,
+            Self::Unknown(code) => code,
+        }
+    }
+
+    /// Reads a code from `msg_type`.
+    #[must_use]
+    pub fn from_u32(code: u32) -> Self {
+        match code {
+            1 => Self::NoReply,
+            2 => Self::Failed,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// The fixed-size header in front of every frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameHeader {
+    /// What the frame is for.
+    pub kind: FrameKind,
+    /// 0 (lowest) to 31 (highest).
+    pub priority: u8,
+    /// Application type tag, for selective receive.
+    pub msg_type: u32,
+    /// Unique per sending process.
+    pub id: u64,
+    /// For calls and replies: the call this frame belongs to. Zero otherwise.
+    pub correlation: u64,
+    /// Body length in bytes.
+    pub body_len: u32,
+}
+
+impl FrameHeader {
+    /// Encodes this header for `body`, computing the checksum over both.
+    ///
+    /// `self.body_len` is taken from `body`, not from the field.
+    ///
+    /// # Panics
+    /// If `body` is longer than `u32::MAX` bytes; callers check the configured maximum (far
+    /// smaller) first.
+    #[must_use]
+    pub fn encode(&self, body: &[u8]) -> [u8; HEADER_LEN] {
+        let body_len = u32::try_from(body.len()).expect("body length checked against the limit");
+        let mut out = [0u8; HEADER_LEN];
+        out[0] = VERSION;
+        out[1] = self.kind.flags();
+        out[2] = self.priority.min(MAX_PRIORITY);
+        out[3] = 0;
+        out[4..8].copy_from_slice(&self.msg_type.to_le_bytes());
+        out[8..16].copy_from_slice(&self.id.to_le_bytes());
+        out[16..24].copy_from_slice(&self.correlation.to_le_bytes());
+        out[24..28].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..28]), body);
+        out[28..32].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes a header and checks every field but the checksum (which needs the body).
+    /// Returns the header and the declared checksum.
+    ///
+    /// # Errors
+    /// Any [`DecodeError`] but `TrailingBytes`; `TooLong` when the body exceeds `max_body`.
+    pub fn decode(bytes: &[u8; HEADER_LEN], max_body: u32) -> Result<(Self, u32), DecodeError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let kind = FrameKind::from_flags(r.u8()?)?;
+        let priority = r.u8()?;
+        if priority > MAX_PRIORITY {
+            return Err(DecodeError::InvalidPriority(priority));
+        }
+        if r.u8()? != 0 {
+            return Err(DecodeError::ReservedNotZero);
+        }
+        let header = Self {
+            kind,
+            priority,
+            msg_type: r.u32()?,
+            id: r.u64()?,
+            correlation: r.u64()?,
+            body_len: r.u32()?,
+        };
+        if header.body_len > max_body {
+            return Err(DecodeError::TooLong {
+                declared: header.body_len,
+                limit: max_body,
+            });
+        }
+        Ok((header, r.u32()?))
+    }
+}
+
+/// A whole frame: header and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The header, with `body_len == body.len()`.
+    pub header: FrameHeader,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    /// Encodes the frame into one contiguous buffer (header, then body).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.body.len());
+        out.extend_from_slice(&self.header.encode(&self.body));
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Decodes exactly one frame from `bytes`, rejecting trailing bytes.
+    ///
+    /// # Errors
+    /// Any [`DecodeError`].
+    pub fn decode(bytes: &[u8], max_body: u32) -> Result<Self, DecodeError> {
+        let mut decoder = FrameDecoder::new(max_body);
+        decoder.handle_bytes(bytes);
+        let frame = decoder.poll_frame()?.ok_or(DecodeError::Truncated)?;
+        match decoder.buffered() {
+            0 => Ok(frame),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+}
+
+/// Cuts a byte stream into frames (sans-IO).
+///
+/// Feed it with [`read_buffer`](Self::read_buffer) + [`commit`](Self::commit) (zero-copy:
+/// large bodies are read straight into their final allocation) or with
+/// [`handle_bytes`](Self::handle_bytes), then call [`poll_frame`](Self::poll_frame) until it
+/// returns `Ok(None)`. After an error the stream cannot be trusted: every later call returns
+/// [`DecodeError::Poisoned`].
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_body: u32,
+    staging: Box<[u8]>,
+    start: usize,
+    end: usize,
+    partial: Option<PartialBody>,
+    poisoned: bool,
+    input: Vec<u8>,
+    input_pos: usize,
+}
+
+#[derive(Debug)]
+struct PartialBody {
+    header: FrameHeader,
+    declared_crc: u32,
+    header_bytes: [u8; HEADER_LEN],
+    body: Vec<u8>,
+    filled: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder that rejects bodies larger than `max_body` bytes.
+    #[must_use]
+    pub fn new(max_body: u32) -> Self {
+        Self {
+            max_body,
+            staging: vec![0u8; STAGING_LEN].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            partial: None,
+            poisoned: false,
+            input: Vec::new(),
+            input_pos: 0,
+        }
+    }
+
+    /// Where the next read from the stream should land. Never empty once
+    /// [`poll_frame`](Self::poll_frame) has returned `Ok(None)`.
+    ///
+    /// Call [`commit`](Self::commit) with the number of bytes the read produced.
+    pub fn read_buffer(&mut self) -> &mut [u8] {
+        if let Some(partial) = &mut self.partial {
+            // The staging area is drained into a partial body before it is created, so reading
+            // into the body keeps the stream's order.
+            return &mut partial.body[partial.filled..];
+        }
+        if self.end == self.staging.len() {
+            self.staging.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.staging[self.end..]
+    }
+
+    /// Records that `n` bytes were written into the last [`read_buffer`](Self::read_buffer).
+    ///
+    /// # Panics
+    /// If `n` is larger than that buffer was (a caller bug, not a peer's).
+    pub fn commit(&mut self, n: usize) {
+        if let Some(partial) = &mut self.partial {
+            assert!(
+                partial.filled + n <= partial.body.len(),
+                "commit past the read buffer"
+            );
+            partial.filled += n;
+        } else {
+            assert!(
+                self.end + n <= self.staging.len(),
+                "commit past the read buffer"
+            );
+            self.end += n;
+        }
+    }
+
+    /// Copies `bytes` into the decoder (for callers that already hold the bytes); they are
+    /// cut into frames by the following [`poll_frame`](Self::poll_frame) calls.
+    pub fn handle_bytes(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` when more bytes are needed.
+    ///
+    /// Call after every [`commit`](Self::commit) or [`handle_bytes`](Self::handle_bytes),
+    /// repeatedly, until it returns `Ok(None)`.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] when the stream holds an invalid frame; the decoder is then poisoned.
+    pub fn poll_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if self.poisoned {
+            return Err(DecodeError::Poisoned);
+        }
+        loop {
+            let absorbed = self.absorb_input();
+            match self.next_frame() {
+                Ok(None) if absorbed > 0 => continue,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Bytes received but not yet returned as frames.
+    #[must_use]
+    pub fn buffered(&self) -> usize {
+        let staged = self.end - self.start + self.input.len() - self.input_pos;
+        staged + self.partial.as_ref().map_or(0, |p| HEADER_LEN + p.filled)
+    }
+
+    /// True when the decoder holds part of a frame (a stream that ends now ended mid-frame).
+    #[must_use]
+    pub fn is_mid_frame(&self) -> bool {
+        self.buffered() > 0
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if let Some(partial) = &self.partial {
+            if partial.filled < partial.body.len() {
+                return Ok(None);
+            }
+            // Invariant: `partial` is Some (checked just above).
+            let p = self.partial.take().expect("partial body present");
+            let frame = finish(p.header, p.declared_crc, &p.header_bytes, p.body)?;
+            return Ok(Some(frame));
+        }
+        let staged = &self.staging[self.start..self.end];
+        let Some(header_bytes) = staged.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let (header, declared_crc) = FrameHeader::decode(header_bytes, self.max_body)?;
+        let body_len = header.body_len as usize;
+        if staged.len() >= HEADER_LEN + body_len {
+            let body = staged[HEADER_LEN..HEADER_LEN + body_len].to_vec();
+            let header_bytes = *header_bytes;
+            self.start += HEADER_LEN + body_len;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            return finish(header, declared_crc, &header_bytes, body).map(Some);
+        }
+        if HEADER_LEN + body_len > self.staging.len() - self.start {
+            // The body does not fit in staging: move it to its own allocation and read the
+            // rest of it in place.
+            self.promote()?;
+        } else if self.end == self.staging.len() {
+            self.staging.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        Ok(None)
+    }
+
+    /// Moves a staged header (and the start of its body) into a [`PartialBody`].
+    fn promote(&mut self) -> Result<(), DecodeError> {
+        let staged = &self.staging[self.start..self.end];
+        let Some(header_bytes) = staged.first_chunk::<HEADER_LEN>() else {
+            return Ok(());
+        };
+        let header_bytes = *header_bytes;
+        let (header, declared_crc) = FrameHeader::decode(&header_bytes, self.max_body)?;
+        let body_len = header.body_len as usize;
+        let have = (staged.len() - HEADER_LEN).min(body_len);
+        let mut body = vec![0u8; body_len];
+        body[..have].copy_from_slice(&staged[HEADER_LEN..HEADER_LEN + have]);
+        self.start += HEADER_LEN + have;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        self.partial = Some(PartialBody {
+            header,
+            declared_crc,
+            header_bytes,
+            body,
+            filled: have,
+        });
+        Ok(())
+    }
+
+    /// Moves bytes given to `handle_bytes` into the read buffer; returns how many.
+    fn absorb_input(&mut self) -> usize {
+        if self.input_pos == self.input.len() {
+            return 0;
+        }
+        let pending = &self.input[self.input_pos..];
+        let buf = match &mut self.partial {
+            Some(p) => &mut p.body[p.filled..],
+            None => {
+                if self.end == self.staging.len() {
+                    self.staging.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+                &mut self.staging[self.end..]
+            }
+        };
+        let n = buf.len().min(pending.len());
+        buf[..n].copy_from_slice(&pending[..n]);
+        self.commit(n);
+        self.input_pos += n;
+        if self.input_pos == self.input.len() {
+            self.input.clear();
+            self.input_pos = 0;
+        }
+        n
+    }
+}
+
+fn finish(
+    header: FrameHeader,
+    declared_crc: u32,
+    header_bytes: &[u8; HEADER_LEN],
+    body: Vec<u8>,
+) -> Result<Frame, DecodeError> {
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[..28]), &body);
+    if computed != declared_crc {
+        return Err(DecodeError::ChecksumMismatch {
+            declared: declared_crc,
+            computed,
+        });
+    }
+    Ok(Frame { header, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: FrameKind, body: &[u8]) -> Frame {
+        let header = FrameHeader {
+            kind,
+            priority: 3,
+            msg_type: 7,
+            id: 99,
+            correlation: 5,
+            body_len: body.len() as u32,
+        };
+        Frame {
+            header,
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_frame_round_trips_and_trailing_bytes_are_rejected() {
+        let f = frame(FrameKind::Call, b"hello");
+        let bytes = f.to_bytes();
+        assert_eq!(Frame::decode(&bytes, 1024), Ok(f));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            Frame::decode(&longer, 1024),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert_eq!(
+            Frame::decode(&bytes[..10], 1024),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn corrupted_fields_give_precise_errors() {
+        let bytes = frame(FrameKind::Oneway, b"abc").to_bytes();
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert_eq!(
+            Frame::decode(&bad, 1024),
+            Err(DecodeError::UnsupportedVersion(9))
+        );
+        let mut bad = bytes.clone();
+        bad[1] = 0x03;
+        assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::InvalidFlags(3)));
+        let mut bad = bytes.clone();
+        bad[2] = 32;
+        assert_eq!(
+            Frame::decode(&bad, 1024),
+            Err(DecodeError::InvalidPriority(32))
+        );
+        let mut bad = bytes.clone();
+        bad[3] = 1;
+        assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::ReservedNotZero));
+        let mut bad = bytes.clone();
+        bad[33] ^= 0xff;
+        assert!(matches!(
+            Frame::decode(&bad, 1024),
+            Err(DecodeError::ChecksumMismatch { .. })
+        ));
+        assert_eq!(
+            Frame::decode(&bytes, 2),
+            Err(DecodeError::TooLong {
+                declared: 3,
+                limit: 2
+            })
+        );
+    }
+
+    #[test]
+    fn the_decoder_cuts_a_stream_fed_one_byte_at_a_time() {
+        let frames: Vec<Frame> = (0..5)
+            .map(|i| frame(FrameKind::Oneway, &vec![i as u8; i * 1000]))
+            .collect();
+        let stream: Vec<u8> = frames.iter().flat_map(Frame::to_bytes).collect();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        for byte in stream {
+            decoder.handle_bytes(&[byte]);
+            while let Some(f) = decoder.poll_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames);
+        assert!(!decoder.is_mid_frame());
+    }
+
+    #[test]
+    fn large_bodies_are_read_in_place_through_read_buffer() {
+        let big = frame(FrameKind::Reply, &vec![0xab; 1 << 20]);
+        let small = frame(FrameKind::Oneway, b"after");
+        let mut stream = big.to_bytes();
+        stream.extend_from_slice(&small.to_bytes());
+        let mut decoder = FrameDecoder::new(2 << 20);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < stream.len() {
+            let buf = decoder.read_buffer();
+            let n = buf.len().min(stream.len() - pos).min(50_000);
+            buf[..n].copy_from_slice(&stream[pos..pos + n]);
+            decoder.commit(n);
+            pos += n;
+            while let Some(f) = decoder.poll_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, vec![big, small]);
+    }
+
+    #[test]
+    fn after_an_error_the_decoder_stays_poisoned() {
+        let mut decoder = FrameDecoder::new(16);
+        decoder.handle_bytes(&[0xff; 40]);
+        assert_eq!(
+            decoder.poll_frame(),
+            Err(DecodeError::UnsupportedVersion(0xff))
+        );
+        decoder.handle_bytes(&frame(FrameKind::Oneway, b"ok").to_bytes());
+        assert_eq!(decoder.poll_frame(), Err(DecodeError::Poisoned));
+    }
+}
