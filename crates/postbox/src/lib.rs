@@ -1,1 +1,66 @@
-//! placeholder
+//! postbox: message passing between processes — ports, inboxes, `send`, `recv`, `call` and
+//! `reply` — with the broker only on the set-up path.
+//!
+//! # Hello, world
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use postbox::{Broker, Message};
+//!
+//! let broker = Broker::embedded()?;          // or `postbox daemon` + Node::attach()
+//! let server = broker.node()?;
+//! let port = server.port("greeter").open()?; // a named port (indirect addressing)
+//!
+//! let client = broker.node()?;
+//! let greeter = client.connect("greeter")?; // broker checks the name, hands out a link
+//! std::thread::scope(|s| {
+//!     s.spawn(|| {
+//!         let call = port.recv().unwrap();
+//!         let name = String::from_utf8_lossy(call.body()).into_owned();
+//!         call.reply(format!("hello, {name}").as_str()).unwrap();
+//!     });
+//!     let reply = greeter.call("world").unwrap();
+//!     assert_eq!(reply.body(), b"hello, world");
+//! });
+//! # Ok(()) }
+//! ```
+//!
+//! # Concepts
+//! - [`Node`]: a process attached to a broker. Its [`ProcessId`] is the pid plus a generation
+//!   the broker assigns, so a reused pid is never confused with a dead process.
+//! - [`Port`]: a named endpoint owned by one node; [`Inbox`]: every node's own endpoint,
+//!   addressed by process id ([`Node::send_to`], [`Inbox::recv_from`]).
+//! - [`Connection`]: the sending side of a link, made by the broker in a preparation phase
+//!   (lookup, then a socketpair with one end passed to each side); after that, data flows
+//!   straight between the two processes.
+//! - [`Envelope`]: what a receive returns — the [`Message`], the sender as the system saw it,
+//!   and for a call a send-once [`ReplyToken`]. Dropping the token answers `NoReply`.
+//!
+//! Every operation has blocking, `try_` and `_timeout`/`_deadline` forms; failed sends hand
+//! the message back in their error. A server that dies mid-call fails its callers with
+//! [`CallError::PeerDied`] at once.
+#![forbid(unsafe_code)]
+
+mod broker;
+mod condvar;
+mod connection;
+mod envelope;
+mod error;
+mod link;
+mod message;
+mod node;
+mod port;
+mod receiver;
+
+pub use broker::Broker;
+pub use connection::Connection;
+pub use envelope::{Envelope, ReplyToken};
+pub use error::{
+    BrokerRequestError, CallError, ConnectError, NodeError, OpenError, RecvError, RecvTimeoutError,
+    SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+pub use message::{BodyError, Message};
+pub use node::{Listing, Node};
+pub use port::{Inbox, Port, PortBuilder};
+pub use postbox_broker::{BrokerConfig, BrokerError};
+pub use postbox_core::{PeerIdentity, PortEntry, ProcessId};

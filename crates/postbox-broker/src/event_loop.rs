@@ -1,0 +1,419 @@
+//! The broker's single-threaded event loop over its control sockets.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use postbox_core::{ControlErrorCode, ControlMessage, PortName};
+use postbox_transport::{
+    wait_ready, ControlListener, ControlSocket, Credentials, Interest, TransportError, UnixLink,
+    Wait, Waker,
+};
+
+use crate::registry::{NodeKey, Registry};
+use crate::socket_path::bind_listener;
+use crate::{BrokerConfig, BrokerError};
+
+/// A bound broker, ready to [`run`](Self::run) in this thread or [`spawn`](Self::spawn) on its
+/// own.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    listener: ControlListener,
+    stop: Arc<Waker>,
+}
+
+/// A broker running on its own thread; dropping the handle stops it.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    socket_path: PathBuf,
+    stop: Arc<Waker>,
+    thread: Option<JoinHandle<Result<(), BrokerError>>>,
+}
+
+impl Broker {
+    /// Prepares the socket directory and binds the control socket.
+    ///
+    /// # Errors
+    /// [`BrokerError::AlreadyRunning`] when a live broker serves the path; directory and
+    /// socket failures otherwise.
+    pub fn bind(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let listener = bind_listener(&config.socket_path)?;
+        Ok(Self {
+            config,
+            listener,
+            stop: Arc::new(Waker::new()?),
+        })
+    }
+
+    /// Where nodes connect.
+    #[must_use]
+    pub fn socket_path(&self) -> &Path {
+        &self.config.socket_path
+    }
+
+    /// Serves in this thread until the process ends (or a [`BrokerHandle`] stops it).
+    ///
+    /// # Errors
+    /// Only when polling itself fails; a misbehaving node never stops the broker.
+    pub fn run(self) -> Result<(), BrokerError> {
+        let mut state = EventLoop {
+            registry: Registry::new(&self.config),
+            config: self.config,
+            nodes: Vec::new(),
+        };
+        let result = state.serve(&self.listener, &self.stop);
+        let _ = std::fs::remove_file(&state.config.socket_path);
+        result
+    }
+
+    /// Serves on a new thread; the returned handle stops the broker when dropped.
+    ///
+    /// # Errors
+    /// [`BrokerError::Transport`] when the thread cannot be started.
+    pub fn spawn(self) -> Result<BrokerHandle, BrokerError> {
+        let stop = Arc::clone(&self.stop);
+        let socket_path = self.config.socket_path.clone();
+        let thread = std::thread::Builder::new()
+            .name("postbox-broker".into())
+            .spawn(move || self.run())
+            .map_err(|e| TransportError::Os {
+                operation: "spawn broker",
+                kind: e.kind(),
+            })?;
+        Ok(BrokerHandle {
+            socket_path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl BrokerHandle {
+    /// Where nodes connect.
+    #[must_use]
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// Stops the broker and waits for its thread. Nodes see `BrokerGone`; their direct links
+    /// keep working.
+    ///
+    /// # Errors
+    /// What the broker loop returned.
+    pub fn stop(mut self) -> Result<(), BrokerError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), BrokerError> {
+        self.stop.wake();
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| BrokerError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// One admitted (or not yet admitted) node's control connection.
+#[derive(Debug)]
+struct NodeConnection {
+    socket: ControlSocket,
+    credentials: Credentials,
+    outbox: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct EventLoop {
+    config: BrokerConfig,
+    registry: Registry,
+    nodes: Vec<Option<NodeConnection>>,
+}
+
+impl EventLoop {
+    fn serve(&mut self, listener: &ControlListener, stop: &Waker) -> Result<(), BrokerError> {
+        let mut packet = vec![0u8; postbox_core::wire::control::MAX_CONTROL_LEN];
+        loop {
+            let ready = {
+                let mut set = vec![
+                    (stop.as_fd(), Interest::READ),
+                    (listener.as_fd(), Interest::READ),
+                ];
+                let mut keys = Vec::new();
+                for (index, node) in self.nodes.iter().enumerate() {
+                    if let Some(node) = node {
+                        let interest = if node.outbox.is_empty() {
+                            Interest::READ
+                        } else {
+                            Interest::BOTH
+                        };
+                        set.push((node.socket.as_fd(), interest));
+                        keys.push(NodeKey(index));
+                    }
+                }
+                let ready = wait_ready(&set, Wait::Forever)?;
+                ready
+                    .into_iter()
+                    .map(|i| (i, keys.get(i.wrapping_sub(2)).copied()))
+                    .collect::<Vec<_>>()
+            };
+            for (index, key) in ready {
+                match (index, key) {
+                    (0, _) => return Ok(()),
+                    (1, _) => self.accept_all(listener),
+                    (_, Some(key)) => {
+                        self.read_node(key, &mut packet);
+                        self.flush(key);
+                    }
+                    _ => {}
+                }
+            }
+            // Answers queued for other nodes during this round (incoming connections).
+            for index in 0..self.nodes.len() {
+                self.flush(NodeKey(index));
+            }
+        }
+    }
+
+    fn accept_all(&mut self, listener: &ControlListener) {
+        loop {
+            let socket = match listener.accept() {
+                Ok(Some(socket)) => socket,
+                Ok(None) => return,
+                // Out of descriptors and the like: try again on the next readiness.
+                Err(_) => return,
+            };
+            let active = self.nodes.iter().flatten().count();
+            let Ok(credentials) = socket.peer_credentials() else {
+                continue;
+            };
+            if active >= self.config.max_nodes {
+                let refusal = refused(0, ControlErrorCode::LimitExceeded, "broker is full");
+                let _ = socket.send(&refusal, None, Wait::NonBlocking);
+                continue;
+            }
+            let node = NodeConnection {
+                socket,
+                credentials,
+                outbox: VecDeque::new(),
+                closing: false,
+            };
+            match self.nodes.iter().position(Option::is_none) {
+                Some(free) => self.nodes[free] = Some(node),
+                None => self.nodes.push(Some(node)),
+            }
+        }
+    }
+
+    fn read_node(&mut self, key: NodeKey, packet: &mut [u8]) {
+        for _ in 0..MAX_PACKETS_PER_ROUND {
+            let Some(node) = self.nodes.get(key.0).and_then(Option::as_ref) else {
+                return;
+            };
+            if node.closing {
+                return;
+            }
+            match node.socket.recv(packet, Wait::NonBlocking) {
+                Ok((len, _stray_fd)) => {
+                    // A descriptor sent to the broker is never wanted; it is closed here.
+                    match ControlMessage::decode(&packet[..len]) {
+                        Ok(message) => self.handle(key, message),
+                        Err(error) => {
+                            let detail = format!("undecodable control message: {error}");
+                            self.reject(key, ControlErrorCode::Malformed, &detail);
+                            return;
+                        }
+                    }
+                }
+                Err(TransportError::WouldBlock) => return,
+                Err(TransportError::Oversized(limit)) => {
+                    let detail = format!("control message over {limit} bytes");
+                    self.reject(key, ControlErrorCode::Malformed, &detail);
+                    return;
+                }
+                Err(_) => {
+                    self.remove(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, key: NodeKey, message: ControlMessage) {
+        let request = message.request();
+        let admitted = self.registry.is_admitted(key);
+        match message {
+            ControlMessage::Hello { request } if !admitted => {
+                let creds = self.nodes[key.0].as_ref().map(|n| n.credentials);
+                // Invariant: `handle` is only called for a present node.
+                let creds = creds.expect("node present");
+                let identity = self.registry.admit(key, creds.pid, creds.uid, creds.gid);
+                let welcome = ControlMessage::Welcome {
+                    request,
+                    identity,
+                    max_message_size: self.config.max_message_size,
+                };
+                self.queue(key, &welcome, None);
+            }
+            ControlMessage::Hello { .. } => {
+                self.refuse(
+                    key,
+                    request,
+                    ControlErrorCode::OutOfOrder,
+                    "already admitted",
+                );
+            }
+            _ if !admitted => {
+                self.reject(
+                    key,
+                    ControlErrorCode::OutOfOrder,
+                    "the first message must be Hello",
+                );
+            }
+            ControlMessage::OpenPort { request, name } => {
+                match self.registry.open_port(key, name) {
+                    Ok(()) => self.queue(key, &ControlMessage::Ok { request }, None),
+                    Err((code, detail)) => self.refuse(key, request, code, &detail),
+                }
+            }
+            ControlMessage::ClosePort { request, name } => self.close_port(key, request, &name),
+            ControlMessage::Connect { request, target } => {
+                let new = match self.registry.connect(key, &target) {
+                    Ok(new) => new,
+                    Err((code, detail)) => return self.refuse(key, request, code, &detail),
+                };
+                let (server_end, client_end) = match UnixLink::pair() {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        self.registry.link_closed(key, new.link);
+                        let detail = format!("cannot create the link: {error}");
+                        return self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
+                    }
+                };
+                let incoming = ControlMessage::IncomingConnection {
+                    link: new.link,
+                    target: new.target,
+                    client: new.client_identity,
+                };
+                self.queue(new.server, &incoming, Some(server_end.into_fd()));
+                let connected = ControlMessage::Connected {
+                    request,
+                    link: new.link,
+                    server: new.server_identity,
+                };
+                self.queue(key, &connected, Some(client_end.into_fd()));
+            }
+            ControlMessage::LinkClosed { request, link } => {
+                self.registry.link_closed(key, link);
+                if request != 0 {
+                    self.queue(key, &ControlMessage::Ok { request }, None);
+                }
+            }
+            ControlMessage::List { request } => {
+                let (nodes, ports) = self.registry.listing();
+                let listing = ControlMessage::Listing {
+                    request,
+                    nodes,
+                    ports,
+                    truncated: false,
+                };
+                self.queue(key, &listing, None);
+            }
+            _ => self.reject(key, ControlErrorCode::Malformed, "not a request"),
+        }
+    }
+
+    fn close_port(&mut self, key: NodeKey, request: u32, name: &PortName) {
+        match self.registry.close_port(key, name) {
+            Ok(()) => self.queue(key, &ControlMessage::Ok { request }, None),
+            Err((code, detail)) => self.refuse(key, request, code, &detail),
+        }
+    }
+
+    fn refuse(&mut self, key: NodeKey, request: u32, code: ControlErrorCode, detail: &str) {
+        let message = ControlMessage::Refused {
+            request,
+            code,
+            detail: detail.to_owned(),
+        };
+        self.queue(key, &message, None);
+    }
+
+    /// Refuses and disconnects a node that broke the protocol.
+    fn reject(&mut self, key: NodeKey, code: ControlErrorCode, detail: &str) {
+        self.refuse(key, 0, code, detail);
+        self.flush(key);
+        if let Some(node) = self.nodes.get_mut(key.0).and_then(Option::as_mut) {
+            node.closing = true;
+        }
+        self.remove(key);
+    }
+
+    fn queue(&mut self, key: NodeKey, message: &ControlMessage, fd: Option<OwnedFd>) {
+        let limit = self.config.max_queued_per_node;
+        let Some(node) = self.nodes.get_mut(key.0).and_then(Option::as_mut) else {
+            return;
+        };
+        if node.outbox.len() >= limit {
+            // A node that does not read its control socket loses it; others are unaffected.
+            self.remove(key);
+            return;
+        }
+        let mut bytes = Vec::with_capacity(64);
+        message.encode(&mut bytes);
+        node.outbox.push_back((bytes, fd));
+    }
+
+    fn flush(&mut self, key: NodeKey) {
+        let Some(node) = self.nodes.get_mut(key.0).and_then(Option::as_mut) else {
+            return;
+        };
+        while let Some((bytes, fd)) = node.outbox.front() {
+            match node
+                .socket
+                .send(bytes, fd.as_ref().map(AsFd::as_fd), Wait::NonBlocking)
+            {
+                Ok(()) => {
+                    node.outbox.pop_front();
+                }
+                Err(TransportError::WouldBlock) => return,
+                Err(_) => {
+                    self.remove(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: NodeKey) {
+        if let Some(slot) = self.nodes.get_mut(key.0) {
+            // Dropping the connection closes the socket and any queued link ends, so the
+            // other sides of those links see them close.
+            *slot = None;
+        }
+        self.registry.remove(key);
+        debug_assert!(self.registry.node_count() <= self.nodes.iter().flatten().count());
+    }
+}
+
+fn refused(request: u32, code: ControlErrorCode, detail: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    ControlMessage::Refused {
+        request,
+        code,
+        detail: detail.to_owned(),
+    }
+    .encode(&mut bytes);
+    bytes
+}
+
+/// Packets read from one node before others get a turn (fairness against floods).
+const MAX_PACKETS_PER_ROUND: usize = 64;

@@ -1,0 +1,333 @@
+//! The broker's bookkeeping: admitted nodes, port names, and the links between them.
+//!
+//! Pure logic (no sockets), so every rule is unit-tested: a name held by a live node cannot be
+//! taken; a removed node's names and links are released at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use postbox_core::{
+    ControlErrorCode, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName, ProcessId, Target,
+};
+
+use crate::BrokerConfig;
+
+/// A node's slot in the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct NodeKey(pub(crate) usize);
+
+#[derive(Debug)]
+struct NodeRecord {
+    identity: PeerIdentity,
+    ports: BTreeSet<PortName>,
+    links: BTreeSet<LinkId>,
+}
+
+#[derive(Debug, Clone)]
+struct LinkRecord {
+    client: NodeKey,
+    server: NodeKey,
+    target: ListenTarget,
+}
+
+/// What a successful connect asks the event loop to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewLink {
+    pub(crate) link: LinkId,
+    pub(crate) server: NodeKey,
+    pub(crate) server_identity: PeerIdentity,
+    pub(crate) client_identity: PeerIdentity,
+    pub(crate) target: ListenTarget,
+}
+
+/// Refusal with a code and a detail for the node.
+pub(crate) type Refusal = (ControlErrorCode, String);
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    max_ports: usize,
+    max_links: usize,
+    next_generation: u32,
+    next_link: u64,
+    nodes: HashMap<NodeKey, NodeRecord>,
+    by_process: HashMap<ProcessId, NodeKey>,
+    ports: BTreeMap<PortName, NodeKey>,
+    links: HashMap<LinkId, LinkRecord>,
+}
+
+impl Registry {
+    pub(crate) fn new(config: &BrokerConfig) -> Self {
+        Self {
+            max_ports: config.max_ports_per_node,
+            max_links: config.max_links_per_node,
+            next_generation: 1,
+            next_link: 1,
+            nodes: HashMap::new(),
+            by_process: HashMap::new(),
+            ports: BTreeMap::new(),
+            links: HashMap::new(),
+        }
+    }
+
+    /// Admits a node under its kernel credentials and assigns its process id.
+    pub(crate) fn admit(&mut self, key: NodeKey, pid: u32, uid: u32, gid: u32) -> PeerIdentity {
+        let process_id = ProcessId::new(pid, self.next_generation);
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let identity = PeerIdentity {
+            process_id,
+            uid,
+            gid,
+        };
+        self.nodes.insert(
+            key,
+            NodeRecord {
+                identity,
+                ports: BTreeSet::new(),
+                links: BTreeSet::new(),
+            },
+        );
+        self.by_process.insert(process_id, key);
+        identity
+    }
+
+    pub(crate) fn is_admitted(&self, key: NodeKey) -> bool {
+        self.nodes.contains_key(&key)
+    }
+
+    pub(crate) fn open_port(&mut self, key: NodeKey, name: PortName) -> Result<(), Refusal> {
+        let node = self.nodes.get_mut(&key).ok_or_else(not_admitted)?;
+        if let Some(owner) = self.ports.get(&name) {
+            let detail = if *owner == key {
+                format!("port {name} is already open in this node")
+            } else {
+                format!("port {name} is held by another live node")
+            };
+            return Err((ControlErrorCode::NameTaken, detail));
+        }
+        if node.ports.len() >= self.max_ports {
+            let detail = format!("a node may hold at most {} ports", self.max_ports);
+            return Err((ControlErrorCode::LimitExceeded, detail));
+        }
+        node.ports.insert(name.clone());
+        self.ports.insert(name, key);
+        Ok(())
+    }
+
+    pub(crate) fn close_port(&mut self, key: NodeKey, name: &PortName) -> Result<(), Refusal> {
+        if self.ports.get(name) != Some(&key) {
+            return Err((
+                ControlErrorCode::NotOwner,
+                format!("this node does not hold {name}"),
+            ));
+        }
+        self.ports.remove(name);
+        if let Some(node) = self.nodes.get_mut(&key) {
+            node.ports.remove(name);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connect(&mut self, key: NodeKey, target: &Target) -> Result<NewLink, Refusal> {
+        let client = self.nodes.get(&key).ok_or_else(not_admitted)?;
+        let client_identity = client.identity;
+        if client.links.len() >= self.max_links {
+            let detail = format!("a node may have at most {} links", self.max_links);
+            return Err((ControlErrorCode::LimitExceeded, detail));
+        }
+        let (server, listen) = match target {
+            Target::Port(name) => {
+                let server = self.ports.get(name).copied().ok_or_else(|| {
+                    (
+                        ControlErrorCode::NoSuchPort,
+                        format!("no port named {name}"),
+                    )
+                })?;
+                (server, ListenTarget::Port(name.clone()))
+            }
+            Target::Inbox(process_id) => {
+                let server = self.by_process.get(process_id).copied().ok_or_else(|| {
+                    (
+                        ControlErrorCode::NoSuchPort,
+                        format!("no live node {process_id}"),
+                    )
+                })?;
+                (server, ListenTarget::Inbox)
+            }
+        };
+        // Invariant: `ports` and `by_process` only name admitted nodes (removal clears both).
+        let server_record = self
+            .nodes
+            .get(&server)
+            .expect("registered names belong to nodes");
+        if server != key && server_record.links.len() >= self.max_links {
+            let detail = "the serving node has reached its link limit".to_owned();
+            return Err((ControlErrorCode::LimitExceeded, detail));
+        }
+        let server_identity = server_record.identity;
+        let link = LinkId(self.next_link);
+        self.next_link += 1;
+        self.links.insert(
+            link,
+            LinkRecord {
+                client: key,
+                server,
+                target: listen.clone(),
+            },
+        );
+        for side in [key, server] {
+            if let Some(node) = self.nodes.get_mut(&side) {
+                node.links.insert(link);
+            }
+        }
+        Ok(NewLink {
+            link,
+            server,
+            server_identity,
+            client_identity,
+            target: listen,
+        })
+    }
+
+    /// Forgets a link one of its ends reports closed; ignores links the node is not part of.
+    pub(crate) fn link_closed(&mut self, key: NodeKey, link: LinkId) {
+        let Some(record) = self.links.get(&link) else {
+            return;
+        };
+        if record.client != key && record.server != key {
+            return;
+        }
+        let record = record.clone();
+        self.links.remove(&link);
+        for side in [record.client, record.server] {
+            if let Some(node) = self.nodes.get_mut(&side) {
+                node.links.remove(&link);
+            }
+        }
+    }
+
+    /// Removes a node that left: its names are free at once, its links forgotten.
+    pub(crate) fn remove(&mut self, key: NodeKey) -> Option<PeerIdentity> {
+        let node = self.nodes.remove(&key)?;
+        self.by_process.remove(&node.identity.process_id);
+        for name in &node.ports {
+            self.ports.remove(name);
+        }
+        for link in node.links {
+            self.link_closed_by_death(link);
+        }
+        Some(node.identity)
+    }
+
+    fn link_closed_by_death(&mut self, link: LinkId) {
+        if let Some(record) = self.links.remove(&link) {
+            for side in [record.client, record.server] {
+                if let Some(node) = self.nodes.get_mut(&side) {
+                    node.links.remove(&link);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn listing(&self) -> (u32, Vec<PortEntry>) {
+        let ports = self
+            .ports
+            .iter()
+            .map(|(name, key)| {
+                let owner = &self.nodes[key];
+                let connections = self
+                    .links
+                    .values()
+                    .filter(|l| l.server == *key && l.target == ListenTarget::Port(name.clone()))
+                    .count();
+                PortEntry {
+                    name: name.clone(),
+                    owner: owner.identity,
+                    connections: u32::try_from(connections).unwrap_or(u32::MAX),
+                }
+            })
+            .collect();
+        (u32::try_from(self.nodes.len()).unwrap_or(u32::MAX), ports)
+    }
+
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+fn not_admitted() -> Refusal {
+    (ControlErrorCode::OutOfOrder, "send Hello first".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let mut config = BrokerConfig::new("/unused");
+        config.max_ports_per_node = 2;
+        Registry::new(&config)
+    }
+
+    fn name(text: &str) -> PortName {
+        PortName::new(text).unwrap()
+    }
+
+    #[test]
+    fn a_live_nodes_name_cannot_be_taken_and_a_dead_nodes_name_is_free_at_once() {
+        let mut r = registry();
+        let (a, b) = (NodeKey(1), NodeKey(2));
+        r.admit(a, 100, 0, 0);
+        r.admit(b, 200, 0, 0);
+        r.open_port(a, name("calc")).unwrap();
+        assert_eq!(
+            r.open_port(b, name("calc")).unwrap_err().0,
+            ControlErrorCode::NameTaken
+        );
+        assert_eq!(
+            r.close_port(b, &name("calc")).unwrap_err().0,
+            ControlErrorCode::NotOwner
+        );
+        r.remove(a);
+        r.open_port(b, name("calc")).unwrap();
+    }
+
+    #[test]
+    fn connect_finds_ports_and_inboxes_and_counts_links() {
+        let mut r = registry();
+        let (a, b) = (NodeKey(1), NodeKey(2));
+        let server = r.admit(a, 100, 0, 0);
+        r.admit(b, 200, 0, 0);
+        r.open_port(a, name("calc")).unwrap();
+        let link = r.connect(b, &Target::Port(name("calc"))).unwrap();
+        assert_eq!(link.server, a);
+        assert_eq!(link.server_identity, server);
+        let inbox = r.connect(b, &Target::Inbox(server.process_id)).unwrap();
+        assert_eq!(inbox.target, ListenTarget::Inbox);
+        assert_eq!(r.listing().1[0].connections, 1);
+        r.link_closed(b, link.link);
+        assert_eq!(r.listing().1[0].connections, 0);
+        let missing = r.connect(b, &Target::Port(name("nope"))).unwrap_err();
+        assert_eq!(missing.0, ControlErrorCode::NoSuchPort);
+        r.remove(a);
+        let gone = r.connect(b, &Target::Inbox(server.process_id)).unwrap_err();
+        assert_eq!(gone.0, ControlErrorCode::NoSuchPort);
+    }
+
+    #[test]
+    fn a_reused_pid_gets_a_new_process_id() {
+        let mut r = registry();
+        let first = r.admit(NodeKey(1), 100, 0, 0);
+        r.remove(NodeKey(1));
+        let second = r.admit(NodeKey(1), 100, 0, 0);
+        assert_ne!(first.process_id, second.process_id);
+    }
+
+    #[test]
+    fn the_port_limit_is_enforced() {
+        let mut r = registry();
+        r.admit(NodeKey(1), 1, 0, 0);
+        r.open_port(NodeKey(1), name("a")).unwrap();
+        r.open_port(NodeKey(1), name("b")).unwrap();
+        let err = r.open_port(NodeKey(1), name("c")).unwrap_err();
+        assert_eq!(err.0, ControlErrorCode::LimitExceeded);
+    }
+}

@@ -1,0 +1,237 @@
+//! One small error type per operation; every failed send hands the message back.
+
+use std::io;
+use std::path::PathBuf;
+
+use postbox_core::NameError;
+
+use crate::Message;
+
+/// Failure of a blocking send ([`Connection::send`](crate::Connection::send),
+/// [`Node::send_to`](crate::Node::send_to), [`ReplyToken::reply`](crate::ReplyToken::reply)).
+/// Holds the message, which was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The receiving side is gone (it exited, was killed, or closed the port).
+    #[error("the receiver is gone")]
+    Disconnected(Message),
+    /// The body exceeds the host's maximum message size.
+    #[error("message of {} bytes exceeds the limit of {limit}", .message.body.len())]
+    TooLarge {
+        /// The message.
+        message: Message,
+        /// The limit in bytes.
+        limit: u32,
+    },
+    /// No live node or port has that address (direct addressing).
+    #[error("no such port or node")]
+    NoSuchPort(Message),
+    /// The broker is gone, so no new link could be made.
+    #[error("the broker is gone")]
+    BrokerGone(Message),
+}
+
+/// Failure of a non-blocking send. Holds the message, which was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// The link is full: the receiver is not keeping up.
+    #[error("the link is full")]
+    Full(Message),
+    /// The receiving side is gone.
+    #[error("the receiver is gone")]
+    Disconnected(Message),
+    /// The body exceeds the host's maximum message size.
+    #[error("message of {} bytes exceeds the limit of {limit}", .message.body.len())]
+    TooLarge {
+        /// The message.
+        message: Message,
+        /// The limit in bytes.
+        limit: u32,
+    },
+}
+
+/// Failure of a send with a timeout or deadline. Holds the message, which was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendTimeoutError {
+    /// The link stayed full until the deadline.
+    #[error("the link stayed full until the deadline")]
+    Timeout(Message),
+    /// The receiving side is gone.
+    #[error("the receiver is gone")]
+    Disconnected(Message),
+    /// The body exceeds the host's maximum message size.
+    #[error("message of {} bytes exceeds the limit of {limit}", .message.body.len())]
+    TooLarge {
+        /// The message.
+        message: Message,
+        /// The limit in bytes.
+        limit: u32,
+    },
+}
+
+/// Failure of a blocking receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The port was closed.
+    #[error("the port is closed")]
+    Closed,
+}
+
+/// Failure of a non-blocking receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// No message is waiting.
+    #[error("no message is waiting")]
+    Empty,
+    /// The port was closed.
+    #[error("the port is closed")]
+    Closed,
+}
+
+/// Failure of a receive with a timeout or deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// No message arrived before the deadline.
+    #[error("no message arrived before the deadline")]
+    Timeout,
+    /// The port was closed.
+    #[error("the port is closed")]
+    Closed,
+}
+
+/// Failure of a call ([`Connection::call`](crate::Connection::call) and its forms).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The link was already closed; the request was not sent and is handed back.
+    #[error("the server is gone; the request was not sent")]
+    Disconnected(Message),
+    /// The request exceeds the host's maximum message size; not sent.
+    #[error("request of {} bytes exceeds the limit of {limit}", .message.body.len())]
+    TooLarge {
+        /// The request.
+        message: Message,
+        /// The limit in bytes.
+        limit: u32,
+    },
+    /// The deadline passed. Holds the request when it could not even be sent.
+    #[error("the call timed out")]
+    Timeout(Option<Message>),
+    /// The request was sent, then the server died or closed the link before replying.
+    #[error("the server died before replying")]
+    PeerDied,
+    /// The server dropped the call's reply token without answering.
+    #[error("the server dropped the call without replying")]
+    NoReply,
+    /// The server answered with an error; the message says what.
+    #[error("the server answered with an error")]
+    Remote(Message),
+    /// The server sent bytes that are not valid frames; the link was dropped.
+    #[error("protocol violation by the server: {0}")]
+    ProtocolViolation(String),
+}
+
+/// Failure of [`Node::connect`](crate::Node::connect) and
+/// [`Node::connect_inbox`](crate::Node::connect_inbox).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No port by that name, or no live node with that id.
+    #[error("no such port: {0}")]
+    NoSuchPort(String),
+    /// The name breaks the naming rules.
+    #[error("invalid port name: {0}")]
+    InvalidName(#[from] NameError),
+    /// The broker is gone; existing links keep working but no new ones can be made.
+    #[error("the broker is gone")]
+    BrokerGone,
+    /// The broker refused for another reason (limits, for example).
+    #[error("the broker refused: {0}")]
+    Refused(String),
+}
+
+/// Failure of [`PortBuilder::open`](crate::PortBuilder::open).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another live node holds the name.
+    #[error("port name {0} is taken")]
+    NameTaken(String),
+    /// The name breaks the naming rules.
+    #[error("invalid port name: {0}")]
+    InvalidName(#[from] NameError),
+    /// The broker is gone.
+    #[error("the broker is gone")]
+    BrokerGone,
+    /// The broker refused for another reason (limits, for example).
+    #[error("the broker refused: {0}")]
+    Refused(String),
+}
+
+/// Failure of a request that only reads the broker's state ([`Node::list`](crate::Node::list)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerRequestError {
+    /// The broker is gone.
+    #[error("the broker is gone")]
+    BrokerGone,
+    /// The broker refused.
+    #[error("the broker refused: {0}")]
+    Refused(String),
+}
+
+/// Failure of attaching a node to a broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Nothing accepts connections at the socket path.
+    #[error("no broker at {path} ({kind}); start one with `postbox daemon`")]
+    BrokerUnreachable {
+        /// The socket path tried.
+        path: PathBuf,
+        /// Why the connection failed.
+        kind: io::ErrorKind,
+    },
+    /// The broker did not admit the node.
+    #[error("the broker did not admit this node: {0}")]
+    Refused(String),
+}
+
+impl SendError {
+    /// The message that was not delivered.
+    #[must_use]
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::Disconnected(m) | Self::NoSuchPort(m) | Self::BrokerGone(m) => m,
+            Self::TooLarge { message, .. } => message,
+        }
+    }
+}
+
+impl TrySendError {
+    /// The message that was not sent.
+    #[must_use]
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::Full(m) | Self::Disconnected(m) => m,
+            Self::TooLarge { message, .. } => message,
+        }
+    }
+}
+
+impl SendTimeoutError {
+    /// The message that was not delivered.
+    #[must_use]
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::Timeout(m) | Self::Disconnected(m) => m,
+            Self::TooLarge { message, .. } => message,
+        }
+    }
+}

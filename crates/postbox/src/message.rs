@@ -1,0 +1,125 @@
+//! A message: header fields the sender may choose, and a body of bytes or a serde value.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A message: a type tag, a priority and a body.
+///
+/// The `id` is assigned when the message is sent (unique within the sending process); the
+/// sender is never a field the sender can set: receivers learn it from the link.
+///
+/// # Examples
+/// ```
+/// use postbox::Message;
+///
+/// let msg = Message::new("hello").with_type(7).with_priority(3);
+/// assert_eq!(msg.body(), b"hello");
+/// let typed = Message::encode(&(1u32, "two")).unwrap();
+/// assert_eq!(typed.decode::<(u32, String)>().unwrap(), (1, "two".to_owned()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    pub(crate) id: u64,
+    pub(crate) msg_type: u32,
+    pub(crate) priority: u8,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Failure of [`Message::encode`] or [`Message::decode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message body encoding: {0}")]
+pub struct BodyError(String);
+
+impl Message {
+    /// A message with these body bytes, type 0, priority 0.
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            id: 0,
+            msg_type: 0,
+            priority: 0,
+            body: body.into(),
+        }
+    }
+
+    /// A message whose body is `value` encoded with postcard (little-endian, portable).
+    ///
+    /// # Errors
+    /// [`BodyError`] when serde refuses the value.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, BodyError> {
+        postcard::to_stdvec(value)
+            .map(Self::new)
+            .map_err(|e| BodyError(e.to_string()))
+    }
+
+    /// Decodes the body as a `T` encoded by [`Message::encode`].
+    ///
+    /// # Errors
+    /// [`BodyError`] when the body is not a valid `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, BodyError> {
+        postcard::from_bytes(&self.body).map_err(|e| BodyError(e.to_string()))
+    }
+
+    /// Sets the type tag (for selective receive).
+    #[must_use]
+    pub fn with_type(mut self, msg_type: u32) -> Self {
+        self.msg_type = msg_type;
+        self
+    }
+
+    /// Sets the priority, 0 (lowest) to 31 (highest); larger values are clamped to 31.
+    #[must_use]
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority.min(postbox_core::wire::frame::MAX_PRIORITY);
+        self
+    }
+
+    /// The body bytes.
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The body, taken out.
+    #[must_use]
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+
+    /// The type tag.
+    #[must_use]
+    pub fn msg_type(&self) -> u32 {
+        self.msg_type
+    }
+
+    /// The priority.
+    #[must_use]
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    /// The id the sending process gave it (0 until sent).
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl From<&str> for Message {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(body: Vec<u8>) -> Self {
+        Self::new(body)
+    }
+}
+
+/// The next message id of this process (never 0).
+pub(crate) fn next_message_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

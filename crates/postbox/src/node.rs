@@ -1,0 +1,485 @@
+//! A node: one process attached to a broker, with its inbox, its ports and its connections.
+//!
+//! The node keeps one control socket to the broker. A small control thread reads it: answers
+//! go to the thread that asked, and `IncomingConnection` notices hand new links to the port
+//! they feed. Data never passes through that thread.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError as ChannelTimeout, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use postbox_core::wire::control::MAX_CONTROL_LEN;
+use postbox_core::{
+    ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName,
+    Target,
+};
+use postbox_transport::{ControlSocket, TransportError, UnixLink, Wait};
+
+use crate::error::{BrokerRequestError, ConnectError, NodeError, OpenError, SendError};
+use crate::port::{Inbox, PortBuilder};
+use crate::receiver::Receiver;
+use crate::{Connection, Message, ProcessId};
+
+/// A process attached to postbox.
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = postbox::Node::attach()?; // the broker at the default socket path
+/// let calc = node.connect("calc")?;
+/// let reply = calc.call("2+2")?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<NodeShared>,
+    inbox: Inbox,
+    control_thread: Option<JoinHandle<()>>,
+}
+
+/// What a node's handles share: the control socket, pending requests, open receivers.
+#[derive(Debug)]
+pub(crate) struct NodeShared {
+    control: ControlSocket,
+    identity: PeerIdentity,
+    max_message_size: u32,
+    next_request: AtomicU32,
+    pending: Mutex<HashMap<u32, SyncSender<Answer>>>,
+    receivers: Mutex<HashMap<PortName, Weak<Receiver>>>,
+    inbox: Arc<Receiver>,
+    inbox_links: Mutex<HashMap<ProcessId, Connection>>,
+    broker_gone: AtomicBool,
+}
+
+type Answer = (ControlMessage, Option<OwnedFd>);
+
+/// What [`Node::list`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Nodes attached to the broker.
+    pub nodes: u32,
+    /// Ports, in name order.
+    pub ports: Vec<PortEntry>,
+    /// True when the broker cut the list short.
+    pub truncated: bool,
+}
+
+impl Node {
+    /// Attaches to the broker at the default socket path (`$POSTBOX_SOCKET`, else
+    /// `$XDG_RUNTIME_DIR/postbox/broker.sock`, else `/tmp/postbox-$UID/broker.sock`).
+    ///
+    /// # Errors
+    /// [`NodeError::BrokerUnreachable`] when no broker listens there.
+    pub fn attach() -> Result<Self, NodeError> {
+        Self::attach_to(postbox_broker::socket_path::default_socket_path())
+    }
+
+    /// Attaches to the broker listening at `path`.
+    ///
+    /// # Errors
+    /// [`NodeError::BrokerUnreachable`], or [`NodeError::Refused`] when the broker does not
+    /// admit this process.
+    pub fn attach_to(path: impl AsRef<Path>) -> Result<Self, NodeError> {
+        let path = path.as_ref();
+        let unreachable = |kind| NodeError::BrokerUnreachable {
+            path: PathBuf::from(path),
+            kind,
+        };
+        let control = ControlSocket::connect(path).map_err(|e| unreachable(error_kind(e)))?;
+        let mut packet = Vec::new();
+        ControlMessage::Hello { request: 1 }.encode(&mut packet);
+        control
+            .send(&packet, None, Wait::timeout(HANDSHAKE_TIMEOUT))
+            .map_err(|e| unreachable(error_kind(e)))?;
+        let mut buf = vec![0u8; MAX_CONTROL_LEN];
+        let (len, _) = control
+            .recv(&mut buf, Wait::timeout(HANDSHAKE_TIMEOUT))
+            .map_err(|e| unreachable(error_kind(e)))?;
+        let (identity, max_message_size) = match ControlMessage::decode(&buf[..len]) {
+            Ok(ControlMessage::Welcome {
+                identity,
+                max_message_size,
+                ..
+            }) => (identity, max_message_size),
+            Ok(ControlMessage::Refused { detail, .. }) => return Err(NodeError::Refused(detail)),
+            Ok(other) => return Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(NodeError::Refused(format!("undecodable answer: {e}"))),
+        };
+        let inbox = Arc::new(Receiver::new().map_err(|e| unreachable(error_kind(e)))?);
+        let shared = Arc::new(NodeShared {
+            control,
+            identity,
+            max_message_size,
+            next_request: AtomicU32::new(2),
+            pending: Mutex::new(HashMap::new()),
+            receivers: Mutex::new(HashMap::new()),
+            inbox: Arc::clone(&inbox),
+            inbox_links: Mutex::new(HashMap::new()),
+            broker_gone: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&shared);
+        let control_thread = std::thread::Builder::new()
+            .name("postbox-control".into())
+            .spawn(move || control_loop(&weak))
+            .map_err(|e| unreachable(e.kind()))?;
+        let inbox = Inbox::new(inbox, Arc::clone(&shared));
+        Ok(Self {
+            shared,
+            inbox,
+            control_thread: Some(control_thread),
+        })
+    }
+
+    /// This node's process id, assigned by the broker.
+    #[must_use]
+    pub fn process_id(&self) -> ProcessId {
+        self.shared.identity.process_id
+    }
+
+    /// This node's identity (process id and kernel credentials).
+    #[must_use]
+    pub fn identity(&self) -> PeerIdentity {
+        self.shared.identity
+    }
+
+    /// The largest message body this host's links accept.
+    #[must_use]
+    pub fn max_message_size(&self) -> u32 {
+        self.shared.max_message_size
+    }
+
+    /// This node's inbox (direct addressing by [`ProcessId`]).
+    #[must_use]
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
+    /// Starts opening a named port (indirect addressing): `node.port("calc").open()?`.
+    #[must_use]
+    pub fn port(&self, name: &str) -> PortBuilder {
+        PortBuilder::new(Arc::clone(&self.shared), name)
+    }
+
+    /// Connects to the port named `name`.
+    ///
+    /// # Errors
+    /// [`ConnectError::NoSuchPort`], [`ConnectError::InvalidName`], [`ConnectError::BrokerGone`].
+    pub fn connect(&self, name: &str) -> Result<Connection, ConnectError> {
+        let name = PortName::new(name)?;
+        self.shared.connect(Target::Port(name))
+    }
+
+    /// Connects to the inbox of node `process`.
+    ///
+    /// # Errors
+    /// [`ConnectError::NoSuchPort`] when no live node has that id, [`ConnectError::BrokerGone`].
+    pub fn connect_inbox(&self, process: ProcessId) -> Result<Connection, ConnectError> {
+        self.shared.connect(Target::Inbox(process))
+    }
+
+    /// Sends `message` to the inbox of node `process`, connecting on first use (the link is
+    /// kept for later sends).
+    ///
+    /// # Errors
+    /// [`SendError`] with the message: `NoSuchPort` when no live node has that id,
+    /// `Disconnected` when it died, `BrokerGone`, `TooLarge`.
+    pub fn send_to(
+        &self,
+        process: ProcessId,
+        message: impl Into<Message>,
+    ) -> Result<(), SendError> {
+        let message = message.into();
+        let connection = {
+            let mut links = self.shared.lock_inbox_links();
+            match links.get(&process) {
+                Some(c) if !c.is_closed() => c.clone(),
+                _ => {
+                    let c = match self.shared.connect(Target::Inbox(process)) {
+                        Ok(c) => c,
+                        Err(ConnectError::BrokerGone) => {
+                            return Err(SendError::BrokerGone(message))
+                        }
+                        Err(_) => return Err(SendError::NoSuchPort(message)),
+                    };
+                    links.insert(process, c.clone());
+                    c
+                }
+            }
+        };
+        let result = connection.send(message);
+        if result.is_err() {
+            self.shared.lock_inbox_links().remove(&process);
+        }
+        result
+    }
+
+    /// Lists the broker's ports.
+    ///
+    /// # Errors
+    /// [`BrokerRequestError::BrokerGone`].
+    pub fn list(&self) -> Result<Listing, BrokerRequestError> {
+        match self
+            .shared
+            .request(|request| ControlMessage::List { request })
+        {
+            Ok((
+                ControlMessage::Listing {
+                    nodes,
+                    ports,
+                    truncated,
+                    ..
+                },
+                _,
+            )) => Ok(Listing {
+                nodes,
+                ports,
+                truncated,
+            }),
+            Ok((ControlMessage::Refused { detail, .. }, _)) => {
+                Err(BrokerRequestError::Refused(detail))
+            }
+            Ok(_) => Err(BrokerRequestError::Refused("unexpected answer".into())),
+            Err(Gone) => Err(BrokerRequestError::BrokerGone),
+        }
+    }
+
+    /// True once the broker's control socket has closed (the broker exited or was killed).
+    /// Existing links keep working; new ports and connections fail with `BrokerGone`.
+    #[must_use]
+    pub fn is_broker_gone(&self) -> bool {
+        self.shared.broker_gone.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.lock_inbox_links().clear();
+        self.shared.control.shutdown();
+        if let Some(thread) = self.control_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The broker did not answer: its control socket is closed.
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+impl NodeShared {
+    fn lock_inbox_links(&self) -> MutexGuard<'_, HashMap<ProcessId, Connection>> {
+        self.inbox_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn lock_receivers(&self) -> MutexGuard<'_, HashMap<PortName, Weak<Receiver>>> {
+        self.receivers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends a request and waits for the broker's answer.
+    pub(crate) fn request(
+        &self,
+        build: impl FnOnce(u32) -> ControlMessage,
+    ) -> Result<Answer, Gone> {
+        if self.broker_gone.load(Ordering::Acquire) {
+            return Err(Gone);
+        }
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed).max(1);
+        let (tx, rx) = sync_channel(1);
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(request, tx);
+        let mut packet = Vec::new();
+        build(request).encode(&mut packet);
+        let sent = self
+            .control
+            .send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
+        let answer = match sent {
+            Ok(()) => match rx.recv_timeout(REQUEST_TIMEOUT) {
+                Ok(answer) => Ok(answer),
+                Err(ChannelTimeout::Timeout | ChannelTimeout::Disconnected) => Err(Gone),
+            },
+            Err(_) => Err(Gone),
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&request);
+        answer
+    }
+
+    /// Tells the broker a link is closed (bookkeeping only; never blocks).
+    pub(crate) fn report_link_closed(&self, link: LinkId) {
+        let mut packet = Vec::new();
+        ControlMessage::LinkClosed { request: 0, link }.encode(&mut packet);
+        let _ = self.control.send(&packet, None, Wait::NonBlocking);
+    }
+
+    /// Releases a port name (best effort: a broker that is gone has released it already).
+    pub(crate) fn close_port(&self, name: &PortName) {
+        let mut packet = Vec::new();
+        ControlMessage::ClosePort {
+            request: 0,
+            name: name.clone(),
+        }
+        .encode(&mut packet);
+        let _ = self
+            .control
+            .send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
+    }
+
+    fn connect(self: &Arc<Self>, target: Target) -> Result<Connection, ConnectError> {
+        let answer = self.request(|request| ControlMessage::Connect {
+            request,
+            target: target.clone(),
+        });
+        match answer {
+            Ok((ControlMessage::Connected { link, server, .. }, Some(fd))) => Ok(Connection::new(
+                UnixLink::from_fd(fd),
+                link,
+                server,
+                self.max_message_size,
+                Arc::downgrade(self),
+            )),
+            Ok((
+                ControlMessage::Refused {
+                    code: ControlErrorCode::NoSuchPort,
+                    detail,
+                    ..
+                },
+                _,
+            )) => Err(ConnectError::NoSuchPort(detail)),
+            Ok((ControlMessage::Refused { detail, .. }, _)) => Err(ConnectError::Refused(detail)),
+            Ok(_) => Err(ConnectError::Refused(
+                "the broker sent an unexpected answer".into(),
+            )),
+            Err(Gone) => Err(ConnectError::BrokerGone),
+        }
+    }
+
+    pub(crate) fn open_port(
+        &self,
+        name: &PortName,
+        receiver: &Arc<Receiver>,
+    ) -> Result<(), OpenError> {
+        // Registered before asking, so that a connection arriving right after the broker's
+        // answer finds the receiver.
+        self.lock_receivers()
+            .insert(name.clone(), Arc::downgrade(receiver));
+        let answer = self.request(|request| ControlMessage::OpenPort {
+            request,
+            name: name.clone(),
+        });
+        let result = match answer {
+            Ok((ControlMessage::Ok { .. }, _)) => return Ok(()),
+            Ok((
+                ControlMessage::Refused {
+                    code: ControlErrorCode::NameTaken,
+                    ..
+                },
+                _,
+            )) => Err(OpenError::NameTaken(name.to_string())),
+            Ok((ControlMessage::Refused { detail, .. }, _)) => Err(OpenError::Refused(detail)),
+            Ok(_) => Err(OpenError::Refused(
+                "the broker sent an unexpected answer".into(),
+            )),
+            Err(Gone) => Err(OpenError::BrokerGone),
+        };
+        let mut receivers = self.lock_receivers();
+        if receivers
+            .get(name)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(receiver)))
+        {
+            receivers.remove(name);
+        }
+        result
+    }
+}
+
+/// Reads the control socket until it closes; runs on the node's control thread.
+fn control_loop(shared: &Weak<NodeShared>) {
+    let mut buf = vec![0u8; MAX_CONTROL_LEN];
+    loop {
+        let Some(node) = shared.upgrade() else { return };
+        // Block without holding the node alive longer than needed: `Node::drop` shuts the
+        // socket down, which ends this read.
+        let received = node.control.recv(&mut buf, Wait::Forever);
+        match received {
+            Ok((len, fd)) => match ControlMessage::decode(&buf[..len]) {
+                Ok(message) => node.dispatch(message, fd),
+                Err(_) => {
+                    // An undecodable broker message: the control channel cannot be trusted.
+                    node.control.shutdown();
+                }
+            },
+            Err(TransportError::Oversized(_)) => {}
+            Err(_) => {
+                node.broker_gone.store(true, Ordering::Release);
+                node.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                return;
+            }
+        }
+    }
+}
+
+impl NodeShared {
+    fn dispatch(&self, message: ControlMessage, fd: Option<OwnedFd>) {
+        match message {
+            ControlMessage::IncomingConnection {
+                link,
+                target,
+                client,
+            } => {
+                let Some(fd) = fd else { return };
+                let receiver = match &target {
+                    ListenTarget::Inbox => Some(Arc::clone(&self.inbox)),
+                    ListenTarget::Port(name) => {
+                        self.lock_receivers().get(name).and_then(Weak::upgrade)
+                    }
+                };
+                let added = receiver.is_some_and(|r| {
+                    r.add_link(UnixLink::from_fd(fd), link, client, self.max_message_size)
+                });
+                if !added {
+                    self.report_link_closed(link);
+                }
+            }
+            other => {
+                let request = other.request();
+                let waiter = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&request);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.try_send((other, fd));
+                }
+            }
+        }
+    }
+}
+
+fn error_kind(error: TransportError) -> std::io::ErrorKind {
+    match error {
+        TransportError::Os { kind, .. } => kind,
+        TransportError::Closed => std::io::ErrorKind::ConnectionReset,
+        TransportError::TimedOut => std::io::ErrorKind::TimedOut,
+        _ => std::io::ErrorKind::Other,
+    }
+}
+
+/// How long the broker may take to admit a node.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker may take to answer a request before it is considered gone.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

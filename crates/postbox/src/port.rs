@@ -1,0 +1,181 @@
+//! Ports (named receive endpoints, indirect addressing) and the inbox (direct addressing).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postbox_core::{PortName, Selector};
+use postbox_transport::Wait;
+
+use crate::error::{OpenError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::node::NodeShared;
+use crate::receiver::{ReceiveFailure, Receiver};
+use crate::{Envelope, ProcessId};
+
+/// Opens a named port: `node.port("calc").open()?`.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until open() is called"]
+pub struct PortBuilder {
+    node: Arc<NodeShared>,
+    name: String,
+}
+
+/// A named receive endpoint owned by this node. Several threads may receive from it at once
+/// (share it by reference or in an `Arc`). Dropping it releases the name and closes its links.
+#[derive(Debug)]
+pub struct Port {
+    name: PortName,
+    receiver: Arc<Receiver>,
+    node: Arc<NodeShared>,
+}
+
+/// This node's own receive endpoint, addressed by its [`ProcessId`].
+#[derive(Debug)]
+pub struct Inbox {
+    receiver: Arc<Receiver>,
+    node: Arc<NodeShared>,
+}
+
+impl PortBuilder {
+    pub(crate) fn new(node: Arc<NodeShared>, name: &str) -> Self {
+        Self {
+            node,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Registers the name with the broker and opens the port.
+    ///
+    /// # Errors
+    /// [`OpenError::NameTaken`] when another live node holds the name,
+    /// [`OpenError::InvalidName`], [`OpenError::BrokerGone`].
+    pub fn open(self) -> Result<Port, OpenError> {
+        let name = PortName::new(&self.name)?;
+        let receiver = Arc::new(Receiver::new().map_err(|e| OpenError::Refused(e.to_string()))?);
+        self.node.open_port(&name, &receiver)?;
+        Ok(Port {
+            name,
+            receiver,
+            node: self.node,
+        })
+    }
+}
+
+macro_rules! receive_methods {
+    () => {
+        /// Waits for the next message from any sender.
+        ///
+        /// # Errors
+        /// [`RecvError::Closed`] when the endpoint was closed.
+        pub fn recv(&self) -> Result<Envelope, RecvError> {
+            self.receive(Selector::Any, Wait::Forever)
+                .map_err(|_| RecvError::Closed)
+        }
+
+        /// Takes a waiting message, if any, without blocking.
+        ///
+        /// # Errors
+        /// [`TryRecvError::Empty`] or [`TryRecvError::Closed`].
+        pub fn try_recv(&self) -> Result<Envelope, TryRecvError> {
+            self.receive(Selector::Any, Wait::NonBlocking)
+                .map_err(|f| match f {
+                    ReceiveFailure::Empty => TryRecvError::Empty,
+                    ReceiveFailure::Closed => TryRecvError::Closed,
+                })
+        }
+
+        /// Waits at most `timeout` for the next message.
+        ///
+        /// # Errors
+        /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
+        pub fn recv_timeout(&self, timeout: Duration) -> Result<Envelope, RecvTimeoutError> {
+            self.receive(Selector::Any, Wait::timeout(timeout))
+                .map_err(timeout_error)
+        }
+
+        /// Waits until `deadline` at most for the next message.
+        ///
+        /// # Errors
+        /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
+        pub fn recv_deadline(&self, deadline: Instant) -> Result<Envelope, RecvTimeoutError> {
+            self.receive(Selector::Any, Wait::Until(deadline))
+                .map_err(timeout_error)
+        }
+
+        /// Waits for the next message from `sender` only (symmetric addressing); messages from
+        /// others stay queued in their order.
+        ///
+        /// # Errors
+        /// [`RecvError::Closed`].
+        pub fn recv_from(&self, sender: ProcessId) -> Result<Envelope, RecvError> {
+            self.receive(Selector::From(sender), Wait::Forever)
+                .map_err(|_| RecvError::Closed)
+        }
+
+        /// Like [`recv_from`](Self::recv_from), waiting at most `timeout`.
+        ///
+        /// # Errors
+        /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
+        pub fn recv_from_timeout(
+            &self,
+            sender: ProcessId,
+            timeout: Duration,
+        ) -> Result<Envelope, RecvTimeoutError> {
+            self.receive(Selector::From(sender), Wait::timeout(timeout))
+                .map_err(timeout_error)
+        }
+
+        /// Links currently open to this endpoint (one per connected sender).
+        #[must_use]
+        pub fn connection_count(&self) -> usize {
+            self.receiver.link_count()
+        }
+
+        fn receive(&self, selector: Selector, wait: Wait) -> Result<Envelope, ReceiveFailure> {
+            let node = &self.node;
+            self.receiver
+                .recv(selector, wait, &|link| node.report_link_closed(link))
+        }
+    };
+}
+
+impl Port {
+    receive_methods!();
+
+    /// The port's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+impl Inbox {
+    pub(crate) fn new(receiver: Arc<Receiver>, node: Arc<NodeShared>) -> Self {
+        Self { receiver, node }
+    }
+
+    receive_methods!();
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        for link in self.receiver.close() {
+            self.node.report_link_closed(link);
+        }
+        let mut receivers = self.node.lock_receivers();
+        if receivers
+            .get(&self.name)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.receiver)))
+        {
+            receivers.remove(&self.name);
+        }
+        drop(receivers);
+        self.node.close_port(&self.name);
+    }
+}
+
+fn timeout_error(failure: ReceiveFailure) -> RecvTimeoutError {
+    match failure {
+        ReceiveFailure::Empty => RecvTimeoutError::Timeout,
+        ReceiveFailure::Closed => RecvTimeoutError::Closed,
+    }
+}

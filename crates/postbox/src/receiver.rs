@@ -1,0 +1,241 @@
+//! The receiving side shared by ports and inboxes: the links feeding one endpoint, its queue,
+//! and the leader/follower loop by which receiving threads read those links themselves.
+//!
+//! One receiving thread at a time (the leader) polls every link of the endpoint plus a waker,
+//! reads what is ready, queues the envelopes and wakes the others; each thread then takes the
+//! first envelope its [`Selector`] accepts. New links arrive from the node's control thread,
+//! which fires the waker so the leader polls the new set.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use postbox_core::{FrameDecoder, FrameKind, LinkId, PeerIdentity, PortQueue, Selector};
+use postbox_transport::{wait_readable, TransportError, UnixLink, Wait, Waker};
+
+use crate::condvar::wait_until;
+use crate::envelope::{Envelope, ReplyToken};
+use crate::link::LinkEnd;
+use crate::Message;
+
+/// The server end of one link.
+#[derive(Debug)]
+pub(crate) struct ServerLink {
+    pub(crate) end: LinkEnd,
+    pub(crate) id: LinkId,
+    pub(crate) client: PeerIdentity,
+    decoder: Mutex<FrameDecoder>,
+    dead: AtomicBool,
+}
+
+/// One receive endpoint (a port or an inbox).
+#[derive(Debug)]
+pub(crate) struct Receiver {
+    state: Mutex<ReceiverState>,
+    arrived: Condvar,
+    waker: Waker,
+}
+
+#[derive(Debug)]
+struct ReceiverState {
+    queue: PortQueue<Envelope>,
+    links: Vec<Arc<ServerLink>>,
+    polling: bool,
+    closed: bool,
+}
+
+/// Why a receive returned without a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReceiveFailure {
+    /// The wait ended.
+    Empty,
+    /// The endpoint was closed.
+    Closed,
+}
+
+impl Receiver {
+    pub(crate) fn new() -> Result<Self, TransportError> {
+        Ok(Self {
+            state: Mutex::new(ReceiverState {
+                queue: PortQueue::new(),
+                links: Vec::new(),
+                polling: false,
+                closed: false,
+            }),
+            arrived: Condvar::new(),
+            waker: Waker::new()?,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ReceiverState> {
+        // The state is consistent between statements; a panicking holder leaves it usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a link the broker made to this endpoint. Returns false when the endpoint is
+    /// closed (the link is then dropped, which the client sees as a close).
+    pub(crate) fn add_link(
+        &self,
+        link: UnixLink,
+        id: LinkId,
+        client: PeerIdentity,
+        max: u32,
+    ) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        state.links.push(Arc::new(ServerLink {
+            end: LinkEnd::new(link, max),
+            id,
+            client,
+            decoder: Mutex::new(FrameDecoder::new(max)),
+            dead: AtomicBool::new(false),
+        }));
+        drop(state);
+        self.waker.wake();
+        true
+    }
+
+    /// Closes the endpoint: queued and future messages are dropped, links shut down, and
+    /// receivers return `Closed`. Returns the ids of the links that were open.
+    pub(crate) fn close(&self) -> Vec<LinkId> {
+        let mut state = self.lock();
+        state.closed = true;
+        let links = std::mem::take(&mut state.links);
+        state.queue = PortQueue::new();
+        drop(state);
+        self.waker.wake();
+        self.arrived.notify_all();
+        links
+            .iter()
+            .map(|link| {
+                link.end.close();
+                link.id
+            })
+            .collect()
+    }
+
+    /// Number of links currently feeding the endpoint.
+    pub(crate) fn link_count(&self) -> usize {
+        self.lock().links.len()
+    }
+
+    /// Takes the first envelope `selector` accepts, waiting up to `wait`. `on_dead` is told of
+    /// every link found closed.
+    pub(crate) fn recv(
+        &self,
+        selector: Selector,
+        wait: Wait,
+        on_dead: &dyn Fn(LinkId),
+    ) -> Result<Envelope, ReceiveFailure> {
+        let mut state = self.lock();
+        loop {
+            if let Some((_, envelope)) = state.queue.pop(selector) {
+                return Ok(envelope);
+            }
+            if state.closed {
+                return Err(ReceiveFailure::Closed);
+            }
+            if state.polling {
+                if wait.expired() {
+                    return Err(ReceiveFailure::Empty);
+                }
+                state = wait_until(&self.arrived, state, wait.ends_at());
+                continue;
+            }
+            state.polling = true;
+            let links = state.links.clone();
+            drop(state);
+            let (arrived, dead) = self.poll_links(&links, wait);
+            state = self.lock();
+            state.polling = false;
+            for envelope in arrived {
+                state.queue.push(envelope.sender.process_id, envelope);
+            }
+            if !dead.is_empty() {
+                state.links.retain(|l| !dead.contains(&l.id));
+            }
+            self.arrived.notify_all();
+            for id in dead {
+                on_dead(id);
+            }
+            if wait.expired() {
+                // The wait is over: one last look for a message this receiver may take.
+                return match state.queue.pop(selector) {
+                    Some((_, envelope)) => Ok(envelope),
+                    None if state.closed => Err(ReceiveFailure::Closed),
+                    None => Err(ReceiveFailure::Empty),
+                };
+            }
+        }
+    }
+
+    /// Polls the links (and the waker) once, reading every ready link.
+    fn poll_links(&self, links: &[Arc<ServerLink>], wait: Wait) -> (Vec<Envelope>, Vec<LinkId>) {
+        let mut fds = Vec::with_capacity(links.len() + 1);
+        fds.push(self.waker.as_fd());
+        fds.extend(links.iter().map(|l| l.end.link().as_fd()));
+        let ready = match wait_readable(&fds, wait) {
+            Ok(ready) => ready,
+            Err(_) => return (Vec::new(), Vec::new()),
+        };
+        let mut arrived = Vec::new();
+        let mut dead = Vec::new();
+        for index in ready {
+            if index == 0 {
+                self.waker.reset();
+                continue;
+            }
+            let link = &links[index - 1];
+            if !read_link(link, &mut arrived) {
+                link.dead.store(true, Ordering::Release);
+                link.end.close();
+                dead.push(link.id);
+            }
+        }
+        (arrived, dead)
+    }
+}
+
+/// Reads what one ready link holds into envelopes; false when the link is finished (closed by
+/// the peer, or the peer broke the protocol).
+fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Envelope>) -> bool {
+    let mut decoder = link
+        .decoder
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match link.end.link().read_into(&mut decoder, Wait::NonBlocking) {
+        Ok(_) => {}
+        Err(TransportError::WouldBlock) => return true,
+        Err(_) => return false,
+    }
+    loop {
+        match decoder.poll_frame() {
+            Ok(Some(frame)) => {
+                let header = frame.header;
+                let message = Message {
+                    id: header.id,
+                    msg_type: header.msg_type,
+                    priority: header.priority,
+                    body: frame.body,
+                };
+                let reply = match header.kind {
+                    FrameKind::Oneway => None,
+                    FrameKind::Call => Some(ReplyToken::new(Arc::clone(link), header.correlation)),
+                    // Replies never travel towards a server: the client broke the protocol.
+                    FrameKind::Reply | FrameKind::ErrorReply => return false,
+                };
+                out.push(Envelope {
+                    message,
+                    sender: link.client,
+                    reply,
+                });
+            }
+            Ok(None) => return true,
+            // Garbage, a bad checksum or an oversized frame: drop this link only.
+            Err(_) => return false,
+        }
+    }
+}
