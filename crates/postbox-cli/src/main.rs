@@ -1,1 +1,120 @@
-fn main() {}
+//! The `postbox` command: runs the broker daemon, talks to ports from the shell, and shows the
+//! system working (`postbox demo`).
+#![forbid(unsafe_code)]
+
+mod commands;
+mod demo;
+mod duration;
+mod latency;
+mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Message passing between processes: ports, inboxes, send / recv / call / reply.
+#[derive(Debug, Parser)]
+#[command(name = "postbox", version, about)]
+struct Cli {
+    /// Broker control socket (default: $POSTBOX_SOCKET, $XDG_RUNTIME_DIR/postbox/broker.sock,
+    /// or /tmp/postbox-$UID/broker.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker in the foreground.
+    Daemon {
+        /// Largest message body accepted on this host, in bytes.
+        #[arg(long, default_value_t = postbox::DEFAULT_MAX_MESSAGE_SIZE)]
+        max_message_size: u32,
+    },
+    /// List ports with their owners and open connections.
+    Ls,
+    /// Send one message to a port (TEXT, or `-` to read the body from stdin).
+    Send {
+        /// Port name.
+        name: String,
+        /// Message text, or `-` for stdin.
+        text: String,
+        /// Message type tag.
+        #[arg(long = "type", default_value_t = 0)]
+        msg_type: u32,
+        /// Priority 0-31.
+        #[arg(long, default_value_t = 0)]
+        priority: u8,
+    },
+    /// Open a port and print the messages it receives, one per line.
+    Recv {
+        /// Port name to open.
+        name: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Give up when no message arrives for this long (e.g. 500ms, 2s).
+        #[arg(long, value_parser = duration::parse)]
+        timeout: Option<Duration>,
+        /// Prefix each line with the sender's process id.
+        #[arg(long)]
+        show_sender: bool,
+    },
+    /// Call a port with TEXT and print the reply.
+    Call {
+        /// Port name.
+        name: String,
+        /// Request text, or `-` for stdin.
+        text: String,
+        /// Give up after this long (e.g. 500ms, 2s).
+        #[arg(long, value_parser = duration::parse)]
+        timeout: Option<Duration>,
+    },
+    /// Show postbox working: an embedded broker, child processes, a killed server, and a
+    /// latency table against raw Unix sockets.
+    Demo {
+        /// Round trips per latency measurement.
+        #[arg(long, default_value_t = 20_000)]
+        rounds: usize,
+    },
+    /// Helper processes used by the demo, the tests and the benches.
+    #[command(hide = true, subcommand)]
+    Worker(worker::Role),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(path) = &cli.socket {
+        // Children started by this process (demo workers) find the same broker.
+        std::env::set_var("POSTBOX_SOCKET", path);
+    }
+    let result = match cli.command {
+        Command::Daemon { max_message_size } => commands::daemon(max_message_size),
+        Command::Ls => commands::ls(),
+        Command::Send {
+            name,
+            text,
+            msg_type,
+            priority,
+        } => commands::send(&name, &text, msg_type, priority),
+        Command::Recv {
+            name,
+            count,
+            timeout,
+            show_sender,
+        } => commands::recv(&name, count, timeout, show_sender),
+        Command::Call {
+            name,
+            text,
+            timeout,
+        } => commands::call(&name, &text, timeout),
+        Command::Demo { rounds } => demo::run(rounds),
+        Command::Worker(role) => worker::run(role),
+    };
+    if let Err(error) = result {
+        eprintln!("postbox: {error:#}");
+        std::process::exit(1);
+    }
+}

@@ -62,5 +62,6 @@ pub use error::{
 pub use message::{BodyError, Message};
 pub use node::{Listing, Node};
 pub use port::{Inbox, Port, PortBuilder};
-pub use postbox_broker::{BrokerConfig, BrokerError};
+pub use postbox_broker::socket_path::default_socket_path;
+pub use postbox_broker::{BrokerConfig, BrokerError, DEFAULT_MAX_MESSAGE_SIZE};
 pub use postbox_core::{PeerIdentity, PortEntry, ProcessId};

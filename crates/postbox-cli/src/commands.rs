@@ -1,0 +1,132 @@
+//! The shell commands: daemon, ls, send, recv, call.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use postbox::default_socket_path;
+use postbox::{Broker, BrokerConfig, CallError, Message, Node, RecvTimeoutError};
+
+pub(crate) fn daemon(max_message_size: u32) -> Result<()> {
+    let config = BrokerConfig::new(default_socket_path()).max_message_size(max_message_size);
+    eprintln!(
+        "postbox daemon listening on {}",
+        config.socket_path.display()
+    );
+    Broker::run_daemon(config).context("broker stopped")
+}
+
+pub(crate) fn ls() -> Result<()> {
+    let node = Node::attach()?;
+    let listing = node.list()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<32} {:<14} {:>6} {:>6} {:>11}",
+        "NAME", "OWNER", "UID", "GID", "CONNECTIONS"
+    )?;
+    for port in &listing.ports {
+        writeln!(
+            out,
+            "{:<32} {:<14} {:>6} {:>6} {:>11}",
+            port.name.as_str(),
+            port.owner.process_id.to_string(),
+            port.owner.uid,
+            port.owner.gid,
+            port.connections
+        )?;
+    }
+    // This `ls` is itself one of the attached nodes.
+    writeln!(
+        out,
+        "{} ports, {} nodes attached",
+        listing.ports.len(),
+        listing.nodes
+    )?;
+    if listing.truncated {
+        writeln!(out, "(list cut short by the broker)")?;
+    }
+    Ok(())
+}
+
+pub(crate) fn send(name: &str, text: &str, msg_type: u32, priority: u8) -> Result<()> {
+    let body = body_of(text)?;
+    let node = Node::attach()?;
+    let connection = node.connect(name)?;
+    let message = Message::new(body)
+        .with_type(msg_type)
+        .with_priority(priority);
+    connection
+        .send(message)
+        .map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+    Ok(())
+}
+
+pub(crate) fn recv(
+    name: &str,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    show_sender: bool,
+) -> Result<()> {
+    let node = Node::attach()?;
+    let port = node.port(name).open()?;
+    let mut out = std::io::stdout().lock();
+    let mut received = 0u64;
+    while count.is_none_or(|c| received < c) {
+        let envelope = match timeout {
+            Some(t) => match port.recv_timeout(t) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("no message on {name} within {t:?} ({received} received)")
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => port.recv()?,
+        };
+        if show_sender {
+            write!(out, "{}: ", envelope.sender())?;
+        }
+        out.write_all(envelope.body())?;
+        writeln!(out)?;
+        out.flush()?;
+        received += 1;
+    }
+    Ok(())
+}
+
+pub(crate) fn call(name: &str, text: &str, timeout: Option<Duration>) -> Result<()> {
+    let body = body_of(text)?;
+    let node = Node::attach()?;
+    let connection = node.connect(name)?;
+    let reply = match timeout {
+        Some(t) => connection.call_timeout(body, t),
+        None => connection.call(body),
+    };
+    match reply {
+        Ok(reply) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(reply.body())?;
+            writeln!(out)?;
+            Ok(())
+        }
+        Err(CallError::Remote(error)) => {
+            bail!(
+                "{name} answered with an error: {}",
+                String::from_utf8_lossy(error.body())
+            )
+        }
+        Err(e) => bail!("call to {name}: {e}"),
+    }
+}
+
+fn body_of(text: &str) -> Result<Vec<u8>> {
+    if text == "-" {
+        let mut body = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .context("reading the body from stdin")?;
+        Ok(body)
+    } else {
+        Ok(text.as_bytes().to_vec())
+    }
+}

@@ -1,0 +1,273 @@
+//! `postbox demo`: an embedded broker, real child processes, every core primitive, a killed
+//! server, and a latency table against raw Unix sockets measured in the same run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use postbox::{Broker, CallError, Message};
+
+use crate::latency::{micros, Samples};
+
+pub(crate) fn run(rounds: usize) -> Result<()> {
+    let broker = Broker::embedded().context("start the embedded broker")?;
+    let socket = broker.socket_path().to_owned();
+    println!("postbox demo");
+    println!("  embedded broker listening on {}", socket.display());
+    let node = broker.node()?;
+    println!("  this process is node {}\n", node.process_id());
+    let spawner = Spawner {
+        socket: socket.clone(),
+    };
+
+    heading("1. send / recv between processes (indirect addressing: a named port)");
+    let log = node.port("demo/log").open()?;
+    for i in 1..=3 {
+        let text = format!("hello #{i} from a child process");
+        spawner.run_to_end(&["send", "demo/log", &text])?;
+    }
+    for _ in 0..3 {
+        let envelope = log.recv_timeout(Duration::from_secs(10))?;
+        println!(
+            "  received {:?} from node {}",
+            text(envelope.body()),
+            envelope.sender()
+        );
+    }
+
+    heading("2. call / reply (RPC) with a server in another process");
+    let mut upper = spawner.worker(&["echo", "demo/upper", "--upper"])?;
+    let connection = node.connect("demo/upper")?;
+    let started = Instant::now();
+    let reply = connection.call("make me loud")?;
+    println!(
+        "  call(\"make me loud\") -> {:?} from node {} in {}",
+        text(reply.body()),
+        connection.server(),
+        micros(started.elapsed())
+    );
+
+    heading("3. direct addressing: inboxes by process id, recv_from a chosen sender");
+    let me = node.process_id().to_string();
+    let mut first = spawner.worker(&[
+        "send-to",
+        &me,
+        "first child, message 1",
+        "first child, message 2",
+    ])?;
+    first.wait_for_exit()?;
+    let mut second = spawner.worker(&["send-to", &me, "second child, its only message"])?;
+    second.wait_for_exit()?;
+    println!(
+        "  children {} and {} sent to inbox {me}, the first child first",
+        first.id, second.id
+    );
+    let picked = node.inbox().recv_from(second.process_id()?)?;
+    println!(
+        "  inbox.recv_from({}) -> {:?}",
+        picked.sender(),
+        text(picked.body())
+    );
+    for _ in 0..2 {
+        let e = node.inbox().recv_timeout(Duration::from_secs(10))?;
+        println!(
+            "  inbox.recv()            -> {:?} from {}",
+            text(e.body()),
+            e.sender()
+        );
+    }
+
+    heading("4. a server killed (SIGKILL) in the middle of a call");
+    let mut slow = spawner.worker(&["echo", "demo/slow", "--delay-ms", "60000"])?;
+    let victim = node.connect("demo/slow")?;
+    let (killed_tx, killed_rx) = mpsc::channel();
+    let pid = slow.child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let at = Instant::now();
+        let _ = slow.child.kill();
+        let _ = slow.child.wait();
+        let _ = killed_tx.send(at);
+    });
+    let result = victim.call("will you answer?");
+    let noticed = Instant::now();
+    killer
+        .join()
+        .map_err(|_| anyhow::anyhow!("killer thread panicked"))?;
+    let killed_at = killed_rx.recv()?;
+    match result {
+        Err(CallError::PeerDied) => println!(
+            "  kill -9 {pid}: the pending call failed with PeerDied {} after the kill (no timeout)",
+            micros(noticed.saturating_duration_since(killed_at))
+        ),
+        other => bail!("expected PeerDied, got {other:?}"),
+    }
+
+    heading("5. postbox ls");
+    for port in node.list()?.ports {
+        println!(
+            "  {:<14} owner {:<10} connections {}",
+            port.name.as_str(),
+            port.owner.process_id.to_string(),
+            port.connections
+        );
+    }
+
+    heading(&format!(
+        "6. latency: call round trip, 64-byte messages, {rounds} rounds each"
+    ));
+    let raw_path = socket.with_file_name("raw-echo.sock");
+    let raw_path_text = raw_path.to_string_lossy().into_owned();
+    let mut raw_server = spawner.worker(&["raw-echo", &raw_path_text, "--size", "64"])?;
+    let mut raw = UnixStream::connect(&raw_path).context("connect to the raw echo server")?;
+    let (postbox_samples, raw_samples) = measure(&connection, &mut raw, rounds)?;
+    drop(raw);
+    raw_server.wait_for_exit()?;
+    print_table(&postbox_samples, &raw_samples);
+
+    drop(connection);
+    upper.kill();
+    println!("\ndemo finished: every step above ran across real processes.");
+    Ok(())
+}
+
+/// Alternates blocks of postbox calls and raw ping-pongs so drift affects both alike.
+fn measure(
+    connection: &postbox::Connection,
+    raw: &mut UnixStream,
+    rounds: usize,
+) -> Result<(Samples, Samples)> {
+    let body = vec![0x5au8; 64];
+    let mut buf = [0u8; 64];
+    let warmup = (rounds / 10).max(100);
+    for _ in 0..warmup {
+        connection.call(Message::new(body.clone()))?;
+        raw.write_all(&body)?;
+        raw.read_exact(&mut buf)?;
+    }
+    let (mut ours, mut theirs) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    let block = (rounds / 4).max(1);
+    while ours.len() < rounds {
+        for _ in 0..block.min(rounds - ours.len()) {
+            let message = Message::new(body.clone());
+            let start = Instant::now();
+            connection.call(message)?;
+            ours.push(start.elapsed());
+        }
+        for _ in 0..block.min(rounds - theirs.len()) {
+            let start = Instant::now();
+            raw.write_all(&body)?;
+            raw.read_exact(&mut buf)?;
+            theirs.push(start.elapsed());
+        }
+    }
+    Ok((Samples::new(ours), Samples::new(theirs)))
+}
+
+fn print_table(ours: &Samples, raw: &Samples) {
+    println!("  {:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
+    for (label, s) in [
+        ("postbox call (unix link)", ours),
+        ("raw unix socket ping-pong", raw),
+    ] {
+        println!(
+            "  {:<34} {:>10} {:>10} {:>10}",
+            label,
+            micros(s.percentile(50.0)),
+            micros(s.percentile(99.0)),
+            micros(s.percentile(99.9))
+        );
+    }
+    let ratio = |p| ours.percentile(p).as_secs_f64() / raw.percentile(p).as_secs_f64().max(1e-9);
+    println!(
+        "  {:<34} {:>9.2}x {:>9.2}x {:>9.2}x",
+        "ratio postbox / raw",
+        ratio(50.0),
+        ratio(99.0),
+        ratio(99.9)
+    );
+}
+
+fn heading(title: &str) {
+    println!("\n== {title}");
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// Starts `postbox` child processes attached to the demo's broker.
+struct Spawner {
+    socket: std::path::PathBuf,
+}
+
+/// A worker child whose `ready` line was seen.
+struct Worker {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    /// What followed `ready`: the worker's process id, for node workers.
+    id: String,
+}
+
+impl Spawner {
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let exe = std::env::current_exe().context("find the postbox executable")?;
+        let mut command = Command::new(exe);
+        command.args(args).env("POSTBOX_SOCKET", &self.socket);
+        Ok(command)
+    }
+
+    fn worker(&self, args: &[&str]) -> Result<Worker> {
+        let mut full = vec!["worker"];
+        full.extend_from_slice(args);
+        let mut child = self.command(&full)?.stdout(Stdio::piped()).spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().context("child stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let Some(rest) = line.trim().strip_prefix("ready") else {
+            let _ = child.kill();
+            bail!("worker {args:?} did not start: {line:?}");
+        };
+        Ok(Worker {
+            child,
+            _stdout: stdout,
+            id: rest.trim().to_owned(),
+        })
+    }
+
+    fn run_to_end(&self, args: &[&str]) -> Result<()> {
+        let status = self.command(args)?.status()?;
+        if !status.success() {
+            bail!("postbox {args:?} failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Worker {
+    fn process_id(&self) -> Result<postbox::ProcessId> {
+        self.id.parse().context("worker process id")
+    }
+
+    fn wait_for_exit(&mut self) -> Result<()> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("worker exited with {status}");
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,219 @@
+//! Helper processes for the demo, the end-to-end tests and the benches (`postbox worker …`).
+//! Each prints `ready` on stdout once it can be used, followed by its process id when it is a
+//! node (`ready 1234.5`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use postbox::{Message, Node, ProcessId};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Role {
+    /// Serve a port: answer calls with their body (upper-cased with --upper), after --delay-ms.
+    Echo {
+        /// Port name.
+        name: String,
+        /// Upper-case replies.
+        #[arg(long)]
+        upper: bool,
+        /// Wait this long before each reply.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Drop the reply token instead of answering (callers get NoReply).
+        #[arg(long)]
+        no_reply: bool,
+        /// Answer every call with an error reply carrying the request's body.
+        #[arg(long)]
+        fail: bool,
+        /// Print each one-way message received.
+        #[arg(long)]
+        print: bool,
+        /// Threads receiving on the port.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Send each TEXT to the inbox of process PID (`pid.generation`).
+    SendTo {
+        /// The receiving node's process id.
+        process: ProcessId,
+        /// Bodies to send, in order.
+        texts: Vec<String>,
+    },
+    /// Send COUNT one-way messages with bodies "0", "1", … to port NAME.
+    SendMany {
+        /// Port name.
+        name: String,
+        /// How many.
+        count: u64,
+    },
+    /// Open port NAME and never receive from it (a receiver that stopped reading).
+    Hold {
+        /// Port name.
+        name: String,
+    },
+    /// Connect to port NAME, then call it in a loop until killed.
+    CallLoop {
+        /// Port name.
+        name: String,
+    },
+    /// Raw Unix stream echo server at PATH: reads fixed-size messages and writes them back.
+    RawEcho {
+        /// Socket path.
+        path: PathBuf,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+}
+
+pub(crate) fn run(role: Role) -> Result<()> {
+    match role {
+        Role::Echo {
+            name,
+            upper,
+            delay_ms,
+            no_reply,
+            fail,
+            print,
+            threads,
+        } => {
+            let behaviour = Behaviour {
+                upper,
+                delay_ms,
+                no_reply,
+                fail,
+                print,
+            };
+            let node = Node::attach()?;
+            let port = node.port(&name).open()?;
+            ready(Some(node.process_id()));
+            std::thread::scope(|s| {
+                for _ in 0..threads.max(1) {
+                    s.spawn(|| serve(&port, behaviour));
+                }
+            });
+            Ok(())
+        }
+        Role::SendTo { process, texts } => {
+            let node = Node::attach()?;
+            ready(Some(node.process_id()));
+            for text in texts {
+                node.send_to(process, text.as_str())
+                    .map_err(|e| anyhow::anyhow!("send to {process}: {e}"))?;
+            }
+            Ok(())
+        }
+        Role::CallLoop { name } => {
+            let node = Node::attach()?;
+            let connection = node.connect(&name)?;
+            ready(Some(node.process_id()));
+            loop {
+                connection
+                    .call("ping")
+                    .map_err(|e| anyhow::anyhow!("call {name}: {e}"))?;
+            }
+        }
+        Role::SendMany { name, count } => {
+            let node = Node::attach()?;
+            let connection = node.connect(&name)?;
+            ready(Some(node.process_id()));
+            for i in 0..count {
+                connection
+                    .send(i.to_string().as_str())
+                    .map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+            }
+            Ok(())
+        }
+        Role::Hold { name } => {
+            let node = Node::attach()?;
+            let _port = node.port(&name).open()?;
+            ready(Some(node.process_id()));
+            loop {
+                std::thread::park();
+            }
+        }
+        Role::RawEcho { path, size } => raw_echo(&path, size),
+    }
+}
+
+/// How an echo worker answers.
+#[derive(Debug, Clone, Copy)]
+struct Behaviour {
+    upper: bool,
+    delay_ms: u64,
+    no_reply: bool,
+    fail: bool,
+    print: bool,
+}
+
+fn serve(port: &postbox::Port, b: Behaviour) {
+    let Behaviour {
+        upper,
+        delay_ms,
+        no_reply,
+        fail,
+        print,
+    } = b;
+    while let Ok(mut envelope) = port.recv() {
+        let Some(token) = envelope.take_reply_token() else {
+            if print {
+                println!(
+                    "{}: {}",
+                    envelope.sender(),
+                    String::from_utf8_lossy(envelope.body())
+                );
+            }
+            continue;
+        };
+        if delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+        }
+        if no_reply {
+            drop(token);
+            continue;
+        }
+        let body = envelope.into_message().into_body();
+        if fail {
+            let _ = token.fail(Message::new(body));
+            continue;
+        }
+        let body = if upper {
+            body.to_ascii_uppercase()
+        } else {
+            body
+        };
+        // A caller that gave up or died is not this server's problem.
+        let _ = token.reply(Message::new(body));
+    }
+}
+
+fn raw_echo(path: &PathBuf, size: usize) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).context("bind raw echo socket")?;
+    ready(None);
+    let (mut stream, _) = listener.accept()?;
+    echo_stream(&mut stream, size);
+    Ok(())
+}
+
+fn echo_stream(stream: &mut UnixStream, size: usize) {
+    let mut buf = vec![0u8; size];
+    while stream.read_exact(&mut buf).is_ok() {
+        if stream.write_all(&buf).is_err() {
+            return;
+        }
+    }
+}
+
+fn ready(process: Option<ProcessId>) {
+    let mut out = std::io::stdout().lock();
+    let _ = match process {
+        Some(id) => writeln!(out, "ready {id}"),
+        None => writeln!(out, "ready"),
+    };
+    let _ = out.flush();
+}

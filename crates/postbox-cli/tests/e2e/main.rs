@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `postbox` binary as daemon, workers and CLI, in real processes.
+//!
+//! Each test starts its own `postbox daemon` on a private socket in a temporary directory.
+//! The test process itself attaches as a node where it needs the library API, and plays the
+//! hostile peer where a test needs raw bytes on a socket.
+
+mod cli;
+mod death;
+mod hostile;
+mod operations;
+mod util;

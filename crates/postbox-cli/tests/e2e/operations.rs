@@ -1,0 +1,256 @@
+//! The operations and their error forms, between this test process and worker processes.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postbox::{
+    CallError, ConnectError, Message, OpenError, RecvTimeoutError, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
+
+use crate::util::{wait_until, Daemon, WATCHDOG};
+
+#[test]
+fn direct_addressing_reports_the_true_sender_and_recv_from_selects_it() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let me = node.process_id().to_string();
+    let mut first = daemon.worker(&["send-to", &me, "a1", "a2"]);
+    first.wait_success();
+    let mut second = daemon.worker(&["send-to", &me, "b1"]);
+    second.wait_success();
+    let (a, b) = (first.process_id(), second.process_id());
+    assert_ne!(a, b);
+    let picked = node.inbox().recv_from_timeout(b, WATCHDOG).unwrap();
+    assert_eq!((picked.sender(), picked.body()), (b, &b"b1"[..]));
+    let rest: Vec<_> = (0..2)
+        .map(|_| {
+            let e = node.inbox().recv_timeout(WATCHDOG).unwrap();
+            (e.sender(), e.body().to_vec())
+        })
+        .collect();
+    assert_eq!(rest, vec![(a, b"a1".to_vec()), (a, b"a2".to_vec())]);
+    assert_eq!(node.inbox().try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(
+        picked.sender_identity().uid,
+        rustix::process::getuid().as_raw()
+    );
+}
+
+#[test]
+fn send_to_a_process_that_is_not_attached_hands_the_message_back() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let ghost = postbox::ProcessId::new(1, 999_999);
+    match node.send_to(ghost, "anyone?") {
+        Err(postbox::SendError::NoSuchPort(m)) => assert_eq!(m.body(), b"anyone?"),
+        other => panic!("expected NoSuchPort, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_name_held_by_a_live_process_cannot_be_taken() {
+    let daemon = Daemon::start();
+    let _holder = daemon.worker(&["hold", "taken"]);
+    let node = daemon.node();
+    assert_eq!(
+        node.port("taken").open().unwrap_err(),
+        OpenError::NameTaken("taken".into())
+    );
+    assert!(matches!(
+        node.port("no spaces").open(),
+        Err(OpenError::InvalidName(_))
+    ));
+}
+
+#[test]
+fn unknown_names_fail_connect_with_no_such_port() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    assert!(matches!(
+        node.connect("missing"),
+        Err(ConnectError::NoSuchPort(_))
+    ));
+}
+
+#[test]
+fn calls_from_many_threads_share_one_connection_and_get_their_own_replies() {
+    let daemon = Daemon::start();
+    let _server = daemon.worker(&["echo", "svc/pipe", "--threads", "2"]);
+    let node = daemon.node();
+    let connection = node.connect("svc/pipe").unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let connection = &connection;
+            s.spawn(move || {
+                for i in 0..200 {
+                    let body = format!("thread {t} call {i}");
+                    let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
+                    assert_eq!(reply.body(), body.as_bytes());
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn several_threads_receive_from_one_port_and_each_message_is_taken_once() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let port = node.port("work").open().unwrap();
+    let mut senders: Vec<_> = (0..2)
+        .map(|_| daemon.worker(&["send-many", "work", "500"]))
+        .collect();
+    let seen = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| loop {
+                match port.recv_timeout(Duration::from_millis(1500)) {
+                    Ok(e) => seen.lock().unwrap().push((e.sender(), e.body().to_vec())),
+                    Err(RecvTimeoutError::Timeout) => return,
+                    Err(e) => panic!("{e}"),
+                }
+            });
+        }
+    });
+    for sender in &mut senders {
+        sender.wait_success();
+    }
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), 1000);
+    for sender in &senders {
+        let bodies: BTreeSet<u64> = seen
+            .iter()
+            .filter(|(s, _)| *s == sender.process_id())
+            .map(|(_, b)| String::from_utf8_lossy(b).parse().unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            (0..500).collect(),
+            "every message of {} exactly once",
+            sender.process_id()
+        );
+    }
+}
+
+#[test]
+fn a_full_link_makes_try_send_and_send_timeout_hand_the_message_back() {
+    let daemon = Daemon::start();
+    let _holder = daemon.worker(&["hold", "stuck"]);
+    let node = daemon.node();
+    let connection = node.connect("stuck").unwrap();
+    let body = vec![7u8; 8192];
+    let mut sent = 0;
+    let refused = loop {
+        match connection.try_send(Message::new(body.clone()).with_type(sent)) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100_000, "the link never filled");
+    };
+    match refused {
+        TrySendError::Full(m) => {
+            assert_eq!(m.body(), &body[..]);
+            assert_eq!(m.msg_type(), sent);
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    let started = Instant::now();
+    match connection.send_timeout(Message::new(body.clone()), Duration::from_millis(200)) {
+        Err(SendTimeoutError::Timeout(m)) => assert_eq!(m.body(), &body[..]),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[test]
+fn an_oversized_message_is_refused_with_the_message_handed_back() {
+    let daemon = Daemon::start_with(&["--max-message-size", "1024"]);
+    let _server = daemon.worker(&["echo", "small"]);
+    let node = daemon.node();
+    assert_eq!(node.max_message_size(), 1024);
+    let connection = node.connect("small").unwrap();
+    match connection.send(vec![0u8; 1025]) {
+        Err(postbox::SendError::TooLarge { message, limit }) => {
+            assert_eq!((message.body().len(), limit), (1025, 1024));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    match connection.call(vec![1u8; 2000]) {
+        Err(CallError::TooLarge { message, .. }) => assert_eq!(message.body().len(), 2000),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let reply = connection.call(vec![2u8; 1024]).unwrap();
+    assert_eq!(reply.body().len(), 1024);
+}
+
+#[test]
+fn call_errors_distinguish_timeout_no_reply_and_remote_failure() {
+    let daemon = Daemon::start();
+    let _slow = daemon.worker(&["echo", "slow", "--delay-ms", "2000"]);
+    let _mute = daemon.worker(&["echo", "mute", "--no-reply"]);
+    let _failing = daemon.worker(&["echo", "failing", "--fail"]);
+    let node = daemon.node();
+    let slow = node.connect("slow").unwrap();
+    assert_eq!(
+        slow.call_timeout("x", Duration::from_millis(100)),
+        Err(CallError::Timeout(None))
+    );
+    // The late reply to the abandoned call is discarded; the next call gets its own reply.
+    assert_eq!(slow.call_timeout("y", WATCHDOG).unwrap().body(), b"y");
+    let mute = node.connect("mute").unwrap();
+    assert_eq!(mute.call_timeout("x", WATCHDOG), Err(CallError::NoReply));
+    let failing = node.connect("failing").unwrap();
+    match failing.call_timeout("why", WATCHDOG) {
+        Err(CallError::Remote(m)) => assert_eq!(m.body(), b"why"),
+        other => panic!("expected Remote, got {other:?}"),
+    }
+}
+
+#[test]
+fn receive_forms_time_out_and_report_empty() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let port = node.port("idle").open().unwrap();
+    assert_eq!(port.try_recv().unwrap_err(), TryRecvError::Empty);
+    let started = Instant::now();
+    assert_eq!(
+        port.recv_timeout(Duration::from_millis(100)).unwrap_err(),
+        RecvTimeoutError::Timeout
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_millis(50);
+    assert_eq!(
+        port.recv_deadline(deadline).unwrap_err(),
+        RecvTimeoutError::Timeout
+    );
+}
+
+#[test]
+fn a_closed_port_releases_its_name_and_fails_its_clients() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let port = node.port("short-lived").open().unwrap();
+    let client_node = daemon.node();
+    let connection = client_node.connect("short-lived").unwrap();
+    connection.send("before close").unwrap();
+    assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"before close");
+    drop(port);
+    wait_until("the client sees the link closed", || {
+        connection.send("after").is_err()
+    });
+    let again = node.port("short-lived").open();
+    assert!(again.is_ok(), "{again:?}");
+}
+
+#[test]
+fn large_messages_cross_intact() {
+    let daemon = Daemon::start();
+    let _server = daemon.worker(&["echo", "big"]);
+    let node = daemon.node();
+    let connection = node.connect("big").unwrap();
+    let body: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let reply = connection.call_timeout(body.clone(), WATCHDOG).unwrap();
+    assert!(reply.body() == body, "4 MiB echoed intact");
+}

@@ -1,0 +1,163 @@
+//! Process harness: a daemon per test, workers that announce `ready <process id>`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use postbox::{Node, ProcessId};
+
+/// Path of the binary under test.
+pub(crate) fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_postbox")
+}
+
+/// A `postbox daemon` child with its own socket; killed when dropped.
+pub(crate) struct Daemon {
+    child: Option<Child>,
+    pub(crate) socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub(crate) fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub(crate) fn start_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("broker.sock");
+        let child = Command::new(exe())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("daemon")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let daemon = Self {
+            child: Some(child),
+            socket,
+            _dir: dir,
+        };
+        wait_until("the daemon accepts nodes", || {
+            Node::attach_to(&daemon.socket).is_ok()
+        });
+        daemon
+    }
+
+    pub(crate) fn node(&self) -> Node {
+        Node::attach_to(&self.socket).unwrap()
+    }
+
+    /// Runs `postbox ARGS` to completion against this daemon.
+    pub(crate) fn postbox(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(exe());
+        command
+            .args(args)
+            .env("POSTBOX_SOCKET", &self.socket)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts `postbox worker ARGS` and waits for its `ready` line.
+    pub(crate) fn worker(&self, args: &[&str]) -> Worker {
+        let mut full = vec!["worker"];
+        full.extend_from_slice(args);
+        Worker::start(self.command(&full))
+    }
+
+    /// SIGKILLs the daemon and waits until it is gone.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A child process that printed `ready [process id]`; killed when dropped.
+pub(crate) struct Worker {
+    pub(crate) child: Child,
+    pub(crate) id: Option<ProcessId>,
+    /// Kept open so the worker never gets EPIPE on later prints.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    pub(crate) fn start(mut command: Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let rest = line.trim().strip_prefix("ready").unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("worker did not start: {line:?}")
+        });
+        let id = rest.trim().parse().ok();
+        Self {
+            child,
+            id,
+            _stdout: stdout,
+        }
+    }
+
+    pub(crate) fn process_id(&self) -> ProcessId {
+        self.id.expect("a node worker announces its process id")
+    }
+
+    /// SIGKILL; returns the instant the signal was sent.
+    pub(crate) fn kill9(&mut self) -> Instant {
+        let at = Instant::now();
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        at
+    }
+
+    pub(crate) fn wait_success(&mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "worker exited with {status}");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds; panics after a generous watchdog (never a hang).
+pub(crate) fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WATCHDOG;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Generous bound for anything that should happen "soon": only a hang reaches it.
+pub(crate) const WATCHDOG: Duration = Duration::from_secs(20);
+
+pub(crate) fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
