@@ -1,1 +1,160 @@
-fn main() {}
+//! Call round trip and one-way throughput of postbox over Unix links, beside a raw Unix
+//! socketpair measured in the same run.
+//!
+//! Scenarios (every server is a separate `postbox worker` process):
+//! - `call_rtt/{postbox,raw_socketpair}/{64,4096,1048576}`: one request, one reply of the
+//!   same size. postbox: `Connection::call` to an echo port; raw: write N bytes on a socketpair,
+//!   the child writes them back.
+//! - `oneway/{postbox,raw_socketpair}/{64,4096,1048576}`: a batch of one-way messages, then
+//!   one synchronising round trip (postbox: a call, which the server answers only after the
+//!   batch because a link is FIFO; raw: the last message asks for a one-byte ack).
+//!
+//! Run with `cargo bench -p postbox-cli --bench call`. Methodology: `docs/benchmarks.md`.
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use postbox::{Broker, Connection, Message};
+
+const SIZES: [usize; 3] = [64, 4096, 1 << 20];
+
+fn benches(c: &mut Criterion) {
+    let broker = Broker::embedded().expect("embedded broker");
+    let _server = spawn(&broker, &["echo", "bench/echo"], Stdio::null());
+    let node = broker.node().expect("node");
+    let connection = node.connect("bench/echo").expect("connect");
+
+    let mut rtt = c.benchmark_group("call_rtt");
+    for size in SIZES {
+        configure(&mut rtt, size);
+        let body = vec![0xa5u8; size];
+        rtt.bench_with_input(BenchmarkId::new("postbox", size), &body, |b, body| {
+            b.iter_custom(|iters| timed(iters, || call(&connection, body)));
+        });
+        let (mut raw, _child) = raw_peer(&broker, "raw-echo", size);
+        let mut echo = vec![0u8; size];
+        rtt.bench_with_input(
+            BenchmarkId::new("raw_socketpair", size),
+            &body,
+            |b, body| {
+                b.iter_custom(|iters| {
+                    timed(iters, || {
+                        raw.write_all(body).unwrap();
+                        raw.read_exact(&mut echo).unwrap();
+                    })
+                });
+            },
+        );
+    }
+    rtt.finish();
+
+    let mut oneway = c.benchmark_group("oneway");
+    for size in SIZES {
+        configure(&mut oneway, size);
+        let body = vec![0u8; size];
+        oneway.bench_with_input(BenchmarkId::new("postbox", size), &body, |b, body| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    connection.send(Message::new(body.clone())).unwrap();
+                }
+                call(&connection, &[]);
+                start.elapsed()
+            });
+        });
+        let (mut raw, _child) = raw_peer(&broker, "raw-sink", size);
+        oneway.bench_with_input(
+            BenchmarkId::new("raw_socketpair", size),
+            &body,
+            |b, body| {
+                let mut last = body.clone();
+                last[0] = 1;
+                let mut ack = [0u8; 1];
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 1..iters {
+                        raw.write_all(body).unwrap();
+                    }
+                    raw.write_all(&last).unwrap();
+                    raw.read_exact(&mut ack).unwrap();
+                    start.elapsed()
+                });
+            },
+        );
+    }
+    oneway.finish();
+}
+
+fn configure(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    size: usize,
+) {
+    group.throughput(Throughput::Bytes(size as u64));
+    let large = size >= 1 << 20;
+    group.sample_size(if large { 20 } else { 50 });
+    group.measurement_time(Duration::from_secs(if large { 4 } else { 3 }));
+    group.warm_up_time(Duration::from_secs(1));
+}
+
+fn call(connection: &Connection, body: &[u8]) {
+    connection.call(Message::new(body.to_vec())).unwrap();
+}
+
+fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed()
+}
+
+/// A raw baseline child on one end of a fresh socketpair (its stdin).
+fn raw_peer(broker: &Broker, role: &str, size: usize) -> (UnixStream, ChildGuard) {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let size = size.to_string();
+    let child = spawn(
+        broker,
+        &[role, "--size", &size],
+        Stdio::from(OwnedFd::from(theirs)),
+    );
+    (ours, child)
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(broker: &Broker, args: &[&str], stdin: Stdio) -> ChildGuard {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postbox"))
+        .arg("worker")
+        .args(args)
+        .env("POSTBOX_SOCKET", broker.socket_path())
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    assert!(
+        line.starts_with("ready"),
+        "worker {args:?} did not start: {line:?}"
+    );
+    ChildGuard(child)
+}
+
+criterion_group!(call_benches, benches);
+criterion_main!(call_benches);

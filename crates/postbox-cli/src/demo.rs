@@ -119,10 +119,8 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
     heading(&format!(
         "6. latency: call round trip, 64-byte messages, {rounds} rounds each"
     ));
-    let raw_path = socket.with_file_name("raw-echo.sock");
-    let raw_path_text = raw_path.to_string_lossy().into_owned();
-    let mut raw_server = spawner.worker(&["raw-echo", &raw_path_text, "--size", "64"])?;
-    let mut raw = UnixStream::connect(&raw_path).context("connect to the raw echo server")?;
+    let (mut raw, theirs) = UnixStream::pair().context("create the raw socketpair")?;
+    let mut raw_server = spawner.worker_with_stdin(&["raw-echo", "--size", "64"], theirs)?;
     let (postbox_samples, raw_samples) = measure(&connection, &mut raw, rounds)?;
     drop(raw);
     raw_server.wait_for_exit()?;
@@ -171,7 +169,7 @@ fn print_table(ours: &Samples, raw: &Samples) {
     println!("  {:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
     for (label, s) in [
         ("postbox call (unix link)", ours),
-        ("raw unix socket ping-pong", raw),
+        ("raw unix socketpair ping-pong", raw),
     ] {
         println!(
             "  {:<34} {:>10} {:>10} {:>10}",
@@ -221,9 +219,22 @@ impl Spawner {
     }
 
     fn worker(&self, args: &[&str]) -> Result<Worker> {
+        self.start(args, Stdio::null())
+    }
+
+    /// Starts a raw baseline worker whose stdin is `socket` (one end of a socketpair).
+    fn worker_with_stdin(&self, args: &[&str], socket: UnixStream) -> Result<Worker> {
+        self.start(args, Stdio::from(std::os::fd::OwnedFd::from(socket)))
+    }
+
+    fn start(&self, args: &[&str], stdin: Stdio) -> Result<Worker> {
         let mut full = vec!["worker"];
         full.extend_from_slice(args);
-        let mut child = self.command(&full)?.stdout(Stdio::piped()).spawn()?;
+        let mut child = self
+            .command(&full)?
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .spawn()?;
         let mut stdout = BufReader::new(child.stdout.take().context("child stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;

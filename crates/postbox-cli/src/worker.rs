@@ -3,8 +3,7 @@
 //! node (`ready 1234.5`).
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -60,10 +59,16 @@ pub(crate) enum Role {
         /// Port name.
         name: String,
     },
-    /// Raw Unix stream echo server at PATH: reads fixed-size messages and writes them back.
+    /// Raw baseline: stdin is one end of a Unix socketpair; read fixed-size messages from it
+    /// and write each back.
     RawEcho {
-        /// Socket path.
-        path: PathBuf,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Raw baseline: stdin is one end of a Unix socketpair; read fixed-size messages and
+    /// answer one byte to each whose first byte is 1.
+    RawSink {
         /// Message size in bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
@@ -136,7 +141,8 @@ pub(crate) fn run(role: Role) -> Result<()> {
                 std::thread::park();
             }
         }
-        Role::RawEcho { path, size } => raw_echo(&path, size),
+        Role::RawEcho { size } => raw_stdin_loop(size, true),
+        Role::RawSink { size } => raw_stdin_loop(size, false),
     }
 }
 
@@ -191,22 +197,28 @@ fn serve(port: &postbox::Port, b: Behaviour) {
     }
 }
 
-fn raw_echo(path: &PathBuf, size: usize) -> Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).context("bind raw echo socket")?;
+/// Serves the raw baselines on the socketpair end passed as stdin.
+fn raw_stdin_loop(size: usize, echo: bool) -> Result<()> {
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("take the socket on stdin")?;
+    let mut socket = std::fs::File::from(fd);
     ready(None);
-    let (mut stream, _) = listener.accept()?;
-    echo_stream(&mut stream, size);
-    Ok(())
-}
-
-fn echo_stream(stream: &mut UnixStream, size: usize) {
-    let mut buf = vec![0u8; size];
-    while stream.read_exact(&mut buf).is_ok() {
-        if stream.write_all(&buf).is_err() {
-            return;
+    let mut buf = vec![0u8; size.max(1)];
+    while socket.read_exact(&mut buf).is_ok() {
+        let answer = if echo {
+            socket.write_all(&buf)
+        } else if buf[0] == 1 {
+            socket.write_all(&[1])
+        } else {
+            Ok(())
+        };
+        if answer.is_err() {
+            break;
         }
     }
+    Ok(())
 }
 
 fn ready(process: Option<ProcessId>) {

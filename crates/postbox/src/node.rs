@@ -160,7 +160,6 @@ impl Node {
     }
 
     /// Starts opening a named port (indirect addressing): `node.port("calc").open()?`.
-    #[must_use]
     pub fn port(&self, name: &str) -> PortBuilder {
         PortBuilder::new(Arc::clone(&self.shared), name)
     }
