@@ -41,11 +41,7 @@ impl Broker {
     /// socket failures otherwise.
     pub fn bind(config: BrokerConfig) -> Result<Self, BrokerError> {
         let listener = bind_listener(&config.socket_path)?;
-        Ok(Self {
-            config,
-            listener,
-            stop: Arc::new(Waker::new()?),
-        })
+        Ok(Self { config, listener, stop: Arc::new(Waker::new()?) })
     }
 
     /// Where nodes connect.
@@ -79,15 +75,8 @@ impl Broker {
         let thread = std::thread::Builder::new()
             .name("postbox-broker".into())
             .spawn(move || self.run())
-            .map_err(|e| TransportError::Os {
-                operation: "spawn broker",
-                kind: e.kind(),
-            })?;
-        Ok(BrokerHandle {
-            socket_path,
-            stop,
-            thread: Some(thread),
-        })
+            .map_err(|e| TransportError::Os { operation: "spawn broker", kind: e.kind() })?;
+        Ok(BrokerHandle { socket_path, stop, thread: Some(thread) })
     }
 }
 
@@ -143,18 +132,13 @@ impl EventLoop {
         let mut packet = vec![0u8; postbox_core::wire::control::MAX_CONTROL_LEN];
         loop {
             let ready = {
-                let mut set = vec![
-                    (stop.as_fd(), Interest::READ),
-                    (listener.as_fd(), Interest::READ),
-                ];
+                let mut set =
+                    vec![(stop.as_fd(), Interest::READ), (listener.as_fd(), Interest::READ)];
                 let mut keys = Vec::new();
                 for (index, node) in self.nodes.iter().enumerate() {
                     if let Some(node) = node {
-                        let interest = if node.outbox.is_empty() {
-                            Interest::READ
-                        } else {
-                            Interest::BOTH
-                        };
+                        let interest =
+                            if node.outbox.is_empty() { Interest::READ } else { Interest::BOTH };
                         set.push((node.socket.as_fd(), interest));
                         keys.push(NodeKey(index));
                     }
@@ -200,12 +184,8 @@ impl EventLoop {
                 let _ = socket.send(&refusal, None, Wait::NonBlocking);
                 continue;
             }
-            let node = NodeConnection {
-                socket,
-                credentials,
-                outbox: VecDeque::new(),
-                closing: false,
-            };
+            let node =
+                NodeConnection { socket, credentials, outbox: VecDeque::new(), closing: false };
             match self.nodes.iter().position(Option::is_none) {
                 Some(free) => self.nodes[free] = Some(node),
                 None => self.nodes.push(Some(node)),
@@ -264,19 +244,10 @@ impl EventLoop {
                 self.queue(key, &welcome, None);
             }
             ControlMessage::Hello { .. } => {
-                self.refuse(
-                    key,
-                    request,
-                    ControlErrorCode::OutOfOrder,
-                    "already admitted",
-                );
+                self.refuse(key, request, ControlErrorCode::OutOfOrder, "already admitted");
             }
             _ if !admitted => {
-                self.reject(
-                    key,
-                    ControlErrorCode::OutOfOrder,
-                    "the first message must be Hello",
-                );
+                self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
             ControlMessage::OpenPort { request, name } => {
                 match self.registry.open_port(key, name) {
@@ -319,12 +290,7 @@ impl EventLoop {
             }
             ControlMessage::List { request } => {
                 let (nodes, ports) = self.registry.listing();
-                let listing = ControlMessage::Listing {
-                    request,
-                    nodes,
-                    ports,
-                    truncated: false,
-                };
+                let listing = ControlMessage::Listing { request, nodes, ports, truncated: false };
                 self.queue(key, &listing, None);
             }
             _ => self.reject(key, ControlErrorCode::Malformed, "not a request"),
@@ -339,11 +305,7 @@ impl EventLoop {
     }
 
     fn refuse(&mut self, key: NodeKey, request: u32, code: ControlErrorCode, detail: &str) {
-        let message = ControlMessage::Refused {
-            request,
-            code,
-            detail: detail.to_owned(),
-        };
+        let message = ControlMessage::Refused { request, code, detail: detail.to_owned() };
         self.queue(key, &message, None);
     }
 
@@ -377,10 +339,7 @@ impl EventLoop {
             return;
         };
         while let Some((bytes, fd)) = node.outbox.front() {
-            match node
-                .socket
-                .send(bytes, fd.as_ref().map(AsFd::as_fd), Wait::NonBlocking)
-            {
+            match node.socket.send(bytes, fd.as_ref().map(AsFd::as_fd), Wait::NonBlocking) {
                 Ok(()) => {
                     node.outbox.pop_front();
                 }
@@ -406,12 +365,7 @@ impl EventLoop {
 
 fn refused(request: u32, code: ControlErrorCode, detail: &str) -> Vec<u8> {
     let mut bytes = Vec::new();
-    ControlMessage::Refused {
-        request,
-        code,
-        detail: detail.to_owned(),
-    }
-    .encode(&mut bytes);
+    ControlMessage::Refused { request, code, detail: detail.to_owned() }.encode(&mut bytes);
     bytes
 }
 

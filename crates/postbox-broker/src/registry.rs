@@ -72,19 +72,9 @@ impl Registry {
     pub(crate) fn admit(&mut self, key: NodeKey, pid: u32, uid: u32, gid: u32) -> PeerIdentity {
         let process_id = ProcessId::new(pid, self.next_generation);
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        let identity = PeerIdentity {
-            process_id,
-            uid,
-            gid,
-        };
-        self.nodes.insert(
-            key,
-            NodeRecord {
-                identity,
-                ports: BTreeSet::new(),
-                links: BTreeSet::new(),
-            },
-        );
+        let identity = PeerIdentity { process_id, uid, gid };
+        self.nodes
+            .insert(key, NodeRecord { identity, ports: BTreeSet::new(), links: BTreeSet::new() });
         self.by_process.insert(process_id, key);
         identity
     }
@@ -114,10 +104,7 @@ impl Registry {
 
     pub(crate) fn close_port(&mut self, key: NodeKey, name: &PortName) -> Result<(), Refusal> {
         if self.ports.get(name) != Some(&key) {
-            return Err((
-                ControlErrorCode::NotOwner,
-                format!("this node does not hold {name}"),
-            ));
+            return Err((ControlErrorCode::NotOwner, format!("this node does not hold {name}")));
         }
         self.ports.remove(name);
         if let Some(node) = self.nodes.get_mut(&key) {
@@ -136,28 +123,19 @@ impl Registry {
         let (server, listen) = match target {
             Target::Port(name) => {
                 let server = self.ports.get(name).copied().ok_or_else(|| {
-                    (
-                        ControlErrorCode::NoSuchPort,
-                        format!("no port named {name}"),
-                    )
+                    (ControlErrorCode::NoSuchPort, format!("no port named {name}"))
                 })?;
                 (server, ListenTarget::Port(name.clone()))
             }
             Target::Inbox(process_id) => {
                 let server = self.by_process.get(process_id).copied().ok_or_else(|| {
-                    (
-                        ControlErrorCode::NoSuchPort,
-                        format!("no live node {process_id}"),
-                    )
+                    (ControlErrorCode::NoSuchPort, format!("no live node {process_id}"))
                 })?;
                 (server, ListenTarget::Inbox)
             }
         };
         // Invariant: `ports` and `by_process` only name admitted nodes (removal clears both).
-        let server_record = self
-            .nodes
-            .get(&server)
-            .expect("registered names belong to nodes");
+        let server_record = self.nodes.get(&server).expect("registered names belong to nodes");
         if server != key && server_record.links.len() >= self.max_links {
             let detail = "the serving node has reached its link limit".to_owned();
             return Err((ControlErrorCode::LimitExceeded, detail));
@@ -165,26 +143,13 @@ impl Registry {
         let server_identity = server_record.identity;
         let link = LinkId(self.next_link);
         self.next_link += 1;
-        self.links.insert(
-            link,
-            LinkRecord {
-                client: key,
-                server,
-                target: listen.clone(),
-            },
-        );
+        self.links.insert(link, LinkRecord { client: key, server, target: listen.clone() });
         for side in [key, server] {
             if let Some(node) = self.nodes.get_mut(&side) {
                 node.links.insert(link);
             }
         }
-        Ok(NewLink {
-            link,
-            server,
-            server_identity,
-            client_identity,
-            target: listen,
-        })
+        Ok(NewLink { link, server, server_identity, client_identity, target: listen })
     }
 
     /// Forgets a link one of its ends reports closed; ignores links the node is not part of.
@@ -278,14 +243,8 @@ mod tests {
         r.admit(a, 100, 0, 0);
         r.admit(b, 200, 0, 0);
         r.open_port(a, name("calc")).unwrap();
-        assert_eq!(
-            r.open_port(b, name("calc")).unwrap_err().0,
-            ControlErrorCode::NameTaken
-        );
-        assert_eq!(
-            r.close_port(b, &name("calc")).unwrap_err().0,
-            ControlErrorCode::NotOwner
-        );
+        assert_eq!(r.open_port(b, name("calc")).unwrap_err().0, ControlErrorCode::NameTaken);
+        assert_eq!(r.close_port(b, &name("calc")).unwrap_err().0, ControlErrorCode::NotOwner);
         r.remove(a);
         r.open_port(b, name("calc")).unwrap();
     }

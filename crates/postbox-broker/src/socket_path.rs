@@ -32,10 +32,7 @@ pub(crate) fn bind_listener(path: &Path) -> Result<ControlListener, BrokerError>
     }
     match ControlListener::bind(path) {
         Ok(listener) => Ok(restrict(path, listener)),
-        Err(TransportError::Os {
-            kind: std::io::ErrorKind::AddrInUse,
-            ..
-        }) => {
+        Err(TransportError::Os { kind: std::io::ErrorKind::AddrInUse, .. }) => {
             if ControlSocket::connect(path).is_ok() {
                 return Err(BrokerError::AlreadyRunning(path.to_owned()));
             }
@@ -55,15 +52,8 @@ fn restrict(path: &Path, listener: ControlListener) -> ControlListener {
 }
 
 fn prepare_directory(dir: &Path) -> Result<(), BrokerError> {
-    let err = |e: std::io::Error| BrokerError::Directory {
-        path: dir.to_owned(),
-        kind: e.kind(),
-    };
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    let err = |e: std::io::Error| BrokerError::Directory { path: dir.to_owned(), kind: e.kind() };
+    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) => return Err(err(e)),
     }
@@ -90,10 +80,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run").join("broker.sock");
         let first = bind_listener(&path).unwrap();
-        assert!(matches!(
-            bind_listener(&path),
-            Err(BrokerError::AlreadyRunning(_))
-        ));
+        assert!(matches!(bind_listener(&path), Err(BrokerError::AlreadyRunning(_))));
         drop(first); // the file stays behind, as after a kill -9
         assert!(path.exists());
         let _second = bind_listener(&path).unwrap();
@@ -108,9 +95,6 @@ mod tests {
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
         let result = bind_listener(&open.join("broker.sock"));
-        assert!(
-            matches!(result, Err(BrokerError::UnsafeDirectory(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(BrokerError::UnsafeDirectory(_))), "{result:?}");
     }
 }

@@ -9,6 +9,11 @@
 //!   one synchronising round trip (postbox: a call, which the server answers only after the
 //!   batch because a link is FIFO; raw: the last message asks for a one-byte ack).
 //!
+//! Both sides of every comparison run with the same CPU placement: by default client and
+//! servers share one core; `POSTBOX_BENCH_PLACEMENT=cross-core` puts them on two cores.
+//! Building a message (copying the body into it) is outside the timed region, as the raw
+//! baseline reuses its buffer.
+//!
 //! Run with `cargo bench -p postbox-cli --bench call`. Methodology: `docs/benchmarks.md`.
 
 // criterion_group! generates an undocumented public function.
@@ -20,14 +25,35 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use postbox::{Broker, Connection, Message};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use postbox::{Broker, Message};
+
+#[path = "../src/placement.rs"]
+#[allow(dead_code)]
+mod placement;
 
 const SIZES: [usize; 3] = [64, 4096, 1 << 20];
 
 fn benches(c: &mut Criterion) {
+    let placement = std::env::var("POSTBOX_BENCH_PLACEMENT")
+        .ok()
+        .and_then(|p| placement::Placement::parse(&p))
+        .unwrap_or(placement::Placement::SameCore);
+    eprintln!("placement: {} (POSTBOX_BENCH_PLACEMENT=same-core|cross-core)", placement.label());
     let broker = Broker::embedded().expect("embedded broker");
-    let _server = spawn(&broker, &["echo", "bench/echo"], Stdio::null());
+    let spawned = placement
+        .apply(|| {
+            let server = spawn(&broker, &["echo", "bench/echo"], Stdio::null());
+            let raw: Vec<_> = SIZES
+                .iter()
+                .flat_map(|&size| {
+                    [raw_peer(&broker, "raw-echo", size), raw_peer(&broker, "raw-sink", size)]
+                })
+                .collect();
+            (server, raw)
+        })
+        .expect("pin to the chosen CPUs");
+    let (_server, mut raw_peers) = spawned;
     let node = broker.node().expect("node");
     let connection = node.connect("bench/echo").expect("connect");
 
@@ -36,22 +62,22 @@ fn benches(c: &mut Criterion) {
         configure(&mut rtt, size);
         let body = vec![0xa5u8; size];
         rtt.bench_with_input(BenchmarkId::new("postbox", size), &body, |b, body| {
-            b.iter_custom(|iters| timed(iters, || call(&connection, body)));
+            b.iter_batched(
+                || Message::new(body.clone()),
+                |request| connection.call(request).unwrap(),
+                BatchSize::PerIteration,
+            );
         });
-        let (mut raw, _child) = raw_peer(&broker, "raw-echo", size);
+        let (raw, _) = &mut raw_peers[peer_index(size, "raw-echo")];
         let mut echo = vec![0u8; size];
-        rtt.bench_with_input(
-            BenchmarkId::new("raw_socketpair", size),
-            &body,
-            |b, body| {
-                b.iter_custom(|iters| {
-                    timed(iters, || {
-                        raw.write_all(body).unwrap();
-                        raw.read_exact(&mut echo).unwrap();
-                    })
-                });
-            },
-        );
+        rtt.bench_with_input(BenchmarkId::new("raw_socketpair", size), &body, |b, body| {
+            b.iter_custom(|iters| {
+                timed(iters, || {
+                    raw.write_all(body).unwrap();
+                    raw.read_exact(&mut echo).unwrap();
+                })
+            });
+        });
     }
     rtt.finish();
 
@@ -61,33 +87,39 @@ fn benches(c: &mut Criterion) {
         let body = vec![0u8; size];
         oneway.bench_with_input(BenchmarkId::new("postbox", size), &body, |b, body| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    connection.send(Message::new(body.clone())).unwrap();
+                let mut elapsed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let chunk = left.min((64 << 20) / body.len().max(1) as u64).max(1);
+                    let batch: Vec<Message> =
+                        (0..chunk).map(|_| Message::new(body.clone())).collect();
+                    let start = Instant::now();
+                    for message in batch {
+                        connection.send(message).unwrap();
+                    }
+                    elapsed += start.elapsed();
+                    left -= chunk;
                 }
-                call(&connection, &[]);
+                let start = Instant::now();
+                connection.call(Message::new(Vec::new())).unwrap();
+                elapsed + start.elapsed()
+            });
+        });
+        let (raw, _) = &mut raw_peers[peer_index(size, "raw-sink")];
+        oneway.bench_with_input(BenchmarkId::new("raw_socketpair", size), &body, |b, body| {
+            let mut last = body.clone();
+            last[0] = 1;
+            let mut ack = [0u8; 1];
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 1..iters {
+                    raw.write_all(body).unwrap();
+                }
+                raw.write_all(&last).unwrap();
+                raw.read_exact(&mut ack).unwrap();
                 start.elapsed()
             });
         });
-        let (mut raw, _child) = raw_peer(&broker, "raw-sink", size);
-        oneway.bench_with_input(
-            BenchmarkId::new("raw_socketpair", size),
-            &body,
-            |b, body| {
-                let mut last = body.clone();
-                last[0] = 1;
-                let mut ack = [0u8; 1];
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 1..iters {
-                        raw.write_all(body).unwrap();
-                    }
-                    raw.write_all(&last).unwrap();
-                    raw.read_exact(&mut ack).unwrap();
-                    start.elapsed()
-                });
-            },
-        );
     }
     oneway.finish();
 }
@@ -103,8 +135,10 @@ fn configure(
     group.warm_up_time(Duration::from_secs(1));
 }
 
-fn call(connection: &Connection, body: &[u8]) {
-    connection.call(Message::new(body.to_vec())).unwrap();
+/// Position of a raw peer in the list built at start (two per size: echo, then sink).
+fn peer_index(size: usize, role: &str) -> usize {
+    let position = SIZES.iter().position(|&s| s == size).expect("a benchmarked size");
+    position * 2 + usize::from(role == "raw-sink")
 }
 
 fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
@@ -119,11 +153,7 @@ fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
 fn raw_peer(broker: &Broker, role: &str, size: usize) -> (UnixStream, ChildGuard) {
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let size = size.to_string();
-    let child = spawn(
-        broker,
-        &[role, "--size", &size],
-        Stdio::from(OwnedFd::from(theirs)),
-    );
+    let child = spawn(broker, &[role, "--size", &size], Stdio::from(OwnedFd::from(theirs)));
     (ours, child)
 }
 
@@ -146,13 +176,8 @@ fn spawn(broker: &Broker, args: &[&str], stdin: Stdio) -> ChildGuard {
         .spawn()
         .expect("spawn worker");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    assert!(
-        line.starts_with("ready"),
-        "worker {args:?} did not start: {line:?}"
-    );
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    assert!(line.starts_with("ready"), "worker {args:?} did not start: {line:?}");
     ChildGuard(child)
 }
 

@@ -9,10 +9,7 @@ use postbox::{Broker, BrokerConfig, CallError, Message, Node, RecvTimeoutError};
 
 pub(crate) fn daemon(max_message_size: u32) -> Result<()> {
     let config = BrokerConfig::new(default_socket_path()).max_message_size(max_message_size);
-    eprintln!(
-        "postbox daemon listening on {}",
-        config.socket_path.display()
-    );
+    eprintln!("postbox daemon listening on {}", config.socket_path.display());
     Broker::run_daemon(config).context("broker stopped")
 }
 
@@ -37,12 +34,7 @@ pub(crate) fn ls() -> Result<()> {
         )?;
     }
     // This `ls` is itself one of the attached nodes.
-    writeln!(
-        out,
-        "{} ports, {} nodes attached",
-        listing.ports.len(),
-        listing.nodes
-    )?;
+    writeln!(out, "{} ports, {} nodes attached", listing.ports.len(), listing.nodes)?;
     if listing.truncated {
         writeln!(out, "(list cut short by the broker)")?;
     }
@@ -53,12 +45,8 @@ pub(crate) fn send(name: &str, text: &str, msg_type: u32, priority: u8) -> Resul
     let body = body_of(text)?;
     let node = Node::attach()?;
     let connection = node.connect(name)?;
-    let message = Message::new(body)
-        .with_type(msg_type)
-        .with_priority(priority);
-    connection
-        .send(message)
-        .map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+    let message = Message::new(body).with_type(msg_type).with_priority(priority);
+    connection.send(message).map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
     Ok(())
 }
 
@@ -110,10 +98,7 @@ pub(crate) fn call(name: &str, text: &str, timeout: Option<Duration>) -> Result<
             Ok(())
         }
         Err(CallError::Remote(error)) => {
-            bail!(
-                "{name} answered with an error: {}",
-                String::from_utf8_lossy(error.body())
-            )
+            bail!("{name} answered with an error: {}", String::from_utf8_lossy(error.body()))
         }
         Err(e) => bail!("call to {name}: {e}"),
     }
@@ -122,9 +107,7 @@ pub(crate) fn call(name: &str, text: &str, timeout: Option<Duration>) -> Result<
 fn body_of(text: &str) -> Result<Vec<u8>> {
     if text == "-" {
         let mut body = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut body)
-            .context("reading the body from stdin")?;
+        std::io::stdin().read_to_end(&mut body).context("reading the body from stdin")?;
         Ok(body)
     } else {
         Ok(text.as_bytes().to_vec())

@@ -11,17 +11,20 @@ use anyhow::{bail, Context, Result};
 use postbox::{Broker, CallError, Message};
 
 use crate::latency::{micros, Samples};
+use crate::placement::{self, Placement};
 
-pub(crate) fn run(rounds: usize) -> Result<()> {
+pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
+    let placements = match placement {
+        "both" => Placement::available(),
+        one => vec![Placement::parse(one).context("--placement: same-core, cross-core or both")?],
+    };
     let broker = Broker::embedded().context("start the embedded broker")?;
     let socket = broker.socket_path().to_owned();
     println!("postbox demo");
     println!("  embedded broker listening on {}", socket.display());
     let node = broker.node()?;
     println!("  this process is node {}\n", node.process_id());
-    let spawner = Spawner {
-        socket: socket.clone(),
-    };
+    let spawner = Spawner { socket: socket.clone() };
 
     heading("1. send / recv between processes (indirect addressing: a named port)");
     let log = node.port("demo/log").open()?;
@@ -31,11 +34,7 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
     }
     for _ in 0..3 {
         let envelope = log.recv_timeout(Duration::from_secs(10))?;
-        println!(
-            "  received {:?} from node {}",
-            text(envelope.body()),
-            envelope.sender()
-        );
+        println!("  received {:?} from node {}", text(envelope.body()), envelope.sender());
     }
 
     heading("2. call / reply (RPC) with a server in another process");
@@ -52,32 +51,17 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
 
     heading("3. direct addressing: inboxes by process id, recv_from a chosen sender");
     let me = node.process_id().to_string();
-    let mut first = spawner.worker(&[
-        "send-to",
-        &me,
-        "first child, message 1",
-        "first child, message 2",
-    ])?;
+    let mut first =
+        spawner.worker(&["send-to", &me, "first child, message 1", "first child, message 2"])?;
     first.wait_for_exit()?;
     let mut second = spawner.worker(&["send-to", &me, "second child, its only message"])?;
     second.wait_for_exit()?;
-    println!(
-        "  children {} and {} sent to inbox {me}, the first child first",
-        first.id, second.id
-    );
+    println!("  children {} and {} sent to inbox {me}, the first child first", first.id, second.id);
     let picked = node.inbox().recv_from(second.process_id()?)?;
-    println!(
-        "  inbox.recv_from({}) -> {:?}",
-        picked.sender(),
-        text(picked.body())
-    );
+    println!("  inbox.recv_from({}) -> {:?}", picked.sender(), text(picked.body()));
     for _ in 0..2 {
         let e = node.inbox().recv_timeout(Duration::from_secs(10))?;
-        println!(
-            "  inbox.recv()            -> {:?} from {}",
-            text(e.body()),
-            e.sender()
-        );
+        println!("  inbox.recv()            -> {:?} from {}", text(e.body()), e.sender());
     }
 
     heading("4. a server killed (SIGKILL) in the middle of a call");
@@ -94,9 +78,7 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
     });
     let result = victim.call("will you answer?");
     let noticed = Instant::now();
-    killer
-        .join()
-        .map_err(|_| anyhow::anyhow!("killer thread panicked"))?;
+    killer.join().map_err(|_| anyhow::anyhow!("killer thread panicked"))?;
     let killed_at = killed_rx.recv()?;
     match result {
         Err(CallError::PeerDied) => println!(
@@ -116,15 +98,28 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
         );
     }
 
-    heading(&format!(
-        "6. latency: call round trip, 64-byte messages, {rounds} rounds each"
-    ));
-    let (mut raw, theirs) = UnixStream::pair().context("create the raw socketpair")?;
-    let mut raw_server = spawner.worker_with_stdin(&["raw-echo", "--size", "64"], theirs)?;
-    let (postbox_samples, raw_samples) = measure(&connection, &mut raw, rounds)?;
-    drop(raw);
-    raw_server.wait_for_exit()?;
-    print_table(&postbox_samples, &raw_samples);
+    heading(&format!("6. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
+    let all_cpus = placement::allowed_cpus();
+    for (index, placement) in placements.into_iter().enumerate() {
+        let name = format!("demo/latency-{index}");
+        let (theirs_raw, ours_raw) = UnixStream::pair().context("create the raw socketpair")?;
+        let (server, raw_server) = placement.apply(|| {
+            let server = spawner.worker(&["echo", &name]);
+            let raw = spawner.worker_with_stdin(&["raw-echo", "--size", "64"], theirs_raw);
+            (server, raw)
+        })?;
+        let (_server, mut raw_server) = (server?, raw_server?);
+        let mut raw = ours_raw;
+        let echo = node.connect(&name)?;
+        let measured = measure(&echo, &mut raw, rounds);
+        placement::unpin_current_thread(&all_cpus)?;
+        let (postbox_samples, raw_samples) = measured?;
+        drop(raw);
+        raw_server.wait_for_exit()?;
+        println!("\n  {}:", placement.label());
+        print_table(&postbox_samples, &raw_samples);
+    }
 
     drop(connection);
     upper.kill();
@@ -167,10 +162,7 @@ fn measure(
 
 fn print_table(ours: &Samples, raw: &Samples) {
     println!("  {:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
-    for (label, s) in [
-        ("postbox call (unix link)", ours),
-        ("raw unix socketpair ping-pong", raw),
-    ] {
+    for (label, s) in [("postbox call (unix link)", ours), ("raw unix socketpair ping-pong", raw)] {
         println!(
             "  {:<34} {:>10} {:>10} {:>10}",
             label,
@@ -230,11 +222,7 @@ impl Spawner {
     fn start(&self, args: &[&str], stdin: Stdio) -> Result<Worker> {
         let mut full = vec!["worker"];
         full.extend_from_slice(args);
-        let mut child = self
-            .command(&full)?
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut child = self.command(&full)?.stdin(stdin).stdout(Stdio::piped()).spawn()?;
         let mut stdout = BufReader::new(child.stdout.take().context("child stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
@@ -242,11 +230,7 @@ impl Spawner {
             let _ = child.kill();
             bail!("worker {args:?} did not start: {line:?}");
         };
-        Ok(Worker {
-            child,
-            _stdout: stdout,
-            id: rest.trim().to_owned(),
-        })
+        Ok(Worker { child, _stdout: stdout, id: rest.trim().to_owned() })
     }
 
     fn run_to_end(&self, args: &[&str]) -> Result<()> {

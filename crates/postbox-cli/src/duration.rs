@@ -5,23 +5,15 @@ use std::time::Duration;
 /// Parses `<number><unit>` with unit `us`, `ms`, `s` or `m` (a bare number is seconds).
 pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?}"))?;
+    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
     let seconds = match unit {
         "us" => value / 1e6,
         "ms" => value / 1e3,
         "s" | "" => value,
         "m" => value * 60.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?} (use us, ms, s or m)"
-            ))
-        }
+        _ => return Err(format!("unknown unit {unit:?} in {text:?} (use us, ms, s or m)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration out of range: {text:?}"))
 }

@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod duration;
 mod latency;
+mod placement;
 mod worker;
 
 use std::path::PathBuf;
@@ -78,6 +79,9 @@ enum Command {
         /// Round trips per latency measurement.
         #[arg(long, default_value_t = 20_000)]
         rounds: usize,
+        /// CPU placement of the latency table: same-core, cross-core, or both.
+        #[arg(long, default_value = "both")]
+        placement: String,
     },
     /// Helper processes used by the demo, the tests and the benches.
     #[command(hide = true, subcommand)]
@@ -93,24 +97,14 @@ fn main() {
     let result = match cli.command {
         Command::Daemon { max_message_size } => commands::daemon(max_message_size),
         Command::Ls => commands::ls(),
-        Command::Send {
-            name,
-            text,
-            msg_type,
-            priority,
-        } => commands::send(&name, &text, msg_type, priority),
-        Command::Recv {
-            name,
-            count,
-            timeout,
-            show_sender,
-        } => commands::recv(&name, count, timeout, show_sender),
-        Command::Call {
-            name,
-            text,
-            timeout,
-        } => commands::call(&name, &text, timeout),
-        Command::Demo { rounds } => demo::run(rounds),
+        Command::Send { name, text, msg_type, priority } => {
+            commands::send(&name, &text, msg_type, priority)
+        }
+        Command::Recv { name, count, timeout, show_sender } => {
+            commands::recv(&name, count, timeout, show_sender)
+        }
+        Command::Call { name, text, timeout } => commands::call(&name, &text, timeout),
+        Command::Demo { rounds, placement } => demo::run(rounds, &placement),
         Command::Worker(role) => worker::run(role),
     };
     if let Err(error) = result {

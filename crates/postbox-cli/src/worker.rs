@@ -77,22 +77,8 @@ pub(crate) enum Role {
 
 pub(crate) fn run(role: Role) -> Result<()> {
     match role {
-        Role::Echo {
-            name,
-            upper,
-            delay_ms,
-            no_reply,
-            fail,
-            print,
-            threads,
-        } => {
-            let behaviour = Behaviour {
-                upper,
-                delay_ms,
-                no_reply,
-                fail,
-                print,
-            };
+        Role::Echo { name, upper, delay_ms, no_reply, fail, print, threads } => {
+            let behaviour = Behaviour { upper, delay_ms, no_reply, fail, print };
             let node = Node::attach()?;
             let port = node.port(&name).open()?;
             ready(Some(node.process_id()));
@@ -117,9 +103,7 @@ pub(crate) fn run(role: Role) -> Result<()> {
             let connection = node.connect(&name)?;
             ready(Some(node.process_id()));
             loop {
-                connection
-                    .call("ping")
-                    .map_err(|e| anyhow::anyhow!("call {name}: {e}"))?;
+                connection.call("ping").map_err(|e| anyhow::anyhow!("call {name}: {e}"))?;
             }
         }
         Role::SendMany { name, count } => {
@@ -157,21 +141,11 @@ struct Behaviour {
 }
 
 fn serve(port: &postbox::Port, b: Behaviour) {
-    let Behaviour {
-        upper,
-        delay_ms,
-        no_reply,
-        fail,
-        print,
-    } = b;
+    let Behaviour { upper, delay_ms, no_reply, fail, print } = b;
     while let Ok(mut envelope) = port.recv() {
         let Some(token) = envelope.take_reply_token() else {
             if print {
-                println!(
-                    "{}: {}",
-                    envelope.sender(),
-                    String::from_utf8_lossy(envelope.body())
-                );
+                println!("{}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()));
             }
             continue;
         };
@@ -187,11 +161,7 @@ fn serve(port: &postbox::Port, b: Behaviour) {
             let _ = token.fail(Message::new(body));
             continue;
         }
-        let body = if upper {
-            body.to_ascii_uppercase()
-        } else {
-            body
-        };
+        let body = if upper { body.to_ascii_uppercase() } else { body };
         // A caller that gave up or died is not this server's problem.
         let _ = token.reply(Message::new(body));
     }
@@ -199,10 +169,7 @@ fn serve(port: &postbox::Port, b: Behaviour) {
 
 /// Serves the raw baselines on the socketpair end passed as stdin.
 fn raw_stdin_loop(size: usize, echo: bool) -> Result<()> {
-    let fd = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("take the socket on stdin")?;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().context("take the socket on stdin")?;
     let mut socket = std::fs::File::from(fd);
     ready(None);
     let mut buf = vec![0u8; size.max(1)];

@@ -30,11 +30,7 @@ pub struct UnknownCall<T>(pub T);
 
 impl<T> Default for CallTable<T> {
     fn default() -> Self {
-        Self {
-            next: 1,
-            calls: HashMap::new(),
-            late_replies: 0,
-        }
+        Self { next: 1, calls: HashMap::new(), late_replies: 0 }
     }
 }
 
@@ -164,10 +160,7 @@ mod tests {
         let short = table.begin(Some(now + Duration::from_millis(10)));
         let long = table.begin(Some(now + Duration::from_secs(10)));
         assert_eq!(table.poll_timeout(), Some(now + Duration::from_millis(10)));
-        assert_eq!(
-            table.handle_timeout(now + Duration::from_millis(10)),
-            vec![short]
-        );
+        assert_eq!(table.handle_timeout(now + Duration::from_millis(10)), vec![short]);
         assert_eq!(table.handle_reply(short, 1), Err(UnknownCall(1)));
         assert_eq!(table.late_replies(), 1);
         assert_eq!(table.poll_timeout(), Some(now + Duration::from_secs(10)));

@@ -62,11 +62,7 @@ pub struct PeerIdentity {
 
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (uid {}, gid {})",
-            self.process_id, self.uid, self.gid
-        )
+        write!(f, "{} (uid {}, gid {})", self.process_id, self.uid, self.gid)
     }
 }
 

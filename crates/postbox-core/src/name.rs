@@ -73,9 +73,6 @@ mod tests {
         assert_eq!(PortName::new(""), Err(NameError::Empty));
         assert_eq!(PortName::new("#1.1"), Err(NameError::BadCharacter('#')));
         assert_eq!(PortName::new("a b"), Err(NameError::BadCharacter(' ')));
-        assert_eq!(
-            PortName::new(&"x".repeat(256)),
-            Err(NameError::TooLong(256))
-        );
+        assert_eq!(PortName::new(&"x".repeat(256)), Err(NameError::TooLong(256)));
     }
 }

@@ -35,9 +35,7 @@ pub struct PortQueue<T> {
 
 impl<T> Default for PortQueue<T> {
     fn default() -> Self {
-        Self {
-            items: VecDeque::new(),
-        }
+        Self { items: VecDeque::new() }
     }
 }
 

@@ -177,12 +177,7 @@ proptest! {
 /// do for a CRC, but all 255 values also cover the field checks that run before it.
 #[test]
 fn every_single_byte_corruption_of_a_small_frame_is_an_error() {
-    for kind in [
-        FrameKind::Oneway,
-        FrameKind::Call,
-        FrameKind::Reply,
-        FrameKind::ErrorReply,
-    ] {
+    for kind in [FrameKind::Oneway, FrameKind::Call, FrameKind::Reply, FrameKind::ErrorReply] {
         let body = b"postbox".to_vec();
         let frame = Frame {
             header: FrameHeader {
@@ -219,14 +214,8 @@ fn after_any_decode_error_later_polls_return_poisoned() {
     let mut decoder = FrameDecoder::new(LIMIT);
     decoder.handle_bytes(&good);
     decoder.handle_bytes(&damaged);
-    assert_eq!(
-        decoder.poll_frame(),
-        Ok(Some(frame_of(FrameKind::Oneway, b"fine")))
-    );
-    assert!(matches!(
-        decoder.poll_frame(),
-        Err(DecodeError::ChecksumMismatch { .. })
-    ));
+    assert_eq!(decoder.poll_frame(), Ok(Some(frame_of(FrameKind::Oneway, b"fine"))));
+    assert!(matches!(decoder.poll_frame(), Err(DecodeError::ChecksumMismatch { .. })));
     decoder.handle_bytes(&good);
     assert_eq!(decoder.poll_frame(), Err(DecodeError::Poisoned));
     assert_eq!(decoder.poll_frame(), Err(DecodeError::Poisoned));
@@ -309,17 +298,12 @@ fn control_decode_rejects_a_message_over_64_kib_before_reading_it() {
     );
 }
 
-/// The encoder reserves room for 255-byte names, so it cuts every listing at 236 rows even
-/// when the rows are short and the message would be far below 64 KiB.
+/// A listing is cut only when it would exceed 64 KiB, not by a worst-case row count.
+/// Regression: the first encoder stopped at 236 rows (room for 255-byte names) even when the
+/// rows were short.
 #[test]
-#[ignore = "bug in postbox-core: Listing::encode truncates at 236 rows by worst-case row size \
-            (docs say: only when the message would exceed 64 KiB)"]
 fn a_listing_that_fits_in_64_kib_is_not_truncated() {
-    let owner = PeerIdentity {
-        process_id: ProcessId::new(1, 1),
-        uid: 0,
-        gid: 0,
-    };
+    let owner = PeerIdentity { process_id: ProcessId::new(1, 1), uid: 0, gid: 0 };
     let ports: Vec<PortEntry> = (0..300)
         .map(|i| PortEntry {
             name: PortName::new(&format!("p{i:03}")).unwrap(),
@@ -327,20 +311,12 @@ fn a_listing_that_fits_in_64_kib_is_not_truncated() {
             connections: 0,
         })
         .collect();
-    let message = ControlMessage::Listing {
-        request: 1,
-        nodes: 1,
-        ports,
-        truncated: false,
-    };
+    let message = ControlMessage::Listing { request: 1, nodes: 1, ports, truncated: false };
     let mut buf = Vec::new();
     message.encode(&mut buf);
     assert!(buf.len() < MAX_CONTROL_LEN / 2);
     match ControlMessage::decode(&buf) {
-        Ok(ControlMessage::Listing {
-            ports, truncated, ..
-        }) => {
-            // Fails today with 236 rows and `truncated == true`.
+        Ok(ControlMessage::Listing { ports, truncated, .. }) => {
             assert_eq!((ports.len(), truncated), (300, false));
         }
         other => panic!("decoded to {other:?}"),
@@ -362,15 +338,8 @@ fn frame_kind() -> impl Strategy<Value = FrameKind> {
 
 /// A frame with arbitrary header fields and a body from `body`; `body_len` matches the body.
 fn frame(body: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Frame> {
-    (
-        frame_kind(),
-        0..=MAX_PRIORITY,
-        any::<u32>(),
-        any::<u64>(),
-        any::<u64>(),
-        body,
-    )
-        .prop_map(|(kind, priority, msg_type, id, correlation, body)| Frame {
+    (frame_kind(), 0..=MAX_PRIORITY, any::<u32>(), any::<u64>(), any::<u64>(), body).prop_map(
+        |(kind, priority, msg_type, id, correlation, body)| Frame {
             header: FrameHeader {
                 kind,
                 priority,
@@ -380,7 +349,8 @@ fn frame(body: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Frame> {
                 body_len: body.len() as u32,
             },
             body,
-        })
+        },
+    )
 }
 
 fn frame_of(kind: FrameKind, body: &[u8]) -> Frame {
@@ -498,11 +468,7 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
     prop_oneof![
         request().prop_map(|request| ControlMessage::Hello { request }),
         (request(), identity(), any::<u32>()).prop_map(|(request, identity, max_message_size)| {
-            ControlMessage::Welcome {
-                request,
-                identity,
-                max_message_size,
-            }
+            ControlMessage::Welcome { request, identity, max_message_size }
         }),
         (request(), port_name())
             .prop_map(|(request, name)| ControlMessage::OpenPort { request, name }),
@@ -510,61 +476,37 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             .prop_map(|(request, name)| ControlMessage::ClosePort { request, name }),
         (
             request(),
-            prop_oneof![
-                port_name().prop_map(Target::Port),
-                process_id().prop_map(Target::Inbox),
-            ]
+            prop_oneof![port_name().prop_map(Target::Port), process_id().prop_map(Target::Inbox),]
         )
             .prop_map(|(request, target)| ControlMessage::Connect { request, target }),
-        (request(), any::<u64>()).prop_map(|(request, link)| ControlMessage::LinkClosed {
-            request,
-            link: LinkId(link),
-        }),
+        (request(), any::<u64>())
+            .prop_map(|(request, link)| ControlMessage::LinkClosed { request, link: LinkId(link) }),
         request().prop_map(|request| ControlMessage::List { request }),
         request().prop_map(|request| ControlMessage::Ok { request }),
         (request(), any::<u64>(), identity()).prop_map(|(request, link, server)| {
-            ControlMessage::Connected {
-                request,
-                link: LinkId(link),
-                server,
-            }
+            ControlMessage::Connected { request, link: LinkId(link), server }
         }),
-        (
-            request(),
-            any::<u32>(),
-            vec(port_entry(), 0..20),
-            any::<bool>()
-        )
-            .prop_map(
-                |(request, nodes, ports, truncated)| ControlMessage::Listing {
-                    request,
-                    nodes,
-                    ports,
-                    truncated,
-                }
-            ),
-        (request(), control_error_code(), "\\PC{0,200}").prop_map(|(request, code, detail)| {
-            ControlMessage::Refused {
+        (request(), any::<u32>(), vec(port_entry(), 0..20), any::<bool>()).prop_map(
+            |(request, nodes, ports, truncated)| ControlMessage::Listing {
                 request,
-                code,
-                detail,
+                nodes,
+                ports,
+                truncated,
             }
+        ),
+        (request(), control_error_code(), "\\PC{0,200}").prop_map(|(request, code, detail)| {
+            ControlMessage::Refused { request, code, detail }
         }),
         (
             any::<u64>(),
-            prop_oneof![
-                port_name().prop_map(ListenTarget::Port),
-                Just(ListenTarget::Inbox),
-            ],
+            prop_oneof![port_name().prop_map(ListenTarget::Port), Just(ListenTarget::Inbox),],
             identity(),
         )
-            .prop_map(
-                |(link, target, client)| ControlMessage::IncomingConnection {
-                    link: LinkId(link),
-                    target,
-                    client,
-                }
-            ),
+            .prop_map(|(link, target, client)| ControlMessage::IncomingConnection {
+                link: LinkId(link),
+                target,
+                client,
+            }),
     ]
 }
 
@@ -606,18 +548,8 @@ fn prop_assert_reencodes(message: &ControlMessage) -> Result<(), TestCaseError> 
             prop_assert!(cut.len() <= 1024 && detail.starts_with(cut.as_str()));
         }
         (
-            ControlMessage::Listing {
-                request,
-                nodes,
-                ports,
-                truncated,
-            },
-            Ok(ControlMessage::Listing {
-                request: r,
-                nodes: n,
-                ports: shown,
-                truncated: t,
-            }),
+            ControlMessage::Listing { request, nodes, ports, truncated },
+            Ok(ControlMessage::Listing { request: r, nodes: n, ports: shown, truncated: t }),
         ) if shown.len() < ports.len() => {
             prop_assert_eq!((request, nodes), (r, n));
             prop_assert_eq!(&ports[..shown.len()], &shown[..]);
@@ -663,10 +595,7 @@ fn feed_with_read_buffer(stream: &[u8], chunks: &[usize], limit: u32) -> Fed {
             break;
         }
         let buf = decoder.read_buffer();
-        assert!(
-            !buf.is_empty(),
-            "read_buffer is empty after poll_frame returned None"
-        );
+        assert!(!buf.is_empty(), "read_buffer is empty after poll_frame returned None");
         let n = chunk.min(buf.len()).min(stream.len() - pos);
         buf[..n].copy_from_slice(&stream[pos..pos + n]);
         decoder.commit(n);

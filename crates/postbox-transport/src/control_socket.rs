@@ -82,13 +82,9 @@ impl ControlSocket {
     /// # Errors
     /// [`TransportError::Os`] (`NotFound` or `ConnectionRefused` when no broker is there).
     pub fn connect(path: &Path) -> Result<Self, TransportError> {
-        let fd = socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| TransportError::os("create control socket", e))?;
+        let fd =
+            socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                .map_err(|e| TransportError::os("create control socket", e))?;
         let addr = SocketAddrUnix::new(path).map_err(|e| TransportError::os("socket path", e))?;
         connect(&fd, &addr).map_err(|e| TransportError::os("connect to broker", e))?;
         Ok(Self { fd })
@@ -228,9 +224,7 @@ mod tests {
         let creds = server.peer_credentials().unwrap();
         assert_eq!(creds.pid, std::process::id());
         let (a, _b) = crate::UnixLink::pair().unwrap();
-        server
-            .send(b"hello", Some(a.as_fd()), Wait::Forever)
-            .unwrap();
+        server.send(b"hello", Some(a.as_fd()), Wait::Forever).unwrap();
         let mut buf = [0u8; 64];
         let (n, fd) = client.recv(&mut buf, Wait::Forever).unwrap();
         assert_eq!(&buf[..n], b"hello");
@@ -246,9 +240,6 @@ mod tests {
             TransportError::WouldBlock
         );
         drop(server);
-        assert_eq!(
-            client.recv(&mut buf, Wait::Forever).unwrap_err(),
-            TransportError::Closed
-        );
+        assert_eq!(client.recv(&mut buf, Wait::Forever).unwrap_err(), TransportError::Closed);
     }
 }

@@ -39,10 +39,7 @@ impl TransportError {
         match errno {
             rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => Self::Closed,
             rustix::io::Errno::AGAIN => Self::WouldBlock,
-            other => Self::Os {
-                operation,
-                kind: io::Error::from(other).kind(),
-            },
+            other => Self::Os { operation, kind: io::Error::from(other).kind() },
         }
     }
 }

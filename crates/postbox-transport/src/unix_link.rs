@@ -28,13 +28,9 @@ impl UnixLink {
     /// # Errors
     /// [`TransportError::Os`] when the kernel refuses (for example out of descriptors).
     pub fn pair() -> Result<(Self, Self), TransportError> {
-        let (a, b) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| TransportError::os("create link socketpair", e))?;
+        let (a, b) =
+            socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+                .map_err(|e| TransportError::os("create link socketpair", e))?;
         Ok((Self { fd: a }, Self { fd: b }))
     }
 
@@ -67,10 +63,7 @@ impl UnixLink {
             let parts = if written < header.len() {
                 [IoSlice::new(&header[written..]), IoSlice::new(body)]
             } else {
-                [
-                    IoSlice::new(&body[written - header.len()..]),
-                    IoSlice::new(&[]),
-                ]
+                [IoSlice::new(&body[written - header.len()..]), IoSlice::new(&[])]
             };
             let mut flags = SendFlags::NOSIGNAL;
             if wait != Wait::Forever {
@@ -120,11 +113,7 @@ impl UnixLink {
                 return Err(TransportError::TimedOut);
             }
         }
-        let flags = if wait == Wait::Forever {
-            RecvFlags::empty()
-        } else {
-            RecvFlags::DONTWAIT
-        };
+        let flags = if wait == Wait::Forever { RecvFlags::empty() } else { RecvFlags::DONTWAIT };
         loop {
             match recv(&self.fd, decoder.read_buffer(), flags) {
                 Ok((0, _)) => return Err(TransportError::Closed),
@@ -195,10 +184,7 @@ mod tests {
         };
         assert_eq!(frame.body.len(), 300_000);
         drop(writer.join().unwrap());
-        assert_eq!(
-            b.read_into(&mut decoder, Wait::Forever),
-            Err(TransportError::Closed)
-        );
+        assert_eq!(b.read_into(&mut decoder, Wait::Forever), Err(TransportError::Closed));
     }
 
     #[test]
@@ -215,10 +201,7 @@ mod tests {
             assert!(sent < 100_000, "socket buffer never filled");
         };
         // Either the frame was refused whole, or it started and could not finish in time.
-        assert!(
-            matches!(err, TransportError::WouldBlock | TransportError::Stalled),
-            "{err:?}"
-        );
+        assert!(matches!(err, TransportError::WouldBlock | TransportError::Stalled), "{err:?}");
         assert!(sent > 0);
     }
 
@@ -227,9 +210,6 @@ mod tests {
         let (a, b) = UnixLink::pair().unwrap();
         drop(b);
         let h = header(3).encode(b"abc");
-        assert_eq!(
-            a.write_frame(&h, b"abc", Wait::Forever),
-            Err(TransportError::Closed)
-        );
+        assert_eq!(a.write_frame(&h, b"abc", Wait::Forever), Err(TransportError::Closed));
     }
 }

@@ -23,9 +23,7 @@ impl Wait {
     /// A wait that ends `timeout` from now.
     #[must_use]
     pub fn timeout(timeout: Duration) -> Self {
-        Instant::now()
-            .checked_add(timeout)
-            .map_or(Self::Forever, Self::Until)
+        Instant::now().checked_add(timeout).map_or(Self::Forever, Self::Until)
     }
 
     /// A wait that ends at `deadline`, or never.
@@ -46,8 +44,7 @@ impl Wait {
 
     /// The time left, `None` for forever.
     fn remaining(self) -> Option<Duration> {
-        self.ends_at()
-            .map(|at| at.saturating_duration_since(Instant::now()))
+        self.ends_at().map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     /// True once the wait has ended.
@@ -87,20 +84,11 @@ pub struct Interest {
 
 impl Interest {
     /// Readable only.
-    pub const READ: Self = Self {
-        read: true,
-        write: false,
-    };
+    pub const READ: Self = Self { read: true, write: false };
     /// Writable only.
-    pub const WRITE: Self = Self {
-        read: false,
-        write: true,
-    };
+    pub const WRITE: Self = Self { read: false, write: true };
     /// Either.
-    pub const BOTH: Self = Self {
-        read: true,
-        write: true,
-    };
+    pub const BOTH: Self = Self { read: true, write: true };
 }
 
 fn wait_for(
@@ -108,10 +96,7 @@ fn wait_for(
     events: PollFlags,
     wait: Wait,
 ) -> Result<Vec<usize>, TransportError> {
-    let interest = Interest {
-        read: events.contains(PollFlags::IN),
-        write: false,
-    };
+    let interest = Interest { read: events.contains(PollFlags::IN), write: false };
     let set: Vec<(BorrowedFd<'_>, Interest)> = fds.iter().map(|fd| (*fd, interest)).collect();
     wait_ready(&set, wait)
 }

@@ -58,10 +58,7 @@ impl Broker {
         let mut config = configure(BrokerConfig::new(dir.join("broker.sock")));
         config.socket_path = dir.join("broker.sock");
         let handle = postbox_broker::Broker::bind(config)?.spawn()?;
-        Ok(Self {
-            handle: Some(handle),
-            private_dir: Some(dir),
-        })
+        Ok(Self { handle: Some(handle), private_dir: Some(dir) })
     }
 
     /// Starts a broker with `config` on its own thread in this process.
@@ -70,10 +67,7 @@ impl Broker {
     /// [`BrokerError::AlreadyRunning`] and socket errors.
     pub fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
         let handle = postbox_broker::Broker::bind(config)?.spawn()?;
-        Ok(Self {
-            handle: Some(handle),
-            private_dir: None,
-        })
+        Ok(Self { handle: Some(handle), private_dir: None })
     }
 
     /// Runs a broker with `config` in this thread until the process ends (`postbox daemon`).
@@ -88,10 +82,7 @@ impl Broker {
     #[must_use]
     pub fn socket_path(&self) -> &Path {
         // Invariant: `handle` is Some until drop.
-        self.handle
-            .as_ref()
-            .expect("broker handle present until drop")
-            .socket_path()
+        self.handle.as_ref().expect("broker handle present until drop").socket_path()
     }
 
     /// Attaches a new node in this process to this broker.

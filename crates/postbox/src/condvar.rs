@@ -14,9 +14,7 @@ pub(crate) fn wait_until<'a, T>(
         None => condvar.wait(guard).unwrap_or_else(PoisonError::into_inner),
         Some(at) => {
             let left = at.saturating_duration_since(Instant::now());
-            condvar
-                .wait_timeout(guard, left)
-                .map_or_else(|e| e.into_inner().0, |(g, _)| g)
+            condvar.wait_timeout(guard, left).map_or_else(|e| e.into_inner().0, |(g, _)| g)
         }
     }
 }

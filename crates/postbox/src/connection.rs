@@ -44,6 +44,8 @@ struct CallState {
     calls: CallTable<Outcome>,
     reading: bool,
     broken: Option<Broken>,
+    /// Threads blocked on `replies`: notifying costs a system call, so only when there are any.
+    waiting: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -74,14 +76,13 @@ impl Connection {
                 calls: CallTable::new(),
                 reading: false,
                 broken: None,
+                waiting: 0,
             }),
             replies: Condvar::new(),
             decoder: Mutex::new(FrameDecoder::new(max_body)),
             node,
         };
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 
     /// The process serving the other end.
@@ -111,11 +112,7 @@ impl Connection {
     /// message is handed back.
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let mut message = message.into();
-        match self
-            .inner
-            .end
-            .write(FrameKind::Oneway, &mut message, 0, Wait::Forever)
-        {
+        match self.inner.end.write(FrameKind::Oneway, &mut message, 0, Wait::Forever) {
             Ok(()) => Ok(()),
             Err(WriteFailure::TooLarge(limit)) => Err(SendError::TooLarge { message, limit }),
             Err(WriteFailure::Closed | WriteFailure::Full) => Err(SendError::Disconnected(message)),
@@ -129,11 +126,7 @@ impl Connection {
     /// the message is handed back.
     pub fn try_send(&self, message: impl Into<Message>) -> Result<(), TrySendError> {
         let mut message = message.into();
-        match self
-            .inner
-            .end
-            .write(FrameKind::Oneway, &mut message, 0, Wait::NonBlocking)
-        {
+        match self.inner.end.write(FrameKind::Oneway, &mut message, 0, Wait::NonBlocking) {
             Ok(()) => Ok(()),
             Err(WriteFailure::TooLarge(limit)) => Err(TrySendError::TooLarge { message, limit }),
             Err(WriteFailure::Full) => Err(TrySendError::Full(message)),
@@ -166,11 +159,7 @@ impl Connection {
     }
 
     fn send_wait(&self, mut message: Message, wait: Wait) -> Result<(), SendTimeoutError> {
-        match self
-            .inner
-            .end
-            .write(FrameKind::Oneway, &mut message, 0, wait)
-        {
+        match self.inner.end.write(FrameKind::Oneway, &mut message, 0, wait) {
             Ok(()) => Ok(()),
             Err(WriteFailure::TooLarge(limit)) => {
                 Err(SendTimeoutError::TooLarge { message, limit })
@@ -232,10 +221,7 @@ impl Connection {
         if let Err(failure) = inner.end.write(FrameKind::Call, &mut request, id.0, wait) {
             inner.lock_state().calls.cancel(id);
             return Err(match failure {
-                WriteFailure::TooLarge(limit) => CallError::TooLarge {
-                    message: request,
-                    limit,
-                },
+                WriteFailure::TooLarge(limit) => CallError::TooLarge { message: request, limit },
                 WriteFailure::Full => CallError::Timeout(Some(request)),
                 WriteFailure::Closed => {
                     inner.break_link(Broken::PeerDied);
@@ -250,9 +236,7 @@ impl Connection {
 impl ConnectionInner {
     fn lock_state(&self) -> MutexGuard<'_, CallState> {
         // The state is consistent between statements; a panicking holder leaves it usable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn await_reply(&self, id: CallId, deadline: Option<Instant>) -> Result<Message, CallError> {
@@ -273,7 +257,9 @@ impl ConnectionInner {
                 return Err(CallError::Timeout(None));
             }
             if state.reading {
+                state.waiting += 1;
                 state = wait_until(&self.replies, state, deadline);
+                state.waiting -= 1;
                 continue;
             }
             state.reading = true;
@@ -291,22 +277,19 @@ impl ConnectionInner {
                 }
                 Err(broken) => {
                     state.broken = Some(broken.clone());
-                    state
-                        .calls
-                        .handle_all(|| Outcome::Failed(broken.to_error()));
+                    state.calls.handle_all(|| Outcome::Failed(broken.to_error()));
                     self.end.close();
                 }
             }
-            self.replies.notify_all();
+            if state.waiting > 0 {
+                self.replies.notify_all();
+            }
         }
     }
 
     /// Reads what the link has (waiting up to `wait`) and returns the reply frames.
     fn read_replies(&self, wait: Wait) -> Result<Vec<Frame>, Broken> {
-        let mut decoder = self
-            .decoder
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut decoder = self.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.end.link().read_into(&mut decoder, wait) {
             Ok(_) => {}
             Err(TransportError::TimedOut | TransportError::WouldBlock) => return Ok(Vec::new()),
@@ -331,12 +314,12 @@ impl ConnectionInner {
         let mut state = self.lock_state();
         if state.broken.is_none() {
             state.broken = Some(broken.clone());
-            state
-                .calls
-                .handle_all(|| Outcome::Failed(broken.to_error()));
+            state.calls.handle_all(|| Outcome::Failed(broken.to_error()));
         }
         self.end.close();
-        self.replies.notify_all();
+        if state.waiting > 0 {
+            self.replies.notify_all();
+        }
     }
 }
 

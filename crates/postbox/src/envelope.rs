@@ -92,11 +92,7 @@ impl Envelope {
 
 impl ReplyToken {
     pub(crate) fn new(link: Arc<ServerLink>, correlation: u64) -> Self {
-        Self {
-            link,
-            correlation,
-            answered: false,
-        }
+        Self { link, correlation, answered: false }
     }
 
     /// Sends `reply` to the caller.
@@ -127,11 +123,7 @@ impl ReplyToken {
     }
 
     fn send(&self, kind: FrameKind, mut message: Message) -> Result<(), SendError> {
-        match self
-            .link
-            .end
-            .write(kind, &mut message, self.correlation, Wait::Forever)
-        {
+        match self.link.end.write(kind, &mut message, self.correlation, Wait::Forever) {
             Ok(()) => Ok(()),
             Err(WriteFailure::TooLarge(limit)) => Err(SendError::TooLarge { message, limit }),
             Err(WriteFailure::Closed | WriteFailure::Full) => Err(SendError::Disconnected(message)),
@@ -147,9 +139,7 @@ impl Drop for ReplyToken {
             // server; if this fails the caller's link is already closed or stuck.
             let wait = Wait::timeout(NO_REPLY_WAIT);
             let _ =
-                self.link
-                    .end
-                    .write(FrameKind::ErrorReply, &mut message, self.correlation, wait);
+                self.link.end.write(FrameKind::ErrorReply, &mut message, self.correlation, wait);
         }
     }
 }

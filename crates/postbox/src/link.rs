@@ -32,12 +32,7 @@ pub(crate) enum WriteFailure {
 
 impl LinkEnd {
     pub(crate) fn new(link: UnixLink, max_body: u32) -> Self {
-        Self {
-            link,
-            write_lock: Mutex::new(()),
-            max_body,
-            closed: AtomicBool::new(false),
-        }
+        Self { link, write_lock: Mutex::new(()), max_body, closed: AtomicBool::new(false) }
     }
 
     /// Writes `message` as one frame of `kind`; gives it a fresh id unless it is a reply.
@@ -69,10 +64,7 @@ impl LinkEnd {
         .encode(&message.body);
         // A poisoned lock only means another writer panicked; the link itself is still whole
         // because a frame is either fully written or the link is shut down.
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self.write_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.link.write_frame(&header, &message.body, wait) {
             Ok(()) => Ok(()),
             Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(WriteFailure::Full),

@@ -35,12 +35,7 @@ pub struct BodyError(String);
 impl Message {
     /// A message with these body bytes, type 0, priority 0.
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Self {
-            id: 0,
-            msg_type: 0,
-            priority: 0,
-            body: body.into(),
-        }
+        Self { id: 0, msg_type: 0, priority: 0, body: body.into() }
     }
 
     /// A message whose body is `value` encoded with postcard (little-endian, portable).
@@ -48,9 +43,7 @@ impl Message {
     /// # Errors
     /// [`BodyError`] when serde refuses the value.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, BodyError> {
-        postcard::to_stdvec(value)
-            .map(Self::new)
-            .map_err(|e| BodyError(e.to_string()))
+        postcard::to_stdvec(value).map(Self::new).map_err(|e| BodyError(e.to_string()))
     }
 
     /// Decodes the body as a `T` encoded by [`Message::encode`].

@@ -86,10 +86,7 @@ impl Node {
     /// admit this process.
     pub fn attach_to(path: impl AsRef<Path>) -> Result<Self, NodeError> {
         let path = path.as_ref();
-        let unreachable = |kind| NodeError::BrokerUnreachable {
-            path: PathBuf::from(path),
-            kind,
-        };
+        let unreachable = |kind| NodeError::BrokerUnreachable { path: PathBuf::from(path), kind };
         let control = ControlSocket::connect(path).map_err(|e| unreachable(error_kind(e)))?;
         let mut packet = Vec::new();
         ControlMessage::Hello { request: 1 }.encode(&mut packet);
@@ -101,11 +98,9 @@ impl Node {
             .recv(&mut buf, Wait::timeout(HANDSHAKE_TIMEOUT))
             .map_err(|e| unreachable(error_kind(e)))?;
         let (identity, max_message_size) = match ControlMessage::decode(&buf[..len]) {
-            Ok(ControlMessage::Welcome {
-                identity,
-                max_message_size,
-                ..
-            }) => (identity, max_message_size),
+            Ok(ControlMessage::Welcome { identity, max_message_size, .. }) => {
+                (identity, max_message_size)
+            }
             Ok(ControlMessage::Refused { detail, .. }) => return Err(NodeError::Refused(detail)),
             Ok(other) => return Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
             Err(e) => return Err(NodeError::Refused(format!("undecodable answer: {e}"))),
@@ -128,11 +123,7 @@ impl Node {
             .spawn(move || control_loop(&weak))
             .map_err(|e| unreachable(e.kind()))?;
         let inbox = Inbox::new(inbox, Arc::clone(&shared));
-        Ok(Self {
-            shared,
-            inbox,
-            control_thread: Some(control_thread),
-        })
+        Ok(Self { shared, inbox, control_thread: Some(control_thread) })
     }
 
     /// This node's process id, assigned by the broker.
@@ -222,23 +213,10 @@ impl Node {
     /// # Errors
     /// [`BrokerRequestError::BrokerGone`].
     pub fn list(&self) -> Result<Listing, BrokerRequestError> {
-        match self
-            .shared
-            .request(|request| ControlMessage::List { request })
-        {
-            Ok((
-                ControlMessage::Listing {
-                    nodes,
-                    ports,
-                    truncated,
-                    ..
-                },
-                _,
-            )) => Ok(Listing {
-                nodes,
-                ports,
-                truncated,
-            }),
+        match self.shared.request(|request| ControlMessage::List { request }) {
+            Ok((ControlMessage::Listing { nodes, ports, truncated, .. }, _)) => {
+                Ok(Listing { nodes, ports, truncated })
+            }
             Ok((ControlMessage::Refused { detail, .. }, _)) => {
                 Err(BrokerRequestError::Refused(detail))
             }
@@ -271,15 +249,11 @@ pub(crate) struct Gone;
 
 impl NodeShared {
     fn lock_inbox_links(&self) -> MutexGuard<'_, HashMap<ProcessId, Connection>> {
-        self.inbox_links
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inbox_links.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn lock_receivers(&self) -> MutexGuard<'_, HashMap<PortName, Weak<Receiver>>> {
-        self.receivers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.receivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sends a request and waits for the broker's answer.
@@ -292,15 +266,10 @@ impl NodeShared {
         }
         let request = self.next_request.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = sync_channel(1);
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(request, tx);
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(request, tx);
         let mut packet = Vec::new();
         build(request).encode(&mut packet);
-        let sent = self
-            .control
-            .send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
+        let sent = self.control.send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
         let answer = match sent {
             Ok(()) => match rx.recv_timeout(REQUEST_TIMEOUT) {
                 Ok(answer) => Ok(answer),
@@ -308,10 +277,7 @@ impl NodeShared {
             },
             Err(_) => Err(Gone),
         };
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&request);
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request);
         answer
     }
 
@@ -325,21 +291,13 @@ impl NodeShared {
     /// Releases a port name (best effort: a broker that is gone has released it already).
     pub(crate) fn close_port(&self, name: &PortName) {
         let mut packet = Vec::new();
-        ControlMessage::ClosePort {
-            request: 0,
-            name: name.clone(),
-        }
-        .encode(&mut packet);
-        let _ = self
-            .control
-            .send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
+        ControlMessage::ClosePort { request: 0, name: name.clone() }.encode(&mut packet);
+        let _ = self.control.send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
     }
 
     fn connect(self: &Arc<Self>, target: Target) -> Result<Connection, ConnectError> {
-        let answer = self.request(|request| ControlMessage::Connect {
-            request,
-            target: target.clone(),
-        });
+        let answer =
+            self.request(|request| ControlMessage::Connect { request, target: target.clone() });
         match answer {
             Ok((ControlMessage::Connected { link, server, .. }, Some(fd))) => Ok(Connection::new(
                 UnixLink::from_fd(fd),
@@ -348,18 +306,11 @@ impl NodeShared {
                 self.max_message_size,
                 Arc::downgrade(self),
             )),
-            Ok((
-                ControlMessage::Refused {
-                    code: ControlErrorCode::NoSuchPort,
-                    detail,
-                    ..
-                },
-                _,
-            )) => Err(ConnectError::NoSuchPort(detail)),
+            Ok((ControlMessage::Refused { code: ControlErrorCode::NoSuchPort, detail, .. }, _)) => {
+                Err(ConnectError::NoSuchPort(detail))
+            }
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(ConnectError::Refused(detail)),
-            Ok(_) => Err(ConnectError::Refused(
-                "the broker sent an unexpected answer".into(),
-            )),
+            Ok(_) => Err(ConnectError::Refused("the broker sent an unexpected answer".into())),
             Err(Gone) => Err(ConnectError::BrokerGone),
         }
     }
@@ -371,32 +322,20 @@ impl NodeShared {
     ) -> Result<(), OpenError> {
         // Registered before asking, so that a connection arriving right after the broker's
         // answer finds the receiver.
-        self.lock_receivers()
-            .insert(name.clone(), Arc::downgrade(receiver));
-        let answer = self.request(|request| ControlMessage::OpenPort {
-            request,
-            name: name.clone(),
-        });
+        self.lock_receivers().insert(name.clone(), Arc::downgrade(receiver));
+        let answer =
+            self.request(|request| ControlMessage::OpenPort { request, name: name.clone() });
         let result = match answer {
             Ok((ControlMessage::Ok { .. }, _)) => return Ok(()),
-            Ok((
-                ControlMessage::Refused {
-                    code: ControlErrorCode::NameTaken,
-                    ..
-                },
-                _,
-            )) => Err(OpenError::NameTaken(name.to_string())),
+            Ok((ControlMessage::Refused { code: ControlErrorCode::NameTaken, .. }, _)) => {
+                Err(OpenError::NameTaken(name.to_string()))
+            }
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(OpenError::Refused(detail)),
-            Ok(_) => Err(OpenError::Refused(
-                "the broker sent an unexpected answer".into(),
-            )),
+            Ok(_) => Err(OpenError::Refused("the broker sent an unexpected answer".into())),
             Err(Gone) => Err(OpenError::BrokerGone),
         };
         let mut receivers = self.lock_receivers();
-        if receivers
-            .get(name)
-            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(receiver)))
-        {
+        if receivers.get(name).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(receiver))) {
             receivers.remove(name);
         }
         result
@@ -422,10 +361,7 @@ fn control_loop(shared: &Weak<NodeShared>) {
             Err(TransportError::Oversized(_)) => {}
             Err(_) => {
                 node.broker_gone.store(true, Ordering::Release);
-                node.pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clear();
+                node.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
                 return;
             }
         }
@@ -435,11 +371,7 @@ fn control_loop(shared: &Weak<NodeShared>) {
 impl NodeShared {
     fn dispatch(&self, message: ControlMessage, fd: Option<OwnedFd>) {
         match message {
-            ControlMessage::IncomingConnection {
-                link,
-                target,
-                client,
-            } => {
+            ControlMessage::IncomingConnection { link, target, client } => {
                 let Some(fd) = fd else { return };
                 let receiver = match &target {
                     ListenTarget::Inbox => Some(Arc::clone(&self.inbox)),

@@ -37,10 +37,7 @@ pub struct Inbox {
 
 impl PortBuilder {
     pub(crate) fn new(node: Arc<NodeShared>, name: &str) -> Self {
-        Self {
-            node,
-            name: name.to_owned(),
-        }
+        Self { node, name: name.to_owned() }
     }
 
     /// Registers the name with the broker and opens the port.
@@ -52,11 +49,7 @@ impl PortBuilder {
         let name = PortName::new(&self.name)?;
         let receiver = Arc::new(Receiver::new().map_err(|e| OpenError::Refused(e.to_string()))?);
         self.node.open_port(&name, &receiver)?;
-        Ok(Port {
-            name,
-            receiver,
-            node: self.node,
-        })
+        Ok(Port { name, receiver, node: self.node })
     }
 }
 
@@ -67,8 +60,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvError::Closed`] when the endpoint was closed.
         pub fn recv(&self) -> Result<Envelope, RecvError> {
-            self.receive(Selector::Any, Wait::Forever)
-                .map_err(|_| RecvError::Closed)
+            self.receive(Selector::Any, Wait::Forever).map_err(|_| RecvError::Closed)
         }
 
         /// Takes a waiting message, if any, without blocking.
@@ -76,11 +68,10 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`TryRecvError::Empty`] or [`TryRecvError::Closed`].
         pub fn try_recv(&self) -> Result<Envelope, TryRecvError> {
-            self.receive(Selector::Any, Wait::NonBlocking)
-                .map_err(|f| match f {
-                    ReceiveFailure::Empty => TryRecvError::Empty,
-                    ReceiveFailure::Closed => TryRecvError::Closed,
-                })
+            self.receive(Selector::Any, Wait::NonBlocking).map_err(|f| match f {
+                ReceiveFailure::Empty => TryRecvError::Empty,
+                ReceiveFailure::Closed => TryRecvError::Closed,
+            })
         }
 
         /// Waits at most `timeout` for the next message.
@@ -88,8 +79,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
         pub fn recv_timeout(&self, timeout: Duration) -> Result<Envelope, RecvTimeoutError> {
-            self.receive(Selector::Any, Wait::timeout(timeout))
-                .map_err(timeout_error)
+            self.receive(Selector::Any, Wait::timeout(timeout)).map_err(timeout_error)
         }
 
         /// Waits until `deadline` at most for the next message.
@@ -97,8 +87,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
         pub fn recv_deadline(&self, deadline: Instant) -> Result<Envelope, RecvTimeoutError> {
-            self.receive(Selector::Any, Wait::Until(deadline))
-                .map_err(timeout_error)
+            self.receive(Selector::Any, Wait::Until(deadline)).map_err(timeout_error)
         }
 
         /// Waits for the next message from `sender` only (symmetric addressing); messages from
@@ -107,8 +96,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvError::Closed`].
         pub fn recv_from(&self, sender: ProcessId) -> Result<Envelope, RecvError> {
-            self.receive(Selector::From(sender), Wait::Forever)
-                .map_err(|_| RecvError::Closed)
+            self.receive(Selector::From(sender), Wait::Forever).map_err(|_| RecvError::Closed)
         }
 
         /// Like [`recv_from`](Self::recv_from), waiting at most `timeout`.
@@ -120,8 +108,7 @@ macro_rules! receive_methods {
             sender: ProcessId,
             timeout: Duration,
         ) -> Result<Envelope, RecvTimeoutError> {
-            self.receive(Selector::From(sender), Wait::timeout(timeout))
-                .map_err(timeout_error)
+            self.receive(Selector::From(sender), Wait::timeout(timeout)).map_err(timeout_error)
         }
 
         /// Links currently open to this endpoint (one per connected sender).
@@ -132,8 +119,7 @@ macro_rules! receive_methods {
 
         fn receive(&self, selector: Selector, wait: Wait) -> Result<Envelope, ReceiveFailure> {
             let node = &self.node;
-            self.receiver
-                .recv(selector, wait, &|link| node.report_link_closed(link))
+            self.receiver.recv(selector, wait, &|link| node.report_link_closed(link))
         }
     };
 }

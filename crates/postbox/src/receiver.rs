@@ -41,6 +41,8 @@ struct ReceiverState {
     links: Vec<Arc<ServerLink>>,
     polling: bool,
     closed: bool,
+    /// Threads blocked on `arrived`: notifying costs a system call, so only when there are any.
+    waiting: usize,
 }
 
 /// Why a receive returned without a message.
@@ -60,6 +62,7 @@ impl Receiver {
                 links: Vec::new(),
                 polling: false,
                 closed: false,
+                waiting: 0,
             }),
             arrived: Condvar::new(),
             waker: Waker::new()?,
@@ -68,9 +71,7 @@ impl Receiver {
 
     fn lock(&self) -> MutexGuard<'_, ReceiverState> {
         // The state is consistent between statements; a panicking holder leaves it usable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds a link the broker made to this endpoint. Returns false when the endpoint is
@@ -142,7 +143,9 @@ impl Receiver {
                 if wait.expired() {
                     return Err(ReceiveFailure::Empty);
                 }
+                state.waiting += 1;
                 state = wait_until(&self.arrived, state, wait.ends_at());
+                state.waiting -= 1;
                 continue;
             }
             state.polling = true;
@@ -157,7 +160,9 @@ impl Receiver {
             if !dead.is_empty() {
                 state.links.retain(|l| !dead.contains(&l.id));
             }
-            self.arrived.notify_all();
+            if state.waiting > 0 {
+                self.arrived.notify_all();
+            }
             for id in dead {
                 on_dead(id);
             }
@@ -202,15 +207,31 @@ impl Receiver {
 /// Reads what one ready link holds into envelopes; false when the link is finished (closed by
 /// the peer, or the peer broke the protocol).
 fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Envelope>) -> bool {
-    let mut decoder = link
-        .decoder
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match link.end.link().read_into(&mut decoder, Wait::NonBlocking) {
-        Ok(_) => {}
-        Err(TransportError::WouldBlock) => return true,
-        Err(_) => return false,
+    let mut decoder = link.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Keep reading while a frame is incomplete and the link has more of it (a large body
+    // arrives in socket-buffer-sized pieces), then hand over what is complete.
+    for _ in 0..MAX_READS_PER_TURN {
+        match link.end.link().read_into(&mut decoder, Wait::NonBlocking) {
+            Ok(_) => {}
+            Err(TransportError::WouldBlock) => break,
+            Err(_) => return false,
+        }
+        if !decode_frames(link, &mut decoder, out) {
+            return false;
+        }
+        if !decoder.is_mid_frame() {
+            break;
+        }
     }
+    true
+}
+
+/// Moves every complete frame out of `decoder`; false when the peer broke the protocol.
+fn decode_frames(
+    link: &Arc<ServerLink>,
+    decoder: &mut FrameDecoder,
+    out: &mut Vec<Envelope>,
+) -> bool {
     loop {
         match decoder.poll_frame() {
             Ok(Some(frame)) => {
@@ -227,11 +248,7 @@ fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Envelope>) -> bool {
                     // Replies never travel towards a server: the client broke the protocol.
                     FrameKind::Reply | FrameKind::ErrorReply => return false,
                 };
-                out.push(Envelope {
-                    message,
-                    sender: link.client,
-                    reply,
-                });
+                out.push(Envelope { message, sender: link.client, reply });
             }
             Ok(None) => return true,
             // Garbage, a bad checksum or an oversized frame: drop this link only.
@@ -239,3 +256,6 @@ fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Envelope>) -> bool {
         }
     }
 }
+
+/// Reads from one link before the others get a turn.
+const MAX_READS_PER_TURN: usize = 64;

@@ -32,10 +32,7 @@ fn direct_addressing_reports_the_true_sender_and_recv_from_selects_it() {
         .collect();
     assert_eq!(rest, vec![(a, b"a1".to_vec()), (a, b"a2".to_vec())]);
     assert_eq!(node.inbox().try_recv().unwrap_err(), TryRecvError::Empty);
-    assert_eq!(
-        picked.sender_identity().uid,
-        rustix::process::getuid().as_raw()
-    );
+    assert_eq!(picked.sender_identity().uid, rustix::process::getuid().as_raw());
 }
 
 #[test]
@@ -54,24 +51,15 @@ fn a_name_held_by_a_live_process_cannot_be_taken() {
     let daemon = Daemon::start();
     let _holder = daemon.worker(&["hold", "taken"]);
     let node = daemon.node();
-    assert_eq!(
-        node.port("taken").open().unwrap_err(),
-        OpenError::NameTaken("taken".into())
-    );
-    assert!(matches!(
-        node.port("no spaces").open(),
-        Err(OpenError::InvalidName(_))
-    ));
+    assert_eq!(node.port("taken").open().unwrap_err(), OpenError::NameTaken("taken".into()));
+    assert!(matches!(node.port("no spaces").open(), Err(OpenError::InvalidName(_))));
 }
 
 #[test]
 fn unknown_names_fail_connect_with_no_such_port() {
     let daemon = Daemon::start();
     let node = daemon.node();
-    assert!(matches!(
-        node.connect("missing"),
-        Err(ConnectError::NoSuchPort(_))
-    ));
+    assert!(matches!(node.connect("missing"), Err(ConnectError::NoSuchPort(_))));
 }
 
 #[test]
@@ -99,9 +87,8 @@ fn several_threads_receive_from_one_port_and_each_message_is_taken_once() {
     let daemon = Daemon::start();
     let node = daemon.node();
     let port = node.port("work").open().unwrap();
-    let mut senders: Vec<_> = (0..2)
-        .map(|_| daemon.worker(&["send-many", "work", "500"]))
-        .collect();
+    let mut senders: Vec<_> =
+        (0..2).map(|_| daemon.worker(&["send-many", "work", "500"])).collect();
     let seen = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..4 {
@@ -193,10 +180,7 @@ fn call_errors_distinguish_timeout_no_reply_and_remote_failure() {
     let _failing = daemon.worker(&["echo", "failing", "--fail"]);
     let node = daemon.node();
     let slow = node.connect("slow").unwrap();
-    assert_eq!(
-        slow.call_timeout("x", Duration::from_millis(100)),
-        Err(CallError::Timeout(None))
-    );
+    assert_eq!(slow.call_timeout("x", Duration::from_millis(100)), Err(CallError::Timeout(None)));
     // The late reply to the abandoned call is discarded; the next call gets its own reply.
     assert_eq!(slow.call_timeout("y", WATCHDOG).unwrap().body(), b"y");
     let mute = node.connect("mute").unwrap();
@@ -221,10 +205,7 @@ fn receive_forms_time_out_and_report_empty() {
     );
     assert!(started.elapsed() >= Duration::from_millis(100));
     let deadline = Instant::now() + Duration::from_millis(50);
-    assert_eq!(
-        port.recv_deadline(deadline).unwrap_err(),
-        RecvTimeoutError::Timeout
-    );
+    assert_eq!(port.recv_deadline(deadline).unwrap_err(), RecvTimeoutError::Timeout);
 }
 
 #[test]
@@ -237,9 +218,7 @@ fn a_closed_port_releases_its_name_and_fails_its_clients() {
     connection.send("before close").unwrap();
     assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"before close");
     drop(port);
-    wait_until("the client sees the link closed", || {
-        connection.send("after").is_err()
-    });
+    wait_until("the client sees the link closed", || connection.send("after").is_err());
     let again = node.port("short-lived").open();
     assert!(again.is_ok(), "{again:?}");
 }

@@ -36,14 +36,8 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let daemon = Self {
-            child: Some(child),
-            socket,
-            _dir: dir,
-        };
-        wait_until("the daemon accepts nodes", || {
-            Node::attach_to(&daemon.socket).is_ok()
-        });
+        let daemon = Self { child: Some(child), socket, _dir: dir };
+        wait_until("the daemon accepts nodes", || Node::attach_to(&daemon.socket).is_ok());
         daemon
     }
 
@@ -58,10 +52,7 @@ impl Daemon {
 
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(exe());
-        command
-            .args(args)
-            .env("POSTBOX_SOCKET", &self.socket)
-            .stdin(Stdio::null());
+        command.args(args).env("POSTBOX_SOCKET", &self.socket).stdin(Stdio::null());
         command
     }
 
@@ -110,11 +101,7 @@ impl Worker {
             panic!("worker did not start: {line:?}")
         });
         let id = rest.trim().parse().ok();
-        Self {
-            child,
-            id,
-            _stdout: stdout,
-        }
+        Self { child, id, _stdout: stdout }
     }
 
     pub(crate) fn process_id(&self) -> ProcessId {

@@ -212,8 +212,8 @@ const LISTING: u8 = 0x84;
 const REFUSED: u8 = 0x85;
 const INCOMING_CONNECTION: u8 = 0xc1;
 
-/// Bytes one listing row may take at most (name + identity + count), for the size cap.
-const MAX_ENTRY_LEN: usize = 2 + PortName::MAX_LEN + 16 + 4;
+/// Bytes of an encoded [`PeerIdentity`].
+const IDENTITY_LEN: usize = 16;
 
 impl ControlMessage {
     /// The request number this message carries (0 for notices).
@@ -238,25 +238,19 @@ impl ControlMessage {
     /// True for the two messages that carry a file descriptor beside them.
     #[must_use]
     pub fn carries_fd(&self) -> bool {
-        matches!(
-            self,
-            Self::Connected { .. } | Self::IncomingConnection { .. }
-        )
+        matches!(self, Self::Connected { .. } | Self::IncomingConnection { .. })
     }
 
     /// Appends the encoded message to `buf`. The result never exceeds [`MAX_CONTROL_LEN`]
     /// (a listing is cut short and marked truncated instead).
     pub fn encode(&self, buf: &mut Vec<u8>) {
+        let start = buf.len();
         let (kind, request) = (self.kind(), self.request());
         buf.extend_from_slice(&[CONTROL_VERSION, kind, 0, 0]);
         buf.extend_from_slice(&request.to_le_bytes());
         match self {
             Self::Hello { .. } | Self::List { .. } | Self::Ok { .. } => {}
-            Self::Welcome {
-                identity,
-                max_message_size,
-                ..
-            } => {
+            Self::Welcome { identity, max_message_size, .. } => {
                 put_identity(buf, identity);
                 buf.extend_from_slice(&max_message_size.to_le_bytes());
             }
@@ -278,23 +272,28 @@ impl ControlMessage {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 put_identity(buf, server);
             }
-            Self::Listing {
-                nodes,
-                ports,
-                truncated,
-                ..
-            } => {
+            Self::Listing { nodes, ports, truncated, .. } => {
                 buf.extend_from_slice(&nodes.to_le_bytes());
-                let room = (MAX_CONTROL_LEN - CONTROL_HEADER_LEN - 4 - 1 - 2) / MAX_ENTRY_LEN;
-                let shown = ports.len().min(room).min(usize::from(u16::MAX));
-                buf.push(u8::from(*truncated || shown < ports.len()));
-                // The cast cannot truncate: `shown <= u16::MAX` by the line above.
-                buf.extend_from_slice(&(shown as u16).to_le_bytes());
-                for entry in &ports[..shown] {
+                let flag_at = buf.len();
+                buf.push(u8::from(*truncated));
+                let count_at = buf.len();
+                buf.extend_from_slice(&[0, 0]);
+                // Rows are added while the whole message stays within the size limit.
+                let room = MAX_CONTROL_LEN - (buf.len() - start);
+                let (mut shown, mut used) = (0u16, 0usize);
+                for entry in ports {
+                    let row = 2 + entry.name.as_str().len() + IDENTITY_LEN + 4;
+                    if used + row > room || shown == u16::MAX {
+                        buf[flag_at] = 1;
+                        break;
+                    }
                     put_text(buf, entry.name.as_str());
                     put_identity(buf, &entry.owner);
                     buf.extend_from_slice(&entry.connections.to_le_bytes());
+                    used += row;
+                    shown += 1;
                 }
+                buf[count_at..count_at + 2].copy_from_slice(&shown.to_le_bytes());
             }
             Self::Refused { code, detail, .. } => {
                 buf.push(code.to_u8());
@@ -304,11 +303,7 @@ impl ControlMessage {
                 }
                 put_text(buf, &detail[..end]);
             }
-            Self::IncomingConnection {
-                link,
-                target,
-                client,
-            } => {
+            Self::IncomingConnection { link, target, client } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 match target {
                     ListenTarget::Port(name) => {
@@ -352,50 +347,31 @@ impl ControlMessage {
                 identity: read_identity(&mut r)?,
                 max_message_size: r.u32()?,
             },
-            OPEN_PORT => Self::OpenPort {
-                request,
-                name: read_name(&mut r)?,
-            },
-            CLOSE_PORT => Self::ClosePort {
-                request,
-                name: read_name(&mut r)?,
-            },
+            OPEN_PORT => Self::OpenPort { request, name: read_name(&mut r)? },
+            CLOSE_PORT => Self::ClosePort { request, name: read_name(&mut r)? },
             CONNECT => {
                 let target = match r.u8()? {
                     0 => Target::Port(read_name(&mut r)?),
                     1 => Target::Inbox(read_process_id(&mut r)?),
-                    value => {
-                        return Err(DecodeError::UnknownValue {
-                            field: "target",
-                            value,
-                        })
-                    }
+                    value => return Err(DecodeError::UnknownValue { field: "target", value }),
                 };
                 Self::Connect { request, target }
             }
-            LINK_CLOSED => Self::LinkClosed {
-                request,
-                link: LinkId(r.u64()?),
-            },
-            CONNECTED => Self::Connected {
-                request,
-                link: LinkId(r.u64()?),
-                server: read_identity(&mut r)?,
-            },
+            LINK_CLOSED => Self::LinkClosed { request, link: LinkId(r.u64()?) },
+            CONNECTED => {
+                Self::Connected { request, link: LinkId(r.u64()?), server: read_identity(&mut r)? }
+            }
             LISTING => {
                 let nodes = r.u32()?;
                 let truncated = match r.u8()? {
                     0 => false,
                     1 => true,
-                    value => {
-                        return Err(DecodeError::UnknownValue {
-                            field: "truncated",
-                            value,
-                        })
-                    }
+                    value => return Err(DecodeError::UnknownValue { field: "truncated", value }),
                 };
                 let count = r.u16()?;
-                let mut ports = Vec::with_capacity(usize::from(count).min(r.remaining() / 22));
+                let mut ports = Vec::with_capacity(
+                    usize::from(count).min(r.remaining() / (2 + 1 + IDENTITY_LEN + 4)),
+                );
                 for _ in 0..count {
                     ports.push(PortEntry {
                         name: read_name(&mut r)?,
@@ -403,12 +379,7 @@ impl ControlMessage {
                         connections: r.u32()?,
                     });
                 }
-                Self::Listing {
-                    request,
-                    nodes,
-                    ports,
-                    truncated,
-                }
+                Self::Listing { request, nodes, ports, truncated }
             }
             REFUSED => Self::Refused {
                 request,
@@ -420,21 +391,12 @@ impl ControlMessage {
                 let target = match r.u8()? {
                     0 => ListenTarget::Port(read_name(&mut r)?),
                     1 => ListenTarget::Inbox,
-                    value => {
-                        return Err(DecodeError::UnknownValue {
-                            field: "target",
-                            value,
-                        })
-                    }
+                    value => return Err(DecodeError::UnknownValue { field: "target", value }),
                 };
                 if request != 0 {
                     return Err(DecodeError::ReservedNotZero);
                 }
-                Self::IncomingConnection {
-                    link,
-                    target,
-                    client: read_identity(&mut r)?,
-                }
+                Self::IncomingConnection { link, target, client: read_identity(&mut r)? }
             }
             other => return Err(DecodeError::UnknownKind(other)),
         };
@@ -472,18 +434,11 @@ fn put_identity(buf: &mut Vec<u8>, identity: &PeerIdentity) {
 }
 
 fn read_process_id(r: &mut Reader<'_>) -> Result<ProcessId, DecodeError> {
-    Ok(ProcessId {
-        pid: r.u32()?,
-        generation: r.u32()?,
-    })
+    Ok(ProcessId { pid: r.u32()?, generation: r.u32()? })
 }
 
 fn read_identity(r: &mut Reader<'_>) -> Result<PeerIdentity, DecodeError> {
-    Ok(PeerIdentity {
-        process_id: read_process_id(r)?,
-        uid: r.u32()?,
-        gid: r.u32()?,
-    })
+    Ok(PeerIdentity { process_id: read_process_id(r)?, uid: r.u32()?, gid: r.u32()? })
 }
 
 fn read_name(r: &mut Reader<'_>) -> Result<PortName, DecodeError> {
@@ -495,57 +450,26 @@ mod tests {
     use super::*;
 
     fn identity() -> PeerIdentity {
-        PeerIdentity {
-            process_id: ProcessId::new(10, 2),
-            uid: 1000,
-            gid: 100,
-        }
+        PeerIdentity { process_id: ProcessId::new(10, 2), uid: 1000, gid: 100 }
     }
 
     fn samples() -> Vec<ControlMessage> {
         let name = PortName::new("calc").unwrap();
         vec![
             ControlMessage::Hello { request: 1 },
-            ControlMessage::Welcome {
-                request: 1,
-                identity: identity(),
-                max_message_size: 1 << 24,
-            },
-            ControlMessage::OpenPort {
-                request: 2,
-                name: name.clone(),
-            },
-            ControlMessage::ClosePort {
-                request: 3,
-                name: name.clone(),
-            },
-            ControlMessage::Connect {
-                request: 4,
-                target: Target::Port(name.clone()),
-            },
-            ControlMessage::Connect {
-                request: 5,
-                target: Target::Inbox(ProcessId::new(7, 1)),
-            },
-            ControlMessage::LinkClosed {
-                request: 0,
-                link: LinkId(9),
-            },
+            ControlMessage::Welcome { request: 1, identity: identity(), max_message_size: 1 << 24 },
+            ControlMessage::OpenPort { request: 2, name: name.clone() },
+            ControlMessage::ClosePort { request: 3, name: name.clone() },
+            ControlMessage::Connect { request: 4, target: Target::Port(name.clone()) },
+            ControlMessage::Connect { request: 5, target: Target::Inbox(ProcessId::new(7, 1)) },
+            ControlMessage::LinkClosed { request: 0, link: LinkId(9) },
             ControlMessage::List { request: 6 },
             ControlMessage::Ok { request: 2 },
-            ControlMessage::Connected {
-                request: 4,
-                link: LinkId(9),
-                server: identity(),
-            },
+            ControlMessage::Connected { request: 4, link: LinkId(9), server: identity() },
             ControlMessage::Listing {
                 request: 6,
                 nodes: 3,
-                ports: vec![PortEntry {
-                    name: name.clone(),
-                    owner: identity(),
-                    connections: 2,
-                }],
+                ports: vec![PortEntry { name: name.clone(), owner: identity(), connections: 2 }],
                 truncated: false,
             },
             ControlMessage::Refused {
@@ -581,35 +505,23 @@ mod tests {
             let mut buf = Vec::new();
             message.encode(&mut buf);
             for cut in 0..buf.len() {
-                assert!(
-                    ControlMessage::decode(&buf[..cut]).is_err(),
-                    "{message:?} cut at {cut}"
-                );
+                assert!(ControlMessage::decode(&buf[..cut]).is_err(), "{message:?} cut at {cut}");
             }
             buf.push(0);
-            assert_eq!(
-                ControlMessage::decode(&buf),
-                Err(DecodeError::TrailingBytes(1))
-            );
+            assert_eq!(ControlMessage::decode(&buf), Err(DecodeError::TrailingBytes(1)));
         }
     }
 
     #[test]
     fn bad_names_and_kinds_are_named_in_the_error() {
         let mut buf = Vec::new();
-        ControlMessage::OpenPort {
-            request: 1,
-            name: PortName::new("ab").unwrap(),
-        }
-        .encode(&mut buf);
+        ControlMessage::OpenPort { request: 1, name: PortName::new("ab").unwrap() }
+            .encode(&mut buf);
         let last = buf.len() - 1;
         buf[last] = b' ';
         assert_eq!(ControlMessage::decode(&buf), Err(DecodeError::InvalidName));
         buf[1] = 0x7f;
-        assert_eq!(
-            ControlMessage::decode(&buf),
-            Err(DecodeError::UnknownKind(0x7f))
-        );
+        assert_eq!(ControlMessage::decode(&buf), Err(DecodeError::UnknownKind(0x7f)));
     }
 
     #[test]
@@ -622,18 +534,10 @@ mod tests {
             })
             .collect();
         let mut buf = Vec::new();
-        ControlMessage::Listing {
-            request: 1,
-            nodes: 1,
-            ports,
-            truncated: false,
-        }
-        .encode(&mut buf);
+        ControlMessage::Listing { request: 1, nodes: 1, ports, truncated: false }.encode(&mut buf);
         assert!(buf.len() <= MAX_CONTROL_LEN);
         match ControlMessage::decode(&buf).unwrap() {
-            ControlMessage::Listing {
-                truncated, ports, ..
-            } => {
+            ControlMessage::Listing { truncated, ports, .. } => {
                 assert!(truncated);
                 assert!(!ports.is_empty());
             }

@@ -164,10 +164,7 @@ impl FrameHeader {
             body_len: r.u32()?,
         };
         if header.body_len > max_body {
-            return Err(DecodeError::TooLong {
-                declared: header.body_len,
-                limit: max_body,
-            });
+            return Err(DecodeError::TooLong { declared: header.body_len, limit: max_body });
         }
         Ok((header, r.u32()?))
     }
@@ -275,16 +272,10 @@ impl FrameDecoder {
     /// If `n` is larger than that buffer was (a caller bug, not a peer's).
     pub fn commit(&mut self, n: usize) {
         if let Some(partial) = &mut self.partial {
-            assert!(
-                partial.filled + n <= partial.body.len(),
-                "commit past the read buffer"
-            );
+            assert!(partial.filled + n <= partial.body.len(), "commit past the read buffer");
             partial.filled += n;
         } else {
-            assert!(
-                self.end + n <= self.staging.len(),
-                "commit past the read buffer"
-            );
+            assert!(self.end + n <= self.staging.len(), "commit past the read buffer");
             self.end += n;
         }
     }
@@ -387,13 +378,7 @@ impl FrameDecoder {
             self.start = 0;
             self.end = 0;
         }
-        self.partial = Some(PartialBody {
-            header,
-            declared_crc,
-            header_bytes,
-            body,
-            filled: have,
-        });
+        self.partial = Some(PartialBody { header, declared_crc, header_bytes, body, filled: have });
         Ok(())
     }
 
@@ -434,10 +419,7 @@ fn finish(
 ) -> Result<Frame, DecodeError> {
     let computed = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[..28]), &body);
     if computed != declared_crc {
-        return Err(DecodeError::ChecksumMismatch {
-            declared: declared_crc,
-            computed,
-        });
+        return Err(DecodeError::ChecksumMismatch { declared: declared_crc, computed });
     }
     Ok(Frame { header, body })
 }
@@ -455,10 +437,7 @@ mod tests {
             correlation: 5,
             body_len: body.len() as u32,
         };
-        Frame {
-            header,
-            body: body.to_vec(),
-        }
+        Frame { header, body: body.to_vec() }
     }
 
     #[test]
@@ -468,14 +447,8 @@ mod tests {
         assert_eq!(Frame::decode(&bytes, 1024), Ok(f));
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(
-            Frame::decode(&longer, 1024),
-            Err(DecodeError::TrailingBytes(1))
-        );
-        assert_eq!(
-            Frame::decode(&bytes[..10], 1024),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(Frame::decode(&longer, 1024), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(Frame::decode(&bytes[..10], 1024), Err(DecodeError::Truncated));
     }
 
     #[test]
@@ -483,42 +456,26 @@ mod tests {
         let bytes = frame(FrameKind::Oneway, b"abc").to_bytes();
         let mut bad = bytes.clone();
         bad[0] = 9;
-        assert_eq!(
-            Frame::decode(&bad, 1024),
-            Err(DecodeError::UnsupportedVersion(9))
-        );
+        assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::UnsupportedVersion(9)));
         let mut bad = bytes.clone();
         bad[1] = 0x03;
         assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::InvalidFlags(3)));
         let mut bad = bytes.clone();
         bad[2] = 32;
-        assert_eq!(
-            Frame::decode(&bad, 1024),
-            Err(DecodeError::InvalidPriority(32))
-        );
+        assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::InvalidPriority(32)));
         let mut bad = bytes.clone();
         bad[3] = 1;
         assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::ReservedNotZero));
         let mut bad = bytes.clone();
         bad[33] ^= 0xff;
-        assert!(matches!(
-            Frame::decode(&bad, 1024),
-            Err(DecodeError::ChecksumMismatch { .. })
-        ));
-        assert_eq!(
-            Frame::decode(&bytes, 2),
-            Err(DecodeError::TooLong {
-                declared: 3,
-                limit: 2
-            })
-        );
+        assert!(matches!(Frame::decode(&bad, 1024), Err(DecodeError::ChecksumMismatch { .. })));
+        assert_eq!(Frame::decode(&bytes, 2), Err(DecodeError::TooLong { declared: 3, limit: 2 }));
     }
 
     #[test]
     fn the_decoder_cuts_a_stream_fed_one_byte_at_a_time() {
-        let frames: Vec<Frame> = (0..5)
-            .map(|i| frame(FrameKind::Oneway, &vec![i as u8; i * 1000]))
-            .collect();
+        let frames: Vec<Frame> =
+            (0..5).map(|i| frame(FrameKind::Oneway, &vec![i as u8; i * 1000])).collect();
         let stream: Vec<u8> = frames.iter().flat_map(Frame::to_bytes).collect();
         let mut decoder = FrameDecoder::new(1 << 20);
         let mut out = Vec::new();
@@ -558,10 +515,7 @@ mod tests {
     fn after_an_error_the_decoder_stays_poisoned() {
         let mut decoder = FrameDecoder::new(16);
         decoder.handle_bytes(&[0xff; 40]);
-        assert_eq!(
-            decoder.poll_frame(),
-            Err(DecodeError::UnsupportedVersion(0xff))
-        );
+        assert_eq!(decoder.poll_frame(), Err(DecodeError::UnsupportedVersion(0xff)));
         decoder.handle_bytes(&frame(FrameKind::Oneway, b"ok").to_bytes());
         assert_eq!(decoder.poll_frame(), Err(DecodeError::Poisoned));
     }

@@ -87,10 +87,7 @@ impl<'a> Reader<'a> {
     /// [`DecodeError::Truncated`] when fewer remain.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
-        let slice = self
-            .bytes
-            .get(self.pos..end)
-            .ok_or(DecodeError::Truncated)?;
+        let slice = self.bytes.get(self.pos..end).ok_or(DecodeError::Truncated)?;
         self.pos = end;
         Ok(slice)
     }
@@ -187,18 +184,9 @@ mod tests {
         assert_eq!(r.u16(), Err(DecodeError::Truncated));
         assert_eq!(r.u8(), Ok(3));
         assert_eq!(r.finish(), Ok(()));
-        assert_eq!(
-            Reader::new(&[5, 0, b'a']).text(),
-            Err(DecodeError::Truncated)
-        );
-        assert_eq!(
-            Reader::new(&[1, 0, 0xff]).text(),
-            Err(DecodeError::InvalidUtf8)
-        );
-        assert_eq!(
-            Reader::new(&[0; 4]).take(usize::MAX),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(Reader::new(&[5, 0, b'a']).text(), Err(DecodeError::Truncated));
+        assert_eq!(Reader::new(&[1, 0, 0xff]).text(), Err(DecodeError::InvalidUtf8));
+        assert_eq!(Reader::new(&[0; 4]).take(usize::MAX), Err(DecodeError::Truncated));
     }
 
     #[test]
