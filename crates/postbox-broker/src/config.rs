@@ -1,6 +1,7 @@
 //! What a broker is configured with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Settings of one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub struct BrokerConfig {
     pub max_nodes: usize,
     /// Control messages queued for one node that is not reading before it is disconnected.
     pub max_queued_per_node: usize,
+    /// How long a new connection may take to send Hello before it is disconnected.
+    pub hello_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -29,6 +32,7 @@ impl BrokerConfig {
             max_links_per_node: 4096,
             max_nodes: 4096,
             max_queued_per_node: 1024,
+            hello_timeout: Duration::from_secs(10),
         }
     }
 

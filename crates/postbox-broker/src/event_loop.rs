@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use postbox_core::{ControlErrorCode, ControlMessage, PortName};
 use postbox_transport::{
@@ -59,6 +60,7 @@ impl Broker {
             registry: Registry::new(&self.config),
             config: self.config,
             nodes: Vec::new(),
+            accept_paused_until: None,
         };
         let result = state.serve(&self.listener, &self.stop);
         let _ = std::fs::remove_file(&state.config.socket_path);
@@ -118,6 +120,7 @@ struct NodeConnection {
     credentials: Credentials,
     outbox: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
     closing: bool,
+    accepted_at: Instant,
 }
 
 #[derive(Debug)]
@@ -125,39 +128,60 @@ struct EventLoop {
     config: BrokerConfig,
     registry: Registry,
     nodes: Vec<Option<NodeConnection>>,
+    /// Set after `accept` failed (out of descriptors): the listener is left out of the poll
+    /// set until then, instead of spinning on a connection that cannot be accepted.
+    accept_paused_until: Option<Instant>,
+}
+
+/// What one entry of the poll set is.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Stop,
+    Listener,
+    Node(NodeKey),
 }
 
 impl EventLoop {
     fn serve(&mut self, listener: &ControlListener, stop: &Waker) -> Result<(), BrokerError> {
         let mut packet = vec![0u8; postbox_core::wire::control::MAX_CONTROL_LEN];
         loop {
+            let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|until| until <= now) {
+                self.accept_paused_until = None;
+            }
+            self.expire_silent_nodes(now);
             let ready = {
-                let mut set =
-                    vec![(stop.as_fd(), Interest::READ), (listener.as_fd(), Interest::READ)];
-                let mut keys = Vec::new();
+                let mut set = vec![(stop.as_fd(), Interest::READ)];
+                let mut slots = vec![Slot::Stop];
+                if self.accept_paused_until.is_none() {
+                    set.push((listener.as_fd(), Interest::READ));
+                    slots.push(Slot::Listener);
+                }
                 for (index, node) in self.nodes.iter().enumerate() {
                     if let Some(node) = node {
                         let interest =
                             if node.outbox.is_empty() { Interest::READ } else { Interest::BOTH };
                         set.push((node.socket.as_fd(), interest));
-                        keys.push(NodeKey(index));
+                        slots.push(Slot::Node(NodeKey(index)));
                     }
                 }
-                let ready = wait_ready(&set, Wait::Forever)?;
-                ready
-                    .into_iter()
-                    .map(|i| (i, keys.get(i.wrapping_sub(2)).copied()))
-                    .collect::<Vec<_>>()
+                match wait_ready(&set, Wait::deadline(self.next_timer())) {
+                    Ok(ready) => ready.into_iter().map(|i| slots[i]).collect::<Vec<_>>(),
+                    Err(_) => {
+                        // poll itself failed (out of memory): try again shortly, never spin.
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                }
             };
-            for (index, key) in ready {
-                match (index, key) {
-                    (0, _) => return Ok(()),
-                    (1, _) => self.accept_all(listener),
-                    (_, Some(key)) => {
+            for slot in ready {
+                match slot {
+                    Slot::Stop => return Ok(()),
+                    Slot::Listener => self.accept_all(listener),
+                    Slot::Node(key) => {
                         self.read_node(key, &mut packet);
                         self.flush(key);
                     }
-                    _ => {}
                 }
             }
             // Answers queued for other nodes during this round (incoming connections).
@@ -167,13 +191,43 @@ impl EventLoop {
         }
     }
 
+    /// The next instant the loop must wake without any socket being ready.
+    fn next_timer(&self) -> Option<Instant> {
+        let hello_deadlines = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, node)| node.as_ref().map(|n| (index, n)))
+            .filter(|(index, _)| !self.registry.is_admitted(NodeKey(*index)))
+            .map(|(_, n)| n.accepted_at + self.config.hello_timeout);
+        hello_deadlines.chain(self.accept_paused_until).min()
+    }
+
+    /// Disconnects connections that did not say Hello in time: they hold a descriptor and a
+    /// slot, and a flood of them must not lock others out.
+    fn expire_silent_nodes(&mut self, now: Instant) {
+        for index in 0..self.nodes.len() {
+            let key = NodeKey(index);
+            let silent = self.nodes[index].as_ref().is_some_and(|n| {
+                now >= n.accepted_at + self.config.hello_timeout && !self.registry.is_admitted(key)
+            });
+            if silent {
+                self.reject(key, ControlErrorCode::OutOfOrder, "no Hello in time");
+            }
+        }
+    }
+
     fn accept_all(&mut self, listener: &ControlListener) {
         loop {
             let socket = match listener.accept() {
                 Ok(Some(socket)) => socket,
                 Ok(None) => return,
-                // Out of descriptors and the like: try again on the next readiness.
-                Err(_) => return,
+                Err(_) => {
+                    // Out of descriptors, typically: the pending connection stays in the
+                    // backlog, so polling the listener again at once would spin.
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
             };
             let active = self.nodes.iter().flatten().count();
             let Ok(credentials) = socket.peer_credentials() else {
@@ -184,8 +238,13 @@ impl EventLoop {
                 let _ = socket.send(&refusal, None, Wait::NonBlocking);
                 continue;
             }
-            let node =
-                NodeConnection { socket, credentials, outbox: VecDeque::new(), closing: false };
+            let node = NodeConnection {
+                socket,
+                credentials,
+                outbox: VecDeque::new(),
+                closing: false,
+                accepted_at: Instant::now(),
+            };
             match self.nodes.iter().position(Option::is_none) {
                 Some(free) => self.nodes[free] = Some(node),
                 None => self.nodes.push(Some(node)),
@@ -261,10 +320,19 @@ impl EventLoop {
                     Ok(new) => new,
                     Err((code, detail)) => return self.refuse(key, request, code, &detail),
                 };
+                if !self.has_room(new.server) {
+                    // The server is not reading its control socket; refusing this client is
+                    // fair, disconnecting the server for others' requests is not.
+                    self.registry.link_closed(key, new.link);
+                    self.registry.link_closed(new.server, new.link);
+                    let detail = "the serving node is not reading its control socket";
+                    return self.refuse(key, request, ControlErrorCode::LimitExceeded, detail);
+                }
                 let (server_end, client_end) = match UnixLink::pair() {
                     Ok(pair) => pair,
                     Err(error) => {
                         self.registry.link_closed(key, new.link);
+                        self.registry.link_closed(new.server, new.link);
                         let detail = format!("cannot create the link: {error}");
                         return self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
                     }
@@ -334,6 +402,14 @@ impl EventLoop {
         node.outbox.push_back((bytes, fd));
     }
 
+    /// True when `key`'s outbox can take one more message.
+    fn has_room(&self, key: NodeKey) -> bool {
+        self.nodes
+            .get(key.0)
+            .and_then(Option::as_ref)
+            .is_some_and(|n| n.outbox.len() < self.config.max_queued_per_node)
+    }
+
     fn flush(&mut self, key: NodeKey) {
         let Some(node) = self.nodes.get_mut(key.0).and_then(Option::as_mut) else {
             return;
@@ -368,6 +444,9 @@ fn refused(request: u32, code: ControlErrorCode, detail: &str) -> Vec<u8> {
     ControlMessage::Refused { request, code, detail: detail.to_owned() }.encode(&mut bytes);
     bytes
 }
+
+/// How long the listener rests after `accept` failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Packets read from one node before others get a turn (fairness against floods).
 const MAX_PACKETS_PER_ROUND: usize = 64;

@@ -22,11 +22,15 @@ struct NodeRecord {
     links: BTreeSet<LinkId>,
 }
 
+/// A link, open at both ends until each end reports it closed (or its node leaves): a node's
+/// link limit counts the link ends it still holds, whatever the other end did.
 #[derive(Debug, Clone)]
 struct LinkRecord {
     client: NodeKey,
     server: NodeKey,
     target: ListenTarget,
+    client_open: bool,
+    server_open: bool,
 }
 
 /// What a successful connect asks the event loop to do.
@@ -52,6 +56,8 @@ pub(crate) struct Registry {
     by_process: HashMap<ProcessId, NodeKey>,
     ports: BTreeMap<PortName, NodeKey>,
     links: HashMap<LinkId, LinkRecord>,
+    /// Links open at both ends, per (serving node, port): what `ls` shows as connections.
+    connections: HashMap<(NodeKey, PortName), u32>,
 }
 
 impl Registry {
@@ -65,6 +71,7 @@ impl Registry {
             by_process: HashMap::new(),
             ports: BTreeMap::new(),
             links: HashMap::new(),
+            connections: HashMap::new(),
         }
     }
 
@@ -143,74 +150,90 @@ impl Registry {
         let server_identity = server_record.identity;
         let link = LinkId(self.next_link);
         self.next_link += 1;
-        self.links.insert(link, LinkRecord { client: key, server, target: listen.clone() });
+        let record = LinkRecord {
+            client: key,
+            server,
+            target: listen.clone(),
+            client_open: true,
+            server_open: true,
+        };
+        self.links.insert(link, record);
         for side in [key, server] {
             if let Some(node) = self.nodes.get_mut(&side) {
                 node.links.insert(link);
             }
         }
+        if let ListenTarget::Port(name) = &listen {
+            *self.connections.entry((server, name.clone())).or_default() += 1;
+        }
         Ok(NewLink { link, server, server_identity, client_identity, target: listen })
     }
 
-    /// Forgets a link one of its ends reports closed; ignores links the node is not part of.
+    /// Records that node `key` closed its end of `link`; ignores links it holds no end of.
     pub(crate) fn link_closed(&mut self, key: NodeKey, link: LinkId) {
-        let Some(record) = self.links.get(&link) else {
-            return;
-        };
-        if record.client != key && record.server != key {
+        let Some(record) = self.links.get_mut(&link) else { return };
+        let was_active = record.client_open && record.server_open;
+        if record.client == key && record.client_open {
+            record.client_open = false;
+        } else if record.server == key && record.server_open {
+            record.server_open = false;
+        } else {
             return;
         }
         let record = record.clone();
-        self.links.remove(&link);
-        for side in [record.client, record.server] {
-            if let Some(node) = self.nodes.get_mut(&side) {
-                node.links.remove(&link);
+        if let Some(node) = self.nodes.get_mut(&key) {
+            node.links.remove(&link);
+        }
+        if was_active {
+            if let ListenTarget::Port(name) = &record.target {
+                let key = (record.server, name.clone());
+                if let Some(count) = self.connections.get_mut(&key) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        self.connections.remove(&key);
+                    }
+                }
             }
+        }
+        if !record.client_open && !record.server_open {
+            self.links.remove(&link);
         }
     }
 
-    /// Removes a node that left: its names are free at once, its links forgotten.
+    /// Removes a node that left: its names are free at once, its ends of links closed.
     pub(crate) fn remove(&mut self, key: NodeKey) -> Option<PeerIdentity> {
+        let node = self.nodes.get(&key)?;
+        let links: Vec<LinkId> = node.links.iter().copied().collect();
+        for link in links {
+            // Twice: a node connected to its own port holds both ends of that link.
+            self.link_closed(key, link);
+            self.link_closed(key, link);
+        }
         let node = self.nodes.remove(&key)?;
         self.by_process.remove(&node.identity.process_id);
         for name in &node.ports {
             self.ports.remove(name);
         }
-        for link in node.links {
-            self.link_closed_by_death(link);
-        }
         Some(node.identity)
-    }
-
-    fn link_closed_by_death(&mut self, link: LinkId) {
-        if let Some(record) = self.links.remove(&link) {
-            for side in [record.client, record.server] {
-                if let Some(node) = self.nodes.get_mut(&side) {
-                    node.links.remove(&link);
-                }
-            }
-        }
     }
 
     pub(crate) fn listing(&self) -> (u32, Vec<PortEntry>) {
         let ports = self
             .ports
             .iter()
-            .map(|(name, key)| {
-                let owner = &self.nodes[key];
-                let connections = self
-                    .links
-                    .values()
-                    .filter(|l| l.server == *key && l.target == ListenTarget::Port(name.clone()))
-                    .count();
-                PortEntry {
-                    name: name.clone(),
-                    owner: owner.identity,
-                    connections: u32::try_from(connections).unwrap_or(u32::MAX),
-                }
+            .map(|(name, key)| PortEntry {
+                name: name.clone(),
+                owner: self.nodes[key].identity,
+                connections: self.connections.get(&(*key, name.clone())).copied().unwrap_or(0),
             })
             .collect();
         (u32::try_from(self.nodes.len()).unwrap_or(u32::MAX), ports)
+    }
+
+    /// True while node `key` holds its end of `link` (for tests of the accounting).
+    #[cfg(test)]
+    fn holds(&self, key: NodeKey, link: LinkId) -> bool {
+        self.nodes.get(&key).is_some_and(|n| n.links.contains(&link))
     }
 
     pub(crate) fn node_count(&self) -> usize {
@@ -269,6 +292,25 @@ mod tests {
         r.remove(a);
         let gone = r.connect(b, &Target::Inbox(server.process_id)).unwrap_err();
         assert_eq!(gone.0, ControlErrorCode::NoSuchPort);
+    }
+
+    #[test]
+    fn each_end_of_a_link_counts_against_its_own_node_until_it_reports_closed() {
+        let mut r = registry();
+        let (server, client) = (NodeKey(1), NodeKey(2));
+        r.admit(server, 100, 0, 0);
+        r.admit(client, 200, 0, 0);
+        r.open_port(server, name("calc")).unwrap();
+        let link = r.connect(client, &Target::Port(name("calc"))).unwrap().link;
+        r.link_closed(client, link);
+        assert_eq!(r.listing().1[0].connections, 0, "no longer open at both ends");
+        assert!(!r.holds(client, link));
+        assert!(r.holds(server, link), "the server has not closed its end yet");
+        r.link_closed(NodeKey(3), link);
+        assert!(r.holds(server, link), "a stranger cannot close it");
+        r.link_closed(server, link);
+        assert!(!r.holds(server, link));
+        assert!(r.links.is_empty());
     }
 
     #[test]

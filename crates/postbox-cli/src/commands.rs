@@ -8,9 +8,25 @@ use postbox::default_socket_path;
 use postbox::{Broker, BrokerConfig, CallError, Message, Node, RecvTimeoutError};
 
 pub(crate) fn daemon(max_message_size: u32) -> Result<()> {
-    let config = BrokerConfig::new(default_socket_path()).max_message_size(max_message_size);
+    let mut config = BrokerConfig::new(default_socket_path()).max_message_size(max_message_size);
+    // Every node holds a descriptor in the broker: use what the hard limit allows, and keep
+    // the node limit below it so that accepting never runs out of descriptors first.
+    let descriptors = raise_descriptor_limit();
+    config.max_nodes = config.max_nodes.min(descriptors.saturating_sub(64).max(16));
     eprintln!("postbox daemon listening on {}", config.socket_path.display());
     Broker::run_daemon(config).context("broker stopped")
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the limit now in force.
+fn raise_descriptor_limit() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+    let current = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(_) => limit.current,
+    };
+    current.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX))
 }
 
 pub(crate) fn ls() -> Result<()> {

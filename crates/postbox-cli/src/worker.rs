@@ -28,6 +28,9 @@ pub(crate) enum Role {
         /// Answer every call with an error reply carrying the request's body.
         #[arg(long)]
         fail: bool,
+        /// Answer with a body of this many bytes instead of the request's.
+        #[arg(long)]
+        reply_size: Option<usize>,
         /// Print each one-way message received.
         #[arg(long)]
         print: bool,
@@ -77,8 +80,8 @@ pub(crate) enum Role {
 
 pub(crate) fn run(role: Role) -> Result<()> {
     match role {
-        Role::Echo { name, upper, delay_ms, no_reply, fail, print, threads } => {
-            let behaviour = Behaviour { upper, delay_ms, no_reply, fail, print };
+        Role::Echo { name, upper, delay_ms, no_reply, fail, reply_size, print, threads } => {
+            let behaviour = Behaviour { upper, delay_ms, no_reply, fail, reply_size, print };
             let node = Node::attach()?;
             let port = node.port(&name).open()?;
             ready(Some(node.process_id()));
@@ -137,11 +140,12 @@ struct Behaviour {
     delay_ms: u64,
     no_reply: bool,
     fail: bool,
+    reply_size: Option<usize>,
     print: bool,
 }
 
 fn serve(port: &postbox::Port, b: Behaviour) {
-    let Behaviour { upper, delay_ms, no_reply, fail, print } = b;
+    let Behaviour { upper, delay_ms, no_reply, fail, reply_size, print } = b;
     while let Ok(mut envelope) = port.recv() {
         let Some(token) = envelope.take_reply_token() else {
             if print {
@@ -156,7 +160,10 @@ fn serve(port: &postbox::Port, b: Behaviour) {
             drop(token);
             continue;
         }
-        let body = envelope.into_message().into_body();
+        let body = match reply_size {
+            Some(size) => vec![b'r'; size],
+            None => envelope.into_message().into_body(),
+        };
         if fail {
             let _ = token.fail(Message::new(body));
             continue;

@@ -71,10 +71,14 @@ impl UnixLink {
             }
             match sendmsg(&self.fd, &parts, &mut SendAncillaryBuffer::default(), flags) {
                 Ok(n) => {
-                    written += n;
-                    if written > 0 && wait == Wait::NonBlocking {
-                        wait = Wait::timeout(PARTIAL_FRAME_GRACE);
+                    if written == 0 && n > 0 && wait != Wait::Forever {
+                        // The frame has started: give it at least a grace period to finish,
+                        // so that a short wait does not cost the whole link.
+                        let grace = Wait::timeout(PARTIAL_FRAME_GRACE);
+                        wait =
+                            wait.ends_at().max(grace.ends_at()).map_or(Wait::Forever, Wait::Until);
                     }
+                    written += n;
                 }
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => {
@@ -146,7 +150,7 @@ impl UnixLink {
     }
 }
 
-/// How long a non-blocking write may take to finish a frame it already started.
+/// How long a non-blocking or deadline write may take, at least, to finish a frame it started.
 const PARTIAL_FRAME_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[cfg(test)]

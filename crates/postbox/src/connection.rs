@@ -334,12 +334,7 @@ impl Broken {
 
 fn outcome_of(frame: Frame) -> (u64, Outcome) {
     let header = frame.header;
-    let message = Message {
-        id: header.id,
-        msg_type: header.msg_type,
-        priority: header.priority,
-        body: frame.body,
-    };
+    let message = Message::from_frame(frame);
     let outcome = match header.kind {
         FrameKind::ErrorReply => match ReplyErrorCode::from_u32(header.msg_type) {
             ReplyErrorCode::NoReply => Outcome::Failed(CallError::NoReply),

@@ -98,11 +98,14 @@ impl ReplyToken {
     /// Sends `reply` to the caller.
     ///
     /// # Errors
-    /// [`SendError::Disconnected`] when the caller is gone (gave up or died),
-    /// [`SendError::TooLarge`]; the reply is handed back.
+    /// [`SendError::Disconnected`] when the caller is gone, or stopped reading its link for
+    /// longer than [`REPLY_WAIT`] (its link is then closed and its call fails with
+    /// `PeerDied`); [`SendError::TooLarge`], after which the caller's call fails with
+    /// [`CallError::Remote`](crate::CallError::Remote) saying so. The reply is handed back.
     pub fn reply(mut self, reply: impl Into<Message>) -> Result<(), SendError> {
-        self.answered = true;
-        self.send(FrameKind::Reply, reply.into())
+        let result = self.send(FrameKind::Reply, reply.into());
+        self.settle(&result);
+        result
     }
 
     /// Answers with an error: the caller gets [`CallError::Remote`](crate::CallError::Remote)
@@ -111,9 +114,10 @@ impl ReplyToken {
     /// # Errors
     /// As [`reply`](Self::reply).
     pub fn fail(mut self, error: impl Into<Message>) -> Result<(), SendError> {
-        self.answered = true;
         let message = error.into().with_type(ReplyErrorCode::Failed.to_u32());
-        self.send(FrameKind::ErrorReply, message)
+        let result = self.send(FrameKind::ErrorReply, message);
+        self.settle(&result);
+        result
     }
 
     /// The process waiting for the reply.
@@ -123,11 +127,29 @@ impl ReplyToken {
     }
 
     fn send(&self, kind: FrameKind, mut message: Message) -> Result<(), SendError> {
-        match self.link.end.write(kind, &mut message, self.correlation, Wait::Forever) {
+        match self.link.end.write(kind, &mut message, self.correlation, Wait::timeout(REPLY_WAIT)) {
             Ok(()) => Ok(()),
             Err(WriteFailure::TooLarge(limit)) => Err(SendError::TooLarge { message, limit }),
-            Err(WriteFailure::Closed | WriteFailure::Full) => Err(SendError::Disconnected(message)),
+            Err(WriteFailure::Full) => {
+                // The caller has not read its link for REPLY_WAIT: a reply may never fit, and
+                // a server thread must not wait on it forever.
+                self.link.end.close();
+                Err(SendError::Disconnected(message))
+            }
+            Err(WriteFailure::Closed) => Err(SendError::Disconnected(message)),
         }
+    }
+
+    /// Makes sure the caller learns the outcome, whatever happened to the reply.
+    fn settle(&mut self, result: &Result<(), SendError>) {
+        if let Err(SendError::TooLarge { message, limit }) = result {
+            let note =
+                format!("reply of {} bytes exceeds the limit of {limit}", message.body.len());
+            let note = Message::new(note).with_type(ReplyErrorCode::Failed.to_u32());
+            // If even this fails, the link was closed and the caller sees PeerDied.
+            let _ = self.send(FrameKind::ErrorReply, note);
+        }
+        self.answered = true;
     }
 }
 
@@ -135,14 +157,20 @@ impl Drop for ReplyToken {
     fn drop(&mut self) {
         if !self.answered {
             let mut message = Message::new(Vec::new()).with_type(ReplyErrorCode::NoReply.to_u32());
-            // Best effort within a bound: a caller that stopped reading must not stall the
-            // server; if this fails the caller's link is already closed or stuck.
             let wait = Wait::timeout(NO_REPLY_WAIT);
-            let _ =
+            let sent =
                 self.link.end.write(FrameKind::ErrorReply, &mut message, self.correlation, wait);
+            if sent.is_err() {
+                // The caller would wait for an answer that cannot reach it: closing the link
+                // turns that wait into PeerDied.
+                self.link.end.close();
+            }
         }
     }
 }
+
+/// How long a reply may wait for room in the caller's link before the link is closed.
+pub const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// How long dropping an unanswered token may wait to tell the caller.
 const NO_REPLY_WAIT: Duration = Duration::from_secs(1);

@@ -54,7 +54,7 @@ mod receiver;
 
 pub use broker::Broker;
 pub use connection::Connection;
-pub use envelope::{Envelope, ReplyToken};
+pub use envelope::{Envelope, ReplyToken, REPLY_WAIT};
 pub use error::{
     BrokerRequestError, CallError, ConnectError, NodeError, OpenError, RecvError, RecvTimeoutError,
     SendError, SendTimeoutError, TryRecvError, TrySendError,

@@ -2,7 +2,7 @@
 //! threads, over a Unix stream link.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use postbox_core::{FrameHeader, FrameKind};
 use postbox_transport::{TransportError, UnixLink, Wait};
@@ -14,10 +14,27 @@ use crate::Message;
 #[derive(Debug)]
 pub(crate) struct LinkEnd {
     link: UnixLink,
-    write_lock: Mutex<()>,
+    writer: WriteGate,
     max_body: u32,
     closed: AtomicBool,
 }
+
+/// One writer at a time, with a bounded wait to become it: a `try_send` or `send_timeout` must
+/// not wait without bound behind a blocking `send` that is stuck on a full link.
+#[derive(Debug, Default)]
+struct WriteGate {
+    state: Mutex<GateState>,
+    free: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    busy: bool,
+    waiting: usize,
+}
+
+/// The right to write frames until dropped.
+struct GateGuard<'a>(&'a WriteGate);
 
 /// Why a frame was not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +49,11 @@ pub(crate) enum WriteFailure {
 
 impl LinkEnd {
     pub(crate) fn new(link: UnixLink, max_body: u32) -> Self {
-        Self { link, write_lock: Mutex::new(()), max_body, closed: AtomicBool::new(false) }
+        Self { link, writer: WriteGate::default(), max_body, closed: AtomicBool::new(false) }
     }
 
-    /// Writes `message` as one frame of `kind`; gives it a fresh id unless it is a reply.
+    /// Writes `message` as one frame of `kind`, giving it a fresh id (a reply is matched by
+    /// `correlation`, not by its id).
     pub(crate) fn write(
         &self,
         kind: FrameKind,
@@ -62,9 +80,9 @@ impl LinkEnd {
             body_len,
         }
         .encode(&message.body);
-        // A poisoned lock only means another writer panicked; the link itself is still whole
-        // because a frame is either fully written or the link is shut down.
-        let _guard = self.write_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(_guard) = self.writer.enter(wait) else {
+            return Err(WriteFailure::Full);
+        };
         match self.link.write_frame(&header, &message.body, wait) {
             Ok(()) => Ok(()),
             Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(WriteFailure::Full),
@@ -97,5 +115,40 @@ impl LinkEnd {
 impl Drop for LinkEnd {
     fn drop(&mut self) {
         self.link.shutdown();
+    }
+}
+
+impl WriteGate {
+    /// Becomes the writer, waiting until `wait` ends at most.
+    fn enter(&self, wait: Wait) -> Option<GateGuard<'_>> {
+        // The state is two plain fields, consistent between statements: a panicking holder
+        // leaves it usable.
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.busy {
+            if wait.expired() {
+                return None;
+            }
+            state.waiting += 1;
+            state = crate::condvar::wait_until(&self.free, state, wait.ends_at());
+            state.waiting -= 1;
+        }
+        state.busy = true;
+        Some(GateGuard(self))
+    }
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.busy = false;
+        if state.waiting > 0 {
+            self.0.free.notify_all();
+        }
+    }
+}
+
+impl std::fmt::Debug for GateGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateGuard")
     }
 }

@@ -111,6 +111,19 @@ impl From<Vec<u8>> for Message {
     }
 }
 
+impl Message {
+    /// The message a received frame carries (its header fields and body).
+    pub(crate) fn from_frame(frame: postbox_core::Frame) -> Self {
+        let header = frame.header;
+        Self {
+            id: header.id,
+            msg_type: header.msg_type,
+            priority: header.priority,
+            body: frame.body,
+        }
+    }
+}
+
 /// The next message id of this process (never 0).
 pub(crate) fn next_message_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);

@@ -184,21 +184,19 @@ impl Node {
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
         let message = message.into();
-        let connection = {
-            let mut links = self.shared.lock_inbox_links();
-            match links.get(&process) {
-                Some(c) if !c.is_closed() => c.clone(),
-                _ => {
-                    let c = match self.shared.connect(Target::Inbox(process)) {
-                        Ok(c) => c,
-                        Err(ConnectError::BrokerGone) => {
-                            return Err(SendError::BrokerGone(message))
-                        }
-                        Err(_) => return Err(SendError::NoSuchPort(message)),
-                    };
-                    links.insert(process, c.clone());
-                    c
-                }
+        let cached =
+            self.shared.lock_inbox_links().get(&process).filter(|c| !c.is_closed()).cloned();
+        let connection = match cached {
+            Some(c) => c,
+            None => {
+                // The broker request runs without the cache lock: other send_to calls go on.
+                let c = match self.shared.connect(Target::Inbox(process)) {
+                    Ok(c) => c,
+                    Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
+                    Err(_) => return Err(SendError::NoSuchPort(message)),
+                };
+                self.shared.lock_inbox_links().insert(process, c.clone());
+                c
             }
         };
         let result = connection.send(message);
@@ -320,9 +318,17 @@ impl NodeShared {
         name: &PortName,
         receiver: &Arc<Receiver>,
     ) -> Result<(), OpenError> {
-        // Registered before asking, so that a connection arriving right after the broker's
-        // answer finds the receiver.
-        self.lock_receivers().insert(name.clone(), Arc::downgrade(receiver));
+        {
+            let mut receivers = self.lock_receivers();
+            if receivers.get(name).and_then(Weak::upgrade).is_some() {
+                // Open in this node already; asking the broker would only confirm it, and the
+                // live port's entry must stay as it is.
+                return Err(OpenError::NameTaken(name.to_string()));
+            }
+            // Registered before asking, so that a connection arriving right after the
+            // broker's answer finds the receiver.
+            receivers.insert(name.clone(), Arc::downgrade(receiver));
+        }
         let answer =
             self.request(|request| ControlMessage::OpenPort { request, name: name.clone() });
         let result = match answer {

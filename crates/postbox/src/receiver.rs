@@ -6,7 +6,7 @@
 //! first envelope its [`Selector`] accepts. New links arrive from the node's control thread,
 //! which fires the waker so the leader polls the new set.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use postbox_core::{FrameDecoder, FrameKind, LinkId, PeerIdentity, PortQueue, Selector};
@@ -25,6 +25,17 @@ pub(crate) struct ServerLink {
     pub(crate) client: PeerIdentity,
     decoder: Mutex<FrameDecoder>,
     dead: AtomicBool,
+    /// Messages from this link waiting in the endpoint's queue, and their bytes: a link at its
+    /// limit is not read (its sender feels the back-pressure of the socket) until they drop.
+    queued_messages: AtomicUsize,
+    queued_bytes: AtomicUsize,
+}
+
+/// A queued envelope and the link it came from.
+#[derive(Debug)]
+struct Queued {
+    link: Arc<ServerLink>,
+    envelope: Envelope,
 }
 
 /// One receive endpoint (a port or an inbox).
@@ -37,7 +48,7 @@ pub(crate) struct Receiver {
 
 #[derive(Debug)]
 struct ReceiverState {
-    queue: PortQueue<Envelope>,
+    queue: PortQueue<Queued>,
     links: Vec<Arc<ServerLink>>,
     polling: bool,
     closed: bool,
@@ -93,6 +104,8 @@ impl Receiver {
             client,
             decoder: Mutex::new(FrameDecoder::new(max)),
             dead: AtomicBool::new(false),
+            queued_messages: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
         }));
         drop(state);
         self.waker.wake();
@@ -133,8 +146,8 @@ impl Receiver {
     ) -> Result<Envelope, ReceiveFailure> {
         let mut state = self.lock();
         loop {
-            if let Some((_, envelope)) = state.queue.pop(selector) {
-                return Ok(envelope);
+            if let Some((_, queued)) = state.queue.pop(selector) {
+                return Ok(self.release(queued));
             }
             if state.closed {
                 return Err(ReceiveFailure::Closed);
@@ -154,8 +167,8 @@ impl Receiver {
             let (arrived, dead) = self.poll_links(&links, wait);
             state = self.lock();
             state.polling = false;
-            for envelope in arrived {
-                state.queue.push(envelope.sender.process_id, envelope);
+            for queued in arrived {
+                state.queue.push(queued.envelope.sender.process_id, queued);
             }
             if !dead.is_empty() {
                 state.links.retain(|l| !dead.contains(&l.id));
@@ -169,7 +182,7 @@ impl Receiver {
             if wait.expired() {
                 // The wait is over: one last look for a message this receiver may take.
                 return match state.queue.pop(selector) {
-                    Some((_, envelope)) => Ok(envelope),
+                    Some((_, queued)) => Ok(self.release(queued)),
                     None if state.closed => Err(ReceiveFailure::Closed),
                     None => Err(ReceiveFailure::Empty),
                 };
@@ -178,7 +191,8 @@ impl Receiver {
     }
 
     /// Polls the links (and the waker) once, reading every ready link.
-    fn poll_links(&self, links: &[Arc<ServerLink>], wait: Wait) -> (Vec<Envelope>, Vec<LinkId>) {
+    fn poll_links(&self, links: &[Arc<ServerLink>], wait: Wait) -> (Vec<Queued>, Vec<LinkId>) {
+        let links: Vec<&Arc<ServerLink>> = links.iter().filter(|l| !l.is_full()).collect();
         let mut fds = Vec::with_capacity(links.len() + 1);
         fds.push(self.waker.as_fd());
         fds.extend(links.iter().map(|l| l.end.link().as_fd()));
@@ -193,7 +207,7 @@ impl Receiver {
                 self.waker.reset();
                 continue;
             }
-            let link = &links[index - 1];
+            let link = links[index - 1];
             if !read_link(link, &mut arrived) {
                 link.dead.store(true, Ordering::Release);
                 link.end.close();
@@ -204,9 +218,32 @@ impl Receiver {
     }
 }
 
+impl ServerLink {
+    /// True when this link's queued messages reached the per-link limit.
+    fn is_full(&self) -> bool {
+        self.queued_messages.load(Ordering::Relaxed) >= LINK_QUEUE_MESSAGES
+            || self.queued_bytes.load(Ordering::Relaxed) >= LINK_QUEUE_BYTES
+    }
+}
+
+impl Receiver {
+    /// Hands a queued envelope out, and lets its link be read again if it was at its limit.
+    fn release(&self, queued: Queued) -> Envelope {
+        let Queued { link, envelope } = queued;
+        let was_full = link.is_full();
+        link.queued_messages.fetch_sub(1, Ordering::Relaxed);
+        link.queued_bytes.fetch_sub(envelope.message.body.len(), Ordering::Relaxed);
+        if was_full && !link.is_full() {
+            // The leader may be polling without this link; make it look again.
+            self.waker.wake();
+        }
+        envelope
+    }
+}
+
 /// Reads what one ready link holds into envelopes; false when the link is finished (closed by
 /// the peer, or the peer broke the protocol).
-fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Envelope>) -> bool {
+fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Queued>) -> bool {
     let mut decoder = link.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // Keep reading while a frame is incomplete and the link has more of it (a large body
     // arrives in socket-buffer-sized pieces), then hand over what is complete.
@@ -219,7 +256,7 @@ fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Envelope>) -> bool {
         if !decode_frames(link, &mut decoder, out) {
             return false;
         }
-        if !decoder.is_mid_frame() {
+        if !decoder.is_mid_frame() || link.is_full() {
             break;
         }
     }
@@ -230,25 +267,23 @@ fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Envelope>) -> bool {
 fn decode_frames(
     link: &Arc<ServerLink>,
     decoder: &mut FrameDecoder,
-    out: &mut Vec<Envelope>,
+    out: &mut Vec<Queued>,
 ) -> bool {
     loop {
         match decoder.poll_frame() {
             Ok(Some(frame)) => {
                 let header = frame.header;
-                let message = Message {
-                    id: header.id,
-                    msg_type: header.msg_type,
-                    priority: header.priority,
-                    body: frame.body,
-                };
+                let message = Message::from_frame(frame);
                 let reply = match header.kind {
                     FrameKind::Oneway => None,
                     FrameKind::Call => Some(ReplyToken::new(Arc::clone(link), header.correlation)),
                     // Replies never travel towards a server: the client broke the protocol.
                     FrameKind::Reply | FrameKind::ErrorReply => return false,
                 };
-                out.push(Envelope { message, sender: link.client, reply });
+                link.queued_messages.fetch_add(1, Ordering::Relaxed);
+                link.queued_bytes.fetch_add(message.body.len(), Ordering::Relaxed);
+                let envelope = Envelope { message, sender: link.client, reply };
+                out.push(Queued { link: Arc::clone(link), envelope });
             }
             Ok(None) => return true,
             // Garbage, a bad checksum or an oversized frame: drop this link only.
@@ -256,6 +291,11 @@ fn decode_frames(
         }
     }
 }
+
+/// Messages from one link that may wait in an endpoint's queue before the link is left unread.
+const LINK_QUEUE_MESSAGES: usize = 1024;
+/// Bytes from one link that may wait in an endpoint's queue before the link is left unread.
+const LINK_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;

@@ -167,3 +167,33 @@ fn a_second_hello_is_refused_without_losing_the_node() {
     control.send(&packet(&ControlMessage::List { request: 6 }), None, Wait::Forever).unwrap();
     assert!(matches!(recv_message(&control).unwrap(), ControlMessage::Listing { request: 6, .. }));
 }
+
+#[test]
+fn a_flood_of_connects_to_one_server_does_not_cost_that_server_its_name() {
+    let daemon = Daemon::start();
+    let victim = daemon.worker(&["hold", "victim"]);
+    let flooders: Vec<ControlSocket> = (0..20).map(|_| raw_node(daemon.socket())).collect();
+    let target = Target::Port(PortName::new("victim").unwrap());
+    for flooder in &flooders {
+        for request in 0..200 {
+            let connect = ControlMessage::Connect { request: 10 + request, target: target.clone() };
+            flooder.send(&packet(&connect), None, Wait::Forever).unwrap();
+        }
+    }
+    // Every request is answered: a link, or a refusal when the server's queue was full.
+    for flooder in &flooders {
+        for _ in 0..200 {
+            match recv_message(flooder).unwrap() {
+                ControlMessage::Connected { .. } => {}
+                ControlMessage::Refused { code, .. } => {
+                    assert_eq!(code, ControlErrorCode::LimitExceeded)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    drop(flooders);
+    let node = daemon.node();
+    let owner = node.list().unwrap().ports.into_iter().find(|p| p.name.as_str() == "victim");
+    assert_eq!(owner.map(|p| p.owner.process_id), Some(victim.process_id()));
+}

@@ -233,3 +233,78 @@ fn large_messages_cross_intact() {
     let reply = connection.call_timeout(body.clone(), WATCHDOG).unwrap();
     assert!(reply.body() == body, "4 MiB echoed intact");
 }
+
+#[test]
+fn a_try_send_does_not_wait_behind_a_send_blocked_on_a_full_link() {
+    let daemon = Daemon::start();
+    let mut holder = daemon.worker(&["hold", "clogged"]);
+    let node = daemon.node();
+    let connection = node.connect("clogged").unwrap();
+    std::thread::scope(|s| {
+        let blocked = s.spawn(|| {
+            // Fills the link, then blocks in send until the holder dies.
+            loop {
+                if connection.send(vec![0u8; 64 * 1024]).is_err() {
+                    return;
+                }
+            }
+        });
+        wait_until("the link is full", || {
+            matches!(connection.try_send("probe"), Err(TrySendError::Full(_)))
+        });
+        match connection.send_timeout("late", Duration::from_millis(100)) {
+            Err(SendTimeoutError::Timeout(m)) => assert_eq!(m.body(), b"late"),
+            other => panic!("expected Timeout, got {other:?}"),
+        }
+        holder.kill9();
+        blocked.join().unwrap();
+    });
+}
+
+#[test]
+fn a_reply_over_the_size_limit_fails_the_call_instead_of_leaving_it_waiting() {
+    let daemon = Daemon::start_with(&["--max-message-size", "4096"]);
+    let _server = daemon.worker(&["echo", "verbose", "--reply-size", "5000"]);
+    let node = daemon.node();
+    let connection = node.connect("verbose").unwrap();
+    // No deadline: only the server's error reply can end this call.
+    match connection.call("short question") {
+        Err(CallError::Remote(m)) => {
+            let text = String::from_utf8_lossy(m.body()).into_owned();
+            assert!(text.contains("exceeds the limit of 4096"), "{text}");
+        }
+        other => panic!("expected Remote, got {other:?}"),
+    }
+}
+
+#[test]
+fn opening_a_name_this_node_already_holds_leaves_the_open_port_working() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let port = node.port("mine").open().unwrap();
+    assert_eq!(node.port("mine").open().unwrap_err(), OpenError::NameTaken("mine".into()));
+    let output = daemon.postbox(&["send", "mine", "still delivered"]);
+    assert!(output.status.success());
+    assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"still delivered");
+}
+
+#[test]
+fn a_receiver_waiting_for_one_sender_leaves_a_flooding_sender_blocked_not_buffered() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let inbox_sender = daemon.node();
+    let port = node.port("flooded").open().unwrap();
+    let mut flood = daemon.worker(&["send-many", "flooded", "200000"]);
+    let quiet = inbox_sender.process_id();
+    // Waiting only for `quiet` must not pull the whole flood into this process.
+    assert_eq!(
+        port.recv_from_timeout(quiet, Duration::from_millis(1500)).unwrap_err(),
+        RecvTimeoutError::Timeout
+    );
+    assert!(flood.child.try_wait().unwrap().is_none(), "the flooding sender is held back");
+    for expected in 0..200_000u64 {
+        let envelope = port.recv_timeout(WATCHDOG).unwrap();
+        assert_eq!(envelope.body(), expected.to_string().as_bytes());
+    }
+    flood.wait_success();
+}
