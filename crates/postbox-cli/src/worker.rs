@@ -52,6 +52,13 @@ pub(crate) enum Role {
         /// How many.
         count: u64,
     },
+    /// Send one-way messages described as `priority/type/text` to port NAME, in order.
+    SendSpec {
+        /// Port name.
+        name: String,
+        /// Messages as `priority/type/text`.
+        specs: Vec<String>,
+    },
     /// Open port NAME and never receive from it (a receiver that stopped reading).
     Hold {
         /// Port name.
@@ -117,6 +124,24 @@ pub(crate) fn run(role: Role) -> Result<()> {
                 connection
                     .send(i.to_string().as_str())
                     .map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+            }
+            Ok(())
+        }
+        Role::SendSpec { name, specs } => {
+            let node = Node::attach()?;
+            let connection = node.connect(&name)?;
+            ready(Some(node.process_id()));
+            for spec in specs {
+                let mut parts = spec.splitn(3, '/');
+                let (Some(priority), Some(msg_type), Some(text)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    anyhow::bail!("not priority/type/text: {spec:?}");
+                };
+                let message = Message::new(text)
+                    .with_priority(priority.parse().context("priority")?)
+                    .with_type(msg_type.parse().context("type")?);
+                connection.send(message).map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
             }
             Ok(())
         }

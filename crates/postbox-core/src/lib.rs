@@ -24,7 +24,7 @@ pub mod wire;
 pub use call_table::{CallId, CallTable};
 pub use identity::{PeerIdentity, ProcessId};
 pub use name::{NameError, PortName};
-pub use queue::{PortQueue, Selector};
+pub use queue::{PortQueue, QueuedMeta, Selector, TypeFilter};
 pub use wire::control::{
     ControlErrorCode, ControlMessage, LinkId, ListenTarget, PortEntry, Target,
 };

@@ -1,41 +1,104 @@
-//! The receive queue of a port: FIFO per sender link, with selective receive by sender.
+//! The receive queue of a port: highest priority first, FIFO within a priority (POSIX message
+//! queues), with selective receive by sender and by message type (SysV `msgrcv`).
 
 use std::collections::VecDeque;
 
 use crate::identity::ProcessId;
+use crate::wire::frame::MAX_PRIORITY;
 
-/// Which queued message a receive may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Selector {
-    /// The oldest message from any sender (asymmetric addressing).
+/// Which queued messages a receive may take.
+///
+/// # Examples
+/// ```
+/// use postbox_core::{ProcessId, Selector, TypeFilter};
+///
+/// let any = Selector::ANY;
+/// let from_one = Selector::from_sender(ProcessId::new(42, 1));
+/// let urgent_kinds = Selector::ANY.type_at_most(3); // lowest type ≤ 3 first, like msgrcv(-3)
+/// assert_eq!(urgent_kinds.msg_type, TypeFilter::AtMost(3));
+/// # let _ = (any, from_one);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Selector {
+    /// Only messages from this sender (symmetric addressing); `None` for any sender.
+    pub sender: Option<ProcessId>,
+    /// Which message types.
+    pub msg_type: TypeFilter,
+}
+
+/// Selection by message type, after SysV `msgrcv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TypeFilter {
+    /// Any type (`msgtyp == 0`).
+    #[default]
     Any,
-    /// The oldest message from this sender only (symmetric addressing).
-    From(ProcessId),
+    /// Exactly this type (`msgtyp > 0`).
+    Exact(u32),
+    /// The lowest type that is at most this value (`msgtyp < 0`); among messages of that type,
+    /// the usual order (highest priority, then oldest).
+    AtMost(u32),
+}
+
+/// What the queue knows of each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueuedMeta {
+    /// Who sent it.
+    pub sender: ProcessId,
+    /// Its type tag.
+    pub msg_type: u32,
+    /// Its priority, 0 to 31.
+    pub priority: u8,
 }
 
 impl Selector {
-    /// True when a message from `sender` may be taken.
+    /// Any message: highest priority first, oldest first within a priority.
+    pub const ANY: Self = Self { sender: None, msg_type: TypeFilter::Any };
+
+    /// Messages from `sender` only.
     #[must_use]
-    pub fn accepts(&self, sender: ProcessId) -> bool {
-        match self {
-            Self::Any => true,
-            Self::From(wanted) => *wanted == sender,
-        }
+    pub const fn from_sender(sender: ProcessId) -> Self {
+        Self { sender: Some(sender), msg_type: TypeFilter::Any }
+    }
+
+    /// Narrows to messages of exactly type `msg_type`.
+    #[must_use]
+    pub const fn of_type(mut self, msg_type: u32) -> Self {
+        self.msg_type = TypeFilter::Exact(msg_type);
+        self
+    }
+
+    /// Narrows to the lowest type that is at most `max_type`.
+    #[must_use]
+    pub const fn type_at_most(mut self, max_type: u32) -> Self {
+        self.msg_type = TypeFilter::AtMost(max_type);
+        self
+    }
+
+    /// True when a message with `meta` may be taken (before the "lowest type" rule of
+    /// [`TypeFilter::AtMost`], which compares messages with each other).
+    #[must_use]
+    pub fn accepts(&self, meta: &QueuedMeta) -> bool {
+        let sender_ok = self.sender.is_none_or(|s| s == meta.sender);
+        let type_ok = match self.msg_type {
+            TypeFilter::Any => true,
+            TypeFilter::Exact(t) => meta.msg_type == t,
+            TypeFilter::AtMost(t) => meta.msg_type <= t,
+        };
+        sender_ok && type_ok
     }
 }
 
-/// Messages that arrived at a port and were not yet received.
-///
-/// Order is arrival order; a receive with [`Selector::From`] skips other senders' messages
-/// and leaves them queued in their order.
+/// Messages that arrived at a port and were not yet received: one FIFO lane per priority.
 #[derive(Debug)]
 pub struct PortQueue<T> {
-    items: VecDeque<(ProcessId, T)>,
+    lanes: Vec<VecDeque<(QueuedMeta, T)>>,
+    len: usize,
 }
 
 impl<T> Default for PortQueue<T> {
     fn default() -> Self {
-        Self { items: VecDeque::new() }
+        let lanes = (0..=MAX_PRIORITY).map(|_| VecDeque::new()).collect();
+        Self { lanes, len: 0 }
     }
 }
 
@@ -46,30 +109,67 @@ impl<T> PortQueue<T> {
         Self::default()
     }
 
-    /// Queues `item`, which came from `sender`.
-    pub fn push(&mut self, sender: ProcessId, item: T) {
-        self.items.push_back((sender, item));
+    /// Queues `item`; a priority above 31 counts as 31.
+    pub fn push(&mut self, meta: QueuedMeta, item: T) {
+        let lane = usize::from(meta.priority.min(MAX_PRIORITY));
+        self.lanes[lane].push_back((meta, item));
+        self.len += 1;
     }
 
-    /// Takes the oldest item `selector` accepts.
-    pub fn pop(&mut self, selector: Selector) -> Option<(ProcessId, T)> {
-        let index = match selector {
-            Selector::Any => 0,
-            Selector::From(_) => self.items.iter().position(|(s, _)| selector.accepts(*s))?,
+    /// Takes the message `selector` picks: among those it accepts (for
+    /// [`TypeFilter::AtMost`], those of the lowest accepted type), the highest priority, and
+    /// within it the oldest.
+    pub fn pop(&mut self, selector: Selector) -> Option<(QueuedMeta, T)> {
+        let wanted = match selector.msg_type {
+            TypeFilter::AtMost(_) => {
+                let lowest =
+                    self.iter_meta().filter(|m| selector.accepts(m)).map(|m| m.msg_type).min()?;
+                Selector { msg_type: TypeFilter::Exact(lowest), ..selector }
+            }
+            _ => selector,
         };
-        self.items.remove(index)
+        for lane in self.lanes.iter_mut().rev() {
+            let position = if wanted == Selector::ANY {
+                if lane.is_empty() {
+                    continue;
+                }
+                0
+            } else {
+                match lane.iter().position(|(meta, _)| wanted.accepts(meta)) {
+                    Some(position) => position,
+                    None => continue,
+                }
+            };
+            self.len -= 1;
+            return lane.remove(position);
+        }
+        None
+    }
+
+    /// Removes every item `drop` says to, keeping the order of the rest; returns how many.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&QueuedMeta, &T) -> bool) -> usize {
+        let before = self.len;
+        for lane in &mut self.lanes {
+            lane.retain(|(meta, item)| !drop(meta, item));
+        }
+        self.len = self.lanes.iter().map(VecDeque::len).sum();
+        before - self.len
     }
 
     /// Number of queued items.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.len
     }
 
     /// True when nothing is queued.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len == 0
+    }
+
+    fn iter_meta(&self) -> impl Iterator<Item = &QueuedMeta> {
+        self.lanes.iter().flat_map(|lane| lane.iter().map(|(meta, _)| meta))
     }
 }
 
@@ -77,19 +177,51 @@ impl<T> PortQueue<T> {
 mod tests {
     use super::*;
 
+    fn meta(sender: u32, msg_type: u32, priority: u8) -> QueuedMeta {
+        QueuedMeta { sender: ProcessId::new(sender, 1), msg_type, priority }
+    }
+
+    #[test]
+    fn higher_priorities_come_first_and_each_priority_is_fifo() {
+        let mut q = PortQueue::new();
+        q.push(meta(1, 0, 0), "low-1");
+        q.push(meta(1, 0, 31), "top");
+        q.push(meta(2, 0, 0), "low-2");
+        q.push(meta(2, 0, 5), "mid");
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(Selector::ANY).map(|(_, x)| x)).collect();
+        assert_eq!(order, ["top", "mid", "low-1", "low-2"]);
+    }
+
     #[test]
     fn selective_receive_skips_other_senders_and_keeps_their_order() {
         let (a, b) = (ProcessId::new(1, 1), ProcessId::new(2, 1));
         let mut q = PortQueue::new();
-        q.push(a, "a1");
-        q.push(b, "b1");
-        q.push(a, "a2");
-        q.push(b, "b2");
-        assert_eq!(q.pop(Selector::From(b)), Some((b, "b1")));
-        assert_eq!(q.pop(Selector::From(b)), Some((b, "b2")));
-        assert_eq!(q.pop(Selector::From(b)), None);
-        assert_eq!(q.pop(Selector::Any), Some((a, "a1")));
-        assert_eq!(q.pop(Selector::Any), Some((a, "a2")));
+        q.push(meta(1, 0, 0), "a1");
+        q.push(meta(2, 0, 0), "b1");
+        q.push(meta(1, 0, 0), "a2");
+        q.push(meta(2, 0, 0), "b2");
+        let from_b = Selector::from_sender(b);
+        assert_eq!(q.pop(from_b).map(|x| x.1), Some("b1"));
+        assert_eq!(q.pop(from_b).map(|x| x.1), Some("b2"));
+        assert_eq!(q.pop(from_b).map(|x| x.1), None);
+        assert_eq!(q.pop(Selector::from_sender(a)).map(|x| x.1), Some("a1"));
+        assert_eq!(q.pop(Selector::ANY).map(|x| x.1), Some("a2"));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn type_selection_follows_msgrcv() {
+        let mut q = PortQueue::new();
+        q.push(meta(1, 7, 0), "seven");
+        q.push(meta(1, 3, 0), "three-low");
+        q.push(meta(1, 5, 9), "five");
+        q.push(meta(1, 3, 4), "three-high");
+        assert_eq!(q.pop(Selector::ANY.of_type(5)).map(|x| x.1), Some("five"));
+        assert_eq!(q.pop(Selector::ANY.of_type(4)).map(|x| x.1), None);
+        // Lowest type ≤ 6 is 3; of the two, the higher priority first.
+        assert_eq!(q.pop(Selector::ANY.type_at_most(6)).map(|x| x.1), Some("three-high"));
+        assert_eq!(q.pop(Selector::ANY.type_at_most(6)).map(|x| x.1), Some("three-low"));
+        assert_eq!(q.pop(Selector::ANY.type_at_most(6)).map(|x| x.1), None);
+        assert_eq!(q.len(), 1);
     }
 }

@@ -64,7 +64,7 @@ pub use node::{Listing, Node};
 pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{BrokerConfig, BrokerError, DEFAULT_MAX_MESSAGE_SIZE};
-pub use postbox_core::{PeerIdentity, PortEntry, ProcessId};
+pub use postbox_core::{PeerIdentity, PortEntry, ProcessId, Selector, TypeFilter};
 
 /// The README's example is compiled as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

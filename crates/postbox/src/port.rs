@@ -60,7 +60,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvError::Closed`] when the endpoint was closed.
         pub fn recv(&self) -> Result<Envelope, RecvError> {
-            self.receive(Selector::Any, Wait::Forever).map_err(|_| RecvError::Closed)
+            self.receive(Selector::ANY, Wait::Forever).map_err(|_| RecvError::Closed)
         }
 
         /// Takes a waiting message, if any, without blocking.
@@ -68,7 +68,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`TryRecvError::Empty`] or [`TryRecvError::Closed`].
         pub fn try_recv(&self) -> Result<Envelope, TryRecvError> {
-            self.receive(Selector::Any, Wait::NonBlocking).map_err(|f| match f {
+            self.receive(Selector::ANY, Wait::NonBlocking).map_err(|f| match f {
                 ReceiveFailure::Empty => TryRecvError::Empty,
                 ReceiveFailure::Closed => TryRecvError::Closed,
             })
@@ -79,7 +79,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
         pub fn recv_timeout(&self, timeout: Duration) -> Result<Envelope, RecvTimeoutError> {
-            self.receive(Selector::Any, Wait::timeout(timeout)).map_err(timeout_error)
+            self.receive(Selector::ANY, Wait::timeout(timeout)).map_err(timeout_error)
         }
 
         /// Waits until `deadline` at most for the next message.
@@ -87,7 +87,7 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
         pub fn recv_deadline(&self, deadline: Instant) -> Result<Envelope, RecvTimeoutError> {
-            self.receive(Selector::Any, Wait::Until(deadline)).map_err(timeout_error)
+            self.receive(Selector::ANY, Wait::Until(deadline)).map_err(timeout_error)
         }
 
         /// Waits for the next message from `sender` only (symmetric addressing); messages from
@@ -96,7 +96,8 @@ macro_rules! receive_methods {
         /// # Errors
         /// [`RecvError::Closed`].
         pub fn recv_from(&self, sender: ProcessId) -> Result<Envelope, RecvError> {
-            self.receive(Selector::From(sender), Wait::Forever).map_err(|_| RecvError::Closed)
+            self.receive(Selector::from_sender(sender), Wait::Forever)
+                .map_err(|_| RecvError::Closed)
         }
 
         /// Like [`recv_from`](Self::recv_from), waiting at most `timeout`.
@@ -108,7 +109,41 @@ macro_rules! receive_methods {
             sender: ProcessId,
             timeout: Duration,
         ) -> Result<Envelope, RecvTimeoutError> {
-            self.receive(Selector::From(sender), Wait::timeout(timeout)).map_err(timeout_error)
+            self.receive(Selector::from_sender(sender), Wait::timeout(timeout))
+                .map_err(timeout_error)
+        }
+
+        /// Waits for the next message `selector` picks: by sender, by type (exact, or the
+        /// lowest type up to a bound, as SysV `msgrcv`), highest priority first. Messages it
+        /// does not pick stay queued in their order.
+        ///
+        /// # Errors
+        /// [`RecvError::Closed`].
+        pub fn recv_matching(&self, selector: Selector) -> Result<Envelope, RecvError> {
+            self.receive(selector, Wait::Forever).map_err(|_| RecvError::Closed)
+        }
+
+        /// Like [`recv_matching`](Self::recv_matching), without blocking.
+        ///
+        /// # Errors
+        /// [`TryRecvError::Empty`] or [`TryRecvError::Closed`].
+        pub fn try_recv_matching(&self, selector: Selector) -> Result<Envelope, TryRecvError> {
+            self.receive(selector, Wait::NonBlocking).map_err(|f| match f {
+                ReceiveFailure::Empty => TryRecvError::Empty,
+                ReceiveFailure::Closed => TryRecvError::Closed,
+            })
+        }
+
+        /// Like [`recv_matching`](Self::recv_matching), waiting at most `timeout`.
+        ///
+        /// # Errors
+        /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
+        pub fn recv_matching_timeout(
+            &self,
+            selector: Selector,
+            timeout: Duration,
+        ) -> Result<Envelope, RecvTimeoutError> {
+            self.receive(selector, Wait::timeout(timeout)).map_err(timeout_error)
         }
 
         /// Links currently open to this endpoint (one per connected sender).

@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use postbox_core::{FrameDecoder, FrameKind, LinkId, PeerIdentity, PortQueue, Selector};
+use postbox_core::{
+    FrameDecoder, FrameKind, LinkId, PeerIdentity, PortQueue, QueuedMeta, Selector,
+};
 use postbox_transport::{wait_readable, TransportError, UnixLink, Wait, Waker};
 
 use crate::condvar::wait_until;
@@ -168,7 +170,13 @@ impl Receiver {
             state = self.lock();
             state.polling = false;
             for queued in arrived {
-                state.queue.push(queued.envelope.sender.process_id, queued);
+                let message = &queued.envelope.message;
+                let meta = QueuedMeta {
+                    sender: queued.envelope.sender.process_id,
+                    msg_type: message.msg_type,
+                    priority: message.priority,
+                };
+                state.queue.push(meta, queued);
             }
             if !dead.is_empty() {
                 state.links.retain(|l| !dead.contains(&l.id));

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postbox::{
-    CallError, ConnectError, Message, OpenError, RecvTimeoutError, SendTimeoutError, TryRecvError,
-    TrySendError,
+    CallError, ConnectError, Message, OpenError, RecvTimeoutError, Selector, SendTimeoutError,
+    TryRecvError, TrySendError,
 };
 
 use crate::util::{wait_until, Daemon, WATCHDOG};
@@ -307,4 +307,27 @@ fn a_receiver_waiting_for_one_sender_leaves_a_flooding_sender_blocked_not_buffer
         assert_eq!(envelope.body(), expected.to_string().as_bytes());
     }
     flood.wait_success();
+}
+
+#[test]
+fn a_port_delivers_highest_priority_first_and_selects_by_type_like_msgrcv() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let port = node.port("ordered").open().unwrap();
+    let specs = ["0/1/a", "5/2/b", "5/1/c", "31/3/d", "0/2/e", "5/1/f"];
+    let mut args = vec!["send-spec", "ordered"];
+    args.extend(specs);
+    let mut sender = daemon.worker(&args);
+    sender.wait_success();
+    // Everything is in the link now; the first receive reads it all into the port's queue.
+    let take = |selector: Selector| {
+        let envelope = port.recv_matching_timeout(selector, WATCHDOG).unwrap();
+        String::from_utf8(envelope.body().to_vec()).unwrap()
+    };
+    assert_eq!(take(Selector::ANY.of_type(2)), "b", "type 2, priority 5 before priority 0");
+    assert_eq!(take(Selector::ANY.type_at_most(2)), "c", "lowest type ≤ 2 is 1; priority 5 first");
+    assert_eq!(take(Selector::from_sender(sender.process_id())), "d", "priority 31 first");
+    let rest: Vec<String> = (0..3).map(|_| take(Selector::ANY)).collect();
+    assert_eq!(rest, ["f", "a", "e"], "priority 5, then priority 0 in arrival order");
+    assert_eq!(port.try_recv().unwrap_err(), TryRecvError::Empty);
 }
