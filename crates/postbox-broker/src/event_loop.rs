@@ -308,8 +308,11 @@ impl EventLoop {
             _ if !admitted => {
                 self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
-            ControlMessage::OpenPort { request, name } => {
-                match self.registry.open_port(key, name) {
+            ControlMessage::OpenPort { request, name, mut spec } => {
+                // A port cannot take more than the host's links carry.
+                let host = self.config.max_message_size;
+                spec.message_size = Some(spec.message_size.map_or(host, |n| n.min(host)));
+                match self.registry.open_port(key, name, spec) {
                     Ok(()) => self.queue(key, &ControlMessage::Ok { request }, None),
                     Err((code, detail)) => self.refuse(key, request, code, &detail),
                 }
@@ -347,6 +350,7 @@ impl EventLoop {
                     request,
                     link: new.link,
                     server: new.server_identity,
+                    spec: new.spec,
                 };
                 self.queue(key, &connected, Some(client_end.into_fd()));
             }

@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use postbox_core::{
-    ControlErrorCode, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName, ProcessId, Target,
+    ControlErrorCode, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName, PortSpec, ProcessId,
+    Target,
 };
 
 use crate::BrokerConfig;
@@ -41,6 +42,7 @@ pub(crate) struct NewLink {
     pub(crate) server_identity: PeerIdentity,
     pub(crate) client_identity: PeerIdentity,
     pub(crate) target: ListenTarget,
+    pub(crate) spec: PortSpec,
 }
 
 /// Refusal with a code and a detail for the node.
@@ -55,6 +57,8 @@ pub(crate) struct Registry {
     nodes: HashMap<NodeKey, NodeRecord>,
     by_process: HashMap<ProcessId, NodeKey>,
     ports: BTreeMap<PortName, NodeKey>,
+    /// How each port buffers, told to its clients.
+    specs: HashMap<PortName, PortSpec>,
     links: HashMap<LinkId, LinkRecord>,
     /// Links open at both ends, per (serving node, port): what `ls` shows as connections.
     connections: HashMap<(NodeKey, PortName), u32>,
@@ -70,6 +74,7 @@ impl Registry {
             nodes: HashMap::new(),
             by_process: HashMap::new(),
             ports: BTreeMap::new(),
+            specs: HashMap::new(),
             links: HashMap::new(),
             connections: HashMap::new(),
         }
@@ -90,7 +95,12 @@ impl Registry {
         self.nodes.contains_key(&key)
     }
 
-    pub(crate) fn open_port(&mut self, key: NodeKey, name: PortName) -> Result<(), Refusal> {
+    pub(crate) fn open_port(
+        &mut self,
+        key: NodeKey,
+        name: PortName,
+        spec: PortSpec,
+    ) -> Result<(), Refusal> {
         let node = self.nodes.get_mut(&key).ok_or_else(not_admitted)?;
         if let Some(owner) = self.ports.get(&name) {
             let detail = if *owner == key {
@@ -105,6 +115,7 @@ impl Registry {
             return Err((ControlErrorCode::LimitExceeded, detail));
         }
         node.ports.insert(name.clone());
+        self.specs.insert(name.clone(), spec);
         self.ports.insert(name, key);
         Ok(())
     }
@@ -114,6 +125,7 @@ impl Registry {
             return Err((ControlErrorCode::NotOwner, format!("this node does not hold {name}")));
         }
         self.ports.remove(name);
+        self.specs.remove(name);
         if let Some(node) = self.nodes.get_mut(&key) {
             node.ports.remove(name);
         }
@@ -166,7 +178,11 @@ impl Registry {
         if let ListenTarget::Port(name) = &listen {
             *self.connections.entry((server, name.clone())).or_default() += 1;
         }
-        Ok(NewLink { link, server, server_identity, client_identity, target: listen })
+        let spec = match &listen {
+            ListenTarget::Port(name) => self.specs.get(name).copied().unwrap_or_default(),
+            ListenTarget::Inbox => PortSpec::default(),
+        };
+        Ok(NewLink { link, server, server_identity, client_identity, target: listen, spec })
     }
 
     /// Records that node `key` closed its end of `link`; ignores links it holds no end of.
@@ -213,6 +229,7 @@ impl Registry {
         self.by_process.remove(&node.identity.process_id);
         for name in &node.ports {
             self.ports.remove(name);
+            self.specs.remove(name);
         }
         Some(node.identity)
     }
@@ -265,11 +282,14 @@ mod tests {
         let (a, b) = (NodeKey(1), NodeKey(2));
         r.admit(a, 100, 0, 0);
         r.admit(b, 200, 0, 0);
-        r.open_port(a, name("calc")).unwrap();
-        assert_eq!(r.open_port(b, name("calc")).unwrap_err().0, ControlErrorCode::NameTaken);
+        r.open_port(a, name("calc"), PortSpec::default()).unwrap();
+        assert_eq!(
+            r.open_port(b, name("calc"), PortSpec::default()).unwrap_err().0,
+            ControlErrorCode::NameTaken
+        );
         assert_eq!(r.close_port(b, &name("calc")).unwrap_err().0, ControlErrorCode::NotOwner);
         r.remove(a);
-        r.open_port(b, name("calc")).unwrap();
+        r.open_port(b, name("calc"), PortSpec::default()).unwrap();
     }
 
     #[test]
@@ -278,7 +298,7 @@ mod tests {
         let (a, b) = (NodeKey(1), NodeKey(2));
         let server = r.admit(a, 100, 0, 0);
         r.admit(b, 200, 0, 0);
-        r.open_port(a, name("calc")).unwrap();
+        r.open_port(a, name("calc"), PortSpec::default()).unwrap();
         let link = r.connect(b, &Target::Port(name("calc"))).unwrap();
         assert_eq!(link.server, a);
         assert_eq!(link.server_identity, server);
@@ -300,7 +320,7 @@ mod tests {
         let (server, client) = (NodeKey(1), NodeKey(2));
         r.admit(server, 100, 0, 0);
         r.admit(client, 200, 0, 0);
-        r.open_port(server, name("calc")).unwrap();
+        r.open_port(server, name("calc"), PortSpec::default()).unwrap();
         let link = r.connect(client, &Target::Port(name("calc"))).unwrap().link;
         r.link_closed(client, link);
         assert_eq!(r.listing().1[0].connections, 0, "no longer open at both ends");
@@ -326,9 +346,9 @@ mod tests {
     fn the_port_limit_is_enforced() {
         let mut r = registry();
         r.admit(NodeKey(1), 1, 0, 0);
-        r.open_port(NodeKey(1), name("a")).unwrap();
-        r.open_port(NodeKey(1), name("b")).unwrap();
-        let err = r.open_port(NodeKey(1), name("c")).unwrap_err();
+        r.open_port(NodeKey(1), name("a"), PortSpec::default()).unwrap();
+        r.open_port(NodeKey(1), name("b"), PortSpec::default()).unwrap();
+        let err = r.open_port(NodeKey(1), name("c"), PortSpec::default()).unwrap_err();
         assert_eq!(err.0, ControlErrorCode::LimitExceeded);
     }
 }

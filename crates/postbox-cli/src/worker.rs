@@ -51,6 +51,12 @@ pub(crate) enum Role {
         name: String,
         /// How many.
         count: u64,
+        /// Print `sent N` after each send returns.
+        #[arg(long)]
+        report: bool,
+        /// Use send_confirmed (returns once the receiver took the message).
+        #[arg(long)]
+        confirmed: bool,
     },
     /// Send one-way messages described as `priority/type/text` to port NAME, in order.
     SendSpec {
@@ -63,6 +69,9 @@ pub(crate) enum Role {
     Hold {
         /// Port name.
         name: String,
+        /// How the port buffers.
+        #[command(flatten)]
+        buffering: Buffering,
     },
     /// Connect to port NAME, then call it in a loop until killed.
     CallLoop {
@@ -116,14 +125,23 @@ pub(crate) fn run(role: Role) -> Result<()> {
                 connection.call("ping").map_err(|e| anyhow::anyhow!("call {name}: {e}"))?;
             }
         }
-        Role::SendMany { name, count } => {
+        Role::SendMany { name, count, report, confirmed } => {
             let node = Node::attach()?;
             let connection = node.connect(&name)?;
             ready(Some(node.process_id()));
             for i in 0..count {
-                connection
-                    .send(i.to_string().as_str())
-                    .map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+                let body = i.to_string();
+                let sent = if confirmed {
+                    connection.send_confirmed(body.as_str())
+                } else {
+                    connection.send(body.as_str())
+                };
+                sent.map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+                if report {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "sent {i}")?;
+                    out.flush()?;
+                }
             }
             Ok(())
         }
@@ -145,9 +163,9 @@ pub(crate) fn run(role: Role) -> Result<()> {
             }
             Ok(())
         }
-        Role::Hold { name } => {
+        Role::Hold { name, buffering } => {
             let node = Node::attach()?;
-            let _port = node.port(&name).open()?;
+            let _port = buffering.apply(node.port(&name))?.open()?;
             ready(Some(node.process_id()));
             loop {
                 std::thread::park();
@@ -155,6 +173,44 @@ pub(crate) fn run(role: Role) -> Result<()> {
         }
         Role::RawEcho { size } => raw_stdin_loop(size, true),
         Role::RawSink { size } => raw_stdin_loop(size, false),
+    }
+}
+
+/// A port's buffering, from the command line.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Buffering {
+    /// One-way messages per link (0: rendezvous).
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Unbounded links with this byte cap.
+    #[arg(long)]
+    unbounded: Option<u64>,
+    /// What a full link does: block, fail or drop-oldest.
+    #[arg(long, default_value = "block")]
+    overflow: String,
+    /// Largest message body.
+    #[arg(long)]
+    message_size: Option<u32>,
+}
+
+impl Buffering {
+    pub(crate) fn apply(&self, mut builder: postbox::PortBuilder) -> Result<postbox::PortBuilder> {
+        if let Some(n) = self.capacity {
+            builder = builder.capacity(n);
+        }
+        if let Some(bytes) = self.unbounded {
+            builder = builder.unbounded(bytes);
+        }
+        if let Some(bytes) = self.message_size {
+            builder = builder.message_size(bytes);
+        }
+        let overflow = match self.overflow.as_str() {
+            "block" => postbox::Overflow::Block,
+            "fail" => postbox::Overflow::Fail,
+            "drop-oldest" => postbox::Overflow::DropOldest,
+            other => anyhow::bail!("--overflow: block, fail or drop-oldest, not {other:?}"),
+        };
+        Ok(builder.overflow(overflow))
     }
 }
 

@@ -15,13 +15,17 @@
 //! The formats are specified in `docs/wire-format.md` of the repository.
 #![forbid(unsafe_code)]
 
+pub mod buffering;
 pub mod call_table;
+pub mod flow;
 pub mod identity;
 pub mod name;
 pub mod queue;
 pub mod wire;
 
+pub use buffering::{Capacity, Overflow, PortSpec};
 pub use call_table::{CallId, CallTable};
+pub use flow::{Admission, Credit, CreditViolation, ReleaseCounter, SendWindow};
 pub use identity::{PeerIdentity, ProcessId};
 pub use name::{NameError, PortName};
 pub use queue::{PortQueue, QueuedMeta, Selector, TypeFilter};

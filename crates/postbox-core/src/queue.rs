@@ -91,14 +91,15 @@ impl Selector {
 /// Messages that arrived at a port and were not yet received: one FIFO lane per priority.
 #[derive(Debug)]
 pub struct PortQueue<T> {
-    lanes: Vec<VecDeque<(QueuedMeta, T)>>,
+    lanes: Vec<VecDeque<(u64, QueuedMeta, T)>>,
     len: usize,
+    arrivals: u64,
 }
 
 impl<T> Default for PortQueue<T> {
     fn default() -> Self {
         let lanes = (0..=MAX_PRIORITY).map(|_| VecDeque::new()).collect();
-        Self { lanes, len: 0 }
+        Self { lanes, len: 0, arrivals: 0 }
     }
 }
 
@@ -112,7 +113,8 @@ impl<T> PortQueue<T> {
     /// Queues `item`; a priority above 31 counts as 31.
     pub fn push(&mut self, meta: QueuedMeta, item: T) {
         let lane = usize::from(meta.priority.min(MAX_PRIORITY));
-        self.lanes[lane].push_back((meta, item));
+        self.lanes[lane].push_back((self.arrivals, meta, item));
+        self.arrivals += 1;
         self.len += 1;
     }
 
@@ -135,22 +137,41 @@ impl<T> PortQueue<T> {
                 }
                 0
             } else {
-                match lane.iter().position(|(meta, _)| wanted.accepts(meta)) {
+                match lane.iter().position(|(_, meta, _)| wanted.accepts(meta)) {
                     Some(position) => position,
                     None => continue,
                 }
             };
             self.len -= 1;
-            return lane.remove(position);
+            return lane.remove(position).map(|(_, meta, item)| (meta, item));
         }
         None
+    }
+
+    /// Removes the earliest-arrived item, whatever its priority, that `pick` accepts (for
+    /// overflow by drop-oldest).
+    pub fn remove_oldest(
+        &mut self,
+        mut pick: impl FnMut(&QueuedMeta, &T) -> bool,
+    ) -> Option<(QueuedMeta, T)> {
+        let (lane, position) = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(l, lane)| {
+                lane.iter().position(|(_, meta, item)| pick(meta, item)).map(|p| (lane[p].0, l, p))
+            })
+            .min()
+            .map(|(_, l, p)| (l, p))?;
+        self.len -= 1;
+        self.lanes[lane].remove(position).map(|(_, meta, item)| (meta, item))
     }
 
     /// Removes every item `drop` says to, keeping the order of the rest; returns how many.
     pub fn remove_where(&mut self, mut drop: impl FnMut(&QueuedMeta, &T) -> bool) -> usize {
         let before = self.len;
         for lane in &mut self.lanes {
-            lane.retain(|(meta, item)| !drop(meta, item));
+            lane.retain(|(_, meta, item)| !drop(meta, item));
         }
         self.len = self.lanes.iter().map(VecDeque::len).sum();
         before - self.len
@@ -169,7 +190,7 @@ impl<T> PortQueue<T> {
     }
 
     fn iter_meta(&self) -> impl Iterator<Item = &QueuedMeta> {
-        self.lanes.iter().flat_map(|lane| lane.iter().map(|(meta, _)| meta))
+        self.lanes.iter().flat_map(|lane| lane.iter().map(|(_, meta, _)| meta))
     }
 }
 
@@ -207,6 +228,19 @@ mod tests {
         assert_eq!(q.pop(Selector::from_sender(a)).map(|x| x.1), Some("a1"));
         assert_eq!(q.pop(Selector::ANY).map(|x| x.1), Some("a2"));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn drop_oldest_takes_the_earliest_arrival_across_priorities() {
+        let mut q = PortQueue::new();
+        q.push(meta(1, 0, 9), "first, high");
+        q.push(meta(2, 0, 0), "other sender");
+        q.push(meta(1, 0, 0), "second, low");
+        let from_1 = |m: &QueuedMeta, _: &&str| m.sender == ProcessId::new(1, 1);
+        assert_eq!(q.remove_oldest(from_1).map(|x| x.1), Some("first, high"));
+        assert_eq!(q.remove_oldest(from_1).map(|x| x.1), Some("second, low"));
+        assert_eq!(q.remove_oldest(from_1), None);
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 use postbox_core::wire::control::{CONTROL_HEADER_LEN, MAX_CONTROL_LEN};
 use postbox_core::wire::frame::{HEADER_LEN, MAX_PRIORITY};
 use postbox_core::{
-    ControlErrorCode, ControlMessage, DecodeError, Frame, FrameDecoder, FrameHeader, FrameKind,
-    LinkId, ListenTarget, PeerIdentity, PortEntry, PortName, ProcessId, Target,
+    Capacity, ControlErrorCode, ControlMessage, DecodeError, Frame, FrameDecoder, FrameHeader,
+    FrameKind, LinkId, ListenTarget, Overflow, PeerIdentity, PortEntry, PortName, PortSpec,
+    ProcessId, Target,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -177,7 +178,14 @@ proptest! {
 /// do for a CRC, but all 255 values also cover the field checks that run before it.
 #[test]
 fn every_single_byte_corruption_of_a_small_frame_is_an_error() {
-    for kind in [FrameKind::Oneway, FrameKind::Call, FrameKind::Reply, FrameKind::ErrorReply] {
+    for kind in [
+        FrameKind::Oneway,
+        FrameKind::Confirmed,
+        FrameKind::Credit,
+        FrameKind::Call,
+        FrameKind::Reply,
+        FrameKind::ErrorReply,
+    ] {
         let body = b"postbox".to_vec();
         let frame = Frame {
             header: FrameHeader {
@@ -330,6 +338,8 @@ fn a_listing_that_fits_in_64_kib_is_not_truncated() {
 fn frame_kind() -> impl Strategy<Value = FrameKind> {
     prop_oneof![
         Just(FrameKind::Oneway),
+        Just(FrameKind::Confirmed),
+        Just(FrameKind::Credit),
         Just(FrameKind::Call),
         Just(FrameKind::Reply),
         Just(FrameKind::ErrorReply),
@@ -453,6 +463,23 @@ fn control_error_code() -> impl Strategy<Value = ControlErrorCode> {
     ]
 }
 
+/// Every capacity and overflow policy; message sizes 0 (none) or any.
+fn port_spec() -> impl Strategy<Value = PortSpec> {
+    let capacity = prop_oneof![
+        Just(Capacity::Rendezvous),
+        (1..=u32::MAX).prop_map(Capacity::Bounded),
+        any::<u64>().prop_map(|max_bytes| Capacity::Unbounded { max_bytes }),
+    ];
+    let overflow =
+        prop_oneof![Just(Overflow::Block), Just(Overflow::Fail), Just(Overflow::DropOldest)];
+    let message_size = prop_oneof![Just(None), (1..=u32::MAX).prop_map(Some)];
+    (capacity, overflow, message_size).prop_map(|(capacity, overflow, message_size)| PortSpec {
+        capacity,
+        overflow,
+        message_size,
+    })
+}
+
 fn port_entry() -> impl Strategy<Value = PortEntry> {
     (port_name(), identity(), any::<u32>()).prop_map(|(name, owner, connections)| PortEntry {
         name,
@@ -470,8 +497,8 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         (request(), identity(), any::<u32>()).prop_map(|(request, identity, max_message_size)| {
             ControlMessage::Welcome { request, identity, max_message_size }
         }),
-        (request(), port_name())
-            .prop_map(|(request, name)| ControlMessage::OpenPort { request, name }),
+        (request(), port_name(), port_spec())
+            .prop_map(|(request, name, spec)| ControlMessage::OpenPort { request, name, spec }),
         (request(), port_name())
             .prop_map(|(request, name)| ControlMessage::ClosePort { request, name }),
         (
@@ -483,9 +510,14 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             .prop_map(|(request, link)| ControlMessage::LinkClosed { request, link: LinkId(link) }),
         request().prop_map(|request| ControlMessage::List { request }),
         request().prop_map(|request| ControlMessage::Ok { request }),
-        (request(), any::<u64>(), identity()).prop_map(|(request, link, server)| {
-            ControlMessage::Connected { request, link: LinkId(link), server }
-        }),
+        (request(), any::<u64>(), identity(), port_spec()).prop_map(
+            |(request, link, server, spec)| ControlMessage::Connected {
+                request,
+                link: LinkId(link),
+                server,
+                spec
+            }
+        ),
         (request(), any::<u32>(), vec(port_entry(), 0..20), any::<bool>()).prop_map(
             |(request, nodes, ports, truncated)| ControlMessage::Listing {
                 request,

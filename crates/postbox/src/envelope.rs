@@ -21,6 +21,7 @@ pub struct Envelope {
     pub(crate) message: Message,
     pub(crate) sender: PeerIdentity,
     pub(crate) reply: Option<ReplyToken>,
+    pub(crate) lost: u64,
 }
 
 /// A send-once right to answer one call.
@@ -64,6 +65,13 @@ impl Envelope {
     #[must_use]
     pub fn sender_identity(&self) -> PeerIdentity {
         self.sender
+    }
+
+    /// Messages the port dropped (overflow policy drop-oldest) since the previous envelope
+    /// it handed out: the gap before this one. Zero when nothing was lost.
+    #[must_use]
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// True when the sender waits for a reply.

@@ -24,6 +24,9 @@ pub enum SendError {
         /// The limit in bytes.
         limit: u32,
     },
+    /// The link is at capacity and the port's overflow policy is to fail, not wait.
+    #[error("the link is full and the port fails instead of waiting")]
+    Full(Message),
     /// No live node or port has that address (direct addressing).
     #[error("no such port or node")]
     NoSuchPort(Message),
@@ -33,6 +36,10 @@ pub enum SendError {
 }
 
 /// Failure of a non-blocking send. Holds the message, which was not sent.
+///
+/// Capacity is counted by credits the receiver returns in batches (up to half the capacity),
+/// so `Full` may be reported while the receiver has taken some messages it has not yet
+/// reported; it is never wrong the other way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrySendError {
@@ -59,6 +66,11 @@ pub enum SendTimeoutError {
     /// The link stayed full until the deadline.
     #[error("the link stayed full until the deadline")]
     Timeout(Message),
+    /// The message was sent but the receiver had not taken it by the deadline (rendezvous or
+    /// confirmed send). It is still in the link and may yet be taken: sending it again may
+    /// deliver it twice.
+    #[error("sent, but not taken by the receiver before the deadline")]
+    NotTaken(Message),
     /// The receiving side is gone.
     #[error("the receiver is gone")]
     Disconnected(Message),
@@ -208,7 +220,7 @@ impl SendError {
     #[must_use]
     pub fn into_message(self) -> Message {
         match self {
-            Self::Disconnected(m) | Self::NoSuchPort(m) | Self::BrokerGone(m) => m,
+            Self::Disconnected(m) | Self::Full(m) | Self::NoSuchPort(m) | Self::BrokerGone(m) => m,
             Self::TooLarge { message, .. } => message,
         }
     }
@@ -230,7 +242,7 @@ impl SendTimeoutError {
     #[must_use]
     pub fn into_message(self) -> Message {
         match self {
-            Self::Timeout(m) | Self::Disconnected(m) => m,
+            Self::Timeout(m) | Self::NotTaken(m) | Self::Disconnected(m) => m,
             Self::TooLarge { message, .. } => message,
         }
     }

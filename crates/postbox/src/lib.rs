@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod client_link;
 mod condvar;
 mod connection;
 mod envelope;
@@ -64,7 +65,10 @@ pub use node::{Listing, Node};
 pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{BrokerConfig, BrokerError, DEFAULT_MAX_MESSAGE_SIZE};
-pub use postbox_core::{PeerIdentity, PortEntry, ProcessId, Selector, TypeFilter};
+pub use postbox_core::{
+    Capacity, Overflow, PeerIdentity, PortEntry, PortSpec, ProcessId, Selector, TypeFilter,
+};
+pub use receiver::PortStats;
 
 /// The README's example is compiled as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

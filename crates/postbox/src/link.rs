@@ -36,6 +36,57 @@ struct GateState {
 /// The right to write frames until dropped.
 struct GateGuard<'a>(&'a WriteGate);
 
+/// The right to write frames on one link until dropped.
+#[derive(Debug)]
+pub(crate) struct WriteGuard<'a> {
+    end: &'a LinkEnd,
+    _gate: GateGuard<'a>,
+}
+
+impl WriteGuard<'_> {
+    /// Writes `message` as one frame of `kind` (see [`LinkEnd::write`]).
+    pub(crate) fn write(
+        &self,
+        kind: FrameKind,
+        message: &mut Message,
+        correlation: u64,
+        wait: Wait,
+    ) -> Result<(), WriteFailure> {
+        let end = self.end;
+        let Ok(body_len) = u32::try_from(message.body.len()) else {
+            return Err(WriteFailure::TooLarge(end.max_body));
+        };
+        if body_len > end.max_body {
+            return Err(WriteFailure::TooLarge(end.max_body));
+        }
+        if end.is_closed() {
+            return Err(WriteFailure::Closed);
+        }
+        message.id = next_message_id();
+        let header = FrameHeader {
+            kind,
+            priority: message.priority,
+            msg_type: message.msg_type,
+            id: message.id,
+            correlation,
+            body_len,
+        }
+        .encode(&message.body);
+        match end.link.write_frame(&header, &message.body, wait) {
+            Ok(()) => Ok(()),
+            Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(WriteFailure::Full),
+            Err(TransportError::Stalled) => {
+                end.close();
+                Err(WriteFailure::Full)
+            }
+            Err(_) => {
+                end.close();
+                Err(WriteFailure::Closed)
+            }
+        }
+    }
+}
+
 /// Why a frame was not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteFailure {
@@ -53,7 +104,7 @@ impl LinkEnd {
     }
 
     /// Writes `message` as one frame of `kind`, giving it a fresh id (a reply is matched by
-    /// `correlation`, not by its id).
+    /// `correlation`, not by its id); waits until `wait` ends at most to become the writer.
     pub(crate) fn write(
         &self,
         kind: FrameKind,
@@ -61,40 +112,20 @@ impl LinkEnd {
         correlation: u64,
         wait: Wait,
     ) -> Result<(), WriteFailure> {
-        let Ok(body_len) = u32::try_from(message.body.len()) else {
-            return Err(WriteFailure::TooLarge(self.max_body));
-        };
-        if body_len > self.max_body {
-            return Err(WriteFailure::TooLarge(self.max_body));
-        }
-        if self.is_closed() {
-            return Err(WriteFailure::Closed);
-        }
-        message.id = next_message_id();
-        let header = FrameHeader {
-            kind,
-            priority: message.priority,
-            msg_type: message.msg_type,
-            id: message.id,
-            correlation,
-            body_len,
-        }
-        .encode(&message.body);
-        let Some(_guard) = self.writer.enter(wait) else {
-            return Err(WriteFailure::Full);
-        };
-        match self.link.write_frame(&header, &message.body, wait) {
-            Ok(()) => Ok(()),
-            Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(WriteFailure::Full),
-            Err(TransportError::Stalled) => {
-                self.close();
-                Err(WriteFailure::Full)
-            }
-            Err(_) => {
-                self.close();
-                Err(WriteFailure::Closed)
-            }
-        }
+        let guard = self.enter(wait).ok_or(WriteFailure::Full)?;
+        guard.write(kind, message, correlation, wait)
+    }
+
+    /// Becomes the only writer of this link until the guard drops, waiting until `wait` ends
+    /// at most.
+    pub(crate) fn enter(&self, wait: Wait) -> Option<WriteGuard<'_>> {
+        let gate = self.writer.enter(wait)?;
+        Some(WriteGuard { end: self, _gate: gate })
+    }
+
+    /// The largest body this link carries.
+    pub(crate) fn max_body(&self) -> u32 {
+        self.max_body
     }
 
     pub(crate) fn link(&self) -> &UnixLink {

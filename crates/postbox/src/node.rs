@@ -16,7 +16,7 @@ use std::time::Duration;
 use postbox_core::wire::control::MAX_CONTROL_LEN;
 use postbox_core::{
     ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName,
-    Target,
+    PortSpec, Target,
 };
 use postbox_transport::{ControlSocket, TransportError, UnixLink, Wait};
 
@@ -105,7 +105,8 @@ impl Node {
             Ok(other) => return Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
             Err(e) => return Err(NodeError::Refused(format!("undecodable answer: {e}"))),
         };
-        let inbox = Arc::new(Receiver::new().map_err(|e| unreachable(error_kind(e)))?);
+        let inbox =
+            Arc::new(Receiver::new(PortSpec::default()).map_err(|e| unreachable(error_kind(e)))?);
         let shared = Arc::new(NodeShared {
             control,
             identity,
@@ -297,13 +298,16 @@ impl NodeShared {
         let answer =
             self.request(|request| ControlMessage::Connect { request, target: target.clone() });
         match answer {
-            Ok((ControlMessage::Connected { link, server, .. }, Some(fd))) => Ok(Connection::new(
-                UnixLink::from_fd(fd),
-                link,
-                server,
-                self.max_message_size,
-                Arc::downgrade(self),
-            )),
+            Ok((ControlMessage::Connected { link, server, spec, .. }, Some(fd))) => {
+                Ok(Connection::new(
+                    UnixLink::from_fd(fd),
+                    link,
+                    server,
+                    spec,
+                    self.max_message_size,
+                    Arc::downgrade(self),
+                ))
+            }
             Ok((ControlMessage::Refused { code: ControlErrorCode::NoSuchPort, detail, .. }, _)) => {
                 Err(ConnectError::NoSuchPort(detail))
             }
@@ -329,8 +333,11 @@ impl NodeShared {
             // broker's answer finds the receiver.
             receivers.insert(name.clone(), Arc::downgrade(receiver));
         }
-        let answer =
-            self.request(|request| ControlMessage::OpenPort { request, name: name.clone() });
+        let answer = self.request(|request| ControlMessage::OpenPort {
+            request,
+            name: name.clone(),
+            spec: receiver.spec(),
+        });
         let result = match answer {
             Ok((ControlMessage::Ok { .. }, _)) => return Ok(()),
             Ok((ControlMessage::Refused { code: ControlErrorCode::NameTaken, .. }, _)) => {

@@ -3,20 +3,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postbox_core::{PortName, Selector};
+use postbox_core::{Capacity, Overflow, PortName, PortSpec, Selector};
 use postbox_transport::Wait;
 
 use crate::error::{OpenError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::node::NodeShared;
-use crate::receiver::{ReceiveFailure, Receiver};
+use crate::receiver::{PortStats, ReceiveFailure, Receiver};
 use crate::{Envelope, ProcessId};
 
-/// Opens a named port: `node.port("calc").open()?`.
+/// Opens a named port: `node.port("calc").capacity(16).open()?`.
+///
+/// Without settings a port holds [`PortSpec::DEFAULT_CAPACITY`] one-way messages per link
+/// and makes senders wait when a link is full.
 #[derive(Debug)]
 #[must_use = "a builder does nothing until open() is called"]
 pub struct PortBuilder {
     node: Arc<NodeShared>,
     name: String,
+    spec: PortSpec,
 }
 
 /// A named receive endpoint owned by this node. Several threads may receive from it at once
@@ -37,7 +41,37 @@ pub struct Inbox {
 
 impl PortBuilder {
     pub(crate) fn new(node: Arc<NodeShared>, name: &str) -> Self {
-        Self { node, name: name.to_owned() }
+        Self { node, name: name.to_owned(), spec: PortSpec::default() }
+    }
+
+    /// Each link holds at most `messages` one-way messages not yet received; 0 makes the
+    /// port a rendezvous: a send returns only once the receiver has taken the message.
+    pub fn capacity(mut self, messages: u32) -> Self {
+        self.spec.capacity = match messages {
+            0 => Capacity::Rendezvous,
+            n => Capacity::Bounded(n),
+        };
+        self
+    }
+
+    /// Links hold any number of messages up to `max_bytes` of bodies; past that, sends fail
+    /// (or wait, or drop, by the overflow policy) instead of exhausting memory.
+    pub fn unbounded(mut self, max_bytes: u64) -> Self {
+        self.spec.capacity = Capacity::Unbounded { max_bytes };
+        self
+    }
+
+    /// What a send does when its link is full: wait (the default), fail, or drop the link's
+    /// oldest message (counted, and reported by [`Envelope::lost`]).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.spec.overflow = overflow;
+        self
+    }
+
+    /// The largest message body the port takes; larger sends fail with `TooLarge`.
+    pub fn message_size(mut self, bytes: u32) -> Self {
+        self.spec.message_size = Some(bytes);
+        self
     }
 
     /// Registers the name with the broker and opens the port.
@@ -47,7 +81,8 @@ impl PortBuilder {
     /// [`OpenError::InvalidName`], [`OpenError::BrokerGone`].
     pub fn open(self) -> Result<Port, OpenError> {
         let name = PortName::new(&self.name)?;
-        let receiver = Arc::new(Receiver::new().map_err(|e| OpenError::Refused(e.to_string()))?);
+        let receiver =
+            Arc::new(Receiver::new(self.spec).map_err(|e| OpenError::Refused(e.to_string()))?);
         self.node.open_port(&name, &receiver)?;
         Ok(Port { name, receiver, node: self.node })
     }
@@ -146,6 +181,12 @@ macro_rules! receive_methods {
             self.receive(selector, Wait::timeout(timeout)).map_err(timeout_error)
         }
 
+        /// The endpoint's counters: queued messages, messages lost to drop-oldest, links.
+        #[must_use]
+        pub fn stats(&self) -> PortStats {
+            self.receiver.stats()
+        }
+
         /// Links currently open to this endpoint (one per connected sender).
         #[must_use]
         pub fn connection_count(&self) -> usize {
@@ -161,6 +202,12 @@ macro_rules! receive_methods {
 
 impl Port {
     receive_methods!();
+
+    /// How the port buffers.
+    #[must_use]
+    pub fn spec(&self) -> PortSpec {
+        self.receiver.spec()
+    }
 
     /// The port's name.
     #[must_use]

@@ -1,16 +1,22 @@
 //! The receiving side shared by ports and inboxes: the links feeding one endpoint, its queue,
-//! and the leader/follower loop by which receiving threads read those links themselves.
+//! its flow control, and the leader/follower loop by which receiving threads read those links
+//! themselves.
 //!
 //! One receiving thread at a time (the leader) polls every link of the endpoint plus a waker,
 //! reads what is ready, queues the envelopes and wakes the others; each thread then takes the
-//! first envelope its [`Selector`] accepts. New links arrive from the node's control thread,
-//! which fires the waker so the leader polls the new set.
+//! envelope its [`Selector`] picks. New links arrive from the node's control thread, which
+//! fires the waker so the leader polls the new set.
+//!
+//! Flow control: every one-way message taken (or dropped by drop-oldest) is released on its
+//! link, and the link's [`ReleaseCounter`] decides when the sender hears of it (a credit
+//! frame): when a batch is due, when the sender waits for confirmation, and always before the
+//! leader goes to sleep.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use postbox_core::{
-    FrameDecoder, FrameKind, LinkId, PeerIdentity, PortQueue, QueuedMeta, Selector,
+    FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, PortQueue, PortSpec, QueuedMeta,
+    ReleaseCounter, Selector,
 };
 use postbox_transport::{wait_readable, TransportError, UnixLink, Wait, Waker};
 
@@ -26,23 +32,36 @@ pub(crate) struct ServerLink {
     pub(crate) id: LinkId,
     pub(crate) client: PeerIdentity,
     decoder: Mutex<FrameDecoder>,
-    dead: AtomicBool,
-    /// Messages from this link waiting in the endpoint's queue, and their bytes: a link at its
-    /// limit is not read (its sender feels the back-pressure of the socket) until they drop.
-    queued_messages: AtomicUsize,
-    queued_bytes: AtomicUsize,
+    flow: Mutex<LinkFlow>,
 }
 
-/// A queued envelope and the link it came from.
+/// What one link has in the endpoint's queue, and what its sender has been told.
+#[derive(Debug)]
+struct LinkFlow {
+    /// One-way messages queued (they count against the capacity).
+    messages: u64,
+    /// Their body bytes.
+    bytes: u64,
+    /// Calls queued (not counted against the capacity; bounded only to protect memory).
+    calls: u64,
+    release: ReleaseCounter,
+}
+
+/// A queued envelope, the link it came from, and how it counts.
 #[derive(Debug)]
 struct Queued {
     link: Arc<ServerLink>,
     envelope: Envelope,
+    /// A one-way message (counted against capacity) rather than a call.
+    counted: bool,
+    /// Its sender waits for it to be taken.
+    confirm: bool,
 }
 
 /// One receive endpoint (a port or an inbox).
 #[derive(Debug)]
 pub(crate) struct Receiver {
+    spec: PortSpec,
     state: Mutex<ReceiverState>,
     arrived: Condvar,
     waker: Waker,
@@ -56,6 +75,21 @@ struct ReceiverState {
     closed: bool,
     /// Threads blocked on `arrived`: notifying costs a system call, so only when there are any.
     waiting: usize,
+    /// Messages lost (drop-oldest) since the last envelope was handed out.
+    lost_pending: u64,
+    /// Messages lost since the endpoint opened.
+    lost_total: u64,
+}
+
+/// A snapshot of an endpoint's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortStats {
+    /// Messages waiting in the endpoint's queue (read from links, not yet received).
+    pub queued: usize,
+    /// Messages dropped by the drop-oldest policy since the endpoint opened.
+    pub lost: u64,
+    /// Links open to the endpoint.
+    pub links: usize,
 }
 
 /// Why a receive returned without a message.
@@ -68,14 +102,17 @@ pub(crate) enum ReceiveFailure {
 }
 
 impl Receiver {
-    pub(crate) fn new() -> Result<Self, TransportError> {
+    pub(crate) fn new(spec: PortSpec) -> Result<Self, TransportError> {
         Ok(Self {
+            spec,
             state: Mutex::new(ReceiverState {
                 queue: PortQueue::new(),
                 links: Vec::new(),
                 polling: false,
                 closed: false,
                 waiting: 0,
+                lost_pending: 0,
+                lost_total: 0,
             }),
             arrived: Condvar::new(),
             waker: Waker::new()?,
@@ -87,6 +124,10 @@ impl Receiver {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    pub(crate) fn spec(&self) -> PortSpec {
+        self.spec
+    }
+
     /// Adds a link the broker made to this endpoint. Returns false when the endpoint is
     /// closed (the link is then dropped, which the client sees as a close).
     pub(crate) fn add_link(
@@ -94,20 +135,24 @@ impl Receiver {
         link: UnixLink,
         id: LinkId,
         client: PeerIdentity,
-        max: u32,
+        host_max: u32,
     ) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
         }
+        let max = self.spec.message_size.map_or(host_max, |n| n.min(host_max));
         state.links.push(Arc::new(ServerLink {
-            end: LinkEnd::new(link, max),
+            end: LinkEnd::new(link, host_max),
             id,
             client,
             decoder: Mutex::new(FrameDecoder::new(max)),
-            dead: AtomicBool::new(false),
-            queued_messages: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
+            flow: Mutex::new(LinkFlow {
+                messages: 0,
+                bytes: 0,
+                calls: 0,
+                release: ReleaseCounter::new(&self.spec),
+            }),
         }));
         drop(state);
         self.waker.wake();
@@ -133,13 +178,19 @@ impl Receiver {
             .collect()
     }
 
+    /// The endpoint's counters now.
+    pub(crate) fn stats(&self) -> PortStats {
+        let state = self.lock();
+        PortStats { queued: state.queue.len(), lost: state.lost_total, links: state.links.len() }
+    }
+
     /// Number of links currently feeding the endpoint.
     pub(crate) fn link_count(&self) -> usize {
         self.lock().links.len()
     }
 
-    /// Takes the first envelope `selector` accepts, waiting up to `wait`. `on_dead` is told of
-    /// every link found closed.
+    /// Takes the envelope `selector` picks, waiting up to `wait`. `on_dead` is told of every
+    /// link found closed.
     pub(crate) fn recv(
         &self,
         selector: Selector,
@@ -149,7 +200,7 @@ impl Receiver {
         let mut state = self.lock();
         loop {
             if let Some((_, queued)) = state.queue.pop(selector) {
-                return Ok(self.release(queued));
+                return Ok(self.deliver(&mut state, queued));
             }
             if state.closed {
                 return Err(ReceiveFailure::Closed);
@@ -166,20 +217,26 @@ impl Receiver {
             state.polling = true;
             let links = state.links.clone();
             drop(state);
-            let (arrived, dead) = self.poll_links(&links, wait);
+            if wait != Wait::NonBlocking {
+                // About to sleep: every sender hears of every release first, so none waits on
+                // credit that was only held back for batching.
+                for link in &links {
+                    link.flush_credit(true);
+                }
+            }
+            let (arrived, mut dead) = self.poll_links(&links, wait);
             state = self.lock();
             state.polling = false;
-            for queued in arrived {
-                let message = &queued.envelope.message;
-                let meta = QueuedMeta {
-                    sender: queued.envelope.sender.process_id,
-                    msg_type: message.msg_type,
-                    priority: message.priority,
-                };
-                state.queue.push(meta, queued);
+            for (queued, sender_dropped) in arrived {
+                state.lost_pending += sender_dropped;
+                state.lost_total += sender_dropped;
+                if let Err(link) = self.accept(&mut state, queued) {
+                    dead.push(link);
+                }
             }
             if !dead.is_empty() {
                 state.links.retain(|l| !dead.contains(&l.id));
+                state.queue.remove_where(|_, q| dead.contains(&q.link.id));
             }
             if state.waiting > 0 {
                 self.arrived.notify_all();
@@ -190,7 +247,7 @@ impl Receiver {
             if wait.expired() {
                 // The wait is over: one last look for a message this receiver may take.
                 return match state.queue.pop(selector) {
-                    Some((_, queued)) => Ok(self.release(queued)),
+                    Some((_, queued)) => Ok(self.deliver(&mut state, queued)),
                     None if state.closed => Err(ReceiveFailure::Closed),
                     None => Err(ReceiveFailure::Empty),
                 };
@@ -198,9 +255,90 @@ impl Receiver {
         }
     }
 
-    /// Polls the links (and the waker) once, reading every ready link.
-    fn poll_links(&self, links: &[Arc<ServerLink>], wait: Wait) -> (Vec<Queued>, Vec<LinkId>) {
-        let links: Vec<&Arc<ServerLink>> = links.iter().filter(|l| !l.is_full()).collect();
+    /// Queues an arrived envelope under the port's capacity and overflow policy. Fails with
+    /// the link's id when its sender exceeded the capacity it was told (the link is closed).
+    fn accept(&self, state: &mut ReceiverState, queued: Queued) -> Result<(), LinkId> {
+        let link = Arc::clone(&queued.link);
+        let len = queued.envelope.message.body.len() as u64;
+        {
+            let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !queued.counted {
+                flow.calls += 1;
+            } else if flow.messages >= self.spec.message_window()
+                || flow.bytes + len > self.spec.byte_window()
+            {
+                if self.spec.overflow != Overflow::DropOldest {
+                    link.end.close();
+                    return Err(link.id);
+                }
+                // Drop-oldest: make room by dropping this link's oldest one-way messages.
+                while flow.messages > 0
+                    && (flow.messages >= self.spec.message_window()
+                        || flow.bytes + len > self.spec.byte_window())
+                {
+                    let oldest =
+                        state.queue.remove_oldest(|_, q| q.counted && q.link.id == link.id);
+                    let Some((_, old)) = oldest else { break };
+                    let old_len = old.envelope.message.body.len() as u64;
+                    flow.messages -= 1;
+                    flow.bytes -= old_len;
+                    flow.release.on_release(old_len);
+                    state.lost_pending += 1;
+                    state.lost_total += 1;
+                }
+            }
+            if queued.counted {
+                flow.messages += 1;
+                flow.bytes += len;
+            }
+        }
+        let message = &queued.envelope.message;
+        let meta = QueuedMeta {
+            sender: queued.envelope.sender.process_id,
+            msg_type: message.msg_type,
+            priority: message.priority,
+        };
+        state.queue.push(meta, queued);
+        Ok(())
+    }
+
+    /// Hands a queued envelope out: releases it on its link (credit to its sender), lets the
+    /// link be read again if it was at its limit, and attaches the count of messages lost
+    /// since the last one.
+    fn deliver(&self, state: &mut ReceiverState, queued: Queued) -> Envelope {
+        let Queued { link, mut envelope, counted, confirm } = queued;
+        let len = envelope.message.body.len() as u64;
+        let was_full = link.is_full(&self.spec);
+        {
+            let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if counted {
+                flow.messages -= 1;
+                flow.bytes -= len;
+                flow.release.on_release(len);
+            } else {
+                flow.calls -= 1;
+            }
+        }
+        if counted {
+            link.flush_credit(confirm);
+        }
+        if was_full && !link.is_full(&self.spec) {
+            // The leader may be polling without this link; make it look again.
+            self.waker.wake();
+        }
+        envelope.lost = std::mem::take(&mut state.lost_pending);
+        envelope
+    }
+
+    /// Polls the links (and the waker) once, reading every ready link that is not at its
+    /// limit. Returns what arrived (with the drops its sender reported) and the dead links.
+    fn poll_links(
+        &self,
+        links: &[Arc<ServerLink>],
+        wait: Wait,
+    ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
+        let links: Vec<&Arc<ServerLink>> =
+            links.iter().filter(|l| !l.is_full(&self.spec)).collect();
         let mut fds = Vec::with_capacity(links.len() + 1);
         fds.push(self.waker.as_fd());
         fds.extend(links.iter().map(|l| l.end.link().as_fd()));
@@ -216,8 +354,7 @@ impl Receiver {
                 continue;
             }
             let link = links[index - 1];
-            if !read_link(link, &mut arrived) {
-                link.dead.store(true, Ordering::Release);
+            if !read_link(link, &self.spec, &mut arrived) {
                 link.end.close();
                 dead.push(link.id);
             }
@@ -227,31 +364,33 @@ impl Receiver {
 }
 
 impl ServerLink {
-    /// True when this link's queued messages reached the per-link limit.
-    fn is_full(&self) -> bool {
-        self.queued_messages.load(Ordering::Relaxed) >= LINK_QUEUE_MESSAGES
-            || self.queued_bytes.load(Ordering::Relaxed) >= LINK_QUEUE_BYTES
+    /// True when this link is not to be read now: its one-way messages fill the capacity
+    /// (unless drop-oldest, which must read to drop), or its queued calls or bytes reached the
+    /// limits that protect memory.
+    fn is_full(&self, spec: &PortSpec) -> bool {
+        let flow = self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at_capacity = spec.overflow != Overflow::DropOldest
+            && (flow.messages >= spec.message_window()
+                || flow.bytes >= spec.byte_window().min(LINK_QUEUE_BYTES));
+        at_capacity || flow.calls >= LINK_QUEUE_CALLS
     }
-}
 
-impl Receiver {
-    /// Hands a queued envelope out, and lets its link be read again if it was at its limit.
-    fn release(&self, queued: Queued) -> Envelope {
-        let Queued { link, envelope } = queued;
-        let was_full = link.is_full();
-        link.queued_messages.fetch_sub(1, Ordering::Relaxed);
-        link.queued_bytes.fetch_sub(envelope.message.body.len(), Ordering::Relaxed);
-        if was_full && !link.is_full() {
-            // The leader may be polling without this link; make it look again.
-            self.waker.wake();
+    /// Sends the link's credit if one is due (or anything unreported, when `urgent`). Never
+    /// blocks: a credit that does not fit now goes with a later one (they are cumulative).
+    fn flush_credit(&self, urgent: bool) {
+        let mut flow = self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(credit) = flow.release.poll_credit(urgent) else { return };
+        let Some(guard) = self.end.enter(Wait::NonBlocking) else { return };
+        let mut message = Message::new(credit.to_bytes().to_vec());
+        if guard.write(FrameKind::Credit, &mut message, 0, Wait::NonBlocking).is_ok() {
+            flow.release.credit_sent(credit);
         }
-        envelope
     }
 }
 
 /// Reads what one ready link holds into envelopes; false when the link is finished (closed by
 /// the peer, or the peer broke the protocol).
-fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Queued>) -> bool {
+fn read_link(link: &Arc<ServerLink>, spec: &PortSpec, out: &mut Vec<(Queued, u64)>) -> bool {
     let mut decoder = link.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // Keep reading while a frame is incomplete and the link has more of it (a large body
     // arrives in socket-buffer-sized pieces), then hand over what is complete.
@@ -264,7 +403,7 @@ fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Queued>) -> bool {
         if !decode_frames(link, &mut decoder, out) {
             return false;
         }
-        if !decoder.is_mid_frame() || link.is_full() {
+        if !decoder.is_mid_frame() || link.is_full(spec) {
             break;
         }
     }
@@ -275,23 +414,33 @@ fn read_link(link: &Arc<ServerLink>, out: &mut Vec<Queued>) -> bool {
 fn decode_frames(
     link: &Arc<ServerLink>,
     decoder: &mut FrameDecoder,
-    out: &mut Vec<Queued>,
+    out: &mut Vec<(Queued, u64)>,
 ) -> bool {
     loop {
         match decoder.poll_frame() {
             Ok(Some(frame)) => {
                 let header = frame.header;
                 let message = Message::from_frame(frame);
-                let reply = match header.kind {
-                    FrameKind::Oneway => None,
-                    FrameKind::Call => Some(ReplyToken::new(Arc::clone(link), header.correlation)),
-                    // Replies never travel towards a server: the client broke the protocol.
-                    FrameKind::Reply | FrameKind::ErrorReply => return false,
+                let (reply, counted, confirm, sender_dropped) = match header.kind {
+                    // For one-way frames, the correlation field carries the messages the
+                    // sender itself dropped since its previous frame (docs/wire-format.md).
+                    FrameKind::Oneway => (None, true, false, header.correlation),
+                    FrameKind::Confirmed => (None, true, true, header.correlation),
+                    FrameKind::Call => (
+                        Some(ReplyToken::new(Arc::clone(link), header.correlation)),
+                        false,
+                        false,
+                        0,
+                    ),
+                    // Replies and credits never travel towards a server: the client broke the
+                    // protocol.
+                    FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => return false,
                 };
-                link.queued_messages.fetch_add(1, Ordering::Relaxed);
-                link.queued_bytes.fetch_add(message.body.len(), Ordering::Relaxed);
-                let envelope = Envelope { message, sender: link.client, reply };
-                out.push(Queued { link: Arc::clone(link), envelope });
+                let envelope = Envelope { message, sender: link.client, reply, lost: 0 };
+                out.push((
+                    Queued { link: Arc::clone(link), envelope, counted, confirm },
+                    sender_dropped,
+                ));
             }
             Ok(None) => return true,
             // Garbage, a bad checksum or an oversized frame: drop this link only.
@@ -300,10 +449,11 @@ fn decode_frames(
     }
 }
 
-/// Messages from one link that may wait in an endpoint's queue before the link is left unread.
-const LINK_QUEUE_MESSAGES: usize = 1024;
-/// Bytes from one link that may wait in an endpoint's queue before the link is left unread.
-const LINK_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// Calls from one link that may wait in an endpoint's queue before the link is left unread.
+const LINK_QUEUE_CALLS: u64 = 1024;
+/// Bytes of one-way messages from one link that may wait in an endpoint's queue before the
+/// link is left unread, whatever the capacity says.
+const LINK_QUEUE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;

@@ -86,8 +86,8 @@ impl Drop for Daemon {
 pub(crate) struct Worker {
     pub(crate) child: Child,
     pub(crate) id: Option<ProcessId>,
-    /// Kept open so the worker never gets EPIPE on later prints.
-    _stdout: BufReader<ChildStdout>,
+    /// Kept open so the worker never gets EPIPE on later prints (or handed to a line reader).
+    stdout: Option<BufReader<ChildStdout>>,
 }
 
 impl Worker {
@@ -101,7 +101,7 @@ impl Worker {
             panic!("worker did not start: {line:?}")
         });
         let id = rest.trim().parse().ok();
-        Self { child, id, _stdout: stdout }
+        Self { child, id, stdout: Some(stdout) }
     }
 
     pub(crate) fn process_id(&self) -> ProcessId {
@@ -114,6 +114,21 @@ impl Worker {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         at
+    }
+
+    /// The worker's further stdout lines, as they come, read on a thread of their own.
+    pub(crate) fn lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let stdout = self.stdout.take().expect("lines taken once");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     pub(crate) fn wait_success(&mut self) {

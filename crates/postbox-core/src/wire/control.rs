@@ -9,6 +9,7 @@
 //! [`ControlMessage::Connected`] and [`ControlMessage::IncomingConnection`] as `SCM_RIGHTS`.
 
 use super::{put_text, DecodeError, Reader};
+use crate::buffering::PortSpec;
 use crate::identity::{PeerIdentity, ProcessId};
 use crate::name::PortName;
 
@@ -126,6 +127,8 @@ pub enum ControlMessage {
         request: u32,
         /// The name.
         name: PortName,
+        /// How the port buffers; told to every client at connect time.
+        spec: PortSpec,
     },
     /// Node → broker: release a port name.
     ClosePort {
@@ -166,6 +169,8 @@ pub enum ControlMessage {
         link: LinkId,
         /// Who serves the other end.
         server: PeerIdentity,
+        /// How the port buffers: the client enforces it.
+        spec: PortSpec,
     },
     /// Broker → node: the ports, in name order.
     Listing {
@@ -254,9 +259,11 @@ impl ControlMessage {
                 put_identity(buf, identity);
                 buf.extend_from_slice(&max_message_size.to_le_bytes());
             }
-            Self::OpenPort { name, .. } | Self::ClosePort { name, .. } => {
+            Self::OpenPort { name, spec, .. } => {
                 put_text(buf, name.as_str());
+                spec.encode(buf);
             }
+            Self::ClosePort { name, .. } => put_text(buf, name.as_str()),
             Self::Connect { target, .. } => match target {
                 Target::Port(name) => {
                     buf.push(0);
@@ -268,9 +275,10 @@ impl ControlMessage {
                 }
             },
             Self::LinkClosed { link, .. } => buf.extend_from_slice(&link.0.to_le_bytes()),
-            Self::Connected { link, server, .. } => {
+            Self::Connected { link, server, spec, .. } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 put_identity(buf, server);
+                spec.encode(buf);
             }
             Self::Listing { nodes, ports, truncated, .. } => {
                 buf.extend_from_slice(&nodes.to_le_bytes());
@@ -347,7 +355,11 @@ impl ControlMessage {
                 identity: read_identity(&mut r)?,
                 max_message_size: r.u32()?,
             },
-            OPEN_PORT => Self::OpenPort { request, name: read_name(&mut r)? },
+            OPEN_PORT => Self::OpenPort {
+                request,
+                name: read_name(&mut r)?,
+                spec: PortSpec::decode(&mut r)?,
+            },
             CLOSE_PORT => Self::ClosePort { request, name: read_name(&mut r)? },
             CONNECT => {
                 let target = match r.u8()? {
@@ -358,9 +370,12 @@ impl ControlMessage {
                 Self::Connect { request, target }
             }
             LINK_CLOSED => Self::LinkClosed { request, link: LinkId(r.u64()?) },
-            CONNECTED => {
-                Self::Connected { request, link: LinkId(r.u64()?), server: read_identity(&mut r)? }
-            }
+            CONNECTED => Self::Connected {
+                request,
+                link: LinkId(r.u64()?),
+                server: read_identity(&mut r)?,
+                spec: PortSpec::decode(&mut r)?,
+            },
             LISTING => {
                 let nodes = r.u32()?;
                 let truncated = match r.u8()? {
@@ -458,14 +473,19 @@ mod tests {
         vec![
             ControlMessage::Hello { request: 1 },
             ControlMessage::Welcome { request: 1, identity: identity(), max_message_size: 1 << 24 },
-            ControlMessage::OpenPort { request: 2, name: name.clone() },
+            ControlMessage::OpenPort { request: 2, name: name.clone(), spec: PortSpec::default() },
             ControlMessage::ClosePort { request: 3, name: name.clone() },
             ControlMessage::Connect { request: 4, target: Target::Port(name.clone()) },
             ControlMessage::Connect { request: 5, target: Target::Inbox(ProcessId::new(7, 1)) },
             ControlMessage::LinkClosed { request: 0, link: LinkId(9) },
             ControlMessage::List { request: 6 },
             ControlMessage::Ok { request: 2 },
-            ControlMessage::Connected { request: 4, link: LinkId(9), server: identity() },
+            ControlMessage::Connected {
+                request: 4,
+                link: LinkId(9),
+                server: identity(),
+                spec: PortSpec::default(),
+            },
             ControlMessage::Listing {
                 request: 6,
                 nodes: 3,
@@ -515,10 +535,10 @@ mod tests {
     #[test]
     fn bad_names_and_kinds_are_named_in_the_error() {
         let mut buf = Vec::new();
-        ControlMessage::OpenPort { request: 1, name: PortName::new("ab").unwrap() }
-            .encode(&mut buf);
-        let last = buf.len() - 1;
-        buf[last] = b' ';
+        let name = PortName::new("ab").unwrap();
+        ControlMessage::OpenPort { request: 1, name, spec: PortSpec::default() }.encode(&mut buf);
+        // Header, then the name's u16 length, then "ab": break its last character.
+        buf[CONTROL_HEADER_LEN + 3] = b' ';
         assert_eq!(ControlMessage::decode(&buf), Err(DecodeError::InvalidName));
         buf[1] = 0x7f;
         assert_eq!(ControlMessage::decode(&buf), Err(DecodeError::UnknownKind(0x7f)));

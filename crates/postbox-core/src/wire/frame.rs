@@ -22,6 +22,8 @@ pub const MAX_PRIORITY: u8 = 31;
 const FLAG_CALL: u8 = 0x01;
 const FLAG_REPLY: u8 = 0x02;
 const FLAG_ERROR: u8 = 0x04;
+const FLAG_CREDIT: u8 = 0x08;
+const FLAG_CONFIRM: u8 = 0x10;
 /// Staging buffer for small frames; bodies larger than what it holds are read in place.
 const STAGING_LEN: usize = 64 * 1024;
 
@@ -30,6 +32,13 @@ const STAGING_LEN: usize = 64 * 1024;
 pub enum FrameKind {
     /// A one-way message: no reply expected.
     Oneway,
+    /// A one-way message whose sender waits until the receiver has taken it (rendezvous,
+    /// `send_confirmed`): the receiver reports its credit as soon as it is taken.
+    Confirmed,
+    /// Receiver → sender: the link's cumulative release counts (body: [`Credit`]).
+    ///
+    /// [`Credit`]: crate::flow::Credit
+    Credit,
     /// A call: the receiver owes one reply with the same correlation.
     Call,
     /// The successful reply to a call.
@@ -43,6 +52,8 @@ impl FrameKind {
     fn flags(self) -> u8 {
         match self {
             Self::Oneway => 0,
+            Self::Confirmed => FLAG_CONFIRM,
+            Self::Credit => FLAG_CREDIT,
             Self::Call => FLAG_CALL,
             Self::Reply => FLAG_REPLY,
             Self::ErrorReply => FLAG_REPLY | FLAG_ERROR,
@@ -52,6 +63,8 @@ impl FrameKind {
     fn from_flags(flags: u8) -> Result<Self, DecodeError> {
         match flags {
             0 => Ok(Self::Oneway),
+            FLAG_CONFIRM => Ok(Self::Confirmed),
+            FLAG_CREDIT => Ok(Self::Credit),
             FLAG_CALL => Ok(Self::Call),
             FLAG_REPLY => Ok(Self::Reply),
             x if x == FLAG_REPLY | FLAG_ERROR => Ok(Self::ErrorReply),

@@ -1,0 +1,409 @@
+//! The client side of one link: one-way sends under the port's flow control (credits), calls
+//! matched to their replies, and the leader/follower reading of the link.
+//!
+//! Whichever thread needs something from the link (a reply, or credit to send) reads it while
+//! the others wait: one thread at a time reads frames and files them (replies in the call
+//! table, credits in the send window), then wakes the rest. No background thread sits
+//! between the socket and the caller.
+
+use std::sync::{Condvar, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use postbox_core::wire::frame::ReplyErrorCode;
+use postbox_core::{
+    Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameKind, LinkId,
+    Overflow, PeerIdentity, PortSpec, SendWindow,
+};
+use postbox_transport::{TransportError, UnixLink, Wait};
+
+use crate::condvar::wait_until;
+use crate::error::CallError;
+use crate::link::{LinkEnd, WriteFailure};
+use crate::node::NodeShared;
+use crate::Message;
+
+/// The client end of a link, shared by the clones of a [`Connection`](crate::Connection).
+#[derive(Debug)]
+pub(crate) struct ClientLink {
+    pub(crate) end: LinkEnd,
+    pub(crate) server: PeerIdentity,
+    pub(crate) spec: PortSpec,
+    id: LinkId,
+    state: Mutex<ClientState>,
+    changed: Condvar,
+    decoder: Mutex<FrameDecoder>,
+    node: Weak<NodeShared>,
+}
+
+#[derive(Debug)]
+struct ClientState {
+    calls: CallTable<Outcome>,
+    window: SendWindow,
+    /// Messages this side dropped (drop-oldest, link full in the kernel too), to be reported
+    /// with the next one-way frame.
+    dropped_unreported: u64,
+    reading: bool,
+    broken: Option<Broken>,
+    /// Threads blocked on `changed`: notifying costs a system call, so only when there are any.
+    waiting: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Reply(Message),
+    Failed(CallError),
+}
+
+/// Why the link can no longer be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Broken {
+    PeerDied,
+    Violation(String),
+}
+
+/// Why a one-way send did not happen (or, for a confirmed one, was not confirmed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnewayFailure {
+    /// Over the port's message size (or byte capacity); the limit.
+    TooLarge(u64),
+    /// At capacity (non-blocking, or the port fails instead of blocking).
+    Full,
+    /// At capacity until the wait ended.
+    Timeout,
+    /// Sent, but not taken by the receiver before the wait ended.
+    NotTaken,
+    /// The server is gone.
+    Disconnected,
+}
+
+/// Why waiting on the link ended without what was wanted.
+enum WaitFailure {
+    Timeout,
+    Broken(Broken),
+}
+
+impl ClientLink {
+    pub(crate) fn new(
+        link: UnixLink,
+        id: LinkId,
+        server: PeerIdentity,
+        spec: PortSpec,
+        host_max: u32,
+        node: Weak<NodeShared>,
+    ) -> Self {
+        let max_body = spec.message_size.map_or(host_max, |n| n.min(host_max));
+        Self {
+            end: LinkEnd::new(link, max_body),
+            server,
+            spec,
+            id,
+            state: Mutex::new(ClientState {
+                calls: CallTable::new(),
+                window: SendWindow::new(&spec),
+                dropped_unreported: 0,
+                reading: false,
+                broken: None,
+                waiting: 0,
+            }),
+            changed: Condvar::new(),
+            decoder: Mutex::new(FrameDecoder::new(host_max)),
+            node,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClientState> {
+        // The state is consistent between statements; a panicking holder leaves it usable.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends a one-way message under the port's capacity and overflow policy. With `confirm`
+    /// (and always on a rendezvous port) returns only once the receiver has taken it.
+    pub(crate) fn send_oneway(
+        &self,
+        message: &mut Message,
+        wait: Wait,
+        confirm: bool,
+    ) -> Result<(), OnewayFailure> {
+        let len = message.body.len() as u64;
+        if len > u64::from(self.end.max_body()) {
+            return Err(OnewayFailure::TooLarge(u64::from(self.end.max_body())));
+        }
+        let confirm = confirm || self.spec.capacity == Capacity::Rendezvous;
+        let kind = if confirm { FrameKind::Confirmed } else { FrameKind::Oneway };
+        let number = loop {
+            let Some(guard) = self.end.enter(wait) else { return Err(full_or_timeout(wait)) };
+            let admission = {
+                let state = self.lock();
+                if state.broken.is_some() {
+                    return Err(OnewayFailure::Disconnected);
+                }
+                state.window.admit(len)
+            };
+            let admission = match admission {
+                Admission::Full if self.spec.overflow == Overflow::Block => {
+                    // Credit may be waiting unread on the link.
+                    self.read_available();
+                    self.lock().window.admit(len)
+                }
+                other => other,
+            };
+            let write_wait = match (admission, self.spec.overflow) {
+                (Admission::Never, _) => {
+                    return Err(OnewayFailure::TooLarge(self.spec.byte_window()))
+                }
+                (Admission::Now, Overflow::DropOldest) => Wait::NonBlocking,
+                (Admission::Now, _) => wait,
+                (Admission::Full, Overflow::Fail) => return Err(OnewayFailure::Full),
+                // Sent beyond the window on purpose: the receiver drops this link's oldest.
+                (Admission::Full, Overflow::DropOldest) => Wait::NonBlocking,
+                (Admission::Full, Overflow::Block) => {
+                    drop(guard);
+                    if wait == Wait::NonBlocking {
+                        return Err(OnewayFailure::Full);
+                    }
+                    let room = |s: &mut ClientState| {
+                        (s.window.admit(len) != Admission::Full).then_some(())
+                    };
+                    match self.wait_for(wait.ends_at(), room) {
+                        Ok(()) => continue,
+                        Err(WaitFailure::Timeout) => return Err(OnewayFailure::Timeout),
+                        Err(WaitFailure::Broken(_)) => return Err(OnewayFailure::Disconnected),
+                    }
+                }
+            };
+            let dropped = std::mem::take(&mut self.lock().dropped_unreported);
+            match guard.write(kind, message, dropped, write_wait) {
+                Ok(()) => break self.lock().window.on_sent(len),
+                Err(failure) => {
+                    let mut state = self.lock();
+                    state.dropped_unreported += dropped;
+                    return match failure {
+                        WriteFailure::TooLarge(limit) => {
+                            Err(OnewayFailure::TooLarge(u64::from(limit)))
+                        }
+                        WriteFailure::Closed => Err(OnewayFailure::Disconnected),
+                        WriteFailure::Full if self.spec.overflow == Overflow::DropOldest => {
+                            // The kernel's buffer is full too: this message is the one lost,
+                            // counted and reported with the next frame.
+                            state.dropped_unreported += 1;
+                            Ok(())
+                        }
+                        WriteFailure::Full => Err(full_or_timeout(wait)),
+                    };
+                }
+            }
+        };
+        if !confirm {
+            return Ok(());
+        }
+        let taken = |s: &mut ClientState| s.window.is_released(number).then_some(());
+        match self.wait_for(wait.ends_at(), taken) {
+            Ok(()) => Ok(()),
+            Err(WaitFailure::Timeout) => Err(OnewayFailure::NotTaken),
+            Err(WaitFailure::Broken(_)) => Err(OnewayFailure::Disconnected),
+        }
+    }
+
+    /// Sends `request` as a call and waits for its reply until `deadline`.
+    pub(crate) fn call(
+        &self,
+        mut request: Message,
+        deadline: Option<Instant>,
+    ) -> Result<Message, CallError> {
+        let id = {
+            let mut state = self.lock();
+            if state.broken.is_some() {
+                return Err(CallError::Disconnected(request));
+            }
+            state.calls.begin(deadline)
+        };
+        if let Err(failure) =
+            self.end.write(FrameKind::Call, &mut request, id.0, Wait::deadline(deadline))
+        {
+            self.lock().calls.cancel(id);
+            return Err(match failure {
+                WriteFailure::TooLarge(limit) => CallError::TooLarge { message: request, limit },
+                WriteFailure::Full => CallError::Timeout(Some(request)),
+                WriteFailure::Closed => {
+                    self.break_link(Broken::PeerDied);
+                    CallError::Disconnected(request)
+                }
+            });
+        }
+        match self.wait_for(deadline, |s| s.calls.take(id)) {
+            Ok(Outcome::Reply(message)) => Ok(message),
+            Ok(Outcome::Failed(error)) => Err(error),
+            Err(failure) => {
+                self.lock().calls.cancel(id);
+                Err(match failure {
+                    WaitFailure::Timeout => CallError::Timeout(None),
+                    WaitFailure::Broken(broken) => broken.to_error(),
+                })
+            }
+        }
+    }
+
+    /// Waits until `ready` yields, reading the link when no other thread does.
+    fn wait_for<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut ClientState) -> Option<T>,
+    ) -> Result<T, WaitFailure> {
+        let mut state = self.lock();
+        loop {
+            if let Some(value) = ready(&mut state) {
+                return Ok(value);
+            }
+            if let Some(broken) = &state.broken {
+                return Err(WaitFailure::Broken(broken.clone()));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(WaitFailure::Timeout);
+            }
+            if state.reading {
+                state.waiting += 1;
+                state = wait_until(&self.changed, state, deadline);
+                state.waiting -= 1;
+                continue;
+            }
+            state.reading = true;
+            drop(state);
+            let read = self.read_frames(Wait::deadline(deadline));
+            state = self.lock();
+            self.apply(&mut state, read);
+        }
+    }
+
+    /// Reads and files whatever the link holds now, unless another thread is reading.
+    fn read_available(&self) {
+        let mut state = self.lock();
+        if state.reading || state.broken.is_some() {
+            return;
+        }
+        state.reading = true;
+        drop(state);
+        let read = self.read_frames(Wait::NonBlocking);
+        let mut state = self.lock();
+        self.apply(&mut state, read);
+    }
+
+    /// Files what a read produced and hands the reading role back.
+    fn apply(&self, state: &mut ClientState, read: Result<Vec<Frame>, Broken>) {
+        state.reading = false;
+        let result = read.and_then(|frames| {
+            for frame in frames {
+                if frame.header.kind == FrameKind::Credit {
+                    let credit = Credit::decode(&frame.body)
+                        .map_err(|e| Broken::Violation(e.to_string()))?;
+                    state
+                        .window
+                        .handle_credit(credit)
+                        .map_err(|e| Broken::Violation(e.to_string()))?;
+                } else {
+                    let (correlation, outcome) = outcome_of(frame);
+                    // A reply for a call that gave up is dropped (counted by the table).
+                    let _ = state.calls.handle_reply(CallId(correlation), outcome);
+                }
+            }
+            Ok(())
+        });
+        if let Err(broken) = result {
+            if state.broken.is_none() {
+                state.calls.handle_all(|| Outcome::Failed(broken.to_error()));
+                state.broken = Some(broken);
+            }
+            self.end.close();
+        }
+        if state.waiting > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Reads until at least one whole frame is here or the wait ends (a large reply arrives in
+    /// pieces; nobody needs anything until it is whole).
+    fn read_frames(&self, wait: Wait) -> Result<Vec<Frame>, Broken> {
+        let mut decoder = self.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut frames = Vec::new();
+        while frames.is_empty() {
+            match self.end.link().read_into(&mut decoder, wait) {
+                Ok(_) => {}
+                Err(TransportError::TimedOut | TransportError::WouldBlock) => return Ok(frames),
+                Err(_) => return Err(Broken::PeerDied),
+            }
+            loop {
+                match decoder.poll_frame() {
+                    Ok(Some(frame)) => match frame.header.kind {
+                        FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => {
+                            frames.push(frame)
+                        }
+                        other => {
+                            return Err(Broken::Violation(format!(
+                                "server sent a {other:?} frame"
+                            )));
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(error) => return Err(Broken::Violation(error.to_string())),
+                }
+            }
+        }
+        Ok(frames)
+    }
+
+    fn break_link(&self, broken: Broken) {
+        let mut state = self.lock();
+        if state.broken.is_none() {
+            state.calls.handle_all(|| Outcome::Failed(broken.to_error()));
+            state.broken = Some(broken);
+        }
+        self.end.close();
+        if state.waiting > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Messages sent on this link and not yet taken by the receiver, as far as the credits
+    /// that arrived tell.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.read_available();
+        self.lock().window.in_flight().0
+    }
+}
+
+impl Broken {
+    fn to_error(&self) -> CallError {
+        match self {
+            Self::PeerDied => CallError::PeerDied,
+            Self::Violation(what) => CallError::ProtocolViolation(what.clone()),
+        }
+    }
+}
+
+fn full_or_timeout(wait: Wait) -> OnewayFailure {
+    match wait {
+        Wait::NonBlocking => OnewayFailure::Full,
+        _ => OnewayFailure::Timeout,
+    }
+}
+
+fn outcome_of(frame: Frame) -> (u64, Outcome) {
+    let header = frame.header;
+    let message = Message::from_frame(frame);
+    let outcome = match header.kind {
+        FrameKind::ErrorReply => match ReplyErrorCode::from_u32(header.msg_type) {
+            ReplyErrorCode::NoReply => Outcome::Failed(CallError::NoReply),
+            _ => Outcome::Failed(CallError::Remote(message)),
+        },
+        _ => Outcome::Reply(message),
+    };
+    (header.correlation, outcome)
+}
+
+impl Drop for ClientLink {
+    fn drop(&mut self) {
+        self.end.close();
+        if let Some(node) = self.node.upgrade() {
+            node.report_link_closed(self.id);
+        }
+    }
+}
