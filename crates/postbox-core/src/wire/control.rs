@@ -533,6 +533,18 @@ mod tests {
     }
 
     #[test]
+    fn open_port_matches_the_example_of_the_wire_format_document() {
+        let name = PortName::new("calc").unwrap();
+        let mut buf = Vec::new();
+        ControlMessage::OpenPort { request: 2, name, spec: PortSpec::default() }.encode(&mut buf);
+        let expected = [
+            0x01, 0x02, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04, 0x00, 0x63, 0x61, 0x6c, 0x63,
+            0x01, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(buf, expected, "docs/wire-format.md §3.3");
+    }
+
+    #[test]
     fn bad_names_and_kinds_are_named_in_the_error() {
         let mut buf = Vec::new();
         let name = PortName::new("ab").unwrap();
