@@ -1,13 +1,13 @@
 //! The broker's single-threaded event loop over its control sockets.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postbox_core::{ControlErrorCode, ControlMessage, PortName};
+use postbox_core::{ControlErrorCode, ControlMessage, PeerIdentity, PortName, PortSpec};
 use postbox_transport::{
     wait_ready, ControlListener, ControlSocket, Credentials, Interest, TransportError, UnixLink,
     Wait, Waker,
@@ -61,6 +61,8 @@ impl Broker {
             config: self.config,
             nodes: Vec::new(),
             accept_paused_until: None,
+            queries: HashMap::new(),
+            next_query: 1,
         };
         let result = state.serve(&self.listener, &self.stop);
         let _ = std::fs::remove_file(&state.config.socket_path);
@@ -131,6 +133,20 @@ struct EventLoop {
     /// Set after `accept` failed (out of descriptors): the listener is left out of the poll
     /// set until then, instead of spinning on a connection that cannot be accepted.
     accept_paused_until: Option<Instant>,
+    /// Stat requests relayed to port owners, by query number.
+    queries: HashMap<u32, PendingQuery>,
+    next_query: u32,
+}
+
+/// A `Stat` the broker asked a port's owner about, waiting for its report.
+#[derive(Debug)]
+struct PendingQuery {
+    requester: NodeKey,
+    request: u32,
+    owner: NodeKey,
+    owner_identity: PeerIdentity,
+    spec: PortSpec,
+    deadline: Instant,
 }
 
 /// What one entry of the poll set is.
@@ -150,6 +166,7 @@ impl EventLoop {
                 self.accept_paused_until = None;
             }
             self.expire_silent_nodes(now);
+            self.expire_queries(now);
             let ready = {
                 let mut set = vec![(stop.as_fd(), Interest::READ)];
                 let mut slots = vec![Slot::Stop];
@@ -200,11 +217,23 @@ impl EventLoop {
             .filter_map(|(index, node)| node.as_ref().map(|n| (index, n)))
             .filter(|(index, _)| !self.registry.is_admitted(NodeKey(*index)))
             .map(|(_, n)| n.accepted_at + self.config.hello_timeout);
-        hello_deadlines.chain(self.accept_paused_until).min()
+        let query_deadlines = self.queries.values().map(|q| q.deadline);
+        hello_deadlines.chain(query_deadlines).chain(self.accept_paused_until).min()
     }
 
     /// Disconnects connections that did not say Hello in time: they hold a descriptor and a
     /// slot, and a flood of them must not lock others out.
+    fn expire_queries(&mut self, now: Instant) {
+        let expired: Vec<u32> =
+            self.queries.iter().filter(|(_, q)| q.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(query) = self.queries.remove(&id) {
+                let detail = "the port's owner did not answer in time";
+                self.refuse(query.requester, query.request, ControlErrorCode::Unanswered, detail);
+            }
+        }
+    }
+
     fn expire_silent_nodes(&mut self, now: Instant) {
         for index in 0..self.nodes.len() {
             let key = NodeKey(index);
@@ -360,6 +389,42 @@ impl EventLoop {
                     self.queue(key, &ControlMessage::Ok { request }, None);
                 }
             }
+            ControlMessage::Stat { request, name } => {
+                let Some((owner, owner_identity, spec)) = self.registry.port(&name) else {
+                    let detail = format!("no port named {name}");
+                    return self.refuse(key, request, ControlErrorCode::NoSuchPort, &detail);
+                };
+                if !self.has_room(owner) {
+                    let detail = "the port's owner is not reading its control socket";
+                    return self.refuse(key, request, ControlErrorCode::LimitExceeded, detail);
+                }
+                let query = self.next_query;
+                self.next_query = self.next_query.wrapping_add(1).max(1);
+                let deadline = Instant::now() + STAT_TIMEOUT;
+                let pending =
+                    PendingQuery { requester: key, request, owner, owner_identity, spec, deadline };
+                self.queries.insert(query, pending);
+                self.queue(owner, &ControlMessage::StatQuery { query, name }, None);
+            }
+            ControlMessage::StatReport { query, counters } => {
+                // Only the node that was asked may answer.
+                let Some(pending) = self.queries.get(&query).filter(|q| q.owner == key) else {
+                    return;
+                };
+                let (requester, request) = (pending.requester, pending.request);
+                let (owner, spec) = (pending.owner_identity, pending.spec);
+                self.queries.remove(&query);
+                match counters {
+                    Some(counters) => {
+                        let stats = ControlMessage::Stats { request, owner, spec, counters };
+                        self.queue(requester, &stats, None);
+                    }
+                    None => {
+                        let detail = "the port closed";
+                        self.refuse(requester, request, ControlErrorCode::NoSuchPort, detail);
+                    }
+                }
+            }
             ControlMessage::List { request } => {
                 let (nodes, ports) = self.registry.listing();
                 let listing = ControlMessage::Listing { request, nodes, ports, truncated: false };
@@ -439,6 +504,25 @@ impl EventLoop {
             *slot = None;
         }
         self.registry.remove(key);
+        let orphaned: Vec<u32> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.owner == key || q.requester == key)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            if let Some(query) = self.queries.remove(&id) {
+                if query.requester != key {
+                    let detail = "the port's owner left";
+                    self.refuse(
+                        query.requester,
+                        query.request,
+                        ControlErrorCode::NoSuchPort,
+                        detail,
+                    );
+                }
+            }
+        }
         debug_assert!(self.registry.node_count() <= self.nodes.iter().flatten().count());
     }
 }
@@ -449,6 +533,8 @@ fn refused(request: u32, code: ControlErrorCode, detail: &str) -> Vec<u8> {
     bytes
 }
 
+/// How long a port's owner may take to answer a relayed `Stat`.
+const STAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the listener rests after `accept` failed.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 

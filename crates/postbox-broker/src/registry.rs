@@ -234,6 +234,13 @@ impl Registry {
         Some(node.identity)
     }
 
+    /// The owner and spec of port `name`.
+    pub(crate) fn port(&self, name: &PortName) -> Option<(NodeKey, PeerIdentity, PortSpec)> {
+        let key = *self.ports.get(name)?;
+        let owner = self.nodes.get(&key)?.identity;
+        Some((key, owner, self.specs.get(name).copied().unwrap_or_default()))
+    }
+
     pub(crate) fn listing(&self) -> (u32, Vec<PortEntry>) {
         let ports = self
             .ports

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use postbox::default_socket_path;
+
+use crate::buffering::Buffering;
 use postbox::{Broker, BrokerConfig, CallError, Message, Node, RecvTimeoutError};
 
 pub(crate) fn daemon(max_message_size: u32) -> Result<()> {
@@ -35,18 +37,30 @@ pub(crate) fn ls() -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<32} {:<14} {:>6} {:>6} {:>11}",
-        "NAME", "OWNER", "UID", "GID", "CONNECTIONS"
+        "{:<32} {:<14} {:>6} {:>6} {:>11} {:>8} {:>8} BUFFERING",
+        "NAME", "OWNER", "UID", "GID", "CONNECTIONS", "QUEUED", "LOST"
     )?;
     for port in &listing.ports {
+        // Counters come from each port's owner; one that does not answer shows dashes.
+        let (queued, lost, buffering) = match node.stat(port.name.as_str()) {
+            Ok(status) => (
+                status.counters.queued.to_string(),
+                status.counters.lost.to_string(),
+                describe(&status.spec),
+            ),
+            Err(_) => ("-".into(), "-".into(), "-".into()),
+        };
         writeln!(
             out,
-            "{:<32} {:<14} {:>6} {:>6} {:>11}",
+            "{:<32} {:<14} {:>6} {:>6} {:>11} {:>8} {:>8} {}",
             port.name.as_str(),
             port.owner.process_id.to_string(),
             port.owner.uid,
             port.owner.gid,
-            port.connections
+            port.connections,
+            queued,
+            lost,
+            buffering
         )?;
     }
     // This `ls` is itself one of the attached nodes.
@@ -57,12 +71,51 @@ pub(crate) fn ls() -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn send(name: &str, text: &str, msg_type: u32, priority: u8) -> Result<()> {
+pub(crate) fn stat(name: &str) -> Result<()> {
+    let node = Node::attach()?;
+    let status = node.stat(name).map_err(|e| anyhow::anyhow!("stat {name}: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "port      {name}")?;
+    writeln!(out, "owner     {}", status.owner)?;
+    writeln!(out, "buffering {}", describe(&status.spec))?;
+    writeln!(out, "queued    {}", status.counters.queued)?;
+    writeln!(out, "lost      {}", status.counters.lost)?;
+    writeln!(out, "links     {}", status.counters.links)?;
+    Ok(())
+}
+
+/// A port spec in a few words: `bounded 1024, block, max 64 MiB`.
+fn describe(spec: &postbox::PortSpec) -> String {
+    let capacity = match spec.capacity {
+        postbox::Capacity::Rendezvous => "rendezvous".to_owned(),
+        postbox::Capacity::Bounded(n) => format!("bounded {n}"),
+        postbox::Capacity::Unbounded { max_bytes } => format!("unbounded ≤{max_bytes} B"),
+    };
+    let overflow = match spec.overflow {
+        postbox::Overflow::Block => "block",
+        postbox::Overflow::Fail => "fail",
+        postbox::Overflow::DropOldest => "drop-oldest",
+    };
+    match spec.message_size {
+        Some(size) => format!("{capacity}, {overflow}, max {size} B"),
+        None => format!("{capacity}, {overflow}"),
+    }
+}
+
+pub(crate) fn send(
+    name: &str,
+    text: &str,
+    msg_type: u32,
+    priority: u8,
+    confirmed: bool,
+) -> Result<()> {
     let body = body_of(text)?;
     let node = Node::attach()?;
     let connection = node.connect(name)?;
     let message = Message::new(body).with_type(msg_type).with_priority(priority);
-    connection.send(message).map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+    let sent =
+        if confirmed { connection.send_confirmed(message) } else { connection.send(message) };
+    sent.map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
     Ok(())
 }
 
@@ -71,9 +124,10 @@ pub(crate) fn recv(
     count: Option<u64>,
     timeout: Option<Duration>,
     show_sender: bool,
+    buffering: &Buffering,
 ) -> Result<()> {
     let node = Node::attach()?;
-    let port = node.port(name).open()?;
+    let port = buffering.apply(node.port(name))?.open()?;
     let mut out = std::io::stdout().lock();
     let mut received = 0u64;
     while count.is_none_or(|c| received < c) {
@@ -87,6 +141,12 @@ pub(crate) fn recv(
             },
             None => port.recv()?,
         };
+        if envelope.lost() > 0 {
+            eprintln!(
+                "postbox: {} messages lost (drop-oldest) before the next one",
+                envelope.lost()
+            );
+        }
         if show_sender {
             write!(out, "{}: ", envelope.sender())?;
         }

@@ -2,6 +2,7 @@
 //! system working (`postbox demo`).
 #![forbid(unsafe_code)]
 
+mod buffering;
 mod commands;
 mod demo;
 mod duration;
@@ -48,6 +49,9 @@ enum Command {
         /// Priority 0-31.
         #[arg(long, default_value_t = 0)]
         priority: u8,
+        /// Return only once the receiver has taken the message.
+        #[arg(long)]
+        confirmed: bool,
     },
     /// Open a port and print the messages it receives, one per line.
     Recv {
@@ -62,6 +66,14 @@ enum Command {
         /// Prefix each line with the sender's process id.
         #[arg(long)]
         show_sender: bool,
+        /// How the port buffers.
+        #[command(flatten)]
+        buffering: buffering::Buffering,
+    },
+    /// Show a port's owner, buffering and live counters (queued, lost, links).
+    Stat {
+        /// Port name.
+        name: String,
     },
     /// Call a port with TEXT and print the reply.
     Call {
@@ -97,12 +109,13 @@ fn main() {
     let result = match cli.command {
         Command::Daemon { max_message_size } => commands::daemon(max_message_size),
         Command::Ls => commands::ls(),
-        Command::Send { name, text, msg_type, priority } => {
-            commands::send(&name, &text, msg_type, priority)
+        Command::Send { name, text, msg_type, priority, confirmed } => {
+            commands::send(&name, &text, msg_type, priority, confirmed)
         }
-        Command::Recv { name, count, timeout, show_sender } => {
-            commands::recv(&name, count, timeout, show_sender)
+        Command::Recv { name, count, timeout, show_sender, buffering } => {
+            commands::recv(&name, count, timeout, show_sender, &buffering)
         }
+        Command::Stat { name } => commands::stat(&name),
         Command::Call { name, text, timeout } => commands::call(&name, &text, timeout),
         Command::Demo { rounds, placement } => demo::run(rounds, &placement),
         Command::Worker(role) => worker::run(role),

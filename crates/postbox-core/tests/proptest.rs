@@ -8,8 +8,8 @@ use postbox_core::wire::control::{CONTROL_HEADER_LEN, MAX_CONTROL_LEN};
 use postbox_core::wire::frame::{HEADER_LEN, MAX_PRIORITY};
 use postbox_core::{
     Capacity, ControlErrorCode, ControlMessage, DecodeError, Frame, FrameDecoder, FrameHeader,
-    FrameKind, LinkId, ListenTarget, Overflow, PeerIdentity, PortEntry, PortName, PortSpec,
-    ProcessId, Target,
+    FrameKind, LinkId, ListenTarget, Overflow, PeerIdentity, PortCounters, PortEntry, PortName,
+    PortSpec, ProcessId, Target,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -459,7 +459,8 @@ fn control_error_code() -> impl Strategy<Value = ControlErrorCode> {
         Just(ControlErrorCode::Malformed),
         Just(ControlErrorCode::NotOwner),
         Just(ControlErrorCode::LimitExceeded),
-        prop_oneof![Just(0u8), 8..=u8::MAX].prop_map(ControlErrorCode::Unknown),
+        Just(ControlErrorCode::Unanswered),
+        prop_oneof![Just(0u8), 9..=u8::MAX].prop_map(ControlErrorCode::Unknown),
     ]
 }
 
@@ -539,7 +540,28 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
                 target,
                 client,
             }),
+        (request(), port_name()).prop_map(|(request, name)| ControlMessage::Stat { request, name }),
+        (any::<u32>(), port_name())
+            .prop_map(|(query, name)| ControlMessage::StatQuery { query, name }),
+        (any::<u32>(), prop::option::of(counters()))
+            .prop_map(|(query, counters)| ControlMessage::StatReport { query, counters }),
+        (request(), identity(), port_spec(), counters()).prop_map(
+            |(request, owner, spec, counters)| ControlMessage::Stats {
+                request,
+                owner,
+                spec,
+                counters
+            }
+        ),
     ]
+}
+
+fn counters() -> impl Strategy<Value = PortCounters> {
+    (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(queued, lost, links)| PortCounters {
+        queued,
+        lost,
+        links,
+    })
 }
 
 /// A valid control message with a few bytes overwritten, then maybe cut short.

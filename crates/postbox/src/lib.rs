@@ -61,12 +61,13 @@ pub use error::{
     SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use message::{BodyError, Message};
-pub use node::{Listing, Node};
+pub use node::{Listing, Node, PortStatus};
 pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{BrokerConfig, BrokerError, DEFAULT_MAX_MESSAGE_SIZE};
 pub use postbox_core::{
-    Capacity, Overflow, PeerIdentity, PortEntry, PortSpec, ProcessId, Selector, TypeFilter,
+    Capacity, Overflow, PeerIdentity, PortCounters, PortEntry, PortSpec, ProcessId, Selector,
+    TypeFilter,
 };
 pub use receiver::PortStats;
 

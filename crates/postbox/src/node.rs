@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use postbox_core::wire::control::MAX_CONTROL_LEN;
 use postbox_core::{
-    ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName,
-    PortSpec, Target,
+    ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortCounters, PortEntry,
+    PortName, PortSpec, Target,
 };
 use postbox_transport::{ControlSocket, TransportError, UnixLink, Wait};
 
@@ -57,6 +57,17 @@ pub(crate) struct NodeShared {
 }
 
 type Answer = (ControlMessage, Option<OwnedFd>);
+
+/// What [`Node::stat`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortStatus {
+    /// The node that owns the port.
+    pub owner: PeerIdentity,
+    /// How the port buffers.
+    pub spec: PortSpec,
+    /// Its counters.
+    pub counters: PortCounters,
+}
 
 /// What [`Node::list`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +226,26 @@ impl Node {
         match self.shared.request(|request| ControlMessage::List { request }) {
             Ok((ControlMessage::Listing { nodes, ports, truncated, .. }, _)) => {
                 Ok(Listing { nodes, ports, truncated })
+            }
+            Ok((ControlMessage::Refused { detail, .. }, _)) => {
+                Err(BrokerRequestError::Refused(detail))
+            }
+            Ok(_) => Err(BrokerRequestError::Refused("unexpected answer".into())),
+            Err(Gone) => Err(BrokerRequestError::BrokerGone),
+        }
+    }
+
+    /// The live counters of port `name`, as its owner reports them through the broker
+    /// (queued messages, messages lost to drop-oldest, open links), with its owner and spec.
+    ///
+    /// # Errors
+    /// [`BrokerRequestError::Refused`] when there is no such port or its owner did not
+    /// answer; [`BrokerRequestError::BrokerGone`].
+    pub fn stat(&self, name: &str) -> Result<PortStatus, BrokerRequestError> {
+        let name = PortName::new(name).map_err(|e| BrokerRequestError::Refused(e.to_string()))?;
+        match self.shared.request(|request| ControlMessage::Stat { request, name: name.clone() }) {
+            Ok((ControlMessage::Stats { owner, spec, counters, .. }, _)) => {
+                Ok(PortStatus { owner, spec, counters })
             }
             Ok((ControlMessage::Refused { detail, .. }, _)) => {
                 Err(BrokerRequestError::Refused(detail))
@@ -398,6 +429,21 @@ impl NodeShared {
                 if !added {
                     self.report_link_closed(link);
                 }
+            }
+            ControlMessage::StatQuery { query, name } => {
+                let receiver = self.lock_receivers().get(&name).and_then(Weak::upgrade);
+                let counters = receiver.map(|r| {
+                    r.absorb(&|link| self.report_link_closed(link));
+                    let stats = r.stats();
+                    PortCounters {
+                        queued: stats.queued as u64,
+                        lost: stats.lost,
+                        links: u32::try_from(stats.links).unwrap_or(u32::MAX),
+                    }
+                });
+                let mut packet = Vec::new();
+                ControlMessage::StatReport { query, counters }.encode(&mut packet);
+                let _ = self.control.send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
             }
             other => {
                 let request = other.request();

@@ -224,26 +224,9 @@ impl Receiver {
                     link.flush_credit(true);
                 }
             }
-            let (arrived, mut dead) = self.poll_links(&links, wait);
+            let (arrived, dead) = self.poll_links(&links, wait);
             state = self.lock();
-            state.polling = false;
-            for (queued, sender_dropped) in arrived {
-                state.lost_pending += sender_dropped;
-                state.lost_total += sender_dropped;
-                if let Err(link) = self.accept(&mut state, queued) {
-                    dead.push(link);
-                }
-            }
-            if !dead.is_empty() {
-                state.links.retain(|l| !dead.contains(&l.id));
-                state.queue.remove_where(|_, q| dead.contains(&q.link.id));
-            }
-            if state.waiting > 0 {
-                self.arrived.notify_all();
-            }
-            for id in dead {
-                on_dead(id);
-            }
+            self.settle(&mut state, arrived, dead, on_dead);
             if wait.expired() {
                 // The wait is over: one last look for a message this receiver may take.
                 return match state.queue.pop(selector) {
@@ -252,6 +235,49 @@ impl Receiver {
                     None => Err(ReceiveFailure::Empty),
                 };
             }
+        }
+    }
+
+    /// Reads whatever the links hold now into the queue, without taking anything (so that
+    /// counters reflect what was sent), unless a receiver is reading them already.
+    pub(crate) fn absorb(&self, on_dead: &dyn Fn(LinkId)) {
+        let mut state = self.lock();
+        if state.polling || state.closed {
+            return;
+        }
+        state.polling = true;
+        let links = state.links.clone();
+        drop(state);
+        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking);
+        let mut state = self.lock();
+        self.settle(&mut state, arrived, dead, on_dead);
+    }
+
+    /// Ends a poll: queues what arrived, forgets dead links, wakes waiting receivers.
+    fn settle(
+        &self,
+        state: &mut ReceiverState,
+        arrived: Vec<(Queued, u64)>,
+        mut dead: Vec<LinkId>,
+        on_dead: &dyn Fn(LinkId),
+    ) {
+        state.polling = false;
+        for (queued, sender_dropped) in arrived {
+            state.lost_pending += sender_dropped;
+            state.lost_total += sender_dropped;
+            if let Err(link) = self.accept(state, queued) {
+                dead.push(link);
+            }
+        }
+        if !dead.is_empty() {
+            state.links.retain(|l| !dead.contains(&l.id));
+            state.queue.remove_where(|_, q| dead.contains(&q.link.id));
+        }
+        if state.waiting > 0 {
+            self.arrived.notify_all();
+        }
+        for id in dead {
+            on_dead(id);
         }
     }
 

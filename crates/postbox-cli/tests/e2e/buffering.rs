@@ -149,3 +149,26 @@ fn a_port_with_a_message_size_refuses_larger_messages_clearly() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
 }
+
+#[test]
+fn stat_and_ls_show_queued_and_lost_counts_from_the_ports_owner() {
+    let daemon = Daemon::start();
+    let _holder = daemon.worker(&["hold", "gauge", "--capacity", "3", "--overflow", "drop-oldest"]);
+    let node = daemon.node();
+    let connection = node.connect("gauge").unwrap();
+    for i in 0..10 {
+        connection.send(format!("{i}").as_str()).unwrap();
+    }
+    let status = node.stat("gauge").unwrap();
+    assert_eq!((status.counters.queued, status.counters.lost, status.counters.links), (3, 7, 1));
+    let output = daemon.postbox(&["stat", "gauge"]);
+    assert!(output.status.success(), "{}", crate::util::stderr_of(&output));
+    let text = crate::util::stdout_of(&output);
+    assert!(text.contains("queued    3") && text.contains("lost      7"), "{text}");
+    assert!(text.contains("bounded 3, drop-oldest"), "{text}");
+    let listing = crate::util::stdout_of(&daemon.postbox(&["ls"]));
+    let row = listing.lines().find(|l| l.starts_with("gauge")).expect("a row for gauge");
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&columns[5..7], ["3", "7"], "{row}");
+    assert!(node.stat("nothing-here").is_err());
+}

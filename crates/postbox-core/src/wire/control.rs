@@ -60,6 +60,8 @@ pub enum ControlErrorCode {
     NotOwner,
     /// A per-node limit (ports, connections) was reached.
     LimitExceeded,
+    /// The node the broker asked on the requester's behalf did not answer in time.
+    Unanswered,
     /// A code this build does not know.
     Unknown(u8),
 }
@@ -74,6 +76,7 @@ impl ControlErrorCode {
             Self::Malformed => 5,
             Self::NotOwner => 6,
             Self::LimitExceeded => 7,
+            Self::Unanswered => 8,
             Self::Unknown(code) => code,
         }
     }
@@ -87,6 +90,7 @@ impl ControlErrorCode {
             5 => Self::Malformed,
             6 => Self::NotOwner,
             7 => Self::LimitExceeded,
+            8 => Self::Unanswered,
             other => Self::Unknown(other),
         }
     }
@@ -202,6 +206,50 @@ pub enum ControlMessage {
         /// Who the client is (kernel credentials, broker-assigned id).
         client: PeerIdentity,
     },
+    /// Node → broker: the live counters of a port (asked of its owner).
+    Stat {
+        /// Request number.
+        request: u32,
+        /// The port.
+        name: PortName,
+    },
+    /// Broker → node (notice): report the counters of your port `name` for `query`.
+    StatQuery {
+        /// The broker's query number, repeated in the report.
+        query: u32,
+        /// The port.
+        name: PortName,
+    },
+    /// Node → broker: the answer to a [`StatQuery`](Self::StatQuery); `None` when the node has
+    /// no such port (any more).
+    StatReport {
+        /// The query answered.
+        query: u32,
+        /// The counters.
+        counters: Option<PortCounters>,
+    },
+    /// Broker → node: the answer to [`Stat`](Self::Stat).
+    Stats {
+        /// Request number answered.
+        request: u32,
+        /// The port's owner.
+        owner: PeerIdentity,
+        /// How the port buffers.
+        spec: PortSpec,
+        /// Its counters, as its owner reported them.
+        counters: PortCounters,
+    },
+}
+
+/// A port's live counters, as its owner reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortCounters {
+    /// Messages queued and not yet received (read from the links).
+    pub queued: u64,
+    /// Messages dropped by the drop-oldest policy since the port opened.
+    pub lost: u64,
+    /// Links open to the port.
+    pub links: u32,
 }
 
 const HELLO: u8 = 0x01;
@@ -210,6 +258,10 @@ const CLOSE_PORT: u8 = 0x03;
 const CONNECT: u8 = 0x04;
 const LINK_CLOSED: u8 = 0x05;
 const LIST: u8 = 0x06;
+const STAT: u8 = 0x07;
+const STAT_REPORT: u8 = 0x08;
+const STATS: u8 = 0x86;
+const STAT_QUERY: u8 = 0xc2;
 const WELCOME: u8 = 0x81;
 const OK: u8 = 0x82;
 const CONNECTED: u8 = 0x83;
@@ -235,8 +287,10 @@ impl ControlMessage {
             | Self::Ok { request }
             | Self::Connected { request, .. }
             | Self::Listing { request, .. }
-            | Self::Refused { request, .. } => *request,
-            Self::IncomingConnection { .. } => 0,
+            | Self::Refused { request, .. }
+            | Self::Stat { request, .. }
+            | Self::Stats { request, .. } => *request,
+            Self::IncomingConnection { .. } | Self::StatQuery { .. } | Self::StatReport { .. } => 0,
         }
     }
 
@@ -310,6 +364,26 @@ impl ControlMessage {
                     end -= 1;
                 }
                 put_text(buf, &detail[..end]);
+            }
+            Self::Stat { name, .. } => put_text(buf, name.as_str()),
+            Self::StatQuery { query, name } => {
+                buf.extend_from_slice(&query.to_le_bytes());
+                put_text(buf, name.as_str());
+            }
+            Self::StatReport { query, counters } => {
+                buf.extend_from_slice(&query.to_le_bytes());
+                match counters {
+                    None => buf.push(0),
+                    Some(counters) => {
+                        buf.push(1);
+                        put_counters(buf, counters);
+                    }
+                }
+            }
+            Self::Stats { owner, spec, counters, .. } => {
+                put_identity(buf, owner);
+                spec.encode(buf);
+                put_counters(buf, counters);
             }
             Self::IncomingConnection { link, target, client } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
@@ -413,6 +487,24 @@ impl ControlMessage {
                 }
                 Self::IncomingConnection { link, target, client: read_identity(&mut r)? }
             }
+            STAT => Self::Stat { request, name: read_name(&mut r)? },
+            STAT_QUERY | STAT_REPORT if request != 0 => return Err(DecodeError::ReservedNotZero),
+            STAT_QUERY => Self::StatQuery { query: r.u32()?, name: read_name(&mut r)? },
+            STAT_REPORT => {
+                let query = r.u32()?;
+                let counters = match r.u8()? {
+                    0 => None,
+                    1 => Some(read_counters(&mut r)?),
+                    value => return Err(DecodeError::UnknownValue { field: "found", value }),
+                };
+                Self::StatReport { query, counters }
+            }
+            STATS => Self::Stats {
+                request,
+                owner: read_identity(&mut r)?,
+                spec: PortSpec::decode(&mut r)?,
+                counters: read_counters(&mut r)?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -433,8 +525,22 @@ impl ControlMessage {
             Self::Listing { .. } => LISTING,
             Self::Refused { .. } => REFUSED,
             Self::IncomingConnection { .. } => INCOMING_CONNECTION,
+            Self::Stat { .. } => STAT,
+            Self::StatReport { .. } => STAT_REPORT,
+            Self::Stats { .. } => STATS,
+            Self::StatQuery { .. } => STAT_QUERY,
         }
     }
+}
+
+fn put_counters(buf: &mut Vec<u8>, counters: &PortCounters) {
+    buf.extend_from_slice(&counters.queued.to_le_bytes());
+    buf.extend_from_slice(&counters.lost.to_le_bytes());
+    buf.extend_from_slice(&counters.links.to_le_bytes());
+}
+
+fn read_counters(r: &mut Reader<'_>) -> Result<PortCounters, DecodeError> {
+    Ok(PortCounters { queued: r.u64()?, lost: r.u64()?, links: r.u32()? })
 }
 
 fn put_process_id(buf: &mut Vec<u8>, id: ProcessId) {
@@ -499,13 +605,26 @@ mod tests {
             },
             ControlMessage::IncomingConnection {
                 link: LinkId(9),
-                target: ListenTarget::Port(name),
+                target: ListenTarget::Port(name.clone()),
                 client: identity(),
             },
             ControlMessage::IncomingConnection {
                 link: LinkId(10),
                 target: ListenTarget::Inbox,
                 client: identity(),
+            },
+            ControlMessage::Stat { request: 7, name: name.clone() },
+            ControlMessage::StatQuery { query: 3, name: name.clone() },
+            ControlMessage::StatReport { query: 3, counters: None },
+            ControlMessage::StatReport {
+                query: 3,
+                counters: Some(PortCounters { queued: 3, lost: 7, links: 1 }),
+            },
+            ControlMessage::Stats {
+                request: 7,
+                owner: identity(),
+                spec: PortSpec::default(),
+                counters: PortCounters { queued: 3, lost: 7, links: 1 },
             },
         ]
     }
