@@ -157,10 +157,14 @@ impl ClientLink {
                 // Sent beyond the window on purpose: the receiver drops this link's oldest.
                 (Admission::Full, Overflow::DropOldest) => Wait::NonBlocking,
                 (Admission::Full, Overflow::Block) => {
-                    drop(guard);
                     if wait == Wait::NonBlocking {
                         return Err(OnewayFailure::Full);
                     }
+                    // Ask for credit: a receiver whose report could not be written (its side
+                    // of the link was full) sends it again when this arrives.
+                    let mut request = Message::new(Vec::new());
+                    let _ = guard.write(FrameKind::Credit, &mut request, 0, Wait::NonBlocking);
+                    drop(guard);
                     let room = |s: &mut ClientState| {
                         (s.window.admit(len) != Admission::Full).then_some(())
                     };

@@ -135,7 +135,11 @@ impl ReplyToken {
     }
 
     fn send(&self, kind: FrameKind, mut message: Message) -> Result<(), SendError> {
-        match self.link.end.write(kind, &mut message, self.correlation, Wait::timeout(REPLY_WAIT)) {
+        let written =
+            self.link.end.write(kind, &mut message, self.correlation, Wait::timeout(REPLY_WAIT));
+        // A credit skipped while this reply held the link goes out now.
+        self.link.flush_credit(true);
+        match written {
             Ok(()) => Ok(()),
             Err(WriteFailure::TooLarge(limit)) => Err(SendError::TooLarge { message, limit }),
             Err(WriteFailure::Full) => {

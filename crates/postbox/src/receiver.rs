@@ -403,7 +403,7 @@ impl ServerLink {
 
     /// Sends the link's credit if one is due (or anything unreported, when `urgent`). Never
     /// blocks: a credit that does not fit now goes with a later one (they are cumulative).
-    fn flush_credit(&self, urgent: bool) {
+    pub(crate) fn flush_credit(&self, urgent: bool) {
         let mut flow = self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(credit) = flow.release.poll_credit(urgent) else { return };
         let Some(guard) = self.end.enter(Wait::NonBlocking) else { return };
@@ -458,8 +458,13 @@ fn decode_frames(
                         false,
                         0,
                     ),
-                    // Replies and credits never travel towards a server: the client broke the
-                    // protocol.
+                    // An empty credit frame from a client asks for the credit it is owed.
+                    FrameKind::Credit if message.body.is_empty() => {
+                        link.flush_credit(true);
+                        continue;
+                    }
+                    // Replies and real credits never travel towards a server: the client
+                    // broke the protocol.
                     FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => return false,
                 };
                 let envelope = Envelope { message, sender: link.client, reply, lost: 0 };
