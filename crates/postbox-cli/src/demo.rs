@@ -64,7 +64,10 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         println!("  inbox.recv()            -> {:?} from {}", text(e.body()), e.sender());
     }
 
-    heading("4. a server killed (SIGKILL) in the middle of a call");
+    heading("4. buffering: rendezvous, priorities, drop-oldest");
+    buffering(&node, &spawner)?;
+
+    heading("5. a server killed (SIGKILL) in the middle of a call");
     let mut slow = spawner.worker(&["echo", "demo/slow", "--delay-ms", "60000"])?;
     let victim = node.connect("demo/slow")?;
     let (killed_tx, killed_rx) = mpsc::channel();
@@ -88,7 +91,7 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         other => bail!("expected PeerDied, got {other:?}"),
     }
 
-    heading("5. postbox ls");
+    heading("6. postbox ls");
     for port in node.list()?.ports {
         println!(
             "  {:<14} owner {:<10} connections {}",
@@ -98,7 +101,7 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         );
     }
 
-    heading(&format!("6. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    heading(&format!("7. latency: call round trip, 64-byte messages, {rounds} rounds each"));
     println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
@@ -124,6 +127,54 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     drop(connection);
     upper.kill();
     println!("\ndemo finished: every step above ran across real processes.");
+    Ok(())
+}
+
+/// A rendezvous port, priority order, and a drop-oldest port, each fed by a child process.
+fn buffering(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
+    let meet = node.port("demo/meet").capacity(0).open()?;
+    let mut sender = spawner.worker(&["send-many", "demo/meet", "2", "--report"])?;
+    for i in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let envelope = meet.recv_timeout(Duration::from_secs(10))?;
+        let line = sender.read_line()?;
+        println!(
+            "  rendezvous: took {:?} after 300 ms; the sender's send returned only then ({line:?}, {} later)",
+            text(envelope.body()),
+            micros(started.elapsed())
+        );
+        if line != format!("sent {i}") {
+            bail!("the rendezvous sender reported {line:?} out of turn");
+        }
+    }
+    sender.wait_for_exit()?;
+
+    let prio = node.port("demo/prio").open()?;
+    let specs = ["0/0/low", "31/0/urgent", "5/0/normal", "0/0/low again"];
+    let mut args = vec!["send-spec", "demo/prio"];
+    args.extend(specs);
+    spawner.worker(&args)?.wait_for_exit()?;
+    let order: Vec<String> = (0..specs.len())
+        .map(|_| prio.recv_timeout(Duration::from_secs(10)).map(|e| text(e.body())))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "  priorities: sent {:?} with priorities 0, 31, 5, 0; received {order:?}",
+        ["low", "urgent", "normal", "low again"]
+    );
+
+    let latest =
+        node.port("demo/latest").capacity(3).overflow(postbox::Overflow::DropOldest).open()?;
+    spawner.worker(&["send-many", "demo/latest", "10"])?.wait_for_exit()?;
+    let first = latest.recv_timeout(Duration::from_secs(10))?;
+    let rest: Vec<String> = (0..2)
+        .map(|_| latest.recv_timeout(Duration::from_secs(10)).map(|e| text(e.body())))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "  drop-oldest, capacity 3: a child sent 0..9 without waiting; received {:?} (lost {} before it), then {rest:?}",
+        text(first.body()),
+        first.lost()
+    );
     Ok(())
 }
 
@@ -197,7 +248,7 @@ struct Spawner {
 /// A worker child whose `ready` line was seen.
 struct Worker {
     child: Child,
-    _stdout: BufReader<ChildStdout>,
+    stdout: BufReader<ChildStdout>,
     /// What followed `ready`: the worker's process id, for node workers.
     id: String,
 }
@@ -230,7 +281,7 @@ impl Spawner {
             let _ = child.kill();
             bail!("worker {args:?} did not start: {line:?}");
         };
-        Ok(Worker { child, _stdout: stdout, id: rest.trim().to_owned() })
+        Ok(Worker { child, stdout, id: rest.trim().to_owned() })
     }
 
     fn run_to_end(&self, args: &[&str]) -> Result<()> {
@@ -243,6 +294,12 @@ impl Spawner {
 }
 
 impl Worker {
+    fn read_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    }
+
     fn process_id(&self) -> Result<postbox::ProcessId> {
         self.id.parse().context("worker process id")
     }
