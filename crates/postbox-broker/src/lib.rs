@@ -21,6 +21,7 @@
 mod config;
 mod error;
 mod event_loop;
+mod mailbox;
 mod registry;
 pub mod socket_path;
 

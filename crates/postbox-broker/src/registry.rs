@@ -234,6 +234,18 @@ impl Registry {
         Some(node.identity)
     }
 
+    /// The identity of an admitted node.
+    pub(crate) fn identity(&self, key: NodeKey) -> Option<PeerIdentity> {
+        self.nodes.get(&key).map(|n| n.identity)
+    }
+
+    /// A fresh link id, for links the broker keeps an end of itself (mailboxes).
+    pub(crate) fn allocate_link_id(&mut self) -> LinkId {
+        let link = LinkId(self.next_link);
+        self.next_link += 1;
+        link
+    }
+
     /// The owner and spec of port `name`.
     pub(crate) fn port(&self, name: &PortName) -> Option<(NodeKey, PeerIdentity, PortSpec)> {
         let key = *self.ports.get(name)?;
@@ -249,6 +261,7 @@ impl Registry {
                 name: name.clone(),
                 owner: self.nodes[key].identity,
                 connections: self.connections.get(&(*key, name.clone())).copied().unwrap_or(0),
+                mailbox: false,
             })
             .collect();
         (u32::try_from(self.nodes.len()).unwrap_or(u32::MAX), ports)

@@ -71,6 +71,18 @@ pub(crate) fn ls() -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn mailbox_create(name: &str, capacity: u32) -> Result<()> {
+    let node = Node::attach()?;
+    node.mailbox(name).capacity(capacity).create()?;
+    Ok(())
+}
+
+pub(crate) fn mailbox_unlink(name: &str) -> Result<()> {
+    let node = Node::attach()?;
+    node.unlink_mailbox(name)?;
+    Ok(())
+}
+
 pub(crate) fn stat(name: &str) -> Result<()> {
     let node = Node::attach()?;
     let status = node.stat(name).map_err(|e| anyhow::anyhow!("stat {name}: {e}"))?;
@@ -127,19 +139,37 @@ pub(crate) fn recv(
     buffering: &Buffering,
 ) -> Result<()> {
     let node = Node::attach()?;
+    // A mailbox by that name is received from; otherwise the name is opened as a port.
+    if let Ok(mailbox) = node.mailbox(name).open() {
+        return recv_loop(name, count, timeout, show_sender, |t| match t {
+            Some(t) => mailbox.recv_timeout(t),
+            None => mailbox.recv().map_err(|_| RecvTimeoutError::Closed),
+        });
+    }
     let port = buffering.apply(node.port(name))?.open()?;
+    recv_loop(name, count, timeout, show_sender, |t| match t {
+        Some(t) => port.recv_timeout(t),
+        None => port.recv().map_err(|_| RecvTimeoutError::Closed),
+    })
+}
+
+/// Prints what `next` receives, one message per line.
+fn recv_loop(
+    name: &str,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    show_sender: bool,
+    next: impl Fn(Option<Duration>) -> Result<postbox::Envelope, RecvTimeoutError>,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut received = 0u64;
     while count.is_none_or(|c| received < c) {
-        let envelope = match timeout {
-            Some(t) => match port.recv_timeout(t) {
-                Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!("no message on {name} within {t:?} ({received} received)")
-                }
-                Err(e) => return Err(e.into()),
-            },
-            None => port.recv()?,
+        let envelope = match next(timeout) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => {
+                bail!("no message on {name} within {timeout:?} ({received} received)")
+            }
+            Err(e) => return Err(e.into()),
         };
         if envelope.lost() > 0 {
             eprintln!(

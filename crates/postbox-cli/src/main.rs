@@ -70,6 +70,9 @@ enum Command {
         #[command(flatten)]
         buffering: buffering::Buffering,
     },
+    /// Create or unlink a mailbox (a queue the broker owns; send and recv work on it).
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
     /// Show a port's owner, buffering and live counters (queued, lost, links).
     Stat {
         /// Port name.
@@ -100,6 +103,23 @@ enum Command {
     Worker(worker::Role),
 }
 
+#[derive(Debug, Subcommand)]
+enum MailboxCommand {
+    /// Create a mailbox; it lives until unlinked.
+    Create {
+        /// Mailbox name, e.g. /jobs.
+        name: String,
+        /// Messages it holds at most.
+        #[arg(long, default_value_t = 1024)]
+        capacity: u32,
+    },
+    /// Remove a mailbox and discard what it holds.
+    Unlink {
+        /// Mailbox name.
+        name: String,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Some(path) = &cli.socket {
@@ -116,6 +136,10 @@ fn main() {
             commands::recv(&name, count, timeout, show_sender, &buffering)
         }
         Command::Stat { name } => commands::stat(&name),
+        Command::Mailbox(MailboxCommand::Create { name, capacity }) => {
+            commands::mailbox_create(&name, capacity)
+        }
+        Command::Mailbox(MailboxCommand::Unlink { name }) => commands::mailbox_unlink(&name),
         Command::Call { name, text, timeout } => commands::call(&name, &text, timeout),
         Command::Demo { rounds, placement } => demo::run(rounds, &placement),
         Command::Worker(role) => worker::run(role),

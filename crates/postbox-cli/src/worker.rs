@@ -65,6 +65,17 @@ pub(crate) enum Role {
         /// Messages as `priority/type/text`.
         specs: Vec<String>,
     },
+    /// Receive from mailbox NAME forever, printing `got SENDER BODY` per message.
+    MailboxWorker {
+        /// Mailbox name.
+        name: String,
+    },
+    /// Take one message from mailbox NAME with the raw protocol and never acknowledge it:
+    /// prints `holding BODY`, then waits to be killed.
+    MailboxHog {
+        /// Mailbox name.
+        name: String,
+    },
     /// Open port NAME and never receive from it (a receiver that stopped reading).
     Hold {
         /// Port name.
@@ -171,6 +182,23 @@ pub(crate) fn run(role: Role) -> Result<()> {
                 std::thread::park();
             }
         }
+        Role::MailboxWorker { name } => {
+            let node = Node::attach()?;
+            let mailbox = node.mailbox(&name).open()?;
+            ready(Some(node.process_id()));
+            while let Ok(envelope) = mailbox.recv() {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "got {} {}",
+                    envelope.sender(),
+                    String::from_utf8_lossy(envelope.body())
+                )?;
+                out.flush()?;
+            }
+            Ok(())
+        }
+        Role::MailboxHog { name } => mailbox_hog(&name),
         Role::RawEcho { size } => raw_stdin_loop(size, true),
         Role::RawSink { size } => raw_stdin_loop(size, false),
     }
@@ -214,6 +242,56 @@ fn serve(port: &postbox::Port, b: Behaviour) {
         let body = if upper { body.to_ascii_uppercase() } else { body };
         // A caller that gave up or died is not this server's problem.
         let _ = token.reply(Message::new(body));
+    }
+}
+
+/// Pulls one message from a mailbox by hand (docs/wire-format.md §2.8) and holds it unacknowledged.
+fn mailbox_hog(name: &str) -> Result<()> {
+    use postbox_core::wire::control::MAX_CONTROL_LEN;
+    use postbox_core::{ControlMessage, FrameDecoder, FrameHeader, FrameKind, PortName};
+    use postbox_transport::{ControlSocket, UnixLink, Wait};
+
+    let control = ControlSocket::connect(&postbox::default_socket_path())?;
+    let mut buf = vec![0u8; MAX_CONTROL_LEN];
+    let mut request =
+        |message: ControlMessage| -> Result<(ControlMessage, Option<std::os::fd::OwnedFd>)> {
+            let mut packet = Vec::new();
+            message.encode(&mut packet);
+            control.send(&packet, None, Wait::Forever)?;
+            let (len, fd) = control.recv(&mut buf, Wait::Forever)?;
+            Ok((ControlMessage::decode(&buf[..len])?, fd))
+        };
+    request(ControlMessage::Hello { request: 1 })?;
+    let name = PortName::new(name)?;
+    let (answer, fd) = request(ControlMessage::ReceiveMailbox { request: 2, name })?;
+    let (ControlMessage::Connected { .. }, Some(fd)) = (answer, fd) else {
+        anyhow::bail!("no receiving link");
+    };
+    let link = UnixLink::from_fd(fd);
+    ready(None);
+    let pull = FrameHeader {
+        kind: FrameKind::Call,
+        priority: 0,
+        msg_type: 0,
+        id: 1,
+        correlation: 1,
+        body_len: 0,
+    };
+    link.write_frame(&pull.encode(&[]), &[], Wait::Forever)?;
+    let mut decoder = FrameDecoder::new(u32::MAX);
+    let frame = loop {
+        link.read_into(&mut decoder, Wait::Forever)?;
+        if let Some(frame) = decoder.poll_frame()? {
+            break frame;
+        }
+    };
+    let body = frame.body.get(16..).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "holding {}", String::from_utf8_lossy(body))?;
+    out.flush()?;
+    drop(out);
+    loop {
+        std::thread::park();
     }
 }
 

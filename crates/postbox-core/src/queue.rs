@@ -118,6 +118,14 @@ impl<T> PortQueue<T> {
         self.len += 1;
     }
 
+    /// Queues `item` ahead of everything of its priority, as the oldest (a message handed back
+    /// after a failed delivery).
+    pub fn push_front(&mut self, meta: QueuedMeta, item: T) {
+        let lane = usize::from(meta.priority.min(MAX_PRIORITY));
+        self.lanes[lane].push_front((0, meta, item));
+        self.len += 1;
+    }
+
     /// Takes the message `selector` picks: among those it accepts (for
     /// [`TypeFilter::AtMost`], those of the lowest accepted type), the highest priority, and
     /// within it the oldest.

@@ -317,6 +317,7 @@ fn a_listing_that_fits_in_64_kib_is_not_truncated() {
             name: PortName::new(&format!("p{i:03}")).unwrap(),
             owner,
             connections: 0,
+            mailbox: false,
         })
         .collect();
     let message = ControlMessage::Listing { request: 1, nodes: 1, ports, truncated: false };
@@ -482,11 +483,9 @@ fn port_spec() -> impl Strategy<Value = PortSpec> {
 }
 
 fn port_entry() -> impl Strategy<Value = PortEntry> {
-    (port_name(), identity(), any::<u32>()).prop_map(|(name, owner, connections)| PortEntry {
-        name,
-        owner,
-        connections,
-    })
+    (port_name(), identity(), any::<u32>(), any::<bool>()).prop_map(
+        |(name, owner, connections, mailbox)| PortEntry { name, owner, connections, mailbox },
+    )
 }
 
 /// Every variant, with fields inside what the encoder carries unchanged (a refusal detail of
@@ -541,6 +540,18 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
                 client,
             }),
         (request(), port_name()).prop_map(|(request, name)| ControlMessage::Stat { request, name }),
+        (request(), port_name(), any::<u32>(), any::<bool>()).prop_map(
+            |(request, name, capacity, open_existing)| ControlMessage::CreateMailbox {
+                request,
+                name,
+                capacity,
+                open_existing
+            }
+        ),
+        (request(), port_name())
+            .prop_map(|(request, name)| ControlMessage::UnlinkMailbox { request, name }),
+        (request(), port_name())
+            .prop_map(|(request, name)| ControlMessage::ReceiveMailbox { request, name }),
         (any::<u32>(), port_name())
             .prop_map(|(query, name)| ControlMessage::StatQuery { query, name }),
         (any::<u32>(), prop::option::of(counters()))

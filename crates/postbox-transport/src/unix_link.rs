@@ -103,6 +103,28 @@ impl UnixLink {
         Ok(())
     }
 
+    /// Writes as much of `bytes` as fits now, never blocking; returns how many were written
+    /// (0 when the link is full).
+    ///
+    /// # Errors
+    /// `Closed` when the peer is gone, `Os`.
+    pub fn write_available(&self, bytes: &[u8]) -> Result<usize, TransportError> {
+        let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+        loop {
+            match sendmsg(
+                &self.fd,
+                &[IoSlice::new(bytes)],
+                &mut SendAncillaryBuffer::default(),
+                flags,
+            ) {
+                Ok(n) => return Ok(n),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return Ok(0),
+                Err(errno) => return Err(TransportError::os("write", errno)),
+            }
+        }
+    }
+
     /// Reads what the link has into `decoder`; returns the byte count (never 0).
     ///
     /// # Errors

@@ -211,9 +211,19 @@ impl ClientLink {
     /// Sends `request` as a call and waits for its reply until `deadline`.
     pub(crate) fn call(
         &self,
-        mut request: Message,
+        request: Message,
         deadline: Option<Instant>,
     ) -> Result<Message, CallError> {
+        self.call_correlated(request, deadline).map(|(message, _)| message)
+    }
+
+    /// Like [`call`](Self::call), also returning the call's correlation id (a mailbox pull is
+    /// acknowledged by it).
+    pub(crate) fn call_correlated(
+        &self,
+        mut request: Message,
+        deadline: Option<Instant>,
+    ) -> Result<(Message, u64), CallError> {
         let id = {
             let mut state = self.lock();
             if state.broken.is_some() {
@@ -235,7 +245,7 @@ impl ClientLink {
             });
         }
         match self.wait_for(deadline, |s| s.calls.take(id)) {
-            Ok(Outcome::Reply(message)) => Ok(message),
+            Ok(Outcome::Reply(message)) => Ok((message, id.0)),
             Ok(Outcome::Failed(error)) => Err(error),
             Err(failure) => {
                 self.lock().calls.cancel(id);
@@ -244,6 +254,16 @@ impl ClientLink {
                     WaitFailure::Broken(broken) => broken.to_error(),
                 })
             }
+        }
+    }
+
+    /// Acknowledges a mailbox delivery: an empty one-way frame carrying the pull's
+    /// correlation (docs/wire-format.md §2.8). Not counted against any capacity.
+    pub(crate) fn acknowledge(&self, correlation: u64) -> Result<(), CallError> {
+        let mut ack = Message::new(Vec::new());
+        match self.end.write(FrameKind::Oneway, &mut ack, correlation, Wait::Forever) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(CallError::PeerDied),
         }
     }
 

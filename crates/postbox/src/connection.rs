@@ -47,6 +47,10 @@ impl Connection {
         self.link.server
     }
 
+    pub(crate) fn client_link(&self) -> &ClientLink {
+        &self.link
+    }
+
     /// How the port buffers: capacity, overflow policy, largest message.
     #[must_use]
     pub fn spec(&self) -> PortSpec {

@@ -168,13 +168,18 @@ pub enum ConnectError {
     Refused(String),
 }
 
-/// Failure of [`PortBuilder::open`](crate::PortBuilder::open).
+/// Failure of [`PortBuilder::open`](crate::PortBuilder::open) and of creating or opening a
+/// mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
-    /// Another live node holds the name.
-    #[error("port name {0} is taken")]
+    /// Another live node holds the name, or a mailbox has it (or, for `create`, the mailbox
+    /// exists already).
+    #[error("name {0} is taken")]
     NameTaken(String),
+    /// No mailbox has that name.
+    #[error("no mailbox named {0}")]
+    NotFound(String),
     /// The name breaks the naming rules.
     #[error("invalid port name: {0}")]
     InvalidName(#[from] NameError),

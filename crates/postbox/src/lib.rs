@@ -48,6 +48,7 @@ mod connection;
 mod envelope;
 mod error;
 mod link;
+mod mailbox;
 mod message;
 mod node;
 mod port;
@@ -60,6 +61,7 @@ pub use error::{
     BrokerRequestError, CallError, ConnectError, NodeError, OpenError, RecvError, RecvTimeoutError,
     SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
+pub use mailbox::{Mailbox, MailboxBuilder};
 pub use message::{BodyError, Message};
 pub use node::{Listing, Node, PortStatus};
 pub use port::{Inbox, Port, PortBuilder};

@@ -21,6 +21,7 @@ use postbox_core::{
 use postbox_transport::{ControlSocket, TransportError, UnixLink, Wait};
 
 use crate::error::{BrokerRequestError, ConnectError, NodeError, OpenError, SendError};
+use crate::mailbox::MailboxBuilder;
 use crate::port::{Inbox, PortBuilder};
 use crate::receiver::Receiver;
 use crate::{Connection, Message, ProcessId};
@@ -218,6 +219,22 @@ impl Node {
         result
     }
 
+    /// Starts creating or opening a mailbox (a queue the broker owns):
+    /// `node.mailbox("/jobs").capacity(1000).create()?`. Send to it with
+    /// [`connect`](Self::connect) like a port.
+    pub fn mailbox(&self, name: &str) -> MailboxBuilder {
+        MailboxBuilder::new(Arc::clone(&self.shared), name)
+    }
+
+    /// Removes mailbox `name` from the broker (its queued messages are discarded).
+    ///
+    /// # Errors
+    /// [`BrokerRequestError::Refused`] when there is no such mailbox.
+    pub fn unlink_mailbox(&self, name: &str) -> Result<(), BrokerRequestError> {
+        let name = PortName::new(name).map_err(|e| BrokerRequestError::Refused(e.to_string()))?;
+        crate::mailbox::unlink(&self.shared, &name)
+    }
+
     /// Lists the broker's ports.
     ///
     /// # Errors
@@ -326,8 +343,15 @@ impl NodeShared {
     }
 
     fn connect(self: &Arc<Self>, target: Target) -> Result<Connection, ConnectError> {
-        let answer =
-            self.request(|request| ControlMessage::Connect { request, target: target.clone() });
+        self.connect_with(|request| ControlMessage::Connect { request, target })
+    }
+
+    /// Asks the broker for a link (`build` makes the request) and wraps the end it sends.
+    pub(crate) fn connect_with(
+        self: &Arc<Self>,
+        build: impl FnOnce(u32) -> ControlMessage,
+    ) -> Result<Connection, ConnectError> {
+        let answer = self.request(build);
         match answer {
             Ok((ControlMessage::Connected { link, server, spec, .. }, Some(fd))) => {
                 Ok(Connection::new(

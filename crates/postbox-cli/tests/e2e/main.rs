@@ -8,5 +8,6 @@ mod buffering;
 mod cli;
 mod death;
 mod hostile;
+mod mailboxes;
 mod operations;
 mod util;

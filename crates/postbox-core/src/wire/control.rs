@@ -105,6 +105,8 @@ pub struct PortEntry {
     pub owner: PeerIdentity,
     /// Links currently open to it.
     pub connections: u32,
+    /// True for a mailbox (owned by the broker itself), false for a node's port.
+    pub mailbox: bool,
 }
 
 /// A control message with its request number.
@@ -206,6 +208,31 @@ pub enum ControlMessage {
         /// Who the client is (kernel credentials, broker-assigned id).
         client: PeerIdentity,
     },
+    /// Node → broker: create a mailbox (a queue the broker owns, outliving its creator).
+    CreateMailbox {
+        /// Request number.
+        request: u32,
+        /// The mailbox's name.
+        name: PortName,
+        /// Messages it holds at most, across all senders.
+        capacity: u32,
+        /// Succeed if it exists already (with whatever capacity it has).
+        open_existing: bool,
+    },
+    /// Node → broker: remove a mailbox; its queued messages are discarded.
+    UnlinkMailbox {
+        /// Request number.
+        request: u32,
+        /// The mailbox's name.
+        name: PortName,
+    },
+    /// Node → broker: make a receiving link from a mailbox (answered by `Connected`).
+    ReceiveMailbox {
+        /// Request number.
+        request: u32,
+        /// The mailbox's name.
+        name: PortName,
+    },
     /// Node → broker: the live counters of a port (asked of its owner).
     Stat {
         /// Request number.
@@ -259,6 +286,9 @@ const CONNECT: u8 = 0x04;
 const LINK_CLOSED: u8 = 0x05;
 const LIST: u8 = 0x06;
 const STAT: u8 = 0x07;
+const CREATE_MAILBOX: u8 = 0x09;
+const UNLINK_MAILBOX: u8 = 0x0a;
+const RECEIVE_MAILBOX: u8 = 0x0b;
 const STAT_REPORT: u8 = 0x08;
 const STATS: u8 = 0x86;
 const STAT_QUERY: u8 = 0xc2;
@@ -289,6 +319,9 @@ impl ControlMessage {
             | Self::Listing { request, .. }
             | Self::Refused { request, .. }
             | Self::Stat { request, .. }
+            | Self::CreateMailbox { request, .. }
+            | Self::UnlinkMailbox { request, .. }
+            | Self::ReceiveMailbox { request, .. }
             | Self::Stats { request, .. } => *request,
             Self::IncomingConnection { .. } | Self::StatQuery { .. } | Self::StatReport { .. } => 0,
         }
@@ -344,7 +377,7 @@ impl ControlMessage {
                 let room = MAX_CONTROL_LEN - (buf.len() - start);
                 let (mut shown, mut used) = (0u16, 0usize);
                 for entry in ports {
-                    let row = 2 + entry.name.as_str().len() + IDENTITY_LEN + 4;
+                    let row = 2 + entry.name.as_str().len() + IDENTITY_LEN + 4 + 1;
                     if used + row > room || shown == u16::MAX {
                         buf[flag_at] = 1;
                         break;
@@ -352,6 +385,7 @@ impl ControlMessage {
                     put_text(buf, entry.name.as_str());
                     put_identity(buf, &entry.owner);
                     buf.extend_from_slice(&entry.connections.to_le_bytes());
+                    buf.push(u8::from(entry.mailbox));
                     used += row;
                     shown += 1;
                 }
@@ -365,7 +399,14 @@ impl ControlMessage {
                 }
                 put_text(buf, &detail[..end]);
             }
-            Self::Stat { name, .. } => put_text(buf, name.as_str()),
+            Self::Stat { name, .. }
+            | Self::UnlinkMailbox { name, .. }
+            | Self::ReceiveMailbox { name, .. } => put_text(buf, name.as_str()),
+            Self::CreateMailbox { name, capacity, open_existing, .. } => {
+                put_text(buf, name.as_str());
+                buf.extend_from_slice(&capacity.to_le_bytes());
+                buf.push(u8::from(*open_existing));
+            }
             Self::StatQuery { query, name } => {
                 buf.extend_from_slice(&query.to_le_bytes());
                 put_text(buf, name.as_str());
@@ -459,13 +500,20 @@ impl ControlMessage {
                 };
                 let count = r.u16()?;
                 let mut ports = Vec::with_capacity(
-                    usize::from(count).min(r.remaining() / (2 + 1 + IDENTITY_LEN + 4)),
+                    usize::from(count).min(r.remaining() / (2 + 1 + IDENTITY_LEN + 4 + 1)),
                 );
                 for _ in 0..count {
                     ports.push(PortEntry {
                         name: read_name(&mut r)?,
                         owner: read_identity(&mut r)?,
                         connections: r.u32()?,
+                        mailbox: match r.u8()? {
+                            0 => false,
+                            1 => true,
+                            value => {
+                                return Err(DecodeError::UnknownValue { field: "mailbox", value })
+                            }
+                        },
                     });
                 }
                 Self::Listing { request, nodes, ports, truncated }
@@ -488,6 +536,20 @@ impl ControlMessage {
                 Self::IncomingConnection { link, target, client: read_identity(&mut r)? }
             }
             STAT => Self::Stat { request, name: read_name(&mut r)? },
+            CREATE_MAILBOX => Self::CreateMailbox {
+                request,
+                name: read_name(&mut r)?,
+                capacity: r.u32()?,
+                open_existing: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    value => {
+                        return Err(DecodeError::UnknownValue { field: "open_existing", value })
+                    }
+                },
+            },
+            UNLINK_MAILBOX => Self::UnlinkMailbox { request, name: read_name(&mut r)? },
+            RECEIVE_MAILBOX => Self::ReceiveMailbox { request, name: read_name(&mut r)? },
             STAT_QUERY | STAT_REPORT if request != 0 => return Err(DecodeError::ReservedNotZero),
             STAT_QUERY => Self::StatQuery { query: r.u32()?, name: read_name(&mut r)? },
             STAT_REPORT => {
@@ -526,6 +588,9 @@ impl ControlMessage {
             Self::Refused { .. } => REFUSED,
             Self::IncomingConnection { .. } => INCOMING_CONNECTION,
             Self::Stat { .. } => STAT,
+            Self::CreateMailbox { .. } => CREATE_MAILBOX,
+            Self::UnlinkMailbox { .. } => UNLINK_MAILBOX,
+            Self::ReceiveMailbox { .. } => RECEIVE_MAILBOX,
             Self::StatReport { .. } => STAT_REPORT,
             Self::Stats { .. } => STATS,
             Self::StatQuery { .. } => STAT_QUERY,
@@ -595,7 +660,12 @@ mod tests {
             ControlMessage::Listing {
                 request: 6,
                 nodes: 3,
-                ports: vec![PortEntry { name: name.clone(), owner: identity(), connections: 2 }],
+                ports: vec![PortEntry {
+                    name: name.clone(),
+                    owner: identity(),
+                    connections: 2,
+                    mailbox: true,
+                }],
                 truncated: false,
             },
             ControlMessage::Refused {
@@ -614,6 +684,14 @@ mod tests {
                 client: identity(),
             },
             ControlMessage::Stat { request: 7, name: name.clone() },
+            ControlMessage::CreateMailbox {
+                request: 8,
+                name: name.clone(),
+                capacity: 1000,
+                open_existing: true,
+            },
+            ControlMessage::UnlinkMailbox { request: 9, name: name.clone() },
+            ControlMessage::ReceiveMailbox { request: 10, name: name.clone() },
             ControlMessage::StatQuery { query: 3, name: name.clone() },
             ControlMessage::StatReport { query: 3, counters: None },
             ControlMessage::StatReport {
@@ -682,6 +760,7 @@ mod tests {
                 name: PortName::new(&format!("{i:0>250}")).unwrap(),
                 owner: identity(),
                 connections: 0,
+                mailbox: false,
             })
             .collect();
         let mut buf = Vec::new();

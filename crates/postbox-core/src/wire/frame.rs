@@ -81,6 +81,10 @@ pub enum ReplyErrorCode {
     NoReply,
     /// The receiver's handler failed; the body says how.
     Failed,
+    /// A mailbox had nothing for a pull before its deadline.
+    Empty,
+    /// The mailbox (or port) was closed.
+    Closed,
     /// A code this build does not know.
     Unknown(u32),
 }
@@ -92,6 +96,8 @@ impl ReplyErrorCode {
         match self {
             Self::NoReply => 1,
             Self::Failed => 2,
+            Self::Empty => 3,
+            Self::Closed => 4,
             Self::Unknown(code) => code,
         }
     }
@@ -102,6 +108,8 @@ impl ReplyErrorCode {
         match code {
             1 => Self::NoReply,
             2 => Self::Failed,
+            3 => Self::Empty,
+            4 => Self::Closed,
             other => Self::Unknown(other),
         }
     }

@@ -7,15 +7,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postbox_core::{ControlErrorCode, ControlMessage, PeerIdentity, PortName, PortSpec};
+use postbox_core::{ControlErrorCode, ControlMessage, PeerIdentity, PortName, PortSpec, Target};
 use postbox_transport::{
     wait_ready, ControlListener, ControlSocket, Credentials, Interest, TransportError, UnixLink,
     Wait, Waker,
 };
 
+use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
+
+mod mailboxes;
+
 use crate::socket_path::bind_listener;
 use crate::{BrokerConfig, BrokerError};
+use mailboxes::DataLink;
 
 /// A bound broker, ready to [`run`](Self::run) in this thread or [`spawn`](Self::spawn) on its
 /// own.
@@ -63,6 +68,9 @@ impl Broker {
             accept_paused_until: None,
             queries: HashMap::new(),
             next_query: 1,
+            mailboxes: HashMap::new(),
+            data: Vec::new(),
+            identity: broker_identity(),
         };
         let result = state.serve(&self.listener, &self.stop);
         let _ = std::fs::remove_file(&state.config.socket_path);
@@ -136,6 +144,12 @@ struct EventLoop {
     /// Stat requests relayed to port owners, by query number.
     queries: HashMap<u32, PendingQuery>,
     next_query: u32,
+    /// Mailboxes, by name.
+    mailboxes: HashMap<PortName, Mailbox>,
+    /// The broker's own ends of links to mailboxes.
+    data: Vec<Option<DataLink>>,
+    /// Who the broker is, as owner of its mailboxes.
+    identity: PeerIdentity,
 }
 
 /// A `Stat` the broker asked a port's owner about, waiting for its report.
@@ -155,6 +169,7 @@ enum Slot {
     Stop,
     Listener,
     Node(NodeKey),
+    Data(DataKey),
 }
 
 impl EventLoop {
@@ -182,6 +197,14 @@ impl EventLoop {
                         slots.push(Slot::Node(NodeKey(index)));
                     }
                 }
+                for (index, link) in self.data.iter().enumerate() {
+                    if let Some(link) = link {
+                        if let Some(interest) = self.data_interest(link) {
+                            set.push((link.link.as_fd(), interest));
+                            slots.push(Slot::Data(DataKey(index)));
+                        }
+                    }
+                }
                 match wait_ready(&set, Wait::deadline(self.next_timer())) {
                     Ok(ready) => ready.into_iter().map(|i| slots[i]).collect::<Vec<_>>(),
                     Err(_) => {
@@ -199,8 +222,10 @@ impl EventLoop {
                         self.read_node(key, &mut packet);
                         self.flush(key);
                     }
+                    Slot::Data(key) => self.service_data(key),
                 }
             }
+            self.answer_pulls(Instant::now());
             // Answers queued for other nodes during this round (incoming connections).
             for index in 0..self.nodes.len() {
                 self.flush(NodeKey(index));
@@ -218,7 +243,12 @@ impl EventLoop {
             .filter(|(index, _)| !self.registry.is_admitted(NodeKey(*index)))
             .map(|(_, n)| n.accepted_at + self.config.hello_timeout);
         let query_deadlines = self.queries.values().map(|q| q.deadline);
-        hello_deadlines.chain(query_deadlines).chain(self.accept_paused_until).min()
+        let pull_deadlines = self.mailboxes.values().filter_map(Mailbox::next_deadline);
+        hello_deadlines
+            .chain(query_deadlines)
+            .chain(pull_deadlines)
+            .chain(self.accept_paused_until)
+            .min()
     }
 
     /// Disconnects connections that did not say Hello in time: they hold a descriptor and a
@@ -337,6 +367,30 @@ impl EventLoop {
             _ if !admitted => {
                 self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
+            ControlMessage::OpenPort { request, name, .. }
+                if self.mailboxes.contains_key(&name) =>
+            {
+                let detail = format!("{name} is a mailbox");
+                self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+            }
+            ControlMessage::CreateMailbox { request, name, capacity, open_existing } => {
+                self.create_mailbox(key, request, name, capacity, open_existing);
+            }
+            ControlMessage::UnlinkMailbox { request, name } => {
+                self.unlink_mailbox(key, request, &name)
+            }
+            ControlMessage::ReceiveMailbox { request, name } => {
+                self.connect_mailbox(key, request, &name, false);
+            }
+            ControlMessage::Connect { request, target: Target::Port(name) }
+                if self.mailboxes.contains_key(&name) =>
+            {
+                self.connect_mailbox(key, request, &name, true);
+            }
+            ControlMessage::Stat { request, name } if self.mailboxes.contains_key(&name) => {
+                let stats = self.mailbox_stats(request, &name);
+                self.queue(key, &stats, None);
+            }
             ControlMessage::OpenPort { request, name, mut spec } => {
                 // A port cannot take more than the host's links carry.
                 let host = self.config.max_message_size;
@@ -426,7 +480,9 @@ impl EventLoop {
                 }
             }
             ControlMessage::List { request } => {
-                let (nodes, ports) = self.registry.listing();
+                let (nodes, mut ports) = self.registry.listing();
+                ports.extend(self.mailbox_entries());
+                ports.sort_by(|a, b| a.name.cmp(&b.name));
                 let listing = ControlMessage::Listing { request, nodes, ports, truncated: false };
                 self.queue(key, &listing, None);
             }
@@ -524,6 +580,18 @@ impl EventLoop {
             }
         }
         debug_assert!(self.registry.node_count() <= self.nodes.iter().flatten().count());
+    }
+}
+
+/// The broker's identity as the owner of mailboxes: its pid, generation 0 (no node has it).
+fn broker_identity() -> PeerIdentity {
+    PeerIdentity {
+        process_id: postbox_core::ProcessId::new(
+            rustix::process::getpid().as_raw_nonzero().get().unsigned_abs(),
+            0,
+        ),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
     }
 }
 

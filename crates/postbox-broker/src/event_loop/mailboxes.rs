@@ -1,0 +1,403 @@
+//! Serving mailboxes: the broker keeps one end of every link to a mailbox, reads senders'
+//! frames into the mailbox, answers receivers' pulls, and returns credit to senders as
+//! messages leave (docs/wire-format.md §2.8).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use postbox_core::wire::frame::ReplyErrorCode;
+use postbox_core::{
+    Capacity, ControlErrorCode, ControlMessage, FrameDecoder, FrameHeader, FrameKind, Overflow,
+    PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
+};
+use postbox_transport::{Interest, TransportError, UnixLink, Wait};
+
+use super::EventLoop;
+use crate::mailbox::{Answer, DataKey, Mailbox, Stored};
+use crate::registry::NodeKey;
+
+/// The broker's end of a link to a mailbox.
+#[derive(Debug)]
+pub(super) struct DataLink {
+    pub(super) link: UnixLink,
+    peer: PeerIdentity,
+    mailbox: PortName,
+    role: Role,
+    decoder: FrameDecoder,
+    /// Frames waiting for room in the link, and how much of the first was written.
+    out: VecDeque<Vec<u8>>,
+    out_offset: usize,
+    /// The peer closed its end; frames already read still go into the mailbox as room
+    /// allows, then the link is dropped.
+    finished: bool,
+}
+
+#[derive(Debug)]
+enum Role {
+    /// A sender's link: its one-way messages go into the mailbox.
+    Input { release: ReleaseCounter },
+    /// A receiver's link: pulls come in, messages go out.
+    Output,
+}
+
+impl EventLoop {
+    pub(super) fn create_mailbox(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        name: PortName,
+        capacity: u32,
+        open_existing: bool,
+    ) {
+        if self.registry.port(&name).is_some() {
+            let detail = format!("{name} is a port of a node");
+            return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+        }
+        if self.mailboxes.contains_key(&name) {
+            if open_existing {
+                return self.queue(key, &ControlMessage::Ok { request }, None);
+            }
+            let detail = format!("mailbox {name} exists");
+            return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+        }
+        if capacity == 0 {
+            let detail = "a mailbox holds at least one message";
+            return self.refuse(key, request, ControlErrorCode::LimitExceeded, detail);
+        }
+        self.mailboxes.insert(name, Mailbox::new(capacity));
+        self.queue(key, &ControlMessage::Ok { request }, None);
+    }
+
+    pub(super) fn unlink_mailbox(&mut self, key: NodeKey, request: u32, name: &PortName) {
+        let Some(mut mailbox) = self.mailboxes.remove(name) else {
+            let detail = format!("no mailbox named {name}");
+            return self.refuse(key, request, ControlErrorCode::NoSuchPort, &detail);
+        };
+        for (link, correlation) in mailbox.take_pulls() {
+            self.answer_error(link, correlation, ReplyErrorCode::Closed, "mailbox unlinked");
+        }
+        // Every link to it closes: senders and receivers see the other end go away.
+        for index in 0..self.data.len() {
+            let of_mailbox = self.data[index].as_ref().is_some_and(|d| &d.mailbox == name);
+            if of_mailbox {
+                self.flush_data(DataKey(index));
+                self.close_data(DataKey(index));
+            }
+        }
+        self.queue(key, &ControlMessage::Ok { request }, None);
+    }
+
+    /// Makes a link to mailbox `name`: a sender's (`input`) or a receiver's.
+    pub(super) fn connect_mailbox(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        name: &PortName,
+        input: bool,
+    ) {
+        let Some(mailbox) = self.mailboxes.get(name) else {
+            let detail = format!("no mailbox named {name}");
+            return self.refuse(key, request, ControlErrorCode::NoSuchPort, &detail);
+        };
+        let Some(peer) = self.registry.identity(key) else { return };
+        let spec = PortSpec {
+            capacity: Capacity::Bounded(mailbox.capacity),
+            overflow: Overflow::Block,
+            message_size: Some(self.config.max_message_size),
+        };
+        let (ours, theirs) = match UnixLink::pair() {
+            Ok(pair) => pair,
+            Err(error) => {
+                let detail = format!("cannot create the link: {error}");
+                return self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
+            }
+        };
+        let id = self.registry.allocate_link_id();
+        let role =
+            if input { Role::Input { release: ReleaseCounter::new(&spec) } } else { Role::Output };
+        let link = DataLink {
+            link: ours,
+            peer,
+            mailbox: name.clone(),
+            role,
+            decoder: FrameDecoder::new(self.config.max_message_size),
+            out: VecDeque::new(),
+            out_offset: 0,
+            finished: false,
+        };
+        match self.data.iter().position(Option::is_none) {
+            Some(free) => self.data[free] = Some(link),
+            None => self.data.push(Some(link)),
+        }
+        let connected =
+            ControlMessage::Connected { request, link: id, server: self.identity, spec };
+        self.queue(key, &connected, Some(theirs.into_fd()));
+    }
+
+    pub(super) fn mailbox_stats(&self, request: u32, name: &PortName) -> ControlMessage {
+        let mailbox = &self.mailboxes[name];
+        let links = self.data.iter().flatten().filter(|d| &d.mailbox == name).count();
+        ControlMessage::Stats {
+            request,
+            owner: self.identity,
+            spec: PortSpec {
+                capacity: Capacity::Bounded(mailbox.capacity),
+                overflow: Overflow::Block,
+                message_size: Some(self.config.max_message_size),
+            },
+            counters: PortCounters {
+                queued: mailbox.held() as u64,
+                lost: 0,
+                links: u32::try_from(links).unwrap_or(u32::MAX),
+            },
+        }
+    }
+
+    pub(super) fn mailbox_entries(&self) -> Vec<PortEntry> {
+        self.mailboxes
+            .keys()
+            .map(|name| PortEntry {
+                name: name.clone(),
+                owner: self.identity,
+                connections: u32::try_from(
+                    self.data.iter().flatten().filter(|d| &d.mailbox == name).count(),
+                )
+                .unwrap_or(u32::MAX),
+                mailbox: true,
+            })
+            .collect()
+    }
+
+    /// What to poll a data link for: writable while frames wait, readable unless it is a
+    /// sender's link into a full mailbox (its sender then feels the back-pressure).
+    pub(super) fn data_interest(&self, link: &DataLink) -> Option<Interest> {
+        let full = link.finished
+            || matches!(link.role, Role::Input { .. })
+                && self.mailboxes.get(&link.mailbox).is_none_or(Mailbox::is_full);
+        match (full, link.out.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(Interest::WRITE),
+            (false, true) => Some(Interest::READ),
+            (false, false) => Some(Interest::BOTH),
+        }
+    }
+
+    /// Serves a ready data link: writes what waits, reads and handles what came.
+    pub(super) fn service_data(&mut self, key: DataKey) {
+        self.flush_data(key);
+        for _ in 0..MAX_READS_PER_ROUND {
+            let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
+            if self.mailboxes.get(&link.mailbox).is_some_and(Mailbox::is_full)
+                && matches!(link.role, Role::Input { .. })
+            {
+                break;
+            }
+            match link.link.read_into(&mut link.decoder, Wait::NonBlocking) {
+                Ok(_) => {}
+                Err(TransportError::WouldBlock) => break,
+                Err(_) => {
+                    // What the sender sent before it left is still delivered.
+                    link.finished = true;
+                    self.handle_frames(key);
+                    return self.close_if_drained(key);
+                }
+            }
+            self.handle_frames(key);
+        }
+        self.flush_data(key);
+    }
+
+    /// Handles the complete frames a data link holds (a sender's only while the mailbox has
+    /// room: the rest wait in the decoder).
+    fn handle_frames(&mut self, key: DataKey) {
+        loop {
+            let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
+            let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) else { return };
+            let input = matches!(link.role, Role::Input { .. });
+            if input && mailbox.is_full() {
+                return;
+            }
+            let frame = match link.decoder.poll_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(_) => return self.close_data(key),
+            };
+            let header = frame.header;
+            match (input, header.kind) {
+                (true, FrameKind::Oneway | FrameKind::Confirmed) => mailbox.push(Stored {
+                    msg_type: header.msg_type,
+                    priority: header.priority,
+                    body: frame.body,
+                    sender: link.peer,
+                    from: key,
+                    confirm: header.kind == FrameKind::Confirmed,
+                }),
+                (true, FrameKind::Credit) if frame.body.is_empty() => self.send_credit(key, true),
+                (true, FrameKind::Call) => {
+                    let detail = "a mailbox takes one-way messages; calls go to a port";
+                    self.answer_error(key, header.correlation, ReplyErrorCode::Failed, detail);
+                }
+                (false, FrameKind::Call) => {
+                    let deadline = match frame.body.as_slice() {
+                        [] => None,
+                        millis => match <[u8; 8]>::try_from(millis) {
+                            Ok(bytes) => Some(
+                                Instant::now() + Duration::from_millis(u64::from_le_bytes(bytes)),
+                            ),
+                            Err(_) => return self.close_data(key),
+                        },
+                    };
+                    mailbox.pull(key, header.correlation, deadline);
+                }
+                (false, FrameKind::Oneway) if frame.body.is_empty() => {
+                    if let Some(stored) = mailbox.ack(key, header.correlation) {
+                        self.released(stored);
+                    }
+                }
+                // Anything else breaks the mailbox protocol: the link goes.
+                _ => return self.close_data(key),
+            }
+        }
+    }
+
+    /// Answers every pull that can be answered, on every mailbox.
+    pub(super) fn answer_pulls(&mut self, now: Instant) {
+        let names: Vec<PortName> = self.mailboxes.keys().cloned().collect();
+        for name in names {
+            let answers = match self.mailboxes.get_mut(&name) {
+                Some(mailbox) => mailbox.poll_answers(now),
+                None => continue,
+            };
+            for answer in answers {
+                match answer {
+                    Answer::Deliver { link, correlation } => self.deliver(&name, link, correlation),
+                    Answer::Empty { link, correlation } => {
+                        self.answer_error(link, correlation, ReplyErrorCode::Empty, "");
+                    }
+                }
+            }
+            // Room made by deliveries and acks lets senders' waiting frames in.
+            let inputs: Vec<DataKey> = self
+                .data
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.as_ref().is_some_and(|d| d.mailbox == name))
+                .map(|(i, _)| DataKey(i))
+                .collect();
+            for key in inputs {
+                self.handle_frames(key);
+                self.close_if_drained(key);
+            }
+        }
+        for index in 0..self.data.len() {
+            self.flush_data(DataKey(index));
+        }
+    }
+
+    fn deliver(&mut self, name: &PortName, key: DataKey, correlation: u64) {
+        let Some(stored) = self.mailboxes.get(name).and_then(|m| m.in_flight(key, correlation))
+        else {
+            return;
+        };
+        // A delivery's body: the true sender's identity, then the message (§2.8).
+        let sender = stored.sender;
+        let mut body = Vec::with_capacity(16 + stored.body.len());
+        for word in [sender.process_id.pid, sender.process_id.generation, sender.uid, sender.gid] {
+            body.extend_from_slice(&word.to_le_bytes());
+        }
+        body.extend_from_slice(&stored.body);
+        let frame = encode(FrameKind::Reply, stored.msg_type, stored.priority, correlation, &body);
+        if let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) {
+            link.out.push_back(frame);
+        }
+    }
+
+    fn answer_error(&mut self, key: DataKey, correlation: u64, code: ReplyErrorCode, detail: &str) {
+        let frame = encode(FrameKind::ErrorReply, code.to_u32(), 0, correlation, detail.as_bytes());
+        if let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) {
+            link.out.push_back(frame);
+        }
+    }
+
+    /// A message left its mailbox: its sender's link gets the credit.
+    fn released(&mut self, stored: Stored) {
+        if let Some(Role::Input { release }) =
+            self.data.get_mut(stored.from.0).and_then(Option::as_mut).map(|d| &mut d.role)
+        {
+            release.on_release(stored.body.len() as u64);
+            self.send_credit(stored.from, stored.confirm);
+        }
+    }
+
+    fn send_credit(&mut self, key: DataKey, urgent: bool) {
+        let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
+        let Role::Input { release } = &mut link.role else { return };
+        if let Some(credit) = release.poll_credit(urgent) {
+            link.out.push_back(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
+            release.credit_sent(credit);
+        }
+    }
+
+    /// Writes what a data link has waiting, as far as it goes without blocking.
+    fn flush_data(&mut self, key: DataKey) {
+        let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
+        while let Some(front) = link.out.front() {
+            match link.link.write_available(&front[link.out_offset..]) {
+                Ok(0) => return,
+                Ok(n) => {
+                    link.out_offset += n;
+                    if link.out_offset == front.len() {
+                        link.out.pop_front();
+                        link.out_offset = 0;
+                    }
+                }
+                Err(_) => {
+                    // The peer is gone: nothing more can reach it. A sender's frames may
+                    // still wait unread in the socket; they are read (and delivered) until
+                    // the end of the stream. A receiver's link goes now.
+                    link.out.clear();
+                    link.out_offset = 0;
+                    if matches!(link.role, Role::Output) {
+                        return self.close_data(key);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drops a link whose peer left once every frame it sent is in the mailbox.
+    fn close_if_drained(&mut self, key: DataKey) {
+        let drained = self
+            .data
+            .get(key.0)
+            .and_then(Option::as_ref)
+            .is_some_and(|d| d.finished && d.decoder.buffered() == 0);
+        if drained {
+            self.close_data(key);
+        }
+    }
+
+    /// Drops a data link; a receiver's messages in flight go back to its mailbox.
+    fn close_data(&mut self, key: DataKey) {
+        let Some(link) = self.data.get_mut(key.0).and_then(Option::take) else { return };
+        link.link.shutdown();
+        if matches!(link.role, Role::Output) {
+            if let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) {
+                mailbox.receiver_gone(key);
+            }
+        }
+    }
+}
+
+fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
+    // Invariant: bodies here are mailbox messages (within the host limit) or short texts.
+    let body_len = u32::try_from(body.len()).expect("body within the host limit");
+    let header = FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len };
+    let mut frame = header.encode(body).to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// Reads from one data link before the others get a turn.
+const MAX_READS_PER_ROUND: usize = 16;

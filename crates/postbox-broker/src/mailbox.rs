@@ -1,0 +1,229 @@
+//! Mailboxes: queues the broker owns. They outlive the nodes that use them (until unlinked),
+//! take messages from many senders, and hand each message to exactly one receiver.
+//!
+//! A receiver pulls (a call on its receiving link); the mailbox answers with the next message
+//! by priority and keeps it *in flight* until the receiver acknowledges it. A receiver that
+//! goes away with messages in flight gives them back: they are delivered to another receiver.
+//! This module is the bookkeeping only; the event loop moves the bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use postbox_core::{PeerIdentity, PortQueue, QueuedMeta, Selector};
+
+/// A data link of the broker's (an end it keeps of a link to a mailbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct DataKey(pub(crate) usize);
+
+/// A message held by a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) msg_type: u32,
+    pub(crate) priority: u8,
+    pub(crate) body: Vec<u8>,
+    pub(crate) sender: PeerIdentity,
+    /// The link it came in on, to credit when it leaves.
+    pub(crate) from: DataKey,
+    /// Its sender waits until it is taken.
+    pub(crate) confirm: bool,
+}
+
+/// A receiver waiting for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pull {
+    link: DataKey,
+    correlation: u64,
+    deadline: Option<Instant>,
+}
+
+/// What the event loop must tell a receiver.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Deliver the message now in flight under (link, correlation).
+    Deliver { link: DataKey, correlation: u64 },
+    /// Nothing came before the pull's deadline.
+    Empty { link: DataKey, correlation: u64 },
+}
+
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    pub(crate) capacity: u32,
+    queue: PortQueue<Stored>,
+    in_flight: HashMap<(DataKey, u64), Stored>,
+    pulls: VecDeque<Pull>,
+}
+
+impl Mailbox {
+    pub(crate) fn new(capacity: u32) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            queue: PortQueue::new(),
+            in_flight: HashMap::new(),
+            pulls: VecDeque::new(),
+        }
+    }
+
+    /// Messages held: queued and in flight.
+    pub(crate) fn held(&self) -> usize {
+        self.queue.len() + self.in_flight.len()
+    }
+
+    /// Messages queued, not yet handed to a receiver.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.held() >= self.capacity as usize
+    }
+
+    /// Stores a message (the caller checked [`is_full`](Self::is_full)).
+    pub(crate) fn push(&mut self, stored: Stored) {
+        let meta = QueuedMeta {
+            sender: stored.sender.process_id,
+            msg_type: stored.msg_type,
+            priority: stored.priority,
+        };
+        self.queue.push(meta, stored);
+    }
+
+    /// Records a receiver's pull; it is answered by [`poll_answers`](Self::poll_answers).
+    pub(crate) fn pull(&mut self, link: DataKey, correlation: u64, deadline: Option<Instant>) {
+        self.pulls.push_back(Pull { link, correlation, deadline });
+    }
+
+    /// Matches waiting pulls with queued messages, and expires pulls whose deadline passed.
+    pub(crate) fn poll_answers(&mut self, now: Instant) -> Vec<Answer> {
+        let mut answers = Vec::new();
+        let mut waiting = VecDeque::new();
+        while let Some(pull) = self.pulls.pop_front() {
+            if let Some((_, stored)) = self.queue.pop(Selector::ANY) {
+                self.in_flight.insert((pull.link, pull.correlation), stored);
+                answers.push(Answer::Deliver { link: pull.link, correlation: pull.correlation });
+            } else if pull.deadline.is_some_and(|d| d <= now) {
+                answers.push(Answer::Empty { link: pull.link, correlation: pull.correlation });
+            } else {
+                waiting.push_back(pull);
+            }
+        }
+        self.pulls = waiting;
+        answers
+    }
+
+    /// The earliest pull deadline: call [`poll_answers`](Self::poll_answers) then.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.pulls.iter().filter_map(|p| p.deadline).min()
+    }
+
+    /// The message in flight under (link, correlation).
+    pub(crate) fn in_flight(&self, link: DataKey, correlation: u64) -> Option<&Stored> {
+        self.in_flight.get(&(link, correlation))
+    }
+
+    /// The receiver took the message: it leaves the mailbox.
+    pub(crate) fn ack(&mut self, link: DataKey, correlation: u64) -> Option<Stored> {
+        self.in_flight.remove(&(link, correlation))
+    }
+
+    /// A receiving link went away: its pulls are forgotten and its messages in flight are
+    /// queued again, ahead of the others, for another receiver.
+    pub(crate) fn receiver_gone(&mut self, link: DataKey) -> usize {
+        self.pulls.retain(|p| p.link != link);
+        let returned: Vec<(u64, Stored)> = self
+            .in_flight
+            .keys()
+            .filter(|(l, _)| *l == link)
+            .copied()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|key| self.in_flight.remove(&key).map(|s| (key.1, s)))
+            .collect();
+        let count = returned.len();
+        let mut returned = returned;
+        // Oldest delivery last, so that pushing each to the front keeps them in order.
+        returned.sort_by_key(|(correlation, _)| std::cmp::Reverse(*correlation));
+        for (_, stored) in returned {
+            let meta = QueuedMeta {
+                sender: stored.sender.process_id,
+                msg_type: stored.msg_type,
+                priority: stored.priority,
+            };
+            self.queue.push_front(meta, stored);
+        }
+        count
+    }
+
+    /// Every waiting pull, for the answers owed when the mailbox is unlinked.
+    pub(crate) fn take_pulls(&mut self) -> Vec<(DataKey, u64)> {
+        self.pulls.drain(..).map(|p| (p.link, p.correlation)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postbox_core::ProcessId;
+
+    fn stored(body: &str, priority: u8) -> Stored {
+        Stored {
+            msg_type: 0,
+            priority,
+            body: body.as_bytes().to_vec(),
+            sender: PeerIdentity { process_id: ProcessId::new(1, 1), uid: 0, gid: 0 },
+            from: DataKey(9),
+            confirm: false,
+        }
+    }
+
+    #[test]
+    fn each_message_goes_to_one_receiver_in_priority_order() {
+        let now = Instant::now();
+        let mut m = Mailbox::new(10);
+        m.push(stored("low", 0));
+        m.push(stored("high", 7));
+        m.pull(DataKey(1), 1, None);
+        m.pull(DataKey(2), 1, None);
+        m.pull(DataKey(3), 1, Some(now));
+        let answers = m.poll_answers(now);
+        assert_eq!(
+            answers,
+            vec![
+                Answer::Deliver { link: DataKey(1), correlation: 1 },
+                Answer::Deliver { link: DataKey(2), correlation: 1 },
+                Answer::Empty { link: DataKey(3), correlation: 1 },
+            ]
+        );
+        assert_eq!(m.in_flight(DataKey(1), 1).unwrap().body, b"high");
+        assert_eq!(m.held(), 2);
+        assert!(m.ack(DataKey(1), 1).is_some());
+        assert_eq!(m.held(), 1);
+    }
+
+    #[test]
+    fn a_receiver_that_goes_away_gives_its_messages_back_for_another() {
+        let mut m = Mailbox::new(10);
+        m.push(stored("a", 0));
+        m.push(stored("b", 0));
+        m.pull(DataKey(1), 1, None);
+        m.pull(DataKey(1), 2, None);
+        m.poll_answers(Instant::now());
+        assert_eq!(m.queued(), 0);
+        assert_eq!(m.receiver_gone(DataKey(1)), 2);
+        m.pull(DataKey(2), 5, None);
+        m.poll_answers(Instant::now());
+        assert_eq!(m.in_flight(DataKey(2), 5).unwrap().body, b"a", "the oldest comes back first");
+    }
+
+    #[test]
+    fn capacity_counts_messages_in_flight_too() {
+        let mut m = Mailbox::new(2);
+        m.push(stored("a", 0));
+        m.pull(DataKey(1), 1, None);
+        m.poll_answers(Instant::now());
+        m.push(stored("b", 0));
+        assert!(m.is_full());
+        m.ack(DataKey(1), 1);
+        assert!(!m.is_full());
+    }
+}
