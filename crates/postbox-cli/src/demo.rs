@@ -67,7 +67,10 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     heading("4. buffering: rendezvous, priorities, drop-oldest");
     buffering(&node, &spawner)?;
 
-    heading("5. a server killed (SIGKILL) in the middle of a call");
+    heading("5. a mailbox (owned by the broker) shared by three worker processes, one killed");
+    mailbox(&node, &spawner)?;
+
+    heading("6. a server killed (SIGKILL) in the middle of a call");
     let mut slow = spawner.worker(&["echo", "demo/slow", "--delay-ms", "60000"])?;
     let victim = node.connect("demo/slow")?;
     let (killed_tx, killed_rx) = mpsc::channel();
@@ -91,7 +94,7 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         other => bail!("expected PeerDied, got {other:?}"),
     }
 
-    heading("6. postbox ls");
+    heading("7. postbox ls");
     for port in node.list()?.ports {
         println!(
             "  {:<14} owner {:<10} connections {}",
@@ -101,7 +104,7 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         );
     }
 
-    heading(&format!("7. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    heading(&format!("8. latency: call round trip, 64-byte messages, {rounds} rounds each"));
     println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
@@ -178,6 +181,60 @@ fn buffering(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     Ok(())
 }
 
+/// Three workers share a mailbox; a fourth takes a job and is killed before taking it in, and
+/// one of the three is killed half-way: every job is still done exactly once.
+fn mailbox(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
+    let jobs = node.mailbox("/demo/jobs").capacity(100).create()?;
+    let sender = node.connect("/demo/jobs")?;
+    sender.send("job 0")?;
+    let mut hog = spawner.worker(&["mailbox-hog", "/demo/jobs"])?;
+    let held = hog.read_line()?;
+    hog.kill();
+    println!(
+        "  a worker took {:?} off the mailbox, then was killed before taking it in",
+        held.trim_start_matches("holding ")
+    );
+    let (tx, rx) = mpsc::channel();
+    let mut workers = Vec::new();
+    for index in 0..3 {
+        let mut worker = spawner.worker(&["mailbox-worker", "/demo/jobs"])?;
+        let mut stdout = worker.stdout.take().context("worker output")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if tx.send((index, line.trim_end().to_owned())).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+        });
+        workers.push(worker);
+    }
+    for i in 1..30 {
+        sender.send(format!("job {i}").as_str())?;
+    }
+    let mut done = std::collections::BTreeMap::new();
+    let mut per_worker = [0usize; 3];
+    let mut killed = false;
+    while done.len() < 30 {
+        let (index, line) = rx.recv_timeout(Duration::from_secs(10)).context("workers stalled")?;
+        let job = line.rsplit_once(' ').map_or(line.clone(), |(_, n)| n.to_owned());
+        *done.entry(job).or_insert(0usize) += 1;
+        per_worker[index] += 1;
+        if !killed && per_worker[0] == 5 {
+            workers[0].kill();
+            killed = true;
+            println!("  worker 1 killed (SIGKILL) after 5 jobs");
+        }
+    }
+    let twice = done.values().filter(|&&n| n > 1).count();
+    println!("  30 jobs done: {per_worker:?} by the three workers, {twice} done twice; job 0 among them: {}", done.contains_key("0"));
+    drop(workers);
+    jobs.unlink()?;
+    Ok(())
+}
+
 /// Alternates blocks of postbox calls and raw ping-pongs so drift affects both alike.
 fn measure(
     connection: &postbox::Connection,
@@ -248,7 +305,7 @@ struct Spawner {
 /// A worker child whose `ready` line was seen.
 struct Worker {
     child: Child,
-    stdout: BufReader<ChildStdout>,
+    stdout: Option<BufReader<ChildStdout>>,
     /// What followed `ready`: the worker's process id, for node workers.
     id: String,
 }
@@ -281,7 +338,7 @@ impl Spawner {
             let _ = child.kill();
             bail!("worker {args:?} did not start: {line:?}");
         };
-        Ok(Worker { child, stdout, id: rest.trim().to_owned() })
+        Ok(Worker { child, stdout: Some(stdout), id: rest.trim().to_owned() })
     }
 
     fn run_to_end(&self, args: &[&str]) -> Result<()> {
@@ -296,7 +353,7 @@ impl Spawner {
 impl Worker {
     fn read_line(&mut self) -> Result<String> {
         let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
+        self.stdout.as_mut().context("worker output taken")?.read_line(&mut line)?;
         Ok(line.trim_end().to_owned())
     }
 
