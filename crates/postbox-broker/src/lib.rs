@@ -24,6 +24,7 @@ mod event_loop;
 mod mailbox;
 mod registry;
 pub mod socket_path;
+mod topic;
 
 pub use config::{BrokerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use error::BrokerError;

@@ -71,6 +71,59 @@ pub(crate) fn ls() -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn publish(topic: &str, text: &str) -> Result<()> {
+    let body = body_of(text)?;
+    let node = Node::attach()?;
+    node.publish(topic, body).map_err(|e| anyhow::anyhow!("publish to {topic}: {e}"))?;
+    Ok(())
+}
+
+pub(crate) fn subscribe(
+    pattern: &str,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    show_topic: bool,
+) -> Result<()> {
+    let node = Node::attach()?;
+    let subscription = node.subscribe(pattern)?;
+    // Subscribed: a script may start publishing now.
+    eprintln!("postbox: subscribed to {pattern}");
+    let mut out = std::io::stdout().lock();
+    let mut received = 0u64;
+    while count.is_none_or(|c| received < c) {
+        let envelope = match timeout {
+            Some(t) => match subscription.recv_timeout(t) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("nothing on {pattern} within {t:?} ({received} received)")
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => subscription.recv()?,
+        };
+        if envelope.lost() > 0 {
+            eprintln!(
+                "postbox: {} messages lost (slow subscriber) before the next one",
+                envelope.lost()
+            );
+        }
+        if show_topic {
+            write!(out, "{}: ", envelope.topic().unwrap_or_default())?;
+        }
+        out.write_all(envelope.body())?;
+        writeln!(out)?;
+        out.flush()?;
+        received += 1;
+    }
+    Ok(())
+}
+
+pub(crate) fn topic_create(name: &str, history: u32) -> Result<()> {
+    let node = Node::attach()?;
+    node.create_topic(name, history)?;
+    Ok(())
+}
+
 pub(crate) fn mailbox_create(name: &str, capacity: u32) -> Result<()> {
     let node = Node::attach()?;
     node.mailbox(name).capacity(capacity).create()?;

@@ -70,6 +70,31 @@ enum Command {
         #[command(flatten)]
         buffering: buffering::Buffering,
     },
+    /// Publish one message to a topic (TEXT, or `-` for stdin).
+    Pub {
+        /// Topic name, e.g. /sensors/imu.
+        topic: String,
+        /// Message text, or `-` for stdin.
+        text: String,
+    },
+    /// Subscribe to a topic pattern (`*` one segment, final `**` the rest) and print what
+    /// arrives, one message per line.
+    Sub {
+        /// Topic or pattern.
+        pattern: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Give up when nothing arrives for this long.
+        #[arg(long, value_parser = duration::parse)]
+        timeout: Option<Duration>,
+        /// Prefix each line with the topic.
+        #[arg(long)]
+        show_topic: bool,
+    },
+    /// Make a topic keep its last N messages for late subscribers.
+    #[command(subcommand)]
+    Topic(TopicCommand),
     /// Create or unlink a mailbox (a queue the broker owns; send and recv work on it).
     #[command(subcommand)]
     Mailbox(MailboxCommand),
@@ -101,6 +126,18 @@ enum Command {
     /// Helper processes used by the demo, the tests and the benches.
     #[command(hide = true, subcommand)]
     Worker(worker::Role),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic (or change its history).
+    Create {
+        /// Topic name.
+        name: String,
+        /// Messages kept for subscribers that join later.
+        #[arg(long, default_value_t = 0)]
+        history: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +173,13 @@ fn main() {
             commands::recv(&name, count, timeout, show_sender, &buffering)
         }
         Command::Stat { name } => commands::stat(&name),
+        Command::Pub { topic, text } => commands::publish(&topic, &text),
+        Command::Sub { pattern, count, timeout, show_topic } => {
+            commands::subscribe(&pattern, count, timeout, show_topic)
+        }
+        Command::Topic(TopicCommand::Create { name, history }) => {
+            commands::topic_create(&name, history)
+        }
         Command::Mailbox(MailboxCommand::Create { name, capacity }) => {
             commands::mailbox_create(&name, capacity)
         }

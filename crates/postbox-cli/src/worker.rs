@@ -76,6 +76,13 @@ pub(crate) enum Role {
         /// Mailbox name.
         name: String,
     },
+    /// Publish COUNT messages with bodies "0", "1", … to TOPIC.
+    PublishMany {
+        /// Topic name.
+        topic: String,
+        /// How many.
+        count: u64,
+    },
     /// Open port NAME and never receive from it (a receiver that stopped reading).
     Hold {
         /// Port name.
@@ -199,6 +206,15 @@ pub(crate) fn run(role: Role) -> Result<()> {
             Ok(())
         }
         Role::MailboxHog { name } => mailbox_hog(&name),
+        Role::PublishMany { topic, count } => {
+            let node = Node::attach()?;
+            ready(Some(node.process_id()));
+            for i in 0..count {
+                node.publish(&topic, i.to_string().as_str())
+                    .map_err(|e| anyhow::anyhow!("publish to {topic}: {e}"))?;
+            }
+            Ok(())
+        }
         Role::RawEcho { size } => raw_stdin_loop(size, true),
         Role::RawSink { size } => raw_stdin_loop(size, false),
     }

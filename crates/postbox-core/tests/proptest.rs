@@ -552,6 +552,19 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             .prop_map(|(request, name)| ControlMessage::UnlinkMailbox { request, name }),
         (request(), port_name())
             .prop_map(|(request, name)| ControlMessage::ReceiveMailbox { request, name }),
+        (request(), port_name())
+            .prop_map(|(request, topic)| ControlMessage::Publish { request, topic }),
+        (request(), "[a-z0-9/*]{1,40}", any::<u32>(), any::<bool>()).prop_map(
+            |(request, pattern, capacity, drop_newest)| ControlMessage::Subscribe {
+                request,
+                pattern,
+                capacity,
+                drop_newest
+            }
+        ),
+        (request(), port_name(), any::<u32>()).prop_map(|(request, topic, history)| {
+            ControlMessage::CreateTopic { request, topic, history }
+        }),
         (any::<u32>(), port_name())
             .prop_map(|(query, name)| ControlMessage::StatQuery { query, name }),
         (any::<u32>(), prop::option::of(counters()))

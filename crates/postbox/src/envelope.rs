@@ -22,6 +22,7 @@ pub struct Envelope {
     pub(crate) sender: PeerIdentity,
     pub(crate) reply: Option<ReplyToken>,
     pub(crate) lost: u64,
+    pub(crate) topic: Option<String>,
 }
 
 /// A send-once right to answer one call.
@@ -72,6 +73,12 @@ impl Envelope {
     #[must_use]
     pub fn lost(&self) -> u64 {
         self.lost
+    }
+
+    /// For a message received by a subscription: the topic it was published to.
+    #[must_use]
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
     }
 
     /// True when the sender waits for a reply.

@@ -53,6 +53,7 @@ mod message;
 mod node;
 mod port;
 mod receiver;
+mod subscription;
 
 pub use broker::Broker;
 pub use connection::Connection;
@@ -72,6 +73,7 @@ pub use postbox_core::{
     TypeFilter,
 };
 pub use receiver::PortStats;
+pub use subscription::{Subscription, SubscriptionBuilder};
 
 /// The README's example is compiled as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -231,7 +231,7 @@ fn delivery(reply: Message) -> Option<Envelope> {
     };
     let mut message = reply;
     message.body.drain(..16);
-    Some(Envelope { message, sender, reply: None, lost: 0 })
+    Some(Envelope { message, sender, reply: None, lost: 0, topic: None })
 }
 
 /// Messages a mailbox holds when created without a capacity.

@@ -24,6 +24,7 @@ use crate::error::{BrokerRequestError, ConnectError, NodeError, OpenError, SendE
 use crate::mailbox::MailboxBuilder;
 use crate::port::{Inbox, PortBuilder};
 use crate::receiver::Receiver;
+use crate::subscription::{Subscription, SubscriptionBuilder};
 use crate::{Connection, Message, ProcessId};
 
 /// A process attached to postbox.
@@ -54,6 +55,7 @@ pub(crate) struct NodeShared {
     receivers: Mutex<HashMap<PortName, Weak<Receiver>>>,
     inbox: Arc<Receiver>,
     inbox_links: Mutex<HashMap<ProcessId, Connection>>,
+    publishers: Mutex<HashMap<PortName, Connection>>,
     broker_gone: AtomicBool,
 }
 
@@ -128,6 +130,7 @@ impl Node {
             receivers: Mutex::new(HashMap::new()),
             inbox: Arc::clone(&inbox),
             inbox_links: Mutex::new(HashMap::new()),
+            publishers: Mutex::new(HashMap::new()),
             broker_gone: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&shared);
@@ -226,6 +229,69 @@ impl Node {
         MailboxBuilder::new(Arc::clone(&self.shared), name)
     }
 
+    /// Subscribes to `pattern` (a topic name, or `*` for one segment and a final `**` for
+    /// the rest: `/sensors/*`) with the default queue (1024 messages, oldest dropped).
+    ///
+    /// # Errors
+    /// [`ConnectError`].
+    pub fn subscribe(&self, pattern: &str) -> Result<Subscription, ConnectError> {
+        self.subscription(pattern).open()
+    }
+
+    /// Starts a subscription with settings: `node.subscription("/x/*").capacity(8).open()?`.
+    pub fn subscription(&self, pattern: &str) -> SubscriptionBuilder {
+        SubscriptionBuilder::new(Arc::clone(&self.shared), pattern)
+    }
+
+    /// Publishes `message` to `topic` (the publishing link is made on first use and kept).
+    /// Never waits on subscribers.
+    ///
+    /// # Errors
+    /// [`SendError`] with the message.
+    pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Result<(), SendError> {
+        let message = message.into();
+        let Ok(name) = PortName::new(topic) else { return Err(SendError::NoSuchPort(message)) };
+        let cached = self.shared.lock_publishers().get(&name).filter(|c| !c.is_closed()).cloned();
+        let connection = match cached {
+            Some(c) => c,
+            None => {
+                let topic = name.clone();
+                let c = match self
+                    .shared
+                    .connect_with(|request| ControlMessage::Publish { request, topic })
+                {
+                    Ok(c) => c,
+                    Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
+                    Err(_) => return Err(SendError::NoSuchPort(message)),
+                };
+                self.shared.lock_publishers().insert(name.clone(), c.clone());
+                c
+            }
+        };
+        let result = connection.send(message);
+        if result.is_err() {
+            self.shared.lock_publishers().remove(&name);
+        }
+        result
+    }
+
+    /// Makes topic `topic` keep its last `history` messages for subscribers that join later.
+    ///
+    /// # Errors
+    /// [`BrokerRequestError`].
+    pub fn create_topic(&self, topic: &str, history: u32) -> Result<(), BrokerRequestError> {
+        let topic = PortName::new(topic).map_err(|e| BrokerRequestError::Refused(e.to_string()))?;
+        match self.shared.request(|request| ControlMessage::CreateTopic { request, topic, history })
+        {
+            Ok((ControlMessage::Ok { .. }, _)) => Ok(()),
+            Ok((ControlMessage::Refused { detail, .. }, _)) => {
+                Err(BrokerRequestError::Refused(detail))
+            }
+            Ok(_) => Err(BrokerRequestError::Refused("unexpected answer".into())),
+            Err(Gone) => Err(BrokerRequestError::BrokerGone),
+        }
+    }
+
     /// Removes mailbox `name` from the broker (its queued messages are discarded).
     ///
     /// # Errors
@@ -283,6 +349,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shared.lock_inbox_links().clear();
+        self.shared.lock_publishers().clear();
         self.shared.control.shutdown();
         if let Some(thread) = self.control_thread.take() {
             let _ = thread.join();
@@ -297,6 +364,10 @@ pub(crate) struct Gone;
 impl NodeShared {
     fn lock_inbox_links(&self) -> MutexGuard<'_, HashMap<ProcessId, Connection>> {
         self.inbox_links.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_publishers(&self) -> MutexGuard<'_, HashMap<PortName, Connection>> {
+        self.publishers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn lock_receivers(&self) -> MutexGuard<'_, HashMap<PortName, Weak<Receiver>>> {

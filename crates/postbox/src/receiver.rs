@@ -467,7 +467,8 @@ fn decode_frames(
                     // broke the protocol.
                     FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => return false,
                 };
-                let envelope = Envelope { message, sender: link.client, reply, lost: 0 };
+                let envelope =
+                    Envelope { message, sender: link.client, reply, lost: 0, topic: None };
                 out.push((
                     Queued { link: Arc::clone(link), envelope, counted, confirm },
                     sender_dropped,

@@ -49,8 +49,8 @@ impl EventLoop {
         capacity: u32,
         open_existing: bool,
     ) {
-        if self.registry.port(&name).is_some() {
-            let detail = format!("{name} is a port of a node");
+        if self.registry.port(&name).is_some() || self.topics.contains_key(&name) {
+            let detail = format!("{name} is a port or a topic");
             return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
         }
         if self.mailboxes.contains_key(&name) {

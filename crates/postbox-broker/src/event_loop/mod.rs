@@ -17,10 +17,12 @@ use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
 
 mod mailboxes;
+mod topics;
 
 use crate::socket_path::bind_listener;
 use crate::{BrokerConfig, BrokerError};
 use mailboxes::DataLink;
+use topics::{TopicKey, TopicLink};
 
 /// A bound broker, ready to [`run`](Self::run) in this thread or [`spawn`](Self::spawn) on its
 /// own.
@@ -71,6 +73,8 @@ impl Broker {
             mailboxes: HashMap::new(),
             data: Vec::new(),
             identity: broker_identity(),
+            topics: HashMap::new(),
+            topic_links: Vec::new(),
         };
         let result = state.serve(&self.listener, &self.stop);
         let _ = std::fs::remove_file(&state.config.socket_path);
@@ -150,6 +154,10 @@ struct EventLoop {
     data: Vec<Option<DataLink>>,
     /// Who the broker is, as owner of its mailboxes.
     identity: PeerIdentity,
+    /// Topics, by name.
+    topics: HashMap<PortName, crate::topic::Topic>,
+    /// The broker's own ends of links to topics.
+    topic_links: Vec<Option<TopicLink>>,
 }
 
 /// A `Stat` the broker asked a port's owner about, waiting for its report.
@@ -170,6 +178,7 @@ enum Slot {
     Listener,
     Node(NodeKey),
     Data(DataKey),
+    Topic(TopicKey),
 }
 
 impl EventLoop {
@@ -195,6 +204,12 @@ impl EventLoop {
                             if node.outbox.is_empty() { Interest::READ } else { Interest::BOTH };
                         set.push((node.socket.as_fd(), interest));
                         slots.push(Slot::Node(NodeKey(index)));
+                    }
+                }
+                for (index, link) in self.topic_links.iter().enumerate() {
+                    if let Some(link) = link {
+                        set.push((link.link.as_fd(), EventLoop::topic_interest(link)));
+                        slots.push(Slot::Topic(TopicKey(index)));
                     }
                 }
                 for (index, link) in self.data.iter().enumerate() {
@@ -223,9 +238,11 @@ impl EventLoop {
                         self.flush(key);
                     }
                     Slot::Data(key) => self.service_data(key),
+                    Slot::Topic(key) => self.service_topic(key),
                 }
             }
             self.answer_pulls(Instant::now());
+            self.flush_topics();
             // Answers queued for other nodes during this round (incoming connections).
             for index in 0..self.nodes.len() {
                 self.flush(NodeKey(index));
@@ -368,7 +385,7 @@ impl EventLoop {
                 self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
             ControlMessage::OpenPort { request, name, .. }
-                if self.mailboxes.contains_key(&name) =>
+                if self.mailboxes.contains_key(&name) || self.topics.contains_key(&name) =>
             {
                 let detail = format!("{name} is a mailbox");
                 self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
@@ -378,6 +395,13 @@ impl EventLoop {
             }
             ControlMessage::UnlinkMailbox { request, name } => {
                 self.unlink_mailbox(key, request, &name)
+            }
+            ControlMessage::Publish { request, topic } => self.publish_link(key, request, topic),
+            ControlMessage::Subscribe { request, pattern, capacity, drop_newest } => {
+                self.subscribe_link(key, request, &pattern, capacity, drop_newest);
+            }
+            ControlMessage::CreateTopic { request, topic, history } => {
+                self.create_topic(key, request, topic, history);
             }
             ControlMessage::ReceiveMailbox { request, name } => {
                 self.connect_mailbox(key, request, &name, false);

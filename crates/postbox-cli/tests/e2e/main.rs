@@ -10,4 +10,5 @@ mod death;
 mod hostile;
 mod mailboxes;
 mod operations;
+mod topics;
 mod util;

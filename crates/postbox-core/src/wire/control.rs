@@ -233,6 +233,37 @@ pub enum ControlMessage {
         /// The mailbox's name.
         name: PortName,
     },
+    /// Node → broker: make a publishing link to a topic (answered by `Connected`). The topic
+    /// is created if it does not exist.
+    Publish {
+        /// Request number.
+        request: u32,
+        /// The topic.
+        topic: PortName,
+    },
+    /// Node → broker: make a subscribing link (answered by `Connected`): the broker sends
+    /// every message published to a topic matching `pattern`.
+    Subscribe {
+        /// Request number.
+        request: u32,
+        /// A topic name, or a pattern: `*` stands for one `/`-separated segment, a final `**`
+        /// for any number of further segments.
+        pattern: String,
+        /// Messages the broker keeps for this subscriber when it does not keep up.
+        capacity: u32,
+        /// Beyond that: drop the oldest (false) or the newest (true); either way counted.
+        drop_newest: bool,
+    },
+    /// Node → broker: create a topic that keeps its last `history` messages for late
+    /// subscribers (or change how many an existing topic keeps).
+    CreateTopic {
+        /// Request number.
+        request: u32,
+        /// The topic.
+        topic: PortName,
+        /// Messages kept for subscribers that join later.
+        history: u32,
+    },
     /// Node → broker: the live counters of a port (asked of its owner).
     Stat {
         /// Request number.
@@ -287,6 +318,9 @@ const LINK_CLOSED: u8 = 0x05;
 const LIST: u8 = 0x06;
 const STAT: u8 = 0x07;
 const CREATE_MAILBOX: u8 = 0x09;
+const PUBLISH: u8 = 0x0c;
+const SUBSCRIBE: u8 = 0x0d;
+const CREATE_TOPIC: u8 = 0x0e;
 const UNLINK_MAILBOX: u8 = 0x0a;
 const RECEIVE_MAILBOX: u8 = 0x0b;
 const STAT_REPORT: u8 = 0x08;
@@ -322,6 +356,9 @@ impl ControlMessage {
             | Self::CreateMailbox { request, .. }
             | Self::UnlinkMailbox { request, .. }
             | Self::ReceiveMailbox { request, .. }
+            | Self::Publish { request, .. }
+            | Self::Subscribe { request, .. }
+            | Self::CreateTopic { request, .. }
             | Self::Stats { request, .. } => *request,
             Self::IncomingConnection { .. } | Self::StatQuery { .. } | Self::StatReport { .. } => 0,
         }
@@ -402,6 +439,16 @@ impl ControlMessage {
             Self::Stat { name, .. }
             | Self::UnlinkMailbox { name, .. }
             | Self::ReceiveMailbox { name, .. } => put_text(buf, name.as_str()),
+            Self::Publish { topic, .. } => put_text(buf, topic.as_str()),
+            Self::Subscribe { pattern, capacity, drop_newest, .. } => {
+                put_text(buf, pattern);
+                buf.extend_from_slice(&capacity.to_le_bytes());
+                buf.push(u8::from(*drop_newest));
+            }
+            Self::CreateTopic { topic, history, .. } => {
+                put_text(buf, topic.as_str());
+                buf.extend_from_slice(&history.to_le_bytes());
+            }
             Self::CreateMailbox { name, capacity, open_existing, .. } => {
                 put_text(buf, name.as_str());
                 buf.extend_from_slice(&capacity.to_le_bytes());
@@ -550,6 +597,20 @@ impl ControlMessage {
             },
             UNLINK_MAILBOX => Self::UnlinkMailbox { request, name: read_name(&mut r)? },
             RECEIVE_MAILBOX => Self::ReceiveMailbox { request, name: read_name(&mut r)? },
+            PUBLISH => Self::Publish { request, topic: read_name(&mut r)? },
+            SUBSCRIBE => Self::Subscribe {
+                request,
+                pattern: r.text()?.to_owned(),
+                capacity: r.u32()?,
+                drop_newest: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    value => return Err(DecodeError::UnknownValue { field: "drop_newest", value }),
+                },
+            },
+            CREATE_TOPIC => {
+                Self::CreateTopic { request, topic: read_name(&mut r)?, history: r.u32()? }
+            }
             STAT_QUERY | STAT_REPORT if request != 0 => return Err(DecodeError::ReservedNotZero),
             STAT_QUERY => Self::StatQuery { query: r.u32()?, name: read_name(&mut r)? },
             STAT_REPORT => {
@@ -591,6 +652,9 @@ impl ControlMessage {
             Self::CreateMailbox { .. } => CREATE_MAILBOX,
             Self::UnlinkMailbox { .. } => UNLINK_MAILBOX,
             Self::ReceiveMailbox { .. } => RECEIVE_MAILBOX,
+            Self::Publish { .. } => PUBLISH,
+            Self::Subscribe { .. } => SUBSCRIBE,
+            Self::CreateTopic { .. } => CREATE_TOPIC,
             Self::StatReport { .. } => STAT_REPORT,
             Self::Stats { .. } => STATS,
             Self::StatQuery { .. } => STAT_QUERY,
@@ -691,6 +755,14 @@ mod tests {
                 open_existing: true,
             },
             ControlMessage::UnlinkMailbox { request: 9, name: name.clone() },
+            ControlMessage::Publish { request: 11, topic: name.clone() },
+            ControlMessage::Subscribe {
+                request: 12,
+                pattern: "/sensors/*".into(),
+                capacity: 16,
+                drop_newest: false,
+            },
+            ControlMessage::CreateTopic { request: 13, topic: name.clone(), history: 3 },
             ControlMessage::ReceiveMailbox { request: 10, name: name.clone() },
             ControlMessage::StatQuery { query: 3, name: name.clone() },
             ControlMessage::StatReport { query: 3, counters: None },

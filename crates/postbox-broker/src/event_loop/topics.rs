@@ -1,0 +1,336 @@
+//! Serving topics: publishers' links in, a queue and a link per subscriber out
+//! (docs/wire-format.md §2.9). The broker releases a published message as soon as it is
+//! copied to the subscribers' queues, so publishers never wait on subscribers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use postbox_core::{
+    Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameHeader, FrameKind,
+    Overflow, PeerIdentity, PortName, PortSpec, ReleaseCounter, SendWindow,
+};
+use postbox_transport::{Interest, TransportError, UnixLink, Wait};
+
+use super::EventLoop;
+use crate::registry::NodeKey;
+use crate::topic::{Pattern, Published, SubscriberQueue, Topic};
+
+/// The broker's end of a link to a topic.
+#[derive(Debug)]
+pub(super) struct TopicLink {
+    pub(super) link: UnixLink,
+    peer: PeerIdentity,
+    role: TopicRole,
+    decoder: FrameDecoder,
+    out: VecDeque<Vec<u8>>,
+    out_offset: usize,
+}
+
+#[derive(Debug)]
+enum TopicRole {
+    Publisher { topic: PortName, release: ReleaseCounter },
+    Subscriber { pattern: Pattern, queue: SubscriberQueue, window: SendWindow },
+}
+
+/// A topic link's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct TopicKey(pub(super) usize);
+
+impl EventLoop {
+    pub(super) fn create_topic(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        topic: PortName,
+        history: u32,
+    ) {
+        if self.registry.port(&topic).is_some() || self.mailboxes.contains_key(&topic) {
+            let detail = format!("{topic} is a port or a mailbox");
+            return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+        }
+        let entry = self.topics.entry(topic).or_insert_with(|| Topic::new(history));
+        entry.keep = history as usize;
+        while entry.history.len() > entry.keep {
+            entry.history.pop_front();
+        }
+        self.queue(key, &ControlMessage::Ok { request }, None);
+    }
+
+    pub(super) fn publish_link(&mut self, key: NodeKey, request: u32, topic: PortName) {
+        if self.registry.port(&topic).is_some() || self.mailboxes.contains_key(&topic) {
+            let detail = format!("{topic} is a port or a mailbox");
+            return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+        }
+        self.topics.entry(topic.clone()).or_insert_with(|| Topic::new(0));
+        let spec = PortSpec {
+            capacity: Capacity::Bounded(PUBLISHER_WINDOW),
+            overflow: Overflow::Block,
+            message_size: Some(self.config.max_message_size),
+        };
+        let role = TopicRole::Publisher { topic, release: ReleaseCounter::new(&spec) };
+        self.add_topic_link(key, request, role, spec);
+    }
+
+    pub(super) fn subscribe_link(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        pattern: &str,
+        capacity: u32,
+        drop_newest: bool,
+    ) {
+        let Ok(parsed) = Pattern::parse(pattern) else {
+            let detail = format!("not a topic pattern: {pattern:?}");
+            return self.refuse(key, request, ControlErrorCode::InvalidName, &detail);
+        };
+        // The subscriber's own receive side: the broker sends within this window.
+        let spec = PortSpec {
+            capacity: Capacity::Bounded(capacity.max(1)),
+            overflow: if drop_newest { Overflow::Fail } else { Overflow::DropOldest },
+            message_size: Some(self.config.max_message_size),
+        };
+        let mut queue = SubscriberQueue::new(capacity, drop_newest);
+        // Late joiners get what matching topics keep.
+        for (name, topic) in &self.topics {
+            if parsed.matches(name) {
+                for message in &topic.history {
+                    queue.push(message.clone());
+                }
+            }
+        }
+        let role = TopicRole::Subscriber { pattern: parsed, queue, window: SendWindow::new(&spec) };
+        let slot = self.add_topic_link(key, request, role, spec);
+        if let Some(slot) = slot {
+            self.pump(slot);
+        }
+    }
+
+    fn add_topic_link(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        role: TopicRole,
+        spec: PortSpec,
+    ) -> Option<TopicKey> {
+        let peer = self.registry.identity(key)?;
+        let (ours, theirs) = match UnixLink::pair() {
+            Ok(pair) => pair,
+            Err(error) => {
+                let detail = format!("cannot create the link: {error}");
+                self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
+                return None;
+            }
+        };
+        let link = TopicLink {
+            link: ours,
+            peer,
+            role,
+            decoder: FrameDecoder::new(self.config.max_message_size),
+            out: VecDeque::new(),
+            out_offset: 0,
+        };
+        let slot = match self.topic_links.iter().position(Option::is_none) {
+            Some(free) => {
+                self.topic_links[free] = Some(link);
+                free
+            }
+            None => {
+                self.topic_links.push(Some(link));
+                self.topic_links.len() - 1
+            }
+        };
+        let id = self.registry.allocate_link_id();
+        let connected =
+            ControlMessage::Connected { request, link: id, server: self.identity, spec };
+        self.queue(key, &connected, Some(theirs.into_fd()));
+        Some(TopicKey(slot))
+    }
+
+    pub(super) fn topic_interest(link: &TopicLink) -> Interest {
+        if link.out.is_empty() {
+            Interest::READ
+        } else {
+            Interest::BOTH
+        }
+    }
+
+    /// Serves a ready topic link: writes what waits, reads and handles what came.
+    pub(super) fn service_topic(&mut self, key: TopicKey) {
+        self.flush_topic(key);
+        for _ in 0..MAX_READS_PER_ROUND {
+            let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::as_mut) else {
+                return;
+            };
+            match link.link.read_into(&mut link.decoder, Wait::NonBlocking) {
+                Ok(_) => {}
+                Err(TransportError::WouldBlock) => break,
+                Err(_) => {
+                    self.handle_topic_frames(key);
+                    return self.close_topic(key);
+                }
+            }
+            self.handle_topic_frames(key);
+        }
+        self.flush_topic(key);
+    }
+
+    fn handle_topic_frames(&mut self, key: TopicKey) {
+        loop {
+            let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::as_mut) else {
+                return;
+            };
+            let frame = match link.decoder.poll_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(_) => return self.close_topic(key),
+            };
+            let header = frame.header;
+            match (&mut link.role, header.kind) {
+                (
+                    TopicRole::Publisher { topic, release },
+                    FrameKind::Oneway | FrameKind::Confirmed,
+                ) => {
+                    let len = frame.body.len() as u64;
+                    let message = Published {
+                        topic: topic.clone(),
+                        msg_type: header.msg_type,
+                        priority: header.priority,
+                        body: Arc::new(frame.body),
+                        sender: link.peer,
+                    };
+                    // Copied to every queue: the publisher's message is released at once.
+                    release.on_release(len);
+                    if let Some(credit) = release.poll_credit(header.kind == FrameKind::Confirmed) {
+                        link.out.push_back(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
+                        release.credit_sent(credit);
+                    }
+                    self.fan_out(&message);
+                }
+                (TopicRole::Publisher { release, .. }, FrameKind::Credit)
+                    if frame.body.is_empty() =>
+                {
+                    if let Some(credit) = release.poll_credit(true) {
+                        link.out.push_back(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
+                        release.credit_sent(credit);
+                    }
+                }
+                (TopicRole::Subscriber { window, .. }, FrameKind::Credit) => {
+                    let accepted = Credit::decode(&frame.body)
+                        .ok()
+                        .is_some_and(|credit| window.handle_credit(credit).is_ok());
+                    if !accepted {
+                        return self.close_topic(key);
+                    }
+                    self.pump(key);
+                }
+                // Anything else breaks the topic protocol: the link goes.
+                _ => return self.close_topic(key),
+            }
+        }
+    }
+
+    /// Copies a published message to the topic's history and to every matching subscriber.
+    fn fan_out(&mut self, message: &Published) {
+        if let Some(topic) = self.topics.get_mut(&message.topic) {
+            topic.remember(message);
+        }
+        for index in 0..self.topic_links.len() {
+            let matched = match self.topic_links[index].as_mut().map(|l| &mut l.role) {
+                Some(TopicRole::Subscriber { pattern, queue, .. })
+                    if pattern.matches(&message.topic) =>
+                {
+                    queue.push(message.clone());
+                    true
+                }
+                _ => false,
+            };
+            if matched {
+                self.pump(TopicKey(index));
+            }
+        }
+    }
+
+    /// Sends a subscriber what its window allows.
+    fn pump(&mut self, key: TopicKey) {
+        let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::as_mut) else { return };
+        let TopicRole::Subscriber { queue, window, .. } = &mut link.role else { return };
+        while window.admit(0) == postbox_core::Admission::Now {
+            let Some(message) = queue.pop() else { break };
+            let lost = std::mem::take(&mut queue.lost_unreported);
+            // The body: the publisher's identity, the topic, then the message (§2.9).
+            let sender = message.sender;
+            let mut body =
+                Vec::with_capacity(16 + 2 + message.topic.as_str().len() + message.body.len());
+            for word in
+                [sender.process_id.pid, sender.process_id.generation, sender.uid, sender.gid]
+            {
+                body.extend_from_slice(&word.to_le_bytes());
+            }
+            let topic = message.topic.as_str().as_bytes();
+            // Topic names are at most 255 bytes (PortName), so the cast cannot truncate.
+            body.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+            body.extend_from_slice(topic);
+            body.extend_from_slice(&message.body);
+            link.out.push_back(encode(
+                FrameKind::Oneway,
+                message.msg_type,
+                message.priority,
+                lost,
+                &body,
+            ));
+            window.on_sent(0);
+        }
+    }
+
+    fn flush_topic(&mut self, key: TopicKey) {
+        let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::as_mut) else { return };
+        while let Some(front) = link.out.front() {
+            match link.link.write_available(&front[link.out_offset..]) {
+                Ok(0) => return,
+                Ok(n) => {
+                    link.out_offset += n;
+                    if link.out_offset == front.len() {
+                        link.out.pop_front();
+                        link.out_offset = 0;
+                    }
+                }
+                Err(_) => {
+                    // The peer is gone; a publisher's unread frames still reach the topic.
+                    link.out.clear();
+                    link.out_offset = 0;
+                    if matches!(link.role, TopicRole::Subscriber { .. }) {
+                        return self.close_topic(key);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn flush_topics(&mut self) {
+        for index in 0..self.topic_links.len() {
+            self.flush_topic(TopicKey(index));
+        }
+    }
+
+    fn close_topic(&mut self, key: TopicKey) {
+        if let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::take) {
+            link.link.shutdown();
+        }
+    }
+}
+
+fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
+    // Invariant: bodies here are published messages (within the host limit) plus a 16-byte
+    // identity and a topic name, or credits.
+    let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let header = FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len };
+    let mut frame = header.encode(body).to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// One-way messages a publisher may have in flight to the broker.
+const PUBLISHER_WINDOW: u32 = 1024;
+/// Reads from one topic link before the others get a turn.
+const MAX_READS_PER_ROUND: usize = 16;

@@ -1,0 +1,178 @@
+//! Topics: publish/subscribe fan-out owned by the broker. Every subscriber whose pattern
+//! matches a topic gets every message published to it, through a queue of its own, so a slow
+//! subscriber never holds up the publisher or the other subscribers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use postbox_core::{PeerIdentity, PortName};
+
+/// A message published to a topic (shared by every subscriber's queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub(crate) topic: PortName,
+    pub(crate) msg_type: u32,
+    pub(crate) priority: u8,
+    pub(crate) body: Arc<Vec<u8>>,
+    pub(crate) sender: PeerIdentity,
+}
+
+/// A subscription pattern: `/`-separated segments; `*` matches one segment, a final `**`
+/// matches one or more further segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pattern(Vec<String>);
+
+/// Why a text is not a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadPattern;
+
+impl Pattern {
+    pub(crate) fn parse(text: &str) -> Result<Self, BadPattern> {
+        if text.is_empty() || text.len() > PortName::MAX_LEN {
+            return Err(BadPattern);
+        }
+        let segments: Vec<String> = text.split('/').map(str::to_owned).collect();
+        for (index, segment) in segments.iter().enumerate() {
+            let wildcard = segment == "*" || (segment == "**" && index == segments.len() - 1);
+            if !wildcard && PortName::new(&segment.replace('/', "")).is_err() && !segment.is_empty()
+            {
+                return Err(BadPattern);
+            }
+        }
+        Ok(Self(segments))
+    }
+
+    pub(crate) fn matches(&self, topic: &PortName) -> bool {
+        let parts: Vec<&str> = topic.as_str().split('/').collect();
+        let pattern = &self.0;
+        for (index, segment) in pattern.iter().enumerate() {
+            if segment == "**" {
+                return parts.len() > index;
+            }
+            match parts.get(index) {
+                Some(part) if segment == "*" || segment == part => {}
+                _ => return false,
+            }
+        }
+        parts.len() == pattern.len()
+    }
+}
+
+/// One subscriber's queue at the broker.
+#[derive(Debug)]
+pub(crate) struct SubscriberQueue {
+    capacity: usize,
+    drop_newest: bool,
+    queue: VecDeque<Published>,
+    /// Dropped since the last message sent to the subscriber (reported with the next one).
+    pub(crate) lost_unreported: u64,
+}
+
+impl SubscriberQueue {
+    pub(crate) fn new(capacity: u32, drop_newest: bool) -> Self {
+        Self {
+            capacity: capacity.max(1) as usize,
+            drop_newest,
+            queue: VecDeque::new(),
+            lost_unreported: 0,
+        }
+    }
+
+    /// Queues a message; when full, drops the oldest (or this one), counted.
+    pub(crate) fn push(&mut self, message: Published) {
+        if self.queue.len() >= self.capacity {
+            self.lost_unreported += 1;
+            if self.drop_newest {
+                return;
+            }
+            self.queue.pop_front();
+        }
+        self.queue.push_back(message);
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Published> {
+        self.queue.pop_front()
+    }
+}
+
+/// A topic: its name and the messages it keeps for late subscribers.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) history: VecDeque<Published>,
+    pub(crate) keep: usize,
+}
+
+impl Topic {
+    pub(crate) fn new(keep: u32) -> Self {
+        Self { history: VecDeque::new(), keep: keep as usize }
+    }
+
+    pub(crate) fn remember(&mut self, message: &Published) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.history.len() >= self.keep {
+            self.history.pop_front();
+        }
+        self.history.push_back(message.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postbox_core::ProcessId;
+
+    fn name(text: &str) -> PortName {
+        PortName::new(text).unwrap()
+    }
+
+    fn published(body: &str) -> Published {
+        Published {
+            topic: name("/t"),
+            msg_type: 0,
+            priority: 0,
+            body: Arc::new(body.as_bytes().to_vec()),
+            sender: PeerIdentity { process_id: ProcessId::new(1, 1), uid: 0, gid: 0 },
+        }
+    }
+
+    #[test]
+    fn patterns_match_whole_segments() {
+        let one = Pattern::parse("/sensors/*").unwrap();
+        assert!(one.matches(&name("/sensors/imu")));
+        assert!(!one.matches(&name("/sensors/imu/raw")));
+        assert!(!one.matches(&name("/sensors")));
+        let all = Pattern::parse("/sensors/**").unwrap();
+        assert!(all.matches(&name("/sensors/imu/raw")));
+        assert!(!all.matches(&name("/sensors")));
+        let exact = Pattern::parse("/sensors/imu").unwrap();
+        assert!(exact.matches(&name("/sensors/imu")));
+        assert!(!exact.matches(&name("/sensors/gps")));
+        assert!(Pattern::parse("/a/**/b").is_err());
+        assert!(Pattern::parse("/a b").is_err());
+    }
+
+    #[test]
+    fn a_full_subscriber_queue_drops_and_counts() {
+        let mut oldest = SubscriberQueue::new(2, false);
+        let mut newest = SubscriberQueue::new(2, true);
+        for body in ["1", "2", "3"] {
+            oldest.push(published(body));
+            newest.push(published(body));
+        }
+        assert_eq!((oldest.lost_unreported, newest.lost_unreported), (1, 1));
+        assert_eq!(oldest.pop().unwrap().body.as_slice(), b"2");
+        assert_eq!(newest.pop().unwrap().body.as_slice(), b"1");
+    }
+
+    #[test]
+    fn a_topic_keeps_its_last_messages() {
+        let mut topic = Topic::new(2);
+        for body in ["1", "2", "3"] {
+            topic.remember(&published(body));
+        }
+        let kept: Vec<&[u8]> = topic.history.iter().map(|m| m.body.as_slice()).collect();
+        assert_eq!(kept, [b"2", b"3"]);
+    }
+}
