@@ -70,7 +70,10 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     heading("5. a mailbox (owned by the broker) shared by three worker processes, one killed");
     mailbox(&node, &spawner)?;
 
-    heading("6. a server killed (SIGKILL) in the middle of a call");
+    heading("6. a topic: every subscriber process gets every message");
+    topic(&node, &spawner)?;
+
+    heading("7. a server killed (SIGKILL) in the middle of a call");
     let mut slow = spawner.worker(&["echo", "demo/slow", "--delay-ms", "60000"])?;
     let victim = node.connect("demo/slow")?;
     let (killed_tx, killed_rx) = mpsc::channel();
@@ -94,7 +97,7 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         other => bail!("expected PeerDied, got {other:?}"),
     }
 
-    heading("7. postbox ls");
+    heading("8. postbox ls");
     for port in node.list()?.ports {
         println!(
             "  {:<14} owner {:<10} connections {}",
@@ -104,7 +107,7 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         );
     }
 
-    heading(&format!("8. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    heading(&format!("9. latency: call round trip, 64-byte messages, {rounds} rounds each"));
     println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
@@ -232,6 +235,48 @@ fn mailbox(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     println!("  30 jobs done: {per_worker:?} by the three workers, {twice} done twice; job 0 among them: {}", done.contains_key("0"));
     drop(workers);
     jobs.unlink()?;
+    Ok(())
+}
+
+/// Two subscriber processes (`postbox sub`) on a pattern; this process publishes.
+fn topic(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
+    let mut subscribers = Vec::new();
+    for _ in 0..2 {
+        let mut child = spawner
+            .command(&[
+                "sub",
+                "/demo/sensors/*",
+                "--count",
+                "3",
+                "--show-topic",
+                "--timeout",
+                "10s",
+            ])?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stderr = BufReader::new(child.stderr.take().context("subscriber stderr")?);
+        let mut line = String::new();
+        stderr.read_line(&mut line)?;
+        if !line.contains("subscribed") {
+            bail!("subscriber did not start: {line:?}");
+        }
+        subscribers.push(child);
+    }
+    for (topic, reading) in [
+        ("/demo/sensors/imu", "ax=0.10"),
+        ("/demo/sensors/gps", "48.85N"),
+        ("/demo/sensors/imu", "ax=0.12"),
+    ] {
+        node.publish(topic, reading)?;
+    }
+    println!("  published 3 readings to /demo/sensors/imu and /demo/sensors/gps");
+    for (index, child) in subscribers.into_iter().enumerate() {
+        let output = child.wait_with_output()?;
+        let lines: Vec<String> =
+            String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
+        println!("  subscriber {} (pattern /demo/sensors/*) got {lines:?}", index + 1);
+    }
     Ok(())
 }
 
