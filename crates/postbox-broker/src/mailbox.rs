@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use postbox_core::{PeerIdentity, PortQueue, QueuedMeta, Selector};
+use postbox_core::{LinkId, PeerIdentity, PortQueue, QueuedMeta, Selector};
 
 /// A data link of the broker's (an end it keeps of a link to a mailbox).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,8 +22,10 @@ pub(crate) struct Stored {
     pub(crate) priority: u8,
     pub(crate) body: Vec<u8>,
     pub(crate) sender: PeerIdentity,
-    /// The link it came in on, to credit when it leaves.
+    /// The link it came in on, to credit when it leaves (the slot, and the link's id, since
+    /// a slot is reused once its link is gone).
     pub(crate) from: DataKey,
+    pub(crate) from_link: LinkId,
     /// Its sender waits until it is taken.
     pub(crate) confirm: bool,
 }
@@ -111,6 +113,17 @@ impl Mailbox {
         answers
     }
 
+    /// True when `link` already has a pull, or a message in flight, under `correlation`.
+    pub(crate) fn knows(&self, link: DataKey, correlation: u64) -> bool {
+        self.in_flight.contains_key(&(link, correlation))
+            || self.pulls.iter().any(|p| p.link == link && p.correlation == correlation)
+    }
+
+    /// Pulls `link` has waiting.
+    pub(crate) fn pulls_of(&self, link: DataKey) -> usize {
+        self.pulls.iter().filter(|p| p.link == link).count()
+    }
+
     /// The earliest pull deadline: call [`poll_answers`](Self::poll_answers) then.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.pulls.iter().filter_map(|p| p.deadline).min()
@@ -172,6 +185,7 @@ mod tests {
             body: body.as_bytes().to_vec(),
             sender: PeerIdentity { process_id: ProcessId::new(1, 1), uid: 0, gid: 0 },
             from: DataKey(9),
+            from_link: LinkId(9),
             confirm: false,
         }
     }

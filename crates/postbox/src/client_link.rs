@@ -168,8 +168,13 @@ impl ClientLink {
                     let room = |s: &mut ClientState| {
                         (s.window.admit(len) != Admission::Full).then_some(())
                     };
-                    match self.wait_for(wait.ends_at(), room) {
+                    // The request is sent again every so often: a receiver that could not
+                    // write its credit when it was asked has another chance.
+                    let retry = Instant::now() + CREDIT_REQUEST_INTERVAL;
+                    let until = wait.ends_at().map_or(retry, |end| end.min(retry));
+                    match self.wait_for(Some(until), room) {
                         Ok(()) => continue,
+                        Err(WaitFailure::Timeout) if !wait.expired() => continue,
                         Err(WaitFailure::Timeout) => return Err(OnewayFailure::Timeout),
                         Err(WaitFailure::Broken(_)) => return Err(OnewayFailure::Disconnected),
                     }
@@ -402,6 +407,9 @@ impl Broken {
         }
     }
 }
+
+/// How often a sender waiting for credit asks for it again.
+const CREDIT_REQUEST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn full_or_timeout(wait: Wait) -> OnewayFailure {
     match wait {

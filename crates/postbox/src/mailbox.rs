@@ -168,7 +168,10 @@ impl Mailbox {
             None => (Vec::new(), None),
             Some(wait) => {
                 let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                (millis.to_le_bytes().to_vec(), Instant::now().checked_add(wait + PULL_GRACE))
+                (
+                    millis.to_le_bytes().to_vec(),
+                    Instant::now().checked_add(wait.saturating_add(PULL_GRACE)),
+                )
             }
         };
         match link.call_correlated(Message::new(body), deadline) {
@@ -181,7 +184,12 @@ impl Mailbox {
                 ReplyErrorCode::Empty => Err(PullFailure::Empty),
                 _ => Err(PullFailure::Closed),
             },
-            Err(CallError::Timeout(_)) => Err(PullFailure::Empty),
+            Err(CallError::Timeout(_)) => {
+                // The broker did not answer in time: a delivery may still come, which nobody
+                // would acknowledge. Dropping the link makes the broker queue it again.
+                *self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                Err(PullFailure::Empty)
+            }
             Err(_) => {
                 *self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                 Err(PullFailure::Closed)

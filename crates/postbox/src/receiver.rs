@@ -271,7 +271,9 @@ impl Receiver {
         }
         if !dead.is_empty() {
             state.links.retain(|l| !dead.contains(&l.id));
-            state.queue.remove_where(|_, q| dead.contains(&q.link.id));
+            // One-way messages a departed sender sent are still delivered; its calls can no
+            // longer be answered.
+            state.queue.remove_where(|_, q| !q.counted && dead.contains(&q.link.id));
         }
         if state.waiting > 0 {
             self.arrived.notify_all();

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, FrameDecoder, FrameHeader, FrameKind, Overflow,
-    PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
+    Capacity, ControlErrorCode, ControlMessage, FrameDecoder, FrameHeader, FrameKind, LinkId,
+    Overflow, PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
@@ -20,13 +20,16 @@ use crate::registry::NodeKey;
 #[derive(Debug)]
 pub(super) struct DataLink {
     pub(super) link: UnixLink,
+    id: LinkId,
     peer: PeerIdentity,
     mailbox: PortName,
     role: Role,
     decoder: FrameDecoder,
-    /// Frames waiting for room in the link, and how much of the first was written.
+    /// Frames waiting for room in the link, how much of the first was written, and their
+    /// total size (past a bound the link is not read until its peer reads).
     out: VecDeque<Vec<u8>>,
     out_offset: usize,
+    out_bytes: usize,
     /// The peer closed its end; frames already read still go into the mailbox as room
     /// allows, then the link is dropped.
     finished: bool,
@@ -38,6 +41,13 @@ enum Role {
     Input { release: ReleaseCounter },
     /// A receiver's link: pulls come in, messages go out.
     Output,
+}
+
+impl DataLink {
+    fn enqueue(&mut self, frame: Vec<u8>) {
+        self.out_bytes += frame.len();
+        self.out.push_back(frame);
+    }
 }
 
 impl EventLoop {
@@ -103,7 +113,8 @@ impl EventLoop {
         let spec = PortSpec {
             capacity: Capacity::Bounded(mailbox.capacity),
             overflow: Overflow::Block,
-            message_size: Some(self.config.max_message_size),
+            // A delivery adds the sender's identity to the body; it must still fit a link.
+            message_size: Some(self.config.max_message_size.saturating_sub(DELIVERY_HEADER)),
         };
         let (ours, theirs) = match UnixLink::pair() {
             Ok(pair) => pair,
@@ -117,12 +128,14 @@ impl EventLoop {
             if input { Role::Input { release: ReleaseCounter::new(&spec) } } else { Role::Output };
         let link = DataLink {
             link: ours,
+            id,
             peer,
             mailbox: name.clone(),
             role,
             decoder: FrameDecoder::new(self.config.max_message_size),
             out: VecDeque::new(),
             out_offset: 0,
+            out_bytes: 0,
             finished: false,
         };
         match self.data.iter().position(Option::is_none) {
@@ -172,6 +185,7 @@ impl EventLoop {
     /// sender's link into a full mailbox (its sender then feels the back-pressure).
     pub(super) fn data_interest(&self, link: &DataLink) -> Option<Interest> {
         let full = link.finished
+            || link.out_bytes > OUT_LIMIT
             || matches!(link.role, Role::Input { .. })
                 && self.mailboxes.get(&link.mailbox).is_none_or(Mailbox::is_full);
         match (full, link.out.is_empty()) {
@@ -196,9 +210,14 @@ impl EventLoop {
                 Ok(_) => {}
                 Err(TransportError::WouldBlock) => break,
                 Err(_) => {
-                    // What the sender sent before it left is still delivered.
+                    // What the sender sent before it left is still delivered; a receiver's
+                    // link goes at once (its messages in flight are queued again).
                     link.finished = true;
+                    let output = matches!(link.role, Role::Output);
                     self.handle_frames(key);
+                    if output {
+                        return self.close_data(key);
+                    }
                     return self.close_if_drained(key);
                 }
             }
@@ -208,19 +227,22 @@ impl EventLoop {
     }
 
     /// Handles the complete frames a data link holds (a sender's only while the mailbox has
-    /// room: the rest wait in the decoder).
-    fn handle_frames(&mut self, key: DataKey) {
+    /// room: the rest wait in the decoder). Returns true when no complete frame is left.
+    fn handle_frames(&mut self, key: DataKey) -> bool {
         loop {
-            let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
-            let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) else { return };
+            let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return true };
+            let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) else { return true };
             let input = matches!(link.role, Role::Input { .. });
             if input && mailbox.is_full() {
-                return;
+                return false;
             }
             let frame = match link.decoder.poll_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return,
-                Err(_) => return self.close_data(key),
+                Ok(None) => return true,
+                Err(_) => {
+                    self.close_data(key);
+                    return true;
+                }
             };
             let header = frame.header;
             match (input, header.kind) {
@@ -230,6 +252,7 @@ impl EventLoop {
                     body: frame.body,
                     sender: link.peer,
                     from: key,
+                    from_link: link.id,
                     confirm: header.kind == FrameKind::Confirmed,
                 }),
                 (true, FrameKind::Credit) if frame.body.is_empty() => self.send_credit(key, true),
@@ -244,9 +267,19 @@ impl EventLoop {
                             Ok(bytes) => Some(
                                 Instant::now() + Duration::from_millis(u64::from_le_bytes(bytes)),
                             ),
-                            Err(_) => return self.close_data(key),
+                            Err(_) => {
+                                self.close_data(key);
+                                return true;
+                            }
                         },
                     };
+                    // A correlation in use, or a flood of pulls, breaks the protocol.
+                    if mailbox.knows(key, header.correlation)
+                        || mailbox.pulls_of(key) >= MAX_PULLS_PER_LINK
+                    {
+                        self.close_data(key);
+                        return true;
+                    }
                     mailbox.pull(key, header.correlation, deadline);
                 }
                 (false, FrameKind::Oneway) if frame.body.is_empty() => {
@@ -255,7 +288,10 @@ impl EventLoop {
                     }
                 }
                 // Anything else breaks the mailbox protocol: the link goes.
-                _ => return self.close_data(key),
+                _ => {
+                    self.close_data(key);
+                    return true;
+                }
             }
         }
     }
@@ -308,21 +344,22 @@ impl EventLoop {
         body.extend_from_slice(&stored.body);
         let frame = encode(FrameKind::Reply, stored.msg_type, stored.priority, correlation, &body);
         if let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) {
-            link.out.push_back(frame);
+            link.enqueue(frame);
         }
     }
 
     fn answer_error(&mut self, key: DataKey, correlation: u64, code: ReplyErrorCode, detail: &str) {
         let frame = encode(FrameKind::ErrorReply, code.to_u32(), 0, correlation, detail.as_bytes());
         if let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) {
-            link.out.push_back(frame);
+            link.enqueue(frame);
         }
     }
 
-    /// A message left its mailbox: its sender's link gets the credit.
+    /// A message left its mailbox: its sender's link, if still the same, gets the credit.
     fn released(&mut self, stored: Stored) {
+        let link = self.data.get_mut(stored.from.0).and_then(Option::as_mut);
         if let Some(Role::Input { release }) =
-            self.data.get_mut(stored.from.0).and_then(Option::as_mut).map(|d| &mut d.role)
+            link.filter(|d| d.id == stored.from_link).map(|d| &mut d.role)
         {
             release.on_release(stored.body.len() as u64);
             self.send_credit(stored.from, stored.confirm);
@@ -333,8 +370,8 @@ impl EventLoop {
         let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
         let Role::Input { release } = &mut link.role else { return };
         if let Some(credit) = release.poll_credit(urgent) {
-            link.out.push_back(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
             release.credit_sent(credit);
+            link.enqueue(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
         }
     }
 
@@ -347,6 +384,7 @@ impl EventLoop {
                 Ok(n) => {
                     link.out_offset += n;
                     if link.out_offset == front.len() {
+                        link.out_bytes -= front.len();
                         link.out.pop_front();
                         link.out_offset = 0;
                     }
@@ -357,6 +395,7 @@ impl EventLoop {
                     // the end of the stream. A receiver's link goes now.
                     link.out.clear();
                     link.out_offset = 0;
+                    link.out_bytes = 0;
                     if matches!(link.role, Role::Output) {
                         return self.close_data(key);
                     }
@@ -366,14 +405,11 @@ impl EventLoop {
         }
     }
 
-    /// Drops a link whose peer left once every frame it sent is in the mailbox.
+    /// Drops a link whose peer left once every complete frame it sent is in the mailbox (a
+    /// partial frame at the end of the stream is discarded, §2.5).
     fn close_if_drained(&mut self, key: DataKey) {
-        let drained = self
-            .data
-            .get(key.0)
-            .and_then(Option::as_ref)
-            .is_some_and(|d| d.finished && d.decoder.buffered() == 0);
-        if drained {
+        let finished = self.data.get(key.0).and_then(Option::as_ref).is_some_and(|d| d.finished);
+        if finished && self.handle_frames(key) {
             self.close_data(key);
         }
     }
@@ -391,13 +427,21 @@ impl EventLoop {
 }
 
 fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
-    // Invariant: bodies here are mailbox messages (within the host limit) or short texts.
-    let body_len = u32::try_from(body.len()).expect("body within the host limit");
+    // Bodies here are mailbox messages (within the limit announced to senders, §2.8), their
+    // 16-byte sender identity, or short texts; u32::MAX would only make the peer refuse it.
+    let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     let header = FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len };
     let mut frame = header.encode(body).to_vec();
     frame.extend_from_slice(body);
     frame
 }
+
+/// Bytes of the identity a delivery puts before the message's body (§2.8).
+const DELIVERY_HEADER: u32 = 16;
+/// Bytes waiting to be written on a data link past which it is not read.
+const OUT_LIMIT: usize = 256 * 1024;
+/// Pulls one receiving link may have waiting.
+const MAX_PULLS_PER_LINK: usize = 1024;
 
 /// Reads from one data link before the others get a turn.
 const MAX_READS_PER_ROUND: usize = 16;

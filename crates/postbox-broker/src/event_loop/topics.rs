@@ -65,7 +65,8 @@ impl EventLoop {
         let spec = PortSpec {
             capacity: Capacity::Bounded(PUBLISHER_WINDOW),
             overflow: Overflow::Block,
-            message_size: Some(self.config.max_message_size),
+            // A publication adds the publisher's identity and the topic to the body (§2.9).
+            message_size: Some(self.config.max_message_size.saturating_sub(PUBLICATION_HEADER)),
         };
         let role = TopicRole::Publisher { topic, release: ReleaseCounter::new(&spec) };
         self.add_topic_link(key, request, role, spec);
@@ -330,6 +331,8 @@ fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: 
     frame
 }
 
+/// Bytes a publication may put before the message's body: identity, then a topic name.
+const PUBLICATION_HEADER: u32 = 16 + 2 + postbox_core::PortName::MAX_LEN as u32;
 /// One-way messages a publisher may have in flight to the broker.
 const PUBLISHER_WINDOW: u32 = 1024;
 /// Reads from one topic link before the others get a turn.

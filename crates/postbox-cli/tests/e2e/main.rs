@@ -8,6 +8,7 @@ mod buffering;
 mod cli;
 mod death;
 mod hostile;
+mod mailbox_edges;
 mod mailboxes;
 mod operations;
 mod topics;

@@ -331,3 +331,18 @@ fn a_port_delivers_highest_priority_first_and_selects_by_type_like_msgrcv() {
     assert_eq!(rest, ["f", "a", "e"], "priority 5, then priority 0 in arrival order");
     assert_eq!(port.try_recv().unwrap_err(), TryRecvError::Empty);
 }
+
+#[test]
+fn what_a_sender_sent_before_it_exited_is_delivered_even_after_a_selective_poll() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let port = node.port("leftovers").open().unwrap();
+    let mut sender = daemon.worker(&["send-many", "leftovers", "2"]);
+    sender.wait_success();
+    // Looking for someone else reads the departed sender's messages and its end of stream.
+    let nobody = Selector::from_sender(node.process_id());
+    let looked = port.recv_matching_timeout(nobody, Duration::from_millis(300));
+    assert_eq!(looked.unwrap_err(), RecvTimeoutError::Timeout);
+    assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"0");
+    assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"1");
+}
