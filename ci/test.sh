@@ -20,6 +20,9 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 
+step "examples run"
+cargo run --locked --quiet -p postbox --example async_server
+
 step "benches compile"
 cargo bench --workspace --locked --no-run
 

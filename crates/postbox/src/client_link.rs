@@ -20,7 +20,20 @@ use crate::condvar::wait_until;
 use crate::error::CallError;
 use crate::link::{LinkEnd, WriteFailure};
 use crate::node::NodeShared;
+use crate::readiness::Readiness;
 use crate::Message;
+
+/// Forgets a call whose async caller went away before its reply.
+struct PendingCall<'a> {
+    link: &'a ClientLink,
+    id: CallId,
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        self.link.lock().calls.cancel(self.id);
+    }
+}
 
 /// The client end of a link, shared by the clones of a [`Connection`](crate::Connection).
 #[derive(Debug)]
@@ -33,6 +46,8 @@ pub(crate) struct ClientLink {
     changed: Condvar,
     decoder: Mutex<FrameDecoder>,
     node: Weak<NodeShared>,
+    /// For the async forms: the link's readiness, and "another thread filed something".
+    readiness: Readiness,
 }
 
 #[derive(Debug)]
@@ -90,9 +105,11 @@ impl ClientLink {
         spec: PortSpec,
         host_max: u32,
         node: Weak<NodeShared>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let max_body = spec.message_size.map_or(host_max, |n| n.min(host_max));
-        Self {
+        let readiness = Readiness::new()?;
+        readiness.watch(link.as_fd());
+        Ok(Self {
             end: LinkEnd::new(link, max_body),
             server,
             spec,
@@ -108,7 +125,8 @@ impl ClientLink {
             changed: Condvar::new(),
             decoder: Mutex::new(FrameDecoder::new(host_max)),
             node,
-        }
+            readiness,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, ClientState> {
@@ -124,11 +142,40 @@ impl ClientLink {
         wait: Wait,
         confirm: bool,
     ) -> Result<(), OnewayFailure> {
+        match self.write_oneway(message, wait, confirm, false)? {
+            None => Ok(()),
+            Some(number) => {
+                let taken = |s: &mut ClientState| s.window.is_released(number).then_some(());
+                match self.wait_for(wait.ends_at(), taken) {
+                    Ok(()) => Ok(()),
+                    Err(WaitFailure::Timeout) => Err(OnewayFailure::NotTaken),
+                    Err(WaitFailure::Broken(_)) => Err(OnewayFailure::Disconnected),
+                }
+            }
+        }
+    }
+
+    /// Writes a one-way message under the port's capacity and overflow policy, waiting up to
+    /// `wait` for room. Returns the message's number when the sender must still wait for the
+    /// receiver to take it (confirmed or rendezvous). A non-blocking attempt that would have
+    /// to wait for confirmation writes nothing (`Full`), unless `may_leave_pending`.
+    fn write_oneway(
+        &self,
+        message: &mut Message,
+        wait: Wait,
+        confirm: bool,
+        may_leave_pending: bool,
+    ) -> Result<Option<u64>, OnewayFailure> {
         let len = message.body.len() as u64;
         if len > u64::from(self.end.max_body()) {
             return Err(OnewayFailure::TooLarge(u64::from(self.end.max_body())));
         }
         let confirm = confirm || self.spec.capacity == Capacity::Rendezvous;
+        if confirm && wait == Wait::NonBlocking && !may_leave_pending {
+            // A send that must wait for the receiver cannot complete without waiting; it is
+            // not started (it could not be taken back).
+            return Err(OnewayFailure::Full);
+        }
         let kind = if confirm { FrameKind::Confirmed } else { FrameKind::Oneway };
         let number = loop {
             let Some(guard) = self.end.enter(wait) else { return Err(full_or_timeout(wait)) };
@@ -195,21 +242,112 @@ impl ClientLink {
                             // The kernel's buffer is full too: this message is the one lost,
                             // counted and reported with the next frame.
                             state.dropped_unreported += 1;
-                            Ok(())
+                            Ok(None)
                         }
                         WriteFailure::Full => Err(full_or_timeout(wait)),
                     };
                 }
             }
         };
-        if !confirm {
-            return Ok(());
+        Ok(confirm.then_some(number))
+    }
+
+    /// Like [`send_oneway`](Self::send_oneway) with no wait, awaiting readiness (tokio) while
+    /// the link is full or the receiver has not taken a confirmed message yet.
+    pub(crate) async fn send_oneway_async(
+        &self,
+        message: &mut Message,
+        confirm: bool,
+    ) -> Result<(), OnewayFailure> {
+        let number = loop {
+            match self.write_oneway(message, Wait::NonBlocking, confirm, true) {
+                Ok(number) => break number,
+                Err(OnewayFailure::Full) if self.spec.overflow == Overflow::Block => {
+                    self.request_credit();
+                    self.readiness.wait().await.map_err(|_| OnewayFailure::Disconnected)?;
+                }
+                Err(failure) => return Err(failure),
+            }
+        };
+        let Some(number) = number else { return Ok(()) };
+        loop {
+            self.read_available();
+            {
+                let state = self.lock();
+                if state.window.is_released(number) {
+                    return Ok(());
+                }
+                if state.broken.is_some() {
+                    return Err(OnewayFailure::Disconnected);
+                }
+            }
+            self.readiness.wait().await.map_err(|_| OnewayFailure::Disconnected)?;
         }
-        let taken = |s: &mut ClientState| s.window.is_released(number).then_some(());
-        match self.wait_for(wait.ends_at(), taken) {
-            Ok(()) => Ok(()),
-            Err(WaitFailure::Timeout) => Err(OnewayFailure::NotTaken),
-            Err(WaitFailure::Broken(_)) => Err(OnewayFailure::Disconnected),
+    }
+
+    /// Sends `request` as a call and awaits the reply (tokio), without a thread per call.
+    /// Dropping the future forgets the call (a late reply is discarded).
+    pub(crate) async fn call_async(&self, request: Message) -> Result<Message, CallError> {
+        self.call_correlated_async(request).await.map(|(message, _)| message)
+    }
+
+    /// Like [`call_async`](Self::call_async), also returning the correlation id.
+    pub(crate) async fn call_correlated_async(
+        &self,
+        mut request: Message,
+    ) -> Result<(Message, u64), CallError> {
+        let id = {
+            let mut state = self.lock();
+            if state.broken.is_some() {
+                return Err(CallError::Disconnected(request));
+            }
+            state.calls.begin(None)
+        };
+        let pending = PendingCall { link: self, id };
+        loop {
+            match self.end.write(FrameKind::Call, &mut request, id.0, Wait::NonBlocking) {
+                Ok(()) => break,
+                Err(WriteFailure::Full) => {
+                    self.readiness.wait().await.map_err(|_| CallError::PeerDied)?;
+                }
+                Err(WriteFailure::TooLarge(limit)) => {
+                    return Err(CallError::TooLarge { message: request, limit })
+                }
+                Err(WriteFailure::Closed) => {
+                    self.break_link(Broken::PeerDied);
+                    return Err(CallError::Disconnected(request));
+                }
+            }
+        }
+        loop {
+            self.read_available();
+            {
+                let mut state = self.lock();
+                if let Some(outcome) = state.calls.take(id) {
+                    std::mem::forget(pending);
+                    return match outcome {
+                        Outcome::Reply(message) => Ok((message, id.0)),
+                        Outcome::Failed(error) => Err(error),
+                    };
+                }
+                if let Some(broken) = &state.broken {
+                    return Err(broken.to_error());
+                }
+            }
+            self.readiness.wait().await.map_err(|_| CallError::PeerDied)?;
+        }
+    }
+
+    /// Waits (tokio) until the link or the link's state changed since the last wait.
+    pub(crate) async fn wait_ready(&self) -> std::io::Result<()> {
+        self.readiness.wait().await
+    }
+
+    /// Asks the receiver for the credit it owes (an empty credit frame), without waiting.
+    fn request_credit(&self) {
+        if let Some(guard) = self.end.enter(Wait::NonBlocking) {
+            let mut request = Message::new(Vec::new());
+            let _ = guard.write(FrameKind::Credit, &mut request, 0, Wait::NonBlocking);
         }
     }
 
@@ -346,6 +484,7 @@ impl ClientLink {
         if state.waiting > 0 {
             self.changed.notify_all();
         }
+        self.readiness.signal();
     }
 
     /// Reads until at least one whole frame is here or the wait ends (a large reply arrives in
@@ -389,6 +528,7 @@ impl ClientLink {
         if state.waiting > 0 {
             self.changed.notify_all();
         }
+        self.readiness.signal();
     }
 
     /// Messages sent on this link and not yet taken by the receiver, as far as the credits

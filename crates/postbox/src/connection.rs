@@ -31,8 +31,8 @@ impl Connection {
         spec: PortSpec,
         host_max: u32,
         node: Weak<NodeShared>,
-    ) -> Self {
-        Self { link: Arc::new(ClientLink::new(link, id, server, spec, host_max, node)) }
+    ) -> std::io::Result<Self> {
+        Ok(Self { link: Arc::new(ClientLink::new(link, id, server, spec, host_max, node)?) })
     }
 
     /// The process serving the other end.
@@ -172,6 +172,42 @@ impl Connection {
             Err(OnewayFailure::NotTaken) => Err(SendTimeoutError::NotTaken(message)),
             Err(OnewayFailure::Disconnected) => Err(SendTimeoutError::Disconnected(message)),
         }
+    }
+
+    /// Sends a one-way message without blocking the thread (tokio): waits for room, and on a
+    /// rendezvous port for the receiver, by awaiting readiness. Usable beside the blocking
+    /// forms on the same connection.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_async(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        let mut message = message.into();
+        match self.link.send_oneway_async(&mut message, false).await {
+            Ok(()) => Ok(()),
+            Err(failure) => Err(send_error(failure, message)),
+        }
+    }
+
+    /// Like [`send_confirmed`](Self::send_confirmed), without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_confirmed_async(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        let mut message = message.into();
+        match self.link.send_oneway_async(&mut message, true).await {
+            Ok(()) => Ok(()),
+            Err(failure) => Err(send_error(failure, message)),
+        }
+    }
+
+    /// Sends `request` and awaits the reply without blocking the thread (tokio). Many calls
+    /// may be in flight on one connection, from tasks and threads alike. Dropping the future
+    /// gives up on the reply. For a deadline, wrap it in `tokio::time::timeout`.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    pub async fn call_async(&self, request: impl Into<Message>) -> Result<Message, CallError> {
+        self.link.call_async(request.into()).await
     }
 
     /// Sends `request` and waits for the reply, however long it takes.

@@ -52,6 +52,7 @@ mod mailbox;
 mod message;
 mod node;
 mod port;
+mod readiness;
 mod receiver;
 mod subscription;
 

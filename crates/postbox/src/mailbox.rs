@@ -150,6 +150,26 @@ impl Mailbox {
         })
     }
 
+    /// Waits for the next message without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// [`RecvError::Closed`] when the mailbox was unlinked or the broker is gone.
+    pub async fn recv_async(&self) -> Result<Envelope, RecvError> {
+        let connection = self.receiving_link().map_err(|_| RecvError::Closed)?;
+        let link = connection.client_link();
+        match link.call_correlated_async(Message::new(Vec::new())).await {
+            Ok((reply, correlation)) => {
+                // Taken: the mailbox may forget it.
+                link.acknowledge(correlation).map_err(|_| RecvError::Closed)?;
+                delivery(reply).ok_or(RecvError::Closed)
+            }
+            Err(_) => {
+                *self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                Err(RecvError::Closed)
+            }
+        }
+    }
+
     /// Removes the mailbox from the broker: queued messages are discarded and every link to
     /// it closes.
     ///

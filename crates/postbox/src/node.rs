@@ -425,14 +425,15 @@ impl NodeShared {
         let answer = self.request(build);
         match answer {
             Ok((ControlMessage::Connected { link, server, spec, .. }, Some(fd))) => {
-                Ok(Connection::new(
+                Connection::new(
                     UnixLink::from_fd(fd),
                     link,
                     server,
                     spec,
                     self.max_message_size,
                     Arc::downgrade(self),
-                ))
+                )
+                .map_err(|e| ConnectError::Refused(format!("cannot watch the link: {e}")))
             }
             Ok((ControlMessage::Refused { code: ControlErrorCode::NoSuchPort, detail, .. }, _)) => {
                 Err(ConnectError::NoSuchPort(detail))

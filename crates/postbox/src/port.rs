@@ -181,6 +181,27 @@ macro_rules! receive_methods {
             self.receive(selector, Wait::timeout(timeout)).map_err(timeout_error)
         }
 
+        /// Waits for the next message without blocking the thread (tokio): readiness of the
+        /// links is awaited, no thread is spent. Usable beside the blocking forms.
+        ///
+        /// # Errors
+        /// [`RecvError::Closed`].
+        pub async fn recv_async(&self) -> Result<Envelope, RecvError> {
+            self.recv_matching_async(Selector::ANY).await
+        }
+
+        /// Like [`recv_matching`](Self::recv_matching), without blocking the thread (tokio).
+        ///
+        /// # Errors
+        /// [`RecvError::Closed`].
+        pub async fn recv_matching_async(&self, selector: Selector) -> Result<Envelope, RecvError> {
+            let node = &self.node;
+            self.receiver
+                .recv_async(selector, &|link| node.report_link_closed(link))
+                .await
+                .map_err(|_| RecvError::Closed)
+        }
+
         /// The endpoint's counters: queued messages, messages lost to drop-oldest, links.
         #[must_use]
         pub fn stats(&self) -> PortStats {

@@ -23,6 +23,7 @@ use postbox_transport::{wait_readable, TransportError, UnixLink, Wait, Waker};
 use crate::condvar::wait_until;
 use crate::envelope::{Envelope, ReplyToken};
 use crate::link::LinkEnd;
+use crate::readiness::Readiness;
 use crate::Message;
 
 /// The server end of one link.
@@ -65,6 +66,7 @@ pub(crate) struct Receiver {
     state: Mutex<ReceiverState>,
     arrived: Condvar,
     waker: Waker,
+    readiness: Readiness,
 }
 
 #[derive(Debug)]
@@ -116,6 +118,8 @@ impl Receiver {
             }),
             arrived: Condvar::new(),
             waker: Waker::new()?,
+            readiness: Readiness::new()
+                .map_err(|e| TransportError::Os { operation: "create epoll", kind: e.kind() })?,
         })
     }
 
@@ -154,8 +158,12 @@ impl Receiver {
                 release: ReleaseCounter::new(&self.spec),
             }),
         }));
+        if let Some(link) = state.links.last() {
+            self.readiness.watch(link.end.link().as_fd());
+        }
         drop(state);
         self.waker.wake();
+        self.readiness.signal();
         true
     }
 
@@ -169,6 +177,7 @@ impl Receiver {
         drop(state);
         self.waker.wake();
         self.arrived.notify_all();
+        self.readiness.signal();
         links
             .iter()
             .map(|link| {
@@ -225,8 +234,14 @@ impl Receiver {
                 }
             }
             let (arrived, dead) = self.poll_links(&links, wait);
+            let progress = !arrived.is_empty() || !dead.is_empty();
             state = self.lock();
             self.settle(&mut state, arrived, dead, on_dead);
+            if wait == Wait::NonBlocking && progress {
+                // Read to exhaustion before answering "empty": a link may hold more than one
+                // read takes (async receivers wait for new data, not for data left behind).
+                continue;
+            }
             if wait.expired() {
                 // The wait is over: one last look for a message this receiver may take.
                 return match state.queue.pop(selector) {
@@ -278,8 +293,24 @@ impl Receiver {
         if state.waiting > 0 {
             self.arrived.notify_all();
         }
+        self.readiness.signal();
         for id in dead {
             on_dead(id);
+        }
+    }
+
+    /// Like [`recv`](Self::recv) with no wait, awaiting readiness (tokio) in between.
+    pub(crate) async fn recv_async(
+        &self,
+        selector: Selector,
+        on_dead: &(dyn Fn(LinkId) + Sync),
+    ) -> Result<Envelope, ReceiveFailure> {
+        loop {
+            match self.recv(selector, Wait::NonBlocking, on_dead) {
+                Err(ReceiveFailure::Empty) => {}
+                done => return done,
+            }
+            self.readiness.wait().await.map_err(|_| ReceiveFailure::Closed)?;
         }
     }
 
@@ -351,8 +382,10 @@ impl Receiver {
             link.flush_credit(confirm);
         }
         if was_full && !link.is_full(&self.spec) {
-            // The leader may be polling without this link; make it look again.
+            // The leader may be polling without this link, and async receivers may have
+            // missed its data while it was left unread: make them look again.
             self.waker.wake();
+            self.readiness.signal();
         }
         envelope.lost = std::mem::take(&mut state.lost_pending);
         envelope

@@ -146,6 +146,22 @@ impl Subscription {
         })
     }
 
+    /// Waits for the next message without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// [`RecvError::Closed`] when the broker is gone.
+    pub async fn recv_async(&self) -> Result<Envelope, RecvError> {
+        loop {
+            match self.next(Wait::NonBlocking) {
+                Ok(envelope) => return Ok(envelope),
+                Err(true) => return Err(RecvError::Closed),
+                Err(false) => {}
+            }
+            let link = self.connection.client_link();
+            link.wait_ready().await.map_err(|_| RecvError::Closed)?;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inbound> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -192,9 +208,6 @@ impl Subscription {
                         break;
                     }
                 }
-            }
-            if wait == Wait::NonBlocking && inbound.ready.is_empty() {
-                return Err(inbound.closed);
             }
         }
     }
