@@ -25,6 +25,7 @@ impl Daemon {
     }
 
     pub(crate) fn start_with(args: &[&str]) -> Self {
+        raise_descriptor_limit();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("broker.sock");
         let child = Command::new(exe())
@@ -142,6 +143,19 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The tests of this binary run in parallel in one process, each with nodes, links and
+/// hostile floods of links: the soft descriptor limit (often 1024) is raised to the hard one,
+/// so that one test's flood does not make another's descriptor passing fail.
+fn raise_descriptor_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let _ =
+            setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    });
 }
 
 /// Polls `condition` until it holds; panics after a generous watchdog (never a hang).
