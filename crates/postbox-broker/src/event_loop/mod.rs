@@ -453,6 +453,9 @@ impl EventLoop {
                     client: new.client_identity,
                 };
                 self.queue(new.server, &incoming, Some(server_end.into_fd()));
+                // The server hears of the link before the client is told it exists: a client
+                // must never hold a link whose other end is still only in the broker.
+                self.flush(new.server);
                 let connected = ControlMessage::Connected {
                     request,
                     link: new.link,
