@@ -108,7 +108,6 @@ impl ClientLink {
     ) -> std::io::Result<Self> {
         let max_body = spec.message_size.map_or(host_max, |n| n.min(host_max));
         let readiness = Readiness::new()?;
-        readiness.watch(link.as_fd());
         Ok(Self {
             end: LinkEnd::new(link, max_body),
             server,
@@ -259,6 +258,7 @@ impl ClientLink {
         message: &mut Message,
         confirm: bool,
     ) -> Result<(), OnewayFailure> {
+        self.watch_link();
         let number = loop {
             match self.write_oneway(message, Wait::NonBlocking, confirm, true) {
                 Ok(number) => break number,
@@ -296,6 +296,7 @@ impl ClientLink {
         &self,
         mut request: Message,
     ) -> Result<(Message, u64), CallError> {
+        self.watch_link();
         let id = {
             let mut state = self.lock();
             if state.broken.is_some() {
@@ -340,7 +341,15 @@ impl ClientLink {
 
     /// Waits (tokio) until the link or the link's state changed since the last wait.
     pub(crate) async fn wait_ready(&self) -> std::io::Result<()> {
+        self.watch_link();
         self.readiness.wait().await
+    }
+
+    /// Watches the link for the async forms (once; from then on, every wait sees it).
+    fn watch_link(&self) {
+        if self.readiness.activate() {
+            self.readiness.watch(self.end.link().as_fd());
+        }
     }
 
     /// Asks the receiver for the credit it owes (an empty credit frame), without waiting.

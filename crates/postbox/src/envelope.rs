@@ -135,6 +135,46 @@ impl ReplyToken {
         result
     }
 
+    /// Like [`reply`](Self::reply), without blocking the thread (tokio) while the caller's
+    /// link is full.
+    ///
+    /// # Errors
+    /// As [`reply`](Self::reply) (no time limit applies: wrap it in `tokio::time::timeout`).
+    pub async fn reply_async(mut self, reply: impl Into<Message>) -> Result<(), SendError> {
+        let mut message = reply.into();
+        // Watched from now on (adding it twice is harmless).
+        self.link.readiness.watch(self.link.end.link().as_fd());
+        loop {
+            match self.link.end.write(
+                FrameKind::Reply,
+                &mut message,
+                self.correlation,
+                Wait::NonBlocking,
+            ) {
+                Ok(()) => {
+                    self.answered = true;
+                    self.link.flush_credit(true);
+                    return Ok(());
+                }
+                Err(WriteFailure::Full) => {
+                    if self.link.readiness.wait().await.is_err() {
+                        self.answered = true;
+                        return Err(SendError::Disconnected(message));
+                    }
+                }
+                Err(WriteFailure::TooLarge(limit)) => {
+                    let result = Err(SendError::TooLarge { message, limit });
+                    self.settle(&result);
+                    return result;
+                }
+                Err(WriteFailure::Closed) => {
+                    self.answered = true;
+                    return Err(SendError::Disconnected(message));
+                }
+            }
+        }
+    }
+
     /// The process waiting for the reply.
     #[must_use]
     pub fn caller(&self) -> ProcessId {

@@ -200,20 +200,10 @@ impl Node {
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
         let message = message.into();
-        let cached =
-            self.shared.lock_inbox_links().get(&process).filter(|c| !c.is_closed()).cloned();
-        let connection = match cached {
-            Some(c) => c,
-            None => {
-                // The broker request runs without the cache lock: other send_to calls go on.
-                let c = match self.shared.connect(Target::Inbox(process)) {
-                    Ok(c) => c,
-                    Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
-                    Err(_) => return Err(SendError::NoSuchPort(message)),
-                };
-                self.shared.lock_inbox_links().insert(process, c.clone());
-                c
-            }
+        let connection = match self.inbox_link(process) {
+            Ok(c) => c,
+            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
+            Err(_) => return Err(SendError::NoSuchPort(message)),
         };
         let result = connection.send(message);
         if result.is_err() {
@@ -251,28 +241,87 @@ impl Node {
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Result<(), SendError> {
         let message = message.into();
         let Ok(name) = PortName::new(topic) else { return Err(SendError::NoSuchPort(message)) };
-        let cached = self.shared.lock_publishers().get(&name).filter(|c| !c.is_closed()).cloned();
-        let connection = match cached {
-            Some(c) => c,
-            None => {
-                let topic = name.clone();
-                let c = match self
-                    .shared
-                    .connect_with(|request| ControlMessage::Publish { request, topic })
-                {
-                    Ok(c) => c,
-                    Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
-                    Err(_) => return Err(SendError::NoSuchPort(message)),
-                };
-                self.shared.lock_publishers().insert(name.clone(), c.clone());
-                c
-            }
+        let connection = match self.publisher(&name) {
+            Ok(c) => c,
+            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
+            Err(_) => return Err(SendError::NoSuchPort(message)),
         };
         let result = connection.send(message);
         if result.is_err() {
             self.shared.lock_publishers().remove(&name);
         }
         result
+    }
+
+    /// Like [`publish`](Self::publish), without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// [`SendError`] with the message.
+    pub async fn publish_async(
+        &self,
+        topic: &str,
+        message: impl Into<Message>,
+    ) -> Result<(), SendError> {
+        let message = message.into();
+        let Ok(name) = PortName::new(topic) else { return Err(SendError::NoSuchPort(message)) };
+        let connection = match self.publisher(&name) {
+            Ok(c) => c,
+            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
+            Err(_) => return Err(SendError::NoSuchPort(message)),
+        };
+        let result = connection.send_async(message).await;
+        if result.is_err() {
+            self.shared.lock_publishers().remove(&name);
+        }
+        result
+    }
+
+    /// The cached publishing link to `topic`, made if needed (a quick broker request).
+    fn publisher(&self, name: &PortName) -> Result<Connection, ConnectError> {
+        let cached = self.shared.lock_publishers().get(name).filter(|c| !c.is_closed()).cloned();
+        if let Some(connection) = cached {
+            return Ok(connection);
+        }
+        let topic = name.clone();
+        let connection =
+            self.shared.connect_with(|request| ControlMessage::Publish { request, topic })?;
+        self.shared.lock_publishers().insert(name.clone(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Like [`send_to`](Self::send_to), without blocking the thread (tokio) while the link is
+    /// full.
+    ///
+    /// # Errors
+    /// As [`send_to`](Self::send_to).
+    pub async fn send_to_async(
+        &self,
+        process: ProcessId,
+        message: impl Into<Message>,
+    ) -> Result<(), SendError> {
+        let message = message.into();
+        let connection = match self.inbox_link(process) {
+            Ok(c) => c,
+            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
+            Err(_) => return Err(SendError::NoSuchPort(message)),
+        };
+        let result = connection.send_async(message).await;
+        if result.is_err() {
+            self.shared.lock_inbox_links().remove(&process);
+        }
+        result
+    }
+
+    /// The cached link to `process`'s inbox, made if needed.
+    fn inbox_link(&self, process: ProcessId) -> Result<Connection, ConnectError> {
+        let cached =
+            self.shared.lock_inbox_links().get(&process).filter(|c| !c.is_closed()).cloned();
+        if let Some(connection) = cached {
+            return Ok(connection);
+        }
+        let connection = self.shared.connect(Target::Inbox(process))?;
+        self.shared.lock_inbox_links().insert(process, connection.clone());
+        Ok(connection)
     }
 
     /// Makes topic `topic` keep its last `history` messages for subscribers that join later.

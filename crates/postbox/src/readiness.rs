@@ -25,6 +25,9 @@ pub(crate) struct Readiness {
     /// Tasks waiting: "changed" is only signalled (a system call) when there are any.
     waiters: AtomicUsize,
     registration: Mutex<()>,
+    /// Links are watched only once an async form is used: a watched socket costs the kernel
+    /// an epoll callback on every message, which the blocking forms need not pay.
+    active: std::sync::atomic::AtomicBool,
 }
 
 /// The epoll descriptor as tokio sees it (a duplicate, owned by the `AsyncFd`).
@@ -48,6 +51,7 @@ impl Readiness {
             async_fd: OnceLock::new(),
             waiters: AtomicUsize::new(0),
             registration: Mutex::new(()),
+            active: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -57,6 +61,17 @@ impl Readiness {
         let _guard = self.registration.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // A failure (out of memory) leaves async waiters to the "changed" signal.
         let _ = epoll::add(&self.epoll, fd, epoll::EventData::new_u64(1), interest());
+    }
+
+    /// Marks the set as used by async forms; true the first time (the caller then watches
+    /// the links it has).
+    pub(crate) fn activate(&self) -> bool {
+        !self.active.swap(true, Ordering::AcqRel)
+    }
+
+    /// True once an async form has used this set (new links must then be watched).
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
     }
 
     /// Tells async waiters the state changed.

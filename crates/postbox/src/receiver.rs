@@ -34,6 +34,9 @@ pub(crate) struct ServerLink {
     pub(crate) client: PeerIdentity,
     decoder: Mutex<FrameDecoder>,
     flow: Mutex<LinkFlow>,
+    /// The endpoint's readiness (it watches this link for reading and writing), for replies
+    /// written by async tasks.
+    pub(crate) readiness: Arc<Readiness>,
 }
 
 /// What one link has in the endpoint's queue, and what its sender has been told.
@@ -66,7 +69,7 @@ pub(crate) struct Receiver {
     state: Mutex<ReceiverState>,
     arrived: Condvar,
     waker: Waker,
-    readiness: Readiness,
+    readiness: Arc<Readiness>,
 }
 
 #[derive(Debug)]
@@ -118,8 +121,12 @@ impl Receiver {
             }),
             arrived: Condvar::new(),
             waker: Waker::new()?,
-            readiness: Readiness::new()
-                .map_err(|e| TransportError::Os { operation: "create epoll", kind: e.kind() })?,
+            readiness: Arc::new(
+                Readiness::new().map_err(|e| TransportError::Os {
+                    operation: "create epoll",
+                    kind: e.kind(),
+                })?,
+            ),
         })
     }
 
@@ -157,8 +164,9 @@ impl Receiver {
                 calls: 0,
                 release: ReleaseCounter::new(&self.spec),
             }),
+            readiness: Arc::clone(&self.readiness),
         }));
-        if let Some(link) = state.links.last() {
+        if let Some(link) = state.links.last().filter(|_| self.readiness.is_active()) {
             self.readiness.watch(link.end.link().as_fd());
         }
         drop(state);
@@ -305,6 +313,16 @@ impl Receiver {
         selector: Selector,
         on_dead: &(dyn Fn(LinkId) + Sync),
     ) -> Result<Envelope, ReceiveFailure> {
+        {
+            // From now on every link of this endpoint is watched (under the lock that
+            // `add_link` takes, so none is missed).
+            let state = self.lock();
+            if self.readiness.activate() {
+                for link in &state.links {
+                    self.readiness.watch(link.end.link().as_fd());
+                }
+            }
+        }
         loop {
             match self.recv(selector, Wait::NonBlocking, on_dead) {
                 Err(ReceiveFailure::Empty) => {}

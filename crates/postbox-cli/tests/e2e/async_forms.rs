@@ -136,3 +136,45 @@ fn an_async_rendezvous_send_completes_when_the_receiver_takes_the_message() {
         tokio::time::timeout(WATCHDOG, send).await.unwrap().unwrap().unwrap();
     });
 }
+
+#[test]
+fn replies_direct_sends_and_publications_have_async_forms_too() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let port = node.port("async/reply").open().unwrap();
+    let news = node.subscribe("/async/wire").unwrap();
+    let sender = daemon.node();
+    let me = node.process_id();
+    let rt = runtime();
+    rt.block_on(async {
+        let server = async {
+            let mut call = port.recv_async().await.unwrap();
+            let token = call.take_reply_token().unwrap();
+            token.reply_async(call.body().to_ascii_uppercase()).await.unwrap();
+        };
+        let client = async {
+            let output = tokio::task::spawn_blocking({
+                let socket = daemon.socket().to_owned();
+                move || {
+                    std::process::Command::new(crate::util::exe())
+                        .args(["call", "async/reply", "quiet please"])
+                        .env("POSTBOX_SOCKET", socket)
+                        .output()
+                        .unwrap()
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(stdout_of(&output), "QUIET PLEASE\n");
+        };
+        let direct = async {
+            sender.send_to_async(me, "to the inbox").await.unwrap();
+            sender.publish_async("/async/wire", "on the wire").await.unwrap();
+            let inbox = tokio::time::timeout(WATCHDOG, node.inbox().recv_async()).await.unwrap();
+            assert_eq!(inbox.unwrap().body(), b"to the inbox");
+            let wire = tokio::time::timeout(WATCHDOG, news.recv_async()).await.unwrap();
+            assert_eq!(wire.unwrap().body(), b"on the wire");
+        };
+        tokio::join!(server, client, direct);
+    });
+}
