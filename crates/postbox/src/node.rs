@@ -199,12 +199,7 @@ impl Node {
         process: ProcessId,
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
-        let message = message.into();
-        let connection = match self.inbox_link(process) {
-            Ok(c) => c,
-            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
-            Err(_) => return Err(SendError::NoSuchPort(message)),
-        };
+        let (connection, message) = with_message(self.inbox_link(process), message.into())?;
         let result = connection.send(message);
         if result.is_err() {
             self.shared.lock_inbox_links().remove(&process);
@@ -241,11 +236,7 @@ impl Node {
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Result<(), SendError> {
         let message = message.into();
         let Ok(name) = PortName::new(topic) else { return Err(SendError::NoSuchPort(message)) };
-        let connection = match self.publisher(&name) {
-            Ok(c) => c,
-            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
-            Err(_) => return Err(SendError::NoSuchPort(message)),
-        };
+        let (connection, message) = with_message(self.publisher(&name), message)?;
         let result = connection.send(message);
         if result.is_err() {
             self.shared.lock_publishers().remove(&name);
@@ -264,11 +255,7 @@ impl Node {
     ) -> Result<(), SendError> {
         let message = message.into();
         let Ok(name) = PortName::new(topic) else { return Err(SendError::NoSuchPort(message)) };
-        let connection = match self.publisher(&name) {
-            Ok(c) => c,
-            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
-            Err(_) => return Err(SendError::NoSuchPort(message)),
-        };
+        let (connection, message) = with_message(self.publisher(&name), message)?;
         let result = connection.send_async(message).await;
         if result.is_err() {
             self.shared.lock_publishers().remove(&name);
@@ -299,12 +286,7 @@ impl Node {
         process: ProcessId,
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
-        let message = message.into();
-        let connection = match self.inbox_link(process) {
-            Ok(c) => c,
-            Err(ConnectError::BrokerGone) => return Err(SendError::BrokerGone(message)),
-            Err(_) => return Err(SendError::NoSuchPort(message)),
-        };
+        let (connection, message) = with_message(self.inbox_link(process), message.into())?;
         let result = connection.send_async(message).await;
         if result.is_err() {
             self.shared.lock_inbox_links().remove(&process);
@@ -602,6 +584,18 @@ impl NodeShared {
                 }
             }
         }
+    }
+}
+
+/// Pairs a link with the message to send on it, or hands the message back in the error.
+fn with_message(
+    link: Result<Connection, ConnectError>,
+    message: Message,
+) -> Result<(Connection, Message), SendError> {
+    match link {
+        Ok(connection) => Ok((connection, message)),
+        Err(ConnectError::BrokerGone) => Err(SendError::BrokerGone(message)),
+        Err(_) => Err(SendError::NoSuchPort(message)),
     }
 }
 

@@ -59,8 +59,8 @@ impl EventLoop {
         capacity: u32,
         open_existing: bool,
     ) {
-        if self.registry.port(&name).is_some() || self.topics.contains_key(&name) {
-            let detail = format!("{name} is a port or a topic");
+        if let Some(kind) = self.name_kind(&name).filter(|k| *k != "mailbox") {
+            let detail = format!("{name} is a {kind}");
             return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
         }
         if self.mailboxes.contains_key(&name) {

@@ -250,6 +250,20 @@ impl EventLoop {
         }
     }
 
+    /// What holds `name`, if anything: a node's "port", a "mailbox" or a "topic" (the three
+    /// share one namespace).
+    fn name_kind(&self, name: &PortName) -> Option<&'static str> {
+        if self.registry.port(name).is_some() {
+            Some("port")
+        } else if self.mailboxes.contains_key(name) {
+            Some("mailbox")
+        } else if self.topics.contains_key(name) {
+            Some("topic")
+        } else {
+            None
+        }
+    }
+
     /// The next instant the loop must wake without any socket being ready.
     fn next_timer(&self) -> Option<Instant> {
         let hello_deadlines = self

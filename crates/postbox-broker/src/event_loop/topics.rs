@@ -44,8 +44,8 @@ impl EventLoop {
         topic: PortName,
         history: u32,
     ) {
-        if self.registry.port(&topic).is_some() || self.mailboxes.contains_key(&topic) {
-            let detail = format!("{topic} is a port or a mailbox");
+        if let Some(kind) = self.name_kind(&topic).filter(|k| *k != "topic") {
+            let detail = format!("{topic} is a {kind}");
             return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
         }
         let entry = self.topics.entry(topic).or_insert_with(|| Topic::new(history));
@@ -57,8 +57,8 @@ impl EventLoop {
     }
 
     pub(super) fn publish_link(&mut self, key: NodeKey, request: u32, topic: PortName) {
-        if self.registry.port(&topic).is_some() || self.mailboxes.contains_key(&topic) {
-            let detail = format!("{topic} is a port or a mailbox");
+        if let Some(kind) = self.name_kind(&topic).filter(|k| *k != "topic") {
+            let detail = format!("{topic} is a {kind}");
             return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
         }
         self.topics.entry(topic.clone()).or_insert_with(|| Topic::new(0));
