@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use postbox_core::{
-    ControlErrorCode, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName, PortSpec, ProcessId,
-    Target,
+    ControlErrorCode, EndpointKind, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName,
+    PortSpec, ProcessId, Target,
 };
 
 use crate::BrokerConfig;
@@ -261,7 +261,7 @@ impl Registry {
                 name: name.clone(),
                 owner: self.nodes[key].identity,
                 connections: self.connections.get(&(*key, name.clone())).copied().unwrap_or(0),
-                mailbox: false,
+                kind: EndpointKind::Port,
             })
             .collect();
         (u32::try_from(self.nodes.len()).unwrap_or(u32::MAX), ports)

@@ -37,8 +37,8 @@ pub(crate) fn ls() -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<32} {:<14} {:>6} {:>6} {:>11} {:>8} {:>8} BUFFERING",
-        "NAME", "OWNER", "UID", "GID", "CONNECTIONS", "QUEUED", "LOST"
+        "{:<32} {:<8} {:<14} {:>6} {:>6} {:>11} {:>8} {:>8} BUFFERING",
+        "NAME", "KIND", "OWNER", "UID", "GID", "CONNECTIONS", "QUEUED", "LOST"
     )?;
     for port in &listing.ports {
         // Counters come from each port's owner; one that does not answer shows dashes.
@@ -52,8 +52,9 @@ pub(crate) fn ls() -> Result<()> {
         };
         writeln!(
             out,
-            "{:<32} {:<14} {:>6} {:>6} {:>11} {:>8} {:>8} {}",
+            "{:<32} {:<8} {:<14} {:>6} {:>6} {:>11} {:>8} {:>8} {}",
             port.name.as_str(),
+            port.kind.as_str(),
             port.owner.process_id.to_string(),
             port.owner.uid,
             port.owner.gid,

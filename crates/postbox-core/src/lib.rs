@@ -30,7 +30,8 @@ pub use identity::{PeerIdentity, ProcessId};
 pub use name::{NameError, PortName};
 pub use queue::{PortQueue, QueuedMeta, Selector, TypeFilter};
 pub use wire::control::{
-    ControlErrorCode, ControlMessage, LinkId, ListenTarget, PortCounters, PortEntry, Target,
+    ControlErrorCode, ControlMessage, EndpointKind, LinkId, ListenTarget, PortCounters, PortEntry,
+    Target,
 };
 pub use wire::frame::{Frame, FrameDecoder, FrameHeader, FrameKind, ReplyErrorCode};
 pub use wire::{DecodeError, Reader};

@@ -7,9 +7,9 @@
 use postbox_core::wire::control::{CONTROL_HEADER_LEN, MAX_CONTROL_LEN};
 use postbox_core::wire::frame::{HEADER_LEN, MAX_PRIORITY};
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, DecodeError, Frame, FrameDecoder, FrameHeader,
-    FrameKind, LinkId, ListenTarget, Overflow, PeerIdentity, PortCounters, PortEntry, PortName,
-    PortSpec, ProcessId, Target,
+    Capacity, ControlErrorCode, ControlMessage, DecodeError, EndpointKind, Frame, FrameDecoder,
+    FrameHeader, FrameKind, LinkId, ListenTarget, Overflow, PeerIdentity, PortCounters, PortEntry,
+    PortName, PortSpec, ProcessId, Target,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -317,7 +317,7 @@ fn a_listing_that_fits_in_64_kib_is_not_truncated() {
             name: PortName::new(&format!("p{i:03}")).unwrap(),
             owner,
             connections: 0,
-            mailbox: false,
+            kind: EndpointKind::Port,
         })
         .collect();
     let message = ControlMessage::Listing { request: 1, nodes: 1, ports, truncated: false };
@@ -483,9 +483,13 @@ fn port_spec() -> impl Strategy<Value = PortSpec> {
 }
 
 fn port_entry() -> impl Strategy<Value = PortEntry> {
-    (port_name(), identity(), any::<u32>(), any::<bool>()).prop_map(
-        |(name, owner, connections, mailbox)| PortEntry { name, owner, connections, mailbox },
-    )
+    let kind = prop_oneof![
+        Just(EndpointKind::Port),
+        Just(EndpointKind::Mailbox),
+        Just(EndpointKind::Topic)
+    ];
+    (port_name(), identity(), any::<u32>(), kind)
+        .prop_map(|(name, owner, connections, kind)| PortEntry { name, owner, connections, kind })
 }
 
 /// Every variant, with fields inside what the encoder carries unchanged (a refusal detail of

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, FrameDecoder, FrameHeader, FrameKind, LinkId,
-    Overflow, PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
+    Capacity, ControlErrorCode, ControlMessage, EndpointKind, FrameDecoder, FrameHeader, FrameKind,
+    LinkId, Overflow, PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
@@ -176,7 +176,7 @@ impl EventLoop {
                     self.data.iter().flatten().filter(|d| &d.mailbox == name).count(),
                 )
                 .unwrap_or(u32::MAX),
-                mailbox: true,
+                kind: EndpointKind::Mailbox,
             })
             .collect()
     }
@@ -312,14 +312,20 @@ impl EventLoop {
                     }
                 }
             }
-            // Room made by deliveries and acks lets senders' waiting frames in.
-            let inputs: Vec<DataKey> = self
+            // Room made by deliveries and acks lets senders' waiting frames in; who goes
+            // first rotates, so that no sender is starved under sustained load.
+            let mut inputs: Vec<DataKey> = self
                 .data
                 .iter()
                 .enumerate()
                 .filter(|(_, d)| d.as_ref().is_some_and(|d| d.mailbox == name))
                 .map(|(i, _)| DataKey(i))
                 .collect();
+            if !inputs.is_empty() {
+                self.rounds = self.rounds.wrapping_add(1);
+                let first = self.rounds % inputs.len();
+                inputs.rotate_left(first);
+            }
             for key in inputs {
                 self.handle_frames(key);
                 self.close_if_drained(key);

@@ -75,6 +75,7 @@ impl Broker {
             identity: broker_identity(),
             topics: HashMap::new(),
             topic_links: Vec::new(),
+            rounds: 0,
         };
         let result = state.serve(&self.listener, &self.stop);
         let _ = std::fs::remove_file(&state.config.socket_path);
@@ -158,6 +159,8 @@ struct EventLoop {
     topics: HashMap<PortName, crate::topic::Topic>,
     /// The broker's own ends of links to topics.
     topic_links: Vec<Option<TopicLink>>,
+    /// Rounds served, to rotate which sender gets a mailbox's freed room first.
+    rounds: usize,
 }
 
 /// A `Stat` the broker asked a port's owner about, waiting for its report.
@@ -523,6 +526,7 @@ impl EventLoop {
             ControlMessage::List { request } => {
                 let (nodes, mut ports) = self.registry.listing();
                 ports.extend(self.mailbox_entries());
+                ports.extend(self.topic_entries());
                 ports.sort_by(|a, b| a.name.cmp(&b.name));
                 let listing = ControlMessage::Listing { request, nodes, ports, truncated: false };
                 self.queue(key, &listing, None);

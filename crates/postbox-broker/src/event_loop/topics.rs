@@ -321,6 +321,33 @@ impl EventLoop {
     }
 }
 
+impl EventLoop {
+    /// The topics, for `ls`: owned by the broker; connections are the links to each topic
+    /// (its publishers) plus the subscriptions whose pattern matches it.
+    pub(super) fn topic_entries(&self) -> Vec<postbox_core::PortEntry> {
+        self.topics
+            .keys()
+            .map(|name| {
+                let links = self
+                    .topic_links
+                    .iter()
+                    .flatten()
+                    .filter(|l| match &l.role {
+                        TopicRole::Publisher { topic, .. } => topic == name,
+                        TopicRole::Subscriber { pattern, .. } => pattern.matches(name),
+                    })
+                    .count();
+                postbox_core::PortEntry {
+                    name: name.clone(),
+                    owner: self.identity,
+                    connections: u32::try_from(links).unwrap_or(u32::MAX),
+                    kind: postbox_core::EndpointKind::Topic,
+                }
+            })
+            .collect()
+    }
+}
+
 fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
     // Invariant: bodies here are published messages (within the host limit) plus a 16-byte
     // identity and a topic name, or credits.

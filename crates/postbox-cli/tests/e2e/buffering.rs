@@ -169,6 +169,6 @@ fn stat_and_ls_show_queued_and_lost_counts_from_the_ports_owner() {
     let listing = crate::util::stdout_of(&daemon.postbox(&["ls"]));
     let row = listing.lines().find(|l| l.starts_with("gauge")).expect("a row for gauge");
     let columns: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&columns[5..7], ["3", "7"], "{row}");
+    assert_eq!(&columns[6..8], ["3", "7"], "{row}");
     assert!(node.stat("nothing-here").is_err());
 }

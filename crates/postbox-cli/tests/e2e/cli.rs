@@ -68,9 +68,10 @@ fn ls_shows_names_owners_and_connection_counts() {
     let text = stdout_of(&output);
     let row = text.lines().find(|l| l.starts_with("svc/listed")).expect("port row");
     let columns: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(columns[1], server.process_id().to_string());
-    assert_eq!(columns[2], rustix::process::getuid().as_raw().to_string());
-    assert_eq!(columns[4], "1", "one client connected: {row}");
+    assert_eq!(columns[1], "port");
+    assert_eq!(columns[2], server.process_id().to_string());
+    assert_eq!(columns[3], rustix::process::getuid().as_raw().to_string());
+    assert_eq!(columns[5], "1", "one client connected: {row}");
     assert!(text.contains("1 ports"), "{text}");
 }
 

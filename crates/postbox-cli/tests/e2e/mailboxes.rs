@@ -116,7 +116,7 @@ fn the_cli_creates_sends_to_receives_from_lists_and_unlinks_mailboxes() {
     let listing = stdout_of(&daemon.postbox(&["ls"]));
     let row = listing.lines().find(|l| l.starts_with("/cli")).expect("the mailbox is listed");
     let columns: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(columns[5], "2", "two queued: {row}");
+    assert_eq!((columns[1], columns[6]), ("mailbox", "2"), "two queued: {row}");
     let received = daemon.postbox(&["recv", "/cli", "--count", "2", "--timeout", "5s"]);
     assert!(received.status.success(), "{}", stderr_of(&received));
     assert_eq!(stdout_of(&received), "first\nsecond\n");

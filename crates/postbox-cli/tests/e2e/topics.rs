@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use postbox::{Overflow, TryRecvError};
 
-use crate::util::{stderr_of, Daemon, WATCHDOG};
+use crate::util::{stderr_of, stdout_of, Daemon, WATCHDOG};
 
 fn bodies(subscription: &postbox::Subscription, count: usize) -> Vec<String> {
     (0..count)
@@ -44,6 +44,9 @@ fn every_matching_subscriber_gets_every_message_in_order() {
     from_all.dedup();
     assert_eq!(from_all.len(), 150);
     assert_eq!(other.try_recv().unwrap_err(), TryRecvError::Empty);
+    let listing = stdout_of(&daemon.postbox(&["ls"]));
+    let row = listing.lines().find(|l| l.starts_with("/s/imu")).expect("the topic is listed");
+    assert_eq!(row.split_whitespace().nth(1), Some("topic"), "{row}");
 }
 
 #[test]

@@ -105,8 +105,31 @@ pub struct PortEntry {
     pub owner: PeerIdentity,
     /// Links currently open to it.
     pub connections: u32,
-    /// True for a mailbox (owned by the broker itself), false for a node's port.
-    pub mailbox: bool,
+    /// What the name is.
+    pub kind: EndpointKind,
+}
+
+/// What a listed name is: the three share one namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndpointKind {
+    /// A port of a node.
+    Port,
+    /// A mailbox, owned by the broker.
+    Mailbox,
+    /// A topic, owned by the broker.
+    Topic,
+}
+
+impl EndpointKind {
+    /// The kind's name, as `postbox ls` prints it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Port => "port",
+            Self::Mailbox => "mailbox",
+            Self::Topic => "topic",
+        }
+    }
 }
 
 /// A control message with its request number.
@@ -422,7 +445,11 @@ impl ControlMessage {
                     put_text(buf, entry.name.as_str());
                     put_identity(buf, &entry.owner);
                     buf.extend_from_slice(&entry.connections.to_le_bytes());
-                    buf.push(u8::from(entry.mailbox));
+                    buf.push(match entry.kind {
+                        EndpointKind::Port => 0,
+                        EndpointKind::Mailbox => 1,
+                        EndpointKind::Topic => 2,
+                    });
                     used += row;
                     shown += 1;
                 }
@@ -554,11 +581,12 @@ impl ControlMessage {
                         name: read_name(&mut r)?,
                         owner: read_identity(&mut r)?,
                         connections: r.u32()?,
-                        mailbox: match r.u8()? {
-                            0 => false,
-                            1 => true,
+                        kind: match r.u8()? {
+                            0 => EndpointKind::Port,
+                            1 => EndpointKind::Mailbox,
+                            2 => EndpointKind::Topic,
                             value => {
-                                return Err(DecodeError::UnknownValue { field: "mailbox", value })
+                                return Err(DecodeError::UnknownValue { field: "kind", value })
                             }
                         },
                     });
@@ -728,7 +756,7 @@ mod tests {
                     name: name.clone(),
                     owner: identity(),
                     connections: 2,
-                    mailbox: true,
+                    kind: EndpointKind::Mailbox,
                 }],
                 truncated: false,
             },
@@ -832,7 +860,7 @@ mod tests {
                 name: PortName::new(&format!("{i:0>250}")).unwrap(),
                 owner: identity(),
                 connections: 0,
-                mailbox: false,
+                kind: EndpointKind::Port,
             })
             .collect();
         let mut buf = Vec::new();
