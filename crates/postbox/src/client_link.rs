@@ -484,16 +484,9 @@ impl ClientLink {
             Ok(())
         });
         if let Err(broken) = result {
-            if state.broken.is_none() {
-                state.calls.handle_all(|| Outcome::Failed(broken.to_error()));
-                state.broken = Some(broken);
-            }
-            self.end.close();
+            self.break_locked(state, broken);
         }
-        if state.waiting > 0 {
-            self.changed.notify_all();
-        }
-        self.readiness.signal();
+        self.wake_waiters(state);
     }
 
     /// Reads until at least one whole frame is here or the wait ends (a large reply arrives in
@@ -529,11 +522,21 @@ impl ClientLink {
 
     fn break_link(&self, broken: Broken) {
         let mut state = self.lock();
+        self.break_locked(&mut state, broken);
+        self.wake_waiters(&state);
+    }
+
+    /// Fails every waiting call with `broken` (the first reason sticks) and closes the link.
+    fn break_locked(&self, state: &mut ClientState, broken: Broken) {
         if state.broken.is_none() {
             state.calls.handle_all(|| Outcome::Failed(broken.to_error()));
             state.broken = Some(broken);
         }
         self.end.close();
+    }
+
+    /// Wakes the threads and tasks waiting on this link's state.
+    fn wake_waiters(&self, state: &ClientState) {
         if state.waiting > 0 {
             self.changed.notify_all();
         }
