@@ -20,6 +20,12 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 
+step "loom (ring memory ordering)"
+ci/loom.sh 2>&1 | tee -a "$log"
+
+step "miri (shared-memory crate)"
+ci/miri.sh 2>&1 | tee -a "$log"
+
 step "examples run"
 cargo run --locked --quiet -p postbox --example async_server
 

@@ -1,0 +1,28 @@
+//! Shared-memory building blocks for postbox's fast local path: bounded single-producer,
+//! single-consumer rings of byte messages. This is the crate where postbox's `unsafe` lives
+//! (every other crate forbids it); each block carries a `SAFETY` argument.
+//!
+//! A [`Ring`] is ring *logic* over a [`RingMemory`]: [`HeapRing`] keeps the memory in this
+//! process (tests, Miri and loom run the same logic on it), [`RegionRing`] lays it out in a
+//! region of memory another process can also write (a mapped segment). Memory another process
+//! can write is untrusted: indices and lengths are loaded once, checked, and a ring whose
+//! peer broke the rules reports [`RingError::Corrupt`] instead of reading out of bounds.
+//!
+//! ```
+//! use postbox_shm::{HeapRing, Ring};
+//!
+//! let ring = Ring::new(HeapRing::new(4, 64));
+//! let (mut producer, mut consumer) = ring.split();
+//! producer.push(b"hello").unwrap();
+//! let mut out = Vec::new();
+//! assert!(consumer.pop(&mut out).unwrap());
+//! assert_eq!(out, b"hello");
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod ring;
+mod sync;
+
+#[cfg(not(loom))]
+pub use ring::RegionRing;
+pub use ring::{Consumer, HeapRing, Producer, PushError, Ring, RingError, RingLayout, RingMemory};
