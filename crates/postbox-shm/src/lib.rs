@@ -21,8 +21,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod ring;
+#[cfg(not(loom))]
+mod segment;
 mod sync;
+#[cfg(not(loom))]
+mod sys;
 
 #[cfg(not(loom))]
 pub use ring::RegionRing;
 pub use ring::{Consumer, HeapRing, Producer, PushError, Ring, RingError, RingLayout, RingMemory};
+#[cfg(not(loom))]
+pub use segment::{Segment, SegmentCreateError, SegmentOpenError, SegmentRing};

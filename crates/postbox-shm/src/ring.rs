@@ -40,7 +40,7 @@ pub trait RingMemory: sealed::Sealed {
     unsafe fn read_slot(&self, index: usize, out: &mut Vec<u8>) -> Result<(), RingError>;
 }
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
 }
 

@@ -1,0 +1,68 @@
+//! Linux: memfd objects mapped shared.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+
+/// A new anonymous memory object of `size` bytes, zero-filled, sealable, closed on exec.
+pub(crate) fn create_memory(size: u64) -> io::Result<OwnedFd> {
+    let fd = memfd_create("postbox-segment", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    ftruncate(&fd, size)?;
+    Ok(fd)
+}
+
+/// The size of the memory object behind `fd`.
+pub(crate) fn memory_size(fd: &OwnedFd) -> io::Result<u64> {
+    let stat = fstat(fd)?;
+    u64::try_from(stat.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// A shared, read-write mapping of a memory object, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `fd` shared, readable and writable.
+    pub(crate) fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh mapping at an address the kernel chooses (null hint, no MAP_FIXED)
+        // aliases no Rust object; `len` is the caller's checked size of the object.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd.as_fd(),
+                0,
+            )?
+        };
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        Ok(Self { ptr, len })
+    }
+
+    pub(crate) fn as_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what `mmap` returned, mapped once; users of the
+        // memory borrow the `Mapping` (through the segment), so none outlives it.
+        let _ = unsafe { munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is plain memory shared with other processes; the pointer may move to
+// or be shared with other threads, all access to its contents going through the types that
+// lay out and check it (segment header atomics, rings).
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mapping {}
