@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, EndpointKind, FrameDecoder, FrameHeader, FrameKind,
-    LinkId, Overflow, PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
+    Capacity, ControlErrorCode, ControlMessage, EndpointKind, FrameDecoder, FrameKind, LinkId,
+    Overflow, PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
-use super::EventLoop;
+use super::{encode, EventLoop};
 use crate::mailbox::{Answer, DataKey, Mailbox, Stored};
 use crate::registry::NodeKey;
 
@@ -59,9 +59,8 @@ impl EventLoop {
         capacity: u32,
         open_existing: bool,
     ) {
-        if let Some(kind) = self.name_kind(&name).filter(|k| *k != "mailbox") {
-            let detail = format!("{name} is a {kind}");
-            return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+        if self.refuse_if_taken(key, request, &name, "mailbox") {
+            return;
         }
         if self.mailboxes.contains_key(&name) {
             if open_existing {
@@ -430,16 +429,6 @@ impl EventLoop {
             }
         }
     }
-}
-
-fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
-    // Bodies here are mailbox messages (within the limit announced to senders, §2.8), their
-    // 16-byte sender identity, or short texts; u32::MAX would only make the peer refuse it.
-    let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let header = FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len };
-    let mut frame = header.encode(body).to_vec();
-    frame.extend_from_slice(body);
-    frame
 }
 
 /// Bytes of the identity a delivery puts before the message's body (§2.8).

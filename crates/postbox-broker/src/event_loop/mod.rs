@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postbox_core::{ControlErrorCode, ControlMessage, PeerIdentity, PortName, PortSpec, Target};
+use postbox_core::{
+    ControlErrorCode, ControlMessage, FrameHeader, FrameKind, PeerIdentity, PortName, PortSpec,
+    Target,
+};
 use postbox_transport::{
     wait_ready, ControlListener, ControlSocket, Credentials, Interest, TransportError, UnixLink,
     Wait, Waker,
@@ -264,6 +267,19 @@ impl EventLoop {
             Some("topic")
         } else {
             None
+        }
+    }
+
+    /// Refuses `request` with `NameTaken` when something other than a `kind` holds `name`;
+    /// true when it did.
+    fn refuse_if_taken(&mut self, key: NodeKey, request: u32, name: &PortName, kind: &str) -> bool {
+        match self.name_kind(name).filter(|held| *held != kind) {
+            Some(held) => {
+                let detail = format!("{name} is a {held}");
+                self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+                true
+            }
+            None => false,
         }
     }
 
@@ -626,6 +642,18 @@ impl EventLoop {
         }
         debug_assert!(self.registry.node_count() <= self.nodes.iter().flatten().count());
     }
+}
+
+/// One frame the broker writes on a mailbox or topic link: a delivery, a publication (the
+/// message's body after an identity and maybe a topic, within the limits announced to
+/// senders, §2.8–2.9), a credit, or a short text. A body past `u32::MAX` cannot occur; if it
+/// did, the length would make the peer refuse the frame rather than misread it.
+fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
+    let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let header = FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len };
+    let mut frame = header.encode(body).to_vec();
+    frame.extend_from_slice(body);
+    frame
 }
 
 /// The broker's identity as the owner of mailboxes: its pid, generation 0 (no node has it).

@@ -6,12 +6,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameHeader, FrameKind,
-    Overflow, PeerIdentity, PortName, PortSpec, ReleaseCounter, SendWindow,
+    Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameKind, Overflow,
+    PeerIdentity, PortName, PortSpec, ReleaseCounter, SendWindow,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
-use super::EventLoop;
+use super::{encode, EventLoop};
 use crate::registry::NodeKey;
 use crate::topic::{Pattern, Published, SubscriberQueue, Topic};
 
@@ -44,9 +44,8 @@ impl EventLoop {
         topic: PortName,
         history: u32,
     ) {
-        if let Some(kind) = self.name_kind(&topic).filter(|k| *k != "topic") {
-            let detail = format!("{topic} is a {kind}");
-            return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+        if self.refuse_if_taken(key, request, &topic, "topic") {
+            return;
         }
         let entry = self.topics.entry(topic).or_insert_with(|| Topic::new(history));
         entry.keep = history as usize;
@@ -57,9 +56,8 @@ impl EventLoop {
     }
 
     pub(super) fn publish_link(&mut self, key: NodeKey, request: u32, topic: PortName) {
-        if let Some(kind) = self.name_kind(&topic).filter(|k| *k != "topic") {
-            let detail = format!("{topic} is a {kind}");
-            return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+        if self.refuse_if_taken(key, request, &topic, "topic") {
+            return;
         }
         self.topics.entry(topic.clone()).or_insert_with(|| Topic::new(0));
         let spec = PortSpec {
@@ -346,16 +344,6 @@ impl EventLoop {
             })
             .collect()
     }
-}
-
-fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
-    // Invariant: bodies here are published messages (within the host limit) plus a 16-byte
-    // identity and a topic name, or credits.
-    let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let header = FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len };
-    let mut frame = header.encode(body).to_vec();
-    frame.extend_from_slice(body);
-    frame
 }
 
 /// Bytes a publication may put before the message's body: identity, then a topic name.
