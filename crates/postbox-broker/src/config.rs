@@ -20,6 +20,9 @@ pub struct BrokerConfig {
     pub max_queued_per_node: usize,
     /// How long a new connection may take to send Hello before it is disconnected.
     pub hello_timeout: Duration,
+    /// Links between nodes use shared memory, with streams of this many bytes each way;
+    /// `None` makes them Unix links (the socketpair alone).
+    pub shared_memory_links: Option<usize>,
 }
 
 impl BrokerConfig {
@@ -33,7 +36,16 @@ impl BrokerConfig {
             max_nodes: 4096,
             max_queued_per_node: 1024,
             hello_timeout: Duration::from_secs(10),
+            shared_memory_links: Some(DEFAULT_LINK_CAPACITY),
         }
+    }
+
+    /// Makes links between nodes Unix links (`false`) or shared-memory links (`true`, the
+    /// default).
+    #[must_use]
+    pub fn shared_memory(mut self, on: bool) -> Self {
+        self.shared_memory_links = on.then_some(DEFAULT_LINK_CAPACITY);
+        self
     }
 
     /// Sets the largest message body.
@@ -43,6 +55,10 @@ impl BrokerConfig {
         self
     }
 }
+
+/// Bytes each way in a shared-memory link's streams: many small messages in flight, and large
+/// ones in few pieces, for 512 KiB of shared memory per link at most.
+pub(crate) const DEFAULT_LINK_CAPACITY: usize = 256 * 1024;
 
 /// 64 MiB: large payloads fit, a hostile length cannot exhaust memory.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 64 * 1024 * 1024;

@@ -24,7 +24,7 @@ fn a_connection_without_hello_is_refused_and_closed_after_the_hello_timeout() {
     let polite = ControlSocket::connect(broker.socket_path()).unwrap();
     let mut hello = Vec::new();
     ControlMessage::Hello { request: 1 }.encode(&mut hello);
-    polite.send(&hello, None, Wait::Forever).unwrap();
+    polite.send(&hello, &[], Wait::Forever).unwrap();
     let (len, _) = polite.recv(&mut buf, Wait::timeout(Duration::from_secs(20))).unwrap();
     assert!(matches!(ControlMessage::decode(&buf[..len]), Ok(ControlMessage::Welcome { .. })));
     let idle = polite.recv(&mut buf, Wait::timeout(Duration::from_millis(500)));

@@ -315,7 +315,9 @@ fn measure(
 
 fn print_table(ours: &Samples, raw: &Samples) {
     println!("  {:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
-    for (label, s) in [("postbox call (unix link)", ours), ("raw unix socketpair ping-pong", raw)] {
+    for (label, s) in
+        [("postbox call (shared memory)", ours), ("raw unix socketpair ping-pong", raw)]
+    {
         println!(
             "  {:<34} {:>10} {:>10} {:>10}",
             label,

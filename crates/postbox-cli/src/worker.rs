@@ -270,17 +270,18 @@ fn mailbox_hog(name: &str) -> Result<()> {
     let control = ControlSocket::connect(&postbox::default_socket_path())?;
     let mut buf = vec![0u8; MAX_CONTROL_LEN];
     let mut request =
-        |message: ControlMessage| -> Result<(ControlMessage, Option<std::os::fd::OwnedFd>)> {
+        |message: ControlMessage| -> Result<(ControlMessage, Vec<std::os::fd::OwnedFd>)> {
             let mut packet = Vec::new();
             message.encode(&mut packet);
-            control.send(&packet, None, Wait::Forever)?;
+            control.send(&packet, &[], Wait::Forever)?;
             let (len, fd) = control.recv(&mut buf, Wait::Forever)?;
             Ok((ControlMessage::decode(&buf[..len])?, fd))
         };
     request(ControlMessage::Hello { request: 1 })?;
     let name = PortName::new(name)?;
     let (answer, fd) = request(ControlMessage::ReceiveMailbox { request: 2, name })?;
-    let (ControlMessage::Connected { .. }, Some(fd)) = (answer, fd) else {
+    let (ControlMessage::Connected { .. }, Some([fd])) = (answer, <[_; 1]>::try_from(fd).ok())
+    else {
         anyhow::bail!("no receiving link");
     };
     let link = UnixLink::from_fd(fd);

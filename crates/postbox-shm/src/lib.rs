@@ -1,5 +1,6 @@
 //! Shared-memory building blocks for postbox's fast local path: bounded single-producer,
-//! single-consumer rings of byte messages. This is the crate where postbox's `unsafe` lives
+//! single-consumer rings of byte messages and byte streams, the doorbells that wake a side of
+//! a link (futex, or the caller's eventfd), and the link segment that holds them. This is the crate where postbox's `unsafe` lives
 //! (every other crate forbids it); each block carries a `SAFETY` argument.
 //!
 //! A [`Ring`] is ring *logic* over a [`RingMemory`]: [`HeapRing`] keeps the memory in this
@@ -20,15 +21,31 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(not(loom))]
+mod doorbell;
+#[cfg(not(loom))]
+mod link_segment;
 mod ring;
 #[cfg(not(loom))]
 mod segment;
+mod stream;
 mod sync;
 #[cfg(not(loom))]
 mod sys;
 
 #[cfg(not(loom))]
+pub use doorbell::{Doorbell, Rung};
+#[cfg(not(loom))]
+pub use link_segment::{
+    create_link_segment, open_link_segment, LinkMemory, LinkSegmentError, LinkSide,
+};
+#[cfg(not(loom))]
 pub use ring::RegionRing;
 pub use ring::{Consumer, HeapRing, Producer, PushError, Ring, RingError, RingLayout, RingMemory};
 #[cfg(not(loom))]
 pub use segment::{Segment, SegmentCreateError, SegmentOpenError, SegmentRing};
+#[cfg(not(loom))]
+pub use stream::RegionStream;
+pub use stream::{
+    HeapStream, Stream, StreamConsumer, StreamError, StreamLayout, StreamMemory, StreamProducer,
+};

@@ -155,6 +155,19 @@ impl Segment {
         Some(SegmentRing { region, _segment: Arc::clone(self) })
     }
 
+    /// A pointer `offset` bytes into the data.
+    ///
+    /// # Panics
+    /// If `offset` is past the data (a layout bug of this crate).
+    pub(crate) fn data_ptr(&self, offset: usize) -> NonNull<u8> {
+        assert!(offset <= self.data_size, "offset past the segment's data");
+        // SAFETY: `HEADER + offset <= HEADER + data_size`, the mapping's length, so the
+        // pointer stays inside (or one past) the mapping.
+        let ptr = unsafe { self.mapping.as_ptr().as_ptr().add(Self::HEADER + offset) };
+        // A pointer into a mapping is never null.
+        NonNull::new(ptr).expect("mapping pointers are not null")
+    }
+
     fn header(&self) -> &Header {
         // SAFETY: the mapping spans at least `HEADER` (128) bytes, is page-aligned, and the
         // header's fields are atomics, which any process may access concurrently.

@@ -2,7 +2,7 @@
 //! `RUSTFLAGS="--cfg loom" cargo test -p postbox-shm --test loom --release` (ci/loom.sh).
 #![cfg(loom)]
 
-use postbox_shm::{HeapRing, PushError, Ring};
+use postbox_shm::{HeapRing, HeapStream, PushError, Ring, Stream};
 
 #[test]
 fn a_consumer_sees_every_message_whole_and_in_order() {
@@ -25,6 +25,33 @@ fn a_consumer_sees_every_message_whole_and_in_order() {
                 loom::thread::yield_now();
             }
         }
+        writer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_stream_reader_sees_every_byte_in_order_across_the_wrap() {
+    loom::model(|| {
+        let (mut producer, mut consumer) = Stream::new(HeapStream::new(4)).split();
+        let writer = loom::thread::spawn(move || {
+            let bytes = [1u8, 2, 3, 4, 5, 6];
+            let mut sent = 0;
+            while sent < bytes.len() {
+                match producer.write(&bytes[sent..(sent + 3).min(bytes.len())]).unwrap() {
+                    0 => loom::thread::yield_now(),
+                    n => sent += n,
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 3];
+        while got.len() < 6 {
+            match consumer.read(&mut buf).unwrap() {
+                0 => loom::thread::yield_now(),
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(got, [1, 2, 3, 4, 5, 6]);
         writer.join().unwrap();
     });
 }

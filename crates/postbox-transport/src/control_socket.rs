@@ -104,23 +104,26 @@ impl ControlSocket {
         })
     }
 
-    /// Sends one packet, with `fd` beside it when given.
+    /// Sends one packet, with `fds` beside it (at most [`MAX_FDS`]).
     ///
     /// # Errors
-    /// [`TransportError::WouldBlock`] (for [`Wait::NonBlocking`]), `TimedOut`, `Closed`, `Os`.
+    /// [`TransportError::WouldBlock`] (for [`Wait::NonBlocking`]), `TimedOut`, `Closed`, `Os`;
+    /// `Oversized` for more than [`MAX_FDS`] descriptors.
     pub fn send(
         &self,
         packet: &[u8],
-        fd: Option<BorrowedFd<'_>>,
+        fds: &[BorrowedFd<'_>],
         wait: Wait,
     ) -> Result<(), TransportError> {
-        let fds = fd.map(|fd| [fd]);
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        if fds.len() > MAX_FDS {
+            return Err(TransportError::Oversized(MAX_FDS));
+        }
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        if let Some(fds) = &fds {
-            // The buffer was sized for exactly one descriptor, so this push always fits.
+        if !fds.is_empty() {
+            // The buffer was sized for `MAX_FDS` descriptors, so this push always fits.
             let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
-            debug_assert!(pushed, "control buffer sized for one descriptor");
+            debug_assert!(pushed, "control buffer sized for MAX_FDS descriptors");
         }
         let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
         loop {
@@ -140,9 +143,9 @@ impl ControlSocket {
         }
     }
 
-    /// Receives one packet into `buf`, and the descriptor beside it if any.
+    /// Receives one packet into `buf`, and the descriptors beside it.
     ///
-    /// Returns the packet length. Any descriptors beyond the first are closed.
+    /// Returns the packet length. Descriptors beyond [`MAX_FDS`] are closed.
     ///
     /// # Errors
     /// `Closed` at end of stream, `Oversized` when the packet did not fit in `buf` (it is
@@ -151,7 +154,7 @@ impl ControlSocket {
         &self,
         buf: &mut [u8],
         wait: Wait,
-    ) -> Result<(usize, Option<OwnedFd>), TransportError> {
+    ) -> Result<(usize, Vec<OwnedFd>), TransportError> {
         loop {
             if wait != Wait::Forever && wait != Wait::NonBlocking {
                 let ready = wait_readable(&[self.fd.as_fd()], wait)?;
@@ -159,20 +162,19 @@ impl ControlSocket {
                     return Err(TransportError::TimedOut);
                 }
             }
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+            let mut space =
+                [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 1))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let mut flags = RecvFlags::CMSG_CLOEXEC;
             if wait != Wait::Forever {
                 flags |= RecvFlags::DONTWAIT;
             }
             let result = recvmsg(&self.fd, &mut [IoSliceMut::new(buf)], &mut control, flags);
-            let mut received = None;
+            let mut received = Vec::new();
             for message in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(fds) = message {
-                    for fd in fds {
-                        // Keep the first; later ones drop here, which closes them.
-                        received.get_or_insert(fd);
-                    }
+                    // Descriptors beyond the limit drop here, which closes them.
+                    received.extend(fds.take(MAX_FDS.saturating_sub(received.len())));
                 }
             }
             match result {
@@ -206,6 +208,10 @@ impl ControlSocket {
     }
 }
 
+/// Most descriptors one control packet carries (a shared-memory link's socket, segment and two
+/// eventfds).
+pub const MAX_FDS: usize = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,14 +229,19 @@ mod tests {
         };
         let creds = server.peer_credentials().unwrap();
         assert_eq!(creds.pid, std::process::id());
-        let (a, _b) = crate::UnixLink::pair().unwrap();
-        server.send(b"hello", Some(a.as_fd()), Wait::Forever).unwrap();
+        let (a, b) = crate::UnixLink::pair().unwrap();
+        server.send(b"hello", &[a.as_fd(), b.as_fd(), a.as_fd()], Wait::Forever).unwrap();
         let mut buf = [0u8; 64];
-        let (n, fd) = client.recv(&mut buf, Wait::Forever).unwrap();
+        let (n, fds) = client.recv(&mut buf, Wait::Forever).unwrap();
         assert_eq!(&buf[..n], b"hello");
-        assert!(fd.is_some());
+        assert_eq!(fds.len(), 3, "every descriptor arrives, in order");
+        let too_many = [a.as_fd(); MAX_FDS + 1];
+        assert_eq!(
+            server.send(b"x", &too_many, Wait::Forever).unwrap_err(),
+            TransportError::Oversized(MAX_FDS)
+        );
         let mut small = [0u8; 2];
-        server.send(b"too long", None, Wait::Forever).unwrap();
+        server.send(b"too long", &[], Wait::Forever).unwrap();
         assert_eq!(
             client.recv(&mut small, Wait::Forever).unwrap_err(),
             TransportError::Oversized(2)

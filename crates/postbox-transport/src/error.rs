@@ -19,6 +19,10 @@ pub enum TransportError {
     /// down (the receiver sees it close, never a partial frame).
     #[error("the peer stopped reading in the middle of a frame; link shut down")]
     Stalled,
+    /// The peer broke the shared-memory protocol (impossible indices, bytes where none
+    /// belong, a segment of the wrong shape): the link must go.
+    #[error("the peer broke the shared-memory protocol")]
+    Corrupt,
     /// A control packet was larger than the buffer that received it.
     #[error("control message larger than {0} bytes")]
     Oversized(usize),

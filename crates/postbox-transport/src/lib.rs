@@ -5,6 +5,8 @@
 //!   the peer identified by `SO_PEERCRED`.
 //! - [`UnixLink`]: one end of a connection's data path, a Unix stream socketpair carrying
 //!   length-prefixed frames.
+//! - [`ShmLink`]: one end of a shared-memory link, frames in a segment's byte streams, with
+//!   the socketpair kept for close and death detection; [`Link`] is either flavor.
 //! - [`Wait`], [`wait_readable`] and [`Waker`]: how long an operation may block, readiness of
 //!   several descriptors at once, and a way to interrupt that wait.
 //!
@@ -14,10 +16,17 @@
 
 mod control_socket;
 mod error;
+mod link;
+mod shm_link;
+mod spin;
 mod unix_link;
 mod wait;
 
-pub use control_socket::{ControlListener, ControlSocket, Credentials};
+pub use control_socket::{ControlListener, ControlSocket, Credentials, MAX_FDS};
 pub use error::TransportError;
+pub use link::Link;
+pub use postbox_shm::LinkSide;
+pub use shm_link::{ShmLink, ShmLinkParts};
+pub use spin::Spin;
 pub use unix_link::UnixLink;
 pub use wait::{wait_readable, wait_ready, Interest, Wait, Waker};

@@ -14,7 +14,7 @@ use postbox_core::{
     Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameKind, LinkId,
     Overflow, PeerIdentity, PortSpec, SendWindow,
 };
-use postbox_transport::{TransportError, UnixLink, Wait};
+use postbox_transport::{Link, TransportError, Wait};
 
 use crate::condvar::wait_until;
 use crate::error::CallError;
@@ -99,7 +99,7 @@ enum WaitFailure {
 
 impl ClientLink {
     pub(crate) fn new(
-        link: UnixLink,
+        link: Link,
         id: LinkId,
         server: PeerIdentity,
         spec: PortSpec,
@@ -348,7 +348,7 @@ impl ClientLink {
     /// Watches the link for the async forms (once; from then on, every wait sees it).
     fn watch_link(&self) {
         if self.readiness.activate() {
-            self.readiness.watch(self.end.link().as_fd());
+            self.end.watch(&self.readiness);
         }
     }
 
@@ -498,6 +498,11 @@ impl ClientLink {
             match self.end.link().read_into(&mut decoder, wait) {
                 Ok(_) => {}
                 Err(TransportError::TimedOut | TransportError::WouldBlock) => return Ok(frames),
+                Err(TransportError::Corrupt) => {
+                    return Err(Broken::Violation(
+                        "the server broke the shared-memory protocol".into(),
+                    ))
+                }
                 Err(_) => return Err(Broken::PeerDied),
             }
             loop {

@@ -4,7 +4,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use postbox_core::{LinkId, PeerIdentity, PortSpec};
-use postbox_transport::{UnixLink, Wait};
+use postbox_transport::{Link, Wait};
 
 use crate::client_link::{ClientLink, OnewayFailure};
 use crate::error::{CallError, SendError, SendTimeoutError, TrySendError};
@@ -25,7 +25,7 @@ pub struct Connection {
 
 impl Connection {
     pub(crate) fn new(
-        link: UnixLink,
+        link: Link,
         id: LinkId,
         server: PeerIdentity,
         spec: PortSpec,

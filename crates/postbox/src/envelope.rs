@@ -143,7 +143,7 @@ impl ReplyToken {
     pub async fn reply_async(mut self, reply: impl Into<Message>) -> Result<(), SendError> {
         let mut message = reply.into();
         // Watched from now on (adding it twice is harmless).
-        self.link.readiness.watch(self.link.end.link().as_fd());
+        self.link.end.watch(&self.link.readiness);
         loop {
             match self.link.end.write(
                 FrameKind::Reply,

@@ -1,19 +1,20 @@
 //! The data path of one connection as either side sees it: frame writing, serialised between
-//! threads, over a Unix stream link.
+//! threads, over a Unix or shared-memory link.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use postbox_core::{FrameHeader, FrameKind};
-use postbox_transport::{TransportError, UnixLink, Wait};
+use postbox_transport::{Link, TransportError, Wait};
 
 use crate::message::next_message_id;
+use crate::readiness::Readiness;
 use crate::Message;
 
 /// One end of a link, shared by every thread that writes to it.
 #[derive(Debug)]
 pub(crate) struct LinkEnd {
-    link: UnixLink,
+    link: Link,
     writer: WriteGate,
     max_body: u32,
     closed: AtomicBool,
@@ -99,7 +100,7 @@ pub(crate) enum WriteFailure {
 }
 
 impl LinkEnd {
-    pub(crate) fn new(link: UnixLink, max_body: u32) -> Self {
+    pub(crate) fn new(link: Link, max_body: u32) -> Self {
         Self { link, writer: WriteGate::default(), max_body, closed: AtomicBool::new(false) }
     }
 
@@ -128,8 +129,18 @@ impl LinkEnd {
         self.max_body
     }
 
-    pub(crate) fn link(&self) -> &UnixLink {
+    pub(crate) fn link(&self) -> &Link {
         &self.link
+    }
+
+    /// Has `readiness` watch this link from now on (for the async forms).
+    pub(crate) fn watch(&self, readiness: &Readiness) {
+        self.link.keep_armed();
+        let mut fds = Vec::with_capacity(2);
+        self.link.poll_fds(&mut fds);
+        for fd in fds {
+            readiness.watch(fd);
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {

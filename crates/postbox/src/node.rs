@@ -18,7 +18,7 @@ use postbox_core::{
     ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortCounters, PortEntry,
     PortName, PortSpec, Target,
 };
-use postbox_transport::{ControlSocket, TransportError, UnixLink, Wait};
+use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
 
 use crate::error::{BrokerRequestError, ConnectError, NodeError, OpenError, SendError};
 use crate::mailbox::MailboxBuilder;
@@ -59,7 +59,7 @@ pub(crate) struct NodeShared {
     broker_gone: AtomicBool,
 }
 
-type Answer = (ControlMessage, Option<OwnedFd>);
+type Answer = (ControlMessage, Vec<OwnedFd>);
 
 /// What [`Node::stat`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl Node {
         let mut packet = Vec::new();
         ControlMessage::Hello { request: 1 }.encode(&mut packet);
         control
-            .send(&packet, None, Wait::timeout(HANDSHAKE_TIMEOUT))
+            .send(&packet, &[], Wait::timeout(HANDSHAKE_TIMEOUT))
             .map_err(|e| unreachable(error_kind(e)))?;
         let mut buf = vec![0u8; MAX_CONTROL_LEN];
         let (len, _) = control
@@ -418,7 +418,7 @@ impl NodeShared {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(request, tx);
         let mut packet = Vec::new();
         build(request).encode(&mut packet);
-        let sent = self.control.send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
+        let sent = self.control.send(&packet, &[], Wait::timeout(REQUEST_TIMEOUT));
         let answer = match sent {
             Ok(()) => match rx.recv_timeout(REQUEST_TIMEOUT) {
                 Ok(answer) => Ok(answer),
@@ -434,14 +434,14 @@ impl NodeShared {
     pub(crate) fn report_link_closed(&self, link: LinkId) {
         let mut packet = Vec::new();
         ControlMessage::LinkClosed { request: 0, link }.encode(&mut packet);
-        let _ = self.control.send(&packet, None, Wait::NonBlocking);
+        let _ = self.control.send(&packet, &[], Wait::NonBlocking);
     }
 
     /// Releases a port name (best effort: a broker that is gone has released it already).
     pub(crate) fn close_port(&self, name: &PortName) {
         let mut packet = Vec::new();
         ControlMessage::ClosePort { request: 0, name: name.clone() }.encode(&mut packet);
-        let _ = self.control.send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
+        let _ = self.control.send(&packet, &[], Wait::timeout(REQUEST_TIMEOUT));
     }
 
     fn connect(self: &Arc<Self>, target: Target) -> Result<Connection, ConnectError> {
@@ -455,9 +455,13 @@ impl NodeShared {
     ) -> Result<Connection, ConnectError> {
         let answer = self.request(build);
         match answer {
-            Ok((ControlMessage::Connected { link, server, spec, .. }, Some(fd))) => {
+            Ok((ControlMessage::Connected { link, server, spec, .. }, fds)) => {
+                let end = Link::from_fds(fds, LinkSide::Client).map_err(|e| {
+                    self.report_link_closed(link);
+                    ConnectError::Refused(format!("the broker sent an unusable link: {e}"))
+                })?;
                 Connection::new(
-                    UnixLink::from_fd(fd),
+                    end,
                     link,
                     server,
                     spec,
@@ -522,8 +526,8 @@ fn control_loop(shared: &Weak<NodeShared>) {
         // socket down, which ends this read.
         let received = node.control.recv(&mut buf, Wait::Forever);
         match received {
-            Ok((len, fd)) => match ControlMessage::decode(&buf[..len]) {
-                Ok(message) => node.dispatch(message, fd),
+            Ok((len, fds)) => match ControlMessage::decode(&buf[..len]) {
+                Ok(message) => node.dispatch(message, fds),
                 Err(_) => {
                     // An undecodable broker message: the control channel cannot be trusted.
                     node.control.shutdown();
@@ -540,19 +544,21 @@ fn control_loop(shared: &Weak<NodeShared>) {
 }
 
 impl NodeShared {
-    fn dispatch(&self, message: ControlMessage, fd: Option<OwnedFd>) {
+    fn dispatch(&self, message: ControlMessage, fds: Vec<OwnedFd>) {
         match message {
             ControlMessage::IncomingConnection { link, target, client } => {
-                let Some(fd) = fd else { return };
+                let Ok(end) = Link::from_fds(fds, LinkSide::Server) else {
+                    // Dropping the descriptors closes the client's link.
+                    return self.report_link_closed(link);
+                };
                 let receiver = match &target {
                     ListenTarget::Inbox => Some(Arc::clone(&self.inbox)),
                     ListenTarget::Port(name) => {
                         self.lock_receivers().get(name).and_then(Weak::upgrade)
                     }
                 };
-                let added = receiver.is_some_and(|r| {
-                    r.add_link(UnixLink::from_fd(fd), link, client, self.max_message_size)
-                });
+                let added =
+                    receiver.is_some_and(|r| r.add_link(end, link, client, self.max_message_size));
                 if !added {
                     self.report_link_closed(link);
                 }
@@ -570,7 +576,7 @@ impl NodeShared {
                 });
                 let mut packet = Vec::new();
                 ControlMessage::StatReport { query, counters }.encode(&mut packet);
-                let _ = self.control.send(&packet, None, Wait::timeout(REQUEST_TIMEOUT));
+                let _ = self.control.send(&packet, &[], Wait::timeout(REQUEST_TIMEOUT));
             }
             other => {
                 let request = other.request();
@@ -580,7 +586,7 @@ impl NodeShared {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&request);
                 if let Some(waiter) = waiter {
-                    let _ = waiter.try_send((other, fd));
+                    let _ = waiter.try_send((other, fds));
                 }
             }
         }

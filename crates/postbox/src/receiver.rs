@@ -18,7 +18,7 @@ use postbox_core::{
     FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, PortQueue, PortSpec, QueuedMeta,
     ReleaseCounter, Selector,
 };
-use postbox_transport::{wait_readable, TransportError, UnixLink, Wait, Waker};
+use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
 
 use crate::condvar::wait_until;
 use crate::envelope::{Envelope, ReplyToken};
@@ -70,6 +70,8 @@ pub(crate) struct Receiver {
     arrived: Condvar,
     waker: Waker,
     readiness: Arc<Readiness>,
+    /// The leader's spin over shared-memory links before it polls.
+    spin: Spin,
 }
 
 #[derive(Debug)]
@@ -121,6 +123,7 @@ impl Receiver {
             }),
             arrived: Condvar::new(),
             waker: Waker::new()?,
+            spin: Spin::new(),
             readiness: Arc::new(
                 Readiness::new().map_err(|e| TransportError::Os {
                     operation: "create epoll",
@@ -143,7 +146,7 @@ impl Receiver {
     /// closed (the link is then dropped, which the client sees as a close).
     pub(crate) fn add_link(
         &self,
-        link: UnixLink,
+        link: Link,
         id: LinkId,
         client: PeerIdentity,
         host_max: u32,
@@ -167,7 +170,7 @@ impl Receiver {
             readiness: Arc::clone(&self.readiness),
         }));
         if let Some(link) = state.links.last().filter(|_| self.readiness.is_active()) {
-            self.readiness.watch(link.end.link().as_fd());
+            link.end.watch(&self.readiness);
         }
         drop(state);
         self.waker.wake();
@@ -319,7 +322,7 @@ impl Receiver {
             let state = self.lock();
             if self.readiness.activate() {
                 for link in &state.links {
-                    self.readiness.watch(link.end.link().as_fd());
+                    link.end.watch(&self.readiness);
                 }
             }
         }
@@ -418,21 +421,37 @@ impl Receiver {
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         let links: Vec<&Arc<ServerLink>> =
             links.iter().filter(|l| !l.is_full(&self.spec)).collect();
-        let mut fds = Vec::with_capacity(links.len() + 1);
+        // Shared-memory links can be looked at without a system call: first a short spin.
+        let shared = links.iter().any(|l| l.end.link().is_shared_memory());
+        if shared && wait != Wait::NonBlocking && links.len() <= SPIN_LINKS {
+            self.spin.run(|| links.iter().any(|l| l.end.link().has_input()));
+        }
+        let mut fds = Vec::with_capacity(2 * links.len() + 1);
         fds.push(self.waker.as_fd());
-        fds.extend(links.iter().map(|l| l.end.link().as_fd()));
-        let ready = match wait_readable(&fds, wait) {
-            Ok(ready) => ready,
-            Err(_) => return (Vec::new(), Vec::new()),
-        };
-        let mut arrived = Vec::new();
-        let mut dead = Vec::new();
+        // Which link each descriptor belongs to, and which links hold input already.
+        let mut owner = vec![usize::MAX];
+        let mut to_read = vec![false; links.len()];
+        for (i, link) in links.iter().enumerate() {
+            link.end.link().poll_fds(&mut fds);
+            owner.resize(fds.len(), i);
+            to_read[i] = link.end.link().prepare_poll();
+        }
+        let wait = if to_read.contains(&true) { Wait::NonBlocking } else { wait };
+        let ready = wait_readable(&fds, wait);
+        for link in &links {
+            link.end.link().finish_poll();
+        }
+        let Ok(ready) = ready else { return (Vec::new(), Vec::new()) };
         for index in ready {
             if index == 0 {
                 self.waker.reset();
-                continue;
+            } else {
+                to_read[owner[index]] = true;
             }
-            let link = links[index - 1];
+        }
+        let mut arrived = Vec::new();
+        let mut dead = Vec::new();
+        for (link, _) in links.iter().zip(&to_read).filter(|(_, read)| **read) {
             if !read_link(link, &self.spec, &mut arrived) {
                 link.end.close();
                 dead.push(link.id);
@@ -539,6 +558,9 @@ const LINK_QUEUE_CALLS: u64 = 1024;
 /// Bytes of one-way messages from one link that may wait in an endpoint's queue before the
 /// link is left unread, whatever the capacity says.
 const LINK_QUEUE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most links the leader spins over before polling (beyond, a poll is as cheap).
+const SPIN_LINKS: usize = 4;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;

@@ -64,7 +64,7 @@ impl EventLoop {
         }
         if self.mailboxes.contains_key(&name) {
             if open_existing {
-                return self.queue(key, &ControlMessage::Ok { request }, None);
+                return self.queue(key, &ControlMessage::Ok { request }, Vec::new());
             }
             let detail = format!("mailbox {name} exists");
             return self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
@@ -74,7 +74,7 @@ impl EventLoop {
             return self.refuse(key, request, ControlErrorCode::LimitExceeded, detail);
         }
         self.mailboxes.insert(name, Mailbox::new(capacity));
-        self.queue(key, &ControlMessage::Ok { request }, None);
+        self.queue(key, &ControlMessage::Ok { request }, Vec::new());
     }
 
     pub(super) fn unlink_mailbox(&mut self, key: NodeKey, request: u32, name: &PortName) {
@@ -93,7 +93,7 @@ impl EventLoop {
                 self.close_data(DataKey(index));
             }
         }
-        self.queue(key, &ControlMessage::Ok { request }, None);
+        self.queue(key, &ControlMessage::Ok { request }, Vec::new());
     }
 
     /// Makes a link to mailbox `name`: a sender's (`input`) or a receiver's.
@@ -143,7 +143,7 @@ impl EventLoop {
         }
         let connected =
             ControlMessage::Connected { request, link: id, server: self.identity, spec };
-        self.queue(key, &connected, Some(theirs.into_fd()));
+        self.queue(key, &connected, vec![theirs.into_fd()]);
     }
 
     pub(super) fn mailbox_stats(&self, request: u32, name: &PortName) -> ControlMessage {

@@ -12,8 +12,8 @@ use postbox_core::{
     Target,
 };
 use postbox_transport::{
-    wait_ready, ControlListener, ControlSocket, Credentials, Interest, TransportError, UnixLink,
-    Wait, Waker,
+    wait_ready, ControlListener, ControlSocket, Credentials, Interest, ShmLinkParts,
+    TransportError, UnixLink, Wait, Waker,
 };
 
 use crate::mailbox::{DataKey, Mailbox};
@@ -136,7 +136,7 @@ impl Drop for BrokerHandle {
 struct NodeConnection {
     socket: ControlSocket,
     credentials: Credentials,
-    outbox: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
+    outbox: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
     closing: bool,
     accepted_at: Instant,
 }
@@ -344,7 +344,7 @@ impl EventLoop {
             };
             if active >= self.config.max_nodes {
                 let refusal = refused(0, ControlErrorCode::LimitExceeded, "broker is full");
-                let _ = socket.send(&refusal, None, Wait::NonBlocking);
+                let _ = socket.send(&refusal, &[], Wait::NonBlocking);
                 continue;
             }
             let node = NodeConnection {
@@ -409,7 +409,7 @@ impl EventLoop {
                     identity,
                     max_message_size: self.config.max_message_size,
                 };
-                self.queue(key, &welcome, None);
+                self.queue(key, &welcome, Vec::new());
             }
             ControlMessage::Hello { .. } => {
                 self.refuse(key, request, ControlErrorCode::OutOfOrder, "already admitted");
@@ -446,14 +446,14 @@ impl EventLoop {
             }
             ControlMessage::Stat { request, name } if self.mailboxes.contains_key(&name) => {
                 let stats = self.mailbox_stats(request, &name);
-                self.queue(key, &stats, None);
+                self.queue(key, &stats, Vec::new());
             }
             ControlMessage::OpenPort { request, name, mut spec } => {
                 // A port cannot take more than the host's links carry.
                 let host = self.config.max_message_size;
                 spec.message_size = Some(spec.message_size.map_or(host, |n| n.min(host)));
                 match self.registry.open_port(key, name, spec) {
-                    Ok(()) => self.queue(key, &ControlMessage::Ok { request }, None),
+                    Ok(()) => self.queue(key, &ControlMessage::Ok { request }, Vec::new()),
                     Err((code, detail)) => self.refuse(key, request, code, &detail),
                 }
             }
@@ -471,7 +471,7 @@ impl EventLoop {
                     let detail = "the serving node is not reading its control socket";
                     return self.refuse(key, request, ControlErrorCode::LimitExceeded, detail);
                 }
-                let (server_end, client_end) = match UnixLink::pair() {
+                let (server_fds, client_fds) = match self.link_pair() {
                     Ok(pair) => pair,
                     Err(error) => {
                         self.registry.link_closed(key, new.link);
@@ -485,7 +485,7 @@ impl EventLoop {
                     target: new.target,
                     client: new.client_identity,
                 };
-                self.queue(new.server, &incoming, Some(server_end.into_fd()));
+                self.queue(new.server, &incoming, server_fds);
                 // The server hears of the link before the client is told it exists: a client
                 // must never hold a link whose other end is still only in the broker.
                 self.flush(new.server);
@@ -495,12 +495,12 @@ impl EventLoop {
                     server: new.server_identity,
                     spec: new.spec,
                 };
-                self.queue(key, &connected, Some(client_end.into_fd()));
+                self.queue(key, &connected, client_fds);
             }
             ControlMessage::LinkClosed { request, link } => {
                 self.registry.link_closed(key, link);
                 if request != 0 {
-                    self.queue(key, &ControlMessage::Ok { request }, None);
+                    self.queue(key, &ControlMessage::Ok { request }, Vec::new());
                 }
             }
             ControlMessage::Stat { request, name } => {
@@ -518,7 +518,7 @@ impl EventLoop {
                 let pending =
                     PendingQuery { requester: key, request, owner, owner_identity, spec, deadline };
                 self.queries.insert(query, pending);
-                self.queue(owner, &ControlMessage::StatQuery { query, name }, None);
+                self.queue(owner, &ControlMessage::StatQuery { query, name }, Vec::new());
             }
             ControlMessage::StatReport { query, counters } => {
                 // Only the node that was asked may answer.
@@ -531,7 +531,7 @@ impl EventLoop {
                 match counters {
                     Some(counters) => {
                         let stats = ControlMessage::Stats { request, owner, spec, counters };
-                        self.queue(requester, &stats, None);
+                        self.queue(requester, &stats, Vec::new());
                     }
                     None => {
                         let detail = "the port closed";
@@ -545,7 +545,7 @@ impl EventLoop {
                 ports.extend(self.topic_entries());
                 ports.sort_by(|a, b| a.name.cmp(&b.name));
                 let listing = ControlMessage::Listing { request, nodes, ports, truncated: false };
-                self.queue(key, &listing, None);
+                self.queue(key, &listing, Vec::new());
             }
             _ => self.reject(key, ControlErrorCode::Malformed, "not a request"),
         }
@@ -553,14 +553,14 @@ impl EventLoop {
 
     fn close_port(&mut self, key: NodeKey, request: u32, name: &PortName) {
         match self.registry.close_port(key, name) {
-            Ok(()) => self.queue(key, &ControlMessage::Ok { request }, None),
+            Ok(()) => self.queue(key, &ControlMessage::Ok { request }, Vec::new()),
             Err((code, detail)) => self.refuse(key, request, code, &detail),
         }
     }
 
     fn refuse(&mut self, key: NodeKey, request: u32, code: ControlErrorCode, detail: &str) {
         let message = ControlMessage::Refused { request, code, detail: detail.to_owned() };
-        self.queue(key, &message, None);
+        self.queue(key, &message, Vec::new());
     }
 
     /// Refuses and disconnects a node that broke the protocol.
@@ -573,7 +573,25 @@ impl EventLoop {
         self.remove(key);
     }
 
-    fn queue(&mut self, key: NodeKey, message: &ControlMessage, fd: Option<OwnedFd>) {
+    /// The descriptors of a new link between two nodes, `(server, client)`: a shared-memory
+    /// link (socket, segment, own eventfd, peer eventfd) or, when configured so, a Unix link
+    /// (socket only).
+    fn link_pair(&self) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), TransportError> {
+        match self.config.shared_memory_links {
+            Some(capacity) => {
+                let (client, server) = ShmLinkParts::pair(capacity)?;
+                let fds =
+                    |p: ShmLinkParts| vec![p.socket, p.segment, p.own_eventfd, p.peer_eventfd];
+                Ok((fds(server), fds(client)))
+            }
+            None => {
+                let (server, client) = UnixLink::pair()?;
+                Ok((vec![server.into_fd()], vec![client.into_fd()]))
+            }
+        }
+    }
+
+    fn queue(&mut self, key: NodeKey, message: &ControlMessage, fds: Vec<OwnedFd>) {
         let limit = self.config.max_queued_per_node;
         let Some(node) = self.nodes.get_mut(key.0).and_then(Option::as_mut) else {
             return;
@@ -585,7 +603,7 @@ impl EventLoop {
         }
         let mut bytes = Vec::with_capacity(64);
         message.encode(&mut bytes);
-        node.outbox.push_back((bytes, fd));
+        node.outbox.push_back((bytes, fds));
     }
 
     /// True when `key`'s outbox can take one more message.
@@ -600,8 +618,9 @@ impl EventLoop {
         let Some(node) = self.nodes.get_mut(key.0).and_then(Option::as_mut) else {
             return;
         };
-        while let Some((bytes, fd)) = node.outbox.front() {
-            match node.socket.send(bytes, fd.as_ref().map(AsFd::as_fd), Wait::NonBlocking) {
+        while let Some((bytes, fds)) = node.outbox.front() {
+            let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            match node.socket.send(bytes, &fds, Wait::NonBlocking) {
                 Ok(()) => {
                     node.outbox.pop_front();
                 }

@@ -52,7 +52,7 @@ impl EventLoop {
         while entry.history.len() > entry.keep {
             entry.history.pop_front();
         }
-        self.queue(key, &ControlMessage::Ok { request }, None);
+        self.queue(key, &ControlMessage::Ok { request }, Vec::new());
     }
 
     pub(super) fn publish_link(&mut self, key: NodeKey, request: u32, topic: PortName) {
@@ -141,7 +141,7 @@ impl EventLoop {
         let id = self.registry.allocate_link_id();
         let connected =
             ControlMessage::Connected { request, link: id, server: self.identity, spec };
-        self.queue(key, &connected, Some(theirs.into_fd()));
+        self.queue(key, &connected, vec![theirs.into_fd()]);
         Some(TopicKey(slot))
     }
 

@@ -7,7 +7,7 @@ use postbox_core::wire::control::MAX_CONTROL_LEN;
 use postbox_core::{
     ControlErrorCode, ControlMessage, FrameDecoder, FrameHeader, FrameKind, PortName, Target,
 };
-use postbox_transport::{ControlSocket, TransportError, UnixLink, Wait};
+use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
 
 use crate::util::{Daemon, WATCHDOG};
 
@@ -26,21 +26,21 @@ fn recv_message(socket: &ControlSocket) -> Result<ControlMessage, TransportError
 /// Attaches with raw control messages, as a hand-written client would.
 fn raw_node(socket: &Path) -> ControlSocket {
     let control = ControlSocket::connect(socket).unwrap();
-    control.send(&packet(&ControlMessage::Hello { request: 1 }), None, Wait::Forever).unwrap();
+    control.send(&packet(&ControlMessage::Hello { request: 1 }), &[], Wait::Forever).unwrap();
     assert!(matches!(recv_message(&control).unwrap(), ControlMessage::Welcome { .. }));
     control
 }
 
 /// Gets a raw link to port `name`.
-fn raw_link(control: &ControlSocket, name: &str) -> UnixLink {
+fn raw_link(control: &ControlSocket, name: &str) -> Link {
     let target = Target::Port(PortName::new(name).unwrap());
     control
-        .send(&packet(&ControlMessage::Connect { request: 2, target }), None, Wait::Forever)
+        .send(&packet(&ControlMessage::Connect { request: 2, target }), &[], Wait::Forever)
         .unwrap();
     let mut buf = vec![0u8; MAX_CONTROL_LEN];
     let (len, fd) = control.recv(&mut buf, Wait::timeout(WATCHDOG)).unwrap();
     assert!(matches!(ControlMessage::decode(&buf[..len]), Ok(ControlMessage::Connected { .. })));
-    UnixLink::from_fd(fd.expect("the link end travels beside Connected"))
+    Link::from_fds(fd, LinkSide::Client).expect("the link's descriptors travel beside Connected")
 }
 
 fn header(kind: FrameKind, body: &[u8]) -> [u8; 32] {
@@ -56,7 +56,7 @@ fn header(kind: FrameKind, body: &[u8]) -> [u8; 32] {
 }
 
 /// The server closes a link that carried garbage: reading it ends with `Closed`.
-fn assert_closed_by_server(link: &UnixLink) {
+fn assert_closed_by_server(link: &Link) {
     let mut decoder = FrameDecoder::new(1 << 20);
     loop {
         match link.read_into(&mut decoder, Wait::timeout(WATCHDOG)) {
@@ -117,7 +117,7 @@ fn garbage_control_packets_are_refused_and_the_broker_serves_everyone_else() {
     let _server = daemon.worker(&["echo", "steady"]);
 
     let garbage = ControlSocket::connect(daemon.socket()).unwrap();
-    garbage.send(&[0xff; 17], None, Wait::Forever).unwrap();
+    garbage.send(&[0xff; 17], &[], Wait::Forever).unwrap();
     match recv_message(&garbage).unwrap() {
         ControlMessage::Refused { code, .. } => assert_eq!(code, ControlErrorCode::Malformed),
         other => panic!("expected Refused, got {other:?}"),
@@ -125,19 +125,19 @@ fn garbage_control_packets_are_refused_and_the_broker_serves_everyone_else() {
     assert_eq!(recv_message(&garbage).unwrap_err(), TransportError::Closed);
 
     let before_hello = ControlSocket::connect(daemon.socket()).unwrap();
-    before_hello.send(&packet(&ControlMessage::List { request: 3 }), None, Wait::Forever).unwrap();
+    before_hello.send(&packet(&ControlMessage::List { request: 3 }), &[], Wait::Forever).unwrap();
     match recv_message(&before_hello).unwrap() {
         ControlMessage::Refused { code, .. } => assert_eq!(code, ControlErrorCode::OutOfOrder),
         other => panic!("expected Refused, got {other:?}"),
     }
 
     let oversized = ControlSocket::connect(daemon.socket()).unwrap();
-    oversized.send(&vec![1u8; MAX_CONTROL_LEN + 100], None, Wait::Forever).unwrap();
+    oversized.send(&vec![1u8; MAX_CONTROL_LEN + 100], &[], Wait::Forever).unwrap();
     assert!(matches!(recv_message(&oversized).unwrap(), ControlMessage::Refused { .. }));
 
     // A broker-to-node message sent to the broker.
     let confused = raw_node(daemon.socket());
-    confused.send(&packet(&ControlMessage::Ok { request: 9 }), None, Wait::Forever).unwrap();
+    confused.send(&packet(&ControlMessage::Ok { request: 9 }), &[], Wait::Forever).unwrap();
     assert!(matches!(recv_message(&confused).unwrap(), ControlMessage::Refused { .. }));
 
     // Clients that connect and say nothing, before and after Hello.
@@ -157,14 +157,14 @@ fn garbage_control_packets_are_refused_and_the_broker_serves_everyone_else() {
 fn a_second_hello_is_refused_without_losing_the_node() {
     let daemon = Daemon::start();
     let control = raw_node(daemon.socket());
-    control.send(&packet(&ControlMessage::Hello { request: 5 }), None, Wait::Forever).unwrap();
+    control.send(&packet(&ControlMessage::Hello { request: 5 }), &[], Wait::Forever).unwrap();
     match recv_message(&control).unwrap() {
         ControlMessage::Refused { request, code, .. } => {
             assert_eq!((request, code), (5, ControlErrorCode::OutOfOrder));
         }
         other => panic!("expected Refused, got {other:?}"),
     }
-    control.send(&packet(&ControlMessage::List { request: 6 }), None, Wait::Forever).unwrap();
+    control.send(&packet(&ControlMessage::List { request: 6 }), &[], Wait::Forever).unwrap();
     assert!(matches!(recv_message(&control).unwrap(), ControlMessage::Listing { request: 6, .. }));
 }
 
@@ -177,7 +177,7 @@ fn a_flood_of_connects_to_one_server_does_not_cost_that_server_its_name() {
     for flooder in &flooders {
         for request in 0..200 {
             let connect = ControlMessage::Connect { request: 10 + request, target: target.clone() };
-            flooder.send(&packet(&connect), None, Wait::Forever).unwrap();
+            flooder.send(&packet(&connect), &[], Wait::Forever).unwrap();
         }
     }
     // Every request is answered: a link, or a refusal when the server's queue was full.

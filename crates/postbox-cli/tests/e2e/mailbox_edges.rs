@@ -16,12 +16,13 @@ fn raw_receiver(daemon: &Daemon, mailbox: &str) -> (ControlSocket, UnixLink) {
     let mut ask = |message: ControlMessage| {
         let mut packet = Vec::new();
         message.encode(&mut packet);
-        control.send(&packet, None, Wait::Forever).unwrap();
+        control.send(&packet, &[], Wait::Forever).unwrap();
         control.recv(&mut buf, Wait::timeout(WATCHDOG)).unwrap().1
     };
     ask(ControlMessage::Hello { request: 1 });
     let name = PortName::new(mailbox).unwrap();
-    let fd = ask(ControlMessage::ReceiveMailbox { request: 2, name }).expect("a receiving link");
+    let fd = ask(ControlMessage::ReceiveMailbox { request: 2, name });
+    let fd = fd.into_iter().next().expect("a receiving link");
     (control, UnixLink::from_fd(fd))
 }
 

@@ -3,6 +3,8 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
 
 pub(crate) fn create_memory(_size: u64) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
@@ -24,3 +26,10 @@ impl Mapping {
         NonNull::dangling()
     }
 }
+
+/// Without futexes a sleeper naps briefly and re-checks its condition.
+pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Duration) {
+    std::thread::sleep(timeout.min(Duration::from_millis(1)));
+}
+
+pub(crate) fn futex_wake(_word: &AtomicU32) {}

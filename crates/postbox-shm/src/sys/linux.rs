@@ -1,11 +1,15 @@
-//! Linux: memfd objects mapped shared.
+//! Linux: memfd objects mapped shared, and futex wake-ups on words inside them.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
 
 use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+use rustix::thread::futex;
+use rustix::time::Timespec;
 
 /// A new anonymous memory object of `size` bytes, zero-filled, sealable, closed on exec.
 pub(crate) fn create_memory(size: u64) -> io::Result<OwnedFd> {
@@ -18,6 +22,25 @@ pub(crate) fn create_memory(size: u64) -> io::Result<OwnedFd> {
 pub(crate) fn memory_size(fd: &OwnedFd) -> io::Result<u64> {
     let stat = fstat(fd)?;
     u64::try_from(stat.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout`; returns early on a wake-up, a
+/// signal or a changed value (callers re-check their condition). The word may be shared with
+/// other processes (no `FUTEX_PRIVATE_FLAG`).
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = Timespec {
+        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    // Every outcome (woken, timed out, value changed, interrupted) sends the caller back to
+    // its condition.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, Some(&timeout));
+}
+
+/// Wakes every thread, in any process, sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // Failure (a word that is not mapped) cannot happen for a reference.
+    let _ = futex::wake(word, futex::Flags::empty(), u32::MAX);
 }
 
 /// A shared, read-write mapping of a memory object, unmapped on drop.

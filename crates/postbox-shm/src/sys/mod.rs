@@ -1,7 +1,9 @@
 //! Operating-system primitives for segments. Required items: `create_memory(size) ->
 //! io::Result<OwnedFd>` (an anonymous, sealable memory object), `memory_size(fd) ->
-//! io::Result<u64>`, and `Mapping` (`map(fd, len)`, `as_ptr`, unmapped on drop).
-//! Linux uses memfd and mmap; other systems get a fallback that reports `Unsupported`.
+//! io::Result<u64>`, `Mapping` (`map(fd, len)`, `as_ptr`, unmapped on drop), and
+//! `futex_wait(word, expected, timeout)` / `futex_wake(word)` on a word any process may share.
+//! Linux uses memfd, mmap and futex; other systems get a fallback that reports `Unsupported`
+//! for memory and naps instead of sleeping on a futex.
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -11,4 +13,4 @@ mod imp;
 #[path = "fallback.rs"]
 mod imp;
 
-pub(crate) use imp::{create_memory, memory_size, Mapping};
+pub(crate) use imp::{create_memory, futex_wait, futex_wake, memory_size, Mapping};

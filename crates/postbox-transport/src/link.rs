@@ -1,0 +1,136 @@
+//! A link end of either flavor: the handle the layers above use, forwarding to the same-named
+//! methods of [`UnixLink`] or [`ShmLink`].
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use postbox_core::FrameDecoder;
+
+use crate::{LinkSide, ShmLink, ShmLinkParts, TransportError, UnixLink, Wait};
+
+/// One end of a connection's data path.
+#[derive(Debug)]
+pub enum Link {
+    /// Frames on a Unix stream socketpair.
+    Unix(UnixLink),
+    /// Frames in a shared-memory segment; the socketpair detects close and death.
+    Shm(ShmLink),
+}
+
+impl Link {
+    /// The link whose descriptors the broker sent: one (a Unix link's socket) or four (a
+    /// shared-memory link's socket, segment and eventfds, see [`ShmLinkParts::as_fds`]),
+    /// opened as `side`.
+    ///
+    /// # Errors
+    /// [`TransportError::Corrupt`] for any other count, or a segment of the wrong shape.
+    pub fn from_fds(fds: Vec<OwnedFd>, side: LinkSide) -> Result<Self, TransportError> {
+        match fds.len() {
+            1 => Ok(Self::Unix(UnixLink::from_fd(fds.into_iter().next().expect("one fd")))),
+            4 => {
+                let parts = ShmLinkParts::from_fds(fds).ok_or(TransportError::Corrupt)?;
+                Ok(Self::Shm(ShmLink::open(parts, side)?))
+            }
+            _ => Err(TransportError::Corrupt),
+        }
+    }
+
+    /// See [`UnixLink::write_frame`] and [`ShmLink::write_frame`].
+    ///
+    /// # Errors
+    /// `Closed`, `WouldBlock`, `TimedOut`, `Stalled`, `Corrupt`, `Os`.
+    pub fn write_frame(
+        &self,
+        header: &[u8],
+        body: &[u8],
+        wait: Wait,
+    ) -> Result<(), TransportError> {
+        match self {
+            Self::Unix(link) => link.write_frame(header, body, wait),
+            Self::Shm(link) => link.write_frame(header, body, wait),
+        }
+    }
+
+    /// See [`UnixLink::write_available`] and [`ShmLink::write_available`].
+    ///
+    /// # Errors
+    /// `Closed`, `Corrupt`, `Os`.
+    pub fn write_available(&self, bytes: &[u8]) -> Result<usize, TransportError> {
+        match self {
+            Self::Unix(link) => link.write_available(bytes),
+            Self::Shm(link) => link.write_available(bytes),
+        }
+    }
+
+    /// See [`UnixLink::read_into`] and [`ShmLink::read_into`].
+    ///
+    /// # Errors
+    /// `Closed`, `WouldBlock`, `TimedOut`, `Corrupt`, `Os`.
+    pub fn read_into(
+        &self,
+        decoder: &mut FrameDecoder,
+        wait: Wait,
+    ) -> Result<usize, TransportError> {
+        match self {
+            Self::Unix(link) => link.read_into(decoder, wait),
+            Self::Shm(link) => link.read_into(decoder, wait),
+        }
+    }
+
+    /// Appends the descriptors that turn readable when this link has something to read (or
+    /// closed). Call [`prepare_poll`](Self::prepare_poll) before polling them and
+    /// [`finish_poll`](Self::finish_poll) after.
+    pub fn poll_fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
+        match self {
+            Self::Unix(link) => out.push(link.as_fd()),
+            Self::Shm(link) => out.extend(link.poll_fds()),
+        }
+    }
+
+    /// Before a poll: true when there is input already (do not sleep).
+    #[must_use]
+    pub fn prepare_poll(&self) -> bool {
+        match self {
+            Self::Unix(_) => false,
+            Self::Shm(link) => link.prepare_poll(),
+        }
+    }
+
+    /// True when a read would find something now, as far as a look without a system call
+    /// tells (always false for a Unix link: only a poll tells).
+    #[must_use]
+    pub fn has_input(&self) -> bool {
+        match self {
+            Self::Unix(_) => false,
+            Self::Shm(link) => link.has_input(),
+        }
+    }
+
+    /// After a poll.
+    pub fn finish_poll(&self) {
+        if let Self::Shm(link) = self {
+            link.finish_poll();
+        }
+    }
+
+    /// From now on the poll descriptors are watched by an epoll set (without
+    /// `prepare_poll`): keep them signalling.
+    pub fn keep_armed(&self) {
+        if let Self::Shm(link) = self {
+            link.keep_armed();
+        }
+    }
+
+    /// Shuts both directions down; the peer sees the link close.
+    pub fn shutdown(&self) {
+        match self {
+            Self::Unix(link) => link.shutdown(),
+            Self::Shm(link) => link.shutdown(),
+        }
+    }
+
+    /// True for a shared-memory link.
+    #[must_use]
+    pub fn is_shared_memory(&self) -> bool {
+        matches!(self, Self::Shm(_))
+    }
+}

@@ -1,0 +1,481 @@
+//! One end of a shared-memory link: frames travel through a byte stream in a segment both
+//! processes map, and the Unix socketpair stays beside it for close and death detection.
+//!
+//! Same contract as [`UnixLink`](crate::UnixLink): a frame is written whole or not at all as
+//! far as the receiver can tell. A frame that fits the stream is written only once there is
+//! room for all of it; a larger one is written piece by piece and, like a started socket
+//! write, finished within the caller's wait (plus a grace period) or the link is shut down.
+//!
+//! Waiting: first a short adaptive spin (yielding the CPU now and then, so a peer on the same
+//! core gets to run), then sleep on this side's doorbell: a futex for blocking calls, or this
+//! side's eventfd for callers that poll descriptors (the receive loop and the async forms).
+//! Sleeps are cut into slices; between slices the socket is checked for a hang-up, so a peer
+//! killed mid-wait is noticed within a slice even though nobody rings the doorbell for it.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use postbox_core::FrameDecoder;
+use postbox_shm::{
+    open_link_segment, Doorbell, LinkMemory, LinkSide, RegionStream, Rung, StreamConsumer,
+    StreamError, StreamProducer,
+};
+use rustix::net::{recv, shutdown, RecvFlags, Shutdown};
+
+use crate::{Spin, TransportError, Wait};
+
+/// The descriptors the broker hands each side of a shared-memory link.
+#[derive(Debug)]
+pub struct ShmLinkParts {
+    /// This side's end of the socketpair.
+    pub socket: OwnedFd,
+    /// The link segment.
+    pub segment: OwnedFd,
+    /// The eventfd this side polls.
+    pub own_eventfd: OwnedFd,
+    /// The eventfd the peer polls.
+    pub peer_eventfd: OwnedFd,
+}
+
+/// One end of a shared-memory link.
+#[derive(Debug)]
+pub struct ShmLink {
+    socket: OwnedFd,
+    outbound: Mutex<StreamProducer<RegionStream>>,
+    inbound: Mutex<StreamConsumer<RegionStream>>,
+    mine: Doorbell,
+    peer: Doorbell,
+    own_eventfd: OwnedFd,
+    peer_eventfd: OwnedFd,
+    /// The eventfd stays armed (the async forms watch it).
+    keep_armed: AtomicBool,
+    /// This end was shut down.
+    shut: AtomicBool,
+    /// How long to spin before sleeping.
+    spin: Spin,
+}
+
+impl ShmLink {
+    /// Opens this side of a link from the broker's descriptors.
+    ///
+    /// # Errors
+    /// [`TransportError::Corrupt`] when the segment is not a link segment of this layout.
+    pub fn open(parts: ShmLinkParts, side: LinkSide) -> Result<Self, TransportError> {
+        let LinkMemory { outbound, inbound, mine, peer } =
+            open_link_segment(parts.segment, side).map_err(|_| TransportError::Corrupt)?;
+        Ok(Self {
+            socket: parts.socket,
+            outbound: Mutex::new(outbound),
+            inbound: Mutex::new(inbound),
+            mine,
+            peer,
+            own_eventfd: parts.own_eventfd,
+            peer_eventfd: parts.peer_eventfd,
+            keep_armed: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
+            spin: Spin::new(),
+        })
+    }
+
+    /// Writes `header` then `body` as one frame (see the module's contract).
+    ///
+    /// # Errors
+    /// `Closed` when the peer is gone, `WouldBlock`, `TimedOut`, `Stalled`, `Corrupt`.
+    pub fn write_frame(
+        &self,
+        header: &[u8],
+        body: &[u8],
+        wait: Wait,
+    ) -> Result<(), TransportError> {
+        let mut out = lock(&self.outbound);
+        let total = header.len() + body.len();
+        if total <= out.capacity() {
+            // Whole or nothing: wait for room for all of it.
+            let room = |out: &StreamProducer<RegionStream>| out.free().map(|f| f >= total);
+            if !room(&out).map_err(corrupt)? {
+                self.wait_until(wait, || room(&out).unwrap_or(true))?;
+                if !room(&out).map_err(corrupt)? {
+                    return Err(TransportError::Corrupt);
+                }
+            }
+            out.write(header).map_err(corrupt)?;
+            out.write(body).map_err(corrupt)?;
+            self.ring_peer();
+            return Ok(());
+        }
+        // Larger than the stream: piece by piece, finishing what was started.
+        let mut wait = wait;
+        let mut written = 0usize;
+        while written < total {
+            let n = if written < header.len() {
+                out.write(&header[written..]).map_err(corrupt)?
+            } else {
+                out.write(&body[written - header.len()..]).map_err(corrupt)?
+            };
+            if n > 0 {
+                if written == 0 && wait != Wait::Forever {
+                    let grace = Wait::timeout(PARTIAL_FRAME_GRACE);
+                    wait = wait.ends_at().max(grace.ends_at()).map_or(Wait::Forever, Wait::Until);
+                }
+                written += n;
+                self.ring_peer();
+                continue;
+            }
+            let waited = self.wait_until(wait, || out.free().map_or(true, |f| f > 0));
+            match waited {
+                Ok(()) => {}
+                Err(TransportError::WouldBlock | TransportError::TimedOut) if written > 0 => {
+                    self.shutdown();
+                    return Err(TransportError::Stalled);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes as much of `bytes` as fits now, never blocking; returns how many were written.
+    ///
+    /// # Errors
+    /// `Closed` when the peer is gone, `Corrupt`.
+    pub fn write_available(&self, bytes: &[u8]) -> Result<usize, TransportError> {
+        if self.is_finished() {
+            return Err(TransportError::Closed);
+        }
+        let n = lock(&self.outbound).write(bytes).map_err(corrupt)?;
+        if n > 0 {
+            self.ring_peer();
+        }
+        Ok(n)
+    }
+
+    /// Reads what the link has into `decoder`; returns the byte count (never 0).
+    ///
+    /// # Errors
+    /// `Closed` once the peer is gone and everything it sent was read, `WouldBlock`,
+    /// `TimedOut`, `Corrupt`.
+    pub fn read_into(
+        &self,
+        decoder: &mut FrameDecoder,
+        wait: Wait,
+    ) -> Result<usize, TransportError> {
+        let mut inbound = lock(&self.inbound);
+        loop {
+            let n = inbound.read(decoder.read_buffer()).map_err(corrupt)?;
+            if n > 0 {
+                decoder.commit(n);
+                // Room was freed: a peer waiting to write hears of it.
+                self.ring_peer();
+                return Ok(n);
+            }
+            if self.is_finished() {
+                return Err(TransportError::Closed);
+            }
+            if wait == Wait::NonBlocking {
+                // Nothing to read: the socket tells whether that is for good.
+                return Err(if self.socket_hung_up()? {
+                    TransportError::Closed
+                } else {
+                    TransportError::WouldBlock
+                });
+            }
+            // Blocking waits look at the socket between their sleep slices.
+            self.wait_until(wait, || inbound.available().map_or(true, |n| n > 0))?;
+        }
+    }
+
+    /// Prepares a poll of [`poll_fds`](Self::poll_fds): asks the peer to write this side's
+    /// eventfd. Returns true when there is something to read already (do not sleep).
+    #[must_use]
+    pub fn prepare_poll(&self) -> bool {
+        self.mine.arm();
+        self.has_input()
+    }
+
+    /// Ends a poll: stops eventfd writes (unless the async forms watch them) and clears the
+    /// eventfd.
+    pub fn finish_poll(&self) {
+        if !self.keep_armed.load(Ordering::Acquire) {
+            self.mine.disarm();
+        }
+        let mut buf = [0u8; 8];
+        // EAGAIN means it was not written; nothing to clear.
+        let _ = rustix::io::read(&self.own_eventfd, &mut buf);
+    }
+
+    /// Keeps the eventfd armed from now on: every ring writes it (for descriptors watched by
+    /// an epoll set, which cannot prepare each wait).
+    pub fn keep_armed(&self) {
+        self.keep_armed.store(true, Ordering::Release);
+        self.mine.arm();
+    }
+
+    /// The descriptors to poll for reading: this side's eventfd, and the socket (readable only
+    /// when the peer hangs up).
+    #[must_use]
+    pub fn poll_fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.own_eventfd.as_fd(), self.socket.as_fd()]
+    }
+
+    /// Shuts the link down: the peer sees it close at once.
+    pub fn shutdown(&self) {
+        self.shut.store(true, Ordering::Release);
+        self.mine.close();
+        self.ring_peer();
+        // Failure means the socket is already disconnected, which is the goal.
+        let _ = shutdown(&self.socket, Shutdown::Both);
+    }
+
+    /// True when bytes wait to be read, or the peer closed (so a reader should look).
+    #[must_use]
+    pub fn has_input(&self) -> bool {
+        // A reader holding the lock is reading already: report input so nobody sleeps on it.
+        let Ok(inbound) = self.inbound.try_lock() else { return true };
+        inbound.available().map_or(true, |n| n > 0) || self.peer.is_closed()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.shut.load(Ordering::Acquire) || self.peer.is_closed()
+    }
+
+    /// Rings the peer's doorbell after publishing bytes or freeing room.
+    fn ring_peer(&self) {
+        if self.peer.ring() == Rung::WriteEventfd {
+            // An eventfd counter only fails to add when it would overflow, which means it is
+            // already readable: the wake-up is delivered either way.
+            let _ = rustix::io::write(&self.peer_eventfd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// True when the peer hung up its socket (it closed or died). Bytes on the socket are a
+    /// protocol violation: data travels in the segment.
+    fn socket_hung_up(&self) -> Result<bool, TransportError> {
+        let mut byte = [0u8; 1];
+        match recv(&self.socket, &mut byte, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => Ok(true),
+            Ok(_) => Err(TransportError::Corrupt),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(false),
+            Err(_) => Ok(true),
+        }
+    }
+
+    /// Waits until `ready` or the wait ends: spins briefly, then sleeps on the futex in
+    /// slices, checking for a hang-up between them.
+    fn wait_until(
+        &self,
+        wait: Wait,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), TransportError> {
+        if wait == Wait::NonBlocking {
+            return Err(TransportError::WouldBlock);
+        }
+        if self.spin.run(&mut ready) {
+            return Ok(());
+        }
+        loop {
+            if self.is_finished() {
+                return Err(TransportError::Closed);
+            }
+            let now = Instant::now();
+            let slice = match wait.ends_at() {
+                Some(end) if end <= now => return Err(TransportError::TimedOut),
+                Some(end) => (end - now).min(SLEEP_SLICE),
+                None => SLEEP_SLICE,
+            };
+            self.mine.sleep(slice, || ready() || self.peer.is_closed());
+            if ready() {
+                return Ok(());
+            }
+            if now.elapsed() >= slice && self.socket_hung_up()? {
+                return Err(TransportError::Closed);
+            }
+        }
+    }
+}
+
+impl Drop for ShmLink {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A stream end is consistent between calls; a panicking holder leaves it usable.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn corrupt(_: StreamError) -> TransportError {
+    TransportError::Corrupt
+}
+
+/// How long a started frame larger than the stream may take, at least, to finish.
+const PARTIAL_FRAME_GRACE: Duration = Duration::from_millis(500);
+/// Longest single sleep: a peer killed mid-wait is noticed within it.
+const SLEEP_SLICE: Duration = Duration::from_millis(10);
+
+impl ShmLinkParts {
+    /// Everything a shared-memory link needs, for both sides: a socketpair, a link segment
+    /// with streams of `capacity` bytes each way, and an eventfd per side. `(client, server)`.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when the kernel refuses (memory, descriptors).
+    pub fn pair(capacity: usize) -> Result<(Self, Self), TransportError> {
+        let (client_socket, server_socket) = crate::UnixLink::pair()?;
+        let segment = postbox_shm::create_link_segment(capacity).map_err(|e| match e {
+            postbox_shm::SegmentCreateError::Os(kind) => {
+                TransportError::Os { operation: "create link segment", kind }
+            }
+            _ => TransportError::Os {
+                operation: "create link segment",
+                kind: std::io::ErrorKind::InvalidInput,
+            },
+        })?;
+        let dup = |fd: BorrowedFd<'_>| {
+            rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| TransportError::os("dup", e))
+        };
+        let eventfd = || {
+            rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .map_err(|e| TransportError::os("eventfd", e))
+        };
+        let client_eventfd = eventfd()?;
+        let server_eventfd = eventfd()?;
+        let client = Self {
+            socket: client_socket.into_fd(),
+            segment: dup(segment.fd())?,
+            own_eventfd: dup(client_eventfd.as_fd())?,
+            peer_eventfd: dup(server_eventfd.as_fd())?,
+        };
+        let server = Self {
+            socket: server_socket.into_fd(),
+            segment: dup(segment.fd())?,
+            own_eventfd: server_eventfd,
+            peer_eventfd: client_eventfd,
+        };
+        Ok((client, server))
+    }
+
+    /// The descriptors in the order they travel in a control packet.
+    #[must_use]
+    pub fn as_fds(&self) -> [BorrowedFd<'_>; 4] {
+        [
+            self.socket.as_fd(),
+            self.segment.as_fd(),
+            self.own_eventfd.as_fd(),
+            self.peer_eventfd.as_fd(),
+        ]
+    }
+
+    /// The parts from descriptors received in that order; `None` unless there are four.
+    #[must_use]
+    pub fn from_fds(fds: Vec<OwnedFd>) -> Option<Self> {
+        let [socket, segment, own_eventfd, peer_eventfd]: [OwnedFd; 4] = fds.try_into().ok()?;
+        Some(Self { socket, segment, own_eventfd, peer_eventfd })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use postbox_core::{Frame, FrameHeader, FrameKind};
+
+    use super::*;
+
+    fn header(len: usize) -> FrameHeader {
+        FrameHeader {
+            kind: FrameKind::Oneway,
+            priority: 0,
+            msg_type: 0,
+            id: 1,
+            correlation: 0,
+            body_len: len as u32,
+        }
+    }
+
+    fn pair(capacity: usize) -> (ShmLink, ShmLink) {
+        let (client, server) = ShmLinkParts::pair(capacity).unwrap();
+        (
+            ShmLink::open(client, LinkSide::Client).unwrap(),
+            ShmLink::open(server, LinkSide::Server).unwrap(),
+        )
+    }
+
+    fn read_frame(link: &ShmLink, decoder: &mut FrameDecoder) -> Frame {
+        loop {
+            if let Some(frame) = decoder.poll_frame().unwrap() {
+                return frame;
+            }
+            link.read_into(decoder, Wait::timeout(Duration::from_secs(10))).unwrap();
+        }
+    }
+
+    #[test]
+    fn small_and_larger_than_the_stream_frames_cross_whole_and_in_order() {
+        let (client, server) = pair(4096);
+        let big = vec![7u8; 100_000];
+        let writer = std::thread::spawn(move || {
+            client.write_frame(&header(3).encode(b"abc"), b"abc", Wait::Forever).unwrap();
+            client.write_frame(&header(big.len()).encode(&big), &big, Wait::Forever).unwrap();
+            client.write_frame(&header(1).encode(b"z"), b"z", Wait::Forever).unwrap();
+            client
+        });
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(read_frame(&server, &mut decoder).body, b"abc");
+        assert_eq!(read_frame(&server, &mut decoder).body.len(), 100_000);
+        assert_eq!(read_frame(&server, &mut decoder).body, b"z");
+        let client = writer.join().unwrap();
+        drop(client);
+        assert_eq!(
+            server.read_into(&mut decoder, Wait::Forever),
+            Err(TransportError::Closed),
+            "a closed peer reads as closed once its data is read"
+        );
+    }
+
+    #[test]
+    fn a_full_stream_refuses_a_non_blocking_frame_without_writing_any_of_it() {
+        let (client, server) = pair(512);
+        let body = [1u8; 200];
+        let h = header(body.len()).encode(&body);
+        client.write_frame(&h, &body, Wait::NonBlocking).unwrap();
+        client.write_frame(&h, &body, Wait::NonBlocking).unwrap();
+        assert_eq!(
+            client.write_frame(&h, &body, Wait::NonBlocking),
+            Err(TransportError::WouldBlock)
+        );
+        let timed = client.write_frame(&h, &body, Wait::timeout(Duration::from_millis(20)));
+        assert_eq!(timed, Err(TransportError::TimedOut));
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(read_frame(&server, &mut decoder).body.len(), 200);
+        assert_eq!(read_frame(&server, &mut decoder).body.len(), 200);
+        assert!(decoder.poll_frame().unwrap().is_none(), "nothing of the refused frames arrived");
+    }
+
+    #[test]
+    fn a_peer_that_vanishes_without_closing_is_noticed_by_a_blocked_reader() {
+        let (client_parts, server_parts) = ShmLinkParts::pair(4096).unwrap();
+        let client = ShmLink::open(client_parts, LinkSide::Client).unwrap();
+        let started = Instant::now();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            // As if the server process died: its descriptors close, nobody rings.
+            drop(server_parts);
+        });
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(client.read_into(&mut decoder, Wait::Forever), Err(TransportError::Closed));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        killer.join().unwrap();
+    }
+
+    #[test]
+    fn bytes_on_the_socket_of_a_shared_memory_link_break_the_protocol() {
+        let (client_parts, server_parts) = ShmLinkParts::pair(4096).unwrap();
+        let client = ShmLink::open(client_parts, LinkSide::Client).unwrap();
+        rustix::io::write(&server_parts.socket, b"junk").unwrap();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(client.read_into(&mut decoder, Wait::NonBlocking), Err(TransportError::Corrupt));
+    }
+}

@@ -1,0 +1,61 @@
+//! A short adaptive spin before sleeping: on a small machine a cross-core wake-up costs tens
+//! of microseconds, so looking again for a while pays when the answer comes quickly.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A spin budget that adapts to how spins end: it doubles after a spin that found what it
+/// waited for and halves after one that did not, between a few microseconds and a limit.
+#[derive(Debug)]
+pub struct Spin {
+    budget_ns: AtomicU32,
+}
+
+impl Spin {
+    /// A budget starting in the middle of its range.
+    #[must_use]
+    pub fn new() -> Self {
+        Self { budget_ns: AtomicU32::new(nanos(START)) }
+    }
+
+    /// Looks at `ready` until it is true or the budget is spent, yielding the CPU every few
+    /// dozen looks (a peer on the same core gets to run). True when `ready` came true.
+    pub fn run(&self, mut ready: impl FnMut() -> bool) -> bool {
+        let budget = Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)));
+        let started = Instant::now();
+        let mut looks = 0u32;
+        let found = loop {
+            if ready() {
+                break true;
+            }
+            looks += 1;
+            if looks % LOOKS_PER_YIELD == 0 {
+                if started.elapsed() >= budget {
+                    break false;
+                }
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        };
+        let next = if found { budget * 2 } else { budget / 2 };
+        self.budget_ns.store(nanos(next.clamp(MIN, MAX)), Ordering::Relaxed);
+        found
+    }
+}
+
+impl Default for Spin {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn nanos(d: Duration) -> u32 {
+    u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
+}
+
+const START: Duration = Duration::from_micros(20);
+const MIN: Duration = Duration::from_micros(1);
+const MAX: Duration = Duration::from_micros(50);
+/// Looks between two yields of the CPU.
+const LOOKS_PER_YIELD: u32 = 64;
