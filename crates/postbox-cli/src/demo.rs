@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use postbox::{Broker, CallError, Message};
 
 use crate::latency::{micros, Samples};
 use crate::placement::{self, Placement};
+use crate::spawner::Spawner;
 
 pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     let placements = match placement {
@@ -342,88 +343,4 @@ fn heading(title: &str) {
 
 fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
-}
-
-/// Starts `postbox` child processes attached to the demo's broker.
-struct Spawner {
-    socket: std::path::PathBuf,
-}
-
-/// A worker child whose `ready` line was seen.
-struct Worker {
-    child: Child,
-    stdout: Option<BufReader<ChildStdout>>,
-    /// What followed `ready`: the worker's process id, for node workers.
-    id: String,
-}
-
-impl Spawner {
-    fn command(&self, args: &[&str]) -> Result<Command> {
-        let exe = std::env::current_exe().context("find the postbox executable")?;
-        let mut command = Command::new(exe);
-        command.args(args).env("POSTBOX_SOCKET", &self.socket);
-        Ok(command)
-    }
-
-    fn worker(&self, args: &[&str]) -> Result<Worker> {
-        self.start(args, Stdio::null())
-    }
-
-    /// Starts a raw baseline worker whose stdin is `socket` (one end of a socketpair).
-    fn worker_with_stdin(&self, args: &[&str], socket: UnixStream) -> Result<Worker> {
-        self.start(args, Stdio::from(std::os::fd::OwnedFd::from(socket)))
-    }
-
-    fn start(&self, args: &[&str], stdin: Stdio) -> Result<Worker> {
-        let mut full = vec!["worker"];
-        full.extend_from_slice(args);
-        let mut child = self.command(&full)?.stdin(stdin).stdout(Stdio::piped()).spawn()?;
-        let mut stdout = BufReader::new(child.stdout.take().context("child stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let Some(rest) = line.trim().strip_prefix("ready") else {
-            let _ = child.kill();
-            bail!("worker {args:?} did not start: {line:?}");
-        };
-        Ok(Worker { child, stdout: Some(stdout), id: rest.trim().to_owned() })
-    }
-
-    fn run_to_end(&self, args: &[&str]) -> Result<()> {
-        let status = self.command(args)?.status()?;
-        if !status.success() {
-            bail!("postbox {args:?} failed: {status}");
-        }
-        Ok(())
-    }
-}
-
-impl Worker {
-    fn read_line(&mut self) -> Result<String> {
-        let mut line = String::new();
-        self.stdout.as_mut().context("worker output taken")?.read_line(&mut line)?;
-        Ok(line.trim_end().to_owned())
-    }
-
-    fn process_id(&self) -> Result<postbox::ProcessId> {
-        self.id.parse().context("worker process id")
-    }
-
-    fn wait_for_exit(&mut self) -> Result<()> {
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("worker exited with {status}");
-        }
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

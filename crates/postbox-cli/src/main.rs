@@ -2,12 +2,14 @@
 //! system working (`postbox demo`).
 #![forbid(unsafe_code)]
 
+mod bench;
 mod buffering;
 mod commands;
 mod demo;
 mod duration;
 mod latency;
 mod placement;
+mod spawner;
 mod worker;
 
 use std::path::PathBuf;
@@ -123,6 +125,23 @@ enum Command {
         #[arg(long, default_value = "both")]
         placement: String,
     },
+    /// Measure postbox over shared-memory and Unix links beside raw socketpair, futex and
+    /// spin ping-pongs, in one run: call round trip, one-way latency and throughput, printed
+    /// as percentiles and ratios (docs/benchmarks.md).
+    Bench {
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Round trips per latency measurement of a small message (fewer for large ones).
+        #[arg(long, default_value_t = 20_000)]
+        rounds: usize,
+        /// CPU placement: same-core, cross-core, or both.
+        #[arg(long, default_value = "both")]
+        placement: String,
+        /// Fewer sizes, rounds and messages: a smoke run of every measure.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Helper processes used by the demo, the tests and the benches.
     #[command(hide = true, subcommand)]
     Worker(worker::Role),
@@ -186,6 +205,10 @@ fn main() {
         Command::Mailbox(MailboxCommand::Unlink { name }) => commands::mailbox_unlink(&name),
         Command::Call { name, text, timeout } => commands::call(&name, &text, timeout),
         Command::Demo { rounds, placement } => demo::run(rounds, &placement),
+        Command::Bench { json, rounds, placement, quick } => {
+            let rounds = if quick { rounds.min(2_000) } else { rounds };
+            bench::run(&bench::Options { json, rounds, placement, quick })
+        }
         Command::Worker(role) => worker::run(role),
     };
     if let Err(error) = result {

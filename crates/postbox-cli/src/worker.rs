@@ -110,6 +110,25 @@ pub(crate) enum Role {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Raw baseline: stdin is a ping-pong memory object (a sequence word and a buffer each
+    /// way, no framing); answer every ping with its bytes until the client stops.
+    RawPingPong {
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Busy-wait instead of sleeping on a futex.
+        #[arg(long)]
+        spin: bool,
+    },
+    /// Busy-waiting echo for one-way latency: open port NAME, connect to REPLY_TO, and send
+    /// every message back, polling with the `try_` forms only (never sleeping). A message of
+    /// type 1 ends it.
+    BusyEcho {
+        /// Port to open.
+        name: String,
+        /// Port to send the messages back to.
+        reply_to: String,
+    },
 }
 
 pub(crate) fn run(role: Role) -> Result<()> {
@@ -217,6 +236,48 @@ pub(crate) fn run(role: Role) -> Result<()> {
         }
         Role::RawEcho { size } => raw_stdin_loop(size, true),
         Role::RawSink { size } => raw_stdin_loop(size, false),
+        Role::RawPingPong { size, spin } => {
+            let fd = std::io::stdin().as_fd().try_clone_to_owned().context("take stdin")?;
+            let ping = postbox_shm::PingPong::open(fd, size)?;
+            ready(None);
+            let wait =
+                if spin { postbox_shm::PingWait::Spin } else { postbox_shm::PingWait::Futex };
+            ping.serve(wait);
+            Ok(())
+        }
+        Role::BusyEcho { name, reply_to } => busy_echo(&name, &reply_to),
+    }
+}
+
+/// Echoes every message to `reply_to` without ever sleeping (see [`Role::BusyEcho`]).
+fn busy_echo(name: &str, reply_to: &str) -> Result<()> {
+    let node = Node::attach()?;
+    let port = node.port(name).open()?;
+    let back = node.connect(reply_to)?;
+    ready(Some(node.process_id()));
+    loop {
+        let envelope = match port.try_recv() {
+            Ok(envelope) => envelope,
+            Err(postbox::TryRecvError::Empty) => {
+                std::hint::spin_loop();
+                continue;
+            }
+            Err(e) => return Err(anyhow::anyhow!("receive on {name}: {e}")),
+        };
+        let mut message = envelope.into_message();
+        if message.msg_type() == 1 {
+            return Ok(());
+        }
+        loop {
+            match back.try_send(message) {
+                Ok(()) => break,
+                Err(postbox::TrySendError::Full(m)) => {
+                    message = m;
+                    std::hint::spin_loop();
+                }
+                Err(e) => return Err(anyhow::anyhow!("send to {reply_to}: {e}")),
+            }
+        }
     }
 }
 

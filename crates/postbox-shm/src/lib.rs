@@ -22,6 +22,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(not(loom))]
+mod baseline;
+#[cfg(not(loom))]
 mod doorbell;
 #[cfg(not(loom))]
 mod link_segment;
@@ -33,6 +35,8 @@ mod sync;
 #[cfg(not(loom))]
 mod sys;
 
+#[cfg(not(loom))]
+pub use baseline::{PingPong, PingWait};
 #[cfg(not(loom))]
 pub use doorbell::{Doorbell, Rung};
 #[cfg(not(loom))]

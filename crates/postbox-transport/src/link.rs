@@ -105,6 +105,16 @@ impl Link {
         }
     }
 
+    /// After a poll reported descriptor `index` (of those [`poll_fds`](Self::poll_fds)
+    /// appended) readable: a shared-memory link's socket is readable only when its peer hung
+    /// up, which the next read must report.
+    pub fn note_ready(&self, index: usize) {
+        if let (Self::Shm(link), 1) = (self, index) {
+            // Bytes on the socket are reported by the next read as well.
+            let _ = link.peer_gone(true);
+        }
+    }
+
     /// After a poll.
     pub fn finish_poll(&self) {
         if let Self::Shm(link) = self {

@@ -13,7 +13,7 @@
 //! killed mid-wait is noticed within a slice even though nobody rings the doorbell for it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,13 @@ pub struct ShmLink {
     keep_armed: AtomicBool,
     /// This end was shut down.
     shut: AtomicBool,
+    /// The peer's socket was seen hung up.
+    hung_up: AtomicBool,
+    /// Bytes arrived on the socket (the peer broke the protocol).
+    violated: AtomicBool,
+    /// When the link was opened, and when the socket was last looked at (µs after that).
+    created: Instant,
+    checked_at_us: AtomicU64,
     /// How long to spin before sleeping.
     spin: Spin,
 }
@@ -75,6 +82,10 @@ impl ShmLink {
             peer_eventfd: parts.peer_eventfd,
             keep_armed: AtomicBool::new(false),
             shut: AtomicBool::new(false),
+            hung_up: AtomicBool::new(false),
+            violated: AtomicBool::new(false),
+            created: Instant::now(),
+            checked_at_us: AtomicU64::new(0),
             spin: Spin::new(),
         })
     }
@@ -174,8 +185,9 @@ impl ShmLink {
                 return Err(TransportError::Closed);
             }
             if wait == Wait::NonBlocking {
-                // Nothing to read: the socket tells whether that is for good.
-                return Err(if self.socket_hung_up()? {
+                // Nothing to read: the socket tells whether that is for good (asked at most
+                // once per interval, so polling readers pay no system call per look).
+                return Err(if self.peer_gone(false)? {
                     TransportError::Closed
                 } else {
                     TransportError::WouldBlock
@@ -237,7 +249,35 @@ impl ShmLink {
     }
 
     fn is_finished(&self) -> bool {
-        self.shut.load(Ordering::Acquire) || self.peer.is_closed()
+        self.shut.load(Ordering::Acquire)
+            || self.peer.is_closed()
+            || self.hung_up.load(Ordering::Acquire)
+    }
+
+    /// True once the peer's socket hung up (it closed or died without saying so in the
+    /// segment). Looks at the socket when `now`, or when the last look is older than the
+    /// check interval; call with `now` when a poll reported the socket readable.
+    ///
+    /// # Errors
+    /// `Corrupt` when bytes arrived on the socket.
+    pub fn peer_gone(&self, now: bool) -> Result<bool, TransportError> {
+        if self.violated.load(Ordering::Acquire) {
+            return Err(TransportError::Corrupt);
+        }
+        if self.hung_up.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let elapsed = self.created.elapsed().as_micros() as u64;
+        let last = self.checked_at_us.load(Ordering::Relaxed);
+        if !now && elapsed.saturating_sub(last) < HANGUP_CHECK_INTERVAL.as_micros() as u64 {
+            return Ok(false);
+        }
+        self.checked_at_us.store(elapsed, Ordering::Relaxed);
+        let gone = self.socket_hung_up()?;
+        if gone {
+            self.hung_up.store(true, Ordering::Release);
+        }
+        Ok(gone)
     }
 
     /// Rings the peer's doorbell after publishing bytes or freeing room.
@@ -253,9 +293,15 @@ impl ShmLink {
     /// protocol violation: data travels in the segment.
     fn socket_hung_up(&self) -> Result<bool, TransportError> {
         let mut byte = [0u8; 1];
+        if self.violated.load(Ordering::Acquire) {
+            return Err(TransportError::Corrupt);
+        }
         match recv(&self.socket, &mut byte, RecvFlags::DONTWAIT) {
             Ok((0, _)) => Ok(true),
-            Ok(_) => Err(TransportError::Corrupt),
+            Ok(_) => {
+                self.violated.store(true, Ordering::Release);
+                Err(TransportError::Corrupt)
+            }
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(false),
             Err(_) => Ok(true),
         }
@@ -288,7 +334,7 @@ impl ShmLink {
             if ready() {
                 return Ok(());
             }
-            if now.elapsed() >= slice && self.socket_hung_up()? {
+            if now.elapsed() >= slice && self.peer_gone(true)? {
                 return Err(TransportError::Closed);
             }
         }
@@ -312,6 +358,8 @@ fn corrupt(_: StreamError) -> TransportError {
 
 /// How long a started frame larger than the stream may take, at least, to finish.
 const PARTIAL_FRAME_GRACE: Duration = Duration::from_millis(500);
+/// How often a reader that finds nothing looks at the socket for a hang-up.
+const HANGUP_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 /// Longest single sleep: a peer killed mid-wait is noticed within it.
 const SLEEP_SLICE: Duration = Duration::from_millis(10);
 
@@ -475,6 +523,8 @@ mod tests {
         let (client_parts, server_parts) = ShmLinkParts::pair(4096).unwrap();
         let client = ShmLink::open(client_parts, LinkSide::Client).unwrap();
         rustix::io::write(&server_parts.socket, b"junk").unwrap();
+        // A reader that finds nothing looks at the socket once per check interval.
+        std::thread::sleep(HANGUP_CHECK_INTERVAL * 2);
         let mut decoder = FrameDecoder::new(1 << 20);
         assert_eq!(client.read_into(&mut decoder, Wait::NonBlocking), Err(TransportError::Corrupt));
     }

@@ -30,7 +30,9 @@ impl Spin {
             }
             looks += 1;
             if looks % LOOKS_PER_YIELD == 0 {
-                if started.elapsed() >= budget {
+                // At least one yield, whatever the budget: a peer on this core can only
+                // answer once it gets the CPU.
+                if looks > LOOKS_PER_YIELD && started.elapsed() >= budget {
                     break false;
                 }
                 std::thread::yield_now();

@@ -12,7 +12,9 @@
 //! frame): when a batch is due, when the sender waits for confirmation, and always before the
 //! leader goes to sleep.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use postbox_core::{
     FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, PortQueue, PortSpec, QueuedMeta,
@@ -72,6 +74,9 @@ pub(crate) struct Receiver {
     readiness: Arc<Readiness>,
     /// The leader's spin over shared-memory links before it polls.
     spin: Spin,
+    /// When the endpoint opened, and when its links were last polled (µs after that).
+    created: Instant,
+    polled_at_us: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -124,6 +129,8 @@ impl Receiver {
             arrived: Condvar::new(),
             waker: Waker::new()?,
             spin: Spin::new(),
+            created: Instant::now(),
+            polled_at_us: AtomicU64::new(0),
             readiness: Arc::new(
                 Readiness::new().map_err(|e| TransportError::Os {
                     operation: "create epoll",
@@ -421,17 +428,30 @@ impl Receiver {
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         let links: Vec<&Arc<ServerLink>> =
             links.iter().filter(|l| !l.is_full(&self.spec)).collect();
-        // Shared-memory links can be looked at without a system call: first a short spin.
+        // Shared-memory links can be looked at without a system call: first a short spin,
+        // and when they hold input, no poll at all (new links and hang-ups wait for the next
+        // poll, which a link set of shared-memory links alone still makes every interval).
         let shared = links.iter().any(|l| l.end.link().is_shared_memory());
-        if shared && wait != Wait::NonBlocking && links.len() <= SPIN_LINKS {
-            self.spin.run(|| links.iter().any(|l| l.end.link().has_input()));
+        if shared {
+            let all_shared = links.iter().all(|l| l.end.link().is_shared_memory());
+            if wait != Wait::NonBlocking && links.len() <= SPIN_LINKS {
+                self.spin.run(|| links.iter().any(|l| l.end.link().has_input()));
+            }
+            let to_read: Vec<bool> = links.iter().map(|l| l.end.link().has_input()).collect();
+            let poll_due = self.poll_due();
+            if all_shared && (to_read.contains(&true) || (wait == Wait::NonBlocking && !poll_due)) {
+                return read_links(&links, &to_read, &self.spec);
+            }
         }
+        self.polled();
         let mut fds = Vec::with_capacity(2 * links.len() + 1);
         fds.push(self.waker.as_fd());
         // Which link each descriptor belongs to, and which links hold input already.
         let mut owner = vec![usize::MAX];
+        let mut first_fd = Vec::with_capacity(links.len());
         let mut to_read = vec![false; links.len()];
         for (i, link) in links.iter().enumerate() {
+            first_fd.push(fds.len());
             link.end.link().poll_fds(&mut fds);
             owner.resize(fds.len(), i);
             to_read[i] = link.end.link().prepare_poll();
@@ -446,19 +466,43 @@ impl Receiver {
             if index == 0 {
                 self.waker.reset();
             } else {
-                to_read[owner[index]] = true;
+                let i = owner[index];
+                links[i].end.link().note_ready(index - first_fd[i]);
+                to_read[i] = true;
             }
         }
-        let mut arrived = Vec::new();
-        let mut dead = Vec::new();
-        for (link, _) in links.iter().zip(&to_read).filter(|(_, read)| **read) {
-            if !read_link(link, &self.spec, &mut arrived) {
-                link.end.close();
-                dead.push(link.id);
-            }
-        }
-        (arrived, dead)
+        read_links(&links, &to_read, &self.spec)
     }
+
+    /// True when the last poll of the links is older than [`POLL_INTERVAL`].
+    fn poll_due(&self) -> bool {
+        let elapsed = self.created.elapsed().as_micros() as u64;
+        elapsed.saturating_sub(self.polled_at_us.load(Ordering::Relaxed))
+            >= POLL_INTERVAL.as_micros() as u64
+    }
+
+    /// Records a poll of the links now.
+    fn polled(&self) {
+        let elapsed = self.created.elapsed().as_micros() as u64;
+        self.polled_at_us.store(elapsed, Ordering::Relaxed);
+    }
+}
+
+/// Reads the links marked in `to_read`. Returns what arrived and the links found dead.
+fn read_links(
+    links: &[&Arc<ServerLink>],
+    to_read: &[bool],
+    spec: &PortSpec,
+) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
+    let mut arrived = Vec::new();
+    let mut dead = Vec::new();
+    for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
+        if !read_link(link, spec, &mut arrived) {
+            link.end.close();
+            dead.push(link.id);
+        }
+    }
+    (arrived, dead)
 }
 
 impl ServerLink {
@@ -558,6 +602,10 @@ const LINK_QUEUE_CALLS: u64 = 1024;
 /// Bytes of one-way messages from one link that may wait in an endpoint's queue before the
 /// link is left unread, whatever the capacity says.
 const LINK_QUEUE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long a receiver that finds its shared-memory links busy may go without polling them
+/// (which notices new links and hang-ups).
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Most links the leader spins over before polling (beyond, a poll is as cheap).
 const SPIN_LINKS: usize = 4;

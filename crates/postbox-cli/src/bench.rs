@@ -1,0 +1,658 @@
+//! `postbox bench`: postbox over shared-memory and Unix links beside the raw OS primitives it
+//! is built on, all measured in one run with the same CPU placement, printed as percentiles
+//! and ratios (methodology: docs/benchmarks.md).
+//!
+//! Measures, each at 64 B, 4 KiB, 64 KiB, 1 MiB and 4 MiB unless noted:
+//! - call round trip with blocking waits: postbox `call` to an echo port (shared memory, Unix
+//!   link) beside a raw socketpair echo and a raw futex ping-pong over shared memory;
+//! - one-way latency with busy-waiting receivers: half the round trip of a ping-pong in which
+//!   both sides poll with `try_recv` (postbox) or spin on a shared word (raw);
+//! - one-way throughput at 64 B: a burst of one-way messages, then one round trip.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use postbox::{Broker, Connection, Message, Node, TryRecvError, TrySendError};
+use postbox_shm::{PingPong, PingWait};
+
+use crate::latency::{micros, Samples};
+use crate::placement::{self, Placement};
+use crate::spawner::{Spawner, Worker};
+
+/// What `postbox bench` was asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Print JSON instead of tables.
+    pub(crate) json: bool,
+    /// Round trips per latency measurement of a small message (fewer for large ones).
+    pub(crate) rounds: usize,
+    /// `same-core`, `cross-core` or `both`.
+    pub(crate) placement: String,
+    /// Fewer sizes and rounds: a smoke run.
+    pub(crate) quick: bool,
+}
+
+/// What was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    CallRtt,
+    OneWayBusy,
+    Throughput,
+}
+
+/// Who carried the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    Shm,
+    Unix,
+    RawSocketpair,
+    RawFutex,
+    RawSpin,
+}
+
+/// One line of the results.
+#[derive(Debug)]
+struct Record {
+    placement: Placement,
+    measure: Measure,
+    size: usize,
+    carrier: Carrier,
+    /// Latency samples (latency measures).
+    samples: Option<Samples>,
+    /// Messages per second (throughput).
+    rate: Option<f64>,
+}
+
+pub(crate) fn run(options: &Options) -> Result<()> {
+    let placements = match options.placement.as_str() {
+        "both" => Placement::available(),
+        other => vec![Placement::parse(other).with_context(|| {
+            format!("unknown placement {other:?}: same-core, cross-core or both")
+        })?],
+    };
+    let sizes: &[usize] =
+        if options.quick { &[64, 4096, 1 << 20] } else { &[64, 4096, 64 << 10, 1 << 20, 4 << 20] };
+    let shm = Broker::embedded_with(|c| c.shared_memory(true))?;
+    let unix = Broker::embedded_with(|c| c.shared_memory(false))?;
+    let busy_steps = if placements.contains(&Placement::CrossCore) { sizes.len() } else { 0 };
+    let steps = placements.len() * (sizes.len() + 1) + busy_steps;
+    let mut progress = Progress::new(steps);
+    let mut records = Vec::new();
+    let cpus = placement::allowed_cpus();
+    for &place in &placements {
+        let rig = Rig::start(&shm, &unix, place, sizes)?;
+        for &size in sizes {
+            progress.step(&format!("{}, call round trip, {}", place.label(), size_label(size)));
+            records.extend(rig.call_rtt(place, size, rounds_for(options.rounds, size))?);
+        }
+        // Busy-waiting on the core the peer needs only measures the scheduler's time slice.
+        if place == Placement::CrossCore {
+            for &size in sizes {
+                progress.step(&format!(
+                    "{}, one-way busy-wait, {}",
+                    place.label(),
+                    size_label(size)
+                ));
+                records.extend(rig.one_way_busy(place, size, rounds_for(options.rounds, size))?);
+            }
+        }
+        progress.step(&format!("{}, one-way throughput, 64 B", place.label()));
+        let burst = if options.quick { 20_000 } else { 200_000 };
+        records.extend(rig.throughput(place, burst)?);
+        drop(rig);
+        placement::unpin_current_thread(&cpus)?;
+    }
+    progress.finish();
+    if options.json {
+        print_json(&records);
+    } else {
+        print_tables(&records);
+    }
+    Ok(())
+}
+
+/// The workers and connections of one placement. The servers here sleep when idle; the
+/// busy-waiting ones are started only for their own measurement (two spinning processes on a
+/// two-core machine would distort everything else).
+struct Rig {
+    place: Placement,
+    shm_node: Node,
+    unix_node: Node,
+    on_shm: Spawner,
+    on_unix: Spawner,
+    tag: &'static str,
+    /// Every CPU this process may use (a pinned thread sees only its own).
+    cpus: Vec<usize>,
+    shm_echo: Connection,
+    unix_echo: Connection,
+    /// Per size: a raw socketpair echo and a raw futex ping-pong.
+    raw: Vec<(usize, UnixStream, PingPong)>,
+    raw_sink: UnixStream,
+    _workers: Vec<Worker>,
+}
+
+impl Rig {
+    fn start(shm: &Broker, unix: &Broker, place: Placement, sizes: &[usize]) -> Result<Self> {
+        let shm_node = shm.node()?;
+        let unix_node = unix.node()?;
+        // Names of their own per placement: the previous placement's workers may not have
+        // released theirs yet.
+        let tag = match place {
+            Placement::SameCore => "same",
+            Placement::CrossCore => "cross",
+        };
+        let echo = format!("bench/echo-{tag}");
+        let on_shm = Spawner { socket: shm.socket_path().to_owned() };
+        let on_unix = Spawner { socket: unix.socket_path().to_owned() };
+        let cpus = placement::allowed_cpus();
+        let mut raw = Vec::new();
+        let mut ends = Vec::new();
+        let workers = place.apply(|| -> Result<Vec<Worker>> {
+            let mut workers =
+                vec![on_shm.worker(&["echo", &echo])?, on_unix.worker(&["echo", &echo])?];
+            for &size in sizes {
+                let text = size.to_string();
+                let (theirs, ours) = UnixStream::pair()?;
+                workers.push(on_shm.worker_with_stdin(&["raw-echo", "--size", &text], theirs)?);
+                let futex = PingPong::create(size)?;
+                let fd = futex.fd().try_clone_to_owned()?;
+                workers.push(on_shm.worker_with_fd(&["raw-ping-pong", "--size", &text], fd)?);
+                raw.push((size, ours, futex));
+            }
+            let (theirs, ours) = UnixStream::pair()?;
+            workers.push(on_shm.worker_with_stdin(&["raw-sink", "--size", "64"], theirs)?);
+            ends.push(ours);
+            Ok(workers)
+        })??;
+        Ok(Self {
+            place,
+            shm_echo: shm_node.connect(&echo)?,
+            unix_echo: unix_node.connect(&echo)?,
+            shm_node,
+            unix_node,
+            on_shm,
+            on_unix,
+            tag,
+            cpus,
+            raw,
+            raw_sink: ends.pop().context("raw sink")?,
+            _workers: workers,
+        })
+    }
+
+    fn call_rtt(&self, place: Placement, size: usize, rounds: usize) -> Result<Vec<Record>> {
+        let body = vec![0x5au8; size];
+        let (_, raw_stream, raw_futex) =
+            self.raw.iter().find(|(s, ..)| *s == size).context("raw peers for this size")?;
+        let mut raw_stream = raw_stream.try_clone()?;
+        let mut buf = vec![0u8; size];
+        let mut futex_buf = vec![0u8; size];
+        let call = |connection: &Connection| -> Result<Duration> {
+            let message = Message::new(body.clone());
+            let start = Instant::now();
+            connection.call(message)?;
+            Ok(start.elapsed())
+        };
+        let samples = rotate(
+            rounds,
+            &mut [
+                &mut || call(&self.shm_echo),
+                &mut || call(&self.unix_echo),
+                &mut || {
+                    let start = Instant::now();
+                    raw_stream.write_all(&body)?;
+                    raw_stream.read_exact(&mut buf)?;
+                    Ok(start.elapsed())
+                },
+                &mut || {
+                    let start = Instant::now();
+                    raw_futex.ping(&body, &mut futex_buf, PingWait::Futex);
+                    Ok(start.elapsed())
+                },
+            ],
+        )?;
+        let carriers = [Carrier::Shm, Carrier::Unix, Carrier::RawSocketpair, Carrier::RawFutex];
+        Ok(latency_records(place, Measure::CallRtt, size, &carriers, samples))
+    }
+
+    /// Starts a server process with this placement's pinning.
+    fn spawn(&self, start: impl FnOnce() -> Result<Worker>) -> Result<Worker> {
+        placement::unpin_current_thread(&self.cpus)?;
+        self.place.apply(start)?
+    }
+
+    fn one_way_busy(&self, place: Placement, size: usize, rounds: usize) -> Result<Vec<Record>> {
+        let body = vec![0x5au8; size];
+        let busy = format!("bench/busy-{}-{size}", self.tag);
+        let back = format!("bench/busy-back-{}-{size}", self.tag);
+        let mut samples = Vec::new();
+        for (node, spawner) in [(&self.shm_node, &self.on_shm), (&self.unix_node, &self.on_unix)] {
+            let back_port = node.port(&back).open()?;
+            let mut worker = self.spawn(|| spawner.worker(&["busy-echo", &busy, &back]))?;
+            let to = node.connect(&busy)?;
+            let mut ping = || -> Result<Duration> {
+                let mut message = Message::new(body.clone());
+                let start = Instant::now();
+                loop {
+                    match to.try_send(message) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(m)) => message = m,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                loop {
+                    match back_port.try_recv() {
+                        Ok(_) => break,
+                        Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(start.elapsed() / 2)
+            };
+            samples.extend(rotate(rounds, &mut [&mut ping])?);
+            // Ends the busy echo (it never sleeps, so it must not outlive its measurement).
+            let _ = to.send(Message::new(Vec::new()).with_type(1));
+            worker.wait_for_exit()?;
+        }
+        let text = size.to_string();
+        let spin = PingPong::create(size)?;
+        let fd = spin.fd().try_clone_to_owned()?;
+        let worker = self.spawn(|| {
+            self.on_shm.worker_with_fd(&["raw-ping-pong", "--size", &text, "--spin"], fd)
+        })?;
+        let mut spin_buf = vec![0u8; size];
+        let mut ping = || -> Result<Duration> {
+            let start = Instant::now();
+            spin.ping(&body, &mut spin_buf, PingWait::Spin);
+            Ok(start.elapsed() / 2)
+        };
+        samples.extend(rotate(rounds, &mut [&mut ping])?);
+        spin.stop();
+        drop(worker);
+        let carriers = [Carrier::Shm, Carrier::Unix, Carrier::RawSpin];
+        Ok(latency_records(place, Measure::OneWayBusy, size, &carriers, samples))
+    }
+
+    fn throughput(&self, place: Placement, burst: usize) -> Result<Vec<Record>> {
+        let body = vec![0x5au8; 64];
+        let mut sink = self.raw_sink.try_clone()?;
+        let postbox = |connection: &Connection| -> Result<f64> {
+            let start = Instant::now();
+            for _ in 0..burst {
+                connection.send(Message::new(body.clone()))?;
+            }
+            connection.call(Message::new(body.clone()))?;
+            Ok(burst as f64 / start.elapsed().as_secs_f64())
+        };
+        let mut raw = || -> Result<f64> {
+            let mut ack = [0u8; 1];
+            let start = Instant::now();
+            for _ in 0..burst {
+                sink.write_all(&body)?;
+            }
+            let mut last = body.clone();
+            last[0] = 1;
+            sink.write_all(&last)?;
+            sink.read_exact(&mut ack)?;
+            Ok(burst as f64 / start.elapsed().as_secs_f64())
+        };
+        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..THROUGHPUT_REPEATS {
+            rates[0].push(postbox(&self.shm_echo)?);
+            rates[1].push(postbox(&self.unix_echo)?);
+            rates[2].push(raw()?);
+        }
+        let carriers = [Carrier::Shm, Carrier::Unix, Carrier::RawSocketpair];
+        Ok(carriers
+            .into_iter()
+            .zip(rates)
+            .map(|(carrier, mut rates)| {
+                rates.sort_by(f64::total_cmp);
+                Record {
+                    placement: place,
+                    measure: Measure::Throughput,
+                    size: 64,
+                    carrier,
+                    samples: None,
+                    rate: Some(rates[rates.len() / 2]),
+                }
+            })
+            .collect())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for (_, _, futex) in &self.raw {
+            futex.stop();
+        }
+    }
+}
+
+/// Runs every measurement in turn, in blocks, so drift affects them alike; a tenth of the
+/// rounds warm up first. Returns each one's samples.
+fn rotate(
+    rounds: usize,
+    runs: &mut [&mut dyn FnMut() -> Result<Duration>],
+) -> Result<Vec<Samples>> {
+    for run in runs.iter_mut() {
+        for _ in 0..(rounds / 10).max(5) {
+            run()?;
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = runs.iter().map(|_| Vec::with_capacity(rounds)).collect();
+    let block = (rounds / 8).max(1);
+    while samples[0].len() < rounds {
+        for (run, out) in runs.iter_mut().zip(&mut samples) {
+            for _ in 0..block.min(rounds - out.len()) {
+                out.push(run()?);
+            }
+        }
+    }
+    Ok(samples.into_iter().map(Samples::new).collect())
+}
+
+fn latency_records(
+    placement: Placement,
+    measure: Measure,
+    size: usize,
+    carriers: &[Carrier],
+    samples: Vec<Samples>,
+) -> Vec<Record> {
+    carriers
+        .iter()
+        .zip(samples)
+        .map(|(&carrier, samples)| Record {
+            placement,
+            measure,
+            size,
+            carrier,
+            samples: Some(samples),
+            rate: None,
+        })
+        .collect()
+}
+
+/// Fewer rounds for large messages: each takes longer, and the percentiles need fewer.
+fn rounds_for(rounds: usize, size: usize) -> usize {
+    let scaled = match size {
+        0..=4096 => rounds,
+        4097..=65536 => rounds / 4,
+        65537..=1048576 => rounds / 50,
+        _ => rounds / 200,
+    };
+    scaled.max(20)
+}
+
+/// A progress bar on stderr (one line per step when stderr is not a terminal).
+struct Progress {
+    total: usize,
+    done: usize,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self { total, done: 0, terminal: std::io::stderr().is_terminal() }
+    }
+
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let width = 24;
+        let filled = width * (self.done - 1) / self.total.max(1);
+        let bar: String = (0..width).map(|i| if i < filled { '#' } else { '.' }).collect();
+        let line = format!("[{bar}] {}/{} {what}", self.done, self.total);
+        let mut err = std::io::stderr().lock();
+        let _ =
+            if self.terminal { write!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            let _ = writeln!(std::io::stderr(), "\r\x1b[2K[{}] done", "#".repeat(24));
+        }
+    }
+}
+
+impl Measure {
+    fn key(self) -> &'static str {
+        match self {
+            Self::CallRtt => "call_rtt",
+            Self::OneWayBusy => "one_way_busy",
+            Self::Throughput => "throughput",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::CallRtt => "call round trip, blocking waits",
+            Self::OneWayBusy => "one-way latency, busy-waiting receivers (half a round trip)",
+            Self::Throughput => "one-way throughput, 64 B messages",
+        }
+    }
+
+    /// The raw primitive the ratios compare against.
+    fn baseline(self) -> Carrier {
+        match self {
+            Self::CallRtt | Self::Throughput => Carrier::RawSocketpair,
+            Self::OneWayBusy => Carrier::RawSpin,
+        }
+    }
+}
+
+impl Carrier {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Shm => "postbox_shm",
+            Self::Unix => "postbox_unix",
+            Self::RawSocketpair => "raw_socketpair",
+            Self::RawFutex => "raw_futex",
+            Self::RawSpin => "raw_spin",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Shm => "postbox shm",
+            Self::Unix => "postbox unix",
+            Self::RawSocketpair => "raw socketpair",
+            Self::RawFutex => "raw futex",
+            Self::RawSpin => "raw spin",
+        }
+    }
+}
+
+fn size_label(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
+        s if s >= 1024 && s % 1024 == 0 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+/// The record's comparison figure (p50, or the rate) and its ratio to the baseline's.
+fn ratio(records: &[Record], record: &Record) -> Option<f64> {
+    let base = records.iter().find(|r| {
+        r.placement == record.placement
+            && r.measure == record.measure
+            && r.size == record.size
+            && r.carrier == record.measure.baseline()
+    })?;
+    match (&record.samples, &base.samples, record.rate, base.rate) {
+        (Some(ours), Some(theirs), ..) => Some(
+            ours.percentile(50.0).as_secs_f64() / theirs.percentile(50.0).as_secs_f64().max(1e-12),
+        ),
+        (.., Some(ours), Some(theirs)) => Some(ours / theirs.max(1e-12)),
+        _ => None,
+    }
+}
+
+fn print_tables(records: &[Record]) {
+    let mut placements: Vec<Placement> = Vec::new();
+    for r in records {
+        if !placements.contains(&r.placement) {
+            placements.push(r.placement);
+        }
+    }
+    for place in placements {
+        for measure in [Measure::CallRtt, Measure::OneWayBusy, Measure::Throughput] {
+            let rows: Vec<&Record> =
+                records.iter().filter(|r| r.placement == place && r.measure == measure).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            println!("\n== {}, {}", measure.title(), place.label());
+            let versus = format!("vs {}", measure.baseline().label());
+            if measure == Measure::Throughput {
+                println!("  {:<8} {:<16} {:>14} {:>18}", "size", "carrier", "msgs/s", versus);
+            } else {
+                println!(
+                    "  {:<8} {:<16} {:>11} {:>11} {:>11} {:>18}",
+                    "size", "carrier", "p50", "p99", "p99.9", versus
+                );
+            }
+            for r in rows {
+                let ratio = ratio(records, r).map_or("-".into(), |x| format!("{x:.2}x"));
+                match (&r.samples, r.rate) {
+                    (Some(s), _) => println!(
+                        "  {:<8} {:<16} {:>11} {:>11} {:>11} {:>18}",
+                        size_label(r.size),
+                        r.carrier.label(),
+                        micros(s.percentile(50.0)),
+                        micros(s.percentile(99.0)),
+                        micros(s.percentile(99.9)),
+                        ratio
+                    ),
+                    (None, Some(rate)) => println!(
+                        "  {:<8} {:<16} {:>14} {:>18}",
+                        size_label(r.size),
+                        r.carrier.label(),
+                        format!("{:.2} M", rate / 1e6),
+                        ratio
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+    println!("\n== targets (issue 4)");
+    for target in targets(records) {
+        println!(
+            "  {:<62} {:>9} (goal {}) {}",
+            target.what,
+            target.reached,
+            target.goal,
+            if target.met { "met" } else { "NOT met" }
+        );
+    }
+}
+
+/// One of the issue's targets and where this run got.
+struct Target {
+    what: String,
+    reached: String,
+    goal: &'static str,
+    met: bool,
+}
+
+fn targets(records: &[Record]) -> Vec<Target> {
+    let find = |place: Placement, measure: Measure, size: usize, carrier: Carrier| {
+        records.iter().find(|r| {
+            r.placement == place && r.measure == measure && r.size == size && r.carrier == carrier
+        })
+    };
+    let p50 = |r: &Record| r.samples.as_ref().map(|s| s.percentile(50.0).as_secs_f64());
+    let mut out = Vec::new();
+    for place in [Placement::SameCore, Placement::CrossCore] {
+        let label = place.label();
+        if let Some(r) = find(place, Measure::OneWayBusy, 64, Carrier::Shm) {
+            if let Some(x) = ratio(records, r) {
+                out.push(Target {
+                    what: format!("{label}: one-way 64 B busy-wait, shm / raw spin"),
+                    reached: format!("{x:.2}x"),
+                    goal: "<= 1.5x",
+                    met: x <= 1.5,
+                });
+            }
+            let big = find(place, Measure::OneWayBusy, 4 << 20, Carrier::Shm);
+            if let (Some(small), Some(big)) = (p50(r), big.and_then(p50)) {
+                let x = big / small.max(1e-12);
+                out.push(Target {
+                    what: format!("{label}: one-way shm latency, 4 MiB / 64 B"),
+                    reached: format!("{x:.2}x"),
+                    goal: "<= 2x",
+                    met: x <= 2.0,
+                });
+            }
+        }
+        if let Some(r) = find(place, Measure::CallRtt, 64, Carrier::Shm) {
+            if let Some(x) = ratio(records, r) {
+                out.push(Target {
+                    what: format!("{label}: call RTT 64 B, shm / raw socketpair"),
+                    reached: format!("{x:.2}x"),
+                    goal: "<= 0.6x",
+                    met: x <= 0.6,
+                });
+            }
+        }
+        if let Some(rate) = find(place, Measure::Throughput, 64, Carrier::Shm).and_then(|r| r.rate)
+        {
+            out.push(Target {
+                what: format!("{label}: one-way 64 B throughput, shm"),
+                reached: format!("{:.2} M/s", rate / 1e6),
+                goal: ">= 10 M/s",
+                met: rate >= 10e6,
+            });
+        }
+    }
+    out
+}
+
+fn print_json(records: &[Record]) {
+    let mut out = String::from("{\"results\":[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let placement = match r.placement {
+            Placement::SameCore => "same-core",
+            Placement::CrossCore => "cross-core",
+        };
+        out.push_str(&format!(
+            "{{\"placement\":\"{placement}\",\"measure\":\"{}\",\"size\":{},\"carrier\":\"{}\"",
+            r.measure.key(),
+            r.size,
+            r.carrier.key()
+        ));
+        if let Some(s) = &r.samples {
+            for (key, p) in [("p50_ns", 50.0), ("p99_ns", 99.0), ("p999_ns", 99.9)] {
+                out.push_str(&format!(",\"{key}\":{}", s.percentile(p).as_nanos()));
+            }
+        }
+        if let Some(rate) = r.rate {
+            out.push_str(&format!(",\"msgs_per_s\":{rate:.0}"));
+        }
+        if let Some(x) = ratio(records, r) {
+            out.push_str(&format!(",\"vs\":\"{}\",\"ratio\":{x:.4}", r.measure.baseline().key()));
+        }
+        out.push('}');
+    }
+    out.push_str("],\"targets\":[");
+    for (i, t) in targets(records).iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"what\":\"{}\",\"reached\":\"{}\",\"goal\":\"{}\",\"met\":{}}}",
+            t.what, t.reached, t.goal, t.met
+        ));
+    }
+    out.push_str("]}");
+    println!("{out}");
+}
+
+/// Bursts per throughput figure; the median is reported.
+const THROUGHPUT_REPEATS: usize = 5;
