@@ -6,42 +6,53 @@ use std::time::{Duration, Instant};
 
 /// A spin budget that adapts to how spins end: it doubles after a spin that found what it
 /// waited for and halves after one that did not, between a few microseconds and a limit.
+/// How often to yield adapts too: a spin that succeeded only after yielding says the peer
+/// shares this core (looking without yielding is wasted there), one that succeeded before
+/// the first yield says it runs elsewhere.
 #[derive(Debug)]
 pub struct Spin {
     budget_ns: AtomicU32,
+    looks_per_yield: AtomicU32,
 }
 
 impl Spin {
     /// A budget starting in the middle of its range.
     #[must_use]
     pub fn new() -> Self {
-        Self { budget_ns: AtomicU32::new(nanos(START)) }
+        Self { budget_ns: AtomicU32::new(nanos(START)), looks_per_yield: AtomicU32::new(MAX_LOOKS) }
     }
 
     /// Looks at `ready` until it is true or the budget is spent, yielding the CPU every few
-    /// dozen looks (a peer on the same core gets to run). True when `ready` came true.
+    /// looks (a peer on the same core gets to run). True when `ready` came true.
     pub fn run(&self, mut ready: impl FnMut() -> bool) -> bool {
         let budget = Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)));
+        let per_yield = self.looks_per_yield.load(Ordering::Relaxed).max(1);
         let started = Instant::now();
         let mut looks = 0u32;
+        let mut yielded = false;
         let found = loop {
             if ready() {
                 break true;
             }
             looks += 1;
-            if looks % LOOKS_PER_YIELD == 0 {
+            if looks % per_yield == 0 {
                 // At least one yield, whatever the budget: a peer on this core can only
                 // answer once it gets the CPU.
-                if looks > LOOKS_PER_YIELD && started.elapsed() >= budget {
+                if yielded && started.elapsed() >= budget {
                     break false;
                 }
                 std::thread::yield_now();
+                yielded = true;
             } else {
                 std::hint::spin_loop();
             }
         };
         let next = if found { budget * 2 } else { budget / 2 };
         self.budget_ns.store(nanos(next.clamp(MIN, MAX)), Ordering::Relaxed);
+        if found {
+            let looks_next = if yielded { MIN_LOOKS } else { (per_yield * 2).min(MAX_LOOKS) };
+            self.looks_per_yield.store(looks_next, Ordering::Relaxed);
+        }
         found
     }
 }
@@ -59,5 +70,6 @@ fn nanos(d: Duration) -> u32 {
 const START: Duration = Duration::from_micros(20);
 const MIN: Duration = Duration::from_micros(1);
 const MAX: Duration = Duration::from_micros(50);
-/// Looks between two yields of the CPU.
-const LOOKS_PER_YIELD: u32 = 64;
+/// Looks between two yields of the CPU: few when the peer shares the core, many when not.
+const MIN_LOOKS: u32 = 2;
+const MAX_LOOKS: u32 = 64;
