@@ -23,6 +23,9 @@ pub struct BrokerConfig {
     /// Links between nodes use shared memory, with streams of this many bytes each way;
     /// `None` makes them Unix links (the socketpair alone).
     pub shared_memory_links: Option<usize>,
+    /// Bytes each way in a shared-memory link's payload pool (the largest zero-copy payload).
+    /// Shared memory is only used as payloads fill it.
+    pub shared_memory_pool: usize,
 }
 
 impl BrokerConfig {
@@ -37,6 +40,7 @@ impl BrokerConfig {
             max_queued_per_node: 1024,
             hello_timeout: Duration::from_secs(10),
             shared_memory_links: Some(DEFAULT_LINK_CAPACITY),
+            shared_memory_pool: DEFAULT_POOL_SIZE,
         }
     }
 
@@ -59,6 +63,9 @@ impl BrokerConfig {
 /// Bytes each way in a shared-memory link's streams: many small messages in flight, and large
 /// ones in few pieces, for 512 KiB of shared memory per link at most.
 pub(crate) const DEFAULT_LINK_CAPACITY: usize = 256 * 1024;
+
+/// Bytes each way in a shared-memory link's payload pool: a few large payloads in flight.
+pub(crate) const DEFAULT_POOL_SIZE: usize = 16 * 1024 * 1024;
 
 /// 64 MiB: large payloads fit, a hostile length cannot exhaust memory.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 64 * 1024 * 1024;

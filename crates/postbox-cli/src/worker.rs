@@ -354,6 +354,7 @@ fn mailbox_hog(name: &str) -> Result<()> {
         id: 1,
         correlation: 1,
         body_len: 0,
+        pooled: false,
     };
     link.write_frame(&pull.encode(&[]), &[], Wait::Forever)?;
     let mut decoder = FrameDecoder::new(u32::MAX);

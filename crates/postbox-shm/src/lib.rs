@@ -27,6 +27,8 @@ mod baseline;
 mod doorbell;
 #[cfg(not(loom))]
 mod link_segment;
+#[cfg(not(loom))]
+mod pool;
 mod ring;
 #[cfg(not(loom))]
 mod segment;
@@ -41,8 +43,10 @@ pub use baseline::{PingPong, PingWait};
 pub use doorbell::{Doorbell, Rung};
 #[cfg(not(loom))]
 pub use link_segment::{
-    create_link_segment, open_link_segment, LinkMemory, LinkSegmentError, LinkSide,
+    create_link_segment, open_link_segment, LinkMemory, LinkSegmentError, LinkShape, LinkSide,
 };
+#[cfg(not(loom))]
+pub use pool::{PoolError, PoolLayout, PoolLoan, PoolReader, PoolRun, PoolView, PoolWriter};
 #[cfg(not(loom))]
 pub use ring::RegionRing;
 pub use ring::{Consumer, HeapRing, Producer, PushError, Ring, RingError, RingLayout, RingMemory};

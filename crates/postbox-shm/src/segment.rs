@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::ring::{RingLayout, RingMemory};
 use crate::sync::AtomicU64 as RingAtomic;
-use crate::sys::{create_memory, memory_size, Mapping};
+use crate::sys::{create_memory, memory_size, size_is_sealed, Mapping};
 use crate::{RegionRing, RingError};
 
 /// A mapped segment.
@@ -53,6 +53,9 @@ pub enum SegmentOpenError {
     /// The creator did not publish the header in time.
     #[error("the segment was not published in time")]
     NotReady,
+    /// Its size is not sealed: another holder could shrink it under the mapping.
+    #[error("the memory object's size is not sealed")]
+    NotSealed,
     /// The operating system refused to map it.
     #[error("the operating system refused the mapping: {0}")]
     Os(io::ErrorKind),
@@ -62,13 +65,25 @@ impl Segment {
     /// Bytes before the data.
     pub const HEADER: usize = 128;
     const MAGIC: u64 = u64::from_le_bytes(*b"postbox\0");
-    const LAYOUT_VERSION: u32 = 1;
+    const LAYOUT_VERSION: u32 = 2;
 
     /// Creates a segment with `data_size` bytes of (zeroed) data and publishes its header.
     ///
     /// # Errors
     /// [`SegmentCreateError`].
     pub fn create(data_size: usize) -> Result<Self, SegmentCreateError> {
+        Self::create_with(data_size, |_| {})
+    }
+
+    /// Like [`create`](Self::create), letting `init` write the data before the header is
+    /// published (an opener that sees the header sees what `init` wrote).
+    ///
+    /// # Errors
+    /// [`SegmentCreateError`].
+    pub fn create_with(
+        data_size: usize,
+        init: impl FnOnce(&Self),
+    ) -> Result<Self, SegmentCreateError> {
         if data_size == 0 {
             return Err(SegmentCreateError::SizeIsZero);
         }
@@ -79,6 +94,7 @@ impl Segment {
         let fd = create_memory(total as u64).map_err(os)?;
         let mapping = Mapping::map(&fd, total).map_err(os)?;
         let segment = Self { fd, mapping, data_size };
+        init(&segment);
         let header = segment.header();
         header.magic.store(Self::MAGIC, Ordering::Relaxed);
         header.version.store(Self::LAYOUT_VERSION, Ordering::Relaxed);
@@ -94,6 +110,10 @@ impl Segment {
     /// [`SegmentOpenError`].
     pub fn open(fd: OwnedFd, timeout: Duration) -> Result<Self, SegmentOpenError> {
         let os = |e: io::Error| SegmentOpenError::Os(e.kind());
+        // A memory object whose size can change could shrink under the mapping (SIGBUS).
+        if !size_is_sealed(&fd).map_err(os)? {
+            return Err(SegmentOpenError::NotSealed);
+        }
         let total = memory_size(&fd).map_err(os)?;
         let total = usize::try_from(total).map_err(|_| SegmentOpenError::TooSmall)?;
         if total <= Self::HEADER {
@@ -247,6 +267,15 @@ mod tests {
         assert_eq!(out, b"across mappings");
         assert!(creator.ring(8, RingLayout::new(8, 64)).is_none(), "does not fit");
         assert!(creator.ring(4, RingLayout::new(1, 8)).is_none(), "misaligned");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map memory objects")]
+    fn a_segment_cannot_be_shrunk_or_grown_by_anyone_holding_it() {
+        let segment = Segment::create(4096).unwrap();
+        assert!(rustix::fs::ftruncate(segment.fd(), 0).is_err());
+        assert!(rustix::fs::ftruncate(segment.fd(), 1 << 20).is_err());
+        assert!(reopen(&segment).is_ok());
     }
 
     #[test]

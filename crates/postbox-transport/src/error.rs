@@ -23,6 +23,9 @@ pub enum TransportError {
     /// belong, a segment of the wrong shape): the link must go.
     #[error("the peer broke the shared-memory protocol")]
     Corrupt,
+    /// Zero-copy payloads need a shared-memory link; this one is a Unix link.
+    #[error("this link has no shared payload pool (it is not a shared-memory link)")]
+    NoPool,
     /// A control packet was larger than the buffer that received it.
     #[error("control message larger than {0} bytes")]
     Oversized(usize),

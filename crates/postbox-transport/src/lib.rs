@@ -25,7 +25,7 @@ mod wait;
 pub use control_socket::{ControlListener, ControlSocket, Credentials, MAX_FDS};
 pub use error::TransportError;
 pub use link::Link;
-pub use postbox_shm::LinkSide;
+pub use postbox_shm::{LinkShape, LinkSide, PoolLoan, PoolView};
 pub use shm_link::{ShmLink, ShmLinkParts};
 pub use spin::Spin;
 pub use unix_link::UnixLink;

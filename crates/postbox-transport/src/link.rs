@@ -3,9 +3,9 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use postbox_core::FrameDecoder;
+use postbox_core::{FrameDecoder, PoolRef};
 
-use crate::{LinkSide, ShmLink, ShmLinkParts, TransportError, UnixLink, Wait};
+use crate::{LinkSide, PoolLoan, PoolView, ShmLink, ShmLinkParts, TransportError, UnixLink, Wait};
 
 /// One end of a connection's data path.
 #[derive(Debug)]
@@ -13,7 +13,7 @@ pub enum Link {
     /// Frames on a Unix stream socketpair.
     Unix(UnixLink),
     /// Frames in a shared-memory segment; the socketpair detects close and death.
-    Shm(ShmLink),
+    Shm(Box<ShmLink>),
 }
 
 impl Link {
@@ -28,7 +28,7 @@ impl Link {
             1 => Ok(Self::Unix(UnixLink::from_fd(fds.into_iter().next().expect("one fd")))),
             4 => {
                 let parts = ShmLinkParts::from_fds(fds).ok_or(TransportError::Corrupt)?;
-                Ok(Self::Shm(ShmLink::open(parts, side)?))
+                Ok(Self::Shm(Box::new(ShmLink::open(parts, side)?)))
             }
             _ => Err(TransportError::Corrupt),
         }
@@ -135,6 +135,35 @@ impl Link {
         match self {
             Self::Unix(link) => link.shutdown(),
             Self::Shm(link) => link.shutdown(),
+        }
+    }
+
+    /// See [`ShmLink::lend`]; a Unix link has no pool.
+    ///
+    /// # Errors
+    /// `NoPool` for a Unix link, else as [`ShmLink::lend`].
+    pub fn lend(&self, len: usize, wait: Wait) -> Result<PoolLoan, TransportError> {
+        match self {
+            Self::Unix(_) => Err(TransportError::NoPool),
+            Self::Shm(link) => link.lend(len, wait),
+        }
+    }
+
+    /// See [`ShmLink::cancel`].
+    pub fn cancel(&self, loan: PoolLoan) {
+        if let Self::Shm(link) = self {
+            link.cancel(loan);
+        }
+    }
+
+    /// See [`ShmLink::view`]; a pooled frame on a Unix link breaks the protocol.
+    ///
+    /// # Errors
+    /// `Corrupt`.
+    pub fn view(&self, pool_ref: PoolRef, max: u32) -> Result<PoolView, TransportError> {
+        match self {
+            Self::Unix(_) => Err(TransportError::Corrupt),
+            Self::Shm(link) => link.view(pool_ref, max),
         }
     }
 

@@ -14,13 +14,14 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postbox_core::FrameDecoder;
+use postbox_core::PoolRef;
 use postbox_shm::{
-    open_link_segment, Doorbell, LinkMemory, LinkSide, RegionStream, Rung, StreamConsumer,
-    StreamError, StreamProducer,
+    open_link_segment, Doorbell, LinkMemory, LinkShape, LinkSide, PoolLoan, PoolReader, PoolRun,
+    PoolView, PoolWriter, RegionStream, Rung, StreamConsumer, StreamError, StreamProducer,
 };
 use rustix::net::{recv, shutdown, RecvFlags, Shutdown};
 
@@ -45,6 +46,8 @@ pub struct ShmLink {
     socket: OwnedFd,
     outbound: Mutex<StreamProducer<RegionStream>>,
     inbound: Mutex<StreamConsumer<RegionStream>>,
+    outbound_pool: Mutex<PoolWriter>,
+    inbound_pool: Arc<PoolReader>,
     mine: Doorbell,
     peer: Doorbell,
     own_eventfd: OwnedFd,
@@ -70,12 +73,14 @@ impl ShmLink {
     /// # Errors
     /// [`TransportError::Corrupt`] when the segment is not a link segment of this layout.
     pub fn open(parts: ShmLinkParts, side: LinkSide) -> Result<Self, TransportError> {
-        let LinkMemory { outbound, inbound, mine, peer } =
+        let LinkMemory { outbound, inbound, outbound_pool, inbound_pool, mine, peer } =
             open_link_segment(parts.segment, side).map_err(|_| TransportError::Corrupt)?;
         Ok(Self {
             socket: parts.socket,
             outbound: Mutex::new(outbound),
             inbound: Mutex::new(inbound),
+            outbound_pool: Mutex::new(outbound_pool),
+            inbound_pool,
             mine,
             peer,
             own_eventfd: parts.own_eventfd,
@@ -196,6 +201,56 @@ impl ShmLink {
             // Blocking waits look at the socket between their sleep slices.
             self.wait_until(wait, || inbound.available().map_or(true, |n| n > 0))?;
         }
+    }
+
+    /// Lends space in this side's payload pool for a payload of `len` bytes, waiting until
+    /// `wait` ends at most for the receiver to hand space back.
+    ///
+    /// # Errors
+    /// `Oversized` when the pool is smaller than `len`, `WouldBlock`, `TimedOut`, `Closed`,
+    /// `Corrupt` (the receiver released space it was not lent).
+    pub fn lend(&self, len: usize, wait: Wait) -> Result<PoolLoan, TransportError> {
+        let capacity = lock(&self.outbound_pool).capacity();
+        if len > capacity {
+            return Err(TransportError::Oversized(capacity));
+        }
+        let mut lent = None;
+        let mut failed = None;
+        let mut attempt = || match lock(&self.outbound_pool).lend(len) {
+            Ok(Some(loan)) => {
+                lent = Some(loan);
+                true
+            }
+            Ok(None) => false,
+            Err(_) => {
+                failed = Some(TransportError::Corrupt);
+                true
+            }
+        };
+        if !attempt() {
+            self.wait_until(wait, &mut attempt)?;
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        lent.ok_or(TransportError::TimedOut)
+    }
+
+    /// Takes back a loan that will not be sent.
+    pub fn cancel(&self, loan: PoolLoan) {
+        lock(&self.outbound_pool).cancel(loan);
+    }
+
+    /// The payload a pooled frame describes, read in place; at most `max` bytes.
+    ///
+    /// # Errors
+    /// `Corrupt` when it lies outside the pool or exceeds `max`.
+    pub fn view(&self, pool_ref: PoolRef, max: u32) -> Result<PoolView, TransportError> {
+        if pool_ref.len > u64::from(max) {
+            return Err(TransportError::Corrupt);
+        }
+        let run = PoolRun { offset: pool_ref.offset, len: pool_ref.len };
+        self.inbound_pool.view(run).map_err(|_| TransportError::Corrupt)
     }
 
     /// Prepares a poll of [`poll_fds`](Self::poll_fds): asks the peer to write this side's
@@ -364,14 +419,14 @@ const HANGUP_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 const SLEEP_SLICE: Duration = Duration::from_millis(10);
 
 impl ShmLinkParts {
-    /// Everything a shared-memory link needs, for both sides: a socketpair, a link segment
-    /// with streams of `capacity` bytes each way, and an eventfd per side. `(client, server)`.
+    /// Everything a shared-memory link needs, for both sides: a socketpair, a link segment of
+    /// `shape`, and an eventfd per side. `(client, server)`.
     ///
     /// # Errors
     /// [`TransportError::Os`] when the kernel refuses (memory, descriptors).
-    pub fn pair(capacity: usize) -> Result<(Self, Self), TransportError> {
+    pub fn pair(shape: LinkShape) -> Result<(Self, Self), TransportError> {
         let (client_socket, server_socket) = crate::UnixLink::pair()?;
-        let segment = postbox_shm::create_link_segment(capacity).map_err(|e| match e {
+        let segment = postbox_shm::create_link_segment(shape).map_err(|e| match e {
             postbox_shm::SegmentCreateError::Os(kind) => {
                 TransportError::Os { operation: "create link segment", kind }
             }
@@ -440,11 +495,12 @@ mod tests {
             id: 1,
             correlation: 0,
             body_len: len as u32,
+            pooled: false,
         }
     }
 
     fn pair(capacity: usize) -> (ShmLink, ShmLink) {
-        let (client, server) = ShmLinkParts::pair(capacity).unwrap();
+        let (client, server) = ShmLinkParts::pair(LinkShape::new(capacity, 1 << 20)).unwrap();
         (
             ShmLink::open(client, LinkSide::Client).unwrap(),
             ShmLink::open(server, LinkSide::Server).unwrap(),
@@ -504,7 +560,8 @@ mod tests {
 
     #[test]
     fn a_peer_that_vanishes_without_closing_is_noticed_by_a_blocked_reader() {
-        let (client_parts, server_parts) = ShmLinkParts::pair(4096).unwrap();
+        let (client_parts, server_parts) =
+            ShmLinkParts::pair(LinkShape::new(4096, 1 << 20)).unwrap();
         let client = ShmLink::open(client_parts, LinkSide::Client).unwrap();
         let started = Instant::now();
         let killer = std::thread::spawn(move || {
@@ -520,7 +577,8 @@ mod tests {
 
     #[test]
     fn bytes_on_the_socket_of_a_shared_memory_link_break_the_protocol() {
-        let (client_parts, server_parts) = ShmLinkParts::pair(4096).unwrap();
+        let (client_parts, server_parts) =
+            ShmLinkParts::pair(LinkShape::new(4096, 1 << 20)).unwrap();
         let client = ShmLink::open(client_parts, LinkSide::Client).unwrap();
         rustix::io::write(&server_parts.socket, b"junk").unwrap();
         // A reader that finds nothing looks at the socket once per check interval.

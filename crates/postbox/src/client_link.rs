@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameKind, LinkId,
-    Overflow, PeerIdentity, PortSpec, SendWindow,
+    Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameHeader, FrameKind,
+    LinkId, Overflow, PeerIdentity, PortSpec, SendWindow,
 };
 use postbox_transport::{Link, TransportError, Wait};
 
@@ -45,6 +45,8 @@ pub(crate) struct ClientLink {
     state: Mutex<ClientState>,
     changed: Condvar,
     decoder: Mutex<FrameDecoder>,
+    /// The largest reply payload accepted (the host's limit).
+    max_reply: u32,
     node: Weak<NodeShared>,
     /// For the async forms: the link's readiness, and "another thread filed something".
     readiness: Readiness,
@@ -67,6 +69,12 @@ struct ClientState {
 enum Outcome {
     Reply(Message),
     Failed(CallError),
+}
+
+/// A frame read from the link, as a message.
+struct Received {
+    header: FrameHeader,
+    message: Message,
 }
 
 /// Why the link can no longer be used.
@@ -123,6 +131,7 @@ impl ClientLink {
             }),
             changed: Condvar::new(),
             decoder: Mutex::new(FrameDecoder::new(host_max)),
+            max_reply: host_max,
             node,
             readiness,
         })
@@ -464,12 +473,12 @@ impl ClientLink {
     }
 
     /// Files what a read produced and hands the reading role back.
-    fn apply(&self, state: &mut ClientState, read: Result<Vec<Frame>, Broken>) {
+    fn apply(&self, state: &mut ClientState, read: Result<Vec<Received>, Broken>) {
         state.reading = false;
         let result = read.and_then(|frames| {
             for frame in frames {
                 if frame.header.kind == FrameKind::Credit {
-                    let credit = Credit::decode(&frame.body)
+                    let credit = Credit::decode(frame.message.body())
                         .map_err(|e| Broken::Violation(e.to_string()))?;
                     state
                         .window
@@ -491,7 +500,7 @@ impl ClientLink {
 
     /// Reads until at least one whole frame is here or the wait ends (a large reply arrives in
     /// pieces; nobody needs anything until it is whole).
-    fn read_frames(&self, wait: Wait) -> Result<Vec<Frame>, Broken> {
+    fn read_frames(&self, wait: Wait) -> Result<Vec<Received>, Broken> {
         let mut decoder = self.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut frames = Vec::new();
         while frames.is_empty() {
@@ -508,8 +517,11 @@ impl ClientLink {
             loop {
                 match decoder.poll_frame() {
                     Ok(Some(frame)) => match frame.header.kind {
+                        FrameKind::Credit if frame.header.pooled => {
+                            return Err(Broken::Violation("server sent a pooled credit".into()));
+                        }
                         FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => {
-                            frames.push(frame)
+                            frames.push(self.receive(frame)?)
                         }
                         other => {
                             return Err(Broken::Violation(format!(
@@ -523,6 +535,20 @@ impl ClientLink {
             }
         }
         Ok(frames)
+    }
+
+    /// The message a frame carries, its payload read in place when the frame is pooled.
+    fn receive(&self, frame: Frame) -> Result<Received, Broken> {
+        let header = frame.header;
+        let message = if header.pooled {
+            let view = self.end.view(&frame.body, self.max_reply).ok_or_else(|| {
+                Broken::Violation("the server described a payload outside its pool".into())
+            })?;
+            Message::from_pooled(&header, view)
+        } else {
+            Message::from_frame(frame)
+        };
+        Ok(Received { header, message })
     }
 
     fn break_link(&self, broken: Broken) {
@@ -575,9 +601,8 @@ fn full_or_timeout(wait: Wait) -> OnewayFailure {
     }
 }
 
-fn outcome_of(frame: Frame) -> (u64, Outcome) {
-    let header = frame.header;
-    let message = Message::from_frame(frame);
+fn outcome_of(frame: Received) -> (u64, Outcome) {
+    let Received { header, message } = frame;
     let outcome = match header.kind {
         FrameKind::ErrorReply => match ReplyErrorCode::from_u32(header.msg_type) {
             ReplyErrorCode::NoReply => Outcome::Failed(CallError::NoReply),

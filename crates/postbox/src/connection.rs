@@ -7,7 +7,7 @@ use postbox_core::{LinkId, PeerIdentity, PortSpec};
 use postbox_transport::{Link, Wait};
 
 use crate::client_link::{ClientLink, OnewayFailure};
-use crate::error::{CallError, SendError, SendTimeoutError, TrySendError};
+use crate::error::{CallError, LoanError, SendError, SendTimeoutError, TrySendError};
 use crate::node::NodeShared;
 use crate::{Message, ProcessId};
 
@@ -96,6 +96,36 @@ impl Connection {
             Ok(()) => Ok(()),
             Err(failure) => Err(send_error(failure, message)),
         }
+    }
+
+    /// Space for a payload of `len` bytes in this link's shared payload pool, as a message:
+    /// fill it in place with [`Message::body_mut`], then send or call with it on this
+    /// connection. The receiver reads it where it lies (zero-copy) and hands the space back
+    /// when it drops the message. Waits for space the receiver still holds.
+    ///
+    /// A lent message sent on another connection is copied. Unsent, its space goes back when
+    /// it is dropped.
+    ///
+    /// # Errors
+    /// [`LoanError`].
+    pub fn loan(&self, len: usize) -> Result<Message, LoanError> {
+        self.link.end.lend(len, Wait::Forever)
+    }
+
+    /// Like [`loan`](Self::loan), only if space is free now.
+    ///
+    /// # Errors
+    /// [`LoanError`] ([`LoanError::Full`] when no space is free).
+    pub fn try_loan(&self, len: usize) -> Result<Message, LoanError> {
+        self.link.end.lend(len, Wait::NonBlocking)
+    }
+
+    /// Like [`loan`](Self::loan), waiting at most `timeout` for space.
+    ///
+    /// # Errors
+    /// [`LoanError`] ([`LoanError::Full`] when no space was handed back in time).
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Message, LoanError> {
+        self.link.end.lend(len, Wait::timeout(timeout))
     }
 
     /// Sends a one-way message if the link has room now.

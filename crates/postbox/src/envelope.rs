@@ -7,7 +7,7 @@ use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{FrameKind, PeerIdentity};
 use postbox_transport::Wait;
 
-use crate::error::SendError;
+use crate::error::{LoanError, SendError};
 use crate::link::WriteFailure;
 use crate::receiver::ServerLink;
 use crate::{Message, ProcessId};
@@ -34,6 +34,18 @@ pub struct ReplyToken {
     link: Arc<ServerLink>,
     correlation: u64,
     answered: bool,
+}
+
+impl ReplyToken {
+    /// Space for a reply payload of `len` bytes in the link's shared payload pool, to fill
+    /// in place ([`Message::body_mut`]) and pass to [`reply`](Self::reply): the caller reads it
+    /// where it lies. See [`Connection::loan`](crate::Connection::loan).
+    ///
+    /// # Errors
+    /// [`LoanError`].
+    pub fn loan(&self, len: usize) -> Result<Message, LoanError> {
+        self.link.end.lend(len, Wait::timeout(crate::REPLY_WAIT))
+    }
 }
 
 impl Envelope {

@@ -84,6 +84,29 @@ pub enum SendTimeoutError {
     },
 }
 
+/// Failure to lend space for a zero-copy payload ([`Connection::loan`](crate::Connection::loan)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoanError {
+    /// Larger than the link's payload pool or the port's message size.
+    #[error("a payload of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The length asked for.
+        len: usize,
+        /// The largest payload the link can lend.
+        limit: u64,
+    },
+    /// The link is not a shared-memory link (it has no payload pool).
+    #[error("this link is not a shared-memory link: it cannot lend payload space")]
+    NotSharedMemory,
+    /// The receiver did not hand space back before the wait ended.
+    #[error("the payload pool stayed full until the wait ended")]
+    Full,
+    /// The receiving side is gone.
+    #[error("the receiver is gone")]
+    Disconnected,
+}
+
 /// Failure of a blocking receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -41,6 +41,7 @@
 //! [`CallError::PeerDied`] at once.
 #![forbid(unsafe_code)]
 
+mod body;
 mod broker;
 mod client_link;
 mod condvar;
@@ -60,8 +61,8 @@ pub use broker::Broker;
 pub use connection::Connection;
 pub use envelope::{Envelope, ReplyToken, REPLY_WAIT};
 pub use error::{
-    BrokerRequestError, CallError, ConnectError, NodeError, OpenError, RecvError, RecvTimeoutError,
-    SendError, SendTimeoutError, TryRecvError, TrySendError,
+    BrokerRequestError, CallError, ConnectError, LoanError, NodeError, OpenError, RecvError,
+    RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use mailbox::{Mailbox, MailboxBuilder};
 pub use message::{BodyError, Message};

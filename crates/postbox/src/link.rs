@@ -2,10 +2,13 @@
 //! threads, over a Unix or shared-memory link.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use postbox_core::{FrameHeader, FrameKind};
-use postbox_transport::{Link, TransportError, Wait};
+use postbox_core::{FrameHeader, FrameKind, PoolRef};
+use postbox_transport::{Link, PoolView, TransportError, Wait};
+
+use crate::body::Body;
+use crate::error::LoanError;
 
 use crate::message::next_message_id;
 use crate::readiness::Readiness;
@@ -14,7 +17,7 @@ use crate::Message;
 /// One end of a link, shared by every thread that writes to it.
 #[derive(Debug)]
 pub(crate) struct LinkEnd {
-    link: Link,
+    link: Arc<Link>,
     writer: WriteGate,
     max_body: u32,
     closed: AtomicBool,
@@ -64,17 +67,29 @@ impl WriteGuard<'_> {
             return Err(WriteFailure::Closed);
         }
         message.id = next_message_id();
+        // Space this link lent goes in place: the frame carries only where it is.
+        let pool_ref = message.body.loan_for(&end.link).map(|loan| {
+            let run = loan.run();
+            PoolRef { offset: run.offset, len: run.len }.to_bytes()
+        });
+        let body: &[u8] = pool_ref.as_ref().map_or(&message.body, |r| &r[..]);
         let header = FrameHeader {
             kind,
             priority: message.priority,
             msg_type: message.msg_type,
             id: message.id,
             correlation,
-            body_len,
+            body_len: body.len() as u32,
+            pooled: pool_ref.is_some(),
         }
-        .encode(&message.body);
-        match end.link.write_frame(&header, &message.body, wait) {
-            Ok(()) => Ok(()),
+        .encode(body);
+        match end.link.write_frame(&header, body, wait) {
+            Ok(()) => {
+                if pool_ref.is_some() {
+                    message.body.mark_sent();
+                }
+                Ok(())
+            }
             Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(WriteFailure::Full),
             Err(TransportError::Stalled) => {
                 end.close();
@@ -101,7 +116,39 @@ pub(crate) enum WriteFailure {
 
 impl LinkEnd {
     pub(crate) fn new(link: Link, max_body: u32) -> Self {
-        Self { link, writer: WriteGate::default(), max_body, closed: AtomicBool::new(false) }
+        Self {
+            link: Arc::new(link),
+            writer: WriteGate::default(),
+            max_body,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Space for a payload of `len` bytes in this link's payload pool, as a message body to
+    /// fill in place and send on this link (waits until `wait` ends at most for space).
+    pub(crate) fn lend(&self, len: usize, wait: Wait) -> Result<Message, LoanError> {
+        if len > self.max_body as usize {
+            return Err(LoanError::TooLarge { len, limit: u64::from(self.max_body) });
+        }
+        if self.is_closed() {
+            return Err(LoanError::Disconnected);
+        }
+        match self.link.lend(len, wait) {
+            Ok(loan) => Ok(Message::lent(Body::lent(loan, Arc::clone(&self.link)))),
+            Err(TransportError::Oversized(limit)) => {
+                Err(LoanError::TooLarge { len, limit: limit as u64 })
+            }
+            Err(TransportError::NoPool) => Err(LoanError::NotSharedMemory),
+            Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(LoanError::Full),
+            Err(_) => Err(LoanError::Disconnected),
+        }
+    }
+
+    /// The payload a pooled frame describes, read in place (`None`: the peer broke the
+    /// protocol).
+    pub(crate) fn view(&self, body: &[u8], max: u32) -> Option<PoolView> {
+        let pool_ref = PoolRef::decode(body).ok()?;
+        self.link.view(pool_ref, max).ok()
     }
 
     /// Writes `message` as one frame of `kind`, giving it a fresh id (a reply is matched by

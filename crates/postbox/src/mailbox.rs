@@ -258,7 +258,7 @@ fn delivery(reply: Message) -> Option<Envelope> {
         gid: r.u32().ok()?,
     };
     let mut message = reply;
-    message.body.drain(..16);
+    message.body.owned_mut().drain(..16);
     Some(Envelope { message, sender, reply: None, lost: 0, topic: None })
 }
 

@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::body::Body;
+use postbox_transport::PoolView;
+
 /// A message: a type tag, a priority and a body.
 ///
 /// The `id` is assigned when the message is sent (unique within the sending process); the
@@ -24,7 +27,7 @@ pub struct Message {
     pub(crate) id: u64,
     pub(crate) msg_type: u32,
     pub(crate) priority: u8,
-    pub(crate) body: Vec<u8>,
+    pub(crate) body: Body,
 }
 
 /// Failure of [`Message::encode`] or [`Message::decode`].
@@ -35,7 +38,7 @@ pub struct BodyError(String);
 impl Message {
     /// A message with these body bytes, type 0, priority 0.
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Self { id: 0, msg_type: 0, priority: 0, body: body.into() }
+        Self { id: 0, msg_type: 0, priority: 0, body: Body::Owned(body.into()) }
     }
 
     /// A message whose body is `value` encoded with postcard (little-endian, portable).
@@ -74,10 +77,25 @@ impl Message {
         &self.body
     }
 
-    /// The body, taken out.
+    /// The body bytes, to write in place: the way to fill space lent by
+    /// [`Connection::loan`](crate::Connection::loan) without copying. A received payload that
+    /// is read in place is copied out first.
+    #[must_use]
+    pub fn body_mut(&mut self) -> &mut [u8] {
+        self.body.as_mut_slice()
+    }
+
+    /// The body, taken out (copied when it is read in place or lent).
     #[must_use]
     pub fn into_body(self) -> Vec<u8> {
-        self.body
+        self.body.into_vec()
+    }
+
+    /// True when the body is shared memory: lent for sending in place, or a received payload
+    /// read in place (zero-copy).
+    #[must_use]
+    pub fn is_zero_copy(&self) -> bool {
+        !matches!(self.body, Body::Owned(_))
     }
 
     /// The type tag.
@@ -119,8 +137,23 @@ impl Message {
             id: header.id,
             msg_type: header.msg_type,
             priority: header.priority,
-            body: frame.body,
+            body: Body::Owned(frame.body),
         }
+    }
+
+    /// The message a pooled frame announces, its payload read in place.
+    pub(crate) fn from_pooled(header: &postbox_core::FrameHeader, view: PoolView) -> Self {
+        Self {
+            id: header.id,
+            msg_type: header.msg_type,
+            priority: header.priority,
+            body: Body::Viewed(std::sync::Arc::new(view)),
+        }
+    }
+
+    /// A message whose body is space lent by a link.
+    pub(crate) fn lent(body: Body) -> Self {
+        Self { id: 0, msg_type: 0, priority: 0, body }
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) struct ServerLink {
     pub(crate) id: LinkId,
     pub(crate) client: PeerIdentity,
     decoder: Mutex<FrameDecoder>,
+    /// The largest payload the port accepts.
+    max_payload: u32,
     flow: Mutex<LinkFlow>,
     /// The endpoint's readiness (it watches this link for reading and writing), for replies
     /// written by async tasks.
@@ -168,6 +170,7 @@ impl Receiver {
             id,
             client,
             decoder: Mutex::new(FrameDecoder::new(max)),
+            max_payload: max,
             flow: Mutex::new(LinkFlow {
                 messages: 0,
                 bytes: 0,
@@ -562,7 +565,21 @@ fn decode_frames(
         match decoder.poll_frame() {
             Ok(Some(frame)) => {
                 let header = frame.header;
-                let message = Message::from_frame(frame);
+                let message = if header.pooled {
+                    if !matches!(
+                        header.kind,
+                        FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call
+                    ) {
+                        return false;
+                    }
+                    // A payload outside the client's pool breaks the protocol.
+                    let Some(view) = link.end.view(&frame.body, link.max_payload) else {
+                        return false;
+                    };
+                    Message::from_pooled(&header, view)
+                } else {
+                    Message::from_frame(frame)
+                };
                 let (reply, counted, confirm, sender_dropped) = match header.kind {
                     // For one-way frames, the correlation field carries the messages the
                     // sender itself dropped since its previous frame (docs/wire-format.md).

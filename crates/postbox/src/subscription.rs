@@ -237,7 +237,7 @@ fn publication(frame: postbox_core::Frame) -> Option<Envelope> {
         id: header.id,
         msg_type: header.msg_type,
         priority: header.priority,
-        body: frame.body[start..].to_vec(),
+        body: crate::body::Body::Owned(frame.body[start..].to_vec()),
     };
     // For publications, the correlation field counts the messages dropped before this one.
     Some(Envelope { message, sender, reply: None, lost: header.correlation, topic: Some(topic) })

@@ -12,7 +12,7 @@ use postbox_core::{
     Target,
 };
 use postbox_transport::{
-    wait_ready, ControlListener, ControlSocket, Credentials, Interest, ShmLinkParts,
+    wait_ready, ControlListener, ControlSocket, Credentials, Interest, LinkShape, ShmLinkParts,
     TransportError, UnixLink, Wait, Waker,
 };
 
@@ -579,7 +579,8 @@ impl EventLoop {
     fn link_pair(&self) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), TransportError> {
         match self.config.shared_memory_links {
             Some(capacity) => {
-                let (client, server) = ShmLinkParts::pair(capacity)?;
+                let shape = LinkShape::new(capacity, self.config.shared_memory_pool);
+                let (client, server) = ShmLinkParts::pair(shape)?;
                 let fds =
                     |p: ShmLinkParts| vec![p.socket, p.segment, p.own_eventfd, p.peer_eventfd];
                 Ok((fds(server), fds(client)))
@@ -669,7 +670,8 @@ impl EventLoop {
 /// did, the length would make the peer refuse the frame rather than misread it.
 fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
     let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let header = FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len };
+    let header =
+        FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len, pooled: false };
     let mut frame = header.encode(body).to_vec();
     frame.extend_from_slice(body);
     frame

@@ -51,6 +51,7 @@ fn header(kind: FrameKind, body: &[u8]) -> [u8; 32] {
         id: 1,
         correlation: 1,
         body_len: body.len() as u32,
+        pooled: false,
     }
     .encode(body)
 }

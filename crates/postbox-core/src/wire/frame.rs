@@ -18,6 +18,8 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 32;
 /// The highest priority a message may carry.
 pub const MAX_PRIORITY: u8 = 31;
+/// Body length of a pooled frame (a [`PoolRef`]).
+pub const POOL_RUN_LEN: usize = 16;
 
 const FLAG_CALL: u8 = 0x01;
 const FLAG_REPLY: u8 = 0x02;
@@ -130,6 +132,9 @@ pub struct FrameHeader {
     pub correlation: u64,
     /// Body length in bytes.
     pub body_len: u32,
+    /// The body is not the payload but a [`PoolRef`]: the payload lies in the link's shared
+    /// payload pool (shared-memory links only; docs/wire-format.md).
+    pub pooled: bool,
 }
 
 impl FrameHeader {
@@ -147,7 +152,7 @@ impl FrameHeader {
         out[0] = VERSION;
         out[1] = self.kind.flags();
         out[2] = self.priority.min(MAX_PRIORITY);
-        out[3] = 0;
+        out[3] = u8::from(self.pooled);
         out[4..8].copy_from_slice(&self.msg_type.to_le_bytes());
         out[8..16].copy_from_slice(&self.id.to_le_bytes());
         out[16..24].copy_from_slice(&self.correlation.to_le_bytes());
@@ -173,10 +178,13 @@ impl FrameHeader {
         if priority > MAX_PRIORITY {
             return Err(DecodeError::InvalidPriority(priority));
         }
-        if r.u8()? != 0 {
-            return Err(DecodeError::ReservedNotZero);
-        }
+        let pooled = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(DecodeError::ReservedNotZero),
+        };
         let header = Self {
+            pooled,
             kind,
             priority,
             msg_type: r.u32()?,
@@ -184,10 +192,46 @@ impl FrameHeader {
             correlation: r.u64()?,
             body_len: r.u32()?,
         };
+        if header.pooled && header.body_len as usize != POOL_RUN_LEN {
+            let limit = POOL_RUN_LEN as u32;
+            return Err(DecodeError::TooLong { declared: header.body_len, limit });
+        }
         if header.body_len > max_body {
             return Err(DecodeError::TooLong { declared: header.body_len, limit: max_body });
         }
         Ok((header, r.u32()?))
+    }
+}
+
+/// Where a pooled frame's payload lies in the sender's payload pool: the frame's whole body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolRef {
+    /// Byte offset in the pool.
+    pub offset: u64,
+    /// Payload length in bytes.
+    pub len: u64,
+}
+
+impl PoolRef {
+    /// The 16-byte body that carries it (offset, then length, little-endian).
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; POOL_RUN_LEN] {
+        let mut out = [0u8; POOL_RUN_LEN];
+        out[..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    /// Decodes a pooled frame's body.
+    ///
+    /// # Errors
+    /// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] for a body that is not 16
+    /// bytes.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let pool_ref = Self { offset: r.u64()?, len: r.u64()? };
+        r.finish()?;
+        Ok(pool_ref)
     }
 }
 
@@ -457,6 +501,7 @@ mod tests {
             id: 99,
             correlation: 5,
             body_len: body.len() as u32,
+            pooled: false,
         };
         Frame { header, body: body.to_vec() }
     }
@@ -485,8 +530,29 @@ mod tests {
         bad[2] = 32;
         assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::InvalidPriority(32)));
         let mut bad = bytes.clone();
-        bad[3] = 1;
+        bad[3] = 2;
         assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::ReservedNotZero));
+        // A pooled frame's body is a 16-byte pool reference, nothing else.
+        let mut bad = bytes.clone();
+        bad[3] = 1;
+        assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::TooLong { declared: 3, limit: 16 }));
+        let pool_ref = PoolRef { offset: 65536, len: 3 };
+        let pooled = FrameHeader {
+            kind: FrameKind::Oneway,
+            priority: 0,
+            msg_type: 0,
+            id: 1,
+            correlation: 0,
+            body_len: 16,
+            pooled: true,
+        };
+        let body = pool_ref.to_bytes();
+        let mut encoded = pooled.encode(&body).to_vec();
+        encoded.extend_from_slice(&body);
+        let decoded = Frame::decode(&encoded, 1024).unwrap();
+        assert!(decoded.header.pooled);
+        assert_eq!(PoolRef::decode(&decoded.body), Ok(pool_ref));
+        assert_eq!(PoolRef::decode(&body[..15]), Err(DecodeError::Truncated));
         let mut bad = bytes.clone();
         bad[33] ^= 0xff;
         assert!(matches!(Frame::decode(&bad, 1024), Err(DecodeError::ChecksumMismatch { .. })));

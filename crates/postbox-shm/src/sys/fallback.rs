@@ -10,6 +10,10 @@ pub(crate) fn create_memory(_size: u64) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
+pub(crate) fn size_is_sealed(_fd: &OwnedFd) -> io::Result<bool> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 pub(crate) fn memory_size(_fd: &OwnedFd) -> io::Result<u64> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }

@@ -6,16 +6,26 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{
+    fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
+};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use rustix::thread::futex;
 use rustix::time::Timespec;
 
-/// A new anonymous memory object of `size` bytes, zero-filled, sealable, closed on exec.
+/// A new anonymous memory object of `size` bytes, zero-filled, closed on exec, its size sealed.
 pub(crate) fn create_memory(size: u64) -> io::Result<OwnedFd> {
     let fd = memfd_create("postbox-segment", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     ftruncate(&fd, size)?;
+    // Its size never changes: a peer that could shrink it would make the other side fault
+    // (SIGBUS) on memory it mapped.
+    fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
     Ok(fd)
+}
+
+/// True when the size of the memory object behind `fd` can no longer change.
+pub(crate) fn size_is_sealed(fd: &OwnedFd) -> io::Result<bool> {
+    Ok(fcntl_get_seals(fd)?.contains(SealFlags::SHRINK))
 }
 
 /// The size of the memory object behind `fd`.

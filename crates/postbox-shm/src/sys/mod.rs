@@ -1,9 +1,10 @@
 //! Operating-system primitives for segments. Required items: `create_memory(size) ->
-//! io::Result<OwnedFd>` (an anonymous, sealable memory object), `memory_size(fd) ->
-//! io::Result<u64>`, `Mapping` (`map(fd, len)`, `as_ptr`, unmapped on drop), and
-//! `futex_wait(word, expected, timeout)` / `futex_wake(word)` on a word any process may share.
-//! Linux uses memfd, mmap and futex; other systems get a fallback that reports `Unsupported`
-//! for memory and naps instead of sleeping on a futex.
+//! io::Result<OwnedFd>` (an anonymous memory object whose size is then sealed),
+//! `size_is_sealed(fd) -> io::Result<bool>`, `memory_size(fd) -> io::Result<u64>`, `Mapping`
+//! (`map(fd, len)`, `as_ptr`, unmapped on drop), and `futex_wait(word, expected, timeout)` /
+//! `futex_wake(word)` on a word any process may share. Linux uses memfd, seals, mmap and
+//! futex; other systems get a fallback that reports `Unsupported` for memory and naps instead
+//! of sleeping on a futex.
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -13,4 +14,4 @@ mod imp;
 #[path = "fallback.rs"]
 mod imp;
 
-pub(crate) use imp::{create_memory, futex_wait, futex_wake, memory_size, Mapping};
+pub(crate) use imp::{create_memory, futex_wait, futex_wake, memory_size, size_is_sealed, Mapping};

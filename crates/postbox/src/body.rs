@@ -1,0 +1,121 @@
+//! Where a message's bytes are: in this process, in a payload pool lent for sending (written
+//! in place), or in a payload pool received (read in place, handed back when dropped).
+
+use std::sync::Arc;
+
+use postbox_transport::{Link, PoolLoan, PoolView};
+
+/// A message body.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// Bytes this process owns.
+    Owned(Vec<u8>),
+    /// Space lent by a link's payload pool, not sent yet.
+    Lent(Lent),
+    /// A received payload, read in place in the sender's pool.
+    Viewed(Arc<PoolView>),
+}
+
+/// Space lent by a link: goes back to the link unless sent on it.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    /// `None` once sent (the receiver owns the space until it hands it back).
+    loan: Option<PoolLoan>,
+    link: Arc<Link>,
+}
+
+impl Body {
+    /// Lent space on `link`.
+    pub(crate) fn lent(loan: PoolLoan, link: Arc<Link>) -> Self {
+        Self::Lent(Lent { loan: Some(loan), link })
+    }
+
+    /// The bytes, writable; a received payload is copied out first (the sender's pool is not
+    /// ours to write).
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        if let Self::Viewed(view) = self {
+            *self = Self::Owned(view.as_slice().to_vec());
+        }
+        match self {
+            Self::Owned(bytes) => bytes,
+            Self::Lent(lent) => lent.loan.as_mut().map_or(&mut [], PoolLoan::as_mut_slice),
+            Self::Viewed(_) => unreachable!("replaced by an owned copy above"),
+        }
+    }
+
+    /// The bytes as a vector of this process (copied unless they are one already).
+    pub(crate) fn owned_mut(&mut self) -> &mut Vec<u8> {
+        if !matches!(self, Self::Owned(_)) {
+            *self = Self::Owned(self.to_vec());
+        }
+        match self {
+            Self::Owned(bytes) => bytes,
+            _ => unreachable!("made owned above"),
+        }
+    }
+
+    /// Takes the bytes out (copied unless they are owned).
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(self.owned_mut())
+    }
+
+    /// The loan to send in place when this body was lent by `link` (and not sent yet).
+    pub(crate) fn loan_for(&self, link: &Arc<Link>) -> Option<&PoolLoan> {
+        match self {
+            Self::Lent(lent) if Arc::ptr_eq(&lent.link, link) => lent.loan.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Records that the lent space was sent: it now belongs to the receiver.
+    pub(crate) fn mark_sent(&mut self) {
+        if let Self::Lent(lent) = self {
+            lent.loan = None;
+        }
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Owned(bytes) => bytes,
+            Self::Lent(lent) => lent.loan.as_ref().map_or(&[], PoolLoan::as_slice),
+            Self::Viewed(view) => view.as_slice(),
+        }
+    }
+}
+
+impl Clone for Body {
+    /// A received payload is shared; lent space is copied (two messages must not send one
+    /// loan).
+    fn clone(&self) -> Self {
+        match self {
+            Self::Viewed(view) => Self::Viewed(Arc::clone(view)),
+            other => Self::Owned(other.to_vec()),
+        }
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Body {}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::Owned(Vec::new())
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(loan) = self.loan.take() {
+            self.link.cancel(loan);
+        }
+    }
+}

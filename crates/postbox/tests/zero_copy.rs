@@ -1,0 +1,101 @@
+//! Zero-copy payloads: space lent by a shared-memory link, written in place, read in place by
+//! the receiver, and handed back when the receiver drops it. Two nodes in this process, each
+//! with its own link ends, as two processes would have.
+
+use std::time::Duration;
+
+use postbox::{Broker, LoanError, Message};
+
+const WATCHDOG: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_lent_payload_is_read_in_place_and_its_space_comes_back_when_dropped() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("zero/copy").open().unwrap();
+    let client = broker.node().unwrap();
+    let connection = client.connect("zero/copy").unwrap();
+
+    let len = 9 << 20;
+    let mut message = connection.loan(len).unwrap();
+    assert!(message.is_zero_copy());
+    for (i, byte) in message.body_mut().iter_mut().enumerate() {
+        *byte = (i % 251) as u8;
+    }
+    connection.send(message).unwrap();
+    let received = port.recv_timeout(WATCHDOG).unwrap();
+    assert!(received.message().is_zero_copy(), "read in place, not copied");
+    assert_eq!(received.body().len(), len);
+    assert!(received.body().iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+
+    // The pool (16 MiB) cannot lend a second 9 MiB while the receiver holds the first.
+    assert_eq!(connection.try_loan(len).unwrap_err(), LoanError::Full);
+    assert_eq!(
+        connection.loan_timeout(len, Duration::from_millis(50)).unwrap_err(),
+        LoanError::Full
+    );
+    drop(received);
+    let again = connection.loan_timeout(len, WATCHDOG).unwrap();
+    assert_eq!(again.body().len(), len);
+    // Dropped unsent, its space is free again at once.
+    drop(again);
+    assert!(connection.try_loan(len).is_ok());
+}
+
+#[test]
+fn a_server_replies_in_place_and_the_caller_reads_the_reply_where_it_lies() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("zero/reply").open().unwrap();
+    let serving = std::thread::spawn(move || {
+        let mut call = port.recv_timeout(WATCHDOG).unwrap();
+        let token = call.take_reply_token().unwrap();
+        let mut reply = token.loan(call.body().len() * 2).unwrap();
+        let (front, back) = reply.body_mut().split_at_mut(call.body().len());
+        front.copy_from_slice(call.body());
+        back.copy_from_slice(call.body());
+        token.reply(reply).unwrap();
+    });
+    let client = broker.node().unwrap();
+    let connection = client.connect("zero/reply").unwrap();
+    let mut request = connection.loan(1 << 20).unwrap();
+    request.body_mut().fill(0xab);
+    let reply = connection.call_timeout(request, WATCHDOG).unwrap();
+    assert!(reply.is_zero_copy());
+    assert_eq!(reply.body().len(), 2 << 20);
+    assert!(reply.body().iter().all(|&b| b == 0xab));
+    serving.join().unwrap();
+}
+
+#[test]
+fn lent_space_is_refused_beyond_the_pool_and_on_unix_links_and_copied_elsewhere() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let first = server.port("zero/first").open().unwrap();
+    let second = server.port("zero/second").open().unwrap();
+    let client = broker.node().unwrap();
+    let to_first = client.connect("zero/first").unwrap();
+    let to_second = client.connect("zero/second").unwrap();
+    assert!(matches!(to_first.loan(64 << 20), Err(LoanError::TooLarge { .. })));
+
+    // Lent by one link, sent on another: the bytes are copied, the space goes back.
+    let mut message = to_first.loan(100_000).unwrap();
+    message.body_mut().fill(3);
+    to_second.send(message).unwrap();
+    let got = second.recv_timeout(WATCHDOG).unwrap();
+    assert!(!got.message().is_zero_copy());
+    assert!(got.body().iter().all(|&b| b == 3) && got.body().len() == 100_000);
+    assert!(first.try_recv().is_err());
+    // ... and the space it was lent went back to the first link's pool.
+    let whole = to_first.try_loan(16 << 20).unwrap();
+    drop(whole);
+
+    let unix = Broker::embedded_with(|config| config.shared_memory(false)).unwrap();
+    let unix_server = unix.node().unwrap();
+    let _port = unix_server.port("zero/unix").open().unwrap();
+    let unix_client = unix.node().unwrap();
+    let connection = unix_client.connect("zero/unix").unwrap();
+    assert_eq!(connection.loan(10).unwrap_err(), LoanError::NotSharedMemory);
+    // Ordinary messages still work there.
+    connection.send(Message::new("plain")).unwrap();
+}
