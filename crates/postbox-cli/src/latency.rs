@@ -22,6 +22,12 @@ impl Samples {
     }
 }
 
+/// Nanoseconds on the system-wide monotonic clock: comparable between processes.
+pub(crate) fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
 /// Formats a duration in microseconds with one decimal.
 pub(crate) fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)

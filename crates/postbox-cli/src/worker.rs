@@ -120,9 +120,10 @@ pub(crate) enum Role {
         #[arg(long)]
         spin: bool,
     },
-    /// Busy-waiting echo for one-way latency: open port NAME, connect to REPLY_TO, and send
-    /// every message back, polling with the `try_` forms only (never sleeping). A message of
-    /// type 1 ends it.
+    /// Busy-waiting receiver for one-way latency: open port NAME, connect to REPLY_TO, and
+    /// answer every message with its one-way latency (from the send time in its first 8
+    /// bytes), polling with the `try_` forms only (never sleeping). A message of type 1 ends
+    /// it.
     BusyEcho {
         /// Port to open.
         name: String,
@@ -249,7 +250,9 @@ pub(crate) fn run(role: Role) -> Result<()> {
     }
 }
 
-/// Echoes every message to `reply_to` without ever sleeping (see [`Role::BusyEcho`]).
+/// Answers every message at once without ever sleeping (see [`Role::BusyEcho`]): the reply
+/// is the message's one-way latency in nanoseconds, from the send time in its first 8 bytes
+/// (the system-wide monotonic clock) to the moment it was received.
 fn busy_echo(name: &str, reply_to: &str) -> Result<()> {
     let node = Node::attach()?;
     let port = node.port(name).open()?;
@@ -264,10 +267,14 @@ fn busy_echo(name: &str, reply_to: &str) -> Result<()> {
             }
             Err(e) => return Err(anyhow::anyhow!("receive on {name}: {e}")),
         };
-        let mut message = envelope.into_message();
-        if message.msg_type() == 1 {
+        let received = crate::latency::monotonic_ns();
+        if envelope.message().msg_type() == 1 {
             return Ok(());
         }
+        let sent = envelope.body().first_chunk::<8>().map_or(received, |b| u64::from_le_bytes(*b));
+        // The payload goes back to its sender's pool before the answer leaves.
+        drop(envelope);
+        let mut message = Message::new(received.saturating_sub(sent).to_le_bytes().to_vec());
         loop {
             match back.try_send(message) {
                 Ok(()) => break,

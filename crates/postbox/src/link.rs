@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use postbox_core::{FrameHeader, FrameKind, PoolRef};
-use postbox_transport::{Link, PoolView, TransportError, Wait};
+use postbox_transport::{Link, PoolLoan, PoolView, TransportError, Wait};
 
 use crate::body::Body;
 use crate::error::LoanError;
@@ -67,11 +67,22 @@ impl WriteGuard<'_> {
             return Err(WriteFailure::Closed);
         }
         message.id = next_message_id();
-        // Space this link lent goes in place: the frame carries only where it is.
-        let pool_ref = message.body.loan_for(&end.link).map(|loan| {
-            let run = loan.run();
-            PoolRef { offset: run.offset, len: run.len }.to_bytes()
-        });
+        // Space this link lent goes in place: the frame carries only where it is. A large
+        // body of this process goes through the pool too when it has room now (one copy, and
+        // the receiver reads it in place), else through the stream.
+        let lent = message.body.loan_for(&end.link).map(PoolLoan::run);
+        let copied = match lent {
+            None if message.body.len() >= POOL_THRESHOLD => {
+                end.link.lend(message.body.len(), Wait::NonBlocking).ok().map(|mut loan| {
+                    loan.as_mut_slice().copy_from_slice(&message.body);
+                    loan
+                })
+            }
+            _ => None,
+        };
+        let pool_ref = lent
+            .or(copied.as_ref().map(PoolLoan::run))
+            .map(|run| PoolRef { offset: run.offset, len: run.len }.to_bytes());
         let body: &[u8] = pool_ref.as_ref().map_or(&message.body, |r| &r[..]);
         let header = FrameHeader {
             kind,
@@ -83,9 +94,16 @@ impl WriteGuard<'_> {
             pooled: pool_ref.is_some(),
         }
         .encode(body);
-        match end.link.write_frame(&header, body, wait) {
+        let written = end.link.write_frame(&header, body, wait);
+        if let Some(loan) = copied {
+            if written.is_err() {
+                // The copy was not sent: its space goes back (the message keeps its body).
+                end.link.cancel(loan);
+            }
+        }
+        match written {
             Ok(()) => {
-                if pool_ref.is_some() {
+                if lent.is_some() {
                     message.body.mark_sent();
                 }
                 Ok(())
@@ -102,6 +120,10 @@ impl WriteGuard<'_> {
         }
     }
 }
+
+/// Bodies this large go through a shared-memory link's payload pool when it has room: below
+/// it, copying through the stream costs less than lending.
+const POOL_THRESHOLD: usize = 32 * 1024;
 
 /// Why a frame was not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

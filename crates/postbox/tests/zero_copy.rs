@@ -79,12 +79,17 @@ fn lent_space_is_refused_beyond_the_pool_and_on_unix_links_and_copied_elsewhere(
     assert!(matches!(to_first.loan(64 << 20), Err(LoanError::TooLarge { .. })));
 
     // Lent by one link, sent on another: the bytes are copied, the space goes back.
-    let mut message = to_first.loan(100_000).unwrap();
+    let mut message = to_first.loan(10_000).unwrap();
     message.body_mut().fill(3);
     to_second.send(message).unwrap();
     let got = second.recv_timeout(WATCHDOG).unwrap();
-    assert!(!got.message().is_zero_copy());
-    assert!(got.body().iter().all(|&b| b == 3) && got.body().len() == 100_000);
+    assert!(!got.message().is_zero_copy(), "a small body travels in the stream");
+    assert!(got.body().iter().all(|&b| b == 3) && got.body().len() == 10_000);
+    // A large body of this process is copied into the pool once and read in place.
+    to_second.send(vec![4u8; 1 << 20]).unwrap();
+    let got = second.recv_timeout(WATCHDOG).unwrap();
+    assert!(got.message().is_zero_copy(), "a large body travels through the pool");
+    assert!(got.body().iter().all(|&b| b == 4) && got.body().len() == 1 << 20);
     assert!(first.try_recv().is_err());
     // ... and the space it was lent went back to the first link's pool.
     let whole = to_first.try_loan(16 << 20).unwrap();
