@@ -1,5 +1,5 @@
-//! Call round trip and one-way throughput of postbox over Unix links, beside a raw Unix
-//! socketpair measured in the same run.
+//! Call round trip and one-way throughput of postbox over shared-memory links (the default),
+//! beside a raw Unix socketpair measured in the same run.
 //!
 //! Scenarios (every server is a separate `postbox worker` process):
 //! - `call_rtt/{postbox,raw_socketpair}/{64,4096,1048576}`: one request, one reply of the

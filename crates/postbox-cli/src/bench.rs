@@ -5,8 +5,10 @@
 //! Measures, each at 64 B, 4 KiB, 64 KiB, 1 MiB and 4 MiB unless noted:
 //! - call round trip with blocking waits: postbox `call` to an echo port (shared memory, Unix
 //!   link) beside a raw socketpair echo and a raw futex ping-pong over shared memory;
-//! - one-way latency with busy-waiting receivers: half the round trip of a ping-pong in which
-//!   both sides poll with `try_recv` (postbox) or spin on a shared word (raw);
+//! - one-way latency with busy-waiting receivers (cross-core only): postbox from send to
+//!   receipt, the send time carried in the message on the system-wide monotonic clock, with
+//!   copied and with loaned (zero-copy) payloads; the raw baseline is half the round trip of a
+//!   ping-pong spinning on a shared word;
 //! - one-way throughput at 64 B: a burst of one-way messages, then one round trip.
 
 use std::io::{IsTerminal, Read, Write};

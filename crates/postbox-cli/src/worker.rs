@@ -361,7 +361,7 @@ fn mailbox_hog(name: &str) -> Result<()> {
         id: 1,
         correlation: 1,
         body_len: 0,
-        pooled: false,
+        placement: postbox_core::Placement::Inline,
     };
     link.write_frame(&pull.encode(&[]), &[], Wait::Forever)?;
     let mut decoder = FrameDecoder::new(u32::MAX);

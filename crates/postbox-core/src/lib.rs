@@ -33,5 +33,7 @@ pub use wire::control::{
     ControlErrorCode, ControlMessage, EndpointKind, LinkId, ListenTarget, PortCounters, PortEntry,
     Target,
 };
-pub use wire::frame::{Frame, FrameDecoder, FrameHeader, FrameKind, PoolRef, ReplyErrorCode};
+pub use wire::frame::{
+    Frame, FrameDecoder, FrameHeader, FrameKind, Placement, PoolRef, ReplyErrorCode, SealedRef,
+};
 pub use wire::{DecodeError, Reader};

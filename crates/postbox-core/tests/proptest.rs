@@ -195,7 +195,7 @@ fn every_single_byte_corruption_of_a_small_frame_is_an_error() {
                 id: u64::MAX,
                 correlation: 1,
                 body_len: body.len() as u32,
-                pooled: false,
+                placement: postbox_core::Placement::Inline,
             },
             body,
         };
@@ -359,7 +359,7 @@ fn frame(body: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Frame> {
                 id,
                 correlation,
                 body_len: body.len() as u32,
-                pooled: false,
+                placement: postbox_core::Placement::Inline,
             },
             body,
         },
@@ -375,7 +375,7 @@ fn frame_of(kind: FrameKind, body: &[u8]) -> Frame {
             id: 1,
             correlation: 0,
             body_len: body.len() as u32,
-            pooled: false,
+            placement: postbox_core::Placement::Inline,
         },
         body: body.to_vec(),
     }

@@ -31,6 +31,10 @@ mod link_segment;
 mod pool;
 mod ring;
 #[cfg(not(loom))]
+mod scribble;
+#[cfg(not(loom))]
+mod sealed;
+#[cfg(not(loom))]
 mod segment;
 mod stream;
 mod sync;
@@ -51,9 +55,17 @@ pub use pool::{PoolError, PoolLayout, PoolLoan, PoolReader, PoolRun, PoolView, P
 pub use ring::RegionRing;
 pub use ring::{Consumer, HeapRing, Producer, PushError, Ring, RingError, RingLayout, RingMemory};
 #[cfg(not(loom))]
+pub use scribble::Scribbler;
+#[cfg(not(loom))]
+pub use sealed::{SealedBuilder, SealedError, SealedPayload};
+#[cfg(not(loom))]
 pub use segment::{Segment, SegmentCreateError, SegmentOpenError, SegmentRing};
 #[cfg(not(loom))]
 pub use stream::RegionStream;
 pub use stream::{
     HeapStream, Stream, StreamConsumer, StreamError, StreamLayout, StreamMemory, StreamProducer,
 };
+
+#[cfg(all(any(fuzzing, test), not(loom)))]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -98,6 +98,8 @@ pub struct PoolWriter {
     memory: Arc<PoolMemory>,
     /// Per block: the length in blocks of the run starting there, 0 when none starts there.
     lent: Vec<u32>,
+    /// Per block: the run starting there was sent (only a sent run may come back).
+    sent: Vec<bool>,
     /// Per block: in use.
     used: Vec<bool>,
     /// Releases consumed so far.
@@ -128,6 +130,8 @@ pub struct PoolView {
 pub struct PoolLoan {
     run: PoolRun,
     ptr: NonNull<u8>,
+    /// Keeps the pool mapped while the loan lives.
+    memory: Arc<PoolMemory>,
 }
 
 impl PoolMemory {
@@ -184,6 +188,7 @@ pub(crate) fn pool_at(
     let writer = PoolWriter {
         memory: Arc::clone(&memory),
         lent: vec![0; blocks],
+        sent: vec![false; blocks],
         used: vec![false; blocks],
         head: memory.release_head().load(Ordering::Acquire),
     };
@@ -216,15 +221,44 @@ impl PoolWriter {
                 let start = start as u32;
                 let offset = u64::from(start) * PoolLayout::BLOCK as u64;
                 let ptr = self.memory.block_ptr(start);
-                return Ok(Some(PoolLoan { run: PoolRun { offset, len: len as u64 }, ptr }));
+                let run = PoolRun { offset, len: len as u64 };
+                return Ok(Some(PoolLoan { run, ptr, memory: Arc::clone(&self.memory) }));
             }
         }
         Ok(None)
     }
 
-    /// Takes back a loan that was never sent.
+    /// Takes back a loan that was never sent (or whose sending failed). A loan of another
+    /// pool is ignored.
     pub fn cancel(&mut self, loan: PoolLoan) {
-        self.free((loan.run.offset / PoolLayout::BLOCK as u64) as usize);
+        if let Some(start) = self.start_of(&loan) {
+            self.free(start);
+        }
+    }
+
+    /// Records that `loan`'s run is about to be sent: from now on the receiver may hand it
+    /// back. Call before writing the frame that announces it; [`withdraw`](Self::withdraw) if
+    /// that write fails.
+    pub fn commit(&mut self, loan: &PoolLoan) {
+        if let Some(start) = self.start_of(loan) {
+            self.sent[start] = true;
+        }
+    }
+
+    /// Undoes [`commit`](Self::commit): the frame was not sent, the loan is the caller's again.
+    pub fn withdraw(&mut self, loan: &PoolLoan) {
+        if let Some(start) = self.start_of(loan) {
+            self.sent[start] = false;
+        }
+    }
+
+    /// The first block of `loan` when it is a live loan of this pool.
+    fn start_of(&self, loan: &PoolLoan) -> Option<usize> {
+        if !Arc::ptr_eq(&loan.memory, &self.memory) {
+            return None;
+        }
+        let start = (loan.run.offset / PoolLayout::BLOCK as u64) as usize;
+        (self.lent.get(start).copied().unwrap_or(0) > 0).then_some(start)
     }
 
     /// Bytes of payload the pool holds.
@@ -244,7 +278,9 @@ impl PoolWriter {
         }
         while self.head != tail {
             let start = memory.release_slot(self.head).load(Ordering::Relaxed) as usize;
-            if self.lent.get(start).copied().unwrap_or(0) == 0 {
+            // Only a run that was sent can come back; one still being written, or never lent,
+            // cannot (else the same space could be lent twice).
+            if self.lent.get(start).copied().unwrap_or(0) == 0 || !self.sent[start] {
                 return Err(PoolError::BadRelease);
             }
             self.free(start);
@@ -257,6 +293,7 @@ impl PoolWriter {
 
     fn free(&mut self, start: usize) {
         let len = std::mem::take(&mut self.lent[start]) as usize;
+        self.sent[start] = false;
         self.used[start..start + len].fill(false);
     }
 }
@@ -278,11 +315,12 @@ impl PoolLoan {
     /// The lent bytes, to write in place.
     #[must_use]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the run was lent to this loan alone (the writer marked its blocks used and
-        // no view of them exists until the frame is sent, which consumes the loan); it lies
+        // SAFETY: the run was lent to this loan alone (the writer marked its blocks used, and
+        // frees them only when this loan is cancelled, or after it was committed as sent and
+        // the receiver handed it back; a release before the commit is refused); it lies
         // inside the pool (`lend` checked `need <= blocks`, and `len <= need * BLOCK`); it
-        // stays mapped while the segment lives, which outlives the link this loan is used on.
-        // An honest receiver does not touch unsent space; a hostile one can only garble it.
+        // stays mapped while `memory` (and through it the segment) lives. An honest receiver
+        // does not touch unsent space; a hostile one can only garble it.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.run.len as usize) }
     }
 
@@ -295,7 +333,7 @@ impl PoolLoan {
 // SAFETY: a loan is exclusive access to a run of shared memory that stays mapped; moving it
 // to another thread changes nothing about that.
 unsafe impl Send for PoolLoan {}
-// SAFETY: `&PoolLoan` gives no access to the bytes.
+// SAFETY: `&PoolLoan` reads the bytes only; they are written only through `&mut PoolLoan`.
 unsafe impl Sync for PoolLoan {}
 
 impl PoolReader {
@@ -398,6 +436,7 @@ mod tests {
         assert!(big.is_none(), "two blocks left, three asked");
         let small = writer.lend(10).unwrap().unwrap();
         assert_eq!(small.run().offset, 2 * PoolLayout::BLOCK as u64);
+        writer.commit(&loan);
         let view = reader.view(run).unwrap();
         assert!(view.as_slice().iter().all(|&b| b == 7));
         assert_eq!(view.as_slice().len(), 100_000);
@@ -422,5 +461,27 @@ mod tests {
         // A hostile receiver releases block 1, which was never lent.
         reader.release(1);
         assert_eq!(writer.lend(1).unwrap_err(), PoolError::BadRelease);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map memory objects")]
+    fn a_run_still_being_written_cannot_be_handed_back_and_lent_twice() {
+        let (mut writer, reader) = pool(2);
+        let loan = writer.lend(10).unwrap().unwrap();
+        // A hostile receiver guesses the run before it is sent.
+        reader.release(0);
+        assert_eq!(writer.lend(10).unwrap_err(), PoolError::BadRelease);
+        drop(loan);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map memory objects")]
+    fn a_loan_keeps_the_pool_mapped_after_everything_else_is_gone() {
+        let (mut writer, reader) = pool(1);
+        let mut loan = writer.lend(10).unwrap().unwrap();
+        drop(writer);
+        drop(reader);
+        loan.as_mut_slice().fill(1);
+        assert_eq!(loan.as_slice(), [1; 10]);
     }
 }

@@ -17,6 +17,7 @@
 mod control_socket;
 mod error;
 mod link;
+mod sealed_fds;
 mod shm_link;
 mod spin;
 mod unix_link;
@@ -25,7 +26,9 @@ mod wait;
 pub use control_socket::{ControlListener, ControlSocket, Credentials, MAX_FDS};
 pub use error::TransportError;
 pub use link::Link;
-pub use postbox_shm::{LinkShape, LinkSide, PoolLoan, PoolView};
+pub use postbox_shm::{
+    LinkShape, LinkSide, PoolLoan, PoolView, SealedBuilder, SealedError, SealedPayload,
+};
 pub use shm_link::{ShmLink, ShmLinkParts};
 pub use spin::Spin;
 pub use unix_link::UnixLink;

@@ -3,9 +3,12 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use postbox_core::{FrameDecoder, PoolRef};
+use postbox_core::{FrameDecoder, PoolRef, SealedRef};
 
-use crate::{LinkSide, PoolLoan, PoolView, ShmLink, ShmLinkParts, TransportError, UnixLink, Wait};
+use crate::{
+    LinkSide, PoolLoan, PoolView, SealedPayload, ShmLink, ShmLinkParts, TransportError, UnixLink,
+    Wait,
+};
 
 /// One end of a connection's data path.
 #[derive(Debug)]
@@ -156,6 +159,20 @@ impl Link {
         }
     }
 
+    /// See [`ShmLink::commit`].
+    pub fn commit(&self, loan: &PoolLoan) {
+        if let Self::Shm(link) = self {
+            link.commit(loan);
+        }
+    }
+
+    /// See [`ShmLink::withdraw`].
+    pub fn withdraw(&self, loan: &PoolLoan) {
+        if let Self::Shm(link) = self {
+            link.withdraw(loan);
+        }
+    }
+
     /// See [`ShmLink::view`]; a pooled frame on a Unix link breaks the protocol.
     ///
     /// # Errors
@@ -164,6 +181,32 @@ impl Link {
         match self {
             Self::Unix(_) => Err(TransportError::Corrupt),
             Self::Shm(link) => link.view(pool_ref, max),
+        }
+    }
+
+    /// See [`ShmLink::send_sealed`].
+    ///
+    /// # Errors
+    /// `NoPool` for a Unix link, else as [`ShmLink::send_sealed`].
+    pub fn send_sealed(&self, fd: BorrowedFd<'_>) -> Result<u64, TransportError> {
+        match self {
+            Self::Unix(_) => Err(TransportError::NoPool),
+            Self::Shm(link) => link.send_sealed(fd),
+        }
+    }
+
+    /// See [`ShmLink::take_sealed`]; a sealed frame on a Unix link breaks the protocol.
+    ///
+    /// # Errors
+    /// `Corrupt`.
+    pub fn take_sealed(
+        &self,
+        sealed: SealedRef,
+        max: u32,
+    ) -> Result<SealedPayload, TransportError> {
+        match self {
+            Self::Unix(_) => Err(TransportError::Corrupt),
+            Self::Shm(link) => link.take_sealed(sealed, max),
         }
     }
 

@@ -18,13 +18,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postbox_core::FrameDecoder;
-use postbox_core::PoolRef;
+use postbox_core::{PoolRef, SealedRef};
 use postbox_shm::{
     open_link_segment, Doorbell, LinkMemory, LinkShape, LinkSide, PoolLoan, PoolReader, PoolRun,
-    PoolView, PoolWriter, RegionStream, Rung, StreamConsumer, StreamError, StreamProducer,
+    PoolView, PoolWriter, RegionStream, Rung, SealedPayload, StreamConsumer, StreamError,
+    StreamProducer,
 };
-use rustix::net::{recv, shutdown, RecvFlags, Shutdown};
+use rustix::net::{shutdown, Shutdown};
 
+use crate::sealed_fds::{send_sealed, PendingSealed, SocketState};
 use crate::{Spin, TransportError, Wait};
 
 /// The descriptors the broker hands each side of a shared-memory link.
@@ -58,8 +60,12 @@ pub struct ShmLink {
     shut: AtomicBool,
     /// The peer's socket was seen hung up.
     hung_up: AtomicBool,
-    /// Bytes arrived on the socket (the peer broke the protocol).
+    /// The socket carried something other than sealed payloads (the peer broke the protocol).
     violated: AtomicBool,
+    /// Sealed payload descriptors taken off the socket, waiting for their frames.
+    sealed_in: Mutex<PendingSealed>,
+    /// The next sealed payload's sequence number.
+    sealed_out: AtomicU64,
     /// When the link was opened, and when the socket was last looked at (µs after that).
     created: Instant,
     checked_at_us: AtomicU64,
@@ -89,6 +95,8 @@ impl ShmLink {
             shut: AtomicBool::new(false),
             hung_up: AtomicBool::new(false),
             violated: AtomicBool::new(false),
+            sealed_in: Mutex::new(PendingSealed::default()),
+            sealed_out: AtomicU64::new(0),
             created: Instant::now(),
             checked_at_us: AtomicU64::new(0),
             spin: Spin::new(),
@@ -223,6 +231,7 @@ impl ShmLink {
             }
             Ok(None) => false,
             Err(_) => {
+                // The receiver handed back space it was not lent: the link must go.
                 failed = Some(TransportError::Corrupt);
                 true
             }
@@ -231,9 +240,21 @@ impl ShmLink {
             self.wait_until(wait, &mut attempt)?;
         }
         if let Some(error) = failed {
+            self.violated.store(true, Ordering::Release);
+            self.shutdown();
             return Err(error);
         }
         lent.ok_or(TransportError::TimedOut)
+    }
+
+    /// Records that `loan` is about to be sent (see [`PoolWriter::commit`]).
+    pub fn commit(&self, loan: &PoolLoan) {
+        lock(&self.outbound_pool).commit(loan);
+    }
+
+    /// Undoes [`commit`](Self::commit) after the frame could not be written.
+    pub fn withdraw(&self, loan: &PoolLoan) {
+        lock(&self.outbound_pool).withdraw(loan);
     }
 
     /// Takes back a loan that will not be sent.
@@ -251,6 +272,44 @@ impl ShmLink {
         }
         let run = PoolRun { offset: pool_ref.offset, len: pool_ref.len };
         self.inbound_pool.view(run).map_err(|_| TransportError::Corrupt)
+    }
+
+    /// Passes a sealed payload's memory object to the peer; returns the sequence number its
+    /// frame must carry. Call just before writing that frame.
+    ///
+    /// # Errors
+    /// `WouldBlock` or `Stalled` when the peer holds too many unclaimed payloads, `Closed`,
+    /// `Os`.
+    pub fn send_sealed(&self, fd: BorrowedFd<'_>) -> Result<u64, TransportError> {
+        let seq = self.sealed_out.fetch_add(1, Ordering::Relaxed);
+        send_sealed(self.socket.as_fd(), seq, fd)?;
+        Ok(seq)
+    }
+
+    /// The sealed payload a frame announces, checked (seals, size) and mapped read-only; at
+    /// most `max` bytes.
+    ///
+    /// # Errors
+    /// `Corrupt` when its memory object did not come first, is not sealed, or is too small.
+    pub fn take_sealed(
+        &self,
+        sealed: SealedRef,
+        max: u32,
+    ) -> Result<SealedPayload, TransportError> {
+        if sealed.len > u64::from(max) {
+            return Err(TransportError::Corrupt);
+        }
+        let mut pending = lock(&self.sealed_in);
+        let fd = match pending.take(sealed.seq) {
+            Some(fd) => fd,
+            None => {
+                pending.drain(self.socket.as_fd())?;
+                pending.take(sealed.seq).ok_or(TransportError::Corrupt)?
+            }
+        };
+        drop(pending);
+        let len = usize::try_from(sealed.len).map_err(|_| TransportError::Corrupt)?;
+        SealedPayload::open(fd, len).map_err(|_| TransportError::Corrupt)
     }
 
     /// Prepares a poll of [`poll_fds`](Self::poll_fds): asks the peer to write this side's
@@ -344,21 +403,18 @@ impl ShmLink {
         }
     }
 
-    /// True when the peer hung up its socket (it closed or died). Bytes on the socket are a
-    /// protocol violation: data travels in the segment.
+    /// True when the peer hung up its socket (it closed or died). Takes the sealed payload
+    /// descriptors waiting there on the way; anything else on the socket breaks the protocol.
     fn socket_hung_up(&self) -> Result<bool, TransportError> {
-        let mut byte = [0u8; 1];
         if self.violated.load(Ordering::Acquire) {
             return Err(TransportError::Corrupt);
         }
-        match recv(&self.socket, &mut byte, RecvFlags::DONTWAIT) {
-            Ok((0, _)) => Ok(true),
-            Ok(_) => {
+        match lock(&self.sealed_in).drain(self.socket.as_fd()) {
+            Ok(state) => Ok(state == SocketState::HungUp),
+            Err(error) => {
                 self.violated.store(true, Ordering::Release);
-                Err(TransportError::Corrupt)
+                Err(error)
             }
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(false),
-            Err(_) => Ok(true),
         }
     }
 
@@ -495,7 +551,7 @@ mod tests {
             id: 1,
             correlation: 0,
             body_len: len as u32,
-            pooled: false,
+            placement: postbox_core::Placement::Inline,
         }
     }
 
@@ -573,6 +629,42 @@ mod tests {
         assert_eq!(client.read_into(&mut decoder, Wait::Forever), Err(TransportError::Closed));
         assert!(started.elapsed() < Duration::from_secs(5));
         killer.join().unwrap();
+    }
+
+    #[test]
+    fn sealed_payloads_are_matched_by_sequence_and_checked_before_they_are_read() {
+        let (client, server) = pair(4096);
+        let mut builder = postbox_shm::SealedBuilder::new(100).unwrap();
+        builder.as_mut_slice().fill(8);
+        let sealed = builder.seal().unwrap();
+        // A payload whose frame never came (its write failed) is skipped.
+        let stray = client.send_sealed(sealed.fd()).unwrap();
+        let seq = client.send_sealed(sealed.fd()).unwrap();
+        assert_eq!(seq, stray + 1);
+        let payload = server.take_sealed(SealedRef { len: 100, seq }, 1 << 20).unwrap();
+        assert!(payload.as_slice().iter().all(|&b| b == 8));
+        // Claimed again, or never sent, or larger than allowed: the peer broke the protocol.
+        assert_eq!(
+            server.take_sealed(SealedRef { len: 100, seq }, 1 << 20).unwrap_err(),
+            TransportError::Corrupt
+        );
+        assert_eq!(
+            server.take_sealed(SealedRef { len: 100, seq: seq + 5 }, 1 << 20).unwrap_err(),
+            TransportError::Corrupt
+        );
+        // A memory object that is not sealed is refused before it is read.
+        let unsealed_fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::empty()).unwrap();
+        rustix::fs::ftruncate(&unsealed_fd, 100).unwrap();
+        let seq = client.send_sealed(unsealed_fd.as_fd()).unwrap();
+        assert_eq!(
+            server.take_sealed(SealedRef { len: 100, seq }, 1 << 20).unwrap_err(),
+            TransportError::Corrupt
+        );
+        let seq = client.send_sealed(sealed.fd()).unwrap();
+        assert_eq!(
+            server.take_sealed(SealedRef { len: 100, seq }, 99).unwrap_err(),
+            TransportError::Corrupt
+        );
     }
 
     #[test]

@@ -189,7 +189,7 @@ mod tests {
             id: 1,
             correlation: 0,
             body_len: len as u32,
-            pooled: false,
+            placement: postbox_core::Placement::Inline,
         }
     }
 

@@ -1,9 +1,10 @@
 //! Where a message's bytes are: in this process, in a payload pool lent for sending (written
-//! in place), or in a payload pool received (read in place, handed back when dropped).
+//! in place), in a payload pool received (read in place, handed back when dropped), or in a
+//! sealed memory object of their own.
 
 use std::sync::Arc;
 
-use postbox_transport::{Link, PoolLoan, PoolView};
+use postbox_transport::{Link, PoolLoan, PoolView, SealedPayload};
 
 /// A message body.
 #[derive(Debug)]
@@ -14,6 +15,9 @@ pub(crate) enum Body {
     Lent(Lent),
     /// A received payload, read in place in the sender's pool.
     Viewed(Arc<PoolView>),
+    /// A sealed memory object of its own: nobody can change it, so it is shared (sent or
+    /// received) without copying, even between processes that do not trust each other.
+    Sealed(Arc<SealedPayload>),
 }
 
 /// Space lent by a link: goes back to the link unless sent on it.
@@ -33,13 +37,13 @@ impl Body {
     /// The bytes, writable; a received payload is copied out first (the sender's pool is not
     /// ours to write).
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        if let Self::Viewed(view) = self {
-            *self = Self::Owned(view.as_slice().to_vec());
+        if matches!(self, Self::Viewed(_) | Self::Sealed(_)) {
+            *self = Self::Owned(self.to_vec());
         }
         match self {
             Self::Owned(bytes) => bytes,
             Self::Lent(lent) => lent.loan.as_mut().map_or(&mut [], PoolLoan::as_mut_slice),
-            Self::Viewed(_) => unreachable!("replaced by an owned copy above"),
+            Self::Viewed(_) | Self::Sealed(_) => unreachable!("replaced by an owned copy above"),
         }
     }
 
@@ -67,6 +71,14 @@ impl Body {
         }
     }
 
+    /// The sealed payload, when the body is one.
+    pub(crate) fn sealed(&self) -> Option<&SealedPayload> {
+        match self {
+            Self::Sealed(payload) => Some(payload),
+            _ => None,
+        }
+    }
+
     /// Records that the lent space was sent: it now belongs to the receiver.
     pub(crate) fn mark_sent(&mut self) {
         if let Self::Lent(lent) = self {
@@ -83,6 +95,7 @@ impl std::ops::Deref for Body {
             Self::Owned(bytes) => bytes,
             Self::Lent(lent) => lent.loan.as_ref().map_or(&[], PoolLoan::as_slice),
             Self::Viewed(view) => view.as_slice(),
+            Self::Sealed(payload) => payload.as_slice(),
         }
     }
 }
@@ -93,6 +106,7 @@ impl Clone for Body {
     fn clone(&self) -> Self {
         match self {
             Self::Viewed(view) => Self::Viewed(Arc::clone(view)),
+            Self::Sealed(payload) => Self::Sealed(Arc::clone(payload)),
             other => Self::Owned(other.to_vec()),
         }
     }

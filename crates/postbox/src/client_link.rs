@@ -71,6 +71,9 @@ enum Outcome {
     Failed(CallError),
 }
 
+/// What a link broken by a peer that scribbled over shared memory reports.
+const CORRUPT: &str = "the server broke the shared-memory protocol";
+
 /// A frame read from the link, as a message.
 struct Received {
     header: FrameHeader,
@@ -246,6 +249,10 @@ impl ClientLink {
                             Err(OnewayFailure::TooLarge(u64::from(limit)))
                         }
                         WriteFailure::Closed => Err(OnewayFailure::Disconnected),
+                        WriteFailure::Violation => {
+                            self.break_locked(&mut state, Broken::Violation(CORRUPT.into()));
+                            Err(OnewayFailure::Disconnected)
+                        }
                         WriteFailure::Full if self.spec.overflow == Overflow::DropOldest => {
                             // The kernel's buffer is full too: this message is the one lost,
                             // counted and reported with the next frame.
@@ -327,6 +334,10 @@ impl ClientLink {
                     self.break_link(Broken::PeerDied);
                     return Err(CallError::Disconnected(request));
                 }
+                Err(WriteFailure::Violation) => {
+                    self.break_link(Broken::Violation(CORRUPT.into()));
+                    return Err(CallError::Disconnected(request));
+                }
             }
         }
         loop {
@@ -401,6 +412,11 @@ impl ClientLink {
                 WriteFailure::Full => CallError::Timeout(Some(request)),
                 WriteFailure::Closed => {
                     self.break_link(Broken::PeerDied);
+                    CallError::Disconnected(request)
+                }
+                // The request comes back; the link's later users see the violation.
+                WriteFailure::Violation => {
+                    self.break_link(Broken::Violation(CORRUPT.into()));
                     CallError::Disconnected(request)
                 }
             });
@@ -507,17 +523,15 @@ impl ClientLink {
             match self.end.link().read_into(&mut decoder, wait) {
                 Ok(_) => {}
                 Err(TransportError::TimedOut | TransportError::WouldBlock) => return Ok(frames),
-                Err(TransportError::Corrupt) => {
-                    return Err(Broken::Violation(
-                        "the server broke the shared-memory protocol".into(),
-                    ))
-                }
+                Err(TransportError::Corrupt) => return Err(Broken::Violation(CORRUPT.into())),
                 Err(_) => return Err(Broken::PeerDied),
             }
             loop {
                 match decoder.poll_frame() {
                     Ok(Some(frame)) => match frame.header.kind {
-                        FrameKind::Credit if frame.header.pooled => {
+                        FrameKind::Credit
+                            if frame.header.placement != postbox_core::Placement::Inline =>
+                        {
                             return Err(Broken::Violation("server sent a pooled credit".into()));
                         }
                         FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => {
@@ -540,13 +554,12 @@ impl ClientLink {
     /// The message a frame carries, its payload read in place when the frame is pooled.
     fn receive(&self, frame: Frame) -> Result<Received, Broken> {
         let header = frame.header;
-        let message = if header.pooled {
-            let view = self.end.view(&frame.body, self.max_reply).ok_or_else(|| {
-                Broken::Violation("the server described a payload outside its pool".into())
-            })?;
-            Message::from_pooled(&header, view)
-        } else {
+        let message = if header.placement == postbox_core::Placement::Inline {
             Message::from_frame(frame)
+        } else {
+            self.end.described(&header, &frame.body, self.max_reply).ok_or_else(|| {
+                Broken::Violation("the server described a payload it did not provide".into())
+            })?
         };
         Ok(Received { header, message })
     }

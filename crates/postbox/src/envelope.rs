@@ -179,7 +179,7 @@ impl ReplyToken {
                     self.settle(&result);
                     return result;
                 }
-                Err(WriteFailure::Closed) => {
+                Err(WriteFailure::Closed | WriteFailure::Violation) => {
                     self.answered = true;
                     return Err(SendError::Disconnected(message));
                 }
@@ -207,7 +207,9 @@ impl ReplyToken {
                 self.link.end.close();
                 Err(SendError::Disconnected(message))
             }
-            Err(WriteFailure::Closed) => Err(SendError::Disconnected(message)),
+            Err(WriteFailure::Closed | WriteFailure::Violation) => {
+                Err(SendError::Disconnected(message))
+            }
         }
     }
 

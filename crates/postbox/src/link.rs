@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use postbox_core::{FrameHeader, FrameKind, PoolRef};
+use postbox_core::{FrameHeader, FrameKind, Placement, PoolRef, SealedRef};
 use postbox_transport::{Link, PoolLoan, PoolView, TransportError, Wait};
 
 use crate::body::Body;
@@ -83,7 +83,21 @@ impl WriteGuard<'_> {
         let pool_ref = lent
             .or(copied.as_ref().map(PoolLoan::run))
             .map(|run| PoolRef { offset: run.offset, len: run.len }.to_bytes());
-        let body: &[u8] = pool_ref.as_ref().map_or(&message.body, |r| &r[..]);
+        // A sealed payload's memory object goes on the socket, its frame says which one (if
+        // the socket takes no more, the bytes are copied instead).
+        let sealed_ref = match message.body.sealed() {
+            Some(payload) if pool_ref.is_none() => end
+                .link
+                .send_sealed(payload.fd())
+                .ok()
+                .map(|seq| SealedRef { len: payload.len() as u64, seq }.to_bytes()),
+            _ => None,
+        };
+        let (body, placement): (&[u8], Placement) = match (&pool_ref, &sealed_ref) {
+            (Some(r), _) => (r, Placement::Pooled),
+            (None, Some(r)) => (r, Placement::Sealed),
+            (None, None) => (&message.body, Placement::Inline),
+        };
         let header = FrameHeader {
             kind,
             priority: message.priority,
@@ -91,12 +105,20 @@ impl WriteGuard<'_> {
             id: message.id,
             correlation,
             body_len: body.len() as u32,
-            pooled: pool_ref.is_some(),
+            placement,
         }
         .encode(body);
+        // The pool may be handed the run back as soon as the frame is out: say so first.
+        let loan = message.body.loan_for(&end.link).or(copied.as_ref());
+        if let Some(loan) = loan {
+            end.link.commit(loan);
+        }
         let written = end.link.write_frame(&header, body, wait);
-        if let Some(loan) = copied {
-            if written.is_err() {
+        if written.is_err() {
+            if let Some(loan) = message.body.loan_for(&end.link) {
+                end.link.withdraw(loan);
+            }
+            if let Some(loan) = copied {
                 // The copy was not sent: its space goes back (the message keeps its body).
                 end.link.cancel(loan);
             }
@@ -112,6 +134,10 @@ impl WriteGuard<'_> {
             Err(TransportError::Stalled) => {
                 end.close();
                 Err(WriteFailure::Full)
+            }
+            Err(TransportError::Corrupt) => {
+                end.close();
+                Err(WriteFailure::Violation)
             }
             Err(_) => {
                 end.close();
@@ -132,6 +158,8 @@ pub(crate) enum WriteFailure {
     TooLarge(u32),
     /// The peer is gone (nothing delivered).
     Closed,
+    /// The peer broke the shared-memory protocol; the link was closed (nothing delivered).
+    Violation,
     /// No room before the wait ended (nothing delivered).
     Full,
 }
@@ -163,6 +191,20 @@ impl LinkEnd {
             Err(TransportError::NoPool) => Err(LoanError::NotSharedMemory),
             Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(LoanError::Full),
             Err(_) => Err(LoanError::Disconnected),
+        }
+    }
+
+    /// The payload a pooled or sealed frame describes, as a message (`None`: the peer broke
+    /// the protocol).
+    pub(crate) fn described(&self, header: &FrameHeader, body: &[u8], max: u32) -> Option<Message> {
+        match header.placement {
+            Placement::Inline => None,
+            Placement::Pooled => Some(Message::from_pooled(header, self.view(body, max)?)),
+            Placement::Sealed => {
+                let sealed = SealedRef::decode(body).ok()?;
+                let payload = self.link.take_sealed(sealed, max).ok()?;
+                Some(Message::from_sealed(header, payload))
+            }
         }
     }
 

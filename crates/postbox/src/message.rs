@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::body::Body;
-use postbox_transport::PoolView;
+use postbox_transport::{PoolView, SealedBuilder, SealedError, SealedPayload};
 
 /// A message: a type tag, a priority and a body.
 ///
@@ -91,6 +91,28 @@ impl Message {
         self.body.into_vec()
     }
 
+    /// A message whose body is a sealed memory object of its own, `len` bytes written by
+    /// `write` before it is sealed: from then on nobody, its sender included, can change it.
+    /// Sent on a shared-memory link it travels without a copy, and the receiver checks the
+    /// seals before it reads: the way to pass a large payload to a process that does not trust
+    /// this one (elsewhere it is copied like any body).
+    ///
+    /// # Errors
+    /// When the operating system refuses the memory object (out of memory or descriptors, or
+    /// not supported here).
+    pub fn sealed(len: usize, write: impl FnOnce(&mut [u8])) -> std::io::Result<Self> {
+        let failed = |e: SealedError| std::io::Error::other(e.to_string());
+        let mut builder = SealedBuilder::new(len).map_err(failed)?;
+        write(builder.as_mut_slice());
+        let payload = builder.seal().map_err(failed)?;
+        Ok(Self {
+            id: 0,
+            msg_type: 0,
+            priority: 0,
+            body: Body::Sealed(std::sync::Arc::new(payload)),
+        })
+    }
+
     /// True when the body is shared memory: lent for sending in place, or a received payload
     /// read in place (zero-copy).
     #[must_use]
@@ -148,6 +170,16 @@ impl Message {
             msg_type: header.msg_type,
             priority: header.priority,
             body: Body::Viewed(std::sync::Arc::new(view)),
+        }
+    }
+
+    /// The message a sealed frame announces.
+    pub(crate) fn from_sealed(header: &postbox_core::FrameHeader, payload: SealedPayload) -> Self {
+        Self {
+            id: header.id,
+            msg_type: header.msg_type,
+            priority: header.priority,
+            body: Body::Sealed(std::sync::Arc::new(payload)),
         }
     }
 

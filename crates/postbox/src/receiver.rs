@@ -17,8 +17,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postbox_core::{
-    FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, PortQueue, PortSpec, QueuedMeta,
-    ReleaseCounter, Selector,
+    FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, Placement, PortQueue, PortSpec,
+    QueuedMeta, ReleaseCounter, Selector,
 };
 use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
 
@@ -565,20 +565,22 @@ fn decode_frames(
         match decoder.poll_frame() {
             Ok(Some(frame)) => {
                 let header = frame.header;
-                let message = if header.pooled {
+                let message = if header.placement == Placement::Inline {
+                    Message::from_frame(frame)
+                } else {
                     if !matches!(
                         header.kind,
                         FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call
                     ) {
                         return false;
                     }
-                    // A payload outside the client's pool breaks the protocol.
-                    let Some(view) = link.end.view(&frame.body, link.max_payload) else {
+                    // A payload outside the client's pool, or a sealed one that is not
+                    // sealed, breaks the protocol.
+                    let Some(message) = link.end.described(&header, &frame.body, link.max_payload)
+                    else {
                         return false;
                     };
-                    Message::from_pooled(&header, view)
-                } else {
-                    Message::from_frame(frame)
+                    message
                 };
                 let (reply, counted, confirm, sender_dropped) = match header.kind {
                     // For one-way frames, the correlation field carries the messages the

@@ -225,6 +225,10 @@ impl Subscription {
 /// Unpacks a publication: publisher identity (16 bytes), topic (u16 length + text), body.
 fn publication(frame: postbox_core::Frame) -> Option<Envelope> {
     let header = frame.header;
+    // Topic links are the broker's Unix links: a payload anywhere else breaks the protocol.
+    if header.placement != postbox_core::Placement::Inline {
+        return None;
+    }
     let mut r = Reader::new(&frame.body);
     let sender = PeerIdentity {
         process_id: ProcessId::new(r.u32().ok()?, r.u32().ok()?),

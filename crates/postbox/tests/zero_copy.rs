@@ -104,3 +104,39 @@ fn lent_space_is_refused_beyond_the_pool_and_on_unix_links_and_copied_elsewhere(
     // Ordinary messages still work there.
     connection.send(Message::new("plain")).unwrap();
 }
+
+#[test]
+fn a_sealed_payload_crosses_without_a_copy_and_nobody_can_change_it() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("zero/sealed").open().unwrap();
+    let client = broker.node().unwrap();
+    let connection = client.connect("zero/sealed").unwrap();
+    let message = Message::sealed(3 << 20, |bytes| bytes.fill(0x77)).unwrap();
+    assert!(message.is_zero_copy());
+    connection.send(message.clone()).unwrap();
+    connection.send(message).unwrap();
+    for _ in 0..2 {
+        let got = port.recv_timeout(WATCHDOG).unwrap();
+        assert!(got.message().is_zero_copy(), "mapped from the sealed object, not copied");
+        assert_eq!(got.body().len(), 3 << 20);
+        assert!(got.body().iter().all(|&b| b == 0x77));
+    }
+    // Writing to a received sealed body gives a private copy.
+    connection.send(Message::sealed(10, |b| b.fill(1)).unwrap()).unwrap();
+    let mut own = port.recv_timeout(WATCHDOG).unwrap().into_message();
+    own.body_mut()[0] = 2;
+    assert!(!own.is_zero_copy());
+    assert_eq!(own.body()[..2], [2, 1]);
+
+    // Over a Unix link the bytes are copied.
+    let unix = Broker::embedded_with(|config| config.shared_memory(false)).unwrap();
+    let unix_server = unix.node().unwrap();
+    let unix_port = unix_server.port("zero/sealed-unix").open().unwrap();
+    let unix_client = unix.node().unwrap();
+    let to_unix = unix_client.connect("zero/sealed-unix").unwrap();
+    to_unix.send(Message::sealed(5000, |b| b.fill(5)).unwrap()).unwrap();
+    let got = unix_port.recv_timeout(WATCHDOG).unwrap();
+    assert!(!got.message().is_zero_copy());
+    assert_eq!(got.body(), vec![5u8; 5000]);
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
     Capacity, ControlErrorCode, ControlMessage, EndpointKind, FrameDecoder, FrameKind, LinkId,
-    Overflow, PeerIdentity, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
+    Overflow, PeerIdentity, Placement, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
@@ -236,9 +236,10 @@ impl EventLoop {
                 return false;
             }
             let frame = match link.decoder.poll_frame() {
-                Ok(Some(frame)) => frame,
+                // The broker's links are Unix links: a payload elsewhere breaks the protocol.
+                Ok(Some(frame)) if frame.header.placement == Placement::Inline => frame,
                 Ok(None) => return true,
-                Err(_) => {
+                Ok(Some(_)) | Err(_) => {
                     self.close_data(key);
                     return true;
                 }

@@ -670,8 +670,15 @@ impl EventLoop {
 /// did, the length would make the peer refuse the frame rather than misread it.
 fn encode(kind: FrameKind, msg_type: u32, priority: u8, correlation: u64, body: &[u8]) -> Vec<u8> {
     let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let header =
-        FrameHeader { kind, priority, msg_type, id: 0, correlation, body_len, pooled: false };
+    let header = FrameHeader {
+        kind,
+        priority,
+        msg_type,
+        id: 0,
+        correlation,
+        body_len,
+        placement: postbox_core::Placement::Inline,
+    };
     let mut frame = header.encode(body).to_vec();
     frame.extend_from_slice(body);
     frame

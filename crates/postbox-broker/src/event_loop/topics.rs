@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use postbox_core::{
     Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameKind, Overflow,
-    PeerIdentity, PortName, PortSpec, ReleaseCounter, SendWindow,
+    PeerIdentity, Placement, PortName, PortSpec, ReleaseCounter, SendWindow,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
@@ -179,9 +179,10 @@ impl EventLoop {
                 return;
             };
             let frame = match link.decoder.poll_frame() {
-                Ok(Some(frame)) => frame,
+                // The broker's links are Unix links: a payload elsewhere breaks the protocol.
+                Ok(Some(frame)) if frame.header.placement == Placement::Inline => frame,
                 Ok(None) => return,
-                Err(_) => return self.close_topic(key),
+                Ok(Some(_)) | Err(_) => return self.close_topic(key),
             };
             let header = frame.header;
             match (&mut link.role, header.kind) {

@@ -51,7 +51,7 @@ fn header(kind: FrameKind, body: &[u8]) -> [u8; 32] {
         id: 1,
         correlation: 1,
         body_len: body.len() as u32,
-        pooled: false,
+        placement: postbox_core::Placement::Inline,
     }
     .encode(body)
 }

@@ -34,7 +34,7 @@ fn pull(link: &UnixLink, correlation: u64, body: &[u8]) -> Result<(), TransportE
         id: correlation,
         correlation,
         body_len: body.len() as u32,
-        pooled: false,
+        placement: postbox_core::Placement::Inline,
     };
     link.write_frame(&header.encode(body), body, Wait::timeout(Duration::from_secs(2)))
 }

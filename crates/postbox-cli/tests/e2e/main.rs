@@ -12,5 +12,6 @@ mod hostile;
 mod mailbox_edges;
 mod mailboxes;
 mod operations;
+mod shm;
 mod topics;
 mod util;

@@ -249,15 +249,22 @@ fn a_try_send_does_not_wait_behind_a_send_blocked_on_a_full_link() {
                 }
             }
         });
+        // Full for a while, not just between two of the blocked sender's writes.
+        let full = || matches!(connection.try_send("probe"), Err(TrySendError::Full(_)));
         wait_until("the link is full", || {
-            matches!(connection.try_send("probe"), Err(TrySendError::Full(_)))
+            full() && {
+                std::thread::sleep(Duration::from_millis(50));
+                full()
+            }
         });
-        match connection.send_timeout("late", Duration::from_millis(100)) {
+        let late = connection.send_timeout("late", Duration::from_millis(100));
+        // Unblock the sender before judging, so that a failure fails instead of hanging.
+        holder.kill9();
+        blocked.join().unwrap();
+        match late {
             Err(SendTimeoutError::Timeout(m)) => assert_eq!(m.body(), b"late"),
             other => panic!("expected Timeout, got {other:?}"),
         }
-        holder.kill9();
-        blocked.join().unwrap();
     });
 }
 

@@ -20,6 +20,8 @@ pub const HEADER_LEN: usize = 32;
 pub const MAX_PRIORITY: u8 = 31;
 /// Body length of a pooled frame (a [`PoolRef`]).
 pub const POOL_RUN_LEN: usize = 16;
+/// Body length of a sealed frame (a [`SealedRef`]).
+pub const SEALED_LEN: usize = 16;
 
 const FLAG_CALL: u8 = 0x01;
 const FLAG_REPLY: u8 = 0x02;
@@ -132,9 +134,9 @@ pub struct FrameHeader {
     pub correlation: u64,
     /// Body length in bytes.
     pub body_len: u32,
-    /// The body is not the payload but a [`PoolRef`]: the payload lies in the link's shared
-    /// payload pool (shared-memory links only; docs/wire-format.md).
-    pub pooled: bool,
+    /// Where the payload is: in the body, or described by it (shared-memory links only;
+    /// docs/wire-format.md).
+    pub placement: Placement,
 }
 
 impl FrameHeader {
@@ -152,7 +154,7 @@ impl FrameHeader {
         out[0] = VERSION;
         out[1] = self.kind.flags();
         out[2] = self.priority.min(MAX_PRIORITY);
-        out[3] = u8::from(self.pooled);
+        out[3] = self.placement as u8;
         out[4..8].copy_from_slice(&self.msg_type.to_le_bytes());
         out[8..16].copy_from_slice(&self.id.to_le_bytes());
         out[16..24].copy_from_slice(&self.correlation.to_le_bytes());
@@ -178,13 +180,14 @@ impl FrameHeader {
         if priority > MAX_PRIORITY {
             return Err(DecodeError::InvalidPriority(priority));
         }
-        let pooled = match r.u8()? {
-            0 => false,
-            1 => true,
+        let placement = match r.u8()? {
+            0 => Placement::Inline,
+            1 => Placement::Pooled,
+            2 => Placement::Sealed,
             _ => return Err(DecodeError::ReservedNotZero),
         };
         let header = Self {
-            pooled,
+            placement,
             kind,
             priority,
             msg_type: r.u32()?,
@@ -192,15 +195,32 @@ impl FrameHeader {
             correlation: r.u64()?,
             body_len: r.u32()?,
         };
-        if header.pooled && header.body_len as usize != POOL_RUN_LEN {
-            let limit = POOL_RUN_LEN as u32;
-            return Err(DecodeError::TooLong { declared: header.body_len, limit });
+        let described = match header.placement {
+            Placement::Inline => None,
+            Placement::Pooled => Some(POOL_RUN_LEN),
+            Placement::Sealed => Some(SEALED_LEN),
+        };
+        if let Some(limit) = described.filter(|&n| header.body_len as usize != n) {
+            return Err(DecodeError::TooLong { declared: header.body_len, limit: limit as u32 });
         }
         if header.body_len > max_body {
             return Err(DecodeError::TooLong { declared: header.body_len, limit: max_body });
         }
         Ok((header, r.u32()?))
     }
+}
+
+/// Where a frame's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum Placement {
+    /// In the body.
+    #[default]
+    Inline = 0,
+    /// In the sender's payload pool; the body is a [`PoolRef`].
+    Pooled = 1,
+    /// In a sealed memory object passed beside the frame; the body is a [`SealedRef`].
+    Sealed = 2,
 }
 
 /// Where a pooled frame's payload lies in the sender's payload pool: the frame's whole body.
@@ -232,6 +252,39 @@ impl PoolRef {
         let pool_ref = Self { offset: r.u64()?, len: r.u64()? };
         r.finish()?;
         Ok(pool_ref)
+    }
+}
+
+/// Which sealed memory object, passed beside the stream, holds a sealed frame's payload: the
+/// frame's whole body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedRef {
+    /// Payload length in bytes.
+    pub len: u64,
+    /// The sequence number the memory object travelled with.
+    pub seq: u64,
+}
+
+impl SealedRef {
+    /// The 16-byte body that carries it (length, then sequence number, little-endian).
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; SEALED_LEN] {
+        let mut out = [0u8; SEALED_LEN];
+        out[..8].copy_from_slice(&self.len.to_le_bytes());
+        out[8..].copy_from_slice(&self.seq.to_le_bytes());
+        out
+    }
+
+    /// Decodes a sealed frame's body.
+    ///
+    /// # Errors
+    /// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] for a body that is not 16
+    /// bytes.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let sealed = Self { len: r.u64()?, seq: r.u64()? };
+        r.finish()?;
+        Ok(sealed)
     }
 }
 
@@ -501,7 +554,7 @@ mod tests {
             id: 99,
             correlation: 5,
             body_len: body.len() as u32,
-            pooled: false,
+            placement: Placement::Inline,
         };
         Frame { header, body: body.to_vec() }
     }
@@ -530,8 +583,14 @@ mod tests {
         bad[2] = 32;
         assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::InvalidPriority(32)));
         let mut bad = bytes.clone();
-        bad[3] = 2;
+        bad[3] = 3;
         assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::ReservedNotZero));
+        // A sealed frame's body is a 16-byte sealed reference, nothing else.
+        let mut bad = bytes.clone();
+        bad[3] = 2;
+        assert_eq!(Frame::decode(&bad, 1024), Err(DecodeError::TooLong { declared: 3, limit: 16 }));
+        let sealed = SealedRef { len: 5, seq: 9 };
+        assert_eq!(SealedRef::decode(&sealed.to_bytes()), Ok(sealed));
         // A pooled frame's body is a 16-byte pool reference, nothing else.
         let mut bad = bytes.clone();
         bad[3] = 1;
@@ -544,13 +603,13 @@ mod tests {
             id: 1,
             correlation: 0,
             body_len: 16,
-            pooled: true,
+            placement: Placement::Pooled,
         };
         let body = pool_ref.to_bytes();
         let mut encoded = pooled.encode(&body).to_vec();
         encoded.extend_from_slice(&body);
         let decoded = Frame::decode(&encoded, 1024).unwrap();
-        assert!(decoded.header.pooled);
+        assert_eq!(decoded.header.placement, Placement::Pooled);
         assert_eq!(PoolRef::decode(&decoded.body), Ok(pool_ref));
         assert_eq!(PoolRef::decode(&body[..15]), Err(DecodeError::Truncated));
         let mut bad = bytes.clone();

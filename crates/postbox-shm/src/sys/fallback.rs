@@ -10,6 +10,18 @@ pub(crate) fn create_memory(_size: u64) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
+pub(crate) fn create_sealable(_size: u64) -> io::Result<OwnedFd> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+pub(crate) fn seal_contents(_fd: &OwnedFd) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+pub(crate) fn contents_are_sealed(_fd: &OwnedFd) -> io::Result<bool> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 pub(crate) fn size_is_sealed(_fd: &OwnedFd) -> io::Result<bool> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
@@ -23,6 +35,10 @@ pub(crate) struct Mapping;
 
 impl Mapping {
     pub(crate) fn map(_fd: &OwnedFd, _len: usize) -> io::Result<Self> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    pub(crate) fn map_readonly(_fd: &OwnedFd, _len: usize) -> io::Result<Self> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 

@@ -23,6 +23,27 @@ pub(crate) fn create_memory(size: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A new anonymous memory object of `size` bytes for one sealed payload (sealable, not
+/// sealed yet).
+pub(crate) fn create_sealable(size: u64) -> io::Result<OwnedFd> {
+    let fd = memfd_create("postbox-payload", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    ftruncate(&fd, size)?;
+    Ok(fd)
+}
+
+/// Seals the memory object behind `fd` for good: no writes (there must be no writable
+/// mapping left), no resizing, no further seal changes.
+pub(crate) fn seal_contents(fd: &OwnedFd) -> io::Result<()> {
+    let seals = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    Ok(fcntl_add_seals(fd, seals)?)
+}
+
+/// True when nobody can write to or resize the memory object behind `fd` any more.
+pub(crate) fn contents_are_sealed(fd: &OwnedFd) -> io::Result<bool> {
+    let needed = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW;
+    Ok(fcntl_get_seals(fd)?.contains(needed))
+}
+
 /// True when the size of the memory object behind `fd` can no longer change.
 pub(crate) fn size_is_sealed(fd: &OwnedFd) -> io::Result<bool> {
     Ok(fcntl_get_seals(fd)?.contains(SealFlags::SHRINK))
@@ -63,17 +84,19 @@ pub(crate) struct Mapping {
 impl Mapping {
     /// Maps the first `len` bytes of `fd` shared, readable and writable.
     pub(crate) fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        Self::map_with(fd, len, ProtFlags::READ | ProtFlags::WRITE)
+    }
+
+    /// Maps the first `len` bytes of `fd` shared and read-only.
+    pub(crate) fn map_readonly(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        Self::map_with(fd, len, ProtFlags::READ)
+    }
+
+    fn map_with(fd: &OwnedFd, len: usize, protection: ProtFlags) -> io::Result<Self> {
         // SAFETY: a fresh mapping at an address the kernel chooses (null hint, no MAP_FIXED)
         // aliases no Rust object; `len` is the caller's checked size of the object.
         let ptr = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd.as_fd(),
-                0,
-            )?
+            mmap(std::ptr::null_mut(), len, protection, MapFlags::SHARED, fd.as_fd(), 0)?
         };
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
