@@ -60,13 +60,16 @@ pub(crate) fn send_sealed(
 }
 
 impl PendingSealed {
-    /// Takes every sealed payload descriptor waiting on `socket`; reports a hang-up.
+    /// Takes the sealed payload descriptors waiting on `socket`, up to [`MAX_PENDING`] held
+    /// (the rest wait in the socket until frames claim these); reports a hang-up.
     ///
     /// # Errors
-    /// `Corrupt` when the socket carries anything but (sequence number, descriptor) pairs, or
-    /// more of them than [`MAX_PENDING`].
+    /// `Corrupt` when the socket carries anything but (sequence number, descriptor) pairs.
     pub(crate) fn drain(&mut self, socket: BorrowedFd<'_>) -> Result<SocketState, TransportError> {
         loop {
+            if self.queue.len() >= MAX_PENDING {
+                return Ok(SocketState::Open);
+            }
             let mut bytes = [0u8; 8];
             let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -81,9 +84,6 @@ impl PendingSealed {
             match result {
                 Ok(msg) if msg.bytes == 0 && fds.is_empty() => return Ok(SocketState::HungUp),
                 Ok(msg) if msg.bytes == 8 && fds.len() == 1 => {
-                    if self.queue.len() >= MAX_PENDING {
-                        return Err(TransportError::Corrupt);
-                    }
                     let fd = fds.pop().expect("one descriptor");
                     self.queue.push_back((u64::from_le_bytes(bytes), fd));
                 }
@@ -112,6 +112,6 @@ impl PendingSealed {
     }
 }
 
-/// Sealed payload descriptors a receiver holds before their frames arrive: a sender that
-/// sends more without frames is broken or hostile.
+/// Sealed payload descriptors a receiver takes off the socket before their frames arrive;
+/// more wait in the socket (whose buffer bounds what a sender can push ahead).
 pub(crate) const MAX_PENDING: usize = 64;

@@ -668,6 +668,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_far_ahead_of_its_frames_is_not_a_violation() {
+        let (client, server) = pair(4096);
+        let mut builder = postbox_shm::SealedBuilder::new(10).unwrap();
+        builder.as_mut_slice().fill(1);
+        let sealed = builder.seal().unwrap();
+        let seqs: Vec<u64> = (0..200).map(|_| client.send_sealed(sealed.fd()).unwrap()).collect();
+        // The receiver looks at the socket (as a poll would make it) before any frame arrives.
+        assert!(!server.peer_gone(true).unwrap());
+        for seq in seqs {
+            let payload = server.take_sealed(SealedRef { len: 10, seq }, 1 << 20).unwrap();
+            assert_eq!(payload.as_slice(), [1; 10]);
+        }
+    }
+
+    #[test]
     fn bytes_on_the_socket_of_a_shared_memory_link_break_the_protocol() {
         let (client_parts, server_parts) =
             ShmLinkParts::pair(LinkShape::new(4096, 1 << 20)).unwrap();

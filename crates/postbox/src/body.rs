@@ -71,6 +71,11 @@ impl Body {
         }
     }
 
+    /// True for bytes this process owns (not lent, received in place or sealed).
+    pub(crate) fn is_owned(&self) -> bool {
+        matches!(self, Self::Owned(_))
+    }
+
     /// The sealed payload, when the body is one.
     pub(crate) fn sealed(&self) -> Option<&SealedPayload> {
         match self {

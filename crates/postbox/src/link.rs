@@ -72,7 +72,8 @@ impl WriteGuard<'_> {
         // the receiver reads it in place), else through the stream.
         let lent = message.body.loan_for(&end.link).map(PoolLoan::run);
         let copied = match lent {
-            None if message.body.len() >= POOL_THRESHOLD => {
+            // Only bytes of this process: a sealed body must stay sealed.
+            None if message.body.is_owned() && message.body.len() >= POOL_THRESHOLD => {
                 end.link.lend(message.body.len(), Wait::NonBlocking).ok().map(|mut loan| {
                     loan.as_mut_slice().copy_from_slice(&message.body);
                     loan

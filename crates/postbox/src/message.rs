@@ -113,6 +113,13 @@ impl Message {
         })
     }
 
+    /// True when the body is a sealed memory object nobody can change ([`Message::sealed`],
+    /// or received as one).
+    #[must_use]
+    pub fn is_sealed(&self) -> bool {
+        self.body.sealed().is_some()
+    }
+
     /// True when the body is shared memory: lent for sending in place, or a received payload
     /// read in place (zero-copy).
     #[must_use]
