@@ -108,7 +108,10 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         );
     }
 
-    heading(&format!("9. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    heading("9. shared memory: large payloads read in place (4 MiB each)");
+    zero_copy(&node, &spawner)?;
+
+    heading(&format!("10. latency: call round trip, 64-byte messages, {rounds} rounds each"));
     println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
@@ -277,6 +280,34 @@ fn topic(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
         let lines: Vec<String> =
             String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
         println!("  subscriber {} (pattern /demo/sensors/*) got {lines:?}", index + 1);
+    }
+    Ok(())
+}
+
+/// Sends 4 MiB three ways to a worker that describes what it received: space lent by the link
+/// and written in place, an ordinary body (copied once into the link's pool), and a sealed
+/// memory object (for a receiver that does not trust the sender).
+fn zero_copy(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
+    const LEN: usize = 4 << 20;
+    let _server = spawner.worker(&["echo", "demo/describe", "--describe"])?;
+    let connection = node.connect("demo/describe")?;
+    let fill = |bytes: &mut [u8]| {
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = (i % 251) as u8;
+        }
+    };
+    let mut lent = connection.loan(LEN)?;
+    fill(lent.body_mut());
+    let mut owned = vec![0u8; LEN];
+    fill(&mut owned);
+    let sealed = Message::sealed(LEN, fill)?;
+    for (how, message) in [
+        ("loaned, written in place", lent),
+        ("an ordinary Vec<u8> body", Message::new(owned)),
+        ("sealed memory object", sealed),
+    ] {
+        let reply = connection.call(message)?;
+        println!("  {how:<26} -> worker: {}", text(reply.body()));
     }
     Ok(())
 }

@@ -37,6 +37,10 @@ pub(crate) enum Role {
         /// Threads receiving on the port.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Answer each call with a description of its payload (length, whether it was read in
+        /// place or sealed, a checksum) instead of the payload.
+        #[arg(long)]
+        describe: bool,
     },
     /// Send each TEXT to the inbox of process PID (`pid.generation`).
     SendTo {
@@ -134,8 +138,19 @@ pub(crate) enum Role {
 
 pub(crate) fn run(role: Role) -> Result<()> {
     match role {
-        Role::Echo { name, upper, delay_ms, no_reply, fail, reply_size, print, threads } => {
-            let behaviour = Behaviour { upper, delay_ms, no_reply, fail, reply_size, print };
+        Role::Echo {
+            name,
+            upper,
+            delay_ms,
+            no_reply,
+            fail,
+            reply_size,
+            print,
+            threads,
+            describe,
+        } => {
+            let behaviour =
+                Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe };
             let node = Node::attach()?;
             let port = node.port(&name).open()?;
             ready(Some(node.process_id()));
@@ -297,10 +312,11 @@ struct Behaviour {
     fail: bool,
     reply_size: Option<usize>,
     print: bool,
+    describe: bool,
 }
 
 fn serve(port: &postbox::Port, b: Behaviour) {
-    let Behaviour { upper, delay_ms, no_reply, fail, reply_size, print } = b;
+    let Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe } = b;
     while let Ok(mut envelope) = port.recv() {
         let Some(token) = envelope.take_reply_token() else {
             if print {
@@ -317,6 +333,17 @@ fn serve(port: &postbox::Port, b: Behaviour) {
         }
         let body = match reply_size {
             Some(size) => vec![b'r'; size],
+            None if describe => {
+                let message = envelope.message();
+                let sum = message.body().iter().fold(0u64, |a, &b| a.wrapping_add(u64::from(b)));
+                format!(
+                    "{} bytes, read in place: {}, sealed: {}, byte sum {sum}",
+                    message.body().len(),
+                    message.is_zero_copy(),
+                    message.is_sealed()
+                )
+                .into_bytes()
+            }
             None => envelope.into_message().into_body(),
         };
         if fail {
