@@ -4,7 +4,8 @@
 //! outbound stream. Either way the peer, having changed a stream, rings this side's doorbell.
 //! Ringing is free while nobody sleeps: the peer looks at two words and makes a system call
 //! only for a side that said it is asleep, on a futex (`sleepers`, for blocking waits) or on
-//! an eventfd (`armed`, for waits that poll descriptors, as the async forms do).
+//! a descriptor it polls (`armed`, for waits that poll descriptors, as the async forms do; the
+//! ringer writes that side's wake-up descriptor, which this crate does not hold).
 //!
 //! The words are in memory the peer can write, so nothing here trusts them: a scribbling peer
 //! can cause wake-ups that find nothing (callers re-check their condition) or withhold
@@ -24,7 +25,7 @@ use crate::Segment;
 pub(crate) struct DoorbellWords {
     /// Threads of this side asleep on `bell`.
     sleepers: AtomicU32,
-    /// Non-zero while this side wants its eventfd written on every ring.
+    /// Non-zero while this side wants its wake-up descriptor written on every ring.
     armed: AtomicU32,
     /// The futex word: bumped on every ring that finds sleepers.
     bell: AtomicU32,
@@ -39,14 +40,14 @@ pub struct Doorbell {
     _segment: Arc<Segment>,
 }
 
-/// What the ringer must still do itself: write the sleeping side's eventfd.
+/// What the ringer must still do itself: write the sleeping side's wake-up descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Rung {
     /// Nothing more.
     Done,
-    /// The side polls its eventfd: write it.
-    WriteEventfd,
+    /// The side polls its wake-up descriptor: write it.
+    Signal,
 }
 
 impl Doorbell {
@@ -69,7 +70,8 @@ impl Doorbell {
     }
 
     /// Rings: called by the peer after it published bytes to, or freed room for, this side.
-    /// Wakes futex sleepers itself; says whether this side's eventfd must be written.
+    /// Wakes futex sleepers itself; says whether this side's wake-up descriptor must be
+    /// written.
     pub fn ring(&self) -> Rung {
         let words = self.words();
         // SYNC POINT: orders the caller's publication (a stream index store) before reading
@@ -81,7 +83,7 @@ impl Doorbell {
             futex_wake(&words.bell);
         }
         if words.armed.load(Ordering::Relaxed) != 0 {
-            Rung::WriteEventfd
+            Rung::Signal
         } else {
             Rung::Done
         }
@@ -101,7 +103,7 @@ impl Doorbell {
         words.sleepers.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Asks the peer to write this side's eventfd on every ring, until [`disarm`]. Callers
+    /// Asks the peer to write this side's wake-up descriptor on every ring, until [`disarm`]. Callers
     /// check their condition after arming, before they poll.
     ///
     /// [`disarm`]: Self::disarm
@@ -111,7 +113,7 @@ impl Doorbell {
         fence(Ordering::SeqCst);
     }
 
-    /// Stops eventfd writes (the side is busy and will look by itself).
+    /// Stops wake-up writes (the side is busy and will look by itself).
     pub fn disarm(&self) {
         self.words().armed.store(0, Ordering::Relaxed);
     }

@@ -1,7 +1,8 @@
 //! Shared-memory building blocks for postbox's fast local path: bounded single-producer,
 //! single-consumer rings of byte messages and byte streams, the doorbells that wake a side of
-//! a link (futex, or the caller's eventfd), and the link segment that holds them. This is the crate where postbox's `unsafe` lives
-//! (every other crate forbids it); each block carries a `SAFETY` argument.
+//! a link (futex, or a wake-up descriptor the caller polls), the link segment that holds them,
+//! payload pools and sealed payloads. This is the crate where postbox's `unsafe` lives (every
+//! other crate forbids it); each block carries a `SAFETY` argument.
 //!
 //! A [`Ring`] is ring *logic* over a [`RingMemory`]: [`HeapRing`] keeps the memory in this
 //! process (tests, Miri and loom run the same logic on it), [`RegionRing`] lays it out in a

@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(server.inbound.read(&mut buf).unwrap(), 4);
         assert_eq!(&buf[..4], b"ping");
         server.mine.arm();
-        assert_eq!(client.peer.ring(), Rung::WriteEventfd);
+        assert_eq!(client.peer.ring(), Rung::Signal);
         server.mine.disarm();
         server.outbound.write(b"pong").unwrap();
         assert_eq!(client.inbound.read(&mut buf).unwrap(), 4);

@@ -208,8 +208,8 @@ impl ControlSocket {
     }
 }
 
-/// Most descriptors one control packet carries (a shared-memory link's socket, segment and two
-/// eventfds).
+/// Most descriptors one control packet carries (a shared-memory link needs three: socket,
+/// segment and wake-up socket).
 pub const MAX_FDS: usize = 4;
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ pub enum Link {
 }
 
 impl Link {
-    /// The link whose descriptors the broker sent: one (a Unix link's socket) or four (a
-    /// shared-memory link's socket, segment and eventfds, see [`ShmLinkParts::as_fds`]),
+    /// The link whose descriptors the broker sent: one (a Unix link's socket) or three (a
+    /// shared-memory link's socket, segment and wake-up socket, see [`ShmLinkParts::as_fds`]),
     /// opened as `side`.
     ///
     /// # Errors
@@ -29,7 +29,7 @@ impl Link {
     pub fn from_fds(fds: Vec<OwnedFd>, side: LinkSide) -> Result<Self, TransportError> {
         match fds.len() {
             1 => Ok(Self::Unix(UnixLink::from_fd(fds.into_iter().next().expect("one fd")))),
-            4 => {
+            3 => {
                 let parts = ShmLinkParts::from_fds(fds).ok_or(TransportError::Corrupt)?;
                 Ok(Self::Shm(Box::new(ShmLink::open(parts, side)?)))
             }

@@ -9,6 +9,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+use rustix::event::{poll, PollFd, PollFlags};
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -95,6 +96,22 @@ impl PendingSealed {
         }
     }
 
+    /// Takes more descriptors off the socket, if any wait there and there is room; false when
+    /// none came.
+    ///
+    /// # Errors
+    /// As [`drain`](Self::drain).
+    pub(crate) fn drain_more(&mut self, socket: BorrowedFd<'_>) -> Result<bool, TransportError> {
+        let before = self.queue.len();
+        self.drain(socket)?;
+        Ok(self.queue.len() > before)
+    }
+
+    /// True when the queue is full (more descriptors may wait in the socket).
+    pub(crate) fn is_full(&self) -> bool {
+        self.queue.len() >= MAX_PENDING
+    }
+
     /// The descriptor of sealed payload `seq`, skipping (and closing) older ones whose frames
     /// never came; `None` when it is not here.
     pub(crate) fn take(&mut self, seq: u64) -> Option<OwnedFd> {
@@ -109,6 +126,18 @@ impl PendingSealed {
             return None;
         }
         None
+    }
+
+    /// True when the peer hung up, even with descriptors still unread in the socket.
+    pub(crate) fn peer_hung_up(socket: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::from_borrowed_fd(socket, PollFlags::RDHUP)];
+        let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+        match poll(&mut fds, Some(&zero)) {
+            Ok(_) => {
+                fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+            }
+            Err(_) => false,
+        }
     }
 }
 

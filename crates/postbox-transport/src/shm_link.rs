@@ -8,7 +8,8 @@
 //!
 //! Waiting: first a short adaptive spin (yielding the CPU now and then, so a peer on the same
 //! core gets to run), then sleep on this side's doorbell: a futex for blocking calls, or this
-//! side's eventfd for callers that poll descriptors (the receive loop and the async forms).
+//! side's wake-up socket for callers that poll descriptors (the receive loop and the async
+//! forms).
 //! Sleeps are cut into slices; between slices the socket is checked for a hang-up, so a peer
 //! killed mid-wait is noticed within a slice even though nobody rings the doorbell for it.
 
@@ -24,7 +25,7 @@ use postbox_shm::{
     PoolView, PoolWriter, RegionStream, Rung, SealedPayload, StreamConsumer, StreamError,
     StreamProducer,
 };
-use rustix::net::{shutdown, Shutdown};
+use rustix::net::{recv, send, shutdown, RecvFlags, SendFlags, Shutdown};
 
 use crate::sealed_fds::{send_sealed, PendingSealed, SocketState};
 use crate::{Spin, TransportError, Wait};
@@ -36,10 +37,10 @@ pub struct ShmLinkParts {
     pub socket: OwnedFd,
     /// The link segment.
     pub segment: OwnedFd,
-    /// The eventfd this side polls.
-    pub own_eventfd: OwnedFd,
-    /// The eventfd the peer polls.
-    pub peer_eventfd: OwnedFd,
+    /// This side's end of the wake-up socketpair: the peer's rings arrive here, and this
+    /// side's rings leave from here. Only this side holds it, and every read and write on it
+    /// is non-blocking per call, so the peer cannot make either block.
+    pub wake: OwnedFd,
 }
 
 /// One end of a shared-memory link.
@@ -52,9 +53,8 @@ pub struct ShmLink {
     inbound_pool: Arc<PoolReader>,
     mine: Doorbell,
     peer: Doorbell,
-    own_eventfd: OwnedFd,
-    peer_eventfd: OwnedFd,
-    /// The eventfd stays armed (the async forms watch it).
+    wake: OwnedFd,
+    /// The wake-up socket stays armed (the async forms watch it).
     keep_armed: AtomicBool,
     /// This end was shut down.
     shut: AtomicBool,
@@ -89,8 +89,7 @@ impl ShmLink {
             inbound_pool,
             mine,
             peer,
-            own_eventfd: parts.own_eventfd,
-            peer_eventfd: parts.peer_eventfd,
+            wake: parts.wake,
             keep_armed: AtomicBool::new(false),
             shut: AtomicBool::new(false),
             hung_up: AtomicBool::new(false),
@@ -114,6 +113,10 @@ impl ShmLink {
         wait: Wait,
     ) -> Result<(), TransportError> {
         let mut out = lock(&self.outbound);
+        // Writing to a peer that closed or died would lose the frame silently.
+        if self.is_finished() || self.peer_gone(false)? {
+            return Err(TransportError::Closed);
+        }
         let total = header.len() + body.len();
         if total <= out.capacity() {
             // Whole or nothing: wait for room for all of it.
@@ -195,12 +198,18 @@ impl ShmLink {
                 return Ok(n);
             }
             if self.is_finished() {
+                // Bytes written just before the close are still delivered.
+                if inbound.available().is_ok_and(|n| n > 0) {
+                    continue;
+                }
                 return Err(TransportError::Closed);
             }
             if wait == Wait::NonBlocking {
-                // Nothing to read: the socket tells whether that is for good (asked at most
-                // once per interval, so polling readers pay no system call per look).
-                return Err(if self.peer_gone(false)? {
+                // Nothing to read: the socket tells whether that is for good. Polling readers
+                // ask at most once per interval (no system call per look); readers woken by
+                // an epoll set (async) always ask, since its hang-up event comes only once.
+                let always = self.keep_armed.load(Ordering::Acquire);
+                return Err(if self.peer_gone(always)? {
                     TransportError::Closed
                 } else {
                     TransportError::WouldBlock
@@ -300,11 +309,14 @@ impl ShmLink {
             return Err(TransportError::Corrupt);
         }
         let mut pending = lock(&self.sealed_in);
-        let fd = match pending.take(sealed.seq) {
-            Some(fd) => fd,
-            None => {
-                pending.drain(self.socket.as_fd())?;
-                pending.take(sealed.seq).ok_or(TransportError::Corrupt)?
+        // Older descriptors (whose frames never came) are skipped as the socket is drained,
+        // however many there are.
+        let fd = loop {
+            if let Some(fd) = pending.take(sealed.seq) {
+                break fd;
+            }
+            if !pending.drain_more(self.socket.as_fd())? {
+                return Err(TransportError::Corrupt);
             }
         };
         drop(pending);
@@ -313,36 +325,46 @@ impl ShmLink {
     }
 
     /// Prepares a poll of [`poll_fds`](Self::poll_fds): asks the peer to write this side's
-    /// eventfd. Returns true when there is something to read already (do not sleep).
+    /// wake-up socket. Returns true when there is something to read already (do not sleep).
     #[must_use]
     pub fn prepare_poll(&self) -> bool {
         self.mine.arm();
         self.has_input()
     }
 
-    /// Ends a poll: stops eventfd writes (unless the async forms watch them) and clears the
-    /// eventfd.
+    /// Ends a poll: stops wake-up writes (unless the async forms watch them) and empties the
+    /// wake-up socket.
     pub fn finish_poll(&self) {
         if !self.keep_armed.load(Ordering::Acquire) {
             self.mine.disarm();
         }
-        let mut buf = [0u8; 8];
-        // EAGAIN means it was not written; nothing to clear.
-        let _ = rustix::io::read(&self.own_eventfd, &mut buf);
+        let mut buf = [0u8; 64];
+        for _ in 0..WAKE_DRAIN_READS {
+            match recv(&self.wake, &mut buf, RecvFlags::DONTWAIT) {
+                Ok((n, _)) if n == buf.len() => {}
+                // The peer closed its wake-up end: it is gone (or broke the link on purpose).
+                Ok((0, _)) => {
+                    self.hung_up.store(true, Ordering::Release);
+                    return;
+                }
+                // Drained, or nothing was rung (EAGAIN).
+                _ => return,
+            }
+        }
     }
 
-    /// Keeps the eventfd armed from now on: every ring writes it (for descriptors watched by
+    /// Keeps the wake-up socket armed from now on: every ring writes it (for descriptors watched by
     /// an epoll set, which cannot prepare each wait).
     pub fn keep_armed(&self) {
         self.keep_armed.store(true, Ordering::Release);
         self.mine.arm();
     }
 
-    /// The descriptors to poll for reading: this side's eventfd, and the socket (readable only
+    /// The descriptors to poll for reading: this side's wake-up socket, and the socket (readable only
     /// when the peer hangs up).
     #[must_use]
     pub fn poll_fds(&self) -> [BorrowedFd<'_>; 2] {
-        [self.own_eventfd.as_fd(), self.socket.as_fd()]
+        [self.wake.as_fd(), self.socket.as_fd()]
     }
 
     /// Shuts the link down: the peer sees it close at once.
@@ -396,10 +418,10 @@ impl ShmLink {
 
     /// Rings the peer's doorbell after publishing bytes or freeing room.
     fn ring_peer(&self) {
-        if self.peer.ring() == Rung::WriteEventfd {
-            // An eventfd counter only fails to add when it would overflow, which means it is
-            // already readable: the wake-up is delivered either way.
-            let _ = rustix::io::write(&self.peer_eventfd, &1u64.to_ne_bytes());
+        if self.peer.ring() == Rung::Signal {
+            // A full socket means wake-ups are already waiting: this one is delivered either
+            // way. Never blocks, whatever the peer did to its end.
+            let _ = send(&self.wake, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
         }
     }
 
@@ -409,7 +431,12 @@ impl ShmLink {
         if self.violated.load(Ordering::Acquire) {
             return Err(TransportError::Corrupt);
         }
-        match lock(&self.sealed_in).drain(self.socket.as_fd()) {
+        let mut pending = lock(&self.sealed_in);
+        match pending.drain(self.socket.as_fd()) {
+            // Descriptors left in the socket hide its end: ask the socket itself.
+            Ok(SocketState::Open) if pending.is_full() => {
+                Ok(PendingSealed::peer_hung_up(self.socket.as_fd()))
+            }
             Ok(state) => Ok(state == SocketState::HungUp),
             Err(error) => {
                 self.violated.store(true, Ordering::Release);
@@ -445,7 +472,9 @@ impl ShmLink {
             if ready() {
                 return Ok(());
             }
-            if now.elapsed() >= slice && self.peer_gone(true)? {
+            // After a whole slice, or (rate-limited) after a wake-up that found nothing, such
+            // as a signal: a peer that died without ringing is noticed either way.
+            if self.peer_gone(now.elapsed() >= slice)? {
                 return Err(TransportError::Closed);
             }
         }
@@ -471,12 +500,14 @@ fn corrupt(_: StreamError) -> TransportError {
 const PARTIAL_FRAME_GRACE: Duration = Duration::from_millis(500);
 /// How often a reader that finds nothing looks at the socket for a hang-up.
 const HANGUP_CHECK_INTERVAL: Duration = Duration::from_millis(1);
+/// Reads that empty the wake-up socket at most (a peer flooding it only costs a few).
+const WAKE_DRAIN_READS: usize = 4;
 /// Longest single sleep: a peer killed mid-wait is noticed within it.
 const SLEEP_SLICE: Duration = Duration::from_millis(10);
 
 impl ShmLinkParts {
     /// Everything a shared-memory link needs, for both sides: a socketpair, a link segment of
-    /// `shape`, and an eventfd per side. `(client, server)`.
+    /// `shape`, and a wake-up socketpair. `(client, server)`.
     ///
     /// # Errors
     /// [`TransportError::Os`] when the kernel refuses (memory, descriptors).
@@ -494,46 +525,31 @@ impl ShmLinkParts {
         let dup = |fd: BorrowedFd<'_>| {
             rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| TransportError::os("dup", e))
         };
-        let eventfd = || {
-            rustix::event::eventfd(
-                0,
-                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-            )
-            .map_err(|e| TransportError::os("eventfd", e))
-        };
-        let client_eventfd = eventfd()?;
-        let server_eventfd = eventfd()?;
+        let (client_wake, server_wake) = crate::UnixLink::pair()?;
         let client = Self {
             socket: client_socket.into_fd(),
             segment: dup(segment.fd())?,
-            own_eventfd: dup(client_eventfd.as_fd())?,
-            peer_eventfd: dup(server_eventfd.as_fd())?,
+            wake: client_wake.into_fd(),
         };
         let server = Self {
             socket: server_socket.into_fd(),
             segment: dup(segment.fd())?,
-            own_eventfd: server_eventfd,
-            peer_eventfd: client_eventfd,
+            wake: server_wake.into_fd(),
         };
         Ok((client, server))
     }
 
     /// The descriptors in the order they travel in a control packet.
     #[must_use]
-    pub fn as_fds(&self) -> [BorrowedFd<'_>; 4] {
-        [
-            self.socket.as_fd(),
-            self.segment.as_fd(),
-            self.own_eventfd.as_fd(),
-            self.peer_eventfd.as_fd(),
-        ]
+    pub fn as_fds(&self) -> [BorrowedFd<'_>; 3] {
+        [self.socket.as_fd(), self.segment.as_fd(), self.wake.as_fd()]
     }
 
-    /// The parts from descriptors received in that order; `None` unless there are four.
+    /// The parts from descriptors received in that order; `None` unless there are three.
     #[must_use]
     pub fn from_fds(fds: Vec<OwnedFd>) -> Option<Self> {
-        let [socket, segment, own_eventfd, peer_eventfd]: [OwnedFd; 4] = fds.try_into().ok()?;
-        Some(Self { socket, segment, own_eventfd, peer_eventfd })
+        let [socket, segment, wake]: [OwnedFd; 3] = fds.try_into().ok()?;
+        Some(Self { socket, segment, wake })
     }
 }
 
@@ -673,7 +689,11 @@ mod tests {
         let mut builder = postbox_shm::SealedBuilder::new(10).unwrap();
         builder.as_mut_slice().fill(1);
         let sealed = builder.seal().unwrap();
-        let seqs: Vec<u64> = (0..200).map(|_| client.send_sealed(sealed.fd()).unwrap()).collect();
+        // Seventy whose frames never came (failed writes), then a hundred that come.
+        for _ in 0..70 {
+            client.send_sealed(sealed.fd()).unwrap();
+        }
+        let seqs: Vec<u64> = (0..100).map(|_| client.send_sealed(sealed.fd()).unwrap()).collect();
         // The receiver looks at the socket (as a poll would make it) before any frame arrives.
         assert!(!server.peer_gone(true).unwrap());
         for seq in seqs {

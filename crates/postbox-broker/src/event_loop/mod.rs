@@ -574,15 +574,14 @@ impl EventLoop {
     }
 
     /// The descriptors of a new link between two nodes, `(server, client)`: a shared-memory
-    /// link (socket, segment, own eventfd, peer eventfd) or, when configured so, a Unix link
+    /// link (socket, segment, wake-up socket) or, when configured so, a Unix link
     /// (socket only).
     fn link_pair(&self) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), TransportError> {
         match self.config.shared_memory_links {
             Some(capacity) => {
                 let shape = LinkShape::new(capacity, self.config.shared_memory_pool);
                 let (client, server) = ShmLinkParts::pair(shape)?;
-                let fds =
-                    |p: ShmLinkParts| vec![p.socket, p.segment, p.own_eventfd, p.peer_eventfd];
+                let fds = |p: ShmLinkParts| vec![p.socket, p.segment, p.wake];
                 Ok((fds(server), fds(client)))
             }
             None => {

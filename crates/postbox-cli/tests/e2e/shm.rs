@@ -463,7 +463,7 @@ fn incoming_link(control: &ControlSocket) -> (Link, Scribbler) {
 }
 
 fn link_and_scribbler(fds: Vec<OwnedFd>, side: LinkSide) -> (Link, Scribbler) {
-    assert_eq!(fds.len(), 4, "a shared-memory link: socket, segment and two eventfds");
+    assert_eq!(fds.len(), 3, "a shared-memory link: socket, segment and wake-up socket");
     let scribbler = Scribbler::open(fds[1].try_clone().unwrap()).unwrap();
     (Link::from_fds(fds, side).unwrap(), scribbler)
 }

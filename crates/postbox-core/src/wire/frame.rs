@@ -203,7 +203,8 @@ impl FrameHeader {
         if let Some(limit) = described.filter(|&n| header.body_len as usize != n) {
             return Err(DecodeError::TooLong { declared: header.body_len, limit: limit as u32 });
         }
-        if header.body_len > max_body {
+        // A described payload's length is checked by the receiver against the same limit.
+        if described.is_none() && header.body_len > max_body {
             return Err(DecodeError::TooLong { declared: header.body_len, limit: max_body });
         }
         Ok((header, r.u32()?))
