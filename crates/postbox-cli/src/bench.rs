@@ -154,7 +154,13 @@ impl Rig {
         let mut ends = Vec::new();
         let workers = place.apply(|| -> Result<Vec<Worker>> {
             let mut workers =
-                vec![on_shm.worker(&["echo", &echo])?, on_unix.worker(&["echo", &echo])?];
+                // The echo servers and this client trust each other (one program's processes):
+                // pooled payloads are read in place both ways. Untrusting ports copy them out
+                // on arrival (docs/benchmarks.md).
+                vec![
+                    on_shm.worker(&["echo", &echo, "--read-in-place"])?,
+                    on_unix.worker(&["echo", &echo, "--read-in-place"])?,
+                ];
             for &size in sizes {
                 let text = size.to_string();
                 let (theirs, ours) = UnixStream::pair()?;
@@ -171,7 +177,7 @@ impl Rig {
         })??;
         Ok(Self {
             place,
-            shm_echo: shm_node.connect(&echo)?,
+            shm_echo: shm_node.connect(&echo)?.read_replies_in_place(),
             unix_echo: unix_node.connect(&echo)?,
             shm_node,
             unix_node,

@@ -289,7 +289,9 @@ fn topic(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
 /// memory object (for a receiver that does not trust the sender).
 fn zero_copy(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     const LEN: usize = 4 << 20;
-    let _server = spawner.worker(&["echo", "demo/describe", "--describe"])?;
+    // This worker trusts its senders: pooled payloads are read in place (by default they are
+    // copied out on arrival; sealed ones never need to be).
+    let _server = spawner.worker(&["echo", "demo/describe", "--describe", "--read-in-place"])?;
     let connection = node.connect("demo/describe")?;
     let fill = |bytes: &mut [u8]| {
         for (i, byte) in bytes.iter_mut().enumerate() {

@@ -41,6 +41,9 @@ pub(crate) enum Role {
         /// place or sealed, a checksum) instead of the payload.
         #[arg(long)]
         describe: bool,
+        /// Read pooled payloads in place (trust the senders) instead of copying them out.
+        #[arg(long)]
+        read_in_place: bool,
     },
     /// Send each TEXT to the inbox of process PID (`pid.generation`).
     SendTo {
@@ -148,11 +151,14 @@ pub(crate) fn run(role: Role) -> Result<()> {
             print,
             threads,
             describe,
+            read_in_place,
         } => {
             let behaviour =
                 Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe };
             let node = Node::attach()?;
-            let port = node.port(&name).open()?;
+            let builder = node.port(&name);
+            let builder = if read_in_place { builder.read_in_place() } else { builder };
+            let port = builder.open()?;
             ready(Some(node.process_id()));
             std::thread::scope(|s| {
                 for _ in 0..threads.max(1) {
@@ -270,7 +276,8 @@ pub(crate) fn run(role: Role) -> Result<()> {
 /// (the system-wide monotonic clock) to the moment it was received.
 fn busy_echo(name: &str, reply_to: &str) -> Result<()> {
     let node = Node::attach()?;
-    let port = node.port(name).open()?;
+    // The bench's own process sends here: a trusted sender, so payloads are read in place.
+    let port = node.port(name).read_in_place().open()?;
     let back = node.connect(reply_to)?;
     ready(Some(node.process_id()));
     loop {

@@ -98,12 +98,25 @@ pub struct PoolWriter {
     memory: Arc<PoolMemory>,
     /// Per block: the length in blocks of the run starting there, 0 when none starts there.
     lent: Vec<u32>,
-    /// Per block: the run starting there was sent (only a sent run may come back).
-    sent: Vec<bool>,
+    /// Per block: where the run starting there stands (only a sent run may come back).
+    state: Vec<RunState>,
     /// Per block: in use.
     used: Vec<bool>,
     /// Releases consumed so far.
     head: u64,
+}
+
+/// Where a lent run stands, at its first block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    /// No run starts here.
+    Free,
+    /// Lent, being written: the receiver cannot know of it.
+    Lent,
+    /// Its frame is being written; `released` when the receiver handed it back already.
+    Committed { released: bool },
+    /// Its frame was written: the receiver holds it until it hands it back.
+    Sent,
 }
 
 /// The receiving side: checks runs and hands them back.
@@ -188,7 +201,7 @@ pub(crate) fn pool_at(
     let writer = PoolWriter {
         memory: Arc::clone(&memory),
         lent: vec![0; blocks],
-        sent: vec![false; blocks],
+        state: vec![RunState::Free; blocks],
         used: vec![false; blocks],
         head: memory.release_head().load(Ordering::Acquire),
     };
@@ -218,6 +231,7 @@ impl PoolWriter {
                 self.used[start..=block].fill(true);
                 // Fits a `u32`: `need <= blocks`, itself a `u32`.
                 self.lent[start] = need as u32;
+                self.state[start] = RunState::Lent;
                 let start = start as u32;
                 let offset = u64::from(start) * PoolLayout::BLOCK as u64;
                 let ptr = self.memory.block_ptr(start);
@@ -236,20 +250,41 @@ impl PoolWriter {
         }
     }
 
-    /// Records that `loan`'s run is about to be sent: from now on the receiver may hand it
-    /// back. Call before writing the frame that announces it; [`withdraw`](Self::withdraw) if
-    /// that write fails.
+    /// Records that `loan`'s run is about to be sent: a release that arrives before
+    /// [`sent`](Self::sent) is held back, not acted on. Call before writing the frame that
+    /// announces it; [`withdraw`](Self::withdraw) if that write fails.
     pub fn commit(&mut self, loan: &PoolLoan) {
         if let Some(start) = self.start_of(loan) {
-            self.sent[start] = true;
+            self.state[start] = RunState::Committed { released: false };
         }
     }
 
-    /// Undoes [`commit`](Self::commit): the frame was not sent, the loan is the caller's again.
-    pub fn withdraw(&mut self, loan: &PoolLoan) {
+    /// The frame announcing `loan`'s run was written: the run is the receiver's until it
+    /// hands it back (at once, if it already did).
+    pub fn sent(&mut self, loan: &PoolLoan) {
         if let Some(start) = self.start_of(loan) {
-            self.sent[start] = false;
+            match self.state[start] {
+                RunState::Committed { released: true } => self.free(start),
+                _ => self.state[start] = RunState::Sent,
+            }
         }
+    }
+
+    /// Undoes [`commit`](Self::commit): the frame was not written, the loan is the caller's
+    /// again.
+    ///
+    /// # Errors
+    /// [`PoolError::BadRelease`] when the receiver handed the run back meanwhile, before it
+    /// could know of it (the run stays lent to the caller; the link must go).
+    pub fn withdraw(&mut self, loan: &PoolLoan) -> Result<(), PoolError> {
+        if let Some(start) = self.start_of(loan) {
+            let early = matches!(self.state[start], RunState::Committed { released: true });
+            self.state[start] = RunState::Lent;
+            if early {
+                return Err(PoolError::BadRelease);
+            }
+        }
+        Ok(())
     }
 
     /// The first block of `loan` when it is a live loan of this pool.
@@ -278,12 +313,16 @@ impl PoolWriter {
         }
         while self.head != tail {
             let start = memory.release_slot(self.head).load(Ordering::Relaxed) as usize;
-            // Only a run that was sent can come back; one still being written, or never lent,
-            // cannot (else the same space could be lent twice).
-            if self.lent.get(start).copied().unwrap_or(0) == 0 || !self.sent[start] {
-                return Err(PoolError::BadRelease);
+            // Only a run that was sent can come back; one being sent comes back once its frame
+            // is out; one still being written, or never lent, cannot (else the same space could
+            // be lent twice).
+            match self.state.get(start).copied() {
+                Some(RunState::Sent) => self.free(start),
+                Some(RunState::Committed { released: false }) => {
+                    self.state[start] = RunState::Committed { released: true };
+                }
+                _ => return Err(PoolError::BadRelease),
             }
-            self.free(start);
             self.head = self.head.wrapping_add(1);
         }
         // SYNC POINT: frees the slots for the receiver (it reads this with Acquire).
@@ -293,7 +332,7 @@ impl PoolWriter {
 
     fn free(&mut self, start: usize) {
         let len = std::mem::take(&mut self.lent[start]) as usize;
-        self.sent[start] = false;
+        self.state[start] = RunState::Free;
         self.used[start..start + len].fill(false);
     }
 }
@@ -399,6 +438,24 @@ impl PoolView {
     }
 }
 
+impl PoolView {
+    /// The payload copied into this process's memory (the way to read a payload from a
+    /// sender that is not trusted: the copy cannot change afterwards).
+    #[must_use]
+    pub fn copy_to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        // SAFETY: the source is the checked run inside the mapped pool (as for `as_slice`),
+        // read through a raw pointer, never a reference, so bytes the sender changes meanwhile
+        // only change what is copied; `out` has room for `len` bytes and is private memory
+        // (no overlap); `set_len` follows the copy that initialised exactly those bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), self.len);
+            out.set_len(self.len);
+        }
+        out
+    }
+}
+
 impl Drop for PoolView {
     fn drop(&mut self) {
         self.reader.release(self.start_block);
@@ -437,6 +494,7 @@ mod tests {
         let small = writer.lend(10).unwrap().unwrap();
         assert_eq!(small.run().offset, 2 * PoolLayout::BLOCK as u64);
         writer.commit(&loan);
+        writer.sent(&loan);
         let view = reader.view(run).unwrap();
         assert!(view.as_slice().iter().all(|&b| b == 7));
         assert_eq!(view.as_slice().len(), 100_000);
@@ -472,6 +530,27 @@ mod tests {
         reader.release(0);
         assert_eq!(writer.lend(10).unwrap_err(), PoolError::BadRelease);
         drop(loan);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map memory objects")]
+    fn a_release_while_the_frame_is_being_written_waits_for_it() {
+        let (mut writer, reader) = pool(1);
+        let loan = writer.lend(10).unwrap().unwrap();
+        writer.commit(&loan);
+        // Released before the frame is out: held back, the space is not lent again yet.
+        reader.release(0);
+        assert!(writer.lend(10).unwrap().is_none());
+        writer.sent(&loan);
+        assert!(writer.lend(10).unwrap().is_some(), "free once the frame is out");
+
+        let (mut writer, reader) = pool(1);
+        let loan = writer.lend(10).unwrap().unwrap();
+        writer.commit(&loan);
+        reader.release(0);
+        // The write failed after all: the receiver released what it could not know of.
+        assert!(writer.lend(10).unwrap().is_none());
+        assert_eq!(writer.withdraw(&loan), Err(PoolError::BadRelease));
     }
 
     #[test]

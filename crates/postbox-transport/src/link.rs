@@ -166,10 +166,21 @@ impl Link {
         }
     }
 
-    /// See [`ShmLink::withdraw`].
-    pub fn withdraw(&self, loan: &PoolLoan) {
+    /// See [`ShmLink::sent`].
+    pub fn sent(&self, loan: &PoolLoan) {
         if let Self::Shm(link) = self {
-            link.withdraw(loan);
+            link.sent(loan);
+        }
+    }
+
+    /// See [`ShmLink::withdraw`].
+    ///
+    /// # Errors
+    /// `Corrupt`, as [`ShmLink::withdraw`].
+    pub fn withdraw(&self, loan: &PoolLoan) -> Result<(), TransportError> {
+        match self {
+            Self::Unix(_) => Ok(()),
+            Self::Shm(link) => link.withdraw(loan),
         }
     }
 

@@ -261,9 +261,23 @@ impl ShmLink {
         lock(&self.outbound_pool).commit(loan);
     }
 
+    /// Records that the frame announcing `loan` was written (see [`PoolWriter::sent`]).
+    pub fn sent(&self, loan: &PoolLoan) {
+        lock(&self.outbound_pool).sent(loan);
+    }
+
     /// Undoes [`commit`](Self::commit) after the frame could not be written.
-    pub fn withdraw(&self, loan: &PoolLoan) {
-        lock(&self.outbound_pool).withdraw(loan);
+    ///
+    /// # Errors
+    /// `Corrupt` when the receiver handed the run back before it could know of it (the link
+    /// is shut down).
+    pub fn withdraw(&self, loan: &PoolLoan) -> Result<(), TransportError> {
+        let withdrawn = lock(&self.outbound_pool).withdraw(loan);
+        withdrawn.map_err(|_| {
+            self.violated.store(true, Ordering::Release);
+            self.shutdown();
+            TransportError::Corrupt
+        })
     }
 
     /// Takes back a loan that will not be sent.

@@ -47,6 +47,8 @@ pub(crate) struct ClientLink {
     decoder: Mutex<FrameDecoder>,
     /// The largest reply payload accepted (the host's limit).
     max_reply: u32,
+    /// Pooled replies are read in place (the caller trusts the server), not copied out.
+    pub(crate) read_in_place: std::sync::atomic::AtomicBool,
     node: Weak<NodeShared>,
     /// For the async forms: the link's readiness, and "another thread filed something".
     readiness: Readiness,
@@ -135,6 +137,7 @@ impl ClientLink {
             changed: Condvar::new(),
             decoder: Mutex::new(FrameDecoder::new(host_max)),
             max_reply: host_max,
+            read_in_place: std::sync::atomic::AtomicBool::new(false),
             node,
             readiness,
         })
@@ -557,7 +560,8 @@ impl ClientLink {
         let message = if header.placement == postbox_core::Placement::Inline {
             Message::from_frame(frame)
         } else {
-            self.end.described(&header, &frame.body, self.max_reply).ok_or_else(|| {
+            let in_place = self.read_in_place.load(std::sync::atomic::Ordering::Relaxed);
+            self.end.described(&header, &frame.body, self.max_reply, in_place).ok_or_else(|| {
                 Broken::Violation("the server described a payload it did not provide".into())
             })?
         };

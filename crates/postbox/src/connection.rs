@@ -128,6 +128,16 @@ impl Connection {
         self.link.end.lend(len, Wait::timeout(timeout))
     }
 
+    /// Reads large replies the server lends or passes through the link's pool where they lie,
+    /// without copying them. Only when the server is trusted: it can still change those bytes
+    /// while they are read. Without it such replies are copied out on arrival. (For every
+    /// clone of this connection.)
+    #[must_use]
+    pub fn read_replies_in_place(self) -> Self {
+        self.link.read_in_place.store(true, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
     /// Sends a one-way message if the link has room now.
     ///
     /// # Errors

@@ -114,15 +114,17 @@ impl WriteGuard<'_> {
         if let Some(loan) = loan {
             end.link.commit(loan);
         }
-        let written = end.link.write_frame(&header, body, wait);
-        if written.is_err() {
-            if let Some(loan) = message.body.loan_for(&end.link) {
-                end.link.withdraw(loan);
+        let mut written = end.link.write_frame(&header, body, wait);
+        if let Some(loan) = message.body.loan_for(&end.link).or(copied.as_ref()) {
+            if written.is_ok() {
+                end.link.sent(loan);
+            } else if let Err(violation) = end.link.withdraw(loan) {
+                written = Err(violation);
             }
-            if let Some(loan) = copied {
-                // The copy was not sent: its space goes back (the message keeps its body).
-                end.link.cancel(loan);
-            }
+        }
+        if let (Err(_), Some(loan)) = (&written, copied) {
+            // The copy was not sent: its space goes back (the message keeps its body).
+            end.link.cancel(loan);
         }
         match written {
             Ok(()) => {
@@ -197,10 +199,24 @@ impl LinkEnd {
 
     /// The payload a pooled or sealed frame describes, as a message (`None`: the peer broke
     /// the protocol).
-    pub(crate) fn described(&self, header: &FrameHeader, body: &[u8], max: u32) -> Option<Message> {
+    /// A pooled payload is read in place only when `in_place` (the receiver trusts its
+    /// senders); otherwise it is copied out at once and its space handed back.
+    pub(crate) fn described(
+        &self,
+        header: &FrameHeader,
+        body: &[u8],
+        max: u32,
+        in_place: bool,
+    ) -> Option<Message> {
         match header.placement {
             Placement::Inline => None,
-            Placement::Pooled => Some(Message::from_pooled(header, self.view(body, max)?)),
+            Placement::Pooled if in_place => {
+                Some(Message::from_pooled(header, self.view(body, max)?))
+            }
+            Placement::Pooled => {
+                let copied = self.view(body, max)?.copy_to_vec();
+                Some(Message::from_copied(header, copied))
+            }
             Placement::Sealed => {
                 let sealed = SealedRef::decode(body).ok()?;
                 let payload = self.link.take_sealed(sealed, max).ok()?;

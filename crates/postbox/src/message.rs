@@ -180,6 +180,16 @@ impl Message {
         }
     }
 
+    /// The message a pooled frame announced, its payload copied out.
+    pub(crate) fn from_copied(header: &postbox_core::FrameHeader, body: Vec<u8>) -> Self {
+        Self {
+            id: header.id,
+            msg_type: header.msg_type,
+            priority: header.priority,
+            body: Body::Owned(body),
+        }
+    }
+
     /// The message a sealed frame announces.
     pub(crate) fn from_sealed(header: &postbox_core::FrameHeader, payload: SealedPayload) -> Self {
         Self {

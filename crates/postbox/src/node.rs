@@ -119,8 +119,9 @@ impl Node {
             Ok(other) => return Err(NodeError::Refused(format!("unexpected answer {other:?}"))),
             Err(e) => return Err(NodeError::Refused(format!("undecodable answer: {e}"))),
         };
-        let inbox =
-            Arc::new(Receiver::new(PortSpec::default()).map_err(|e| unreachable(error_kind(e)))?);
+        let inbox = Arc::new(
+            Receiver::new(PortSpec::default(), false).map_err(|e| unreachable(error_kind(e)))?,
+        );
         let shared = Arc::new(NodeShared {
             control,
             identity,

@@ -21,6 +21,7 @@ pub struct PortBuilder {
     node: Arc<NodeShared>,
     name: String,
     spec: PortSpec,
+    read_in_place: bool,
 }
 
 /// A named receive endpoint owned by this node. Several threads may receive from it at once
@@ -41,7 +42,7 @@ pub struct Inbox {
 
 impl PortBuilder {
     pub(crate) fn new(node: Arc<NodeShared>, name: &str) -> Self {
-        Self { node, name: name.to_owned(), spec: PortSpec::default() }
+        Self { node, name: name.to_owned(), spec: PortSpec::default(), read_in_place: false }
     }
 
     /// Each link holds at most `messages` one-way messages not yet received; 0 makes the
@@ -74,6 +75,17 @@ impl PortBuilder {
         self
     }
 
+    /// Reads large payloads that senders lend or pass through the link's pool where they lie,
+    /// without copying them (see [`Connection::loan`](crate::Connection::loan)). Only for a
+    /// port whose senders are trusted: a sender can still change those bytes while they are
+    /// read. Without it such payloads are copied out on arrival (one copy). Sealed payloads
+    /// ([`Message::sealed`](crate::Message::sealed)) are always read in place: nobody can
+    /// change them.
+    pub fn read_in_place(mut self) -> Self {
+        self.read_in_place = true;
+        self
+    }
+
     /// Registers the name with the broker and opens the port.
     ///
     /// # Errors
@@ -81,8 +93,9 @@ impl PortBuilder {
     /// [`OpenError::InvalidName`], [`OpenError::BrokerGone`].
     pub fn open(self) -> Result<Port, OpenError> {
         let name = PortName::new(&self.name)?;
-        let receiver =
-            Arc::new(Receiver::new(self.spec).map_err(|e| OpenError::Refused(e.to_string()))?);
+        let receiver = Receiver::new(self.spec, self.read_in_place)
+            .map_err(|e| OpenError::Refused(e.to_string()))?;
+        let receiver = Arc::new(receiver);
         self.node.open_port(&name, &receiver)?;
         Ok(Port { name, receiver, node: self.node })
     }

@@ -37,6 +37,8 @@ pub(crate) struct ServerLink {
     decoder: Mutex<FrameDecoder>,
     /// The largest payload the port accepts.
     max_payload: u32,
+    /// Pooled payloads are read in place (the port trusts its senders), not copied out.
+    read_in_place: bool,
     flow: Mutex<LinkFlow>,
     /// The endpoint's readiness (it watches this link for reading and writing), for replies
     /// written by async tasks.
@@ -70,6 +72,8 @@ struct Queued {
 #[derive(Debug)]
 pub(crate) struct Receiver {
     spec: PortSpec,
+    /// Pooled payloads are read in place (see `PortBuilder::read_in_place`).
+    read_in_place: bool,
     state: Mutex<ReceiverState>,
     arrived: Condvar,
     waker: Waker,
@@ -116,9 +120,10 @@ pub(crate) enum ReceiveFailure {
 }
 
 impl Receiver {
-    pub(crate) fn new(spec: PortSpec) -> Result<Self, TransportError> {
+    pub(crate) fn new(spec: PortSpec, read_in_place: bool) -> Result<Self, TransportError> {
         Ok(Self {
             spec,
+            read_in_place,
             state: Mutex::new(ReceiverState {
                 queue: PortQueue::new(),
                 links: Vec::new(),
@@ -171,6 +176,7 @@ impl Receiver {
             client,
             decoder: Mutex::new(FrameDecoder::new(max)),
             max_payload: max,
+            read_in_place: self.read_in_place,
             flow: Mutex::new(LinkFlow {
                 messages: 0,
                 bytes: 0,
@@ -578,8 +584,13 @@ fn decode_frames(
                     }
                     // A payload outside the client's pool, or a sealed one that is not
                     // sealed, breaks the protocol.
-                    let Some(message) = link.end.described(&header, &frame.body, link.max_payload)
-                    else {
+                    let described = link.end.described(
+                        &header,
+                        &frame.body,
+                        link.max_payload,
+                        link.read_in_place,
+                    );
+                    let Some(message) = described else {
                         return false;
                     };
                     message

@@ -12,7 +12,7 @@ const WATCHDOG: Duration = Duration::from_secs(20);
 fn a_lent_payload_is_read_in_place_and_its_space_comes_back_when_dropped() {
     let broker = Broker::embedded().unwrap();
     let server = broker.node().unwrap();
-    let port = server.port("zero/copy").open().unwrap();
+    let port = server.port("zero/copy").read_in_place().open().unwrap();
     let client = broker.node().unwrap();
     let connection = client.connect("zero/copy").unwrap();
 
@@ -57,7 +57,7 @@ fn a_server_replies_in_place_and_the_caller_reads_the_reply_where_it_lies() {
         token.reply(reply).unwrap();
     });
     let client = broker.node().unwrap();
-    let connection = client.connect("zero/reply").unwrap();
+    let connection = client.connect("zero/reply").unwrap().read_replies_in_place();
     let mut request = connection.loan(1 << 20).unwrap();
     request.body_mut().fill(0xab);
     let reply = connection.call_timeout(request, WATCHDOG).unwrap();
@@ -72,7 +72,7 @@ fn lent_space_is_refused_beyond_the_pool_and_on_unix_links_and_copied_elsewhere(
     let broker = Broker::embedded().unwrap();
     let server = broker.node().unwrap();
     let first = server.port("zero/first").open().unwrap();
-    let second = server.port("zero/second").open().unwrap();
+    let second = server.port("zero/second").read_in_place().open().unwrap();
     let client = broker.node().unwrap();
     let to_first = client.connect("zero/first").unwrap();
     let to_second = client.connect("zero/second").unwrap();
@@ -140,4 +140,26 @@ fn a_sealed_payload_crosses_without_a_copy_and_nobody_can_change_it() {
     let got = unix_port.recv_timeout(WATCHDOG).unwrap();
     assert!(!got.message().is_zero_copy());
     assert_eq!(got.body(), vec![5u8; 5000]);
+}
+
+#[test]
+fn a_port_that_does_not_trust_its_senders_copies_pooled_payloads_out_and_frees_them_at_once() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("zero/untrusted").open().unwrap();
+    let client = broker.node().unwrap();
+    let connection = client.connect("zero/untrusted").unwrap();
+    let mut message = connection.loan(9 << 20).unwrap();
+    message.body_mut().fill(6);
+    connection.send(message).unwrap();
+    let got = port.recv_timeout(WATCHDOG).unwrap();
+    assert!(!got.message().is_zero_copy(), "copied out: the sender could change it");
+    assert!(got.body().iter().all(|&b| b == 6) && got.body().len() == 9 << 20);
+    // The space went back on arrival, though the copy is still held.
+    assert!(connection.loan_timeout(9 << 20, WATCHDOG).is_ok());
+    // Sealed payloads cannot change: read in place even here.
+    connection.send(Message::sealed(100_000, |b| b.fill(2)).unwrap()).unwrap();
+    let sealed = port.recv_timeout(WATCHDOG).unwrap();
+    assert!(sealed.message().is_sealed() && sealed.message().is_zero_copy());
+    drop(got);
 }
