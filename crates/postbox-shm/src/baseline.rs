@@ -30,6 +30,8 @@ pub struct PingPong {
     size: usize,
     /// The client's last request number.
     round: AtomicU32,
+    /// Not shared between threads: a ping writes its buffer without locking.
+    _one_thread: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
 impl PingPong {
@@ -38,8 +40,18 @@ impl PingPong {
     /// # Errors
     /// [`SegmentCreateError`].
     pub fn create(size: usize) -> Result<Self, SegmentCreateError> {
-        let segment = Segment::create(BUFFERS_AT + 2 * size.max(1))?;
-        Ok(Self { segment: Arc::new(segment), size, round: AtomicU32::new(0) })
+        let data = size
+            .max(1)
+            .checked_mul(2)
+            .and_then(|n| n.checked_add(BUFFERS_AT))
+            .ok_or(SegmentCreateError::Os(std::io::ErrorKind::InvalidInput))?;
+        let segment = Segment::create(data)?;
+        Ok(Self {
+            segment: Arc::new(segment),
+            size,
+            round: AtomicU32::new(0),
+            _one_thread: std::marker::PhantomData,
+        })
     }
 
     /// Opens the segment behind `fd` for messages of `size` bytes (the server's side).
@@ -48,10 +60,16 @@ impl PingPong {
     /// [`SegmentOpenError::TooSmall`] when it cannot hold them, or another open failure.
     pub fn open(fd: OwnedFd, size: usize) -> Result<Self, SegmentOpenError> {
         let segment = Segment::open(fd, Duration::from_secs(1))?;
-        if segment.data_size() < BUFFERS_AT + 2 * size.max(1) {
+        let needed = size.max(1).checked_mul(2).and_then(|n| n.checked_add(BUFFERS_AT));
+        if needed.is_none_or(|needed| segment.data_size() < needed) {
             return Err(SegmentOpenError::TooSmall);
         }
-        Ok(Self { segment: Arc::new(segment), size, round: AtomicU32::new(0) })
+        Ok(Self {
+            segment: Arc::new(segment),
+            size,
+            round: AtomicU32::new(0),
+            _one_thread: std::marker::PhantomData,
+        })
     }
 
     /// The descriptor, to pass to the server process.
@@ -61,7 +79,7 @@ impl PingPong {
     }
 
     /// Client: sends `request` (at most `size` bytes) and copies the answer into `answer`.
-    /// One client thread at a time.
+    /// One thread at a time, by the type (it is not `Sync`).
     pub fn ping(&self, request: &[u8], answer: &mut [u8], wait: PingWait) {
         let len = request.len().min(self.size);
         self.copy_in(0, &request[..len]);

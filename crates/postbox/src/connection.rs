@@ -104,7 +104,9 @@ impl Connection {
     /// when it drops the message. Waits for space the receiver still holds.
     ///
     /// A lent message sent on another connection is copied. Unsent, its space goes back when
-    /// it is dropped.
+    /// it is dropped. Once sent, its bytes are the receiver's: a lent message handed back
+    /// after it was sent (a confirmed send whose receiver did not take it in time) has an
+    /// empty body.
     ///
     /// # Errors
     /// [`LoanError`].
