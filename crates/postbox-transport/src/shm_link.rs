@@ -113,6 +113,10 @@ impl ShmLink {
         wait: Wait,
     ) -> Result<(), TransportError> {
         let mut out = lock(&self.outbound);
+        if self.keep_armed.load(Ordering::Relaxed) {
+            // As in `read_into`: async writers waiting for room are woken through it too.
+            self.drain_wake();
+        }
         // Writing to a peer that closed or died would lose the frame silently.
         if self.is_finished() || self.peer_gone(false)? {
             return Err(TransportError::Closed);
@@ -189,6 +193,11 @@ impl ShmLink {
         wait: Wait,
     ) -> Result<usize, TransportError> {
         let mut inbound = lock(&self.inbound);
+        if self.keep_armed.load(Ordering::Relaxed) {
+            // An epoll set watches the wake-up socket and never reads it: empty it here, or
+            // once full the peer's rings would stop arriving and the set would never fire.
+            self.drain_wake();
+        }
         loop {
             let n = inbound.read(decoder.read_buffer()).map_err(corrupt)?;
             if n > 0 {
@@ -352,6 +361,11 @@ impl ShmLink {
         if !self.keep_armed.load(Ordering::Acquire) {
             self.mine.disarm();
         }
+        self.drain_wake();
+    }
+
+    /// Empties this side's wake-up socket (its bytes mean nothing but "look again").
+    fn drain_wake(&self) {
         let mut buf = [0u8; 64];
         for _ in 0..WAKE_DRAIN_READS {
             match recv(&self.wake, &mut buf, RecvFlags::DONTWAIT) {

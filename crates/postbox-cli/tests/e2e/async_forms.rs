@@ -86,6 +86,28 @@ fn many_async_calls_share_one_connection_with_a_blocking_caller() {
 }
 
 #[test]
+fn thousands_of_async_calls_in_a_row_keep_being_woken() {
+    // Every reply rings the caller's wake-up socket, which its epoll set never reads itself:
+    // if nothing emptied it, it would fill after a few hundred rings and the caller would
+    // never be woken again.
+    let daemon = Daemon::start();
+    let _server = daemon.worker(&["echo", "async/many"]);
+    let node = daemon.node();
+    let connection = node.connect("async/many").unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        for i in 0..3000 {
+            let body = format!("call {i}");
+            let reply = tokio::time::timeout(WATCHDOG, connection.call_async(body.as_str()))
+                .await
+                .expect("no hang")
+                .unwrap();
+            assert_eq!(reply.body(), body.as_bytes());
+        }
+    });
+}
+
+#[test]
 fn async_receives_from_an_inbox_a_mailbox_and_a_topic() {
     let daemon = Daemon::start();
     let node = daemon.node();
