@@ -216,6 +216,24 @@ impl Registry {
         }
     }
 
+    /// The links whose other end node `key`'s departure leaves open: `(other node, link)`.
+    pub(crate) fn orphaned_by(&self, key: NodeKey) -> Vec<(NodeKey, LinkId)> {
+        let Some(node) = self.nodes.get(&key) else { return Vec::new() };
+        node.links
+            .iter()
+            .filter_map(|link| {
+                let record = self.links.get(link)?;
+                if record.client == key && record.server != key && record.server_open {
+                    Some((record.server, *link))
+                } else if record.server == key && record.client != key && record.client_open {
+                    Some((record.client, *link))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Removes a node that left: its names are free at once, its ends of links closed.
     pub(crate) fn remove(&mut self, key: NodeKey) -> Option<PeerIdentity> {
         let node = self.nodes.get(&key)?;

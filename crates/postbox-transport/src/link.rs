@@ -133,6 +133,14 @@ impl Link {
         }
     }
 
+    /// The broker says the peer's node left (see [`ShmLink::peer_left`]; a Unix link learns
+    /// it from its socket alone).
+    pub fn peer_left(&self) {
+        if let Self::Shm(link) = self {
+            link.peer_left();
+        }
+    }
+
     /// Shuts both directions down; the peer sees the link close.
     pub fn shutdown(&self) {
         match self {

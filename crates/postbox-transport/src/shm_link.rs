@@ -395,6 +395,14 @@ impl ShmLink {
         [self.wake.as_fd(), self.socket.as_fd()]
     }
 
+    /// The broker says the peer's node left: treat the link as hung up (what it sent is
+    /// still read) and wake this side's futex sleepers, which watch no descriptor.
+    pub fn peer_left(&self) {
+        self.hung_up.store(true, Ordering::Release);
+        // Only this side's futex sleepers matter: pollers see the socket hang up by itself.
+        let _ = self.mine.ring();
+    }
+
     /// Shuts the link down: the peer sees it close at once.
     pub fn shutdown(&self) {
         self.shut.store(true, Ordering::Release);
@@ -728,6 +736,27 @@ mod tests {
             let payload = server.take_sealed(SealedRef { len: 10, seq }, 1 << 20).unwrap();
             assert_eq!(payload.as_slice(), [1; 10]);
         }
+    }
+
+    #[test]
+    fn the_brokers_notice_wakes_a_reader_asleep_on_the_futex() {
+        // The peer's descriptors stay open (its socket never hangs up): only the notice can
+        // end this read.
+        let (client_parts, server_parts) =
+            ShmLinkParts::pair(LinkShape::new(4096, 1 << 20)).unwrap();
+        let client = std::sync::Arc::new(ShmLink::open(client_parts, LinkSide::Client).unwrap());
+        let notifier = {
+            let client = std::sync::Arc::clone(&client);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                client.peer_left();
+            })
+        };
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let read = client.read_into(&mut decoder, Wait::timeout(Duration::from_secs(20)));
+        assert_eq!(read, Err(TransportError::Closed));
+        notifier.join().unwrap();
+        drop(server_parts);
     }
 
     #[test]

@@ -32,7 +32,12 @@ impl Connection {
         host_max: u32,
         node: Weak<NodeShared>,
     ) -> std::io::Result<Self> {
-        Ok(Self { link: Arc::new(ClientLink::new(link, id, server, spec, host_max, node)?) })
+        let tracker = node.upgrade();
+        let link = Arc::new(ClientLink::new(link, id, server, spec, host_max, node)?);
+        if let Some(node) = tracker {
+            node.track_link(id, link.end.link_handle());
+        }
+        Ok(Self { link })
     }
 
     /// The process serving the other end.

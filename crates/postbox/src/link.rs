@@ -261,6 +261,11 @@ impl LinkEnd {
         &self.link
     }
 
+    /// A handle on the link for the node's table of link ends (the broker's notices).
+    pub(crate) fn link_handle(&self) -> std::sync::Weak<Link> {
+        Arc::downgrade(&self.link)
+    }
+
     /// Has `readiness` watch this link from now on (for the async forms).
     pub(crate) fn watch(&self, readiness: &Readiness) {
         self.link.keep_armed();

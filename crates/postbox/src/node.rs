@@ -57,6 +57,8 @@ pub(crate) struct NodeShared {
     inbox_links: Mutex<HashMap<ProcessId, Connection>>,
     publishers: Mutex<HashMap<PortName, Connection>>,
     broker_gone: AtomicBool,
+    /// This node's link ends, for the broker's notice that the other end's node left.
+    link_ends: Mutex<HashMap<LinkId, Weak<Link>>>,
 }
 
 type Answer = (ControlMessage, Vec<OwnedFd>);
@@ -129,6 +131,7 @@ impl Node {
             next_request: AtomicU32::new(2),
             pending: Mutex::new(HashMap::new()),
             receivers: Mutex::new(HashMap::new()),
+            link_ends: Mutex::new(HashMap::new()),
             inbox: Arc::clone(&inbox),
             inbox_links: Mutex::new(HashMap::new()),
             publishers: Mutex::new(HashMap::new()),
@@ -545,6 +548,21 @@ fn control_loop(shared: &Weak<NodeShared>) {
 }
 
 impl NodeShared {
+    fn lock_link_ends(&self) -> std::sync::MutexGuard<'_, HashMap<LinkId, Weak<Link>>> {
+        // A map of weak references, consistent between statements.
+        self.link_ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers a link end of this node (for the broker's notices), forgetting ends that are
+    /// gone now and then.
+    pub(crate) fn track_link(&self, link: LinkId, end: Weak<Link>) {
+        let mut ends = self.lock_link_ends();
+        if ends.len() >= 64 && ends.len().is_power_of_two() {
+            ends.retain(|_, end| end.strong_count() > 0);
+        }
+        ends.insert(link, end);
+    }
+
     fn dispatch(&self, message: ControlMessage, fds: Vec<OwnedFd>) {
         match message {
             ControlMessage::IncomingConnection { link, target, client } => {
@@ -558,10 +576,9 @@ impl NodeShared {
                         self.lock_receivers().get(name).and_then(Weak::upgrade)
                     }
                 };
-                let added =
-                    receiver.is_some_and(|r| r.add_link(end, link, client, self.max_message_size));
-                if !added {
-                    self.report_link_closed(link);
+                match receiver.and_then(|r| r.add_link(end, link, client, self.max_message_size)) {
+                    Some(handle) => self.track_link(link, handle),
+                    None => self.report_link_closed(link),
                 }
             }
             ControlMessage::StatQuery { query, name } => {
@@ -578,6 +595,14 @@ impl NodeShared {
                 let mut packet = Vec::new();
                 ControlMessage::StatReport { query, counters }.encode(&mut packet);
                 let _ = self.control.send(&packet, &[], Wait::timeout(REQUEST_TIMEOUT));
+            }
+            ControlMessage::LinkClosed { request: 0, link } => {
+                // The node at the other end left (it may have been killed): threads asleep on
+                // this link's futex hear of it now rather than at the end of a sleep slice.
+                let end = self.lock_link_ends().remove(&link).and_then(|end| end.upgrade());
+                if let Some(end) = end {
+                    end.peer_left();
+                }
             }
             other => {
                 let request = other.request();

@@ -156,18 +156,18 @@ impl Receiver {
         self.spec
     }
 
-    /// Adds a link the broker made to this endpoint. Returns false when the endpoint is
-    /// closed (the link is then dropped, which the client sees as a close).
+    /// Adds a link the broker made to this endpoint; returns a handle on it, or `None` when
+    /// the endpoint is closed (the link is then dropped, which the client sees as a close).
     pub(crate) fn add_link(
         &self,
         link: Link,
         id: LinkId,
         client: PeerIdentity,
         host_max: u32,
-    ) -> bool {
+    ) -> Option<std::sync::Weak<Link>> {
         let mut state = self.lock();
         if state.closed {
-            return false;
+            return None;
         }
         let max = self.spec.message_size.map_or(host_max, |n| n.min(host_max));
         state.links.push(Arc::new(ServerLink {
@@ -188,10 +188,11 @@ impl Receiver {
         if let Some(link) = state.links.last().filter(|_| self.readiness.is_active()) {
             link.end.watch(&self.readiness);
         }
+        let handle = state.links.last().map(|link| link.end.link_handle());
         drop(state);
         self.waker.wake();
         self.readiness.signal();
-        true
+        handle
     }
 
     /// Closes the endpoint: queued and future messages are dropped, links shut down, and

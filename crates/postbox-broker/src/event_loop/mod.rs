@@ -639,7 +639,23 @@ impl EventLoop {
             // other sides of those links see them close.
             *slot = None;
         }
+        // The other ends hear of it from the broker too: a thread asleep on a shared-memory
+        // link's futex watches no descriptor that could tell it.
+        let orphaned = self.registry.orphaned_by(key);
         self.registry.remove(key);
+        // Best effort: a node slow to read its control socket is never disconnected for them
+        // (its sleep slices notice the death anyway), so they stop at half its queue.
+        for (other, link) in orphaned {
+            let room = self
+                .nodes
+                .get(other.0)
+                .and_then(Option::as_ref)
+                .is_some_and(|n| n.outbox.len() < self.config.max_queued_per_node / 2);
+            if room {
+                self.queue(other, &ControlMessage::LinkClosed { request: 0, link }, Vec::new());
+                self.flush(other);
+            }
+        }
         let orphaned: Vec<u32> = self
             .queries
             .iter()

@@ -198,3 +198,31 @@ fn a_flood_of_connects_to_one_server_does_not_cost_that_server_its_name() {
     let owner = node.list().unwrap().ports.into_iter().find(|p| p.name.as_str() == "victim");
     assert_eq!(owner.map(|p| p.owner.process_id), Some(victim.process_id()));
 }
+
+#[test]
+fn the_broker_tells_a_node_when_the_node_at_the_other_end_of_its_link_leaves() {
+    let daemon = Daemon::start();
+    let mut server = daemon.worker(&["echo", "leaving"]);
+    let control = raw_node(daemon.socket());
+    let target = Target::Port(PortName::new("leaving").unwrap());
+    control
+        .send(&packet(&ControlMessage::Connect { request: 2, target }), &[], Wait::Forever)
+        .unwrap();
+    let link = match recv_message(&control).unwrap() {
+        ControlMessage::Connected { link, .. } => link,
+        other => panic!("expected Connected, got {other:?}"),
+    };
+    server.kill9();
+    // A thread asleep on a shared-memory link's futex watches no descriptor: this notice is
+    // how it hears of the death before its sleep slice ends.
+    loop {
+        match recv_message(&control).unwrap() {
+            ControlMessage::LinkClosed { request: 0, link: closed } => {
+                assert_eq!(closed, link);
+                break;
+            }
+            ControlMessage::Listing { .. } | ControlMessage::Ok { .. } => {}
+            other => panic!("expected LinkClosed, got {other:?}"),
+        }
+    }
+}
