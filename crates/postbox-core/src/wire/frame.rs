@@ -237,10 +237,7 @@ impl PoolRef {
     /// The 16-byte body that carries it (offset, then length, little-endian).
     #[must_use]
     pub fn to_bytes(&self) -> [u8; POOL_RUN_LEN] {
-        let mut out = [0u8; POOL_RUN_LEN];
-        out[..8].copy_from_slice(&self.offset.to_le_bytes());
-        out[8..].copy_from_slice(&self.len.to_le_bytes());
-        out
+        two_words(self.offset, self.len)
     }
 
     /// Decodes a pooled frame's body.
@@ -249,10 +246,8 @@ impl PoolRef {
     /// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] for a body that is not 16
     /// bytes.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
-        let pool_ref = Self { offset: r.u64()?, len: r.u64()? };
-        r.finish()?;
-        Ok(pool_ref)
+        let (offset, len) = decode_two_words(body)?;
+        Ok(Self { offset, len })
     }
 }
 
@@ -270,10 +265,7 @@ impl SealedRef {
     /// The 16-byte body that carries it (length, then sequence number, little-endian).
     #[must_use]
     pub fn to_bytes(&self) -> [u8; SEALED_LEN] {
-        let mut out = [0u8; SEALED_LEN];
-        out[..8].copy_from_slice(&self.len.to_le_bytes());
-        out[8..].copy_from_slice(&self.seq.to_le_bytes());
-        out
+        two_words(self.len, self.seq)
     }
 
     /// Decodes a sealed frame's body.
@@ -282,11 +274,25 @@ impl SealedRef {
     /// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] for a body that is not 16
     /// bytes.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
-        let sealed = Self { len: r.u64()?, seq: r.u64()? };
-        r.finish()?;
-        Ok(sealed)
+        let (len, seq) = decode_two_words(body)?;
+        Ok(Self { len, seq })
     }
+}
+
+/// The 16-byte body of a pooled or sealed frame: two little-endian `u64`s.
+fn two_words(first: u64, second: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&first.to_le_bytes());
+    out[8..].copy_from_slice(&second.to_le_bytes());
+    out
+}
+
+/// Decodes [`two_words`], rejecting a body of any other length.
+fn decode_two_words(body: &[u8]) -> Result<(u64, u64), DecodeError> {
+    let mut r = Reader::new(body);
+    let words = (r.u64()?, r.u64()?);
+    r.finish()?;
+    Ok(words)
 }
 
 /// A whole frame: header and body.
