@@ -20,6 +20,8 @@ mod link;
 mod sealed_fds;
 mod shm_link;
 mod spin;
+#[cfg(test)]
+mod test_frames;
 mod unix_link;
 mod wait;
 

@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use postbox_core::FrameDecoder;
-use postbox_core::{PoolRef, SealedRef};
+use postbox_core::{FrameDecoder, PoolRef, SealedRef};
 use postbox_shm::{
     open_link_segment, Doorbell, LinkMemory, LinkShape, LinkSide, PoolLoan, PoolReader, PoolRun,
     PoolView, PoolWriter, RegionStream, Rung, SealedPayload, StreamConsumer, StreamError,
@@ -591,21 +590,10 @@ impl ShmLinkParts {
 
 #[cfg(test)]
 mod tests {
-    use postbox_core::{Frame, FrameHeader, FrameKind};
+    use postbox_core::Frame;
 
     use super::*;
-
-    fn header(len: usize) -> FrameHeader {
-        FrameHeader {
-            kind: FrameKind::Oneway,
-            priority: 0,
-            msg_type: 0,
-            id: 1,
-            correlation: 0,
-            body_len: len as u32,
-            placement: postbox_core::Placement::Inline,
-        }
-    }
+    use crate::test_frames::header;
 
     fn pair(capacity: usize) -> (ShmLink, ShmLink) {
         let (client, server) = ShmLinkParts::pair(LinkShape::new(capacity, 1 << 20)).unwrap();

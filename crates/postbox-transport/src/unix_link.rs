@@ -177,21 +177,10 @@ const PARTIAL_FRAME_GRACE: std::time::Duration = std::time::Duration::from_milli
 
 #[cfg(test)]
 mod tests {
-    use postbox_core::{Frame, FrameHeader, FrameKind};
+    use postbox_core::Frame;
 
     use super::*;
-
-    fn header(len: usize) -> FrameHeader {
-        FrameHeader {
-            kind: FrameKind::Oneway,
-            priority: 0,
-            msg_type: 0,
-            id: 1,
-            correlation: 0,
-            body_len: len as u32,
-            placement: postbox_core::Placement::Inline,
-        }
-    }
+    use crate::test_frames::header;
 
     #[test]
     fn frames_cross_a_link_and_a_closed_peer_reads_as_closed() {
