@@ -70,7 +70,8 @@ impl WriteGuard<'_> {
         // Space this link lent goes in place: the frame carries only where it is. A large
         // body of this process goes through the pool too when it has room now (one copy, and
         // the receiver reads it in place), else through the stream.
-        let lent = message.body.loan_for(&end.link).map(PoolLoan::run);
+        let lent_loan = message.body.loan_for(&end.link);
+        let lent = lent_loan.map(PoolLoan::run);
         let copied = match lent {
             // Only bytes of this process: a sealed body must stay sealed.
             None if message.body.is_owned() && message.body.len() >= POOL_THRESHOLD => {
@@ -110,12 +111,12 @@ impl WriteGuard<'_> {
         }
         .encode(body);
         // The pool may be handed the run back as soon as the frame is out: say so first.
-        let loan = message.body.loan_for(&end.link).or(copied.as_ref());
+        let loan = lent_loan.or(copied.as_ref());
         if let Some(loan) = loan {
             end.link.commit(loan);
         }
         let mut written = end.link.write_frame(&header, body, wait);
-        if let Some(loan) = message.body.loan_for(&end.link).or(copied.as_ref()) {
+        if let Some(loan) = loan {
             if written.is_ok() {
                 end.link.sent(loan);
             } else if let Err(violation) = end.link.withdraw(loan) {

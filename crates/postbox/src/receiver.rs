@@ -447,12 +447,13 @@ impl Receiver {
             if wait != Wait::NonBlocking && links.len() <= SPIN_LINKS {
                 self.spin.run(|| links.iter().any(|l| l.end.link().has_input()));
             }
-            let to_read: Vec<bool> = links.iter().map(|l| l.end.link().has_input()).collect();
             // Async receivers were woken by an edge-triggered epoll set: a hang-up it
             // reported once must be looked for now, so they always poll.
-            let skip = all_shared && !self.readiness.is_active() && !self.poll_due();
-            if skip && (to_read.contains(&true) || wait == Wait::NonBlocking) {
-                return read_links(&links, &to_read, &self.spec);
+            if all_shared && !self.readiness.is_active() && !self.poll_due() {
+                let to_read: Vec<bool> = links.iter().map(|l| l.end.link().has_input()).collect();
+                if to_read.contains(&true) || wait == Wait::NonBlocking {
+                    return read_links(&links, &to_read, &self.spec);
+                }
             }
         }
         self.polled();
