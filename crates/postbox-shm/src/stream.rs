@@ -10,6 +10,11 @@
 //! the other end see an impossible distance (reported as [`StreamError::Corrupt`]), never make
 //! it read or write outside the data.
 //!
+//! The producer remembers the last `head` it loaded and loads the shared word again only when
+//! that leaves too little room: the consumer's line is not pulled across cores on every write.
+//! It may also stage several writes and publish them with one store ([`StreamProducer::stage`],
+//! [`StreamProducer::publish`]), so a batch of frames costs the consumer one look.
+//!
 //! The stream carries bytes, not messages: frames are cut by the reader's frame decoder, which
 //! validates them as it would bytes from a socket.
 
@@ -63,7 +68,12 @@ pub struct Stream<M: StreamMemory> {
 #[derive(Debug)]
 pub struct StreamProducer<M: StreamMemory> {
     memory: Arc<M>,
+    /// Where the next byte goes (staged bytes included).
     tail: u64,
+    /// The `tail` last stored in the shared word.
+    published: u64,
+    /// The consumer's `head` as last loaded (checked then).
+    head_seen: u64,
 }
 
 /// The reading end. Takes `&mut self`: one consumer, by the type.
@@ -93,7 +103,14 @@ impl<M: StreamMemory> Stream<M> {
     #[must_use]
     pub fn producer(self) -> StreamProducer<M> {
         let tail = self.memory.tail().load(Ordering::Acquire);
-        StreamProducer { memory: self.memory, tail }
+        let head_seen = self.memory.head().load(Ordering::Acquire);
+        // An impossible head leaves no room until a load finds a possible one.
+        let head_seen = if tail.wrapping_sub(head_seen) > self.memory.capacity() {
+            tail.wrapping_sub(self.memory.capacity())
+        } else {
+            head_seen
+        };
+        StreamProducer { memory: self.memory, tail, published: tail, head_seen }
     }
 
     /// The reading end only (the writer is another process).
@@ -109,27 +126,84 @@ impl<M: StreamMemory> StreamProducer<M> {
     ///
     /// # Errors
     /// [`StreamError::Corrupt`] when the consumer's index is impossible.
-    pub fn free(&self) -> Result<usize, StreamError> {
+    pub fn free(&mut self) -> Result<usize, StreamError> {
         let memory = &*self.memory;
         // SYNC POINT: pairs with the consumer's Release store of `head` after copying bytes
         // out, so the space it covers is free to overwrite.
         let head = memory.head().load(Ordering::Acquire);
         let used = self.tail.wrapping_sub(head);
-        if used > memory.capacity() {
+        // The consumer cannot have freed bytes before the ones it freed last time.
+        if used > memory.capacity() || head.wrapping_sub(self.head_seen) > memory.capacity() {
             return Err(StreamError::Corrupt);
         }
+        self.head_seen = head;
         // At most `capacity`, which is a mapped size and so fits a `usize`.
         Ok((memory.capacity() - used) as usize)
     }
 
-    /// Copies as much of `bytes` as fits now and publishes it; returns how much (0 when full).
+    /// Room for at least `wanted` bytes, from the `head` seen last if it leaves enough, else
+    /// from a new look; returns the room found (which may be less).
+    fn room_for(&mut self, wanted: usize) -> Result<usize, StreamError> {
+        let used = self.tail.wrapping_sub(self.head_seen);
+        // `head_seen` was checked when it was loaded and `tail` grew only into room: at most
+        // `capacity`, which fits a `usize`.
+        let room = (self.memory.capacity() - used) as usize;
+        if room >= wanted {
+            return Ok(room);
+        }
+        self.free()
+    }
+
+    /// Copies as much of `bytes` as fits now and publishes it (with anything staged before);
+    /// returns how much (0 when full).
     ///
     /// # Errors
     /// [`StreamError::Corrupt`] when the consumer's index is impossible.
     pub fn write(&mut self, bytes: &[u8]) -> Result<usize, StreamError> {
-        let n = self.free()?.min(bytes.len());
+        let n = self.room_for(bytes.len())?.min(bytes.len());
+        self.copy_in(&bytes[..n]);
+        self.publish();
+        Ok(n)
+    }
+
+    /// Copies all of `parts` (one after the other) without publishing them, if they fit now;
+    /// false (nothing copied) if they do not. [`publish`](Self::publish) makes them visible.
+    ///
+    /// # Errors
+    /// [`StreamError::Corrupt`] when the consumer's index is impossible.
+    pub fn stage(&mut self, parts: &[&[u8]]) -> Result<bool, StreamError> {
+        let total = parts.iter().map(|p| p.len()).sum::<usize>();
+        if self.room_for(total)? < total {
+            return Ok(false);
+        }
+        for part in parts {
+            self.copy_in(part);
+        }
+        Ok(true)
+    }
+
+    /// Makes every staged byte visible to the consumer (one store).
+    pub fn publish(&mut self) {
+        if self.published != self.tail {
+            self.published = self.tail;
+            // SYNC POINT: publishes the bytes; pairs with the consumer's Acquire load of
+            // `tail`.
+            self.memory.tail().store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// True when bytes are staged but not published.
+    #[must_use]
+    pub fn has_staged(&self) -> bool {
+        self.published != self.tail
+    }
+
+    /// Copies `bytes`, which fit in the room last found, in at `tail` and advances it
+    /// (unpublished).
+    fn copy_in(&mut self, bytes: &[u8]) {
+        let n = bytes.len();
         if n == 0 {
-            return Ok(0);
+            return;
         }
         let memory = &*self.memory;
         let capacity = memory.capacity() as usize;
@@ -137,17 +211,15 @@ impl<M: StreamMemory> StreamProducer<M> {
         let offset = (self.tail & (memory.capacity() - 1)) as usize;
         let first = n.min(capacity - offset);
         // SAFETY: `copy_in`'s contract: this is the only producer (`&mut self`, one producer
-        // per stream); `offset + first <= capacity` and `first + (n - first) = n <= free`,
-        // so both pieces lie in space the consumer freed (from a `head` loaded with Acquire in
-        // `free`) that is unpublished until the store below.
+        // per stream); `offset + first <= capacity` and `first + (n - first) = n <= room`
+        // (every caller checked the room `room_for` found), so both pieces lie in space the
+        // consumer freed (from a `head` loaded with Acquire in `free`, now or before) that is
+        // unpublished until `publish` stores `tail`.
         unsafe {
             memory.copy_in(offset, &bytes[..first]);
             memory.copy_in(0, &bytes[first..n]);
         }
         self.tail = self.tail.wrapping_add(n as u64);
-        // SYNC POINT: publishes the bytes; pairs with the consumer's Acquire load of `tail`.
-        memory.tail().store(self.tail, Ordering::Release);
-        Ok(n)
     }
 
     /// Bytes of data in all.
@@ -419,7 +491,37 @@ mod tests {
         assert_eq!(consumer.read(&mut out), Err(StreamError::Corrupt));
         // ... or the consumer index, as the producer sees it.
         words[8] = 1 << 40;
-        assert_eq!(producer.write(b"x"), Err(StreamError::Corrupt));
+        assert_eq!(producer.free(), Err(StreamError::Corrupt));
+        // A write that fits the room seen before needs no new look; one that does not looks.
+        assert_eq!(producer.write(&[0; 13]), Err(StreamError::Corrupt));
+        // An index that moves back is as impossible.
+        words[8] = 0;
+        assert_eq!(producer.free().unwrap(), 12);
+        words[8] = 1;
+        assert_eq!(producer.free().unwrap(), 13);
+        words[8] = 0;
+        assert_eq!(producer.free(), Err(StreamError::Corrupt));
+    }
+
+    #[test]
+    fn staged_bytes_stay_invisible_until_published_and_go_whole_or_not_at_all() {
+        let (mut producer, mut consumer) = Stream::new(HeapStream::new(16)).split();
+        let mut out = [0u8; 16];
+        assert!(producer.stage(&[b"abc", b"de"]).unwrap());
+        assert!(producer.stage(&[b"fgh"]).unwrap());
+        assert!(producer.has_staged());
+        assert_eq!(consumer.read(&mut out).unwrap(), 0, "nothing published yet");
+        // Eight bytes staged: nine more do not fit, and none of them is copied.
+        assert!(!producer.stage(&[b"12345", b"6789"]).unwrap());
+        producer.publish();
+        assert!(!producer.has_staged());
+        assert_eq!(consumer.read(&mut out).unwrap(), 8);
+        assert_eq!(&out[..8], b"abcdefgh");
+        // The room the consumer freed is found again, across the wrap.
+        assert!(producer.stage(&[b"0123456789", b"abcdef"]).unwrap());
+        producer.publish();
+        assert_eq!(consumer.read(&mut out).unwrap(), 16);
+        assert_eq!(&out, b"0123456789abcdef");
     }
 
     #[test]

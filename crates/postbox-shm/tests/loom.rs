@@ -55,3 +55,20 @@ fn a_stream_reader_sees_every_byte_in_order_across_the_wrap() {
         writer.join().unwrap();
     });
 }
+
+#[test]
+fn a_stream_reader_sees_a_staged_batch_only_whole_after_its_publication() {
+    loom::model(|| {
+        let (mut producer, mut consumer) = Stream::new(HeapStream::new(8)).split();
+        let writer = loom::thread::spawn(move || {
+            assert!(producer.stage(&[&[1, 2], &[3]]).unwrap());
+            assert!(producer.stage(&[&[4]]).unwrap());
+            producer.publish();
+        });
+        let mut buf = [0u8; 8];
+        let n = consumer.read(&mut buf).unwrap();
+        // Nothing, or the whole batch: never part of it.
+        assert!(n == 0 || buf[..n] == [1, 2, 3, 4], "read {:?}", &buf[..n]);
+        writer.join().unwrap();
+    });
+}

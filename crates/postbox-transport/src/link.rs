@@ -53,6 +53,21 @@ impl Link {
         }
     }
 
+    /// Holds frames written from now on back until [`uncork`](Self::uncork), to publish a
+    /// batch at once ([`ShmLink::cork`]). A Unix link writes each frame as it comes.
+    pub fn cork(&self) {
+        if let Self::Shm(link) = self {
+            link.cork();
+        }
+    }
+
+    /// Publishes the frames held back since [`cork`](Self::cork) ([`ShmLink::uncork`]).
+    pub fn uncork(&self) {
+        if let Self::Shm(link) = self {
+            link.uncork();
+        }
+    }
+
     /// See [`UnixLink::write_available`] and [`ShmLink::write_available`].
     ///
     /// # Errors

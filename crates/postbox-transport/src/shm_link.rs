@@ -12,6 +12,10 @@
 //! forms).
 //! Sleeps are cut into slices; between slices the socket is checked for a hang-up, so a peer
 //! killed mid-wait is noticed within a slice even though nobody rings the doorbell for it.
+//!
+//! Batches: between [`ShmLink::cork`] and [`ShmLink::uncork`], frames that fit are copied into
+//! the stream but published (and the peer rung) only once, at the uncork, or earlier when a
+//! frame must wait for room (the reader has to see what is staged to make room).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,7 +50,7 @@ pub struct ShmLinkParts {
 #[derive(Debug)]
 pub struct ShmLink {
     socket: OwnedFd,
-    outbound: Mutex<StreamProducer<RegionStream>>,
+    outbound: Mutex<Outbound>,
     inbound: Mutex<StreamConsumer<RegionStream>>,
     outbound_pool: Mutex<PoolWriter>,
     inbound_pool: Arc<PoolReader>,
@@ -65,11 +69,17 @@ pub struct ShmLink {
     sealed_in: Mutex<PendingSealed>,
     /// The next sealed payload's sequence number.
     sealed_out: AtomicU64,
-    /// When the link was opened, and when the socket was last looked at (µs after that).
-    created: Instant,
+    /// When the socket was last looked at, on the coarse clock (µs).
     checked_at_us: AtomicU64,
     /// How long to spin before sleeping.
     spin: Spin,
+}
+
+/// This side's stream, and whether frames written to it wait for [`ShmLink::uncork`].
+#[derive(Debug)]
+struct Outbound {
+    stream: StreamProducer<RegionStream>,
+    corked: bool,
 }
 
 impl ShmLink {
@@ -82,7 +92,7 @@ impl ShmLink {
             open_link_segment(parts.segment, side).map_err(|_| TransportError::Corrupt)?;
         Ok(Self {
             socket: parts.socket,
-            outbound: Mutex::new(outbound),
+            outbound: Mutex::new(Outbound { stream: outbound, corked: false }),
             inbound: Mutex::new(inbound),
             outbound_pool: Mutex::new(outbound_pool),
             inbound_pool,
@@ -95,8 +105,7 @@ impl ShmLink {
             violated: AtomicBool::new(false),
             sealed_in: Mutex::new(PendingSealed::default()),
             sealed_out: AtomicU64::new(0),
-            created: Instant::now(),
-            checked_at_us: AtomicU64::new(0),
+            checked_at_us: AtomicU64::new(coarse_now_us()),
             spin: Spin::new(),
         })
     }
@@ -121,20 +130,25 @@ impl ShmLink {
             return Err(TransportError::Closed);
         }
         let total = header.len() + body.len();
-        if total <= out.capacity() {
+        let out = &mut *out;
+        if total <= out.stream.capacity() {
             // Whole or nothing: wait for room for all of it.
-            let room = |out: &StreamProducer<RegionStream>| out.free().map(|f| f >= total);
-            if !room(&out).map_err(corrupt)? {
-                self.wait_until(wait, || room(&out).unwrap_or(true))?;
-                if !room(&out).map_err(corrupt)? {
+            if !out.stream.stage(&[header, body]).map_err(corrupt)? {
+                // What is staged goes first: the reader must see it to make room.
+                self.publish(&mut out.stream);
+                let stream = &mut out.stream;
+                self.wait_until(wait, || stream.free().map_or(true, |f| f >= total))?;
+                if !out.stream.stage(&[header, body]).map_err(corrupt)? {
                     return Err(TransportError::Corrupt);
                 }
             }
-            out.write(header).map_err(corrupt)?;
-            out.write(body).map_err(corrupt)?;
-            self.ring_peer();
+            if !out.corked {
+                self.publish(&mut out.stream);
+            }
             return Ok(());
         }
+        self.publish(&mut out.stream);
+        let out = &mut out.stream;
         // Larger than the stream: piece by piece, finishing what was started.
         let mut wait = wait;
         let mut written = 0usize;
@@ -166,6 +180,27 @@ impl ShmLink {
         Ok(())
     }
 
+    /// Holds frames written from now on back from the peer until [`uncork`](Self::uncork)
+    /// (see the module's notes on batches).
+    pub fn cork(&self) {
+        lock(&self.outbound).corked = true;
+    }
+
+    /// Publishes the frames written since [`cork`](Self::cork), ringing the peer once.
+    pub fn uncork(&self) {
+        let mut out = lock(&self.outbound);
+        out.corked = false;
+        self.publish(&mut out.stream);
+    }
+
+    /// Publishes what is staged in `stream` and rings the peer, if anything is.
+    fn publish(&self, stream: &mut StreamProducer<RegionStream>) {
+        if stream.has_staged() {
+            stream.publish();
+            self.ring_peer();
+        }
+    }
+
     /// Writes as much of `bytes` as fits now, never blocking; returns how many were written.
     ///
     /// # Errors
@@ -174,7 +209,7 @@ impl ShmLink {
         if self.is_finished() {
             return Err(TransportError::Closed);
         }
-        let n = lock(&self.outbound).write(bytes).map_err(corrupt)?;
+        let n = lock(&self.outbound).stream.write(bytes).map_err(corrupt)?;
         if n > 0 {
             self.ring_peer();
         }
@@ -438,12 +473,12 @@ impl ShmLink {
         if self.hung_up.load(Ordering::Acquire) {
             return Ok(true);
         }
-        let elapsed = self.created.elapsed().as_micros() as u64;
+        let at = coarse_now_us();
         let last = self.checked_at_us.load(Ordering::Relaxed);
-        if !now && elapsed.saturating_sub(last) < HANGUP_CHECK_INTERVAL.as_micros() as u64 {
+        if !now && at.saturating_sub(last) < HANGUP_CHECK_INTERVAL.as_micros() as u64 {
             return Ok(false);
         }
-        self.checked_at_us.store(elapsed, Ordering::Relaxed);
+        self.checked_at_us.store(at, Ordering::Relaxed);
         let gone = self.socket_hung_up()?;
         if gone {
             self.hung_up.store(true, Ordering::Release);
@@ -520,6 +555,14 @@ impl Drop for ShmLink {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Microseconds on the coarse monotonic clock: a few nanoseconds to read (against tens for
+/// the precise one) and as fine as the kernel's tick (1–4 ms), enough to rate-limit the
+/// hang-up checks of every read and write.
+fn coarse_now_us() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (now.tv_sec as u64).saturating_mul(1_000_000) + now.tv_nsec as u64 / 1_000
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -753,8 +796,9 @@ mod tests {
             ShmLinkParts::pair(LinkShape::new(4096, 1 << 20)).unwrap();
         let client = ShmLink::open(client_parts, LinkSide::Client).unwrap();
         rustix::io::write(&server_parts.socket, b"junk").unwrap();
-        // A reader that finds nothing looks at the socket once per check interval.
-        std::thread::sleep(HANGUP_CHECK_INTERVAL * 2);
+        // A reader that finds nothing looks at the socket once per check interval (on a clock
+        // that moves by kernel ticks of up to 4 ms).
+        std::thread::sleep(HANGUP_CHECK_INTERVAL + Duration::from_millis(10));
         let mut decoder = FrameDecoder::new(1 << 20);
         assert_eq!(client.read_into(&mut decoder, Wait::NonBlocking), Err(TransportError::Corrupt));
     }
