@@ -9,7 +9,8 @@
 //!   receipt, the send time carried in the message on the system-wide monotonic clock, with
 //!   copied and with loaned (zero-copy) payloads; the raw baseline is half the round trip of a
 //!   ping-pong spinning on a shared word;
-//! - one-way throughput at 64 B: a burst of one-way messages, then one round trip.
+//! - one-way throughput at 64 B: a burst of one-way messages, then one round trip; sent one
+//!   by one to a receiver taking one at a time, and in batches to one taking batches.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -34,6 +35,8 @@ pub(crate) struct Options {
     pub(crate) placement: String,
     /// Fewer sizes and rounds: a smoke run.
     pub(crate) quick: bool,
+    /// Which measures to run: `call`, `busy`, `throughput`.
+    pub(crate) measures: Vec<String>,
 }
 
 /// What was measured.
@@ -49,6 +52,8 @@ enum Measure {
 enum Carrier {
     Shm,
     ShmZeroCopy,
+    /// Shared memory, [`Connection::send_batch`] to a receiver taking batches.
+    ShmBatch,
     Unix,
     RawSocketpair,
     RawFutex,
@@ -77,21 +82,29 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     };
     let sizes: &[usize] =
         if options.quick { &[64, 4096, 1 << 20] } else { &[64, 4096, 64 << 10, 1 << 20, 4 << 20] };
+    let wanted = Measure::parse_list(&options.measures)?;
     let shm = Broker::embedded_with(|c| c.shared_memory(true))?;
     let unix = Broker::embedded_with(|c| c.shared_memory(false))?;
-    let busy_steps = if placements.contains(&Placement::CrossCore) { sizes.len() } else { 0 };
-    let steps = placements.len() * (sizes.len() + 1) + busy_steps;
+    let size_steps = |measure| if wanted.contains(&measure) { sizes.len() } else { 0 };
+    let busy_steps = if placements.contains(&Placement::CrossCore) {
+        size_steps(Measure::OneWayBusy)
+    } else {
+        0
+    };
+    let per_placement =
+        size_steps(Measure::CallRtt) + usize::from(wanted.contains(&Measure::Throughput));
+    let steps = placements.len() * per_placement + busy_steps;
     let mut progress = Progress::new(steps);
     let mut records = Vec::new();
     let cpus = placement::allowed_cpus();
     for &place in &placements {
         let rig = Rig::start(&shm, &unix, place, sizes)?;
-        for &size in sizes {
+        for &size in sizes.iter().filter(|_| wanted.contains(&Measure::CallRtt)) {
             progress.step(&format!("{}, call round trip, {}", place.label(), size_label(size)));
             records.extend(rig.call_rtt(place, size, rounds_for(options.rounds, size))?);
         }
         // Busy-waiting on the core the peer needs only measures the scheduler's time slice.
-        if place == Placement::CrossCore {
+        if place == Placement::CrossCore && wanted.contains(&Measure::OneWayBusy) {
             for &size in sizes {
                 progress.step(&format!(
                     "{}, one-way busy-wait, {}",
@@ -101,9 +114,11 @@ pub(crate) fn run(options: &Options) -> Result<()> {
                 records.extend(rig.one_way_busy(place, size, rounds_for(options.rounds, size))?);
             }
         }
-        progress.step(&format!("{}, one-way throughput, 64 B", place.label()));
-        let burst = if options.quick { 20_000 } else { 200_000 };
-        records.extend(rig.throughput(place, burst)?);
+        if wanted.contains(&Measure::Throughput) {
+            progress.step(&format!("{}, one-way throughput, 64 B", place.label()));
+            let burst = if options.quick { 20_000 } else { 200_000 };
+            records.extend(rig.throughput(place, burst)?);
+        }
         drop(rig);
         placement::unpin_current_thread(&cpus)?;
     }
@@ -130,6 +145,8 @@ struct Rig {
     cpus: Vec<usize>,
     shm_echo: Connection,
     unix_echo: Connection,
+    /// To an echo server on shared memory that receives in batches.
+    shm_batch_echo: Connection,
     /// Per size: a raw socketpair echo and a raw futex ping-pong.
     raw: Vec<(usize, UnixStream, PingPong)>,
     raw_sink: UnixStream,
@@ -147,6 +164,8 @@ impl Rig {
             Placement::CrossCore => "cross",
         };
         let echo = format!("bench/echo-{tag}");
+        let batch_echo = format!("bench/batch-echo-{tag}");
+        let batch = THROUGHPUT_BATCH.to_string();
         let on_shm = Spawner { socket: shm.socket_path().to_owned() };
         let on_unix = Spawner { socket: unix.socket_path().to_owned() };
         let cpus = placement::allowed_cpus();
@@ -160,6 +179,7 @@ impl Rig {
                 vec![
                     on_shm.worker(&["echo", &echo, "--read-in-place"])?,
                     on_unix.worker(&["echo", &echo, "--read-in-place"])?,
+                    on_shm.worker(&["echo", &batch_echo, "--read-in-place", "--batch", &batch])?,
                 ];
             for &size in sizes {
                 let text = size.to_string();
@@ -179,6 +199,7 @@ impl Rig {
             place,
             shm_echo: shm_node.connect(&echo)?.read_replies_in_place(),
             unix_echo: unix_node.connect(&echo)?,
+            shm_batch_echo: shm_node.connect(&batch_echo)?,
             shm_node,
             unix_node,
             on_shm,
@@ -313,6 +334,17 @@ impl Rig {
             connection.call(Message::new(body.clone()))?;
             Ok(burst as f64 / start.elapsed().as_secs_f64())
         };
+        let batched = |connection: &Connection| -> Result<f64> {
+            let mut batch = Vec::with_capacity(THROUGHPUT_BATCH);
+            let start = Instant::now();
+            for sent in (0..burst).step_by(THROUGHPUT_BATCH) {
+                let n = THROUGHPUT_BATCH.min(burst - sent);
+                batch.extend((0..n).map(|_| Message::new(body.clone())));
+                connection.send_batch(&mut batch)?;
+            }
+            connection.call(Message::new(body.clone()))?;
+            Ok(burst as f64 / start.elapsed().as_secs_f64())
+        };
         let mut raw = || -> Result<f64> {
             let mut ack = [0u8; 1];
             let start = Instant::now();
@@ -325,13 +357,14 @@ impl Rig {
             sink.read_exact(&mut ack)?;
             Ok(burst as f64 / start.elapsed().as_secs_f64())
         };
-        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..THROUGHPUT_REPEATS {
             rates[0].push(postbox(&self.shm_echo)?);
-            rates[1].push(postbox(&self.unix_echo)?);
-            rates[2].push(raw()?);
+            rates[1].push(batched(&self.shm_batch_echo)?);
+            rates[2].push(postbox(&self.unix_echo)?);
+            rates[3].push(raw()?);
         }
-        let carriers = [Carrier::Shm, Carrier::Unix, Carrier::RawSocketpair];
+        let carriers = [Carrier::Shm, Carrier::ShmBatch, Carrier::Unix, Carrier::RawSocketpair];
         Ok(carriers
             .into_iter()
             .zip(rates)
@@ -445,6 +478,19 @@ impl Progress {
 }
 
 impl Measure {
+    /// The measures named on the command line (`call`, `busy`, `throughput`).
+    fn parse_list(names: &[String]) -> Result<Vec<Self>> {
+        names
+            .iter()
+            .map(|name| match name.trim() {
+                "call" => Ok(Self::CallRtt),
+                "busy" => Ok(Self::OneWayBusy),
+                "throughput" => Ok(Self::Throughput),
+                other => anyhow::bail!("unknown measure {other:?}: call, busy or throughput"),
+            })
+            .collect()
+    }
+
     fn key(self) -> &'static str {
         match self {
             Self::CallRtt => "call_rtt",
@@ -477,6 +523,7 @@ impl Carrier {
         match self {
             Self::Shm => "postbox_shm",
             Self::ShmZeroCopy => "postbox_shm_zero_copy",
+            Self::ShmBatch => "postbox_shm_batch",
             Self::Unix => "postbox_unix",
             Self::RawSocketpair => "raw_socketpair",
             Self::RawFutex => "raw_futex",
@@ -488,6 +535,7 @@ impl Carrier {
         match self {
             Self::Shm => "postbox shm",
             Self::ShmZeroCopy => "postbox shm loan",
+            Self::ShmBatch => "postbox shm batch",
             Self::Unix => "postbox unix",
             Self::RawSocketpair => "raw socketpair",
             Self::RawFutex => "raw futex",
@@ -538,10 +586,10 @@ fn print_tables(records: &[Record]) {
             println!("\n== {}, {}", measure.title(), place.label());
             let versus = format!("vs {}", measure.baseline().label());
             if measure == Measure::Throughput {
-                println!("  {:<8} {:<16} {:>14} {:>18}", "size", "carrier", "msgs/s", versus);
+                println!("  {:<8} {:<17} {:>13} {:>18}", "size", "carrier", "msgs/s", versus);
             } else {
                 println!(
-                    "  {:<8} {:<16} {:>11} {:>11} {:>11} {:>18}",
+                    "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>18}",
                     "size", "carrier", "p50", "p99", "p99.9", versus
                 );
             }
@@ -549,7 +597,7 @@ fn print_tables(records: &[Record]) {
                 let ratio = ratio(records, r).map_or("-".into(), |x| format!("{x:.2}x"));
                 match (&r.samples, r.rate) {
                     (Some(s), _) => println!(
-                        "  {:<8} {:<16} {:>11} {:>11} {:>11} {:>18}",
+                        "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>18}",
                         size_label(r.size),
                         r.carrier.label(),
                         micros(s.percentile(50.0)),
@@ -558,7 +606,7 @@ fn print_tables(records: &[Record]) {
                         ratio
                     ),
                     (None, Some(rate)) => println!(
-                        "  {:<8} {:<16} {:>14} {:>18}",
+                        "  {:<8} {:<17} {:>13} {:>18}",
                         size_label(r.size),
                         r.carrier.label(),
                         format!("{:.2} M", rate / 1e6),
@@ -629,14 +677,15 @@ fn targets(records: &[Record]) -> Vec<Target> {
                 });
             }
         }
-        if let Some(rate) = find(place, Measure::Throughput, 64, Carrier::Shm).and_then(|r| r.rate)
-        {
-            out.push(Target {
-                what: format!("{label}: one-way 64 B throughput, shm"),
-                reached: format!("{:.2} M/s", rate / 1e6),
-                goal: ">= 10 M/s",
-                met: rate >= 10e6,
-            });
+        for (carrier, how) in [(Carrier::Shm, "one by one"), (Carrier::ShmBatch, "batches")] {
+            if let Some(rate) = find(place, Measure::Throughput, 64, carrier).and_then(|r| r.rate) {
+                out.push(Target {
+                    what: format!("{label}: one-way 64 B throughput, shm, {how}"),
+                    reached: format!("{:.2} M/s", rate / 1e6),
+                    goal: ">= 10 M/s",
+                    met: rate >= 10e6,
+                });
+            }
         }
     }
     out
@@ -685,5 +734,7 @@ fn print_json(records: &[Record]) {
     println!("{out}");
 }
 
+/// Messages per [`Connection::send_batch`] (and most per receive) in the batched throughput.
+const THROUGHPUT_BATCH: usize = 64;
 /// Bursts per throughput figure; the median is reported.
 const THROUGHPUT_REPEATS: usize = 5;

@@ -141,6 +141,9 @@ enum Command {
         /// Fewer sizes, rounds and messages: a smoke run of every measure.
         #[arg(long)]
         quick: bool,
+        /// Only these measures (comma-separated): call, busy, throughput.
+        #[arg(long, value_delimiter = ',', default_value = "call,busy,throughput")]
+        measure: Vec<String>,
     },
     /// Helper processes used by the demo, the tests and the benches.
     #[command(hide = true, subcommand)]
@@ -205,9 +208,9 @@ fn main() {
         Command::Mailbox(MailboxCommand::Unlink { name }) => commands::mailbox_unlink(&name),
         Command::Call { name, text, timeout } => commands::call(&name, &text, timeout),
         Command::Demo { rounds, placement } => demo::run(rounds, &placement),
-        Command::Bench { json, rounds, placement, quick } => {
+        Command::Bench { json, rounds, placement, quick, measure } => {
             let rounds = if quick { rounds.min(2_000) } else { rounds };
-            bench::run(&bench::Options { json, rounds, placement, quick })
+            bench::run(&bench::Options { json, rounds, placement, quick, measures: measure })
         }
         Command::Worker(role) => worker::run(role),
     };

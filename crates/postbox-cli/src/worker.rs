@@ -44,6 +44,9 @@ pub(crate) enum Role {
         /// Read pooled payloads in place (trust the senders) instead of copying them out.
         #[arg(long)]
         read_in_place: bool,
+        /// Take up to this many waiting messages per receive (`recv_batch`).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// Send each TEXT to the inbox of process PID (`pid.generation`).
     SendTo {
@@ -152,9 +155,10 @@ pub(crate) fn run(role: Role) -> Result<()> {
             threads,
             describe,
             read_in_place,
+            batch,
         } => {
             let behaviour =
-                Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe };
+                Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe, batch };
             let node = Node::attach()?;
             let builder = node.port(&name);
             let builder = if read_in_place { builder.read_in_place() } else { builder };
@@ -320,47 +324,62 @@ struct Behaviour {
     reply_size: Option<usize>,
     print: bool,
     describe: bool,
+    batch: usize,
 }
 
 fn serve(port: &postbox::Port, b: Behaviour) {
-    let Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe } = b;
-    while let Ok(mut envelope) = port.recv() {
-        let Some(token) = envelope.take_reply_token() else {
-            if print {
-                println!("{}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()));
-            }
-            continue;
-        };
-        if delay_ms > 0 {
-            std::thread::sleep(Duration::from_millis(delay_ms));
+    if b.batch <= 1 {
+        while let Ok(envelope) = port.recv() {
+            answer(envelope, b);
         }
-        if no_reply {
-            drop(token);
-            continue;
-        }
-        let body = match reply_size {
-            Some(size) => vec![b'r'; size],
-            None if describe => {
-                let message = envelope.message();
-                let sum = message.body().iter().fold(0u64, |a, &b| a.wrapping_add(u64::from(b)));
-                format!(
-                    "{} bytes, read in place: {}, sealed: {}, byte sum {sum}",
-                    message.body().len(),
-                    message.is_zero_copy(),
-                    message.is_sealed()
-                )
-                .into_bytes()
-            }
-            None => envelope.into_message().into_body(),
-        };
-        if fail {
-            let _ = token.fail(Message::new(body));
-            continue;
-        }
-        let body = if upper { body.to_ascii_uppercase() } else { body };
-        // A caller that gave up or died is not this server's problem.
-        let _ = token.reply(Message::new(body));
+        return;
     }
+    let mut envelopes = Vec::with_capacity(b.batch);
+    while port.recv_batch(&mut envelopes, b.batch).is_ok() {
+        for envelope in envelopes.drain(..) {
+            answer(envelope, b);
+        }
+    }
+}
+
+/// Answers one message as `b` says.
+fn answer(mut envelope: postbox::Envelope, b: Behaviour) {
+    let Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe, batch: _ } = b;
+    let Some(token) = envelope.take_reply_token() else {
+        if print {
+            println!("{}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()));
+        }
+        return;
+    };
+    if delay_ms > 0 {
+        std::thread::sleep(Duration::from_millis(delay_ms));
+    }
+    if no_reply {
+        drop(token);
+        return;
+    }
+    let body = match reply_size {
+        Some(size) => vec![b'r'; size],
+        None if describe => {
+            let message = envelope.message();
+            let sum = message.body().iter().fold(0u64, |a, &b| a.wrapping_add(u64::from(b)));
+            format!(
+                "{} bytes, read in place: {}, sealed: {}, byte sum {sum}",
+                message.body().len(),
+                message.is_zero_copy(),
+                message.is_sealed()
+            )
+            .into_bytes()
+        }
+        None => envelope.into_message().into_body(),
+    };
+    if fail {
+        let _ = token.fail(Message::new(body));
+        return;
+    }
+    let body = if upper { body.to_ascii_uppercase() } else { body };
+    // A caller that gave up or died is not this server's problem.
+    let _ = token.reply(Message::new(body));
 }
 
 /// Pulls one message from a mailbox by hand (docs/wire-format.md §2.8) and holds it unacknowledged.

@@ -116,6 +116,13 @@ impl SendWindow {
         self.sent
     }
 
+    /// Takes back the last [`on_sent`](Self::on_sent) of a message of `len` bytes that was
+    /// counted before it was written and then not written (its number is given again).
+    pub fn on_unsent(&mut self, len: u64) {
+        self.sent = self.sent.saturating_sub(1).max(self.released.messages);
+        self.sent_bytes = self.sent_bytes.saturating_sub(len).max(self.released.bytes);
+    }
+
     /// Applies a credit from the receiver. Older credits than the last one are ignored.
     ///
     /// # Errors
@@ -175,8 +182,13 @@ impl ReleaseCounter {
 
     /// Records that a message of `len` bytes left the queue (taken or dropped).
     pub fn on_release(&mut self, len: u64) {
-        self.released.messages += 1;
-        self.released.bytes += len;
+        self.on_release_many(1, len);
+    }
+
+    /// Records that `messages` messages of `bytes` body bytes in all left the queue.
+    pub fn on_release_many(&mut self, messages: u64, bytes: u64) {
+        self.released.messages += messages;
+        self.released.bytes += bytes;
     }
 
     /// The credit to send now, if any: always when `urgent` and something is unreported,
@@ -248,6 +260,22 @@ mod tests {
         let credit = receiver.poll_credit(false).unwrap();
         receiver.credit_sent(credit);
         assert_eq!(receiver.poll_credit(true), None, "nothing unreported");
+    }
+
+    #[test]
+    fn a_message_counted_then_not_written_gives_its_number_and_room_back() {
+        let mut window = SendWindow::new(&spec(Capacity::Bounded(2)));
+        assert_eq!(window.on_sent(7), 1);
+        assert_eq!(window.on_sent(9), 2);
+        assert_eq!(window.admit(1), Admission::Full);
+        window.on_unsent(9);
+        assert_eq!(window.in_flight(), (1, 7));
+        assert_eq!(window.admit(1), Admission::Now);
+        assert_eq!(window.on_sent(4), 2, "the number is given again");
+        // Never below what the receiver already released.
+        window.handle_credit(Credit { messages: 2, bytes: 11 }).unwrap();
+        window.on_unsent(100);
+        assert_eq!(window.in_flight(), (0, 0));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! table, credits in the send window), then wakes the rest. No background thread sits
 //! between the socket and the caller.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use postbox_transport::{Link, TransportError, Wait};
 
 use crate::condvar::wait_until;
 use crate::error::CallError;
-use crate::link::{LinkEnd, WriteFailure};
+use crate::link::{LinkEnd, WriteFailure, WriteGuard};
 use crate::node::NodeShared;
 use crate::readiness::Readiness;
 use crate::Message;
@@ -49,6 +50,9 @@ pub(crate) struct ClientLink {
     max_reply: u32,
     /// Pooled replies are read in place (the caller trusts the server), not copied out.
     pub(crate) read_in_place: std::sync::atomic::AtomicBool,
+    /// Messages this side dropped (drop-oldest, link full in the kernel too), to be reported
+    /// with the next one-way frame.
+    dropped_unreported: AtomicU64,
     node: Weak<NodeShared>,
     /// For the async forms: the link's readiness, and "another thread filed something".
     readiness: Readiness,
@@ -58,9 +62,6 @@ pub(crate) struct ClientLink {
 struct ClientState {
     calls: CallTable<Outcome>,
     window: SendWindow,
-    /// Messages this side dropped (drop-oldest, link full in the kernel too), to be reported
-    /// with the next one-way frame.
-    dropped_unreported: u64,
     reading: bool,
     broken: Option<Broken>,
     /// Threads blocked on `changed`: notifying costs a system call, so only when there are any.
@@ -129,7 +130,6 @@ impl ClientLink {
             state: Mutex::new(ClientState {
                 calls: CallTable::new(),
                 window: SendWindow::new(&spec),
-                dropped_unreported: 0,
                 reading: false,
                 broken: None,
                 waiting: 0,
@@ -138,6 +138,7 @@ impl ClientLink {
             decoder: Mutex::new(FrameDecoder::new(host_max)),
             max_reply: host_max,
             read_in_place: std::sync::atomic::AtomicBool::new(false),
+            dropped_unreported: AtomicU64::new(0),
             node,
             readiness,
         })
@@ -180,6 +181,82 @@ impl ClientLink {
         confirm: bool,
         may_leave_pending: bool,
     ) -> Result<Option<u64>, OnewayFailure> {
+        self.write_oneway_held(&mut None, false, message, wait, confirm, may_leave_pending)
+    }
+
+    /// Sends the one-way messages of `batch` in order, under one entry to the link and
+    /// published to the receiver together (one wake-up), except where a message must wait for
+    /// room (what was written goes first). Sent messages are drained from `batch`; on a
+    /// failure the unsent ones stay in it, the failed one first. A rendezvous port takes them
+    /// one by one, each waiting for the receiver.
+    pub(crate) fn send_batch(
+        &self,
+        batch: &mut Vec<Message>,
+        wait: Wait,
+    ) -> Result<(), OnewayFailure> {
+        let mut sent = 0;
+        let result = if self.spec.capacity == Capacity::Rendezvous {
+            batch.iter_mut().try_for_each(|message| {
+                let result = self.send_oneway(message, wait, false);
+                // A message not taken in time is in the link all the same.
+                if matches!(result, Ok(()) | Err(OnewayFailure::NotTaken)) {
+                    sent += 1;
+                }
+                result
+            })
+        } else {
+            let mut held = None;
+            batch.iter_mut().try_for_each(|message| {
+                self.write_batched(&mut held, message, wait)?;
+                sent += 1;
+                Ok(())
+            })
+        };
+        batch.drain(..sent);
+        result
+    }
+
+    /// Like [`send_batch`](Self::send_batch) with no wait, awaiting readiness (tokio) while
+    /// the link is full.
+    pub(crate) async fn send_batch_async(
+        &self,
+        batch: &mut Vec<Message>,
+    ) -> Result<(), OnewayFailure> {
+        self.watch_link();
+        loop {
+            match self.send_batch(batch, Wait::NonBlocking) {
+                Err(OnewayFailure::Full) if self.spec.overflow == Overflow::Block => {
+                    self.request_credit();
+                    self.readiness.wait().await.map_err(|_| OnewayFailure::Disconnected)?;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One message of a batch: written under the guard in `held`, entered (corked) if empty.
+    fn write_batched<'a>(
+        &'a self,
+        held: &mut Option<WriteGuard<'a>>,
+        message: &mut Message,
+        wait: Wait,
+    ) -> Result<(), OnewayFailure> {
+        self.write_oneway_held(held, true, message, wait, false, false).map(drop)
+    }
+
+    /// As [`write_oneway`](Self::write_oneway), writing under the guard in `held`, entered
+    /// when it is empty (for a `batch`, with [`LinkEnd::enter_batch`]); a batch passes the one
+    /// its previous message used. A wait for credit drops it first (publishing what the batch
+    /// wrote, which the receiver must see to give credit).
+    fn write_oneway_held<'a>(
+        &'a self,
+        held: &mut Option<WriteGuard<'a>>,
+        batch: bool,
+        message: &mut Message,
+        wait: Wait,
+        confirm: bool,
+        may_leave_pending: bool,
+    ) -> Result<Option<u64>, OnewayFailure> {
         let len = message.body.len() as u64;
         if len > u64::from(self.end.max_body()) {
             return Err(OnewayFailure::TooLarge(u64::from(self.end.max_body())));
@@ -192,21 +269,34 @@ impl ClientLink {
         }
         let kind = if confirm { FrameKind::Confirmed } else { FrameKind::Oneway };
         let number = loop {
-            let Some(guard) = self.end.enter(wait) else { return Err(full_or_timeout(wait)) };
-            let admission = {
-                let state = self.lock();
+            let guard = match held {
+                Some(guard) => &*guard,
+                None => {
+                    let entered =
+                        if batch { self.end.enter_batch(wait) } else { self.end.enter(wait) };
+                    &*held.insert(entered.ok_or_else(|| full_or_timeout(wait))?)
+                }
+            };
+            // A message admitted now is counted as sent at once (one lock per message), and
+            // taken back if it is not written.
+            let admit = |state: &mut ClientState| {
+                let admission = state.window.admit(len);
+                (admission, (admission == Admission::Now).then(|| state.window.on_sent(len)))
+            };
+            let (admission, counted) = {
+                let mut state = self.lock();
                 if state.broken.is_some() {
                     return Err(OnewayFailure::Disconnected);
                 }
-                state.window.admit(len)
+                admit(&mut state)
             };
-            let admission = match admission {
+            let (admission, counted) = match admission {
                 Admission::Full if self.spec.overflow == Overflow::Block => {
                     // Credit may be waiting unread on the link.
                     self.read_available();
-                    self.lock().window.admit(len)
+                    admit(&mut self.lock())
                 }
-                other => other,
+                other => (other, counted),
             };
             let write_wait = match (admission, self.spec.overflow) {
                 (Admission::Never, _) => {
@@ -225,7 +315,7 @@ impl ClientLink {
                     // of the link was full) sends it again when this arrives.
                     let mut request = Message::new(Vec::new());
                     let _ = guard.write(FrameKind::Credit, &mut request, 0, Wait::NonBlocking);
-                    drop(guard);
+                    *held = None;
                     let room = |s: &mut ClientState| {
                         (s.window.admit(len) != Admission::Full).then_some(())
                     };
@@ -241,12 +331,19 @@ impl ClientLink {
                     }
                 }
             };
-            let dropped = std::mem::take(&mut self.lock().dropped_unreported);
+            // Only drop-oldest ports ever drop: others skip the atomic exchange.
+            let dropped = match self.dropped_unreported.load(Ordering::Relaxed) {
+                0 => 0,
+                _ => self.dropped_unreported.swap(0, Ordering::Relaxed),
+            };
             match guard.write(kind, message, dropped, write_wait) {
-                Ok(()) => break self.lock().window.on_sent(len),
+                Ok(()) => break counted.unwrap_or_else(|| self.lock().window.on_sent(len)),
                 Err(failure) => {
                     let mut state = self.lock();
-                    state.dropped_unreported += dropped;
+                    if counted.is_some() {
+                        state.window.on_unsent(len);
+                    }
+                    self.dropped_unreported.fetch_add(dropped, Ordering::Relaxed);
                     return match failure {
                         WriteFailure::TooLarge(limit) => {
                             Err(OnewayFailure::TooLarge(u64::from(limit)))
@@ -259,7 +356,7 @@ impl ClientLink {
                         WriteFailure::Full if self.spec.overflow == Overflow::DropOldest => {
                             // The kernel's buffer is full too: this message is the one lost,
                             // counted and reported with the next frame.
-                            state.dropped_unreported += 1;
+                            self.dropped_unreported.fetch_add(1, Ordering::Relaxed);
                             Ok(None)
                         }
                         WriteFailure::Full => Err(full_or_timeout(wait)),

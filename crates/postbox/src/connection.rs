@@ -7,7 +7,9 @@ use postbox_core::{LinkId, PeerIdentity, PortSpec};
 use postbox_transport::{Link, Wait};
 
 use crate::client_link::{ClientLink, OnewayFailure};
-use crate::error::{CallError, LoanError, SendError, SendTimeoutError, TrySendError};
+use crate::error::{
+    CallError, LoanError, SendBatchError, SendError, SendTimeoutError, TrySendError,
+};
 use crate::node::NodeShared;
 use crate::{Message, ProcessId};
 
@@ -88,6 +90,48 @@ impl Connection {
             Ok(()) => Ok(()),
             Err(failure) => Err(send_error(failure, message)),
         }
+    }
+
+    /// Sends the one-way messages of `batch` in order, as [`send`](Self::send) would one by
+    /// one, but as one write: on a shared-memory link the receiver sees them together and is
+    /// woken once. Sent messages are drained from `batch`, which is empty on success. Where a
+    /// message must wait for room, the ones before it are delivered first. A rendezvous port
+    /// takes them one by one.
+    ///
+    /// # Errors
+    /// [`SendBatchError`]; the messages not sent stay in `batch`, the one that failed first.
+    pub fn send_batch(&self, batch: &mut Vec<Message>) -> Result<(), SendBatchError> {
+        self.link.send_batch(batch, Wait::Forever).map_err(batch_error)
+    }
+
+    /// Like [`send_batch`](Self::send_batch), sending only what the link has room for now.
+    ///
+    /// # Errors
+    /// [`SendBatchError::Full`] when some did not fit (they stay in `batch`), and as
+    /// [`send_batch`](Self::send_batch).
+    pub fn try_send_batch(&self, batch: &mut Vec<Message>) -> Result<(), SendBatchError> {
+        self.link.send_batch(batch, Wait::NonBlocking).map_err(batch_error)
+    }
+
+    /// Like [`send_batch`](Self::send_batch), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`SendBatchError::Timeout`] when some were not sent in time (they stay in `batch`), and
+    /// as [`send_batch`](Self::send_batch).
+    pub fn send_batch_timeout(
+        &self,
+        batch: &mut Vec<Message>,
+        timeout: Duration,
+    ) -> Result<(), SendBatchError> {
+        self.link.send_batch(batch, Wait::timeout(timeout)).map_err(batch_error)
+    }
+
+    /// Like [`send_batch`](Self::send_batch), without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// As [`send_batch`](Self::send_batch).
+    pub async fn send_batch_async(&self, batch: &mut Vec<Message>) -> Result<(), SendBatchError> {
+        self.link.send_batch_async(batch).await.map_err(batch_error)
     }
 
     /// Sends a one-way message and returns only once the receiver holds it (it was taken by a
@@ -301,6 +345,16 @@ fn send_error(failure: OnewayFailure, message: Message) -> SendError {
             SendError::Full(message)
         }
         OnewayFailure::Disconnected => SendError::Disconnected(message),
+    }
+}
+
+fn batch_error(failure: OnewayFailure) -> SendBatchError {
+    match failure {
+        OnewayFailure::TooLarge(limit) => SendBatchError::TooLarge { limit: clamp(limit) },
+        OnewayFailure::Full => SendBatchError::Full,
+        OnewayFailure::Timeout => SendBatchError::Timeout,
+        OnewayFailure::NotTaken => SendBatchError::NotTaken,
+        OnewayFailure::Disconnected => SendBatchError::Disconnected,
     }
 }
 

@@ -84,6 +84,33 @@ pub enum SendTimeoutError {
     },
 }
 
+/// Failure of a batch send ([`Connection::send_batch`](crate::Connection::send_batch)). The
+/// messages not sent stay in the batch, in order, the one that failed first: nothing is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendBatchError {
+    /// The link is full: the receiver is not keeping up (non-blocking sends, and ports that
+    /// fail instead of waiting).
+    #[error("the link is full")]
+    Full,
+    /// The link stayed full until the deadline.
+    #[error("the link stayed full until the deadline")]
+    Timeout,
+    /// On a rendezvous port: the last message sent (no longer in the batch) was not taken by
+    /// the receiver before the deadline. It is still in the link and may yet be taken.
+    #[error("sent, but not taken by the receiver before the deadline")]
+    NotTaken,
+    /// The receiving side is gone.
+    #[error("the receiver is gone")]
+    Disconnected,
+    /// The first message left exceeds the host's maximum message size.
+    #[error("a message exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u32,
+    },
+}
+
 /// Failure to lend space for a zero-copy payload ([`Connection::loan`](crate::Connection::loan)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

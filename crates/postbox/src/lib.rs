@@ -62,7 +62,7 @@ pub use connection::Connection;
 pub use envelope::{Envelope, ReplyToken, REPLY_WAIT};
 pub use error::{
     BrokerRequestError, CallError, ConnectError, LoanError, NodeError, OpenError, RecvError,
-    RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    RecvTimeoutError, SendBatchError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use mailbox::{Mailbox, MailboxBuilder};
 pub use message::{BodyError, Message};

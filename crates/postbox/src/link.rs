@@ -44,6 +44,8 @@ struct GateGuard<'a>(&'a WriteGate);
 #[derive(Debug)]
 pub(crate) struct WriteGuard<'a> {
     end: &'a LinkEnd,
+    /// Frames written under this guard are published together when it drops.
+    corked: bool,
     _gate: GateGuard<'a>,
 }
 
@@ -250,7 +252,16 @@ impl LinkEnd {
     /// at most.
     pub(crate) fn enter(&self, wait: Wait) -> Option<WriteGuard<'_>> {
         let gate = self.writer.enter(wait)?;
-        Some(WriteGuard { end: self, _gate: gate })
+        Some(WriteGuard { end: self, corked: false, _gate: gate })
+    }
+
+    /// Like [`enter`](Self::enter), for a batch: the frames written under the guard reach the
+    /// peer together (one publication, one wake-up) when it drops. Drop it before waiting
+    /// for anything the peer must do.
+    pub(crate) fn enter_batch(&self, wait: Wait) -> Option<WriteGuard<'_>> {
+        let gate = self.writer.enter(wait)?;
+        self.link.cork();
+        Some(WriteGuard { end: self, corked: true, _gate: gate })
     }
 
     /// The largest body this link carries.
@@ -285,6 +296,14 @@ impl LinkEnd {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.link.shutdown();
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if self.corked {
+            self.end.link.uncork();
+        }
     }
 }
 

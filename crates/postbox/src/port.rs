@@ -194,6 +194,62 @@ macro_rules! receive_methods {
             self.receive(selector, Wait::timeout(timeout)).map_err(timeout_error)
         }
 
+        /// Waits for the next message, then takes up to `max` waiting ones (at least one)
+        /// into `out` in one go; returns how many. With [`Connection::send_batch`] on the
+        /// other side, the way to move many small messages (docs/benchmarks.md).
+        ///
+        /// [`Connection::send_batch`]: crate::Connection::send_batch
+        ///
+        /// # Errors
+        /// [`RecvError::Closed`].
+        pub fn recv_batch(&self, out: &mut Vec<Envelope>, max: usize) -> Result<usize, RecvError> {
+            self.receive_batch(Wait::Forever, out, max).map_err(|_| RecvError::Closed)
+        }
+
+        /// Like [`recv_batch`](Self::recv_batch), without blocking.
+        ///
+        /// # Errors
+        /// [`TryRecvError::Empty`] or [`TryRecvError::Closed`].
+        pub fn try_recv_batch(
+            &self,
+            out: &mut Vec<Envelope>,
+            max: usize,
+        ) -> Result<usize, TryRecvError> {
+            self.receive_batch(Wait::NonBlocking, out, max).map_err(|f| match f {
+                ReceiveFailure::Empty => TryRecvError::Empty,
+                ReceiveFailure::Closed => TryRecvError::Closed,
+            })
+        }
+
+        /// Like [`recv_batch`](Self::recv_batch), waiting at most `timeout` for the first.
+        ///
+        /// # Errors
+        /// [`RecvTimeoutError::Timeout`] or [`RecvTimeoutError::Closed`].
+        pub fn recv_batch_timeout(
+            &self,
+            out: &mut Vec<Envelope>,
+            max: usize,
+            timeout: Duration,
+        ) -> Result<usize, RecvTimeoutError> {
+            self.receive_batch(Wait::timeout(timeout), out, max).map_err(timeout_error)
+        }
+
+        /// Like [`recv_batch`](Self::recv_batch), without blocking the thread (tokio).
+        ///
+        /// # Errors
+        /// [`RecvError::Closed`].
+        pub async fn recv_batch_async(
+            &self,
+            out: &mut Vec<Envelope>,
+            max: usize,
+        ) -> Result<usize, RecvError> {
+            let node = &self.node;
+            self.receiver
+                .recv_batch_async(Selector::ANY, &|link| node.report_link_closed(link), max, out)
+                .await
+                .map_err(|_| RecvError::Closed)
+        }
+
         /// Waits for the next message without blocking the thread (tokio): readiness of the
         /// links is awaited, no thread is spent. Usable beside the blocking forms.
         ///
@@ -225,6 +281,22 @@ macro_rules! receive_methods {
         #[must_use]
         pub fn connection_count(&self) -> usize {
             self.receiver.link_count()
+        }
+
+        fn receive_batch(
+            &self,
+            wait: Wait,
+            out: &mut Vec<Envelope>,
+            max: usize,
+        ) -> Result<usize, ReceiveFailure> {
+            let node = &self.node;
+            self.receiver.recv_batch(
+                Selector::ANY,
+                wait,
+                &|link| node.report_link_closed(link),
+                max,
+                out,
+            )
         }
 
         fn receive(&self, selector: Selector, wait: Wait) -> Result<Envelope, ReceiveFailure> {

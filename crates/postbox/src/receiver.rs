@@ -68,6 +68,34 @@ struct Queued {
     confirm: bool,
 }
 
+/// Envelopes of one link handed out together, to be released on it.
+#[derive(Debug)]
+struct Released {
+    link: Arc<ServerLink>,
+    /// One-way messages, and their body bytes.
+    messages: u64,
+    bytes: u64,
+    calls: u64,
+    /// A confirmed sender waits: credit goes at once.
+    urgent: bool,
+}
+
+impl Released {
+    fn new(link: Arc<ServerLink>) -> Self {
+        Self { link, messages: 0, bytes: 0, calls: 0, urgent: false }
+    }
+
+    fn add(&mut self, counted: bool, confirm: bool, len: u64) {
+        if counted {
+            self.messages += 1;
+            self.bytes += len;
+            self.urgent |= confirm;
+        } else {
+            self.calls += 1;
+        }
+    }
+}
+
 /// One receive endpoint (a port or an inbox).
 #[derive(Debug)]
 pub(crate) struct Receiver {
@@ -234,10 +262,39 @@ impl Receiver {
         wait: Wait,
         on_dead: &dyn Fn(LinkId),
     ) -> Result<Envelope, ReceiveFailure> {
+        let mut taken = None;
+        self.recv_into(selector, wait, on_dead, 1, &mut |envelope| taken = Some(envelope))?;
+        taken.ok_or(ReceiveFailure::Empty)
+    }
+
+    /// Takes up to `max` (at least one) envelopes `selector` picks into `out`, waiting up to
+    /// `wait` for the first; returns how many.
+    pub(crate) fn recv_batch(
+        &self,
+        selector: Selector,
+        wait: Wait,
+        on_dead: &dyn Fn(LinkId),
+        max: usize,
+        out: &mut Vec<Envelope>,
+    ) -> Result<usize, ReceiveFailure> {
+        self.recv_into(selector, wait, on_dead, max.max(1), &mut |envelope| out.push(envelope))
+    }
+
+    /// Hands up to `max` envelopes `selector` picks to `sink` once there is one, waiting up
+    /// to `wait`; returns how many.
+    fn recv_into(
+        &self,
+        selector: Selector,
+        wait: Wait,
+        on_dead: &dyn Fn(LinkId),
+        max: usize,
+        sink: &mut dyn FnMut(Envelope),
+    ) -> Result<usize, ReceiveFailure> {
         let mut state = self.lock();
         loop {
-            if let Some((_, queued)) = state.queue.pop(selector) {
-                return Ok(self.deliver(&mut state, queued));
+            let taken = self.take(&mut state, selector, max, sink);
+            if taken > 0 {
+                return Ok(taken);
             }
             if state.closed {
                 return Err(ReceiveFailure::Closed);
@@ -272,13 +329,50 @@ impl Receiver {
             }
             if wait.expired() {
                 // The wait is over: one last look for a message this receiver may take.
-                return match state.queue.pop(selector) {
-                    Some((_, queued)) => Ok(self.deliver(&mut state, queued)),
-                    None if state.closed => Err(ReceiveFailure::Closed),
-                    None => Err(ReceiveFailure::Empty),
+                return match self.take(&mut state, selector, max, sink) {
+                    0 if state.closed => Err(ReceiveFailure::Closed),
+                    0 => Err(ReceiveFailure::Empty),
+                    taken => Ok(taken),
                 };
             }
         }
+    }
+
+    /// Hands up to `max` queued envelopes `selector` picks to `sink`; returns how many.
+    fn take(
+        &self,
+        state: &mut ReceiverState,
+        selector: Selector,
+        max: usize,
+        sink: &mut dyn FnMut(Envelope),
+    ) -> usize {
+        let mut taken = 0;
+        // Consecutive envelopes of one link are released on it together (one lock, at most
+        // one credit).
+        let mut run: Option<Released> = None;
+        while taken < max {
+            let Some((_, queued)) = state.queue.pop(selector) else { break };
+            let Queued { link, mut envelope, counted, confirm } = queued;
+            let len = envelope.message.body.len() as u64;
+            match &mut run {
+                Some(r) if Arc::ptr_eq(&r.link, &link) => r.add(counted, confirm, len),
+                _ => {
+                    if let Some(done) = run.replace(Released::new(link)) {
+                        self.release(done);
+                    }
+                    if let Some(r) = &mut run {
+                        r.add(counted, confirm, len);
+                    }
+                }
+            }
+            envelope.lost = std::mem::take(&mut state.lost_pending);
+            sink(envelope);
+            taken += 1;
+        }
+        if let Some(done) = run {
+            self.release(done);
+        }
+        taken
     }
 
     /// Reads whatever the links hold now into the queue, without taking anything (so that
@@ -333,22 +427,43 @@ impl Receiver {
         selector: Selector,
         on_dead: &(dyn Fn(LinkId) + Sync),
     ) -> Result<Envelope, ReceiveFailure> {
-        {
-            // From now on every link of this endpoint is watched (under the lock that
-            // `add_link` takes, so none is missed).
-            let state = self.lock();
-            if self.readiness.activate() {
-                for link in &state.links {
-                    link.end.watch(&self.readiness);
-                }
-            }
-        }
+        self.watch_links();
         loop {
             match self.recv(selector, Wait::NonBlocking, on_dead) {
                 Err(ReceiveFailure::Empty) => {}
                 done => return done,
             }
             self.readiness.wait().await.map_err(|_| ReceiveFailure::Closed)?;
+        }
+    }
+
+    /// Like [`recv_batch`](Self::recv_batch) with no wait, awaiting readiness (tokio) in
+    /// between.
+    pub(crate) async fn recv_batch_async(
+        &self,
+        selector: Selector,
+        on_dead: &(dyn Fn(LinkId) + Sync),
+        max: usize,
+        out: &mut Vec<Envelope>,
+    ) -> Result<usize, ReceiveFailure> {
+        self.watch_links();
+        loop {
+            match self.recv_batch(selector, Wait::NonBlocking, on_dead, max, out) {
+                Err(ReceiveFailure::Empty) => {}
+                done => return done,
+            }
+            self.readiness.wait().await.map_err(|_| ReceiveFailure::Closed)?;
+        }
+    }
+
+    /// From now on every link of this endpoint is watched by the readiness the async forms
+    /// await (under the lock that `add_link` takes, so none is missed).
+    fn watch_links(&self) {
+        let state = self.lock();
+        if self.readiness.activate() {
+            for link in &state.links {
+                link.end.watch(&self.readiness);
+            }
         }
     }
 
@@ -399,34 +514,29 @@ impl Receiver {
         Ok(())
     }
 
-    /// Hands a queued envelope out: releases it on its link (credit to its sender), lets the
-    /// link be read again if it was at its limit, and attaches the count of messages lost
-    /// since the last one.
-    fn deliver(&self, state: &mut ReceiverState, queued: Queued) -> Envelope {
-        let Queued { link, mut envelope, counted, confirm } = queued;
-        let len = envelope.message.body.len() as u64;
-        let was_full = link.is_full(&self.spec);
-        {
+    /// Releases envelopes handed out on their link: credit to its sender, and the link may be
+    /// read again if it was at its limit.
+    fn release(&self, released: Released) {
+        let Released { link, messages, bytes, calls, urgent } = released;
+        let was_full = {
+            // One lock for the counts, the limit and the credit.
             let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if counted {
-                flow.messages -= 1;
-                flow.bytes -= len;
-                flow.release.on_release(len);
-            } else {
-                flow.calls -= 1;
+            let was_full = flow.is_full(&self.spec);
+            flow.calls -= calls;
+            if messages > 0 {
+                flow.messages -= messages;
+                flow.bytes -= bytes;
+                flow.release.on_release_many(messages, bytes);
+                link.send_credit(&mut flow, urgent);
             }
-        }
-        if counted {
-            link.flush_credit(confirm);
-        }
-        if was_full && !link.is_full(&self.spec) {
+            was_full && !flow.is_full(&self.spec)
+        };
+        if was_full {
             // The leader may be polling without this link, and async receivers may have
             // missed its data while it was left unread: make them look again.
             self.waker.wake();
             self.readiness.signal();
         }
-        envelope.lost = std::mem::take(&mut state.lost_pending);
-        envelope
     }
 
     /// Polls the links (and the waker) once, reading every ready link that is not at its
@@ -523,23 +633,34 @@ impl ServerLink {
     /// (unless drop-oldest, which must read to drop), or its queued calls or bytes reached the
     /// limits that protect memory.
     fn is_full(&self, spec: &PortSpec) -> bool {
-        let flow = self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at_capacity = spec.overflow != Overflow::DropOldest
-            && (flow.messages >= spec.message_window()
-                || flow.bytes >= spec.byte_window().min(LINK_QUEUE_BYTES));
-        at_capacity || flow.calls >= LINK_QUEUE_CALLS
+        self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_full(spec)
     }
 
     /// Sends the link's credit if one is due (or anything unreported, when `urgent`). Never
     /// blocks: a credit that does not fit now goes with a later one (they are cumulative).
     pub(crate) fn flush_credit(&self, urgent: bool) {
         let mut flow = self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.send_credit(&mut flow, urgent);
+    }
+
+    /// [`flush_credit`](Self::flush_credit) under the flow lock the caller holds.
+    fn send_credit(&self, flow: &mut LinkFlow, urgent: bool) {
         let Some(credit) = flow.release.poll_credit(urgent) else { return };
         let Some(guard) = self.end.enter(Wait::NonBlocking) else { return };
         let mut message = Message::new(credit.to_bytes().to_vec());
         if guard.write(FrameKind::Credit, &mut message, 0, Wait::NonBlocking).is_ok() {
             flow.release.credit_sent(credit);
         }
+    }
+}
+
+impl LinkFlow {
+    /// See [`ServerLink::is_full`].
+    fn is_full(&self, spec: &PortSpec) -> bool {
+        let at_capacity = spec.overflow != Overflow::DropOldest
+            && (self.messages >= spec.message_window()
+                || self.bytes >= spec.byte_window().min(LINK_QUEUE_BYTES));
+        at_capacity || self.calls >= LINK_QUEUE_CALLS
     }
 }
 
