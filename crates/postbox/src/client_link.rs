@@ -222,6 +222,17 @@ impl ClientLink {
         &self,
         batch: &mut Vec<Message>,
     ) -> Result<(), OnewayFailure> {
+        if self.spec.capacity == Capacity::Rendezvous {
+            // Each message waits for the receiver: one by one, as `send_async` would.
+            while let Some(message) = batch.first_mut() {
+                let result = self.send_oneway_async(message, false).await;
+                if matches!(result, Ok(()) | Err(OnewayFailure::NotTaken)) {
+                    batch.remove(0);
+                }
+                result?;
+            }
+            return Ok(());
+        }
         self.watch_link();
         loop {
             match self.send_batch(batch, Wait::NonBlocking) {
@@ -342,6 +353,8 @@ impl ClientLink {
                     let mut state = self.lock();
                     if counted.is_some() {
                         state.window.on_unsent(len);
+                        // A sender waiting for room saw this message counted.
+                        self.wake_waiters(&state);
                     }
                     self.dropped_unreported.fetch_add(dropped, Ordering::Relaxed);
                     return match failure {

@@ -86,6 +86,8 @@ pub enum SendTimeoutError {
 
 /// Failure of a batch send ([`Connection::send_batch`](crate::Connection::send_batch)). The
 /// messages not sent stay in the batch, in order, the one that failed first: nothing is lost.
+/// (On a rendezvous port, a message written whose receiver then went away stays in the batch
+/// too, with `Disconnected`, as a single send hands it back: the receiver may have taken it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendBatchError {

@@ -190,6 +190,29 @@ fn a_rendezvous_port_takes_a_batch_one_by_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_batch_to_a_rendezvous_port_waits_for_each_message_to_be_taken() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("batch/async-rendezvous").capacity(0).open().unwrap();
+    let client = broker.node().unwrap();
+    let connection = client.connect("batch/async-rendezvous").unwrap();
+    let receiving = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for next in 0..3 {
+            assert_eq!(port.recv_batch_async(&mut out, 10).await.unwrap(), 1);
+            assert_eq!(number(out.remove(0).body()), next);
+        }
+    });
+    let mut batch = numbered(0..3, 16);
+    tokio::time::timeout(WATCHDOG, connection.send_batch_async(&mut batch))
+        .await
+        .expect("each message was taken")
+        .unwrap();
+    assert!(batch.is_empty());
+    tokio::time::timeout(WATCHDOG, receiving).await.expect("all received").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_async_forms_move_batches_without_blocking_a_thread() {
     let broker = Broker::embedded().unwrap();
     let server = broker.node().unwrap();
