@@ -55,6 +55,7 @@ mod node;
 mod port;
 mod readiness;
 mod receiver;
+pub mod rpc;
 mod subscription;
 
 pub use broker::Broker;
@@ -74,6 +75,7 @@ pub use postbox_core::{
     Capacity, Overflow, PeerIdentity, PortCounters, PortEntry, PortSpec, ProcessId, Selector,
     TypeFilter,
 };
+pub use postbox_rpc_macros::service;
 pub use receiver::PortStats;
 pub use subscription::{Subscription, SubscriptionBuilder};
 

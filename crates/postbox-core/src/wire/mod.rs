@@ -163,7 +163,7 @@ impl<'a> Reader<'a> {
 
 /// Appends a text field (`u16` length, then the bytes). Texts longer than `u16::MAX` bytes are
 /// cut at a character boundary; every text the protocol carries is far shorter.
-pub(crate) fn put_text(buf: &mut Vec<u8>, text: &str) {
+pub fn put_text(buf: &mut Vec<u8>, text: &str) {
     let mut end = text.len().min(usize::from(u16::MAX));
     while !text.is_char_boundary(end) {
         end -= 1;

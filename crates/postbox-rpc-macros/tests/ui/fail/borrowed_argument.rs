@@ -1,0 +1,6 @@
+#[postbox::service]
+pub trait Greeter {
+    fn greet(&self, name: &str) -> String;
+}
+
+fn main() {}

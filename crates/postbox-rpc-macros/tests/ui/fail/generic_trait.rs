@@ -1,0 +1,6 @@
+#[postbox::service]
+pub trait Store<T> {
+    fn get(&self) -> T;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[postbox::service]
+pub trait Counter {
+    fn bump(&mut self) -> u64;
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[postbox::service]
+pub struct Calc;
+
+fn main() {}

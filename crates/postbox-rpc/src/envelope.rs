@@ -1,0 +1,221 @@
+//! The RPC envelopes: what a typed call puts in front of its marshalled arguments, and what its
+//! reply puts in front of the marshalled result (docs/wire-format.md §6).
+//!
+//! A request travels as the body of a postbox call (or of a one-way message) whose type is
+//! [`RPC_MSG_TYPE`]; its reply is the body of the call's reply. Arguments and results are
+//! postcard (little-endian, varint integers: the same bytes on every architecture).
+
+use postbox_core::wire::{put_text, DecodeError, Reader};
+
+/// The message type of every RPC request.
+pub const RPC_MSG_TYPE: u32 = 0x7270_6301;
+
+/// The envelope version this build speaks.
+pub const RPC_VERSION: u8 = 1;
+
+/// What a request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// Run a method and answer.
+    Call,
+    /// Run a method; nobody waits for an answer.
+    Oneway,
+    /// Answer with the service's schema.
+    Describe,
+}
+
+/// The fixed part of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHeader {
+    /// What is asked.
+    pub kind: RequestKind,
+    /// The caller's id for this call: the same on every retry of it (at-most-once).
+    pub call_id: u64,
+    /// The hash of the method's schema as the caller was built ([`MethodSchema::hash`]);
+    /// 0 asks the server not to check it (`postbox call` from the command line).
+    ///
+    /// [`MethodSchema::hash`]: crate::MethodSchema::hash
+    pub method_hash: u64,
+    /// Nanoseconds the caller had left when it sent the request; 0 for no deadline.
+    pub deadline_ns: u64,
+    /// The method's name (empty for [`RequestKind::Describe`]).
+    pub method: String,
+}
+
+/// How a request ended, as its reply says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplyStatus {
+    /// The method's result follows (postcard), or the schema for a describe.
+    Ok,
+    /// The method's application error follows (postcard).
+    Err,
+    /// The method exists but with another signature: text follows.
+    TypeMismatch,
+    /// No method of that name: text follows.
+    UnknownMethod,
+    /// The method panicked; the server goes on serving. The panic message follows.
+    Panicked,
+    /// The arguments did not decode as the method's: text follows.
+    BadRequest,
+    /// The deadline passed before the method could run.
+    DeadlineExceeded,
+}
+
+impl RequestHeader {
+    /// Appends the header; the arguments follow it.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        buf.push(RPC_VERSION);
+        buf.push(match self.kind {
+            RequestKind::Call => 1,
+            RequestKind::Oneway => 2,
+            RequestKind::Describe => 3,
+        });
+        buf.extend_from_slice(&[0; 6]);
+        buf.extend_from_slice(&self.call_id.to_le_bytes());
+        buf.extend_from_slice(&self.method_hash.to_le_bytes());
+        buf.extend_from_slice(&self.deadline_ns.to_le_bytes());
+        put_text(buf, &self.method);
+    }
+
+    /// Decodes the header at the front of `body`; returns it and the argument bytes after it.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a short, foreign or malformed header.
+    pub fn decode(body: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
+        let mut r = Reader::new(body);
+        let version = r.u8()?;
+        if version != RPC_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let kind = match r.u8()? {
+            1 => RequestKind::Call,
+            2 => RequestKind::Oneway,
+            3 => RequestKind::Describe,
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        if r.array::<6>()? != [0; 6] {
+            return Err(DecodeError::ReservedNotZero);
+        }
+        let call_id = r.u64()?;
+        let method_hash = r.u64()?;
+        let deadline_ns = r.u64()?;
+        let method = r.text()?.to_owned();
+        let args = r.take(r.remaining())?;
+        Ok((Self { kind, call_id, method_hash, deadline_ns, method }, args))
+    }
+}
+
+impl ReplyStatus {
+    /// Appends the reply's header (version, status); the payload follows it.
+    pub fn encode(self, buf: &mut Vec<u8>) {
+        buf.push(RPC_VERSION);
+        buf.push(match self {
+            Self::Ok => 0,
+            Self::Err => 1,
+            Self::TypeMismatch => 2,
+            Self::UnknownMethod => 3,
+            Self::Panicked => 4,
+            Self::BadRequest => 5,
+            Self::DeadlineExceeded => 6,
+        });
+    }
+
+    /// Decodes the status at the front of a reply body; returns it and the payload.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a short, foreign or unknown status.
+    pub fn decode(body: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
+        let mut r = Reader::new(body);
+        let version = r.u8()?;
+        if version != RPC_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let status = match r.u8()? {
+            0 => Self::Ok,
+            1 => Self::Err,
+            2 => Self::TypeMismatch,
+            3 => Self::UnknownMethod,
+            4 => Self::Panicked,
+            5 => Self::BadRequest,
+            6 => Self::DeadlineExceeded,
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        Ok((status, r.take(r.remaining())?))
+    }
+
+    /// A reply body: this status, then `payload`.
+    #[must_use]
+    pub fn with_payload(self, payload: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(2 + payload.len());
+        self.encode(&mut buf);
+        buf.extend_from_slice(payload);
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_header_round_trips_and_leaves_the_arguments() {
+        let header = RequestHeader {
+            kind: RequestKind::Call,
+            call_id: 7,
+            method_hash: 0xdead_beef,
+            deadline_ns: 1_000_000,
+            method: "add".into(),
+        };
+        let mut buf = Vec::new();
+        header.encode(&mut buf);
+        buf.extend_from_slice(&[1, 2, 3]);
+        let (decoded, args) = RequestHeader::decode(&buf).unwrap();
+        assert_eq!(decoded, header);
+        assert_eq!(args, [1, 2, 3]);
+    }
+
+    #[test]
+    fn foreign_and_truncated_envelopes_are_errors_not_panics() {
+        let mut buf = Vec::new();
+        RequestHeader {
+            kind: RequestKind::Describe,
+            call_id: 1,
+            method_hash: 0,
+            deadline_ns: 0,
+            method: String::new(),
+        }
+        .encode(&mut buf);
+        for len in 0..buf.len() {
+            assert!(RequestHeader::decode(&buf[..len]).is_err(), "{len} bytes");
+        }
+        let mut other = buf.clone();
+        other[0] = 9;
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::UnsupportedVersion(9)));
+        let mut other = buf.clone();
+        other[1] = 0;
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::UnknownKind(0)));
+        let mut other = buf;
+        other[5] = 1;
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::ReservedNotZero));
+        assert_eq!(ReplyStatus::decode(&[1]), Err(DecodeError::Truncated));
+        assert_eq!(ReplyStatus::decode(&[1, 99]), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn every_reply_status_round_trips_with_its_payload() {
+        for status in [
+            ReplyStatus::Ok,
+            ReplyStatus::Err,
+            ReplyStatus::TypeMismatch,
+            ReplyStatus::UnknownMethod,
+            ReplyStatus::Panicked,
+            ReplyStatus::BadRequest,
+            ReplyStatus::DeadlineExceeded,
+        ] {
+            let body = status.with_payload(b"xyz");
+            assert_eq!(ReplyStatus::decode(&body).unwrap(), (status, &b"xyz"[..]));
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Typed RPC over postbox, the sans-IO part: the envelopes a typed call and its reply carry
+//! (docs/wire-format.md §6), service schemas traced from serde and their hashes, and the error
+//! types. The facade (`postbox::rpc`) drives them over ports and connections; the
+//! `#[postbox::service]` macro generates clients and servers that use both.
+//!
+//! ```text
+//!   client stub ──► RequestHeader + postcard(args) ──► call ──► server dispatcher
+//!   bind: describe ──► ServiceSchema ──► check_against (method hashes) ──► TypeMismatch?
+//!   server: ReplyStatus + postcard(result | error) ──► reply ──► RpcError<E> / T
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod error;
+pub mod schema;
+pub mod shape;
+
+pub use envelope::{ReplyStatus, RequestHeader, RequestKind, RPC_MSG_TYPE, RPC_VERSION};
+pub use error::{BindError, Never, RpcError};
+pub use schema::{
+    MethodKind, MethodSchema, Mismatch, SchemaBuilder, SchemaError, ServiceSchema, SCHEMA_VERSION,
+};
+pub use shape::{Container, Field, Shape, Variant, VariantBody};

@@ -1,0 +1,272 @@
+//! The client side of a typed service: binding (the schema check) and calls, for the stubs
+//! `#[postbox::service]` generates.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use postbox_rpc::{
+    BindError, ReplyStatus, RequestHeader, RequestKind, RpcError, ServiceSchema, RPC_MSG_TYPE,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{CallError, ConnectError, SendError};
+use crate::rpc::context;
+use crate::{Connection, Message, Node};
+
+/// A connection to a typed service whose schema matched the client's at bind time. Cheap to
+/// clone; usable from many threads, with many calls in flight (each matched to its reply).
+#[derive(Debug, Clone)]
+pub struct Client {
+    connection: Connection,
+    schema: &'static ServiceSchema,
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Connects to the service served on port `name` and checks that it offers every method
+    /// of `schema` with the same shapes.
+    ///
+    /// # Errors
+    /// [`BindError`]: `NoSuchService`, `TypeMismatch` naming the method, `Describe` when the
+    /// port does not answer as a typed service.
+    pub fn bind(
+        node: &Node,
+        name: &str,
+        schema: &'static ServiceSchema,
+    ) -> Result<Self, BindError> {
+        let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
+        let client = Self { connection, schema, timeout: Some(DESCRIBE_TIMEOUT) };
+        let reply = client.connection.call_timeout(client.describe_request(), DESCRIBE_TIMEOUT);
+        client.finish_bind(reply.map_err(call_error))
+    }
+
+    /// Like [`bind`](Self::bind), without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub async fn bind_async(
+        node: &Node,
+        name: &str,
+        schema: &'static ServiceSchema,
+    ) -> Result<Self, BindError> {
+        let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
+        let client = Self { connection, schema, timeout: Some(DESCRIBE_TIMEOUT) };
+        let call = client.connection.call_async(client.describe_request());
+        let reply = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
+            Ok(reply) => reply.map_err(call_error),
+            Err(_) => Err(RpcError::Timeout),
+        };
+        client.finish_bind(reply)
+    }
+
+    /// Every call waits at most `timeout` for its answer (by default there is no limit,
+    /// except a deadline inherited from the call being served, see [`context`]).
+    ///
+    /// [`context`]: crate::rpc::context
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The connection underneath.
+    #[must_use]
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Calls the `method`-th method of the schema with `args` (a tuple) and decodes its
+    /// result: `T`, or the application error `E`.
+    ///
+    /// # Errors
+    /// [`RpcError`].
+    pub fn call<A, T, E>(&self, method: usize, args: &A) -> Result<T, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let deadline = self.deadline();
+        let request = self.request(RequestKind::Call, method, args, deadline)?;
+        let reply = match deadline {
+            Some(deadline) => self.connection.call_deadline(request, deadline),
+            None => self.connection.call(request),
+        };
+        decode_reply(reply.map_err(call_error).map_err(|e| e.map_remote(|n| match n {}))?)
+    }
+
+    /// Like [`call`](Self::call), without blocking the thread (tokio). Dropping the future
+    /// forgets the call.
+    ///
+    /// # Errors
+    /// [`RpcError`].
+    pub async fn call_async<A, T, E>(&self, method: usize, args: &A) -> Result<T, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let deadline = self.deadline();
+        let request = self.request(RequestKind::Call, method, args, deadline)?;
+        let call = self.connection.call_async(request);
+        let reply = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), call).await {
+                Ok(reply) => reply,
+                Err(_) => return Err(RpcError::Timeout),
+            },
+            None => call.await,
+        };
+        decode_reply(reply.map_err(call_error).map_err(|e| e.map_remote(|n| match n {}))?)
+    }
+
+    /// Sends the `method`-th method (a one-way method) with `args`: returns once the request
+    /// is in the link; nothing answers.
+    ///
+    /// # Errors
+    /// [`RpcError::PeerDied`] when the server is gone, [`RpcError::TooLarge`].
+    pub fn send<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<(), RpcError> {
+        let request = self.request(RequestKind::Oneway, method, args, self.deadline())?;
+        self.connection.send(request).map_err(send_error)
+    }
+
+    /// Like [`send`](Self::send), without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_async<A: Serialize + ?Sized>(
+        &self,
+        method: usize,
+        args: &A,
+    ) -> Result<(), RpcError> {
+        let request = self.request(RequestKind::Oneway, method, args, self.deadline())?;
+        self.connection.send_async(request).await.map_err(send_error)
+    }
+
+    /// The deadline of a call made now: the client's timeout, or the deadline of the call
+    /// this thread is serving, whichever comes first.
+    fn deadline(&self) -> Option<Instant> {
+        let own = self.timeout.map(|t| Instant::now() + t);
+        match (own, context::inherited_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn request<A, E>(
+        &self,
+        kind: RequestKind,
+        method: usize,
+        args: &A,
+        deadline: Option<Instant>,
+    ) -> Result<Message, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+    {
+        let schema = &self.schema.methods[method];
+        let mut body = Vec::with_capacity(64);
+        RequestHeader {
+            kind,
+            call_id: next_call_id(),
+            method_hash: schema.hash,
+            deadline_ns: deadline.map_or(0, |d| {
+                // A deadline already passed still says "there is one" (1 ns).
+                d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, u64::MAX.into())
+                    as u64
+            }),
+            method: schema.name.clone(),
+        }
+        .encode(&mut body);
+        let body =
+            postcard::to_extend(args, body).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        Ok(Message::new(body).with_type(RPC_MSG_TYPE))
+    }
+
+    fn describe_request(&self) -> Message {
+        let mut body = Vec::new();
+        RequestHeader {
+            kind: RequestKind::Describe,
+            call_id: next_call_id(),
+            method_hash: 0,
+            deadline_ns: 0,
+            method: String::new(),
+        }
+        .encode(&mut body);
+        Message::new(body).with_type(RPC_MSG_TYPE)
+    }
+
+    fn finish_bind(self, reply: Result<Message, RpcError>) -> Result<Self, BindError> {
+        let server: ServiceSchema = decode_reply(reply.map_err(BindError::Describe)?)
+            .map_err(|e: RpcError| BindError::Describe(e))?;
+        self.schema.check_against(&server).map_err(BindError::TypeMismatch)?;
+        Ok(Self { timeout: None, ..self })
+    }
+}
+
+/// Decodes a reply body into the method's result or its error.
+pub(crate) fn decode_reply<T, E>(reply: Message) -> Result<T, RpcError<E>>
+where
+    T: DeserializeOwned,
+    E: DeserializeOwned,
+{
+    let text = |payload: &[u8]| String::from_utf8_lossy(payload).into_owned();
+    let (status, payload) =
+        ReplyStatus::decode(reply.body()).map_err(|e| RpcError::Decode(e.to_string()))?;
+    match status {
+        ReplyStatus::Ok => {
+            postcard::from_bytes(payload).map_err(|e| RpcError::Decode(e.to_string()))
+        }
+        ReplyStatus::Err => Err(RpcError::Remote(
+            postcard::from_bytes(payload).map_err(|e| RpcError::Decode(e.to_string()))?,
+        )),
+        ReplyStatus::TypeMismatch => Err(RpcError::TypeMismatch(text(payload))),
+        ReplyStatus::UnknownMethod => Err(RpcError::UnknownMethod(text(payload))),
+        ReplyStatus::Panicked => Err(RpcError::Panicked(text(payload))),
+        ReplyStatus::BadRequest => Err(RpcError::BadRequest(text(payload))),
+        ReplyStatus::DeadlineExceeded => Err(RpcError::DeadlineExceeded),
+        _ => Err(RpcError::Decode(format!("unknown reply status {status:?}"))),
+    }
+}
+
+fn call_error(error: CallError) -> RpcError {
+    match error {
+        CallError::Timeout(_) => RpcError::Timeout,
+        CallError::Disconnected(_) | CallError::PeerDied | CallError::NoReply => RpcError::PeerDied,
+        CallError::TooLarge { message, limit } => {
+            RpcError::TooLarge { len: message.body().len(), limit }
+        }
+        // A typed server answers every call with a reply; an error reply means the port is
+        // served by something else.
+        CallError::Remote(message) => RpcError::Decode(format!(
+            "the server answered with an error message of {} bytes, not a typed reply",
+            message.body().len()
+        )),
+        CallError::ProtocolViolation(what) => RpcError::Protocol(what),
+    }
+}
+
+fn send_error(error: SendError) -> RpcError {
+    match error {
+        SendError::TooLarge { message, limit } => {
+            RpcError::TooLarge { len: message.body().len(), limit }
+        }
+        _ => RpcError::PeerDied,
+    }
+}
+
+fn connect_error(error: ConnectError, name: &str) -> BindError {
+    match error {
+        ConnectError::NoSuchPort(_) => BindError::NoSuchService(name.to_owned()),
+        ConnectError::BrokerGone => BindError::BrokerGone,
+        other => BindError::Refused(other.to_string()),
+    }
+}
+
+/// Ids of calls: unique within this process, never reused (at-most-once).
+fn next_call_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How long binding waits for the service to describe itself.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);

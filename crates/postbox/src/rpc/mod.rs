@@ -1,0 +1,40 @@
+//! Typed RPC: services declared as traits with `#[postbox::service]`, served by a pool of
+//! threads on a port and called through generated clients, with schema checks at bind time,
+//! deadlines that nested calls inherit, and typed errors.
+//!
+//! ```ignore
+//! #[postbox::service]
+//! pub trait Calc {
+//!     fn add(&self, a: i64, b: i64) -> i64;
+//!     fn div(&self, a: i64, b: i64) -> Result<i64, DivByZero>;
+//!     #[oneway]
+//!     fn log(&self, line: String);
+//! }
+//!
+//! let serving = CalcServer::new(MyCalc).threads(4).start(&node, "calc")?;
+//! let calc = CalcClient::bind(&node, "calc")?;
+//! assert_eq!(calc.add(2, 3)?, 5);
+//! ```
+//!
+//! The envelopes and the schema format: docs/wire-format.md §6.
+
+mod client;
+pub mod context;
+mod server;
+
+pub use client::Client;
+pub use context::CallContext;
+pub use postbox_rpc::{
+    BindError, Container, Field, MethodKind, MethodSchema, Mismatch, Never, RpcError,
+    SchemaBuilder, SchemaError, ServiceSchema, Shape, Variant, VariantBody,
+};
+pub use server::{serve, start, Dispatch, Outcome, ServeError, Serving};
+
+/// What the code `#[postbox::service]` generates uses; not an API.
+#[doc(hidden)]
+pub mod __private {
+    /// Compiles only for types that can cross a link (serde, both ways): the macro calls it
+    /// at each argument's and result's own tokens, so that a type that cannot is reported
+    /// there.
+    pub fn assert_wire<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+}
