@@ -83,6 +83,20 @@ pub(crate) fn service(service: &Service) -> TokenStream {
                 &self.inner
             }
 
+            /// This client over `client` (one bound to this service, configured otherwise:
+            /// retries, for example).
+            #[must_use]
+            #vis fn from_client(client: ::postbox::rpc::Client) -> Self {
+                Self { inner: client }
+            }
+
+            /// Retries calls whose answer does not come; see
+            /// [`Client::with_retries`](::postbox::rpc::Client::with_retries).
+            #[must_use]
+            #vis fn with_retries(self, attempts: u32, per_attempt: ::std::time::Duration) -> Self {
+                Self { inner: self.inner.with_retries(attempts, per_attempt) }
+            }
+
             /// The service's schema, traced from its types once.
             ///
             /// # Errors

@@ -42,6 +42,11 @@ impl Connection {
         Ok(Self { link })
     }
 
+    /// True when `a` and `b` are clones of one connection (the same link).
+    pub(crate) fn same_link(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.link, &b.link)
+    }
+
     /// The process serving the other end.
     #[must_use]
     pub fn server(&self) -> ProcessId {
@@ -68,6 +73,12 @@ impl Connection {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         self.link.end.is_closed()
+    }
+
+    /// Closes the link, for every clone of this connection: calls waiting on it fail with
+    /// `PeerDied`, later sends with `Disconnected`, and the server sees the link close.
+    pub fn close(&self) {
+        self.link.end.close();
     }
 
     /// One-way messages sent on this link that the receiver has not taken yet, as far as its

@@ -152,6 +152,11 @@ impl Node {
         self.shared.identity.process_id
     }
 
+    /// What this node's handles share (for typed clients that reconnect).
+    pub(crate) fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
+    }
+
     /// This node's identity (process id and kernel credentials).
     #[must_use]
     pub fn identity(&self) -> PeerIdentity {
@@ -448,7 +453,7 @@ impl NodeShared {
         let _ = self.control.send(&packet, &[], Wait::timeout(REQUEST_TIMEOUT));
     }
 
-    fn connect(self: &Arc<Self>, target: Target) -> Result<Connection, ConnectError> {
+    pub(crate) fn connect(self: &Arc<Self>, target: Target) -> Result<Connection, ConnectError> {
         self.connect_with(|request| ControlMessage::Connect { request, target })
     }
 

@@ -223,11 +223,14 @@ fn every_request_is_checked_against_the_servers_definition() {
     let node = broker.node().unwrap();
     let raw = node.connect("rpc/checked").unwrap();
     let add_hash = CalcClient::schema().unwrap().method("add").unwrap().hash;
+    // Each request its own call id (the same id would be answered from the reply cache).
+    let ids = std::cell::Cell::new(100);
     let ask = |method: &str, hash: u64, args: &[u8], msg_type: u32| {
+        ids.set(ids.get() + 1);
         let mut body = Vec::new();
         RequestHeader {
             kind: RequestKind::Call,
-            call_id: 1,
+            call_id: ids.get(),
             method_hash: hash,
             deadline_ns: 0,
             method: method.into(),
@@ -285,6 +288,103 @@ fn deadlines_bound_calls_and_nested_calls_inherit_them() {
     let inner_left = relay.relay(0).unwrap().expect("the inner call inherited a deadline");
     assert!(inner_left <= 300, "{inner_left} ms left of 300");
     assert!(inner_left > 0);
+}
+
+/// Counts how often its method really ran, and lets a test wait until a run started.
+#[postbox::service]
+pub trait Once {
+    fn slow_count(&self, ms: u64) -> u64;
+}
+
+#[derive(Default)]
+struct Counting {
+    runs: AtomicU64,
+    started: std::sync::Mutex<u64>,
+    started_changed: std::sync::Condvar,
+}
+
+impl Once for Counting {
+    fn slow_count(&self, ms: u64) -> u64 {
+        let runs = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.started.lock().unwrap() += 1;
+        self.started_changed.notify_all();
+        std::thread::sleep(Duration::from_millis(ms));
+        runs
+    }
+}
+
+impl Counting {
+    fn wait_started(&self, runs: u64) {
+        let started = self.started.lock().unwrap();
+        let (started, timeout) = self
+            .started_changed
+            .wait_timeout_while(started, Duration::from_secs(10), |n| *n < runs)
+            .unwrap();
+        assert!(!timeout.timed_out(), "the method never started");
+        drop(started);
+    }
+}
+
+/// The server's implementation: the test keeps another handle to count runs.
+struct Shared(Arc<Counting>);
+
+impl Once for Shared {
+    fn slow_count(&self, ms: u64) -> u64 {
+        self.0.slow_count(ms)
+    }
+}
+
+#[test]
+fn a_call_retried_after_its_answer_was_late_runs_once() {
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let counting = Arc::new(Counting::default());
+    let _serving = OnceServer::new(Shared(Arc::clone(&counting)))
+        .threads(2)
+        .start(&server_node, "rpc/once")
+        .unwrap();
+    let node = broker.node().unwrap();
+    // Each attempt waits 60 ms; the method takes 250: the third or fourth attempt gets the
+    // answer of the one run, which the retries waited for.
+    let once = OnceClient::bind(&node, "rpc/once").unwrap();
+    let retrying = OnceClient::bind(&node, "rpc/once").unwrap();
+    let retrying = OnceClient::from_client(
+        retrying.client().clone().with_retries(10, Duration::from_millis(60)),
+    );
+    assert_eq!(retrying.slow_count(250).unwrap(), 1);
+    assert_eq!(counting.runs.load(Ordering::SeqCst), 1, "ran once for every attempt");
+    // Without retries the same wait is a timeout.
+    let hurried = once.with_timeout(Duration::from_millis(60));
+    assert_eq!(hurried.slow_count(250), Err(RpcError::Timeout));
+}
+
+#[test]
+fn a_call_retried_after_its_link_was_cut_runs_once_and_the_retry_gets_the_answer() {
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let counting = Arc::new(Counting::default());
+    let _serving = OnceServer::new(Shared(Arc::clone(&counting)))
+        .threads(2)
+        .start(&server_node, "rpc/cut")
+        .unwrap();
+    let node = broker.node().unwrap();
+    let once = OnceClient::bind(&node, "rpc/cut").unwrap();
+    let once =
+        OnceClient::from_client(once.client().clone().with_retries(3, Duration::from_secs(10)));
+    let first_link = once.client().connection();
+    let cutter = {
+        let counting = Arc::clone(&counting);
+        std::thread::spawn(move || {
+            // Between request and reply: the method runs, then the link goes.
+            counting.wait_started(1);
+            first_link.close();
+        })
+    };
+    assert_eq!(once.slow_count(300).unwrap(), 1);
+    cutter.join().unwrap();
+    assert_eq!(counting.runs.load(Ordering::SeqCst), 1, "the retry did not run it again");
+    assert!(!once.client().connection().is_closed(), "the client connected again");
+    assert_eq!(once.slow_count(0).unwrap(), 2, "a new call runs");
 }
 
 #[postbox::service]

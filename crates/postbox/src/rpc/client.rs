@@ -2,7 +2,10 @@
 //! `#[postbox::service]` generates.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
+
+use postbox_core::{PortName, Target};
 
 use postbox_rpc::{
     BindError, ReplyStatus, RequestHeader, RequestKind, RpcError, ServiceSchema, RPC_MSG_TYPE,
@@ -11,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{CallError, ConnectError, SendError};
+use crate::node::NodeShared;
 use crate::rpc::context;
 use crate::{Connection, Message, Node};
 
@@ -18,9 +22,21 @@ use crate::{Connection, Message, Node};
 /// clone; usable from many threads, with many calls in flight (each matched to its reply).
 #[derive(Debug, Clone)]
 pub struct Client {
-    connection: Connection,
+    /// The link in use; replaced when a retry finds it broken.
+    connection: Arc<RwLock<Connection>>,
     schema: &'static ServiceSchema,
     timeout: Option<Duration>,
+    retry: Option<Retry>,
+    /// To connect again: the node, and the service's port name.
+    node: Weak<NodeShared>,
+    name: String,
+}
+
+/// How calls are retried when their answer does not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    attempts: u32,
+    per_attempt: Duration,
 }
 
 impl Client {
@@ -35,9 +51,8 @@ impl Client {
         name: &str,
         schema: &'static ServiceSchema,
     ) -> Result<Self, BindError> {
-        let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
-        let client = Self { connection, schema, timeout: Some(DESCRIBE_TIMEOUT) };
-        let reply = client.connection.call_timeout(client.describe_request(), DESCRIBE_TIMEOUT);
+        let client = Self::connect(node, name, schema)?;
+        let reply = client.link().call_timeout(client.describe_request(), DESCRIBE_TIMEOUT);
         client.finish_bind(reply.map_err(call_error))
     }
 
@@ -50,9 +65,9 @@ impl Client {
         name: &str,
         schema: &'static ServiceSchema,
     ) -> Result<Self, BindError> {
-        let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
-        let client = Self { connection, schema, timeout: Some(DESCRIBE_TIMEOUT) };
-        let call = client.connection.call_async(client.describe_request());
+        let client = Self::connect(node, name, schema)?;
+        let link = client.link();
+        let call = link.call_async(client.describe_request());
         let reply = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
             Ok(reply) => reply.map_err(call_error),
             Err(_) => Err(RpcError::Timeout),
@@ -70,10 +85,63 @@ impl Client {
         self
     }
 
-    /// The connection underneath.
+    /// Retries a call whose answer does not come — an attempt that times out, a link that
+    /// breaks (connecting again) — until `attempts` attempts in all, each waiting at most
+    /// `per_attempt` (and all within the call's deadline). Every attempt carries the same call
+    /// id, and the server answers a retry from its reply cache, or when the first attempt,
+    /// still running, ends: the method runs at most once (unless the server restarted, or
+    /// forgot the call among more than 4096 later ones).
     #[must_use]
-    pub fn connection(&self) -> &Connection {
-        &self.connection
+    pub fn with_retries(mut self, attempts: u32, per_attempt: Duration) -> Self {
+        self.retry = Some(Retry { attempts: attempts.max(1), per_attempt });
+        self
+    }
+
+    /// The connection in use (a retry may replace it).
+    #[must_use]
+    pub fn connection(&self) -> Connection {
+        self.link()
+    }
+
+    fn link(&self) -> Connection {
+        self.connection.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn connect(node: &Node, name: &str, schema: &'static ServiceSchema) -> Result<Self, BindError> {
+        let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
+        Ok(Self {
+            connection: Arc::new(RwLock::new(connection)),
+            schema,
+            timeout: Some(DESCRIBE_TIMEOUT),
+            retry: None,
+            node: Arc::downgrade(node.shared()),
+            name: name.to_owned(),
+        })
+    }
+
+    /// After `broken` (a link in use) failed: the link for the next attempt, connecting again
+    /// if it is closed (unless another thread did already).
+    fn reconnect(&self, broken: &Connection) -> Option<Connection> {
+        let mut current = self.connection.write().unwrap_or_else(PoisonError::into_inner);
+        if !current.is_closed() || !Connection::same_link(&current, broken) {
+            return Some(current.clone());
+        }
+        let node = self.node.upgrade()?;
+        let name = PortName::new(&self.name).ok()?;
+        *current = node.connect(Target::Port(name)).ok()?;
+        Some(current.clone())
+    }
+
+    /// How many attempts a call makes.
+    fn attempts(&self) -> u32 {
+        self.retry.map_or(1, |r| r.attempts)
+    }
+
+    /// The deadline of an attempt starting now, within the call's.
+    fn attempt_deadline(&self, deadline: Option<Instant>) -> Option<Instant> {
+        let Some(retry) = self.retry else { return deadline };
+        let attempt = Instant::now() + retry.per_attempt;
+        Some(deadline.map_or(attempt, |d| d.min(attempt)))
     }
 
     /// Calls the `method`-th method of the schema with `args` (a tuple) and decodes its
@@ -88,12 +156,26 @@ impl Client {
         E: DeserializeOwned,
     {
         let deadline = self.deadline();
-        let request = self.request(RequestKind::Call, method, args, deadline)?;
-        let reply = match deadline {
-            Some(deadline) => self.connection.call_deadline(request, deadline),
-            None => self.connection.call(request),
-        };
-        decode_reply(reply.map_err(call_error).map_err(|e| e.map_remote(|n| match n {}))?)
+        let call_id = next_call_id();
+        let mut link = self.link();
+        let mut attempt = 1;
+        loop {
+            let attempt_deadline = self.attempt_deadline(deadline);
+            let request =
+                self.request(RequestKind::Call, method, call_id, args, attempt_deadline)?;
+            let reply = match attempt_deadline {
+                Some(deadline) => link.call_deadline(request, deadline),
+                None => link.call(request),
+            };
+            match reply {
+                Ok(reply) => return decode_reply(reply),
+                Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
+                    attempt += 1;
+                    link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
+                }
+                Err(error) => return Err(call_error(error).map_remote(|n| match n {})),
+            }
+        }
     }
 
     /// Like [`call`](Self::call), without blocking the thread (tokio). Dropping the future
@@ -108,16 +190,30 @@ impl Client {
         E: DeserializeOwned,
     {
         let deadline = self.deadline();
-        let request = self.request(RequestKind::Call, method, args, deadline)?;
-        let call = self.connection.call_async(request);
-        let reply = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline.into(), call).await {
-                Ok(reply) => reply,
-                Err(_) => return Err(RpcError::Timeout),
-            },
-            None => call.await,
-        };
-        decode_reply(reply.map_err(call_error).map_err(|e| e.map_remote(|n| match n {}))?)
+        let call_id = next_call_id();
+        let mut link = self.link();
+        let mut attempt = 1;
+        loop {
+            let attempt_deadline = self.attempt_deadline(deadline);
+            let request =
+                self.request(RequestKind::Call, method, call_id, args, attempt_deadline)?;
+            let call = link.call_async(request);
+            let reply = match attempt_deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline.into(), call).await {
+                    Ok(reply) => reply,
+                    Err(_) => Err(CallError::Timeout(None)),
+                },
+                None => call.await,
+            };
+            match reply {
+                Ok(reply) => return decode_reply(reply),
+                Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
+                    attempt += 1;
+                    link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
+                }
+                Err(error) => return Err(call_error(error).map_remote(|n| match n {})),
+            }
+        }
     }
 
     /// Sends the `method`-th method (a one-way method) with `args`: returns once the request
@@ -126,8 +222,9 @@ impl Client {
     /// # Errors
     /// [`RpcError::PeerDied`] when the server is gone, [`RpcError::TooLarge`].
     pub fn send<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<(), RpcError> {
-        let request = self.request(RequestKind::Oneway, method, args, self.deadline())?;
-        self.connection.send(request).map_err(send_error)
+        let request =
+            self.request(RequestKind::Oneway, method, next_call_id(), args, self.deadline())?;
+        self.link().send(request).map_err(send_error)
     }
 
     /// Like [`send`](Self::send), without blocking the thread (tokio).
@@ -139,8 +236,9 @@ impl Client {
         method: usize,
         args: &A,
     ) -> Result<(), RpcError> {
-        let request = self.request(RequestKind::Oneway, method, args, self.deadline())?;
-        self.connection.send_async(request).await.map_err(send_error)
+        let request =
+            self.request(RequestKind::Oneway, method, next_call_id(), args, self.deadline())?;
+        self.link().send_async(request).await.map_err(send_error)
     }
 
     /// The deadline of a call made now: the client's timeout, or the deadline of the call
@@ -157,6 +255,7 @@ impl Client {
         &self,
         kind: RequestKind,
         method: usize,
+        call_id: u64,
         args: &A,
         deadline: Option<Instant>,
     ) -> Result<Message, RpcError<E>>
@@ -167,7 +266,7 @@ impl Client {
         let mut body = Vec::with_capacity(64);
         RequestHeader {
             kind,
-            call_id: next_call_id(),
+            call_id,
             method_hash: schema.hash,
             deadline_ns: deadline.map_or(0, |d| {
                 // A deadline already passed still says "there is one" (1 ns).
@@ -226,6 +325,19 @@ where
         ReplyStatus::DeadlineExceeded => Err(RpcError::DeadlineExceeded),
         _ => Err(RpcError::Decode(format!("unknown reply status {status:?}"))),
     }
+}
+
+/// True when a call that failed with `error` may be tried again before `deadline`: its answer
+/// did not come (the attempt timed out, or the link broke), and time is left.
+fn retryable(error: &CallError, deadline: Option<Instant>) -> bool {
+    let lost = matches!(
+        error,
+        CallError::Timeout(_)
+            | CallError::PeerDied
+            | CallError::NoReply
+            | CallError::Disconnected(_)
+    );
+    lost && deadline.is_none_or(|d| Instant::now() < d)
 }
 
 fn call_error(error: CallError) -> RpcError {
