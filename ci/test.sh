@@ -28,6 +28,9 @@ ci/miri.sh 2>&1 | tee -a "$log"
 
 step "examples run"
 cargo run --locked --quiet -p postbox --example async_server
+# The typed RPC example: a client process that starts its server process (built first).
+cargo build --locked --quiet -p postbox --example add_server
+cargo run --locked --quiet -p postbox --example add_client
 
 step "benches compile"
 cargo bench --workspace --locked --no-run
