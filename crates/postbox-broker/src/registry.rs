@@ -3,7 +3,7 @@
 //! Pure logic (no sockets), so every rule is unit-tested: a name held by a live node cannot be
 //! taken; a removed node's names and links are released at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postbox_core::{
     ControlErrorCode, EndpointKind, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName,
@@ -59,6 +59,8 @@ pub(crate) struct Registry {
     ports: BTreeMap<PortName, NodeKey>,
     /// How each port buffers, told to its clients.
     specs: HashMap<PortName, PortSpec>,
+    /// Ports served by typed services.
+    services: HashSet<PortName>,
     links: HashMap<LinkId, LinkRecord>,
     /// Links open at both ends, per (serving node, port): what `ls` shows as connections.
     connections: HashMap<(NodeKey, PortName), u32>,
@@ -75,6 +77,7 @@ impl Registry {
             by_process: HashMap::new(),
             ports: BTreeMap::new(),
             specs: HashMap::new(),
+            services: HashSet::new(),
             links: HashMap::new(),
             connections: HashMap::new(),
         }
@@ -120,12 +123,20 @@ impl Registry {
         Ok(())
     }
 
+    /// Lists open port `name` as a typed service's.
+    pub(crate) fn mark_service(&mut self, name: &PortName) {
+        if self.ports.contains_key(name) {
+            self.services.insert(name.clone());
+        }
+    }
+
     pub(crate) fn close_port(&mut self, key: NodeKey, name: &PortName) -> Result<(), Refusal> {
         if self.ports.get(name) != Some(&key) {
             return Err((ControlErrorCode::NotOwner, format!("this node does not hold {name}")));
         }
         self.ports.remove(name);
         self.specs.remove(name);
+        self.services.remove(name);
         if let Some(node) = self.nodes.get_mut(&key) {
             node.ports.remove(name);
         }
@@ -248,6 +259,7 @@ impl Registry {
         for name in &node.ports {
             self.ports.remove(name);
             self.specs.remove(name);
+            self.services.remove(name);
         }
         Some(node.identity)
     }
@@ -279,7 +291,11 @@ impl Registry {
                 name: name.clone(),
                 owner: self.nodes[key].identity,
                 connections: self.connections.get(&(*key, name.clone())).copied().unwrap_or(0),
-                kind: EndpointKind::Port,
+                kind: if self.services.contains(name) {
+                    EndpointKind::Service
+                } else {
+                    EndpointKind::Port
+                },
             })
             .collect();
         (u32::try_from(self.nodes.len()).unwrap_or(u32::MAX), ports)

@@ -13,6 +13,9 @@ pub const RPC_MSG_TYPE: u32 = 0x7270_6301;
 /// The envelope version this build speaks.
 pub const RPC_VERSION: u8 = 1;
 
+/// Where the deadline field starts in an encoded request.
+const DEADLINE_AT: usize = 24;
+
 /// What a request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -77,6 +80,14 @@ impl RequestHeader {
         buf.extend_from_slice(&self.method_hash.to_le_bytes());
         buf.extend_from_slice(&self.deadline_ns.to_le_bytes());
         put_text(buf, &self.method);
+    }
+
+    /// Sets the deadline field of the encoded request `body` (a retry sends the same request
+    /// with the time left then). Does nothing to a body too short to be a request.
+    pub fn set_deadline(body: &mut [u8], deadline_ns: u64) {
+        if let Some(field) = body.get_mut(DEADLINE_AT..DEADLINE_AT + 8) {
+            field.copy_from_slice(&deadline_ns.to_le_bytes());
+        }
     }
 
     /// Decodes the header at the front of `body`; returns it and the argument bytes after it.
@@ -174,6 +185,8 @@ mod tests {
         let (decoded, args) = RequestHeader::decode(&buf).unwrap();
         assert_eq!(decoded, header);
         assert_eq!(args, [1, 2, 3]);
+        RequestHeader::set_deadline(&mut buf, 5);
+        assert_eq!(RequestHeader::decode(&buf).unwrap().0.deadline_ns, 5);
     }
 
     #[test]

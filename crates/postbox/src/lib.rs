@@ -72,8 +72,8 @@ pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{BrokerConfig, BrokerError, DEFAULT_MAX_MESSAGE_SIZE};
 pub use postbox_core::{
-    Capacity, Overflow, PeerIdentity, PortCounters, PortEntry, PortSpec, ProcessId, Selector,
-    TypeFilter,
+    Capacity, EndpointKind, Overflow, PeerIdentity, PortCounters, PortEntry, PortSpec, ProcessId,
+    Selector, TypeFilter,
 };
 pub use postbox_rpc_macros::service;
 pub use receiver::PortStats;

@@ -492,6 +492,7 @@ impl NodeShared {
         &self,
         name: &PortName,
         receiver: &Arc<Receiver>,
+        service: bool,
     ) -> Result<(), OpenError> {
         {
             let mut receivers = self.lock_receivers();
@@ -508,6 +509,7 @@ impl NodeShared {
             request,
             name: name.clone(),
             spec: receiver.spec(),
+            service,
         });
         let result = match answer {
             Ok((ControlMessage::Ok { .. }, _)) => return Ok(()),

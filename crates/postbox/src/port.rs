@@ -22,6 +22,8 @@ pub struct PortBuilder {
     name: String,
     spec: PortSpec,
     read_in_place: bool,
+    /// Listed as a typed service's port.
+    service: bool,
 }
 
 /// A named receive endpoint owned by this node. Several threads may receive from it at once
@@ -42,7 +44,13 @@ pub struct Inbox {
 
 impl PortBuilder {
     pub(crate) fn new(node: Arc<NodeShared>, name: &str) -> Self {
-        Self { node, name: name.to_owned(), spec: PortSpec::default(), read_in_place: false }
+        Self {
+            node,
+            name: name.to_owned(),
+            spec: PortSpec::default(),
+            read_in_place: false,
+            service: false,
+        }
     }
 
     /// Each link holds at most `messages` one-way messages not yet received; 0 makes the
@@ -86,6 +94,12 @@ impl PortBuilder {
         self
     }
 
+    /// The port is a typed service's: `postbox ls` lists it as a service (and describes it).
+    pub(crate) fn service(mut self) -> Self {
+        self.service = true;
+        self
+    }
+
     /// Registers the name with the broker and opens the port.
     ///
     /// # Errors
@@ -96,7 +110,7 @@ impl PortBuilder {
         let receiver = Receiver::new(self.spec, self.read_in_place)
             .map_err(|e| OpenError::Refused(e.to_string()))?;
         let receiver = Arc::new(receiver);
-        self.node.open_port(&name, &receiver)?;
+        self.node.open_port(&name, &receiver, self.service)?;
         Ok(Port { name, receiver, node: self.node })
     }
 }

@@ -259,6 +259,35 @@ fn every_request_is_checked_against_the_servers_definition() {
 }
 
 #[test]
+fn a_service_is_listed_as_one_and_can_be_called_from_its_described_schema() {
+    let broker = Broker::embedded().unwrap();
+    let (_server, _serving) = calc(&broker, "rpc/listed", 1);
+    let node = broker.node().unwrap();
+    let _plain = node.port("rpc/plain").open().unwrap();
+    let listing = node.list().unwrap();
+    let kind = |name: &str| listing.ports.iter().find(|p| p.name.as_str() == name).map(|p| p.kind);
+    assert_eq!(kind("rpc/listed"), Some(postbox::EndpointKind::Service));
+    assert_eq!(kind("rpc/plain"), Some(postbox::EndpointKind::Port));
+
+    // A tool that knows nothing of Calc's types: the schema comes from the server.
+    let any = postbox::rpc::Client::describe(&node, "rpc/listed").unwrap();
+    assert_eq!(any.schema().name, "Calc");
+    let names: Vec<&str> = any.schema().methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["add", "div", "note", "stats", "boom", "sleep"]);
+    assert_eq!(any.schema(), CalcClient::schema().unwrap());
+    let sum = any.call_encoded("add", &postcard::to_stdvec(&(40i64, 2i64)).unwrap()).unwrap();
+    assert_eq!(postcard::from_bytes::<i64>(&sum).unwrap(), 42);
+    match any.call_encoded("div", &postcard::to_stdvec(&(1i64, 0i64)).unwrap()) {
+        Err(RpcError::Remote(bytes)) => {
+            assert_eq!(postcard::from_bytes::<CalcError>(&bytes).unwrap(), CalcError::DivByZero)
+        }
+        other => panic!("expected the method's error, got {other:?}"),
+    }
+    assert_eq!(any.call_encoded("nope", &[]), Err(RpcError::UnknownMethod("nope".into())));
+    assert!(matches!(any.call_encoded("add", &[0xff]), Err(RpcError::BadRequest(_))));
+}
+
+#[test]
 fn deadlines_bound_calls_and_nested_calls_inherit_them() {
     let broker = Broker::embedded().unwrap();
     let (_server, _serving) = calc(&broker, "rpc/slow", 2);

@@ -448,12 +448,17 @@ impl EventLoop {
                 let stats = self.mailbox_stats(request, &name);
                 self.queue(key, &stats, Vec::new());
             }
-            ControlMessage::OpenPort { request, name, mut spec } => {
+            ControlMessage::OpenPort { request, name, mut spec, service } => {
                 // A port cannot take more than the host's links carry.
                 let host = self.config.max_message_size;
                 spec.message_size = Some(spec.message_size.map_or(host, |n| n.min(host)));
-                match self.registry.open_port(key, name, spec) {
-                    Ok(()) => self.queue(key, &ControlMessage::Ok { request }, Vec::new()),
+                match self.registry.open_port(key, name.clone(), spec) {
+                    Ok(()) => {
+                        if service {
+                            self.registry.mark_service(&name);
+                        }
+                        self.queue(key, &ControlMessage::Ok { request }, Vec::new());
+                    }
                     Err((code, detail)) => self.refuse(key, request, code, &detail),
                 }
             }

@@ -118,6 +118,9 @@ pub enum EndpointKind {
     Mailbox,
     /// A topic, owned by the broker.
     Topic,
+    /// A port served by a typed service (`#[postbox::service]`): it answers describe requests
+    /// with its schema.
+    Service,
 }
 
 impl EndpointKind {
@@ -128,6 +131,7 @@ impl EndpointKind {
             Self::Port => "port",
             Self::Mailbox => "mailbox",
             Self::Topic => "topic",
+            Self::Service => "service",
         }
     }
 }
@@ -158,6 +162,8 @@ pub enum ControlMessage {
         name: PortName,
         /// How the port buffers; told to every client at connect time.
         spec: PortSpec,
+        /// The port is a typed service's (listed as [`EndpointKind::Service`]).
+        service: bool,
     },
     /// Node → broker: release a port name.
     ClosePort {
@@ -406,9 +412,10 @@ impl ControlMessage {
                 put_identity(buf, identity);
                 buf.extend_from_slice(&max_message_size.to_le_bytes());
             }
-            Self::OpenPort { name, spec, .. } => {
+            Self::OpenPort { name, spec, service, .. } => {
                 put_text(buf, name.as_str());
                 spec.encode(buf);
+                buf.push(u8::from(*service));
             }
             Self::ClosePort { name, .. } => put_text(buf, name.as_str()),
             Self::Connect { target, .. } => match target {
@@ -449,6 +456,7 @@ impl ControlMessage {
                         EndpointKind::Port => 0,
                         EndpointKind::Mailbox => 1,
                         EndpointKind::Topic => 2,
+                        EndpointKind::Service => 3,
                     });
                     used += row;
                     shown += 1;
@@ -548,6 +556,11 @@ impl ControlMessage {
                 request,
                 name: read_name(&mut r)?,
                 spec: PortSpec::decode(&mut r)?,
+                service: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    value => return Err(DecodeError::UnknownValue { field: "service", value }),
+                },
             },
             CLOSE_PORT => Self::ClosePort { request, name: read_name(&mut r)? },
             CONNECT => {
@@ -585,6 +598,7 @@ impl ControlMessage {
                             0 => EndpointKind::Port,
                             1 => EndpointKind::Mailbox,
                             2 => EndpointKind::Topic,
+                            3 => EndpointKind::Service,
                             value => {
                                 return Err(DecodeError::UnknownValue { field: "kind", value })
                             }
@@ -736,7 +750,12 @@ mod tests {
         vec![
             ControlMessage::Hello { request: 1 },
             ControlMessage::Welcome { request: 1, identity: identity(), max_message_size: 1 << 24 },
-            ControlMessage::OpenPort { request: 2, name: name.clone(), spec: PortSpec::default() },
+            ControlMessage::OpenPort {
+                request: 2,
+                name: name.clone(),
+                spec: PortSpec::default(),
+                service: false,
+            },
             ControlMessage::ClosePort { request: 3, name: name.clone() },
             ControlMessage::Connect { request: 4, target: Target::Port(name.clone()) },
             ControlMessage::Connect { request: 5, target: Target::Inbox(ProcessId::new(7, 1)) },
@@ -833,7 +852,8 @@ mod tests {
     fn open_port_matches_the_example_of_the_wire_format_document() {
         let name = PortName::new("calc").unwrap();
         let mut buf = Vec::new();
-        ControlMessage::OpenPort { request: 2, name, spec: PortSpec::default() }.encode(&mut buf);
+        ControlMessage::OpenPort { request: 2, name, spec: PortSpec::default(), service: false }
+            .encode(&mut buf);
         let expected = [
             0x01, 0x02, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04, 0x00, 0x63, 0x61, 0x6c, 0x63,
             0x01, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
@@ -845,7 +865,8 @@ mod tests {
     fn bad_names_and_kinds_are_named_in_the_error() {
         let mut buf = Vec::new();
         let name = PortName::new("ab").unwrap();
-        ControlMessage::OpenPort { request: 1, name, spec: PortSpec::default() }.encode(&mut buf);
+        ControlMessage::OpenPort { request: 1, name, spec: PortSpec::default(), service: false }
+            .encode(&mut buf);
         // Header, then the name's u16 length, then "ab": break its last character.
         buf[CONTROL_HEADER_LEN + 3] = b' ';
         assert_eq!(ControlMessage::decode(&buf), Err(DecodeError::InvalidName));

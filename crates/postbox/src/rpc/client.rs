@@ -24,7 +24,7 @@ use crate::{Connection, Message, Node};
 pub struct Client {
     /// The link in use; replaced when a retry finds it broken.
     connection: Arc<RwLock<Connection>>,
-    schema: &'static ServiceSchema,
+    schema: Arc<ServiceSchema>,
     timeout: Option<Duration>,
     retry: Option<Retry>,
     /// To connect again: the node, and the service's port name.
@@ -46,11 +46,7 @@ impl Client {
     /// # Errors
     /// [`BindError`]: `NoSuchService`, `TypeMismatch` naming the method, `Describe` when the
     /// port does not answer as a typed service.
-    pub fn bind(
-        node: &Node,
-        name: &str,
-        schema: &'static ServiceSchema,
-    ) -> Result<Self, BindError> {
+    pub fn bind(node: &Node, name: &str, schema: &ServiceSchema) -> Result<Self, BindError> {
         let client = Self::connect(node, name, schema)?;
         let reply = client.link().call_timeout(client.describe_request(), DESCRIBE_TIMEOUT);
         client.finish_bind(reply.map_err(call_error))
@@ -63,7 +59,7 @@ impl Client {
     pub async fn bind_async(
         node: &Node,
         name: &str,
-        schema: &'static ServiceSchema,
+        schema: &ServiceSchema,
     ) -> Result<Self, BindError> {
         let client = Self::connect(node, name, schema)?;
         let link = client.link();
@@ -107,11 +103,11 @@ impl Client {
         self.connection.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn connect(node: &Node, name: &str, schema: &'static ServiceSchema) -> Result<Self, BindError> {
+    fn connect(node: &Node, name: &str, schema: &ServiceSchema) -> Result<Self, BindError> {
         let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
         Ok(Self {
             connection: Arc::new(RwLock::new(connection)),
-            schema,
+            schema: Arc::new(schema.clone()),
             timeout: Some(DESCRIBE_TIMEOUT),
             retry: None,
             node: Arc::downgrade(node.shared()),
@@ -155,27 +151,7 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let deadline = self.deadline();
-        let call_id = next_call_id();
-        let mut link = self.link();
-        let mut attempt = 1;
-        loop {
-            let attempt_deadline = self.attempt_deadline(deadline);
-            let request =
-                self.request(RequestKind::Call, method, call_id, args, attempt_deadline)?;
-            let reply = match attempt_deadline {
-                Some(deadline) => link.call_deadline(request, deadline),
-                None => link.call(request),
-            };
-            match reply {
-                Ok(reply) => return decode_reply(reply),
-                Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
-                    attempt += 1;
-                    link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
-                }
-                Err(error) => return Err(call_error(error).map_remote(|n| match n {})),
-            }
-        }
+        decode_reply(self.exchange(self.request(RequestKind::Call, method, args)?)?)
     }
 
     /// Like [`call`](Self::call), without blocking the thread (tokio). Dropping the future
@@ -189,24 +165,72 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
+        let body = self.request(RequestKind::Call, method, args)?;
+        decode_reply(self.exchange_async(body).await?)
+    }
+
+    /// Calls the method named `method` with arguments already encoded (postcard, as the
+    /// schema's shapes say) and returns its result encoded: for tools that build values from
+    /// the schema, such as `postbox call`. An application error comes back as
+    /// `Remote(bytes)`.
+    ///
+    /// # Errors
+    /// [`RpcError`]; `UnknownMethod` when the schema has no such method.
+    pub fn call_encoded(&self, method: &str, args: &[u8]) -> Result<Vec<u8>, RpcError<Vec<u8>>> {
+        let Some(index) = self.schema.methods.iter().position(|m| m.name == method) else {
+            return Err(RpcError::UnknownMethod(method.to_owned()));
+        };
+        let mut body = self.header(RequestKind::Call, index);
+        body.extend_from_slice(args);
+        let reply = self.exchange(body)?;
+        let (status, payload) =
+            ReplyStatus::decode(reply.body()).map_err(|e| RpcError::Decode(e.to_string()))?;
+        match status {
+            ReplyStatus::Ok => Ok(payload.to_vec()),
+            ReplyStatus::Err => Err(RpcError::Remote(payload.to_vec())),
+            _ => decode_reply::<(), Vec<u8>>(reply).map(|()| Vec::new()),
+        }
+    }
+
+    /// The service's schema: the client's own definition, or the server's for a client made
+    /// by [`describe`](Self::describe).
+    #[must_use]
+    pub fn schema(&self) -> &ServiceSchema {
+        &self.schema
+    }
+
+    /// Connects to the typed service served on `name` and takes its schema as the server
+    /// describes it, without checking it against any definition: for tools that build
+    /// arguments from the schema ([`call_encoded`](Self::call_encoded)).
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind), without `TypeMismatch`.
+    pub fn describe(node: &Node, name: &str) -> Result<Self, BindError> {
+        let empty = ServiceSchema { version: 0, name: String::new(), methods: Vec::new() };
+        let client = Self::connect(node, name, &empty)?;
+        let reply = client.link().call_timeout(client.describe_request(), DESCRIBE_TIMEOUT);
+        let server: ServiceSchema =
+            decode_reply(reply.map_err(call_error).map_err(BindError::Describe)?)
+                .map_err(|e: RpcError| BindError::Describe(e))?;
+        Ok(Self { schema: Arc::new(server), timeout: None, ..client })
+    }
+
+    /// Sends the request `body` (its deadline field still 0) as a call, with retries (each
+    /// attempt with the deadline it has), and returns the reply.
+    fn exchange<E>(&self, body: Vec<u8>) -> Result<Message, RpcError<E>> {
         let deadline = self.deadline();
-        let call_id = next_call_id();
         let mut link = self.link();
         let mut attempt = 1;
+        let mut body = Some(body);
         loop {
             let attempt_deadline = self.attempt_deadline(deadline);
-            let request =
-                self.request(RequestKind::Call, method, call_id, args, attempt_deadline)?;
-            let call = link.call_async(request);
+            let request = self.attempt(&mut body, attempt, attempt_deadline);
             let reply = match attempt_deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline.into(), call).await {
-                    Ok(reply) => reply,
-                    Err(_) => Err(CallError::Timeout(None)),
-                },
-                None => call.await,
+                Some(deadline) => link.call_deadline(request, deadline),
+                None => link.call(request),
             };
             match reply {
-                Ok(reply) => return decode_reply(reply),
+                Ok(reply) => return Ok(reply),
                 Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
                     attempt += 1;
                     link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
@@ -216,14 +240,62 @@ impl Client {
         }
     }
 
+    /// Like [`exchange`](Self::exchange), without blocking the thread (tokio).
+    async fn exchange_async<E>(&self, body: Vec<u8>) -> Result<Message, RpcError<E>> {
+        let deadline = self.deadline();
+        let mut link = self.link();
+        let mut attempt = 1;
+        let mut body = Some(body);
+        loop {
+            let attempt_deadline = self.attempt_deadline(deadline);
+            let request = self.attempt(&mut body, attempt, attempt_deadline);
+            let call = link.call_async(request);
+            let reply = match attempt_deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline.into(), call).await {
+                    Ok(reply) => reply,
+                    Err(_) => Err(CallError::Timeout(None)),
+                },
+                None => call.await,
+            };
+            match reply {
+                Ok(reply) => return Ok(reply),
+                Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
+                    attempt += 1;
+                    link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
+                }
+                Err(error) => return Err(call_error(error).map_remote(|n| match n {})),
+            }
+        }
+    }
+
+    /// The message of attempt `attempt`: the request body with its deadline; the body itself
+    /// on the last attempt, a copy before (a retry sends it again).
+    fn attempt(
+        &self,
+        body: &mut Option<Vec<u8>>,
+        attempt: u32,
+        deadline: Option<Instant>,
+    ) -> Message {
+        let mut bytes = if attempt < self.attempts() {
+            body.clone().unwrap_or_default()
+        } else {
+            body.take().unwrap_or_default()
+        };
+        let left = deadline.map_or(0, |d| {
+            // A deadline already passed still says "there is one" (1 ns).
+            d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, u64::MAX.into()) as u64
+        });
+        RequestHeader::set_deadline(&mut bytes, left);
+        Message::new(bytes).with_type(RPC_MSG_TYPE)
+    }
+
     /// Sends the `method`-th method (a one-way method) with `args`: returns once the request
     /// is in the link; nothing answers.
     ///
     /// # Errors
     /// [`RpcError::PeerDied`] when the server is gone, [`RpcError::TooLarge`].
     pub fn send<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<(), RpcError> {
-        let request =
-            self.request(RequestKind::Oneway, method, next_call_id(), args, self.deadline())?;
+        let request = self.oneway(method, args)?;
         self.link().send(request).map_err(send_error)
     }
 
@@ -236,8 +308,7 @@ impl Client {
         method: usize,
         args: &A,
     ) -> Result<(), RpcError> {
-        let request =
-            self.request(RequestKind::Oneway, method, next_call_id(), args, self.deadline())?;
+        let request = self.oneway(method, args)?;
         self.link().send_async(request).await.map_err(send_error)
     }
 
@@ -251,34 +322,39 @@ impl Client {
         }
     }
 
+    /// The body of a request for the `method`-th method with `args`, its deadline left 0.
     fn request<A, E>(
         &self,
         kind: RequestKind,
         method: usize,
-        call_id: u64,
         args: &A,
-        deadline: Option<Instant>,
-    ) -> Result<Message, RpcError<E>>
+    ) -> Result<Vec<u8>, RpcError<E>>
     where
         A: Serialize + ?Sized,
     {
+        postcard::to_extend(args, self.header(kind, method))
+            .map_err(|e| RpcError::BadRequest(e.to_string()))
+    }
+
+    /// A one-way request for the `method`-th method, with the deadline of now.
+    fn oneway<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<Message, RpcError> {
+        let mut body = Some(self.request(RequestKind::Oneway, method, args)?);
+        Ok(self.attempt(&mut body, u32::MAX, self.deadline()))
+    }
+
+    /// The request header for the `method`-th method, with a new call id and no deadline.
+    fn header(&self, kind: RequestKind, method: usize) -> Vec<u8> {
         let schema = &self.schema.methods[method];
-        let mut body = Vec::with_capacity(64);
+        let mut body = Vec::with_capacity(64 + schema.name.len());
         RequestHeader {
             kind,
-            call_id,
+            call_id: next_call_id(),
             method_hash: schema.hash,
-            deadline_ns: deadline.map_or(0, |d| {
-                // A deadline already passed still says "there is one" (1 ns).
-                d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, u64::MAX.into())
-                    as u64
-            }),
+            deadline_ns: 0,
             method: schema.name.clone(),
         }
         .encode(&mut body);
-        let body =
-            postcard::to_extend(args, body).map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        Ok(Message::new(body).with_type(RPC_MSG_TYPE))
+        body
     }
 
     fn describe_request(&self) -> Message {

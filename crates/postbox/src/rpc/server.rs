@@ -129,7 +129,7 @@ pub fn start(
     service: Arc<dyn Dispatch>,
     threads: usize,
 ) -> Result<Serving, ServeError> {
-    let port = Arc::new(node.port(name).open()?);
+    let port = Arc::new(node.port(name).service().open()?);
     let stop = Arc::new(AtomicBool::new(false));
     let cache = Arc::new(Mutex::new(ReplyCache::new(REPLY_CACHE_CAPACITY)));
     let threads = (0..threads.max(1))
