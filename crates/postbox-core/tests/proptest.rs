@@ -489,7 +489,8 @@ fn port_entry() -> impl Strategy<Value = PortEntry> {
     let kind = prop_oneof![
         Just(EndpointKind::Port),
         Just(EndpointKind::Mailbox),
-        Just(EndpointKind::Topic)
+        Just(EndpointKind::Topic),
+        Just(EndpointKind::Service)
     ];
     (port_name(), identity(), any::<u32>(), kind)
         .prop_map(|(name, owner, connections, kind)| PortEntry { name, owner, connections, kind })
@@ -504,8 +505,14 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         (request(), identity(), any::<u32>()).prop_map(|(request, identity, max_message_size)| {
             ControlMessage::Welcome { request, identity, max_message_size }
         }),
-        (request(), port_name(), port_spec())
-            .prop_map(|(request, name, spec)| ControlMessage::OpenPort { request, name, spec }),
+        (request(), port_name(), port_spec(), any::<bool>()).prop_map(
+            |(request, name, spec, service)| ControlMessage::OpenPort {
+                request,
+                name,
+                spec,
+                service
+            }
+        ),
         (request(), port_name())
             .prop_map(|(request, name)| ControlMessage::ClosePort { request, name }),
         (

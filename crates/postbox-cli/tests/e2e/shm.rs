@@ -439,6 +439,7 @@ fn open_port(control: &ControlSocket, name: &str) {
         request: 2,
         name: PortName::new(name).unwrap(),
         spec: PortSpec::default(),
+        service: false,
     };
     control.send(&packet(&open), &[], Wait::Forever).unwrap();
     assert_eq!(recv_with_fds(control).0, ControlMessage::Ok { request: 2 });
