@@ -63,6 +63,11 @@ pub(crate) fn ls() -> Result<()> {
             lost,
             buffering
         )?;
+        if port.kind == postbox::EndpointKind::Service {
+            for method in crate::typed::methods(&node, port.name.as_str()) {
+                writeln!(out, "    {method}")?;
+            }
+        }
     }
     // This `ls` is itself one of the attached nodes.
     writeln!(out, "{} ports, {} nodes attached", listing.ports.len(), listing.nodes)?;

@@ -9,7 +9,9 @@ mod demo;
 mod duration;
 mod latency;
 mod placement;
+mod services;
 mod spawner;
+mod typed;
 mod worker;
 
 use std::path::PathBuf;
@@ -105,12 +107,16 @@ enum Command {
         /// Port name.
         name: String,
     },
-    /// Call a port with TEXT and print the reply.
+    /// Call a port with TEXT and print the reply; or, with three arguments, call METHOD of the
+    /// typed service NAME with JSON arguments (an array, or an object by argument name) and
+    /// print the result as JSON.
     Call {
         /// Port name.
         name: String,
-        /// Request text, or `-` for stdin.
+        /// Request text, or `-` for stdin; for a typed service, the method.
         text: String,
+        /// A typed service's arguments, as JSON.
+        json: Option<String>,
         /// Give up after this long (e.g. 500ms, 2s).
         #[arg(long, value_parser = duration::parse)]
         timeout: Option<Duration>,
@@ -206,7 +212,10 @@ fn main() {
             commands::mailbox_create(&name, capacity)
         }
         Command::Mailbox(MailboxCommand::Unlink { name }) => commands::mailbox_unlink(&name),
-        Command::Call { name, text, timeout } => commands::call(&name, &text, timeout),
+        Command::Call { name, text, json: None, timeout } => commands::call(&name, &text, timeout),
+        Command::Call { name, text, json: Some(json), timeout } => {
+            typed::call(&name, &text, &json, timeout)
+        }
         Command::Demo { rounds, placement } => demo::run(rounds, &placement),
         Command::Bench { json, rounds, placement, quick, measure } => {
             let rounds = if quick { rounds.min(2_000) } else { rounds };

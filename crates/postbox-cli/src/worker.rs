@@ -48,6 +48,19 @@ pub(crate) enum Role {
         #[arg(long, default_value_t = 1)]
         batch: usize,
     },
+    /// Serve the typed `Calc` service on port NAME (add, div, scale, stats, note).
+    TypedCalc {
+        /// Port name.
+        name: String,
+        /// Threads serving it.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Serve the typed `Echo` service on port NAME (echo(body) -> body).
+    TypedEcho {
+        /// Port name.
+        name: String,
+    },
     /// Send each TEXT to the inbox of process PID (`pid.generation`).
     SendTo {
         /// The receiving node's process id.
@@ -272,6 +285,18 @@ pub(crate) fn run(role: Role) -> Result<()> {
             Ok(())
         }
         Role::BusyEcho { name, reply_to } => busy_echo(&name, &reply_to),
+        Role::TypedCalc { name, threads } => {
+            use crate::services::{CalcServer, Calculator};
+            let node = Node::attach()?;
+            let serving =
+                CalcServer::new(Calculator::default()).threads(threads).start(&node, &name);
+            serve_until_killed(&node, serving)
+        }
+        Role::TypedEcho { name } => {
+            use crate::services::{EchoServer, Echoer};
+            let node = Node::attach()?;
+            serve_until_killed(&node, EchoServer::new(Echoer).start(&node, &name))
+        }
     }
 }
 
@@ -453,6 +478,18 @@ fn raw_stdin_loop(size: usize, echo: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Says ready once `serving` serves, then serves until the process is killed.
+fn serve_until_killed(
+    node: &Node,
+    serving: Result<postbox::rpc::Serving, postbox::rpc::ServeError>,
+) -> Result<()> {
+    let _serving = serving?;
+    ready(Some(node.process_id()));
+    loop {
+        std::thread::park();
+    }
 }
 
 fn ready(process: Option<ProcessId>) {

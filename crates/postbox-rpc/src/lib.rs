@@ -12,12 +12,14 @@
 
 pub mod envelope;
 pub mod error;
+pub mod json;
 pub mod reply_cache;
 pub mod schema;
 pub mod shape;
 
 pub use envelope::{ReplyStatus, RequestHeader, RequestKind, RPC_MSG_TYPE, RPC_VERSION};
 pub use error::{BindError, Never, RpcError};
+pub use json::{JsonError, JsonErrorKind};
 pub use reply_cache::{Lookup, ReplyCache};
 pub use schema::{
     MethodKind, MethodSchema, Mismatch, SchemaBuilder, SchemaError, ServiceSchema, SCHEMA_VERSION,

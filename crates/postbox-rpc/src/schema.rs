@@ -7,11 +7,11 @@
 //! of decoding garbage. Names of types do not count, only their shape as serde sees it: the
 //! bytes postcard puts on the wire.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_reflection::{Format, FormatHolder, Tracer, TracerConfig};
+use serde_reflection::{ContainerFormat, Format, FormatHolder, Samples, Tracer, TracerConfig};
 
 use crate::shape::{count, shape_bytes, shape_of, text, Field, Shape};
 
@@ -54,6 +54,86 @@ pub enum MethodKind {
     /// One-way: the caller does not wait and gets no result.
     Oneway,
 }
+
+/// The formats of a method's argument tuple `A`, result `T` and (if `fallible`) error `E`, and
+/// the named types they use, every enum with all its variants.
+///
+/// The tracer explores one variant of an enum each time it meets it (by deserializing), and
+/// completes only the enum at the top of a trace by itself. So the three types are traced
+/// again and again, each time telling the tracer to go on with the enums still incomplete
+/// (whose names its error gives), until every enum is complete. An enum met only inside a
+/// later variant of another enum can stay incomplete: that is an error naming it.
+#[allow(clippy::type_complexity)]
+fn trace<A, T, E>(
+    fallible: bool,
+) -> Result<(Format, Format, Option<Format>, BTreeMap<String, ContainerFormat>), String>
+where
+    A: DeserializeOwned,
+    T: DeserializeOwned,
+    E: DeserializeOwned,
+{
+    let samples = Samples::new();
+    let mut enums: BTreeSet<String> = BTreeSet::new();
+    for _ in 0..TRACE_ROUNDS {
+        let mut tracer = Tracer::new(TracerConfig::default());
+        let mut formats = None;
+        for _ in 0..TRACE_PASSES {
+            let args = tracer.trace_type_once::<A>(&samples).map_err(|e| e.to_string())?.0;
+            let ok = tracer.trace_type_once::<T>(&samples).map_err(|e| e.to_string())?.0;
+            let err = if fallible {
+                Some(tracer.trace_type_once::<E>(&samples).map_err(|e| e.to_string())?.0)
+            } else {
+                None
+            };
+            formats.get_or_insert((args, ok, err));
+            // Every name must be asked (no short cut): asking is what lets it go on.
+            let going_on =
+                enums.iter().filter(|name| tracer.check_incomplete_enum(name).is_some()).count();
+            if going_on == 0 {
+                break;
+            }
+        }
+        let Some((args, ok, err)) = formats else { break };
+        match tracer.registry() {
+            Ok(types) => {
+                // A variant whose index was never found keeps a provisional one (near
+                // u32::MAX): that enum was not met often enough.
+                let partial: Vec<&String> = types
+                    .iter()
+                    .filter(|(_, c)| {
+                        matches!(c, ContainerFormat::Enum(v) if v.keys().any(|&i| i > u32::MAX / 2))
+                    })
+                    .map(|(name, _)| name)
+                    .collect();
+                if partial.is_empty() {
+                    return Ok((args, ok, err, types));
+                }
+                return Err(format!(
+                    "enum {} is met only inside a later variant of another enum, and its \
+                     variants could not all be traced",
+                    partial.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            Err(serde_reflection::Error::MissingVariants(names)) => {
+                let before = enums.len();
+                enums.extend(names.iter().cloned());
+                if enums.len() == before {
+                    return Err(format!(
+                        "the variants of enum {} could not all be traced",
+                        names.join(", ")
+                    ));
+                }
+            }
+            Err(other) => return Err(other.to_string()),
+        }
+    }
+    Err("tracing did not finish".into())
+}
+
+/// Rounds of tracing, each discovering more incomplete enums by name.
+const TRACE_ROUNDS: usize = 16;
+/// Traces per round (each enum met explores one more variant per trace).
+const TRACE_PASSES: usize = 1024;
 
 /// A type whose serde shape could not be traced (a hand-written `Deserialize` that validates
 /// what it reads, for example).
@@ -157,6 +237,21 @@ impl MethodSchema {
         fnv1a(&out)
     }
 
+    /// The method as a line of Rust: `add(a: i64, b: i64) -> Result<i64, CalcError>`, with
+    /// `#[oneway]` in front of a one-way method.
+    #[must_use]
+    pub fn signature(&self) -> String {
+        let args: Vec<String> =
+            self.args.iter().map(|a| format!("{}: {}", a.name, a.shape)).collect();
+        let oneway = if self.kind == MethodKind::Oneway { "#[oneway] " } else { "" };
+        let result = match (&self.err, &self.ok) {
+            (Some(err), ok) => format!(" -> Result<{ok}, {err}>"),
+            (None, Shape::Unit) => String::new(),
+            (None, ok) => format!(" -> {ok}"),
+        };
+        format!("{oneway}{}({}){result}", self.name, args.join(", "))
+    }
+
     fn args_bytes(&self, out: &mut Vec<u8>) {
         count(out, self.args.len());
         for arg in &self.args {
@@ -232,15 +327,11 @@ impl SchemaBuilder {
     {
         let failed = |reason: String| SchemaError { method: name.to_owned(), reason };
         let traced = |e: serde_reflection::Error| failed(e.to_string());
-        let mut tracer = Tracer::new(TracerConfig::default());
-        let (mut args, _) = tracer.trace_simple_type::<A>().map_err(traced)?;
-        let (mut ok, _) = tracer.trace_simple_type::<T>().map_err(traced)?;
-        let mut err =
-            if fallible { Some(tracer.trace_simple_type::<E>().map_err(traced)?.0) } else { None };
+        let (mut args, mut ok, mut err, types) =
+            trace::<A, T, E>(fallible).map_err(|e| failed(e.to_string()))?;
         for format in std::iter::once(&mut args).chain(Some(&mut ok)).chain(err.as_mut()) {
             format.normalize().map_err(traced)?;
         }
-        let types = tracer.registry().map_err(traced)?;
         let shape =
             |format: &Format| shape_of(format, &types, &mut BTreeSet::new()).map_err(failed);
         let arg_shapes = match shape(&args)? {
@@ -380,6 +471,104 @@ mod tests {
         assert!(matches!(client.check_against(&other), Err(Mismatch::Service { .. })));
         // More methods on the server are fine.
         assert_eq!(fewer.check_against(&client), Ok(()));
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    enum Color {
+        Red,
+        Green,
+        Blue(u8),
+        Custom { r: u8, g: u8, b: u8 },
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Pen {
+        color: Color,
+        width: Option<Color>,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    enum Command {
+        Draw(Color),
+        Stop,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    enum Late {
+        Nothing,
+        Paint(Color),
+    }
+
+    #[test]
+    fn an_enum_met_only_inside_a_later_variant_of_another_is_a_named_error() {
+        // A known limit of tracing by deserialization: `Paint(Color)` is met twice, too few
+        // times to learn Color's four variants. The error says which enum, at bind time.
+        let error = SchemaBuilder::new("L")
+            .method::<(Late,), (), ()>("late", MethodKind::Call, &["l"], false)
+            .unwrap_err();
+        assert_eq!(error.method, "late");
+        assert!(error.reason.contains("enum Color"), "{}", error.reason);
+    }
+
+    #[test]
+    fn enums_anywhere_in_arguments_results_and_errors_are_traced_whole() {
+        let schema = one("Paint", |b| {
+            b.method::<(Color,), Vec<Color>, Color>("mix", MethodKind::Call, &["c"], true)?
+                .method::<(Pen, Option<Color>, (Color, u8)), (), ()>(
+                    "draw",
+                    MethodKind::Call,
+                    &["pen", "fill", "pair"],
+                    false,
+                )?
+                .method::<(Vec<Command>,), Command, ()>("run", MethodKind::Call, &["script"], false)
+        });
+        let variants = |shape: &Shape| match shape {
+            Shape::Named { body, .. } => match &**body {
+                crate::Container::Enum(v) => {
+                    v.iter().map(|v| (v.index, v.name.clone())).collect::<Vec<_>>()
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let all = vec![
+            (0, "Red".to_owned()),
+            (1, "Green".to_owned()),
+            (2, "Blue".to_owned()),
+            (3, "Custom".to_owned()),
+        ];
+        assert_eq!(variants(&schema.methods[0].args[0].shape), all);
+        let Shape::Seq(item) = &schema.methods[0].ok else { panic!("a Vec") };
+        assert_eq!(variants(item), all);
+        let Shape::Option(fill) = &schema.methods[1].args[1].shape else { panic!("an Option") };
+        assert_eq!(variants(fill), all);
+        let Shape::Named { body, .. } = &schema.methods[2].ok else { panic!("an enum") };
+        let crate::Container::Enum(command) = &**body else { panic!("an enum") };
+        let crate::VariantBody::NewType(inner) = &command[0].body else { panic!("Draw(Color)") };
+        assert_eq!(variants(inner), all, "an enum inside the first variant of another");
+    }
+
+    #[test]
+    fn a_method_prints_as_its_signature() {
+        let schema = one("Geo", |b| {
+            b.method::<(v1::Point, Vec<Option<String>>), u64, String>(
+                "put",
+                MethodKind::Call,
+                &["at", "labels"],
+                true,
+            )?
+            .method::<(u8, u8), (), ()>("note", MethodKind::Oneway, &["a", "b"], false)?
+            .method::<(), (bool,), ()>("one", MethodKind::Call, &[], false)
+        });
+        let lines: Vec<String> = schema.methods.iter().map(MethodSchema::signature).collect();
+        assert_eq!(
+            lines,
+            [
+                "put(at: Point, labels: Vec<Option<String>>) -> Result<u64, String>",
+                "#[oneway] note(a: u8, b: u8)",
+                "one() -> (bool,)",
+            ]
+        );
     }
 
     #[test]

@@ -78,6 +78,50 @@ pub enum Shape {
     Recursive(String),
 }
 
+impl std::fmt::Display for Shape {
+    /// The shape as a Rust-like type: `i64`, `Option<String>`, `Vec<Point>`, `(u8, bool)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |f: &mut std::fmt::Formatter<'_>, items: &[Shape]| -> std::fmt::Result {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{item}")?;
+            }
+            Ok(())
+        };
+        match self {
+            Self::Unit => f.write_str("()"),
+            Self::Bool => f.write_str("bool"),
+            Self::I8 => f.write_str("i8"),
+            Self::I16 => f.write_str("i16"),
+            Self::I32 => f.write_str("i32"),
+            Self::I64 => f.write_str("i64"),
+            Self::I128 => f.write_str("i128"),
+            Self::U8 => f.write_str("u8"),
+            Self::U16 => f.write_str("u16"),
+            Self::U32 => f.write_str("u32"),
+            Self::U64 => f.write_str("u64"),
+            Self::U128 => f.write_str("u128"),
+            Self::F32 => f.write_str("f32"),
+            Self::F64 => f.write_str("f64"),
+            Self::Char => f.write_str("char"),
+            Self::Str => f.write_str("String"),
+            Self::Bytes => f.write_str("Bytes"),
+            Self::Option(inner) => write!(f, "Option<{inner}>"),
+            Self::Seq(inner) => write!(f, "Vec<{inner}>"),
+            Self::Map { key, value } => write!(f, "Map<{key}, {value}>"),
+            Self::Tuple(items) => {
+                f.write_str("(")?;
+                list(f, items)?;
+                f.write_str(if items.len() == 1 { ",)" } else { ")" })
+            }
+            Self::Array { item, len } => write!(f, "[{item}; {len}]"),
+            Self::Named { name, .. } | Self::Recursive(name) => f.write_str(name),
+        }
+    }
+}
+
 /// What a named type holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Container {

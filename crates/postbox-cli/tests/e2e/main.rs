@@ -14,4 +14,5 @@ mod mailboxes;
 mod operations;
 mod shm;
 mod topics;
+mod typed;
 mod util;
