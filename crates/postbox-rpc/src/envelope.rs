@@ -13,6 +13,8 @@ pub const RPC_MSG_TYPE: u32 = 0x7270_6301;
 /// The envelope version this build speaks.
 pub const RPC_VERSION: u8 = 1;
 
+/// Where the call id field starts in an encoded request.
+const CALL_ID_AT: usize = 8;
 /// Where the deadline field starts in an encoded request.
 const DEADLINE_AT: usize = 24;
 
@@ -26,6 +28,8 @@ pub enum RequestKind {
     Oneway,
     /// Answer with the service's schema.
     Describe,
+    /// The caller stopped waiting for call `call_id`: tell the method (one-way).
+    Cancel,
 }
 
 /// The fixed part of a request.
@@ -64,6 +68,8 @@ pub enum ReplyStatus {
     BadRequest,
     /// The deadline passed before the method could run.
     DeadlineExceeded,
+    /// The caller cancelled the call before the method ran.
+    Cancelled,
 }
 
 impl RequestHeader {
@@ -74,6 +80,7 @@ impl RequestHeader {
             RequestKind::Call => 1,
             RequestKind::Oneway => 2,
             RequestKind::Describe => 3,
+            RequestKind::Cancel => 4,
         });
         buf.extend_from_slice(&[0; 6]);
         buf.extend_from_slice(&self.call_id.to_le_bytes());
@@ -90,6 +97,12 @@ impl RequestHeader {
         }
     }
 
+    /// The call id of the encoded request `body` (`None` for a body too short).
+    #[must_use]
+    pub fn call_id_of(body: &[u8]) -> Option<u64> {
+        body.get(CALL_ID_AT..CALL_ID_AT + 8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+
     /// Decodes the header at the front of `body`; returns it and the argument bytes after it.
     ///
     /// # Errors
@@ -104,6 +117,7 @@ impl RequestHeader {
             1 => RequestKind::Call,
             2 => RequestKind::Oneway,
             3 => RequestKind::Describe,
+            4 => RequestKind::Cancel,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         if r.array::<6>()? != [0; 6] {
@@ -130,6 +144,7 @@ impl ReplyStatus {
             Self::Panicked => 4,
             Self::BadRequest => 5,
             Self::DeadlineExceeded => 6,
+            Self::Cancelled => 7,
         });
     }
 
@@ -151,6 +166,7 @@ impl ReplyStatus {
             4 => Self::Panicked,
             5 => Self::BadRequest,
             6 => Self::DeadlineExceeded,
+            7 => Self::Cancelled,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok((status, r.take(r.remaining())?))
@@ -185,6 +201,7 @@ mod tests {
         let (decoded, args) = RequestHeader::decode(&buf).unwrap();
         assert_eq!(decoded, header);
         assert_eq!(args, [1, 2, 3]);
+        assert_eq!(RequestHeader::call_id_of(&buf), Some(7));
         RequestHeader::set_deadline(&mut buf, 5);
         assert_eq!(RequestHeader::decode(&buf).unwrap().0.deadline_ns, 5);
     }
@@ -226,6 +243,7 @@ mod tests {
             ReplyStatus::Panicked,
             ReplyStatus::BadRequest,
             ReplyStatus::DeadlineExceeded,
+            ReplyStatus::Cancelled,
         ] {
             let body = status.with_payload(b"xyz");
             assert_eq!(ReplyStatus::decode(&body).unwrap(), (status, &b"xyz"[..]));

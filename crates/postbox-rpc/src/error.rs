@@ -29,6 +29,9 @@ pub enum RpcError<E = Never> {
     /// The deadline had passed when the server got the request: the method did not run.
     #[error("the deadline passed before the server could run the method")]
     DeadlineExceeded,
+    /// The call was cancelled (by this caller, from another attempt) before the method ran.
+    #[error("the call was cancelled before the method ran")]
+    Cancelled,
     /// The server died or left before answering.
     #[error("the server died before answering")]
     PeerDied,
@@ -94,6 +97,7 @@ impl<E> RpcError<E> {
             Self::Remote(e) => RpcError::Remote(f(e)),
             Self::Timeout => RpcError::Timeout,
             Self::DeadlineExceeded => RpcError::DeadlineExceeded,
+            Self::Cancelled => RpcError::Cancelled,
             Self::PeerDied => RpcError::PeerDied,
             Self::TypeMismatch(s) => RpcError::TypeMismatch(s),
             Self::UnknownMethod(s) => RpcError::UnknownMethod(s),

@@ -10,6 +10,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cancel;
 pub mod envelope;
 pub mod error;
 pub mod json;
@@ -17,6 +18,7 @@ pub mod reply_cache;
 pub mod schema;
 pub mod shape;
 
+pub use cancel::CancelTable;
 pub use envelope::{ReplyStatus, RequestHeader, RequestKind, RPC_MSG_TYPE, RPC_VERSION};
 pub use error::{BindError, Never, RpcError};
 pub use json::{JsonError, JsonErrorKind};

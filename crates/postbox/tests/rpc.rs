@@ -463,6 +463,63 @@ async fn the_async_forms_bind_call_and_pipeline() {
     }
 }
 
+/// A method that waits for its caller's cancel (or its time), and counts the cancels it saw.
+#[postbox::service]
+pub trait Patient {
+    fn wait(&self, ms: u64) -> bool;
+    fn cancels_seen(&self) -> u64;
+}
+
+#[derive(Default)]
+struct Waiter {
+    seen: AtomicU64,
+}
+
+impl Patient for Waiter {
+    fn wait(&self, ms: u64) -> bool {
+        let context = CallContext::current().expect("served");
+        let end = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < end {
+            if context.is_cancelled() {
+                self.seen.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    fn cancels_seen(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_async_call_cancels_it_at_the_server() {
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let _serving = PatientServer::new(Waiter::default())
+        .threads(2)
+        .start(&server_node, "rpc/patient")
+        .unwrap();
+    let node = broker.node().unwrap();
+    let patient = PatientClient::bind_async(&node, "rpc/patient").await.unwrap();
+    assert!(patient.wait_async(1).await.unwrap(), "an uncancelled call runs to its end");
+    // The caller stops waiting after 100 ms: the future is dropped.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), patient.wait_async(20_000)).await;
+    assert!(gave_up.is_err());
+    // The method hears of it and stops, far before its 20 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while patient.cancels_seen_async().await.unwrap() != 1 {
+        assert!(Instant::now() < deadline, "the server never saw the cancel");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A call that completes sends no cancel.
+    assert!(patient.wait_async(1).await.unwrap());
+    assert_eq!(patient.cancels_seen_async().await.unwrap(), 1);
+}
+
 /// Awaits every future concurrently (each on its own task would need 'static).
 async fn futures_join_all<F: std::future::Future>(
     futures: impl Iterator<Item = F>,

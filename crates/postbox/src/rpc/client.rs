@@ -241,10 +241,15 @@ impl Client {
     }
 
     /// Like [`exchange`](Self::exchange), without blocking the thread (tokio).
+    /// Dropped before it ends, it tells the server (the call is cancelled).
     async fn exchange_async<E>(&self, body: Vec<u8>) -> Result<Message, RpcError<E>> {
         let deadline = self.deadline();
         let mut link = self.link();
         let mut attempt = 1;
+        let mut cancel = CancelOnDrop {
+            link: Some(link.clone()),
+            call_id: RequestHeader::call_id_of(&body).unwrap_or(0),
+        };
         let mut body = Some(body);
         loop {
             let attempt_deadline = self.attempt_deadline(deadline);
@@ -258,12 +263,19 @@ impl Client {
                 None => call.await,
             };
             match reply {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    cancel.link = None;
+                    return Ok(reply);
+                }
                 Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
                     attempt += 1;
                     link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
+                    cancel.link = Some(link.clone());
                 }
-                Err(error) => return Err(call_error(error).map_remote(|n| match n {})),
+                Err(error) => {
+                    cancel.link = None;
+                    return Err(call_error(error).map_remote(|n| match n {}));
+                }
             }
         }
     }
@@ -378,6 +390,29 @@ impl Client {
     }
 }
 
+/// An async call in flight: dropped while it still holds its link (the caller stopped waiting),
+/// it sends the server a cancel request for the call (best effort, never waiting).
+struct CancelOnDrop {
+    link: Option<Connection>,
+    call_id: u64,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(link) = self.link.take() else { return };
+        let mut body = Vec::new();
+        RequestHeader {
+            kind: RequestKind::Cancel,
+            call_id: self.call_id,
+            method_hash: 0,
+            deadline_ns: 0,
+            method: String::new(),
+        }
+        .encode(&mut body);
+        let _ = link.try_send(Message::new(body).with_type(RPC_MSG_TYPE));
+    }
+}
+
 /// Decodes a reply body into the method's result or its error.
 pub(crate) fn decode_reply<T, E>(reply: Message) -> Result<T, RpcError<E>>
 where
@@ -399,6 +434,7 @@ where
         ReplyStatus::Panicked => Err(RpcError::Panicked(text(payload))),
         ReplyStatus::BadRequest => Err(RpcError::BadRequest(text(payload))),
         ReplyStatus::DeadlineExceeded => Err(RpcError::DeadlineExceeded),
+        ReplyStatus::Cancelled => Err(RpcError::Cancelled),
         _ => Err(RpcError::Decode(format!("unknown reply status {status:?}"))),
     }
 }

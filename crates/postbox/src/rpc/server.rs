@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postbox_rpc::{
-    Lookup, ReplyCache, ReplyStatus, RequestHeader, RequestKind, ServiceSchema, RPC_MSG_TYPE,
+    CancelTable, Lookup, ReplyCache, ReplyStatus, RequestHeader, RequestKind, ServiceSchema,
+    RPC_MSG_TYPE,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -132,10 +133,15 @@ pub fn start(
     let port = Arc::new(node.port(name).service().open()?);
     let stop = Arc::new(AtomicBool::new(false));
     let cache = Arc::new(Mutex::new(ReplyCache::new(REPLY_CACHE_CAPACITY)));
+    let cancels = Arc::new(Mutex::new(CancelTable::new()));
     let threads = (0..threads.max(1))
         .map(|_| {
             let (port, stop) = (Arc::clone(&port), Arc::clone(&stop));
-            let server = Server { service: Arc::clone(&service), cache: Arc::clone(&cache) };
+            let server = Server {
+                service: Arc::clone(&service),
+                cache: Arc::clone(&cache),
+                cancels: Arc::clone(&cancels),
+            };
             std::thread::spawn(move || server.serve_loop(&port, &stop))
         })
         .collect();
@@ -182,6 +188,8 @@ struct Server {
     service: Arc<dyn Dispatch>,
     /// Replies of recent calls, for retries (at-most-once).
     cache: Arc<Mutex<ReplyCache<ReplyToken>>>,
+    /// Flags of the calls running, for their callers' cancels.
+    cancels: Arc<Mutex<CancelTable>>,
 }
 
 impl Server {
@@ -208,6 +216,10 @@ impl Server {
             Err(e) => return answer(token, Outcome::text(ReplyStatus::BadRequest, &e.to_string())),
         };
         let caller = envelope.sender();
+        if header.kind == RequestKind::Cancel {
+            lock(&self.cancels).cancel(caller, header.call_id);
+            return;
+        }
         let Some(token) = token else {
             // One-way: nothing to answer, nothing to remember.
             self.run(&header, args, caller, arrived);
@@ -240,8 +252,7 @@ impl Server {
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, ReplyCache<ReplyToken>> {
-        // Consistent between its own statements: a panic elsewhere leaves it usable.
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.cache)
     }
 
     /// Runs a request: describe, or the method it names, checked against this definition.
@@ -271,11 +282,15 @@ impl Server {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Outcome::text(ReplyStatus::DeadlineExceeded, "");
         }
-        let context = CallContext { deadline, caller };
-        catch_unwind(AssertUnwindSafe(|| {
+        let Some(cancelled) = lock(&self.cancels).start(caller, header.call_id) else {
+            return Outcome::text(ReplyStatus::Cancelled, "");
+        };
+        let context = CallContext::new(deadline, caller, cancelled);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
             context::serving(context, || self.service.dispatch(index, args))
-        }))
-        .unwrap_or_else(|panic| {
+        }));
+        lock(&self.cancels).finish(caller, header.call_id);
+        outcome.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
@@ -284,6 +299,12 @@ impl Server {
             Outcome::text(ReplyStatus::Panicked, &what)
         })
     }
+}
+
+/// Locks a table the serving threads share. Each is consistent between its own statements: a
+/// panic elsewhere leaves it usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Answers `token`, if there is one (a caller that gave up or died is not the server's
