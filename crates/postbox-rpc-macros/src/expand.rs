@@ -159,6 +159,21 @@ pub(crate) fn service(service: &Service) -> TokenStream {
                 ::postbox::rpc::serve(node, name, self.into_dispatch()?, threads)
             }
 
+            /// Serves on port `name` from tokio until the port closes or the future is
+            /// dropped: each request runs on tokio's blocking pool, at most `threads` at
+            /// once, and no thread waits on the port.
+            ///
+            /// # Errors
+            /// [`ServeError`](::postbox::rpc::ServeError).
+            #vis async fn serve_async(
+                self,
+                node: &::postbox::Node,
+                name: &str,
+            ) -> ::std::result::Result<(), ::postbox::rpc::ServeError> {
+                let threads = self.threads;
+                ::postbox::rpc::serve_async(node, name, self.into_dispatch()?, threads).await
+            }
+
             /// Serves on port `name` from background threads until the handle is stopped or
             /// dropped.
             ///

@@ -520,6 +520,40 @@ async fn dropping_an_async_call_cancels_it_at_the_server() {
     assert_eq!(patient.cancels_seen_async().await.unwrap(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_served_from_tokio_answers_many_calls_at_once() {
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let serving = tokio::spawn(async move {
+        CalcServer::new(Calculator::default())
+            .threads(8)
+            .serve_async(&server_node, "rpc/tasks")
+            .await
+    });
+    let node = broker.node().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let calc = loop {
+        match CalcClient::bind_async(&node, "rpc/tasks").await {
+            Ok(calc) => break calc,
+            Err(BindError::NoSuchService(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // Eight slow calls at once finish in about the time of one: they run concurrently.
+    let started = Instant::now();
+    let sleeps = futures_join_all((0..8).map(|_| calc.sleep_async(300))).await;
+    assert!(sleeps.iter().all(Result::is_ok), "{sleeps:?}");
+    assert!(started.elapsed() < Duration::from_millis(1_500), "{:?}", started.elapsed());
+    assert_eq!(calc.add_async(1, 2).await.unwrap(), 3);
+    assert_eq!(
+        calc.boom_async("in a task".into()).await,
+        Err(RpcError::Panicked("in a task".into()))
+    );
+    serving.abort();
+}
+
 /// Awaits every future concurrently (each on its own task would need 'static).
 async fn futures_join_all<F: std::future::Future>(
     futures: impl Iterator<Item = F>,

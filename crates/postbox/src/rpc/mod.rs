@@ -28,7 +28,7 @@ pub use postbox_rpc::{
     BindError, Container, Field, MethodKind, MethodSchema, Mismatch, Never, RpcError,
     SchemaBuilder, SchemaError, ServiceSchema, Shape, Variant, VariantBody,
 };
-pub use server::{serve, start, Dispatch, Outcome, ServeError, Serving};
+pub use server::{serve, serve_async, start, Dispatch, Outcome, ServeError, Serving};
 
 /// What the code `#[postbox::service]` generates uses; not an API.
 #[doc(hidden)]

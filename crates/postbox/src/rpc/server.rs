@@ -148,6 +148,38 @@ pub fn start(
     Ok(Serving { stop, threads, name: name.to_owned() })
 }
 
+/// Serves `service` on port `name` from tokio: each request is handled on tokio's blocking
+/// pool (the methods are ordinary functions), at most `concurrency` at once, while the port is
+/// received from without a thread of its own. Runs until the port closes; dropping the
+/// future stops serving (the calls running finish first, in the background).
+///
+/// # Errors
+/// [`ServeError::Open`] when the port cannot be opened.
+pub async fn serve_async(
+    node: &Node,
+    name: &str,
+    service: Arc<dyn Dispatch>,
+    concurrency: usize,
+) -> Result<(), ServeError> {
+    let port = node.port(name).service().open()?;
+    let server = Arc::new(Server {
+        service,
+        cache: Arc::new(Mutex::new(ReplyCache::new(REPLY_CACHE_CAPACITY))),
+        cancels: Arc::new(Mutex::new(CancelTable::new())),
+    });
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    while let Ok(envelope) = port.recv_async().await {
+        // The semaphore is never closed: acquiring fails only if it were.
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+        let server = Arc::clone(&server);
+        tokio::task::spawn_blocking(move || {
+            server.handle(envelope);
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
 /// A service being served by background threads; stops them (and closes the port) when
 /// stopped or dropped.
 #[derive(Debug)]
