@@ -111,7 +111,10 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     heading("9. shared memory: large payloads read in place (4 MiB each)");
     zero_copy(&node, &spawner)?;
 
-    heading(&format!("10. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    heading("10. typed services: a trait served by another process, checked at bind");
+    typed(&node, &spawner)?;
+
+    heading(&format!("11. latency: call round trip, 64-byte messages, {rounds} rounds each"));
     println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
@@ -368,6 +371,42 @@ fn print_table(ours: &Samples, raw: &Samples) {
         ratio(99.0),
         ratio(99.9)
     );
+}
+
+/// The typed `Calc` service (crates/postbox-cli/src/services.rs) in a worker process: calls
+/// with values, structs, the method's own error, a one-way method; then a client built from
+/// another definition of `Calc`, refused at bind.
+fn typed(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
+    use crate::services::{CalcClient, Point};
+    let _calc = spawner.worker(&["typed-calc", "demo/calc"])?;
+    let calc = CalcClient::bind(node, "demo/calc")?;
+    let started = Instant::now();
+    let sum = calc.add(40, 2)?;
+    println!("  calc.add(40, 2) = {sum}  ({}, the first call)", micros(started.elapsed()));
+    println!(
+        "  calc.scale(Point {{ x: 1.5, y: -2.0 }}, 2.0) = {:?}",
+        calc.scale(Point { x: 1.5, y: -2.0 }, 2.0)?
+    );
+    println!("  calc.div(1, 0) = {:?}", calc.div(1, 0));
+    calc.note("a one-way note".into())?;
+    println!("  calc.note(..) returned at once; calc.stats() = {:?}", calc.stats()?);
+    match other::CalcClient::bind(node, "demo/calc") {
+        Err(e) => println!("  a client whose Calc::add takes i32s: bind failed: {e}"),
+        Ok(_) => bail!("a client built from another definition of Calc was let in"),
+    }
+    println!(
+        "  from a shell: postbox call demo/calc add '[40, 2]'  (and postbox ls lists the methods)"
+    );
+    Ok(())
+}
+
+/// Another build's idea of `Calc`, for the type check (only its client is used).
+#[allow(dead_code)]
+mod other {
+    #[postbox::service]
+    pub(crate) trait Calc {
+        fn add(&self, a: i32, b: i32) -> i64;
+    }
 }
 
 fn heading(title: &str) {
