@@ -7,8 +7,13 @@
 
 use postbox_core::wire::{put_text, DecodeError, Reader};
 
-/// The message type of every RPC request.
+/// The message type of every RPC call and one-way request.
 pub const RPC_MSG_TYPE: u32 = 0x7270_6301;
+
+/// The message type of describe and cancel requests (the control lane): a server takes them
+/// on a receiver of their own, so that they are answered while its workers are busy. A
+/// server also accepts them with [`RPC_MSG_TYPE`].
+pub const RPC_CONTROL_MSG_TYPE: u32 = 0x7270_6302;
 
 /// The envelope version this build speaks.
 pub const RPC_VERSION: u8 = 1;

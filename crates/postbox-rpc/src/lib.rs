@@ -19,11 +19,13 @@ pub mod schema;
 pub mod shape;
 
 pub use cancel::CancelTable;
-pub use envelope::{ReplyStatus, RequestHeader, RequestKind, RPC_MSG_TYPE, RPC_VERSION};
+pub use envelope::{
+    ReplyStatus, RequestHeader, RequestKind, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE, RPC_VERSION,
+};
 pub use error::{BindError, Never, RpcError};
 pub use json::{JsonError, JsonErrorKind};
-pub use reply_cache::{Lookup, ReplyCache};
+pub use reply_cache::{Lookup, ReplyCache, MAX_WAITERS};
 pub use schema::{
     MethodKind, MethodSchema, Mismatch, SchemaBuilder, SchemaError, ServiceSchema, SCHEMA_VERSION,
 };
-pub use shape::{Container, Field, Shape, Variant, VariantBody};
+pub use shape::{Container, Field, Shape, Variant, VariantBody, MAX_SHAPE_DEPTH};

@@ -17,7 +17,9 @@ pub enum Lookup<W> {
     /// First time: run the method, answer `W`, then [`ReplyCache::finish`].
     Run(W),
     /// A retry of a call still running: its waiter was kept and comes back from `finish`.
-    Joined,
+    /// Past [`MAX_WAITERS`] retries of one call, the oldest waiter is pushed out and
+    /// returned here (to be dropped: its caller may retry again).
+    Joined(Option<W>),
     /// A retry of a finished call: answer `W` with these reply bytes.
     Replay(W, Vec<u8>),
 }
@@ -29,6 +31,9 @@ pub struct ReplyCache<W> {
     /// Finished entries, oldest first.
     finished: VecDeque<(ProcessId, u64)>,
     capacity: usize,
+    /// Bytes of the finished replies held, and the most to hold.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -38,10 +43,17 @@ enum Entry<W> {
 }
 
 impl<W> ReplyCache<W> {
-    /// A cache of the replies of at most `capacity` finished calls.
+    /// A cache of the replies of at most `capacity` finished calls and `max_bytes` bytes of
+    /// them (the newest reply is kept even if it alone is larger).
     #[must_use]
-    pub fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), finished: VecDeque::new(), capacity: capacity.max(1) }
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            finished: VecDeque::new(),
+            capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
+        }
     }
 
     /// Looks up call `call_id` from `caller`; a retry of a running call leaves `waiter` here.
@@ -52,8 +64,9 @@ impl<W> ReplyCache<W> {
                 Lookup::Run(waiter)
             }
             Some(Entry::Running(waiters)) => {
+                let pushed_out = (waiters.len() >= MAX_WAITERS).then(|| waiters.remove(0));
                 waiters.push(waiter);
-                Lookup::Joined
+                Lookup::Joined(pushed_out)
             }
             Some(Entry::Done(reply)) => Lookup::Replay(waiter, reply.clone()),
         }
@@ -67,9 +80,13 @@ impl<W> ReplyCache<W> {
             _ => Vec::new(),
         };
         self.finished.push_back(key);
-        while self.finished.len() > self.capacity {
-            if let Some(old) = self.finished.pop_front() {
-                self.entries.remove(&old);
+        self.bytes += reply.len();
+        while self.finished.len() > self.capacity
+            || (self.bytes > self.max_bytes && self.finished.len() > 1)
+        {
+            let Some(old) = self.finished.pop_front() else { break };
+            if let Some(Entry::Done(reply)) = self.entries.remove(&old) {
+                self.bytes -= reply.len();
             }
         }
         waiters
@@ -102,6 +119,9 @@ impl<W> ReplyCache<W> {
     }
 }
 
+/// Retries of one running call that wait for its reply at most.
+pub const MAX_WAITERS: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,9 +132,9 @@ mod tests {
 
     #[test]
     fn a_retry_is_replayed_or_joins_the_run_and_never_runs_twice() {
-        let mut cache = ReplyCache::new(8);
+        let mut cache = ReplyCache::new(8, 1 << 20);
         assert_eq!(cache.begin(caller(1), 7, "first"), Lookup::Run("first"));
-        assert_eq!(cache.begin(caller(1), 7, "retry while running"), Lookup::Joined);
+        assert_eq!(cache.begin(caller(1), 7, "retry while running"), Lookup::Joined(None));
         // The same id from another caller is another call.
         assert_eq!(cache.begin(caller(2), 7, "other"), Lookup::Run("other"));
         assert_eq!(cache.finish(caller(1), 7, b"42"), vec!["retry while running"]);
@@ -127,9 +147,9 @@ mod tests {
 
     #[test]
     fn a_call_that_did_not_run_is_forgotten_so_that_a_retry_runs_it() {
-        let mut cache = ReplyCache::new(8);
+        let mut cache = ReplyCache::new(8, 1 << 20);
         assert_eq!(cache.begin(caller(1), 5, 'a'), Lookup::Run('a'));
-        assert_eq!(cache.begin(caller(1), 5, 'b'), Lookup::Joined);
+        assert_eq!(cache.begin(caller(1), 5, 'b'), Lookup::Joined(None));
         assert_eq!(cache.abandon(caller(1), 5), vec!['b']);
         assert_eq!(cache.begin(caller(1), 5, 'c'), Lookup::Run('c'));
         cache.finish(caller(1), 5, b"x");
@@ -138,8 +158,26 @@ mod tests {
     }
 
     #[test]
+    fn replies_are_bounded_in_bytes_and_retries_of_one_call_in_number() {
+        let mut cache = ReplyCache::new(100, 10);
+        for id in 1..=4 {
+            assert_eq!(cache.begin(caller(1), id, 0), Lookup::Run(0));
+            cache.finish(caller(1), id, &[0; 4]);
+        }
+        assert_eq!(cache.len(), 2, "16 bytes do not fit 10: the oldest went");
+        assert_eq!(cache.begin(caller(1), 9, 0), Lookup::Run(0));
+        for waiter in 1..=MAX_WAITERS {
+            assert_eq!(cache.begin(caller(1), 9, waiter), Lookup::Joined(None));
+        }
+        assert_eq!(cache.begin(caller(1), 9, 99), Lookup::Joined(Some(1)), "the oldest out");
+        let waiters = cache.finish(caller(1), 9, &[0; 100]);
+        assert_eq!(waiters.len(), MAX_WAITERS);
+        assert_eq!(cache.len(), 1, "a reply larger than the bound is kept alone");
+    }
+
+    #[test]
     fn past_its_capacity_the_oldest_replies_are_forgotten() {
-        let mut cache = ReplyCache::new(2);
+        let mut cache = ReplyCache::new(2, 1 << 20);
         for id in 1..=3 {
             assert_eq!(cache.begin(caller(1), id, ()), Lookup::Run(()));
             cache.finish(caller(1), id, &[id as u8]);

@@ -48,21 +48,24 @@ pub enum Shape {
     /// Bytes (`serde_bytes`).
     Bytes,
     /// `Option<T>`.
-    Option(Box<Shape>),
+    Option(#[serde(deserialize_with = "nested")] Box<Shape>),
     /// A sequence (`Vec<T>`, sets).
-    Seq(Box<Shape>),
+    Seq(#[serde(deserialize_with = "nested")] Box<Shape>),
     /// A map.
     Map {
         /// The keys' shape.
+        #[serde(deserialize_with = "nested")]
         key: Box<Shape>,
         /// The values' shape.
+        #[serde(deserialize_with = "nested")]
         value: Box<Shape>,
     },
     /// A tuple.
-    Tuple(Vec<Shape>),
+    Tuple(#[serde(deserialize_with = "nested")] Vec<Shape>),
     /// A fixed-size array.
     Array {
         /// The items' shape.
+        #[serde(deserialize_with = "nested")]
         item: Box<Shape>,
         /// How many.
         len: u64,
@@ -72,10 +75,95 @@ pub enum Shape {
         /// The type's name.
         name: String,
         /// What it holds.
+        #[serde(deserialize_with = "nested")]
         body: Box<Container>,
     },
     /// A named type met again inside its own definition (a recursive type), by name.
     Recursive(String),
+}
+
+impl Shape {
+    /// True when serde could be made to recurse without bound (the shape is recursive) or
+    /// to loop over values that take no bytes (a sequence or map of such) by a peer's bytes:
+    /// such bytes must be checked ([`crate::json::check`]) before serde decodes them.
+    #[must_use]
+    pub fn needs_check(&self) -> bool {
+        match self {
+            Self::Recursive(_) => true,
+            Self::Option(inner) | Self::Array { item: inner, .. } => inner.needs_check(),
+            Self::Seq(item) => item.takes_no_bytes() || item.needs_check(),
+            Self::Map { key, value } => {
+                (key.takes_no_bytes() && value.takes_no_bytes())
+                    || key.needs_check()
+                    || value.needs_check()
+            }
+            Self::Tuple(items) => items.iter().any(Self::needs_check),
+            Self::Named { body, .. } => match &**body {
+                Container::UnitStruct => false,
+                Container::NewType(inner) => inner.needs_check(),
+                Container::TupleStruct(items) => items.iter().any(Self::needs_check),
+                Container::Struct(fields) => fields.iter().any(|f| f.shape.needs_check()),
+                Container::Enum(variants) => variants.iter().any(|v| match &v.body {
+                    VariantBody::Unit => false,
+                    VariantBody::NewType(inner) => inner.needs_check(),
+                    VariantBody::Tuple(items) => items.iter().any(Self::needs_check),
+                    VariantBody::Struct(fields) => fields.iter().any(|f| f.shape.needs_check()),
+                }),
+            },
+            _ => false,
+        }
+    }
+
+    /// True when a value of this shape takes no bytes at all.
+    fn takes_no_bytes(&self) -> bool {
+        match self {
+            Self::Unit => true,
+            Self::Tuple(items) => items.iter().all(Self::takes_no_bytes),
+            Self::Array { item, len } => *len == 0 || item.takes_no_bytes(),
+            Self::Named { body, .. } => match &**body {
+                Container::UnitStruct => true,
+                Container::NewType(inner) => inner.takes_no_bytes(),
+                Container::TupleStruct(items) => items.iter().all(Self::takes_no_bytes),
+                Container::Struct(fields) => fields.iter().all(|f| f.shape.takes_no_bytes()),
+                Container::Enum(_) => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// How deep shapes may nest when decoded (a describe answer comes from a peer): every
+/// recursion of [`Shape`] passes a field decoded by [`nested`], which counts.
+pub const MAX_SHAPE_DEPTH: usize = 128;
+
+/// Decodes a nested part of a shape, one level deeper, failing past [`MAX_SHAPE_DEPTH`] (a
+/// peer's bytes must not overflow the stack).
+fn nested<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+    let depth = DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    let _level = Level;
+    if depth > MAX_SHAPE_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "shapes nest deeper than {MAX_SHAPE_DEPTH} levels"
+        )));
+    }
+    T::deserialize(deserializer)
+}
+
+thread_local! {
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl std::fmt::Display for Shape {
@@ -394,4 +482,55 @@ pub(crate) fn count(out: &mut Vec<u8>, n: usize) {
 pub(crate) fn text(out: &mut Vec<u8>, text: &str) {
     count(out, text.len());
     out.extend_from_slice(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Option<Option<…<()>>>`, `depth` options deep, as postcard writes it.
+    fn options(depth: usize) -> Vec<u8> {
+        let mut bytes = vec![17u8; depth];
+        bytes.push(0);
+        bytes
+    }
+
+    #[test]
+    fn recursive_shapes_and_sequences_of_nothing_need_a_check_and_plain_ones_do_not() {
+        let named =
+            |name: &str, body: Container| Shape::Named { name: name.into(), body: Box::new(body) };
+        let list = named(
+            "List",
+            Container::Enum(vec![
+                Variant { index: 0, name: "Nil".into(), body: VariantBody::Unit },
+                Variant {
+                    index: 1,
+                    name: "Cons".into(),
+                    body: VariantBody::NewType(Shape::Recursive("List".into())),
+                },
+            ]),
+        );
+        assert!(list.needs_check());
+        assert!(Shape::Seq(Box::new(Shape::Unit)).needs_check());
+        assert!(Shape::Seq(Box::new(named("Empty", Container::UnitStruct))).needs_check());
+        assert!(Shape::Tuple(vec![Shape::U8, Shape::Option(Box::new(list))]).needs_check());
+        assert!(!Shape::Seq(Box::new(Shape::U8)).needs_check());
+        assert!(!Shape::Tuple(vec![Shape::Str, Shape::Seq(Box::new(Shape::I64))]).needs_check());
+        assert!(!named(
+            "P",
+            Container::Struct(vec![Field { name: "x".into(), shape: Shape::F64 }])
+        )
+        .needs_check());
+    }
+
+    #[test]
+    fn shapes_from_a_peer_decode_up_to_the_depth_limit_and_fail_past_it() {
+        let deep: Shape = postcard::from_bytes(&options(MAX_SHAPE_DEPTH)).unwrap();
+        assert_eq!(deep.to_string().matches("Option<").count(), MAX_SHAPE_DEPTH);
+        // A million levels would overflow the stack; it is an error instead.
+        assert!(postcard::from_bytes::<Shape>(&options(1_000_000)).is_err());
+        assert!(postcard::from_bytes::<Shape>(&options(MAX_SHAPE_DEPTH + 1)).is_err());
+        // The count starts again for the next value.
+        assert!(postcard::from_bytes::<Shape>(&options(3)).is_ok());
+    }
 }

@@ -34,6 +34,8 @@ pub struct ReplyToken {
     link: Arc<ServerLink>,
     correlation: u64,
     answered: bool,
+    /// When the call was read off its link (for deadlines counted from arrival).
+    arrived: std::time::Instant,
 }
 
 impl ReplyToken {
@@ -118,8 +120,18 @@ impl Envelope {
 }
 
 impl ReplyToken {
-    pub(crate) fn new(link: Arc<ServerLink>, correlation: u64) -> Self {
-        Self { link, correlation, answered: false }
+    pub(crate) fn new(
+        link: Arc<ServerLink>,
+        correlation: u64,
+        arrived: std::time::Instant,
+    ) -> Self {
+        Self { link, correlation, answered: false, arrived }
+    }
+
+    /// When the call was read off its link: it may have waited in the port's queue since.
+    #[must_use]
+    pub fn arrived(&self) -> std::time::Instant {
+        self.arrived
     }
 
     /// Sends `reply` to the caller.

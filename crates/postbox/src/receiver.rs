@@ -692,6 +692,8 @@ fn decode_frames(
     decoder: &mut FrameDecoder,
     out: &mut Vec<(Queued, u64)>,
 ) -> bool {
+    // Read off the link now: one clock reading for the calls of this read.
+    let mut arrived = None;
     loop {
         match decoder.poll_frame() {
             Ok(Some(frame)) => {
@@ -724,7 +726,11 @@ fn decode_frames(
                     FrameKind::Oneway => (None, true, false, header.correlation),
                     FrameKind::Confirmed => (None, true, true, header.correlation),
                     FrameKind::Call => (
-                        Some(ReplyToken::new(Arc::clone(link), header.correlation)),
+                        Some(ReplyToken::new(
+                            Arc::clone(link),
+                            header.correlation,
+                            *arrived.get_or_insert_with(Instant::now),
+                        )),
                         false,
                         false,
                         0,

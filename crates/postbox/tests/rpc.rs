@@ -498,8 +498,9 @@ impl Patient for Waiter {
 async fn dropping_an_async_call_cancels_it_at_the_server() {
     let broker = Broker::embedded().unwrap();
     let server_node = broker.node().unwrap();
+    // One thread: the cancel comes on the control lane while that thread runs the call.
     let _serving = PatientServer::new(Waiter::default())
-        .threads(2)
+        .threads(1)
         .start(&server_node, "rpc/patient")
         .unwrap();
     let node = broker.node().unwrap();
@@ -552,6 +553,93 @@ async fn a_service_served_from_tokio_answers_many_calls_at_once() {
         Err(RpcError::Panicked("in a task".into()))
     );
     serving.abort();
+}
+
+/// A recursive argument type: a hostile client may nest it as deep as its bytes allow.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum List {
+    Nil,
+    Cons(Box<List>),
+}
+
+#[postbox::service]
+pub trait Lists {
+    fn len(&self, list: List) -> u64;
+}
+
+struct Counter;
+
+impl Lists for Counter {
+    fn len(&self, list: List) -> u64 {
+        let mut n = 0;
+        let mut at = &list;
+        while let List::Cons(next) = at {
+            n += 1;
+            at = next;
+        }
+        n
+    }
+}
+
+#[test]
+fn arguments_nested_past_the_limit_are_refused_and_the_server_lives() {
+    use postbox_rpc::{ReplyStatus, RequestHeader, RequestKind, RPC_MSG_TYPE};
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let _serving = ListsServer::new(Counter).start(&server_node, "rpc/lists").unwrap();
+    let node = broker.node().unwrap();
+    let lists = ListsClient::bind(&node, "rpc/lists").unwrap();
+    let mut list = List::Nil;
+    for _ in 0..50 {
+        list = List::Cons(Box::new(list));
+    }
+    assert_eq!(lists.len(list).unwrap(), 50);
+    // A million levels (a million bytes): serde would overflow the serving thread's stack.
+    let mut body = Vec::new();
+    let request = RequestHeader {
+        kind: RequestKind::Call,
+        call_id: 1,
+        method_hash: 0,
+        deadline_ns: 0,
+        method: "len".into(),
+    };
+    request.encode(&mut body);
+    body.extend(std::iter::repeat_n(1u8, 1_000_000));
+    body.push(0);
+    let raw = node.connect("rpc/lists").unwrap();
+    let reply = raw.call(Message::new(body).with_type(RPC_MSG_TYPE)).unwrap();
+    assert_eq!(ReplyStatus::decode(reply.body()).unwrap().0, ReplyStatus::BadRequest);
+    assert_eq!(lists.len(List::Cons(Box::new(List::Nil))).unwrap(), 1, "still serving");
+}
+
+#[test]
+fn a_busy_server_still_describes_itself_and_counts_deadlines_from_arrival() {
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let counting = Arc::new(Counting::default());
+    let _serving = OnceServer::new(Shared(Arc::clone(&counting)))
+        .threads(1)
+        .start(&server_node, "rpc/busy")
+        .unwrap();
+    let node = broker.node().unwrap();
+    let once = OnceClient::bind(&node, "rpc/busy").unwrap();
+    let busy = {
+        let once = once.clone();
+        std::thread::spawn(move || once.slow_count(700))
+    };
+    counting.wait_started(1);
+    // Its only worker is busy: binding is answered on the control lane all the same.
+    let started = Instant::now();
+    let other = OnceClient::bind(&node, "rpc/busy").unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    // A call with 100 ms waits in the queue longer than that: it times out, and when the
+    // worker gets to it, its deadline (counted from arrival) has passed: it does not run.
+    let hurried = other.with_timeout(Duration::from_millis(100));
+    assert_eq!(hurried.slow_count(0), Err(RpcError::Timeout));
+    assert_eq!(busy.join().unwrap().unwrap(), 1);
+    assert_eq!(once.slow_count(0).unwrap(), 2, "the hurried call never ran");
+    // A timeout too long for the clock is no timeout, not a panic.
+    assert_eq!(once.clone().with_timeout(Duration::MAX).slow_count(0).unwrap(), 3);
 }
 
 /// Awaits every future concurrently (each on its own task would need 'static).

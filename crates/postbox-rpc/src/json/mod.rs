@@ -62,6 +62,17 @@ use crate::shape::{Field, Shape};
 
 pub use self::error::{JsonError, JsonErrorKind};
 
+/// Checks that `bytes` are one value of `shape`, within the same limits as
+/// [`from_postcard`] (depth, values that take no bytes, lengths against the bytes left), so
+/// that serde can then decode them without recursing or looping without bound. For shapes
+/// that [`Shape::needs_check`].
+///
+/// # Errors
+/// [`JsonError`] saying where the bytes go wrong.
+pub fn check(bytes: &[u8], shape: &Shape) -> Result<(), JsonError> {
+    from_postcard(bytes, shape).map(drop)
+}
+
 /// The JSON for postcard `bytes` holding one value of `shape`.
 ///
 /// # Errors

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use postbox_core::{PortName, Target};
 
 use postbox_rpc::{
-    BindError, ReplyStatus, RequestHeader, RequestKind, RpcError, ServiceSchema, RPC_MSG_TYPE,
+    BindError, ReplyStatus, RequestHeader, RequestKind, RpcError, ServiceSchema,
+    RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -136,7 +137,8 @@ impl Client {
     /// The deadline of an attempt starting now, within the call's.
     fn attempt_deadline(&self, deadline: Option<Instant>) -> Option<Instant> {
         let Some(retry) = self.retry else { return deadline };
-        let attempt = Instant::now() + retry.per_attempt;
+        // A wait too long for the clock is no limit at all.
+        let Some(attempt) = Instant::now().checked_add(retry.per_attempt) else { return deadline };
         Some(deadline.map_or(attempt, |d| d.min(attempt)))
     }
 
@@ -151,7 +153,9 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        decode_reply(self.exchange(self.request(RequestKind::Call, method, args)?)?)
+        let reply = self.exchange(self.request(RequestKind::Call, method, args)?)?;
+        self.check_reply(method, &reply)?;
+        decode_reply(reply)
     }
 
     /// Like [`call`](Self::call), without blocking the thread (tokio). Dropping the future
@@ -166,7 +170,9 @@ impl Client {
         E: DeserializeOwned,
     {
         let body = self.request(RequestKind::Call, method, args)?;
-        decode_reply(self.exchange_async(body).await?)
+        let reply = self.exchange_async(body).await?;
+        self.check_reply(method, &reply)?;
+        decode_reply(reply)
     }
 
     /// Calls the method named `method` with arguments already encoded (postcard, as the
@@ -327,7 +333,7 @@ impl Client {
     /// The deadline of a call made now: the client's timeout, or the deadline of the call
     /// this thread is serving, whichever comes first.
     fn deadline(&self) -> Option<Instant> {
-        let own = self.timeout.map(|t| Instant::now() + t);
+        let own = self.timeout.and_then(|t| Instant::now().checked_add(t));
         match (own, context::inherited_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -379,7 +385,24 @@ impl Client {
             method: String::new(),
         }
         .encode(&mut body);
-        Message::new(body).with_type(RPC_MSG_TYPE)
+        control_message(body)
+    }
+
+    /// Checks a reply's payload against the `method`-th method's result or error shape, when
+    /// that shape could make serde recurse or loop without bound on a hostile server's bytes.
+    fn check_reply<E>(&self, method: usize, reply: &Message) -> Result<(), RpcError<E>> {
+        let schema = &self.schema.methods[method];
+        let Ok((status, payload)) = ReplyStatus::decode(reply.body()) else { return Ok(()) };
+        let shape = match status {
+            ReplyStatus::Ok => Some(&schema.ok),
+            ReplyStatus::Err => schema.err.as_ref(),
+            _ => None,
+        };
+        match shape {
+            Some(shape) if shape.needs_check() => postbox_rpc::json::check(payload, shape)
+                .map_err(|e| RpcError::Decode(e.to_string())),
+            _ => Ok(()),
+        }
     }
 
     fn finish_bind(self, reply: Result<Message, RpcError>) -> Result<Self, BindError> {
@@ -409,8 +432,14 @@ impl Drop for CancelOnDrop {
             method: String::new(),
         }
         .encode(&mut body);
-        let _ = link.try_send(Message::new(body).with_type(RPC_MSG_TYPE));
+        let _ = link.try_send(control_message(body));
     }
+}
+
+/// A describe or cancel request: on the control lane, which a server answers while its
+/// workers are busy, ahead of the calls queued.
+fn control_message(body: Vec<u8>) -> Message {
+    Message::new(body).with_type(RPC_CONTROL_MSG_TYPE).with_priority(CONTROL_PRIORITY)
 }
 
 /// Decodes a reply body into the method's result or its error.
@@ -491,6 +520,9 @@ fn next_call_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// The priority of control requests (the highest).
+const CONTROL_PRIORITY: u8 = 31;
 
 /// How long binding waits for the service to describe itself.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);

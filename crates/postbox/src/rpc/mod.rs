@@ -20,15 +20,18 @@
 
 mod client;
 pub mod context;
+mod dispatch;
+mod handler;
 mod server;
 
 pub use client::Client;
 pub use context::CallContext;
+pub use dispatch::{Dispatch, Outcome};
 pub use postbox_rpc::{
     BindError, Container, Field, MethodKind, MethodSchema, Mismatch, Never, RpcError,
     SchemaBuilder, SchemaError, ServiceSchema, Shape, Variant, VariantBody,
 };
-pub use server::{serve, serve_async, start, Dispatch, Outcome, ServeError, Serving};
+pub use server::{serve, serve_async, start, ServeError, Serving};
 
 /// What the code `#[postbox::service]` generates uses; not an API.
 #[doc(hidden)]
