@@ -30,10 +30,44 @@ pub(crate) fn service(attr: TokenStream, item: TokenStream) -> syn::Result<Servi
             ));
         };
         let oneway = take_oneway(&mut function.attrs)?;
+        if let Some(cfg) = function.attrs.iter().find(|a| a.path().is_ident("cfg")) {
+            return Err(Error::new(
+                cfg.span(),
+                "service methods cannot be #[cfg]-dependent: client and server must agree on them",
+            ));
+        }
         methods.push(method(&function.sig, oneway, &function.attrs)?);
     }
+    check_names(&methods)?;
     Ok(Service { vis: item.vis.clone(), name: item.ident.clone(), item, methods })
 }
+
+/// Method names that would collide with what the generated client has of its own, or with
+/// another method's `_async` form.
+fn check_names(methods: &[Method]) -> syn::Result<()> {
+    for method in methods {
+        let name = method.name.to_string();
+        if RESERVED.contains(&name.as_str()) {
+            return Err(Error::new(
+                method.name.span(),
+                format!("`{name}` is a method of the generated client: rename this method"),
+            ));
+        }
+        if let Some(base) = name.strip_suffix("_async") {
+            if methods.iter().any(|m| m.name == base) {
+                return Err(Error::new(
+                    method.name.span(),
+                    format!("the client's async form of `{base}` is already named `{name}`"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the generated `<Trait>Client` defines besides the methods.
+const RESERVED: &[&str] =
+    &["bind", "bind_async", "with_timeout", "with_retries", "client", "from_client", "schema"];
 
 /// Removes `#[oneway]` from a method's attributes; true if it was there.
 fn take_oneway(attrs: &mut Vec<syn::Attribute>) -> syn::Result<bool> {

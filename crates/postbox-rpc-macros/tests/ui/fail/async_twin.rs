@@ -1,0 +1,7 @@
+#[postbox::service]
+pub trait Fetch {
+    fn get(&self) -> u8;
+    fn get_async(&self) -> u8;
+}
+
+fn main() {}

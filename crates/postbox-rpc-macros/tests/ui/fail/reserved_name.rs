@@ -1,0 +1,6 @@
+#[postbox::service]
+pub trait Catalog {
+    fn schema(&self) -> String;
+}
+
+fn main() {}
