@@ -1,0 +1,378 @@
+//! Typed call round trip: what `#[postbox::service]` adds to an untyped call of the same size,
+//! and how postbox's typed calls compare with tarpc over a Unix socket.
+//!
+//! Scenarios (every server is a separate process, pinned like the others):
+//! - `typed_vs_untyped/{postbox_untyped,postbox_typed}/{64,4096}`: one request, one reply of
+//!   the same size, over a shared-memory link of the same embedded broker. Untyped:
+//!   `Connection::call` to `postbox worker echo`, which answers with the request's body.
+//!   Typed: `EchoClient::echo(body)` to `postbox worker typed-echo` (the `Echo` service of
+//!   `src/services.rs`, defined again below with the same shape), which returns its argument.
+//!   The typed figure adds encoding and decoding (postcard), the request header, the server's
+//!   checks and reply cache, and the reply status.
+//! - `vs_tarpc/{postbox_typed,tarpc_unix}/64`: the same typed echo beside tarpc's: a
+//!   `#[tarpc::service]` with `echo(body: Vec<u8>) -> Vec<u8>`, bincode over a Unix domain
+//!   socket (tarpc's serde transport), its server this bench binary again, run as a child with
+//!   `POSTBOX_BENCH_TARPC_SOCKET` set. Both tarpc sides run a single-threaded tokio runtime
+//!   (the server answers each request inline), which spares tarpc any wake-up across threads;
+//!   `POSTBOX_BENCH_TARPC_RUNTIME=multi-thread` gives both sides tokio's multi-threaded
+//!   runtime instead, as `#[tokio::main]` would.
+//!
+//! Each call's argument (the `Message`, or the `Vec<u8>` to move into the call) is built
+//! outside the timed region, and each reply is dropped outside it. Client and servers run with
+//! the same CPU placement: by default one core for all; `POSTBOX_BENCH_PLACEMENT=cross-core`
+//! puts the servers on a second core. At the end the bench prints the median of each
+//! benchmark's samples (per-call means, as criterion's median) and the ratios the goals speak
+//! of (issue 5: typed / untyped ≤ 1.10 at 64 B; tarpc / postbox ≥ 10).
+//!
+//! Run with `cargo bench -p postbox-cli --bench rpc`. Figures: `docs/benchmarks.md`.
+
+// The generated service items and criterion's plumbing carry no docs.
+#![allow(missing_docs)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use postbox::{Broker, Message};
+
+#[path = "../src/placement.rs"]
+#[allow(dead_code)]
+mod placement;
+
+/// Set (to the socket's path) in the child that serves tarpc's echo.
+const TARPC_SOCKET_ENV: &str = "POSTBOX_BENCH_TARPC_SOCKET";
+
+fn main() {
+    // The child serving tarpc: this binary again, before criterion sees any argument.
+    if let Some(socket) = std::env::var_os(TARPC_SOCKET_ENV) {
+        if let Err(e) = tarpc_echo::serve(Path::new(&socket)) {
+            eprintln!("tarpc echo server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    benches(&mut criterion);
+    criterion.final_summary();
+}
+
+fn benches(c: &mut Criterion) {
+    let placement = std::env::var("POSTBOX_BENCH_PLACEMENT")
+        .ok()
+        .and_then(|p| placement::Placement::parse(&p))
+        .unwrap_or(placement::Placement::SameCore);
+    eprintln!("placement: {} (POSTBOX_BENCH_PLACEMENT=same-core|cross-core)", placement.label());
+    let tarpc_runtime = std::env::var(tarpc_echo::RUNTIME_ENV);
+    eprintln!(
+        "tarpc runtime: {} ({}=current-thread|multi-thread)",
+        tarpc_runtime.as_deref().unwrap_or("current-thread"),
+        tarpc_echo::RUNTIME_ENV,
+    );
+    let broker = Broker::embedded().expect("embedded broker");
+    let socket_dir = tempfile::tempdir().expect("a directory for tarpc's socket");
+    let socket = socket_dir.path().join("tarpc-echo.sock");
+    let _servers = placement
+        .apply(|| {
+            [
+                spawn_worker(&broker, &["echo", "bench/echo"]),
+                spawn_worker(&broker, &["typed-echo", "bench/typed-echo"]),
+                spawn_tarpc_server(&socket),
+            ]
+        })
+        .expect("pin to the chosen CPUs");
+    let node = broker.node().expect("node");
+    let untyped = node.connect("bench/echo").expect("connect to the echo port");
+    let typed = typed::EchoClient::bind(&node, "bench/typed-echo").expect("bind the typed echo");
+    let tarpc = tarpc_echo::Caller::connect(&socket).expect("connect to tarpc's echo");
+    let samples = Samples::default();
+
+    let mut group = c.benchmark_group("typed_vs_untyped");
+    for size in SIZES {
+        configure(&mut group, size);
+        let body = vec![0xa5u8; size];
+        let key = Samples::key("typed_vs_untyped", "postbox_untyped", size);
+        group.bench_function(BenchmarkId::new("postbox_untyped", size), |b| {
+            b.iter_custom(|iters| {
+                timed_calls(
+                    iters,
+                    &samples,
+                    &key,
+                    || Message::new(body.clone()),
+                    |request| untyped.call(request).expect("untyped echo"),
+                )
+            });
+        });
+        let key = Samples::key("typed_vs_untyped", "postbox_typed", size);
+        group.bench_function(BenchmarkId::new("postbox_typed", size), |b| {
+            b.iter_custom(|iters| {
+                timed_calls(
+                    iters,
+                    &samples,
+                    &key,
+                    || body.clone(),
+                    |body| typed.echo(body).expect("typed echo"),
+                )
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("vs_tarpc");
+    configure(&mut group, TARPC_SIZE);
+    let body = vec![0xa5u8; TARPC_SIZE];
+    let key = Samples::key("vs_tarpc", "postbox_typed", TARPC_SIZE);
+    group.bench_function(BenchmarkId::new("postbox_typed", TARPC_SIZE), |b| {
+        b.iter_custom(|iters| {
+            timed_calls(
+                iters,
+                &samples,
+                &key,
+                || body.clone(),
+                |body| typed.echo(body).expect("typed echo"),
+            )
+        });
+    });
+    let key = Samples::key("vs_tarpc", "tarpc_unix", TARPC_SIZE);
+    group.bench_function(BenchmarkId::new("tarpc_unix", TARPC_SIZE), |b| {
+        b.iter_custom(|iters| {
+            timed_calls(iters, &samples, &key, || body.clone(), |body| tarpc.echo(body))
+        });
+    });
+    group.finish();
+
+    report(&samples, placement);
+}
+
+/// What `postbox worker typed-echo` serves: the same shape as `src/services.rs`'s `Echo` (a
+/// client binds by shape, not by Rust path).
+#[allow(dead_code, unreachable_pub)]
+mod typed {
+    #[postbox::service]
+    pub(crate) trait Echo {
+        /// `body`, back.
+        fn echo(&self, body: Vec<u8>) -> Vec<u8>;
+    }
+}
+
+/// tarpc's side of the comparison: the service, its server (run in a child process) and a
+/// blocking caller for the bench loop.
+mod tarpc_echo {
+    use std::io::{self, Write};
+    use std::path::Path;
+
+    use futures::StreamExt;
+    use tarpc::server::{BaseChannel, Channel};
+    use tarpc::tokio_serde::formats::Bincode;
+    use tarpc::{client, context};
+    use tokio::runtime::Runtime;
+
+    #[tarpc::service]
+    trait TarpcEcho {
+        /// `body`, back.
+        async fn echo(body: Vec<u8>) -> Vec<u8>;
+    }
+
+    #[derive(Clone)]
+    struct Echoer;
+
+    impl TarpcEcho for Echoer {
+        async fn echo(self, _: context::Context, body: Vec<u8>) -> Vec<u8> {
+            body
+        }
+    }
+
+    /// Serves the echo on a Unix socket at `socket` for the first client that connects, until
+    /// it hangs up. Prints `ready` once listening.
+    pub(crate) fn serve(socket: &Path) -> io::Result<()> {
+        runtime()?.block_on(async {
+            let mut incoming =
+                tarpc::serde_transport::unix::listen(socket, Bincode::default).await?;
+            let mut out = io::stdout().lock();
+            writeln!(out, "ready {}", std::process::id())?;
+            out.flush()?;
+            drop(out);
+            if let Some(transport) = incoming.next().await {
+                // One call at a time arrives: answering inline spares a task spawn per call.
+                BaseChannel::with_defaults(transport?)
+                    .execute(Echoer.serve())
+                    .for_each(|response| response)
+                    .await;
+            }
+            Ok(())
+        })
+    }
+
+    /// A tarpc client and the runtime that drives it, on the calling thread.
+    pub(crate) struct Caller {
+        runtime: Runtime,
+        client: TarpcEchoClient,
+    }
+
+    impl Caller {
+        pub(crate) fn connect(socket: &Path) -> io::Result<Self> {
+            let runtime = runtime()?;
+            let client = runtime.block_on(async {
+                let transport =
+                    tarpc::serde_transport::unix::connect(socket, Bincode::default).await?;
+                // The dispatch task runs whenever the runtime does: inside `echo`'s block_on.
+                io::Result::Ok(TarpcEchoClient::new(client::Config::default(), transport).spawn())
+            })?;
+            Ok(Self { runtime, client })
+        }
+
+        pub(crate) fn echo(&self, body: Vec<u8>) -> Vec<u8> {
+            self.runtime.block_on(self.client.echo(context::current(), body)).expect("tarpc echo")
+        }
+    }
+
+    /// A single-threaded runtime (no wake-up crosses threads, as in postbox's blocking calls),
+    /// or tokio's default multi-threaded one when `POSTBOX_BENCH_TARPC_RUNTIME=multi-thread`
+    /// (the child serving tarpc inherits the variable).
+    fn runtime() -> io::Result<Runtime> {
+        let multi_thread = std::env::var(RUNTIME_ENV).is_ok_and(|r| r == "multi-thread");
+        let mut builder = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        builder.enable_all().build()
+    }
+
+    /// `current-thread` (the default) or `multi-thread`: the tokio runtime of both tarpc sides.
+    pub(crate) const RUNTIME_ENV: &str = "POSTBOX_BENCH_TARPC_RUNTIME";
+}
+
+/// Per-sample mean call times (ns) of each benchmark, as criterion collects them, so the
+/// medians and ratios can be printed at the end.
+#[derive(Default)]
+struct Samples(RefCell<BTreeMap<String, Vec<f64>>>);
+
+impl Samples {
+    /// The key of a benchmark: `group/function/size`.
+    fn key(group: &str, function: &str, size: usize) -> String {
+        format!("{group}/{function}/{size}")
+    }
+
+    fn record(&self, key: &str, mean_ns: f64) {
+        self.0.borrow_mut().entry(key.to_owned()).or_default().push(mean_ns);
+    }
+
+    /// The median of the measured samples of `key`: criterion calls the routine once per
+    /// sample after the warm-up, so they are the last `SAMPLE_SIZE` recorded. `None` when the
+    /// benchmark did not run in full (filtered out, or `--test`).
+    fn median(&self, key: &str) -> Option<f64> {
+        let samples = self.0.borrow();
+        let all = samples.get(key)?;
+        let start = all.len().checked_sub(SAMPLE_SIZE)?;
+        let mut measured = all[start..].to_vec();
+        measured.sort_by(f64::total_cmp);
+        let middle = measured.len() / 2;
+        Some((measured[middle - 1] + measured[middle]) / 2.0)
+    }
+}
+
+/// Prints each benchmark's median and the ratios against issue 5's goals.
+fn report(samples: &Samples, placement: placement::Placement) {
+    let micros = |ns: f64| ns / 1000.0;
+    eprintln!("\nmedians ({}):", placement.label());
+    for size in SIZES {
+        let untyped = samples.median(&Samples::key("typed_vs_untyped", "postbox_untyped", size));
+        let typed = samples.median(&Samples::key("typed_vs_untyped", "postbox_typed", size));
+        if let (Some(untyped), Some(typed)) = (untyped, typed) {
+            eprintln!(
+                "  {size} B: untyped {:.2} µs, typed {:.2} µs: typed / untyped = {:.3}{}",
+                micros(untyped),
+                micros(typed),
+                typed / untyped,
+                if size == 64 { " (goal ≤ 1.10)" } else { "" },
+            );
+        }
+    }
+    let postbox = samples.median(&Samples::key("vs_tarpc", "postbox_typed", TARPC_SIZE));
+    let tarpc = samples.median(&Samples::key("vs_tarpc", "tarpc_unix", TARPC_SIZE));
+    if let (Some(postbox), Some(tarpc)) = (postbox, tarpc) {
+        eprintln!(
+            "  {TARPC_SIZE} B: postbox typed {:.2} µs, tarpc over a Unix socket {:.2} µs: \
+             tarpc / postbox = {:.1}× (goal ≥ 10×)",
+            micros(postbox),
+            micros(tarpc),
+            tarpc / postbox,
+        );
+    }
+}
+
+/// Times `iters` calls one by one: `make` builds each argument outside the timed region, and
+/// each reply is dropped outside it. Records the sample's mean under `key`.
+fn timed_calls<A, R>(
+    iters: u64,
+    samples: &Samples,
+    key: &str,
+    mut make: impl FnMut() -> A,
+    mut call: impl FnMut(A) -> R,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let argument = make();
+        let start = Instant::now();
+        let reply = call(argument);
+        total += start.elapsed();
+        drop(black_box(reply));
+    }
+    samples.record(key, total.as_nanos() as f64 / iters.max(1) as f64);
+    total
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, size: usize) {
+    group.throughput(Throughput::Bytes(size as u64));
+    group.sample_size(SAMPLE_SIZE);
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(broker: &Broker, args: &[&str]) -> ChildGuard {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postbox"));
+    command.arg("worker").args(args).env("POSTBOX_SOCKET", broker.socket_path());
+    spawn_ready(command, &format!("postbox worker {args:?}"))
+}
+
+/// This binary again, as tarpc's echo server on `socket`.
+fn spawn_tarpc_server(socket: &Path) -> ChildGuard {
+    let exe = std::env::current_exe().expect("the bench binary's path");
+    let mut command = Command::new(exe);
+    command.env(TARPC_SOCKET_ENV, socket);
+    spawn_ready(command, "tarpc echo server")
+}
+
+/// Spawns `command` and waits for its `ready` line.
+fn spawn_ready(mut command: Command, what: &str) -> ChildGuard {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("ready line");
+    assert!(line.starts_with("ready"), "{what} did not start: {line:?}");
+    ChildGuard(child)
+}
+
+const SIZES: [usize; 2] = [64, 4096];
+
+const TARPC_SIZE: usize = 64;
+
+/// Samples per benchmark (criterion's default, fixed here so the medians know which
+/// recorded samples are the measured ones).
+const SAMPLE_SIZE: usize = 100;
