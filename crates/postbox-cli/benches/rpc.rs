@@ -114,7 +114,7 @@ fn benches(c: &mut Criterion) {
                     iters,
                     &samples,
                     &key,
-                    || body.clone(),
+                    || serde_bytes::ByteBuf::from(body.clone()),
                     |body| typed.echo(body).expect("typed echo"),
                 )
             });
@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
                 iters,
                 &samples,
                 &key,
-                || body.clone(),
+                || serde_bytes::ByteBuf::from(body.clone()),
                 |body| typed.echo(body).expect("typed echo"),
             )
         });
@@ -155,7 +155,7 @@ mod typed {
     #[postbox::service]
     pub(crate) trait Echo {
         /// `body`, back.
-        fn echo(&self, body: Vec<u8>) -> Vec<u8>;
+        fn echo(&self, body: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf;
     }
 }
 

@@ -39,9 +39,11 @@ pub enum RequestKind {
 
 /// The fixed part of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestHeader {
+pub struct RequestHeader<'a> {
     /// What is asked.
     pub kind: RequestKind,
+    /// [`RequestFlags`]: what the caller may do about this call later.
+    pub flags: u8,
     /// The caller's id for this call: the same on every retry of it (at-most-once).
     pub call_id: u64,
     /// The hash of the method's schema as the caller was built ([`MethodSchema::hash`]);
@@ -52,7 +54,19 @@ pub struct RequestHeader {
     /// Nanoseconds the caller had left when it sent the request; 0 for no deadline.
     pub deadline_ns: u64,
     /// The method's name (empty for [`RequestKind::Describe`]).
-    pub method: String,
+    pub method: std::borrow::Cow<'a, str>,
+}
+
+/// The bits of [`RequestHeader::flags`].
+#[derive(Debug)]
+pub struct RequestFlags;
+
+impl RequestFlags {
+    /// The caller may send this call again (same id) if its answer is late: the server keeps
+    /// the reply for retries (at most once). Without it, nothing is kept.
+    pub const RETRIES: u8 = 0x01;
+    /// The caller may cancel this call: the server registers it for cancel requests.
+    pub const CANCELLABLE: u8 = 0x02;
 }
 
 /// How a request ended, as its reply says.
@@ -77,7 +91,7 @@ pub enum ReplyStatus {
     Cancelled,
 }
 
-impl RequestHeader {
+impl<'a> RequestHeader<'a> {
     /// Appends the header; the arguments follow it.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         buf.push(RPC_VERSION);
@@ -87,7 +101,8 @@ impl RequestHeader {
             RequestKind::Describe => 3,
             RequestKind::Cancel => 4,
         });
-        buf.extend_from_slice(&[0; 6]);
+        buf.push(self.flags);
+        buf.extend_from_slice(&[0; 5]);
         buf.extend_from_slice(&self.call_id.to_le_bytes());
         buf.extend_from_slice(&self.method_hash.to_le_bytes());
         buf.extend_from_slice(&self.deadline_ns.to_le_bytes());
@@ -112,7 +127,7 @@ impl RequestHeader {
     ///
     /// # Errors
     /// [`DecodeError`] for a short, foreign or malformed header.
-    pub fn decode(body: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
+    pub fn decode(body: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
         let mut r = Reader::new(body);
         let version = r.u8()?;
         if version != RPC_VERSION {
@@ -125,15 +140,19 @@ impl RequestHeader {
             4 => RequestKind::Cancel,
             other => return Err(DecodeError::UnknownKind(other)),
         };
-        if r.array::<6>()? != [0; 6] {
+        let flags = r.u8()?;
+        if flags & !(RequestFlags::RETRIES | RequestFlags::CANCELLABLE) != 0 {
+            return Err(DecodeError::InvalidFlags(flags));
+        }
+        if r.array::<5>()? != [0; 5] {
             return Err(DecodeError::ReservedNotZero);
         }
         let call_id = r.u64()?;
         let method_hash = r.u64()?;
         let deadline_ns = r.u64()?;
-        let method = r.text()?.to_owned();
+        let method = r.text()?.into();
         let args = r.take(r.remaining())?;
-        Ok((Self { kind, call_id, method_hash, deadline_ns, method }, args))
+        Ok((Self { kind, flags, call_id, method_hash, deadline_ns, method }, args))
     }
 }
 
@@ -195,6 +214,7 @@ mod tests {
     fn a_request_header_round_trips_and_leaves_the_arguments() {
         let header = RequestHeader {
             kind: RequestKind::Call,
+            flags: RequestFlags::RETRIES,
             call_id: 7,
             method_hash: 0xdead_beef,
             deadline_ns: 1_000_000,
@@ -216,10 +236,11 @@ mod tests {
         let mut buf = Vec::new();
         RequestHeader {
             kind: RequestKind::Describe,
+            flags: 0,
             call_id: 1,
             method_hash: 0,
             deadline_ns: 0,
-            method: String::new(),
+            method: "".into(),
         }
         .encode(&mut buf);
         for len in 0..buf.len() {
@@ -231,6 +252,9 @@ mod tests {
         let mut other = buf.clone();
         other[1] = 0;
         assert_eq!(RequestHeader::decode(&other), Err(DecodeError::UnknownKind(0)));
+        let mut other = buf.clone();
+        other[2] = 0x04;
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::InvalidFlags(0x04)));
         let mut other = buf;
         other[5] = 1;
         assert_eq!(RequestHeader::decode(&other), Err(DecodeError::ReservedNotZero));

@@ -20,7 +20,8 @@ pub mod shape;
 
 pub use cancel::CancelTable;
 pub use envelope::{
-    ReplyStatus, RequestHeader, RequestKind, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE, RPC_VERSION,
+    ReplyStatus, RequestFlags, RequestHeader, RequestKind, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
+    RPC_VERSION,
 };
 pub use error::{BindError, Never, RpcError};
 pub use json::{JsonError, JsonErrorKind};

@@ -230,6 +230,7 @@ fn every_request_is_checked_against_the_servers_definition() {
         let mut body = Vec::new();
         RequestHeader {
             kind: RequestKind::Call,
+            flags: 0,
             call_id: ids.get(),
             method_hash: hash,
             deadline_ns: 0,
@@ -598,6 +599,7 @@ fn arguments_nested_past_the_limit_are_refused_and_the_server_lives() {
     let mut body = Vec::new();
     let request = RequestHeader {
         kind: RequestKind::Call,
+        flags: 0,
         call_id: 1,
         method_hash: 0,
         deadline_ns: 0,

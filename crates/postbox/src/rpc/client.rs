@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use postbox_core::{PortName, Target};
 
 use postbox_rpc::{
-    BindError, ReplyStatus, RequestHeader, RequestKind, RpcError, ServiceSchema,
+    BindError, ReplyStatus, RequestFlags, RequestHeader, RequestKind, RpcError, ServiceSchema,
     RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 use serde::de::DeserializeOwned;
@@ -153,7 +153,8 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let reply = self.exchange(self.request(RequestKind::Call, method, args)?)?;
+        let reply =
+            self.exchange(self.request(RequestKind::Call, method, self.call_flags(), args)?)?;
         self.check_reply(method, &reply)?;
         decode_reply(reply)
     }
@@ -169,7 +170,9 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let body = self.request(RequestKind::Call, method, args)?;
+        // Dropped before its answer, an async call sends a cancel: the server registers it.
+        let flags = self.call_flags() | RequestFlags::CANCELLABLE;
+        let body = self.request(RequestKind::Call, method, flags, args)?;
         let reply = self.exchange_async(body).await?;
         self.check_reply(method, &reply)?;
         decode_reply(reply)
@@ -186,7 +189,7 @@ impl Client {
         let Some(index) = self.schema.methods.iter().position(|m| m.name == method) else {
             return Err(RpcError::UnknownMethod(method.to_owned()));
         };
-        let mut body = self.header(RequestKind::Call, index);
+        let mut body = self.header(RequestKind::Call, index, self.call_flags());
         body.extend_from_slice(args);
         let reply = self.exchange(body)?;
         let (status, payload) =
@@ -345,31 +348,42 @@ impl Client {
         &self,
         kind: RequestKind,
         method: usize,
+        flags: u8,
         args: &A,
     ) -> Result<Vec<u8>, RpcError<E>>
     where
         A: Serialize + ?Sized,
     {
-        postcard::to_extend(args, self.header(kind, method))
+        postcard::to_extend(args, self.header(kind, method, flags))
             .map_err(|e| RpcError::BadRequest(e.to_string()))
     }
 
     /// A one-way request for the `method`-th method, with the deadline of now.
     fn oneway<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<Message, RpcError> {
-        let mut body = Some(self.request(RequestKind::Oneway, method, args)?);
+        let mut body = Some(self.request(RequestKind::Oneway, method, 0, args)?);
         Ok(self.attempt(&mut body, u32::MAX, self.deadline()))
     }
 
+    /// The flags of a call of this client: whether it may retry (the server keeps the reply).
+    fn call_flags(&self) -> u8 {
+        if self.attempts() > 1 {
+            RequestFlags::RETRIES
+        } else {
+            0
+        }
+    }
+
     /// The request header for the `method`-th method, with a new call id and no deadline.
-    fn header(&self, kind: RequestKind, method: usize) -> Vec<u8> {
+    fn header(&self, kind: RequestKind, method: usize, flags: u8) -> Vec<u8> {
         let schema = &self.schema.methods[method];
         let mut body = Vec::with_capacity(64 + schema.name.len());
         RequestHeader {
             kind,
+            flags,
             call_id: next_call_id(),
             method_hash: schema.hash,
             deadline_ns: 0,
-            method: schema.name.clone(),
+            method: schema.name.as_str().into(),
         }
         .encode(&mut body);
         body
@@ -379,10 +393,11 @@ impl Client {
         let mut body = Vec::new();
         RequestHeader {
             kind: RequestKind::Describe,
+            flags: 0,
             call_id: next_call_id(),
             method_hash: 0,
             deadline_ns: 0,
-            method: String::new(),
+            method: "".into(),
         }
         .encode(&mut body);
         control_message(body)
@@ -426,10 +441,11 @@ impl Drop for CancelOnDrop {
         let mut body = Vec::new();
         RequestHeader {
             kind: RequestKind::Cancel,
+            flags: 0,
             call_id: self.call_id,
             method_hash: 0,
             deadline_ns: 0,
-            method: String::new(),
+            method: "".into(),
         }
         .encode(&mut body);
         let _ = link.try_send(control_message(body));

@@ -19,15 +19,15 @@ pub trait Dispatch: Send + Sync + 'static {
 /// What a method call comes to: the reply's status and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    status: ReplyStatus,
-    payload: Vec<u8>,
+    /// The whole reply body: version, status, payload.
+    body: Vec<u8>,
 }
 
 impl Outcome {
     /// The method returned `value`.
     pub fn ok<T: Serialize + ?Sized>(value: &T) -> Self {
-        match postcard::to_stdvec(value) {
-            Ok(payload) => Self { status: ReplyStatus::Ok, payload },
+        match postcard::to_extend(value, Self::start(ReplyStatus::Ok)) {
+            Ok(body) => Self { body },
             Err(e) => Self::text(ReplyStatus::Panicked, &format!("cannot encode the result: {e}")),
         }
     }
@@ -36,8 +36,8 @@ impl Outcome {
     pub fn result<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Self {
         match result {
             Ok(value) => Self::ok(value),
-            Err(error) => match postcard::to_stdvec(error) {
-                Ok(payload) => Self { status: ReplyStatus::Err, payload },
+            Err(error) => match postcard::to_extend(error, Self::start(ReplyStatus::Err)) {
+                Ok(body) => Self { body },
                 Err(e) => {
                     Self::text(ReplyStatus::Panicked, &format!("cannot encode the error: {e}"))
                 }
@@ -60,16 +60,28 @@ impl Outcome {
     }
 
     pub(crate) fn text(status: ReplyStatus, text: &str) -> Self {
-        Self { status, payload: text.as_bytes().to_vec() }
+        let mut body = Self::start(status);
+        body.extend_from_slice(text.as_bytes());
+        Self { body }
     }
 
     /// True when the method ran (its result, its error or its panic), so a retry must not run
     /// it again.
     pub(crate) fn method_ran(&self) -> bool {
-        matches!(self.status, ReplyStatus::Ok | ReplyStatus::Err | ReplyStatus::Panicked)
+        matches!(
+            ReplyStatus::decode(&self.body),
+            Ok((ReplyStatus::Ok | ReplyStatus::Err | ReplyStatus::Panicked, _))
+        )
     }
 
     pub(crate) fn into_body(self) -> Vec<u8> {
-        self.status.with_payload(&self.payload)
+        self.body
+    }
+
+    /// A reply body with `status` and no payload yet.
+    fn start(status: ReplyStatus) -> Vec<u8> {
+        let mut body = Vec::with_capacity(64);
+        status.encode(&mut body);
+        body
     }
 }

@@ -4,12 +4,13 @@
 //! error), and answered; cancel and describe requests are answered at once.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use postbox_rpc::{
-    json, CancelTable, Lookup, ReplyCache, ReplyStatus, RequestHeader, RequestKind, Shape,
-    RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
+    json, CancelTable, Lookup, ReplyCache, ReplyStatus, RequestFlags, RequestHeader, RequestKind,
+    Shape, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 
 use crate::rpc::context::{self, CallContext};
@@ -26,6 +27,8 @@ pub(crate) struct Handler {
     /// Per method, the shape its argument bytes are checked against before serde decodes
     /// them, for methods whose shapes could make serde recurse or loop without bound.
     checks: Vec<Option<Shape>>,
+    /// The flag of every call its caller cannot cancel.
+    never_cancelled: Arc<AtomicBool>,
 }
 
 impl Handler {
@@ -44,6 +47,7 @@ impl Handler {
             cache: Mutex::new(ReplyCache::new(REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)),
             cancels: Mutex::new(CancelTable::new()),
             checks,
+            never_cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -71,7 +75,8 @@ impl Handler {
             self.run(&header, args, caller, arrived);
             return;
         };
-        if header.kind != RequestKind::Call {
+        if header.kind != RequestKind::Call || header.flags & RequestFlags::RETRIES == 0 {
+            // A caller that never retries has no use for a kept reply.
             return answer(Some(token), self.run(&header, args, caller, arrived));
         }
         let lookup = lock(&self.cache).begin(caller, header.call_id, token);
@@ -129,14 +134,23 @@ impl Handler {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Outcome::text(ReplyStatus::DeadlineExceeded, "");
         }
-        let Some(cancelled) = lock(&self.cancels).start(caller, header.call_id) else {
-            return Outcome::text(ReplyStatus::Cancelled, "");
+        // Only calls their callers may cancel are registered for cancels.
+        let cancellable = header.flags & RequestFlags::CANCELLABLE != 0;
+        let cancelled = if cancellable {
+            match lock(&self.cancels).start(caller, header.call_id) {
+                Some(flag) => flag,
+                None => return Outcome::text(ReplyStatus::Cancelled, ""),
+            }
+        } else {
+            Arc::clone(&self.never_cancelled)
         };
         let context = CallContext::new(deadline, caller, cancelled);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             context::serving(context, || self.service.dispatch(index, args))
         }));
-        lock(&self.cancels).finish(caller, header.call_id);
+        if cancellable {
+            lock(&self.cancels).finish(caller, header.call_id);
+        }
         outcome.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()

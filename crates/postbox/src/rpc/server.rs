@@ -1,7 +1,8 @@
 //! Serving a typed service: a pool of threads (or tokio's blocking pool) receiving on the
-//! service's port, each request handled by the [`Handler`]; and a control lane, one more
-//! receiver that takes only cancel and describe requests, so that they are answered while
-//! every worker is busy with a long call.
+//! service's port, each request handled by the [`Handler`]; and a control lane that looks
+//! every 5 ms (without blocking, so it never becomes the port's reader while a worker waits)
+//! for cancel and describe requests, so that they are answered while every worker is busy with
+//! a long call. Idle workers take those first anyway (they come at priority 31).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use postbox_core::Selector;
 use postbox_rpc::{SchemaError, RPC_CONTROL_MSG_TYPE};
 
-use crate::error::{OpenError, RecvTimeoutError};
+use crate::error::{OpenError, RecvTimeoutError, TryRecvError};
 use crate::rpc::dispatch::Dispatch;
 use crate::rpc::handler::Handler;
 use crate::{Node, Port};
@@ -60,14 +61,15 @@ pub fn start(
     let port = Arc::new(node.port(name).service().open()?);
     let stop = Arc::new(AtomicBool::new(false));
     let handler = Arc::new(Handler::new(service));
-    let lanes = std::iter::once(CONTROL).chain(std::iter::repeat_n(Selector::ANY, threads.max(1)));
-    let threads = lanes
-        .map(|selector| {
+    let mut threads: Vec<JoinHandle<()>> = (0..threads.max(1))
+        .map(|_| {
             let (port, stop, handler) =
                 (Arc::clone(&port), Arc::clone(&stop), Arc::clone(&handler));
-            std::thread::spawn(move || serve_lane(&port, &handler, &stop, selector))
+            std::thread::spawn(move || serve_lane(&port, &handler, &stop))
         })
         .collect();
+    let control = Arc::clone(&stop);
+    threads.push(std::thread::spawn(move || control_lane(&port, &handler, &control)));
     Ok(Serving { stop, threads, name: name.to_owned() })
 }
 
@@ -91,8 +93,12 @@ pub async fn serve_async(
     let control = {
         let (port, handler) = (Arc::clone(&port), Arc::clone(&handler));
         AbortOnDrop(tokio::spawn(async move {
-            while let Ok(envelope) = port.recv_matching_async(CONTROL).await {
-                handler.handle(envelope);
+            loop {
+                match port.try_recv_matching(CONTROL) {
+                    Ok(envelope) => handler.handle(envelope),
+                    Err(TryRecvError::Empty) => tokio::time::sleep(CONTROL_INTERVAL).await,
+                    Err(_) => return,
+                }
             }
         }))
     };
@@ -154,11 +160,10 @@ impl Drop for Serving {
     }
 }
 
-/// One serving thread: receives what `selector` picks and handles it, until stopped or the
-/// port closes.
-fn serve_lane(port: &Port, handler: &Handler, stop: &AtomicBool, selector: Selector) {
+/// One serving thread: receives requests and handles them, until stopped or the port closes.
+fn serve_lane(port: &Port, handler: &Handler, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        match port.recv_matching_timeout(selector, STOP_CHECK) {
+        match port.recv_timeout(STOP_CHECK) {
             Ok(envelope) => handler.handle(envelope),
             Err(RecvTimeoutError::Timeout) => {}
             Err(_) => return,
@@ -166,8 +171,24 @@ fn serve_lane(port: &Port, handler: &Handler, stop: &AtomicBool, selector: Selec
     }
 }
 
+/// The control lane: looks for cancel and describe requests every [`CONTROL_INTERVAL`]. It
+/// never waits on the port: a thread waiting there would take turns reading the links with the
+/// workers, and hand them calls through a wake-up each time.
+fn control_lane(port: &Port, handler: &Handler, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match port.try_recv_matching(CONTROL) {
+            Ok(envelope) => handler.handle(envelope),
+            Err(TryRecvError::Empty) => std::thread::sleep(CONTROL_INTERVAL),
+            Err(_) => return,
+        }
+    }
+}
+
 /// The control lane: cancel and describe requests only.
 const CONTROL: Selector = Selector::ANY.of_type(RPC_CONTROL_MSG_TYPE);
+
+/// How often the control lane looks for cancel and describe requests.
+const CONTROL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// How often serving threads look at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
