@@ -133,7 +133,7 @@ impl Shape {
 }
 
 /// How deep shapes may nest when decoded (a describe answer comes from a peer): every
-/// recursion of [`Shape`] passes a field decoded by [`nested`], which counts.
+/// recursion of [`Shape`] passes a field decoded by `nested`, which counts.
 pub const MAX_SHAPE_DEPTH: usize = 128;
 
 /// Decodes a nested part of a shape, one level deeper, failing past [`MAX_SHAPE_DEPTH`] (a
