@@ -33,6 +33,8 @@ pub struct Port {
     name: PortName,
     receiver: Arc<Receiver>,
     node: Arc<NodeShared>,
+    /// Closed already (by [`close`](Self::close)).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// This node's own receive endpoint, addressed by its [`ProcessId`].
@@ -111,7 +113,12 @@ impl PortBuilder {
             .map_err(|e| OpenError::Refused(e.to_string()))?;
         let receiver = Arc::new(receiver);
         self.node.open_port(&name, &receiver, self.service)?;
-        Ok(Port { name, receiver, node: self.node })
+        Ok(Port {
+            name,
+            receiver,
+            node: self.node,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 }
 
@@ -344,8 +351,13 @@ impl Inbox {
     receive_methods!();
 }
 
-impl Drop for Port {
-    fn drop(&mut self) {
+impl Port {
+    /// Closes the port now, as dropping it would: receivers blocked on it wake with `Closed`,
+    /// its links close, and the name is released. (For a typed server stopping its threads.)
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         for link in self.receiver.close() {
             self.node.report_link_closed(link);
         }
@@ -358,6 +370,12 @@ impl Drop for Port {
         }
         drop(receivers);
         self.node.close_port(&self.name);
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use postbox_core::Selector;
 use postbox_rpc::{SchemaError, RPC_CONTROL_MSG_TYPE};
 
-use crate::error::{OpenError, RecvTimeoutError, TryRecvError};
+use crate::error::{OpenError, TryRecvError};
 use crate::rpc::dispatch::Dispatch;
 use crate::rpc::handler::Handler;
 use crate::{Node, Port};
@@ -68,9 +68,9 @@ pub fn start(
             std::thread::spawn(move || serve_lane(&port, &handler, &stop))
         })
         .collect();
-    let control = Arc::clone(&stop);
-    threads.push(std::thread::spawn(move || control_lane(&port, &handler, &control)));
-    Ok(Serving { stop, threads, name: name.to_owned() })
+    let (control, control_port) = (Arc::clone(&stop), Arc::clone(&port));
+    threads.push(std::thread::spawn(move || control_lane(&control_port, &handler, &control)));
+    Ok(Serving { stop, port, threads, name: name.to_owned() })
 }
 
 /// Serves `service` on port `name` from tokio: each request is handled on tokio's blocking
@@ -130,6 +130,8 @@ impl Drop for AbortOnDrop {
 #[derive(Debug)]
 pub struct Serving {
     stop: Arc<AtomicBool>,
+    /// Closed to stop the workers, which wait on it without a timeout.
+    port: Arc<Port>,
     threads: Vec<JoinHandle<()>>,
     name: String,
 }
@@ -148,6 +150,7 @@ impl Serving {
 
     fn stop_now(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.port.close();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -160,13 +163,13 @@ impl Drop for Serving {
     }
 }
 
-/// One serving thread: receives requests and handles them, until stopped or the port closes.
+/// One serving thread: receives requests and handles them until the port closes (stopping
+/// closes it). It waits without a timeout: no clock is read per request.
 fn serve_lane(port: &Port, handler: &Handler, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        match port.recv_timeout(STOP_CHECK) {
-            Ok(envelope) => handler.handle(envelope),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(_) => return,
+    while let Ok(envelope) = port.recv() {
+        handler.handle(envelope);
+        if stop.load(Ordering::Relaxed) {
+            return;
         }
     }
 }
@@ -189,6 +192,3 @@ const CONTROL: Selector = Selector::ANY.of_type(RPC_CONTROL_MSG_TYPE);
 
 /// How often the control lane looks for cancel and describe requests.
 const CONTROL_INTERVAL: Duration = Duration::from_millis(5);
-
-/// How often serving threads look at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(50);
