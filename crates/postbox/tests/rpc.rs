@@ -417,6 +417,33 @@ fn a_call_retried_after_its_link_was_cut_runs_once_and_the_retry_gets_the_answer
     assert_eq!(once.slow_count(0).unwrap(), 2, "a new call runs");
 }
 
+#[test]
+fn a_retrying_client_reaches_a_server_restarted_on_the_same_name() {
+    let broker = Broker::embedded().unwrap();
+    let (server, serving) = calc(&broker, "rpc/restart", 1);
+    let node = broker.node().unwrap();
+    let calc = CalcClient::bind(&node, "rpc/restart")
+        .unwrap()
+        .with_retries(40, Duration::from_millis(200));
+    assert_eq!(calc.add(1, 1).unwrap(), 2);
+    drop(serving);
+    drop(server);
+    // The same service comes back 300 ms later; a call made meanwhile waits for it.
+    let restarted = {
+        let broker_node = broker.node().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let serving =
+                CalcServer::new(Calculator::default()).start(&broker_node, "rpc/restart").unwrap();
+            (broker_node, serving)
+        })
+    };
+    let started = Instant::now();
+    assert_eq!(calc.add(2, 3).unwrap(), 5);
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    let _kept = restarted.join().unwrap();
+}
+
 #[postbox::service]
 pub trait Relayed {
     fn relay(&self, ms: u64) -> Option<u64>;

@@ -129,6 +129,14 @@ impl Client {
         Some(current.clone())
     }
 
+    /// How long to wait before an attempt after connecting again failed: a tenth of an
+    /// attempt's time, at most 100 ms, and never past the call's deadline.
+    fn backoff(&self, deadline: Option<Instant>) -> Duration {
+        let wait =
+            self.retry.map_or(Duration::ZERO, |r| (r.per_attempt / 10).min(RECONNECT_BACKOFF));
+        deadline.map_or(wait, |d| wait.min(d.saturating_duration_since(Instant::now())))
+    }
+
     /// How many attempts a call makes.
     fn attempts(&self) -> u32 {
         self.retry.map_or(1, |r| r.attempts)
@@ -242,7 +250,12 @@ impl Client {
                 Ok(reply) => return Ok(reply),
                 Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
                     attempt += 1;
-                    link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
+                    match self.reconnect(&link) {
+                        Some(next) => link = next,
+                        // Nobody serves the name now (a server restarting): the next
+                        // attempt, a little later, connects again.
+                        None => std::thread::sleep(self.backoff(deadline)),
+                    }
                 }
                 Err(error) => return Err(call_error(error).map_remote(|n| match n {})),
             }
@@ -278,7 +291,10 @@ impl Client {
                 }
                 Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
                     attempt += 1;
-                    link = self.reconnect(&link).ok_or(RpcError::PeerDied)?;
+                    match self.reconnect(&link) {
+                        Some(next) => link = next,
+                        None => tokio::time::sleep(self.backoff(deadline)).await,
+                    }
                     cancel.link = Some(link.clone());
                 }
                 Err(error) => {
@@ -536,6 +552,9 @@ fn next_call_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// The longest wait before trying to connect again during retries.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The priority of control requests (the highest).
 const CONTROL_PRIORITY: u8 = 31;
