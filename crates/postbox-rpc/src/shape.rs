@@ -115,7 +115,7 @@ impl Shape {
     }
 
     /// True when a value of this shape takes no bytes at all.
-    fn takes_no_bytes(&self) -> bool {
+    pub(crate) fn takes_no_bytes(&self) -> bool {
         match self {
             Self::Unit => true,
             Self::Tuple(items) => items.iter().all(Self::takes_no_bytes),

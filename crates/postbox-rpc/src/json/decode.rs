@@ -39,7 +39,7 @@ impl<'b, 's> Decoder<'b, 's> {
             Shape::Seq(item) => {
                 self.trail.nest()?;
                 let count = self.varint(64, "a length")? as u64;
-                let count = self.reserve(count, takes_no_bytes(item))?;
+                let count = self.reserve(count, item.takes_no_bytes())?;
                 let items = self.items(count, std::iter::repeat(&**item))?;
                 self.trail.unnest();
                 Ok(items)
@@ -53,7 +53,7 @@ impl<'b, 's> Decoder<'b, 's> {
             }
             Shape::Array { item, len } => {
                 self.trail.nest()?;
-                let count = self.reserve(*len, takes_no_bytes(item))?;
+                let count = self.reserve(*len, item.takes_no_bytes())?;
                 if count == 0 {
                     self.spend_empty()?;
                 }
@@ -196,7 +196,7 @@ impl<'b, 's> Decoder<'b, 's> {
     fn map(&mut self, key: &'s Shape, item: &'s Shape) -> Step<Value> {
         self.trail.nest()?;
         let count = self.varint(64, "a length")? as u64;
-        let count = self.reserve(count, takes_no_bytes(key) && takes_no_bytes(item))?;
+        let count = self.reserve(count, key.takes_no_bytes() && item.takes_no_bytes())?;
         let mut map = Map::new();
         for _ in 0..count {
             let text = self.key(key)?;
@@ -358,22 +358,5 @@ impl<'b, 's> Decoder<'b, 's> {
 
     pub(super) fn unsupported_key(&self, shape: &Shape) -> Box<JsonError> {
         self.trail.error(JsonErrorKind::UnsupportedKey(shape_word(shape)))
-    }
-}
-
-/// Whether every value of `shape` encodes to no bytes at all (units and what holds only them).
-fn takes_no_bytes(shape: &Shape) -> bool {
-    match shape {
-        Shape::Unit => true,
-        Shape::Tuple(shapes) => shapes.iter().all(takes_no_bytes),
-        Shape::Array { item, len } => *len == 0 || takes_no_bytes(item),
-        Shape::Named { body, .. } => match &**body {
-            Container::UnitStruct => true,
-            Container::NewType(inner) => takes_no_bytes(inner),
-            Container::TupleStruct(shapes) => shapes.iter().all(takes_no_bytes),
-            Container::Struct(fields) => fields.iter().all(|f| takes_no_bytes(&f.shape)),
-            Container::Enum(_) => false,
-        },
-        _ => false,
     }
 }
