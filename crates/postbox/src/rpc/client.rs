@@ -26,6 +26,9 @@ pub struct Client {
     /// The link in use; replaced when a retry finds it broken.
     connection: Arc<RwLock<Connection>>,
     schema: Arc<ServiceSchema>,
+    /// Per method: whether its result, and its error, must be checked before serde decodes
+    /// them (shapes that could make serde recurse or loop without bound), found once here.
+    reply_checks: Arc<[[bool; 2]]>,
     timeout: Option<Duration>,
     retry: Option<Retry>,
     /// To connect again: the node, and the service's port name.
@@ -49,7 +52,7 @@ impl Client {
     /// port does not answer as a typed service.
     pub fn bind(node: &Node, name: &str, schema: &ServiceSchema) -> Result<Self, BindError> {
         let client = Self::connect(node, name, schema)?;
-        let reply = client.link().call_timeout(client.describe_request(), DESCRIBE_TIMEOUT);
+        let reply = client.link().call_timeout(describe_request(), DESCRIBE_TIMEOUT);
         client.finish_bind(reply.map_err(call_error))
     }
 
@@ -64,7 +67,7 @@ impl Client {
     ) -> Result<Self, BindError> {
         let client = Self::connect(node, name, schema)?;
         let link = client.link();
-        let call = link.call_async(client.describe_request());
+        let call = link.call_async(describe_request());
         let reply = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
             Ok(reply) => reply.map_err(call_error),
             Err(_) => Err(RpcError::Timeout),
@@ -108,6 +111,7 @@ impl Client {
         let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
         Ok(Self {
             connection: Arc::new(RwLock::new(connection)),
+            reply_checks: reply_checks(schema),
             schema: Arc::new(schema.clone()),
             timeout: Some(DESCRIBE_TIMEOUT),
             retry: None,
@@ -127,6 +131,23 @@ impl Client {
         let name = PortName::new(&self.name).ok()?;
         *current = node.connect(Target::Port(name)).ok()?;
         Some(current.clone())
+    }
+
+    /// After an attempt on `link` failed with `error`: the error to return, or (counting the
+    /// next attempt) the link to try again on, or `None` when nobody serves the name just now
+    /// (a server restarting) and the next attempt should come after [`backoff`](Self::backoff).
+    fn retry_after<E>(
+        &self,
+        error: CallError,
+        attempt: &mut u32,
+        deadline: Option<Instant>,
+        link: &Connection,
+    ) -> Result<Option<Connection>, RpcError<E>> {
+        if *attempt >= self.attempts() || !retryable(&error, deadline) {
+            return Err(call_error(error).map_remote(|n| match n {}));
+        }
+        *attempt += 1;
+        Ok(self.reconnect(link))
     }
 
     /// How long to wait before an attempt after connecting again failed: a tenth of an
@@ -225,11 +246,14 @@ impl Client {
     pub fn describe(node: &Node, name: &str) -> Result<Self, BindError> {
         let empty = ServiceSchema { version: 0, name: String::new(), methods: Vec::new() };
         let client = Self::connect(node, name, &empty)?;
-        let reply = client.link().call_timeout(client.describe_request(), DESCRIBE_TIMEOUT);
-        let server: ServiceSchema =
-            decode_reply(reply.map_err(call_error).map_err(BindError::Describe)?)
-                .map_err(|e: RpcError| BindError::Describe(e))?;
-        Ok(Self { schema: Arc::new(server), timeout: None, ..client })
+        let reply = client.link().call_timeout(describe_request(), DESCRIBE_TIMEOUT);
+        let server = server_schema(reply.map_err(call_error))?;
+        Ok(Self {
+            reply_checks: reply_checks(&server),
+            schema: Arc::new(server),
+            timeout: None,
+            ..client
+        })
     }
 
     /// Sends the request `body` (its deadline field still 0) as a call, with retries (each
@@ -248,16 +272,10 @@ impl Client {
             };
             match reply {
                 Ok(reply) => return Ok(reply),
-                Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
-                    attempt += 1;
-                    match self.reconnect(&link) {
-                        Some(next) => link = next,
-                        // Nobody serves the name now (a server restarting): the next
-                        // attempt, a little later, connects again.
-                        None => std::thread::sleep(self.backoff(deadline)),
-                    }
-                }
-                Err(error) => return Err(call_error(error).map_remote(|n| match n {})),
+                Err(error) => match self.retry_after(error, &mut attempt, deadline, &link)? {
+                    Some(next) => link = next,
+                    None => std::thread::sleep(self.backoff(deadline)),
+                },
             }
         }
     }
@@ -289,17 +307,13 @@ impl Client {
                     cancel.link = None;
                     return Ok(reply);
                 }
-                Err(error) if attempt < self.attempts() && retryable(&error, deadline) => {
-                    attempt += 1;
-                    match self.reconnect(&link) {
+                Err(error) => {
+                    let next = self.retry_after(error, &mut attempt, deadline, &link);
+                    match next.inspect_err(|_| cancel.link = None)? {
                         Some(next) => link = next,
                         None => tokio::time::sleep(self.backoff(deadline)).await,
                     }
                     cancel.link = Some(link.clone());
-                }
-                Err(error) => {
-                    cancel.link = None;
-                    return Err(call_error(error).map_remote(|n| match n {}));
                 }
             }
         }
@@ -405,40 +419,27 @@ impl Client {
         body
     }
 
-    fn describe_request(&self) -> Message {
-        let mut body = Vec::new();
-        RequestHeader {
-            kind: RequestKind::Describe,
-            flags: 0,
-            call_id: next_call_id(),
-            method_hash: 0,
-            deadline_ns: 0,
-            method: "".into(),
-        }
-        .encode(&mut body);
-        control_message(body)
-    }
-
     /// Checks a reply's payload against the `method`-th method's result or error shape, when
     /// that shape could make serde recurse or loop without bound on a hostile server's bytes.
     fn check_reply<E>(&self, method: usize, reply: &Message) -> Result<(), RpcError<E>> {
+        let [check_ok, check_err] = self.reply_checks[method];
+        if !check_ok && !check_err {
+            return Ok(());
+        }
         let schema = &self.schema.methods[method];
         let Ok((status, payload)) = ReplyStatus::decode(reply.body()) else { return Ok(()) };
         let shape = match status {
-            ReplyStatus::Ok => Some(&schema.ok),
-            ReplyStatus::Err => schema.err.as_ref(),
+            ReplyStatus::Ok if check_ok => Some(&schema.ok),
+            ReplyStatus::Err if check_err => schema.err.as_ref(),
             _ => None,
         };
-        match shape {
-            Some(shape) if shape.needs_check() => postbox_rpc::json::check(payload, shape)
-                .map_err(|e| RpcError::Decode(e.to_string())),
-            _ => Ok(()),
-        }
+        shape.map_or(Ok(()), |shape| {
+            postbox_rpc::json::check(payload, shape).map_err(|e| RpcError::Decode(e.to_string()))
+        })
     }
 
     fn finish_bind(self, reply: Result<Message, RpcError>) -> Result<Self, BindError> {
-        let server: ServiceSchema = decode_reply(reply.map_err(BindError::Describe)?)
-            .map_err(|e: RpcError| BindError::Describe(e))?;
+        let server = server_schema(reply)?;
         self.schema.check_against(&server).map_err(BindError::TypeMismatch)?;
         Ok(Self { timeout: None, ..self })
     }
@@ -454,24 +455,36 @@ struct CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         let Some(link) = self.link.take() else { return };
-        let mut body = Vec::new();
-        RequestHeader {
-            kind: RequestKind::Cancel,
-            flags: 0,
-            call_id: self.call_id,
-            method_hash: 0,
-            deadline_ns: 0,
-            method: "".into(),
-        }
-        .encode(&mut body);
-        let _ = link.try_send(control_message(body));
+        let _ = link.try_send(control_request(RequestKind::Cancel, self.call_id));
     }
 }
 
-/// A describe or cancel request: on the control lane, which a server answers while its
-/// workers are busy, ahead of the calls queued.
-fn control_message(body: Vec<u8>) -> Message {
+/// A describe or cancel request (for call `call_id`): on the control lane, which a server
+/// answers while its workers are busy, ahead of the calls queued.
+fn control_request(kind: RequestKind, call_id: u64) -> Message {
+    let mut body = Vec::new();
+    RequestHeader { kind, flags: 0, call_id, method_hash: 0, deadline_ns: 0, method: "".into() }
+        .encode(&mut body);
     Message::new(body).with_type(RPC_CONTROL_MSG_TYPE).with_priority(CONTROL_PRIORITY)
+}
+
+/// A request for the service's schema.
+fn describe_request() -> Message {
+    control_request(RequestKind::Describe, next_call_id())
+}
+
+/// The schema a describe `reply` carries.
+fn server_schema(reply: Result<Message, RpcError>) -> Result<ServiceSchema, BindError> {
+    decode_reply(reply.map_err(BindError::Describe)?).map_err(|e: RpcError| BindError::Describe(e))
+}
+
+/// Which results and errors of `schema`'s methods must be checked before serde decodes them.
+fn reply_checks(schema: &ServiceSchema) -> Arc<[[bool; 2]]> {
+    schema
+        .methods
+        .iter()
+        .map(|m| [m.ok.needs_check(), m.err.as_ref().is_some_and(|e| e.needs_check())])
+        .collect()
 }
 
 /// Decodes a reply body into the method's result or its error.
