@@ -207,7 +207,8 @@ impl ClientLink {
         } else {
             let mut held = None;
             batch.iter_mut().try_for_each(|message| {
-                self.write_batched(&mut held, message, wait)?;
+                // Not confirmed, nothing left pending: the written number is not needed.
+                self.write_oneway_held(&mut held, true, message, wait, false, false)?;
                 sent += 1;
                 Ok(())
             })
@@ -243,16 +244,6 @@ impl ClientLink {
                 done => return done,
             }
         }
-    }
-
-    /// One message of a batch: written under the guard in `held`, entered (corked) if empty.
-    fn write_batched<'a>(
-        &'a self,
-        held: &mut Option<WriteGuard<'a>>,
-        message: &mut Message,
-        wait: Wait,
-    ) -> Result<(), OnewayFailure> {
-        self.write_oneway_held(held, true, message, wait, false, false).map(drop)
     }
 
     /// As [`write_oneway`](Self::write_oneway), writing under the guard in `held`, entered

@@ -341,17 +341,7 @@ impl Port {
     pub fn name(&self) -> &str {
         self.name.as_str()
     }
-}
 
-impl Inbox {
-    pub(crate) fn new(receiver: Arc<Receiver>, node: Arc<NodeShared>) -> Self {
-        Self { receiver, node }
-    }
-
-    receive_methods!();
-}
-
-impl Port {
     /// Closes the port now, as dropping it would: receivers blocked on it wake with `Closed`,
     /// its links close, and the name is released. (For a typed server stopping its threads.)
     pub(crate) fn close(&self) {
@@ -371,6 +361,14 @@ impl Port {
         drop(receivers);
         self.node.close_port(&self.name);
     }
+}
+
+impl Inbox {
+    pub(crate) fn new(receiver: Arc<Receiver>, node: Arc<NodeShared>) -> Self {
+        Self { receiver, node }
+    }
+
+    receive_methods!();
 }
 
 impl Drop for Port {
