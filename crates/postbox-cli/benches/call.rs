@@ -35,11 +35,7 @@ mod placement;
 const SIZES: [usize; 3] = [64, 4096, 1 << 20];
 
 fn benches(c: &mut Criterion) {
-    let placement = std::env::var("POSTBOX_BENCH_PLACEMENT")
-        .ok()
-        .and_then(|p| placement::Placement::parse(&p))
-        .unwrap_or(placement::Placement::SameCore);
-    eprintln!("placement: {} (POSTBOX_BENCH_PLACEMENT=same-core|cross-core)", placement.label());
+    let placement = placement::Placement::from_bench_env();
     let broker = Broker::embedded().expect("embedded broker");
     let spawned = placement
         .apply(|| {

@@ -62,11 +62,7 @@ fn main() {
 }
 
 fn benches(c: &mut Criterion) {
-    let placement = std::env::var("POSTBOX_BENCH_PLACEMENT")
-        .ok()
-        .and_then(|p| placement::Placement::parse(&p))
-        .unwrap_or(placement::Placement::SameCore);
-    eprintln!("placement: {} (POSTBOX_BENCH_PLACEMENT=same-core|cross-core)", placement.label());
+    let placement = placement::Placement::from_bench_env();
     let tarpc_runtime = std::env::var(tarpc_echo::RUNTIME_ENV);
     eprintln!(
         "tarpc runtime: {} ({}=current-thread|multi-thread)",

@@ -33,6 +33,21 @@ impl Placement {
         }
     }
 
+    /// The placement `POSTBOX_BENCH_PLACEMENT` names (the criterion benches), same core if
+    /// unset or unknown; says on stderr which it is.
+    #[allow(dead_code)] // only the benches, which include this file, call it
+    pub(crate) fn from_bench_env() -> Self {
+        let placement = std::env::var("POSTBOX_BENCH_PLACEMENT")
+            .ok()
+            .and_then(|p| Self::parse(&p))
+            .unwrap_or(Self::SameCore);
+        eprintln!(
+            "placement: {} (POSTBOX_BENCH_PLACEMENT=same-core|cross-core)",
+            placement.label()
+        );
+        placement
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::SameCore => "same core",
