@@ -3,6 +3,8 @@
 # and a short run of each fuzz target. Needs only the Rust toolchain; it installs nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# No incremental caches: a clean run never reuses them, and they double the target's size.
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n=== %s\n' "$*"; }
 
