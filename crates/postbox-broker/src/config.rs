@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::Policy;
+
 /// Settings of one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
@@ -10,10 +12,8 @@ pub struct BrokerConfig {
     pub socket_path: PathBuf,
     /// The largest message body links on this host accept, announced to every node.
     pub max_message_size: u32,
-    /// Ports one node may hold.
-    pub max_ports_per_node: usize,
-    /// Links one node may have open (as client or server).
-    pub max_links_per_node: usize,
+    /// Who may do what with each name, and the per-node limits (ports, links).
+    pub policy: Policy,
     /// Nodes admitted at once.
     pub max_nodes: usize,
     /// Control messages queued for one node that is not reading before it is disconnected.
@@ -34,8 +34,7 @@ impl BrokerConfig {
         Self {
             socket_path: socket_path.into(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_ports_per_node: 1024,
-            max_links_per_node: 4096,
+            policy: Policy::own_user_only(rustix::process::getuid().as_raw()),
             max_nodes: 4096,
             max_queued_per_node: 1024,
             hello_timeout: Duration::from_secs(10),
@@ -49,6 +48,13 @@ impl BrokerConfig {
     #[must_use]
     pub fn shared_memory(mut self, on: bool) -> Self {
         self.shared_memory_links = on.then_some(DEFAULT_LINK_CAPACITY);
+        self
+    }
+
+    /// Sets the access policy and limits.
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
         self
     }
 

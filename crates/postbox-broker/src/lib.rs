@@ -21,11 +21,14 @@
 mod config;
 mod error;
 mod event_loop;
+mod grants;
 mod mailbox;
+pub mod policy;
 mod registry;
 pub mod socket_path;
 mod topic;
 
 pub use config::{BrokerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use error::BrokerError;
-pub use event_loop::{Broker, BrokerHandle};
+pub use event_loop::{Broker, BrokerHandle, PolicyReloader};
+pub use policy::{Limits, Policy, PolicyError, Subject};

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postbox_core::{
     ControlErrorCode, EndpointKind, LinkId, ListenTarget, PeerIdentity, PortEntry, PortName,
-    PortSpec, ProcessId, Target,
+    PortSpec, ProcessId, Rights, Target,
 };
 
-use crate::BrokerConfig;
+use crate::Limits;
 
 /// A node's slot in the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +43,7 @@ pub(crate) struct NewLink {
     pub(crate) client_identity: PeerIdentity,
     pub(crate) target: ListenTarget,
     pub(crate) spec: PortSpec,
+    pub(crate) rights: Rights,
 }
 
 /// Refusal with a code and a detail for the node.
@@ -67,10 +68,10 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(config: &BrokerConfig) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self {
-            max_ports: config.max_ports_per_node,
-            max_links: config.max_links_per_node,
+            max_ports: limits.ports,
+            max_links: limits.connections,
             next_generation: 1,
             next_link: 1,
             nodes: HashMap::new(),
@@ -92,6 +93,17 @@ impl Registry {
             .insert(key, NodeRecord { identity, ports: BTreeSet::new(), links: BTreeSet::new() });
         self.by_process.insert(process_id, key);
         identity
+    }
+
+    /// Applies new limits to what nodes do from now on (what they hold already stays).
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.max_ports = limits.ports;
+        self.max_links = limits.connections;
+    }
+
+    /// The identity of the live node with process id `process`.
+    pub(crate) fn node_identity(&self, process: ProcessId) -> Option<PeerIdentity> {
+        self.nodes.get(self.by_process.get(&process)?).map(|n| n.identity)
     }
 
     pub(crate) fn is_admitted(&self, key: NodeKey) -> bool {
@@ -143,7 +155,12 @@ impl Registry {
         Ok(())
     }
 
-    pub(crate) fn connect(&mut self, key: NodeKey, target: &Target) -> Result<NewLink, Refusal> {
+    pub(crate) fn connect(
+        &mut self,
+        key: NodeKey,
+        target: &Target,
+        rights: Rights,
+    ) -> Result<NewLink, Refusal> {
         let client = self.nodes.get(&key).ok_or_else(not_admitted)?;
         let client_identity = client.identity;
         if client.links.len() >= self.max_links {
@@ -193,7 +210,7 @@ impl Registry {
             ListenTarget::Port(name) => self.specs.get(name).copied().unwrap_or_default(),
             ListenTarget::Inbox => PortSpec::default(),
         };
-        Ok(NewLink { link, server, server_identity, client_identity, target: listen, spec })
+        Ok(NewLink { link, server, server_identity, client_identity, target: listen, spec, rights })
     }
 
     /// Records that node `key` closed its end of `link`; ignores links it holds no end of.
@@ -225,6 +242,19 @@ impl Registry {
         if !record.client_open && !record.server_open {
             self.links.remove(&link);
         }
+    }
+
+    /// The nodes that still hold an end of `link` (one for each open end).
+    pub(crate) fn link_ends(&self, link: LinkId) -> Vec<NodeKey> {
+        let Some(record) = self.links.get(&link) else { return Vec::new() };
+        let client = record.client_open.then_some(record.client);
+        let server = record.server_open.then_some(record.server);
+        client.into_iter().chain(server).collect()
+    }
+
+    /// The ports node `key` holds.
+    pub(crate) fn ports_of(&self, key: NodeKey) -> Vec<PortName> {
+        self.nodes.get(&key).map(|n| n.ports.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// The links whose other end node `key`'s departure leaves open: `(other node, link)`.
@@ -321,9 +351,7 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        let mut config = BrokerConfig::new("/unused");
-        config.max_ports_per_node = 2;
-        Registry::new(&config)
+        Registry::new(Limits { ports: 2, ..Limits::default() })
     }
 
     fn name(text: &str) -> PortName {
@@ -353,18 +381,18 @@ mod tests {
         let server = r.admit(a, 100, 0, 0);
         r.admit(b, 200, 0, 0);
         r.open_port(a, name("calc"), PortSpec::default()).unwrap();
-        let link = r.connect(b, &Target::Port(name("calc"))).unwrap();
+        let link = r.connect(b, &Target::Port(name("calc")), Rights::ALL).unwrap();
         assert_eq!(link.server, a);
         assert_eq!(link.server_identity, server);
-        let inbox = r.connect(b, &Target::Inbox(server.process_id)).unwrap();
+        let inbox = r.connect(b, &Target::Inbox(server.process_id), Rights::ALL).unwrap();
         assert_eq!(inbox.target, ListenTarget::Inbox);
         assert_eq!(r.listing().1[0].connections, 1);
         r.link_closed(b, link.link);
         assert_eq!(r.listing().1[0].connections, 0);
-        let missing = r.connect(b, &Target::Port(name("nope"))).unwrap_err();
+        let missing = r.connect(b, &Target::Port(name("nope")), Rights::ALL).unwrap_err();
         assert_eq!(missing.0, ControlErrorCode::NoSuchPort);
         r.remove(a);
-        let gone = r.connect(b, &Target::Inbox(server.process_id)).unwrap_err();
+        let gone = r.connect(b, &Target::Inbox(server.process_id), Rights::ALL).unwrap_err();
         assert_eq!(gone.0, ControlErrorCode::NoSuchPort);
     }
 
@@ -375,7 +403,7 @@ mod tests {
         r.admit(server, 100, 0, 0);
         r.admit(client, 200, 0, 0);
         r.open_port(server, name("calc"), PortSpec::default()).unwrap();
-        let link = r.connect(client, &Target::Port(name("calc"))).unwrap().link;
+        let link = r.connect(client, &Target::Port(name("calc")), Rights::ALL).unwrap().link;
         r.link_closed(client, link);
         assert_eq!(r.listing().1[0].connections, 0, "no longer open at both ends");
         assert!(!r.holds(client, link));

@@ -1,8 +1,10 @@
 //! Where the broker's control socket lives, and binding it safely (DESIGN.md §4).
 //!
 //! `$POSTBOX_SOCKET`, else `$XDG_RUNTIME_DIR/postbox/broker.sock`, else
-//! `/tmp/postbox-$UID/broker.sock`. The directory is created private (mode 0700); a socket file
-//! left by a killed broker is detected (nobody accepts on it) and replaced.
+//! `/tmp/postbox-$UID/broker.sock`. The directory is created private (mode 0700) and the socket
+//! is the owner's alone (0600); a policy that names a socket group opens both to that group
+//! (0710 and 0660), never to everyone. A socket file left by a killed broker is detected
+//! (nobody accepts on it) and replaced.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -25,33 +27,46 @@ pub fn default_socket_path() -> PathBuf {
     PathBuf::from(format!("/tmp/postbox-{uid}")).join("broker.sock")
 }
 
-/// Prepares the directory and binds the listener at `path`, replacing a stale socket.
-pub(crate) fn bind_listener(path: &Path) -> Result<ControlListener, BrokerError> {
+/// Prepares the directory and binds the listener at `path`, replacing a stale socket; with
+/// `group`, the directory and socket are opened to that group.
+pub(crate) fn bind_listener(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<ControlListener, BrokerError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        prepare_directory(dir)?;
+        prepare_directory(dir, group)?;
     }
     match ControlListener::bind(path) {
-        Ok(listener) => Ok(restrict(path, listener)),
+        Ok(listener) => restrict(path, listener, group),
         Err(TransportError::Os { kind: std::io::ErrorKind::AddrInUse, .. }) => {
             if ControlSocket::connect(path).is_ok() {
                 return Err(BrokerError::AlreadyRunning(path.to_owned()));
             }
             // Nobody accepts: a socket file left by a broker that died. Replace it.
             let _ = fs::remove_file(path);
-            Ok(restrict(path, ControlListener::bind(path)?))
+            restrict(path, ControlListener::bind(path)?, group)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-fn restrict(path: &Path, listener: ControlListener) -> ControlListener {
-    // Only the owner may connect (the default policy admits only the broker's own user); a
-    // failure leaves the directory's 0700 as the protection.
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
-    listener
+fn restrict(
+    path: &Path,
+    listener: ControlListener,
+    group: Option<u32>,
+) -> Result<ControlListener, BrokerError> {
+    // Only the owner may connect (the default policy admits only the broker's own user), or
+    // the socket group's members, whom the policy then tells apart.
+    let err = |e: std::io::Error| BrokerError::Directory { path: path.to_owned(), kind: e.kind() };
+    if let Some(group) = group {
+        std::os::unix::fs::chown(path, None, Some(group)).map_err(err)?;
+    }
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
 }
 
-fn prepare_directory(dir: &Path) -> Result<(), BrokerError> {
+fn prepare_directory(dir: &Path, group: Option<u32>) -> Result<(), BrokerError> {
     let err = |e: std::io::Error| BrokerError::Directory { path: dir.to_owned(), kind: e.kind() };
     match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
         Ok(()) => {}
@@ -68,6 +83,11 @@ fn prepare_directory(dir: &Path) -> Result<(), BrokerError> {
     if ours && meta.mode() & 0o022 != 0 && !sticky {
         return Err(BrokerError::UnsafeDirectory(dir.to_owned()));
     }
+    if let (Some(group), true, false) = (group, ours, sticky) {
+        // The group may reach the socket (search), not list or change the directory.
+        std::os::unix::fs::chown(dir, None, Some(group)).map_err(err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o710)).map_err(err)?;
+    }
     Ok(())
 }
 
@@ -79,13 +99,25 @@ mod tests {
     fn a_stale_socket_file_is_replaced_and_a_live_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run").join("broker.sock");
-        let first = bind_listener(&path).unwrap();
-        assert!(matches!(bind_listener(&path), Err(BrokerError::AlreadyRunning(_))));
+        let first = bind_listener(&path, None).unwrap();
+        assert!(matches!(bind_listener(&path, None), Err(BrokerError::AlreadyRunning(_))));
         drop(first); // the file stays behind, as after a kill -9
         assert!(path.exists());
-        let _second = bind_listener(&path).unwrap();
+        let _second = bind_listener(&path, None).unwrap();
         let mode = fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_socket_group_opens_the_socket_to_that_group_and_nobody_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("broker.sock");
+        let gid = rustix::process::getgid().as_raw();
+        let _listener = bind_listener(&path, Some(gid)).unwrap();
+        let socket = fs::metadata(&path).unwrap();
+        assert_eq!((socket.mode() & 0o777, socket.gid()), (0o660, gid));
+        let parent = fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!((parent.mode() & 0o777, parent.gid()), (0o710, gid));
     }
 
     #[test]
@@ -94,7 +126,7 @@ mod tests {
         let open = dir.path().join("open");
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
-        let result = bind_listener(&open.join("broker.sock"));
+        let result = bind_listener(&open.join("broker.sock"), None);
         assert!(matches!(result, Err(BrokerError::UnsafeDirectory(_))), "{result:?}");
     }
 }

@@ -17,47 +17,6 @@ pub(crate) struct Published {
     pub(crate) sender: PeerIdentity,
 }
 
-/// A subscription pattern: `/`-separated segments; `*` matches one segment, a final `**`
-/// matches one or more further segments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Pattern(Vec<String>);
-
-/// Why a text is not a pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BadPattern;
-
-impl Pattern {
-    pub(crate) fn parse(text: &str) -> Result<Self, BadPattern> {
-        if text.is_empty() || text.len() > PortName::MAX_LEN {
-            return Err(BadPattern);
-        }
-        let segments: Vec<String> = text.split('/').map(str::to_owned).collect();
-        for (index, segment) in segments.iter().enumerate() {
-            let wildcard = segment == "*" || (segment == "**" && index == segments.len() - 1);
-            if !wildcard && PortName::new(&segment.replace('/', "")).is_err() && !segment.is_empty()
-            {
-                return Err(BadPattern);
-            }
-        }
-        Ok(Self(segments))
-    }
-
-    pub(crate) fn matches(&self, topic: &PortName) -> bool {
-        let parts: Vec<&str> = topic.as_str().split('/').collect();
-        let pattern = &self.0;
-        for (index, segment) in pattern.iter().enumerate() {
-            if segment == "**" {
-                return parts.len() > index;
-            }
-            match parts.get(index) {
-                Some(part) if segment == "*" || segment == part => {}
-                _ => return false,
-            }
-        }
-        parts.len() == pattern.len()
-    }
-}
-
 /// One subscriber's queue at the broker.
 #[derive(Debug)]
 pub(crate) struct SubscriberQueue {
@@ -135,22 +94,6 @@ mod tests {
             body: Arc::new(body.as_bytes().to_vec()),
             sender: PeerIdentity { process_id: ProcessId::new(1, 1), uid: 0, gid: 0 },
         }
-    }
-
-    #[test]
-    fn patterns_match_whole_segments() {
-        let one = Pattern::parse("/sensors/*").unwrap();
-        assert!(one.matches(&name("/sensors/imu")));
-        assert!(!one.matches(&name("/sensors/imu/raw")));
-        assert!(!one.matches(&name("/sensors")));
-        let all = Pattern::parse("/sensors/**").unwrap();
-        assert!(all.matches(&name("/sensors/imu/raw")));
-        assert!(!all.matches(&name("/sensors")));
-        let exact = Pattern::parse("/sensors/imu").unwrap();
-        assert!(exact.matches(&name("/sensors/imu")));
-        assert!(!exact.matches(&name("/sensors/gps")));
-        assert!(Pattern::parse("/a/**/b").is_err());
-        assert!(Pattern::parse("/a b").is_err());
     }
 
     #[test]

@@ -1,22 +1,53 @@
 //! The shell commands: daemon, ls, send, recv, call.
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use postbox::default_socket_path;
+use postbox_broker::{Policy, PolicyReloader};
 
 use crate::buffering::Buffering;
-use postbox::{Broker, BrokerConfig, CallError, Message, Node, RecvTimeoutError};
+use postbox::{BrokerConfig, CallError, Message, Node, RecvTimeoutError};
 
-pub(crate) fn daemon(max_message_size: u32) -> Result<()> {
-    let mut config = BrokerConfig::new(default_socket_path()).max_message_size(max_message_size);
+pub(crate) fn daemon(max_message_size: u32, policy_file: Option<&Path>) -> Result<()> {
+    // Denials and reloads are logged to stderr.
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    let uid = rustix::process::getuid().as_raw();
+    let policy = match policy_file {
+        Some(path) => Policy::load(path, uid).with_context(|| format!("{}", path.display()))?,
+        None => Policy::own_user_only(uid),
+    };
+    let mut config =
+        BrokerConfig::new(default_socket_path()).max_message_size(max_message_size).policy(policy);
     // Every node holds a descriptor in the broker: use what the hard limit allows, and keep
     // the node limit below it so that accepting never runs out of descriptors first.
     let descriptors = raise_descriptor_limit();
     config.max_nodes = config.max_nodes.min(descriptors.saturating_sub(64).max(16));
-    eprintln!("postbox daemon listening on {}", config.socket_path.display());
-    Broker::run_daemon(config).context("broker stopped")
+    let socket = config.socket_path.clone();
+    let broker = postbox_broker::Broker::bind(config).context("cannot start the broker")?;
+    if let Some(path) = policy_file {
+        reload_on_hangup(path.to_owned(), uid, broker.policy_reloader())?;
+    }
+    eprintln!("postbox daemon listening on {}", socket.display());
+    broker.run().context("broker stopped")
+}
+
+/// Re-reads the policy file at every `SIGHUP`; a file that does not parse leaves the policy in
+/// force as it was (and says why).
+fn reload_on_hangup(path: PathBuf, uid: u32, reloader: PolicyReloader) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("cannot watch SIGHUP")?;
+    std::thread::Builder::new().name("policy-reload".into()).spawn(move || {
+        for _ in signals.forever() {
+            match Policy::load(&path, uid) {
+                Ok(policy) => reloader.reload(policy),
+                Err(error) => eprintln!("postbox daemon: policy not reloaded, {error}"),
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Raises the soft descriptor limit to the hard one; returns the limit now in force.
@@ -199,7 +230,12 @@ pub(crate) fn recv(
 ) -> Result<()> {
     let node = Node::attach()?;
     // A mailbox by that name is received from; otherwise the name is opened as a port.
-    if let Ok(mailbox) = node.mailbox(name).open() {
+    let mailbox = match node.mailbox(name).open() {
+        Ok(mailbox) => Some(mailbox),
+        Err(error @ postbox::OpenError::AccessDenied(_)) => return Err(error.into()),
+        Err(_) => None,
+    };
+    if let Some(mailbox) = mailbox {
         return recv_loop(name, count, timeout, show_sender, |t| match t {
             Some(t) => mailbox.recv_timeout(t),
             None => mailbox.recv().map_err(|_| RecvTimeoutError::Closed),

@@ -38,6 +38,10 @@ enum Command {
         /// Largest message body accepted on this host, in bytes.
         #[arg(long, default_value_t = postbox::DEFAULT_MAX_MESSAGE_SIZE)]
         max_message_size: u32,
+        /// Access policy (TOML, see docs/security.md); re-read on SIGHUP. Without it only
+        /// this user may use the broker.
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
     },
     /// List ports with their owners and open connections.
     Ls,
@@ -192,7 +196,9 @@ fn main() {
         std::env::set_var("POSTBOX_SOCKET", path);
     }
     let result = match cli.command {
-        Command::Daemon { max_message_size } => commands::daemon(max_message_size),
+        Command::Daemon { max_message_size, config } => {
+            commands::daemon(max_message_size, config.as_deref())
+        }
         Command::Ls => commands::ls(),
         Command::Send { name, text, msg_type, priority, confirmed } => {
             commands::send(&name, &text, msg_type, priority, confirmed)

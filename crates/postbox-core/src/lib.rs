@@ -15,19 +15,23 @@
 //! The formats are specified in `docs/wire-format.md` of the repository.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod buffering;
 pub mod call_table;
 pub mod flow;
 pub mod identity;
 pub mod name;
+pub mod pattern;
 pub mod queue;
 pub mod wire;
 
+pub use access::{AccessDenied, Operation, Rights};
 pub use buffering::{Capacity, Overflow, PortSpec};
 pub use call_table::{CallId, CallTable};
 pub use flow::{Admission, Credit, CreditViolation, ReleaseCounter, SendWindow};
 pub use identity::{PeerIdentity, ProcessId};
 pub use name::{NameError, PortName};
+pub use pattern::{NamePattern, PatternError};
 pub use queue::{PortQueue, QueuedMeta, Selector, TypeFilter};
 pub use wire::control::{
     ControlErrorCode, ControlMessage, EndpointKind, LinkId, ListenTarget, PortCounters, PortEntry,

@@ -8,8 +8,8 @@ use postbox_core::wire::control::{CONTROL_HEADER_LEN, MAX_CONTROL_LEN};
 use postbox_core::wire::frame::{HEADER_LEN, MAX_PRIORITY};
 use postbox_core::{
     Capacity, ControlErrorCode, ControlMessage, DecodeError, EndpointKind, Frame, FrameDecoder,
-    FrameHeader, FrameKind, LinkId, ListenTarget, Overflow, PeerIdentity, PortCounters, PortEntry,
-    PortName, PortSpec, ProcessId, Target,
+    FrameHeader, FrameKind, LinkId, ListenTarget, Operation, Overflow, PeerIdentity, PortCounters,
+    PortEntry, PortName, PortSpec, ProcessId, Rights, Target,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -517,19 +517,33 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             .prop_map(|(request, name)| ControlMessage::ClosePort { request, name }),
         (
             request(),
-            prop_oneof![port_name().prop_map(Target::Port), process_id().prop_map(Target::Inbox),]
+            prop_oneof![port_name().prop_map(Target::Port), process_id().prop_map(Target::Inbox),],
+            rights(),
         )
-            .prop_map(|(request, target)| ControlMessage::Connect { request, target }),
+            .prop_map(|(request, target, rights)| ControlMessage::Connect {
+                request,
+                target,
+                rights
+            }),
+        (request(), operation(), "[a-z0-9/*]{0,200}").prop_map(|(request, operation, name)| {
+            ControlMessage::Denied { request, operation, name }
+        }),
+        (request(), port_name(), process_id(), rights()).prop_map(|(request, name, to, rights)| {
+            ControlMessage::Grant { request, name, to, rights }
+        }),
+        (request(), port_name(), process_id())
+            .prop_map(|(request, name, from)| ControlMessage::Revoke { request, name, from }),
         (request(), any::<u64>())
             .prop_map(|(request, link)| ControlMessage::LinkClosed { request, link: LinkId(link) }),
         request().prop_map(|request| ControlMessage::List { request }),
         request().prop_map(|request| ControlMessage::Ok { request }),
-        (request(), any::<u64>(), identity(), port_spec()).prop_map(
-            |(request, link, server, spec)| ControlMessage::Connected {
+        (request(), any::<u64>(), identity(), port_spec(), rights()).prop_map(
+            |(request, link, server, spec, rights)| ControlMessage::Connected {
                 request,
                 link: LinkId(link),
                 server,
-                spec
+                spec,
+                rights
             }
         ),
         (request(), any::<u32>(), vec(port_entry(), 0..20), any::<bool>()).prop_map(
@@ -547,11 +561,10 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             any::<u64>(),
             prop_oneof![port_name().prop_map(ListenTarget::Port), Just(ListenTarget::Inbox),],
             identity(),
+            rights(),
         )
-            .prop_map(|(link, target, client)| ControlMessage::IncomingConnection {
-                link: LinkId(link),
-                target,
-                client,
+            .prop_map(|(link, target, client, rights)| {
+                ControlMessage::IncomingConnection { link: LinkId(link), target, client, rights }
             }),
         (request(), port_name()).prop_map(|(request, name)| ControlMessage::Stat { request, name }),
         (request(), port_name(), any::<u32>(), any::<bool>()).prop_map(
@@ -711,4 +724,12 @@ fn drain(decoder: &mut FrameDecoder, out: &mut Vec<Frame>) -> Result<(), DecodeE
             }
         }
     }
+}
+
+fn rights() -> impl Strategy<Value = Rights> {
+    (0u8..=3).prop_map(|bits| Rights::from_u8(bits).unwrap())
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    proptest::sample::select(Operation::ALL.to_vec())
 }

@@ -62,6 +62,9 @@ pub enum RpcError<E = Never> {
     /// The server broke the protocol; the link was dropped.
     #[error("protocol violation by the server: {0}")]
     Protocol(String),
+    /// The broker's policy, or the rights it granted the link, do not allow this call.
+    #[error(transparent)]
+    AccessDenied(postbox_core::AccessDenied),
 }
 
 /// Why binding a client to a service failed.
@@ -83,6 +86,9 @@ pub enum BindError {
     /// The name is not a valid port name, or the broker refused the connection.
     #[error("cannot connect: {0}")]
     Refused(String),
+    /// The broker's policy does not allow calling the service.
+    #[error(transparent)]
+    AccessDenied(postbox_core::AccessDenied),
     /// Asking the server for its schema failed (it is not a typed service, or it did not
     /// answer).
     #[error("the service did not describe itself: {0}")]
@@ -106,6 +112,7 @@ impl<E> RpcError<E> {
             Self::Decode(s) => RpcError::Decode(s),
             Self::TooLarge { len, limit } => RpcError::TooLarge { len, limit },
             Self::Protocol(s) => RpcError::Protocol(s),
+            Self::AccessDenied(denied) => RpcError::AccessDenied(denied),
         }
     }
 }

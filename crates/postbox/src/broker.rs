@@ -85,6 +85,13 @@ impl Broker {
         self.handle.as_ref().expect("broker handle present until drop").socket_path()
     }
 
+    /// Replaces the broker's access policy; requests from now on are checked against it.
+    pub fn reload_policy(&self, policy: postbox_broker::Policy) {
+        if let Some(handle) = &self.handle {
+            handle.reload_policy(policy);
+        }
+    }
+
     /// Attaches a new node in this process to this broker.
     ///
     /// # Errors

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameHeader, FrameKind,
-    LinkId, Overflow, PeerIdentity, PortSpec, SendWindow,
+    AccessDenied, Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameHeader,
+    FrameKind, LinkId, Operation, Overflow, PeerIdentity, PortSpec, Rights, SendWindow,
 };
 use postbox_transport::{Link, TransportError, Wait};
 
@@ -43,6 +43,10 @@ pub(crate) struct ClientLink {
     pub(crate) server: PeerIdentity,
     pub(crate) spec: PortSpec,
     id: LinkId,
+    /// What the broker granted this link: one-way messages, calls, or both.
+    rights: Rights,
+    /// What the link leads to, for denials: a port name, or `inbox/<uid>`.
+    target: String,
     state: Mutex<ClientState>,
     changed: Condvar,
     decoder: Mutex<FrameDecoder>,
@@ -103,6 +107,8 @@ pub(crate) enum OnewayFailure {
     NotTaken,
     /// The server is gone.
     Disconnected,
+    /// The link was granted calls only.
+    Denied,
 }
 
 /// Why waiting on the link ended without what was wanted.
@@ -118,8 +124,10 @@ impl ClientLink {
         server: PeerIdentity,
         spec: PortSpec,
         host_max: u32,
+        access: (Rights, String),
         node: Weak<NodeShared>,
     ) -> std::io::Result<Self> {
+        let (rights, target) = access;
         let max_body = spec.message_size.map_or(host_max, |n| n.min(host_max));
         let readiness = Readiness::new()?;
         Ok(Self {
@@ -127,6 +135,8 @@ impl ClientLink {
             server,
             spec,
             id,
+            rights,
+            target,
             state: Mutex::new(ClientState {
                 calls: CallTable::new(),
                 window: SendWindow::new(&spec),
@@ -259,6 +269,9 @@ impl ClientLink {
         confirm: bool,
         may_leave_pending: bool,
     ) -> Result<Option<u64>, OnewayFailure> {
+        if !self.rights.contains(Rights::SEND) {
+            return Err(OnewayFailure::Denied);
+        }
         let len = message.body.len() as u64;
         if len > u64::from(self.end.max_body()) {
             return Err(OnewayFailure::TooLarge(u64::from(self.end.max_body())));
@@ -414,8 +427,10 @@ impl ClientLink {
     /// Like [`call_async`](Self::call_async), also returning the correlation id.
     pub(crate) async fn call_correlated_async(
         &self,
-        mut request: Message,
+        request: Message,
     ) -> Result<(Message, u64), CallError> {
+        let request = self.permit_call(request)?;
+        let mut request = request;
         self.watch_link();
         let id = {
             let mut state = self.lock();
@@ -497,9 +512,10 @@ impl ClientLink {
     /// acknowledged by it).
     pub(crate) fn call_correlated(
         &self,
-        mut request: Message,
+        request: Message,
         deadline: Option<Instant>,
     ) -> Result<(Message, u64), CallError> {
+        let mut request = self.permit_call(request)?;
         let id = {
             let mut state = self.lock();
             if state.broken.is_some() {
@@ -536,6 +552,21 @@ impl ClientLink {
                 })
             }
         }
+    }
+
+    /// The request back, or the denial when the link was granted one-way messages only.
+    fn permit_call(&self, request: Message) -> Result<Message, CallError> {
+        if self.rights.contains(Rights::CALL) {
+            Ok(request)
+        } else {
+            let denied = AccessDenied::new(Operation::Call, self.target.clone());
+            Err(CallError::AccessDenied { denied, message: request })
+        }
+    }
+
+    /// The denial of a one-way send on this link.
+    pub(crate) fn send_denied(&self) -> AccessDenied {
+        AccessDenied::new(Operation::Send, self.target.clone())
     }
 
     /// Acknowledges a mailbox delivery: an empty one-way frame carrying the pull's

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use postbox_core::{LinkId, PeerIdentity, PortSpec};
+use postbox_core::{LinkId, PeerIdentity, PortSpec, Rights};
 use postbox_transport::{Link, Wait};
 
 use crate::client_link::{ClientLink, OnewayFailure};
@@ -32,10 +32,11 @@ impl Connection {
         server: PeerIdentity,
         spec: PortSpec,
         host_max: u32,
+        access: (Rights, String),
         node: Weak<NodeShared>,
     ) -> std::io::Result<Self> {
         let tracker = node.upgrade();
-        let link = Arc::new(ClientLink::new(link, id, server, spec, host_max, node)?);
+        let link = Arc::new(ClientLink::new(link, id, server, spec, host_max, access, node)?);
         if let Some(node) = tracker {
             node.track_link(id, link.end.link_handle());
         }
@@ -99,7 +100,7 @@ impl Connection {
         let mut message = message.into();
         match self.link.send_oneway(&mut message, Wait::Forever, false) {
             Ok(()) => Ok(()),
-            Err(failure) => Err(send_error(failure, message)),
+            Err(failure) => Err(send_error(&self.link, failure, message)),
         }
     }
 
@@ -156,7 +157,7 @@ impl Connection {
         let mut message = message.into();
         match self.link.send_oneway(&mut message, Wait::Forever, true) {
             Ok(()) => Ok(()),
-            Err(failure) => Err(send_error(failure, message)),
+            Err(failure) => Err(send_error(&self.link, failure, message)),
         }
     }
 
@@ -215,6 +216,9 @@ impl Connection {
                 Err(TrySendError::TooLarge { message, limit: clamp(limit) })
             }
             Err(OnewayFailure::Disconnected) => Err(TrySendError::Disconnected(message)),
+            Err(OnewayFailure::Denied) => {
+                Err(TrySendError::AccessDenied { denied: self.link.send_denied(), message })
+            }
             // A rendezvous send cannot complete without waiting.
             Err(OnewayFailure::Full | OnewayFailure::Timeout | OnewayFailure::NotTaken) => {
                 Err(TrySendError::Full(message))
@@ -275,6 +279,9 @@ impl Connection {
             }
             Err(OnewayFailure::NotTaken) => Err(SendTimeoutError::NotTaken(message)),
             Err(OnewayFailure::Disconnected) => Err(SendTimeoutError::Disconnected(message)),
+            Err(OnewayFailure::Denied) => {
+                Err(SendTimeoutError::AccessDenied { denied: self.link.send_denied(), message })
+            }
         }
     }
 
@@ -288,7 +295,7 @@ impl Connection {
         let mut message = message.into();
         match self.link.send_oneway_async(&mut message, false).await {
             Ok(()) => Ok(()),
-            Err(failure) => Err(send_error(failure, message)),
+            Err(failure) => Err(send_error(&self.link, failure, message)),
         }
     }
 
@@ -300,7 +307,7 @@ impl Connection {
         let mut message = message.into();
         match self.link.send_oneway_async(&mut message, true).await {
             Ok(()) => Ok(()),
-            Err(failure) => Err(send_error(failure, message)),
+            Err(failure) => Err(send_error(&self.link, failure, message)),
         }
     }
 
@@ -351,13 +358,14 @@ impl Connection {
     }
 }
 
-fn send_error(failure: OnewayFailure, message: Message) -> SendError {
+fn send_error(link: &ClientLink, failure: OnewayFailure, message: Message) -> SendError {
     match failure {
         OnewayFailure::TooLarge(limit) => SendError::TooLarge { message, limit: clamp(limit) },
         OnewayFailure::Full | OnewayFailure::Timeout | OnewayFailure::NotTaken => {
             SendError::Full(message)
         }
         OnewayFailure::Disconnected => SendError::Disconnected(message),
+        OnewayFailure::Denied => SendError::AccessDenied { denied: link.send_denied(), message },
     }
 }
 
@@ -368,6 +376,7 @@ fn batch_error(failure: OnewayFailure) -> SendBatchError {
         OnewayFailure::Timeout => SendBatchError::Timeout,
         OnewayFailure::NotTaken => SendBatchError::NotTaken,
         OnewayFailure::Disconnected => SendBatchError::Disconnected,
+        OnewayFailure::Denied => SendBatchError::AccessDenied,
     }
 }
 

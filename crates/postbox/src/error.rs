@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use postbox_core::NameError;
+use postbox_core::{AccessDenied, NameError};
 
 use crate::Message;
 
@@ -33,6 +33,14 @@ pub enum SendError {
     /// The broker is gone, so no new link could be made.
     #[error("the broker is gone")]
     BrokerGone(Message),
+    /// The broker's policy, or the rights it granted this link, do not allow sending there.
+    #[error("{denied}")]
+    AccessDenied {
+        /// What was denied, on which name.
+        denied: AccessDenied,
+        /// The message.
+        message: Message,
+    },
 }
 
 /// Failure of a non-blocking send. Holds the message, which was not sent.
@@ -56,6 +64,14 @@ pub enum TrySendError {
         message: Message,
         /// The limit in bytes.
         limit: u32,
+    },
+    /// The link was granted calls only, not one-way messages.
+    #[error("{denied}")]
+    AccessDenied {
+        /// What was denied, on which name.
+        denied: AccessDenied,
+        /// The message.
+        message: Message,
     },
 }
 
@@ -81,6 +97,14 @@ pub enum SendTimeoutError {
         message: Message,
         /// The limit in bytes.
         limit: u32,
+    },
+    /// The link was granted calls only, not one-way messages.
+    #[error("{denied}")]
+    AccessDenied {
+        /// What was denied, on which name.
+        denied: AccessDenied,
+        /// The message.
+        message: Message,
     },
 }
 
@@ -111,6 +135,9 @@ pub enum SendBatchError {
         /// The limit in bytes.
         limit: u32,
     },
+    /// The link was granted calls only, not one-way messages.
+    #[error("access denied: this link may not carry one-way messages")]
+    AccessDenied,
 }
 
 /// Failure to lend space for a zero-copy payload ([`Connection::loan`](crate::Connection::loan)).
@@ -199,6 +226,14 @@ pub enum CallError {
     /// The server sent bytes that are not valid frames; the link was dropped.
     #[error("protocol violation by the server: {0}")]
     ProtocolViolation(String),
+    /// The broker's policy, or the rights it granted this link, do not allow calls there.
+    #[error("{denied}")]
+    AccessDenied {
+        /// What was denied, on which name.
+        denied: AccessDenied,
+        /// The request, not sent.
+        message: Message,
+    },
 }
 
 /// Failure of [`Node::connect`](crate::Node::connect) and
@@ -218,6 +253,9 @@ pub enum ConnectError {
     /// The broker refused for another reason (limits, for example).
     #[error("the broker refused: {0}")]
     Refused(String),
+    /// The broker's policy does not allow the operation on the name.
+    #[error(transparent)]
+    AccessDenied(#[from] AccessDenied),
 }
 
 /// Failure of [`PortBuilder::open`](crate::PortBuilder::open) and of creating or opening a
@@ -241,6 +279,9 @@ pub enum OpenError {
     /// The broker refused for another reason (limits, for example).
     #[error("the broker refused: {0}")]
     Refused(String),
+    /// The broker's policy does not allow the operation on the name.
+    #[error(transparent)]
+    AccessDenied(#[from] AccessDenied),
 }
 
 /// Failure of a request that only reads the broker's state ([`Node::list`](crate::Node::list)).
@@ -253,6 +294,9 @@ pub enum BrokerRequestError {
     /// The broker refused.
     #[error("the broker refused: {0}")]
     Refused(String),
+    /// The broker's policy does not allow the operation on the name.
+    #[error(transparent)]
+    AccessDenied(#[from] AccessDenied),
 }
 
 /// Failure of attaching a node to a broker.
@@ -278,7 +322,7 @@ impl SendError {
     pub fn into_message(self) -> Message {
         match self {
             Self::Disconnected(m) | Self::Full(m) | Self::NoSuchPort(m) | Self::BrokerGone(m) => m,
-            Self::TooLarge { message, .. } => message,
+            Self::TooLarge { message, .. } | Self::AccessDenied { message, .. } => message,
         }
     }
 }
@@ -289,7 +333,7 @@ impl TrySendError {
     pub fn into_message(self) -> Message {
         match self {
             Self::Full(m) | Self::Disconnected(m) => m,
-            Self::TooLarge { message, .. } => message,
+            Self::TooLarge { message, .. } | Self::AccessDenied { message, .. } => message,
         }
     }
 }
@@ -300,7 +344,7 @@ impl SendTimeoutError {
     pub fn into_message(self) -> Message {
         match self {
             Self::Timeout(m) | Self::NotTaken(m) | Self::Disconnected(m) => m,
-            Self::TooLarge { message, .. } => message,
+            Self::TooLarge { message, .. } | Self::AccessDenied { message, .. } => message,
         }
     }
 }

@@ -70,10 +70,12 @@ pub use message::{BodyError, Message};
 pub use node::{Listing, Node, PortStatus};
 pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
-pub use postbox_broker::{BrokerConfig, BrokerError, DEFAULT_MAX_MESSAGE_SIZE};
+pub use postbox_broker::{
+    BrokerConfig, BrokerError, Limits, Policy, PolicyError, DEFAULT_MAX_MESSAGE_SIZE,
+};
 pub use postbox_core::{
-    Capacity, EndpointKind, Overflow, PeerIdentity, PortCounters, PortEntry, PortSpec, ProcessId,
-    Selector, TypeFilter,
+    AccessDenied, Capacity, EndpointKind, Operation, Overflow, PeerIdentity, PortCounters,
+    PortEntry, PortSpec, ProcessId, Rights, Selector, TypeFilter,
 };
 pub use postbox_rpc_macros::service;
 pub use receiver::PortStats;

@@ -23,7 +23,8 @@ use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{ControlErrorCode, ControlMessage, PeerIdentity, PortName, ProcessId, Reader};
 
 use crate::error::{
-    BrokerRequestError, CallError, OpenError, RecvError, RecvTimeoutError, TryRecvError,
+    BrokerRequestError, CallError, ConnectError, OpenError, RecvError, RecvTimeoutError,
+    TryRecvError,
 };
 use crate::node::{Gone, NodeShared};
 use crate::{Connection, Envelope, Message};
@@ -75,15 +76,28 @@ impl MailboxBuilder {
         self.make(true)
     }
 
-    /// Opens an existing mailbox.
+    /// Opens an existing mailbox to receive from it (its receiving link is made now).
     ///
     /// # Errors
-    /// [`OpenError::NotFound`] when there is none by that name.
+    /// [`OpenError::NotFound`] when there is none by that name, [`OpenError::AccessDenied`]
+    /// when the broker's policy does not let this node receive from it.
     pub fn open(self) -> Result<Mailbox, OpenError> {
         let name = PortName::new(&self.name)?;
         match self.node.request(|request| ControlMessage::Stat { request, name: name.clone() }) {
             Ok((ControlMessage::Stats { owner, .. }, _)) if owner.process_id.generation == 0 => {
-                Ok(Mailbox { node: self.node, name, receiving: Mutex::new(None) })
+                let receiving = name.clone();
+                let link = self.node.connect_with(name.to_string(), |request| {
+                    ControlMessage::ReceiveMailbox { request, name: receiving }
+                });
+                let link = match link {
+                    Ok(link) => Some(link),
+                    Err(ConnectError::AccessDenied(denied)) => {
+                        return Err(OpenError::AccessDenied(denied))
+                    }
+                    // Made again at the first receive.
+                    Err(_) => None,
+                };
+                Ok(Mailbox { node: self.node, name, receiving: Mutex::new(link) })
             }
             Ok(_) => Err(OpenError::NotFound(name.to_string())),
             Err(Gone) => Err(OpenError::BrokerGone),
@@ -107,6 +121,9 @@ impl MailboxBuilder {
                 Err(OpenError::NameTaken(name.to_string()))
             }
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(OpenError::Refused(detail)),
+            Ok((ControlMessage::Denied { operation, name, .. }, _)) => {
+                Err(OpenError::AccessDenied(postbox_core::AccessDenied { operation, name }))
+            }
             Ok(_) => Err(OpenError::Refused("the broker sent an unexpected answer".into())),
             Err(Gone) => Err(OpenError::BrokerGone),
         }
@@ -226,7 +243,10 @@ impl Mailbox {
         let name = self.name.clone();
         let connection = self
             .node
-            .connect_with(|request| ControlMessage::ReceiveMailbox { request, name })
+            .connect_with(name.to_string(), |request| ControlMessage::ReceiveMailbox {
+                request,
+                name,
+            })
             .map_err(|_| PullFailure::Closed)?;
         *receiving = Some(connection.clone());
         Ok(connection)
@@ -235,12 +255,9 @@ impl Mailbox {
 
 /// Removes mailbox `name`.
 pub(crate) fn unlink(node: &NodeShared, name: &PortName) -> Result<(), BrokerRequestError> {
-    match node.request(|request| ControlMessage::UnlinkMailbox { request, name: name.clone() }) {
-        Ok((ControlMessage::Ok { .. }, _)) => Ok(()),
-        Ok((ControlMessage::Refused { detail, .. }, _)) => Err(BrokerRequestError::Refused(detail)),
-        Ok(_) => Err(BrokerRequestError::Refused("unexpected answer".into())),
-        Err(Gone) => Err(BrokerRequestError::BrokerGone),
-    }
+    crate::node::done(
+        node.request(|request| ControlMessage::UnlinkMailbox { request, name: name.clone() }),
+    )
 }
 
 /// Why a pull returned without a message.

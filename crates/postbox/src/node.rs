@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use postbox_core::wire::control::MAX_CONTROL_LEN;
 use postbox_core::{
-    ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortCounters, PortEntry,
-    PortName, PortSpec, Target,
+    AccessDenied, ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity,
+    PortCounters, PortEntry, PortName, PortSpec, Rights, Target,
 };
 use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
 
@@ -186,7 +186,7 @@ impl Node {
     /// [`ConnectError::NoSuchPort`], [`ConnectError::InvalidName`], [`ConnectError::BrokerGone`].
     pub fn connect(&self, name: &str) -> Result<Connection, ConnectError> {
         let name = PortName::new(name)?;
-        self.shared.connect(Target::Port(name))
+        self.shared.connect(Target::Port(name), Rights::ALL)
     }
 
     /// Connects to the inbox of node `process`.
@@ -194,7 +194,7 @@ impl Node {
     /// # Errors
     /// [`ConnectError::NoSuchPort`] when no live node has that id, [`ConnectError::BrokerGone`].
     pub fn connect_inbox(&self, process: ProcessId) -> Result<Connection, ConnectError> {
-        self.shared.connect(Target::Inbox(process))
+        self.shared.connect(Target::Inbox(process), Rights::ALL)
     }
 
     /// Sends `message` to the inbox of node `process`, connecting on first use (the link is
@@ -279,8 +279,9 @@ impl Node {
             return Ok(connection);
         }
         let topic = name.clone();
-        let connection =
-            self.shared.connect_with(|request| ControlMessage::Publish { request, topic })?;
+        let connection = self
+            .shared
+            .connect_with(name.to_string(), |request| ControlMessage::Publish { request, topic })?;
         self.shared.lock_publishers().insert(name.clone(), connection.clone());
         Ok(connection)
     }
@@ -310,7 +311,7 @@ impl Node {
         if let Some(connection) = cached {
             return Ok(connection);
         }
-        let connection = self.shared.connect(Target::Inbox(process))?;
+        let connection = self.shared.connect(Target::Inbox(process), Rights::ALL)?;
         self.shared.lock_inbox_links().insert(process, connection.clone());
         Ok(connection)
     }
@@ -321,15 +322,35 @@ impl Node {
     /// [`BrokerRequestError`].
     pub fn create_topic(&self, topic: &str, history: u32) -> Result<(), BrokerRequestError> {
         let topic = PortName::new(topic).map_err(|e| BrokerRequestError::Refused(e.to_string()))?;
-        match self.shared.request(|request| ControlMessage::CreateTopic { request, topic, history })
-        {
-            Ok((ControlMessage::Ok { .. }, _)) => Ok(()),
-            Ok((ControlMessage::Refused { detail, .. }, _)) => {
-                Err(BrokerRequestError::Refused(detail))
-            }
-            Ok(_) => Err(BrokerRequestError::Refused("unexpected answer".into())),
-            Err(Gone) => Err(BrokerRequestError::BrokerGone),
-        }
+        done(self.shared.request(|request| ControlMessage::CreateTopic { request, topic, history }))
+    }
+
+    /// Lets node `to` connect to port `name` with `rights` (a capability), whatever the
+    /// broker's policy says of it. The port's owner may grant any rights; another node only
+    /// rights it holds itself. The grant lasts until revoked, or until the port closes or `to`
+    /// leaves.
+    ///
+    /// # Errors
+    /// [`BrokerRequestError::AccessDenied`] when this node may not grant that;
+    /// [`BrokerRequestError::Refused`] when there is no such port or node.
+    pub fn grant(
+        &self,
+        name: &str,
+        to: ProcessId,
+        rights: Rights,
+    ) -> Result<(), BrokerRequestError> {
+        let name = PortName::new(name).map_err(|e| BrokerRequestError::Refused(e.to_string()))?;
+        done(self.shared.request(|request| ControlMessage::Grant { request, name, to, rights }))
+    }
+
+    /// Takes back what was granted to `from` on port `name` (by this node, or on a port this
+    /// node owns); the links `from` made under the grant are closed.
+    ///
+    /// # Errors
+    /// [`BrokerRequestError::Refused`] when there is no such grant this node may revoke.
+    pub fn revoke(&self, name: &str, from: ProcessId) -> Result<(), BrokerRequestError> {
+        let name = PortName::new(name).map_err(|e| BrokerRequestError::Refused(e.to_string()))?;
+        done(self.shared.request(|request| ControlMessage::Revoke { request, name, from }))
     }
 
     /// Removes mailbox `name` from the broker (its queued messages are discarded).
@@ -453,18 +474,27 @@ impl NodeShared {
         let _ = self.control.send(&packet, &[], Wait::timeout(REQUEST_TIMEOUT));
     }
 
-    pub(crate) fn connect(self: &Arc<Self>, target: Target) -> Result<Connection, ConnectError> {
-        self.connect_with(|request| ControlMessage::Connect { request, target })
+    pub(crate) fn connect(
+        self: &Arc<Self>,
+        target: Target,
+        rights: Rights,
+    ) -> Result<Connection, ConnectError> {
+        let name = match &target {
+            Target::Port(name) => name.to_string(),
+            Target::Inbox(process) => format!("inbox of {process}"),
+        };
+        self.connect_with(name, |request| ControlMessage::Connect { request, target, rights })
     }
 
     /// Asks the broker for a link (`build` makes the request) and wraps the end it sends.
     pub(crate) fn connect_with(
         self: &Arc<Self>,
+        name: String,
         build: impl FnOnce(u32) -> ControlMessage,
     ) -> Result<Connection, ConnectError> {
         let answer = self.request(build);
         match answer {
-            Ok((ControlMessage::Connected { link, server, spec, .. }, fds)) => {
+            Ok((ControlMessage::Connected { link, server, spec, rights, .. }, fds)) => {
                 let end = Link::from_fds(fds, LinkSide::Client).map_err(|e| {
                     self.report_link_closed(link);
                     ConnectError::Refused(format!("the broker sent an unusable link: {e}"))
@@ -475,6 +505,7 @@ impl NodeShared {
                     server,
                     spec,
                     self.max_message_size,
+                    (rights, name),
                     Arc::downgrade(self),
                 )
                 .map_err(|e| ConnectError::Refused(format!("cannot watch the link: {e}")))
@@ -483,6 +514,9 @@ impl NodeShared {
                 Err(ConnectError::NoSuchPort(detail))
             }
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(ConnectError::Refused(detail)),
+            Ok((ControlMessage::Denied { operation, name, .. }, _)) => {
+                Err(ConnectError::AccessDenied(AccessDenied { operation, name }))
+            }
             Ok(_) => Err(ConnectError::Refused("the broker sent an unexpected answer".into())),
             Err(Gone) => Err(ConnectError::BrokerGone),
         }
@@ -517,6 +551,9 @@ impl NodeShared {
                 Err(OpenError::NameTaken(name.to_string()))
             }
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(OpenError::Refused(detail)),
+            Ok((ControlMessage::Denied { operation, name, .. }, _)) => {
+                Err(OpenError::AccessDenied(AccessDenied { operation, name }))
+            }
             Ok(_) => Err(OpenError::Refused("the broker sent an unexpected answer".into())),
             Err(Gone) => Err(OpenError::BrokerGone),
         };
@@ -572,7 +609,7 @@ impl NodeShared {
 
     fn dispatch(&self, message: ControlMessage, fds: Vec<OwnedFd>) {
         match message {
-            ControlMessage::IncomingConnection { link, target, client } => {
+            ControlMessage::IncomingConnection { link, target, client, rights } => {
                 let Ok(end) = Link::from_fds(fds, LinkSide::Server) else {
                     // Dropping the descriptors closes the client's link.
                     return self.report_link_closed(link);
@@ -583,7 +620,9 @@ impl NodeShared {
                         self.lock_receivers().get(name).and_then(Weak::upgrade)
                     }
                 };
-                match receiver.and_then(|r| r.add_link(end, link, client, self.max_message_size)) {
+                match receiver
+                    .and_then(|r| r.add_link(end, link, client, rights, self.max_message_size))
+                {
                     Some(handle) => self.track_link(link, handle),
                     None => self.report_link_closed(link),
                 }
@@ -634,7 +673,23 @@ fn with_message(
     match link {
         Ok(connection) => Ok((connection, message)),
         Err(ConnectError::BrokerGone) => Err(SendError::BrokerGone(message)),
+        Err(ConnectError::AccessDenied(denied)) => Err(SendError::AccessDenied { denied, message }),
         Err(_) => Err(SendError::NoSuchPort(message)),
+    }
+}
+
+/// The answer to a request that only says done: `Ok`, or why not.
+pub(crate) fn done(
+    answer: Result<(ControlMessage, Vec<OwnedFd>), Gone>,
+) -> Result<(), BrokerRequestError> {
+    match answer {
+        Ok((ControlMessage::Ok { .. }, _)) => Ok(()),
+        Ok((ControlMessage::Refused { detail, .. }, _)) => Err(BrokerRequestError::Refused(detail)),
+        Ok((ControlMessage::Denied { operation, name, .. }, _)) => {
+            Err(BrokerRequestError::AccessDenied(AccessDenied { operation, name }))
+        }
+        Ok(_) => Err(BrokerRequestError::Refused("unexpected answer".into())),
+        Err(Gone) => Err(BrokerRequestError::BrokerGone),
     }
 }
 

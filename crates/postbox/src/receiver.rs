@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use postbox_core::{
     FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, Placement, PortQueue, PortSpec,
-    QueuedMeta, ReleaseCounter, Selector,
+    QueuedMeta, ReleaseCounter, Rights, Selector,
 };
 use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
 
@@ -34,6 +34,8 @@ pub(crate) struct ServerLink {
     pub(crate) end: LinkEnd,
     pub(crate) id: LinkId,
     pub(crate) client: PeerIdentity,
+    /// What the broker granted the client: a frame beyond it closes the link.
+    rights: Rights,
     decoder: Mutex<FrameDecoder>,
     /// The largest payload the port accepts.
     max_payload: u32,
@@ -191,6 +193,7 @@ impl Receiver {
         link: Link,
         id: LinkId,
         client: PeerIdentity,
+        rights: Rights,
         host_max: u32,
     ) -> Option<std::sync::Weak<Link>> {
         let mut state = self.lock();
@@ -202,6 +205,7 @@ impl Receiver {
             end: LinkEnd::new(link, host_max),
             id,
             client,
+            rights,
             decoder: Mutex::new(FrameDecoder::new(max)),
             max_payload: max,
             read_in_place: self.read_in_place,
@@ -698,6 +702,15 @@ fn decode_frames(
         match decoder.poll_frame() {
             Ok(Some(frame)) => {
                 let header = frame.header;
+                let needs = match header.kind {
+                    FrameKind::Oneway | FrameKind::Confirmed => Rights::SEND,
+                    FrameKind::Call => Rights::CALL,
+                    _ => Rights::NONE,
+                };
+                if !link.rights.contains(needs) {
+                    // The broker did not grant this: an honest client never sends it.
+                    return false;
+                }
                 let message = if header.placement == Placement::Inline {
                     Message::from_frame(frame)
                 } else {

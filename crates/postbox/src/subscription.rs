@@ -82,11 +82,8 @@ impl SubscriptionBuilder {
     pub fn open(self) -> Result<Subscription, ConnectError> {
         let (pattern, capacity, drop_newest) =
             (self.pattern.clone(), self.capacity, self.drop_newest);
-        let connection = self.node.connect_with(|request| ControlMessage::Subscribe {
-            request,
-            pattern,
-            capacity,
-            drop_newest,
+        let connection = self.node.connect_with(self.pattern.clone(), |request| {
+            ControlMessage::Subscribe { request, pattern, capacity, drop_newest }
         })?;
         let spec = PortSpec {
             capacity: Capacity::Bounded(self.capacity),

@@ -141,8 +141,13 @@ impl EventLoop {
             Some(free) => self.data[free] = Some(link),
             None => self.data.push(Some(link)),
         }
-        let connected =
-            ControlMessage::Connected { request, link: id, server: self.identity, spec };
+        let connected = ControlMessage::Connected {
+            request,
+            link: id,
+            server: self.identity,
+            spec,
+            rights: postbox_core::Rights::ALL,
+        };
         self.queue(key, &connected, vec![theirs.into_fd()]);
     }
 

@@ -3,24 +3,28 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postbox_core::{
-    ControlErrorCode, ControlMessage, FrameHeader, FrameKind, PeerIdentity, PortName, PortSpec,
-    Target,
+    ControlErrorCode, ControlMessage, FrameHeader, FrameKind, Operation, PeerIdentity, PortName,
+    PortSpec, Target,
 };
 use postbox_transport::{
     wait_ready, ControlListener, ControlSocket, Credentials, Interest, LinkShape, ShmLinkParts,
     TransportError, UnixLink, Wait, Waker,
 };
 
+use crate::grants::Grants;
 use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
 
+mod access;
 mod mailboxes;
 mod topics;
+
+pub use access::PolicyReloader;
 
 use crate::socket_path::bind_listener;
 use crate::{BrokerConfig, BrokerError};
@@ -34,6 +38,7 @@ pub struct Broker {
     config: BrokerConfig,
     listener: ControlListener,
     stop: Arc<Waker>,
+    reloader: PolicyReloader,
 }
 
 /// A broker running on its own thread; dropping the handle stops it.
@@ -41,6 +46,7 @@ pub struct Broker {
 pub struct BrokerHandle {
     socket_path: PathBuf,
     stop: Arc<Waker>,
+    reloader: PolicyReloader,
     thread: Option<JoinHandle<Result<(), BrokerError>>>,
 }
 
@@ -51,8 +57,16 @@ impl Broker {
     /// [`BrokerError::AlreadyRunning`] when a live broker serves the path; directory and
     /// socket failures otherwise.
     pub fn bind(config: BrokerConfig) -> Result<Self, BrokerError> {
-        let listener = bind_listener(&config.socket_path)?;
-        Ok(Self { config, listener, stop: Arc::new(Waker::new()?) })
+        let listener = bind_listener(&config.socket_path, config.policy.socket_group())?;
+        let reloader =
+            PolicyReloader { pending: Arc::new(Mutex::new(None)), waker: Arc::new(Waker::new()?) };
+        Ok(Self { config, listener, stop: Arc::new(Waker::new()?), reloader })
+    }
+
+    /// A handle that replaces this broker's policy while it runs (the daemon's `SIGHUP`).
+    #[must_use]
+    pub fn policy_reloader(&self) -> PolicyReloader {
+        self.reloader.clone()
     }
 
     /// Where nodes connect.
@@ -67,7 +81,10 @@ impl Broker {
     /// Only when polling itself fails; a misbehaving node never stops the broker.
     pub fn run(self) -> Result<(), BrokerError> {
         let mut state = EventLoop {
-            registry: Registry::new(&self.config),
+            registry: Registry::new(self.config.policy.limits()),
+            grants: Grants::default(),
+            pending_policy: Arc::clone(&self.reloader.pending),
+            reload_waker: Arc::clone(&self.reloader.waker),
             config: self.config,
             nodes: Vec::new(),
             accept_paused_until: None,
@@ -80,7 +97,7 @@ impl Broker {
             topic_links: Vec::new(),
             rounds: 0,
         };
-        let result = state.serve(&self.listener, &self.stop);
+        let result = state.serve(&self.listener, &self.stop, &self.reloader.waker);
         let _ = std::fs::remove_file(&state.config.socket_path);
         result
     }
@@ -92,11 +109,12 @@ impl Broker {
     pub fn spawn(self) -> Result<BrokerHandle, BrokerError> {
         let stop = Arc::clone(&self.stop);
         let socket_path = self.config.socket_path.clone();
+        let reloader = self.reloader.clone();
         let thread = std::thread::Builder::new()
             .name("postbox-broker".into())
             .spawn(move || self.run())
             .map_err(|e| TransportError::Os { operation: "spawn broker", kind: e.kind() })?;
-        Ok(BrokerHandle { socket_path, stop, thread: Some(thread) })
+        Ok(BrokerHandle { socket_path, stop, reloader, thread: Some(thread) })
     }
 }
 
@@ -105,6 +123,11 @@ impl BrokerHandle {
     #[must_use]
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// Replaces the broker's policy: requests from now on are checked against `policy`.
+    pub fn reload_policy(&self, policy: crate::Policy) {
+        self.reloader.reload(policy);
     }
 
     /// Stops the broker and waits for its thread. Nodes see `BrokerGone`; their direct links
@@ -145,6 +168,11 @@ struct NodeConnection {
 struct EventLoop {
     config: BrokerConfig,
     registry: Registry,
+    /// Rights nodes handed to other nodes.
+    grants: Grants,
+    /// A policy waiting to be applied, and the waker that says so.
+    pending_policy: Arc<Mutex<Option<crate::Policy>>>,
+    reload_waker: Arc<Waker>,
     nodes: Vec<Option<NodeConnection>>,
     /// Set after `accept` failed (out of descriptors): the listener is left out of the poll
     /// set until then, instead of spinning on a connection that cannot be accepted.
@@ -181,6 +209,7 @@ struct PendingQuery {
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     Stop,
+    Reload,
     Listener,
     Node(NodeKey),
     Data(DataKey),
@@ -188,7 +217,12 @@ enum Slot {
 }
 
 impl EventLoop {
-    fn serve(&mut self, listener: &ControlListener, stop: &Waker) -> Result<(), BrokerError> {
+    fn serve(
+        &mut self,
+        listener: &ControlListener,
+        stop: &Waker,
+        reload: &Waker,
+    ) -> Result<(), BrokerError> {
         let mut packet = vec![0u8; postbox_core::wire::control::MAX_CONTROL_LEN];
         loop {
             let now = Instant::now();
@@ -198,8 +232,9 @@ impl EventLoop {
             self.expire_silent_nodes(now);
             self.expire_queries(now);
             let ready = {
-                let mut set = vec![(stop.as_fd(), Interest::READ)];
-                let mut slots = vec![Slot::Stop];
+                let mut set =
+                    vec![(stop.as_fd(), Interest::READ), (reload.as_fd(), Interest::READ)];
+                let mut slots = vec![Slot::Stop, Slot::Reload];
                 if self.accept_paused_until.is_none() {
                     set.push((listener.as_fd(), Interest::READ));
                     slots.push(Slot::Listener);
@@ -238,6 +273,7 @@ impl EventLoop {
             for slot in ready {
                 match slot {
                     Slot::Stop => return Ok(()),
+                    Slot::Reload => self.apply_pending_policy(),
                     Slot::Listener => self.accept_all(listener),
                     Slot::Node(key) => {
                         self.read_node(key, &mut packet);
@@ -417,6 +453,24 @@ impl EventLoop {
             _ if !admitted => {
                 self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
+            ControlMessage::OpenPort { request, ref name, .. }
+                if !self.permit(key, request, Operation::Register, name.as_str()) => {}
+            ControlMessage::CreateMailbox { request, ref name, .. }
+            | ControlMessage::UnlinkMailbox { request, ref name }
+            | ControlMessage::CreateTopic { request, topic: ref name, .. }
+                if !self.permit(key, request, Operation::Manage, name.as_str()) => {}
+            ControlMessage::ReceiveMailbox { request, ref name }
+                if !self.permit(key, request, Operation::Receive, name.as_str()) => {}
+            ControlMessage::Publish { request, ref topic }
+                if !self.permit(key, request, Operation::Send, topic.as_str()) => {}
+            ControlMessage::Subscribe { request, ref pattern, .. }
+                if !self.permit_subscription(key, request, pattern) => {}
+            ControlMessage::Grant { request, name, to, rights } => {
+                self.grant(key, request, name, to, rights);
+            }
+            ControlMessage::Revoke { request, name, from } => {
+                self.revoke(key, request, &name, from)
+            }
             ControlMessage::OpenPort { request, name, .. }
                 if self.mailboxes.contains_key(&name) || self.topics.contains_key(&name) =>
             {
@@ -439,10 +493,12 @@ impl EventLoop {
             ControlMessage::ReceiveMailbox { request, name } => {
                 self.connect_mailbox(key, request, &name, false);
             }
-            ControlMessage::Connect { request, target: Target::Port(name) }
+            ControlMessage::Connect { request, target: Target::Port(name), .. }
                 if self.mailboxes.contains_key(&name) =>
             {
-                self.connect_mailbox(key, request, &name, true);
+                if self.permit(key, request, Operation::Send, name.as_str()) {
+                    self.connect_mailbox(key, request, &name, true);
+                }
             }
             ControlMessage::Stat { request, name } if self.mailboxes.contains_key(&name) => {
                 let stats = self.mailbox_stats(request, &name);
@@ -463,8 +519,11 @@ impl EventLoop {
                 }
             }
             ControlMessage::ClosePort { request, name } => self.close_port(key, request, &name),
-            ControlMessage::Connect { request, target } => {
-                let new = match self.registry.connect(key, &target) {
+            ControlMessage::Connect { request, target, rights } => {
+                let Some(allowed) = self.connect_rights(key, request, &target, rights) else {
+                    return;
+                };
+                let new = match self.registry.connect(key, &target, allowed.rights) {
                     Ok(new) => new,
                     Err((code, detail)) => return self.refuse(key, request, code, &detail),
                 };
@@ -485,10 +544,14 @@ impl EventLoop {
                         return self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
                     }
                 };
+                if let Some(name) = allowed.by_grant {
+                    self.grants.link_made(new.link, name, new.client_identity.process_id);
+                }
                 let incoming = ControlMessage::IncomingConnection {
                     link: new.link,
                     target: new.target,
                     client: new.client_identity,
+                    rights: new.rights,
                 };
                 self.queue(new.server, &incoming, server_fds);
                 // The server hears of the link before the client is told it exists: a client
@@ -499,11 +562,15 @@ impl EventLoop {
                     link: new.link,
                     server: new.server_identity,
                     spec: new.spec,
+                    rights: new.rights,
                 };
                 self.queue(key, &connected, client_fds);
             }
             ControlMessage::LinkClosed { request, link } => {
                 self.registry.link_closed(key, link);
+                if self.registry.link_ends(link).is_empty() {
+                    self.grants.link_closed(link);
+                }
                 if request != 0 {
                     self.queue(key, &ControlMessage::Ok { request }, Vec::new());
                 }
@@ -558,7 +625,10 @@ impl EventLoop {
 
     fn close_port(&mut self, key: NodeKey, request: u32, name: &PortName) {
         match self.registry.close_port(key, name) {
-            Ok(()) => self.queue(key, &ControlMessage::Ok { request }, Vec::new()),
+            Ok(()) => {
+                self.grants.port_closed(name);
+                self.queue(key, &ControlMessage::Ok { request }, Vec::new());
+            }
             Err((code, detail)) => self.refuse(key, request, code, &detail),
         }
     }
@@ -647,7 +717,12 @@ impl EventLoop {
         // The other ends hear of it from the broker too: a thread asleep on a shared-memory
         // link's futex watches no descriptor that could tell it.
         let orphaned = self.registry.orphaned_by(key);
-        self.registry.remove(key);
+        for name in self.registry.ports_of(key) {
+            self.grants.port_closed(&name);
+        }
+        if let Some(left) = self.registry.remove(key) {
+            self.grants.node_left(left.process_id);
+        }
         // Best effort: a node slow to read its control socket is never disconnected for them
         // (its sleep slices notice the death anyway), so they stop at half its queue.
         for (other, link) in orphaned {

@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameKind, Overflow,
-    PeerIdentity, Placement, PortName, PortSpec, ReleaseCounter, SendWindow,
+    Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameKind, NamePattern,
+    Overflow, PeerIdentity, Placement, PortName, PortSpec, ReleaseCounter, SendWindow,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
 use super::{encode, EventLoop};
 use crate::registry::NodeKey;
-use crate::topic::{Pattern, Published, SubscriberQueue, Topic};
+use crate::topic::{Published, SubscriberQueue, Topic};
 
 /// The broker's end of a link to a topic.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub(super) struct TopicLink {
 #[derive(Debug)]
 enum TopicRole {
     Publisher { topic: PortName, release: ReleaseCounter },
-    Subscriber { pattern: Pattern, queue: SubscriberQueue, window: SendWindow },
+    Subscriber { pattern: NamePattern, queue: SubscriberQueue, window: SendWindow },
 }
 
 /// A topic link's slot.
@@ -78,7 +78,7 @@ impl EventLoop {
         capacity: u32,
         drop_newest: bool,
     ) {
-        let Ok(parsed) = Pattern::parse(pattern) else {
+        let Ok(parsed) = NamePattern::parse(pattern) else {
             let detail = format!("not a topic pattern: {pattern:?}");
             return self.refuse(key, request, ControlErrorCode::InvalidName, &detail);
         };
@@ -139,8 +139,13 @@ impl EventLoop {
             }
         };
         let id = self.registry.allocate_link_id();
-        let connected =
-            ControlMessage::Connected { request, link: id, server: self.identity, spec };
+        let connected = ControlMessage::Connected {
+            request,
+            link: id,
+            server: self.identity,
+            spec,
+            rights: postbox_core::Rights::ALL,
+        };
         self.queue(key, &connected, vec![theirs.into_fd()]);
         Some(TopicKey(slot))
     }

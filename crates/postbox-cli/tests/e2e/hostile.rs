@@ -26,8 +26,17 @@ fn recv_message(socket: &ControlSocket) -> Result<ControlMessage, TransportError
 /// Attaches with raw control messages, as a hand-written client would.
 fn raw_node(socket: &Path) -> ControlSocket {
     let control = ControlSocket::connect(socket).unwrap();
-    control.send(&packet(&ControlMessage::Hello { request: 1 }), &[], Wait::Forever).unwrap();
-    assert!(matches!(recv_message(&control).unwrap(), ControlMessage::Welcome { .. }));
+    control
+        .send(
+            &packet(&ControlMessage::Hello { request: 1 }),
+            &[],
+            Wait::Forever,
+        )
+        .unwrap();
+    assert!(matches!(
+        recv_message(&control).unwrap(),
+        ControlMessage::Welcome { .. }
+    ));
     control
 }
 
@@ -35,11 +44,22 @@ fn raw_node(socket: &Path) -> ControlSocket {
 fn raw_link(control: &ControlSocket, name: &str) -> Link {
     let target = Target::Port(PortName::new(name).unwrap());
     control
-        .send(&packet(&ControlMessage::Connect { request: 2, target }), &[], Wait::Forever)
+        .send(
+            &packet(&ControlMessage::Connect {
+                request: 2,
+                target,
+                rights: postbox_core::Rights::ALL,
+            }),
+            &[],
+            Wait::Forever,
+        )
         .unwrap();
     let mut buf = vec![0u8; MAX_CONTROL_LEN];
     let (len, fd) = control.recv(&mut buf, Wait::timeout(WATCHDOG)).unwrap();
-    assert!(matches!(ControlMessage::decode(&buf[..len]), Ok(ControlMessage::Connected { .. })));
+    assert!(matches!(
+        ControlMessage::decode(&buf[..len]),
+        Ok(ControlMessage::Connected { .. })
+    ));
     Link::from_fds(fd, LinkSide::Client).expect("the link's descriptors travel beside Connected")
 }
 
@@ -77,13 +97,17 @@ fn garbage_and_invalid_frames_cost_the_sender_its_link_and_nobody_else_anything(
     let control = raw_node(daemon.socket());
 
     let garbage = raw_link(&control, "target");
-    garbage.write_frame(&[0xde; 40], &[0xad; 100], Wait::Forever).unwrap();
+    garbage
+        .write_frame(&[0xde; 40], &[0xad; 100], Wait::Forever)
+        .unwrap();
     assert_closed_by_server(&garbage);
 
     let bad_checksum = raw_link(&control, "target");
     let mut h = header(FrameKind::Call, b"hello");
     h[28] ^= 0xff;
-    bad_checksum.write_frame(&h, b"hello", Wait::Forever).unwrap();
+    bad_checksum
+        .write_frame(&h, b"hello", Wait::Forever)
+        .unwrap();
     assert_closed_by_server(&bad_checksum);
 
     let oversized = raw_link(&control, "target");
@@ -93,14 +117,18 @@ fn garbage_and_invalid_frames_cost_the_sender_its_link_and_nobody_else_anything(
     assert_closed_by_server(&oversized);
 
     let reply_to_server = raw_link(&control, "target");
-    reply_to_server.write_frame(&header(FrameKind::Reply, b"x"), b"x", Wait::Forever).unwrap();
+    reply_to_server
+        .write_frame(&header(FrameKind::Reply, b"x"), b"x", Wait::Forever)
+        .unwrap();
     assert_closed_by_server(&reply_to_server);
 
     // A truncated frame, then silence: the server must not wait on this link alone.
     let truncated = raw_link(&control, "target");
     let body = vec![1u8; 1000];
     let h = header(FrameKind::Call, &body);
-    truncated.write_frame(&h, &body[..10], Wait::Forever).unwrap();
+    truncated
+        .write_frame(&h, &body[..10], Wait::Forever)
+        .unwrap();
 
     // A link that is opened and never written to.
     let _silent = raw_link(&control, "target");
@@ -126,20 +154,40 @@ fn garbage_control_packets_are_refused_and_the_broker_serves_everyone_else() {
     assert_eq!(recv_message(&garbage).unwrap_err(), TransportError::Closed);
 
     let before_hello = ControlSocket::connect(daemon.socket()).unwrap();
-    before_hello.send(&packet(&ControlMessage::List { request: 3 }), &[], Wait::Forever).unwrap();
+    before_hello
+        .send(
+            &packet(&ControlMessage::List { request: 3 }),
+            &[],
+            Wait::Forever,
+        )
+        .unwrap();
     match recv_message(&before_hello).unwrap() {
         ControlMessage::Refused { code, .. } => assert_eq!(code, ControlErrorCode::OutOfOrder),
         other => panic!("expected Refused, got {other:?}"),
     }
 
     let oversized = ControlSocket::connect(daemon.socket()).unwrap();
-    oversized.send(&vec![1u8; MAX_CONTROL_LEN + 100], &[], Wait::Forever).unwrap();
-    assert!(matches!(recv_message(&oversized).unwrap(), ControlMessage::Refused { .. }));
+    oversized
+        .send(&vec![1u8; MAX_CONTROL_LEN + 100], &[], Wait::Forever)
+        .unwrap();
+    assert!(matches!(
+        recv_message(&oversized).unwrap(),
+        ControlMessage::Refused { .. }
+    ));
 
     // A broker-to-node message sent to the broker.
     let confused = raw_node(daemon.socket());
-    confused.send(&packet(&ControlMessage::Ok { request: 9 }), &[], Wait::Forever).unwrap();
-    assert!(matches!(recv_message(&confused).unwrap(), ControlMessage::Refused { .. }));
+    confused
+        .send(
+            &packet(&ControlMessage::Ok { request: 9 }),
+            &[],
+            Wait::Forever,
+        )
+        .unwrap();
+    assert!(matches!(
+        recv_message(&confused).unwrap(),
+        ControlMessage::Refused { .. }
+    ));
 
     // Clients that connect and say nothing, before and after Hello.
     let _mute = ControlSocket::connect(daemon.socket()).unwrap();
@@ -149,7 +197,10 @@ fn garbage_control_packets_are_refused_and_the_broker_serves_everyone_else() {
     let listing = node.list().unwrap();
     assert!(listing.ports.iter().any(|p| p.name.as_str() == "steady"));
     let connection = node.connect("steady").unwrap();
-    assert_eq!(connection.call_timeout("ok?", WATCHDOG).unwrap().body(), b"ok?");
+    assert_eq!(
+        connection.call_timeout("ok?", WATCHDOG).unwrap().body(),
+        b"ok?"
+    );
     let output = daemon.postbox(&["call", "steady", "from the cli"]);
     assert!(output.status.success());
 }
@@ -158,15 +209,30 @@ fn garbage_control_packets_are_refused_and_the_broker_serves_everyone_else() {
 fn a_second_hello_is_refused_without_losing_the_node() {
     let daemon = Daemon::start();
     let control = raw_node(daemon.socket());
-    control.send(&packet(&ControlMessage::Hello { request: 5 }), &[], Wait::Forever).unwrap();
+    control
+        .send(
+            &packet(&ControlMessage::Hello { request: 5 }),
+            &[],
+            Wait::Forever,
+        )
+        .unwrap();
     match recv_message(&control).unwrap() {
         ControlMessage::Refused { request, code, .. } => {
             assert_eq!((request, code), (5, ControlErrorCode::OutOfOrder));
         }
         other => panic!("expected Refused, got {other:?}"),
     }
-    control.send(&packet(&ControlMessage::List { request: 6 }), &[], Wait::Forever).unwrap();
-    assert!(matches!(recv_message(&control).unwrap(), ControlMessage::Listing { request: 6, .. }));
+    control
+        .send(
+            &packet(&ControlMessage::List { request: 6 }),
+            &[],
+            Wait::Forever,
+        )
+        .unwrap();
+    assert!(matches!(
+        recv_message(&control).unwrap(),
+        ControlMessage::Listing { request: 6, .. }
+    ));
 }
 
 #[test]
@@ -177,7 +243,11 @@ fn a_flood_of_connects_to_one_server_does_not_cost_that_server_its_name() {
     let target = Target::Port(PortName::new("victim").unwrap());
     for flooder in &flooders {
         for request in 0..200 {
-            let connect = ControlMessage::Connect { request: 10 + request, target: target.clone() };
+            let connect = ControlMessage::Connect {
+                request: 10 + request,
+                target: target.clone(),
+                rights: postbox_core::Rights::ALL,
+            };
             flooder.send(&packet(&connect), &[], Wait::Forever).unwrap();
         }
     }
@@ -195,7 +265,12 @@ fn a_flood_of_connects_to_one_server_does_not_cost_that_server_its_name() {
     }
     drop(flooders);
     let node = daemon.node();
-    let owner = node.list().unwrap().ports.into_iter().find(|p| p.name.as_str() == "victim");
+    let owner = node
+        .list()
+        .unwrap()
+        .ports
+        .into_iter()
+        .find(|p| p.name.as_str() == "victim");
     assert_eq!(owner.map(|p| p.owner.process_id), Some(victim.process_id()));
 }
 
@@ -206,7 +281,15 @@ fn the_broker_tells_a_node_when_the_node_at_the_other_end_of_its_link_leaves() {
     let control = raw_node(daemon.socket());
     let target = Target::Port(PortName::new("leaving").unwrap());
     control
-        .send(&packet(&ControlMessage::Connect { request: 2, target }), &[], Wait::Forever)
+        .send(
+            &packet(&ControlMessage::Connect {
+                request: 2,
+                target,
+                rights: postbox_core::Rights::ALL,
+            }),
+            &[],
+            Wait::Forever,
+        )
         .unwrap();
     let link = match recv_message(&control).unwrap() {
         ControlMessage::Connected { link, .. } => link,
@@ -217,7 +300,10 @@ fn the_broker_tells_a_node_when_the_node_at_the_other_end_of_its_link_leaves() {
     // how it hears of the death before its sleep slice ends.
     loop {
         match recv_message(&control).unwrap() {
-            ControlMessage::LinkClosed { request: 0, link: closed } => {
+            ControlMessage::LinkClosed {
+                request: 0,
+                link: closed,
+            } => {
                 assert_eq!(closed, link);
                 break;
             }

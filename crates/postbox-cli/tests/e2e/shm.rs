@@ -449,7 +449,15 @@ fn open_port(control: &ControlSocket, name: &str) {
 fn raw_link(control: &ControlSocket, name: &str, request: u32) -> (Link, Scribbler) {
     let target = Target::Port(PortName::new(name).unwrap());
     control
-        .send(&packet(&ControlMessage::Connect { request, target }), &[], Wait::Forever)
+        .send(
+            &packet(&ControlMessage::Connect {
+                request,
+                target,
+                rights: postbox_core::Rights::ALL,
+            }),
+            &[],
+            Wait::Forever,
+        )
         .unwrap();
     let (answer, fds) = recv_with_fds(control);
     assert!(matches!(answer, ControlMessage::Connected { .. }), "got {answer:?}");

@@ -9,6 +9,7 @@
 //! [`ControlMessage::Connected`] and [`ControlMessage::IncomingConnection`] as `SCM_RIGHTS`.
 
 use super::{put_text, DecodeError, Reader};
+use crate::access::{Operation, Rights};
 use crate::buffering::PortSpec;
 use crate::identity::{PeerIdentity, ProcessId};
 use crate::name::PortName;
@@ -178,6 +179,8 @@ pub enum ControlMessage {
         request: u32,
         /// Where to.
         target: Target,
+        /// What the link should carry; the broker grants what policy allows of it.
+        rights: Rights,
     },
     /// Node → broker: a link this node held is closed (for the broker's bookkeeping).
     LinkClosed {
@@ -206,6 +209,8 @@ pub enum ControlMessage {
         server: PeerIdentity,
         /// How the port buffers: the client enforces it.
         spec: PortSpec,
+        /// What the link may carry (never empty).
+        rights: Rights,
     },
     /// Broker → node: the ports, in name order.
     Listing {
@@ -236,6 +241,40 @@ pub enum ControlMessage {
         target: ListenTarget,
         /// Who the client is (kernel credentials, broker-assigned id).
         client: PeerIdentity,
+        /// What the client may send on it; the server drops a link that carries more.
+        rights: Rights,
+    },
+    /// Broker → node: the policy does not allow the request (DESIGN.md §4).
+    Denied {
+        /// Request number answered.
+        request: u32,
+        /// What was denied.
+        operation: Operation,
+        /// On which name (or pattern, or `inbox/<uid>`).
+        name: String,
+    },
+    /// Node → broker: let the node `to` connect to port `name` with `rights` whatever the
+    /// policy says of it (a capability). The port's owner may grant any rights; another node
+    /// only rights it holds itself.
+    Grant {
+        /// Request number.
+        request: u32,
+        /// The port.
+        name: PortName,
+        /// The node that receives the right.
+        to: ProcessId,
+        /// What its links to the port may carry.
+        rights: Rights,
+    },
+    /// Node → broker: take back what was granted to `from` on port `name`, and close the links
+    /// it made under the grant. Only the port's owner, or the node that granted, may revoke.
+    Revoke {
+        /// Request number.
+        request: u32,
+        /// The port.
+        name: PortName,
+        /// The node whose grant ends.
+        from: ProcessId,
     },
     /// Node → broker: create a mailbox (a queue the broker owns, outliving its creator).
     CreateMailbox {
@@ -361,6 +400,9 @@ const CONNECTED: u8 = 0x83;
 const LISTING: u8 = 0x84;
 const REFUSED: u8 = 0x85;
 const INCOMING_CONNECTION: u8 = 0xc1;
+const DENIED: u8 = 0x87;
+const GRANT: u8 = 0x0f;
+const REVOKE: u8 = 0x10;
 
 /// Bytes of an encoded [`PeerIdentity`].
 const IDENTITY_LEN: usize = 16;
@@ -388,7 +430,10 @@ impl ControlMessage {
             | Self::Publish { request, .. }
             | Self::Subscribe { request, .. }
             | Self::CreateTopic { request, .. }
-            | Self::Stats { request, .. } => *request,
+            | Self::Stats { request, .. }
+            | Self::Denied { request, .. }
+            | Self::Grant { request, .. }
+            | Self::Revoke { request, .. } => *request,
             Self::IncomingConnection { .. } | Self::StatQuery { .. } | Self::StatReport { .. } => 0,
         }
     }
@@ -418,21 +463,42 @@ impl ControlMessage {
                 buf.push(u8::from(*service));
             }
             Self::ClosePort { name, .. } => put_text(buf, name.as_str()),
-            Self::Connect { target, .. } => match target {
-                Target::Port(name) => {
-                    buf.push(0);
-                    put_text(buf, name.as_str());
+            Self::Connect { target, rights, .. } => {
+                match target {
+                    Target::Port(name) => {
+                        buf.push(0);
+                        put_text(buf, name.as_str());
+                    }
+                    Target::Inbox(id) => {
+                        buf.push(1);
+                        put_process_id(buf, *id);
+                    }
                 }
-                Target::Inbox(id) => {
-                    buf.push(1);
-                    put_process_id(buf, *id);
-                }
-            },
+                buf.push(rights.to_u8());
+            }
             Self::LinkClosed { link, .. } => buf.extend_from_slice(&link.0.to_le_bytes()),
-            Self::Connected { link, server, spec, .. } => {
+            Self::Connected { link, server, spec, rights, .. } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 put_identity(buf, server);
                 spec.encode(buf);
+                buf.push(rights.to_u8());
+            }
+            Self::Denied { operation, name, .. } => {
+                buf.push(operation.to_u8());
+                let mut end = name.len().min(PortName::MAX_LEN + 16);
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_text(buf, &name[..end]);
+            }
+            Self::Grant { name, to, rights, .. } => {
+                put_text(buf, name.as_str());
+                put_process_id(buf, *to);
+                buf.push(rights.to_u8());
+            }
+            Self::Revoke { name, from, .. } => {
+                put_text(buf, name.as_str());
+                put_process_id(buf, *from);
             }
             Self::Listing { nodes, ports, truncated, .. } => {
                 buf.extend_from_slice(&nodes.to_le_bytes());
@@ -508,7 +574,7 @@ impl ControlMessage {
                 spec.encode(buf);
                 put_counters(buf, counters);
             }
-            Self::IncomingConnection { link, target, client } => {
+            Self::IncomingConnection { link, target, client, rights } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 match target {
                     ListenTarget::Port(name) => {
@@ -518,6 +584,7 @@ impl ControlMessage {
                     ListenTarget::Inbox => buf.push(1),
                 }
                 put_identity(buf, client);
+                buf.push(rights.to_u8());
             }
         }
     }
@@ -569,7 +636,7 @@ impl ControlMessage {
                     1 => Target::Inbox(read_process_id(&mut r)?),
                     value => return Err(DecodeError::UnknownValue { field: "target", value }),
                 };
-                Self::Connect { request, target }
+                Self::Connect { request, target, rights: read_rights(&mut r)? }
             }
             LINK_CLOSED => Self::LinkClosed { request, link: LinkId(r.u64()?) },
             CONNECTED => Self::Connected {
@@ -577,7 +644,23 @@ impl ControlMessage {
                 link: LinkId(r.u64()?),
                 server: read_identity(&mut r)?,
                 spec: PortSpec::decode(&mut r)?,
+                rights: read_rights(&mut r)?,
             },
+            DENIED => {
+                let code = r.u8()?;
+                let operation = Operation::from_u8(code)
+                    .ok_or(DecodeError::UnknownValue { field: "operation", value: code })?;
+                Self::Denied { request, operation, name: r.text()?.to_owned() }
+            }
+            GRANT => Self::Grant {
+                request,
+                name: read_name(&mut r)?,
+                to: read_process_id(&mut r)?,
+                rights: read_rights(&mut r)?,
+            },
+            REVOKE => {
+                Self::Revoke { request, name: read_name(&mut r)?, from: read_process_id(&mut r)? }
+            }
             LISTING => {
                 let nodes = r.u32()?;
                 let truncated = match r.u8()? {
@@ -622,7 +705,12 @@ impl ControlMessage {
                 if request != 0 {
                     return Err(DecodeError::ReservedNotZero);
                 }
-                Self::IncomingConnection { link, target, client: read_identity(&mut r)? }
+                Self::IncomingConnection {
+                    link,
+                    target,
+                    client: read_identity(&mut r)?,
+                    rights: read_rights(&mut r)?,
+                }
             }
             STAT => Self::Stat { request, name: read_name(&mut r)? },
             CREATE_MAILBOX => Self::CreateMailbox {
@@ -690,6 +778,9 @@ impl ControlMessage {
             Self::Listing { .. } => LISTING,
             Self::Refused { .. } => REFUSED,
             Self::IncomingConnection { .. } => INCOMING_CONNECTION,
+            Self::Denied { .. } => DENIED,
+            Self::Grant { .. } => GRANT,
+            Self::Revoke { .. } => REVOKE,
             Self::Stat { .. } => STAT,
             Self::CreateMailbox { .. } => CREATE_MAILBOX,
             Self::UnlinkMailbox { .. } => UNLINK_MAILBOX,
@@ -725,6 +816,11 @@ fn put_identity(buf: &mut Vec<u8>, identity: &PeerIdentity) {
     buf.extend_from_slice(&identity.gid.to_le_bytes());
 }
 
+fn read_rights(r: &mut Reader<'_>) -> Result<Rights, DecodeError> {
+    let bits = r.u8()?;
+    Rights::from_u8(bits).ok_or(DecodeError::UnknownValue { field: "rights", value: bits })
+}
+
 fn read_process_id(r: &mut Reader<'_>) -> Result<ProcessId, DecodeError> {
     Ok(ProcessId { pid: r.u32()?, generation: r.u32()? })
 }
@@ -757,8 +853,16 @@ mod tests {
                 service: false,
             },
             ControlMessage::ClosePort { request: 3, name: name.clone() },
-            ControlMessage::Connect { request: 4, target: Target::Port(name.clone()) },
-            ControlMessage::Connect { request: 5, target: Target::Inbox(ProcessId::new(7, 1)) },
+            ControlMessage::Connect {
+                request: 4,
+                target: Target::Port(name.clone()),
+                rights: Rights::ALL,
+            },
+            ControlMessage::Connect {
+                request: 5,
+                target: Target::Inbox(ProcessId::new(7, 1)),
+                rights: Rights::SEND,
+            },
             ControlMessage::LinkClosed { request: 0, link: LinkId(9) },
             ControlMessage::List { request: 6 },
             ControlMessage::Ok { request: 2 },
@@ -767,7 +871,16 @@ mod tests {
                 link: LinkId(9),
                 server: identity(),
                 spec: PortSpec::default(),
+                rights: Rights::CALL,
             },
+            ControlMessage::Denied { request: 4, operation: Operation::Call, name: "calc".into() },
+            ControlMessage::Grant {
+                request: 14,
+                name: name.clone(),
+                to: ProcessId::new(8, 3),
+                rights: Rights::SEND,
+            },
+            ControlMessage::Revoke { request: 15, name: name.clone(), from: ProcessId::new(8, 3) },
             ControlMessage::Listing {
                 request: 6,
                 nodes: 3,
@@ -788,11 +901,13 @@ mod tests {
                 link: LinkId(9),
                 target: ListenTarget::Port(name.clone()),
                 client: identity(),
+                rights: Rights::ALL,
             },
             ControlMessage::IncomingConnection {
                 link: LinkId(10),
                 target: ListenTarget::Inbox,
                 client: identity(),
+                rights: Rights::SEND,
             },
             ControlMessage::Stat { request: 7, name: name.clone() },
             ControlMessage::CreateMailbox {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use postbox_core::{PortName, Target};
+use postbox_core::{AccessDenied, Operation, PortName, Rights, Target};
 
 use postbox_rpc::{
     BindError, ReplyStatus, RequestFlags, RequestHeader, RequestKind, RpcError, ServiceSchema,
@@ -108,7 +108,11 @@ impl Client {
     }
 
     fn connect(node: &Node, name: &str, schema: &ServiceSchema) -> Result<Self, BindError> {
-        let connection = node.connect(name).map_err(|e| connect_error(e, name))?;
+        let port = PortName::new(name).map_err(|e| BindError::Refused(e.to_string()))?;
+        let connection = node
+            .shared()
+            .connect(Target::Port(port), Rights::ALL)
+            .map_err(|e| connect_error(e, name))?;
         Ok(Self {
             connection: Arc::new(RwLock::new(connection)),
             reply_checks: reply_checks(schema),
@@ -129,7 +133,7 @@ impl Client {
         }
         let node = self.node.upgrade()?;
         let name = PortName::new(&self.name).ok()?;
-        *current = node.connect(Target::Port(name)).ok()?;
+        *current = node.connect(Target::Port(name), Rights::ALL).ok()?;
         Some(current.clone())
     }
 
@@ -540,6 +544,7 @@ fn call_error(error: CallError) -> RpcError {
             message.body().len()
         )),
         CallError::ProtocolViolation(what) => RpcError::Protocol(what),
+        CallError::AccessDenied { denied, .. } => RpcError::AccessDenied(denied),
     }
 }
 
@@ -556,6 +561,10 @@ fn connect_error(error: ConnectError, name: &str) -> BindError {
     match error {
         ConnectError::NoSuchPort(_) => BindError::NoSuchService(name.to_owned()),
         ConnectError::BrokerGone => BindError::BrokerGone,
+        // A typed client connects to call (and to cancel calls with one-way messages).
+        ConnectError::AccessDenied(denied) => {
+            BindError::AccessDenied(AccessDenied::new(Operation::Call, denied.name))
+        }
         other => BindError::Refused(other.to_string()),
     }
 }

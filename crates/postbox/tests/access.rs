@@ -1,0 +1,210 @@
+//! Access control, against an embedded broker whose policy belongs to another user: this
+//! process is a stranger to it, so every rule applies to its nodes (the broker's own user may
+//! do anything). Real processes under other uids are in `postbox-cli/tests/e2e/access.rs`.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use postbox::{
+    AccessDenied, Broker, BrokerRequestError, CallError, ConnectError, Message, OpenError,
+    Operation, Policy, Rights, SendBatchError, SendError, TrySendError,
+};
+
+/// A uid that is not this process's: the owner of the test brokers' policies.
+const OWNER: u32 = 4_000_000_000;
+
+fn me() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// A policy whose rules say `ME` for this process's uid.
+fn policy(rules: &str) -> Policy {
+    Policy::from_toml(&rules.replace("ME", &me().to_string()), OWNER).unwrap()
+}
+
+fn broker(rules: &str) -> Broker {
+    let policy = policy(rules);
+    Broker::embedded_with(|config| config.policy(policy)).unwrap()
+}
+
+fn denied(operation: Operation, name: &str) -> AccessDenied {
+    AccessDenied::new(operation, name)
+}
+
+/// Waits for `condition`, failing the test after a generous watchdog.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const SERVE_CALC: &str = r#"
+    [[allow]]
+    names = ["calc"]
+    uids = [ME]
+    operations = ["register"]
+"#;
+
+#[test]
+fn every_operation_is_denied_by_default_with_a_typed_error_naming_it() {
+    let broker = broker("");
+    let node = broker.node().unwrap();
+    assert_eq!(
+        node.port("calc").open().unwrap_err(),
+        OpenError::AccessDenied(denied(Operation::Register, "calc"))
+    );
+    assert_eq!(
+        node.mailbox("jobs").create().unwrap_err(),
+        OpenError::AccessDenied(denied(Operation::Manage, "jobs"))
+    );
+    assert_eq!(
+        node.create_topic("/t/a", 1).unwrap_err(),
+        BrokerRequestError::AccessDenied(denied(Operation::Manage, "/t/a"))
+    );
+    assert_eq!(
+        node.subscribe("/t/*").unwrap_err(),
+        ConnectError::AccessDenied(denied(Operation::Subscribe, "/t/*"))
+    );
+    match node.publish("/t/a", "news").unwrap_err() {
+        SendError::AccessDenied { denied: d, message } => {
+            assert_eq!(d, denied(Operation::Send, "/t/a"));
+            assert_eq!(message.body(), b"news", "the message comes back");
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    let other = broker.node().unwrap();
+    match node.send_to(other.process_id(), "hi").unwrap_err() {
+        SendError::AccessDenied { denied: d, .. } => {
+            assert_eq!(d, denied(Operation::Send, &format!("inbox/{}", me())));
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_send_grant_lets_messages_through_and_refuses_calls_on_that_link() {
+    let broker = broker(&format!(
+        "{SERVE_CALC}\n[[allow]]\nnames = [\"calc\"]\nuids = [ME]\noperations = [\"send\"]"
+    ));
+    let server = broker.node().unwrap();
+    let port = server.port("calc").open().unwrap();
+    let client = broker.node().unwrap();
+    let calc = client.connect("calc").unwrap();
+    calc.send("one way").unwrap();
+    let envelope = port.recv().unwrap();
+    assert_eq!(envelope.body(), b"one way");
+    assert_eq!(envelope.sender_identity().uid, me());
+    assert_eq!(envelope.sender(), client.process_id());
+    match calc.call("2+2").unwrap_err() {
+        CallError::AccessDenied { denied: d, message } => {
+            assert_eq!(d, denied(Operation::Call, "calc"));
+            assert_eq!(message.body(), b"2+2");
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_call_grant_carries_calls_and_refuses_one_way_sends_handing_them_back() {
+    let broker = broker(&format!(
+        "{SERVE_CALC}\n[[allow]]\nnames = [\"calc\"]\nuids = [ME]\noperations = [\"call\"]"
+    ));
+    let server = broker.node().unwrap();
+    let port = server.port("calc").open().unwrap();
+    let serving = std::thread::spawn(move || {
+        let envelope = port.recv().unwrap();
+        let answer = format!("re: {}", String::from_utf8_lossy(envelope.body()));
+        envelope.reply(answer.into_bytes()).unwrap();
+    });
+    let client = broker.node().unwrap();
+    let calc = client.connect("calc").unwrap();
+    assert!(matches!(
+        calc.send("x").unwrap_err(),
+        SendError::AccessDenied { ref denied, .. } if denied.operation == Operation::Send
+    ));
+    assert!(matches!(calc.try_send("y").unwrap_err(), TrySendError::AccessDenied { .. }));
+    let mut batch = vec![Message::from("a"), Message::from("b")];
+    assert_eq!(calc.send_batch(&mut batch), Err(SendBatchError::AccessDenied));
+    assert_eq!(batch.len(), 2, "nothing was taken from the batch");
+    assert_eq!(calc.call("ping").unwrap().body(), b"re: ping");
+    serving.join().unwrap();
+}
+
+#[test]
+fn a_reloaded_policy_applies_to_the_next_request() {
+    let broker = broker(SERVE_CALC);
+    let server = broker.node().unwrap();
+    let _port = server.port("calc").open().unwrap();
+    let client = broker.node().unwrap();
+    assert!(matches!(client.connect("calc"), Err(ConnectError::AccessDenied(_))));
+    broker.reload_policy(policy(&format!(
+        "{SERVE_CALC}\n[[allow]]\nnames = [\"calc\"]\neveryone = true\noperations = [\"send\"]"
+    )));
+    wait_until("the new policy is in force", || client.connect("calc").is_ok());
+}
+
+#[test]
+fn the_owner_grants_a_capability_and_revoking_it_closes_the_link() {
+    let broker = broker(SERVE_CALC);
+    let owner = broker.node().unwrap();
+    let port = owner.port("calc").open().unwrap();
+    let friend = broker.node().unwrap();
+    assert!(matches!(friend.connect("calc"), Err(ConnectError::AccessDenied(_))));
+
+    owner.grant("calc", friend.process_id(), Rights::SEND).unwrap();
+    let calc = friend.connect("calc").unwrap();
+    calc.send("thanks").unwrap();
+    assert_eq!(port.recv().unwrap().body(), b"thanks");
+    assert!(matches!(calc.call("more?"), Err(CallError::AccessDenied { .. })));
+
+    owner.revoke("calc", friend.process_id()).unwrap();
+    wait_until("the revoked link closes", || {
+        matches!(calc.send("still there?"), Err(SendError::Disconnected(_)))
+    });
+    assert!(matches!(friend.connect("calc"), Err(ConnectError::AccessDenied(_))));
+}
+
+#[test]
+fn a_node_cannot_grant_what_it_does_not_hold_nor_revoke_what_it_did_not_grant() {
+    let broker = broker(SERVE_CALC);
+    let owner = broker.node().unwrap();
+    let _port = owner.port("calc").open().unwrap();
+    let (stranger, friend) = (broker.node().unwrap(), broker.node().unwrap());
+    assert_eq!(
+        stranger.grant("calc", friend.process_id(), Rights::SEND).unwrap_err(),
+        BrokerRequestError::AccessDenied(denied(Operation::Send, "calc"))
+    );
+    owner.grant("calc", friend.process_id(), Rights::ALL).unwrap();
+    // The friend may pass on what it holds; the stranger may not take it back.
+    friend.grant("calc", stranger.process_id(), Rights::CALL).unwrap();
+    assert!(matches!(
+        owner.revoke("calc", owner.process_id()),
+        Err(BrokerRequestError::Refused(_))
+    ));
+    assert!(matches!(
+        stranger.revoke("calc", friend.process_id()),
+        Err(BrokerRequestError::Refused(_))
+    ));
+    assert!(stranger.connect("calc").is_ok());
+}
+
+#[test]
+fn a_mailbox_may_be_created_by_one_user_and_received_from_only_by_those_allowed() {
+    let broker = broker(
+        r#"
+        [[allow]]
+        names = ["jobs"]
+        uids = [ME]
+        operations = ["manage", "send"]
+        "#,
+    );
+    let node = broker.node().unwrap();
+    let _jobs = node.mailbox("jobs").create().unwrap();
+    node.connect("jobs").unwrap().send("job 1").unwrap();
+    assert_eq!(
+        node.mailbox("jobs").open().unwrap_err(),
+        OpenError::AccessDenied(denied(Operation::Receive, "jobs"))
+    );
+}
