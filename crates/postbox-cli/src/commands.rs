@@ -13,7 +13,12 @@ use postbox::{BrokerConfig, CallError, Message, Node, RecvTimeoutError};
 
 pub(crate) fn daemon(max_message_size: u32, policy_file: Option<&Path>) -> Result<()> {
     // Denials and reloads are logged to stderr.
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false)
+        .init();
     let uid = rustix::process::getuid().as_raw();
     let policy = match policy_file {
         Some(path) => Policy::load(path, uid).with_context(|| format!("{}", path.display()))?,

@@ -4,6 +4,7 @@
 //! The test process itself attaches as a node where it needs the library API, and plays the
 //! hostile peer where a test needs raw bytes on a socket.
 
+mod access;
 mod async_forms;
 mod buffering;
 mod cli;
