@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use postbox_core::{LinkId, PeerIdentity, PortQueue, QueuedMeta, Selector};
+use postbox_core::{LinkId, PeerIdentity, PortQueue, ProcessId, QueuedMeta, Selector};
 
 /// A data link of the broker's (an end it keeps of a link to a mailbox).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +53,8 @@ pub(crate) struct Mailbox {
     queue: PortQueue<Stored>,
     in_flight: HashMap<(DataKey, u64), Stored>,
     pulls: VecDeque<Pull>,
+    /// Body bytes held (queued and in flight), per sender: what counts against its quota.
+    bytes_by_sender: HashMap<ProcessId, u64>,
 }
 
 impl Mailbox {
@@ -62,6 +64,7 @@ impl Mailbox {
             queue: PortQueue::new(),
             in_flight: HashMap::new(),
             pulls: VecDeque::new(),
+            bytes_by_sender: HashMap::new(),
         }
     }
 
@@ -80,8 +83,15 @@ impl Mailbox {
         self.held() >= self.capacity as usize
     }
 
+    /// Body bytes held from `sender`.
+    pub(crate) fn bytes_from(&self, sender: ProcessId) -> u64 {
+        self.bytes_by_sender.get(&sender).copied().unwrap_or(0)
+    }
+
     /// Stores a message (the caller checked [`is_full`](Self::is_full)).
     pub(crate) fn push(&mut self, stored: Stored) {
+        *self.bytes_by_sender.entry(stored.sender.process_id).or_default() +=
+            stored.body.len() as u64;
         let meta = QueuedMeta {
             sender: stored.sender.process_id,
             msg_type: stored.msg_type,
@@ -136,7 +146,15 @@ impl Mailbox {
 
     /// The receiver took the message: it leaves the mailbox.
     pub(crate) fn ack(&mut self, link: DataKey, correlation: u64) -> Option<Stored> {
-        self.in_flight.remove(&(link, correlation))
+        let stored = self.in_flight.remove(&(link, correlation))?;
+        let sender = stored.sender.process_id;
+        if let Some(bytes) = self.bytes_by_sender.get_mut(&sender) {
+            *bytes = bytes.saturating_sub(stored.body.len() as u64);
+            if *bytes == 0 {
+                self.bytes_by_sender.remove(&sender);
+            }
+        }
+        Some(stored)
     }
 
     /// A receiving link went away: its pulls are forgotten and its messages in flight are

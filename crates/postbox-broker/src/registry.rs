@@ -252,6 +252,11 @@ impl Registry {
         client.into_iter().chain(server).collect()
     }
 
+    /// Link ends node `key` holds (to other nodes).
+    pub(crate) fn links_of(&self, key: NodeKey) -> usize {
+        self.nodes.get(&key).map_or(0, |n| n.links.len())
+    }
+
     /// The ports node `key` holds.
     pub(crate) fn ports_of(&self, key: NodeKey) -> Vec<PortName> {
         self.nodes.get(&key).map(|n| n.ports.iter().cloned().collect()).unwrap_or_default()

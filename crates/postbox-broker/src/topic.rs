@@ -21,6 +21,9 @@ pub(crate) struct Published {
 #[derive(Debug)]
 pub(crate) struct SubscriberQueue {
     capacity: usize,
+    /// Body bytes the queue may hold (the subscriber's quota), whatever the capacity says.
+    max_bytes: u64,
+    bytes: u64,
     drop_newest: bool,
     queue: VecDeque<Published>,
     /// Dropped since the last message sent to the subscriber (reported with the next one).
@@ -28,29 +31,42 @@ pub(crate) struct SubscriberQueue {
 }
 
 impl SubscriberQueue {
-    pub(crate) fn new(capacity: u32, drop_newest: bool) -> Self {
+    pub(crate) fn new(capacity: u32, max_bytes: u64, drop_newest: bool) -> Self {
         Self {
             capacity: capacity.max(1) as usize,
+            max_bytes,
+            bytes: 0,
             drop_newest,
             queue: VecDeque::new(),
             lost_unreported: 0,
         }
     }
 
-    /// Queues a message; when full, drops the oldest (or this one), counted.
+    /// Queues a message; when full (in messages or bytes), drops the oldest (or this one),
+    /// counted. A message larger than the byte quota alone is still kept when the queue is
+    /// empty, so that a subscriber always gets the newest.
     pub(crate) fn push(&mut self, message: Published) {
-        if self.queue.len() >= self.capacity {
+        let size = message.body.len() as u64;
+        let over = |q: &Self| {
+            !q.queue.is_empty()
+                && (q.queue.len() >= q.capacity || q.bytes.saturating_add(size) > q.max_bytes)
+        };
+        if over(self) && self.drop_newest {
             self.lost_unreported += 1;
-            if self.drop_newest {
-                return;
-            }
-            self.queue.pop_front();
+            return;
         }
+        while over(self) {
+            self.lost_unreported += 1;
+            self.pop();
+        }
+        self.bytes += size;
         self.queue.push_back(message);
     }
 
     pub(crate) fn pop(&mut self) -> Option<Published> {
-        self.queue.pop_front()
+        let message = self.queue.pop_front()?;
+        self.bytes -= message.body.len() as u64;
+        Some(message)
     }
 }
 
@@ -98,8 +114,8 @@ mod tests {
 
     #[test]
     fn a_full_subscriber_queue_drops_and_counts() {
-        let mut oldest = SubscriberQueue::new(2, false);
-        let mut newest = SubscriberQueue::new(2, true);
+        let mut oldest = SubscriberQueue::new(2, u64::MAX, false);
+        let mut newest = SubscriberQueue::new(2, u64::MAX, true);
         for body in ["1", "2", "3"] {
             oldest.push(published(body));
             newest.push(published(body));
@@ -107,6 +123,17 @@ mod tests {
         assert_eq!((oldest.lost_unreported, newest.lost_unreported), (1, 1));
         assert_eq!(oldest.pop().unwrap().body.as_slice(), b"2");
         assert_eq!(newest.pop().unwrap().body.as_slice(), b"1");
+    }
+
+    #[test]
+    fn a_subscriber_queue_holds_no_more_bytes_than_its_quota() {
+        let mut queue = SubscriberQueue::new(100, 5, false);
+        for body in ["aa", "bb", "cc", "dddddddd"] {
+            queue.push(published(body));
+        }
+        assert_eq!(queue.lost_unreported, 3, "each arrival pushed the oldest out");
+        assert_eq!(queue.pop().unwrap().body.as_slice(), b"dddddddd", "the newest stays");
+        assert!(queue.pop().is_none());
     }
 
     #[test]

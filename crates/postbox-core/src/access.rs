@@ -146,6 +146,24 @@ impl fmt::Display for Rights {
     }
 }
 
+/// What one client may have waiting at a server on one link, set by the broker's policy and
+/// told to both ends: the client refuses calls beyond `calls_in_flight` with a clear error,
+/// and the server stops reading a link that has more waiting (so a client that ignores the
+/// limit only slows itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    /// Calls sent and not yet answered.
+    pub calls_in_flight: u32,
+    /// Bytes of one-way messages queued at the server and not yet received.
+    pub queued_bytes: u64,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self { calls_in_flight: 1024, queued_bytes: 16 * 1024 * 1024 }
+    }
+}
+
 /// The broker's policy (or a link's granted rights) does not allow `operation` on `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("access denied: {operation} on {name}")]

@@ -25,7 +25,7 @@ pub mod pattern;
 pub mod queue;
 pub mod wire;
 
-pub use access::{AccessDenied, Operation, Rights};
+pub use access::{AccessDenied, Operation, Quota, Rights};
 pub use buffering::{Capacity, Overflow, PortSpec};
 pub use call_table::{CallId, CallTable};
 pub use flow::{Admission, Credit, CreditViolation, ReleaseCounter, SendWindow};

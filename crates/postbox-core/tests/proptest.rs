@@ -9,7 +9,7 @@ use postbox_core::wire::frame::{HEADER_LEN, MAX_PRIORITY};
 use postbox_core::{
     Capacity, ControlErrorCode, ControlMessage, DecodeError, EndpointKind, Frame, FrameDecoder,
     FrameHeader, FrameKind, LinkId, ListenTarget, Operation, Overflow, PeerIdentity, PortCounters,
-    PortEntry, PortName, PortSpec, ProcessId, Rights, Target,
+    PortEntry, PortName, PortSpec, ProcessId, Quota, Rights, Target,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -537,13 +537,14 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             .prop_map(|(request, link)| ControlMessage::LinkClosed { request, link: LinkId(link) }),
         request().prop_map(|request| ControlMessage::List { request }),
         request().prop_map(|request| ControlMessage::Ok { request }),
-        (request(), any::<u64>(), identity(), port_spec(), rights()).prop_map(
-            |(request, link, server, spec, rights)| ControlMessage::Connected {
+        (request(), any::<u64>(), identity(), port_spec(), rights(), quota()).prop_map(
+            |(request, link, server, spec, rights, quota)| ControlMessage::Connected {
                 request,
                 link: LinkId(link),
                 server,
                 spec,
-                rights
+                rights,
+                quota
             }
         ),
         (request(), any::<u32>(), vec(port_entry(), 0..20), any::<bool>()).prop_map(
@@ -562,9 +563,11 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             prop_oneof![port_name().prop_map(ListenTarget::Port), Just(ListenTarget::Inbox),],
             identity(),
             rights(),
+            quota(),
         )
-            .prop_map(|(link, target, client, rights)| {
-                ControlMessage::IncomingConnection { link: LinkId(link), target, client, rights }
+            .prop_map(|(link, target, client, rights, quota)| {
+                let link = LinkId(link);
+                ControlMessage::IncomingConnection { link, target, client, rights, quota }
             }),
         (request(), port_name()).prop_map(|(request, name)| ControlMessage::Stat { request, name }),
         (request(), port_name(), any::<u32>(), any::<bool>()).prop_map(
@@ -724,6 +727,11 @@ fn drain(decoder: &mut FrameDecoder, out: &mut Vec<Frame>) -> Result<(), DecodeE
             }
         }
     }
+}
+
+fn quota() -> impl Strategy<Value = Quota> {
+    (any::<u32>(), any::<u64>())
+        .prop_map(|(calls_in_flight, queued_bytes)| Quota { calls_in_flight, queued_bytes })
 }
 
 fn rights() -> impl Strategy<Value = Rights> {

@@ -65,6 +65,12 @@ pub enum RpcError<E = Never> {
     /// The broker's policy, or the rights it granted the link, do not allow this call.
     #[error(transparent)]
     AccessDenied(postbox_core::AccessDenied),
+    /// The link already has as many calls waiting for answers as the broker's quota allows.
+    #[error("{limit} calls already wait for answers on this link (the quota)")]
+    TooManyCalls {
+        /// The quota.
+        limit: u32,
+    },
 }
 
 /// Why binding a client to a service failed.
@@ -113,6 +119,7 @@ impl<E> RpcError<E> {
             Self::TooLarge { len, limit } => RpcError::TooLarge { len, limit },
             Self::Protocol(s) => RpcError::Protocol(s),
             Self::AccessDenied(denied) => RpcError::AccessDenied(denied),
+            Self::TooManyCalls { limit } => RpcError::TooManyCalls { limit },
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
     AccessDenied, Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameHeader,
-    FrameKind, LinkId, Operation, Overflow, PeerIdentity, PortSpec, Rights, SendWindow,
+    FrameKind, LinkId, Operation, Overflow, PeerIdentity, PortSpec, Quota, Rights, SendWindow,
 };
 use postbox_transport::{Link, TransportError, Wait};
 
@@ -43,10 +43,8 @@ pub(crate) struct ClientLink {
     pub(crate) server: PeerIdentity,
     pub(crate) spec: PortSpec,
     id: LinkId,
-    /// What the broker granted this link: one-way messages, calls, or both.
-    rights: Rights,
-    /// What the link leads to, for denials: a port name, or `inbox/<uid>`.
-    target: String,
+    /// What the broker granted this link.
+    granted: Granted,
     state: Mutex<ClientState>,
     changed: Condvar,
     decoder: Mutex<FrameDecoder>,
@@ -94,6 +92,17 @@ pub(crate) enum Broken {
     Violation(String),
 }
 
+/// What the broker granted a client link, and what it leads to (for denials).
+#[derive(Debug, Clone)]
+pub(crate) struct Granted {
+    /// One-way messages, calls, or both.
+    pub(crate) rights: Rights,
+    /// How many calls may wait for answers.
+    pub(crate) quota: Quota,
+    /// A port name, or which inbox.
+    pub(crate) target: String,
+}
+
 /// Why a one-way send did not happen (or, for a confirmed one, was not confirmed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnewayFailure {
@@ -124,10 +133,9 @@ impl ClientLink {
         server: PeerIdentity,
         spec: PortSpec,
         host_max: u32,
-        access: (Rights, String),
+        granted: Granted,
         node: Weak<NodeShared>,
     ) -> std::io::Result<Self> {
-        let (rights, target) = access;
         let max_body = spec.message_size.map_or(host_max, |n| n.min(host_max));
         let readiness = Readiness::new()?;
         Ok(Self {
@@ -135,8 +143,7 @@ impl ClientLink {
             server,
             spec,
             id,
-            rights,
-            target,
+            granted,
             state: Mutex::new(ClientState {
                 calls: CallTable::new(),
                 window: SendWindow::new(&spec),
@@ -269,7 +276,7 @@ impl ClientLink {
         confirm: bool,
         may_leave_pending: bool,
     ) -> Result<Option<u64>, OnewayFailure> {
-        if !self.rights.contains(Rights::SEND) {
+        if !self.granted.rights.contains(Rights::SEND) {
             return Err(OnewayFailure::Denied);
         }
         let len = message.body.len() as u64;
@@ -437,6 +444,10 @@ impl ClientLink {
             if state.broken.is_some() {
                 return Err(CallError::Disconnected(request));
             }
+            let limit = self.granted.quota.calls_in_flight;
+            if state.calls.in_flight() >= limit as usize {
+                return Err(CallError::TooManyCalls { message: request, limit });
+            }
             state.calls.begin(None)
         };
         let pending = PendingCall { link: self, id };
@@ -521,6 +532,10 @@ impl ClientLink {
             if state.broken.is_some() {
                 return Err(CallError::Disconnected(request));
             }
+            let limit = self.granted.quota.calls_in_flight;
+            if state.calls.in_flight() >= limit as usize {
+                return Err(CallError::TooManyCalls { message: request, limit });
+            }
             state.calls.begin(deadline)
         };
         if let Err(failure) =
@@ -556,17 +571,17 @@ impl ClientLink {
 
     /// The request back, or the denial when the link was granted one-way messages only.
     fn permit_call(&self, request: Message) -> Result<Message, CallError> {
-        if self.rights.contains(Rights::CALL) {
+        if self.granted.rights.contains(Rights::CALL) {
             Ok(request)
         } else {
-            let denied = AccessDenied::new(Operation::Call, self.target.clone());
+            let denied = AccessDenied::new(Operation::Call, self.granted.target.clone());
             Err(CallError::AccessDenied { denied, message: request })
         }
     }
 
     /// The denial of a one-way send on this link.
     pub(crate) fn send_denied(&self) -> AccessDenied {
-        AccessDenied::new(Operation::Send, self.target.clone())
+        AccessDenied::new(Operation::Send, self.granted.target.clone())
     }
 
     /// Acknowledges a mailbox delivery: an empty one-way frame carrying the pull's

@@ -3,10 +3,10 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use postbox_core::{LinkId, PeerIdentity, PortSpec, Rights};
+use postbox_core::{LinkId, PeerIdentity, PortSpec};
 use postbox_transport::{Link, Wait};
 
-use crate::client_link::{ClientLink, OnewayFailure};
+use crate::client_link::{ClientLink, Granted, OnewayFailure};
 use crate::error::{
     CallError, LoanError, SendBatchError, SendError, SendTimeoutError, TrySendError,
 };
@@ -32,11 +32,11 @@ impl Connection {
         server: PeerIdentity,
         spec: PortSpec,
         host_max: u32,
-        access: (Rights, String),
+        granted: Granted,
         node: Weak<NodeShared>,
     ) -> std::io::Result<Self> {
         let tracker = node.upgrade();
-        let link = Arc::new(ClientLink::new(link, id, server, spec, host_max, access, node)?);
+        let link = Arc::new(ClientLink::new(link, id, server, spec, host_max, granted, node)?);
         if let Some(node) = tracker {
             node.track_link(id, link.end.link_handle());
         }

@@ -234,6 +234,14 @@ pub enum CallError {
         /// The request, not sent.
         message: Message,
     },
+    /// This link already has as many calls waiting for answers as the broker's quota allows.
+    #[error("{limit} calls already wait for answers on this link (the quota)")]
+    TooManyCalls {
+        /// The request, not sent.
+        message: Message,
+        /// The quota.
+        limit: u32,
+    },
 }
 
 /// Failure of [`Node::connect`](crate::Node::connect) and
@@ -250,7 +258,10 @@ pub enum ConnectError {
     /// The broker is gone; existing links keep working but no new ones can be made.
     #[error("the broker is gone")]
     BrokerGone,
-    /// The broker refused for another reason (limits, for example).
+    /// A quota of this node's was reached (ports or links, per the broker's policy).
+    #[error("quota reached: {0}")]
+    LimitExceeded(String),
+    /// The broker refused for another reason.
     #[error("the broker refused: {0}")]
     Refused(String),
     /// The broker's policy does not allow the operation on the name.
@@ -276,7 +287,10 @@ pub enum OpenError {
     /// The broker is gone.
     #[error("the broker is gone")]
     BrokerGone,
-    /// The broker refused for another reason (limits, for example).
+    /// A quota of this node's was reached (ports or links, per the broker's policy).
+    #[error("quota reached: {0}")]
+    LimitExceeded(String),
+    /// The broker refused for another reason.
     #[error("the broker refused: {0}")]
     Refused(String),
     /// The broker's policy does not allow the operation on the name.

@@ -20,6 +20,7 @@ use postbox_core::{
 };
 use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
 
+use crate::client_link::Granted;
 use crate::error::{BrokerRequestError, ConnectError, NodeError, OpenError, SendError};
 use crate::mailbox::MailboxBuilder;
 use crate::port::{Inbox, PortBuilder};
@@ -494,7 +495,7 @@ impl NodeShared {
     ) -> Result<Connection, ConnectError> {
         let answer = self.request(build);
         match answer {
-            Ok((ControlMessage::Connected { link, server, spec, rights, .. }, fds)) => {
+            Ok((ControlMessage::Connected { link, server, spec, rights, quota, .. }, fds)) => {
                 let end = Link::from_fds(fds, LinkSide::Client).map_err(|e| {
                     self.report_link_closed(link);
                     ConnectError::Refused(format!("the broker sent an unusable link: {e}"))
@@ -505,7 +506,7 @@ impl NodeShared {
                     server,
                     spec,
                     self.max_message_size,
-                    (rights, name),
+                    Granted { rights, quota, target: name },
                     Arc::downgrade(self),
                 )
                 .map_err(|e| ConnectError::Refused(format!("cannot watch the link: {e}")))
@@ -513,6 +514,10 @@ impl NodeShared {
             Ok((ControlMessage::Refused { code: ControlErrorCode::NoSuchPort, detail, .. }, _)) => {
                 Err(ConnectError::NoSuchPort(detail))
             }
+            Ok((
+                ControlMessage::Refused { code: ControlErrorCode::LimitExceeded, detail, .. },
+                _,
+            )) => Err(ConnectError::LimitExceeded(detail)),
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(ConnectError::Refused(detail)),
             Ok((ControlMessage::Denied { operation, name, .. }, _)) => {
                 Err(ConnectError::AccessDenied(AccessDenied { operation, name }))
@@ -550,6 +555,10 @@ impl NodeShared {
             Ok((ControlMessage::Refused { code: ControlErrorCode::NameTaken, .. }, _)) => {
                 Err(OpenError::NameTaken(name.to_string()))
             }
+            Ok((
+                ControlMessage::Refused { code: ControlErrorCode::LimitExceeded, detail, .. },
+                _,
+            )) => Err(OpenError::LimitExceeded(detail)),
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(OpenError::Refused(detail)),
             Ok((ControlMessage::Denied { operation, name, .. }, _)) => {
                 Err(OpenError::AccessDenied(AccessDenied { operation, name }))
@@ -609,7 +618,7 @@ impl NodeShared {
 
     fn dispatch(&self, message: ControlMessage, fds: Vec<OwnedFd>) {
         match message {
-            ControlMessage::IncomingConnection { link, target, client, rights } => {
+            ControlMessage::IncomingConnection { link, target, client, rights, quota } => {
                 let Ok(end) = Link::from_fds(fds, LinkSide::Server) else {
                     // Dropping the descriptors closes the client's link.
                     return self.report_link_closed(link);
@@ -620,9 +629,9 @@ impl NodeShared {
                         self.lock_receivers().get(name).and_then(Weak::upgrade)
                     }
                 };
-                match receiver
-                    .and_then(|r| r.add_link(end, link, client, rights, self.max_message_size))
-                {
+                match receiver.and_then(|r| {
+                    r.add_link(end, link, client, (rights, quota), self.max_message_size)
+                }) {
                     Some(handle) => self.track_link(link, handle),
                     None => self.report_link_closed(link),
                 }

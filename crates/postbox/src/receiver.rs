@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use postbox_core::{
     FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, Placement, PortQueue, PortSpec,
-    QueuedMeta, ReleaseCounter, Rights, Selector,
+    QueuedMeta, Quota, ReleaseCounter, Rights, Selector,
 };
 use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
 
@@ -54,9 +54,12 @@ struct LinkFlow {
     messages: u64,
     /// Their body bytes.
     bytes: u64,
-    /// Calls queued (not counted against the capacity; bounded only to protect memory).
+    /// Calls queued (not counted against the capacity; bounded by the quota).
     calls: u64,
     release: ReleaseCounter,
+    /// What the client may have waiting here (the broker's policy): beyond it, the link is
+    /// not read, so a flooding client slows only itself.
+    quota: Quota,
 }
 
 /// A queued envelope, the link it came from, and how it counts.
@@ -193,7 +196,7 @@ impl Receiver {
         link: Link,
         id: LinkId,
         client: PeerIdentity,
-        rights: Rights,
+        (rights, quota): (Rights, Quota),
         host_max: u32,
     ) -> Option<std::sync::Weak<Link>> {
         let mut state = self.lock();
@@ -214,6 +217,7 @@ impl Receiver {
                 bytes: 0,
                 calls: 0,
                 release: ReleaseCounter::new(&self.spec),
+                quota,
             }),
             readiness: Arc::clone(&self.readiness),
         }));
@@ -663,8 +667,8 @@ impl LinkFlow {
     fn is_full(&self, spec: &PortSpec) -> bool {
         let at_capacity = spec.overflow != Overflow::DropOldest
             && (self.messages >= spec.message_window()
-                || self.bytes >= spec.byte_window().min(LINK_QUEUE_BYTES));
-        at_capacity || self.calls >= LINK_QUEUE_CALLS
+                || self.bytes >= spec.byte_window().min(self.quota.queued_bytes));
+        at_capacity || self.calls >= u64::from(self.quota.calls_in_flight)
     }
 }
 
@@ -770,12 +774,6 @@ fn decode_frames(
         }
     }
 }
-
-/// Calls from one link that may wait in an endpoint's queue before the link is left unread.
-const LINK_QUEUE_CALLS: u64 = 1024;
-/// Bytes of one-way messages from one link that may wait in an endpoint's queue before the
-/// link is left unread, whatever the capacity says.
-const LINK_QUEUE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How long a receiver that finds its shared-memory links busy may go without polling them
 /// (which notices new links and hang-ups).

@@ -208,3 +208,78 @@ fn a_mailbox_may_be_created_by_one_user_and_received_from_only_by_those_allowed(
         OpenError::AccessDenied(denied(Operation::Receive, "jobs"))
     );
 }
+
+/// Everything allowed to this process's user, with `limits` as the quotas.
+fn everything_with(limits: &str) -> String {
+    format!(
+        "{limits}\n[[allow]]\nnames = [\"**\"]\nuids = [ME]\noperations = [\"register\", \
+         \"send\", \"call\", \"receive\", \"subscribe\", \"manage\"]"
+    )
+}
+
+#[test]
+fn ports_and_links_beyond_the_quota_are_refused_with_a_typed_error() {
+    let broker = broker(&everything_with("[limits]\nports = 1\nconnections = 2"));
+    let server = broker.node().unwrap();
+    let _calc = server.port("calc").open().unwrap();
+    assert!(matches!(server.port("more").open(), Err(OpenError::LimitExceeded(_))));
+    let client = broker.node().unwrap();
+    let _first = client.connect("calc").unwrap();
+    let _jobs = client.mailbox("jobs").create().unwrap();
+    // A link to the broker (a mailbox, a topic) counts as much as one to a node.
+    let _second = client.connect("jobs").unwrap();
+    assert!(matches!(client.connect("calc"), Err(ConnectError::LimitExceeded(_))));
+    assert!(matches!(client.subscribe("/t"), Err(ConnectError::LimitExceeded(_))));
+}
+
+#[test]
+fn calls_beyond_the_quota_are_refused_at_once_and_handed_back() {
+    let broker = broker(&everything_with("[limits]\ncalls_in_flight = 2"));
+    let server = broker.node().unwrap();
+    let port = server.port("slow").open().unwrap();
+    let client = broker.node().unwrap();
+    let slow = client.connect("slow").unwrap();
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let slow = slow.clone();
+            std::thread::spawn(move || slow.call(format!("call {i}").into_bytes()).unwrap())
+        })
+        .collect();
+    let held = [port.recv().unwrap(), port.recv().unwrap()];
+    match slow.call("one more").unwrap_err() {
+        CallError::TooManyCalls { message, limit } => {
+            assert_eq!((message.body(), limit), (&b"one more"[..], 2));
+        }
+        other => panic!("expected the quota, got {other:?}"),
+    }
+    for envelope in held {
+        envelope.reply("done").unwrap();
+    }
+    for thread in waiting {
+        assert_eq!(thread.join().unwrap().body(), b"done");
+    }
+    // Answered calls free the quota.
+    let serving = std::thread::spawn(move || port.recv().unwrap().reply("again").unwrap());
+    assert_eq!(slow.call("once more").unwrap().body(), b"again");
+    serving.join().unwrap();
+}
+
+#[test]
+fn a_mailbox_holds_no_more_of_one_senders_bytes_than_its_quota_and_loses_nothing() {
+    let broker = broker(&everything_with("[limits]\nqueued_bytes = 1000"));
+    let node = broker.node().unwrap();
+    let jobs = node.mailbox("jobs").capacity(100).create().unwrap();
+    let sender = node.connect("jobs").unwrap();
+    for i in 0..10u8 {
+        sender.send(vec![i; 400]).unwrap();
+    }
+    // 3 × 400 bytes reach the quota: the broker reads no more of this sender until some leave.
+    wait_until("the broker holds what the quota allows", || {
+        node.stat("jobs").is_ok_and(|s| s.counters.queued == 3)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(node.stat("jobs").unwrap().counters.queued, 3);
+    for i in 0..10u8 {
+        assert_eq!(jobs.recv_timeout(Duration::from_secs(20)).unwrap().body(), vec![i; 400]);
+    }
+}

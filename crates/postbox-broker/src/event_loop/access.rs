@@ -2,6 +2,7 @@
 //! capabilities granted and revoked, denials answered and logged, policies replaced live.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use postbox_core::{
     ControlErrorCode, ControlMessage, NamePattern, Operation, PortName, ProcessId, Rights, Target,
@@ -28,6 +29,41 @@ impl PolicyReloader {
         self.waker.wake();
     }
 }
+
+/// Keeps the denial log readable under a flood of denied requests: at most
+/// [`DENIALS_LOGGED_PER_SECOND`] lines a second, and a count of those left out.
+#[derive(Debug)]
+pub(super) struct DenialLog {
+    window: Instant,
+    logged: u32,
+    left_out: u64,
+}
+
+impl DenialLog {
+    pub(super) fn new() -> Self {
+        Self { window: Instant::now(), logged: 0, left_out: 0 }
+    }
+
+    /// True when a denial at `now` is to be logged; says first how many were left out.
+    fn admit(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            if self.left_out > 0 {
+                tracing::warn!(count = self.left_out, "access denials not logged (too many)");
+            }
+            *self = Self { window: now, logged: 0, left_out: 0 };
+        }
+        if self.logged < DENIALS_LOGGED_PER_SECOND {
+            self.logged += 1;
+            true
+        } else {
+            self.left_out += 1;
+            false
+        }
+    }
+}
+
+/// Denials logged one by one each second; beyond, they are counted.
+const DENIALS_LOGGED_PER_SECOND: u32 = 100;
 
 /// What a connect may carry, and whether it needs a grant beyond the policy.
 pub(super) struct ConnectRights {
@@ -79,7 +115,8 @@ impl EventLoop {
 
     /// Answers `request` with a denial and logs it.
     pub(super) fn deny(&mut self, key: NodeKey, request: u32, operation: Operation, name: &str) {
-        if let Some(node) = self.nodes.get(key.0).and_then(Option::as_ref) {
+        let node = self.nodes.get(key.0).and_then(Option::as_ref);
+        if let Some(node) = node.filter(|_| self.denial_log.admit(Instant::now())) {
             let c = node.credentials;
             tracing::warn!(
                 uid = c.uid,
@@ -191,6 +228,21 @@ impl EventLoop {
             }
         }
         self.queue(key, &ControlMessage::Ok { request }, Vec::new());
+    }
+
+    /// True when node `key` may open one more link to a mailbox or topic: its links to nodes
+    /// and to the broker together stay within its `connections` quota. Otherwise refuses.
+    pub(super) fn has_link_room(&mut self, key: NodeKey, request: u32) -> bool {
+        let Some(node) = self.registry.identity(key).map(|i| i.process_id) else { return false };
+        let limit = self.config.policy.limits().connections;
+        let to_broker = self.data.iter().flatten().filter(|l| l.peer.process_id == node).count()
+            + self.topic_links.iter().flatten().filter(|l| l.peer.process_id == node).count();
+        if self.registry.links_of(key) + to_broker < limit {
+            return true;
+        }
+        let detail = format!("a node may have at most {limit} links");
+        self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
+        false
     }
 
     /// Takes a policy handed over by a [`PolicyReloader`], if any.

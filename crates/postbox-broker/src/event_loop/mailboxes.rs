@@ -21,7 +21,7 @@ use crate::registry::NodeKey;
 pub(super) struct DataLink {
     pub(super) link: UnixLink,
     id: LinkId,
-    peer: PeerIdentity,
+    pub(super) peer: PeerIdentity,
     mailbox: PortName,
     role: Role,
     decoder: FrameDecoder,
@@ -104,13 +104,16 @@ impl EventLoop {
         name: &PortName,
         input: bool,
     ) {
-        let Some(mailbox) = self.mailboxes.get(name) else {
+        let Some(capacity) = self.mailboxes.get(name).map(|m| m.capacity) else {
             let detail = format!("no mailbox named {name}");
             return self.refuse(key, request, ControlErrorCode::NoSuchPort, &detail);
         };
         let Some(peer) = self.registry.identity(key) else { return };
+        if !self.has_link_room(key, request) {
+            return;
+        }
         let spec = PortSpec {
-            capacity: Capacity::Bounded(mailbox.capacity),
+            capacity: Capacity::Bounded(capacity),
             overflow: Overflow::Block,
             // A delivery adds the sender's identity to the body; it must still fit a link.
             message_size: Some(self.config.max_message_size.saturating_sub(DELIVERY_HEADER)),
@@ -147,6 +150,7 @@ impl EventLoop {
             server: self.identity,
             spec,
             rights: postbox_core::Rights::ALL,
+            quota: self.config.policy.quota(),
         };
         self.queue(key, &connected, vec![theirs.into_fd()]);
     }
@@ -188,10 +192,7 @@ impl EventLoop {
     /// What to poll a data link for: writable while frames wait, readable unless it is a
     /// sender's link into a full mailbox (its sender then feels the back-pressure).
     pub(super) fn data_interest(&self, link: &DataLink) -> Option<Interest> {
-        let full = link.finished
-            || link.out_bytes > OUT_LIMIT
-            || matches!(link.role, Role::Input { .. })
-                && self.mailboxes.get(&link.mailbox).is_none_or(Mailbox::is_full);
+        let full = link.finished || link.out_bytes > OUT_LIMIT || self.input_blocked(link);
         match (full, link.out.is_empty()) {
             (true, true) => None,
             (true, false) => Some(Interest::WRITE),
@@ -200,16 +201,27 @@ impl EventLoop {
         }
     }
 
+    /// True for a sender's link that is not to be read now: its mailbox is full (or gone), or
+    /// the sender's messages held in all mailboxes reached its byte quota.
+    fn input_blocked(&self, link: &DataLink) -> bool {
+        if !matches!(link.role, Role::Input { .. }) {
+            return false;
+        }
+        let sender = link.peer.process_id;
+        let held: u64 = self.mailboxes.values().map(|m| m.bytes_from(sender)).sum();
+        self.mailboxes.get(&link.mailbox).is_none_or(Mailbox::is_full)
+            || held >= self.config.policy.limits().queued_bytes
+    }
+
     /// Serves a ready data link: writes what waits, reads and handles what came.
     pub(super) fn service_data(&mut self, key: DataKey) {
         self.flush_data(key);
         for _ in 0..MAX_READS_PER_ROUND {
-            let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
-            if self.mailboxes.get(&link.mailbox).is_some_and(Mailbox::is_full)
-                && matches!(link.role, Role::Input { .. })
+            if self.data.get(key.0).and_then(Option::as_ref).is_some_and(|l| self.input_blocked(l))
             {
                 break;
             }
+            let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
             match link.link.read_into(&mut link.decoder, Wait::NonBlocking) {
                 Ok(_) => {}
                 Err(TransportError::WouldBlock) => break,
@@ -231,15 +243,17 @@ impl EventLoop {
     }
 
     /// Handles the complete frames a data link holds (a sender's only while the mailbox has
-    /// room: the rest wait in the decoder). Returns true when no complete frame is left.
+    /// room and the sender is within its byte quota: the rest wait in the decoder). Returns
+    /// true when no complete frame is left.
     fn handle_frames(&mut self, key: DataKey) -> bool {
         loop {
+            if self.data.get(key.0).and_then(Option::as_ref).is_some_and(|l| self.input_blocked(l))
+            {
+                return false;
+            }
             let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return true };
             let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) else { return true };
             let input = matches!(link.role, Role::Input { .. });
-            if input && mailbox.is_full() {
-                return false;
-            }
             let frame = match link.decoder.poll_frame() {
                 // The broker's links are Unix links: a payload elsewhere breaks the protocol.
                 Ok(Some(frame)) if frame.header.placement == Placement::Inline => frame,

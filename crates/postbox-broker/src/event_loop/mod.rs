@@ -83,6 +83,7 @@ impl Broker {
         let mut state = EventLoop {
             registry: Registry::new(self.config.policy.limits()),
             grants: Grants::default(),
+            denial_log: access::DenialLog::new(),
             pending_policy: Arc::clone(&self.reloader.pending),
             reload_waker: Arc::clone(&self.reloader.waker),
             config: self.config,
@@ -170,6 +171,7 @@ struct EventLoop {
     registry: Registry,
     /// Rights nodes handed to other nodes.
     grants: Grants,
+    denial_log: access::DenialLog,
     /// A policy waiting to be applied, and the waker that says so.
     pending_policy: Arc<Mutex<Option<crate::Policy>>>,
     reload_waker: Arc<Waker>,
@@ -383,6 +385,16 @@ impl EventLoop {
                 let _ = socket.send(&refusal, &[], Wait::NonBlocking);
                 continue;
             }
+            let policy = &self.config.policy;
+            let per_user = policy.limits().nodes_per_user;
+            let of_user =
+                self.nodes.iter().flatten().filter(|n| n.credentials.uid == credentials.uid);
+            if credentials.uid != policy.owner_uid() && of_user.count() >= per_user {
+                let detail = format!("uid {} has {per_user} nodes attached", credentials.uid);
+                let refusal = refused(0, ControlErrorCode::LimitExceeded, &detail);
+                let _ = socket.send(&refusal, &[], Wait::NonBlocking);
+                continue;
+            }
             let node = NodeConnection {
                 socket,
                 credentials,
@@ -523,6 +535,9 @@ impl EventLoop {
                 let Some(allowed) = self.connect_rights(key, request, &target, rights) else {
                     return;
                 };
+                if !self.has_link_room(key, request) {
+                    return;
+                }
                 let new = match self.registry.connect(key, &target, allowed.rights) {
                     Ok(new) => new,
                     Err((code, detail)) => return self.refuse(key, request, code, &detail),
@@ -552,6 +567,7 @@ impl EventLoop {
                     target: new.target,
                     client: new.client_identity,
                     rights: new.rights,
+                    quota: self.config.policy.quota(),
                 };
                 self.queue(new.server, &incoming, server_fds);
                 // The server hears of the link before the client is told it exists: a client
@@ -563,6 +579,7 @@ impl EventLoop {
                     server: new.server_identity,
                     spec: new.spec,
                     rights: new.rights,
+                    quota: self.config.policy.quota(),
                 };
                 self.queue(key, &connected, client_fds);
             }

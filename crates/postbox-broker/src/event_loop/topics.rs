@@ -19,7 +19,7 @@ use crate::topic::{Published, SubscriberQueue, Topic};
 #[derive(Debug)]
 pub(super) struct TopicLink {
     pub(super) link: UnixLink,
-    peer: PeerIdentity,
+    pub(super) peer: PeerIdentity,
     role: TopicRole,
     decoder: FrameDecoder,
     out: VecDeque<Vec<u8>>,
@@ -88,7 +88,8 @@ impl EventLoop {
             overflow: if drop_newest { Overflow::Fail } else { Overflow::DropOldest },
             message_size: Some(self.config.max_message_size),
         };
-        let mut queue = SubscriberQueue::new(capacity, drop_newest);
+        let mut queue =
+            SubscriberQueue::new(capacity, self.config.policy.limits().queued_bytes, drop_newest);
         // Late joiners get what matching topics keep.
         for (name, topic) in &self.topics {
             if parsed.matches(name) {
@@ -112,6 +113,9 @@ impl EventLoop {
         spec: PortSpec,
     ) -> Option<TopicKey> {
         let peer = self.registry.identity(key)?;
+        if !self.has_link_room(key, request) {
+            return None;
+        }
         let (ours, theirs) = match UnixLink::pair() {
             Ok(pair) => pair,
             Err(error) => {
@@ -145,6 +149,7 @@ impl EventLoop {
             server: self.identity,
             spec,
             rights: postbox_core::Rights::ALL,
+            quota: self.config.policy.quota(),
         };
         self.queue(key, &connected, vec![theirs.into_fd()]);
         Some(TopicKey(slot))

@@ -11,7 +11,7 @@ mod file;
 
 use std::path::Path;
 
-use postbox_core::{NamePattern, Operation, Rights};
+use postbox_core::{NamePattern, Operation, Quota, Rights};
 
 pub use file::PolicyError;
 
@@ -38,8 +38,17 @@ pub struct Subject {
 pub struct Limits {
     /// Ports one node may hold.
     pub ports: usize,
-    /// Links one node may have open (as client or server).
+    /// Links one node may have open (as client or server), to nodes, mailboxes and topics.
     pub connections: usize,
+    /// Nodes one user may have attached at once (the broker's own user excepted), so that one
+    /// user's flood of connections cannot take every node slot.
+    pub nodes_per_user: usize,
+    /// Calls one client may have waiting for answers on one link (told to both ends).
+    pub calls_in_flight: u32,
+    /// Bytes one client may have queued: at a server, per link; at the broker, in all its
+    /// mailboxes together. Beyond it the sender is not read (it waits, or finds the link
+    /// full).
+    pub queued_bytes: u64,
 }
 
 /// One allow rule.
@@ -121,6 +130,15 @@ impl Policy {
         self.limits
     }
 
+    /// The per-link quota told to both ends of every link.
+    #[must_use]
+    pub fn quota(&self) -> Quota {
+        Quota {
+            calls_in_flight: self.limits.calls_in_flight,
+            queued_bytes: self.limits.queued_bytes,
+        }
+    }
+
     /// Sets the per-node limits.
     #[must_use]
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -155,7 +173,14 @@ impl Rule {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { ports: 1024, connections: 4096 }
+        let quota = Quota::default();
+        Self {
+            ports: 1024,
+            connections: 4096,
+            nodes_per_user: 1024,
+            calls_in_flight: quota.calls_in_flight,
+            queued_bytes: quota.queued_bytes,
+        }
     }
 }
 
@@ -229,9 +254,21 @@ mod tests {
             [limits]
             ports = 3
             connections = 5
+            nodes_per_user = 6
+            calls_in_flight = 7
+            queued_bytes = 4096
             "#,
         );
-        assert_eq!(policy.limits(), Limits { ports: 3, connections: 5 });
+        assert_eq!(
+            policy.limits(),
+            Limits {
+                ports: 3,
+                connections: 5,
+                nodes_per_user: 6,
+                calls_in_flight: 7,
+                queued_bytes: 4096
+            }
+        );
         assert_eq!(policy.socket_group(), Some(0));
     }
 

@@ -9,7 +9,7 @@
 //! [`ControlMessage::Connected`] and [`ControlMessage::IncomingConnection`] as `SCM_RIGHTS`.
 
 use super::{put_text, DecodeError, Reader};
-use crate::access::{Operation, Rights};
+use crate::access::{Operation, Quota, Rights};
 use crate::buffering::PortSpec;
 use crate::identity::{PeerIdentity, ProcessId};
 use crate::name::PortName;
@@ -211,6 +211,8 @@ pub enum ControlMessage {
         spec: PortSpec,
         /// What the link may carry (never empty).
         rights: Rights,
+        /// What the client may have waiting at the server on it.
+        quota: Quota,
     },
     /// Broker → node: the ports, in name order.
     Listing {
@@ -243,6 +245,8 @@ pub enum ControlMessage {
         client: PeerIdentity,
         /// What the client may send on it; the server drops a link that carries more.
         rights: Rights,
+        /// What the client may have waiting here on it; the server reads no further.
+        quota: Quota,
     },
     /// Broker → node: the policy does not allow the request (DESIGN.md §4).
     Denied {
@@ -477,11 +481,12 @@ impl ControlMessage {
                 buf.push(rights.to_u8());
             }
             Self::LinkClosed { link, .. } => buf.extend_from_slice(&link.0.to_le_bytes()),
-            Self::Connected { link, server, spec, rights, .. } => {
+            Self::Connected { link, server, spec, rights, quota, .. } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 put_identity(buf, server);
                 spec.encode(buf);
                 buf.push(rights.to_u8());
+                put_quota(buf, quota);
             }
             Self::Denied { operation, name, .. } => {
                 buf.push(operation.to_u8());
@@ -574,7 +579,7 @@ impl ControlMessage {
                 spec.encode(buf);
                 put_counters(buf, counters);
             }
-            Self::IncomingConnection { link, target, client, rights } => {
+            Self::IncomingConnection { link, target, client, rights, quota } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 match target {
                     ListenTarget::Port(name) => {
@@ -585,6 +590,7 @@ impl ControlMessage {
                 }
                 put_identity(buf, client);
                 buf.push(rights.to_u8());
+                put_quota(buf, quota);
             }
         }
     }
@@ -645,6 +651,7 @@ impl ControlMessage {
                 server: read_identity(&mut r)?,
                 spec: PortSpec::decode(&mut r)?,
                 rights: read_rights(&mut r)?,
+                quota: read_quota(&mut r)?,
             },
             DENIED => {
                 let code = r.u8()?;
@@ -710,6 +717,7 @@ impl ControlMessage {
                     target,
                     client: read_identity(&mut r)?,
                     rights: read_rights(&mut r)?,
+                    quota: read_quota(&mut r)?,
                 }
             }
             STAT => Self::Stat { request, name: read_name(&mut r)? },
@@ -816,6 +824,15 @@ fn put_identity(buf: &mut Vec<u8>, identity: &PeerIdentity) {
     buf.extend_from_slice(&identity.gid.to_le_bytes());
 }
 
+fn put_quota(buf: &mut Vec<u8>, quota: &Quota) {
+    buf.extend_from_slice(&quota.calls_in_flight.to_le_bytes());
+    buf.extend_from_slice(&quota.queued_bytes.to_le_bytes());
+}
+
+fn read_quota(r: &mut Reader<'_>) -> Result<Quota, DecodeError> {
+    Ok(Quota { calls_in_flight: r.u32()?, queued_bytes: r.u64()? })
+}
+
 fn read_rights(r: &mut Reader<'_>) -> Result<Rights, DecodeError> {
     let bits = r.u8()?;
     Rights::from_u8(bits).ok_or(DecodeError::UnknownValue { field: "rights", value: bits })
@@ -872,6 +889,7 @@ mod tests {
                 server: identity(),
                 spec: PortSpec::default(),
                 rights: Rights::CALL,
+                quota: Quota::default(),
             },
             ControlMessage::Denied { request: 4, operation: Operation::Call, name: "calc".into() },
             ControlMessage::Grant {
@@ -902,12 +920,14 @@ mod tests {
                 target: ListenTarget::Port(name.clone()),
                 client: identity(),
                 rights: Rights::ALL,
+                quota: Quota { calls_in_flight: 3, queued_bytes: 1 << 40 },
             },
             ControlMessage::IncomingConnection {
                 link: LinkId(10),
                 target: ListenTarget::Inbox,
                 client: identity(),
                 rights: Rights::SEND,
+                quota: Quota::default(),
             },
             ControlMessage::Stat { request: 7, name: name.clone() },
             ControlMessage::CreateMailbox {

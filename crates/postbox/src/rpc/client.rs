@@ -545,6 +545,7 @@ fn call_error(error: CallError) -> RpcError {
         )),
         CallError::ProtocolViolation(what) => RpcError::Protocol(what),
         CallError::AccessDenied { denied, .. } => RpcError::AccessDenied(denied),
+        CallError::TooManyCalls { limit, .. } => RpcError::TooManyCalls { limit },
     }
 }
 
