@@ -696,3 +696,47 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     out.into_iter().map(|v| v.expect("every future finished")).collect()
 }
+
+#[test]
+fn the_brokers_policy_decides_who_may_bind_and_which_methods_go_through() {
+    use postbox::{AccessDenied, Operation, Policy, Rights};
+    use std::os::unix::fs::MetadataExt;
+    // The policy belongs to another user, so this process is a stranger to it.
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let rules = |operations: &str| {
+        let text = format!(
+            "[[allow]]\nnames = [\"calc\"]\nuids = [{me}]\noperations = [\"register\"{operations}]"
+        );
+        Policy::from_toml(&text, 4_000_000_000).unwrap()
+    };
+    let policy = rules("");
+    let broker = Broker::embedded_with(|config| config.policy(policy)).unwrap();
+    let (server, _serving) = calc(&broker, "calc", 1);
+    let client = broker.node().unwrap();
+    let denied = AccessDenied::new(Operation::Call, "calc");
+    assert_eq!(CalcClient::bind(&client, "calc").unwrap_err(), BindError::AccessDenied(denied));
+
+    // Calls only: the methods answer, the one-way method is refused by name.
+    broker.reload_policy(rules(", \"call\""));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let calc = loop {
+        match CalcClient::bind(&client, "calc") {
+            Ok(calc) => break calc,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(calc.add(1, 2).unwrap(), 3);
+    assert_eq!(
+        calc.note("x".into()),
+        Err(RpcError::AccessDenied(AccessDenied::new(Operation::Send, "calc")))
+    );
+
+    // A grant from the service's owner lets another node in without a rule of its own.
+    broker.reload_policy(rules(""));
+    let friend = broker.node().unwrap();
+    server.grant("calc", friend.process_id(), Rights::ALL).unwrap();
+    let calc = CalcClient::bind(&friend, "calc").unwrap();
+    calc.note("granted".into()).unwrap();
+    assert_eq!(calc.stats().unwrap().last.as_deref(), Some("granted"));
+}

@@ -554,6 +554,7 @@ fn send_error(error: SendError) -> RpcError {
         SendError::TooLarge { message, limit } => {
             RpcError::TooLarge { len: message.body().len(), limit }
         }
+        SendError::AccessDenied { denied, .. } => RpcError::AccessDenied(denied),
         _ => RpcError::PeerDied,
     }
 }
