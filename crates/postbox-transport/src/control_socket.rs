@@ -155,6 +155,7 @@ impl ControlSocket {
         buf: &mut [u8],
         wait: Wait,
     ) -> Result<(usize, Vec<OwnedFd>), TransportError> {
+        let mut reset = false;
         loop {
             if wait != Wait::Forever && wait != Wait::NonBlocking {
                 let ready = wait_readable(&[self.fd.as_fd()], wait)?;
@@ -190,6 +191,11 @@ impl ControlSocket {
                     return Err(TransportError::WouldBlock)
                 }
                 Err(rustix::io::Errno::AGAIN) => {}
+                // A peer that closed with packets of ours unread makes the first read fail
+                // with ECONNRESET; what it sent before closing (a refusal saying why) still
+                // comes on the next reads, then the end.
+                Err(rustix::io::Errno::CONNRESET) if !reset => reset = true,
+                Err(rustix::io::Errno::CONNRESET) => return Err(TransportError::Closed),
                 Err(errno) => return Err(TransportError::os("receive control message", errno)),
             }
         }

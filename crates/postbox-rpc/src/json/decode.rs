@@ -29,9 +29,13 @@ impl<'b, 's> Decoder<'b, 's> {
             other => other,
         };
         match shape {
+            // An option counts as a level: a described shape may nest options in a cycle.
             Shape::Option(inner) => {
                 if self.flag("option")? {
-                    self.value(inner)
+                    self.trail.nest()?;
+                    let value = self.value(inner)?;
+                    self.trail.unnest();
+                    Ok(value)
                 } else {
                     Ok(Value::Null)
                 }

@@ -50,7 +50,10 @@ impl<'s> Encoder<'s> {
                     Ok(())
                 } else {
                     self.out.push(1);
-                    self.value(value, inner)
+                    self.trail.nest()?;
+                    self.value(value, inner)?;
+                    self.trail.unnest();
+                    Ok(())
                 }
             }
             Shape::Seq(item) => {

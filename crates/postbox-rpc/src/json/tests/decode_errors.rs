@@ -175,3 +175,20 @@ fn nesting_beyond_the_limit_is_an_error_not_a_stack_overflow() {
         JsonErrorKind::UnresolvedRecursive("Nowhere".into())
     );
 }
+
+/// Found by the `rpc_schema` fuzz target: a described shape whose cycle goes through many
+/// options (`struct A(Option<Option<…<A>>>)`) recursed 60 frames per level before options
+/// counted as levels; a debug build overflowed its stack.
+#[test]
+fn options_in_a_cycle_count_towards_the_depth_limit() {
+    let mut inner = Shape::Recursive("A".into());
+    for _ in 0..60 {
+        inner = Shape::Option(Box::new(inner));
+    }
+    let shape = Shape::Named { name: "A".into(), body: Box::new(Container::NewType(inner)) };
+    let deep = vec![1u8; 12_200];
+    assert_eq!(kind_of(from_postcard(&deep, &shape)), JsonErrorKind::TooDeep { limit: MAX_DEPTH });
+    // The encoder too: a non-null value walks the same cycle without end.
+    let json = serde_json::json!(5);
+    assert_eq!(kind_of(to_postcard(&json, &shape)), JsonErrorKind::TooDeep { limit: MAX_DEPTH });
+}

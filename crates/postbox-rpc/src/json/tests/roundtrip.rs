@@ -210,3 +210,22 @@ fn json_is_accepted_exactly_when_serde_json_accepts_it() {
     accepts_like_serde_json::<BTreeMap<Id, u8>>(json!({"-5": 1, "3": 2}));
     accepts_like_serde_json::<BTreeMap<Option<u8>, u8>>(json!({"5": 1}));
 }
+
+/// Found by the `rpc_schema` fuzz target: floats (as values and as map keys, which JSON keeps
+/// as text) came back one ulp off until serde_json parsed them exactly (`float_roundtrip`).
+#[test]
+fn floats_come_back_exactly_as_values_and_as_map_keys() {
+    let hard =
+        [1.071_566_039_146_582_6e-75_f64, -1.819_967_304_027_17e-179, -9.643_915_712_060_552e-234];
+    for x in hard {
+        check(&x);
+    }
+    let shape = Shape::Map { key: Box::new(Shape::F64), value: Box::new(Shape::U8) };
+    for key in hard.into_iter().chain([0.1, -1e300, f64::MIN_POSITIVE]) {
+        let mut bytes = vec![1];
+        bytes.extend_from_slice(&key.to_le_bytes());
+        bytes.push(7);
+        let json = from_postcard(&bytes, &shape).unwrap();
+        assert_eq!(to_postcard(&json, &shape).unwrap(), bytes, "{key:e} as {json}");
+    }
+}
