@@ -283,3 +283,60 @@ fn a_mailbox_holds_no_more_of_one_senders_bytes_than_its_quota_and_loses_nothing
         assert_eq!(jobs.recv_timeout(Duration::from_secs(20)).unwrap().body(), vec![i; 400]);
     }
 }
+
+/// A client that ignores the rights of its link (sends a call on a link granted one-way
+/// messages only) loses the link: the server enforces the grant too, not only the client.
+#[test]
+fn a_server_closes_a_link_that_carries_what_the_broker_did_not_grant() {
+    use postbox_core::wire::control::MAX_CONTROL_LEN;
+    use postbox_core::{ControlMessage, FrameDecoder, FrameHeader, FrameKind, Placement, Target};
+    use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
+
+    let broker = broker(&format!(
+        "{SERVE_CALC}\n[[allow]]\nnames = [\"calc\"]\nuids = [ME]\noperations = [\"send\"]"
+    ));
+    let server = broker.node().unwrap();
+    let port = server.port("calc").open().unwrap();
+
+    // A hand-written client asks for everything; the broker grants one-way messages only.
+    let control = ControlSocket::connect(broker.socket_path()).unwrap();
+    let mut buf = vec![0u8; MAX_CONTROL_LEN];
+    let mut ask = |message: ControlMessage| {
+        let mut packet = Vec::new();
+        message.encode(&mut packet);
+        control.send(&packet, &[], Wait::Forever).unwrap();
+        let (len, fds) = control.recv(&mut buf, Wait::timeout(Duration::from_secs(20))).unwrap();
+        (ControlMessage::decode(&buf[..len]).unwrap(), fds)
+    };
+    ask(ControlMessage::Hello { request: 1 });
+    let target = Target::Port(postbox_core::PortName::new("calc").unwrap());
+    let (answer, fds) = ask(ControlMessage::Connect { request: 2, target, rights: Rights::ALL });
+    assert!(matches!(answer, ControlMessage::Connected { rights: Rights::SEND, .. }), "{answer:?}");
+    let link = Link::from_fds(fds, LinkSide::Client).unwrap();
+    let frame = |kind: FrameKind, body: &[u8]| {
+        let header = FrameHeader {
+            kind,
+            priority: 0,
+            msg_type: 0,
+            id: 1,
+            correlation: 1,
+            body_len: body.len() as u32,
+            placement: Placement::Inline,
+        };
+        link.write_frame(&header.encode(body), body, Wait::Forever).unwrap();
+    };
+    frame(FrameKind::Oneway, b"allowed");
+    assert_eq!(port.recv().unwrap().body(), b"allowed");
+    frame(FrameKind::Call, b"not allowed");
+    // The server reads its links while it receives.
+    let receiving = std::thread::spawn(move || port.recv_timeout(Duration::from_secs(1)));
+    let mut decoder = FrameDecoder::new(1 << 20);
+    loop {
+        match link.read_into(&mut decoder, Wait::timeout(Duration::from_secs(20))) {
+            Ok(_) => continue,
+            Err(TransportError::Closed) => break,
+            Err(e) => panic!("expected the server to close the link, got {e:?}"),
+        }
+    }
+    assert!(receiving.join().unwrap().is_err(), "the call was not delivered");
+}
