@@ -90,8 +90,7 @@ impl Mailbox {
 
     /// Stores a message (the caller checked [`is_full`](Self::is_full)).
     pub(crate) fn push(&mut self, stored: Stored) {
-        *self.bytes_by_sender.entry(stored.sender.process_id).or_default() +=
-            stored.body.len() as u64;
+        *self.bytes_by_sender.entry(stored.sender.process_id).or_default() += held_bytes(&stored);
         let meta = QueuedMeta {
             sender: stored.sender.process_id,
             msg_type: stored.msg_type,
@@ -149,7 +148,7 @@ impl Mailbox {
         let stored = self.in_flight.remove(&(link, correlation))?;
         let sender = stored.sender.process_id;
         if let Some(bytes) = self.bytes_by_sender.get_mut(&sender) {
-            *bytes = bytes.saturating_sub(stored.body.len() as u64);
+            *bytes = bytes.saturating_sub(held_bytes(&stored));
             if *bytes == 0 {
                 self.bytes_by_sender.remove(&sender);
             }
@@ -190,6 +189,15 @@ impl Mailbox {
         self.pulls.drain(..).map(|p| (p.link, p.correlation)).collect()
     }
 }
+
+/// What a stored message counts against its sender's quota: its body, and what holding it
+/// costs besides (so that empty messages are not free).
+fn held_bytes(stored: &Stored) -> u64 {
+    stored.body.len() as u64 + PER_MESSAGE
+}
+
+/// The cost of holding one message beside its body, roughly its bookkeeping.
+const PER_MESSAGE: u64 = 64;
 
 #[cfg(test)]
 mod tests {

@@ -86,8 +86,13 @@ impl Registry {
 
     /// Admits a node under its kernel credentials and assigns its process id.
     pub(crate) fn admit(&mut self, key: NodeKey, pid: u32, uid: u32, gid: u32) -> PeerIdentity {
-        let process_id = ProcessId::new(pid, self.next_generation);
+        // Generations wrap after 2³² admissions: skip any still in use with this pid.
+        let mut process_id = ProcessId::new(pid, self.next_generation);
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        while self.by_process.contains_key(&process_id) {
+            process_id = ProcessId::new(pid, self.next_generation);
+            self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        }
         let identity = PeerIdentity { process_id, uid, gid };
         self.nodes
             .insert(key, NodeRecord { identity, ports: BTreeSet::new(), links: BTreeSet::new() });

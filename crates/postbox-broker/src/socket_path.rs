@@ -72,18 +72,15 @@ fn prepare_directory(dir: &Path, group: Option<u32>) -> Result<(), BrokerError> 
         Ok(()) => {}
         Err(e) => return Err(err(e)),
     }
-    let meta = fs::metadata(dir).map_err(err)?;
+    // The socket's own directory must be ours, a real directory (not a link to elsewhere),
+    // and writable by nobody else: whoever can write it could replace the socket, or swap it
+    // for a link before its mode is set. A shared directory such as /tmp is refused.
+    let meta = fs::symlink_metadata(dir).map_err(err)?;
     let ours = meta.uid() == rustix::process::getuid().as_raw();
-    // A shared directory such as /tmp itself is fine when it is sticky; one we would create
-    // (postbox-$UID) must be ours and closed to others.
-    let sticky = meta.mode() & 0o1000 != 0;
-    if !ours && !sticky {
+    if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
         return Err(BrokerError::UnsafeDirectory(dir.to_owned()));
     }
-    if ours && meta.mode() & 0o022 != 0 && !sticky {
-        return Err(BrokerError::UnsafeDirectory(dir.to_owned()));
-    }
-    if let (Some(group), true, false) = (group, ours, sticky) {
+    if let Some(group) = group {
         // The group may reach the socket (search), not list or change the directory.
         std::os::unix::fs::chown(dir, None, Some(group)).map_err(err)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o710)).map_err(err)?;
@@ -118,6 +115,23 @@ mod tests {
         assert_eq!((socket.mode() & 0o777, socket.gid()), (0o660, gid));
         let parent = fs::metadata(path.parent().unwrap()).unwrap();
         assert_eq!((parent.mode() & 0o777, parent.gid()), (0o710, gid));
+    }
+
+    #[test]
+    fn a_shared_sticky_directory_or_a_link_to_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let result = bind_listener(&shared.join("broker.sock"), None);
+        assert!(matches!(result, Err(BrokerError::UnsafeDirectory(_))), "{result:?}");
+        let private = dir.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        let result = bind_listener(&link.join("broker.sock"), None);
+        assert!(matches!(result, Err(BrokerError::UnsafeDirectory(_))), "{result:?}");
     }
 
     #[test]

@@ -75,21 +75,33 @@ impl SubscriberQueue {
 pub(crate) struct Topic {
     pub(crate) history: VecDeque<Published>,
     pub(crate) keep: usize,
+    /// Body bytes kept.
+    bytes: u64,
 }
 
 impl Topic {
     pub(crate) fn new(keep: u32) -> Self {
-        Self { history: VecDeque::new(), keep: keep as usize }
+        Self { history: VecDeque::new(), keep: keep as usize, bytes: 0 }
     }
 
-    pub(crate) fn remember(&mut self, message: &Published) {
+    /// Keeps `message` for late subscribers: the last `keep`, and no more than `max_bytes` of
+    /// bodies (the newest always).
+    pub(crate) fn remember(&mut self, message: &Published, max_bytes: u64) {
         if self.keep == 0 {
             return;
         }
-        if self.history.len() >= self.keep {
-            self.history.pop_front();
-        }
         self.history.push_back(message.clone());
+        self.bytes += message.body.len() as u64;
+        while self.history.len() > self.keep || (self.bytes > max_bytes && self.history.len() > 1) {
+            self.forget_oldest();
+        }
+    }
+
+    /// Drops the oldest kept message.
+    pub(crate) fn forget_oldest(&mut self) {
+        if let Some(old) = self.history.pop_front() {
+            self.bytes -= old.body.len() as u64;
+        }
     }
 }
 
@@ -137,10 +149,20 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_keeps_no_more_bytes_than_its_limit_but_always_the_newest() {
+        let mut topic = Topic::new(100);
+        for body in ["aaa", "bbb", "cccc", "dddddddd"] {
+            topic.remember(&published(body), 7);
+        }
+        let kept: Vec<&[u8]> = topic.history.iter().map(|m| m.body.as_slice()).collect();
+        assert_eq!(kept, [b"dddddddd"]);
+    }
+
+    #[test]
     fn a_topic_keeps_its_last_messages() {
         let mut topic = Topic::new(2);
         for body in ["1", "2", "3"] {
-            topic.remember(&published(body));
+            topic.remember(&published(body), u64::MAX);
         }
         let kept: Vec<&[u8]> = topic.history.iter().map(|m| m.body.as_slice()).collect();
         assert_eq!(kept, [b"2", b"3"]);

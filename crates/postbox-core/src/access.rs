@@ -170,7 +170,7 @@ impl Default for Quota {
 pub struct AccessDenied {
     /// What was attempted.
     pub operation: Operation,
-    /// The port, mailbox, topic or pattern it was attempted on (`inbox/<uid>` for an inbox).
+    /// The port, mailbox, topic or pattern it was attempted on (`#inbox/<uid>` for an inbox).
     pub name: String,
 }
 

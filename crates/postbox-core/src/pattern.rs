@@ -29,7 +29,9 @@ impl NamePattern {
         let segments: Vec<String> = text.split('/').map(str::to_owned).collect();
         for (index, segment) in segments.iter().enumerate() {
             let wildcard = segment == "*" || (segment == "**" && index == segments.len() - 1);
-            if !wildcard && !segment.is_empty() && PortName::new(segment).is_err() {
+            // `#inbox/<uid>` names the inboxes of a user's nodes (no port can be named so).
+            let inboxes = index == 0 && segment == INBOXES;
+            if !wildcard && !inboxes && !segment.is_empty() && PortName::new(segment).is_err() {
                 return Err(bad());
             }
         }
@@ -76,6 +78,9 @@ impl NamePattern {
     }
 }
 
+/// The first segment of the pseudo-names of inboxes, `#inbox/<uid>`.
+pub const INBOXES: &str = "#inbox";
+
 impl fmt::Display for NamePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.join("/"))
@@ -105,6 +110,15 @@ mod tests {
         assert!(!p("calc").matches(&n("calc2")));
         assert!(p("/sensors/*").matches(&n("/sensors/imu")));
         assert!(!p("/sensors/*").matches(&n("/sensors")));
+    }
+
+    #[test]
+    fn inbox_pseudo_names_match_only_inbox_patterns() {
+        assert!(p("#inbox/*").matches_text("#inbox/1000"));
+        assert!(p("#inbox/1000").matches_text("#inbox/1000"));
+        assert!(p("**").matches_text("#inbox/1000"), "everything includes the inboxes");
+        assert!(!p("inbox/*").matches_text("#inbox/1000"));
+        assert!(NamePattern::parse("a/#inbox").is_err());
     }
 
     #[test]

@@ -533,6 +533,7 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         }),
         (request(), port_name(), process_id())
             .prop_map(|(request, name, from)| ControlMessage::Revoke { request, name, from }),
+        any::<u64>().prop_map(|link| ControlMessage::LinkRevoked { link: LinkId(link) }),
         (request(), any::<u64>())
             .prop_map(|(request, link)| ControlMessage::LinkClosed { request, link: LinkId(link) }),
         request().prop_map(|request| ControlMessage::List { request }),

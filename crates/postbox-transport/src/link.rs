@@ -156,6 +156,23 @@ impl Link {
         }
     }
 
+    /// See [`UnixLink::cut`] and [`ShmLink::cut`].
+    pub fn cut(&self) {
+        match self {
+            Self::Unix(link) => link.cut(),
+            Self::Shm(link) => link.cut(),
+        }
+    }
+
+    /// True once [`cut`](Self::cut).
+    #[must_use]
+    pub fn is_cut(&self) -> bool {
+        match self {
+            Self::Unix(link) => link.is_cut(),
+            Self::Shm(link) => link.is_cut(),
+        }
+    }
+
     /// Shuts both directions down; the peer sees the link close.
     pub fn shutdown(&self) {
         match self {

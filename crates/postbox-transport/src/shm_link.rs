@@ -61,6 +61,8 @@ pub struct ShmLink {
     keep_armed: AtomicBool,
     /// This end was shut down.
     shut: AtomicBool,
+    /// This end was cut: nothing more is to be read either.
+    cut: AtomicBool,
     /// The peer's socket was seen hung up.
     hung_up: AtomicBool,
     /// The socket carried something other than sealed payloads (the peer broke the protocol).
@@ -101,6 +103,7 @@ impl ShmLink {
             wake: parts.wake,
             keep_armed: AtomicBool::new(false),
             shut: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
             hung_up: AtomicBool::new(false),
             violated: AtomicBool::new(false),
             sealed_in: Mutex::new(PendingSealed::default()),
@@ -444,6 +447,20 @@ impl ShmLink {
         self.ring_peer();
         // Failure means the socket is already disconnected, which is the goal.
         let _ = shutdown(&self.socket, Shutdown::Both);
+    }
+
+    /// Shuts the link down for good: as [`shutdown`](Self::shutdown), and a reader that
+    /// asks [`is_cut`](Self::is_cut) reads nothing more of what the peer wrote (a revoked
+    /// right). A plain shutdown (a stalled write, say) still lets what arrived be read.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.shutdown();
+    }
+
+    /// True once [`cut`](Self::cut).
+    #[must_use]
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
     }
 
     /// True when bytes wait to be read, or the peer closed (so a reader should look).

@@ -20,6 +20,8 @@ use crate::{TransportError, Wait};
 #[derive(Debug)]
 pub struct UnixLink {
     fd: OwnedFd,
+    /// This end was cut ([`cut`](Self::cut)).
+    cut: std::sync::atomic::AtomicBool,
 }
 
 impl UnixLink {
@@ -31,13 +33,13 @@ impl UnixLink {
         let (a, b) =
             socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
                 .map_err(|e| TransportError::os("create link socketpair", e))?;
-        Ok((Self { fd: a }, Self { fd: b }))
+        Ok((Self::from_fd(a), Self::from_fd(b)))
     }
 
     /// Wraps a descriptor received from the broker.
     #[must_use]
     pub fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd }
+        Self { fd, cut: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Writes `header` then `body` as one frame.
@@ -163,6 +165,19 @@ impl UnixLink {
     pub fn shutdown(&self) {
         // Failure means the socket is already disconnected, which is the goal.
         let _ = shutdown(&self.fd, Shutdown::Both);
+    }
+
+    /// Shuts the link down for good: a reader that asks [`is_cut`](Self::is_cut) reads
+    /// nothing more (a revoked right), unlike after a plain [`shutdown`](Self::shutdown).
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        self.shutdown();
+    }
+
+    /// True once [`cut`](Self::cut).
+    #[must_use]
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The descriptor, to pass to the broker's peer or to poll.

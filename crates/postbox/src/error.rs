@@ -325,6 +325,15 @@ pub enum NodeError {
         /// Why the connection failed.
         kind: io::ErrorKind,
     },
+    /// The process listening at the socket is run by a user this node does not trust as its
+    /// broker (not its own user, root, or `$POSTBOX_BROKER_UID`).
+    #[error("the process at {path} runs as uid {uid}, not as a trusted broker user")]
+    UntrustedBroker {
+        /// The socket path.
+        path: PathBuf,
+        /// The listening process's user.
+        uid: u32,
+    },
     /// The broker did not admit the node.
     #[error("the broker did not admit this node: {0}")]
     Refused(String),

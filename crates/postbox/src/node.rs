@@ -99,12 +99,20 @@ impl Node {
     /// Attaches to the broker listening at `path`.
     ///
     /// # Errors
-    /// [`NodeError::BrokerUnreachable`], or [`NodeError::Refused`] when the broker does not
-    /// admit this process.
+    /// [`NodeError::BrokerUnreachable`], [`NodeError::UntrustedBroker`] when the process
+    /// listening there is not run by a user this node trusts (its own, root, or
+    /// `$POSTBOX_BROKER_UID`), or [`NodeError::Refused`] when the broker does not admit this
+    /// process.
     pub fn attach_to(path: impl AsRef<Path>) -> Result<Self, NodeError> {
         let path = path.as_ref();
         let unreachable = |kind| NodeError::BrokerUnreachable { path: PathBuf::from(path), kind };
         let control = ControlSocket::connect(path).map_err(|e| unreachable(error_kind(e)))?;
+        // Whoever answers on the socket tells this node who its peers are: it must be a broker
+        // of a trusted user, not a process that took over the socket's path.
+        let broker = control.peer_credentials().map_err(|e| unreachable(error_kind(e)))?;
+        if !trusted_broker(broker.uid) {
+            return Err(NodeError::UntrustedBroker { path: PathBuf::from(path), uid: broker.uid });
+        }
         let mut packet = Vec::new();
         ControlMessage::Hello { request: 1 }.encode(&mut packet);
         control
@@ -651,6 +659,15 @@ impl NodeShared {
                 ControlMessage::StatReport { query, counters }.encode(&mut packet);
                 let _ = self.control.send(&packet, &[], Wait::timeout(REQUEST_TIMEOUT));
             }
+            ControlMessage::LinkRevoked { link } => {
+                // A grant was revoked: this end goes now (the serving end's going is what
+                // cuts the client off, whatever the client does: a receiver reads nothing
+                // more from a link shut here).
+                let end = self.lock_link_ends().remove(&link).and_then(|end| end.upgrade());
+                if let Some(end) = end {
+                    end.cut();
+                }
+            }
             ControlMessage::LinkClosed { request: 0, link } => {
                 // The node at the other end left (it may have been killed): threads asleep on
                 // this link's futex hear of it now rather than at the end of a sleep slice.
@@ -685,6 +702,14 @@ fn with_message(
         Err(ConnectError::AccessDenied(denied)) => Err(SendError::AccessDenied { denied, message }),
         Err(_) => Err(SendError::NoSuchPort(message)),
     }
+}
+
+/// True when a broker run by `uid` may be trusted: this process's own user, root, or the
+/// user `$POSTBOX_BROKER_UID` names (a broker run by a dedicated service user).
+fn trusted_broker(uid: u32) -> bool {
+    let own = rustix::process::getuid().as_raw();
+    let named = std::env::var("POSTBOX_BROKER_UID").ok().and_then(|v| v.trim().parse().ok());
+    uid == own || uid == 0 || named == Some(uid)
 }
 
 /// The answer to a request that only says done: `Ok`, or why not.

@@ -12,6 +12,7 @@
 //! frame): when a batch is due, when the sender waits for confirmation, and always before the
 //! leader goes to sleep.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -60,6 +61,14 @@ struct LinkFlow {
     /// What the client may have waiting here (the broker's policy): beyond it, the link is
     /// not read, so a flooding client slows only itself.
     quota: Quota,
+}
+
+/// One link's place in the endpoint queue: how many of its envelopes are in it, and the ones
+/// that wait for room in its share.
+#[derive(Debug, Default)]
+struct Share {
+    in_queue: usize,
+    held: VecDeque<Queued>,
 }
 
 /// A queued envelope, the link it came from, and how it counts.
@@ -121,6 +130,11 @@ pub(crate) struct Receiver {
 #[derive(Debug)]
 struct ReceiverState {
     queue: PortQueue<Queued>,
+    /// Fairness between links: each link has at most [`FAIR_SHARE`] envelopes in `queue`;
+    /// the rest wait here, in order, and move into the queue as the link's are taken. A
+    /// message that arrives on a quiet link so waits behind at most a share of each busy
+    /// link's, not behind a whole window of them.
+    shares: HashMap<LinkId, Share>,
     links: Vec<Arc<ServerLink>>,
     polling: bool,
     closed: bool,
@@ -159,6 +173,7 @@ impl Receiver {
             read_in_place,
             state: Mutex::new(ReceiverState {
                 queue: PortQueue::new(),
+                shares: HashMap::new(),
                 links: Vec::new(),
                 polling: false,
                 closed: false,
@@ -238,6 +253,7 @@ impl Receiver {
         state.closed = true;
         let links = std::mem::take(&mut state.links);
         state.queue = PortQueue::new();
+        state.shares.clear();
         drop(state);
         self.waker.wake();
         self.arrived.notify_all();
@@ -254,7 +270,12 @@ impl Receiver {
     /// The endpoint's counters now.
     pub(crate) fn stats(&self) -> PortStats {
         let state = self.lock();
-        PortStats { queued: state.queue.len(), lost: state.lost_total, links: state.links.len() }
+        let held: usize = state.shares.values().map(|s| s.held.len()).sum();
+        PortStats {
+            queued: state.queue.len() + held,
+            lost: state.lost_total,
+            links: state.links.len(),
+        }
     }
 
     /// Number of links currently feeding the endpoint.
@@ -360,6 +381,7 @@ impl Receiver {
         let mut run: Option<Released> = None;
         while taken < max {
             let Some((_, queued)) = state.queue.pop(selector) else { break };
+            Self::refill_share(state, queued.link.id);
             let Queued { link, mut envelope, counted, confirm } = queued;
             let len = envelope.message.body.len() as u64;
             match &mut run {
@@ -416,8 +438,15 @@ impl Receiver {
         }
         if !dead.is_empty() {
             state.links.retain(|l| !dead.contains(&l.id));
-            // One-way messages a departed sender sent are still delivered; its calls can no
-            // longer be answered.
+            // One-way messages a departed sender sent are still delivered (the ones held back
+            // for fairness too, all queued now); its calls can no longer be answered.
+            for id in &dead {
+                if let Some(share) = state.shares.remove(id) {
+                    for queued in share.held.into_iter().filter(|q| q.counted) {
+                        state.queue.push(meta_of(&queued), queued);
+                    }
+                }
+            }
             state.queue.remove_where(|_, q| !q.counted && dead.contains(&q.link.id));
         }
         if state.waiting > 0 {
@@ -512,14 +541,27 @@ impl Receiver {
                 flow.bytes += len;
             }
         }
-        let message = &queued.envelope.message;
-        let meta = QueuedMeta {
-            sender: queued.envelope.sender.process_id,
-            msg_type: message.msg_type,
-            priority: message.priority,
-        };
-        state.queue.push(meta, queued);
+        // Drop-oldest ports drop from the queue itself: they keep no share aside.
+        let share = state.shares.entry(link.id).or_default();
+        if share.in_queue >= FAIR_SHARE && self.spec.overflow != Overflow::DropOldest {
+            share.held.push_back(queued);
+        } else {
+            share.in_queue += 1;
+            state.queue.push(meta_of(&queued), queued);
+        }
         Ok(())
+    }
+
+    /// One of link `id`'s envelopes left the queue: the next it holds back takes its place.
+    fn refill_share(state: &mut ReceiverState, id: LinkId) {
+        let Some(share) = state.shares.get_mut(&id) else { return };
+        share.in_queue = share.in_queue.saturating_sub(1);
+        if let Some(next) = share.held.pop_front() {
+            share.in_queue += 1;
+            state.queue.push(meta_of(&next), next);
+        } else if share.in_queue == 0 {
+            state.shares.remove(&id);
+        }
     }
 
     /// Releases envelopes handed out on their link: credit to its sender, and the link may be
@@ -672,9 +714,23 @@ impl LinkFlow {
     }
 }
 
+/// The queue's view of an envelope.
+fn meta_of(queued: &Queued) -> QueuedMeta {
+    let message = &queued.envelope.message;
+    QueuedMeta {
+        sender: queued.envelope.sender.process_id,
+        msg_type: message.msg_type,
+        priority: message.priority,
+    }
+}
+
 /// Reads what one ready link holds into envelopes; false when the link is finished (closed by
 /// the peer, or the peer broke the protocol).
 fn read_link(link: &Arc<ServerLink>, spec: &PortSpec, out: &mut Vec<(Queued, u64)>) -> bool {
+    if link.end.link().is_cut() {
+        // Cut here (its grant was revoked): whatever the client still writes is not read.
+        return false;
+    }
     let mut decoder = link.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // Keep reading while a frame is incomplete and the link has more of it (a large body
     // arrives in socket-buffer-sized pieces), then hand over what is complete.
@@ -781,6 +837,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Most links the leader spins over before polling (beyond, a poll is as cheap).
 const SPIN_LINKS: usize = 4;
+
+/// Envelopes of one link in an endpoint's queue at once (see `ReceiverState::shares`).
+const FAIR_SHARE: usize = 32;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use postbox_core::{
-    Capacity, ControlMessage, FrameDecoder, FrameKind, Overflow, PeerIdentity, PortSpec, ProcessId,
-    Reader, ReleaseCounter,
+    ControlMessage, FrameDecoder, FrameKind, Overflow, PeerIdentity, PortSpec, ProcessId, Reader,
+    ReleaseCounter,
 };
 use postbox_transport::{TransportError, Wait};
 
@@ -85,8 +85,10 @@ impl SubscriptionBuilder {
         let connection = self.node.connect_with(self.pattern.clone(), |request| {
             ControlMessage::Subscribe { request, pattern, capacity, drop_newest }
         })?;
+        // The window the broker keeps (it may cap the capacity asked for): credits are
+        // counted against the same one.
         let spec = PortSpec {
-            capacity: Capacity::Bounded(self.capacity),
+            capacity: connection.spec().capacity,
             overflow: Overflow::DropOldest,
             message_size: None,
         };

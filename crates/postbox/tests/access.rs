@@ -31,9 +31,12 @@ fn denied(operation: Operation, name: &str) -> AccessDenied {
     AccessDenied::new(operation, name)
 }
 
-/// Waits for `condition`, failing the test after a generous watchdog.
+/// Generous bound for what should happen soon: only a hang reaches it.
+const WATCHDOG: Duration = Duration::from_secs(20);
+
+/// Waits for `condition`, failing the test after the watchdog.
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + WATCHDOG;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(5));
@@ -77,7 +80,7 @@ fn every_operation_is_denied_by_default_with_a_typed_error_naming_it() {
     let other = broker.node().unwrap();
     match node.send_to(other.process_id(), "hi").unwrap_err() {
         SendError::AccessDenied { denied: d, .. } => {
-            assert_eq!(d, denied(Operation::Send, &format!("inbox/{}", me())));
+            assert_eq!(d, denied(Operation::Send, &format!("#inbox/{}", me())));
         }
         other => panic!("expected a denial, got {other:?}"),
     }
@@ -284,59 +287,152 @@ fn a_mailbox_holds_no_more_of_one_senders_bytes_than_its_quota_and_loses_nothing
     }
 }
 
+/// A hand-written client: attaches, and asks for a link to `name` with every right.
+struct RawClient {
+    control: postbox_transport::ControlSocket,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    fn attach(broker: &Broker) -> (Self, postbox::ProcessId) {
+        let control = postbox_transport::ControlSocket::connect(broker.socket_path()).unwrap();
+        let buf = vec![0u8; postbox_core::wire::control::MAX_CONTROL_LEN];
+        let mut client = Self { control, buf };
+        match client.ask(postbox_core::ControlMessage::Hello { request: 1 }) {
+            (postbox_core::ControlMessage::Welcome { identity, .. }, _) => {
+                (client, identity.process_id)
+            }
+            (other, _) => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    fn ask(
+        &mut self,
+        message: postbox_core::ControlMessage,
+    ) -> (postbox_core::ControlMessage, Vec<std::os::fd::OwnedFd>) {
+        use postbox_transport::Wait;
+        let mut packet = Vec::new();
+        message.encode(&mut packet);
+        self.control.send(&packet, &[], Wait::Forever).unwrap();
+        let (len, fds) = self.control.recv(&mut self.buf, Wait::timeout(WATCHDOG)).unwrap();
+        (postbox_core::ControlMessage::decode(&self.buf[..len]).unwrap(), fds)
+    }
+
+    /// A link to `name` and the rights the broker granted it.
+    fn link(&mut self, name: &str) -> (postbox_transport::Link, Rights) {
+        use postbox_core::{ControlMessage, Target};
+        let target = Target::Port(postbox_core::PortName::new(name).unwrap());
+        match self.ask(ControlMessage::Connect { request: 2, target, rights: Rights::ALL }) {
+            (ControlMessage::Connected { rights, .. }, fds) => {
+                let link =
+                    postbox_transport::Link::from_fds(fds, postbox_transport::LinkSide::Client);
+                (link.unwrap(), rights)
+            }
+            (other, _) => panic!("expected a link, got {other:?}"),
+        }
+    }
+}
+
+/// Writes one inline frame of `kind`; false once the link is closed.
+fn write_frame(link: &postbox_transport::Link, kind: postbox_core::FrameKind, body: &[u8]) -> bool {
+    let header = postbox_core::FrameHeader {
+        kind,
+        priority: 0,
+        msg_type: 0,
+        id: 1,
+        correlation: 1,
+        body_len: body.len() as u32,
+        placement: postbox_core::Placement::Inline,
+    };
+    link.write_frame(&header.encode(body), body, postbox_transport::Wait::NonBlocking).is_ok()
+}
+
+/// Reads `link` until the server closes it (the watchdog fails the test otherwise).
+fn assert_closed_by_server(link: &postbox_transport::Link) {
+    use postbox_transport::{TransportError, Wait};
+    let mut decoder = postbox_core::FrameDecoder::new(1 << 20);
+    loop {
+        match link.read_into(&mut decoder, Wait::timeout(WATCHDOG)) {
+            Ok(_) => continue,
+            Err(TransportError::Closed) => return,
+            Err(e) => panic!("expected the server to close the link, got {e:?}"),
+        }
+    }
+}
+
 /// A client that ignores the rights of its link (sends a call on a link granted one-way
 /// messages only) loses the link: the server enforces the grant too, not only the client.
 #[test]
 fn a_server_closes_a_link_that_carries_what_the_broker_did_not_grant() {
-    use postbox_core::wire::control::MAX_CONTROL_LEN;
-    use postbox_core::{ControlMessage, FrameDecoder, FrameHeader, FrameKind, Placement, Target};
-    use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
-
+    use postbox_core::FrameKind;
     let broker = broker(&format!(
         "{SERVE_CALC}\n[[allow]]\nnames = [\"calc\"]\nuids = [ME]\noperations = [\"send\"]"
     ));
     let server = broker.node().unwrap();
     let port = server.port("calc").open().unwrap();
-
-    // A hand-written client asks for everything; the broker grants one-way messages only.
-    let control = ControlSocket::connect(broker.socket_path()).unwrap();
-    let mut buf = vec![0u8; MAX_CONTROL_LEN];
-    let mut ask = |message: ControlMessage| {
-        let mut packet = Vec::new();
-        message.encode(&mut packet);
-        control.send(&packet, &[], Wait::Forever).unwrap();
-        let (len, fds) = control.recv(&mut buf, Wait::timeout(Duration::from_secs(20))).unwrap();
-        (ControlMessage::decode(&buf[..len]).unwrap(), fds)
-    };
-    ask(ControlMessage::Hello { request: 1 });
-    let target = Target::Port(postbox_core::PortName::new("calc").unwrap());
-    let (answer, fds) = ask(ControlMessage::Connect { request: 2, target, rights: Rights::ALL });
-    assert!(matches!(answer, ControlMessage::Connected { rights: Rights::SEND, .. }), "{answer:?}");
-    let link = Link::from_fds(fds, LinkSide::Client).unwrap();
-    let frame = |kind: FrameKind, body: &[u8]| {
-        let header = FrameHeader {
-            kind,
-            priority: 0,
-            msg_type: 0,
-            id: 1,
-            correlation: 1,
-            body_len: body.len() as u32,
-            placement: Placement::Inline,
-        };
-        link.write_frame(&header.encode(body), body, Wait::Forever).unwrap();
-    };
-    frame(FrameKind::Oneway, b"allowed");
+    let (link, rights) = RawClient::attach(&broker).0.link("calc");
+    assert_eq!(rights, Rights::SEND, "asked for everything, granted what the policy allows");
+    assert!(write_frame(&link, FrameKind::Oneway, b"allowed"));
     assert_eq!(port.recv().unwrap().body(), b"allowed");
-    frame(FrameKind::Call, b"not allowed");
+    assert!(write_frame(&link, FrameKind::Call, b"not allowed"));
     // The server reads its links while it receives.
     let receiving = std::thread::spawn(move || port.recv_timeout(Duration::from_secs(1)));
-    let mut decoder = FrameDecoder::new(1 << 20);
-    loop {
-        match link.read_into(&mut decoder, Wait::timeout(Duration::from_secs(20))) {
-            Ok(_) => continue,
-            Err(TransportError::Closed) => break,
-            Err(e) => panic!("expected the server to close the link, got {e:?}"),
-        }
-    }
+    assert_closed_by_server(&link);
     assert!(receiving.join().unwrap().is_err(), "the call was not delivered");
+}
+
+/// A revoked client that ignores the broker's notice and goes on writing is cut off by the
+/// port owner's end, on a shared-memory link and on a Unix link alike.
+#[test]
+fn a_revoked_client_that_ignores_the_notice_delivers_nothing_more() {
+    use postbox_core::FrameKind;
+    for shared_memory in [true, false] {
+        let policy = policy(SERVE_CALC);
+        let broker =
+            Broker::embedded_with(|c| c.policy(policy).shared_memory(shared_memory)).unwrap();
+        let owner = broker.node().unwrap();
+        let port = owner.port("calc").open().unwrap();
+        let (mut raw, raw_id) = RawClient::attach(&broker);
+        owner.grant("calc", raw_id, Rights::SEND).unwrap();
+        let (link, _) = raw.link("calc");
+        assert!(write_frame(&link, FrameKind::Oneway, b"before"));
+        assert_eq!(port.recv().unwrap().body(), b"before");
+
+        // The owner's end is shut by the time revoke returns (the notice comes first).
+        owner.revoke("calc", raw_id).unwrap();
+        let mut written = 0;
+        while written < 100 && write_frame(&link, FrameKind::Oneway, b"after") {
+            written += 1;
+        }
+        assert!(
+            port.recv_timeout(Duration::from_millis(200)).is_err(),
+            "nothing written after the revocation is delivered ({written} frames written, \
+             shared memory: {shared_memory})"
+        );
+        assert_closed_by_server(&link);
+    }
+}
+
+/// A subscriber that asks for an enormous queue and does not read costs the broker its byte
+/// quota (plus what is already on the way), not every message published: the rest are
+/// dropped, counted, as for any slow subscriber.
+#[test]
+fn a_subscriber_that_does_not_read_is_held_to_its_byte_quota() {
+    let broker = broker(&everything_with("[limits]\nqueued_bytes = 65536"));
+    let node = broker.node().unwrap();
+    let subscription = node.subscription("/news").capacity(u32::MAX).open().unwrap();
+    const PUBLISHED: u64 = 4000;
+    for i in 0..PUBLISHED {
+        node.publish("/news", vec![(i % 251) as u8; 1024]).unwrap();
+    }
+    // Everything published reached the broker once a later request is answered.
+    node.list().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (mut received, mut lost) = (0u64, 0u64);
+    while let Ok(envelope) = subscription.recv_timeout(Duration::from_millis(500)) {
+        received += 1;
+        lost += envelope.lost();
+    }
+    assert_eq!(received + lost, PUBLISHED, "every message is received or counted lost");
+    assert!(lost > 0, "the broker did not hold all {PUBLISHED} KiB for a subscriber");
 }

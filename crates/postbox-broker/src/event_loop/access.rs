@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use postbox_core::{
-    ControlErrorCode, ControlMessage, NamePattern, Operation, PortName, ProcessId, Rights, Target,
+    ControlErrorCode, ControlMessage, LinkId, NamePattern, Operation, PortName, ProcessId, Rights,
+    Target,
 };
 use postbox_transport::Waker;
 
@@ -212,8 +213,10 @@ impl EventLoop {
         self.queue(key, &ControlMessage::Ok { request }, Vec::new());
     }
 
-    /// Handles [`ControlMessage::Revoke`]: ends the grant and closes the links made under it
-    /// (both ends hear `LinkClosed`; the port's owner drops its end).
+    /// Handles [`ControlMessage::Revoke`]: ends the grant and closes the links made under it:
+    /// both ends hear `LinkRevoked` and shut their ends down. The serving end is the port
+    /// owner's, which is what cuts a client that ignores the notice. Each end still counts
+    /// against its node until that node reports it closed.
     pub(super) fn revoke(&mut self, key: NodeKey, request: u32, name: &PortName, from: ProcessId) {
         let Some(by) = self.registry.identity(key) else { return };
         let by_owner = self.registry.port(name).is_some_and(|(owner, ..)| owner == key);
@@ -222,12 +225,16 @@ impl EventLoop {
             return self.refuse(key, request, ControlErrorCode::NotOwner, &detail);
         };
         for link in links {
-            for end in self.registry.link_ends(link) {
-                self.queue(end, &ControlMessage::LinkClosed { request: 0, link }, Vec::new());
-                self.registry.link_closed(end, link);
-            }
+            self.revoke_link(link);
         }
         self.queue(key, &ControlMessage::Ok { request }, Vec::new());
+    }
+
+    /// Tells both ends of `link` that the grant it was made under ended.
+    pub(super) fn revoke_link(&mut self, link: LinkId) {
+        for end in self.registry.link_ends(link) {
+            self.queue(end, &ControlMessage::LinkRevoked { link }, Vec::new());
+        }
     }
 
     /// True when node `key` may open one more link to a mailbox or topic: its links to nodes
@@ -250,6 +257,11 @@ impl EventLoop {
         self.reload_waker.reset();
         let pending = self.pending_policy.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(policy) = pending {
+            if policy.socket_group() != self.config.policy.socket_group() {
+                tracing::warn!(
+                    "the socket group is set when the broker starts; restart to change it"
+                );
+            }
             self.registry.set_limits(policy.limits());
             self.config.policy = policy;
             tracing::info!("policy reloaded");

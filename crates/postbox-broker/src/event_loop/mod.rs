@@ -475,6 +475,10 @@ impl EventLoop {
                 if !self.permit(key, request, Operation::Receive, name.as_str()) => {}
             ControlMessage::Publish { request, ref topic }
                 if !self.permit(key, request, Operation::Send, topic.as_str()) => {}
+            // Publishing to a topic that does not exist creates it: that is managing it.
+            ControlMessage::Publish { request, ref topic }
+                if !self.topics.contains_key(topic)
+                    && !self.permit(key, request, Operation::Manage, topic.as_str()) => {}
             ControlMessage::Subscribe { request, ref pattern, .. }
                 if !self.permit_subscription(key, request, pattern) => {}
             ControlMessage::Grant { request, name, to, rights } => {
@@ -738,7 +742,9 @@ impl EventLoop {
             self.grants.port_closed(&name);
         }
         if let Some(left) = self.registry.remove(key) {
-            self.grants.node_left(left.process_id);
+            for link in self.grants.node_left(left.process_id) {
+                self.revoke_link(link);
+            }
         }
         // Best effort: a node slow to read its control socket is never disconnected for them
         // (its sleep slices notice the death anyway), so they stop at half its queue.

@@ -50,7 +50,7 @@ impl EventLoop {
         let entry = self.topics.entry(topic).or_insert_with(|| Topic::new(history));
         entry.keep = history as usize;
         while entry.history.len() > entry.keep {
-            entry.history.pop_front();
+            entry.forget_oldest();
         }
         self.queue(key, &ControlMessage::Ok { request }, Vec::new());
     }
@@ -83,8 +83,9 @@ impl EventLoop {
             return self.refuse(key, request, ControlErrorCode::InvalidName, &detail);
         };
         // The subscriber's own receive side: the broker sends within this window.
+        let capacity = capacity.clamp(1, MAX_SUBSCRIBER_CAPACITY);
         let spec = PortSpec {
-            capacity: Capacity::Bounded(capacity.max(1)),
+            capacity: Capacity::Bounded(capacity),
             overflow: if drop_newest { Overflow::Fail } else { Overflow::DropOldest },
             message_size: Some(self.config.max_message_size),
         };
@@ -241,8 +242,9 @@ impl EventLoop {
 
     /// Copies a published message to the topic's history and to every matching subscriber.
     fn fan_out(&mut self, message: &Published) {
+        let max_bytes = self.config.policy.limits().queued_bytes;
         if let Some(topic) = self.topics.get_mut(&message.topic) {
-            topic.remember(message);
+            topic.remember(message, max_bytes);
         }
         for index in 0..self.topic_links.len() {
             let matched = match self.topic_links[index].as_mut().map(|l| &mut l.role) {
@@ -260,11 +262,14 @@ impl EventLoop {
         }
     }
 
-    /// Sends a subscriber what its window allows.
+    /// Sends a subscriber what its window allows, while what waits to be written stays under
+    /// [`OUT_LIMIT`]: the rest stays in its queue, which the quota bounds by bytes (a
+    /// subscriber that does not read costs the broker its quota, not more).
     fn pump(&mut self, key: TopicKey) {
         let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::as_mut) else { return };
         let TopicRole::Subscriber { queue, window, .. } = &mut link.role else { return };
-        while window.admit(0) == postbox_core::Admission::Now {
+        let mut waiting: usize = link.out.iter().map(Vec::len).sum::<usize>() - link.out_offset;
+        while waiting < OUT_LIMIT && window.admit(0) == postbox_core::Admission::Now {
             let Some(message) = queue.pop() else { break };
             let lost = std::mem::take(&mut queue.lost_unreported);
             // The body: the publisher's identity, the topic, then the message (§2.9).
@@ -281,13 +286,9 @@ impl EventLoop {
             body.extend_from_slice(&(topic.len() as u16).to_le_bytes());
             body.extend_from_slice(topic);
             body.extend_from_slice(&message.body);
-            link.out.push_back(encode(
-                FrameKind::Oneway,
-                message.msg_type,
-                message.priority,
-                lost,
-                &body,
-            ));
+            let frame = encode(FrameKind::Oneway, message.msg_type, message.priority, lost, &body);
+            waiting += frame.len();
+            link.out.push_back(frame);
             window.on_sent(0);
         }
     }
@@ -319,6 +320,9 @@ impl EventLoop {
 
     pub(super) fn flush_topics(&mut self) {
         for index in 0..self.topic_links.len() {
+            self.flush_topic(TopicKey(index));
+            // Room written out lets what waits in the subscriber's queue follow.
+            self.pump(TopicKey(index));
             self.flush_topic(TopicKey(index));
         }
     }
@@ -363,3 +367,11 @@ const PUBLICATION_HEADER: u32 = 16 + 2 + postbox_core::PortName::MAX_LEN as u32;
 const PUBLISHER_WINDOW: u32 = 1024;
 /// Reads from one topic link before the others get a turn.
 const MAX_READS_PER_ROUND: usize = 16;
+
+/// Bytes of frames waiting to be written to one subscriber before more are taken from its
+/// queue.
+const OUT_LIMIT: usize = 256 * 1024;
+
+/// The most messages a subscriber's queue at the broker may be asked to hold (its byte quota
+/// applies as well).
+const MAX_SUBSCRIBER_CAPACITY: u32 = 1 << 16;

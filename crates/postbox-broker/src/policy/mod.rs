@@ -184,10 +184,11 @@ impl Default for Limits {
     }
 }
 
-/// The pseudo-name policy rules use for the inboxes of `uid`'s nodes: `inbox/<uid>`.
+/// The pseudo-name policy rules use for the inboxes of `uid`'s nodes: `#inbox/<uid>` (no
+/// port, mailbox or topic can have it: names do not start with `#`).
 #[must_use]
 pub fn inbox_name(uid: u32) -> String {
-    format!("inbox/{uid}")
+    format!("{}/{uid}", postbox_core::pattern::INBOXES)
 }
 
 #[cfg(test)]

@@ -276,3 +276,45 @@ fn sighup_reloads_the_policy_and_a_broken_file_keeps_the_one_in_force() {
     wait_until("the broken file is reported", || daemon.log().contains("policy not reloaded"));
     assert!(send_as_bob().status.success(), "the policy in force stays");
 }
+
+#[test]
+fn a_node_refuses_a_broker_run_by_a_user_it_does_not_trust() {
+    let Some(users) = users() else { return };
+    // Alice runs something that answers on a broker socket (here a real daemon of hers).
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let run = dir.path().join("run");
+    fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(users.alice), Some(users.group)).unwrap();
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = run.join("broker.sock");
+    let mut daemon = Command::new(&users.binary)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("daemon")
+        .uid(users.alice)
+        .gid(users.group)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("alice's daemon listens", || socket.exists());
+    // Root does not take alice's process for its broker.
+    let refused = || match Node::attach_to(&socket) {
+        Err(postbox::NodeError::UntrustedBroker { uid, .. }) => Some(uid),
+        _ => None,
+    };
+    wait_until("root is refused", || refused().is_some());
+    assert_eq!(refused(), Some(users.alice));
+    // Told to trust her ($POSTBOX_BROKER_UID, as for a broker run by a service user), it
+    // attaches; her policy decides the rest (listing names is not checked).
+    let trusting = Command::new(exe())
+        .args(["ls"])
+        .env("POSTBOX_SOCKET", &socket)
+        .env("POSTBOX_BROKER_UID", users.alice.to_string())
+        .output()
+        .unwrap();
+    assert!(trusting.status.success(), "{}", stderr_of(&trusting));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

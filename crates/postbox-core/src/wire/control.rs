@@ -270,6 +270,13 @@ pub enum ControlMessage {
         /// What its links to the port may carry.
         rights: Rights,
     },
+    /// Broker → node (notice): a grant was revoked and this link was made under it. Both ends
+    /// hear it; each shuts its end down at once (unlike [`LinkClosed`](Self::LinkClosed), what
+    /// is still unread is not delivered).
+    LinkRevoked {
+        /// Which link.
+        link: LinkId,
+    },
     /// Node → broker: take back what was granted to `from` on port `name`, and close the links
     /// it made under the grant. Only the port's owner, or the node that granted, may revoke.
     Revoke {
@@ -407,6 +414,7 @@ const INCOMING_CONNECTION: u8 = 0xc1;
 const DENIED: u8 = 0x87;
 const GRANT: u8 = 0x0f;
 const REVOKE: u8 = 0x10;
+const LINK_REVOKED: u8 = 0xc3;
 
 /// Bytes of an encoded [`PeerIdentity`].
 const IDENTITY_LEN: usize = 16;
@@ -438,7 +446,10 @@ impl ControlMessage {
             | Self::Denied { request, .. }
             | Self::Grant { request, .. }
             | Self::Revoke { request, .. } => *request,
-            Self::IncomingConnection { .. } | Self::StatQuery { .. } | Self::StatReport { .. } => 0,
+            Self::IncomingConnection { .. }
+            | Self::StatQuery { .. }
+            | Self::StatReport { .. }
+            | Self::LinkRevoked { .. } => 0,
         }
     }
 
@@ -480,7 +491,9 @@ impl ControlMessage {
                 }
                 buf.push(rights.to_u8());
             }
-            Self::LinkClosed { link, .. } => buf.extend_from_slice(&link.0.to_le_bytes()),
+            Self::LinkClosed { link, .. } | Self::LinkRevoked { link } => {
+                buf.extend_from_slice(&link.0.to_le_bytes());
+            }
             Self::Connected { link, server, spec, rights, quota, .. } => {
                 buf.extend_from_slice(&link.0.to_le_bytes());
                 put_identity(buf, server);
@@ -749,7 +762,10 @@ impl ControlMessage {
             CREATE_TOPIC => {
                 Self::CreateTopic { request, topic: read_name(&mut r)?, history: r.u32()? }
             }
-            STAT_QUERY | STAT_REPORT if request != 0 => return Err(DecodeError::ReservedNotZero),
+            STAT_QUERY | STAT_REPORT | LINK_REVOKED if request != 0 => {
+                return Err(DecodeError::ReservedNotZero)
+            }
+            LINK_REVOKED => Self::LinkRevoked { link: LinkId(r.u64()?) },
             STAT_QUERY => Self::StatQuery { query: r.u32()?, name: read_name(&mut r)? },
             STAT_REPORT => {
                 let query = r.u32()?;
@@ -789,6 +805,7 @@ impl ControlMessage {
             Self::Denied { .. } => DENIED,
             Self::Grant { .. } => GRANT,
             Self::Revoke { .. } => REVOKE,
+            Self::LinkRevoked { .. } => LINK_REVOKED,
             Self::Stat { .. } => STAT,
             Self::CreateMailbox { .. } => CREATE_MAILBOX,
             Self::UnlinkMailbox { .. } => UNLINK_MAILBOX,
@@ -899,6 +916,7 @@ mod tests {
                 rights: Rights::SEND,
             },
             ControlMessage::Revoke { request: 15, name: name.clone(), from: ProcessId::new(8, 3) },
+            ControlMessage::LinkRevoked { link: LinkId(11) },
             ControlMessage::Listing {
                 request: 6,
                 nodes: 3,
