@@ -10,7 +10,14 @@
 //!   copied and with loaned (zero-copy) payloads; the raw baseline is half the round trip of a
 //!   ping-pong spinning on a shared word;
 //! - one-way throughput at 64 B: a burst of one-way messages, then one round trip; sent one
-//!   by one to a receiver taking one at a time, and in batches to one taking batches.
+//!   by one to a receiver taking one at a time, and in batches to one taking batches;
+//! - flood fairness at 64 B over shared memory (`--measure flood`, not in the default set):
+//!   the call round trip of a well-behaved client (this process) to an echo server process,
+//!   alone, then while another client process floods the same port: one-way messages in
+//!   batches (sleeping while the link is full), one-way messages with `try_send` spinning,
+//!   calls from many threads, and, as a control, a process that only spins on the CPU. The
+//!   figure is the p99 beside the flood over the p99 alone (the baseline is postbox alone,
+//!   not a raw primitive), with how many flood messages got through.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -35,7 +42,7 @@ pub(crate) struct Options {
     pub(crate) placement: String,
     /// Fewer sizes and rounds: a smoke run.
     pub(crate) quick: bool,
-    /// Which measures to run: `call`, `busy`, `throughput`.
+    /// Which measures to run: `call`, `busy`, `throughput`, `flood`.
     pub(crate) measures: Vec<String>,
 }
 
@@ -45,6 +52,8 @@ enum Measure {
     CallRtt,
     OneWayBusy,
     Throughput,
+    /// A well-behaved client's call round trip beside a flooding one.
+    Flood,
 }
 
 /// Who carried the messages.
@@ -58,6 +67,16 @@ enum Carrier {
     RawSocketpair,
     RawFutex,
     RawSpin,
+    /// The well-behaved client with nobody else on the port (flood measure's baseline).
+    Alone,
+    /// ... while another client floods the port with one-way messages in batches.
+    OneWayFlood,
+    /// ... while another client floods the port with one-way messages, `try_send` spinning.
+    TrySendFlood,
+    /// ... while another client floods the port with calls from several threads.
+    CallFlood,
+    /// ... while another process spins on the same CPU, sending nothing (a control).
+    Spinner,
 }
 
 /// One line of the results.
@@ -71,6 +90,18 @@ struct Record {
     samples: Option<Samples>,
     /// Messages per second (throughput).
     rate: Option<f64>,
+    /// Flood measure only.
+    flood: Option<FloodCounts>,
+}
+
+/// What a flood measurement counted besides the well-behaved client's latency.
+#[derive(Debug, Clone, Copy)]
+struct FloodCounts {
+    /// The well-behaved client's calls measured.
+    calls: usize,
+    /// The flooder's messages that got through (one-way messages the server took, or calls
+    /// answered) and their rate per second, for the flooded variants.
+    through: Option<(u64, f64)>,
 }
 
 pub(crate) fn run(options: &Options) -> Result<()> {
@@ -91,8 +122,9 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     } else {
         0
     };
-    let per_placement =
-        size_steps(Measure::CallRtt) + usize::from(wanted.contains(&Measure::Throughput));
+    let per_placement = size_steps(Measure::CallRtt)
+        + usize::from(wanted.contains(&Measure::Throughput))
+        + if wanted.contains(&Measure::Flood) { FLOOD_VARIANTS.len() } else { 0 };
     let steps = placements.len() * per_placement + busy_steps;
     let mut progress = Progress::new(steps);
     let mut records = Vec::new();
@@ -118,6 +150,9 @@ pub(crate) fn run(options: &Options) -> Result<()> {
             progress.step(&format!("{}, one-way throughput, 64 B", place.label()));
             let burst = if options.quick { 20_000 } else { 200_000 };
             records.extend(rig.throughput(place, burst)?);
+        }
+        if wanted.contains(&Measure::Flood) {
+            records.extend(rig.flood(place, options.rounds, &mut progress)?);
         }
         drop(rig);
         placement::unpin_current_thread(&cpus)?;
@@ -377,10 +412,122 @@ impl Rig {
                     carrier,
                     samples: None,
                     rate: Some(rates[rates.len() / 2]),
+                    flood: None,
                 }
             })
             .collect())
     }
+
+    /// The flood measure: an echo server of its own, the well-behaved client on this thread
+    /// (64-byte calls one at a time), and for each flooded variant a flooding client process
+    /// (`postbox worker flood`) on the same port, stopped through its stdin afterwards.
+    fn flood(
+        &self,
+        place: Placement,
+        rounds: usize,
+        progress: &mut Progress,
+    ) -> Result<Vec<Record>> {
+        let name = format!("bench/flood-{}", self.tag);
+        let _server = self.spawn(|| self.on_shm.worker(&["echo", &name, "--read-in-place"]))?;
+        let good = self.shm_node.connect(&name)?.read_replies_in_place();
+        let body = vec![0x5au8; FLOOD_SIZE];
+        let size = FLOOD_SIZE.to_string();
+        let threads = FLOOD_CALL_THREADS.to_string();
+        let mut records = Vec::new();
+        for (carrier, mode) in FLOOD_VARIANTS {
+            progress.step(&format!("{}, flood: {}", place.label(), carrier.label()));
+            let mut flooder = None;
+            if let Some(mode) = mode {
+                let (theirs, ours) = UnixStream::pair()?;
+                let mut args = vec!["flood", name.as_str(), "--size", &size, "--mode", mode];
+                if mode == "calls" {
+                    args.extend(["--threads", &threads]);
+                }
+                let worker = self.spawn_flooder(|| self.on_shm.worker_with_stdin(&args, theirs))?;
+                flooder = Some((worker, ours));
+            }
+            let samples = timed_samples(rounds, FLOOD_TIME, || {
+                let message = Message::new(body.clone());
+                let start = Instant::now();
+                good.call(message)?;
+                Ok(start.elapsed())
+            })?;
+            let calls = samples.len();
+            let through = match flooder {
+                None => None,
+                Some((mut worker, mut stop)) => {
+                    stop.write_all(b"stop")?;
+                    let line = worker.read_line()?;
+                    worker.wait_for_exit()?;
+                    Some(parse_flooded(&line)?)
+                }
+            };
+            records.push(Record {
+                placement: place,
+                measure: Measure::Flood,
+                size: FLOOD_SIZE,
+                carrier,
+                samples: Some(Samples::new(samples)),
+                rate: None,
+                flood: Some(FloodCounts { calls, through }),
+            });
+        }
+        Ok(records)
+    }
+
+    /// Starts a flooding client: on the client's CPU (this thread's, inherited) or, with
+    /// `POSTBOX_BENCH_FLOOD_CPU=server`, on the server's.
+    fn spawn_flooder(&self, start: impl FnOnce() -> Result<Worker>) -> Result<Worker> {
+        if flood_cpu() == FloodCpu::Server {
+            self.spawn(start)
+        } else {
+            start()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloodCpu {
+    Client,
+    Server,
+}
+
+fn flood_cpu() -> FloodCpu {
+    match std::env::var("POSTBOX_BENCH_FLOOD_CPU").as_deref() {
+        Ok("server") => FloodCpu::Server,
+        _ => FloodCpu::Client,
+    }
+}
+
+/// Parses a flooder's last line, `flooded N in SECONDS`, into (N, N per second).
+fn parse_flooded(line: &str) -> Result<(u64, f64)> {
+    let parsed = line.strip_prefix("flooded ").and_then(|rest| rest.split_once(" in ")).and_then(
+        |(count, seconds)| Some((count.parse::<u64>().ok()?, seconds.parse::<f64>().ok()?)),
+    );
+    let (count, seconds) = parsed.with_context(|| format!("flooder said {line:?}"))?;
+    Ok((count, count as f64 / seconds.max(1e-9)))
+}
+
+/// Runs `run` a tenth of `rounds` times to warm up, then records it until it has `rounds`
+/// samples or `limit` has passed (at least [`MIN_TIMED_SAMPLES`], whatever the time).
+fn timed_samples(
+    rounds: usize,
+    limit: Duration,
+    mut run: impl FnMut() -> Result<Duration>,
+) -> Result<Vec<Duration>> {
+    let start = Instant::now();
+    for _ in 0..(rounds / 10).max(5) {
+        run()?;
+        if start.elapsed() >= limit / 10 {
+            break;
+        }
+    }
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(rounds);
+    while samples.len() < rounds && (samples.len() < MIN_TIMED_SAMPLES || start.elapsed() < limit) {
+        samples.push(run()?);
+    }
+    Ok(samples)
 }
 
 impl Drop for Rig {
@@ -431,6 +578,7 @@ fn latency_records(
             carrier,
             samples: Some(samples),
             rate: None,
+            flood: None,
         })
         .collect()
 }
@@ -478,7 +626,7 @@ impl Progress {
 }
 
 impl Measure {
-    /// The measures named on the command line (`call`, `busy`, `throughput`).
+    /// The measures named on the command line (`call`, `busy`, `throughput`, `flood`).
     fn parse_list(names: &[String]) -> Result<Vec<Self>> {
         names
             .iter()
@@ -486,7 +634,10 @@ impl Measure {
                 "call" => Ok(Self::CallRtt),
                 "busy" => Ok(Self::OneWayBusy),
                 "throughput" => Ok(Self::Throughput),
-                other => anyhow::bail!("unknown measure {other:?}: call, busy or throughput"),
+                "flood" => Ok(Self::Flood),
+                other => {
+                    anyhow::bail!("unknown measure {other:?}: call, busy, throughput or flood")
+                }
             })
             .collect()
     }
@@ -496,6 +647,7 @@ impl Measure {
             Self::CallRtt => "call_rtt",
             Self::OneWayBusy => "one_way_busy",
             Self::Throughput => "throughput",
+            Self::Flood => "flood",
         }
     }
 
@@ -506,6 +658,9 @@ impl Measure {
                 "one-way latency, busy-waiting receivers (postbox: send to receipt; raw: half a round trip)"
             }
             Self::Throughput => "one-way throughput, 64 B messages",
+            Self::Flood => {
+                "call round trip of a well-behaved client beside a flooding one, postbox shm (ratio: p99 / p99 alone)"
+            }
         }
     }
 
@@ -514,6 +669,17 @@ impl Measure {
         match self {
             Self::CallRtt | Self::Throughput => Carrier::RawSocketpair,
             Self::OneWayBusy => Carrier::RawSpin,
+            Self::Flood => Carrier::Alone,
+        }
+    }
+
+    /// The percentile the ratios of a latency measure compare: the p99 for the flood (its
+    /// question is the tail), the p50 otherwise.
+    fn compared_percentile(self) -> f64 {
+        if self == Self::Flood {
+            99.0
+        } else {
+            50.0
         }
     }
 }
@@ -528,6 +694,11 @@ impl Carrier {
             Self::RawSocketpair => "raw_socketpair",
             Self::RawFutex => "raw_futex",
             Self::RawSpin => "raw_spin",
+            Self::Alone => "alone",
+            Self::OneWayFlood => "one_way_flood",
+            Self::TrySendFlood => "try_send_flood",
+            Self::CallFlood => "call_flood",
+            Self::Spinner => "spinner",
         }
     }
 
@@ -540,6 +711,11 @@ impl Carrier {
             Self::RawSocketpair => "raw socketpair",
             Self::RawFutex => "raw futex",
             Self::RawSpin => "raw spin",
+            Self::Alone => "alone",
+            Self::OneWayFlood => "+ one-way flood",
+            Self::TrySendFlood => "+ try_send flood",
+            Self::CallFlood => "+ call flood",
+            Self::Spinner => "+ spinner, no msg",
         }
     }
 }
@@ -552,7 +728,8 @@ fn size_label(size: usize) -> String {
     }
 }
 
-/// The record's comparison figure (p50, or the rate) and its ratio to the baseline's.
+/// The record's comparison figure (p50, p99 for the flood, or the rate) and its ratio to the
+/// baseline's.
 fn ratio(records: &[Record], record: &Record) -> Option<f64> {
     let base = records.iter().find(|r| {
         r.placement == record.placement
@@ -561,9 +738,10 @@ fn ratio(records: &[Record], record: &Record) -> Option<f64> {
             && r.carrier == record.measure.baseline()
     })?;
     match (&record.samples, &base.samples, record.rate, base.rate) {
-        (Some(ours), Some(theirs), ..) => Some(
-            ours.percentile(50.0).as_secs_f64() / theirs.percentile(50.0).as_secs_f64().max(1e-12),
-        ),
+        (Some(ours), Some(theirs), ..) => {
+            let p = record.measure.compared_percentile();
+            Some(ours.percentile(p).as_secs_f64() / theirs.percentile(p).as_secs_f64().max(1e-12))
+        }
         (.., Some(ours), Some(theirs)) => Some(ours / theirs.max(1e-12)),
         _ => None,
     }
@@ -577,7 +755,8 @@ fn print_tables(records: &[Record]) {
         }
     }
     for place in placements {
-        for measure in [Measure::CallRtt, Measure::OneWayBusy, Measure::Throughput] {
+        for measure in [Measure::CallRtt, Measure::OneWayBusy, Measure::Throughput, Measure::Flood]
+        {
             let rows: Vec<&Record> =
                 records.iter().filter(|r| r.placement == place && r.measure == measure).collect();
             if rows.is_empty() {
@@ -585,6 +764,10 @@ fn print_tables(records: &[Record]) {
             }
             println!("\n== {}, {}", measure.title(), place.label());
             let versus = format!("vs {}", measure.baseline().label());
+            if measure == Measure::Flood {
+                print_flood_rows(records, &rows);
+                continue;
+            }
             if measure == Measure::Throughput {
                 println!("  {:<8} {:<17} {:>13} {:>18}", "size", "carrier", "msgs/s", versus);
             } else {
@@ -617,8 +800,11 @@ fn print_tables(records: &[Record]) {
             }
         }
     }
-    println!("\n== targets (issue 4)");
-    for target in targets(records) {
+    let targets = targets(records);
+    if !targets.is_empty() {
+        println!("\n== targets (issue 4)");
+    }
+    for target in targets {
         println!(
             "  {:<62} {:>9} (goal {}) {}",
             target.what,
@@ -627,6 +813,39 @@ fn print_tables(records: &[Record]) {
             if target.met { "met" } else { "NOT met" }
         );
     }
+}
+
+/// The flood table: the well-behaved client's percentiles, the p99 ratio to its p99 alone,
+/// how many calls it made, and what got through of the flood.
+fn print_flood_rows(records: &[Record], rows: &[&Record]) {
+    println!(
+        "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>8} {:>22}",
+        "size", "client", "p50", "p99", "p99.9", "p99 ratio", "calls", "flood through (msgs/s)"
+    );
+    for r in rows {
+        let (Some(s), Some(counts)) = (&r.samples, r.flood) else { continue };
+        let ratio = ratio(records, r).map_or("-".into(), |x| format!("{x:.2}x"));
+        let through =
+            counts.through.map_or("-".into(), |(n, rate)| format!("{n} ({:.2} M/s)", rate / 1e6));
+        println!(
+            "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>8} {:>22}",
+            size_label(r.size),
+            r.carrier.label(),
+            micros(s.percentile(50.0)),
+            micros(s.percentile(99.0)),
+            micros(s.percentile(99.9)),
+            ratio,
+            counts.calls,
+            through
+        );
+    }
+    let how = match flood_cpu() {
+        FloodCpu::Client => "the client's",
+        FloodCpu::Server => "the server's",
+    };
+    println!(
+        "  (flooder on {how} CPU; call flood from {FLOOD_CALL_THREADS} threads on one connection)"
+    );
 }
 
 /// One of the issue's targets and where this run got.
@@ -715,6 +934,12 @@ fn print_json(records: &[Record]) {
         if let Some(rate) = r.rate {
             out.push_str(&format!(",\"msgs_per_s\":{rate:.0}"));
         }
+        if let Some(counts) = r.flood {
+            out.push_str(&format!(",\"calls\":{}", counts.calls));
+            if let Some((n, rate)) = counts.through {
+                out.push_str(&format!(",\"flood_through\":{n},\"flood_per_s\":{rate:.0}"));
+            }
+        }
         if let Some(x) = ratio(records, r) {
             out.push_str(&format!(",\"vs\":\"{}\",\"ratio\":{x:.4}", r.measure.baseline().key()));
         }
@@ -738,3 +963,21 @@ fn print_json(records: &[Record]) {
 const THROUGHPUT_BATCH: usize = 64;
 /// Bursts per throughput figure; the median is reported.
 const THROUGHPUT_REPEATS: usize = 5;
+/// The flood measure's variants, in order: alone, then beside each kind of flooder (its
+/// `postbox worker flood --mode`).
+const FLOOD_VARIANTS: [(Carrier, Option<&str>); 5] = [
+    (Carrier::Alone, None),
+    (Carrier::OneWayFlood, Some("batch")),
+    (Carrier::TrySendFlood, Some("try-send")),
+    (Carrier::CallFlood, Some("calls")),
+    (Carrier::Spinner, Some("spin")),
+];
+/// Message size of the flood measure (the well-behaved client's calls and the flood).
+const FLOOD_SIZE: usize = 64;
+/// Threads of the call flooder, each with one call in flight at a time.
+const FLOOD_CALL_THREADS: usize = 64;
+/// Longest a flood variant records for (after a warm-up of at most a tenth of it), unless it
+/// has fewer than [`MIN_TIMED_SAMPLES`] by then.
+const FLOOD_TIME: Duration = Duration::from_secs(2);
+/// Samples a flood variant records however long they take.
+const MIN_TIMED_SAMPLES: usize = 100;

@@ -151,7 +151,8 @@ enum Command {
         /// Fewer sizes, rounds and messages: a smoke run of every measure.
         #[arg(long)]
         quick: bool,
-        /// Only these measures (comma-separated): call, busy, throughput.
+        /// Only these measures (comma-separated): call, busy, throughput, flood (flood is not
+        /// in the default set).
         #[arg(long, value_delimiter = ',', default_value = "call,busy,throughput")]
         measure: Vec<String>,
     },

@@ -143,6 +143,23 @@ pub(crate) enum Role {
         #[arg(long)]
         spin: bool,
     },
+    /// Flood port NAME with SIZE-byte messages as MODE says until stdin says stop (a byte, or
+    /// end of file). Says `ready` once the flood started. On stop, makes one more call
+    /// (answered only after every one-way message sent before it was taken) and prints
+    /// `flooded N in SECONDS`: the one-way messages the server took, or the calls answered.
+    Flood {
+        /// Port name.
+        name: String,
+        /// How to flood.
+        #[arg(long, value_enum)]
+        mode: FloodMode,
+        /// Threads flooding, sharing one connection.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Busy-waiting receiver for one-way latency: open port NAME, connect to REPLY_TO, and
     /// answer every message with its one-way latency (from the send time in its first 8
     /// bytes), polling with the `try_` forms only (never sleeping). A message of type 1 ends
@@ -285,6 +302,7 @@ pub(crate) fn run(role: Role) -> Result<()> {
             Ok(())
         }
         Role::BusyEcho { name, reply_to } => busy_echo(&name, &reply_to),
+        Role::Flood { name, mode, threads, size } => flood(&name, mode, threads, size),
         Role::TypedCalc { name, threads } => {
             use crate::services::{CalcServer, Calculator};
             let node = Node::attach()?;
@@ -337,6 +355,90 @@ fn busy_echo(name: &str, reply_to: &str) -> Result<()> {
             }
         }
     }
+}
+
+/// How [`Role::Flood`] floods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FloodMode {
+    /// One-way messages with `try_send` in a loop; `Full` means try again at once (spinning).
+    TrySend,
+    /// One-way messages in batches of 64 with `send_batch`, which sleeps while the link is full.
+    Batch,
+    /// Calls, each thread waiting for its answer before the next.
+    Calls,
+    /// Nothing sent: spin only (a control for the CPU time a spinning flooder takes).
+    Spin,
+}
+
+/// Floods `name` until stdin says stop (see [`Role::Flood`]).
+fn flood(name: &str, mode: FloodMode, threads: usize, size: usize) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let node = Node::attach()?;
+    let connection = node.connect(name)?;
+    let stop = AtomicBool::new(false);
+    let running = AtomicBool::new(false);
+    let through = AtomicU64::new(0);
+    let start = std::time::Instant::now();
+    let flood_one = || -> Result<()> {
+        let body = vec![0x5au8; size];
+        let mut batch = Vec::with_capacity(64);
+        while !stop.load(Ordering::Relaxed) {
+            let sent = match mode {
+                FloodMode::TrySend => match connection.try_send(Message::new(body.clone())) {
+                    Ok(()) => 1,
+                    Err(postbox::TrySendError::Full(_)) => 0,
+                    Err(e) => anyhow::bail!("send to {name}: {e}"),
+                },
+                FloodMode::Batch => {
+                    batch.extend((0..64).map(|_| Message::new(body.clone())));
+                    connection
+                        .send_batch(&mut batch)
+                        .map_err(|e| anyhow::anyhow!("send to {name}: {e}"))?;
+                    64
+                }
+                FloodMode::Calls => {
+                    connection
+                        .call(Message::new(body.clone()))
+                        .map_err(|e| anyhow::anyhow!("call {name}: {e}"))?;
+                    1
+                }
+                FloodMode::Spin => {
+                    std::hint::spin_loop();
+                    0
+                }
+            };
+            if sent > 0 {
+                through.fetch_add(sent, Ordering::Relaxed);
+            }
+            running.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    };
+    let elapsed = std::thread::scope(|s| -> Result<Duration> {
+        let flooders: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(flood_one)).collect();
+        while !running.load(Ordering::Relaxed) && !flooders.iter().any(|f| f.is_finished()) {
+            std::thread::yield_now();
+        }
+        if running.load(Ordering::Relaxed) {
+            ready(Some(node.process_id()));
+            // Any byte, or the end of stdin, stops the flood.
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for flooder in flooders {
+            flooder.join().map_err(|_| anyhow::anyhow!("a flooding thread panicked"))??;
+        }
+        Ok(start.elapsed())
+    })?;
+    // Calls were counted as answered; one-way messages as sent: all taken once this returns.
+    connection
+        .call(Message::new(vec![0u8; size]))
+        .map_err(|e| anyhow::anyhow!("call {name}: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "flooded {} in {:.3}", through.load(Ordering::Relaxed), elapsed.as_secs_f64())?;
+    out.flush()?;
+    Ok(())
 }
 
 /// How an echo worker answers.

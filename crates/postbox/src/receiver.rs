@@ -135,6 +135,10 @@ struct ReceiverState {
     /// message that arrives on a quiet link so waits behind at most a share of each busy
     /// link's, not behind a whole window of them.
     shares: HashMap<LinkId, Share>,
+    /// Envelopes taken since the links were last read: while some are held back, the links
+    /// are read again every [`FAIR_SHARE`] takes, or a quiet link's message would wait until
+    /// the held ones are all taken (the queue never empties meanwhile).
+    taken_since_poll: usize,
     links: Vec<Arc<ServerLink>>,
     polling: bool,
     closed: bool,
@@ -174,6 +178,7 @@ impl Receiver {
             state: Mutex::new(ReceiverState {
                 queue: PortQueue::new(),
                 shares: HashMap::new(),
+                taken_since_poll: 0,
                 links: Vec::new(),
                 polling: false,
                 closed: false,
@@ -321,6 +326,17 @@ impl Receiver {
     ) -> Result<usize, ReceiveFailure> {
         let mut state = self.lock();
         loop {
+            if state.taken_since_poll >= FAIR_SHARE
+                && !state.polling
+                && state.shares.values().any(|s| !s.held.is_empty())
+            {
+                state.polling = true;
+                let links = state.links.clone();
+                drop(state);
+                let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking);
+                state = self.lock();
+                self.settle(&mut state, arrived, dead, on_dead);
+            }
             let taken = self.take(&mut state, selector, max, sink);
             if taken > 0 {
                 return Ok(taken);
@@ -402,6 +418,7 @@ impl Receiver {
         if let Some(done) = run {
             self.release(done);
         }
+        state.taken_since_poll += taken;
         taken
     }
 
@@ -429,6 +446,7 @@ impl Receiver {
         on_dead: &dyn Fn(LinkId),
     ) {
         state.polling = false;
+        state.taken_since_poll = 0;
         for (queued, sender_dropped) in arrived {
             state.lost_pending += sender_dropped;
             state.lost_total += sender_dropped;
