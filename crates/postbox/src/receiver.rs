@@ -13,7 +13,7 @@
 //! leader goes to sleep.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ pub(crate) struct ServerLink {
     pub(crate) client: PeerIdentity,
     /// What the broker granted the client: a frame beyond it closes the link.
     rights: Rights,
+    /// Its envelopes in the endpoint's queue (changed under the endpoint's lock; see
+    /// `ReceiverState::held`).
+    in_queue: AtomicUsize,
     decoder: Mutex<FrameDecoder>,
     /// The largest payload the port accepts.
     max_payload: u32,
@@ -61,14 +64,6 @@ struct LinkFlow {
     /// What the client may have waiting here (the broker's policy): beyond it, the link is
     /// not read, so a flooding client slows only itself.
     quota: Quota,
-}
-
-/// One link's place in the endpoint queue: how many of its envelopes are in it, and the ones
-/// that wait for room in its share.
-#[derive(Debug, Default)]
-struct Share {
-    in_queue: usize,
-    held: VecDeque<Queued>,
 }
 
 /// A queued envelope, the link it came from, and how it counts.
@@ -130,11 +125,14 @@ pub(crate) struct Receiver {
 #[derive(Debug)]
 struct ReceiverState {
     queue: PortQueue<Queued>,
-    /// Fairness between links: each link has at most [`FAIR_SHARE`] envelopes in `queue`;
-    /// the rest wait here, in order, and move into the queue as the link's are taken. A
-    /// message that arrives on a quiet link so waits behind at most a share of each busy
-    /// link's, not behind a whole window of them.
-    shares: HashMap<LinkId, Share>,
+    /// Fairness between links: while more than one link feeds the endpoint, each has at most
+    /// [`FAIR_SHARE`] envelopes in `queue` (counted in `ServerLink::in_queue`); the rest wait
+    /// here, in order, and move into the queue as the link's are taken. A message that
+    /// arrives on a quiet link so waits behind at most a share of each busy link's, not
+    /// behind a whole window of them.
+    held: HashMap<LinkId, VecDeque<Queued>>,
+    /// Envelopes in `held`, all links together.
+    held_total: usize,
     /// Envelopes taken since the links were last read: while some are held back, the links
     /// are read again every [`FAIR_SHARE`] takes, or a quiet link's message would wait until
     /// the held ones are all taken (the queue never empties meanwhile).
@@ -177,7 +175,8 @@ impl Receiver {
             read_in_place,
             state: Mutex::new(ReceiverState {
                 queue: PortQueue::new(),
-                shares: HashMap::new(),
+                held: HashMap::new(),
+                held_total: 0,
                 taken_since_poll: 0,
                 links: Vec::new(),
                 polling: false,
@@ -229,6 +228,7 @@ impl Receiver {
             id,
             client,
             rights,
+            in_queue: AtomicUsize::new(0),
             decoder: Mutex::new(FrameDecoder::new(max)),
             max_payload: max,
             read_in_place: self.read_in_place,
@@ -258,7 +258,8 @@ impl Receiver {
         state.closed = true;
         let links = std::mem::take(&mut state.links);
         state.queue = PortQueue::new();
-        state.shares.clear();
+        state.held.clear();
+        state.held_total = 0;
         drop(state);
         self.waker.wake();
         self.arrived.notify_all();
@@ -275,9 +276,8 @@ impl Receiver {
     /// The endpoint's counters now.
     pub(crate) fn stats(&self) -> PortStats {
         let state = self.lock();
-        let held: usize = state.shares.values().map(|s| s.held.len()).sum();
         PortStats {
-            queued: state.queue.len() + held,
+            queued: state.queue.len() + state.held_total,
             lost: state.lost_total,
             links: state.links.len(),
         }
@@ -326,10 +326,7 @@ impl Receiver {
     ) -> Result<usize, ReceiveFailure> {
         let mut state = self.lock();
         loop {
-            if state.taken_since_poll >= FAIR_SHARE
-                && !state.polling
-                && state.shares.values().any(|s| !s.held.is_empty())
-            {
+            if state.taken_since_poll >= FAIR_SHARE && !state.polling && state.held_total > 0 {
                 state.polling = true;
                 let links = state.links.clone();
                 drop(state);
@@ -397,7 +394,7 @@ impl Receiver {
         let mut run: Option<Released> = None;
         while taken < max {
             let Some((_, queued)) = state.queue.pop(selector) else { break };
-            Self::refill_share(state, queued.link.id);
+            Self::refill_share(state, &queued.link);
             let Queued { link, mut envelope, counted, confirm } = queued;
             let len = envelope.message.body.len() as u64;
             match &mut run {
@@ -459,8 +456,10 @@ impl Receiver {
             // One-way messages a departed sender sent are still delivered (the ones held back
             // for fairness too, all queued now); its calls can no longer be answered.
             for id in &dead {
-                if let Some(share) = state.shares.remove(id) {
-                    for queued in share.held.into_iter().filter(|q| q.counted) {
+                if let Some(held) = state.held.remove(id) {
+                    state.held_total -= held.len();
+                    for queued in held.into_iter().filter(|q| q.counted) {
+                        queued.link.in_queue.fetch_add(1, Ordering::Relaxed);
                         state.queue.push(meta_of(&queued), queued);
                     }
                 }
@@ -559,26 +558,35 @@ impl Receiver {
                 flow.bytes += len;
             }
         }
-        // Drop-oldest ports drop from the queue itself: they keep no share aside.
-        let share = state.shares.entry(link.id).or_default();
-        if share.in_queue >= FAIR_SHARE && self.spec.overflow != Overflow::DropOldest {
-            share.held.push_back(queued);
+        // Held back behind what the link has held already (order), or when over its share
+        // while others share the endpoint. Drop-oldest ports drop from the queue itself: they
+        // keep nothing aside.
+        let behind = state.held_total > 0 && state.held.contains_key(&link.id);
+        let over = link.in_queue.load(Ordering::Relaxed) >= FAIR_SHARE && state.links.len() > 1;
+        if (behind || over) && self.spec.overflow != Overflow::DropOldest {
+            state.held.entry(link.id).or_default().push_back(queued);
+            state.held_total += 1;
         } else {
-            share.in_queue += 1;
+            link.in_queue.fetch_add(1, Ordering::Relaxed);
             state.queue.push(meta_of(&queued), queued);
         }
         Ok(())
     }
 
-    /// One of link `id`'s envelopes left the queue: the next it holds back takes its place.
-    fn refill_share(state: &mut ReceiverState, id: LinkId) {
-        let Some(share) = state.shares.get_mut(&id) else { return };
-        share.in_queue = share.in_queue.saturating_sub(1);
-        if let Some(next) = share.held.pop_front() {
-            share.in_queue += 1;
+    /// One of `link`'s envelopes left the queue: the next it holds back takes its place.
+    fn refill_share(state: &mut ReceiverState, link: &ServerLink) {
+        link.in_queue.fetch_sub(1, Ordering::Relaxed);
+        if state.held_total == 0 {
+            return;
+        }
+        let Some(held) = state.held.get_mut(&link.id) else { return };
+        if let Some(next) = held.pop_front() {
+            state.held_total -= 1;
+            link.in_queue.fetch_add(1, Ordering::Relaxed);
             state.queue.push(meta_of(&next), next);
-        } else if share.in_queue == 0 {
-            state.shares.remove(&id);
+        }
+        if held.is_empty() {
+            state.held.remove(&link.id);
         }
     }
 
@@ -856,7 +864,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// Most links the leader spins over before polling (beyond, a poll is as cheap).
 const SPIN_LINKS: usize = 4;
 
-/// Envelopes of one link in an endpoint's queue at once (see `ReceiverState::shares`).
+/// Envelopes of one link in an endpoint's queue at once (see `ReceiverState::held`).
 const FAIR_SHARE: usize = 32;
 
 /// Reads from one link before the others get a turn.
