@@ -53,6 +53,7 @@ pub(crate) type Refusal = (ControlErrorCode, String);
 pub(crate) struct Registry {
     max_ports: usize,
     max_links: usize,
+    max_links_per_peer: usize,
     next_generation: u32,
     next_link: u64,
     nodes: HashMap<NodeKey, NodeRecord>,
@@ -72,6 +73,7 @@ impl Registry {
         Self {
             max_ports: limits.ports,
             max_links: limits.connections,
+            max_links_per_peer: limits.links_per_peer,
             next_generation: 1,
             next_link: 1,
             nodes: HashMap::new(),
@@ -104,6 +106,7 @@ impl Registry {
     pub(crate) fn set_limits(&mut self, limits: Limits) {
         self.max_ports = limits.ports;
         self.max_links = limits.connections;
+        self.max_links_per_peer = limits.links_per_peer;
     }
 
     /// The identity of the live node with process id `process`.
@@ -190,6 +193,17 @@ impl Registry {
         let server_record = self.nodes.get(&server).expect("registered names belong to nodes");
         if server != key && server_record.links.len() >= self.max_links {
             let detail = "the serving node has reached its link limit".to_owned();
+            return Err((ControlErrorCode::LimitExceeded, detail));
+        }
+        let to_server = client
+            .links
+            .iter()
+            .filter_map(|l| self.links.get(l))
+            .filter(|r| r.client == key && r.server == server && r.client_open)
+            .count();
+        if server != key && to_server >= self.max_links_per_peer {
+            let limit = self.max_links_per_peer;
+            let detail = format!("a node may have at most {limit} links to one node");
             return Err((ControlErrorCode::LimitExceeded, detail));
         }
         let server_identity = server_record.identity;
@@ -432,6 +446,24 @@ mod tests {
         r.remove(NodeKey(1));
         let second = r.admit(NodeKey(1), 100, 0, 0);
         assert_ne!(first.process_id, second.process_id);
+    }
+
+    #[test]
+    fn one_client_may_hold_only_its_share_of_a_servers_links() {
+        let mut r = Registry::new(Limits { links_per_peer: 2, ..Limits::default() });
+        let (server, greedy, other) = (NodeKey(1), NodeKey(2), NodeKey(3));
+        r.admit(server, 1, 0, 0);
+        r.admit(greedy, 2, 0, 0);
+        r.admit(other, 3, 0, 0);
+        r.open_port(server, name("calc"), PortSpec::default()).unwrap();
+        let target = Target::Port(name("calc"));
+        let first = r.connect(greedy, &target, Rights::ALL).unwrap().link;
+        r.connect(greedy, &target, Rights::ALL).unwrap();
+        let third = r.connect(greedy, &target, Rights::ALL).unwrap_err();
+        assert_eq!(third.0, ControlErrorCode::LimitExceeded);
+        r.connect(other, &target, Rights::ALL).unwrap();
+        r.link_closed(greedy, first);
+        r.connect(greedy, &target, Rights::ALL).unwrap();
     }
 
     #[test]

@@ -65,6 +65,7 @@ struct SocketSection {
 struct LimitsSection {
     ports: Option<usize>,
     connections: Option<usize>,
+    links_per_peer: Option<usize>,
     nodes_per_user: Option<usize>,
     calls_in_flight: Option<u32>,
     queued_bytes: Option<u64>,
@@ -97,6 +98,7 @@ pub(super) fn parse(text: &str, owner_uid: u32) -> Result<Policy, PolicyError> {
     let limits = Limits {
         ports: file.limits.ports.unwrap_or(defaults.ports),
         connections: file.limits.connections.unwrap_or(defaults.connections),
+        links_per_peer: file.limits.links_per_peer.unwrap_or(defaults.links_per_peer),
         nodes_per_user: file.limits.nodes_per_user.unwrap_or(defaults.nodes_per_user),
         calls_in_flight: file.limits.calls_in_flight.unwrap_or(defaults.calls_in_flight),
         queued_bytes: file.limits.queued_bytes.unwrap_or(defaults.queued_bytes),

@@ -40,6 +40,9 @@ pub struct Limits {
     pub ports: usize,
     /// Links one node may have open (as client or server), to nodes, mailboxes and topics.
     pub connections: usize,
+    /// Links one node may have open to one other node: so that one client cannot take all of
+    /// a server's `connections`.
+    pub links_per_peer: usize,
     /// Nodes one user may have attached at once (the broker's own user excepted), so that one
     /// user's flood of connections cannot take every node slot.
     pub nodes_per_user: usize,
@@ -177,6 +180,7 @@ impl Default for Limits {
         Self {
             ports: 1024,
             connections: 4096,
+            links_per_peer: 256,
             nodes_per_user: 1024,
             calls_in_flight: quota.calls_in_flight,
             queued_bytes: quota.queued_bytes,
@@ -255,6 +259,7 @@ mod tests {
             [limits]
             ports = 3
             connections = 5
+            links_per_peer = 2
             nodes_per_user = 6
             calls_in_flight = 7
             queued_bytes = 4096
@@ -265,6 +270,7 @@ mod tests {
             Limits {
                 ports: 3,
                 connections: 5,
+                links_per_peer: 2,
                 nodes_per_user: 6,
                 calls_in_flight: 7,
                 queued_bytes: 4096
