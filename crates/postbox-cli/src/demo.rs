@@ -114,7 +114,12 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     heading("10. typed services: a trait served by another process, checked at bind");
     typed(&node, &spawner)?;
 
-    heading(&format!("11. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    heading(
+        "11. access control: a policy per name and operation, a capability granted and revoked",
+    );
+    access()?;
+
+    heading(&format!("12. latency: call round trip, 64-byte messages, {rounds} rounds each"));
     println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
@@ -407,6 +412,66 @@ mod other {
     pub(crate) trait Calc {
         fn add(&self, a: i32, b: i32) -> i64;
     }
+}
+
+/// A second embedded broker whose policy lets this process's user register `demo/**` and call
+/// `demo/public/*`, nothing else: the policy is made out as if the broker ran as another user
+/// (root, say), so that its rules apply to this one (its own user could do everything). Child
+/// processes try what the policy allows and what it does not; then the owner of a private port
+/// grants one node the right to send there, and revokes it.
+fn access() -> Result<()> {
+    let me = rustix::process::getuid().as_raw();
+    let rules = format!(
+        "[[allow]]\nnames = [\"demo/**\"]\nuids = [{me}]\noperations = [\"register\"]\n\n\
+         [[allow]]\nnames = [\"demo/public/*\"]\neveryone = true\noperations = [\"call\"]\n"
+    );
+    let as_if_another_user = if me == 0 { 1 } else { 0 };
+    let policy = postbox::Policy::from_toml(&rules, as_if_another_user)?;
+    let broker = Broker::embedded_with(|config| config.policy(policy))?;
+    let spawner = Spawner { socket: broker.socket_path().to_owned() };
+    println!("  policy: uid {me} may register demo/**, everyone may call demo/public/*");
+    let owner = broker.node()?;
+    let _echo = spawner.worker(&["echo", "demo/public/echo", "--upper"])?;
+    let private = owner.port("demo/private").open()?;
+    let tries: [&[&str]; 3] = [
+        &["call", "demo/public/echo", "allowed"],
+        &["send", "demo/public/echo", "one-way"],
+        &["send", "demo/private", "let me in"],
+    ];
+    for args in tries {
+        let output = spawner.command(args)?.output()?;
+        let said = if output.status.success() { &output.stdout } else { &output.stderr };
+        let said = String::from_utf8_lossy(said);
+        let said = said.trim().trim_start_matches("postbox: ");
+        println!("  postbox {:<34} -> {said}", args.join(" "));
+    }
+    let guest = broker.node()?;
+    owner.grant("demo/private", guest.process_id(), postbox::Rights::SEND)?;
+    let connection = guest.connect("demo/private")?;
+    connection.send("granted")?;
+    let envelope = private.recv_timeout(Duration::from_secs(10))?;
+    println!(
+        "  the owner granted node {} send on demo/private: received {:?} from uid {}",
+        guest.process_id(),
+        text(envelope.body()),
+        envelope.sender_identity().uid
+    );
+    owner.revoke("demo/private", guest.process_id())?;
+    // The guest's end hears of it shortly; until then its sends go nowhere (the owner's end
+    // reads nothing more).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match connection.send("after the revocation") {
+            Ok(()) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(()) => anyhow::bail!("the revoked link was not cut"),
+            Err(error) => break error,
+        }
+    };
+    println!("  revoked: the guest's link is cut, its next send fails: {after}");
+    if private.recv_timeout(Duration::from_millis(100)).is_ok() {
+        anyhow::bail!("a message sent after the revocation was delivered");
+    }
+    Ok(())
 }
 
 fn heading(title: &str) {
