@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use postbox_core::wire::frame::MAX_PRIORITY;
 use postbox_core::{
     FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, Placement, PortQueue, PortSpec,
-    QueuedMeta, Quota, ReleaseCounter, Rights, Selector,
+    QueuedMeta, Quota, ReleaseCounter, Rights, Selector, TypeFilter,
 };
 use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
 
@@ -37,9 +38,9 @@ pub(crate) struct ServerLink {
     pub(crate) client: PeerIdentity,
     /// What the broker granted the client: a frame beyond it closes the link.
     rights: Rights,
-    /// Its envelopes in the endpoint's queue (changed under the endpoint's lock; see
-    /// `ReceiverState::held`).
-    in_queue: AtomicUsize,
+    /// Its envelopes in the endpoint's queue, per priority (changed under the endpoint's
+    /// lock; see `ReceiverState::held`).
+    in_queue: [AtomicUsize; PRIORITIES],
     decoder: Mutex<FrameDecoder>,
     /// The largest payload the port accepts.
     max_payload: u32,
@@ -126,11 +127,14 @@ pub(crate) struct Receiver {
 struct ReceiverState {
     queue: PortQueue<Queued>,
     /// Fairness between links: while more than one link feeds the endpoint, each has at most
-    /// [`FAIR_SHARE`] envelopes in `queue` (counted in `ServerLink::in_queue`); the rest wait
-    /// here, in order, and move into the queue as the link's are taken. A message that
-    /// arrives on a quiet link so waits behind at most a share of each busy link's, not
-    /// behind a whole window of them.
-    held: HashMap<LinkId, VecDeque<Queued>>,
+    /// [`FAIR_SHARE`] envelopes of one priority in `queue` (counted in
+    /// `ServerLink::in_queue`); the rest wait here, in order, per (link, priority), and move
+    /// into the queue as the link's of that priority are taken. A message that arrives on a
+    /// quiet link so waits behind at most a share of each busy link's, not behind a whole
+    /// window of them; a message of higher priority never waits behind lower ones. A receive
+    /// that selects (by sender or type) first moves what it could pick into the queue, so
+    /// that it sees every envelope, as without shares.
+    held: HashMap<(LinkId, u8), VecDeque<Queued>>,
     /// Envelopes in `held`, all links together.
     held_total: usize,
     /// Envelopes taken since the links were last read: while some are held back, the links
@@ -228,7 +232,7 @@ impl Receiver {
             id,
             client,
             rights,
-            in_queue: AtomicUsize::new(0),
+            in_queue: std::array::from_fn(|_| AtomicUsize::new(0)),
             decoder: Mutex::new(FrameDecoder::new(max)),
             max_payload: max,
             read_in_place: self.read_in_place,
@@ -392,9 +396,13 @@ impl Receiver {
         // Consecutive envelopes of one link are released on it together (one lock, at most
         // one credit).
         let mut run: Option<Released> = None;
+        if selector != Selector::ANY && state.held_total > 0 {
+            Self::release_matching(state, selector);
+        }
+        let mut refilled = false;
         while taken < max {
             let Some((_, queued)) = state.queue.pop(selector) else { break };
-            Self::refill_share(state, &queued.link);
+            refilled |= Self::refill_share(state, &queued);
             let Queued { link, mut envelope, counted, confirm } = queued;
             let len = envelope.message.body.len() as u64;
             match &mut run {
@@ -416,7 +424,47 @@ impl Receiver {
             self.release(done);
         }
         state.taken_since_poll += taken;
+        if refilled {
+            // What moved into the queue may be what another receiver waits for.
+            self.wake_receivers(state);
+        }
         taken
+    }
+
+    /// Moves into the queue every held envelope `selector` could pick, with those before it
+    /// of its link and priority (their order kept): up to the first match of each, or for
+    /// "lowest type" selection, the last. The selection then sees what it would see without
+    /// shares.
+    fn release_matching(state: &mut ReceiverState, selector: Selector) {
+        let lowest_type = matches!(selector.msg_type, TypeFilter::AtMost(_));
+        let keys: Vec<(LinkId, u8)> = state.held.keys().copied().collect();
+        for key in keys {
+            let Some(held) = state.held.get_mut(&key) else { continue };
+            let mut matching =
+                held.iter().enumerate().filter(|(_, q)| selector.accepts(&meta_of(q)));
+            let upto = if lowest_type { matching.next_back() } else { matching.next() };
+            let Some((index, _)) = upto else { continue };
+            let moved: Vec<Queued> = held.drain(..=index).collect();
+            if held.is_empty() {
+                state.held.remove(&key);
+            }
+            state.held_total -= moved.len();
+            for queued in moved {
+                queued.link.in_queue[usize::from(key.1)].fetch_add(1, Ordering::Relaxed);
+                state.queue.push(meta_of(&queued), queued);
+            }
+        }
+    }
+
+    /// Tells receivers waiting (blocked, polling or async) that the queue changed.
+    fn wake_receivers(&self, state: &ReceiverState) {
+        if state.waiting > 0 {
+            self.arrived.notify_all();
+        }
+        if state.polling {
+            self.waker.wake();
+        }
+        self.readiness.signal();
     }
 
     /// Reads whatever the links hold now into the queue, without taking anything (so that
@@ -455,11 +503,13 @@ impl Receiver {
             state.links.retain(|l| !dead.contains(&l.id));
             // One-way messages a departed sender sent are still delivered (the ones held back
             // for fairness too, all queued now); its calls can no longer be answered.
-            for id in &dead {
-                if let Some(held) = state.held.remove(id) {
+            let keys: Vec<(LinkId, u8)> =
+                state.held.keys().filter(|(id, _)| dead.contains(id)).copied().collect();
+            for key in keys {
+                if let Some(held) = state.held.remove(&key) {
                     state.held_total -= held.len();
                     for queued in held.into_iter().filter(|q| q.counted) {
-                        queued.link.in_queue.fetch_add(1, Ordering::Relaxed);
+                        queued.link.in_queue[usize::from(key.1)].fetch_add(1, Ordering::Relaxed);
                         state.queue.push(meta_of(&queued), queued);
                     }
                 }
@@ -545,6 +595,7 @@ impl Receiver {
                     let oldest =
                         state.queue.remove_oldest(|_, q| q.counted && q.link.id == link.id);
                     let Some((_, old)) = oldest else { break };
+                    link.in_queue[usize::from(priority_of(&old))].fetch_sub(1, Ordering::Relaxed);
                     let old_len = old.envelope.message.body.len() as u64;
                     flow.messages -= 1;
                     flow.bytes -= old_len;
@@ -561,33 +612,41 @@ impl Receiver {
         // Held back behind what the link has held already (order), or when over its share
         // while others share the endpoint. Drop-oldest ports drop from the queue itself: they
         // keep nothing aside.
-        let behind = state.held_total > 0 && state.held.contains_key(&link.id);
-        let over = link.in_queue.load(Ordering::Relaxed) >= FAIR_SHARE && state.links.len() > 1;
+        let priority = priority_of(&queued);
+        let key = (link.id, priority);
+        let in_queue = &link.in_queue[usize::from(priority)];
+        let behind = state.held_total > 0 && state.held.contains_key(&key);
+        let over = in_queue.load(Ordering::Relaxed) >= FAIR_SHARE && state.links.len() > 1;
         if (behind || over) && self.spec.overflow != Overflow::DropOldest {
-            state.held.entry(link.id).or_default().push_back(queued);
+            state.held.entry(key).or_default().push_back(queued);
             state.held_total += 1;
         } else {
-            link.in_queue.fetch_add(1, Ordering::Relaxed);
+            in_queue.fetch_add(1, Ordering::Relaxed);
             state.queue.push(meta_of(&queued), queued);
         }
         Ok(())
     }
 
-    /// One of `link`'s envelopes left the queue: the next it holds back takes its place.
-    fn refill_share(state: &mut ReceiverState, link: &ServerLink) {
-        link.in_queue.fetch_sub(1, Ordering::Relaxed);
+    /// `taken` left the queue: the next envelope its link holds back at its priority takes
+    /// its place. True when one moved.
+    fn refill_share(state: &mut ReceiverState, taken: &Queued) -> bool {
+        let priority = priority_of(taken);
+        let link = &taken.link;
+        link.in_queue[usize::from(priority)].fetch_sub(1, Ordering::Relaxed);
         if state.held_total == 0 {
-            return;
+            return false;
         }
-        let Some(held) = state.held.get_mut(&link.id) else { return };
-        if let Some(next) = held.pop_front() {
-            state.held_total -= 1;
-            link.in_queue.fetch_add(1, Ordering::Relaxed);
-            state.queue.push(meta_of(&next), next);
-        }
+        let key = (link.id, priority);
+        let Some(held) = state.held.get_mut(&key) else { return false };
+        let moved = held.pop_front();
         if held.is_empty() {
-            state.held.remove(&link.id);
+            state.held.remove(&key);
         }
+        let Some(next) = moved else { return false };
+        state.held_total -= 1;
+        link.in_queue[usize::from(priority)].fetch_add(1, Ordering::Relaxed);
+        state.queue.push(meta_of(&next), next);
+        true
     }
 
     /// Releases envelopes handed out on their link: credit to its sender, and the link may be
@@ -740,6 +799,11 @@ impl LinkFlow {
     }
 }
 
+/// The queue lane an envelope goes to.
+fn priority_of(queued: &Queued) -> u8 {
+    queued.envelope.message.priority.min(MAX_PRIORITY)
+}
+
 /// The queue's view of an envelope.
 fn meta_of(queued: &Queued) -> QueuedMeta {
     let message = &queued.envelope.message;
@@ -866,6 +930,9 @@ const SPIN_LINKS: usize = 4;
 
 /// Envelopes of one link in an endpoint's queue at once (see `ReceiverState::held`).
 const FAIR_SHARE: usize = 32;
+
+/// Priority lanes of a queue.
+const PRIORITIES: usize = MAX_PRIORITY as usize + 1;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;

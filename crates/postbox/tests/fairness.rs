@@ -2,7 +2,12 @@
 //! quiet sender's message and the receiver (each link has a bounded share of the port's
 //! queue; the rest of its messages wait, in order, for their turn).
 
-use postbox::Broker;
+use std::time::Duration;
+
+use postbox::{Broker, Message, Selector};
+
+/// Generous bound for what should happen soon: only a hang reaches it.
+const WATCHDOG: Duration = Duration::from_secs(20);
 
 #[test]
 fn a_quiet_senders_message_is_not_queued_behind_a_busy_senders_whole_backlog() {
@@ -36,4 +41,44 @@ fn a_quiet_senders_message_is_not_queued_behind_a_busy_senders_whole_backlog() {
         busy_before_quiet <= 32,
         "the quiet message waited behind {busy_before_quiet} of the busy sender's"
     );
+}
+
+/// A port with two senders connected, the second quiet so far: shares are in force.
+fn two_senders() -> (Broker, postbox::Node, postbox::Port, postbox::Connection, postbox::Connection)
+{
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("fair").open().unwrap();
+    let a = broker.node().unwrap().connect("fair").unwrap();
+    let b = broker.node().unwrap().connect("fair").unwrap();
+    (broker, server, port, a, b)
+}
+
+#[test]
+fn a_receive_by_type_sees_a_message_behind_a_share_of_its_senders_others() {
+    let (_broker, _server, port, a, b) = two_senders();
+    b.send(Message::from("b is here").with_type(5)).unwrap();
+    for i in 0..40 {
+        a.send(Message::from(format!("note {i}").into_bytes()).with_type(1)).unwrap();
+    }
+    a.send(Message::from("the one").with_type(2)).unwrap();
+    a.send(Message::from("lowest").with_type(0)).unwrap();
+    let wanted = port.recv_matching_timeout(Selector::ANY.of_type(2), WATCHDOG).unwrap();
+    assert_eq!(wanted.body(), b"the one");
+    // The lowest type first, as msgrcv does, whatever was held back.
+    let lowest = port.recv_matching_timeout(Selector::ANY.type_at_most(9), WATCHDOG).unwrap();
+    assert_eq!(lowest.body(), b"lowest");
+}
+
+#[test]
+fn an_urgent_message_never_waits_behind_its_own_senders_lower_priority_share() {
+    let (_broker, _server, port, a, b) = two_senders();
+    for i in 0..40 {
+        a.send(Message::from(format!("low {i}").into_bytes()).with_priority(0)).unwrap();
+    }
+    a.send(Message::from("urgent").with_priority(31)).unwrap();
+    for i in 0..200 {
+        b.send(Message::from(format!("mid {i}").into_bytes()).with_priority(10)).unwrap();
+    }
+    assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"urgent");
 }
