@@ -48,6 +48,7 @@ mod condvar;
 mod connection;
 mod envelope;
 mod error;
+mod fair_queue;
 mod link;
 mod mailbox;
 mod message;

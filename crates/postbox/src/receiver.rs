@@ -12,20 +12,19 @@
 //! frame): when a batch is due, when the sender waits for confirmation, and always before the
 //! leader goes to sleep.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use postbox_core::wire::frame::MAX_PRIORITY;
 use postbox_core::{
-    FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, Placement, PortQueue, PortSpec,
-    QueuedMeta, Quota, ReleaseCounter, Rights, Selector, TypeFilter,
+    FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, Placement, PortSpec, QueuedMeta,
+    Quota, ReleaseCounter, Rights, Selector,
 };
 use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
 
 use crate::condvar::wait_until;
 use crate::envelope::{Envelope, ReplyToken};
+use crate::fair_queue::{FairQueue, Shared, FAIR_SHARE, PRIORITIES};
 use crate::link::LinkEnd;
 use crate::readiness::Readiness;
 use crate::Message;
@@ -39,7 +38,7 @@ pub(crate) struct ServerLink {
     /// What the broker granted the client: a frame beyond it closes the link.
     rights: Rights,
     /// Its envelopes in the endpoint's queue, per priority (changed under the endpoint's
-    /// lock; see `ReceiverState::held`).
+    /// lock; see `fair_queue.rs`).
     in_queue: [AtomicUsize; PRIORITIES],
     decoder: Mutex<FrameDecoder>,
     /// The largest payload the port accepts.
@@ -125,18 +124,8 @@ pub(crate) struct Receiver {
 
 #[derive(Debug)]
 struct ReceiverState {
-    queue: PortQueue<Queued>,
-    /// Fairness between links: while more than one link feeds the endpoint, each has at most
-    /// [`FAIR_SHARE`] envelopes of one priority in `queue` (counted in
-    /// `ServerLink::in_queue`); the rest wait here, in order, per (link, priority), and move
-    /// into the queue as the link's of that priority are taken. A message that arrives on a
-    /// quiet link so waits behind at most a share of each busy link's, not behind a whole
-    /// window of them; a message of higher priority never waits behind lower ones. A receive
-    /// that selects (by sender or type) first moves what it could pick into the queue, so
-    /// that it sees every envelope, as without shares.
-    held: HashMap<(LinkId, u8), VecDeque<Queued>>,
-    /// Envelopes in `held`, all links together.
-    held_total: usize,
+    /// The envelopes waiting to be received, with a fair share per link (`fair_queue.rs`).
+    queue: FairQueue<Queued>,
     /// Envelopes taken since the links were last read: while some are held back, the links
     /// are read again every [`FAIR_SHARE`] takes, or a quiet link's message would wait until
     /// the held ones are all taken (the queue never empties meanwhile).
@@ -178,9 +167,7 @@ impl Receiver {
             spec,
             read_in_place,
             state: Mutex::new(ReceiverState {
-                queue: PortQueue::new(),
-                held: HashMap::new(),
-                held_total: 0,
+                queue: FairQueue::new(),
                 taken_since_poll: 0,
                 links: Vec::new(),
                 polling: false,
@@ -261,9 +248,7 @@ impl Receiver {
         let mut state = self.lock();
         state.closed = true;
         let links = std::mem::take(&mut state.links);
-        state.queue = PortQueue::new();
-        state.held.clear();
-        state.held_total = 0;
+        state.queue.clear();
         drop(state);
         self.waker.wake();
         self.arrived.notify_all();
@@ -280,11 +265,7 @@ impl Receiver {
     /// The endpoint's counters now.
     pub(crate) fn stats(&self) -> PortStats {
         let state = self.lock();
-        PortStats {
-            queued: state.queue.len() + state.held_total,
-            lost: state.lost_total,
-            links: state.links.len(),
-        }
+        PortStats { queued: state.queue.len(), lost: state.lost_total, links: state.links.len() }
     }
 
     /// Number of links currently feeding the endpoint.
@@ -330,7 +311,7 @@ impl Receiver {
     ) -> Result<usize, ReceiveFailure> {
         let mut state = self.lock();
         loop {
-            if state.taken_since_poll >= FAIR_SHARE && !state.polling && state.held_total > 0 {
+            if state.taken_since_poll >= FAIR_SHARE && !state.polling && state.queue.holds_back() {
                 state.polling = true;
                 let links = state.links.clone();
                 drop(state);
@@ -396,13 +377,10 @@ impl Receiver {
         // Consecutive envelopes of one link are released on it together (one lock, at most
         // one credit).
         let mut run: Option<Released> = None;
-        if selector != Selector::ANY && state.held_total > 0 {
-            Self::release_matching(state, selector);
-        }
         let mut refilled = false;
         while taken < max {
-            let Some((_, queued)) = state.queue.pop(selector) else { break };
-            refilled |= Self::refill_share(state, &queued);
+            let Some((queued, moved)) = state.queue.pop(selector) else { break };
+            refilled |= moved;
             let Queued { link, mut envelope, counted, confirm } = queued;
             let len = envelope.message.body.len() as u64;
             match &mut run {
@@ -429,31 +407,6 @@ impl Receiver {
             self.wake_receivers(state);
         }
         taken
-    }
-
-    /// Moves into the queue every held envelope `selector` could pick, with those before it
-    /// of its link and priority (their order kept): up to the first match of each, or for
-    /// "lowest type" selection, the last. The selection then sees what it would see without
-    /// shares.
-    fn release_matching(state: &mut ReceiverState, selector: Selector) {
-        let lowest_type = matches!(selector.msg_type, TypeFilter::AtMost(_));
-        let keys: Vec<(LinkId, u8)> = state.held.keys().copied().collect();
-        for key in keys {
-            let Some(held) = state.held.get_mut(&key) else { continue };
-            let mut matching =
-                held.iter().enumerate().filter(|(_, q)| selector.accepts(&meta_of(q)));
-            let upto = if lowest_type { matching.next_back() } else { matching.next() };
-            let Some((index, _)) = upto else { continue };
-            let moved: Vec<Queued> = held.drain(..=index).collect();
-            if held.is_empty() {
-                state.held.remove(&key);
-            }
-            state.held_total -= moved.len();
-            for queued in moved {
-                queued.link.in_queue[usize::from(key.1)].fetch_add(1, Ordering::Relaxed);
-                state.queue.push(meta_of(&queued), queued);
-            }
-        }
     }
 
     /// Tells receivers waiting (blocked, polling or async) that the queue changed.
@@ -502,19 +455,8 @@ impl Receiver {
         if !dead.is_empty() {
             state.links.retain(|l| !dead.contains(&l.id));
             // One-way messages a departed sender sent are still delivered (the ones held back
-            // for fairness too, all queued now); its calls can no longer be answered.
-            let keys: Vec<(LinkId, u8)> =
-                state.held.keys().filter(|(id, _)| dead.contains(id)).copied().collect();
-            for key in keys {
-                if let Some(held) = state.held.remove(&key) {
-                    state.held_total -= held.len();
-                    for queued in held.into_iter().filter(|q| q.counted) {
-                        queued.link.in_queue[usize::from(key.1)].fetch_add(1, Ordering::Relaxed);
-                        state.queue.push(meta_of(&queued), queued);
-                    }
-                }
-            }
-            state.queue.remove_where(|_, q| !q.counted && dead.contains(&q.link.id));
+            // for fairness too); its calls can no longer be answered.
+            state.queue.links_gone(&dead, |q| q.counted);
         }
         if state.waiting > 0 {
             self.arrived.notify_all();
@@ -594,8 +536,7 @@ impl Receiver {
                 {
                     let oldest =
                         state.queue.remove_oldest(|_, q| q.counted && q.link.id == link.id);
-                    let Some((_, old)) = oldest else { break };
-                    link.in_queue[usize::from(priority_of(&old))].fetch_sub(1, Ordering::Relaxed);
+                    let Some(old) = oldest else { break };
                     let old_len = old.envelope.message.body.len() as u64;
                     flow.messages -= 1;
                     flow.bytes -= old_len;
@@ -609,44 +550,10 @@ impl Receiver {
                 flow.bytes += len;
             }
         }
-        // Held back behind what the link has held already (order), or when over its share
-        // while others share the endpoint. Drop-oldest ports drop from the queue itself: they
-        // keep nothing aside.
-        let priority = priority_of(&queued);
-        let key = (link.id, priority);
-        let in_queue = &link.in_queue[usize::from(priority)];
-        let behind = state.held_total > 0 && state.held.contains_key(&key);
-        let over = in_queue.load(Ordering::Relaxed) >= FAIR_SHARE && state.links.len() > 1;
-        if (behind || over) && self.spec.overflow != Overflow::DropOldest {
-            state.held.entry(key).or_default().push_back(queued);
-            state.held_total += 1;
-        } else {
-            in_queue.fetch_add(1, Ordering::Relaxed);
-            state.queue.push(meta_of(&queued), queued);
-        }
+        // Drop-oldest ports drop from the queue itself: they hold nothing back.
+        let shared = state.links.len() > 1 && self.spec.overflow != Overflow::DropOldest;
+        state.queue.push(queued, shared);
         Ok(())
-    }
-
-    /// `taken` left the queue: the next envelope its link holds back at its priority takes
-    /// its place. True when one moved.
-    fn refill_share(state: &mut ReceiverState, taken: &Queued) -> bool {
-        let priority = priority_of(taken);
-        let link = &taken.link;
-        link.in_queue[usize::from(priority)].fetch_sub(1, Ordering::Relaxed);
-        if state.held_total == 0 {
-            return false;
-        }
-        let key = (link.id, priority);
-        let Some(held) = state.held.get_mut(&key) else { return false };
-        let moved = held.pop_front();
-        if held.is_empty() {
-            state.held.remove(&key);
-        }
-        let Some(next) = moved else { return false };
-        state.held_total -= 1;
-        link.in_queue[usize::from(priority)].fetch_add(1, Ordering::Relaxed);
-        state.queue.push(meta_of(&next), next);
-        true
     }
 
     /// Releases envelopes handed out on their link: credit to its sender, and the link may be
@@ -799,9 +706,18 @@ impl LinkFlow {
     }
 }
 
-/// The queue lane an envelope goes to.
-fn priority_of(queued: &Queued) -> u8 {
-    queued.envelope.message.priority.min(MAX_PRIORITY)
+impl Shared for Queued {
+    fn link(&self) -> LinkId {
+        self.link.id
+    }
+
+    fn meta(&self) -> QueuedMeta {
+        meta_of(self)
+    }
+
+    fn in_queue(&self) -> &[AtomicUsize; PRIORITIES] {
+        &self.link.in_queue
+    }
 }
 
 /// The queue's view of an envelope.
@@ -927,12 +843,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Most links the leader spins over before polling (beyond, a poll is as cheap).
 const SPIN_LINKS: usize = 4;
-
-/// Envelopes of one link in an endpoint's queue at once (see `ReceiverState::held`).
-const FAIR_SHARE: usize = 32;
-
-/// Priority lanes of a queue.
-const PRIORITIES: usize = MAX_PRIORITY as usize + 1;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;
