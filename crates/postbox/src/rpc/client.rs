@@ -410,7 +410,9 @@ impl Client {
     /// The request header for the `method`-th method, with a new call id and no deadline.
     fn header(&self, kind: RequestKind, method: usize, flags: u8) -> Vec<u8> {
         let schema = &self.schema.methods[method];
-        let mut body = Vec::with_capacity(64 + schema.name.len());
+        // Room for the header and small arguments: a buffer that grows while the arguments
+        // are encoded costs a reallocation and a copy on every call.
+        let mut body = Vec::with_capacity(HEADER_ROOM + schema.name.len() + SMALL_ARGUMENTS);
         RequestHeader {
             kind,
             flags,
@@ -585,3 +587,8 @@ const CONTROL_PRIORITY: u8 = 31;
 
 /// How long binding waits for the service to describe itself.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes reserved for a request's header (its method name apart).
+const HEADER_ROOM: usize = 64;
+/// Bytes reserved for a request's arguments before they are encoded: small ones fit.
+const SMALL_ARGUMENTS: usize = 192;

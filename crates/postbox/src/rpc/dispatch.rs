@@ -80,8 +80,12 @@ impl Outcome {
 
     /// A reply body with `status` and no payload yet.
     fn start(status: ReplyStatus) -> Vec<u8> {
-        let mut body = Vec::with_capacity(64);
+        // Room for small results: growing mid-encode is a reallocation per call.
+        let mut body = Vec::with_capacity(SMALL_REPLY);
         status.encode(&mut body);
         body
     }
 }
+
+/// Bytes reserved for a reply before its value is encoded: status and small results fit.
+const SMALL_REPLY: usize = 256;
