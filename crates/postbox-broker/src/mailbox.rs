@@ -88,15 +88,18 @@ impl Mailbox {
         self.bytes_by_sender.get(&sender).copied().unwrap_or(0)
     }
 
-    /// Stores a message (the caller checked [`is_full`](Self::is_full)).
-    pub(crate) fn push(&mut self, stored: Stored) {
-        *self.bytes_by_sender.entry(stored.sender.process_id).or_default() += held_bytes(&stored);
+    /// Stores a message (the caller checked [`is_full`](Self::is_full)); returns what it
+    /// counts against its sender's quota.
+    pub(crate) fn push(&mut self, stored: Stored) -> u64 {
+        let held = held_bytes(&stored);
+        *self.bytes_by_sender.entry(stored.sender.process_id).or_default() += held;
         let meta = QueuedMeta {
             sender: stored.sender.process_id,
             msg_type: stored.msg_type,
             priority: stored.priority,
         };
         self.queue.push(meta, stored);
+        held
     }
 
     /// Records a receiver's pull; it is answered by [`poll_answers`](Self::poll_answers).

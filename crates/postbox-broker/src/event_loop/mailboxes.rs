@@ -144,15 +144,7 @@ impl EventLoop {
             Some(free) => self.data[free] = Some(link),
             None => self.data.push(Some(link)),
         }
-        let connected = ControlMessage::Connected {
-            request,
-            link: id,
-            server: self.identity,
-            spec,
-            rights: postbox_core::Rights::ALL,
-            quota: self.config.policy.quota(),
-        };
-        self.queue(key, &connected, vec![theirs.into_fd()]);
+        self.hand_broker_link(key, request, id, spec, theirs);
     }
 
     pub(super) fn mailbox_stats(&self, request: u32, name: &PortName) -> ControlMessage {
@@ -204,13 +196,14 @@ impl EventLoop {
     /// True for a sender's link that is not to be read now: its mailbox is full (or gone), or
     /// the sender's messages held in all mailboxes reached its byte quota.
     fn input_blocked(&self, link: &DataLink) -> bool {
-        if !matches!(link.role, Role::Input { .. }) {
-            return false;
-        }
-        let sender = link.peer.process_id;
-        let held: u64 = self.mailboxes.values().map(|m| m.bytes_from(sender)).sum();
-        self.mailboxes.get(&link.mailbox).is_none_or(Mailbox::is_full)
-            || held >= self.config.policy.limits().queued_bytes
+        matches!(link.role, Role::Input { .. })
+            && (self.mailboxes.get(&link.mailbox).is_none_or(Mailbox::is_full)
+                || self.held_from(link.peer.process_id) >= self.config.policy.limits().queued_bytes)
+    }
+
+    /// What `sender`'s messages count in all mailboxes against its quota.
+    fn held_from(&self, sender: postbox_core::ProcessId) -> u64 {
+        self.mailboxes.values().map(|m| m.bytes_from(sender)).sum()
     }
 
     /// Serves a ready data link: writes what waits, reads and handles what came.
@@ -246,14 +239,19 @@ impl EventLoop {
     /// room and the sender is within its byte quota: the rest wait in the decoder). Returns
     /// true when no complete frame is left.
     fn handle_frames(&mut self, key: DataKey) -> bool {
+        // A sender's bytes held in every mailbox: summed once, then counted up as frames go in.
+        let Some(sender) = self.data.get(key.0).and_then(Option::as_ref).map(|l| l.peer) else {
+            return true;
+        };
+        let mut held = self.held_from(sender.process_id);
+        let quota = self.config.policy.limits().queued_bytes;
         loop {
-            if self.data.get(key.0).and_then(Option::as_ref).is_some_and(|l| self.input_blocked(l))
-            {
-                return false;
-            }
             let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return true };
             let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) else { return true };
             let input = matches!(link.role, Role::Input { .. });
+            if input && (mailbox.is_full() || held >= quota) {
+                return false;
+            }
             let frame = match link.decoder.poll_frame() {
                 // The broker's links are Unix links: a payload elsewhere breaks the protocol.
                 Ok(Some(frame)) if frame.header.placement == Placement::Inline => frame,
@@ -265,15 +263,17 @@ impl EventLoop {
             };
             let header = frame.header;
             match (input, header.kind) {
-                (true, FrameKind::Oneway | FrameKind::Confirmed) => mailbox.push(Stored {
-                    msg_type: header.msg_type,
-                    priority: header.priority,
-                    body: frame.body,
-                    sender: link.peer,
-                    from: key,
-                    from_link: link.id,
-                    confirm: header.kind == FrameKind::Confirmed,
-                }),
+                (true, FrameKind::Oneway | FrameKind::Confirmed) => {
+                    held += mailbox.push(Stored {
+                        msg_type: header.msg_type,
+                        priority: header.priority,
+                        body: frame.body,
+                        sender: link.peer,
+                        from: key,
+                        from_link: link.id,
+                        confirm: header.kind == FrameKind::Confirmed,
+                    });
+                }
                 (true, FrameKind::Credit) if frame.body.is_empty() => self.send_credit(key, true),
                 (true, FrameKind::Call) => {
                     let detail = "a mailbox takes one-way messages; calls go to a port";

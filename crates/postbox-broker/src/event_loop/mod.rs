@@ -702,6 +702,27 @@ impl EventLoop {
         node.outbox.push_back((bytes, fds));
     }
 
+    /// Answers `request` with the node's end of a link whose other end the broker keeps (a
+    /// mailbox's or a topic's): both rights, since the broker checks its own protocol.
+    fn hand_broker_link(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        link: postbox_core::LinkId,
+        spec: PortSpec,
+        theirs: UnixLink,
+    ) {
+        let connected = ControlMessage::Connected {
+            request,
+            link,
+            server: self.identity,
+            spec,
+            rights: postbox_core::Rights::ALL,
+            quota: self.config.policy.quota(),
+        };
+        self.queue(key, &connected, vec![theirs.into_fd()]);
+    }
+
     /// True when `key`'s outbox can take one more message.
     fn has_room(&self, key: NodeKey) -> bool {
         self.nodes

@@ -144,15 +144,7 @@ impl EventLoop {
             }
         };
         let id = self.registry.allocate_link_id();
-        let connected = ControlMessage::Connected {
-            request,
-            link: id,
-            server: self.identity,
-            spec,
-            rights: postbox_core::Rights::ALL,
-            quota: self.config.policy.quota(),
-        };
-        self.queue(key, &connected, vec![theirs.into_fd()]);
+        self.hand_broker_link(key, request, id, spec, theirs);
         Some(TopicKey(slot))
     }
 
