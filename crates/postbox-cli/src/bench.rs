@@ -124,7 +124,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     };
     let per_placement = size_steps(Measure::CallRtt)
         + usize::from(wanted.contains(&Measure::Throughput))
-        + if wanted.contains(&Measure::Flood) { FLOOD_VARIANTS.len() } else { 0 };
+        + if wanted.contains(&Measure::Flood) { FLOOD_VARIANTS.len() + 1 } else { 0 };
     let steps = placements.len() * per_placement + busy_steps;
     let mut progress = Progress::new(steps);
     let mut records = Vec::new();
@@ -434,6 +434,27 @@ impl Rig {
         let size = FLOOD_SIZE.to_string();
         let threads = FLOOD_CALL_THREADS.to_string();
         let mut records = Vec::new();
+        // The raw primitive in the same run: a socketpair ping-pong with an echo process.
+        progress.step(&format!("{}, flood: raw socketpair", place.label()));
+        let (_, raw_stream, _) =
+            self.raw.iter().find(|(s, ..)| *s == FLOOD_SIZE).context("raw peer for 64 B")?;
+        let mut raw_stream = raw_stream.try_clone()?;
+        let mut buf = vec![0u8; FLOOD_SIZE];
+        let samples = timed_samples(rounds, FLOOD_TIME, || {
+            let start = Instant::now();
+            raw_stream.write_all(&body)?;
+            raw_stream.read_exact(&mut buf)?;
+            Ok(start.elapsed())
+        })?;
+        records.push(Record {
+            placement: place,
+            measure: Measure::Flood,
+            size: FLOOD_SIZE,
+            carrier: Carrier::RawSocketpair,
+            flood: Some(FloodCounts { calls: samples.len(), through: None }),
+            samples: Some(Samples::new(samples)),
+            rate: None,
+        });
         for (carrier, mode) in FLOOD_VARIANTS {
             progress.step(&format!("{}, flood: {}", place.label(), carrier.label()));
             let mut flooder = None;
@@ -815,26 +836,48 @@ fn print_tables(records: &[Record]) {
     }
 }
 
-/// The flood table: the well-behaved client's percentiles, the p99 ratio to its p99 alone,
-/// how many calls it made, and what got through of the flood.
+/// The flood table: the well-behaved client's percentiles, the p99 ratio to its p99 alone and
+/// to the raw socketpair's measured in the same run, how many calls it made, and what got
+/// through of the flood.
 fn print_flood_rows(records: &[Record], rows: &[&Record]) {
     println!(
-        "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>8} {:>22}",
-        "size", "client", "p50", "p99", "p99.9", "p99 ratio", "calls", "flood through (msgs/s)"
+        "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>10} {:>8} {:>22}",
+        "size",
+        "client",
+        "p50",
+        "p99",
+        "p99.9",
+        "p99 ratio",
+        "vs raw",
+        "calls",
+        "flood through (msgs/s)"
     );
     for r in rows {
         let (Some(s), Some(counts)) = (&r.samples, r.flood) else { continue };
         let ratio = ratio(records, r).map_or("-".into(), |x| format!("{x:.2}x"));
+        let raw = records
+            .iter()
+            .find(|b| {
+                b.placement == r.placement
+                    && b.measure == Measure::Flood
+                    && b.carrier == Carrier::RawSocketpair
+            })
+            .and_then(|b| b.samples.as_ref())
+            .map_or("-".into(), |b| {
+                let p99 = |x: &Samples| x.percentile(99.0).as_secs_f64();
+                format!("{:.2}x", p99(s) / p99(b).max(1e-12))
+            });
         let through =
             counts.through.map_or("-".into(), |(n, rate)| format!("{n} ({:.2} M/s)", rate / 1e6));
         println!(
-            "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>8} {:>22}",
+            "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>10} {:>8} {:>22}",
             size_label(r.size),
             r.carrier.label(),
             micros(s.percentile(50.0)),
             micros(s.percentile(99.0)),
             micros(s.percentile(99.9)),
             ratio,
+            raw,
             counts.calls,
             through
         );
