@@ -38,6 +38,7 @@ pub use wire::control::{
     Target,
 };
 pub use wire::frame::{
-    Frame, FrameDecoder, FrameHeader, FrameKind, Placement, PoolRef, ReplyErrorCode, SealedRef,
+    Frame, FrameBody, FrameDecoder, FrameHeader, FrameKind, Placement, PoolRef, ReplyErrorCode,
+    SealedRef,
 };
 pub use wire::{DecodeError, Reader};

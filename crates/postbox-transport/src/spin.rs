@@ -29,6 +29,7 @@ impl Spin {
         let per_yield = self.looks_per_yield.load(Ordering::Relaxed).max(1);
         let started = Instant::now();
         let mut looks = 0u32;
+        let mut pauses = 1u32;
         let mut yielded = false;
         let found = loop {
             if ready() {
@@ -44,7 +45,13 @@ impl Spin {
                 std::thread::yield_now();
                 yielded = true;
             } else {
-                std::hint::spin_loop();
+                // Looks thin out as the spin goes on: each one pulls the peer's index to this
+                // core, and a peer publishing one message after another would otherwise pay a
+                // cache-line transfer per message.
+                for _ in 0..pauses {
+                    std::hint::spin_loop();
+                }
+                pauses = (pauses * 2).min(MAX_PAUSES);
             }
         };
         let next = if found { budget * 2 } else { budget / 2 };
@@ -73,3 +80,5 @@ const MAX: Duration = Duration::from_micros(50);
 /// Looks between two yields of the CPU: few when the peer shares the core, many when not.
 const MIN_LOOKS: u32 = 2;
 const MAX_LOOKS: u32 = 64;
+/// Most pauses between two looks (a pause is tens of nanoseconds).
+const MAX_PAUSES: u32 = 16;

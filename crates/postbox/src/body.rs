@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use postbox_core::FrameBody;
 use postbox_transport::{Link, PoolLoan, PoolView, SealedPayload};
 
 /// A message body.
@@ -11,6 +12,8 @@ use postbox_transport::{Link, PoolLoan, PoolView, SealedPayload};
 pub(crate) enum Body {
     /// Bytes this process owns.
     Owned(Vec<u8>),
+    /// A few received bytes this process owns, kept without an allocation.
+    Small(SmallBody),
     /// Space lent by a link's payload pool, not sent yet.
     Lent(Lent),
     /// A received payload, read in place in the sender's pool.
@@ -18,6 +21,13 @@ pub(crate) enum Body {
     /// A sealed memory object of its own: nobody can change it, so it is shared (sent or
     /// received) without copying, even between processes that do not trust each other.
     Sealed(Arc<SealedPayload>),
+}
+
+/// Up to [`SMALL_BODY`] bytes, in place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SmallBody {
+    len: u8,
+    bytes: [u8; SMALL_BODY],
 }
 
 /// Space lent by a link: goes back to the link unless sent on it.
@@ -29,6 +39,18 @@ pub(crate) struct Lent {
 }
 
 impl Body {
+    /// A received frame's body: kept in place when small, else in an allocation.
+    pub(crate) fn received(body: FrameBody<'_>) -> Self {
+        match body {
+            FrameBody::Borrowed(bytes) if bytes.len() <= SMALL_BODY => {
+                let mut small = SmallBody { len: bytes.len() as u8, bytes: [0; SMALL_BODY] };
+                small.bytes[..bytes.len()].copy_from_slice(bytes);
+                Self::Small(small)
+            }
+            body => Self::Owned(body.into_vec()),
+        }
+    }
+
     /// Lent space on `link`.
     pub(crate) fn lent(loan: PoolLoan, link: Arc<Link>) -> Self {
         Self::Lent(Lent { loan: Some(loan), link })
@@ -42,6 +64,7 @@ impl Body {
         }
         match self {
             Self::Owned(bytes) => bytes,
+            Self::Small(small) => &mut small.bytes[..usize::from(small.len)],
             Self::Lent(lent) => lent.loan.as_mut().map_or(&mut [], PoolLoan::as_mut_slice),
             Self::Viewed(_) | Self::Sealed(_) => unreachable!("replaced by an owned copy above"),
         }
@@ -73,7 +96,7 @@ impl Body {
 
     /// True for bytes this process owns (not lent, received in place or sealed).
     pub(crate) fn is_owned(&self) -> bool {
-        matches!(self, Self::Owned(_))
+        matches!(self, Self::Owned(_) | Self::Small(_))
     }
 
     /// The sealed payload, when the body is one.
@@ -98,6 +121,7 @@ impl std::ops::Deref for Body {
     fn deref(&self) -> &[u8] {
         match self {
             Self::Owned(bytes) => bytes,
+            Self::Small(small) => &small.bytes[..usize::from(small.len)],
             Self::Lent(lent) => lent.loan.as_ref().map_or(&[], PoolLoan::as_slice),
             Self::Viewed(view) => view.as_slice(),
             Self::Sealed(payload) => payload.as_slice(),
@@ -112,6 +136,7 @@ impl Clone for Body {
         match self {
             Self::Viewed(view) => Self::Viewed(Arc::clone(view)),
             Self::Sealed(payload) => Self::Sealed(Arc::clone(payload)),
+            Self::Small(small) => Self::Small(*small),
             other => Self::Owned(other.to_vec()),
         }
     }
@@ -138,3 +163,6 @@ impl Drop for Lent {
         }
     }
 }
+
+/// Largest received body kept without an allocation of its own.
+const SMALL_BODY: usize = 64;

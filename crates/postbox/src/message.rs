@@ -124,7 +124,7 @@ impl Message {
     /// read in place (zero-copy).
     #[must_use]
     pub fn is_zero_copy(&self) -> bool {
-        !matches!(self.body, Body::Owned(_))
+        !self.body.is_owned()
     }
 
     /// The type tag.
@@ -161,13 +161,12 @@ impl From<Vec<u8>> for Message {
 impl Message {
     /// The message a received frame carries (its header fields and body).
     pub(crate) fn from_frame(frame: postbox_core::Frame) -> Self {
-        let header = frame.header;
-        Self {
-            id: header.id,
-            msg_type: header.msg_type,
-            priority: header.priority,
-            body: Body::Owned(frame.body),
-        }
+        Self::received(&frame.header, Body::Owned(frame.body))
+    }
+
+    /// The message an inline frame carried, with its body as received.
+    pub(crate) fn received(header: &postbox_core::FrameHeader, body: Body) -> Self {
+        Self { id: header.id, msg_type: header.msg_type, priority: header.priority, body }
     }
 
     /// The message a pooled frame announces, its payload read in place.

@@ -12,7 +12,7 @@
 //! frame): when a batch is due, when the sender waits for confirmation, and always before the
 //! leader goes to sleep.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use postbox_core::{
 };
 use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
 
+use crate::body::Body;
 use crate::condvar::wait_until;
 use crate::envelope::{Envelope, ReplyToken};
 use crate::fair_queue::{FairQueue, Shared, FAIR_SHARE, PRIORITIES};
@@ -41,6 +42,9 @@ pub(crate) struct ServerLink {
     /// lock; see `fair_queue.rs`).
     in_queue: [AtomicUsize; PRIORITIES],
     decoder: Mutex<FrameDecoder>,
+    /// The decoder may hold complete frames not decoded yet (a receiver took only what it
+    /// could hand out): the link is to be read even when its transport holds nothing new.
+    undecoded: AtomicBool,
     /// The largest payload the port accepts.
     max_payload: u32,
     /// Pooled payloads are read in place (the port trusts its senders), not copied out.
@@ -75,6 +79,13 @@ struct Queued {
     counted: bool,
     /// Its sender waits for it to be taken.
     confirm: bool,
+}
+
+/// A receiver that takes any envelope, polling: what arrives may go straight to it.
+struct Direct<'a> {
+    sink: &'a mut dyn FnMut(Envelope),
+    /// Most envelopes it takes.
+    max: usize,
 }
 
 /// Envelopes of one link handed out together, to be released on it.
@@ -221,6 +232,7 @@ impl Receiver {
             rights,
             in_queue: std::array::from_fn(|_| AtomicUsize::new(0)),
             decoder: Mutex::new(FrameDecoder::new(max)),
+            undecoded: AtomicBool::new(false),
             max_payload: max,
             read_in_place: self.read_in_place,
             flow: Mutex::new(LinkFlow {
@@ -315,9 +327,9 @@ impl Receiver {
                 state.polling = true;
                 let links = state.links.clone();
                 drop(state);
-                let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking);
+                let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX);
                 state = self.lock();
-                self.settle(&mut state, arrived, dead, on_dead);
+                self.settle(&mut state, arrived, dead, on_dead, None);
             }
             let taken = self.take(&mut state, selector, max, sink);
             if taken > 0 {
@@ -345,10 +357,19 @@ impl Receiver {
                     link.flush_credit(true);
                 }
             }
-            let (arrived, dead) = self.poll_links(&links, wait);
+            // A receiver that takes any envelope decodes little more than it can take (a poll
+            // costs more than queueing a few): the rest stay in the links' decoders.
+            let limit =
+                if selector == Selector::ANY { max.max(ARRIVED_CAPACITY) } else { usize::MAX };
+            let (arrived, dead) = self.poll_links(&links, wait, limit);
             let progress = !arrived.is_empty() || !dead.is_empty();
             state = self.lock();
-            self.settle(&mut state, arrived, dead, on_dead);
+            let direct = (selector == Selector::ANY).then_some(Direct { sink: &mut *sink, max });
+            let delivered = self.settle(&mut state, arrived, dead, on_dead, direct);
+            if delivered > 0 {
+                let more = self.take(&mut state, selector, max - delivered, sink);
+                return Ok(delivered + more);
+            }
             if wait == Wait::NonBlocking && progress {
                 // Read to exhaustion before answering "empty": a link may hold more than one
                 // read takes (async receivers wait for new data, not for data left behind).
@@ -430,21 +451,44 @@ impl Receiver {
         state.polling = true;
         let links = state.links.clone();
         drop(state);
-        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking);
+        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX);
         let mut state = self.lock();
-        self.settle(&mut state, arrived, dead, on_dead);
+        self.settle(&mut state, arrived, dead, on_dead, None);
     }
 
     /// Ends a poll: queues what arrived, forgets dead links, wakes waiting receivers.
+    ///
+    /// With `direct` (the polling receiver takes any envelope), what arrived goes straight to
+    /// its sink, up to its `max`, when the queue could only have handed it the same envelopes
+    /// in the same order: nothing queued, one link, one priority, no drop-oldest. Returns how
+    /// many went so.
     fn settle(
         &self,
         state: &mut ReceiverState,
         arrived: Vec<(Queued, u64)>,
         mut dead: Vec<LinkId>,
         on_dead: &dyn Fn(LinkId),
-    ) {
+        direct: Option<Direct<'_>>,
+    ) -> usize {
         state.polling = false;
         state.taken_since_poll = 0;
+        let mut delivered = 0;
+        let mut arrived = arrived.into_iter();
+        if let Some(Direct { sink, max }) = direct {
+            let priority = arrived.as_slice().first().map(|(q, _)| q.envelope.message.priority);
+            // Drop-oldest ports keep the newest of what arrived: it all goes through the queue.
+            let bypass = dead.is_empty()
+                && self.spec.overflow != Overflow::DropOldest
+                && state.links.len() == 1
+                && state.queue.len() == 0
+                && arrived
+                    .as_slice()
+                    .iter()
+                    .all(|(q, _)| Some(q.envelope.message.priority) == priority);
+            if bypass {
+                delivered = self.deliver(state, &mut arrived, sink, max);
+            }
+        }
         for (queued, sender_dropped) in arrived {
             state.lost_pending += sender_dropped;
             state.lost_total += sender_dropped;
@@ -465,6 +509,40 @@ impl Receiver {
         for id in dead {
             on_dead(id);
         }
+        delivered
+    }
+
+    /// Hands up to `max` of `arrived` (all of one link, nothing queued before them) to `sink`
+    /// without queueing them, and releases them on their link at once; returns how many.
+    fn deliver(
+        &self,
+        state: &mut ReceiverState,
+        arrived: &mut std::vec::IntoIter<(Queued, u64)>,
+        sink: &mut dyn FnMut(Envelope),
+        max: usize,
+    ) -> usize {
+        let Some(link) = arrived.as_slice().first().map(|(q, _)| Arc::clone(&q.link)) else {
+            return 0;
+        };
+        let mut released = Released::new(link);
+        let mut delivered = 0;
+        for (queued, sender_dropped) in arrived.by_ref().take(max) {
+            let Queued { mut envelope, counted, confirm, link: _ } = queued;
+            released.add(counted, confirm, envelope.message.body.len() as u64);
+            state.lost_total += sender_dropped;
+            envelope.lost = std::mem::take(&mut state.lost_pending) + sender_dropped;
+            sink(envelope);
+            delivered += 1;
+        }
+        state.taken_since_poll += delivered;
+        let Released { link, messages, bytes, urgent, calls: _ } = released;
+        if messages > 0 {
+            // Never counted as queued: only the credit is owed.
+            let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            flow.release.on_release_many(messages, bytes);
+            link.send_credit(&mut flow, urgent);
+        }
+        delivered
     }
 
     /// Like [`recv`](Self::recv) with no wait, awaiting readiness (tokio) in between.
@@ -582,11 +660,13 @@ impl Receiver {
     }
 
     /// Polls the links (and the waker) once, reading every ready link that is not at its
-    /// limit. Returns what arrived (with the drops its sender reported) and the dead links.
+    /// limit, and decoding at most `limit` frames of each. Returns what arrived (with the
+    /// drops its sender reported) and the dead links.
     fn poll_links(
         &self,
         links: &[Arc<ServerLink>],
         wait: Wait,
+        limit: usize,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         let links: Vec<&Arc<ServerLink>> =
             links.iter().filter(|l| !l.is_full(&self.spec)).collect();
@@ -597,14 +677,14 @@ impl Receiver {
         if shared {
             let all_shared = links.iter().all(|l| l.end.link().is_shared_memory());
             if wait != Wait::NonBlocking && links.len() <= SPIN_LINKS {
-                self.spin.run(|| links.iter().any(|l| l.end.link().has_input()));
+                self.spin.run(|| links.iter().any(|l| l.has_input()));
             }
             // Async receivers were woken by an edge-triggered epoll set: a hang-up it
             // reported once must be looked for now, so they always poll.
             if all_shared && !self.readiness.is_active() && !self.poll_due() {
-                let to_read: Vec<bool> = links.iter().map(|l| l.end.link().has_input()).collect();
+                let to_read: Vec<bool> = links.iter().map(|l| l.has_input()).collect();
                 if to_read.contains(&true) || wait == Wait::NonBlocking {
-                    return read_links(&links, &to_read, &self.spec);
+                    return read_links(&links, &to_read, &self.spec, limit);
                 }
             }
         }
@@ -619,7 +699,7 @@ impl Receiver {
             first_fd.push(fds.len());
             link.end.link().poll_fds(&mut fds);
             owner.resize(fds.len(), i);
-            to_read[i] = link.end.link().prepare_poll();
+            to_read[i] = link.end.link().prepare_poll() || link.undecoded.load(Ordering::Acquire);
         }
         let wait = if to_read.contains(&true) { Wait::NonBlocking } else { wait };
         let ready = wait_readable(&fds, wait);
@@ -636,7 +716,7 @@ impl Receiver {
                 to_read[i] = true;
             }
         }
-        read_links(&links, &to_read, &self.spec)
+        read_links(&links, &to_read, &self.spec, limit)
     }
 
     /// True when the last poll of the links is older than [`POLL_INTERVAL`].
@@ -653,16 +733,18 @@ impl Receiver {
     }
 }
 
-/// Reads the links marked in `to_read`. Returns what arrived and the links found dead.
+/// Reads the links marked in `to_read`, decoding at most `limit` frames of each. Returns what
+/// arrived and the links found dead.
 fn read_links(
     links: &[&Arc<ServerLink>],
     to_read: &[bool],
     spec: &PortSpec,
+    limit: usize,
 ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
-    let mut arrived = Vec::new();
+    let mut arrived = Vec::with_capacity(limit.min(ARRIVED_CAPACITY));
     let mut dead = Vec::new();
     for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
-        if !read_link(link, spec, &mut arrived) {
+        if !read_link(link, spec, &mut arrived, limit) {
             link.end.close();
             dead.push(link.id);
         }
@@ -671,6 +753,11 @@ fn read_links(
 }
 
 impl ServerLink {
+    /// True when the link has input: on its transport, or frames left in its decoder.
+    fn has_input(&self) -> bool {
+        self.undecoded.load(Ordering::Acquire) || self.end.link().has_input()
+    }
+
     /// True when this link is not to be read now: its one-way messages fill the capacity
     /// (unless drop-oldest, which must read to drop), or its queued calls or bytes reached the
     /// limits that protect memory.
@@ -730,24 +817,49 @@ fn meta_of(queued: &Queued) -> QueuedMeta {
     }
 }
 
-/// Reads what one ready link holds into envelopes; false when the link is finished (closed by
-/// the peer, or the peer broke the protocol).
-fn read_link(link: &Arc<ServerLink>, spec: &PortSpec, out: &mut Vec<(Queued, u64)>) -> bool {
+/// Reads what one ready link holds into envelopes, at most `limit` of them (the rest stay in
+/// its decoder); false when the link is finished (closed by the peer, or the peer broke the
+/// protocol).
+fn read_link(
+    link: &Arc<ServerLink>,
+    spec: &PortSpec,
+    out: &mut Vec<(Queued, u64)>,
+    limit: usize,
+) -> bool {
     if link.end.link().is_cut() {
         // Cut here (its grant was revoked): whatever the client still writes is not read.
         return false;
     }
     let mut decoder = link.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut budget = limit;
+    let first = out.len();
+    if link.undecoded.load(Ordering::Acquire) {
+        // Frames read before come first; the transport is read once they are all out.
+        match decode_ranked(link, &mut decoder, out, first, &mut budget) {
+            Decoded::Broken => return false,
+            Decoded::Limit => return true,
+            Decoded::All => link.undecoded.store(false, Ordering::Release),
+        }
+    }
     // Keep reading while a frame is incomplete and the link has more of it (a large body
     // arrives in socket-buffer-sized pieces), then hand over what is complete.
     for _ in 0..MAX_READS_PER_TURN {
+        if budget == 0 {
+            link.undecoded.store(true, Ordering::Release);
+            break;
+        }
         match link.end.link().read_into(&mut decoder, Wait::NonBlocking) {
             Ok(_) => {}
             Err(TransportError::WouldBlock) => break,
             Err(_) => return false,
         }
-        if !decode_frames(link, &mut decoder, out) {
-            return false;
+        match decode_ranked(link, &mut decoder, out, first, &mut budget) {
+            Decoded::Broken => return false,
+            Decoded::Limit => {
+                link.undecoded.store(true, Ordering::Release);
+                break;
+            }
+            Decoded::All => {}
         }
         if !decoder.is_mid_frame() || link.is_full(spec) {
             break;
@@ -756,18 +868,56 @@ fn read_link(link: &Arc<ServerLink>, spec: &PortSpec, out: &mut Vec<(Queued, u64
     true
 }
 
-/// Moves every complete frame out of `decoder`; false when the peer broke the protocol.
+/// [`decode_frames`], going on past the budget when a frame left in the decoder has a higher
+/// priority than one decoded since `out[first]`: what is left must never outrank what a
+/// receiver is handed.
+fn decode_ranked(
+    link: &Arc<ServerLink>,
+    decoder: &mut FrameDecoder,
+    out: &mut Vec<(Queued, u64)>,
+    first: usize,
+    budget: &mut usize,
+) -> Decoded {
+    match decode_frames(link, decoder, out, budget) {
+        Decoded::Limit => {
+            let lowest = out[first..].iter().map(|(q, _)| q.envelope.message.priority).min();
+            match (decoder.staged_priority(), lowest) {
+                (Some(top), Some(lowest)) if top > lowest => {
+                    *budget = usize::MAX;
+                    decode_frames(link, decoder, out, budget)
+                }
+                _ => Decoded::Limit,
+            }
+        }
+        done => done,
+    }
+}
+
+/// How far [`decode_frames`] went.
+enum Decoded {
+    /// Every complete frame is out.
+    All,
+    /// The budget ran out; complete frames may be left.
+    Limit,
+    /// The peer broke the protocol.
+    Broken,
+}
+
+/// Moves complete frames out of `decoder` while `budget` lasts (each envelope takes one).
 fn decode_frames(
     link: &Arc<ServerLink>,
     decoder: &mut FrameDecoder,
     out: &mut Vec<(Queued, u64)>,
-) -> bool {
+    budget: &mut usize,
+) -> Decoded {
     // Read off the link now: one clock reading for the calls of this read.
     let mut arrived = None;
     loop {
-        match decoder.poll_frame() {
-            Ok(Some(frame)) => {
-                let header = frame.header;
+        if *budget == 0 {
+            return Decoded::Limit;
+        }
+        match decoder.poll_frame_with(|header, body| (header, Body::received(body))) {
+            Ok(Some((header, body))) => {
                 let needs = match header.kind {
                     FrameKind::Oneway | FrameKind::Confirmed => Rights::SEND,
                     FrameKind::Call => Rights::CALL,
@@ -775,27 +925,23 @@ fn decode_frames(
                 };
                 if !link.rights.contains(needs) {
                     // The broker did not grant this: an honest client never sends it.
-                    return false;
+                    return Decoded::Broken;
                 }
                 let message = if header.placement == Placement::Inline {
-                    Message::from_frame(frame)
+                    Message::received(&header, body)
                 } else {
                     if !matches!(
                         header.kind,
                         FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call
                     ) {
-                        return false;
+                        return Decoded::Broken;
                     }
                     // A payload outside the client's pool, or a sealed one that is not
                     // sealed, breaks the protocol.
-                    let described = link.end.described(
-                        &header,
-                        &frame.body,
-                        link.max_payload,
-                        link.read_in_place,
-                    );
+                    let described =
+                        link.end.described(&header, &body, link.max_payload, link.read_in_place);
                     let Some(message) = described else {
-                        return false;
+                        return Decoded::Broken;
                     };
                     message
                 };
@@ -821,7 +967,9 @@ fn decode_frames(
                     }
                     // Replies and real credits never travel towards a server: the client
                     // broke the protocol.
-                    FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => return false,
+                    FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => {
+                        return Decoded::Broken
+                    }
                 };
                 let envelope =
                     Envelope { message, sender: link.client, reply, lost: 0, topic: None };
@@ -829,10 +977,11 @@ fn decode_frames(
                     Queued { link: Arc::clone(link), envelope, counted, confirm },
                     sender_dropped,
                 ));
+                *budget -= 1;
             }
-            Ok(None) => return true,
+            Ok(None) => return Decoded::All,
             // Garbage, a bad checksum or an oversized frame: drop this link only.
-            Err(_) => return false,
+            Err(_) => return Decoded::Broken,
         }
     }
 }
@@ -846,3 +995,7 @@ const SPIN_LINKS: usize = 4;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;
+
+/// Envelopes one poll makes room for at once: a receiver taking any envelope decodes this many
+/// (or as many as it takes, if more) per poll.
+const ARRIVED_CAPACITY: usize = 64;

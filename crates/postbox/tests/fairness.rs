@@ -82,3 +82,23 @@ fn an_urgent_message_never_waits_behind_its_own_senders_lower_priority_share() {
     }
     assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"urgent");
 }
+
+#[test]
+fn an_urgent_message_behind_a_long_run_of_its_senders_is_received_first() {
+    // One link: the receiver decodes only some of what it reads per receive, yet a message
+    // of higher priority further on in the same read is never left behind.
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("urgent").open().unwrap();
+    let sender = broker.node().unwrap().connect("urgent").unwrap();
+    for i in 0..300 {
+        sender.send(Message::from(format!("low {i}").into_bytes()).with_priority(0)).unwrap();
+    }
+    sender.send(Message::from("urgent").with_priority(31)).unwrap();
+    assert_eq!(port.recv_timeout(WATCHDOG).unwrap().body(), b"urgent");
+    let mut batch = Vec::new();
+    port.recv_batch(&mut batch, 10).unwrap();
+    let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body()).collect();
+    assert_eq!(bodies[0], b"low 0", "the rest follow in order");
+    assert!(bodies.windows(2).all(|w| w[0] != w[1]));
+}

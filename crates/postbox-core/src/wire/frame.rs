@@ -329,6 +329,36 @@ impl Frame {
     }
 }
 
+/// The body of a frame [`FrameDecoder::poll_frame_with`] hands out: still in the decoder's
+/// buffer, or in an allocation of its own (a large body read in place).
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameBody<'a> {
+    /// Bytes in the decoder's buffer, valid until the decoder is next used.
+    Borrowed(&'a [u8]),
+    /// A body that had its own allocation already.
+    Owned(Vec<u8>),
+}
+
+impl FrameBody<'_> {
+    /// The body bytes.
+    #[must_use]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Borrowed(bytes) => bytes,
+            Self::Owned(bytes) => bytes,
+        }
+    }
+
+    /// The body as a vector (copied when borrowed).
+    #[must_use]
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Self::Borrowed(bytes) => bytes.to_vec(),
+            Self::Owned(bytes) => bytes,
+        }
+    }
+}
+
 /// Cuts a byte stream into frames (sans-IO).
 ///
 /// Feed it with [`read_buffer`](Self::read_buffer) + [`commit`](Self::commit) (zero-copy:
@@ -343,6 +373,10 @@ pub struct FrameDecoder {
     start: usize,
     end: usize,
     partial: Option<PartialBody>,
+    /// Staged frames up to here had their headers looked at by
+    /// [`staged_priority`](FrameDecoder::staged_priority), which found at most `staged_top`.
+    scanned: usize,
+    staged_top: u8,
     poisoned: bool,
     input: Vec<u8>,
     input_pos: usize,
@@ -367,6 +401,8 @@ impl FrameDecoder {
             start: 0,
             end: 0,
             partial: None,
+            scanned: 0,
+            staged_top: 0,
             poisoned: false,
             input: Vec::new(),
             input_pos: 0,
@@ -378,17 +414,15 @@ impl FrameDecoder {
     ///
     /// Call [`commit`](Self::commit) with the number of bytes the read produced.
     pub fn read_buffer(&mut self) -> &mut [u8] {
-        if let Some(partial) = &mut self.partial {
+        if self.partial.is_none() && self.end == self.staging.len() {
+            self.compact();
+        }
+        match &mut self.partial {
             // The staging area is drained into a partial body before it is created, so reading
             // into the body keeps the stream's order.
-            return &mut partial.body[partial.filled..];
+            Some(partial) => &mut partial.body[partial.filled..],
+            None => &mut self.staging[self.end..],
         }
-        if self.end == self.staging.len() {
-            self.staging.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        &mut self.staging[self.end..]
     }
 
     /// Records that `n` bytes were written into the last [`read_buffer`](Self::read_buffer).
@@ -419,6 +453,19 @@ impl FrameDecoder {
     /// # Errors
     /// A [`DecodeError`] when the stream holds an invalid frame; the decoder is then poisoned.
     pub fn poll_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        self.poll_frame_with(|header, body| Frame { header, body: body.into_vec() })
+    }
+
+    /// Like [`poll_frame`](Self::poll_frame), handing the next complete frame's header and
+    /// checked body to `take`, which keeps what it needs: a small body need not be copied
+    /// into an allocation of its own.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] when the stream holds an invalid frame; the decoder is then poisoned.
+    pub fn poll_frame_with<R>(
+        &mut self,
+        take: impl FnOnce(FrameHeader, FrameBody<'_>) -> R,
+    ) -> Result<Option<R>, DecodeError> {
         if self.poisoned {
             return Err(DecodeError::Poisoned);
         }
@@ -426,11 +473,18 @@ impl FrameDecoder {
             let absorbed = self.absorb_input();
             match self.next_frame() {
                 Ok(None) if absorbed > 0 => continue,
+                Ok(None) => return Ok(None),
+                Ok(Some(Located::Owned(frame))) => {
+                    return Ok(Some(take(frame.header, FrameBody::Owned(frame.body))));
+                }
+                Ok(Some(Located::Staged { header, at })) => {
+                    let body = &self.staging[at..at + header.body_len as usize];
+                    return Ok(Some(take(header, FrameBody::Borrowed(body))));
+                }
                 Err(e) => {
                     self.poisoned = true;
                     return Err(e);
                 }
-                done => return done,
             }
         }
     }
@@ -448,15 +502,55 @@ impl FrameDecoder {
         self.buffered() > 0
     }
 
-    fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+    /// The highest priority of the frames buffered and not handed out yet, at least (it may
+    /// count some handed out already); `None` when no frame header is buffered. Frame headers
+    /// are looked at once each, however often this is asked.
+    #[must_use]
+    pub fn staged_priority(&mut self) -> Option<u8> {
+        if self.partial.is_some() {
+            return Some(MAX_PRIORITY);
+        }
+        let mut at = self.scanned.max(self.start);
+        while let Some(header) = self.staging[at..self.end].first_chunk::<HEADER_LEN>() {
+            self.staged_top = self.staged_top.max(header[2].min(MAX_PRIORITY));
+            let body_len = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
+            let next = at.saturating_add(HEADER_LEN).saturating_add(body_len as usize);
+            if next > self.end {
+                break;
+            }
+            at = next;
+        }
+        self.scanned = at;
+        (self.start < self.end).then_some(self.staged_top)
+    }
+
+    /// Moves the staged bytes to the front of the staging area.
+    fn compact(&mut self) {
+        self.staging.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.scanned = self.scanned.saturating_sub(self.start);
+        self.start = 0;
+    }
+
+    /// Every staged byte was handed out: the staging area starts over.
+    fn empty_staging(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.scanned = 0;
+        self.staged_top = 0;
+    }
+
+    /// Finds the next complete frame and checks it; a staged body stays where it is (the
+    /// bytes stay valid until the next read or input, though `start` has moved past them).
+    fn next_frame(&mut self) -> Result<Option<Located>, DecodeError> {
         if let Some(partial) = &self.partial {
             if partial.filled < partial.body.len() {
                 return Ok(None);
             }
             // Invariant: `partial` is Some (checked just above).
             let p = self.partial.take().expect("partial body present");
-            let frame = finish(p.header, p.declared_crc, &p.header_bytes, p.body)?;
-            return Ok(Some(frame));
+            check(p.declared_crc, &p.header_bytes, &p.body)?;
+            return Ok(Some(Located::Owned(Frame { header: p.header, body: p.body })));
         }
         let staged = &self.staging[self.start..self.end];
         let Some(header_bytes) = staged.first_chunk::<HEADER_LEN>() else {
@@ -465,23 +559,20 @@ impl FrameDecoder {
         let (header, declared_crc) = FrameHeader::decode(header_bytes, self.max_body)?;
         let body_len = header.body_len as usize;
         if staged.len() >= HEADER_LEN + body_len {
-            let body = staged[HEADER_LEN..HEADER_LEN + body_len].to_vec();
-            let header_bytes = *header_bytes;
+            check(declared_crc, header_bytes, &staged[HEADER_LEN..HEADER_LEN + body_len])?;
+            let at = self.start + HEADER_LEN;
             self.start += HEADER_LEN + body_len;
             if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
+                self.empty_staging();
             }
-            return finish(header, declared_crc, &header_bytes, body).map(Some);
+            return Ok(Some(Located::Staged { header, at }));
         }
         if HEADER_LEN + body_len > self.staging.len() - self.start {
             // The body does not fit in staging: move it to its own allocation and read the
             // rest of it in place.
             self.promote()?;
         } else if self.end == self.staging.len() {
-            self.staging.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+            self.compact();
         }
         Ok(None)
     }
@@ -500,8 +591,7 @@ impl FrameDecoder {
         body[..have].copy_from_slice(&staged[HEADER_LEN..HEADER_LEN + have]);
         self.start += HEADER_LEN + have;
         if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+            self.empty_staging();
         }
         self.partial = Some(PartialBody { header, declared_crc, header_bytes, body, filled: have });
         Ok(())
@@ -512,17 +602,13 @@ impl FrameDecoder {
         if self.input_pos == self.input.len() {
             return 0;
         }
+        if self.partial.is_none() && self.end == self.staging.len() {
+            self.compact();
+        }
         let pending = &self.input[self.input_pos..];
         let buf = match &mut self.partial {
             Some(p) => &mut p.body[p.filled..],
-            None => {
-                if self.end == self.staging.len() {
-                    self.staging.copy_within(self.start..self.end, 0);
-                    self.end -= self.start;
-                    self.start = 0;
-                }
-                &mut self.staging[self.end..]
-            }
+            None => &mut self.staging[self.end..],
         };
         let n = buf.len().min(pending.len());
         buf[..n].copy_from_slice(&pending[..n]);
@@ -536,17 +622,25 @@ impl FrameDecoder {
     }
 }
 
-fn finish(
-    header: FrameHeader,
+/// Where [`FrameDecoder::next_frame`] found a complete, checked frame.
+enum Located {
+    /// A body of its own allocation (read in place).
+    Owned(Frame),
+    /// A body in the staging buffer, at this offset.
+    Staged { header: FrameHeader, at: usize },
+}
+
+/// Checks a frame's declared checksum against its header and body bytes.
+fn check(
     declared_crc: u32,
     header_bytes: &[u8; HEADER_LEN],
-    body: Vec<u8>,
-) -> Result<Frame, DecodeError> {
-    let computed = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[..28]), &body);
+    body: &[u8],
+) -> Result<(), DecodeError> {
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[..28]), body);
     if computed != declared_crc {
         return Err(DecodeError::ChecksumMismatch { declared: declared_crc, computed });
     }
-    Ok(Frame { header, body })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -564,6 +658,56 @@ mod tests {
             placement: Placement::Inline,
         };
         Frame { header, body: body.to_vec() }
+    }
+
+    /// Feeds `bytes` through the decoder's read buffer, as a link does.
+    fn read_in(decoder: &mut FrameDecoder, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let buf = decoder.read_buffer();
+            let n = buf.len().min(bytes.len());
+            buf[..n].copy_from_slice(&bytes[..n]);
+            decoder.commit(n);
+            bytes = &bytes[n..];
+        }
+    }
+
+    #[test]
+    fn small_bodies_are_lent_from_the_buffer_and_large_ones_handed_over() {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let small = frame(FrameKind::Oneway, b"hello");
+        let large = frame(FrameKind::Oneway, &vec![7u8; STAGING_LEN + 10]);
+        read_in(&mut decoder, &small.to_bytes());
+        let seen =
+            decoder.poll_frame_with(|h, b| (h, matches!(b, FrameBody::Borrowed(_)), b.into_vec()));
+        assert_eq!(seen, Ok(Some((small.header, true, small.body.clone()))));
+        let bytes = large.to_bytes();
+        read_in(&mut decoder, &bytes[..100]);
+        assert_eq!(decoder.poll_frame_with(|_, _| ()), Ok(None));
+        read_in(&mut decoder, &bytes[100..]);
+        let seen = decoder.poll_frame_with(|_, b| (matches!(b, FrameBody::Owned(_)), b.into_vec()));
+        assert_eq!(seen, Ok(Some((true, large.body))));
+    }
+
+    #[test]
+    fn staged_priority_is_the_highest_of_the_frames_not_handed_out() {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(decoder.staged_priority(), None);
+        for priority in [1, 7, 3] {
+            let mut f = frame(FrameKind::Oneway, b"body");
+            f.header.priority = priority;
+            read_in(&mut decoder, &f.to_bytes());
+        }
+        assert_eq!(decoder.staged_priority(), Some(7));
+        // Looked at once: asking again (or after more input) costs no second look.
+        assert_eq!(decoder.staged_priority(), Some(7));
+        let mut urgent = frame(FrameKind::Oneway, b"late");
+        urgent.header.priority = 30;
+        read_in(&mut decoder, &urgent.to_bytes()[..10]);
+        assert_eq!(decoder.staged_priority(), Some(7), "a header not whole yet is not counted");
+        read_in(&mut decoder, &urgent.to_bytes()[10..]);
+        assert_eq!(decoder.staged_priority(), Some(30));
+        while decoder.poll_frame().unwrap().is_some() {}
+        assert_eq!(decoder.staged_priority(), None, "everything was handed out");
     }
 
     #[test]
