@@ -23,6 +23,7 @@ pub mod identity;
 pub mod name;
 pub mod pattern;
 pub mod queue;
+pub mod reliable;
 pub mod wire;
 
 pub use access::{AccessDenied, Operation, Quota, Rights};

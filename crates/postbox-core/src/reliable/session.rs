@@ -1,0 +1,727 @@
+//! The reliable session between two hosts: many streams over one link, resumed across
+//! reconnects, watched by heartbeats.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::body::{Ack, Data, Heartbeat, Hello};
+use super::config::SessionConfig;
+use super::datagram::ReplayWindow;
+use super::decoder::StreamDecoder;
+use super::error::{DatagramSendError, SendError, SessionError};
+use super::event::{Event, Transmit};
+use super::frame::{self, Frame, FrameBody};
+use super::ids::{MessageId, SessionId, StreamId};
+use super::receiver::{Arrival, RecvStream};
+use super::rtt::RttEstimator;
+use super::sender::{AckOutcome, SendStream};
+use super::stats::{LinkState, SessionStats};
+use crate::wire::DecodeError;
+
+/// One end of the reliable protocol between two brokers (sans-IO).
+///
+/// A session outlives the transport links under it: the driver reports each link with
+/// [`handle_link_up`](Self::handle_link_up) and [`handle_link_down`](Self::handle_link_down),
+/// and the session resumes where the last link left off. Each message is delivered exactly
+/// once and in order within its stream; a loss on one stream never delays another.
+///
+/// ```text
+///   driver                                   Session
+///   connect ──────────────────────────────► handle_link_up(now)
+///   bytes read (TCP, TLS, QUIC stream) ───► handle_bytes(now, bytes)
+///   UDP datagram read ────────────────────► handle_datagram(now, bytes)
+///   timer fired ──────────────────────────► handle_timeout(now)
+///   connection lost ──────────────────────► handle_link_down(now)
+///   write(buf) ◄── poll_transmit(now, buf) ◄┘ until None
+///   deliver / fail / ack ◄── poll_event() ◄─┘ until None
+///   arm timer ◄──────────── poll_timeout()
+/// ```
+///
+/// A new link opens with a hello each way: it names both sessions and says, per stream, the
+/// highest message delivered, so each side retransmits exactly what the other lacks. A hello
+/// from a different peer session means the peer restarted: what it had not acknowledged
+/// fails with [`SessionError::PeerRestarted`] and the streams start over. No valid frame from
+/// the peer for [`SessionConfig::dead_after`] ends the session with
+/// [`SessionError::PeerDead`] or [`SessionError::Unreachable`]; pending messages fail.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    id: SessionId,
+    peer: Option<SessionId>,
+    /// Earlier incarnations of the peer, newest last: their late frames are stale.
+    retired: VecDeque<SessionId>,
+    state: State,
+    decoder: StreamDecoder,
+    rtt: RttEstimator,
+    sends: BTreeMap<StreamId, SendStream>,
+    recvs: BTreeMap<StreamId, RecvStream>,
+    datagrams_out: VecDeque<Data>,
+    datagram_ids: BTreeMap<StreamId, u64>,
+    datagrams_in: BTreeMap<StreamId, ReplayWindow>,
+    acks_owed: VecDeque<StreamId>,
+    events: VecDeque<Event>,
+    last_heard: Instant,
+    hello_owed: bool,
+    hello_due: Instant,
+    heartbeat: Heartbeats,
+    close_owed: bool,
+    /// The stream whose data goes next (round robin, so no stream starves another).
+    next_stream: u32,
+    datagram_turn: bool,
+    unacknowledged_bytes: usize,
+    held_bytes: usize,
+    stats: SessionStats,
+}
+
+/// The link's state; data flows only when `Open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Down,
+    ExpectHello,
+    Open,
+    Ended(SessionError),
+}
+
+#[derive(Debug, Default)]
+struct Heartbeats {
+    next_at: Option<Instant>,
+    owed: Option<u64>,
+    outstanding: Option<(u64, Instant)>,
+    answer_owed: Option<u64>,
+    nonce: u64,
+}
+
+impl Session {
+    /// A session with id `id` (fresh for every incarnation, see [`SessionId`]) and no link yet.
+    /// The silence bound starts now: without an open link for
+    /// [`SessionConfig::dead_after`], the session ends as `Unreachable`.
+    #[must_use]
+    pub fn new(id: SessionId, config: SessionConfig, now: Instant) -> Self {
+        let config = config.normalized();
+        let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
+        let stats = SessionStats {
+            state: LinkState::Down,
+            peer: None,
+            smoothed_rtt: None,
+            latest_rtt: None,
+            rto: rtt.rto(),
+            links_opened: 0,
+            frames_sent: 0,
+            frames_received: 0,
+            retransmissions: 0,
+            duplicates_dropped: 0,
+            datagrams_dropped: 0,
+            corrupt_frames: 0,
+            malformed_frames: 0,
+            stale_frames: 0,
+            unacknowledged: 0,
+        };
+        Self {
+            decoder: StreamDecoder::new(config.max_frame_body()),
+            config,
+            id,
+            peer: None,
+            retired: VecDeque::new(),
+            state: State::Down,
+            rtt,
+            sends: BTreeMap::new(),
+            recvs: BTreeMap::new(),
+            datagrams_out: VecDeque::new(),
+            datagram_ids: BTreeMap::new(),
+            datagrams_in: BTreeMap::new(),
+            acks_owed: VecDeque::new(),
+            events: VecDeque::new(),
+            last_heard: now,
+            hello_owed: false,
+            hello_due: now,
+            heartbeat: Heartbeats::default(),
+            close_owed: false,
+            next_stream: 0,
+            datagram_turn: false,
+            unacknowledged_bytes: 0,
+            held_bytes: 0,
+            stats,
+        }
+    }
+
+    /// This session's id.
+    #[must_use]
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The settings in force (out-of-range values brought into range).
+    #[must_use]
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Where the link is.
+    #[must_use]
+    pub fn state(&self) -> LinkState {
+        match self.state {
+            State::Down => LinkState::Down,
+            State::ExpectHello => LinkState::ExpectHello,
+            State::Open => LinkState::Open,
+            State::Ended(_) => LinkState::Ended,
+        }
+    }
+
+    /// A snapshot of the counters, RTT and link state.
+    #[must_use]
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            state: self.state(),
+            peer: self.peer,
+            smoothed_rtt: self.rtt.smoothed(),
+            latest_rtt: self.rtt.latest(),
+            rto: self.rtt.rto(),
+            unacknowledged: self.sends.values().map(|s| s.unacknowledged() as u64).sum(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Queues a reliable message on `stream`; it goes out when the link is open, again after
+    /// every loss, until the peer acknowledges it ([`Event::Acked`]) or the session fails it
+    /// ([`Event::Failed`]). Accepted while the link is down.
+    ///
+    /// # Errors
+    /// [`SendError`], holding the payload: the stream's window or the byte budget is full, the
+    /// payload is too large, too many streams, or the session ended.
+    pub fn send(&mut self, stream: StreamId, payload: Vec<u8>) -> Result<MessageId, SendError> {
+        if let State::Ended(error) = self.state {
+            return Err(SendError::Ended(payload, error));
+        }
+        if payload.len() > self.config.max_payload as usize {
+            return Err(SendError::TooLarge(payload));
+        }
+        if self.unacknowledged_bytes + payload.len() > self.config.max_unacknowledged_bytes {
+            return Err(SendError::Full(payload));
+        }
+        if !self.sends.contains_key(&stream) && self.sends.len() >= self.stream_limit() {
+            return Err(SendError::TooManyStreams(payload));
+        }
+        let len = payload.len();
+        let send = self.sends.entry(stream).or_insert_with(SendStream::new);
+        let id = send.push(payload, self.config.stream_window).map_err(SendError::Full)?;
+        self.unacknowledged_bytes += len;
+        Ok(id)
+    }
+
+    /// Queues a best-effort datagram on datagram stream `stream`: sent once if the link stays
+    /// open, never retransmitted; the peer delivers it at most once.
+    ///
+    /// # Errors
+    /// [`DatagramSendError`], holding the payload: no open link, the queue is full, the
+    /// payload is too large, too many streams, or the session ended.
+    pub fn send_datagram(
+        &mut self,
+        stream: StreamId,
+        payload: Vec<u8>,
+    ) -> Result<MessageId, DatagramSendError> {
+        match self.state {
+            State::Ended(error) => return Err(DatagramSendError::Ended(payload, error)),
+            State::Open => {}
+            State::Down | State::ExpectHello => return Err(DatagramSendError::LinkDown(payload)),
+        }
+        if payload.len() > self.config.max_datagram_payload as usize {
+            return Err(DatagramSendError::TooLarge(payload));
+        }
+        if self.datagrams_out.len() >= self.config.datagram_queue {
+            return Err(DatagramSendError::Full(payload));
+        }
+        let limit = self.stream_limit();
+        if !self.datagram_ids.contains_key(&stream) && self.datagram_ids.len() >= limit {
+            return Err(DatagramSendError::TooManyStreams(payload));
+        }
+        let last = self.datagram_ids.entry(stream).or_insert(0);
+        *last += 1;
+        let id = MessageId(*last);
+        self.datagrams_out.push_back(Data { stream, id, payload });
+        Ok(id)
+    }
+
+    /// Ends the session: pending messages fail with [`SessionError::Closed`] and, if the link
+    /// is open, the peer is told with a close frame (take it from
+    /// [`poll_transmit`](Self::poll_transmit) before dropping the link).
+    pub fn close(&mut self, _now: Instant) {
+        if matches!(self.state, State::Ended(_)) {
+            return;
+        }
+        self.close_owed = self.state == State::Open;
+        self.end(SessionError::Closed);
+    }
+
+    /// A transport link to the peer is up (connected, TLS handshake done). Any earlier link is
+    /// considered gone. The session sends its hello and waits for the peer's.
+    pub fn handle_link_up(&mut self, now: Instant) {
+        if matches!(self.state, State::Ended(_)) {
+            return;
+        }
+        self.drop_link();
+        self.state = State::ExpectHello;
+        self.hello_owed = true;
+        self.hello_due = now + self.hello_interval();
+    }
+
+    /// The transport link broke. Nothing pending is lost: it goes out again on the next link.
+    pub fn handle_link_down(&mut self, _now: Instant) {
+        if matches!(self.state, State::Ended(_)) {
+            return;
+        }
+        self.drop_link();
+        self.state = State::Down;
+    }
+
+    /// Bytes read from the link's byte stream (TCP, TLS, a QUIC stream), in order, any split.
+    ///
+    /// A frame with a damaged or malformed body is dropped and counted; the stream goes on.
+    ///
+    /// # Errors
+    /// The [`DecodeError`] of a damaged frame header: the stream cannot be resynchronised. The
+    /// session has already treated the link as down; close the transport and reconnect.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), DecodeError> {
+        if !matches!(self.state, State::ExpectHello | State::Open) {
+            return Ok(());
+        }
+        self.decoder.handle_bytes(bytes);
+        loop {
+            match self.decoder.poll_frame() {
+                Ok(Some(frame)) => self.handle_frame(now, frame),
+                Ok(None) => return Ok(()),
+                Err(e) if self.decoder.is_poisoned() => {
+                    self.stats.corrupt_frames += 1;
+                    self.handle_link_down(now);
+                    return Err(e);
+                }
+                Err(e) => self.count_bad_frame(e),
+            }
+            if !matches!(self.state, State::ExpectHello | State::Open) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One UDP datagram (or QUIC datagram) holding one frame. A damaged or malformed frame is
+    /// dropped and counted; the link goes on.
+    ///
+    /// # Errors
+    /// Why the frame was dropped, for diagnostics only.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> Result<(), DecodeError> {
+        if !matches!(self.state, State::ExpectHello | State::Open) {
+            return Ok(());
+        }
+        match Frame::decode(bytes, self.config.max_frame_body()) {
+            Ok(frame) => {
+                self.handle_frame(now, frame);
+                Ok(())
+            }
+            Err(e) => {
+                self.count_bad_frame(e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The time [`poll_timeout`](Self::poll_timeout) returned has come (or passed): resends
+    /// what timed out, schedules heartbeats, and ends the session after too long a silence.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.state, State::Ended(_)) {
+            return;
+        }
+        if now >= self.dead_at() {
+            let error = match self.state {
+                State::Open => SessionError::PeerDead,
+                _ => SessionError::Unreachable,
+            };
+            self.end(error);
+            return;
+        }
+        match self.state {
+            State::ExpectHello if now >= self.hello_due => {
+                self.hello_owed = true;
+                self.hello_due = now + self.hello_interval();
+            }
+            State::Open => {
+                if self.heartbeat.next_at.is_some_and(|at| now >= at) {
+                    self.heartbeat.nonce += 1;
+                    self.heartbeat.owed = Some(self.heartbeat.nonce);
+                    self.heartbeat.next_at = Some(now + self.config.heartbeat_interval);
+                }
+                for send in self.sends.values_mut() {
+                    send.handle_timeout(now, &self.rtt);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends the next frame to send to `buf` and says how long it is and whether it is a
+    /// best-effort datagram; `None` when there is nothing to send.
+    ///
+    /// Call after every `handle_*` call, [`send`](Self::send), [`send_datagram`](Self::send_datagram)
+    /// and [`close`](Self::close), repeatedly, until it returns `None`. On a byte stream,
+    /// frames may be appended to one buffer and written together; on UDP, send each frame as
+    /// its own datagram.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let (id, peer) = (self.id, self.peer);
+        let start = buf.len();
+        let best_effort = match self.state {
+            State::Ended(_) if std::mem::take(&mut self.close_owed) => {
+                frame::encode_with(frame::KIND_CLOSE, id, peer, buf, |_| {});
+                false
+            }
+            State::Ended(_) | State::Down => return None,
+            State::ExpectHello if std::mem::take(&mut self.hello_owed) => {
+                self.write_hello(buf);
+                false
+            }
+            State::ExpectHello => return None,
+            State::Open => self.write_open(now, buf)?,
+        };
+        self.stats.frames_sent += 1;
+        Some(Transmit { len: buf.len() - start, best_effort })
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next; `None` once the
+    /// session ended.
+    ///
+    /// Call after every `handle_*` call, [`send`](Self::send) and
+    /// [`poll_transmit`](Self::poll_transmit), and re-arm the timer with the answer.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let dead_at = self.dead_at();
+        let next = match self.state {
+            State::Ended(_) => return None,
+            State::Down => None,
+            State::ExpectHello => Some(self.hello_due),
+            State::Open => {
+                let retransmit = self.sends.values().filter_map(|s| s.poll_timeout(&self.rtt));
+                retransmit.chain(self.heartbeat.next_at).min()
+            }
+        };
+        Some(next.map_or(dead_at, |at| at.min(dead_at)))
+    }
+
+    /// The next delivery, acknowledgement, failure or state change.
+    ///
+    /// Call after every `handle_*` call and [`close`](Self::close), repeatedly, until it
+    /// returns `None`.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        if self.retired.contains(&frame.sender) {
+            self.stats.stale_frames += 1;
+            return;
+        }
+        if let FrameBody::Hello(hello) = frame.body {
+            self.handle_hello(now, frame.sender, frame.receiver, hello);
+            return;
+        }
+        if Some(frame.sender) != self.peer || frame.receiver != Some(self.id) {
+            self.stats.stale_frames += 1;
+            return;
+        }
+        self.last_heard = now;
+        self.stats.frames_received += 1;
+        match frame.body {
+            FrameBody::Data(data) => self.handle_data(data),
+            FrameBody::Ack(ack) => self.handle_ack(now, &ack),
+            FrameBody::Datagram(data) => self.handle_datagram_frame(data),
+            FrameBody::Heartbeat(beat) => self.heartbeat.answer_owed = Some(beat.nonce),
+            FrameBody::HeartbeatAck(beat) => {
+                if let Some((nonce, sent_at)) = self.heartbeat.outstanding {
+                    if nonce == beat.nonce {
+                        self.heartbeat.outstanding = None;
+                        self.rtt.handle_sample(now.saturating_duration_since(sent_at));
+                    }
+                }
+            }
+            FrameBody::Close => self.end(SessionError::PeerClosed),
+            // Handled before the address check above.
+            FrameBody::Hello(_) => {}
+        }
+    }
+
+    fn handle_hello(
+        &mut self,
+        now: Instant,
+        sender: SessionId,
+        receiver: Option<SessionId>,
+        hello: Hello,
+    ) {
+        if receiver.is_some_and(|r| r != self.id) {
+            // Written for an earlier incarnation of this end; the peer learns the new id from
+            // this end's own hello.
+            self.stats.stale_frames += 1;
+            return;
+        }
+        match self.peer {
+            Some(previous) if previous != sender => self.restart_peer(now, previous, sender),
+            Some(_) => {}
+            None => self.peer = Some(sender),
+        }
+        self.last_heard = now;
+        self.stats.frames_received += 1;
+        self.hello_owed |= hello.reply_wanted;
+        if receiver != Some(self.id) {
+            return;
+        }
+        let delivered: BTreeMap<StreamId, MessageId> = hello.delivered.into_iter().collect();
+        let opening = self.state == State::ExpectHello;
+        let streams: Vec<StreamId> = self.sends.keys().copied().collect();
+        for stream in streams {
+            let through = delivered.get(&stream).copied().unwrap_or(MessageId(0));
+            self.apply_ack(now, stream, |send, now| {
+                if opening {
+                    send.handle_resume(now, through)
+                } else {
+                    send.handle_ack(now, through, &[])
+                }
+            });
+        }
+        if opening {
+            self.state = State::Open;
+            self.stats.links_opened += 1;
+            self.heartbeat.next_at = Some(now + self.config.heartbeat_interval);
+            self.events.push_back(Event::LinkOpen { peer: sender });
+        }
+    }
+
+    fn restart_peer(&mut self, now: Instant, previous: SessionId, current: SessionId) {
+        self.fail_pending(SessionError::PeerRestarted);
+        self.recvs.clear();
+        self.held_bytes = 0;
+        self.acks_owed.clear();
+        self.datagram_ids.clear();
+        self.datagrams_in.clear();
+        self.datagrams_out.clear();
+        self.heartbeat = Heartbeats::default();
+        if self.retired.len() == RETIRED_PEERS {
+            self.retired.pop_front();
+        }
+        self.retired.push_back(previous);
+        self.peer = Some(current);
+        if self.state == State::Open {
+            self.state = State::ExpectHello;
+            self.hello_due = now + self.hello_interval();
+        }
+        self.hello_owed = true;
+        self.events.push_back(Event::PeerRestarted { previous, current });
+    }
+
+    fn handle_data(&mut self, data: Data) {
+        if !self.recvs.contains_key(&data.stream) && self.recvs.len() >= self.stream_limit() {
+            self.stats.malformed_frames += 1;
+            return;
+        }
+        let may_hold = self.held_bytes + data.payload.len() <= self.config.max_held_bytes;
+        let window = self.config.stream_window as u64;
+        let recv = self.recvs.entry(data.stream).or_insert_with(RecvStream::new);
+        let queued = recv.is_ack_owed();
+        let held_before = recv.held_bytes();
+        let arrival = recv.handle_data(data.id, data.payload, window, may_hold);
+        self.held_bytes = self.held_bytes + recv.held_bytes() - held_before;
+        if !queued {
+            self.acks_owed.push_back(data.stream);
+        }
+        match arrival {
+            Arrival::Delivered(list) => {
+                let stream = data.stream;
+                self.events.extend(list.into_iter().map(|(id, payload)| Event::Delivered {
+                    stream,
+                    id,
+                    payload,
+                }));
+            }
+            Arrival::Duplicate => self.stats.duplicates_dropped += 1,
+            Arrival::Held | Arrival::BeyondWindow => {}
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, ack: &Ack) {
+        if !self.sends.contains_key(&ack.stream) {
+            if ack.delivered.0 != 0 {
+                self.stats.malformed_frames += 1;
+            }
+            return;
+        }
+        self.apply_ack(now, ack.stream, |send, now| send.handle_ack(now, ack.delivered, &ack.held));
+    }
+
+    /// Runs an acknowledgement against `stream` and reports what it changed.
+    fn apply_ack(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        ack: impl FnOnce(&mut SendStream, Instant) -> AckOutcome,
+    ) {
+        let Some(send) = self.sends.get_mut(&stream) else { return };
+        let bytes_before = send.unacknowledged_bytes();
+        let outcome = ack(send, now);
+        self.unacknowledged_bytes -= bytes_before - send.unacknowledged_bytes();
+        if outcome.invalid {
+            self.stats.malformed_frames += 1;
+        }
+        if let Some(sample) = outcome.rtt_sample {
+            self.rtt.handle_sample(sample);
+        }
+        if let Some(through) = outcome.delivered {
+            self.events.push_back(Event::Acked { stream, through });
+        }
+    }
+
+    fn handle_datagram_frame(&mut self, data: Data) {
+        let limit = self.stream_limit();
+        if !self.datagrams_in.contains_key(&data.stream) && self.datagrams_in.len() >= limit {
+            self.stats.malformed_frames += 1;
+            return;
+        }
+        let window = self.datagrams_in.entry(data.stream).or_default();
+        match window.check_and_record(data.id.0) {
+            Ok(()) => self.events.push_back(Event::DatagramDelivered {
+                stream: data.stream,
+                id: data.id,
+                payload: data.payload,
+            }),
+            Err(_) => self.stats.datagrams_dropped += 1,
+        }
+    }
+
+    /// Writes the next frame of an open link: control first, then data and datagrams in turn.
+    fn write_open(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<bool> {
+        let (id, peer) = (self.id, self.peer);
+        if std::mem::take(&mut self.hello_owed) {
+            self.write_hello(buf);
+            return Some(false);
+        }
+        if let Some(nonce) = self.heartbeat.answer_owed.take() {
+            let beat = Heartbeat { nonce };
+            frame::encode_with(frame::KIND_HEARTBEAT_ACK, id, peer, buf, |b| beat.encode(b));
+            return Some(false);
+        }
+        if let Some(nonce) = self.heartbeat.owed.take() {
+            self.heartbeat.outstanding = Some((nonce, now));
+            let beat = Heartbeat { nonce };
+            frame::encode_with(frame::KIND_HEARTBEAT, id, peer, buf, |b| beat.encode(b));
+            return Some(false);
+        }
+        while let Some(stream) = self.acks_owed.pop_front() {
+            let Some(recv) = self.recvs.get_mut(&stream) else { continue };
+            if recv.take_ack_owed() {
+                let ack = Ack { stream, delivered: recv.delivered(), held: recv.held_ranges() };
+                frame::encode_with(frame::KIND_ACK, id, peer, buf, |b| ack.encode(b));
+                return Some(false);
+            }
+        }
+        self.datagram_turn = !self.datagram_turn;
+        if self.datagram_turn && self.write_datagram(buf) {
+            return Some(true);
+        }
+        if self.write_data(now, buf) {
+            return Some(false);
+        }
+        self.write_datagram(buf).then_some(true)
+    }
+
+    fn write_data(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        let (id, peer) = (self.id, self.peer);
+        let from = StreamId(self.next_stream);
+        let ready = self
+            .sends
+            .range(from..)
+            .chain(self.sends.range(..from))
+            .find(|(_, send)| send.has_transmit())
+            .map(|(&stream, _)| stream);
+        let Some(stream) = ready else { return false };
+        // Invariant: `stream` was just found among the keys.
+        let send = self.sends.get_mut(&stream).expect("stream found above");
+        let Some(out) = send.poll_transmit(now) else { return false };
+        frame::encode_with(frame::KIND_DATA, id, peer, buf, |b| {
+            Data::encode_parts(stream, out.id, out.payload, b);
+        });
+        if out.retransmission {
+            self.stats.retransmissions += 1;
+        }
+        self.next_stream = stream.0.wrapping_add(1);
+        true
+    }
+
+    fn write_datagram(&mut self, buf: &mut Vec<u8>) -> bool {
+        let Some(data) = self.datagrams_out.pop_front() else { return false };
+        frame::encode_with(frame::KIND_DATAGRAM, self.id, self.peer, buf, |b| data.encode(b));
+        true
+    }
+
+    fn write_hello(&mut self, buf: &mut Vec<u8>) {
+        let delivered = self
+            .recvs
+            .iter()
+            .filter(|(_, recv)| recv.delivered().0 > 0)
+            .map(|(&stream, recv)| (stream, recv.delivered()))
+            .collect();
+        let hello = Hello { reply_wanted: self.state != State::Open, delivered };
+        frame::encode_with(frame::KIND_HELLO, self.id, self.peer, buf, |b| hello.encode(b));
+    }
+
+    /// Forgets everything that belonged to the current transport link.
+    fn drop_link(&mut self) {
+        self.decoder = StreamDecoder::new(self.config.max_frame_body());
+        self.hello_owed = false;
+        self.datagrams_out.clear();
+        let nonce = self.heartbeat.nonce;
+        self.heartbeat = Heartbeats { nonce, ..Heartbeats::default() };
+    }
+
+    fn end(&mut self, error: SessionError) {
+        self.fail_pending(error);
+        self.drop_link();
+        self.recvs.clear();
+        self.acks_owed.clear();
+        self.state = State::Ended(error);
+        self.events.push_back(Event::Ended(error));
+    }
+
+    /// Fails every unacknowledged message and forgets the send streams (ids start over).
+    fn fail_pending(&mut self, error: SessionError) {
+        for (&stream, send) in &mut self.sends {
+            self.events.extend(send.drain().map(|(id, payload)| Event::Failed {
+                stream,
+                id,
+                payload,
+                error,
+            }));
+        }
+        self.sends.clear();
+        self.unacknowledged_bytes = 0;
+    }
+
+    fn count_bad_frame(&mut self, error: DecodeError) {
+        match error {
+            DecodeError::ChecksumMismatch { .. } => self.stats.corrupt_frames += 1,
+            _ => self.stats.malformed_frames += 1,
+        }
+    }
+
+    fn dead_at(&self) -> Instant {
+        self.last_heard + self.config.dead_after()
+    }
+
+    fn hello_interval(&self) -> Duration {
+        self.rtt.rto().min(self.config.heartbeat_interval)
+    }
+
+    fn stream_limit(&self) -> usize {
+        self.config.max_streams as usize
+    }
+}
+
+/// How many earlier incarnations of the peer are remembered as stale.
+const RETIRED_PEERS: usize = 8;
+
+#[cfg(test)]
+mod tests;
