@@ -9,13 +9,17 @@
 //!   the socketpair kept for close and death detection; [`Link`] is either flavor.
 //! - [`Wait`], [`wait_readable`] and [`Waker`]: how long an operation may block, readiness of
 //!   several descriptors at once, and a way to interrupt that wait.
+//! - [`HostLink`] (module [`host_link`]): a reliable link to a broker on another host, the TCP
+//!   driver of `postbox_core::reliable::Session`.
 //!
-//! All system calls go through `rustix`; this crate has no `unsafe` of its own. `io::Error`
-//! does not leave it: failures become [`TransportError`], which says what postbox was doing.
+//! System calls go through `rustix` (host links through `std::net`); this crate has no `unsafe`
+//! of its own. `io::Error` does not leave it: failures become [`TransportError`], which says
+//! what postbox was doing.
 #![forbid(unsafe_code)]
 
 mod control_socket;
 mod error;
+pub mod host_link;
 mod link;
 mod sealed_fds;
 mod shm_link;
@@ -27,6 +31,7 @@ mod wait;
 
 pub use control_socket::{ControlListener, ControlSocket, Credentials, MAX_FDS};
 pub use error::TransportError;
+pub use host_link::{HostLink, HostLinkConfig};
 pub use link::Link;
 pub use postbox_shm::{
     LinkShape, LinkSide, PoolLoan, PoolView, SealedBuilder, SealedError, SealedPayload,

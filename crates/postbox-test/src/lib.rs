@@ -1,0 +1,33 @@
+//! Test support for postbox: tools that make real transports misbehave on purpose.
+//!
+//! - [`FaultProxy`]: a TCP proxy between two host-link ends that cuts the byte streams into
+//!   frames and drops, duplicates, reorders, corrupts and delays them, cuts both connections
+//!   on a schedule or on demand, and black-holes all traffic to simulate a partition. Its
+//!   [`ProxyCounters`] prove the faults happened.
+//! - [`Rng`]: the small seeded generator behind every fault, so a failing seed can be replayed.
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use postbox_test::{FaultProxy, Faults};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let server = TcpListener::bind("127.0.0.1:0")?;
+//! let proxy = FaultProxy::start(server.local_addr()?, Faults::harsh(), 7)?;
+//! // Clients dial `proxy.addr()` instead of the server.
+//! # let _ = proxy.addr();
+//! proxy.partition(); // every frame is swallowed from now on
+//! proxy.heal();
+//! proxy.cut_now(); // both connections of every proxied pair shut down
+//! println!("{:?}", proxy.counters());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! This crate is not published; nothing outside postbox's own tests depends on it.
+#![forbid(unsafe_code)]
+
+mod fault_proxy;
+mod rng;
+
+pub use fault_proxy::{FaultProxy, Faults, ProxyCounters};
+pub use rng::Rng;

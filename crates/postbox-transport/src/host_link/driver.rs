@@ -1,0 +1,238 @@
+//! The driver thread of a host link: timers, writes and connection changes for its session,
+//! plus one reader thread per TCP connection.
+//!
+//! ```text
+//!  dialer / acceptor ── incoming ──►┐
+//!  reader (per connection) ─ handle_bytes, broken ─►┤ Core (mutex) ◄── send / close (handle)
+//!                                   └─► driver: handle_timeout, poll_transmit ──► write
+//!                                              poll_event ──► events ──► recv (handle)
+//! ```
+//!
+//! The driver never writes while holding the lock, so reads, sends and `recv` go on while a
+//! write waits for the socket.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use postbox_core::reliable::LinkState;
+
+use super::error::LinkError;
+use super::shared::{Core, Shared};
+
+/// Runs the driver until the session ends or the handle is dropped.
+pub(super) fn run(shared: &Arc<Shared>) {
+    let mut driver = Driver { shared: Arc::clone(shared), connection: None, readers: Vec::new() };
+    let mut buf = Vec::new();
+    while driver.step(&mut buf) {
+        driver.write(&mut buf);
+    }
+    driver.finish();
+}
+
+/// The driver's own state, outside the lock.
+struct Driver {
+    shared: Arc<Shared>,
+    /// The current TCP connection and its number.
+    connection: Option<(TcpStream, u64)>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Driver {
+    /// Does everything due under the lock, waiting as long as nothing is; returns with frames
+    /// to write in `buf` (true) or when the driver must exit (false).
+    fn step(&mut self, buf: &mut Vec<u8>) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let mut core = shared.lock();
+        loop {
+            if core.aborted {
+                return false;
+            }
+            let now = Instant::now();
+            if let Some(stream) = core.incoming.take() {
+                self.adopt(&mut core, stream, now);
+            }
+            if let Some(error) = core.broken.take() {
+                self.drop_connection(&mut core, error, now);
+            }
+            if core.session.poll_timeout().is_some_and(|at| at <= now) {
+                core.session.handle_timeout(now);
+            }
+            while buf.len() < MAX_BATCH && core.session.poll_transmit(now, buf).is_some() {}
+            if self.connection.is_none() {
+                // No connection to carry them (a close frame after the link dropped).
+                buf.clear();
+            }
+            if core.collect_events(&shared.config) {
+                shared.progress.notify_all();
+            }
+            if !buf.is_empty() {
+                return true;
+            }
+            if core.session.state() == LinkState::Ended {
+                return false;
+            }
+            let deadline = core.session.poll_timeout();
+            core = shared.wait(&shared.changed, core, deadline);
+        }
+    }
+
+    /// Writes `buf` to the current connection, outside the lock.
+    fn write(&mut self, buf: &mut Vec<u8>) {
+        let Some((stream, number)) = &mut self.connection else {
+            buf.clear();
+            return;
+        };
+        let result = stream.write_all(buf);
+        let mut core = self.shared.lock();
+        match result {
+            Ok(()) => core.counters.bytes_sent += buf.len() as u64,
+            Err(e) => core.report_broken(*number, LinkError::io("write to peer", &e)),
+        }
+        buf.clear();
+    }
+
+    /// Makes `stream` the current connection, replacing any earlier one.
+    fn adopt(&mut self, core: &mut Core, stream: TcpStream, now: Instant) {
+        if self.connection.is_some() {
+            self.drop_connection(core, LinkError::Replaced, now);
+        }
+        core.broken = None;
+        core.connection += 1;
+        let number = core.connection;
+        let stall = self.shared.config.stall_timeout;
+        let reader = stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_write_timeout(Some(stall)))
+            .and_then(|()| stream.try_clone())
+            .map_err(|e| LinkError::io("set up connection", &e))
+            .and_then(|clone| self.spawn_reader(clone, number));
+        match reader {
+            Ok(handle) => {
+                self.readers.retain(|r| !r.is_finished());
+                self.readers.push(handle);
+                self.connection = Some((stream, number));
+                core.session.handle_link_up(now);
+            }
+            Err(error) => {
+                core.counters.last_error = Some(error);
+                core.counters.connections_lost += 1;
+                core.want_connection = true;
+                let _ = stream.shutdown(Shutdown::Both);
+                self.shared.changed.notify_all();
+            }
+        }
+    }
+
+    /// Closes the current connection and tells the session; the dialer makes a new one.
+    fn drop_connection(&mut self, core: &mut Core, error: LinkError, now: Instant) {
+        let Some((stream, _)) = self.connection.take() else { return };
+        // Also wakes its reader, which then sees that it is stale.
+        let _ = stream.shutdown(Shutdown::Both);
+        core.session.handle_link_down(now);
+        core.counters.connections_lost += 1;
+        core.counters.last_error = Some(error);
+        core.want_connection = true;
+        self.shared.changed.notify_all();
+    }
+
+    fn spawn_reader(&self, stream: TcpStream, number: u64) -> Result<JoinHandle<()>, LinkError> {
+        let shared = Arc::clone(&self.shared);
+        thread::Builder::new()
+            .name("postbox-host-link-read".to_owned())
+            .spawn(move || read_loop(&shared, stream, number))
+            .map_err(|e| LinkError::io("spawn host-link reader", &e))
+    }
+
+    /// Waits (briefly) for the current reader to see the peer hang up.
+    fn linger(&self) {
+        let until = Instant::now() + CLOSE_LINGER;
+        while Instant::now() < until && self.readers.iter().any(|r| !r.is_finished()) {
+            if self.shared.lock().aborted {
+                return;
+            }
+            thread::sleep(LINGER_POLL);
+        }
+    }
+
+    /// Closes the connection, ends the session if it has not ended (the handle was dropped),
+    /// and tells every waiter that no more events will come.
+    fn finish(mut self) {
+        if let Some((stream, _)) = self.connection.take() {
+            if !self.shared.lock().aborted {
+                // A polite end: send FIN after the close frame and read until the peer hangs
+                // up, so that no unread input turns the close into a reset that could destroy
+                // the close frame on its way.
+                let _ = stream.shutdown(Shutdown::Write);
+                self.linger();
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let mut core = self.shared.lock();
+        let now = Instant::now();
+        core.session.close(now);
+        core.collect_events(&self.shared.config);
+        core.finished = true;
+        drop(core);
+        self.shared.wake_all();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// Should the driver ever panic, the handle still learns that the link is over.
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let mut core = self.shared.lock();
+            core.session.close(Instant::now());
+            core.collect_events(&self.shared.config);
+            core.finished = true;
+            drop(core);
+            self.shared.wake_all();
+        }
+    }
+}
+
+/// Reads connection `number` into the session until it breaks or is replaced.
+fn read_loop(shared: &Shared, mut stream: TcpStream, number: u64) {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let result = stream.read(&mut chunk);
+        let mut core = shared.lock();
+        if core.connection != number || core.stopping() {
+            return;
+        }
+        let broken = match result {
+            Ok(0) => Some(LinkError::Closed),
+            Ok(n) => {
+                core.counters.bytes_received += n as u64;
+                match core.session.handle_bytes(Instant::now(), &chunk[..n]) {
+                    Ok(()) => None,
+                    Err(e) => Some(LinkError::Corrupt(e)),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => None,
+            Err(e) => Some(LinkError::io("read from peer", &e)),
+        };
+        let done = broken.is_some();
+        if let Some(error) = broken {
+            core.report_broken(number, error);
+        }
+        drop(core);
+        shared.changed.notify_all();
+        if done {
+            return;
+        }
+    }
+}
+
+/// Frames gathered into one write; more wait for the next.
+const MAX_BATCH: usize = 256 << 10;
+const READ_CHUNK: usize = 64 << 10;
+/// How long a politely ending link waits for the peer to hang up.
+const CLOSE_LINGER: Duration = Duration::from_millis(250);
+const LINGER_POLL: Duration = Duration::from_millis(2);

@@ -1,0 +1,98 @@
+//! Why a host link could not give an event, and why a TCP connection under it was lost.
+
+use std::io;
+
+use postbox_core::wire::DecodeError;
+
+/// Failure of [`HostLink::recv`](super::HostLink::recv): the link finished and every event,
+/// its final `Ended` included, was already received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the host link finished and every event was received")]
+pub struct RecvError;
+
+/// Failure of [`HostLink::try_recv`](super::HostLink::try_recv).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No event is queued now.
+    #[error("no event is queued")]
+    Empty,
+    /// The link finished and every event was received.
+    #[error("the host link finished and every event was received")]
+    Disconnected,
+}
+
+/// Failure of [`HostLink::recv_timeout`](super::HostLink::recv_timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No event arrived before the timeout.
+    #[error("no event arrived before the timeout")]
+    Timeout,
+    /// The link finished and every event was received.
+    #[error("the host link finished and every event was received")]
+    Disconnected,
+}
+
+/// Why a TCP connection of a host link was lost or could not be made, for
+/// [`HostLinkStats::last_error`](super::HostLinkStats::last_error). The session resends
+/// everything on the next connection; only the session's end is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Dialing the peer failed.
+    #[error("connecting to the peer failed: {0}")]
+    Connect(io::ErrorKind),
+    /// The peer (or a middlebox) closed the connection.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// A frame header arrived damaged: the byte stream cannot be resynchronised.
+    #[error("damaged frame header, connection reset: {0}")]
+    Corrupt(DecodeError),
+    /// A write moved no byte for the configured stall timeout.
+    #[error("the peer stopped reading; connection reset")]
+    Stalled,
+    /// A newer connection from the peer replaced this one (listening side).
+    #[error("replaced by a newer connection")]
+    Replaced,
+    /// The operating system refused.
+    #[error("{operation} failed: {kind}")]
+    Os {
+        /// What the host link was doing.
+        operation: &'static str,
+        /// The kind of the OS error.
+        kind: io::ErrorKind,
+    },
+}
+
+impl LinkError {
+    /// Converts an OS error raised while doing `operation`.
+    pub(super) fn io(operation: &'static str, error: &io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Self::Stalled,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected => Self::Closed,
+            kind => Self::Os { operation, kind },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_errors_map_to_what_happened_to_the_connection() {
+        let stalled = io::Error::from(io::ErrorKind::WouldBlock);
+        assert_eq!(LinkError::io("write", &stalled), LinkError::Stalled);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(LinkError::io("read", &reset), LinkError::Closed);
+        let other = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            LinkError::io("read", &other),
+            LinkError::Os { operation: "read", kind: io::ErrorKind::PermissionDenied }
+        );
+        assert_eq!(LinkError::Stalled.to_string(), "the peer stopped reading; connection reset");
+    }
+}

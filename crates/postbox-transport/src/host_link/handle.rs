@@ -1,0 +1,260 @@
+//! `HostLink`: the blocking handle of one reliable link to a broker on another host.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use postbox_core::reliable::{Event, MessageId, SendError, Session, SessionId, StreamId};
+
+use super::config::{fresh_session_id, HostLinkConfig};
+use super::error::{RecvError, RecvTimeoutError, TryRecvError};
+use super::shared::{Core, Shared};
+use super::stats::HostLinkStats;
+use super::{connector, driver};
+use crate::{TransportError, Waker};
+
+/// One end of a reliable link to a broker on another host, over TCP.
+///
+/// A `HostLink` drives a [`Session`]: it keeps a TCP connection to the peer (dialing with
+/// backoff, or accepting on a listener), opens a new one after any break, and resends what
+/// the peer lacks. Messages on one [`StreamId`] arrive exactly once and in order; every
+/// message sent is, in the end, either [`Event::Acked`] or [`Event::Failed`] with its payload
+/// back. A silent peer ends the link within [`SessionConfig::dead_after`]
+/// (`PeerDead` or `Unreachable`), never a hang.
+///
+/// All methods take `&self`: one thread may send while another receives. Dropping the handle
+/// stops at once, without telling the peer (as a crash would); [`close`](Self::close) first
+/// to end politely.
+///
+/// [`SessionConfig::dead_after`]: postbox_core::reliable::SessionConfig::dead_after
+#[derive(Debug)]
+pub struct HostLink {
+    shared: Arc<Shared>,
+    id: SessionId,
+    /// The driver and the acceptor; joined by `close` and on drop.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl HostLink {
+    /// Starts a link that dials `addr`, and dials again after every break.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when a thread or the waker cannot be created. Connection
+    /// failures are not errors here: they are retried, and show in [`stats`](Self::stats)
+    /// until the session ends as `Unreachable`.
+    pub fn dial(addr: SocketAddr, config: HostLinkConfig) -> Result<Self, TransportError> {
+        let link = Self::start(config)?;
+        let shared = Arc::clone(&link.shared);
+        // The dialer is not joined: it may sit in a connect for up to `connect_timeout`, and
+        // it drops whatever it connects once the link has stopped.
+        spawn("postbox-host-link-dial", move || connector::dial_loop(&shared, addr))
+            .map_err(|e| link.abort_with(e))?;
+        Ok(link)
+    }
+
+    /// Starts a link that accepts the peer's connections on `listener`; each new connection
+    /// replaces the current one.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when the listener cannot be made non-blocking, or a thread or
+    /// the waker cannot be created.
+    pub fn listen(listener: TcpListener, config: HostLinkConfig) -> Result<Self, TransportError> {
+        listener.set_nonblocking(true).map_err(|e| os("configure listener", &e))?;
+        let link = Self::start(config)?;
+        link.lock().want_connection = false;
+        let shared = Arc::clone(&link.shared);
+        let acceptor = spawn("postbox-host-link-accept", move || {
+            connector::accept_loop(&shared, &listener);
+        })
+        .map_err(|e| link.abort_with(e))?;
+        link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(acceptor);
+        Ok(link)
+    }
+
+    /// This end's session id: fresh for every `HostLink`, so the peer sees a new one as a
+    /// restart.
+    #[must_use]
+    pub fn session_id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Sends `payload` on `stream`, waiting while the stream's window or the byte budget is
+    /// full. Returns once the session holds the message; [`Event::Acked`] says when the peer
+    /// has it.
+    ///
+    /// # Errors
+    /// [`SendError`], holding the payload: too large, too many streams, or the link ended
+    /// (`Ended`, with the reason). Never `Full`.
+    pub fn send(&self, stream: StreamId, payload: Vec<u8>) -> Result<MessageId, SendError> {
+        self.send_until(stream, payload, None)
+    }
+
+    /// Like [`send`](Self::send), but gives up with `Full` once `timeout` passed.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), plus [`SendError::Full`] when the wait ended.
+    pub fn send_timeout(
+        &self,
+        stream: StreamId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<MessageId, SendError> {
+        self.send_until(stream, payload, Some(Instant::now() + timeout))
+    }
+
+    /// Sends `payload` on `stream` if there is room now.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Self::send_timeout) with a zero timeout: `Full` at once when the
+    /// window is full.
+    pub fn try_send(&self, stream: StreamId, payload: Vec<u8>) -> Result<MessageId, SendError> {
+        self.send_until(stream, payload, Some(Instant::now()))
+    }
+
+    /// The next event: a delivery, an acknowledgement, a failure with its payload, a link
+    /// opening, a restarted peer, or the end. Waits until there is one.
+    ///
+    /// # Errors
+    /// [`RecvError`] once the link finished and its last event (`Ended`) was received.
+    pub fn recv(&self) -> Result<Event, RecvError> {
+        self.recv_until(None).map_err(|_| RecvError)
+    }
+
+    /// Like [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`] when nothing came in time, `Disconnected` as
+    /// [`RecvError`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// The next event if one is queued.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when none is, `Disconnected` as [`RecvError`].
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        self.recv_until(Some(Instant::now())).map_err(|e| match e {
+            RecvTimeoutError::Timeout => TryRecvError::Empty,
+            RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+        })
+    }
+
+    /// A snapshot of the session's and the connections' counters.
+    #[must_use]
+    pub fn stats(&self) -> HostLinkStats {
+        let core = self.lock();
+        core.counters.snapshot(core.session.stats(), core.events.len())
+    }
+
+    /// Ends the link politely: pending messages fail with `Closed` (queued as
+    /// [`Event::Failed`], then [`Event::Ended`]), the peer gets a close frame if a connection
+    /// is open, and the threads stop. Returns once they have (within the configured stall
+    /// timeout). Events stay available to `recv`; later sends fail with `Ended`.
+    pub fn close(&self) {
+        {
+            let mut core = self.lock();
+            core.session.close(Instant::now());
+        }
+        self.shared.changed.notify_all();
+        self.join_threads();
+    }
+
+    fn start(config: HostLinkConfig) -> Result<Self, TransportError> {
+        let config = config.normalized();
+        let id = fresh_session_id();
+        let session = Session::new(id, config.session.clone(), Instant::now());
+        let shared = Arc::new(Shared::new(config, session, Waker::new()?));
+        let link = Self { shared: Arc::clone(&shared), id, threads: Mutex::new(Vec::new()) };
+        let driver = spawn("postbox-host-link", move || driver::run(&shared))
+            .map_err(|e| os("spawn host-link driver", &e))?;
+        link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(driver);
+        Ok(link)
+    }
+
+    fn send_until(
+        &self,
+        stream: StreamId,
+        mut payload: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<MessageId, SendError> {
+        let mut core = self.lock();
+        loop {
+            match core.session.send(stream, payload) {
+                Ok(id) => {
+                    drop(core);
+                    self.shared.changed.notify_all();
+                    return Ok(id);
+                }
+                Err(SendError::Full(back)) => {
+                    if deadline.is_some_and(|at| Instant::now() >= at) {
+                        return Err(SendError::Full(back));
+                    }
+                    payload = back;
+                    // Acks, failures and the end all arrive as events: each wakes `progress`.
+                    core = self.shared.wait(&self.shared.progress, core, deadline);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Event, RecvTimeoutError> {
+        let mut core = self.lock();
+        loop {
+            if let Some(event) = core.events.pop_front() {
+                return Ok(event);
+            }
+            if core.finished {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            core = self.shared.wait(&self.shared.progress, core, deadline);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.shared.lock()
+    }
+
+    fn join_threads(&self) {
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            // A panicked thread already marked the link finished (see the driver).
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops the threads already started and converts the spawn error.
+    fn abort_with(&self, error: std::io::Error) -> TransportError {
+        self.abort();
+        os("spawn host-link thread", &error)
+    }
+
+    fn abort(&self) {
+        self.lock().aborted = true;
+        self.shared.wake_all();
+        self.join_threads();
+    }
+}
+
+impl Drop for HostLink {
+    /// Stops every thread at once and closes the connection without a close frame: the peer
+    /// sees a restart when a new incarnation connects, or `PeerDead` / `Unreachable` after its
+    /// heartbeat bound.
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+fn spawn(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name.to_owned()).spawn(run)
+}
+
+fn os(operation: &'static str, error: &std::io::Error) -> TransportError {
+    TransportError::Os { operation, kind: error.kind() }
+}

@@ -1,0 +1,133 @@
+//! The state a host link's threads share: the session, the event queue and the connection
+//! hand-over, behind one mutex.
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use postbox_core::reliable::{Event, Session};
+
+use super::config::HostLinkConfig;
+use super::error::LinkError;
+use super::stats::ConnectionCounters;
+use crate::Waker;
+
+/// Shared by the handle, the driver, the reader of the current connection, and the dialer or
+/// acceptor.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) config: HostLinkConfig,
+    core: Mutex<Core>,
+    /// Wakes the driver and the dialer: a send, bytes read, a connection made or lost, a close.
+    pub(super) changed: Condvar,
+    /// Wakes `recv` and a blocked `send`: events queued, window room, or the link finished.
+    pub(super) progress: Condvar,
+    /// Interrupts the acceptor's wait for connections.
+    pub(super) acceptor_waker: Waker,
+}
+
+/// Everything behind the mutex.
+#[derive(Debug)]
+pub(super) struct Core {
+    pub(super) session: Session,
+    /// Events for `recv`, in the session's order.
+    pub(super) events: VecDeque<Event>,
+    /// A connection made by the dialer or acceptor, not yet taken by the driver.
+    pub(super) incoming: Option<TcpStream>,
+    /// Number of the driver's current connection; a reader whose number differs is stale.
+    pub(super) connection: u64,
+    /// Why the current connection broke, set by its reader.
+    pub(super) broken: Option<LinkError>,
+    /// The dialer should make a connection (dialing side only).
+    pub(super) want_connection: bool,
+    /// The dialer's wait before its next attempt.
+    pub(super) backoff: Duration,
+    /// The handle was dropped: every thread stops now, without a close frame.
+    pub(super) aborted: bool,
+    /// The driver exited: no more events will come.
+    pub(super) finished: bool,
+    pub(super) counters: ConnectionCounters,
+}
+
+impl Shared {
+    pub(super) fn new(config: HostLinkConfig, session: Session, acceptor_waker: Waker) -> Self {
+        let core = Core {
+            session,
+            events: VecDeque::new(),
+            incoming: None,
+            connection: 0,
+            broken: None,
+            want_connection: true,
+            backoff: Duration::ZERO,
+            aborted: false,
+            finished: false,
+            counters: ConnectionCounters::default(),
+        };
+        Self {
+            config,
+            core: Mutex::new(core),
+            changed: Condvar::new(),
+            progress: Condvar::new(),
+            acceptor_waker,
+        }
+    }
+
+    /// Locks the core. A panic in another host-link thread does not make it unusable: every
+    /// critical section leaves the core consistent before it calls anything that could panic.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits on `condvar` until `deadline` (or forever), returning the guard.
+    pub(super) fn wait<'a>(
+        &self,
+        condvar: &Condvar,
+        guard: MutexGuard<'a, Core>,
+        deadline: Option<Instant>,
+    ) -> MutexGuard<'a, Core> {
+        match deadline {
+            None => condvar.wait(guard).unwrap_or_else(PoisonError::into_inner),
+            Some(at) => {
+                let timeout = at.saturating_duration_since(Instant::now());
+                condvar.wait_timeout(guard, timeout).unwrap_or_else(PoisonError::into_inner).0
+            }
+        }
+    }
+
+    /// Wakes every thread that waits for anything.
+    pub(super) fn wake_all(&self) {
+        self.changed.notify_all();
+        self.progress.notify_all();
+        self.acceptor_waker.wake();
+    }
+}
+
+impl Core {
+    /// True once the dialer, acceptor and readers should stop.
+    pub(super) fn stopping(&self) -> bool {
+        self.aborted || self.finished
+    }
+
+    /// Moves the session's events to the queue; true when any arrived (`recv` and a blocked
+    /// `send` should look). A link that opened resets the dialer's backoff.
+    pub(super) fn collect_events(&mut self, config: &HostLinkConfig) -> bool {
+        let mut any = false;
+        while let Some(event) = self.session.poll_event() {
+            if matches!(event, Event::LinkOpen { .. }) {
+                self.backoff = config.reconnect_min;
+            }
+            self.events.push_back(event);
+            any = true;
+        }
+        any
+    }
+
+    /// Records that connection `connection` broke because of `error`, unless it is no longer
+    /// the current one.
+    pub(super) fn report_broken(&mut self, connection: u64, error: LinkError) {
+        if self.connection == connection && self.broken.is_none() {
+            self.broken = Some(error);
+        }
+    }
+}
