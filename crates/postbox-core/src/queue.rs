@@ -130,6 +130,9 @@ impl<T> PortQueue<T> {
     /// [`TypeFilter::AtMost`], those of the lowest accepted type), the highest priority, and
     /// within it the oldest.
     pub fn pop(&mut self, selector: Selector) -> Option<(QueuedMeta, T)> {
+        if self.len == 0 {
+            return None;
+        }
         let wanted = match selector.msg_type {
             TypeFilter::AtMost(_) => {
                 let lowest =

@@ -12,7 +12,7 @@
 //! frame): when a batch is due, when the sender waits for confirmation, and always before the
 //! leader goes to sleep.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,8 @@ pub(crate) struct Receiver {
     /// When the endpoint opened, and when its links were last polled (µs after that).
     created: Instant,
     polled_at_us: AtomicU64,
+    /// Looks by receivers that do not wait and found nothing (see `nothing_to_read`).
+    idle_looks: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -141,7 +143,9 @@ struct ReceiverState {
     /// are read again every [`FAIR_SHARE`] takes, or a quiet link's message would wait until
     /// the held ones are all taken (the queue never empties meanwhile).
     taken_since_poll: usize,
-    links: Vec<Arc<ServerLink>>,
+    /// Shared with the leader's poll: changed by copy on write, so a poll takes it with one
+    /// reference count.
+    links: Arc<Vec<Arc<ServerLink>>>,
     polling: bool,
     closed: bool,
     /// Threads blocked on `arrived`: notifying costs a system call, so only when there are any.
@@ -180,7 +184,7 @@ impl Receiver {
             state: Mutex::new(ReceiverState {
                 queue: FairQueue::new(),
                 taken_since_poll: 0,
-                links: Vec::new(),
+                links: Arc::new(Vec::new()),
                 polling: false,
                 closed: false,
                 waiting: 0,
@@ -192,6 +196,7 @@ impl Receiver {
             spin: Spin::new(),
             created: Instant::now(),
             polled_at_us: AtomicU64::new(0),
+            idle_looks: AtomicU32::new(0),
             readiness: Arc::new(
                 Readiness::new().map_err(|e| TransportError::Os {
                     operation: "create epoll",
@@ -225,7 +230,7 @@ impl Receiver {
             return None;
         }
         let max = self.spec.message_size.map_or(host_max, |n| n.min(host_max));
-        state.links.push(Arc::new(ServerLink {
+        Arc::make_mut(&mut state.links).push(Arc::new(ServerLink {
             end: LinkEnd::new(link, host_max),
             id,
             client,
@@ -260,6 +265,7 @@ impl Receiver {
         let mut state = self.lock();
         state.closed = true;
         let links = std::mem::take(&mut state.links);
+        let links = Arc::unwrap_or_clone(links);
         state.queue.clear();
         drop(state);
         self.waker.wake();
@@ -325,7 +331,7 @@ impl Receiver {
         loop {
             if state.taken_since_poll >= FAIR_SHARE && !state.polling && state.queue.holds_back() {
                 state.polling = true;
-                let links = state.links.clone();
+                let links = Arc::clone(&state.links);
                 drop(state);
                 let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX);
                 state = self.lock();
@@ -347,13 +353,16 @@ impl Receiver {
                 state.waiting -= 1;
                 continue;
             }
+            if wait == Wait::NonBlocking && self.nothing_to_read(&state) {
+                return Err(ReceiveFailure::Empty);
+            }
             state.polling = true;
-            let links = state.links.clone();
+            let links = Arc::clone(&state.links);
             drop(state);
             if wait != Wait::NonBlocking {
                 // About to sleep: every sender hears of every release first, so none waits on
                 // credit that was only held back for batching.
-                for link in &links {
+                for link in links.iter() {
                     link.flush_credit(true);
                 }
             }
@@ -449,7 +458,7 @@ impl Receiver {
             return;
         }
         state.polling = true;
-        let links = state.links.clone();
+        let links = Arc::clone(&state.links);
         drop(state);
         let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX);
         let mut state = self.lock();
@@ -497,7 +506,7 @@ impl Receiver {
             }
         }
         if !dead.is_empty() {
-            state.links.retain(|l| !dead.contains(&l.id));
+            Arc::make_mut(&mut state.links).retain(|l| !dead.contains(&l.id));
             // One-way messages a departed sender sent are still delivered (the ones held back
             // for fairness too); its calls can no longer be answered.
             state.queue.links_gone(&dead, |q| q.counted);
@@ -585,7 +594,7 @@ impl Receiver {
     fn watch_links(&self) {
         let state = self.lock();
         if self.readiness.activate() {
-            for link in &state.links {
+            for link in state.links.iter() {
                 link.end.watch(&self.readiness);
             }
         }
@@ -719,6 +728,17 @@ impl Receiver {
         read_links(&links, &to_read, &self.spec, limit)
     }
 
+    /// True when a look without a poll shows that no link has anything to read: every link is
+    /// shared memory with nothing in it, and no poll is due (which notices hang-ups). A
+    /// receiver that does not wait then answers at once, without the leader's machinery.
+    fn nothing_to_read(&self, state: &ReceiverState) -> bool {
+        !self.readiness.is_active()
+            && state.links.iter().all(|l| l.end.link().is_shared_memory() && !l.has_input())
+            // The clock is read on every few looks only: a look costs less than reading it.
+            && (self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS != 0
+                || !self.poll_due())
+    }
+
     /// True when the last poll of the links is older than [`POLL_INTERVAL`].
     fn poll_due(&self) -> bool {
         let elapsed = self.created.elapsed().as_micros() as u64;
@@ -741,7 +761,7 @@ fn read_links(
     spec: &PortSpec,
     limit: usize,
 ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
-    let mut arrived = Vec::with_capacity(limit.min(ARRIVED_CAPACITY));
+    let mut arrived = Vec::new();
     let mut dead = Vec::new();
     for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
         if !read_link(link, spec, &mut arrived, limit) {
@@ -973,6 +993,10 @@ fn decode_frames(
                 };
                 let envelope =
                     Envelope { message, sender: link.client, reply, lost: 0, topic: None };
+                if out.capacity() == 0 {
+                    // Room for what this poll may decode, once (an empty poll allocates none).
+                    out.reserve((*budget).min(ARRIVED_CAPACITY));
+                }
                 out.push((
                     Queued { link: Arc::clone(link), envelope, counted, confirm },
                     sender_dropped,
@@ -999,3 +1023,7 @@ const MAX_READS_PER_TURN: usize = 64;
 /// Envelopes one poll makes room for at once: a receiver taking any envelope decodes this many
 /// (or as many as it takes, if more) per poll.
 const ARRIVED_CAPACITY: usize = 64;
+
+/// A receiver that does not wait and finds nothing reads the clock (for a due poll) on one
+/// look in this many.
+const CLOCK_EVERY_LOOKS: u32 = 16;
