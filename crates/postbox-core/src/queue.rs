@@ -92,6 +92,8 @@ impl Selector {
 #[derive(Debug)]
 pub struct PortQueue<T> {
     lanes: Vec<VecDeque<(u64, QueuedMeta, T)>>,
+    /// Bit `p` set when lane `p` holds anything.
+    occupied: u32,
     len: usize,
     arrivals: u64,
 }
@@ -99,7 +101,7 @@ pub struct PortQueue<T> {
 impl<T> Default for PortQueue<T> {
     fn default() -> Self {
         let lanes = (0..=MAX_PRIORITY).map(|_| VecDeque::new()).collect();
-        Self { lanes, len: 0, arrivals: 0 }
+        Self { lanes, occupied: 0, len: 0, arrivals: 0 }
     }
 }
 
@@ -114,6 +116,7 @@ impl<T> PortQueue<T> {
     pub fn push(&mut self, meta: QueuedMeta, item: T) {
         let lane = usize::from(meta.priority.min(MAX_PRIORITY));
         self.lanes[lane].push_back((self.arrivals, meta, item));
+        self.occupied |= 1 << lane;
         self.arrivals += 1;
         self.len += 1;
     }
@@ -123,6 +126,7 @@ impl<T> PortQueue<T> {
     pub fn push_front(&mut self, meta: QueuedMeta, item: T) {
         let lane = usize::from(meta.priority.min(MAX_PRIORITY));
         self.lanes[lane].push_front((0, meta, item));
+        self.occupied |= 1 << lane;
         self.len += 1;
     }
 
@@ -141,22 +145,28 @@ impl<T> PortQueue<T> {
             }
             _ => selector,
         };
-        for lane in self.lanes.iter_mut().rev() {
-            let position = if wanted == Selector::ANY {
-                if lane.is_empty() {
-                    continue;
-                }
-                0
-            } else {
-                match lane.iter().position(|(_, meta, _)| wanted.accepts(meta)) {
-                    Some(position) => position,
-                    None => continue,
-                }
-            };
-            self.len -= 1;
-            return lane.remove(position).map(|(_, meta, item)| (meta, item));
+        if wanted == Selector::ANY {
+            // The highest lane with anything in it, straight from the mask (`len > 0`).
+            let lane = (u32::BITS - 1 - self.occupied.leading_zeros()) as usize;
+            return self.take_at(lane, 0);
+        }
+        for lane in (0..self.lanes.len()).rev() {
+            let found = self.lanes[lane].iter().position(|(_, meta, _)| wanted.accepts(meta));
+            if let Some(position) = found {
+                return self.take_at(lane, position);
+            }
         }
         None
+    }
+
+    /// Removes the item at `position` of `lane`, keeping the mask of occupied lanes.
+    fn take_at(&mut self, lane: usize, position: usize) -> Option<(QueuedMeta, T)> {
+        let taken = self.lanes[lane].remove(position)?;
+        self.len -= 1;
+        if self.lanes[lane].is_empty() {
+            self.occupied &= !(1 << lane);
+        }
+        Some((taken.1, taken.2))
     }
 
     /// Removes the earliest-arrived item, whatever its priority, that `pick` accepts (for
@@ -174,8 +184,7 @@ impl<T> PortQueue<T> {
             })
             .min()
             .map(|(_, l, p)| (l, p))?;
-        self.len -= 1;
-        self.lanes[lane].remove(position).map(|(_, meta, item)| (meta, item))
+        self.take_at(lane, position)
     }
 
     /// Removes every item `drop` says to, keeping the order of the rest; returns how many.
@@ -185,6 +194,9 @@ impl<T> PortQueue<T> {
             lane.retain(|(_, meta, item)| !drop(meta, item));
         }
         self.len = self.lanes.iter().map(VecDeque::len).sum();
+        self.occupied = (0..self.lanes.len())
+            .filter(|&lane| !self.lanes[lane].is_empty())
+            .fold(0, |mask, lane| mask | 1 << lane);
         before - self.len
     }
 

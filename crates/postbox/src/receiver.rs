@@ -498,11 +498,19 @@ impl Receiver {
                 delivered = self.deliver(state, &mut arrived, sink, max);
             }
         }
-        for (queued, sender_dropped) in arrived {
-            state.lost_pending += sender_dropped;
-            state.lost_total += sender_dropped;
-            if let Err(link) = self.accept(state, queued) {
-                dead.push(link);
+        let mut arrived = arrived.peekable();
+        while let Some(first) = arrived.next() {
+            // One lock of a link's flow for each run of its envelopes.
+            let link = Arc::clone(&first.0.link);
+            let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next = Some(first);
+            while let Some((queued, sender_dropped)) = next {
+                state.lost_pending += sender_dropped;
+                state.lost_total += sender_dropped;
+                if let Err(link) = self.accept(state, &mut flow, queued) {
+                    dead.push(link);
+                }
+                next = arrived.next_if(|(q, _)| Arc::ptr_eq(&q.link, &link));
             }
         }
         if !dead.is_empty() {
@@ -602,40 +610,43 @@ impl Receiver {
 
     /// Queues an arrived envelope under the port's capacity and overflow policy. Fails with
     /// the link's id when its sender exceeded the capacity it was told (the link is closed).
-    fn accept(&self, state: &mut ReceiverState, queued: Queued) -> Result<(), LinkId> {
-        let link = Arc::clone(&queued.link);
+    /// `flow` is the envelope's link's, locked by the caller.
+    fn accept(
+        &self,
+        state: &mut ReceiverState,
+        flow: &mut LinkFlow,
+        queued: Queued,
+    ) -> Result<(), LinkId> {
+        let link = &queued.link;
         let len = queued.envelope.message.body.len() as u64;
+        if !queued.counted {
+            flow.calls += 1;
+        } else if flow.messages >= self.spec.message_window()
+            || flow.bytes + len > self.spec.byte_window()
         {
-            let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !queued.counted {
-                flow.calls += 1;
-            } else if flow.messages >= self.spec.message_window()
-                || flow.bytes + len > self.spec.byte_window()
+            if self.spec.overflow != Overflow::DropOldest {
+                link.end.close();
+                return Err(link.id);
+            }
+            // Drop-oldest: make room by dropping this link's oldest one-way messages.
+            while flow.messages > 0
+                && (flow.messages >= self.spec.message_window()
+                    || flow.bytes + len > self.spec.byte_window())
             {
-                if self.spec.overflow != Overflow::DropOldest {
-                    link.end.close();
-                    return Err(link.id);
-                }
-                // Drop-oldest: make room by dropping this link's oldest one-way messages.
-                while flow.messages > 0
-                    && (flow.messages >= self.spec.message_window()
-                        || flow.bytes + len > self.spec.byte_window())
-                {
-                    let oldest =
-                        state.queue.remove_oldest(|_, q| q.counted && q.link.id == link.id);
-                    let Some(old) = oldest else { break };
-                    let old_len = old.envelope.message.body.len() as u64;
-                    flow.messages -= 1;
-                    flow.bytes -= old_len;
-                    flow.release.on_release(old_len);
-                    state.lost_pending += 1;
-                    state.lost_total += 1;
-                }
+                let oldest =
+                    state.queue.remove_oldest(|_, q| q.counted && q.link.id == link.id);
+                let Some(old) = oldest else { break };
+                let old_len = old.envelope.message.body.len() as u64;
+                flow.messages -= 1;
+                flow.bytes -= old_len;
+                flow.release.on_release(old_len);
+                state.lost_pending += 1;
+                state.lost_total += 1;
             }
-            if queued.counted {
-                flow.messages += 1;
-                flow.bytes += len;
-            }
+        }
+        if queued.counted {
+            flow.messages += 1;
+            flow.bytes += len;
         }
         // Drop-oldest ports drop from the queue itself: they hold nothing back.
         let shared = state.links.len() > 1 && self.spec.overflow != Overflow::DropOldest;
