@@ -633,8 +633,7 @@ impl Receiver {
                 && (flow.messages >= self.spec.message_window()
                     || flow.bytes + len > self.spec.byte_window())
             {
-                let oldest =
-                    state.queue.remove_oldest(|_, q| q.counted && q.link.id == link.id);
+                let oldest = state.queue.remove_oldest(|_, q| q.counted && q.link.id == link.id);
                 let Some(old) = oldest else { break };
                 let old_len = old.envelope.message.body.len() as u64;
                 flow.messages -= 1;
