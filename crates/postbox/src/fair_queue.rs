@@ -41,17 +41,21 @@ pub(crate) struct FairQueue<T> {
     held: HashMap<(LinkId, u8), VecDeque<T>>,
     /// Items in `held`, all links together.
     held_total: usize,
+    /// Items of one link and one priority queued while nothing else was, oldest first: a
+    /// receiver of any item takes them in order without the queue's bookkeeping. They move to
+    /// the front of the queue before anything else is queued or selected.
+    run: VecDeque<T>,
 }
 
 impl<T: Shared> FairQueue<T> {
     /// An empty queue.
     pub(crate) fn new() -> Self {
-        Self { queue: PortQueue::new(), held: HashMap::new(), held_total: 0 }
+        Self { queue: PortQueue::new(), held: HashMap::new(), held_total: 0, run: VecDeque::new() }
     }
 
     /// Items queued or held.
     pub(crate) fn len(&self) -> usize {
-        self.queue.len() + self.held_total
+        self.queue.len() + self.held_total + self.run.len()
     }
 
     /// True while some items wait for room in their share: the links should then be read
@@ -63,6 +67,7 @@ impl<T: Shared> FairQueue<T> {
     /// Queues `item`, or holds it back: behind what its link holds already at its priority
     /// (order), or when that share is full and `shared` (other links feed the endpoint).
     pub(crate) fn push(&mut self, item: T, shared: bool) {
+        self.end_run();
         let meta = item.meta();
         let priority = lane(&meta);
         let key = (item.link(), priority);
@@ -81,6 +86,13 @@ impl<T: Shared> FairQueue<T> {
     /// held. Also says whether a held item moved up into the queue (another receiver may
     /// want it).
     pub(crate) fn pop(&mut self, selector: Selector) -> Option<(T, bool)> {
+        if !self.run.is_empty() {
+            if selector == Selector::ANY {
+                // Older than anything else queued (which `push` keeps so): next in any case.
+                return self.run.pop_front().map(|item| (item, false));
+            }
+            self.end_run();
+        }
         if selector != Selector::ANY && self.held_total > 0 {
             self.release_matching(selector);
         }
@@ -91,6 +103,7 @@ impl<T: Shared> FairQueue<T> {
 
     /// Removes the oldest queued item `pick` accepts (drop-oldest).
     pub(crate) fn remove_oldest(&mut self, pick: impl FnMut(&QueuedMeta, &T) -> bool) -> Option<T> {
+        self.end_run();
         let (meta, item) = self.queue.remove_oldest(pick)?;
         item.in_queue()[usize::from(lane(&meta))].fetch_sub(1, Ordering::Relaxed);
         Some(item)
@@ -99,6 +112,7 @@ impl<T: Shared> FairQueue<T> {
     /// The links in `dead` are gone: their held items that `keep` accepts are queued (after
     /// their queued ones), the others dropped with every queued item `keep` refuses.
     pub(crate) fn links_gone(&mut self, dead: &[LinkId], keep: impl Fn(&T) -> bool) {
+        self.end_run();
         let keys: Vec<(LinkId, u8)> =
             self.held.keys().filter(|(id, _)| dead.contains(id)).copied().collect();
         for key in keys {
@@ -115,6 +129,24 @@ impl<T: Shared> FairQueue<T> {
     /// Drops everything.
     pub(crate) fn clear(&mut self) {
         *self = Self::new();
+    }
+
+    /// Queues `item` at the end of the run of items that came while the queue was empty (all
+    /// of one link and one priority: the caller sees to it). The queue must hold nothing else
+    /// when the run starts.
+    pub(crate) fn push_run(&mut self, item: T) {
+        debug_assert!(!self.run.is_empty() || self.len() == 0, "a run starts on an empty queue");
+        self.run.push_back(item);
+    }
+
+    /// Moves the run to the front of the queue, in order, where selection and the fair shares
+    /// see it.
+    fn end_run(&mut self) {
+        while let Some(item) = self.run.pop_back() {
+            let meta = item.meta();
+            item.in_queue()[usize::from(lane(&meta))].fetch_add(1, Ordering::Relaxed);
+            self.queue.push_front(meta, item);
+        }
     }
 
     /// `taken` left the queue: the next item its link holds at its priority takes its place.
@@ -239,6 +271,32 @@ mod tests {
         let (wanted, _) = q.pop(Selector::ANY.of_type(7)).unwrap();
         assert_eq!(wanted.meta.msg_type, 7);
         assert_eq!(q.len(), 40);
+    }
+
+    #[test]
+    fn a_run_comes_first_in_order_whatever_is_queued_or_selected_after_it() {
+        let counts = links(2);
+        let mut q = FairQueue::new();
+        for ty in 0..5 {
+            q.push_run(item(&counts, 0, ty, 3));
+        }
+        assert_eq!(q.len(), 5);
+        assert_eq!(q.pop(Selector::ANY).map(|(it, _)| it.meta.msg_type), Some(0));
+        // A later arrival of the same priority queues behind the rest of the run; a higher
+        // priority goes first, as it would have without the run.
+        q.push(item(&counts, 1, 100, 3), true);
+        q.push(item(&counts, 1, 200, 9), true);
+        let order: Vec<u32> =
+            std::iter::from_fn(|| q.pop(Selector::ANY)).map(|(it, _)| it.meta.msg_type).collect();
+        assert_eq!(order, [200, 1, 2, 3, 4, 100]);
+        // A selective receive sees the run too.
+        for ty in 0..3 {
+            q.push_run(item(&counts, 0, ty, 0));
+        }
+        assert_eq!(q.pop(Selector::ANY.of_type(2)).map(|(it, _)| it.meta.msg_type), Some(2));
+        assert_eq!(q.pop(Selector::ANY).map(|(it, _)| it.meta.msg_type), Some(0));
+        assert_eq!(q.pop(Selector::ANY).map(|(it, _)| it.meta.msg_type), Some(1));
+        assert!(counts.iter().all(|c| c.iter().all(|n| n.load(Ordering::Relaxed) == 0)));
     }
 
     #[test]

@@ -482,6 +482,8 @@ impl Receiver {
         state.polling = false;
         state.taken_since_poll = 0;
         let mut delivered = 0;
+        // What the receiver could not take goes on as a run of the queue (see `FairQueue`).
+        let mut run = false;
         let mut arrived = arrived.into_iter();
         if let Some(Direct { sink, max }) = direct {
             let priority = arrived.as_slice().first().map(|(q, _)| q.envelope.message.priority);
@@ -496,6 +498,7 @@ impl Receiver {
                     .all(|(q, _)| Some(q.envelope.message.priority) == priority);
             if bypass {
                 delivered = self.deliver(state, &mut arrived, sink, max);
+                run = true;
             }
         }
         let mut arrived = arrived.peekable();
@@ -507,7 +510,7 @@ impl Receiver {
             while let Some((queued, sender_dropped)) = next {
                 state.lost_pending += sender_dropped;
                 state.lost_total += sender_dropped;
-                if let Err(link) = self.accept(state, &mut flow, queued) {
+                if let Err(link) = self.accept(state, &mut flow, queued, run) {
                     dead.push(link);
                 }
                 next = arrived.next_if(|(q, _)| Arc::ptr_eq(&q.link, &link));
@@ -610,12 +613,14 @@ impl Receiver {
 
     /// Queues an arrived envelope under the port's capacity and overflow policy. Fails with
     /// the link's id when its sender exceeded the capacity it was told (the link is closed).
-    /// `flow` is the envelope's link's, locked by the caller.
+    /// `flow` is the envelope's link's, locked by the caller. With `run`, it goes on the
+    /// queue's run (one link, one priority, nothing else queued: the caller checked).
     fn accept(
         &self,
         state: &mut ReceiverState,
         flow: &mut LinkFlow,
         queued: Queued,
+        run: bool,
     ) -> Result<(), LinkId> {
         let link = &queued.link;
         let len = queued.envelope.message.body.len() as u64;
@@ -646,6 +651,10 @@ impl Receiver {
         if queued.counted {
             flow.messages += 1;
             flow.bytes += len;
+        }
+        if run {
+            state.queue.push_run(queued);
+            return Ok(());
         }
         // Drop-oldest ports drop from the queue itself: they hold nothing back.
         let shared = state.links.len() > 1 && self.spec.overflow != Overflow::DropOldest;

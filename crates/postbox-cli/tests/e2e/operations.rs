@@ -249,20 +249,23 @@ fn a_try_send_does_not_wait_behind_a_send_blocked_on_a_full_link() {
                 }
             }
         });
-        // Full for a while, not just between two of the blocked sender's writes.
-        let full = || matches!(connection.try_send("probe"), Err(TrySendError::Full(_)));
+        // Full for a while, not just between two of the blocked sender's writes. Probes as
+        // large as the blocked sender's messages: a smaller one could fit in what the link's
+        // byte quota has left, and "full" would then only mean "the gate was busy".
+        let big = |fill: u8| vec![fill; 64 * 1024];
+        let full = || matches!(connection.try_send(big(1)), Err(TrySendError::Full(_)));
         wait_until("the link is full", || {
             full() && {
                 std::thread::sleep(Duration::from_millis(50));
                 full()
             }
         });
-        let late = connection.send_timeout("late", Duration::from_millis(100));
+        let late = connection.send_timeout(big(2), Duration::from_millis(100));
         // Unblock the sender before judging, so that a failure fails instead of hanging.
         holder.kill9();
         blocked.join().unwrap();
         match late {
-            Err(SendTimeoutError::Timeout(m)) => assert_eq!(m.body(), b"late"),
+            Err(SendTimeoutError::Timeout(m)) => assert_eq!(m.body(), big(2)),
             other => panic!("expected Timeout, got {other:?}"),
         }
     });
