@@ -125,7 +125,11 @@ struct App {
     restarts_seen: u64,
     links_opened: u64,
     ended: Option<(SessionError, Instant)>,
+    /// The last frame that arrived, damaged or not.
     last_arrival: Option<Instant>,
+    /// The last frame that arrived intact (checksums valid): the session may not declare the
+    /// peer dead or unreachable before this plus the heartbeat bound.
+    last_valid_arrival: Option<Instant>,
 }
 
 struct Endpoint {
@@ -346,6 +350,9 @@ impl Sim {
         }
         let now = self.now;
         self.ends[to].app.last_arrival = Some(now);
+        if Frame::decode(&packet.bytes, u32::MAX).is_ok() {
+            self.ends[to].app.last_valid_arrival = Some(now);
+        }
         match self.mode {
             Mode::Datagram => {
                 let _ = self.ends[to].session.handle_datagram(now, &packet.bytes);
@@ -573,6 +580,8 @@ fn silent_peer(seed: u64) {
     let last_heard = sim.ends[0].app.last_arrival.unwrap_or(sim.start);
     assert!(at <= last_heard + bound, "seed {seed}: reported {:?} late", at - last_heard);
     assert!(at >= silent_since, "seed {seed}: reported before the peer fell silent");
+    let last_valid = sim.ends[0].app.last_valid_arrival.unwrap_or(sim.start);
+    assert!(at >= last_valid + bound, "seed {seed}: reported {:?} early", last_valid + bound - at);
     let failed = &sim.ends[0].app.failed;
     assert!(!failed.is_empty(), "seed {seed}: messages were pending");
     assert!(failed.iter().all(|&(_, _, e)| e == error));
@@ -602,6 +611,8 @@ fn partition(seed: u64) {
         assert_eq!(error, SessionError::Unreachable, "seed {seed}");
         assert!(at <= cut_at + bound, "seed {seed}");
         assert!(at <= end.app.last_arrival.unwrap_or(sim.start) + bound, "seed {seed}");
+        let last_valid = end.app.last_valid_arrival.unwrap_or(sim.start);
+        assert!(at >= last_valid + bound, "seed {seed}: reported before the bound");
     }
 }
 
@@ -664,13 +675,24 @@ fn a_closed_session_fails_its_pending_messages_and_tells_the_peer() {
 // Hostile input
 // ---------------------------------------------------------------------------------------------
 
+/// Two sessions with an open link, after a faulty start; A has nine reliable messages in
+/// flight (three on each of streams 0 to 2) that B never got.
 fn open_pair() -> (Session, Session, Instant) {
     let mut sim = Sim::new(3, Mode::Stream, Faults { cut_every: None, ..HARSH }, 0);
     sim.run(Duration::from_millis(500), |s| {
         s.ends.iter().all(|e| e.session.state() == LinkState::Open)
     });
     let now = sim.now;
-    let [a, b] = sim.ends;
+    let [mut a, b] = sim.ends;
+    // Messages in flight on several streams, so that forged acks and hellos (ids 0 to 3)
+    // name messages really sent and reach the sender's paths.
+    for stream in 0..3 {
+        for n in 0..3u8 {
+            a.session.send(StreamId(stream), vec![n]).unwrap();
+        }
+    }
+    while a.session.poll_transmit(now, &mut Vec::new()).is_some() {}
+    assert_eq!(a.session.stats().unacknowledged, 9);
     (a.session, b.session, now)
 }
 
@@ -704,12 +726,17 @@ fn frame_strategy(sender: SessionId, receiver: SessionId) -> impl Strategy<Value
                     .map(|(a, b)| AckRange { first: MessageId(a), last: MessageId(b) })
                     .collect(),
             })),
-        (any::<bool>(), proptest::collection::vec((stream, id), 0..4)).prop_map(|(r, list)| {
-            FrameBody::Hello(Hello {
-                reply_wanted: r,
-                delivered: list.into_iter().map(|(s, i)| (StreamId(s), MessageId(i))).collect(),
-            })
-        }),
+        (any::<bool>(), 0..4u32, proptest::collection::vec((stream.clone(), id), 0..4), stream)
+            .prop_map(|(r, link, list, first)| {
+                FrameBody::Hello(Hello {
+                    reply_wanted: r,
+                    link,
+                    echo: link,
+                    first: StreamId(first),
+                    last: StreamId(if link == 0 { first } else { u32::MAX }),
+                    delivered: list.into_iter().map(|(s, i)| (StreamId(s), MessageId(i))).collect(),
+                })
+            }),
         any::<u64>().prop_map(|nonce| FrameBody::Heartbeat(Heartbeat { nonce })),
         any::<u64>().prop_map(|nonce| FrameBody::HeartbeatAck(Heartbeat { nonce })),
         Just(FrameBody::Close),
@@ -776,6 +803,9 @@ proptest! {
                     let expected = next.entry(stream).or_insert(1u64);
                     prop_assert_eq!(id.0, *expected);
                     *expected += 1;
+                }
+                if let Event::Acked { through, .. } = event {
+                    prop_assert!(through.0 <= 3, "acknowledged beyond what was sent");
                 }
                 if let Event::PeerRestarted { .. } = event {
                     next.clear();

@@ -1,7 +1,8 @@
 //! Bodies of host-link frames: one encode/decode pair per frame kind.
 //!
 //! ```text
-//! Hello         flags u8 (bit 0: reply wanted) | count u16 | count × (stream u32, delivered u64)
+//! Hello         flags u8 (bit 0: reply wanted) | link u32 | echo u32 | first u32 | last u32 |
+//!               count u16 | count × (stream u32, delivered u64)
 //! Data          stream u32 | id u64 | payload (the rest of the body)
 //! Datagram      same layout as Data
 //! Ack           stream u32 | delivered u64 | count u8 (≤ 16) | count × (first u64, last u64)
@@ -18,14 +19,32 @@ use crate::wire::{DecodeError, Reader};
 
 /// The most held ranges one [`Ack`] carries; a receiver holding more reports the lowest.
 pub const MAX_ACK_RANGES: usize = 16;
+/// Bytes of a [`Hello`] body before its entries.
+pub const HELLO_FIXED_LEN: usize = 19;
+/// Bytes of one entry (stream, delivered) of a [`Hello`].
+pub const HELLO_ENTRY_LEN: usize = 12;
 
 /// The sender's delivery state, sent on every new link before anything else.
+///
+/// A hello covers the streams `first..=last`; one that would not fit in a frame is split into
+/// several, each covering a part (the whole range: `StreamId(0)..=StreamId(u32::MAX)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// The sender has not yet received a hello naming it on this link: answer with one.
     pub reply_wanted: bool,
-    /// For each stream it has received on: the highest message delivered in order. Only
-    /// meaningful if the frame names the receiver (the peer knew whom it was resuming with).
+    /// The sender's link number in its incarnation: 1 on its first link, one more per link.
+    pub link: u32,
+    /// The `link` of the receiver's latest hello the sender has seen on this link (0: none
+    /// yet). A hello echoing the receiver's current link was written after that hello arrived,
+    /// so it reports at least what the sender had acknowledged before it.
+    pub echo: u32,
+    /// The first stream this hello covers.
+    pub first: StreamId,
+    /// The last stream this hello covers.
+    pub last: StreamId,
+    /// For each covered stream it has delivered on: the highest message delivered in order (a
+    /// covered stream not listed has delivered nothing). Only meaningful if the frame names
+    /// the receiver (the peer knew whom it was resuming with).
     pub delivered: Vec<(StreamId, MessageId)>,
 }
 
@@ -36,6 +55,10 @@ impl Hello {
     /// If `delivered` has more than `u16::MAX` entries; the session caps its streams below.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         buf.push(u8::from(self.reply_wanted));
+        buf.extend_from_slice(&self.link.to_le_bytes());
+        buf.extend_from_slice(&self.echo.to_le_bytes());
+        buf.extend_from_slice(&self.first.0.to_le_bytes());
+        buf.extend_from_slice(&self.last.0.to_le_bytes());
         let count = u16::try_from(self.delivered.len()).expect("stream count is capped at u16");
         buf.extend_from_slice(&count.to_le_bytes());
         for (stream, id) in &self.delivered {
@@ -53,12 +76,14 @@ impl Hello {
         if flags & !1 != 0 {
             return Err(DecodeError::InvalidFlags(flags));
         }
+        let (link, echo) = (r.u32()?, r.u32()?);
+        let (first, last) = (StreamId(r.u32()?), StreamId(r.u32()?));
         let count = usize::from(r.u16()?);
-        let mut delivered = Vec::with_capacity(count.min(r.remaining() / 12));
+        let mut delivered = Vec::with_capacity(count.min(r.remaining() / HELLO_ENTRY_LEN));
         for _ in 0..count {
             delivered.push((StreamId(r.u32()?), MessageId(r.u64()?)));
         }
-        Ok(Self { reply_wanted: flags == 1, delivered })
+        Ok(Self { reply_wanted: flags == 1, link, echo, first, last, delivered })
     }
 }
 
@@ -185,15 +210,25 @@ mod tests {
     #[test]
     fn hello_rejects_unknown_flags_and_short_lists() {
         let mut buf = Vec::new();
-        Hello { reply_wanted: false, delivered: vec![(StreamId(1), MessageId(2))] }
-            .encode(&mut buf);
-        assert_eq!(buf.len(), 1 + 2 + 12);
+        let hello = Hello {
+            reply_wanted: false,
+            link: 3,
+            echo: 2,
+            first: StreamId(0),
+            last: StreamId(9),
+            delivered: vec![(StreamId(1), MessageId(2))],
+        };
+        hello.encode(&mut buf);
+        assert_eq!(buf.len(), HELLO_FIXED_LEN + HELLO_ENTRY_LEN);
+        assert_eq!(Hello::decode(&mut Reader::new(&buf)), Ok(hello));
         let mut bad = buf.clone();
         bad[0] = 0x02;
         assert_eq!(Hello::decode(&mut Reader::new(&bad)), Err(DecodeError::InvalidFlags(2)));
-        assert_eq!(Hello::decode(&mut Reader::new(&buf[..10])), Err(DecodeError::Truncated));
+        assert_eq!(Hello::decode(&mut Reader::new(&buf[..25])), Err(DecodeError::Truncated));
         // A count far above what the body holds fails without allocating for it.
-        assert_eq!(Hello::decode(&mut Reader::new(&[0, 0xff, 0xff])), Err(DecodeError::Truncated));
+        let mut huge = buf[..HELLO_FIXED_LEN].to_vec();
+        huge[17..19].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(Hello::decode(&mut Reader::new(&huge)), Err(DecodeError::Truncated));
     }
 
     #[test]

@@ -15,6 +15,13 @@ pub enum SessionError {
     /// The peer came back as a new incarnation and lost what it had not acknowledged.
     #[error("the peer restarted; delivery of pending messages is unknown")]
     PeerRestarted,
+    /// The peer's reports contradict this session's own record: it acknowledged messages that
+    /// were never sent, or reported less delivered than it had already acknowledged. Either
+    /// end restarted and reused a session id (ids must be random, see
+    /// [`SessionId`](super::SessionId)), or the peer is broken. Nothing it says can be trusted,
+    /// so the session ends rather than deliver or acknowledge wrongly.
+    #[error("the peer's state contradicts this session (a reused session id?); delivery of pending messages is unknown")]
+    ProtocolViolation,
     /// The peer closed the session.
     #[error("the peer closed the session; delivery of pending messages is unknown")]
     PeerClosed,

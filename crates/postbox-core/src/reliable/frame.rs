@@ -18,8 +18,9 @@ use crate::wire::{DecodeError, Reader};
 
 /// The first two bytes of every host-link frame.
 pub const MAGIC: [u8; 2] = *b"PH";
-/// The host-link version this build writes and accepts.
-pub const VERSION: u8 = 1;
+/// The host-link version this build writes and accepts (2: hellos carry link numbers and
+/// may be split).
+pub const VERSION: u8 = 2;
 /// Size of the frame header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -250,6 +251,10 @@ mod tests {
         let bodies = vec![
             FrameBody::Hello(Hello {
                 reply_wanted: true,
+                link: 2,
+                echo: 1,
+                first: StreamId(0),
+                last: StreamId(u32::MAX),
                 delivered: vec![(StreamId(1), MessageId(9)), (StreamId(4), MessageId(2))],
             }),
             FrameBody::Data(Data {

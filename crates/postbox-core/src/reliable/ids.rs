@@ -6,9 +6,13 @@ use std::num::NonZeroU64;
 /// One incarnation of one end of a host link.
 ///
 /// Each end picks a fresh id whenever it creates a [`Session`](super::Session) (at broker start,
-/// and again after a session ended): a random number, or a start timestamp. A peer that comes
-/// back with a different id is a restarted peer whose unacknowledged state is gone. Zero is
-/// reserved on the wire for "not known yet".
+/// and again after a session ended): 64 random bits from a cryptographically seeded source.
+/// Never a timestamp, a counter or a configured constant: a peer that comes back with a
+/// different id is a restarted peer whose unacknowledged state is gone, but one that comes
+/// back with the *same* id cannot be told from the old incarnation by its id. The session
+/// then only notices the contradiction in what the peer reports and ends with
+/// [`ProtocolViolation`](super::SessionError::ProtocolViolation), failing what was pending.
+/// Zero is reserved on the wire for "not known yet".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(NonZeroU64);
 

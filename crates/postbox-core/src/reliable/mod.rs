@@ -10,8 +10,11 @@
 //!   duplicate suppression at the receiver, crc32c on every frame;
 //! - **at most once** for best-effort datagrams: sent once, checksummed, deduplicated;
 //! - **no head-of-line blocking between streams**: each stream has its own reorder buffer;
-//! - **a clear end**: a restarted peer, a peer silent for the heartbeat bound, or a closed
-//!   session fails every pending message with a [`SessionError`], never a hang.
+//! - **a clear end**: a restarted peer, a peer silent for the heartbeat bound, a peer whose
+//!   reports contradict what it acknowledged (a restart that reused its session id), or a
+//!   closed session fails every pending message with a [`SessionError`], never a hang;
+//! - **frames sized for the transport**: [`SessionConfig::max_frame_len`] bounds every frame
+//!   (one UDP datagram with [`SessionConfig::datagram`]); hellos are split to fit.
 //!
 //! Like the rest of this crate it does no I/O and reads no clock; the drivers (TCP/TLS, QUIC,
 //! UDP) live in the transport layer. The frame format is in [`frame`] and [`body`].

@@ -16,8 +16,18 @@ use super::ids::MessageId;
 pub(crate) struct RecvStream {
     delivered: u64,
     held: BTreeMap<u64, Vec<u8>>,
+    /// What `held` costs: each entry's payload plus [`HELD_OVERHEAD`].
     held_bytes: usize,
     ack_owed: bool,
+}
+
+/// What holding one message costs beyond its payload (the map entry, the `Vec`), charged
+/// against the held budget so that empty payloads are not free.
+pub(crate) const HELD_OVERHEAD: usize = 64;
+
+/// The cost of holding a message of `len` payload bytes.
+pub(crate) fn held_cost(len: usize) -> usize {
+    len.saturating_add(HELD_OVERHEAD)
 }
 
 /// What one arriving message did.
@@ -61,14 +71,14 @@ impl RecvStream {
             if !may_hold {
                 return Arrival::BeyondWindow;
             }
-            self.held_bytes += payload.len();
+            self.held_bytes += held_cost(payload.len());
             self.held.insert(id, payload);
             return Arrival::Held;
         }
         self.delivered = id;
         let mut out = vec![(MessageId(id), payload)];
         while let Some(payload) = self.held.remove(&(self.delivered + 1)) {
-            self.held_bytes -= payload.len();
+            self.held_bytes -= held_cost(payload.len());
             self.delivered += 1;
             out.push((MessageId(self.delivered), payload));
         }
@@ -95,9 +105,15 @@ impl RecvStream {
         ranges
     }
 
-    /// Payload bytes held beyond the first gap.
+    /// What the messages held beyond the first gap cost (see [`held_cost`]).
     pub(crate) fn held_bytes(&self) -> usize {
         self.held_bytes
+    }
+
+    /// How many messages are held beyond the first gap.
+    #[cfg(test)]
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.len()
     }
 
     /// Whether an ack is owed.
@@ -153,7 +169,9 @@ mod tests {
         assert_eq!(r.handle_data(MessageId(u64::MAX), vec![], 8, true), Arrival::BeyondWindow);
         assert_eq!(r.handle_data(MessageId(7), vec![1], 8, false), Arrival::BeyondWindow);
         assert_eq!(r.handle_data(MessageId(8), vec![1], 8, true), Arrival::Held);
-        assert_eq!(r.held_bytes(), 1);
+        assert_eq!(r.held_bytes(), 1 + HELD_OVERHEAD);
+        assert_eq!(r.handle_data(MessageId(7), vec![], 8, true), Arrival::Held);
+        assert_eq!((r.held_count(), r.held_bytes()), (2, 1 + 2 * HELD_OVERHEAD));
     }
 
     #[test]

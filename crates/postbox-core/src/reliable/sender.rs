@@ -22,9 +22,12 @@ pub(crate) struct SendStream {
     /// The first id never transmitted.
     next_unsent: u64,
     slots: VecDeque<Slot>,
-    /// Ids due for retransmission, lowest first.
+    /// Ids due for retransmission, lowest first: exactly the slots with `queued` set (an ack
+    /// that delivers or holds a queued message takes it out, so `has_transmit` is exact).
     retransmit: VecDeque<u64>,
     bytes: usize,
+    /// What the peer had acknowledged (delivered through) when the current link came up.
+    acked_at_link_up: u64,
 }
 
 #[derive(Debug)]
@@ -73,6 +76,7 @@ impl SendStream {
             slots: VecDeque::new(),
             retransmit: VecDeque::new(),
             bytes: 0,
+            acked_at_link_up: 0,
         }
     }
 
@@ -136,6 +140,7 @@ impl SendStream {
             return outcome;
         }
         let mut sample = None;
+        let mut newly_held = false;
         while self.base <= delivered.0 {
             // Invariant: `base <= delivered < next_unsent <= next_id`, so a slot remains.
             let slot = self.slots.pop_front().expect("unacknowledged slot below next_id");
@@ -151,13 +156,51 @@ impl SendStream {
                 if let Some(slot) = self.slot_mut(id) {
                     if !slot.held {
                         slot.held = true;
+                        newly_held |= slot.queued;
                         sample = sample.or(karn_sample(slot, now));
                     }
                 }
             }
         }
+        if outcome.delivered.is_some() || newly_held {
+            self.forget_settled_retransmissions();
+        }
         outcome.rtt_sample = sample;
         outcome
+    }
+
+    /// Takes out of the retransmission queue what was delivered or is held since it was queued.
+    fn forget_settled_retransmissions(&mut self) {
+        let (base, slots) = (self.base, &mut self.slots);
+        self.retransmit.retain(|&id| {
+            let index = id.checked_sub(base).and_then(|i| usize::try_from(i).ok());
+            match index.and_then(|i| slots.get_mut(i)) {
+                Some(slot) if !slot.held => true,
+                Some(slot) => {
+                    slot.queued = false;
+                    false
+                }
+                None => false,
+            }
+        });
+    }
+
+    /// A new link came up: remembers what the peer had acknowledged so far, the least its
+    /// hello on this link may report (see [`acked_at_link_up`](Self::acked_at_link_up)).
+    pub(crate) fn handle_link_up(&mut self) {
+        self.acked_at_link_up = self.base - 1;
+    }
+
+    /// What the peer had acknowledged (delivered through) when the current link came up. A
+    /// hello the peer wrote after seeing this end's hello of the current link reports at least
+    /// this much, since delivery never goes back within one incarnation.
+    pub(crate) fn acked_at_link_up(&self) -> MessageId {
+        MessageId(self.acked_at_link_up)
+    }
+
+    /// The first id never transmitted: an ack at or above it names a message never sent.
+    pub(crate) fn next_unsent(&self) -> MessageId {
+        MessageId(self.next_unsent)
     }
 
     /// A new link opened and the peer reported `delivered`: everything beyond it that the peer
@@ -226,7 +269,8 @@ impl SendStream {
         self.bytes
     }
 
-    /// Whether a message is waiting to be (re)transmitted.
+    /// Whether a message is waiting to be (re)transmitted: then
+    /// [`poll_transmit`](Self::poll_transmit) returns one.
     pub(crate) fn has_transmit(&self) -> bool {
         !self.retransmit.is_empty() || self.next_unsent < self.next_id
     }
@@ -310,6 +354,30 @@ mod tests {
         assert_eq!(s.unacknowledged(), 3);
         s.handle_timeout(t0 + ms(500), &rtt);
         assert_eq!(sent_ids(&mut s, t0 + ms(500)), vec![2]);
+    }
+
+    #[test]
+    fn an_ack_for_queued_messages_takes_them_out_of_the_retransmission_queue() {
+        let t0 = Instant::now();
+        let rtt = rtt();
+        let mut s = SendStream::new();
+        for _ in 0..3 {
+            s.push(vec![1], 8).unwrap();
+        }
+        sent_ids(&mut s, t0);
+        assert!(s.handle_timeout(t0 + ms(100), &rtt));
+        assert!(s.has_transmit());
+        // The originals were only late: 1 is delivered, 3 held.
+        let held = [AckRange { first: MessageId(3), last: MessageId(3) }];
+        s.handle_ack(t0 + ms(110), MessageId(1), &held);
+        assert!(s.has_transmit());
+        assert_eq!(sent_ids(&mut s, t0 + ms(110)), vec![2]);
+        // Everything times out again and then turns out delivered: nothing is left to send.
+        assert!(s.handle_timeout(t0 + ms(400), &rtt));
+        assert!(s.has_transmit());
+        s.handle_ack(t0 + ms(410), MessageId(3), &[]);
+        assert!(!s.has_transmit());
+        assert_eq!(s.poll_transmit(t0 + ms(410)), None);
     }
 
     #[test]

@@ -4,15 +4,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::body::{Ack, Data, Heartbeat, Hello};
+use super::body::{Ack, Data, Heartbeat, Hello, HELLO_ENTRY_LEN, HELLO_FIXED_LEN};
 use super::config::SessionConfig;
 use super::datagram::ReplayWindow;
 use super::decoder::StreamDecoder;
 use super::error::{DatagramSendError, SendError, SessionError};
 use super::event::{Event, Transmit};
-use super::frame::{self, Frame, FrameBody};
+use super::frame::{self, Frame, FrameBody, HEADER_LEN};
 use super::ids::{MessageId, SessionId, StreamId};
-use super::receiver::{Arrival, RecvStream};
+use super::receiver::{held_cost, Arrival, RecvStream};
 use super::rtt::RttEstimator;
 use super::sender::{AckOutcome, SendStream};
 use super::stats::{LinkState, SessionStats};
@@ -42,7 +42,9 @@ use crate::wire::DecodeError;
 /// from a different peer session means the peer restarted: what it had not acknowledged
 /// fails with [`SessionError::PeerRestarted`] and the streams start over. No valid frame from
 /// the peer for [`SessionConfig::dead_after`] ends the session with
-/// [`SessionError::PeerDead`] or [`SessionError::Unreachable`]; pending messages fail.
+/// [`SessionError::PeerDead`] or [`SessionError::Unreachable`]; pending messages fail. A peer
+/// whose reports contradict what it acknowledged before (a restart that reused its session
+/// id, or a broken peer) ends the session with [`SessionError::ProtocolViolation`].
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
@@ -61,7 +63,13 @@ pub struct Session {
     acks_owed: VecDeque<StreamId>,
     events: VecDeque<Event>,
     last_heard: Instant,
+    /// This end's link number (see [`Hello::link`]): 0 before the first link.
+    link: u32,
+    /// The highest link number of the current peer's hellos seen (see [`Hello::echo`]).
+    echo: u32,
+    /// A hello is owed: its fragments go out from stream `hello_next` on.
     hello_owed: bool,
+    hello_next: u32,
     hello_due: Instant,
     heartbeat: Heartbeats,
     close_owed: bool,
@@ -70,6 +78,8 @@ pub struct Session {
     datagram_turn: bool,
     unacknowledged_bytes: usize,
     held_bytes: usize,
+    /// Acks from the current peer for messages never sent.
+    false_acks: u32,
     stats: SessionStats,
 }
 
@@ -132,7 +142,10 @@ impl Session {
             acks_owed: VecDeque::new(),
             events: VecDeque::new(),
             last_heard: now,
+            link: 0,
+            echo: 0,
             hello_owed: false,
+            hello_next: 0,
             hello_due: now,
             heartbeat: Heartbeats::default(),
             close_owed: false,
@@ -140,6 +153,7 @@ impl Session {
             datagram_turn: false,
             unacknowledged_bytes: 0,
             held_bytes: 0,
+            false_acks: 0,
             stats,
         }
     }
@@ -187,7 +201,8 @@ impl Session {
     ///
     /// # Errors
     /// [`SendError`], holding the payload: the stream's window or the byte budget is full, the
-    /// payload is too large, too many streams, or the session ended.
+    /// payload is too large (above [`SessionConfig::max_payload`], which also keeps its frame
+    /// within [`SessionConfig::max_frame_len`]), too many streams, or the session ended.
     pub fn send(&mut self, stream: StreamId, payload: Vec<u8>) -> Result<MessageId, SendError> {
         if let State::Ended(error) = self.state {
             return Err(SendError::Ended(payload, error));
@@ -260,6 +275,11 @@ impl Session {
         }
         self.drop_link();
         self.state = State::ExpectHello;
+        // Link numbers only need to differ within this incarnation; 0 means "none".
+        self.link = self.link.wrapping_add(1).max(1);
+        for send in self.sends.values_mut() {
+            send.handle_link_up();
+        }
         self.hello_owed = true;
         self.hello_due = now + self.hello_interval();
     }
@@ -329,7 +349,7 @@ impl Session {
         if matches!(self.state, State::Ended(_)) {
             return;
         }
-        if now >= self.dead_at() {
+        if self.dead_at().is_some_and(|at| now >= at) {
             let error = match self.state {
                 State::Open => SessionError::PeerDead,
                 _ => SessionError::Unreachable,
@@ -373,7 +393,7 @@ impl Session {
                 false
             }
             State::Ended(_) | State::Down => return None,
-            State::ExpectHello if std::mem::take(&mut self.hello_owed) => {
+            State::ExpectHello if self.hello_owed => {
                 self.write_hello(buf);
                 false
             }
@@ -385,7 +405,7 @@ impl Session {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next; `None` once the
-    /// session ended.
+    /// session ended (or when nothing is due within the clock's range).
     ///
     /// Call after every `handle_*` call, [`send`](Self::send) and
     /// [`poll_transmit`](Self::poll_transmit), and re-arm the timer with the answer.
@@ -401,7 +421,7 @@ impl Session {
                 retransmit.chain(self.heartbeat.next_at).min()
             }
         };
-        Some(next.map_or(dead_at, |at| at.min(dead_at)))
+        next.into_iter().chain(dead_at).min()
     }
 
     /// The next delivery, acknowledgement, failure or state change.
@@ -467,29 +487,59 @@ impl Session {
         }
         self.last_heard = now;
         self.stats.frames_received += 1;
+        self.echo = self.echo.max(hello.link);
         self.hello_owed |= hello.reply_wanted;
         if receiver != Some(self.id) {
             return;
         }
-        let delivered: BTreeMap<StreamId, MessageId> = hello.delivered.into_iter().collect();
-        let opening = self.state == State::ExpectHello;
-        let streams: Vec<StreamId> = self.sends.keys().copied().collect();
-        for stream in streams {
-            let through = delivered.get(&stream).copied().unwrap_or(MessageId(0));
-            self.apply_ack(now, stream, |send, now| {
-                if opening {
-                    send.handle_resume(now, through)
-                } else {
-                    send.handle_ack(now, through, &[])
-                }
-            });
+        let covered = hello.first..=hello.last;
+        let delivered: BTreeMap<StreamId, MessageId> =
+            hello.delivered.into_iter().filter(|(stream, _)| covered.contains(stream)).collect();
+        if self.hello_contradicts(hello.echo, (hello.first, hello.last), &delivered) {
+            self.end_for_violation();
+            return;
         }
+        let opening = self.state == State::ExpectHello;
         if opening {
+            // Every stream resumes on the new link; one this fragment does not cover resends
+            // from what was acknowledged, and the fragment covering it acks the rest.
+            let streams: Vec<StreamId> = self.sends.keys().copied().collect();
+            for stream in streams {
+                let through = delivered.get(&stream).copied().unwrap_or(MessageId(0));
+                self.apply_ack(now, stream, |send, now| send.handle_resume(now, through));
+            }
             self.state = State::Open;
             self.stats.links_opened += 1;
             self.heartbeat.next_at = Some(now + self.config.heartbeat_interval);
             self.events.push_back(Event::LinkOpen { peer: sender });
+        } else {
+            for (stream, through) in delivered {
+                self.apply_ack(now, stream, |send, now| send.handle_ack(now, through, &[]));
+            }
         }
+    }
+
+    /// Whether a hello from the current peer contradicts what it told before: it claims
+    /// delivery of a message never sent, or (written after this end's hello of the current
+    /// link, so not a late one) reports less delivered than it had acknowledged before the
+    /// link came up. Either means one end restarted with a reused session id, or a broken peer.
+    fn hello_contradicts(
+        &self,
+        echo: u32,
+        (first, last): (StreamId, StreamId),
+        delivered: &BTreeMap<StreamId, MessageId>,
+    ) -> bool {
+        let claims_unsent =
+            delivered.iter().any(|(stream, &through)| match self.sends.get(stream) {
+                Some(send) => through >= send.next_unsent(),
+                None => through.0 > 0,
+            });
+        if claims_unsent || echo != self.link || first > last {
+            return claims_unsent;
+        }
+        self.sends.range(first..=last).any(|(stream, send)| {
+            delivered.get(stream).copied().unwrap_or(MessageId(0)) < send.acked_at_link_up()
+        })
     }
 
     fn restart_peer(&mut self, now: Instant, previous: SessionId, current: SessionId) {
@@ -501,6 +551,8 @@ impl Session {
         self.datagrams_in.clear();
         self.datagrams_out.clear();
         self.heartbeat = Heartbeats::default();
+        self.echo = 0;
+        self.false_acks = 0;
         if self.retired.len() == RETIRED_PEERS {
             self.retired.pop_front();
         }
@@ -519,7 +571,8 @@ impl Session {
             self.stats.malformed_frames += 1;
             return;
         }
-        let may_hold = self.held_bytes + data.payload.len() <= self.config.max_held_bytes;
+        let may_hold =
+            self.held_bytes + held_cost(data.payload.len()) <= self.config.max_held_bytes;
         let window = self.config.stream_window as u64;
         let recv = self.recvs.entry(data.stream).or_insert_with(RecvStream::new);
         let queued = recv.is_ack_owed();
@@ -546,11 +599,29 @@ impl Session {
     fn handle_ack(&mut self, now: Instant, ack: &Ack) {
         if !self.sends.contains_key(&ack.stream) {
             if ack.delivered.0 != 0 {
-                self.stats.malformed_frames += 1;
+                self.handle_false_ack();
             }
             return;
         }
         self.apply_ack(now, ack.stream, |send, now| send.handle_ack(now, ack.delivered, &ack.held));
+    }
+
+    /// The current peer acknowledged a message never sent: dropped, and after a few the
+    /// session ends (see [`SessionError::ProtocolViolation`]).
+    fn handle_false_ack(&mut self) {
+        self.stats.malformed_frames += 1;
+        self.false_acks += 1;
+        if self.false_acks >= FALSE_ACKS_TOLERATED {
+            self.end_for_violation();
+        }
+    }
+
+    /// Ends the session because the peer contradicted itself; the peer is told with a close
+    /// frame if a link is up.
+    fn end_for_violation(&mut self) {
+        self.stats.malformed_frames += 1;
+        self.close_owed = matches!(self.state, State::ExpectHello | State::Open);
+        self.end(SessionError::ProtocolViolation);
     }
 
     /// Runs an acknowledgement against `stream` and reports what it changed.
@@ -564,14 +635,14 @@ impl Session {
         let bytes_before = send.unacknowledged_bytes();
         let outcome = ack(send, now);
         self.unacknowledged_bytes -= bytes_before - send.unacknowledged_bytes();
-        if outcome.invalid {
-            self.stats.malformed_frames += 1;
-        }
         if let Some(sample) = outcome.rtt_sample {
             self.rtt.handle_sample(sample);
         }
         if let Some(through) = outcome.delivered {
             self.events.push_back(Event::Acked { stream, through });
+        }
+        if outcome.invalid {
+            self.handle_false_ack();
         }
     }
 
@@ -595,7 +666,7 @@ impl Session {
     /// Writes the next frame of an open link: control first, then data and datagrams in turn.
     fn write_open(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<bool> {
         let (id, peer) = (self.id, self.peer);
-        if std::mem::take(&mut self.hello_owed) {
+        if self.hello_owed {
             self.write_hello(buf);
             return Some(false);
         }
@@ -628,23 +699,15 @@ impl Session {
         self.write_datagram(buf).then_some(true)
     }
 
+    /// Writes the next message of the first stream, round robin from `next_stream`, that has
+    /// one to send.
     fn write_data(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         let (id, peer) = (self.id, self.peer);
         let from = StreamId(self.next_stream);
-        let ready = self
-            .sends
-            .range(from..)
-            .chain(self.sends.range(..from))
-            .find(|(_, send)| send.has_transmit())
-            .map(|(&stream, _)| stream);
-        let Some(stream) = ready else { return false };
-        // Invariant: `stream` was just found among the keys.
-        let send = self.sends.get_mut(&stream).expect("stream found above");
-        let Some(out) = send.poll_transmit(now) else { return false };
-        frame::encode_with(frame::KIND_DATA, id, peer, buf, |b| {
-            Data::encode_parts(stream, out.id, out.payload, b);
-        });
-        if out.retransmission {
+        let written = write_first_ready(self.sends.range_mut(from..), now, id, peer, buf)
+            .or_else(|| write_first_ready(self.sends.range_mut(..from), now, id, peer, buf));
+        let Some((stream, retransmission)) = written else { return false };
+        if retransmission {
             self.stats.retransmissions += 1;
         }
         self.next_stream = stream.0.wrapping_add(1);
@@ -657,14 +720,38 @@ impl Session {
         true
     }
 
+    /// Writes the next fragment of the owed hello: as many streams from `hello_next` on as fit
+    /// in [`SessionConfig::max_frame_len`]; the last fragment covers up to `u32::MAX`.
     fn write_hello(&mut self, buf: &mut Vec<u8>) {
-        let delivered = self
-            .recvs
-            .iter()
-            .filter(|(_, recv)| recv.delivered().0 > 0)
-            .map(|(&stream, recv)| (stream, recv.delivered()))
-            .collect();
-        let hello = Hello { reply_wanted: self.state != State::Open, delivered };
+        let room = self.config.max_frame_len as usize - HEADER_LEN - HELLO_FIXED_LEN;
+        let max_entries = (room / HELLO_ENTRY_LEN).min(usize::from(u16::MAX));
+        let first = StreamId(self.hello_next);
+        let mut delivered = Vec::new();
+        let mut last = StreamId(u32::MAX);
+        let streams = self.recvs.range(first..).filter(|(_, recv)| recv.delivered().0 > 0);
+        for (&stream, recv) in streams {
+            if delivered.len() == max_entries {
+                // Invariant: `max_entries > 0` (the frame limit is at least 512 bytes), so an
+                // entry was pushed; its stream is below `stream`, so the increment below fits.
+                last = delivered.last().map_or(first, |&(stream, _)| stream);
+                break;
+            }
+            delivered.push((stream, recv.delivered()));
+        }
+        if last.0 == u32::MAX {
+            self.hello_owed = false;
+            self.hello_next = 0;
+        } else {
+            self.hello_next = last.0 + 1;
+        }
+        let hello = Hello {
+            reply_wanted: self.state != State::Open,
+            link: self.link,
+            echo: self.echo,
+            first,
+            last,
+            delivered,
+        };
         frame::encode_with(frame::KIND_HELLO, self.id, self.peer, buf, |b| hello.encode(b));
     }
 
@@ -672,6 +759,7 @@ impl Session {
     fn drop_link(&mut self) {
         self.decoder = StreamDecoder::new(self.config.max_frame_body());
         self.hello_owed = false;
+        self.hello_next = 0;
         self.datagrams_out.clear();
         let nonce = self.heartbeat.nonce;
         self.heartbeat = Heartbeats { nonce, ..Heartbeats::default() };
@@ -707,8 +795,9 @@ impl Session {
         }
     }
 
-    fn dead_at(&self) -> Instant {
-        self.last_heard + self.config.dead_after()
+    /// When silence ends the session; `None` if that lies beyond the clock's range (never).
+    fn dead_at(&self) -> Option<Instant> {
+        self.last_heard.checked_add(self.config.dead_after())
     }
 
     fn hello_interval(&self) -> Duration {
@@ -720,8 +809,33 @@ impl Session {
     }
 }
 
+/// Writes the next message of the first stream in `streams` that has one; returns the stream
+/// and whether it was a retransmission.
+fn write_first_ready<'a>(
+    streams: impl Iterator<Item = (&'a StreamId, &'a mut SendStream)>,
+    now: Instant,
+    id: SessionId,
+    peer: Option<SessionId>,
+    buf: &mut Vec<u8>,
+) -> Option<(StreamId, bool)> {
+    for (&stream, send) in streams {
+        if !send.has_transmit() {
+            continue;
+        }
+        let Some(out) = send.poll_transmit(now) else { continue };
+        frame::encode_with(frame::KIND_DATA, id, peer, buf, |b| {
+            Data::encode_parts(stream, out.id, out.payload, b);
+        });
+        return Some((stream, out.retransmission));
+    }
+    None
+}
+
 /// How many earlier incarnations of the peer are remembered as stale.
 const RETIRED_PEERS: usize = 8;
+/// Acks for messages never sent that end the session: a correct peer sends none, so a few
+/// mean a reused session id or a broken peer, not bad luck (frames are checksummed).
+const FALSE_ACKS_TOLERATED: u32 = 3;
 
 #[cfg(test)]
 mod tests;

@@ -220,3 +220,246 @@ fn sends_are_refused_with_the_payload_when_they_cannot_be_taken() {
         Err(SendError::Ended(vec![4], SessionError::Unreachable))
     );
 }
+
+fn open_pair_with(config: SessionConfig, now: Instant) -> (Session, Session) {
+    let mut a = Session::new(id(1), config.clone(), now);
+    let mut b = Session::new(id(2), config, now);
+    a.handle_link_up(now);
+    b.handle_link_up(now);
+    settle(&mut a, &mut b, now);
+    assert_eq!((a.state(), b.state()), (LinkState::Open, LinkState::Open));
+    events(&mut a);
+    events(&mut b);
+    (a, b)
+}
+
+/// Moves every frame `from` has to send into `to`, one datagram each; returns the longest.
+fn pump_datagrams(from: &mut Session, to: &mut Session, now: Instant) -> Option<usize> {
+    let mut longest = None;
+    loop {
+        let mut buf = Vec::new();
+        let Some(transmit) = from.poll_transmit(now, &mut buf) else { return longest };
+        longest = longest.max(Some(transmit.len));
+        to.handle_datagram(now, &buf).unwrap();
+    }
+}
+
+/// Review finding 1: a stream whose retransmission queue held only ids acknowledged meanwhile
+/// made `poll_transmit` return `None` although another stream had a message ready.
+#[test]
+fn stale_retransmission_entries_do_not_hide_another_streams_message() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = open_pair(t0);
+    a.send(StreamId(1), b"x".to_vec()).unwrap();
+    a.send(StreamId(7), b"y".to_vec()).unwrap();
+    let mut delayed = Vec::new();
+    while a.poll_transmit(t0, &mut delayed).is_some() {}
+    // Both time out and are queued; the driver cannot write right now (backpressure).
+    let rto = t0 + a.config().initial_rto;
+    a.handle_timeout(rto);
+    // The originals were only late: B delivers and acknowledges them.
+    b.handle_bytes(rto, &delayed).unwrap();
+    pump(&mut b, &mut a, rto);
+    events(&mut a);
+    events(&mut b);
+    // A new message on a third stream.
+    a.send(StreamId(5), b"z".to_vec()).unwrap();
+    // The driver writes until `None`, as documented.
+    let mut buf = Vec::new();
+    while a.poll_transmit(rto, &mut buf).is_some() {}
+    b.handle_bytes(rto, &buf).unwrap();
+    assert_eq!(delivered(&mut b), vec![(5, 1, b"z".to_vec())]);
+    assert_eq!(b.stats().duplicates_dropped, 0, "the acknowledged ones were not sent again");
+}
+
+/// Runs the review's scenario of finding 2: B restarts reusing its session id while A's link
+/// is down; `a_sends` and `b_sends` say which directions carried messages before. Returns
+/// both sessions' events after the new link had every chance to settle.
+fn restart_with_the_same_id(a_sends: bool, b_sends: bool) -> (Session, Session, [Vec<Event>; 2]) {
+    let t0 = Instant::now();
+    let (mut a, mut b) = open_pair(t0);
+    for n in 0..3u8 {
+        if a_sends {
+            a.send(StreamId(1), vec![n]).unwrap();
+        }
+        if b_sends {
+            b.send(StreamId(1), vec![n]).unwrap();
+        }
+    }
+    settle(&mut a, &mut b, t0);
+    events(&mut a);
+    // B restarts with the same id; A was down meanwhile.
+    a.handle_link_down(t0);
+    let mut b2 = Session::new(id(2), SessionConfig::default(), t0);
+    a.send(StreamId(1), b"after".to_vec()).unwrap();
+    b2.send(StreamId(1), b"fresh".to_vec()).unwrap();
+    a.handle_link_up(t0 + ms(10));
+    b2.handle_link_up(t0 + ms(10));
+    let mut now = t0 + ms(10);
+    settle(&mut a, &mut b2, now);
+    for _ in 0..20 {
+        now += ms(500);
+        a.handle_timeout(now);
+        b2.handle_timeout(now);
+        settle(&mut a, &mut b2, now);
+    }
+    let got = [events(&mut a), events(&mut b2)];
+    (a, b2, got)
+}
+
+/// Review finding 2: a peer restarted with the same session id used to hang both directions
+/// (its messages taken for duplicates, ours held behind a gap, nothing failed). Its reports
+/// contradict what it acknowledged before, so the session ends and fails what was pending.
+#[test]
+fn a_peer_restarted_with_the_same_id_ends_both_sessions_and_fails_what_was_pending() {
+    for (a_sends, b_sends) in [(true, true), (true, false), (false, true)] {
+        let case = format!("a_sends {a_sends}, b_sends {b_sends}");
+        let (a, b2, [a_events, b_events]) = restart_with_the_same_id(a_sends, b_sends);
+        assert_eq!((a.state(), b2.state()), (LinkState::Ended, LinkState::Ended), "{case}");
+        let violation = Event::Ended(SessionError::ProtocolViolation);
+        assert!(a_events.contains(&violation) || b_events.contains(&violation), "{case}");
+        for (got, payload) in [(&a_events, b"after".to_vec()), (&b_events, b"fresh".to_vec())] {
+            assert!(!got.iter().any(|e| matches!(e, Event::Delivered { .. })), "{case}: {got:?}");
+            let failed =
+                got.iter().any(|e| matches!(e, Event::Failed { payload: p, .. } if *p == payload));
+            assert!(failed, "{case}: pending message not failed: {got:?}");
+            assert!(
+                matches!(
+                    got.last(),
+                    Some(Event::Ended(SessionError::ProtocolViolation | SessionError::PeerClosed))
+                ),
+                "{case}: {got:?}"
+            );
+        }
+        // A peer that acknowledged only from the old incarnation is caught by its own hello:
+        // it names the end that was acknowledged before and reports less.
+        if a_sends && !b_sends {
+            assert_eq!(a_events.last(), Some(&violation), "{case}");
+        }
+    }
+}
+
+#[test]
+fn repeated_acks_for_messages_never_sent_end_the_session() {
+    let t0 = Instant::now();
+    let (mut a, _b) = open_pair(t0);
+    a.send(StreamId(1), b"x".to_vec()).unwrap();
+    while a.poll_transmit(t0, &mut Vec::new()).is_some() {}
+    let ack = |delivered| {
+        let mut buf = Vec::new();
+        let ack = Ack { stream: StreamId(1), delivered: MessageId(delivered), held: vec![] };
+        frame::encode_with(frame::KIND_ACK, id(2), Some(id(1)), &mut buf, |b| ack.encode(b));
+        buf
+    };
+    for n in 1..FALSE_ACKS_TOLERATED {
+        a.handle_datagram(t0, &ack(5)).unwrap();
+        assert_eq!(a.state(), LinkState::Open, "after {n}");
+    }
+    a.handle_datagram(t0, &ack(5)).unwrap();
+    let got = events(&mut a);
+    assert_eq!(got.last(), Some(&Event::Ended(SessionError::ProtocolViolation)));
+    assert!(matches!(got[0], Event::Failed { error: SessionError::ProtocolViolation, .. }));
+    // The peer is told.
+    let mut buf = Vec::new();
+    assert!(a.poll_transmit(t0, &mut buf).is_some());
+    assert_eq!(Frame::decode(&buf, 1024).unwrap().body, FrameBody::Close);
+}
+
+/// Review finding 5: `normalized` clamped only the low end of the timers, and a huge heartbeat
+/// interval overflowed `Instant + Duration` in `poll_timeout`.
+#[test]
+fn a_huge_timer_setting_is_clamped_and_never_overflows_the_clock() {
+    let t0 = Instant::now();
+    let huge = SessionConfig {
+        heartbeat_interval: Duration::MAX,
+        missed_heartbeats: u32::MAX,
+        initial_rto: Duration::MAX,
+        max_rto: Duration::MAX,
+        ..SessionConfig::default()
+    };
+    let mut a = Session::new(id(1), huge.clone(), t0);
+    let mut b = Session::new(id(2), huge, t0);
+    assert_eq!(a.config().heartbeat_interval, SessionConfig::MAX_TIMER);
+    assert!(a.poll_timeout().is_some());
+    a.handle_link_up(t0);
+    b.handle_link_up(t0);
+    settle(&mut a, &mut b, t0);
+    a.send(StreamId(0), b"x".to_vec()).unwrap();
+    let _ = a.poll_transmit(t0, &mut Vec::new());
+    let next = a.poll_timeout().expect("a retransmission is due");
+    a.handle_timeout(next);
+    assert_eq!(a.state(), LinkState::Open);
+}
+
+/// Review finding 4: empty payloads cost nothing against `max_held_bytes`, so a peer could make
+/// the receiver hold `stream_window × max_streams` entries with a held budget of zero.
+#[test]
+fn empty_payloads_are_charged_against_the_held_budget() {
+    let t0 = Instant::now();
+    for (budget, most) in [(0, 0), (10 * crate::reliable::receiver::HELD_OVERHEAD, 10)] {
+        let config = SessionConfig { max_held_bytes: budget, ..SessionConfig::default() };
+        let (mut a, _b) = open_pair_with(config, t0);
+        let mut bytes = Vec::new();
+        for stream in 0..64u32 {
+            for msg in 2..=256u64 {
+                frame::encode_with(frame::KIND_DATA, id(2), Some(id(1)), &mut bytes, |buf| {
+                    Data::encode_parts(StreamId(stream), MessageId(msg), &[], buf);
+                });
+            }
+        }
+        a.handle_bytes(t0, &bytes).unwrap();
+        let held: usize = a.recvs.values().map(RecvStream::held_count).sum();
+        assert_eq!(held, most, "held {held} messages with a budget of {budget} bytes");
+        assert_eq!(a.held_bytes, most * crate::reliable::receiver::HELD_OVERHEAD);
+    }
+}
+
+/// Review finding 3: over UDP nothing kept a reliable frame or a hello within one datagram (a
+/// default-sized message made a 1 MiB frame, and a hello grew 12 bytes per stream).
+#[test]
+fn with_the_datagram_preset_every_frame_fits_one_datagram_and_hellos_are_split() {
+    let t0 = Instant::now();
+    let config = SessionConfig::datagram();
+    let limit = config.max_frame_len as usize;
+    let (mut a, mut b) = open_pair_with(config, t0);
+    let big = vec![0; 1 << 20];
+    assert_eq!(a.send(StreamId(0), big.clone()), Err(SendError::TooLarge(big)));
+    let largest = vec![1; a.config().max_payload as usize];
+    a.send(StreamId(0), largest.clone()).unwrap();
+    assert!(pump_datagrams(&mut a, &mut b, t0).unwrap() <= limit);
+    assert_eq!(delivered(&mut b), vec![(0, 1, largest)]);
+    // B delivers on 300 streams: its hello names them all, in several fragments.
+    for s in 0..300u32 {
+        a.send(StreamId(s), vec![2]).unwrap();
+    }
+    for _ in 0..3 {
+        pump_datagrams(&mut a, &mut b, t0);
+        pump_datagrams(&mut b, &mut a, t0);
+    }
+    assert_eq!(delivered(&mut b).len(), 300);
+    assert_eq!(a.stats().unacknowledged, 0);
+    // A new link: every frame, hello fragments included, fits; nothing is sent again.
+    let now = t0 + ms(10);
+    a.handle_link_up(now);
+    b.handle_link_up(now);
+    let mut hello_frames = 0;
+    for _ in 0..4 {
+        // A's hello first, so that B's (echoing A's link) is checked against what B acked.
+        assert!(pump_datagrams(&mut a, &mut b, now).unwrap_or(0) <= limit);
+        let mut buf = Vec::new();
+        while let Some(t) = b.poll_transmit(now, &mut buf) {
+            assert!(t.len <= limit, "a frame of {} bytes", t.len);
+            if matches!(Frame::decode(&buf, u32::MAX).unwrap().body, FrameBody::Hello(_)) {
+                hello_frames += 1;
+            }
+            a.handle_datagram(now, &buf).unwrap();
+            buf.clear();
+        }
+    }
+    assert!(hello_frames >= 3, "{hello_frames} hello frames for 300 streams");
+    assert_eq!((a.state(), b.state()), (LinkState::Open, LinkState::Open));
+    assert_eq!(b.stats().duplicates_dropped, 0, "nothing delivered was sent again");
+    a.send(StreamId(299), vec![3]).unwrap();
+    pump_datagrams(&mut a, &mut b, now);
+    assert_eq!(delivered(&mut b), vec![(299, 2, vec![3])]);
+}
