@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::Policy;
+use crate::{HostsConfig, Policy};
 
 /// Settings of one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub struct BrokerConfig {
     /// Bytes each way in a shared-memory link's payload pool (the largest zero-copy payload).
     /// Shared memory is only used as payloads fill it.
     pub shared_memory_pool: usize,
+    /// This host's name and its peers; `None` links to no other host.
+    pub hosts: Option<HostsConfig>,
 }
 
 impl BrokerConfig {
@@ -40,6 +42,7 @@ impl BrokerConfig {
             hello_timeout: Duration::from_secs(10),
             shared_memory_links: Some(DEFAULT_LINK_CAPACITY),
             shared_memory_pool: DEFAULT_POOL_SIZE,
+            hosts: None,
         }
     }
 
@@ -55,6 +58,13 @@ impl BrokerConfig {
     #[must_use]
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Names this host and links it to its peers (docs/network.md).
+    #[must_use]
+    pub fn hosts(mut self, hosts: HostsConfig) -> Self {
+        self.hosts = Some(hosts);
         self
     }
 

@@ -6,12 +6,55 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use postbox::default_socket_path;
-use postbox_broker::{Policy, PolicyReloader};
+use postbox_broker::{HostsConfig, Policy, PolicyReloader};
 
 use crate::buffering::Buffering;
 use postbox::{BrokerConfig, CallError, Message, Node, RecvTimeoutError};
 
-pub(crate) fn daemon(max_message_size: u32, policy_file: Option<&Path>) -> Result<()> {
+/// The daemon's host settings from its flags (docs/network.md).
+#[derive(Debug, Default)]
+pub(crate) struct HostsOptions {
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) name: Option<String>,
+    pub(crate) peers: Vec<String>,
+    pub(crate) heartbeat: Option<Duration>,
+    pub(crate) missed_heartbeats: Option<u32>,
+}
+
+impl HostsOptions {
+    /// The host configuration the flags describe; `None` when they name no host.
+    fn config(&self) -> Result<Option<HostsConfig>> {
+        let mut config = match (&self.file, &self.name) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                HostsConfig::from_toml(&text).with_context(|| format!("{}", path.display()))?
+            }
+            (None, Some(name)) => HostsConfig::new(name)?,
+            (None, None) if self.peers.is_empty() => return Ok(None),
+            (None, None) => bail!("--peer needs --host-name (or --hosts) to name this host"),
+        };
+        if let Some(name) = &self.name {
+            config.name = postbox_broker::hosts::HostName::new(name)?;
+        }
+        for peer in &self.peers {
+            config.add_peer_flag(peer)?;
+        }
+        if let Some(interval) = self.heartbeat {
+            config.heartbeat_interval = interval.max(Duration::from_millis(1));
+        }
+        if let Some(missed) = self.missed_heartbeats {
+            config.missed_heartbeats = missed.max(1);
+        }
+        Ok(Some(config))
+    }
+}
+
+pub(crate) fn daemon(
+    max_message_size: u32,
+    policy_file: Option<&Path>,
+    hosts: &HostsOptions,
+) -> Result<()> {
     // Denials and reloads are logged to stderr.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -26,6 +69,7 @@ pub(crate) fn daemon(max_message_size: u32, policy_file: Option<&Path>) -> Resul
     };
     let mut config =
         BrokerConfig::new(default_socket_path()).max_message_size(max_message_size).policy(policy);
+    config.hosts = hosts.config()?;
     // Every node holds a descriptor in the broker: use what the hard limit allows, and keep
     // the node limit below it so that accepting never runs out of descriptors first.
     let descriptors = raise_descriptor_limit();
@@ -109,6 +153,40 @@ pub(crate) fn ls() -> Result<()> {
     writeln!(out, "{} ports, {} nodes attached", listing.ports.len(), listing.nodes)?;
     if listing.truncated {
         writeln!(out, "(list cut short by the broker)")?;
+    }
+    // A broker from before host links has no status port: no hosts to show.
+    let hosts = node.hosts().unwrap_or_default();
+    if !hosts.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8}",
+            "HOST",
+            "STATE",
+            "LINK",
+            "RTT",
+            "RETRANSMITS",
+            "DUPLICATES",
+            "CORRUPT",
+            "SESSIONS",
+            "CHANNELS"
+        )?;
+        for host in &hosts {
+            let rtt = host.rtt.map_or_else(|| "-".to_owned(), |d| format!("{d:.1?}"));
+            writeln!(
+                out,
+                "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8}",
+                host.name,
+                host.state.as_str(),
+                host.connect,
+                rtt,
+                host.retransmissions,
+                host.duplicates,
+                host.corrupt_frames,
+                host.sessions,
+                host.channels
+            )?;
+        }
     }
     Ok(())
 }

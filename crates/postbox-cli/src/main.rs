@@ -42,6 +42,9 @@ enum Command {
         /// this user may use the broker.
         #[arg(long, value_name = "FILE")]
         config: Option<std::path::PathBuf>,
+        /// Links to other hosts (TOML: name, peers; see docs/network.md).
+        #[command(flatten)]
+        hosts: HostsArgs,
     },
     /// List ports with their owners and open connections.
     Ls,
@@ -161,6 +164,27 @@ enum Command {
     Worker(worker::Role),
 }
 
+/// The daemon's links to brokers on other hosts (docs/network.md).
+#[derive(Debug, clap::Args)]
+struct HostsArgs {
+    /// Host configuration (TOML: `name`, `heartbeat_interval_ms`, `missed_heartbeats`,
+    /// `[peers]` with `NAME = { dial = "ADDR:PORT" }` or `{ listen = "ADDR:PORT" }`).
+    #[arg(long, value_name = "FILE")]
+    hosts: Option<PathBuf>,
+    /// This host's name (instead of, or overriding, the file's).
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
+    /// A peer host: NAME=dial:ADDR:PORT or NAME=listen:ADDR:PORT (repeatable).
+    #[arg(long = "peer", value_name = "NAME=dial|listen:ADDR")]
+    peers: Vec<String>,
+    /// How often host links send heartbeats (e.g. 200ms, 1s).
+    #[arg(long, value_parser = duration::parse)]
+    heartbeat: Option<Duration>,
+    /// Heartbeats missed before a silent host's calls fail.
+    #[arg(long)]
+    missed_heartbeats: Option<u32>,
+}
+
 #[derive(Debug, Subcommand)]
 enum TopicCommand {
     /// Create a topic (or change its history).
@@ -197,8 +221,16 @@ fn main() {
         std::env::set_var("POSTBOX_SOCKET", path);
     }
     let result = match cli.command {
-        Command::Daemon { max_message_size, config } => {
-            commands::daemon(max_message_size, config.as_deref())
+        Command::Daemon { max_message_size, config, hosts } => {
+            let HostsArgs { hosts, host_name, peers, heartbeat, missed_heartbeats } = hosts;
+            let hosts = commands::HostsOptions {
+                file: hosts,
+                name: host_name,
+                peers,
+                heartbeat,
+                missed_heartbeats,
+            };
+            commands::daemon(max_message_size, config.as_deref(), &hosts)
         }
         Command::Ls => commands::ls(),
         Command::Send { name, text, msg_type, priority, confirmed } => {

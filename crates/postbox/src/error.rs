@@ -267,6 +267,10 @@ pub enum ConnectError {
     /// The broker's policy does not allow the operation on the name.
     #[error(transparent)]
     AccessDenied(#[from] AccessDenied),
+    /// The port is on another host (`port@host`) whose broker did not answer: the host is
+    /// down, partitioned off, or its link is restarting (docs/network.md).
+    #[error("host unreachable: {0}")]
+    Unreachable(String),
 }
 
 /// Failure of [`PortBuilder::open`](crate::PortBuilder::open) and of creating or opening a

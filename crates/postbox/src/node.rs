@@ -408,6 +408,24 @@ impl Node {
         }
     }
 
+    /// The peer hosts of this node's broker, with their link state, RTT and retransmission
+    /// counts (docs/network.md); empty when the broker links to no other host.
+    ///
+    /// # Errors
+    /// [`BrokerRequestError::BrokerGone`]; [`BrokerRequestError::Refused`] when the broker
+    /// does not serve its status port or answers with something else.
+    pub fn hosts(&self) -> Result<Vec<postbox_broker::HostStatus>, BrokerRequestError> {
+        let refused = |e: &dyn std::fmt::Display| BrokerRequestError::Refused(e.to_string());
+        let connection = match self.connect(postbox_broker::hosts::HOSTS_PORT) {
+            Ok(connection) => connection,
+            Err(ConnectError::BrokerGone) => return Err(BrokerRequestError::BrokerGone),
+            Err(error) => return Err(refused(&error)),
+        };
+        let reply =
+            connection.call_timeout(Vec::new(), REQUEST_TIMEOUT).map_err(|e| refused(&e))?;
+        postbox_broker::HostStatus::decode_list(reply.body()).map_err(|e| refused(&e))
+    }
+
     /// True once the broker's control socket has closed (the broker exited or was killed).
     /// Existing links keep working; new ports and connections fail with `BrokerGone`.
     #[must_use]
@@ -526,6 +544,9 @@ impl NodeShared {
                 ControlMessage::Refused { code: ControlErrorCode::LimitExceeded, detail, .. },
                 _,
             )) => Err(ConnectError::LimitExceeded(detail)),
+            Ok((ControlMessage::Refused { code: ControlErrorCode::Unanswered, detail, .. }, _)) => {
+                Err(ConnectError::Unreachable(detail))
+            }
             Ok((ControlMessage::Refused { detail, .. }, _)) => Err(ConnectError::Refused(detail)),
             Ok((ControlMessage::Denied { operation, name, .. }, _)) => {
                 Err(ConnectError::AccessDenied(AccessDenied { operation, name }))

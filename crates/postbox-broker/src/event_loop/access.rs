@@ -243,7 +243,8 @@ impl EventLoop {
         let Some(node) = self.registry.identity(key).map(|i| i.process_id) else { return false };
         let limit = self.config.policy.limits().connections;
         let to_broker = self.data.iter().flatten().filter(|l| l.peer.process_id == node).count()
-            + self.topic_links.iter().flatten().filter(|l| l.peer.process_id == node).count();
+            + self.topic_links.iter().flatten().filter(|l| l.peer.process_id == node).count()
+            + self.relays.iter().flatten().filter(|r| r.client == Some(node)).count();
         if self.registry.links_of(key) + to_broker < limit {
             return true;
         }

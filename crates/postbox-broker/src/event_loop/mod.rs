@@ -21,6 +21,7 @@ use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
 
 mod access;
+mod gateway;
 mod mailboxes;
 mod topics;
 
@@ -28,6 +29,7 @@ pub use access::PolicyReloader;
 
 use crate::socket_path::bind_listener;
 use crate::{BrokerConfig, BrokerError};
+use gateway::{Gateway, Relay, RelayKey};
 use mailboxes::DataLink;
 use topics::{TopicKey, TopicLink};
 
@@ -80,7 +82,10 @@ impl Broker {
     /// # Errors
     /// Only when polling itself fails; a misbehaving node never stops the broker.
     pub fn run(self) -> Result<(), BrokerError> {
+        let gateway = self.config.hosts.clone().map(Gateway::new).transpose()?;
         let mut state = EventLoop {
+            gateway,
+            relays: Vec::new(),
             registry: Registry::new(self.config.policy.limits()),
             grants: Grants::default(),
             denial_log: access::DenialLog::new(),
@@ -194,6 +199,10 @@ struct EventLoop {
     topic_links: Vec<Option<TopicLink>>,
     /// Rounds served, to rotate which sender gets a mailbox's freed room first.
     rounds: usize,
+    /// Peer hosts, when configured.
+    gateway: Option<Gateway>,
+    /// The broker's own ends of links relayed to other hosts, and of status-port links.
+    relays: Vec<Option<Relay>>,
 }
 
 /// A `Stat` the broker asked a port's owner about, waiting for its report.
@@ -216,6 +225,8 @@ enum Slot {
     Node(NodeKey),
     Data(DataKey),
     Topic(TopicKey),
+    Hosts,
+    Relay(RelayKey),
 }
 
 impl EventLoop {
@@ -233,6 +244,7 @@ impl EventLoop {
             }
             self.expire_silent_nodes(now);
             self.expire_queries(now);
+            self.run_gateway_timers(now);
             let ready = {
                 let mut set =
                     vec![(stop.as_fd(), Interest::READ), (reload.as_fd(), Interest::READ)];
@@ -263,6 +275,18 @@ impl EventLoop {
                         }
                     }
                 }
+                if let Some(gateway) = &self.gateway {
+                    set.push((gateway.waker().as_fd(), Interest::READ));
+                    slots.push(Slot::Hosts);
+                }
+                for (index, relay) in self.relays.iter().enumerate() {
+                    if let Some(interest) = relay.as_ref().and_then(Relay::interest) {
+                        // Invariant: `interest` is only Some for a present relay.
+                        let relay = relay.as_ref().expect("relay present");
+                        set.push((relay.link.as_fd(), interest));
+                        slots.push(Slot::Relay(RelayKey(index)));
+                    }
+                }
                 match wait_ready(&set, Wait::deadline(self.next_timer())) {
                     Ok(ready) => ready.into_iter().map(|i| slots[i]).collect::<Vec<_>>(),
                     Err(_) => {
@@ -283,6 +307,8 @@ impl EventLoop {
                     }
                     Slot::Data(key) => self.service_data(key),
                     Slot::Topic(key) => self.service_topic(key),
+                    Slot::Hosts => self.service_hosts(),
+                    Slot::Relay(key) => self.service_relay(key),
                 }
             }
             self.answer_pulls(Instant::now());
@@ -336,6 +362,7 @@ impl EventLoop {
             .chain(query_deadlines)
             .chain(pull_deadlines)
             .chain(self.accept_paused_until)
+            .chain(self.gateway.as_ref().and_then(Gateway::next_deadline))
             .min()
     }
 
@@ -487,6 +514,10 @@ impl EventLoop {
             ControlMessage::Revoke { request, name, from } => {
                 self.revoke(key, request, &name, from)
             }
+            ControlMessage::OpenPort { request, name, .. } if Self::is_reserved(&name) => {
+                let detail = format!("{name} is the broker's own");
+                self.refuse(key, request, ControlErrorCode::NameTaken, &detail);
+            }
             ControlMessage::OpenPort { request, name, .. }
                 if self.mailboxes.contains_key(&name) || self.topics.contains_key(&name) =>
             {
@@ -508,6 +539,18 @@ impl EventLoop {
             }
             ControlMessage::ReceiveMailbox { request, name } => {
                 self.connect_mailbox(key, request, &name, false);
+            }
+            ControlMessage::Connect { request, target: Target::Port(ref name), .. }
+                if Self::is_reserved(name) =>
+            {
+                self.connect_status(key, request);
+            }
+            ControlMessage::Connect { request, target: Target::Port(name), rights }
+                if !self.mailboxes.contains_key(&name)
+                    && self.registry.port(&name).is_none()
+                    && self.is_remote(&name) =>
+            {
+                self.connect_remote(key, request, &name, rights);
             }
             ControlMessage::Connect { request, target: Target::Port(name), .. }
                 if self.mailboxes.contains_key(&name) =>

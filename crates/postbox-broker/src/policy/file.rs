@@ -81,6 +81,9 @@ struct RuleSection {
     gids: Vec<Principal>,
     #[serde(default)]
     everyone: bool,
+    /// Peer hosts (by name, or `*` for every peer) whose nodes the rule covers.
+    #[serde(default)]
+    hosts: Vec<String>,
     operations: Vec<String>,
 }
 
@@ -125,12 +128,18 @@ fn rule(section: RuleSection) -> Result<Rule, PolicyError> {
         let uids = section.uids.iter().map(|u| resolve(u, "user")).collect::<Result<_, _>>()?;
         let gids = section.gids.iter().map(|g| resolve(g, "group")).collect::<Result<_, _>>()?;
         let principals = Principals::Some { uids, gids };
-        if principals == (Principals::Some { uids: Vec::new(), gids: Vec::new() }) {
+        let nobody = Principals::Some { uids: Vec::new(), gids: Vec::new() };
+        if principals == nobody && section.hosts.is_empty() {
             return Err(PolicyError::NoPrincipals(section.names.join(", ")));
         }
         principals
     };
-    Ok(Rule { names, principals, operations })
+    for host in &section.hosts {
+        if host != "*" && crate::hosts::HostName::new(host).is_err() {
+            return Err(PolicyError::Invalid(format!("invalid host name {host:?}")));
+        }
+    }
+    Ok(Rule { names, principals, operations, hosts: section.hosts })
 }
 
 /// A numeric id as given, or a name looked up in `/etc/passwd` (users) or `/etc/group`.

@@ -60,6 +60,9 @@ struct Rule {
     names: Vec<NamePattern>,
     principals: Principals,
     operations: Vec<Operation>,
+    /// Peer hosts whose nodes the rule covers (`*`: every peer). Local principals never
+    /// cover a remote node.
+    hosts: Vec<String>,
 }
 
 /// Whom a rule is for.
@@ -116,6 +119,27 @@ impl Policy {
                     && rule.applies_to(subject)
                     && rule.names.iter().any(|allowed| allowed.covers(pattern))
             })
+    }
+
+    /// True when nodes of peer host `host` may do `operation` on this host's name `name`.
+    /// Nothing is allowed to a remote host unless a rule names it (or `*`): not even the
+    /// broker's own user's rights carry over (docs/network.md §5).
+    #[must_use]
+    pub fn allows_host(&self, host: &str, operation: Operation, name: &str) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.operations.contains(&operation)
+                && rule.hosts.iter().any(|h| h == "*" || h == host)
+                && rule.names.iter().any(|pattern| pattern.matches_text(name))
+        })
+    }
+
+    /// The link rights nodes of peer host `host` hold on port `name`.
+    #[must_use]
+    pub fn host_link_rights(&self, host: &str, name: &str) -> Rights {
+        [Operation::Send, Operation::Call]
+            .into_iter()
+            .filter(|op| self.allows_host(host, *op, name))
+            .fold(Rights::NONE, |rights, op| rights.union(Rights::for_operation(op)))
     }
 
     /// The link rights `subject` holds on port `name`.
@@ -248,6 +272,31 @@ mod tests {
         let sensors = NamePattern::parse("sensors/*/temp").unwrap();
         assert!(policy.allows_subscription(alice, &sensors));
         assert!(!policy.allows_subscription(alice, &NamePattern::parse("**").unwrap()));
+    }
+
+    #[test]
+    fn remote_hosts_get_only_what_a_rule_names_them_for() {
+        let policy = policy(
+            r#"
+            [[allow]]
+            names = ["echo"]
+            hosts = ["b"]
+            operations = ["call"]
+
+            [[allow]]
+            names = ["public/*"]
+            hosts = ["*"]
+            everyone = true
+            operations = ["send"]
+            "#,
+        );
+        assert_eq!(policy.host_link_rights("b", "echo"), Rights::CALL);
+        assert_eq!(policy.host_link_rights("c", "echo"), Rights::NONE);
+        assert_eq!(policy.host_link_rights("c", "public/x"), Rights::SEND);
+        assert!(!policy.allows(subject(4000, 4000), Operation::Call, "echo"));
+        assert_eq!(Policy::own_user_only(OWNER).host_link_rights("b", "echo"), Rights::NONE);
+        let bad = "[[allow]]\nnames=['a']\nhosts=['a b']\noperations=['send']";
+        assert!(Policy::from_toml(bad, OWNER).is_err());
     }
 
     #[test]

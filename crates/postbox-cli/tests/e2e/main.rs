@@ -10,6 +10,7 @@ mod buffering;
 mod cli;
 mod death;
 mod hostile;
+mod hosts;
 mod mailbox_edges;
 mod mailboxes;
 mod operations;

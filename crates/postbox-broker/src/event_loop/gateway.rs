@@ -1,0 +1,790 @@
+//! The broker as gateway to other hosts: it keeps one end of every link that crosses hosts
+//! and relays its frames over the host link to the peer broker, which keeps the other end's
+//! counterpart (docs/network.md §3–4). Also serves the status port `postbox/hosts`.
+//!
+//! ```text
+//! caller ──link── broker A ══host link══ broker B ──link── server of `echo`
+//!        (A faces the client)            (B faces the server)
+//! ```
+//!
+//! Frames cross unchanged (header and body): the caller's calls and one-way messages, the
+//! server's replies and credits. Each remote connection is a [`Channel`]; closing either end
+//! closes the other, and a peer that dies, restarts or stays unreachable closes all of its
+//! channels, so callers see `PeerDied` within the heartbeat bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use postbox_core::wire::frame::ReplyErrorCode;
+use postbox_core::{
+    ControlErrorCode, ControlMessage, Frame, FrameDecoder, FrameKind, ListenTarget, Operation,
+    PeerIdentity, Placement, PortName, PortSpec, ProcessId, Quota, Rights, Target,
+};
+use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
+use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
+
+use super::{encode, EventLoop};
+use crate::hosts::peer::{Inbound, Peer};
+use crate::hosts::protocol::{Channel, HostMessage, Refusal};
+use crate::hosts::{split_remote, HostStatus, HostsConfig, HOSTS_PORT, MAX_REMOTE_MESSAGE};
+use crate::registry::NodeKey;
+
+/// The broker's peers and the remote connections in the making.
+#[derive(Debug)]
+pub(super) struct Gateway {
+    config: HostsConfig,
+    link_config: HostLinkConfig,
+    peers: Vec<Peer>,
+    inbound: Arc<Inbound>,
+    next_channel: u64,
+    /// Connects of local nodes waiting for the peer's answer.
+    opening: HashMap<(usize, Channel), PendingOpen>,
+    /// The relay of each open channel.
+    channels: HashMap<(usize, Channel), RelayKey>,
+}
+
+/// A local node's `Connect` to `port@host`, sent on as `Open`.
+#[derive(Debug)]
+struct PendingOpen {
+    node: NodeKey,
+    process: ProcessId,
+    request: u32,
+    name: PortName,
+    rights: Rights,
+    deadline: Instant,
+}
+
+/// A relay's slot in the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct RelayKey(pub(super) usize);
+
+/// The broker's end of a local link whose frames cross to another host (or, for the status
+/// port, are answered by the broker itself).
+#[derive(Debug)]
+pub(super) struct Relay {
+    pub(super) link: UnixLink,
+    facing: Facing,
+    /// The local node at the other end, when it is the client (counts against its links).
+    pub(super) client: Option<ProcessId>,
+    decoder: FrameDecoder,
+    /// The largest body accepted from the host link for this link.
+    max_body: u32,
+    out: VecDeque<Vec<u8>>,
+    out_offset: usize,
+    out_bytes: usize,
+    /// A message for the host link that found no room: the local link is not read until it
+    /// has gone.
+    blocked: Option<Vec<u8>>,
+    /// The local end closed; what it sent before is still forwarded.
+    finished: bool,
+}
+
+/// Who is at the local end of a relay.
+#[derive(Debug, Clone, Copy)]
+enum Facing {
+    /// A local client of a remote port: its calls and messages go out, replies come in.
+    Client { host: usize, channel: Channel },
+    /// A local server whose client is remote: calls and messages come in, replies go out.
+    Server { host: usize, channel: Channel },
+    /// A local node asking for the host links' status.
+    Status,
+}
+
+impl Gateway {
+    /// The gateway of `config`; its host links start on the event loop's first round.
+    pub(super) fn new(config: HostsConfig) -> Result<Self, TransportError> {
+        let inbound =
+            Arc::new(Inbound { events: Mutex::new(VecDeque::new()), waker: Waker::new()? });
+        Ok(Self {
+            link_config: config.link_config(),
+            peers: config.peers.iter().cloned().map(Peer::new).collect(),
+            config,
+            inbound,
+            next_channel: 1,
+            opening: HashMap::new(),
+            channels: HashMap::new(),
+        })
+    }
+
+    /// The waker that says host-link events are waiting.
+    pub(super) fn waker(&self) -> &Waker {
+        &self.inbound.waker
+    }
+
+    /// The next instant a connect times out or a host link is due to start.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let opens = self.opening.values().map(|p| p.deadline);
+        opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).min()
+    }
+
+    fn open_timeout(&self) -> Duration {
+        (self.config.dead_after() + Duration::from_secs(1)).min(MAX_OPEN_WAIT)
+    }
+}
+
+impl Relay {
+    fn new(link: UnixLink, facing: Facing, client: Option<ProcessId>, max_body: u32) -> Self {
+        Self {
+            link,
+            facing,
+            client,
+            decoder: FrameDecoder::new(max_body),
+            max_body,
+            out: VecDeque::new(),
+            out_offset: 0,
+            out_bytes: 0,
+            blocked: None,
+            finished: false,
+        }
+    }
+
+    fn enqueue(&mut self, frame: Vec<u8>) {
+        self.out_bytes += frame.len();
+        self.out.push_back(frame);
+    }
+
+    /// What to poll its link for: readable while nothing waits for the host link, writable
+    /// while frames wait for the local end.
+    pub(super) fn interest(&self) -> Option<Interest> {
+        let read = !self.finished && self.blocked.is_none();
+        match (read, self.out.is_empty()) {
+            (true, true) => Some(Interest::READ),
+            (true, false) => Some(Interest::BOTH),
+            (false, false) => Some(Interest::WRITE),
+            (false, true) => None,
+        }
+    }
+
+    fn remote(&self) -> Option<(usize, Channel)> {
+        match self.facing {
+            Facing::Client { host, channel } | Facing::Server { host, channel } => {
+                Some((host, channel))
+            }
+            Facing::Status => None,
+        }
+    }
+}
+
+impl EventLoop {
+    /// True for a name of the form `port@host` whose host is a peer or this host.
+    pub(super) fn is_remote(&self, name: &PortName) -> bool {
+        let (Some(gateway), Some((_, host))) = (&self.gateway, split_remote(name)) else {
+            return false;
+        };
+        host == gateway.config.name.as_str() || gateway.config.peer_index(host).is_some()
+    }
+
+    /// Handles a `Connect` to a name for which [`is_remote`](Self::is_remote) holds.
+    pub(super) fn connect_remote(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        name: &PortName,
+        rights: Rights,
+    ) {
+        let Some(gateway) = &self.gateway else { return };
+        let Some((port, host)) = split_remote(name) else { return };
+        if host == gateway.config.name.as_str() {
+            // `port@this-host` is the local port.
+            let target = Target::Port(port);
+            return self.handle(key, ControlMessage::Connect { request, target, rights });
+        }
+        let Some(index) = gateway.config.peer_index(host) else { return };
+        let target = Target::Port(name.clone());
+        let Some(allowed) = self.connect_rights(key, request, &target, rights) else {
+            return;
+        };
+        if !self.has_link_room(key, request) {
+            return;
+        }
+        let Some(process) = self.registry.identity(key).map(|i| i.process_id) else { return };
+        // Invariant: checked at the top of this function, nothing removed it since.
+        let gateway = self.gateway.as_mut().expect("gateway present");
+        if !gateway.peers[index].has_link() {
+            let detail = format!("host {host} is unreachable (its link is restarting)");
+            return self.refuse(key, request, ControlErrorCode::Unanswered, &detail);
+        }
+        let channel = Channel { opened_here: true, number: gateway.next_channel };
+        gateway.next_channel += 1;
+        let deadline = Instant::now() + gateway.open_timeout();
+        let pending = PendingOpen {
+            node: key,
+            process,
+            request,
+            name: name.clone(),
+            rights: allowed.rights,
+            deadline,
+        };
+        gateway.opening.insert((index, channel), pending);
+        let open = HostMessage::Open { channel, port, rights: allowed.rights };
+        gateway.peers[index].send_or_keep(channel.stream(), open.encode());
+    }
+
+    /// Answers a `Connect` to the status port with a link the broker serves itself.
+    pub(super) fn connect_status(&mut self, key: NodeKey, request: u32) {
+        if !self.has_link_room(key, request) {
+            return;
+        }
+        let Some(process) = self.registry.identity(key).map(|i| i.process_id) else { return };
+        let (ours, theirs) = match UnixLink::pair() {
+            Ok(pair) => pair,
+            Err(error) => {
+                let detail = format!("cannot create the link: {error}");
+                return self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
+            }
+        };
+        let id = self.registry.allocate_link_id();
+        let max = self.config.max_message_size;
+        self.insert_relay(Relay::new(ours, Facing::Status, Some(process), max));
+        let spec = PortSpec { message_size: Some(max), ..PortSpec::default() };
+        self.hand_broker_link(key, request, id, spec, theirs);
+    }
+
+    /// True for the status port's name, which no node may open.
+    pub(super) fn is_reserved(name: &PortName) -> bool {
+        name.as_str() == HOSTS_PORT
+    }
+
+    /// Starts host links that are due and fails connects that waited too long.
+    pub(super) fn run_gateway_timers(&mut self, now: Instant) {
+        let Some(gateway) = &mut self.gateway else { return };
+        for index in 0..gateway.peers.len() {
+            let peer = &mut gateway.peers[index];
+            if peer.restart_at.is_some_and(|at| at <= now) {
+                if let Err(error) = peer.start(index, &gateway.link_config, &gateway.inbound) {
+                    tracing::warn!(host = %peer.config.name, %error, "host link not started");
+                    peer.restart_at = Some(now + RESTART_DELAY);
+                }
+            }
+        }
+        let expired: Vec<(usize, Channel)> =
+            gateway.opening.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
+        for (host, channel) in expired {
+            let Some(gateway) = &mut self.gateway else { return };
+            if let Some(pending) = gateway.opening.remove(&(host, channel)) {
+                // Should the peer still answer, its relay is closed again at once.
+                gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+                let detail =
+                    format!("host {} did not answer in time", gateway.peers[host].config.name);
+                self.refuse(pending.node, pending.request, ControlErrorCode::Unanswered, &detail);
+            }
+        }
+    }
+
+    /// Handles every host-link event waiting.
+    pub(super) fn service_hosts(&mut self) {
+        let Some(gateway) = &self.gateway else { return };
+        gateway.inbound.waker.reset();
+        let events: Vec<(usize, u64, Event)> = std::mem::take(
+            &mut *gateway.inbound.events.lock().unwrap_or_else(PoisonError::into_inner),
+        )
+        .into();
+        for (host, incarnation, event) in events {
+            let Some(gateway) = &mut self.gateway else { return };
+            if gateway.peers.get(host).is_none_or(|p| p.incarnation != incarnation) {
+                continue; // from a link already replaced
+            }
+            match event {
+                Event::Delivered { payload, .. } => match HostMessage::decode(&payload) {
+                    Ok(message) => self.handle_host_message(host, message),
+                    Err(error) => {
+                        let name = &gateway.peers[host].config.name;
+                        tracing::warn!(host = %name, %error, "malformed message from host");
+                    }
+                },
+                Event::Acked { .. } => self.unblock_host(host),
+                Event::Failed { payload, .. } => {
+                    // Only when the session ends or the peer restarted: the channel is gone.
+                    if let Ok(message) = HostMessage::decode(&payload) {
+                        self.drop_channel(host, message.channel());
+                    }
+                }
+                Event::PeerRestarted { .. } => self.drop_host_channels(host),
+                Event::Ended(error) => {
+                    tracing::warn!(host = %gateway.peers[host].config.name, %error, "host link ended");
+                    gateway.peers[host].ended(Instant::now() + RESTART_DELAY);
+                    self.drop_host_channels(host);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn handle_host_message(&mut self, host: usize, message: HostMessage) {
+        match message {
+            HostMessage::Open { channel, port, rights } if !channel.opened_here => {
+                self.open_for_peer(host, channel, &port, rights);
+            }
+            HostMessage::Opened { channel, spec, rights, quota } if channel.opened_here => {
+                self.peer_opened(host, channel, spec, rights, quota);
+            }
+            HostMessage::Refused { channel, reason, detail } if channel.opened_here => {
+                let Some(gateway) = &mut self.gateway else { return };
+                let Some(pending) = gateway.opening.remove(&(host, channel)) else { return };
+                let host_name = gateway.peers[host].config.name.to_string();
+                let (node, request) = (pending.node, pending.request);
+                match reason {
+                    Refusal::NoSuchPort => {
+                        let detail = format!("{detail} (on host {host_name})");
+                        self.refuse(node, request, ControlErrorCode::NoSuchPort, &detail);
+                    }
+                    Refusal::Denied => {
+                        let operation = if pending.rights.contains(Rights::SEND) {
+                            Operation::Send
+                        } else {
+                            Operation::Call
+                        };
+                        let denied = ControlMessage::Denied {
+                            request,
+                            operation,
+                            name: pending.name.to_string(),
+                        };
+                        self.queue(node, &denied, Vec::new());
+                    }
+                    Refusal::LimitExceeded => {
+                        self.refuse(node, request, ControlErrorCode::LimitExceeded, &detail);
+                    }
+                }
+            }
+            HostMessage::Frame { channel, frame } => self.frame_from_peer(host, channel, frame),
+            HostMessage::Close { channel } => {
+                let Some(gateway) = &mut self.gateway else { return };
+                if let Some(pending) = gateway.opening.remove(&(host, channel)) {
+                    let detail = "the remote host closed the connection";
+                    self.refuse(
+                        pending.node,
+                        pending.request,
+                        ControlErrorCode::Unanswered,
+                        detail,
+                    );
+                }
+                self.close_channel(host, channel, false);
+            }
+            // A message about a channel from the wrong side breaks the protocol; the channel
+            // (if any) goes.
+            other => self.close_channel(host, other.channel(), true),
+        }
+    }
+
+    /// The peer's node connects to this host's port `port`: checked against the policy for
+    /// that host, then made like any connection, with the broker as the client.
+    fn open_for_peer(&mut self, host: usize, channel: Channel, port: &PortName, wanted: Rights) {
+        let Some(gateway) = &self.gateway else { return };
+        let host_name = gateway.peers[host].config.name.to_string();
+        if gateway.channels.contains_key(&(host, channel)) {
+            return self.close_channel(host, channel, true);
+        }
+        let refuse = |reason, detail: String| HostMessage::Refused { channel, reason, detail };
+        let rights =
+            self.config.policy.host_link_rights(&host_name, port.as_str()).intersection(wanted);
+        // Existence first, as for the broker's own user locally: a caller learns that a name
+        // is wrong before whether it may use it.
+        let answer = if Self::is_reserved(port) || self.registry.port(port).is_none() {
+            let kind = self.name_kind(port).filter(|k| *k != "port");
+            let detail = match kind {
+                Some(kind) => format!("{port} is a {kind}; only ports are reachable across hosts"),
+                None => format!("no port named {port}"),
+            };
+            Err(refuse(Refusal::NoSuchPort, detail))
+        } else if rights.is_empty() {
+            Err(refuse(Refusal::Denied, format!("host {host_name} may not use {port}")))
+        } else {
+            self.link_for_peer(host, channel, port, rights)
+                .map_err(|detail| refuse(Refusal::LimitExceeded, detail))
+        };
+        let message = answer.unwrap_or_else(|refusal| refusal);
+        if let Some(gateway) = &mut self.gateway {
+            gateway.peers[host].send_or_keep(channel.stream(), message.encode());
+        }
+    }
+
+    /// Makes the link from the broker (as the peer node's stand-in) to the owner of `port`;
+    /// the answer for the peer, or why not.
+    fn link_for_peer(
+        &mut self,
+        host: usize,
+        channel: Channel,
+        port: &PortName,
+        rights: Rights,
+    ) -> Result<HostMessage, String> {
+        // Invariant: the caller checked that the port exists.
+        let (owner, _, spec) = self.registry.port(port).ok_or("the port closed")?;
+        if !self.has_room(owner) {
+            return Err("the serving node is not reading its control socket".into());
+        }
+        let (ours, theirs) =
+            UnixLink::pair().map_err(|e| format!("cannot create the link: {e}"))?;
+        let spec = remote_spec(spec, self.config.max_message_size);
+        let link = self.registry.allocate_link_id();
+        let quota = self.config.policy.quota();
+        let incoming = ControlMessage::IncomingConnection {
+            link,
+            target: ListenTarget::Port(port.clone()),
+            client: remote_identity(host),
+            rights,
+            quota,
+        };
+        self.queue(owner, &incoming, vec![theirs.into_fd()]);
+        self.flush(owner);
+        let max_body = spec.message_size.unwrap_or(MAX_REMOTE_MESSAGE);
+        let key =
+            self.insert_relay(Relay::new(ours, Facing::Server { host, channel }, None, max_body));
+        if let Some(gateway) = &mut self.gateway {
+            gateway.channels.insert((host, channel), key);
+        }
+        Ok(HostMessage::Opened { channel, spec, rights, quota })
+    }
+
+    /// The peer connected one of this host's nodes: it gets its end of a link the broker
+    /// relays.
+    fn peer_opened(
+        &mut self,
+        host: usize,
+        channel: Channel,
+        spec: PortSpec,
+        rights: Rights,
+        quota: Quota,
+    ) {
+        let Some(gateway) = &mut self.gateway else { return };
+        let Some(pending) = gateway.opening.remove(&(host, channel)) else {
+            // Timed out meanwhile (and Close already sent), or never asked: close it.
+            return self.close_channel(host, channel, true);
+        };
+        let alive =
+            self.registry.identity(pending.node).is_some_and(|i| i.process_id == pending.process);
+        let rights = rights.intersection(pending.rights);
+        let pair = UnixLink::pair();
+        let (Ok((ours, theirs)), true, false) = (pair, alive, rights.is_empty()) else {
+            let detail = "cannot create the link";
+            self.refuse(pending.node, pending.request, ControlErrorCode::LimitExceeded, detail);
+            if let Some(gateway) = &mut self.gateway {
+                gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+            }
+            return;
+        };
+        let spec = remote_spec(spec, self.config.max_message_size);
+        let max = self.config.max_message_size;
+        let relay = Relay::new(ours, Facing::Client { host, channel }, Some(pending.process), max);
+        let key = self.insert_relay(relay);
+        if let Some(gateway) = &mut self.gateway {
+            gateway.channels.insert((host, channel), key);
+        }
+        let link = self.registry.allocate_link_id();
+        let connected = ControlMessage::Connected {
+            request: pending.request,
+            link,
+            server: remote_identity(host),
+            spec,
+            rights,
+            quota,
+        };
+        self.queue(pending.node, &connected, vec![theirs.into_fd()]);
+    }
+
+    /// A frame from the peer for the local end of `channel`: checked, then queued there.
+    fn frame_from_peer(&mut self, host: usize, channel: Channel, frame: Vec<u8>) {
+        let Some(key) = self.relay_of(host, channel) else { return };
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+        let valid = Frame::decode(&frame, relay.max_body).is_ok_and(|f| {
+            f.header.placement == Placement::Inline
+                && match relay.facing {
+                    Facing::Client { .. } => matches!(
+                        f.header.kind,
+                        FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit
+                    ),
+                    Facing::Server { .. } => {
+                        matches!(
+                            f.header.kind,
+                            FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call
+                        ) || (f.header.kind == FrameKind::Credit && f.body.is_empty())
+                    }
+                    Facing::Status => false,
+                }
+        });
+        if !valid || relay.out_bytes > RELAY_OUT_LIMIT {
+            return self.close_relay(key, true);
+        }
+        relay.enqueue(frame);
+        self.flush_relay(key);
+    }
+
+    /// Serves a ready relay: writes what waits, reads and forwards what came.
+    pub(super) fn service_relay(&mut self, key: RelayKey) {
+        self.flush_relay(key);
+        self.forward_relay(key);
+        for _ in 0..MAX_READS_PER_ROUND {
+            let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+            if relay.finished || relay.blocked.is_some() {
+                break;
+            }
+            match relay.link.read_into(&mut relay.decoder, Wait::NonBlocking) {
+                Ok(_) => {}
+                Err(TransportError::WouldBlock) => break,
+                Err(_) => relay.finished = true,
+            }
+            self.forward_relay(key);
+        }
+        self.flush_relay(key);
+    }
+
+    /// Forwards the complete frames a relay holds, until the host link has no room; closes
+    /// a relay whose local end finished once all it sent is forwarded.
+    fn forward_relay(&mut self, key: RelayKey) {
+        loop {
+            let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+            if let Some(payload) = relay.blocked.take() {
+                if !self.send_for_relay(key, payload) {
+                    return;
+                }
+                continue;
+            }
+            let frame = match relay.decoder.poll_frame() {
+                Ok(Some(frame)) if frame.header.placement == Placement::Inline => frame,
+                Ok(None) => {
+                    if relay.finished {
+                        self.close_relay(key, true);
+                    }
+                    return;
+                }
+                Ok(Some(_)) | Err(_) => return self.close_relay(key, true),
+            };
+            let kind = frame.header.kind;
+            let allowed = match relay.facing {
+                Facing::Client { .. } => {
+                    matches!(kind, FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call)
+                        || (kind == FrameKind::Credit && frame.body.is_empty())
+                }
+                Facing::Server { .. } => {
+                    matches!(kind, FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit)
+                }
+                Facing::Status => match kind {
+                    FrameKind::Call => {
+                        let body = HostStatus::encode_list(&self.host_statuses());
+                        let correlation = frame.header.correlation;
+                        let reply = encode(FrameKind::Reply, 0, 0, correlation, &body);
+                        if let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) {
+                            relay.enqueue(reply);
+                        }
+                        continue;
+                    }
+                    FrameKind::Credit if frame.body.is_empty() => continue,
+                    _ => false,
+                },
+            };
+            let Some((_, channel)) = relay.remote().filter(|_| allowed) else {
+                return self.close_relay(key, true);
+            };
+            let message = HostMessage::Frame { channel, frame: frame.to_bytes() };
+            if !self.send_for_relay(key, message.encode()) {
+                return;
+            }
+        }
+    }
+
+    /// Sends a relay's message on its host link; false when it must wait (kept as
+    /// `blocked`) or the relay closed.
+    fn send_for_relay(&mut self, key: RelayKey, payload: Vec<u8>) -> bool {
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return false };
+        let Some((host, channel)) = relay.remote() else { return false };
+        let Some(peer) = self.gateway.as_ref().and_then(|g| g.peers.get(host)) else {
+            self.close_relay(key, false);
+            return false;
+        };
+        match peer.try_send(channel.stream(), payload) {
+            Ok(()) => true,
+            Err(SendError::Full(payload)) => {
+                relay.blocked = Some(payload);
+                false
+            }
+            Err(SendError::TooLarge(payload)) => {
+                // A call too large to cross is answered here; anything else breaks the link.
+                let call = HostMessage::decode(&payload).ok().and_then(|m| match m {
+                    HostMessage::Frame { frame, .. } => {
+                        let header = Frame::decode(&frame, u32::MAX).ok()?.header;
+                        (header.kind == FrameKind::Call).then_some(header.correlation)
+                    }
+                    _ => None,
+                });
+                match call {
+                    Some(correlation) => {
+                        let detail = b"the request is too large to cross hosts";
+                        let code = ReplyErrorCode::Failed.to_u32();
+                        relay.enqueue(encode(FrameKind::ErrorReply, code, 0, correlation, detail));
+                        true
+                    }
+                    None => {
+                        self.close_relay(key, true);
+                        false
+                    }
+                }
+            }
+            Err(_) => {
+                // The session ended: its event closes every channel of the host.
+                self.close_relay(key, false);
+                false
+            }
+        }
+    }
+
+    /// Room came free on `host`'s link: the backlog goes first, then blocked relays.
+    fn unblock_host(&mut self, host: usize) {
+        let Some(gateway) = &mut self.gateway else { return };
+        gateway.peers[host].flush_backlog();
+        let waiting: Vec<RelayKey> = (0..self.relays.len())
+            .filter(|&i| {
+                self.relays[i].as_ref().is_some_and(|r| {
+                    r.blocked.is_some() && r.remote().is_some_and(|(h, _)| h == host)
+                })
+            })
+            .map(RelayKey)
+            .collect();
+        for key in waiting {
+            self.forward_relay(key);
+            self.flush_relay(key);
+        }
+    }
+
+    /// Writes what a relay has waiting, as far as it goes without blocking.
+    fn flush_relay(&mut self, key: RelayKey) {
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+        while let Some(front) = relay.out.front() {
+            match relay.link.write_available(&front[relay.out_offset..]) {
+                Ok(0) => return,
+                Ok(n) => {
+                    relay.out_offset += n;
+                    if relay.out_offset == front.len() {
+                        relay.out_bytes -= front.len();
+                        relay.out.pop_front();
+                        relay.out_offset = 0;
+                    }
+                }
+                Err(_) => {
+                    // The local end is gone; what it sent is still read to the end.
+                    relay.out.clear();
+                    relay.out_offset = 0;
+                    relay.out_bytes = 0;
+                    relay.finished = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
+        self.gateway.as_ref()?.channels.get(&(host, channel)).copied()
+    }
+
+    fn insert_relay(&mut self, relay: Relay) -> RelayKey {
+        match self.relays.iter().position(Option::is_none) {
+            Some(free) => {
+                self.relays[free] = Some(relay);
+                RelayKey(free)
+            }
+            None => {
+                self.relays.push(Some(relay));
+                RelayKey(self.relays.len() - 1)
+            }
+        }
+    }
+
+    /// Drops a relay; its local end sees the link close (a caller's waiting calls fail with
+    /// `PeerDied`). With `tell_peer`, the peer closes its end too.
+    fn close_relay(&mut self, key: RelayKey, tell_peer: bool) {
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::take) else { return };
+        relay.link.shutdown();
+        let Some((host, channel)) = relay.remote() else { return };
+        let Some(gateway) = &mut self.gateway else { return };
+        gateway.channels.remove(&(host, channel));
+        if tell_peer {
+            gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+        }
+    }
+
+    fn close_channel(&mut self, host: usize, channel: Channel, tell_peer: bool) {
+        match self.relay_of(host, channel) {
+            Some(key) => self.close_relay(key, tell_peer),
+            None if tell_peer => {
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A channel whose messages can no longer reach the peer: its relay and any connect
+    /// waiting on it end.
+    fn drop_channel(&mut self, host: usize, channel: Channel) {
+        if let Some(pending) =
+            self.gateway.as_mut().and_then(|g| g.opening.remove(&(host, channel)))
+        {
+            let detail = "the remote host did not answer";
+            self.refuse(pending.node, pending.request, ControlErrorCode::Unanswered, detail);
+        }
+        self.close_channel(host, channel, false);
+    }
+
+    /// The peer died, restarted or stayed unreachable: every channel with it ends, so no
+    /// caller waits past the heartbeat bound.
+    fn drop_host_channels(&mut self, host: usize) {
+        let Some(gateway) = &self.gateway else { return };
+        let channels: Vec<Channel> = gateway
+            .channels
+            .keys()
+            .chain(gateway.opening.keys())
+            .filter(|(h, _)| *h == host)
+            .map(|(_, c)| *c)
+            .collect();
+        for channel in channels {
+            self.drop_channel(host, channel);
+        }
+    }
+
+    /// Every peer's status, for the status port.
+    fn host_statuses(&self) -> Vec<HostStatus> {
+        let Some(gateway) = &self.gateway else { return Vec::new() };
+        gateway
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(index, peer)| {
+                let channels = gateway.channels.keys().filter(|(h, _)| *h == index).count();
+                peer.status(u32::try_from(channels).unwrap_or(u32::MAX))
+            })
+            .collect()
+    }
+}
+
+/// Who a node on another host is, as the nodes here see it: no local process (pid 0), the
+/// generation names the peer (its index in the configuration, plus one), and no local user
+/// or group (`u32::MAX`, the `(uid_t)-1` no account has). docs/network.md §5.
+fn remote_identity(host: usize) -> PeerIdentity {
+    PeerIdentity {
+        process_id: ProcessId::new(0, u32::try_from(host + 1).unwrap_or(u32::MAX)),
+        uid: u32::MAX,
+        gid: u32::MAX,
+    }
+}
+
+/// A port's spec as told across hosts: bodies within what the host link carries and this
+/// host's links take.
+fn remote_spec(mut spec: PortSpec, max_message_size: u32) -> PortSpec {
+    let limit = MAX_REMOTE_MESSAGE.min(max_message_size);
+    spec.message_size = Some(spec.message_size.map_or(limit, |n| n.min(limit)));
+    spec
+}
+
+fn close(channel: Channel) -> Vec<u8> {
+    HostMessage::Close { channel }.encode()
+}
+
+/// How long after a session ended (or a start failed) a new host link starts.
+const RESTART_DELAY: Duration = Duration::from_millis(100);
+/// The longest a `Connect` to a remote port waits for the peer (nodes give up at 10 s).
+const MAX_OPEN_WAIT: Duration = Duration::from_secs(8);
+/// Bytes from the peer waiting for a local end past which the relay is closed: within the
+/// flow control of an honest peer this is never reached.
+const RELAY_OUT_LIMIT: usize = 64 << 20;
+/// Reads from one relay before the others get a turn.
+const MAX_READS_PER_ROUND: usize = 16;

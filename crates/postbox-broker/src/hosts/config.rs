@@ -1,0 +1,320 @@
+//! Which hosts a broker links to: its own name, its static peers, and their timers.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use postbox_core::PortName;
+use postbox_transport::host_link::{HostLinkConfig, SessionConfig};
+use serde::Deserialize;
+
+/// This broker's place among hosts: its name and the peers it links to (docs/network.md).
+///
+/// Each pair of brokers is joined by one host link. Exactly one side of a pair dials; the
+/// other listens on an address reserved for that one peer (a host link cannot tell who is
+/// connecting, so one listening address serves one peer).
+///
+/// # Examples
+/// ```
+/// use postbox_broker::HostsConfig;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = HostsConfig::from_toml(
+///     r#"
+///     name = "alpha"
+///     heartbeat_interval_ms = 500
+///     [peers]
+///     beta = { dial = "127.0.0.1:7401" }
+///     gamma = { listen = "127.0.0.1:7402" }
+///     "#,
+/// )?;
+/// assert_eq!(config.name.as_str(), "alpha");
+/// assert_eq!(config.peers.len(), 2);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostsConfig {
+    /// This host's name, as its peers know it.
+    pub name: HostName,
+    /// The peers, one host link each.
+    pub peers: Vec<PeerConfig>,
+    /// How often an open host link sends a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Heartbeat intervals without a word from a peer before its calls fail (`PeerDead` or
+    /// `Unreachable`).
+    pub missed_heartbeats: u32,
+}
+
+/// A host's name: 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostName(String);
+
+/// One static peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's name (what `port@name` says).
+    pub name: HostName,
+    /// How the host link to it is made.
+    pub connect: PeerConnect,
+}
+
+/// Which side of a pair makes the TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerConnect {
+    /// This broker dials the peer here (and dials again after every break).
+    Dial(SocketAddr),
+    /// This broker accepts the peer's connections here; the address serves this peer only.
+    Listen(SocketAddr),
+}
+
+/// Why a host configuration was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostsConfigError {
+    /// The TOML does not parse or has unknown keys.
+    #[error("invalid host configuration: {0}")]
+    Invalid(String),
+    /// A host name breaks the naming rules.
+    #[error("invalid host name {0:?} (1 to 63 ASCII letters, digits, '-', '_' or '.')")]
+    BadName(String),
+    /// A peer says neither or both of `dial` and `listen`, or a flag is not `NAME=dial:ADDR`
+    /// or `NAME=listen:ADDR`.
+    #[error("peer {0}: say exactly one of dial = \"ADDR:PORT\" or listen = \"ADDR:PORT\"")]
+    BadPeer(String),
+    /// An address does not resolve.
+    #[error("peer {peer}: cannot resolve {address:?}")]
+    BadAddress {
+        /// The peer.
+        peer: String,
+        /// The address as written.
+        address: String,
+    },
+    /// Two peers share a name, or a peer has this host's name.
+    #[error("host {0} is named twice")]
+    Duplicate(String),
+}
+
+impl HostsConfig {
+    /// A host named `name` with no peers yet and the default timers (1 s heartbeats, 3
+    /// missed).
+    ///
+    /// # Errors
+    /// [`HostsConfigError::BadName`].
+    pub fn new(name: &str) -> Result<Self, HostsConfigError> {
+        let session = SessionConfig::default();
+        Ok(Self {
+            name: HostName::new(name)?,
+            peers: Vec::new(),
+            heartbeat_interval: session.heartbeat_interval,
+            missed_heartbeats: session.missed_heartbeats,
+        })
+    }
+
+    /// Parses the TOML form (see the type's example): `name`, optional
+    /// `heartbeat_interval_ms` and `missed_heartbeats`, and a `[peers]` table of
+    /// `NAME = { dial = "ADDR:PORT" }` or `NAME = { listen = "ADDR:PORT" }`.
+    ///
+    /// # Errors
+    /// [`HostsConfigError`] says what is wrong; nothing is silently ignored.
+    pub fn from_toml(text: &str) -> Result<Self, HostsConfigError> {
+        let file: HostsFile =
+            toml::from_str(text).map_err(|e| HostsConfigError::Invalid(e.to_string()))?;
+        let mut config = Self::new(&file.name)?;
+        if let Some(ms) = file.heartbeat_interval_ms {
+            config.heartbeat_interval = Duration::from_millis(ms.max(1));
+        }
+        if let Some(missed) = file.missed_heartbeats {
+            config.missed_heartbeats = missed.max(1);
+        }
+        for (name, peer) in file.peers {
+            let connect = match (peer.dial, peer.listen) {
+                (Some(address), None) => PeerConnect::Dial(resolve(&name, &address)?),
+                (None, Some(address)) => PeerConnect::Listen(resolve(&name, &address)?),
+                _ => return Err(HostsConfigError::BadPeer(name)),
+            };
+            config.add_peer(PeerConfig { name: HostName::new(&name)?, connect })?;
+        }
+        Ok(config)
+    }
+
+    /// Adds a peer from its flag form, `NAME=dial:ADDR:PORT` or `NAME=listen:ADDR:PORT`.
+    ///
+    /// # Errors
+    /// [`HostsConfigError`] for a malformed flag, an unresolvable address or a duplicate.
+    pub fn add_peer_flag(&mut self, flag: &str) -> Result<(), HostsConfigError> {
+        let bad = || HostsConfigError::BadPeer(flag.to_owned());
+        let (name, how) = flag.split_once('=').ok_or_else(bad)?;
+        let connect = if let Some(address) = how.strip_prefix("dial:") {
+            PeerConnect::Dial(resolve(name, address)?)
+        } else if let Some(address) = how.strip_prefix("listen:") {
+            PeerConnect::Listen(resolve(name, address)?)
+        } else {
+            return Err(bad());
+        };
+        self.add_peer(PeerConfig { name: HostName::new(name)?, connect })
+    }
+
+    /// Adds a peer.
+    ///
+    /// # Errors
+    /// [`HostsConfigError::Duplicate`] when the name is this host's or another peer's.
+    pub fn add_peer(&mut self, peer: PeerConfig) -> Result<(), HostsConfigError> {
+        if peer.name == self.name || self.peers.iter().any(|p| p.name == peer.name) {
+            return Err(HostsConfigError::Duplicate(peer.name.0));
+        }
+        self.peers.push(peer);
+        Ok(())
+    }
+
+    /// How long a silent peer may take to be declared dead or unreachable: the bound on
+    /// every wait for it.
+    #[must_use]
+    pub fn dead_after(&self) -> Duration {
+        self.heartbeat_interval.saturating_mul(self.missed_heartbeats.max(1))
+    }
+
+    /// The settings of each host link.
+    pub(crate) fn link_config(&self) -> HostLinkConfig {
+        let mut config = HostLinkConfig::default();
+        config.session.heartbeat_interval = self.heartbeat_interval;
+        config.session.missed_heartbeats = self.missed_heartbeats.max(1);
+        // Retransmission must keep up with a short heartbeat bound.
+        config.session.max_rto = config.session.max_rto.min(self.heartbeat_interval.max(MIN_RTO));
+        config.session.initial_rto = config.session.initial_rto.min(config.session.max_rto);
+        config.session.min_rto = config.session.min_rto.min(config.session.max_rto);
+        config.session.max_payload = MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD;
+        config.reconnect_max = config.reconnect_max.min(self.heartbeat_interval.max(MIN_RTO));
+        config
+    }
+
+    /// The peer named `name`, by index.
+    pub(crate) fn peer_index(&self, name: &str) -> Option<usize> {
+        self.peers.iter().position(|p| p.name.as_str() == name)
+    }
+}
+
+impl HostName {
+    /// Checks `name` and wraps it.
+    ///
+    /// # Errors
+    /// [`HostsConfigError::BadName`].
+    pub fn new(name: &str) -> Result<Self, HostsConfigError> {
+        let valid = (1..=63).contains(&name.len())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(HostsConfigError::BadName(name.to_owned()))
+        }
+    }
+
+    /// The name as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HostName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for PeerConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dial(address) => write!(f, "dial {address}"),
+            Self::Listen(address) => write!(f, "listen {address}"),
+        }
+    }
+}
+
+/// Splits `port@host` into the port's name and the host's, when both parts are valid; the
+/// last `@` separates them.
+pub(crate) fn split_remote(name: &PortName) -> Option<(PortName, &str)> {
+    let (port, host) = name.as_str().rsplit_once('@')?;
+    let port = PortName::new(port).ok()?;
+    HostName::new(host).ok()?;
+    Some((port, host))
+}
+
+/// The largest message body that crosses hosts: links to remote ports announce at most this.
+pub const MAX_REMOTE_MESSAGE: u32 = 1 << 20;
+
+/// What forwarding adds to a frame on a host link: the message header and the frame header,
+/// with room to spare.
+pub(crate) const FORWARD_OVERHEAD: u32 = 64;
+
+/// The shortest retransmission bound used with very short heartbeats.
+const MIN_RTO: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostsFile {
+    name: String,
+    heartbeat_interval_ms: Option<u64>,
+    missed_heartbeats: Option<u32>,
+    #[serde(default)]
+    peers: std::collections::BTreeMap<String, PeerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSection {
+    dial: Option<String>,
+    listen: Option<String>,
+}
+
+fn resolve(peer: &str, address: &str) -> Result<SocketAddr, HostsConfigError> {
+    let bad =
+        || HostsConfigError::BadAddress { peer: peer.to_owned(), address: address.to_owned() };
+    address.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_come_from_toml_and_flags_and_mistakes_are_reported() {
+        let mut config = HostsConfig::from_toml(
+            "name = 'a'\nmissed_heartbeats = 5\n[peers]\nb = { dial = '127.0.0.1:9' }\n",
+        )
+        .unwrap();
+        assert_eq!(config.missed_heartbeats, 5);
+        assert_eq!(config.peers[0].connect, PeerConnect::Dial("127.0.0.1:9".parse().unwrap()));
+        config.add_peer_flag("c=listen:127.0.0.1:10").unwrap();
+        assert_eq!(config.peer_index("c"), Some(1));
+        assert_eq!(
+            config.add_peer_flag("c=dial:127.0.0.1:11"),
+            Err(HostsConfigError::Duplicate("c".into()))
+        );
+        assert!(matches!(
+            config.add_peer_flag("a=dial:127.0.0.1:11"),
+            Err(HostsConfigError::Duplicate(_))
+        ));
+        assert!(matches!(config.add_peer_flag("d=connect:x"), Err(HostsConfigError::BadPeer(_))));
+        assert!(matches!(
+            config.add_peer_flag("d e=dial:127.0.0.1:1"),
+            Err(HostsConfigError::BadName(_))
+        ));
+        let both = "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', listen = '127.0.0.1:9' }";
+        assert!(matches!(HostsConfig::from_toml(both), Err(HostsConfigError::BadPeer(_))));
+        assert!(matches!(
+            HostsConfig::from_toml("name = 'a'\nport = 1"),
+            Err(HostsConfigError::Invalid(_))
+        ));
+        assert!(matches!(HostsConfig::new(""), Err(HostsConfigError::BadName(_))));
+    }
+
+    #[test]
+    fn port_at_host_splits_at_the_last_at_sign() {
+        let name = |s: &str| PortName::new(s).unwrap();
+        assert_eq!(split_remote(&name("echo@b")), Some((name("echo"), "b")));
+        assert_eq!(split_remote(&name("a@b@c")), Some((name("a@b"), "c")));
+        assert_eq!(split_remote(&name("echo")), None);
+        assert_eq!(split_remote(&name("echo@")), None);
+        assert_eq!(split_remote(&name("@b")), None);
+        assert_eq!(split_remote(&name("echo@b:c")), None);
+    }
+}

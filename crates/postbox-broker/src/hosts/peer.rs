@@ -1,0 +1,188 @@
+//! One peer host: its host link, restarted after every session end, and the thread that
+//! hands the link's events to the broker's event loop.
+
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use postbox_transport::host_link::{
+    Event, HostLink, HostLinkConfig, HostLinkStats, LinkState, SendError, StreamId,
+};
+use postbox_transport::{TransportError, Waker};
+
+use super::config::{PeerConfig, PeerConnect};
+use super::status::{HostState, HostStatus};
+
+/// Events of every host link, tagged with the peer's index and the link's incarnation, for
+/// the event loop; the waker says there are some.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub(crate) events: Mutex<VecDeque<(usize, u64, Event)>>,
+    pub(crate) waker: Waker,
+}
+
+/// One peer and its current host link.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) config: PeerConfig,
+    link: Option<Arc<HostLink>>,
+    /// Which link incarnation events must come from; older ones' are stale.
+    pub(crate) incarnation: u64,
+    /// When to try starting a link again after a start failed or a session ended.
+    pub(crate) restart_at: Option<Instant>,
+    /// Messages waiting for room in the link, sent before anything else for this peer so
+    /// that each stream keeps its order.
+    pub(crate) backlog: VecDeque<(StreamId, Vec<u8>)>,
+    /// The last session's counters, shown while a new one starts.
+    last_stats: Option<HostLinkStats>,
+}
+
+impl Peer {
+    pub(crate) fn new(config: PeerConfig) -> Self {
+        Self {
+            config,
+            link: None,
+            incarnation: 0,
+            restart_at: Some(Instant::now()),
+            backlog: VecDeque::new(),
+            last_stats: None,
+        }
+    }
+
+    /// Starts a new host link (a new session, so the peer sees a restart) with a thread that
+    /// forwards its events to `inbound`. On failure (the listening address is still held by
+    /// the previous link's acceptor, or taken) the caller retries later.
+    pub(crate) fn start(
+        &mut self,
+        index: usize,
+        config: &HostLinkConfig,
+        inbound: &Arc<Inbound>,
+    ) -> Result<(), TransportError> {
+        let link = match self.config.connect {
+            PeerConnect::Dial(address) => HostLink::dial(address, config.clone())?,
+            PeerConnect::Listen(address) => {
+                let listener = TcpListener::bind(address).map_err(|e| TransportError::Os {
+                    operation: "bind host-link listener",
+                    kind: e.kind(),
+                })?;
+                HostLink::listen(listener, config.clone())?
+            }
+        };
+        let link = Arc::new(link);
+        self.incarnation += 1;
+        let incarnation = self.incarnation;
+        let events = Arc::clone(&link);
+        let inbound = Arc::clone(inbound);
+        std::thread::Builder::new()
+            .name(format!("postbox-host-{}", self.config.name))
+            .spawn(move || {
+                // Ends after the link's last event (`Ended`); holds the link until then.
+                while let Ok(event) = events.recv() {
+                    let mut queue = inbound.events.lock().unwrap_or_else(PoisonError::into_inner);
+                    queue.push_back((index, incarnation, event));
+                    drop(queue);
+                    inbound.waker.wake();
+                }
+            })
+            .map_err(|e| TransportError::Os { operation: "spawn host thread", kind: e.kind() })?;
+        self.link = Some(link);
+        self.restart_at = None;
+        self.backlog.clear();
+        Ok(())
+    }
+
+    /// Forgets the current link after its session ended; a new one starts at `restart_at`.
+    pub(crate) fn ended(&mut self, restart_at: Instant) {
+        if let Some(link) = self.link.take() {
+            self.last_stats = Some(link.stats());
+        }
+        self.backlog.clear();
+        self.restart_at = Some(restart_at);
+    }
+
+    /// Sends `payload` on `stream` unless the window is full (or older messages wait):
+    /// `Err(Full)` hands it back for later. Never blocks.
+    pub(crate) fn try_send(&self, stream: StreamId, payload: Vec<u8>) -> Result<(), SendError> {
+        let Some(link) = &self.link else {
+            return Err(SendError::Ended(payload, postbox_core::reliable::SessionError::Closed));
+        };
+        if !self.backlog.is_empty() {
+            return Err(SendError::Full(payload));
+        }
+        link.try_send(stream, payload).map(|_| ())
+    }
+
+    /// Sends a control message now, or keeps it for when there is room. Dropped when no link
+    /// is up: the channel it is about ended with the session.
+    pub(crate) fn send_or_keep(&mut self, stream: StreamId, payload: Vec<u8>) {
+        if self.link.is_none() {
+            return;
+        }
+        match self.try_send(stream, payload) {
+            Ok(()) => {}
+            Err(SendError::Full(payload)) => self.backlog.push_back((stream, payload)),
+            // Too large cannot happen for control messages; an ended session fails them all.
+            Err(_) => {}
+        }
+    }
+
+    /// Sends what the backlog holds, in order, while there is room.
+    pub(crate) fn flush_backlog(&mut self) {
+        let Some(link) = &self.link else { return };
+        while let Some((stream, payload)) = self.backlog.pop_front() {
+            match link.try_send(stream, payload) {
+                Ok(_) => {}
+                Err(SendError::Full(payload)) => {
+                    self.backlog.push_front((stream, payload));
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Whether a link is started (it may still be connecting).
+    pub(crate) fn has_link(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// What `postbox ls` shows of this peer.
+    pub(crate) fn status(&self, channels: u32) -> HostStatus {
+        let (stats, state) = match (&self.link, &self.last_stats) {
+            (Some(link), _) => {
+                let stats = link.stats();
+                let state = match stats.session.state {
+                    LinkState::Open => HostState::Open,
+                    LinkState::ExpectHello => HostState::Connecting,
+                    LinkState::Ended => HostState::Ended,
+                    _ => HostState::Down,
+                };
+                (Some(stats), state)
+            }
+            (None, last) => (last.clone(), HostState::Ended),
+        };
+        HostStatus {
+            name: self.config.name.to_string(),
+            connect: self.config.connect.to_string(),
+            state,
+            rtt: stats.as_ref().and_then(|s| s.session.smoothed_rtt),
+            retransmissions: stats.as_ref().map_or(0, |s| s.session.retransmissions),
+            duplicates: stats.as_ref().map_or(0, |s| s.session.duplicates_dropped),
+            corrupt_frames: stats.as_ref().map_or(0, |s| s.session.corrupt_frames),
+            connections: stats.as_ref().map_or(0, |s| s.connections),
+            sessions: self.incarnation,
+            channels,
+        }
+    }
+}
+
+impl Drop for Peer {
+    /// Closes the link politely: the peer fails its channels at once instead of after its
+    /// heartbeat bound, and the event thread ends.
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.close();
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Across hosts, on loopback: two daemons with different host names, linked over TCP; nodes
+//! on host `a` reach ports on host `b` as `port@b` through their broker (docs/network.md).
+//!
+//! No privileges needed: each daemon has its own socket, the host link its own free port.
+
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postbox::{CallError, ConnectError, Connection, Node};
+
+use crate::util::{stdout_of, wait_until, Daemon, WATCHDOG};
+
+/// Host `a` dials host `b`, which lets `a`'s nodes send to and call `echo`, `slow`, `sink`.
+struct Pair {
+    a: Daemon,
+    b: Daemon,
+    _policy: tempfile::TempDir,
+}
+
+impl Pair {
+    fn start() -> Self {
+        let port = free_port();
+        let policy = tempfile::tempdir().unwrap();
+        let policy_file = policy.path().join("policy.toml");
+        std::fs::write(
+            &policy_file,
+            "[[allow]]\nnames = ['echo', 'slow', 'sink']\nhosts = ['a']\n\
+             operations = ['send', 'call']\n",
+        )
+        .unwrap();
+        let listen = format!("a=listen:127.0.0.1:{port}");
+        let dial = format!("b=dial:127.0.0.1:{port}");
+        let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+        let policy_path = policy_file.to_str().unwrap();
+        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--config", policy_path];
+        b_args.extend_from_slice(&timers);
+        let b = Daemon::start_with(&b_args);
+        let mut a_args = vec!["--host-name", "a", "--peer", &dial];
+        a_args.extend_from_slice(&timers);
+        let a = Daemon::start_with(&a_args);
+        Self { a, b, _policy: policy }
+    }
+}
+
+/// Connects to `name` (a remote port), retrying while the host link comes up.
+fn connect_remote(node: &Node, name: &str) -> Connection {
+    let mut connection = None;
+    wait_until(&format!("{name} is reachable"), || {
+        connection = node.connect(name).ok();
+        connection.is_some()
+    });
+    connection.unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_call_and_a_send_to_port_at_host_cross_to_the_other_daemon_and_ls_shows_the_link() {
+    let pair = Pair::start();
+    let mut server = pair.b.worker(&["echo", "echo", "--upper", "--print"]);
+    let printed = server.lines();
+    let node = pair.a.node();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("hello", WATCHDOG).unwrap().body(), b"HELLO");
+    for i in 0..200 {
+        let body = format!("call {i}");
+        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
+        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
+    }
+    connection.send("one way").unwrap();
+    let line = printed.recv_timeout(WATCHDOG).unwrap();
+    assert!(line.ends_with(": one way"), "{line}");
+    // The receiving side sees the remote sender as the broker's stand-in for host a.
+    assert!(line.starts_with("0."), "{line}");
+
+    // The CLI resolves the same names through its node.
+    let output = pair.a.postbox(&["call", "echo@b", "from the shell"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout_of(&output).trim(), "FROM THE SHELL");
+
+    let output = pair.a.postbox(&["ls"]);
+    let listing = stdout_of(&output);
+    let row = listing.lines().find(|l| l.starts_with("b ")).unwrap_or_else(|| panic!("{listing}"));
+    assert!(row.contains("open") && row.contains("dial 127.0.0.1:"), "{row}");
+    let hosts = node.hosts().unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert!(hosts[0].rtt.is_some() && hosts[0].channels >= 1, "{hosts:?}");
+}
+
+#[test]
+fn an_unknown_or_forbidden_port_at_a_host_gives_a_typed_error() {
+    let pair = Pair::start();
+    let _secret = pair.b.worker(&["echo", "secret"]);
+    let node = pair.a.node();
+    // The link may still be coming up: an unreachable answer is retried, the others are not.
+    let mut result = node.connect("nope@b");
+    wait_until("host b answers", || {
+        if matches!(result, Err(ConnectError::Unreachable(_))) {
+            result = node.connect("nope@b");
+            false
+        } else {
+            true
+        }
+    });
+    assert!(
+        matches!(result, Err(ConnectError::NoSuchPort(ref d)) if d.contains("nope")),
+        "{result:?}"
+    );
+    let denied = node.connect("secret@b");
+    assert!(matches!(denied, Err(ConnectError::AccessDenied(_))), "{denied:?}");
+    // A host nobody configured is no host: the name is an ordinary (missing) local one.
+    assert!(matches!(node.connect("echo@nowhere"), Err(ConnectError::NoSuchPort(_))));
+    let output = pair.a.postbox(&["send", "nope@b", "x"]);
+    assert!(!output.status.success());
+}
+
+#[test]
+fn killing_the_remote_daemon_fails_a_pending_call_with_peer_died_within_the_bound() {
+    let mut pair = Pair::start();
+    let _server = pair.b.worker(&["echo", "slow", "--delay-ms", "60000"]);
+    let node = pair.a.node();
+    let connection = connect_remote(&node, "slow@b");
+    let (done_tx, done_rx) = mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        // No deadline: only the host link's death detection can end this call.
+        done_tx.send(connection.call("are you there?")).unwrap();
+        connection
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    pair.b.kill9();
+    let result = done_rx.recv_timeout(WATCHDOG).expect("the call ended (no hang)");
+    assert_eq!(result, Err(CallError::PeerDied));
+    let connection = caller.join().unwrap();
+    assert_eq!(connection.call("again"), Err(CallError::Disconnected("again".into())));
+    // New connections to the dead host fail with a typed error, not a hang.
+    let again = node.connect("slow@b");
+    assert!(matches!(again, Err(ConnectError::Unreachable(_))), "{again:?}");
+    let output = pair.a.postbox(&["ls"]);
+    let listing = stdout_of(&output);
+    let row = listing.lines().find(|l| l.starts_with("b ")).unwrap_or_else(|| panic!("{listing}"));
+    assert!(!row.contains("open"), "{row}");
+}
