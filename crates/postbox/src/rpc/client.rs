@@ -1,7 +1,9 @@
 //! The client side of a typed service: binding (the schema check) and calls, for the stubs
 //! `#[postbox::service]` generates.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use serde::Serialize;
 
 use crate::error::{CallError, ConnectError, SendError};
 use crate::node::NodeShared;
-use crate::rpc::context;
+use crate::rpc::{codec, context};
 use crate::{Connection, Message, Node};
 
 /// A connection to a typed service whose schema matched the client's at bind time. Cheap to
@@ -24,7 +26,7 @@ use crate::{Connection, Message, Node};
 #[derive(Debug, Clone)]
 pub struct Client {
     /// The link in use; replaced when a retry finds it broken.
-    connection: Arc<RwLock<Connection>>,
+    slot: Arc<LinkSlot>,
     schema: Arc<ServiceSchema>,
     /// Per method: whether its result, and its error, must be checked before serde decodes
     /// them (shapes that could make serde recurse or loop without bound), found once here.
@@ -34,6 +36,21 @@ pub struct Client {
     /// To connect again: the node, and the service's port name.
     node: Weak<NodeShared>,
     name: String,
+}
+
+/// The link a client calls on, shared by its clones: the one it bound with, until a retry
+/// replaces it.
+///
+/// Every call reads it, so the link bound with is read without a lock or a reference count
+/// (one load of `replaced`); only after a replacement do calls take the lock and a clone.
+#[derive(Debug)]
+struct LinkSlot {
+    /// The link bound with: the one in use while `replaced` is false.
+    first: Connection,
+    /// Set, for good, once a retry replaced the link (after `current` holds the new one).
+    replaced: AtomicBool,
+    /// The link in use (`first` until replaced).
+    current: RwLock<Connection>,
 }
 
 /// How calls are retried when their answer does not come.
@@ -104,7 +121,7 @@ impl Client {
     }
 
     fn link(&self) -> Connection {
-        self.connection.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.slot.link().into_owned()
     }
 
     fn connect(node: &Node, name: &str, schema: &ServiceSchema) -> Result<Self, BindError> {
@@ -114,7 +131,7 @@ impl Client {
             .connect(Target::Port(port), Rights::ALL)
             .map_err(|e| connect_error(e, name))?;
         Ok(Self {
-            connection: Arc::new(RwLock::new(connection)),
+            slot: Arc::new(LinkSlot::new(connection)),
             reply_checks: reply_checks(schema),
             schema: Arc::new(schema.clone()),
             timeout: Some(DESCRIBE_TIMEOUT),
@@ -127,13 +144,14 @@ impl Client {
     /// After `broken` (a link in use) failed: the link for the next attempt, connecting again
     /// if it is closed (unless another thread did already).
     fn reconnect(&self, broken: &Connection) -> Option<Connection> {
-        let mut current = self.connection.write().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.slot.current.write().unwrap_or_else(PoisonError::into_inner);
         if !current.is_closed() || !Connection::same_link(&current, broken) {
             return Some(current.clone());
         }
         let node = self.node.upgrade()?;
         let name = PortName::new(&self.name).ok()?;
         *current = node.connect(Target::Port(name), Rights::ALL).ok()?;
+        self.slot.replaced.store(true, Ordering::Release);
         Some(current.clone())
     }
 
@@ -264,7 +282,17 @@ impl Client {
     /// attempt with the deadline it has), and returns the reply.
     fn exchange<E>(&self, body: Vec<u8>) -> Result<Message, RpcError<E>> {
         let deadline = self.deadline();
-        let mut link = self.link();
+        if self.retry.is_none() {
+            // One attempt, the usual case: nothing kept for a retry.
+            let request = request_message(body, deadline);
+            let link = self.slot.link();
+            let reply = match deadline {
+                Some(deadline) => link.call_deadline(request, deadline),
+                None => link.call(request),
+            };
+            return reply.map_err(|error| call_error(error).map_remote(|n| match n {}));
+        }
+        let mut link = self.slot.link();
         let mut attempt = 1;
         let mut body = Some(body);
         loop {
@@ -277,7 +305,7 @@ impl Client {
             match reply {
                 Ok(reply) => return Ok(reply),
                 Err(error) => match self.retry_after(error, &mut attempt, deadline, &link)? {
-                    Some(next) => link = next,
+                    Some(next) => link = Cow::Owned(next),
                     None => std::thread::sleep(self.backoff(deadline)),
                 },
             }
@@ -331,17 +359,12 @@ impl Client {
         attempt: u32,
         deadline: Option<Instant>,
     ) -> Message {
-        let mut bytes = if attempt < self.attempts() {
+        let bytes = if attempt < self.attempts() {
             body.clone().unwrap_or_default()
         } else {
             body.take().unwrap_or_default()
         };
-        let left = deadline.map_or(0, |d| {
-            // A deadline already passed still says "there is one" (1 ns).
-            d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, u64::MAX.into()) as u64
-        });
-        RequestHeader::set_deadline(&mut bytes, left);
-        Message::new(bytes).with_type(RPC_MSG_TYPE)
+        request_message(bytes, deadline)
     }
 
     /// Sends the `method`-th method (a one-way method) with `args`: returns once the request
@@ -388,7 +411,7 @@ impl Client {
     where
         A: Serialize + ?Sized,
     {
-        postcard::to_extend(args, self.header(kind, method, flags))
+        codec::append(args, self.header(kind, method, flags))
             .map_err(|e| RpcError::BadRequest(e.to_string()))
     }
 
@@ -451,6 +474,20 @@ impl Client {
     }
 }
 
+impl LinkSlot {
+    fn new(link: Connection) -> Self {
+        Self { current: RwLock::new(link.clone()), first: link, replaced: AtomicBool::new(false) }
+    }
+
+    /// The link in use.
+    fn link(&self) -> Cow<'_, Connection> {
+        if !self.replaced.load(Ordering::Acquire) {
+            return Cow::Borrowed(&self.first);
+        }
+        Cow::Owned(self.current.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+}
+
 /// An async call in flight: dropped while it still holds its link (the caller stopped waiting),
 /// it sends the server a cancel request for the call (best effort, never waiting).
 struct CancelOnDrop {
@@ -463,6 +500,16 @@ impl Drop for CancelOnDrop {
         let Some(link) = self.link.take() else { return };
         let _ = link.try_send(control_request(RequestKind::Cancel, self.call_id));
     }
+}
+
+/// The message of a request `body` sent now, with the time left before `deadline`.
+fn request_message(mut body: Vec<u8>, deadline: Option<Instant>) -> Message {
+    let left = deadline.map_or(0, |d| {
+        // A deadline already passed still says "there is one" (1 ns).
+        d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, u64::MAX.into()) as u64
+    });
+    RequestHeader::set_deadline(&mut body, left);
+    Message::new(body).with_type(RPC_MSG_TYPE)
 }
 
 /// A describe or cancel request (for call `call_id`): on the control lane, which a server
@@ -499,20 +546,21 @@ where
     T: DeserializeOwned,
     E: DeserializeOwned,
 {
-    let text = |payload: &[u8]| String::from_utf8_lossy(payload).into_owned();
     let (status, payload) =
         ReplyStatus::decode(reply.body()).map_err(|e| RpcError::Decode(e.to_string()))?;
+    // Where the payload starts: the value may take the body over from there.
+    let at = reply.body().len() - payload.len();
+    let decode_error = |e: postcard::Error| RpcError::Decode(e.to_string());
+    let text = || String::from_utf8_lossy(&reply.body()[at..]).into_owned();
     match status {
-        ReplyStatus::Ok => {
-            postcard::from_bytes(payload).map_err(|e| RpcError::Decode(e.to_string()))
+        ReplyStatus::Ok => codec::decode_at(reply, at).map_err(decode_error),
+        ReplyStatus::Err => {
+            Err(RpcError::Remote(codec::decode_at(reply, at).map_err(decode_error)?))
         }
-        ReplyStatus::Err => Err(RpcError::Remote(
-            postcard::from_bytes(payload).map_err(|e| RpcError::Decode(e.to_string()))?,
-        )),
-        ReplyStatus::TypeMismatch => Err(RpcError::TypeMismatch(text(payload))),
-        ReplyStatus::UnknownMethod => Err(RpcError::UnknownMethod(text(payload))),
-        ReplyStatus::Panicked => Err(RpcError::Panicked(text(payload))),
-        ReplyStatus::BadRequest => Err(RpcError::BadRequest(text(payload))),
+        ReplyStatus::TypeMismatch => Err(RpcError::TypeMismatch(text())),
+        ReplyStatus::UnknownMethod => Err(RpcError::UnknownMethod(text())),
+        ReplyStatus::Panicked => Err(RpcError::Panicked(text())),
+        ReplyStatus::BadRequest => Err(RpcError::BadRequest(text())),
         ReplyStatus::DeadlineExceeded => Err(RpcError::DeadlineExceeded),
         ReplyStatus::Cancelled => Err(RpcError::Cancelled),
         _ => Err(RpcError::Decode(format!("unknown reply status {status:?}"))),
@@ -574,10 +622,29 @@ fn connect_error(error: ConnectError, name: &str) -> BindError {
 }
 
 /// Ids of calls: unique within this process, never reused (at-most-once).
+///
+/// Each thread takes a block of [`CALL_ID_BLOCK`] ids at a time: a counter every call wrote
+/// would be a cache line that calling threads (and whatever shares its line, such as the
+/// schema a server in this process reads for every call) take from each other on every call.
 fn next_call_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    thread_local! {
+        /// The ids this thread may still hand out: `next..end`.
+        static BLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    BLOCK.with(|block| {
+        let (mut next, mut end) = block.get();
+        if next == end {
+            next = NEXT.fetch_add(CALL_ID_BLOCK, Ordering::Relaxed);
+            end = next + CALL_ID_BLOCK;
+        }
+        block.set((next + 1, end));
+        next
+    })
 }
+
+/// Call ids a thread takes at a time (see [`next_call_id`]).
+const CALL_ID_BLOCK: u64 = 1024;
 
 /// The longest wait before trying to connect again during retries.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);

@@ -4,22 +4,26 @@
 //! error), and answered; cancel and describe requests are answered at once.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use postbox_rpc::{
-    json, CancelTable, Lookup, ReplyCache, ReplyStatus, RequestFlags, RequestHeader, RequestKind,
-    Shape, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
+    json, CancelTable, Lookup, MethodSchema, ReplyCache, ReplyStatus, RequestFlags, RequestHeader,
+    RequestKind, Shape, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 
-use crate::rpc::context::{self, CallContext};
-use crate::rpc::dispatch::{Dispatch, Outcome};
+use crate::body::Body;
+use crate::rpc::context;
+use crate::rpc::dispatch::{self, Dispatch, Outcome};
 use crate::{Envelope, Message, ProcessId, ReplyToken};
 
 /// What every serving thread (or task) of one service shares.
 pub(crate) struct Handler {
     service: Arc<dyn Dispatch>,
+    /// The service's methods (its schema is the same for every call), read here rather than
+    /// through the schema's static, which may share a cache line with data other threads
+    /// write.
+    methods: &'static [MethodSchema],
     /// Replies of recent calls, for retries (at most once).
     cache: Mutex<ReplyCache<ReplyToken>>,
     /// Flags of the calls running, for their callers' cancels.
@@ -27,15 +31,12 @@ pub(crate) struct Handler {
     /// Per method, the shape its argument bytes are checked against before serde decodes
     /// them, for methods whose shapes could make serde recurse or loop without bound.
     checks: Vec<Option<Shape>>,
-    /// The flag of every call its caller cannot cancel.
-    never_cancelled: Arc<AtomicBool>,
 }
 
 impl Handler {
     pub(crate) fn new(service: Arc<dyn Dispatch>) -> Self {
-        let checks = service
-            .schema()
-            .methods
+        let methods = service.schema().methods.as_slice();
+        let checks = methods
             .iter()
             .map(|m| {
                 let args = Shape::Tuple(m.args.iter().map(|a| a.shape.clone()).collect());
@@ -44,16 +45,26 @@ impl Handler {
             .collect();
         Self {
             service,
+            methods,
             cache: Mutex::new(ReplyCache::new(REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)),
             cancels: Mutex::new(CancelTable::new()),
             checks,
-            never_cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Answers one request (or, for a retry of a call that ran or runs, its first reply).
     pub(crate) fn handle(&self, mut envelope: Envelope) {
         let token = envelope.take_reply_token();
+        self.serve_request(token, &envelope);
+        // Answered: the request's buffer can hold this thread's next reply.
+        if let Body::Owned(buffer) = &mut envelope.message.body {
+            dispatch::keep_for_reply(std::mem::take(buffer));
+        }
+    }
+
+    /// Handles the request `envelope` holds, answering `token` (unless the request is one-way
+    /// or a cancel).
+    fn serve_request(&self, token: Option<ReplyToken>, envelope: &Envelope) {
         let arrived = token.as_ref().map_or_else(Instant::now, ReplyToken::arrived);
         let msg_type = envelope.message().msg_type();
         if msg_type != RPC_MSG_TYPE && msg_type != RPC_CONTROL_MSG_TYPE {
@@ -112,11 +123,10 @@ impl Handler {
         caller: ProcessId,
         arrived: Instant,
     ) -> Outcome {
-        let schema = self.service.schema();
-        let Some(index) = schema.methods.iter().position(|m| m.name == header.method) else {
+        let Some(index) = self.methods.iter().position(|m| m.name == header.method) else {
             return Outcome::text(ReplyStatus::UnknownMethod, &header.method);
         };
-        let method = &schema.methods[index];
+        let method = &self.methods[index];
         if header.method_hash != 0 && header.method_hash != method.hash {
             return Outcome::text(
                 ReplyStatus::TypeMismatch,
@@ -138,15 +148,14 @@ impl Handler {
         let cancellable = header.flags & RequestFlags::CANCELLABLE != 0;
         let cancelled = if cancellable {
             match lock(&self.cancels).start(caller, header.call_id) {
-                Some(flag) => flag,
+                Some(flag) => Some(flag),
                 None => return Outcome::text(ReplyStatus::Cancelled, ""),
             }
         } else {
-            Arc::clone(&self.never_cancelled)
+            None
         };
-        let context = CallContext::new(deadline, caller, cancelled);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            context::serving(context, || self.service.dispatch(index, args))
+            context::serving(deadline, caller, cancelled, || self.service.dispatch(index, args))
         }));
         if cancellable {
             lock(&self.cancels).finish(caller, header.call_id);

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Arguments and results travel as postcard. Byte payloads are best typed
-//! `serde_bytes::ByteBuf` (one length, one copy): a `Vec<u8>` goes through serde byte by byte.
+//! `serde_bytes::ByteBuf` (one length, one copy; a `ByteBuf` result takes over the reply's
+//! buffer): a `Vec<u8>` goes through serde byte by byte.
 //! A schema is traced from the types' serde implementations when a client binds or a server
 //! starts; an enum met only inside a later variant of another enum cannot be traced (a
 //! `SchemaError` names it).
@@ -25,6 +26,7 @@
 //! The envelopes and the schema format: docs/wire-format.md §6.
 
 mod client;
+mod codec;
 pub mod context;
 mod dispatch;
 mod handler;

@@ -1,0 +1,206 @@
+//! Postcard into and out of the buffers a typed call already holds: arguments and results
+//! appended to the request or reply being built, and a result decoded from the reply that
+//! carries it, a byte buffer taken over rather than copied.
+
+use serde::de::{DeserializeOwned, Deserializer, Visitor};
+use serde::Serialize;
+
+use crate::Message;
+
+/// Appends `value` (postcard) to `buf`, and returns it.
+///
+/// # Errors
+/// When serde refuses the value.
+pub(crate) fn append<T: Serialize + ?Sized>(value: &T, buf: Vec<u8>) -> postcard::Result<Vec<u8>> {
+    postcard::serialize_with_flavor(value, Append(buf))
+}
+
+/// Decodes a `T` (postcard) from `message`'s body, from byte `at` on; bytes after the value are
+/// ignored, as `postcard::from_bytes` does.
+///
+/// A `T` that is a byte buffer as a whole (`serde_bytes::ByteBuf`, whose `Deserialize` asks for
+/// a `byte_buf`) takes the body over, its front cut off in place: no second allocation and copy.
+/// Any other `T` is decoded by postcard from the body, as before.
+///
+/// # Errors
+/// postcard's, when the bytes are not a `T`.
+pub(crate) fn decode_at<T: DeserializeOwned>(
+    mut message: Message,
+    at: usize,
+) -> postcard::Result<T> {
+    let mut taken = false;
+    let value = T::deserialize(TakeBytes { message: &mut message, at, taken: &mut taken });
+    if taken {
+        // The value holds the body: whatever `T` made of it stands.
+        return value;
+    }
+    // `T` asked for something else (or the bytes are not a byte string): postcard decides,
+    // whatever the attempt came to.
+    postcard::from_bytes(message.body().get(at..).unwrap_or_default())
+}
+
+/// A postcard flavor that appends to a `Vec` a slice at a time (`postcard::to_extend` goes
+/// byte by byte).
+struct Append(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append {
+    type Output = Vec<u8>;
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
+/// A deserializer that answers only a request for a byte buffer, with the message's body from
+/// byte `at` on (a postcard byte string: its length, then its bytes), taken out of `message`
+/// (and `taken` set). Anything else, or bytes that are not a byte string, it refuses without
+/// taking the body.
+struct TakeBytes<'a> {
+    message: &'a mut Message,
+    at: usize,
+    taken: &'a mut bool,
+}
+
+impl<'de> Deserializer<'de> for TakeBytes<'_> {
+    type Error = postcard::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> postcard::Result<V::Value> {
+        Err(postcard::Error::WontImplement)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> postcard::Result<V::Value> {
+        let body = self.message.body();
+        let payload = body.get(self.at..).unwrap_or_default();
+        // postcard reads the length, so that it is read exactly as the fallback would.
+        let Ok((bytes, rest)) = postcard::take_from_bytes::<&[u8]>(payload) else {
+            return Err(postcard::Error::WontImplement);
+        };
+        // The bytes come right before `rest`, which ends the body.
+        let end = body.len() - rest.len();
+        let start = end - bytes.len();
+        // Owned bytes are taken as they are; others (received in place) are copied once.
+        let mut owned = std::mem::take(self.message.body.owned_mut());
+        *self.taken = true;
+        owned.truncate(end);
+        owned.drain(..start);
+        visitor.visit_byte_buf(owned)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        // As postcard's deserializer: a type may pick its form by this.
+        false
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes option unit
+        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::de::Deserialize;
+    use serde::Serializer;
+
+    use super::*;
+
+    /// A byte buffer as `serde_bytes::ByteBuf` is: a byte string in, an owned one out.
+    #[derive(Debug, PartialEq)]
+    struct Bytes(Vec<u8>);
+
+    impl Serialize for Bytes {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Owned;
+            impl Visitor<'_> for Owned {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                    Ok(Bytes(v))
+                }
+            }
+            deserializer.deserialize_byte_buf(Owned)
+        }
+    }
+
+    /// A type that makes up a value when the deserializer refuses it.
+    #[derive(Debug, PartialEq)]
+    struct Lenient(u32);
+
+    impl<'de> Deserialize<'de> for Lenient {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            Ok(Lenient(u32::deserialize(deserializer).unwrap_or(7)))
+        }
+    }
+
+    /// A reply-like body: two bytes of status, then `value`, then `trailing`.
+    fn body_of<T: Serialize + ?Sized>(value: &T, trailing: &[u8]) -> Vec<u8> {
+        let mut body = append(value, vec![1, 0]).unwrap();
+        body.extend_from_slice(trailing);
+        body
+    }
+
+    #[test]
+    fn a_byte_buffer_takes_the_body_over_without_a_copy() {
+        for len in [0, 1, 64, 127, 128, 300] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let body = body_of(&Bytes(payload.clone()), b"");
+            let at = body.as_ptr() as usize;
+            let decoded: Bytes = decode_at(Message::new(body), 2).unwrap();
+            assert_eq!(decoded.0, payload);
+            assert_eq!(decoded.0.as_ptr() as usize, at, "the body's own allocation");
+        }
+    }
+
+    #[test]
+    fn decoding_in_place_gives_what_postcard_gives() {
+        let cases: Vec<Vec<u8>> = vec![
+            body_of(&Bytes(b"abc".to_vec()), b"trailing"),
+            body_of(&Bytes(Vec::new()), b""),
+            vec![1, 0, 5, 1, 2],          // a length longer than the bytes
+            vec![1, 0],                   // nothing at all
+            vec![1, 0, 0xff, 0xff, 0xff], // a length that does not end
+            body_of(&(3u32, "x"), b""),   // not a byte string
+        ];
+        for body in cases {
+            let expected = postcard::from_bytes::<Bytes>(&body[2..]);
+            assert_eq!(decode_at::<Bytes>(Message::new(body.clone()), 2), expected, "{body:?}");
+            let expected = postcard::from_bytes::<Vec<u8>>(&body[2..]);
+            assert_eq!(decode_at::<Vec<u8>>(Message::new(body.clone()), 2), expected);
+            let expected = postcard::from_bytes::<Option<Bytes>>(&body[2..]);
+            assert_eq!(decode_at::<Option<Bytes>>(Message::new(body.clone()), 2), expected);
+            let expected = postcard::from_bytes::<Lenient>(&body[2..]);
+            assert_eq!(decode_at::<Lenient>(Message::new(body), 2), expected);
+        }
+    }
+
+    #[test]
+    fn append_writes_what_postcard_writes_after_the_bytes_there() {
+        let value = (Bytes(vec![9; 200]), "name", 300u32, Some(-1i8));
+        let mut expected = vec![1, 2, 3];
+        expected.extend_from_slice(&postcard::to_stdvec(&value).unwrap());
+        assert_eq!(append(&value, vec![1, 2, 3]).unwrap(), expected);
+    }
+}
