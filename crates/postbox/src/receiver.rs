@@ -150,6 +150,8 @@ struct ReceiverState {
     closed: bool,
     /// Threads blocked on `arrived`: notifying costs a system call, so only when there are any.
     waiting: usize,
+    /// The vector the leader reads links into, kept between polls (see `settle`).
+    scratch: Vec<(Queued, u64)>,
     /// Messages lost (drop-oldest) since the last envelope was handed out.
     lost_pending: u64,
     /// Messages lost since the endpoint opened.
@@ -184,6 +186,7 @@ impl Receiver {
             state: Mutex::new(ReceiverState {
                 queue: FairQueue::new(),
                 taken_since_poll: 0,
+                scratch: Vec::new(),
                 links: Arc::new(Vec::new()),
                 polling: false,
                 closed: false,
@@ -332,8 +335,10 @@ impl Receiver {
             if state.taken_since_poll >= FAIR_SHARE && !state.polling && state.queue.holds_back() {
                 state.polling = true;
                 let links = Arc::clone(&state.links);
+                let scratch = std::mem::take(&mut state.scratch);
                 drop(state);
-                let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX);
+                let (arrived, dead) =
+                    self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch);
                 state = self.lock();
                 self.settle(&mut state, arrived, dead, on_dead, None);
             }
@@ -358,6 +363,7 @@ impl Receiver {
             }
             state.polling = true;
             let links = Arc::clone(&state.links);
+            let scratch = std::mem::take(&mut state.scratch);
             drop(state);
             if wait != Wait::NonBlocking {
                 // About to sleep: every sender hears of every release first, so none waits on
@@ -370,7 +376,7 @@ impl Receiver {
             // costs more than queueing a few): the rest stay in the links' decoders.
             let limit =
                 if selector == Selector::ANY { max.max(ARRIVED_CAPACITY) } else { usize::MAX };
-            let (arrived, dead) = self.poll_links(&links, wait, limit);
+            let (arrived, dead) = self.poll_links(&links, wait, limit, scratch);
             let progress = !arrived.is_empty() || !dead.is_empty();
             state = self.lock();
             let direct = (selector == Selector::ANY).then_some(Direct { sink: &mut *sink, max });
@@ -459,8 +465,9 @@ impl Receiver {
         }
         state.polling = true;
         let links = Arc::clone(&state.links);
+        let scratch = std::mem::take(&mut state.scratch);
         drop(state);
-        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX);
+        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch);
         let mut state = self.lock();
         self.settle(&mut state, arrived, dead, on_dead, None);
     }
@@ -474,7 +481,7 @@ impl Receiver {
     fn settle(
         &self,
         state: &mut ReceiverState,
-        arrived: Vec<(Queued, u64)>,
+        mut arrived: Vec<(Queued, u64)>,
         mut dead: Vec<LinkId>,
         on_dead: &dyn Fn(LinkId),
         direct: Option<Direct<'_>>,
@@ -484,25 +491,25 @@ impl Receiver {
         let mut delivered = 0;
         // What the receiver could not take goes on as a run of the queue (see `FairQueue`).
         let mut run = false;
-        let mut arrived = arrived.into_iter();
+        let mut drained = arrived.drain(..);
         if let Some(Direct { sink, max }) = direct {
-            let priority = arrived.as_slice().first().map(|(q, _)| q.envelope.message.priority);
+            let priority = drained.as_slice().first().map(|(q, _)| q.envelope.message.priority);
             // Drop-oldest ports keep the newest of what arrived: it all goes through the queue.
             let bypass = dead.is_empty()
                 && self.spec.overflow != Overflow::DropOldest
                 && state.links.len() == 1
                 && state.queue.len() == 0
-                && arrived
+                && drained
                     .as_slice()
                     .iter()
                     .all(|(q, _)| Some(q.envelope.message.priority) == priority);
             if bypass {
-                delivered = self.deliver(state, &mut arrived, sink, max);
+                delivered = self.deliver(state, &mut drained, sink, max);
                 run = true;
             }
         }
-        let mut arrived = arrived.peekable();
-        while let Some(first) = arrived.next() {
+        let mut rest = drained.by_ref().peekable();
+        while let Some(first) = rest.next() {
             // One lock of a link's flow for each run of its envelopes.
             let link = Arc::clone(&first.0.link);
             let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -513,8 +520,14 @@ impl Receiver {
                 if let Err(link) = self.accept(state, &mut flow, queued, run) {
                     dead.push(link);
                 }
-                next = arrived.next_if(|(q, _)| Arc::ptr_eq(&q.link, &link));
+                next = rest.next_if(|(q, _)| Arc::ptr_eq(&q.link, &link));
             }
+        }
+        drop(rest);
+        drop(drained);
+        if arrived.capacity() <= SCRATCH_CAPACITY {
+            // Kept for the next poll: warm in the cache, and no allocation per poll.
+            state.scratch = arrived;
         }
         if !dead.is_empty() {
             Arc::make_mut(&mut state.links).retain(|l| !dead.contains(&l.id));
@@ -537,7 +550,7 @@ impl Receiver {
     fn deliver(
         &self,
         state: &mut ReceiverState,
-        arrived: &mut std::vec::IntoIter<(Queued, u64)>,
+        arrived: &mut std::vec::Drain<'_, (Queued, u64)>,
         sink: &mut dyn FnMut(Envelope),
         max: usize,
     ) -> usize {
@@ -695,6 +708,7 @@ impl Receiver {
         links: &[Arc<ServerLink>],
         wait: Wait,
         limit: usize,
+        arrived: Vec<(Queued, u64)>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         let links: Vec<&Arc<ServerLink>> =
             links.iter().filter(|l| !l.is_full(&self.spec)).collect();
@@ -712,7 +726,7 @@ impl Receiver {
             if all_shared && !self.readiness.is_active() && !self.poll_due() {
                 let to_read: Vec<bool> = links.iter().map(|l| l.has_input()).collect();
                 if to_read.contains(&true) || wait == Wait::NonBlocking {
-                    return read_links(&links, &to_read, &self.spec, limit);
+                    return read_links(&links, &to_read, &self.spec, limit, arrived);
                 }
             }
         }
@@ -734,7 +748,7 @@ impl Receiver {
         for link in &links {
             link.end.link().finish_poll();
         }
-        let Ok(ready) = ready else { return (Vec::new(), Vec::new()) };
+        let Ok(ready) = ready else { return (arrived, Vec::new()) };
         for index in ready {
             if index == 0 {
                 self.waker.reset();
@@ -744,7 +758,7 @@ impl Receiver {
                 to_read[i] = true;
             }
         }
-        read_links(&links, &to_read, &self.spec, limit)
+        read_links(&links, &to_read, &self.spec, limit, arrived)
     }
 
     /// True when a look without a poll shows that no link has anything to read: every link is
@@ -779,8 +793,8 @@ fn read_links(
     to_read: &[bool],
     spec: &PortSpec,
     limit: usize,
+    mut arrived: Vec<(Queued, u64)>,
 ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
-    let mut arrived = Vec::new();
     let mut dead = Vec::new();
     for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
         if !read_link(link, spec, &mut arrived, limit) {
@@ -1046,3 +1060,6 @@ const ARRIVED_CAPACITY: usize = 64;
 /// A receiver that does not wait and finds nothing reads the clock (for a due poll) on one
 /// look in this many.
 const CLOCK_EVERY_LOOKS: u32 = 16;
+
+/// Largest read vector kept between polls (a burst that needed more gives it back).
+const SCRATCH_CAPACITY: usize = 256;
