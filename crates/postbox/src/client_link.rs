@@ -222,16 +222,79 @@ impl ClientLink {
                 result
             })
         } else {
-            let mut held = None;
-            batch.iter_mut().try_for_each(|message| {
-                // Not confirmed, nothing left pending: the written number is not needed.
-                self.write_oneway_held(&mut held, true, message, wait, false, false)?;
-                sent += 1;
-                Ok(())
-            })
+            self.write_batch(batch, wait, &mut sent)
         };
         batch.drain(..sent);
         result
+    }
+
+    /// Writes `batch` under one entry to the link, counting in `sent` what was written. The
+    /// messages the window admits now are counted in it together (one lock), then written;
+    /// one it does not admit goes the way of a single send (waiting for credit, or failing).
+    fn write_batch(
+        &self,
+        batch: &mut [Message],
+        wait: Wait,
+        sent: &mut usize,
+    ) -> Result<(), OnewayFailure> {
+        let mut held = None;
+        while *sent < batch.len() {
+            let counted = self.count_in_advance(&mut held, &batch[*sent..], wait)?;
+            if counted == 0 {
+                // Not confirmed, nothing left pending: the written number is not needed.
+                self.write_oneway_held(&mut held, true, &mut batch[*sent], wait, false, false)?;
+                *sent += 1;
+                continue;
+            }
+            let guard = held.as_ref().expect("entered by count_in_advance");
+            for k in 0..counted {
+                let message = &mut batch[*sent];
+                if let Err(failure) = guard.write(FrameKind::Oneway, message, 0, wait) {
+                    // This one and the rest counted with it were not written.
+                    let mut state = self.lock();
+                    for unsent in &batch[*sent..*sent + (counted - k)] {
+                        state.window.on_unsent(unsent.body.len() as u64);
+                    }
+                    // A sender waiting for room saw them counted.
+                    self.wake_waiters(&state);
+                    return self.write_failed(&mut state, failure, wait).map(|_| ());
+                }
+                *sent += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts in the window, under one lock, the messages at the front of `rest` it admits
+    /// now (entering the link first); returns how many. None on ports that drop the oldest
+    /// (each message's own way decides there) or links not granted sends.
+    fn count_in_advance<'a>(
+        &'a self,
+        held: &mut Option<WriteGuard<'a>>,
+        rest: &[Message],
+        wait: Wait,
+    ) -> Result<usize, OnewayFailure> {
+        if self.spec.overflow == Overflow::DropOldest || !self.granted.rights.contains(Rights::SEND)
+        {
+            return Ok(0);
+        }
+        if held.is_none() {
+            *held = Some(self.end.enter_batch(wait).ok_or_else(|| full_or_timeout(wait))?);
+        }
+        let mut state = self.lock();
+        if state.broken.is_some() {
+            return Err(OnewayFailure::Disconnected);
+        }
+        let mut counted = 0;
+        for message in rest {
+            let len = message.body.len() as u64;
+            if len > u64::from(self.end.max_body()) || state.window.admit(len) != Admission::Now {
+                break;
+            }
+            state.window.on_sent(len);
+            counted += 1;
+        }
+        Ok(counted)
     }
 
     /// Like [`send_batch`](Self::send_batch) with no wait, awaiting readiness (tokio) while
@@ -368,27 +431,35 @@ impl ClientLink {
                         self.wake_waiters(&state);
                     }
                     self.dropped_unreported.fetch_add(dropped, Ordering::Relaxed);
-                    return match failure {
-                        WriteFailure::TooLarge(limit) => {
-                            Err(OnewayFailure::TooLarge(u64::from(limit)))
-                        }
-                        WriteFailure::Closed => Err(OnewayFailure::Disconnected),
-                        WriteFailure::Violation => {
-                            self.break_locked(&mut state, Broken::Violation(CORRUPT.into()));
-                            Err(OnewayFailure::Disconnected)
-                        }
-                        WriteFailure::Full if self.spec.overflow == Overflow::DropOldest => {
-                            // The kernel's buffer is full too: this message is the one lost,
-                            // counted and reported with the next frame.
-                            self.dropped_unreported.fetch_add(1, Ordering::Relaxed);
-                            Ok(None)
-                        }
-                        WriteFailure::Full => Err(full_or_timeout(wait)),
-                    };
+                    return self.write_failed(&mut state, failure, wait);
                 }
             }
         };
         Ok(confirm.then_some(number))
+    }
+
+    /// What a one-way write that failed with `failure` returns (the window already corrected).
+    fn write_failed(
+        &self,
+        state: &mut ClientState,
+        failure: WriteFailure,
+        wait: Wait,
+    ) -> Result<Option<u64>, OnewayFailure> {
+        match failure {
+            WriteFailure::TooLarge(limit) => Err(OnewayFailure::TooLarge(u64::from(limit))),
+            WriteFailure::Closed => Err(OnewayFailure::Disconnected),
+            WriteFailure::Violation => {
+                self.break_locked(state, Broken::Violation(CORRUPT.into()));
+                Err(OnewayFailure::Disconnected)
+            }
+            WriteFailure::Full if self.spec.overflow == Overflow::DropOldest => {
+                // The kernel's buffer is full too: this message is the one lost, counted and
+                // reported with the next frame.
+                self.dropped_unreported.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            WriteFailure::Full => Err(full_or_timeout(wait)),
+        }
     }
 
     /// Like [`send_oneway`](Self::send_oneway) with no wait, awaiting readiness (tokio) while
