@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use postbox::{Broker, CallError, Message};
+use postbox_broker::HostsConfig;
 
 use crate::latency::{micros, Samples};
 use crate::placement::{self, Placement};
@@ -119,7 +120,10 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     );
     access()?;
 
-    heading(&format!("12. latency: call round trip, 64-byte messages, {rounds} rounds each"));
+    heading("12. across hosts: a second broker (host b) on loopback TCP, reached as port@b");
+    hosts()?;
+
+    heading(&format!("13. latency: call round trip, 64-byte messages, {rounds} rounds each"));
     println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
@@ -471,6 +475,66 @@ fn access() -> Result<()> {
     if private.recv_timeout(Duration::from_millis(100)).is_ok() {
         anyhow::bail!("a message sent after the revocation was delivered");
     }
+    Ok(())
+}
+
+/// Two more brokers in this process, hosts `a` and `b`, linked over loopback TCP as separate
+/// hosts would be (docs/network.md): a node on `a` calls a server process attached to `b`.
+fn hosts() -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let uid = rustix::process::getuid().as_raw();
+    // Host b lets host a's nodes send to and call one name; nothing else crosses.
+    let rule = "[[allow]]\nnames = ['demo/remote']\nhosts = ['a']\noperations = ['send', 'call']\n";
+    let policy = postbox::Policy::from_toml(rule, uid)?;
+    let mut b_hosts = HostsConfig::new("b")?;
+    b_hosts.add_peer_flag(&format!("a=listen:127.0.0.1:{port}"))?;
+    let b = Broker::embedded_with(|mut config| {
+        config.policy = policy;
+        config.hosts = Some(b_hosts);
+        config
+    })?;
+    let mut a_hosts = HostsConfig::new("a")?;
+    a_hosts.add_peer_flag(&format!("b=dial:127.0.0.1:{port}"))?;
+    let a = Broker::embedded_with(|mut config| {
+        config.hosts = Some(a_hosts);
+        config
+    })?;
+    println!("  host a's broker dials host b's on 127.0.0.1:{port} (one reliable session)");
+    let on_b = Spawner { socket: b.socket_path().to_owned() };
+    let mut server = on_b.worker(&["echo", "demo/remote", "--upper"])?;
+    println!("  a server process attached to host b serves demo/remote");
+    let node = a.node()?;
+    let started = Instant::now();
+    let connection = loop {
+        match node.connect("demo/remote@b") {
+            Ok(connection) => break connection,
+            // The host link is still coming up.
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => return Err(error).context("connect to demo/remote@b"),
+        }
+    };
+    let started = Instant::now();
+    let reply = connection.call("hello from host a")?;
+    println!(
+        "  node on a: call(\"demo/remote@b\", \"hello from host a\") -> {:?} in {}",
+        text(reply.body()),
+        micros(started.elapsed())
+    );
+    match node.connect("elsewhere@b") {
+        Err(error) => println!("  connect(\"elsewhere@b\") -> {error}"),
+        Ok(_) => bail!("a port host b does not have was found"),
+    }
+    for host in node.hosts()? {
+        let rtt = host.rtt.map_or_else(|| "-".to_owned(), micros);
+        println!(
+            "  ls on a: host {} ({}) {:?}, rtt {rtt}, {} channel(s), {} retransmission(s)",
+            host.name, host.connect, host.state, host.channels, host.retransmissions
+        );
+    }
+    drop(connection);
+    server.kill();
     Ok(())
 }
 
