@@ -81,6 +81,72 @@ struct Queued {
     confirm: bool,
 }
 
+/// A polling receiver that takes any envelope, handed frames as they are decoded, while nothing
+/// is queued and one link feeds the endpoint: the queue could only have handed it those
+/// envelopes in the same order. It takes one only when no frame still in the decoder outranks
+/// it, and none after the first it could not take (that one and the rest are queued).
+struct Taker<'a> {
+    sink: &'a mut dyn FnMut(Envelope),
+    /// Most it may still take.
+    left: usize,
+    /// False from the first envelope it could not take.
+    open: bool,
+    took: Took,
+}
+
+/// What a [`Taker`] took, to be accounted under the endpoint's lock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Took {
+    taken: usize,
+    /// One-way messages and their body bytes (released on the link at once).
+    messages: u64,
+    bytes: u64,
+    /// A confirmed sender waits: credit goes at once.
+    urgent: bool,
+    /// Drops not reported yet when the poll began (reported with the first envelope taken),
+    /// and the drops senders reported on the frames taken.
+    lost_pending: u64,
+    sender_dropped: u64,
+}
+
+impl<'a> Taker<'a> {
+    fn new(sink: &'a mut dyn FnMut(Envelope), max: usize, lost_pending: u64) -> Self {
+        Self { sink, left: max, open: true, took: Took { lost_pending, ..Took::default() } }
+    }
+
+    /// Takes `envelope` if it may, else hands it back (to be queued).
+    fn offer(
+        &mut self,
+        mut envelope: Envelope,
+        counted: bool,
+        confirm: bool,
+        sender_dropped: u64,
+        decoder: &mut FrameDecoder,
+    ) -> Option<Envelope> {
+        let outranked =
+            decoder.staged_priority().is_some_and(|top| top > envelope.message.priority);
+        if !self.open || self.left == 0 || outranked {
+            self.open = false;
+            return Some(envelope);
+        }
+        if counted {
+            self.took.messages += 1;
+            self.took.bytes += envelope.message.body.len() as u64;
+            self.took.urgent |= confirm;
+        }
+        self.took.sender_dropped += sender_dropped;
+        envelope.lost = std::mem::take(&mut self.took.lost_pending) + sender_dropped;
+        (self.sink)(envelope);
+        self.left -= 1;
+        self.took.taken += 1;
+        None
+    }
+
+    fn done(self) -> Took {
+        self.took
+    }
+}
+
 /// A receiver that takes any envelope, polling: what arrives may go straight to it.
 struct Direct<'a> {
     sink: &'a mut dyn FnMut(Envelope),
@@ -338,7 +404,7 @@ impl Receiver {
                 let scratch = std::mem::take(&mut state.scratch);
                 drop(state);
                 let (arrived, dead) =
-                    self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch);
+                    self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
                 state = self.lock();
                 self.settle(&mut state, arrived, dead, on_dead, None);
             }
@@ -364,6 +430,14 @@ impl Receiver {
             state.polling = true;
             let links = Arc::clone(&state.links);
             let scratch = std::mem::take(&mut state.scratch);
+            // A receiver of any envelope takes frames as they are decoded when the queue could
+            // only have handed them to it in the same order (see `Taker`); it then reports the
+            // drops not reported yet.
+            let taking = (selector == Selector::ANY
+                && state.queue.len() == 0
+                && state.links.len() == 1
+                && self.spec.overflow != Overflow::DropOldest)
+                .then(|| std::mem::take(&mut state.lost_pending));
             drop(state);
             if wait != Wait::NonBlocking {
                 // About to sleep: every sender hears of every release first, so none waits on
@@ -376,11 +450,26 @@ impl Receiver {
             // costs more than queueing a few): the rest stay in the links' decoders.
             let limit =
                 if selector == Selector::ANY { max.max(ARRIVED_CAPACITY) } else { usize::MAX };
-            let (arrived, dead) = self.poll_links(&links, wait, limit, scratch);
-            let progress = !arrived.is_empty() || !dead.is_empty();
+            let (arrived, dead, took) = match taking {
+                Some(lost) => {
+                    let mut taker = Taker::new(&mut *sink, max, lost);
+                    let (arrived, dead) =
+                        self.poll_links(&links, wait, limit, scratch, Some(&mut taker));
+                    (arrived, dead, Some(taker.done()))
+                }
+                None => {
+                    let (arrived, dead) = self.poll_links(&links, wait, limit, scratch, None);
+                    (arrived, dead, None)
+                }
+            };
+            let progress =
+                !arrived.is_empty() || !dead.is_empty() || took.is_some_and(|t| t.taken > 0);
             state = self.lock();
-            let direct = (selector == Selector::ANY).then_some(Direct { sink: &mut *sink, max });
-            let delivered = self.settle(&mut state, arrived, dead, on_dead, direct);
+            let taken = took.map_or(0, |took| self.took(&mut state, &links, took));
+            let direct = (selector == Selector::ANY)
+                .then_some(Direct { sink: &mut *sink, max: max - taken });
+            let delivered = taken + self.settle(&mut state, arrived, dead, on_dead, direct);
+            state.taken_since_poll += taken;
             if delivered > 0 {
                 let more = self.take(&mut state, selector, max - delivered, sink);
                 return Ok(delivered + more);
@@ -467,7 +556,7 @@ impl Receiver {
         let links = Arc::clone(&state.links);
         let scratch = std::mem::take(&mut state.scratch);
         drop(state);
-        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch);
+        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
         let mut state = self.lock();
         self.settle(&mut state, arrived, dead, on_dead, None);
     }
@@ -543,6 +632,22 @@ impl Receiver {
             on_dead(id);
         }
         delivered
+    }
+
+    /// Accounts for what a [`Taker`] took during a poll of `links` (one link): drops, and the
+    /// credit its sender is owed (never counted as queued). Returns how many it took.
+    fn took(&self, state: &mut ReceiverState, links: &[Arc<ServerLink>], took: Took) -> usize {
+        state.lost_total += took.sender_dropped;
+        // Not handed out with an envelope: still to be reported.
+        state.lost_pending += took.lost_pending;
+        if took.messages > 0 {
+            if let Some(link) = links.first() {
+                let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                flow.release.on_release_many(took.messages, took.bytes);
+                link.send_credit(&mut flow, took.urgent);
+            }
+        }
+        took.taken
     }
 
     /// Hands up to `max` of `arrived` (all of one link, nothing queued before them) to `sink`
@@ -709,6 +814,7 @@ impl Receiver {
         wait: Wait,
         limit: usize,
         arrived: Vec<(Queued, u64)>,
+        taker: Option<&mut Taker<'_>>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         let links: Vec<&Arc<ServerLink>> =
             links.iter().filter(|l| !l.is_full(&self.spec)).collect();
@@ -726,7 +832,7 @@ impl Receiver {
             if all_shared && !self.readiness.is_active() && !self.poll_due() {
                 let to_read: Vec<bool> = links.iter().map(|l| l.has_input()).collect();
                 if to_read.contains(&true) || wait == Wait::NonBlocking {
-                    return read_links(&links, &to_read, &self.spec, limit, arrived);
+                    return read_links(&links, &to_read, &self.spec, limit, arrived, taker);
                 }
             }
         }
@@ -758,7 +864,7 @@ impl Receiver {
                 to_read[i] = true;
             }
         }
-        read_links(&links, &to_read, &self.spec, limit, arrived)
+        read_links(&links, &to_read, &self.spec, limit, arrived, taker)
     }
 
     /// True when a look without a poll shows that no link has anything to read: every link is
@@ -794,10 +900,11 @@ fn read_links(
     spec: &PortSpec,
     limit: usize,
     mut arrived: Vec<(Queued, u64)>,
+    mut taker: Option<&mut Taker<'_>>,
 ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
     let mut dead = Vec::new();
     for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
-        if !read_link(link, spec, &mut arrived, limit) {
+        if !read_link(link, spec, &mut arrived, limit, taker.as_deref_mut()) {
             link.end.close();
             dead.push(link.id);
         }
@@ -878,6 +985,7 @@ fn read_link(
     spec: &PortSpec,
     out: &mut Vec<(Queued, u64)>,
     limit: usize,
+    mut taker: Option<&mut Taker<'_>>,
 ) -> bool {
     if link.end.link().is_cut() {
         // Cut here (its grant was revoked): whatever the client still writes is not read.
@@ -888,7 +996,7 @@ fn read_link(
     let first = out.len();
     if link.undecoded.load(Ordering::Acquire) {
         // Frames read before come first; the transport is read once they are all out.
-        match decode_ranked(link, &mut decoder, out, first, &mut budget) {
+        match decode_ranked(link, &mut decoder, out, first, &mut budget, taker.as_deref_mut()) {
             Decoded::Broken => return false,
             Decoded::Limit => return true,
             Decoded::All => link.undecoded.store(false, Ordering::Release),
@@ -906,7 +1014,7 @@ fn read_link(
             Err(TransportError::WouldBlock) => break,
             Err(_) => return false,
         }
-        match decode_ranked(link, &mut decoder, out, first, &mut budget) {
+        match decode_ranked(link, &mut decoder, out, first, &mut budget, taker.as_deref_mut()) {
             Decoded::Broken => return false,
             Decoded::Limit => {
                 link.undecoded.store(true, Ordering::Release);
@@ -930,14 +1038,15 @@ fn decode_ranked(
     out: &mut Vec<(Queued, u64)>,
     first: usize,
     budget: &mut usize,
+    mut taker: Option<&mut Taker<'_>>,
 ) -> Decoded {
-    match decode_frames(link, decoder, out, budget) {
+    match decode_frames(link, decoder, out, budget, taker.as_deref_mut()) {
         Decoded::Limit => {
             let lowest = out[first..].iter().map(|(q, _)| q.envelope.message.priority).min();
             match (decoder.staged_priority(), lowest) {
                 (Some(top), Some(lowest)) if top > lowest => {
                     *budget = usize::MAX;
-                    decode_frames(link, decoder, out, budget)
+                    decode_frames(link, decoder, out, budget, taker)
                 }
                 _ => Decoded::Limit,
             }
@@ -962,6 +1071,7 @@ fn decode_frames(
     decoder: &mut FrameDecoder,
     out: &mut Vec<(Queued, u64)>,
     budget: &mut usize,
+    mut taker: Option<&mut Taker<'_>>,
 ) -> Decoded {
     // Read off the link now: one clock reading for the calls of this read.
     let mut arrived = None;
@@ -1026,6 +1136,18 @@ fn decode_frames(
                 };
                 let envelope =
                     Envelope { message, sender: link.client, reply, lost: 0, topic: None };
+                let envelope = match taker.as_deref_mut() {
+                    Some(taker) => {
+                        match taker.offer(envelope, counted, confirm, sender_dropped, decoder) {
+                            None => {
+                                *budget -= 1;
+                                continue;
+                            }
+                            Some(envelope) => envelope,
+                        }
+                    }
+                    None => envelope,
+                };
                 if out.capacity() == 0 {
                     // Room for what this poll may decode, once (an empty poll allocates none).
                     out.reserve((*budget).min(ARRIVED_CAPACITY));
