@@ -1,17 +1,21 @@
 //! Which hosts a broker links to: its own name, its static peers, and their timers.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
 
 use postbox_core::PortName;
-use postbox_transport::host_link::{HostLinkConfig, SessionConfig};
+use postbox_transport::host_link::{
+    HostLinkConfig, LinkSecurity, PreSharedKey, SessionConfig, TlsConfig,
+};
 use serde::Deserialize;
 
 /// This broker's place among hosts: its name and the peers it links to (docs/network.md).
 ///
 /// Each pair of brokers is joined by one host link. Exactly one side of a pair dials; the
 /// other listens on an address reserved for that one peer (a host link cannot tell who is
-/// connecting, so one listening address serves one peer).
+/// connecting, so one listening address serves one peer). Links are plain TCP unless a peer
+/// (or a top-level `[tls]` table, for every peer) asks for TLS or a pre-shared key.
 ///
 /// # Examples
 /// ```
@@ -55,6 +59,8 @@ pub struct PeerConfig {
     pub name: HostName,
     /// How the host link to it is made.
     pub connect: PeerConnect,
+    /// How the link's connections are secured (plain TCP by default).
+    pub security: LinkSecurity,
 }
 
 /// Which side of a pair makes the TCP connection.
@@ -91,6 +97,15 @@ pub enum HostsConfigError {
     /// Two peers share a name, or a peer has this host's name.
     #[error("host {0} is named twice")]
     Duplicate(String),
+    /// A peer's TLS or pre-shared key settings cannot be used: a file is missing or
+    /// malformed, or the peer names both `tls` and `psk_file`.
+    #[error("peer {peer}: {reason}")]
+    BadSecurity {
+        /// The peer.
+        peer: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl HostsConfig {
@@ -113,6 +128,12 @@ impl HostsConfig {
     /// `heartbeat_interval_ms` and `missed_heartbeats`, and a `[peers]` table of
     /// `NAME = { dial = "ADDR:PORT" }` or `NAME = { listen = "ADDR:PORT" }`.
     ///
+    /// Security, per peer: `tls = { cert = "PEM", key = "PEM", ca = "PEM" }` (this host's
+    /// certificate chain and private key, and the CA certificates that sign the peers'; the
+    /// peer's certificate must carry the peer's name), or `psk_file = "PATH"` (a pre-shared
+    /// key: authenticates, does not encrypt). A top-level `[tls]` table with the same keys
+    /// applies to every peer that says neither. The files are read here.
+    ///
     /// # Errors
     /// [`HostsConfigError`] says what is wrong; nothing is silently ignored.
     pub fn from_toml(text: &str) -> Result<Self, HostsConfigError> {
@@ -126,12 +147,14 @@ impl HostsConfig {
             config.missed_heartbeats = missed.max(1);
         }
         for (name, peer) in file.peers {
-            let connect = match (peer.dial, peer.listen) {
-                (Some(address), None) => PeerConnect::Dial(resolve(&name, &address)?),
-                (None, Some(address)) => PeerConnect::Listen(resolve(&name, &address)?),
+            let connect = match (&peer.dial, &peer.listen) {
+                (Some(address), None) => PeerConnect::Dial(resolve(&name, address)?),
+                (None, Some(address)) => PeerConnect::Listen(resolve(&name, address)?),
                 _ => return Err(HostsConfigError::BadPeer(name)),
             };
-            config.add_peer(PeerConfig { name: HostName::new(&name)?, connect })?;
+            let host = HostName::new(&name)?;
+            let security = peer.security(&host, file.tls.as_ref())?;
+            config.add_peer(PeerConfig { name: host, connect, security })?;
         }
         Ok(config)
     }
@@ -150,7 +173,8 @@ impl HostsConfig {
         } else {
             return Err(bad());
         };
-        self.add_peer(PeerConfig { name: HostName::new(name)?, connect })
+        let security = LinkSecurity::Plain;
+        self.add_peer(PeerConfig { name: HostName::new(name)?, connect, security })
     }
 
     /// Adds a peer.
@@ -229,6 +253,15 @@ impl std::fmt::Display for PeerConnect {
     }
 }
 
+/// How `postbox ls` names a link's security: empty for plain TCP.
+pub(crate) fn security_label(security: &LinkSecurity) -> &'static str {
+    match security {
+        LinkSecurity::Tls(_) => " (tls)",
+        LinkSecurity::PreSharedKey(_) => " (psk)",
+        _ => "",
+    }
+}
+
 /// Splits `port@host` into the port's name and the host's, when both parts are valid; the
 /// last `@` separates them.
 pub(crate) fn split_remote(name: &PortName) -> Option<(PortName, &str)> {
@@ -256,6 +289,7 @@ struct HostsFile {
     missed_heartbeats: Option<u32>,
     #[serde(default)]
     peers: std::collections::BTreeMap<String, PeerSection>,
+    tls: Option<TlsSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +297,48 @@ struct HostsFile {
 struct PeerSection {
     dial: Option<String>,
     listen: Option<String>,
+    tls: Option<TlsSection>,
+    psk_file: Option<String>,
+}
+
+/// PEM files: this host's certificate chain and key, and the CAs that sign the peers'.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: String,
+    key: String,
+    ca: String,
+}
+
+impl PeerSection {
+    /// The peer's own setting, else the file's `[tls]`, else plain TCP; files are read now.
+    fn security(
+        &self,
+        peer: &HostName,
+        default_tls: Option<&TlsSection>,
+    ) -> Result<LinkSecurity, HostsConfigError> {
+        let bad = |reason: String| HostsConfigError::BadSecurity {
+            peer: peer.as_str().to_owned(),
+            reason,
+        };
+        match (&self.tls, &self.psk_file) {
+            (Some(_), Some(_)) => Err(bad("say at most one of tls and psk_file".to_owned())),
+            (None, Some(path)) => PreSharedKey::from_file(Path::new(path))
+                .map(LinkSecurity::PreSharedKey)
+                .map_err(|e| bad(e.to_string())),
+            (tls, None) => match tls.as_ref().or(default_tls) {
+                None => Ok(LinkSecurity::Plain),
+                Some(tls) => TlsConfig::from_pem_files(
+                    Path::new(&tls.cert),
+                    Path::new(&tls.key),
+                    Path::new(&tls.ca),
+                    peer.as_str(),
+                )
+                .map(LinkSecurity::Tls)
+                .map_err(|e| bad(e.to_string())),
+            },
+        }
+    }
 }
 
 fn resolve(peer: &str, address: &str) -> Result<SocketAddr, HostsConfigError> {
@@ -305,6 +381,50 @@ mod tests {
             Err(HostsConfigError::Invalid(_))
         ));
         assert!(matches!(HostsConfig::new(""), Err(HostsConfigError::BadName(_))));
+    }
+
+    #[test]
+    fn peers_choose_tls_or_a_pre_shared_key_and_bad_settings_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("b.key");
+        std::fs::write(&key_path, "  0123456789abcdef0123\n").unwrap();
+        let key = key_path.display();
+        let config = HostsConfig::from_toml(&format!(
+            "name = 'a'\n[peers]\nb = {{ dial = '127.0.0.1:9', psk_file = '{key}' }}\n\
+             c = {{ listen = '127.0.0.1:10' }}\n"
+        ))
+        .unwrap();
+        let expected = PreSharedKey::new(b"0123456789abcdef0123").unwrap();
+        assert_eq!(config.peers[0].security, LinkSecurity::PreSharedKey(expected));
+        assert_eq!(config.peers[1].security, LinkSecurity::Plain);
+        assert_eq!(security_label(&config.peers[0].security), " (psk)");
+
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.display();
+        let tls = format!("{{ cert = '{missing}', key = '{missing}', ca = '{missing}' }}");
+        let bad = |toml: String| match HostsConfig::from_toml(&toml) {
+            Err(HostsConfigError::BadSecurity { peer, reason }) => (peer, reason),
+            other => panic!("expected BadSecurity, got {other:?}"),
+        };
+        let (peer, reason) =
+            bad(format!("name = 'a'\n[peers]\nb = {{ dial = '127.0.0.1:9', tls = {tls} }}"));
+        assert_eq!(peer, "b");
+        assert!(reason.contains("missing.pem"), "{reason}");
+        // A top-level [tls] applies to every peer that says nothing else.
+        let (peer, _) =
+            bad(format!("name = 'a'\ntls = {tls}\n[peers]\nc = {{ dial = '127.0.0.1:9' }}"));
+        assert_eq!(peer, "c");
+        let (_, reason) = bad(format!(
+            "name = 'a'\n[peers]\nb = {{ dial = '127.0.0.1:9', tls = {tls}, psk_file = '{key}' }}"
+        ));
+        assert!(reason.contains("at most one"), "{reason}");
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "short").unwrap();
+        let short = short.display();
+        bad(format!("name = 'a'\n[peers]\nb = {{ dial = '127.0.0.1:9', psk_file = '{short}' }}"));
+        // Unknown keys in a tls table are errors, as everywhere else.
+        let unknown = "name = 'a'\n[tls]\ncert = 'x'\nkey = 'x'\nca = 'x'\ncrl = 'x'\n";
+        assert!(matches!(HostsConfig::from_toml(unknown), Err(HostsConfigError::Invalid(_))));
     }
 
     #[test]

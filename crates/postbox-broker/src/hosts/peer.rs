@@ -11,7 +11,7 @@ use postbox_transport::host_link::{
 };
 use postbox_transport::{TransportError, Waker};
 
-use super::config::{PeerConfig, PeerConnect};
+use super::config::{security_label, PeerConfig, PeerConnect};
 use super::status::{HostState, HostStatus};
 
 /// Events of every host link, tagged with the peer's index and the link's incarnation, for
@@ -59,14 +59,17 @@ impl Peer {
         config: &HostLinkConfig,
         inbound: &Arc<Inbound>,
     ) -> Result<(), TransportError> {
+        let security = self.config.security.clone();
         let link = match self.config.connect {
-            PeerConnect::Dial(address) => HostLink::dial(address, config.clone())?,
+            PeerConnect::Dial(address) => {
+                HostLink::dial_secured(address, config.clone(), security)?
+            }
             PeerConnect::Listen(address) => {
                 let listener = TcpListener::bind(address).map_err(|e| TransportError::Os {
                     operation: "bind host-link listener",
                     kind: e.kind(),
                 })?;
-                HostLink::listen(listener, config.clone())?
+                HostLink::listen_secured(listener, config.clone(), security)?
             }
         };
         let link = Arc::new(link);
@@ -164,7 +167,7 @@ impl Peer {
         };
         HostStatus {
             name: self.config.name.to_string(),
-            connect: self.config.connect.to_string(),
+            connect: format!("{}{}", self.config.connect, security_label(&self.config.security)),
             state,
             rtt: stats.as_ref().and_then(|s| s.session.smoothed_rtt),
             retransmissions: stats.as_ref().map_or(0, |s| s.session.retransmissions),

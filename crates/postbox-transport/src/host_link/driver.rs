@@ -1,5 +1,5 @@
 //! The driver thread of a host link: timers, writes and connection changes for its session,
-//! plus one reader thread per TCP connection.
+//! plus one reader thread per connection (plain TCP or TLS, see `connection.rs`).
 //!
 //! ```text
 //!  dialer / acceptor ── incoming ──►┐
@@ -11,14 +11,13 @@
 //! The driver never writes while holding the lock, so reads, sends and `recv` go on while a
 //! write waits for the socket.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use postbox_core::reliable::LinkState;
 
+use super::connection::{Connection, ConnectionReader};
 use super::error::LinkError;
 use super::shared::{Core, Shared};
 
@@ -35,8 +34,8 @@ pub(super) fn run(shared: &Arc<Shared>) {
 /// The driver's own state, outside the lock.
 struct Driver {
     shared: Arc<Shared>,
-    /// The current TCP connection and its number.
-    connection: Option<(TcpStream, u64)>,
+    /// The current connection and its number.
+    connection: Option<(Connection, u64)>,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -81,46 +80,43 @@ impl Driver {
 
     /// Writes `buf` to the current connection, outside the lock.
     fn write(&mut self, buf: &mut Vec<u8>) {
-        let Some((stream, number)) = &mut self.connection else {
+        let Some((connection, number)) = &mut self.connection else {
             buf.clear();
             return;
         };
-        let result = stream.write_all(buf);
+        let result = connection.write_all(buf, self.shared.config.stall_timeout);
         let mut core = self.shared.lock();
         match result {
             Ok(()) => core.counters.bytes_sent += buf.len() as u64,
-            Err(e) => core.report_broken(*number, LinkError::io("write to peer", &e)),
+            Err(error) => core.report_broken(*number, error),
         }
         buf.clear();
     }
 
-    /// Makes `stream` the current connection, replacing any earlier one.
-    fn adopt(&mut self, core: &mut Core, stream: TcpStream, now: Instant) {
+    /// Makes `connection` the current one, replacing any earlier one.
+    fn adopt(&mut self, core: &mut Core, connection: Connection, now: Instant) {
         if self.connection.is_some() {
             self.drop_connection(core, LinkError::Replaced, now);
         }
         core.broken = None;
         core.connection += 1;
         let number = core.connection;
-        let stall = self.shared.config.stall_timeout;
-        let reader = stream
-            .set_nodelay(true)
-            .and_then(|()| stream.set_write_timeout(Some(stall)))
-            .and_then(|()| stream.try_clone())
+        let reader = connection
+            .configure(self.shared.config.stall_timeout)
             .map_err(|e| LinkError::io("set up connection", &e))
-            .and_then(|clone| self.spawn_reader(clone, number));
+            .and_then(|reader| self.spawn_reader(reader, number));
         match reader {
             Ok(handle) => {
                 self.readers.retain(|r| !r.is_finished());
                 self.readers.push(handle);
-                self.connection = Some((stream, number));
+                self.connection = Some((connection, number));
                 core.session.handle_link_up(now);
             }
             Err(error) => {
                 core.counters.last_error = Some(error);
                 core.counters.connections_lost += 1;
                 core.want_connection = true;
-                let _ = stream.shutdown(Shutdown::Both);
+                connection.shutdown();
                 self.shared.changed.notify_all();
             }
         }
@@ -128,9 +124,9 @@ impl Driver {
 
     /// Closes the current connection and tells the session; the dialer makes a new one.
     fn drop_connection(&mut self, core: &mut Core, error: LinkError, now: Instant) {
-        let Some((stream, _)) = self.connection.take() else { return };
+        let Some((connection, _)) = self.connection.take() else { return };
         // Also wakes its reader, which then sees that it is stale.
-        let _ = stream.shutdown(Shutdown::Both);
+        connection.shutdown();
         core.session.handle_link_down(now);
         core.counters.connections_lost += 1;
         core.counters.last_error = Some(error);
@@ -138,11 +134,15 @@ impl Driver {
         self.shared.changed.notify_all();
     }
 
-    fn spawn_reader(&self, stream: TcpStream, number: u64) -> Result<JoinHandle<()>, LinkError> {
+    fn spawn_reader(
+        &self,
+        reader: ConnectionReader,
+        number: u64,
+    ) -> Result<JoinHandle<()>, LinkError> {
         let shared = Arc::clone(&self.shared);
         thread::Builder::new()
             .name("postbox-host-link-read".to_owned())
-            .spawn(move || read_loop(&shared, stream, number))
+            .spawn(move || read_loop(&shared, reader, number))
             .map_err(|e| LinkError::io("spawn host-link reader", &e))
     }
 
@@ -160,15 +160,15 @@ impl Driver {
     /// Closes the connection, ends the session if it has not ended (the handle was dropped),
     /// and tells every waiter that no more events will come.
     fn finish(mut self) {
-        if let Some((stream, _)) = self.connection.take() {
+        if let Some((connection, _)) = self.connection.take() {
             if !self.shared.lock().aborted {
                 // A polite end: send FIN after the close frame and read until the peer hangs
                 // up, so that no unread input turns the close into a reset that could destroy
                 // the close frame on its way.
-                let _ = stream.shutdown(Shutdown::Write);
+                connection.shutdown_write();
                 self.linger();
             }
-            let _ = stream.shutdown(Shutdown::Both);
+            connection.shutdown();
         }
         let mut core = self.shared.lock();
         let now = Instant::now();
@@ -198,16 +198,15 @@ impl Drop for Driver {
 }
 
 /// Reads connection `number` into the session until it breaks or is replaced.
-fn read_loop(shared: &Shared, mut stream: TcpStream, number: u64) {
+fn read_loop(shared: &Shared, mut reader: ConnectionReader, number: u64) {
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
-        let result = stream.read(&mut chunk);
+        let result = reader.read(&mut chunk);
         let mut core = shared.lock();
         if core.connection != number || core.stopping() {
             return;
         }
         let broken = match result {
-            Ok(0) => Some(LinkError::Closed),
             Ok(n) => {
                 core.counters.bytes_received += n as u64;
                 match core.session.handle_bytes(Instant::now(), &chunk[..n]) {
@@ -215,8 +214,7 @@ fn read_loop(shared: &Shared, mut stream: TcpStream, number: u64) {
                     Err(e) => Some(LinkError::Corrupt(e)),
                 }
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => None,
-            Err(e) => Some(LinkError::io("read from peer", &e)),
+            Err(error) => Some(error),
         };
         let done = broken.is_some();
         if let Some(error) = broken {

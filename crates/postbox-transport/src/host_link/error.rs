@@ -1,4 +1,5 @@
-//! Why a host link could not give an event, and why a TCP connection under it was lost.
+//! Why a host link could not give an event, and why a TCP connection under it was lost or
+//! refused.
 
 use std::io;
 
@@ -53,6 +54,17 @@ pub enum LinkError {
     /// A newer connection from the peer replaced this one (listening side).
     #[error("replaced by a newer connection")]
     Replaced,
+    /// Authentication failed: a TLS handshake or the pre-shared key exchange. The connection
+    /// was closed before any session frame was read from it.
+    #[error("authentication failed: {0}")]
+    Authentication(AuthenticationError),
+    /// The TLS layer failed after the handshake: a damaged or forged record, or a protocol
+    /// error.
+    #[error("TLS failure, connection reset")]
+    TlsProtocol,
+    /// A TLS handshake or pre-shared key exchange did not finish within the connect timeout.
+    #[error("the handshake did not finish in time")]
+    HandshakeTimeout,
     /// The operating system refused.
     #[error("{operation} failed: {kind}")]
     Os {
@@ -61,6 +73,39 @@ pub enum LinkError {
         /// The kind of the OS error.
         kind: io::ErrorKind,
     },
+}
+
+/// Why a connection's authentication failed, in [`LinkError::Authentication`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthenticationError {
+    /// The peer's certificate is not signed by a configured CA.
+    #[error("the peer's certificate is not signed by a trusted CA")]
+    UntrustedCertificate,
+    /// The peer's certificate does not name the expected host.
+    #[error("the peer's certificate is not valid for its host name")]
+    WrongName,
+    /// The peer's certificate has expired or is not valid yet.
+    #[error("the peer's certificate is expired or not yet valid")]
+    OutsideValidity,
+    /// The peer's certificate is invalid otherwise (bad signature, encoding or usage).
+    #[error("the peer's certificate is invalid")]
+    BadCertificate,
+    /// The peer presented no certificate.
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    /// The peer refused this end: its certificate, or its proof of the pre-shared key.
+    #[error("the peer refused this host's credentials")]
+    RefusedByPeer,
+    /// The peer did not prove knowledge of the pre-shared key.
+    #[error("the peer does not know the pre-shared key")]
+    WrongKey,
+    /// The peer does not speak the configured handshake (plain TCP, another mode, or garbage).
+    #[error("the peer does not speak the configured handshake")]
+    UnexpectedGreeting,
+    /// The TLS handshake failed for another reason (no common parameters, a bad message).
+    #[error("TLS handshake failed")]
+    Handshake,
 }
 
 impl LinkError {

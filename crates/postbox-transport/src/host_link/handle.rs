@@ -9,12 +9,14 @@ use postbox_core::reliable::{Event, MessageId, SendError, Session, SessionId, St
 
 use super::config::{fresh_session_id, HostLinkConfig};
 use super::error::{RecvError, RecvTimeoutError, TryRecvError};
+use super::security::LinkSecurity;
 use super::shared::{Core, Shared};
 use super::stats::HostLinkStats;
 use super::{connector, driver};
 use crate::{TransportError, Waker};
 
-/// One end of a reliable link to a broker on another host, over TCP.
+/// One end of a reliable link to a broker on another host, over TCP (plain, TLS, or
+/// authenticated by a pre-shared key: [`LinkSecurity`]).
 ///
 /// A `HostLink` drives a [`Session`]: it keeps a TCP connection to the peer (dialing with
 /// backoff, or accepting on a listener), opens a new one after any break, and resends what
@@ -44,7 +46,22 @@ impl HostLink {
     /// failures are not errors here: they are retried, and show in [`stats`](Self::stats)
     /// until the session ends as `Unreachable`.
     pub fn dial(addr: SocketAddr, config: HostLinkConfig) -> Result<Self, TransportError> {
-        let link = Self::start(config)?;
+        Self::dial_secured(addr, config, LinkSecurity::Plain)
+    }
+
+    /// Like [`dial`](Self::dial), with each connection secured as `security` says: a TLS
+    /// handshake that checks the peer's certificate and name, or the pre-shared key exchange.
+    /// A connection that fails it is closed and dialed again after the backoff; the reason
+    /// shows in [`stats`](Self::stats) (`last_error`, `handshake_failures`).
+    ///
+    /// # Errors
+    /// As [`dial`](Self::dial).
+    pub fn dial_secured(
+        addr: SocketAddr,
+        config: HostLinkConfig,
+        security: LinkSecurity,
+    ) -> Result<Self, TransportError> {
+        let link = Self::start(config, security)?;
         let shared = Arc::clone(&link.shared);
         // The dialer is not joined: it may sit in a connect for up to `connect_timeout`, and
         // it drops whatever it connects once the link has stopped.
@@ -60,8 +77,23 @@ impl HostLink {
     /// [`TransportError::Os`] when the listener cannot be made non-blocking, or a thread or
     /// the waker cannot be created.
     pub fn listen(listener: TcpListener, config: HostLinkConfig) -> Result<Self, TransportError> {
+        Self::listen_secured(listener, config, LinkSecurity::Plain)
+    }
+
+    /// Like [`listen`](Self::listen), with each accepted connection secured as `security`
+    /// says; only a connection that passes (the client's certificate is signed by a trusted
+    /// CA and names the peer, or the client proved the pre-shared key) replaces the current
+    /// one. The session never reads a byte from any other.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen).
+    pub fn listen_secured(
+        listener: TcpListener,
+        config: HostLinkConfig,
+        security: LinkSecurity,
+    ) -> Result<Self, TransportError> {
         listener.set_nonblocking(true).map_err(|e| os("configure listener", &e))?;
-        let link = Self::start(config)?;
+        let link = Self::start(config, security)?;
         link.lock().want_connection = false;
         let shared = Arc::clone(&link.shared);
         let acceptor = spawn("postbox-host-link-accept", move || {
@@ -161,11 +193,11 @@ impl HostLink {
         self.join_threads();
     }
 
-    fn start(config: HostLinkConfig) -> Result<Self, TransportError> {
+    fn start(config: HostLinkConfig, security: LinkSecurity) -> Result<Self, TransportError> {
         let config = config.normalized();
         let id = fresh_session_id();
         let session = Session::new(id, config.session.clone(), Instant::now());
-        let shared = Arc::new(Shared::new(config, session, Waker::new()?));
+        let shared = Arc::new(Shared::new(config, security, session, Waker::new()?));
         let link = Self { shared: Arc::clone(&shared), id, threads: Mutex::new(Vec::new()) };
         let driver = spawn("postbox-host-link", move || driver::run(&shared))
             .map_err(|e| os("spawn host-link driver", &e))?;

@@ -37,30 +37,51 @@
 //! host_link/
 //! ├── handle.rs     HostLink: dial / listen, send, recv, stats, close
 //! ├── driver.rs     driver thread (timers, writes, connection changes) and per-connection reader
+//! ├── connection.rs one connection: plain TCP, or TLS shared by the writer and the reader
 //! ├── connector.rs  dialer with backoff, acceptor
+//! ├── handshake.rs  securing a new connection: TLS handshake, pre-shared key exchange
+//! ├── security.rs   LinkSecurity, TlsConfig, PreSharedKey
 //! ├── shared.rs     the state the threads share, behind one mutex
 //! ├── config.rs     HostLinkConfig
-//! ├── error.rs      RecvError, TryRecvError, RecvTimeoutError, LinkError
+//! ├── error.rs      RecvError, TryRecvError, RecvTimeoutError, LinkError, AuthenticationError
 //! └── stats.rs      HostLinkStats
 //! ```
 //!
-//! Plain TCP only for now: no encryption and no authentication of the peer, so on the
-//! listening side any client that connects replaces the current connection. TLS (rustls)
-//! and QUIC (quinn) drivers come next, over the same session.
+//! # Security
+//!
+//! [`dial`](HostLink::dial) and [`listen`](HostLink::listen) use plain TCP: no encryption and
+//! no authentication, so on the listening side any client that connects replaces the current
+//! connection. [`dial_secured`](HostLink::dial_secured) and
+//! [`listen_secured`](HostLink::listen_secured) take a [`LinkSecurity`]:
+//!
+//! - [`LinkSecurity::Tls`]: the same session bytes over rustls (TLS 1.3), with a certificate on
+//!   both ends. Each end checks that the other's certificate is signed by a configured CA and
+//!   carries the peer's host name.
+//! - [`LinkSecurity::PreSharedKey`]: an HMAC-SHA256 challenge-response proves that both ends
+//!   know the key, then the session runs over plain TCP. It authenticates but does not
+//!   encrypt.
+//!
+//! A connection that fails authentication is closed before the session reads a byte from it;
+//! [`HostLinkStats::last_error`] says why ([`LinkError::Authentication`]). QUIC (quinn) comes
+//! next, over the same session.
 
 mod config;
+mod connection;
 mod connector;
 mod driver;
 mod error;
 mod handle;
+mod handshake;
+mod security;
 mod shared;
 mod stats;
 
 pub use config::HostLinkConfig;
-pub use error::{LinkError, RecvError, RecvTimeoutError, TryRecvError};
+pub use error::{AuthenticationError, LinkError, RecvError, RecvTimeoutError, TryRecvError};
 pub use handle::HostLink;
 pub use postbox_core::reliable::{
     Event, LinkState, MessageId, SendError, SessionConfig, SessionError, SessionId, SessionStats,
     StreamId,
 };
+pub use security::{LinkSecurity, PreSharedKey, SecurityConfigError, TlsConfig};
 pub use stats::HostLinkStats;

@@ -2,14 +2,15 @@
 //! hand-over, behind one mutex.
 
 use std::collections::VecDeque;
-use std::net::TcpStream;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use postbox_core::reliable::{Event, Session};
 
 use super::config::HostLinkConfig;
+use super::connection::Connection;
 use super::error::LinkError;
+use super::security::LinkSecurity;
 use super::stats::ConnectionCounters;
 use crate::Waker;
 
@@ -18,6 +19,8 @@ use crate::Waker;
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) config: HostLinkConfig,
+    /// How each new connection is secured before the driver takes it.
+    pub(super) security: LinkSecurity,
     core: Mutex<Core>,
     /// Wakes the driver and the dialer: a send, bytes read, a connection made or lost, a close.
     pub(super) changed: Condvar,
@@ -33,8 +36,11 @@ pub(super) struct Core {
     pub(super) session: Session,
     /// Events for `recv`, in the session's order.
     pub(super) events: VecDeque<Event>,
-    /// A connection made by the dialer or acceptor, not yet taken by the driver.
-    pub(super) incoming: Option<TcpStream>,
+    /// A connection made (and secured) by the dialer or acceptor, not yet taken by the
+    /// driver.
+    pub(super) incoming: Option<Connection>,
+    /// Accepted connections whose handshake is still running (listening side).
+    pub(super) handshakes: usize,
     /// Number of the driver's current connection; a reader whose number differs is stale.
     pub(super) connection: u64,
     /// Why the current connection broke, set by its reader.
@@ -51,11 +57,17 @@ pub(super) struct Core {
 }
 
 impl Shared {
-    pub(super) fn new(config: HostLinkConfig, session: Session, acceptor_waker: Waker) -> Self {
+    pub(super) fn new(
+        config: HostLinkConfig,
+        security: LinkSecurity,
+        session: Session,
+        acceptor_waker: Waker,
+    ) -> Self {
         let core = Core {
             session,
             events: VecDeque::new(),
             incoming: None,
+            handshakes: 0,
             connection: 0,
             broken: None,
             want_connection: true,
@@ -66,6 +78,7 @@ impl Shared {
         };
         Self {
             config,
+            security,
             core: Mutex::new(core),
             changed: Condvar::new(),
             progress: Condvar::new(),

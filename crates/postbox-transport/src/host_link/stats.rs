@@ -10,15 +10,19 @@ use super::error::LinkError;
 pub struct HostLinkStats {
     /// The session's counters, RTT and link state.
     pub session: SessionStats,
-    /// TCP connections made (dialing side) or accepted (listening side).
+    /// TCP connections made (dialing side) or accepted (listening side), and secured when
+    /// the link uses TLS or a pre-shared key.
     pub connections: u64,
     /// Dial attempts that failed.
     pub connect_failures: u64,
     /// TCP connections lost after they were made: reset, closed, damaged or stalled.
     pub connections_lost: u64,
-    /// Bytes written to TCP connections.
+    /// Connections closed during their TLS handshake or pre-shared key exchange: refused,
+    /// failed or timed out (never counted in `connections`).
+    pub handshake_failures: u64,
+    /// Session bytes written to connections (before encryption, with TLS).
     pub bytes_sent: u64,
-    /// Bytes read from TCP connections.
+    /// Session bytes read from connections (after decryption, with TLS).
     pub bytes_received: u64,
     /// Why the last connection was lost or the last dial failed.
     pub last_error: Option<LinkError>,
@@ -32,6 +36,7 @@ pub(super) struct ConnectionCounters {
     pub(super) connections: u64,
     pub(super) connect_failures: u64,
     pub(super) connections_lost: u64,
+    pub(super) handshake_failures: u64,
     pub(super) bytes_sent: u64,
     pub(super) bytes_received: u64,
     pub(super) last_error: Option<LinkError>,
@@ -44,6 +49,7 @@ impl ConnectionCounters {
             connections: self.connections,
             connect_failures: self.connect_failures,
             connections_lost: self.connections_lost,
+            handshake_failures: self.handshake_failures,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             last_error: self.last_error,
