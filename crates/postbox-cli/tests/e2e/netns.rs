@@ -1,0 +1,263 @@
+//! Across real hosts: two network namespaces joined by a veth pair, each with its own address
+//! and its own `postbox daemon`; the host link crosses the veth, and a partition is the veth
+//! going down (docs/network.md §7).
+//!
+//! Needs root (`ip netns add`, `ip link add … type veth`). Without root, or where namespaces
+//! or veths cannot be made, the test prints why and passes without checking anything (CI runs
+//! as root). Namespaces and links are removed by a guard, also when the test panics.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postbox::{CallError, Connection, Node};
+
+use crate::util::{exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG};
+
+/// Two namespaces `a` and `b` with a veth pair between them, addressed in a private /30.
+/// Dropping it deletes both namespaces (and with them the veth ends inside).
+struct Net {
+    a: String,
+    b: String,
+    /// The veth end in `a`.
+    link_a: String,
+    /// Root-namespace leftovers to delete if moving a veth end failed half way.
+    stray_links: Vec<String>,
+    address_a: String,
+    address_b: String,
+}
+
+impl Net {
+    /// Makes the namespaces and the link; `Err` says why they cannot be made here.
+    fn create() -> Result<Self, String> {
+        if rustix::process::getuid().as_raw() != 0 {
+            return Err("needs root to create network namespaces".into());
+        }
+        // Unique per process and per call: parallel runs and tests never share names or
+        // subnets (10.231.P.Q/30 with P from the pid, Q from a counter).
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{pid}x{n}");
+        let mut net = Self {
+            a: format!("pbtest-a-{tag}"),
+            b: format!("pbtest-b-{tag}"),
+            // Interface names are at most 15 bytes: "pb" + up to 7 pid digits + "a" + counter.
+            link_a: format!("pb{}a{n}", pid % 10_000_000),
+            stray_links: Vec::new(),
+            address_a: String::new(),
+            address_b: String::new(),
+        };
+        let link_b = format!("pb{}b{n}", pid % 10_000_000);
+        let (third, fourth) = (pid % 256, ((pid >> 8) + n) % 64 * 4);
+        net.address_a = format!("10.231.{third}.{}", fourth + 1);
+        net.address_b = format!("10.231.{third}.{}", fourth + 2);
+
+        ip(&["netns", "add", &net.a])?;
+        ip(&["netns", "add", &net.b])?;
+        // Made in the root namespace, then moved: works with every iproute2.
+        net.stray_links.push(net.link_a.clone());
+        ip(&["link", "add", &net.link_a, "type", "veth", "peer", "name", &link_b])?;
+        ip(&["link", "set", &net.link_a, "netns", &net.a])?;
+        ip(&["link", "set", &link_b, "netns", &net.b])?;
+        net.stray_links.clear();
+        for (ns, link, address) in
+            [(&net.a, &net.link_a, &net.address_a), (&net.b, &link_b, &net.address_b)]
+        {
+            ip(&["-n", ns, "addr", "add", &format!("{address}/30"), "dev", link])?;
+            ip(&["-n", ns, "link", "set", link, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    /// Takes namespace `a`'s veth end down (`up = false`) or up again.
+    fn set_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.a, "link", "set", &self.link_a, state]).unwrap();
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for link in &self.stray_links {
+            let _ = ip(&["link", "del", link]);
+        }
+        // Deleting a namespace deletes the veth end in it, and with it the pair.
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+/// Runs `ip ARGS`; `Err` carries its complaint.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), stderr_of(&output).trim()))
+    }
+}
+
+/// `postbox ARGS` run inside namespace `ns` (`ip netns exec` execs it: the child is postbox).
+fn in_namespace(ns: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, exe()]).args(args).stdin(Stdio::null());
+    command
+}
+
+/// A `postbox daemon` inside a namespace, with its socket and log in a temporary directory
+/// (Unix sockets are paths: nodes in any network namespace can attach).
+struct NsDaemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NsDaemon {
+    fn start(ns: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("broker.sock");
+        let log = dir.path().join("daemon.log");
+        let mut full = vec!["--socket", socket.to_str().unwrap(), "daemon"];
+        full.extend_from_slice(args);
+        let child = in_namespace(ns, &full)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Self { child, socket, log, _dir: dir };
+        wait_until("the daemon accepts nodes", || Node::attach_to(&daemon.socket).is_ok());
+        daemon
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `postbox ARGS` inside namespace `ns`, against the daemon at `socket`, to completion.
+fn postbox_in(ns: &str, socket: &Path, args: &[&str]) -> Output {
+    in_namespace(ns, args).env("POSTBOX_SOCKET", socket).output().unwrap()
+}
+
+/// Connects to `name` (a remote port), retrying while the host link comes up.
+fn connect_remote(node: &Node, name: &str) -> Connection {
+    let mut connection = None;
+    wait_until(&format!("{name} is reachable"), || {
+        connection = node.connect(name).ok();
+        connection.is_some()
+    });
+    connection.unwrap()
+}
+
+#[test]
+fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition() {
+    let net = match Net::create() {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespace test: {why}");
+            return;
+        }
+    };
+    let policy = tempfile::tempdir().unwrap();
+    let policy_file = policy.path().join("policy.toml");
+    fs::write(
+        &policy_file,
+        "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
+    )
+    .unwrap();
+    // b listens on its own veth address only: a's link cannot take any other path.
+    let listen = format!("a=listen:{}:7401", net.address_b);
+    let dial = format!("b=dial:{}:7401", net.address_b);
+    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    let mut b_args = vec!["--host-name", "b", "--peer", &listen];
+    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
+    b_args.extend_from_slice(&timers);
+    let daemon_b = NsDaemon::start(&net.b, &b_args);
+    let mut a_args = vec!["--host-name", "a", "--peer", &dial];
+    a_args.extend_from_slice(&timers);
+    let daemon_a = NsDaemon::start(&net.a, &a_args);
+
+    // Real workers inside namespace b, attached to b's daemon.
+    let worker = |args: &[&str]| {
+        let mut full = vec!["worker"];
+        full.extend_from_slice(args);
+        let mut command = in_namespace(&net.b, &full);
+        command.env("POSTBOX_SOCKET", daemon_b.socket());
+        Worker::start(command)
+    };
+    let mut echo = worker(&["echo", "echo", "--upper", "--print"]);
+    let printed = echo.lines();
+    let _slow = worker(&["echo", "slow", "--delay-ms", "60000"]);
+
+    // The test process stays in the root namespace and attaches to a's socket by its path.
+    let node = Node::attach_to(daemon_a.socket()).unwrap();
+    let connection = connect_remote(&node, "echo@b");
+    for i in 0..50 {
+        let body = format!("call {i}");
+        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
+        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
+    }
+    connection.send("one way").unwrap();
+    let line = printed.recv_timeout(WATCHDOG).unwrap();
+    assert!(line.starts_with("0.") && line.ends_with(": one way"), "{line}");
+
+    // The CLI inside namespace a resolves the same name; `ls` shows the link over the veth.
+    let output = postbox_in(&net.a, daemon_a.socket(), &["call", "echo@b", "from ns a"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout_of(&output).trim(), "FROM NS A");
+    let output = postbox_in(&net.a, daemon_a.socket(), &["ls"]);
+    let listing = stdout_of(&output);
+    let row = listing.lines().find(|l| l.starts_with("b ")).unwrap_or_else(|| panic!("{listing}"));
+    assert!(row.contains("open") && row.contains(&format!("dial {}", net.address_b)), "{row}");
+
+    // Partition: a call pending on the slow server fails (no deadline: only the host link's
+    // death detection can end it), and never hangs.
+    let slow = connect_remote(&node, "slow@b");
+    let (done_tx, done_rx) = mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        done_tx.send(slow.call("are you there?")).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    net.set_link(false);
+    let result = done_rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| {
+        panic!("the pending call hung; a's log:\n{}\nb's log:\n{}", daemon_a.log(), daemon_b.log())
+    });
+    assert_eq!(result, Err(CallError::PeerDied));
+    caller.join().unwrap();
+    // The old connection's channel closed with the session.
+    let old = connection.call_timeout("old", WATCHDOG);
+    assert!(matches!(old, Err(CallError::Disconnected(_) | CallError::PeerDied)), "{old:?}");
+    let hosts = node.hosts().unwrap();
+    assert_ne!(hosts[0].state, postbox_broker::HostState::Open, "{hosts:?}");
+
+    // Healed: a new session opens, and new connections and calls work again.
+    net.set_link(true);
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("back", WATCHDOG).unwrap().body(), b"BACK");
+    connection.send("again").unwrap();
+    let line = printed.recv_timeout(WATCHDOG).unwrap();
+    assert!(line.ends_with(": again"), "{line}");
+    let hosts = node.hosts().unwrap();
+    assert!(hosts[0].sessions >= 2, "{hosts:?}");
+}
