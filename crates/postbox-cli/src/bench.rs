@@ -17,7 +17,11 @@
 //!   batches (sleeping while the link is full), one-way messages with `try_send` spinning,
 //!   calls from many threads, and, as a control, a process that only spins on the CPU. The
 //!   figure is the p99 beside the flood over the p99 alone (the baseline is postbox alone,
-//!   not a raw primitive), with how many flood messages got through.
+//!   not a raw primitive), with how many flood messages got through;
+//! - across hosts at 64 B (`--measure hosts`, not in the default set; `bench_hosts.rs`): two
+//!   daemons of this process's own linked over loopback TCP, the call round trip to `echo@b`
+//!   beside a raw TCP ping-pong, and one-way throughput in batches to `sink@b` beside raw TCP
+//!   writes.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -27,6 +31,7 @@ use anyhow::{Context, Result};
 use postbox::{Broker, Connection, Message, Node, TryRecvError, TrySendError};
 use postbox_shm::{PingPong, PingWait};
 
+use crate::bench_hosts::HostsRig;
 use crate::latency::{micros, monotonic_ns, Samples};
 use crate::placement::{self, Placement};
 use crate::spawner::{Spawner, Worker};
@@ -42,7 +47,7 @@ pub(crate) struct Options {
     pub(crate) placement: String,
     /// Fewer sizes and rounds: a smoke run.
     pub(crate) quick: bool,
-    /// Which measures to run: `call`, `busy`, `throughput`, `flood`.
+    /// Which measures to run: `call`, `busy`, `throughput`, `flood`, `hosts`.
     pub(crate) measures: Vec<String>,
 }
 
@@ -54,6 +59,10 @@ enum Measure {
     Throughput,
     /// A well-behaved client's call round trip beside a flooding one.
     Flood,
+    /// Call round trip to a port on another host (two daemons on loopback TCP).
+    HostsCallRtt,
+    /// One-way throughput to a port on another host.
+    HostsThroughput,
 }
 
 /// Who carried the messages.
@@ -77,6 +86,12 @@ enum Carrier {
     CallFlood,
     /// ... while another process spins on the same CPU, sending nothing (a control).
     Spinner,
+    /// Through two daemons linked over loopback TCP (`port@b`).
+    Gateway,
+    /// The same, messages sent with [`Connection::send_batch`] to a receiver taking batches.
+    GatewayBatch,
+    /// A raw TCP connection over loopback with `TCP_NODELAY`.
+    RawTcp,
 }
 
 /// One line of the results.
@@ -122,14 +137,23 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     } else {
         0
     };
+    let hosts = wanted.contains(&Measure::HostsCallRtt);
     let per_placement = size_steps(Measure::CallRtt)
         + usize::from(wanted.contains(&Measure::Throughput))
-        + if wanted.contains(&Measure::Flood) { FLOOD_VARIANTS.len() + 1 } else { 0 };
+        + if wanted.contains(&Measure::Flood) { FLOOD_VARIANTS.len() + 1 } else { 0 }
+        + if hosts { 2 } else { 0 };
     let steps = placements.len() * per_placement + busy_steps;
     let mut progress = Progress::new(steps);
     let mut records = Vec::new();
     let cpus = placement::allowed_cpus();
     for &place in &placements {
+        if hosts {
+            records.extend(measure_hosts(place, options, &mut progress)?);
+            placement::unpin_current_thread(&cpus)?;
+        }
+        if wanted.iter().all(|m| matches!(m, Measure::HostsCallRtt | Measure::HostsThroughput)) {
+            continue;
+        }
         let rig = Rig::start(&shm, &unix, place, sizes)?;
         for &size in sizes.iter().filter(|_| wanted.contains(&Measure::CallRtt)) {
             progress.step(&format!("{}, call round trip, {}", place.label(), size_label(size)));
@@ -164,6 +188,36 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         print_tables(&records);
     }
     Ok(())
+}
+
+/// The across-hosts measures of one placement, with daemons and workers of their own
+/// (`bench_hosts.rs`), stopped before the other measures start.
+fn measure_hosts(
+    place: Placement,
+    options: &Options,
+    progress: &mut Progress,
+) -> Result<Vec<Record>> {
+    progress.step(&format!("{}, across hosts: call round trip, 64 B", place.label()));
+    let rig = HostsRig::start(place)?;
+    let record = |measure, carrier, samples, rate| Record {
+        placement: place,
+        measure,
+        size: 64,
+        carrier,
+        samples,
+        rate,
+        flood: None,
+    };
+    let mut records = Vec::new();
+    let samples = rig.call_rtt(options.rounds)?;
+    let carriers = [Carrier::Gateway, Carrier::RawTcp];
+    records.extend(latency_records(place, Measure::HostsCallRtt, 64, &carriers, samples));
+    progress.step(&format!("{}, across hosts: one-way throughput, 64 B", place.label()));
+    let burst = if options.quick { 20_000 } else { 200_000 };
+    let [batched, raw] = rig.throughput(burst)?;
+    records.push(record(Measure::HostsThroughput, Carrier::GatewayBatch, None, Some(batched)));
+    records.push(record(Measure::HostsThroughput, Carrier::RawTcp, None, Some(raw)));
+    Ok(records)
 }
 
 /// The workers and connections of one placement. The servers here sleep when idle; the
@@ -561,7 +615,7 @@ impl Drop for Rig {
 
 /// Runs every measurement in turn, in blocks, so drift affects them alike; a tenth of the
 /// rounds warm up first. Returns each one's samples.
-fn rotate(
+pub(crate) fn rotate(
     rounds: usize,
     runs: &mut [&mut dyn FnMut() -> Result<Duration>],
 ) -> Result<Vec<Samples>> {
@@ -647,20 +701,23 @@ impl Progress {
 }
 
 impl Measure {
-    /// The measures named on the command line (`call`, `busy`, `throughput`, `flood`).
+    /// The measures named on the command line (`call`, `busy`, `throughput`, `flood`,
+    /// `hosts`: both measures across hosts).
     fn parse_list(names: &[String]) -> Result<Vec<Self>> {
-        names
-            .iter()
-            .map(|name| match name.trim() {
-                "call" => Ok(Self::CallRtt),
-                "busy" => Ok(Self::OneWayBusy),
-                "throughput" => Ok(Self::Throughput),
-                "flood" => Ok(Self::Flood),
-                other => {
-                    anyhow::bail!("unknown measure {other:?}: call, busy, throughput or flood")
-                }
-            })
-            .collect()
+        let mut measures = Vec::new();
+        for name in names {
+            match name.trim() {
+                "call" => measures.push(Self::CallRtt),
+                "busy" => measures.push(Self::OneWayBusy),
+                "throughput" => measures.push(Self::Throughput),
+                "flood" => measures.push(Self::Flood),
+                "hosts" => measures.extend([Self::HostsCallRtt, Self::HostsThroughput]),
+                other => anyhow::bail!(
+                    "unknown measure {other:?}: call, busy, throughput, flood or hosts"
+                ),
+            }
+        }
+        Ok(measures)
     }
 
     fn key(self) -> &'static str {
@@ -669,6 +726,8 @@ impl Measure {
             Self::OneWayBusy => "one_way_busy",
             Self::Throughput => "throughput",
             Self::Flood => "flood",
+            Self::HostsCallRtt => "hosts_call_rtt",
+            Self::HostsThroughput => "hosts_throughput",
         }
     }
 
@@ -682,6 +741,12 @@ impl Measure {
             Self::Flood => {
                 "call round trip of a well-behaved client beside a flooding one, postbox shm (ratio: p99 / p99 alone)"
             }
+            Self::HostsCallRtt => {
+                "call round trip across hosts: node on a -> daemon a -> TCP -> daemon b -> echo@b"
+            }
+            Self::HostsThroughput => {
+                "one-way throughput across hosts, 64 B messages to sink@b in batches of 64"
+            }
         }
     }
 
@@ -691,6 +756,7 @@ impl Measure {
             Self::CallRtt | Self::Throughput => Carrier::RawSocketpair,
             Self::OneWayBusy => Carrier::RawSpin,
             Self::Flood => Carrier::Alone,
+            Self::HostsCallRtt | Self::HostsThroughput => Carrier::RawTcp,
         }
     }
 
@@ -720,6 +786,9 @@ impl Carrier {
             Self::TrySendFlood => "try_send_flood",
             Self::CallFlood => "call_flood",
             Self::Spinner => "spinner",
+            Self::Gateway => "postbox_hosts",
+            Self::GatewayBatch => "postbox_hosts_batch",
+            Self::RawTcp => "raw_tcp",
         }
     }
 
@@ -737,6 +806,9 @@ impl Carrier {
             Self::TrySendFlood => "+ try_send flood",
             Self::CallFlood => "+ call flood",
             Self::Spinner => "+ spinner, no msg",
+            Self::Gateway => "postbox @b",
+            Self::GatewayBatch => "postbox @b batch",
+            Self::RawTcp => "raw tcp",
         }
     }
 }
@@ -776,8 +848,14 @@ fn print_tables(records: &[Record]) {
         }
     }
     for place in placements {
-        for measure in [Measure::CallRtt, Measure::OneWayBusy, Measure::Throughput, Measure::Flood]
-        {
+        for measure in [
+            Measure::CallRtt,
+            Measure::OneWayBusy,
+            Measure::Throughput,
+            Measure::Flood,
+            Measure::HostsCallRtt,
+            Measure::HostsThroughput,
+        ] {
             let rows: Vec<&Record> =
                 records.iter().filter(|r| r.placement == place && r.measure == measure).collect();
             if rows.is_empty() {
@@ -789,7 +867,7 @@ fn print_tables(records: &[Record]) {
                 print_flood_rows(records, &rows);
                 continue;
             }
-            if measure == Measure::Throughput {
+            if matches!(measure, Measure::Throughput | Measure::HostsThroughput) {
                 println!("  {:<8} {:<17} {:>13} {:>18}", "size", "carrier", "msgs/s", versus);
             } else {
                 println!(
@@ -823,11 +901,12 @@ fn print_tables(records: &[Record]) {
     }
     let targets = targets(records);
     if !targets.is_empty() {
-        println!("\n== targets (issue 4)");
+        println!("\n== targets");
     }
     for target in targets {
         println!(
-            "  {:<62} {:>9} (goal {}) {}",
+            "  #{} {:<62} {:>9} (goal {}) {}",
+            target.issue,
             target.what,
             target.reached,
             target.goal,
@@ -891,8 +970,10 @@ fn print_flood_rows(records: &[Record], rows: &[&Record]) {
     );
 }
 
-/// One of the issue's targets and where this run got.
+/// One of the issues' targets and where this run got.
 struct Target {
+    /// The tracker issue that set it.
+    issue: u32,
     what: String,
     reached: String,
     goal: &'static str,
@@ -912,6 +993,7 @@ fn targets(records: &[Record]) -> Vec<Target> {
         if let Some(r) = find(place, Measure::OneWayBusy, 64, Carrier::Shm) {
             if let Some(x) = ratio(records, r) {
                 out.push(Target {
+                    issue: 4,
                     what: format!("{label}: one-way 64 B busy-wait, shm / raw spin"),
                     reached: format!("{x:.2}x"),
                     goal: "<= 1.5x",
@@ -922,6 +1004,7 @@ fn targets(records: &[Record]) -> Vec<Target> {
             if let (Some(small), Some(big)) = (p50(r), big.and_then(p50)) {
                 let x = big / small.max(1e-12);
                 out.push(Target {
+                    issue: 4,
                     what: format!("{label}: one-way latency, 4 MiB loaned / 64 B shm"),
                     reached: format!("{x:.2}x"),
                     goal: "<= 2x",
@@ -932,6 +1015,7 @@ fn targets(records: &[Record]) -> Vec<Target> {
         if let Some(r) = find(place, Measure::CallRtt, 64, Carrier::Shm) {
             if let Some(x) = ratio(records, r) {
                 out.push(Target {
+                    issue: 4,
                     what: format!("{label}: call RTT 64 B, shm / raw socketpair"),
                     reached: format!("{x:.2}x"),
                     goal: "<= 0.6x",
@@ -942,12 +1026,34 @@ fn targets(records: &[Record]) -> Vec<Target> {
         for (carrier, how) in [(Carrier::Shm, "one by one"), (Carrier::ShmBatch, "batches")] {
             if let Some(rate) = find(place, Measure::Throughput, 64, carrier).and_then(|r| r.rate) {
                 out.push(Target {
+                    issue: 4,
                     what: format!("{label}: one-way 64 B throughput, shm, {how}"),
                     reached: format!("{:.2} M/s", rate / 1e6),
                     goal: ">= 10 M/s",
                     met: rate >= 10e6,
                 });
             }
+        }
+        if let Some(r) = find(place, Measure::HostsCallRtt, 64, Carrier::Gateway) {
+            if let Some(x) = ratio(records, r) {
+                out.push(Target {
+                    issue: 7,
+                    what: format!("{label}: call RTT 64 B across hosts, postbox / raw tcp"),
+                    reached: format!("{x:.2}x"),
+                    goal: "<= 1.3x",
+                    met: x <= 1.3,
+                });
+            }
+        }
+        let batched = find(place, Measure::HostsThroughput, 64, Carrier::GatewayBatch);
+        if let Some(rate) = batched.and_then(|r| r.rate) {
+            out.push(Target {
+                issue: 7,
+                what: format!("{label}: one-way 64 B throughput across hosts, batches"),
+                reached: format!("{:.2} M/s", rate / 1e6),
+                goal: ">= 1 M/s",
+                met: rate >= 1e6,
+            });
         }
     }
     out
@@ -994,8 +1100,8 @@ fn print_json(records: &[Record]) {
             out.push(',');
         }
         out.push_str(&format!(
-            "{{\"what\":\"{}\",\"reached\":\"{}\",\"goal\":\"{}\",\"met\":{}}}",
-            t.what, t.reached, t.goal, t.met
+            "{{\"issue\":{},\"what\":\"{}\",\"reached\":\"{}\",\"goal\":\"{}\",\"met\":{}}}",
+            t.issue, t.what, t.reached, t.goal, t.met
         ));
     }
     out.push_str("]}");
@@ -1003,9 +1109,9 @@ fn print_json(records: &[Record]) {
 }
 
 /// Messages per [`Connection::send_batch`] (and most per receive) in the batched throughput.
-const THROUGHPUT_BATCH: usize = 64;
+pub(crate) const THROUGHPUT_BATCH: usize = 64;
 /// Bursts per throughput figure; the median is reported.
-const THROUGHPUT_REPEATS: usize = 5;
+pub(crate) const THROUGHPUT_REPEATS: usize = 5;
 /// The flood measure's variants, in order: alone, then beside each kind of flooder (its
 /// `postbox worker flood --mode`).
 const FLOOD_VARIANTS: [(Carrier, Option<&str>); 5] = [

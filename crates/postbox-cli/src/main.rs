@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_hosts;
 mod buffering;
 mod commands;
 mod demo;
@@ -154,8 +155,8 @@ enum Command {
         /// Fewer sizes, rounds and messages: a smoke run of every measure.
         #[arg(long)]
         quick: bool,
-        /// Only these measures (comma-separated): call, busy, throughput, flood (flood is not
-        /// in the default set).
+        /// Only these measures (comma-separated): call, busy, throughput, flood, hosts (flood
+        /// and hosts, two daemons linked over loopback TCP, are not in the default set).
         #[arg(long, value_delimiter = ',', default_value = "call,busy,throughput")]
         measure: Vec<String>,
     },

@@ -133,6 +133,17 @@ pub(crate) enum Role {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Raw baseline over loopback TCP: listen on 127.0.0.1 (a free port), say `ready ADDR`,
+    /// accept one connection (`TCP_NODELAY`), then read fixed-size messages from it and write
+    /// each back, or with --sink answer one byte to each whose first byte is 1.
+    RawTcp {
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Answer only marked messages, with one byte (a sink), instead of echoing each.
+        #[arg(long)]
+        sink: bool,
+    },
     /// Raw baseline: stdin is a ping-pong memory object (a sequence word and a buffer each
     /// way, no framing); answer every ping with its bytes until the client stops.
     RawPingPong {
@@ -292,6 +303,7 @@ pub(crate) fn run(role: Role) -> Result<()> {
         }
         Role::RawEcho { size } => raw_stdin_loop(size, true),
         Role::RawSink { size } => raw_stdin_loop(size, false),
+        Role::RawTcp { size, sink } => raw_tcp(size, !sink),
         Role::RawPingPong { size, spin } => {
             let fd = std::io::stdin().as_fd().try_clone_to_owned().context("take stdin")?;
             let ping = postbox_shm::PingPong::open(fd, size)?;
@@ -564,8 +576,29 @@ fn mailbox_hog(name: &str) -> Result<()> {
 /// Serves the raw baselines on the socketpair end passed as stdin.
 fn raw_stdin_loop(size: usize, echo: bool) -> Result<()> {
     let fd = std::io::stdin().as_fd().try_clone_to_owned().context("take the socket on stdin")?;
-    let mut socket = std::fs::File::from(fd);
+    let socket = std::fs::File::from(fd);
     ready(None);
+    raw_serve(socket, size, echo);
+    Ok(())
+}
+
+/// Serves the raw baselines on one loopback TCP connection (see [`Role::RawTcp`]).
+fn raw_tcp(size: usize, echo: bool) -> Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("listen on loopback")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", listener.local_addr()?)?;
+    out.flush()?;
+    drop(out);
+    let (socket, _) = listener.accept().context("accept the bench's connection")?;
+    // As the host links do: every write leaves at once, no Nagle delay.
+    socket.set_nodelay(true)?;
+    raw_serve(socket, size, echo);
+    Ok(())
+}
+
+/// Reads `size`-byte messages until the peer closes; echoes each, or (a sink) answers one
+/// byte to each whose first byte is 1.
+fn raw_serve(mut socket: impl Read + Write, size: usize, echo: bool) {
     let mut buf = vec![0u8; size.max(1)];
     while socket.read_exact(&mut buf).is_ok() {
         let answer = if echo {
@@ -579,7 +612,6 @@ fn raw_stdin_loop(size: usize, echo: bool) -> Result<()> {
             break;
         }
     }
-    Ok(())
 }
 
 /// Says ready once `serving` serves, then serves until the process is killed.
