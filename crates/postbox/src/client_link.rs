@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    AccessDenied, Admission, CallId, CallTable, Capacity, Credit, Frame, FrameDecoder, FrameHeader,
+    AccessDenied, Admission, CallId, CallTable, Capacity, Credit, FrameDecoder, FrameHeader,
     FrameKind, LinkId, Operation, Overflow, PeerIdentity, PortSpec, Quota, Rights, SendWindow,
 };
 use postbox_transport::{Link, TransportError, Wait};
 
+use crate::body::Body;
 use crate::condvar::wait_until;
 use crate::error::CallError;
 use crate::link::{LinkEnd, WriteFailure, WriteGuard};
@@ -748,15 +749,13 @@ impl ClientLink {
                 Err(_) => return Err(Broken::PeerDied),
             }
             loop {
-                match decoder.poll_frame() {
-                    Ok(Some(frame)) => match frame.header.kind {
-                        FrameKind::Credit
-                            if frame.header.placement != postbox_core::Placement::Inline =>
-                        {
+                match decoder.poll_frame_with(|header, body| (header, Body::received(body))) {
+                    Ok(Some((header, body))) => match header.kind {
+                        FrameKind::Credit if header.placement != postbox_core::Placement::Inline => {
                             return Err(Broken::Violation("server sent a pooled credit".into()));
                         }
                         FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => {
-                            frames.push(self.receive(frame)?)
+                            frames.push(self.receive(header, body)?)
                         }
                         other => {
                             return Err(Broken::Violation(format!(
@@ -773,13 +772,12 @@ impl ClientLink {
     }
 
     /// The message a frame carries, its payload read in place when the frame is pooled.
-    fn receive(&self, frame: Frame) -> Result<Received, Broken> {
-        let header = frame.header;
+    fn receive(&self, header: FrameHeader, body: Body) -> Result<Received, Broken> {
         let message = if header.placement == postbox_core::Placement::Inline {
-            Message::from_frame(frame)
+            Message::received(&header, body)
         } else {
             let in_place = self.read_in_place.load(std::sync::atomic::Ordering::Relaxed);
-            self.end.described(&header, &frame.body, self.max_reply, in_place).ok_or_else(|| {
+            self.end.described(&header, &body, self.max_reply, in_place).ok_or_else(|| {
                 Broken::Violation("the server described a payload it did not provide".into())
             })?
         };

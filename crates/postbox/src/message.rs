@@ -159,11 +159,6 @@ impl From<Vec<u8>> for Message {
 }
 
 impl Message {
-    /// The message a received frame carries (its header fields and body).
-    pub(crate) fn from_frame(frame: postbox_core::Frame) -> Self {
-        Self::received(&frame.header, Body::Owned(frame.body))
-    }
-
     /// The message an inline frame carried, with its body as received.
     pub(crate) fn received(header: &postbox_core::FrameHeader, body: Body) -> Self {
         Self { id: header.id, msg_type: header.msg_type, priority: header.priority, body }
