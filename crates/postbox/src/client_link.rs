@@ -751,7 +751,9 @@ impl ClientLink {
             loop {
                 match decoder.poll_frame_with(|header, body| (header, Body::received(body))) {
                     Ok(Some((header, body))) => match header.kind {
-                        FrameKind::Credit if header.placement != postbox_core::Placement::Inline => {
+                        FrameKind::Credit
+                            if header.placement != postbox_core::Placement::Inline =>
+                        {
                             return Err(Broken::Violation("server sent a pooled credit".into()));
                         }
                         FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit => {
