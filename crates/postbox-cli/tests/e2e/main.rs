@@ -9,6 +9,7 @@ mod async_forms;
 mod buffering;
 mod cli;
 mod death;
+mod demo;
 mod host_faults;
 mod hostile;
 mod hosts;
