@@ -7,15 +7,15 @@
 //! No privileges needed. The test process itself serves the port on host b (a node attached to
 //! daemon b's socket), so it sees every message that arrives.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use postbox::{CallError, ConnectError, Connection, Node, Port, RecvTimeoutError, SendError};
+use postbox::{CallError, ConnectError, Node, Port, RecvTimeoutError, SendError};
 use postbox_broker::HostStatus;
 use postbox_test::{FaultProxy, Faults, ProxyCounters};
 
-use crate::util::{wait_until, Daemon, WATCHDOG};
+use crate::util::{connect_remote, free_port, Daemon, WATCHDOG};
 
 /// Host `a` dials host `b` through a fault proxy; `b` lets `a` send to and call `echo`.
 struct ProxiedPair {
@@ -87,20 +87,6 @@ fn serve(
         }
         seen
     })
-}
-
-/// Connects to `name` (a remote port), retrying while the host link comes up.
-fn connect_remote(node: &Node, name: &str) -> Connection {
-    let mut connection = None;
-    wait_until(&format!("{name} is reachable"), || {
-        connection = node.connect(name).ok();
-        connection.is_some()
-    });
-    connection.unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The one peer's status row.

@@ -3,13 +3,12 @@
 //!
 //! No privileges needed: each daemon has its own socket, the host link its own free port.
 
-use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use postbox::{CallError, ConnectError, Connection, Node};
+use postbox::{CallError, ConnectError};
 
-use crate::util::{stdout_of, wait_until, Daemon, WATCHDOG};
+use crate::util::{connect_remote, free_port, stdout_of, wait_until, Daemon, WATCHDOG};
 
 /// Host `a` dials host `b`, which lets `a`'s nodes send to and call `echo`, `slow`, `sink`.
 struct Pair {
@@ -41,20 +40,6 @@ impl Pair {
         let a = Daemon::start_with(&a_args);
         Self { a, b, _policy: policy }
     }
-}
-
-/// Connects to `name` (a remote port), retrying while the host link comes up.
-fn connect_remote(node: &Node, name: &str) -> Connection {
-    let mut connection = None;
-    wait_until(&format!("{name} is reachable"), || {
-        connection = node.connect(name).ok();
-        connection.is_some()
-    });
-    connection.unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use postbox::{CallError, Connection, Node};
+use postbox::{CallError, Node};
 
-use crate::util::{exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG};
+use crate::util::{connect_remote, exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG};
 
 /// Two namespaces `a` and `b` with a veth pair between them, addressed in a private /30.
 /// Dropping it deletes both namespaces (and with them the veth ends inside).
@@ -158,16 +158,6 @@ impl Drop for NsDaemon {
 /// `postbox ARGS` inside namespace `ns`, against the daemon at `socket`, to completion.
 fn postbox_in(ns: &str, socket: &Path, args: &[&str]) -> Output {
     in_namespace(ns, args).env("POSTBOX_SOCKET", socket).output().unwrap()
-}
-
-/// Connects to `name` (a remote port), retrying while the host link comes up.
-fn connect_remote(node: &Node, name: &str) -> Connection {
-    let mut connection = None;
-    wait_until(&format!("{name} is reachable"), || {
-        connection = node.connect(name).ok();
-        connection.is_some()
-    });
-    connection.unwrap()
 }
 
 #[test]

@@ -177,3 +177,18 @@ pub(crate) fn stdout_of(output: &Output) -> String {
 pub(crate) fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Connects to `name` (a remote port, `port@host`), retrying while the host link comes up.
+pub(crate) fn connect_remote(node: &Node, name: &str) -> postbox::Connection {
+    let mut connection = None;
+    wait_until(&format!("{name} is reachable"), || {
+        connection = node.connect(name).ok();
+        connection.is_some()
+    });
+    connection.unwrap()
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
