@@ -423,29 +423,8 @@ impl Rig {
             connection.call(Message::new(body.clone()))?;
             Ok(burst as f64 / start.elapsed().as_secs_f64())
         };
-        let batched = |connection: &Connection| -> Result<f64> {
-            let mut batch = Vec::with_capacity(THROUGHPUT_BATCH);
-            let start = Instant::now();
-            for sent in (0..burst).step_by(THROUGHPUT_BATCH) {
-                let n = THROUGHPUT_BATCH.min(burst - sent);
-                batch.extend((0..n).map(|_| Message::new(body.clone())));
-                connection.send_batch(&mut batch)?;
-            }
-            connection.call(Message::new(body.clone()))?;
-            Ok(burst as f64 / start.elapsed().as_secs_f64())
-        };
-        let mut raw = || -> Result<f64> {
-            let mut ack = [0u8; 1];
-            let start = Instant::now();
-            for _ in 0..burst {
-                sink.write_all(&body)?;
-            }
-            let mut last = body.clone();
-            last[0] = 1;
-            sink.write_all(&last)?;
-            sink.read_exact(&mut ack)?;
-            Ok(burst as f64 / start.elapsed().as_secs_f64())
-        };
+        let batched = |connection: &Connection| batched_rate(connection, &body, burst);
+        let mut raw = || raw_rate(&mut sink, &body, burst);
         let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..THROUGHPUT_REPEATS {
             rates[0].push(postbox(&self.shm_echo)?);
@@ -1106,6 +1085,35 @@ fn print_json(records: &[Record]) {
     }
     out.push_str("]}");
     println!("{out}");
+}
+
+/// Messages per second of `burst` copies of `body` sent on `connection` in batches of
+/// [`THROUGHPUT_BATCH`], then one call (answered once the receiver took everything before it).
+pub(crate) fn batched_rate(connection: &Connection, body: &[u8], burst: usize) -> Result<f64> {
+    let mut batch = Vec::with_capacity(THROUGHPUT_BATCH);
+    let start = Instant::now();
+    for sent in (0..burst).step_by(THROUGHPUT_BATCH) {
+        let n = THROUGHPUT_BATCH.min(burst - sent);
+        batch.extend((0..n).map(|_| Message::new(body.to_vec())));
+        connection.send_batch(&mut batch)?;
+    }
+    connection.call(Message::new(body.to_vec()))?;
+    Ok(burst as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Messages per second of `burst` raw writes of `body` to a sink, the last one marked (its
+/// first byte 1) and answered with one byte once all are read.
+pub(crate) fn raw_rate(sink: &mut (impl Read + Write), body: &[u8], burst: usize) -> Result<f64> {
+    let mut ack = [0u8; 1];
+    let start = Instant::now();
+    for _ in 0..burst {
+        sink.write_all(body)?;
+    }
+    let mut last = body.to_vec();
+    last[0] = 1;
+    sink.write_all(&last)?;
+    sink.read_exact(&mut ack)?;
+    Ok(burst as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Messages per [`Connection::send_batch`] (and most per receive) in the batched throughput.

@@ -114,29 +114,8 @@ impl HostsRig {
     pub(crate) fn throughput(&self, burst: usize) -> Result<[f64; 2]> {
         let body = vec![0x5au8; MESSAGE_SIZE];
         let mut sink = self.raw_sink.try_clone()?;
-        let postbox = || -> Result<f64> {
-            let mut batch = Vec::with_capacity(THROUGHPUT_BATCH);
-            let start = Instant::now();
-            for sent in (0..burst).step_by(THROUGHPUT_BATCH) {
-                let n = THROUGHPUT_BATCH.min(burst - sent);
-                batch.extend((0..n).map(|_| Message::new(body.clone())));
-                self.sink.send_batch(&mut batch)?;
-            }
-            self.sink.call(Message::new(body.clone()))?;
-            Ok(burst as f64 / start.elapsed().as_secs_f64())
-        };
-        let mut raw = || -> Result<f64> {
-            let mut ack = [0u8; 1];
-            let start = Instant::now();
-            for _ in 0..burst {
-                sink.write_all(&body)?;
-            }
-            let mut last = body.clone();
-            last[0] = 1;
-            sink.write_all(&last)?;
-            sink.read_exact(&mut ack)?;
-            Ok(burst as f64 / start.elapsed().as_secs_f64())
-        };
+        let postbox = || crate::bench::batched_rate(&self.sink, &body, burst);
+        let mut raw = || crate::bench::raw_rate(&mut sink, &body, burst);
         let mut rates = [Vec::new(), Vec::new()];
         // One burst each to warm up (page faults, the session's windows, TCP's).
         postbox()?;
