@@ -468,7 +468,11 @@ impl ShmLink {
     pub fn has_input(&self) -> bool {
         // A reader holding the lock is reading already: report input so nobody sleeps on it.
         let Ok(inbound) = self.inbound.try_lock() else { return true };
-        inbound.available().map_or(true, |n| n > 0) || self.peer.is_closed()
+        // A peer killed outright never marks the segment closed: its socket's hang-up, once
+        // noticed (or reported by the broker), counts as input too, so that a reader looks.
+        inbound.available().map_or(true, |n| n > 0)
+            || self.peer.is_closed()
+            || self.hung_up.load(Ordering::Acquire)
     }
 
     fn is_finished(&self) -> bool {

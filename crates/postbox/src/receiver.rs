@@ -448,8 +448,14 @@ impl Receiver {
             }
             // A receiver that takes any envelope decodes little more than it can take (a poll
             // costs more than queueing a few): the rest stay in the links' decoders.
-            let limit =
-                if selector == Selector::ANY { max.max(ARRIVED_CAPACITY) } else { usize::MAX };
+            let limit = if selector == Selector::ANY
+                && links.len() == 1
+                && self.spec.overflow != Overflow::DropOldest
+            {
+                max.max(ARRIVED_CAPACITY)
+            } else {
+                usize::MAX
+            };
             let (arrived, dead, took) = match taking {
                 Some(lost) => {
                     let mut taker = Taker::new(&mut *sink, max, lost);
@@ -466,10 +472,16 @@ impl Receiver {
                 !arrived.is_empty() || !dead.is_empty() || took.is_some_and(|t| t.taken > 0);
             state = self.lock();
             let taken = took.map_or(0, |took| self.took(&mut state, &links, took));
-            let direct = (selector == Selector::ANY)
-                .then_some(Direct { sink: &mut *sink, max: max - taken });
+            // Once the taker handed some out, nothing more goes into this receive: a frame read
+            // after them may outrank them. What is left may still go on as a run.
+            let more = if taken > 0 { 0 } else { max };
+            let direct =
+                (selector == Selector::ANY).then_some(Direct { sink: &mut *sink, max: more });
             let delivered = taken + self.settle(&mut state, arrived, dead, on_dead, direct);
             state.taken_since_poll += taken;
+            if taken > 0 {
+                return Ok(delivered);
+            }
             if delivered > 0 {
                 let more = self.take(&mut state, selector, max - delivered, sink);
                 return Ok(delivered + more);
@@ -1008,6 +1020,12 @@ fn read_link(
         if budget == 0 {
             link.undecoded.store(true, Ordering::Release);
             break;
+        }
+        if let Some(taker) = taker.as_deref_mut() {
+            // What this read brings may outrank what was handed out already in this poll.
+            if taker.took.taken > 0 {
+                taker.open = false;
+            }
         }
         match link.end.link().read_into(&mut decoder, Wait::NonBlocking) {
             Ok(_) => {}

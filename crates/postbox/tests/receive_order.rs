@@ -1,0 +1,186 @@
+//! The receive path keeps its promises when it decodes only part of what arrived and hands frames
+//! straight to a receiver: priority order across links and within a batch, drop-oldest over
+//! everything that arrived, and several receivers losing and duplicating nothing.
+
+use std::time::Duration;
+
+use postbox::{Broker, BrokerConfig, Message, Overflow};
+
+const WATCHDOG: Duration = Duration::from_secs(20);
+
+fn numbered(i: u32, size: usize, priority: u8) -> Message {
+    let mut body = vec![0u8; size.max(4)];
+    body[..4].copy_from_slice(&i.to_le_bytes());
+    Message::new(body).with_priority(priority)
+}
+
+fn number(body: &[u8]) -> u32 {
+    u32::from_le_bytes(body[..4].try_into().unwrap())
+}
+
+/// Two links: 64 frames of link A decoded (32 at p5, 32 at p4: no share exceeded, nothing held
+/// back), 10 at p3 left in A's decoder; link B's p1 queued in the same poll. The p1 must not be
+/// handed out before A's p3s, which had arrived (they were read off the link) before it.
+#[test]
+fn frames_left_in_one_decoder_are_not_outranked_by_another_links_message() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("review/prio").open().unwrap();
+    let a_node = broker.node().unwrap();
+    let b_node = broker.node().unwrap();
+    let a = a_node.connect("review/prio").unwrap();
+    let b = b_node.connect("review/prio").unwrap();
+    let mut i = 0;
+    for (count, priority) in [(32, 5), (32, 4), (10, 3)] {
+        for _ in 0..count {
+            a.send(numbered(i, 8, priority)).unwrap();
+            i += 1;
+        }
+    }
+    b.send(numbered(1000, 8, 1)).unwrap();
+    // Both links known to the port before the first receive.
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while port.connection_count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let priorities: Vec<u8> =
+        (0..75).map(|_| port.recv_timeout(WATCHDOG).unwrap().message().priority()).collect();
+    let mut sorted = priorities.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(priorities, sorted, "handed out out of priority order");
+}
+
+/// One link, a batch receiver (the Taker): 504 frames of 130 bytes at p0 fill the 64 KiB
+/// staging area but for 16 bytes of the next frame (its header cut), which is at p5. The
+/// second read of the same poll completes it: the batch must not hand it out after the p0s.
+#[test]
+fn a_batch_never_puts_a_higher_priority_after_lower_ones() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("review/batch").open().unwrap();
+    let node = broker.node().unwrap();
+    let c = node.connect("review/batch").unwrap();
+    // Frame = 32-byte header + body; 65536 = 504 * 130 + 16.
+    for i in 0..504 {
+        c.send(numbered(i, 98, 0)).unwrap();
+    }
+    c.send(numbered(504, 98, 5)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut out = Vec::new();
+    let mut got = 0;
+    while got < 505 {
+        let taken = port.recv_batch_timeout(&mut out, 1000, WATCHDOG).unwrap();
+        got += taken;
+        // Within one batch, highest priority first (as the queue would hand them out).
+        let priorities: Vec<u8> = out.drain(..).map(|e| e.message().priority()).collect();
+        let mut sorted = priorities.clone();
+        sorted.sort_by(|x, y| y.cmp(x));
+        assert!(
+            priorities == sorted,
+            "a batch of {taken} out of priority order: p5 at {:?}",
+            priorities.iter().position(|p| *p == 5)
+        );
+    }
+}
+
+/// Drop-oldest, capacity 3: a sender writes 100 messages without waiting, all of them on the
+/// link before the first receive. The receiver must get the newest three (97, 98, 99), with 97
+/// lost before them: the policy keeps the newest of what arrived.
+#[test]
+fn drop_oldest_keeps_the_newest_of_everything_that_arrived() {
+    for shared_memory in [true, false] {
+        let broker =
+            Broker::embedded_with(|c: BrokerConfig| c.shared_memory(shared_memory)).unwrap();
+        let server = broker.node().unwrap();
+        let port =
+            server.port("review/latest").capacity(3).overflow(Overflow::DropOldest).open().unwrap();
+        let node = broker.node().unwrap();
+        let c = node.connect("review/latest").unwrap();
+        for i in 0..100 {
+            c.send(numbered(i, 8, 0)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let first = port.recv_timeout(WATCHDOG).unwrap();
+        let rest: Vec<u32> =
+            (0..2).map(|_| number(port.recv_timeout(WATCHDOG).unwrap().body())).collect();
+        assert_eq!(
+            (number(first.body()), first.lost(), rest),
+            (97, 97, vec![98, 99]),
+            "shared memory: {shared_memory}"
+        );
+    }
+}
+
+/// Several receiving threads (blocking, batch, non-blocking) on one port, one then two senders:
+/// every message exactly once.
+#[test]
+fn several_receivers_lose_and_duplicate_nothing() {
+    use std::sync::{Arc, Mutex};
+    for shared_memory in [true, false] {
+        let broker =
+            Broker::embedded_with(|c: BrokerConfig| c.shared_memory(shared_memory)).unwrap();
+        let server = broker.node().unwrap();
+        let port = Arc::new(server.port("review/many").capacity(50).open().unwrap());
+        const PER: u32 = 3000;
+        let seen = Arc::new(Mutex::new(vec![0u32; 2 * PER as usize]));
+        let total = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut receivers = Vec::new();
+        for kind in 0..3 {
+            let (port, seen, total) = (Arc::clone(&port), Arc::clone(&seen), Arc::clone(&total));
+            receivers.push(std::thread::spawn(move || {
+                let mut out = Vec::new();
+                while total.load(std::sync::atomic::Ordering::SeqCst) < 2 * PER {
+                    match kind {
+                        0 => {
+                            if let Ok(e) = port.recv_timeout(Duration::from_millis(20)) {
+                                out.push(e)
+                            }
+                        }
+                        1 => {
+                            let _ = port.recv_batch_timeout(&mut out, 7, Duration::from_millis(20));
+                        }
+                        _ => match port.try_recv() {
+                            Ok(e) => out.push(e),
+                            Err(_) => std::thread::yield_now(),
+                        },
+                    }
+                    for e in out.drain(..) {
+                        seen.lock().unwrap()[number(e.body()) as usize] += 1;
+                        total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+        let n1 = broker.node().unwrap();
+        let c1 = n1.connect("review/many").unwrap();
+        let s1 = std::thread::spawn(move || {
+            for i in 0..PER {
+                c1.send(numbered(i, 8 + (i as usize % 100), (i % 3) as u8)).unwrap();
+            }
+            c1
+        });
+        let n2 = broker.node().unwrap();
+        let c2 = n2.connect("review/many").unwrap();
+        for i in PER..2 * PER {
+            c2.send(numbered(i, 8, (i % 5) as u8)).unwrap();
+        }
+        let _c1 = s1.join().unwrap();
+        let deadline = std::time::Instant::now() + WATCHDOG;
+        while total.load(std::sync::atomic::Ordering::SeqCst) < 2 * PER {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hang: {}",
+                total.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for r in receivers {
+            r.join().unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        let bad: Vec<_> = seen.iter().enumerate().filter(|(_, n)| **n != 1).take(10).collect();
+        assert!(bad.is_empty(), "shm {shared_memory}: not exactly once: {bad:?}");
+        assert_eq!(port.stats().queued, 0);
+    }
+}
