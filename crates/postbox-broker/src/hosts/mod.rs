@@ -4,8 +4,8 @@
 //! ```text
 //! hosts/
 //! ├── config.rs    HostsConfig: this host's name, its peers (dial or listen), timers
-//! ├── protocol.rs  HostMessage: open, opened, refused, frame, close (one remote connection)
-//! ├── peer.rs      Peer: a host link restarted after each session end, its event thread
+//! ├── protocol.rs  HostMessage: open, opened, refused, frame(s), close (one remote connection)
+//! ├── peer.rs      Peer: a host link restarted after each session end
 //! └── status.rs    HostStatus: what `postbox ls` shows; the broker's status port
 //! ```
 //!

@@ -1,9 +1,9 @@
-//! One peer host: its host link, restarted after every session end, and the thread that
-//! hands the link's events to the broker's event loop.
+//! One peer host: its host link, restarted after every session end. The link wakes the
+//! broker's event loop when it has events, and the loop takes them (no thread in between).
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use postbox_transport::host_link::{
@@ -14,21 +14,13 @@ use postbox_transport::{TransportError, Waker};
 use super::config::{security_label, PeerConfig, PeerConnect};
 use super::status::{HostState, HostStatus};
 
-/// Events of every host link, tagged with the peer's index and the link's incarnation, for
-/// the event loop; the waker says there are some.
-#[derive(Debug)]
-pub(crate) struct Inbound {
-    pub(crate) events: Mutex<VecDeque<(usize, u64, Event)>>,
-    pub(crate) waker: Waker,
-}
-
 /// One peer and its current host link.
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub(crate) config: PeerConfig,
-    link: Option<Arc<HostLink>>,
-    /// Which link incarnation events must come from; older ones' are stale.
-    pub(crate) incarnation: u64,
+    link: Option<HostLink>,
+    /// How many links were started (each one a new session).
+    incarnation: u64,
     /// When to try starting a link again after a start failed or a session ended.
     pub(crate) restart_at: Option<Instant>,
     /// Messages waiting for room in the link, sent before anything else for this peer so
@@ -50,14 +42,13 @@ impl Peer {
         }
     }
 
-    /// Starts a new host link (a new session, so the peer sees a restart) with a thread that
-    /// forwards its events to `inbound`. On failure (the listening address is still held by
-    /// the previous link's acceptor, or taken) the caller retries later.
+    /// Starts a new host link (a new session, so the peer sees a restart) that wakes `waker`
+    /// when it has events. On failure (the listening address is still held by the previous
+    /// link's acceptor, or taken) the caller retries later.
     pub(crate) fn start(
         &mut self,
-        index: usize,
         config: &HostLinkConfig,
-        inbound: &Arc<Inbound>,
+        waker: &Arc<Waker>,
     ) -> Result<(), TransportError> {
         let security = self.config.security.clone();
         let link = match self.config.connect {
@@ -72,27 +63,20 @@ impl Peer {
                 HostLink::listen_secured(listener, config.clone(), security)?
             }
         };
-        let link = Arc::new(link);
+        link.wake_on_events(Arc::clone(waker));
         self.incarnation += 1;
-        let incarnation = self.incarnation;
-        let events = Arc::clone(&link);
-        let inbound = Arc::clone(inbound);
-        std::thread::Builder::new()
-            .name(format!("postbox-host-{}", self.config.name))
-            .spawn(move || {
-                // Ends after the link's last event (`Ended`); holds the link until then.
-                while let Ok(event) = events.recv() {
-                    let mut queue = inbound.events.lock().unwrap_or_else(PoisonError::into_inner);
-                    queue.push_back((index, incarnation, event));
-                    drop(queue);
-                    inbound.waker.wake();
-                }
-            })
-            .map_err(|e| TransportError::Os { operation: "spawn host thread", kind: e.kind() })?;
         self.link = Some(link);
         self.restart_at = None;
         self.backlog.clear();
         Ok(())
+    }
+
+    /// Appends the current link's queued events to `events`, in order.
+    pub(crate) fn take_events(&self, events: &mut Vec<Event>) {
+        if let Some(link) = &self.link {
+            // Empty, or finished after its last event (`Ended`, which ends this link here).
+            let _ = link.try_recv_batch(events);
+        }
     }
 
     /// Forgets the current link after its session ended; a new one starts at `restart_at`.
@@ -182,7 +166,7 @@ impl Peer {
 
 impl Drop for Peer {
     /// Closes the link politely: the peer fails its channels at once instead of after its
-    /// heartbeat bound, and the event thread ends.
+    /// heartbeat bound.
     fn drop(&mut self) {
         if let Some(link) = self.link.take() {
             link.close();

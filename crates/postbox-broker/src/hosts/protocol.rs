@@ -1,5 +1,5 @@
 //! What two brokers say to each other on a host link: opening and closing a remote
-//! connection, and the data frames it carries (docs/network.md §4).
+//! connection, and the data frames it carries, one or a batch at a time (docs/network.md §4).
 //!
 //! Every message names one remote connection (a *channel*): the broker that opened it
 //! numbered it, and a flag says whether that was the sender or the receiver of the message,
@@ -29,6 +29,10 @@ pub(crate) enum HostMessage {
     Refused { channel: Channel, reason: Refusal, detail: String },
     /// Either way: one data frame (header and body, docs/wire-format.md §2) of the link.
     Frame { channel: Channel, frame: Vec<u8> },
+    /// Either way: consecutive data frames of the link, back to back (each one delimited by
+    /// its header's body length), so that a batch crosses as one host message and leaves
+    /// the far gateway in one write.
+    Frames { channel: Channel, frames: Vec<u8> },
     /// Either way: the link closed at this end; the other end closes too.
     Close { channel: Channel },
 }
@@ -63,6 +67,7 @@ impl HostMessage {
             | Self::Opened { channel, .. }
             | Self::Refused { channel, .. }
             | Self::Frame { channel, .. }
+            | Self::Frames { channel, .. }
             | Self::Close { channel } => *channel,
         }
     }
@@ -77,6 +82,10 @@ impl HostMessage {
             Self::Frame { channel, frame } => {
                 buf.reserve(frame.len());
                 (FRAME, channel)
+            }
+            Self::Frames { channel, frames } => {
+                buf.reserve(frames.len());
+                (FRAMES, channel)
             }
             Self::Close { channel } => (CLOSE, channel),
         };
@@ -100,6 +109,7 @@ impl HostMessage {
                 put_text(&mut buf, truncated(detail));
             }
             Self::Frame { frame, .. } => buf.extend_from_slice(frame),
+            Self::Frames { frames, .. } => buf.extend_from_slice(frames),
             Self::Close { .. } => {}
         }
         buf
@@ -139,6 +149,10 @@ impl HostMessage {
                 let frame = r.take(r.remaining())?.to_vec();
                 Self::Frame { channel, frame }
             }
+            FRAMES => {
+                let frames = r.take(r.remaining())?.to_vec();
+                Self::Frames { channel, frames }
+            }
             CLOSE => Self::Close { channel },
             value => return Err(DecodeError::UnknownValue { field: "host message kind", value }),
         };
@@ -168,6 +182,7 @@ const OPENED: u8 = 2;
 const REFUSED: u8 = 3;
 const FRAME: u8 = 4;
 const CLOSE: u8 = 5;
+const FRAMES: u8 = 6;
 
 #[cfg(test)]
 mod tests {
@@ -212,6 +227,8 @@ mod tests {
         assert_eq!((reason, detail.len()), (Refusal::Denied, 1024));
         let frame = HostMessage::Frame { channel: mine, frame: vec![1, 2, 3] };
         assert_eq!(across(&frame), HostMessage::Frame { channel: theirs, frame: vec![1, 2, 3] });
+        let frames = HostMessage::Frames { channel: mine, frames: vec![4; 70] };
+        assert_eq!(across(&frames), HostMessage::Frames { channel: theirs, frames: vec![4; 70] });
         assert_eq!(
             across(&HostMessage::Close { channel: mine }),
             HostMessage::Close { channel: theirs }

@@ -28,6 +28,12 @@ pub struct SessionConfig {
     pub min_rto: Duration,
     /// The highest retransmission timeout, backoff included.
     pub max_rto: Duration,
+    /// How long the acknowledgement of a message that arrived in order may wait: it goes out
+    /// with the next frames this end writes anyway (a call's reply carries its request's), or
+    /// covers the next arrivals too. After [`ACK_EVERY`](Self::ACK_EVERY) arrivals, and for a
+    /// duplicate or an arrival out of order, it goes at once. Zero acknowledges every arrival
+    /// at once. At most a quarter of `min_rto`: the sender's RTT samples include the delay.
+    pub ack_delay: Duration,
     /// Reliable messages per stream accepted and not yet acknowledged; also how far ahead of
     /// its delivered point a receiver holds messages. At least 1.
     pub stream_window: usize,
@@ -63,6 +69,7 @@ impl Default for SessionConfig {
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(2),
+            ack_delay: Duration::from_millis(1),
             stream_window: 256,
             max_unacknowledged_bytes: 64 << 20,
             max_held_bytes: 64 << 20,
@@ -78,6 +85,8 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// The smallest accepted `max_frame_len`: an ack with every held range fits.
     pub const MIN_FRAME_LEN: u32 = 512;
+    /// Arrivals in order after which their acknowledgement goes at once, delay or not.
+    pub const ACK_EVERY: u32 = 16;
     /// The longest accepted timer setting; longer ones are shortened to it.
     pub const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
     /// The frame limit of [`datagram`](Self::datagram): IPv6's minimum MTU (1280) less the
@@ -126,6 +135,7 @@ impl SessionConfig {
         self.initial_rto = timer(self.initial_rto);
         self.min_rto = timer(self.min_rto);
         self.max_rto = timer(self.max_rto).max(self.min_rto);
+        self.ack_delay = self.ack_delay.min(self.min_rto / 4);
         self.max_frame_len = self.max_frame_len.max(Self::MIN_FRAME_LEN);
         let fits = self.max_frame_len - FRAME_OVERHEAD;
         self.max_payload = self.max_payload.min(fits);

@@ -61,6 +61,10 @@ pub struct Session {
     datagram_ids: BTreeMap<StreamId, u64>,
     datagrams_in: BTreeMap<StreamId, ReplayWindow>,
     acks_owed: VecDeque<StreamId>,
+    /// When the owed acks go out at the latest (see [`SessionConfig::ack_delay`]).
+    ack_due: Option<Instant>,
+    /// Arrivals in order since the last ack frame went out.
+    arrivals_unacked: u32,
     events: VecDeque<Event>,
     last_heard: Instant,
     /// This end's link number (see [`Hello::link`]): 0 before the first link.
@@ -140,6 +144,8 @@ impl Session {
             datagram_ids: BTreeMap::new(),
             datagrams_in: BTreeMap::new(),
             acks_owed: VecDeque::new(),
+            ack_due: None,
+            arrivals_unacked: 0,
             events: VecDeque::new(),
             last_heard: now,
             link: 0,
@@ -418,10 +424,30 @@ impl Session {
             State::ExpectHello => Some(self.hello_due),
             State::Open => {
                 let retransmit = self.sends.values().filter_map(|s| s.poll_timeout(&self.rtt));
-                retransmit.chain(self.heartbeat.next_at).min()
+                let ack = self.ack_due.filter(|_| !self.acks_owed.is_empty());
+                retransmit.chain(self.heartbeat.next_at).chain(ack).min()
             }
         };
         next.into_iter().chain(dead_at).min()
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) would return a frame at `now`. A driver
+    /// that learns of arrivals on another thread wakes its writer only then (or when
+    /// [`poll_timeout`](Self::poll_timeout) moved earlier).
+    #[must_use]
+    pub fn has_transmit(&self, now: Instant) -> bool {
+        match self.state {
+            State::Ended(_) => self.close_owed,
+            State::Down => false,
+            State::ExpectHello => self.hello_owed,
+            State::Open => {
+                self.hello_owed
+                    || self.heartbeat.answer_owed.is_some()
+                    || self.heartbeat.owed.is_some()
+                    || self.has_data_transmit()
+                    || (!self.acks_owed.is_empty() && self.ack_due.is_some_and(|at| now >= at))
+            }
+        }
     }
 
     /// The next delivery, acknowledgement, failure or state change.
@@ -449,7 +475,7 @@ impl Session {
         self.last_heard = now;
         self.stats.frames_received += 1;
         match frame.body {
-            FrameBody::Data(data) => self.handle_data(data),
+            FrameBody::Data(data) => self.handle_data(now, data),
             FrameBody::Ack(ack) => self.handle_ack(now, &ack),
             FrameBody::Datagram(data) => self.handle_datagram_frame(data),
             FrameBody::Heartbeat(beat) => self.heartbeat.answer_owed = Some(beat.nonce),
@@ -547,6 +573,7 @@ impl Session {
         self.recvs.clear();
         self.held_bytes = 0;
         self.acks_owed.clear();
+        self.clear_ack_timer();
         self.datagram_ids.clear();
         self.datagrams_in.clear();
         self.datagrams_out.clear();
@@ -566,7 +593,7 @@ impl Session {
         self.events.push_back(Event::PeerRestarted { previous, current });
     }
 
-    fn handle_data(&mut self, data: Data) {
+    fn handle_data(&mut self, now: Instant, data: Data) {
         if !self.recvs.contains_key(&data.stream) && self.recvs.len() >= self.stream_limit() {
             self.stats.malformed_frames += 1;
             return;
@@ -582,6 +609,17 @@ impl Session {
         if !queued {
             self.acks_owed.push_back(data.stream);
         }
+        // An arrival in order may wait for company (see `SessionConfig::ack_delay`); anything
+        // else tells the sender about a loss or a lost ack, and goes at once.
+        let in_order = matches!(arrival, Arrival::Delivered(_));
+        self.arrivals_unacked += u32::from(in_order);
+        let delay = if in_order && self.arrivals_unacked < SessionConfig::ACK_EVERY {
+            self.config.ack_delay
+        } else {
+            Duration::ZERO
+        };
+        let due = now + delay;
+        self.ack_due = Some(self.ack_due.map_or(due, |at| at.min(due)));
         match arrival {
             Arrival::Delivered(list) => {
                 let stream = data.stream;
@@ -681,13 +719,23 @@ impl Session {
             frame::encode_with(frame::KIND_HEARTBEAT, id, peer, buf, |b| beat.encode(b));
             return Some(false);
         }
-        while let Some(stream) = self.acks_owed.pop_front() {
-            let Some(recv) = self.recvs.get_mut(&stream) else { continue };
-            if recv.take_ack_owed() {
-                let ack = Ack { stream, delivered: recv.delivered(), held: recv.held_ranges() };
-                frame::encode_with(frame::KIND_ACK, id, peer, buf, |b| ack.encode(b));
-                return Some(false);
+        // Owed acks go when due, or else with the data this end is writing anyway.
+        let acks_due = self.ack_due.is_some_and(|at| now >= at) || self.has_data_transmit();
+        if acks_due {
+            while let Some(stream) = self.acks_owed.pop_front() {
+                let Some(recv) = self.recvs.get_mut(&stream) else { continue };
+                if recv.take_ack_owed() {
+                    let ack = Ack { stream, delivered: recv.delivered(), held: recv.held_ranges() };
+                    frame::encode_with(frame::KIND_ACK, id, peer, buf, |b| ack.encode(b));
+                    if self.acks_owed.is_empty() {
+                        self.clear_ack_timer();
+                    }
+                    return Some(false);
+                }
             }
+        }
+        if self.acks_owed.is_empty() {
+            self.clear_ack_timer();
         }
         self.datagram_turn = !self.datagram_turn;
         if self.datagram_turn && self.write_datagram(buf) {
@@ -697,6 +745,16 @@ impl Session {
             return Some(false);
         }
         self.write_datagram(buf).then_some(true)
+    }
+
+    /// Whether a data frame or datagram waits to be written.
+    fn has_data_transmit(&self) -> bool {
+        !self.datagrams_out.is_empty() || self.sends.values().any(SendStream::has_transmit)
+    }
+
+    fn clear_ack_timer(&mut self) {
+        self.ack_due = None;
+        self.arrivals_unacked = 0;
     }
 
     /// Writes the next message of the first stream, round robin from `next_stream`, that has
@@ -770,6 +828,7 @@ impl Session {
         self.drop_link();
         self.recvs.clear();
         self.acks_owed.clear();
+        self.clear_ack_timer();
         self.state = State::Ended(error);
         self.events.push_back(Event::Ended(error));
     }

@@ -108,9 +108,32 @@ impl Connection {
 }
 
 impl ConnectionReader {
+    /// Reads the next bytes of the session into `buf` (at least one), waiting until
+    /// `deadline` at most (`Ok(None)` then) or as long as it takes; the connection's end is
+    /// `Err(LinkError::Closed)`.
+    pub(super) fn read_until(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Result<Option<usize>, LinkError> {
+        let wait = deadline.map_or(Wait::Forever, Wait::Until);
+        match self {
+            Self::Plain(stream) => {
+                if let Wait::Until(_) = wait {
+                    // A failed poll (out of memory) falls through to the blocking read.
+                    if wait_readable(&[stream.as_fd()], wait).is_ok_and(|ready| ready.is_empty()) {
+                        return Ok(None);
+                    }
+                }
+                self.read(buf).map(Some)
+            }
+            Self::Tls(tls) => tls.read(buf, wait),
+        }
+    }
+
     /// Reads the next bytes of the session into `buf` (at least one), waiting as long as it
     /// takes; the connection's end is `Err(LinkError::Closed)`.
-    pub(super) fn read(&mut self, buf: &mut [u8]) -> Result<usize, LinkError> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, LinkError> {
         match self {
             Self::Plain(stream) => loop {
                 match stream.read(buf) {
@@ -120,7 +143,7 @@ impl ConnectionReader {
                     Err(e) => return Err(LinkError::io("read from peer", &e)),
                 }
             },
-            Self::Tls(tls) => tls.read(buf),
+            Self::Tls(tls) => tls.read(buf, Wait::Forever).map(|n| n.unwrap_or(0)),
         }
     }
 }
@@ -167,13 +190,15 @@ impl TlsStream {
         }
     }
 
-    fn read(&self, buf: &mut [u8]) -> Result<usize, LinkError> {
+    /// Reads decrypted bytes into `buf`, waiting for the socket as `wait` says (`Ok(None)`
+    /// when that wait ended first).
+    fn read(&self, buf: &mut [u8], wait: Wait) -> Result<Option<usize>, LinkError> {
         loop {
             {
                 let mut state = self.lock();
                 match state.reader().read(buf) {
                     Ok(0) => return Err(LinkError::Closed), // close_notify
-                    Ok(n) => return Ok(n),
+                    Ok(n) => return Ok(Some(n)),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => return Err(tls_io("read from peer", &e)),
                 }
@@ -195,8 +220,10 @@ impl TlsStream {
                 }
             }
             // A shutdown of the socket (the driver dropping this connection) wakes the wait.
-            if wait_readable(&[self.socket.as_fd()], Wait::Forever).is_err() {
-                std::thread::sleep(POLL_RETRY);
+            match wait_readable(&[self.socket.as_fd()], wait) {
+                Ok(ready) if ready.is_empty() && matches!(wait, Wait::Until(_)) => return Ok(None),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(POLL_RETRY),
             }
         }
     }

@@ -28,11 +28,11 @@ pub(super) fn dial_loop(shared: &Shared, addr: SocketAddr) {
     let mut core = shared.lock();
     loop {
         while !core.stopping() && !core.want_connection {
-            core = shared.wait(&shared.changed, core, None);
+            core = shared.wait(&shared.dialer_wake, core, None);
         }
         let until = Instant::now() + core.backoff;
         while !core.stopping() && Instant::now() < until {
-            core = shared.wait(&shared.changed, core, Some(until));
+            core = shared.wait(&shared.dialer_wake, core, Some(until));
         }
         if core.stopping() {
             return;
@@ -53,7 +53,7 @@ pub(super) fn dial_loop(shared: &Shared, addr: SocketAddr) {
                 core.counters.connections += 1;
                 core.want_connection = false;
                 core.incoming = Some(connection);
-                shared.changed.notify_all();
+                shared.wake_driver(core.driver_waits());
             }
             Ok(_) => return,
             Err(Failure::Connect(error)) => {
@@ -150,7 +150,7 @@ fn deliver(shared: &Shared, result: Result<Connection, LinkError>) {
             // An accepted connection the driver has not taken yet is superseded by the newer
             // one.
             core.incoming = Some(connection);
-            shared.changed.notify_all();
+            shared.wake_driver(core.driver_waits());
         }
         Err(error) => {
             core.counters.handshake_failures += 1;

@@ -5,8 +5,11 @@
 //!  dialer / acceptor ── incoming ──►┐
 //!  reader (per connection) ─ handle_bytes, broken ─►┤ Core (mutex) ◄── send / close (handle)
 //!                                   └─► driver: handle_timeout, poll_transmit ──► write
-//!                                              poll_event ──► events ──► recv (handle)
+//!  reader and driver: poll_event ──► events ──► recv / try_recv_batch (handle, event waker)
 //! ```
+//!
+//! The reader passes deliveries and acks on itself and wakes the driver only when it has
+//! work (see `driver_work`); each waiter has a condition variable of its own.
 //!
 //! The driver never writes while holding the lock, so reads, sends and `recv` go on while a
 //! write waits for the socket.
@@ -65,7 +68,9 @@ impl Driver {
                 buf.clear();
             }
             if core.collect_events(&shared.config) {
-                shared.progress.notify_all();
+                // Events from timers and link changes only (the reader passes on what
+                // arrives): rare enough to signal under the lock.
+                shared.events_queued();
             }
             if !buf.is_empty() {
                 return true;
@@ -74,7 +79,9 @@ impl Driver {
                 return false;
             }
             let deadline = core.session.poll_timeout();
-            core = shared.wait(&shared.changed, core, deadline);
+            core.driver_waiting = Some(deadline);
+            core = shared.wait(&shared.driver_wake, core, deadline);
+            core.driver_waiting = None;
         }
     }
 
@@ -117,7 +124,7 @@ impl Driver {
                 core.counters.connections_lost += 1;
                 core.want_connection = true;
                 connection.shutdown();
-                self.shared.changed.notify_all();
+                self.shared.dialer_wake.notify_all();
             }
         }
     }
@@ -131,7 +138,7 @@ impl Driver {
         core.counters.connections_lost += 1;
         core.counters.last_error = Some(error);
         core.want_connection = true;
-        self.shared.changed.notify_all();
+        self.shared.dialer_wake.notify_all();
     }
 
     fn spawn_reader(
@@ -176,6 +183,7 @@ impl Driver {
         core.collect_events(&self.shared.config);
         core.finished = true;
         drop(core);
+        self.shared.events_queued();
         self.shared.wake_all();
         for reader in self.readers.drain(..) {
             let _ = reader.join();
@@ -192,6 +200,7 @@ impl Drop for Driver {
             core.collect_events(&self.shared.config);
             core.finished = true;
             drop(core);
+            self.shared.events_queued();
             self.shared.wake_all();
         }
     }
@@ -200,32 +209,66 @@ impl Drop for Driver {
 /// Reads connection `number` into the session until it breaks or is replaced.
 fn read_loop(shared: &Shared, mut reader: ConnectionReader, number: u64) {
     let mut chunk = vec![0u8; READ_CHUNK];
+    // When a timer the waiting driver does not know of yet falls due (see `driver_work`).
+    let mut deadline = None;
     loop {
-        let result = reader.read(&mut chunk);
+        let result = reader.read_until(&mut chunk, deadline);
         let mut core = shared.lock();
         if core.connection != number || core.stopping() {
             return;
         }
+        let now = Instant::now();
         let broken = match result {
-            Ok(n) => {
+            Ok(None) => None,
+            Ok(Some(n)) => {
                 core.counters.bytes_received += n as u64;
-                match core.session.handle_bytes(Instant::now(), &chunk[..n]) {
+                match core.session.handle_bytes(now, &chunk[..n]) {
                     Ok(()) => None,
                     Err(e) => Some(LinkError::Corrupt(e)),
                 }
             }
             Err(error) => Some(error),
         };
+        // Deliveries and acks go to `recv` from here, not through the driver; the driver is
+        // woken only when it has something to do: frames to write, or a timer earlier than
+        // the one it waits for (a delayed ack's).
+        let queued = core.collect_events(&shared.config);
         let done = broken.is_some();
         if let Some(error) = broken {
             core.report_broken(number, error);
         }
+        let (wake_driver, timer) = driver_work(&core, now);
+        deadline = timer;
+        // Signalled with the lock released: a woken thread on this CPU must not find it held.
         drop(core);
-        shared.changed.notify_all();
+        if queued {
+            shared.events_queued();
+        }
+        shared.wake_driver(wake_driver);
         if done {
             return;
         }
     }
+}
+
+/// Whether the waiting driver must wake now, after the reader handed bytes to the session:
+/// a broken connection, frames to write, a timer due, or the end. Not for deliveries and acks
+/// alone: the reader passes those on itself. Also the session's next timer if it is earlier
+/// than the one the driver waits for (a delayed ack's, set by an arrival): the reader waits
+/// for it in its read and wakes the driver then, so that an ack which rides with a reply
+/// (the usual case) costs the driver no extra wake-up.
+fn driver_work(core: &Core, now: Instant) -> (bool, Option<Instant>) {
+    let Some(waiting_until) = core.driver_waiting else { return (false, None) };
+    let session = &core.session;
+    let earlier_timer = session.poll_timeout().filter(|&timer| match waiting_until {
+        Some(until) => timer < until,
+        None => true,
+    });
+    let wake = core.broken.is_some()
+        || earlier_timer.is_some_and(|timer| timer <= now)
+        || session.state() == LinkState::Ended
+        || session.has_transmit(now);
+    (wake, if wake { None } else { earlier_timer })
 }
 
 /// Frames gathered into one write; more wait for the next.

@@ -153,6 +153,37 @@ impl HostLink {
         self.recv_until(None).map_err(|_| RecvError)
     }
 
+    /// Appends every queued event to `events`, in order, without waiting.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when none is queued, `Disconnected` once the link finished and
+    /// its last event (`Ended`) was received.
+    pub fn try_recv_batch(&self, events: &mut Vec<Event>) -> Result<(), TryRecvError> {
+        let mut core = self.lock();
+        if core.events.is_empty() {
+            return Err(if core.finished {
+                TryRecvError::Disconnected
+            } else {
+                TryRecvError::Empty
+            });
+        }
+        events.extend(core.events.drain(..));
+        Ok(())
+    }
+
+    /// Wakes `waker` whenever events are queued from now on (and at once if some are), so
+    /// that an event loop polling the waker can take them with
+    /// [`try_recv_batch`](Self::try_recv_batch): no thread needs to block in
+    /// [`recv`](Self::recv) to hand them over.
+    pub fn wake_on_events(&self, waker: Arc<Waker>) {
+        let core = self.lock();
+        if !core.events.is_empty() || core.finished {
+            waker.wake();
+        }
+        // A second waker is ignored: the first one stays.
+        let _ = self.shared.event_waker.set(waker);
+    }
+
     /// Like [`recv`](Self::recv), waiting at most `timeout`.
     ///
     /// # Errors
@@ -188,8 +219,8 @@ impl HostLink {
         {
             let mut core = self.lock();
             core.session.close(Instant::now());
+            self.shared.wake_driver(core.driver_waits());
         }
-        self.shared.changed.notify_all();
         self.join_threads();
     }
 
@@ -215,8 +246,9 @@ impl HostLink {
         loop {
             match core.session.send(stream, payload) {
                 Ok(id) => {
+                    let waiting = core.driver_waits();
                     drop(core);
-                    self.shared.changed.notify_all();
+                    self.shared.wake_driver(waiting);
                     return Ok(id);
                 }
                 Err(SendError::Full(back)) => {

@@ -1,8 +1,9 @@
 //! The state a host link's threads share: the session, the event queue and the connection
-//! hand-over, behind one mutex.
+//! hand-over, behind one mutex; a condition variable per kind of waiter, so that each change
+//! wakes only the thread that acts on it.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use postbox_core::reliable::{Event, Session};
@@ -22,12 +23,17 @@ pub(super) struct Shared {
     /// How each new connection is secured before the driver takes it.
     pub(super) security: LinkSecurity,
     core: Mutex<Core>,
-    /// Wakes the driver and the dialer: a send, bytes read, a connection made or lost, a close.
-    pub(super) changed: Condvar,
+    /// Wakes the driver (only it waits here): a send, a frame or timer due after bytes were
+    /// read, a connection made or broken, a close.
+    pub(super) driver_wake: Condvar,
+    /// Wakes the dialer (only it waits here): a connection is wanted, or the link stopped.
+    pub(super) dialer_wake: Condvar,
     /// Wakes `recv` and a blocked `send`: events queued, window room, or the link finished.
     pub(super) progress: Condvar,
     /// Interrupts the acceptor's wait for connections.
     pub(super) acceptor_waker: Waker,
+    /// Woken whenever events are queued (see `HostLink::wake_on_events`).
+    pub(super) event_waker: OnceLock<Arc<Waker>>,
 }
 
 /// Everything behind the mutex.
@@ -53,6 +59,9 @@ pub(super) struct Core {
     pub(super) aborted: bool,
     /// The driver exited: no more events will come.
     pub(super) finished: bool,
+    /// While the driver waits on `driver_wake`: until when (`Some(None)`: no timer). `None`
+    /// while it works; it looks at everything before it waits again, so it need not be woken.
+    pub(super) driver_waiting: Option<Option<Instant>>,
     pub(super) counters: ConnectionCounters,
 }
 
@@ -74,15 +83,18 @@ impl Shared {
             backoff: Duration::ZERO,
             aborted: false,
             finished: false,
+            driver_waiting: None,
             counters: ConnectionCounters::default(),
         };
         Self {
             config,
             security,
             core: Mutex::new(core),
-            changed: Condvar::new(),
+            driver_wake: Condvar::new(),
+            dialer_wake: Condvar::new(),
             progress: Condvar::new(),
             acceptor_waker,
+            event_waker: OnceLock::new(),
         }
     }
 
@@ -108,15 +120,39 @@ impl Shared {
         }
     }
 
+    /// Wakes the driver, after changing what it looks at; `waiting` is
+    /// [`Core::driver_waiting`] as seen under the lock. Best called with the lock released, so
+    /// that the driver does not wake only to wait for the lock.
+    pub(super) fn wake_driver(&self, waiting: bool) {
+        if waiting {
+            self.driver_wake.notify_one();
+        }
+    }
+
+    /// Tells whoever waits for events that there are some (or that the link finished):
+    /// `recv`, a blocked `send`, and the event waker. Best called with the lock released.
+    pub(super) fn events_queued(&self) {
+        self.progress.notify_all();
+        if let Some(waker) = self.event_waker.get() {
+            waker.wake();
+        }
+    }
+
     /// Wakes every thread that waits for anything.
     pub(super) fn wake_all(&self) {
-        self.changed.notify_all();
+        self.driver_wake.notify_all();
+        self.dialer_wake.notify_all();
         self.progress.notify_all();
         self.acceptor_waker.wake();
     }
 }
 
 impl Core {
+    /// Whether the driver waits on `driver_wake` (see [`Shared::wake_driver`]).
+    pub(super) fn driver_waits(&self) -> bool {
+        self.driver_waiting.is_some()
+    }
+
     /// True once the dialer, acceptor and readers should stop.
     pub(super) fn stopping(&self) -> bool {
         self.aborted || self.finished

@@ -29,9 +29,15 @@ fn events(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
+/// The default settings with every arrival acknowledged at once, so that one `settle` at one
+/// instant completes an exchange; delayed acks have tests of their own (at the bottom).
+fn immediate_acks() -> SessionConfig {
+    SessionConfig { ack_delay: Duration::ZERO, ..SessionConfig::default() }
+}
+
 fn open_pair(now: Instant) -> (Session, Session) {
-    let mut a = Session::new(id(1), SessionConfig::default(), now);
-    let mut b = Session::new(id(2), SessionConfig::default(), now);
+    let mut a = Session::new(id(1), immediate_acks(), now);
+    let mut b = Session::new(id(2), immediate_acks(), now);
     a.handle_link_up(now);
     b.handle_link_up(now);
     settle(&mut a, &mut b, now);
@@ -290,7 +296,7 @@ fn restart_with_the_same_id(a_sends: bool, b_sends: bool) -> (Session, Session, 
     events(&mut a);
     // B restarts with the same id; A was down meanwhile.
     a.handle_link_down(t0);
-    let mut b2 = Session::new(id(2), SessionConfig::default(), t0);
+    let mut b2 = Session::new(id(2), immediate_acks(), t0);
     a.send(StreamId(1), b"after".to_vec()).unwrap();
     b2.send(StreamId(1), b"fresh".to_vec()).unwrap();
     a.handle_link_up(t0 + ms(10));
@@ -462,4 +468,105 @@ fn with_the_datagram_preset_every_frame_fits_one_datagram_and_hellos_are_split()
     a.send(StreamId(299), vec![3]).unwrap();
     pump_datagrams(&mut a, &mut b, now);
     assert_eq!(delivered(&mut b), vec![(299, 2, vec![3])]);
+}
+
+/// Counts the ack frames in `bytes` (a run of whole frames).
+fn ack_frames(bytes: &[u8]) -> usize {
+    let mut decoder = StreamDecoder::new(u32::MAX);
+    decoder.handle_bytes(bytes);
+    std::iter::from_fn(|| decoder.poll_frame().unwrap())
+        .filter(|frame| matches!(frame.body, FrameBody::Ack(_)))
+        .count()
+}
+
+/// Writes everything `from` has at `now` into one buffer, as a driver does, and hands it to
+/// `to`; returns the number of ack frames in it.
+fn pump_counting_acks(from: &mut Session, to: &mut Session, now: Instant) -> usize {
+    let mut buf = Vec::new();
+    while from.poll_transmit(now, &mut buf).is_some() {}
+    to.handle_bytes(now, &buf).unwrap();
+    ack_frames(&buf)
+}
+
+#[test]
+fn delayed_acks_ride_with_replies_and_cover_several_arrivals() {
+    let t0 = Instant::now();
+    let mut a = Session::new(id(1), SessionConfig::default(), t0);
+    let mut b = Session::new(id(2), SessionConfig::default(), t0);
+    a.handle_link_up(t0);
+    b.handle_link_up(t0);
+    settle(&mut a, &mut b, t0);
+    events(&mut a);
+    events(&mut b);
+    let delay = SessionConfig::default().ack_delay;
+
+    // 100 calls: each request's ack goes out with its reply, each reply's with the next
+    // request. Immediate acks would have written 200 ack frames, each its own write.
+    let mut now = t0;
+    let mut lone_acks = 0;
+    for n in 0..100u8 {
+        now += Duration::from_micros(50);
+        a.send(StreamId(1), vec![n]).unwrap();
+        assert_eq!(pump_counting_acks(&mut a, &mut b, now), usize::from(n > 0));
+        assert_eq!(delivered(&mut b).len(), 1);
+        // Nothing to write until the reply: the ack waits.
+        assert!(!b.has_transmit(now));
+        assert_eq!(b.poll_timeout(), Some(now + delay));
+        now += Duration::from_micros(50);
+        b.send(StreamId(1), vec![n]).unwrap();
+        assert!(b.has_transmit(now));
+        assert_eq!(pump_counting_acks(&mut b, &mut a, now), 1);
+        assert_eq!(delivered(&mut a).len(), 1);
+    }
+    // The last reply's ack goes alone once the delay is over.
+    assert!(!a.has_transmit(now));
+    now += delay;
+    assert_eq!(a.poll_timeout(), Some(now));
+    a.handle_timeout(now);
+    assert!(a.has_transmit(now));
+    lone_acks += pump_counting_acks(&mut a, &mut b, now);
+    assert_eq!(lone_acks, 1);
+    let acked = events(&mut b);
+    assert!(acked.contains(&Event::Acked { stream: StreamId(1), through: MessageId(100) }));
+    assert_eq!((a.stats().unacknowledged, b.stats().unacknowledged), (0, 0));
+    // Every sample included at most the ack delay: the RTT estimate stays near the truth.
+    assert!(a.stats().smoothed_rtt.is_some_and(|rtt| rtt <= Duration::from_micros(100)));
+    assert!(b.stats().smoothed_rtt.is_some_and(|rtt| rtt <= delay + Duration::from_micros(50)));
+
+    // A one-way burst of 64: acks every ACK_EVERY arrivals, not 64.
+    for n in 0..64u8 {
+        a.send(StreamId(2), vec![n]).unwrap();
+    }
+    assert_eq!(pump_counting_acks(&mut a, &mut b, now), 0);
+    assert_eq!(delivered(&mut b).len(), 64);
+    let acks = pump_counting_acks(&mut b, &mut a, now);
+    assert_eq!(acks, 1, "one ack frame covers the burst");
+    assert!(events(&mut a).contains(&Event::Acked { stream: StreamId(2), through: MessageId(64) }));
+    assert_eq!(a.stats().retransmissions, 0);
+}
+
+#[test]
+fn duplicates_and_arrivals_out_of_order_are_acknowledged_at_once() {
+    let t0 = Instant::now();
+    let mut a = Session::new(id(1), SessionConfig::default(), t0);
+    let mut b = Session::new(id(2), SessionConfig::default(), t0);
+    a.handle_link_up(t0);
+    b.handle_link_up(t0);
+    settle(&mut a, &mut b, t0);
+    a.send(StreamId(1), b"lost".to_vec()).unwrap();
+    a.send(StreamId(1), b"held".to_vec()).unwrap();
+    let mut first = Vec::new();
+    a.poll_transmit(t0, &mut first).unwrap();
+    let mut second = Vec::new();
+    a.poll_transmit(t0, &mut second).unwrap();
+    // The first is lost: the second arrives out of order and is acknowledged (held) at once.
+    b.handle_bytes(t0, &second).unwrap();
+    assert!(b.has_transmit(t0));
+    assert_eq!(pump_counting_acks(&mut b, &mut a, t0), 1);
+    // A retransmission of a delivered message is a duplicate: acknowledged at once as well.
+    b.handle_bytes(t0, &first).unwrap();
+    b.handle_bytes(t0, &first).unwrap();
+    assert!(b.has_transmit(t0));
+    assert_eq!(pump_counting_acks(&mut b, &mut a, t0), 1);
+    assert!(events(&mut a).contains(&Event::Acked { stream: StreamId(1), through: MessageId(2) }));
 }
