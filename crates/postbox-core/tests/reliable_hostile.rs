@@ -12,19 +12,9 @@ use postbox_core::reliable::{
     Event, LinkState, MessageId, Session, SessionConfig, SessionError, SessionId, StreamId,
 };
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn sid(n: u64) -> SessionId {
     SessionId::new(n).unwrap()
@@ -141,14 +131,14 @@ fn run(seed: u64) -> Outcome {
                 let s = rng.below(5) as u32;
                 let top = sent.get(&s).copied().unwrap_or(0);
                 let delivered = match rng.below(4) {
-                    0 if liar => rng.next(),
+                    0 if liar => rng.next_u64(),
                     _ if liar => rng.below(top + 3),
                     _ => rng.below(top + 1),
                 };
                 let held = (0..rng.below(4))
                     .map(|_| {
                         let f = rng.below(top + 4);
-                        let l = if rng.below(5) == 0 { rng.next() } else { f + rng.below(4) };
+                        let l = if rng.below(5) == 0 { rng.next_u64() } else { f + rng.below(4) };
                         AckRange { first: MessageId(f), last: MessageId(l) }
                     })
                     .collect();
@@ -166,7 +156,7 @@ fn run(seed: u64) -> Outcome {
                         continue;
                     }
                     let id = match rng.below(4) {
-                        0 if liar => rng.next(),
+                        0 if liar => rng.next_u64(),
                         _ if liar => rng.below(top + 3),
                         _ => low + rng.below(top + 1 - low.min(top)),
                     };
