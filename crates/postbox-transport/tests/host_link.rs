@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,10 @@ use postbox_transport::host_link::{
     Event, HostLink, HostLinkConfig, MessageId, RecvError, SendError, SessionConfig, SessionError,
     SessionId, StreamId,
 };
+
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use watchdog::with_watchdog;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -52,26 +56,6 @@ fn linked_pair(
     let listening = HostLink::listen(listener, config.clone()).unwrap();
     let dialing = HostLink::dial(proxy.addr(), config.clone()).unwrap();
     (listening, dialing, proxy)
-}
-
-/// Runs `body` on its own thread and fails the test if it has not finished after `limit`: a
-/// hang becomes a failure with a message, not a stuck CI job.
-fn with_watchdog<T: Send + 'static>(
-    limit: Duration,
-    body: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (done, finished) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let out = body();
-        let _ = done.send(());
-        out
-    });
-    match finished.recv_timeout(limit) {
-        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: still running after {limit:?}"),
-    }
 }
 
 /// The next event, failing the test after a generous silence.

@@ -22,6 +22,10 @@ use rcgen::{
     KeyPair,
 };
 
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use watchdog::with_watchdog;
+
 // ---------------------------------------------------------------------------------------------
 // Certificates
 // ---------------------------------------------------------------------------------------------
@@ -184,25 +188,6 @@ fn pump(mut from: TcpStream, mut to: TcpStream, capture: Option<&Mutex<Vec<u8>>>
         }
     }
     let _ = to.shutdown(Shutdown::Write);
-}
-
-/// Runs `body` on its own thread and fails the test if it has not finished after `limit`.
-fn with_watchdog<T: Send + 'static>(
-    limit: Duration,
-    body: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (done, finished) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let out = body();
-        let _ = done.send(());
-        out
-    });
-    match finished.recv_timeout(limit) {
-        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: still running after {limit:?}"),
-    }
 }
 
 fn next_event(link: &HostLink) -> Event {
