@@ -24,6 +24,7 @@ use postbox_core::{
 use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
 use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
 
+use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
 use crate::hosts::peer::Peer;
 use crate::hosts::protocol::{Channel, HostMessage, Refusal};
@@ -71,9 +72,7 @@ pub(super) struct Relay {
     decoder: FrameDecoder,
     /// The largest body accepted from the host link for this link.
     max_body: u32,
-    out: VecDeque<Vec<u8>>,
-    out_offset: usize,
-    out_bytes: usize,
+    out: OutQueue,
     /// Messages for the host link that found no room (at most two: a batch and the frame
     /// that did not fit it): the local link is not read until they have gone.
     blocked: VecDeque<Vec<u8>>,
@@ -130,17 +129,14 @@ impl Relay {
             client,
             decoder: FrameDecoder::new(max_body),
             max_body,
-            out: VecDeque::new(),
-            out_offset: 0,
-            out_bytes: 0,
+            out: OutQueue::default(),
             blocked: VecDeque::new(),
             finished: false,
         }
     }
 
     fn enqueue(&mut self, frame: Vec<u8>) {
-        self.out_bytes += frame.len();
-        self.out.push_back(frame);
+        self.out.push(frame);
     }
 
     /// What to poll its link for: readable while nothing waits for the host link, writable
@@ -507,7 +503,7 @@ impl EventLoop {
                 }
         });
         let valid = count.is_some_and(|n| n == 1 || (batch && n > 1));
-        if !valid || relay.out_bytes > RELAY_OUT_LIMIT {
+        if !valid || relay.out.bytes() > RELAY_OUT_LIMIT {
             return self.close_relay(key, true);
         }
         relay.enqueue(frames);
@@ -709,26 +705,9 @@ impl EventLoop {
     /// Writes what a relay has waiting, as far as it goes without blocking.
     fn flush_relay(&mut self, key: RelayKey) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
-        while let Some(front) = relay.out.front() {
-            match relay.link.write_available(&front[relay.out_offset..]) {
-                Ok(0) => return,
-                Ok(n) => {
-                    relay.out_offset += n;
-                    if relay.out_offset == front.len() {
-                        relay.out_bytes -= front.len();
-                        relay.out.pop_front();
-                        relay.out_offset = 0;
-                    }
-                }
-                Err(_) => {
-                    // The local end is gone; what it sent is still read to the end.
-                    relay.out.clear();
-                    relay.out_offset = 0;
-                    relay.out_bytes = 0;
-                    relay.finished = true;
-                    return;
-                }
-            }
+        if relay.out.flush(&relay.link).is_err() {
+            // The local end is gone; what it sent is still read to the end.
+            relay.finished = true;
         }
     }
 

@@ -2,7 +2,6 @@
 //! frames into the mailbox, answers receivers' pulls, and returns credit to senders as
 //! messages leave (docs/wire-format.md §2.8).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::ReplyErrorCode;
@@ -12,6 +11,7 @@ use postbox_core::{
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
+use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
 use crate::mailbox::{Answer, DataKey, Mailbox, Stored};
 use crate::registry::NodeKey;
@@ -27,9 +27,7 @@ pub(super) struct DataLink {
     decoder: FrameDecoder,
     /// Frames waiting for room in the link, how much of the first was written, and their
     /// total size (past a bound the link is not read until its peer reads).
-    out: VecDeque<Vec<u8>>,
-    out_offset: usize,
-    out_bytes: usize,
+    out: OutQueue,
     /// The peer closed its end; frames already read still go into the mailbox as room
     /// allows, then the link is dropped.
     finished: bool,
@@ -45,8 +43,7 @@ enum Role {
 
 impl DataLink {
     fn enqueue(&mut self, frame: Vec<u8>) {
-        self.out_bytes += frame.len();
-        self.out.push_back(frame);
+        self.out.push(frame);
     }
 }
 
@@ -135,9 +132,7 @@ impl EventLoop {
             mailbox: name.clone(),
             role,
             decoder: FrameDecoder::new(self.config.max_message_size),
-            out: VecDeque::new(),
-            out_offset: 0,
-            out_bytes: 0,
+            out: OutQueue::default(),
             finished: false,
         };
         match self.data.iter().position(Option::is_none) {
@@ -184,7 +179,7 @@ impl EventLoop {
     /// What to poll a data link for: writable while frames wait, readable unless it is a
     /// sender's link into a full mailbox (its sender then feels the back-pressure).
     pub(super) fn data_interest(&self, link: &DataLink) -> Option<Interest> {
-        let full = link.finished || link.out_bytes > OUT_LIMIT || self.input_blocked(link);
+        let full = link.finished || link.out.bytes() > OUT_LIMIT || self.input_blocked(link);
         match (full, link.out.is_empty()) {
             (true, true) => None,
             (true, false) => Some(Interest::WRITE),
@@ -403,30 +398,11 @@ impl EventLoop {
     /// Writes what a data link has waiting, as far as it goes without blocking.
     fn flush_data(&mut self, key: DataKey) {
         let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return };
-        while let Some(front) = link.out.front() {
-            match link.link.write_available(&front[link.out_offset..]) {
-                Ok(0) => return,
-                Ok(n) => {
-                    link.out_offset += n;
-                    if link.out_offset == front.len() {
-                        link.out_bytes -= front.len();
-                        link.out.pop_front();
-                        link.out_offset = 0;
-                    }
-                }
-                Err(_) => {
-                    // The peer is gone: nothing more can reach it. A sender's frames may
-                    // still wait unread in the socket; they are read (and delivered) until
-                    // the end of the stream. A receiver's link goes now.
-                    link.out.clear();
-                    link.out_offset = 0;
-                    link.out_bytes = 0;
-                    if matches!(link.role, Role::Output) {
-                        return self.close_data(key);
-                    }
-                    return;
-                }
-            }
+        // The peer gone, nothing more can reach it. A sender's frames may still wait unread in
+        // the socket; they are read (and delivered) until the end of the stream. A receiver's
+        // link goes now.
+        if link.out.flush(&link.link).is_err() && matches!(link.role, Role::Output) {
+            self.close_data(key);
         }
     }
 

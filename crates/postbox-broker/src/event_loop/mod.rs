@@ -23,6 +23,7 @@ use crate::registry::{NodeKey, Registry};
 mod access;
 mod gateway;
 mod mailboxes;
+mod out_queue;
 mod topics;
 
 pub use access::PolicyReloader;

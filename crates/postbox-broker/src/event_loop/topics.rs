@@ -2,7 +2,6 @@
 //! (docs/wire-format.md §2.9). The broker releases a published message as soon as it is
 //! copied to the subscribers' queues, so publishers never wait on subscribers.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use postbox_core::{
@@ -11,6 +10,7 @@ use postbox_core::{
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
+use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
 use crate::registry::NodeKey;
 use crate::topic::{Published, SubscriberQueue, Topic};
@@ -22,8 +22,7 @@ pub(super) struct TopicLink {
     pub(super) peer: PeerIdentity,
     role: TopicRole,
     decoder: FrameDecoder,
-    out: VecDeque<Vec<u8>>,
-    out_offset: usize,
+    out: OutQueue,
 }
 
 #[derive(Debug)]
@@ -130,8 +129,7 @@ impl EventLoop {
             peer,
             role,
             decoder: FrameDecoder::new(self.config.max_message_size),
-            out: VecDeque::new(),
-            out_offset: 0,
+            out: OutQueue::default(),
         };
         let slot = match self.topic_links.iter().position(Option::is_none) {
             Some(free) => {
@@ -204,7 +202,7 @@ impl EventLoop {
                     // Copied to every queue: the publisher's message is released at once.
                     release.on_release(len);
                     if let Some(credit) = release.poll_credit(header.kind == FrameKind::Confirmed) {
-                        link.out.push_back(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
+                        link.out.push(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
                         release.credit_sent(credit);
                     }
                     self.fan_out(&message);
@@ -213,7 +211,7 @@ impl EventLoop {
                     if frame.body.is_empty() =>
                 {
                     if let Some(credit) = release.poll_credit(true) {
-                        link.out.push_back(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
+                        link.out.push(encode(FrameKind::Credit, 0, 0, 0, &credit.to_bytes()));
                         release.credit_sent(credit);
                     }
                 }
@@ -260,7 +258,7 @@ impl EventLoop {
     fn pump(&mut self, key: TopicKey) {
         let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::as_mut) else { return };
         let TopicRole::Subscriber { queue, window, .. } = &mut link.role else { return };
-        let mut waiting: usize = link.out.iter().map(Vec::len).sum::<usize>() - link.out_offset;
+        let mut waiting = link.out.unwritten();
         while waiting < OUT_LIMIT && window.admit(0) == postbox_core::Admission::Now {
             let Some(message) = queue.pop() else { break };
             let lost = std::mem::take(&mut queue.lost_unreported);
@@ -280,33 +278,17 @@ impl EventLoop {
             body.extend_from_slice(&message.body);
             let frame = encode(FrameKind::Oneway, message.msg_type, message.priority, lost, &body);
             waiting += frame.len();
-            link.out.push_back(frame);
+            link.out.push(frame);
             window.on_sent(0);
         }
     }
 
     fn flush_topic(&mut self, key: TopicKey) {
         let Some(link) = self.topic_links.get_mut(key.0).and_then(Option::as_mut) else { return };
-        while let Some(front) = link.out.front() {
-            match link.link.write_available(&front[link.out_offset..]) {
-                Ok(0) => return,
-                Ok(n) => {
-                    link.out_offset += n;
-                    if link.out_offset == front.len() {
-                        link.out.pop_front();
-                        link.out_offset = 0;
-                    }
-                }
-                Err(_) => {
-                    // The peer is gone; a publisher's unread frames still reach the topic.
-                    link.out.clear();
-                    link.out_offset = 0;
-                    if matches!(link.role, TopicRole::Subscriber { .. }) {
-                        return self.close_topic(key);
-                    }
-                    return;
-                }
-            }
+        // The peer gone, a publisher's unread frames still reach the topic.
+        if link.out.flush(&link.link).is_err() && matches!(link.role, TopicRole::Subscriber { .. })
+        {
+            self.close_topic(key);
         }
     }
 
