@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use postbox::HostsConfig;
 use postbox::{Broker, CallError, Message};
-use postbox_broker::HostsConfig;
 
 use crate::latency::{micros, Samples};
 use crate::placement::{self, Placement};

@@ -72,7 +72,8 @@ pub use node::{Listing, Node, PortStatus};
 pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{
-    BrokerConfig, BrokerError, Limits, Policy, PolicyError, DEFAULT_MAX_MESSAGE_SIZE,
+    BrokerConfig, BrokerError, HostState, HostStatus, HostsConfig, HostsConfigError, Limits,
+    Policy, PolicyError, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use postbox_core::{
     AccessDenied, Capacity, EndpointKind, Operation, Overflow, PeerIdentity, PortCounters,

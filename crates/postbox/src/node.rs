@@ -414,7 +414,7 @@ impl Node {
     /// # Errors
     /// [`BrokerRequestError::BrokerGone`]; [`BrokerRequestError::Refused`] when the broker
     /// does not serve its status port or answers with something else.
-    pub fn hosts(&self) -> Result<Vec<postbox_broker::HostStatus>, BrokerRequestError> {
+    pub fn hosts(&self) -> Result<Vec<crate::HostStatus>, BrokerRequestError> {
         let refused = |e: &dyn std::fmt::Display| BrokerRequestError::Refused(e.to_string());
         let connection = match self.connect(postbox_broker::hosts::HOSTS_PORT) {
             Ok(connection) => connection,
