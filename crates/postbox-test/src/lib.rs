@@ -5,6 +5,8 @@
 //!   on a schedule or on demand, and black-holes all traffic to simulate a partition. Its
 //!   [`ProxyCounters`] prove the faults happened.
 //! - [`Rng`]: the small seeded generator behind every fault, so a failing seed can be replayed.
+//! - [`Authority`]: a certificate authority made for a test, issuing host certificates
+//!   ([`Identity`]) for TLS host links.
 //!
 //! ```no_run
 //! use std::net::TcpListener;
@@ -26,8 +28,10 @@
 //! This crate is not published; nothing outside postbox's own tests depends on it.
 #![forbid(unsafe_code)]
 
+mod certs;
 mod fault_proxy;
 mod rng;
 
+pub use certs::{Authority, Identity};
 pub use fault_proxy::{FaultProxy, Faults, ProxyCounters};
 pub use rng::Rng;

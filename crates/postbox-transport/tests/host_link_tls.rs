@@ -13,13 +13,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use postbox_test::{Authority, Identity};
 use postbox_transport::host_link::{
     AuthenticationError, Event, HostLink, HostLinkConfig, HostLinkStats, LinkError, LinkSecurity,
     MessageId, PreSharedKey, SessionConfig, StreamId, TlsConfig, TryRecvError,
-};
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
 };
 
 #[path = "support/watchdog.rs"]
@@ -29,44 +26,6 @@ use watchdog::with_watchdog;
 // ---------------------------------------------------------------------------------------------
 // Certificates
 // ---------------------------------------------------------------------------------------------
-
-/// A certificate authority made for the test.
-struct Authority {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-/// A host's certificate (PEM), its key (PEM), and the PEM of the CA that signed it.
-struct Identity {
-    cert: String,
-    key: String,
-}
-
-impl Authority {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    /// A certificate for host `name`, good for both ends of a link.
-    fn issue(&self, name: &str) -> Identity {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Identity { cert: cert.pem(), key: key.serialize_pem() }
-    }
-}
 
 /// TLS settings as a broker loads them: from PEM files.
 fn tls_from_files(identity: &Identity, ca: &Authority, peer: &str) -> LinkSecurity {
