@@ -147,13 +147,6 @@ impl<'a> Taker<'a> {
     }
 }
 
-/// A receiver that takes any envelope, polling: what arrives may go straight to it.
-struct Direct<'a> {
-    sink: &'a mut dyn FnMut(Envelope),
-    /// Most envelopes it takes.
-    max: usize,
-}
-
 /// Envelopes of one link handed out together, to be released on it.
 #[derive(Debug)]
 struct Released {
@@ -406,7 +399,7 @@ impl Receiver {
                 let (arrived, dead) =
                     self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
                 state = self.lock();
-                self.settle(&mut state, arrived, dead, on_dead, None);
+                self.settle(&mut state, arrived, dead, on_dead, false);
             }
             let taken = self.take(&mut state, selector, max, sink);
             if taken > 0 {
@@ -472,19 +465,13 @@ impl Receiver {
                 !arrived.is_empty() || !dead.is_empty() || took.is_some_and(|t| t.taken > 0);
             state = self.lock();
             let taken = took.map_or(0, |took| self.took(&mut state, &links, took));
-            // Once the taker handed some out, nothing more goes into this receive: a frame read
-            // after them may outrank them. What is left may still go on as a run.
-            let more = if taken > 0 { 0 } else { max };
-            let direct =
-                (selector == Selector::ANY).then_some(Direct { sink: &mut *sink, max: more });
-            let delivered = taken + self.settle(&mut state, arrived, dead, on_dead, direct);
+            // What the taker left may go on as a run of the queue (a receiver of any envelope
+            // takes it next). Once the taker handed some out, nothing more goes into this
+            // receive: a frame read after them may outrank them.
+            self.settle(&mut state, arrived, dead, on_dead, selector == Selector::ANY);
             state.taken_since_poll += taken;
             if taken > 0 {
-                return Ok(delivered);
-            }
-            if delivered > 0 {
-                let more = self.take(&mut state, selector, max - delivered, sink);
-                return Ok(delivered + more);
+                return Ok(taken);
             }
             if wait == Wait::NonBlocking && progress {
                 // Read to exhaustion before answering "empty": a link may hold more than one
@@ -570,45 +557,33 @@ impl Receiver {
         drop(state);
         let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
         let mut state = self.lock();
-        self.settle(&mut state, arrived, dead, on_dead, None);
+        self.settle(&mut state, arrived, dead, on_dead, false);
     }
 
     /// Ends a poll: queues what arrived, forgets dead links, wakes waiting receivers.
     ///
-    /// With `direct` (the polling receiver takes any envelope), what arrived goes straight to
-    /// its sink, up to its `max`, when the queue could only have handed it the same envelopes
-    /// in the same order: nothing queued, one link, one priority, no drop-oldest. Returns how
-    /// many went so.
+    /// With `may_run` (the polling receiver takes any envelope), what arrived is queued as a
+    /// run (see `FairQueue::push_run`) when the queue could only hand it out in the same
+    /// order: nothing queued, one link, one priority, no drop-oldest.
     fn settle(
         &self,
         state: &mut ReceiverState,
         mut arrived: Vec<(Queued, u64)>,
         mut dead: Vec<LinkId>,
         on_dead: &dyn Fn(LinkId),
-        direct: Option<Direct<'_>>,
-    ) -> usize {
+        may_run: bool,
+    ) {
         state.polling = false;
         state.taken_since_poll = 0;
-        let mut delivered = 0;
-        // What the receiver could not take goes on as a run of the queue (see `FairQueue`).
-        let mut run = false;
+        let priority = arrived.first().map(|(q, _)| q.envelope.message.priority);
+        // Drop-oldest ports keep the newest of what arrived: it all goes through the queue.
+        let run = may_run
+            && dead.is_empty()
+            && self.spec.overflow != Overflow::DropOldest
+            && state.links.len() == 1
+            && state.queue.len() == 0
+            && arrived.iter().all(|(q, _)| Some(q.envelope.message.priority) == priority);
         let mut drained = arrived.drain(..);
-        if let Some(Direct { sink, max }) = direct {
-            let priority = drained.as_slice().first().map(|(q, _)| q.envelope.message.priority);
-            // Drop-oldest ports keep the newest of what arrived: it all goes through the queue.
-            let bypass = dead.is_empty()
-                && self.spec.overflow != Overflow::DropOldest
-                && state.links.len() == 1
-                && state.queue.len() == 0
-                && drained
-                    .as_slice()
-                    .iter()
-                    .all(|(q, _)| Some(q.envelope.message.priority) == priority);
-            if bypass {
-                delivered = self.deliver(state, &mut drained, sink, max);
-                run = true;
-            }
-        }
         let mut rest = drained.by_ref().peekable();
         while let Some(first) = rest.next() {
             // One lock of a link's flow for each run of its envelopes.
@@ -643,7 +618,6 @@ impl Receiver {
         for id in dead {
             on_dead(id);
         }
-        delivered
     }
 
     /// Accounts for what a [`Taker`] took during a poll of `links` (one link): drops, and the
@@ -660,39 +634,6 @@ impl Receiver {
             }
         }
         took.taken
-    }
-
-    /// Hands up to `max` of `arrived` (all of one link, nothing queued before them) to `sink`
-    /// without queueing them, and releases them on their link at once; returns how many.
-    fn deliver(
-        &self,
-        state: &mut ReceiverState,
-        arrived: &mut std::vec::Drain<'_, (Queued, u64)>,
-        sink: &mut dyn FnMut(Envelope),
-        max: usize,
-    ) -> usize {
-        let Some(link) = arrived.as_slice().first().map(|(q, _)| Arc::clone(&q.link)) else {
-            return 0;
-        };
-        let mut released = Released::new(link);
-        let mut delivered = 0;
-        for (queued, sender_dropped) in arrived.by_ref().take(max) {
-            let Queued { mut envelope, counted, confirm, link: _ } = queued;
-            released.add(counted, confirm, envelope.message.body.len() as u64);
-            state.lost_total += sender_dropped;
-            envelope.lost = std::mem::take(&mut state.lost_pending) + sender_dropped;
-            sink(envelope);
-            delivered += 1;
-        }
-        state.taken_since_poll += delivered;
-        let Released { link, messages, bytes, urgent, calls: _ } = released;
-        if messages > 0 {
-            // Never counted as queued: only the credit is owed.
-            let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            flow.release.on_release_many(messages, bytes);
-            link.send_credit(&mut flow, urgent);
-        }
-        delivered
     }
 
     /// Like [`recv`](Self::recv) with no wait, awaiting readiness (tokio) in between.
