@@ -222,13 +222,7 @@ impl EventLoop {
             return;
         }
         let Some(process) = self.registry.identity(key).map(|i| i.process_id) else { return };
-        let (ours, theirs) = match UnixLink::pair() {
-            Ok(pair) => pair,
-            Err(error) => {
-                let detail = format!("cannot create the link: {error}");
-                return self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
-            }
-        };
+        let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
         let id = self.registry.allocate_link_id();
         let max = self.config.max_message_size;
         self.insert_relay(Relay::new(ours, Facing::Status, Some(process), max));

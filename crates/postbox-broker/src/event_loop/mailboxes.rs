@@ -115,13 +115,7 @@ impl EventLoop {
             // A delivery adds the sender's identity to the body; it must still fit a link.
             message_size: Some(self.config.max_message_size.saturating_sub(DELIVERY_HEADER)),
         };
-        let (ours, theirs) = match UnixLink::pair() {
-            Ok(pair) => pair,
-            Err(error) => {
-                let detail = format!("cannot create the link: {error}");
-                return self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
-            }
-        };
+        let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
         let id = self.registry.allocate_link_id();
         let role =
             if input { Role::Input { release: ReleaseCounter::new(&spec) } } else { Role::Output };

@@ -746,6 +746,19 @@ impl EventLoop {
         node.outbox.push_back((bytes, fds));
     }
 
+    /// A link whose one end the broker keeps and the other goes to node `key`; `None` after
+    /// refusing `request` when the system gives no socketpair.
+    fn broker_link_pair(&mut self, key: NodeKey, request: u32) -> Option<(UnixLink, UnixLink)> {
+        match UnixLink::pair() {
+            Ok(pair) => Some(pair),
+            Err(error) => {
+                let detail = format!("cannot create the link: {error}");
+                self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
+                None
+            }
+        }
+    }
+
     /// Answers `request` with the node's end of a link whose other end the broker keeps (a
     /// mailbox's or a topic's): both rights, since the broker checks its own protocol.
     fn hand_broker_link(

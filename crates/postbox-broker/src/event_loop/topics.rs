@@ -116,14 +116,7 @@ impl EventLoop {
         if !self.has_link_room(key, request) {
             return None;
         }
-        let (ours, theirs) = match UnixLink::pair() {
-            Ok(pair) => pair,
-            Err(error) => {
-                let detail = format!("cannot create the link: {error}");
-                self.refuse(key, request, ControlErrorCode::LimitExceeded, &detail);
-                return None;
-            }
-        };
+        let (ours, theirs) = self.broker_link_pair(key, request)?;
         let link = TopicLink {
             link: ours,
             peer,
