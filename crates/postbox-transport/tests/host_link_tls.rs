@@ -27,6 +27,13 @@ use watchdog::with_watchdog;
 // Certificates
 // ---------------------------------------------------------------------------------------------
 
+/// A link listening on a fresh loopback port with `security`, and that port.
+fn listen_on_loopback(security: LinkSecurity) -> (HostLink, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    (HostLink::listen_secured(listener, config(), security).unwrap(), addr)
+}
+
 /// TLS settings as a broker loads them: from PEM files.
 fn tls_from_files(identity: &Identity, ca: &Authority, peer: &str) -> LinkSecurity {
     let dir = tempfile::tempdir().unwrap();
@@ -281,9 +288,7 @@ fn a_client_certificate_from_another_ca_is_refused_and_nothing_is_delivered() {
         let ca = Authority::new("postbox test CA");
         let rogue_ca = Authority::new("rogue CA");
         let (rogue_a, b) = (rogue_ca.issue("a"), ca.issue("b"));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let listening = HostLink::listen_secured(listener, config(), tls(&b, &ca, "a")).unwrap();
+        let (listening, addr) = listen_on_loopback(tls(&b, &ca, "a"));
         // The rogue trusts the real CA, so it accepts b; b must refuse it.
         let dialing = HostLink::dial_secured(addr, config(), tls(&rogue_a, &ca, "b")).unwrap();
         dialing.send(StreamId(1), b"must not arrive".to_vec()).unwrap();
@@ -310,10 +315,8 @@ fn a_client_certificate_for_another_host_is_refused() {
     with_watchdog(TEST_WATCHDOG, || {
         let ca = Authority::new("postbox test CA");
         let (c, b) = (ca.issue("c"), ca.issue("b"));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         // b's address for a serves a only: c, although signed by the same CA, is refused.
-        let listening = HostLink::listen_secured(listener, config(), tls(&b, &ca, "a")).unwrap();
+        let (listening, addr) = listen_on_loopback(tls(&b, &ca, "a"));
         let dialing = HostLink::dial_secured(addr, config(), tls(&c, &ca, "b")).unwrap();
         let stats = wait_stats(&listening, |s| s.handshake_failures >= 1);
         assert_eq!(
@@ -330,9 +333,7 @@ fn a_server_certificate_for_another_name_is_refused_by_the_dialer() {
     with_watchdog(TEST_WATCHDOG, || {
         let ca = Authority::new("postbox test CA");
         let (a, b) = (ca.issue("a"), ca.issue("b"));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let listening = HostLink::listen_secured(listener, config(), tls(&b, &ca, "a")).unwrap();
+        let (listening, addr) = listen_on_loopback(tls(&b, &ca, "a"));
         // a means to reach c, but b answers.
         let dialing = HostLink::dial_secured(addr, config(), tls(&a, &ca, "c")).unwrap();
         dialing.send(StreamId(1), b"must not arrive".to_vec()).unwrap();
@@ -373,11 +374,7 @@ fn a_wrong_pre_shared_key_is_refused_on_both_sides() {
     with_watchdog(TEST_WATCHDOG, || {
         let right = PreSharedKey::new(b"0123456789abcdef-right").unwrap();
         let wrong = PreSharedKey::new(b"0123456789abcdef-wrong").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let listening =
-            HostLink::listen_secured(listener, config(), LinkSecurity::PreSharedKey(right))
-                .unwrap();
+        let (listening, addr) = listen_on_loopback(LinkSecurity::PreSharedKey(right));
         let dialing =
             HostLink::dial_secured(addr, config(), LinkSecurity::PreSharedKey(wrong)).unwrap();
         dialing.send(StreamId(1), b"must not arrive".to_vec()).unwrap();
@@ -395,10 +392,7 @@ fn a_wrong_pre_shared_key_is_refused_on_both_sides() {
 fn a_plain_dialer_is_refused_by_a_pre_shared_key_listener() {
     with_watchdog(TEST_WATCHDOG, || {
         let key = PreSharedKey::new(b"0123456789abcdef").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let listening =
-            HostLink::listen_secured(listener, config(), LinkSecurity::PreSharedKey(key)).unwrap();
+        let (listening, addr) = listen_on_loopback(LinkSecurity::PreSharedKey(key));
         let dialing = HostLink::dial(addr, config()).unwrap();
         let stats = wait_stats(&listening, |s| s.handshake_failures >= 1);
         assert_eq!(
