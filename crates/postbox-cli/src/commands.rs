@@ -315,7 +315,9 @@ pub(crate) fn recv(
     // A mailbox by that name is received from; otherwise the name is opened as a port.
     let mailbox = match node.mailbox(name).open() {
         Ok(mailbox) => Some(mailbox),
-        Err(error @ postbox::OpenError::AccessDenied(_)) => return Err(error.into()),
+        Err(error @ (postbox::OpenError::AccessDenied(_) | postbox::OpenError::Unreachable(_))) => {
+            return Err(error.into())
+        }
         Err(_) => None,
     };
     if let Some(mailbox) = mailbox {

@@ -608,6 +608,11 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
                 counters
             }
         ),
+        (request(), "[a-z0-9.-]{1,63}", process_id()).prop_map(|(request, host, process)| {
+            ControlMessage::ResolveProcess { request, host, process }
+        }),
+        (request(), process_id())
+            .prop_map(|(request, process)| ControlMessage::Resolved { request, process }),
     ]
 }
 

@@ -74,7 +74,7 @@ pub(super) struct ConnectRights {
 
 impl EventLoop {
     /// The policy subject of node `key`: its kernel credentials.
-    fn subject(&self, key: NodeKey) -> Option<Subject> {
+    pub(super) fn subject(&self, key: NodeKey) -> Option<Subject> {
         let node = self.nodes.get(key.0)?.as_ref()?;
         Some(Subject { uid: node.credentials.uid, gid: node.credentials.gid })
     }

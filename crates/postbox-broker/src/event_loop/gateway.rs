@@ -10,7 +10,9 @@
 //! Frames cross unchanged (header and body): the caller's calls and one-way messages, the
 //! server's replies and credits. Each remote connection is a [`Channel`]; closing either end
 //! closes the other, and a peer that dies, restarts or stays unreachable closes all of its
-//! channels, so callers see `PeerDied` within the heartbeat bound.
+//! channels, so callers see `PeerDied` within the heartbeat bound. Mailboxes, topics and
+//! inboxes cross the same way (`remote.rs`); only the sender named inside a mailbox's
+//! delivery or a topic's publication is rewritten on the way (`hosts/identity.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,33 +28,45 @@ use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
 
 use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
+use crate::hosts::identity::{self, NodeRef, StandIns};
 use crate::hosts::peer::Peer;
-use crate::hosts::protocol::{Channel, HostMessage, Refusal};
-use crate::hosts::{split_remote, HostStatus, HostsConfig, HOSTS_PORT, MAX_REMOTE_MESSAGE};
+use crate::hosts::protocol::{Channel, ChannelKind, HostMessage, OpenTarget, Refusal};
+use crate::hosts::{
+    split_remote, HostStatus, HostsConfig, FORWARD_OVERHEAD, HOSTS_PORT, MAX_REMOTE_MESSAGE,
+};
 use crate::registry::NodeKey;
 
 /// The broker's peers and the remote connections in the making.
 #[derive(Debug)]
 pub(super) struct Gateway {
-    config: HostsConfig,
+    pub(super) config: HostsConfig,
     link_config: HostLinkConfig,
-    peers: Vec<Peer>,
+    pub(super) peers: Vec<Peer>,
     /// Woken by every host link that has events.
     waker: Arc<Waker>,
     next_channel: u64,
     /// Connects of local nodes waiting for the peer's answer.
     opening: HashMap<(usize, Channel), PendingOpen>,
     /// The relay of each open channel.
-    channels: HashMap<(usize, Channel), RelayKey>,
+    pub(super) channels: HashMap<(usize, Channel), RelayKey>,
+    /// This run of the broker, as its peers tell it from earlier ones (docs/network.md §5).
+    pub(super) incarnation: u64,
+    /// The process ids standing in for nodes of other hosts.
+    pub(super) stand_ins: StandIns,
 }
 
-/// A local node's `Connect` to `port@host`, sent on as `Open`.
+/// A local node's request for a name of another host (`port@host`, a mailbox, a topic, an
+/// inbox), sent on as `Open`.
 #[derive(Debug)]
 struct PendingOpen {
     node: NodeKey,
     process: ProcessId,
     request: u32,
-    name: PortName,
+    /// The name as the node asked for it, for a denial.
+    name: String,
+    /// What a denial says was denied.
+    operation: Operation,
+    kind: ChannelKind,
     rights: Rights,
     deadline: Instant,
 }
@@ -67,6 +81,10 @@ pub(super) struct RelayKey(pub(super) usize);
 pub(super) struct Relay {
     pub(super) link: UnixLink,
     facing: Facing,
+    kind: ChannelKind,
+    /// Publications dropped on the way to a remote subscriber (too large to cross), told
+    /// with the next one.
+    lost: u64,
     /// The local node at the other end, when it is the client (counts against its links).
     pub(super) client: Option<ProcessId>,
     decoder: FrameDecoder,
@@ -102,6 +120,8 @@ impl Gateway {
             next_channel: 1,
             opening: HashMap::new(),
             channels: HashMap::new(),
+            incarnation: incarnation(),
+            stand_ins: StandIns::new(MAX_STAND_INS),
         })
     }
 
@@ -122,10 +142,18 @@ impl Gateway {
 }
 
 impl Relay {
-    fn new(link: UnixLink, facing: Facing, client: Option<ProcessId>, max_body: u32) -> Self {
+    fn new(
+        link: UnixLink,
+        facing: Facing,
+        kind: ChannelKind,
+        client: Option<ProcessId>,
+        max_body: u32,
+    ) -> Self {
         Self {
             link,
             facing,
+            kind,
+            lost: 0,
             client,
             decoder: FrameDecoder::new(max_body),
             max_body,
@@ -190,30 +218,44 @@ impl EventLoop {
         let Some(allowed) = self.connect_rights(key, request, &target, rights) else {
             return;
         };
+        let operation =
+            if allowed.rights.contains(Rights::SEND) { Operation::Send } else { Operation::Call };
+        let wanted = (OpenTarget::Port(port), allowed.rights);
+        self.open_remote(key, request, index, wanted, name.to_string(), operation);
+    }
+
+    /// Asks peer `host` to open `target` for node `key` with `rights`; the node's request is
+    /// answered when the peer answers (or the wait ends). `name` and `operation` are what a
+    /// denial names.
+    pub(super) fn open_remote(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        host: usize,
+        (target, rights): (OpenTarget, Rights),
+        name: String,
+        operation: Operation,
+    ) {
         if !self.has_link_room(key, request) {
             return;
         }
         let Some(process) = self.registry.identity(key).map(|i| i.process_id) else { return };
-        // Invariant: checked at the top of this function, nothing removed it since.
-        let gateway = self.gateway.as_mut().expect("gateway present");
-        if !gateway.peers[index].has_link() {
+        let Some(gateway) = self.gateway.as_mut() else { return };
+        if !gateway.peers[host].has_link() {
+            let host = &gateway.peers[host].config.name;
             let detail = format!("host {host} is unreachable (its link is restarting)");
             return self.refuse(key, request, ControlErrorCode::Unanswered, &detail);
         }
         let channel = Channel { opened_here: true, number: gateway.next_channel };
         gateway.next_channel += 1;
         let deadline = Instant::now() + gateway.open_timeout();
-        let pending = PendingOpen {
-            node: key,
-            process,
-            request,
-            name: name.clone(),
-            rights: allowed.rights,
-            deadline,
-        };
-        gateway.opening.insert((index, channel), pending);
-        let open = HostMessage::Open { channel, port, rights: allowed.rights };
-        gateway.peers[index].send_or_keep(channel.stream(), open.encode());
+        let kind = target.kind();
+        let pending =
+            PendingOpen { node: key, process, request, name, operation, kind, rights, deadline };
+        gateway.opening.insert((host, channel), pending);
+        let client = NodeRef { host: None, incarnation: gateway.incarnation, process };
+        let open = HostMessage::Open { channel, target, rights, client };
+        gateway.peers[host].send_or_keep(channel.stream(), open.encode());
     }
 
     /// Answers a `Connect` to the status port with a link the broker serves itself.
@@ -225,7 +267,8 @@ impl EventLoop {
         let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
         let id = self.registry.allocate_link_id();
         let max = self.config.max_message_size;
-        self.insert_relay(Relay::new(ours, Facing::Status, Some(process), max));
+        let relay = Relay::new(ours, Facing::Status, ChannelKind::Port, Some(process), max);
+        self.insert_relay(relay);
         let spec = PortSpec { message_size: Some(max), ..PortSpec::default() };
         self.hand_broker_link(key, request, id, spec, theirs);
     }
@@ -307,11 +350,11 @@ impl EventLoop {
 
     fn handle_host_message(&mut self, host: usize, message: HostMessage) {
         match message {
-            HostMessage::Open { channel, port, rights } if !channel.opened_here => {
-                self.open_for_peer(host, channel, &port, rights);
+            HostMessage::Open { channel, target, rights, client } if !channel.opened_here => {
+                self.open_for_peer(host, channel, target, rights, &client);
             }
-            HostMessage::Opened { channel, spec, rights, quota } if channel.opened_here => {
-                self.peer_opened(host, channel, spec, rights, quota);
+            HostMessage::Opened { channel, spec, rights, quota, server } if channel.opened_here => {
+                self.peer_opened(host, channel, (spec, rights, quota), &server);
             }
             HostMessage::Refused { channel, reason, detail } if channel.opened_here => {
                 let Some(gateway) = &mut self.gateway else { return };
@@ -324,20 +367,20 @@ impl EventLoop {
                         self.refuse(node, request, ControlErrorCode::NoSuchPort, &detail);
                     }
                     Refusal::Denied => {
-                        let operation = if pending.rights.contains(Rights::SEND) {
-                            Operation::Send
-                        } else {
-                            Operation::Call
-                        };
-                        let denied = ControlMessage::Denied {
-                            request,
-                            operation,
-                            name: pending.name.to_string(),
-                        };
+                        let operation = pending.operation;
+                        let denied =
+                            ControlMessage::Denied { request, operation, name: pending.name };
                         self.queue(node, &denied, Vec::new());
                     }
                     Refusal::LimitExceeded => {
                         self.refuse(node, request, ControlErrorCode::LimitExceeded, &detail);
+                    }
+                    Refusal::NameTaken => {
+                        let detail = format!("{detail} (on host {host_name})");
+                        self.refuse(node, request, ControlErrorCode::NameTaken, &detail);
+                    }
+                    Refusal::InvalidName => {
+                        self.refuse(node, request, ControlErrorCode::InvalidName, &detail);
                     }
                 }
             }
@@ -366,73 +409,109 @@ impl EventLoop {
         }
     }
 
-    /// The peer's node connects to this host's port `port`: checked against the policy for
-    /// that host, then made like any connection, with the broker as the client.
-    fn open_for_peer(&mut self, host: usize, channel: Channel, port: &PortName, wanted: Rights) {
-        let Some(gateway) = &self.gateway else { return };
-        let host_name = gateway.peers[host].config.name.to_string();
-        if gateway.channels.contains_key(&(host, channel)) {
-            return self.close_channel(host, channel, true);
-        }
-        let refuse = |reason, detail: String| HostMessage::Refused { channel, reason, detail };
-        let rights =
-            self.config.policy.host_link_rights(&host_name, port.as_str()).intersection(wanted);
-        // Existence first, as for the broker's own user locally: a caller learns that a name
-        // is wrong before whether it may use it.
-        let answer = if Self::is_reserved(port) || self.registry.port(port).is_none() {
-            let kind = self.name_kind(port).filter(|k| *k != "port");
-            let detail = match kind {
-                Some(kind) => format!("{port} is a {kind}; only ports are reachable across hosts"),
-                None => format!("no port named {port}"),
-            };
-            Err(refuse(Refusal::NoSuchPort, detail))
-        } else if rights.is_empty() {
-            Err(refuse(Refusal::Denied, format!("host {host_name} may not use {port}")))
-        } else {
-            self.link_for_peer(host, channel, port, rights)
-                .map_err(|detail| refuse(Refusal::LimitExceeded, detail))
-        };
-        let message = answer.unwrap_or_else(|refusal| refusal);
-        if let Some(gateway) = &mut self.gateway {
-            gateway.peers[host].send_or_keep(channel.stream(), message.encode());
-        }
-    }
-
-    /// Makes the link from the broker (as the peer node's stand-in) to the owner of `port`;
-    /// the answer for the peer, or why not.
-    fn link_for_peer(
+    /// The peer's node connects to this host's port `port` (or to mailbox `port`, to send to
+    /// it): checked against the policy for that host, then made like any connection, with the
+    /// broker as the client. The answer for the peer.
+    pub(super) fn port_for_peer(
         &mut self,
         host: usize,
         channel: Channel,
         port: &PortName,
+        wanted: Rights,
+        client: PeerIdentity,
+    ) -> HostMessage {
+        let Some(gateway) = &self.gateway else { return HostMessage::Close { channel } };
+        let host_name = gateway.peers[host].config.name.to_string();
+        let refuse = |reason, detail: String| HostMessage::Refused { channel, reason, detail };
+        let policy = &self.config.policy;
+        let rights = policy.host_link_rights(&host_name, port.as_str()).intersection(wanted);
+        // Existence first, as for the broker's own user locally: a caller learns that a name
+        // is wrong before whether it may use it.
+        if Self::is_reserved(port) {
+            return refuse(Refusal::NoSuchPort, format!("no port named {port}"));
+        }
+        let Some((owner, _, spec)) = self.registry.port(port) else {
+            if self.mailboxes.contains_key(port) {
+                // A mailbox takes one-way messages from anyone allowed to send to it.
+                if !policy.allows_host(&host_name, Operation::Send, port.as_str()) {
+                    return refuse(Refusal::Denied, format!("host {host_name} may not use {port}"));
+                }
+                let endpoint = super::remote::BrokerEndpoint::MailboxInput(port.clone());
+                return self.broker_end_for_peer(
+                    host,
+                    channel,
+                    ChannelKind::Port,
+                    client,
+                    endpoint,
+                );
+            }
+            let detail = match self.name_kind(port) {
+                Some(kind) => format!("{port} is a {kind}; publish to it or subscribe to it"),
+                None => format!("no port named {port}"),
+            };
+            return refuse(Refusal::NoSuchPort, detail);
+        };
+        if rights.is_empty() {
+            return refuse(Refusal::Denied, format!("host {host_name} may not use {port}"));
+        }
+        let target = ListenTarget::Port(port.clone());
+        self.link_for_peer(host, channel, (owner, target, spec), rights, client)
+            .unwrap_or_else(|detail| refuse(Refusal::LimitExceeded, detail))
+    }
+
+    /// Makes the link from the broker (as the peer node's stand-in `client`) to `owner`'s
+    /// port or inbox (`target`, buffering as `spec`); the answer for the peer, or why not.
+    pub(super) fn link_for_peer(
+        &mut self,
+        host: usize,
+        channel: Channel,
+        (owner, target, spec): (NodeKey, ListenTarget, PortSpec),
         rights: Rights,
+        client: PeerIdentity,
     ) -> Result<HostMessage, String> {
-        // Invariant: the caller checked that the port exists.
-        let (owner, _, spec) = self.registry.port(port).ok_or("the port closed")?;
         if !self.has_room(owner) {
             return Err("the serving node is not reading its control socket".into());
         }
+        let server = self.registry.identity(owner).ok_or("the node left")?.process_id;
         let (ours, theirs) =
             UnixLink::pair().map_err(|e| format!("cannot create the link: {e}"))?;
         let spec = remote_spec(spec, self.config.max_message_size);
         let link = self.registry.allocate_link_id();
         let quota = self.config.policy.quota();
-        let incoming = ControlMessage::IncomingConnection {
-            link,
-            target: ListenTarget::Port(port.clone()),
-            client: remote_identity(host),
-            rights,
-            quota,
-        };
+        let incoming = ControlMessage::IncomingConnection { link, target, client, rights, quota };
         self.queue(owner, &incoming, vec![theirs.into_fd()]);
         self.flush(owner);
         let max_body = spec.message_size.unwrap_or(MAX_REMOTE_MESSAGE);
-        let key =
-            self.insert_relay(Relay::new(ours, Facing::Server { host, channel }, None, max_body));
-        if let Some(gateway) = &mut self.gateway {
-            gateway.channels.insert((host, channel), key);
-        }
-        Ok(HostMessage::Opened { channel, spec, rights, quota })
+        let facing = Facing::Server { host, channel };
+        let key = self.insert_relay(Relay::new(ours, facing, ChannelKind::Port, None, max_body));
+        let Some(gateway) = &mut self.gateway else { return Err("no gateway".into()) };
+        gateway.channels.insert((host, channel), key);
+        let server = node_ref_of(gateway, server);
+        Ok(HostMessage::Opened { channel, spec, rights, quota, server })
+    }
+
+    /// Serves the peer's channel with an end of a link to one of the broker's own mailboxes
+    /// or topics (`make` attaches the other end and says how it buffers); the answer for the
+    /// peer, or why not.
+    pub(super) fn broker_link_for_peer(
+        &mut self,
+        host: usize,
+        channel: Channel,
+        kind: ChannelKind,
+        make: impl FnOnce(&mut Self, UnixLink) -> PortSpec,
+    ) -> Result<HostMessage, String> {
+        let (ours, theirs) =
+            UnixLink::pair().map_err(|e| format!("cannot create the link: {e}"))?;
+        let spec = make(self, theirs);
+        let max = self.config.max_message_size;
+        let facing = Facing::Server { host, channel };
+        let key = self.insert_relay(Relay::new(ours, facing, kind, None, max));
+        let quota = self.config.policy.quota();
+        let Some(gateway) = &mut self.gateway else { return Err("no gateway".into()) };
+        gateway.channels.insert((host, channel), key);
+        let server = node_ref_of(gateway, self.identity.process_id);
+        let spec = remote_spec(spec, max);
+        Ok(HostMessage::Opened { channel, spec, rights: Rights::ALL, quota, server })
     }
 
     /// The peer connected one of this host's nodes: it gets its end of a link the broker
@@ -441,9 +520,8 @@ impl EventLoop {
         &mut self,
         host: usize,
         channel: Channel,
-        spec: PortSpec,
-        rights: Rights,
-        quota: Quota,
+        (spec, rights, quota): (PortSpec, Rights, Quota),
+        server: &NodeRef,
     ) {
         let Some(gateway) = &mut self.gateway else { return };
         let Some(pending) = gateway.opening.remove(&(host, channel)) else {
@@ -462,9 +540,11 @@ impl EventLoop {
             }
             return;
         };
+        let server = self.identity_from(host, server);
         let spec = remote_spec(spec, self.config.max_message_size);
         let max = self.config.max_message_size;
-        let relay = Relay::new(ours, Facing::Client { host, channel }, Some(pending.process), max);
+        let facing = Facing::Client { host, channel };
+        let relay = Relay::new(ours, facing, pending.kind, Some(pending.process), max);
         let key = self.insert_relay(relay);
         if let Some(gateway) = &mut self.gateway {
             gateway.channels.insert((host, channel), key);
@@ -473,7 +553,7 @@ impl EventLoop {
         let connected = ControlMessage::Connected {
             request: pending.request,
             link,
-            server: remote_identity(host),
+            server,
             spec,
             rights,
             quota,
@@ -481,17 +561,36 @@ impl EventLoop {
         self.queue(pending.node, &connected, vec![theirs.into_fd()]);
     }
 
+    /// Who node `node` (named by peer `host`) is here: a node of this host under its own
+    /// process id, any other under its stand-in.
+    pub(super) fn identity_from(&mut self, host: usize, node: &NodeRef) -> PeerIdentity {
+        let Some(gateway) = &mut self.gateway else {
+            return identity::stand_in_identity(ProcessId::new(0, 0));
+        };
+        let name = node.host.clone().unwrap_or_else(|| gateway.peers[host].config.name.clone());
+        let this_run = node.incarnation == 0 || node.incarnation == gateway.incarnation;
+        if name == gateway.config.name && this_run && node.process.pid != 0 {
+            return self
+                .registry
+                .node_identity(node.process)
+                .unwrap_or_else(|| identity::stand_in_identity(node.process));
+        }
+        let stand_in = gateway.stand_ins.stand_in(&name, node.incarnation, node.process);
+        identity::stand_in_identity(stand_in)
+    }
+
     /// Frames from the peer for the local end of `channel` (one, or with `batch` several back
     /// to back): each checked, then all queued there as one write.
     fn frames_from_peer(&mut self, host: usize, channel: Channel, frames: Vec<u8>, batch: bool) {
         let Some(key) = self.relay_of(host, channel) else { return };
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+        let (kind, facing) = (relay.kind, relay.facing);
         let count = relayed_frames(&frames, relay.max_body, |header| {
             header.placement == Placement::Inline
-                && match relay.facing {
-                    Facing::Client { .. } => may_reach_client(header.kind),
+                && match facing {
+                    Facing::Client { .. } => may_reach_client(kind, header.kind),
                     Facing::Server { .. } => {
-                        may_reach_server(header.kind, header.body_len as usize)
+                        may_reach_server(kind, header.kind, header.body_len as usize)
                     }
                     Facing::Status => false,
                 }
@@ -500,8 +599,52 @@ impl EventLoop {
         if !valid || relay.out.bytes() > RELAY_OUT_LIMIT {
             return self.close_relay(key, true);
         }
+        let frames = match facing {
+            Facing::Client { .. } if kind != ChannelKind::Port => {
+                match self.senders_named_here(host, kind, &frames) {
+                    Some(frames) => frames,
+                    None => return self.close_relay(key, true),
+                }
+            }
+            _ => frames,
+        };
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
         relay.enqueue(frames);
         self.flush_relay(key);
+    }
+
+    /// Checked frames of a mailbox's or a topic's channel from `host`, with the sender of each
+    /// delivery or publication named as nodes here know it (and a publication's topic as
+    /// `topic@host`); `None` when one names its sender wrongly.
+    fn senders_named_here(
+        &mut self,
+        host: usize,
+        kind: ChannelKind,
+        mut frames: &[u8],
+    ) -> Option<Vec<u8>> {
+        let host_name = self.gateway.as_ref()?.peers.get(host)?.config.name.clone();
+        let mut out = Vec::with_capacity(frames.len() + 64);
+        while !frames.is_empty() {
+            let (header, len) = frame_at_start(frames, u32::MAX)?;
+            let body = &frames[HEADER_LEN..len];
+            if names_sender(kind, header.kind) {
+                let (node, rest) = identity::split_node_ref(body).ok()?;
+                let sender = self.identity_from(host, &node);
+                let body = if kind == ChannelKind::Subscription {
+                    identity::with_identity(
+                        sender,
+                        &identity::qualify_topic(rest, &host_name).ok()?,
+                    )
+                } else {
+                    identity::with_identity(sender, rest)
+                };
+                push_frame(&mut out, header, &body);
+            } else {
+                out.extend_from_slice(&frames[..len]);
+            }
+            frames = &frames[len..];
+        }
+        Some(out)
     }
 
     /// Serves a ready relay: writes what waits, reads and forwards what came.
@@ -539,31 +682,47 @@ impl EventLoop {
                 continue;
             }
             let Some((_, channel)) = relay.remote() else { return self.serve_status(key) };
-            let facing = relay.facing;
+            let (facing, kind) = (relay.facing, relay.kind);
+            // Deliveries and publications leaving for a peer name their sender for it.
+            let renamed = matches!(facing, Facing::Server { .. }) && kind != ChannelKind::Port;
+            let gateway = self.gateway.as_ref();
             let mut batch = Vec::new();
             // Where the last frame in `batch` starts, and how many frames it holds.
             let (mut last_start, mut count) = (0, 0);
             let mut broken = false;
             while batch.len() < BATCH_BYTES {
+                let lost = &mut relay.lost;
+                // Some(true): the frame goes; Some(false): dropped (counted); None: refused.
                 let polled = relay.decoder.poll_frame_with(|header, body| {
                     let body = body.as_slice();
                     let allowed = header.placement == Placement::Inline
                         && match facing {
-                            Facing::Client { .. } => may_reach_server(header.kind, body.len()),
-                            Facing::Server { .. } => may_reach_client(header.kind),
+                            Facing::Client { .. } => {
+                                may_reach_server(kind, header.kind, body.len())
+                            }
+                            Facing::Server { .. } => may_reach_client(kind, header.kind),
                             Facing::Status => false,
                         };
-                    if allowed {
+                    if !allowed {
+                        return None;
+                    }
+                    if renamed && names_sender(kind, header.kind) {
+                        let (header, body) = named_for_peer(gateway?, kind, header, body, lost)?;
+                        let Some(body) = body else { return Some(false) };
+                        last_start = batch.len();
+                        push_frame(&mut batch, header, &body);
+                    } else {
                         last_start = batch.len();
                         batch.extend_from_slice(&header.encode(body));
                         batch.extend_from_slice(body);
                     }
-                    allowed
+                    Some(true)
                 });
                 match polled {
-                    Ok(Some(true)) => count += 1,
+                    Ok(Some(Some(true))) => count += 1,
+                    Ok(Some(Some(false))) => {}
                     Ok(None) => break,
-                    Ok(Some(false)) | Err(_) => {
+                    Ok(Some(None)) | Err(_) => {
                         broken = true;
                         break;
                     }
@@ -735,7 +894,7 @@ impl EventLoop {
         }
     }
 
-    fn close_channel(&mut self, host: usize, channel: Channel, tell_peer: bool) {
+    pub(super) fn close_channel(&mut self, host: usize, channel: Channel, tell_peer: bool) {
         match self.relay_of(host, channel) {
             Some(key) => self.close_relay(key, tell_peer),
             None if tell_peer => {
@@ -790,15 +949,68 @@ impl EventLoop {
     }
 }
 
-/// Who a node on another host is, as the nodes here see it: no local process (pid 0), the
-/// generation names the peer (its index in the configuration, plus one), and no local user
-/// or group (`u32::MAX`, the `(uid_t)-1` no account has). docs/network.md §5.
-fn remote_identity(host: usize) -> PeerIdentity {
-    PeerIdentity {
-        process_id: ProcessId::new(0, u32::try_from(host + 1).unwrap_or(u32::MAX)),
-        uid: u32::MAX,
-        gid: u32::MAX,
+/// How node `process` of this host (its own, or a stand-in) is named to a peer.
+pub(super) fn node_ref_of(gateway: &Gateway, process: ProcessId) -> NodeRef {
+    match gateway.stand_ins.peek(process) {
+        Some(remote) => NodeRef {
+            host: Some(remote.host.clone()),
+            incarnation: remote.incarnation,
+            process: remote.process,
+        },
+        None => NodeRef { host: None, incarnation: gateway.incarnation, process },
     }
+}
+
+/// A delivery or publication leaving for a peer, with its sender named for the peer: the
+/// header and body to send, or no body when a publication is too large to cross (dropped
+/// and counted in `lost`, which the next one reports); `None` when the frame is not one.
+fn named_for_peer(
+    gateway: &Gateway,
+    kind: ChannelKind,
+    mut header: FrameHeader,
+    body: &[u8],
+    lost: &mut u64,
+) -> Option<(FrameHeader, Option<Vec<u8>>)> {
+    let (process, rest) = identity::split_identity(body)?;
+    let body = identity::with_node_ref(&node_ref_of(gateway, process), rest);
+    if kind == ChannelKind::Subscription {
+        // A publication's correlation counts the messages dropped before it.
+        let crossing = HEADER_LEN + body.len() + HOST_MESSAGE_HEADER;
+        if crossing > (MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD) as usize {
+            *lost = lost.saturating_add(header.correlation).saturating_add(1);
+            return Some((header, None));
+        }
+        header.correlation = header.correlation.saturating_add(std::mem::take(lost));
+    }
+    header.body_len = u32::try_from(body.len()).ok()?;
+    Some((header, Some(body)))
+}
+
+/// Whether a frame of `kind` on a channel carrying `channel` names its sender in its body:
+/// a mailbox's delivery, a topic's publication.
+fn names_sender(channel: ChannelKind, kind: FrameKind) -> bool {
+    match channel {
+        ChannelKind::Mailbox => kind == FrameKind::Reply,
+        ChannelKind::Subscription => kind == FrameKind::Oneway,
+        ChannelKind::Port => false,
+    }
+}
+
+/// Appends a frame of `header` (its body length set) and `body`.
+fn push_frame(out: &mut Vec<u8>, mut header: FrameHeader, body: &[u8]) {
+    header.body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&header.encode(body));
+    out.extend_from_slice(body);
+}
+
+/// A run of this broker: its start time and pid, mixed. Peers compare it to tell a process
+/// id this run assigned from one an earlier run did.
+fn incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let pid = u64::from(std::process::id());
+    (nanos ^ pid.rotate_left(40)).max(1)
 }
 
 /// A port's spec as told across hosts: bodies within what the host link carries and this
@@ -823,15 +1035,27 @@ fn frames_message(channel: Channel, frames: Vec<u8>, count: usize) -> Vec<u8> {
 }
 
 /// Whether a frame of `kind` with a body of `body_len` bytes may travel from a client to its
-/// server: calls and messages, and credits without a body.
-fn may_reach_server(kind: FrameKind, body_len: usize) -> bool {
-    matches!(kind, FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call)
-        || (kind == FrameKind::Credit && body_len == 0)
+/// server on a channel carrying `channel`: calls and messages, and credits without a body;
+/// on a subscription, only credits.
+fn may_reach_server(channel: ChannelKind, kind: FrameKind, body_len: usize) -> bool {
+    match channel {
+        ChannelKind::Port | ChannelKind::Mailbox => {
+            matches!(kind, FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call)
+                || (kind == FrameKind::Credit && body_len == 0)
+        }
+        ChannelKind::Subscription => kind == FrameKind::Credit,
+    }
 }
 
-/// Whether a frame of `kind` may travel from a server to its client: replies and credits.
-fn may_reach_client(kind: FrameKind) -> bool {
-    matches!(kind, FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit)
+/// Whether a frame of `kind` may travel from a server to its client on a channel carrying
+/// `channel`: replies and credits; on a subscription, only publications.
+fn may_reach_client(channel: ChannelKind, kind: FrameKind) -> bool {
+    match channel {
+        ChannelKind::Port | ChannelKind::Mailbox => {
+            matches!(kind, FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit)
+        }
+        ChannelKind::Subscription => kind == FrameKind::Oneway,
+    }
 }
 
 /// How many whole, intact frames `bytes` holds back to back, each one's header accepted by
@@ -878,6 +1102,10 @@ const RELAY_OUT_LIMIT: usize = 64 << 20;
 const BATCH_BYTES: usize = 64 << 10;
 /// Reads from one relay before the others get a turn.
 const MAX_READS_PER_ROUND: usize = 16;
+/// Stand-ins kept for nodes of other hosts (about 100 bytes each).
+const MAX_STAND_INS: usize = 1 << 16;
+/// Bytes a host message puts before a frame: kind, origin, channel.
+const HOST_MESSAGE_HEADER: usize = 10;
 
 #[cfg(test)]
 mod tests {
@@ -888,11 +1116,11 @@ mod tests {
     }
 
     fn client_bound(header: &FrameHeader) -> bool {
-        may_reach_client(header.kind)
+        may_reach_client(ChannelKind::Port, header.kind)
     }
 
     fn server_bound(header: &FrameHeader) -> bool {
-        may_reach_server(header.kind, header.body_len as usize)
+        may_reach_server(ChannelKind::Port, header.kind, header.body_len as usize)
     }
 
     #[test]

@@ -109,18 +109,43 @@ impl EventLoop {
         if !self.has_link_room(key, request) {
             return;
         }
+        let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
+        let (id, spec) = self.attach_mailbox_link(ours, peer, name, capacity, input);
+        self.hand_broker_link(key, request, id, spec, theirs);
+    }
+
+    /// Makes `link` the broker's end of a link to mailbox `name` (which exists) for `peer`, a
+    /// node of another host (docs/network.md §5); how the mailbox buffers, for that node.
+    pub(super) fn attach_mailbox(
+        &mut self,
+        link: UnixLink,
+        peer: PeerIdentity,
+        name: &PortName,
+        input: bool,
+    ) -> PortSpec {
+        let capacity = self.mailboxes.get(name).map_or(1, |m| m.capacity);
+        self.attach_mailbox_link(link, peer, name, capacity, input).1
+    }
+
+    fn attach_mailbox_link(
+        &mut self,
+        link: UnixLink,
+        peer: PeerIdentity,
+        name: &PortName,
+        capacity: u32,
+        input: bool,
+    ) -> (LinkId, PortSpec) {
         let spec = PortSpec {
             capacity: Capacity::Bounded(capacity),
             overflow: Overflow::Block,
             // A delivery adds the sender's identity to the body; it must still fit a link.
             message_size: Some(self.config.max_message_size.saturating_sub(DELIVERY_HEADER)),
         };
-        let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
         let id = self.registry.allocate_link_id();
         let role =
             if input { Role::Input { release: ReleaseCounter::new(&spec) } } else { Role::Output };
         let link = DataLink {
-            link: ours,
+            link,
             id,
             peer,
             mailbox: name.clone(),
@@ -133,7 +158,7 @@ impl EventLoop {
             Some(free) => self.data[free] = Some(link),
             None => self.data.push(Some(link)),
         }
-        self.hand_broker_link(key, request, id, spec, theirs);
+        (id, spec)
     }
 
     pub(super) fn mailbox_stats(&self, request: u32, name: &PortName) -> ControlMessage {

@@ -24,6 +24,7 @@ mod access;
 mod gateway;
 mod mailboxes;
 mod out_queue;
+mod remote;
 mod topics;
 
 pub use access::PolicyReloader;
@@ -493,6 +494,8 @@ impl EventLoop {
             _ if !admitted => {
                 self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
+            // Names of other hosts, remote nodes' stand-ins (docs/network.md): remote.rs.
+            message if self.is_remote_request(&message) => self.handle_remote(key, message),
             ControlMessage::OpenPort { request, ref name, .. }
                 if !self.permit(key, request, Operation::Register, name.as_str()) => {}
             ControlMessage::CreateMailbox { request, ref name, .. }
@@ -545,13 +548,6 @@ impl EventLoop {
                 if Self::is_reserved(name) =>
             {
                 self.connect_status(key, request);
-            }
-            ControlMessage::Connect { request, target: Target::Port(name), rights }
-                if !self.mailboxes.contains_key(&name)
-                    && self.registry.port(&name).is_none()
-                    && self.is_remote(&name) =>
-            {
-                self.connect_remote(key, request, &name, rights);
             }
             ControlMessage::Connect { request, target: Target::Port(name), .. }
                 if self.mailboxes.contains_key(&name) =>

@@ -1,13 +1,16 @@
 //! What two brokers say to each other on a host link: opening and closing a remote
-//! connection, and the data frames it carries, one or a batch at a time (docs/network.md §4).
+//! connection (to a port, a mailbox, a topic or a node's inbox), and the data frames it
+//! carries, one or a batch at a time (docs/network.md §4).
 //!
 //! Every message names one remote connection (a *channel*): the broker that opened it
 //! numbered it, and a flag says whether that was the sender or the receiver of the message,
 //! so the two brokers' numbers never collide.
 
 use postbox_core::wire::{put_text, DecodeError, Reader};
-use postbox_core::{PortName, PortSpec, Quota, Rights};
+use postbox_core::{PortName, PortSpec, ProcessId, Quota, Rights};
 use postbox_transport::host_link::StreamId;
+
+use super::identity::NodeRef;
 
 /// One remote connection, as this broker names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,13 +21,45 @@ pub(crate) struct Channel {
     pub(crate) number: u64,
 }
 
+/// What a channel is opened to, on the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpenTarget {
+    /// A port, or a mailbox to send to (the name says which, as for a local `Connect`).
+    Port(PortName),
+    /// A mailbox to receive from.
+    Mailbox(PortName),
+    /// A topic to publish to.
+    Publish(PortName),
+    /// Topics to subscribe to, with the subscriber's queue at the peer.
+    Subscribe { pattern: String, capacity: u32, drop_newest: bool },
+    /// The inbox of one of the peer's nodes, admitted by the peer's run `incarnation` (0:
+    /// whichever run is current).
+    Inbox { incarnation: u64, process: ProcessId },
+}
+
+/// What travels on a channel, which decides the frames allowed each way and the senders
+/// named inside them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChannelKind {
+    /// A port's, an inbox's, or a link into a mailbox or a topic: calls and messages to the
+    /// server; replies and credits back.
+    Port,
+    /// A mailbox's receiving link: pulls and acknowledgements to the mailbox; deliveries
+    /// (which name their sender) back.
+    Mailbox,
+    /// A subscription: credits to the topics; publications (which name their publisher)
+    /// back.
+    Subscription,
+}
+
 /// One message between brokers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HostMessage {
-    /// Opener → peer: connect to your port `port` for one of my nodes, with these rights.
-    Open { channel: Channel, port: PortName, rights: Rights },
-    /// Peer → opener: connected; the port buffers as `spec`, the link carries `rights`.
-    Opened { channel: Channel, spec: PortSpec, rights: Rights, quota: Quota },
+    /// Opener → peer: connect `target` for my node `client`, with these rights.
+    Open { channel: Channel, target: OpenTarget, rights: Rights, client: NodeRef },
+    /// Peer → opener: connected; the endpoint buffers as `spec`, the link carries `rights`,
+    /// and `server` is at the other end.
+    Opened { channel: Channel, spec: PortSpec, rights: Rights, quota: Quota, server: NodeRef },
     /// Peer → opener: not connected, and why.
     Refused { channel: Channel, reason: Refusal, detail: String },
     /// Either way: one data frame (header and body, docs/wire-format.md §2) of the link.
@@ -46,6 +81,21 @@ pub(crate) enum Refusal {
     Denied,
     /// A limit of the peer's was reached.
     LimitExceeded,
+    /// The name is held by something else (a port or mailbox, for a topic).
+    NameTaken,
+    /// The name or pattern breaks the naming rules.
+    InvalidName,
+}
+
+impl OpenTarget {
+    /// What the channel carries.
+    pub(crate) fn kind(&self) -> ChannelKind {
+        match self {
+            Self::Mailbox(_) => ChannelKind::Mailbox,
+            Self::Subscribe { .. } => ChannelKind::Subscription,
+            Self::Port(_) | Self::Publish(_) | Self::Inbox { .. } => ChannelKind::Port,
+        }
+    }
 }
 
 impl Channel {
@@ -94,15 +144,42 @@ impl HostMessage {
         buf.push(u8::from(!channel.opened_here));
         buf.extend_from_slice(&channel.number.to_le_bytes());
         match self {
-            Self::Open { port, rights, .. } => {
-                put_text(&mut buf, port.as_str());
+            Self::Open { target, rights, client, .. } => {
+                match target {
+                    OpenTarget::Port(name) => {
+                        buf.push(TARGET_PORT);
+                        put_text(&mut buf, name.as_str());
+                    }
+                    OpenTarget::Mailbox(name) => {
+                        buf.push(TARGET_MAILBOX);
+                        put_text(&mut buf, name.as_str());
+                    }
+                    OpenTarget::Publish(topic) => {
+                        buf.push(TARGET_PUBLISH);
+                        put_text(&mut buf, topic.as_str());
+                    }
+                    OpenTarget::Subscribe { pattern, capacity, drop_newest } => {
+                        buf.push(TARGET_SUBSCRIBE);
+                        put_text(&mut buf, truncated(pattern));
+                        buf.extend_from_slice(&capacity.to_le_bytes());
+                        buf.push(u8::from(*drop_newest));
+                    }
+                    OpenTarget::Inbox { incarnation, process } => {
+                        buf.push(TARGET_INBOX);
+                        buf.extend_from_slice(&incarnation.to_le_bytes());
+                        buf.extend_from_slice(&process.pid.to_le_bytes());
+                        buf.extend_from_slice(&process.generation.to_le_bytes());
+                    }
+                }
                 buf.push(rights.to_u8());
+                client.encode(&mut buf);
             }
-            Self::Opened { spec, rights, quota, .. } => {
+            Self::Opened { spec, rights, quota, server, .. } => {
                 spec.encode(&mut buf);
                 buf.push(rights.to_u8());
                 buf.extend_from_slice(&quota.calls_in_flight.to_le_bytes());
                 buf.extend_from_slice(&quota.queued_bytes.to_le_bytes());
+                server.encode(&mut buf);
             }
             Self::Refused { reason, detail, .. } => {
                 buf.push(*reason as u8);
@@ -127,20 +204,49 @@ impl HostMessage {
         let channel = Channel { opened_here, number: r.u64()? };
         let message = match kind {
             OPEN => {
-                let port = PortName::new(r.text()?).map_err(|_| DecodeError::InvalidName)?;
-                Self::Open { channel, port, rights: rights(r.u8()?)? }
+                let name = |r: &mut Reader<'_>| {
+                    PortName::new(r.text()?).map_err(|_| DecodeError::InvalidName)
+                };
+                let target = match r.u8()? {
+                    TARGET_PORT => OpenTarget::Port(name(&mut r)?),
+                    TARGET_MAILBOX => OpenTarget::Mailbox(name(&mut r)?),
+                    TARGET_PUBLISH => OpenTarget::Publish(name(&mut r)?),
+                    TARGET_SUBSCRIBE => OpenTarget::Subscribe {
+                        pattern: r.text()?.to_owned(),
+                        capacity: r.u32()?,
+                        drop_newest: match r.u8()? {
+                            0 => false,
+                            1 => true,
+                            value => {
+                                return Err(DecodeError::UnknownValue {
+                                    field: "drop_newest",
+                                    value,
+                                })
+                            }
+                        },
+                    },
+                    TARGET_INBOX => OpenTarget::Inbox {
+                        incarnation: r.u64()?,
+                        process: ProcessId::new(r.u32()?, r.u32()?),
+                    },
+                    value => return Err(DecodeError::UnknownValue { field: "target", value }),
+                };
+                let rights = rights(r.u8()?)?;
+                Self::Open { channel, target, rights, client: NodeRef::decode(&mut r)? }
             }
             OPENED => {
                 let spec = PortSpec::decode(&mut r)?;
                 let rights = rights(r.u8()?)?;
                 let quota = Quota { calls_in_flight: r.u32()?, queued_bytes: r.u64()? };
-                Self::Opened { channel, spec, rights, quota }
+                Self::Opened { channel, spec, rights, quota, server: NodeRef::decode(&mut r)? }
             }
             REFUSED => {
                 let reason = match r.u8()? {
                     0 => Refusal::NoSuchPort,
                     1 => Refusal::Denied,
                     2 => Refusal::LimitExceeded,
+                    3 => Refusal::NameTaken,
+                    4 => Refusal::InvalidName,
                     value => return Err(DecodeError::UnknownValue { field: "refusal", value }),
                 };
                 Self::Refused { channel, reason, detail: r.text()?.to_owned() }
@@ -184,9 +290,16 @@ const FRAME: u8 = 4;
 const CLOSE: u8 = 5;
 const FRAMES: u8 = 6;
 
+const TARGET_PORT: u8 = 0;
+const TARGET_MAILBOX: u8 = 1;
+const TARGET_PUBLISH: u8 = 2;
+const TARGET_SUBSCRIBE: u8 = 3;
+const TARGET_INBOX: u8 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosts::HostName;
 
     /// What the peer decodes from what this broker encodes: the same message with the
     /// channel's origin seen from the other side.
@@ -194,37 +307,69 @@ mod tests {
         HostMessage::decode(&message.encode()).unwrap()
     }
 
+    fn node(host: Option<&str>) -> NodeRef {
+        NodeRef {
+            host: host.map(|h| HostName::new(h).unwrap()),
+            incarnation: 77,
+            process: ProcessId::new(1234, 5),
+        }
+    }
+
+    fn targets() -> Vec<OpenTarget> {
+        let name = PortName::new("jobs").unwrap();
+        vec![
+            OpenTarget::Port(name.clone()),
+            OpenTarget::Mailbox(name.clone()),
+            OpenTarget::Publish(name),
+            OpenTarget::Subscribe { pattern: "/sensors/*".into(), capacity: 9, drop_newest: true },
+            OpenTarget::Inbox { incarnation: 3, process: ProcessId::new(8, 2) },
+        ]
+    }
+
     #[test]
     fn messages_survive_the_trip_with_the_origin_flipped() {
         let mine = Channel { opened_here: true, number: 7 };
         let theirs = Channel { opened_here: false, number: 7 };
-        let open = HostMessage::Open {
-            channel: mine,
-            port: PortName::new("echo").unwrap(),
-            rights: Rights::CALL,
-        };
-        assert_eq!(
-            across(&open),
-            HostMessage::Open {
-                channel: theirs,
-                port: PortName::new("echo").unwrap(),
-                rights: Rights::CALL
-            }
-        );
+        for target in targets() {
+            let open = HostMessage::Open {
+                channel: mine,
+                target: target.clone(),
+                rights: Rights::CALL,
+                client: node(None),
+            };
+            assert_eq!(
+                across(&open),
+                HostMessage::Open {
+                    channel: theirs,
+                    target,
+                    rights: Rights::CALL,
+                    client: node(None)
+                }
+            );
+        }
         let opened = HostMessage::Opened {
             channel: theirs,
             spec: PortSpec::default(),
             rights: Rights::ALL,
             quota: Quota::default(),
+            server: node(Some("c")),
         };
-        assert_eq!(across(&opened).channel(), mine);
-        let refused = HostMessage::Refused {
-            channel: theirs,
-            reason: Refusal::Denied,
-            detail: "é".repeat(600),
-        };
-        let HostMessage::Refused { reason, detail, .. } = across(&refused) else { panic!() };
-        assert_eq!((reason, detail.len()), (Refusal::Denied, 1024));
+        let HostMessage::Opened { channel, server, .. } = across(&opened) else { panic!() };
+        assert_eq!((channel, server), (mine, node(Some("c"))));
+        for reason in [
+            Refusal::NoSuchPort,
+            Refusal::Denied,
+            Refusal::LimitExceeded,
+            Refusal::NameTaken,
+            Refusal::InvalidName,
+        ] {
+            let refused =
+                HostMessage::Refused { channel: theirs, reason, detail: "é".repeat(600) };
+            let HostMessage::Refused { reason: got, detail, .. } = across(&refused) else {
+                panic!()
+            };
+            assert_eq!((got, detail.len()), (reason, 1024));
+        }
         let frame = HostMessage::Frame { channel: mine, frame: vec![1, 2, 3] };
         assert_eq!(across(&frame), HostMessage::Frame { channel: theirs, frame: vec![1, 2, 3] });
         let frames = HostMessage::Frames { channel: mine, frames: vec![4; 70] };
@@ -236,31 +381,59 @@ mod tests {
     }
 
     #[test]
+    fn each_target_says_what_its_channel_carries() {
+        let kinds: Vec<ChannelKind> = targets().iter().map(OpenTarget::kind).collect();
+        use ChannelKind::{Mailbox, Port, Subscription};
+        assert_eq!(kinds, [Port, Mailbox, Port, Subscription, Port]);
+    }
+
+    #[test]
     fn malformed_messages_are_errors_never_panics() {
-        let valid = HostMessage::Opened {
-            channel: Channel { opened_here: true, number: 1 },
+        let channel = Channel { opened_here: true, number: 1 };
+        let opened = HostMessage::Opened {
+            channel,
             spec: PortSpec::default(),
             rights: Rights::ALL,
             quota: Quota::default(),
-        }
-        .encode();
+            server: node(Some("b")),
+        };
+        let valid = opened.encode();
         for len in 0..valid.len() {
             assert!(HostMessage::decode(&valid[..len]).is_err(), "prefix of {len} bytes");
         }
         let mut trailing = valid.clone();
         trailing.push(0);
         assert!(HostMessage::decode(&trailing).is_err());
-        for (index, value) in [(0, 9u8), (1, 2), (valid.len() - 13, 0xff)] {
+        // Kind, origin, rights, and a character of the server's host name.
+        let rights_at = valid.len() - 2 - 1 - 16 - 12 - 1;
+        let host_at = valid.len() - 16 - 1;
+        for (index, value) in [(0, 9u8), (1, 2), (rights_at, 0xff), (host_at, b' ')] {
             let mut bad = valid.clone();
             bad[index] = value;
             assert!(HostMessage::decode(&bad).is_err(), "byte {index} = {value}");
         }
+        let mut samples = vec![valid];
+        for target in targets() {
+            let open =
+                HostMessage::Open { channel, target, rights: Rights::SEND, client: node(None) };
+            let bytes = open.encode();
+            for len in 0..bytes.len() {
+                assert!(HostMessage::decode(&bytes[..len]).is_err(), "{open:?} cut at {len}");
+            }
+            samples.push(bytes);
+        }
+        // An unknown target.
+        let mut bad = samples[1].clone();
+        bad[10] = 9;
+        assert!(HostMessage::decode(&bad).is_err());
         // Every single byte value at every position: an error or a message, never a panic.
-        for index in 0..valid.len() {
-            for value in 0..=255u8 {
-                let mut bytes = valid.clone();
-                bytes[index] = value;
-                let _ = HostMessage::decode(&bytes);
+        for valid in samples {
+            for index in 0..valid.len() {
+                for value in 0..=255u8 {
+                    let mut bytes = valid.clone();
+                    bytes[index] = value;
+                    let _ = HostMessage::decode(&bytes);
+                }
             }
         }
     }

@@ -133,6 +133,17 @@ impl Policy {
         })
     }
 
+    /// True when nodes of peer host `host` may subscribe to every topic `pattern` matches
+    /// (a rule naming the host must cover the whole pattern, as for local subscribers).
+    #[must_use]
+    pub fn allows_host_subscription(&self, host: &str, pattern: &NamePattern) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.operations.contains(&Operation::Subscribe)
+                && rule.hosts.iter().any(|h| h == "*" || h == host)
+                && rule.names.iter().any(|allowed| allowed.covers(pattern))
+        })
+    }
+
     /// The link rights nodes of peer host `host` hold on port `name`.
     #[must_use]
     pub fn host_link_rights(&self, host: &str, name: &str) -> Rights {
@@ -295,6 +306,18 @@ mod tests {
         assert_eq!(policy.host_link_rights("c", "public/x"), Rights::SEND);
         assert!(!policy.allows(subject(4000, 4000), Operation::Call, "echo"));
         assert_eq!(Policy::own_user_only(OWNER).host_link_rights("b", "echo"), Rights::NONE);
+        let subscriber = Policy::from_toml(
+            "[[allow]]\nnames = ['/news/**']\nhosts = ['a']\noperations = ['subscribe', 'receive']",
+            OWNER,
+        )
+        .unwrap();
+        let news = NamePattern::parse("/news/*").unwrap();
+        assert!(subscriber.allows_host_subscription("a", &news));
+        assert!(!subscriber.allows_host_subscription("b", &news));
+        assert!(!subscriber.allows_host_subscription("a", &NamePattern::parse("/**").unwrap()));
+        assert!(!policy.allows_host_subscription("b", &news), "send and call only");
+        assert!(subscriber.allows_host("a", Operation::Receive, "/news/jobs"));
+        assert!(!subscriber.allows_host("a", Operation::Send, "/news/jobs"));
         let bad = "[[allow]]\nnames=['a']\nhosts=['a b']\noperations=['send']";
         assert!(Policy::from_toml(bad, OWNER).is_err());
     }

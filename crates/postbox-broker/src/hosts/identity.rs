@@ -1,0 +1,323 @@
+//! Who a node is across hosts: the name brokers give each other for a node ([`NodeRef`]), the
+//! local process ids that stand in for nodes of other hosts ([`StandIns`]), and the sender
+//! identities inside mailbox deliveries and topic publications, rewritten as they cross
+//! (docs/network.md §5).
+//!
+//! A node's [`ProcessId`] means something only to the broker that admitted it. Between
+//! brokers a node is named by its host, the run of that host's broker (its *incarnation*, so
+//! that ids of an earlier run are never taken for a new node), and its process id there. Each
+//! broker gives every remote node it hears of a local process id of its own, `0.<n>` (pid 0:
+//! no local process), the node's **stand-in**: nodes here see the remote node under it, and
+//! sending to its inbox reaches the remote node.
+
+use std::collections::{BTreeMap, HashMap};
+
+use postbox_core::wire::{put_text, DecodeError, Reader};
+use postbox_core::{PeerIdentity, ProcessId};
+
+use super::HostName;
+
+/// A node as one broker names it to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeRef {
+    /// The host whose broker admitted the node; `None`: the broker sending the message.
+    pub(crate) host: Option<HostName>,
+    /// The run of that broker that admitted it (0: not known, as for an id a user typed).
+    pub(crate) incarnation: u64,
+    /// Its process id on that host.
+    pub(crate) process: ProcessId,
+}
+
+/// The local process ids standing in for nodes of other hosts: `0.<n>`, each node its own,
+/// the same one every time it is seen (so that replies and `recv_from` work), never reused
+/// for another while the broker runs. At most `capacity` are kept; the one used longest ago
+/// is forgotten first (sending to it then fails with `NoSuchPort`, as for a node that left).
+#[derive(Debug)]
+pub(crate) struct StandIns {
+    capacity: usize,
+    by_generation: HashMap<u32, StandIn>,
+    by_node: HashMap<(HostName, ProcessId), u32>,
+    /// Generations by last use, oldest first.
+    recency: BTreeMap<u64, u32>,
+    clock: u64,
+    next: u32,
+}
+
+/// A remote node behind a stand-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StandIn {
+    pub(crate) host: HostName,
+    pub(crate) incarnation: u64,
+    pub(crate) process: ProcessId,
+    used: u64,
+}
+
+impl NodeRef {
+    /// Appends the wire form: host text (empty: the sender's) | incarnation u64 | process id.
+    pub(crate) fn encode(&self, buf: &mut Vec<u8>) {
+        put_text(buf, self.host.as_ref().map_or("", HostName::as_str));
+        buf.extend_from_slice(&self.incarnation.to_le_bytes());
+        buf.extend_from_slice(&self.process.pid.to_le_bytes());
+        buf.extend_from_slice(&self.process.generation.to_le_bytes());
+    }
+
+    /// Reads the wire form (untrusted bytes: a bad host name is an error).
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let host = match r.text()? {
+            "" => None,
+            name => Some(HostName::new(name).map_err(|_| DecodeError::InvalidName)?),
+        };
+        let incarnation = r.u64()?;
+        let process = ProcessId::new(r.u32()?, r.u32()?);
+        Ok(Self { host, incarnation, process })
+    }
+}
+
+impl StandIns {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            by_generation: HashMap::new(),
+            by_node: HashMap::new(),
+            recency: BTreeMap::new(),
+            clock: 0,
+            next: 1,
+        }
+    }
+
+    /// The stand-in of node `process` of `host`, admitted by that broker's run `incarnation`
+    /// (0: not known). Made if needed. A node first named without its incarnation (by a user)
+    /// keeps its stand-in when the incarnation becomes known; a different incarnation means
+    /// the remote broker restarted, so the old stand-in is dropped and a new one made.
+    pub(crate) fn stand_in(
+        &mut self,
+        host: &HostName,
+        incarnation: u64,
+        process: ProcessId,
+    ) -> ProcessId {
+        let key = (host.clone(), process);
+        if let Some(&generation) = self.by_node.get(&key) {
+            let known = self.by_generation.get(&generation).map_or(0, |s| s.incarnation);
+            if incarnation == 0 || known == 0 || known == incarnation {
+                if let Some(entry) = self.by_generation.get_mut(&generation) {
+                    if entry.incarnation == 0 {
+                        entry.incarnation = incarnation;
+                    }
+                }
+                self.touch(generation);
+                return ProcessId::new(0, generation);
+            }
+            self.forget(generation);
+        }
+        if self.by_generation.len() >= self.capacity {
+            if let Some((_, oldest)) = self.recency.pop_first() {
+                self.forget(oldest);
+            }
+        }
+        let generation = self.allocate();
+        self.clock += 1;
+        let entry = StandIn { host: host.clone(), incarnation, process, used: self.clock };
+        self.recency.insert(self.clock, generation);
+        self.by_generation.insert(generation, entry);
+        self.by_node.insert(key, generation);
+        ProcessId::new(0, generation)
+    }
+
+    /// The remote node `id` stands for, if it is a stand-in this table holds.
+    pub(crate) fn remote(&mut self, id: ProcessId) -> Option<StandIn> {
+        if id.pid != 0 {
+            return None;
+        }
+        let entry = self.by_generation.get(&id.generation)?.clone();
+        self.touch(id.generation);
+        Some(entry)
+    }
+
+    /// Like [`remote`](Self::remote), without marking the stand-in as used.
+    pub(crate) fn peek(&self, id: ProcessId) -> Option<&StandIn> {
+        if id.pid != 0 {
+            return None;
+        }
+        self.by_generation.get(&id.generation)
+    }
+
+    /// Stand-ins held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_generation.len()
+    }
+
+    fn touch(&mut self, generation: u32) {
+        let Some(entry) = self.by_generation.get_mut(&generation) else { return };
+        self.recency.remove(&entry.used);
+        self.clock += 1;
+        entry.used = self.clock;
+        self.recency.insert(self.clock, generation);
+    }
+
+    fn forget(&mut self, generation: u32) {
+        if let Some(entry) = self.by_generation.remove(&generation) {
+            self.recency.remove(&entry.used);
+            self.by_node.remove(&(entry.host, entry.process));
+        }
+    }
+
+    /// A generation no stand-in has (never 0, which names the broker itself).
+    fn allocate(&mut self) -> u32 {
+        loop {
+            let generation = self.next;
+            self.next = self.next.wrapping_add(1).max(1);
+            if !self.by_generation.contains_key(&generation) {
+                return generation;
+            }
+        }
+    }
+}
+
+/// The sender's process id at the start of a delivery or publication body (docs/wire-format.md
+/// §2.8–2.9: pid, generation, uid, gid), and what follows it.
+pub(crate) fn split_identity(body: &[u8]) -> Option<(ProcessId, &[u8])> {
+    let mut r = Reader::new(body);
+    let process = ProcessId::new(r.u32().ok()?, r.u32().ok()?);
+    r.take(8).ok()?;
+    Some((process, &body[IDENTITY_LEN..]))
+}
+
+/// A body with the sender named for another host: node ref, then `rest`.
+pub(crate) fn with_node_ref(node: &NodeRef, rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(MAX_NODE_REF + rest.len());
+    node.encode(&mut body);
+    body.extend_from_slice(rest);
+    body
+}
+
+/// The node ref at the start of a body that crossed hosts, and what follows it.
+pub(crate) fn split_node_ref(body: &[u8]) -> Result<(NodeRef, &[u8]), DecodeError> {
+    let mut r = Reader::new(body);
+    let node = NodeRef::decode(&mut r)?;
+    let at = body.len() - r.remaining();
+    Ok((node, &body[at..]))
+}
+
+/// A body with the sender as nodes here know it: its 16-byte identity, then `rest`.
+pub(crate) fn with_identity(identity: PeerIdentity, rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(IDENTITY_LEN + rest.len());
+    let process = identity.process_id;
+    for word in [process.pid, process.generation, identity.uid, identity.gid] {
+        body.extend_from_slice(&word.to_le_bytes());
+    }
+    body.extend_from_slice(rest);
+    body
+}
+
+/// A publication's rest (topic text, then the message) with the topic named as seen from
+/// here: `topic@host`.
+pub(crate) fn qualify_topic(rest: &[u8], host: &HostName) -> Result<Vec<u8>, DecodeError> {
+    let mut r = Reader::new(rest);
+    let topic = r.text()?;
+    let message = &rest[rest.len() - r.remaining()..];
+    let mut out = Vec::with_capacity(rest.len() + 1 + host.as_str().len());
+    put_text(&mut out, &format!("{topic}@{host}"));
+    out.extend_from_slice(message);
+    Ok(out)
+}
+
+/// The identity nodes here see for a node of another host: its stand-in, with the user and
+/// group no local account has (`(uid_t)-1`).
+pub(crate) fn stand_in_identity(process_id: ProcessId) -> PeerIdentity {
+    PeerIdentity { process_id, uid: u32::MAX, gid: u32::MAX }
+}
+
+/// Bytes of a sender identity in a delivery or publication.
+const IDENTITY_LEN: usize = 16;
+/// The most bytes a node ref takes: a 63-byte host name with its length, then 16.
+pub(crate) const MAX_NODE_REF: usize = 2 + 63 + 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> HostName {
+        HostName::new(name).unwrap()
+    }
+
+    #[test]
+    fn a_remote_node_keeps_its_stand_in_and_each_node_has_its_own() {
+        let mut table = StandIns::new(8);
+        let first = table.stand_in(&host("a"), 7, ProcessId::new(100, 1));
+        let second = table.stand_in(&host("a"), 7, ProcessId::new(100, 2));
+        let other_host = table.stand_in(&host("c"), 9, ProcessId::new(100, 1));
+        assert_eq!(first.pid, 0);
+        assert_ne!(first.generation, 0);
+        assert!(first != second && first != other_host && second != other_host);
+        assert_eq!(table.stand_in(&host("a"), 7, ProcessId::new(100, 1)), first);
+        let remote = table.remote(first).unwrap();
+        assert_eq!((remote.host.as_str(), remote.incarnation), ("a", 7));
+        assert_eq!(remote.process, ProcessId::new(100, 1));
+        assert!(table.remote(ProcessId::new(100, 1)).is_none(), "a local id stands for nothing");
+    }
+
+    #[test]
+    fn a_node_named_by_a_user_keeps_its_stand_in_once_its_broker_run_is_known() {
+        let mut table = StandIns::new(8);
+        let typed = table.stand_in(&host("b"), 0, ProcessId::new(5, 5));
+        assert_eq!(table.stand_in(&host("b"), 42, ProcessId::new(5, 5)), typed);
+        assert_eq!(table.remote(typed).unwrap().incarnation, 42);
+        assert_eq!(table.stand_in(&host("b"), 0, ProcessId::new(5, 5)), typed);
+        // The same id from a new run of b's broker is another node.
+        let restarted = table.stand_in(&host("b"), 43, ProcessId::new(5, 5));
+        assert_ne!(restarted, typed);
+        assert!(table.remote(typed).is_none(), "the old node's stand-in is gone");
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn the_stand_in_used_longest_ago_is_forgotten_first_and_none_is_reused() {
+        let mut table = StandIns::new(2);
+        let one = table.stand_in(&host("a"), 1, ProcessId::new(1, 1));
+        let two = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
+        table.remote(one);
+        let three = table.stand_in(&host("a"), 1, ProcessId::new(3, 1));
+        assert!(table.remote(two).is_none());
+        assert!(table.remote(one).is_some() && table.remote(three).is_some());
+        let again = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
+        assert!(![one, two, three].contains(&again), "a forgotten generation is not reused");
+    }
+
+    #[test]
+    fn node_refs_and_rewritten_bodies_survive_the_trip_and_bad_bytes_are_errors() {
+        let node = NodeRef { host: Some(host("c")), incarnation: 3, process: ProcessId::new(9, 4) };
+        let body = with_node_ref(&node, b"rest");
+        assert_eq!(split_node_ref(&body).unwrap(), (node.clone(), &b"rest"[..]));
+        let mine = NodeRef { host: None, incarnation: 1, process: ProcessId::new(1, 1) };
+        assert_eq!(split_node_ref(&with_node_ref(&mine, b"")).unwrap().0, mine);
+        for len in 0..body.len() - 4 {
+            assert!(split_node_ref(&body[..len]).is_err(), "cut at {len}");
+        }
+        let mut bad = body.clone();
+        bad[2] = b' ';
+        assert_eq!(split_node_ref(&bad), Err(DecodeError::InvalidName));
+        for index in 0..body.len() {
+            for value in [0, 0x80, 0xff] {
+                let mut changed = body.clone();
+                changed[index] = value;
+                let _ = split_node_ref(&changed);
+            }
+        }
+
+        let identity = stand_in_identity(ProcessId::new(0, 5));
+        let local = with_identity(identity, b"msg");
+        let (process, rest) = split_identity(&local).unwrap();
+        assert_eq!((process, rest), (ProcessId::new(0, 5), &b"msg"[..]));
+        assert!(split_identity(&local[..15]).is_none());
+
+        let mut publication = Vec::new();
+        put_text(&mut publication, "news");
+        publication.extend_from_slice(b"hello");
+        let qualified = qualify_topic(&publication, &host("b")).unwrap();
+        let mut r = Reader::new(&qualified);
+        assert_eq!(r.text().unwrap(), "news@b");
+        assert_eq!(r.take(r.remaining()).unwrap(), b"hello");
+        assert!(qualify_topic(&publication[..3], &host("b")).is_err());
+    }
+}
