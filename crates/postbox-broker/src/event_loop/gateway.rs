@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::{ReplyErrorCode, HEADER_LEN};
 use postbox_core::{
-    ControlErrorCode, ControlMessage, Frame, FrameDecoder, FrameHeader, FrameKind, ListenTarget,
-    Operation, PeerIdentity, Placement, PortName, PortSpec, ProcessId, Quota, Rights, Target,
+    ControlErrorCode, ControlMessage, Frame, FrameDecoder, FrameHeader, FrameKind, Operation,
+    Placement, PortName, PortSpec, ProcessId, Quota, Rights, Target,
 };
 use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
 use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
@@ -31,9 +31,7 @@ use super::{encode, EventLoop};
 use crate::hosts::identity::{self, NodeRef, StandIns};
 use crate::hosts::peer::Peer;
 use crate::hosts::protocol::{Channel, ChannelKind, HostMessage, OpenTarget, Refusal};
-use crate::hosts::{
-    split_remote, HostStatus, HostsConfig, FORWARD_OVERHEAD, HOSTS_PORT, MAX_REMOTE_MESSAGE,
-};
+use crate::hosts::{split_remote, HostStatus, HostsConfig, HOSTS_PORT, MAX_REMOTE_MESSAGE};
 use crate::registry::NodeKey;
 
 /// The broker's peers and the remote connections in the making.
@@ -49,9 +47,7 @@ pub(super) struct Gateway {
     opening: HashMap<(usize, Channel), PendingOpen>,
     /// The relay of each open channel.
     pub(super) channels: HashMap<(usize, Channel), RelayKey>,
-    /// This run of the broker, as its peers tell it from earlier ones (docs/network.md §5).
-    pub(super) incarnation: u64,
-    /// The process ids standing in for nodes of other hosts.
+    /// This run's process ids standing in for nodes of other hosts (docs/network.md §5).
     pub(super) stand_ins: StandIns,
 }
 
@@ -120,8 +116,7 @@ impl Gateway {
             next_channel: 1,
             opening: HashMap::new(),
             channels: HashMap::new(),
-            incarnation: incarnation(),
-            stand_ins: StandIns::new(MAX_STAND_INS),
+            stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS),
         })
     }
 
@@ -253,7 +248,7 @@ impl EventLoop {
         let pending =
             PendingOpen { node: key, process, request, name, operation, kind, rights, deadline };
         gateway.opening.insert((host, channel), pending);
-        let client = NodeRef { host: None, incarnation: gateway.incarnation, process };
+        let client = gateway.stand_ins.node_ref(process);
         let open = HostMessage::Open { channel, target, rights, client };
         gateway.peers[host].send_or_keep(channel.stream(), open.encode());
     }
@@ -409,109 +404,20 @@ impl EventLoop {
         }
     }
 
-    /// The peer's node connects to this host's port `port` (or to mailbox `port`, to send to
-    /// it): checked against the policy for that host, then made like any connection, with the
-    /// broker as the client. The answer for the peer.
-    pub(super) fn port_for_peer(
+    /// Relays `link` as this host's side of the peer's `channel` (the server's side); frames
+    /// of `kind` with bodies up to `max_body` bytes cross.
+    pub(super) fn relay_for_peer(
         &mut self,
-        host: usize,
-        channel: Channel,
-        port: &PortName,
-        wanted: Rights,
-        client: PeerIdentity,
-    ) -> HostMessage {
-        let Some(gateway) = &self.gateway else { return HostMessage::Close { channel } };
-        let host_name = gateway.peers[host].config.name.to_string();
-        let refuse = |reason, detail: String| HostMessage::Refused { channel, reason, detail };
-        let policy = &self.config.policy;
-        let rights = policy.host_link_rights(&host_name, port.as_str()).intersection(wanted);
-        // Existence first, as for the broker's own user locally: a caller learns that a name
-        // is wrong before whether it may use it.
-        if Self::is_reserved(port) {
-            return refuse(Refusal::NoSuchPort, format!("no port named {port}"));
-        }
-        let Some((owner, _, spec)) = self.registry.port(port) else {
-            if self.mailboxes.contains_key(port) {
-                // A mailbox takes one-way messages from anyone allowed to send to it.
-                if !policy.allows_host(&host_name, Operation::Send, port.as_str()) {
-                    return refuse(Refusal::Denied, format!("host {host_name} may not use {port}"));
-                }
-                let endpoint = super::remote::BrokerEndpoint::MailboxInput(port.clone());
-                return self.broker_end_for_peer(
-                    host,
-                    channel,
-                    ChannelKind::Port,
-                    client,
-                    endpoint,
-                );
-            }
-            let detail = match self.name_kind(port) {
-                Some(kind) => format!("{port} is a {kind}; publish to it or subscribe to it"),
-                None => format!("no port named {port}"),
-            };
-            return refuse(Refusal::NoSuchPort, detail);
-        };
-        if rights.is_empty() {
-            return refuse(Refusal::Denied, format!("host {host_name} may not use {port}"));
-        }
-        let target = ListenTarget::Port(port.clone());
-        self.link_for_peer(host, channel, (owner, target, spec), rights, client)
-            .unwrap_or_else(|detail| refuse(Refusal::LimitExceeded, detail))
-    }
-
-    /// Makes the link from the broker (as the peer node's stand-in `client`) to `owner`'s
-    /// port or inbox (`target`, buffering as `spec`); the answer for the peer, or why not.
-    pub(super) fn link_for_peer(
-        &mut self,
-        host: usize,
-        channel: Channel,
-        (owner, target, spec): (NodeKey, ListenTarget, PortSpec),
-        rights: Rights,
-        client: PeerIdentity,
-    ) -> Result<HostMessage, String> {
-        if !self.has_room(owner) {
-            return Err("the serving node is not reading its control socket".into());
-        }
-        let server = self.registry.identity(owner).ok_or("the node left")?.process_id;
-        let (ours, theirs) =
-            UnixLink::pair().map_err(|e| format!("cannot create the link: {e}"))?;
-        let spec = remote_spec(spec, self.config.max_message_size);
-        let link = self.registry.allocate_link_id();
-        let quota = self.config.policy.quota();
-        let incoming = ControlMessage::IncomingConnection { link, target, client, rights, quota };
-        self.queue(owner, &incoming, vec![theirs.into_fd()]);
-        self.flush(owner);
-        let max_body = spec.message_size.unwrap_or(MAX_REMOTE_MESSAGE);
-        let facing = Facing::Server { host, channel };
-        let key = self.insert_relay(Relay::new(ours, facing, ChannelKind::Port, None, max_body));
-        let Some(gateway) = &mut self.gateway else { return Err("no gateway".into()) };
-        gateway.channels.insert((host, channel), key);
-        let server = node_ref_of(gateway, server);
-        Ok(HostMessage::Opened { channel, spec, rights, quota, server })
-    }
-
-    /// Serves the peer's channel with an end of a link to one of the broker's own mailboxes
-    /// or topics (`make` attaches the other end and says how it buffers); the answer for the
-    /// peer, or why not.
-    pub(super) fn broker_link_for_peer(
-        &mut self,
-        host: usize,
-        channel: Channel,
+        (host, channel): (usize, Channel),
+        link: UnixLink,
         kind: ChannelKind,
-        make: impl FnOnce(&mut Self, UnixLink) -> PortSpec,
-    ) -> Result<HostMessage, String> {
-        let (ours, theirs) =
-            UnixLink::pair().map_err(|e| format!("cannot create the link: {e}"))?;
-        let spec = make(self, theirs);
-        let max = self.config.max_message_size;
+        max_body: u32,
+    ) {
         let facing = Facing::Server { host, channel };
-        let key = self.insert_relay(Relay::new(ours, facing, kind, None, max));
-        let quota = self.config.policy.quota();
-        let Some(gateway) = &mut self.gateway else { return Err("no gateway".into()) };
-        gateway.channels.insert((host, channel), key);
-        let server = node_ref_of(gateway, self.identity.process_id);
-        let spec = remote_spec(spec, max);
-        Ok(HostMessage::Opened { channel, spec, rights: Rights::ALL, quota, server })
+        let key = self.insert_relay(Relay::new(link, facing, kind, None, max_body));
+        if let Some(gateway) = &mut self.gateway {
+            gateway.channels.insert((host, channel), key);
+        }
     }
 
     /// The peer connected one of this host's nodes: it gets its end of a link the broker
@@ -561,24 +467,6 @@ impl EventLoop {
         self.queue(pending.node, &connected, vec![theirs.into_fd()]);
     }
 
-    /// Who node `node` (named by peer `host`) is here: a node of this host under its own
-    /// process id, any other under its stand-in.
-    pub(super) fn identity_from(&mut self, host: usize, node: &NodeRef) -> PeerIdentity {
-        let Some(gateway) = &mut self.gateway else {
-            return identity::stand_in_identity(ProcessId::new(0, 0));
-        };
-        let name = node.host.clone().unwrap_or_else(|| gateway.peers[host].config.name.clone());
-        let this_run = node.incarnation == 0 || node.incarnation == gateway.incarnation;
-        if name == gateway.config.name && this_run && node.process.pid != 0 {
-            return self
-                .registry
-                .node_identity(node.process)
-                .unwrap_or_else(|| identity::stand_in_identity(node.process));
-        }
-        let stand_in = gateway.stand_ins.stand_in(&name, node.incarnation, node.process);
-        identity::stand_in_identity(stand_in)
-    }
-
     /// Frames from the peer for the local end of `channel` (one, or with `batch` several back
     /// to back): each checked, then all queued there as one write.
     fn frames_from_peer(&mut self, host: usize, channel: Channel, frames: Vec<u8>, batch: bool) {
@@ -611,40 +499,6 @@ impl EventLoop {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
         relay.enqueue(frames);
         self.flush_relay(key);
-    }
-
-    /// Checked frames of a mailbox's or a topic's channel from `host`, with the sender of each
-    /// delivery or publication named as nodes here know it (and a publication's topic as
-    /// `topic@host`); `None` when one names its sender wrongly.
-    fn senders_named_here(
-        &mut self,
-        host: usize,
-        kind: ChannelKind,
-        mut frames: &[u8],
-    ) -> Option<Vec<u8>> {
-        let host_name = self.gateway.as_ref()?.peers.get(host)?.config.name.clone();
-        let mut out = Vec::with_capacity(frames.len() + 64);
-        while !frames.is_empty() {
-            let (header, len) = frame_at_start(frames, u32::MAX)?;
-            let body = &frames[HEADER_LEN..len];
-            if names_sender(kind, header.kind) {
-                let (node, rest) = identity::split_node_ref(body).ok()?;
-                let sender = self.identity_from(host, &node);
-                let body = if kind == ChannelKind::Subscription {
-                    identity::with_identity(
-                        sender,
-                        &identity::qualify_topic(rest, &host_name).ok()?,
-                    )
-                } else {
-                    identity::with_identity(sender, rest)
-                };
-                push_frame(&mut out, header, &body);
-            } else {
-                out.extend_from_slice(&frames[..len]);
-            }
-            frames = &frames[len..];
-        }
-        Some(out)
     }
 
     /// Serves a ready relay: writes what waits, reads and forwards what came.
@@ -685,7 +539,7 @@ impl EventLoop {
             let (facing, kind) = (relay.facing, relay.kind);
             // Deliveries and publications leaving for a peer name their sender for it.
             let renamed = matches!(facing, Facing::Server { .. }) && kind != ChannelKind::Port;
-            let gateway = self.gateway.as_ref();
+            let stand_ins = self.gateway.as_ref().map(|g| &g.stand_ins);
             let mut batch = Vec::new();
             // Where the last frame in `batch` starts, and how many frames it holds.
             let (mut last_start, mut count) = (0, 0);
@@ -706,11 +560,12 @@ impl EventLoop {
                     if !allowed {
                         return None;
                     }
-                    if renamed && names_sender(kind, header.kind) {
-                        let (header, body) = named_for_peer(gateway?, kind, header, body, lost)?;
+                    if renamed && identity::names_sender(kind, header.kind) {
+                        let (header, body) =
+                            identity::named_for_peer(stand_ins?, kind, header, body, lost)?;
                         let Some(body) = body else { return Some(false) };
                         last_start = batch.len();
-                        push_frame(&mut batch, header, &body);
+                        identity::push_frame(&mut batch, header, &body);
                     } else {
                         last_start = batch.len();
                         batch.extend_from_slice(&header.encode(body));
@@ -949,79 +804,15 @@ impl EventLoop {
     }
 }
 
-/// How node `process` of this host (its own, or a stand-in) is named to a peer.
-pub(super) fn node_ref_of(gateway: &Gateway, process: ProcessId) -> NodeRef {
-    match gateway.stand_ins.peek(process) {
-        Some(remote) => NodeRef {
-            host: Some(remote.host.clone()),
-            incarnation: remote.incarnation,
-            process: remote.process,
-        },
-        None => NodeRef { host: None, incarnation: gateway.incarnation, process },
-    }
-}
-
-/// A delivery or publication leaving for a peer, with its sender named for the peer: the
-/// header and body to send, or no body when a publication is too large to cross (dropped
-/// and counted in `lost`, which the next one reports); `None` when the frame is not one.
-fn named_for_peer(
-    gateway: &Gateway,
-    kind: ChannelKind,
-    mut header: FrameHeader,
-    body: &[u8],
-    lost: &mut u64,
-) -> Option<(FrameHeader, Option<Vec<u8>>)> {
-    let (process, rest) = identity::split_identity(body)?;
-    let body = identity::with_node_ref(&node_ref_of(gateway, process), rest);
-    if kind == ChannelKind::Subscription {
-        // A publication's correlation counts the messages dropped before it.
-        let crossing = HEADER_LEN + body.len() + HOST_MESSAGE_HEADER;
-        if crossing > (MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD) as usize {
-            *lost = lost.saturating_add(header.correlation).saturating_add(1);
-            return Some((header, None));
-        }
-        header.correlation = header.correlation.saturating_add(std::mem::take(lost));
-    }
-    header.body_len = u32::try_from(body.len()).ok()?;
-    Some((header, Some(body)))
-}
-
-/// Whether a frame of `kind` on a channel carrying `channel` names its sender in its body:
-/// a mailbox's delivery, a topic's publication.
-fn names_sender(channel: ChannelKind, kind: FrameKind) -> bool {
-    match channel {
-        ChannelKind::Mailbox => kind == FrameKind::Reply,
-        ChannelKind::Subscription => kind == FrameKind::Oneway,
-        ChannelKind::Port => false,
-    }
-}
-
-/// Appends a frame of `header` (its body length set) and `body`.
-fn push_frame(out: &mut Vec<u8>, mut header: FrameHeader, body: &[u8]) {
-    header.body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&header.encode(body));
-    out.extend_from_slice(body);
-}
-
-/// A run of this broker: its start time and pid, mixed. Peers compare it to tell a process
-/// id this run assigned from one an earlier run did.
-fn incarnation() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let pid = u64::from(std::process::id());
-    (nanos ^ pid.rotate_left(40)).max(1)
-}
-
 /// A port's spec as told across hosts: bodies within what the host link carries and this
 /// host's links take.
-fn remote_spec(mut spec: PortSpec, max_message_size: u32) -> PortSpec {
+pub(super) fn remote_spec(mut spec: PortSpec, max_message_size: u32) -> PortSpec {
     let limit = MAX_REMOTE_MESSAGE.min(max_message_size);
     spec.message_size = Some(spec.message_size.map_or(limit, |n| n.min(limit)));
     spec
 }
 
-fn close(channel: Channel) -> Vec<u8> {
+pub(super) fn close(channel: Channel) -> Vec<u8> {
     HostMessage::Close { channel }.encode()
 }
 
@@ -1081,7 +872,7 @@ fn relayed_frames(
 /// its header decodes, its body is there, and its checksum matches. Checked in place rather
 /// than with `Frame::decode`, whose decoder allocates and zeroes a 64 KiB staging buffer for
 /// every frame.
-fn frame_at_start(bytes: &[u8], max_body: u32) -> Option<(FrameHeader, usize)> {
+pub(super) fn frame_at_start(bytes: &[u8], max_body: u32) -> Option<(FrameHeader, usize)> {
     let header_bytes: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
     let (header, _) = FrameHeader::decode(header_bytes, max_body).ok()?;
     let len = HEADER_LEN + header.body_len as usize;
@@ -1104,8 +895,6 @@ const BATCH_BYTES: usize = 64 << 10;
 const MAX_READS_PER_ROUND: usize = 16;
 /// Stand-ins kept for nodes of other hosts (about 100 bytes each).
 const MAX_STAND_INS: usize = 1 << 16;
-/// Bytes a host message puts before a frame: kind, origin, channel.
-const HOST_MESSAGE_HEADER: usize = 10;
 
 #[cfg(test)]
 mod tests {
@@ -1145,5 +934,22 @@ mod tests {
         }
         // A body above the link's limit.
         assert_eq!(relayed_frames(&batch, 32, server_bound), None);
+    }
+
+    #[test]
+    fn a_subscription_carries_only_credits_to_the_topics_and_publications_back() {
+        use ChannelKind::{Mailbox, Port, Subscription};
+        assert!(may_reach_server(Subscription, FrameKind::Credit, 16));
+        assert!(may_reach_client(Subscription, FrameKind::Oneway));
+        for kind in [FrameKind::Oneway, FrameKind::Call, FrameKind::Confirmed] {
+            assert!(!may_reach_server(Subscription, kind, 0), "{kind:?}");
+            assert!(may_reach_server(Port, kind, 0) && may_reach_server(Mailbox, kind, 0));
+        }
+        for kind in [FrameKind::Reply, FrameKind::ErrorReply, FrameKind::Credit] {
+            assert!(!may_reach_client(Subscription, kind), "{kind:?}");
+            assert!(may_reach_client(Port, kind) && may_reach_client(Mailbox, kind));
+        }
+        assert!(!may_reach_server(Port, FrameKind::Credit, 16), "a credit with a body");
+        assert!(!may_reach_client(Mailbox, FrameKind::Oneway));
     }
 }

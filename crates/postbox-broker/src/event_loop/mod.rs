@@ -24,6 +24,7 @@ mod access;
 mod gateway;
 mod mailboxes;
 mod out_queue;
+mod peer_opens;
 mod remote;
 mod topics;
 

@@ -1,22 +1,20 @@
-//! Mailboxes, topics and inboxes of other hosts (docs/network.md §1, §5): a local node's
-//! request for `jobs@b`, `news@b`, `/sensors/*@b` or a remote node's stand-in becomes a
-//! channel the gateway opens to the peer; a peer's `Open` of one of this host's mailboxes,
-//! topics or nodes is checked against the policy for that host and served here.
-//!
-//! A mailbox or topic on this host serves a remote node through a link whose one end the
-//! mailbox or topic keeps (as for a local node) and whose other end the gateway relays: the
-//! mailbox and topic logic does not know the difference, and its semantics (each message to
-//! one receiver, persistence, fan-out, flow control) hold across hosts unchanged.
+//! Mailboxes, topics and inboxes of other hosts, as this host's nodes use them
+//! (docs/network.md §1, §5): a request for `jobs@b`, `news@b`, `/sensors/*@b` or for the
+//! inbox of a remote node's stand-in becomes a channel the gateway opens to the peer
+//! (`peer_opens.rs` is the peer's side); `pid.generation@host` resolves to a stand-in; and
+//! nodes of other hosts named by a peer get their identities here.
 
+use postbox_core::wire::frame::HEADER_LEN;
 use postbox_core::{
-    ControlErrorCode, ControlMessage, ListenTarget, NamePattern, Operation, PeerIdentity, PortName,
-    PortSpec, ProcessId, Rights, Target,
+    ControlErrorCode, ControlMessage, NamePattern, Operation, PeerIdentity, PortName, ProcessId,
+    Rights, Target,
 };
 
+use super::gateway::frame_at_start;
 use super::EventLoop;
-use crate::hosts::identity::NodeRef;
-use crate::hosts::protocol::{Channel, ChannelKind, HostMessage, OpenTarget, Refusal};
-use crate::hosts::{split_remote, HostName, MAX_REMOTE_MESSAGE};
+use crate::hosts::identity::{self, NodeRef};
+use crate::hosts::protocol::{ChannelKind, OpenTarget};
+use crate::hosts::{split_remote, HostName};
 use crate::policy::inbox_name;
 use crate::registry::NodeKey;
 
@@ -27,19 +25,6 @@ enum Route {
     Here,
     /// `host` is the peer with this index.
     Peer(usize),
-}
-
-/// One of the broker's own endpoints, served to a peer's node.
-#[derive(Debug)]
-pub(super) enum BrokerEndpoint {
-    /// Mailbox `0`, to send to.
-    MailboxInput(PortName),
-    /// Mailbox `0`, to receive from.
-    MailboxOutput(PortName),
-    /// Topic `0`, to publish to.
-    Publisher(PortName),
-    /// Topics matching `pattern`, to subscribe to.
-    Subscriber { pattern: NamePattern, capacity: u32, drop_newest: bool },
 }
 
 impl EventLoop {
@@ -231,187 +216,55 @@ impl EventLoop {
         self.queue(key, &ControlMessage::Resolved { request, process: resolved }, Vec::new());
     }
 
-    /// The peer's node `client` opens `target` on this host: checked against the policy for
-    /// the peer, then served; the peer hears `Opened` or `Refused`.
-    pub(super) fn open_for_peer(
-        &mut self,
-        host: usize,
-        channel: Channel,
-        target: OpenTarget,
-        wanted: Rights,
-        client: &NodeRef,
-    ) {
-        let Some(gateway) = &self.gateway else { return };
-        if gateway.channels.contains_key(&(host, channel)) {
-            return self.close_channel(host, channel, true);
-        }
-        let peer = gateway.peers[host].config.name.clone();
-        let answer = if client.host.as_ref().is_some_and(|h| *h != peer) {
-            // Only a node of the peer itself opens a channel; anything else would let the peer
-            // speak for another host's node (or one of this host's).
-            let detail = format!("a channel from host {peer} must be opened by a node of {peer}");
-            HostMessage::Refused { channel, reason: Refusal::Denied, detail }
-        } else {
-            let client = self.identity_from(host, client);
-            match target {
-                OpenTarget::Port(name) => self.port_for_peer(host, channel, &name, wanted, client),
-                OpenTarget::Mailbox(name) => self.mailbox_for_peer(host, channel, &name, client),
-                OpenTarget::Publish(topic) => self.publisher_for_peer(host, channel, topic, client),
-                OpenTarget::Subscribe { pattern, capacity, drop_newest } => {
-                    let Ok(pattern) = NamePattern::parse(&pattern) else {
-                        let detail = format!("not a topic pattern: {pattern:?}");
-                        let reason = Refusal::InvalidName;
-                        return self
-                            .answer_peer(host, HostMessage::Refused { channel, reason, detail });
-                    };
-                    if !self.config.policy.allows_host_subscription(peer.as_str(), &pattern) {
-                        let detail = format!("host {peer} may not subscribe to {pattern}");
-                        let reason = Refusal::Denied;
-                        return self
-                            .answer_peer(host, HostMessage::Refused { channel, reason, detail });
-                    }
-                    let endpoint = BrokerEndpoint::Subscriber { pattern, capacity, drop_newest };
-                    self.broker_end_for_peer(
-                        host,
-                        channel,
-                        ChannelKind::Subscription,
-                        client,
-                        endpoint,
-                    )
-                }
-                OpenTarget::Inbox { incarnation, process } => {
-                    self.inbox_for_peer(host, channel, (incarnation, process), wanted, client)
-                }
-            }
+    /// Who node `node` (named by peer `host`) is here: a node of this host under its own
+    /// process id, any other under its stand-in.
+    pub(super) fn identity_from(&mut self, host: usize, node: &NodeRef) -> PeerIdentity {
+        let Some(gateway) = &mut self.gateway else {
+            return identity::stand_in_identity(ProcessId::new(0, 0));
         };
-        self.answer_peer(host, answer);
-    }
-
-    fn answer_peer(&mut self, host: usize, answer: HostMessage) {
-        if let Some(gateway) = &mut self.gateway {
-            gateway.peers[host].send_or_keep(answer.channel().stream(), answer.encode());
+        let name = node.host.clone().unwrap_or_else(|| gateway.peers[host].config.name.clone());
+        let this_run = node.incarnation == 0 || node.incarnation == gateway.stand_ins.incarnation();
+        if name == gateway.config.name && this_run && node.process.pid != 0 {
+            return self
+                .registry
+                .node_identity(node.process)
+                .unwrap_or_else(|| identity::stand_in_identity(node.process));
         }
+        let stand_in = gateway.stand_ins.stand_in(&name, node.incarnation, node.process);
+        identity::stand_in_identity(stand_in)
     }
 
-    /// The peer's node receives from mailbox `name`.
-    fn mailbox_for_peer(
+    /// Checked frames of a mailbox's or a topic's channel from `host`, with the sender of each
+    /// delivery or publication named as nodes here know it (and a publication's topic as
+    /// `topic@host`); `None` when one names its sender wrongly.
+    pub(super) fn senders_named_here(
         &mut self,
         host: usize,
-        channel: Channel,
-        name: &PortName,
-        client: PeerIdentity,
-    ) -> HostMessage {
-        let peer = self.peer_name(host);
-        if !self.mailboxes.contains_key(name) {
-            let detail = format!("no mailbox named {name}");
-            return HostMessage::Refused { channel, reason: Refusal::NoSuchPort, detail };
-        }
-        if !self.config.policy.allows_host(&peer, Operation::Receive, name.as_str()) {
-            let detail = format!("host {peer} may not receive from {name}");
-            return HostMessage::Refused { channel, reason: Refusal::Denied, detail };
-        }
-        let endpoint = BrokerEndpoint::MailboxOutput(name.clone());
-        self.broker_end_for_peer(host, channel, ChannelKind::Mailbox, client, endpoint)
-    }
-
-    /// The peer's node publishes to `topic` (created if the policy lets the host manage it).
-    fn publisher_for_peer(
-        &mut self,
-        host: usize,
-        channel: Channel,
-        topic: PortName,
-        client: PeerIdentity,
-    ) -> HostMessage {
-        let peer = self.peer_name(host);
-        let held = self.name_kind(&topic).filter(|kind| *kind != "topic");
-        if let Some(kind) = held.or(Self::is_reserved(&topic).then_some("port")) {
-            let detail = format!("{topic} is a {kind}");
-            return HostMessage::Refused { channel, reason: Refusal::NameTaken, detail };
-        }
-        let policy = &self.config.policy;
-        let allowed = policy.allows_host(&peer, Operation::Send, topic.as_str())
-            && (self.topics.contains_key(&topic)
-                || policy.allows_host(&peer, Operation::Manage, topic.as_str()));
-        if !allowed {
-            let detail = format!("host {peer} may not publish to {topic}");
-            return HostMessage::Refused { channel, reason: Refusal::Denied, detail };
-        }
-        let endpoint = BrokerEndpoint::Publisher(topic);
-        self.broker_end_for_peer(host, channel, ChannelKind::Port, client, endpoint)
-    }
-
-    /// The peer's node sends to the inbox of node `process` of this host (admitted by this
-    /// broker's run `incarnation`, or 0 for whichever).
-    fn inbox_for_peer(
-        &mut self,
-        host: usize,
-        channel: Channel,
-        (incarnation, process): (u64, ProcessId),
-        wanted: Rights,
-        client: PeerIdentity,
-    ) -> HostMessage {
-        let peer = self.peer_name(host);
-        let this_run =
-            self.gateway.as_ref().is_some_and(|g| incarnation == 0 || incarnation == g.incarnation);
-        let owner = if this_run { self.registry.node_key(process) } else { None };
-        let (Some(owner), Some(server)) = (owner, owner.and_then(|o| self.registry.identity(o)))
-        else {
-            let detail = format!("no live node {process}");
-            return HostMessage::Refused { channel, reason: Refusal::NoSuchPort, detail };
-        };
-        let name = inbox_name(server.uid);
-        let rights = self.config.policy.host_link_rights(&peer, &name).intersection(wanted);
-        if rights.is_empty() {
-            let detail = format!("host {peer} may not use {name}");
-            return HostMessage::Refused { channel, reason: Refusal::Denied, detail };
-        }
-        let target = (owner, ListenTarget::Inbox, PortSpec::default());
-        self.link_for_peer(host, channel, target, rights, client).unwrap_or_else(|detail| {
-            HostMessage::Refused { channel, reason: Refusal::LimitExceeded, detail }
-        })
-    }
-
-    /// Serves the peer's channel with one of the broker's own endpoints, for the peer's node
-    /// `client`.
-    pub(super) fn broker_end_for_peer(
-        &mut self,
-        host: usize,
-        channel: Channel,
         kind: ChannelKind,
-        client: PeerIdentity,
-        endpoint: BrokerEndpoint,
-    ) -> HostMessage {
-        let sender =
-            matches!(endpoint, BrokerEndpoint::MailboxInput(_) | BrokerEndpoint::Publisher(_));
-        let answer = self.broker_link_for_peer(host, channel, kind, |this, link| match endpoint {
-            BrokerEndpoint::MailboxInput(name) => this.attach_mailbox(link, client, &name, true),
-            BrokerEndpoint::MailboxOutput(name) => this.attach_mailbox(link, client, &name, false),
-            BrokerEndpoint::Publisher(topic) => this.attach_publisher(link, client, topic),
-            BrokerEndpoint::Subscriber { pattern, capacity, drop_newest } => {
-                this.attach_subscriber(link, client, pattern, capacity, drop_newest)
+        mut frames: &[u8],
+    ) -> Option<Vec<u8>> {
+        let host_name = self.gateway.as_ref()?.peers.get(host)?.config.name.clone();
+        let mut out = Vec::with_capacity(frames.len() + 64);
+        while !frames.is_empty() {
+            let (header, len) = frame_at_start(frames, u32::MAX)?;
+            let body = &frames[HEADER_LEN..len];
+            if identity::names_sender(kind, header.kind) {
+                let (node, rest) = identity::split_node_ref(body).ok()?;
+                let sender = self.identity_from(host, &node);
+                let body = if kind == ChannelKind::Subscription {
+                    identity::with_identity(
+                        sender,
+                        &identity::qualify_topic(rest, &host_name).ok()?,
+                    )
+                } else {
+                    identity::with_identity(sender, rest)
+                };
+                identity::push_frame(&mut out, header, &body);
+            } else {
+                out.extend_from_slice(&frames[..len]);
             }
-        });
-        match answer {
-            Ok(HostMessage::Opened { channel, mut spec, rights, quota, server }) if sender => {
-                // What a remote node puts in a mailbox or topic may go on to another host
-                // with its sender's name (and topic) before it: there must be room for them.
-                let limit = MAX_REMOTE_MESSAGE - REMOTE_ENVELOPE_ROOM;
-                spec.message_size = Some(spec.message_size.map_or(limit, |n| n.min(limit)));
-                HostMessage::Opened { channel, spec, rights, quota, server }
-            }
-            Ok(answer) => answer,
-            Err(detail) => HostMessage::Refused { channel, reason: Refusal::LimitExceeded, detail },
+            frames = &frames[len..];
         }
-    }
-
-    fn peer_name(&self, host: usize) -> String {
-        self.gateway
-            .as_ref()
-            .and_then(|g| g.peers.get(host))
-            .map_or_else(String::new, |p| p.config.name.to_string())
+        Some(out)
     }
 }
-
-/// Room kept in what a remote node may send to a mailbox or topic here, for the sender's name
-/// and the topic that go before it when it crosses to another host again.
-const REMOTE_ENVELOPE_ROOM: u32 = 512;

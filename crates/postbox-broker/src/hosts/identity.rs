@@ -12,10 +12,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use postbox_core::wire::frame::HEADER_LEN;
 use postbox_core::wire::{put_text, DecodeError, Reader};
-use postbox_core::{PeerIdentity, ProcessId};
+use postbox_core::{FrameHeader, FrameKind, PeerIdentity, ProcessId};
 
-use super::HostName;
+use super::protocol::ChannelKind;
+use super::{HostName, FORWARD_OVERHEAD, MAX_REMOTE_MESSAGE};
 
 /// A node as one broker names it to another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +30,15 @@ pub(crate) struct NodeRef {
     pub(crate) process: ProcessId,
 }
 
-/// The local process ids standing in for nodes of other hosts: `0.<n>`, each node its own,
-/// the same one every time it is seen (so that replies and `recv_from` work), never reused
-/// for another while the broker runs. At most `capacity` are kept; the one used longest ago
-/// is forgotten first (sending to it then fails with `NoSuchPort`, as for a node that left).
+/// This broker run's local process ids standing in for nodes of other hosts: `0.<n>`, each
+/// node its own, the same one every time it is seen (so that replies and `recv_from` work),
+/// never reused for another while the broker runs. At most `capacity` are kept; the one used
+/// longest ago is forgotten first (sending to it then fails with `NoSuchPort`, as for a node
+/// that left).
 #[derive(Debug)]
 pub(crate) struct StandIns {
+    /// This run of the broker (see [`this_run`]).
+    incarnation: u64,
     capacity: usize,
     by_generation: HashMap<u32, StandIn>,
     by_node: HashMap<(HostName, ProcessId), u32>,
@@ -74,14 +79,32 @@ impl NodeRef {
 }
 
 impl StandIns {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(incarnation: u64, capacity: usize) -> Self {
         Self {
+            incarnation,
             capacity: capacity.max(1),
             by_generation: HashMap::new(),
             by_node: HashMap::new(),
             recency: BTreeMap::new(),
             clock: 0,
             next: 1,
+        }
+    }
+
+    /// This run of the broker, as peers tell it from earlier ones.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// How node `process` of this host (its own, or a stand-in) is named to a peer.
+    pub(crate) fn node_ref(&self, process: ProcessId) -> NodeRef {
+        match self.peek(process) {
+            Some(remote) => NodeRef {
+                host: Some(remote.host.clone()),
+                incarnation: remote.incarnation,
+                process: remote.process,
+            },
+            None => NodeRef { host: None, incarnation: self.incarnation, process },
         }
     }
 
@@ -174,6 +197,59 @@ impl StandIns {
     }
 }
 
+/// A run of this broker: its start time and pid, mixed (never 0). Peers compare it to tell a
+/// process id this run assigned from one an earlier run did.
+pub(crate) fn this_run() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let pid = u64::from(std::process::id());
+    (nanos ^ pid.rotate_left(40)).max(1)
+}
+
+/// Whether a frame of `kind` on a channel carrying `channel` names its sender in its body:
+/// a mailbox's delivery, a topic's publication.
+pub(crate) fn names_sender(channel: ChannelKind, kind: FrameKind) -> bool {
+    match channel {
+        ChannelKind::Mailbox => kind == FrameKind::Reply,
+        ChannelKind::Subscription => kind == FrameKind::Oneway,
+        ChannelKind::Port => false,
+    }
+}
+
+/// A delivery or publication (`header`, `body`) leaving for a peer, with its sender named
+/// for the peer: the header and body to send, or no body when a publication is too large to
+/// cross (dropped, and counted in `lost`, which the next one reports); `None` when the body
+/// names no sender.
+pub(crate) fn named_for_peer(
+    stand_ins: &StandIns,
+    kind: ChannelKind,
+    mut header: FrameHeader,
+    body: &[u8],
+    lost: &mut u64,
+) -> Option<(FrameHeader, Option<Vec<u8>>)> {
+    let (process, rest) = split_identity(body)?;
+    let body = with_node_ref(&stand_ins.node_ref(process), rest);
+    if kind == ChannelKind::Subscription {
+        // A publication's correlation counts the messages dropped before it (§2.9).
+        let crossing = HOST_MESSAGE_HEADER + HEADER_LEN + body.len();
+        if crossing > (MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD) as usize {
+            *lost = lost.saturating_add(header.correlation).saturating_add(1);
+            return Some((header, None));
+        }
+        header.correlation = header.correlation.saturating_add(std::mem::take(lost));
+    }
+    header.body_len = u32::try_from(body.len()).ok()?;
+    Some((header, Some(body)))
+}
+
+/// Appends a frame of `header` (its body length set to that of `body`) and `body`.
+pub(crate) fn push_frame(out: &mut Vec<u8>, mut header: FrameHeader, body: &[u8]) {
+    header.body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&header.encode(body));
+    out.extend_from_slice(body);
+}
+
 /// The sender's process id at the start of a delivery or publication body (docs/wire-format.md
 /// §2.8–2.9: pid, generation, uid, gid), and what follows it.
 pub(crate) fn split_identity(body: &[u8]) -> Option<(ProcessId, &[u8])> {
@@ -230,8 +306,10 @@ pub(crate) fn stand_in_identity(process_id: ProcessId) -> PeerIdentity {
 
 /// Bytes of a sender identity in a delivery or publication.
 const IDENTITY_LEN: usize = 16;
+/// Bytes a host message puts before a frame: kind, origin, channel.
+const HOST_MESSAGE_HEADER: usize = 10;
 /// The most bytes a node ref takes: a 63-byte host name with its length, then 16.
-pub(crate) const MAX_NODE_REF: usize = 2 + 63 + 16;
+const MAX_NODE_REF: usize = 2 + 63 + 16;
 
 #[cfg(test)]
 mod tests {
@@ -243,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_remote_node_keeps_its_stand_in_and_each_node_has_its_own() {
-        let mut table = StandIns::new(8);
+        let mut table = StandIns::new(1, 8);
         let first = table.stand_in(&host("a"), 7, ProcessId::new(100, 1));
         let second = table.stand_in(&host("a"), 7, ProcessId::new(100, 2));
         let other_host = table.stand_in(&host("c"), 9, ProcessId::new(100, 1));
@@ -259,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_node_named_by_a_user_keeps_its_stand_in_once_its_broker_run_is_known() {
-        let mut table = StandIns::new(8);
+        let mut table = StandIns::new(1, 8);
         let typed = table.stand_in(&host("b"), 0, ProcessId::new(5, 5));
         assert_eq!(table.stand_in(&host("b"), 42, ProcessId::new(5, 5)), typed);
         assert_eq!(table.remote(typed).unwrap().incarnation, 42);
@@ -273,7 +351,7 @@ mod tests {
 
     #[test]
     fn the_stand_in_used_longest_ago_is_forgotten_first_and_none_is_reused() {
-        let mut table = StandIns::new(2);
+        let mut table = StandIns::new(1, 2);
         let one = table.stand_in(&host("a"), 1, ProcessId::new(1, 1));
         let two = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
         table.remote(one);
@@ -282,6 +360,66 @@ mod tests {
         assert!(table.remote(one).is_some() && table.remote(three).is_some());
         let again = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
         assert!(![one, two, three].contains(&again), "a forgotten generation is not reused");
+    }
+
+    fn publication(correlation: u64, body: &[u8]) -> (FrameHeader, Vec<u8>) {
+        let mut rest = Vec::new();
+        put_text(&mut rest, "news");
+        rest.extend_from_slice(body);
+        let body = with_identity(stand_in_identity(ProcessId::new(10, 1)), &rest);
+        let header = FrameHeader {
+            kind: FrameKind::Oneway,
+            priority: 0,
+            msg_type: 0,
+            id: 0,
+            correlation,
+            body_len: u32::try_from(body.len()).unwrap(),
+            placement: postbox_core::Placement::Inline,
+        };
+        (header, body)
+    }
+
+    #[test]
+    fn a_sender_leaves_named_for_the_peer_as_its_own_node_or_the_remote_one_it_stands_for() {
+        let mut table = StandIns::new(5, 8);
+        let remote = table.stand_in(&host("c"), 9, ProcessId::new(3, 3));
+        assert_eq!(
+            table.node_ref(ProcessId::new(10, 1)),
+            NodeRef { host: None, incarnation: 5, process: ProcessId::new(10, 1) }
+        );
+        assert_eq!(
+            table.node_ref(remote),
+            NodeRef { host: Some(host("c")), incarnation: 9, process: ProcessId::new(3, 3) }
+        );
+        let (header, body) = publication(2, b"hi");
+        let mut lost = 0;
+        let (named, body) =
+            named_for_peer(&table, ChannelKind::Subscription, header, &body, &mut lost).unwrap();
+        let body = body.unwrap();
+        assert_eq!((named.correlation, named.body_len as usize), (2, body.len()));
+        let (node, rest) = split_node_ref(&body).unwrap();
+        assert_eq!(node, table.node_ref(ProcessId::new(10, 1)));
+        assert_eq!(&rest[6..], b"hi");
+        assert!(named_for_peer(&table, ChannelKind::Mailbox, header, &[0; 15], &mut 0).is_none());
+        assert!(names_sender(ChannelKind::Mailbox, FrameKind::Reply));
+        assert!(!names_sender(ChannelKind::Mailbox, FrameKind::ErrorReply));
+        assert!(names_sender(ChannelKind::Subscription, FrameKind::Oneway));
+        assert!(!names_sender(ChannelKind::Port, FrameKind::Reply));
+    }
+
+    #[test]
+    fn a_publication_too_large_to_cross_is_dropped_and_counted_in_the_next_one() {
+        let table = StandIns::new(5, 8);
+        let mut lost = 0;
+        let (header, body) = publication(3, &vec![7; MAX_REMOTE_MESSAGE as usize]);
+        let kind = ChannelKind::Subscription;
+        let (_, dropped) = named_for_peer(&table, kind, header, &body, &mut lost).unwrap();
+        assert!(dropped.is_none());
+        assert_eq!(lost, 4, "the three it reported and itself");
+        let (header, body) = publication(1, b"small");
+        let (named, sent) = named_for_peer(&table, kind, header, &body, &mut lost).unwrap();
+        assert!(sent.is_some());
+        assert_eq!((named.correlation, lost), (5, 0));
     }
 
     #[test]
