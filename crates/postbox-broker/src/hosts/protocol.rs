@@ -160,7 +160,7 @@ impl HostMessage {
                     }
                     OpenTarget::Subscribe { pattern, capacity, drop_newest } => {
                         buf.push(TARGET_SUBSCRIBE);
-                        put_text(&mut buf, truncated(pattern));
+                        put_text(&mut buf, pattern);
                         buf.extend_from_slice(&capacity.to_le_bytes());
                         buf.push(u8::from(*drop_newest));
                     }
