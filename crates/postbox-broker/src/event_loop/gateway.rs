@@ -11,8 +11,9 @@
 //! server's replies and credits. Each remote connection is a [`Channel`]; closing either end
 //! closes the other, and a peer that dies, restarts or stays unreachable closes all of its
 //! channels, so callers see `PeerDied` within the heartbeat bound. Mailboxes, topics and
-//! inboxes cross the same way (`remote.rs`); only the sender named inside a mailbox's
-//! delivery or a topic's publication is rewritten on the way (`hosts/identity.rs`).
+//! inboxes cross the same way (a node's side in `remote.rs`, the peer's in `peer_opens.rs`);
+//! only the sender named inside a mailbox's delivery or a topic's publication is rewritten on
+//! the way (`hosts/identity.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
