@@ -401,8 +401,10 @@ impl Session {
                     self.heartbeat.owed = Some(self.heartbeat.nonce);
                     self.heartbeat.next_at = Some(now + self.config.heartbeat_interval);
                 }
-                for send in self.sends.values_mut() {
-                    send.handle_timeout(now, &self.rtt);
+                if self.config.retransmit_on_timeout {
+                    for send in self.sends.values_mut() {
+                        send.handle_timeout(now, &self.rtt);
+                    }
                 }
             }
             _ => {}
@@ -470,7 +472,8 @@ impl Session {
             State::Down => None,
             State::ExpectHello => Some(self.hello_due),
             State::Open => {
-                let retransmit = self.sends.values().filter_map(|s| s.poll_timeout(&self.rtt));
+                let sends = self.sends.values().filter(|_| self.config.retransmit_on_timeout);
+                let retransmit = sends.filter_map(|s| s.poll_timeout(&self.rtt));
                 let ack = self.ack_due.filter(|_| !self.acks_owed.is_empty());
                 retransmit.chain(self.heartbeat.next_at).chain(ack).min()
             }

@@ -184,3 +184,37 @@ fn frames_a_lane_decoder_dropped_are_counted_and_ignored_before_a_link() {
     assert_eq!((stats.corrupt_frames, stats.malformed_frames), (1, 1));
     assert_eq!(b.state(), LinkState::Open);
 }
+
+#[test]
+fn without_timeout_retransmission_a_slow_message_goes_once_and_a_new_link_resends_it() {
+    let t0 = Instant::now();
+    let config = SessionConfig {
+        retransmit_on_timeout: false,
+        heartbeat_interval: Duration::from_secs(10),
+        ..immediate_acks()
+    };
+    let mut a = Session::new(id(1), config.clone(), t0);
+    let mut b = Session::new(id(2), config, t0);
+    a.handle_link_up(t0);
+    b.handle_link_up(t0);
+    settle(&mut a, &mut b, t0);
+    events(&mut a);
+    a.send(StreamId(3), vec![7; 1000]).unwrap();
+    let in_flight = take_lanes(&mut a, t0, |_| true);
+    assert!(in_flight.contains_key(&Lane::Stream(StreamId(3))));
+    // Long past any retransmission timeout (and before the first heartbeat), nothing is due.
+    let later = t0 + a.config().max_rto * 4;
+    assert_eq!(a.poll_timeout(), Some(t0 + a.config().heartbeat_interval));
+    a.handle_timeout(later);
+    let again = take_lanes(&mut a, later, |_| true);
+    assert!(!again.contains_key(&Lane::Stream(StreamId(3))), "not sent twice on one link");
+    assert_eq!(a.stats().retransmissions, 0);
+    // The link breaks before it arrived: the next one resends it.
+    a.handle_link_down(later);
+    b.handle_link_down(later);
+    a.handle_link_up(later);
+    b.handle_link_up(later);
+    settle(&mut a, &mut b, later);
+    assert_eq!(delivered(&mut b), vec![(3, 1, vec![7; 1000])]);
+    assert_eq!(a.stats().retransmissions, 1);
+}
