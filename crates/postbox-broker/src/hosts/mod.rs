@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! hosts/
-//! ├── config.rs    HostsConfig: this host's name, its peers (dial or listen), timers
+//! ├── config.rs    HostsConfig: this host's name, its peers (dial or listen, TCP or QUIC), timers
 //! ├── protocol.rs  HostMessage: open, opened, refused, frame(s), close (one remote connection)
 //! ├── peer.rs      Peer: a host link restarted after each session end
 //! └── status.rs    HostStatus: what `postbox ls` shows; the broker's status port
@@ -19,6 +19,7 @@ mod status;
 
 pub(crate) use config::split_remote;
 pub use config::{
-    HostName, HostsConfig, HostsConfigError, PeerConfig, PeerConnect, MAX_REMOTE_MESSAGE,
+    HostName, HostsConfig, HostsConfigError, PeerConfig, PeerConnect, PeerTransport,
+    MAX_REMOTE_MESSAGE,
 };
 pub use status::{HostState, HostStatus, HOSTS_PORT};
