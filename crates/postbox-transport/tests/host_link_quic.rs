@@ -240,6 +240,26 @@ fn through_loss_duplication_corruption_reordering_and_a_partition_every_message_
 }
 
 #[test]
+fn a_dialer_seen_from_a_new_address_keeps_its_connection() {
+    with_watchdog(TEST_WATCHDOG, || {
+        let mut proxy = None;
+        let (listening, dialing) = pair_via(|addr| {
+            let started = DatagramProxy::start(addr, DatagramFaults::none(), 5).unwrap();
+            let via = started.addr();
+            proxy = Some(started);
+            via
+        });
+        let proxy = proxy.unwrap();
+        // As after a NAT rebinding: QUIC migrates the connection to the new address.
+        let [_listening, dialing] = exchange(listening, dialing, || proxy.rebind_now());
+        let counters = proxy.counters();
+        assert_eq!((counters.rebinds, counters.flows), (1, 2), "{counters:?}");
+        let stats = dialing.stats();
+        assert_eq!((stats.connections, stats.session.links_opened), (1, 1), "{stats:?}");
+    });
+}
+
+#[test]
 fn a_stream_held_up_by_a_large_message_does_not_hold_up_another() {
     with_watchdog(TEST_WATCHDOG, || {
         // A path with 25 ms of latency each way: a megabyte takes many round trips (the
