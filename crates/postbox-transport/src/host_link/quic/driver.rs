@@ -114,7 +114,8 @@ enum Arrival {
 
 /// What woke the driver.
 enum Wake {
-    Notified,
+    /// Woken, or the timer fired: look at everything again.
+    LookAgain,
     Written(Result<Written, JoinError>),
     Dialed(Result<Result<Connection, DialFailure>, JoinError>),
     Arrived(Arrival),
@@ -203,7 +204,13 @@ impl Driver {
                 }
                 // A close frame still owed waits for the control lane's write in flight.
                 let finished = ended && !core.session.has_transmit(now);
-                let deadline = core.session.poll_timeout();
+                // A timer still due after this pass waits for a lane with a write in flight
+                // (an ack, when the control stream is held up by the send window): the write's
+                // end wakes the driver; until then, look again now and then, not in a loop.
+                let deadline =
+                    core.session
+                        .poll_timeout()
+                        .map(|at| if at <= now { now + DUE_RECHECK } else { at });
                 core.driver_waiting = Some(deadline);
                 (deadline, finished)
             };
@@ -213,7 +220,7 @@ impl Driver {
             }
             let wake = self.wait(deadline).await;
             match wake {
-                Wake::Notified => {}
+                Wake::LookAgain => {}
                 Wake::Written(done) => self.written(done),
                 Wake::Dialed(result) => {
                     self.dialing = None;
@@ -246,8 +253,8 @@ impl Driver {
             }
         };
         tokio::select! {
-            () = shared.driver_task.notified() => Wake::Notified,
-            () = timer => Wake::Notified,
+            () = shared.driver_task.notified() => Wake::LookAgain,
+            () = timer => Wake::LookAgain,
             Some(done) = writes.join_next() => Wake::Written(done),
             result = dialed => Wake::Dialed(result),
             Some(arrival) = arrived => Wake::Arrived(arrival),
@@ -589,6 +596,8 @@ async fn accept(
     }
 }
 
+/// How soon the driver looks again at a timer that fell due while its lane was busy.
+const DUE_RECHECK: Duration = Duration::from_millis(5);
 /// Bytes of one lane gathered into one write; more wait for the next.
 const MAX_BATCH: usize = 256 << 10;
 /// The control lane's stream priority (data lanes have quinn's default, 0).

@@ -81,7 +81,7 @@ impl Runner {
             .map_err(|e| os("start QUIC runtime", &e))?;
         let transport = Arc::new(crypto::transport_config(&shared.config));
         // quinn spawns its endpoint task on the runtime it is made in.
-        let _entered = runtime.enter();
+        let entered = runtime.enter();
         let (endpoint, role) = match carrier {
             Carrier::Dial(addr) => {
                 let unspecified: SocketAddr = if addr.is_ipv4() {
@@ -102,7 +102,7 @@ impl Runner {
             }
         };
         let driver = driver::Driver::new(Arc::clone(shared), endpoint, tls, transport, role);
-        drop(_entered);
+        drop(entered);
         Ok(Self { runtime, driver })
     }
 
