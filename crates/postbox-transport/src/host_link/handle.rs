@@ -22,9 +22,9 @@ use crate::{TransportError, Waker};
 /// A `HostLink` drives a [`Session`]: it keeps a connection to the peer (dialing with
 /// backoff, or accepting on a listener), opens a new one after any break, and resends what
 /// the peer lacks. Over QUIC each session stream has a QUIC stream of its own, so that a loss
-/// on one never holds back another (see the module docs). Messages on one [`StreamId`] arrive exactly once and in order; every
-/// message sent is, in the end, either [`Event::Acked`] or [`Event::Failed`] with its payload
-/// back. A silent peer ends the link within [`SessionConfig::dead_after`]
+/// on one never holds back another (see the module docs). Messages on one [`StreamId`] arrive
+/// exactly once and in order; every message sent is, in the end, either [`Event::Acked`] or
+/// [`Event::Failed`] with its payload back. A silent peer ends the link within [`SessionConfig::dead_after`]
 /// (`PeerDead` or `Unreachable`), never a hang.
 ///
 /// All methods take `&self`: one thread may send while another receives. Dropping the handle

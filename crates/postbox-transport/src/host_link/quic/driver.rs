@@ -3,7 +3,7 @@
 //! the session's timers, and ends the link.
 //!
 //! ```text
-//!  dial task / accept loop ── connection ──► driver: adopt (readers spawned, link up)
+//!  dial task / accept loop (connector.rs) ── connection ──► driver: adopt (readers, link up)
 //!  readers (reader.rs) ── handle_frame, broken ──► Core (mutex) ◄── send / close (handle)
 //!  driver: poll_transmit_where(lane idle) ──► one write task per busy lane ──► QUIC stream
 //!  driver and readers: poll_event ──► events ──► recv / try_recv_batch
@@ -14,21 +14,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::pending;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use postbox_core::reliable::{Lane, LinkState};
-use quinn::{Connection, Endpoint, Incoming, SendStream, TransportConfig, VarInt, WriteError};
-use tokio::sync::{mpsc, Semaphore};
+use quinn::{Connection, Endpoint, SendStream, TransportConfig, VarInt, WriteError};
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::timeout;
 
 use super::super::error::LinkError;
 use super::super::security::TlsConfig;
 use super::super::shared::{Core, Shared};
+use super::connector::{accept_loop, dial, Arrival, DialFailure};
 use super::{crypto, reader};
 
 /// Which side of the pair this end is.
@@ -90,26 +90,6 @@ struct Written {
 struct Outgoing {
     lanes: BTreeMap<Lane, Vec<u8>>,
     datagrams: Vec<Vec<u8>>,
-}
-
-/// Why a dial gave no connection.
-#[derive(Debug)]
-enum DialFailure {
-    /// No QUIC connection came about: no answer, refused, reset.
-    Connect(LinkError),
-    /// The peer answered but the handshake failed: authentication.
-    Handshake(LinkError),
-}
-
-/// What the acceptor hands the driver.
-#[derive(Debug)]
-enum Arrival {
-    /// An authenticated connection.
-    Connected(Connection),
-    /// A handshake that failed, and why.
-    Failed(LinkError),
-    /// A connection attempt refused because too many handshakes were running.
-    Refused,
 }
 
 /// What woke the driver.
@@ -512,98 +492,12 @@ async fn write_lane(
     Ok(stream)
 }
 
-/// Dials `addr` after `wait`: a QUIC connection whose handshake checked the listener's
-/// certificate (CA and name), within `connect_timeout`.
-async fn dial(
-    endpoint: Endpoint,
-    addr: SocketAddr,
-    tls: TlsConfig,
-    transport: Arc<TransportConfig>,
-    wait: Duration,
-    connect_timeout: Duration,
-) -> Result<Connection, DialFailure> {
-    tokio::time::sleep(wait).await;
-    let (config, verdict) =
-        crypto::client_config(&tls, &transport).map_err(DialFailure::Handshake)?;
-    let connecting = endpoint
-        .connect_with(config, addr, &tls.peer_name())
-        .map_err(|_| DialFailure::Connect(LinkError::Connect(io::ErrorKind::InvalidInput)))?;
-    match timeout(connect_timeout, connecting).await {
-        Err(_) => Err(DialFailure::Connect(LinkError::Connect(io::ErrorKind::TimedOut))),
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(error)) => Err(match crypto::connection_error(&error, Some(&verdict)) {
-            error @ LinkError::Authentication(_) => DialFailure::Handshake(error),
-            LinkError::TimedOut => {
-                DialFailure::Connect(LinkError::Connect(io::ErrorKind::TimedOut))
-            }
-            error => DialFailure::Connect(error),
-        }),
-    }
-}
-
-/// Accepts connections on `endpoint` until it closes, each with a handshake task of its own (at
-/// most `MAX_HANDSHAKES` at once, so that slow or hostile clients cannot hold up the peer's);
-/// hands the results to the driver.
-async fn accept_loop(
-    endpoint: Endpoint,
-    tls: TlsConfig,
-    transport: Arc<TransportConfig>,
-    connect_timeout: Duration,
-    arrivals: mpsc::UnboundedSender<Arrival>,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-            incoming.refuse();
-            if arrivals.send(Arrival::Refused).is_err() {
-                return;
-            }
-            continue;
-        };
-        let (tls, transport, arrivals) = (tls.clone(), Arc::clone(&transport), arrivals.clone());
-        tokio::spawn(async move {
-            let arrival = accept(incoming, &tls, &transport, connect_timeout).await;
-            drop(permit);
-            // The driver is gone only when the link stops.
-            let _ = arrivals.send(arrival);
-        });
-    }
-}
-
-/// One incoming connection's handshake, with a configuration of its own whose check of the
-/// client's certificate (CA and name) says why it refused.
-async fn accept(
-    incoming: Incoming,
-    tls: &TlsConfig,
-    transport: &Arc<TransportConfig>,
-    connect_timeout: Duration,
-) -> Arrival {
-    let (config, verdict) = match crypto::server_config(tls, transport) {
-        Ok(made) => made,
-        Err(error) => {
-            incoming.refuse();
-            return Arrival::Failed(error);
-        }
-    };
-    let connecting = match incoming.accept_with(Arc::new(config)) {
-        Ok(connecting) => connecting,
-        Err(error) => return Arrival::Failed(crypto::connection_error(&error, Some(&verdict))),
-    };
-    match timeout(connect_timeout, connecting).await {
-        Err(_) => Arrival::Failed(LinkError::HandshakeTimeout),
-        Ok(Ok(connection)) => Arrival::Connected(connection),
-        Ok(Err(error)) => Arrival::Failed(crypto::connection_error(&error, Some(&verdict))),
-    }
-}
-
 /// How soon the driver looks again at a timer that fell due while its lane was busy.
 const DUE_RECHECK: Duration = Duration::from_millis(5);
 /// Bytes of one lane gathered into one write; more wait for the next.
 const MAX_BATCH: usize = 256 << 10;
 /// The control lane's stream priority (data lanes have quinn's default, 0).
 const CONTROL_PRIORITY: i32 = 1;
-/// Handshakes of incoming connections running at once, at most.
-const MAX_HANDSHAKES: usize = 8;
 /// How long a politely ending link waits for the peer to close, and for its own close to go.
 const CLOSE_LINGER: Duration = Duration::from_millis(250);
 /// Application close codes: the session ended; the connection was dropped or replaced.

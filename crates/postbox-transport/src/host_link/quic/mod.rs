@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! quic/
-//! ├── mod.rs     Carrier (dial or listen), Runner: the runtime thread of one link
-//! ├── crypto.rs  TLS per connection (checks that record why they refused), QUIC settings, errors
-//! ├── driver.rs  the driver task: connections in, each lane's writes out, timers, the end
-//! └── reader.rs  per connection: a task per incoming QUIC stream, datagrams
+//! ├── mod.rs        Carrier (dial or listen), Runner: the runtime thread of one link
+//! ├── crypto.rs     TLS per connection (checks that record why they refused), settings, errors
+//! ├── connector.rs  the dial task, the accept loop and its handshakes
+//! ├── driver.rs     the driver task: connections in, each lane's writes out, timers, the end
+//! └── reader.rs     per connection: a task per incoming QUIC stream, datagrams
 //! ```
 //!
 //! **Mapping.** The session tags every frame with its [`Lane`](postbox_core::reliable::Lane)
@@ -36,6 +37,7 @@
 //! recovers lost packets itself; the session's ids, acknowledgements and timers stay the
 //! guarantee across connections (and the backstop within one).
 
+mod connector;
 mod crypto;
 mod driver;
 mod reader;
