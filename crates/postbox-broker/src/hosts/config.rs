@@ -115,7 +115,7 @@ pub enum HostsConfigError {
     Duplicate(String),
     /// A peer over QUIC has no TLS settings (neither its own `tls` nor a `[tls]` table; a
     /// `psk_file` does not do: QUIC always runs TLS).
-    #[error("peer {0}: QUIC needs TLS: give the peer tls = {{ cert, key, ca }} or the file a [tls] table")]
+    #[error("peer {0}: QUIC needs TLS (the peer's tls = {{ .. }} or a [tls] table)")]
     QuicWithoutTls(String),
     /// A peer's TLS or pre-shared key settings cannot be used: a file is missing or
     /// malformed, or the peer names both `tls` and `psk_file`.
@@ -562,7 +562,8 @@ mod tests {
         );
         let psk = write("b.psk", "0123456789abcdef0123");
         let with_key = format!(
-            "name = 'a'\n[peers]\nb = {{ dial = '127.0.0.1:9', transport = 'quic', psk_file = '{psk}' }}\n"
+            "name = 'a'\n[peers]\n\
+             b = {{ dial = '127.0.0.1:9', transport = 'quic', psk_file = '{psk}' }}\n"
         );
         assert_eq!(
             HostsConfig::from_toml(&with_key),

@@ -24,8 +24,8 @@ use crate::{TransportError, Waker};
 /// the peer lacks. Over QUIC each session stream has a QUIC stream of its own, so that a loss
 /// on one never holds back another (see the module docs). Messages on one [`StreamId`] arrive
 /// exactly once and in order; every message sent is, in the end, either [`Event::Acked`] or
-/// [`Event::Failed`] with its payload back. A silent peer ends the link within [`SessionConfig::dead_after`]
-/// (`PeerDead` or `Unreachable`), never a hang.
+/// [`Event::Failed`] with its payload back. A silent peer ends the link within
+/// [`SessionConfig::dead_after`] (`PeerDead` or `Unreachable`), never a hang.
 ///
 /// All methods take `&self`: one thread may send while another receives. Dropping the handle
 /// stops at once, without telling the peer (as a crash would); [`close`](Self::close) first

@@ -5,9 +5,10 @@
 //! real threads, or over QUIC connections ([`dial_quic`](HostLink::dial_quic),
 //! [`listen_quic`](HostLink::listen_quic), module `quic`). One end [`dial`](HostLink::dial)s
 //! and redials after every break (bounded exponential backoff); the other
-//! [`listen`](HostLink::listen)s and takes each new connection in place of the last. Above the connections the session gives each stream
-//! exactly-once, in-order delivery, resends across reconnects, and ends with `PeerDead` or
-//! `Unreachable` within its heartbeat bound when the peer falls silent: never a hang.
+//! [`listen`](HostLink::listen)s and takes each new connection in place of the last. Above the
+//! connections the session gives each stream exactly-once, in-order delivery, resends across
+//! reconnects, and ends with `PeerDead` or `Unreachable` within its heartbeat bound when the
+//! peer falls silent: never a hang.
 //!
 //! ```
 //! use std::net::TcpListener;
