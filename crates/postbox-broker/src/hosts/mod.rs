@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! hosts/
-//! ├── config.rs    HostsConfig: this host's name, its peers (dial or listen), timers
+//! ├── config.rs    HostsConfig: this host's name, its peers (dial or listen, TCP or QUIC), timers
 //! ├── identity.rs  NodeRef, StandIns: who a node of another host is, here and on the wire
 //! ├── protocol.rs  HostMessage: open, opened, refused, frame(s), close (one remote connection)
 //! ├── peer.rs      Peer: a host link restarted after each session end
@@ -21,6 +21,7 @@ mod status;
 
 pub(crate) use config::{split_remote, FORWARD_OVERHEAD};
 pub use config::{
-    HostName, HostsConfig, HostsConfigError, PeerConfig, PeerConnect, MAX_REMOTE_MESSAGE,
+    HostName, HostsConfig, HostsConfigError, PeerConfig, PeerConnect, PeerTransport,
+    MAX_REMOTE_MESSAGE,
 };
 pub use status::{HostState, HostStatus, HOSTS_PORT};

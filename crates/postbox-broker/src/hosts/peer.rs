@@ -2,16 +2,16 @@
 //! broker's event loop when it has events, and the loop takes them (no thread in between).
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::Instant;
 
 use postbox_transport::host_link::{
-    Event, HostLink, HostLinkConfig, HostLinkStats, LinkState, SendError, StreamId,
+    Event, HostLink, HostLinkConfig, HostLinkStats, LinkSecurity, LinkState, SendError, StreamId,
 };
 use postbox_transport::{TransportError, Waker};
 
-use super::config::{security_label, PeerConfig, PeerConnect};
+use super::config::{link_label, PeerConfig, PeerConnect, PeerTransport};
 use super::status::{HostState, HostStatus};
 
 /// One peer and its current host link.
@@ -51,16 +51,35 @@ impl Peer {
         waker: &Arc<Waker>,
     ) -> Result<(), TransportError> {
         let security = self.config.security.clone();
-        let link = match self.config.connect {
-            PeerConnect::Dial(address) => {
+        let bind_failed = |e: std::io::Error| TransportError::Os {
+            operation: "bind host-link listener",
+            kind: e.kind(),
+        };
+        let link = match (self.config.transport, self.config.connect) {
+            (PeerTransport::Tcp, PeerConnect::Dial(address)) => {
                 HostLink::dial_secured(address, config.clone(), security)?
             }
-            PeerConnect::Listen(address) => {
-                let listener = TcpListener::bind(address).map_err(|e| TransportError::Os {
-                    operation: "bind host-link listener",
-                    kind: e.kind(),
-                })?;
+            (PeerTransport::Tcp, PeerConnect::Listen(address)) => {
+                let listener = TcpListener::bind(address).map_err(bind_failed)?;
                 HostLink::listen_secured(listener, config.clone(), security)?
+            }
+            (PeerTransport::Quic, connect) => {
+                // The configuration parser gives every QUIC peer TLS (`QuicWithoutTls`).
+                let LinkSecurity::Tls(tls) = security else {
+                    return Err(TransportError::Os {
+                        operation: "start a QUIC host link without TLS",
+                        kind: std::io::ErrorKind::InvalidInput,
+                    });
+                };
+                match connect {
+                    PeerConnect::Dial(address) => {
+                        HostLink::dial_quic(address, tls, config.clone())?
+                    }
+                    PeerConnect::Listen(address) => {
+                        let socket = UdpSocket::bind(address).map_err(bind_failed)?;
+                        HostLink::listen_quic(socket, tls, config.clone())?
+                    }
+                }
             }
         };
         link.wake_on_events(Arc::clone(waker));
@@ -151,7 +170,7 @@ impl Peer {
         };
         HostStatus {
             name: self.config.name.to_string(),
-            connect: format!("{}{}", self.config.connect, security_label(&self.config.security)),
+            connect: format!("{}{}", self.config.connect, link_label(&self.config)),
             state,
             rtt: stats.as_ref().and_then(|s| s.session.smoothed_rtt),
             retransmissions: stats.as_ref().map_or(0, |s| s.session.retransmissions),

@@ -16,7 +16,8 @@ pub const HOSTS_PORT: &str = "postbox/hosts";
 pub struct HostStatus {
     /// The peer's name.
     pub name: String,
-    /// How the link is made: `dial ADDR` or `listen ADDR`.
+    /// How the link is made: `dial ADDR` or `listen ADDR`, then the carrier or security when
+    /// not plain TCP: ` (tls)`, ` (psk)`, ` (quic)`.
     pub connect: String,
     /// Where the link is.
     pub state: HostState,
@@ -28,7 +29,7 @@ pub struct HostStatus {
     pub duplicates: u64,
     /// Frames that failed their checksum in the current session.
     pub corrupt_frames: u64,
-    /// TCP connections made or accepted in the current session.
+    /// Connections (TCP or QUIC) made or accepted in the current session.
     pub connections: u64,
     /// Sessions started with this peer (a new one after each peer death or restart).
     pub sessions: u64,
@@ -40,7 +41,7 @@ pub struct HostStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HostState {
-    /// No TCP connection: dialing, or waiting for the peer to dial.
+    /// No connection: dialing, or waiting for the peer to dial.
     Down,
     /// Connected; waiting for the peer's hello.
     Connecting,

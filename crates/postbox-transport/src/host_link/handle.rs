@@ -1,6 +1,6 @@
 //! `HostLink`: the blocking handle of one reliable link to a broker on another host.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -9,21 +9,23 @@ use postbox_core::reliable::{Event, MessageId, SendError, Session, SessionId, St
 
 use super::config::{fresh_session_id, HostLinkConfig};
 use super::error::{RecvError, RecvTimeoutError, TryRecvError};
-use super::security::LinkSecurity;
+use super::security::{LinkSecurity, TlsConfig};
 use super::shared::{Core, Shared};
 use super::stats::HostLinkStats;
-use super::{connector, driver};
+use super::{connector, driver, quic};
 use crate::{TransportError, Waker};
 
 /// One end of a reliable link to a broker on another host, over TCP (plain, TLS, or
-/// authenticated by a pre-shared key: [`LinkSecurity`]).
+/// authenticated by a pre-shared key: [`LinkSecurity`]) or over QUIC (always mutual TLS:
+/// [`dial_quic`](Self::dial_quic), [`listen_quic`](Self::listen_quic)).
 ///
-/// A `HostLink` drives a [`Session`]: it keeps a TCP connection to the peer (dialing with
+/// A `HostLink` drives a [`Session`]: it keeps a connection to the peer (dialing with
 /// backoff, or accepting on a listener), opens a new one after any break, and resends what
-/// the peer lacks. Messages on one [`StreamId`] arrive exactly once and in order; every
-/// message sent is, in the end, either [`Event::Acked`] or [`Event::Failed`] with its payload
-/// back. A silent peer ends the link within [`SessionConfig::dead_after`]
-/// (`PeerDead` or `Unreachable`), never a hang.
+/// the peer lacks. Over QUIC each session stream has a QUIC stream of its own, so that a loss
+/// on one never holds back another (see the module docs). Messages on one [`StreamId`] arrive
+/// exactly once and in order; every message sent is, in the end, either [`Event::Acked`] or
+/// [`Event::Failed`] with its payload back. A silent peer ends the link within
+/// [`SessionConfig::dead_after`] (`PeerDead` or `Unreachable`), never a hang.
 ///
 /// All methods take `&self`: one thread may send while another receives. Dropping the handle
 /// stops at once, without telling the peer (as a crash would); [`close`](Self::close) first
@@ -102,6 +104,40 @@ impl HostLink {
         .map_err(|e| link.abort_with(e))?;
         link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(acceptor);
         Ok(link)
+    }
+
+    /// Starts a link that dials `addr` over QUIC, and dials again after every break or
+    /// silence. Every connection is mutual TLS as `tls` says (the listener's certificate is
+    /// checked against the CAs and the peer's name, and this end presents its own); a
+    /// connection that fails it is dropped and dialed again after the backoff, with the reason
+    /// in [`stats`](Self::stats) (`last_error`, `handshake_failures`). QUIC has no plain or
+    /// pre-shared-key mode.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when the UDP socket, the runtime, a thread or the waker cannot
+    /// be created. Connection failures are not errors here, as for [`dial`](Self::dial).
+    pub fn dial_quic(
+        addr: SocketAddr,
+        tls: TlsConfig,
+        config: HostLinkConfig,
+    ) -> Result<Self, TransportError> {
+        Self::start_quic(config, tls, quic::Carrier::Dial(addr))
+    }
+
+    /// Starts a link that accepts the peer's QUIC connections on `socket`; each new
+    /// connection that passes mutual TLS (the client's certificate is signed by a trusted CA
+    /// and names the peer) replaces the current one. The session never reads a byte from any
+    /// other.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when the socket cannot be made non-blocking, or the runtime, a
+    /// thread or the waker cannot be created.
+    pub fn listen_quic(
+        socket: UdpSocket,
+        tls: TlsConfig,
+        config: HostLinkConfig,
+    ) -> Result<Self, TransportError> {
+        Self::start_quic(config, tls, quic::Carrier::Listen(socket))
     }
 
     /// This end's session id: fresh for every `HostLink`, so the peer sees a new one as a
@@ -224,16 +260,41 @@ impl HostLink {
         self.join_threads();
     }
 
+    /// A link over TCP with its driver thread.
     fn start(config: HostLinkConfig, security: LinkSecurity) -> Result<Self, TransportError> {
-        let config = config.normalized();
-        let id = fresh_session_id();
-        let session = Session::new(id, config.session.clone(), Instant::now());
-        let shared = Arc::new(Shared::new(config, security, session, Waker::new()?));
-        let link = Self { shared: Arc::clone(&shared), id, threads: Mutex::new(Vec::new()) };
+        let link = Self::unstarted(config, security)?;
+        let shared = Arc::clone(&link.shared);
         let driver = spawn("postbox-host-link", move || driver::run(&shared))
             .map_err(|e| os("spawn host-link driver", &e))?;
         link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(driver);
         Ok(link)
+    }
+
+    /// A link over QUIC with its thread: a runtime running the endpoint and the driver task.
+    fn start_quic(
+        config: HostLinkConfig,
+        tls: TlsConfig,
+        carrier: quic::Carrier,
+    ) -> Result<Self, TransportError> {
+        let mut config = config;
+        // Each lane's QUIC stream delivers every frame intact and in order, or the connection
+        // breaks (and the next one resends): a timeout would only send a slow message twice.
+        config.session.retransmit_on_timeout = false;
+        let link = Self::unstarted(config, LinkSecurity::Tls(tls.clone()))?;
+        let runner = quic::Runner::new(&link.shared, tls, carrier)?;
+        let thread = spawn("postbox-host-link-quic", move || runner.run())
+            .map_err(|e| os("spawn host-link driver", &e))?;
+        link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(thread);
+        Ok(link)
+    }
+
+    /// The handle and the shared state of a new session, with no thread yet.
+    fn unstarted(config: HostLinkConfig, security: LinkSecurity) -> Result<Self, TransportError> {
+        let config = config.normalized();
+        let id = fresh_session_id();
+        let session = Session::new(id, config.session.clone(), Instant::now());
+        let shared = Arc::new(Shared::new(config, security, session, Waker::new()?));
+        Ok(Self { shared, id, threads: Mutex::new(Vec::new()) })
     }
 
     fn send_until(

@@ -1,11 +1,14 @@
-//! Reliable links between brokers on different hosts: the TCP driver of a reliable session.
+//! Reliable links between brokers on different hosts: the TCP and QUIC drivers of a reliable
+//! session.
 //!
 //! A [`HostLink`] runs a [`postbox_core::reliable::Session`] over real TCP connections with
-//! real threads. One end [`dial`](HostLink::dial)s and redials after every break (bounded
-//! exponential backoff); the other [`listen`](HostLink::listen)s and takes each new
-//! connection in place of the last. Above the connections the session gives each stream
-//! exactly-once, in-order delivery, resends across reconnects, and ends with `PeerDead` or
-//! `Unreachable` within its heartbeat bound when the peer falls silent: never a hang.
+//! real threads, or over QUIC connections ([`dial_quic`](HostLink::dial_quic),
+//! [`listen_quic`](HostLink::listen_quic), module `quic`). One end [`dial`](HostLink::dial)s
+//! and redials after every break (bounded exponential backoff); the other
+//! [`listen`](HostLink::listen)s and takes each new connection in place of the last. Above the
+//! connections the session gives each stream exactly-once, in-order delivery, resends across
+//! reconnects, and ends with `PeerDead` or `Unreachable` within its heartbeat bound when the
+//! peer falls silent: never a hang.
 //!
 //! ```
 //! use std::net::TcpListener;
@@ -41,6 +44,7 @@
 //! ├── connector.rs  dialer with backoff, acceptor
 //! ├── handshake.rs  securing a new connection: TLS handshake, pre-shared key exchange
 //! ├── security.rs   LinkSecurity, TlsConfig, PreSharedKey
+//! ├── quic/         the QUIC carrier: a QUIC stream per lane (control, each session stream)
 //! ├── shared.rs     the state the threads share, behind one mutex
 //! ├── config.rs     HostLinkConfig
 //! ├── error.rs      RecvError, TryRecvError, RecvTimeoutError, LinkError, AuthenticationError
@@ -62,8 +66,11 @@
 //!   encrypt.
 //!
 //! A connection that fails authentication is closed before the session reads a byte from it;
-//! [`HostLinkStats::last_error`] says why ([`LinkError::Authentication`]). QUIC (quinn) comes
-//! next, over the same session.
+//! [`HostLinkStats::last_error`] says why ([`LinkError::Authentication`]).
+//!
+//! QUIC always runs mutual TLS with a [`TlsConfig`], checked the same way (the certificates
+//! are verified inside the QUIC handshake; a refused connection never reaches the session).
+//! There is no QUIC without TLS: the constructors take a `TlsConfig`, not a `LinkSecurity`.
 
 mod config;
 mod connection;
@@ -72,6 +79,7 @@ mod driver;
 mod error;
 mod handle;
 mod handshake;
+mod quic;
 mod security;
 mod shared;
 mod stats;

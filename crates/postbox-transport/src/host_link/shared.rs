@@ -16,7 +16,7 @@ use super::stats::ConnectionCounters;
 use crate::Waker;
 
 /// Shared by the handle, the driver, the reader of the current connection, and the dialer or
-/// acceptor.
+/// acceptor (for QUIC: the driver task and the reader tasks).
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) config: HostLinkConfig,
@@ -26,6 +26,9 @@ pub(super) struct Shared {
     /// Wakes the driver (only it waits here): a send, a frame or timer due after bytes were
     /// read, a connection made or broken, a close.
     pub(super) driver_wake: Condvar,
+    /// The same for a driver that is a task (QUIC): it waits here instead. Notified together
+    /// with `driver_wake`; a notification with nobody waiting is kept for the next wait.
+    pub(super) driver_task: tokio::sync::Notify,
     /// Wakes the dialer (only it waits here): a connection is wanted, or the link stopped.
     pub(super) dialer_wake: Condvar,
     /// Wakes `recv` and a blocked `send`: events queued, window room, or the link finished.
@@ -91,6 +94,7 @@ impl Shared {
             security,
             core: Mutex::new(core),
             driver_wake: Condvar::new(),
+            driver_task: tokio::sync::Notify::new(),
             dialer_wake: Condvar::new(),
             progress: Condvar::new(),
             acceptor_waker,
@@ -126,6 +130,7 @@ impl Shared {
     pub(super) fn wake_driver(&self, waiting: bool) {
         if waiting {
             self.driver_wake.notify_one();
+            self.driver_task.notify_one();
         }
     }
 
@@ -141,6 +146,7 @@ impl Shared {
     /// Wakes every thread that waits for anything.
     pub(super) fn wake_all(&self) {
         self.driver_wake.notify_all();
+        self.driver_task.notify_one();
         self.dialer_wake.notify_all();
         self.progress.notify_all();
         self.acceptor_waker.wake();

@@ -10,12 +10,13 @@ use super::error::LinkError;
 pub struct HostLinkStats {
     /// The session's counters, RTT and link state.
     pub session: SessionStats,
-    /// TCP connections made (dialing side) or accepted (listening side), and secured when
-    /// the link uses TLS or a pre-shared key.
+    /// Connections (TCP or QUIC) made (dialing side) or accepted (listening side), and
+    /// secured when the link uses TLS or a pre-shared key.
     pub connections: u64,
     /// Dial attempts that failed.
     pub connect_failures: u64,
-    /// TCP connections lost after they were made: reset, closed, damaged or stalled.
+    /// Connections lost after they were made: reset, closed, damaged, stalled or (QUIC)
+    /// silent past the idle timeout.
     pub connections_lost: u64,
     /// Connections closed during their TLS handshake or pre-shared key exchange: refused,
     /// failed or timed out (never counted in `connections`).
