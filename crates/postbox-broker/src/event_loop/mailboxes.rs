@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, EndpointKind, FrameDecoder, FrameKind, LinkId,
-    Overflow, PeerIdentity, Placement, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
+    Capacity, ControlErrorCode, ControlMessage, Delivery, EndpointKind, FrameDecoder, FrameKind,
+    LinkId, Overflow, PeerIdentity, Placement, PortCounters, PortEntry, PortName, PortSpec,
+    ReleaseCounter,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
@@ -140,6 +141,7 @@ impl EventLoop {
             overflow: Overflow::Block,
             // A delivery adds the sender's identity to the body; it must still fit a link.
             message_size: Some(self.config.max_message_size.saturating_sub(DELIVERY_HEADER)),
+            delivery: Delivery::Reliable,
         };
         let id = self.registry.allocate_link_id();
         let role =
@@ -171,6 +173,7 @@ impl EventLoop {
                 capacity: Capacity::Bounded(mailbox.capacity),
                 overflow: Overflow::Block,
                 message_size: Some(self.config.max_message_size),
+                delivery: Delivery::Reliable,
             },
             counters: PortCounters {
                 queued: mailbox.held() as u64,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameKind, NamePattern,
-    Overflow, PeerIdentity, Placement, PortName, PortSpec, ReleaseCounter, SendWindow,
+    Capacity, ControlErrorCode, ControlMessage, Credit, Delivery, FrameDecoder, FrameKind,
+    NamePattern, Overflow, PeerIdentity, Placement, PortName, PortSpec, ReleaseCounter, SendWindow,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
@@ -118,6 +118,7 @@ impl EventLoop {
             overflow: Overflow::Block,
             // A publication adds the publisher's identity and the topic to the body (§2.9).
             message_size: Some(self.config.max_message_size.saturating_sub(PUBLICATION_HEADER)),
+            delivery: Delivery::Reliable,
         };
         (TopicRole::Publisher { topic, release: ReleaseCounter::new(&spec) }, spec)
     }
@@ -136,6 +137,7 @@ impl EventLoop {
             capacity: Capacity::Bounded(capacity),
             overflow: if drop_newest { Overflow::Fail } else { Overflow::DropOldest },
             message_size: Some(self.config.max_message_size),
+            delivery: Delivery::Reliable,
         };
         let mut queue =
             SubscriberQueue::new(capacity, self.config.policy.limits().queued_bytes, drop_newest);

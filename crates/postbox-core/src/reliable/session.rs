@@ -178,6 +178,13 @@ impl Session {
         self.id
     }
 
+    /// The peer's session, once heard from: the sender every frame must name (a driver that
+    /// checks frames before it hands them over, a UDP path learning its peer's address, asks).
+    #[must_use]
+    pub fn peer(&self) -> Option<SessionId> {
+        self.peer
+    }
+
     /// The settings in force (out-of-range values brought into range).
     #[must_use]
     pub fn config(&self) -> &SessionConfig {
