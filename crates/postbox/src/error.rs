@@ -45,6 +45,11 @@ pub enum SendError {
     /// its link restarting), so no link could be made (docs/network.md).
     #[error("the receiver's host is unreachable")]
     Unreachable(Message),
+    /// A confirmed send on a link that carries best-effort datagrams (a datagram port on
+    /// another host, docs/network.md §13): nothing can confirm that the receiver took it. Not
+    /// sent; a plain `send` is.
+    #[error("the link carries best-effort datagrams: a send cannot be confirmed; not sent")]
+    DatagramsOnly(Message),
 }
 
 /// Failure of a non-blocking send. Holds the message, which was not sent.
@@ -110,6 +115,11 @@ pub enum SendTimeoutError {
         /// The message.
         message: Message,
     },
+    /// A confirmed send on a link that carries best-effort datagrams (a datagram port on
+    /// another host, docs/network.md §13): nothing can confirm that the receiver took it. Not
+    /// sent.
+    #[error("the link carries best-effort datagrams: a send cannot be confirmed; not sent")]
+    DatagramsOnly(Message),
 }
 
 /// Failure of a batch send ([`Connection::send_batch`](crate::Connection::send_batch)). The
@@ -246,6 +256,12 @@ pub enum CallError {
         /// The quota.
         limit: u32,
     },
+    /// The link carries best-effort datagrams (a datagram port on another host,
+    /// docs/network.md §13), which take one-way messages only; the request was not sent.
+    #[error(
+        "the link carries best-effort datagrams, one-way messages only; the request was not sent"
+    )]
+    DatagramsOnly(Message),
 }
 
 /// Failure of [`Node::connect`](crate::Node::connect),
@@ -362,7 +378,8 @@ impl SendError {
             | Self::Full(m)
             | Self::NoSuchPort(m)
             | Self::BrokerGone(m)
-            | Self::Unreachable(m) => m,
+            | Self::Unreachable(m)
+            | Self::DatagramsOnly(m) => m,
             Self::TooLarge { message, .. } | Self::AccessDenied { message, .. } => message,
         }
     }
@@ -384,7 +401,10 @@ impl SendTimeoutError {
     #[must_use]
     pub fn into_message(self) -> Message {
         match self {
-            Self::Timeout(m) | Self::NotTaken(m) | Self::Disconnected(m) => m,
+            Self::Timeout(m)
+            | Self::NotTaken(m)
+            | Self::Disconnected(m)
+            | Self::DatagramsOnly(m) => m,
             Self::TooLarge { message, .. } | Self::AccessDenied { message, .. } => message,
         }
     }

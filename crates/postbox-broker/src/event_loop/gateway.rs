@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::{ReplyErrorCode, HEADER_LEN};
 use postbox_core::{
-    ControlErrorCode, ControlMessage, Frame, FrameDecoder, FrameHeader, FrameKind, Operation,
-    Placement, PortName, PortSpec, ProcessId, Quota, Rights, Target,
+    ControlErrorCode, ControlMessage, Delivery, Frame, FrameDecoder, FrameHeader, FrameKind,
+    Operation, Placement, PortName, PortSpec, ProcessId, Quota, Rights, Target,
 };
 use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
 use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
 
+use super::datagrams::{client_spec, DatagramRelay};
 use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
 use crate::hosts::identity::{self, NodeRef, StandIns};
@@ -84,15 +85,18 @@ pub(super) struct Relay {
     lost: u64,
     /// The local node at the other end, when it is the client (counts against its links).
     pub(super) client: Option<ProcessId>,
-    decoder: FrameDecoder,
+    pub(super) decoder: FrameDecoder,
     /// The largest body accepted from the host link for this link.
-    max_body: u32,
-    out: OutQueue,
+    pub(super) max_body: u32,
+    pub(super) out: OutQueue,
     /// Messages for the host link that found no room (at most two: a batch and the frame
     /// that did not fit it): the local link is not read until they have gone.
     blocked: VecDeque<Vec<u8>>,
     /// The local end closed; what it sent before is still forwarded.
-    finished: bool,
+    pub(super) finished: bool,
+    /// A channel to a datagram port: its one-way frames cross as datagrams
+    /// (`datagrams.rs`), not as reliable messages.
+    pub(super) datagrams: Option<DatagramRelay>,
 }
 
 /// Who is at the local end of a relay.
@@ -156,10 +160,11 @@ impl Relay {
             out: OutQueue::default(),
             blocked: VecDeque::new(),
             finished: false,
+            datagrams: None,
         }
     }
 
-    fn enqueue(&mut self, frame: Vec<u8>) {
+    pub(super) fn enqueue(&mut self, frame: Vec<u8>) {
         self.out.push(frame);
     }
 
@@ -175,7 +180,7 @@ impl Relay {
         }
     }
 
-    fn remote(&self) -> Option<(usize, Channel)> {
+    pub(super) fn remote(&self) -> Option<(usize, Channel)> {
         match self.facing {
             Facing::Client { host, channel } | Facing::Server { host, channel } => {
                 Some((host, channel))
@@ -327,6 +332,16 @@ impl EventLoop {
                     tracing::warn!(host = %name, %error, "malformed message from host");
                 }
             },
+            Event::DatagramDelivered { payload, .. } => match HostMessage::decode(&payload) {
+                Ok(HostMessage::Datagram { channel, seq, frames }) if !channel.opened_here => {
+                    self.datagram_from_peer(host, channel, seq, &frames);
+                }
+                Ok(other) => self.close_channel(host, other.channel(), true),
+                Err(error) => {
+                    let name = &gateway.peers[host].config.name;
+                    tracing::warn!(host = %name, %error, "malformed datagram from host");
+                }
+            },
             Event::Acked { .. } => self.unblock_host(host),
             Event::Failed { payload, .. } => {
                 // Only when the session ends or the peer restarted: the channel is gone.
@@ -406,16 +421,18 @@ impl EventLoop {
     }
 
     /// Relays `link` as this host's side of the peer's `channel` (the server's side); frames
-    /// of `kind` with bodies up to `max_body` bytes cross.
+    /// of `kind` with bodies up to `max_body` bytes cross, as datagrams when `datagrams` says.
     pub(super) fn relay_for_peer(
         &mut self,
         (host, channel): (usize, Channel),
         link: UnixLink,
-        kind: ChannelKind,
-        max_body: u32,
+        (kind, max_body): (ChannelKind, u32),
+        datagrams: Option<DatagramRelay>,
     ) {
         let facing = Facing::Server { host, channel };
-        let key = self.insert_relay(Relay::new(link, facing, kind, None, max_body));
+        let mut relay = Relay::new(link, facing, kind, None, max_body);
+        relay.datagrams = datagrams;
+        let key = self.insert_relay(relay);
         if let Some(gateway) = &mut self.gateway {
             gateway.channels.insert((host, channel), key);
         }
@@ -448,10 +465,17 @@ impl EventLoop {
             return;
         };
         let server = self.identity_from(host, server);
-        let spec = remote_spec(spec, self.config.max_message_size);
+        let mut spec = remote_spec(spec, self.config.max_message_size);
         let max = self.config.max_message_size;
         let facing = Facing::Client { host, channel };
-        let relay = Relay::new(ours, facing, pending.kind, Some(pending.process), max);
+        let mut relay = Relay::new(ours, facing, pending.kind, Some(pending.process), max);
+        if spec.delivery == Delivery::Datagrams && pending.kind == ChannelKind::Port {
+            // A datagram port: this gateway credits the client itself (`datagrams.rs`).
+            spec = client_spec(spec);
+            relay.datagrams = Some(DatagramRelay::sending());
+        } else {
+            spec.delivery = Delivery::Reliable;
+        }
         let key = self.insert_relay(relay);
         if let Some(gateway) = &mut self.gateway {
             gateway.channels.insert((host, channel), key);
@@ -473,6 +497,10 @@ impl EventLoop {
     fn frames_from_peer(&mut self, host: usize, channel: Channel, frames: Vec<u8>, batch: bool) {
         let Some(key) = self.relay_of(host, channel) else { return };
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+        if relay.datagrams.is_some() {
+            // A datagram channel carries no reliable frames either way.
+            return self.close_relay(key, true);
+        }
         let (kind, facing) = (relay.kind, relay.facing);
         let count = relayed_frames(&frames, relay.max_body, |header| {
             header.placement == Placement::Inline
@@ -528,6 +556,11 @@ impl EventLoop {
     /// node's batch stays one reliable message, one acknowledgement, one event and one write
     /// on the far side.
     fn forward_relay(&mut self, key: RelayKey) {
+        match self.relays.get(key.0).and_then(Option::as_ref).map(|r| &r.datagrams) {
+            Some(Some(DatagramRelay::Sending(_))) => return self.forward_datagrams(key),
+            Some(Some(DatagramRelay::Receiving(_))) => return self.take_port_credits(key),
+            _ => {}
+        }
         loop {
             let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
             if let Some(payload) = relay.blocked.pop_front() {
@@ -712,7 +745,7 @@ impl EventLoop {
     }
 
     /// Writes what a relay has waiting, as far as it goes without blocking.
-    fn flush_relay(&mut self, key: RelayKey) {
+    pub(super) fn flush_relay(&mut self, key: RelayKey) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
         if relay.out.flush(&relay.link).is_err() {
             // The local end is gone; what it sent is still read to the end.
@@ -720,7 +753,7 @@ impl EventLoop {
         }
     }
 
-    fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
+    pub(super) fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
         self.gateway.as_ref()?.channels.get(&(host, channel)).copied()
     }
 
@@ -739,7 +772,7 @@ impl EventLoop {
 
     /// Drops a relay; its local end sees the link close (a caller's waiting calls fail with
     /// `PeerDied`). With `tell_peer`, the peer closes its end too.
-    fn close_relay(&mut self, key: RelayKey, tell_peer: bool) {
+    pub(super) fn close_relay(&mut self, key: RelayKey, tell_peer: bool) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::take) else { return };
         relay.link.shutdown();
         let Some((host, channel)) = relay.remote() else { return };
@@ -852,7 +885,7 @@ fn may_reach_client(channel: ChannelKind, kind: FrameKind) -> bool {
 
 /// How many whole, intact frames `bytes` holds back to back, each one's header accepted by
 /// `accept`; `None` when any is damaged, cut short, too long or refused.
-fn relayed_frames(
+pub(super) fn relayed_frames(
     mut bytes: &[u8],
     max_body: u32,
     mut accept: impl FnMut(&FrameHeader) -> bool,
@@ -889,7 +922,7 @@ const RESTART_DELAY: Duration = Duration::from_millis(100);
 const MAX_OPEN_WAIT: Duration = Duration::from_secs(8);
 /// Bytes from the peer waiting for a local end past which the relay is closed: within the
 /// flow control of an honest peer this is never reached.
-const RELAY_OUT_LIMIT: usize = 64 << 20;
+pub(super) const RELAY_OUT_LIMIT: usize = 64 << 20;
 /// Bytes of frames gathered into one host message (a larger frame crosses on its own).
 const BATCH_BYTES: usize = 64 << 10;
 /// Reads from one relay before the others get a turn.

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postbox_core::{
-    ControlErrorCode, ControlMessage, FrameHeader, FrameKind, Operation, PeerIdentity, PortName,
-    PortSpec, Target,
+    Capacity, ControlErrorCode, ControlMessage, Delivery, FrameHeader, FrameKind, Operation,
+    PeerIdentity, PortName, PortSpec, Target,
 };
 use postbox_transport::{
     wait_ready, ControlListener, ControlSocket, Credentials, Interest, LinkShape, ShmLinkParts,
@@ -21,6 +21,7 @@ use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
 
 mod access;
+mod datagrams;
 mod gateway;
 mod mailboxes;
 mod out_queue;
@@ -561,6 +562,13 @@ impl EventLoop {
                 let stats = self.mailbox_stats(request, &name);
                 self.queue(key, &stats, Vec::new());
             }
+            ControlMessage::OpenPort { request, spec, .. }
+                if spec.delivery == Delivery::Datagrams
+                    && spec.capacity == Capacity::Rendezvous =>
+            {
+                let detail = "a rendezvous port cannot take datagrams";
+                self.refuse(key, request, ControlErrorCode::Malformed, detail);
+            }
             ControlMessage::OpenPort { request, name, mut spec, service } => {
                 // A port cannot take more than the host's links carry.
                 let host = self.config.max_message_size;
@@ -622,7 +630,8 @@ impl EventLoop {
                     request,
                     link: new.link,
                     server: new.server_identity,
-                    spec: new.spec,
+                    // A link within the host is lossless, whatever the port asks of others.
+                    spec: PortSpec { delivery: Delivery::Reliable, ..new.spec },
                     rights: new.rights,
                     quota: self.config.policy.quota(),
                 };

@@ -9,11 +9,12 @@
 //! persistence, fan-out, flow control) hold across hosts unchanged.
 
 use postbox_core::{
-    ControlMessage, ListenTarget, NamePattern, Operation, PeerIdentity, PortName, PortSpec,
-    ProcessId, Rights,
+    ControlMessage, Delivery, ListenTarget, NamePattern, Operation, PeerIdentity, PortName,
+    PortSpec, ProcessId, Rights,
 };
 use postbox_transport::UnixLink;
 
+use super::datagrams::{client_spec, DatagramRelay};
 use super::gateway::remote_spec;
 use super::EventLoop;
 use crate::hosts::identity::NodeRef;
@@ -214,7 +215,7 @@ impl EventLoop {
             }
         };
         let max = self.config.max_message_size;
-        self.relay_for_peer((host, channel), ours, kind, max);
+        self.relay_for_peer((host, channel), ours, (kind, max), None);
         let mut spec = remote_spec(spec, max);
         if sender {
             // What a remote node puts in a mailbox or topic may go on to another host with
@@ -278,7 +279,9 @@ impl EventLoop {
     }
 
     /// Makes the link from the broker (as the peer node's stand-in `client`) to `owner`'s
-    /// port or inbox (`target`, buffering as `spec`); the answer for the peer, or why not.
+    /// port or inbox (`target`, buffering as `spec`); the answer for the peer, or why not. A
+    /// datagram port's channel takes the peer's datagrams into the link within the port's
+    /// window (`datagrams.rs`).
     fn link_for_peer(
         &mut self,
         host: usize,
@@ -293,14 +296,22 @@ impl EventLoop {
         let server = self.registry.identity(owner).ok_or("the node left")?.process_id;
         let (ours, theirs) =
             UnixLink::pair().map_err(|e| format!("cannot create the link: {e}"))?;
-        let spec = remote_spec(spec, self.config.max_message_size);
+        let datagrams =
+            matches!(target, ListenTarget::Port(_)) && spec.delivery == Delivery::Datagrams;
+        let relay = datagrams.then(|| DatagramRelay::receiving(&spec));
+        let mut spec = remote_spec(spec, self.config.max_message_size);
+        if datagrams {
+            spec = client_spec(spec);
+        } else {
+            spec.delivery = Delivery::Reliable;
+        }
         let link = self.registry.allocate_link_id();
         let quota = self.config.policy.quota();
         let incoming = ControlMessage::IncomingConnection { link, target, client, rights, quota };
         self.queue(owner, &incoming, vec![theirs.into_fd()]);
         self.flush(owner);
         let max_body = spec.message_size.unwrap_or(MAX_REMOTE_MESSAGE);
-        self.relay_for_peer((host, channel), ours, ChannelKind::Port, max_body);
+        self.relay_for_peer((host, channel), ours, (ChannelKind::Port, max_body), relay);
         let server = self.gateway.as_ref().ok_or("no gateway")?.stand_ins.node_ref(server);
         Ok(HostMessage::Opened { channel, spec, rights, quota, server })
     }

@@ -66,6 +66,24 @@ pub struct PeerConfig {
     pub security: LinkSecurity,
     /// What carries the link: TCP (the default) or QUIC.
     pub transport: PeerTransport,
+    /// Where a TCP link's best-effort datagrams go (datagram ports, docs/network.md §13);
+    /// QUIC carries them as QUIC datagrams.
+    pub datagrams: DatagramRoute,
+}
+
+/// Where a TCP host link carries the best-effort datagrams of datagram ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DatagramRoute {
+    /// UDP at the link's own address and port number: the dialer sends to the address it
+    /// dials, the listener receives on the address it listens on (the default).
+    #[default]
+    SameAddress,
+    /// UDP at this address instead: where the dialer sends them (another port, a relay), or
+    /// where the listener receives them (`datagram = "ADDR:PORT"`).
+    Udp(SocketAddr),
+    /// On the TCP connection with everything else, reliable underneath (`datagram = "tcp"`,
+    /// for paths that block UDP): still counted and dropped as best effort by the brokers.
+    Stream,
 }
 
 /// What carries a host link.
@@ -117,6 +135,9 @@ pub enum HostsConfigError {
     /// `psk_file` does not do: QUIC always runs TLS).
     #[error("peer {0}: QUIC needs TLS (the peer's tls = {{ .. }} or a [tls] table)")]
     QuicWithoutTls(String),
+    /// A peer over QUIC names a `datagram` route: QUIC carries datagrams itself.
+    #[error("peer {0}: datagram = … is for TCP links; QUIC carries datagrams itself")]
+    DatagramRouteOverQuic(String),
     /// A peer's TLS or pre-shared key settings cannot be used: a file is missing or
     /// malformed, or the peer names both `tls` and `psk_file`.
     #[error("peer {peer}: {reason}")]
@@ -156,7 +177,9 @@ impl HostsConfig {
     /// applies to every peer that says neither. The files are read here.
     ///
     /// Transport, per peer: `transport = "tcp"` (the default) or `"quic"`; a QUIC peer needs
-    /// TLS (its own `tls`, or the `[tls]` table).
+    /// TLS (its own `tls`, or the `[tls]` table). A TCP peer's datagrams: `datagram =
+    /// "ADDR:PORT"` (UDP there), `"tcp"` (on the connection), or nothing (UDP at the link's
+    /// own address and port).
     ///
     /// # Errors
     /// [`HostsConfigError`] says what is wrong; nothing is silently ignored.
@@ -183,7 +206,15 @@ impl HostsConfig {
             if transport == PeerTransport::Quic && !matches!(security, LinkSecurity::Tls(_)) {
                 return Err(HostsConfigError::QuicWithoutTls(name));
             }
-            config.add_peer(PeerConfig { name: host, connect, security, transport })?;
+            let datagrams = match peer.datagram.as_deref() {
+                None => DatagramRoute::SameAddress,
+                Some(_) if transport == PeerTransport::Quic => {
+                    return Err(HostsConfigError::DatagramRouteOverQuic(name));
+                }
+                Some("tcp") => DatagramRoute::Stream,
+                Some(address) => DatagramRoute::Udp(resolve(&name, address)?),
+            };
+            config.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })?;
         }
         Ok(config)
     }
@@ -218,7 +249,8 @@ impl HostsConfig {
                 None => return Err(HostsConfigError::QuicWithoutTls(name.to_owned())),
             },
         };
-        self.add_peer(PeerConfig { name: host, connect, security, transport })
+        let datagrams = DatagramRoute::SameAddress;
+        self.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })
     }
 
     /// Adds a peer.
@@ -250,6 +282,11 @@ impl HostsConfig {
         config.session.initial_rto = config.session.initial_rto.min(config.session.max_rto);
         config.session.min_rto = config.session.min_rto.min(config.session.max_rto);
         config.session.max_payload = MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD;
+        // A datagram carries one channel's frames, numbered (`hosts/protocol.rs`): within one
+        // UDP datagram of IPv6's minimum MTU with the session's and the UDP side's headers, and
+        // within a QUIC datagram at QUIC's initial MTU.
+        config.session.max_datagram_payload = MAX_DATAGRAM_PAYLOAD;
+        config.session.datagram_queue = DATAGRAM_QUEUE;
         config.reconnect_max = config.reconnect_max.min(self.heartbeat_interval.max(MIN_RTO));
         config
     }
@@ -319,12 +356,22 @@ pub(crate) fn split_remote(name: &PortName) -> Option<(PortName, &str)> {
 /// The largest message body that crosses hosts: links to remote ports announce at most this.
 pub const MAX_REMOTE_MESSAGE: u32 = 1 << 20;
 
+/// The largest message body that crosses hosts as a datagram: links to a datagram port on
+/// another host announce at most this (docs/network.md §13).
+pub const MAX_DATAGRAM_MESSAGE: u32 = 1024;
+
+/// The largest host message in one datagram: its 18-byte header, then frames (each a 32-byte
+/// header and its body), so that one message of [`MAX_DATAGRAM_MESSAGE`] bytes fits.
+pub(crate) const MAX_DATAGRAM_PAYLOAD: u32 = 1100;
+
 /// What forwarding adds to a frame on a host link: the message header and the frame header,
 /// with room to spare.
 pub(crate) const FORWARD_OVERHEAD: u32 = 64;
 
 /// The shortest retransmission bound used with very short heartbeats.
 const MIN_RTO: Duration = Duration::from_millis(50);
+/// Datagrams queued in a host link for its writer; more are dropped (and counted).
+const DATAGRAM_QUEUE: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -345,6 +392,7 @@ struct PeerSection {
     tls: Option<TlsSection>,
     psk_file: Option<String>,
     transport: Option<TransportName>,
+    datagram: Option<String>,
 }
 
 /// `transport = "tcp"` or `"quic"`; anything else is refused by the parser.

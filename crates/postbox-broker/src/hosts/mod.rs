@@ -19,9 +19,9 @@ pub(crate) mod peer;
 pub(crate) mod protocol;
 mod status;
 
-pub(crate) use config::{split_remote, FORWARD_OVERHEAD};
+pub(crate) use config::{split_remote, FORWARD_OVERHEAD, MAX_DATAGRAM_PAYLOAD};
 pub use config::{
-    HostName, HostsConfig, HostsConfigError, PeerConfig, PeerConnect, PeerTransport,
-    MAX_REMOTE_MESSAGE,
+    DatagramRoute, HostName, HostsConfig, HostsConfigError, PeerConfig, PeerConnect, PeerTransport,
+    MAX_DATAGRAM_MESSAGE, MAX_REMOTE_MESSAGE,
 };
 pub use status::{HostState, HostStatus, HOSTS_PORT};

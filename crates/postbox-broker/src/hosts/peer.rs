@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use postbox_transport::host_link::{
-    Event, HostLink, HostLinkConfig, HostLinkStats, LinkSecurity, LinkState, SendError, StreamId,
+    DatagramSendError, Event, HostLink, HostLinkConfig, HostLinkStats, LinkSecurity, LinkState,
+    SendError, StreamId,
 };
 use postbox_transport::{TransportError, Waker};
 
-use super::config::{link_label, PeerConfig, PeerConnect, PeerTransport};
+use super::config::{link_label, DatagramRoute, PeerConfig, PeerConnect, PeerTransport};
 use super::status::{HostState, HostStatus};
 
 /// One peer and its current host link.
@@ -28,6 +29,9 @@ pub(crate) struct Peer {
     pub(crate) backlog: VecDeque<(StreamId, Vec<u8>)>,
     /// The last session's counters, shown while a new one starts.
     last_stats: Option<HostLinkStats>,
+    /// One-way messages of datagram ports lost on the way to or from this peer, as far as
+    /// this broker can tell, since it started (docs/network.md §13).
+    pub(crate) datagrams_lost: u64,
 }
 
 impl Peer {
@@ -39,12 +43,14 @@ impl Peer {
             restart_at: Some(Instant::now()),
             backlog: VecDeque::new(),
             last_stats: None,
+            datagrams_lost: 0,
         }
     }
 
     /// Starts a new host link (a new session, so the peer sees a restart) that wakes `waker`
-    /// when it has events. On failure (the listening address is still held by the previous
-    /// link's acceptor, or taken) the caller retries later.
+    /// when it has events; a TCP link gets its UDP side for datagrams as the peer's
+    /// [`DatagramRoute`] says. On failure (the listening address, TCP or UDP, is still held by
+    /// the previous link, or taken) the caller retries later.
     pub(crate) fn start(
         &mut self,
         config: &HostLinkConfig,
@@ -55,13 +61,35 @@ impl Peer {
             operation: "bind host-link listener",
             kind: e.kind(),
         };
+        let route = self.config.datagrams;
         let link = match (self.config.transport, self.config.connect) {
-            (PeerTransport::Tcp, PeerConnect::Dial(address)) => {
-                HostLink::dial_secured(address, config.clone(), security)?
-            }
+            (PeerTransport::Tcp, PeerConnect::Dial(address)) => match route {
+                DatagramRoute::Stream => HostLink::dial_secured(address, config.clone(), security)?,
+                DatagramRoute::SameAddress => {
+                    HostLink::dial_with_udp(address, address, config.clone(), security)?
+                }
+                DatagramRoute::Udp(to) => {
+                    HostLink::dial_with_udp(address, to, config.clone(), security)?
+                }
+            },
             (PeerTransport::Tcp, PeerConnect::Listen(address)) => {
                 let listener = TcpListener::bind(address).map_err(bind_failed)?;
-                HostLink::listen_secured(listener, config.clone(), security)?
+                let udp_at = match route {
+                    DatagramRoute::Stream => None,
+                    // The port the listener got, should the address ask for any.
+                    DatagramRoute::SameAddress => Some(listener.local_addr().unwrap_or(address)),
+                    DatagramRoute::Udp(at) => Some(at),
+                };
+                match udp_at {
+                    None => HostLink::listen_secured(listener, config.clone(), security)?,
+                    Some(at) => {
+                        let socket = UdpSocket::bind(at).map_err(|e| TransportError::Os {
+                            operation: "bind host-link datagram socket",
+                            kind: e.kind(),
+                        })?;
+                        HostLink::listen_with_udp(listener, socket, config.clone(), security)?
+                    }
+                }
             }
             (PeerTransport::Quic, connect) => {
                 // The configuration parser gives every QUIC peer TLS (`QuicWithoutTls`).
@@ -117,6 +145,19 @@ impl Peer {
             return Err(SendError::Full(payload));
         }
         link.try_send(stream, payload).map(|_| ())
+    }
+
+    /// Sends a best-effort datagram on `stream` if a link is open and has room; a datagram
+    /// that cannot go now is not kept (the error hands it back).
+    pub(crate) fn send_datagram(
+        &self,
+        stream: StreamId,
+        payload: Vec<u8>,
+    ) -> Result<(), DatagramSendError> {
+        let Some(link) = &self.link else {
+            return Err(DatagramSendError::LinkDown(payload));
+        };
+        link.send_datagram(stream, payload).map(|_| ())
     }
 
     /// Sends a control message now, or keeps it for when there is room. Dropped when no link
@@ -179,6 +220,7 @@ impl Peer {
             connections: stats.as_ref().map_or(0, |s| s.connections),
             sessions: self.incarnation,
             channels,
+            datagrams_lost: self.datagrams_lost,
         }
     }
 }

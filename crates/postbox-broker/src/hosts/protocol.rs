@@ -4,7 +4,8 @@
 //!
 //! Every message names one remote connection (a *channel*): the broker that opened it
 //! numbered it, and a flag says whether that was the sender or the receiver of the message,
-//! so the two brokers' numbers never collide.
+//! so the two brokers' numbers never collide. Every message but `Datagram` is one reliable
+//! message of the session; a `Datagram` is one best-effort datagram (docs/network.md §13).
 
 use postbox_core::wire::{put_text, DecodeError, Reader};
 use postbox_core::{PortName, PortSpec, ProcessId, Quota, Rights};
@@ -70,6 +71,10 @@ pub(crate) enum HostMessage {
     Frames { channel: Channel, frames: Vec<u8> },
     /// Either way: the link closed at this end; the other end closes too.
     Close { channel: Channel },
+    /// Client → server, on a channel to a datagram port, as a best-effort datagram: one-way
+    /// frames back to back, numbered `seq`, `seq + 1`, … in the channel's order, so that the
+    /// receiver drops what comes late or twice and counts the numbers it never saw.
+    Datagram { channel: Channel, seq: u64, frames: Vec<u8> },
 }
 
 /// Why a remote connection was refused.
@@ -118,7 +123,8 @@ impl HostMessage {
             | Self::Refused { channel, .. }
             | Self::Frame { channel, .. }
             | Self::Frames { channel, .. }
-            | Self::Close { channel } => *channel,
+            | Self::Close { channel }
+            | Self::Datagram { channel, .. } => *channel,
         }
     }
 
@@ -138,6 +144,10 @@ impl HostMessage {
                 (FRAMES, channel)
             }
             Self::Close { channel } => (CLOSE, channel),
+            Self::Datagram { channel, frames, .. } => {
+                buf.reserve(8 + frames.len());
+                (DATAGRAM, channel)
+            }
         };
         buf.push(kind);
         // From the receiver's point of view: 0 when the sender (this broker) opened it.
@@ -188,6 +198,10 @@ impl HostMessage {
             Self::Frame { frame, .. } => buf.extend_from_slice(frame),
             Self::Frames { frames, .. } => buf.extend_from_slice(frames),
             Self::Close { .. } => {}
+            Self::Datagram { seq, frames, .. } => {
+                buf.extend_from_slice(&seq.to_le_bytes());
+                buf.extend_from_slice(frames);
+            }
         }
         buf
     }
@@ -260,6 +274,10 @@ impl HostMessage {
                 Self::Frames { channel, frames }
             }
             CLOSE => Self::Close { channel },
+            DATAGRAM => {
+                let seq = r.u64()?;
+                Self::Datagram { channel, seq, frames: r.take(r.remaining())?.to_vec() }
+            }
             value => return Err(DecodeError::UnknownValue { field: "host message kind", value }),
         };
         r.finish()?;
@@ -289,6 +307,9 @@ const REFUSED: u8 = 3;
 const FRAME: u8 = 4;
 const CLOSE: u8 = 5;
 const FRAMES: u8 = 6;
+const DATAGRAM: u8 = 7;
+/// Bytes of a `Datagram` message before its frames: kind, origin, channel, first number.
+pub(crate) const DATAGRAM_HEADER: usize = 1 + 1 + 8 + 8;
 
 const TARGET_PORT: u8 = 0;
 const TARGET_MAILBOX: u8 = 1;
@@ -378,6 +399,16 @@ mod tests {
             across(&HostMessage::Close { channel: mine }),
             HostMessage::Close { channel: theirs }
         );
+        let datagram = HostMessage::Datagram { channel: mine, seq: 9, frames: vec![5; 40] };
+        let bytes = datagram.encode();
+        assert_eq!(bytes.len(), DATAGRAM_HEADER + 40);
+        assert_eq!(
+            HostMessage::decode(&bytes).unwrap(),
+            HostMessage::Datagram { channel: theirs, seq: 9, frames: vec![5; 40] }
+        );
+        for len in 0..DATAGRAM_HEADER {
+            assert!(HostMessage::decode(&bytes[..len]).is_err(), "cut at {len}");
+        }
     }
 
     #[test]

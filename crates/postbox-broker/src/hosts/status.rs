@@ -35,6 +35,11 @@ pub struct HostStatus {
     pub sessions: u64,
     /// Remote connections open over the link, either way.
     pub channels: u32,
+    /// One-way messages of datagram ports lost on the way to or from this peer, as far as
+    /// this broker can tell, since it started: not sent (no open link, a full queue), missing
+    /// when later ones arrived, or dropped because the receiving port's link was full
+    /// (docs/network.md §13).
+    pub datagrams_lost: u64,
 }
 
 /// Where a host link is.
@@ -83,6 +88,7 @@ impl HostStatus {
                 host.corrupt_frames,
                 host.connections,
                 host.sessions,
+                host.datagrams_lost,
             ] {
                 buf.extend_from_slice(&word.to_le_bytes());
             }
@@ -123,6 +129,7 @@ impl HostStatus {
                 corrupt_frames: r.u64()?,
                 connections: r.u64()?,
                 sessions: r.u64()?,
+                datagrams_lost: r.u64()?,
                 channels: r.u32()?,
             });
         }
@@ -149,6 +156,7 @@ mod tests {
                 connections: 4,
                 sessions: 1,
                 channels: 9,
+                datagrams_lost: 12,
             },
             HostStatus {
                 name: "c".into(),
@@ -161,6 +169,7 @@ mod tests {
                 connections: 0,
                 sessions: 2,
                 channels: 0,
+                datagrams_lost: 0,
             },
         ];
         let bytes = HostStatus::encode_list(&hosts);
