@@ -747,10 +747,11 @@ impl EventLoop {
     /// Writes what a relay has waiting, as far as it goes without blocking.
     pub(super) fn flush_relay(&mut self, key: RelayKey) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
-        if relay.out.flush(&relay.link).is_err() {
-            // The local end is gone; what it sent is still read to the end.
-            relay.finished = true;
-        }
+        // A write fails once the local end is closed (a client that sent its last messages and
+        // dropped its connection while credits were on their way to it). What it sent before
+        // may still wait unread in the link: it is read to the end, and the end of the link
+        // (not this write) finishes the relay. The frames that could not be written are gone.
+        let _ = relay.out.flush(&relay.link);
     }
 
     pub(super) fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
