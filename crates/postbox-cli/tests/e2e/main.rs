@@ -13,6 +13,7 @@ mod demo;
 mod host_faults;
 mod hostile;
 mod hosts;
+mod hosts_datagrams;
 mod hosts_names;
 mod hosts_quic;
 mod hosts_tls;
