@@ -14,7 +14,7 @@ use crate::util::{connect_remote, exe, stderr_of, stdout_of, Daemon, WATCHDOG};
 
 /// Writes `identity` and the CA `trusted` into `dir`, and a hosts file for host `name` with a
 /// `[tls]` table and `peers` (TOML lines of the `[peers]` table); returns the file's path.
-fn hosts_file(
+pub(crate) fn hosts_file(
     dir: &Path,
     name: &str,
     identity: &Identity,
@@ -41,7 +41,7 @@ fn hosts_file(
 }
 
 /// A UDP port on loopback that was free a moment ago.
-fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
