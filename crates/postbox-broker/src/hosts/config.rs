@@ -627,6 +627,47 @@ mod tests {
     }
 
     #[test]
+    fn a_tcp_peer_says_where_its_datagrams_go_and_a_quic_peer_may_not() {
+        let config = HostsConfig::from_toml(
+            "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', datagram = '127.0.0.1:19' }\n\
+             c = { listen = '127.0.0.1:10', datagram = 'tcp' }\nd = { dial = '127.0.0.1:11' }\n",
+        )
+        .unwrap();
+        let routes: Vec<DatagramRoute> = config.peers.iter().map(|p| p.datagrams).collect();
+        assert_eq!(
+            routes,
+            [
+                DatagramRoute::Udp("127.0.0.1:19".parse().unwrap()),
+                DatagramRoute::Stream,
+                DatagramRoute::SameAddress
+            ]
+        );
+        let bad = "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', datagram = 'nowhere' }\n";
+        assert!(matches!(HostsConfig::from_toml(bad), Err(HostsConfigError::BadAddress { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        let ca = postbox_test::Authority::new("test CA");
+        let identity = ca.issue("a");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (cert, key, ca) = (
+            write("a.pem", &identity.cert),
+            write("a.key", &identity.key),
+            write("ca.pem", &ca.pem()),
+        );
+        let quic = format!(
+            "name = 'a'\n[tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n[peers]\n\
+             b = {{ dial = '127.0.0.1:9', transport = 'quic', datagram = '127.0.0.1:19' }}\n"
+        );
+        assert_eq!(
+            HostsConfig::from_toml(&quic),
+            Err(HostsConfigError::DatagramRouteOverQuic("b".into()))
+        );
+    }
+
+    #[test]
     fn port_at_host_splits_at_the_last_at_sign() {
         let name = |s: &str| PortName::new(s).unwrap();
         assert_eq!(split_remote(&name("echo@b")), Some((name("echo"), "b")));

@@ -80,14 +80,26 @@ impl Peer {
                     DatagramRoute::SameAddress => Some(listener.local_addr().unwrap_or(address)),
                     DatagramRoute::Udp(at) => Some(at),
                 };
-                match udp_at {
+                match udp_at.map(|at| (at, UdpSocket::bind(at))) {
                     None => HostLink::listen_secured(listener, config.clone(), security)?,
-                    Some(at) => {
-                        let socket = UdpSocket::bind(at).map_err(|e| TransportError::Os {
-                            operation: "bind host-link datagram socket",
-                            kind: e.kind(),
-                        })?;
+                    Some((_, Ok(socket))) => {
                         HostLink::listen_with_udp(listener, socket, config.clone(), security)?
+                    }
+                    Some((at, Err(error))) if route == DatagramRoute::SameAddress => {
+                        // The UDP twin of the link's port is someone else's: the link itself
+                        // still serves everything but datagrams, which the dialer sends there.
+                        tracing::warn!(
+                            host = %self.config.name, %at, %error,
+                            "datagram address taken; datagram ports lose this peer's datagrams \
+                             (set datagram = \"ADDR:PORT\" or \"tcp\" for the peer)"
+                        );
+                        HostLink::listen_secured(listener, config.clone(), security)?
+                    }
+                    Some((_, Err(error))) => {
+                        return Err(TransportError::Os {
+                            operation: "bind host-link datagram socket",
+                            kind: error.kind(),
+                        });
                     }
                 }
             }

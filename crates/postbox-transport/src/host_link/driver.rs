@@ -16,6 +16,7 @@
 //! The driver never writes while holding the lock, so reads, sends and `recv` go on while a
 //! write waits for the socket.
 
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -27,12 +28,14 @@ use super::error::LinkError;
 use super::shared::{Core, Shared};
 use super::udp::Outgoing;
 
-/// Runs the driver until the session ends or the handle is dropped.
-pub(super) fn run(shared: &Arc<Shared>) {
+/// Runs the driver until the session ends or the handle is dropped; the UDP side's datagrams
+/// (if the link has one) go out on `udp_socket`.
+pub(super) fn run(shared: &Arc<Shared>, udp_socket: Option<Arc<UdpSocket>>) {
     let mut driver = Driver {
         shared: Arc::clone(shared),
         connection: None,
         readers: Vec::new(),
+        udp_socket,
         datagrams: Outgoing::default(),
         datagram_counter: 0,
         datagram_buf: Vec::new(),
@@ -50,6 +53,8 @@ struct Driver {
     /// The current connection and its number.
     connection: Option<(Connection, u64)>,
     readers: Vec<JoinHandle<()>>,
+    /// The UDP side's socket, with a link that has one.
+    udp_socket: Option<Arc<UdpSocket>>,
     /// Datagrams for the UDP side, taken from the session under the lock.
     datagrams: Outgoing,
     /// The number of the last UDP datagram sent: never repeats for the link's life, so no
@@ -123,10 +128,10 @@ impl Driver {
     /// Sends the datagrams taken, then writes `buf` to the current connection, outside the
     /// lock.
     fn write(&mut self, buf: &mut Vec<u8>) {
-        if let Some(udp) = &self.shared.udp {
+        if let (Some(udp), Some(socket)) = (&self.shared.udp, &self.udp_socket) {
             if !self.datagrams.is_empty() {
-                let counter = &mut self.datagram_counter;
-                let (sent, unsent) = udp.send(&mut self.datagrams, counter, &mut self.datagram_buf);
+                let (out, counter) = (&mut self.datagrams, &mut self.datagram_counter);
+                let (sent, unsent) = udp.send(socket, out, counter, &mut self.datagram_buf);
                 let mut core = self.shared.lock();
                 core.counters.datagrams_sent += sent;
                 core.counters.datagrams_unsent += unsent;

@@ -95,7 +95,7 @@ impl HostLink {
         addr: SocketAddr,
         config: HostLinkConfig,
         security: LinkSecurity,
-        udp: Option<UdpSide>,
+        udp: Option<(UdpSide, UdpSocket)>,
     ) -> Result<Self, TransportError> {
         let link = Self::start(config, security, udp)?;
         let shared = Arc::clone(&link.shared);
@@ -155,7 +155,7 @@ impl HostLink {
         listener: TcpListener,
         config: HostLinkConfig,
         security: LinkSecurity,
-        udp: Option<UdpSide>,
+        udp: Option<(UdpSide, UdpSocket)>,
     ) -> Result<Self, TransportError> {
         listener.set_nonblocking(true).map_err(|e| os("configure listener", &e))?;
         let link = Self::start(config, security, udp)?;
@@ -347,23 +347,26 @@ impl HostLink {
         self.join_threads();
     }
 
-    /// A link over TCP with its driver thread, and the UDP side's reader if it has one.
+    /// A link over TCP with its driver thread, and the UDP side's reader if it has one. The
+    /// UDP socket is theirs alone (not in the shared state): it closes when they stop.
     fn start(
         config: HostLinkConfig,
         security: LinkSecurity,
-        udp: Option<UdpSide>,
+        udp: Option<(UdpSide, UdpSocket)>,
     ) -> Result<Self, TransportError> {
-        let with_udp = udp.is_some();
-        let link = Self::unstarted(config, security, udp)?;
+        let (side, socket) = udp.map_or((None, None), |(side, socket)| (Some(side), Some(socket)));
+        let socket = socket.map(Arc::new);
+        let link = Self::unstarted(config, security, side)?;
         let shared = Arc::clone(&link.shared);
-        let driver = spawn("postbox-host-link", move || driver::run(&shared))
+        let driver_socket = socket.clone();
+        let driver = spawn("postbox-host-link", move || driver::run(&shared, driver_socket))
             .map_err(|e| os("spawn host-link driver", &e))?;
         link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(driver);
-        if with_udp {
+        if let Some(socket) = socket {
             let shared = Arc::clone(&link.shared);
             let reader = spawn("postbox-host-link-udp", move || {
                 if let Some(side) = &shared.udp {
-                    udp::read_loop(&shared, side);
+                    udp::read_loop(&shared, side, &socket);
                 }
             })
             .map_err(|e| link.abort_with(e))?;

@@ -43,10 +43,11 @@ use super::shared::{Core, Shared};
 use crate::wait::{wait_readable, Wait};
 use crate::Waker;
 
-/// A TCP host link's UDP socket, for the link's life.
+/// How a TCP host link uses its UDP socket. The socket itself is held by the driver and the
+/// UDP reader only, so that it closes when they stop, even while a handshake thread still
+/// holds the link's shared state (a new link may then bind the same address at once).
 #[derive(Debug)]
 pub(super) struct UdpSide {
-    socket: UdpSocket,
     /// Where the dialer sends; `None` on the listening side, which answers the dialer where
     /// its datagrams come from.
     target: Option<SocketAddr>,
@@ -79,8 +80,8 @@ pub(super) struct Outgoing {
 }
 
 impl UdpSide {
-    /// The dialing side: a socket of its own (any port) that sends to `target`.
-    pub(super) fn dial(target: SocketAddr, sealed: bool) -> io::Result<Self> {
+    /// The dialing side, with a socket of its own (any port) that sends to `target`.
+    pub(super) fn dial(target: SocketAddr, sealed: bool) -> io::Result<(Self, UdpSocket)> {
         let unspecified: SocketAddr = if target.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -90,14 +91,18 @@ impl UdpSide {
     }
 
     /// The listening side: the dialer's datagrams arrive on `socket`.
-    pub(super) fn listen(socket: UdpSocket, sealed: bool) -> io::Result<Self> {
+    pub(super) fn listen(socket: UdpSocket, sealed: bool) -> io::Result<(Self, UdpSocket)> {
         Self::new(socket, None, sealed)
     }
 
-    fn new(socket: UdpSocket, target: Option<SocketAddr>, sealed: bool) -> io::Result<Self> {
+    fn new(
+        socket: UdpSocket,
+        target: Option<SocketAddr>,
+        sealed: bool,
+    ) -> io::Result<(Self, UdpSocket)> {
         socket.set_nonblocking(true)?;
         let waker = Waker::new().map_err(|_| io::Error::from(ErrorKind::Other))?;
-        Ok(Self { socket, target, sealed, waker })
+        Ok((Self { target, sealed, waker }, socket))
     }
 
     /// The state a new link starts with: the dialer knows where to send.
@@ -144,6 +149,7 @@ impl UdpSide {
     /// refused: a best-effort datagram is not kept).
     pub(super) fn send(
         &self,
+        socket: &UdpSocket,
         out: &mut Outgoing,
         counter: &mut u64,
         buf: &mut Vec<u8>,
@@ -170,7 +176,7 @@ impl UdpSide {
                 key.seal(*counter, &buf[..ENVELOPE_LEN], &mut body);
             }
             buf.extend_from_slice(&body);
-            match self.socket.send_to(buf, to) {
+            match socket.send_to(buf, to) {
                 Ok(_) => sent += 1,
                 Err(_) => unsent += 1,
             }
@@ -207,13 +213,13 @@ impl Outgoing {
     }
 }
 
-/// Reads the link's UDP datagrams until it stops; each one that passes the envelope's checks
-/// goes to the session, a batch at a time.
-pub(super) fn read_loop(shared: &Shared, side: &UdpSide) {
+/// Reads the link's UDP datagrams from `socket` until it stops; each one that passes the
+/// envelope's checks goes to the session, a batch at a time.
+pub(super) fn read_loop(shared: &Shared, side: &UdpSide, socket: &UdpSocket) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut batch: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     loop {
-        let ready = wait_readable(&[side.socket.as_fd(), side.waker.as_fd()], Wait::Forever);
+        let ready = wait_readable(&[socket.as_fd(), side.waker.as_fd()], Wait::Forever);
         side.waker.reset();
         if shared.lock().stopping() {
             return;
@@ -226,7 +232,7 @@ pub(super) fn read_loop(shared: &Shared, side: &UdpSide) {
         loop {
             let mut drained = false;
             while batch.len() < BATCH {
-                match side.socket.recv_from(&mut buf) {
+                match socket.recv_from(&mut buf) {
                     Ok((len, from)) => batch.push((buf[..len].to_vec(), from)),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     // Would block, or an error some systems report for an earlier send.
