@@ -435,6 +435,20 @@ impl EventLoop {
             // Timed out meanwhile (and Close already sent), or never asked: close it.
             return self.close_channel(host, channel, true);
         };
+        let peer = &gateway.peers[host].config.name;
+        if let Some(named) = server.host.as_ref().filter(|h| *h != peer) {
+            // Only a node of the peer serves a channel it opened: anything else would let the
+            // peer pass itself off as another host's node, or as one of this host's.
+            let detail = format!("host {peer} named a node of host {named} as the server");
+            tracing::warn!(host = %peer, "a peer answered an open for another host's node");
+            gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+            return self.refuse(
+                pending.node,
+                pending.request,
+                ControlErrorCode::Malformed,
+                &detail,
+            );
+        }
         let alive =
             self.registry.identity(pending.node).is_some_and(|i| i.process_id == pending.process);
         let rights = rights.intersection(pending.rights);

@@ -216,19 +216,23 @@ impl EventLoop {
         self.queue(key, &ControlMessage::Resolved { request, process: resolved }, Vec::new());
     }
 
-    /// Who node `node` (named by peer `host`) is here: a node of this host under its own
-    /// process id, any other under its stand-in.
+    /// Who node `node` (named by peer `host`) is here: a node of this host's current run
+    /// under its own process id, any other under its stand-in. Never with a local node's user
+    /// and group: a peer's word is not the kernel's, so every node a peer names gets the user
+    /// and group no local account has (docs/network.md §5).
     pub(super) fn identity_from(&mut self, host: usize, node: &NodeRef) -> PeerIdentity {
         let Some(gateway) = &mut self.gateway else {
             return identity::stand_in_identity(ProcessId::new(0, 0));
         };
-        let name = node.host.clone().unwrap_or_else(|| gateway.peers[host].config.name.clone());
-        let this_run = node.incarnation == 0 || node.incarnation == gateway.stand_ins.incarnation();
+        let Some(peer) = gateway.peers.get(host) else {
+            return identity::stand_in_identity(ProcessId::new(0, 0));
+        };
+        let name = node.host.clone().unwrap_or_else(|| peer.config.name.clone());
+        // A node of this host only with this run's incarnation: 0 ("whichever run") would let
+        // an id of an earlier run, or any id at all, pass for a live node.
+        let this_run = node.incarnation == gateway.stand_ins.incarnation();
         if name == gateway.config.name && this_run && node.process.pid != 0 {
-            return self
-                .registry
-                .node_identity(node.process)
-                .unwrap_or_else(|| identity::stand_in_identity(node.process));
+            return identity::stand_in_identity(node.process);
         }
         let stand_in = gateway.stand_ins.stand_in(&name, node.incarnation, node.process);
         identity::stand_in_identity(stand_in)

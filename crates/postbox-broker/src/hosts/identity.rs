@@ -298,8 +298,9 @@ pub(crate) fn qualify_topic(rest: &[u8], host: &HostName) -> Result<Vec<u8>, Dec
     Ok(out)
 }
 
-/// The identity nodes here see for a node of another host: its stand-in, with the user and
-/// group no local account has (`(uid_t)-1`).
+/// The identity nodes here see for a node a peer named: its stand-in (or, for one of this
+/// host's nodes, its own process id), with the user and group no local account has
+/// (`(uid_t)-1`).
 pub(crate) fn stand_in_identity(process_id: ProcessId) -> PeerIdentity {
     PeerIdentity { process_id, uid: u32::MAX, gid: u32::MAX }
 }

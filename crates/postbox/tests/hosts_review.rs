@@ -1,0 +1,122 @@
+//! Across hosts, regressions from the review of branch remote-names (each test's comment says
+//! what went wrong before): two embedded brokers in this process, `a` dials `b` over loopback
+//! TCP; or `a` and a hostile peer that speaks the host protocol by hand.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use postbox::{Broker, ConnectError, ProcessId, SendError};
+use postbox_broker::{HostsConfig, Policy};
+use postbox_core::PortSpec;
+use postbox_transport::host_link::{Event, HostLink, HostLinkConfig};
+
+const WATCHDOG: Duration = Duration::from_secs(20);
+/// A uid that is not this process's: the owner of policies whose rules must apply here.
+const OTHER_OWNER: u32 = 4_000_000_000;
+/// b lets host a do everything with everything.
+const B_OPEN_TO_A: &str = "[[allow]]\nnames = ['**']\nhosts = ['a']\n\
+    operations = ['send', 'call', 'receive', 'subscribe', 'manage']\n";
+
+fn me() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WATCHDOG;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn host(name: &str, peer: &str) -> HostsConfig {
+    let mut hosts = HostsConfig::new(name).unwrap();
+    hosts.add_peer_flag(peer).unwrap();
+    hosts.heartbeat_interval = Duration::from_millis(200);
+    hosts.missed_heartbeats = 5;
+    hosts
+}
+
+fn broker(name: &str, peer: &str, policy: Policy) -> Broker {
+    let hosts = host(name, peer);
+    Broker::embedded_with(|config| config.policy(policy).hosts(hosts)).unwrap()
+}
+
+/// Brokers a and b (a dials b on `port`), with these policies.
+fn pair_on(port: u16, a_policy: Policy, b_policy: Policy) -> (Broker, Broker) {
+    let b = broker("b", &format!("a=listen:127.0.0.1:{port}"), b_policy);
+    let a = broker("a", &format!("b=dial:127.0.0.1:{port}"), a_policy);
+    (a, b)
+}
+
+fn own(rules: &str) -> Policy {
+    Policy::from_toml(rules, me()).unwrap()
+}
+
+/// Retries `attempt` while the host link comes up (`Unreachable`).
+fn reachable<T>(mut attempt: impl FnMut() -> Result<T, ConnectError>) -> Result<T, ConnectError> {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        match attempt() {
+            Err(ConnectError::Unreachable(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A peer's `Opened` may name any node as the server: naming a node of host a itself makes
+/// a's client see that local node's real identity (uid and gid included) as the server of a
+/// remote port. `Open`'s client is checked for exactly this; `Opened`'s server is not.
+#[test]
+fn a_peer_cannot_pass_itself_off_as_a_node_of_this_host() {
+    let port = free_port();
+    let a = broker("a", &format!("evil=listen:127.0.0.1:{port}"), own(""));
+    let victim = a.node().unwrap();
+    let client = a.node().unwrap();
+    let mut config = HostLinkConfig::default();
+    config.session.max_payload = (1 << 20) + 64;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let evil = HostLink::dial(addr, config).unwrap();
+
+    std::thread::scope(|s| {
+        let connecting = s.spawn(|| reachable(|| client.connect("echo@evil")));
+        // Wait for a's Open; answer it with Opened naming a's own node as the server.
+        let (channel, stream) = loop {
+            match evil.recv().unwrap() {
+                Event::Delivered { payload, stream, .. } if payload[0] == 1 => {
+                    break (u64::from_le_bytes(payload[2..10].try_into().unwrap()), stream);
+                }
+                _ => {}
+            }
+        };
+        let mut opened = vec![2u8, 1];
+        opened.extend_from_slice(&channel.to_le_bytes());
+        PortSpec::default().encode(&mut opened);
+        opened.push(3); // rights: send and call
+        opened.extend_from_slice(&16u32.to_le_bytes());
+        opened.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        opened.extend_from_slice(&1u16.to_le_bytes());
+        opened.push(b'a'); // host: a itself
+        opened.extend_from_slice(&0u64.to_le_bytes()); // incarnation: "whichever"
+        let victim_id: ProcessId = victim.process_id();
+        opened.extend_from_slice(&victim_id.pid.to_le_bytes());
+        opened.extend_from_slice(&victim_id.generation.to_le_bytes());
+        evil.send(stream, opened).unwrap();
+
+        match connecting.join().unwrap() {
+            Ok(connection) => {
+                let server = connection.server_identity();
+                assert_ne!(server.process_id, victim_id, "the peer posed as a's node: {server:?}");
+                assert_eq!(server.uid, u32::MAX, "{server:?}");
+            }
+            Err(error) => eprintln!("refused (as it should be): {error:?}"),
+        }
+    });
+}
