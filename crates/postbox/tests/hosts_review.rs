@@ -71,6 +71,31 @@ fn reachable<T>(mut attempt: impl FnMut() -> Result<T, ConnectError>) -> Result<
     }
 }
 
+/// a's policy allows subscribing to `/sensors/<one level>` only; locally `/sensors/**` is
+/// denied, yet `/sensors/**@b` passes a's check (the pattern text is matched like a name, and
+/// the rule's `*` matches the segment `**@b`), and the node receives `/sensors/x/y` of b.
+#[test]
+fn a_single_level_rule_does_not_let_a_node_subscribe_recursively_on_a_peer() {
+    let a_rules = format!(
+        "[[allow]]\nnames = ['/sensors/*']\nuids = [{}]\noperations = ['subscribe']\n",
+        me()
+    );
+    let a_policy = Policy::from_toml(&a_rules, OTHER_OWNER).unwrap();
+    let (a, b) = pair_on(free_port(), a_policy, own(B_OPEN_TO_A));
+    let node_a = a.node().unwrap();
+    let local = node_a.subscribe("/sensors/**");
+    assert!(matches!(local, Err(ConnectError::AccessDenied(_))), "{local:?}");
+
+    let remote = reachable(|| node_a.subscribe("/sensors/**@b"));
+    if let Ok(subscription) = &remote {
+        let node_b = b.node().unwrap();
+        node_b.publish("/sensors/deep/inside", "x").unwrap();
+        let got = subscription.recv_timeout(Duration::from_secs(5));
+        panic!("a's policy was bypassed: subscribed to /sensors/**@b and received {got:?}");
+    }
+    assert!(matches!(remote, Err(ConnectError::AccessDenied(_))), "{remote:?}");
+}
+
 /// A peer's `Opened` may name any node as the server: naming a node of host a itself makes
 /// a's client see that local node's real identity (uid and gid included) as the server of a
 /// remote port. `Open`'s client is checked for exactly this; `Opened`'s server is not.

@@ -78,9 +78,8 @@ impl EventLoop {
                             ControlMessage::Subscribe { request, pattern, capacity, drop_newest };
                         self.handle(key, subscribe);
                     }
-                    // This host's policy checks the pattern as written, like a name.
                     Some((pattern, Route::Peer(host)))
-                        if self.permit(key, request, Operation::Subscribe, &text) =>
+                        if self.permit_remote_subscription(key, request, &text) =>
                     {
                         let target = OpenTarget::Subscribe { pattern, capacity, drop_newest };
                         let operation = Operation::Subscribe;
@@ -149,6 +148,20 @@ impl EventLoop {
         HostName::new(host).ok()?;
         NamePattern::parse(pattern).ok()?;
         Some((pattern.to_owned(), self.route_to(host)?))
+    }
+
+    /// True when node `key` may subscribe to `text` (`pattern@host`): this host's policy must
+    /// cover every topic it can bring, `topic@host`, as for a local subscription (a wildcard
+    /// only under a rule's wildcard at least as wide). Otherwise denies as
+    /// [`permit`](Self::permit) does.
+    fn permit_remote_subscription(&mut self, key: NodeKey, request: u32, text: &str) -> bool {
+        let allowed = names_brought(text).is_some_and(|names| {
+            self.subject(key).is_some_and(|s| self.config.policy.allows_subscription(s, &names))
+        });
+        if !allowed {
+            self.deny(key, request, Operation::Subscribe, text);
+        }
+        allowed
     }
 
     /// A `Connect` to the inbox of a remote node's stand-in: opened on the node's host.
@@ -270,5 +283,40 @@ impl EventLoop {
             frames = &frames[len..];
         }
         Some(out)
+    }
+}
+
+/// The topic names a subscription to `text` (`pattern@host`) brings, as a pattern: the
+/// pattern with `@host` after its last segment when that is a name (`news@b`,
+/// `/sensors/imu@b`); a final wildcard stays as it is (its topics `x@host` are exactly what a
+/// rule's wildcard there matches, and a rule's name never matches them all).
+fn names_brought(text: &str) -> Option<NamePattern> {
+    let (pattern, _) = text.rsplit_once('@')?;
+    let last = pattern.rsplit('/').next()?;
+    let names = if last == "*" || last == "**" { pattern } else { text };
+    NamePattern::parse(names).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covered(rule: &str, subscription: &str) -> bool {
+        let names = names_brought(subscription).unwrap();
+        NamePattern::parse(rule).unwrap().covers(&names)
+    }
+
+    #[test]
+    fn a_remote_subscription_is_covered_only_by_rules_for_every_topic_it_brings() {
+        assert!(covered("/sensors/*", "/sensors/*@b"));
+        assert!(covered("/sensors/**", "/sensors/*@b"));
+        assert!(covered("/sensors/**", "/sensors/**@b"));
+        assert!(!covered("/sensors/*", "/sensors/**@b"), "one level does not cover all below");
+        assert!(covered("news@b", "news@b"));
+        assert!(covered("*", "news@b"));
+        assert!(!covered("news", "news@b"), "a's rule for news is not one for b's news");
+        assert!(!covered("/sensors/imu@b", "/sensors/*@b"));
+        assert!(covered("/sensors/*", "/sensors/imu@b"));
+        assert!(names_brought("/sensors/*").is_none(), "no host");
     }
 }
