@@ -96,6 +96,28 @@ fn a_single_level_rule_does_not_let_a_node_subscribe_recursively_on_a_peer() {
     assert!(matches!(remote, Err(ConnectError::AccessDenied(_))), "{remote:?}");
 }
 
+/// Publications too large to cross are dropped by b's relay, but b's topic counted them as
+/// sent and a's subscriber never credits them: each one leaks a slot of the subscriber's
+/// window for good. With capacity 2, two of them stop the subscription forever (no `Closed`,
+/// no more messages, `lost` never reported).
+#[test]
+fn publications_too_large_to_cross_do_not_starve_a_remote_subscriber() {
+    let (a, b) = pair_on(free_port(), own(""), own(B_OPEN_TO_A));
+    let node_a = a.node().unwrap();
+    let node_b = b.node().unwrap();
+    let subscription = reachable(|| node_a.subscription("news@b").capacity(2).open()).unwrap();
+    node_b.publish("news", "first").unwrap();
+    assert_eq!(subscription.recv_timeout(WATCHDOG).unwrap().body(), b"first");
+
+    let big = vec![7u8; 2 << 20];
+    node_b.publish("news", big.clone()).unwrap();
+    node_b.publish("news", big).unwrap();
+    node_b.publish("news", "after").unwrap();
+    let after = subscription.recv_timeout(Duration::from_secs(5));
+    let after = after.expect("the subscription starved after two dropped publications");
+    assert_eq!((after.body(), after.lost()), (&b"after"[..], 2));
+}
+
 /// A peer's `Opened` may name any node as the server: naming a node of host a itself makes
 /// a's client see that local node's real identity (uid and gid included) as the server of a
 /// remote port. `Open`'s client is checked for exactly this; `Opened`'s server is not.

@@ -27,6 +27,7 @@ use postbox_core::{
 use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
 use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
 
+use super::dropped::DroppedPublications;
 use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
 use crate::hosts::identity::{self, NodeRef, StandIns};
@@ -82,6 +83,8 @@ pub(super) struct Relay {
     /// Publications dropped on the way to a remote subscriber (too large to cross), told
     /// with the next one.
     lost: u64,
+    /// The same, counted in the credits the topic gets (so its window does not shrink).
+    dropped: DroppedPublications,
     /// The local node at the other end, when it is the client (counts against its links).
     pub(super) client: Option<ProcessId>,
     decoder: FrameDecoder,
@@ -150,6 +153,7 @@ impl Relay {
             facing,
             kind,
             lost: 0,
+            dropped: DroppedPublications::default(),
             client,
             decoder: FrameDecoder::new(max_body),
             max_body,
@@ -509,6 +513,13 @@ impl EventLoop {
                     None => return self.close_relay(key, true),
                 }
             }
+            // A subscriber's credits count the publications dropped on the way too.
+            Facing::Server { .. } if kind == ChannelKind::Subscription => {
+                match relay.dropped.credits_from_peer(&frames) {
+                    Some(frames) => frames,
+                    None => return self.close_relay(key, true),
+                }
+            }
             _ => frames,
         };
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
@@ -558,6 +569,7 @@ impl EventLoop {
             let mut batch = Vec::new();
             // Where the last frame in `batch` starts, and how many frames it holds.
             let (mut last_start, mut count) = (0, 0);
+            let mut dropped = 0;
             let mut broken = false;
             while batch.len() < BATCH_BYTES {
                 let lost = &mut relay.lost;
@@ -590,13 +602,18 @@ impl EventLoop {
                 });
                 match polled {
                     Ok(Some(Some(true))) => count += 1,
-                    Ok(Some(Some(false))) => {}
+                    Ok(Some(Some(false))) => dropped += 1,
                     Ok(None) => break,
                     Ok(Some(None)) | Err(_) => {
                         broken = true;
                         break;
                     }
                 }
+            }
+            if dropped > 0 {
+                // The topic counted them as sent; the subscriber will never credit them.
+                let credit = relay.dropped.on_dropped(dropped);
+                relay.enqueue(credit);
             }
             if count == 0 {
                 if broken || relay.finished {
