@@ -118,6 +118,41 @@ fn publications_too_large_to_cross_do_not_starve_a_remote_subscriber() {
     assert_eq!((after.body(), after.lost()), (&b"after"[..], 2));
 }
 
+/// A message in b's mailbox that is too large to cross (b's own nodes may send up to b's
+/// 64 MiB limit) is delivered to a remote receiver's relay, which closes the channel; the
+/// mailbox queues it again ahead of the others, so every remote receiver fails with `Closed`
+/// for as long as it is there, and the small message behind it never reaches host a.
+#[test]
+fn a_message_too_large_to_cross_does_not_block_remote_receivers_of_a_mailbox() {
+    let (a, b) = pair_on(free_port(), own(""), own(B_OPEN_TO_A));
+    let node_b = b.node().unwrap();
+    node_b.mailbox("jobs").capacity(10).create().unwrap();
+    let jobs = node_b.connect("jobs").unwrap();
+    jobs.send(vec![1u8; 2 << 20]).unwrap();
+    jobs.send("small").unwrap();
+    wait_until("both are queued", || node_b.stat("jobs").is_ok_and(|s| s.counters.queued == 2));
+
+    let node_a = a.node().unwrap();
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        let receiver = reachable(|| {
+            node_a.mailbox("jobs@b").open().map_err(|e| match e {
+                postbox::OpenError::Unreachable(d) => ConnectError::Unreachable(d),
+                other => ConnectError::Refused(other.to_string()),
+            })
+        })
+        .unwrap();
+        let got = receiver.recv_timeout(Duration::from_secs(3));
+        let done = got.as_ref().is_ok_and(|e| e.body() == b"small");
+        results.push(got.map(|e| e.body().len()).map_err(|e| format!("{e:?}")));
+        if done {
+            return;
+        }
+    }
+    let queued = node_b.stat("jobs").unwrap().counters.queued;
+    panic!("no remote receiver got past the large message: {results:?}, still queued: {queued}");
+}
+
 /// A peer's `Opened` may name any node as the server: naming a node of host a itself makes
 /// a's client see that local node's real identity (uid and gid included) as the server of a
 /// remote port. `Open`'s client is checked for exactly this; `Opened`'s server is not.

@@ -305,6 +305,12 @@ pub(crate) fn stand_in_identity(process_id: ProcessId) -> PeerIdentity {
     PeerIdentity { process_id, uid: u32::MAX, gid: u32::MAX }
 }
 
+/// The largest message a mailbox gives a receiver on another host: its delivery, with the
+/// longest node ref naming its sender, crosses in one host message.
+pub(crate) const MAX_DELIVERY_TO_PEER: usize = (MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD) as usize
+    - HOST_MESSAGE_HEADER
+    - HEADER_LEN
+    - MAX_NODE_REF;
 /// Bytes of a sender identity in a delivery or publication.
 const IDENTITY_LEN: usize = 16;
 /// Bytes a host message puts before a frame: kind, origin, channel.
@@ -421,6 +427,15 @@ mod tests {
         let (named, sent) = named_for_peer(&table, kind, header, &body, &mut lost).unwrap();
         assert!(sent.is_some());
         assert_eq!((named.correlation, lost), (5, 0));
+    }
+
+    #[test]
+    fn the_largest_delivery_for_a_peer_crosses_whoever_sent_it() {
+        let longest = host(&"h".repeat(63));
+        let node = NodeRef { host: Some(longest), incarnation: 1, process: ProcessId::new(1, 1) };
+        let body = with_node_ref(&node, &vec![0; MAX_DELIVERY_TO_PEER]);
+        let crossing = HOST_MESSAGE_HEADER + HEADER_LEN + body.len();
+        assert_eq!(crossing, (MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD) as usize);
     }
 
     #[test]
