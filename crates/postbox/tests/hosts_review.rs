@@ -153,6 +153,25 @@ fn a_message_too_large_to_cross_does_not_block_remote_receivers_of_a_mailbox() {
     panic!("no remote receiver got past the large message: {results:?}, still queued: {queued}");
 }
 
+/// `has_link_room` counts relays but not remote opens still waiting for the peer's answer,
+/// so a node that asks for many remote links at once gets them all, past its `connections`
+/// quota.
+#[test]
+fn remote_opens_in_flight_count_against_the_link_quota() {
+    let a_policy = own("[limits]\nconnections = 3\n");
+    let (a, b) = pair_on(free_port(), a_policy, own(B_OPEN_TO_A));
+    let node_b = b.node().unwrap();
+    node_b.mailbox("jobs").create().unwrap();
+    let node_a = a.node().unwrap();
+    drop(reachable(|| node_a.connect("jobs@b")).unwrap());
+
+    let opened: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16).map(|_| s.spawn(|| node_a.connect("jobs@b"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).filter_map(Result::ok).collect()
+    });
+    assert!(opened.len() <= 3, "{} links with a quota of 3", opened.len());
+}
+
 /// A peer's `Opened` may name any node as the server: naming a node of host a itself makes
 /// a's client see that local node's real identity (uid and gid included) as the server of a
 /// remote port. `Open`'s client is checked for exactly this; `Opened`'s server is not.

@@ -135,6 +135,12 @@ impl Gateway {
         opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).min()
     }
 
+    /// Remote opens of node `node` still waiting for the peer's answer (each one a link
+    /// to be).
+    pub(super) fn opens_of(&self, node: ProcessId) -> usize {
+        self.opening.values().filter(|p| p.process == node).count()
+    }
+
     fn open_timeout(&self) -> Duration {
         (self.config.dead_after() + Duration::from_secs(1)).min(MAX_OPEN_WAIT)
     }
