@@ -221,3 +221,52 @@ fn a_peer_cannot_pass_itself_off_as_a_node_of_this_host() {
         }
     });
 }
+
+/// Nothing bounds the channels one peer opens: every `Open` of a topic (or mailbox) costs a
+/// Unix link pair, a relay (which may buffer up to 64 MiB towards its local end) and a
+/// subscriber queue, and none is counted against any quota. Local nodes are held to
+/// `connections`; a peer (or all of a peer's nodes together) is not.
+#[test]
+fn a_peer_cannot_open_unbounded_channels() {
+    let port = free_port();
+    let rules = "[limits]\nconnections = 16\n[[allow]]\nnames = ['**']\nhosts = ['evil']\n\
+                 operations = ['subscribe']\n";
+    let a = broker("a", &format!("evil=listen:127.0.0.1:{port}"), own(rules));
+    let node = a.node().unwrap();
+    node.publish("news", "x").unwrap();
+    let mut config = HostLinkConfig::default();
+    config.session.max_payload = (1 << 20) + 64;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let evil = HostLink::dial(addr, config).unwrap();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    const OPENS: u64 = 300;
+    for number in 1..=OPENS {
+        let mut open = vec![1u8, 0];
+        open.extend_from_slice(&number.to_le_bytes());
+        open.push(3); // target: subscribe
+        open.extend_from_slice(&4u16.to_le_bytes());
+        open.extend_from_slice(b"news");
+        open.extend_from_slice(&16u32.to_le_bytes());
+        open.push(0);
+        open.push(3); // rights
+        open.extend_from_slice(&0u16.to_le_bytes()); // client: a node of evil itself
+        open.extend_from_slice(&1u64.to_le_bytes());
+        open.extend_from_slice(&100u32.to_le_bytes());
+        open.extend_from_slice(&(number as u32).to_le_bytes());
+        let stream = postbox_core::reliable::StreamId(1 + ((2 * number + 1) % 64) as u32);
+        evil.send(stream, open).unwrap();
+    }
+    let (mut opened, mut refused) = (0, 0);
+    while opened + refused < OPENS {
+        if let Event::Delivered { payload, .. } = evil.recv().unwrap() {
+            match payload[0] {
+                2 => opened += 1,
+                3 => refused += 1,
+                _ => {}
+            }
+        }
+    }
+    let grown = fds() - before;
+    assert!(opened <= 16, "{opened} channels opened for one peer ({grown} more descriptors)");
+}

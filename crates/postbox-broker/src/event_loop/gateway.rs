@@ -16,6 +16,7 @@
 //! the way (`hosts/identity.rs`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,10 @@ pub(super) struct Gateway {
     opening: HashMap<(usize, Channel), PendingOpen>,
     /// The relay of each open channel.
     pub(super) channels: HashMap<(usize, Channel), RelayKey>,
+    /// Per peer: the channels it opened that are open (held to `channels_per_host`).
+    opened_by_peer: Vec<usize>,
+    /// Per peer: the bytes its channels' relays hold for their local ends.
+    relay_out: Vec<Arc<AtomicUsize>>,
     /// This run's process ids standing in for nodes of other hosts (docs/network.md §5).
     pub(super) stand_ins: StandIns,
 }
@@ -87,6 +92,9 @@ pub(super) struct Relay {
     dropped: DroppedPublications,
     /// The local node at the other end, when it is the client (counts against its links).
     pub(super) client: Option<ProcessId>,
+    /// What the relays of the peer's channels hold for their local ends, all together
+    /// (`out` counted in, and out again as it is written or dropped).
+    host_out: Option<Arc<AtomicUsize>>,
     decoder: FrameDecoder,
     /// The largest body accepted from the host link for this link.
     max_body: u32,
@@ -112,6 +120,7 @@ enum Facing {
 impl Gateway {
     /// The gateway of `config`; its host links start on the event loop's first round.
     pub(super) fn new(config: HostsConfig) -> Result<Self, TransportError> {
+        let peers = config.peers.len();
         Ok(Self {
             link_config: config.link_config(),
             peers: config.peers.iter().cloned().map(Peer::new).collect(),
@@ -120,6 +129,8 @@ impl Gateway {
             next_channel: 1,
             opening: HashMap::new(),
             channels: HashMap::new(),
+            opened_by_peer: vec![0; peers],
+            relay_out: (0..peers).map(|_| Arc::default()).collect(),
             stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS),
         })
     }
@@ -133,6 +144,11 @@ impl Gateway {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let opens = self.opening.values().map(|p| p.deadline);
         opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).min()
+    }
+
+    /// The channels peer `host` opened here that are open.
+    pub(super) fn opened_by_peer(&self, host: usize) -> usize {
+        self.opened_by_peer.get(host).copied().unwrap_or(0)
     }
 
     /// Remote opens of node `node` still waiting for the peer's answer (each one a link
@@ -161,6 +177,7 @@ impl Relay {
             lost: 0,
             dropped: DroppedPublications::default(),
             client,
+            host_out: None,
             decoder: FrameDecoder::new(max_body),
             max_body,
             out: OutQueue::default(),
@@ -170,7 +187,21 @@ impl Relay {
     }
 
     fn enqueue(&mut self, frame: Vec<u8>) {
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_add(frame.len(), Ordering::Relaxed);
+        }
         self.out.push(frame);
+    }
+
+    /// Writes what waits, as far as it goes without blocking; false when the local end is
+    /// gone.
+    fn flush(&mut self) -> bool {
+        let before = self.out.bytes();
+        let written = self.out.flush(&self.link).is_ok();
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_sub(before - self.out.bytes(), Ordering::Relaxed);
+        }
+        written
     }
 
     /// What to poll its link for: readable while nothing waits for the host link, writable
@@ -191,6 +222,15 @@ impl Relay {
                 Some((host, channel))
             }
             Facing::Status => None,
+        }
+    }
+}
+
+impl Drop for Relay {
+    /// What it still held for its local end no longer counts against its host.
+    fn drop(&mut self) {
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_sub(self.out.bytes(), Ordering::Relaxed);
         }
     }
 }
@@ -427,7 +467,11 @@ impl EventLoop {
         let facing = Facing::Server { host, channel };
         let key = self.insert_relay(Relay::new(link, facing, kind, None, max_body));
         if let Some(gateway) = &mut self.gateway {
-            gateway.channels.insert((host, channel), key);
+            if gateway.channels.insert((host, channel), key).is_none() {
+                if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
+                    *opened += 1;
+                }
+            }
         }
     }
 
@@ -509,7 +553,8 @@ impl EventLoop {
                 }
         });
         let valid = count.is_some_and(|n| n == 1 || (batch && n > 1));
-        if !valid || relay.out.bytes() > RELAY_OUT_LIMIT {
+        let host_out = relay.host_out.as_ref().map_or(0, |o| o.load(Ordering::Relaxed));
+        if !valid || relay.out.bytes() > RELAY_OUT_LIMIT || host_out > HOST_OUT_LIMIT {
             return self.close_relay(key, true);
         }
         let frames = match facing {
@@ -751,7 +796,7 @@ impl EventLoop {
     /// Writes what a relay has waiting, as far as it goes without blocking.
     fn flush_relay(&mut self, key: RelayKey) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
-        if relay.out.flush(&relay.link).is_err() {
+        if !relay.flush() {
             // The local end is gone; what it sent is still read to the end.
             relay.finished = true;
         }
@@ -761,7 +806,10 @@ impl EventLoop {
         self.gateway.as_ref()?.channels.get(&(host, channel)).copied()
     }
 
-    fn insert_relay(&mut self, relay: Relay) -> RelayKey {
+    fn insert_relay(&mut self, mut relay: Relay) -> RelayKey {
+        if let (Some((host, _)), Some(gateway)) = (relay.remote(), &self.gateway) {
+            relay.host_out = gateway.relay_out.get(host).cloned();
+        }
         match self.relays.iter().position(Option::is_none) {
             Some(free) => {
                 self.relays[free] = Some(relay);
@@ -781,7 +829,11 @@ impl EventLoop {
         relay.link.shutdown();
         let Some((host, channel)) = relay.remote() else { return };
         let Some(gateway) = &mut self.gateway else { return };
-        gateway.channels.remove(&(host, channel));
+        if gateway.channels.remove(&(host, channel)).is_some() && !channel.opened_here {
+            if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
+                *opened = opened.saturating_sub(1);
+            }
+        }
         if tell_peer {
             gateway.peers[host].send_or_keep(channel.stream(), close(channel));
         }
@@ -927,6 +979,10 @@ const MAX_OPEN_WAIT: Duration = Duration::from_secs(8);
 /// Bytes from the peer waiting for a local end past which the relay is closed: within the
 /// flow control of an honest peer this is never reached.
 const RELAY_OUT_LIMIT: usize = 64 << 20;
+/// Bytes from one peer waiting for the local ends of all its channels past which the channel
+/// that brings more is closed: a bound on what a peer can make this broker hold, far above
+/// what honest peers within their channels' flow control ever reach.
+const HOST_OUT_LIMIT: usize = 1 << 30;
 /// Bytes of frames gathered into one host message (a larger frame crosses on its own).
 const BATCH_BYTES: usize = 64 << 10;
 /// Reads from one relay before the others get a turn.
@@ -972,6 +1028,24 @@ mod tests {
         }
         // A body above the link's limit.
         assert_eq!(relayed_frames(&batch, 32, server_bound), None);
+    }
+
+    #[test]
+    fn what_relays_hold_for_their_local_ends_is_counted_for_their_host_until_written_or_dropped() {
+        let host_out = Arc::new(AtomicUsize::new(0));
+        let (ours, _theirs) = UnixLink::pair().unwrap();
+        let channel = Channel { opened_here: false, number: 1 };
+        let facing = Facing::Server { host: 0, channel };
+        let mut relay = Relay::new(ours, facing, ChannelKind::Port, None, 1024);
+        relay.host_out = Some(Arc::clone(&host_out));
+        relay.enqueue(call(b"one"));
+        relay.enqueue(call(b"two"));
+        assert_eq!(host_out.load(Ordering::Relaxed), 2 * call(b"one").len());
+        assert!(relay.flush());
+        assert_eq!(host_out.load(Ordering::Relaxed), 0, "written");
+        relay.enqueue(call(b"three"));
+        drop(relay);
+        assert_eq!(host_out.load(Ordering::Relaxed), 0, "dropped");
     }
 
     #[test]
