@@ -172,6 +172,54 @@ fn remote_opens_in_flight_count_against_the_link_quota() {
     assert!(opened.len() <= 3, "{} links with a quota of 3", opened.len());
 }
 
+/// After b's broker restarts, `process_on("b", id)` still gives the stand-in bound to b's
+/// earlier run (learnt when a reached the old node), so the node with that id in b's new run
+/// can never be reached from a by `process_on` (`NoSuchPort` forever).
+#[test]
+fn process_on_after_the_peer_restarted_reaches_the_node_of_its_new_run() {
+    let port = free_port();
+    let (a, b) = pair_on(port, own(""), own(B_OPEN_TO_A));
+    let node_a = a.node().unwrap();
+    let old_b = b.node().unwrap();
+    let old_id = old_b.process_id();
+    let peer = node_a.process_on("b", old_id).unwrap();
+    wait_until("b is reachable", || match node_a.send_to(peer, "hi") {
+        Ok(()) => true,
+        Err(SendError::Unreachable(_)) => false,
+        Err(other) => panic!("{other:?}"),
+    });
+    assert_eq!(old_b.inbox().recv_timeout(WATCHDOG).unwrap().body(), b"hi");
+    drop(old_b);
+    b.stop().unwrap();
+
+    let b = broker("b", &format!("a=listen:127.0.0.1:{port}"), own(B_OPEN_TO_A));
+    // Generations start again at 1 in the new run: attach until a node has the old id.
+    let mut kept = Vec::new();
+    let new_b = loop {
+        let node = b.node().unwrap();
+        if node.process_id() == old_id {
+            break node;
+        }
+        assert!(kept.len() < 100, "no node of the new run got id {old_id}");
+        kept.push(node);
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let peer = node_a.process_on("b", old_id).unwrap();
+        match node_a.send_to(peer, "hello, new run") {
+            Ok(()) => {
+                let got = new_b.inbox().recv_timeout(WATCHDOG).unwrap();
+                assert_eq!(got.body(), b"hello, new run");
+                return;
+            }
+            Err(error) => last = Some(format!("{error:?} via {peer}")),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("node {old_id} of b's new run stays unreachable: {last:?}");
+}
+
 /// A peer's `Opened` may name any node as the server: naming a node of host a itself makes
 /// a's client see that local node's real identity (uid and gid included) as the server of a
 /// remote port. `Open`'s client is checked for exactly this; `Opened`'s server is not.

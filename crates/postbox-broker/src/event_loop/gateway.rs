@@ -54,6 +54,9 @@ pub(super) struct Gateway {
     opened_by_peer: Vec<usize>,
     /// Per peer: the bytes its channels' relays hold for their local ends.
     relay_out: Vec<Arc<AtomicUsize>>,
+    /// Per peer: the run of its broker it last told (0: none yet), the one whose nodes its
+    /// stand-ins name when a local node names one by id (docs/network.md §5).
+    peer_runs: Vec<u64>,
     /// This run's process ids standing in for nodes of other hosts (docs/network.md §5).
     pub(super) stand_ins: StandIns,
 }
@@ -131,7 +134,8 @@ impl Gateway {
             channels: HashMap::new(),
             opened_by_peer: vec![0; peers],
             relay_out: (0..peers).map(|_| Arc::default()).collect(),
-            stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS),
+            peer_runs: vec![0; peers],
+            stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS, MAX_NAMED_STAND_INS),
         })
     }
 
@@ -149,6 +153,32 @@ impl Gateway {
     /// The channels peer `host` opened here that are open.
     pub(super) fn opened_by_peer(&self, host: usize) -> usize {
         self.opened_by_peer.get(host).copied().unwrap_or(0)
+    }
+
+    /// The run of peer `host`'s broker, as it last told it (0: not told yet).
+    pub(super) fn peer_run(&self, host: usize) -> u64 {
+        self.peer_runs.get(host).copied().unwrap_or(0)
+    }
+
+    /// Peer `host` told the run of its broker: when it is a new one, the stand-ins of the
+    /// host's nodes of other runs are forgotten (those nodes are gone), and a node named by
+    /// id from now on is one of this run.
+    fn peer_told_run(&mut self, host: usize, run: u64) {
+        let (Some(known), Some(peer)) = (self.peer_runs.get_mut(host), self.peers.get(host)) else {
+            return;
+        };
+        if run != 0 && *known != run {
+            *known = run;
+            self.stand_ins.forget_other_runs(&peer.config.name, run);
+        }
+    }
+
+    /// Tells peer `host` this broker's run: first in each of its sessions.
+    fn send_run(&mut self, host: usize) {
+        let run = HostMessage::Run { incarnation: self.stand_ins.incarnation() };
+        if let Some(peer) = self.peers.get_mut(host) {
+            peer.send_or_keep(HostMessage::RUN_STREAM, run.encode());
+        }
     }
 
     /// Remote opens of node `node` still waiting for the peer's answer (each one a link
@@ -330,9 +360,12 @@ impl EventLoop {
         for index in 0..gateway.peers.len() {
             let peer = &mut gateway.peers[index];
             if peer.restart_at.is_some_and(|at| at <= now) {
-                if let Err(error) = peer.start(&gateway.link_config, &gateway.waker) {
-                    tracing::warn!(host = %peer.config.name, %error, "host link not started");
-                    peer.restart_at = Some(now + RESTART_DELAY);
+                match peer.start(&gateway.link_config, &gateway.waker) {
+                    Ok(()) => gateway.send_run(index),
+                    Err(error) => {
+                        tracing::warn!(host = %peer.config.name, %error, "host link not started");
+                        peer.restart_at = Some(now + RESTART_DELAY);
+                    }
                 }
             }
         }
@@ -380,11 +413,16 @@ impl EventLoop {
             Event::Acked { .. } => self.unblock_host(host),
             Event::Failed { payload, .. } => {
                 // Only when the session ends or the peer restarted: the channel is gone.
-                if let Ok(message) = HostMessage::decode(&payload) {
-                    self.drop_channel(host, message.channel());
+                if let Some(channel) = HostMessage::decode(&payload).ok().and_then(|m| m.channel())
+                {
+                    self.drop_channel(host, channel);
                 }
             }
-            Event::PeerRestarted { .. } => self.drop_host_channels(host),
+            Event::PeerRestarted { .. } => {
+                // A new session of the peer's: it has not heard this broker's run yet.
+                gateway.send_run(host);
+                self.drop_host_channels(host);
+            }
             Event::Ended(error) => {
                 tracing::warn!(host = %gateway.peers[host].config.name, %error, "host link ended");
                 gateway.peers[host].ended(Instant::now() + RESTART_DELAY);
@@ -449,9 +487,18 @@ impl EventLoop {
                 }
                 self.close_channel(host, channel, false);
             }
+            HostMessage::Run { incarnation } => {
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.peer_told_run(host, incarnation);
+                }
+            }
             // A message about a channel from the wrong side breaks the protocol; the channel
             // (if any) goes.
-            other => self.close_channel(host, other.channel(), true),
+            other => {
+                if let Some(channel) = other.channel() {
+                    self.close_channel(host, channel, true);
+                }
+            }
         }
     }
 
@@ -987,8 +1034,10 @@ const HOST_OUT_LIMIT: usize = 1 << 30;
 const BATCH_BYTES: usize = 64 << 10;
 /// Reads from one relay before the others get a turn.
 const MAX_READS_PER_ROUND: usize = 16;
-/// Stand-ins kept for nodes of other hosts (about 100 bytes each).
+/// Stand-ins kept for nodes of other hosts that peers named (about 100 bytes each).
 const MAX_STAND_INS: usize = 1 << 16;
+/// Stand-ins kept for nodes of other hosts that only local nodes named (`process_on`).
+const MAX_NAMED_STAND_INS: usize = 1 << 14;
 
 #[cfg(test)]
 mod tests {

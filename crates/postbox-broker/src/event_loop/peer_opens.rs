@@ -81,9 +81,8 @@ impl EventLoop {
     }
 
     fn answer_peer(&mut self, host: usize, answer: HostMessage) {
-        if let Some(gateway) = &mut self.gateway {
-            gateway.peers[host].send_or_keep(answer.channel().stream(), answer.encode());
-        }
+        let (Some(gateway), Some(channel)) = (&mut self.gateway, answer.channel()) else { return };
+        gateway.peers[host].send_or_keep(channel.stream(), answer.encode());
     }
 
     /// The peer's node subscribes to `pattern`, with a queue here of `capacity` that drops

@@ -205,7 +205,7 @@ impl EventLoop {
     }
 
     /// Answers `ResolveProcess`: the stand-in of node `process` of `host` (the id itself for
-    /// this host).
+    /// this host), for the run of the host's broker it last told.
     fn resolve_process(&mut self, key: NodeKey, request: u32, host: &str, process: ProcessId) {
         let route = self.route_to(host);
         let Some(gateway) = &mut self.gateway else {
@@ -214,8 +214,9 @@ impl EventLoop {
         };
         let resolved = match (route, HostName::new(host)) {
             (Some(Route::Here), _) => process,
-            (Some(Route::Peer(_)), Ok(name)) if process.pid != 0 => {
-                gateway.stand_ins.stand_in(&name, 0, process)
+            (Some(Route::Peer(index)), Ok(name)) if process.pid != 0 => {
+                let run = gateway.peer_run(index);
+                gateway.stand_ins.named_stand_in(&name, run, process)
             }
             (Some(Route::Peer(_)), _) => {
                 let detail = format!("{process} is not a node of host {host}");
