@@ -21,6 +21,7 @@ use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
 
 mod access;
+mod dropped;
 mod gateway;
 mod mailboxes;
 mod out_queue;

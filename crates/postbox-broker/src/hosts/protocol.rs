@@ -2,9 +2,10 @@
 //! connection (to a port, a mailbox, a topic or a node's inbox), and the data frames it
 //! carries, one or a batch at a time (docs/network.md §4).
 //!
-//! Every message names one remote connection (a *channel*): the broker that opened it
-//! numbered it, and a flag says whether that was the sender or the receiver of the message,
-//! so the two brokers' numbers never collide.
+//! Every message but one names one remote connection (a *channel*): the broker that opened
+//! it numbered it, and a flag says whether that was the sender or the receiver of the
+//! message, so the two brokers' numbers never collide. The exception, `Run`, tells the peer
+//! which run of the sender's broker it talks to.
 
 use postbox_core::wire::{put_text, DecodeError, Reader};
 use postbox_core::{PortName, PortSpec, ProcessId, Quota, Rights};
@@ -70,6 +71,9 @@ pub(crate) enum HostMessage {
     Frames { channel: Channel, frames: Vec<u8> },
     /// Either way: the link closed at this end; the other end closes too.
     Close { channel: Channel },
+    /// Either way, first in every session (and again when the peer restarted): the sender
+    /// broker's run, its `incarnation` (docs/network.md §5). About no channel.
+    Run { incarnation: u64 },
 }
 
 /// Why a remote connection was refused.
@@ -110,15 +114,19 @@ impl Channel {
 }
 
 impl HostMessage {
-    /// The channel the message is about.
-    pub(crate) fn channel(&self) -> Channel {
+    /// The stream `Run` travels on.
+    pub(crate) const RUN_STREAM: StreamId = StreamId(1);
+
+    /// The channel the message is about (every one but `Run`).
+    pub(crate) fn channel(&self) -> Option<Channel> {
         match self {
             Self::Open { channel, .. }
             | Self::Opened { channel, .. }
             | Self::Refused { channel, .. }
             | Self::Frame { channel, .. }
             | Self::Frames { channel, .. }
-            | Self::Close { channel } => *channel,
+            | Self::Close { channel } => Some(*channel),
+            Self::Run { .. } => None,
         }
     }
 
@@ -138,6 +146,8 @@ impl HostMessage {
                 (FRAMES, channel)
             }
             Self::Close { channel } => (CLOSE, channel),
+            // About no channel: origin and channel 0.
+            Self::Run { .. } => (RUN, &Channel { opened_here: true, number: 0 }),
         };
         buf.push(kind);
         // From the receiver's point of view: 0 when the sender (this broker) opened it.
@@ -188,6 +198,7 @@ impl HostMessage {
             Self::Frame { frame, .. } => buf.extend_from_slice(frame),
             Self::Frames { frames, .. } => buf.extend_from_slice(frames),
             Self::Close { .. } => {}
+            Self::Run { incarnation } => buf.extend_from_slice(&incarnation.to_le_bytes()),
         }
         buf
     }
@@ -260,6 +271,7 @@ impl HostMessage {
                 Self::Frames { channel, frames }
             }
             CLOSE => Self::Close { channel },
+            RUN => Self::Run { incarnation: r.u64()? },
             value => return Err(DecodeError::UnknownValue { field: "host message kind", value }),
         };
         r.finish()?;
@@ -289,6 +301,7 @@ const REFUSED: u8 = 3;
 const FRAME: u8 = 4;
 const CLOSE: u8 = 5;
 const FRAMES: u8 = 6;
+const RUN: u8 = 8;
 
 const TARGET_PORT: u8 = 0;
 const TARGET_MAILBOX: u8 = 1;
@@ -378,6 +391,10 @@ mod tests {
             across(&HostMessage::Close { channel: mine }),
             HostMessage::Close { channel: theirs }
         );
+        let run = HostMessage::Run { incarnation: 0x1234_5678_9abc };
+        assert_eq!(across(&run), run);
+        assert_eq!(run.channel(), None);
+        assert_eq!(run.encode().len(), 18);
     }
 
     #[test]
@@ -422,6 +439,11 @@ mod tests {
             }
             samples.push(bytes);
         }
+        let run = HostMessage::Run { incarnation: 5 }.encode();
+        for len in 0..run.len() {
+            assert!(HostMessage::decode(&run[..len]).is_err(), "run cut at {len}");
+        }
+        samples.push(run);
         // An unknown target.
         let mut bad = samples[1].clone();
         bad[10] = 9;
