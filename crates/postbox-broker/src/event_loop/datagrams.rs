@@ -22,7 +22,7 @@
 use postbox_core::wire::frame::HEADER_LEN;
 use postbox_core::{Admission, Credit, FrameKind, Placement, PortSpec, SendWindow};
 
-use super::gateway::{frame_at_start, relayed_frames, RelayKey, RELAY_OUT_LIMIT};
+use super::gateway::{frame_at_start, relayed_frames, RelayKey, HOST_OUT_LIMIT, RELAY_OUT_LIMIT};
 use super::{encode, EventLoop};
 use crate::hosts::protocol::{Channel, HostMessage, DATAGRAM_HEADER};
 use crate::hosts::{MAX_DATAGRAM_MESSAGE, MAX_DATAGRAM_PAYLOAD};
@@ -210,7 +210,7 @@ impl EventLoop {
         // A datagram that outlived its channel (or came before it) is dropped.
         let Some(key) = self.relay_of(host, channel) else { return };
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
-        let max_body = relay.max_body;
+        let (max_body, host_queued) = (relay.max_body, relay.host_out());
         let Some(DatagramRelay::Receiving(receiving)) = &mut relay.datagrams else {
             // Datagrams on a reliable channel, or towards a client: not this protocol.
             return self.close_relay(key, true);
@@ -229,7 +229,7 @@ impl EventLoop {
         receiving.through = seq.saturating_add(count as u64 - 1);
         receiving.lost = receiving.lost.saturating_add(skipped);
         let mut dropped = skipped;
-        let mut queued = relay.out.bytes();
+        let (mut queued, mut host_queued) = (relay.out.bytes(), host_queued);
         let mut delivered = Vec::with_capacity(frames.len());
         let mut rest = frames;
         while let Some((mut header, len)) = frame_at_start(rest, max_body) {
@@ -237,7 +237,8 @@ impl EventLoop {
             rest = &rest[len..];
             let body_len = body.len() as u64;
             let admitted = receiving.window.admit(body_len) == Admission::Now
-                && queued + len <= RELAY_OUT_LIMIT;
+                && queued + len <= RELAY_OUT_LIMIT
+                && host_queued + len <= HOST_OUT_LIMIT;
             if !admitted {
                 // The frame's own count of what its sender dropped is lost with it: told later.
                 receiving.lost = receiving.lost.saturating_add(1 + header.correlation);
@@ -250,6 +251,7 @@ impl EventLoop {
             delivered.extend_from_slice(&header.encode(body));
             delivered.extend_from_slice(body);
             queued += len;
+            host_queued += len;
         }
         let ask_credit = dropped > skipped && !receiving.credit_requested;
         receiving.credit_requested |= ask_credit;

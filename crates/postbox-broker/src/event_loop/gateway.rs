@@ -16,6 +16,7 @@
 //! the way (`hosts/identity.rs`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
 use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
 
 use super::datagrams::{client_spec, DatagramRelay};
+use super::dropped::DroppedPublications;
 use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
 use crate::hosts::identity::{self, NodeRef, StandIns};
@@ -49,6 +51,13 @@ pub(super) struct Gateway {
     opening: HashMap<(usize, Channel), PendingOpen>,
     /// The relay of each open channel.
     pub(super) channels: HashMap<(usize, Channel), RelayKey>,
+    /// Per peer: the channels it opened that are open (held to `channels_per_host`).
+    opened_by_peer: Vec<usize>,
+    /// Per peer: the bytes its channels' relays hold for their local ends.
+    relay_out: Vec<Arc<AtomicUsize>>,
+    /// Per peer: the run of its broker it last told (0: none yet), the one whose nodes its
+    /// stand-ins name when a local node names one by id (docs/network.md §5).
+    peer_runs: Vec<u64>,
     /// This run's process ids standing in for nodes of other hosts (docs/network.md §5).
     pub(super) stand_ins: StandIns,
 }
@@ -83,8 +92,13 @@ pub(super) struct Relay {
     /// Publications dropped on the way to a remote subscriber (too large to cross), told
     /// with the next one.
     lost: u64,
+    /// The same, counted in the credits the topic gets (so its window does not shrink).
+    dropped: DroppedPublications,
     /// The local node at the other end, when it is the client (counts against its links).
     pub(super) client: Option<ProcessId>,
+    /// What the relays of the peer's channels hold for their local ends, all together
+    /// (`out` counted in, and out again as it is written or dropped).
+    host_out: Option<Arc<AtomicUsize>>,
     pub(super) decoder: FrameDecoder,
     /// The largest body accepted from the host link for this link.
     pub(super) max_body: u32,
@@ -113,6 +127,7 @@ enum Facing {
 impl Gateway {
     /// The gateway of `config`; its host links start on the event loop's first round.
     pub(super) fn new(config: HostsConfig) -> Result<Self, TransportError> {
+        let peers = config.peers.len();
         Ok(Self {
             link_config: config.link_config(),
             peers: config.peers.iter().cloned().map(Peer::new).collect(),
@@ -121,7 +136,10 @@ impl Gateway {
             next_channel: 1,
             opening: HashMap::new(),
             channels: HashMap::new(),
-            stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS),
+            opened_by_peer: vec![0; peers],
+            relay_out: (0..peers).map(|_| Arc::default()).collect(),
+            peer_runs: vec![0; peers],
+            stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS, MAX_NAMED_STAND_INS),
         })
     }
 
@@ -134,6 +152,43 @@ impl Gateway {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let opens = self.opening.values().map(|p| p.deadline);
         opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).min()
+    }
+
+    /// The channels peer `host` opened here that are open.
+    pub(super) fn opened_by_peer(&self, host: usize) -> usize {
+        self.opened_by_peer.get(host).copied().unwrap_or(0)
+    }
+
+    /// The run of peer `host`'s broker, as it last told it (0: not told yet).
+    pub(super) fn peer_run(&self, host: usize) -> u64 {
+        self.peer_runs.get(host).copied().unwrap_or(0)
+    }
+
+    /// Peer `host` told the run of its broker: when it is a new one, the stand-ins of the
+    /// host's nodes of other runs are forgotten (those nodes are gone), and a node named by
+    /// id from now on is one of this run.
+    fn peer_told_run(&mut self, host: usize, run: u64) {
+        let (Some(known), Some(peer)) = (self.peer_runs.get_mut(host), self.peers.get(host)) else {
+            return;
+        };
+        if run != 0 && *known != run {
+            *known = run;
+            self.stand_ins.forget_other_runs(&peer.config.name, run);
+        }
+    }
+
+    /// Tells peer `host` this broker's run: first in each of its sessions.
+    fn send_run(&mut self, host: usize) {
+        let run = HostMessage::Run { incarnation: self.stand_ins.incarnation() };
+        if let Some(peer) = self.peers.get_mut(host) {
+            peer.send_or_keep(HostMessage::RUN_STREAM, run.encode());
+        }
+    }
+
+    /// Remote opens of node `node` still waiting for the peer's answer (each one a link
+    /// to be).
+    pub(super) fn opens_of(&self, node: ProcessId) -> usize {
+        self.opening.values().filter(|p| p.process == node).count()
     }
 
     fn open_timeout(&self) -> Duration {
@@ -154,7 +209,9 @@ impl Relay {
             facing,
             kind,
             lost: 0,
+            dropped: DroppedPublications::default(),
             client,
+            host_out: None,
             decoder: FrameDecoder::new(max_body),
             max_body,
             out: OutQueue::default(),
@@ -165,7 +222,26 @@ impl Relay {
     }
 
     pub(super) fn enqueue(&mut self, frame: Vec<u8>) {
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_add(frame.len(), Ordering::Relaxed);
+        }
         self.out.push(frame);
+    }
+
+    /// Writes what waits, as far as it goes without blocking; false when the local end is
+    /// gone.
+    fn flush(&mut self) -> bool {
+        let before = self.out.bytes();
+        let written = self.out.flush(&self.link).is_ok();
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_sub(before - self.out.bytes(), Ordering::Relaxed);
+        }
+        written
+    }
+
+    /// Bytes the relays of this relay's peer hold for their local ends, all together.
+    pub(super) fn host_out(&self) -> usize {
+        self.host_out.as_ref().map_or(0, |o| o.load(Ordering::Relaxed))
     }
 
     /// What to poll its link for: readable while nothing waits for the host link, writable
@@ -186,6 +262,15 @@ impl Relay {
                 Some((host, channel))
             }
             Facing::Status => None,
+        }
+    }
+}
+
+impl Drop for Relay {
+    /// What it still held for its local end no longer counts against its host.
+    fn drop(&mut self) {
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_sub(self.out.bytes(), Ordering::Relaxed);
         }
     }
 }
@@ -285,9 +370,12 @@ impl EventLoop {
         for index in 0..gateway.peers.len() {
             let peer = &mut gateway.peers[index];
             if peer.restart_at.is_some_and(|at| at <= now) {
-                if let Err(error) = peer.start(&gateway.link_config, &gateway.waker) {
-                    tracing::warn!(host = %peer.config.name, %error, "host link not started");
-                    peer.restart_at = Some(now + RESTART_DELAY);
+                match peer.start(&gateway.link_config, &gateway.waker) {
+                    Ok(()) => gateway.send_run(index),
+                    Err(error) => {
+                        tracing::warn!(host = %peer.config.name, %error, "host link not started");
+                        peer.restart_at = Some(now + RESTART_DELAY);
+                    }
                 }
             }
         }
@@ -336,7 +424,12 @@ impl EventLoop {
                 Ok(HostMessage::Datagram { channel, seq, frames }) if !channel.opened_here => {
                     self.datagram_from_peer(host, channel, seq, &frames);
                 }
-                Ok(other) => self.close_channel(host, other.channel(), true),
+                Ok(other) => {
+                    // Only a channel's one-way frames travel as datagrams.
+                    if let Some(channel) = other.channel() {
+                        self.close_channel(host, channel, true);
+                    }
+                }
                 Err(error) => {
                     let name = &gateway.peers[host].config.name;
                     tracing::warn!(host = %name, %error, "malformed datagram from host");
@@ -345,11 +438,16 @@ impl EventLoop {
             Event::Acked { .. } => self.unblock_host(host),
             Event::Failed { payload, .. } => {
                 // Only when the session ends or the peer restarted: the channel is gone.
-                if let Ok(message) = HostMessage::decode(&payload) {
-                    self.drop_channel(host, message.channel());
+                if let Some(channel) = HostMessage::decode(&payload).ok().and_then(|m| m.channel())
+                {
+                    self.drop_channel(host, channel);
                 }
             }
-            Event::PeerRestarted { .. } => self.drop_host_channels(host),
+            Event::PeerRestarted { .. } => {
+                // A new session of the peer's: it has not heard this broker's run yet.
+                gateway.send_run(host);
+                self.drop_host_channels(host);
+            }
             Event::Ended(error) => {
                 tracing::warn!(host = %gateway.peers[host].config.name, %error, "host link ended");
                 gateway.peers[host].ended(Instant::now() + RESTART_DELAY);
@@ -414,9 +512,18 @@ impl EventLoop {
                 }
                 self.close_channel(host, channel, false);
             }
+            HostMessage::Run { incarnation } => {
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.peer_told_run(host, incarnation);
+                }
+            }
             // A message about a channel from the wrong side breaks the protocol; the channel
             // (if any) goes.
-            other => self.close_channel(host, other.channel(), true),
+            other => {
+                if let Some(channel) = other.channel() {
+                    self.close_channel(host, channel, true);
+                }
+            }
         }
     }
 
@@ -434,7 +541,11 @@ impl EventLoop {
         relay.datagrams = datagrams;
         let key = self.insert_relay(relay);
         if let Some(gateway) = &mut self.gateway {
-            gateway.channels.insert((host, channel), key);
+            if gateway.channels.insert((host, channel), key).is_none() {
+                if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
+                    *opened += 1;
+                }
+            }
         }
     }
 
@@ -452,6 +563,20 @@ impl EventLoop {
             // Timed out meanwhile (and Close already sent), or never asked: close it.
             return self.close_channel(host, channel, true);
         };
+        let peer = &gateway.peers[host].config.name;
+        if let Some(named) = server.host.as_ref().filter(|h| *h != peer) {
+            // Only a node of the peer serves a channel it opened: anything else would let the
+            // peer pass itself off as another host's node, or as one of this host's.
+            let detail = format!("host {peer} named a node of host {named} as the server");
+            tracing::warn!(host = %peer, "a peer answered an open for another host's node");
+            gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+            return self.refuse(
+                pending.node,
+                pending.request,
+                ControlErrorCode::Malformed,
+                &detail,
+            );
+        }
         let alive =
             self.registry.identity(pending.node).is_some_and(|i| i.process_id == pending.process);
         let rights = rights.intersection(pending.rights);
@@ -513,12 +638,20 @@ impl EventLoop {
                 }
         });
         let valid = count.is_some_and(|n| n == 1 || (batch && n > 1));
-        if !valid || relay.out.bytes() > RELAY_OUT_LIMIT {
+        let host_out = relay.host_out.as_ref().map_or(0, |o| o.load(Ordering::Relaxed));
+        if !valid || relay.out.bytes() > RELAY_OUT_LIMIT || host_out > HOST_OUT_LIMIT {
             return self.close_relay(key, true);
         }
         let frames = match facing {
             Facing::Client { .. } if kind != ChannelKind::Port => {
                 match self.senders_named_here(host, kind, &frames) {
+                    Some(frames) => frames,
+                    None => return self.close_relay(key, true),
+                }
+            }
+            // A subscriber's credits count the publications dropped on the way too.
+            Facing::Server { .. } if kind == ChannelKind::Subscription => {
+                match relay.dropped.credits_from_peer(&frames) {
                     Some(frames) => frames,
                     None => return self.close_relay(key, true),
                 }
@@ -577,6 +710,7 @@ impl EventLoop {
             let mut batch = Vec::new();
             // Where the last frame in `batch` starts, and how many frames it holds.
             let (mut last_start, mut count) = (0, 0);
+            let mut dropped = 0;
             let mut broken = false;
             while batch.len() < BATCH_BYTES {
                 let lost = &mut relay.lost;
@@ -609,13 +743,18 @@ impl EventLoop {
                 });
                 match polled {
                     Ok(Some(Some(true))) => count += 1,
-                    Ok(Some(Some(false))) => {}
+                    Ok(Some(Some(false))) => dropped += 1,
                     Ok(None) => break,
                     Ok(Some(None)) | Err(_) => {
                         broken = true;
                         break;
                     }
                 }
+            }
+            if dropped > 0 {
+                // The topic counted them as sent; the subscriber will never credit them.
+                let credit = relay.dropped.on_dropped(dropped);
+                relay.enqueue(credit);
             }
             if count == 0 {
                 if broken || relay.finished {
@@ -751,14 +890,17 @@ impl EventLoop {
         // dropped its connection while credits were on their way to it). What it sent before
         // may still wait unread in the link: it is read to the end, and the end of the link
         // (not this write) finishes the relay. The frames that could not be written are gone.
-        let _ = relay.out.flush(&relay.link);
+        let _ = relay.flush();
     }
 
     pub(super) fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
         self.gateway.as_ref()?.channels.get(&(host, channel)).copied()
     }
 
-    fn insert_relay(&mut self, relay: Relay) -> RelayKey {
+    fn insert_relay(&mut self, mut relay: Relay) -> RelayKey {
+        if let (Some((host, _)), Some(gateway)) = (relay.remote(), &self.gateway) {
+            relay.host_out = gateway.relay_out.get(host).cloned();
+        }
         match self.relays.iter().position(Option::is_none) {
             Some(free) => {
                 self.relays[free] = Some(relay);
@@ -778,7 +920,11 @@ impl EventLoop {
         relay.link.shutdown();
         let Some((host, channel)) = relay.remote() else { return };
         let Some(gateway) = &mut self.gateway else { return };
-        gateway.channels.remove(&(host, channel));
+        if gateway.channels.remove(&(host, channel)).is_some() && !channel.opened_here {
+            if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
+                *opened = opened.saturating_sub(1);
+            }
+        }
         if tell_peer {
             gateway.peers[host].send_or_keep(channel.stream(), close(channel));
         }
@@ -924,12 +1070,18 @@ const MAX_OPEN_WAIT: Duration = Duration::from_secs(8);
 /// Bytes from the peer waiting for a local end past which the relay is closed: within the
 /// flow control of an honest peer this is never reached.
 pub(super) const RELAY_OUT_LIMIT: usize = 64 << 20;
+/// Bytes from one peer waiting for the local ends of all its channels past which the channel
+/// that brings more is closed: a bound on what a peer can make this broker hold, far above
+/// what honest peers within their channels' flow control ever reach.
+pub(super) const HOST_OUT_LIMIT: usize = 1 << 30;
 /// Bytes of frames gathered into one host message (a larger frame crosses on its own).
 const BATCH_BYTES: usize = 64 << 10;
 /// Reads from one relay before the others get a turn.
 const MAX_READS_PER_ROUND: usize = 16;
-/// Stand-ins kept for nodes of other hosts (about 100 bytes each).
+/// Stand-ins kept for nodes of other hosts that peers named (about 100 bytes each).
 const MAX_STAND_INS: usize = 1 << 16;
+/// Stand-ins kept for nodes of other hosts that only local nodes named (`process_on`).
+const MAX_NAMED_STAND_INS: usize = 1 << 14;
 
 #[cfg(test)]
 mod tests {
@@ -969,6 +1121,24 @@ mod tests {
         }
         // A body above the link's limit.
         assert_eq!(relayed_frames(&batch, 32, server_bound), None);
+    }
+
+    #[test]
+    fn what_relays_hold_for_their_local_ends_is_counted_for_their_host_until_written_or_dropped() {
+        let host_out = Arc::new(AtomicUsize::new(0));
+        let (ours, _theirs) = UnixLink::pair().unwrap();
+        let channel = Channel { opened_here: false, number: 1 };
+        let facing = Facing::Server { host: 0, channel };
+        let mut relay = Relay::new(ours, facing, ChannelKind::Port, None, 1024);
+        relay.host_out = Some(Arc::clone(&host_out));
+        relay.enqueue(call(b"one"));
+        relay.enqueue(call(b"two"));
+        assert_eq!(host_out.load(Ordering::Relaxed), 2 * call(b"one").len());
+        assert!(relay.flush());
+        assert_eq!(host_out.load(Ordering::Relaxed), 0, "written");
+        relay.enqueue(call(b"three"));
+        drop(relay);
+        assert_eq!(host_out.load(Ordering::Relaxed), 0, "dropped");
     }
 
     #[test]

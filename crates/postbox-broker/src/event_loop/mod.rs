@@ -22,6 +22,7 @@ use crate::registry::{NodeKey, Registry};
 
 mod access;
 mod datagrams;
+mod dropped;
 mod gateway;
 mod mailboxes;
 mod out_queue;

@@ -52,7 +52,13 @@ impl EventLoop {
             return self.close_channel(host, channel, true);
         }
         let peer = gateway.peers[host].config.name.clone();
-        let answer = if client.host.as_ref().is_some_and(|h| *h != peer) {
+        let limit = self.config.policy.limits().channels_per_host;
+        let answer = if gateway.opened_by_peer(host) >= limit {
+            // Each channel costs a link pair, a relay and what they buffer: a peer, all its
+            // nodes together, is held to a quota as a node is.
+            let detail = format!("host {peer} may have at most {limit} channels open here");
+            HostMessage::Refused { channel, reason: Refusal::LimitExceeded, detail }
+        } else if client.host.as_ref().is_some_and(|h| *h != peer) {
             // Only a node of the peer itself opens a channel; anything else would let the peer
             // speak for another host's node (or one of this host's).
             let detail = format!("a channel from host {peer} must be opened by a node of {peer}");
@@ -76,9 +82,8 @@ impl EventLoop {
     }
 
     fn answer_peer(&mut self, host: usize, answer: HostMessage) {
-        if let Some(gateway) = &mut self.gateway {
-            gateway.peers[host].send_or_keep(answer.channel().stream(), answer.encode());
-        }
+        let (Some(gateway), Some(channel)) = (&mut self.gateway, answer.channel()) else { return };
+        gateway.peers[host].send_or_keep(channel.stream(), answer.encode());
     }
 
     /// The peer's node subscribes to `pattern`, with a queue here of `capacity` that drops

@@ -78,9 +78,8 @@ impl EventLoop {
                             ControlMessage::Subscribe { request, pattern, capacity, drop_newest };
                         self.handle(key, subscribe);
                     }
-                    // This host's policy checks the pattern as written, like a name.
                     Some((pattern, Route::Peer(host)))
-                        if self.permit(key, request, Operation::Subscribe, &text) =>
+                        if self.permit_remote_subscription(key, request, &text) =>
                     {
                         let target = OpenTarget::Subscribe { pattern, capacity, drop_newest };
                         let operation = Operation::Subscribe;
@@ -151,6 +150,20 @@ impl EventLoop {
         Some((pattern.to_owned(), self.route_to(host)?))
     }
 
+    /// True when node `key` may subscribe to `text` (`pattern@host`): this host's policy must
+    /// cover every topic it can bring, `topic@host`, as for a local subscription (a wildcard
+    /// only under a rule's wildcard at least as wide). Otherwise denies as
+    /// [`permit`](Self::permit) does.
+    fn permit_remote_subscription(&mut self, key: NodeKey, request: u32, text: &str) -> bool {
+        let allowed = names_brought(text).is_some_and(|names| {
+            self.subject(key).is_some_and(|s| self.config.policy.allows_subscription(s, &names))
+        });
+        if !allowed {
+            self.deny(key, request, Operation::Subscribe, text);
+        }
+        allowed
+    }
+
     /// A `Connect` to the inbox of a remote node's stand-in: opened on the node's host.
     fn connect_remote_inbox(
         &mut self,
@@ -192,7 +205,7 @@ impl EventLoop {
     }
 
     /// Answers `ResolveProcess`: the stand-in of node `process` of `host` (the id itself for
-    /// this host).
+    /// this host), for the run of the host's broker it last told.
     fn resolve_process(&mut self, key: NodeKey, request: u32, host: &str, process: ProcessId) {
         let route = self.route_to(host);
         let Some(gateway) = &mut self.gateway else {
@@ -201,8 +214,9 @@ impl EventLoop {
         };
         let resolved = match (route, HostName::new(host)) {
             (Some(Route::Here), _) => process,
-            (Some(Route::Peer(_)), Ok(name)) if process.pid != 0 => {
-                gateway.stand_ins.stand_in(&name, 0, process)
+            (Some(Route::Peer(index)), Ok(name)) if process.pid != 0 => {
+                let run = gateway.peer_run(index);
+                gateway.stand_ins.named_stand_in(&name, run, process)
             }
             (Some(Route::Peer(_)), _) => {
                 let detail = format!("{process} is not a node of host {host}");
@@ -216,19 +230,23 @@ impl EventLoop {
         self.queue(key, &ControlMessage::Resolved { request, process: resolved }, Vec::new());
     }
 
-    /// Who node `node` (named by peer `host`) is here: a node of this host under its own
-    /// process id, any other under its stand-in.
+    /// Who node `node` (named by peer `host`) is here: a node of this host's current run
+    /// under its own process id, any other under its stand-in. Never with a local node's user
+    /// and group: a peer's word is not the kernel's, so every node a peer names gets the user
+    /// and group no local account has (docs/network.md §5).
     pub(super) fn identity_from(&mut self, host: usize, node: &NodeRef) -> PeerIdentity {
         let Some(gateway) = &mut self.gateway else {
             return identity::stand_in_identity(ProcessId::new(0, 0));
         };
-        let name = node.host.clone().unwrap_or_else(|| gateway.peers[host].config.name.clone());
-        let this_run = node.incarnation == 0 || node.incarnation == gateway.stand_ins.incarnation();
+        let Some(peer) = gateway.peers.get(host) else {
+            return identity::stand_in_identity(ProcessId::new(0, 0));
+        };
+        let name = node.host.clone().unwrap_or_else(|| peer.config.name.clone());
+        // A node of this host only with this run's incarnation: 0 ("whichever run") would let
+        // an id of an earlier run, or any id at all, pass for a live node.
+        let this_run = node.incarnation == gateway.stand_ins.incarnation();
         if name == gateway.config.name && this_run && node.process.pid != 0 {
-            return self
-                .registry
-                .node_identity(node.process)
-                .unwrap_or_else(|| identity::stand_in_identity(node.process));
+            return identity::stand_in_identity(node.process);
         }
         let stand_in = gateway.stand_ins.stand_in(&name, node.incarnation, node.process);
         identity::stand_in_identity(stand_in)
@@ -266,5 +284,40 @@ impl EventLoop {
             frames = &frames[len..];
         }
         Some(out)
+    }
+}
+
+/// The topic names a subscription to `text` (`pattern@host`) brings, as a pattern: the
+/// pattern with `@host` after its last segment when that is a name (`news@b`,
+/// `/sensors/imu@b`); a final wildcard stays as it is (its topics `x@host` are exactly what a
+/// rule's wildcard there matches, and a rule's name never matches them all).
+fn names_brought(text: &str) -> Option<NamePattern> {
+    let (pattern, _) = text.rsplit_once('@')?;
+    let last = pattern.rsplit('/').next()?;
+    let names = if last == "*" || last == "**" { pattern } else { text };
+    NamePattern::parse(names).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covered(rule: &str, subscription: &str) -> bool {
+        let names = names_brought(subscription).unwrap();
+        NamePattern::parse(rule).unwrap().covers(&names)
+    }
+
+    #[test]
+    fn a_remote_subscription_is_covered_only_by_rules_for_every_topic_it_brings() {
+        assert!(covered("/sensors/*", "/sensors/*@b"));
+        assert!(covered("/sensors/**", "/sensors/*@b"));
+        assert!(covered("/sensors/**", "/sensors/**@b"));
+        assert!(!covered("/sensors/*", "/sensors/**@b"), "one level does not cover all below");
+        assert!(covered("news@b", "news@b"));
+        assert!(covered("*", "news@b"));
+        assert!(!covered("news", "news@b"), "a's rule for news is not one for b's news");
+        assert!(!covered("/sensors/imu@b", "/sensors/*@b"));
+        assert!(covered("/sensors/*", "/sensors/imu@b"));
+        assert!(names_brought("/sensors/*").is_none(), "no host");
     }
 }

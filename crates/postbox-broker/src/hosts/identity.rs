@@ -32,18 +32,26 @@ pub(crate) struct NodeRef {
 
 /// This broker run's local process ids standing in for nodes of other hosts: `0.<n>`, each
 /// node its own, the same one every time it is seen (so that replies and `recv_from` work),
-/// never reused for another while the broker runs. At most `capacity` are kept; the one used
-/// longest ago is forgotten first (sending to it then fails with `NoSuchPort`, as for a node
-/// that left).
+/// never reused for another while the broker runs.
+///
+/// Stand-ins are kept in two tiers, each forgetting the one used longest ago first when full
+/// (sending to it then fails with `NoSuchPort`, as for a node that left): nodes a peer named
+/// (a sender, a server, a client: nodes that exist), at most `capacity`; and nodes only this
+/// host's nodes named (`Node::process_on`, which anyone may call with any id), at most
+/// `named_capacity`. A flood of the latter thus never pushes out the former; a node named so
+/// moves up once a peer names it.
 #[derive(Debug)]
 pub(crate) struct StandIns {
     /// This run of the broker (see [`this_run`]).
     incarnation: u64,
     capacity: usize,
+    named_capacity: usize,
     by_generation: HashMap<u32, StandIn>,
     by_node: HashMap<(HostName, ProcessId), u32>,
-    /// Generations by last use, oldest first.
+    /// Generations of stand-ins for nodes a peer named, by last use, oldest first.
     recency: BTreeMap<u64, u32>,
+    /// The same for nodes only this host's nodes named.
+    named_recency: BTreeMap<u64, u32>,
     clock: u64,
     next: u32,
 }
@@ -55,6 +63,8 @@ pub(crate) struct StandIn {
     pub(crate) incarnation: u64,
     pub(crate) process: ProcessId,
     used: u64,
+    /// A peer named the node (not only a local node, by `process_on`).
+    seen: bool,
 }
 
 impl NodeRef {
@@ -79,13 +89,17 @@ impl NodeRef {
 }
 
 impl StandIns {
-    pub(crate) fn new(incarnation: u64, capacity: usize) -> Self {
+    /// A table for this broker's run `incarnation`, keeping at most `capacity` stand-ins for
+    /// nodes peers named and `named_capacity` for nodes only local nodes named.
+    pub(crate) fn new(incarnation: u64, capacity: usize, named_capacity: usize) -> Self {
         Self {
             incarnation,
             capacity: capacity.max(1),
+            named_capacity: named_capacity.max(1),
             by_generation: HashMap::new(),
             by_node: HashMap::new(),
             recency: BTreeMap::new(),
+            named_recency: BTreeMap::new(),
             clock: 0,
             next: 1,
         }
@@ -109,41 +123,43 @@ impl StandIns {
     }
 
     /// The stand-in of node `process` of `host`, admitted by that broker's run `incarnation`
-    /// (0: not known). Made if needed. A node first named without its incarnation (by a user)
-    /// keeps its stand-in when the incarnation becomes known; a different incarnation means
-    /// the remote broker restarted, so the old stand-in is dropped and a new one made.
+    /// (0: not known), as a peer named it. Made if needed. A node first named without its
+    /// incarnation (by a user) keeps its stand-in when the incarnation becomes known; a
+    /// different incarnation means the remote broker restarted, so the old stand-in is
+    /// dropped and a new one made.
     pub(crate) fn stand_in(
         &mut self,
         host: &HostName,
         incarnation: u64,
         process: ProcessId,
     ) -> ProcessId {
-        let key = (host.clone(), process);
-        if let Some(&generation) = self.by_node.get(&key) {
-            let known = self.by_generation.get(&generation).map_or(0, |s| s.incarnation);
-            if incarnation == 0 || known == 0 || known == incarnation {
-                if let Some(entry) = self.by_generation.get_mut(&generation) {
-                    if entry.incarnation == 0 {
-                        entry.incarnation = incarnation;
-                    }
-                }
-                self.touch(generation);
-                return ProcessId::new(0, generation);
-            }
+        self.find_or_make(host, incarnation, process, true)
+    }
+
+    /// Like [`stand_in`](Self::stand_in), for a node only a local node named
+    /// (`Node::process_on`): a new one goes in the lower tier.
+    pub(crate) fn named_stand_in(
+        &mut self,
+        host: &HostName,
+        incarnation: u64,
+        process: ProcessId,
+    ) -> ProcessId {
+        self.find_or_make(host, incarnation, process, false)
+    }
+
+    /// Forgets the stand-ins of `host`'s nodes admitted by a run of its broker other than
+    /// `current` (that broker restarted: its nodes of earlier runs are gone). Those named
+    /// without a run (0) stay: they mean whichever run is current.
+    pub(crate) fn forget_other_runs(&mut self, host: &HostName, current: u64) {
+        let stale: Vec<u32> = self
+            .by_generation
+            .iter()
+            .filter(|(_, s)| s.host == *host && s.incarnation != 0 && s.incarnation != current)
+            .map(|(generation, _)| *generation)
+            .collect();
+        for generation in stale {
             self.forget(generation);
         }
-        if self.by_generation.len() >= self.capacity {
-            if let Some((_, oldest)) = self.recency.pop_first() {
-                self.forget(oldest);
-            }
-        }
-        let generation = self.allocate();
-        self.clock += 1;
-        let entry = StandIn { host: host.clone(), incarnation, process, used: self.clock };
-        self.recency.insert(self.clock, generation);
-        self.by_generation.insert(generation, entry);
-        self.by_node.insert(key, generation);
-        ProcessId::new(0, generation)
     }
 
     /// The remote node `id` stands for, if it is a stand-in this table holds.
@@ -170,17 +186,87 @@ impl StandIns {
         self.by_generation.len()
     }
 
+    fn find_or_make(
+        &mut self,
+        host: &HostName,
+        incarnation: u64,
+        process: ProcessId,
+        seen: bool,
+    ) -> ProcessId {
+        let key = (host.clone(), process);
+        if let Some(&generation) = self.by_node.get(&key) {
+            let known = self.by_generation.get(&generation).map_or(0, |s| s.incarnation);
+            if incarnation == 0 || known == 0 || known == incarnation {
+                if let Some(entry) = self.by_generation.get_mut(&generation) {
+                    if entry.incarnation == 0 {
+                        entry.incarnation = incarnation;
+                    }
+                }
+                if seen {
+                    self.promote(generation);
+                }
+                self.touch(generation);
+                return ProcessId::new(0, generation);
+            }
+            self.forget(generation);
+        }
+        self.make_room(seen);
+        let generation = self.allocate();
+        self.clock += 1;
+        let used = self.clock;
+        let entry = StandIn { host: host.clone(), incarnation, process, used, seen };
+        self.tier(seen).insert(used, generation);
+        self.by_generation.insert(generation, entry);
+        self.by_node.insert(key, generation);
+        ProcessId::new(0, generation)
+    }
+
+    /// A stand-in only local nodes named, now named by a peer: into the upper tier.
+    fn promote(&mut self, generation: u32) {
+        let Some(entry) = self.by_generation.get(&generation) else { return };
+        if entry.seen {
+            return;
+        }
+        let used = entry.used;
+        self.named_recency.remove(&used);
+        self.make_room(true);
+        if let Some(entry) = self.by_generation.get_mut(&generation) {
+            entry.seen = true;
+            self.recency.insert(used, generation);
+        }
+    }
+
+    /// Forgets the stand-in used longest ago in a tier that is full.
+    fn make_room(&mut self, seen: bool) {
+        let capacity = if seen { self.capacity } else { self.named_capacity };
+        if self.tier(seen).len() >= capacity {
+            if let Some((_, oldest)) = self.tier(seen).pop_first() {
+                self.forget(oldest);
+            }
+        }
+    }
+
+    fn tier(&mut self, seen: bool) -> &mut BTreeMap<u64, u32> {
+        if seen {
+            &mut self.recency
+        } else {
+            &mut self.named_recency
+        }
+    }
+
     fn touch(&mut self, generation: u32) {
         let Some(entry) = self.by_generation.get_mut(&generation) else { return };
-        self.recency.remove(&entry.used);
+        let (old, seen) = (entry.used, entry.seen);
         self.clock += 1;
         entry.used = self.clock;
-        self.recency.insert(self.clock, generation);
+        let tier = if seen { &mut self.recency } else { &mut self.named_recency };
+        tier.remove(&old);
+        tier.insert(self.clock, generation);
     }
 
     fn forget(&mut self, generation: u32) {
         if let Some(entry) = self.by_generation.remove(&generation) {
-            self.recency.remove(&entry.used);
+            self.tier(entry.seen).remove(&entry.used);
             self.by_node.remove(&(entry.host, entry.process));
         }
     }
@@ -298,12 +384,19 @@ pub(crate) fn qualify_topic(rest: &[u8], host: &HostName) -> Result<Vec<u8>, Dec
     Ok(out)
 }
 
-/// The identity nodes here see for a node of another host: its stand-in, with the user and
-/// group no local account has (`(uid_t)-1`).
+/// The identity nodes here see for a node a peer named: its stand-in (or, for one of this
+/// host's nodes, its own process id), with the user and group no local account has
+/// (`(uid_t)-1`).
 pub(crate) fn stand_in_identity(process_id: ProcessId) -> PeerIdentity {
     PeerIdentity { process_id, uid: u32::MAX, gid: u32::MAX }
 }
 
+/// The largest message a mailbox gives a receiver on another host: its delivery, with the
+/// longest node ref naming its sender, crosses in one host message.
+pub(crate) const MAX_DELIVERY_TO_PEER: usize = (MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD) as usize
+    - HOST_MESSAGE_HEADER
+    - HEADER_LEN
+    - MAX_NODE_REF;
 /// Bytes of a sender identity in a delivery or publication.
 const IDENTITY_LEN: usize = 16;
 /// Bytes a host message puts before a frame: kind, origin, channel.
@@ -321,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_remote_node_keeps_its_stand_in_and_each_node_has_its_own() {
-        let mut table = StandIns::new(1, 8);
+        let mut table = StandIns::new(1, 8, 8);
         let first = table.stand_in(&host("a"), 7, ProcessId::new(100, 1));
         let second = table.stand_in(&host("a"), 7, ProcessId::new(100, 2));
         let other_host = table.stand_in(&host("c"), 9, ProcessId::new(100, 1));
@@ -337,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_node_named_by_a_user_keeps_its_stand_in_once_its_broker_run_is_known() {
-        let mut table = StandIns::new(1, 8);
+        let mut table = StandIns::new(1, 8, 8);
         let typed = table.stand_in(&host("b"), 0, ProcessId::new(5, 5));
         assert_eq!(table.stand_in(&host("b"), 42, ProcessId::new(5, 5)), typed);
         assert_eq!(table.remote(typed).unwrap().incarnation, 42);
@@ -351,7 +444,7 @@ mod tests {
 
     #[test]
     fn the_stand_in_used_longest_ago_is_forgotten_first_and_none_is_reused() {
-        let mut table = StandIns::new(1, 2);
+        let mut table = StandIns::new(1, 2, 2);
         let one = table.stand_in(&host("a"), 1, ProcessId::new(1, 1));
         let two = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
         table.remote(one);
@@ -360,6 +453,45 @@ mod tests {
         assert!(table.remote(one).is_some() && table.remote(three).is_some());
         let again = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
         assert!(![one, two, three].contains(&again), "a forgotten generation is not reused");
+    }
+
+    #[test]
+    fn a_flood_of_nodes_named_only_here_never_pushes_out_nodes_a_peer_named() {
+        let mut table = StandIns::new(1, 4, 2);
+        let live: Vec<ProcessId> =
+            (1..=4).map(|n| table.stand_in(&host("b"), 7, ProcessId::new(n, 1))).collect();
+        // One local node resolving ids by the thousand (`process_on`).
+        for n in 0..10_000 {
+            table.named_stand_in(&host("b"), 7, ProcessId::new(1000 + n, 1));
+        }
+        assert_eq!(table.len(), 4 + 2);
+        for stand_in in &live {
+            assert!(table.remote(*stand_in).is_some(), "{stand_in} was pushed out");
+        }
+        // A node named here, then by a peer (it answered), moves up and stays.
+        let named = table.named_stand_in(&host("b"), 7, ProcessId::new(50, 1));
+        assert_eq!(table.stand_in(&host("b"), 7, ProcessId::new(50, 1)), named);
+        for n in 0..100 {
+            table.named_stand_in(&host("b"), 7, ProcessId::new(2000 + n, 1));
+        }
+        assert!(table.remote(named).is_some());
+        // Naming an id a peer named already gives its stand-in, whichever tier.
+        assert_eq!(table.named_stand_in(&host("b"), 7, ProcessId::new(50, 1)), named);
+        assert_eq!(table.len(), 4 + 2, "the upper tier forgot its oldest for it");
+    }
+
+    #[test]
+    fn a_restarted_peers_nodes_of_earlier_runs_are_forgotten() {
+        let mut table = StandIns::new(1, 8, 8);
+        let old = table.stand_in(&host("b"), 41, ProcessId::new(5, 5));
+        let any_run = table.named_stand_in(&host("b"), 0, ProcessId::new(6, 6));
+        let other_host = table.stand_in(&host("c"), 41, ProcessId::new(5, 5));
+        table.forget_other_runs(&host("b"), 42);
+        assert!(table.remote(old).is_none(), "b's node of run 41 is gone");
+        assert!(table.remote(any_run).is_some() && table.remote(other_host).is_some());
+        let new = table.named_stand_in(&host("b"), 42, ProcessId::new(5, 5));
+        assert_ne!(new, old);
+        assert_eq!(table.remote(new).unwrap().incarnation, 42);
     }
 
     fn publication(correlation: u64, body: &[u8]) -> (FrameHeader, Vec<u8>) {
@@ -381,7 +513,7 @@ mod tests {
 
     #[test]
     fn a_sender_leaves_named_for_the_peer_as_its_own_node_or_the_remote_one_it_stands_for() {
-        let mut table = StandIns::new(5, 8);
+        let mut table = StandIns::new(5, 8, 8);
         let remote = table.stand_in(&host("c"), 9, ProcessId::new(3, 3));
         assert_eq!(
             table.node_ref(ProcessId::new(10, 1)),
@@ -409,7 +541,7 @@ mod tests {
 
     #[test]
     fn a_publication_too_large_to_cross_is_dropped_and_counted_in_the_next_one() {
-        let table = StandIns::new(5, 8);
+        let table = StandIns::new(5, 8, 8);
         let mut lost = 0;
         let (header, body) = publication(3, &vec![7; MAX_REMOTE_MESSAGE as usize]);
         let kind = ChannelKind::Subscription;
@@ -420,6 +552,15 @@ mod tests {
         let (named, sent) = named_for_peer(&table, kind, header, &body, &mut lost).unwrap();
         assert!(sent.is_some());
         assert_eq!((named.correlation, lost), (5, 0));
+    }
+
+    #[test]
+    fn the_largest_delivery_for_a_peer_crosses_whoever_sent_it() {
+        let longest = host(&"h".repeat(63));
+        let node = NodeRef { host: Some(longest), incarnation: 1, process: ProcessId::new(1, 1) };
+        let body = with_node_ref(&node, &vec![0; MAX_DELIVERY_TO_PEER]);
+        let crossing = HOST_MESSAGE_HEADER + HEADER_LEN + body.len();
+        assert_eq!(crossing, (MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD) as usize);
     }
 
     #[test]

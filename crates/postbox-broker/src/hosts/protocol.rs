@@ -2,9 +2,10 @@
 //! connection (to a port, a mailbox, a topic or a node's inbox), and the data frames it
 //! carries, one or a batch at a time (docs/network.md §4).
 //!
-//! Every message names one remote connection (a *channel*): the broker that opened it
-//! numbered it, and a flag says whether that was the sender or the receiver of the message,
-//! so the two brokers' numbers never collide. Every message but `Datagram` is one reliable
+//! Every message but one names one remote connection (a *channel*): the broker that opened
+//! it numbered it, and a flag says whether that was the sender or the receiver of the
+//! message, so the two brokers' numbers never collide. The exception, `Run`, tells the peer
+//! which run of the sender's broker it talks to. Every message but `Datagram` is one reliable
 //! message of the session; a `Datagram` is one best-effort datagram (docs/network.md §13).
 
 use postbox_core::wire::{put_text, DecodeError, Reader};
@@ -75,6 +76,9 @@ pub(crate) enum HostMessage {
     /// frames back to back, numbered `seq`, `seq + 1`, … in the channel's order, so that the
     /// receiver drops what comes late or twice and counts the numbers it never saw.
     Datagram { channel: Channel, seq: u64, frames: Vec<u8> },
+    /// Either way, first in every session (and again when the peer restarted): the sender
+    /// broker's run, its `incarnation` (docs/network.md §5). About no channel.
+    Run { incarnation: u64 },
 }
 
 /// Why a remote connection was refused.
@@ -115,8 +119,11 @@ impl Channel {
 }
 
 impl HostMessage {
-    /// The channel the message is about.
-    pub(crate) fn channel(&self) -> Channel {
+    /// The stream `Run` travels on.
+    pub(crate) const RUN_STREAM: StreamId = StreamId(1);
+
+    /// The channel the message is about (every one but `Run`).
+    pub(crate) fn channel(&self) -> Option<Channel> {
         match self {
             Self::Open { channel, .. }
             | Self::Opened { channel, .. }
@@ -124,7 +131,8 @@ impl HostMessage {
             | Self::Frame { channel, .. }
             | Self::Frames { channel, .. }
             | Self::Close { channel }
-            | Self::Datagram { channel, .. } => *channel,
+            | Self::Datagram { channel, .. } => Some(*channel),
+            Self::Run { .. } => None,
         }
     }
 
@@ -148,6 +156,8 @@ impl HostMessage {
                 buf.reserve(8 + frames.len());
                 (DATAGRAM, channel)
             }
+            // About no channel: origin and channel 0.
+            Self::Run { .. } => (RUN, &Channel { opened_here: true, number: 0 }),
         };
         buf.push(kind);
         // From the receiver's point of view: 0 when the sender (this broker) opened it.
@@ -202,6 +212,7 @@ impl HostMessage {
                 buf.extend_from_slice(&seq.to_le_bytes());
                 buf.extend_from_slice(frames);
             }
+            Self::Run { incarnation } => buf.extend_from_slice(&incarnation.to_le_bytes()),
         }
         buf
     }
@@ -278,6 +289,7 @@ impl HostMessage {
                 let seq = r.u64()?;
                 Self::Datagram { channel, seq, frames: r.take(r.remaining())?.to_vec() }
             }
+            RUN => Self::Run { incarnation: r.u64()? },
             value => return Err(DecodeError::UnknownValue { field: "host message kind", value }),
         };
         r.finish()?;
@@ -308,6 +320,7 @@ const FRAME: u8 = 4;
 const CLOSE: u8 = 5;
 const FRAMES: u8 = 6;
 const DATAGRAM: u8 = 7;
+const RUN: u8 = 8;
 /// Bytes of a `Datagram` message before its frames: kind, origin, channel, first number.
 pub(crate) const DATAGRAM_HEADER: usize = 1 + 1 + 8 + 8;
 
@@ -409,6 +422,10 @@ mod tests {
         for len in 0..DATAGRAM_HEADER {
             assert!(HostMessage::decode(&bytes[..len]).is_err(), "cut at {len}");
         }
+        let run = HostMessage::Run { incarnation: 0x1234_5678_9abc };
+        assert_eq!(across(&run), run);
+        assert_eq!(run.channel(), None);
+        assert_eq!(run.encode().len(), 18);
     }
 
     #[test]
@@ -453,6 +470,11 @@ mod tests {
             }
             samples.push(bytes);
         }
+        let run = HostMessage::Run { incarnation: 5 }.encode();
+        for len in 0..run.len() {
+            assert!(HostMessage::decode(&run[..len]).is_err(), "run cut at {len}");
+        }
+        samples.push(run);
         // An unknown target.
         let mut bad = samples[1].clone();
         bad[10] = 9;

@@ -33,7 +33,7 @@ pub struct Subject {
     pub gid: u32,
 }
 
-/// Quotas per node: what one client may hold at once.
+/// Quotas per node (what one client may hold at once), and per peer host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Ports one node may hold.
@@ -52,6 +52,11 @@ pub struct Limits {
     /// mailboxes together. Beyond it the sender is not read (it waits, or finds the link
     /// full).
     pub queued_bytes: u64,
+    /// Channels one peer host may have open here at once, all its nodes together (links to
+    /// ports, inboxes, mailboxes and topics, subscriptions): beyond it the peer's opens are
+    /// refused (`LimitExceeded`). A policy file that does not set it takes `connections`: a
+    /// peer host counts as one node.
+    pub channels_per_host: usize,
 }
 
 /// One allow rule.
@@ -219,6 +224,7 @@ impl Default for Limits {
             nodes_per_user: 1024,
             calls_in_flight: quota.calls_in_flight,
             queued_bytes: quota.queued_bytes,
+            channels_per_host: 4096,
         }
     }
 }
@@ -335,6 +341,7 @@ mod tests {
             nodes_per_user = 6
             calls_in_flight = 7
             queued_bytes = 4096
+            channels_per_host = 8
             "#,
         );
         assert_eq!(
@@ -345,10 +352,13 @@ mod tests {
                 links_per_peer: 2,
                 nodes_per_user: 6,
                 calls_in_flight: 7,
-                queued_bytes: 4096
+                queued_bytes: 4096,
+                channels_per_host: 8,
             }
         );
         assert_eq!(policy.socket_group(), Some(0));
+        let unset = Policy::from_toml("[limits]\nconnections = 5\n", OWNER).unwrap();
+        assert_eq!(unset.limits().channels_per_host, 5, "a peer host counts as one node");
     }
 
     #[test]
