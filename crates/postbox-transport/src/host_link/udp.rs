@@ -134,8 +134,10 @@ impl UdpSide {
             }
             core.udp.next_probe = Some(now + interval);
         }
-        out.key = core.udp.key.clone();
-        out.to = core.udp.peer;
+        if !out.is_empty() {
+            out.key = core.udp.key.clone();
+            out.to = core.udp.peer;
+        }
     }
 
     /// When the driver must wake to send the dialer's next probe: only while a link is open.
@@ -332,3 +334,53 @@ const MAX_DATAGRAM: usize = 65_536;
 /// Datagrams read before the session gets them (one lock for all).
 const BATCH: usize = 64;
 const RETRY: Duration = Duration::from_millis(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host_link::handshake::Role;
+    use crate::host_link::security::PreSharedKey;
+
+    fn side(sealed: bool) -> UdpSide {
+        UdpSide::listen(UdpSocket::bind("127.0.0.1:0").unwrap(), sealed).unwrap().0
+    }
+
+    #[test]
+    fn only_well_formed_envelopes_of_the_link_s_mode_open() {
+        let plain = side(false);
+        let mut frame = envelope(KIND_FRAME, false, 7).to_vec();
+        frame.extend_from_slice(b"a frame");
+        assert_eq!(plain.open(&mut frame.clone(), None), Some((KIND_FRAME, 16..23)));
+        // Too short, another magic or version, an unknown kind, reserved bytes, sealed.
+        for (index, value) in [(0, b'X'), (2, 2), (3, 9), (6, 1), (4, 1)] {
+            let mut bad = frame.clone();
+            bad[index] = value;
+            assert_eq!(plain.open(&mut bad, None), None, "byte {index} = {value}");
+        }
+        assert_eq!(plain.open(&mut frame[..15].to_vec(), None), None);
+
+        let sealed = side(true);
+        let psk = PreSharedKey::new(&[3; 32]).unwrap();
+        let ours = DatagramKey::from_pre_shared_key(&psk, &[1; 32], &[2; 32], Role::Listener);
+        let theirs = DatagramKey::from_pre_shared_key(&psk, &[1; 32], &[2; 32], Role::Dialer);
+        let header = envelope(KIND_PROBE, true, 5);
+        let mut body = vec![9; 16];
+        theirs.seal(5, &header, &mut body);
+        let mut datagram = header.to_vec();
+        datagram.extend_from_slice(&body);
+        assert_eq!(sealed.open(&mut datagram.clone(), Some(&ours)), Some((KIND_PROBE, 16..32)));
+        // Without a key, plain, or with its counter changed: refused.
+        assert_eq!(sealed.open(&mut datagram.clone(), None), None);
+        assert_eq!(sealed.open(&mut frame.clone(), Some(&ours)), None);
+        datagram[8] ^= 1;
+        assert_eq!(sealed.open(&mut datagram, Some(&ours)), None);
+    }
+
+    #[test]
+    fn a_probe_names_both_sessions() {
+        let mut body = 5u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&6u64.to_le_bytes());
+        assert_eq!(probe_sessions(&body), Some((SessionId::new(5), SessionId::new(6))));
+        assert_eq!(probe_sessions(&body[..15]), None);
+    }
+}
