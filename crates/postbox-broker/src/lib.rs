@@ -32,5 +32,8 @@ mod topic;
 pub use config::{BrokerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use error::BrokerError;
 pub use event_loop::{Broker, BrokerHandle, PolicyReloader};
-pub use hosts::{HostState, HostStatus, HostsConfig, HostsConfigError, PeerConfig, PeerConnect};
+pub use hosts::{
+    DatagramRoute, HostState, HostStatus, HostsConfig, HostsConfigError, PeerConfig, PeerConnect,
+    MAX_DATAGRAM_MESSAGE,
+};
 pub use policy::{Limits, Policy, PolicyError, Subject};

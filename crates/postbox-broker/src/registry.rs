@@ -109,6 +109,11 @@ impl Registry {
         self.max_links_per_peer = limits.links_per_peer;
     }
 
+    /// The slot of the live node with process id `process`.
+    pub(crate) fn node_key(&self, process: ProcessId) -> Option<NodeKey> {
+        self.by_process.get(&process).copied()
+    }
+
     /// The identity of the live node with process id `process`.
     pub(crate) fn node_identity(&self, process: ProcessId) -> Option<PeerIdentity> {
         self.nodes.get(self.by_process.get(&process)?).map(|n| n.identity)

@@ -232,7 +232,8 @@ struct ReceiverState {
 pub struct PortStats {
     /// Messages waiting in the endpoint's queue (read from links, not yet received).
     pub queued: usize,
-    /// Messages dropped by the drop-oldest policy since the endpoint opened.
+    /// Messages lost since the endpoint opened: dropped by the drop-oldest policy, or (on a
+    /// datagram port) lost on the way from another host, as [`Envelope::lost`] reports them.
     pub lost: u64,
     /// Links open to the endpoint.
     pub links: usize,

@@ -74,7 +74,7 @@ pub(super) struct ConnectRights {
 
 impl EventLoop {
     /// The policy subject of node `key`: its kernel credentials.
-    fn subject(&self, key: NodeKey) -> Option<Subject> {
+    pub(super) fn subject(&self, key: NodeKey) -> Option<Subject> {
         let node = self.nodes.get(key.0)?.as_ref()?;
         Some(Subject { uid: node.credentials.uid, gid: node.credentials.gid })
     }
@@ -237,14 +237,16 @@ impl EventLoop {
         }
     }
 
-    /// True when node `key` may open one more link to a mailbox or topic: its links to nodes
-    /// and to the broker together stay within its `connections` quota. Otherwise refuses.
+    /// True when node `key` may open one more link to a mailbox, a topic or another host:
+    /// its links to nodes and to the broker, and its remote opens still waiting for an answer,
+    /// together stay within its `connections` quota. Otherwise refuses.
     pub(super) fn has_link_room(&mut self, key: NodeKey, request: u32) -> bool {
         let Some(node) = self.registry.identity(key).map(|i| i.process_id) else { return false };
         let limit = self.config.policy.limits().connections;
         let to_broker = self.data.iter().flatten().filter(|l| l.peer.process_id == node).count()
             + self.topic_links.iter().flatten().filter(|l| l.peer.process_id == node).count()
-            + self.relays.iter().flatten().filter(|r| r.client == Some(node)).count();
+            + self.relays.iter().flatten().filter(|r| r.client == Some(node)).count()
+            + self.gateway.as_ref().map_or(0, |g| g.opens_of(node));
         if self.registry.links_of(key) + to_broker < limit {
             return true;
         }

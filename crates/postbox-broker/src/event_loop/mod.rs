@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postbox_core::{
-    ControlErrorCode, ControlMessage, FrameHeader, FrameKind, Operation, PeerIdentity, PortName,
-    PortSpec, Target,
+    Capacity, ControlErrorCode, ControlMessage, Delivery, FrameHeader, FrameKind, Operation,
+    PeerIdentity, PortName, PortSpec, Target,
 };
 use postbox_transport::{
     wait_ready, ControlListener, ControlSocket, Credentials, Interest, LinkShape, ShmLinkParts,
@@ -21,9 +21,13 @@ use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
 
 mod access;
+mod datagrams;
+mod dropped;
 mod gateway;
 mod mailboxes;
 mod out_queue;
+mod peer_opens;
+mod remote;
 mod topics;
 
 pub use access::PolicyReloader;
@@ -493,6 +497,8 @@ impl EventLoop {
             _ if !admitted => {
                 self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
+            // Names of other hosts, remote nodes' stand-ins (docs/network.md): remote.rs.
+            message if self.is_remote_request(&message) => self.handle_remote(key, message),
             ControlMessage::OpenPort { request, ref name, .. }
                 if !self.permit(key, request, Operation::Register, name.as_str()) => {}
             ControlMessage::CreateMailbox { request, ref name, .. }
@@ -546,13 +552,6 @@ impl EventLoop {
             {
                 self.connect_status(key, request);
             }
-            ControlMessage::Connect { request, target: Target::Port(name), rights }
-                if !self.mailboxes.contains_key(&name)
-                    && self.registry.port(&name).is_none()
-                    && self.is_remote(&name) =>
-            {
-                self.connect_remote(key, request, &name, rights);
-            }
             ControlMessage::Connect { request, target: Target::Port(name), .. }
                 if self.mailboxes.contains_key(&name) =>
             {
@@ -563,6 +562,13 @@ impl EventLoop {
             ControlMessage::Stat { request, name } if self.mailboxes.contains_key(&name) => {
                 let stats = self.mailbox_stats(request, &name);
                 self.queue(key, &stats, Vec::new());
+            }
+            ControlMessage::OpenPort { request, spec, .. }
+                if spec.delivery == Delivery::Datagrams
+                    && spec.capacity == Capacity::Rendezvous =>
+            {
+                let detail = "a rendezvous port cannot take datagrams";
+                self.refuse(key, request, ControlErrorCode::Malformed, detail);
             }
             ControlMessage::OpenPort { request, name, mut spec, service } => {
                 // A port cannot take more than the host's links carry.
@@ -625,7 +631,8 @@ impl EventLoop {
                     request,
                     link: new.link,
                     server: new.server_identity,
-                    spec: new.spec,
+                    // A link within the host is lossless, whatever the port asks of others.
+                    spec: PortSpec { delivery: Delivery::Reliable, ..new.spec },
                     rights: new.rights,
                     quota: self.config.policy.quota(),
                 };

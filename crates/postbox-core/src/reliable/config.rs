@@ -59,6 +59,14 @@ pub struct SessionConfig {
     /// Streams per direction (and per kind). A peer's frames for further streams are dropped.
     /// At most `u16::MAX`.
     pub max_streams: u32,
+    /// Whether a message still unacknowledged a retransmission timeout after it went out is
+    /// sent again on the same link. Needed where a link can lose or damage frames: UDP, and
+    /// TCP (whose checksum misses damage that crc32c catches). A driver whose links deliver
+    /// every frame of each lane intact, in order, or break (QUIC: reliable streams under
+    /// authenticated encryption) turns it off, so that a large message that takes longer than
+    /// the timeout to cross is not sent twice. Either way a new link resends everything
+    /// unacknowledged, and silence ends the session.
+    pub retransmit_on_timeout: bool,
 }
 
 impl Default for SessionConfig {
@@ -78,6 +86,7 @@ impl Default for SessionConfig {
             datagram_queue: 256,
             max_streams: 4096,
             max_frame_len: u32::MAX,
+            retransmit_on_timeout: true,
         }
     }
 }
