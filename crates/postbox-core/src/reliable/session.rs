@@ -92,6 +92,9 @@ pub struct Session {
     held_bytes: usize,
     /// Acks from the current peer for messages never sent.
     false_acks: u32,
+    /// Without timeout retransmission: how long a message may wait for its acknowledgement
+    /// on an open link before the link is given up (see [`Session::handle_timeout`]).
+    stall_bound: Duration,
     stats: SessionStats,
 }
 
@@ -120,6 +123,7 @@ impl Session {
     #[must_use]
     pub fn new(id: SessionId, config: SessionConfig, now: Instant) -> Self {
         let config = config.normalized();
+        let stall_bound = config.dead_after();
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
         let stats = SessionStats {
             state: LinkState::Down,
@@ -137,6 +141,7 @@ impl Session {
             malformed_frames: 0,
             stale_frames: 0,
             unacknowledged: 0,
+            stalled_links: 0,
         };
         Self {
             decoder: StreamDecoder::new(config.max_frame_body()),
@@ -168,6 +173,7 @@ impl Session {
             unacknowledged_bytes: 0,
             held_bytes: 0,
             false_acks: 0,
+            stall_bound,
             stats,
         }
     }
@@ -385,6 +391,16 @@ impl Session {
 
     /// The time [`poll_timeout`](Self::poll_timeout) returned has come (or passed): resends
     /// what timed out, schedules heartbeats, and ends the session after too long a silence.
+    ///
+    /// With [`SessionConfig::retransmit_on_timeout`] off, nothing is resent on the same link;
+    /// as a backstop, a message that stays unacknowledged on an open link for
+    /// [`SessionConfig::dead_after`] (counted from its transmission or the last
+    /// acknowledgement on its stream, whichever is later) gives the link up: the session goes
+    /// [`LinkState::Down`], as after [`handle_link_down`](Self::handle_link_down), and counts
+    /// it in [`SessionStats::stalled_links`]. The driver must then drop the transport link
+    /// and make a new one, on which everything unacknowledged is resent. Each time this
+    /// happens the bound doubles for the rest of the session, so that a link merely slower
+    /// than the bound is given up a few times, not forever.
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.state, State::Ended(_)) {
             return;
@@ -412,6 +428,10 @@ impl Session {
                     for send in self.sends.values_mut() {
                         send.handle_timeout(now, &self.rtt);
                     }
+                } else if self.stalled_at().is_some_and(|at| now >= at) {
+                    self.stats.stalled_links += 1;
+                    self.stall_bound = self.stall_bound.saturating_mul(2);
+                    self.handle_link_down(now);
                 }
             }
             _ => {}
@@ -482,7 +502,8 @@ impl Session {
                 let sends = self.sends.values().filter(|_| self.config.retransmit_on_timeout);
                 let retransmit = sends.filter_map(|s| s.poll_timeout(&self.rtt));
                 let ack = self.ack_due.filter(|_| !self.acks_owed.is_empty());
-                retransmit.chain(self.heartbeat.next_at).chain(ack).min()
+                let stalled = self.stalled_at().filter(|_| !self.config.retransmit_on_timeout);
+                retransmit.chain(self.heartbeat.next_at).chain(ack).chain(stalled).min()
             }
         };
         next.into_iter().chain(dead_at).min()
@@ -936,6 +957,14 @@ impl Session {
     /// When silence ends the session; `None` if that lies beyond the clock's range (never).
     fn dead_at(&self) -> Option<Instant> {
         self.last_heard.checked_add(self.config.dead_after())
+    }
+
+    /// When the oldest message in flight has waited too long for its acknowledgement and the
+    /// link is given up (without timeout retransmission, see
+    /// [`handle_timeout`](Self::handle_timeout)); `None` when nothing is in flight.
+    fn stalled_at(&self) -> Option<Instant> {
+        let since = self.sends.values().filter_map(SendStream::unacknowledged_since).min()?;
+        since.checked_add(self.stall_bound)
     }
 
     fn hello_interval(&self) -> Duration {
