@@ -311,7 +311,7 @@ fn truncated(detail: &str) -> &str {
 }
 
 /// Streams the channels of one host link are spread over.
-const STREAMS: u32 = 64;
+pub(crate) const STREAMS: u32 = 64;
 
 const OPEN: u8 = 1;
 const OPENED: u8 = 2;

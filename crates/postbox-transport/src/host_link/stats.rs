@@ -18,8 +18,9 @@ pub struct HostLinkStats {
     pub connections: u64,
     /// Dial attempts that failed.
     pub connect_failures: u64,
-    /// Connections lost after they were made: reset, closed, damaged, stalled or (QUIC)
-    /// silent past the idle timeout.
+    /// Connections lost after they were made: reset, closed, damaged, stalled, given up by
+    /// the session (a message unacknowledged far too long), or (QUIC) silent past the idle
+    /// timeout, a stream stopped by the peer, or flooded with partial frames.
     pub connections_lost: u64,
     /// Connections closed during their TLS handshake or pre-shared key exchange: refused,
     /// failed or timed out (never counted in `connections`).
@@ -35,8 +36,9 @@ pub struct HostLinkStats {
     /// UDP datagrams written (TCP links with a UDP path: best-effort datagrams and the
     /// dialer's probes). Over QUIC and without a UDP path, datagrams are not counted here.
     pub datagrams_sent: u64,
-    /// UDP datagrams not written: no key or peer address yet (a listener learns the dialer's
-    /// from its first authentic datagram), or the socket refused. They are not kept.
+    /// Datagrams not sent. Over UDP: no key or peer address yet (a listener learns the dialer's
+    /// from its first authentic datagram), or the socket refused. Over QUIC: larger than the
+    /// connection's datagrams, or its datagram buffer full. They are not kept.
     pub datagrams_unsent: u64,
     /// UDP datagrams that passed the envelope's checks (authentic, when the link is sealed)
     /// and went to the session, which drops damaged, stale and duplicate frames among them
