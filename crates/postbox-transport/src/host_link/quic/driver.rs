@@ -298,10 +298,16 @@ impl Driver {
                 Written { number, lane, result: result.map(|stream| (stream, len)) }
             });
         }
+        let mut unsent = 0;
         for datagram in out.datagrams {
             // Best effort: one the connection cannot take now (too large, buffer full) is
-            // dropped, as a lost one would be.
-            let _ = current.connection.send_datagram(Bytes::from(datagram));
+            // dropped, as a lost one would be, and counted.
+            if current.connection.send_datagram(Bytes::from(datagram)).is_err() {
+                unsent += 1;
+            }
+        }
+        if unsent > 0 {
+            self.shared.lock().counters.datagrams_unsent += unsent;
         }
     }
 
