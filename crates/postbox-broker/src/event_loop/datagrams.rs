@@ -317,8 +317,9 @@ impl EventLoop {
         receiving.last = Some(last);
         let Some(gateway) = &mut self.gateway else { return false };
         let rtt = gateway.peers.get(host).and_then(|peer| peer.smoothed_rtt());
-        let wait =
-            rtt.map_or(CLOSE_WAIT_MAX, |rtt| (rtt * 4).clamp(CLOSE_WAIT_MIN, CLOSE_WAIT_MAX));
+        let wait = rtt.map_or(CLOSE_WAIT_MAX, |rtt| {
+            rtt.saturating_mul(4).clamp(CLOSE_WAIT_MIN, CLOSE_WAIT_MAX)
+        });
         gateway.datagrams_closing.push((host, channel, Instant::now() + wait));
         true
     }

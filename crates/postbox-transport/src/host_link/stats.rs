@@ -50,6 +50,9 @@ pub struct HostLinkStats {
     /// sessions (`session.stale_frames`), or any frame but a datagram
     /// (`session.malformed_frames`).
     pub datagrams_rejected: u64,
+    /// Of `datagrams_rejected`, those numbered as a datagram taken before or older than the
+    /// window of numbers (`udp_window.rs`): copies made on the way, or replays.
+    pub datagrams_replayed: u64,
     /// Where this end sends its UDP datagrams now: the dialer's configured address, or the
     /// address the listener learned; `None` without a UDP path or before the listener heard
     /// the dialer.
@@ -70,6 +73,7 @@ pub(super) struct ConnectionCounters {
     pub(super) datagrams_unsent: u64,
     pub(super) datagrams_received: u64,
     pub(super) datagrams_rejected: u64,
+    pub(super) datagrams_replayed: u64,
 }
 
 impl ConnectionCounters {
@@ -93,6 +97,7 @@ impl ConnectionCounters {
             datagrams_unsent: self.datagrams_unsent,
             datagrams_received: self.datagrams_received,
             datagrams_rejected: self.datagrams_rejected,
+            datagrams_replayed: self.datagrams_replayed,
             datagram_peer,
         }
     }

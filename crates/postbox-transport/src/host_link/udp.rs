@@ -239,6 +239,7 @@ impl UdpSide {
     ) -> bool {
         let Some(arrival) = core.udp.window.check(opened.counter) else {
             // A copy (a replay), or too old to tell from one.
+            core.counters.datagrams_replayed += 1;
             return false;
         };
         let session = &mut core.session;
