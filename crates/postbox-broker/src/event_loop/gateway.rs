@@ -60,6 +60,9 @@ pub(super) struct Gateway {
     peer_runs: Vec<u64>,
     /// This run's process ids standing in for nodes of other hosts (docs/network.md §5).
     pub(super) stand_ins: StandIns,
+    /// Datagram channels the client's side closed, whose port's side waits until then for
+    /// the datagrams the close overtook (`datagrams.rs`).
+    pub(super) datagrams_closing: Vec<(usize, Channel, Instant)>,
 }
 
 /// A local node's request for a name of another host (`port@host`, a mailbox, a topic, an
@@ -140,6 +143,7 @@ impl Gateway {
             relay_out: (0..peers).map(|_| Arc::default()).collect(),
             peer_runs: vec![0; peers],
             stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS, MAX_NAMED_STAND_INS),
+            datagrams_closing: Vec::new(),
         })
     }
 
@@ -151,7 +155,8 @@ impl Gateway {
     /// The next instant a connect times out or a host link is due to start.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let opens = self.opening.values().map(|p| p.deadline);
-        opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).min()
+        let closing = self.datagrams_closing.iter().map(|&(_, _, at)| at);
+        opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).chain(closing).min()
     }
 
     /// The channels peer `host` opened here that are open.
@@ -391,6 +396,7 @@ impl EventLoop {
                 self.refuse(pending.node, pending.request, ControlErrorCode::Unanswered, &detail);
             }
         }
+        self.run_datagram_timers(now);
     }
 
     /// Handles every host-link event waiting.
@@ -499,7 +505,11 @@ impl EventLoop {
             HostMessage::Frames { channel, frames } => {
                 self.frames_from_peer(host, channel, frames, true);
             }
-            HostMessage::Close { channel } => {
+            HostMessage::Close { channel, last } => {
+                if last.is_some_and(|last| self.datagrams_closing(host, channel, last)) {
+                    // A datagram channel waits briefly for what the close overtook.
+                    return;
+                }
                 let Some(gateway) = &mut self.gateway else { return };
                 if let Some(pending) = gateway.opening.remove(&(host, channel)) {
                     let detail = "the remote host closed the connection";
@@ -920,6 +930,9 @@ impl EventLoop {
         relay.link.shutdown();
         let Some((host, channel)) = relay.remote() else { return };
         let Some(gateway) = &mut self.gateway else { return };
+        if relay.datagrams.is_some() {
+            gateway.datagrams_closing.retain(|&(h, c, _)| (h, c) != (host, channel));
+        }
         if gateway.channels.remove(&(host, channel)).is_some() && !channel.opened_here {
             if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
                 *opened = opened.saturating_sub(1);
@@ -994,7 +1007,7 @@ pub(super) fn remote_spec(mut spec: PortSpec, max_message_size: u32) -> PortSpec
 }
 
 pub(super) fn close(channel: Channel) -> Vec<u8> {
-    HostMessage::Close { channel }.encode()
+    HostMessage::Close { channel, last: None }.encode()
 }
 
 /// The host message carrying `frames` (`count` of them, back to back) of `channel`.

@@ -8,7 +8,7 @@ use super::body::{Ack, Data, Heartbeat, Hello, HELLO_ENTRY_LEN, HELLO_FIXED_LEN}
 use super::config::SessionConfig;
 use super::datagram::ReplayWindow;
 use super::decoder::StreamDecoder;
-use super::error::{DatagramSendError, SendError, SessionError};
+use super::error::{BestEffortError, DatagramSendError, SendError, SessionError};
 use super::event::{Event, Lane, Transmit};
 use super::frame::{self, Frame, FrameBody, HEADER_LEN};
 use super::ids::{MessageId, SessionId, StreamId};
@@ -31,6 +31,7 @@ use crate::wire::DecodeError;
 ///   bytes read (TCP, TLS) ────────────────► handle_bytes(now, bytes)
 ///   frame decoded from a QUIC stream ─────► handle_frame(now, frame)
 ///   UDP or QUIC datagram read ────────────► handle_datagram(now, bytes)
+///   frame beside the link (UDP) ──────────► handle_best_effort(now, frame)
 ///   timer fired ──────────────────────────► handle_timeout(now)
 ///   connection lost ──────────────────────► handle_link_down(now)
 ///   write(buf) ◄── poll_transmit(now, buf) ◄┘ until None
@@ -368,6 +369,38 @@ impl Session {
                 Err(e)
             }
         }
+    }
+
+    /// A frame that came on a path for best-effort datagrams only (a UDP socket beside a TCP
+    /// link), decoded by the driver: delivered if it is a [`FrameBody::Datagram`] from the
+    /// current peer to this session while a link is open or awaited. Anything else is dropped
+    /// and counted (`stale_frames` for other sessions, `malformed_frames` for another kind), so
+    /// that nothing arriving on that path can restart the peer, acknowledge, close or time the
+    /// session: only the link itself, which the driver secures, carries those.
+    ///
+    /// # Errors
+    /// Why the frame was dropped, for the driver's counters.
+    pub fn handle_best_effort(
+        &mut self,
+        now: Instant,
+        frame: Frame,
+    ) -> Result<(), BestEffortError> {
+        if !matches!(self.state, State::ExpectHello | State::Open) {
+            return Err(BestEffortError::NoLink);
+        }
+        let FrameBody::Datagram(data) = frame.body else {
+            self.stats.malformed_frames += 1;
+            return Err(BestEffortError::NotADatagram(frame.body.kind()));
+        };
+        if self.peer.is_none() || Some(frame.sender) != self.peer || frame.receiver != Some(self.id)
+        {
+            self.stats.stale_frames += 1;
+            return Err(BestEffortError::OtherSessions);
+        }
+        self.last_heard = now;
+        self.stats.frames_received += 1;
+        self.handle_datagram_frame(data);
+        Ok(())
     }
 
     /// One frame already decoded by the driver, from one of several byte streams that carry
