@@ -71,8 +71,8 @@ mod connector;
 mod driver;
 mod error;
 mod handle;
-mod handshake;
-mod security;
+pub(crate) mod handshake;
+pub(crate) mod security;
 mod shared;
 mod stats;
 

@@ -51,9 +51,9 @@ pub enum LinkSecurity {
 /// other.
 #[derive(Clone)]
 pub struct TlsConfig {
-    pub(super) client: Arc<ClientConfig>,
+    pub(crate) client: Arc<ClientConfig>,
     pub(super) server: Arc<ServerConfig>,
-    pub(super) peer_name: ServerName<'static>,
+    pub(crate) peer_name: ServerName<'static>,
 }
 
 /// A secret shared by both ends of a host link, for [`LinkSecurity::PreSharedKey`].
@@ -231,7 +231,7 @@ impl PreSharedKey {
         Self::new(bytes.trim_ascii())
     }
 
-    pub(super) fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
@@ -307,7 +307,7 @@ impl ClientCertVerifier for PeerNameVerifier {
     }
 }
 
-fn certificates(
+pub(crate) fn certificates(
     pem: &[u8],
     what: &str,
 ) -> Result<Vec<CertificateDer<'static>>, SecurityConfigError> {
@@ -320,7 +320,10 @@ fn certificates(
     Ok(certificates)
 }
 
-fn private_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, SecurityConfigError> {
+pub(crate) fn private_key(
+    pem: &[u8],
+    what: &str,
+) -> Result<PrivateKeyDer<'static>, SecurityConfigError> {
     PrivateKeyDer::from_pem_slice(pem)
         .map_err(|_| SecurityConfigError::Pem { what: what.to_owned(), expected: "PRIVATE KEY" })
 }
