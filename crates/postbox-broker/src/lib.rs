@@ -26,6 +26,7 @@ pub mod hosts;
 mod mailbox;
 pub mod policy;
 mod registry;
+mod remote_nodes;
 pub mod socket_path;
 mod topic;
 
@@ -34,3 +35,4 @@ pub use error::BrokerError;
 pub use event_loop::{Broker, BrokerHandle, PolicyReloader};
 pub use hosts::{HostState, HostStatus, HostsConfig, HostsConfigError, PeerConfig, PeerConnect};
 pub use policy::{Limits, Policy, PolicyError, Subject};
+pub use remote_nodes::{RemoteNodesConfig, RemoteNodesConfigError};

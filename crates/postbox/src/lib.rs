@@ -56,6 +56,7 @@ mod node;
 mod port;
 mod readiness;
 mod receiver;
+mod remote;
 pub mod rpc;
 mod subscription;
 
@@ -73,13 +74,15 @@ pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{
     BrokerConfig, BrokerError, HostState, HostStatus, HostsConfig, HostsConfigError, Limits,
-    Policy, PolicyError, DEFAULT_MAX_MESSAGE_SIZE,
+    Policy, PolicyError, RemoteNodesConfig, RemoteNodesConfigError, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use postbox_core::{
     AccessDenied, Capacity, EndpointKind, Operation, Overflow, PeerIdentity, PortCounters,
     PortEntry, PortSpec, ProcessId, Rights, Selector, TypeFilter,
 };
 pub use postbox_rpc_macros::service;
+pub use postbox_transport::host_link::{AuthenticationError, PreSharedKey, TlsConfig};
+pub use postbox_transport::tunnel::{AttachError, AttachSecurity, NamedKey, NodeTlsConfig};
 pub use receiver::PortStats;
 pub use subscription::{Subscription, SubscriptionBuilder};
 

@@ -88,12 +88,19 @@ pub struct Listing {
 
 impl Node {
     /// Attaches to the broker at the default socket path (`$POSTBOX_SOCKET`, else
-    /// `$XDG_RUNTIME_DIR/postbox/broker.sock`, else `/tmp/postbox-$UID/broker.sock`).
+    /// `$XDG_RUNTIME_DIR/postbox/broker.sock`, else `/tmp/postbox-$UID/broker.sock`); or, when
+    /// `$POSTBOX_BROKER` is `tcp://HOST:PORT`, to the broker of another host over TCP with the
+    /// key in `$POSTBOX_BROKER_KEY` (see [`attach_tcp`](Self::attach_tcp)).
     ///
     /// # Errors
-    /// [`NodeError::BrokerUnreachable`] when no broker listens there.
+    /// [`NodeError::BrokerUnreachable`] when no broker listens there; for TCP, as
+    /// [`attach_tcp`](Self::attach_tcp), and [`NodeError::BadSettings`] when the variables
+    /// are malformed.
     pub fn attach() -> Result<Self, NodeError> {
-        Self::attach_to(postbox_broker::socket_path::default_socket_path())
+        match crate::remote::broker_from_env()? {
+            Some(remote) => Self::attach_tcp(&remote.address, &remote.security),
+            None => Self::attach_to(postbox_broker::socket_path::default_socket_path()),
+        }
     }
 
     /// Attaches to the broker listening at `path`.
@@ -113,6 +120,15 @@ impl Node {
         if !trusted_broker(broker.uid) {
             return Err(NodeError::UntrustedBroker { path: PathBuf::from(path), uid: broker.uid });
         }
+        Self::attach_over(control, unreachable)
+    }
+
+    /// Says Hello on `control` (a local broker's socket, or a tunnel's) and starts the node;
+    /// `unreachable` says what a failure of the socket means.
+    pub(crate) fn attach_over(
+        control: ControlSocket,
+        unreachable: impl Fn(std::io::ErrorKind) -> NodeError,
+    ) -> Result<Self, NodeError> {
         let mut packet = Vec::new();
         ControlMessage::Hello { request: 1 }.encode(&mut packet);
         control
@@ -748,7 +764,7 @@ pub(crate) fn done(
     }
 }
 
-fn error_kind(error: TransportError) -> std::io::ErrorKind {
+pub(crate) fn error_kind(error: TransportError) -> std::io::ErrorKind {
     match error {
         TransportError::Os { kind, .. } => kind,
         TransportError::Closed => std::io::ErrorKind::ConnectionReset,

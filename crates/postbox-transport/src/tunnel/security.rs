@@ -75,7 +75,9 @@ impl NamedKey {
         &self.name
     }
 
-    pub(super) fn key(&self) -> &PreSharedKey {
+    /// The key.
+    #[must_use]
+    pub fn key(&self) -> &PreSharedKey {
         &self.key
     }
 }
