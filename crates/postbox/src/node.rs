@@ -43,6 +43,8 @@ pub struct Node {
     shared: Arc<NodeShared>,
     inbox: Inbox,
     control_thread: Option<JoinHandle<()>>,
+    /// The tunnel of a node attached over TCP (`remote.rs`).
+    pub(crate) tunnel: Option<postbox_transport::tunnel::Tunnel>,
 }
 
 /// What a node's handles share: the control socket, pending requests, open receivers.
@@ -168,7 +170,7 @@ impl Node {
             .spawn(move || control_loop(&weak))
             .map_err(|e| unreachable(e.kind()))?;
         let inbox = Inbox::new(inbox, Arc::clone(&shared));
-        Ok(Self { shared, inbox, control_thread: Some(control_thread) })
+        Ok(Self { shared, inbox, control_thread: Some(control_thread), tunnel: None })
     }
 
     /// This node's process id, assigned by the broker.
@@ -457,6 +459,9 @@ impl Drop for Node {
         self.shared.control.shutdown();
         if let Some(thread) = self.control_thread.take() {
             let _ = thread.join();
+        }
+        if let Some(tunnel) = &self.tunnel {
+            crate::remote::close_tunnel(tunnel);
         }
     }
 }

@@ -52,17 +52,31 @@ impl Node {
             }
             error => NodeError::RemoteUnreachable { address: address.to_owned(), error },
         };
-        let control = tunnel::dial(address, security, TunnelConfig::default()).map_err(failed)?;
-        Self::attach_over(control, |kind| {
+        let (control, tunnel) =
+            tunnel::dial(address, security, TunnelConfig::default()).map_err(failed)?;
+        let mut node = Self::attach_over(control, |kind| {
             let error = match kind {
                 std::io::ErrorKind::ConnectionReset => AttachError::Closed,
                 std::io::ErrorKind::TimedOut => AttachError::HandshakeTimeout,
                 kind => AttachError::Os { operation: "attach", kind },
             };
             NodeError::RemoteUnreachable { address: address.to_owned(), error }
-        })
+        })?;
+        node.tunnel = Some(tunnel);
+        Ok(node)
     }
 }
+
+/// Lets the tunnel of a node that is going settle, for a while: what the node wrote to its
+/// links stays in this process until the broker's side of the tunnel passed it on, and a
+/// process that exits first would lose it. Links still open elsewhere in the process do not
+/// hold this up.
+pub(crate) fn close_tunnel(tunnel: &tunnel::Tunnel) {
+    let _ = tunnel.wait_settled(CLOSE_WAIT);
+}
+
+/// How long a node attached over TCP waits, when dropped, for its tunnel to settle.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The remote broker `$POSTBOX_BROKER` names (`tcp://HOST:PORT`), with the credentials the
 /// other variables give: `$POSTBOX_BROKER_KEY` (a key file), or `$POSTBOX_BROKER_CERT`,

@@ -132,6 +132,23 @@ fn a_node_over_tcp_calls_a_local_service_and_serves_one_that_a_local_node_calls(
 }
 
 #[test]
+fn everything_a_remote_process_sent_before_it_exited_arrives_in_order() {
+    let remote = RemoteDaemon::start();
+    let local = remote.daemon.node();
+    // Room for every message: the sender never waits for the receiver, and exits as soon as
+    // its last send returns, many messages still in its process. Its node waits for the
+    // tunnel to pass them on first.
+    let sink = local.port("sink").capacity(4000).open().unwrap();
+    let mut sender =
+        Worker::start(remote.remote_command(&["worker", "send-many", "sink", "3000"], "app.psk"));
+    for i in 0..3000 {
+        let got = sink.recv_timeout(WATCHDOG).unwrap();
+        assert_eq!(got.body(), i.to_string().as_bytes());
+    }
+    assert!(wait_for_exit(&mut sender).success());
+}
+
+#[test]
 fn a_wrong_or_missing_key_is_refused_with_a_typed_error_and_nothing_is_served() {
     let remote = RemoteDaemon::start();
     let _local_echo = remote.daemon.worker(&["echo", "local-echo"]);

@@ -46,6 +46,7 @@ mod stream;
 mod tests;
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use error::{AttachError, TunnelError};
@@ -83,9 +84,71 @@ impl Default for TunnelConfig {
     }
 }
 
+/// The node's side of a running tunnel, to learn when it settled or ended.
+///
+/// Bytes a node wrote to a link are safe once the broker's side of the tunnel passed them on;
+/// before, they wait in this process. A node that is about to exit closes its control socket
+/// and links, then waits for [`wait_settled`](Self::wait_settled), so that nothing it wrote is
+/// lost with the process.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    state: Arc<(Mutex<Progress>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    settled: bool,
+    ended: Option<Result<(), TunnelError>>,
+}
+
+impl Tunnel {
+    fn new() -> Self {
+        Self { state: Arc::new((Mutex::new(Progress::default()), Condvar::new())) }
+    }
+
+    /// Waits, at most `timeout`, until the tunnel has **settled**: the control channel is
+    /// closed both ways, and every link whose end this process closed had all its bytes
+    /// passed on at the broker's side (or the link was reset there), or until it ended.
+    /// Returns whether it did.
+    #[must_use]
+    pub fn wait_settled(&self, timeout: Duration) -> bool {
+        self.wait(timeout, |p| p.settled || p.ended.is_some()).is_some()
+    }
+
+    /// Waits, at most `timeout`, until the tunnel has ended: `Some` with how, `None` while it
+    /// still runs (a link end of this process or of the broker's side is still open).
+    #[must_use]
+    pub fn wait_ended(&self, timeout: Duration) -> Option<Result<(), TunnelError>> {
+        self.wait(timeout, |p| p.ended.is_some()).and_then(|p| p.ended)
+    }
+
+    fn wait(&self, timeout: Duration, done: impl Fn(&Progress) -> bool) -> Option<Progress> {
+        let (state, changed) = &*self.state;
+        let guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = changed
+            .wait_timeout_while(guard, timeout, |p| !done(p))
+            .unwrap_or_else(PoisonError::into_inner);
+        done(&guard).then(|| Progress { settled: guard.settled, ended: guard.ended })
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Progress)) {
+        let (state, changed) = &*self.state;
+        change(&mut state.lock().unwrap_or_else(PoisonError::into_inner));
+        changed.notify_all();
+    }
+
+    pub(crate) fn settle(&self) {
+        self.update(|p| p.settled = true);
+    }
+
+    fn end(&self, result: Result<(), TunnelError>) {
+        self.update(|p| p.ended = Some(result));
+    }
+}
+
 /// Connects to the broker listening for remote nodes at `address` (`host:port`),
 /// authenticates, and starts the tunnel; returns the node's end of the control connection, to
-/// be used as a local broker's.
+/// be used as a local broker's, and the tunnel's handle.
 ///
 /// # Errors
 /// [`AttachError`]: `Unresolved`, `Connect`, `Authentication` (a wrong key, a refused
@@ -94,7 +157,7 @@ pub fn dial(
     address: &str,
     security: &AttachSecurity,
     config: TunnelConfig,
-) -> Result<ControlSocket, AttachError> {
+) -> Result<(ControlSocket, Tunnel), AttachError> {
     let deadline = Instant::now() + config.handshake_timeout;
     let socket = connect(address, config.handshake_timeout)?;
     let timeouts = Some(config.handshake_timeout);
@@ -118,15 +181,14 @@ pub fn dial(
         TransportError::Os { kind, .. } => AttachError::Os { operation: "set up tunnel", kind },
         _ => AttachError::Os { operation: "set up tunnel", kind: std::io::ErrorKind::Other },
     })?;
-    let pump = Pump::new(Side::Node, stream, pump_end, config);
+    let tunnel = Tunnel::new();
+    let pump = Pump::new(Side::Node, stream, pump_end, config).reporting_to(tunnel.clone());
+    let handle = tunnel.clone();
     std::thread::Builder::new()
         .name("postbox-tunnel".into())
-        .spawn(move || {
-            // The node learns of the end from its control socket and links closing.
-            let _ = pump.run();
-        })
+        .spawn(move || handle.end(pump.run()))
         .map_err(|e| AttachError::Os { operation: "start the tunnel", kind: e.kind() })?;
-    Ok(node_end)
+    Ok((node_end, tunnel))
 }
 
 /// The first address of `address` that accepts a connection within `timeout`.

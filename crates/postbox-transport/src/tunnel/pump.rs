@@ -18,10 +18,10 @@ use postbox_core::wire::tunnel::{
 };
 use rustix::net::SocketType;
 
-use super::channel::{Channel, LocalRead};
+use super::channel::{Channel, LocalRead, WriteOutcome};
 use super::error::TunnelError;
 use super::stream::{ReadOutcome, TunnelStream};
-use super::TunnelConfig;
+use super::{Tunnel, TunnelConfig};
 use crate::wait::{wait_ready, Interest, Wait};
 use crate::{ControlSocket, TransportError};
 
@@ -66,6 +66,8 @@ pub(crate) struct Pump {
     read_pending: bool,
     scratch: Vec<u8>,
     control_buf: Vec<u8>,
+    /// Told once the tunnel settled (node side).
+    tunnel: Option<Tunnel>,
 }
 
 /// What one entry of the poll set is.
@@ -105,7 +107,14 @@ impl Pump {
             read_pending: true,
             scratch: vec![0; MAX_DATA_LEN as usize],
             control_buf: vec![0; MAX_PACKET_LEN],
+            tunnel: None,
         }
+    }
+
+    /// Tells `tunnel` when this end settles: see [`Tunnel::wait_settled`].
+    pub(crate) fn reporting_to(mut self, tunnel: Tunnel) -> Self {
+        self.tunnel = Some(tunnel);
+        self
     }
 
     /// Relays until both ends are done, or the connection fails. Everything local is closed
@@ -130,6 +139,11 @@ impl Pump {
             self.close_control_if_done();
             if self.is_finished() {
                 return Ok(());
+            }
+            if self.tunnel.is_some() && self.is_settled() {
+                if let Some(tunnel) = self.tunnel.take() {
+                    tunnel.settle();
+                }
             }
             let ready = self.wait(now)?;
             for slot in ready {
@@ -185,6 +199,26 @@ impl Pump {
                     && !self.stream.wants_write()
             }
         }
+    }
+
+    /// True when nothing this end's process wrote can be lost any more: both control
+    /// directions ended, everything queued went out, every link whose local end closed had all
+    /// its bytes received by the other end (its credit is back in full, which the other end
+    /// does at once on the end of the stream), and links still open have nothing waiting.
+    fn is_settled(&self) -> bool {
+        let window = self.config.window;
+        !self.control_reading
+            && !self.control_peer_open
+            && self.to_control.is_empty()
+            && self.out_len() == 0
+            && !self.stream.wants_write()
+            && self.channels.values().all(|c| {
+                if c.has_ended_locally() {
+                    c.is_acknowledged(window)
+                } else {
+                    !c.is_readable_now()
+                }
+            })
     }
 
     /// Polls what can make progress; returns the ready slots (none when a timer is due).
@@ -243,7 +277,14 @@ impl Pump {
         let mut budget = READ_BUDGET;
         self.read_pending = true;
         while budget > 0 && self.to_control.len() < CONTROL_BACKLOG {
-            match self.stream.read(&mut self.scratch)? {
+            let read = match self.stream.read(&mut self.scratch) {
+                // A reset (the other process died, or closed with bytes unread) ends the
+                // connection like a clean close: what already arrived is still delivered, as
+                // a socket's buffer outlives its writer.
+                Err(TunnelError::Broken) => ReadOutcome::End,
+                other => other?,
+            };
+            match read {
                 ReadOutcome::Bytes(n) => {
                     budget = budget.saturating_sub(n);
                     self.last_received = Instant::now();
@@ -268,7 +309,8 @@ impl Pump {
                     let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
                     for id in ids {
                         if let Some(channel) = self.channels.get_mut(&id) {
-                            channel.handle_eof();
+                            // Nothing can be sent any more: the credit is not told.
+                            let _ = channel.handle_eof();
                         }
                         self.settle_channel(id);
                     }
@@ -286,7 +328,9 @@ impl Pump {
             TunnelFrame::Control { channels, packet } => self.handle_control(channels, packet),
             TunnelFrame::Data { channel, bytes } => match self.channels.get_mut(&channel) {
                 Some(open) => {
-                    open.handle_data(bytes, window)?;
+                    if let Some(bytes) = open.handle_data(bytes, window)? {
+                        self.queue(&TunnelFrame::Credit { channel, bytes });
+                    }
                     // Straight on to the local reader, without waiting for a poll round.
                     self.settle_channel(channel);
                     Ok(())
@@ -303,15 +347,22 @@ impl Pump {
             }
             TunnelFrame::Eof { channel } => match self.channels.get_mut(&channel) {
                 Some(open) => {
-                    open.handle_eof();
+                    if let Some(bytes) = open.handle_eof() {
+                        self.queue(&TunnelFrame::Credit { channel, bytes });
+                    }
                     self.settle_channel(channel);
                     Ok(())
                 }
                 None => self.check_was_open(channel),
             },
-            TunnelFrame::Reset { channel } => match self.channels.remove(&channel) {
-                // Dropping the socket closes it: the local end sees the link go.
-                Some(_) => Ok(()),
+            TunnelFrame::Reset { channel } => match self.channels.get_mut(&channel) {
+                Some(open) => {
+                    if open.handle_reset() {
+                        self.queue(&TunnelFrame::Eof { channel });
+                    }
+                    self.settle_channel(channel);
+                    Ok(())
+                }
                 None => self.check_was_open(channel),
             },
         }
@@ -348,7 +399,7 @@ impl Pump {
             self.next_channel = id.0.saturating_add(1);
             if self.control.is_none() {
                 // Nobody here takes the link: its other end goes.
-                self.queue(&TunnelFrame::Reset { channel: id });
+                self.refuse_channel(id);
                 continue;
             }
             let opened = UnixStream::pair().and_then(|(ours, theirs)| {
@@ -361,7 +412,7 @@ impl Pump {
                 }
                 // Out of descriptors: the node gets fewer than it expects and refuses the
                 // link; the broker's end goes.
-                Err(_) => self.queue(&TunnelFrame::Reset { channel: id }),
+                Err(_) => self.refuse_channel(id),
             }
         }
         if self.control.is_some() {
@@ -454,37 +505,44 @@ impl Pump {
         opened
     }
 
-    /// Writes what waits for a channel's socket; returns false when the channel went (its
-    /// local reader closed it).
-    fn write_channel(&mut self, id: ChannelId) -> bool {
+    /// Writes what waits for a channel's socket, and gives credit back as it goes; tells the
+    /// other end when the local reader went away.
+    fn write_channel(&mut self, id: ChannelId) {
         let window = self.config.window;
-        let Some(channel) = self.channels.get_mut(&id) else { return false };
-        if !channel.write_local() {
-            self.channels.remove(&id);
-            if self.draining_since.is_none() {
-                self.queue(&TunnelFrame::Reset { channel: id });
+        let Some(channel) = self.channels.get_mut(&id) else { return };
+        match channel.write_local() {
+            WriteOutcome::Written => {
+                if let Some(bytes) = channel.take_credit_report(window) {
+                    self.queue(&TunnelFrame::Credit { channel: id, bytes });
+                }
             }
-            return false;
+            WriteOutcome::ReaderGone { dropped } => {
+                self.queue(&TunnelFrame::Reset { channel: id });
+                if dropped > 0 {
+                    self.queue(&TunnelFrame::Credit { channel: id, bytes: dropped });
+                }
+            }
         }
-        if let Some(bytes) = channel.take_credit_report(window) {
-            self.queue(&TunnelFrame::Credit { channel: id, bytes });
-        }
-        true
     }
 
     /// Writes what waits for a channel's socket (and shuts its sending side after the other
     /// end's last byte); forgets the channel once both directions are over.
     fn settle_channel(&mut self, id: ChannelId) {
-        if self.write_channel(id) && self.channels.get(&id).is_some_and(Channel::is_done) {
+        self.write_channel(id);
+        if self.channels.get(&id).is_some_and(Channel::is_done) {
             self.channels.remove(&id);
         }
     }
 
+    /// Tells the other end that a channel it opened has nobody here: no reader, no writer.
+    fn refuse_channel(&mut self, id: ChannelId) {
+        self.queue(&TunnelFrame::Reset { channel: id });
+        self.queue(&TunnelFrame::Eof { channel: id });
+    }
+
     /// Writes what waits for a channel's socket, and reads what it has.
     fn serve_channel(&mut self, id: ChannelId) {
-        if !self.write_channel(id) {
-            return;
-        }
+        self.write_channel(id);
         let mut chunks = 0;
         while self.draining_since.is_none()
             && chunks < CHUNKS_PER_ROUND
@@ -501,11 +559,6 @@ impl Pump {
                 LocalRead::End => {
                     self.queue(&TunnelFrame::Eof { channel: id });
                     break;
-                }
-                LocalRead::Gone => {
-                    self.channels.remove(&id);
-                    self.queue(&TunnelFrame::Reset { channel: id });
-                    return;
                 }
             }
         }

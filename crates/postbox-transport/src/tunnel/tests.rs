@@ -61,13 +61,15 @@ fn stream_of(fd: OwnedFd) -> UnixStream {
 }
 
 fn dial_app(address: SocketAddr, config: TunnelConfig) -> ControlSocket {
-    dial(&address.to_string(), &AttachSecurity::PreSharedKey(key(1)), config).unwrap()
+    dial(&address.to_string(), &AttachSecurity::PreSharedKey(key(1)), config).unwrap().0
 }
 
 #[test]
 fn control_packets_and_a_link_cross_the_tunnel_both_ways() {
     let listener = listener(TunnelConfig::default());
-    let node = dial_app(listener.local_addr(), TunnelConfig::default());
+    let address = listener.local_addr().to_string();
+    let (node, tunnel) =
+        dial(&address, &AttachSecurity::PreSharedKey(key(1)), TunnelConfig::default()).unwrap();
     let broker = attached(&listener);
     assert_eq!(broker.principal, "app");
 
@@ -97,6 +99,20 @@ fn control_packets_and_a_link_cross_the_tunnel_both_ways() {
     // So is the node leaving: the broker reads the end of its control socket.
     drop(node);
     assert_eq!(recv(&broker.control).unwrap_err(), TransportError::Closed);
+    // The broker closes its end of the control connection: the tunnel settles (the link the
+    // node still holds open does not count), but runs on for that link.
+    drop(broker.control);
+    assert!(tunnel.wait_settled(WATCHDOG));
+    assert_eq!(tunnel.wait_ended(Duration::ZERO), None, "a link end is still open");
+    // Once everything is closed on both sides, the tunnel ends in order.
+    drop(node_end);
+    assert_eq!(tunnel.wait_ended(WATCHDOG), Some(Ok(())));
+    match next_event(&listener) {
+        AttachEvent::Ended { principal, result, .. } => {
+            assert_eq!((principal.as_str(), result), ("app", Ok(())));
+        }
+        other => panic!("expected the tunnel's end, got {other:?}"),
+    }
 }
 
 #[test]
@@ -138,6 +154,57 @@ fn a_slow_reader_holds_up_neither_its_writer_beyond_the_window_nor_other_links()
     assert!(received == data, "every byte, in order");
     writer.join().unwrap();
     drop(slow_broker);
+}
+
+/// A tunnel with one link passed; returns the node's end and the broker's end of the link
+/// (and what keeps the tunnel up).
+fn tunnel_with_link() -> (UnixStream, UnixStream, AttachListener, ControlSocket, AttachedNode) {
+    let listener = listener(TunnelConfig::default());
+    let node = dial_app(listener.local_addr(), TunnelConfig::default());
+    let broker = attached(&listener);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    broker.control.send(b"a link", &[theirs.as_fd()], Wait::Forever).unwrap();
+    drop(theirs);
+    let (_, mut fds) = recv(&node).unwrap();
+    ours.set_read_timeout(Some(WATCHDOG)).unwrap();
+    ours.set_write_timeout(Some(WATCHDOG)).unwrap();
+    (stream_of(fds.remove(0)), ours, listener, node, broker)
+}
+
+#[test]
+fn everything_written_before_a_close_arrives_even_with_input_left_unread() {
+    let (mut node_end, mut broker_end, _listener, _node, _broker) = tunnel_with_link();
+    // The node's end leaves these unread: its close then reads as a reset at the tunnel.
+    broker_end.write_all(b"never read").unwrap();
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    node_end.write_all(&sent).unwrap();
+    let arrived = crate::wait_readable(&[node_end.as_fd()], Wait::timeout(WATCHDOG)).unwrap();
+    assert_eq!(arrived, [0], "the unread bytes reached the node's end");
+    drop(node_end);
+    let mut got = Vec::new();
+    broker_end.read_to_end(&mut got).unwrap();
+    assert!(got == sent, "all {} bytes, then the end ({} came)", sent.len(), got.len());
+}
+
+#[test]
+fn a_reader_going_away_is_heard_by_the_writer_across_and_the_other_direction_goes_on() {
+    let (mut node_end, mut broker_end, _listener, _node, _broker) = tunnel_with_link();
+    node_end.shutdown(std::net::Shutdown::Read).unwrap();
+    // The broker's side writes until it hears that nobody reads (never a hang: the watchdog
+    // is the socket's write timeout).
+    let deadline = Instant::now() + WATCHDOG;
+    let refused = loop {
+        assert!(Instant::now() < deadline, "the writer never heard");
+        match broker_end.write_all(&[7; 4096]) {
+            Ok(()) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => break e.kind(),
+        }
+    };
+    assert_eq!(refused, std::io::ErrorKind::BrokenPipe);
+    node_end.write_all(b"still flows").unwrap();
+    let mut buf = [0u8; 11];
+    broker_end.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still flows");
 }
 
 #[test]
@@ -264,4 +331,107 @@ fn a_silent_broker_is_given_up() {
     // The broker's connection stays open but says nothing.
     assert_eq!(recv(&node).unwrap_err(), TransportError::Closed);
     drop(socket);
+}
+
+mod tls {
+    use postbox_test::{Authority, Identity};
+
+    use super::*;
+    use crate::host_link::TlsConfig;
+
+    fn tls_listener(broker: &Identity, ca: &Authority) -> AttachListener {
+        let tls = NodeTlsConfig::from_pem(
+            broker.cert.as_bytes(),
+            broker.key.as_bytes(),
+            ca.pem().as_bytes(),
+        )
+        .unwrap();
+        AttachListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            AcceptSecurity::Tls(tls),
+            TunnelConfig::default(),
+        )
+        .unwrap()
+    }
+
+    fn node_tls(node: &Identity, ca: &Authority, broker_name: &str) -> AttachSecurity {
+        let tls = TlsConfig::from_pem(
+            node.cert.as_bytes(),
+            node.key.as_bytes(),
+            ca.pem().as_bytes(),
+            broker_name,
+        )
+        .unwrap();
+        AttachSecurity::Tls(tls)
+    }
+
+    #[test]
+    fn mutual_tls_attaches_a_node_known_by_its_certificates_name() {
+        let ca = Authority::new("postbox test CA");
+        let listener = tls_listener(&ca.issue("broker.test"), &ca);
+        let address = listener.local_addr().to_string();
+        let security = node_tls(&ca.issue("app-node"), &ca, "broker.test");
+        let (node, _tunnel) = dial(&address, &security, TunnelConfig::default()).unwrap();
+        let broker = attached(&listener);
+        assert_eq!(broker.principal, "app-node");
+
+        node.send(b"hello over tls", &[], Wait::Forever).unwrap();
+        assert_eq!(recv(&broker.control).unwrap().0, b"hello over tls");
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        broker.control.send(b"a link", &[theirs.as_fd()], Wait::Forever).unwrap();
+        drop(theirs);
+        let (_, mut fds) = recv(&node).unwrap();
+        let mut node_end = stream_of(fds.remove(0));
+        let mut broker_end = ours;
+        broker_end.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let big = vec![0x42; 300_000];
+        let writer = {
+            let big = big.clone();
+            let mut node_end = node_end.try_clone().unwrap();
+            std::thread::spawn(move || node_end.write_all(&big).unwrap())
+        };
+        let mut got = vec![0; big.len()];
+        broker_end.read_exact(&mut got).unwrap();
+        assert!(got == big);
+        writer.join().unwrap();
+        broker_end.write_all(b"back").unwrap();
+        let mut buf = [0u8; 4];
+        node_end.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"back");
+    }
+
+    #[test]
+    fn a_node_certificate_from_another_ca_is_refused_on_both_sides() {
+        let ca = Authority::new("postbox test CA");
+        let rogue = Authority::new("rogue CA");
+        let listener = tls_listener(&ca.issue("broker.test"), &ca);
+        let address = listener.local_addr().to_string();
+        let security = node_tls(&rogue.issue("app-node"), &ca, "broker.test");
+        let error = dial(&address, &security, TunnelConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AttachError::Authentication(AuthenticationError::RefusedByPeer)
+                    | AttachError::Closed
+            ),
+            "{error:?}"
+        );
+        match next_event(&listener) {
+            AttachEvent::Refused { error, .. } => assert_eq!(
+                error,
+                AttachError::Authentication(AuthenticationError::UntrustedCertificate)
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_broker_certificate_for_another_name_is_refused_by_the_node() {
+        let ca = Authority::new("postbox test CA");
+        let listener = tls_listener(&ca.issue("impostor.test"), &ca);
+        let address = listener.local_addr().to_string();
+        let security = node_tls(&ca.issue("app-node"), &ca, "broker.test");
+        let error = dial(&address, &security, TunnelConfig::default()).unwrap_err();
+        assert_eq!(error, AttachError::Authentication(AuthenticationError::WrongName));
+    }
 }
