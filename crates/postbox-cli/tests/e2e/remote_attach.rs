@@ -241,3 +241,60 @@ fn wait_for_exit(worker: &mut Worker) -> std::process::ExitStatus {
     });
     status.unwrap()
 }
+
+#[test]
+fn a_node_with_a_certificate_attaches_over_mutual_tls_and_one_from_another_ca_is_refused() {
+    use postbox_test::Authority;
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |file: &str, text: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca = Authority::new("postbox test CA");
+    let rogue = Authority::new("rogue CA");
+    let broker = ca.issue("127.0.0.1");
+    let node = ca.issue("app-node");
+    let impostor = rogue.issue("app-node");
+    let ca_file = write("ca.pem", &ca.pem());
+    let policy = write(
+        "policy.toml",
+        "[[allow]]\nnames = ['**']\nremote_nodes = ['app-node']\noperations = ['call']\n",
+    );
+    let address = format!("127.0.0.1:{}", free_port());
+    let daemon = Daemon::start_with(&[
+        "--config",
+        &policy,
+        "--listen-tcp",
+        &address,
+        "--tcp-tls-cert",
+        &write("broker.pem", &broker.cert),
+        "--tcp-tls-key",
+        &write("broker.key", &broker.key),
+        "--tcp-tls-ca",
+        &ca_file,
+    ]);
+    let _echo = daemon.worker(&["echo", "echo", "--upper"]);
+    let call = |cert: &str, key: &str| {
+        Command::new(exe())
+            .args(["call", "echo", "over tls"])
+            .env("POSTBOX_BROKER", format!("tcp://{address}"))
+            .env("POSTBOX_BROKER_CERT", cert)
+            .env("POSTBOX_BROKER_CERT_KEY", key)
+            .env("POSTBOX_BROKER_CA", &ca_file)
+            .env("POSTBOX_SOCKET", dir.path().join("no-broker-here.sock"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The broker's certificate names 127.0.0.1, the host the node dials.
+    let output = call(&write("node.pem", &node.cert), &write("node.key", &node.key));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(stdout_of(&output).trim(), "OVER TLS");
+
+    let output = call(&write("rogue.pem", &impostor.cert), &write("rogue.key", &impostor.key));
+    assert!(!output.status.success());
+    let error = stderr_of(&output);
+    assert!(error.contains("authentication with the broker at tcp://"), "{error}");
+}

@@ -8,8 +8,9 @@
 //! Control (1)  channel 0   | count u8 (≤ 4) | count × channel u32 (≠ 0) | control packet
 //! Data    (2)  channel ≠ 0 | 1 to 64 KiB of the link's byte stream
 //! Credit  (3)  channel ≠ 0 | bytes u32: the receiver passed that many more on; send them
-//! Eof     (4)  any channel | empty: the sender's end will send nothing more (half close)
-//! Reset   (5)  channel ≠ 0 | empty: the channel is gone at the sender's end
+//! Eof     (4)  any channel | empty: the sender's direction is over (its local writer is done)
+//! Reset   (5)  channel ≠ 0 | empty: the sender's local reader went away: stop sending, end
+//!                            your direction with Eof
 //! Ping    (6)  channel 0   | empty: keeps a quiet tunnel alive
 //! ```
 //!
@@ -54,13 +55,14 @@ pub enum TunnelFrame {
         /// Bytes returned to the sender's window.
         bytes: u32,
     },
-    /// The sender's end of the channel will send nothing more (it read the end of its stream);
-    /// on channel 0, its control socket closed.
+    /// The sender's direction of the channel is over (its local writer is done, or it was
+    /// asked to stop); on channel 0, its control socket closed.
     Eof {
         /// The channel.
         channel: ChannelId,
     },
-    /// The channel is gone at the sender's end: the receiver drops it and what it holds.
+    /// The sender's local reader went away: the receiver stops sending on the channel (and
+    /// ends its direction with `Eof`).
     Reset {
         /// The channel.
         channel: ChannelId,
