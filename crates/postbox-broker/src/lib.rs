@@ -6,6 +6,11 @@
 //! `SCM_RIGHTS`. It is **not** on the data path: frames flow straight between the two nodes.
 //! When a node's control socket closes (it exited or was killed), its names are free at once.
 //!
+//! Nodes of other hosts may attach over TCP ([`BrokerConfig::remote_nodes`],
+//! [`RemoteNodesConfig`]): each authenticated connection is a tunnel whose control socket the
+//! broker serves like a local node's, known to the policy by the principal it proved, and given
+//! Unix links only, which the tunnel relays (docs/network.md §12).
+//!
 //! ```no_run
 //! use postbox_broker::{Broker, BrokerConfig};
 //!

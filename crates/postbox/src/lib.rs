@@ -27,7 +27,8 @@
 //!
 //! # Concepts
 //! - [`Node`]: a process attached to a broker. Its [`ProcessId`] is the pid plus a generation
-//!   the broker assigns, so a reused pid is never confused with a dead process.
+//!   the broker assigns, so a reused pid is never confused with a dead process. A node may
+//!   attach to another host's broker over TCP ([`Node::attach_tcp`], `$POSTBOX_BROKER`).
 //! - [`Port`]: a named endpoint owned by one node; [`Inbox`]: every node's own endpoint,
 //!   addressed by process id ([`Node::send_to`], [`Inbox::recv_from`]).
 //! - [`Connection`]: the sending side of a link, made by the broker in a preparation phase

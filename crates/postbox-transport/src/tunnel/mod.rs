@@ -8,7 +8,7 @@
 //! link end ─socketpair─────  │    channels   │  ─ socket the broker passed ─ peer node
 //! ```
 //!
-//! Each end runs a [`Pump`](pump) thread. The node's side [`dial`]s, authenticates, and hands
+//! Each end runs a pump thread (`pump.rs`). The node's side [`dial`]s, authenticates, and hands
 //! the node a [`ControlSocket`] that behaves as one to a local broker: control packets cross
 //! as they are, and each link the broker passes arrives as a fresh socketpair end whose bytes
 //! the pumps relay. The broker's side ([`AttachListener`]) hands the broker a control socket
