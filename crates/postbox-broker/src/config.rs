@@ -71,7 +71,7 @@ impl BrokerConfig {
         self
     }
 
-    /// Accepts nodes on other hosts over TCP (docs/network.md §12).
+    /// Accepts nodes on other hosts over TCP (docs/network.md §14).
     #[must_use]
     pub fn remote_nodes(mut self, remote_nodes: RemoteNodesConfig) -> Self {
         self.remote_nodes = Some(remote_nodes);

@@ -9,7 +9,7 @@
 //! Nodes of other hosts may attach over TCP ([`BrokerConfig::remote_nodes`],
 //! [`RemoteNodesConfig`]): each authenticated connection is a tunnel whose control socket the
 //! broker serves like a local node's, known to the policy by the principal it proved, and given
-//! Unix links only, which the tunnel relays (docs/network.md §12).
+//! Unix links only, which the tunnel relays (docs/network.md §14).
 //!
 //! ```no_run
 //! use postbox_broker::{Broker, BrokerConfig};
@@ -38,6 +38,9 @@ mod topic;
 pub use config::{BrokerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use error::BrokerError;
 pub use event_loop::{Broker, BrokerHandle, PolicyReloader};
-pub use hosts::{HostState, HostStatus, HostsConfig, HostsConfigError, PeerConfig, PeerConnect};
+pub use hosts::{
+    DatagramRoute, HostState, HostStatus, HostsConfig, HostsConfigError, PeerConfig, PeerConnect,
+    MAX_DATAGRAM_MESSAGE,
+};
 pub use policy::{Limits, Policy, PolicyError, Subject};
 pub use remote_nodes::{RemoteNodesConfig, RemoteNodesConfigError};

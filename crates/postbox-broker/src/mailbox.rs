@@ -36,6 +36,8 @@ struct Pull {
     link: DataKey,
     correlation: u64,
     deadline: Option<Instant>,
+    /// The largest body the receiver can be given (a remote receiver's: what crosses hosts).
+    max_body: usize,
 }
 
 /// What the event loop must tell a receiver.
@@ -102,9 +104,17 @@ impl Mailbox {
         held
     }
 
-    /// Records a receiver's pull; it is answered by [`poll_answers`](Self::poll_answers).
-    pub(crate) fn pull(&mut self, link: DataKey, correlation: u64, deadline: Option<Instant>) {
-        self.pulls.push_back(Pull { link, correlation, deadline });
+    /// Records a receiver's pull for a message with a body of at most `max_body` bytes (a
+    /// larger one is left for other receivers); it is answered by
+    /// [`poll_answers`](Self::poll_answers).
+    pub(crate) fn pull(
+        &mut self,
+        link: DataKey,
+        correlation: u64,
+        deadline: Option<Instant>,
+        max_body: usize,
+    ) {
+        self.pulls.push_back(Pull { link, correlation, deadline, max_body });
     }
 
     /// Matches waiting pulls with queued messages, and expires pulls whose deadline passed.
@@ -112,7 +122,12 @@ impl Mailbox {
         let mut answers = Vec::new();
         let mut waiting = VecDeque::new();
         while let Some(pull) = self.pulls.pop_front() {
-            if let Some((_, stored)) = self.queue.pop(Selector::ANY) {
+            let taken = if pull.max_body == usize::MAX {
+                self.queue.pop(Selector::ANY)
+            } else {
+                self.queue.pop_where(|_, stored| stored.body.len() <= pull.max_body)
+            };
+            if let Some((_, stored)) = taken {
                 self.in_flight.insert((pull.link, pull.correlation), stored);
                 answers.push(Answer::Deliver { link: pull.link, correlation: pull.correlation });
             } else if pull.deadline.is_some_and(|d| d <= now) {
@@ -225,9 +240,9 @@ mod tests {
         let mut m = Mailbox::new(10);
         m.push(stored("low", 0));
         m.push(stored("high", 7));
-        m.pull(DataKey(1), 1, None);
-        m.pull(DataKey(2), 1, None);
-        m.pull(DataKey(3), 1, Some(now));
+        m.pull(DataKey(1), 1, None, usize::MAX);
+        m.pull(DataKey(2), 1, None, usize::MAX);
+        m.pull(DataKey(3), 1, Some(now), usize::MAX);
         let answers = m.poll_answers(now);
         assert_eq!(
             answers,
@@ -248,21 +263,38 @@ mod tests {
         let mut m = Mailbox::new(10);
         m.push(stored("a", 0));
         m.push(stored("b", 0));
-        m.pull(DataKey(1), 1, None);
-        m.pull(DataKey(1), 2, None);
+        m.pull(DataKey(1), 1, None, usize::MAX);
+        m.pull(DataKey(1), 2, None, usize::MAX);
         m.poll_answers(Instant::now());
         assert_eq!(m.queued(), 0);
         assert_eq!(m.receiver_gone(DataKey(1)), 2);
-        m.pull(DataKey(2), 5, None);
+        m.pull(DataKey(2), 5, None, usize::MAX);
         m.poll_answers(Instant::now());
         assert_eq!(m.in_flight(DataKey(2), 5).unwrap().body, b"a", "the oldest comes back first");
+    }
+
+    #[test]
+    fn a_message_too_large_for_one_receiver_waits_for_another_and_blocks_nothing() {
+        let now = Instant::now();
+        let mut m = Mailbox::new(10);
+        m.push(stored("a large one", 0));
+        m.push(stored("small", 0));
+        m.pull(DataKey(1), 1, None, 5);
+        m.pull(DataKey(1), 2, None, 5);
+        let answers = m.poll_answers(now);
+        assert_eq!(answers, vec![Answer::Deliver { link: DataKey(1), correlation: 1 }]);
+        assert_eq!(m.in_flight(DataKey(1), 1).unwrap().body, b"small");
+        assert!(m.knows(DataKey(1), 2), "the second pull waits for a message it can take");
+        m.pull(DataKey(2), 1, None, usize::MAX);
+        assert_eq!(m.poll_answers(now), vec![Answer::Deliver { link: DataKey(2), correlation: 1 }]);
+        assert_eq!(m.in_flight(DataKey(2), 1).unwrap().body, b"a large one");
     }
 
     #[test]
     fn capacity_counts_messages_in_flight_too() {
         let mut m = Mailbox::new(2);
         m.push(stored("a", 0));
-        m.pull(DataKey(1), 1, None);
+        m.pull(DataKey(1), 1, None, usize::MAX);
         m.poll_answers(Instant::now());
         m.push(stored("b", 0));
         assert!(m.is_full());

@@ -1,5 +1,5 @@
 //! Remote nodes: processes on other hosts that attach to this broker directly, over TCP
-//! (`postbox daemon --listen-tcp ADDR --tcp-key NAME=FILE`; docs/network.md §12).
+//! (`postbox daemon --listen-tcp ADDR --tcp-key NAME=FILE`; docs/network.md §14).
 //!
 //! Each authenticated connection becomes a tunnel (`postbox_transport::tunnel`) that hands the
 //! event loop a control socket, served like a local node's. What differs is who the node is:

@@ -1,5 +1,5 @@
 //! A port's buffering, from the command line (`--capacity`, `--unbounded`, `--overflow`,
-//! `--message-size`).
+//! `--message-size`, `--datagrams`).
 
 use anyhow::Result;
 
@@ -18,6 +18,9 @@ pub(crate) struct Buffering {
     /// Largest message body.
     #[arg(long)]
     message_size: Option<u32>,
+    /// Senders on other hosts reach the port with best-effort datagrams (one-way only).
+    #[arg(long)]
+    datagrams: bool,
 }
 
 impl Buffering {
@@ -30,6 +33,9 @@ impl Buffering {
         }
         if let Some(bytes) = self.message_size {
             builder = builder.message_size(bytes);
+        }
+        if self.datagrams {
+            builder = builder.datagrams();
         }
         let overflow = match self.overflow.as_str() {
             "block" => postbox::Overflow::Block,

@@ -165,7 +165,7 @@ pub(crate) fn ls() -> Result<()> {
         writeln!(out)?;
         writeln!(
             out,
-            "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8}",
+            "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8} {:>9}",
             "HOST",
             "STATE",
             "LINK",
@@ -174,13 +174,14 @@ pub(crate) fn ls() -> Result<()> {
             "DUPLICATES",
             "CORRUPT",
             "SESSIONS",
-            "CHANNELS"
+            "CHANNELS",
+            "DGRAMLOST"
         )?;
         for host in &hosts {
             let rtt = host.rtt.map_or_else(|| "-".to_owned(), |d| format!("{d:.1?}"));
             writeln!(
                 out,
-                "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8}",
+                "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8} {:>9}",
                 host.name,
                 host.state.as_str(),
                 host.connect,
@@ -189,7 +190,8 @@ pub(crate) fn ls() -> Result<()> {
                 host.duplicates,
                 host.corrupt_frames,
                 host.sessions,
-                host.channels
+                host.channels,
+                host.datagrams_lost
             )?;
         }
     }
@@ -286,9 +288,13 @@ fn describe(spec: &postbox::PortSpec) -> String {
         postbox::Overflow::Fail => "fail",
         postbox::Overflow::DropOldest => "drop-oldest",
     };
+    let delivery = match spec.delivery {
+        postbox::Delivery::Datagrams => ", datagrams from other hosts",
+        _ => "",
+    };
     match spec.message_size {
-        Some(size) => format!("{capacity}, {overflow}, max {size} B"),
-        None => format!("{capacity}, {overflow}"),
+        Some(size) => format!("{capacity}, {overflow}, max {size} B{delivery}"),
+        None => format!("{capacity}, {overflow}{delivery}"),
     }
 }
 
@@ -320,7 +326,9 @@ pub(crate) fn recv(
     // A mailbox by that name is received from; otherwise the name is opened as a port.
     let mailbox = match node.mailbox(name).open() {
         Ok(mailbox) => Some(mailbox),
-        Err(error @ postbox::OpenError::AccessDenied(_)) => return Err(error.into()),
+        Err(error @ (postbox::OpenError::AccessDenied(_) | postbox::OpenError::Unreachable(_))) => {
+            return Err(error.into())
+        }
         Err(_) => None,
     };
     if let Some(mailbox) = mailbox {
@@ -356,7 +364,7 @@ fn recv_loop(
         };
         if envelope.lost() > 0 {
             eprintln!(
-                "postbox: {} messages lost (drop-oldest) before the next one",
+                "postbox: {} messages lost (drop-oldest, or datagrams from another host) before the next one",
                 envelope.lost()
             );
         }

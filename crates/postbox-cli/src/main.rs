@@ -173,14 +173,17 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct HostsArgs {
     /// Host configuration (TOML: `name`, `heartbeat_interval_ms`, `missed_heartbeats`,
-    /// `[peers]` with `NAME = { dial = "ADDR:PORT" }` or `{ listen = "ADDR:PORT" }`).
+    /// `[tls]`, `[peers]` with `NAME = { dial = "ADDR:PORT" }` or `{ listen = "ADDR:PORT" }`,
+    /// optionally `transport = "quic"`).
     #[arg(long, value_name = "FILE")]
     hosts: Option<PathBuf>,
     /// This host's name (instead of, or overriding, the file's).
     #[arg(long, value_name = "NAME")]
     host_name: Option<String>,
-    /// A peer host: NAME=dial:ADDR:PORT or NAME=listen:ADDR:PORT (repeatable).
-    #[arg(long = "peer", value_name = "NAME=dial|listen:ADDR")]
+    /// A peer host: NAME=dial:ADDR:PORT or NAME=listen:ADDR:PORT (plain TCP), or
+    /// NAME=quic-dial:ADDR:PORT or NAME=quic-listen:ADDR:PORT (QUIC, with the TLS settings of
+    /// the --hosts file's [tls] table) (repeatable).
+    #[arg(long = "peer", value_name = "NAME=[quic-]dial|listen:ADDR")]
     peers: Vec<String>,
     /// How often host links send heartbeats (e.g. 200ms, 1s).
     #[arg(long, value_parser = duration::parse)]

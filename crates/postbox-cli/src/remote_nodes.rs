@@ -1,4 +1,4 @@
-//! The daemon's flags for nodes on other hosts attaching over TCP (docs/network.md §12).
+//! The daemon's flags for nodes on other hosts attaching over TCP (docs/network.md §14).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

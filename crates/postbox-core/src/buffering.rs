@@ -1,5 +1,6 @@
-//! How a port buffers: capacity per link, what happens when a link is full, and the largest
-//! message it takes. Chosen when the port is opened; every client learns it at connect time.
+//! How a port buffers: capacity per link, what happens when a link is full, the largest
+//! message it takes, and how messages from other hosts reach it. Chosen when the port is
+//! opened; every client learns it at connect time.
 
 use crate::wire::{DecodeError, Reader};
 
@@ -30,6 +31,19 @@ pub enum Overflow {
     DropOldest,
 }
 
+/// How one-way messages from senders on other hosts reach a port (docs/network.md §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Delivery {
+    /// Exactly once and in order, calls included: the host link's reliable session.
+    #[default]
+    Reliable,
+    /// Best-effort datagrams (UDP beside a TCP host link, QUIC datagrams over QUIC): never
+    /// retransmitted, checksummed, never delivered twice, in the sender's order with gaps;
+    /// what is lost is counted and reported to the receiver. Senders on other hosts may send
+    /// one-way messages only. Links on one host are lossless and stay reliable.
+    Datagrams,
+}
+
 /// A port's buffering, as its clients must respect it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortSpec {
@@ -39,6 +53,9 @@ pub struct PortSpec {
     pub overflow: Overflow,
     /// The largest body the port takes (`None`: the host's maximum).
     pub message_size: Option<u32>,
+    /// How messages from other hosts reach the port. In the spec a client gets with its
+    /// link, how that link delivers: `Reliable` for every link within one host.
+    pub delivery: Delivery,
 }
 
 impl Default for PortSpec {
@@ -48,6 +65,7 @@ impl Default for PortSpec {
             capacity: Capacity::Bounded(Self::DEFAULT_CAPACITY),
             overflow: Overflow::Block,
             message_size: None,
+            delivery: Delivery::Reliable,
         }
     }
 }
@@ -56,7 +74,7 @@ impl PortSpec {
     /// Messages per link of a port opened without a capacity.
     pub const DEFAULT_CAPACITY: u32 = 1024;
     /// Encoded size in bytes.
-    pub const LEN: usize = 1 + 8 + 1 + 4;
+    pub const LEN: usize = 1 + 8 + 1 + 4 + 1;
 
     /// Appends the spec (`docs/wire-format.md` §3).
     pub fn encode(&self, buf: &mut Vec<u8>) {
@@ -73,13 +91,17 @@ impl PortSpec {
             Overflow::DropOldest => 2,
         });
         buf.extend_from_slice(&self.message_size.unwrap_or(0).to_le_bytes());
+        buf.push(match self.delivery {
+            Delivery::Reliable => 0,
+            Delivery::Datagrams => 1,
+        });
     }
 
     /// Reads a spec.
     ///
     /// # Errors
-    /// `Truncated`, or `UnknownValue` for an unknown tag or a bounded capacity of 0 or above
-    /// `u32::MAX`.
+    /// `Truncated`, or `UnknownValue` for an unknown tag, a bounded capacity of 0 or above
+    /// `u32::MAX`, or an unknown delivery.
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let tag = r.u8()?;
         let amount = r.u64()?;
@@ -99,7 +121,12 @@ impl PortSpec {
             value => return Err(DecodeError::UnknownValue { field: "overflow", value }),
         };
         let message_size = Some(r.u32()?).filter(|&n| n > 0);
-        Ok(Self { capacity, overflow, message_size })
+        let delivery = match r.u8()? {
+            0 => Delivery::Reliable,
+            1 => Delivery::Datagrams,
+            value => return Err(DecodeError::UnknownValue { field: "delivery", value }),
+        };
+        Ok(Self { capacity, overflow, message_size, delivery })
     }
 
     /// Messages a link may hold untaken (rendezvous: 1 in flight).
@@ -134,11 +161,13 @@ mod tests {
                 capacity: Capacity::Rendezvous,
                 overflow: Overflow::Fail,
                 message_size: Some(64),
+                delivery: Delivery::Reliable,
             },
             PortSpec {
                 capacity: Capacity::Unbounded { max_bytes: 1 << 30 },
                 overflow: Overflow::DropOldest,
                 message_size: None,
+                delivery: Delivery::Datagrams,
             },
         ];
         for spec in specs {
@@ -155,5 +184,9 @@ mod tests {
         assert!(PortSpec::decode(&mut Reader::new(&bad)).is_err(), "bounded 0 is not a capacity");
         bad[0] = 9;
         assert!(PortSpec::decode(&mut Reader::new(&bad)).is_err());
+        let mut bad = Vec::new();
+        PortSpec::default().encode(&mut bad);
+        bad[PortSpec::LEN - 1] = 2;
+        assert!(PortSpec::decode(&mut Reader::new(&bad)).is_err(), "an unknown delivery");
     }
 }

@@ -212,10 +212,10 @@ impl ReleaseCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffering::{Capacity, Overflow};
+    use crate::buffering::Capacity;
 
     fn spec(capacity: Capacity) -> PortSpec {
-        PortSpec { capacity, overflow: Overflow::Block, message_size: None }
+        PortSpec { capacity, ..PortSpec::default() }
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod reliable;
 pub mod wire;
 
 pub use access::{AccessDenied, Operation, Quota, Rights};
-pub use buffering::{Capacity, Overflow, PortSpec};
+pub use buffering::{Capacity, Delivery, Overflow, PortSpec};
 pub use call_table::{CallId, CallTable};
 pub use flow::{Admission, Credit, CreditViolation, ReleaseCounter, SendWindow};
 pub use identity::{PeerIdentity, ProcessId};

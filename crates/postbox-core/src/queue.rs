@@ -159,6 +159,21 @@ impl<T> PortQueue<T> {
         None
     }
 
+    /// Takes the first message, by priority then age, that `pick` accepts: the others stay
+    /// where they are (a mailbox skips what one receiver cannot take, for the others).
+    pub fn pop_where(
+        &mut self,
+        mut pick: impl FnMut(&QueuedMeta, &T) -> bool,
+    ) -> Option<(QueuedMeta, T)> {
+        for lane in (0..self.lanes.len()).rev() {
+            let found = self.lanes[lane].iter().position(|(_, meta, item)| pick(meta, item));
+            if let Some(position) = found {
+                return self.take_at(lane, position);
+            }
+        }
+        None
+    }
+
     /// Removes the item at `position` of `lane`, keeping the mask of occupied lanes.
     fn take_at(&mut self, lane: usize, position: usize) -> Option<(QueuedMeta, T)> {
         let taken = self.lanes[lane].remove(position)?;
@@ -264,6 +279,21 @@ mod tests {
         assert_eq!(q.remove_oldest(from_1).map(|x| x.1), Some("second, low"));
         assert_eq!(q.remove_oldest(from_1), None);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn pop_where_skips_what_it_does_not_pick_and_keeps_the_order_of_the_rest() {
+        let mut q = PortQueue::new();
+        q.push(meta(1, 0, 0), "large, low");
+        q.push(meta(1, 0, 5), "large, high");
+        q.push(meta(1, 0, 0), "small, low");
+        q.push(meta(1, 0, 5), "small, high");
+        let small = |_: &QueuedMeta, item: &&str| item.starts_with("small");
+        assert_eq!(q.pop_where(small).map(|x| x.1), Some("small, high"));
+        assert_eq!(q.pop_where(small).map(|x| x.1), Some("small, low"));
+        assert_eq!(q.pop_where(small), None);
+        assert_eq!(q.pop(Selector::ANY).map(|x| x.1), Some("large, high"));
+        assert_eq!(q.pop(Selector::ANY).map(|x| x.1), Some("large, low"));
     }
 
     #[test]

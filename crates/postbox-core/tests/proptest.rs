@@ -7,9 +7,9 @@
 use postbox_core::wire::control::{CONTROL_HEADER_LEN, MAX_CONTROL_LEN};
 use postbox_core::wire::frame::{HEADER_LEN, MAX_PRIORITY};
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, DecodeError, EndpointKind, Frame, FrameDecoder,
-    FrameHeader, FrameKind, LinkId, ListenTarget, Operation, Overflow, PeerIdentity, PortCounters,
-    PortEntry, PortName, PortSpec, ProcessId, Quota, Rights, Target,
+    Capacity, ControlErrorCode, ControlMessage, DecodeError, Delivery, EndpointKind, Frame,
+    FrameDecoder, FrameHeader, FrameKind, LinkId, ListenTarget, Operation, Overflow, PeerIdentity,
+    PortCounters, PortEntry, PortName, PortSpec, ProcessId, Quota, Rights, Target,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -478,11 +478,15 @@ fn port_spec() -> impl Strategy<Value = PortSpec> {
     let overflow =
         prop_oneof![Just(Overflow::Block), Just(Overflow::Fail), Just(Overflow::DropOldest)];
     let message_size = prop_oneof![Just(None), (1..=u32::MAX).prop_map(Some)];
-    (capacity, overflow, message_size).prop_map(|(capacity, overflow, message_size)| PortSpec {
-        capacity,
-        overflow,
-        message_size,
-    })
+    let delivery = prop_oneof![Just(Delivery::Reliable), Just(Delivery::Datagrams)];
+    (capacity, overflow, message_size, delivery).prop_map(
+        |(capacity, overflow, message_size, delivery)| PortSpec {
+            capacity,
+            overflow,
+            message_size,
+            delivery,
+        },
+    )
 }
 
 fn port_entry() -> impl Strategy<Value = PortEntry> {
@@ -608,6 +612,11 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
                 counters
             }
         ),
+        (request(), "[a-z0-9.-]{1,63}", process_id()).prop_map(|(request, host, process)| {
+            ControlMessage::ResolveProcess { request, host, process }
+        }),
+        (request(), process_id())
+            .prop_map(|(request, process)| ControlMessage::Resolved { request, process }),
     ]
 }
 

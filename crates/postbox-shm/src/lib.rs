@@ -65,6 +65,7 @@ pub use segment::{Segment, SegmentCreateError, SegmentOpenError, SegmentRing};
 pub use stream::RegionStream;
 pub use stream::{
     HeapStream, Stream, StreamConsumer, StreamError, StreamLayout, StreamMemory, StreamProducer,
+    StreamWatch,
 };
 
 #[cfg(all(any(fuzzing, test), not(loom)))]

@@ -83,6 +83,13 @@ pub struct StreamConsumer<M: StreamMemory> {
     head: u64,
 }
 
+/// A look at the producer's index without the consumer: any thread may ask whether bytes
+/// were published past a position the consumer reported ([`StreamConsumer::position`]).
+#[derive(Debug)]
+pub struct StreamWatch<M: StreamMemory> {
+    memory: Arc<M>,
+}
+
 impl<M: StreamMemory> Stream<M> {
     /// A stream over `memory`.
     pub fn new(memory: M) -> Self {
@@ -230,6 +237,18 @@ impl<M: StreamMemory> StreamProducer<M> {
 }
 
 impl<M: StreamMemory> StreamConsumer<M> {
+    /// How many bytes were read in all (the consumer's index).
+    #[must_use]
+    pub fn position(&self) -> u64 {
+        self.head
+    }
+
+    /// A watch on this stream's producer index, for threads that do not hold the consumer.
+    #[must_use]
+    pub fn watch(&self) -> StreamWatch<M> {
+        StreamWatch { memory: Arc::clone(&self.memory) }
+    }
+
     /// Bytes that can be read now.
     ///
     /// # Errors
@@ -272,6 +291,18 @@ impl<M: StreamMemory> StreamConsumer<M> {
         // SYNC POINT: frees the space; pairs with the producer's Acquire load of `head`.
         memory.head().store(self.head, Ordering::Release);
         Ok(n)
+    }
+}
+
+impl<M: StreamMemory> StreamWatch<M> {
+    /// True when the producer's index differs from `position` (a [`StreamConsumer::position`]):
+    /// bytes past it were published, or the peer scribbled over the index (which a read then
+    /// reports as [`StreamError::Corrupt`]). One load, no lock.
+    #[must_use]
+    pub fn published_past(&self, position: u64) -> bool {
+        // SYNC POINT: pairs with the producer's Release store of `tail`; a reader that sees
+        // the new index and then reads loads it again with Acquire in `available`.
+        self.memory.tail().load(Ordering::Acquire) != position
     }
 }
 
@@ -552,5 +583,20 @@ mod tests {
             }
         }
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_watch_sees_published_bytes_past_the_consumers_position_and_nothing_else() {
+        let (mut producer, mut consumer) = Stream::new(HeapStream::new(16)).split();
+        let watch = consumer.watch();
+        assert!(!watch.published_past(consumer.position()), "empty");
+        producer.stage(&[b"abc"]).unwrap();
+        assert!(!watch.published_past(consumer.position()), "staged bytes are not published");
+        producer.publish();
+        assert!(watch.published_past(consumer.position()));
+        let mut out = [0u8; 8];
+        assert_eq!(consumer.read(&mut out).unwrap(), 3);
+        assert_eq!(consumer.position(), 3);
+        assert!(!watch.published_past(consumer.position()), "all read");
     }
 }

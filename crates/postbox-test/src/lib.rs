@@ -4,6 +4,9 @@
 //!   frames and drops, duplicates, reorders, corrupts and delays them, cuts both connections
 //!   on a schedule or on demand, and black-holes all traffic to simulate a partition. Its
 //!   [`ProxyCounters`] prove the faults happened.
+//! - [`DatagramProxy`]: the same for UDP (host links over QUIC): drops, duplicates, reorders,
+//!   corrupts and delays datagrams, partitions, and rebinds a client's address; its
+//!   [`DatagramCounters`] prove it.
 //! - [`Rng`]: the small seeded generator behind every fault, so a failing seed can be replayed.
 //! - [`Authority`]: a certificate authority made for a test, issuing host certificates
 //!   ([`Identity`]) for TLS host links.
@@ -29,9 +32,11 @@
 #![forbid(unsafe_code)]
 
 mod certs;
+mod datagram_proxy;
 mod fault_proxy;
 mod rng;
 
 pub use certs::{Authority, Identity};
+pub use datagram_proxy::{DatagramCounters, DatagramFaults, DatagramProxy};
 pub use fault_proxy::{FaultProxy, Faults, ProxyCounters};
 pub use rng::Rng;

@@ -26,7 +26,7 @@ use postbox_core::{FrameDecoder, PoolRef, SealedRef};
 use postbox_shm::{
     open_link_segment, Doorbell, LinkMemory, LinkShape, LinkSide, PoolLoan, PoolReader, PoolRun,
     PoolView, PoolWriter, RegionStream, Rung, SealedPayload, StreamConsumer, StreamError,
-    StreamProducer,
+    StreamProducer, StreamWatch,
 };
 use rustix::net::{recv, send, shutdown, RecvFlags, SendFlags, Shutdown};
 
@@ -52,6 +52,10 @@ pub struct ShmLink {
     socket: OwnedFd,
     outbound: Mutex<Outbound>,
     inbound: Mutex<StreamConsumer<RegionStream>>,
+    /// A look at the peer's index without the lock, against `consumed`.
+    inbound_watch: StreamWatch<RegionStream>,
+    /// The inbound consumer's position after its last read.
+    consumed: AtomicU64,
     outbound_pool: Mutex<PoolWriter>,
     inbound_pool: Arc<PoolReader>,
     mine: Doorbell,
@@ -95,6 +99,8 @@ impl ShmLink {
         Ok(Self {
             socket: parts.socket,
             outbound: Mutex::new(Outbound { stream: outbound, corked: false }),
+            inbound_watch: inbound.watch(),
+            consumed: AtomicU64::new(inbound.position()),
             inbound: Mutex::new(inbound),
             outbound_pool: Mutex::new(outbound_pool),
             inbound_pool,
@@ -238,6 +244,7 @@ impl ShmLink {
         loop {
             let n = inbound.read(decoder.read_buffer()).map_err(corrupt)?;
             if n > 0 {
+                self.consumed.store(inbound.position(), Ordering::Release);
                 decoder.commit(n);
                 // Room was freed: a peer waiting to write hears of it.
                 self.ring_peer();
@@ -466,11 +473,11 @@ impl ShmLink {
     /// True when bytes wait to be read, or the peer closed (so a reader should look).
     #[must_use]
     pub fn has_input(&self) -> bool {
-        // A reader holding the lock is reading already: report input so nobody sleeps on it.
-        let Ok(inbound) = self.inbound.try_lock() else { return true };
+        // No lock: bytes published past what the last read took (or a scribbled index, which
+        // the read reports). Bytes a reader took but has not decoded yet are its to hand on.
         // A peer killed outright never marks the segment closed: its socket's hang-up, once
         // noticed (or reported by the broker), counts as input too, so that a reader looks.
-        inbound.available().map_or(true, |n| n > 0)
+        self.inbound_watch.published_past(self.consumed.load(Ordering::Acquire))
             || self.peer.is_closed()
             || self.hung_up.load(Ordering::Acquire)
     }

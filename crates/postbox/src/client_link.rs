@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    AccessDenied, Admission, CallId, CallTable, Capacity, Credit, FrameDecoder, FrameHeader,
-    FrameKind, LinkId, Operation, Overflow, PeerIdentity, PortSpec, Quota, Rights, SendWindow,
+    AccessDenied, Admission, CallId, CallTable, Capacity, Credit, Delivery, FrameDecoder,
+    FrameHeader, FrameKind, LinkId, Operation, Overflow, PeerIdentity, PortSpec, Quota, Rights,
+    SendWindow,
 };
 use postbox_transport::{Link, TransportError, Wait};
 
@@ -641,8 +642,12 @@ impl ClientLink {
         }
     }
 
-    /// The request back, or the denial when the link was granted one-way messages only.
+    /// The request back, or the refusal when the link carries datagrams (one-way only) or the
+    /// denial when it was granted one-way messages only.
     fn permit_call(&self, request: Message) -> Result<Message, CallError> {
+        if self.spec.delivery == Delivery::Datagrams {
+            return Err(CallError::DatagramsOnly(request));
+        }
         if self.granted.rights.contains(Rights::CALL) {
             Ok(request)
         } else {

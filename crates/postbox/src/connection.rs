@@ -64,10 +64,17 @@ impl Connection {
         &self.link
     }
 
-    /// How the port buffers: capacity, overflow policy, largest message.
+    /// How the port buffers: capacity, overflow policy, largest message; and how this link
+    /// delivers: [`Delivery::Datagrams`](crate::Delivery::Datagrams) for a link to a datagram
+    /// port on another host (one-way messages only, best effort), else reliably.
     #[must_use]
     pub fn spec(&self) -> PortSpec {
         self.link.spec
+    }
+
+    /// True for a link that carries best-effort datagrams.
+    fn carries_datagrams(&self) -> bool {
+        self.link.spec.delivery == postbox_core::Delivery::Datagrams
     }
 
     /// True once the link is known to be closed (the server is gone or broke the protocol).
@@ -152,9 +159,13 @@ impl Connection {
     /// receive), whatever the port's capacity.
     ///
     /// # Errors
-    /// As [`send`](Self::send).
+    /// As [`send`](Self::send); [`SendError::DatagramsOnly`] on a link that carries
+    /// best-effort datagrams (nothing is sent).
     pub fn send_confirmed(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let mut message = message.into();
+        if self.carries_datagrams() {
+            return Err(SendError::DatagramsOnly(message));
+        }
         match self.link.send_oneway(&mut message, Wait::Forever, true) {
             Ok(()) => Ok(()),
             Err(failure) => Err(send_error(&self.link, failure, message)),
@@ -254,13 +265,18 @@ impl Connection {
     /// Like [`send_confirmed`](Self::send_confirmed), waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`SendTimeoutError::NotTaken`] when the message was sent but not taken in time.
+    /// [`SendTimeoutError::NotTaken`] when the message was sent but not taken in time;
+    /// [`SendTimeoutError::DatagramsOnly`] on a link that carries best-effort datagrams.
     pub fn send_confirmed_timeout(
         &self,
         message: impl Into<Message>,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError> {
-        self.send_wait(message.into(), Wait::timeout(timeout), true)
+        let message = message.into();
+        if self.carries_datagrams() {
+            return Err(SendTimeoutError::DatagramsOnly(message));
+        }
+        self.send_wait(message, Wait::timeout(timeout), true)
     }
 
     fn send_wait(
@@ -302,9 +318,12 @@ impl Connection {
     /// Like [`send_confirmed`](Self::send_confirmed), without blocking the thread (tokio).
     ///
     /// # Errors
-    /// As [`send`](Self::send).
+    /// As [`send_confirmed`](Self::send_confirmed).
     pub async fn send_confirmed_async(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let mut message = message.into();
+        if self.carries_datagrams() {
+            return Err(SendError::DatagramsOnly(message));
+        }
         match self.link.send_oneway_async(&mut message, true).await {
             Ok(()) => Ok(()),
             Err(failure) => Err(send_error(&self.link, failure, message)),
@@ -328,7 +347,8 @@ impl Connection {
     /// counted against the port's capacity: each waits for its own reply.
     ///
     /// # Errors
-    /// [`CallError`]; when the request was not sent it is handed back.
+    /// [`CallError`]; when the request was not sent it is handed back
+    /// ([`CallError::DatagramsOnly`] on a link that carries best-effort datagrams).
     pub fn call(&self, request: impl Into<Message>) -> Result<Message, CallError> {
         self.link.call(request.into(), None)
     }

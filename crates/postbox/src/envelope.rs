@@ -82,8 +82,10 @@ impl Envelope {
         self.sender
     }
 
-    /// Messages the port dropped (overflow policy drop-oldest) since the previous envelope
-    /// it handed out: the gap before this one. Zero when nothing was lost.
+    /// Messages lost since the previous envelope the port handed out: the gap before this
+    /// one. Dropped by the port (overflow policy drop-oldest) or its sender, or, on a datagram
+    /// port, lost on the way from another host or dropped there for want of room
+    /// ([`PortBuilder::datagrams`](crate::PortBuilder::datagrams)). Zero when nothing was lost.
     #[must_use]
     pub fn lost(&self) -> u64 {
         self.lost

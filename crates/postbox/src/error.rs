@@ -43,6 +43,15 @@ pub enum SendError {
         /// The message.
         message: Message,
     },
+    /// The receiver is on another host whose broker did not answer (down, partitioned off, or
+    /// its link restarting), so no link could be made (docs/network.md).
+    #[error("the receiver's host is unreachable")]
+    Unreachable(Message),
+    /// A confirmed send on a link that carries best-effort datagrams (a datagram port on
+    /// another host, docs/network.md §13): nothing can confirm that the receiver took it. Not
+    /// sent; a plain `send` is.
+    #[error("the link carries best-effort datagrams: a send cannot be confirmed; not sent")]
+    DatagramsOnly(Message),
 }
 
 /// Failure of a non-blocking send. Holds the message, which was not sent.
@@ -108,6 +117,11 @@ pub enum SendTimeoutError {
         /// The message.
         message: Message,
     },
+    /// A confirmed send on a link that carries best-effort datagrams (a datagram port on
+    /// another host, docs/network.md §13): nothing can confirm that the receiver took it. Not
+    /// sent.
+    #[error("the link carries best-effort datagrams: a send cannot be confirmed; not sent")]
+    DatagramsOnly(Message),
 }
 
 /// Failure of a batch send ([`Connection::send_batch`](crate::Connection::send_batch)). The
@@ -244,10 +258,17 @@ pub enum CallError {
         /// The quota.
         limit: u32,
     },
+    /// The link carries best-effort datagrams (a datagram port on another host,
+    /// docs/network.md §13), which take one-way messages only; the request was not sent.
+    #[error(
+        "the link carries best-effort datagrams, one-way messages only; the request was not sent"
+    )]
+    DatagramsOnly(Message),
 }
 
-/// Failure of [`Node::connect`](crate::Node::connect) and
-/// [`Node::connect_inbox`](crate::Node::connect_inbox).
+/// Failure of [`Node::connect`](crate::Node::connect),
+/// [`Node::connect_inbox`](crate::Node::connect_inbox) and
+/// [`Node::process_on`](crate::Node::process_on).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -269,8 +290,9 @@ pub enum ConnectError {
     /// The broker's policy does not allow the operation on the name.
     #[error(transparent)]
     AccessDenied(#[from] AccessDenied),
-    /// The port is on another host (`port@host`) whose broker did not answer: the host is
-    /// down, partitioned off, or its link is restarting (docs/network.md).
+    /// The port, mailbox, topic or node is on another host (`port@host`, a remote node's
+    /// process id) whose broker did not answer: the host is down, partitioned off, or its link
+    /// is restarting (docs/network.md).
     #[error("host unreachable: {0}")]
     Unreachable(String),
 }
@@ -302,6 +324,10 @@ pub enum OpenError {
     /// The broker's policy does not allow the operation on the name.
     #[error(transparent)]
     AccessDenied(#[from] AccessDenied),
+    /// The mailbox is on another host (`name@host`) whose broker did not answer: the host is
+    /// down, partitioned off, or its link is restarting (docs/network.md).
+    #[error("host unreachable: {0}")]
+    Unreachable(String),
 }
 
 /// Failure of a request that only reads the broker's state ([`Node::list`](crate::Node::list)).
@@ -372,7 +398,12 @@ impl SendError {
     #[must_use]
     pub fn into_message(self) -> Message {
         match self {
-            Self::Disconnected(m) | Self::Full(m) | Self::NoSuchPort(m) | Self::BrokerGone(m) => m,
+            Self::Disconnected(m)
+            | Self::Full(m)
+            | Self::NoSuchPort(m)
+            | Self::BrokerGone(m)
+            | Self::Unreachable(m)
+            | Self::DatagramsOnly(m) => m,
             Self::TooLarge { message, .. } | Self::AccessDenied { message, .. } => message,
         }
     }
@@ -394,7 +425,10 @@ impl SendTimeoutError {
     #[must_use]
     pub fn into_message(self) -> Message {
         match self {
-            Self::Timeout(m) | Self::NotTaken(m) | Self::Disconnected(m) => m,
+            Self::Timeout(m)
+            | Self::NotTaken(m)
+            | Self::Disconnected(m)
+            | Self::DatagramsOnly(m) => m,
             Self::TooLarge { message, .. } | Self::AccessDenied { message, .. } => message,
         }
     }

@@ -76,10 +76,11 @@ pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{
     BrokerConfig, BrokerError, HostState, HostStatus, HostsConfig, HostsConfigError, Limits,
     Policy, PolicyError, RemoteNodesConfig, RemoteNodesConfigError, DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_DATAGRAM_MESSAGE,
 };
 pub use postbox_core::{
-    AccessDenied, Capacity, EndpointKind, Operation, Overflow, PeerIdentity, PortCounters,
-    PortEntry, PortSpec, ProcessId, Rights, Selector, TypeFilter,
+    AccessDenied, Capacity, Delivery, EndpointKind, Operation, Overflow, PeerIdentity,
+    PortCounters, PortEntry, PortSpec, ProcessId, Rights, Selector, TypeFilter,
 };
 pub use postbox_rpc_macros::service;
 pub use postbox_transport::host_link::{AuthenticationError, PreSharedKey, TlsConfig};

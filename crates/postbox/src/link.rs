@@ -1,7 +1,7 @@
 //! The data path of one connection as either side sees it: frame writing, serialised between
 //! threads, over a Unix or shared-memory link.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use postbox_core::{FrameHeader, FrameKind, Placement, PoolRef, SealedRef};
@@ -25,16 +25,15 @@ pub(crate) struct LinkEnd {
 
 /// One writer at a time, with a bounded wait to become it: a `try_send` or `send_timeout` must
 /// not wait without bound behind a blocking `send` that is stuck on a full link.
-#[derive(Debug, Default)]
+///
+/// An uncontended writer enters and leaves with one atomic operation each; the lock and the
+/// condition variable are only for writers that wait.
 struct WriteGate {
-    state: Mutex<GateState>,
+    busy: AtomicBool,
+    /// Writers waiting (or about to wait) on `free`, counted under `lock`.
+    waiting: AtomicUsize,
+    lock: Mutex<()>,
     free: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    busy: bool,
-    waiting: usize,
 }
 
 /// The right to write frames until dropped.
@@ -316,28 +315,59 @@ impl Drop for LinkEnd {
 impl WriteGate {
     /// Becomes the writer, waiting until `wait` ends at most.
     fn enter(&self, wait: Wait) -> Option<GateGuard<'_>> {
-        // The state is two plain fields, consistent between statements: a panicking holder
-        // leaves it usable.
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while state.busy {
-            if wait.expired() {
-                return None;
-            }
-            state.waiting += 1;
-            state = crate::condvar::wait_until(&self.free, state, wait.ends_at());
-            state.waiting -= 1;
+        if self.busy.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Some(GateGuard(self));
         }
-        state.busy = true;
-        Some(GateGuard(self))
+        // The lock guards no data (a panicking holder leaves nothing inconsistent).
+        let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // Counted before the look below: a leaving writer that missed this count left `busy`
+        // false for that look to see (both sequentially consistent), and one that saw it
+        // notifies under the lock, which this writer holds until it waits.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let entered = loop {
+            if self.busy.compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+            {
+                break true;
+            }
+            if wait.expired() {
+                break false;
+            }
+            guard = crate::condvar::wait_until(&self.free, guard, wait.ends_at());
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Not `then_some`: a guard made and dropped would open the gate another writer holds.
+        if entered {
+            Some(GateGuard(self))
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for WriteGate {
+    fn default() -> Self {
+        Self {
+            busy: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            free: Condvar::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteGate").field("busy", &self.busy).finish_non_exhaustive()
     }
 }
 
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.busy = false;
-        if state.waiting > 0 {
-            self.0.free.notify_all();
+        let gate = self.0;
+        gate.busy.store(false, Ordering::SeqCst);
+        if gate.waiting.load(Ordering::SeqCst) > 0 {
+            let _guard = gate.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            gate.free.notify_all();
         }
     }
 }
@@ -345,5 +375,38 @@ impl Drop for GateGuard<'_> {
 impl std::fmt::Debug for GateGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("GateGuard")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_writer_that_gives_up_leaves_the_gate_closed_for_its_holder() {
+        let gate = WriteGate::default();
+        let held = gate.enter(Wait::NonBlocking).unwrap();
+        assert!(gate.enter(Wait::NonBlocking).is_none());
+        assert!(gate.enter(Wait::timeout(Duration::from_millis(20))).is_none());
+        assert!(gate.enter(Wait::NonBlocking).is_none(), "still held after two give-ups");
+        drop(held);
+        assert!(gate.enter(Wait::NonBlocking).is_some());
+    }
+
+    #[test]
+    fn a_waiting_writer_enters_once_the_holder_leaves() {
+        let gate = WriteGate::default();
+        let held = gate.enter(Wait::NonBlocking).unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| gate.enter(Wait::timeout(Duration::from_secs(20))).is_some());
+            while gate.waiting.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert!(waiter.join().unwrap(), "the waiter entered");
+        });
+        assert!(!gate.busy.load(Ordering::SeqCst), "and left");
     }
 }

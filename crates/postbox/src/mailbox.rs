@@ -76,14 +76,39 @@ impl MailboxBuilder {
         self.make(true)
     }
 
-    /// Opens an existing mailbox to receive from it (its receiving link is made now).
+    /// Opens an existing mailbox to receive from it (its receiving link is made now). A
+    /// mailbox of another host is named `name@host`: this node is then one of its receivers
+    /// there (docs/network.md).
     ///
     /// # Errors
     /// [`OpenError::NotFound`] when there is none by that name, [`OpenError::AccessDenied`]
-    /// when the broker's policy does not let this node receive from it.
+    /// when the broker's policy does not let this node receive from it,
+    /// [`OpenError::Unreachable`] when it is on another host that does not answer.
     pub fn open(self) -> Result<Mailbox, OpenError> {
         let name = PortName::new(&self.name)?;
         match self.node.request(|request| ControlMessage::Stat { request, name: name.clone() }) {
+            // `Stat` answers for this host's names only; a name of another host is asked for
+            // its receiving link straight away, which its broker answers.
+            Ok((ControlMessage::Refused { code: ControlErrorCode::NoSuchPort, .. }, _))
+                if name.as_str().contains('@') =>
+            {
+                let receiving = name.clone();
+                let link = self.node.connect_with(name.to_string(), |request| {
+                    ControlMessage::ReceiveMailbox { request, name: receiving }
+                });
+                match link {
+                    Ok(link) => {
+                        Ok(Mailbox { node: self.node, name, receiving: Mutex::new(Some(link)) })
+                    }
+                    Err(ConnectError::AccessDenied(denied)) => Err(OpenError::AccessDenied(denied)),
+                    Err(ConnectError::Unreachable(detail)) => Err(OpenError::Unreachable(detail)),
+                    Err(ConnectError::BrokerGone) => Err(OpenError::BrokerGone),
+                    Err(ConnectError::LimitExceeded(detail)) => {
+                        Err(OpenError::LimitExceeded(detail))
+                    }
+                    Err(_) => Err(OpenError::NotFound(name.to_string())),
+                }
+            }
             Ok((ControlMessage::Stats { owner, .. }, _)) if owner.process_id.generation == 0 => {
                 let receiving = name.clone();
                 let link = self.node.connect_with(name.to_string(), |request| {

@@ -224,12 +224,54 @@ impl Node {
         self.shared.connect(Target::Inbox(process), Rights::ALL)
     }
 
+    /// The process id by which this node reaches node `process` of host `host` (a peer of
+    /// this node's broker): its **stand-in** here, `0.<n>` (docs/network.md §5). Send to it
+    /// with [`send_to`](Self::send_to) and [`connect_inbox`](Self::connect_inbox); messages
+    /// from that node carry the same id as their sender, so [`Inbox::recv_from`] and
+    /// replies work with it too. For this node's own host it is `process` itself.
+    ///
+    /// Whether the node is alive is learnt when a link to it is made (`NoSuchPort` then).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let node = postbox::Node::attach()?;
+    /// // Node 1234.5 of host b, as b's broker numbered it (`pid.generation@host`).
+    /// let peer = node.process_on("b", "1234.5".parse()?)?;
+    /// node.send_to(peer, "hello from a")?;
+    /// let answer = node.inbox().recv_from(peer)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ConnectError::NoSuchPort`] when `host` is not this host or a peer of its broker,
+    /// [`ConnectError::BrokerGone`].
+    pub fn process_on(&self, host: &str, process: ProcessId) -> Result<ProcessId, ConnectError> {
+        let host = host.to_owned();
+        let answer = self.shared.request(|request| ControlMessage::ResolveProcess {
+            request,
+            host,
+            process,
+        });
+        match answer {
+            Ok((ControlMessage::Resolved { process, .. }, _)) => Ok(process),
+            Ok((ControlMessage::Refused { code: ControlErrorCode::NoSuchPort, detail, .. }, _)) => {
+                Err(ConnectError::NoSuchPort(detail))
+            }
+            Ok((ControlMessage::Refused { detail, .. }, _)) => Err(ConnectError::Refused(detail)),
+            Ok(_) => Err(ConnectError::Refused("the broker sent an unexpected answer".into())),
+            Err(Gone) => Err(ConnectError::BrokerGone),
+        }
+    }
+
     /// Sends `message` to the inbox of node `process`, connecting on first use (the link is
-    /// kept for later sends).
+    /// kept for later sends). `process` may be a node of another host, by its stand-in
+    /// ([`process_on`](Self::process_on), or the sender of a message from there).
     ///
     /// # Errors
     /// [`SendError`] with the message: `NoSuchPort` when no live node has that id,
-    /// `Disconnected` when it died, `BrokerGone`, `TooLarge`.
+    /// `Disconnected` when it died, `Unreachable` when its host does not answer,
+    /// `BrokerGone`, `TooLarge`.
     pub fn send_to(
         &self,
         process: ProcessId,
@@ -742,6 +784,7 @@ fn with_message(
         Ok(connection) => Ok((connection, message)),
         Err(ConnectError::BrokerGone) => Err(SendError::BrokerGone(message)),
         Err(ConnectError::AccessDenied(denied)) => Err(SendError::AccessDenied { denied, message }),
+        Err(ConnectError::Unreachable(_)) => Err(SendError::Unreachable(message)),
         Err(_) => Err(SendError::NoSuchPort(message)),
     }
 }

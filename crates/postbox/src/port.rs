@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postbox_core::{Capacity, Overflow, PortName, PortSpec, Selector};
+use postbox_core::{Capacity, Delivery, Overflow, PortName, PortSpec, Selector};
 use postbox_transport::Wait;
 
 use crate::error::{OpenError, RecvError, RecvTimeoutError, TryRecvError};
@@ -85,6 +85,20 @@ impl PortBuilder {
         self
     }
 
+    /// Senders on other hosts reach the port with best-effort datagrams (telemetry): UDP
+    /// beside a TCP host link, QUIC datagrams over QUIC; never resent, checksummed, never
+    /// delivered twice, in each sender's order but with gaps. What is lost on the way, or
+    /// dropped because the port's link from the gateway is full, is counted and reported with
+    /// the next message taken ([`Envelope::lost`], [`PortStats::lost`]). Remote senders never
+    /// wait for the port: their host's broker credits them itself. They may only send one-way
+    /// messages, of at most [`MAX_DATAGRAM_MESSAGE`](crate::MAX_DATAGRAM_MESSAGE) bytes: calls and confirmed sends fail
+    /// with `DatagramsOnly`. Nothing changes for senders on this host (docs/network.md §13).
+    /// Not for a rendezvous port (`capacity(0)`), which `open` refuses.
+    pub fn datagrams(mut self) -> Self {
+        self.spec.delivery = Delivery::Datagrams;
+        self
+    }
+
     /// Reads large payloads that senders lend or pass through the link's pool where they lie,
     /// without copying them (see [`Connection::loan`](crate::Connection::loan)). Only for a
     /// port whose senders are trusted: a sender can still change those bytes while they are
@@ -106,9 +120,13 @@ impl PortBuilder {
     ///
     /// # Errors
     /// [`OpenError::NameTaken`] when another live node holds the name,
-    /// [`OpenError::InvalidName`], [`OpenError::BrokerGone`].
+    /// [`OpenError::InvalidName`], [`OpenError::BrokerGone`]; [`OpenError::Refused`] for a
+    /// rendezvous port that asks for datagrams.
     pub fn open(self) -> Result<Port, OpenError> {
         let name = PortName::new(&self.name)?;
+        if self.spec.delivery == Delivery::Datagrams && self.spec.capacity == Capacity::Rendezvous {
+            return Err(OpenError::Refused(RENDEZVOUS_DATAGRAMS.to_owned()));
+        }
         let receiver = Receiver::new(self.spec, self.read_in_place)
             .map_err(|e| OpenError::Refused(e.to_string()))?;
         let receiver = Arc::new(receiver);
@@ -383,3 +401,7 @@ fn timeout_error(failure: ReceiveFailure) -> RecvTimeoutError {
         ReceiveFailure::Closed => RecvTimeoutError::Closed,
     }
 }
+
+/// Why a rendezvous port cannot ask for datagrams.
+const RENDEZVOUS_DATAGRAMS: &str =
+    "a rendezvous port cannot take datagrams: a best-effort send cannot wait for the receiver";

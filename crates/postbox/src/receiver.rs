@@ -94,6 +94,16 @@ struct Taker<'a> {
     took: Took,
 }
 
+/// What [`Receiver::take_direct`] did.
+enum Direct {
+    /// It handed out this many envelopes (at least one).
+    Taken(usize),
+    /// It read the link but handed nothing out (frames were queued, or the link died).
+    Progress,
+    /// The shortest receive does not apply: receive the usual way.
+    NotHere,
+}
+
 /// What a [`Taker`] took, to be accounted under the endpoint's lock.
 #[derive(Debug, Clone, Copy, Default)]
 struct Took {
@@ -222,7 +232,8 @@ struct ReceiverState {
 pub struct PortStats {
     /// Messages waiting in the endpoint's queue (read from links, not yet received).
     pub queued: usize,
-    /// Messages dropped by the drop-oldest policy since the endpoint opened.
+    /// Messages lost since the endpoint opened: dropped by the drop-oldest policy, or (on a
+    /// datagram port) lost on the way from another host, as [`Envelope::lost`] reports them.
     pub lost: u64,
     /// Links open to the endpoint.
     pub links: usize,
@@ -420,6 +431,13 @@ impl Receiver {
             if wait == Wait::NonBlocking && self.nothing_to_read(&state) {
                 return Err(ReceiveFailure::Empty);
             }
+            if wait == Wait::NonBlocking {
+                match self.take_direct(&mut state, selector, max, sink, on_dead) {
+                    Direct::Taken(taken) => return Ok(taken),
+                    Direct::Progress => continue,
+                    Direct::NotHere => {}
+                }
+            }
             state.polling = true;
             let links = Arc::clone(&state.links);
             let scratch = std::mem::take(&mut state.scratch);
@@ -486,6 +504,61 @@ impl Receiver {
                     taken => Ok(taken),
                 };
             }
+        }
+    }
+
+    /// The shortest receive: a non-blocking receive of any envelope on a port whose one link
+    /// is shared memory holding input, with nothing queued, nobody polling and no async
+    /// receiver. The link is read under the endpoint's lock, with no poll and no hand-over of
+    /// the lock (what [`poll_links`](Self::poll_links) would do for it, less its
+    /// bookkeeping); the frames decoded are handed out as the [`Taker`] hands them.
+    fn take_direct(
+        &self,
+        state: &mut ReceiverState,
+        selector: Selector,
+        max: usize,
+        sink: &mut dyn FnMut(Envelope),
+        on_dead: &dyn Fn(LinkId),
+    ) -> Direct {
+        if state.polling
+            || selector != Selector::ANY
+            || state.queue.len() != 0
+            || self.spec.overflow == Overflow::DropOldest
+            || self.readiness.is_active()
+        {
+            return Direct::NotHere;
+        }
+        let [link] = state.links.as_slice() else { return Direct::NotHere };
+        if !link.end.link().is_shared_memory()
+            || !link.has_input()
+            || link.is_full(&self.spec)
+            || self.poll_due_sampled()
+        {
+            return Direct::NotHere;
+        }
+        let mut arrived = std::mem::take(&mut state.scratch);
+        let mut taker = Taker::new(&mut *sink, max, std::mem::take(&mut state.lost_pending));
+        let limit = max.max(ARRIVED_CAPACITY);
+        let alive = read_link(link, &self.spec, &mut arrived, limit, Some(&mut taker));
+        let took = taker.done();
+        state.lost_total += took.sender_dropped;
+        state.lost_pending += took.lost_pending;
+        if took.messages > 0 {
+            let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            flow.release.on_release_many(took.messages, took.bytes);
+            link.send_credit(&mut flow, took.urgent);
+        }
+        if arrived.is_empty() && alive {
+            state.scratch = arrived;
+            state.taken_since_poll += took.taken;
+        } else {
+            // Frames beyond what was taken, or a dead link: as after any poll.
+            let dead = if alive { Vec::new() } else { vec![link.id] };
+            self.settle(state, arrived, dead, on_dead, true);
+        }
+        match took.taken {
+            0 => Direct::Progress,
+            taken => Direct::Taken(taken),
         }
     }
 
@@ -769,6 +842,23 @@ impl Receiver {
         arrived: Vec<(Queued, u64)>,
         taker: Option<&mut Taker<'_>>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
+        // One shared-memory link (a busy receiver's usual case): the same as below, without
+        // gathering the links, and reading the clock on every few looks only.
+        if let [link] = links {
+            if link.end.link().is_shared_memory()
+                && !self.readiness.is_active()
+                && !link.is_full(&self.spec)
+            {
+                if wait != Wait::NonBlocking {
+                    self.spin.run(|| link.has_input());
+                }
+                let input = link.has_input();
+                if (input || wait == Wait::NonBlocking) && !self.poll_due_sampled() {
+                    return read_links(&[link], &[input], &self.spec, limit, arrived, taker);
+                }
+                return self.poll_fds(&[link], wait, limit, arrived, taker);
+            }
+        }
         let links: Vec<&Arc<ServerLink>> =
             links.iter().filter(|l| !l.is_full(&self.spec)).collect();
         // Shared-memory links can be looked at without a system call: first a short spin,
@@ -789,6 +879,19 @@ impl Receiver {
                 }
             }
         }
+        self.poll_fds(&links, wait, limit, arrived, taker)
+    }
+
+    /// Polls the descriptors of `links` and the waker (waiting as `wait` says when no link
+    /// holds input already), then reads the ready links as [`poll_links`](Self::poll_links).
+    fn poll_fds(
+        &self,
+        links: &[&Arc<ServerLink>],
+        wait: Wait,
+        limit: usize,
+        arrived: Vec<(Queued, u64)>,
+        taker: Option<&mut Taker<'_>>,
+    ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         self.polled();
         let mut fds = Vec::with_capacity(2 * links.len() + 1);
         fds.push(self.waker.as_fd());
@@ -804,7 +907,7 @@ impl Receiver {
         }
         let wait = if to_read.contains(&true) { Wait::NonBlocking } else { wait };
         let ready = wait_readable(&fds, wait);
-        for link in &links {
+        for link in links {
             link.end.link().finish_poll();
         }
         let Ok(ready) = ready else { return (arrived, Vec::new()) };
@@ -817,7 +920,7 @@ impl Receiver {
                 to_read[i] = true;
             }
         }
-        read_links(&links, &to_read, &self.spec, limit, arrived, taker)
+        read_links(links, &to_read, &self.spec, limit, arrived, taker)
     }
 
     /// True when a look without a poll shows that no link has anything to read: every link is
@@ -829,6 +932,13 @@ impl Receiver {
             // The clock is read on every few looks only: a look costs less than reading it.
             && (self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS != 0
                 || !self.poll_due())
+    }
+
+    /// Like [`poll_due`](Self::poll_due), reading the clock on one look in
+    /// [`CLOCK_EVERY_LOOKS`] only (false on the others): for looks that find input, which a
+    /// due poll would only delay.
+    fn poll_due_sampled(&self) -> bool {
+        self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
     }
 
     /// True when the last poll of the links is older than [`POLL_INTERVAL`].

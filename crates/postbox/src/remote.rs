@@ -1,4 +1,4 @@
-//! A node attached to the broker of another host over TCP (docs/network.md §12): the
+//! A node attached to the broker of another host over TCP (docs/network.md §14): the
 //! connection is a tunnel that carries the control protocol and every link, so the whole node
 //! API works as with a local broker.
 

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use postbox_core::{
-    ControlMessage, FrameDecoder, FrameKind, Overflow, PeerIdentity, PortSpec, ProcessId, Reader,
-    ReleaseCounter,
+    ControlMessage, Delivery, FrameDecoder, FrameKind, Overflow, PeerIdentity, PortSpec, ProcessId,
+    Reader, ReleaseCounter,
 };
 use postbox_transport::{TransportError, Wait};
 
@@ -91,6 +91,7 @@ impl SubscriptionBuilder {
             capacity: connection.spec().capacity,
             overflow: Overflow::DropOldest,
             message_size: None,
+            delivery: Delivery::Reliable,
         };
         let inner = Inbound {
             decoder: FrameDecoder::new(u32::MAX),

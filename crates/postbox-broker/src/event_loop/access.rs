@@ -77,21 +77,21 @@ pub(super) enum Asker {
 }
 
 impl Asker {
-    fn allows(&self, policy: &Policy, operation: Operation, name: &str) -> bool {
+    pub(super) fn allows(&self, policy: &Policy, operation: Operation, name: &str) -> bool {
         match self {
             Self::Local(subject) => policy.allows(*subject, operation, name),
             Self::Remote(principal) => policy.allows_remote(principal, operation, name),
         }
     }
 
-    fn allows_subscription(&self, policy: &Policy, pattern: &NamePattern) -> bool {
+    pub(super) fn allows_subscription(&self, policy: &Policy, pattern: &NamePattern) -> bool {
         match self {
             Self::Local(subject) => policy.allows_subscription(*subject, pattern),
             Self::Remote(principal) => policy.allows_remote_subscription(principal, pattern),
         }
     }
 
-    fn link_rights(&self, policy: &Policy, name: &str) -> Rights {
+    pub(super) fn link_rights(&self, policy: &Policy, name: &str) -> Rights {
         match self {
             Self::Local(subject) => policy.link_rights(*subject, name),
             Self::Remote(principal) => policy.remote_link_rights(principal, name),
@@ -107,7 +107,7 @@ pub(super) struct ConnectRights {
 
 impl EventLoop {
     /// Who node `key` is to the policy: its kernel credentials, or its principal.
-    fn subject(&self, key: NodeKey) -> Option<Asker> {
+    pub(super) fn subject(&self, key: NodeKey) -> Option<Asker> {
         let node = self.nodes.get(key.0)?.as_ref()?;
         Some(match &node.remote {
             Some(remote) => Asker::Remote(Arc::clone(&remote.principal)),
@@ -281,14 +281,16 @@ impl EventLoop {
         }
     }
 
-    /// True when node `key` may open one more link to a mailbox or topic: its links to nodes
-    /// and to the broker together stay within its `connections` quota. Otherwise refuses.
+    /// True when node `key` may open one more link to a mailbox, a topic or another host:
+    /// its links to nodes and to the broker, and its remote opens still waiting for an answer,
+    /// together stay within its `connections` quota. Otherwise refuses.
     pub(super) fn has_link_room(&mut self, key: NodeKey, request: u32) -> bool {
         let Some(node) = self.registry.identity(key).map(|i| i.process_id) else { return false };
         let limit = self.config.policy.limits().connections;
         let to_broker = self.data.iter().flatten().filter(|l| l.peer.process_id == node).count()
             + self.topic_links.iter().flatten().filter(|l| l.peer.process_id == node).count()
-            + self.relays.iter().flatten().filter(|r| r.client == Some(node)).count();
+            + self.relays.iter().flatten().filter(|r| r.client == Some(node)).count()
+            + self.gateway.as_ref().map_or(0, |g| g.opens_of(node));
         if self.registry.links_of(key) + to_broker < limit {
             return true;
         }

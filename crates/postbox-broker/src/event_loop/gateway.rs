@@ -10,49 +10,70 @@
 //! Frames cross unchanged (header and body): the caller's calls and one-way messages, the
 //! server's replies and credits. Each remote connection is a [`Channel`]; closing either end
 //! closes the other, and a peer that dies, restarts or stays unreachable closes all of its
-//! channels, so callers see `PeerDied` within the heartbeat bound.
+//! channels, so callers see `PeerDied` within the heartbeat bound. Mailboxes, topics and
+//! inboxes cross the same way (a node's side in `remote.rs`, the peer's in `peer_opens.rs`);
+//! only the sender named inside a mailbox's delivery or a topic's publication is rewritten on
+//! the way (`hosts/identity.rs`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::{ReplyErrorCode, HEADER_LEN};
 use postbox_core::{
-    ControlErrorCode, ControlMessage, Frame, FrameDecoder, FrameHeader, FrameKind, ListenTarget,
-    Operation, PeerIdentity, Placement, PortName, PortSpec, ProcessId, Quota, Rights, Target,
+    ControlErrorCode, ControlMessage, Delivery, Frame, FrameDecoder, FrameHeader, FrameKind,
+    Operation, Placement, PortName, PortSpec, ProcessId, Quota, Rights, Target,
 };
 use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
 use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
 
+use super::datagrams::{client_spec, DatagramRelay};
+use super::dropped::DroppedPublications;
 use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
+use crate::hosts::identity::{self, NodeRef, StandIns};
 use crate::hosts::peer::Peer;
-use crate::hosts::protocol::{Channel, HostMessage, Refusal};
+use crate::hosts::protocol::{Channel, ChannelKind, HostMessage, OpenTarget, Refusal};
 use crate::hosts::{split_remote, HostStatus, HostsConfig, HOSTS_PORT, MAX_REMOTE_MESSAGE};
-use crate::registry::NodeKey;
+use crate::registry::{NodeKey, PidZeroIds};
 
 /// The broker's peers and the remote connections in the making.
 #[derive(Debug)]
 pub(super) struct Gateway {
-    config: HostsConfig,
+    pub(super) config: HostsConfig,
     link_config: HostLinkConfig,
-    peers: Vec<Peer>,
+    pub(super) peers: Vec<Peer>,
     /// Woken by every host link that has events.
     waker: Arc<Waker>,
     next_channel: u64,
     /// Connects of local nodes waiting for the peer's answer.
     opening: HashMap<(usize, Channel), PendingOpen>,
     /// The relay of each open channel.
-    channels: HashMap<(usize, Channel), RelayKey>,
+    pub(super) channels: HashMap<(usize, Channel), RelayKey>,
+    /// Per peer: the channels it opened that are open (held to `channels_per_host`).
+    opened_by_peer: Vec<usize>,
+    /// Per peer: the bytes its channels' relays hold for their local ends.
+    relay_out: Vec<Arc<AtomicUsize>>,
+    /// Per peer: the run of its broker it last told (0: none yet), the one whose nodes its
+    /// stand-ins name when a local node names one by id (docs/network.md §5).
+    peer_runs: Vec<u64>,
+    /// This run's process ids standing in for nodes of other hosts (docs/network.md §5).
+    pub(super) stand_ins: StandIns,
 }
 
-/// A local node's `Connect` to `port@host`, sent on as `Open`.
+/// A local node's request for a name of another host (`port@host`, a mailbox, a topic, an
+/// inbox), sent on as `Open`.
 #[derive(Debug)]
 struct PendingOpen {
     node: NodeKey,
     process: ProcessId,
     request: u32,
-    name: PortName,
+    /// The name as the node asked for it, for a denial.
+    name: String,
+    /// What a denial says was denied.
+    operation: Operation,
+    kind: ChannelKind,
     rights: Rights,
     deadline: Instant,
 }
@@ -67,17 +88,29 @@ pub(super) struct RelayKey(pub(super) usize);
 pub(super) struct Relay {
     pub(super) link: UnixLink,
     facing: Facing,
+    kind: ChannelKind,
+    /// Publications dropped on the way to a remote subscriber (too large to cross), told
+    /// with the next one.
+    lost: u64,
+    /// The same, counted in the credits the topic gets (so its window does not shrink).
+    dropped: DroppedPublications,
     /// The local node at the other end, when it is the client (counts against its links).
     pub(super) client: Option<ProcessId>,
-    decoder: FrameDecoder,
+    /// What the relays of the peer's channels hold for their local ends, all together
+    /// (`out` counted in, and out again as it is written or dropped).
+    host_out: Option<Arc<AtomicUsize>>,
+    pub(super) decoder: FrameDecoder,
     /// The largest body accepted from the host link for this link.
-    max_body: u32,
-    out: OutQueue,
+    pub(super) max_body: u32,
+    pub(super) out: OutQueue,
     /// Messages for the host link that found no room (at most two: a batch and the frame
     /// that did not fit it): the local link is not read until they have gone.
     blocked: VecDeque<Vec<u8>>,
     /// The local end closed; what it sent before is still forwarded.
-    finished: bool,
+    pub(super) finished: bool,
+    /// A channel to a datagram port: its one-way frames cross as datagrams
+    /// (`datagrams.rs`), not as reliable messages.
+    pub(super) datagrams: Option<DatagramRelay>,
 }
 
 /// Who is at the local end of a relay.
@@ -94,6 +127,7 @@ enum Facing {
 impl Gateway {
     /// The gateway of `config`; its host links start on the event loop's first round.
     pub(super) fn new(config: HostsConfig) -> Result<Self, TransportError> {
+        let peers = config.peers.len();
         Ok(Self {
             link_config: config.link_config(),
             peers: config.peers.iter().cloned().map(Peer::new).collect(),
@@ -102,6 +136,10 @@ impl Gateway {
             next_channel: 1,
             opening: HashMap::new(),
             channels: HashMap::new(),
+            opened_by_peer: vec![0; peers],
+            relay_out: (0..peers).map(|_| Arc::default()).collect(),
+            peer_runs: vec![0; peers],
+            stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS, MAX_NAMED_STAND_INS),
         })
     }
 
@@ -116,27 +154,94 @@ impl Gateway {
         opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).min()
     }
 
+    /// The channels peer `host` opened here that are open.
+    pub(super) fn opened_by_peer(&self, host: usize) -> usize {
+        self.opened_by_peer.get(host).copied().unwrap_or(0)
+    }
+
+    /// The run of peer `host`'s broker, as it last told it (0: not told yet).
+    pub(super) fn peer_run(&self, host: usize) -> u64 {
+        self.peer_runs.get(host).copied().unwrap_or(0)
+    }
+
+    /// Peer `host` told the run of its broker: when it is a new one, the stand-ins of the
+    /// host's nodes of other runs are forgotten (those nodes are gone), and a node named by
+    /// id from now on is one of this run.
+    fn peer_told_run(&mut self, ids: &mut PidZeroIds, host: usize, run: u64) {
+        let (Some(known), Some(peer)) = (self.peer_runs.get_mut(host), self.peers.get(host)) else {
+            return;
+        };
+        if run != 0 && *known != run {
+            *known = run;
+            self.stand_ins.forget_other_runs(ids, &peer.config.name, run);
+        }
+    }
+
+    /// Tells peer `host` this broker's run: first in each of its sessions.
+    fn send_run(&mut self, host: usize) {
+        let run = HostMessage::Run { incarnation: self.stand_ins.incarnation() };
+        if let Some(peer) = self.peers.get_mut(host) {
+            peer.send_or_keep(HostMessage::RUN_STREAM, run.encode());
+        }
+    }
+
+    /// Remote opens of node `node` still waiting for the peer's answer (each one a link
+    /// to be).
+    pub(super) fn opens_of(&self, node: ProcessId) -> usize {
+        self.opening.values().filter(|p| p.process == node).count()
+    }
+
     fn open_timeout(&self) -> Duration {
         (self.config.dead_after() + Duration::from_secs(1)).min(MAX_OPEN_WAIT)
     }
 }
 
 impl Relay {
-    fn new(link: UnixLink, facing: Facing, client: Option<ProcessId>, max_body: u32) -> Self {
+    fn new(
+        link: UnixLink,
+        facing: Facing,
+        kind: ChannelKind,
+        client: Option<ProcessId>,
+        max_body: u32,
+    ) -> Self {
         Self {
             link,
             facing,
+            kind,
+            lost: 0,
+            dropped: DroppedPublications::default(),
             client,
+            host_out: None,
             decoder: FrameDecoder::new(max_body),
             max_body,
             out: OutQueue::default(),
             blocked: VecDeque::new(),
             finished: false,
+            datagrams: None,
         }
     }
 
-    fn enqueue(&mut self, frame: Vec<u8>) {
+    pub(super) fn enqueue(&mut self, frame: Vec<u8>) {
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_add(frame.len(), Ordering::Relaxed);
+        }
         self.out.push(frame);
+    }
+
+    /// Writes what waits, as far as it goes without blocking; false when the local end is
+    /// gone.
+    fn flush(&mut self) -> bool {
+        let before = self.out.bytes();
+        let written = self.out.flush(&self.link).is_ok();
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_sub(before - self.out.bytes(), Ordering::Relaxed);
+        }
+        written
+    }
+
+    /// Bytes the relays of this relay's peer hold for their local ends, all together.
+    pub(super) fn host_out(&self) -> usize {
+        self.host_out.as_ref().map_or(0, |o| o.load(Ordering::Relaxed))
     }
 
     /// What to poll its link for: readable while nothing waits for the host link, writable
@@ -151,12 +256,21 @@ impl Relay {
         }
     }
 
-    fn remote(&self) -> Option<(usize, Channel)> {
+    pub(super) fn remote(&self) -> Option<(usize, Channel)> {
         match self.facing {
             Facing::Client { host, channel } | Facing::Server { host, channel } => {
                 Some((host, channel))
             }
             Facing::Status => None,
+        }
+    }
+}
+
+impl Drop for Relay {
+    /// What it still held for its local end no longer counts against its host.
+    fn drop(&mut self) {
+        if let Some(host_out) = &self.host_out {
+            host_out.fetch_sub(self.out.bytes(), Ordering::Relaxed);
         }
     }
 }
@@ -190,30 +304,44 @@ impl EventLoop {
         let Some(allowed) = self.connect_rights(key, request, &target, rights) else {
             return;
         };
+        let operation =
+            if allowed.rights.contains(Rights::SEND) { Operation::Send } else { Operation::Call };
+        let wanted = (OpenTarget::Port(port), allowed.rights);
+        self.open_remote(key, request, index, wanted, name.to_string(), operation);
+    }
+
+    /// Asks peer `host` to open `target` for node `key` with `rights`; the node's request is
+    /// answered when the peer answers (or the wait ends). `name` and `operation` are what a
+    /// denial names.
+    pub(super) fn open_remote(
+        &mut self,
+        key: NodeKey,
+        request: u32,
+        host: usize,
+        (target, rights): (OpenTarget, Rights),
+        name: String,
+        operation: Operation,
+    ) {
         if !self.has_link_room(key, request) {
             return;
         }
         let Some(process) = self.registry.identity(key).map(|i| i.process_id) else { return };
-        // Invariant: checked at the top of this function, nothing removed it since.
-        let gateway = self.gateway.as_mut().expect("gateway present");
-        if !gateway.peers[index].has_link() {
+        let Some(gateway) = self.gateway.as_mut() else { return };
+        if !gateway.peers[host].has_link() {
+            let host = &gateway.peers[host].config.name;
             let detail = format!("host {host} is unreachable (its link is restarting)");
             return self.refuse(key, request, ControlErrorCode::Unanswered, &detail);
         }
         let channel = Channel { opened_here: true, number: gateway.next_channel };
         gateway.next_channel += 1;
         let deadline = Instant::now() + gateway.open_timeout();
-        let pending = PendingOpen {
-            node: key,
-            process,
-            request,
-            name: name.clone(),
-            rights: allowed.rights,
-            deadline,
-        };
-        gateway.opening.insert((index, channel), pending);
-        let open = HostMessage::Open { channel, port, rights: allowed.rights };
-        gateway.peers[index].send_or_keep(channel.stream(), open.encode());
+        let kind = target.kind();
+        let pending =
+            PendingOpen { node: key, process, request, name, operation, kind, rights, deadline };
+        gateway.opening.insert((host, channel), pending);
+        let client = gateway.stand_ins.node_ref(process);
+        let open = HostMessage::Open { channel, target, rights, client };
+        gateway.peers[host].send_or_keep(channel.stream(), open.encode());
     }
 
     /// Answers a `Connect` to the status port with a link the broker serves itself.
@@ -225,7 +353,8 @@ impl EventLoop {
         let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
         let id = self.registry.allocate_link_id();
         let max = self.config.max_message_size;
-        self.insert_relay(Relay::new(ours, Facing::Status, Some(process), max));
+        let relay = Relay::new(ours, Facing::Status, ChannelKind::Port, Some(process), max);
+        self.insert_relay(relay);
         let spec = PortSpec { message_size: Some(max), ..PortSpec::default() };
         self.hand_broker_link(key, request, id, spec, theirs);
     }
@@ -241,9 +370,12 @@ impl EventLoop {
         for index in 0..gateway.peers.len() {
             let peer = &mut gateway.peers[index];
             if peer.restart_at.is_some_and(|at| at <= now) {
-                if let Err(error) = peer.start(&gateway.link_config, &gateway.waker) {
-                    tracing::warn!(host = %peer.config.name, %error, "host link not started");
-                    peer.restart_at = Some(now + RESTART_DELAY);
+                match peer.start(&gateway.link_config, &gateway.waker) {
+                    Ok(()) => gateway.send_run(index),
+                    Err(error) => {
+                        tracing::warn!(host = %peer.config.name, %error, "host link not started");
+                        peer.restart_at = Some(now + RESTART_DELAY);
+                    }
                 }
             }
         }
@@ -288,14 +420,34 @@ impl EventLoop {
                     tracing::warn!(host = %name, %error, "malformed message from host");
                 }
             },
+            Event::DatagramDelivered { payload, .. } => match HostMessage::decode(&payload) {
+                Ok(HostMessage::Datagram { channel, seq, frames }) if !channel.opened_here => {
+                    self.datagram_from_peer(host, channel, seq, &frames);
+                }
+                Ok(other) => {
+                    // Only a channel's one-way frames travel as datagrams.
+                    if let Some(channel) = other.channel() {
+                        self.close_channel(host, channel, true);
+                    }
+                }
+                Err(error) => {
+                    let name = &gateway.peers[host].config.name;
+                    tracing::warn!(host = %name, %error, "malformed datagram from host");
+                }
+            },
             Event::Acked { .. } => self.unblock_host(host),
             Event::Failed { payload, .. } => {
                 // Only when the session ends or the peer restarted: the channel is gone.
-                if let Ok(message) = HostMessage::decode(&payload) {
-                    self.drop_channel(host, message.channel());
+                if let Some(channel) = HostMessage::decode(&payload).ok().and_then(|m| m.channel())
+                {
+                    self.drop_channel(host, channel);
                 }
             }
-            Event::PeerRestarted { .. } => self.drop_host_channels(host),
+            Event::PeerRestarted { .. } => {
+                // A new session of the peer's: it has not heard this broker's run yet.
+                gateway.send_run(host);
+                self.drop_host_channels(host);
+            }
             Event::Ended(error) => {
                 tracing::warn!(host = %gateway.peers[host].config.name, %error, "host link ended");
                 gateway.peers[host].ended(Instant::now() + RESTART_DELAY);
@@ -307,11 +459,11 @@ impl EventLoop {
 
     fn handle_host_message(&mut self, host: usize, message: HostMessage) {
         match message {
-            HostMessage::Open { channel, port, rights } if !channel.opened_here => {
-                self.open_for_peer(host, channel, &port, rights);
+            HostMessage::Open { channel, target, rights, client } if !channel.opened_here => {
+                self.open_for_peer(host, channel, target, rights, &client);
             }
-            HostMessage::Opened { channel, spec, rights, quota } if channel.opened_here => {
-                self.peer_opened(host, channel, spec, rights, quota);
+            HostMessage::Opened { channel, spec, rights, quota, server } if channel.opened_here => {
+                self.peer_opened(host, channel, (spec, rights, quota), &server);
             }
             HostMessage::Refused { channel, reason, detail } if channel.opened_here => {
                 let Some(gateway) = &mut self.gateway else { return };
@@ -324,20 +476,20 @@ impl EventLoop {
                         self.refuse(node, request, ControlErrorCode::NoSuchPort, &detail);
                     }
                     Refusal::Denied => {
-                        let operation = if pending.rights.contains(Rights::SEND) {
-                            Operation::Send
-                        } else {
-                            Operation::Call
-                        };
-                        let denied = ControlMessage::Denied {
-                            request,
-                            operation,
-                            name: pending.name.to_string(),
-                        };
+                        let operation = pending.operation;
+                        let denied =
+                            ControlMessage::Denied { request, operation, name: pending.name };
                         self.queue(node, &denied, Vec::new());
                     }
                     Refusal::LimitExceeded => {
                         self.refuse(node, request, ControlErrorCode::LimitExceeded, &detail);
+                    }
+                    Refusal::NameTaken => {
+                        let detail = format!("{detail} (on host {host_name})");
+                        self.refuse(node, request, ControlErrorCode::NameTaken, &detail);
+                    }
+                    Refusal::InvalidName => {
+                        self.refuse(node, request, ControlErrorCode::InvalidName, &detail);
                     }
                 }
             }
@@ -360,79 +512,41 @@ impl EventLoop {
                 }
                 self.close_channel(host, channel, false);
             }
+            HostMessage::Run { incarnation } => {
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.peer_told_run(self.registry.pid_zero_ids(), host, incarnation);
+                }
+            }
             // A message about a channel from the wrong side breaks the protocol; the channel
             // (if any) goes.
-            other => self.close_channel(host, other.channel(), true),
+            other => {
+                if let Some(channel) = other.channel() {
+                    self.close_channel(host, channel, true);
+                }
+            }
         }
     }
 
-    /// The peer's node connects to this host's port `port`: checked against the policy for
-    /// that host, then made like any connection, with the broker as the client.
-    fn open_for_peer(&mut self, host: usize, channel: Channel, port: &PortName, wanted: Rights) {
-        let Some(gateway) = &self.gateway else { return };
-        let host_name = gateway.peers[host].config.name.to_string();
-        if gateway.channels.contains_key(&(host, channel)) {
-            return self.close_channel(host, channel, true);
-        }
-        let refuse = |reason, detail: String| HostMessage::Refused { channel, reason, detail };
-        let rights =
-            self.config.policy.host_link_rights(&host_name, port.as_str()).intersection(wanted);
-        // Existence first, as for the broker's own user locally: a caller learns that a name
-        // is wrong before whether it may use it.
-        let answer = if Self::is_reserved(port) || self.registry.port(port).is_none() {
-            let kind = self.name_kind(port).filter(|k| *k != "port");
-            let detail = match kind {
-                Some(kind) => format!("{port} is a {kind}; only ports are reachable across hosts"),
-                None => format!("no port named {port}"),
-            };
-            Err(refuse(Refusal::NoSuchPort, detail))
-        } else if rights.is_empty() {
-            Err(refuse(Refusal::Denied, format!("host {host_name} may not use {port}")))
-        } else {
-            self.link_for_peer(host, channel, port, rights)
-                .map_err(|detail| refuse(Refusal::LimitExceeded, detail))
-        };
-        let message = answer.unwrap_or_else(|refusal| refusal);
-        if let Some(gateway) = &mut self.gateway {
-            gateway.peers[host].send_or_keep(channel.stream(), message.encode());
-        }
-    }
-
-    /// Makes the link from the broker (as the peer node's stand-in) to the owner of `port`;
-    /// the answer for the peer, or why not.
-    fn link_for_peer(
+    /// Relays `link` as this host's side of the peer's `channel` (the server's side); frames
+    /// of `kind` with bodies up to `max_body` bytes cross, as datagrams when `datagrams` says.
+    pub(super) fn relay_for_peer(
         &mut self,
-        host: usize,
-        channel: Channel,
-        port: &PortName,
-        rights: Rights,
-    ) -> Result<HostMessage, String> {
-        // Invariant: the caller checked that the port exists.
-        let (owner, _, spec) = self.registry.port(port).ok_or("the port closed")?;
-        if !self.has_room(owner) {
-            return Err("the serving node is not reading its control socket".into());
-        }
-        let (ours, theirs) =
-            UnixLink::pair().map_err(|e| format!("cannot create the link: {e}"))?;
-        let spec = remote_spec(spec, self.config.max_message_size);
-        let link = self.registry.allocate_link_id();
-        let quota = self.config.policy.quota();
-        let incoming = ControlMessage::IncomingConnection {
-            link,
-            target: ListenTarget::Port(port.clone()),
-            client: remote_identity(host),
-            rights,
-            quota,
-        };
-        self.queue(owner, &incoming, vec![theirs.into_fd()]);
-        self.flush(owner);
-        let max_body = spec.message_size.unwrap_or(MAX_REMOTE_MESSAGE);
-        let key =
-            self.insert_relay(Relay::new(ours, Facing::Server { host, channel }, None, max_body));
+        (host, channel): (usize, Channel),
+        link: UnixLink,
+        (kind, max_body): (ChannelKind, u32),
+        datagrams: Option<DatagramRelay>,
+    ) {
+        let facing = Facing::Server { host, channel };
+        let mut relay = Relay::new(link, facing, kind, None, max_body);
+        relay.datagrams = datagrams;
+        let key = self.insert_relay(relay);
         if let Some(gateway) = &mut self.gateway {
-            gateway.channels.insert((host, channel), key);
+            if gateway.channels.insert((host, channel), key).is_none() {
+                if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
+                    *opened += 1;
+                }
+            }
         }
-        Ok(HostMessage::Opened { channel, spec, rights, quota })
     }
 
     /// The peer connected one of this host's nodes: it gets its end of a link the broker
@@ -441,15 +555,28 @@ impl EventLoop {
         &mut self,
         host: usize,
         channel: Channel,
-        spec: PortSpec,
-        rights: Rights,
-        quota: Quota,
+        (spec, rights, quota): (PortSpec, Rights, Quota),
+        server: &NodeRef,
     ) {
         let Some(gateway) = &mut self.gateway else { return };
         let Some(pending) = gateway.opening.remove(&(host, channel)) else {
             // Timed out meanwhile (and Close already sent), or never asked: close it.
             return self.close_channel(host, channel, true);
         };
+        let peer = &gateway.peers[host].config.name;
+        if let Some(named) = server.host.as_ref().filter(|h| *h != peer) {
+            // Only a node of the peer serves a channel it opened: anything else would let the
+            // peer pass itself off as another host's node, or as one of this host's.
+            let detail = format!("host {peer} named a node of host {named} as the server");
+            tracing::warn!(host = %peer, "a peer answered an open for another host's node");
+            gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+            return self.refuse(
+                pending.node,
+                pending.request,
+                ControlErrorCode::Malformed,
+                &detail,
+            );
+        }
         let alive =
             self.registry.identity(pending.node).is_some_and(|i| i.process_id == pending.process);
         let rights = rights.intersection(pending.rights);
@@ -462,9 +589,18 @@ impl EventLoop {
             }
             return;
         };
-        let spec = remote_spec(spec, self.config.max_message_size);
+        let server = self.identity_from(host, server);
+        let mut spec = remote_spec(spec, self.config.max_message_size);
         let max = self.config.max_message_size;
-        let relay = Relay::new(ours, Facing::Client { host, channel }, Some(pending.process), max);
+        let facing = Facing::Client { host, channel };
+        let mut relay = Relay::new(ours, facing, pending.kind, Some(pending.process), max);
+        if spec.delivery == Delivery::Datagrams && pending.kind == ChannelKind::Port {
+            // A datagram port: this gateway credits the client itself (`datagrams.rs`).
+            spec = client_spec(spec);
+            relay.datagrams = Some(DatagramRelay::sending());
+        } else {
+            spec.delivery = Delivery::Reliable;
+        }
         let key = self.insert_relay(relay);
         if let Some(gateway) = &mut self.gateway {
             gateway.channels.insert((host, channel), key);
@@ -473,7 +609,7 @@ impl EventLoop {
         let connected = ControlMessage::Connected {
             request: pending.request,
             link,
-            server: remote_identity(host),
+            server,
             spec,
             rights,
             quota,
@@ -486,20 +622,43 @@ impl EventLoop {
     fn frames_from_peer(&mut self, host: usize, channel: Channel, frames: Vec<u8>, batch: bool) {
         let Some(key) = self.relay_of(host, channel) else { return };
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+        if relay.datagrams.is_some() {
+            // A datagram channel carries no reliable frames either way.
+            return self.close_relay(key, true);
+        }
+        let (kind, facing) = (relay.kind, relay.facing);
         let count = relayed_frames(&frames, relay.max_body, |header| {
             header.placement == Placement::Inline
-                && match relay.facing {
-                    Facing::Client { .. } => may_reach_client(header.kind),
+                && match facing {
+                    Facing::Client { .. } => may_reach_client(kind, header.kind),
                     Facing::Server { .. } => {
-                        may_reach_server(header.kind, header.body_len as usize)
+                        may_reach_server(kind, header.kind, header.body_len as usize)
                     }
                     Facing::Status => false,
                 }
         });
         let valid = count.is_some_and(|n| n == 1 || (batch && n > 1));
-        if !valid || relay.out.bytes() > RELAY_OUT_LIMIT {
+        let host_out = relay.host_out.as_ref().map_or(0, |o| o.load(Ordering::Relaxed));
+        if !valid || relay.out.bytes() > RELAY_OUT_LIMIT || host_out > HOST_OUT_LIMIT {
             return self.close_relay(key, true);
         }
+        let frames = match facing {
+            Facing::Client { .. } if kind != ChannelKind::Port => {
+                match self.senders_named_here(host, kind, &frames) {
+                    Some(frames) => frames,
+                    None => return self.close_relay(key, true),
+                }
+            }
+            // A subscriber's credits count the publications dropped on the way too.
+            Facing::Server { .. } if kind == ChannelKind::Subscription => {
+                match relay.dropped.credits_from_peer(&frames) {
+                    Some(frames) => frames,
+                    None => return self.close_relay(key, true),
+                }
+            }
+            _ => frames,
+        };
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
         relay.enqueue(frames);
         self.flush_relay(key);
     }
@@ -530,6 +689,11 @@ impl EventLoop {
     /// node's batch stays one reliable message, one acknowledgement, one event and one write
     /// on the far side.
     fn forward_relay(&mut self, key: RelayKey) {
+        match self.relays.get(key.0).and_then(Option::as_ref).map(|r| &r.datagrams) {
+            Some(Some(DatagramRelay::Sending(_))) => return self.forward_datagrams(key),
+            Some(Some(DatagramRelay::Receiving(_))) => return self.take_port_credits(key),
+            _ => {}
+        }
         loop {
             let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
             if let Some(payload) = relay.blocked.pop_front() {
@@ -539,35 +703,58 @@ impl EventLoop {
                 continue;
             }
             let Some((_, channel)) = relay.remote() else { return self.serve_status(key) };
-            let facing = relay.facing;
+            let (facing, kind) = (relay.facing, relay.kind);
+            // Deliveries and publications leaving for a peer name their sender for it.
+            let renamed = matches!(facing, Facing::Server { .. }) && kind != ChannelKind::Port;
+            let stand_ins = self.gateway.as_ref().map(|g| &g.stand_ins);
             let mut batch = Vec::new();
             // Where the last frame in `batch` starts, and how many frames it holds.
             let (mut last_start, mut count) = (0, 0);
+            let mut dropped = 0;
             let mut broken = false;
             while batch.len() < BATCH_BYTES {
+                let lost = &mut relay.lost;
+                // Some(true): the frame goes; Some(false): dropped (counted); None: refused.
                 let polled = relay.decoder.poll_frame_with(|header, body| {
                     let body = body.as_slice();
                     let allowed = header.placement == Placement::Inline
                         && match facing {
-                            Facing::Client { .. } => may_reach_server(header.kind, body.len()),
-                            Facing::Server { .. } => may_reach_client(header.kind),
+                            Facing::Client { .. } => {
+                                may_reach_server(kind, header.kind, body.len())
+                            }
+                            Facing::Server { .. } => may_reach_client(kind, header.kind),
                             Facing::Status => false,
                         };
-                    if allowed {
+                    if !allowed {
+                        return None;
+                    }
+                    if renamed && identity::names_sender(kind, header.kind) {
+                        let (header, body) =
+                            identity::named_for_peer(stand_ins?, kind, header, body, lost)?;
+                        let Some(body) = body else { return Some(false) };
+                        last_start = batch.len();
+                        identity::push_frame(&mut batch, header, &body);
+                    } else {
                         last_start = batch.len();
                         batch.extend_from_slice(&header.encode(body));
                         batch.extend_from_slice(body);
                     }
-                    allowed
+                    Some(true)
                 });
                 match polled {
-                    Ok(Some(true)) => count += 1,
+                    Ok(Some(Some(true))) => count += 1,
+                    Ok(Some(Some(false))) => dropped += 1,
                     Ok(None) => break,
-                    Ok(Some(false)) | Err(_) => {
+                    Ok(Some(None)) | Err(_) => {
                         broken = true;
                         break;
                     }
                 }
+            }
+            if dropped > 0 {
+                // The topic counted them as sent; the subscriber will never credit them.
+                let credit = relay.dropped.on_dropped(dropped);
+                relay.enqueue(credit);
             }
             if count == 0 {
                 if broken || relay.finished {
@@ -697,19 +884,23 @@ impl EventLoop {
     }
 
     /// Writes what a relay has waiting, as far as it goes without blocking.
-    fn flush_relay(&mut self, key: RelayKey) {
+    pub(super) fn flush_relay(&mut self, key: RelayKey) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
-        if relay.out.flush(&relay.link).is_err() {
-            // The local end is gone; what it sent is still read to the end.
-            relay.finished = true;
-        }
+        // A write fails once the local end is closed (a client that sent its last messages and
+        // dropped its connection while credits were on their way to it). What it sent before
+        // may still wait unread in the link: it is read to the end, and the end of the link
+        // (not this write) finishes the relay. The frames that could not be written are gone.
+        let _ = relay.flush();
     }
 
-    fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
+    pub(super) fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
         self.gateway.as_ref()?.channels.get(&(host, channel)).copied()
     }
 
-    fn insert_relay(&mut self, relay: Relay) -> RelayKey {
+    fn insert_relay(&mut self, mut relay: Relay) -> RelayKey {
+        if let (Some((host, _)), Some(gateway)) = (relay.remote(), &self.gateway) {
+            relay.host_out = gateway.relay_out.get(host).cloned();
+        }
         match self.relays.iter().position(Option::is_none) {
             Some(free) => {
                 self.relays[free] = Some(relay);
@@ -724,18 +915,22 @@ impl EventLoop {
 
     /// Drops a relay; its local end sees the link close (a caller's waiting calls fail with
     /// `PeerDied`). With `tell_peer`, the peer closes its end too.
-    fn close_relay(&mut self, key: RelayKey, tell_peer: bool) {
+    pub(super) fn close_relay(&mut self, key: RelayKey, tell_peer: bool) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::take) else { return };
         relay.link.shutdown();
         let Some((host, channel)) = relay.remote() else { return };
         let Some(gateway) = &mut self.gateway else { return };
-        gateway.channels.remove(&(host, channel));
+        if gateway.channels.remove(&(host, channel)).is_some() && !channel.opened_here {
+            if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
+                *opened = opened.saturating_sub(1);
+            }
+        }
         if tell_peer {
             gateway.peers[host].send_or_keep(channel.stream(), close(channel));
         }
     }
 
-    fn close_channel(&mut self, host: usize, channel: Channel, tell_peer: bool) {
+    pub(super) fn close_channel(&mut self, host: usize, channel: Channel, tell_peer: bool) {
         match self.relay_of(host, channel) {
             Some(key) => self.close_relay(key, tell_peer),
             None if tell_peer => {
@@ -790,26 +985,15 @@ impl EventLoop {
     }
 }
 
-/// Who a node on another host is, as the nodes here see it: no local process (pid 0), the
-/// generation names the peer (its index in the configuration, plus one), and no local user
-/// or group (`u32::MAX`, the `(uid_t)-1` no account has). docs/network.md §5.
-fn remote_identity(host: usize) -> PeerIdentity {
-    PeerIdentity {
-        process_id: ProcessId::new(0, u32::try_from(host + 1).unwrap_or(u32::MAX)),
-        uid: u32::MAX,
-        gid: u32::MAX,
-    }
-}
-
 /// A port's spec as told across hosts: bodies within what the host link carries and this
 /// host's links take.
-fn remote_spec(mut spec: PortSpec, max_message_size: u32) -> PortSpec {
+pub(super) fn remote_spec(mut spec: PortSpec, max_message_size: u32) -> PortSpec {
     let limit = MAX_REMOTE_MESSAGE.min(max_message_size);
     spec.message_size = Some(spec.message_size.map_or(limit, |n| n.min(limit)));
     spec
 }
 
-fn close(channel: Channel) -> Vec<u8> {
+pub(super) fn close(channel: Channel) -> Vec<u8> {
     HostMessage::Close { channel }.encode()
 }
 
@@ -823,20 +1007,32 @@ fn frames_message(channel: Channel, frames: Vec<u8>, count: usize) -> Vec<u8> {
 }
 
 /// Whether a frame of `kind` with a body of `body_len` bytes may travel from a client to its
-/// server: calls and messages, and credits without a body.
-fn may_reach_server(kind: FrameKind, body_len: usize) -> bool {
-    matches!(kind, FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call)
-        || (kind == FrameKind::Credit && body_len == 0)
+/// server on a channel carrying `channel`: calls and messages, and credits without a body;
+/// on a subscription, only credits.
+fn may_reach_server(channel: ChannelKind, kind: FrameKind, body_len: usize) -> bool {
+    match channel {
+        ChannelKind::Port | ChannelKind::Mailbox => {
+            matches!(kind, FrameKind::Oneway | FrameKind::Confirmed | FrameKind::Call)
+                || (kind == FrameKind::Credit && body_len == 0)
+        }
+        ChannelKind::Subscription => kind == FrameKind::Credit,
+    }
 }
 
-/// Whether a frame of `kind` may travel from a server to its client: replies and credits.
-fn may_reach_client(kind: FrameKind) -> bool {
-    matches!(kind, FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit)
+/// Whether a frame of `kind` may travel from a server to its client on a channel carrying
+/// `channel`: replies and credits; on a subscription, only publications.
+fn may_reach_client(channel: ChannelKind, kind: FrameKind) -> bool {
+    match channel {
+        ChannelKind::Port | ChannelKind::Mailbox => {
+            matches!(kind, FrameKind::Reply | FrameKind::ErrorReply | FrameKind::Credit)
+        }
+        ChannelKind::Subscription => kind == FrameKind::Oneway,
+    }
 }
 
 /// How many whole, intact frames `bytes` holds back to back, each one's header accepted by
 /// `accept`; `None` when any is damaged, cut short, too long or refused.
-fn relayed_frames(
+pub(super) fn relayed_frames(
     mut bytes: &[u8],
     max_body: u32,
     mut accept: impl FnMut(&FrameHeader) -> bool,
@@ -857,7 +1053,7 @@ fn relayed_frames(
 /// its header decodes, its body is there, and its checksum matches. Checked in place rather
 /// than with `Frame::decode`, whose decoder allocates and zeroes a 64 KiB staging buffer for
 /// every frame.
-fn frame_at_start(bytes: &[u8], max_body: u32) -> Option<(FrameHeader, usize)> {
+pub(super) fn frame_at_start(bytes: &[u8], max_body: u32) -> Option<(FrameHeader, usize)> {
     let header_bytes: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
     let (header, _) = FrameHeader::decode(header_bytes, max_body).ok()?;
     let len = HEADER_LEN + header.body_len as usize;
@@ -873,11 +1069,19 @@ const RESTART_DELAY: Duration = Duration::from_millis(100);
 const MAX_OPEN_WAIT: Duration = Duration::from_secs(8);
 /// Bytes from the peer waiting for a local end past which the relay is closed: within the
 /// flow control of an honest peer this is never reached.
-const RELAY_OUT_LIMIT: usize = 64 << 20;
+pub(super) const RELAY_OUT_LIMIT: usize = 64 << 20;
+/// Bytes from one peer waiting for the local ends of all its channels past which the channel
+/// that brings more is closed: a bound on what a peer can make this broker hold, far above
+/// what honest peers within their channels' flow control ever reach.
+pub(super) const HOST_OUT_LIMIT: usize = 1 << 30;
 /// Bytes of frames gathered into one host message (a larger frame crosses on its own).
 const BATCH_BYTES: usize = 64 << 10;
 /// Reads from one relay before the others get a turn.
 const MAX_READS_PER_ROUND: usize = 16;
+/// Stand-ins kept for nodes of other hosts that peers named (about 100 bytes each).
+const MAX_STAND_INS: usize = 1 << 16;
+/// Stand-ins kept for nodes of other hosts that only local nodes named (`process_on`).
+const MAX_NAMED_STAND_INS: usize = 1 << 14;
 
 #[cfg(test)]
 mod tests {
@@ -888,11 +1092,11 @@ mod tests {
     }
 
     fn client_bound(header: &FrameHeader) -> bool {
-        may_reach_client(header.kind)
+        may_reach_client(ChannelKind::Port, header.kind)
     }
 
     fn server_bound(header: &FrameHeader) -> bool {
-        may_reach_server(header.kind, header.body_len as usize)
+        may_reach_server(ChannelKind::Port, header.kind, header.body_len as usize)
     }
 
     #[test]
@@ -917,5 +1121,40 @@ mod tests {
         }
         // A body above the link's limit.
         assert_eq!(relayed_frames(&batch, 32, server_bound), None);
+    }
+
+    #[test]
+    fn what_relays_hold_for_their_local_ends_is_counted_for_their_host_until_written_or_dropped() {
+        let host_out = Arc::new(AtomicUsize::new(0));
+        let (ours, _theirs) = UnixLink::pair().unwrap();
+        let channel = Channel { opened_here: false, number: 1 };
+        let facing = Facing::Server { host: 0, channel };
+        let mut relay = Relay::new(ours, facing, ChannelKind::Port, None, 1024);
+        relay.host_out = Some(Arc::clone(&host_out));
+        relay.enqueue(call(b"one"));
+        relay.enqueue(call(b"two"));
+        assert_eq!(host_out.load(Ordering::Relaxed), 2 * call(b"one").len());
+        assert!(relay.flush());
+        assert_eq!(host_out.load(Ordering::Relaxed), 0, "written");
+        relay.enqueue(call(b"three"));
+        drop(relay);
+        assert_eq!(host_out.load(Ordering::Relaxed), 0, "dropped");
+    }
+
+    #[test]
+    fn a_subscription_carries_only_credits_to_the_topics_and_publications_back() {
+        use ChannelKind::{Mailbox, Port, Subscription};
+        assert!(may_reach_server(Subscription, FrameKind::Credit, 16));
+        assert!(may_reach_client(Subscription, FrameKind::Oneway));
+        for kind in [FrameKind::Oneway, FrameKind::Call, FrameKind::Confirmed] {
+            assert!(!may_reach_server(Subscription, kind, 0), "{kind:?}");
+            assert!(may_reach_server(Port, kind, 0) && may_reach_server(Mailbox, kind, 0));
+        }
+        for kind in [FrameKind::Reply, FrameKind::ErrorReply, FrameKind::Credit] {
+            assert!(!may_reach_client(Subscription, kind), "{kind:?}");
+            assert!(may_reach_client(Port, kind) && may_reach_client(Mailbox, kind));
+        }
+        assert!(!may_reach_server(Port, FrameKind::Credit, 16), "a credit with a body");
+        assert!(!may_reach_client(Mailbox, FrameKind::Oneway));
     }
 }

@@ -6,13 +6,15 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::ReplyErrorCode;
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, EndpointKind, FrameDecoder, FrameKind, LinkId,
-    Overflow, PeerIdentity, Placement, PortCounters, PortEntry, PortName, PortSpec, ReleaseCounter,
+    Capacity, ControlErrorCode, ControlMessage, Delivery, EndpointKind, FrameDecoder, FrameKind,
+    LinkId, Overflow, PeerIdentity, Placement, PortCounters, PortEntry, PortName, PortSpec,
+    ReleaseCounter,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
 use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
+use crate::hosts::identity;
 use crate::mailbox::{Answer, DataKey, Mailbox, Stored};
 use crate::registry::NodeKey;
 
@@ -37,8 +39,8 @@ pub(super) struct DataLink {
 enum Role {
     /// A sender's link: its one-way messages go into the mailbox.
     Input { release: ReleaseCounter },
-    /// A receiver's link: pulls come in, messages go out.
-    Output,
+    /// A receiver's link: pulls come in, messages with bodies up to `max_body` bytes go out.
+    Output { max_body: usize },
 }
 
 impl DataLink {
@@ -109,18 +111,53 @@ impl EventLoop {
         if !self.has_link_room(key, request) {
             return;
         }
+        let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
+        let (id, spec) = self.attach_mailbox_link(ours, peer, name, capacity, input, usize::MAX);
+        self.hand_broker_link(key, request, id, spec, theirs);
+    }
+
+    /// Makes `link` the broker's end of a link to mailbox `name` (which exists) for `peer`, a
+    /// node of another host (docs/network.md §5); how the mailbox buffers, for that node. As a
+    /// receiver, the node is given only messages that can cross to it: larger ones stay for
+    /// the mailbox's other receivers.
+    pub(super) fn attach_mailbox(
+        &mut self,
+        link: UnixLink,
+        peer: PeerIdentity,
+        name: &PortName,
+        input: bool,
+    ) -> PortSpec {
+        let capacity = self.mailboxes.get(name).map_or(1, |m| m.capacity);
+        let max_body = identity::MAX_DELIVERY_TO_PEER;
+        self.attach_mailbox_link(link, peer, name, capacity, input, max_body).1
+    }
+
+    /// Makes `link` the broker's end of a link to mailbox `name`; a receiver's gets messages
+    /// with bodies up to `max_body` bytes.
+    fn attach_mailbox_link(
+        &mut self,
+        link: UnixLink,
+        peer: PeerIdentity,
+        name: &PortName,
+        capacity: u32,
+        input: bool,
+        max_body: usize,
+    ) -> (LinkId, PortSpec) {
         let spec = PortSpec {
             capacity: Capacity::Bounded(capacity),
             overflow: Overflow::Block,
             // A delivery adds the sender's identity to the body; it must still fit a link.
             message_size: Some(self.config.max_message_size.saturating_sub(DELIVERY_HEADER)),
+            delivery: Delivery::Reliable,
         };
-        let Some((ours, theirs)) = self.broker_link_pair(key, request) else { return };
         let id = self.registry.allocate_link_id();
-        let role =
-            if input { Role::Input { release: ReleaseCounter::new(&spec) } } else { Role::Output };
+        let role = if input {
+            Role::Input { release: ReleaseCounter::new(&spec) }
+        } else {
+            Role::Output { max_body }
+        };
         let link = DataLink {
-            link: ours,
+            link,
             id,
             peer,
             mailbox: name.clone(),
@@ -133,7 +170,7 @@ impl EventLoop {
             Some(free) => self.data[free] = Some(link),
             None => self.data.push(Some(link)),
         }
-        self.hand_broker_link(key, request, id, spec, theirs);
+        (id, spec)
     }
 
     pub(super) fn mailbox_stats(&self, request: u32, name: &PortName) -> ControlMessage {
@@ -146,6 +183,7 @@ impl EventLoop {
                 capacity: Capacity::Bounded(mailbox.capacity),
                 overflow: Overflow::Block,
                 message_size: Some(self.config.max_message_size),
+                delivery: Delivery::Reliable,
             },
             counters: PortCounters {
                 queued: mailbox.held() as u64,
@@ -211,7 +249,7 @@ impl EventLoop {
                     // What the sender sent before it left is still delivered; a receiver's
                     // link goes at once (its messages in flight are queued again).
                     link.finished = true;
-                    let output = matches!(link.role, Role::Output);
+                    let output = matches!(link.role, Role::Output { .. });
                     self.handle_frames(key);
                     if output {
                         return self.close_data(key);
@@ -237,7 +275,10 @@ impl EventLoop {
         loop {
             let Some(link) = self.data.get_mut(key.0).and_then(Option::as_mut) else { return true };
             let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) else { return true };
-            let input = matches!(link.role, Role::Input { .. });
+            let (input, max_body) = match link.role {
+                Role::Input { .. } => (true, 0),
+                Role::Output { max_body } => (false, max_body),
+            };
             if input && (mailbox.is_full() || held >= quota) {
                 return false;
             }
@@ -288,7 +329,7 @@ impl EventLoop {
                         self.close_data(key);
                         return true;
                     }
-                    mailbox.pull(key, header.correlation, deadline);
+                    mailbox.pull(key, header.correlation, deadline, max_body);
                 }
                 (false, FrameKind::Oneway) if frame.body.is_empty() => {
                     if let Some(stored) = mailbox.ack(key, header.correlation) {
@@ -395,7 +436,7 @@ impl EventLoop {
         // The peer gone, nothing more can reach it. A sender's frames may still wait unread in
         // the socket; they are read (and delivered) until the end of the stream. A receiver's
         // link goes now.
-        if link.out.flush(&link.link).is_err() && matches!(link.role, Role::Output) {
+        if link.out.flush(&link.link).is_err() && matches!(link.role, Role::Output { .. }) {
             self.close_data(key);
         }
     }
@@ -413,7 +454,7 @@ impl EventLoop {
     fn close_data(&mut self, key: DataKey) {
         let Some(link) = self.data.get_mut(key.0).and_then(Option::take) else { return };
         link.link.shutdown();
-        if matches!(link.role, Role::Output) {
+        if matches!(link.role, Role::Output { .. }) {
             if let Some(mailbox) = self.mailboxes.get_mut(&link.mailbox) {
                 mailbox.receiver_gone(key);
             }

@@ -1,4 +1,18 @@
 //! The broker's single-threaded event loop over its control sockets.
+//!
+//! ```text
+//! event_loop/
+//! ├── access.rs        policy checks (kernel credentials, or a TCP node's principal), grants
+//! ├── mailboxes.rs     serving mailboxes (the broker keeps one end of their links)
+//! ├── topics.rs        serving topics: publishers in, a queue per subscriber out
+//! ├── out_queue.rs     frames waiting for room in a link the loop never blocks on
+//! ├── gateway.rs       links to other hosts' brokers: channels relayed over host links
+//! ├── remote.rs        a node's requests for other hosts' names (`jobs@b`) and stand-ins
+//! ├── peer_opens.rs    a peer's opens of this host's ports, mailboxes, topics and inboxes
+//! ├── datagrams.rs     channels to datagram ports: best-effort session datagrams
+//! ├── dropped.rs       publications dropped on the way to a peer, and their credits
+//! └── remote_nodes.rs  nodes attached over TCP (tunnels) joining the loop
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -9,8 +23,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postbox_core::{
-    ControlErrorCode, ControlMessage, FrameHeader, FrameKind, Operation, PeerIdentity, PortName,
-    PortSpec, Target,
+    Capacity, ControlErrorCode, ControlMessage, Delivery, FrameHeader, FrameKind, Operation,
+    PeerIdentity, PortName, PortSpec, Target,
 };
 use postbox_transport::tunnel::AttachListener;
 use postbox_transport::{
@@ -23,10 +37,14 @@ use crate::mailbox::{DataKey, Mailbox};
 use crate::registry::{NodeKey, Registry};
 
 mod access;
+mod datagrams;
+mod dropped;
 mod gateway;
 mod mailboxes;
 mod out_queue;
+mod peer_opens;
 mod remote;
+mod remote_nodes;
 mod topics;
 
 pub use access::PolicyReloader;
@@ -35,7 +53,7 @@ use crate::socket_path::bind_listener;
 use crate::{BrokerConfig, BrokerError};
 use gateway::{Gateway, Relay, RelayKey};
 use mailboxes::DataLink;
-use remote::RemoteNode;
+use remote_nodes::RemoteNode;
 use topics::{TopicKey, TopicLink};
 
 /// A bound broker, ready to [`run`](Self::run) in this thread or [`spawn`](Self::spawn) on its
@@ -547,6 +565,8 @@ impl EventLoop {
             _ if !admitted => {
                 self.reject(key, ControlErrorCode::OutOfOrder, "the first message must be Hello");
             }
+            // Names of other hosts, remote nodes' stand-ins (docs/network.md): remote.rs.
+            message if self.is_remote_request(&message) => self.handle_remote(key, message),
             ControlMessage::OpenPort { request, ref name, .. }
                 if !self.permit(key, request, Operation::Register, name.as_str()) => {}
             ControlMessage::CreateMailbox { request, ref name, .. }
@@ -600,13 +620,6 @@ impl EventLoop {
             {
                 self.connect_status(key, request);
             }
-            ControlMessage::Connect { request, target: Target::Port(name), rights }
-                if !self.mailboxes.contains_key(&name)
-                    && self.registry.port(&name).is_none()
-                    && self.is_remote(&name) =>
-            {
-                self.connect_remote(key, request, &name, rights);
-            }
             ControlMessage::Connect { request, target: Target::Port(name), .. }
                 if self.mailboxes.contains_key(&name) =>
             {
@@ -617,6 +630,13 @@ impl EventLoop {
             ControlMessage::Stat { request, name } if self.mailboxes.contains_key(&name) => {
                 let stats = self.mailbox_stats(request, &name);
                 self.queue(key, &stats, Vec::new());
+            }
+            ControlMessage::OpenPort { request, spec, .. }
+                if spec.delivery == Delivery::Datagrams
+                    && spec.capacity == Capacity::Rendezvous =>
+            {
+                let detail = "a rendezvous port cannot take datagrams";
+                self.refuse(key, request, ControlErrorCode::Malformed, detail);
             }
             ControlMessage::OpenPort { request, name, mut spec, service } => {
                 // A port cannot take more than the host's links carry.
@@ -682,7 +702,8 @@ impl EventLoop {
                     request,
                     link: new.link,
                     server: new.server_identity,
-                    spec: new.spec,
+                    // A link within the host is lossless, whatever the port asks of others.
+                    spec: PortSpec { delivery: Delivery::Reliable, ..new.spec },
                     rights: new.rights,
                     quota: self.config.policy.quota(),
                 };

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use postbox_core::{
-    Capacity, ControlErrorCode, ControlMessage, Credit, FrameDecoder, FrameKind, NamePattern,
-    Overflow, PeerIdentity, Placement, PortName, PortSpec, ReleaseCounter, SendWindow,
+    Capacity, ControlErrorCode, ControlMessage, Credit, Delivery, FrameDecoder, FrameKind,
+    NamePattern, Overflow, PeerIdentity, Placement, PortName, PortSpec, ReleaseCounter, SendWindow,
 };
 use postbox_transport::{Interest, TransportError, UnixLink, Wait};
 
@@ -58,14 +58,7 @@ impl EventLoop {
         if self.refuse_if_taken(key, request, &topic, "topic") {
             return;
         }
-        self.topics.entry(topic.clone()).or_insert_with(|| Topic::new(0));
-        let spec = PortSpec {
-            capacity: Capacity::Bounded(PUBLISHER_WINDOW),
-            overflow: Overflow::Block,
-            // A publication adds the publisher's identity and the topic to the body (§2.9).
-            message_size: Some(self.config.max_message_size.saturating_sub(PUBLICATION_HEADER)),
-        };
-        let role = TopicRole::Publisher { topic, release: ReleaseCounter::new(&spec) };
+        let (role, spec) = self.publisher_role(topic);
         self.add_topic_link(key, request, role, spec);
     }
 
@@ -81,28 +74,82 @@ impl EventLoop {
             let detail = format!("not a topic pattern: {pattern:?}");
             return self.refuse(key, request, ControlErrorCode::InvalidName, &detail);
         };
+        let (role, spec) = self.subscriber_role(parsed, capacity, drop_newest);
+        let slot = self.add_topic_link(key, request, role, spec);
+        if let Some(slot) = slot {
+            self.pump(slot);
+        }
+    }
+
+    /// Makes `link` the broker's end of a publishing link to `topic` (created if needed) for
+    /// `peer`, a node of another host (docs/network.md §5); how the topic takes messages.
+    pub(super) fn attach_publisher(
+        &mut self,
+        link: UnixLink,
+        peer: PeerIdentity,
+        topic: PortName,
+    ) -> PortSpec {
+        let (role, spec) = self.publisher_role(topic);
+        self.attach_topic_link(link, peer, role);
+        spec
+    }
+
+    /// Makes `link` the broker's end of a subscription to `pattern` for `peer`, a node of
+    /// another host; how the broker sends to it.
+    pub(super) fn attach_subscriber(
+        &mut self,
+        link: UnixLink,
+        peer: PeerIdentity,
+        pattern: NamePattern,
+        capacity: u32,
+        drop_newest: bool,
+    ) -> PortSpec {
+        let (role, spec) = self.subscriber_role(pattern, capacity, drop_newest);
+        let slot = self.attach_topic_link(link, peer, role);
+        self.pump(slot);
+        spec
+    }
+
+    /// A publisher's role on `topic` (created if it does not exist) and its link's spec.
+    fn publisher_role(&mut self, topic: PortName) -> (TopicRole, PortSpec) {
+        self.topics.entry(topic.clone()).or_insert_with(|| Topic::new(0));
+        let spec = PortSpec {
+            capacity: Capacity::Bounded(PUBLISHER_WINDOW),
+            overflow: Overflow::Block,
+            // A publication adds the publisher's identity and the topic to the body (§2.9).
+            message_size: Some(self.config.max_message_size.saturating_sub(PUBLICATION_HEADER)),
+            delivery: Delivery::Reliable,
+        };
+        (TopicRole::Publisher { topic, release: ReleaseCounter::new(&spec) }, spec)
+    }
+
+    /// A subscriber's role on `pattern`, its queue holding what matching topics keep, and its
+    /// link's spec.
+    fn subscriber_role(
+        &self,
+        pattern: NamePattern,
+        capacity: u32,
+        drop_newest: bool,
+    ) -> (TopicRole, PortSpec) {
         // The subscriber's own receive side: the broker sends within this window.
         let capacity = capacity.clamp(1, MAX_SUBSCRIBER_CAPACITY);
         let spec = PortSpec {
             capacity: Capacity::Bounded(capacity),
             overflow: if drop_newest { Overflow::Fail } else { Overflow::DropOldest },
             message_size: Some(self.config.max_message_size),
+            delivery: Delivery::Reliable,
         };
         let mut queue =
             SubscriberQueue::new(capacity, self.config.policy.limits().queued_bytes, drop_newest);
         // Late joiners get what matching topics keep.
         for (name, topic) in &self.topics {
-            if parsed.matches(name) {
+            if pattern.matches(name) {
                 for message in &topic.history {
                     queue.push(message.clone());
                 }
             }
         }
-        let role = TopicRole::Subscriber { pattern: parsed, queue, window: SendWindow::new(&spec) };
-        let slot = self.add_topic_link(key, request, role, spec);
-        if let Some(slot) = slot {
-            self.pump(slot);
-        }
+        (TopicRole::Subscriber { pattern, queue, window: SendWindow::new(&spec) }, spec)
     }
 
     fn add_topic_link(
@@ -117,26 +164,35 @@ impl EventLoop {
             return None;
         }
         let (ours, theirs) = self.broker_link_pair(key, request)?;
+        let slot = self.attach_topic_link(ours, peer, role);
+        let id = self.registry.allocate_link_id();
+        self.hand_broker_link(key, request, id, spec, theirs);
+        Some(slot)
+    }
+
+    fn attach_topic_link(
+        &mut self,
+        link: UnixLink,
+        peer: PeerIdentity,
+        role: TopicRole,
+    ) -> TopicKey {
         let link = TopicLink {
-            link: ours,
+            link,
             peer,
             role,
             decoder: FrameDecoder::new(self.config.max_message_size),
             out: OutQueue::default(),
         };
-        let slot = match self.topic_links.iter().position(Option::is_none) {
+        match self.topic_links.iter().position(Option::is_none) {
             Some(free) => {
                 self.topic_links[free] = Some(link);
-                free
+                TopicKey(free)
             }
             None => {
                 self.topic_links.push(Some(link));
-                self.topic_links.len() - 1
+                TopicKey(self.topic_links.len() - 1)
             }
-        };
-        let id = self.registry.allocate_link_id();
-        self.hand_broker_link(key, request, id, spec, theirs);
-        Some(TopicKey(slot))
+        }
     }
 
     pub(super) fn topic_interest(link: &TopicLink) -> Interest {

@@ -1,7 +1,7 @@
 //! Which hosts a broker links to: its own name, its static peers, and their timers.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postbox_core::PortName;
@@ -15,7 +15,8 @@ use serde::Deserialize;
 /// Each pair of brokers is joined by one host link. Exactly one side of a pair dials; the
 /// other listens on an address reserved for that one peer (a host link cannot tell who is
 /// connecting, so one listening address serves one peer). Links are plain TCP unless a peer
-/// (or a top-level `[tls]` table, for every peer) asks for TLS or a pre-shared key.
+/// (or a top-level `[tls]` table, for every peer) asks for TLS or a pre-shared key, or for
+/// QUIC (`transport = "quic"`, always with TLS).
 ///
 /// # Examples
 /// ```
@@ -46,6 +47,8 @@ pub struct HostsConfig {
     /// Heartbeat intervals without a word from a peer before its calls fail (`PeerDead` or
     /// `Unreachable`).
     pub missed_heartbeats: u32,
+    /// The file's top-level `[tls]` table, for peers added later by flag over QUIC.
+    default_tls: Option<TlsFiles>,
 }
 
 /// A host's name: 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
@@ -59,11 +62,42 @@ pub struct PeerConfig {
     pub name: HostName,
     /// How the host link to it is made.
     pub connect: PeerConnect,
-    /// How the link's connections are secured (plain TCP by default).
+    /// How the link's connections are secured (plain TCP by default; always TLS over QUIC).
     pub security: LinkSecurity,
+    /// What carries the link: TCP (the default) or QUIC.
+    pub transport: PeerTransport,
+    /// Where a TCP link's best-effort datagrams go (datagram ports, docs/network.md §13);
+    /// QUIC carries them as QUIC datagrams.
+    pub datagrams: DatagramRoute,
 }
 
-/// Which side of a pair makes the TCP connection.
+/// Where a TCP host link carries the best-effort datagrams of datagram ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DatagramRoute {
+    /// UDP at the link's own address and port number: the dialer sends to the address it
+    /// dials, the listener receives on the address it listens on (the default).
+    #[default]
+    SameAddress,
+    /// UDP at this address instead: where the dialer sends them (another port, a relay), or
+    /// where the listener receives them (`datagram = "ADDR:PORT"`).
+    Udp(SocketAddr),
+    /// On the TCP connection with everything else, reliable underneath (`datagram = "tcp"`,
+    /// for paths that block UDP): still counted and dropped as best effort by the brokers.
+    Stream,
+}
+
+/// What carries a host link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerTransport {
+    /// TCP: plain, TLS, or with a pre-shared key.
+    #[default]
+    Tcp,
+    /// QUIC (UDP), always with mutual TLS: each port's channel on a stream of its own, so a
+    /// loss on one holds back no other.
+    Quic,
+}
+
+/// Which side of a pair makes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerConnect {
     /// This broker dials the peer here (and dials again after every break).
@@ -82,8 +116,8 @@ pub enum HostsConfigError {
     /// A host name breaks the naming rules.
     #[error("invalid host name {0:?} (1 to 63 ASCII letters, digits, '-', '_' or '.')")]
     BadName(String),
-    /// A peer says neither or both of `dial` and `listen`, or a flag is not `NAME=dial:ADDR`
-    /// or `NAME=listen:ADDR`.
+    /// A peer says neither or both of `dial` and `listen`, or a flag is not
+    /// `NAME=dial:ADDR`, `NAME=listen:ADDR`, `NAME=quic-dial:ADDR` or `NAME=quic-listen:ADDR`.
     #[error("peer {0}: say exactly one of dial = \"ADDR:PORT\" or listen = \"ADDR:PORT\"")]
     BadPeer(String),
     /// An address does not resolve.
@@ -97,6 +131,13 @@ pub enum HostsConfigError {
     /// Two peers share a name, or a peer has this host's name.
     #[error("host {0} is named twice")]
     Duplicate(String),
+    /// A peer over QUIC has no TLS settings (neither its own `tls` nor a `[tls]` table; a
+    /// `psk_file` does not do: QUIC always runs TLS).
+    #[error("peer {0}: QUIC needs TLS (the peer's tls = {{ .. }} or a [tls] table)")]
+    QuicWithoutTls(String),
+    /// A peer over QUIC names a `datagram` route: QUIC carries datagrams itself.
+    #[error("peer {0}: datagram = … is for TCP links; QUIC carries datagrams itself")]
+    DatagramRouteOverQuic(String),
     /// A peer's TLS or pre-shared key settings cannot be used: a file is missing or
     /// malformed, or the peer names both `tls` and `psk_file`.
     #[error("peer {peer}: {reason}")]
@@ -121,6 +162,7 @@ impl HostsConfig {
             peers: Vec::new(),
             heartbeat_interval: session.heartbeat_interval,
             missed_heartbeats: session.missed_heartbeats,
+            default_tls: None,
         })
     }
 
@@ -134,12 +176,18 @@ impl HostsConfig {
     /// key: authenticates, does not encrypt). A top-level `[tls]` table with the same keys
     /// applies to every peer that says neither. The files are read here.
     ///
+    /// Transport, per peer: `transport = "tcp"` (the default) or `"quic"`; a QUIC peer needs
+    /// TLS (its own `tls`, or the `[tls]` table). A TCP peer's datagrams: `datagram =
+    /// "ADDR:PORT"` (UDP there), `"tcp"` (on the connection), or nothing (UDP at the link's
+    /// own address and port).
+    ///
     /// # Errors
     /// [`HostsConfigError`] says what is wrong; nothing is silently ignored.
     pub fn from_toml(text: &str) -> Result<Self, HostsConfigError> {
         let file: HostsFile =
             toml::from_str(text).map_err(|e| HostsConfigError::Invalid(e.to_string()))?;
         let mut config = Self::new(&file.name)?;
+        config.default_tls = file.tls.as_ref().map(TlsSection::files);
         if let Some(ms) = file.heartbeat_interval_ms {
             config.heartbeat_interval = Duration::from_millis(ms.max(1));
         }
@@ -153,19 +201,38 @@ impl HostsConfig {
                 _ => return Err(HostsConfigError::BadPeer(name)),
             };
             let host = HostName::new(&name)?;
+            let transport = peer.transport.unwrap_or_default().into();
             let security = peer.security(&host, file.tls.as_ref())?;
-            config.add_peer(PeerConfig { name: host, connect, security })?;
+            if transport == PeerTransport::Quic && !matches!(security, LinkSecurity::Tls(_)) {
+                return Err(HostsConfigError::QuicWithoutTls(name));
+            }
+            let datagrams = match peer.datagram.as_deref() {
+                None => DatagramRoute::SameAddress,
+                Some(_) if transport == PeerTransport::Quic => {
+                    return Err(HostsConfigError::DatagramRouteOverQuic(name));
+                }
+                Some("tcp") => DatagramRoute::Stream,
+                Some(address) => DatagramRoute::Udp(resolve(&name, address)?),
+            };
+            config.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })?;
         }
         Ok(config)
     }
 
-    /// Adds a peer from its flag form, `NAME=dial:ADDR:PORT` or `NAME=listen:ADDR:PORT`.
+    /// Adds a peer from its flag form: `NAME=dial:ADDR:PORT` or `NAME=listen:ADDR:PORT` (plain
+    /// TCP), or `NAME=quic-dial:ADDR:PORT` or `NAME=quic-listen:ADDR:PORT` (QUIC, with the TLS
+    /// settings of the hosts file's `[tls]` table).
     ///
     /// # Errors
-    /// [`HostsConfigError`] for a malformed flag, an unresolvable address or a duplicate.
+    /// [`HostsConfigError`] for a malformed flag, an unresolvable address, a duplicate, or a
+    /// QUIC peer without a `[tls]` table (`QuicWithoutTls`).
     pub fn add_peer_flag(&mut self, flag: &str) -> Result<(), HostsConfigError> {
         let bad = || HostsConfigError::BadPeer(flag.to_owned());
         let (name, how) = flag.split_once('=').ok_or_else(bad)?;
+        let (transport, how) = match how.strip_prefix("quic-") {
+            Some(how) => (PeerTransport::Quic, how),
+            None => (PeerTransport::Tcp, how),
+        };
         let connect = if let Some(address) = how.strip_prefix("dial:") {
             PeerConnect::Dial(resolve(name, address)?)
         } else if let Some(address) = how.strip_prefix("listen:") {
@@ -173,8 +240,17 @@ impl HostsConfig {
         } else {
             return Err(bad());
         };
-        let security = LinkSecurity::Plain;
-        self.add_peer(PeerConfig { name: HostName::new(name)?, connect, security })
+        let host = HostName::new(name)?;
+        let security = match transport {
+            // Flags make plain TCP links; TLS over TCP needs the peer in the hosts file.
+            PeerTransport::Tcp => LinkSecurity::Plain,
+            PeerTransport::Quic => match &self.default_tls {
+                Some(files) => files.load(&host)?,
+                None => return Err(HostsConfigError::QuicWithoutTls(name.to_owned())),
+            },
+        };
+        let datagrams = DatagramRoute::SameAddress;
+        self.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })
     }
 
     /// Adds a peer.
@@ -206,6 +282,14 @@ impl HostsConfig {
         config.session.initial_rto = config.session.initial_rto.min(config.session.max_rto);
         config.session.min_rto = config.session.min_rto.min(config.session.max_rto);
         config.session.max_payload = MAX_REMOTE_MESSAGE + FORWARD_OVERHEAD;
+        // A datagram carries one channel's frames, numbered (`hosts/protocol.rs`): within one
+        // UDP datagram of IPv6's minimum MTU with the session's and the UDP side's headers, and
+        // within a QUIC datagram at QUIC's initial MTU.
+        config.session.max_datagram_payload = MAX_DATAGRAM_PAYLOAD;
+        config.session.datagram_queue = DATAGRAM_QUEUE;
+        // Channels are spread over a fixed set of streams: the peer may open no more (over
+        // QUIC, a stream each; the readers' buffers are bounded by it).
+        config.session.max_streams = super::protocol::STREAMS;
         config.reconnect_max = config.reconnect_max.min(self.heartbeat_interval.max(MIN_RTO));
         config
     }
@@ -253,11 +337,12 @@ impl std::fmt::Display for PeerConnect {
     }
 }
 
-/// How `postbox ls` names a link's security: empty for plain TCP.
-pub(crate) fn security_label(security: &LinkSecurity) -> &'static str {
-    match security {
-        LinkSecurity::Tls(_) => " (tls)",
-        LinkSecurity::PreSharedKey(_) => " (psk)",
+/// How `postbox ls` names a link's carrier and security: empty for plain TCP.
+pub(crate) fn link_label(peer: &PeerConfig) -> &'static str {
+    match (peer.transport, &peer.security) {
+        (PeerTransport::Quic, _) => " (quic)",
+        (PeerTransport::Tcp, LinkSecurity::Tls(_)) => " (tls)",
+        (PeerTransport::Tcp, LinkSecurity::PreSharedKey(_)) => " (psk)",
         _ => "",
     }
 }
@@ -274,12 +359,22 @@ pub(crate) fn split_remote(name: &PortName) -> Option<(PortName, &str)> {
 /// The largest message body that crosses hosts: links to remote ports announce at most this.
 pub const MAX_REMOTE_MESSAGE: u32 = 1 << 20;
 
+/// The largest message body that crosses hosts as a datagram: links to a datagram port on
+/// another host announce at most this (docs/network.md §13).
+pub const MAX_DATAGRAM_MESSAGE: u32 = 1024;
+
+/// The largest host message in one datagram: its 18-byte header, then frames (each a 32-byte
+/// header and its body), so that one message of [`MAX_DATAGRAM_MESSAGE`] bytes fits.
+pub(crate) const MAX_DATAGRAM_PAYLOAD: u32 = 1100;
+
 /// What forwarding adds to a frame on a host link: the message header and the frame header,
 /// with room to spare.
 pub(crate) const FORWARD_OVERHEAD: u32 = 64;
 
 /// The shortest retransmission bound used with very short heartbeats.
 const MIN_RTO: Duration = Duration::from_millis(50);
+/// Datagrams queued in a host link for its writer; more are dropped (and counted).
+const DATAGRAM_QUEUE: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +394,46 @@ struct PeerSection {
     listen: Option<String>,
     tls: Option<TlsSection>,
     psk_file: Option<String>,
+    transport: Option<TransportName>,
+    datagram: Option<String>,
+}
+
+/// `transport = "tcp"` or `"quic"`; anything else is refused by the parser.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TransportName {
+    #[default]
+    Tcp,
+    Quic,
+}
+
+impl From<TransportName> for PeerTransport {
+    fn from(name: TransportName) -> Self {
+        match name {
+            TransportName::Tcp => Self::Tcp,
+            TransportName::Quic => Self::Quic,
+        }
+    }
+}
+
+/// A `[tls]` table's files, kept for peers added by flag after the file was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// TLS settings for the link to `peer`, read from the files now.
+    fn load(&self, peer: &HostName) -> Result<LinkSecurity, HostsConfigError> {
+        TlsConfig::from_pem_files(&self.cert, &self.key, &self.ca, peer.as_str())
+            .map(LinkSecurity::Tls)
+            .map_err(|e| HostsConfigError::BadSecurity {
+                peer: peer.as_str().to_owned(),
+                reason: e.to_string(),
+            })
+    }
 }
 
 /// PEM files: this host's certificate chain and key, and the CAs that sign the peers'.
@@ -328,15 +463,18 @@ impl PeerSection {
                 .map_err(|e| bad(e.to_string())),
             (tls, None) => match tls.as_ref().or(default_tls) {
                 None => Ok(LinkSecurity::Plain),
-                Some(tls) => TlsConfig::from_pem_files(
-                    Path::new(&tls.cert),
-                    Path::new(&tls.key),
-                    Path::new(&tls.ca),
-                    peer.as_str(),
-                )
-                .map(LinkSecurity::Tls)
-                .map_err(|e| bad(e.to_string())),
+                Some(tls) => tls.files().load(peer),
             },
+        }
+    }
+}
+
+impl TlsSection {
+    fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: PathBuf::from(&self.cert),
+            key: PathBuf::from(&self.key),
+            ca: PathBuf::from(&self.ca),
         }
     }
 }
@@ -397,7 +535,7 @@ mod tests {
         let expected = PreSharedKey::new(b"0123456789abcdef0123").unwrap();
         assert_eq!(config.peers[0].security, LinkSecurity::PreSharedKey(expected));
         assert_eq!(config.peers[1].security, LinkSecurity::Plain);
-        assert_eq!(security_label(&config.peers[0].security), " (psk)");
+        assert_eq!(link_label(&config.peers[0]), " (psk)");
 
         let missing = dir.path().join("missing.pem");
         let missing = missing.display();
@@ -425,6 +563,118 @@ mod tests {
         // Unknown keys in a tls table are errors, as everywhere else.
         let unknown = "name = 'a'\n[tls]\ncert = 'x'\nkey = 'x'\nca = 'x'\ncrl = 'x'\n";
         assert!(matches!(HostsConfig::from_toml(unknown), Err(HostsConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn quic_peers_come_from_toml_and_flags_and_need_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = postbox_test::Authority::new("test CA");
+        let identity = ca.issue("a");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (cert, key, ca) = (
+            write("a.pem", &identity.cert),
+            write("a.key", &identity.key),
+            write("ca.pem", &ca.pem()),
+        );
+        let tls = format!("[tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n");
+        let mut config = HostsConfig::from_toml(&format!(
+            "name = 'a'\n{tls}[peers]\nb = {{ dial = '127.0.0.1:9', transport = 'quic' }}\n\
+             c = {{ listen = '127.0.0.1:10', transport = 'tcp' }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.peers[0].transport, PeerTransport::Quic);
+        assert!(matches!(config.peers[0].security, LinkSecurity::Tls(_)));
+        assert_eq!(link_label(&config.peers[0]), " (quic)");
+        assert_eq!(config.peers[0].connect.to_string(), "dial 127.0.0.1:9");
+        assert_eq!(config.peers[1].transport, PeerTransport::Tcp);
+        assert_eq!(link_label(&config.peers[1]), " (tls)");
+        // Flags: the quic forms take the file's [tls]; the others stay plain TCP.
+        config.add_peer_flag("d=quic-listen:127.0.0.1:11").unwrap();
+        config.add_peer_flag("e=quic-dial:127.0.0.1:12").unwrap();
+        config.add_peer_flag("f=dial:127.0.0.1:13").unwrap();
+        let transports: Vec<_> = config.peers[2..].iter().map(|p| p.transport).collect();
+        assert_eq!(transports, [PeerTransport::Quic, PeerTransport::Quic, PeerTransport::Tcp]);
+        assert_eq!(config.peers[2].connect, PeerConnect::Listen("127.0.0.1:11".parse().unwrap()));
+        assert_eq!(config.peers[4].security, LinkSecurity::Plain);
+        assert!(matches!(
+            config.add_peer_flag("g=quic-connect:127.0.0.1:14"),
+            Err(HostsConfigError::BadPeer(_))
+        ));
+
+        // Without TLS, QUIC is refused: no [tls], a pre-shared key instead, or a bare flag.
+        let plain = "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', transport = 'quic' }\n";
+        assert_eq!(
+            HostsConfig::from_toml(plain),
+            Err(HostsConfigError::QuicWithoutTls("b".into()))
+        );
+        let psk = write("b.psk", "0123456789abcdef0123");
+        let with_key = format!(
+            "name = 'a'\n[peers]\n\
+             b = {{ dial = '127.0.0.1:9', transport = 'quic', psk_file = '{psk}' }}\n"
+        );
+        assert_eq!(
+            HostsConfig::from_toml(&with_key),
+            Err(HostsConfigError::QuicWithoutTls("b".into()))
+        );
+        let mut bare = HostsConfig::new("a").unwrap();
+        assert_eq!(
+            bare.add_peer_flag("b=quic-dial:127.0.0.1:9"),
+            Err(HostsConfigError::QuicWithoutTls("b".into()))
+        );
+        let unknown = "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', transport = 'udp' }\n";
+        assert!(matches!(HostsConfig::from_toml(unknown), Err(HostsConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_tcp_peer_says_where_its_datagrams_go_and_a_quic_peer_may_not() {
+        let config = HostsConfig::from_toml(
+            "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', datagram = '127.0.0.1:19' }\n\
+             c = { listen = '127.0.0.1:10', datagram = 'tcp' }\nd = { dial = '127.0.0.1:11' }\n",
+        )
+        .unwrap();
+        let routes: Vec<DatagramRoute> = config.peers.iter().map(|p| p.datagrams).collect();
+        assert_eq!(
+            routes,
+            [
+                DatagramRoute::Udp("127.0.0.1:19".parse().unwrap()),
+                DatagramRoute::Stream,
+                DatagramRoute::SameAddress
+            ]
+        );
+        let bad = "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', datagram = 'nowhere' }\n";
+        assert!(matches!(HostsConfig::from_toml(bad), Err(HostsConfigError::BadAddress { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        let ca = postbox_test::Authority::new("test CA");
+        let identity = ca.issue("a");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (cert, key, ca) = (
+            write("a.pem", &identity.cert),
+            write("a.key", &identity.key),
+            write("ca.pem", &ca.pem()),
+        );
+        let quic = format!(
+            "name = 'a'\n[tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n[peers]\n\
+             b = {{ dial = '127.0.0.1:9', transport = 'quic', datagram = '127.0.0.1:19' }}\n"
+        );
+        assert_eq!(
+            HostsConfig::from_toml(&quic),
+            Err(HostsConfigError::DatagramRouteOverQuic("b".into()))
+        );
+    }
+
+    #[test]
+    fn a_host_link_allows_the_peer_only_the_streams_channels_use() {
+        // Over QUIC each is a stream the peer may open, with a reader's buffer behind it.
+        let config = HostsConfig::new("a").unwrap().link_config();
+        assert_eq!(config.session.max_streams, super::super::protocol::STREAMS);
     }
 
     #[test]

@@ -2,16 +2,17 @@
 //! broker's event loop when it has events, and the loop takes them (no thread in between).
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::Instant;
 
 use postbox_transport::host_link::{
-    Event, HostLink, HostLinkConfig, HostLinkStats, LinkState, SendError, StreamId,
+    DatagramSendError, Event, HostLink, HostLinkConfig, HostLinkStats, LinkSecurity, LinkState,
+    SendError, StreamId,
 };
 use postbox_transport::{TransportError, Waker};
 
-use super::config::{security_label, PeerConfig, PeerConnect};
+use super::config::{link_label, DatagramRoute, PeerConfig, PeerConnect, PeerTransport};
 use super::status::{HostState, HostStatus};
 
 /// One peer and its current host link.
@@ -28,6 +29,9 @@ pub(crate) struct Peer {
     pub(crate) backlog: VecDeque<(StreamId, Vec<u8>)>,
     /// The last session's counters, shown while a new one starts.
     last_stats: Option<HostLinkStats>,
+    /// One-way messages of datagram ports lost on the way to or from this peer, as far as
+    /// this broker can tell, since it started (docs/network.md §13).
+    pub(crate) datagrams_lost: u64,
 }
 
 impl Peer {
@@ -39,28 +43,83 @@ impl Peer {
             restart_at: Some(Instant::now()),
             backlog: VecDeque::new(),
             last_stats: None,
+            datagrams_lost: 0,
         }
     }
 
     /// Starts a new host link (a new session, so the peer sees a restart) that wakes `waker`
-    /// when it has events. On failure (the listening address is still held by the previous
-    /// link's acceptor, or taken) the caller retries later.
+    /// when it has events; a TCP link gets its UDP side for datagrams as the peer's
+    /// [`DatagramRoute`] says. On failure (the listening address, TCP or UDP, is still held by
+    /// the previous link, or taken) the caller retries later.
     pub(crate) fn start(
         &mut self,
         config: &HostLinkConfig,
         waker: &Arc<Waker>,
     ) -> Result<(), TransportError> {
         let security = self.config.security.clone();
-        let link = match self.config.connect {
-            PeerConnect::Dial(address) => {
-                HostLink::dial_secured(address, config.clone(), security)?
+        let bind_failed = |e: std::io::Error| TransportError::Os {
+            operation: "bind host-link listener",
+            kind: e.kind(),
+        };
+        let route = self.config.datagrams;
+        let link = match (self.config.transport, self.config.connect) {
+            (PeerTransport::Tcp, PeerConnect::Dial(address)) => match route {
+                DatagramRoute::Stream => HostLink::dial_secured(address, config.clone(), security)?,
+                DatagramRoute::SameAddress => {
+                    HostLink::dial_with_udp(address, address, config.clone(), security)?
+                }
+                DatagramRoute::Udp(to) => {
+                    HostLink::dial_with_udp(address, to, config.clone(), security)?
+                }
+            },
+            (PeerTransport::Tcp, PeerConnect::Listen(address)) => {
+                let listener = TcpListener::bind(address).map_err(bind_failed)?;
+                let udp_at = match route {
+                    DatagramRoute::Stream => None,
+                    // The port the listener got, should the address ask for any.
+                    DatagramRoute::SameAddress => Some(listener.local_addr().unwrap_or(address)),
+                    DatagramRoute::Udp(at) => Some(at),
+                };
+                match udp_at.map(|at| (at, UdpSocket::bind(at))) {
+                    None => HostLink::listen_secured(listener, config.clone(), security)?,
+                    Some((_, Ok(socket))) => {
+                        HostLink::listen_with_udp(listener, socket, config.clone(), security)?
+                    }
+                    Some((at, Err(error))) if route == DatagramRoute::SameAddress => {
+                        // The UDP twin of the link's port is someone else's: the link itself
+                        // still serves everything but datagrams, which the dialer sends there.
+                        tracing::warn!(
+                            host = %self.config.name, %at, %error,
+                            "datagram address taken; datagram ports lose this peer's datagrams \
+                             (set datagram = \"ADDR:PORT\" or \"tcp\" for the peer)"
+                        );
+                        HostLink::listen_secured(listener, config.clone(), security)?
+                    }
+                    Some((_, Err(error))) => {
+                        return Err(TransportError::Os {
+                            operation: "bind host-link datagram socket",
+                            kind: error.kind(),
+                        });
+                    }
+                }
             }
-            PeerConnect::Listen(address) => {
-                let listener = TcpListener::bind(address).map_err(|e| TransportError::Os {
-                    operation: "bind host-link listener",
-                    kind: e.kind(),
-                })?;
-                HostLink::listen_secured(listener, config.clone(), security)?
+            (PeerTransport::Quic, connect) => {
+                // The configuration parser gives every QUIC peer TLS (`QuicWithoutTls`).
+                let LinkSecurity::Tls(tls) = security else {
+                    return Err(TransportError::Os {
+                        operation: "start a QUIC host link without TLS",
+                        kind: std::io::ErrorKind::InvalidInput,
+                    });
+                };
+                match connect {
+                    PeerConnect::Dial(address) => {
+                        HostLink::dial_quic(address, tls, config.clone())?
+                    }
+                    PeerConnect::Listen(address) => {
+                        let socket = UdpSocket::bind(address).map_err(bind_failed)?;
+                        HostLink::listen_quic(socket, tls, config.clone())?
+                    }
+                }
             }
         };
         link.wake_on_events(Arc::clone(waker));
@@ -98,6 +157,19 @@ impl Peer {
             return Err(SendError::Full(payload));
         }
         link.try_send(stream, payload).map(|_| ())
+    }
+
+    /// Sends a best-effort datagram on `stream` if a link is open and has room; a datagram
+    /// that cannot go now is not kept (the error hands it back).
+    pub(crate) fn send_datagram(
+        &self,
+        stream: StreamId,
+        payload: Vec<u8>,
+    ) -> Result<(), DatagramSendError> {
+        let Some(link) = &self.link else {
+            return Err(DatagramSendError::LinkDown(payload));
+        };
+        link.send_datagram(stream, payload).map(|_| ())
     }
 
     /// Sends a control message now, or keeps it for when there is room. Dropped when no link
@@ -151,7 +223,7 @@ impl Peer {
         };
         HostStatus {
             name: self.config.name.to_string(),
-            connect: format!("{}{}", self.config.connect, security_label(&self.config.security)),
+            connect: format!("{}{}", self.config.connect, link_label(&self.config)),
             state,
             rtt: stats.as_ref().and_then(|s| s.session.smoothed_rtt),
             retransmissions: stats.as_ref().map_or(0, |s| s.session.retransmissions),
@@ -160,6 +232,7 @@ impl Peer {
             connections: stats.as_ref().map_or(0, |s| s.connections),
             sessions: self.incarnation,
             channels,
+            datagrams_lost: self.datagrams_lost,
         }
     }
 }

@@ -1,13 +1,18 @@
 //! What two brokers say to each other on a host link: opening and closing a remote
-//! connection, and the data frames it carries, one or a batch at a time (docs/network.md §4).
+//! connection (to a port, a mailbox, a topic or a node's inbox), and the data frames it
+//! carries, one or a batch at a time (docs/network.md §4).
 //!
-//! Every message names one remote connection (a *channel*): the broker that opened it
-//! numbered it, and a flag says whether that was the sender or the receiver of the message,
-//! so the two brokers' numbers never collide.
+//! Every message but one names one remote connection (a *channel*): the broker that opened
+//! it numbered it, and a flag says whether that was the sender or the receiver of the
+//! message, so the two brokers' numbers never collide. The exception, `Run`, tells the peer
+//! which run of the sender's broker it talks to. Every message but `Datagram` is one reliable
+//! message of the session; a `Datagram` is one best-effort datagram (docs/network.md §13).
 
 use postbox_core::wire::{put_text, DecodeError, Reader};
-use postbox_core::{PortName, PortSpec, Quota, Rights};
+use postbox_core::{PortName, PortSpec, ProcessId, Quota, Rights};
 use postbox_transport::host_link::StreamId;
+
+use super::identity::NodeRef;
 
 /// One remote connection, as this broker names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,13 +23,45 @@ pub(crate) struct Channel {
     pub(crate) number: u64,
 }
 
+/// What a channel is opened to, on the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpenTarget {
+    /// A port, or a mailbox to send to (the name says which, as for a local `Connect`).
+    Port(PortName),
+    /// A mailbox to receive from.
+    Mailbox(PortName),
+    /// A topic to publish to.
+    Publish(PortName),
+    /// Topics to subscribe to, with the subscriber's queue at the peer.
+    Subscribe { pattern: String, capacity: u32, drop_newest: bool },
+    /// The inbox of one of the peer's nodes, admitted by the peer's run `incarnation` (0:
+    /// whichever run is current).
+    Inbox { incarnation: u64, process: ProcessId },
+}
+
+/// What travels on a channel, which decides the frames allowed each way and the senders
+/// named inside them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChannelKind {
+    /// A port's, an inbox's, or a link into a mailbox or a topic: calls and messages to the
+    /// server; replies and credits back.
+    Port,
+    /// A mailbox's receiving link: pulls and acknowledgements to the mailbox; deliveries
+    /// (which name their sender) back.
+    Mailbox,
+    /// A subscription: credits to the topics; publications (which name their publisher)
+    /// back.
+    Subscription,
+}
+
 /// One message between brokers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HostMessage {
-    /// Opener → peer: connect to your port `port` for one of my nodes, with these rights.
-    Open { channel: Channel, port: PortName, rights: Rights },
-    /// Peer → opener: connected; the port buffers as `spec`, the link carries `rights`.
-    Opened { channel: Channel, spec: PortSpec, rights: Rights, quota: Quota },
+    /// Opener → peer: connect `target` for my node `client`, with these rights.
+    Open { channel: Channel, target: OpenTarget, rights: Rights, client: NodeRef },
+    /// Peer → opener: connected; the endpoint buffers as `spec`, the link carries `rights`,
+    /// and `server` is at the other end.
+    Opened { channel: Channel, spec: PortSpec, rights: Rights, quota: Quota, server: NodeRef },
     /// Peer → opener: not connected, and why.
     Refused { channel: Channel, reason: Refusal, detail: String },
     /// Either way: one data frame (header and body, docs/wire-format.md §2) of the link.
@@ -35,6 +72,13 @@ pub(crate) enum HostMessage {
     Frames { channel: Channel, frames: Vec<u8> },
     /// Either way: the link closed at this end; the other end closes too.
     Close { channel: Channel },
+    /// Client → server, on a channel to a datagram port, as a best-effort datagram: one-way
+    /// frames back to back, numbered `seq`, `seq + 1`, … in the channel's order, so that the
+    /// receiver drops what comes late or twice and counts the numbers it never saw.
+    Datagram { channel: Channel, seq: u64, frames: Vec<u8> },
+    /// Either way, first in every session (and again when the peer restarted): the sender
+    /// broker's run, its `incarnation` (docs/network.md §5). About no channel.
+    Run { incarnation: u64 },
 }
 
 /// Why a remote connection was refused.
@@ -46,6 +90,21 @@ pub(crate) enum Refusal {
     Denied,
     /// A limit of the peer's was reached.
     LimitExceeded,
+    /// The name is held by something else (a port or mailbox, for a topic).
+    NameTaken,
+    /// The name or pattern breaks the naming rules.
+    InvalidName,
+}
+
+impl OpenTarget {
+    /// What the channel carries.
+    pub(crate) fn kind(&self) -> ChannelKind {
+        match self {
+            Self::Mailbox(_) => ChannelKind::Mailbox,
+            Self::Subscribe { .. } => ChannelKind::Subscription,
+            Self::Port(_) | Self::Publish(_) | Self::Inbox { .. } => ChannelKind::Port,
+        }
+    }
 }
 
 impl Channel {
@@ -60,15 +119,20 @@ impl Channel {
 }
 
 impl HostMessage {
-    /// The channel the message is about.
-    pub(crate) fn channel(&self) -> Channel {
+    /// The stream `Run` travels on.
+    pub(crate) const RUN_STREAM: StreamId = StreamId(1);
+
+    /// The channel the message is about (every one but `Run`).
+    pub(crate) fn channel(&self) -> Option<Channel> {
         match self {
             Self::Open { channel, .. }
             | Self::Opened { channel, .. }
             | Self::Refused { channel, .. }
             | Self::Frame { channel, .. }
             | Self::Frames { channel, .. }
-            | Self::Close { channel } => *channel,
+            | Self::Close { channel }
+            | Self::Datagram { channel, .. } => Some(*channel),
+            Self::Run { .. } => None,
         }
     }
 
@@ -88,21 +152,54 @@ impl HostMessage {
                 (FRAMES, channel)
             }
             Self::Close { channel } => (CLOSE, channel),
+            Self::Datagram { channel, frames, .. } => {
+                buf.reserve(8 + frames.len());
+                (DATAGRAM, channel)
+            }
+            // About no channel: origin and channel 0.
+            Self::Run { .. } => (RUN, &Channel { opened_here: true, number: 0 }),
         };
         buf.push(kind);
         // From the receiver's point of view: 0 when the sender (this broker) opened it.
         buf.push(u8::from(!channel.opened_here));
         buf.extend_from_slice(&channel.number.to_le_bytes());
         match self {
-            Self::Open { port, rights, .. } => {
-                put_text(&mut buf, port.as_str());
+            Self::Open { target, rights, client, .. } => {
+                match target {
+                    OpenTarget::Port(name) => {
+                        buf.push(TARGET_PORT);
+                        put_text(&mut buf, name.as_str());
+                    }
+                    OpenTarget::Mailbox(name) => {
+                        buf.push(TARGET_MAILBOX);
+                        put_text(&mut buf, name.as_str());
+                    }
+                    OpenTarget::Publish(topic) => {
+                        buf.push(TARGET_PUBLISH);
+                        put_text(&mut buf, topic.as_str());
+                    }
+                    OpenTarget::Subscribe { pattern, capacity, drop_newest } => {
+                        buf.push(TARGET_SUBSCRIBE);
+                        put_text(&mut buf, pattern);
+                        buf.extend_from_slice(&capacity.to_le_bytes());
+                        buf.push(u8::from(*drop_newest));
+                    }
+                    OpenTarget::Inbox { incarnation, process } => {
+                        buf.push(TARGET_INBOX);
+                        buf.extend_from_slice(&incarnation.to_le_bytes());
+                        buf.extend_from_slice(&process.pid.to_le_bytes());
+                        buf.extend_from_slice(&process.generation.to_le_bytes());
+                    }
+                }
                 buf.push(rights.to_u8());
+                client.encode(&mut buf);
             }
-            Self::Opened { spec, rights, quota, .. } => {
+            Self::Opened { spec, rights, quota, server, .. } => {
                 spec.encode(&mut buf);
                 buf.push(rights.to_u8());
                 buf.extend_from_slice(&quota.calls_in_flight.to_le_bytes());
                 buf.extend_from_slice(&quota.queued_bytes.to_le_bytes());
+                server.encode(&mut buf);
             }
             Self::Refused { reason, detail, .. } => {
                 buf.push(*reason as u8);
@@ -111,6 +208,11 @@ impl HostMessage {
             Self::Frame { frame, .. } => buf.extend_from_slice(frame),
             Self::Frames { frames, .. } => buf.extend_from_slice(frames),
             Self::Close { .. } => {}
+            Self::Datagram { seq, frames, .. } => {
+                buf.extend_from_slice(&seq.to_le_bytes());
+                buf.extend_from_slice(frames);
+            }
+            Self::Run { incarnation } => buf.extend_from_slice(&incarnation.to_le_bytes()),
         }
         buf
     }
@@ -127,20 +229,49 @@ impl HostMessage {
         let channel = Channel { opened_here, number: r.u64()? };
         let message = match kind {
             OPEN => {
-                let port = PortName::new(r.text()?).map_err(|_| DecodeError::InvalidName)?;
-                Self::Open { channel, port, rights: rights(r.u8()?)? }
+                let name = |r: &mut Reader<'_>| {
+                    PortName::new(r.text()?).map_err(|_| DecodeError::InvalidName)
+                };
+                let target = match r.u8()? {
+                    TARGET_PORT => OpenTarget::Port(name(&mut r)?),
+                    TARGET_MAILBOX => OpenTarget::Mailbox(name(&mut r)?),
+                    TARGET_PUBLISH => OpenTarget::Publish(name(&mut r)?),
+                    TARGET_SUBSCRIBE => OpenTarget::Subscribe {
+                        pattern: r.text()?.to_owned(),
+                        capacity: r.u32()?,
+                        drop_newest: match r.u8()? {
+                            0 => false,
+                            1 => true,
+                            value => {
+                                return Err(DecodeError::UnknownValue {
+                                    field: "drop_newest",
+                                    value,
+                                })
+                            }
+                        },
+                    },
+                    TARGET_INBOX => OpenTarget::Inbox {
+                        incarnation: r.u64()?,
+                        process: ProcessId::new(r.u32()?, r.u32()?),
+                    },
+                    value => return Err(DecodeError::UnknownValue { field: "target", value }),
+                };
+                let rights = rights(r.u8()?)?;
+                Self::Open { channel, target, rights, client: NodeRef::decode(&mut r)? }
             }
             OPENED => {
                 let spec = PortSpec::decode(&mut r)?;
                 let rights = rights(r.u8()?)?;
                 let quota = Quota { calls_in_flight: r.u32()?, queued_bytes: r.u64()? };
-                Self::Opened { channel, spec, rights, quota }
+                Self::Opened { channel, spec, rights, quota, server: NodeRef::decode(&mut r)? }
             }
             REFUSED => {
                 let reason = match r.u8()? {
                     0 => Refusal::NoSuchPort,
                     1 => Refusal::Denied,
                     2 => Refusal::LimitExceeded,
+                    3 => Refusal::NameTaken,
+                    4 => Refusal::InvalidName,
                     value => return Err(DecodeError::UnknownValue { field: "refusal", value }),
                 };
                 Self::Refused { channel, reason, detail: r.text()?.to_owned() }
@@ -154,6 +285,11 @@ impl HostMessage {
                 Self::Frames { channel, frames }
             }
             CLOSE => Self::Close { channel },
+            DATAGRAM => {
+                let seq = r.u64()?;
+                Self::Datagram { channel, seq, frames: r.take(r.remaining())?.to_vec() }
+            }
+            RUN => Self::Run { incarnation: r.u64()? },
             value => return Err(DecodeError::UnknownValue { field: "host message kind", value }),
         };
         r.finish()?;
@@ -175,7 +311,7 @@ fn truncated(detail: &str) -> &str {
 }
 
 /// Streams the channels of one host link are spread over.
-const STREAMS: u32 = 64;
+pub(crate) const STREAMS: u32 = 64;
 
 const OPEN: u8 = 1;
 const OPENED: u8 = 2;
@@ -183,10 +319,21 @@ const REFUSED: u8 = 3;
 const FRAME: u8 = 4;
 const CLOSE: u8 = 5;
 const FRAMES: u8 = 6;
+const DATAGRAM: u8 = 7;
+const RUN: u8 = 8;
+/// Bytes of a `Datagram` message before its frames: kind, origin, channel, first number.
+pub(crate) const DATAGRAM_HEADER: usize = 1 + 1 + 8 + 8;
+
+const TARGET_PORT: u8 = 0;
+const TARGET_MAILBOX: u8 = 1;
+const TARGET_PUBLISH: u8 = 2;
+const TARGET_SUBSCRIBE: u8 = 3;
+const TARGET_INBOX: u8 = 4;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosts::HostName;
 
     /// What the peer decodes from what this broker encodes: the same message with the
     /// channel's origin seen from the other side.
@@ -194,37 +341,69 @@ mod tests {
         HostMessage::decode(&message.encode()).unwrap()
     }
 
+    fn node(host: Option<&str>) -> NodeRef {
+        NodeRef {
+            host: host.map(|h| HostName::new(h).unwrap()),
+            incarnation: 77,
+            process: ProcessId::new(1234, 5),
+        }
+    }
+
+    fn targets() -> Vec<OpenTarget> {
+        let name = PortName::new("jobs").unwrap();
+        vec![
+            OpenTarget::Port(name.clone()),
+            OpenTarget::Mailbox(name.clone()),
+            OpenTarget::Publish(name),
+            OpenTarget::Subscribe { pattern: "/sensors/*".into(), capacity: 9, drop_newest: true },
+            OpenTarget::Inbox { incarnation: 3, process: ProcessId::new(8, 2) },
+        ]
+    }
+
     #[test]
     fn messages_survive_the_trip_with_the_origin_flipped() {
         let mine = Channel { opened_here: true, number: 7 };
         let theirs = Channel { opened_here: false, number: 7 };
-        let open = HostMessage::Open {
-            channel: mine,
-            port: PortName::new("echo").unwrap(),
-            rights: Rights::CALL,
-        };
-        assert_eq!(
-            across(&open),
-            HostMessage::Open {
-                channel: theirs,
-                port: PortName::new("echo").unwrap(),
-                rights: Rights::CALL
-            }
-        );
+        for target in targets() {
+            let open = HostMessage::Open {
+                channel: mine,
+                target: target.clone(),
+                rights: Rights::CALL,
+                client: node(None),
+            };
+            assert_eq!(
+                across(&open),
+                HostMessage::Open {
+                    channel: theirs,
+                    target,
+                    rights: Rights::CALL,
+                    client: node(None)
+                }
+            );
+        }
         let opened = HostMessage::Opened {
             channel: theirs,
             spec: PortSpec::default(),
             rights: Rights::ALL,
             quota: Quota::default(),
+            server: node(Some("c")),
         };
-        assert_eq!(across(&opened).channel(), mine);
-        let refused = HostMessage::Refused {
-            channel: theirs,
-            reason: Refusal::Denied,
-            detail: "é".repeat(600),
-        };
-        let HostMessage::Refused { reason, detail, .. } = across(&refused) else { panic!() };
-        assert_eq!((reason, detail.len()), (Refusal::Denied, 1024));
+        let HostMessage::Opened { channel, server, .. } = across(&opened) else { panic!() };
+        assert_eq!((channel, server), (mine, node(Some("c"))));
+        for reason in [
+            Refusal::NoSuchPort,
+            Refusal::Denied,
+            Refusal::LimitExceeded,
+            Refusal::NameTaken,
+            Refusal::InvalidName,
+        ] {
+            let refused =
+                HostMessage::Refused { channel: theirs, reason, detail: "é".repeat(600) };
+            let HostMessage::Refused { reason: got, detail, .. } = across(&refused) else {
+                panic!()
+            };
+            assert_eq!((got, detail.len()), (reason, 1024));
+        }
         let frame = HostMessage::Frame { channel: mine, frame: vec![1, 2, 3] };
         assert_eq!(across(&frame), HostMessage::Frame { channel: theirs, frame: vec![1, 2, 3] });
         let frames = HostMessage::Frames { channel: mine, frames: vec![4; 70] };
@@ -233,34 +412,81 @@ mod tests {
             across(&HostMessage::Close { channel: mine }),
             HostMessage::Close { channel: theirs }
         );
+        let datagram = HostMessage::Datagram { channel: mine, seq: 9, frames: vec![5; 40] };
+        let bytes = datagram.encode();
+        assert_eq!(bytes.len(), DATAGRAM_HEADER + 40);
+        assert_eq!(
+            HostMessage::decode(&bytes).unwrap(),
+            HostMessage::Datagram { channel: theirs, seq: 9, frames: vec![5; 40] }
+        );
+        for len in 0..DATAGRAM_HEADER {
+            assert!(HostMessage::decode(&bytes[..len]).is_err(), "cut at {len}");
+        }
+        let run = HostMessage::Run { incarnation: 0x1234_5678_9abc };
+        assert_eq!(across(&run), run);
+        assert_eq!(run.channel(), None);
+        assert_eq!(run.encode().len(), 18);
+    }
+
+    #[test]
+    fn each_target_says_what_its_channel_carries() {
+        let kinds: Vec<ChannelKind> = targets().iter().map(OpenTarget::kind).collect();
+        use ChannelKind::{Mailbox, Port, Subscription};
+        assert_eq!(kinds, [Port, Mailbox, Port, Subscription, Port]);
     }
 
     #[test]
     fn malformed_messages_are_errors_never_panics() {
-        let valid = HostMessage::Opened {
-            channel: Channel { opened_here: true, number: 1 },
+        let channel = Channel { opened_here: true, number: 1 };
+        let opened = HostMessage::Opened {
+            channel,
             spec: PortSpec::default(),
             rights: Rights::ALL,
             quota: Quota::default(),
-        }
-        .encode();
+            server: node(Some("b")),
+        };
+        let valid = opened.encode();
         for len in 0..valid.len() {
             assert!(HostMessage::decode(&valid[..len]).is_err(), "prefix of {len} bytes");
         }
         let mut trailing = valid.clone();
         trailing.push(0);
         assert!(HostMessage::decode(&trailing).is_err());
-        for (index, value) in [(0, 9u8), (1, 2), (valid.len() - 13, 0xff)] {
+        // Kind, origin, rights, and a character of the server's host name.
+        let rights_at = valid.len() - 2 - 1 - 16 - 12 - 1;
+        let host_at = valid.len() - 16 - 1;
+        for (index, value) in [(0, 9u8), (1, 2), (rights_at, 0xff), (host_at, b' ')] {
             let mut bad = valid.clone();
             bad[index] = value;
             assert!(HostMessage::decode(&bad).is_err(), "byte {index} = {value}");
         }
+        let mut samples = vec![valid];
+        for target in targets() {
+            let open =
+                HostMessage::Open { channel, target, rights: Rights::SEND, client: node(None) };
+            let bytes = open.encode();
+            for len in 0..bytes.len() {
+                assert!(HostMessage::decode(&bytes[..len]).is_err(), "{open:?} cut at {len}");
+            }
+            samples.push(bytes);
+        }
+        let run = HostMessage::Run { incarnation: 5 }.encode();
+        for len in 0..run.len() {
+            assert!(HostMessage::decode(&run[..len]).is_err(), "run cut at {len}");
+        }
+        samples.push(run);
+        // An unknown target.
+        let mut bad = samples[1].clone();
+        bad[10] = 9;
+        assert!(HostMessage::decode(&bad).is_err());
         // Every single byte value at every position: an error or a message, never a panic.
-        for index in 0..valid.len() {
-            for value in 0..=255u8 {
-                let mut bytes = valid.clone();
-                bytes[index] = value;
-                let _ = HostMessage::decode(&bytes);
+        for valid in samples {
+            for index in 0..valid.len() {
+                for value in 0..=255u8 {
+                    let mut bytes = valid.clone();
+                    bytes[index] = value;
+                    let _ = HostMessage::decode(&bytes);
+                }
             }
         }
     }

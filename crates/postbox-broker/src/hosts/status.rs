@@ -16,7 +16,8 @@ pub const HOSTS_PORT: &str = "postbox/hosts";
 pub struct HostStatus {
     /// The peer's name.
     pub name: String,
-    /// How the link is made: `dial ADDR` or `listen ADDR`.
+    /// How the link is made: `dial ADDR` or `listen ADDR`, then the carrier or security when
+    /// not plain TCP: ` (tls)`, ` (psk)`, ` (quic)`.
     pub connect: String,
     /// Where the link is.
     pub state: HostState,
@@ -28,19 +29,24 @@ pub struct HostStatus {
     pub duplicates: u64,
     /// Frames that failed their checksum in the current session.
     pub corrupt_frames: u64,
-    /// TCP connections made or accepted in the current session.
+    /// Connections (TCP or QUIC) made or accepted in the current session.
     pub connections: u64,
     /// Sessions started with this peer (a new one after each peer death or restart).
     pub sessions: u64,
     /// Remote connections open over the link, either way.
     pub channels: u32,
+    /// One-way messages of datagram ports lost on the way to or from this peer, as far as
+    /// this broker can tell, since it started: not sent (no open link, a full queue), missing
+    /// when later ones arrived, or dropped because the receiving port's link was full
+    /// (docs/network.md §13).
+    pub datagrams_lost: u64,
 }
 
 /// Where a host link is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HostState {
-    /// No TCP connection: dialing, or waiting for the peer to dial.
+    /// No connection: dialing, or waiting for the peer to dial.
     Down,
     /// Connected; waiting for the peer's hello.
     Connecting,
@@ -82,6 +88,7 @@ impl HostStatus {
                 host.corrupt_frames,
                 host.connections,
                 host.sessions,
+                host.datagrams_lost,
             ] {
                 buf.extend_from_slice(&word.to_le_bytes());
             }
@@ -122,6 +129,7 @@ impl HostStatus {
                 corrupt_frames: r.u64()?,
                 connections: r.u64()?,
                 sessions: r.u64()?,
+                datagrams_lost: r.u64()?,
                 channels: r.u32()?,
             });
         }
@@ -148,6 +156,7 @@ mod tests {
                 connections: 4,
                 sessions: 1,
                 channels: 9,
+                datagrams_lost: 12,
             },
             HostStatus {
                 name: "c".into(),
@@ -160,6 +169,7 @@ mod tests {
                 connections: 0,
                 sessions: 2,
                 channels: 0,
+                datagrams_lost: 0,
             },
         ];
         let bytes = HostStatus::encode_list(&hosts);

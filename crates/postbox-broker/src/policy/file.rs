@@ -70,6 +70,7 @@ struct LimitsSection {
     nodes_per_user: Option<usize>,
     calls_in_flight: Option<u32>,
     queued_bytes: Option<u64>,
+    channels_per_host: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,13 +104,15 @@ enum Principal {
 pub(super) fn parse(text: &str, owner_uid: u32) -> Result<Policy, PolicyError> {
     let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Invalid(e.to_string()))?;
     let defaults = Limits::default();
+    let connections = file.limits.connections.unwrap_or(defaults.connections);
     let limits = Limits {
         ports: file.limits.ports.unwrap_or(defaults.ports),
-        connections: file.limits.connections.unwrap_or(defaults.connections),
+        connections,
         links_per_peer: file.limits.links_per_peer.unwrap_or(defaults.links_per_peer),
         nodes_per_user: file.limits.nodes_per_user.unwrap_or(defaults.nodes_per_user),
         calls_in_flight: file.limits.calls_in_flight.unwrap_or(defaults.calls_in_flight),
         queued_bytes: file.limits.queued_bytes.unwrap_or(defaults.queued_bytes),
+        channels_per_host: file.limits.channels_per_host.unwrap_or(connections),
     };
     let socket_group = file.socket.group.map(|g| resolve(&g, "group")).transpose()?;
     let rules = file.allow.into_iter().map(rule).collect::<Result<_, _>>()?;

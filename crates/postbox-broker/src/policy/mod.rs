@@ -35,7 +35,7 @@ pub struct Subject {
     pub gid: u32,
 }
 
-/// Quotas per node: what one client may hold at once.
+/// Quotas per node (what one client may hold at once), and per peer host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Ports one node may hold.
@@ -54,6 +54,11 @@ pub struct Limits {
     /// mailboxes together. Beyond it the sender is not read (it waits, or finds the link
     /// full).
     pub queued_bytes: u64,
+    /// Channels one peer host may have open here at once, all its nodes together (links to
+    /// ports, inboxes, mailboxes and topics, subscriptions): beyond it the peer's opens are
+    /// refused (`LimitExceeded`). A policy file that does not set it takes `connections`: a
+    /// peer host counts as one node.
+    pub channels_per_host: usize,
 }
 
 /// One allow rule.
@@ -169,6 +174,17 @@ impl Policy {
             .fold(Rights::NONE, |rights, op| rights.union(Rights::for_operation(op)))
     }
 
+    /// True when nodes of peer host `host` may subscribe to every topic `pattern` matches
+    /// (a rule naming the host must cover the whole pattern, as for local subscribers).
+    #[must_use]
+    pub fn allows_host_subscription(&self, host: &str, pattern: &NamePattern) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.operations.contains(&Operation::Subscribe)
+                && rule.hosts.iter().any(|h| h == "*" || h == host)
+                && rule.names.iter().any(|allowed| allowed.covers(pattern))
+        })
+    }
+
     /// The link rights nodes of peer host `host` hold on port `name`.
     #[must_use]
     pub fn host_link_rights(&self, host: &str, name: &str) -> Rights {
@@ -248,6 +264,7 @@ impl Default for Limits {
             nodes_per_user: 1024,
             calls_in_flight: quota.calls_in_flight,
             queued_bytes: quota.queued_bytes,
+            channels_per_host: 4096,
         }
     }
 }
@@ -335,6 +352,18 @@ mod tests {
         assert_eq!(policy.host_link_rights("c", "public/x"), Rights::SEND);
         assert!(!policy.allows(subject(4000, 4000), Operation::Call, "echo"));
         assert_eq!(Policy::own_user_only(OWNER).host_link_rights("b", "echo"), Rights::NONE);
+        let subscriber = Policy::from_toml(
+            "[[allow]]\nnames = ['/news/**']\nhosts = ['a']\noperations = ['subscribe', 'receive']",
+            OWNER,
+        )
+        .unwrap();
+        let news = NamePattern::parse("/news/*").unwrap();
+        assert!(subscriber.allows_host_subscription("a", &news));
+        assert!(!subscriber.allows_host_subscription("b", &news));
+        assert!(!subscriber.allows_host_subscription("a", &NamePattern::parse("/**").unwrap()));
+        assert!(!policy.allows_host_subscription("b", &news), "send and call only");
+        assert!(subscriber.allows_host("a", Operation::Receive, "/news/jobs"));
+        assert!(!subscriber.allows_host("a", Operation::Send, "/news/jobs"));
         let bad = "[[allow]]\nnames=['a']\nhosts=['a b']\noperations=['send']";
         assert!(Policy::from_toml(bad, OWNER).is_err());
     }
@@ -382,6 +411,7 @@ mod tests {
             nodes_per_user = 6
             calls_in_flight = 7
             queued_bytes = 4096
+            channels_per_host = 8
             "#,
         );
         assert_eq!(
@@ -392,10 +422,13 @@ mod tests {
                 links_per_peer: 2,
                 nodes_per_user: 6,
                 calls_in_flight: 7,
-                queued_bytes: 4096
+                queued_bytes: 4096,
+                channels_per_host: 8,
             }
         );
         assert_eq!(policy.socket_group(), Some(0));
+        let unset = Policy::from_toml("[limits]\nconnections = 5\n", OWNER).unwrap();
+        assert_eq!(unset.limits().channels_per_host, 5, "a peer host counts as one node");
     }
 
     #[test]

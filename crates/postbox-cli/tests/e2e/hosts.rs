@@ -58,7 +58,7 @@ fn a_call_and_a_send_to_port_at_host_cross_to_the_other_daemon_and_ls_shows_the_
     connection.send("one way").unwrap();
     let line = printed.recv_timeout(WATCHDOG).unwrap();
     assert!(line.ends_with(": one way"), "{line}");
-    // The receiving side sees the remote sender as the broker's stand-in for host a.
+    // The receiving side sees the remote sender under its stand-in (pid 0, docs/network.md §5).
     assert!(line.starts_with("0."), "{line}");
 
     // The CLI resolves the same names through its node.

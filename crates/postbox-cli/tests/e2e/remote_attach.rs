@@ -1,4 +1,4 @@
-//! Nodes attached to a daemon over TCP (docs/network.md §12): the daemon listens for nodes on
+//! Nodes attached to a daemon over TCP (docs/network.md §14): the daemon listens for nodes on
 //! a loopback port with a pre-shared key named `app`; child processes attach with
 //! `POSTBOX_BROKER=tcp://…` and `POSTBOX_BROKER_KEY` (their `POSTBOX_SOCKET` points nowhere,
 //! so nothing reaches the daemon but the tunnel), and use the ordinary CLI and workers.

@@ -73,4 +73,21 @@ pub struct Transmit {
     /// A best-effort datagram frame: the driver may send it on an unreliable path (a UDP
     /// socket, QUIC datagrams) instead of the link's byte stream.
     pub best_effort: bool,
+    /// Which lane the frame belongs to. A driver with one byte stream (TCP, TLS) ignores it; a
+    /// driver with an ordered byte stream per lane (QUIC) writes the frame to that lane's, so
+    /// that a loss on one stream's lane never holds back another's.
+    pub lane: Lane,
+}
+
+/// The lanes of a session's outgoing frames: everything that must stay in order relative to
+/// itself, and nothing more. Frames of different lanes may be carried independently and
+/// arrive in any order relative to each other; the session accepts them so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Session control: hellos, acknowledgements, heartbeats and their answers, close.
+    Control,
+    /// The reliable messages of one stream (retransmissions included), in id order.
+    Stream(StreamId),
+    /// Best-effort datagrams, of every datagram stream.
+    Datagram,
 }

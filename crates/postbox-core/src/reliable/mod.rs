@@ -49,7 +49,7 @@ mod stats;
 
 pub use config::SessionConfig;
 pub use error::{DatagramSendError, SendError, SessionError};
-pub use event::{Event, Transmit};
+pub use event::{Event, Lane, Transmit};
 pub use ids::{MessageId, SessionId, StreamId};
 pub use session::Session;
 pub use stats::{LinkState, SessionStats};

@@ -9,7 +9,7 @@ use super::config::SessionConfig;
 use super::datagram::ReplayWindow;
 use super::decoder::StreamDecoder;
 use super::error::{DatagramSendError, SendError, SessionError};
-use super::event::{Event, Transmit};
+use super::event::{Event, Lane, Transmit};
 use super::frame::{self, Frame, FrameBody, HEADER_LEN};
 use super::ids::{MessageId, SessionId, StreamId};
 use super::receiver::{held_cost, Arrival, RecvStream};
@@ -28,14 +28,22 @@ use crate::wire::DecodeError;
 /// ```text
 ///   driver                                   Session
 ///   connect ──────────────────────────────► handle_link_up(now)
-///   bytes read (TCP, TLS, QUIC stream) ───► handle_bytes(now, bytes)
-///   UDP datagram read ────────────────────► handle_datagram(now, bytes)
+///   bytes read (TCP, TLS) ────────────────► handle_bytes(now, bytes)
+///   frame decoded from a QUIC stream ─────► handle_frame(now, frame)
+///   UDP or QUIC datagram read ────────────► handle_datagram(now, bytes)
 ///   timer fired ──────────────────────────► handle_timeout(now)
 ///   connection lost ──────────────────────► handle_link_down(now)
 ///   write(buf) ◄── poll_transmit(now, buf) ◄┘ until None
+///     (per lane: poll_transmit_where(now, buf, |lane| lane's stream can take more))
 ///   deliver / fail / ack ◄── poll_event() ◄─┘ until None
 ///   arm timer ◄──────────── poll_timeout()
 /// ```
+///
+/// Every frame belongs to a [`Lane`]: control, one per reliable stream, or datagrams. Over
+/// one byte stream the lanes share it; a driver with an ordered byte stream per lane (QUIC)
+/// writes each frame to its lane's ([`Transmit::lane`]) and feeds what arrives on each through
+/// a decoder of its own, so that a loss on one lane never holds back another. The session
+/// needs order within a lane only.
 ///
 /// A new link opens with a hello each way: it names both sessions and says, per stream, the
 /// highest message delivered, so each side retransmits exactly what the other lacks. A hello
@@ -84,6 +92,9 @@ pub struct Session {
     held_bytes: usize,
     /// Acks from the current peer for messages never sent.
     false_acks: u32,
+    /// Without timeout retransmission: how long a message may wait for its acknowledgement
+    /// on an open link before the link is given up (see [`Session::handle_timeout`]).
+    stall_bound: Duration,
     stats: SessionStats,
 }
 
@@ -112,6 +123,7 @@ impl Session {
     #[must_use]
     pub fn new(id: SessionId, config: SessionConfig, now: Instant) -> Self {
         let config = config.normalized();
+        let stall_bound = config.dead_after();
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
         let stats = SessionStats {
             state: LinkState::Down,
@@ -129,6 +141,7 @@ impl Session {
             malformed_frames: 0,
             stale_frames: 0,
             unacknowledged: 0,
+            stalled_links: 0,
         };
         Self {
             decoder: StreamDecoder::new(config.max_frame_body()),
@@ -160,6 +173,7 @@ impl Session {
             unacknowledged_bytes: 0,
             held_bytes: 0,
             false_acks: 0,
+            stall_bound,
             stats,
         }
     }
@@ -168,6 +182,13 @@ impl Session {
     #[must_use]
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// The peer's session, once heard from: the sender every frame must name (a driver that
+    /// checks frames before it hands them over, a UDP path learning its peer's address, asks).
+    #[must_use]
+    pub fn peer(&self) -> Option<SessionId> {
+        self.peer
     }
 
     /// The settings in force (out-of-range values brought into range).
@@ -313,7 +334,7 @@ impl Session {
         self.decoder.handle_bytes(bytes);
         loop {
             match self.decoder.poll_frame() {
-                Ok(Some(frame)) => self.handle_frame(now, frame),
+                Ok(Some(frame)) => self.process_frame(now, frame),
                 Ok(None) => return Ok(()),
                 Err(e) if self.decoder.is_poisoned() => {
                     self.stats.corrupt_frames += 1;
@@ -339,7 +360,7 @@ impl Session {
         }
         match Frame::decode(bytes, self.config.max_frame_body()) {
             Ok(frame) => {
-                self.handle_frame(now, frame);
+                self.process_frame(now, frame);
                 Ok(())
             }
             Err(e) => {
@@ -349,8 +370,37 @@ impl Session {
         }
     }
 
+    /// One frame already decoded by the driver, from one of several byte streams that carry
+    /// the link together (a QUIC stream per lane, each cut into frames by its own
+    /// [`StreamDecoder`]). Frames of different lanes may come in any order relative to each
+    /// other; those of one lane must come in the order they were sent.
+    pub fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        if matches!(self.state, State::ExpectHello | State::Open) {
+            self.process_frame(now, frame);
+        }
+    }
+
+    /// A frame the driver's decoder dropped (see [`handle_frame`](Self::handle_frame)):
+    /// counted as corrupt or malformed, like one dropped by [`handle_bytes`](Self::handle_bytes).
+    /// A damaged header breaks its byte stream; the driver resets the link then.
+    pub fn handle_frame_error(&mut self, error: DecodeError) {
+        if matches!(self.state, State::ExpectHello | State::Open) {
+            self.count_bad_frame(error);
+        }
+    }
+
     /// The time [`poll_timeout`](Self::poll_timeout) returned has come (or passed): resends
     /// what timed out, schedules heartbeats, and ends the session after too long a silence.
+    ///
+    /// With [`SessionConfig::retransmit_on_timeout`] off, nothing is resent on the same link;
+    /// as a backstop, a message that stays unacknowledged on an open link for
+    /// [`SessionConfig::dead_after`] (counted from its transmission or the last
+    /// acknowledgement on its stream, whichever is later) gives the link up: the session goes
+    /// [`LinkState::Down`], as after [`handle_link_down`](Self::handle_link_down), and counts
+    /// it in [`SessionStats::stalled_links`]. The driver must then drop the transport link
+    /// and make a new one, on which everything unacknowledged is resent. Each time this
+    /// happens the bound doubles for the rest of the session, so that a link merely slower
+    /// than the bound is given up a few times, not forever.
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.state, State::Ended(_)) {
             return;
@@ -374,8 +424,14 @@ impl Session {
                     self.heartbeat.owed = Some(self.heartbeat.nonce);
                     self.heartbeat.next_at = Some(now + self.config.heartbeat_interval);
                 }
-                for send in self.sends.values_mut() {
-                    send.handle_timeout(now, &self.rtt);
+                if self.config.retransmit_on_timeout {
+                    for send in self.sends.values_mut() {
+                        send.handle_timeout(now, &self.rtt);
+                    }
+                } else if self.stalled_at().is_some_and(|at| now >= at) {
+                    self.stats.stalled_links += 1;
+                    self.stall_bound = self.stall_bound.saturating_mul(2);
+                    self.handle_link_down(now);
                 }
             }
             _ => {}
@@ -391,23 +447,43 @@ impl Session {
     /// its own datagram.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.poll_transmit_where(now, buf, |_| true)
+    }
+
+    /// Like [`poll_transmit`](Self::poll_transmit), but only a frame of a [`Lane`] for which
+    /// `ready` says true; the others stay queued, in order, until a later call lets them out.
+    ///
+    /// For a driver that carries each lane on a byte stream of its own (QUIC streams): while a
+    /// lane's stream cannot take more (a write in flight, flow control), its frames wait here,
+    /// and other lanes' go on, so a stalled stream holds back no other. The session's timers
+    /// run from the moment a frame is taken, so take frames only when they can be written.
+    ///
+    /// Call as [`poll_transmit`](Self::poll_transmit), and again whenever a lane becomes ready.
+    #[must_use]
+    pub fn poll_transmit_where(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        mut ready: impl FnMut(Lane) -> bool,
+    ) -> Option<Transmit> {
         let (id, peer) = (self.id, self.peer);
         let start = buf.len();
-        let best_effort = match self.state {
-            State::Ended(_) if std::mem::take(&mut self.close_owed) => {
+        let lane = match self.state {
+            State::Ended(_) if self.close_owed && ready(Lane::Control) => {
+                self.close_owed = false;
                 frame::encode_with(frame::KIND_CLOSE, id, peer, buf, |_| {});
-                false
+                Lane::Control
             }
             State::Ended(_) | State::Down => return None,
-            State::ExpectHello if self.hello_owed => {
+            State::ExpectHello if self.hello_owed && ready(Lane::Control) => {
                 self.write_hello(buf);
-                false
+                Lane::Control
             }
             State::ExpectHello => return None,
-            State::Open => self.write_open(now, buf)?,
+            State::Open => self.write_open(now, buf, &mut ready)?,
         };
         self.stats.frames_sent += 1;
-        Some(Transmit { len: buf.len() - start, best_effort })
+        Some(Transmit { len: buf.len() - start, best_effort: lane == Lane::Datagram, lane })
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next; `None` once the
@@ -423,9 +499,11 @@ impl Session {
             State::Down => None,
             State::ExpectHello => Some(self.hello_due),
             State::Open => {
-                let retransmit = self.sends.values().filter_map(|s| s.poll_timeout(&self.rtt));
+                let sends = self.sends.values().filter(|_| self.config.retransmit_on_timeout);
+                let retransmit = sends.filter_map(|s| s.poll_timeout(&self.rtt));
                 let ack = self.ack_due.filter(|_| !self.acks_owed.is_empty());
-                retransmit.chain(self.heartbeat.next_at).chain(ack).min()
+                let stalled = self.stalled_at().filter(|_| !self.config.retransmit_on_timeout);
+                retransmit.chain(self.heartbeat.next_at).chain(ack).chain(stalled).min()
             }
         };
         next.into_iter().chain(dead_at).min()
@@ -459,7 +537,7 @@ impl Session {
         self.events.pop_front()
     }
 
-    fn handle_frame(&mut self, now: Instant, frame: Frame) {
+    fn process_frame(&mut self, now: Instant, frame: Frame) {
         if self.retired.contains(&frame.sender) {
             self.stats.stale_frames += 1;
             return;
@@ -701,23 +779,46 @@ impl Session {
         }
     }
 
-    /// Writes the next frame of an open link: control first, then data and datagrams in turn.
-    fn write_open(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<bool> {
+    /// Writes the next frame of an open link on a lane `ready` accepts: control first, then
+    /// data and datagrams in turn.
+    fn write_open(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        ready: &mut impl FnMut(Lane) -> bool,
+    ) -> Option<Lane> {
+        if ready(Lane::Control) && self.write_control(now, buf) {
+            return Some(Lane::Control);
+        }
+        let datagrams = ready(Lane::Datagram);
+        self.datagram_turn = !self.datagram_turn;
+        if datagrams && self.datagram_turn && self.write_datagram(buf) {
+            return Some(Lane::Datagram);
+        }
+        if let Some(stream) = self.write_data(now, buf, ready) {
+            return Some(Lane::Stream(stream));
+        }
+        (datagrams && self.write_datagram(buf)).then_some(Lane::Datagram)
+    }
+
+    /// Writes the next control frame of an open link, if one is owed: a hello, a heartbeat's
+    /// answer, a heartbeat, an acknowledgement that is due.
+    fn write_control(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         let (id, peer) = (self.id, self.peer);
         if self.hello_owed {
             self.write_hello(buf);
-            return Some(false);
+            return true;
         }
         if let Some(nonce) = self.heartbeat.answer_owed.take() {
             let beat = Heartbeat { nonce };
             frame::encode_with(frame::KIND_HEARTBEAT_ACK, id, peer, buf, |b| beat.encode(b));
-            return Some(false);
+            return true;
         }
         if let Some(nonce) = self.heartbeat.owed.take() {
             self.heartbeat.outstanding = Some((nonce, now));
             let beat = Heartbeat { nonce };
             frame::encode_with(frame::KIND_HEARTBEAT, id, peer, buf, |b| beat.encode(b));
-            return Some(false);
+            return true;
         }
         // Owed acks go when due, or else with the data this end is writing anyway.
         let acks_due = self.ack_due.is_some_and(|at| now >= at) || self.has_data_transmit();
@@ -730,21 +831,14 @@ impl Session {
                     if self.acks_owed.is_empty() {
                         self.clear_ack_timer();
                     }
-                    return Some(false);
+                    return true;
                 }
             }
         }
         if self.acks_owed.is_empty() {
             self.clear_ack_timer();
         }
-        self.datagram_turn = !self.datagram_turn;
-        if self.datagram_turn && self.write_datagram(buf) {
-            return Some(true);
-        }
-        if self.write_data(now, buf) {
-            return Some(false);
-        }
-        self.write_datagram(buf).then_some(true)
+        false
     }
 
     /// Whether a data frame or datagram waits to be written.
@@ -758,18 +852,24 @@ impl Session {
     }
 
     /// Writes the next message of the first stream, round robin from `next_stream`, that has
-    /// one to send.
-    fn write_data(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+    /// one to send and whose lane `ready` accepts; returns that stream.
+    fn write_data(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        ready: &mut impl FnMut(Lane) -> bool,
+    ) -> Option<StreamId> {
         let (id, peer) = (self.id, self.peer);
         let from = StreamId(self.next_stream);
-        let written = write_first_ready(self.sends.range_mut(from..), now, id, peer, buf)
-            .or_else(|| write_first_ready(self.sends.range_mut(..from), now, id, peer, buf));
-        let Some((stream, retransmission)) = written else { return false };
+        let (stream, retransmission) =
+            write_first_ready(self.sends.range_mut(from..), now, (id, peer), buf, ready).or_else(
+                || write_first_ready(self.sends.range_mut(..from), now, (id, peer), buf, ready),
+            )?;
         if retransmission {
             self.stats.retransmissions += 1;
         }
         self.next_stream = stream.0.wrapping_add(1);
-        true
+        Some(stream)
     }
 
     fn write_datagram(&mut self, buf: &mut Vec<u8>) -> bool {
@@ -859,6 +959,14 @@ impl Session {
         self.last_heard.checked_add(self.config.dead_after())
     }
 
+    /// When the oldest message in flight has waited too long for its acknowledgement and the
+    /// link is given up (without timeout retransmission, see
+    /// [`handle_timeout`](Self::handle_timeout)); `None` when nothing is in flight.
+    fn stalled_at(&self) -> Option<Instant> {
+        let since = self.sends.values().filter_map(SendStream::unacknowledged_since).min()?;
+        since.checked_add(self.stall_bound)
+    }
+
     fn hello_interval(&self) -> Duration {
         self.rtt.rto().min(self.config.heartbeat_interval)
     }
@@ -868,17 +976,17 @@ impl Session {
     }
 }
 
-/// Writes the next message of the first stream in `streams` that has one; returns the stream
-/// and whether it was a retransmission.
+/// Writes the next message of the first stream in `streams` that has one and whose lane
+/// `ready` accepts; returns the stream and whether it was a retransmission.
 fn write_first_ready<'a>(
     streams: impl Iterator<Item = (&'a StreamId, &'a mut SendStream)>,
     now: Instant,
-    id: SessionId,
-    peer: Option<SessionId>,
+    (id, peer): (SessionId, Option<SessionId>),
     buf: &mut Vec<u8>,
+    ready: &mut impl FnMut(Lane) -> bool,
 ) -> Option<(StreamId, bool)> {
     for (&stream, send) in streams {
-        if !send.has_transmit() {
+        if !send.has_transmit() || !ready(Lane::Stream(stream)) {
             continue;
         }
         let Some(out) = send.poll_transmit(now) else { continue };
@@ -896,5 +1004,7 @@ const RETIRED_PEERS: usize = 8;
 /// mean a reused session id or a broken peer, not bad luck (frames are checksummed).
 const FALSE_ACKS_TOLERATED: u32 = 3;
 
+#[cfg(test)]
+mod lane_tests;
 #[cfg(test)]
 mod tests;

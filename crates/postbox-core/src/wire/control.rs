@@ -365,6 +365,23 @@ pub enum ControlMessage {
         /// The counters.
         counters: Option<PortCounters>,
     },
+    /// Node → broker: the process id by which this host addresses node `process` of host
+    /// `host` (its stand-in, docs/network.md §5), answered by [`Resolved`](Self::Resolved).
+    ResolveProcess {
+        /// Request number.
+        request: u32,
+        /// The host the node is on, as this host's configuration names it.
+        host: String,
+        /// The node's process id on that host.
+        process: ProcessId,
+    },
+    /// Broker → node: the answer to [`ResolveProcess`](Self::ResolveProcess).
+    Resolved {
+        /// Request number answered.
+        request: u32,
+        /// The process id to use on this host (`send_to`, `recv_from`).
+        process: ProcessId,
+    },
     /// Broker → node: the answer to [`Stat`](Self::Stat).
     Stats {
         /// Request number answered.
@@ -415,9 +432,14 @@ const DENIED: u8 = 0x87;
 const GRANT: u8 = 0x0f;
 const REVOKE: u8 = 0x10;
 const LINK_REVOKED: u8 = 0xc3;
+const RESOLVE_PROCESS: u8 = 0x11;
+const RESOLVED: u8 = 0x88;
 
 /// Bytes of an encoded [`PeerIdentity`].
 const IDENTITY_LEN: usize = 16;
+/// The longest host name a [`ControlMessage::ResolveProcess`] carries (host names are at most
+/// 63 bytes; a longer one is cut when encoded and refused when decoded).
+const MAX_HOST_LEN: usize = 255;
 
 impl ControlMessage {
     /// The request number this message carries (0 for notices).
@@ -445,7 +467,9 @@ impl ControlMessage {
             | Self::Stats { request, .. }
             | Self::Denied { request, .. }
             | Self::Grant { request, .. }
-            | Self::Revoke { request, .. } => *request,
+            | Self::Revoke { request, .. }
+            | Self::ResolveProcess { request, .. }
+            | Self::Resolved { request, .. } => *request,
             Self::IncomingConnection { .. }
             | Self::StatQuery { .. }
             | Self::StatReport { .. }
@@ -518,6 +542,15 @@ impl ControlMessage {
                 put_text(buf, name.as_str());
                 put_process_id(buf, *from);
             }
+            Self::ResolveProcess { host, process, .. } => {
+                let mut end = host.len().min(MAX_HOST_LEN);
+                while !host.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_text(buf, &host[..end]);
+                put_process_id(buf, *process);
+            }
+            Self::Resolved { process, .. } => put_process_id(buf, *process),
             Self::Listing { nodes, ports, truncated, .. } => {
                 buf.extend_from_slice(&nodes.to_le_bytes());
                 let flag_at = buf.len();
@@ -681,6 +714,21 @@ impl ControlMessage {
             REVOKE => {
                 Self::Revoke { request, name: read_name(&mut r)?, from: read_process_id(&mut r)? }
             }
+            RESOLVE_PROCESS => {
+                let host = r.text()?;
+                if host.len() > MAX_HOST_LEN {
+                    return Err(DecodeError::TooLong {
+                        declared: u32::try_from(host.len()).unwrap_or(u32::MAX),
+                        limit: MAX_HOST_LEN as u32,
+                    });
+                }
+                Self::ResolveProcess {
+                    request,
+                    host: host.to_owned(),
+                    process: read_process_id(&mut r)?,
+                }
+            }
+            RESOLVED => Self::Resolved { request, process: read_process_id(&mut r)? },
             LISTING => {
                 let nodes = r.u32()?;
                 let truncated = match r.u8()? {
@@ -816,6 +864,8 @@ impl ControlMessage {
             Self::StatReport { .. } => STAT_REPORT,
             Self::Stats { .. } => STATS,
             Self::StatQuery { .. } => STAT_QUERY,
+            Self::ResolveProcess { .. } => RESOLVE_PROCESS,
+            Self::Resolved { .. } => RESOLVED,
         }
     }
 }
@@ -917,6 +967,12 @@ mod tests {
             },
             ControlMessage::Revoke { request: 15, name: name.clone(), from: ProcessId::new(8, 3) },
             ControlMessage::LinkRevoked { link: LinkId(11) },
+            ControlMessage::ResolveProcess {
+                request: 16,
+                host: "b".into(),
+                process: ProcessId::new(1234, 5),
+            },
+            ControlMessage::Resolved { request: 16, process: ProcessId::new(0, 3) },
             ControlMessage::Listing {
                 request: 6,
                 nodes: 3,
@@ -1010,7 +1066,7 @@ mod tests {
         let expected = [
             0x01, 0x02, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04, 0x00, 0x63, 0x61, 0x6c, 0x63,
             0x01, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-            0x00,
+            0x00, 0x00,
         ];
         assert_eq!(buf, expected, "docs/wire-format.md §3.3");
     }

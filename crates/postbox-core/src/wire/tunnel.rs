@@ -1,6 +1,6 @@
 //! Frames of a remote node's tunnel: one TCP connection that carries the node's control packets
 //! and the bytes of every link the broker would otherwise have passed it as a descriptor
-//! (`docs/network.md` §12).
+//! (`docs/network.md` §14).
 //!
 //! ```text
 //! 0 kind u8 | 1 channel u32 | 5 payload_len u32 | 9 payload

@@ -16,6 +16,7 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::datagram_key::DatagramKey;
 use super::error::LinkError;
 use super::handshake::tls_error;
 use crate::wait::{wait_readable, wait_writable, Wait};
@@ -27,6 +28,21 @@ pub(super) enum Connection {
     Plain(TcpStream),
     /// TLS over a non-blocking socket.
     Tls(Arc<TlsStream>),
+}
+
+/// A connection that passed its handshake, with the key of its UDP datagrams (none for plain
+/// TCP: its datagrams carry the session ids instead, see `udp.rs`).
+#[derive(Debug)]
+pub(super) struct Secured {
+    pub(super) connection: Connection,
+    pub(super) datagram_key: Option<DatagramKey>,
+}
+
+impl Secured {
+    /// A plain TCP connection.
+    pub(super) fn plain(stream: TcpStream) -> Self {
+        Self { connection: Connection::plain(stream), datagram_key: None }
+    }
 }
 
 /// The reading half of a [`Connection`], for the connection's reader thread.

@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::connection::Connection;
+use super::connection::Secured;
 use super::error::LinkError;
 use super::handshake::{self, Role};
 use super::security::LinkSecurity;
@@ -110,7 +110,7 @@ fn hand_over(shared: &Arc<Shared>, stream: TcpStream) {
         return;
     }
     if shared.security == LinkSecurity::Plain {
-        deliver(shared, Ok(Connection::plain(stream)));
+        deliver(shared, Ok(Secured::plain(stream)));
         return;
     }
     {
@@ -139,7 +139,7 @@ fn hand_over(shared: &Arc<Shared>, stream: TcpStream) {
 
 /// Gives the driver an accepted connection that passed its handshake, or records why it
 /// did not.
-fn deliver(shared: &Shared, result: Result<Connection, LinkError>) {
+fn deliver(shared: &Shared, result: Result<Secured, LinkError>) {
     let mut core = shared.lock();
     if core.stopping() {
         return;

@@ -1,5 +1,7 @@
 //! The driver thread of a host link: timers, writes and connection changes for its session,
-//! plus one reader thread per connection (plain TCP or TLS, see `connection.rs`).
+//! plus one reader thread per connection (plain TCP or TLS, see `connection.rs`). With a UDP
+//! side (`udp.rs`) the driver sends the session's best-effort datagrams there instead of on
+//! the connection, and a reader thread of the UDP socket hands in what arrives.
 //!
 //! ```text
 //!  dialer / acceptor ── incoming ──►┐
@@ -14,19 +16,30 @@
 //! The driver never writes while holding the lock, so reads, sends and `recv` go on while a
 //! write waits for the socket.
 
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use postbox_core::reliable::LinkState;
 
-use super::connection::{Connection, ConnectionReader};
+use super::connection::{Connection, ConnectionReader, Secured};
 use super::error::LinkError;
 use super::shared::{Core, Shared};
+use super::udp::Outgoing;
 
-/// Runs the driver until the session ends or the handle is dropped.
-pub(super) fn run(shared: &Arc<Shared>) {
-    let mut driver = Driver { shared: Arc::clone(shared), connection: None, readers: Vec::new() };
+/// Runs the driver until the session ends or the handle is dropped; the UDP side's datagrams
+/// (if the link has one) go out on `udp_socket`.
+pub(super) fn run(shared: &Arc<Shared>, udp_socket: Option<Arc<UdpSocket>>) {
+    let mut driver = Driver {
+        shared: Arc::clone(shared),
+        connection: None,
+        readers: Vec::new(),
+        udp_socket,
+        datagrams: Outgoing::default(),
+        datagram_counter: 0,
+        datagram_buf: Vec::new(),
+    };
     let mut buf = Vec::new();
     while driver.step(&mut buf) {
         driver.write(&mut buf);
@@ -40,6 +53,14 @@ struct Driver {
     /// The current connection and its number.
     connection: Option<(Connection, u64)>,
     readers: Vec<JoinHandle<()>>,
+    /// The UDP side's socket, with a link that has one.
+    udp_socket: Option<Arc<UdpSocket>>,
+    /// Datagrams for the UDP side, taken from the session under the lock.
+    datagrams: Outgoing,
+    /// The number of the last UDP datagram sent: never repeats for the link's life, so no
+    /// sealing nonce is used twice under a key.
+    datagram_counter: u64,
+    datagram_buf: Vec<u8>,
 }
 
 impl Driver {
@@ -61,8 +82,13 @@ impl Driver {
             }
             if core.session.poll_timeout().is_some_and(|at| at <= now) {
                 core.session.handle_timeout(now);
+                if self.connection.is_some() && core.session.state() == LinkState::Down {
+                    // The session gave the link up (without timeout retransmission, a message
+                    // went unacknowledged far too long): the next connection resends it.
+                    self.drop_connection(&mut core, LinkError::Unacknowledged, now);
+                }
             }
-            while buf.len() < MAX_BATCH && core.session.poll_transmit(now, buf).is_some() {}
+            self.take_transmits(&mut core, now, buf);
             if self.connection.is_none() {
                 // No connection to carry them (a close frame after the link dropped).
                 buf.clear();
@@ -72,21 +98,50 @@ impl Driver {
                 // arrives): rare enough to signal under the lock.
                 shared.events_queued();
             }
-            if !buf.is_empty() {
+            if !buf.is_empty() || !self.datagrams.is_empty() {
                 return true;
             }
             if core.session.state() == LinkState::Ended {
                 return false;
             }
-            let deadline = core.session.poll_timeout();
+            let probe = shared.udp.as_ref().and_then(|udp| udp.next_probe(&core));
+            let deadline = core.session.poll_timeout().into_iter().chain(probe).min();
             core.driver_waiting = Some(deadline);
             core = shared.wait(&shared.driver_wake, core, deadline);
             core.driver_waiting = None;
         }
     }
 
-    /// Writes `buf` to the current connection, outside the lock.
+    /// Takes the session's frames: into `buf` for the connection, and with a UDP side the
+    /// best-effort datagrams (one frame each) and a probe that is due into `self.datagrams`.
+    fn take_transmits(&mut self, core: &mut Core, now: Instant, buf: &mut Vec<u8>) {
+        let Some(udp) = &self.shared.udp else {
+            while buf.len() < MAX_BATCH && core.session.poll_transmit(now, buf).is_some() {}
+            return;
+        };
+        while buf.len() < MAX_BATCH && self.datagrams.frames.len() < MAX_DATAGRAMS {
+            let start = buf.len();
+            let Some(transmit) = core.session.poll_transmit(now, buf) else { break };
+            if transmit.best_effort {
+                self.datagrams.frames.push(buf.split_off(start));
+            }
+        }
+        let interval = self.shared.config.session.heartbeat_interval;
+        udp.prepare(core, now, interval, &mut self.datagrams);
+    }
+
+    /// Sends the datagrams taken, then writes `buf` to the current connection, outside the
+    /// lock.
     fn write(&mut self, buf: &mut Vec<u8>) {
+        if let (Some(udp), Some(socket)) = (&self.shared.udp, &self.udp_socket) {
+            if !self.datagrams.is_empty() {
+                let (out, counter) = (&mut self.datagrams, &mut self.datagram_counter);
+                let (sent, unsent) = udp.send(socket, out, counter, &mut self.datagram_buf);
+                let mut core = self.shared.lock();
+                core.counters.datagrams_sent += sent;
+                core.counters.datagrams_unsent += unsent;
+            }
+        }
         let Some((connection, number)) = &mut self.connection else {
             buf.clear();
             return;
@@ -100,10 +155,15 @@ impl Driver {
         buf.clear();
     }
 
-    /// Makes `connection` the current one, replacing any earlier one.
-    fn adopt(&mut self, core: &mut Core, connection: Connection, now: Instant) {
+    /// Makes `connection` the current one, replacing any earlier one; its datagram key seals
+    /// the UDP side's datagrams from now on.
+    fn adopt(&mut self, core: &mut Core, secured: Secured, now: Instant) {
         if self.connection.is_some() {
             self.drop_connection(core, LinkError::Replaced, now);
+        }
+        let Secured { connection, datagram_key } = secured;
+        if let Some(udp) = &self.shared.udp {
+            udp.connection_up(core, datagram_key, now);
         }
         core.broken = None;
         core.connection += 1;
@@ -135,6 +195,7 @@ impl Driver {
         // Also wakes its reader, which then sees that it is stale.
         connection.shutdown();
         core.session.handle_link_down(now);
+        core.udp.key = None;
         core.counters.connections_lost += 1;
         core.counters.last_error = Some(error);
         core.want_connection = true;
@@ -252,19 +313,24 @@ fn read_loop(shared: &Shared, mut reader: ConnectionReader, number: u64) {
 }
 
 /// Whether the waiting driver must wake now, after the reader handed bytes to the session:
-/// a broken connection, frames to write, a timer due, or the end. Not for deliveries and acks
-/// alone: the reader passes those on itself. Also the session's next timer if it is earlier
-/// than the one the driver waits for (a delayed ack's, set by an arrival): the reader waits
-/// for it in its read and wakes the driver then, so that an ack which rides with a reply
-/// (the usual case) costs the driver no extra wake-up.
-fn driver_work(core: &Core, now: Instant) -> (bool, Option<Instant>) {
+/// a broken connection, frames to write, a timer due (a probe of the UDP side's included), or
+/// the end. Not for deliveries and acks alone: the reader passes those on itself. Also the
+/// session's next timer if it is earlier than the one the driver waits for (a delayed ack's,
+/// set by an arrival): the reader waits for it in its read and wakes the driver then, so that
+/// an ack which rides with a reply (the usual case) costs the driver no extra wake-up.
+pub(super) fn driver_work(core: &Core, now: Instant) -> (bool, Option<Instant>) {
     let Some(waiting_until) = core.driver_waiting else { return (false, None) };
     let session = &core.session;
+    // A link that just opened owes the dialer's first probe (the driver waits for no timer of
+    // the UDP side while no link is open).
+    let probe_due =
+        core.udp.next_probe.is_some_and(|at| at <= now) && session.state() == LinkState::Open;
     let earlier_timer = session.poll_timeout().filter(|&timer| match waiting_until {
         Some(until) => timer < until,
         None => true,
     });
     let wake = core.broken.is_some()
+        || probe_due
         || earlier_timer.is_some_and(|timer| timer <= now)
         || session.state() == LinkState::Ended
         || session.has_transmit(now);
@@ -273,6 +339,8 @@ fn driver_work(core: &Core, now: Instant) -> (bool, Option<Instant>) {
 
 /// Frames gathered into one write; more wait for the next.
 const MAX_BATCH: usize = 256 << 10;
+/// Datagrams taken for the UDP side in one step.
+const MAX_DATAGRAMS: usize = 256;
 const READ_CHUNK: usize = 64 << 10;
 /// How long a politely ending link waits for the peer to hang up.
 const CLOSE_LINGER: Duration = Duration::from_millis(250);

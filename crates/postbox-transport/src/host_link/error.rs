@@ -1,5 +1,5 @@
-//! Why a host link could not give an event, and why a TCP connection under it was lost or
-//! refused.
+//! Why a host link could not give an event, and why a connection under it (TCP or QUIC) was
+//! lost or refused.
 
 use std::io;
 
@@ -33,7 +33,7 @@ pub enum RecvTimeoutError {
     Disconnected,
 }
 
-/// Why a TCP connection of a host link was lost or could not be made, for
+/// Why a connection of a host link (TCP or QUIC) was lost or could not be made, for
 /// [`HostLinkStats::last_error`](super::HostLinkStats::last_error). The session resends
 /// everything on the next connection; only the session's end is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +65,25 @@ pub enum LinkError {
     /// A TLS handshake or pre-shared key exchange did not finish within the connect timeout.
     #[error("the handshake did not finish in time")]
     HandshakeTimeout,
+    /// Nothing arrived from the peer for the QUIC connection's idle timeout (a broken path, a
+    /// partition); the connection was dropped and is made again.
+    #[error("the QUIC connection went silent; dropped")]
+    TimedOut,
+    /// The QUIC layer failed: the peer (or this end) broke the QUIC protocol, or stopped a
+    /// stream the link needs.
+    #[error("QUIC failure, connection closed")]
+    QuicProtocol,
+    /// A message went unacknowledged on a connection that otherwise worked, long past any
+    /// retransmission timeout (QUIC, which does not resend on timeout: the peer lost it
+    /// without breaking the connection); the connection was dropped and the session resends
+    /// on the next.
+    #[error("a message went unacknowledged; connection reset")]
+    Unacknowledged,
+    /// The peer left more bytes in partly sent frames, over all of a QUIC connection's
+    /// streams, than it can have unacknowledged (see `SessionConfig::max_unacknowledged_bytes`);
+    /// the connection was dropped rather than buffer more.
+    #[error("the peer sent too many partial frames; connection closed")]
+    Flooded,
     /// The operating system refused.
     #[error("{operation} failed: {kind}")]
     Os {

@@ -1,29 +1,34 @@
 //! `HostLink`: the blocking handle of one reliable link to a broker on another host.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use postbox_core::reliable::{Event, MessageId, SendError, Session, SessionId, StreamId};
+use postbox_core::reliable::{
+    DatagramSendError, Event, MessageId, SendError, Session, SessionId, StreamId,
+};
 
 use super::config::{fresh_session_id, HostLinkConfig};
 use super::error::{RecvError, RecvTimeoutError, TryRecvError};
-use super::security::LinkSecurity;
+use super::security::{LinkSecurity, TlsConfig};
 use super::shared::{Core, Shared};
 use super::stats::HostLinkStats;
-use super::{connector, driver};
+use super::udp::{self, UdpSide};
+use super::{connector, driver, quic};
 use crate::{TransportError, Waker};
 
 /// One end of a reliable link to a broker on another host, over TCP (plain, TLS, or
-/// authenticated by a pre-shared key: [`LinkSecurity`]).
+/// authenticated by a pre-shared key: [`LinkSecurity`]) or over QUIC (always mutual TLS:
+/// [`dial_quic`](Self::dial_quic), [`listen_quic`](Self::listen_quic)).
 ///
-/// A `HostLink` drives a [`Session`]: it keeps a TCP connection to the peer (dialing with
+/// A `HostLink` drives a [`Session`]: it keeps a connection to the peer (dialing with
 /// backoff, or accepting on a listener), opens a new one after any break, and resends what
-/// the peer lacks. Messages on one [`StreamId`] arrive exactly once and in order; every
-/// message sent is, in the end, either [`Event::Acked`] or [`Event::Failed`] with its payload
-/// back. A silent peer ends the link within [`SessionConfig::dead_after`]
-/// (`PeerDead` or `Unreachable`), never a hang.
+/// the peer lacks. Over QUIC each session stream has a QUIC stream of its own, so that a loss
+/// on one never holds back another (see the module docs). Messages on one [`StreamId`] arrive
+/// exactly once and in order; every message sent is, in the end, either [`Event::Acked`] or
+/// [`Event::Failed`] with its payload back. A silent peer ends the link within
+/// [`SessionConfig::dead_after`] (`PeerDead` or `Unreachable`), never a hang.
 ///
 /// All methods take `&self`: one thread may send while another receives. Dropping the handle
 /// stops at once, without telling the peer (as a crash would); [`close`](Self::close) first
@@ -61,7 +66,38 @@ impl HostLink {
         config: HostLinkConfig,
         security: LinkSecurity,
     ) -> Result<Self, TransportError> {
-        let link = Self::start(config, security)?;
+        Self::dial_with(addr, config, security, None)
+    }
+
+    /// Like [`dial_secured`](Self::dial_secured), with the session's best-effort datagrams
+    /// ([`send_datagram`](Self::send_datagram)) sent over UDP to `datagrams` (the listener's
+    /// [`listen_with_udp`](Self::listen_with_udp) socket, or whatever forwards to it) from a
+    /// socket of this link's own, instead of on the TCP connection. They are sealed with a key
+    /// of the current connection when `security` is TLS or a pre-shared key, and carry the
+    /// session ids otherwise (see the module docs). The dialer also sends a small probe there
+    /// whenever a link opens and every heartbeat interval, so that the listener learns where
+    /// to answer.
+    ///
+    /// # Errors
+    /// As [`dial`](Self::dial), and [`TransportError::Os`] when the UDP socket cannot be made.
+    pub fn dial_with_udp(
+        addr: SocketAddr,
+        datagrams: SocketAddr,
+        config: HostLinkConfig,
+        security: LinkSecurity,
+    ) -> Result<Self, TransportError> {
+        let sealed = security != LinkSecurity::Plain;
+        let side = UdpSide::dial(datagrams, sealed).map_err(|e| os("bind datagram socket", &e))?;
+        Self::dial_with(addr, config, security, Some(side))
+    }
+
+    fn dial_with(
+        addr: SocketAddr,
+        config: HostLinkConfig,
+        security: LinkSecurity,
+        udp: Option<(UdpSide, UdpSocket)>,
+    ) -> Result<Self, TransportError> {
+        let link = Self::start(config, security, udp)?;
         let shared = Arc::clone(&link.shared);
         // The dialer is not joined: it may sit in a connect for up to `connect_timeout`, and
         // it drops whatever it connects once the link has stopped.
@@ -92,8 +128,37 @@ impl HostLink {
         config: HostLinkConfig,
         security: LinkSecurity,
     ) -> Result<Self, TransportError> {
+        Self::listen_with(listener, config, security, None)
+    }
+
+    /// Like [`listen_secured`](Self::listen_secured), with the session's best-effort datagrams
+    /// carried over UDP: the dialer's ([`dial_with_udp`](Self::dial_with_udp)) arrive on
+    /// `datagrams`, and this end's go back to where the dialer's latest authentic datagram
+    /// came from (until one came, they are not sent).
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen), and [`TransportError::Os`] when `datagrams` cannot be made
+    /// non-blocking.
+    pub fn listen_with_udp(
+        listener: TcpListener,
+        datagrams: UdpSocket,
+        config: HostLinkConfig,
+        security: LinkSecurity,
+    ) -> Result<Self, TransportError> {
+        let sealed = security != LinkSecurity::Plain;
+        let side =
+            UdpSide::listen(datagrams, sealed).map_err(|e| os("configure datagram socket", &e))?;
+        Self::listen_with(listener, config, security, Some(side))
+    }
+
+    fn listen_with(
+        listener: TcpListener,
+        config: HostLinkConfig,
+        security: LinkSecurity,
+        udp: Option<(UdpSide, UdpSocket)>,
+    ) -> Result<Self, TransportError> {
         listener.set_nonblocking(true).map_err(|e| os("configure listener", &e))?;
-        let link = Self::start(config, security)?;
+        let link = Self::start(config, security, udp)?;
         link.lock().want_connection = false;
         let shared = Arc::clone(&link.shared);
         let acceptor = spawn("postbox-host-link-accept", move || {
@@ -102,6 +167,40 @@ impl HostLink {
         .map_err(|e| link.abort_with(e))?;
         link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(acceptor);
         Ok(link)
+    }
+
+    /// Starts a link that dials `addr` over QUIC, and dials again after every break or
+    /// silence. Every connection is mutual TLS as `tls` says (the listener's certificate is
+    /// checked against the CAs and the peer's name, and this end presents its own); a
+    /// connection that fails it is dropped and dialed again after the backoff, with the reason
+    /// in [`stats`](Self::stats) (`last_error`, `handshake_failures`). QUIC has no plain or
+    /// pre-shared-key mode.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when the UDP socket, the runtime, a thread or the waker cannot
+    /// be created. Connection failures are not errors here, as for [`dial`](Self::dial).
+    pub fn dial_quic(
+        addr: SocketAddr,
+        tls: TlsConfig,
+        config: HostLinkConfig,
+    ) -> Result<Self, TransportError> {
+        Self::start_quic(config, tls, quic::Carrier::Dial(addr))
+    }
+
+    /// Starts a link that accepts the peer's QUIC connections on `socket`; each new
+    /// connection that passes mutual TLS (the client's certificate is signed by a trusted CA
+    /// and names the peer) replaces the current one. The session never reads a byte from any
+    /// other.
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when the socket cannot be made non-blocking, or the runtime, a
+    /// thread or the waker cannot be created.
+    pub fn listen_quic(
+        socket: UdpSocket,
+        tls: TlsConfig,
+        config: HostLinkConfig,
+    ) -> Result<Self, TransportError> {
+        Self::start_quic(config, tls, quic::Carrier::Listen(socket))
     }
 
     /// This end's session id: fresh for every `HostLink`, so the peer sees a new one as a
@@ -133,6 +232,30 @@ impl HostLink {
         timeout: Duration,
     ) -> Result<MessageId, SendError> {
         self.send_until(stream, payload, Some(Instant::now() + timeout))
+    }
+
+    /// Sends `payload` as a best-effort datagram on datagram stream `stream` (numbered apart
+    /// from the reliable streams): sent once if a link is open, never resent, delivered by the
+    /// peer at most once ([`Event::DatagramDelivered`]), possibly out of order, or not at all.
+    /// Over UDP beside a TCP connection (see [`dial_with_udp`](Self::dial_with_udp)), as a
+    /// QUIC datagram over QUIC, and otherwise on the connection with the rest. Never waits.
+    ///
+    /// # Errors
+    /// [`DatagramSendError`], holding the payload: no link is open (`LinkDown`), the queue of
+    /// datagrams not yet written is full, the payload is above
+    /// [`SessionConfig::max_datagram_payload`](postbox_core::reliable::SessionConfig::max_datagram_payload),
+    /// too many streams, or the link ended.
+    pub fn send_datagram(
+        &self,
+        stream: StreamId,
+        payload: Vec<u8>,
+    ) -> Result<MessageId, DatagramSendError> {
+        let mut core = self.lock();
+        let id = core.session.send_datagram(stream, payload)?;
+        let waiting = core.driver_waits();
+        drop(core);
+        self.shared.wake_driver(waiting);
+        Ok(id)
     }
 
     /// Sends `payload` on `stream` if there is room now.
@@ -208,7 +331,7 @@ impl HostLink {
     #[must_use]
     pub fn stats(&self) -> HostLinkStats {
         let core = self.lock();
-        core.counters.snapshot(core.session.stats(), core.events.len())
+        core.counters.snapshot(core.session.stats(), core.events.len(), core.udp.peer)
     }
 
     /// Ends the link politely: pending messages fail with `Closed` (queued as
@@ -224,16 +347,61 @@ impl HostLink {
         self.join_threads();
     }
 
-    fn start(config: HostLinkConfig, security: LinkSecurity) -> Result<Self, TransportError> {
+    /// A link over TCP with its driver thread, and the UDP side's reader if it has one. The
+    /// UDP socket is theirs alone (not in the shared state): it closes when they stop.
+    fn start(
+        config: HostLinkConfig,
+        security: LinkSecurity,
+        udp: Option<(UdpSide, UdpSocket)>,
+    ) -> Result<Self, TransportError> {
+        let (side, socket) = udp.map_or((None, None), |(side, socket)| (Some(side), Some(socket)));
+        let socket = socket.map(Arc::new);
+        let link = Self::unstarted(config, security, side)?;
+        let shared = Arc::clone(&link.shared);
+        let driver_socket = socket.clone();
+        let driver = spawn("postbox-host-link", move || driver::run(&shared, driver_socket))
+            .map_err(|e| os("spawn host-link driver", &e))?;
+        link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(driver);
+        if let Some(socket) = socket {
+            let shared = Arc::clone(&link.shared);
+            let reader = spawn("postbox-host-link-udp", move || {
+                if let Some(side) = &shared.udp {
+                    udp::read_loop(&shared, side, &socket);
+                }
+            })
+            .map_err(|e| link.abort_with(e))?;
+            link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(reader);
+        }
+        Ok(link)
+    }
+
+    /// A link over QUIC with its thread: a runtime running the endpoint and the driver task.
+    fn start_quic(
+        config: HostLinkConfig,
+        tls: TlsConfig,
+        carrier: quic::Carrier,
+    ) -> Result<Self, TransportError> {
+        let mut config = config;
+        quic::fit_session(&mut config.session);
+        let link = Self::unstarted(config, LinkSecurity::Tls(tls.clone()), None)?;
+        let runner = quic::Runner::new(&link.shared, tls, carrier)?;
+        let thread = spawn("postbox-host-link-quic", move || runner.run())
+            .map_err(|e| os("spawn host-link driver", &e))?;
+        link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(thread);
+        Ok(link)
+    }
+
+    /// The handle and the shared state of a new session, with no thread yet.
+    fn unstarted(
+        config: HostLinkConfig,
+        security: LinkSecurity,
+        udp: Option<UdpSide>,
+    ) -> Result<Self, TransportError> {
         let config = config.normalized();
         let id = fresh_session_id();
         let session = Session::new(id, config.session.clone(), Instant::now());
-        let shared = Arc::new(Shared::new(config, security, session, Waker::new()?));
-        let link = Self { shared: Arc::clone(&shared), id, threads: Mutex::new(Vec::new()) };
-        let driver = spawn("postbox-host-link", move || driver::run(&shared))
-            .map_err(|e| os("spawn host-link driver", &e))?;
-        link.threads.lock().unwrap_or_else(PoisonError::into_inner).push(driver);
-        Ok(link)
+        let shared = Arc::new(Shared::new(config, security, session, Waker::new()?, udp));
+        Ok(Self { shared, id, threads: Mutex::new(Vec::new()) })
     }
 
     fn send_until(

@@ -18,6 +18,9 @@
 //! then runs over the same plain TCP connection: this mode authenticates the peer at connect
 //! time but does not encrypt, and an attacker on the path could take over the connection
 //! afterwards. Use TLS where the path is not trusted.
+//!
+//! A secured connection also yields the key of its UDP datagrams (`datagram_key.rs`): from the
+//! TLS exporter, or from the pre-shared key and both nonces.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -28,7 +31,8 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::{AlertDescription, CertificateError};
 
-use super::connection::Connection;
+use super::connection::{Connection, Secured};
+use super::datagram_key::DatagramKey;
 use super::error::{AuthenticationError, LinkError};
 use super::security::{LinkSecurity, PreSharedKey, TlsConfig};
 
@@ -41,22 +45,23 @@ pub(super) enum Role {
     Listener,
 }
 
-/// Secures `stream` as `security` says, within `timeout`; the connection the driver can use,
-/// or why there is none (the stream is then dropped, which closes it).
+/// Secures `stream` as `security` says, within `timeout`; the connection the driver can use
+/// (with its datagram key, unless plain), or why there is none (the stream is then dropped,
+/// which closes it).
 pub(super) fn secure(
     stream: TcpStream,
     role: Role,
     security: &LinkSecurity,
     timeout: Duration,
-) -> Result<Connection, LinkError> {
+) -> Result<Secured, LinkError> {
     match security {
-        LinkSecurity::Plain => Ok(Connection::plain(stream)),
+        LinkSecurity::Plain => Ok(Secured::plain(stream)),
         LinkSecurity::Tls(tls) => tls_handshake(stream, role, tls, timeout),
         LinkSecurity::PreSharedKey(key) => {
             with_timeouts(&stream, Some(timeout))?;
-            prove_key(&mut &stream, role, key)?;
+            let datagram_key = prove_key(&mut &stream, role, key)?;
             with_timeouts(&stream, None)?;
-            Ok(Connection::plain(stream))
+            Ok(Secured { connection: Connection::plain(stream), datagram_key: Some(datagram_key) })
         }
     }
 }
@@ -105,7 +110,7 @@ fn tls_handshake(
     role: Role,
     tls: &TlsConfig,
     timeout: Duration,
-) -> Result<Connection, LinkError> {
+) -> Result<Secured, LinkError> {
     let mut tls_connection: rustls::Connection = match role {
         Role::Dialer => {
             rustls::ClientConnection::new(Arc::clone(&tls.client), tls.peer_name.clone())
@@ -142,7 +147,10 @@ fn tls_handshake(
     // complete on its side.
     flush(&mut tls_connection, &mut socket)?;
     with_timeouts(&stream, None)?;
-    Connection::tls(stream, tls_connection).map_err(|e| LinkError::io("set up connection", &e))
+    let datagram_key = DatagramKey::from_tls(&tls_connection, role)?;
+    let connection = Connection::tls(stream, tls_connection)
+        .map_err(|e| LinkError::io("set up connection", &e))?;
+    Ok(Secured { connection, datagram_key: Some(datagram_key) })
 }
 
 /// Writes everything rustls has queued, blocking (within the socket's timeout).
@@ -160,13 +168,14 @@ fn flush(
     Ok(())
 }
 
-/// Proves knowledge of `key` to the peer and checks the peer's proof (see the module docs).
-/// Each step is bounded by the socket's timeouts.
+/// Proves knowledge of `key` to the peer and checks the peer's proof (see the module docs);
+/// the connection's datagram key once both proofs are accepted. Each step is bounded by the
+/// socket's timeouts.
 fn prove_key(
     socket: &mut (impl Read + Write),
     role: Role,
     key: &PreSharedKey,
-) -> Result<(), LinkError> {
+) -> Result<DatagramKey, LinkError> {
     let mut ours = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut ours)
@@ -185,6 +194,7 @@ fn prove_key(
         Role::Dialer => (&ours[..], theirs),
         Role::Listener => (theirs, &ours[..]),
     };
+    let datagram_key = DatagramKey::from_pre_shared_key(key, dialer_nonce, listener_nonce, role);
     let key = hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes());
     let ours = hmac::sign(&key, &proof_message(role, dialer_nonce, listener_nonce));
     socket.write_all(ours.as_ref()).map_err(|e| handshake_io(&e))?;
@@ -203,7 +213,7 @@ fn prove_key(
     }
     let mut verdict = [0u8; 1];
     match socket.read_exact(&mut verdict) {
-        Ok(()) if verdict[0] == 1 => Ok(()),
+        Ok(()) if verdict[0] == 1 => Ok(datagram_key),
         // A refusal, or a peer that hung up instead of answering.
         Ok(()) => Err(LinkError::Authentication(AuthenticationError::RefusedByPeer)),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -291,7 +301,7 @@ mod tests {
         let key = PreSharedKey::new(&[9; 32]).unwrap();
         let run = |input: Vec<u8>| {
             let mut peer = Scripted { input: io::Cursor::new(input), output: Vec::new() };
-            prove_key(&mut peer, Role::Listener, &key)
+            prove_key(&mut peer, Role::Listener, &key).map(|_| ())
         };
         let unexpected = LinkError::Authentication(AuthenticationError::UnexpectedGreeting);
         assert_eq!(run(vec![0x50; 100]), Err(unexpected));

@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::client::{verify_server_name, Resumption};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
+use rustls::client::{verify_server_name, Resumption, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -54,6 +54,11 @@ pub struct TlsConfig {
     pub(crate) client: Arc<ClientConfig>,
     pub(super) server: Arc<ServerConfig>,
     pub(crate) peer_name: ServerName<'static>,
+    /// The dialer's check of the listener's certificate (in `client`), for configurations
+    /// made per connection (QUIC, `quic/crypto.rs`).
+    pub(super) server_verifier: Arc<dyn ServerCertVerifier>,
+    /// The listener's check of the dialer's certificate (in `server`), likewise.
+    pub(super) client_verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// A secret shared by both ends of a host link, for [`LinkSecurity::PreSharedKey`].
@@ -167,10 +172,14 @@ impl TlsConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions = [&rustls::version::TLS13];
 
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| refused(&e))?;
         let mut client = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&versions)
             .map_err(|e| refused(&e))?
-            .with_root_certificates(Arc::clone(&roots))
+            .with_webpki_verifier(Arc::clone(&server_verifier))
             .with_client_auth_cert(chain.clone(), key.clone_key())
             .map_err(|e| refused(&e))?;
         // Every connection authenticates afresh: no tickets, so nothing outlives a restart.
@@ -179,15 +188,22 @@ impl TlsConfig {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
             .build()
             .map_err(|e| refused(&e))?;
-        let verifier = Arc::new(PeerNameVerifier { inner: verifier, name: peer_name.clone() });
+        let client_verifier: Arc<dyn ClientCertVerifier> =
+            Arc::new(PeerNameVerifier { inner: verifier, name: peer_name.clone() });
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .map_err(|e| refused(&e))?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::clone(&client_verifier))
             .with_single_cert(chain, key)
             .map_err(|e| refused(&e))?;
         server.send_tls13_tickets = 0;
-        Ok(Self { client: Arc::new(client), server: Arc::new(server), peer_name })
+        Ok(Self {
+            client: Arc::new(client),
+            server: Arc::new(server),
+            peer_name,
+            server_verifier,
+            client_verifier,
+        })
     }
 }
 

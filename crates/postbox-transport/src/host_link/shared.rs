@@ -9,23 +9,30 @@ use std::time::{Duration, Instant};
 use postbox_core::reliable::{Event, Session};
 
 use super::config::HostLinkConfig;
-use super::connection::Connection;
+use super::connection::Secured;
 use super::error::LinkError;
 use super::security::LinkSecurity;
 use super::stats::ConnectionCounters;
+use super::udp::{UdpSide, UdpState};
 use crate::Waker;
 
 /// Shared by the handle, the driver, the reader of the current connection, and the dialer or
-/// acceptor.
+/// acceptor (for QUIC: the driver task and the reader tasks).
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) config: HostLinkConfig,
     /// How each new connection is secured before the driver takes it.
     pub(super) security: LinkSecurity,
+    /// The UDP socket that carries the session's datagrams beside a TCP connection; `None`
+    /// when they ride the connection (or QUIC carries them).
+    pub(super) udp: Option<UdpSide>,
     core: Mutex<Core>,
     /// Wakes the driver (only it waits here): a send, a frame or timer due after bytes were
     /// read, a connection made or broken, a close.
     pub(super) driver_wake: Condvar,
+    /// The same for a driver that is a task (QUIC): it waits here instead. Notified together
+    /// with `driver_wake`; a notification with nobody waiting is kept for the next wait.
+    pub(super) driver_task: tokio::sync::Notify,
     /// Wakes the dialer (only it waits here): a connection is wanted, or the link stopped.
     pub(super) dialer_wake: Condvar,
     /// Wakes `recv` and a blocked `send`: events queued, window room, or the link finished.
@@ -44,7 +51,7 @@ pub(super) struct Core {
     pub(super) events: VecDeque<Event>,
     /// A connection made (and secured) by the dialer or acceptor, not yet taken by the
     /// driver.
-    pub(super) incoming: Option<Connection>,
+    pub(super) incoming: Option<Secured>,
     /// Accepted connections whose handshake is still running (listening side).
     pub(super) handshakes: usize,
     /// Number of the driver's current connection; a reader whose number differs is stale.
@@ -63,6 +70,8 @@ pub(super) struct Core {
     /// while it works; it looks at everything before it waits again, so it need not be woken.
     pub(super) driver_waiting: Option<Option<Instant>>,
     pub(super) counters: ConnectionCounters,
+    /// The UDP side's key, peer address and probe timer (unused without one).
+    pub(super) udp: UdpState,
 }
 
 impl Shared {
@@ -71,6 +80,7 @@ impl Shared {
         security: LinkSecurity,
         session: Session,
         acceptor_waker: Waker,
+        udp: Option<UdpSide>,
     ) -> Self {
         let core = Core {
             session,
@@ -85,12 +95,15 @@ impl Shared {
             finished: false,
             driver_waiting: None,
             counters: ConnectionCounters::default(),
+            udp: udp.as_ref().map(UdpSide::initial_state).unwrap_or_default(),
         };
         Self {
             config,
             security,
+            udp,
             core: Mutex::new(core),
             driver_wake: Condvar::new(),
+            driver_task: tokio::sync::Notify::new(),
             dialer_wake: Condvar::new(),
             progress: Condvar::new(),
             acceptor_waker,
@@ -126,6 +139,7 @@ impl Shared {
     pub(super) fn wake_driver(&self, waiting: bool) {
         if waiting {
             self.driver_wake.notify_one();
+            self.driver_task.notify_one();
         }
     }
 
@@ -141,9 +155,13 @@ impl Shared {
     /// Wakes every thread that waits for anything.
     pub(super) fn wake_all(&self) {
         self.driver_wake.notify_all();
+        self.driver_task.notify_one();
         self.dialer_wake.notify_all();
         self.progress.notify_all();
         self.acceptor_waker.wake();
+        if let Some(udp) = &self.udp {
+            udp.waker.wake();
+        }
     }
 }
 

@@ -1,4 +1,7 @@
-//! Counters of a host link: the session's, plus what happened to the TCP connections.
+//! Counters of a host link: the session's, plus what happened to the TCP connections and to
+//! the UDP datagrams beside them.
+
+use std::net::SocketAddr;
 
 use postbox_core::reliable::SessionStats;
 
@@ -10,12 +13,14 @@ use super::error::LinkError;
 pub struct HostLinkStats {
     /// The session's counters, RTT and link state.
     pub session: SessionStats,
-    /// TCP connections made (dialing side) or accepted (listening side), and secured when
-    /// the link uses TLS or a pre-shared key.
+    /// Connections (TCP or QUIC) made (dialing side) or accepted (listening side), and
+    /// secured when the link uses TLS or a pre-shared key.
     pub connections: u64,
     /// Dial attempts that failed.
     pub connect_failures: u64,
-    /// TCP connections lost after they were made: reset, closed, damaged or stalled.
+    /// Connections lost after they were made: reset, closed, damaged, stalled, given up by
+    /// the session (a message unacknowledged far too long), or (QUIC) silent past the idle
+    /// timeout, a stream stopped by the peer, or flooded with partial frames.
     pub connections_lost: u64,
     /// Connections closed during their TLS handshake or pre-shared key exchange: refused,
     /// failed or timed out (never counted in `connections`).
@@ -28,6 +33,25 @@ pub struct HostLinkStats {
     pub last_error: Option<LinkError>,
     /// Events waiting for [`HostLink::recv`](super::HostLink::recv).
     pub queued_events: usize,
+    /// UDP datagrams written (TCP links with a UDP path: best-effort datagrams and the
+    /// dialer's probes). Over QUIC and without a UDP path, datagrams are not counted here.
+    pub datagrams_sent: u64,
+    /// Datagrams not sent. Over UDP: no key or peer address yet (a listener learns the dialer's
+    /// from its first authentic datagram), or the socket refused. Over QUIC: larger than the
+    /// connection's datagrams, or its datagram buffer full. They are not kept.
+    pub datagrams_unsent: u64,
+    /// UDP datagrams that passed the envelope's checks (authentic, when the link is sealed)
+    /// and went to the session, which drops damaged, stale and duplicate frames among them
+    /// (`session.corrupt_frames`, `stale_frames`, `datagrams_dropped`).
+    pub datagrams_received: u64,
+    /// UDP datagrams refused before the session: malformed, plain on a sealed link (or sealed
+    /// on a plain one), not authentic under the current connection's key, or a probe naming
+    /// other sessions.
+    pub datagrams_rejected: u64,
+    /// Where this end sends its UDP datagrams now: the dialer's configured address, or the
+    /// address the listener learned; `None` without a UDP path or before the listener heard
+    /// the dialer.
+    pub datagram_peer: Option<SocketAddr>,
 }
 
 /// The connection counters kept next to the session.
@@ -40,10 +64,19 @@ pub(super) struct ConnectionCounters {
     pub(super) bytes_sent: u64,
     pub(super) bytes_received: u64,
     pub(super) last_error: Option<LinkError>,
+    pub(super) datagrams_sent: u64,
+    pub(super) datagrams_unsent: u64,
+    pub(super) datagrams_received: u64,
+    pub(super) datagrams_rejected: u64,
 }
 
 impl ConnectionCounters {
-    pub(super) fn snapshot(&self, session: SessionStats, queued_events: usize) -> HostLinkStats {
+    pub(super) fn snapshot(
+        &self,
+        session: SessionStats,
+        queued_events: usize,
+        datagram_peer: Option<SocketAddr>,
+    ) -> HostLinkStats {
         HostLinkStats {
             session,
             connections: self.connections,
@@ -54,6 +87,11 @@ impl ConnectionCounters {
             bytes_received: self.bytes_received,
             last_error: self.last_error,
             queued_events,
+            datagrams_sent: self.datagrams_sent,
+            datagrams_unsent: self.datagrams_unsent,
+            datagrams_received: self.datagrams_received,
+            datagrams_rejected: self.datagrams_rejected,
+            datagram_peer,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A node attached to a broker on another host: one TCP connection (a **tunnel**) that carries
 //! the node's control packets and every link the broker would otherwise pass it as a
-//! descriptor, since descriptors cannot cross TCP (`docs/network.md` §12).
+//! descriptor, since descriptors cannot cross TCP (`docs/network.md` §14).
 //!
 //! ```text
 //! node process                                   broker process

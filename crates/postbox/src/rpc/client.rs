@@ -596,6 +596,9 @@ fn call_error(error: CallError) -> RpcError {
         CallError::ProtocolViolation(what) => RpcError::Protocol(what),
         CallError::AccessDenied { denied, .. } => RpcError::AccessDenied(denied),
         CallError::TooManyCalls { limit, .. } => RpcError::TooManyCalls { limit },
+        CallError::DatagramsOnly(_) => RpcError::Protocol(
+            "the service's port takes best-effort datagrams from this host: no calls".to_owned(),
+        ),
     }
 }
 

@@ -2,11 +2,11 @@
 
 use super::*;
 
-fn id(n: u64) -> SessionId {
+pub(super) fn id(n: u64) -> SessionId {
     SessionId::new(n).unwrap()
 }
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
@@ -21,21 +21,21 @@ fn pump(from: &mut Session, to: &mut Session, now: Instant) -> usize {
     frames
 }
 
-fn settle(a: &mut Session, b: &mut Session, now: Instant) {
+pub(super) fn settle(a: &mut Session, b: &mut Session, now: Instant) {
     while pump(a, b, now) + pump(b, a, now) > 0 {}
 }
 
-fn events(s: &mut Session) -> Vec<Event> {
+pub(super) fn events(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
 /// The default settings with every arrival acknowledged at once, so that one `settle` at one
 /// instant completes an exchange; delayed acks have tests of their own (at the bottom).
-fn immediate_acks() -> SessionConfig {
+pub(super) fn immediate_acks() -> SessionConfig {
     SessionConfig { ack_delay: Duration::ZERO, ..SessionConfig::default() }
 }
 
-fn open_pair(now: Instant) -> (Session, Session) {
+pub(super) fn open_pair(now: Instant) -> (Session, Session) {
     let mut a = Session::new(id(1), immediate_acks(), now);
     let mut b = Session::new(id(2), immediate_acks(), now);
     a.handle_link_up(now);
@@ -47,7 +47,7 @@ fn open_pair(now: Instant) -> (Session, Session) {
     (a, b)
 }
 
-fn delivered(s: &mut Session) -> Vec<(u32, u64, Vec<u8>)> {
+pub(super) fn delivered(s: &mut Session) -> Vec<(u32, u64, Vec<u8>)> {
     events(s)
         .into_iter()
         .filter_map(|e| match e {
