@@ -36,7 +36,7 @@ use crate::hosts::identity::{self, NodeRef, StandIns};
 use crate::hosts::peer::Peer;
 use crate::hosts::protocol::{Channel, ChannelKind, HostMessage, OpenTarget, Refusal};
 use crate::hosts::{split_remote, HostStatus, HostsConfig, HOSTS_PORT, MAX_REMOTE_MESSAGE};
-use crate::registry::NodeKey;
+use crate::registry::{NodeKey, PidZeroIds};
 
 /// The broker's peers and the remote connections in the making.
 #[derive(Debug)]
@@ -172,13 +172,13 @@ impl Gateway {
     /// Peer `host` told the run of its broker: when it is a new one, the stand-ins of the
     /// host's nodes of other runs are forgotten (those nodes are gone), and a node named by
     /// id from now on is one of this run.
-    fn peer_told_run(&mut self, host: usize, run: u64) {
+    fn peer_told_run(&mut self, ids: &mut PidZeroIds, host: usize, run: u64) {
         let (Some(known), Some(peer)) = (self.peer_runs.get_mut(host), self.peers.get(host)) else {
             return;
         };
         if run != 0 && *known != run {
             *known = run;
-            self.stand_ins.forget_other_runs(&peer.config.name, run);
+            self.stand_ins.forget_other_runs(ids, &peer.config.name, run);
         }
     }
 
@@ -524,7 +524,7 @@ impl EventLoop {
             }
             HostMessage::Run { incarnation } => {
                 if let Some(gateway) = &mut self.gateway {
-                    gateway.peer_told_run(host, incarnation);
+                    gateway.peer_told_run(self.registry.pid_zero_ids(), host, incarnation);
                 }
             }
             // A message about a channel from the wrong side breaks the protocol; the channel
