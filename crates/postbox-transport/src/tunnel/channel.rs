@@ -221,6 +221,11 @@ impl Channel {
         !self.inbound.is_empty()
     }
 
+    /// Bytes from the other end waiting for the socket.
+    pub(super) fn inbound_len(&self) -> usize {
+        self.inbound_len
+    }
+
     /// True when this end's direction is over (and the other end was told).
     pub(super) fn has_ended_locally(&self) -> bool {
         self.sent_eof

@@ -30,6 +30,10 @@ pub enum AttachError {
     /// The broker has as many handshakes in progress as it allows; try again.
     #[error("the broker is busy with other handshakes")]
     Busy,
+    /// The broker serves as many tunnels as it allows
+    /// ([`TunnelConfig::max_tunnels`](super::TunnelConfig::max_tunnels)).
+    #[error("the broker serves as many remote nodes as it allows")]
+    TooManyTunnels,
     /// The operating system refused.
     #[error("{operation} failed: {kind}")]
     Os {
@@ -61,6 +65,14 @@ pub enum TunnelError {
     /// channel that was never opened, descriptors passed by a node).
     #[error("tunnel protocol violated: {0}")]
     Protocol(&'static str),
+    /// The tunnel was to relay more links at once than
+    /// [`TunnelConfig::max_channels`](super::TunnelConfig::max_channels).
+    #[error("more links than a tunnel may relay")]
+    TooManyChannels,
+    /// More bytes waited for this end's local readers than
+    /// [`TunnelConfig::inbound_budget`](super::TunnelConfig::inbound_budget) allows.
+    #[error("more bytes in waiting than the tunnel's budget")]
+    OverBudget,
     /// The TLS layer failed (a damaged or forged record).
     #[error("TLS failure")]
     Tls,

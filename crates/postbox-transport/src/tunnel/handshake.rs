@@ -1,5 +1,6 @@
 //! Authentication of a new tunnel, before any tunnel frame: the pre-shared key exchange or a
-//! TLS handshake, ending with the broker's verdict. Blocking, within the socket's timeouts.
+//! TLS handshake, ending with the broker's verdict. Blocking, within one deadline for the
+//! whole handshake ([`Deadlined`]).
 //!
 //! The pre-shared key exchange (both sides write their greeting before they read, so it
 //! cannot deadlock; the broker learns which of its keys the node holds from the node's proof):
@@ -24,7 +25,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -34,6 +35,50 @@ use super::security::{check_principal, NamedKey, NodeTlsConfig};
 use super::stream::TunnelStream;
 use crate::host_link::handshake::tls_error;
 use crate::host_link::{AuthenticationError, LinkError, PreSharedKey, TlsConfig};
+
+/// A blocking socket whose reads and writes all end by one deadline: each waits at most the
+/// time left, so a peer that trickles its bytes (each read alone would be quick) holds the
+/// handshake no longer than a silent one.
+#[derive(Debug)]
+pub(super) struct Deadlined<'a> {
+    socket: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a> Deadlined<'a> {
+    /// `socket`, for I/O that must be over by `deadline`.
+    pub(super) fn new(socket: &'a TcpStream, deadline: Instant) -> Self {
+        Self { socket, deadline }
+    }
+
+    /// The time left; a timeout error once there is none.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(io::ErrorKind::TimedOut.into())
+        } else {
+            Ok(left)
+        }
+    }
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.socket).read(buf)
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.socket).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// The node's side of the key exchange.
 pub(super) fn prove_key(
@@ -91,21 +136,19 @@ pub(super) fn check_key(
 
 /// The node's TLS handshake on the blocking `socket`, then the broker's verdict.
 pub(super) fn tls_as_node(
-    mut socket: TcpStream,
+    socket: TcpStream,
     tls: &TlsConfig,
     deadline: Instant,
 ) -> Result<TunnelStream, AttachError> {
     let mut connection =
         rustls::ClientConnection::new(Arc::clone(&tls.client), tls.peer_name.clone())
             .map_err(|e| tls_failure(&e))?;
+    let mut io = Deadlined::new(&socket, deadline);
     while connection.is_handshaking() {
-        if Instant::now() >= deadline {
-            return Err(AttachError::HandshakeTimeout);
-        }
-        connection.complete_io(&mut socket).map_err(|e| tls_io(&e))?;
+        connection.complete_io(&mut io).map_err(|e| tls_io(&e))?;
     }
     let mut verdict = [0u8; 1];
-    match rustls::Stream::new(&mut connection, &mut socket).read_exact(&mut verdict) {
+    match rustls::Stream::new(&mut connection, &mut io).read_exact(&mut verdict) {
         Ok(()) if verdict[0] == ACCEPTED => {}
         Ok(()) => return Err(refused_by_peer()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(refused_by_peer()),
@@ -117,17 +160,15 @@ pub(super) fn tls_as_node(
 /// The broker's TLS handshake on the blocking `socket`; the stream and the node's principal
 /// (the first DNS name of its certificate).
 pub(super) fn tls_as_broker(
-    mut socket: TcpStream,
+    socket: TcpStream,
     tls: &NodeTlsConfig,
     deadline: Instant,
 ) -> Result<(TunnelStream, String), AttachError> {
     let mut connection =
         rustls::ServerConnection::new(Arc::clone(&tls.server)).map_err(|e| tls_failure(&e))?;
+    let mut io = Deadlined::new(&socket, deadline);
     while connection.is_handshaking() {
-        if Instant::now() >= deadline {
-            return Err(AttachError::HandshakeTimeout);
-        }
-        connection.complete_io(&mut socket).map_err(|e| tls_io(&e))?;
+        connection.complete_io(&mut io).map_err(|e| tls_io(&e))?;
     }
     let name = connection
         .peer_certificates()
@@ -138,7 +179,7 @@ pub(super) fn tls_as_broker(
                 .and_then(|cert| cert.valid_dns_names().next().map(str::to_owned))
         })
         .filter(|name| check_principal(name).is_ok());
-    let mut stream = rustls::Stream::new(&mut connection, &mut socket);
+    let mut stream = rustls::Stream::new(&mut connection, &mut io);
     let Some(name) = name else {
         let _ = stream.write_all(&[REFUSED]).and_then(|()| stream.flush());
         return Err(AttachError::Authentication(AuthenticationError::BadCertificate));

@@ -2,8 +2,8 @@
 //! own and become tunnels, each handing the broker a control socket as if a local node had
 //! connected.
 
-use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::error::{AttachError, TunnelError};
-use super::handshake::{check_key, tls_as_broker};
+use super::handshake::{check_key, tls_as_broker, Deadlined};
 use super::pump::{Pump, Side};
 use super::security::AcceptSecurity;
 use super::stream::TunnelStream;
@@ -73,6 +73,10 @@ struct Shared {
     events: Mutex<VecDeque<AttachEvent>>,
     ready: Waker,
     handshakes: AtomicUsize,
+    /// Handshakes in progress per source address.
+    handshakes_from: Mutex<HashMap<IpAddr, usize>>,
+    /// Tunnels running (authenticated).
+    tunnels: AtomicUsize,
     security: AcceptSecurity,
     config: TunnelConfig,
 }
@@ -96,6 +100,8 @@ impl AttachListener {
             events: Mutex::new(VecDeque::new()),
             ready: Waker::new()?,
             handshakes: AtomicUsize::new(0),
+            handshakes_from: Mutex::new(HashMap::new()),
+            tunnels: AtomicUsize::new(0),
             security,
             config,
         });
@@ -147,6 +153,29 @@ impl Shared {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).push_back(event);
         self.ready.wake();
     }
+
+    /// Counts a handshake from `ip`, unless it has as many in progress as one address may.
+    fn begin_handshake(&self, ip: IpAddr) -> bool {
+        let mut from = self.handshakes_from.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = from.entry(ip).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_ADDRESS {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Gives back the slot of a handshake from `ip` that finished (or never started).
+    fn end_handshake(&self, ip: IpAddr) {
+        self.handshakes.fetch_sub(1, Ordering::AcqRel);
+        let mut from = self.handshakes_from.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = from.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                from.remove(&ip);
+            }
+        }
+    }
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &Waker) {
@@ -173,18 +202,28 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &Waker) {
             };
             // A slow or silent client holds one handshake thread for the handshake timeout at
             // most, and only a few at once: the rest are turned away, never queued.
-            if shared.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-                shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+            // Only this thread adds to either count, so the check holds until the add.
+            let busy =
+                shared.handshakes.load(Ordering::Acquire) + shared.tunnels.load(Ordering::Acquire);
+            if busy >= shared.config.max_tunnels {
+                shared.push(AttachEvent::Refused { address, error: AttachError::TooManyTunnels });
+                continue;
+            }
+            // One source address cannot take every handshake slot either.
+            if shared.handshakes.load(Ordering::Acquire) >= MAX_HANDSHAKES
+                || !shared.begin_handshake(address.ip())
+            {
                 shared.push(AttachEvent::Refused { address, error: AttachError::Busy });
                 continue;
             }
+            shared.handshakes.fetch_add(1, Ordering::AcqRel);
             let worker = Arc::clone(shared);
             let spawned = std::thread::Builder::new()
                 .name("postbox-tunnel".into())
                 .spawn(move || serve_connection(socket, address, &worker));
             if spawned.is_err() {
                 // The socket went with the closure that never ran: it is closed.
-                shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                shared.end_handshake(address.ip());
             }
         }
     }
@@ -193,27 +232,50 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &Waker) {
 /// Authenticates one connection, then runs its tunnel on this thread.
 fn serve_connection(socket: TcpStream, address: SocketAddr, shared: &Shared) {
     let authenticated = authenticate(socket, &shared.security, shared.config);
-    shared.handshakes.fetch_sub(1, Ordering::AcqRel);
-    let (stream, principal) = match authenticated {
-        Ok(done) => done,
-        Err(error) => return shared.push(AttachEvent::Refused { address, error }),
+    if authenticated.is_ok() {
+        // Counted before the handshake's slot is given back, so the listener never sees
+        // this connection in neither count.
+        shared.tunnels.fetch_add(1, Ordering::AcqRel);
+    }
+    shared.end_handshake(address.ip());
+    let authenticated = authenticated.map_err(|error| {
+        shared.push(AttachEvent::Refused { address, error });
+    });
+    let Ok(authenticated) = authenticated else { return };
+    let result = run_tunnel(authenticated, address, shared);
+    shared.tunnels.fetch_sub(1, Ordering::AcqRel);
+    if let Some((principal, result)) = result {
+        shared.push(AttachEvent::Ended { principal, address, result });
+    }
+}
+
+/// Runs an authenticated connection's tunnel on this thread; the principal and how the
+/// tunnel ended, or `None` when it could not start (the refusal is pushed).
+fn run_tunnel(
+    authenticated: (TunnelStream, String),
+    address: SocketAddr,
+    shared: &Shared,
+) -> Option<(String, Result<(), TunnelError>)> {
+    let refuse = |error| {
+        shared.push(AttachEvent::Refused { address, error });
+        None
     };
+    let (stream, principal) = authenticated;
     let opened = ControlSocket::pair().map_err(|e| match e {
         TransportError::Os { kind, .. } => AttachError::Os { operation: "tunnel", kind },
         _ => AttachError::Os { operation: "tunnel", kind: std::io::ErrorKind::Other },
     });
     let (broker_end, pump_end) = match opened {
         Ok(pair) => pair,
-        Err(error) => return shared.push(AttachEvent::Refused { address, error }),
+        Err(error) => return refuse(error),
     };
     if let Err(e) = stream.configure() {
-        let error = AttachError::Os { operation: "tunnel", kind: e.kind() };
-        return shared.push(AttachEvent::Refused { address, error });
+        return refuse(AttachError::Os { operation: "tunnel", kind: e.kind() });
     }
     let node = AttachedNode { control: broker_end, principal: principal.clone(), address };
     shared.push(AttachEvent::Attached(node));
     let result = Pump::new(Side::Broker, stream, pump_end, shared.config).run();
-    shared.push(AttachEvent::Ended { principal, address, result });
+    Some((principal, result))
 }
 
 /// The broker's side of the handshake, bounded by the handshake timeout.
@@ -222,23 +284,22 @@ fn authenticate(
     security: &AcceptSecurity,
     config: TunnelConfig,
 ) -> Result<(TunnelStream, String), AttachError> {
-    let timeouts = Some(config.handshake_timeout);
+    // One deadline for the whole handshake, not one per read: a client that trickles its
+    // greeting a byte at a time is cut off as soon as a silent one.
+    let deadline = Instant::now() + config.handshake_timeout;
     socket
-        .set_read_timeout(timeouts)
-        .and_then(|()| socket.set_write_timeout(timeouts))
-        .and_then(|()| socket.set_nodelay(true))
+        .set_nodelay(true)
         .map_err(|e| AttachError::Os { operation: "set up connection", kind: e.kind() })?;
     match security {
         AcceptSecurity::PreSharedKeys(keys) => {
-            let mut socket = socket;
-            let principal = check_key(&mut socket, keys)?;
+            let principal = check_key(&mut Deadlined::new(&socket, deadline), keys)?;
             Ok((TunnelStream::Plain(socket), principal))
         }
-        AcceptSecurity::Tls(tls) => {
-            tls_as_broker(socket, tls, Instant::now() + config.handshake_timeout)
-        }
+        AcceptSecurity::Tls(tls) => tls_as_broker(socket, tls, deadline),
     }
 }
 
 /// Handshakes in progress at once, at most.
 const MAX_HANDSHAKES: usize = 8;
+/// Handshakes in progress at once from one source address, at most.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 4;

@@ -71,6 +71,15 @@ pub struct TunnelConfig {
     pub handshake_timeout: Duration,
     /// Bytes of one link in flight towards its reader, at most (per direction).
     pub window: u32,
+    /// Links one tunnel relays at once, at most: a tunnel asked to relay more ends with
+    /// [`TunnelError::TooManyChannels`].
+    pub max_channels: usize,
+    /// Bytes from the other end waiting for this end's local readers, across all links of
+    /// one tunnel, at most: a tunnel brought more ends with [`TunnelError::OverBudget`].
+    pub inbound_budget: usize,
+    /// Tunnels (and handshakes) an [`AttachListener`] serves at once, at most; it turns
+    /// further connections away ([`AttachError::TooManyTunnels`]). The node's side ignores it.
+    pub max_tunnels: usize,
 }
 
 impl Default for TunnelConfig {
@@ -80,6 +89,9 @@ impl Default for TunnelConfig {
             dead_after: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             window: 256 * 1024,
+            max_channels: 256,
+            inbound_budget: 16 * 1024 * 1024,
+            max_tunnels: 64,
         }
     }
 }
@@ -160,16 +172,12 @@ pub fn dial(
 ) -> Result<(ControlSocket, Tunnel), AttachError> {
     let deadline = Instant::now() + config.handshake_timeout;
     let socket = connect(address, config.handshake_timeout)?;
-    let timeouts = Some(config.handshake_timeout);
     socket
-        .set_read_timeout(timeouts)
-        .and_then(|()| socket.set_write_timeout(timeouts))
-        .and_then(|()| socket.set_nodelay(true))
+        .set_nodelay(true)
         .map_err(|e| AttachError::Os { operation: "set up connection", kind: e.kind() })?;
     let stream = match security {
         AttachSecurity::PreSharedKey(key) => {
-            let mut socket = socket;
-            handshake::prove_key(&mut socket, key)?;
+            handshake::prove_key(&mut handshake::Deadlined::new(&socket, deadline), key)?;
             TunnelStream::Plain(socket)
         }
         AttachSecurity::Tls(tls) => handshake::tls_as_node(socket, tls, deadline)?,

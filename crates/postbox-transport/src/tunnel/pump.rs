@@ -154,7 +154,7 @@ impl Pump {
                     }
                     Slot::Control => {
                         self.deliver_control();
-                        self.read_control();
+                        self.read_control()?;
                     }
                     Slot::Channel(id) => self.serve_channel(id),
                 }
@@ -166,12 +166,17 @@ impl Pump {
     /// Fails the tunnel when the other end fell silent or stopped reading; sends a ping when
     /// this end has been quiet.
     fn check_timers(&mut self, now: Instant) -> Result<(), TunnelError> {
-        if let Some(since) = self.draining_since {
-            if now >= since + self.config.dead_after {
-                // Local readers that never read what was left for them: give up on them.
-                return Err(TunnelError::Stalled);
-            }
+        if self.draining_since.is_some() {
+            // Nothing more comes, and nothing is sent: what is left waits for the local readers
+            // however slow they are, until each took it or closed (a closed reader's socket
+            // polls writable and fails the write). Their number and bytes are bounded by
+            // `max_channels` and `inbound_budget`.
             return Ok(());
+        }
+        if self.to_control.len() >= CONTROL_BACKLOG {
+            // The connection is not read while the local end catches up: what the other end
+            // sends meanwhile waits unread, so its silence cannot be told from its talk.
+            self.last_received = now;
         }
         if now >= self.last_received + self.config.dead_after {
             return Err(TunnelError::Silent);
@@ -228,7 +233,9 @@ impl Pump {
         let mut set: Vec<(BorrowedFd<'_>, Interest)> = Vec::with_capacity(2 + self.channels.len());
         let mut slots = Vec::with_capacity(set.capacity());
         let read = open && self.to_control.len() < CONTROL_BACKLOG;
-        let write = self.out_len() > 0 || self.stream.wants_write();
+        // Nothing is sent once draining (what is queued then stays queued): write interest
+        // would make every poll return at once.
+        let write = open && (self.out_len() > 0 || self.stream.wants_write());
         if read || write {
             set.push((self.stream.as_fd(), Interest { read, write }));
             slots.push(Slot::Connection);
@@ -249,18 +256,19 @@ impl Pump {
                 slots.push(Slot::Channel(*id));
             }
         }
-        let deadline = match self.draining_since {
-            Some(since) => since + self.config.dead_after,
+        let wait = match self.draining_since {
+            // No timer runs while draining (`check_timers`).
+            Some(_) => Wait::Forever,
             None => {
                 let mut deadline = (self.last_received + self.config.dead_after)
                     .min(self.last_sent + self.config.heartbeat_interval);
                 if self.out_len() > 0 {
                     deadline = deadline.min(self.last_write_progress + self.config.dead_after);
                 }
-                deadline
+                Wait::Until(deadline.max(now))
             }
         };
-        match wait_ready(&set, Wait::Until(deadline.max(now))) {
+        match wait_ready(&set, wait) {
             Ok(ready) => Ok(ready.into_iter().map(|index| slots[index]).collect()),
             Err(TransportError::Os { kind, .. }) => {
                 Err(TunnelError::Os { operation: "poll", kind })
@@ -331,6 +339,10 @@ impl Pump {
                     if let Some(bytes) = open.handle_data(bytes, window)? {
                         self.queue(&TunnelFrame::Credit { channel, bytes });
                     }
+                    let waiting: usize = self.channels.values().map(Channel::inbound_len).sum();
+                    if waiting > self.config.inbound_budget {
+                        return Err(TunnelError::OverBudget);
+                    }
                     // Straight on to the local reader, without waiting for a poll round.
                     self.settle_channel(channel);
                     Ok(())
@@ -390,6 +402,9 @@ impl Pump {
         }
         if self.side == Side::Broker && !channels.is_empty() {
             return Err(TunnelError::Protocol("a node passed descriptors"));
+        }
+        if self.channels.len() + channels.len() > self.config.max_channels {
+            return Err(TunnelError::TooManyChannels);
         }
         let mut fds = Vec::with_capacity(channels.len());
         for id in channels {
@@ -451,45 +466,52 @@ impl Pump {
 
     /// Relays the control packets the local end sent (broker side: opening a channel for
     /// each descriptor beside them).
-    fn read_control(&mut self) {
+    ///
+    /// # Errors
+    /// [`TunnelError::TooManyChannels`] when the local end passes more links than allowed.
+    fn read_control(&mut self) -> Result<(), TunnelError> {
         for _ in 0..CONTROL_PACKETS_PER_ROUND {
             let Some(control) = self.control.as_ref().filter(|_| self.control_reading) else {
-                return;
+                return Ok(());
             };
             if self.out_len() >= OUT_HIGH_WATER {
-                return;
+                return Ok(());
             }
             match control.recv(&mut self.control_buf, Wait::NonBlocking) {
                 Ok((len, fds)) => {
                     let channels = match self.side {
-                        Side::Broker => self.open_channels(fds),
+                        Side::Broker => self.open_channels(fds)?,
                         // A node passes no descriptors; any it did are closed here.
                         Side::Node => Vec::new(),
                     };
                     let packet = self.control_buf[..len].to_vec();
                     self.queue(&TunnelFrame::Control { channels, packet });
                 }
-                Err(TransportError::WouldBlock) => return,
+                Err(TransportError::WouldBlock) => return Ok(()),
                 // A packet too large for the control protocol is dropped, as the broker
                 // would refuse it.
                 Err(TransportError::Oversized(_)) => {}
                 Err(_) => {
                     self.control_reading = false;
                     self.queue(&TunnelFrame::Eof { channel: ChannelId::CONTROL });
-                    return;
+                    return Ok(());
                 }
             }
         }
+        Ok(())
     }
 
     /// Opens a channel for each passed descriptor when all are stream sockets; otherwise
-    /// closes them all and opens none.
-    fn open_channels(&mut self, fds: Vec<OwnedFd>) -> Vec<ChannelId> {
+    /// closes them all and opens none. More links than allowed end the tunnel.
+    fn open_channels(&mut self, fds: Vec<OwnedFd>) -> Result<Vec<ChannelId>, TunnelError> {
+        if self.channels.len() + fds.len() > self.config.max_channels {
+            return Err(TunnelError::TooManyChannels);
+        }
         let streams = fds.iter().all(|fd| {
             rustix::net::sockopt::socket_type(fd).is_ok_and(|kind| kind == SocketType::STREAM)
         });
         if !streams || self.next_channel.checked_add(fds.len() as u32).is_none() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut opened = Vec::with_capacity(fds.len());
         for fd in fds {
@@ -502,7 +524,7 @@ impl Pump {
             }
             opened.push(id);
         }
-        opened
+        Ok(opened)
     }
 
     /// Writes what waits for a channel's socket, and gives credit back as it goes; tells the
@@ -585,6 +607,10 @@ impl Pump {
     }
 
     fn queue(&mut self, frame: &TunnelFrame) {
+        if self.draining_since.is_some() {
+            // Nothing is sent any more (`flush_out`).
+            return;
+        }
         if self.out_len() == 0 {
             self.last_write_progress = Instant::now();
         }

@@ -9,6 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use postbox_core::wire::DecodeError;
+
 use super::*;
 use crate::host_link::{AuthenticationError, PreSharedKey};
 use crate::{TransportError, Wait};
@@ -240,6 +242,12 @@ fn nothing_listening_is_a_connect_error() {
 /// A broker played by the test: it passes the key exchange, then does what `script` says with
 /// the raw connection. Returns the node's control socket and the broker's connection.
 fn scripted_broker(config: TunnelConfig) -> (ControlSocket, TcpStream) {
+    let (node, socket, _tunnel) = scripted_broker_with_tunnel(config);
+    (node, socket)
+}
+
+/// [`scripted_broker`], with the node's tunnel handle to learn how it ended.
+fn scripted_broker_with_tunnel(config: TunnelConfig) -> (ControlSocket, TcpStream, Tunnel) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -249,9 +257,10 @@ fn scripted_broker(config: TunnelConfig) -> (ControlSocket, TcpStream) {
         handshake::check_key(&mut socket, &keys).unwrap();
         tx.send(socket).unwrap();
     });
-    let node = dial_app(address, config);
+    let (node, tunnel) =
+        dial(&address.to_string(), &AttachSecurity::PreSharedKey(key(1)), config).unwrap();
     let socket = rx.recv_timeout(WATCHDOG).unwrap();
-    (node, socket)
+    (node, socket, tunnel)
 }
 
 /// Passes a link to the node through the raw connection (as channel 1); returns the node's end.
@@ -268,11 +277,22 @@ fn pass_link(node: &ControlSocket, socket: &mut TcpStream) -> UnixStream {
     stream_of(fds.remove(0))
 }
 
+/// Far beyond [`ENDS_WITHIN`]: a hostile-input test whose tunnel ended within that did not end
+/// by falling silent, but because its check refused the input.
+fn patient() -> TunnelConfig {
+    TunnelConfig { dead_after: Duration::from_secs(60), ..TunnelConfig::default() }
+}
+
+/// How long a tunnel that met hostile input may take to end.
+const ENDS_WITHIN: Duration = Duration::from_secs(3);
+
 #[test]
 fn malformed_bytes_from_the_network_end_the_tunnel_and_close_every_local_end() {
-    let (node, mut socket) = scripted_broker(TunnelConfig::default());
+    let (node, mut socket, tunnel) = scripted_broker_with_tunnel(patient());
     let mut link = pass_link(&node, &mut socket);
     socket.write_all(&[0xEE; 64]).unwrap();
+    let ended = tunnel.wait_ended(ENDS_WITHIN);
+    assert!(matches!(ended, Some(Err(TunnelError::Malformed(_)))), "{ended:?}");
     let mut buf = [0u8; 8];
     assert_eq!(link.read(&mut buf).unwrap(), 0, "the node's link closes");
     assert_eq!(recv(&node).unwrap_err(), TransportError::Closed, "and its control socket");
@@ -286,18 +306,23 @@ fn malformed_bytes_from_the_network_end_the_tunnel_and_close_every_local_end() {
 
 #[test]
 fn an_oversized_frame_is_refused_from_its_header() {
-    let (node, mut socket) = scripted_broker(TunnelConfig::default());
+    let (node, mut socket, tunnel) = scripted_broker_with_tunnel(patient());
     let mut header = vec![2u8];
     header.extend_from_slice(&1u32.to_le_bytes());
     header.extend_from_slice(&u32::MAX.to_le_bytes());
     socket.write_all(&header).unwrap();
+    let ended = tunnel.wait_ended(ENDS_WITHIN);
+    assert!(
+        matches!(ended, Some(Err(TunnelError::Malformed(DecodeError::TooLong { .. })))),
+        "{ended:?}"
+    );
     assert_eq!(recv(&node).unwrap_err(), TransportError::Closed);
 }
 
 #[test]
 fn data_beyond_the_credit_given_ends_the_tunnel() {
-    let config = TunnelConfig { window: 1024, ..TunnelConfig::default() };
-    let (node, mut socket) = scripted_broker(config);
+    let config = TunnelConfig { window: 1024, ..patient() };
+    let (node, mut socket, tunnel) = scripted_broker_with_tunnel(config);
     let _link = pass_link(&node, &mut socket);
     // One frame more than the whole window: no credit could have allowed it.
     let mut frames = Vec::new();
@@ -307,14 +332,20 @@ fn data_beyond_the_credit_given_ends_the_tunnel() {
         &[0; 4096],
     );
     socket.write_all(&frames).unwrap();
+    assert_eq!(
+        tunnel.wait_ended(ENDS_WITHIN),
+        Some(Err(TunnelError::Protocol("data beyond the credit given")))
+    );
     assert_eq!(recv(&node).unwrap_err(), TransportError::Closed);
 }
 
 #[test]
 fn a_broken_connection_closes_the_nodes_links_and_control_socket() {
-    let (node, mut socket) = scripted_broker(TunnelConfig::default());
+    let (node, mut socket, tunnel) = scripted_broker_with_tunnel(patient());
     let mut link = pass_link(&node, &mut socket);
     socket.shutdown(std::net::Shutdown::Both).unwrap();
+    // The close ends it, long before silence could.
+    assert!(tunnel.wait_ended(ENDS_WITHIN).is_some(), "the tunnel runs on");
     let mut buf = [0u8; 8];
     assert_eq!(link.read(&mut buf).unwrap(), 0);
     assert_eq!(recv(&node).unwrap_err(), TransportError::Closed);
@@ -331,6 +362,219 @@ fn a_silent_broker_is_given_up() {
     // The broker's connection stays open but says nothing.
     assert_eq!(recv(&node).unwrap_err(), TransportError::Closed);
     drop(socket);
+}
+
+/// Writes `bytes` to channel `id` through the raw connection, in frames as large as allowed.
+fn send_data(socket: &mut TcpStream, id: u32, bytes: &[u8]) {
+    let mut frames = Vec::new();
+    for piece in bytes.chunks(postbox_core::wire::tunnel::MAX_DATA_LEN as usize) {
+        postbox_core::wire::tunnel::encode_data(
+            &mut frames,
+            postbox_core::wire::tunnel::ChannelId(id),
+            piece,
+        );
+    }
+    socket.write_all(&frames).unwrap();
+}
+
+#[test]
+fn a_slow_reader_gets_every_byte_after_the_connection_ended() {
+    let config = TunnelConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        dead_after: Duration::from_secs(1),
+        ..TunnelConfig::default()
+    };
+    let (node, mut socket) = scripted_broker(config);
+    let mut link = pass_link(&node, &mut socket);
+    let sent: Vec<u8> = (0..config.window).map(|i| (i % 251) as u8).collect();
+    send_data(&mut socket, 1, &sent);
+    socket.shutdown(std::net::Shutdown::Write).unwrap();
+    // Longer than `dead_after` before the reader starts: it is alive, only slow.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut got = Vec::new();
+    link.read_to_end(&mut got).unwrap();
+    assert!(got == sent, "all {} bytes ({} came)", sent.len(), got.len());
+}
+
+/// Clock ticks this process spent on a CPU so far (user and system).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // After the command name, in parentheses: fields 3 on; utime and stime are 14 and 15.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_draining_tunnel_waits_for_its_readers_without_spinning() {
+    let (node, mut socket) = scripted_broker(TunnelConfig::default());
+    let mut frame = Vec::new();
+    postbox_core::wire::tunnel::TunnelFrame::Control {
+        channels: vec![
+            postbox_core::wire::tunnel::ChannelId(1),
+            postbox_core::wire::tunnel::ChannelId(2),
+        ],
+        packet: b"links".to_vec(),
+    }
+    .encode(&mut frame);
+    socket.write_all(&frame).unwrap();
+    let (_, mut fds) = recv(&node).unwrap();
+    let kept = stream_of(fds.pop().unwrap());
+    let dropped = stream_of(fds.pop().unwrap());
+    let window = TunnelConfig::default().window as usize;
+    send_data(&mut socket, 1, &vec![1; window]);
+    send_data(&mut socket, 2, &vec![2; window]);
+    socket.shutdown(std::net::Shutdown::Write).unwrap();
+    // The node's pump is draining: one reader goes (a reset to send, which nobody takes), the
+    // other sleeps.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(dropped);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks() - before;
+    assert!(spent < 50, "{spent} ticks in 2 s while waiting");
+    drop((kept, node, socket));
+}
+
+#[test]
+fn slow_handshakes_hold_up_nobody_for_longer_than_the_handshake_timeout() {
+    let config =
+        TunnelConfig { handshake_timeout: Duration::from_millis(500), ..TunnelConfig::default() };
+    let listener = listener(config);
+    let address = listener.local_addr();
+    let mut greeting = b"PBNODE01".to_vec();
+    greeting.extend_from_slice(&[0; 32]);
+    let trickling: Vec<_> = (0..8)
+        .map(|_| {
+            let greeting = greeting.clone();
+            std::thread::spawn(move || {
+                let Ok(mut socket) = TcpStream::connect(address) else { return };
+                for byte in greeting {
+                    if socket.write_all(&[byte]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let attached = dial(&address.to_string(), &AttachSecurity::PreSharedKey(key(1)), config);
+    assert!(attached.is_ok(), "{:?}", attached.err());
+    drop(trickling);
+}
+
+#[test]
+fn a_control_backlog_is_not_mistaken_for_silence() {
+    let config = TunnelConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        dead_after: Duration::from_millis(500),
+        ..TunnelConfig::default()
+    };
+    let (node, socket) = scripted_broker(config);
+    // Far more than the control socket buffers: the pump holds a backlog and stops reading.
+    let packets = 400;
+    let mut frames = Vec::new();
+    for i in 0..packets {
+        postbox_core::wire::tunnel::TunnelFrame::Control {
+            channels: Vec::new(),
+            packet: vec![(i % 251) as u8; 16 * 1024],
+        }
+        .encode(&mut frames);
+    }
+    let mut writer = socket.try_clone().unwrap();
+    let writing = std::thread::spawn(move || writer.write_all(&frames));
+    // Longer than `dead_after` before the node reads anything.
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..packets {
+        let (packet, _) = recv(&node).unwrap_or_else(|e| panic!("packet {i}: {e:?}"));
+        assert_eq!(packet, vec![(i % 251) as u8; 16 * 1024]);
+    }
+    writing.join().unwrap().unwrap();
+    drop(socket);
+}
+
+#[test]
+fn a_node_passed_more_channels_than_allowed_ends_its_tunnel() {
+    let config = TunnelConfig { max_channels: 2, ..patient() };
+    let (node, mut socket, tunnel) = scripted_broker_with_tunnel(config);
+    let mut frame = Vec::new();
+    postbox_core::wire::tunnel::TunnelFrame::Control {
+        channels: (1..=3).map(postbox_core::wire::tunnel::ChannelId).collect(),
+        packet: b"links".to_vec(),
+    }
+    .encode(&mut frame);
+    socket.write_all(&frame).unwrap();
+    assert_eq!(tunnel.wait_ended(ENDS_WITHIN), Some(Err(TunnelError::TooManyChannels)));
+    assert_eq!(recv(&node).unwrap_err(), TransportError::Closed);
+}
+
+#[test]
+fn a_broker_passing_more_channels_than_allowed_ends_the_tunnel() {
+    let config = TunnelConfig { max_channels: 2, ..patient() };
+    let listener = listener(config);
+    let (node, tunnel) =
+        dial(&listener.local_addr().to_string(), &AttachSecurity::PreSharedKey(key(1)), config)
+            .unwrap();
+    let broker = attached(&listener);
+    let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+    let fds: Vec<_> = pairs.iter().map(|(_, theirs)| theirs.as_fd()).collect();
+    broker.control.send(b"links", &fds, Wait::Forever).unwrap();
+    match next_event(&listener) {
+        AttachEvent::Ended { result, .. } => assert_eq!(result, Err(TunnelError::TooManyChannels)),
+        other => panic!("expected the tunnel's end, got {other:?}"),
+    }
+    assert!(tunnel.wait_ended(ENDS_WITHIN).is_some());
+    drop(node);
+}
+
+#[test]
+fn inbound_bytes_beyond_the_tunnels_budget_end_it() {
+    let window = 1024 * 1024;
+    let config = TunnelConfig { window: window as u32, inbound_budget: window, ..patient() };
+    let (node, mut socket, tunnel) = scripted_broker_with_tunnel(config);
+    let mut frame = Vec::new();
+    postbox_core::wire::tunnel::TunnelFrame::Control {
+        channels: (1..=3).map(postbox_core::wire::tunnel::ChannelId).collect(),
+        packet: b"links".to_vec(),
+    }
+    .encode(&mut frame);
+    socket.write_all(&frame).unwrap();
+    let (_, _links) = recv(&node).unwrap();
+    // Nobody reads the links: within each window, but far beyond the budget together (the
+    // links' socket buffers take only a part).
+    let mut writer = socket.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for id in 1..=3 {
+            let mut frames = Vec::new();
+            for _ in 0..window / postbox_core::wire::tunnel::MAX_DATA_LEN as usize {
+                postbox_core::wire::tunnel::encode_data(
+                    &mut frames,
+                    postbox_core::wire::tunnel::ChannelId(id),
+                    &[0; postbox_core::wire::tunnel::MAX_DATA_LEN as usize],
+                );
+            }
+            // The node may have given up already.
+            let _ = writer.write_all(&frames);
+        }
+    });
+    assert_eq!(tunnel.wait_ended(ENDS_WITHIN), Some(Err(TunnelError::OverBudget)));
+    drop(socket);
+}
+
+#[test]
+fn the_listener_turns_away_nodes_beyond_its_tunnels() {
+    let config = TunnelConfig { max_tunnels: 1, ..TunnelConfig::default() };
+    let listener = listener(config);
+    let address = listener.local_addr().to_string();
+    let (_first, _tunnel) = dial(&address, &AttachSecurity::PreSharedKey(key(1)), config).unwrap();
+    let _broker = attached(&listener);
+    assert!(dial(&address, &AttachSecurity::PreSharedKey(key(1)), config).is_err());
+    match next_event(&listener) {
+        AttachEvent::Refused { error, .. } => assert_eq!(error, AttachError::TooManyTunnels),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 mod tls {
