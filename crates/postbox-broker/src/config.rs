@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{HostsConfig, Policy};
+use crate::{HostsConfig, Policy, RemoteNodesConfig};
 
 /// Settings of one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub struct BrokerConfig {
     pub shared_memory_pool: usize,
     /// This host's name and its peers; `None` links to no other host.
     pub hosts: Option<HostsConfig>,
+    /// Nodes on other hosts attach over TCP here; `None` accepts local nodes only.
+    pub remote_nodes: Option<RemoteNodesConfig>,
 }
 
 impl BrokerConfig {
@@ -43,6 +45,7 @@ impl BrokerConfig {
             shared_memory_links: Some(DEFAULT_LINK_CAPACITY),
             shared_memory_pool: DEFAULT_POOL_SIZE,
             hosts: None,
+            remote_nodes: None,
         }
     }
 
@@ -65,6 +68,13 @@ impl BrokerConfig {
     #[must_use]
     pub fn hosts(mut self, hosts: HostsConfig) -> Self {
         self.hosts = Some(hosts);
+        self
+    }
+
+    /// Accepts nodes on other hosts over TCP (docs/network.md §14).
+    #[must_use]
+    pub fn remote_nodes(mut self, remote_nodes: RemoteNodesConfig) -> Self {
+        self.remote_nodes = Some(remote_nodes);
         self
     }
 

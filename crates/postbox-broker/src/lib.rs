@@ -6,6 +6,11 @@
 //! `SCM_RIGHTS`. It is **not** on the data path: frames flow straight between the two nodes.
 //! When a node's control socket closes (it exited or was killed), its names are free at once.
 //!
+//! Nodes of other hosts may attach over TCP ([`BrokerConfig::remote_nodes`],
+//! [`RemoteNodesConfig`]): each authenticated connection is a tunnel whose control socket the
+//! broker serves like a local node's, known to the policy by the principal it proved, and given
+//! Unix links only, which the tunnel relays (docs/network.md §14).
+//!
 //! ```no_run
 //! use postbox_broker::{Broker, BrokerConfig};
 //!
@@ -26,6 +31,7 @@ pub mod hosts;
 mod mailbox;
 pub mod policy;
 mod registry;
+mod remote_nodes;
 pub mod socket_path;
 mod topic;
 
@@ -37,3 +43,4 @@ pub use hosts::{
     MAX_DATAGRAM_MESSAGE,
 };
 pub use policy::{Limits, Policy, PolicyError, Subject};
+pub use remote_nodes::{RemoteNodesConfig, RemoteNodesConfigError};

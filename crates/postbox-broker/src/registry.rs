@@ -49,12 +49,55 @@ pub(crate) struct NewLink {
 /// Refusal with a code and a detail for the node.
 pub(crate) type Refusal = (ControlErrorCode, String);
 
+/// The one allocator of process ids `0.<n>` (pid 0: no process of this host behind the id).
+/// Two kinds of nodes get them, and from here only, so that no id ever names both: nodes
+/// attached over TCP (and any node whose pid the kernel reports as 0, one in another pid
+/// namespace), admitted by the [`Registry`]; and the stand-ins of nodes of other hosts
+/// (`hosts::identity::StandIns`). Generation 0 is never given (`0.0` names the broker itself);
+/// generations go up and are not reused before the counter wraps, and then never one that is
+/// still taken.
+#[derive(Debug)]
+pub(crate) struct PidZeroIds {
+    next: u32,
+    taken: HashSet<u32>,
+}
+
+impl PidZeroIds {
+    pub(crate) fn new() -> Self {
+        Self { next: 1, taken: HashSet::new() }
+    }
+
+    /// A generation no node and no stand-in has; taken until [`release`](Self::release)d.
+    pub(crate) fn allocate(&mut self) -> u32 {
+        loop {
+            let generation = self.next;
+            self.next = self.next.wrapping_add(1).max(1);
+            if self.taken.insert(generation) {
+                return generation;
+            }
+        }
+    }
+
+    /// Gives `generation` back (its node left, its stand-in was forgotten).
+    pub(crate) fn release(&mut self, generation: u32) {
+        self.taken.remove(&generation);
+    }
+
+    /// Generations taken.
+    #[cfg(test)]
+    pub(crate) fn taken(&self) -> usize {
+        self.taken.len()
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Registry {
     max_ports: usize,
     max_links: usize,
     max_links_per_peer: usize,
     next_generation: u32,
+    /// Generations of the ids `0.<n>`: nodes with pid 0 and other hosts' nodes' stand-ins.
+    pid_zero: PidZeroIds,
     next_link: u64,
     nodes: HashMap<NodeKey, NodeRecord>,
     by_process: HashMap<ProcessId, NodeKey>,
@@ -75,6 +118,7 @@ impl Registry {
             max_links: limits.connections,
             max_links_per_peer: limits.links_per_peer,
             next_generation: 1,
+            pid_zero: PidZeroIds::new(),
             next_link: 1,
             nodes: HashMap::new(),
             by_process: HashMap::new(),
@@ -86,8 +130,14 @@ impl Registry {
         }
     }
 
-    /// Admits a node under its kernel credentials and assigns its process id.
+    /// Admits a node under its kernel credentials and assigns its process id. A node with
+    /// pid 0 (attached over TCP: no process here) gets its generation from the allocator it
+    /// shares with the stand-ins of other hosts' nodes ([`PidZeroIds`]).
     pub(crate) fn admit(&mut self, key: NodeKey, pid: u32, uid: u32, gid: u32) -> PeerIdentity {
+        if pid == 0 {
+            let process_id = ProcessId::new(0, self.pid_zero.allocate());
+            return self.insert_node(key, PeerIdentity { process_id, uid, gid });
+        }
         // Generations wrap after 2³² admissions: skip any still in use with this pid.
         let mut process_id = ProcessId::new(pid, self.next_generation);
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
@@ -95,11 +145,19 @@ impl Registry {
             process_id = ProcessId::new(pid, self.next_generation);
             self.next_generation = self.next_generation.wrapping_add(1).max(1);
         }
-        let identity = PeerIdentity { process_id, uid, gid };
+        self.insert_node(key, PeerIdentity { process_id, uid, gid })
+    }
+
+    fn insert_node(&mut self, key: NodeKey, identity: PeerIdentity) -> PeerIdentity {
         self.nodes
             .insert(key, NodeRecord { identity, ports: BTreeSet::new(), links: BTreeSet::new() });
-        self.by_process.insert(process_id, key);
+        self.by_process.insert(identity.process_id, key);
         identity
+    }
+
+    /// The allocator of ids `0.<n>`, for the stand-ins of other hosts' nodes.
+    pub(crate) fn pid_zero_ids(&mut self) -> &mut PidZeroIds {
+        &mut self.pid_zero
     }
 
     /// Applies new limits to what nodes do from now on (what they hold already stays).
@@ -315,6 +373,9 @@ impl Registry {
         }
         let node = self.nodes.remove(&key)?;
         self.by_process.remove(&node.identity.process_id);
+        if node.identity.process_id.pid == 0 {
+            self.pid_zero.release(node.identity.process_id.generation);
+        }
         for name in &node.ports {
             self.ports.remove(name);
             self.specs.remove(name);
@@ -442,6 +503,34 @@ mod tests {
         r.link_closed(server, link);
         assert!(!r.holds(server, link));
         assert!(r.links.is_empty());
+    }
+
+    #[test]
+    fn ids_without_a_process_skip_0_and_every_one_still_taken_when_they_wrap() {
+        let mut ids = PidZeroIds::new();
+        let (one, two) = (ids.allocate(), ids.allocate());
+        assert_eq!((one, two), (1, 2));
+        ids.release(one);
+        ids.next = u32::MAX;
+        assert_eq!(ids.allocate(), u32::MAX);
+        assert_eq!(ids.allocate(), 1, "0 is skipped, 1 was given back");
+        assert_eq!(ids.allocate(), 3, "2 is still taken");
+        assert_eq!(ids.taken(), 4, "2, u32::MAX, 1 and 3");
+    }
+
+    #[test]
+    fn a_node_with_pid_0_takes_an_id_without_a_process_and_gives_it_back() {
+        let mut r = registry();
+        let local = r.admit(NodeKey(1), 100, 0, 0);
+        let remote = r.admit(NodeKey(2), 0, u32::MAX, u32::MAX);
+        assert_eq!(remote.process_id.pid, 0);
+        assert_ne!(remote.process_id.generation, 0);
+        assert_eq!(r.node_key(remote.process_id), Some(NodeKey(2)));
+        assert_eq!(r.pid_zero_ids().taken(), 1);
+        r.remove(NodeKey(2));
+        assert_eq!(r.pid_zero_ids().taken(), 0);
+        r.remove(NodeKey(1));
+        assert_ne!(local.process_id, remote.process_id);
     }
 
     #[test]

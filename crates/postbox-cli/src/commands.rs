@@ -54,6 +54,7 @@ pub(crate) fn daemon(
     max_message_size: u32,
     policy_file: Option<&Path>,
     hosts: &HostsOptions,
+    remote_nodes: &crate::remote_nodes::RemoteNodesArgs,
 ) -> Result<()> {
     // Denials and reloads are logged to stderr.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -70,6 +71,7 @@ pub(crate) fn daemon(
     let mut config =
         BrokerConfig::new(default_socket_path()).max_message_size(max_message_size).policy(policy);
     config.hosts = hosts.config()?;
+    config.remote_nodes = remote_nodes.config()?;
     // Every node holds a descriptor in the broker: use what the hard limit allows, and keep
     // the node limit below it so that accepting never runs out of descriptors first.
     let descriptors = raise_descriptor_limit();
@@ -80,6 +82,9 @@ pub(crate) fn daemon(
         reload_on_hangup(path.to_owned(), uid, broker.policy_reloader())?;
     }
     eprintln!("postbox daemon listening on {}", socket.display());
+    if let Some(address) = broker.remote_address() {
+        eprintln!("postbox daemon accepting nodes on tcp://{address}");
+    }
     broker.run().context("broker stopped")
 }
 

@@ -10,6 +10,7 @@ mod demo;
 mod duration;
 mod latency;
 mod placement;
+mod remote_nodes;
 mod services;
 mod spawner;
 mod typed;
@@ -46,6 +47,9 @@ enum Command {
         /// Links to other hosts (TOML: name, peers; see docs/network.md).
         #[command(flatten)]
         hosts: HostsArgs,
+        /// Nodes of other hosts attaching over TCP.
+        #[command(flatten)]
+        remote_nodes: remote_nodes::RemoteNodesArgs,
     },
     /// List ports with their owners and open connections.
     Ls,
@@ -225,7 +229,7 @@ fn main() {
         std::env::set_var("POSTBOX_SOCKET", path);
     }
     let result = match cli.command {
-        Command::Daemon { max_message_size, config, hosts } => {
+        Command::Daemon { max_message_size, config, hosts, remote_nodes } => {
             let HostsArgs { hosts, host_name, peers, heartbeat, missed_heartbeats } = hosts;
             let hosts = commands::HostsOptions {
                 file: hosts,
@@ -234,7 +238,7 @@ fn main() {
                 heartbeat,
                 missed_heartbeats,
             };
-            commands::daemon(max_message_size, config.as_deref(), &hosts)
+            commands::daemon(max_message_size, config.as_deref(), &hosts, &remote_nodes)
         }
         Command::Ls => commands::ls(),
         Command::Send { name, text, msg_type, priority, confirmed } => {

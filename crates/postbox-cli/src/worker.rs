@@ -34,6 +34,9 @@ pub(crate) enum Role {
         /// Print each one-way message received.
         #[arg(long)]
         print: bool,
+        /// Print `call SENDER: BODY` for each call as it is taken (before any delay).
+        #[arg(long)]
+        print_calls: bool,
         /// Threads receiving on the port.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -193,13 +196,23 @@ pub(crate) fn run(role: Role) -> Result<()> {
             fail,
             reply_size,
             print,
+            print_calls,
             threads,
             describe,
             read_in_place,
             batch,
         } => {
-            let behaviour =
-                Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe, batch };
+            let behaviour = Behaviour {
+                upper,
+                delay_ms,
+                no_reply,
+                fail,
+                reply_size,
+                print,
+                print_calls,
+                describe,
+                batch,
+            };
             let node = Node::attach()?;
             let builder = node.port(&name);
             let builder = if read_in_place { builder.read_in_place() } else { builder };
@@ -462,6 +475,7 @@ struct Behaviour {
     fail: bool,
     reply_size: Option<usize>,
     print: bool,
+    print_calls: bool,
     describe: bool,
     batch: usize,
 }
@@ -483,13 +497,26 @@ fn serve(port: &postbox::Port, b: Behaviour) {
 
 /// Answers one message as `b` says.
 fn answer(mut envelope: postbox::Envelope, b: Behaviour) {
-    let Behaviour { upper, delay_ms, no_reply, fail, reply_size, print, describe, batch: _ } = b;
+    let Behaviour {
+        upper,
+        delay_ms,
+        no_reply,
+        fail,
+        reply_size,
+        print,
+        print_calls,
+        describe,
+        batch: _,
+    } = b;
     let Some(token) = envelope.take_reply_token() else {
         if print {
             println!("{}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()));
         }
         return;
     };
+    if print_calls {
+        println!("call {}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()));
+    }
     if delay_ms > 0 {
         std::thread::sleep(Duration::from_millis(delay_ms));
     }

@@ -7,9 +7,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::net::{
-    accept_with, bind, connect, listen, recvmsg, sendmsg, socket_with, sockopt, AddressFamily,
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    accept_with, bind, connect, listen, recvmsg, sendmsg, socket_with, socketpair, sockopt,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
 use crate::wait::{wait_readable, wait_writable};
@@ -88,6 +88,18 @@ impl ControlSocket {
         let addr = SocketAddrUnix::new(path).map_err(|e| TransportError::os("socket path", e))?;
         connect(&fd, &addr).map_err(|e| TransportError::os("connect to broker", e))?;
         Ok(Self { fd })
+    }
+
+    /// Two connected ends, for a control connection relayed within this process (a remote
+    /// node's tunnel hands one end to the node or broker and pumps the other).
+    ///
+    /// # Errors
+    /// [`TransportError::Os`] when the socketpair cannot be made.
+    pub fn pair() -> Result<(Self, Self), TransportError> {
+        let (a, b) =
+            socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                .map_err(|e| TransportError::os("create control socketpair", e))?;
+        Ok((Self { fd: a }, Self { fd: b }))
     }
 
     /// The kernel's word on who is at the other end.

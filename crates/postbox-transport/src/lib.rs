@@ -11,6 +11,9 @@
 //!   several descriptors at once, and a way to interrupt that wait.
 //! - [`HostLink`] (module [`host_link`]): a reliable link to a broker on another host, the TCP
 //!   driver of `postbox_core::reliable::Session`.
+//! - Module [`tunnel`]: a node attached to a broker on another host over one TCP connection,
+//!   its control packets and links relayed as channels ([`tunnel::dial`],
+//!   [`tunnel::AttachListener`]).
 //!
 //! System calls go through `rustix` (host links through `std::net`); this crate has no `unsafe`
 //! of its own. `io::Error` does not leave it: failures become [`TransportError`], which says
@@ -26,6 +29,7 @@ mod shm_link;
 mod spin;
 #[cfg(test)]
 mod test_frames;
+pub mod tunnel;
 mod unix_link;
 mod wait;
 

@@ -2,8 +2,9 @@
 //! UDP datagrams beside the connection, never on it; each is delivered at most once and intact;
 //! through `postbox_test::DatagramProxy`'s loss, duplication and corruption nothing arrives twice
 //! or damaged, and what was damaged or repeated is counted; on a link secured by a pre-shared
-//! key or TLS a forged, damaged or plain datagram is rejected, a replayed one suppressed, one
-//! sealed for an earlier connection refused, and the path never sees a payload.
+//! key or TLS a forged, damaged or plain datagram is rejected, a replayed one rejected (and it
+//! never moves the listener's address), one sealed for an earlier connection refused, and the
+//! path never sees a payload; on a plain link a hello over UDP cannot restart the peer.
 //!
 //! Every wait is bounded by a watchdog, never by a timing assertion.
 
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use postbox_core::reliable::body::Data;
+use postbox_core::reliable::body::{Data, Hello};
 use postbox_core::reliable::frame::{Frame, FrameBody};
 use postbox_test::{Authority, DatagramFaults, DatagramProxy};
 use postbox_transport::host_link::{
@@ -325,17 +326,21 @@ fn datagrams_cross_a_plain_link_over_udp_both_ways_and_never_ride_the_connection
         assert!(!back.is_empty() && back.iter().all(|&n| n < 100), "{back:?}");
         assert!(pair.listening.stats().bytes_sent < 20_000);
 
-        // Frames naming other sessions are dropped as stale, whoever sends them.
+        // Frames naming other sessions are dropped as stale, whoever sends them; numbered
+        // beyond anything the dialer sent, they take no number from it (a plain number is not
+        // authentic: only a taken datagram's counts).
         let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
         let peer = pair.listening.stats().session.peer.unwrap().get();
         let ours = pair.listening.session_id().get();
         for (sender, receiver) in [(peer ^ 1, ours), (peer, ours ^ 1), (77, 0)] {
-            let mut datagram = envelope(false, 1);
+            let mut datagram = envelope(false, u64::MAX);
             datagram.extend(forged_frame(sender, receiver, &payload(1, 999, 50)));
             forger.send_to(&datagram, pair.datagrams).unwrap();
         }
         wait_stats(&pair.listening, "three stale frames", |s| s.session.stale_frames >= 3);
         assert!(collect(&pair.listening, 1, QUIET).is_empty());
+        send_datagrams(&pair.dialing, 1, 20, 100);
+        assert!(!collect(&pair.listening, 1, QUIET).is_empty());
     });
 }
 
@@ -373,9 +378,9 @@ fn through_a_lossy_proxy_no_datagram_arrives_twice_or_damaged_and_the_faults_are
             // receiver counts exactly what it never got: here 400 less what arrived.
             assert!(got.iter().all(|(&n, &id)| n < 400 && id == MessageId(n + 1)), "{got:?}");
             let stats = pair.listening.stats();
-            // Copies were suppressed by the session's duplicate window, damage caught by the
-            // crc32c (plain) or the key (sealed) before delivery.
-            assert!(stats.session.datagrams_dropped > 0, "{security:?}: {stats:?}");
+            // Copies were suppressed by their numbers before the session (the UDP side's
+            // window), damage caught by the crc32c (plain) or the key (sealed) before delivery.
+            assert!(stats.datagrams_replayed > 0, "{security:?}: {stats:?}");
             let damaged = stats.session.corrupt_frames
                 + stats.session.malformed_frames
                 + stats.session.stale_frames
@@ -387,7 +392,7 @@ fn through_a_lossy_proxy_no_datagram_arrives_twice_or_damaged_and_the_faults_are
 }
 
 #[test]
-fn a_sealed_link_rejects_forged_and_stale_datagrams_and_suppresses_replays() {
+fn a_sealed_link_rejects_forged_and_stale_datagrams_and_replays() {
     with_watchdog(TEST_WATCHDOG, || {
         let mut relay = None;
         let mut tap = None;
@@ -415,17 +420,19 @@ fn a_sealed_link_rejects_forged_and_stale_datagrams_and_suppresses_replays() {
         let marker = &payload(1, 7, 300)[..40];
         assert!(recorded.iter().all(|d| !d.windows(marker.len()).any(|w| w == marker)));
 
-        // Replayed: authentic, so the session sees them, and drops every one as a duplicate.
+        // Replayed: authentic, but numbered as datagrams taken before, so every one is
+        // rejected before the session sees it.
         let before = pair.listening.stats();
         for datagram in &recorded {
             tap.inject(datagram);
         }
         let count = recorded.len() as u64;
-        let after = wait_stats(&pair.listening, "the replays arrived", |s| {
-            s.datagrams_received >= before.datagrams_received + count
+        let after = wait_stats(&pair.listening, "the replays rejected", |s| {
+            s.datagrams_rejected >= before.datagrams_rejected + count
+                && s.datagrams_replayed >= before.datagrams_replayed + count
         });
         assert!(collect(&pair.listening, 1, QUIET).is_empty(), "a replay was delivered");
-        assert!(after.session.datagrams_dropped > before.session.datagrams_dropped);
+        assert_eq!(after.session.datagrams_dropped, before.session.datagrams_dropped);
 
         // Forged: plain on a sealed link, sealed with a made-up tag, or damaged: rejected.
         let peer = pair.listening.stats().session.peer.unwrap().get();
@@ -496,6 +503,98 @@ fn a_tls_link_seals_its_datagrams_with_a_key_from_the_handshake() {
         let marker = &payload(1, 7, 300)[..40];
         assert!(tap.recorded().iter().all(|d| !d.windows(marker.len()).any(|w| w == marker)));
         assert_eq!(listening.stats().datagrams_rejected, 0);
+    });
+}
+
+/// Review of the datagram ports (finding 1): every plain UDP frame went to the session whole,
+/// and the session handles a hello before it checks the session ids. One datagram from anybody
+/// who knows the listener's UDP address, a hello from a made-up sender naming no receiver,
+/// restarted the peer: every channel dropped, the real peer locked out until `dead_after`.
+#[test]
+fn an_off_path_hello_over_udp_does_not_restart_the_peer() {
+    with_watchdog(TEST_WATCHDOG, || {
+        let pair = pair(&LinkSecurity::Plain, |tcp| tcp, |udp| udp);
+        let peer = pair.listening.stats().session.peer;
+        assert!(peer.is_some());
+        let hello = Frame {
+            sender: SessionId::new(0x5eed_5eed).unwrap(),
+            receiver: None,
+            body: FrameBody::Hello(Hello {
+                reply_wanted: true,
+                link: 1,
+                echo: 0,
+                first: StreamId(0),
+                last: StreamId(0),
+                delivered: Vec::new(),
+            }),
+        };
+        let mut datagram = envelope(false, 1);
+        hello.encode(&mut datagram);
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(&datagram, pair.datagrams).unwrap();
+        thread::sleep(Duration::from_millis(300));
+
+        let stats = pair.listening.stats();
+        assert_eq!(stats.session.peer, peer, "{stats:?}");
+        assert_eq!(stats.session.state, LinkState::Open);
+        while let Ok(event) = pair.listening.try_recv() {
+            assert!(!matches!(event, Event::PeerRestarted { .. }), "{event:?}");
+        }
+        wait_stats(&pair.listening, "the hello rejected", |s| s.datagrams_rejected >= 1);
+        // The link goes on: datagrams still cross.
+        send_datagrams(&pair.dialing, 1, 20, 100);
+        assert!(!collect(&pair.listening, 1, QUIET).is_empty());
+    });
+}
+
+/// Review of the datagram ports (finding 2): the listener sent its datagrams wherever the
+/// latest authentic datagram came from, and a replayed one is authentic. Anyone who saw one
+/// sealed probe could replay it from another address and have the listener's datagrams sent
+/// there (lost for the dialer, and a reflection at a victim).
+#[test]
+fn a_replayed_sealed_datagram_does_not_move_the_listeners_peer_address() {
+    with_watchdog(TEST_WATCHDOG, || {
+        let mut tap = None;
+        let pair = pair(
+            &psk(),
+            |tcp| tcp,
+            |udp| {
+                let started = Tap::start(udp);
+                let addr = started.addr;
+                tap = Some(started);
+                addr
+            },
+        );
+        let tap = tap.unwrap();
+        let heard =
+            wait_stats(&pair.listening, "the dialer's address", |s| s.datagram_peer.is_some());
+        let first = tap.recorded()[0].clone();
+        let victim = UdpSocket::bind("127.0.0.1:0").unwrap();
+        victim.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let before = pair.listening.stats();
+        let mut reflected = 0;
+        let mut buf = vec![0u8; 65_536];
+        for round in 0..20u64 {
+            victim.send_to(&first, pair.datagrams).unwrap();
+            thread::sleep(Duration::from_millis(5));
+            for n in 0..5 {
+                // Numbered apart from the datagrams sent below; a full queue loses one, fine.
+                let _ = pair
+                    .listening
+                    .send_datagram(StreamId(3), payload(2, 1000 + round * 5 + n, 100));
+            }
+            while victim.recv_from(&mut buf).is_ok() {
+                reflected += 1;
+            }
+        }
+        assert_eq!(reflected, 0, "the listener sent {reflected} datagrams to the replayer");
+        let after = wait_stats(&pair.listening, "the replays rejected", |s| {
+            s.datagrams_replayed >= before.datagrams_replayed + 20
+        });
+        assert_eq!(after.datagram_peer, heard.datagram_peer);
+        // The dialer still gets the listener's datagrams.
+        send_datagrams(&pair.listening, 2, 20, 100);
+        assert!(!collect(&pair.dialing, 2, QUIET).is_empty());
     });
 }
 

@@ -85,6 +85,14 @@ impl Broker {
         self.handle.as_ref().expect("broker handle present until drop").socket_path()
     }
 
+    /// Where nodes on other hosts attach over TCP ([`BrokerConfig::remote_nodes`], with the
+    /// port chosen when it was 0): give it to [`Node::attach_tcp`]. `None` when not
+    /// configured.
+    #[must_use]
+    pub fn remote_address(&self) -> Option<std::net::SocketAddr> {
+        self.handle.as_ref().and_then(BrokerHandle::remote_address)
+    }
+
     /// Replaces the broker's access policy; requests from now on are checked against it.
     pub fn reload_policy(&self, policy: postbox_broker::Policy) {
         if let Some(handle) = &self.handle {

@@ -4,6 +4,8 @@ use std::io;
 use std::path::PathBuf;
 
 use postbox_core::{AccessDenied, NameError};
+use postbox_transport::host_link::AuthenticationError;
+use postbox_transport::tunnel::AttachError;
 
 use crate::Message;
 
@@ -367,6 +369,28 @@ pub enum NodeError {
     /// The broker did not admit the node.
     #[error("the broker did not admit this node: {0}")]
     Refused(String),
+    /// No broker could be reached at the TCP address, or the connection failed before the
+    /// broker admitted the node.
+    #[error("no broker reachable at tcp://{address}: {error}")]
+    RemoteUnreachable {
+        /// The address tried (`host:port`).
+        address: String,
+        /// Why.
+        error: AttachError,
+    },
+    /// Authentication with the broker at the TCP address failed: it refused this node's key or
+    /// certificate (`RefusedByPeer`), or could not prove that it knows the key (`WrongKey`),
+    /// or its certificate was not trusted. Nothing was asked of it.
+    #[error("authentication with the broker at tcp://{address} failed: {reason}")]
+    AuthenticationFailed {
+        /// The address tried (`host:port`).
+        address: String,
+        /// Why.
+        reason: AuthenticationError,
+    },
+    /// `$POSTBOX_BROKER` or the credentials it needs are missing or malformed.
+    #[error("{0}")]
+    BadSettings(String),
 }
 
 impl SendError {

@@ -27,7 +27,8 @@
 //!
 //! # Concepts
 //! - [`Node`]: a process attached to a broker. Its [`ProcessId`] is the pid plus a generation
-//!   the broker assigns, so a reused pid is never confused with a dead process.
+//!   the broker assigns, so a reused pid is never confused with a dead process. A node may
+//!   attach to another host's broker over TCP ([`Node::attach_tcp`], `$POSTBOX_BROKER`).
 //! - [`Port`]: a named endpoint owned by one node; [`Inbox`]: every node's own endpoint,
 //!   addressed by process id ([`Node::send_to`], [`Inbox::recv_from`]).
 //! - [`Connection`]: the sending side of a link, made by the broker in a preparation phase
@@ -56,6 +57,7 @@ mod node;
 mod port;
 mod readiness;
 mod receiver;
+mod remote;
 pub mod rpc;
 mod subscription;
 
@@ -73,13 +75,16 @@ pub use port::{Inbox, Port, PortBuilder};
 pub use postbox_broker::socket_path::default_socket_path;
 pub use postbox_broker::{
     BrokerConfig, BrokerError, HostState, HostStatus, HostsConfig, HostsConfigError, Limits,
-    Policy, PolicyError, DEFAULT_MAX_MESSAGE_SIZE, MAX_DATAGRAM_MESSAGE,
+    Policy, PolicyError, RemoteNodesConfig, RemoteNodesConfigError, DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_DATAGRAM_MESSAGE,
 };
 pub use postbox_core::{
     AccessDenied, Capacity, Delivery, EndpointKind, Operation, Overflow, PeerIdentity,
     PortCounters, PortEntry, PortSpec, ProcessId, Rights, Selector, TypeFilter,
 };
 pub use postbox_rpc_macros::service;
+pub use postbox_transport::host_link::{AuthenticationError, PreSharedKey, TlsConfig};
+pub use postbox_transport::tunnel::{AttachError, AttachSecurity, NamedKey, NodeTlsConfig};
 pub use receiver::PortStats;
 pub use subscription::{Subscription, SubscriptionBuilder};
 

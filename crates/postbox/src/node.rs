@@ -43,6 +43,8 @@ pub struct Node {
     shared: Arc<NodeShared>,
     inbox: Inbox,
     control_thread: Option<JoinHandle<()>>,
+    /// The tunnel of a node attached over TCP (`remote.rs`).
+    pub(crate) tunnel: Option<postbox_transport::tunnel::Tunnel>,
 }
 
 /// What a node's handles share: the control socket, pending requests, open receivers.
@@ -88,12 +90,19 @@ pub struct Listing {
 
 impl Node {
     /// Attaches to the broker at the default socket path (`$POSTBOX_SOCKET`, else
-    /// `$XDG_RUNTIME_DIR/postbox/broker.sock`, else `/tmp/postbox-$UID/broker.sock`).
+    /// `$XDG_RUNTIME_DIR/postbox/broker.sock`, else `/tmp/postbox-$UID/broker.sock`); or, when
+    /// `$POSTBOX_BROKER` is `tcp://HOST:PORT`, to the broker of another host over TCP with the
+    /// key in `$POSTBOX_BROKER_KEY` (see [`attach_tcp`](Self::attach_tcp)).
     ///
     /// # Errors
-    /// [`NodeError::BrokerUnreachable`] when no broker listens there.
+    /// [`NodeError::BrokerUnreachable`] when no broker listens there; for TCP, as
+    /// [`attach_tcp`](Self::attach_tcp), and [`NodeError::BadSettings`] when the variables
+    /// are malformed.
     pub fn attach() -> Result<Self, NodeError> {
-        Self::attach_to(postbox_broker::socket_path::default_socket_path())
+        match crate::remote::broker_from_env()? {
+            Some(remote) => Self::attach_tcp(&remote.address, &remote.security),
+            None => Self::attach_to(postbox_broker::socket_path::default_socket_path()),
+        }
     }
 
     /// Attaches to the broker listening at `path`.
@@ -113,6 +122,15 @@ impl Node {
         if !trusted_broker(broker.uid) {
             return Err(NodeError::UntrustedBroker { path: PathBuf::from(path), uid: broker.uid });
         }
+        Self::attach_over(control, unreachable)
+    }
+
+    /// Says Hello on `control` (a local broker's socket, or a tunnel's) and starts the node;
+    /// `unreachable` says what a failure of the socket means.
+    pub(crate) fn attach_over(
+        control: ControlSocket,
+        unreachable: impl Fn(std::io::ErrorKind) -> NodeError,
+    ) -> Result<Self, NodeError> {
         let mut packet = Vec::new();
         ControlMessage::Hello { request: 1 }.encode(&mut packet);
         control
@@ -152,7 +170,7 @@ impl Node {
             .spawn(move || control_loop(&weak))
             .map_err(|e| unreachable(e.kind()))?;
         let inbox = Inbox::new(inbox, Arc::clone(&shared));
-        Ok(Self { shared, inbox, control_thread: Some(control_thread) })
+        Ok(Self { shared, inbox, control_thread: Some(control_thread), tunnel: None })
     }
 
     /// This node's process id, assigned by the broker.
@@ -484,6 +502,9 @@ impl Drop for Node {
         if let Some(thread) = self.control_thread.take() {
             let _ = thread.join();
         }
+        if let Some(tunnel) = &self.tunnel {
+            crate::remote::close_tunnel(tunnel);
+        }
     }
 }
 
@@ -791,7 +812,7 @@ pub(crate) fn done(
     }
 }
 
-fn error_kind(error: TransportError) -> std::io::ErrorKind {
+pub(crate) fn error_kind(error: TransportError) -> std::io::ErrorKind {
     match error {
         TransportError::Os { kind, .. } => kind,
         TransportError::Closed => std::io::ErrorKind::ConnectionReset,

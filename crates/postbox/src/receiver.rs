@@ -144,8 +144,9 @@ impl<'a> Taker<'a> {
             self.took.bytes += envelope.message.body.len() as u64;
             self.took.urgent |= confirm;
         }
-        self.took.sender_dropped += sender_dropped;
-        envelope.lost = std::mem::take(&mut self.took.lost_pending) + sender_dropped;
+        // A sender's count is peer input (any u64): the sums saturate rather than wrap.
+        self.took.sender_dropped = self.took.sender_dropped.saturating_add(sender_dropped);
+        envelope.lost = std::mem::take(&mut self.took.lost_pending).saturating_add(sender_dropped);
         (self.sink)(envelope);
         self.left -= 1;
         self.took.taken += 1;
@@ -541,8 +542,8 @@ impl Receiver {
         let limit = max.max(ARRIVED_CAPACITY);
         let alive = read_link(link, &self.spec, &mut arrived, limit, Some(&mut taker));
         let took = taker.done();
-        state.lost_total += took.sender_dropped;
-        state.lost_pending += took.lost_pending;
+        state.lost_total = state.lost_total.saturating_add(took.sender_dropped);
+        state.lost_pending = state.lost_pending.saturating_add(took.lost_pending);
         if took.messages > 0 {
             let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             flow.release.on_release_many(took.messages, took.bytes);
@@ -664,8 +665,8 @@ impl Receiver {
             let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut next = Some(first);
             while let Some((queued, sender_dropped)) = next {
-                state.lost_pending += sender_dropped;
-                state.lost_total += sender_dropped;
+                state.lost_pending = state.lost_pending.saturating_add(sender_dropped);
+                state.lost_total = state.lost_total.saturating_add(sender_dropped);
                 if let Err(link) = self.accept(state, &mut flow, queued, run) {
                     dead.push(link);
                 }
@@ -696,9 +697,9 @@ impl Receiver {
     /// Accounts for what a [`Taker`] took during a poll of `links` (one link): drops, and the
     /// credit its sender is owed (never counted as queued). Returns how many it took.
     fn took(&self, state: &mut ReceiverState, links: &[Arc<ServerLink>], took: Took) -> usize {
-        state.lost_total += took.sender_dropped;
+        state.lost_total = state.lost_total.saturating_add(took.sender_dropped);
         // Not handed out with an envelope: still to be reported.
-        state.lost_pending += took.lost_pending;
+        state.lost_pending = state.lost_pending.saturating_add(took.lost_pending);
         if took.messages > 0 {
             if let Some(link) = links.first() {
                 let mut flow = link.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -788,8 +789,8 @@ impl Receiver {
                 flow.messages -= 1;
                 flow.bytes -= old_len;
                 flow.release.on_release(old_len);
-                state.lost_pending += 1;
-                state.lost_total += 1;
+                state.lost_pending = state.lost_pending.saturating_add(1);
+                state.lost_total = state.lost_total.saturating_add(1);
             }
         }
         if queued.counted {

@@ -6,10 +6,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use postbox::{Broker, ConnectError, ProcessId, SendError};
+use postbox::{Broker, ConnectError, Delivery, ProcessId, SendError};
 use postbox_broker::{HostsConfig, Policy};
-use postbox_core::PortSpec;
-use postbox_transport::host_link::{Event, HostLink, HostLinkConfig};
+use postbox_core::wire::control::MAX_CONTROL_LEN;
+use postbox_core::{
+    ControlMessage, FrameDecoder, FrameHeader, FrameKind, Placement, PortName, PortSpec, Rights,
+    Target,
+};
+use postbox_transport::host_link::{Event, HostLink, HostLinkConfig, StreamId};
+use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
 
 const WATCHDOG: Duration = Duration::from_secs(20);
 /// A uid that is not this process's: the owner of policies whose rules must apply here.
@@ -317,4 +322,192 @@ fn a_peer_cannot_open_unbounded_channels() {
     }
     let grown = fds() - before;
     assert!(opened <= 16, "{opened} channels opened for one peer ({grown} more descriptors)");
+}
+
+/// An `Open` host message for the port `name`, channel `number` opened by the sender, for a
+/// node of the sender itself, asking to send (docs/network.md §4).
+fn open_port(number: u64, name: &str) -> Vec<u8> {
+    let mut open = vec![1u8, 0];
+    open.extend_from_slice(&number.to_le_bytes());
+    open.push(0); // target: a port
+    open.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    open.extend_from_slice(name.as_bytes());
+    open.push(1); // rights: send
+    open.extend_from_slice(&0u16.to_le_bytes()); // client: a node of the sender itself
+    open.extend_from_slice(&1u64.to_le_bytes());
+    open.extend_from_slice(&100u32.to_le_bytes());
+    open.extend_from_slice(&(number as u32).to_le_bytes());
+    open
+}
+
+/// One frame of `kind` with `body`, header first (docs/wire-format.md §2).
+fn frame(kind: FrameKind, body: &[u8]) -> Vec<u8> {
+    let header = FrameHeader {
+        kind,
+        priority: 0,
+        msg_type: 0,
+        id: 1,
+        correlation: u64::from(kind == FrameKind::Call),
+        body_len: body.len() as u32,
+        placement: Placement::Inline,
+    };
+    let mut bytes = header.encode(body).to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A `Datagram` host message on channel `number` (opened by the sender): `frames` numbered
+/// from `seq`.
+fn datagram(number: u64, seq: u64, frames: &[u8]) -> Vec<u8> {
+    let mut message = vec![7u8, 0];
+    message.extend_from_slice(&number.to_le_bytes());
+    message.extend_from_slice(&seq.to_le_bytes());
+    message.extend_from_slice(frames);
+    message
+}
+
+/// Review of the datagram ports (finding 3): the receiving gateway trusted the peer's frame
+/// numbers. A first datagram numbered `u64::MAX` counted 2^64 − 2 lost: a second such one
+/// overflowed the per-peer count (the broker's event loop panicked in a debug build), and in
+/// a release build the channel's count saturated, a message arrived with `lost` ≈ 2^64 and
+/// the port's own sum could overflow.
+#[test]
+fn datagram_numbers_near_the_end_of_u64_neither_crash_the_broker_nor_report_absurd_losses() {
+    let port = free_port();
+    let rules = "[[allow]]\nnames = ['telemetry']\nhosts = ['evil']\noperations = ['send']\n";
+    let a = broker("a", &format!("evil=listen:127.0.0.1:{port}"), own(rules));
+    let node = a.node().unwrap();
+    let telemetry = node.port("telemetry").datagrams().open().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let evil = HostLink::dial(addr, HostLinkConfig::default()).unwrap();
+    for number in 1..=3 {
+        evil.send(StreamId(1 + number as u32), open_port(number, "telemetry")).unwrap();
+    }
+    let mut opened = 0;
+    while opened < 3 {
+        let event = evil.recv_timeout(WATCHDOG).expect("a's answers");
+        if let Event::Delivered { payload, .. } = event {
+            // Opened (2), not refused (3); a's run (8) comes first.
+            assert_ne!(payload[0], 3, "refused: {payload:?}");
+            opened += u32::from(payload[0] == 2);
+        }
+    }
+    for (number, seq, body) in [(1, u64::MAX, "first"), (2, u64::MAX, "second"), (3, 1, "third")] {
+        let message = datagram(number, seq, &frame(FrameKind::Oneway, body.as_bytes()));
+        evil.send_datagram(StreamId(10), message).unwrap();
+    }
+    loop {
+        let envelope = telemetry.recv_timeout(WATCHDOG).expect("the broker still works");
+        assert!(envelope.lost() < 1 << 40, "{} lost before {:?}", envelope.lost(), envelope.body());
+        if envelope.body() == b"third" {
+            break;
+        }
+    }
+    assert!(telemetry.stats().lost < 1 << 40, "{:?}", telemetry.stats());
+    let hosts = node.hosts().unwrap();
+    assert!(hosts[0].datagrams_lost < 1 << 40, "{hosts:?}");
+}
+
+/// The gateway itself holds a datagram channel to one-way messages: a client that skips the
+/// library's check (`CallError::DatagramsOnly`) and writes a call or a confirmed send loses
+/// its link, and nothing reaches the port.
+#[test]
+fn the_gateway_refuses_calls_and_confirmed_sends_of_a_raw_client_on_a_datagram_channel() {
+    let (a, b) = pair_on(free_port(), own(""), own(B_OPEN_TO_A));
+    let node_b = b.node().unwrap();
+    let telemetry = node_b.port("telemetry").datagrams().open().unwrap();
+    let node_a = a.node().unwrap();
+    let honest = reachable(|| node_a.connect("telemetry@b")).unwrap();
+    assert_eq!(honest.spec().delivery, Delivery::Datagrams);
+
+    let control = ControlSocket::connect(a.socket_path()).unwrap();
+    let mut buf = vec![0u8; MAX_CONTROL_LEN];
+    let mut request = |message: ControlMessage| {
+        let mut packet = Vec::new();
+        message.encode(&mut packet);
+        control.send(&packet, &[], Wait::Forever).unwrap();
+        let (len, fds) = control.recv(&mut buf, Wait::timeout(WATCHDOG)).unwrap();
+        (ControlMessage::decode(&buf[..len]).unwrap(), fds)
+    };
+    let (welcome, _) = request(ControlMessage::Hello { request: 1 });
+    assert!(matches!(welcome, ControlMessage::Welcome { .. }), "{welcome:?}");
+    for (request_number, kind) in [(2, FrameKind::Call), (3, FrameKind::Confirmed)] {
+        let target = Target::Port(PortName::new("telemetry@b").unwrap());
+        let connect =
+            ControlMessage::Connect { request: request_number, target, rights: Rights::ALL };
+        let (connected, fds) = request(connect);
+        let ControlMessage::Connected { spec, .. } = connected else { panic!("{connected:?}") };
+        assert_eq!(spec.delivery, Delivery::Datagrams);
+        let link = Link::from_fds(fds, LinkSide::Client).unwrap();
+        let bytes = frame(kind, b"not one way");
+        link.write_frame(&bytes[..32], &bytes[32..], Wait::Forever).unwrap();
+        let mut decoder = FrameDecoder::new(1 << 20);
+        loop {
+            match link.read_into(&mut decoder, Wait::timeout(WATCHDOG)) {
+                Ok(_) => {}
+                Err(TransportError::Closed) => break,
+                Err(error) => panic!("{kind:?}: expected the gateway to close the link: {error:?}"),
+            }
+        }
+    }
+    honest.send("one way").unwrap();
+    let first = telemetry.recv_timeout(WATCHDOG).unwrap();
+    assert_eq!(first.body(), b"one way", "a call or confirmed send reached the port");
+}
+
+/// Review of the datagram ports (finding 5): the client's side closes a datagram channel with
+/// `Close` on the reliable session, which may overtake the last datagrams (UDP); the port's
+/// side closed at once and dropped them, and nobody counted them. Now `Close` says the last
+/// number sent: datagrams up to it that come after the close still go in, and those that never
+/// come are counted as lost. (A hostile peer plays the client's side, its datagrams on the
+/// connection, so that the order is exactly this.)
+#[test]
+fn datagrams_overtaken_by_the_close_of_their_channel_are_delivered_or_counted() {
+    let port = free_port();
+    let rules = "[[allow]]\nnames = ['telemetry']\nhosts = ['evil']\noperations = ['send']\n";
+    let a = broker("a", &format!("evil=listen:127.0.0.1:{port}"), own(rules));
+    let node = a.node().unwrap();
+    let telemetry = node.port("telemetry").datagrams().open().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let evil = HostLink::dial(addr, HostLinkConfig::default()).unwrap();
+    for number in 1..=2 {
+        evil.send(StreamId(1 + number as u32), open_port(number, "telemetry")).unwrap();
+    }
+    let mut opened = 0;
+    while opened < 2 {
+        if let Event::Delivered { payload, .. } = evil.recv_timeout(WATCHDOG).unwrap() {
+            assert_ne!(payload[0], 3, "refused: {payload:?}");
+            opened += u32::from(payload[0] == 2);
+        }
+    }
+    let close = |number: u64, last: u64| {
+        let mut close = vec![5u8, 0];
+        close.extend_from_slice(&number.to_le_bytes());
+        close.extend_from_slice(&last.to_le_bytes());
+        evil.send(StreamId(1 + number as u32), close).unwrap();
+    };
+    let send = |number: u64, seq: u64, body: &str| {
+        let message = datagram(number, seq, &frame(FrameKind::Oneway, body.as_bytes()));
+        evil.send_datagram(StreamId(1 + number as u32), message).unwrap();
+    };
+    // Channel 1: its last two datagrams come after its close.
+    send(1, 1, "one");
+    close(1, 3);
+    send(1, 2, "two");
+    send(1, 3, "three");
+    // Channel 2: four datagrams announced, one came.
+    send(2, 1, "four");
+    close(2, 5);
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let envelope = telemetry.recv_timeout(WATCHDOG).expect("every datagram that came");
+        got.push((String::from_utf8(envelope.body().to_vec()).unwrap(), envelope.lost()));
+    }
+    got.sort();
+    let lost_none = |body: &str| (body.to_owned(), 0);
+    assert_eq!(got, ["four", "one", "three", "two"].map(lost_none));
+    wait_until("the four that never came are counted", || {
+        node.hosts().unwrap()[0].datagrams_lost == 4
+    });
+    wait_until("both channels closed", || node.hosts().unwrap()[0].channels == 0);
 }

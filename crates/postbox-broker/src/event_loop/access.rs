@@ -1,5 +1,6 @@
-//! Access checks of the event loop: the policy asked with the node's kernel credentials,
-//! capabilities granted and revoked, denials answered and logged, policies replaced live.
+//! Access checks of the event loop: the policy asked with the node's kernel credentials (or,
+//! for a node attached over TCP, its principal), capabilities granted and revoked, denials
+//! answered and logged, policies replaced live.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -66,6 +67,38 @@ impl DenialLog {
 /// Denials logged one by one each second; beyond, they are counted.
 const DENIALS_LOGGED_PER_SECOND: u32 = 100;
 
+/// Who asks, as the policy knows it.
+#[derive(Debug, Clone)]
+pub(super) enum Asker {
+    /// A local node: the kernel credentials of its control socket.
+    Local(Subject),
+    /// A node attached over TCP: the principal it proved.
+    Remote(Arc<str>),
+}
+
+impl Asker {
+    pub(super) fn allows(&self, policy: &Policy, operation: Operation, name: &str) -> bool {
+        match self {
+            Self::Local(subject) => policy.allows(*subject, operation, name),
+            Self::Remote(principal) => policy.allows_remote(principal, operation, name),
+        }
+    }
+
+    pub(super) fn allows_subscription(&self, policy: &Policy, pattern: &NamePattern) -> bool {
+        match self {
+            Self::Local(subject) => policy.allows_subscription(*subject, pattern),
+            Self::Remote(principal) => policy.allows_remote_subscription(principal, pattern),
+        }
+    }
+
+    pub(super) fn link_rights(&self, policy: &Policy, name: &str) -> Rights {
+        match self {
+            Self::Local(subject) => policy.link_rights(*subject, name),
+            Self::Remote(principal) => policy.remote_link_rights(principal, name),
+        }
+    }
+}
+
 /// What a connect may carry, and whether it needs a grant beyond the policy.
 pub(super) struct ConnectRights {
     pub(super) rights: Rights,
@@ -73,10 +106,13 @@ pub(super) struct ConnectRights {
 }
 
 impl EventLoop {
-    /// The policy subject of node `key`: its kernel credentials.
-    pub(super) fn subject(&self, key: NodeKey) -> Option<Subject> {
+    /// Who node `key` is to the policy: its kernel credentials, or its principal.
+    pub(super) fn subject(&self, key: NodeKey) -> Option<Asker> {
         let node = self.nodes.get(key.0)?.as_ref()?;
-        Some(Subject { uid: node.credentials.uid, gid: node.credentials.gid })
+        Some(match &node.remote {
+            Some(remote) => Asker::Remote(Arc::clone(&remote.principal)),
+            None => Asker::Local(Subject { uid: node.credentials.uid, gid: node.credentials.gid }),
+        })
     }
 
     /// True when node `key` may do `operation` on `name`; otherwise answers `request` with
@@ -89,7 +125,7 @@ impl EventLoop {
         name: &str,
     ) -> bool {
         let allowed =
-            self.subject(key).is_some_and(|s| self.config.policy.allows(s, operation, name));
+            self.subject(key).is_some_and(|s| s.allows(&self.config.policy, operation, name));
         if !allowed {
             self.deny(key, request, operation, name);
         }
@@ -106,7 +142,7 @@ impl EventLoop {
         pattern: &str,
     ) -> bool {
         let allowed = NamePattern::parse(pattern).is_ok_and(|parsed| {
-            self.subject(key).is_some_and(|s| self.config.policy.allows_subscription(s, &parsed))
+            self.subject(key).is_some_and(|s| s.allows_subscription(&self.config.policy, &parsed))
         });
         if !allowed {
             self.deny(key, request, Operation::Subscribe, pattern);
@@ -119,14 +155,23 @@ impl EventLoop {
         let node = self.nodes.get(key.0).and_then(Option::as_ref);
         if let Some(node) = node.filter(|_| self.denial_log.admit(Instant::now())) {
             let c = node.credentials;
-            tracing::warn!(
-                uid = c.uid,
-                gid = c.gid,
-                pid = c.pid,
-                operation = operation.as_str(),
-                name,
-                "access denied"
-            );
+            match &node.remote {
+                Some(remote) => tracing::warn!(
+                    remote_node = &*remote.principal,
+                    address = %remote.address,
+                    operation = operation.as_str(),
+                    name,
+                    "access denied"
+                ),
+                None => tracing::warn!(
+                    uid = c.uid,
+                    gid = c.gid,
+                    pid = c.pid,
+                    operation = operation.as_str(),
+                    name,
+                    "access denied"
+                ),
+            }
         }
         let denied = ControlMessage::Denied { request, operation, name: name.to_owned() };
         self.queue(key, &denied, Vec::new());
@@ -150,14 +195,14 @@ impl EventLoop {
                 let owner = self.registry.port(name).map(|(owner, ..)| owner);
                 let own = owner == Some(key);
                 let from_policy =
-                    if own { Rights::ALL } else { policy.link_rights(subject, name.as_str()) };
+                    if own { Rights::ALL } else { subject.link_rights(policy, name.as_str()) };
                 let from_grant = self.grants.rights(name, client);
                 (name.as_str().to_owned(), from_policy, from_grant, Some(name.clone()))
             }
             Target::Inbox(process) => match self.registry.node_identity(*process) {
                 Some(server) => {
                     let name = inbox_name(server.uid);
-                    let from_policy = policy.link_rights(subject, &name);
+                    let from_policy = subject.link_rights(policy, &name);
                     (name, from_policy, Rights::NONE, None)
                 }
                 None => return Some(ConnectRights { rights: wanted, by_grant: None }),
@@ -199,9 +244,8 @@ impl EventLoop {
         let held = if owner == key {
             Rights::ALL
         } else {
-            self.config
-                .policy
-                .link_rights(subject, name.as_str())
+            subject
+                .link_rights(&self.config.policy, name.as_str())
                 .union(self.grants.rights(&name, granter.process_id))
         };
         if rights.is_empty() || !held.contains(rights) {

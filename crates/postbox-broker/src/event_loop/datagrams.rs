@@ -18,6 +18,15 @@
 //! next delivered frame's `correlation` (the sender-dropped count of docs/wire-format.md §2.1),
 //! which the port adds to what `Envelope::lost` reports. Losses at the end of a burst are
 //! reported with the next message that arrives.
+//!
+//! Numbers are the peer's: one more than `MAX_GAP` ahead of what came before is no sender's
+//! (it would have sent four billion datagrams in between) and closes the channel, so no count
+//! can run away. When the client's side closes, its `Close` says the last number it sent; the
+//! close travels on the reliable session and may overtake the last datagrams, so the port's
+//! side waits for them a few round trips (until the last arrived), then closes and counts
+//! what never came in the peer's `datagrams_lost`.
+
+use std::time::{Duration, Instant};
 
 use postbox_core::wire::frame::HEADER_LEN;
 use postbox_core::{Admission, Credit, FrameKind, Placement, PortSpec, SendWindow};
@@ -58,6 +67,9 @@ pub(super) struct Receiving {
     lost: u64,
     /// A credit request is out while the window is full; none again until a credit comes.
     credit_requested: bool,
+    /// The client's side closed after its frame with this number: the relay closes once that
+    /// one was delivered or passed over, or when its wait ends (`Gateway::datagrams_closing`).
+    last: Option<u64>,
 }
 
 /// What the sending gateway made of one frame of its client.
@@ -83,6 +95,7 @@ impl DatagramRelay {
             through: 0,
             lost: 0,
             credit_requested: false,
+            last: None,
         })
     }
 }
@@ -146,7 +159,7 @@ impl EventLoop {
                 }
             }
         }
-        let credit = sending.released;
+        let (credit, last) = (sending.released, sending.taken);
         let report = credit.messages > sending.reported.messages || urgent;
         if report {
             sending.reported = credit;
@@ -160,11 +173,14 @@ impl EventLoop {
             let datagram = HostMessage::Datagram { channel, seq, frames }.encode();
             if peer.send_datagram(channel.stream(), datagram).is_err() {
                 // No open link, or its queue is full: lost, and the receiver sees the gap.
-                peer.datagrams_lost += count;
+                peer.datagrams_lost = peer.datagrams_lost.saturating_add(count);
             }
         }
         if broken || finished {
-            return self.close_relay(key, true);
+            // The close may overtake the datagrams just sent: it says how many there were.
+            let close = HostMessage::Close { channel, last: Some(last) }.encode();
+            peer.send_or_keep(channel.stream(), close);
+            return self.close_relay(key, false);
         }
         self.flush_relay(key);
     }
@@ -226,7 +242,18 @@ impl EventLoop {
             return;
         }
         let skipped = seq - receiving.through - 1;
-        receiving.through = seq.saturating_add(count as u64 - 1);
+        let end = seq
+            .checked_add(count as u64 - 1)
+            .filter(|&end| skipped <= MAX_GAP && receiving.last.is_none_or(|last| end <= last));
+        let Some(end) = end else {
+            // Numbers no sender reaches, or beyond the last its side announced.
+            if let Some(gateway) = &self.gateway {
+                let name = &gateway.peers[host].config.name;
+                tracing::warn!(host = %name, seq, "datagram numbers out of range; channel closed");
+            }
+            return self.close_relay(key, true);
+        };
+        receiving.through = end;
         receiving.lost = receiving.lost.saturating_add(skipped);
         let mut dropped = skipped;
         let (mut queued, mut host_queued) = (relay.out.bytes(), host_queued);
@@ -255,6 +282,7 @@ impl EventLoop {
         }
         let ask_credit = dropped > skipped && !receiving.credit_requested;
         receiving.credit_requested |= ask_credit;
+        let complete = receiving.last.is_some_and(|last| receiving.through >= last);
         if !delivered.is_empty() {
             relay.enqueue(delivered);
         }
@@ -263,11 +291,73 @@ impl EventLoop {
             relay.enqueue(encode(FrameKind::Credit, 0, 0, 0, &[]));
         }
         if let Some(peer) = self.gateway.as_mut().and_then(|g| g.peers.get_mut(host)) {
-            peer.datagrams_lost += dropped;
+            peer.datagrams_lost = peer.datagrams_lost.saturating_add(dropped);
         }
         self.flush_relay(key);
+        if complete {
+            // The client's side closed, and everything it sent is in (or was passed over).
+            self.close_relay(key, false);
+        }
+    }
+
+    /// The client's side closed `channel` after its frame numbered `last`. True when the
+    /// port's side waits for datagrams the close overtook (a few round trips at most); false
+    /// when there are none to wait for (or `last` is no sender's, or this is no receiving
+    /// datagram channel): the channel closes now.
+    pub(super) fn datagrams_closing(&mut self, host: usize, channel: Channel, last: u64) -> bool {
+        let Some(key) = self.relay_of(host, channel) else { return false };
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(DatagramRelay::Receiving(receiving)) = &mut relay.datagrams else { return false };
+        let missing = last.saturating_sub(receiving.through);
+        if missing == 0 || missing > MAX_GAP || receiving.last.is_some() {
+            return false;
+        }
+        receiving.last = Some(last);
+        let Some(gateway) = &mut self.gateway else { return false };
+        let rtt = gateway.peers.get(host).and_then(|peer| peer.smoothed_rtt());
+        let wait = rtt.map_or(CLOSE_WAIT_MAX, |rtt| {
+            rtt.saturating_mul(4).clamp(CLOSE_WAIT_MIN, CLOSE_WAIT_MAX)
+        });
+        gateway.datagrams_closing.push((host, channel, Instant::now() + wait));
+        true
+    }
+
+    /// Closes the datagram channels whose wait for their last datagrams is over; what never
+    /// came is counted as lost.
+    pub(super) fn run_datagram_timers(&mut self, now: Instant) {
+        let Some(gateway) = &mut self.gateway else { return };
+        let mut due = Vec::new();
+        gateway.datagrams_closing.retain(|&(host, channel, at)| {
+            let expired = at <= now;
+            if expired {
+                due.push((host, channel));
+            }
+            !expired
+        });
+        for (host, channel) in due {
+            let Some(key) = self.relay_of(host, channel) else { continue };
+            let Some(relay) = self.relays.get(key.0).and_then(Option::as_ref) else { continue };
+            let Some(DatagramRelay::Receiving(receiving)) = &relay.datagrams else { continue };
+            // A channel that reused the number and was not closed: not this one's wait.
+            let Some(last) = receiving.last else { continue };
+            let never_came = last.saturating_sub(receiving.through);
+            if let Some(peer) = self.gateway.as_mut().and_then(|g| g.peers.get_mut(host)) {
+                peer.datagrams_lost = peer.datagrams_lost.saturating_add(never_came);
+            }
+            self.close_relay(key, false);
+        }
     }
 }
+
+/// How far ahead of what came before a datagram's number may be: a sender that lost more
+/// than this in one gap is no sender (it takes hours at millions of datagrams a second).
+const MAX_GAP: u64 = 1 << 32;
+/// How long the port's side of a closed datagram channel waits for datagrams the close
+/// overtook: four round trips, within these bounds (the most while no RTT is known).
+const CLOSE_WAIT_MIN: Duration = Duration::from_millis(50);
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

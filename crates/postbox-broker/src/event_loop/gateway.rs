@@ -36,7 +36,7 @@ use crate::hosts::identity::{self, NodeRef, StandIns};
 use crate::hosts::peer::Peer;
 use crate::hosts::protocol::{Channel, ChannelKind, HostMessage, OpenTarget, Refusal};
 use crate::hosts::{split_remote, HostStatus, HostsConfig, HOSTS_PORT, MAX_REMOTE_MESSAGE};
-use crate::registry::NodeKey;
+use crate::registry::{NodeKey, PidZeroIds};
 
 /// The broker's peers and the remote connections in the making.
 #[derive(Debug)]
@@ -60,6 +60,9 @@ pub(super) struct Gateway {
     peer_runs: Vec<u64>,
     /// This run's process ids standing in for nodes of other hosts (docs/network.md §5).
     pub(super) stand_ins: StandIns,
+    /// Datagram channels the client's side closed, whose port's side waits until then for
+    /// the datagrams the close overtook (`datagrams.rs`).
+    pub(super) datagrams_closing: Vec<(usize, Channel, Instant)>,
 }
 
 /// A local node's request for a name of another host (`port@host`, a mailbox, a topic, an
@@ -140,6 +143,7 @@ impl Gateway {
             relay_out: (0..peers).map(|_| Arc::default()).collect(),
             peer_runs: vec![0; peers],
             stand_ins: StandIns::new(identity::this_run(), MAX_STAND_INS, MAX_NAMED_STAND_INS),
+            datagrams_closing: Vec::new(),
         })
     }
 
@@ -151,7 +155,8 @@ impl Gateway {
     /// The next instant a connect times out or a host link is due to start.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let opens = self.opening.values().map(|p| p.deadline);
-        opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).min()
+        let closing = self.datagrams_closing.iter().map(|&(_, _, at)| at);
+        opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).chain(closing).min()
     }
 
     /// The channels peer `host` opened here that are open.
@@ -167,13 +172,13 @@ impl Gateway {
     /// Peer `host` told the run of its broker: when it is a new one, the stand-ins of the
     /// host's nodes of other runs are forgotten (those nodes are gone), and a node named by
     /// id from now on is one of this run.
-    fn peer_told_run(&mut self, host: usize, run: u64) {
+    fn peer_told_run(&mut self, ids: &mut PidZeroIds, host: usize, run: u64) {
         let (Some(known), Some(peer)) = (self.peer_runs.get_mut(host), self.peers.get(host)) else {
             return;
         };
         if run != 0 && *known != run {
             *known = run;
-            self.stand_ins.forget_other_runs(&peer.config.name, run);
+            self.stand_ins.forget_other_runs(ids, &peer.config.name, run);
         }
     }
 
@@ -391,6 +396,7 @@ impl EventLoop {
                 self.refuse(pending.node, pending.request, ControlErrorCode::Unanswered, &detail);
             }
         }
+        self.run_datagram_timers(now);
     }
 
     /// Handles every host-link event waiting.
@@ -499,7 +505,11 @@ impl EventLoop {
             HostMessage::Frames { channel, frames } => {
                 self.frames_from_peer(host, channel, frames, true);
             }
-            HostMessage::Close { channel } => {
+            HostMessage::Close { channel, last } => {
+                if last.is_some_and(|last| self.datagrams_closing(host, channel, last)) {
+                    // A datagram channel waits briefly for what the close overtook.
+                    return;
+                }
                 let Some(gateway) = &mut self.gateway else { return };
                 if let Some(pending) = gateway.opening.remove(&(host, channel)) {
                     let detail = "the remote host closed the connection";
@@ -514,7 +524,7 @@ impl EventLoop {
             }
             HostMessage::Run { incarnation } => {
                 if let Some(gateway) = &mut self.gateway {
-                    gateway.peer_told_run(host, incarnation);
+                    gateway.peer_told_run(self.registry.pid_zero_ids(), host, incarnation);
                 }
             }
             // A message about a channel from the wrong side breaks the protocol; the channel
@@ -920,6 +930,9 @@ impl EventLoop {
         relay.link.shutdown();
         let Some((host, channel)) = relay.remote() else { return };
         let Some(gateway) = &mut self.gateway else { return };
+        if relay.datagrams.is_some() {
+            gateway.datagrams_closing.retain(|&(h, c, _)| (h, c) != (host, channel));
+        }
         if gateway.channels.remove(&(host, channel)).is_some() && !channel.opened_here {
             if let Some(opened) = gateway.opened_by_peer.get_mut(host) {
                 *opened = opened.saturating_sub(1);
@@ -994,7 +1007,7 @@ pub(super) fn remote_spec(mut spec: PortSpec, max_message_size: u32) -> PortSpec
 }
 
 pub(super) fn close(channel: Channel) -> Vec<u8> {
-    HostMessage::Close { channel }.encode()
+    HostMessage::Close { channel, last: None }.encode()
 }
 
 /// The host message carrying `frames` (`count` of them, back to back) of `channel`.

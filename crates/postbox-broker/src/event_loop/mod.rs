@@ -1,6 +1,21 @@
 //! The broker's single-threaded event loop over its control sockets.
+//!
+//! ```text
+//! event_loop/
+//! ├── access.rs        policy checks (kernel credentials, or a TCP node's principal), grants
+//! ├── mailboxes.rs     serving mailboxes (the broker keeps one end of their links)
+//! ├── topics.rs        serving topics: publishers in, a queue per subscriber out
+//! ├── out_queue.rs     frames waiting for room in a link the loop never blocks on
+//! ├── gateway.rs       links to other hosts' brokers: channels relayed over host links
+//! ├── remote.rs        a node's requests for other hosts' names (`jobs@b`) and stand-ins
+//! ├── peer_opens.rs    a peer's opens of this host's ports, mailboxes, topics and inboxes
+//! ├── datagrams.rs     channels to datagram ports: best-effort session datagrams
+//! ├── dropped.rs       publications dropped on the way to a peer, and their credits
+//! └── remote_nodes.rs  nodes attached over TCP (tunnels) joining the loop
+//! ```
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,6 +26,7 @@ use postbox_core::{
     Capacity, ControlErrorCode, ControlMessage, Delivery, FrameHeader, FrameKind, Operation,
     PeerIdentity, PortName, PortSpec, Target,
 };
+use postbox_transport::tunnel::AttachListener;
 use postbox_transport::{
     wait_ready, ControlListener, ControlSocket, Credentials, Interest, LinkShape, ShmLinkParts,
     TransportError, UnixLink, Wait, Waker,
@@ -28,6 +44,7 @@ mod mailboxes;
 mod out_queue;
 mod peer_opens;
 mod remote;
+mod remote_nodes;
 mod topics;
 
 pub use access::PolicyReloader;
@@ -36,6 +53,7 @@ use crate::socket_path::bind_listener;
 use crate::{BrokerConfig, BrokerError};
 use gateway::{Gateway, Relay, RelayKey};
 use mailboxes::DataLink;
+use remote_nodes::RemoteNode;
 use topics::{TopicKey, TopicLink};
 
 /// A bound broker, ready to [`run`](Self::run) in this thread or [`spawn`](Self::spawn) on its
@@ -44,6 +62,8 @@ use topics::{TopicKey, TopicLink};
 pub struct Broker {
     config: BrokerConfig,
     listener: ControlListener,
+    /// Accepts nodes over TCP, when configured.
+    remote_nodes: Option<AttachListener>,
     stop: Arc<Waker>,
     reloader: PolicyReloader,
 }
@@ -52,6 +72,7 @@ pub struct Broker {
 #[derive(Debug)]
 pub struct BrokerHandle {
     socket_path: PathBuf,
+    remote_address: Option<SocketAddr>,
     stop: Arc<Waker>,
     reloader: PolicyReloader,
     thread: Option<JoinHandle<Result<(), BrokerError>>>,
@@ -65,9 +86,21 @@ impl Broker {
     /// socket failures otherwise.
     pub fn bind(config: BrokerConfig) -> Result<Self, BrokerError> {
         let listener = bind_listener(&config.socket_path, config.policy.socket_group())?;
+        let remote_nodes = config
+            .remote_nodes
+            .as_ref()
+            .map(|r| AttachListener::bind(r.listen, r.security.clone(), r.tunnel))
+            .transpose()?;
         let reloader =
             PolicyReloader { pending: Arc::new(Mutex::new(None)), waker: Arc::new(Waker::new()?) };
-        Ok(Self { config, listener, stop: Arc::new(Waker::new()?), reloader })
+        Ok(Self { config, listener, remote_nodes, stop: Arc::new(Waker::new()?), reloader })
+    }
+
+    /// Where nodes on other hosts attach over TCP (the port chosen, when configured with
+    /// port 0); `None` without [`BrokerConfig::remote_nodes`].
+    #[must_use]
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.remote_nodes.as_ref().map(AttachListener::local_addr)
     }
 
     /// A handle that replaces this broker's policy while it runs (the daemon's `SIGHUP`).
@@ -108,7 +141,8 @@ impl Broker {
             topic_links: Vec::new(),
             rounds: 0,
         };
-        let result = state.serve(&self.listener, &self.stop, &self.reloader.waker);
+        let listeners = Listeners { local: &self.listener, remote: self.remote_nodes.as_ref() };
+        let result = state.serve(&listeners, &self.stop, &self.reloader.waker);
         let _ = std::fs::remove_file(&state.config.socket_path);
         result
     }
@@ -120,12 +154,13 @@ impl Broker {
     pub fn spawn(self) -> Result<BrokerHandle, BrokerError> {
         let stop = Arc::clone(&self.stop);
         let socket_path = self.config.socket_path.clone();
+        let remote_address = self.remote_address();
         let reloader = self.reloader.clone();
         let thread = std::thread::Builder::new()
             .name("postbox-broker".into())
             .spawn(move || self.run())
             .map_err(|e| TransportError::Os { operation: "spawn broker", kind: e.kind() })?;
-        Ok(BrokerHandle { socket_path, stop, reloader, thread: Some(thread) })
+        Ok(BrokerHandle { socket_path, remote_address, stop, reloader, thread: Some(thread) })
     }
 }
 
@@ -134,6 +169,12 @@ impl BrokerHandle {
     #[must_use]
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// Where nodes on other hosts attach over TCP, when configured.
+    #[must_use]
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.remote_address
     }
 
     /// Replaces the broker's policy: requests from now on are checked against `policy`.
@@ -173,6 +214,15 @@ struct NodeConnection {
     outbox: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
     closing: bool,
     accepted_at: Instant,
+    /// Who the node is when it attached over TCP (its credentials then are placeholders).
+    remote: Option<RemoteNode>,
+}
+
+/// Where nodes come from: the control socket, and the TCP listener for remote nodes.
+#[derive(Debug, Clone, Copy)]
+struct Listeners<'a> {
+    local: &'a ControlListener,
+    remote: Option<&'a AttachListener>,
 }
 
 #[derive(Debug)]
@@ -227,6 +277,7 @@ enum Slot {
     Stop,
     Reload,
     Listener,
+    RemoteNodes,
     Node(NodeKey),
     Data(DataKey),
     Topic(TopicKey),
@@ -237,7 +288,7 @@ enum Slot {
 impl EventLoop {
     fn serve(
         &mut self,
-        listener: &ControlListener,
+        listeners: &Listeners<'_>,
         stop: &Waker,
         reload: &Waker,
     ) -> Result<(), BrokerError> {
@@ -255,8 +306,12 @@ impl EventLoop {
                     vec![(stop.as_fd(), Interest::READ), (reload.as_fd(), Interest::READ)];
                 let mut slots = vec![Slot::Stop, Slot::Reload];
                 if self.accept_paused_until.is_none() {
-                    set.push((listener.as_fd(), Interest::READ));
+                    set.push((listeners.local.as_fd(), Interest::READ));
                     slots.push(Slot::Listener);
+                }
+                if let Some(remote) = listeners.remote {
+                    set.push((remote.as_fd(), Interest::READ));
+                    slots.push(Slot::RemoteNodes);
                 }
                 for (index, node) in self.nodes.iter().enumerate() {
                     if let Some(node) = node {
@@ -305,7 +360,12 @@ impl EventLoop {
                 match slot {
                     Slot::Stop => return Ok(()),
                     Slot::Reload => self.apply_pending_policy(),
-                    Slot::Listener => self.accept_all(listener),
+                    Slot::Listener => self.accept_all(listeners.local),
+                    Slot::RemoteNodes => {
+                        if let Some(remote) = listeners.remote {
+                            self.serve_remote_nodes(remote);
+                        }
+                    }
                     Slot::Node(key) => {
                         self.read_node(key, &mut packet);
                         self.flush(key);
@@ -419,25 +479,33 @@ impl EventLoop {
             }
             let policy = &self.config.policy;
             let per_user = policy.limits().nodes_per_user;
-            let of_user =
-                self.nodes.iter().flatten().filter(|n| n.credentials.uid == credentials.uid);
+            let of_user = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter(|n| n.remote.is_none() && n.credentials.uid == credentials.uid);
             if credentials.uid != policy.owner_uid() && of_user.count() >= per_user {
                 let detail = format!("uid {} has {per_user} nodes attached", credentials.uid);
                 let refusal = refused(0, ControlErrorCode::LimitExceeded, &detail);
                 let _ = socket.send(&refusal, &[], Wait::NonBlocking);
                 continue;
             }
-            let node = NodeConnection {
+            self.insert_node(NodeConnection {
                 socket,
                 credentials,
                 outbox: VecDeque::new(),
                 closing: false,
                 accepted_at: Instant::now(),
-            };
-            match self.nodes.iter().position(Option::is_none) {
-                Some(free) => self.nodes[free] = Some(node),
-                None => self.nodes.push(Some(node)),
-            }
+                remote: None,
+            });
+        }
+    }
+
+    /// Serves `node` from now on, in the first free slot.
+    fn insert_node(&mut self, node: NodeConnection) {
+        match self.nodes.iter().position(Option::is_none) {
+            Some(free) => self.nodes[free] = Some(node),
+            None => self.nodes.push(Some(node)),
         }
     }
 
@@ -604,7 +672,10 @@ impl EventLoop {
                     let detail = "the serving node is not reading its control socket";
                     return self.refuse(key, request, ControlErrorCode::LimitExceeded, detail);
                 }
-                let (server_fds, client_fds) = match self.link_pair() {
+                // A node attached over TCP gets its links through its tunnel: socket bytes
+                // cross it, shared memory cannot.
+                let tunneled = self.is_tcp_node(key) || self.is_tcp_node(new.server);
+                let (server_fds, client_fds) = match self.link_pair(tunneled) {
                     Ok(pair) => pair,
                     Err(error) => {
                         self.registry.link_closed(key, new.link);
@@ -721,10 +792,10 @@ impl EventLoop {
     }
 
     /// The descriptors of a new link between two nodes, `(server, client)`: a shared-memory
-    /// link (socket, segment, wake-up socket) or, when configured so, a Unix link
-    /// (socket only).
-    fn link_pair(&self) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), TransportError> {
-        match self.config.shared_memory_links {
+    /// link (socket, segment, wake-up socket) or, when configured so or `unix_only`, a Unix
+    /// link (socket only).
+    fn link_pair(&self, unix_only: bool) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), TransportError> {
+        match self.config.shared_memory_links.filter(|_| !unix_only) {
             Some(capacity) => {
                 let shape = LinkShape::new(capacity, self.config.shared_memory_pool);
                 let (client, server) = ShmLinkParts::pair(shape)?;

@@ -229,7 +229,9 @@ impl EventLoop {
             spec.message_size = Some(spec.message_size.map_or(limit, |n| n.min(limit)));
         }
         let quota = self.config.policy.quota();
-        let Some(gateway) = &self.gateway else { return HostMessage::Close { channel } };
+        let Some(gateway) = &self.gateway else {
+            return HostMessage::Close { channel, last: None };
+        };
         let server = gateway.stand_ins.node_ref(self.identity.process_id);
         HostMessage::Opened { channel, spec, rights: Rights::ALL, quota, server }
     }

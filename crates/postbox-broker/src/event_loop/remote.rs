@@ -37,8 +37,13 @@ impl EventLoop {
                     && self.registry.port(name).is_none()
                     && self.is_remote(name)
             }
+            // A node here with pid 0 (attached over TCP) is not a stand-in: their ids come
+            // from one allocator, so a live node's id is never a stand-in's.
             ControlMessage::Connect { target: Target::Inbox(process), .. } => {
-                process.pid == 0 && process.generation != 0 && self.gateway.is_some()
+                process.pid == 0
+                    && process.generation != 0
+                    && self.gateway.is_some()
+                    && self.registry.node_key(*process).is_none()
             }
             ControlMessage::ReceiveMailbox { name, .. } => {
                 !self.mailboxes.contains_key(name) && self.is_remote(name)
@@ -156,7 +161,7 @@ impl EventLoop {
     /// [`permit`](Self::permit) does.
     fn permit_remote_subscription(&mut self, key: NodeKey, request: u32, text: &str) -> bool {
         let allowed = names_brought(text).is_some_and(|names| {
-            self.subject(key).is_some_and(|s| self.config.policy.allows_subscription(s, &names))
+            self.subject(key).is_some_and(|s| s.allows_subscription(&self.config.policy, &names))
         });
         if !allowed {
             self.deny(key, request, Operation::Subscribe, text);
@@ -193,7 +198,7 @@ impl EventLoop {
         // Here, the inbox of a node of another host counts as that of user (uid_t)-1.
         let name = inbox_name(u32::MAX);
         let Some(subject) = self.subject(key) else { return };
-        let rights = wanted.intersection(self.config.policy.link_rights(subject, &name));
+        let rights = wanted.intersection(subject.link_rights(&self.config.policy, &name));
         let operation =
             if wanted.contains(Rights::SEND) { Operation::Send } else { Operation::Call };
         if rights.is_empty() {
@@ -216,7 +221,8 @@ impl EventLoop {
             (Some(Route::Here), _) => process,
             (Some(Route::Peer(index)), Ok(name)) if process.pid != 0 => {
                 let run = gateway.peer_run(index);
-                gateway.stand_ins.named_stand_in(&name, run, process)
+                let ids = self.registry.pid_zero_ids();
+                gateway.stand_ins.named_stand_in(ids, &name, run, process)
             }
             (Some(Route::Peer(_)), _) => {
                 let detail = format!("{process} is not a node of host {host}");
@@ -243,12 +249,16 @@ impl EventLoop {
         };
         let name = node.host.clone().unwrap_or_else(|| peer.config.name.clone());
         // A node of this host only with this run's incarnation: 0 ("whichever run") would let
-        // an id of an earlier run, or any id at all, pass for a live node.
+        // an id of an earlier run, or any id at all, pass for a live node. An id `0.<n>` is
+        // one of this host's nodes only while a node attached over TCP has it (otherwise it
+        // would be a stand-in, which a peer never names as this host's).
         let this_run = node.incarnation == gateway.stand_ins.incarnation();
-        if name == gateway.config.name && this_run && node.process.pid != 0 {
+        let local = node.process.pid != 0 || self.registry.node_key(node.process).is_some();
+        if name == gateway.config.name && this_run && local {
             return identity::stand_in_identity(node.process);
         }
-        let stand_in = gateway.stand_ins.stand_in(&name, node.incarnation, node.process);
+        let ids = self.registry.pid_zero_ids();
+        let stand_in = gateway.stand_ins.stand_in(ids, &name, node.incarnation, node.process);
         identity::stand_in_identity(stand_in)
     }
 

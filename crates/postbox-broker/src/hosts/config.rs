@@ -287,6 +287,9 @@ impl HostsConfig {
         // within a QUIC datagram at QUIC's initial MTU.
         config.session.max_datagram_payload = MAX_DATAGRAM_PAYLOAD;
         config.session.datagram_queue = DATAGRAM_QUEUE;
+        // Channels are spread over a fixed set of streams: the peer may open no more (over
+        // QUIC, a stream each; the readers' buffers are bounded by it).
+        config.session.max_streams = super::protocol::STREAMS;
         config.reconnect_max = config.reconnect_max.min(self.heartbeat_interval.max(MIN_RTO));
         config
     }
@@ -665,6 +668,13 @@ mod tests {
             HostsConfig::from_toml(&quic),
             Err(HostsConfigError::DatagramRouteOverQuic("b".into()))
         );
+    }
+
+    #[test]
+    fn a_host_link_allows_the_peer_only_the_streams_channels_use() {
+        // Over QUIC each is a stream the peer may open, with a reader's buffer behind it.
+        let config = HostsConfig::new("a").unwrap().link_config();
+        assert_eq!(config.session.max_streams, super::super::protocol::STREAMS);
     }
 
     #[test]

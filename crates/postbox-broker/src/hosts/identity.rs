@@ -8,7 +8,8 @@
 //! that ids of an earlier run are never taken for a new node), and its process id there. Each
 //! broker gives every remote node it hears of a local process id of its own, `0.<n>` (pid 0:
 //! no local process), the node's **stand-in**: nodes here see the remote node under it, and
-//! sending to its inbox reaches the remote node.
+//! sending to its inbox reaches the remote node. Nodes attached over TCP have ids `0.<n>` too;
+//! both come from one allocator ([`PidZeroIds`]), so an id never names both.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,6 +19,7 @@ use postbox_core::{FrameHeader, FrameKind, PeerIdentity, ProcessId};
 
 use super::protocol::ChannelKind;
 use super::{HostName, FORWARD_OVERHEAD, MAX_REMOTE_MESSAGE};
+use crate::registry::PidZeroIds;
 
 /// A node as one broker names it to another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +34,8 @@ pub(crate) struct NodeRef {
 
 /// This broker run's local process ids standing in for nodes of other hosts: `0.<n>`, each
 /// node its own, the same one every time it is seen (so that replies and `recv_from` work),
-/// never reused for another while the broker runs.
+/// never reused for another while the broker runs. Their generations come from the
+/// registry's [`PidZeroIds`], which nodes attached over TCP take theirs from too.
 ///
 /// Stand-ins are kept in two tiers, each forgetting the one used longest ago first when full
 /// (sending to it then fails with `NoSuchPort`, as for a node that left): nodes a peer named
@@ -53,7 +56,6 @@ pub(crate) struct StandIns {
     /// The same for nodes only this host's nodes named.
     named_recency: BTreeMap<u64, u32>,
     clock: u64,
-    next: u32,
 }
 
 /// A remote node behind a stand-in.
@@ -101,7 +103,6 @@ impl StandIns {
             recency: BTreeMap::new(),
             named_recency: BTreeMap::new(),
             clock: 0,
-            next: 1,
         }
     }
 
@@ -129,28 +130,35 @@ impl StandIns {
     /// dropped and a new one made.
     pub(crate) fn stand_in(
         &mut self,
+        ids: &mut PidZeroIds,
         host: &HostName,
         incarnation: u64,
         process: ProcessId,
     ) -> ProcessId {
-        self.find_or_make(host, incarnation, process, true)
+        self.find_or_make(ids, (host, incarnation, process), true)
     }
 
     /// Like [`stand_in`](Self::stand_in), for a node only a local node named
     /// (`Node::process_on`): a new one goes in the lower tier.
     pub(crate) fn named_stand_in(
         &mut self,
+        ids: &mut PidZeroIds,
         host: &HostName,
         incarnation: u64,
         process: ProcessId,
     ) -> ProcessId {
-        self.find_or_make(host, incarnation, process, false)
+        self.find_or_make(ids, (host, incarnation, process), false)
     }
 
     /// Forgets the stand-ins of `host`'s nodes admitted by a run of its broker other than
     /// `current` (that broker restarted: its nodes of earlier runs are gone). Those named
     /// without a run (0) stay: they mean whichever run is current.
-    pub(crate) fn forget_other_runs(&mut self, host: &HostName, current: u64) {
+    pub(crate) fn forget_other_runs(
+        &mut self,
+        ids: &mut PidZeroIds,
+        host: &HostName,
+        current: u64,
+    ) {
         let stale: Vec<u32> = self
             .by_generation
             .iter()
@@ -158,7 +166,7 @@ impl StandIns {
             .map(|(generation, _)| *generation)
             .collect();
         for generation in stale {
-            self.forget(generation);
+            self.forget(ids, generation);
         }
     }
 
@@ -188,9 +196,8 @@ impl StandIns {
 
     fn find_or_make(
         &mut self,
-        host: &HostName,
-        incarnation: u64,
-        process: ProcessId,
+        ids: &mut PidZeroIds,
+        (host, incarnation, process): (&HostName, u64, ProcessId),
         seen: bool,
     ) -> ProcessId {
         let key = (host.clone(), process);
@@ -203,15 +210,15 @@ impl StandIns {
                     }
                 }
                 if seen {
-                    self.promote(generation);
+                    self.promote(ids, generation);
                 }
                 self.touch(generation);
                 return ProcessId::new(0, generation);
             }
-            self.forget(generation);
+            self.forget(ids, generation);
         }
-        self.make_room(seen);
-        let generation = self.allocate();
+        self.make_room(ids, seen);
+        let generation = ids.allocate();
         self.clock += 1;
         let used = self.clock;
         let entry = StandIn { host: host.clone(), incarnation, process, used, seen };
@@ -222,14 +229,14 @@ impl StandIns {
     }
 
     /// A stand-in only local nodes named, now named by a peer: into the upper tier.
-    fn promote(&mut self, generation: u32) {
+    fn promote(&mut self, ids: &mut PidZeroIds, generation: u32) {
         let Some(entry) = self.by_generation.get(&generation) else { return };
         if entry.seen {
             return;
         }
         let used = entry.used;
         self.named_recency.remove(&used);
-        self.make_room(true);
+        self.make_room(ids, true);
         if let Some(entry) = self.by_generation.get_mut(&generation) {
             entry.seen = true;
             self.recency.insert(used, generation);
@@ -237,11 +244,11 @@ impl StandIns {
     }
 
     /// Forgets the stand-in used longest ago in a tier that is full.
-    fn make_room(&mut self, seen: bool) {
+    fn make_room(&mut self, ids: &mut PidZeroIds, seen: bool) {
         let capacity = if seen { self.capacity } else { self.named_capacity };
         if self.tier(seen).len() >= capacity {
             if let Some((_, oldest)) = self.tier(seen).pop_first() {
-                self.forget(oldest);
+                self.forget(ids, oldest);
             }
         }
     }
@@ -264,21 +271,11 @@ impl StandIns {
         tier.insert(self.clock, generation);
     }
 
-    fn forget(&mut self, generation: u32) {
+    fn forget(&mut self, ids: &mut PidZeroIds, generation: u32) {
         if let Some(entry) = self.by_generation.remove(&generation) {
             self.tier(entry.seen).remove(&entry.used);
             self.by_node.remove(&(entry.host, entry.process));
-        }
-    }
-
-    /// A generation no stand-in has (never 0, which names the broker itself).
-    fn allocate(&mut self) -> u32 {
-        loop {
-            let generation = self.next;
-            self.next = self.next.wrapping_add(1).max(1);
-            if !self.by_generation.contains_key(&generation) {
-                return generation;
-            }
+            ids.release(generation);
         }
     }
 }
@@ -415,13 +412,14 @@ mod tests {
     #[test]
     fn a_remote_node_keeps_its_stand_in_and_each_node_has_its_own() {
         let mut table = StandIns::new(1, 8, 8);
-        let first = table.stand_in(&host("a"), 7, ProcessId::new(100, 1));
-        let second = table.stand_in(&host("a"), 7, ProcessId::new(100, 2));
-        let other_host = table.stand_in(&host("c"), 9, ProcessId::new(100, 1));
+        let mut ids = PidZeroIds::new();
+        let first = table.stand_in(&mut ids, &host("a"), 7, ProcessId::new(100, 1));
+        let second = table.stand_in(&mut ids, &host("a"), 7, ProcessId::new(100, 2));
+        let other_host = table.stand_in(&mut ids, &host("c"), 9, ProcessId::new(100, 1));
         assert_eq!(first.pid, 0);
         assert_ne!(first.generation, 0);
         assert!(first != second && first != other_host && second != other_host);
-        assert_eq!(table.stand_in(&host("a"), 7, ProcessId::new(100, 1)), first);
+        assert_eq!(table.stand_in(&mut ids, &host("a"), 7, ProcessId::new(100, 1)), first);
         let remote = table.remote(first).unwrap();
         assert_eq!((remote.host.as_str(), remote.incarnation), ("a", 7));
         assert_eq!(remote.process, ProcessId::new(100, 1));
@@ -431,12 +429,13 @@ mod tests {
     #[test]
     fn a_node_named_by_a_user_keeps_its_stand_in_once_its_broker_run_is_known() {
         let mut table = StandIns::new(1, 8, 8);
-        let typed = table.stand_in(&host("b"), 0, ProcessId::new(5, 5));
-        assert_eq!(table.stand_in(&host("b"), 42, ProcessId::new(5, 5)), typed);
+        let mut ids = PidZeroIds::new();
+        let typed = table.stand_in(&mut ids, &host("b"), 0, ProcessId::new(5, 5));
+        assert_eq!(table.stand_in(&mut ids, &host("b"), 42, ProcessId::new(5, 5)), typed);
         assert_eq!(table.remote(typed).unwrap().incarnation, 42);
-        assert_eq!(table.stand_in(&host("b"), 0, ProcessId::new(5, 5)), typed);
+        assert_eq!(table.stand_in(&mut ids, &host("b"), 0, ProcessId::new(5, 5)), typed);
         // The same id from a new run of b's broker is another node.
-        let restarted = table.stand_in(&host("b"), 43, ProcessId::new(5, 5));
+        let restarted = table.stand_in(&mut ids, &host("b"), 43, ProcessId::new(5, 5));
         assert_ne!(restarted, typed);
         assert!(table.remote(typed).is_none(), "the old node's stand-in is gone");
         assert_eq!(table.len(), 1);
@@ -445,51 +444,90 @@ mod tests {
     #[test]
     fn the_stand_in_used_longest_ago_is_forgotten_first_and_none_is_reused() {
         let mut table = StandIns::new(1, 2, 2);
-        let one = table.stand_in(&host("a"), 1, ProcessId::new(1, 1));
-        let two = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
+        let mut ids = PidZeroIds::new();
+        let one = table.stand_in(&mut ids, &host("a"), 1, ProcessId::new(1, 1));
+        let two = table.stand_in(&mut ids, &host("a"), 1, ProcessId::new(2, 1));
         table.remote(one);
-        let three = table.stand_in(&host("a"), 1, ProcessId::new(3, 1));
+        let three = table.stand_in(&mut ids, &host("a"), 1, ProcessId::new(3, 1));
         assert!(table.remote(two).is_none());
         assert!(table.remote(one).is_some() && table.remote(three).is_some());
-        let again = table.stand_in(&host("a"), 1, ProcessId::new(2, 1));
+        let again = table.stand_in(&mut ids, &host("a"), 1, ProcessId::new(2, 1));
         assert!(![one, two, three].contains(&again), "a forgotten generation is not reused");
     }
 
     #[test]
     fn a_flood_of_nodes_named_only_here_never_pushes_out_nodes_a_peer_named() {
         let mut table = StandIns::new(1, 4, 2);
-        let live: Vec<ProcessId> =
-            (1..=4).map(|n| table.stand_in(&host("b"), 7, ProcessId::new(n, 1))).collect();
+        let mut ids = PidZeroIds::new();
+        let live: Vec<ProcessId> = (1..=4)
+            .map(|n| table.stand_in(&mut ids, &host("b"), 7, ProcessId::new(n, 1)))
+            .collect();
         // One local node resolving ids by the thousand (`process_on`).
         for n in 0..10_000 {
-            table.named_stand_in(&host("b"), 7, ProcessId::new(1000 + n, 1));
+            table.named_stand_in(&mut ids, &host("b"), 7, ProcessId::new(1000 + n, 1));
         }
         assert_eq!(table.len(), 4 + 2);
         for stand_in in &live {
             assert!(table.remote(*stand_in).is_some(), "{stand_in} was pushed out");
         }
         // A node named here, then by a peer (it answered), moves up and stays.
-        let named = table.named_stand_in(&host("b"), 7, ProcessId::new(50, 1));
-        assert_eq!(table.stand_in(&host("b"), 7, ProcessId::new(50, 1)), named);
+        let named = table.named_stand_in(&mut ids, &host("b"), 7, ProcessId::new(50, 1));
+        assert_eq!(table.stand_in(&mut ids, &host("b"), 7, ProcessId::new(50, 1)), named);
         for n in 0..100 {
-            table.named_stand_in(&host("b"), 7, ProcessId::new(2000 + n, 1));
+            table.named_stand_in(&mut ids, &host("b"), 7, ProcessId::new(2000 + n, 1));
         }
         assert!(table.remote(named).is_some());
         // Naming an id a peer named already gives its stand-in, whichever tier.
-        assert_eq!(table.named_stand_in(&host("b"), 7, ProcessId::new(50, 1)), named);
+        assert_eq!(table.named_stand_in(&mut ids, &host("b"), 7, ProcessId::new(50, 1)), named);
         assert_eq!(table.len(), 4 + 2, "the upper tier forgot its oldest for it");
+        assert_eq!(ids.taken(), table.len(), "forgotten stand-ins give their ids back");
+    }
+
+    #[test]
+    fn nodes_attached_over_tcp_and_stand_ins_never_share_an_id() {
+        use crate::registry::{NodeKey, Registry};
+        let mut registry = Registry::new(crate::Limits::default());
+        let mut table = StandIns::new(1, 3, 3);
+        let mut nodes = Vec::new();
+        let mut stand_ins = Vec::new();
+        for n in 0..200u32 {
+            // Nodes attached over TCP come and go, stand-ins are made and forgotten.
+            let key = NodeKey(n as usize);
+            nodes.push((key, registry.admit(key, 0, u32::MAX, u32::MAX).process_id));
+            let ids = registry.pid_zero_ids();
+            stand_ins.push(table.stand_in(ids, &host("b"), 7, ProcessId::new(0, n + 1)));
+            stand_ins.push(table.named_stand_in(ids, &host("c"), 0, ProcessId::new(9, n + 1)));
+            if n % 3 == 0 {
+                let (key, _) = nodes.remove(nodes.len() / 2);
+                registry.remove(key);
+            }
+        }
+        let live_stand_ins: Vec<ProcessId> =
+            stand_ins.into_iter().filter(|id| table.peek(*id).is_some()).collect();
+        assert_eq!(live_stand_ins.len(), 3 + 3);
+        for (key, id) in &nodes {
+            assert_eq!(id.pid, 0);
+            assert_eq!(registry.node_key(*id), Some(*key));
+            assert!(table.peek(*id).is_none(), "node {id} is taken for a stand-in");
+            assert_eq!(table.node_ref(*id).host, None, "node {id} is named as one of this host");
+        }
+        for id in &live_stand_ins {
+            assert!(registry.node_key(*id).is_none(), "stand-in {id} is taken for a node");
+        }
+        assert_eq!(registry.pid_zero_ids().taken(), nodes.len() + live_stand_ins.len());
     }
 
     #[test]
     fn a_restarted_peers_nodes_of_earlier_runs_are_forgotten() {
         let mut table = StandIns::new(1, 8, 8);
-        let old = table.stand_in(&host("b"), 41, ProcessId::new(5, 5));
-        let any_run = table.named_stand_in(&host("b"), 0, ProcessId::new(6, 6));
-        let other_host = table.stand_in(&host("c"), 41, ProcessId::new(5, 5));
-        table.forget_other_runs(&host("b"), 42);
+        let mut ids = PidZeroIds::new();
+        let old = table.stand_in(&mut ids, &host("b"), 41, ProcessId::new(5, 5));
+        let any_run = table.named_stand_in(&mut ids, &host("b"), 0, ProcessId::new(6, 6));
+        let other_host = table.stand_in(&mut ids, &host("c"), 41, ProcessId::new(5, 5));
+        table.forget_other_runs(&mut ids, &host("b"), 42);
         assert!(table.remote(old).is_none(), "b's node of run 41 is gone");
         assert!(table.remote(any_run).is_some() && table.remote(other_host).is_some());
-        let new = table.named_stand_in(&host("b"), 42, ProcessId::new(5, 5));
+        let new = table.named_stand_in(&mut ids, &host("b"), 42, ProcessId::new(5, 5));
         assert_ne!(new, old);
         assert_eq!(table.remote(new).unwrap().incarnation, 42);
     }
@@ -514,7 +552,8 @@ mod tests {
     #[test]
     fn a_sender_leaves_named_for_the_peer_as_its_own_node_or_the_remote_one_it_stands_for() {
         let mut table = StandIns::new(5, 8, 8);
-        let remote = table.stand_in(&host("c"), 9, ProcessId::new(3, 3));
+        let mut ids = PidZeroIds::new();
+        let remote = table.stand_in(&mut ids, &host("c"), 9, ProcessId::new(3, 3));
         assert_eq!(
             table.node_ref(ProcessId::new(10, 1)),
             NodeRef { host: None, incarnation: 5, process: ProcessId::new(10, 1) }

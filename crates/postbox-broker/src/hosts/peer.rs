@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::{TcpListener, UdpSocket};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use postbox_transport::host_link::{
     DatagramSendError, Event, HostLink, HostLinkConfig, HostLinkStats, LinkSecurity, LinkState,
@@ -199,6 +199,11 @@ impl Peer {
                 Err(_) => {}
             }
         }
+    }
+
+    /// The link's smoothed round-trip time, once measured.
+    pub(crate) fn smoothed_rtt(&self) -> Option<Duration> {
+        self.link.as_ref()?.stats().session.smoothed_rtt
     }
 
     /// Whether a link is started (it may still be connecting).

@@ -70,8 +70,11 @@ pub(crate) enum HostMessage {
     /// its header's body length), so that a batch crosses as one host message and leaves
     /// the far gateway in one write.
     Frames { channel: Channel, frames: Vec<u8> },
-    /// Either way: the link closed at this end; the other end closes too.
-    Close { channel: Channel },
+    /// Either way: the link closed at this end; the other end closes too. On a channel to a
+    /// datagram port the client's side says the number of the last frame it sent (`last`), so
+    /// that the port's side waits briefly for datagrams the close overtook and counts those
+    /// that never come.
+    Close { channel: Channel, last: Option<u64> },
     /// Client → server, on a channel to a datagram port, as a best-effort datagram: one-way
     /// frames back to back, numbered `seq`, `seq + 1`, … in the channel's order, so that the
     /// receiver drops what comes late or twice and counts the numbers it never saw.
@@ -130,7 +133,7 @@ impl HostMessage {
             | Self::Refused { channel, .. }
             | Self::Frame { channel, .. }
             | Self::Frames { channel, .. }
-            | Self::Close { channel }
+            | Self::Close { channel, .. }
             | Self::Datagram { channel, .. } => Some(*channel),
             Self::Run { .. } => None,
         }
@@ -151,7 +154,7 @@ impl HostMessage {
                 buf.reserve(frames.len());
                 (FRAMES, channel)
             }
-            Self::Close { channel } => (CLOSE, channel),
+            Self::Close { channel, .. } => (CLOSE, channel),
             Self::Datagram { channel, frames, .. } => {
                 buf.reserve(8 + frames.len());
                 (DATAGRAM, channel)
@@ -207,7 +210,11 @@ impl HostMessage {
             }
             Self::Frame { frame, .. } => buf.extend_from_slice(frame),
             Self::Frames { frames, .. } => buf.extend_from_slice(frames),
-            Self::Close { .. } => {}
+            Self::Close { last, .. } => {
+                if let Some(last) = last {
+                    buf.extend_from_slice(&last.to_le_bytes());
+                }
+            }
             Self::Datagram { seq, frames, .. } => {
                 buf.extend_from_slice(&seq.to_le_bytes());
                 buf.extend_from_slice(frames);
@@ -284,7 +291,10 @@ impl HostMessage {
                 let frames = r.take(r.remaining())?.to_vec();
                 Self::Frames { channel, frames }
             }
-            CLOSE => Self::Close { channel },
+            CLOSE => {
+                let last = if r.remaining() > 0 { Some(r.u64()?) } else { None };
+                Self::Close { channel, last }
+            }
             DATAGRAM => {
                 let seq = r.u64()?;
                 Self::Datagram { channel, seq, frames: r.take(r.remaining())?.to_vec() }
@@ -311,7 +321,7 @@ fn truncated(detail: &str) -> &str {
 }
 
 /// Streams the channels of one host link are spread over.
-const STREAMS: u32 = 64;
+pub(crate) const STREAMS: u32 = 64;
 
 const OPEN: u8 = 1;
 const OPENED: u8 = 2;
@@ -409,9 +419,21 @@ mod tests {
         let frames = HostMessage::Frames { channel: mine, frames: vec![4; 70] };
         assert_eq!(across(&frames), HostMessage::Frames { channel: theirs, frames: vec![4; 70] });
         assert_eq!(
-            across(&HostMessage::Close { channel: mine }),
-            HostMessage::Close { channel: theirs }
+            across(&HostMessage::Close { channel: mine, last: None }),
+            HostMessage::Close { channel: theirs, last: None }
         );
+        let close = HostMessage::Close { channel: mine, last: Some(u64::MAX - 1) };
+        let bytes = close.encode();
+        assert_eq!(bytes.len(), 18);
+        assert_eq!(
+            HostMessage::decode(&bytes).unwrap(),
+            HostMessage::Close { channel: theirs, last: Some(u64::MAX - 1) }
+        );
+        for len in [11, 17, 19] {
+            let mut cut = bytes.clone();
+            cut.resize(len, 0);
+            assert!(HostMessage::decode(&cut).is_err(), "close of {len} bytes");
+        }
         let datagram = HostMessage::Datagram { channel: mine, seq: 9, frames: vec![5; 40] };
         let bytes = datagram.encode();
         assert_eq!(bytes.len(), DATAGRAM_HEADER + 40);

@@ -38,8 +38,9 @@ pub enum PolicyError {
     /// A name pattern is malformed.
     #[error("invalid name pattern {0:?}")]
     BadPattern(String),
-    /// A rule would apply to nobody: it needs `uids`, `gids` or `everyone = true`.
-    #[error("a rule for {0} needs uids, gids or everyone = true")]
+    /// A rule would apply to nobody: it needs `uids`, `gids`, `everyone = true`, `hosts` or
+    /// `remote_nodes`.
+    #[error("a rule for {0} needs uids, gids, everyone = true, hosts or remote_nodes")]
     NoPrincipals(String),
 }
 
@@ -85,6 +86,10 @@ struct RuleSection {
     /// Peer hosts (by name, or `*` for every peer) whose nodes the rule covers.
     #[serde(default)]
     hosts: Vec<String>,
+    /// Principals of nodes attached over TCP (key or certificate names, or `*`) the rule
+    /// covers.
+    #[serde(default)]
+    remote_nodes: Vec<String>,
     operations: Vec<String>,
 }
 
@@ -132,7 +137,7 @@ fn rule(section: RuleSection) -> Result<Rule, PolicyError> {
         let gids = section.gids.iter().map(|g| resolve(g, "group")).collect::<Result<_, _>>()?;
         let principals = Principals::Some { uids, gids };
         let nobody = Principals::Some { uids: Vec::new(), gids: Vec::new() };
-        if principals == nobody && section.hosts.is_empty() {
+        if principals == nobody && section.hosts.is_empty() && section.remote_nodes.is_empty() {
             return Err(PolicyError::NoPrincipals(section.names.join(", ")));
         }
         principals
@@ -142,7 +147,18 @@ fn rule(section: RuleSection) -> Result<Rule, PolicyError> {
             return Err(PolicyError::Invalid(format!("invalid host name {host:?}")));
         }
     }
-    Ok(Rule { names, principals, operations, hosts: section.hosts })
+    for principal in &section.remote_nodes {
+        if principal != "*" && postbox_transport::tunnel::check_principal(principal).is_err() {
+            return Err(PolicyError::Invalid(format!("invalid remote node {principal:?}")));
+        }
+    }
+    Ok(Rule {
+        names,
+        principals,
+        operations,
+        hosts: section.hosts,
+        remote_nodes: section.remote_nodes,
+    })
 }
 
 /// A numeric id as given, or a name looked up in `/etc/passwd` (users) or `/etc/group`.

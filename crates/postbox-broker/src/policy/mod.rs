@@ -3,7 +3,9 @@
 //! A policy is a list of allow rules (per name pattern: which uids and gids may do which
 //! [`Operation`]s) and the per-node [`Limits`]. Everything not allowed is denied, except that
 //! the broker's own user may do everything. The subject of a check is what the kernel said of
-//! the node's socket (`SO_PEERCRED`), never what the node claims. Policies come from TOML
+//! the node's socket (`SO_PEERCRED`), never what the node claims; a node attached over TCP has
+//! no such credentials and is judged by its principal instead (the key or certificate it
+//! proved it holds), by rules that name it in `remote_nodes`. Policies come from TOML
 //! ([`Policy::from_toml`], format in `docs/security.md`); [`Policy::own_user_only`] is the
 //! default of an embedded broker and of `postbox daemon` without `--config`.
 
@@ -68,6 +70,8 @@ struct Rule {
     /// Peer hosts whose nodes the rule covers (`*`: every peer). Local principals never
     /// cover a remote node.
     hosts: Vec<String>,
+    /// Principals of nodes attached over TCP that the rule covers (`*`: every one).
+    remote_nodes: Vec<String>,
 }
 
 /// Whom a rule is for.
@@ -138,6 +142,38 @@ impl Policy {
         })
     }
 
+    /// True when the node attached over TCP as `principal` may do `operation` on `name`.
+    /// Nothing is allowed to it unless a rule names it in `remote_nodes` (or `*`): local
+    /// principals, `everyone` and the broker's own user's rights never cover it.
+    #[must_use]
+    pub fn allows_remote(&self, principal: &str, operation: Operation, name: &str) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.operations.contains(&operation)
+                && rule.covers_remote(principal)
+                && rule.names.iter().any(|pattern| pattern.matches_text(name))
+        })
+    }
+
+    /// True when the node attached over TCP as `principal` may subscribe to every topic
+    /// `pattern` matches.
+    #[must_use]
+    pub fn allows_remote_subscription(&self, principal: &str, pattern: &NamePattern) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.operations.contains(&Operation::Subscribe)
+                && rule.covers_remote(principal)
+                && rule.names.iter().any(|allowed| allowed.covers(pattern))
+        })
+    }
+
+    /// The link rights the node attached over TCP as `principal` holds on port `name`.
+    #[must_use]
+    pub fn remote_link_rights(&self, principal: &str, name: &str) -> Rights {
+        [Operation::Send, Operation::Call]
+            .into_iter()
+            .filter(|op| self.allows_remote(principal, *op, name))
+            .fold(Rights::NONE, |rights, op| rights.union(Rights::for_operation(op)))
+    }
+
     /// True when nodes of peer host `host` may subscribe to every topic `pattern` matches
     /// (a rule naming the host must cover the whole pattern, as for local subscribers).
     #[must_use]
@@ -204,6 +240,10 @@ impl Policy {
 }
 
 impl Rule {
+    fn covers_remote(&self, principal: &str) -> bool {
+        self.remote_nodes.iter().any(|p| p == "*" || p == principal)
+    }
+
     fn applies_to(&self, subject: Subject) -> bool {
         match &self.principals {
             Principals::Everyone => true,
@@ -325,6 +365,36 @@ mod tests {
         assert!(subscriber.allows_host("a", Operation::Receive, "/news/jobs"));
         assert!(!subscriber.allows_host("a", Operation::Send, "/news/jobs"));
         let bad = "[[allow]]\nnames=['a']\nhosts=['a b']\noperations=['send']";
+        assert!(Policy::from_toml(bad, OWNER).is_err());
+    }
+
+    #[test]
+    fn nodes_attached_over_tcp_get_only_what_a_rule_names_their_principal_for() {
+        let policy = policy(
+            r#"
+            [[allow]]
+            names = ["echo", "jobs/*"]
+            remote_nodes = ["app"]
+            operations = ["call", "register", "subscribe"]
+
+            [[allow]]
+            names = ["public/*"]
+            remote_nodes = ["*"]
+            everyone = true
+            operations = ["send"]
+            "#,
+        );
+        assert_eq!(policy.remote_link_rights("app", "echo"), Rights::CALL);
+        assert!(policy.allows_remote("app", Operation::Register, "jobs/a"));
+        assert!(!policy.allows_remote("other", Operation::Register, "jobs/a"));
+        assert_eq!(policy.remote_link_rights("other", "public/x"), Rights::SEND);
+        assert!(policy.allows_remote_subscription("app", &NamePattern::parse("jobs/*").unwrap()));
+        assert!(!policy.allows_remote_subscription("app", &NamePattern::parse("**").unwrap()));
+        assert!(!policy.allows(subject(4000, 4000), Operation::Call, "echo"));
+        // The broker's own user's rights are not a remote node's.
+        let own = Policy::own_user_only(OWNER);
+        assert!(!own.allows_remote("app", Operation::Send, "anything"));
+        let bad = "[[allow]]\nnames=['a']\nremote_nodes=['a b']\noperations=['send']";
         assert!(Policy::from_toml(bad, OWNER).is_err());
     }
 

@@ -21,6 +21,7 @@ mod mailbox_edges;
 mod mailboxes;
 mod netns;
 mod operations;
+mod remote_attach;
 mod shm;
 mod topics;
 mod typed;

@@ -65,7 +65,11 @@ pub struct SessionConfig {
     /// every frame of each lane intact, in order, or break (QUIC: reliable streams under
     /// authenticated encryption) turns it off, so that a large message that takes longer than
     /// the timeout to cross is not sent twice. Either way a new link resends everything
-    /// unacknowledged, and silence ends the session.
+    /// unacknowledged, and silence ends the session. Without it, a message that stays
+    /// unacknowledged for [`dead_after`](Self::dead_after) on a link that otherwise works (a
+    /// peer that lost it without breaking the link) makes the session give the link up, so
+    /// that the next one resends it (see
+    /// [`Session::handle_timeout`](super::Session::handle_timeout)).
     pub retransmit_on_timeout: bool,
 }
 
@@ -98,6 +102,9 @@ impl SessionConfig {
     pub const ACK_EVERY: u32 = 16;
     /// The longest accepted timer setting; longer ones are shortened to it.
     pub const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+    /// What a data or datagram frame adds to its payload: the frame header and the stream and
+    /// message ids.
+    pub const DATA_FRAME_OVERHEAD: u32 = FRAME_OVERHEAD;
     /// The frame limit of [`datagram`](Self::datagram): IPv6's minimum MTU (1280) less the
     /// IPv6 and UDP headers (40 + 8), so that a frame never needs IP fragmentation.
     pub const DATAGRAM_FRAME_LEN: u32 = 1232;

@@ -70,3 +70,18 @@ pub enum DatagramSendError {
     #[error("the session ended: {1}")]
     Ended(Vec<u8>, SessionError),
 }
+
+/// Why [`Session::handle_best_effort`](super::Session::handle_best_effort) dropped a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BestEffortError {
+    /// No link is open or awaited (the session is down or ended).
+    #[error("no link is open")]
+    NoLink,
+    /// A frame of this kind never travels beside the link: only datagrams do.
+    #[error("a frame of kind {0:#04x} beside the link")]
+    NotADatagram(u8),
+    /// The frame names another sender or receiver than the current peer and this session.
+    #[error("the frame names other sessions")]
+    OtherSessions,
+}

@@ -48,7 +48,7 @@ mod session;
 mod stats;
 
 pub use config::SessionConfig;
-pub use error::{DatagramSendError, SendError, SessionError};
+pub use error::{BestEffortError, DatagramSendError, SendError, SessionError};
 pub use event::{Event, Lane, Transmit};
 pub use ids::{MessageId, SessionId, StreamId};
 pub use session::Session;

@@ -28,6 +28,8 @@ pub(crate) struct SendStream {
     bytes: usize,
     /// What the peer had acknowledged (delivered through) when the current link came up.
     acked_at_link_up: u64,
+    /// When an acknowledgement last moved the delivered point.
+    progress_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,7 @@ impl SendStream {
             retransmit: VecDeque::new(),
             bytes: 0,
             acked_at_link_up: 0,
+            progress_at: None,
         }
     }
 
@@ -162,6 +165,9 @@ impl SendStream {
                 }
             }
         }
+        if outcome.delivered.is_some() {
+            self.progress_at = Some(now);
+        }
         if outcome.delivered.is_some() || newly_held {
             self.forget_settled_retransmissions();
         }
@@ -227,6 +233,15 @@ impl SendStream {
             .filter(|slot| !slot.held && !slot.queued)
             .filter_map(|slot| Some(slot.sent_at? + rtt.backed_off(slot.backoff)))
             .min()
+    }
+
+    /// Since when the stream's oldest unacknowledged message has waited for its
+    /// acknowledgement on the current link: from its transmission, or from the last time an
+    /// acknowledgement moved the stream on, whichever is later. `None` when it is not in
+    /// flight (not sent on this link yet, or nothing is unacknowledged).
+    pub(crate) fn unacknowledged_since(&self) -> Option<Instant> {
+        let sent_at = self.slots.front()?.sent_at?;
+        Some(self.progress_at.map_or(sent_at, |progress| progress.max(sent_at)))
     }
 
     /// Queues for retransmission every message whose timer expired at `now`, doubling its

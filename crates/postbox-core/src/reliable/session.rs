@@ -8,7 +8,7 @@ use super::body::{Ack, Data, Heartbeat, Hello, HELLO_ENTRY_LEN, HELLO_FIXED_LEN}
 use super::config::SessionConfig;
 use super::datagram::ReplayWindow;
 use super::decoder::StreamDecoder;
-use super::error::{DatagramSendError, SendError, SessionError};
+use super::error::{BestEffortError, DatagramSendError, SendError, SessionError};
 use super::event::{Event, Lane, Transmit};
 use super::frame::{self, Frame, FrameBody, HEADER_LEN};
 use super::ids::{MessageId, SessionId, StreamId};
@@ -31,6 +31,7 @@ use crate::wire::DecodeError;
 ///   bytes read (TCP, TLS) ────────────────► handle_bytes(now, bytes)
 ///   frame decoded from a QUIC stream ─────► handle_frame(now, frame)
 ///   UDP or QUIC datagram read ────────────► handle_datagram(now, bytes)
+///   frame beside the link (UDP) ──────────► handle_best_effort(now, frame)
 ///   timer fired ──────────────────────────► handle_timeout(now)
 ///   connection lost ──────────────────────► handle_link_down(now)
 ///   write(buf) ◄── poll_transmit(now, buf) ◄┘ until None
@@ -92,6 +93,9 @@ pub struct Session {
     held_bytes: usize,
     /// Acks from the current peer for messages never sent.
     false_acks: u32,
+    /// Without timeout retransmission: how long a message may wait for its acknowledgement
+    /// on an open link before the link is given up (see [`Session::handle_timeout`]).
+    stall_bound: Duration,
     stats: SessionStats,
 }
 
@@ -120,6 +124,7 @@ impl Session {
     #[must_use]
     pub fn new(id: SessionId, config: SessionConfig, now: Instant) -> Self {
         let config = config.normalized();
+        let stall_bound = config.dead_after();
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
         let stats = SessionStats {
             state: LinkState::Down,
@@ -137,6 +142,7 @@ impl Session {
             malformed_frames: 0,
             stale_frames: 0,
             unacknowledged: 0,
+            stalled_links: 0,
         };
         Self {
             decoder: StreamDecoder::new(config.max_frame_body()),
@@ -168,6 +174,7 @@ impl Session {
             unacknowledged_bytes: 0,
             held_bytes: 0,
             false_acks: 0,
+            stall_bound,
             stats,
         }
     }
@@ -364,6 +371,38 @@ impl Session {
         }
     }
 
+    /// A frame that came on a path for best-effort datagrams only (a UDP socket beside a TCP
+    /// link), decoded by the driver: delivered if it is a [`FrameBody::Datagram`] from the
+    /// current peer to this session while a link is open or awaited. Anything else is dropped
+    /// and counted (`stale_frames` for other sessions, `malformed_frames` for another kind), so
+    /// that nothing arriving on that path can restart the peer, acknowledge, close or time the
+    /// session: only the link itself, which the driver secures, carries those.
+    ///
+    /// # Errors
+    /// Why the frame was dropped, for the driver's counters.
+    pub fn handle_best_effort(
+        &mut self,
+        now: Instant,
+        frame: Frame,
+    ) -> Result<(), BestEffortError> {
+        if !matches!(self.state, State::ExpectHello | State::Open) {
+            return Err(BestEffortError::NoLink);
+        }
+        let FrameBody::Datagram(data) = frame.body else {
+            self.stats.malformed_frames += 1;
+            return Err(BestEffortError::NotADatagram(frame.body.kind()));
+        };
+        if self.peer.is_none() || Some(frame.sender) != self.peer || frame.receiver != Some(self.id)
+        {
+            self.stats.stale_frames += 1;
+            return Err(BestEffortError::OtherSessions);
+        }
+        self.last_heard = now;
+        self.stats.frames_received += 1;
+        self.handle_datagram_frame(data);
+        Ok(())
+    }
+
     /// One frame already decoded by the driver, from one of several byte streams that carry
     /// the link together (a QUIC stream per lane, each cut into frames by its own
     /// [`StreamDecoder`]). Frames of different lanes may come in any order relative to each
@@ -385,6 +424,16 @@ impl Session {
 
     /// The time [`poll_timeout`](Self::poll_timeout) returned has come (or passed): resends
     /// what timed out, schedules heartbeats, and ends the session after too long a silence.
+    ///
+    /// With [`SessionConfig::retransmit_on_timeout`] off, nothing is resent on the same link;
+    /// as a backstop, a message that stays unacknowledged on an open link for
+    /// [`SessionConfig::dead_after`] (counted from its transmission or the last
+    /// acknowledgement on its stream, whichever is later) gives the link up: the session goes
+    /// [`LinkState::Down`], as after [`handle_link_down`](Self::handle_link_down), and counts
+    /// it in [`SessionStats::stalled_links`]. The driver must then drop the transport link
+    /// and make a new one, on which everything unacknowledged is resent. Each time this
+    /// happens the bound doubles for the rest of the session, so that a link merely slower
+    /// than the bound is given up a few times, not forever.
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.state, State::Ended(_)) {
             return;
@@ -412,6 +461,10 @@ impl Session {
                     for send in self.sends.values_mut() {
                         send.handle_timeout(now, &self.rtt);
                     }
+                } else if self.stalled_at().is_some_and(|at| now >= at) {
+                    self.stats.stalled_links += 1;
+                    self.stall_bound = self.stall_bound.saturating_mul(2);
+                    self.handle_link_down(now);
                 }
             }
             _ => {}
@@ -482,7 +535,8 @@ impl Session {
                 let sends = self.sends.values().filter(|_| self.config.retransmit_on_timeout);
                 let retransmit = sends.filter_map(|s| s.poll_timeout(&self.rtt));
                 let ack = self.ack_due.filter(|_| !self.acks_owed.is_empty());
-                retransmit.chain(self.heartbeat.next_at).chain(ack).min()
+                let stalled = self.stalled_at().filter(|_| !self.config.retransmit_on_timeout);
+                retransmit.chain(self.heartbeat.next_at).chain(ack).chain(stalled).min()
             }
         };
         next.into_iter().chain(dead_at).min()
@@ -936,6 +990,14 @@ impl Session {
     /// When silence ends the session; `None` if that lies beyond the clock's range (never).
     fn dead_at(&self) -> Option<Instant> {
         self.last_heard.checked_add(self.config.dead_after())
+    }
+
+    /// When the oldest message in flight has waited too long for its acknowledgement and the
+    /// link is given up (without timeout retransmission, see
+    /// [`handle_timeout`](Self::handle_timeout)); `None` when nothing is in flight.
+    fn stalled_at(&self) -> Option<Instant> {
+        let since = self.sends.values().filter_map(SendStream::unacknowledged_since).min()?;
+        since.checked_add(self.stall_bound)
     }
 
     fn hello_interval(&self) -> Duration {

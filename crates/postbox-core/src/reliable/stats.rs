@@ -53,4 +53,9 @@ pub struct SessionStats {
     pub stale_frames: u64,
     /// Reliable messages accepted and not yet acknowledged.
     pub unacknowledged: u64,
+    /// Links given up because a message stayed unacknowledged on them far past any
+    /// retransmission timeout while they otherwise worked (only without
+    /// [`retransmit_on_timeout`](super::SessionConfig::retransmit_on_timeout); see
+    /// [`Session::handle_timeout`](super::Session::handle_timeout)).
+    pub stalled_links: u64,
 }

@@ -1,10 +1,12 @@
-//! The byte formats: data frames on links, control messages to and from the broker.
+//! The byte formats: data frames on links, control messages to and from the broker, and the
+//! frames of a remote node's tunnel.
 //!
 //! Every decoder takes untrusted bytes and returns a value or a precise [`DecodeError`]; none
 //! panics. All integers are little-endian. The normative description is `docs/wire-format.md`.
 
 pub mod control;
 pub mod frame;
+pub mod tunnel;
 
 /// Why bytes could not be decoded. Peer bytes are untrusted: this is the normal answer to
 /// garbage, never a panic.

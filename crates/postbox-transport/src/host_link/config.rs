@@ -11,7 +11,9 @@ use postbox_core::reliable::{SessionConfig, SessionId};
 ///
 /// The session part bounds everything the peer can make this end wait for: no valid frame for
 /// [`SessionConfig::dead_after`] ends the link with `PeerDead` (a connection was up) or
-/// `Unreachable` (none was). Both ends should use the same session sizes.
+/// `Unreachable` (none was). Both ends should use the same session sizes: over QUIC, for
+/// one, a peer that leaves more than this end's `max_unacknowledged_bytes` in half-sent frames
+/// loses its connection, and `max_streams` is how many streams it may open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLinkConfig {
     /// Timers, windows and size limits of the reliable session.

@@ -109,6 +109,8 @@ fn nonce(role: Role, counter: u64) -> Nonce {
     Nonce::assume_unique_for_key(bytes)
 }
 
+/// Bytes the sealing adds to a body: the Poly1305 tag.
+pub(super) const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
 const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-postbox-host-link-datagrams";
 const PSK_LABEL: &[u8] = b"postbox-host-link-datagrams";

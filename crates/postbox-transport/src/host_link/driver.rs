@@ -82,6 +82,11 @@ impl Driver {
             }
             if core.session.poll_timeout().is_some_and(|at| at <= now) {
                 core.session.handle_timeout(now);
+                if self.connection.is_some() && core.session.state() == LinkState::Down {
+                    // The session gave the link up (without timeout retransmission, a message
+                    // went unacknowledged far too long): the next connection resends it.
+                    self.drop_connection(&mut core, LinkError::Unacknowledged, now);
+                }
             }
             self.take_transmits(&mut core, now, buf);
             if self.connection.is_none() {

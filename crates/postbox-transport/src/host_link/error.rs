@@ -73,6 +73,17 @@ pub enum LinkError {
     /// stream the link needs.
     #[error("QUIC failure, connection closed")]
     QuicProtocol,
+    /// A message went unacknowledged on a connection that otherwise worked, long past any
+    /// retransmission timeout (QUIC, which does not resend on timeout: the peer lost it
+    /// without breaking the connection); the connection was dropped and the session resends
+    /// on the next.
+    #[error("a message went unacknowledged; connection reset")]
+    Unacknowledged,
+    /// The peer left more bytes in partly sent frames, over all of a QUIC connection's
+    /// streams, than it can have unacknowledged (see `SessionConfig::max_unacknowledged_bytes`);
+    /// the connection was dropped rather than buffer more.
+    #[error("the peer sent too many partial frames; connection closed")]
+    Flooded,
     /// The operating system refused.
     #[error("{operation} failed: {kind}")]
     Os {

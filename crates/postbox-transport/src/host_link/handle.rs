@@ -382,9 +382,7 @@ impl HostLink {
         carrier: quic::Carrier,
     ) -> Result<Self, TransportError> {
         let mut config = config;
-        // Each lane's QUIC stream delivers every frame intact and in order, or the connection
-        // breaks (and the next one resends): a timeout would only send a slow message twice.
-        config.session.retransmit_on_timeout = false;
+        quic::fit_session(&mut config.session);
         let link = Self::unstarted(config, LinkSecurity::Tls(tls.clone()), None)?;
         let runner = quic::Runner::new(&link.shared, tls, carrier)?;
         let thread = spawn("postbox-host-link-quic", move || runner.run())

@@ -67,7 +67,7 @@ pub(super) fn secure(
 }
 
 /// Converts a rustls failure into the reason a connection was lost or refused.
-pub(super) fn tls_error(error: &rustls::Error) -> LinkError {
+pub(crate) fn tls_error(error: &rustls::Error) -> LinkError {
     use AuthenticationError as Auth;
     let auth =
         match error {

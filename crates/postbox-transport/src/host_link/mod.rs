@@ -44,6 +44,7 @@
 //! ├── connector.rs  dialer with backoff, acceptor
 //! ├── handshake.rs  securing a new connection: TLS handshake, pre-shared key exchange
 //! ├── udp.rs        the UDP side of a TCP link: datagrams beside the connection, probes
+//! ├── udp_window.rs which of the peer's UDP datagram numbers were taken (replays refused)
 //! ├── datagram_key.rs  the key that seals them, derived per connection (TLS exporter, PSK)
 //! ├── security.rs   LinkSecurity, TlsConfig, PreSharedKey
 //! ├── quic/         the QUIC carrier: a QUIC stream per lane (control, each session stream)
@@ -93,12 +94,13 @@ mod datagram_key;
 mod driver;
 mod error;
 mod handle;
-mod handshake;
+pub(crate) mod handshake;
 mod quic;
-mod security;
+pub(crate) mod security;
 mod shared;
 mod stats;
 mod udp;
+mod udp_window;
 
 pub use config::HostLinkConfig;
 pub use error::{AuthenticationError, LinkError, RecvError, RecvTimeoutError, TryRecvError};

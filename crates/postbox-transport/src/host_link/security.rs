@@ -51,9 +51,9 @@ pub enum LinkSecurity {
 /// other.
 #[derive(Clone)]
 pub struct TlsConfig {
-    pub(super) client: Arc<ClientConfig>,
+    pub(crate) client: Arc<ClientConfig>,
     pub(super) server: Arc<ServerConfig>,
-    pub(super) peer_name: ServerName<'static>,
+    pub(crate) peer_name: ServerName<'static>,
     /// The dialer's check of the listener's certificate (in `client`), for configurations
     /// made per connection (QUIC, `quic/crypto.rs`).
     pub(super) server_verifier: Arc<dyn ServerCertVerifier>,
@@ -247,7 +247,7 @@ impl PreSharedKey {
         Self::new(bytes.trim_ascii())
     }
 
-    pub(super) fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
@@ -323,7 +323,7 @@ impl ClientCertVerifier for PeerNameVerifier {
     }
 }
 
-fn certificates(
+pub(crate) fn certificates(
     pem: &[u8],
     what: &str,
 ) -> Result<Vec<CertificateDer<'static>>, SecurityConfigError> {
@@ -336,7 +336,10 @@ fn certificates(
     Ok(certificates)
 }
 
-fn private_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, SecurityConfigError> {
+pub(crate) fn private_key(
+    pem: &[u8],
+    what: &str,
+) -> Result<PrivateKeyDer<'static>, SecurityConfigError> {
     PrivateKeyDer::from_pem_slice(pem)
         .map_err(|_| SecurityConfigError::Pem { what: what.to_owned(), expected: "PRIVATE KEY" })
 }

@@ -18,8 +18,9 @@ pub struct HostLinkStats {
     pub connections: u64,
     /// Dial attempts that failed.
     pub connect_failures: u64,
-    /// Connections lost after they were made: reset, closed, damaged, stalled or (QUIC)
-    /// silent past the idle timeout.
+    /// Connections lost after they were made: reset, closed, damaged, stalled, given up by
+    /// the session (a message unacknowledged far too long), or (QUIC) silent past the idle
+    /// timeout, a stream stopped by the peer, or flooded with partial frames.
     pub connections_lost: u64,
     /// Connections closed during their TLS handshake or pre-shared key exchange: refused,
     /// failed or timed out (never counted in `connections`).
@@ -35,17 +36,24 @@ pub struct HostLinkStats {
     /// UDP datagrams written (TCP links with a UDP path: best-effort datagrams and the
     /// dialer's probes). Over QUIC and without a UDP path, datagrams are not counted here.
     pub datagrams_sent: u64,
-    /// UDP datagrams not written: no key or peer address yet (a listener learns the dialer's
-    /// from its first authentic datagram), or the socket refused. They are not kept.
+    /// Datagrams not sent. Over UDP: no key or peer address yet (a listener learns the dialer's
+    /// from its first authentic datagram), or the socket refused. Over QUIC: larger than the
+    /// connection's datagrams, or its datagram buffer full. They are not kept.
     pub datagrams_unsent: u64,
-    /// UDP datagrams that passed the envelope's checks (authentic, when the link is sealed)
-    /// and went to the session, which drops damaged, stale and duplicate frames among them
-    /// (`session.corrupt_frames`, `stale_frames`, `datagrams_dropped`).
+    /// UDP datagrams taken: a probe naming both sessions, or a datagram frame between them
+    /// that the session took (its duplicate window may still drop it:
+    /// `session.datagrams_dropped`).
     pub datagrams_received: u64,
-    /// UDP datagrams refused before the session: malformed, plain on a sealed link (or sealed
-    /// on a plain one), not authentic under the current connection's key, or a probe naming
-    /// other sessions.
+    /// UDP datagrams refused: longer than any the peer sends, malformed, plain on a sealed
+    /// link (or sealed on a plain one), not authentic under the current connection's key (or
+    /// opened under a key replaced meanwhile), numbered as one taken before (a replay) or
+    /// older than the window of numbers, damaged (`session.corrupt_frames`), naming other
+    /// sessions (`session.stale_frames`), or any frame but a datagram
+    /// (`session.malformed_frames`).
     pub datagrams_rejected: u64,
+    /// Of `datagrams_rejected`, those numbered as a datagram taken before or older than the
+    /// window of numbers (`udp_window.rs`): copies made on the way, or replays.
+    pub datagrams_replayed: u64,
     /// Where this end sends its UDP datagrams now: the dialer's configured address, or the
     /// address the listener learned; `None` without a UDP path or before the listener heard
     /// the dialer.
@@ -66,6 +74,7 @@ pub(super) struct ConnectionCounters {
     pub(super) datagrams_unsent: u64,
     pub(super) datagrams_received: u64,
     pub(super) datagrams_rejected: u64,
+    pub(super) datagrams_replayed: u64,
 }
 
 impl ConnectionCounters {
@@ -89,6 +98,7 @@ impl ConnectionCounters {
             datagrams_unsent: self.datagrams_unsent,
             datagrams_received: self.datagrams_received,
             datagrams_rejected: self.datagrams_rejected,
+            datagrams_replayed: self.datagrams_replayed,
             datagram_peer,
         }
     }

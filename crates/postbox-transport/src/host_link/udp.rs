@@ -14,18 +14,25 @@
 //! **Authentication.** A link secured by TLS or a pre-shared key seals every datagram with the
 //! key of its current TCP connection: a datagram that is not authentic under it (forged,
 //! damaged, meant for an earlier connection, plain) is rejected before the session sees it,
-//! and nobody else can read one. A plain TCP link's datagrams are plain too: the session
-//! accepts only frames that name its own session id and its peer's, two random 64-bit numbers
-//! that an off-path sender would have to guess; anybody on the path can read, forge or
-//! redirect them, as they can the TCP connection. Replays within a session are dropped by the
-//! session's duplicate window.
+//! and nobody else can read one. A plain TCP link's datagrams are plain too: only frames that
+//! name this session and its peer, two random 64-bit numbers that an off-path sender would
+//! have to guess, are taken; anybody on the path can read, forge or redirect them, as they can
+//! the TCP connection. In every mode the session gets nothing from UDP but datagram frames
+//! (`Session::handle_best_effort`): hellos, acks, closes and heartbeats travel on the
+//! connection only, so no UDP datagram can restart, close or steer the session. A datagram
+//! longer than the largest this link sends is dropped before anything else.
+//!
+//! **Replays.** The counter numbers every datagram an end sends. Each end remembers which of
+//! the peer's numbers it took under the current connection (`udp_window.rs`, reset with each
+//! new key): a copy, or a datagram older than that window, is rejected before the session.
 //!
 //! **Addresses.** The dialer sends from a socket of its own to a fixed address (by default the
 //! listener's TCP address and port, over UDP). The listener answers where the dialer's latest
-//! authentic datagram for the current sessions came from, so a dialer behind NAT is found; so
-//! that it learns the address even when the dialer has nothing to send, the dialer sends a
-//! probe as soon as a link opens and every heartbeat interval after. Until then the listener's
-//! datagrams are not sent (counted as `datagrams_unsent`).
+//! datagram came from: authentic (sealed) or naming both sessions (plain), and numbered above
+//! every one taken before, so that a replayed datagram cannot move it. A dialer behind NAT is
+//! found this way; so that the listener learns the address even when the dialer has nothing
+//! to send, the dialer sends a probe as soon as a link opens and every heartbeat interval
+//! after. Until then the listener's datagrams are not sent (counted as `datagrams_unsent`).
 
 use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -34,12 +41,13 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postbox_core::reliable::frame::{FrameHeader, HEADER_LEN as FRAME_HEADER_LEN};
-use postbox_core::reliable::{LinkState, SessionId};
+use postbox_core::reliable::frame::{Frame, HEADER_LEN as FRAME_HEADER_LEN};
+use postbox_core::reliable::{LinkState, SessionConfig, SessionId};
 
-use super::datagram_key::DatagramKey;
+use super::datagram_key::{DatagramKey, TAG_LEN};
 use super::driver::driver_work;
 use super::shared::{Core, Shared};
+use super::udp_window::{Arrival, CounterWindow};
 use crate::wait::{wait_readable, Wait};
 use crate::Waker;
 
@@ -66,6 +74,8 @@ pub(super) struct UdpState {
     pub(super) peer: Option<SocketAddr>,
     /// When the dialer sends its next probe.
     pub(super) next_probe: Option<Instant>,
+    /// The peer's datagram numbers taken under the current key.
+    pub(super) window: CounterWindow,
 }
 
 /// What the driver sends on UDP after a step, outside the lock.
@@ -114,6 +124,7 @@ impl UdpSide {
     /// dialer's first probe goes as soon as the link opens.
     pub(super) fn connection_up(&self, core: &mut Core, key: Option<DatagramKey>, now: Instant) {
         core.udp.key = key.map(Arc::new);
+        core.udp.window = CounterWindow::default();
         if self.target.is_some() {
             core.udp.next_probe = Some(now);
         }
@@ -187,9 +198,10 @@ impl UdpSide {
         (sent, unsent)
     }
 
-    /// Opens one datagram in place: its kind and where its body lies, or `None` when it is not
-    /// one of this link's (malformed, the wrong mode, or not authentic under `key`).
-    fn open(&self, datagram: &mut [u8], key: Option<&DatagramKey>) -> Option<(u8, Range<usize>)> {
+    /// Opens one datagram in place: its kind, its number and where its body lies, or `None`
+    /// when it is not one of this link's (malformed, the wrong mode, or not authentic under
+    /// `key`).
+    fn open(&self, datagram: &mut [u8], key: Option<&DatagramKey>) -> Option<Opened> {
         let header: [u8; ENVELOPE_LEN] = datagram.get(..ENVELOPE_LEN)?.try_into().ok()?;
         let kind = header[3];
         let valid = header[..3] == [MAGIC[0], MAGIC[1], VERSION]
@@ -199,13 +211,70 @@ impl UdpSide {
         if !valid {
             return None;
         }
-        if !self.sealed {
-            return Some((kind, ENVELOPE_LEN..datagram.len()));
-        }
         let counter = u64::from_le_bytes(header[8..16].try_into().ok()?);
+        if !self.sealed {
+            return Some(Opened { kind, counter, body: ENVELOPE_LEN..datagram.len() });
+        }
         let body = key?.open(counter, &header, &mut datagram[ENVELOPE_LEN..])?;
-        Some((kind, ENVELOPE_LEN..ENVELOPE_LEN + body.len()))
+        Some(Opened { kind, counter, body: ENVELOPE_LEN..ENVELOPE_LEN + body.len() })
     }
+
+    /// The longest datagram this link's peer sends with `config`: the envelope, a datagram
+    /// frame of the largest payload and (sealed) the tag. Probes are shorter.
+    fn max_datagram_len(&self, config: &SessionConfig) -> usize {
+        let frame = FRAME_HEADER_LEN + DATA_FIELDS + config.max_datagram_payload as usize;
+        ENVELOPE_LEN + frame + if self.sealed { TAG_LEN } else { 0 }
+    }
+
+    /// Takes one opened datagram (`body` is its plaintext) if it is new and from the peer:
+    /// a probe naming both sessions, or a datagram frame the session takes. Moves the
+    /// listener's address only for the peer's latest datagram. False when rejected.
+    fn take(
+        &self,
+        core: &mut Core,
+        now: Instant,
+        opened: &Opened,
+        body: &[u8],
+        from: SocketAddr,
+    ) -> bool {
+        let Some(arrival) = core.udp.window.check(opened.counter) else {
+            // A copy (a replay), or too old to tell from one.
+            core.counters.datagrams_replayed += 1;
+            return false;
+        };
+        let session = &mut core.session;
+        let taken = if opened.kind == KIND_PROBE {
+            let ours = session.peer().map(|peer| (Some(peer), Some(session.id())));
+            ours.is_some() && probe_sessions(body) == ours
+        } else {
+            match Frame::decode(body, session.config().max_frame_body()) {
+                // Anything but a datagram between the two sessions is refused (and counted).
+                Ok(frame) => session.handle_best_effort(now, frame).is_ok(),
+                Err(error) => {
+                    session.handle_frame_error(error);
+                    false
+                }
+            }
+        };
+        if !taken {
+            return false;
+        }
+        core.udp.window.take(opened.counter);
+        if arrival == Arrival::Latest && self.target.is_none() {
+            core.udp.peer = Some(from);
+        }
+        true
+    }
+}
+
+/// What [`UdpSide::open`] found in an envelope.
+#[derive(Debug)]
+struct Opened {
+    kind: u8,
+    /// The sender's number for the datagram.
+    counter: u64,
+    /// Where the (plaintext) body lies.
+    body: Range<usize>,
 }
 
 impl Outgoing {
@@ -218,8 +287,11 @@ impl Outgoing {
 /// Reads the link's UDP datagrams from `socket` until it stops; each one that passes the
 /// envelope's checks goes to the session, a batch at a time.
 pub(super) fn read_loop(shared: &Shared, side: &UdpSide, socket: &UdpSocket) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let longest = side.max_datagram_len(shared.lock().session.config());
+    // One byte more than the longest, so that a longer datagram shows (the rest is cut off).
+    let mut buf = vec![0u8; longest + 1];
     let mut batch: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
+    let mut too_long = 0;
     loop {
         let ready = wait_readable(&[socket.as_fd(), side.waker.as_fd()], Wait::Forever);
         side.waker.reset();
@@ -235,6 +307,8 @@ pub(super) fn read_loop(shared: &Shared, side: &UdpSide, socket: &UdpSocket) {
             let mut drained = false;
             while batch.len() < BATCH {
                 match socket.recv_from(&mut buf) {
+                    // Longer than any of the peer's: dropped before any crypto or decoding.
+                    Ok((len, _)) if len > longest => too_long += 1,
                     Ok((len, from)) => batch.push((buf[..len].to_vec(), from)),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     // Would block, or an error some systems report for an earlier send.
@@ -244,7 +318,7 @@ pub(super) fn read_loop(shared: &Shared, side: &UdpSide, socket: &UdpSocket) {
                     }
                 }
             }
-            if !hand_over(shared, side, &mut batch) || drained {
+            if !hand_over(shared, side, &mut batch, &mut too_long) || drained {
                 break;
             }
         }
@@ -252,9 +326,14 @@ pub(super) fn read_loop(shared: &Shared, side: &UdpSide, socket: &UdpSocket) {
 }
 
 /// Opens the datagrams of `batch` (outside the lock, with the current key), then gives the
-/// session what passed, passes its events on and wakes the driver if it has work. False when
-/// the link stops.
-fn hand_over(shared: &Shared, side: &UdpSide, batch: &mut Vec<(Vec<u8>, SocketAddr)>) -> bool {
+/// session what passed, passes its events on and wakes the driver if it has work; counts
+/// `too_long` (dropped unread) as rejected. False when the link stops.
+fn hand_over(
+    shared: &Shared,
+    side: &UdpSide,
+    batch: &mut Vec<(Vec<u8>, SocketAddr)>,
+    too_long: &mut u64,
+) -> bool {
     let key = shared.lock().udp.key.clone();
     let opened: Vec<_> = batch
         .iter_mut()
@@ -264,35 +343,24 @@ fn hand_over(shared: &Shared, side: &UdpSide, batch: &mut Vec<(Vec<u8>, SocketAd
     if core.stopping() {
         return false;
     }
+    core.counters.datagrams_rejected += std::mem::take(too_long);
+    // A new connection (a new key, a new window) may have come up meanwhile: what was opened
+    // with the old key belongs to the old one, and is rejected.
+    let key_current = match (&key, &core.udp.key) {
+        (Some(opened_with), Some(current)) => Arc::ptr_eq(opened_with, current),
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
     let now = Instant::now();
     for ((datagram, _), (opened, from)) in batch.iter().zip(opened) {
-        let Some((kind, body)) = opened else {
-            core.counters.datagrams_rejected += 1;
-            continue;
-        };
-        let body = &datagram[body];
-        let session = &core.session;
-        // Both sessions named, the peer's as this end knows it: `None` before its first hello.
-        let ours = session.peer().map(|peer| (Some(peer), Some(session.id())));
-        let accepted = if kind == KIND_PROBE {
-            ours.is_some() && probe_sessions(body) == ours
+        let taken = opened.filter(|_| key_current).is_some_and(|opened| {
+            let body = &datagram[opened.body.clone()];
+            side.take(&mut core, now, &opened, body, from)
+        });
+        if taken {
+            core.counters.datagrams_received += 1;
         } else {
-            let max_body = session.config().max_frame_body();
-            let named = body
-                .first_chunk::<FRAME_HEADER_LEN>()
-                .and_then(|header| FrameHeader::decode(header, max_body).ok())
-                .map(|header| (Some(header.sender), header.receiver));
-            // A damaged or stale frame is counted by the session.
-            let _ = core.session.handle_datagram(now, body);
-            ours.is_some() && named == ours
-        };
-        if kind == KIND_PROBE && !accepted {
             core.counters.datagrams_rejected += 1;
-            continue;
-        }
-        core.counters.datagrams_received += 1;
-        if accepted && side.target.is_none() {
-            core.udp.peer = Some(from);
         }
     }
     batch.clear();
@@ -329,8 +397,8 @@ const MAGIC: [u8; 2] = *b"PD";
 const VERSION: u8 = 1;
 const KIND_FRAME: u8 = 1;
 const KIND_PROBE: u8 = 2;
-/// Larger than any UDP payload.
-const MAX_DATAGRAM: usize = 65_536;
+/// A datagram frame's body before its payload: stream u32 | id u64 (docs/network.md §6).
+const DATA_FIELDS: usize = 12;
 /// Datagrams read before the session gets them (one lock for all).
 const BATCH: usize = 64;
 const RETRY: Duration = Duration::from_millis(10);
@@ -350,14 +418,15 @@ mod tests {
         let plain = side(false);
         let mut frame = envelope(KIND_FRAME, false, 7).to_vec();
         frame.extend_from_slice(b"a frame");
-        assert_eq!(plain.open(&mut frame.clone(), None), Some((KIND_FRAME, 16..23)));
+        let opened = plain.open(&mut frame.clone(), None).unwrap();
+        assert_eq!((opened.kind, opened.counter, opened.body), (KIND_FRAME, 7, 16..23));
         // Too short, another magic or version, an unknown kind, reserved bytes, sealed.
         for (index, value) in [(0, b'X'), (2, 2), (3, 9), (6, 1), (4, 1)] {
             let mut bad = frame.clone();
             bad[index] = value;
-            assert_eq!(plain.open(&mut bad, None), None, "byte {index} = {value}");
+            assert!(plain.open(&mut bad, None).is_none(), "byte {index} = {value}");
         }
-        assert_eq!(plain.open(&mut frame[..15].to_vec(), None), None);
+        assert!(plain.open(&mut frame[..15].to_vec(), None).is_none());
 
         let sealed = side(true);
         let psk = PreSharedKey::new(&[3; 32]).unwrap();
@@ -368,12 +437,21 @@ mod tests {
         theirs.seal(5, &header, &mut body);
         let mut datagram = header.to_vec();
         datagram.extend_from_slice(&body);
-        assert_eq!(sealed.open(&mut datagram.clone(), Some(&ours)), Some((KIND_PROBE, 16..32)));
+        let opened = sealed.open(&mut datagram.clone(), Some(&ours)).unwrap();
+        assert_eq!((opened.kind, opened.counter, opened.body), (KIND_PROBE, 5, 16..32));
         // Without a key, plain, or with its counter changed: refused.
-        assert_eq!(sealed.open(&mut datagram.clone(), None), None);
-        assert_eq!(sealed.open(&mut frame.clone(), Some(&ours)), None);
+        assert!(sealed.open(&mut datagram.clone(), None).is_none());
+        assert!(sealed.open(&mut frame.clone(), Some(&ours)).is_none());
         datagram[8] ^= 1;
-        assert_eq!(sealed.open(&mut datagram, Some(&ours)), None);
+        assert!(sealed.open(&mut datagram, Some(&ours)).is_none());
+    }
+
+    #[test]
+    fn the_longest_datagram_is_the_envelope_a_full_datagram_frame_and_the_tag() {
+        let config = SessionConfig { max_datagram_payload: 1100, ..SessionConfig::default() };
+        // docs/network.md §13: 16 + 32 + 12 + 1100 + 16.
+        assert_eq!(side(true).max_datagram_len(&config), 1176);
+        assert_eq!(side(false).max_datagram_len(&config), 1160);
     }
 
     #[test]

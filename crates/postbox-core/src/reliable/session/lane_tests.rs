@@ -218,3 +218,101 @@ fn without_timeout_retransmission_a_slow_message_goes_once_and_a_new_link_resend
     assert_eq!(delivered(&mut b), vec![(3, 1, vec![7; 1000])]);
     assert_eq!(a.stats().retransmissions, 1);
 }
+
+#[test]
+fn without_timeout_retransmission_a_message_lost_on_a_working_link_gives_the_link_up() {
+    let t0 = Instant::now();
+    let config = SessionConfig {
+        retransmit_on_timeout: false,
+        heartbeat_interval: ms(100),
+        missed_heartbeats: 5,
+        ..immediate_acks()
+    };
+    let bound = config.dead_after();
+    let mut a = Session::new(id(1), config.clone(), t0);
+    let mut b = Session::new(id(2), config, t0);
+    a.handle_link_up(t0);
+    b.handle_link_up(t0);
+    settle(&mut a, &mut b, t0);
+    events(&mut a);
+    events(&mut b);
+    // Stream 5's message vanishes on its way (on a lane the peer stopped reading, say);
+    // stream 6's arrives, and heartbeats keep the link alive.
+    a.send(StreamId(5), b"lost".to_vec()).unwrap();
+    a.send(StreamId(6), b"kept".to_vec()).unwrap();
+    let mut lanes = take_lanes(&mut a, t0, |_| true);
+    lanes.remove(&Lane::Stream(StreamId(5))).unwrap();
+    for bytes in lanes.values() {
+        feed(&mut b, t0, bytes);
+    }
+    assert_eq!(delivered(&mut b), vec![(6, 1, b"kept".to_vec())]);
+    let run_until_down = |a: &mut Session, b: &mut Session| {
+        let mut now = t0;
+        while a.state() == LinkState::Open {
+            now = a.poll_timeout().expect("a timer while a message is in flight");
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            settle(a, b, now);
+        }
+        now
+    };
+    let now = run_until_down(&mut a, &mut b);
+    // Given up exactly the bound after stream 5's message went out; the peer was never
+    // silent, and the other stream's message was acknowledged.
+    assert_eq!(now, t0 + bound);
+    assert_eq!((a.state(), b.state()), (LinkState::Down, LinkState::Open));
+    assert_eq!(a.stats().stalled_links, 1);
+    assert!(events(&mut a).contains(&Event::Acked { stream: StreamId(6), through: MessageId(1) }));
+    // The driver drops the link and makes a new one: the message goes again, once.
+    b.handle_link_down(now);
+    a.handle_link_up(now);
+    b.handle_link_up(now);
+    settle(&mut a, &mut b, now);
+    assert_eq!(delivered(&mut b), vec![(5, 1, b"lost".to_vec())]);
+    assert_eq!(a.stats().unacknowledged, 0);
+    // The bound doubled: a link merely slower than it is not given up forever.
+    a.send(StreamId(5), b"lost again".to_vec()).unwrap();
+    assert!(take_lanes(&mut a, now, |_| true).contains_key(&Lane::Stream(StreamId(5))));
+    let sent_at = now;
+    let now = run_until_down(&mut a, &mut b);
+    assert_eq!(now, sent_at + bound * 2);
+    assert_eq!(a.stats().stalled_links, 2);
+}
+
+#[test]
+fn an_acknowledgement_on_a_stream_restarts_its_stall_bound() {
+    let t0 = Instant::now();
+    let config = SessionConfig {
+        retransmit_on_timeout: false,
+        heartbeat_interval: ms(100),
+        missed_heartbeats: 5,
+        ..immediate_acks()
+    };
+    let bound = config.dead_after();
+    let mut a = Session::new(id(1), config.clone(), t0);
+    let mut b = Session::new(id(2), config, t0);
+    a.handle_link_up(t0);
+    b.handle_link_up(t0);
+    settle(&mut a, &mut b, t0);
+    // Two slow messages on one stream: the first arrives after most of the bound, the second
+    // as long after that. Neither gives the link up.
+    a.send(StreamId(1), b"first".to_vec()).unwrap();
+    a.send(StreamId(1), b"second".to_vec()).unwrap();
+    let lane = take_lanes(&mut a, t0, |_| true).remove(&Lane::Stream(StreamId(1))).unwrap();
+    let mut decoder = StreamDecoder::new(b.config().max_frame_body());
+    decoder.handle_bytes(&lane);
+    let first = decoder.poll_frame().unwrap().unwrap();
+    let second = decoder.poll_frame().unwrap().unwrap();
+    for (frame, at) in [(first, t0 + bound - ms(50)), (second, t0 + bound * 2 - ms(100))] {
+        while let Some(now) = a.poll_timeout().filter(|&timer| timer <= at) {
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            settle(&mut a, &mut b, now);
+        }
+        b.handle_frame(at, frame);
+        settle(&mut a, &mut b, at);
+    }
+    assert_eq!(a.state(), LinkState::Open);
+    assert_eq!((a.stats().stalled_links, a.stats().unacknowledged), (0, 0));
+    assert_eq!(delivered(&mut b).len(), 2);
+}

@@ -570,3 +570,69 @@ fn duplicates_and_arrivals_out_of_order_are_acknowledged_at_once() {
     assert_eq!(pump_counting_acks(&mut b, &mut a, t0), 1);
     assert!(events(&mut a).contains(&Event::Acked { stream: StreamId(1), through: MessageId(2) }));
 }
+
+/// Review of the datagram ports (finding 1): over a plain UDP path beside the link, one hello
+/// from a made-up sender, naming no receiver, restarted the peer (every channel dropped, the
+/// real peer locked out). Beside the link only datagrams between the two sessions count.
+#[test]
+fn beside_the_link_only_datagrams_between_the_two_sessions_are_taken() {
+    let t0 = Instant::now();
+    let (_a, mut b) = open_pair(t0);
+    let hello = Hello {
+        reply_wanted: true,
+        link: 1,
+        echo: 0,
+        first: StreamId(0),
+        last: StreamId(0),
+        delivered: Vec::new(),
+    };
+    let datagram = |sender: u64, receiver: Option<u64>, id: u64| Frame {
+        sender: self::id(sender),
+        receiver: receiver.map(self::id),
+        body: FrameBody::Datagram(Data {
+            stream: StreamId(3),
+            id: MessageId(id),
+            payload: b"telemetry".to_vec(),
+        }),
+    };
+    let refused = [
+        (Frame { sender: id(66), receiver: None, body: FrameBody::Hello(hello.clone()) }, 0),
+        (Frame { sender: id(1), receiver: Some(id(2)), body: FrameBody::Hello(hello) }, 0),
+        (Frame { sender: id(1), receiver: Some(id(2)), body: FrameBody::Close }, 0),
+        (datagram(66, Some(2), 1), 1),
+        (datagram(1, Some(66), 1), 1),
+        (datagram(1, None, 1), 1),
+    ];
+    for (frame, stale) in refused {
+        let before = b.stats();
+        let kind = frame.body.kind();
+        let result = b.handle_best_effort(t0, frame);
+        if stale == 1 {
+            assert_eq!(result, Err(BestEffortError::OtherSessions));
+            assert_eq!(b.stats().stale_frames, before.stale_frames + 1);
+        } else {
+            assert_eq!(result, Err(BestEffortError::NotADatagram(kind)));
+            assert_eq!(b.stats().malformed_frames, before.malformed_frames + 1);
+        }
+    }
+    assert!(events(&mut b).is_empty(), "nothing restarted, closed or delivered");
+    assert_eq!((b.peer(), b.state()), (Some(id(1)), LinkState::Open));
+
+    assert_eq!(b.handle_best_effort(t0, datagram(1, Some(2), 1)), Ok(()));
+    let got = events(&mut b);
+    assert_eq!(
+        got,
+        vec![Event::DatagramDelivered {
+            stream: StreamId(3),
+            id: MessageId(1),
+            payload: b"telemetry".to_vec()
+        }]
+    );
+    // A copy is dropped by the duplicate window, as over the link.
+    assert_eq!(b.handle_best_effort(t0, datagram(1, Some(2), 1)), Ok(()));
+    assert!(events(&mut b).is_empty());
+    assert_eq!(b.stats().datagrams_dropped, 1);
+
+    b.close(t0);
+    assert_eq!(b.handle_best_effort(t0, datagram(1, Some(2), 2)), Err(BestEffortError::NoLink));
+}

@@ -2,10 +2,16 @@
 //! backoff) or an accept loop with a handshake task per incoming connection. Either checks the
 //! peer's certificate inside the handshake (`crypto.rs`); the driver gets only connections
 //! that passed, or why they did not.
+//!
+//! The accept loop first makes every client prove its address (a QUIC Retry: the client must
+//! echo a token sent to the address it claims), so that packets from a forged or non-reading
+//! source never take one of the few handshake slots. Then it gives each address at most
+//! `MAX_HANDSHAKES_PER_ADDRESS` of them, so that one host cannot take all.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, TransportConfig};
@@ -32,7 +38,8 @@ pub(super) enum Arrival {
     Connected(Connection),
     /// A handshake that failed, and why.
     Failed(LinkError),
-    /// A connection attempt refused because too many handshakes were running.
+    /// A connection attempt refused because too many handshakes were running (in all, or
+    /// from its address).
     Refused,
 }
 
@@ -65,9 +72,11 @@ pub(super) async fn dial(
     }
 }
 
-/// Accepts connections on `endpoint` until it closes, each with a handshake task of its own (at
-/// most `MAX_HANDSHAKES` at once, so that slow or hostile clients cannot hold up the peer's);
-/// hands the results to the driver.
+/// Accepts connections on `endpoint` until it closes, each with a handshake task of its own;
+/// hands the results to the driver. A client whose address is not validated yet gets a Retry
+/// and takes nothing; a validated one takes a handshake slot (at most `MAX_HANDSHAKES` at
+/// once, `MAX_HANDSHAKES_PER_ADDRESS` per IP address, so that slow or hostile clients cannot
+/// hold up the peer's).
 pub(super) async fn accept_loop(
     endpoint: Endpoint,
     tls: TlsConfig,
@@ -76,8 +85,19 @@ pub(super) async fn accept_loop(
     arrivals: mpsc::UnboundedSender<Arrival>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_address = Arc::new(Mutex::new(HashMap::new()));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+        if !incoming.remote_address_validated() {
+            // The client gets a token at the address it claims and must come back with it (one
+            // round trip). An unvalidated client may always be sent a Retry, so this does not
+            // fail; were it to, the attempt is dropped like the forged one it would be.
+            let _ = incoming.retry();
+            continue;
+        }
+        let address = incoming.remote_address().ip();
+        let slot = AddressSlot::take(&per_address, address);
+        let permit = Arc::clone(&handshakes).try_acquire_owned();
+        let (Some(slot), Ok(permit)) = (slot, permit) else {
             incoming.refuse();
             if arrivals.send(Arrival::Refused).is_err() {
                 return;
@@ -87,10 +107,42 @@ pub(super) async fn accept_loop(
         let (tls, transport, arrivals) = (tls.clone(), Arc::clone(&transport), arrivals.clone());
         tokio::spawn(async move {
             let arrival = accept(incoming, &tls, &transport, connect_timeout).await;
-            drop(permit);
+            drop((permit, slot));
             // The driver is gone only when the link stops.
             let _ = arrivals.send(arrival);
         });
+    }
+}
+
+/// One of the handshake slots of an IP address; given back when dropped.
+#[derive(Debug)]
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for `address`, unless it holds `MAX_HANDSHAKES_PER_ADDRESS` already.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<Self> {
+        let mut held = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(address).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Self { counts: Arc::clone(counts), address })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.address);
+            }
+        }
     }
 }
 
@@ -122,3 +174,6 @@ async fn accept(
 
 /// Handshakes of incoming connections running at once, at most.
 const MAX_HANDSHAKES: usize = 8;
+/// Handshakes from one IP address running at once, at most. The peer dials one connection at a
+/// time; a second covers an attempt it gave up on whose handshake still runs here.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 2;

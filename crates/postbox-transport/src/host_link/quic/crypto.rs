@@ -7,6 +7,7 @@
 //! are the link's own (CA and host name, both ways, `security.rs`), wrapped so that the
 //! `rustls::Error` they return is kept in a [`Verdict`] made for that one connection.
 
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use super::super::error::{AuthenticationError, LinkError};
 use super::super::handshake::tls_error;
 use super::super::security::TlsConfig;
 use postbox_core::reliable::frame::HEADER_LEN;
+use postbox_core::reliable::SessionConfig;
 
 /// Why this end's certificate check refused the peer on one connection, if it did.
 #[derive(Debug, Default)]
@@ -86,18 +88,21 @@ pub(super) fn server_config(
 
 /// The QUIC settings of a host link, from its session's.
 ///
-/// - Streams: the peer may open one per session stream plus the control lane (`max_streams`
-///   + 2, unidirectional only); a lane's stream stays open for the connection's life.
+/// - Streams: the peer may open one per session stream plus the control lane
+///   (`max_streams + 1`, unidirectional only); a lane's stream stays open for the connection's
+///   life. Set `max_streams` to the streams the link really uses (the broker uses 64).
 /// - Windows: a stream's receive window holds at least its largest frame, so one message never
 ///   waits for window updates; the connection's window (and this end's send buffer) four of
-///   those, which bounds what a peer can make this end buffer over all its streams.
+///   those. The windows bound what waits unread in quinn, not what the readers hold: they take
+///   everything at once, and what they keep in partly received frames is bounded by
+///   [`partial_budget`].
 /// - Idle timeout: twice the heartbeat interval, at most the session's silence bound, so a
 ///   broken connection is dropped and made again before the session gives up on the peer
 ///   (the session then resumes on the new one); keep-alives at a quarter of it.
 pub(super) fn transport_config(config: &HostLinkConfig) -> TransportConfig {
     let session = &config.session;
     let mut transport = TransportConfig::default();
-    let lanes = session.max_streams.clamp(1, u32::from(u16::MAX)) + 2;
+    let lanes = session.max_streams.clamp(1, u32::from(u16::MAX)) + 1;
     transport.max_concurrent_uni_streams(VarInt::from_u32(lanes));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(0));
     let frame = u64::from(session.max_frame_body()) + HEADER_LEN as u64;
@@ -111,6 +116,29 @@ pub(super) fn transport_config(config: &HostLinkConfig) -> TransportConfig {
     transport.max_idle_timeout(Some(idle_timeout));
     transport.keep_alive_interval(Some(idle / 4));
     transport
+}
+
+/// What the readers of one connection may hold in partly received frames, over all its
+/// streams: what the peer can have sent and not had acknowledged (its payloads, each in a frame
+/// of its own with a data frame's overhead, on at most one lane per stream), plus a control
+/// frame. The peer's session is taken to have this end's sizes, as both ends should.
+pub(super) fn partial_budget(config: &HostLinkConfig) -> usize {
+    let session = &config.session;
+    let data_overhead = (SessionConfig::DATA_FRAME_OVERHEAD as usize)
+        .saturating_mul(session.max_streams.clamp(1, u32::from(u16::MAX)) as usize);
+    let control = session.max_frame_body() as usize + HEADER_LEN;
+    session.max_unacknowledged_bytes.saturating_add(data_overhead).saturating_add(control)
+}
+
+/// The session settings a QUIC link runs with: the caller's, with timeout retransmission off
+/// (each lane's QUIC stream delivers every frame intact and in order, or the connection
+/// breaks and the next one resends: a timeout would only send a slow message twice) and the
+/// datagram payload capped so that a datagram frame fits in one QUIC datagram at QUIC's
+/// smallest packet size, whatever connection ids the peer picks.
+pub(super) fn session_config(session: &mut SessionConfig) {
+    session.retransmit_on_timeout = false;
+    let fits = DATAGRAM_FRAME_LEN - SessionConfig::DATA_FRAME_OVERHEAD;
+    session.max_datagram_payload = session.max_datagram_payload.min(fits);
 }
 
 /// Why a QUIC connection failed or ended, as a [`LinkError`]. `verdict` is this end's
@@ -129,6 +157,12 @@ pub(super) fn connection_error(error: &ConnectionError, verdict: Option<&Verdict
             },
             None => LinkError::QuicProtocol,
         },
+        // The listener turned the connection away before its handshake (too many at once).
+        ConnectionError::ConnectionClosed(close)
+            if close.error_code == TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            LinkError::Connect(io::ErrorKind::ConnectionRefused)
+        }
         // The peer refused it, with a TLS alert.
         ConnectionError::ConnectionClosed(close) => match alert(close.error_code) {
             Some(received) => match tls_error(&rustls::Error::AlertReceived(received)) {
@@ -284,6 +318,11 @@ const MIN_STREAM_WINDOW: u64 = 1_250_000;
 const MAX_STREAM_WINDOW: u64 = 16 << 20;
 /// The shortest idle timeout, whatever the heartbeat.
 const MIN_IDLE: Duration = Duration::from_millis(100);
+/// The longest session frame that always fits in one QUIC datagram: QUIC's smallest packet
+/// (1200 bytes, RFC 9000 §14) less a short header with the longest connection id and packet
+/// number (1 + 20 + 4), the AEAD tag (16) and the DATAGRAM frame's type and length (quinn
+/// reserves 1 + 8, RFC 9221 §4).
+pub(super) const DATAGRAM_FRAME_LEN: u32 = 1200 - (1 + 20 + 4) - 16 - (1 + 8);
 
 #[cfg(test)]
 mod tests {
@@ -301,6 +340,15 @@ mod tests {
         assert_eq!(
             connection_error(&refused, None),
             LinkError::Authentication(AuthenticationError::RefusedByPeer)
+        );
+        let turned_away = ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: Default::default(),
+        });
+        assert_eq!(
+            connection_error(&turned_away, None),
+            LinkError::Connect(io::ErrorKind::ConnectionRefused)
         );
         assert_eq!(connection_error(&ConnectionError::TimedOut, None), LinkError::TimedOut);
         assert_eq!(connection_error(&ConnectionError::Reset, None), LinkError::Closed);
@@ -320,5 +368,35 @@ mod tests {
         config.session.missed_heartbeats = 10;
         let transport = format!("{:?}", transport_config(&config));
         assert!(transport.contains("max_idle_timeout: Some(400)"), "{transport}");
+    }
+
+    #[test]
+    fn the_peer_may_open_a_stream_per_session_stream_and_one_for_control() {
+        let mut config = HostLinkConfig::default();
+        config.session.max_streams = 64;
+        let transport = format!("{:?}", transport_config(&config));
+        assert!(transport.contains("max_concurrent_uni_streams: 65"), "{transport}");
+        assert!(transport.contains("max_concurrent_bidi_streams: 0"), "{transport}");
+    }
+
+    #[test]
+    fn partial_frames_may_hold_what_the_peer_can_have_unacknowledged() {
+        let mut config = HostLinkConfig::default();
+        config.session.max_streams = 64;
+        config.session.max_unacknowledged_bytes = 16 << 20;
+        let frame = config.session.max_frame_body() as usize + HEADER_LEN;
+        assert_eq!(partial_budget(&config), (16 << 20) + 64 * 44 + frame);
+    }
+
+    #[test]
+    fn over_quic_a_session_does_not_resend_on_timeout_and_its_datagrams_fit_in_one() {
+        let mut session = SessionConfig::default();
+        session_config(&mut session);
+        assert!(!session.retransmit_on_timeout);
+        assert_eq!(session.max_datagram_payload, 1150 - SessionConfig::DATA_FRAME_OVERHEAD);
+        // A smaller limit stays.
+        let mut small = SessionConfig { max_datagram_payload: 100, ..SessionConfig::default() };
+        session_config(&mut small);
+        assert_eq!(small.max_datagram_payload, 100);
     }
 }

@@ -10,10 +10,18 @@
 //! ```
 //!
 //! The driver waits on `Shared::driver_task` (woken as the TCP driver is), its timer, the
-//! writes in flight, and the dialer or acceptor. It never awaits while holding the lock.
+//! writes in flight, the current connection's readers, and the dialer or acceptor. It never
+//! awaits while holding the lock.
+//!
+//! A connection is dropped (and the session resumes on the next) when it breaks, a write
+//! stalls, the peer stops one of this end's lane streams or a reader panics (either would
+//! lose frames on a connection that stays up), the session gives the link up (a message
+//! unacknowledged far too long, `Session::handle_timeout`), or the peer floods the readers.
+//! Once the session ended, the driver lets the close frame leave and lingers for the peer's
+//! close; a dropped handle cuts that short at once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::pending;
+use std::future::{pending, Future};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +37,7 @@ use super::super::error::LinkError;
 use super::super::security::TlsConfig;
 use super::super::shared::{Core, Shared};
 use super::connector::{accept_loop, dial, Arrival, DialFailure};
+use super::reader::PartialBudget;
 use super::{crypto, reader};
 
 /// Which side of the pair this end is.
@@ -67,7 +76,9 @@ struct Current {
     /// stream yet (idle; its first write opens one).
     lanes: HashMap<Lane, LaneState>,
     /// The connection's readers; dropped (so stopped) with it.
-    _readers: JoinSet<()>,
+    readers: JoinSet<()>,
+    /// A watcher per open lane stream, for the peer stopping it; dropped with the connection.
+    watchers: JoinSet<()>,
 }
 
 #[derive(Debug)]
@@ -83,6 +94,8 @@ struct Written {
     lane: Lane,
     /// The stream, to write on again, and how many bytes went; or why the connection broke.
     result: Result<(SendStream, u64), LinkError>,
+    /// The write opened the lane's stream.
+    opened: bool,
 }
 
 /// Frames taken from the session in one pass, for the lanes' writes.
@@ -97,6 +110,8 @@ enum Wake {
     /// Woken, or the timer fired: look at everything again.
     LookAgain,
     Written(Result<Written, JoinError>),
+    /// A reader of the current connection ended (its connection closed, or it panicked).
+    ReaderEnded(Result<(), JoinError>),
     Dialed(Result<Result<Connection, DialFailure>, JoinError>),
     Arrived(Arrival),
 }
@@ -170,6 +185,11 @@ impl Driver {
                 }
                 if core.session.poll_timeout().is_some_and(|at| at <= now) {
                     core.session.handle_timeout(now);
+                    if self.current.is_some() && core.session.state() == LinkState::Down {
+                        // The session gave the link up: a message went unacknowledged far too
+                        // long on it. The next connection resends it.
+                        self.drop_connection(&mut core, LinkError::Unacknowledged, now);
+                    }
                 }
                 self.take_frames(&mut core, now, &mut out, &mut scratch);
                 if core.collect_events(&shared.config) {
@@ -202,6 +222,7 @@ impl Driver {
             match wake {
                 Wake::LookAgain => {}
                 Wake::Written(done) => self.written(done),
+                Wake::ReaderEnded(ended) => self.reader_ended(ended),
                 Wake::Dialed(result) => {
                     self.dialing = None;
                     self.dialed(result);
@@ -213,7 +234,7 @@ impl Driver {
 
     /// Waits for a wake-up, the session's timer, a write that finished, or a connection.
     async fn wait(&mut self, deadline: Option<Instant>) -> Wake {
-        let Self { shared, writes, dialing, arrivals, .. } = self;
+        let Self { shared, writes, dialing, arrivals, current, .. } = self;
         let timer = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -232,10 +253,17 @@ impl Driver {
                 None => pending().await,
             }
         };
+        let reader_ended = async {
+            match current {
+                Some(current) => current.readers.join_next().await,
+                None => pending().await,
+            }
+        };
         tokio::select! {
             () = shared.driver_task.notified() => Wake::LookAgain,
             () = timer => Wake::LookAgain,
             Some(done) = writes.join_next() => Wake::Written(done),
+            Some(ended) = reader_ended => Wake::ReaderEnded(ended),
             result = dialed => Wake::Dialed(result),
             Some(arrival) = arrived => Wake::Arrived(arrival),
         }
@@ -270,7 +298,6 @@ impl Driver {
                 break;
             };
             if transmit.lane == Lane::Datagram {
-                core.counters.bytes_sent += scratch.len() as u64;
                 out.datagrams.push(scratch.clone());
             } else {
                 out.lanes.entry(transmit.lane).or_default().extend_from_slice(scratch);
@@ -292,17 +319,38 @@ impl Driver {
             };
             let connection = current.connection.clone();
             let number = current.number;
+            let opened = stream.is_none();
             self.writes.spawn(async move {
                 let len = bytes.len() as u64;
                 let result = write_lane(&connection, stream, lane, &bytes, stall).await;
-                Written { number, lane, result: result.map(|stream| (stream, len)) }
+                Written { number, lane, result: result.map(|stream| (stream, len)), opened }
             });
         }
-        for datagram in out.datagrams {
-            // Best effort: one the connection cannot take now (too large, buffer full) is
-            // dropped, as a lost one would be.
-            let _ = current.connection.send_datagram(Bytes::from(datagram));
+        if out.datagrams.is_empty() {
+            return;
         }
+        let (mut sent_bytes, mut unsent) = (0, 0);
+        for datagram in out.datagrams {
+            // Best effort: one the connection cannot take now (larger than its datagrams, or
+            // no room without pushing out an older one) is dropped, as a lost one would be,
+            // and counted. The session's payload limit keeps every datagram within QUIC's
+            // smallest (`crypto::session_config`).
+            let connection = &current.connection;
+            let len = datagram.len();
+            let fits = datagram_fits(
+                len,
+                connection.max_datagram_size(),
+                connection.datagram_send_buffer_space(),
+            );
+            if fits && connection.send_datagram(Bytes::from(datagram)).is_ok() {
+                sent_bytes += len as u64;
+            } else {
+                unsent += 1;
+            }
+        }
+        let mut core = self.shared.lock();
+        core.counters.bytes_sent += sent_bytes;
+        core.counters.datagrams_unsent += unsent;
     }
 
     /// A lane's write finished: the lane is idle again, or its connection is broken.
@@ -325,9 +373,23 @@ impl Driver {
         match done.result {
             Ok((stream, len)) => {
                 core.counters.bytes_sent += len;
+                if done.opened {
+                    let watch =
+                        reader::watch_lane(Arc::clone(&shared), done.number, stream.stopped());
+                    current.watchers.spawn(watch);
+                }
                 current.lanes.insert(done.lane, LaneState::Idle(stream));
             }
             Err(error) => core.report_broken(done.number, error),
+        }
+    }
+
+    /// A reader of the current connection ended. One that panicked left frames of the peer
+    /// unread on a connection that stays up: make the connection again.
+    fn reader_ended(&mut self, ended: Result<(), JoinError>) {
+        let Some(current) = &self.current else { return };
+        if ended.is_err_and(|error| error.is_panic()) {
+            self.shared.lock().report_broken(current.number, LinkError::QuicProtocol);
         }
     }
 
@@ -397,9 +459,10 @@ impl Driver {
         core.connection += 1;
         let number = core.connection;
         let max_body = core.session.config().max_frame_body();
-        let readers = reader::spawn(&self.shared, &connection, number, max_body);
-        self.current =
-            Some(Current { connection, number, lanes: HashMap::new(), _readers: readers });
+        let budget = Arc::new(PartialBudget::new(crypto::partial_budget(&self.shared.config)));
+        let readers = reader::spawn(&self.shared, &connection, number, max_body, budget);
+        let (lanes, watchers) = (HashMap::new(), JoinSet::new());
+        self.current = Some(Current { connection, number, lanes, readers, watchers });
         core.session.handle_link_up(now);
     }
 
@@ -414,36 +477,71 @@ impl Driver {
     }
 
     /// Ends the link: after a session end, lets the close frame leave and waits (briefly) for
-    /// the peer to close the connection in turn; then marks the link finished.
+    /// the peer to close the connection in turn, unless the handle is dropped meanwhile; then
+    /// marks the link finished.
     async fn finish(mut self, exit: Exit) {
         let aborted = exit == Exit::Aborted || self.shared.lock().aborted;
         if let (false, Some(current)) = (aborted, self.current.take()) {
-            if self.close_sent {
-                // The close frame is the control lane's last write: once it is written and the
-                // peer's QUIC acknowledged the stream, the peer's session ends with it and its
-                // link closes the connection. Closing first could discard the frame unread.
-                let control_written = async {
-                    while let Some(done) = self.writes.join_next().await {
-                        let Ok(done) = done else { continue };
-                        if done.lane == Lane::Control && done.number == current.number {
-                            if let Ok((mut stream, _)) = done.result {
-                                if stream.finish().is_ok() {
-                                    let _ = stream.stopped().await;
-                                }
-                            }
-                            return;
-                        }
-                    }
-                };
-                let _ = timeout(self.shared.config.stall_timeout, control_written).await;
-                let _ = timeout(CLOSE_LINGER, current.connection.closed()).await;
-            }
-            current.connection.close(CODE_CLOSED, b"session ended");
-            // The connection's close goes out before the runtime stops.
-            let _ = timeout(CLOSE_LINGER, self.endpoint.wait_idle()).await;
+            let shared = Arc::clone(&self.shared);
+            until_aborted(&shared, self.close_politely(current)).await;
         }
         mark_finished(&self.shared);
     }
+
+    /// Lets the close frame (if one was taken) leave, waits for the peer to close the
+    /// connection in turn, closes it and waits for that to go out: each wait bounded by the
+    /// stall timeout or `CLOSE_LINGER`.
+    async fn close_politely(&mut self, current: Current) {
+        if self.close_sent {
+            // The close frame is the control lane's last write: once it is written and the
+            // peer's QUIC acknowledged the stream, the peer's session ends with it and its
+            // link closes the connection. Closing first could discard the frame unread.
+            let control_written = async {
+                while let Some(done) = self.writes.join_next().await {
+                    let Ok(done) = done else { continue };
+                    if done.lane == Lane::Control && done.number == current.number {
+                        if let Ok((mut stream, _)) = done.result {
+                            if stream.finish().is_ok() {
+                                let _ = stream.stopped().await;
+                            }
+                        }
+                        return;
+                    }
+                }
+            };
+            let _ = timeout(self.shared.config.stall_timeout, control_written).await;
+            let _ = timeout(CLOSE_LINGER, current.connection.closed()).await;
+        }
+        current.connection.close(CODE_CLOSED, b"session ended");
+        // The connection's close goes out before the runtime stops.
+        let _ = timeout(CLOSE_LINGER, self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Runs `work` to its end, or until the handle is dropped: then it is cut short, so that the
+/// drop (which joins the link's thread) waits for no linger, whatever the stall timeout.
+async fn until_aborted(shared: &Shared, work: impl Future<Output = ()>) {
+    let aborted = async {
+        loop {
+            // Made before the check: an abort after it leaves a permit that wakes this wait.
+            let notified = shared.driver_task.notified();
+            if shared.lock().aborted {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = aborted => {}
+    }
+}
+
+/// Whether a datagram of `len` bytes can go on a connection whose datagrams carry at most
+/// `max_size` bytes (`None`: the peer takes none) and whose datagram buffer has
+/// `buffer_space` bytes free (quinn would push out older datagrams to make room).
+fn datagram_fits(len: usize, max_size: Option<usize>, buffer_space: usize) -> bool {
+    max_size.is_some_and(|max| len <= max) && len <= buffer_space
 }
 
 /// Closes the session if it has not ended (the handle was dropped) and tells every waiter
@@ -503,3 +601,16 @@ const CLOSE_LINGER: Duration = Duration::from_millis(250);
 /// Application close codes: the session ended; the connection was dropped or replaced.
 const CODE_CLOSED: VarInt = VarInt::from_u32(0);
 const CODE_DROPPED: VarInt = VarInt::from_u32(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_goes_only_if_the_connection_carries_it_without_dropping_another() {
+        assert!(datagram_fits(1150, Some(1150), 1 << 20));
+        assert!(!datagram_fits(1151, Some(1150), 1 << 20), "larger than a QUIC datagram");
+        assert!(!datagram_fits(10, None, 1 << 20), "the peer takes no datagrams");
+        assert!(!datagram_fits(1000, Some(1150), 999), "would push out an older one");
+    }
+}

@@ -1,7 +1,14 @@
 //! The readers of one QUIC connection: a task per incoming QUIC stream, each cutting its bytes
 //! into frames with a decoder of its own (outside the lock), and a task for datagrams. What
-//! they read goes straight to the session; the driver is woken only when it has work.
+//! they read goes straight to the session; the driver is woken only when it has work. Also the
+//! watchers of this end's lane streams, which break the connection when the peer stops one.
+//!
+//! The decoders of one connection share a budget of partly received bytes
+//! ([`PartialBudget`]): the peer cannot have more unacknowledged, so a peer that leaves more
+//! in half-sent frames is not following the protocol, and its connection is dropped.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,50 +16,112 @@ use postbox_core::reliable::decoder::StreamDecoder;
 use postbox_core::reliable::frame::Frame;
 use postbox_core::reliable::{LinkState, Session};
 use postbox_core::wire::DecodeError;
-use quinn::{Connection, ReadError, RecvStream};
+use quinn::{Connection, ReadError, RecvStream, StoppedError, VarInt};
 use tokio::task::JoinSet;
 
 use super::super::error::LinkError;
 use super::super::shared::{Core, Shared};
 use super::crypto;
 
-/// Starts the readers of connection `number`; dropping the set stops them.
+/// What the readers of one connection may hold in partly received frames, over all its
+/// streams, and what they hold now.
+#[derive(Debug)]
+pub(super) struct PartialBudget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl PartialBudget {
+    /// A budget of `limit` bytes, none held.
+    pub(super) fn new(limit: usize) -> Self {
+        Self { limit, held: AtomicUsize::new(0) }
+    }
+}
+
+/// Starts the readers of connection `number`, whose decoders share `budget`; dropping the set
+/// stops them. A reader that panics breaks the connection (see [`accept_lanes`]).
 pub(super) fn spawn(
     shared: &Arc<Shared>,
     connection: &Connection,
     number: u64,
     max_body: u32,
+    budget: Arc<PartialBudget>,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    tasks.spawn(accept_lanes(Arc::clone(shared), connection.clone(), number, max_body));
+    let lanes = accept_lanes(Arc::clone(shared), connection.clone(), number, max_body, budget);
+    tasks.spawn(lanes);
     tasks.spawn(read_datagrams(Arc::clone(shared), connection.clone(), number));
     tasks
 }
 
+/// Watches one of this end's lane streams of connection `number` (`stopped` is its
+/// [`quinn::SendStream::stopped`]): a peer that stops it (STOP_SENDING) will never read what
+/// was written after its last frame, nor what comes next, so the connection is broken and the
+/// session resends everything unacknowledged on the next one. Without this, a message written
+/// last on a stream the peer stopped would wait for an acknowledgement on a live connection
+/// forever.
+pub(super) async fn watch_lane(
+    shared: Arc<Shared>,
+    number: u64,
+    stopped: impl Future<Output = Result<Option<VarInt>, StoppedError>>,
+) {
+    // `None`: this end finished the stream and the peer read it all (a polite close). An
+    // error: the connection is gone, which its readers report.
+    if let Ok(Some(_code)) = stopped.await {
+        report_broken(&shared, number, LinkError::QuicProtocol);
+    }
+}
+
+/// Records that connection `number` broke, unless it is no longer the current one, and wakes
+/// the driver.
+pub(super) fn report_broken(shared: &Shared, number: u64, error: LinkError) {
+    hand_over(shared, number, 0, |_, _| {}, Some(error));
+}
+
 /// Takes the peer's lane streams as it opens them, a reader each, until the connection ends;
 /// reports why it ended.
-async fn accept_lanes(shared: Arc<Shared>, connection: Connection, number: u64, max_body: u32) {
+async fn accept_lanes(
+    shared: Arc<Shared>,
+    connection: Connection,
+    number: u64,
+    max_body: u32,
+    budget: Arc<PartialBudget>,
+) {
     let mut lanes = JoinSet::new();
     loop {
         tokio::select! {
             accepted = connection.accept_uni() => match accepted {
                 Ok(stream) => {
-                    lanes.spawn(read_lane(Arc::clone(&shared), stream, number, max_body));
+                    let partial = Partial { budget: Arc::clone(&budget), held: 0 };
+                    lanes.spawn(read_lane(Arc::clone(&shared), stream, number, max_body, partial));
                 }
                 Err(error) => {
                     let error = crypto::connection_error(&error, None);
-                    hand_over(&shared, number, 0, |_, _| {}, Some(error));
+                    report_broken(&shared, number, error);
                     return;
                 }
             },
-            // Reaps the readers of lanes that ended.
-            Some(_) = lanes.join_next() => {}
+            // Reaps the readers of lanes that ended. One that panicked dropped its stream
+            // (which stops it), so the peer's frames on that lane would be lost on a
+            // connection that stays up: break it, as for a stream the peer stopped.
+            Some(joined) = lanes.join_next() => {
+                if joined.is_err_and(|error| error.is_panic()) {
+                    report_broken(&shared, number, LinkError::QuicProtocol);
+                    return;
+                }
+            }
         }
     }
 }
 
 /// Reads one lane's stream: cuts it into frames and hands them to the session.
-async fn read_lane(shared: Arc<Shared>, mut stream: RecvStream, number: u64, max_body: u32) {
+async fn read_lane(
+    shared: Arc<Shared>,
+    mut stream: RecvStream,
+    number: u64,
+    max_body: u32,
+    mut partial: Partial,
+) {
     let mut decoder = StreamDecoder::new(max_body);
     let mut frames = Vec::new();
     loop {
@@ -78,6 +147,9 @@ async fn read_lane(shared: Arc<Shared>, mut stream: RecvStream, number: u64, max
                     }
                 }
             }
+        }
+        if !partial.hold(decoder.buffered()) {
+            broken = broken.or(Some(LinkError::Flooded));
         }
         let done = broken.is_some();
         let current = hand_over(
@@ -105,6 +177,35 @@ async fn read_datagrams(shared: Arc<Shared>, connection: Connection, number: u64
         if !hand_over(&shared, number, datagram.len(), handle, None) {
             return;
         }
+    }
+}
+
+/// One reader's share of its connection's [`PartialBudget`]; given back when dropped.
+#[derive(Debug)]
+struct Partial {
+    budget: Arc<PartialBudget>,
+    held: usize,
+}
+
+impl Partial {
+    /// Records that this reader's decoder now holds `bytes` of a partly received frame; false
+    /// when that takes the connection's readers over their budget.
+    fn hold(&mut self, bytes: usize) -> bool {
+        let total = if bytes >= self.held {
+            let more = bytes - self.held;
+            self.budget.held.fetch_add(more, Ordering::Relaxed) + more
+        } else {
+            let less = self.held - bytes;
+            self.budget.held.fetch_sub(less, Ordering::Relaxed) - less
+        };
+        self.held = bytes;
+        total <= self.budget.limit
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
 

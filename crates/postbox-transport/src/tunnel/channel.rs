@@ -1,0 +1,273 @@
+//! One link a tunnel relays: its local socket, the bytes from the other end waiting for that
+//! socket, and the credit each way.
+//!
+//! Credit keeps one slow reader from holding up the tunnel: a sender sends at most the
+//! window's worth of bytes the receiver has not yet passed on, so the receiver never holds
+//! more than that for one channel, and never has to stop reading the connection for it.
+//!
+//! Each direction ends on its own, as a socketpair's do. The writer's end of stream (the local
+//! socket read its end, or failed) travels as `Eof`; the local reader shuts the socket's
+//! sending side once everything before it is written. A reader that went away (writing to the
+//! local socket fails) travels as `Reset`: the other end stops reading its local socket, shuts
+//! its receiving side (so the writer there hears that nobody reads, as it would locally), and
+//! ends its direction with `Eof`. A channel is forgotten once both directions ended.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+
+use super::error::TunnelError;
+use crate::wait::{wait_ready, Interest, Wait};
+
+/// A relayed link's state at one end of the tunnel.
+#[derive(Debug)]
+pub(super) struct Channel {
+    socket: UnixStream,
+    /// Bytes from the other end, in order, not yet written to the socket.
+    inbound: VecDeque<Vec<u8>>,
+    /// How much of `inbound`'s first piece was written already.
+    written_of_front: usize,
+    inbound_len: usize,
+    /// Bytes of this end's stream the other end may still be sent.
+    send_credit: u32,
+    /// Bytes written to the socket (or dropped) and not yet credited to the other end.
+    unreported: u32,
+    /// This end's direction is over (the socket's stream ended, or the other end's reader
+    /// went away) and the other end was told with `Eof`.
+    sent_eof: bool,
+    /// The other end's reader went away: what this end sent may not have been passed on.
+    refused: bool,
+    /// The other end's direction is over: once `inbound` is written, the socket's sending
+    /// side is shut down. Everything it sent was credited back at once (no more will come).
+    peer_eof: bool,
+    /// The local reader went away: what the other end sends is dropped (and credited).
+    reader_gone: bool,
+    write_shut: bool,
+}
+
+/// What reading the local socket gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LocalRead {
+    /// Bytes, this many.
+    Bytes(usize),
+    /// Nothing now.
+    WouldBlock,
+    /// The local stream ended (the link's end was closed or shut down, or failed): the other
+    /// end is to be told.
+    End,
+}
+
+impl Channel {
+    /// A channel over `socket`, with the full window of credit.
+    pub(super) fn new(socket: UnixStream, window: u32) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket,
+            inbound: VecDeque::new(),
+            written_of_front: 0,
+            inbound_len: 0,
+            send_credit: window,
+            unreported: 0,
+            sent_eof: false,
+            refused: false,
+            peer_eof: false,
+            reader_gone: false,
+            write_shut: false,
+        })
+    }
+
+    /// Takes bytes the other end sent; returns credit to give back at once when they were
+    /// dropped (the local reader went away).
+    pub(super) fn handle_data(
+        &mut self,
+        bytes: Vec<u8>,
+        window: u32,
+    ) -> Result<Option<u32>, TunnelError> {
+        if self.peer_eof {
+            return Err(TunnelError::Protocol("data after the end of a channel's stream"));
+        }
+        let held = self.inbound_len + self.unreported as usize + bytes.len();
+        if held > window as usize {
+            return Err(TunnelError::Protocol("data beyond the credit given"));
+        }
+        if self.reader_gone {
+            // At most the window (a u32), checked above.
+            return Ok(Some(bytes.len() as u32));
+        }
+        self.inbound_len += bytes.len();
+        self.inbound.push_back(bytes);
+        Ok(None)
+    }
+
+    /// Takes credit the other end returned.
+    pub(super) fn handle_credit(&mut self, bytes: u32, window: u32) -> Result<(), TunnelError> {
+        self.send_credit = self
+            .send_credit
+            .checked_add(bytes)
+            .filter(|credit| *credit <= window)
+            .ok_or(TunnelError::Protocol("credit beyond the window"))?;
+        Ok(())
+    }
+
+    /// Notes that the other end's direction is over; returns the credit for everything it
+    /// sent that was not credited yet. The sender learns that all its bytes arrived (it may
+    /// be waiting for that before its process exits); flow control no longer matters, since
+    /// nothing more will come.
+    pub(super) fn handle_eof(&mut self) -> Option<u32> {
+        self.peer_eof = true;
+        // At most the window (a u32) is ever held.
+        let all = self.unreported + self.inbound_len as u32;
+        self.unreported = 0;
+        (all > 0).then_some(all)
+    }
+
+    /// Notes that the other end's reader went away: this end stops reading its socket and
+    /// shuts its receiving side, so the local writer learns it. Returns true when the other end
+    /// is to be told that this direction is over (`Eof`).
+    pub(super) fn handle_reset(&mut self) -> bool {
+        self.refused = true;
+        if self.sent_eof {
+            return false;
+        }
+        let _ = self.socket.shutdown(Shutdown::Read);
+        self.sent_eof = true;
+        true
+    }
+
+    /// Writes what waits to the socket, as far as it takes it; says when the local reader
+    /// just went away (what waited is then dropped).
+    pub(super) fn write_local(&mut self) -> WriteOutcome {
+        while let Some(front) = self.inbound.front() {
+            match self.socket.write(&front[self.written_of_front..]) {
+                Ok(n) => {
+                    self.written_of_front += n;
+                    self.inbound_len -= n;
+                    if !self.peer_eof {
+                        // At most the window (a u32) is ever held.
+                        self.unreported += n as u32;
+                    }
+                    if self.written_of_front == front.len() {
+                        self.inbound.pop_front();
+                        self.written_of_front = 0;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // Nobody reads here any more: drop what waits, and credit it so that the
+                    // other end never stalls on bytes nobody will take.
+                    let dropped = if self.peer_eof { 0 } else { self.inbound_len as u32 };
+                    self.inbound.clear();
+                    self.written_of_front = 0;
+                    self.inbound_len = 0;
+                    self.reader_gone = true;
+                    return WriteOutcome::ReaderGone { dropped };
+                }
+            }
+        }
+        if self.inbound.is_empty() && self.peer_eof && !self.write_shut {
+            // The local reader sees the end of the stream, as it would the peer's close.
+            let _ = self.socket.shutdown(Shutdown::Write);
+            self.write_shut = true;
+        }
+        WriteOutcome::Written
+    }
+
+    /// The credit to return to the other end, once enough was passed on to be worth a frame.
+    pub(super) fn take_credit_report(&mut self, window: u32) -> Option<u32> {
+        if self.unreported >= (window / 4).max(1) {
+            Some(std::mem::take(&mut self.unreported))
+        } else {
+            None
+        }
+    }
+
+    /// Reads from the socket into `buf`, at most the credit left.
+    pub(super) fn read_local(&mut self, buf: &mut [u8]) -> LocalRead {
+        let room = buf.len().min(self.send_credit as usize);
+        if room == 0 || self.sent_eof {
+            return LocalRead::WouldBlock;
+        }
+        loop {
+            match self.socket.read(&mut buf[..room]) {
+                Ok(n) if n > 0 => {
+                    // `n <= room <= send_credit`.
+                    self.send_credit -= n as u32;
+                    return LocalRead::Bytes(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return LocalRead::WouldBlock,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // The end of the stream; or a reset, which a Unix socket reports (after all
+                // that was written) when its peer closed with bytes of its own unread: the
+                // writer is done either way, and everything it wrote was read.
+                _ => {
+                    self.sent_eof = true;
+                    return LocalRead::End;
+                }
+            }
+        }
+    }
+
+    /// True when the socket is worth polling for reading: its stream goes on, and the other
+    /// end gave credit.
+    pub(super) fn wants_read(&self) -> bool {
+        !self.sent_eof && self.send_credit > 0
+    }
+
+    /// True when bytes wait for the socket.
+    pub(super) fn wants_write(&self) -> bool {
+        !self.inbound.is_empty()
+    }
+
+    /// Bytes from the other end waiting for the socket.
+    pub(super) fn inbound_len(&self) -> usize {
+        self.inbound_len
+    }
+
+    /// True when this end's direction is over (and the other end was told).
+    pub(super) fn has_ended_locally(&self) -> bool {
+        self.sent_eof
+    }
+
+    /// True when the other end took everything this end sent: its credit is back in full,
+    /// or its reader went away (and nothing could be passed on).
+    pub(super) fn is_acknowledged(&self, window: u32) -> bool {
+        self.send_credit == window || self.refused
+    }
+
+    /// True when the local socket has bytes (or its end) waiting to be read now.
+    pub(super) fn is_readable_now(&self) -> bool {
+        wait_ready(&[(self.socket.as_fd(), Interest::READ)], Wait::NonBlocking)
+            .map_or(true, |ready| !ready.is_empty())
+    }
+
+    /// True when both directions are over: nothing more can pass either way.
+    pub(super) fn is_done(&self) -> bool {
+        self.sent_eof && self.peer_eof && self.inbound.is_empty()
+    }
+
+    /// True when everything from the other end was written (or there was nothing).
+    pub(super) fn is_drained(&self) -> bool {
+        self.inbound.is_empty()
+    }
+
+    /// The descriptor to poll.
+    pub(super) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+/// What writing to the local socket gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteOutcome {
+    /// What the socket took is written; the rest waits.
+    Written,
+    /// The local reader went away: what waited was dropped, `dropped` bytes of it not yet
+    /// credited. The other end is to be told (`Reset`).
+    ReaderGone {
+        /// Bytes to credit back.
+        dropped: u32,
+    },
+}
