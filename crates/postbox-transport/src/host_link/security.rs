@@ -118,17 +118,8 @@ impl TlsConfig {
         ca: &Path,
         peer_name: &str,
     ) -> Result<Self, SecurityConfigError> {
-        let read = |path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| SecurityConfigError::Read { path: path.to_owned(), kind: e.kind() })
-        };
-        let named = |path: &Path| path.display().to_string();
-        Self::build(
-            certificates(&read(cert)?, &named(cert))?,
-            private_key(&read(key)?, &named(key))?,
-            certificates(&read(ca)?, &named(ca))?,
-            peer_name,
-        )
+        let (chain, key, ca) = read_pem_files(cert, key, ca)?;
+        Self::build(chain, key, ca, peer_name)
     }
 
     /// TLS settings from PEM text held in memory; as [`from_pem_files`](Self::from_pem_files).
@@ -321,6 +312,28 @@ impl ClientCertVerifier for PeerNameVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// A certificate chain (leaf first), its private key and CA certificates, read from the PEM
+/// files `cert`, `key` and `ca` in that order; an error names the file.
+pub(crate) fn read_pem_files(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<
+    (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, Vec<CertificateDer<'static>>),
+    SecurityConfigError,
+> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| SecurityConfigError::Read { path: path.to_owned(), kind: e.kind() })
+    };
+    let named = |path: &Path| path.display().to_string();
+    Ok((
+        certificates(&read(cert)?, &named(cert))?,
+        private_key(&read(key)?, &named(key))?,
+        certificates(&read(ca)?, &named(ca))?,
+    ))
 }
 
 pub(crate) fn certificates(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::host_link::security::{certificates, private_key};
+use crate::host_link::security::{certificates, private_key, read_pem_files};
 use crate::host_link::{PreSharedKey, SecurityConfigError, TlsConfig};
 
 /// What a node presents to a remote broker ([`dial`](super::dial)).
@@ -89,16 +89,8 @@ impl NodeTlsConfig {
     /// # Errors
     /// [`SecurityConfigError`] when a file cannot be read or parsed, or rustls refuses it.
     pub fn from_pem_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, SecurityConfigError> {
-        let read = |path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| SecurityConfigError::Read { path: path.to_owned(), kind: e.kind() })
-        };
-        let named = |path: &Path| path.display().to_string();
-        Self::build(
-            certificates(&read(cert)?, &named(cert))?,
-            private_key(&read(key)?, &named(key))?,
-            certificates(&read(ca)?, &named(ca))?,
-        )
+        let (chain, key, ca) = read_pem_files(cert, key, ca)?;
+        Self::build(chain, key, ca)
     }
 
     /// TLS settings from PEM text held in memory; as [`from_pem_files`](Self::from_pem_files).
