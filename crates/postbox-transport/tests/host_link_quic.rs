@@ -14,15 +14,21 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use postbox_test::{Authority, DatagramFaults, DatagramProxy, Identity};
+use postbox_test::{Authority, DatagramFaults, DatagramProxy};
 use postbox_transport::host_link::{
-    AuthenticationError, Event, HostLink, HostLinkConfig, HostLinkStats, LinkError, MessageId,
-    SessionConfig, SessionError, StreamId, TlsConfig, TryRecvError,
+    AuthenticationError, Event, HostLink, HostLinkConfig, LinkError, MessageId, SessionConfig,
+    SessionError, StreamId, TlsConfig,
 };
 
 #[path = "support/watchdog.rs"]
 mod watchdog;
 use watchdog::with_watchdog;
+#[path = "support/tls.rs"]
+mod tls;
+use tls::tls_config;
+#[path = "support/traffic.rs"]
+mod traffic;
+use traffic::{assert_never_opened, wait_stats, Traffic};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -47,17 +53,6 @@ fn config() -> HostLinkConfig {
     }
 }
 
-/// TLS settings for a host holding `identity`, trusting `ca`, talking to `peer`.
-fn tls(identity: &Identity, ca: &Authority, peer: &str) -> TlsConfig {
-    TlsConfig::from_pem(
-        identity.cert.as_bytes(),
-        identity.key.as_bytes(),
-        ca.pem().as_bytes(),
-        peer,
-    )
-    .unwrap()
-}
-
 /// Host b listening on a fresh loopback UDP port for host a, and that port.
 fn listen_on_loopback(tls: TlsConfig) -> (HostLink, SocketAddr) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -69,8 +64,8 @@ fn listen_on_loopback(tls: TlsConfig) -> (HostLink, SocketAddr) {
 fn pair_via(via: impl FnOnce(SocketAddr) -> SocketAddr) -> (HostLink, HostLink) {
     let ca = Authority::new("postbox test CA");
     let (a, b) = (ca.issue("a"), ca.issue("b"));
-    let (listening, addr) = listen_on_loopback(tls(&b, &ca, "a"));
-    let dialing = HostLink::dial_quic(via(addr), tls(&a, &ca, "b"), config()).unwrap();
+    let (listening, addr) = listen_on_loopback(tls_config(&b, &ca, "a"));
+    let dialing = HostLink::dial_quic(via(addr), tls_config(&a, &ca, "b"), config()).unwrap();
     (listening, dialing)
 }
 
@@ -79,59 +74,12 @@ fn next_event(link: &HostLink) -> Event {
         .unwrap_or_else(|e| panic!("no event: {e}; {:?}", link.stats()))
 }
 
-/// Waits (polling; the test's watchdog bounds it) until `done` holds for the link's stats.
-fn wait_stats(link: &HostLink, done: impl Fn(&HostLinkStats) -> bool) -> HostLinkStats {
-    loop {
-        let stats = link.stats();
-        if done(&stats) {
-            return stats;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn payload(from: u8, stream: u32, id: u64) -> Vec<u8> {
     let mut out = vec![from];
     out.extend_from_slice(&stream.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
     out.resize(out.len() + (id % 300) as usize, from);
     out
-}
-
-/// Sends `ids` on every stream.
-fn send_range(link: &HostLink, tag: u8, ids: std::ops::RangeInclusive<u64>) {
-    for id in ids {
-        for stream in 0..STREAMS {
-            let sent = link.send(StreamId(stream), payload(tag, stream, id));
-            assert_eq!(sent, Ok(MessageId(id)), "ids are consecutive per stream");
-        }
-    }
-}
-
-/// Receives until messages `..=through` from the peer arrived (exactly once, in order,
-/// intact; later ones may come too, the peer does not wait) and this side's `..=through` are
-/// acknowledged.
-fn receive_through(link: &HostLink, peer_tag: u8, through: u64, next: &mut BTreeMap<u32, u64>) {
-    let mut acked: BTreeMap<u32, u64> = (0..STREAMS).map(|s| (s, 0)).collect();
-    let done = |next: &BTreeMap<u32, u64>, acked: &BTreeMap<u32, u64>| {
-        next.values().all(|&n| n > through) && acked.values().all(|&a| a >= through)
-    };
-    while !done(next, &acked) {
-        match next_event(link) {
-            Event::Delivered { stream, id, payload: bytes } => {
-                let expected = next.get_mut(&stream.0).expect("a stream this test uses");
-                assert_eq!(id, MessageId(*expected), "in order, no gap, no duplicate");
-                assert_eq!(bytes, payload(peer_tag, stream.0, id.0), "intact payload");
-                *expected += 1;
-            }
-            Event::Acked { stream, through: id } => {
-                let entry = acked.get_mut(&stream.0).expect("a stream this test uses");
-                *entry = (*entry).max(id.0);
-            }
-            Event::LinkOpen { .. } => {}
-            other => panic!("unexpected event: {other:?}"),
-        }
-    }
 }
 
 /// Both links exchange `PER_STREAM` messages per stream each way; `midway` runs once the
@@ -143,13 +91,13 @@ fn exchange(listening: HostLink, dialing: HostLink, midway: impl FnOnce()) -> [H
         let link = Arc::clone(link);
         thread::spawn(move || {
             let mut next: BTreeMap<u32, u64> = (0..STREAMS).map(|s| (s, 1)).collect();
-            send_range(&link, tag, 1..=half);
-            receive_through(&link, peer, half, &mut next);
+            TRAFFIC.send_range(&link, tag, 1..=half);
+            TRAFFIC.receive_through(&link, peer, half, &mut next);
             if let Some(signal) = signal {
                 signal.send(()).unwrap();
             }
-            send_range(&link, tag, half + 1..=PER_STREAM);
-            receive_through(&link, peer, PER_STREAM, &mut next);
+            TRAFFIC.send_range(&link, tag, half + 1..=PER_STREAM);
+            TRAFFIC.receive_through(&link, peer, PER_STREAM, &mut next);
         })
     };
     let (signal, midway_reached) = mpsc::channel();
@@ -163,17 +111,8 @@ fn exchange(listening: HostLink, dialing: HostLink, midway: impl FnOnce()) -> [H
     [unwrap(listening), unwrap(dialing)]
 }
 
-/// Asserts that `link` never opened its session and received no session frame.
-fn assert_never_opened(link: &HostLink) {
-    match link.try_recv() {
-        Err(TryRecvError::Empty) => {}
-        other => panic!("a refused link must have no event, got {other:?}"),
-    }
-    let stats = link.stats().session;
-    assert_eq!((stats.links_opened, stats.frames_received), (0, 0), "{stats:?}");
-}
-
 const STREAMS: u32 = 3;
+const TRAFFIC: Traffic = Traffic { streams: STREAMS, payload, next_event };
 const PER_STREAM: u64 = 300;
 const EVENT_WATCHDOG: Duration = Duration::from_secs(30);
 const TEST_WATCHDOG: Duration = Duration::from_secs(90);
@@ -323,9 +262,9 @@ fn a_client_certificate_from_another_ca_is_refused_and_nothing_is_delivered() {
         let ca = Authority::new("postbox test CA");
         let rogue_ca = Authority::new("rogue CA");
         let (rogue_a, b) = (rogue_ca.issue("a"), ca.issue("b"));
-        let (listening, addr) = listen_on_loopback(tls(&b, &ca, "a"));
+        let (listening, addr) = listen_on_loopback(tls_config(&b, &ca, "a"));
         // The rogue trusts the real CA, so it accepts b; b must refuse it.
-        let dialing = HostLink::dial_quic(addr, tls(&rogue_a, &ca, "b"), config()).unwrap();
+        let dialing = HostLink::dial_quic(addr, tls_config(&rogue_a, &ca, "b"), config()).unwrap();
         dialing.send(StreamId(1), b"must not arrive".to_vec()).unwrap();
 
         let refused = LinkError::Authentication(AuthenticationError::UntrustedCertificate);
@@ -348,8 +287,8 @@ fn a_client_certificate_for_another_host_is_refused() {
         let ca = Authority::new("postbox test CA");
         let (c, b) = (ca.issue("c"), ca.issue("b"));
         // b's address for a serves a only: c, although signed by the same CA, is refused.
-        let (listening, addr) = listen_on_loopback(tls(&b, &ca, "a"));
-        let dialing = HostLink::dial_quic(addr, tls(&c, &ca, "b"), config()).unwrap();
+        let (listening, addr) = listen_on_loopback(tls_config(&b, &ca, "a"));
+        let dialing = HostLink::dial_quic(addr, tls_config(&c, &ca, "b"), config()).unwrap();
         let stats = wait_stats(&listening, |s| s.handshake_failures >= 1);
         assert_eq!(
             stats.last_error,
@@ -365,9 +304,9 @@ fn a_server_certificate_for_another_name_is_refused_by_the_dialer() {
     with_watchdog(TEST_WATCHDOG, || {
         let ca = Authority::new("postbox test CA");
         let (a, b) = (ca.issue("a"), ca.issue("b"));
-        let (listening, addr) = listen_on_loopback(tls(&b, &ca, "a"));
+        let (listening, addr) = listen_on_loopback(tls_config(&b, &ca, "a"));
         // a means to reach c, but b answers.
-        let dialing = HostLink::dial_quic(addr, tls(&a, &ca, "c"), config()).unwrap();
+        let dialing = HostLink::dial_quic(addr, tls_config(&a, &ca, "c"), config()).unwrap();
         dialing.send(StreamId(1), b"must not arrive".to_vec()).unwrap();
         let stats = wait_stats(&dialing, |s| s.handshake_failures >= 2);
         assert_eq!(

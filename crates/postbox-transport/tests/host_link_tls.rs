@@ -15,13 +15,19 @@ use std::time::Duration;
 
 use postbox_test::{Authority, Identity};
 use postbox_transport::host_link::{
-    AuthenticationError, Event, HostLink, HostLinkConfig, HostLinkStats, LinkError, LinkSecurity,
-    MessageId, PreSharedKey, SessionConfig, StreamId, TlsConfig, TryRecvError,
+    AuthenticationError, Event, HostLink, HostLinkConfig, LinkError, LinkSecurity, PreSharedKey,
+    SessionConfig, StreamId, TlsConfig,
 };
 
 #[path = "support/watchdog.rs"]
 mod watchdog;
 use watchdog::with_watchdog;
+#[path = "support/tls.rs"]
+mod tls;
+use tls::tls_config;
+#[path = "support/traffic.rs"]
+mod traffic;
+use traffic::{assert_never_opened, wait_stats, Traffic};
 
 // ---------------------------------------------------------------------------------------------
 // Certificates
@@ -52,14 +58,7 @@ fn tls_from_files(identity: &Identity, ca: &Authority, peer: &str) -> LinkSecuri
 
 /// TLS settings for a host holding `identity`, trusting `ca`, talking to `peer`.
 fn tls(identity: &Identity, ca: &Authority, peer: &str) -> LinkSecurity {
-    let config = TlsConfig::from_pem(
-        identity.cert.as_bytes(),
-        identity.key.as_bytes(),
-        ca.pem().as_bytes(),
-        peer,
-    )
-    .unwrap();
-    LinkSecurity::Tls(config)
+    LinkSecurity::Tls(tls_config(identity, ca, peer))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,18 +159,6 @@ fn next_event(link: &HostLink) -> Event {
     link.recv_timeout(EVENT_WATCHDOG).unwrap_or_else(|e| panic!("no event: {e}"))
 }
 
-/// Waits (polling, without a time limit of its own: the test's watchdog bounds it) until
-/// `done` holds for the link's stats, and returns them.
-fn wait_stats(link: &HostLink, done: impl Fn(&HostLinkStats) -> bool) -> HostLinkStats {
-    loop {
-        let stats = link.stats();
-        if done(&stats) {
-            return stats;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn payload(from: u8, stream: u32, id: u64) -> Vec<u8> {
     let mut out = b"postbox-plaintext-marker".to_vec();
     out.push(from);
@@ -179,42 +166,6 @@ fn payload(from: u8, stream: u32, id: u64) -> Vec<u8> {
     out.extend_from_slice(&id.to_le_bytes());
     out.resize(out.len() + (id % 200) as usize, from);
     out
-}
-
-/// Sends `ids` on every stream.
-fn send_range(link: &HostLink, tag: u8, ids: std::ops::RangeInclusive<u64>) {
-    for id in ids {
-        for stream in 0..STREAMS {
-            let sent = link.send(StreamId(stream), payload(tag, stream, id));
-            assert_eq!(sent, Ok(MessageId(id)), "ids are consecutive per stream");
-        }
-    }
-}
-
-/// Receives until messages `..=through` from the peer arrived (exactly once, in order,
-/// intact; later ones may come too, the peer does not wait) and this side's `..=through` are
-/// acknowledged.
-fn receive_through(link: &HostLink, peer_tag: u8, through: u64, next: &mut BTreeMap<u32, u64>) {
-    let mut acked: BTreeMap<u32, u64> = (0..STREAMS).map(|s| (s, 0)).collect();
-    let done = |next: &BTreeMap<u32, u64>, acked: &BTreeMap<u32, u64>| {
-        next.values().all(|&n| n > through) && acked.values().all(|&a| a >= through)
-    };
-    while !done(next, &acked) {
-        match next_event(link) {
-            Event::Delivered { stream, id, payload: bytes } => {
-                let expected = next.get_mut(&stream.0).expect("a stream this test uses");
-                assert_eq!(id, MessageId(*expected), "in order, no gap, no duplicate");
-                assert_eq!(bytes, payload(peer_tag, stream.0, id.0), "intact payload");
-                *expected += 1;
-            }
-            Event::Acked { stream, through: id } => {
-                let entry = acked.get_mut(&stream.0).expect("a stream this test uses");
-                *entry = (*entry).max(id.0);
-            }
-            Event::LinkOpen { .. } => {}
-            other => panic!("unexpected event: {other:?}"),
-        }
-    }
 }
 
 /// Both links exchange `PER_STREAM` messages per stream each way, with the connection cut
@@ -226,13 +177,13 @@ fn exchange_across_a_cut(listening: HostLink, dialing: HostLink, relay: &CutRela
         let link = Arc::clone(link);
         thread::spawn(move || {
             let mut next: BTreeMap<u32, u64> = (0..STREAMS).map(|s| (s, 1)).collect();
-            send_range(&link, tag, 1..=half);
-            receive_through(&link, peer, half, &mut next);
+            TRAFFIC.send_range(&link, tag, 1..=half);
+            TRAFFIC.receive_through(&link, peer, half, &mut next);
             if let Some(cut) = cut {
                 cut.send(()).unwrap();
             }
-            send_range(&link, tag, half + 1..=PER_STREAM);
-            receive_through(&link, peer, PER_STREAM, &mut next);
+            TRAFFIC.send_range(&link, tag, half + 1..=PER_STREAM);
+            TRAFFIC.receive_through(&link, peer, PER_STREAM, &mut next);
         })
     };
     let (cut, cut_wanted) = mpsc::channel();
@@ -246,17 +197,8 @@ fn exchange_across_a_cut(listening: HostLink, dialing: HostLink, relay: &CutRela
     assert!(stats.connections >= 2, "the cut forced a reconnect: {stats:?}");
 }
 
-/// Asserts that `link` never opened its session and received no session frame.
-fn assert_never_opened(link: &HostLink) {
-    match link.try_recv() {
-        Err(TryRecvError::Empty) => {}
-        other => panic!("a refused link must have no event, got {other:?}"),
-    }
-    let stats = link.stats().session;
-    assert_eq!((stats.links_opened, stats.frames_received), (0, 0), "{stats:?}");
-}
-
 const STREAMS: u32 = 3;
+const TRAFFIC: Traffic = Traffic { streams: STREAMS, payload, next_event };
 const PER_STREAM: u64 = 200;
 const EVENT_WATCHDOG: Duration = Duration::from_secs(30);
 const TEST_WATCHDOG: Duration = Duration::from_secs(90);

@@ -36,6 +36,9 @@ use tokio::runtime::Runtime;
 #[path = "support/watchdog.rs"]
 mod watchdog;
 use watchdog::with_watchdog;
+#[path = "support/tls.rs"]
+mod tls;
+use tls::tls_config;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -74,14 +77,14 @@ impl Hosts {
     }
 
     fn tls_a(&self) -> TlsConfig {
-        tls(&self.a, &self.ca, "b")
+        tls_config(&self.a, &self.ca, "b")
     }
 
     /// b listening for a on a fresh loopback UDP port, and that port.
     fn listen_b(&self, config: HostLinkConfig) -> (HostLink, SocketAddr) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        (HostLink::listen_quic(socket, tls(&self.b, &self.ca, "a"), config).unwrap(), addr)
+        (HostLink::listen_quic(socket, tls_config(&self.b, &self.ca, "a"), config).unwrap(), addr)
     }
 
     /// A raw quinn configuration for dialing b as a (a's certificate, b's CA and name).
@@ -92,16 +95,6 @@ impl Hosts {
         let key = PrivateKeyDer::from_pem_slice(self.a.key.as_bytes()).unwrap();
         raw_client(&self.ca, Some((certs, key)))
     }
-}
-
-fn tls(identity: &Identity, ca: &Authority, peer: &str) -> TlsConfig {
-    TlsConfig::from_pem(
-        identity.cert.as_bytes(),
-        identity.key.as_bytes(),
-        ca.pem().as_bytes(),
-        peer,
-    )
-    .unwrap()
 }
 
 /// A quinn client configuration that trusts `ca`, speaks the host links' protocol (ALPN) and
