@@ -8,43 +8,20 @@ use std::time::Duration;
 
 use postbox::{CallError, ConnectError};
 
-use crate::util::{connect_remote, free_port, stdout_of, wait_until, Daemon, WATCHDOG};
+use crate::util::{connect_remote, stdout_of, wait_until, HostPair, WATCHDOG};
 
 /// Host `a` dials host `b`, which lets `a`'s nodes send to and call `echo`, `slow`, `sink`.
-struct Pair {
-    a: Daemon,
-    b: Daemon,
-    _policy: tempfile::TempDir,
-}
-
-impl Pair {
-    fn start() -> Self {
-        let port = free_port();
-        let policy = tempfile::tempdir().unwrap();
-        let policy_file = policy.path().join("policy.toml");
-        std::fs::write(
-            &policy_file,
-            "[[allow]]\nnames = ['echo', 'slow', 'sink']\nhosts = ['a']\n\
-             operations = ['send', 'call']\n",
-        )
-        .unwrap();
-        let listen = format!("a=listen:127.0.0.1:{port}");
-        let dial = format!("b=dial:127.0.0.1:{port}");
-        let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
-        let policy_path = policy_file.to_str().unwrap();
-        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--config", policy_path];
-        b_args.extend_from_slice(&timers);
-        let b = Daemon::start_with(&b_args);
-        let mut a_args = vec!["--host-name", "a", "--peer", &dial];
-        a_args.extend_from_slice(&timers);
-        let a = Daemon::start_with(&a_args);
-        Self { a, b, _policy: policy }
-    }
+fn start_pair() -> HostPair {
+    HostPair::start(
+        "[[allow]]\nnames = ['echo', 'slow', 'sink']\nhosts = ['a']\n\
+         operations = ['send', 'call']\n",
+        None,
+    )
 }
 
 #[test]
 fn a_call_and_a_send_to_port_at_host_cross_to_the_other_daemon_and_ls_shows_the_link() {
-    let pair = Pair::start();
+    let pair = start_pair();
     let mut server = pair.b.worker(&["echo", "echo", "--upper", "--print"]);
     let printed = server.lines();
     let node = pair.a.node();
@@ -77,7 +54,7 @@ fn a_call_and_a_send_to_port_at_host_cross_to_the_other_daemon_and_ls_shows_the_
 
 #[test]
 fn an_unknown_or_forbidden_port_at_a_host_gives_a_typed_error() {
-    let pair = Pair::start();
+    let pair = start_pair();
     let _secret = pair.b.worker(&["echo", "secret"]);
     let node = pair.a.node();
     // The link may still be coming up: an unreachable answer is retried, the others are not.
@@ -104,7 +81,7 @@ fn an_unknown_or_forbidden_port_at_a_host_gives_a_typed_error() {
 
 #[test]
 fn killing_the_remote_daemon_fails_a_pending_call_with_peer_died_within_the_bound() {
-    let mut pair = Pair::start();
+    let mut pair = start_pair();
     let _server = pair.b.worker(&["echo", "slow", "--delay-ms", "60000"]);
     let node = pair.a.node();
     let connection = connect_remote(&node, "slow@b");

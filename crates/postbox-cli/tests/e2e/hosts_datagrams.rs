@@ -279,7 +279,7 @@ fn calls_and_confirmed_sends_to_a_remote_datagram_port_fail_with_a_typed_error()
 
 #[test]
 fn over_a_quic_link_a_datagram_port_takes_quic_datagrams_of_the_largest_size() {
-    use crate::hosts_quic::{free_udp_port, hosts_file};
+    use crate::util::{free_udp_port, tls_hosts_file};
     let dir = tempfile::tempdir().unwrap();
     let ca = postbox_test::Authority::new("postbox test CA");
     let port = free_udp_port();
@@ -290,10 +290,10 @@ fn over_a_quic_link_a_datagram_port_takes_quic_datagrams_of_the_largest_size() {
     )
     .unwrap();
     let b_peer = format!("a = {{ listen = '127.0.0.1:{port}', transport = 'quic' }}");
-    let b_hosts = hosts_file(dir.path(), "b", &ca.issue("b"), &ca, &b_peer);
+    let b_hosts = tls_hosts_file(dir.path(), "b", &ca.issue("b"), &ca, &b_peer);
     let b = Daemon::start_with(&["--hosts", &b_hosts, "--config", policy.to_str().unwrap()]);
     let a_peer = format!("b = {{ dial = '127.0.0.1:{port}', transport = 'quic' }}");
-    let a_hosts = hosts_file(dir.path(), "a", &ca.issue("a"), &ca, &a_peer);
+    let a_hosts = tls_hosts_file(dir.path(), "a", &ca.issue("a"), &ca, &a_peer);
     let a = Daemon::start_with(&["--hosts", &a_hosts]);
 
     let b_node = b.node();

@@ -12,47 +12,18 @@ use postbox::{
     ConnectError, Message, Node, OpenError, ProcessId, RecvError, SendError, Subscription,
 };
 
-use crate::util::{connect_remote, free_port, stdout_of, wait_until, Daemon, WATCHDOG};
+use crate::util::{connect_remote, stdout_of, wait_until, HostPair, WATCHDOG};
 
 /// Hosts `a` and `b`, each letting the other's nodes use what the tests need: on b the
 /// mailbox `jobs`, the topics `news` and `/sensors/**`, and its nodes' inboxes; on a its
 /// nodes' inboxes (for answers). Nothing else: `secret` and `private` stay b's own.
-struct Pair {
-    a: Daemon,
-    b: Daemon,
-    _policy: tempfile::TempDir,
-}
-
-impl Pair {
-    fn start() -> Self {
-        let port = free_port();
-        let policy = tempfile::tempdir().unwrap();
-        let b_policy = policy.path().join("b.toml");
-        std::fs::write(
-            &b_policy,
-            "[[allow]]\nnames = ['jobs', 'news', '/sensors/**']\nhosts = ['a']\n\
-             operations = ['send', 'receive', 'subscribe', 'manage']\n\
-             [[allow]]\nnames = ['#inbox/*']\nhosts = ['a']\noperations = ['send', 'call']\n",
-        )
-        .unwrap();
-        let a_policy = policy.path().join("a.toml");
-        std::fs::write(
-            &a_policy,
-            "[[allow]]\nnames = ['#inbox/*']\nhosts = ['b']\noperations = ['send', 'call']\n",
-        )
-        .unwrap();
-        let listen = format!("a=listen:127.0.0.1:{port}");
-        let dial = format!("b=dial:127.0.0.1:{port}");
-        let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
-        let (b_path, a_path) = (b_policy.to_str().unwrap(), a_policy.to_str().unwrap());
-        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--config", b_path];
-        b_args.extend_from_slice(&timers);
-        let b = Daemon::start_with(&b_args);
-        let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--config", a_path];
-        a_args.extend_from_slice(&timers);
-        let a = Daemon::start_with(&a_args);
-        Self { a, b, _policy: policy }
-    }
+fn start_pair() -> HostPair {
+    HostPair::start(
+        "[[allow]]\nnames = ['jobs', 'news', '/sensors/**']\nhosts = ['a']\n\
+         operations = ['send', 'receive', 'subscribe', 'manage']\n\
+         [[allow]]\nnames = ['#inbox/*']\nhosts = ['a']\noperations = ['send', 'call']\n",
+        Some("[[allow]]\nnames = ['#inbox/*']\nhosts = ['b']\noperations = ['send', 'call']\n"),
+    )
 }
 
 /// Subscribes to `pattern` (of another host), retrying while the host link comes up.
@@ -71,7 +42,7 @@ fn text(body: &[u8]) -> String {
 
 #[test]
 fn a_mailbox_on_b_takes_from_senders_on_both_hosts_and_gives_each_message_to_one_receiver() {
-    let pair = Pair::start();
+    let pair = start_pair();
     let (node_a, node_b) = (pair.a.node(), pair.b.node());
     node_b.mailbox("jobs").capacity(100).create().unwrap();
     // No receiver yet: the mailbox keeps what both hosts send.
@@ -140,7 +111,7 @@ fn a_mailbox_on_b_takes_from_senders_on_both_hosts_and_gives_each_message_to_one
 
 #[test]
 fn a_topic_on_b_fans_out_at_b_to_subscribers_on_both_hosts_each_message_once() {
-    let pair = Pair::start();
+    let pair = start_pair();
     let (node_a, node_b) = (pair.a.node(), pair.b.node());
     let at_a = subscribe_remote(&node_a, "news@b");
     let sensors_at_a = subscribe_remote(&node_a, "/sensors/*@b");
@@ -213,7 +184,7 @@ fn a_topic_on_b_fans_out_at_b_to_subscribers_on_both_hosts_each_message_once() {
 
 #[test]
 fn an_inbox_on_b_is_reached_by_process_id_at_host_and_answers_reach_the_sender() {
-    let pair = Pair::start();
+    let pair = start_pair();
     let (node_a, node_b) = (pair.a.node(), pair.b.node());
     assert_eq!(node_a.process_on("a", node_a.process_id()).unwrap(), node_a.process_id());
     let peer = node_a.process_on("b", node_b.process_id()).unwrap();
@@ -259,7 +230,7 @@ fn an_inbox_on_b_is_reached_by_process_id_at_host_and_answers_reach_the_sender()
 
 #[test]
 fn b_policy_and_b_names_decide_what_host_a_may_use_with_typed_errors() {
-    let pair = Pair::start();
+    let pair = start_pair();
     let (node_a, node_b) = (pair.a.node(), pair.b.node());
     node_b.mailbox("secret").create().unwrap();
     node_b.mailbox("jobs").create().unwrap();
@@ -290,7 +261,7 @@ fn b_policy_and_b_names_decide_what_host_a_may_use_with_typed_errors() {
 
 #[test]
 fn killing_b_ends_remote_mailbox_topic_and_inbox_use_with_typed_errors_never_a_hang() {
-    let mut pair = Pair::start();
+    let mut pair = start_pair();
     let (node_a, node_b) = (pair.a.node(), pair.b.node());
     node_b.mailbox("jobs").create().unwrap();
     let sender = connect_remote(&node_a, "jobs@b");

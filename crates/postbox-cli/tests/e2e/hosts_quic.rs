@@ -3,47 +3,14 @@
 //! Calls to `echo@b` cross, and `ls` shows the link as QUIC; a daemon asked for QUIC without
 //! TLS refuses to start.
 
-use std::net::UdpSocket;
-use std::path::Path;
 use std::process::Command;
 
 use postbox::HostState;
-use postbox_test::{Authority, Identity};
+use postbox_test::Authority;
 
-use crate::util::{connect_remote, exe, stderr_of, stdout_of, Daemon, WATCHDOG};
-
-/// Writes `identity` and the CA `trusted` into `dir`, and a hosts file for host `name` with a
-/// `[tls]` table and `peers` (TOML lines of the `[peers]` table); returns the file's path.
-pub(crate) fn hosts_file(
-    dir: &Path,
-    name: &str,
-    identity: &Identity,
-    trusted: &Authority,
-    peers: &str,
-) -> String {
-    let write = |file: &str, text: &str| {
-        let path = dir.join(format!("{name}-{file}"));
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let (cert, key, ca) = (
-        write("cert.pem", &identity.cert),
-        write("key.pem", &identity.key),
-        write("ca.pem", &trusted.pem()),
-    );
-    write(
-        "hosts.toml",
-        &format!(
-            "name = '{name}'\nheartbeat_interval_ms = 200\nmissed_heartbeats = 5\n\
-             [tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n[peers]\n{peers}\n"
-        ),
-    )
-}
-
-/// A UDP port on loopback that was free a moment ago.
-pub(crate) fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::util::{
+    connect_remote, exe, free_udp_port, stderr_of, stdout_of, tls_hosts_file, Daemon, WATCHDOG,
+};
 
 #[test]
 fn a_call_crosses_a_quic_host_link_and_ls_says_so() {
@@ -57,7 +24,7 @@ fn a_call_crosses_a_quic_host_link_and_ls_says_so() {
     )
     .unwrap();
     // b: the peer comes from the flag, its TLS settings from the file's [tls].
-    let b_hosts = hosts_file(dir.path(), "b", &ca.issue("b"), &ca, "");
+    let b_hosts = tls_hosts_file(dir.path(), "b", &ca.issue("b"), &ca, "");
     let listen = format!("a=quic-listen:127.0.0.1:{port}");
     let b = Daemon::start_with(&[
         "--hosts",
@@ -68,7 +35,7 @@ fn a_call_crosses_a_quic_host_link_and_ls_says_so() {
         policy.to_str().unwrap(),
     ]);
     let a_peer = format!("b = {{ dial = '127.0.0.1:{port}', transport = 'quic' }}");
-    let a_hosts = hosts_file(dir.path(), "a", &ca.issue("a"), &ca, &a_peer);
+    let a_hosts = tls_hosts_file(dir.path(), "a", &ca.issue("a"), &ca, &a_peer);
     let a = Daemon::start_with(&["--hosts", &a_hosts]);
 
     let _server = b.worker(&["echo", "echo", "--upper"]);

@@ -6,37 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use postbox::HostState;
-use postbox_test::{Authority, Identity};
+use postbox_test::Authority;
 
-use crate::util::{connect_remote, free_port, stderr_of, stdout_of, Daemon, WATCHDOG};
-
-/// Writes `identity` and the CA `trusted` into `dir`, and a hosts file for host `name` with
-/// one peer (`peer`, e.g. `b = { dial = "127.0.0.1:7" }`) over TLS; returns the file's path.
-fn hosts_file(
-    dir: &Path,
-    name: &str,
-    identity: &Identity,
-    trusted: &Authority,
-    peer: &str,
-) -> String {
-    let write = |file: &str, text: &str| {
-        let path = dir.join(format!("{name}-{file}"));
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let (cert, key, ca) = (
-        write("cert.pem", &identity.cert),
-        write("key.pem", &identity.key),
-        write("ca.pem", &trusted.pem()),
-    );
-    write(
-        "hosts.toml",
-        &format!(
-            "name = '{name}'\nheartbeat_interval_ms = 200\nmissed_heartbeats = 5\n\
-             [tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n[peers]\n{peer}\n"
-        ),
-    )
-}
+use crate::util::{
+    connect_remote, free_port, stderr_of, stdout_of, tls_hosts_file, Daemon, WATCHDOG,
+};
 
 /// Host b (listening) and host a (dialing it), each with its certificate; a trusts `a_trusts`.
 fn pair(dir: &Path, ca: &Authority, a_trusts: &Authority) -> (Daemon, Daemon) {
@@ -47,9 +21,14 @@ fn pair(dir: &Path, ca: &Authority, a_trusts: &Authority) -> (Daemon, Daemon) {
         "[[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
     )
     .unwrap();
-    let b_hosts =
-        hosts_file(dir, "b", &ca.issue("b"), ca, &format!("a = {{ listen = '127.0.0.1:{port}' }}"));
-    let a_hosts = hosts_file(
+    let b_hosts = tls_hosts_file(
+        dir,
+        "b",
+        &ca.issue("b"),
+        ca,
+        &format!("a = {{ listen = '127.0.0.1:{port}' }}"),
+    );
+    let a_hosts = tls_hosts_file(
         dir,
         "a",
         &ca.issue("a"),

@@ -1,11 +1,14 @@
-//! Process harness: a daemon per test, workers that announce `ready <process id>`.
+//! Process harness: a daemon per test, workers that announce `ready <process id>`, free ports
+//! and hosts files.
 
 use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use postbox::{Node, ProcessId};
+use postbox_test::{Authority, Identity};
 
 /// Path of the binary under test.
 pub(crate) fn exe() -> &'static str {
@@ -188,7 +191,76 @@ pub(crate) fn connect_remote(node: &Node, name: &str) -> postbox::Connection {
     connection.unwrap()
 }
 
+/// Hosts `a` and `b`, one daemon each, on loopback: `a` dials `b` over TCP, with heartbeats
+/// every 200 ms and 5 missed allowed. `b` runs with the policy `b_policy` (TOML text), `a` with
+/// `a_policy`, or with none.
+pub(crate) struct HostPair {
+    pub(crate) a: Daemon,
+    pub(crate) b: Daemon,
+    _policy: tempfile::TempDir,
+}
+
+impl HostPair {
+    pub(crate) fn start(b_policy: &str, a_policy: Option<&str>) -> Self {
+        let port = free_port();
+        let policy = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| {
+            let path = policy.path().join(file);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let b_path = write("b.toml", b_policy);
+        let a_path = a_policy.map(|text| write("a.toml", text));
+        let listen = format!("a=listen:127.0.0.1:{port}");
+        let dial = format!("b=dial:127.0.0.1:{port}");
+        let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--config", &b_path];
+        b_args.extend_from_slice(&timers);
+        let b = Daemon::start_with(&b_args);
+        let mut a_args = vec!["--host-name", "a", "--peer", &dial];
+        if let Some(a_path) = &a_path {
+            a_args.extend_from_slice(&["--config", a_path]);
+        }
+        a_args.extend_from_slice(&timers);
+        let a = Daemon::start_with(&a_args);
+        Self { a, b, _policy: policy }
+    }
+}
+
 /// A TCP port on loopback that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes `identity` and the CA `trusted` into `dir`, and a hosts file for host `name` with a
+/// `[tls]` table and `peers` (TOML lines of the `[peers]` table); returns the file's path.
+pub(crate) fn tls_hosts_file(
+    dir: &Path,
+    name: &str,
+    identity: &Identity,
+    trusted: &Authority,
+    peers: &str,
+) -> String {
+    let write = |file: &str, text: &str| {
+        let path = dir.join(format!("{name}-{file}"));
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key, ca) = (
+        write("cert.pem", &identity.cert),
+        write("key.pem", &identity.key),
+        write("ca.pem", &trusted.pem()),
+    );
+    write(
+        "hosts.toml",
+        &format!(
+            "name = '{name}'\nheartbeat_interval_ms = 200\nmissed_heartbeats = 5\n\
+             [tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n[peers]\n{peers}\n"
+        ),
+    )
+}
+
+/// A UDP port on loopback that was free a moment ago.
+pub(crate) fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
