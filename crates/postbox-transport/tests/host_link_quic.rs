@@ -8,9 +8,7 @@
 //! Certificates are made here by `postbox_test::Authority`. Every wait is bounded by a watchdog,
 //! never by a timing assertion.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -82,35 +80,6 @@ fn payload(from: u8, stream: u32, id: u64) -> Vec<u8> {
     out
 }
 
-/// Both links exchange `PER_STREAM` messages per stream each way; `midway` runs once the
-/// dialing side has received the first half (and before it sends the second).
-fn exchange(listening: HostLink, dialing: HostLink, midway: impl FnOnce()) -> [HostLink; 2] {
-    let (listening, dialing) = (Arc::new(listening), Arc::new(dialing));
-    let half = PER_STREAM / 2;
-    let side = |link: &Arc<HostLink>, tag: u8, peer: u8, signal: Option<mpsc::Sender<()>>| {
-        let link = Arc::clone(link);
-        thread::spawn(move || {
-            let mut next: BTreeMap<u32, u64> = (0..STREAMS).map(|s| (s, 1)).collect();
-            TRAFFIC.send_range(&link, tag, 1..=half);
-            TRAFFIC.receive_through(&link, peer, half, &mut next);
-            if let Some(signal) = signal {
-                signal.send(()).unwrap();
-            }
-            TRAFFIC.send_range(&link, tag, half + 1..=PER_STREAM);
-            TRAFFIC.receive_through(&link, peer, PER_STREAM, &mut next);
-        })
-    };
-    let (signal, midway_reached) = mpsc::channel();
-    let a = side(&dialing, b'a', b'b', Some(signal));
-    let b = side(&listening, b'b', b'a', None);
-    midway_reached.recv().unwrap();
-    midway();
-    a.join().unwrap();
-    b.join().unwrap();
-    let unwrap = |link: Arc<HostLink>| Arc::into_inner(link).expect("the sides are done");
-    [unwrap(listening), unwrap(dialing)]
-}
-
 const STREAMS: u32 = 3;
 const TRAFFIC: Traffic = Traffic { streams: STREAMS, payload, next_event };
 const PER_STREAM: u64 = 300;
@@ -125,7 +94,7 @@ const TEST_WATCHDOG: Duration = Duration::from_secs(90);
 fn messages_cross_quic_both_ways_exactly_once_in_order_and_a_close_reaches_the_peer() {
     with_watchdog(TEST_WATCHDOG, || {
         let (listening, dialing) = pair_via(|addr| addr);
-        let [listening, dialing] = exchange(listening, dialing, || {});
+        let [listening, dialing] = TRAFFIC.exchange(listening, dialing, PER_STREAM, || {});
         let stats = dialing.stats();
         assert_eq!((stats.connections, stats.session.links_opened), (1, 1), "{stats:?}");
         assert!(stats.bytes_sent > 0 && stats.bytes_received > 0);
@@ -156,7 +125,7 @@ fn through_loss_duplication_corruption_reordering_and_a_partition_every_message_
             via
         });
         let proxy = proxy.unwrap();
-        let [listening, dialing] = exchange(listening, dialing, || {
+        let [listening, dialing] = TRAFFIC.exchange(listening, dialing, PER_STREAM, || {
             // Longer than the QUIC idle timeout (400 ms), far shorter than the session's
             // silence bound (10 s): the connection dies, the session lives.
             proxy.partition();
@@ -190,7 +159,8 @@ fn a_dialer_seen_from_a_new_address_keeps_its_connection() {
         });
         let proxy = proxy.unwrap();
         // As after a NAT rebinding: QUIC migrates the connection to the new address.
-        let [_listening, dialing] = exchange(listening, dialing, || proxy.rebind_now());
+        let [_listening, dialing] =
+            TRAFFIC.exchange(listening, dialing, PER_STREAM, || proxy.rebind_now());
         let counters = proxy.counters();
         assert_eq!((counters.rebinds, counters.flows), (1, 2), "{counters:?}");
         let stats = dialing.stats();

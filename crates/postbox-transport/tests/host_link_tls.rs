@@ -5,11 +5,10 @@
 //! Certificates are made here with rcgen: a CA, hosts `a` and `b`, and a rogue CA. Every wait is
 //! bounded by a watchdog, never by a timing assertion.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -169,30 +168,10 @@ fn payload(from: u8, stream: u32, id: u64) -> Vec<u8> {
 }
 
 /// Both links exchange `PER_STREAM` messages per stream each way, with the connection cut
-/// once each side has received the first half; the dialer must have reconnected.
+/// once the dialing side has received the first half; the dialer must have reconnected.
 fn exchange_across_a_cut(listening: HostLink, dialing: HostLink, relay: &CutRelay) {
-    let (listening, dialing) = (Arc::new(listening), Arc::new(dialing));
-    let half = PER_STREAM / 2;
-    let side = |link: &Arc<HostLink>, tag: u8, peer: u8, cut: Option<mpsc::Sender<()>>| {
-        let link = Arc::clone(link);
-        thread::spawn(move || {
-            let mut next: BTreeMap<u32, u64> = (0..STREAMS).map(|s| (s, 1)).collect();
-            TRAFFIC.send_range(&link, tag, 1..=half);
-            TRAFFIC.receive_through(&link, peer, half, &mut next);
-            if let Some(cut) = cut {
-                cut.send(()).unwrap();
-            }
-            TRAFFIC.send_range(&link, tag, half + 1..=PER_STREAM);
-            TRAFFIC.receive_through(&link, peer, PER_STREAM, &mut next);
-        })
-    };
-    let (cut, cut_wanted) = mpsc::channel();
-    let a = side(&dialing, b'a', b'b', Some(cut));
-    let b = side(&listening, b'b', b'a', None);
-    cut_wanted.recv().unwrap();
-    relay.cut_now();
-    a.join().unwrap();
-    b.join().unwrap();
+    let [_listening, dialing] =
+        TRAFFIC.exchange(listening, dialing, PER_STREAM, || relay.cut_now());
     let stats = dialing.stats();
     assert!(stats.connections >= 2, "the cut forced a reconnect: {stats:?}");
 }

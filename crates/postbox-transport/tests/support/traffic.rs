@@ -2,6 +2,7 @@
 //! order, intact), and the waits and checks the host-link tests share.
 
 use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -19,6 +20,42 @@ pub(crate) struct Traffic {
 }
 
 impl Traffic {
+    /// Both links exchange `per_stream` messages per stream each way; `midway` runs once the
+    /// dialing side has received the first half (and before it sends the second). Gives the
+    /// links back, listening first.
+    pub(crate) fn exchange(
+        self,
+        listening: HostLink,
+        dialing: HostLink,
+        per_stream: u64,
+        midway: impl FnOnce(),
+    ) -> [HostLink; 2] {
+        let (listening, dialing) = (Arc::new(listening), Arc::new(dialing));
+        let half = per_stream / 2;
+        let side = |link: &Arc<HostLink>, tag: u8, peer: u8, signal: Option<mpsc::Sender<()>>| {
+            let link = Arc::clone(link);
+            thread::spawn(move || {
+                let mut next: BTreeMap<u32, u64> = (0..self.streams).map(|s| (s, 1)).collect();
+                self.send_range(&link, tag, 1..=half);
+                self.receive_through(&link, peer, half, &mut next);
+                if let Some(signal) = signal {
+                    signal.send(()).unwrap();
+                }
+                self.send_range(&link, tag, half + 1..=per_stream);
+                self.receive_through(&link, peer, per_stream, &mut next);
+            })
+        };
+        let (signal, midway_reached) = mpsc::channel();
+        let a = side(&dialing, b'a', b'b', Some(signal));
+        let b = side(&listening, b'b', b'a', None);
+        midway_reached.recv().unwrap();
+        midway();
+        a.join().unwrap();
+        b.join().unwrap();
+        let unwrap = |link: Arc<HostLink>| Arc::into_inner(link).expect("the sides are done");
+        [unwrap(listening), unwrap(dialing)]
+    }
+
     /// Sends `ids` on every stream.
     pub(crate) fn send_range(&self, link: &HostLink, tag: u8, ids: std::ops::RangeInclusive<u64>) {
         for id in ids {
