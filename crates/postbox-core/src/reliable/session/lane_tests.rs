@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::tests::{delivered, events, id, immediate_acks, ms, open_pair, settle};
+use super::tests::{delivered, events, id, immediate_acks, ms, open_pair, open_pair_with, settle};
 use super::*;
 
 /// Takes every frame `from` has for the lanes `ready` accepts, each lane's bytes in order;
@@ -222,20 +222,7 @@ fn without_timeout_retransmission_a_slow_message_goes_once_and_a_new_link_resend
 #[test]
 fn without_timeout_retransmission_a_message_lost_on_a_working_link_gives_the_link_up() {
     let t0 = Instant::now();
-    let config = SessionConfig {
-        retransmit_on_timeout: false,
-        heartbeat_interval: ms(100),
-        missed_heartbeats: 5,
-        ..immediate_acks()
-    };
-    let bound = config.dead_after();
-    let mut a = Session::new(id(1), config.clone(), t0);
-    let mut b = Session::new(id(2), config, t0);
-    a.handle_link_up(t0);
-    b.handle_link_up(t0);
-    settle(&mut a, &mut b, t0);
-    events(&mut a);
-    events(&mut b);
+    let (mut a, mut b, bound) = open_without_timeout_retransmission(t0);
     // Stream 5's message vanishes on its way (on a lane the peer stopped reading, say);
     // stream 6's arrives, and heartbeats keep the link alive.
     a.send(StreamId(5), b"lost".to_vec()).unwrap();
@@ -282,18 +269,7 @@ fn without_timeout_retransmission_a_message_lost_on_a_working_link_gives_the_lin
 #[test]
 fn an_acknowledgement_on_a_stream_restarts_its_stall_bound() {
     let t0 = Instant::now();
-    let config = SessionConfig {
-        retransmit_on_timeout: false,
-        heartbeat_interval: ms(100),
-        missed_heartbeats: 5,
-        ..immediate_acks()
-    };
-    let bound = config.dead_after();
-    let mut a = Session::new(id(1), config.clone(), t0);
-    let mut b = Session::new(id(2), config, t0);
-    a.handle_link_up(t0);
-    b.handle_link_up(t0);
-    settle(&mut a, &mut b, t0);
+    let (mut a, mut b, bound) = open_without_timeout_retransmission(t0);
     // Two slow messages on one stream: the first arrives after most of the bound, the second
     // as long after that. Neither gives the link up.
     a.send(StreamId(1), b"first".to_vec()).unwrap();
@@ -315,4 +291,18 @@ fn an_acknowledgement_on_a_stream_restarts_its_stall_bound() {
     assert_eq!(a.state(), LinkState::Open);
     assert_eq!((a.stats().stalled_links, a.stats().unacknowledged), (0, 0));
     assert_eq!(delivered(&mut b).len(), 2);
+}
+
+/// Two sessions with timeout retransmission off (silence bound 500 ms), their link open at
+/// `t0` and its events taken; and that bound.
+fn open_without_timeout_retransmission(t0: Instant) -> (Session, Session, Duration) {
+    let config = SessionConfig {
+        retransmit_on_timeout: false,
+        heartbeat_interval: ms(100),
+        missed_heartbeats: 5,
+        ..immediate_acks()
+    };
+    let bound = config.dead_after();
+    let (a, b) = open_pair_with(config, t0);
+    (a, b, bound)
 }

@@ -227,7 +227,7 @@ fn sends_are_refused_with_the_payload_when_they_cannot_be_taken() {
     );
 }
 
-fn open_pair_with(config: SessionConfig, now: Instant) -> (Session, Session) {
+pub(super) fn open_pair_with(config: SessionConfig, now: Instant) -> (Session, Session) {
     let mut a = Session::new(id(1), config.clone(), now);
     let mut b = Session::new(id(2), config, now);
     a.handle_link_up(now);
