@@ -78,14 +78,7 @@ fn control_packets_and_a_link_cross_the_tunnel_both_ways() {
     node.send(b"hello", &[], Wait::Forever).unwrap();
     assert_eq!(recv(&broker.control).unwrap().0, b"hello");
 
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    broker.control.send(b"a link", &[theirs.as_fd()], Wait::Forever).unwrap();
-    drop(theirs);
-    let (packet, mut fds) = recv(&node).unwrap();
-    assert_eq!((packet.as_slice(), fds.len()), (&b"a link"[..], 1));
-    let mut node_end = stream_of(fds.remove(0));
-    let mut broker_end = ours;
-    broker_end.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let (mut node_end, mut broker_end) = link_from_broker(&broker, &node);
 
     node_end.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -164,13 +157,21 @@ fn tunnel_with_link() -> (UnixStream, UnixStream, AttachListener, ControlSocket,
     let listener = listener(TunnelConfig::default());
     let node = dial_app(listener.local_addr(), TunnelConfig::default());
     let broker = attached(&listener);
+    let (node_end, broker_end) = link_from_broker(&broker, &node);
+    (node_end, broker_end, listener, node, broker)
+}
+
+/// The broker passes `node` one link; returns the node's end and the broker's end (both with
+/// the watchdog as their read and write timeouts).
+fn link_from_broker(broker: &AttachedNode, node: &ControlSocket) -> (UnixStream, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     broker.control.send(b"a link", &[theirs.as_fd()], Wait::Forever).unwrap();
     drop(theirs);
-    let (_, mut fds) = recv(&node).unwrap();
+    let (packet, mut fds) = recv(node).unwrap();
+    assert_eq!((packet.as_slice(), fds.len()), (&b"a link"[..], 1));
     ours.set_read_timeout(Some(WATCHDOG)).unwrap();
     ours.set_write_timeout(Some(WATCHDOG)).unwrap();
-    (stream_of(fds.remove(0)), ours, listener, node, broker)
+    (stream_of(fds.remove(0)), ours)
 }
 
 #[test]
@@ -621,13 +622,7 @@ mod tls {
 
         node.send(b"hello over tls", &[], Wait::Forever).unwrap();
         assert_eq!(recv(&broker.control).unwrap().0, b"hello over tls");
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        broker.control.send(b"a link", &[theirs.as_fd()], Wait::Forever).unwrap();
-        drop(theirs);
-        let (_, mut fds) = recv(&node).unwrap();
-        let mut node_end = stream_of(fds.remove(0));
-        let mut broker_end = ours;
-        broker_end.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let (mut node_end, mut broker_end) = link_from_broker(&broker, &node);
         let big = vec![0x42; 300_000];
         let writer = {
             let big = big.clone();
