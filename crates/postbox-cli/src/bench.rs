@@ -955,8 +955,23 @@ struct Target {
     issue: u32,
     what: String,
     reached: String,
-    goal: &'static str,
+    goal: String,
     met: bool,
+}
+
+impl Target {
+    /// A ratio `x` whose goal is at most `limit`.
+    fn at_most(issue: u32, what: String, x: f64, limit: f64) -> Self {
+        let goal = format!("<= {limit}x");
+        Self { issue, what, reached: format!("{x:.2}x"), goal, met: x <= limit }
+    }
+
+    /// A rate in messages per second whose goal is at least `millions` M/s.
+    fn at_least_rate(issue: u32, what: String, rate: f64, millions: f64) -> Self {
+        let goal = format!(">= {millions} M/s");
+        let reached = format!("{:.2} M/s", rate / 1e6);
+        Self { issue, what, reached, goal, met: rate >= millions * 1e6 }
+    }
 }
 
 fn targets(records: &[Record]) -> Vec<Target> {
@@ -971,68 +986,62 @@ fn targets(records: &[Record]) -> Vec<Target> {
         let label = place.label();
         if let Some(r) = find(place, Measure::OneWayBusy, 64, Carrier::Shm) {
             if let Some(x) = ratio(records, r) {
-                out.push(Target {
-                    issue: 4,
-                    what: format!("{label}: one-way 64 B busy-wait, shm / raw spin"),
-                    reached: format!("{x:.2}x"),
-                    goal: "<= 1.5x",
-                    met: x <= 1.5,
-                });
+                out.push(Target::at_most(
+                    4,
+                    format!("{label}: one-way 64 B busy-wait, shm / raw spin"),
+                    x,
+                    1.5,
+                ));
             }
             let big = find(place, Measure::OneWayBusy, 4 << 20, Carrier::ShmZeroCopy);
             if let (Some(small), Some(big)) = (p50(r), big.and_then(p50)) {
                 let x = big / small.max(1e-12);
-                out.push(Target {
-                    issue: 4,
-                    what: format!("{label}: one-way latency, 4 MiB loaned / 64 B shm"),
-                    reached: format!("{x:.2}x"),
-                    goal: "<= 2x",
-                    met: x <= 2.0,
-                });
+                out.push(Target::at_most(
+                    4,
+                    format!("{label}: one-way latency, 4 MiB loaned / 64 B shm"),
+                    x,
+                    2.0,
+                ));
             }
         }
         if let Some(r) = find(place, Measure::CallRtt, 64, Carrier::Shm) {
             if let Some(x) = ratio(records, r) {
-                out.push(Target {
-                    issue: 4,
-                    what: format!("{label}: call RTT 64 B, shm / raw socketpair"),
-                    reached: format!("{x:.2}x"),
-                    goal: "<= 0.6x",
-                    met: x <= 0.6,
-                });
+                out.push(Target::at_most(
+                    4,
+                    format!("{label}: call RTT 64 B, shm / raw socketpair"),
+                    x,
+                    0.6,
+                ));
             }
         }
         for (carrier, how) in [(Carrier::Shm, "one by one"), (Carrier::ShmBatch, "batches")] {
             if let Some(rate) = find(place, Measure::Throughput, 64, carrier).and_then(|r| r.rate) {
-                out.push(Target {
-                    issue: 4,
-                    what: format!("{label}: one-way 64 B throughput, shm, {how}"),
-                    reached: format!("{:.2} M/s", rate / 1e6),
-                    goal: ">= 10 M/s",
-                    met: rate >= 10e6,
-                });
+                out.push(Target::at_least_rate(
+                    4,
+                    format!("{label}: one-way 64 B throughput, shm, {how}"),
+                    rate,
+                    10.0,
+                ));
             }
         }
         if let Some(r) = find(place, Measure::HostsCallRtt, 64, Carrier::Gateway) {
             if let Some(x) = ratio(records, r) {
-                out.push(Target {
-                    issue: 7,
-                    what: format!("{label}: call RTT 64 B across hosts, postbox / raw tcp"),
-                    reached: format!("{x:.2}x"),
-                    goal: "<= 1.3x",
-                    met: x <= 1.3,
-                });
+                out.push(Target::at_most(
+                    7,
+                    format!("{label}: call RTT 64 B across hosts, postbox / raw tcp"),
+                    x,
+                    1.3,
+                ));
             }
         }
         let batched = find(place, Measure::HostsThroughput, 64, Carrier::GatewayBatch);
         if let Some(rate) = batched.and_then(|r| r.rate) {
-            out.push(Target {
-                issue: 7,
-                what: format!("{label}: one-way 64 B throughput across hosts, batches"),
-                reached: format!("{:.2} M/s", rate / 1e6),
-                goal: ">= 1 M/s",
-                met: rate >= 1e6,
-            });
+            out.push(Target::at_least_rate(
+                7,
+                format!("{label}: one-way 64 B throughput across hosts, batches"),
+                rate,
+                1.0,
+            ));
         }
     }
     out
