@@ -75,6 +75,9 @@ enum Carrier {
     Unix,
     RawSocketpair,
     RawFutex,
+    /// The ping-pong of [`Carrier::RawFutex`], each side giving the CPU up between looks
+    /// instead of sleeping: on one core, the floor of any round trip between two processes.
+    RawYield,
     RawSpin,
     /// The well-behaved client with nobody else on the port (flood measure's baseline).
     Alone,
@@ -332,8 +335,16 @@ impl Rig {
                 },
             ],
         )?;
-        let carriers = [Carrier::Shm, Carrier::Unix, Carrier::RawSocketpair, Carrier::RawFutex];
-        Ok(latency_records(place, Measure::CallRtt, size, &carriers, samples))
+        let mut records = latency_records(
+            place,
+            Measure::CallRtt,
+            size,
+            &[Carrier::Shm, Carrier::Unix, Carrier::RawSocketpair, Carrier::RawFutex],
+            samples,
+        );
+        let floor = self.raw_ping_pong(size, rounds, PingWait::Yield, 1)?;
+        records.extend(latency_records(place, Measure::CallRtt, size, &[Carrier::RawYield], floor));
+        Ok(records)
     }
 
     /// Starts a server process with this placement's pinning.
@@ -392,24 +403,41 @@ impl Rig {
             let _ = to.send(Message::new(vec![0u8; 8]).with_type(1));
             worker.wait_for_exit()?;
         }
-        let body = vec![0x5au8; size];
-        let text = size.to_string();
-        let spin = PingPong::create(size)?;
-        let fd = spin.fd().try_clone_to_owned()?;
-        let worker = self.spawn(|| {
-            self.on_shm.worker_with_fd(&["raw-ping-pong", "--size", &text, "--spin"], fd)
-        })?;
-        let mut spin_buf = vec![0u8; size];
-        let mut ping = || -> Result<Duration> {
-            let start = Instant::now();
-            spin.ping(&body, &mut spin_buf, PingWait::Spin);
-            Ok(start.elapsed() / 2)
-        };
-        samples.extend(rotate(rounds, &mut [&mut ping])?);
-        spin.stop();
-        drop(worker);
+        samples.extend(self.raw_ping_pong(size, rounds, PingWait::Spin, 2)?);
         let carriers = [Carrier::Shm, Carrier::ShmZeroCopy, Carrier::Unix, Carrier::RawSpin];
         Ok(latency_records(place, Measure::OneWayBusy, size, &carriers, samples))
+    }
+
+    /// A raw ping-pong whose server never sleeps, started for this measurement only: `rounds`
+    /// round trips of `size` bytes, each sample the round trip divided by `divisor`.
+    fn raw_ping_pong(
+        &self,
+        size: usize,
+        rounds: usize,
+        wait: PingWait,
+        divisor: u32,
+    ) -> Result<Vec<Samples>> {
+        let body = vec![0x5au8; size];
+        let text = size.to_string();
+        let flag = match wait {
+            PingWait::Spin => "--spin",
+            PingWait::Yield => "--yield",
+            PingWait::Futex => anyhow::bail!("a futex ping-pong server is started with the rig"),
+        };
+        let pair = PingPong::create(size)?;
+        let fd = pair.fd().try_clone_to_owned()?;
+        let worker = self
+            .spawn(|| self.on_shm.worker_with_fd(&["raw-ping-pong", "--size", &text, flag], fd))?;
+        let mut answer = vec![0u8; size];
+        let mut ping = || -> Result<Duration> {
+            let start = Instant::now();
+            pair.ping(&body, &mut answer, wait);
+            Ok(start.elapsed() / divisor)
+        };
+        let samples = rotate(rounds, &mut [&mut ping]);
+        pair.stop();
+        drop(worker);
+        samples
     }
 
     fn throughput(&self, place: Placement, burst: usize) -> Result<Vec<Record>> {
@@ -759,6 +787,7 @@ impl Carrier {
             Self::Unix => "postbox_unix",
             Self::RawSocketpair => "raw_socketpair",
             Self::RawFutex => "raw_futex",
+            Self::RawYield => "raw_yield",
             Self::RawSpin => "raw_spin",
             Self::Alone => "alone",
             Self::OneWayFlood => "one_way_flood",
@@ -779,6 +808,7 @@ impl Carrier {
             Self::Unix => "postbox unix",
             Self::RawSocketpair => "raw socketpair",
             Self::RawFutex => "raw futex",
+            Self::RawYield => "raw yield",
             Self::RawSpin => "raw spin",
             Self::Alone => "alone",
             Self::OneWayFlood => "+ one-way flood",

@@ -154,8 +154,11 @@ pub(crate) enum Role {
         #[arg(long, default_value_t = 64)]
         size: usize,
         /// Busy-wait instead of sleeping on a futex.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "yield_cpu")]
         spin: bool,
+        /// Give the CPU up between looks (`sched_yield`) instead of sleeping on a futex.
+        #[arg(long = "yield")]
+        yield_cpu: bool,
     },
     /// Flood port NAME with SIZE-byte messages as MODE says until stdin says stop (a byte, or
     /// end of file). Says `ready` once the flood started. On stop, makes one more call
@@ -317,12 +320,15 @@ pub(crate) fn run(role: Role) -> Result<()> {
         Role::RawEcho { size } => raw_stdin_loop(size, true),
         Role::RawSink { size } => raw_stdin_loop(size, false),
         Role::RawTcp { size, sink } => raw_tcp(size, !sink),
-        Role::RawPingPong { size, spin } => {
+        Role::RawPingPong { size, spin, yield_cpu } => {
             let fd = std::io::stdin().as_fd().try_clone_to_owned().context("take stdin")?;
             let ping = postbox_shm::PingPong::open(fd, size)?;
             ready(None);
-            let wait =
-                if spin { postbox_shm::PingWait::Spin } else { postbox_shm::PingWait::Futex };
+            let wait = match (spin, yield_cpu) {
+                (true, _) => postbox_shm::PingWait::Spin,
+                (false, true) => postbox_shm::PingWait::Yield,
+                (false, false) => postbox_shm::PingWait::Futex,
+            };
             ping.serve(wait);
             Ok(())
         }

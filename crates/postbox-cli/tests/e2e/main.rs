@@ -6,6 +6,7 @@
 
 mod access;
 mod async_forms;
+mod bench;
 mod buffering;
 mod cli;
 mod death;

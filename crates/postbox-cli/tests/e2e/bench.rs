@@ -1,0 +1,55 @@
+//! `postbox bench --json`: every carrier of a measure is in the results, each ratio is the
+//! carrier's p50 over the baseline's p50 of the same run, and the targets are reported. No
+//! figure is asserted (speed is judged from benchmark runs, not tests).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::{exe, stderr_of, stdout_of};
+
+#[test]
+fn a_quick_call_run_reports_every_carrier_with_its_ratio_to_the_raw_socketpair() {
+    let output = Command::new(exe())
+        .args(["bench", "--quick", "--json", "--measure", "call", "--placement", "same-core"])
+        .env_remove("POSTBOX_SOCKET")
+        .output()
+        .unwrap();
+    let stdout = stdout_of(&output);
+    assert!(output.status.success(), "{stdout}\n{}", stderr_of(&output));
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let sizes: BTreeSet<u64> = results.iter().map(|r| r["size"].as_u64().unwrap()).collect();
+    assert!(sizes.contains(&64), "{sizes:?}");
+    for size in sizes {
+        let rows: Vec<&Value> = results.iter().filter(|r| r["size"] == size).collect();
+        let carriers: BTreeSet<&str> =
+            rows.iter().map(|r| r["carrier"].as_str().unwrap()).collect();
+        let expected = ["postbox_shm", "postbox_unix", "raw_futex", "raw_socketpair", "raw_yield"];
+        assert_eq!(carriers, expected.into_iter().collect(), "size {size}");
+        let p50 = |carrier: &str| {
+            let row = rows.iter().find(|r| r["carrier"] == carrier).unwrap();
+            row["p50_ns"].as_f64().unwrap()
+        };
+        let baseline = p50("raw_socketpair");
+        for row in &rows {
+            assert_eq!(row["measure"], "call_rtt");
+            assert_eq!(row["placement"], "same-core");
+            assert_eq!(row["vs"], "raw_socketpair");
+            let (p50, p99, p999) =
+                (row["p50_ns"].as_f64(), row["p99_ns"].as_f64(), row["p999_ns"].as_f64());
+            let (p50, p99, p999) = (p50.unwrap(), p99.unwrap(), p999.unwrap());
+            assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{row}");
+            let ratio = row["ratio"].as_f64().unwrap();
+            assert!((ratio - p50 / baseline).abs() < 1e-3, "{row} against {baseline} ns");
+        }
+    }
+    let targets = report["targets"].as_array().unwrap();
+    let call_target = targets
+        .iter()
+        .find(|t| t["what"].as_str().is_some_and(|w| w.contains("call RTT 64 B")))
+        .unwrap_or_else(|| panic!("no call target in {targets:?}"));
+    assert_eq!(call_target["issue"], 4);
+    assert!(call_target["met"].is_boolean(), "{call_target}");
+}
