@@ -132,9 +132,17 @@ struct Seen {
     links_opened: u64,
 }
 
-/// Sends `PER_STREAM` messages per stream, paced; checks the returned ids.
-fn send_all(link: &HostLink, tag: u8) {
+/// Sends `PER_STREAM` messages per stream, paced; checks the returned ids. Halfway, waits
+/// until `midway` says to go on.
+fn send_all(link: &HostLink, tag: u8, midway: &dyn Fn() -> bool) {
     for id in 1..=PER_STREAM {
+        if id == PER_STREAM / 2 {
+            // The cuts come from the proxy's clock: on a loaded machine the links may be down
+            // (after corruption) each time it strikes, so the run waits for one that landed.
+            while !midway() {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         for stream in 0..STREAMS {
             let sent = link.send(StreamId(stream), payload(tag, stream, id));
             assert_eq!(sent, Ok(MessageId(id)), "ids are consecutive per stream");
@@ -182,13 +190,15 @@ fn every_message_arrives_exactly_once_in_order_through_loss_duplication_corrupti
         };
         let config = config(Duration::from_millis(100), 20);
         let (listening, dialing, proxy) = linked_pair(faults, 0x5eed, &config);
-        let (listening, dialing) = (Arc::new(listening), Arc::new(dialing));
+        let (listening, dialing, proxy) = (Arc::new(listening), Arc::new(dialing), Arc::new(proxy));
         let start = Instant::now();
         let mut threads = Vec::new();
         for (link, tag, peer_tag) in [(&listening, b'L', b'D'), (&dialing, b'D', b'L')] {
             let sender = Arc::clone(link);
+            let proxy = Arc::clone(&proxy);
             threads.push(thread::spawn(move || {
-                send_all(&sender, tag);
+                // Messages in flight both ways when a cut lands: half sent, half to come.
+                send_all(&sender, tag, &|| proxy.counters().injected_cuts > 0);
                 Seen::default()
             }));
             let receiver = Arc::clone(link);
