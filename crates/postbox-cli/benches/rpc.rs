@@ -31,6 +31,7 @@
 //! runs the alternating probe instead: in one process, rounds of `calls` untyped then typed
 //! 64 B echo calls (the order swapped every round), printing each round's medians (of
 //! batches of 100 calls) and their ratio, then the medians over the rounds.
+//! `POSTBOX_BENCH_ALTERNATE_ONLY=typed` (or `untyped`) makes only those calls, for profiles.
 //! `POSTBOX_BENCH_WORKER=<path>` serves with another build's `postbox` binary (to compare
 //! builds: run each build's bench binary with its own worker).
 
@@ -209,6 +210,7 @@ mod alternate {
                 |b| typed.echo(b).expect("typed echo"),
             )
         };
+        let only = std::env::var(ONLY_ENV);
         // A round of each first, not counted: caches, branch predictors, the links' spinners.
         untyped_round();
         typed_round();
@@ -219,7 +221,11 @@ mod alternate {
         eprintln!("round  untyped ns  typed ns  typed / untyped");
         let (mut untyped_ns, mut typed_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            let (u, t) = if round % 2 == 0 {
+            let (u, t) = if only.as_deref() == Ok("typed") {
+                (f64::NAN, typed_round())
+            } else if only.as_deref() == Ok("untyped") {
+                (untyped_round(), f64::NAN)
+            } else if round % 2 == 0 {
                 let u = untyped_round();
                 (u, typed_round())
             } else {
@@ -276,6 +282,9 @@ mod alternate {
             values[middle]
         }
     }
+
+    /// `typed` or `untyped`: the probe makes only those calls (for profiles of one kind).
+    const ONLY_ENV: &str = "POSTBOX_BENCH_ALTERNATE_ONLY";
 
     /// The body size of the probe's calls (issue 5's goal is at 64 B).
     const SIZE: usize = 64;
