@@ -42,19 +42,18 @@ impl Body {
     /// A received frame's body: kept in place when small, else in an allocation.
     pub(crate) fn received(body: FrameBody<'_>) -> Self {
         match body {
-            FrameBody::Borrowed(bytes) => Self::copied(bytes),
+            FrameBody::Borrowed(bytes) if bytes.len() <= SMALL_BODY => {
+                let mut small = SmallBody { len: bytes.len() as u8, bytes: [0; SMALL_BODY] };
+                small.bytes[..bytes.len()].copy_from_slice(bytes);
+                Self::Small(small)
+            }
             body => Self::Owned(body.into_vec()),
         }
     }
 
-    /// A copy of `bytes`: in place when small, else in an allocation.
+    /// A copy of `bytes`: in place when small, else in an allocation (as if received).
     pub(crate) fn copied(bytes: &[u8]) -> Self {
-        if bytes.len() > SMALL_BODY {
-            return Self::Owned(bytes.to_vec());
-        }
-        let mut small = SmallBody { len: bytes.len() as u8, bytes: [0; SMALL_BODY] };
-        small.bytes[..bytes.len()].copy_from_slice(bytes);
-        Self::Small(small)
+        Self::received(FrameBody::Borrowed(bytes))
     }
 
     /// Lent space on `link`.
