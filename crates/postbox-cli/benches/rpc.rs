@@ -25,6 +25,15 @@
 //! of (issue 5: typed / untyped ≤ 1.10 at 64 B; tarpc / postbox ≥ 10).
 //!
 //! Run with `cargo bench -p postbox-cli --bench rpc`. Figures: `docs/benchmarks.md`.
+//!
+//! criterion's ratios move with the machine's mood (a small VM switches between a fast and a
+//! slow mode during a run). `POSTBOX_BENCH_ALTERNATE=<rounds>x<calls>` (e.g. `10x30000`)
+//! runs the alternating probe instead: in one process, rounds of `calls` untyped then typed
+//! 64 B echo calls (the order swapped every round), printing each round's medians (of
+//! batches of 100 calls) and their ratio, then the medians over the rounds.
+//! `POSTBOX_BENCH_ALTERNATE_ONLY=typed` (or `untyped`) makes only those calls, for profiles.
+//! `POSTBOX_BENCH_WORKER=<path>` serves with another build's `postbox` binary (to compare
+//! builds: run each build's bench binary with its own worker).
 
 // The generated service items and criterion's plumbing carry no docs.
 #![allow(missing_docs)]
@@ -47,6 +56,12 @@ mod placement;
 /// Set (to the socket's path) in the child that serves tarpc's echo.
 const TARPC_SOCKET_ENV: &str = "POSTBOX_BENCH_TARPC_SOCKET";
 
+/// `<rounds>x<calls>`: run the alternating probe instead of criterion.
+const ALTERNATE_ENV: &str = "POSTBOX_BENCH_ALTERNATE";
+
+/// The `postbox` binary to run the workers with, when not this build's.
+const WORKER_ENV: &str = "POSTBOX_BENCH_WORKER";
+
 fn main() {
     // The child serving tarpc: this binary again, before criterion sees any argument.
     if let Some(socket) = std::env::var_os(TARPC_SOCKET_ENV) {
@@ -54,6 +69,14 @@ fn main() {
             eprintln!("tarpc echo server: {e}");
             std::process::exit(1);
         }
+        return;
+    }
+    if let Ok(shape) = std::env::var(ALTERNATE_ENV) {
+        let Some((rounds, calls)) = alternate::parse(&shape) else {
+            eprintln!("{ALTERNATE_ENV}={shape:?}: expected <rounds>x<calls>, e.g. 10x30000");
+            std::process::exit(2);
+        };
+        alternate::run(rounds, calls);
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
@@ -142,6 +165,131 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     report(&samples, placement);
+}
+
+/// The alternating probe (`POSTBOX_BENCH_ALTERNATE`): untyped and typed 64 B calls in turns,
+/// so both see the same machine.
+mod alternate {
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    use postbox::{Broker, Message};
+
+    use super::{placement, spawn_worker, typed};
+
+    /// `<rounds>x<calls>`.
+    pub(crate) fn parse(shape: &str) -> Option<(usize, usize)> {
+        let (rounds, calls) = shape.split_once('x')?;
+        Some((rounds.parse().ok()?, calls.parse().ok()?))
+    }
+
+    /// Runs `rounds` rounds of `calls` untyped and `calls` typed 64 B echo calls, and prints
+    /// the per-round medians and ratios.
+    pub(crate) fn run(rounds: usize, calls: usize) {
+        let placement = placement::Placement::from_bench_env();
+        let broker = Broker::embedded().expect("embedded broker");
+        let _servers = placement
+            .apply(|| {
+                [
+                    spawn_worker(&broker, &["echo", "bench/echo"]),
+                    spawn_worker(&broker, &["typed-echo", "bench/typed-echo"]),
+                ]
+            })
+            .expect("pin to the chosen CPUs");
+        let node = broker.node().expect("node");
+        let untyped = node.connect("bench/echo").expect("connect to the echo port");
+        let typed =
+            typed::EchoClient::bind(&node, "bench/typed-echo").expect("bind the typed echo");
+        let body = vec![0xa5u8; SIZE];
+        let untyped_round =
+            || batches(calls, || Message::new(body.clone()), |m| untyped.call(m).expect("untyped"));
+        let typed_round = || {
+            batches(
+                calls,
+                || serde_bytes::ByteBuf::from(body.clone()),
+                |b| typed.echo(b).expect("typed echo"),
+            )
+        };
+        let only = std::env::var(ONLY_ENV);
+        // A round of each first, not counted: caches, branch predictors, the links' spinners.
+        untyped_round();
+        typed_round();
+        eprintln!(
+            "alternating probe, {SIZE} B, {} ({rounds} rounds of {calls} calls)",
+            placement.label()
+        );
+        eprintln!("round  untyped ns  typed ns  typed / untyped");
+        let (mut untyped_ns, mut typed_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (u, t) = if only.as_deref() == Ok("typed") {
+                (f64::NAN, typed_round())
+            } else if only.as_deref() == Ok("untyped") {
+                (untyped_round(), f64::NAN)
+            } else if round % 2 == 0 {
+                let u = untyped_round();
+                (u, typed_round())
+            } else {
+                let t = typed_round();
+                (untyped_round(), t)
+            };
+            eprintln!("{round:>5}  {u:>10.0}  {t:>8.0}  {:>15.3}", t / u);
+            untyped_ns.push(u);
+            typed_ns.push(t);
+            ratios.push(t / u);
+        }
+        let summary = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            (median(values), values[0], values[values.len() - 1])
+        };
+        let (u, u_min, u_max) = summary(&mut untyped_ns);
+        let (t, t_min, t_max) = summary(&mut typed_ns);
+        let (r, r_min, r_max) = summary(&mut ratios);
+        eprintln!(
+            "median of rounds: untyped {u:.0} ns ({u_min:.0}–{u_max:.0}), typed {t:.0} ns \
+             ({t_min:.0}–{t_max:.0}), typed / untyped {r:.3} ({r_min:.3}–{r_max:.3}, goal ≤ 1.10)"
+        );
+    }
+
+    /// The median time per call (ns) over batches of [`BATCH`] calls, `calls` calls in all:
+    /// each batch's arguments are built before it is timed, its replies dropped after.
+    fn batches<A, R>(
+        calls: usize,
+        mut make: impl FnMut() -> A,
+        mut call: impl FnMut(A) -> R,
+    ) -> f64 {
+        let mut means = Vec::with_capacity(calls / BATCH + 1);
+        let mut replies = Vec::with_capacity(BATCH);
+        for _ in 0..calls.div_ceil(BATCH) {
+            let arguments: Vec<A> = (0..BATCH).map(|_| make()).collect();
+            let start = Instant::now();
+            for argument in arguments {
+                replies.push(call(argument));
+            }
+            means.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
+            black_box(&replies);
+            replies.clear();
+        }
+        means.sort_by(f64::total_cmp);
+        median(&means)
+    }
+
+    /// The median of sorted `values`.
+    fn median(values: &[f64]) -> f64 {
+        let middle = values.len() / 2;
+        if values.len() % 2 == 0 {
+            (values[middle - 1] + values[middle]) / 2.0
+        } else {
+            values[middle]
+        }
+    }
+
+    /// `typed` or `untyped`: the probe makes only those calls (for profiles of one kind).
+    const ONLY_ENV: &str = "POSTBOX_BENCH_ALTERNATE_ONLY";
+
+    /// The body size of the probe's calls (issue 5's goal is at 64 B).
+    const SIZE: usize = 64;
+    /// Calls per timed batch.
+    const BATCH: usize = 100;
 }
 
 /// What `postbox worker typed-echo` serves: the same shape as `src/services.rs`'s `Echo` (a
@@ -338,7 +486,9 @@ impl Drop for ChildGuard {
 }
 
 fn spawn_worker(broker: &Broker, args: &[&str]) -> ChildGuard {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_postbox"));
+    // Another build's worker, to compare builds (see the module's docs).
+    let exe = std::env::var_os(WORKER_ENV).unwrap_or_else(|| env!("CARGO_BIN_EXE_postbox").into());
+    let mut command = Command::new(exe);
     command.arg("worker").args(args).env("POSTBOX_SOCKET", broker.socket_path());
     spawn_ready(command, &format!("postbox worker {args:?}"))
 }

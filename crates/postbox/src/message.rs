@@ -41,6 +41,12 @@ impl Message {
         Self { id: 0, msg_type: 0, priority: 0, body: Body::Owned(body.into()) }
     }
 
+    /// A message with a copy of `body`, type 0, priority 0: held in place, without an
+    /// allocation, when it is small.
+    pub(crate) fn copied(body: &[u8]) -> Self {
+        Self { id: 0, msg_type: 0, priority: 0, body: Body::copied(body) }
+    }
+
     /// A message whose body is `value` encoded with postcard (little-endian, portable).
     ///
     /// # Errors

@@ -320,6 +320,41 @@ fn deadlines_bound_calls_and_nested_calls_inherit_them() {
     assert!(inner_left > 0);
 }
 
+#[postbox::service]
+trait Padded {
+    /// `body`, back, with whether the call came with a deadline.
+    fn echo(&self, body: Vec<u8>) -> (Vec<u8>, bool);
+}
+
+struct PaddedEcho;
+
+impl Padded for PaddedEcho {
+    fn echo(&self, body: Vec<u8>) -> (Vec<u8>, bool) {
+        let deadline = CallContext::current().expect("served").deadline;
+        (body, deadline.is_some())
+    }
+}
+
+/// Small requests and replies travel in a message of their own (their buffer stays with the
+/// thread): every size around where that stops (64 bytes of body) arrives whole, with its
+/// deadline or without one, and so does the next call of the same thread.
+#[test]
+fn requests_and_replies_around_the_inline_size_arrive_whole_with_their_deadlines() {
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let _serving = PaddedServer::new(PaddedEcho).start(&server_node, "rpc/padded").unwrap();
+    let node = broker.node().unwrap();
+    let plain = PaddedClient::bind(&node, "rpc/padded").unwrap();
+    let hurried = plain.clone().with_timeout(Duration::from_secs(60));
+    // The request's header is 38 bytes with this method name: bodies of 0..=120 bytes make
+    // requests and replies on both sides of 64 bytes.
+    for len in 0..=120 {
+        let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        assert_eq!(plain.echo(body.clone()).unwrap(), (body.clone(), false), "{len} bytes");
+        assert_eq!(hurried.echo(body.clone()).unwrap(), (body, true), "{len} bytes");
+    }
+}
+
 /// Counts how often its method really ran, and lets a test wait until a run started.
 #[postbox::service]
 pub trait Once {

@@ -434,8 +434,9 @@ impl Client {
     fn header(&self, kind: RequestKind, method: usize, flags: u8) -> Vec<u8> {
         let schema = &self.schema.methods[method];
         // Room for the header and small arguments: a buffer that grows while the arguments
-        // are encoded costs a reallocation and a copy on every call.
-        let mut body = Vec::with_capacity(HEADER_ROOM + schema.name.len() + SMALL_ARGUMENTS);
+        // are encoded costs a reallocation and a copy on every call. The thread's kept buffer
+        // when it has one (see `request_message`).
+        let mut body = codec::buffer(HEADER_ROOM + schema.name.len() + SMALL_ARGUMENTS);
         RequestHeader {
             kind,
             flags,
@@ -509,7 +510,8 @@ fn request_message(mut body: Vec<u8>, deadline: Option<Instant>) -> Message {
         d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, u64::MAX.into()) as u64
     });
     RequestHeader::set_deadline(&mut body, left);
-    Message::new(body).with_type(RPC_MSG_TYPE)
+    // A small request is copied into the message, and the buffer kept for the next.
+    codec::message_of(body).with_type(RPC_MSG_TYPE)
 }
 
 /// A describe or cancel request (for call `call_id`): on the control lane, which a server

@@ -1,11 +1,49 @@
 //! Postcard into and out of the buffers a typed call already holds: arguments and results
-//! appended to the request or reply being built, and a result decoded from the reply that
-//! carries it, a byte buffer taken over rather than copied.
+//! appended to the request or reply being built (in a buffer each thread keeps between
+//! calls), and a result decoded from the reply that carries it, a byte buffer taken over
+//! rather than copied.
+
+use std::cell::Cell;
 
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use serde::Serialize;
 
+use crate::body::Body;
 use crate::Message;
+
+/// A buffer to build a request or reply in: the one this thread kept ([`keep`]) when it has
+/// one, as large as it is (growing it would cost what the allocation it replaces does), else
+/// a new one with room for `room` bytes.
+pub(crate) fn buffer(room: usize) -> Vec<u8> {
+    let mut buffer = SPARE.take();
+    if buffer.capacity() == 0 {
+        buffer.reserve(room);
+    }
+    buffer.clear();
+    buffer
+}
+
+/// Keeps `buffer` (its bytes are used up) for the next [`buffer`] of this thread, unless the
+/// thread keeps a larger one already or it is larger than [`SPARE_LIMIT`].
+pub(crate) fn keep(buffer: Vec<u8>) {
+    let capacity = buffer.capacity();
+    if capacity <= SPARE_LIMIT {
+        let kept = SPARE.take();
+        SPARE.set(if kept.capacity() >= capacity { kept } else { buffer });
+    }
+}
+
+/// A message of the bytes `body` holds: a small body is copied into the message (which then
+/// holds it without an allocation) and the buffer kept for the thread's next request or
+/// reply; a larger one is handed over as it is.
+pub(crate) fn message_of(body: Vec<u8>) -> Message {
+    if body.len() > crate::body::SMALL_BODY {
+        return Message::new(body);
+    }
+    let message = Message::copied(&body);
+    keep(body);
+    message
+}
 
 /// Appends `value` (postcard) to `buf`, and returns it.
 ///
@@ -90,9 +128,13 @@ impl<'de> Deserializer<'de> for TakeBytes<'_> {
         // The bytes come right before `rest`, which ends the body.
         let end = body.len() - rest.len();
         let start = end - bytes.len();
-        // Owned bytes are taken as they are; others (received in place) are copied once.
-        let mut owned = std::mem::take(self.message.body.owned_mut());
         *self.taken = true;
+        if !matches!(self.message.body, Body::Owned(_)) {
+            // Held in place (small) or received in place: the bytes alone are copied once.
+            return visitor.visit_byte_buf(body[start..end].to_vec());
+        }
+        // Owned bytes are taken as they are.
+        let mut owned = std::mem::take(self.message.body.owned_mut());
         owned.truncate(end);
         owned.drain(..start);
         visitor.visit_byte_buf(owned)
@@ -108,6 +150,14 @@ impl<'de> Deserializer<'de> for TakeBytes<'_> {
         unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
     }
 }
+
+thread_local! {
+    /// The buffer of a request or reply this thread is done with, for its next one.
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The largest buffer a thread keeps between calls.
+const SPARE_LIMIT: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -193,6 +243,43 @@ mod tests {
             assert_eq!(decode_at::<Option<Bytes>>(Message::new(body.clone()), 2), expected);
             let expected = postcard::from_bytes::<Lenient>(&body[2..]);
             assert_eq!(decode_at::<Lenient>(Message::new(body), 2), expected);
+        }
+    }
+
+    #[test]
+    fn a_small_message_is_a_copy_and_the_buffer_stays_with_the_thread() {
+        for len in [0, 1, crate::body::SMALL_BODY - 1, crate::body::SMALL_BODY] {
+            let mut body = buffer(256);
+            body.extend((0..len).map(|i| i as u8));
+            let (expected, at) = (body.clone(), body.as_ptr() as usize);
+            let message = message_of(body);
+            assert_eq!(message.body(), expected, "{len} bytes");
+            assert!(matches!(message.body, Body::Small(_)), "{len} bytes held in place");
+            let again = buffer(1);
+            assert_eq!(again.as_ptr() as usize, at, "the thread kept the buffer");
+            keep(again);
+        }
+    }
+
+    #[test]
+    fn a_larger_message_takes_the_buffer_over() {
+        let mut body = buffer(256);
+        body.extend((0..=crate::body::SMALL_BODY).map(|i| i as u8));
+        let (expected, at) = (body.clone(), body.as_ptr() as usize);
+        let message = message_of(body);
+        assert_eq!(message.body(), expected);
+        assert_eq!(message.body().as_ptr() as usize, at, "the buffer itself");
+    }
+
+    #[test]
+    fn a_byte_buffer_decodes_from_a_body_held_in_place() {
+        for len in [0, 1, 40, 60] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let body = body_of(&Bytes(payload.clone()), b"x");
+            let message = Message::copied(&body);
+            assert!(matches!(message.body, Body::Small(_)));
+            let decoded: Bytes = decode_at(message, 2).unwrap();
+            assert_eq!(decoded.0, payload);
         }
     }
 

@@ -1,8 +1,6 @@
 //! What `#[postbox::service]` generates for the server side to call: the [`Dispatch`] of a
 //! service, and the [`Outcome`] of one method call.
 
-use std::cell::Cell;
-
 use postbox_rpc::{ReplyStatus, ServiceSchema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -82,38 +80,15 @@ impl Outcome {
         self.body
     }
 
-    /// A reply body with `status` and no payload yet: in the buffer of a request this thread
-    /// served before, when one was kept (see [`keep_for_reply`]).
+    /// A reply body with `status` and no payload yet, in the buffer this thread kept (see
+    /// [`codec::keep`]), with room for small results: growing mid-encode is a reallocation
+    /// per call.
     fn start(status: ReplyStatus) -> Vec<u8> {
-        let mut body = SPARE.take();
-        if body.capacity() == 0 {
-            // Room for small results: growing mid-encode is a reallocation per call.
-            body.reserve(SMALL_REPLY);
-        }
+        let mut body = codec::buffer(SMALL_REPLY);
         status.encode(&mut body);
         body
     }
 }
 
-/// Keeps the buffer of a request just served (its arguments are decoded, its reply is sent),
-/// for the next reply this thread builds: the request's free and the reply's allocation
-/// become one reuse. A reply larger than the buffer grows it, which costs about what the
-/// allocation it replaces would have. Buffers larger than [`SPARE_LIMIT`] are not kept.
-pub(crate) fn keep_for_reply(mut buffer: Vec<u8>) {
-    if buffer.capacity() <= SPARE_LIMIT {
-        buffer.clear();
-        SPARE.set(buffer);
-    }
-}
-
-thread_local! {
-    /// The buffer of a request served by this thread, for the next reply it builds.
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
 /// Bytes reserved for a reply before its value is encoded: status and small results fit.
 const SMALL_REPLY: usize = 256;
-
-/// The largest request buffer kept for a reply: a serving thread holds no more than this
-/// between calls.
-const SPARE_LIMIT: usize = 4096;

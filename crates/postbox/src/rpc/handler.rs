@@ -13,8 +13,8 @@ use postbox_rpc::{
 };
 
 use crate::body::Body;
-use crate::rpc::context;
-use crate::rpc::dispatch::{self, Dispatch, Outcome};
+use crate::rpc::dispatch::{Dispatch, Outcome};
+use crate::rpc::{codec, context};
 use crate::{Envelope, Message, ProcessId, ReplyToken};
 
 /// What every serving thread (or task) of one service shares.
@@ -56,9 +56,10 @@ impl Handler {
     pub(crate) fn handle(&self, mut envelope: Envelope) {
         let token = envelope.take_reply_token();
         self.serve_request(token, &envelope);
-        // Answered: the request's buffer can hold this thread's next reply.
+        // Answered: the request's buffer (unless it was small, and held in place) can hold
+        // this thread's next reply.
         if let Body::Owned(buffer) = &mut envelope.message.body {
-            dispatch::keep_for_reply(std::mem::take(buffer));
+            codec::keep(std::mem::take(buffer));
         }
     }
 
@@ -181,7 +182,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// problem).
 fn answer(token: Option<ReplyToken>, outcome: Outcome) {
     if let Some(token) = token {
-        let _ = token.reply(Message::new(outcome.into_body()));
+        let _ = token.reply(codec::message_of(outcome.into_body()));
     }
 }
 
