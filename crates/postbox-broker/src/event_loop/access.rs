@@ -3,7 +3,7 @@
 //! answered and logged, policies replaced live.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use postbox_core::{
     ControlErrorCode, ControlMessage, LinkId, NamePattern, Operation, PortName, ProcessId, Rights,
@@ -32,40 +32,8 @@ impl PolicyReloader {
     }
 }
 
-/// Keeps the denial log readable under a flood of denied requests: at most
-/// [`DENIALS_LOGGED_PER_SECOND`] lines a second, and a count of those left out.
-#[derive(Debug)]
-pub(super) struct DenialLog {
-    window: Instant,
-    logged: u32,
-    left_out: u64,
-}
-
-impl DenialLog {
-    pub(super) fn new() -> Self {
-        Self { window: Instant::now(), logged: 0, left_out: 0 }
-    }
-
-    /// True when a denial at `now` is to be logged; says first how many were left out.
-    fn admit(&mut self, now: Instant) -> bool {
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            if self.left_out > 0 {
-                tracing::warn!(count = self.left_out, "access denials not logged (too many)");
-            }
-            *self = Self { window: now, logged: 0, left_out: 0 };
-        }
-        if self.logged < DENIALS_LOGGED_PER_SECOND {
-            self.logged += 1;
-            true
-        } else {
-            self.left_out += 1;
-            false
-        }
-    }
-}
-
 /// Denials logged one by one each second; beyond, they are counted.
-const DENIALS_LOGGED_PER_SECOND: u32 = 100;
+pub(super) const DENIALS_LOGGED_PER_SECOND: u32 = 100;
 
 /// Who asks, as the policy knows it.
 #[derive(Debug, Clone)]

@@ -40,6 +40,7 @@ mod access;
 mod datagrams;
 mod dropped;
 mod gateway;
+mod log_budget;
 mod mailboxes;
 mod out_queue;
 mod peer_opens;
@@ -52,6 +53,7 @@ pub use access::PolicyReloader;
 use crate::socket_path::bind_listener;
 use crate::{BrokerConfig, BrokerError};
 use gateway::{Gateway, Relay, RelayKey};
+use log_budget::LogBudget;
 use mailboxes::DataLink;
 use remote_nodes::RemoteNode;
 use topics::{TopicKey, TopicLink};
@@ -126,7 +128,16 @@ impl Broker {
             relays: Vec::new(),
             registry: Registry::new(self.config.policy.limits()),
             grants: Grants::default(),
-            denial_log: access::DenialLog::new(),
+            denial_log: LogBudget::new(
+                "access denials",
+                access::DENIALS_LOGGED_PER_SECOND,
+                Instant::now(),
+            ),
+            refusal_log: LogBudget::new(
+                "refused remote nodes",
+                remote_nodes::REFUSALS_LOGGED_PER_SECOND,
+                Instant::now(),
+            ),
             pending_policy: Arc::clone(&self.reloader.pending),
             reload_waker: Arc::clone(&self.reloader.waker),
             config: self.config,
@@ -231,7 +242,11 @@ struct EventLoop {
     registry: Registry,
     /// Rights nodes handed to other nodes.
     grants: Grants,
-    denial_log: access::DenialLog,
+    /// Denied requests, logged within a budget (a node can cause any number of them).
+    denial_log: LogBudget,
+    /// Refused attempts of nodes to attach over TCP, logged within a budget (anybody who can
+    /// connect can cause them).
+    refusal_log: LogBudget,
     /// A policy waiting to be applied, and the waker that says so.
     pending_policy: Arc<Mutex<Option<crate::Policy>>>,
     reload_waker: Arc<Waker>,

@@ -29,7 +29,9 @@ impl EventLoop {
         while let Some(event) = listener.try_next() {
             match event {
                 AttachEvent::Attached(node) => self.admit_remote(node),
-                AttachEvent::Refused { address, error } => {
+                AttachEvent::Refused { address, error }
+                    if self.refusal_log.admit(Instant::now()) =>
+                {
                     tracing::warn!(%address, %error, "remote node refused");
                 }
                 AttachEvent::Ended { principal, address, result: Err(error) } => {
@@ -84,3 +86,6 @@ impl EventLoop {
         });
     }
 }
+
+/// Refused attach attempts logged one by one each second; beyond, they are counted.
+pub(super) const REFUSALS_LOGGED_PER_SECOND: u32 = 20;
