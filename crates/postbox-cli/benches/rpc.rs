@@ -73,7 +73,7 @@ fn main() {
     }
     if let Ok(shape) = std::env::var(ALTERNATE_ENV) {
         let Some((rounds, calls)) = alternate::parse(&shape) else {
-            eprintln!("{ALTERNATE_ENV}={shape:?}: expected <rounds>x<calls>, e.g. 10x30000");
+            eprintln!("{ALTERNATE_ENV}={shape:?}: expected <rounds>x<calls>, both at least 1, e.g. 10x30000");
             std::process::exit(2);
         };
         alternate::run(rounds, calls);
@@ -180,7 +180,9 @@ mod alternate {
     /// `<rounds>x<calls>`.
     pub(crate) fn parse(shape: &str) -> Option<(usize, usize)> {
         let (rounds, calls) = shape.split_once('x')?;
-        Some((rounds.parse().ok()?, calls.parse().ok()?))
+        let (rounds, calls): (usize, usize) = (rounds.parse().ok()?, calls.parse().ok()?);
+        // A round of no calls has no median.
+        (rounds > 0 && calls > 0).then_some((rounds, calls))
     }
 
     /// Runs `rounds` rounds of `calls` untyped and `calls` typed 64 B echo calls, and prints

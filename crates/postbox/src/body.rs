@@ -169,9 +169,8 @@ impl Drop for Lent {
     }
 }
 
-/// Largest body kept without an allocation of its own (received, or copied in).
-///
-/// 119 bytes and their length make 120, so a [`Body`] is 128 bytes (two cache lines): room
-/// for a typed call of 64 bytes of arguments (its request is 103 bytes with a short method
-/// name, its reply 67), which then costs no allocation on either side.
+/// Largest body kept without an allocation of its own (received, or copied in): a [`Body`]
+/// is 72 bytes. A larger bound (119 bytes, a 128-byte `Body`, enough for the typed echo of 64
+/// bytes) made every message slower to move than the allocations it saved
+/// (docs/benchmarks.md, "Small typed frames without allocations").
 pub(crate) const SMALL_BODY: usize = 64;

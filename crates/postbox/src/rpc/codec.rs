@@ -11,25 +11,27 @@ use serde::Serialize;
 use crate::body::Body;
 use crate::Message;
 
-/// A buffer to build a request or reply in: the one this thread kept ([`keep`]) when it has
-/// one, as large as it is (growing it would cost what the allocation it replaces does), else
-/// a new one with room for `room` bytes.
+/// A buffer to build a request or reply in, with room for `room` bytes: the one this thread
+/// kept ([`keep`]) when it has one, grown if it is smaller (once, rather than while the
+/// arguments are encoded), else a new one. A thread being torn down (a typed call from a
+/// thread-local's destructor) gets a new one.
 pub(crate) fn buffer(room: usize) -> Vec<u8> {
-    let mut buffer = SPARE.take();
-    if buffer.capacity() == 0 {
-        buffer.reserve(room);
-    }
+    let mut buffer = SPARE.try_with(Cell::take).unwrap_or_default();
     buffer.clear();
+    buffer.reserve(room);
     buffer
 }
 
 /// Keeps `buffer` (its bytes are used up) for the next [`buffer`] of this thread, unless the
 /// thread keeps a larger one already or it is larger than [`SPARE_LIMIT`].
+/// A thread being torn down keeps nothing.
 pub(crate) fn keep(buffer: Vec<u8>) {
     let capacity = buffer.capacity();
     if capacity <= SPARE_LIMIT {
-        let kept = SPARE.take();
-        SPARE.set(if kept.capacity() >= capacity { kept } else { buffer });
+        let _ = SPARE.try_with(|spare| {
+            let kept = spare.take();
+            spare.set(if kept.capacity() >= capacity { kept } else { buffer });
+        });
     }
 }
 
@@ -165,6 +167,17 @@ mod tests {
     use serde::Serializer;
 
     use super::*;
+
+    #[test]
+    fn a_kept_buffer_smaller_than_the_room_asked_for_is_grown_at_once() {
+        // What a retrying client keeps after a small call: a copy as long as its request.
+        keep(Vec::with_capacity(39));
+        let buffer = buffer(200);
+        assert!(buffer.capacity() >= 200, "capacity {}", buffer.capacity());
+        keep(buffer);
+        // A kept buffer large enough is used as it is.
+        assert!(super::buffer(16).capacity() >= 200);
+    }
 
     /// A byte buffer as `serde_bytes::ByteBuf` is: a byte string in, an owned one out.
     #[derive(Debug, PartialEq)]

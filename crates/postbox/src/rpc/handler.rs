@@ -57,7 +57,7 @@ impl Handler {
         let token = envelope.take_reply_token();
         self.serve_request(token, &envelope);
         // Answered: the request's buffer (unless it was small, and held in place) can hold
-        // this thread's next reply.
+        // this thread's next reply or request.
         if let Body::Owned(buffer) = &mut envelope.message.body {
             codec::keep(std::mem::take(buffer));
         }
