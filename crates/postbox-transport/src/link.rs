@@ -3,11 +3,12 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
+use postbox_core::wire::frame::HEADER_LEN;
 use postbox_core::{FrameDecoder, PoolRef, SealedRef};
 
 use crate::{
     LinkSide, PoolLoan, PoolView, SealedPayload, ShmLink, ShmLinkParts, TransportError, UnixLink,
-    Wait,
+    Wait, WriteFramesError,
 };
 
 /// One end of a connection's data path.
@@ -50,6 +51,35 @@ impl Link {
         match self {
             Self::Unix(link) => link.write_frame(header, body, wait),
             Self::Shm(link) => link.write_frame(header, body, wait),
+        }
+    }
+
+    /// Writes whole frames back to back, ending at the offsets in `ends`: on a Unix link in
+    /// as few system calls as the socket allows ([`UnixLink::write_frames`]), on a
+    /// shared-memory link frame by frame ([`ShmLink::write_frame`]; cork the link to publish
+    /// them together).
+    ///
+    /// # Errors
+    /// [`WriteFramesError`]: how many frames were written whole, and why the next was not.
+    pub fn write_frames(
+        &self,
+        frames: &[u8],
+        ends: &[usize],
+        wait: Wait,
+    ) -> Result<(), WriteFramesError> {
+        match self {
+            Self::Unix(link) => link.write_frames(frames, ends, wait),
+            Self::Shm(link) => {
+                let mut start = 0;
+                for (written, &end) in ends.iter().enumerate() {
+                    let frame = &frames[start..end];
+                    let (header, body) = frame.split_at(HEADER_LEN.min(frame.len()));
+                    link.write_frame(header, body, wait)
+                        .map_err(|error| WriteFramesError { written, error })?;
+                    start = end;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use rustix::net::{
 };
 
 use crate::wait::{wait_readable, wait_writable};
-use crate::{TransportError, Wait};
+use crate::{TransportError, Wait, WriteFramesError};
 
 /// One end of a Unix stream link.
 #[derive(Debug)]
@@ -100,6 +100,98 @@ impl UnixLink {
                     }
                 }
                 Err(errno) => return Err(TransportError::os("write frame", errno)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `frames`, whole frames back to back that end at the offsets in `ends`
+    /// (ascending, the last one `frames.len()`), in as few system calls as the socket allows:
+    /// a batch of small frames is one `sendmsg` (one socket buffer for the reader) when the
+    /// socket has room for it.
+    ///
+    /// Each frame keeps [`write_frame`](Self::write_frame)'s contract: a frame whose first
+    /// byte is in the socket is finished (given at least a grace period past the wait), one
+    /// not started when the wait ends is not written at all. The receiver sees the frames
+    /// before the one that failed, whole, and nothing of the others.
+    ///
+    /// # Errors
+    /// [`WriteFramesError`] with how many frames were written whole and why the next one was
+    /// not: `Closed` when the peer is gone, `WouldBlock`, `TimedOut`, `Stalled` (it was
+    /// started and could not be finished; the link was shut down), `Os`.
+    pub fn write_frames(
+        &self,
+        frames: &[u8],
+        ends: &[usize],
+        wait: Wait,
+    ) -> Result<(), WriteFramesError> {
+        debug_assert_eq!(ends.last().copied().unwrap_or(0), frames.len(), "ends cover frames");
+        let mut flags = SendFlags::NOSIGNAL;
+        if wait != Wait::Forever {
+            flags |= SendFlags::DONTWAIT;
+        }
+        let mut written = 0usize;
+        // Frames written whole, and the offset where the next one starts.
+        let mut whole = 0usize;
+        let mut next_start = 0usize;
+        // The wait of a frame under way: the caller's, extended by the grace once it started.
+        let mut started_wait = wait;
+        while written < frames.len() {
+            let mid_frame = written > next_start;
+            match sendmsg(
+                &self.fd,
+                &[IoSlice::new(&frames[written..])],
+                &mut SendAncillaryBuffer::default(),
+                flags,
+            ) {
+                Ok(n) => {
+                    let before = written;
+                    written += n;
+                    while whole < ends.len() && ends[whole] <= written {
+                        next_start = ends[whole];
+                        whole += 1;
+                    }
+                    if written > next_start && next_start >= before && wait != Wait::Forever {
+                        // The frame now under way started in this write: it gets the grace.
+                        let grace = Wait::timeout(PARTIAL_FRAME_GRACE);
+                        started_wait =
+                            wait.ends_at().max(grace.ends_at()).map_or(Wait::Forever, Wait::Until);
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    let frame_wait = if mid_frame { started_wait } else { wait };
+                    let room = match frame_wait {
+                        Wait::NonBlocking => Ok(false),
+                        _ => wait_writable(self.fd.as_fd(), frame_wait),
+                    };
+                    match room {
+                        Ok(true) => {}
+                        Ok(false) if !mid_frame => {
+                            let error = match wait {
+                                Wait::NonBlocking => TransportError::WouldBlock,
+                                _ => TransportError::TimedOut,
+                            };
+                            return Err(WriteFramesError { written: whole, error });
+                        }
+                        Ok(false) => {
+                            self.shutdown();
+                            let error = TransportError::Stalled;
+                            return Err(WriteFramesError { written: whole, error });
+                        }
+                        Err(error) => {
+                            if mid_frame {
+                                // A half-written frame can never be taken back.
+                                self.shutdown();
+                            }
+                            return Err(WriteFramesError { written: whole, error });
+                        }
+                    }
+                }
+                Err(errno) => {
+                    let error = TransportError::os("write frames", errno);
+                    return Err(WriteFramesError { written: whole, error });
+                }
             }
         }
         Ok(())
@@ -192,6 +284,8 @@ const PARTIAL_FRAME_GRACE: std::time::Duration = std::time::Duration::from_milli
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use postbox_core::Frame;
 
     use super::*;
@@ -234,6 +328,150 @@ mod tests {
         // Either the frame was refused whole, or it started and could not finish in time.
         assert!(matches!(err, TransportError::WouldBlock | TransportError::Stalled), "{err:?}");
         assert!(sent > 0);
+    }
+
+    /// `count` frames of `size` bytes back to back, each body filled with its number; and
+    /// where each ends.
+    fn numbered_frames(count: usize, size: usize) -> (Vec<u8>, Vec<usize>) {
+        let mut frames = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..count {
+            let body = vec![(i % 251) as u8; size];
+            let mut h = header(size);
+            h.id = i as u64;
+            frames.extend_from_slice(&h.encode(&body));
+            frames.extend_from_slice(&body);
+            ends.push(frames.len());
+        }
+        (frames, ends)
+    }
+
+    /// Reads frames until `count` arrived or the link has nothing more to read now, checking
+    /// that they are numbered from `first` on, in order, and whole; returns how many.
+    fn read_numbered(b: &UnixLink, decoder: &mut FrameDecoder, first: usize, wait: Wait) -> usize {
+        let mut next = first;
+        loop {
+            while let Some(frame) = decoder.poll_frame().unwrap() {
+                assert_eq!(frame.header.id, next as u64, "in order, none twice");
+                assert!(frame.body.iter().all(|&byte| byte == (next % 251) as u8));
+                next += 1;
+            }
+            match b.read_into(decoder, wait) {
+                Ok(_) => {}
+                Err(TransportError::WouldBlock | TransportError::Closed) => return next - first,
+                Err(other) => panic!("read failed: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_frames_arrives_whole_and_in_order() {
+        let (a, b) = UnixLink::pair().unwrap();
+        let (frames, ends) = numbered_frames(64, 64);
+        a.write_frames(&frames, &ends, Wait::NonBlocking).unwrap();
+        drop(a);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(read_numbered(&b, &mut decoder, 0, Wait::Forever), 64);
+        assert_eq!(decoder.buffered(), 0, "nothing beyond the frames");
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_socket_resumes_after_each_partial_write() {
+        // 8 MiB: the socket takes it in many pieces, most of them ending inside a frame.
+        let (a, b) = UnixLink::pair().unwrap();
+        let (frames, ends) = numbered_frames(2000, 4093);
+        let writer = std::thread::spawn(move || {
+            a.write_frames(&frames, &ends, Wait::Forever).unwrap();
+        });
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(read_numbered(&b, &mut decoder, 0, Wait::Forever), 2000);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fit_reports_the_frames_written_whole_and_resumes_after_them() {
+        for wait in [Wait::NonBlocking, Wait::timeout(Duration::from_millis(20))] {
+            let (a, b) = UnixLink::pair().unwrap();
+            let (frames, ends) = numbered_frames(2000, 4093);
+            // Nobody reads: the socket fills, part way into some frame.
+            let failure = a.write_frames(&frames, &ends, wait).unwrap_err();
+            let written = failure.written;
+            assert!(written > 0 && written < 2000, "{failure:?}");
+            let mut decoder = FrameDecoder::new(1 << 20);
+            match failure.error {
+                // The frame under way was finished: exactly the whole ones are there.
+                TransportError::WouldBlock | TransportError::TimedOut => {
+                    assert_eq!(read_numbered(&b, &mut decoder, 0, Wait::NonBlocking), written);
+                    assert_eq!(decoder.buffered(), 0, "no part of the next frame");
+                    // The rest goes once the reader takes, starting at the first unsent one.
+                    let start = ends[written - 1];
+                    let rest: Vec<usize> = ends[written..].iter().map(|e| e - start).collect();
+                    let writer = std::thread::spawn(move || {
+                        a.write_frames(&frames[start..], &rest, Wait::Forever).unwrap();
+                    });
+                    let more = read_numbered(&b, &mut decoder, written, Wait::Forever);
+                    writer.join().unwrap();
+                    assert_eq!(more, 2000 - written);
+                }
+                // The frame under way could not be finished in its grace: the link is shut
+                // down after the whole ones.
+                TransportError::Stalled => {
+                    assert_eq!(read_numbered(&b, &mut decoder, 0, Wait::Forever), written);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_to_a_full_link_writes_nothing_and_says_so() {
+        let (a, b) = UnixLink::pair().unwrap();
+        let filler = vec![0u8; 4096];
+        while a.write_available(&filler).unwrap() > 0 {}
+        let (frames, ends) = numbered_frames(64, 64);
+        let nothing = |error| WriteFramesError { written: 0, error };
+        assert_eq!(
+            a.write_frames(&frames, &ends, Wait::NonBlocking),
+            Err(nothing(TransportError::WouldBlock))
+        );
+        let short = Wait::timeout(Duration::from_millis(10));
+        assert_eq!(a.write_frames(&frames, &ends, short), Err(nothing(TransportError::TimedOut)));
+        // The link is still usable: nothing of a frame went out.
+        drop(a);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut filled = 0;
+        loop {
+            match recv(&b.fd, &mut buf, RecvFlags::empty()) {
+                Ok((0, _)) => break,
+                Ok((n, _)) => filled += n,
+                Err(errno) => panic!("{errno:?}"),
+            }
+        }
+        assert_eq!(filled % filler.len(), 0, "only the filler arrived");
+    }
+
+    #[test]
+    fn a_batch_past_its_deadline_finishes_the_frame_under_way_and_writes_no_more() {
+        let (a, b) = UnixLink::pair().unwrap();
+        let (frames, ends) = numbered_frames(2000, 4093);
+        let reader = std::thread::spawn(move || {
+            // Starts after the writer's deadline, most likely with a frame half written.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut decoder = FrameDecoder::new(1 << 20);
+            let count = read_numbered(&b, &mut decoder, 0, Wait::Forever);
+            (count, decoder.buffered())
+        });
+        let result = a.write_frames(&frames, &ends, Wait::timeout(Duration::from_millis(20)));
+        drop(a);
+        let (count, left) = reader.join().unwrap();
+        match result {
+            Ok(()) => assert_eq!(count, 2000),
+            Err(WriteFramesError { written, error: TransportError::TimedOut }) => {
+                assert_eq!(count, written, "the whole frames, and no more");
+                assert_eq!(left, 0, "no part of a frame after them");
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
