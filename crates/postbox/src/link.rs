@@ -212,8 +212,11 @@ impl WriteGuard<'_> {
 }
 
 /// At most this many bytes of frames go to a Unix link in one batched write (and a body
-/// larger than that goes alone, without a copy into the batch).
-const BATCH_BYTES: usize = 64 * 1024;
+/// larger than that goes alone, without a copy into the batch). Linux queues a write of up to
+/// about 32 KiB as one socket buffer, taken whole or not at all, so a non-blocking batch
+/// this size does not in practice stop inside a frame (and wait out the grace to finish it)
+/// where frame-by-frame writes would not have.
+const BATCH_BYTES: usize = 32 * 1024;
 
 /// Bodies this large go through a shared-memory link's payload pool when it has room: below
 /// it, copying through the stream costs less than lending.
