@@ -39,7 +39,8 @@ pub enum TransportError {
     },
 }
 
-/// Failure of [`UnixLink::write_frames`](crate::UnixLink::write_frames): the frames before
+/// Failure of [`Link::write_frames`](crate::Link::write_frames) and
+/// [`UnixLink::write_frames`](crate::UnixLink::write_frames): the frames before
 /// `written` went out whole, the others not at all (or, with `Stalled`, the one after them
 /// in part, and the link was shut down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -231,7 +231,8 @@ impl ClientLink {
     }
 
     /// Writes `batch` under one entry to the link, counting in `sent` what was written. The
-    /// messages the window admits now are counted in it together (one lock), then written;
+    /// messages the window admits now are counted in it together (one lock), then written
+    /// together ([`WriteGuard::write_batch`]);
     /// one it does not admit goes the way of a single send (waiting for credit, or failing).
     fn write_batch(
         &self,

@@ -113,7 +113,7 @@ impl Connection {
 
     /// Sends the one-way messages of `batch` in order, as [`send`](Self::send) would one by
     /// one, but as one write: on a shared-memory link the receiver sees them together and is
-    /// woken once. Sent messages are drained from `batch`, which is empty on success. Where a
+    /// woken once, on a Unix link they go in one system call (up to 32 KiB at a time). Sent messages are drained from `batch`, which is empty on success. Where a
     /// message must wait for room, the ones before it are delivered first (and other threads'
     /// sends on this connection may go between them while it waits for credit; until then
     /// they wait, or a `try_send` finds the link `Full`). A rendezvous port takes them one by

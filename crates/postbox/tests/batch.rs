@@ -1,5 +1,5 @@
 //! Batches: `Connection::send_batch` and its forms write many one-way messages at once (on a
-//! shared-memory link, published together), `Port::recv_batch` and its forms take many at
+//! shared-memory link, published together; on a Unix link, in one write), `Port::recv_batch` and its forms take many at
 //! once. Order, flow control, the messages handed back on failure, and every wait form. Two
 //! nodes in this process, each with its own link ends, as two processes would have.
 
