@@ -481,4 +481,77 @@ mod tests {
         let h = header(3).encode(b"abc");
         assert_eq!(a.write_frame(&h, b"abc", Wait::Forever), Err(TransportError::Closed));
     }
+
+    #[test]
+    fn a_batch_filling_the_socket_exactly_on_a_frame_boundary_counts_every_whole_frame() {
+        // 3426-byte frames: the first non-blocking write of a long batch takes 219264 bytes on
+        // this kernel, exactly 64 frames.
+        let (a, b) = UnixLink::pair().unwrap();
+        let (frames, ends) = numbered_frames(2000, 3426 - 32);
+        let failure = a.write_frames(&frames, &ends, Wait::NonBlocking).unwrap_err();
+        eprintln!("{failure:?}");
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let read = read_numbered(&b, &mut decoder, 0, Wait::NonBlocking);
+        assert_eq!(read, failure.written);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn a_timed_batch_starts_no_frame_after_its_wait_ended() {
+        // The doc of write_frames: "one not started when the wait ends is not written at all".
+        let (a, b) = UnixLink::pair().unwrap();
+        let (frames, ends) = numbered_frames(2000, 4093);
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut decoder = FrameDecoder::new(1 << 20);
+            read_numbered(&b, &mut decoder, 0, Wait::Forever)
+        });
+        let started = std::time::Instant::now();
+        let result = a.write_frames(&frames, &ends, Wait::timeout(Duration::from_millis(20)));
+        let took = started.elapsed();
+        drop(a);
+        let count = reader.join().unwrap();
+        // The socket took 53 whole frames and part of the 54th before the 20 ms ran out: at
+        // most those 54 may reach the reader.
+        assert!(
+            count <= 54,
+            "a 20 ms batch wrote {count} frames over {took:?} ({result:?}); \
+             frames started after the wait ended"
+        );
+    }
+
+    #[test]
+    fn a_non_blocking_batch_of_small_frames_to_a_full_link_leaves_it_open_as_single_frames_do() {
+        // 1021-byte bodies, nobody reading. One by one, each frame is one socket buffer of
+        // its own: the kernel takes it whole or not at all, and the link fills without harm.
+        let (a, _b) = UnixLink::pair().unwrap();
+        let (frames, ends) = numbered_frames(3000, 1021);
+        let mut start = 0;
+        let mut single = 0;
+        for &end in &ends {
+            match a.write_frame(
+                &frames[start..start + 32],
+                &frames[start + 32..end],
+                Wait::NonBlocking,
+            ) {
+                Ok(()) => single += 1,
+                Err(error) => {
+                    assert_eq!(error, TransportError::WouldBlock, "after {single} frames");
+                    break;
+                }
+            }
+            start = end;
+        }
+        // The same frames as one batch: the kernel cuts the batch into its own buffers
+        // (about 36 KiB), mid-frame, and the link is shut down once the grace runs out.
+        let (a, _b) = UnixLink::pair().unwrap();
+        let started = std::time::Instant::now();
+        let failure = a.write_frames(&frames, &ends, Wait::NonBlocking).unwrap_err();
+        assert_eq!(
+            failure.error,
+            TransportError::WouldBlock,
+            "one by one: WouldBlock after {single} frames, link open; batched: {failure:?} after {:?}",
+            started.elapsed()
+        );
+    }
 }
