@@ -6,6 +6,7 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
 use postbox_core::FrameDecoder;
 use rustix::net::{
@@ -86,7 +87,16 @@ impl UnixLink {
                 Err(rustix::io::Errno::AGAIN) => {
                     let room = match wait {
                         Wait::NonBlocking => false,
-                        _ => wait_writable(self.fd.as_fd(), wait)?,
+                        _ => match wait_writable(self.fd.as_fd(), wait) {
+                            Ok(room) => room,
+                            Err(error) => {
+                                if written > 0 {
+                                    // A half-written frame can never be taken back.
+                                    self.shutdown();
+                                }
+                                return Err(error);
+                            }
+                        },
                     };
                     if !room {
                         if written == 0 {
@@ -99,26 +109,39 @@ impl UnixLink {
                         return Err(TransportError::Stalled);
                     }
                 }
-                Err(errno) => return Err(TransportError::os("write frame", errno)),
+                Err(errno) => {
+                    if written > 0 {
+                        // A half-written frame can never be taken back.
+                        self.shutdown();
+                    }
+                    return Err(TransportError::os("write frame", errno));
+                }
             }
         }
         Ok(())
     }
 
     /// Writes `frames`, whole frames back to back that end at the offsets in `ends`
-    /// (ascending, the last one `frames.len()`), in as few system calls as the socket allows:
-    /// a batch of small frames is one `sendmsg` (one socket buffer for the reader) when the
-    /// socket has room for it.
+    /// (ascending, the last one `frames.len()`).
     ///
-    /// Each frame keeps [`write_frame`](Self::write_frame)'s contract: a frame whose first
-    /// byte is in the socket is finished (given at least a grace period past the wait), one
-    /// not started when the wait ends is not written at all. The receiver sees the frames
+    /// With [`Wait::Forever`] the whole batch goes in one `sendmsg` (one socket buffer for the
+    /// reader per ~32 KiB instead of one per frame), resumed after each partial write until
+    /// every frame is out.
+    ///
+    /// With [`Wait::NonBlocking`] or [`Wait::Until`] the frames go one `sendmsg` each, as
+    /// [`write_frame`](Self::write_frame) writes them: a full link stops the batch between two
+    /// frames, with the link open, where one write of many frames would end inside one (the
+    /// kernel cuts a long write into socket buffers of its own size) and cost the link. Each
+    /// frame keeps `write_frame`'s contract: one whose first byte is in the socket is
+    /// finished, given a grace period past the wait if it needs one; once the wait has ended
+    /// (or that grace was needed) no further frame is started. The receiver sees the frames
     /// before the one that failed, whole, and nothing of the others.
     ///
     /// # Errors
     /// [`WriteFramesError`] with how many frames were written whole and why the next one was
     /// not: `Closed` when the peer is gone, `WouldBlock`, `TimedOut`, `Stalled` (it was
-    /// started and could not be finished; the link was shut down), `Os`.
+    /// started and could not be finished; the link was shut down), `Os` (if a frame was under
+    /// way, the link was shut down).
     pub fn write_frames(
         &self,
         frames: &[u8],
@@ -126,71 +149,72 @@ impl UnixLink {
         wait: Wait,
     ) -> Result<(), WriteFramesError> {
         debug_assert_eq!(ends.last().copied().unwrap_or(0), frames.len(), "ends cover frames");
+        let blocking = wait == Wait::Forever;
         let mut flags = SendFlags::NOSIGNAL;
-        if wait != Wait::Forever {
+        if !blocking {
             flags |= SendFlags::DONTWAIT;
         }
         let mut written = 0usize;
-        // Frames written whole, and the offset where the next one starts.
+        // Frames written whole; the next one starts at `ends[whole - 1]`.
         let mut whole = 0usize;
-        let mut next_start = 0usize;
-        // The wait of a frame under way: the caller's, extended by the grace once it started.
-        let mut started_wait = wait;
+        // When the frame under way started, if it did not go whole at once (its grace).
+        let mut started_at = None;
+        // The caller's wait is over: no frame starts any more (not blocking).
+        let mut wait_over = false;
+        let failed = |whole, error| Err(WriteFramesError { written: whole, error });
         while written < frames.len() {
-            let mid_frame = written > next_start;
-            match sendmsg(
-                &self.fd,
-                &[IoSlice::new(&frames[written..])],
-                &mut SendAncillaryBuffer::default(),
-                flags,
-            ) {
+            let frame_start = whole.checked_sub(1).map_or(0, |last| ends[last]);
+            let mid_frame = written > frame_start;
+            if !blocking && !mid_frame && written > 0 {
+                wait_over |= matches!(wait, Wait::Until(_)) && wait.expired();
+                if wait_over {
+                    return failed(whole, wait_ended(wait));
+                }
+            }
+            let limit = if blocking { frames.len() } else { ends[whole] };
+            let parts = [IoSlice::new(&frames[written..limit])];
+            match sendmsg(&self.fd, &parts, &mut SendAncillaryBuffer::default(), flags) {
                 Ok(n) => {
-                    let before = written;
+                    if !blocking && !mid_frame && written + n < limit {
+                        started_at = Some(Instant::now());
+                    }
                     written += n;
                     while whole < ends.len() && ends[whole] <= written {
-                        next_start = ends[whole];
                         whole += 1;
-                    }
-                    if written > next_start && next_start >= before && wait != Wait::Forever {
-                        // The frame now under way started in this write: it gets the grace.
-                        let grace = Wait::timeout(PARTIAL_FRAME_GRACE);
-                        started_wait =
-                            wait.ends_at().max(grace.ends_at()).map_or(Wait::Forever, Wait::Until);
                     }
                 }
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => {
-                    let frame_wait = if mid_frame { started_wait } else { wait };
-                    let room = match frame_wait {
+                    let room_wait = match started_at {
+                        Some(started) if mid_frame && !blocking => finish_within(wait, started),
+                        _ => wait,
+                    };
+                    let room = match room_wait {
                         Wait::NonBlocking => Ok(false),
-                        _ => wait_writable(self.fd.as_fd(), frame_wait),
+                        _ => wait_writable(self.fd.as_fd(), room_wait),
                     };
                     match room {
-                        Ok(true) => {}
-                        Ok(false) if !mid_frame => {
-                            let error = match wait {
-                                Wait::NonBlocking => TransportError::WouldBlock,
-                                _ => TransportError::TimedOut,
-                            };
-                            return Err(WriteFramesError { written: whole, error });
-                        }
+                        Ok(true) => wait_over |= mid_frame && wait.expired(),
+                        Ok(false) if !mid_frame => return failed(whole, wait_ended(wait)),
                         Ok(false) => {
                             self.shutdown();
-                            let error = TransportError::Stalled;
-                            return Err(WriteFramesError { written: whole, error });
+                            return failed(whole, TransportError::Stalled);
                         }
                         Err(error) => {
                             if mid_frame {
                                 // A half-written frame can never be taken back.
                                 self.shutdown();
                             }
-                            return Err(WriteFramesError { written: whole, error });
+                            return failed(whole, error);
                         }
                     }
                 }
                 Err(errno) => {
-                    let error = TransportError::os("write frames", errno);
-                    return Err(WriteFramesError { written: whole, error });
+                    if mid_frame {
+                        // A half-written frame can never be taken back.
+                        self.shutdown();
+                    }
+                    return failed(whole, TransportError::os("write frames", errno));
                 }
             }
         }
@@ -276,6 +300,25 @@ impl UnixLink {
     #[must_use]
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// What a write reports when its wait ends before a frame starts.
+fn wait_ended(wait: Wait) -> TransportError {
+    match wait {
+        Wait::NonBlocking => TransportError::WouldBlock,
+        _ => TransportError::TimedOut,
+    }
+}
+
+/// The wait for room to finish a frame that started at `started`: the caller's `wait`, or the
+/// grace from the frame's start if that ends later (one grace per frame; none chains).
+fn finish_within(wait: Wait, started: Instant) -> Wait {
+    let grace_end = started + PARTIAL_FRAME_GRACE;
+    match wait {
+        Wait::Until(end) => Wait::Until(end.max(grace_end)),
+        Wait::NonBlocking => Wait::Until(grace_end),
+        Wait::Forever => Wait::Forever,
     }
 }
 

@@ -136,7 +136,11 @@ impl WriteGuard<'_> {
                 }
                 Ok(())
             }
-            Err(error) => Err(end.failure_of(error)),
+            Err(error) => {
+                // Handed back unsent: without an id (0 until sent).
+                message.id = 0;
+                Err(end.failure_of(error))
+            }
         }
     }
 
@@ -144,10 +148,11 @@ impl WriteGuard<'_> {
     /// those that went out; on a failure the others were not written, and the failure is the
     /// first of them's, as [`write`](Self::write) would report it.
     ///
-    /// On a Unix link, consecutive bodies of this process are written together, up to
-    /// [`BATCH_BYTES`] at a time, in one system call when the socket has room
+    /// On a Unix link, consecutive bodies of this process are encoded together, up to
+    /// [`BATCH_BYTES`] at a time, and with [`Wait::Forever`] written in one system call
     /// ([`Link::write_frames`]): the receiver reads one socket buffer instead of one per
     /// message. Other bodies (sealed, lent, large) and shared-memory links go frame by frame.
+    /// Messages not written keep id 0.
     pub(crate) fn write_batch(
         &self,
         kind: FrameKind,
@@ -202,6 +207,10 @@ impl WriteGuard<'_> {
             }
             if let Err(failure) = end.link.write_frames(&frames, &ends, wait) {
                 *written += failure.written;
+                // The ones not written go back as they came: without an id (0 until sent).
+                for unsent in &mut rest[failure.written..ends.len()] {
+                    unsent.id = 0;
+                }
                 return Err(end.failure_of(failure.error));
             }
             *written += ends.len();
@@ -211,11 +220,12 @@ impl WriteGuard<'_> {
     }
 }
 
-/// At most this many bytes of frames go to a Unix link in one batched write (and a body
-/// larger than that goes alone, without a copy into the batch). Linux queues a write of up to
-/// about 32 KiB as one socket buffer, taken whole or not at all, so a non-blocking batch
-/// this size does not in practice stop inside a frame (and wait out the grace to finish it)
-/// where frame-by-frame writes would not have.
+/// At most this many bytes of frames are gathered for a Unix link at a time (and a body
+/// larger than that goes alone, without a copy into the batch): a blocking batch writes them
+/// with one system call, which Linux queues as one socket buffer (up to about 32 KiB); a
+/// non-blocking or timed one writes them frame by frame ([`UnixLink::write_frames`]).
+///
+/// [`UnixLink::write_frames`]: postbox_transport::UnixLink::write_frames
 const BATCH_BYTES: usize = 32 * 1024;
 
 /// Bodies this large go through a shared-memory link's payload pool when it has room: below
