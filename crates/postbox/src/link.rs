@@ -542,6 +542,9 @@ mod tests {
     fn a_non_blocking_batch_to_a_full_unix_link_counts_exactly_the_frames_written_whole_and_leaves_it_open(
     ) {
         let (a, b) = UnixLink::pair().unwrap();
+        // A small send buffer makes the kernel cut one write of a whole batch into socket
+        // buffers of 8 KiB at most, so that such a write would end inside a frame.
+        rustix::net::sockopt::set_socket_send_buffer_size(a.as_fd(), 16 * 1024).unwrap();
         let end = LinkEnd::new(Link::Unix(a), 1 << 20);
         // About 3 MiB: far more than the socket holds with nobody reading.
         let mut messages = numbered(&[1021; 3000]);
