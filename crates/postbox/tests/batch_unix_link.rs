@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use postbox::{Broker, BrokerConfig, Message};
+use postbox::{Broker, BrokerConfig, Message, RecvTimeoutError};
 
 const WATCHDOG: Duration = Duration::from_secs(20);
 
@@ -173,24 +173,26 @@ fn send_batch_timeout_to_a_slow_receiver_keeps_the_connection() {
 fn messages_reported_sent_by_a_try_send_batch_to_a_full_link_all_reach_the_receiver() {
     let broker = Broker::embedded_with(|c: BrokerConfig| c.shared_memory(false)).unwrap();
     let server = broker.node().unwrap();
-    let port = server.port("batch-unix/stalled").open().unwrap();
+    let port = server.port("batch-unix/full").open().unwrap();
     let client = broker.node().unwrap();
-    let connection = client.connect("batch-unix/stalled").unwrap();
+    let connection = client.connect("batch-unix/full").unwrap();
     let mut batch = numbered(0..1000, 1021);
     let result = connection.try_send_batch(&mut batch);
     let sent = 1000 - batch.len() as u32;
     let mut out = Vec::new();
     let mut next = 0;
-    loop {
-        match port.recv_batch_timeout(&mut out, 100, Duration::from_millis(500)) {
-            Ok(_) => {}
-            Err(_) => break,
-        }
+    while next < sent {
+        port.recv_batch_timeout(&mut out, 100, WATCHDOG).unwrap();
         for envelope in out.drain(..) {
             assert_eq!(number(envelope.body()), next);
             next += 1;
         }
     }
+    assert_eq!(
+        port.recv_batch_timeout(&mut out, 100, Duration::from_millis(100)),
+        Err(RecvTimeoutError::Timeout),
+        "nothing beyond the ones reported sent"
+    );
     assert_eq!(next, sent, "try_send_batch: {result:?}, {sent} reported sent, {next} received");
 }
 
