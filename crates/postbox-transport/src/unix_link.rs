@@ -494,17 +494,20 @@ mod tests {
 
     #[test]
     fn a_batch_whose_wait_ends_inside_a_frame_finishes_that_frame_and_starts_no_other() {
+        let now = Instant::now();
         let waits = [
             (Wait::NonBlocking, TransportError::WouldBlock),
-            (Wait::timeout(Duration::from_millis(20)), TransportError::TimedOut),
+            (Wait::Until(now + Duration::from_millis(20)), TransportError::TimedOut),
         ];
         for (wait, expected) in waits {
             let (a, b) = UnixLink::pair().unwrap();
             // The first frame is larger than the socket holds: the wait ends with it under
-            // way, and it can only finish once the reader, 100 ms later, takes.
+            // way, and it can only finish once the reader takes, 30 ms after the wait ended
+            // (well within the grace).
             let (frames, ends) = numbered_frames(8, 512 * 1024);
+            let reading_from = wait.ends_at().unwrap() + Duration::from_millis(30);
             let reader = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(reading_from.saturating_duration_since(Instant::now()));
                 let mut decoder = FrameDecoder::new(1 << 20);
                 let count = read_numbered(&b, &mut decoder, 0, Wait::Forever);
                 (count, decoder.buffered())
@@ -554,8 +557,8 @@ mod tests {
 
     #[test]
     fn a_batch_filling_the_socket_exactly_on_a_frame_boundary_counts_every_whole_frame() {
-        // 3426-byte frames: the first non-blocking write of a long batch took 219264 bytes on
-        // the reviewer's kernel, exactly 64 frames.
+        // 3426-byte frames: 64 of them are the 219264 bytes a socket took in one write on the
+        // reviewer's kernel. Where the socket fills at a frame's end, the count is exact too.
         let (a, b) = UnixLink::pair().unwrap();
         let (frames, ends) = numbered_frames(2000, 3426 - 32);
         let failure = a.write_frames(&frames, &ends, Wait::NonBlocking).unwrap_err();

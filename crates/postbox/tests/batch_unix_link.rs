@@ -51,7 +51,9 @@ fn try_send_one_by_one_to_a_receiver_not_taking_yet_keeps_the_connection() {
         match connection.try_send(message) {
             Ok(()) => sent += 1,
             Err(error) => {
-                rest.push(error.into_message());
+                let message = error.into_message();
+                assert_eq!(message.id(), 0, "handed back unsent, without an id");
+                rest.push(message);
                 break;
             }
         }
