@@ -297,3 +297,38 @@ impl Link {
         matches!(self, Self::Shm(_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_frames::header;
+    use crate::LinkShape;
+
+    #[test]
+    fn frames_to_a_full_shared_memory_link_count_the_ones_written_whole() {
+        // A 512-byte stream holds two frames of 200-byte bodies, not three.
+        let (client, server) = ShmLinkParts::pair(LinkShape::new(512, 1 << 20)).unwrap();
+        let client = Link::Shm(Box::new(ShmLink::open(client, LinkSide::Client).unwrap()));
+        let server = Link::Shm(Box::new(ShmLink::open(server, LinkSide::Server).unwrap()));
+        let mut frames = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..3u8 {
+            let body = [i; 200];
+            frames.extend_from_slice(&header(body.len()).encode(&body));
+            frames.extend_from_slice(&body);
+            ends.push(frames.len());
+        }
+        let failure = client.write_frames(&frames, &ends, Wait::NonBlocking).unwrap_err();
+        assert_eq!(failure, WriteFramesError { written: 2, error: TransportError::WouldBlock });
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut bodies = Vec::new();
+        while bodies.len() < 2 {
+            server.read_into(&mut decoder, Wait::NonBlocking).unwrap();
+            while let Some(frame) = decoder.poll_frame().unwrap() {
+                bodies.push(frame.body[0]);
+            }
+        }
+        assert_eq!(bodies, [0, 1]);
+        assert_eq!(decoder.buffered(), 0, "nothing of the third");
+    }
+}
