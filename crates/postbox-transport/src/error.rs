@@ -1,4 +1,4 @@
-//! The one error type of the transport edge.
+//! The error types of the transport edge.
 
 use std::io;
 
@@ -37,6 +37,19 @@ pub enum TransportError {
         /// The kind of the OS error.
         kind: io::ErrorKind,
     },
+}
+
+/// Failure of [`Link::write_frames`](crate::Link::write_frames) and
+/// [`UnixLink::write_frames`](crate::UnixLink::write_frames): the frames before
+/// `written` went out whole, the others not at all (or, with `Stalled`, the one after them
+/// in part, and the link was shut down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{error} after {written} whole frames")]
+pub struct WriteFramesError {
+    /// How many frames, from the first, were written whole.
+    pub written: usize,
+    /// Why the others were not.
+    pub error: TransportError,
 }
 
 impl TransportError {

@@ -34,7 +34,7 @@ mod unix_link;
 mod wait;
 
 pub use control_socket::{ControlListener, ControlSocket, Credentials, MAX_FDS};
-pub use error::TransportError;
+pub use error::{TransportError, WriteFramesError};
 pub use host_link::{HostLink, HostLinkConfig};
 pub use link::Link;
 pub use postbox_shm::{

@@ -231,7 +231,8 @@ impl ClientLink {
     }
 
     /// Writes `batch` under one entry to the link, counting in `sent` what was written. The
-    /// messages the window admits now are counted in it together (one lock), then written;
+    /// messages the window admits now are counted in it together (one lock), then written
+    /// together ([`WriteGuard::write_batch`]);
     /// one it does not admit goes the way of a single send (waiting for credit, or failing).
     fn write_batch(
         &self,
@@ -249,19 +250,19 @@ impl ClientLink {
                 continue;
             }
             let guard = held.as_ref().expect("entered by count_in_advance");
-            for k in 0..counted {
-                let message = &mut batch[*sent];
-                if let Err(failure) = guard.write(FrameKind::Oneway, message, 0, wait) {
-                    // This one and the rest counted with it were not written.
-                    let mut state = self.lock();
-                    for unsent in &batch[*sent..*sent + (counted - k)] {
-                        state.window.on_unsent(unsent.body.len() as u64);
-                    }
-                    // A sender waiting for room saw them counted.
-                    self.wake_waiters(&state);
-                    return self.write_failed(&mut state, failure, wait).map(|_| ());
+            let counted = &mut batch[*sent..*sent + counted];
+            let mut written = 0;
+            let result = guard.write_batch(FrameKind::Oneway, counted, wait, &mut written);
+            *sent += written;
+            if let Err(failure) = result {
+                // The one that failed and the rest counted with it were not written.
+                let mut state = self.lock();
+                for unsent in &counted[written..] {
+                    state.window.on_unsent(unsent.body.len() as u64);
                 }
-                *sent += 1;
+                // A sender waiting for room saw them counted.
+                self.wake_waiters(&state);
+                return self.write_failed(&mut state, failure, wait).map(|_| ());
             }
         }
         Ok(())

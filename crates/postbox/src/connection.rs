@@ -113,11 +113,11 @@ impl Connection {
 
     /// Sends the one-way messages of `batch` in order, as [`send`](Self::send) would one by
     /// one, but as one write: on a shared-memory link the receiver sees them together and is
-    /// woken once. Sent messages are drained from `batch`, which is empty on success. Where a
-    /// message must wait for room, the ones before it are delivered first (and other threads'
-    /// sends on this connection may go between them while it waits for credit; until then
-    /// they wait, or a `try_send` finds the link `Full`). A rendezvous port takes them one by
-    /// one.
+    /// woken once; on a Unix link they go in one system call (up to 32 KiB at a time). Sent
+    /// messages are drained from `batch`, which is empty on success. Where a message must wait
+    /// for room, the ones before it are delivered first (and other threads' sends on this
+    /// connection may go between them while it waits for credit; until then they wait, or a
+    /// `try_send` finds the link `Full`). A rendezvous port takes them one by one.
     ///
     /// # Errors
     /// [`SendBatchError`]; the messages not sent stay in `batch`, the one that failed first.
@@ -126,6 +126,8 @@ impl Connection {
     }
 
     /// Like [`send_batch`](Self::send_batch), sending only what the link has room for now.
+    /// On a Unix link each message is its own system call, as with [`try_send`](Self::try_send):
+    /// a full link stops the batch between two messages and stays open.
     ///
     /// # Errors
     /// [`SendBatchError::Full`] when some did not fit (they stay in `batch`), and as
@@ -134,7 +136,9 @@ impl Connection {
         self.link.send_batch(batch, Wait::NonBlocking).map_err(batch_error)
     }
 
-    /// Like [`send_batch`](Self::send_batch), waiting at most `timeout` for room.
+    /// Like [`send_batch`](Self::send_batch), waiting at most `timeout` for room; no message
+    /// starts after that (on a Unix link each is its own system call, as with
+    /// [`try_send_batch`](Self::try_send_batch)).
     ///
     /// # Errors
     /// [`SendBatchError::Timeout`] when some were not sent in time (they stay in `batch`), and

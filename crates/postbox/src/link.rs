@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
+use postbox_core::wire::frame::HEADER_LEN;
 use postbox_core::{FrameHeader, FrameKind, Placement, PoolRef, SealedRef};
 use postbox_transport::{Link, PoolLoan, PoolView, TransportError, Wait};
 
@@ -135,22 +136,97 @@ impl WriteGuard<'_> {
                 }
                 Ok(())
             }
-            Err(TransportError::WouldBlock | TransportError::TimedOut) => Err(WriteFailure::Full),
-            Err(TransportError::Stalled) => {
-                end.close();
-                Err(WriteFailure::Full)
-            }
-            Err(TransportError::Corrupt) => {
-                end.close();
-                Err(WriteFailure::Violation)
-            }
-            Err(_) => {
-                end.close();
-                Err(WriteFailure::Closed)
+            Err(error) => {
+                // Handed back unsent: without an id (0 until sent).
+                message.id = 0;
+                Err(end.failure_of(error))
             }
         }
     }
+
+    /// Writes `messages` in order as frames of `kind` (no correlation), counting in `written`
+    /// those that went out; on a failure the others were not written, and the failure is the
+    /// first of them's, as [`write`](Self::write) would report it.
+    ///
+    /// On a Unix link, consecutive bodies of this process are encoded together, up to
+    /// [`BATCH_BYTES`] at a time, and with [`Wait::Forever`] written in one system call
+    /// ([`Link::write_frames`]): the receiver reads one socket buffer instead of one per
+    /// message. Other bodies (sealed, lent, large) and shared-memory links go frame by frame.
+    /// Messages not written keep id 0.
+    pub(crate) fn write_batch(
+        &self,
+        kind: FrameKind,
+        messages: &mut [Message],
+        wait: Wait,
+        written: &mut usize,
+    ) -> Result<(), WriteFailure> {
+        let end = self.end;
+        if !matches!(*end.link, Link::Unix(_)) {
+            for message in messages {
+                self.write(kind, message, 0, wait)?;
+                *written += 1;
+            }
+            return Ok(());
+        }
+        let mut frames = Vec::new();
+        let mut ends = Vec::new();
+        let mut rest = messages;
+        while !rest.is_empty() {
+            frames.clear();
+            ends.clear();
+            for message in rest.iter_mut() {
+                let len = message.body.len();
+                let fits = frames.len() + HEADER_LEN + len <= BATCH_BYTES;
+                if !message.body.is_owned() || len > end.max_body as usize || !fits {
+                    break;
+                }
+                message.id = next_message_id();
+                let header = FrameHeader {
+                    kind,
+                    priority: message.priority,
+                    msg_type: message.msg_type,
+                    id: message.id,
+                    correlation: 0,
+                    body_len: len as u32,
+                    placement: Placement::Inline,
+                }
+                .encode(&message.body);
+                frames.extend_from_slice(&header);
+                frames.extend_from_slice(&message.body);
+                ends.push(frames.len());
+            }
+            if ends.is_empty() {
+                // The first goes alone (and reports its own failure, such as its size).
+                self.write(kind, &mut rest[0], 0, wait)?;
+                *written += 1;
+                rest = &mut rest[1..];
+                continue;
+            }
+            if end.is_closed() {
+                return Err(WriteFailure::Closed);
+            }
+            if let Err(failure) = end.link.write_frames(&frames, &ends, wait) {
+                *written += failure.written;
+                // The ones not written go back as they came: without an id (0 until sent).
+                for unsent in &mut rest[failure.written..ends.len()] {
+                    unsent.id = 0;
+                }
+                return Err(end.failure_of(failure.error));
+            }
+            *written += ends.len();
+            rest = &mut rest[ends.len()..];
+        }
+        Ok(())
+    }
 }
+
+/// At most this many bytes of frames are gathered for a Unix link at a time (and a body
+/// larger than that goes alone, without a copy into the batch): a blocking batch writes them
+/// with one system call, which Linux queues as one socket buffer (up to about 32 KiB); a
+/// non-blocking or timed one writes them frame by frame ([`UnixLink::write_frames`]).
+///
+/// [`UnixLink::write_frames`]: postbox_transport::UnixLink::write_frames
+const BATCH_BYTES: usize = 32 * 1024;
 
 /// Bodies this large go through a shared-memory link's payload pool when it has room: below
 /// it, copying through the stream costs less than lending.
@@ -170,6 +246,26 @@ pub(crate) enum WriteFailure {
 }
 
 impl LinkEnd {
+    /// What a write that failed with `error` reports; a link that may hold part of a frame,
+    /// or that the peer broke or left, is closed.
+    fn failure_of(&self, error: TransportError) -> WriteFailure {
+        match error {
+            TransportError::WouldBlock | TransportError::TimedOut => WriteFailure::Full,
+            TransportError::Stalled => {
+                self.close();
+                WriteFailure::Full
+            }
+            TransportError::Corrupt => {
+                self.close();
+                WriteFailure::Violation
+            }
+            _ => {
+                self.close();
+                WriteFailure::Closed
+            }
+        }
+    }
+
     pub(crate) fn new(link: Link, max_body: u32) -> Self {
         Self {
             link: Arc::new(link),
@@ -382,7 +478,89 @@ impl std::fmt::Debug for GateGuard<'_> {
 mod tests {
     use std::time::Duration;
 
+    use postbox_core::FrameDecoder;
+    use postbox_transport::UnixLink;
+
     use super::*;
+
+    /// Messages of the given sizes, each body filled with its number.
+    fn numbered(sizes: &[usize]) -> Vec<Message> {
+        sizes.iter().enumerate().map(|(i, &size)| Message::new(vec![i as u8; size])).collect()
+    }
+
+    /// Reads frames until the link has nothing more now (`NonBlocking`) or closes; checks
+    /// that they carry `messages` from the first on, in order, whole; returns how many.
+    fn read_in_order(b: &UnixLink, messages: &[Message], wait: Wait) -> (usize, usize) {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut next = 0;
+        loop {
+            while let Some(frame) = decoder.poll_frame().unwrap() {
+                assert_eq!(frame.header.id, messages[next].id, "in order, none twice");
+                assert_eq!(frame.body, messages[next].body());
+                next += 1;
+            }
+            match b.read_into(&mut decoder, wait) {
+                Ok(_) => {}
+                Err(TransportError::WouldBlock | TransportError::Closed) => {
+                    return (next, decoder.buffered())
+                }
+                Err(other) => panic!("read failed: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_on_a_unix_link_arrives_in_order_around_a_body_too_large_to_gather() {
+        let (a, b) = UnixLink::pair().unwrap();
+        let end = LinkEnd::new(Link::Unix(a), 1 << 20);
+        let mut messages = numbered(&[64, 1, 0, BATCH_BYTES + 1, 64, 300, 64]);
+        let reader = std::thread::spawn(move || {
+            let mut decoder = FrameDecoder::new(1 << 20);
+            let mut frames = Vec::new();
+            while b.read_into(&mut decoder, Wait::Forever).is_ok() {
+                while let Some(frame) = decoder.poll_frame().unwrap() {
+                    frames.push(frame);
+                }
+            }
+            frames
+        });
+        let mut written = 0;
+        let guard = end.enter_batch(Wait::Forever).unwrap();
+        guard.write_batch(FrameKind::Oneway, &mut messages, Wait::Forever, &mut written).unwrap();
+        drop(guard);
+        assert_eq!(written, messages.len());
+        drop(end);
+        let frames = reader.join().unwrap();
+        assert_eq!(frames.len(), messages.len());
+        for (frame, message) in frames.iter().zip(&messages) {
+            assert_eq!(frame.header.id, message.id);
+            assert_eq!(frame.body, message.body());
+        }
+    }
+
+    #[test]
+    fn a_non_blocking_batch_to_a_full_unix_link_counts_exactly_the_frames_written_whole_and_leaves_it_open(
+    ) {
+        let (a, b) = UnixLink::pair().unwrap();
+        // A small send buffer makes the kernel cut one write of a whole batch into socket
+        // buffers of 8 KiB at most, so that such a write would end inside a frame.
+        rustix::net::sockopt::set_socket_send_buffer_size(a.as_fd(), 16 * 1024).unwrap();
+        let end = LinkEnd::new(Link::Unix(a), 1 << 20);
+        // About 3 MiB: far more than the socket holds with nobody reading.
+        let mut messages = numbered(&[1021; 3000]);
+        let mut written = 0;
+        let guard = end.enter_batch(Wait::NonBlocking).unwrap();
+        let result =
+            guard.write_batch(FrameKind::Oneway, &mut messages, Wait::NonBlocking, &mut written);
+        drop(guard);
+        assert_eq!(result, Err(WriteFailure::Full));
+        assert!(written > 0 && written < messages.len(), "{written}");
+        assert!(!end.is_closed(), "the batch stopped between two frames");
+        let (read, left) = read_in_order(&b, &messages, Wait::NonBlocking);
+        assert_eq!(read, written);
+        assert_eq!(left, 0, "no part of the first unsent frame");
+        assert!(messages[written..].iter().all(|m| m.id == 0), "unsent ones have no id");
+    }
 
     #[test]
     fn a_writer_that_gives_up_leaves_the_gate_closed_for_its_holder() {

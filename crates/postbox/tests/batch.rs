@@ -1,7 +1,8 @@
 //! Batches: `Connection::send_batch` and its forms write many one-way messages at once (on a
-//! shared-memory link, published together), `Port::recv_batch` and its forms take many at
-//! once. Order, flow control, the messages handed back on failure, and every wait form. Two
-//! nodes in this process, each with its own link ends, as two processes would have.
+//! shared-memory link, published together; on a Unix link, a blocking batch in one write),
+//! `Port::recv_batch` and its forms take many at once. Order, flow control, the messages
+//! handed back on failure, and every wait form. Two nodes in this process, each with its own
+//! link ends, as two processes would have. (A Unix link that fills: `batch_unix_link.rs`.)
 
 use std::time::Duration;
 
