@@ -19,6 +19,8 @@ pub(crate) struct HostsOptions {
     pub(crate) peers: Vec<String>,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) missed_heartbeats: Option<u32>,
+    pub(crate) direct_peers: Vec<String>,
+    pub(crate) direct_listen: Option<String>,
 }
 
 impl HostsOptions {
@@ -45,6 +47,16 @@ impl HostsOptions {
         }
         if let Some(missed) = self.missed_heartbeats {
             config.missed_heartbeats = missed.max(1);
+        }
+        for peer in &self.direct_peers {
+            config.allow_direct(peer).with_context(|| format!("--direct-peer {peer}"))?;
+        }
+        if let Some(address) = &self.direct_listen {
+            let address = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| format!("--direct-listen {address}: not an address"))?;
+            config.direct_listen = Some(address);
         }
         Ok(Some(config))
     }

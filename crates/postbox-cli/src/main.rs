@@ -191,6 +191,15 @@ struct HostsArgs {
     /// Heartbeats missed before a silent host's calls fail.
     #[arg(long)]
     missed_heartbeats: Option<u32>,
+    /// Connections to and from this peer's nodes may be direct TCP links between the two
+    /// nodes, without the brokers on the data path (docs/network.md §15; both hosts must say
+    /// so) (repeatable).
+    #[arg(long = "direct-peer", value_name = "NAME")]
+    direct_peers: Vec<String>,
+    /// Where this broker accepts direct links from its direct peers (ADDR:PORT; port 0 for
+    /// any free port). Without it, this host's ports are reached through the gateway.
+    #[arg(long, value_name = "ADDR:PORT")]
+    direct_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,13 +239,23 @@ fn main() {
     }
     let result = match cli.command {
         Command::Daemon { max_message_size, config, hosts, remote_nodes } => {
-            let HostsArgs { hosts, host_name, peers, heartbeat, missed_heartbeats } = hosts;
+            let HostsArgs {
+                hosts,
+                host_name,
+                peers,
+                heartbeat,
+                missed_heartbeats,
+                direct_peers,
+                direct_listen,
+            } = hosts;
             let hosts = commands::HostsOptions {
                 file: hosts,
                 name: host_name,
                 peers,
                 heartbeat,
                 missed_heartbeats,
+                direct_peers,
+                direct_listen,
             };
             commands::daemon(max_message_size, config.as_deref(), &hosts, &remote_nodes)
         }

@@ -38,6 +38,7 @@ use crate::registry::{NodeKey, Registry};
 
 mod access;
 mod datagrams;
+mod direct;
 mod dropped;
 mod gateway;
 mod mailboxes;

@@ -47,6 +47,9 @@ pub struct HostsConfig {
     /// Heartbeat intervals without a word from a peer before its calls fail (`PeerDead` or
     /// `Unreachable`).
     pub missed_heartbeats: u32,
+    /// Where this broker accepts direct links from peers that may make them (`direct_listen
+    /// = "ADDR:PORT"`, docs/network.md §15); none: every channel goes through the gateway.
+    pub direct_listen: Option<SocketAddr>,
     /// The file's top-level `[tls]` table, for peers added later by flag over QUIC.
     default_tls: Option<TlsFiles>,
 }
@@ -69,6 +72,11 @@ pub struct PeerConfig {
     /// Where a TCP link's best-effort datagrams go (datagram ports, docs/network.md §13);
     /// QUIC carries them as QUIC datagrams.
     pub datagrams: DatagramRoute,
+    /// Connections to the peer's ports, and from its nodes to this host's, may be direct
+    /// links between the two nodes, without the brokers on the data path (`direct = true`;
+    /// both sides must say so, and the serving side needs a `direct_listen` address:
+    /// docs/network.md §15).
+    pub direct: bool,
 }
 
 /// Where a TCP host link carries the best-effort datagrams of datagram ports.
@@ -162,6 +170,7 @@ impl HostsConfig {
             peers: Vec::new(),
             heartbeat_interval: session.heartbeat_interval,
             missed_heartbeats: session.missed_heartbeats,
+            direct_listen: None,
             default_tls: None,
         })
     }
@@ -194,6 +203,9 @@ impl HostsConfig {
         if let Some(missed) = file.missed_heartbeats {
             config.missed_heartbeats = missed.max(1);
         }
+        if let Some(address) = &file.direct_listen {
+            config.direct_listen = Some(resolve("direct_listen", address)?);
+        }
         for (name, peer) in file.peers {
             let connect = match (&peer.dial, &peer.listen) {
                 (Some(address), None) => PeerConnect::Dial(resolve(&name, address)?),
@@ -214,7 +226,9 @@ impl HostsConfig {
                 Some("tcp") => DatagramRoute::Stream,
                 Some(address) => DatagramRoute::Udp(resolve(&name, address)?),
             };
-            config.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })?;
+            let direct = peer.direct.unwrap_or(false);
+            let peer = PeerConfig { name: host, connect, security, transport, datagrams, direct };
+            config.add_peer(peer)?;
         }
         Ok(config)
     }
@@ -250,7 +264,20 @@ impl HostsConfig {
             },
         };
         let datagrams = DatagramRoute::SameAddress;
-        self.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })
+        let direct = false;
+        self.add_peer(PeerConfig { name: host, connect, security, transport, datagrams, direct })
+    }
+
+    /// Lets connections to and from peer `name` be direct links (the `--direct-peer NAME`
+    /// flag; `direct = true` in the file).
+    ///
+    /// # Errors
+    /// [`HostsConfigError::BadPeer`] when no peer has that name.
+    pub fn allow_direct(&mut self, name: &str) -> Result<(), HostsConfigError> {
+        let peer = self.peers.iter_mut().find(|p| p.name.as_str() == name);
+        let peer = peer.ok_or_else(|| HostsConfigError::BadPeer(name.to_owned()))?;
+        peer.direct = true;
+        Ok(())
     }
 
     /// Adds a peer.
@@ -382,6 +409,7 @@ struct HostsFile {
     name: String,
     heartbeat_interval_ms: Option<u64>,
     missed_heartbeats: Option<u32>,
+    direct_listen: Option<String>,
     #[serde(default)]
     peers: std::collections::BTreeMap<String, PeerSection>,
     tls: Option<TlsSection>,
@@ -396,6 +424,7 @@ struct PeerSection {
     psk_file: Option<String>,
     transport: Option<TransportName>,
     datagram: Option<String>,
+    direct: Option<bool>,
 }
 
 /// `transport = "tcp"` or `"quic"`; anything else is refused by the parser.

@@ -1,0 +1,303 @@
+//! Direct links across hosts (docs/network.md §15): the brokers prepare the connection as for
+//! a relayed one (name, policy, quota), then hand each node one end of a TCP connection
+//! between the two and step off the data path.
+//!
+//! ```text
+//! a: Open { direct }  ──host link──▶  b: port and policy checked, token issued
+//! a: ◀── OpenedDirect { address, token } ──
+//! a: dial_direct (thread) ──TCP──▶ b's DirectListener ──▶ b: token matched (once), proof checked
+//! a: Connected + socket to the caller       b: IncomingConnection + socket to the server
+//! ```
+//!
+//! The opener's side keeps its `PendingOpen` until the dial ends, so the connect's deadline
+//! and the node's quota hold while it runs; the serving side forgets a token once used or
+//! after the same deadline.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use postbox_core::{
+    ControlErrorCode, ControlMessage, ListenTarget, PeerIdentity, PortName, PortSpec, Quota, Rights,
+};
+use postbox_transport::direct_link::{
+    dial_direct, DirectDialError, DirectHello, DirectListener, DirectTimers, DirectToken,
+};
+use postbox_transport::host_link::{LinkSecurity, PreSharedKey};
+use postbox_transport::{TransportError, Waker};
+
+use super::EventLoop;
+use crate::hosts::identity::NodeRef;
+use crate::hosts::protocol::{Channel, HostMessage};
+use crate::hosts::HostsConfig;
+use crate::registry::NodeKey;
+
+/// The gateway's direct links in the making, on both sides.
+#[derive(Debug)]
+pub(super) struct Directs {
+    /// Where peers dial this broker's direct links (the serving side), if anywhere.
+    listener: Option<DirectListener>,
+    timers: DirectTimers,
+    /// Greetings the listener's threads took, for the event loop.
+    hellos: Arc<Mutex<Vec<DirectHello>>>,
+    /// Dials that ended, for the event loop.
+    dialed: Arc<Mutex<Vec<Dialed>>>,
+    /// Tokens this broker issued to peers, not yet used.
+    offers: HashMap<DirectToken, Offer>,
+    /// Opener's side: what the node is told once the dial of its channel succeeded.
+    dialing: HashMap<(usize, Channel), ControlMessage>,
+}
+
+/// A token issued to peer `host` for a link to `owner`'s port `port`.
+#[derive(Debug)]
+struct Offer {
+    host: usize,
+    owner: NodeKey,
+    port: PortName,
+    client: PeerIdentity,
+    rights: Rights,
+    deadline: Instant,
+}
+
+/// A dial of the opener's side that ended.
+#[derive(Debug)]
+struct Dialed {
+    host: usize,
+    channel: Channel,
+    result: Result<OwnedFd, DirectDialError>,
+}
+
+impl Directs {
+    /// Direct links for `config`: a listener when it names `direct_listen` and some peer may
+    /// make direct links; greetings and dials wake `waker`.
+    pub(super) fn new(config: &HostsConfig, waker: &Arc<Waker>) -> Result<Self, TransportError> {
+        let timers = DirectTimers {
+            heartbeat_interval: config.heartbeat_interval,
+            missed_heartbeats: config.missed_heartbeats,
+        };
+        let hellos = Arc::new(Mutex::new(Vec::new()));
+        let listener = match config.direct_listen {
+            Some(address) if config.peers.iter().any(|p| p.direct) => {
+                let (queue, waker) = (Arc::clone(&hellos), Arc::clone(waker));
+                let on_hello = move |hello| {
+                    queue.lock().unwrap_or_else(PoisonError::into_inner).push(hello);
+                    waker.wake();
+                };
+                let listener = DirectListener::bind(address, timers, on_hello)?;
+                tracing::info!(address = %listener.local_address(), "direct links accepted");
+                Some(listener)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            listener,
+            timers,
+            hellos,
+            dialed: Arc::default(),
+            offers: HashMap::new(),
+            dialing: HashMap::new(),
+        })
+    }
+
+    /// True while the opener's side dials `channel` of `host`.
+    pub(super) fn is_dialing(&self, host: usize, channel: Channel) -> bool {
+        self.dialing.contains_key(&(host, channel))
+    }
+
+    /// Forgets the dial of `channel` (its connect ended otherwise); a late result is dropped.
+    pub(super) fn forget_dial(&mut self, host: usize, channel: Channel) {
+        self.dialing.remove(&(host, channel));
+    }
+
+    /// Forgets tokens whose time is up.
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.offers.retain(|_, offer| offer.deadline > now);
+    }
+
+    /// The earliest token deadline.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.offers.values().map(|o| o.deadline).min()
+    }
+}
+
+impl EventLoop {
+    /// Serving side: a direct link to `owner`'s port `port` for peer `host`'s node `client`
+    /// (already allowed `rights` by the policy): a token and the address to present it at, or
+    /// `None` when this broker takes no direct links (the channel is then relayed).
+    pub(super) fn offer_direct(
+        &mut self,
+        host: usize,
+        channel: Channel,
+        (owner, port): (NodeKey, &PortName),
+        (spec, rights, client): (PortSpec, Rights, PeerIdentity),
+    ) -> Option<HostMessage> {
+        let gateway = self.gateway.as_mut()?;
+        let address = gateway.directs.listener.as_ref()?.local_address();
+        if !gateway.peers.get(host).is_some_and(|p| p.config.direct) {
+            return None;
+        }
+        let token = match DirectToken::generate() {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(%error, "no direct link: no token");
+                return None;
+            }
+        };
+        let deadline = Instant::now() + gateway.open_timeout();
+        let server = self.registry.identity(owner)?.process_id;
+        let server = gateway.stand_ins.node_ref(server);
+        let offer = Offer { host, owner, port: port.clone(), client, rights, deadline };
+        gateway.directs.offers.insert(token.clone(), offer);
+        let quota = self.config.policy.quota();
+        Some(HostMessage::OpenedDirect { channel, spec, rights, quota, server, address, token })
+    }
+
+    /// Opener's side: the peer offered a direct link for `channel`; it is dialed on a thread
+    /// of its own, and the node is answered when that ends.
+    pub(super) fn dial_offered(
+        &mut self,
+        host: usize,
+        channel: Channel,
+        (spec, rights, quota): (PortSpec, Rights, Quota),
+        server: &NodeRef,
+        (address, token): (std::net::SocketAddr, DirectToken),
+    ) {
+        let Some(gateway) = &mut self.gateway else { return };
+        let wanted = gateway.peers.get(host).is_some_and(|p| p.config.direct);
+        let Some(pending) = gateway.opening.get(&(host, channel)) else { return };
+        if gateway.directs.is_dialing(host, channel) {
+            return;
+        }
+        let (node, request) = (pending.node, pending.request);
+        let peer = gateway.peers[host].config.name.clone();
+        let named_elsewhere = server.host.as_ref().is_some_and(|h| *h != peer);
+        let alive = self.registry.identity(node).is_some_and(|i| i.process_id == pending.process);
+        let rights = rights.intersection(pending.rights);
+        if !wanted || named_elsewhere || !alive || rights.is_empty() {
+            // Not asked for, or from a peer that names another host's node as the server (as
+            // for `Opened`): the token is left to expire at the peer.
+            gateway.opening.remove(&(host, channel));
+            let detail = format!("host {peer} offered a direct link that cannot be taken");
+            return self.refuse(node, request, ControlErrorCode::Malformed, &detail);
+        }
+        let key = peer_key(&gateway.peers[host].config.security);
+        let timers = gateway.directs.timers;
+        let timeout = gateway.open_timeout();
+        let (results, waker) = (Arc::clone(&gateway.directs.dialed), Arc::clone(&gateway.waker));
+        let server = self.identity_from(host, server);
+        let mut spec = super::gateway::remote_spec(spec, self.config.max_message_size);
+        spec.delivery = postbox_core::Delivery::Reliable;
+        let link = self.registry.allocate_link_id();
+        let connected = ControlMessage::Connected { request, link, server, spec, rights, quota };
+        let Some(gateway) = &mut self.gateway else { return };
+        gateway.directs.dialing.insert((host, channel), connected);
+        let dial = move || {
+            let result = dial_direct(address, &token, key.as_ref(), timers, timeout);
+            results.lock().unwrap_or_else(PoisonError::into_inner).push(Dialed {
+                host,
+                channel,
+                result,
+            });
+            waker.wake();
+        };
+        if let Err(error) =
+            std::thread::Builder::new().name("postbox-direct-dial".into()).spawn(dial)
+        {
+            gateway.directs.dialing.remove(&(host, channel));
+            gateway.opening.remove(&(host, channel));
+            let detail = format!("cannot start the direct link's dial: {error}");
+            self.refuse(node, request, ControlErrorCode::LimitExceeded, &detail);
+        }
+    }
+
+    /// Handles the greetings and dials that ended since the last call.
+    pub(super) fn service_directs(&mut self) {
+        let Some(gateway) = &self.gateway else { return };
+        let hellos = std::mem::take(
+            &mut *gateway.directs.hellos.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        let dialed = std::mem::take(
+            &mut *gateway.directs.dialed.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        for hello in hellos {
+            self.hello_received(hello);
+        }
+        for dial in dialed {
+            self.dial_ended(dial);
+        }
+    }
+
+    /// Serving side: a peer's broker presented a token; when it is one this broker issued
+    /// (and not used yet) and the port's owner is still there, the socket goes to the owner.
+    fn hello_received(&mut self, hello: DirectHello) {
+        let Some(gateway) = &mut self.gateway else { return };
+        let Some(offer) = gateway.directs.offers.remove(hello.token()) else {
+            tracing::warn!("a direct link presented an unknown or used token");
+            return hello.refuse();
+        };
+        let key = peer_key(&gateway.peers[offer.host].config.security);
+        let owner_holds = self.registry.port(&offer.port).is_some_and(|(o, _, _)| o == offer.owner);
+        if offer.deadline <= Instant::now() || !owner_holds || !self.has_room(offer.owner) {
+            return hello.refuse();
+        }
+        let fd = match hello.accept(key.as_ref()) {
+            Ok(fd) => fd,
+            Err(_) => {
+                tracing::warn!("a direct link's proof did not match the host link's key");
+                return;
+            }
+        };
+        let link = self.registry.allocate_link_id();
+        let quota = self.config.policy.quota();
+        let incoming = ControlMessage::IncomingConnection {
+            link,
+            target: ListenTarget::Port(offer.port),
+            client: offer.client,
+            rights: offer.rights,
+            quota,
+        };
+        self.queue(offer.owner, &incoming, vec![fd]);
+        self.flush(offer.owner);
+    }
+
+    /// Opener's side: a dial ended; the node gets its link, or hears why not.
+    fn dial_ended(&mut self, Dialed { host, channel, result }: Dialed) {
+        let Some(gateway) = &mut self.gateway else { return };
+        let connected = gateway.directs.dialing.remove(&(host, channel));
+        let (Some(connected), Some(pending)) =
+            (connected, gateway.opening.remove(&(host, channel)))
+        else {
+            // The connect ended meanwhile: the socket closes, which the server sees.
+            return;
+        };
+        let peer = gateway.peers[host].config.name.clone();
+        match result {
+            Ok(fd)
+                if self
+                    .registry
+                    .identity(pending.node)
+                    .is_some_and(|i| i.process_id == pending.process) =>
+            {
+                self.queue(pending.node, &connected, vec![fd]);
+            }
+            Ok(_) => {}
+            Err(DirectDialError::Refused) => {
+                let detail = format!("host {peer} refused the direct link (the port went away?)");
+                self.refuse(pending.node, pending.request, ControlErrorCode::NoSuchPort, &detail);
+            }
+            Err(error) => {
+                let detail = format!("host {peer}: {error}");
+                self.refuse(pending.node, pending.request, ControlErrorCode::Unanswered, &detail);
+            }
+        }
+    }
+}
+
+/// The host link's pre-shared key, which proves a direct link's token, if it has one.
+fn peer_key(security: &LinkSecurity) -> Option<PreSharedKey> {
+    match security {
+        LinkSecurity::PreSharedKey(key) => Some(key.clone()),
+        _ => None,
+    }
+}
