@@ -21,6 +21,7 @@ pub(crate) struct HostsOptions {
     pub(crate) missed_heartbeats: Option<u32>,
     pub(crate) direct_peers: Vec<String>,
     pub(crate) direct_listen: Option<String>,
+    pub(crate) direct_advertise: Option<String>,
 }
 
 impl HostsOptions {
@@ -52,14 +53,21 @@ impl HostsOptions {
             config.allow_direct(peer).with_context(|| format!("--direct-peer {peer}"))?;
         }
         if let Some(address) = &self.direct_listen {
-            let address = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
-                .ok()
-                .and_then(|mut a| a.next())
-                .with_context(|| format!("--direct-listen {address}: not an address"))?;
-            config.direct_listen = Some(address);
+            config.direct_listen = Some(socket_address("--direct-listen", address)?);
+        }
+        if let Some(address) = &self.direct_advertise {
+            config.direct_advertise = Some(socket_address("--direct-advertise", address)?);
         }
         Ok(Some(config))
     }
+}
+
+/// The address `text` names (the first it resolves to), for the flag `flag`.
+fn socket_address(flag: &str, text: &str) -> Result<std::net::SocketAddr> {
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .with_context(|| format!("{flag} {text}: not an address"))
 }
 
 pub(crate) fn daemon(

@@ -46,7 +46,7 @@ enum Command {
         config: Option<std::path::PathBuf>,
         /// Links to other hosts (TOML: name, peers; see docs/network.md).
         #[command(flatten)]
-        hosts: HostsArgs,
+        hosts: Box<HostsArgs>,
         /// Nodes of other hosts attaching over TCP.
         #[command(flatten)]
         remote_nodes: remote_nodes::RemoteNodesArgs,
@@ -200,6 +200,10 @@ struct HostsArgs {
     /// any free port). Without it, this host's ports are reached through the gateway.
     #[arg(long, value_name = "ADDR:PORT")]
     direct_listen: Option<String>,
+    /// The address peers are told to dial for direct links, when not the --direct-listen
+    /// address (behind NAT or a relay).
+    #[arg(long, value_name = "ADDR:PORT")]
+    direct_advertise: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,7 +251,8 @@ fn main() {
                 missed_heartbeats,
                 direct_peers,
                 direct_listen,
-            } = hosts;
+                direct_advertise,
+            } = *hosts;
             let hosts = commands::HostsOptions {
                 file: hosts,
                 name: host_name,
@@ -256,6 +261,7 @@ fn main() {
                 missed_heartbeats,
                 direct_peers,
                 direct_listen,
+                direct_advertise,
             };
             commands::daemon(max_message_size, config.as_deref(), &hosts, &remote_nodes)
         }

@@ -36,8 +36,11 @@ use crate::registry::NodeKey;
 /// The gateway's direct links in the making, on both sides.
 #[derive(Debug)]
 pub(super) struct Directs {
-    /// Where peers dial this broker's direct links (the serving side), if anywhere.
-    listener: Option<DirectListener>,
+    /// Where peers dial this broker's direct links (the serving side), if anywhere; held
+    /// for its threads (dropping it stops them).
+    _listener: Option<DirectListener>,
+    /// What peers are told to dial: the listener's address, or the one configured.
+    advertised: Option<std::net::SocketAddr>,
     timers: DirectTimers,
     /// Greetings the listener's threads took, for the event loop.
     hellos: Arc<Mutex<Vec<DirectHello>>>,
@@ -90,8 +93,11 @@ impl Directs {
             }
             _ => None,
         };
+        let advertised =
+            listener.as_ref().map(|l| config.direct_advertise.unwrap_or(l.local_address()));
         Ok(Self {
-            listener,
+            _listener: listener,
+            advertised,
             timers,
             hellos,
             dialed: Arc::default(),
@@ -133,7 +139,7 @@ impl EventLoop {
         (spec, rights, client): (PortSpec, Rights, PeerIdentity),
     ) -> Option<HostMessage> {
         let gateway = self.gateway.as_mut()?;
-        let address = gateway.directs.listener.as_ref()?.local_address();
+        let address = gateway.directs.advertised?;
         if !gateway.peers.get(host).is_some_and(|p| p.config.direct) {
             return None;
         }

@@ -50,6 +50,9 @@ pub struct HostsConfig {
     /// Where this broker accepts direct links from peers that may make them (`direct_listen
     /// = "ADDR:PORT"`, docs/network.md §15); none: every channel goes through the gateway.
     pub direct_listen: Option<SocketAddr>,
+    /// The address peers are told to dial for direct links, when it is not `direct_listen`
+    /// (behind NAT or a relay: `direct_advertise = "ADDR:PORT"`).
+    pub direct_advertise: Option<SocketAddr>,
     /// The file's top-level `[tls]` table, for peers added later by flag over QUIC.
     default_tls: Option<TlsFiles>,
 }
@@ -171,6 +174,7 @@ impl HostsConfig {
             heartbeat_interval: session.heartbeat_interval,
             missed_heartbeats: session.missed_heartbeats,
             direct_listen: None,
+            direct_advertise: None,
             default_tls: None,
         })
     }
@@ -205,6 +209,9 @@ impl HostsConfig {
         }
         if let Some(address) = &file.direct_listen {
             config.direct_listen = Some(resolve("direct_listen", address)?);
+        }
+        if let Some(address) = &file.direct_advertise {
+            config.direct_advertise = Some(resolve("direct_advertise", address)?);
         }
         for (name, peer) in file.peers {
             let connect = match (&peer.dial, &peer.listen) {
@@ -410,6 +417,7 @@ struct HostsFile {
     heartbeat_interval_ms: Option<u64>,
     missed_heartbeats: Option<u32>,
     direct_listen: Option<String>,
+    direct_advertise: Option<String>,
     #[serde(default)]
     peers: std::collections::BTreeMap<String, PeerSection>,
     tls: Option<TlsSection>,

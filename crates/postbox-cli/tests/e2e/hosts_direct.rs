@@ -1,0 +1,167 @@
+//! Direct links across hosts (docs/network.md §15), on loopback: two daemons linked over TCP
+//! that both allow direct links, so that a connection from a node on host `a` to a port on
+//! host `b` is one TCP connection between the caller and the server, set up by the brokers.
+//!
+//! The test process is the caller (a node on daemon a) and, where a test needs it, the
+//! hostile dialer of b's direct-link listener.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postbox::{CallError, ConnectError};
+
+use crate::util::{connect_remote, free_port, Daemon, WATCHDOG};
+
+/// Host `a` dials host `b`; both allow direct links to each other; `b` takes them at
+/// `direct_listen` and tells `a` to dial `advertise` (itself, or a relay of the test's).
+struct DirectPair {
+    a: Daemon,
+    b: Daemon,
+    direct_listen: SocketAddr,
+    _policy: tempfile::TempDir,
+}
+
+impl DirectPair {
+    fn start(advertise: Option<SocketAddr>) -> Self {
+        let port = free_port();
+        let direct_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let policy = tempfile::tempdir().unwrap();
+        let policy_file = policy.path().join("policy.toml");
+        std::fs::write(
+            &policy_file,
+            "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
+        )
+        .unwrap();
+        let listen = format!("a=listen:127.0.0.1:{port}");
+        let dial = format!("b=dial:127.0.0.1:{port}");
+        let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+        let direct_at = direct_listen.to_string();
+        let advertised = advertise.map(|a| a.to_string());
+        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
+        b_args.extend_from_slice(&["--direct-listen", &direct_at]);
+        if let Some(advertised) = &advertised {
+            b_args.extend_from_slice(&["--direct-advertise", advertised]);
+        }
+        b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
+        b_args.extend_from_slice(&timers);
+        let b = Daemon::start_with(&b_args);
+        let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
+        a_args.extend_from_slice(&timers);
+        let a = Daemon::start_with(&a_args);
+        Self { a, b, direct_listen, _policy: policy }
+    }
+}
+
+#[test]
+fn a_call_over_a_direct_link_is_answered_and_the_one_way_message_arrives() {
+    let pair = DirectPair::start(None);
+    let mut server = pair.b.worker(&["echo", "echo", "--upper", "--print"]);
+    let printed = server.lines();
+    let node = pair.a.node();
+    let connection = connect_remote(&node, "echo@b");
+    for i in 0..200 {
+        let body = format!("call {i}");
+        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
+        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
+    }
+    connection.send("one way").unwrap();
+    let line = printed.recv_timeout(WATCHDOG).unwrap();
+    // The server sees the remote caller under its stand-in, as through the gateway.
+    assert!(line.starts_with("0.") && line.ends_with(": one way"), "{line}");
+    // No channel crosses the host link: the brokers are off the data path.
+    let hosts = node.hosts().unwrap();
+    assert_eq!(hosts[0].channels, 0, "{hosts:?}");
+}
+
+#[test]
+fn a_port_host_a_may_not_use_is_refused_with_access_denied_before_any_direct_link() {
+    let pair = DirectPair::start(None);
+    let _secret = pair.b.worker(&["echo", "secret"]);
+    let _echo = pair.b.worker(&["echo", "echo"]);
+    let node = pair.a.node();
+    // Once the host link is up (echo@b connects), the refusal is b's policy speaking.
+    drop(connect_remote(&node, "echo@b"));
+    let denied = node.connect("secret@b");
+    assert!(matches!(denied, Err(ConnectError::AccessDenied(_))), "{denied:?}");
+    let missing = node.connect("nope@b");
+    assert!(matches!(missing, Err(ConnectError::NoSuchPort(_))), "{missing:?}");
+}
+
+#[test]
+fn killing_the_server_during_a_call_over_a_direct_link_fails_the_call_with_peer_died() {
+    let pair = DirectPair::start(None);
+    let mut slow = pair.b.worker(&["echo", "slow", "--delay-ms", "60000"]);
+    let node = pair.a.node();
+    let connection = connect_remote(&node, "slow@b");
+    let (done_tx, done_rx) = mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        // No deadline: only the link's end can end this call.
+        done_tx.send(connection.call("are you there?")).unwrap();
+        connection
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    slow.kill9();
+    let result = done_rx.recv_timeout(WATCHDOG).expect("the call ended (no hang)");
+    assert_eq!(result, Err(CallError::PeerDied));
+    let connection = caller.join().unwrap();
+    assert_eq!(connection.call("again"), Err(CallError::Disconnected("again".into())));
+}
+
+#[test]
+fn a_made_up_token_and_a_replayed_greeting_are_refused_by_the_serving_broker() {
+    // b tells a to dial a relay of the test's, which records a's greeting on its way to b.
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pair = DirectPair::start(Some(relay.local_addr().unwrap()));
+    let target = pair.direct_listen;
+    let (greeting_tx, greeting_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut from_a, _) = relay.accept().unwrap();
+        let mut greeting = [0u8; GREETING_LEN];
+        from_a.read_exact(&mut greeting).unwrap();
+        let mut to_b = TcpStream::connect(target).unwrap();
+        to_b.write_all(&greeting).unwrap();
+        greeting_tx.send(greeting).unwrap();
+        let (mut a_in, mut b_out) = (from_a.try_clone().unwrap(), to_b.try_clone().unwrap());
+        std::thread::spawn(move || std::io::copy(&mut a_in, &mut b_out));
+        let _ = std::io::copy(&mut to_b, &mut from_a);
+    });
+    let _echo = pair.b.worker(&["echo", "echo", "--upper"]);
+    let node = pair.a.node();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("through", WATCHDOG).unwrap().body(), b"THROUGH");
+    let greeting = greeting_rx.recv_timeout(WATCHDOG).unwrap();
+    assert_eq!(&greeting[..8], b"PBDIRECT");
+
+    // The same greeting again: its token was used once, and is not accepted twice.
+    assert_ne!(verdict(target, &greeting), Some(ACCEPTED));
+    // A token nobody issued.
+    let mut made_up = greeting;
+    made_up[8..40].copy_from_slice(&[0x41; 32]);
+    assert_ne!(verdict(target, &made_up), Some(ACCEPTED));
+    // Not a greeting at all.
+    assert_ne!(verdict(target, &[0u8; GREETING_LEN]), Some(ACCEPTED));
+    // The link that was made is unharmed.
+    assert_eq!(connection.call_timeout("still", WATCHDOG).unwrap().body(), b"STILL");
+}
+
+/// Dials b's direct-link listener at `target`, says `greeting`, and returns the verdict byte
+/// (`None` when the connection closes without one).
+fn verdict(target: SocketAddr, greeting: &[u8]) -> Option<u8> {
+    let mut stream = TcpStream::connect(target).unwrap();
+    stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+    stream.write_all(greeting).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(1) => Some(byte[0]),
+        Ok(_) => None,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(error) => panic!("no verdict and no close: {error}"),
+    }
+}
+
+/// `PBDIRECT`, a 32-byte token and a 32-byte proof (docs/network.md §15).
+const GREETING_LEN: usize = 8 + 32 + 32;
+/// The verdict byte of an accepted direct link.
+const ACCEPTED: u8 = 1;
