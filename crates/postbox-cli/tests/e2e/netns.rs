@@ -251,3 +251,75 @@ fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition()
     let hosts = node.hosts().unwrap();
     assert!(hosts[0].sessions >= 2, "{hosts:?}");
 }
+
+#[test]
+fn a_direct_link_across_a_partition_fails_its_pending_call_with_peer_died() {
+    let net = match Net::create() {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespace test: {why}");
+            return;
+        }
+    };
+    let policy = tempfile::tempdir().unwrap();
+    let policy_file = policy.path().join("policy.toml");
+    fs::write(
+        &policy_file,
+        "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
+    )
+    .unwrap();
+    // Both hosts allow direct links; b takes them on its veth address only (docs/network.md
+    // §15), so a direct link crosses the veth as the host link does.
+    let listen = format!("a=listen:{}:7401", net.address_b);
+    let dial = format!("b=dial:{}:7401", net.address_b);
+    let direct_at = format!("{}:7410", net.address_b);
+    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
+    b_args.extend_from_slice(&["--direct-listen", &direct_at]);
+    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
+    b_args.extend_from_slice(&timers);
+    let daemon_b = NsDaemon::start(&net.b, &b_args);
+    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
+    a_args.extend_from_slice(&timers);
+    let daemon_a = NsDaemon::start(&net.a, &a_args);
+    let worker = |args: &[&str]| {
+        let mut full = vec!["worker"];
+        full.extend_from_slice(args);
+        let mut command = in_namespace(&net.b, &full);
+        command.env("POSTBOX_SOCKET", daemon_b.socket());
+        Worker::start(command)
+    };
+    let _echo = worker(&["echo", "echo", "--upper"]);
+    let _slow = worker(&["echo", "slow", "--delay-ms", "60000"]);
+
+    // The test process (root namespace) gets a socket daemon a made in namespace a: the
+    // link runs over the veth, not through either broker.
+    let node = Node::attach_to(daemon_a.socket()).unwrap();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("direct", WATCHDOG).unwrap().body(), b"DIRECT");
+    assert_eq!(node.hosts().unwrap()[0].channels, 0, "no channel crosses the host link");
+
+    // Partition: no FIN, no reset. A call pending on the slow server can only end by the
+    // link's keepalive and user timeout (set from the heartbeat settings): it must, with
+    // PeerDied, never hang.
+    let slow = connect_remote(&node, "slow@b");
+    let (done_tx, done_rx) = mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        done_tx.send(slow.call("are you there?")).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    net.set_link(false);
+    let result = done_rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| {
+        panic!("the pending call hung; a's log:\n{}\nb's log:\n{}", daemon_a.log(), daemon_b.log())
+    });
+    assert_eq!(result, Err(CallError::PeerDied));
+    caller.join().unwrap();
+    // Not resumed: the idle link is given up as well, and a new connection is needed.
+    let old = connection.call_timeout("old", WATCHDOG);
+    assert!(matches!(old, Err(CallError::Disconnected(_) | CallError::PeerDied)), "{old:?}");
+
+    // Healed: a new direct link works.
+    net.set_link(true);
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("back", WATCHDOG).unwrap().body(), b"BACK");
+}
