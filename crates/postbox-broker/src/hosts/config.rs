@@ -527,6 +527,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn direct_links_are_opted_into_per_peer_in_the_file_or_by_flag() {
+        let mut config = HostsConfig::from_toml(
+            "name = 'b'\ndirect_listen = '127.0.0.1:7410'\n\
+             direct_advertise = '192.0.2.2:7410'\n[peers]\n\
+             a = { listen = '127.0.0.1:9', direct = true }\nc = { dial = '127.0.0.1:10' }\n",
+        )
+        .unwrap();
+        assert_eq!(config.direct_listen, Some("127.0.0.1:7410".parse().unwrap()));
+        assert_eq!(config.direct_advertise, Some("192.0.2.2:7410".parse().unwrap()));
+        let direct: Vec<bool> = config.peers.iter().map(|p| p.direct).collect();
+        assert_eq!(direct, [true, false]);
+        config.allow_direct("c").unwrap();
+        assert!(config.peers[1].direct);
+        assert_eq!(config.allow_direct("z"), Err(HostsConfigError::BadPeer("z".into())));
+        let plain = HostsConfig::from_toml("name = 'b'\n[peers]\na = { dial = '127.0.0.1:9' }");
+        let plain = plain.unwrap();
+        assert!(!plain.peers[0].direct && plain.direct_listen.is_none());
+        let bad = "name = 'b'\ndirect_listen = 'nowhere'\n";
+        assert!(matches!(HostsConfig::from_toml(bad), Err(HostsConfigError::BadAddress { .. })));
+    }
+
+    #[test]
     fn peers_come_from_toml_and_flags_and_mistakes_are_reported() {
         let mut config = HostsConfig::from_toml(
             "name = 'a'\nmissed_heartbeats = 5\n[peers]\nb = { dial = '127.0.0.1:9' }\n",
