@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use postbox::{CallError, ConnectError};
 
-use crate::util::{connect_remote, free_port, Daemon, WATCHDOG};
+use crate::util::{connect_remote, free_port, wait_until, Daemon, WATCHDOG};
 
 /// Host `a` dials host `b`; both allow direct links to each other; `b` takes them at
 /// `direct_listen` and tells `a` to dial `advertise` (itself, or a relay of the test's).
@@ -51,6 +51,43 @@ impl DirectPair {
         a_args.extend_from_slice(&timers);
         let a = Daemon::start_with(&a_args);
         Self { a, b, direct_listen, _policy: policy }
+    }
+
+    /// The same from hosts files, with a pre-shared key on the host link (so each greeting
+    /// must prove the key), `b` telling `a` to dial `advertise`.
+    fn start_with_key(advertise: SocketAddr) -> Self {
+        let port = free_port();
+        let direct_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| {
+            let path = dir.path().join(file);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let key = write("link.psk", "a key both hosts hold, long enough\n");
+        let policy = write(
+            "policy.toml",
+            "[[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
+        );
+        let timers = "heartbeat_interval_ms = 200\nmissed_heartbeats = 5\n";
+        let b_hosts = write(
+            "b.toml",
+            &format!(
+                "name = 'b'\n{timers}direct_listen = '{direct_listen}'\n\
+                 direct_advertise = '{advertise}'\n[peers]\n\
+                 a = {{ listen = '127.0.0.1:{port}', psk_file = '{key}', direct = true }}\n"
+            ),
+        );
+        let a_hosts = write(
+            "a.toml",
+            &format!(
+                "name = 'a'\n{timers}[peers]\n\
+                 b = {{ dial = '127.0.0.1:{port}', psk_file = '{key}', direct = true }}\n"
+            ),
+        );
+        let b = Daemon::start_with(&["--hosts", &b_hosts, "--config", &policy]);
+        let a = Daemon::start_with(&["--hosts", &a_hosts]);
+        Self { a, b, direct_listen, _policy: dir }
     }
 }
 
@@ -144,6 +181,50 @@ fn a_made_up_token_and_a_replayed_greeting_are_refused_by_the_serving_broker() {
     assert_ne!(verdict(target, &[0u8; GREETING_LEN]), Some(ACCEPTED));
     // The link that was made is unharmed.
     assert_eq!(connection.call_timeout("still", WATCHDOG).unwrap().body(), b"STILL");
+}
+
+#[test]
+fn with_a_pre_shared_key_the_token_alone_does_not_make_a_direct_link() {
+    // A relay of the test's between a and b plays the host that saw the token (plain host
+    // links carry it in clear) but lacks the key: it changes the first greeting's proof.
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pair = DirectPair::start_with_key(relay.local_addr().unwrap());
+    let target = pair.direct_listen;
+    std::thread::spawn(move || {
+        for (index, from_a) in relay.incoming().enumerate() {
+            let mut from_a = from_a.unwrap();
+            let mut greeting = [0u8; GREETING_LEN];
+            if from_a.read_exact(&mut greeting).is_err() {
+                continue;
+            }
+            if index == 0 {
+                greeting[GREETING_LEN - 1] ^= 1;
+            }
+            let mut to_b = TcpStream::connect(target).unwrap();
+            to_b.write_all(&greeting).unwrap();
+            let (mut a_in, mut b_out) = (from_a.try_clone().unwrap(), to_b.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut a_in, &mut b_out));
+            std::thread::spawn(move || std::io::copy(&mut to_b, &mut from_a));
+        }
+    });
+    let _echo = pair.b.worker(&["echo", "echo", "--upper"]);
+    let node = pair.a.node();
+    // The host link may still be coming up (Unreachable, no dial yet); the first dial is the
+    // one whose proof was changed, and b refuses it.
+    let mut first = node.connect("echo@b");
+    wait_until("host b answers", || {
+        if matches!(first, Err(ConnectError::Unreachable(_))) {
+            first = node.connect("echo@b");
+            false
+        } else {
+            true
+        }
+    });
+    assert!(matches!(first, Err(ConnectError::NoSuchPort(_))), "{first:?}");
+    // The next greeting, proved with the key, makes the link.
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("keyed", WATCHDOG).unwrap().body(), b"KEYED");
+    assert_eq!(node.hosts().unwrap()[0].channels, 0, "the call took the direct link");
 }
 
 /// Dials b's direct-link listener at `target`, says `greeting`, and returns the verdict byte
