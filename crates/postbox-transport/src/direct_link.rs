@@ -219,21 +219,28 @@ impl DirectHello {
         &self.token
     }
 
-    /// Checks the proof against `key` (any proof passes without one: the token alone then
-    /// authorises, docs/network.md §15), answers the verdict and gives up the socket, ready to
-    /// be passed to the server node. Refuses (as [`refuse`](Self::refuse)) a wrong proof.
+    /// True when the greeting proves `key` (always without one: the token alone then
+    /// authorises, docs/network.md §15).
+    #[must_use]
+    pub fn proves(&self, key: Option<&PreSharedKey>) -> bool {
+        key.is_none_or(|key| {
+            let key = hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes());
+            // `verify` compares in constant time.
+            hmac::verify(&key, &proof_message(&self.token), &self.proof).is_ok()
+        })
+    }
+
+    /// Checks the proof against `key` (see [`proves`](Self::proves)), answers the verdict and
+    /// gives up the socket, ready to be passed to the server node. Refuses (as
+    /// [`refuse`](Self::refuse)) a wrong proof.
     ///
     /// # Errors
     /// [`TransportError::Closed`] when the proof is wrong (the dialer was refused) or the
     /// verdict cannot be written.
     pub fn accept(mut self, key: Option<&PreSharedKey>) -> Result<OwnedFd, TransportError> {
-        if let Some(key) = key {
-            let key = hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes());
-            // `verify` compares in constant time.
-            if hmac::verify(&key, &proof_message(&self.token), &self.proof).is_err() {
-                self.refuse();
-                return Err(TransportError::Closed);
-            }
+        if !self.proves(key) {
+            self.refuse();
+            return Err(TransportError::Closed);
         }
         self.timers.apply(&self.stream)?;
         self.stream.write_all(&[ACCEPTED]).map_err(|_| TransportError::Closed)?;
@@ -263,7 +270,17 @@ fn accept_loop(
             Ok(_) => {}
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
-        while let Ok((stream, _)) = listener.accept() {
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // Out of descriptors, say: the listener stays readable, so wait a little
+                    // instead of spinning.
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                    break;
+                }
+            };
             if busy.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
                 // Too many greetings at once: this one is turned away.
                 busy.fetch_sub(1, Ordering::AcqRel);
@@ -339,6 +356,7 @@ const LABEL: &[u8] = b"postbox-direct-link";
 const ACCEPTED: u8 = 1;
 const REFUSED: u8 = 0;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {

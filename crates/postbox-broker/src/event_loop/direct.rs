@@ -29,7 +29,7 @@ use postbox_transport::{TransportError, Waker};
 
 use super::EventLoop;
 use crate::hosts::identity::NodeRef;
-use crate::hosts::protocol::{Channel, HostMessage};
+use crate::hosts::protocol::{Channel, HostMessage, Refusal};
 use crate::hosts::HostsConfig;
 use crate::registry::NodeKey;
 
@@ -138,10 +138,17 @@ impl EventLoop {
         (owner, port): (NodeKey, &PortName),
         (spec, rights, client): (PortSpec, Rights, PeerIdentity),
     ) -> Option<HostMessage> {
+        let limit = self.config.policy.limits().channels_per_host;
         let gateway = self.gateway.as_mut()?;
         let address = gateway.directs.advertised?;
         if !gateway.peers.get(host).is_some_and(|p| p.config.direct) {
             return None;
+        }
+        if gateway.directs.offers.values().filter(|o| o.host == host).count() >= limit {
+            // Tokens waiting for their dial are held to the peer's channel quota.
+            let peer = &gateway.peers[host].config.name;
+            let detail = format!("host {peer} has {limit} direct links waiting");
+            return Some(HostMessage::Refused { channel, reason: Refusal::LimitExceeded, detail });
         }
         let token = match DirectToken::generate() {
             Ok(token) => token,
@@ -238,22 +245,23 @@ impl EventLoop {
     /// (and not used yet) and the port's owner is still there, the socket goes to the owner.
     fn hello_received(&mut self, hello: DirectHello) {
         let Some(gateway) = &mut self.gateway else { return };
-        let Some(offer) = gateway.directs.offers.remove(hello.token()) else {
+        let Some(host) = gateway.directs.offers.get(hello.token()).map(|o| o.host) else {
             tracing::warn!("a direct link presented an unknown or used token");
             return hello.refuse();
         };
-        let key = peer_key(&gateway.peers[offer.host].config.security);
+        let key = peer_key(&gateway.peers[host].config.security);
+        if !hello.proves(key.as_ref()) {
+            // Whoever saw the token without the key does not use it up for the peer.
+            tracing::warn!("a direct link's proof did not match the host link's key");
+            return hello.refuse();
+        }
+        let Some(offer) = gateway.directs.offers.remove(hello.token()) else { return };
         let owner_holds = self.registry.port(&offer.port).is_some_and(|(o, _, _)| o == offer.owner);
         if offer.deadline <= Instant::now() || !owner_holds || !self.has_room(offer.owner) {
             return hello.refuse();
         }
-        let fd = match hello.accept(key.as_ref()) {
-            Ok(fd) => fd,
-            Err(_) => {
-                tracing::warn!("a direct link's proof did not match the host link's key");
-                return;
-            }
-        };
+        // The proof was checked above; only a failed verdict write can fail here.
+        let Ok(fd) = hello.accept(key.as_ref()) else { return };
         let link = self.registry.allocate_link_id();
         let quota = self.config.policy.quota();
         let incoming = ControlMessage::IncomingConnection {
