@@ -227,6 +227,52 @@ fn with_a_pre_shared_key_the_token_alone_does_not_make_a_direct_link() {
     assert_eq!(node.hosts().unwrap()[0].channels, 0, "the call took the direct link");
 }
 
+#[test]
+fn a_direct_link_whose_dial_fails_fails_the_connect_with_unreachable_not_a_hang() {
+    // b tells a to dial a port nobody listens on.
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pair = DirectPair::start(Some(nowhere));
+    let _echo = pair.b.worker(&["echo", "echo"]);
+    let node = pair.a.node();
+    wait_until("the host link opens", || {
+        node.hosts().unwrap()[0].state == postbox_broker::HostState::Open
+    });
+    let result = node.connect("echo@b");
+    assert!(
+        matches!(result, Err(ConnectError::Unreachable(ref detail)) if detail.contains("direct")),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn without_direct_on_the_serving_host_the_connection_goes_through_the_gateways() {
+    // a asks for direct links; b does not take them: b answers as before, with a channel.
+    let port = free_port();
+    let policy = tempfile::tempdir().unwrap();
+    let policy_file = policy.path().join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        "[[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
+    )
+    .unwrap();
+    let listen = format!("a=listen:127.0.0.1:{port}");
+    let dial = format!("b=dial:127.0.0.1:{port}");
+    let b = Daemon::start_with(&[
+        "--host-name",
+        "b",
+        "--peer",
+        &listen,
+        "--config",
+        policy_file.to_str().unwrap(),
+    ]);
+    let a = Daemon::start_with(&["--host-name", "a", "--peer", &dial, "--direct-peer", "b"]);
+    let _echo = b.worker(&["echo", "echo", "--upper"]);
+    let node = a.node();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("relayed", WATCHDOG).unwrap().body(), b"RELAYED");
+    assert_eq!(node.hosts().unwrap()[0].channels, 1, "a channel on the host link");
+}
+
 /// Dials b's direct-link listener at `target`, says `greeting`, and returns the verdict byte
 /// (`None` when the connection closes without one).
 fn verdict(target: SocketAddr, greeting: &[u8]) -> Option<u8> {
