@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use postbox_core::{
-    ControlErrorCode, ControlMessage, ListenTarget, PeerIdentity, PortName, PortSpec, Quota, Rights,
+    ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortName, PortSpec,
+    ProcessId, Quota, Rights,
 };
 use postbox_transport::direct_link::{
     dial_direct, DirectDialError, DirectHello, DirectListener, DirectTimers, DirectToken,
@@ -50,6 +51,9 @@ pub(super) struct Directs {
     offers: HashMap<DirectToken, Offer>,
     /// Opener's side: what the node is told once the dial of its channel succeeded.
     dialing: HashMap<(usize, Channel), ControlMessage>,
+    /// Opener's side: the direct links handed to local nodes and not reported closed, by the
+    /// node that holds each (they count against its `connections` quota).
+    links: HashMap<LinkId, ProcessId>,
 }
 
 /// A token issued to peer `host` for a link to `owner`'s port `port`.
@@ -103,6 +107,7 @@ impl Directs {
             dialed: Arc::default(),
             offers: HashMap::new(),
             dialing: HashMap::new(),
+            links: HashMap::new(),
         })
     }
 
@@ -114,6 +119,21 @@ impl Directs {
     /// Forgets the dial of `channel` (its connect ended otherwise); a late result is dropped.
     pub(super) fn forget_dial(&mut self, host: usize, channel: Channel) {
         self.dialing.remove(&(host, channel));
+    }
+
+    /// Direct links node `node` holds, as far as this broker knows.
+    pub(super) fn links_of(&self, node: ProcessId) -> usize {
+        self.links.values().filter(|n| **n == node).count()
+    }
+
+    /// A node reported `link` closed.
+    pub(super) fn link_closed(&mut self, link: LinkId) {
+        self.links.remove(&link);
+    }
+
+    /// Node `node` left: its direct links went with it.
+    pub(super) fn node_left(&mut self, node: ProcessId) {
+        self.links.retain(|_, n| *n != node);
     }
 
     /// Forgets tokens whose time is up.
@@ -293,6 +313,11 @@ impl EventLoop {
                     .identity(pending.node)
                     .is_some_and(|i| i.process_id == pending.process) =>
             {
+                if let (ControlMessage::Connected { link, .. }, Some(gateway)) =
+                    (&connected, &mut self.gateway)
+                {
+                    gateway.directs.links.insert(*link, pending.process);
+                }
                 self.queue(pending.node, &connected, vec![fd]);
             }
             Ok(_) => {}

@@ -25,6 +25,11 @@ struct DirectPair {
 
 impl DirectPair {
     fn start(advertise: Option<SocketAddr>) -> Self {
+        Self::start_with(advertise, None)
+    }
+
+    /// The same, with `a_policy` as daemon a's policy file.
+    fn start_with(advertise: Option<SocketAddr>, a_policy: Option<&str>) -> Self {
         let port = free_port();
         let direct_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let policy = tempfile::tempdir().unwrap();
@@ -47,7 +52,12 @@ impl DirectPair {
         b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
         b_args.extend_from_slice(&timers);
         let b = Daemon::start_with(&b_args);
+        let a_policy_file = policy.path().join("a.toml");
         let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
+        if let Some(text) = a_policy {
+            std::fs::write(&a_policy_file, text).unwrap();
+            a_args.extend_from_slice(&["--config", a_policy_file.to_str().unwrap()]);
+        }
         a_args.extend_from_slice(&timers);
         let a = Daemon::start_with(&a_args);
         Self { a, b, direct_listen, _policy: policy }
@@ -225,6 +235,31 @@ fn with_a_pre_shared_key_the_token_alone_does_not_make_a_direct_link() {
     let connection = connect_remote(&node, "echo@b");
     assert_eq!(connection.call_timeout("keyed", WATCHDOG).unwrap().body(), b"KEYED");
     assert_eq!(node.hosts().unwrap()[0].channels, 0, "the call took the direct link");
+}
+
+#[test]
+fn direct_links_count_against_the_callers_connection_quota_until_closed() {
+    let pair = DirectPair::start_with(None, Some("[limits]\nconnections = 2\n"));
+    let _echo = pair.b.worker(&["echo", "echo", "--upper"]);
+    let node = pair.a.node();
+    let first = connect_remote(&node, "echo@b");
+    let second = node.connect("echo@b").unwrap();
+    let third = node.connect("echo@b");
+    assert!(matches!(third, Err(ConnectError::LimitExceeded(_))), "{third:?}");
+    // Closing one gives its place back (once the broker heard of it).
+    drop(first);
+    let mut again = node.connect("echo@b");
+    wait_until("a closed direct link no longer counts", || {
+        if matches!(again, Err(ConnectError::LimitExceeded(_))) {
+            again = node.connect("echo@b");
+            false
+        } else {
+            true
+        }
+    });
+    let again = again.unwrap();
+    assert_eq!(again.call_timeout("again", WATCHDOG).unwrap().body(), b"AGAIN");
+    assert_eq!(second.call_timeout("second", WATCHDOG).unwrap().body(), b"SECOND");
 }
 
 #[test]
