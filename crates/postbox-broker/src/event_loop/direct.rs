@@ -31,7 +31,7 @@ use postbox_transport::{TransportError, Waker};
 use super::EventLoop;
 use crate::hosts::identity::NodeRef;
 use crate::hosts::protocol::{Channel, HostMessage, Refusal};
-use crate::hosts::HostsConfig;
+use crate::hosts::{HostsConfig, PeerConnect};
 use crate::registry::NodeKey;
 
 /// The gateway's direct links in the making, on both sides.
@@ -215,6 +215,13 @@ impl EventLoop {
             return self.refuse(node, request, ControlErrorCode::Malformed, &detail);
         }
         let key = peer_key(&gateway.peers[host].config.security);
+        let address = match gateway.peers[host].config.connect {
+            // A listener on every address (0.0.0.0) is reached where the host link is.
+            PeerConnect::Dial(link) if address.ip().is_unspecified() => {
+                std::net::SocketAddr::new(link.ip(), address.port())
+            }
+            _ => address,
+        };
         let timers = gateway.directs.timers;
         let timeout = gateway.open_timeout();
         let (results, waker) = (Arc::clone(&gateway.directs.dialed), Arc::clone(&gateway.waker));

@@ -268,11 +268,12 @@ fn a_direct_link_across_a_partition_fails_its_pending_call_with_peer_died() {
         "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
     )
     .unwrap();
-    // Both hosts allow direct links; b takes them on its veth address only (docs/network.md
-    // §15), so a direct link crosses the veth as the host link does.
+    // Both hosts allow direct links. b takes them on every address of its namespace
+    // (0.0.0.0), which a reaches where it dials the host link (docs/network.md §15): the
+    // direct link crosses the veth as the host link does.
     let listen = format!("a=listen:{}:7401", net.address_b);
     let dial = format!("b=dial:{}:7401", net.address_b);
-    let direct_at = format!("{}:7410", net.address_b);
+    let direct_at = "0.0.0.0:7410".to_owned();
     let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
     let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
     b_args.extend_from_slice(&["--direct-listen", &direct_at]);
