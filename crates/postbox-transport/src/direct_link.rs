@@ -378,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_proved_with_the_key_is_accepted_and_the_socket_carries_bytes_both_ways() {
+    fn a_token_proved_with_the_key_is_accepted_with_keepalive_set_and_carries_bytes_both_ways() {
         let key = PreSharedKey::new(&[7u8; 32]).unwrap();
         let (listener, hellos) = listener();
         let token = DirectToken::generate().unwrap();
@@ -391,6 +391,15 @@ mod tests {
         assert_eq!(hello.token(), &token);
         let server = TcpStream::from(hello.accept(Some(&key)).unwrap());
         let client = TcpStream::from(dialer.join().unwrap().unwrap());
+        for end in [&server, &client] {
+            // What makes a partition end the link: set on both ends, kept when passed on.
+            assert!(sockopt::tcp_nodelay(end).unwrap());
+            assert!(sockopt::socket_keepalive(end).unwrap());
+            assert_eq!(sockopt::tcp_keepidle(end).unwrap(), Duration::from_secs(1));
+            assert_eq!(sockopt::tcp_keepintvl(end).unwrap(), Duration::from_secs(1));
+            assert_eq!(sockopt::tcp_keepcnt(end).unwrap(), 3);
+            assert_eq!(sockopt::tcp_user_timeout(end).unwrap(), 3000);
+        }
         (&server).write_all(b"pong").unwrap();
         (&client).write_all(b"ping").unwrap();
         let mut got = [0u8; 4];
