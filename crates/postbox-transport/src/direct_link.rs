@@ -14,15 +14,17 @@
 //! socket on. After that byte the connection carries the link's frames as a Unix link does
 //! (docs/wire-format.md §2), so the nodes read and write it as one ([`UnixLink`](crate::UnixLink)
 //! uses only stream-socket calls). Both ends get `TCP_NODELAY` and keepalive from the host
-//! link's heartbeat settings ([`DirectTimers`]), so a silent peer ends the link.
+//! link's heartbeat settings ([`DirectTimers`]), so an idle link's silent peer ends it; no user
+//! timeout, so a busy receiver does not (a partition is the brokers' to tell, §15).
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -35,15 +37,16 @@ use crate::{wait_readable, TransportError, Wait, Waker};
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DirectToken([u8; TOKEN_LEN]);
 
-/// How quickly a direct link's silent peer is given up: the host link's heartbeat settings,
-/// applied as TCP keepalive and `TCP_USER_TIMEOUT`.
+/// How quickly an idle direct link's silent peer is given up: the host link's heartbeat
+/// settings, applied as TCP keepalive (a link with data in flight across a partition is cut by
+/// the brokers when the host link is declared dead, docs/network.md §15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirectTimers {
     /// The host link's heartbeat interval: idle time before the first keepalive probe, and
-    /// between probes (whole seconds, at least one: TCP counts keepalive in seconds).
+    /// between probes (rounded up to whole seconds, 1 to 32767: TCP counts keepalive in
+    /// seconds, so a sub-second interval probes every second).
     pub heartbeat_interval: Duration,
-    /// Probes unanswered before the connection ends; unacknowledged data waits at most
-    /// `heartbeat_interval × missed_heartbeats` (`TCP_USER_TIMEOUT`).
+    /// Probes unanswered before an idle connection ends (1 to 127, what TCP takes).
     pub missed_heartbeats: u32,
 }
 
@@ -112,22 +115,25 @@ impl std::fmt::Debug for DirectToken {
 }
 
 impl DirectTimers {
-    /// Sets `TCP_NODELAY`, keepalive and the user timeout on `socket`: the options stay with
-    /// the socket when it is passed to a node.
+    /// Sets `TCP_NODELAY` and keepalive on `socket`, and clears its user timeout: the options
+    /// stay with the socket when it is passed to a node.
     fn apply(self, socket: &TcpStream) -> Result<(), TransportError> {
         let os = |e| TransportError::os("set direct-link socket options", e);
         let fd = socket.as_fd();
-        let interval =
-            Duration::from_secs(self.heartbeat_interval.as_millis().div_ceil(1000).max(1) as u64);
-        let missed = self.missed_heartbeats.max(1);
+        // Whole seconds within what TCP takes (the host config accepts more).
+        let seconds = self.heartbeat_interval.as_millis().div_ceil(1000);
+        let interval = Duration::from_secs(seconds.clamp(1, MAX_KEEPALIVE_SECONDS) as u64);
+        let missed = self.missed_heartbeats.clamp(1, MAX_KEEPALIVE_PROBES);
         sockopt::set_tcp_nodelay(fd, true).map_err(os)?;
         sockopt::set_socket_keepalive(fd, true).map_err(os)?;
         sockopt::set_tcp_keepidle(fd, interval).map_err(os)?;
         sockopt::set_tcp_keepintvl(fd, interval).map_err(os)?;
         sockopt::set_tcp_keepcnt(fd, missed).map_err(os)?;
-        let dead_after = self.heartbeat_interval.saturating_mul(missed).as_millis();
-        let user_timeout = u32::try_from(dead_after).unwrap_or(u32::MAX).max(1);
-        sockopt::set_tcp_user_timeout(fd, user_timeout).map_err(os)?;
+        // No user timeout: one would end a link whose receiver is merely busy (a zero window
+        // is probed, and the probes are answered, yet Linux ≥ 5.11 counts them against it).
+        // A partition ends the link through the brokers instead: when the host link is
+        // declared dead, each broker cuts its nodes' direct links to that host.
+        sockopt::set_tcp_user_timeout(fd, 0).map_err(os)?;
         Ok(())
     }
 }
@@ -261,7 +267,7 @@ fn accept_loop(
     timers: DirectTimers,
     on_hello: &Arc<impl Fn(DirectHello) + Send + Sync + 'static>,
 ) {
-    let busy = Arc::new(AtomicUsize::new(0));
+    let slots = HandshakeSlots::default();
     let stopped = Arc::new(AtomicBool::new(false));
     loop {
         let fds = [listener.as_fd(), stop.as_fd()];
@@ -271,8 +277,8 @@ fn accept_loop(
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
         loop {
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
+            let (stream, from) = match listener.accept() {
+                Ok(accepted) => accepted,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     // Out of descriptors, say: the listener stays readable, so wait a little
@@ -281,36 +287,43 @@ fn accept_loop(
                     break;
                 }
             };
-            if busy.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-                // Too many greetings at once: this one is turned away.
-                busy.fetch_sub(1, Ordering::AcqRel);
+            let Some(slot) = slots.take(from.ip()) else {
+                // Too many greetings at once, in all or from this address: turned away.
                 continue;
-            }
-            let (done, stopped, on_hello) =
-                (Arc::clone(&busy), Arc::clone(&stopped), Arc::clone(on_hello));
-            let spawned =
+            };
+            let (stopped, on_hello) = (Arc::clone(&stopped), Arc::clone(on_hello));
+            // A failed spawn drops the closure, and the slot with it.
+            let _ =
                 std::thread::Builder::new().name("postbox-direct-hello".into()).spawn(move || {
+                    let _slot = slot;
                     if let Some(hello) = read_hello(stream, timers) {
                         if !stopped.load(Ordering::Acquire) {
                             on_hello(hello);
                         }
                     }
-                    done.fetch_sub(1, Ordering::AcqRel);
                 });
-            if spawned.is_err() {
-                busy.fetch_sub(1, Ordering::AcqRel);
-            }
         }
     }
     stopped.store(true, Ordering::Release);
 }
 
-/// The greeting of a fresh connection, within [`HANDSHAKE_TIMEOUT`]; `None` for anything else.
+/// The greeting of a fresh connection, all of it within [`HANDSHAKE_TIMEOUT`] (however it is
+/// dripped); `None` for anything else.
 fn read_hello(mut stream: TcpStream, timers: DirectTimers) -> Option<DirectHello> {
     stream.set_nonblocking(false).ok()?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).ok()?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut hello = [0u8; HELLO_LEN];
-    stream.read_exact(&mut hello).ok()?;
+    let mut read = 0;
+    while read < HELLO_LEN {
+        let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+        stream.set_read_timeout(Some(left)).ok()?;
+        match stream.read(&mut hello[read..]) {
+            Ok(0) => return None,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
     stream.set_read_timeout(None).ok()?;
     let (greeting, rest) = hello.split_at(GREETING.len());
     if greeting != GREETING {
@@ -323,6 +336,44 @@ fn read_hello(mut stream: TcpStream, timers: DirectTimers) -> Option<DirectHello
         stream,
         timers,
     })
+}
+
+/// The greetings a listener reads at once: at most [`MAX_HANDSHAKES`] in all and
+/// [`MAX_HANDSHAKES_PER_ADDRESS`] from one address, so one dialer cannot take every slot.
+#[derive(Debug, Default, Clone)]
+struct HandshakeSlots(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One slot of [`HandshakeSlots`], given back when dropped.
+#[derive(Debug)]
+struct HandshakeSlot {
+    slots: HandshakeSlots,
+    address: IpAddr,
+}
+
+impl HandshakeSlots {
+    /// A slot for a greeting from `address`, if one is free.
+    fn take(&self, address: IpAddr) -> Option<HandshakeSlot> {
+        let mut busy = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let total: usize = busy.values().sum();
+        let mine = busy.entry(address).or_default();
+        if total >= MAX_HANDSHAKES || *mine >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *mine += 1;
+        Some(HandshakeSlot { slots: self.clone(), address })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut busy = self.slots.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = busy.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// What proves that the dialer holds the host link's key: an HMAC-SHA256 of the token under
@@ -349,6 +400,8 @@ fn proof_message(token: &DirectToken) -> Vec<u8> {
 pub const TOKEN_LEN: usize = 32;
 /// Greetings read at once by one listener; more connections are closed at once.
 pub const MAX_HANDSHAKES: usize = 8;
+/// Greetings read at once from one address (of [`MAX_HANDSHAKES`]).
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = MAX_HANDSHAKES / 2;
 const PROOF_LEN: usize = 32;
 const GREETING: &[u8; 8] = b"PBDIRECT";
 const HELLO_LEN: usize = 8 + TOKEN_LEN + PROOF_LEN;
@@ -357,6 +410,10 @@ const ACCEPTED: u8 = 1;
 const REFUSED: u8 = 0;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// The most `TCP_KEEPIDLE` and `TCP_KEEPINTVL` take, in seconds.
+const MAX_KEEPALIVE_SECONDS: u128 = 32767;
+/// The most `TCP_KEEPCNT` takes.
+const MAX_KEEPALIVE_PROBES: u32 = 127;
 
 #[cfg(test)]
 mod tests {
@@ -398,7 +455,7 @@ mod tests {
             assert_eq!(sockopt::tcp_keepidle(end).unwrap(), Duration::from_secs(1));
             assert_eq!(sockopt::tcp_keepintvl(end).unwrap(), Duration::from_secs(1));
             assert_eq!(sockopt::tcp_keepcnt(end).unwrap(), 3);
-            assert_eq!(sockopt::tcp_user_timeout(end).unwrap(), 3000);
+            assert_eq!(sockopt::tcp_user_timeout(end).unwrap(), 0, "back-pressure is no death");
         }
         (&server).write_all(b"pong").unwrap();
         (&client).write_all(b"ping").unwrap();
@@ -434,5 +491,127 @@ mod tests {
         // The listener closes it without a verdict.
         assert_eq!(stream.read(&mut byte).unwrap_or(0), 0);
         assert!(hellos.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_greeting_dripped_byte_by_byte_is_cut_off_within_the_handshake_timeout() {
+        let (listener, hellos) = listener();
+        let address = listener.local_address();
+        // MAX_HANDSHAKES slow dialers, each sending one byte of a greeting every second:
+        // every single read finishes well within HANDSHAKE_TIMEOUT.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut drips = Vec::new();
+        for _ in 0..MAX_HANDSHAKES {
+            let stop = Arc::clone(&stop);
+            drips.push(std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(address).unwrap();
+                for byte in GREETING.iter().chain([0u8; TOKEN_LEN + PROOF_LEN].iter()) {
+                    if stop.load(Ordering::Relaxed) || stream.write_all(&[*byte]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }));
+        }
+        std::thread::sleep(HANDSHAKE_TIMEOUT + Duration::from_secs(2));
+        // Past the handshake timeout: the slow greetings must have been cut off, and an honest
+        // dialer's greeting must reach the broker.
+        let token = DirectToken::generate().unwrap();
+        let dial_token = token.clone();
+        let dialer = std::thread::spawn(move || {
+            dial_direct(address, &dial_token, None, TIMERS, Duration::from_secs(10))
+        });
+        let hello = hellos.recv_timeout(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        let hello = hello.expect("an honest greeting was handed on despite slow dialers");
+        assert_eq!(hello.token(), &token);
+        hello.accept(None).unwrap();
+        dialer.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_direct_link_is_made_with_any_missed_heartbeats_the_host_config_accepts() {
+        // HostsConfig takes any `missed_heartbeats >= 1` (u32); TCP_KEEPCNT takes at most 127,
+        // TCP_KEEPIDLE and TCP_KEEPINTVL at most 32767 s.
+        for timers in [
+            DirectTimers { heartbeat_interval: Duration::from_secs(1), missed_heartbeats: 200 },
+            DirectTimers {
+                heartbeat_interval: Duration::from_secs(100_000),
+                missed_heartbeats: u32::MAX,
+            },
+        ] {
+            let (tx, rx) = mpsc::channel();
+            let tx = std::sync::Mutex::new(tx);
+            let on_hello = move |hello| {
+                let _ = tx.lock().unwrap().send(hello);
+            };
+            let listener =
+                DirectListener::bind("127.0.0.1:0".parse().unwrap(), timers, on_hello).unwrap();
+            let address = listener.local_address();
+            let token = DirectToken::generate().unwrap();
+            let dial_token = token.clone();
+            let dialer = std::thread::spawn(move || {
+                dial_direct(address, &dial_token, None, timers, Duration::from_secs(5))
+            });
+            if let Ok(hello) = rx.recv_timeout(Duration::from_secs(5)) {
+                hello.accept(None).expect("serving side accepts");
+            }
+            dialer.join().unwrap().expect("the dial succeeds");
+        }
+    }
+
+    #[test]
+    fn a_server_that_reads_slowly_does_not_kill_a_live_direct_link() {
+        // Back-pressure: a full link blocks the sender (DESIGN.md §2); the peer is alive and
+        // answers every probe, for longer than the heartbeat bound (TIMERS: 1 s × 3).
+        let (listener, hellos) = listener();
+        let token = DirectToken::generate().unwrap();
+        let address = listener.local_address();
+        let dial_token = token.clone();
+        let dialer = std::thread::spawn(move || {
+            dial_direct(address, &dial_token, None, TIMERS, Duration::from_secs(10))
+        });
+        let hello = hellos.recv_timeout(Duration::from_secs(10)).unwrap();
+        let server = TcpStream::from(hello.accept(None).unwrap());
+        let client = TcpStream::from(dialer.join().unwrap().unwrap());
+        client.set_nonblocking(true).unwrap();
+        let chunk = [0x5au8; 65536];
+        let mut sent = 0usize;
+        loop {
+            match (&client).write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        // The server is busy for twice the heartbeat bound, then reads everything.
+        std::thread::sleep(Duration::from_secs(7));
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 65536];
+        while got < sent {
+            match (&server).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => panic!("the server lost the link after {got} of {sent} bytes: {e}"),
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(client.take_error().unwrap().is_none(), "{:?}", client.take_error());
+        client.set_nonblocking(false).unwrap();
+        (&client).write_all(b"still here").expect("the client's link is alive");
+    }
+
+    #[test]
+    fn one_address_takes_at_most_its_share_of_the_handshake_slots_and_gives_them_back() {
+        let slots = HandshakeSlots::default();
+        let (one, two): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let mine: Vec<_> = (0..MAX_HANDSHAKES_PER_ADDRESS).map_while(|_| slots.take(one)).collect();
+        assert_eq!(mine.len(), MAX_HANDSHAKES_PER_ADDRESS);
+        assert!(slots.take(one).is_none(), "one address holds its share");
+        let theirs = slots.take(two).expect("another address still gets a slot");
+        drop(mine);
+        assert!(slots.take(one).is_some(), "slots are given back");
+        drop(theirs);
     }
 }

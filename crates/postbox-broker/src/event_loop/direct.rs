@@ -30,7 +30,7 @@ use postbox_transport::{TransportError, Waker};
 
 use super::EventLoop;
 use crate::hosts::identity::NodeRef;
-use crate::hosts::protocol::{Channel, HostMessage, Refusal};
+use crate::hosts::protocol::{Channel, HostMessage};
 use crate::hosts::{HostsConfig, PeerConnect};
 use crate::registry::NodeKey;
 
@@ -51,9 +51,22 @@ pub(super) struct Directs {
     offers: HashMap<DirectToken, Offer>,
     /// Opener's side: what the node is told once the dial of its channel succeeded.
     dialing: HashMap<(usize, Channel), ControlMessage>,
-    /// Opener's side: the direct links handed to local nodes and not reported closed, by the
-    /// node that holds each (they count against its `connections` quota).
-    links: HashMap<LinkId, ProcessId>,
+    /// The direct links handed to local nodes, on either side, and not reported closed: a
+    /// caller's count against its `connections` quota, a server's against its peer's
+    /// `channels_per_host`, and all are cut when their host link is declared dead.
+    links: HashMap<LinkId, DirectEnd>,
+}
+
+/// A local node's end of a direct link to peer `host`.
+#[derive(Debug, Clone, Copy)]
+struct DirectEnd {
+    /// The peer at the other end.
+    host: usize,
+    /// The node holding this end, by key and (to tell a reused key) by process.
+    node: NodeKey,
+    process: ProcessId,
+    /// True on the serving side (the node took the link on a port of its).
+    serving: bool,
 }
 
 /// A token issued to peer `host` for a link to `owner`'s port `port`.
@@ -121,9 +134,27 @@ impl Directs {
         self.dialing.remove(&(host, channel));
     }
 
-    /// Direct links node `node` holds, as far as this broker knows.
+    /// Direct links node `node` opened and holds, as far as this broker knows.
     pub(super) fn links_of(&self, node: ProcessId) -> usize {
-        self.links.values().filter(|n| **n == node).count()
+        self.links.values().filter(|end| end.process == node && !end.serving).count()
+    }
+
+    /// What peer `host` holds here through direct links: tokens waiting for their dial and
+    /// links its nodes took (held to `channels_per_host` with its relayed channels).
+    pub(super) fn held_for(&self, host: usize) -> usize {
+        let offers = self.offers.values().filter(|o| o.host == host).count();
+        offers + self.links.values().filter(|end| end.host == host && end.serving).count()
+    }
+
+    /// The host link to `host` was declared dead: every direct link to it is forgotten, and
+    /// returned so that its node is told to cut it.
+    fn host_lost(&mut self, host: usize) -> Vec<(LinkId, DirectEnd)> {
+        let lost: Vec<_> =
+            self.links.iter().filter(|(_, end)| end.host == host).map(|(l, e)| (*l, *e)).collect();
+        for (link, _) in &lost {
+            self.links.remove(link);
+        }
+        lost
     }
 
     /// A node reported `link` closed.
@@ -133,7 +164,7 @@ impl Directs {
 
     /// Node `node` left: its direct links went with it.
     pub(super) fn node_left(&mut self, node: ProcessId) {
-        self.links.retain(|_, n| *n != node);
+        self.links.retain(|_, end| end.process != node);
     }
 
     /// Forgets tokens whose time is up.
@@ -158,18 +189,13 @@ impl EventLoop {
         (owner, port): (NodeKey, &PortName),
         (spec, rights, client): (PortSpec, Rights, PeerIdentity),
     ) -> Option<HostMessage> {
-        let limit = self.config.policy.limits().channels_per_host;
         let gateway = self.gateway.as_mut()?;
         let address = gateway.directs.advertised?;
         if !gateway.peers.get(host).is_some_and(|p| p.config.direct) {
             return None;
         }
-        if gateway.directs.offers.values().filter(|o| o.host == host).count() >= limit {
-            // Tokens waiting for their dial are held to the peer's channel quota.
-            let peer = &gateway.peers[host].config.name;
-            let detail = format!("host {peer} has {limit} direct links waiting");
-            return Some(HostMessage::Refused { channel, reason: Refusal::LimitExceeded, detail });
-        }
+        // The peer's `channels_per_host` was checked with its offers and direct links counted
+        // (`Gateway::opened_by_peer`).
         let token = match DirectToken::generate() {
             Ok(token) => token,
             Err(error) => {
@@ -284,7 +310,9 @@ impl EventLoop {
         }
         let Some(offer) = gateway.directs.offers.remove(hello.token()) else { return };
         let owner_holds = self.registry.port(&offer.port).is_some_and(|(o, _, _)| o == offer.owner);
-        if offer.deadline <= Instant::now() || !owner_holds || !self.has_room(offer.owner) {
+        let owner = self.registry.identity(offer.owner).map(|i| i.process_id);
+        let Some(process) = owner.filter(|_| owner_holds) else { return hello.refuse() };
+        if offer.deadline <= Instant::now() || !self.has_room(offer.owner) {
             return hello.refuse();
         }
         // The proof was checked above; only a failed verdict write can fail here.
@@ -298,6 +326,10 @@ impl EventLoop {
             rights: offer.rights,
             quota,
         };
+        if let Some(gateway) = &mut self.gateway {
+            let end = DirectEnd { host, node: offer.owner, process, serving: true };
+            gateway.directs.links.insert(link, end);
+        }
         self.queue(offer.owner, &incoming, vec![fd]);
         self.flush(offer.owner);
     }
@@ -323,7 +355,13 @@ impl EventLoop {
                 if let (ControlMessage::Connected { link, .. }, Some(gateway)) =
                     (&connected, &mut self.gateway)
                 {
-                    gateway.directs.links.insert(*link, pending.process);
+                    let end = DirectEnd {
+                        host,
+                        node: pending.node,
+                        process: pending.process,
+                        serving: false,
+                    };
+                    gateway.directs.links.insert(*link, end);
                 }
                 self.queue(pending.node, &connected, vec![fd]);
             }
@@ -335,6 +373,22 @@ impl EventLoop {
             Err(error) => {
                 let detail = format!("host {peer}: {error}");
                 self.refuse(pending.node, pending.request, ControlErrorCode::Unanswered, &detail);
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    /// The host link to `host` was declared dead (heartbeats missed, or it broke): each local
+    /// node holding a direct link to it is told to cut the link, so a call pending on it
+    /// fails with `PeerDied` within the heartbeat bound, as a relayed one does. (The sockets
+    /// carry no user timeout, so back-pressure alone never ends them.)
+    pub(super) fn cut_direct_links(&mut self, host: usize) {
+        let Some(gateway) = &mut self.gateway else { return };
+        for (link, end) in gateway.directs.host_lost(host) {
+            if self.registry.identity(end.node).is_some_and(|i| i.process_id == end.process) {
+                self.queue(end.node, &ControlMessage::LinkRevoked { link }, Vec::new());
+                self.flush(end.node);
             }
         }
     }

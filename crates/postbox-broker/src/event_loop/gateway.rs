@@ -169,9 +169,10 @@ impl Gateway {
             .min()
     }
 
-    /// The channels peer `host` opened here that are open.
+    /// The channels peer `host` opened here that are open, with the direct links it holds or
+    /// was offered here.
     pub(super) fn opened_by_peer(&self, host: usize) -> usize {
-        self.opened_by_peer.get(host).copied().unwrap_or(0)
+        self.opened_by_peer.get(host).copied().unwrap_or(0) + self.directs.held_for(host)
     }
 
     /// The run of peer `host`'s broker, as it last told it (0: not told yet).
@@ -474,6 +475,7 @@ impl EventLoop {
                 tracing::warn!(host = %gateway.peers[host].config.name, %error, "host link ended");
                 gateway.peers[host].ended(Instant::now() + RESTART_DELAY);
                 self.drop_host_channels(host);
+                self.cut_direct_links(host);
             }
             _ => {}
         }

@@ -308,6 +308,161 @@ fn without_direct_on_the_serving_host_the_connection_goes_through_the_gateways()
     assert_eq!(node.hosts().unwrap()[0].channels, 1, "a channel on the host link");
 }
 
+#[test]
+fn a_peer_host_is_held_to_channels_per_host_over_direct_links_too() {
+    // docs/network.md §5 "Limits", docs/security.md §5: a peer host, all its nodes together,
+    // may have at most `channels_per_host` connections open here; beyond, LimitExceeded.
+    let (a, b, _dir) = pair_with_policies(
+        "[limits]\nchannels_per_host = 2\n\
+         [[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
+        None,
+    );
+    let _echo = b.worker(&["echo", "echo", "--upper"]);
+    let node = a.node();
+    let mut open = vec![connect_remote(&node, "echo@b")];
+    let mut refused = None;
+    for _ in 0..8 {
+        match node.connect("echo@b") {
+            Ok(connection) => open.push(connection),
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    for connection in &open {
+        assert_eq!(connection.call_timeout("x", WATCHDOG).unwrap().body(), b"X");
+    }
+    assert_eq!(node.hosts().unwrap()[0].channels, 0, "the links are direct");
+    assert!(
+        open.len() <= 2 && matches!(refused, Some(ConnectError::LimitExceeded(_))),
+        "host a holds {} links to b's port with channels_per_host = 2 ({refused:?})",
+        open.len()
+    );
+    // A link closed gives its place back once the server's node reports it closed.
+    drop(open.pop());
+    wait_until("a closed direct link gives its place back", || node.connect("echo@b").is_ok());
+}
+
+#[test]
+fn a_peer_host_cannot_make_b_hold_more_direct_link_tokens_than_channels_per_host() {
+    use postbox_core::reliable::SessionConfig;
+    use postbox_transport::host_link::{Event, HostLink, HostLinkConfig, StreamId};
+    // b takes host a on `port` (plain TCP) and allows it direct links; a is played by the
+    // test: a peer broker that sends `Open { direct }` for b's port and never dials.
+    let port = free_port();
+    let direct_listen = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[limits]\nchannels_per_host = 2\n\
+         [[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
+    )
+    .unwrap();
+    let listen = format!("a=listen:127.0.0.1:{port}");
+    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
+    b_args.extend_from_slice(&["--direct-listen", &direct_listen]);
+    b_args.extend_from_slice(&["--config", policy.to_str().unwrap()]);
+    b_args.extend_from_slice(&["--heartbeat", "200ms", "--missed-heartbeats", "5"]);
+    let b = Daemon::start_with(&b_args);
+    let _echo = b.worker(&["echo", "echo"]);
+    let session = SessionConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        missed_heartbeats: 10,
+        ..SessionConfig::default()
+    };
+    let config = HostLinkConfig { session, ..HostLinkConfig::default() };
+    let link = HostLink::dial(format!("127.0.0.1:{port}").parse().unwrap(), config).unwrap();
+    const OPENS: u64 = 100;
+    for number in 1..=OPENS {
+        // docs/network.md §4: Open (kind 9 with `direct`), opened by the sender.
+        let mut open = vec![9u8, 0];
+        open.extend_from_slice(&number.to_le_bytes());
+        open.push(0); // target: a port
+        open.extend_from_slice(&4u16.to_le_bytes());
+        open.extend_from_slice(b"echo");
+        open.push(2); // Rights::CALL
+        open.extend_from_slice(&0u16.to_le_bytes()); // client: no host (a's own node)
+        open.extend_from_slice(&0u64.to_le_bytes()); // incarnation: whichever run
+        open.extend_from_slice(&(1000 + number as u32).to_le_bytes()); // pid
+        open.extend_from_slice(&0u32.to_le_bytes()); // generation
+        let stream = StreamId(1 + ((number * 2 + 1) % 64) as u32);
+        link.send_timeout(stream, open, WATCHDOG).unwrap();
+    }
+    let (mut offered, mut refused) = (0u64, 0u64);
+    // Every open is answered (the watchdog only guards a hang).
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while offered + refused < OPENS && std::time::Instant::now() < deadline {
+        if let Ok(Event::Delivered { payload, .. }) = link.recv_timeout(Duration::from_millis(200))
+        {
+            match payload.first() {
+                Some(10) => offered += 1, // OpenedDirect: a live token
+                Some(3) => refused += 1,  // Refused
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(offered + refused, OPENS, "every open was answered");
+    assert_eq!(offered, 2, "b issued {offered} live tokens with channels_per_host = 2");
+}
+
+#[test]
+fn a_busy_server_does_not_cost_its_callers_their_direct_link() {
+    // A server busy for 4 s on one call (heartbeat bound: 200 ms × 5 = 1 s) while its caller
+    // keeps sending one-way messages: back-pressure (DESIGN.md §2: a full link blocks the
+    // sender), not a dead peer. The server is alive throughout and answers in the end.
+    let pair = DirectPair::start(None);
+    let _slow = pair.b.worker(&["echo", "slow", "--delay-ms", "4000"]);
+    let node = pair.a.node();
+    let connection = std::sync::Arc::new(connect_remote(&node, "slow@b"));
+    assert_eq!(node.hosts().unwrap()[0].channels, 0, "the link is direct");
+    let sender = std::sync::Arc::clone(&connection);
+    let flood = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..64 {
+            if sender.send_timeout(vec![0x5au8; 1 << 20], Duration::from_secs(8)).is_err() {
+                break;
+            }
+        }
+    });
+    let reply = connection.call_timeout("are you there?", WATCHDOG);
+    flood.join().unwrap();
+    assert_eq!(reply.map(|r| r.body().to_vec()), Ok(b"are you there?".to_vec()));
+}
+
+/// Hosts a and b over plain TCP on loopback, both allowing direct links; `b_policy` is b's
+/// policy file and `a_policy` (if any) a's.
+fn pair_with_policies(
+    b_policy: &str,
+    a_policy: Option<&str>,
+) -> (Daemon, Daemon, tempfile::TempDir) {
+    let port = free_port();
+    let direct_listen = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let b_file = dir.path().join("b.toml");
+    std::fs::write(&b_file, b_policy).unwrap();
+    let a_file = dir.path().join("a.toml");
+    if let Some(a_policy) = a_policy {
+        std::fs::write(&a_file, a_policy).unwrap();
+    }
+    let listen = format!("a=listen:127.0.0.1:{port}");
+    let dial = format!("b=dial:127.0.0.1:{port}");
+    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
+    b_args.extend_from_slice(&["--direct-listen", &direct_listen]);
+    b_args.extend_from_slice(&["--config", b_file.to_str().unwrap()]);
+    b_args.extend_from_slice(&timers);
+    let b = Daemon::start_with(&b_args);
+    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
+    if a_policy.is_some() {
+        a_args.extend_from_slice(&["--config", a_file.to_str().unwrap()]);
+    }
+    a_args.extend_from_slice(&timers);
+    let a = Daemon::start_with(&a_args);
+    (a, b, dir)
+}
+
 /// Dials b's direct-link listener at `target`, says `greeting`, and returns the verdict byte
 /// (`None` when the connection closes without one).
 fn verdict(target: SocketAddr, greeting: &[u8]) -> Option<u8> {

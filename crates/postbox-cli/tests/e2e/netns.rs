@@ -253,7 +253,7 @@ fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition()
 }
 
 #[test]
-fn a_direct_link_across_a_partition_fails_its_pending_call_with_peer_died() {
+fn a_direct_links_partition_fails_its_pending_call_with_peer_died_within_the_heartbeat_bound() {
     let net = match Net::create() {
         Ok(net) => net,
         Err(why) => {
@@ -274,7 +274,9 @@ fn a_direct_link_across_a_partition_fails_its_pending_call_with_peer_died() {
     let listen = format!("a=listen:{}:7401", net.address_b);
     let dial = format!("b=dial:{}:7401", net.address_b);
     let direct_at = "0.0.0.0:7410".to_owned();
-    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    // Heartbeat bound: 100 ms × 5 = 500 ms (HostsConfig::dead_after), what a relayed call gets.
+    let timers = ["--heartbeat", "100ms", "--missed-heartbeats", "5"];
+    let bound = Duration::from_millis(500);
     let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
     b_args.extend_from_slice(&["--direct-listen", &direct_at]);
     b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
@@ -300,9 +302,9 @@ fn a_direct_link_across_a_partition_fails_its_pending_call_with_peer_died() {
     assert_eq!(connection.call_timeout("direct", WATCHDOG).unwrap().body(), b"DIRECT");
     assert_eq!(node.hosts().unwrap()[0].channels, 0, "no channel crosses the host link");
 
-    // Partition: no FIN, no reset. A call pending on the slow server can only end by the
-    // link's keepalive and user timeout (set from the heartbeat settings): it must, with
-    // PeerDied, never hang.
+    // Partition: no FIN, no reset. A call pending on the slow server ends when broker a
+    // declares the host link to b dead and tells the node to cut its direct links to b: with
+    // PeerDied, within the heartbeat bound (and never hangs).
     let slow = connect_remote(&node, "slow@b");
     let (done_tx, done_rx) = mpsc::channel();
     let caller = std::thread::spawn(move || {
@@ -310,11 +312,20 @@ fn a_direct_link_across_a_partition_fails_its_pending_call_with_peer_died() {
     });
     std::thread::sleep(Duration::from_millis(300));
     net.set_link(false);
+    let cut = std::time::Instant::now();
     let result = done_rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| {
         panic!("the pending call hung; a's log:\n{}\nb's log:\n{}", daemon_a.log(), daemon_b.log())
     });
+    let took = cut.elapsed();
     assert_eq!(result, Err(CallError::PeerDied));
     caller.join().unwrap();
+    // The one timed check here: the bound this test is about, with slack for scheduling.
+    let slack = Duration::from_millis(500);
+    assert!(
+        took <= bound + slack,
+        "a call pending on a direct link failed {took:?} after the partition; the heartbeat \
+         bound is {bound:?} (+{slack:?} slack)"
+    );
     // Not resumed: the idle link is given up as well, and a new connection is needed.
     let old = connection.call_timeout("old", WATCHDOG);
     assert!(matches!(old, Err(CallError::Disconnected(_) | CallError::PeerDied)), "{old:?}");
@@ -323,4 +334,43 @@ fn a_direct_link_across_a_partition_fails_its_pending_call_with_peer_died() {
     net.set_link(true);
     let connection = connect_remote(&node, "echo@b");
     assert_eq!(connection.call_timeout("back", WATCHDOG).unwrap().body(), b"BACK");
+}
+
+#[test]
+fn a_direct_listener_on_every_address_is_dialed_where_the_host_link_is() {
+    let net = match Net::create() {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespace test: {why}");
+            return;
+        }
+    };
+    let policy = tempfile::tempdir().unwrap();
+    let policy_file = policy.path().join("policy.toml");
+    fs::write(
+        &policy_file,
+        "[[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
+    )
+    .unwrap();
+    let listen = format!("a=listen:{}:7401", net.address_b);
+    let dial = format!("b=dial:{}:7401", net.address_b);
+    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    // Listening on every interface of b, the usual way to take connections on a server; no
+    // --direct-advertise (b is not behind NAT): b offers 0.0.0.0, which a must not dial.
+    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
+    b_args.extend_from_slice(&["--direct-listen", "0.0.0.0:7410"]);
+    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
+    b_args.extend_from_slice(&timers);
+    let daemon_b = NsDaemon::start(&net.b, &b_args);
+    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
+    a_args.extend_from_slice(&timers);
+    let daemon_a = NsDaemon::start(&net.a, &a_args);
+    let mut command = in_namespace(&net.b, &["worker", "echo", "echo", "--upper"]);
+    command.env("POSTBOX_SOCKET", daemon_b.socket());
+    let _echo = Worker::start(command);
+
+    let node = Node::attach_to(daemon_a.socket()).unwrap();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("hi", WATCHDOG).unwrap().body(), b"HI");
+    assert_eq!(node.hosts().unwrap()[0].channels, 0, "the link is direct");
 }
