@@ -223,8 +223,9 @@ impl EventLoop {
         (address, token): (std::net::SocketAddr, DirectToken),
     ) {
         let Some(gateway) = &mut self.gateway else { return };
-        let wanted = gateway.peers.get(host).is_some_and(|p| p.config.direct);
         let Some(pending) = gateway.opening.get(&(host, channel)) else { return };
+        // Only for an `Open` this broker sent asking for a direct link.
+        let wanted = pending.direct && gateway.peers.get(host).is_some_and(|p| p.config.direct);
         if gateway.directs.is_dialing(host, channel) {
             return;
         }
@@ -299,13 +300,13 @@ impl EventLoop {
     fn hello_received(&mut self, hello: DirectHello) {
         let Some(gateway) = &mut self.gateway else { return };
         let Some(host) = gateway.directs.offers.get(hello.token()).map(|o| o.host) else {
-            tracing::warn!("a direct link presented an unknown or used token");
+            tracing::debug!("a direct link presented an unknown or used token");
             return hello.refuse();
         };
         let key = peer_key(&gateway.peers[host].config.security);
         if !hello.proves(key.as_ref()) {
             // Whoever saw the token without the key does not use it up for the peer.
-            tracing::warn!("a direct link's proof did not match the host link's key");
+            tracing::debug!("a direct link's proof did not match the host link's key");
             return hello.refuse();
         }
         let Some(offer) = gateway.directs.offers.remove(hello.token()) else { return };
@@ -367,7 +368,8 @@ impl EventLoop {
             }
             Ok(_) => {}
             Err(DirectDialError::Refused) => {
-                let detail = format!("host {peer} refused the direct link (the port went away?)");
+                let detail =
+                    format!("host {peer} refused the direct link (port gone, or listener busy)");
                 self.refuse(pending.node, pending.request, ControlErrorCode::NoSuchPort, &detail);
             }
             Err(error) => {

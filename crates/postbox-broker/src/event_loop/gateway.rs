@@ -82,6 +82,8 @@ pub(super) struct PendingOpen {
     kind: ChannelKind,
     pub(super) rights: Rights,
     deadline: Instant,
+    /// The `Open` asked for a direct link (only then is an `OpenedDirect` taken).
+    pub(super) direct: bool,
 }
 
 /// A relay's slot in the event loop.
@@ -352,12 +354,21 @@ impl EventLoop {
         gateway.next_channel += 1;
         let deadline = Instant::now() + gateway.open_timeout();
         let kind = target.kind();
-        let pending =
-            PendingOpen { node: key, process, request, name, operation, kind, rights, deadline };
-        gateway.opening.insert((host, channel), pending);
-        let client = gateway.stand_ins.node_ref(process);
         // Only a port is asked for directly: mailboxes, topics and inboxes stay relayed.
         let direct = gateway.peers[host].config.direct && matches!(target, OpenTarget::Port(_));
+        let pending = PendingOpen {
+            node: key,
+            process,
+            request,
+            name,
+            operation,
+            kind,
+            rights,
+            deadline,
+            direct,
+        };
+        gateway.opening.insert((host, channel), pending);
+        let client = gateway.stand_ins.node_ref(process);
         let open = HostMessage::Open { channel, target, rights, client, direct };
         gateway.peers[host].send_or_keep(channel.stream(), open.encode());
     }

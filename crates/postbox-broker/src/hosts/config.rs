@@ -146,6 +146,15 @@ pub enum HostsConfigError {
     /// `psk_file` does not do: QUIC always runs TLS).
     #[error("peer {0}: QUIC needs TLS (the peer's tls = {{ .. }} or a [tls] table)")]
     QuicWithoutTls(String),
+    /// A peer whose host link is encrypted (TLS or QUIC) is allowed direct links, which are
+    /// plain TCP: its calls and replies would cross the network in the clear
+    /// (docs/network.md §15, docs/security.md).
+    #[error(
+        "peer {0}: direct links are plain TCP, so they are not allowed with a TLS or QUIC host \
+         link (its messages would cross the network unencrypted); drop `direct` or use a \
+         pre-shared key"
+    )]
+    DirectOverEncryptedLink(String),
     /// A peer over QUIC names a `datagram` route: QUIC carries datagrams itself.
     #[error("peer {0}: datagram = … is for TCP links; QUIC carries datagrams itself")]
     DatagramRouteOverQuic(String),
@@ -279,10 +288,12 @@ impl HostsConfig {
     /// flag; `direct = true` in the file).
     ///
     /// # Errors
-    /// [`HostsConfigError::BadPeer`] when no peer has that name.
+    /// [`HostsConfigError::BadPeer`] when no peer has that name,
+    /// [`HostsConfigError::DirectOverEncryptedLink`] when its host link is TLS or QUIC.
     pub fn allow_direct(&mut self, name: &str) -> Result<(), HostsConfigError> {
         let peer = self.peers.iter_mut().find(|p| p.name.as_str() == name);
         let peer = peer.ok_or_else(|| HostsConfigError::BadPeer(name.to_owned()))?;
+        refuse_direct_over_encryption(peer.transport, &peer.security, name)?;
         peer.direct = true;
         Ok(())
     }
@@ -290,10 +301,15 @@ impl HostsConfig {
     /// Adds a peer.
     ///
     /// # Errors
-    /// [`HostsConfigError::Duplicate`] when the name is this host's or another peer's.
+    /// [`HostsConfigError::Duplicate`] when the name is this host's or another peer's,
+    /// [`HostsConfigError::DirectOverEncryptedLink`] when it allows direct links over a TLS or
+    /// QUIC host link.
     pub fn add_peer(&mut self, peer: PeerConfig) -> Result<(), HostsConfigError> {
         if peer.name == self.name || self.peers.iter().any(|p| p.name == peer.name) {
             return Err(HostsConfigError::Duplicate(peer.name.0));
+        }
+        if peer.direct {
+            refuse_direct_over_encryption(peer.transport, &peer.security, peer.name.as_str())?;
         }
         self.peers.push(peer);
         Ok(())
@@ -516,6 +532,19 @@ impl TlsSection {
     }
 }
 
+/// Direct links are plain TCP (docs/network.md §15): a peer whose host link is encrypted does
+/// not get them, or its messages would silently lose the encryption the operator chose.
+fn refuse_direct_over_encryption(
+    transport: PeerTransport,
+    security: &LinkSecurity,
+    peer: &str,
+) -> Result<(), HostsConfigError> {
+    if transport == PeerTransport::Quic || matches!(security, LinkSecurity::Tls(_)) {
+        return Err(HostsConfigError::DirectOverEncryptedLink(peer.to_owned()));
+    }
+    Ok(())
+}
+
 fn resolve(peer: &str, address: &str) -> Result<SocketAddr, HostsConfigError> {
     let bad =
         || HostsConfigError::BadAddress { peer: peer.to_owned(), address: address.to_owned() };
@@ -546,6 +575,24 @@ mod tests {
         assert!(!plain.peers[0].direct && plain.direct_listen.is_none());
         let bad = "name = 'b'\ndirect_listen = 'nowhere'\n";
         assert!(matches!(HostsConfig::from_toml(bad), Err(HostsConfigError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn direct_links_are_refused_for_a_quic_peer_by_flag_and_file() {
+        // TLS peers are refused the same way (the e2e test has the certificates);
+        // `refuse_direct_over_encryption` looks at the transport and the security alike.
+        let quic = "name = 'b'\n[peers]\na = { listen = '127.0.0.1:9', transport = 'quic', \
+                    direct = true }\n";
+        // QUIC without TLS is refused first; either way no direct link over it.
+        assert!(HostsConfig::from_toml(quic).is_err());
+        assert_eq!(
+            refuse_direct_over_encryption(PeerTransport::Quic, &LinkSecurity::Plain, "a"),
+            Err(HostsConfigError::DirectOverEncryptedLink("a".into()))
+        );
+        let key = PreSharedKey::new(b"0123456789abcdef0123").unwrap();
+        for security in [LinkSecurity::Plain, LinkSecurity::PreSharedKey(key)] {
+            assert_eq!(refuse_direct_over_encryption(PeerTransport::Tcp, &security, "a"), Ok(()));
+        }
     }
 
     #[test]

@@ -431,6 +431,59 @@ fn a_busy_server_does_not_cost_its_callers_their_direct_link() {
     assert_eq!(reply.map(|r| r.body().to_vec()), Ok(b"are you there?".to_vec()));
 }
 
+#[test]
+fn a_tls_or_quic_host_link_is_refused_direct_links_at_start_rather_than_losing_its_encryption() {
+    // Direct links are plain TCP (docs/network.md §15): allowed over a mutual-TLS or QUIC host
+    // link, calls and replies would cross the network in the clear, so the daemon refuses
+    // the configuration, from the hosts file or from the flag, and says why.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = postbox_test::Authority::new("postbox test CA");
+    let port = free_port();
+    let peer = format!("a = {{ listen = '127.0.0.1:{port}', direct = true }}");
+    let tls_direct = crate::util::tls_hosts_file(dir.path(), "b", &ca.issue("b"), &ca, &peer);
+    let stderr = refused_start(&["--hosts", &tls_direct]);
+    assert!(stderr.contains("direct links are plain TCP"), "{stderr}");
+
+    let peer = format!("a = {{ listen = '127.0.0.1:{port}' }}");
+    let tls = crate::util::tls_hosts_file(dir.path(), "c", &ca.issue("c"), &ca, &peer);
+    let stderr = refused_start(&["--hosts", &tls, "--direct-peer", "a"]);
+    assert!(stderr.contains("direct links are plain TCP"), "{stderr}");
+
+    // QUIC always runs TLS: a QUIC peer given by flag is refused direct links too.
+    let quic = format!("d=quic-listen:127.0.0.1:{}", crate::util::free_udp_port());
+    let stderr = refused_start(&["--hosts", &tls, "--peer", &quic, "--direct-peer", "d"]);
+    assert!(stderr.contains("direct links are plain TCP"), "{stderr}");
+}
+
+/// Runs `postbox daemon` with `args`, which it must refuse; its standard error.
+fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(crate::util::exe())
+        .arg("--socket")
+        .arg(dir.path().join("broker.sock"))
+        .arg("daemon")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > WATCHDOG {
+            let _ = child.kill();
+            panic!("the daemon started with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "{args:?}: {stderr}");
+    stderr
+}
+
 /// Hosts a and b over plain TCP on loopback, both allowing direct links; `b_policy` is b's
 /// policy file and `a_policy` (if any) a's.
 fn pair_with_policies(
