@@ -455,6 +455,84 @@ fn a_tls_or_quic_host_link_is_refused_direct_links_at_start_rather_than_losing_i
     assert!(stderr.contains("direct links are plain TCP"), "{stderr}");
 }
 
+#[test]
+fn an_offer_of_a_direct_link_for_an_open_not_sent_as_direct_is_not_dialed() {
+    use postbox_core::reliable::SessionConfig;
+    use postbox_core::PortSpec;
+    use postbox_transport::host_link::{Event, HostLink, HostLinkConfig};
+    // b is played by the test: a peer broker that answers a's subscription (a channel a never
+    // asks to be direct, docs/network.md §15) with `OpenedDirect`, naming an address of the
+    // test's. a must not dial it: the peer chooses what a dials only for a direct open.
+    let host_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dial = format!("b=dial:{}", host_listener.local_addr().unwrap());
+    let bait = TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let bait_address = bait.local_addr().unwrap().to_string();
+    let session = SessionConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        missed_heartbeats: 10,
+        ..SessionConfig::default()
+    };
+    let config = HostLinkConfig { session, ..HostLinkConfig::default() };
+    let link = HostLink::listen(host_listener, config).unwrap();
+    let a = Daemon::start_with(&[
+        "--host-name",
+        "a",
+        "--peer",
+        &dial,
+        "--direct-peer",
+        "b",
+        "--heartbeat",
+        "200ms",
+        "--missed-heartbeats",
+        "5",
+    ]);
+    let fake_b = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + WATCHDOG;
+        while std::time::Instant::now() < deadline {
+            let Ok(Event::Delivered { stream, payload, .. }) =
+                link.recv_timeout(Duration::from_millis(100))
+            else {
+                continue;
+            };
+            // docs/network.md §4: Open (1) of a subscription (target tag 3).
+            if payload.len() > 10 && payload[0] == 1 && payload[10] == 3 {
+                let mut offer = vec![10u8, 1]; // OpenedDirect; the receiver opened the channel
+                offer.extend_from_slice(&payload[2..10]);
+                PortSpec::default().encode(&mut offer);
+                offer.push(1); // Rights::SEND
+                offer.extend_from_slice(&64u32.to_le_bytes());
+                offer.extend_from_slice(&(1u64 << 20).to_le_bytes());
+                offer.extend_from_slice(&0u16.to_le_bytes()); // server: b's own node
+                offer.extend_from_slice(&0u64.to_le_bytes());
+                offer.extend_from_slice(&4321u32.to_le_bytes());
+                offer.extend_from_slice(&0u32.to_le_bytes());
+                offer.extend_from_slice(&(bait_address.len() as u16).to_le_bytes());
+                offer.extend_from_slice(bait_address.as_bytes());
+                offer.extend_from_slice(&[7u8; 32]);
+                link.send_timeout(stream, offer, WATCHDOG).unwrap();
+                return link;
+            }
+        }
+        panic!("a never opened the subscription's channel");
+    });
+    let node = a.node();
+    let mut subscribed = node.subscribe("/news@b");
+    // The host link may still be coming up: the subscription's open is retried until it gets
+    // through (the fake b answers the first it sees).
+    while matches!(subscribed, Err(ConnectError::Unreachable(_))) && !fake_b.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        subscribed = node.subscribe("/news@b");
+    }
+    let _link = fake_b.join().unwrap();
+    assert!(subscribed.is_err(), "the offer was taken for a subscription");
+    let dialed = bait.accept();
+    assert!(
+        matches!(&dialed, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a dialed the address b named for a channel it did not ask to be direct: {dialed:?}"
+    );
+}
+
 /// Runs `postbox daemon` with `args`, which it must refuse; its standard error.
 fn refused_start(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
