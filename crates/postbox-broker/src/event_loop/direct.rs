@@ -100,8 +100,14 @@ impl Directs {
         let listener = match config.direct_listen {
             Some(address) if config.peers.iter().any(|p| p.direct) => {
                 let (queue, waker) = (Arc::clone(&hellos), Arc::clone(waker));
-                let on_hello = move |hello| {
-                    queue.lock().unwrap_or_else(PoisonError::into_inner).push(hello);
+                let on_hello = move |hello: DirectHello| {
+                    let mut waiting = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    if waiting.len() >= MAX_WAITING_HELLOS {
+                        // The event loop is behind: each greeting holds a socket, so no more.
+                        drop(waiting);
+                        return hello.refuse();
+                    }
+                    waiting.push(hello);
                     waker.wake();
                 };
                 let listener = DirectListener::bind(address, timers, on_hello)?;
@@ -403,3 +409,6 @@ fn peer_key(security: &LinkSecurity) -> Option<PreSharedKey> {
         _ => None,
     }
 }
+
+/// Greetings waiting for the event loop at most; more are refused at once.
+const MAX_WAITING_HELLOS: usize = 64;
