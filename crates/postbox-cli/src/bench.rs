@@ -20,7 +20,7 @@
 //!   not a raw primitive), with how many flood messages got through;
 //! - across hosts at 64 B (`--measure hosts`, not in the default set; `bench_hosts.rs`): two
 //!   daemons of this process's own linked over loopback TCP, the call round trip to `echo@b`
-//!   beside a raw TCP ping-pong, and one-way throughput in batches to `sink@b` beside raw TCP
+//!   through them and over a direct link (a third daemon's) beside a raw TCP ping-pong, and one-way throughput in batches to `sink@b` beside raw TCP
 //!   writes.
 
 use std::io::{IsTerminal, Read, Write};
@@ -93,6 +93,9 @@ enum Carrier {
     Gateway,
     /// The same, messages sent with [`Connection::send_batch`] to a receiver taking batches.
     GatewayBatch,
+    /// To the same server over a direct link: a TCP connection between the two nodes, made
+    /// by a third daemon (`a2`) and daemon b (docs/network.md §15).
+    Direct,
     /// A raw TCP connection over loopback with `TCP_NODELAY`.
     RawTcp,
 }
@@ -213,7 +216,7 @@ fn measure_hosts(
     };
     let mut records = Vec::new();
     let samples = rig.call_rtt(options.rounds)?;
-    let carriers = [Carrier::Gateway, Carrier::RawTcp];
+    let carriers = [Carrier::Gateway, Carrier::Direct, Carrier::RawTcp];
     records.extend(latency_records(place, Measure::HostsCallRtt, 64, &carriers, samples));
     progress.step(&format!("{}, across hosts: one-way throughput, 64 B", place.label()));
     let burst = if options.quick { 20_000 } else { 200_000 };
@@ -796,6 +799,7 @@ impl Carrier {
             Self::Spinner => "spinner",
             Self::Gateway => "postbox_hosts",
             Self::GatewayBatch => "postbox_hosts_batch",
+            Self::Direct => "postbox_hosts_direct",
             Self::RawTcp => "raw_tcp",
         }
     }
@@ -817,6 +821,7 @@ impl Carrier {
             Self::Spinner => "+ spinner, no msg",
             Self::Gateway => "postbox @b",
             Self::GatewayBatch => "postbox @b batch",
+            Self::Direct => "postbox @b direct",
             Self::RawTcp => "raw tcp",
         }
     }
@@ -1059,6 +1064,16 @@ fn targets(records: &[Record]) -> Vec<Target> {
                 out.push(Target::at_most(
                     7,
                     format!("{label}: call RTT 64 B across hosts, postbox / raw tcp"),
+                    x,
+                    1.3,
+                ));
+            }
+        }
+        if let Some(r) = find(place, Measure::HostsCallRtt, 64, Carrier::Direct) {
+            if let Some(x) = ratio(records, r) {
+                out.push(Target::at_most(
+                    7,
+                    format!("{label}: call RTT 64 B across hosts, direct link / raw tcp"),
                     x,
                     1.3,
                 ));

@@ -5,8 +5,13 @@
 //! ```text
 //! this process ──Unix link── daemon a ══host link (TCP)══ daemon b ──Unix link── echo / sink
 //!   (node on a)               (gateway)                    (gateway)            (workers on b)
+//! this process ──────── direct link (TCP), made by daemons a2 and b ─────────── echo
+//!   (node on a2)
 //! this process ─────────────── TCP, TCP_NODELAY ─────────────────────────────── raw-tcp worker
 //! ```
+//!
+//! Daemon `a2` is a second host linked to b with direct links allowed on both sides
+//! (docs/network.md §15), so that the gateway rows and the direct row share one server.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -31,13 +36,16 @@ pub(crate) struct HostsRig {
     echo: Connection,
     /// To `sink@b`, which takes one-way messages in batches (and answers the closing call).
     sink: Connection,
+    /// To `echo@b` from a node on host `a2`: a direct link.
+    direct_echo: Connection,
     /// A raw TCP echo, and a raw TCP sink answering one byte to a marked message.
     raw_echo: TcpStream,
     raw_sink: TcpStream,
     _node: Node,
+    _direct_node: Node,
     _workers: Vec<Worker>,
     /// Last: the daemons outlive the connections and workers that use them.
-    _daemons: [Daemon; 2],
+    _daemons: [Daemon; 3],
 }
 
 impl HostsRig {
@@ -45,12 +53,19 @@ impl HostsRig {
     /// servers on `b` and the raw TCP workers, all pinned as `place` says for servers, then
     /// waits until `echo@b` answers a connect.
     pub(crate) fn start(place: Placement) -> Result<Self> {
-        let port = free_port()?;
+        let (port, direct_port) = (free_port()?, free_port()?);
         let batch = THROUGHPUT_BATCH.to_string();
-        let (a, b, workers) = place.apply(|| -> Result<_> {
+        let (a, a2, b, workers) = place.apply(|| -> Result<_> {
             let listen = format!("a=listen:127.0.0.1:{port}");
-            let b = Daemon::start("b", &listen, Some(POLICY_OF_B))?;
-            let a = Daemon::start("a", &format!("b=dial:127.0.0.1:{port}"), None)?;
+            let listen_direct = format!("a2=listen:127.0.0.1:{direct_port}");
+            let b = Daemon::start(
+                "b",
+                &["--peer", &listen, "--peer", &listen_direct, "--direct-peer", "a2"],
+                Some(POLICY_OF_B),
+            )?;
+            let a = Daemon::start("a", &["--peer", &format!("b=dial:127.0.0.1:{port}")], None)?;
+            let dial_direct = format!("b=dial:127.0.0.1:{direct_port}");
+            let a2 = Daemon::start("a2", &["--peer", &dial_direct, "--direct-peer", "b"], None)?;
             let on_b = Spawner { socket: b.socket.clone() };
             let workers = vec![
                 on_b.worker(&["echo", "echo"])?,
@@ -58,7 +73,7 @@ impl HostsRig {
                 on_b.worker(&["raw-tcp", "--size", "64"])?,
                 on_b.worker(&["raw-tcp", "--size", "64", "--sink"])?,
             ];
-            Ok((a, b, workers))
+            Ok((a, a2, b, workers))
         })??;
         let raw = |worker: &Worker| -> Result<TcpStream> {
             let stream = TcpStream::connect(worker.id.as_str())
@@ -71,19 +86,24 @@ impl HostsRig {
         let node = Node::attach_to(&a.socket).context("attach to daemon a")?;
         let echo = connect_remote(&node, "echo@b")?;
         let sink = connect_remote(&node, "sink@b")?;
+        let direct_node = Node::attach_to(&a2.socket).context("attach to daemon a2")?;
+        let direct_echo = connect_remote(&direct_node, "echo@b")?;
         Ok(Self {
             echo,
             sink,
+            direct_echo,
             raw_echo,
             raw_sink,
             _node: node,
+            _direct_node: direct_node,
             _workers: workers,
-            _daemons: [a, b],
+            _daemons: [a, a2, b],
         })
     }
 
-    /// 64-byte call round trips to `echo@b` and raw TCP ping-pongs, taking turns in blocks:
-    /// the samples of each, in that order.
+    /// 64-byte call round trips to `echo@b` through the gateways, to `echo@b` over the direct
+    /// link, and raw TCP ping-pongs, taking turns in blocks: the samples of each, in that
+    /// order.
     pub(crate) fn call_rtt(&self, rounds: usize) -> Result<Vec<Samples>> {
         let body = vec![0x5au8; MESSAGE_SIZE];
         let mut raw = self.raw_echo.try_clone()?;
@@ -95,6 +115,12 @@ impl HostsRig {
                     let message = Message::new(body.clone());
                     let start = Instant::now();
                     self.echo.call(message)?;
+                    Ok(start.elapsed())
+                },
+                &mut || {
+                    let message = Message::new(body.clone());
+                    let start = Instant::now();
+                    self.direct_echo.call(message)?;
                     Ok(start.elapsed())
                 },
                 &mut || {
@@ -140,9 +166,9 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `postbox daemon --host-name NAME --peer PEER` (with `policy` as its policy
-    /// file) and waits until it accepts nodes.
-    fn start(name: &str, peer: &str, policy: Option<&str>) -> Result<Self> {
+    /// Starts `postbox daemon --host-name NAME HOSTS…` (`hosts`: its peers and direct-link
+    /// flags; with `policy` as its policy file) and waits until it accepts nodes.
+    fn start(name: &str, hosts: &[&str], policy: Option<&str>) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "postbox-bench-hosts-{}-{name}-{}",
             std::process::id(),
@@ -155,7 +181,11 @@ impl Daemon {
         let socket = dir.join("broker.sock");
         let mut command = Command::new(std::env::current_exe().context("find postbox")?);
         command.arg("--socket").arg(&socket).arg("daemon");
-        command.args(["--host-name", name, "--peer", peer]);
+        command.args(["--host-name", name]).args(hosts);
+        if hosts.contains(&"--direct-peer") {
+            // Where b takes direct links (any free port; a2 learns it with each offer).
+            command.args(["--direct-listen", "127.0.0.1:0"]);
+        }
         if let Some(policy) = policy {
             let file = dir.join("policy.toml");
             std::fs::write(&file, policy)?;
@@ -210,5 +240,4 @@ const MESSAGE_SIZE: usize = 64;
 /// How long a daemon may take to accept nodes, and the host link to open.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
 /// Daemon b lets host a send to and call its two ports (docs/network.md §5).
-const POLICY_OF_B: &str =
-    "[[allow]]\nnames = [\"echo\", \"sink\"]\nhosts = [\"a\"]\noperations = [\"send\", \"call\"]\n";
+const POLICY_OF_B: &str = "[[allow]]\nnames = [\"echo\", \"sink\"]\nhosts = [\"a\", \"a2\"]\noperations = [\"send\", \"call\"]\n";

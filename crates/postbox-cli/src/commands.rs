@@ -19,6 +19,9 @@ pub(crate) struct HostsOptions {
     pub(crate) peers: Vec<String>,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) missed_heartbeats: Option<u32>,
+    pub(crate) direct_peers: Vec<String>,
+    pub(crate) direct_listen: Option<String>,
+    pub(crate) direct_advertise: Option<String>,
 }
 
 impl HostsOptions {
@@ -46,8 +49,25 @@ impl HostsOptions {
         if let Some(missed) = self.missed_heartbeats {
             config.missed_heartbeats = missed.max(1);
         }
+        for peer in &self.direct_peers {
+            config.allow_direct(peer).with_context(|| format!("--direct-peer {peer}"))?;
+        }
+        if let Some(address) = &self.direct_listen {
+            config.direct_listen = Some(socket_address("--direct-listen", address)?);
+        }
+        if let Some(address) = &self.direct_advertise {
+            config.direct_advertise = Some(socket_address("--direct-advertise", address)?);
+        }
         Ok(Some(config))
     }
+}
+
+/// The address `text` names (the first it resolves to), for the flag `flag`.
+fn socket_address(flag: &str, text: &str) -> Result<std::net::SocketAddr> {
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .with_context(|| format!("{flag} {text}: not an address"))
 }
 
 pub(crate) fn daemon(

@@ -46,7 +46,7 @@ enum Command {
         config: Option<std::path::PathBuf>,
         /// Links to other hosts (TOML: name, peers; see docs/network.md).
         #[command(flatten)]
-        hosts: HostsArgs,
+        hosts: Box<HostsArgs>,
         /// Nodes of other hosts attaching over TCP.
         #[command(flatten)]
         remote_nodes: remote_nodes::RemoteNodesArgs,
@@ -191,6 +191,19 @@ struct HostsArgs {
     /// Heartbeats missed before a silent host's calls fail.
     #[arg(long)]
     missed_heartbeats: Option<u32>,
+    /// Connections to and from this peer's nodes may be direct TCP links between the two
+    /// nodes, without the brokers on the data path (docs/network.md §15; both hosts must say
+    /// so) (repeatable).
+    #[arg(long = "direct-peer", value_name = "NAME")]
+    direct_peers: Vec<String>,
+    /// Where this broker accepts direct links from its direct peers (ADDR:PORT; port 0 for
+    /// any free port). Without it, this host's ports are reached through the gateway.
+    #[arg(long, value_name = "ADDR:PORT")]
+    direct_listen: Option<String>,
+    /// The address peers are told to dial for direct links, when not the --direct-listen
+    /// address (behind NAT or a relay).
+    #[arg(long, value_name = "ADDR:PORT")]
+    direct_advertise: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,13 +243,25 @@ fn main() {
     }
     let result = match cli.command {
         Command::Daemon { max_message_size, config, hosts, remote_nodes } => {
-            let HostsArgs { hosts, host_name, peers, heartbeat, missed_heartbeats } = hosts;
+            let HostsArgs {
+                hosts,
+                host_name,
+                peers,
+                heartbeat,
+                missed_heartbeats,
+                direct_peers,
+                direct_listen,
+                direct_advertise,
+            } = *hosts;
             let hosts = commands::HostsOptions {
                 file: hosts,
                 name: host_name,
                 peers,
                 heartbeat,
                 missed_heartbeats,
+                direct_peers,
+                direct_listen,
+                direct_advertise,
             };
             commands::daemon(max_message_size, config.as_deref(), &hosts, &remote_nodes)
         }

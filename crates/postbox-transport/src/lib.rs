@@ -11,6 +11,8 @@
 //!   several descriptors at once, and a way to interrupt that wait.
 //! - [`HostLink`] (module [`host_link`]): a reliable link to a broker on another host, the TCP
 //!   driver of `postbox_core::reliable::Session`.
+//! - Module [`direct_link`]: a TCP connection between a caller and a server on two hosts,
+//!   set up by their brokers and then read and written by the nodes as a [`UnixLink`].
 //! - Module [`tunnel`]: a node attached to a broker on another host over one TCP connection,
 //!   its control packets and links relayed as channels ([`tunnel::dial`],
 //!   [`tunnel::AttachListener`]).
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod control_socket;
+pub mod direct_link;
 mod error;
 pub mod host_link;
 mod link;

@@ -1,5 +1,9 @@
 //! One end of a connection's data path: a Unix stream socketpair carrying frames.
 //!
+//! Only stream-socket calls are used (`sendmsg` without ancillary data, `recv`, `shutdown`), so
+//! the same code serves a direct link's TCP socket across hosts (`direct_link.rs`): a reset
+//! reads as `Closed`, a keepalive or user timeout as an `Os` error, and both end the link.
+//!
 //! A frame is written whole or not at all as far as the receiver can tell: once its first byte
 //! is in the socket, the writer finishes it (within the caller's wait); a writer that cannot
 //! finish shuts the link down, because a half-written frame can never be taken back.

@@ -258,7 +258,7 @@ impl EventLoop {
         let to_broker = self.data.iter().flatten().filter(|l| l.peer.process_id == node).count()
             + self.topic_links.iter().flatten().filter(|l| l.peer.process_id == node).count()
             + self.relays.iter().flatten().filter(|r| r.client == Some(node)).count()
-            + self.gateway.as_ref().map_or(0, |g| g.opens_of(node));
+            + self.gateway.as_ref().map_or(0, |g| g.opens_of(node) + g.directs.links_of(node));
         if self.registry.links_of(key) + to_broker < limit {
             return true;
         }

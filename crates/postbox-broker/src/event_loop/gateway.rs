@@ -29,6 +29,7 @@ use postbox_transport::host_link::{Event, HostLinkConfig, SendError};
 use postbox_transport::{Interest, TransportError, UnixLink, Wait, Waker};
 
 use super::datagrams::{client_spec, DatagramRelay};
+use super::direct::Directs;
 use super::dropped::DroppedPublications;
 use super::out_queue::OutQueue;
 use super::{encode, EventLoop};
@@ -44,11 +45,13 @@ pub(super) struct Gateway {
     pub(super) config: HostsConfig,
     link_config: HostLinkConfig,
     pub(super) peers: Vec<Peer>,
-    /// Woken by every host link that has events.
-    waker: Arc<Waker>,
+    /// Woken by every host link that has events (and by direct links in the making).
+    pub(super) waker: Arc<Waker>,
     next_channel: u64,
+    /// Direct links in the making (`direct.rs`).
+    pub(super) directs: Directs,
     /// Connects of local nodes waiting for the peer's answer.
-    opening: HashMap<(usize, Channel), PendingOpen>,
+    pub(super) opening: HashMap<(usize, Channel), PendingOpen>,
     /// The relay of each open channel.
     pub(super) channels: HashMap<(usize, Channel), RelayKey>,
     /// Per peer: the channels it opened that are open (held to `channels_per_host`).
@@ -68,17 +71,19 @@ pub(super) struct Gateway {
 /// A local node's request for a name of another host (`port@host`, a mailbox, a topic, an
 /// inbox), sent on as `Open`.
 #[derive(Debug)]
-struct PendingOpen {
-    node: NodeKey,
-    process: ProcessId,
-    request: u32,
+pub(super) struct PendingOpen {
+    pub(super) node: NodeKey,
+    pub(super) process: ProcessId,
+    pub(super) request: u32,
     /// The name as the node asked for it, for a denial.
     name: String,
     /// What a denial says was denied.
     operation: Operation,
     kind: ChannelKind,
-    rights: Rights,
+    pub(super) rights: Rights,
     deadline: Instant,
+    /// The `Open` asked for a direct link (only then is an `OpenedDirect` taken).
+    pub(super) direct: bool,
 }
 
 /// A relay's slot in the event loop.
@@ -131,11 +136,13 @@ impl Gateway {
     /// The gateway of `config`; its host links start on the event loop's first round.
     pub(super) fn new(config: HostsConfig) -> Result<Self, TransportError> {
         let peers = config.peers.len();
+        let waker = Arc::new(Waker::new()?);
         Ok(Self {
             link_config: config.link_config(),
             peers: config.peers.iter().cloned().map(Peer::new).collect(),
+            directs: Directs::new(&config, &waker)?,
             config,
-            waker: Arc::new(Waker::new()?),
+            waker,
             next_channel: 1,
             opening: HashMap::new(),
             channels: HashMap::new(),
@@ -156,12 +163,18 @@ impl Gateway {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let opens = self.opening.values().map(|p| p.deadline);
         let closing = self.datagrams_closing.iter().map(|&(_, _, at)| at);
-        opens.chain(self.peers.iter().filter_map(|p| p.restart_at)).chain(closing).min()
+        let offers = self.directs.next_deadline();
+        opens
+            .chain(self.peers.iter().filter_map(|p| p.restart_at))
+            .chain(closing)
+            .chain(offers)
+            .min()
     }
 
-    /// The channels peer `host` opened here that are open.
+    /// The channels peer `host` opened here that are open, with the direct links it holds or
+    /// was offered here.
     pub(super) fn opened_by_peer(&self, host: usize) -> usize {
-        self.opened_by_peer.get(host).copied().unwrap_or(0)
+        self.opened_by_peer.get(host).copied().unwrap_or(0) + self.directs.held_for(host)
     }
 
     /// The run of peer `host`'s broker, as it last told it (0: not told yet).
@@ -196,7 +209,7 @@ impl Gateway {
         self.opening.values().filter(|p| p.process == node).count()
     }
 
-    fn open_timeout(&self) -> Duration {
+    pub(super) fn open_timeout(&self) -> Duration {
         (self.config.dead_after() + Duration::from_secs(1)).min(MAX_OPEN_WAIT)
     }
 }
@@ -341,11 +354,22 @@ impl EventLoop {
         gateway.next_channel += 1;
         let deadline = Instant::now() + gateway.open_timeout();
         let kind = target.kind();
-        let pending =
-            PendingOpen { node: key, process, request, name, operation, kind, rights, deadline };
+        // Only a port is asked for directly: mailboxes, topics and inboxes stay relayed.
+        let direct = gateway.peers[host].config.direct && matches!(target, OpenTarget::Port(_));
+        let pending = PendingOpen {
+            node: key,
+            process,
+            request,
+            name,
+            operation,
+            kind,
+            rights,
+            deadline,
+            direct,
+        };
         gateway.opening.insert((host, channel), pending);
         let client = gateway.stand_ins.node_ref(process);
-        let open = HostMessage::Open { channel, target, rights, client };
+        let open = HostMessage::Open { channel, target, rights, client, direct };
         gateway.peers[host].send_or_keep(channel.stream(), open.encode());
     }
 
@@ -384,10 +408,12 @@ impl EventLoop {
                 }
             }
         }
+        gateway.directs.expire(now);
         let expired: Vec<(usize, Channel)> =
             gateway.opening.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
         for (host, channel) in expired {
             let Some(gateway) = &mut self.gateway else { return };
+            gateway.directs.forget_dial(host, channel);
             if let Some(pending) = gateway.opening.remove(&(host, channel)) {
                 // Should the peer still answer, its relay is closed again at once.
                 gateway.peers[host].send_or_keep(channel.stream(), close(channel));
@@ -404,6 +430,8 @@ impl EventLoop {
         let Some(gateway) = &self.gateway else { return };
         // Reset first: a link that queues events after it took them wakes the loop again.
         gateway.waker.reset();
+        self.service_directs();
+        let Some(gateway) = &self.gateway else { return };
         let mut events = Vec::new();
         for host in 0..gateway.peers.len() {
             if let Some(gateway) = &self.gateway {
@@ -458,6 +486,7 @@ impl EventLoop {
                 tracing::warn!(host = %gateway.peers[host].config.name, %error, "host link ended");
                 gateway.peers[host].ended(Instant::now() + RESTART_DELAY);
                 self.drop_host_channels(host);
+                self.cut_direct_links(host);
             }
             _ => {}
         }
@@ -465,8 +494,16 @@ impl EventLoop {
 
     fn handle_host_message(&mut self, host: usize, message: HostMessage) {
         match message {
-            HostMessage::Open { channel, target, rights, client } if !channel.opened_here => {
-                self.open_for_peer(host, channel, target, rights, &client);
+            HostMessage::Open { channel, target, rights, client, direct }
+                if !channel.opened_here =>
+            {
+                self.open_for_peer(host, channel, (target, direct), rights, &client);
+            }
+            HostMessage::OpenedDirect { channel, spec, rights, quota, server, address, token }
+                if channel.opened_here =>
+            {
+                let offer = (address, token);
+                self.dial_offered(host, channel, (spec, rights, quota), &server, offer);
             }
             HostMessage::Opened { channel, spec, rights, quota, server } if channel.opened_here => {
                 self.peer_opened(host, channel, (spec, rights, quota), &server);
@@ -958,6 +995,9 @@ impl EventLoop {
     /// A channel whose messages can no longer reach the peer: its relay and any connect
     /// waiting on it end.
     fn drop_channel(&mut self, host: usize, channel: Channel) {
+        if let Some(gateway) = &mut self.gateway {
+            gateway.directs.forget_dial(host, channel);
+        }
         if let Some(pending) =
             self.gateway.as_mut().and_then(|g| g.opening.remove(&(host, channel)))
         {

@@ -38,6 +38,7 @@ use crate::registry::{NodeKey, Registry};
 
 mod access;
 mod datagrams;
+mod direct;
 mod dropped;
 mod gateway;
 mod log_budget;
@@ -726,6 +727,9 @@ impl EventLoop {
             }
             ControlMessage::LinkClosed { request, link } => {
                 self.registry.link_closed(key, link);
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.directs.link_closed(link);
+                }
                 if self.registry.link_ends(link).is_empty() {
                     self.grants.link_closed(link);
                 }
@@ -913,6 +917,9 @@ impl EventLoop {
             self.grants.port_closed(&name);
         }
         if let Some(left) = self.registry.remove(key) {
+            if let Some(gateway) = &mut self.gateway {
+                gateway.directs.node_left(left.process_id);
+            }
             for link in self.grants.node_left(left.process_id) {
                 self.revoke_link(link);
             }

@@ -43,7 +43,7 @@ impl EventLoop {
         &mut self,
         host: usize,
         channel: Channel,
-        target: OpenTarget,
+        (target, direct): (OpenTarget, bool),
         wanted: Rights,
         client: &NodeRef,
     ) {
@@ -66,7 +66,9 @@ impl EventLoop {
         } else {
             let client = self.identity_from(host, client);
             match target {
-                OpenTarget::Port(name) => self.port_for_peer(host, channel, &name, wanted, client),
+                OpenTarget::Port(name) => {
+                    self.port_for_peer(host, channel, (&name, direct), wanted, client)
+                }
                 OpenTarget::Mailbox(name) => self.mailbox_for_peer(host, channel, &name, client),
                 OpenTarget::Publish(topic) => self.publisher_for_peer(host, channel, topic, client),
                 OpenTarget::Subscribe { pattern, capacity, drop_newest } => {
@@ -243,7 +245,7 @@ impl EventLoop {
         &mut self,
         host: usize,
         channel: Channel,
-        port: &PortName,
+        (port, direct): (&PortName, bool),
         wanted: Rights,
         client: PeerIdentity,
     ) -> HostMessage {
@@ -279,6 +281,18 @@ impl EventLoop {
         };
         if rights.is_empty() {
             return refuse(Refusal::Denied, format!("host {host_name} may not use {port}"));
+        }
+        if direct && spec.delivery != Delivery::Datagrams {
+            if !self.has_room(owner) {
+                let detail = "the serving node is not reading its control socket".to_owned();
+                return refuse(Refusal::LimitExceeded, detail);
+            }
+            let mut spec = remote_spec(spec, self.config.max_message_size);
+            spec.delivery = Delivery::Reliable;
+            let offer = (spec, rights, client);
+            if let Some(answer) = self.offer_direct(host, channel, (owner, port), offer) {
+                return answer;
+            }
         }
         let target = ListenTarget::Port(port.clone());
         self.link_for_peer(host, channel, (owner, target, spec), rights, client)

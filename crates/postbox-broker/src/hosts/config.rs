@@ -47,6 +47,12 @@ pub struct HostsConfig {
     /// Heartbeat intervals without a word from a peer before its calls fail (`PeerDead` or
     /// `Unreachable`).
     pub missed_heartbeats: u32,
+    /// Where this broker accepts direct links from peers that may make them (`direct_listen
+    /// = "ADDR:PORT"`, docs/network.md §15); none: every channel goes through the gateway.
+    pub direct_listen: Option<SocketAddr>,
+    /// The address peers are told to dial for direct links, when it is not `direct_listen`
+    /// (behind NAT or a relay: `direct_advertise = "ADDR:PORT"`).
+    pub direct_advertise: Option<SocketAddr>,
     /// The file's top-level `[tls]` table, for peers added later by flag over QUIC.
     default_tls: Option<TlsFiles>,
 }
@@ -69,6 +75,11 @@ pub struct PeerConfig {
     /// Where a TCP link's best-effort datagrams go (datagram ports, docs/network.md §13);
     /// QUIC carries them as QUIC datagrams.
     pub datagrams: DatagramRoute,
+    /// Connections to the peer's ports, and from its nodes to this host's, may be direct
+    /// links between the two nodes, without the brokers on the data path (`direct = true`;
+    /// both sides must say so, and the serving side needs a `direct_listen` address:
+    /// docs/network.md §15).
+    pub direct: bool,
 }
 
 /// Where a TCP host link carries the best-effort datagrams of datagram ports.
@@ -135,6 +146,15 @@ pub enum HostsConfigError {
     /// `psk_file` does not do: QUIC always runs TLS).
     #[error("peer {0}: QUIC needs TLS (the peer's tls = {{ .. }} or a [tls] table)")]
     QuicWithoutTls(String),
+    /// A peer whose host link is encrypted (TLS or QUIC) is allowed direct links, which are
+    /// plain TCP: its calls and replies would cross the network in the clear
+    /// (docs/network.md §15, docs/security.md).
+    #[error(
+        "peer {0}: direct links are plain TCP, so they are not allowed with a TLS or QUIC host \
+         link (its messages would cross the network unencrypted); drop `direct` or use a \
+         pre-shared key"
+    )]
+    DirectOverEncryptedLink(String),
     /// A peer over QUIC names a `datagram` route: QUIC carries datagrams itself.
     #[error("peer {0}: datagram = … is for TCP links; QUIC carries datagrams itself")]
     DatagramRouteOverQuic(String),
@@ -162,6 +182,8 @@ impl HostsConfig {
             peers: Vec::new(),
             heartbeat_interval: session.heartbeat_interval,
             missed_heartbeats: session.missed_heartbeats,
+            direct_listen: None,
+            direct_advertise: None,
             default_tls: None,
         })
     }
@@ -194,6 +216,12 @@ impl HostsConfig {
         if let Some(missed) = file.missed_heartbeats {
             config.missed_heartbeats = missed.max(1);
         }
+        if let Some(address) = &file.direct_listen {
+            config.direct_listen = Some(resolve("direct_listen", address)?);
+        }
+        if let Some(address) = &file.direct_advertise {
+            config.direct_advertise = Some(resolve("direct_advertise", address)?);
+        }
         for (name, peer) in file.peers {
             let connect = match (&peer.dial, &peer.listen) {
                 (Some(address), None) => PeerConnect::Dial(resolve(&name, address)?),
@@ -214,7 +242,9 @@ impl HostsConfig {
                 Some("tcp") => DatagramRoute::Stream,
                 Some(address) => DatagramRoute::Udp(resolve(&name, address)?),
             };
-            config.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })?;
+            let direct = peer.direct.unwrap_or(false);
+            let peer = PeerConfig { name: host, connect, security, transport, datagrams, direct };
+            config.add_peer(peer)?;
         }
         Ok(config)
     }
@@ -250,16 +280,36 @@ impl HostsConfig {
             },
         };
         let datagrams = DatagramRoute::SameAddress;
-        self.add_peer(PeerConfig { name: host, connect, security, transport, datagrams })
+        let direct = false;
+        self.add_peer(PeerConfig { name: host, connect, security, transport, datagrams, direct })
+    }
+
+    /// Lets connections to and from peer `name` be direct links (the `--direct-peer NAME`
+    /// flag; `direct = true` in the file).
+    ///
+    /// # Errors
+    /// [`HostsConfigError::BadPeer`] when no peer has that name,
+    /// [`HostsConfigError::DirectOverEncryptedLink`] when its host link is TLS or QUIC.
+    pub fn allow_direct(&mut self, name: &str) -> Result<(), HostsConfigError> {
+        let peer = self.peers.iter_mut().find(|p| p.name.as_str() == name);
+        let peer = peer.ok_or_else(|| HostsConfigError::BadPeer(name.to_owned()))?;
+        refuse_direct_over_encryption(peer.transport, &peer.security, name)?;
+        peer.direct = true;
+        Ok(())
     }
 
     /// Adds a peer.
     ///
     /// # Errors
-    /// [`HostsConfigError::Duplicate`] when the name is this host's or another peer's.
+    /// [`HostsConfigError::Duplicate`] when the name is this host's or another peer's,
+    /// [`HostsConfigError::DirectOverEncryptedLink`] when it allows direct links over a TLS or
+    /// QUIC host link.
     pub fn add_peer(&mut self, peer: PeerConfig) -> Result<(), HostsConfigError> {
         if peer.name == self.name || self.peers.iter().any(|p| p.name == peer.name) {
             return Err(HostsConfigError::Duplicate(peer.name.0));
+        }
+        if peer.direct {
+            refuse_direct_over_encryption(peer.transport, &peer.security, peer.name.as_str())?;
         }
         self.peers.push(peer);
         Ok(())
@@ -382,6 +432,8 @@ struct HostsFile {
     name: String,
     heartbeat_interval_ms: Option<u64>,
     missed_heartbeats: Option<u32>,
+    direct_listen: Option<String>,
+    direct_advertise: Option<String>,
     #[serde(default)]
     peers: std::collections::BTreeMap<String, PeerSection>,
     tls: Option<TlsSection>,
@@ -396,6 +448,7 @@ struct PeerSection {
     psk_file: Option<String>,
     transport: Option<TransportName>,
     datagram: Option<String>,
+    direct: Option<bool>,
 }
 
 /// `transport = "tcp"` or `"quic"`; anything else is refused by the parser.
@@ -479,6 +532,19 @@ impl TlsSection {
     }
 }
 
+/// Direct links are plain TCP (docs/network.md §15): a peer whose host link is encrypted does
+/// not get them, or its messages would silently lose the encryption the operator chose.
+fn refuse_direct_over_encryption(
+    transport: PeerTransport,
+    security: &LinkSecurity,
+    peer: &str,
+) -> Result<(), HostsConfigError> {
+    if transport == PeerTransport::Quic || matches!(security, LinkSecurity::Tls(_)) {
+        return Err(HostsConfigError::DirectOverEncryptedLink(peer.to_owned()));
+    }
+    Ok(())
+}
+
 fn resolve(peer: &str, address: &str) -> Result<SocketAddr, HostsConfigError> {
     let bad =
         || HostsConfigError::BadAddress { peer: peer.to_owned(), address: address.to_owned() };
@@ -488,6 +554,46 @@ fn resolve(peer: &str, address: &str) -> Result<SocketAddr, HostsConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_links_are_opted_into_per_peer_in_the_file_or_by_flag() {
+        let mut config = HostsConfig::from_toml(
+            "name = 'b'\ndirect_listen = '127.0.0.1:7410'\n\
+             direct_advertise = '192.0.2.2:7410'\n[peers]\n\
+             a = { listen = '127.0.0.1:9', direct = true }\nc = { dial = '127.0.0.1:10' }\n",
+        )
+        .unwrap();
+        assert_eq!(config.direct_listen, Some("127.0.0.1:7410".parse().unwrap()));
+        assert_eq!(config.direct_advertise, Some("192.0.2.2:7410".parse().unwrap()));
+        let direct: Vec<bool> = config.peers.iter().map(|p| p.direct).collect();
+        assert_eq!(direct, [true, false]);
+        config.allow_direct("c").unwrap();
+        assert!(config.peers[1].direct);
+        assert_eq!(config.allow_direct("z"), Err(HostsConfigError::BadPeer("z".into())));
+        let plain = HostsConfig::from_toml("name = 'b'\n[peers]\na = { dial = '127.0.0.1:9' }");
+        let plain = plain.unwrap();
+        assert!(!plain.peers[0].direct && plain.direct_listen.is_none());
+        let bad = "name = 'b'\ndirect_listen = 'nowhere'\n";
+        assert!(matches!(HostsConfig::from_toml(bad), Err(HostsConfigError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn direct_links_are_refused_for_a_quic_peer_by_flag_and_file() {
+        // TLS peers are refused the same way (the e2e test has the certificates);
+        // `refuse_direct_over_encryption` looks at the transport and the security alike.
+        let quic = "name = 'b'\n[peers]\na = { listen = '127.0.0.1:9', transport = 'quic', \
+                    direct = true }\n";
+        // QUIC without TLS is refused first; either way no direct link over it.
+        assert!(HostsConfig::from_toml(quic).is_err());
+        assert_eq!(
+            refuse_direct_over_encryption(PeerTransport::Quic, &LinkSecurity::Plain, "a"),
+            Err(HostsConfigError::DirectOverEncryptedLink("a".into()))
+        );
+        let key = PreSharedKey::new(b"0123456789abcdef0123").unwrap();
+        for security in [LinkSecurity::Plain, LinkSecurity::PreSharedKey(key)] {
+            assert_eq!(refuse_direct_over_encryption(PeerTransport::Tcp, &security, "a"), Ok(()));
+        }
+    }
 
     #[test]
     fn peers_come_from_toml_and_flags_and_mistakes_are_reported() {

@@ -8,8 +8,11 @@
 //! which run of the sender's broker it talks to. Every message but `Datagram` is one reliable
 //! message of the session; a `Datagram` is one best-effort datagram (docs/network.md §13).
 
+use std::net::SocketAddr;
+
 use postbox_core::wire::{put_text, DecodeError, Reader};
 use postbox_core::{PortName, PortSpec, ProcessId, Quota, Rights};
+use postbox_transport::direct_link::{DirectToken, TOKEN_LEN};
 use postbox_transport::host_link::StreamId;
 
 use super::identity::NodeRef;
@@ -57,11 +60,24 @@ pub(crate) enum ChannelKind {
 /// One message between brokers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HostMessage {
-    /// Opener → peer: connect `target` for my node `client`, with these rights.
-    Open { channel: Channel, target: OpenTarget, rights: Rights, client: NodeRef },
+    /// Opener → peer: connect `target` for my node `client`, with these rights; with
+    /// `direct`, by a direct link if the peer agrees (docs/network.md §15).
+    Open { channel: Channel, target: OpenTarget, rights: Rights, client: NodeRef, direct: bool },
     /// Peer → opener: connected; the endpoint buffers as `spec`, the link carries `rights`,
     /// and `server` is at the other end.
     Opened { channel: Channel, spec: PortSpec, rights: Rights, quota: Quota, server: NodeRef },
+    /// Peer → opener, for an `Open` with `direct`: dial `address` and present `token` for a
+    /// direct link to the endpoint (which buffers as `spec`, with `rights`, served by
+    /// `server`); the channel itself is done with (docs/network.md §15).
+    OpenedDirect {
+        channel: Channel,
+        spec: PortSpec,
+        rights: Rights,
+        quota: Quota,
+        server: NodeRef,
+        address: SocketAddr,
+        token: DirectToken,
+    },
     /// Peer → opener: not connected, and why.
     Refused { channel: Channel, reason: Refusal, detail: String },
     /// Either way: one data frame (header and body, docs/wire-format.md §2) of the link.
@@ -130,6 +146,7 @@ impl HostMessage {
         match self {
             Self::Open { channel, .. }
             | Self::Opened { channel, .. }
+            | Self::OpenedDirect { channel, .. }
             | Self::Refused { channel, .. }
             | Self::Frame { channel, .. }
             | Self::Frames { channel, .. }
@@ -143,8 +160,10 @@ impl HostMessage {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(32);
         let (kind, channel) = match self {
-            Self::Open { channel, .. } => (OPEN, channel),
+            Self::Open { channel, direct: false, .. } => (OPEN, channel),
+            Self::Open { channel, direct: true, .. } => (OPEN_DIRECT, channel),
             Self::Opened { channel, .. } => (OPENED, channel),
+            Self::OpenedDirect { channel, .. } => (OPENED_DIRECT, channel),
             Self::Refused { channel, .. } => (REFUSED, channel),
             Self::Frame { channel, frame } => {
                 buf.reserve(frame.len());
@@ -204,6 +223,15 @@ impl HostMessage {
                 buf.extend_from_slice(&quota.queued_bytes.to_le_bytes());
                 server.encode(&mut buf);
             }
+            Self::OpenedDirect { spec, rights, quota, server, address, token, .. } => {
+                spec.encode(&mut buf);
+                buf.push(rights.to_u8());
+                buf.extend_from_slice(&quota.calls_in_flight.to_le_bytes());
+                buf.extend_from_slice(&quota.queued_bytes.to_le_bytes());
+                server.encode(&mut buf);
+                put_text(&mut buf, &address.to_string());
+                buf.extend_from_slice(token.as_bytes());
+            }
             Self::Refused { reason, detail, .. } => {
                 buf.push(*reason as u8);
                 put_text(&mut buf, truncated(detail));
@@ -235,7 +263,7 @@ impl HostMessage {
         };
         let channel = Channel { opened_here, number: r.u64()? };
         let message = match kind {
-            OPEN => {
+            OPEN | OPEN_DIRECT => {
                 let name = |r: &mut Reader<'_>| {
                     PortName::new(r.text()?).map_err(|_| DecodeError::InvalidName)
                 };
@@ -264,13 +292,28 @@ impl HostMessage {
                     value => return Err(DecodeError::UnknownValue { field: "target", value }),
                 };
                 let rights = rights(r.u8()?)?;
-                Self::Open { channel, target, rights, client: NodeRef::decode(&mut r)? }
+                let client = NodeRef::decode(&mut r)?;
+                Self::Open { channel, target, rights, client, direct: kind == OPEN_DIRECT }
             }
             OPENED => {
                 let spec = PortSpec::decode(&mut r)?;
                 let rights = rights(r.u8()?)?;
                 let quota = Quota { calls_in_flight: r.u32()?, queued_bytes: r.u64()? };
                 Self::Opened { channel, spec, rights, quota, server: NodeRef::decode(&mut r)? }
+            }
+            OPENED_DIRECT => {
+                let spec = PortSpec::decode(&mut r)?;
+                let rights = rights(r.u8()?)?;
+                let quota = Quota { calls_in_flight: r.u32()?, queued_bytes: r.u64()? };
+                let server = NodeRef::decode(&mut r)?;
+                let address = r.text()?.parse().map_err(|_| DecodeError::UnknownValue {
+                    field: "direct-link address",
+                    value: 0,
+                })?;
+                let token: [u8; TOKEN_LEN] =
+                    r.take(TOKEN_LEN)?.try_into().map_err(|_| DecodeError::Truncated)?;
+                let token = DirectToken::from_bytes(token);
+                Self::OpenedDirect { channel, spec, rights, quota, server, address, token }
             }
             REFUSED => {
                 let reason = match r.u8()? {
@@ -331,6 +374,8 @@ const CLOSE: u8 = 5;
 const FRAMES: u8 = 6;
 const DATAGRAM: u8 = 7;
 const RUN: u8 = 8;
+const OPEN_DIRECT: u8 = 9;
+const OPENED_DIRECT: u8 = 10;
 /// Bytes of a `Datagram` message before its frames: kind, origin, channel, first number.
 pub(crate) const DATAGRAM_HEADER: usize = 1 + 1 + 8 + 8;
 
@@ -380,17 +425,34 @@ mod tests {
                 target: target.clone(),
                 rights: Rights::CALL,
                 client: node(None),
+                direct: target.kind() == ChannelKind::Port,
             };
             assert_eq!(
                 across(&open),
                 HostMessage::Open {
                     channel: theirs,
+                    direct: target.kind() == ChannelKind::Port,
                     target,
                     rights: Rights::CALL,
-                    client: node(None)
+                    client: node(None),
                 }
             );
         }
+        let token = DirectToken::generate().unwrap();
+        let opened_direct = HostMessage::OpenedDirect {
+            channel: theirs,
+            spec: PortSpec::default(),
+            rights: Rights::CALL,
+            quota: Quota::default(),
+            server: node(None),
+            address: "[::1]:7410".parse().unwrap(),
+            token: token.clone(),
+        };
+        let HostMessage::OpenedDirect { channel, address, token: got, .. } = across(&opened_direct)
+        else {
+            panic!()
+        };
+        assert_eq!((channel, address, got), (mine, "[::1]:7410".parse().unwrap(), token));
         let opened = HostMessage::Opened {
             channel: theirs,
             spec: PortSpec::default(),
@@ -477,15 +539,17 @@ mod tests {
         // Kind, origin, rights, and a character of the server's host name.
         let rights_at = valid.len() - 2 - 1 - 16 - 12 - 1;
         let host_at = valid.len() - 16 - 1;
-        for (index, value) in [(0, 9u8), (1, 2), (rights_at, 0xff), (host_at, b' ')] {
+        // (Kind 11 is unknown.)
+        for (index, value) in [(0, 11u8), (1, 2), (rights_at, 0xff), (host_at, b' ')] {
             let mut bad = valid.clone();
             bad[index] = value;
             assert!(HostMessage::decode(&bad).is_err(), "byte {index} = {value}");
         }
         let mut samples = vec![valid];
         for target in targets() {
+            let client = node(None);
             let open =
-                HostMessage::Open { channel, target, rights: Rights::SEND, client: node(None) };
+                HostMessage::Open { channel, target, rights: Rights::SEND, client, direct: false };
             let bytes = open.encode();
             for len in 0..bytes.len() {
                 assert!(HostMessage::decode(&bytes[..len]).is_err(), "{open:?} cut at {len}");
@@ -497,6 +561,20 @@ mod tests {
             assert!(HostMessage::decode(&run[..len]).is_err(), "run cut at {len}");
         }
         samples.push(run);
+        let direct = HostMessage::OpenedDirect {
+            channel,
+            spec: PortSpec::default(),
+            rights: Rights::ALL,
+            quota: Quota::default(),
+            server: node(None),
+            address: "127.0.0.1:7410".parse().unwrap(),
+            token: DirectToken::from_bytes([3; TOKEN_LEN]),
+        }
+        .encode();
+        for len in 0..direct.len() {
+            assert!(HostMessage::decode(&direct[..len]).is_err(), "direct cut at {len}");
+        }
+        samples.push(direct);
         // An unknown target.
         let mut bad = samples[1].clone();
         bad[10] = 9;

@@ -15,6 +15,7 @@ mod host_faults;
 mod hostile;
 mod hosts;
 mod hosts_datagrams;
+mod hosts_direct;
 mod hosts_names;
 mod hosts_quic;
 mod hosts_tls;

@@ -251,3 +251,126 @@ fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition()
     let hosts = node.hosts().unwrap();
     assert!(hosts[0].sessions >= 2, "{hosts:?}");
 }
+
+#[test]
+fn a_direct_links_partition_fails_its_pending_call_with_peer_died_within_the_heartbeat_bound() {
+    let net = match Net::create() {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespace test: {why}");
+            return;
+        }
+    };
+    let policy = tempfile::tempdir().unwrap();
+    let policy_file = policy.path().join("policy.toml");
+    fs::write(
+        &policy_file,
+        "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
+    )
+    .unwrap();
+    // Both hosts allow direct links. b takes them on every address of its namespace
+    // (0.0.0.0), which a reaches where it dials the host link (docs/network.md §15): the
+    // direct link crosses the veth as the host link does.
+    let listen = format!("a=listen:{}:7401", net.address_b);
+    let dial = format!("b=dial:{}:7401", net.address_b);
+    let direct_at = "0.0.0.0:7410".to_owned();
+    // Heartbeat bound: 100 ms × 5 = 500 ms (HostsConfig::dead_after), what a relayed call gets.
+    let timers = ["--heartbeat", "100ms", "--missed-heartbeats", "5"];
+    let bound = Duration::from_millis(500);
+    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
+    b_args.extend_from_slice(&["--direct-listen", &direct_at]);
+    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
+    b_args.extend_from_slice(&timers);
+    let daemon_b = NsDaemon::start(&net.b, &b_args);
+    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
+    a_args.extend_from_slice(&timers);
+    let daemon_a = NsDaemon::start(&net.a, &a_args);
+    let worker = |args: &[&str]| {
+        let mut full = vec!["worker"];
+        full.extend_from_slice(args);
+        let mut command = in_namespace(&net.b, &full);
+        command.env("POSTBOX_SOCKET", daemon_b.socket());
+        Worker::start(command)
+    };
+    let _echo = worker(&["echo", "echo", "--upper"]);
+    let _slow = worker(&["echo", "slow", "--delay-ms", "60000"]);
+
+    // The test process (root namespace) gets a socket daemon a made in namespace a: the
+    // link runs over the veth, not through either broker.
+    let node = Node::attach_to(daemon_a.socket()).unwrap();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("direct", WATCHDOG).unwrap().body(), b"DIRECT");
+    assert_eq!(node.hosts().unwrap()[0].channels, 0, "no channel crosses the host link");
+
+    // Partition: no FIN, no reset. A call pending on the slow server ends when broker a
+    // declares the host link to b dead and tells the node to cut its direct links to b: with
+    // PeerDied, within the heartbeat bound (and never hangs).
+    let slow = connect_remote(&node, "slow@b");
+    let (done_tx, done_rx) = mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        done_tx.send(slow.call("are you there?")).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    net.set_link(false);
+    let cut = std::time::Instant::now();
+    let result = done_rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| {
+        panic!("the pending call hung; a's log:\n{}\nb's log:\n{}", daemon_a.log(), daemon_b.log())
+    });
+    let took = cut.elapsed();
+    assert_eq!(result, Err(CallError::PeerDied));
+    caller.join().unwrap();
+    // The one timed check here: the bound this test is about, with slack for scheduling.
+    let slack = Duration::from_millis(500);
+    assert!(
+        took <= bound + slack,
+        "a call pending on a direct link failed {took:?} after the partition; the heartbeat \
+         bound is {bound:?} (+{slack:?} slack)"
+    );
+    // Not resumed: the idle link is given up as well, and a new connection is needed.
+    let old = connection.call_timeout("old", WATCHDOG);
+    assert!(matches!(old, Err(CallError::Disconnected(_) | CallError::PeerDied)), "{old:?}");
+
+    // Healed: a new direct link works.
+    net.set_link(true);
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("back", WATCHDOG).unwrap().body(), b"BACK");
+}
+
+#[test]
+fn a_direct_listener_on_every_address_is_dialed_where_the_host_link_is() {
+    let net = match Net::create() {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespace test: {why}");
+            return;
+        }
+    };
+    let policy = tempfile::tempdir().unwrap();
+    let policy_file = policy.path().join("policy.toml");
+    fs::write(
+        &policy_file,
+        "[[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
+    )
+    .unwrap();
+    let listen = format!("a=listen:{}:7401", net.address_b);
+    let dial = format!("b=dial:{}:7401", net.address_b);
+    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    // Listening on every interface of b, the usual way to take connections on a server; no
+    // --direct-advertise (b is not behind NAT): b offers 0.0.0.0, which a must not dial.
+    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
+    b_args.extend_from_slice(&["--direct-listen", "0.0.0.0:7410"]);
+    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
+    b_args.extend_from_slice(&timers);
+    let daemon_b = NsDaemon::start(&net.b, &b_args);
+    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
+    a_args.extend_from_slice(&timers);
+    let daemon_a = NsDaemon::start(&net.a, &a_args);
+    let mut command = in_namespace(&net.b, &["worker", "echo", "echo", "--upper"]);
+    command.env("POSTBOX_SOCKET", daemon_b.socket());
+    let _echo = Worker::start(command);
+
+    let node = Node::attach_to(daemon_a.socket()).unwrap();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("hi", WATCHDOG).unwrap().body(), b"HI");
+    assert_eq!(node.hosts().unwrap()[0].channels, 0, "the link is direct");
+}
