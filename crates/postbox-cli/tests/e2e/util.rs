@@ -197,11 +197,22 @@ pub(crate) fn connect_remote(node: &Node, name: &str) -> postbox::Connection {
 pub(crate) struct HostPair {
     pub(crate) a: Daemon,
     pub(crate) b: Daemon,
-    _policy: tempfile::TempDir,
+    /// The daemons' policy (or hosts) files, kept as long as the daemons run.
+    pub(crate) _files: tempfile::TempDir,
 }
 
 impl HostPair {
     pub(crate) fn start(b_policy: &str, a_policy: Option<&str>) -> Self {
+        Self::start_with(b_policy, a_policy, &[], &[])
+    }
+
+    /// The same, with `b_args` added to b's flags and `a_args` to a's.
+    pub(crate) fn start_with(
+        b_policy: &str,
+        a_policy: Option<&str>,
+        b_args: &[&str],
+        a_args: &[&str],
+    ) -> Self {
         let port = free_port();
         let policy = tempfile::tempdir().unwrap();
         let write = |file: &str, text: &str| {
@@ -214,16 +225,18 @@ impl HostPair {
         let listen = format!("a=listen:127.0.0.1:{port}");
         let dial = format!("b=dial:127.0.0.1:{port}");
         let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
-        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--config", &b_path];
-        b_args.extend_from_slice(&timers);
-        let b = Daemon::start_with(&b_args);
-        let mut a_args = vec!["--host-name", "a", "--peer", &dial];
+        let mut all_b = vec!["--host-name", "b", "--peer", &listen, "--config", &b_path];
+        all_b.extend_from_slice(b_args);
+        all_b.extend_from_slice(&timers);
+        let b = Daemon::start_with(&all_b);
+        let mut all_a = vec!["--host-name", "a", "--peer", &dial];
         if let Some(a_path) = &a_path {
-            a_args.extend_from_slice(&["--config", a_path]);
+            all_a.extend_from_slice(&["--config", a_path]);
         }
-        a_args.extend_from_slice(&timers);
-        let a = Daemon::start_with(&a_args);
-        Self { a, b, _policy: policy }
+        all_a.extend_from_slice(a_args);
+        all_a.extend_from_slice(&timers);
+        let a = Daemon::start_with(&all_a);
+        Self { a, b, _files: policy }
     }
 }
 
