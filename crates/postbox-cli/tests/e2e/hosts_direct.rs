@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use postbox::{CallError, ConnectError};
 
-use crate::util::{connect_remote, free_port, wait_until, Daemon, HostPair, WATCHDOG};
+use crate::util::{call_cut_by, connect_remote, free_port, wait_until, Daemon, HostPair, WATCHDOG};
 
 /// Host `a` dials host `b`; both allow direct links to each other; `b` takes them at
 /// `direct_listen` and tells `a` to dial `advertise` (itself, or a relay of the test's).
@@ -131,17 +131,12 @@ fn killing_the_server_during_a_call_over_a_direct_link_fails_the_call_with_peer_
     let mut slow = pair.hosts.b.worker(&["echo", "slow", "--delay-ms", "60000"]);
     let node = pair.hosts.a.node();
     let connection = connect_remote(&node, "slow@b");
-    let (done_tx, done_rx) = mpsc::channel();
-    let caller = std::thread::spawn(move || {
-        // No deadline: only the link's end can end this call.
-        done_tx.send(connection.call("are you there?")).unwrap();
-        connection
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    slow.kill9();
-    let result = done_rx.recv_timeout(WATCHDOG).expect("the call ended (no hang)");
+    // No deadline: only the link's end can end this call.
+    let (result, _, connection) = call_cut_by(connection, || {
+        slow.kill9();
+    })
+    .expect("the call ended (no hang)");
     assert_eq!(result, Err(CallError::PeerDied));
-    let connection = caller.join().unwrap();
     assert_eq!(connection.call("again"), Err(CallError::Disconnected("again".into())));
 }
 

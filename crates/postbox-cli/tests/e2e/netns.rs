@@ -10,12 +10,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use postbox::{CallError, Node};
 
-use crate::util::{connect_remote, exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG};
+use crate::util::{
+    call_cut_by, connect_remote, exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG,
+};
 
 /// Two namespaces `a` and `b` with a veth pair between them, addressed in a private /30.
 /// Dropping it deletes both namespaces (and with them the veth ends inside).
@@ -224,22 +225,14 @@ impl NsPair {
         &self,
         connection: postbox::Connection,
     ) -> (Result<postbox::Message, CallError>, Duration) {
-        let (done_tx, done_rx) = mpsc::channel();
-        let caller = std::thread::spawn(move || {
-            done_tx.send(connection.call("are you there?")).unwrap();
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        self.net.set_link(false);
-        let cut = std::time::Instant::now();
-        let result = done_rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| {
-            panic!(
-                "the pending call hung; a's log:\n{}\nb's log:\n{}",
-                self.daemon_a.log(),
-                self.daemon_b.log()
-            )
-        });
-        let took = cut.elapsed();
-        caller.join().unwrap();
+        let (result, took, _) = call_cut_by(connection, || self.net.set_link(false))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the pending call hung; a's log:\n{}\nb's log:\n{}",
+                    self.daemon_a.log(),
+                    self.daemon_b.log()
+                )
+            });
         (result, took)
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use postbox::{Node, ProcessId};
+use postbox::{Connection, Node, ProcessId};
 use postbox_test::{Authority, Identity};
 
 /// Path of the binary under test.
@@ -189,6 +189,31 @@ pub(crate) fn connect_remote(node: &Node, name: &str) -> postbox::Connection {
         connection.is_some()
     });
     connection.unwrap()
+}
+
+/// A call ended by cutting what it runs over: what it ended with, how long after the cut, and
+/// the connection it was made on.
+pub(crate) type CutCall = (Result<postbox::Message, postbox::CallError>, Duration, Connection);
+
+/// Calls `connection` without a deadline on a thread of its own (so only the end of its link
+/// can end the call), runs `cut` 300 ms later, and waits for the call to end. `Err` if it had
+/// not ended after [`WATCHDOG`] (a hang).
+pub(crate) fn call_cut_by(
+    connection: Connection,
+    cut: impl FnOnce(),
+) -> Result<CutCall, std::sync::mpsc::RecvTimeoutError> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        done_tx.send(connection.call("are you there?")).unwrap();
+        connection
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cut();
+    let cut_at = Instant::now();
+    let result = done_rx.recv_timeout(WATCHDOG)?;
+    let took = cut_at.elapsed();
+    let connection = caller.join().unwrap();
+    Ok((result, took, connection))
 }
 
 /// Hosts `a` and `b`, one daemon each, on loopback: `a` dials `b` over TCP, with heartbeats
