@@ -206,6 +206,21 @@ struct HostsArgs {
     direct_advertise: Option<String>,
 }
 
+impl From<HostsArgs> for commands::HostsOptions {
+    fn from(args: HostsArgs) -> Self {
+        Self {
+            file: args.hosts,
+            name: args.host_name,
+            peers: args.peers,
+            heartbeat: args.heartbeat,
+            missed_heartbeats: args.missed_heartbeats,
+            direct_peers: args.direct_peers,
+            direct_listen: args.direct_listen,
+            direct_advertise: args.direct_advertise,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum TopicCommand {
     /// Create a topic (or change its history).
@@ -243,26 +258,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Daemon { max_message_size, config, hosts, remote_nodes } => {
-            let HostsArgs {
-                hosts,
-                host_name,
-                peers,
-                heartbeat,
-                missed_heartbeats,
-                direct_peers,
-                direct_listen,
-                direct_advertise,
-            } = *hosts;
-            let hosts = commands::HostsOptions {
-                file: hosts,
-                name: host_name,
-                peers,
-                heartbeat,
-                missed_heartbeats,
-                direct_peers,
-                direct_listen,
-                direct_advertise,
-            };
+            let hosts = commands::HostsOptions::from(*hosts);
             commands::daemon(max_message_size, config.as_deref(), &hosts, &remote_nodes)
         }
         Command::Ls => commands::ls(),

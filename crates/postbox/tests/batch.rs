@@ -10,21 +10,9 @@ use postbox::{
     Broker, BrokerConfig, Message, Overflow, RecvTimeoutError, SendBatchError, TryRecvError,
 };
 
-const WATCHDOG: Duration = Duration::from_secs(20);
-
-fn numbered(range: std::ops::Range<u32>, size: usize) -> Vec<Message> {
-    range
-        .map(|i| {
-            let mut body = vec![(i % 251) as u8; size.max(4)];
-            body[..4].copy_from_slice(&i.to_le_bytes());
-            Message::new(body)
-        })
-        .collect()
-}
-
-fn number(body: &[u8]) -> u32 {
-    u32::from_le_bytes(body[..4].try_into().unwrap())
-}
+#[path = "support/numbered.rs"]
+mod numbered;
+use numbered::{number, numbered, WATCHDOG};
 
 /// Receives `count` messages in batches of at most `max`, checking they are 0, 1, … in order.
 fn receive_in_order(port: &postbox::Port, count: u32, max: usize) -> usize {

@@ -7,21 +7,9 @@ use std::time::{Duration, Instant};
 
 use postbox::{Broker, BrokerConfig, Message, RecvTimeoutError};
 
-const WATCHDOG: Duration = Duration::from_secs(20);
-
-fn numbered(range: std::ops::Range<u32>, size: usize) -> Vec<Message> {
-    range
-        .map(|i| {
-            let mut body = vec![(i % 251) as u8; size.max(4)];
-            body[..4].copy_from_slice(&i.to_le_bytes());
-            Message::new(body)
-        })
-        .collect()
-}
-
-fn number(body: &[u8]) -> u32 {
-    u32::from_le_bytes(body[..4].try_into().unwrap())
-}
+#[path = "support/numbered.rs"]
+mod numbered;
+use numbered::{number, numbered, WATCHDOG};
 
 fn receive_in_order(port: &postbox::Port, count: u32, max: usize) {
     let mut out = Vec::new();

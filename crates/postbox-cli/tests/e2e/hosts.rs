@@ -3,12 +3,9 @@
 //!
 //! No privileges needed: each daemon has its own socket, the host link its own free port.
 
-use std::sync::mpsc;
-use std::time::Duration;
-
 use postbox::{CallError, ConnectError};
 
-use crate::util::{connect_remote, stdout_of, wait_until, HostPair, WATCHDOG};
+use crate::util::{call_cut_by, connect_remote, stdout_of, wait_until, HostPair, WATCHDOG};
 
 /// Host `a` dials host `b`, which lets `a`'s nodes send to and call `echo`, `slow`, `sink`.
 fn start_pair() -> HostPair {
@@ -85,17 +82,10 @@ fn killing_the_remote_daemon_fails_a_pending_call_with_peer_died_within_the_boun
     let _server = pair.b.worker(&["echo", "slow", "--delay-ms", "60000"]);
     let node = pair.a.node();
     let connection = connect_remote(&node, "slow@b");
-    let (done_tx, done_rx) = mpsc::channel();
-    let caller = std::thread::spawn(move || {
-        // No deadline: only the host link's death detection can end this call.
-        done_tx.send(connection.call("are you there?")).unwrap();
-        connection
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    pair.b.kill9();
-    let result = done_rx.recv_timeout(WATCHDOG).expect("the call ended (no hang)");
+    // No deadline: only the host link's death detection can end this call.
+    let (result, _, connection) =
+        call_cut_by(connection, || pair.b.kill9()).expect("the call ended (no hang)");
     assert_eq!(result, Err(CallError::PeerDied));
-    let connection = caller.join().unwrap();
     assert_eq!(connection.call("again"), Err(CallError::Disconnected("again".into())));
     // New connections to the dead host fail with a typed error, not a hang.
     let again = node.connect("slow@b");

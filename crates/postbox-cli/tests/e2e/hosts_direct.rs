@@ -12,15 +12,13 @@ use std::time::Duration;
 
 use postbox::{CallError, ConnectError};
 
-use crate::util::{connect_remote, free_port, wait_until, Daemon, WATCHDOG};
+use crate::util::{call_cut_by, connect_remote, free_port, wait_until, Daemon, HostPair, WATCHDOG};
 
 /// Host `a` dials host `b`; both allow direct links to each other; `b` takes them at
 /// `direct_listen` and tells `a` to dial `advertise` (itself, or a relay of the test's).
 struct DirectPair {
-    a: Daemon,
-    b: Daemon,
+    hosts: HostPair,
     direct_listen: SocketAddr,
-    _policy: tempfile::TempDir,
 }
 
 impl DirectPair {
@@ -30,37 +28,28 @@ impl DirectPair {
 
     /// The same, with `a_policy` as daemon a's policy file.
     fn start_with(advertise: Option<SocketAddr>, a_policy: Option<&str>) -> Self {
-        let port = free_port();
-        let direct_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let policy = tempfile::tempdir().unwrap();
-        let policy_file = policy.path().join("policy.toml");
-        std::fs::write(
-            &policy_file,
+        Self::start_with_policies(
+            advertise,
             "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
+            a_policy,
         )
-        .unwrap();
-        let listen = format!("a=listen:127.0.0.1:{port}");
-        let dial = format!("b=dial:127.0.0.1:{port}");
-        let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    }
+
+    /// The same, with `b_policy` as daemon b's policy file.
+    fn start_with_policies(
+        advertise: Option<SocketAddr>,
+        b_policy: &str,
+        a_policy: Option<&str>,
+    ) -> Self {
+        let direct_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let direct_at = direct_listen.to_string();
         let advertised = advertise.map(|a| a.to_string());
-        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
-        b_args.extend_from_slice(&["--direct-listen", &direct_at]);
+        let mut b_args = vec!["--direct-peer", "a", "--direct-listen", &direct_at];
         if let Some(advertised) = &advertised {
             b_args.extend_from_slice(&["--direct-advertise", advertised]);
         }
-        b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
-        b_args.extend_from_slice(&timers);
-        let b = Daemon::start_with(&b_args);
-        let a_policy_file = policy.path().join("a.toml");
-        let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
-        if let Some(text) = a_policy {
-            std::fs::write(&a_policy_file, text).unwrap();
-            a_args.extend_from_slice(&["--config", a_policy_file.to_str().unwrap()]);
-        }
-        a_args.extend_from_slice(&timers);
-        let a = Daemon::start_with(&a_args);
-        Self { a, b, direct_listen, _policy: policy }
+        let hosts = HostPair::start_with(b_policy, a_policy, &b_args, &["--direct-peer", "b"]);
+        Self { hosts, direct_listen }
     }
 
     /// The same from hosts files, with a pre-shared key on the host link (so each greeting
@@ -97,16 +86,16 @@ impl DirectPair {
         );
         let b = Daemon::start_with(&["--hosts", &b_hosts, "--config", &policy]);
         let a = Daemon::start_with(&["--hosts", &a_hosts]);
-        Self { a, b, direct_listen, _policy: dir }
+        Self { hosts: HostPair { a, b, _files: dir }, direct_listen }
     }
 }
 
 #[test]
 fn a_call_over_a_direct_link_is_answered_and_the_one_way_message_arrives() {
     let pair = DirectPair::start(None);
-    let mut server = pair.b.worker(&["echo", "echo", "--upper", "--print"]);
+    let mut server = pair.hosts.b.worker(&["echo", "echo", "--upper", "--print"]);
     let printed = server.lines();
-    let node = pair.a.node();
+    let node = pair.hosts.a.node();
     let connection = connect_remote(&node, "echo@b");
     for i in 0..200 {
         let body = format!("call {i}");
@@ -125,9 +114,9 @@ fn a_call_over_a_direct_link_is_answered_and_the_one_way_message_arrives() {
 #[test]
 fn a_port_host_a_may_not_use_is_refused_with_access_denied_before_any_direct_link() {
     let pair = DirectPair::start(None);
-    let _secret = pair.b.worker(&["echo", "secret"]);
-    let _echo = pair.b.worker(&["echo", "echo"]);
-    let node = pair.a.node();
+    let _secret = pair.hosts.b.worker(&["echo", "secret"]);
+    let _echo = pair.hosts.b.worker(&["echo", "echo"]);
+    let node = pair.hosts.a.node();
     // Once the host link is up (echo@b connects), the refusal is b's policy speaking.
     drop(connect_remote(&node, "echo@b"));
     let denied = node.connect("secret@b");
@@ -139,20 +128,15 @@ fn a_port_host_a_may_not_use_is_refused_with_access_denied_before_any_direct_lin
 #[test]
 fn killing_the_server_during_a_call_over_a_direct_link_fails_the_call_with_peer_died() {
     let pair = DirectPair::start(None);
-    let mut slow = pair.b.worker(&["echo", "slow", "--delay-ms", "60000"]);
-    let node = pair.a.node();
+    let mut slow = pair.hosts.b.worker(&["echo", "slow", "--delay-ms", "60000"]);
+    let node = pair.hosts.a.node();
     let connection = connect_remote(&node, "slow@b");
-    let (done_tx, done_rx) = mpsc::channel();
-    let caller = std::thread::spawn(move || {
-        // No deadline: only the link's end can end this call.
-        done_tx.send(connection.call("are you there?")).unwrap();
-        connection
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    slow.kill9();
-    let result = done_rx.recv_timeout(WATCHDOG).expect("the call ended (no hang)");
+    // No deadline: only the link's end can end this call.
+    let (result, _, connection) = call_cut_by(connection, || {
+        slow.kill9();
+    })
+    .expect("the call ended (no hang)");
     assert_eq!(result, Err(CallError::PeerDied));
-    let connection = caller.join().unwrap();
     assert_eq!(connection.call("again"), Err(CallError::Disconnected("again".into())));
 }
 
@@ -174,8 +158,8 @@ fn a_made_up_token_and_a_replayed_greeting_are_refused_by_the_serving_broker() {
         std::thread::spawn(move || std::io::copy(&mut a_in, &mut b_out));
         let _ = std::io::copy(&mut to_b, &mut from_a);
     });
-    let _echo = pair.b.worker(&["echo", "echo", "--upper"]);
-    let node = pair.a.node();
+    let _echo = pair.hosts.b.worker(&["echo", "echo", "--upper"]);
+    let node = pair.hosts.a.node();
     let connection = connect_remote(&node, "echo@b");
     assert_eq!(connection.call_timeout("through", WATCHDOG).unwrap().body(), b"THROUGH");
     let greeting = greeting_rx.recv_timeout(WATCHDOG).unwrap();
@@ -217,8 +201,8 @@ fn with_a_pre_shared_key_the_token_alone_does_not_make_a_direct_link() {
             std::thread::spawn(move || std::io::copy(&mut to_b, &mut from_a));
         }
     });
-    let _echo = pair.b.worker(&["echo", "echo", "--upper"]);
-    let node = pair.a.node();
+    let _echo = pair.hosts.b.worker(&["echo", "echo", "--upper"]);
+    let node = pair.hosts.a.node();
     // The host link may still be coming up (Unreachable, no dial yet); the first dial is the
     // one whose proof was changed, and b refuses it.
     let mut first = node.connect("echo@b");
@@ -240,8 +224,8 @@ fn with_a_pre_shared_key_the_token_alone_does_not_make_a_direct_link() {
 #[test]
 fn direct_links_count_against_the_callers_connection_quota_until_closed() {
     let pair = DirectPair::start_with(None, Some("[limits]\nconnections = 2\n"));
-    let _echo = pair.b.worker(&["echo", "echo", "--upper"]);
-    let node = pair.a.node();
+    let _echo = pair.hosts.b.worker(&["echo", "echo", "--upper"]);
+    let node = pair.hosts.a.node();
     let first = connect_remote(&node, "echo@b");
     let second = node.connect("echo@b").unwrap();
     let third = node.connect("echo@b");
@@ -267,8 +251,8 @@ fn a_direct_link_whose_dial_fails_fails_the_connect_with_unreachable_not_a_hang(
     // b tells a to dial a port nobody listens on.
     let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let pair = DirectPair::start(Some(nowhere));
-    let _echo = pair.b.worker(&["echo", "echo"]);
-    let node = pair.a.node();
+    let _echo = pair.hosts.b.worker(&["echo", "echo"]);
+    let node = pair.hosts.a.node();
     wait_until("the host link opens", || {
         node.hosts().unwrap()[0].state == postbox_broker::HostState::Open
     });
@@ -282,25 +266,13 @@ fn a_direct_link_whose_dial_fails_fails_the_connect_with_unreachable_not_a_hang(
 #[test]
 fn without_direct_on_the_serving_host_the_connection_goes_through_the_gateways() {
     // a asks for direct links; b does not take them: b answers as before, with a channel.
-    let port = free_port();
-    let policy = tempfile::tempdir().unwrap();
-    let policy_file = policy.path().join("policy.toml");
-    std::fs::write(
-        &policy_file,
+    let pair = HostPair::start_with(
         "[[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
-    )
-    .unwrap();
-    let listen = format!("a=listen:127.0.0.1:{port}");
-    let dial = format!("b=dial:127.0.0.1:{port}");
-    let b = Daemon::start_with(&[
-        "--host-name",
-        "b",
-        "--peer",
-        &listen,
-        "--config",
-        policy_file.to_str().unwrap(),
-    ]);
-    let a = Daemon::start_with(&["--host-name", "a", "--peer", &dial, "--direct-peer", "b"]);
+        None,
+        &[],
+        &["--direct-peer", "b"],
+    );
+    let (a, b) = (&pair.a, &pair.b);
     let _echo = b.worker(&["echo", "echo", "--upper"]);
     let node = a.node();
     let connection = connect_remote(&node, "echo@b");
@@ -312,11 +284,13 @@ fn without_direct_on_the_serving_host_the_connection_goes_through_the_gateways()
 fn a_peer_host_is_held_to_channels_per_host_over_direct_links_too() {
     // docs/network.md §5 "Limits", docs/security.md §5: a peer host, all its nodes together,
     // may have at most `channels_per_host` connections open here; beyond, LimitExceeded.
-    let (a, b, _dir) = pair_with_policies(
+    let pair = DirectPair::start_with_policies(
+        None,
         "[limits]\nchannels_per_host = 2\n\
          [[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
         None,
     );
+    let (a, b) = (&pair.hosts.a, &pair.hosts.b);
     let _echo = b.worker(&["echo", "echo", "--upper"]);
     let node = a.node();
     let mut open = vec![connect_remote(&node, "echo@b")];
@@ -413,8 +387,8 @@ fn a_busy_server_does_not_cost_its_callers_their_direct_link() {
     // keeps sending one-way messages: back-pressure (DESIGN.md §2: a full link blocks the
     // sender), not a dead peer. The server is alive throughout and answers in the end.
     let pair = DirectPair::start(None);
-    let _slow = pair.b.worker(&["echo", "slow", "--delay-ms", "4000"]);
-    let node = pair.a.node();
+    let _slow = pair.hosts.b.worker(&["echo", "slow", "--delay-ms", "4000"]);
+    let node = pair.hosts.a.node();
     let connection = std::sync::Arc::new(connect_remote(&node, "slow@b"));
     assert_eq!(node.hosts().unwrap()[0].channels, 0, "the link is direct");
     let sender = std::sync::Arc::clone(&connection);
@@ -560,38 +534,6 @@ fn refused_start(args: &[&str]) -> String {
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(!status.success(), "{args:?}: {stderr}");
     stderr
-}
-
-/// Hosts a and b over plain TCP on loopback, both allowing direct links; `b_policy` is b's
-/// policy file and `a_policy` (if any) a's.
-fn pair_with_policies(
-    b_policy: &str,
-    a_policy: Option<&str>,
-) -> (Daemon, Daemon, tempfile::TempDir) {
-    let port = free_port();
-    let direct_listen = format!("127.0.0.1:{}", free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let b_file = dir.path().join("b.toml");
-    std::fs::write(&b_file, b_policy).unwrap();
-    let a_file = dir.path().join("a.toml");
-    if let Some(a_policy) = a_policy {
-        std::fs::write(&a_file, a_policy).unwrap();
-    }
-    let listen = format!("a=listen:127.0.0.1:{port}");
-    let dial = format!("b=dial:127.0.0.1:{port}");
-    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
-    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
-    b_args.extend_from_slice(&["--direct-listen", &direct_listen]);
-    b_args.extend_from_slice(&["--config", b_file.to_str().unwrap()]);
-    b_args.extend_from_slice(&timers);
-    let b = Daemon::start_with(&b_args);
-    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
-    if a_policy.is_some() {
-        a_args.extend_from_slice(&["--config", a_file.to_str().unwrap()]);
-    }
-    a_args.extend_from_slice(&timers);
-    let a = Daemon::start_with(&a_args);
-    (a, b, dir)
 }
 
 /// Dials b's direct-link listener at `target`, says `greeting`, and returns the verdict byte

@@ -10,12 +10,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use postbox::{CallError, Node};
 
-use crate::util::{connect_remote, exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG};
+use crate::util::{
+    call_cut_by, connect_remote, exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG,
+};
 
 /// Two namespaces `a` and `b` with a veth pair between them, addressed in a private /30.
 /// Dropping it deletes both namespaces (and with them the veth ends inside).
@@ -160,45 +161,92 @@ fn postbox_in(ns: &str, socket: &Path, args: &[&str]) -> Output {
     in_namespace(ns, args).env("POSTBOX_SOCKET", socket).output().unwrap()
 }
 
-#[test]
-fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition() {
-    let net = match Net::create() {
-        Ok(net) => net,
-        Err(why) => {
-            eprintln!("SKIPPED: network namespace test: {why}");
-            return;
-        }
-    };
-    let policy = tempfile::tempdir().unwrap();
-    let policy_file = policy.path().join("policy.toml");
-    fs::write(
-        &policy_file,
-        "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
-    )
-    .unwrap();
-    // b listens on its own veth address only: a's link cannot take any other path.
-    let listen = format!("a=listen:{}:7401", net.address_b);
-    let dial = format!("b=dial:{}:7401", net.address_b);
-    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
-    let mut b_args = vec!["--host-name", "b", "--peer", &listen];
-    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
-    b_args.extend_from_slice(&timers);
-    let daemon_b = NsDaemon::start(&net.b, &b_args);
-    let mut a_args = vec!["--host-name", "a", "--peer", &dial];
-    a_args.extend_from_slice(&timers);
-    let daemon_a = NsDaemon::start(&net.a, &a_args);
+/// Daemons `a` and `b`, each in its own namespace of a [`Net`]: a dials the host link to b's veth
+/// address, and b's policy lets host a send to and call `names`. Dropping it stops the daemons,
+/// then deletes the namespaces.
+struct NsPair {
+    daemon_a: NsDaemon,
+    daemon_b: NsDaemon,
+    _policy: tempfile::TempDir,
+    net: Net,
+}
 
-    // Real workers inside namespace b, attached to b's daemon.
-    let worker = |args: &[&str]| {
+impl NsPair {
+    /// Starts both daemons with `timers` (heartbeat flags), b with `b_args` and a with `a_args`
+    /// after their host flags. `None`, after a `SKIPPED` line saying why, where the namespaces
+    /// cannot be made.
+    fn start(names: &[&str], timers: &[&str], b_args: &[&str], a_args: &[&str]) -> Option<Self> {
+        let net = match Net::create() {
+            Ok(net) => net,
+            Err(why) => {
+                eprintln!("SKIPPED: network namespace test: {why}");
+                return None;
+            }
+        };
+        let policy = tempfile::tempdir().unwrap();
+        let policy_file = policy.path().join("policy.toml");
+        let names: Vec<String> = names.iter().map(|name| format!("'{name}'")).collect();
+        fs::write(
+            &policy_file,
+            format!(
+                "[[allow]]\nnames = [{}]\nhosts = ['a']\noperations = ['send', 'call']\n",
+                names.join(", ")
+            ),
+        )
+        .unwrap();
+        // b listens on its own veth address only: a's link cannot take any other path.
+        let listen = format!("a=listen:{}:7401", net.address_b);
+        let dial = format!("b=dial:{}:7401", net.address_b);
+        let mut all_b = vec!["--host-name", "b", "--peer", &listen];
+        all_b.extend_from_slice(b_args);
+        all_b.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
+        all_b.extend_from_slice(timers);
+        let daemon_b = NsDaemon::start(&net.b, &all_b);
+        let mut all_a = vec!["--host-name", "a", "--peer", &dial];
+        all_a.extend_from_slice(a_args);
+        all_a.extend_from_slice(timers);
+        let daemon_a = NsDaemon::start(&net.a, &all_a);
+        Some(Self { daemon_a, daemon_b, _policy: policy, net })
+    }
+
+    /// A real `postbox worker ARGS` inside namespace b, attached to b's daemon.
+    fn worker_in_b(&self, args: &[&str]) -> Worker {
         let mut full = vec!["worker"];
         full.extend_from_slice(args);
-        let mut command = in_namespace(&net.b, &full);
-        command.env("POSTBOX_SOCKET", daemon_b.socket());
+        let mut command = in_namespace(&self.net.b, &full);
+        command.env("POSTBOX_SOCKET", self.daemon_b.socket());
         Worker::start(command)
-    };
-    let mut echo = worker(&["echo", "echo", "--upper", "--print"]);
+    }
+
+    /// Calls `connection` on its own thread (no deadline), takes a's veth end down 300 ms
+    /// later, and returns what the call ended with and how long after the cut it ended; panics,
+    /// with both daemons' logs, if the call hangs.
+    fn partition_during_a_call(
+        &self,
+        connection: postbox::Connection,
+    ) -> (Result<postbox::Message, CallError>, Duration) {
+        let (result, took, _) = call_cut_by(connection, || self.net.set_link(false))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the pending call hung; a's log:\n{}\nb's log:\n{}",
+                    self.daemon_a.log(),
+                    self.daemon_b.log()
+                )
+            });
+        (result, took)
+    }
+}
+
+#[test]
+fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition() {
+    let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
+    let Some(pair) = NsPair::start(&["echo", "slow"], &timers, &[], &[]) else { return };
+    let (net, daemon_a) = (&pair.net, &pair.daemon_a);
+
+    // Real workers inside namespace b, attached to b's daemon.
+    let mut echo = pair.worker_in_b(&["echo", "echo", "--upper", "--print"]);
     let printed = echo.lines();
-    let _slow = worker(&["echo", "slow", "--delay-ms", "60000"]);
+    let _slow = pair.worker_in_b(&["echo", "slow", "--delay-ms", "60000"]);
 
     // The test process stays in the root namespace and attaches to a's socket by its path.
     let node = Node::attach_to(daemon_a.socket()).unwrap();
@@ -223,18 +271,8 @@ fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition()
 
     // Partition: a call pending on the slow server fails (no deadline: only the host link's
     // death detection can end it), and never hangs.
-    let slow = connect_remote(&node, "slow@b");
-    let (done_tx, done_rx) = mpsc::channel();
-    let caller = std::thread::spawn(move || {
-        done_tx.send(slow.call("are you there?")).unwrap();
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    net.set_link(false);
-    let result = done_rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| {
-        panic!("the pending call hung; a's log:\n{}\nb's log:\n{}", daemon_a.log(), daemon_b.log())
-    });
+    let (result, _) = pair.partition_during_a_call(connect_remote(&node, "slow@b"));
     assert_eq!(result, Err(CallError::PeerDied));
-    caller.join().unwrap();
     // The old connection's channel closed with the session.
     let old = connection.call_timeout("old", WATCHDOG);
     assert!(matches!(old, Err(CallError::Disconnected(_) | CallError::PeerDied)), "{old:?}");
@@ -254,46 +292,20 @@ fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition()
 
 #[test]
 fn a_direct_links_partition_fails_its_pending_call_with_peer_died_within_the_heartbeat_bound() {
-    let net = match Net::create() {
-        Ok(net) => net,
-        Err(why) => {
-            eprintln!("SKIPPED: network namespace test: {why}");
-            return;
-        }
-    };
-    let policy = tempfile::tempdir().unwrap();
-    let policy_file = policy.path().join("policy.toml");
-    fs::write(
-        &policy_file,
-        "[[allow]]\nnames = ['echo', 'slow']\nhosts = ['a']\noperations = ['send', 'call']\n",
-    )
-    .unwrap();
     // Both hosts allow direct links. b takes them on every address of its namespace
     // (0.0.0.0), which a reaches where it dials the host link (docs/network.md §15): the
     // direct link crosses the veth as the host link does.
-    let listen = format!("a=listen:{}:7401", net.address_b);
-    let dial = format!("b=dial:{}:7401", net.address_b);
-    let direct_at = "0.0.0.0:7410".to_owned();
+    let b_direct = ["--direct-peer", "a", "--direct-listen", "0.0.0.0:7410"];
     // Heartbeat bound: 100 ms × 5 = 500 ms (HostsConfig::dead_after), what a relayed call gets.
     let timers = ["--heartbeat", "100ms", "--missed-heartbeats", "5"];
     let bound = Duration::from_millis(500);
-    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
-    b_args.extend_from_slice(&["--direct-listen", &direct_at]);
-    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
-    b_args.extend_from_slice(&timers);
-    let daemon_b = NsDaemon::start(&net.b, &b_args);
-    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
-    a_args.extend_from_slice(&timers);
-    let daemon_a = NsDaemon::start(&net.a, &a_args);
-    let worker = |args: &[&str]| {
-        let mut full = vec!["worker"];
-        full.extend_from_slice(args);
-        let mut command = in_namespace(&net.b, &full);
-        command.env("POSTBOX_SOCKET", daemon_b.socket());
-        Worker::start(command)
+    let Some(pair) = NsPair::start(&["echo", "slow"], &timers, &b_direct, &["--direct-peer", "b"])
+    else {
+        return;
     };
-    let _echo = worker(&["echo", "echo", "--upper"]);
-    let _slow = worker(&["echo", "slow", "--delay-ms", "60000"]);
+    let (net, daemon_a) = (&pair.net, &pair.daemon_a);
+    let _echo = pair.worker_in_b(&["echo", "echo", "--upper"]);
+    let _slow = pair.worker_in_b(&["echo", "slow", "--delay-ms", "60000"]);
 
     // The test process (root namespace) gets a socket daemon a made in namespace a: the
     // link runs over the veth, not through either broker.
@@ -305,20 +317,8 @@ fn a_direct_links_partition_fails_its_pending_call_with_peer_died_within_the_hea
     // Partition: no FIN, no reset. A call pending on the slow server ends when broker a
     // declares the host link to b dead and tells the node to cut its direct links to b: with
     // PeerDied, within the heartbeat bound (and never hangs).
-    let slow = connect_remote(&node, "slow@b");
-    let (done_tx, done_rx) = mpsc::channel();
-    let caller = std::thread::spawn(move || {
-        done_tx.send(slow.call("are you there?")).unwrap();
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    net.set_link(false);
-    let cut = std::time::Instant::now();
-    let result = done_rx.recv_timeout(WATCHDOG).unwrap_or_else(|_| {
-        panic!("the pending call hung; a's log:\n{}\nb's log:\n{}", daemon_a.log(), daemon_b.log())
-    });
-    let took = cut.elapsed();
+    let (result, took) = pair.partition_during_a_call(connect_remote(&node, "slow@b"));
     assert_eq!(result, Err(CallError::PeerDied));
-    caller.join().unwrap();
     // The one timed check here: the bound this test is about, with slack for scheduling.
     let slack = Duration::from_millis(500);
     assert!(
@@ -338,38 +338,16 @@ fn a_direct_links_partition_fails_its_pending_call_with_peer_died_within_the_hea
 
 #[test]
 fn a_direct_listener_on_every_address_is_dialed_where_the_host_link_is() {
-    let net = match Net::create() {
-        Ok(net) => net,
-        Err(why) => {
-            eprintln!("SKIPPED: network namespace test: {why}");
-            return;
-        }
-    };
-    let policy = tempfile::tempdir().unwrap();
-    let policy_file = policy.path().join("policy.toml");
-    fs::write(
-        &policy_file,
-        "[[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
-    )
-    .unwrap();
-    let listen = format!("a=listen:{}:7401", net.address_b);
-    let dial = format!("b=dial:{}:7401", net.address_b);
     let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
     // Listening on every interface of b, the usual way to take connections on a server; no
     // --direct-advertise (b is not behind NAT): b offers 0.0.0.0, which a must not dial.
-    let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--direct-peer", "a"];
-    b_args.extend_from_slice(&["--direct-listen", "0.0.0.0:7410"]);
-    b_args.extend_from_slice(&["--config", policy_file.to_str().unwrap()]);
-    b_args.extend_from_slice(&timers);
-    let daemon_b = NsDaemon::start(&net.b, &b_args);
-    let mut a_args = vec!["--host-name", "a", "--peer", &dial, "--direct-peer", "b"];
-    a_args.extend_from_slice(&timers);
-    let daemon_a = NsDaemon::start(&net.a, &a_args);
-    let mut command = in_namespace(&net.b, &["worker", "echo", "echo", "--upper"]);
-    command.env("POSTBOX_SOCKET", daemon_b.socket());
-    let _echo = Worker::start(command);
+    let b_direct = ["--direct-peer", "a", "--direct-listen", "0.0.0.0:7410"];
+    let Some(pair) = NsPair::start(&["echo"], &timers, &b_direct, &["--direct-peer", "b"]) else {
+        return;
+    };
+    let _echo = pair.worker_in_b(&["echo", "echo", "--upper"]);
 
-    let node = Node::attach_to(daemon_a.socket()).unwrap();
+    let node = Node::attach_to(pair.daemon_a.socket()).unwrap();
     let connection = connect_remote(&node, "echo@b");
     assert_eq!(connection.call_timeout("hi", WATCHDOG).unwrap().body(), b"HI");
     assert_eq!(node.hosts().unwrap()[0].channels, 0, "the link is direct");

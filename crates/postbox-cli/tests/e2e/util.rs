@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use postbox::{Node, ProcessId};
+use postbox::{Connection, Node, ProcessId};
 use postbox_test::{Authority, Identity};
 
 /// Path of the binary under test.
@@ -191,17 +191,53 @@ pub(crate) fn connect_remote(node: &Node, name: &str) -> postbox::Connection {
     connection.unwrap()
 }
 
+/// A call ended by cutting what it runs over: what it ended with, how long after the cut, and
+/// the connection it was made on.
+pub(crate) type CutCall = (Result<postbox::Message, postbox::CallError>, Duration, Connection);
+
+/// Calls `connection` without a deadline on a thread of its own (so only the end of its link
+/// can end the call), runs `cut` 300 ms later, and waits for the call to end. `Err` if it had
+/// not ended after [`WATCHDOG`] (a hang).
+pub(crate) fn call_cut_by(
+    connection: Connection,
+    cut: impl FnOnce(),
+) -> Result<CutCall, std::sync::mpsc::RecvTimeoutError> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        done_tx.send(connection.call("are you there?")).unwrap();
+        connection
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cut();
+    let cut_at = Instant::now();
+    let result = done_rx.recv_timeout(WATCHDOG)?;
+    let took = cut_at.elapsed();
+    let connection = caller.join().unwrap();
+    Ok((result, took, connection))
+}
+
 /// Hosts `a` and `b`, one daemon each, on loopback: `a` dials `b` over TCP, with heartbeats
 /// every 200 ms and 5 missed allowed. `b` runs with the policy `b_policy` (TOML text), `a` with
 /// `a_policy`, or with none.
 pub(crate) struct HostPair {
     pub(crate) a: Daemon,
     pub(crate) b: Daemon,
-    _policy: tempfile::TempDir,
+    /// The daemons' policy (or hosts) files, kept as long as the daemons run.
+    pub(crate) _files: tempfile::TempDir,
 }
 
 impl HostPair {
     pub(crate) fn start(b_policy: &str, a_policy: Option<&str>) -> Self {
+        Self::start_with(b_policy, a_policy, &[], &[])
+    }
+
+    /// The same, with `b_args` added to b's flags and `a_args` to a's.
+    pub(crate) fn start_with(
+        b_policy: &str,
+        a_policy: Option<&str>,
+        b_args: &[&str],
+        a_args: &[&str],
+    ) -> Self {
         let port = free_port();
         let policy = tempfile::tempdir().unwrap();
         let write = |file: &str, text: &str| {
@@ -214,16 +250,18 @@ impl HostPair {
         let listen = format!("a=listen:127.0.0.1:{port}");
         let dial = format!("b=dial:127.0.0.1:{port}");
         let timers = ["--heartbeat", "200ms", "--missed-heartbeats", "5"];
-        let mut b_args = vec!["--host-name", "b", "--peer", &listen, "--config", &b_path];
-        b_args.extend_from_slice(&timers);
-        let b = Daemon::start_with(&b_args);
-        let mut a_args = vec!["--host-name", "a", "--peer", &dial];
+        let mut all_b = vec!["--host-name", "b", "--peer", &listen, "--config", &b_path];
+        all_b.extend_from_slice(b_args);
+        all_b.extend_from_slice(&timers);
+        let b = Daemon::start_with(&all_b);
+        let mut all_a = vec!["--host-name", "a", "--peer", &dial];
         if let Some(a_path) = &a_path {
-            a_args.extend_from_slice(&["--config", a_path]);
+            all_a.extend_from_slice(&["--config", a_path]);
         }
-        a_args.extend_from_slice(&timers);
-        let a = Daemon::start_with(&a_args);
-        Self { a, b, _policy: policy }
+        all_a.extend_from_slice(a_args);
+        all_a.extend_from_slice(&timers);
+        let a = Daemon::start_with(&all_a);
+        Self { a, b, _files: policy }
     }
 }
 
