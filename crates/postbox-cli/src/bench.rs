@@ -23,6 +23,7 @@
 //!   through them and over a direct link (a third daemon's) beside a raw TCP ping-pong, and one-way throughput in batches to `sink@b` beside raw TCP
 //!   writes.
 
+use crate::output::outln;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -189,9 +190,9 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     }
     progress.finish();
     if options.json {
-        print_json(&records);
+        print_json(&records)?;
     } else {
-        print_tables(&records);
+        print_tables(&records)?;
     }
     Ok(())
 }
@@ -854,7 +855,7 @@ fn ratio(records: &[Record], record: &Record) -> Option<f64> {
     }
 }
 
-fn print_tables(records: &[Record]) {
+fn print_tables(records: &[Record]) -> Result<()> {
     let mut placements: Vec<Placement> = Vec::new();
     for r in records {
         if !placements.contains(&r.placement) {
@@ -875,24 +876,29 @@ fn print_tables(records: &[Record]) {
             if rows.is_empty() {
                 continue;
             }
-            println!("\n== {}, {}", measure.title(), place.label());
+            outln!("\n== {}, {}", measure.title(), place.label())?;
             let versus = format!("vs {}", measure.baseline().label());
             if measure == Measure::Flood {
-                print_flood_rows(records, &rows);
+                print_flood_rows(records, &rows)?;
                 continue;
             }
             if matches!(measure, Measure::Throughput | Measure::HostsThroughput) {
-                println!("  {:<8} {:<17} {:>13} {:>18}", "size", "carrier", "msgs/s", versus);
+                outln!("  {:<8} {:<17} {:>13} {:>18}", "size", "carrier", "msgs/s", versus)?;
             } else {
-                println!(
+                outln!(
                     "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>18}",
-                    "size", "carrier", "p50", "p99", "p99.9", versus
-                );
+                    "size",
+                    "carrier",
+                    "p50",
+                    "p99",
+                    "p99.9",
+                    versus
+                )?;
             }
             for r in rows {
                 let ratio = ratio(records, r).map_or("-".into(), |x| format!("{x:.2}x"));
                 match (&r.samples, r.rate) {
-                    (Some(s), _) => println!(
+                    (Some(s), _) => outln!(
                         "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>18}",
                         size_label(r.size),
                         r.carrier.label(),
@@ -900,14 +906,14 @@ fn print_tables(records: &[Record]) {
                         micros(s.percentile(99.0)),
                         micros(s.percentile(99.9)),
                         ratio
-                    ),
-                    (None, Some(rate)) => println!(
+                    )?,
+                    (None, Some(rate)) => outln!(
                         "  {:<8} {:<17} {:>13} {:>18}",
                         size_label(r.size),
                         r.carrier.label(),
                         format!("{:.2} M", rate / 1e6),
                         ratio
-                    ),
+                    )?,
                     _ => {}
                 }
             }
@@ -915,25 +921,26 @@ fn print_tables(records: &[Record]) {
     }
     let targets = targets(records);
     if !targets.is_empty() {
-        println!("\n== targets");
+        outln!("\n== targets")?;
     }
     for target in targets {
-        println!(
+        outln!(
             "  #{} {:<62} {:>9} (goal {}) {}",
             target.issue,
             target.what,
             target.reached,
             target.goal,
             if target.met { "met" } else { "NOT met" }
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// The flood table: the well-behaved client's percentiles, the p99 ratio to its p99 alone and
 /// to the raw socketpair's measured in the same run, how many calls it made, and what got
 /// through of the flood.
-fn print_flood_rows(records: &[Record], rows: &[&Record]) {
-    println!(
+fn print_flood_rows(records: &[Record], rows: &[&Record]) -> Result<()> {
+    outln!(
         "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>10} {:>8} {:>22}",
         "size",
         "client",
@@ -944,7 +951,7 @@ fn print_flood_rows(records: &[Record], rows: &[&Record]) {
         "vs raw",
         "calls",
         "flood through (msgs/s)"
-    );
+    )?;
     for r in rows {
         let (Some(s), Some(counts)) = (&r.samples, r.flood) else { continue };
         let ratio = ratio(records, r).map_or("-".into(), |x| format!("{x:.2}x"));
@@ -962,7 +969,7 @@ fn print_flood_rows(records: &[Record], rows: &[&Record]) {
             });
         let through =
             counts.through.map_or("-".into(), |(n, rate)| format!("{n} ({:.2} M/s)", rate / 1e6));
-        println!(
+        outln!(
             "  {:<8} {:<17} {:>11} {:>11} {:>11} {:>10} {:>10} {:>8} {:>22}",
             size_label(r.size),
             r.carrier.label(),
@@ -973,15 +980,16 @@ fn print_flood_rows(records: &[Record], rows: &[&Record]) {
             raw,
             counts.calls,
             through
-        );
+        )?;
     }
     let how = match flood_cpu() {
         FloodCpu::Client => "the client's",
         FloodCpu::Server => "the server's",
     };
-    println!(
+    outln!(
         "  (flooder on {how} CPU; call flood from {FLOOD_CALL_THREADS} threads on one connection)"
-    );
+    )?;
+    Ok(())
 }
 
 /// One of the issues' targets and where this run got.
@@ -1092,7 +1100,7 @@ fn targets(records: &[Record]) -> Vec<Target> {
     out
 }
 
-fn print_json(records: &[Record]) {
+fn print_json(records: &[Record]) -> Result<()> {
     let mut out = String::from("{\"results\":[");
     for (i, r) in records.iter().enumerate() {
         if i > 0 {
@@ -1138,7 +1146,8 @@ fn print_json(records: &[Record]) {
         ));
     }
     out.push_str("]}");
-    println!("{out}");
+    outln!("{out}")?;
+    Ok(())
 }
 
 /// Messages per second of `burst` copies of `body` sent on `connection` in batches of

@@ -139,7 +139,7 @@ fn raise_descriptor_limit() -> usize {
 pub(crate) fn ls() -> Result<()> {
     let node = Node::attach()?;
     let listing = node.list()?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(
         out,
         "{:<32} {:<8} {:<14} {:>6} {:>6} {:>11} {:>8} {:>8} BUFFERING",
@@ -235,7 +235,7 @@ pub(crate) fn subscribe(
     let subscription = node.subscribe(pattern)?;
     // Subscribed: a script may start publishing now.
     eprintln!("postbox: subscribed to {pattern}");
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     let mut received = 0u64;
     while count.is_none_or(|c| received < c) {
         let envelope = match timeout {
@@ -286,7 +286,7 @@ pub(crate) fn mailbox_unlink(name: &str) -> Result<()> {
 pub(crate) fn stat(name: &str) -> Result<()> {
     let node = Node::attach()?;
     let status = node.stat(name).map_err(|e| anyhow::anyhow!("stat {name}: {e}"))?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(out, "port      {name}")?;
     writeln!(out, "owner     {}", status.owner)?;
     writeln!(out, "buffering {}", describe(&status.spec))?;
@@ -372,7 +372,7 @@ fn recv_loop(
     show_sender: bool,
     next: impl Fn(Option<Duration>) -> Result<postbox::Envelope, RecvTimeoutError>,
 ) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     let mut received = 0u64;
     while count.is_none_or(|c| received < c) {
         let envelope = match next(timeout) {
@@ -409,7 +409,7 @@ pub(crate) fn call(name: &str, text: &str, timeout: Option<Duration>) -> Result<
     };
     match reply {
         Ok(reply) => {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::output::stdout();
             out.write_all(reply.body())?;
             writeln!(out)?;
             Ok(())

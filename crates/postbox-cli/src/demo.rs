@@ -1,6 +1,7 @@
 //! `postbox demo`: an embedded broker, real child processes, every core primitive, a killed
 //! server, and a latency table against raw Unix sockets measured in the same run.
 
+use crate::output::outln;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
@@ -22,13 +23,13 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     };
     let broker = Broker::embedded().context("start the embedded broker")?;
     let socket = broker.socket_path().to_owned();
-    println!("postbox demo");
-    println!("  embedded broker listening on {}", socket.display());
+    outln!("postbox demo")?;
+    outln!("  embedded broker listening on {}", socket.display())?;
     let node = broker.node()?;
-    println!("  this process is node {}\n", node.process_id());
+    outln!("  this process is node {}\n", node.process_id())?;
     let spawner = Spawner { socket: socket.clone() };
 
-    heading("1. send / recv between processes (indirect addressing: a named port)");
+    heading("1. send / recv between processes (indirect addressing: a named port)")?;
     let log = node.port("demo/log").open()?;
     for i in 1..=3 {
         let text = format!("hello #{i} from a child process");
@@ -36,46 +37,46 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     }
     for _ in 0..3 {
         let envelope = log.recv_timeout(Duration::from_secs(10))?;
-        println!("  received {:?} from node {}", text(envelope.body()), envelope.sender());
+        outln!("  received {:?} from node {}", text(envelope.body()), envelope.sender())?;
     }
 
-    heading("2. call / reply (RPC) with a server in another process");
+    heading("2. call / reply (RPC) with a server in another process")?;
     let mut upper = spawner.worker(&["echo", "demo/upper", "--upper"])?;
     let connection = node.connect("demo/upper")?;
     let started = Instant::now();
     let reply = connection.call("make me loud")?;
-    println!(
+    outln!(
         "  call(\"make me loud\") -> {:?} from node {} in {}",
         text(reply.body()),
         connection.server(),
         micros(started.elapsed())
-    );
+    )?;
 
-    heading("3. direct addressing: inboxes by process id, recv_from a chosen sender");
+    heading("3. direct addressing: inboxes by process id, recv_from a chosen sender")?;
     let me = node.process_id().to_string();
     let mut first =
         spawner.worker(&["send-to", &me, "first child, message 1", "first child, message 2"])?;
     first.wait_for_exit()?;
     let mut second = spawner.worker(&["send-to", &me, "second child, its only message"])?;
     second.wait_for_exit()?;
-    println!("  children {} and {} sent to inbox {me}, the first child first", first.id, second.id);
+    outln!("  children {} and {} sent to inbox {me}, the first child first", first.id, second.id)?;
     let picked = node.inbox().recv_from(second.process_id()?)?;
-    println!("  inbox.recv_from({}) -> {:?}", picked.sender(), text(picked.body()));
+    outln!("  inbox.recv_from({}) -> {:?}", picked.sender(), text(picked.body()))?;
     for _ in 0..2 {
         let e = node.inbox().recv_timeout(Duration::from_secs(10))?;
-        println!("  inbox.recv()            -> {:?} from {}", text(e.body()), e.sender());
+        outln!("  inbox.recv()            -> {:?} from {}", text(e.body()), e.sender())?;
     }
 
-    heading("4. buffering: rendezvous, priorities, drop-oldest");
+    heading("4. buffering: rendezvous, priorities, drop-oldest")?;
     buffering(&node, &spawner)?;
 
-    heading("5. a mailbox (owned by the broker) shared by three worker processes, one killed");
+    heading("5. a mailbox (owned by the broker) shared by three worker processes, one killed")?;
     mailbox(&node, &spawner)?;
 
-    heading("6. a topic: every subscriber process gets every message");
+    heading("6. a topic: every subscriber process gets every message")?;
     topic(&node, &spawner)?;
 
-    heading("7. a server killed (SIGKILL) in the middle of a call");
+    heading("7. a server killed (SIGKILL) in the middle of a call")?;
     let mut slow = spawner.worker(&["echo", "demo/slow", "--delay-ms", "60000"])?;
     let victim = node.connect("demo/slow")?;
     let (killed_tx, killed_rx) = mpsc::channel();
@@ -92,39 +93,39 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
     killer.join().map_err(|_| anyhow::anyhow!("killer thread panicked"))?;
     let killed_at = killed_rx.recv()?;
     match result {
-        Err(CallError::PeerDied) => println!(
+        Err(CallError::PeerDied) => outln!(
             "  kill -9 {pid}: the pending call failed with PeerDied {} after the kill (no timeout)",
             micros(noticed.saturating_duration_since(killed_at))
-        ),
+        )?,
         other => bail!("expected PeerDied, got {other:?}"),
     }
 
-    heading("8. postbox ls");
+    heading("8. postbox ls")?;
     for port in node.list()?.ports {
-        println!(
+        outln!(
             "  {:<14} owner {:<10} connections {}",
             port.name.as_str(),
             port.owner.process_id.to_string(),
             port.connections
-        );
+        )?;
     }
 
-    heading("9. shared memory: large payloads read in place (4 MiB each)");
+    heading("9. shared memory: large payloads read in place (4 MiB each)")?;
     zero_copy(&node, &spawner)?;
 
-    heading("10. typed services: a trait served by another process, checked at bind");
+    heading("10. typed services: a trait served by another process, checked at bind")?;
     typed(&node, &spawner)?;
 
     heading(
         "11. access control: a policy per name and operation, a capability granted and revoked",
-    );
+    )?;
     access()?;
 
-    heading("12. across hosts: a second broker (host b) on loopback TCP, reached as port@b");
+    heading("12. across hosts: a second broker (host b) on loopback TCP, reached as port@b")?;
     hosts()?;
 
-    heading(&format!("13. latency: call round trip, 64-byte messages, {rounds} rounds each"));
-    println!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)");
+    heading(&format!("13. latency: call round trip, 64-byte messages, {rounds} rounds each"))?;
+    outln!("  client and servers are pinned alike for both rows of a table (docs/benchmarks.md)")?;
     let all_cpus = placement::allowed_cpus();
     for (index, placement) in placements.into_iter().enumerate() {
         let name = format!("demo/latency-{index}");
@@ -142,13 +143,13 @@ pub(crate) fn run(rounds: usize, placement: &str) -> Result<()> {
         let (postbox_samples, raw_samples) = measured?;
         drop(raw);
         raw_server.wait_for_exit()?;
-        println!("\n  {}:", placement.label());
-        print_table(&postbox_samples, &raw_samples);
+        outln!("\n  {}:", placement.label())?;
+        print_table(&postbox_samples, &raw_samples)?;
     }
 
     drop(connection);
     upper.kill();
-    println!("\ndemo finished: every step above ran across real processes.");
+    outln!("\ndemo finished: every step above ran across real processes.")?;
     Ok(())
 }
 
@@ -161,11 +162,11 @@ fn buffering(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
         let started = Instant::now();
         let envelope = meet.recv_timeout(Duration::from_secs(10))?;
         let line = sender.read_line()?;
-        println!(
+        outln!(
             "  rendezvous: took {:?} after 300 ms; the sender's send returned only then ({line:?}, {} later)",
             text(envelope.body()),
             micros(started.elapsed())
-        );
+        )?;
         if line != format!("sent {i}") {
             bail!("the rendezvous sender reported {line:?} out of turn");
         }
@@ -180,10 +181,10 @@ fn buffering(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     let order: Vec<String> = (0..specs.len())
         .map(|_| prio.recv_timeout(Duration::from_secs(10)).map(|e| text(e.body())))
         .collect::<Result<_, _>>()?;
-    println!(
+    outln!(
         "  priorities: sent {:?} with priorities 0, 31, 5, 0; received {order:?}",
         ["low", "urgent", "normal", "low again"]
-    );
+    )?;
 
     let latest =
         node.port("demo/latest").capacity(3).overflow(postbox::Overflow::DropOldest).open()?;
@@ -192,11 +193,11 @@ fn buffering(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     let rest: Vec<String> = (0..2)
         .map(|_| latest.recv_timeout(Duration::from_secs(10)).map(|e| text(e.body())))
         .collect::<Result<_, _>>()?;
-    println!(
+    outln!(
         "  drop-oldest, capacity 3: a child sent 0..9 without waiting; received {:?} (lost {} before it), then {rest:?}",
         text(first.body()),
         first.lost()
-    );
+    )?;
     Ok(())
 }
 
@@ -209,10 +210,10 @@ fn mailbox(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     let mut hog = spawner.worker(&["mailbox-hog", "/demo/jobs"])?;
     let held = hog.read_line()?;
     hog.kill();
-    println!(
+    outln!(
         "  a worker took {:?} off the mailbox, then was killed before taking it in",
         held.trim_start_matches("holding ")
-    );
+    )?;
     let (tx, rx) = mpsc::channel();
     let mut workers = Vec::new();
     for index in 0..3 {
@@ -251,17 +252,17 @@ fn mailbox(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
         if !killed && per_worker[0] == 5 {
             workers[0].kill();
             killed = true;
-            println!("  worker 1 killed (SIGKILL) after 5 jobs");
+            outln!("  worker 1 killed (SIGKILL) after 5 jobs")?;
         }
     }
     let twice = done.values().filter(|&&n| n > 1).count();
-    println!(
+    outln!(
         "  {} jobs done: {per_worker:?} by the three workers, {twice} done twice; job 0 among them: {}",
         done.len(),
         done.contains_key("0")
-    );
+    )?;
     if done.len() < 30 {
-        println!("  (the killed worker had taken one more job: a taken job is the receiver's)");
+        outln!("  (the killed worker had taken one more job: a taken job is the receiver's)")?;
     }
     drop(workers);
     jobs.unlink()?;
@@ -300,12 +301,12 @@ fn topic(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     ] {
         node.publish(topic, reading)?;
     }
-    println!("  published 3 readings to /demo/sensors/imu and /demo/sensors/gps");
+    outln!("  published 3 readings to /demo/sensors/imu and /demo/sensors/gps")?;
     for (index, child) in subscribers.into_iter().enumerate() {
         let output = child.wait_with_output()?;
         let lines: Vec<String> =
             String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
-        println!("  subscriber {} (pattern /demo/sensors/*) got {lines:?}", index + 1);
+        outln!("  subscriber {} (pattern /demo/sensors/*) got {lines:?}", index + 1)?;
     }
     Ok(())
 }
@@ -335,7 +336,7 @@ fn zero_copy(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
         ("sealed memory object", sealed),
     ] {
         let reply = connection.call(message)?;
-        println!("  {how:<26} -> worker: {}", text(reply.body()));
+        outln!("  {how:<26} -> worker: {}", text(reply.body()))?;
     }
     Ok(())
 }
@@ -373,27 +374,28 @@ fn measure(
     Ok((Samples::new(ours), Samples::new(theirs)))
 }
 
-fn print_table(ours: &Samples, raw: &Samples) {
-    println!("  {:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
+fn print_table(ours: &Samples, raw: &Samples) -> Result<()> {
+    outln!("  {:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9")?;
     for (label, s) in
         [("postbox call (shared memory)", ours), ("raw unix socketpair ping-pong", raw)]
     {
-        println!(
+        outln!(
             "  {:<34} {:>10} {:>10} {:>10}",
             label,
             micros(s.percentile(50.0)),
             micros(s.percentile(99.0)),
             micros(s.percentile(99.9))
-        );
+        )?;
     }
     let ratio = |p| ours.percentile(p).as_secs_f64() / raw.percentile(p).as_secs_f64().max(1e-9);
-    println!(
+    outln!(
         "  {:<34} {:>9.2}x {:>9.2}x {:>9.2}x",
         "ratio postbox / raw",
         ratio(50.0),
         ratio(99.0),
         ratio(99.9)
-    );
+    )?;
+    Ok(())
 }
 
 /// The typed `Calc` service (crates/postbox-cli/src/services.rs) in a worker process: calls
@@ -405,21 +407,21 @@ fn typed(node: &postbox::Node, spawner: &Spawner) -> Result<()> {
     let calc = CalcClient::bind(node, "demo/calc")?;
     let started = Instant::now();
     let sum = calc.add(40, 2)?;
-    println!("  calc.add(40, 2) = {sum}  ({}, the first call)", micros(started.elapsed()));
-    println!(
+    outln!("  calc.add(40, 2) = {sum}  ({}, the first call)", micros(started.elapsed()))?;
+    outln!(
         "  calc.scale(Point {{ x: 1.5, y: -2.0 }}, 2.0) = {:?}",
         calc.scale(Point { x: 1.5, y: -2.0 }, 2.0)?
-    );
-    println!("  calc.div(1, 0) = {:?}", calc.div(1, 0));
+    )?;
+    outln!("  calc.div(1, 0) = {:?}", calc.div(1, 0))?;
     calc.note("a one-way note".into())?;
-    println!("  calc.note(..) returned at once; calc.stats() = {:?}", calc.stats()?);
+    outln!("  calc.note(..) returned at once; calc.stats() = {:?}", calc.stats()?)?;
     match other::CalcClient::bind(node, "demo/calc") {
-        Err(e) => println!("  a client whose Calc::add takes i32s: bind failed: {e}"),
+        Err(e) => outln!("  a client whose Calc::add takes i32s: bind failed: {e}")?,
         Ok(_) => bail!("a client built from another definition of Calc was let in"),
     }
-    println!(
+    outln!(
         "  from a shell: postbox call demo/calc add '[40, 2]'  (and postbox ls lists the methods)"
-    );
+    )?;
     Ok(())
 }
 
@@ -447,7 +449,7 @@ fn access() -> Result<()> {
     let policy = postbox::Policy::from_toml(&rules, as_if_another_user)?;
     let broker = Broker::embedded_with(|config| config.policy(policy))?;
     let spawner = Spawner { socket: broker.socket_path().to_owned() };
-    println!("  policy: uid {me} may register demo/**, everyone may call demo/public/*");
+    outln!("  policy: uid {me} may register demo/**, everyone may call demo/public/*")?;
     let owner = broker.node()?;
     let _echo = spawner.worker(&["echo", "demo/public/echo", "--upper"])?;
     let private = owner.port("demo/private").open()?;
@@ -461,19 +463,19 @@ fn access() -> Result<()> {
         let said = if output.status.success() { &output.stdout } else { &output.stderr };
         let said = String::from_utf8_lossy(said);
         let said = said.trim().trim_start_matches("postbox: ");
-        println!("  postbox {:<34} -> {said}", args.join(" "));
+        outln!("  postbox {:<34} -> {said}", args.join(" "))?;
     }
     let guest = broker.node()?;
     owner.grant("demo/private", guest.process_id(), postbox::Rights::SEND)?;
     let connection = guest.connect("demo/private")?;
     connection.send("granted")?;
     let envelope = private.recv_timeout(Duration::from_secs(10))?;
-    println!(
+    outln!(
         "  the owner granted node {} send on demo/private: received {:?} from uid {}",
         guest.process_id(),
         text(envelope.body()),
         envelope.sender_identity().uid
-    );
+    )?;
     owner.revoke("demo/private", guest.process_id())?;
     // The guest's end hears of it shortly; until then its sends go nowhere (the owner's end
     // reads nothing more).
@@ -485,7 +487,7 @@ fn access() -> Result<()> {
             Err(error) => break error,
         }
     };
-    println!("  revoked: the guest's link is cut, its next send fails: {after}");
+    outln!("  revoked: the guest's link is cut, its next send fails: {after}")?;
     if private.recv_timeout(Duration::from_millis(100)).is_ok() {
         anyhow::bail!("a message sent after the revocation was delivered");
     }
@@ -513,10 +515,10 @@ fn hosts() -> Result<()> {
         config.hosts = Some(a_hosts);
         config
     })?;
-    println!("  host a's broker dials host b's on 127.0.0.1:{port} (one reliable session)");
+    outln!("  host a's broker dials host b's on 127.0.0.1:{port} (one reliable session)")?;
     let on_b = Spawner { socket: b.socket_path().to_owned() };
     let mut server = on_b.worker(&["echo", "demo/remote", "--upper"])?;
-    println!("  a server process attached to host b serves demo/remote");
+    outln!("  a server process attached to host b serves demo/remote")?;
     let node = a.node()?;
     let started = Instant::now();
     let connection = loop {
@@ -531,29 +533,34 @@ fn hosts() -> Result<()> {
     };
     let started = Instant::now();
     let reply = connection.call("hello from host a")?;
-    println!(
+    outln!(
         "  node on a: call(\"demo/remote@b\", \"hello from host a\") -> {:?} in {}",
         text(reply.body()),
         micros(started.elapsed())
-    );
+    )?;
     match node.connect("elsewhere@b") {
-        Err(error) => println!("  connect(\"elsewhere@b\") -> {error}"),
+        Err(error) => outln!("  connect(\"elsewhere@b\") -> {error}")?,
         Ok(_) => bail!("a port host b does not have was found"),
     }
     for host in node.hosts()? {
         let rtt = host.rtt.map_or_else(|| "-".to_owned(), micros);
-        println!(
+        outln!(
             "  ls on a: host {} ({}) {:?}, rtt {rtt}, {} channel(s), {} retransmission(s)",
-            host.name, host.connect, host.state, host.channels, host.retransmissions
-        );
+            host.name,
+            host.connect,
+            host.state,
+            host.channels,
+            host.retransmissions
+        )?;
     }
     drop(connection);
     server.kill();
     Ok(())
 }
 
-fn heading(title: &str) {
-    println!("\n== {title}");
+fn heading(title: &str) -> Result<()> {
+    outln!("\n== {title}")?;
+    Ok(())
 }
 
 fn text(body: &[u8]) -> String {

@@ -9,6 +9,7 @@ mod commands;
 mod demo;
 mod duration;
 mod latency;
+mod output;
 mod placement;
 mod remote_nodes;
 mod services;
@@ -292,6 +293,10 @@ fn main() {
         Command::Worker(role) => worker::run(role),
     };
     if let Err(error) = result {
+        if output::is_closed_output(&error) {
+            // Whoever read the output has what they wanted (`postbox ls | head`).
+            std::process::exit(0);
+        }
         eprintln!("postbox: {error:#}");
         std::process::exit(1);
     }

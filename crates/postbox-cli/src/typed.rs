@@ -2,6 +2,7 @@
 //! `postbox ls` lists under each service. The schema comes from the running service; JSON is
 //! turned into the method's arguments, and its result back into JSON, by the shapes in it.
 
+use crate::output::outln;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -29,7 +30,7 @@ pub(crate) fn call(name: &str, method: &str, args: &str, timeout: Option<Duratio
     match client.call_encoded(method, &encoded) {
         Ok(result) => {
             let value = from_postcard(&result, &schema.ok).context("decoding the result")?;
-            println!("{value}");
+            outln!("{value}")?;
             Ok(())
         }
         Err(RpcError::Remote(error)) => {

@@ -2,6 +2,7 @@
 //! Each prints `ready` on stdout once it can be used, followed by its process id when it is a
 //! node (`ready 1234.5`).
 
+use crate::output::outln;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -222,11 +223,14 @@ pub(crate) fn run(role: Role) -> Result<()> {
             let port = builder.open()?;
             ready(Some(node.process_id()));
             std::thread::scope(|s| {
-                for _ in 0..threads.max(1) {
-                    s.spawn(|| serve(&port, behaviour));
-                }
-            });
-            Ok(())
+                let serving: Vec<_> =
+                    (0..threads.max(1)).map(|_| s.spawn(|| serve(&port, behaviour))).collect();
+                // Each thread serves until the port closes or its output is closed; the
+                // first error is the worker's.
+                serving.into_iter().try_for_each(|thread| {
+                    thread.join().map_err(|_| anyhow::anyhow!("a serving thread panicked"))?
+                })
+            })
         }
         Role::SendTo { process, texts } => {
             let node = Node::attach()?;
@@ -486,23 +490,25 @@ struct Behaviour {
     batch: usize,
 }
 
-fn serve(port: &postbox::Port, b: Behaviour) {
+/// Serves `port` until it closes, or until the output the worker prints to is closed.
+fn serve(port: &postbox::Port, b: Behaviour) -> Result<()> {
     if b.batch <= 1 {
         while let Ok(envelope) = port.recv() {
-            answer(envelope, b);
+            answer(envelope, b)?;
         }
-        return;
+        return Ok(());
     }
     let mut envelopes = Vec::with_capacity(b.batch);
     while port.recv_batch(&mut envelopes, b.batch).is_ok() {
         for envelope in envelopes.drain(..) {
-            answer(envelope, b);
+            answer(envelope, b)?;
         }
     }
+    Ok(())
 }
 
 /// Answers one message as `b` says.
-fn answer(mut envelope: postbox::Envelope, b: Behaviour) {
+fn answer(mut envelope: postbox::Envelope, b: Behaviour) -> Result<()> {
     let Behaviour {
         upper,
         delay_ms,
@@ -516,19 +522,19 @@ fn answer(mut envelope: postbox::Envelope, b: Behaviour) {
     } = b;
     let Some(token) = envelope.take_reply_token() else {
         if print {
-            println!("{}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()));
+            outln!("{}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()))?;
         }
-        return;
+        return Ok(());
     };
     if print_calls {
-        println!("call {}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()));
+        outln!("call {}: {}", envelope.sender(), String::from_utf8_lossy(envelope.body()))?;
     }
     if delay_ms > 0 {
         std::thread::sleep(Duration::from_millis(delay_ms));
     }
     if no_reply {
         drop(token);
-        return;
+        return Ok(());
     }
     let body = match reply_size {
         Some(size) => vec![b'r'; size],
@@ -547,11 +553,12 @@ fn answer(mut envelope: postbox::Envelope, b: Behaviour) {
     };
     if fail {
         let _ = token.fail(Message::new(body));
-        return;
+        return Ok(());
     }
     let body = if upper { body.to_ascii_uppercase() } else { body };
     // A caller that gave up or died is not this server's problem.
     let _ = token.reply(Message::new(body));
+    Ok(())
 }
 
 /// Pulls one message from a mailbox by hand (docs/wire-format.md §2.8) and holds it unacknowledged.

@@ -3,7 +3,7 @@
 //! figure is asserted (speed is judged from benchmark runs, not tests).
 
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -52,4 +52,22 @@ fn a_quick_call_run_reports_every_carrier_with_its_ratio_to_the_raw_socketpair()
         .unwrap_or_else(|| panic!("no call target in {targets:?}"));
     assert_eq!(call_target["issue"], 4);
     assert!(call_target["met"].is_boolean(), "{call_target}");
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `postbox bench --json | head -c 10`: the reader is gone before the report is written.
+    let mut child = Command::new(exe())
+        .args(["bench", "--quick", "--json", "--measure", "call", "--placement", "same-core"])
+        .env_remove("POSTBOX_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("postbox:"), "no error is reported: {stderr}");
 }
