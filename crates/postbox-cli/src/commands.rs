@@ -185,7 +185,7 @@ pub(crate) fn ls() -> Result<()> {
         writeln!(out)?;
         writeln!(
             out,
-            "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8} {:>9}",
+            "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8} {:>6} {:>9}",
             "HOST",
             "STATE",
             "LINK",
@@ -195,13 +195,14 @@ pub(crate) fn ls() -> Result<()> {
             "CORRUPT",
             "SESSIONS",
             "CHANNELS",
+            "DIRECT",
             "DGRAMLOST"
         )?;
         for host in &hosts {
             let rtt = host.rtt.map_or_else(|| "-".to_owned(), |d| format!("{d:.1?}"));
             writeln!(
                 out,
-                "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8} {:>9}",
+                "{:<16} {:<10} {:<28} {:>10} {:>11} {:>10} {:>7} {:>8} {:>8} {:>6} {:>9}",
                 host.name,
                 host.state.as_str(),
                 host.connect,
@@ -211,6 +212,7 @@ pub(crate) fn ls() -> Result<()> {
                 host.corrupt_frames,
                 host.sessions,
                 host.channels,
+                host.direct_links,
                 host.datagrams_lost
             )?;
         }

@@ -152,6 +152,11 @@ impl Directs {
         offers + self.links.values().filter(|end| end.host == host && end.serving).count()
     }
 
+    /// Direct links between nodes of this host and of peer `host`, either way (`postbox ls`).
+    pub(super) fn links_with(&self, host: usize) -> usize {
+        self.links.values().filter(|end| end.host == host).count()
+    }
+
     /// The host link to `host` was declared dead: every direct link to it is forgotten, and
     /// returned so that its node is told to cut it.
     fn host_lost(&mut self, host: usize) -> Vec<(LinkId, DirectEnd)> {

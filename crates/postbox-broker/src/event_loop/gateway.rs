@@ -1032,7 +1032,9 @@ impl EventLoop {
             .enumerate()
             .map(|(index, peer)| {
                 let channels = gateway.channels.keys().filter(|(h, _)| *h == index).count();
-                peer.status(u32::try_from(channels).unwrap_or(u32::MAX))
+                let direct_links = gateway.directs.links_with(index);
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                peer.status(count(channels), count(direct_links))
             })
             .collect()
     }

@@ -212,7 +212,7 @@ impl Peer {
     }
 
     /// What `postbox ls` shows of this peer.
-    pub(crate) fn status(&self, channels: u32) -> HostStatus {
+    pub(crate) fn status(&self, channels: u32, direct_links: u32) -> HostStatus {
         let (stats, state) = match (&self.link, &self.last_stats) {
             (Some(link), _) => {
                 let stats = link.stats();
@@ -237,6 +237,7 @@ impl Peer {
             connections: stats.as_ref().map_or(0, |s| s.connections),
             sessions: self.incarnation,
             channels,
+            direct_links,
             datagrams_lost: self.datagrams_lost,
         }
     }

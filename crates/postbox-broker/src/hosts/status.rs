@@ -35,6 +35,9 @@ pub struct HostStatus {
     pub sessions: u64,
     /// Remote connections open over the link, either way.
     pub channels: u32,
+    /// Direct links (docs/network.md §15) between nodes of this host and nodes of the peer,
+    /// either way, handed over and not reported closed.
+    pub direct_links: u32,
     /// One-way messages of datagram ports lost on the way to or from this peer, as far as
     /// this broker can tell, since it started: not sent (no open link, a full queue), missing
     /// when later ones arrived, or dropped because the receiving port's link was full
@@ -93,6 +96,7 @@ impl HostStatus {
                 buf.extend_from_slice(&word.to_le_bytes());
             }
             buf.extend_from_slice(&host.channels.to_le_bytes());
+            buf.extend_from_slice(&host.direct_links.to_le_bytes());
         }
         buf
     }
@@ -131,6 +135,7 @@ impl HostStatus {
                 sessions: r.u64()?,
                 datagrams_lost: r.u64()?,
                 channels: r.u32()?,
+                direct_links: r.u32()?,
             });
         }
         r.finish()?;
@@ -156,6 +161,7 @@ mod tests {
                 connections: 4,
                 sessions: 1,
                 channels: 9,
+                direct_links: 5,
                 datagrams_lost: 12,
             },
             HostStatus {
@@ -169,6 +175,7 @@ mod tests {
                 connections: 0,
                 sessions: 2,
                 channels: 0,
+                direct_links: 0,
                 datagrams_lost: 0,
             },
         ];

@@ -109,6 +109,22 @@ fn a_call_over_a_direct_link_is_answered_and_the_one_way_message_arrives() {
     // No channel crosses the host link: the brokers are off the data path.
     let hosts = node.hosts().unwrap();
     assert_eq!(hosts[0].channels, 0, "{hosts:?}");
+    // Both brokers list the direct link with the peer host (`postbox ls`'s DIRECT), until the
+    // caller closes it.
+    assert_eq!(hosts[0].direct_links, 1, "{hosts:?}");
+    let b_node = pair.hosts.b.node();
+    assert_eq!(b_node.hosts().unwrap()[0].direct_links, 1);
+    let listing = String::from_utf8_lossy(&pair.hosts.a.postbox(&["ls"]).stdout).into_owned();
+    let header = listing.lines().find(|l| l.starts_with("HOST")).expect("a host table");
+    let row = listing.lines().find(|l| l.starts_with("b ")).expect("a row for host b");
+    // The link column holds spaces: count from the right (DIRECT, then DGRAMLOST).
+    assert_eq!(header.split_whitespace().rev().nth(1), Some("DIRECT"), "{listing}");
+    assert_eq!(row.split_whitespace().rev().nth(1), Some("1"), "{listing}");
+    drop(connection);
+    wait_until("a forgets the closed direct link", || {
+        node.hosts().is_ok_and(|h| h[0].direct_links == 0)
+    });
+    wait_until("b forgets it too", || b_node.hosts().is_ok_and(|h| h[0].direct_links == 0));
 }
 
 #[test]
