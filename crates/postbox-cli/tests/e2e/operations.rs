@@ -240,6 +240,7 @@ fn a_try_send_does_not_wait_behind_a_send_blocked_on_a_full_link() {
     let mut holder = daemon.worker(&["hold", "clogged"]);
     let node = daemon.node();
     let connection = node.connect("clogged").unwrap();
+    let sent = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         let blocked = s.spawn(|| {
             // Fills the link, then blocks in send until the holder dies.
@@ -247,17 +248,21 @@ fn a_try_send_does_not_wait_behind_a_send_blocked_on_a_full_link() {
                 if connection.send(vec![0u8; 64 * 1024]).is_err() {
                     return;
                 }
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         });
-        // Full for a while, not just between two of the blocked sender's writes. Probes as
-        // large as the blocked sender's messages: a smaller one could fit in what the link's
-        // byte quota has left, and "full" would then only mean "the gate was busy".
+        // Full for a while, not just between two of the blocked sender's writes: the blocked
+        // sender has sent nothing for 300 ms (on a loaded machine a sender preempted in the
+        // middle of a write holds the gate, and a probe alone would take that for "full").
+        // Probes as large as the blocked sender's messages: a smaller one could fit in what
+        // the link's byte quota has left.
         let big = |fill: u8| vec![fill; 64 * 1024];
         let full = || matches!(connection.try_send(big(1)), Err(TrySendError::Full(_)));
         wait_until("the link is full", || {
+            let before = sent.load(std::sync::atomic::Ordering::SeqCst);
             full() && {
-                std::thread::sleep(Duration::from_millis(50));
-                full()
+                std::thread::sleep(Duration::from_millis(300));
+                full() && sent.load(std::sync::atomic::Ordering::SeqCst) == before
             }
         });
         let late = connection.send_timeout(big(2), Duration::from_millis(100));
