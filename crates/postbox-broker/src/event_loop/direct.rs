@@ -118,8 +118,8 @@ impl Directs {
                 let on_hello = move |hello: DirectHello| {
                     let mut waiting = queue.lock().unwrap_or_else(PoisonError::into_inner);
                     if waiting.len() >= MAX_WAITING_HELLOS {
-                        // The event loop is behind: each greeting holds a socket, so no more. Nothing
-                        // is decided: the dialer goes through the gateway instead.
+                        // The event loop is behind: each greeting holds a socket, so no more.
+                        // Nothing is decided: the dialer goes through the gateway instead.
                         drop(waiting);
                         return hello.turn_away();
                     }
