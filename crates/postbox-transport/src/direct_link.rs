@@ -57,7 +57,12 @@ pub enum DirectDialError {
     /// The serving broker's listener could not be reached or the connection broke.
     #[error("cannot reach the direct-link listener: {0}")]
     Unreachable(std::io::ErrorKind),
-    /// The serving broker did not accept the token or its proof.
+    /// The serving broker's listener closed the connection without a verdict: it was busy
+    /// (too many greetings at once), so nothing was decided about the link.
+    #[error("the direct-link listener closed the connection without a verdict (busy)")]
+    TurnedAway,
+    /// The serving broker answered its verdict: no (the token unknown, used or out of time, a
+    /// wrong proof, or the port's owner gone).
     #[error("the serving broker refused the direct link")]
     Refused,
 }
@@ -144,7 +149,8 @@ impl DirectTimers {
 ///
 /// # Errors
 /// [`DirectDialError::Unreachable`] when the connection fails or breaks before the verdict,
-/// [`DirectDialError::Refused`] when the serving broker refuses.
+/// [`DirectDialError::TurnedAway`] when the listener closes it without one (busy), and
+/// [`DirectDialError::Refused`] only when the serving broker answers its verdict no.
 pub fn dial_direct(
     address: SocketAddr,
     token: &DirectToken,
@@ -167,7 +173,7 @@ pub fn dial_direct(
         Ok(()) if verdict[0] == ACCEPTED => {}
         Ok(()) => return Err(DirectDialError::Refused),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(DirectDialError::Refused)
+            return Err(DirectDialError::TurnedAway)
         }
         Err(e) => return Err(unreachable(e)),
     }
@@ -253,10 +259,16 @@ impl DirectHello {
         Ok(OwnedFd::from(self.stream))
     }
 
-    /// Tells the dialer no and closes the connection.
+    /// Tells the dialer no and closes the connection: the serving broker decided (the dialer
+    /// fails its connect).
     pub fn refuse(mut self) {
-        // The dialer hears a refusal from the byte, or from the close if the byte is lost.
         let _ = self.stream.write_all(&[REFUSED]);
+    }
+
+    /// Closes the connection without a verdict, as a listener too busy to decide: the dialer
+    /// takes it as a failed dial ([`DirectDialError::TurnedAway`]), not as a refusal.
+    pub fn turn_away(self) {
+        drop(self.stream);
     }
 }
 
@@ -479,6 +491,26 @@ mod tests {
         let hello = hellos.recv_timeout(Duration::from_secs(10)).unwrap();
         let key = PreSharedKey::new(&[7u8; 32]).unwrap();
         assert_eq!(hello.accept(Some(&key)).unwrap_err(), TransportError::Closed);
+        assert_eq!(dialer.join().unwrap().unwrap_err(), DirectDialError::Refused);
+    }
+
+    #[test]
+    fn a_greeting_turned_away_without_a_verdict_is_a_failed_dial_not_a_refusal() {
+        // A busy listener decides nothing: the opening broker goes through the gateway instead
+        // (docs/network.md §15), where a verdict of 0 fails the connect.
+        let (listener, hellos) = listener();
+        let address = listener.local_address();
+        let token = DirectToken::generate().unwrap();
+        let dial_token = token.clone();
+        let dialer = std::thread::spawn(move || {
+            dial_direct(address, &dial_token, None, TIMERS, Duration::from_secs(10))
+        });
+        hellos.recv_timeout(Duration::from_secs(10)).unwrap().turn_away();
+        assert_eq!(dialer.join().unwrap().unwrap_err(), DirectDialError::TurnedAway);
+        let dialer = std::thread::spawn(move || {
+            dial_direct(address, &token, None, TIMERS, Duration::from_secs(10))
+        });
+        hellos.recv_timeout(Duration::from_secs(10)).unwrap().refuse();
         assert_eq!(dialer.join().unwrap().unwrap_err(), DirectDialError::Refused);
     }
 

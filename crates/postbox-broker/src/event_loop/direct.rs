@@ -10,13 +10,19 @@
 //! ```
 //!
 //! The opener's side keeps its `PendingOpen` until the dial ends, so the connect's deadline
-//! and the node's quota hold while it runs; the serving side forgets a token once used or
-//! after the same deadline.
+//! and the node's quota hold while it runs; the serving side forgets a token once used, when
+//! the opener closes the channel, or after the same deadline.
+//!
+//! A dial that fails without the serving broker deciding (no listener, a dropped SYN, a
+//! timeout, a listener too busy to answer) falls back to the gateway: the opener closes the
+//! channel and asks for the port again on it, relayed, within the connect's wait. Only a
+//! verdict of 0 (the serving broker decided: token spent or out of time, wrong proof, port
+//! gone) fails the connect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use postbox_core::{
     ControlErrorCode, ControlMessage, LinkId, ListenTarget, PeerIdentity, PortName, PortSpec,
@@ -28,9 +34,11 @@ use postbox_transport::direct_link::{
 use postbox_transport::host_link::{LinkSecurity, PreSharedKey};
 use postbox_transport::{TransportError, Waker};
 
+use super::gateway::{close, PendingOpen};
+use super::log_budget::LogBudget;
 use super::EventLoop;
 use crate::hosts::identity::NodeRef;
-use crate::hosts::protocol::{Channel, HostMessage};
+use crate::hosts::protocol::{Channel, HostMessage, OpenTarget};
 use crate::hosts::{HostsConfig, PeerConnect};
 use crate::registry::NodeKey;
 
@@ -55,6 +63,11 @@ pub(super) struct Directs {
     /// caller's count against its `connections` quota, a server's against its peer's
     /// `channels_per_host`, and all are cut when their host link is declared dead.
     links: HashMap<LinkId, DirectEnd>,
+    /// Opener's side: peers whose last dial failed (and went through the gateway), so that
+    /// it is logged once until a dial to them works again.
+    failing: HashSet<usize>,
+    /// Those lines, within a budget should peers flap.
+    failing_log: LogBudget,
 }
 
 /// A local node's end of a direct link to peer `host`.
@@ -73,6 +86,8 @@ struct DirectEnd {
 #[derive(Debug)]
 struct Offer {
     host: usize,
+    /// The peer's channel it answered (the peer closing it withdraws the token).
+    channel: Channel,
     owner: NodeKey,
     port: PortName,
     client: PeerIdentity,
@@ -104,8 +119,9 @@ impl Directs {
                     let mut waiting = queue.lock().unwrap_or_else(PoisonError::into_inner);
                     if waiting.len() >= MAX_WAITING_HELLOS {
                         // The event loop is behind: each greeting holds a socket, so no more.
+                        // Nothing is decided: the dialer goes through the gateway instead.
                         drop(waiting);
-                        return hello.refuse();
+                        return hello.turn_away();
                     }
                     waiting.push(hello);
                     waker.wake();
@@ -127,6 +143,12 @@ impl Directs {
             offers: HashMap::new(),
             dialing: HashMap::new(),
             links: HashMap::new(),
+            failing: HashSet::new(),
+            failing_log: LogBudget::new(
+                "direct-link fallbacks",
+                FALLBACKS_LOGGED_PER_SECOND,
+                Instant::now(),
+            ),
         })
     }
 
@@ -178,6 +200,11 @@ impl Directs {
         self.links.retain(|_, end| end.process != node);
     }
 
+    /// Peer `host` closed `channel`: a token offered for it is not used now.
+    pub(super) fn withdraw(&mut self, host: usize, channel: Channel) {
+        self.offers.retain(|_, offer| offer.host != host || offer.channel != channel);
+    }
+
     /// Forgets tokens whose time is up.
     pub(super) fn expire(&mut self, now: Instant) {
         self.offers.retain(|_, offer| offer.deadline > now);
@@ -217,7 +244,7 @@ impl EventLoop {
         let deadline = Instant::now() + gateway.open_timeout();
         let server = self.registry.identity(owner)?.process_id;
         let server = gateway.stand_ins.node_ref(server);
-        let offer = Offer { host, owner, port: port.clone(), client, rights, deadline };
+        let offer = Offer { host, channel, owner, port: port.clone(), client, rights, deadline };
         gateway.directs.offers.insert(token.clone(), offer);
         let quota = self.config.policy.quota();
         Some(HostMessage::OpenedDirect { channel, spec, rights, quota, server, address, token })
@@ -236,7 +263,12 @@ impl EventLoop {
         let Some(gateway) = &mut self.gateway else { return };
         let Some(pending) = gateway.opening.get(&(host, channel)) else { return };
         // Only for an `Open` this broker sent asking for a direct link.
-        let wanted = pending.direct && gateway.peers.get(host).is_some_and(|p| p.config.direct);
+        let wanted =
+            pending.direct.is_some() && gateway.peers.get(host).is_some_and(|p| p.config.direct);
+        // Half of what is left of the connect's wait, so that a dial that times out leaves the
+        // other half for the relayed open it falls back to.
+        let dial_wait =
+            (pending.deadline.saturating_duration_since(Instant::now()) / 2).max(MIN_DIAL_WAIT);
         if gateway.directs.is_dialing(host, channel) {
             return;
         }
@@ -261,7 +293,6 @@ impl EventLoop {
             _ => address,
         };
         let timers = gateway.directs.timers;
-        let timeout = gateway.open_timeout();
         let (results, waker) = (Arc::clone(&gateway.directs.dialed), Arc::clone(&gateway.waker));
         let server = self.identity_from(host, server);
         let mut spec = super::gateway::remote_spec(spec, self.config.max_message_size);
@@ -271,7 +302,7 @@ impl EventLoop {
         let Some(gateway) = &mut self.gateway else { return };
         gateway.directs.dialing.insert((host, channel), connected);
         let dial = move || {
-            let result = dial_direct(address, &token, key.as_ref(), timers, timeout);
+            let result = dial_direct(address, &token, key.as_ref(), timers, dial_wait);
             results.lock().unwrap_or_else(PoisonError::into_inner).push(Dialed {
                 host,
                 channel,
@@ -283,9 +314,10 @@ impl EventLoop {
             std::thread::Builder::new().name("postbox-direct-dial".into()).spawn(dial)
         {
             gateway.directs.dialing.remove(&(host, channel));
-            gateway.opening.remove(&(host, channel));
-            let detail = format!("cannot start the direct link's dial: {error}");
-            self.refuse(node, request, ControlErrorCode::LimitExceeded, &detail);
+            if let Some(pending) = gateway.opening.remove(&(host, channel)) {
+                let why = format!("cannot start the dial: {error}");
+                self.relay_instead(host, channel, pending, &why);
+            }
         }
     }
 
@@ -357,6 +389,9 @@ impl EventLoop {
             return;
         };
         let peer = gateway.peers[host].config.name.clone();
+        if result.is_ok() {
+            gateway.directs.failing.remove(&host);
+        }
         match result {
             Ok(fd)
                 if self
@@ -379,15 +414,54 @@ impl EventLoop {
             }
             Ok(_) => {}
             Err(DirectDialError::Refused) => {
-                let detail =
-                    format!("host {peer} refused the direct link (port gone, or listener busy)");
+                // The peer decided: its verdict stands (a relayed open would be refused too,
+                // or would go around a check of the greeting's proof).
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+                }
+                let detail = format!("host {peer} refused the direct link (port gone?)");
                 self.refuse(pending.node, pending.request, ControlErrorCode::NoSuchPort, &detail);
             }
-            Err(error) => {
-                let detail = format!("host {peer}: {error}");
-                self.refuse(pending.node, pending.request, ControlErrorCode::Unanswered, &detail);
-            }
+            Err(error) => self.relay_instead(host, channel, pending, &error),
         }
+    }
+
+    /// Opener's side: the dial of `channel` failed (`why`) without the peer deciding against
+    /// it, so the port is asked for again on the same channel, relayed, as for a peer without
+    /// `direct`, within what is left of the connect's wait. The peer forgets its token on the
+    /// `Close` (which goes first on the channel's stream), so the relayed channel is the only
+    /// one counted against `channels_per_host` there; the new `Open` does not ask for a direct
+    /// link, and an `OpenedDirect` answering it is refused (`dial_offered`), so the fallback
+    /// cannot loop.
+    fn relay_instead(
+        &mut self,
+        host: usize,
+        channel: Channel,
+        mut pending: PendingOpen,
+        why: &dyn std::fmt::Display,
+    ) {
+        let Some(gateway) = &mut self.gateway else { return };
+        gateway.peers[host].send_or_keep(channel.stream(), close(channel));
+        let alive =
+            self.registry.identity(pending.node).is_some_and(|i| i.process_id == pending.process);
+        let Some(port) = pending.direct.take().filter(|_| alive) else { return };
+        let peer = gateway.peers[host].config.name.clone();
+        if gateway.directs.failing.insert(host) && gateway.directs.failing_log.admit(Instant::now())
+        {
+            tracing::warn!(
+                host = %peer,
+                error = %why,
+                "direct links to this host fail to be made; its calls are relayed by the gateway"
+            );
+        } else {
+            tracing::debug!(host = %peer, error = %why, "direct link not made; relayed instead");
+        }
+        let client = gateway.stand_ins.node_ref(pending.process);
+        let target = OpenTarget::Port(port);
+        let open =
+            HostMessage::Open { channel, target, rights: pending.rights, client, direct: false };
+        gateway.peers[host].send_or_keep(channel.stream(), open.encode());
+        gateway.opening.insert((host, channel), pending);
     }
 }
 
@@ -415,5 +489,9 @@ fn peer_key(security: &LinkSecurity) -> Option<PreSharedKey> {
     }
 }
 
-/// Greetings waiting for the event loop at most; more are refused at once.
+/// Greetings waiting for the event loop at most; more are turned away at once.
 const MAX_WAITING_HELLOS: usize = 64;
+/// The shortest wait a dial gets (should the connect's wait be nearly over).
+const MIN_DIAL_WAIT: Duration = Duration::from_millis(100);
+/// Lines a second saying that direct links to a peer fail and its calls are relayed.
+const FALLBACKS_LOGGED_PER_SECOND: u32 = 4;

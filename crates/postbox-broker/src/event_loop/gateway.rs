@@ -81,9 +81,10 @@ pub(super) struct PendingOpen {
     operation: Operation,
     kind: ChannelKind,
     pub(super) rights: Rights,
-    deadline: Instant,
-    /// The `Open` asked for a direct link (only then is an `OpenedDirect` taken).
-    pub(super) direct: bool,
+    pub(super) deadline: Instant,
+    /// The port the `Open` asked for as a direct link (only then is an `OpenedDirect` taken);
+    /// asked for again, relayed, should the dial fail (`direct.rs`).
+    pub(super) direct: Option<PortName>,
 }
 
 /// A relay's slot in the event loop.
@@ -355,7 +356,11 @@ impl EventLoop {
         let deadline = Instant::now() + gateway.open_timeout();
         let kind = target.kind();
         // Only a port is asked for directly: mailboxes, topics and inboxes stay relayed.
-        let direct = gateway.peers[host].config.direct && matches!(target, OpenTarget::Port(_));
+        let direct = match &target {
+            OpenTarget::Port(port) if gateway.peers[host].config.direct => Some(port.clone()),
+            _ => None,
+        };
+        let asks_direct = direct.is_some();
         let pending = PendingOpen {
             node: key,
             process,
@@ -369,7 +374,7 @@ impl EventLoop {
         };
         gateway.opening.insert((host, channel), pending);
         let client = gateway.stand_ins.node_ref(process);
-        let open = HostMessage::Open { channel, target, rights, client, direct };
+        let open = HostMessage::Open { channel, target, rights, client, direct: asks_direct };
         gateway.peers[host].send_or_keep(channel.stream(), open.encode());
     }
 
@@ -548,6 +553,9 @@ impl EventLoop {
                     return;
                 }
                 let Some(gateway) = &mut self.gateway else { return };
+                // A token offered for the channel is not dialed now (the peer's connect ended,
+                // or it went through the gateway instead).
+                gateway.directs.withdraw(host, channel);
                 if let Some(pending) = gateway.opening.remove(&(host, channel)) {
                     let detail = "the remote host closed the connection";
                     self.refuse(

@@ -263,20 +263,52 @@ fn direct_links_count_against_the_callers_connection_quota_until_closed() {
 }
 
 #[test]
-fn a_direct_link_whose_dial_fails_fails_the_connect_with_unreachable_not_a_hang() {
-    // b tells a to dial a port nobody listens on.
+fn a_direct_link_whose_dial_fails_goes_through_the_gateway_instead() {
+    // b tells a to dial a port nobody listens on: the dial fails, b decided nothing, so a
+    // asks for the port again relayed (docs/network.md §15, "Set-up" step 5).
     let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let pair = DirectPair::start(Some(nowhere));
-    let _echo = pair.hosts.b.worker(&["echo", "echo"]);
+    let _echo = pair.hosts.b.worker(&["echo", "echo", "--upper"]);
     let node = pair.hosts.a.node();
-    wait_until("the host link opens", || {
-        node.hosts().unwrap()[0].state == postbox_broker::HostState::Open
-    });
-    let result = node.connect("echo@b");
-    assert!(
-        matches!(result, Err(ConnectError::Unreachable(ref detail)) if detail.contains("direct")),
-        "{result:?}"
+    let connection = connect_remote(&node, "echo@b");
+    for i in 0..20 {
+        let body = format!("call {i}");
+        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
+        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
+    }
+    let hosts = node.hosts().unwrap();
+    assert_eq!((hosts[0].channels, hosts[0].direct_links), (1, 0), "relayed: {hosts:?}");
+    // Every connect falls back alike (the warning is logged once), and each is answered.
+    let again = connect_remote(&node, "echo@b");
+    assert_eq!(again.call_timeout("again", WATCHDOG).unwrap().body(), b"AGAIN");
+    let hosts = node.hosts().unwrap();
+    assert_eq!((hosts[0].channels, hosts[0].direct_links), (2, 0), "{hosts:?}");
+}
+
+#[test]
+fn a_fallen_back_connection_counts_once_against_channels_per_host() {
+    // With room for one channel at b, the relayed open after a failed dial must find the
+    // unredeemed token withdrawn (a closes the channel first), or it would be refused.
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pair = DirectPair::start_with_policies(
+        Some(nowhere),
+        "[limits]\nchannels_per_host = 1\n\
+         [[allow]]\nnames = ['echo']\nhosts = ['a']\noperations = ['send', 'call']\n",
+        None,
     );
+    let _echo = pair.hosts.b.worker(&["echo", "echo", "--upper"]);
+    let node = pair.hosts.a.node();
+    let connection = connect_remote(&node, "echo@b");
+    assert_eq!(connection.call_timeout("once", WATCHDOG).unwrap().body(), b"ONCE");
+    let b_node = pair.hosts.b.node();
+    let b_hosts = b_node.hosts().unwrap();
+    assert_eq!((b_hosts[0].channels, b_hosts[0].direct_links), (1, 0), "{b_hosts:?}");
+    let second = node.connect("echo@b");
+    assert!(matches!(second, Err(ConnectError::LimitExceeded(_))), "{second:?}");
+    drop(connection);
+    wait_until("the closed channel gives its place back", || {
+        node.connect("echo@b").is_ok_and(|c| c.call_timeout("x", WATCHDOG).is_ok())
+    });
 }
 
 #[test]
