@@ -209,6 +209,11 @@ impl Node {
 
     /// Connects to the port named `name`.
     ///
+    /// The broker hands the port's owner its end of the new link while this returns, and the
+    /// owner takes it in its own time: what is sent at once waits in the link, a blocking
+    /// receive on the port gets it, and a `try_recv` that runs before the owner took the link
+    /// may still find the port empty.
+    ///
     /// # Errors
     /// [`ConnectError::NoSuchPort`], [`ConnectError::InvalidName`], [`ConnectError::BrokerGone`].
     pub fn connect(&self, name: &str) -> Result<Connection, ConnectError> {
