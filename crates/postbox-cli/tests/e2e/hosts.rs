@@ -5,7 +5,10 @@
 
 use postbox::{CallError, ConnectError};
 
-use crate::util::{call_cut_by, connect_remote, stdout_of, wait_until, HostPair, WATCHDOG};
+use crate::util::{
+    call_cut_by, calls_are_answered_in_upper_case, connect_remote, stdout_of, wait_until, HostPair,
+    WATCHDOG,
+};
 
 /// Host `a` dials host `b`, which lets `a`'s nodes send to and call `echo`, `slow`, `sink`.
 fn start_pair() -> HostPair {
@@ -24,11 +27,7 @@ fn a_call_and_a_send_to_port_at_host_cross_to_the_other_daemon_and_ls_shows_the_
     let node = pair.a.node();
     let connection = connect_remote(&node, "echo@b");
     assert_eq!(connection.call_timeout("hello", WATCHDOG).unwrap().body(), b"HELLO");
-    for i in 0..200 {
-        let body = format!("call {i}");
-        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
-        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
-    }
+    calls_are_answered_in_upper_case(&connection, 200);
     connection.send("one way").unwrap();
     let line = printed.recv_timeout(WATCHDOG).unwrap();
     assert!(line.ends_with(": one way"), "{line}");

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use postbox::{CallError, ConnectError};
 
-use crate::util::{call_cut_by, connect_remote, free_port, wait_until, Daemon, HostPair, WATCHDOG};
+use crate::util::{
+    call_cut_by, calls_are_answered_in_upper_case, connect_remote, free_port, wait_until, Daemon,
+    HostPair, WATCHDOG,
+};
 
 /// Host `a` dials host `b`; both allow direct links to each other; `b` takes them at
 /// `direct_listen` and tells `a` to dial `advertise` (itself, or a relay of the test's).
@@ -97,11 +100,7 @@ fn a_call_over_a_direct_link_is_answered_and_the_one_way_message_arrives() {
     let printed = server.lines();
     let node = pair.hosts.a.node();
     let connection = connect_remote(&node, "echo@b");
-    for i in 0..200 {
-        let body = format!("call {i}");
-        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
-        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
-    }
+    calls_are_answered_in_upper_case(&connection, 200);
     connection.send("one way").unwrap();
     let line = printed.recv_timeout(WATCHDOG).unwrap();
     // The server sees the remote caller under its stand-in, as through the gateway.
@@ -271,11 +270,7 @@ fn a_direct_link_whose_dial_fails_goes_through_the_gateway_instead() {
     let _echo = pair.hosts.b.worker(&["echo", "echo", "--upper"]);
     let node = pair.hosts.a.node();
     let connection = connect_remote(&node, "echo@b");
-    for i in 0..20 {
-        let body = format!("call {i}");
-        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
-        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
-    }
+    calls_are_answered_in_upper_case(&connection, 20);
     let hosts = node.hosts().unwrap();
     assert_eq!((hosts[0].channels, hosts[0].direct_links), (1, 0), "relayed: {hosts:?}");
     // Every connect falls back alike (the warning is logged once), and each is answered.

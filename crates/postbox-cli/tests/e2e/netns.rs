@@ -15,7 +15,8 @@ use std::time::Duration;
 use postbox::{CallError, Node};
 
 use crate::util::{
-    call_cut_by, connect_remote, exe, stderr_of, stdout_of, wait_until, Worker, WATCHDOG,
+    call_cut_by, calls_are_answered_in_upper_case, connect_remote, exe, stderr_of, stdout_of,
+    wait_until, Worker, WATCHDOG,
 };
 
 /// Two namespaces `a` and `b` with a veth pair between them, addressed in a private /30.
@@ -251,11 +252,7 @@ fn hosts_in_separate_network_namespaces_talk_over_veth_and_survive_a_partition()
     // The test process stays in the root namespace and attaches to a's socket by its path.
     let node = Node::attach_to(daemon_a.socket()).unwrap();
     let connection = connect_remote(&node, "echo@b");
-    for i in 0..50 {
-        let body = format!("call {i}");
-        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
-        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
-    }
+    calls_are_answered_in_upper_case(&connection, 50);
     connection.send("one way").unwrap();
     let line = printed.recv_timeout(WATCHDOG).unwrap();
     assert!(line.starts_with("0.") && line.ends_with(": one way"), "{line}");

@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 
 use postbox::{AttachSecurity, CallError, ConnectError, Node, PreSharedKey};
 
-use crate::util::{exe, free_port, stderr_of, stdout_of, wait_until, Daemon, Worker, WATCHDOG};
+use crate::util::{
+    calls_are_answered_in_upper_case, exe, free_port, stderr_of, stdout_of, wait_until, Daemon,
+    Worker, WATCHDOG,
+};
 
 /// A daemon that accepts nodes holding `app.psk` over TCP, and lets them do anything.
 struct RemoteDaemon {
@@ -96,11 +99,7 @@ fn a_node_over_tcp_calls_a_local_service_and_serves_one_that_a_local_node_calls(
     assert_eq!(server.process_id().pid, 0, "a remote node has no local pid");
     let local = remote.daemon.node();
     let connection = local.connect("remote-echo").unwrap();
-    for i in 0..100 {
-        let body = format!("call {i}");
-        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
-        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
-    }
+    calls_are_answered_in_upper_case(&connection, 100);
     let output = remote.daemon.postbox(&["call", "remote-echo", "from the shell"]);
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(stdout_of(&output).trim(), "FROM THE SHELL");

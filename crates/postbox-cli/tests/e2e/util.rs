@@ -191,6 +191,15 @@ pub(crate) fn connect_remote(node: &Node, name: &str) -> postbox::Connection {
     connection.unwrap()
 }
 
+/// Makes `count` calls on `connection` to an `echo --upper` server and checks each answer.
+pub(crate) fn calls_are_answered_in_upper_case(connection: &Connection, count: usize) {
+    for i in 0..count {
+        let body = format!("call {i}");
+        let reply = connection.call_timeout(body.as_str(), WATCHDOG).unwrap();
+        assert_eq!(reply.body(), body.to_uppercase().as_bytes());
+    }
+}
+
 /// A call ended by cutting what it runs over: what it ended with, how long after the cut, and
 /// the connection it was made on.
 pub(crate) type CutCall = (Result<postbox::Message, postbox::CallError>, Duration, Connection);
