@@ -674,18 +674,7 @@ mod tests {
     #[test]
     fn quic_peers_come_from_toml_and_flags_and_need_tls() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = postbox_test::Authority::new("test CA");
-        let identity = ca.issue("a");
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            path.display().to_string()
-        };
-        let (cert, key, ca) = (
-            write("a.pem", &identity.cert),
-            write("a.key", &identity.key),
-            write("ca.pem", &ca.pem()),
-        );
+        let (cert, key, ca) = tls_files(dir.path());
         let tls = format!("[tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n");
         let mut config = HostsConfig::from_toml(&format!(
             "name = 'a'\n{tls}[peers]\nb = {{ dial = '127.0.0.1:9', transport = 'quic' }}\n\
@@ -717,7 +706,9 @@ mod tests {
             HostsConfig::from_toml(plain),
             Err(HostsConfigError::QuicWithoutTls("b".into()))
         );
-        let psk = write("b.psk", "0123456789abcdef0123");
+        let psk = dir.path().join("b.psk");
+        std::fs::write(&psk, "0123456789abcdef0123").unwrap();
+        let psk = psk.display().to_string();
         let with_key = format!(
             "name = 'a'\n[peers]\n\
              b = {{ dial = '127.0.0.1:9', transport = 'quic', psk_file = '{psk}' }}\n"
@@ -754,18 +745,7 @@ mod tests {
         let bad = "name = 'a'\n[peers]\nb = { dial = '127.0.0.1:9', datagram = 'nowhere' }\n";
         assert!(matches!(HostsConfig::from_toml(bad), Err(HostsConfigError::BadAddress { .. })));
         let dir = tempfile::tempdir().unwrap();
-        let ca = postbox_test::Authority::new("test CA");
-        let identity = ca.issue("a");
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            path.display().to_string()
-        };
-        let (cert, key, ca) = (
-            write("a.pem", &identity.cert),
-            write("a.key", &identity.key),
-            write("ca.pem", &ca.pem()),
-        );
+        let (cert, key, ca) = tls_files(dir.path());
         let quic = format!(
             "name = 'a'\n[tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n[peers]\n\
              b = {{ dial = '127.0.0.1:9', transport = 'quic', datagram = '127.0.0.1:19' }}\n"
@@ -792,5 +772,17 @@ mod tests {
         assert_eq!(split_remote(&name("echo@")), None);
         assert_eq!(split_remote(&name("@b")), None);
         assert_eq!(split_remote(&name("echo@b:c")), None);
+    }
+
+    /// Host a's certificate, key and CA written to files in `dir`: their paths.
+    fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+        let ca = postbox_test::Authority::new("test CA");
+        let identity = ca.issue("a");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        (write("a.pem", &identity.cert), write("a.key", &identity.key), write("ca.pem", &ca.pem()))
     }
 }
