@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use postbox::{Broker, ConnectError, Delivery, ProcessId, SendError};
+use postbox::{Broker, ConnectError, Delivery, Node, Port, ProcessId, SendError};
 use postbox_broker::{HostsConfig, Policy};
 use postbox_core::wire::control::MAX_CONTROL_LEN;
 use postbox_core::{
@@ -373,25 +373,7 @@ fn datagram(number: u64, seq: u64, frames: &[u8]) -> Vec<u8> {
 /// the port's own sum could overflow.
 #[test]
 fn datagram_numbers_near_the_end_of_u64_neither_crash_the_broker_nor_report_absurd_losses() {
-    let port = free_port();
-    let rules = "[[allow]]\nnames = ['telemetry']\nhosts = ['evil']\noperations = ['send']\n";
-    let a = broker("a", &format!("evil=listen:127.0.0.1:{port}"), own(rules));
-    let node = a.node().unwrap();
-    let telemetry = node.port("telemetry").datagrams().open().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let evil = HostLink::dial(addr, HostLinkConfig::default()).unwrap();
-    for number in 1..=3 {
-        evil.send(StreamId(1 + number as u32), open_port(number, "telemetry")).unwrap();
-    }
-    let mut opened = 0;
-    while opened < 3 {
-        let event = evil.recv_timeout(WATCHDOG).expect("a's answers");
-        if let Event::Delivered { payload, .. } = event {
-            // Opened (2), not refused (3); a's run (8) comes first.
-            assert_ne!(payload[0], 3, "refused: {payload:?}");
-            opened += u32::from(payload[0] == 2);
-        }
-    }
+    let (_a, node, telemetry, evil) = evil_peer_with_telemetry_channels(3);
     for (number, seq, body) in [(1, u64::MAX, "first"), (2, u64::MAX, "second"), (3, 1, "third")] {
         let message = datagram(number, seq, &frame(FrameKind::Oneway, body.as_bytes()));
         evil.send_datagram(StreamId(10), message).unwrap();
@@ -463,23 +445,7 @@ fn the_gateway_refuses_calls_and_confirmed_sends_of_a_raw_client_on_a_datagram_c
 /// connection, so that the order is exactly this.)
 #[test]
 fn datagrams_overtaken_by_the_close_of_their_channel_are_delivered_or_counted() {
-    let port = free_port();
-    let rules = "[[allow]]\nnames = ['telemetry']\nhosts = ['evil']\noperations = ['send']\n";
-    let a = broker("a", &format!("evil=listen:127.0.0.1:{port}"), own(rules));
-    let node = a.node().unwrap();
-    let telemetry = node.port("telemetry").datagrams().open().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let evil = HostLink::dial(addr, HostLinkConfig::default()).unwrap();
-    for number in 1..=2 {
-        evil.send(StreamId(1 + number as u32), open_port(number, "telemetry")).unwrap();
-    }
-    let mut opened = 0;
-    while opened < 2 {
-        if let Event::Delivered { payload, .. } = evil.recv_timeout(WATCHDOG).unwrap() {
-            assert_ne!(payload[0], 3, "refused: {payload:?}");
-            opened += u32::from(payload[0] == 2);
-        }
-    }
+    let (_a, node, telemetry, evil) = evil_peer_with_telemetry_channels(2);
     let close = |number: u64, last: u64| {
         let mut close = vec![5u8, 0];
         close.extend_from_slice(&number.to_le_bytes());
@@ -510,4 +476,30 @@ fn datagrams_overtaken_by_the_close_of_their_channel_are_delivered_or_counted() 
         node.hosts().unwrap()[0].datagrams_lost == 4
     });
     wait_until("both channels closed", || node.hosts().unwrap()[0].channels == 0);
+}
+
+/// Broker a with a datagram port `telemetry` that host `evil` may send to, and a host link
+/// playing `evil` that has opened `channels` channels to it (numbered from 1, each on stream
+/// 1 + its number), all answered `Opened`.
+fn evil_peer_with_telemetry_channels(channels: u64) -> (Broker, Node, Port, HostLink) {
+    let port = free_port();
+    let rules = "[[allow]]\nnames = ['telemetry']\nhosts = ['evil']\noperations = ['send']\n";
+    let a = broker("a", &format!("evil=listen:127.0.0.1:{port}"), own(rules));
+    let node = a.node().unwrap();
+    let telemetry = node.port("telemetry").datagrams().open().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let evil = HostLink::dial(addr, HostLinkConfig::default()).unwrap();
+    for number in 1..=channels {
+        evil.send(StreamId(1 + number as u32), open_port(number, "telemetry")).unwrap();
+    }
+    let mut opened = 0;
+    while opened < channels {
+        let event = evil.recv_timeout(WATCHDOG).expect("a's answers");
+        if let Event::Delivered { payload, .. } = event {
+            // Opened (2), not refused (3); a's run (8) comes first.
+            assert_ne!(payload[0], 3, "refused: {payload:?}");
+            opened += u64::from(payload[0] == 2);
+        }
+    }
+    (a, node, telemetry, evil)
 }
