@@ -7,6 +7,8 @@ use std::sync::Arc;
 use postbox_core::FrameBody;
 use postbox_transport::{Link, PoolLoan, PoolView, SealedPayload};
 
+use crate::spare;
+
 /// A message body.
 #[derive(Debug)]
 pub(crate) enum Body {
@@ -46,6 +48,11 @@ impl Body {
                 let mut small = SmallBody { len: bytes.len() as u8, bytes: [0; SMALL_BODY] };
                 small.bytes[..bytes.len()].copy_from_slice(bytes);
                 Self::Small(small)
+            }
+            // A body as large as the ones this thread builds or sends (a typed request or
+            // reply) goes into a buffer the thread kept from one of those: no allocation.
+            FrameBody::Borrowed(bytes) if bytes.len() <= spare::SPARE_LIMIT => {
+                Self::Owned(spare::copy_of(bytes))
             }
             body => Self::Owned(body.into_vec()),
         }

@@ -6,6 +6,7 @@
 //! table, credits in the send window), then wakes the rest. No background thread sits
 //! between the socket and the caller.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
@@ -24,7 +25,7 @@ use crate::error::CallError;
 use crate::link::{LinkEnd, WriteFailure, WriteGuard};
 use crate::node::NodeShared;
 use crate::readiness::Readiness;
-use crate::Message;
+use crate::{spare, Message};
 
 /// Forgets a call whose async caller went away before its reply.
 struct PendingCall<'a> {
@@ -630,6 +631,8 @@ impl ClientLink {
                 }
             });
         }
+        // Written: its buffer can take the reply.
+        spare::keep_body(request);
         match self.wait_for(deadline, |s| s.calls.take(id)) {
             Ok(Outcome::Reply(message)) => Ok((message, id.0)),
             Ok(Outcome::Failed(error)) => Err(error),
@@ -719,8 +722,8 @@ impl ClientLink {
     /// Files what a read produced and hands the reading role back.
     fn apply(&self, state: &mut ClientState, read: Result<Vec<Received>, Broken>) {
         state.reading = false;
-        let result = read.and_then(|frames| {
-            for frame in frames {
+        let result = read.and_then(|mut frames| {
+            let filed = frames.drain(..).try_for_each(|frame| {
                 if frame.header.kind == FrameKind::Credit {
                     let credit = Credit::decode(frame.message.body())
                         .map_err(|e| Broken::Violation(e.to_string()))?;
@@ -733,8 +736,10 @@ impl ClientLink {
                     // A reply for a call that gave up is dropped (counted by the table).
                     let _ = state.calls.handle_reply(CallId(correlation), outcome);
                 }
-            }
-            Ok(())
+                Ok(())
+            });
+            keep_read_vector(frames);
+            filed
         });
         if let Err(broken) = result {
             self.break_locked(state, broken);
@@ -746,7 +751,7 @@ impl ClientLink {
     /// pieces; nobody needs anything until it is whole).
     fn read_frames(&self, wait: Wait) -> Result<Vec<Received>, Broken> {
         let mut decoder = self.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut frames = Vec::new();
+        let mut frames = READ_VECTOR.try_with(Cell::take).unwrap_or_default();
         while frames.is_empty() {
             match self.end.link().read_into(&mut decoder, wait) {
                 Ok(_) => {}
@@ -831,6 +836,22 @@ impl Broken {
         }
     }
 }
+
+thread_local! {
+    /// The vector this thread's last read of a link filled, emptied, for its next read: a
+    /// call reads its reply without an allocation.
+    static READ_VECTOR: Cell<Vec<Received>> = const { Cell::new(Vec::new()) };
+}
+
+/// Keeps `frames` (emptied) for this thread's next read, unless it grew large.
+fn keep_read_vector(frames: Vec<Received>) {
+    if frames.capacity() <= READ_VECTOR_LIMIT {
+        let _ = READ_VECTOR.try_with(|kept| kept.set(frames));
+    }
+}
+
+/// The most frames a kept read vector has room for.
+const READ_VECTOR_LIMIT: usize = 64;
 
 /// How often a sender waiting for credit asks for it again.
 const CREDIT_REQUEST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);

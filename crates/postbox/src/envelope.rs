@@ -143,9 +143,15 @@ impl ReplyToken {
     /// longer than [`REPLY_WAIT`] (its link is then closed and its call fails with
     /// `PeerDied`); [`SendError::TooLarge`], after which the caller's call fails with
     /// [`CallError::Remote`](crate::CallError::Remote) saying so. The reply is handed back.
-    pub fn reply(mut self, reply: impl Into<Message>) -> Result<(), SendError> {
-        let result = self.send(FrameKind::Reply, reply.into());
-        self.settle(&result);
+    pub fn reply(self, reply: impl Into<Message>) -> Result<(), SendError> {
+        self.reply_returning(reply.into()).map(drop)
+    }
+
+    /// Like [`reply`](Self::reply), handing the reply back once written, so that its buffer
+    /// serves again (a typed server keeps it for its next reply).
+    pub(crate) fn reply_returning(mut self, reply: Message) -> Result<Message, SendError> {
+        let result = self.send(FrameKind::Reply, reply);
+        self.settle(result.as_ref().err());
         result
     }
 
@@ -157,8 +163,8 @@ impl ReplyToken {
     pub fn fail(mut self, error: impl Into<Message>) -> Result<(), SendError> {
         let message = error.into().with_type(ReplyErrorCode::Failed.to_u32());
         let result = self.send(FrameKind::ErrorReply, message);
-        self.settle(&result);
-        result
+        self.settle(result.as_ref().err());
+        result.map(drop)
     }
 
     /// Like [`reply`](Self::reply), without blocking the thread (tokio) while the caller's
@@ -189,9 +195,9 @@ impl ReplyToken {
                     }
                 }
                 Err(WriteFailure::TooLarge(limit)) => {
-                    let result = Err(SendError::TooLarge { message, limit });
-                    self.settle(&result);
-                    return result;
+                    let error = SendError::TooLarge { message, limit };
+                    self.settle(Some(&error));
+                    return Err(error);
                 }
                 Err(WriteFailure::Closed | WriteFailure::Violation) => {
                     self.answered = true;
@@ -207,13 +213,14 @@ impl ReplyToken {
         self.link.client.process_id
     }
 
-    fn send(&self, kind: FrameKind, mut message: Message) -> Result<(), SendError> {
+    /// Writes `message` as a `kind` frame, and hands it back, written or not.
+    fn send(&self, kind: FrameKind, mut message: Message) -> Result<Message, SendError> {
         let written =
             self.link.end.write(kind, &mut message, self.correlation, Wait::timeout(REPLY_WAIT));
         // A credit skipped while this reply held the link goes out now.
         self.link.flush_credit(true);
         match written {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(message),
             Err(WriteFailure::TooLarge(limit)) => Err(SendError::TooLarge { message, limit }),
             Err(WriteFailure::Full) => {
                 // The caller has not read its link for REPLY_WAIT: a reply may never fit, and
@@ -228,8 +235,8 @@ impl ReplyToken {
     }
 
     /// Makes sure the caller learns the outcome, whatever happened to the reply.
-    fn settle(&mut self, result: &Result<(), SendError>) {
-        if let Err(SendError::TooLarge { message, limit }) = result {
+    fn settle(&mut self, error: Option<&SendError>) {
+        if let Some(SendError::TooLarge { message, limit }) = error {
             let note =
                 format!("reply of {} bytes exceeds the limit of {limit}", message.body.len());
             let note = Message::new(note).with_type(ReplyErrorCode::Failed.to_u32());

@@ -59,6 +59,7 @@ mod readiness;
 mod receiver;
 mod remote;
 pub mod rpc;
+mod spare;
 mod subscription;
 
 pub use broker::Broker;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::{CallError, ConnectError, SendError};
 use crate::node::NodeShared;
 use crate::rpc::{codec, context};
-use crate::{Connection, Message, Node};
+use crate::{spare, Connection, Message, Node};
 
 /// A connection to a typed service whose schema matched the client's at bind time. Cheap to
 /// clone; usable from many threads, with many calls in flight (each matched to its reply).
@@ -436,7 +436,7 @@ impl Client {
         // Room for the header and small arguments: a buffer that grows while the arguments
         // are encoded costs a reallocation and a copy on every call. The thread's kept buffer
         // when it has one (see `request_message`).
-        let mut body = codec::buffer(HEADER_ROOM + schema.name.len() + SMALL_ARGUMENTS);
+        let mut body = spare::take(HEADER_ROOM + schema.name.len() + SMALL_ARGUMENTS);
         RequestHeader {
             kind,
             flags,

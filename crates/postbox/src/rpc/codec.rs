@@ -3,37 +3,11 @@
 //! calls), and a result decoded from the reply that carries it, a byte buffer taken over
 //! rather than copied.
 
-use std::cell::Cell;
-
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use serde::Serialize;
 
 use crate::body::Body;
-use crate::Message;
-
-/// A buffer to build a request or reply in, with room for `room` bytes: the one this thread
-/// kept ([`keep`]) when it has one, grown if it is smaller (once, rather than while the
-/// arguments are encoded), else a new one. A thread being torn down (a typed call from a
-/// thread-local's destructor) gets a new one.
-pub(crate) fn buffer(room: usize) -> Vec<u8> {
-    let mut buffer = SPARE.try_with(Cell::take).unwrap_or_default();
-    buffer.clear();
-    buffer.reserve(room);
-    buffer
-}
-
-/// Keeps `buffer` (its bytes are used up) for the next [`buffer`] of this thread, unless the
-/// thread keeps a larger one already or it is larger than [`SPARE_LIMIT`].
-/// A thread being torn down keeps nothing.
-pub(crate) fn keep(buffer: Vec<u8>) {
-    let capacity = buffer.capacity();
-    if capacity <= SPARE_LIMIT {
-        let _ = SPARE.try_with(|spare| {
-            let kept = spare.take();
-            spare.set(if kept.capacity() >= capacity { kept } else { buffer });
-        });
-    }
-}
+use crate::{spare, Message};
 
 /// A message of the bytes `body` holds: a small body is copied into the message (which then
 /// holds it without an allocation) and the buffer kept for the thread's next request or
@@ -43,7 +17,7 @@ pub(crate) fn message_of(body: Vec<u8>) -> Message {
         return Message::new(body);
     }
     let message = Message::copied(&body);
-    keep(body);
+    spare::keep(body);
     message
 }
 
@@ -75,8 +49,10 @@ pub(crate) fn decode_at<T: DeserializeOwned>(
         return value;
     }
     // `T` asked for something else (or the bytes are not a byte string): postcard decides,
-    // whatever the attempt came to.
-    postcard::from_bytes(message.body().get(at..).unwrap_or_default())
+    // whatever the attempt came to. The body's buffer then serves this thread again.
+    let value = postcard::from_bytes(message.body().get(at..).unwrap_or_default());
+    spare::keep_body(message);
+    value
 }
 
 /// A postcard flavor that appends to a `Vec` a slice at a time (`postcard::to_extend` goes
@@ -153,31 +129,13 @@ impl<'de> Deserializer<'de> for TakeBytes<'_> {
     }
 }
 
-thread_local! {
-    /// The buffer of a request or reply this thread is done with, for its next one.
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-/// The largest buffer a thread keeps between calls.
-const SPARE_LIMIT: usize = 4096;
-
 #[cfg(test)]
 mod tests {
     use serde::de::Deserialize;
     use serde::Serializer;
 
     use super::*;
-
-    #[test]
-    fn a_kept_buffer_smaller_than_the_room_asked_for_is_grown_at_once() {
-        // What a retrying client keeps after a small call: a copy as long as its request.
-        keep(Vec::with_capacity(39));
-        let buffer = buffer(200);
-        assert!(buffer.capacity() >= 200, "capacity {}", buffer.capacity());
-        keep(buffer);
-        // A kept buffer large enough is used as it is.
-        assert!(super::buffer(16).capacity() >= 200);
-    }
+    use crate::spare::{keep, take as buffer};
 
     /// A byte buffer as `serde_bytes::ByteBuf` is: a byte string in, an owned one out.
     #[derive(Debug, PartialEq)]

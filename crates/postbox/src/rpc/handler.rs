@@ -12,10 +12,9 @@ use postbox_rpc::{
     RequestKind, Shape, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 
-use crate::body::Body;
 use crate::rpc::dispatch::{Dispatch, Outcome};
 use crate::rpc::{codec, context};
-use crate::{Envelope, Message, ProcessId, ReplyToken};
+use crate::{spare, Envelope, Message, ProcessId, ReplyToken};
 
 /// What every serving thread (or task) of one service shares.
 pub(crate) struct Handler {
@@ -58,9 +57,7 @@ impl Handler {
         self.serve_request(token, &envelope);
         // Answered: the request's buffer (unless it was small, and held in place) can hold
         // this thread's next reply or request.
-        if let Body::Owned(buffer) = &mut envelope.message.body {
-            codec::keep(std::mem::take(buffer));
-        }
+        spare::keep_body(envelope.message);
     }
 
     /// Handles the request `envelope` holds, answering `token` (unless the request is one-way
@@ -181,8 +178,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Answers `token`, if there is one (a caller that gave up or died is not the server's
 /// problem).
 fn answer(token: Option<ReplyToken>, outcome: Outcome) {
-    if let Some(token) = token {
-        let _ = token.reply(codec::message_of(outcome.into_body()));
+    if let Some(Ok(reply)) =
+        token.map(|token| token.reply_returning(codec::message_of(outcome.into_body())))
+    {
+        spare::keep_body(reply);
     }
 }
 

@@ -1,0 +1,135 @@
+//! Buffers a thread keeps between messages: the body of a call this thread wrote (or of a typed
+//! request or reply it built) serves as the body of the next one it receives or builds, so that
+//! a call of a few hundred bytes allocates nothing on either side once the thread is warm.
+//!
+//! A thread keeps at most [`SPARES`] buffers of at most [`SPARE_LIMIT`] bytes each: what a
+//! thread can hold on to this way is bounded, whatever it sends.
+
+use std::cell::RefCell;
+
+use crate::body::Body;
+use crate::Message;
+
+/// A buffer with room for `room` bytes, empty: the smallest this thread kept ([`keep`]) that
+/// is large enough, else a new one. A thread being torn down (a message built in a
+/// thread-local's destructor) gets a new one.
+pub(crate) fn take(room: usize) -> Vec<u8> {
+    let taken = SPARE.try_with(|spare| {
+        let mut kept = spare.try_borrow_mut().ok()?;
+        let fitting = kept
+            .iter_mut()
+            .filter(|buffer| buffer.capacity() >= room)
+            .min_by_key(|buffer| buffer.capacity())?;
+        Some(std::mem::take(fitting))
+    });
+    match taken {
+        Ok(Some(mut buffer)) => {
+            buffer.clear();
+            buffer
+        }
+        _ => Vec::with_capacity(room),
+    }
+}
+
+/// A copy of `bytes` in a buffer this thread kept, or in a new one.
+pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
+    let mut buffer = take(bytes.len());
+    buffer.extend_from_slice(bytes);
+    buffer
+}
+
+/// Keeps `buffer` (its bytes are used up) for this thread's next [`take`]: in a free place,
+/// else instead of the smallest buffer kept when that one is smaller. A buffer larger than
+/// [`SPARE_LIMIT`] (or without any room) is freed; so is everything while the thread is
+/// torn down.
+pub(crate) fn keep(buffer: Vec<u8>) {
+    let capacity = buffer.capacity();
+    if capacity == 0 || capacity > SPARE_LIMIT {
+        return;
+    }
+    let _ = SPARE.try_with(|spare| {
+        let Ok(mut kept) = spare.try_borrow_mut() else { return };
+        if let Some(smallest) = kept.iter_mut().min_by_key(|kept| kept.capacity()) {
+            if smallest.capacity() < capacity {
+                *smallest = buffer;
+            }
+        }
+    });
+}
+
+/// Keeps the buffer of a message this thread is done with (written to its link, or answered),
+/// when the message owns one.
+pub(crate) fn keep_body(message: Message) {
+    if let Body::Owned(buffer) = message.body {
+        keep(buffer);
+    }
+}
+
+thread_local! {
+    /// The buffers this thread is done with (an empty `Vec` is a free place).
+    static SPARE: RefCell<[Vec<u8>; SPARES]> =
+        const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// How many buffers a thread keeps: a typed server needs two at a time (the request it
+/// received, the reply it builds), one more lets a reply in flight come back.
+const SPARES: usize = 3;
+
+/// The largest buffer a thread keeps.
+pub(crate) const SPARE_LIMIT: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_buffer_is_taken_again_empty_and_without_a_new_allocation() {
+        let mut buffer = Vec::with_capacity(300);
+        buffer.extend_from_slice(b"used");
+        let at = buffer.as_ptr();
+        keep(buffer);
+        let again = take(200);
+        assert_eq!(again.as_ptr(), at, "the kept buffer was not handed out");
+        assert!(again.is_empty());
+        assert_eq!(take(200).capacity(), 200, "a second take found a buffer nobody kept");
+    }
+
+    #[test]
+    fn the_smallest_buffer_that_fits_is_taken() {
+        let (small, large) = (Vec::with_capacity(128), Vec::with_capacity(1024));
+        let (small_at, large_at) = (small.as_ptr(), large.as_ptr());
+        keep(large);
+        keep(small);
+        let (first, second) = (take(100), take(100));
+        assert_eq!(first.as_ptr(), small_at);
+        assert_eq!(second.as_ptr(), large_at);
+    }
+
+    #[test]
+    fn a_buffer_too_small_for_the_room_asked_stays_kept() {
+        let small = Vec::with_capacity(64);
+        let small_at = small.as_ptr();
+        keep(small);
+        let new = take(500);
+        assert!(new.capacity() >= 500);
+        assert_ne!(new.as_ptr(), small_at);
+        let again = take(10);
+        assert_eq!(again.as_ptr(), small_at, "the small buffer was dropped");
+    }
+
+    #[test]
+    fn a_thread_keeps_at_most_a_few_bounded_buffers() {
+        keep(Vec::with_capacity(SPARE_LIMIT + 1));
+        assert_eq!(take(1).capacity(), 1, "a buffer over the limit was kept");
+        let kept: Vec<Vec<u8>> = (1..=SPARES + 2).map(|i| Vec::with_capacity(100 * i)).collect();
+        let largest: Vec<*const u8> = kept.iter().rev().take(SPARES).map(|b| b.as_ptr()).collect();
+        kept.into_iter().for_each(keep);
+        let taken: Vec<Vec<u8>> = (0..SPARES).map(|_| take(1)).collect();
+        let mut taken: Vec<*const u8> = taken.iter().map(|b| b.as_ptr()).collect();
+        let mut expected = largest;
+        expected.sort();
+        taken.sort();
+        assert_eq!(taken, expected, "not the largest buffers were kept");
+        assert_eq!(take(1).capacity(), 1, "more buffers were kept than SPARES");
+    }
+}
