@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 /// A spin budget that adapts to how spins end: it doubles after a spin that found what it
 /// waited for and halves after one that did not, between a few microseconds and a limit.
-/// How often to yield adapts too: a yield that handed the CPU to another thread (it took
-/// longer than a yield with nothing else to run) says the peer may share this core, where
-/// looking without yielding is wasted; a spin that succeeded without such a yield says the
-/// peer runs elsewhere, where each yield only delays the look that finds the answer.
+/// How often to yield adapts too: a spin that succeeded only after yielding says the peer
+/// shares this core (looking without yielding is wasted there), one that succeeded before
+/// the first yield says it runs elsewhere.
 #[derive(Debug)]
 pub struct Spin {
     budget_ns: AtomicU32,
@@ -24,15 +23,28 @@ impl Spin {
     }
 
     /// Looks at `ready` until it is true or the budget is spent, yielding the CPU every few
-    /// looks (a peer on the same core gets to run). True when `ready` came true.
-    pub fn run(&self, mut ready: impl FnMut() -> bool) -> bool {
+    /// looks (a peer on the same core gets to run). True when `ready` came true. The looks
+    /// thin out to one per [`MAX_PAUSES`] pauses: a peer publishing one message after another
+    /// does not pay a cache-line transfer per message.
+    pub fn run(&self, ready: impl FnMut() -> bool) -> bool {
+        self.run_thinning_to(MAX_PAUSES, ready)
+    }
+
+    /// Like [`run`](Self::run), for an answer: a reply to a call, or a request whose caller
+    /// waits for this side. The peer writes once, so looks cost it nothing, and they stay
+    /// close together (one per [`ANSWER_PAUSES`] pauses): a look every 16 pauses (360 ns on
+    /// the VM of docs/benchmarks.md) would find the answer 180 ns late on average.
+    pub fn run_for_answer(&self, ready: impl FnMut() -> bool) -> bool {
+        self.run_thinning_to(ANSWER_PAUSES, ready)
+    }
+
+    fn run_thinning_to(&self, max_pauses: u32, mut ready: impl FnMut() -> bool) -> bool {
         let budget = Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)));
         let per_yield = self.looks_per_yield.load(Ordering::Relaxed).max(1);
         let started = Instant::now();
         let mut looks = 0u32;
         let mut pauses = 1u32;
         let mut yielded = false;
-        let mut switched = false;
         let found = loop {
             if ready() {
                 break true;
@@ -44,9 +56,7 @@ impl Spin {
                 if yielded && started.elapsed() >= budget {
                     break false;
                 }
-                let before = Instant::now();
                 std::thread::yield_now();
-                switched |= before.elapsed() >= SWITCHED;
                 yielded = true;
             } else {
                 // Looks thin out as the spin goes on: each one pulls the peer's index to this
@@ -55,29 +65,16 @@ impl Spin {
                 for _ in 0..pauses {
                     std::hint::spin_loop();
                 }
-                pauses = (pauses * 2).min(MAX_PAUSES);
+                pauses = (pauses * 2).min(max_pauses);
             }
         };
         let next = if found { budget * 2 } else { budget / 2 };
         self.budget_ns.store(nanos(next.clamp(MIN, MAX)), Ordering::Relaxed);
         if found {
-            self.looks_per_yield
-                .store(looks_per_yield_after(per_yield, switched), Ordering::Relaxed);
+            let looks_next = if yielded { MIN_LOOKS } else { (per_yield * 2).min(MAX_LOOKS) };
+            self.looks_per_yield.store(looks_next, Ordering::Relaxed);
         }
         found
-    }
-}
-
-/// The looks between yields after a spin that found what it waited for, `per_yield` before:
-/// few after a yield that `switched` to another thread (the peer may share this core and
-/// answers only once it has the CPU), twice as many otherwise. A spin that yielded without
-/// switching grows them too: the peer answered from another core, and before this rule a
-/// spin that had once met a peer on its core kept yielding at every other look ever after.
-fn looks_per_yield_after(per_yield: u32, switched: bool) -> u32 {
-    if switched {
-        MIN_LOOKS
-    } else {
-        (per_yield * 2).min(MAX_LOOKS)
     }
 }
 
@@ -99,37 +96,26 @@ const MIN_LOOKS: u32 = 2;
 const MAX_LOOKS: u32 = 64;
 /// Most pauses between two looks (a pause is tens of nanoseconds).
 const MAX_PAUSES: u32 = 16;
-/// A yield that took this long handed the CPU to another thread: one that finds nothing else
-/// to run returns in a few hundred nanoseconds (370 ns on the 2-vCPU VM of
-/// docs/benchmarks.md), a switch to another process and back takes microseconds (2.3 µs).
-const SWITCHED: Duration = Duration::from_micros(1);
+/// Most pauses between two looks for an answer.
+const ANSWER_PAUSES: u32 = 4;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn looks_between_yields_grow_back_after_yields_that_switched_to_nobody() {
-        // A peer on another core, met after one on this core: the looks grow back.
-        let mut per_yield = MIN_LOOKS;
-        for _ in 0..8 {
-            per_yield = looks_per_yield_after(per_yield, false);
-        }
-        assert_eq!(per_yield, MAX_LOOKS);
-        // A yield that handed the CPU over: few looks between yields at once.
-        assert_eq!(looks_per_yield_after(MAX_LOOKS, true), MIN_LOOKS);
-    }
-
-    #[test]
     fn a_spin_finds_what_is_ready_and_gives_up_on_what_never_is() {
-        let spin = Spin::new();
-        let mut looks = 0;
-        assert!(spin.run(|| {
-            looks += 1;
-            looks == 100
-        }));
-        let started = Instant::now();
-        assert!(!spin.run(|| false));
-        assert!(started.elapsed() >= MIN, "gave up before its smallest budget");
+        for answer in [false, true] {
+            let spin = Spin::new();
+            let mut looks = 0;
+            let mut ready = || {
+                looks += 1;
+                looks == 100
+            };
+            assert!(if answer { spin.run_for_answer(&mut ready) } else { spin.run(&mut ready) });
+            let started = Instant::now();
+            assert!(!spin.run(|| false));
+            assert!(started.elapsed() >= MIN, "gave up before its smallest budget");
+        }
     }
 }
