@@ -8,18 +8,27 @@ use std::time::{Duration, Instant};
 /// waited for and halves after one that did not, between a few microseconds and a limit.
 /// How often to yield adapts too: a spin that succeeded only after yielding says the peer
 /// shares this core (looking without yielding is wasted there), one that succeeded before
-/// the first yield says it runs elsewhere.
+/// the first yield says it runs elsewhere. Now and then a spin that yields at every other
+/// look tries more looks first ([`PROBE_LOOKS`]), so that one met on the same core does not
+/// keep yielding once the peer runs elsewhere: each yield costs a system call (370 ns on the
+/// VM of docs/benchmarks.md), and a cross-core answer found after it comes that much later.
 #[derive(Debug)]
 pub struct Spin {
     budget_ns: AtomicU32,
     looks_per_yield: AtomicU32,
+    /// Spins that succeeded after yielding, counted to [`PROBE_EVERY`].
+    yielding_spins: AtomicU32,
 }
 
 impl Spin {
     /// A budget starting in the middle of its range.
     #[must_use]
     pub fn new() -> Self {
-        Self { budget_ns: AtomicU32::new(nanos(START)), looks_per_yield: AtomicU32::new(MAX_LOOKS) }
+        Self {
+            budget_ns: AtomicU32::new(nanos(START)),
+            looks_per_yield: AtomicU32::new(MAX_LOOKS),
+            yielding_spins: AtomicU32::new(0),
+        }
     }
 
     /// Looks at `ready` until it is true or the budget is spent, yielding the CPU every few
@@ -71,7 +80,19 @@ impl Spin {
         let next = if found { budget * 2 } else { budget / 2 };
         self.budget_ns.store(nanos(next.clamp(MIN, MAX)), Ordering::Relaxed);
         if found {
-            let looks_next = if yielded { MIN_LOOKS } else { (per_yield * 2).min(MAX_LOOKS) };
+            let looks_next = if yielded {
+                // Counted without a locked instruction: a count lost to a race only delays
+                // the next probe.
+                let spins = self.yielding_spins.load(Ordering::Relaxed).wrapping_add(1);
+                self.yielding_spins.store(spins, Ordering::Relaxed);
+                if spins % PROBE_EVERY == 0 {
+                    PROBE_LOOKS
+                } else {
+                    MIN_LOOKS
+                }
+            } else {
+                (per_yield * 2).min(MAX_LOOKS)
+            };
             self.looks_per_yield.store(looks_next, Ordering::Relaxed);
         }
         found
@@ -98,10 +119,45 @@ const MAX_LOOKS: u32 = 64;
 const MAX_PAUSES: u32 = 16;
 /// Most pauses between two looks for an answer.
 const ANSWER_PAUSES: u32 = 4;
+/// One spin in this many of those that succeeded after yielding tries [`PROBE_LOOKS`] looks
+/// before its first yield. On the same core that spin yields later than it could: about 4 µs
+/// with thinned looks, 1.5 µs for an answer, shared out over the spins in between.
+const PROBE_EVERY: u32 = 64;
+/// Looks before the first yield of a probing spin: enough for an answer from another core
+/// (a call takes about 1 µs there).
+const PROBE_LOOKS: u32 = 16;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `ready` that comes true at its `at`-th look.
+    fn ready_at(at: u32) -> impl FnMut() -> bool {
+        let mut looks = 0;
+        move || {
+            looks += 1;
+            looks >= at
+        }
+    }
+
+    #[test]
+    fn a_spin_that_yields_at_every_other_look_tries_more_looks_now_and_then() {
+        let spin = Spin::new();
+        // Found after a yield (the peer seemed to share the core): yields at every other look.
+        assert!(spin.run(ready_at(MAX_LOOKS + 1)));
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MIN_LOOKS);
+        for _ in 1..PROBE_EVERY - 1 {
+            assert!(spin.run_for_answer(ready_at(MIN_LOOKS + 1)));
+            assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MIN_LOOKS);
+        }
+        assert!(spin.run_for_answer(ready_at(MIN_LOOKS + 1)));
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS, "no probe");
+        // The peer now answers from another core before the first yield: the looks grow back.
+        assert!(spin.run_for_answer(ready_at(PROBE_LOOKS - 1)));
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS * 2);
+        assert!(spin.run_for_answer(ready_at(1)));
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MAX_LOOKS);
+    }
 
     #[test]
     fn a_spin_finds_what_is_ready_and_gives_up_on_what_never_is() {
