@@ -86,7 +86,7 @@ impl Spin {
                 let spins = self.yielding_spins.load(Ordering::Relaxed).wrapping_add(1);
                 self.yielding_spins.store(spins, Ordering::Relaxed);
                 if spins % PROBE_EVERY == 0 {
-                    PROBE_LOOKS
+                    probe_looks(max_pauses)
                 } else {
                     MIN_LOOKS
                 }
@@ -119,12 +119,23 @@ const MAX_LOOKS: u32 = 64;
 const MAX_PAUSES: u32 = 16;
 /// Most pauses between two looks for an answer.
 const ANSWER_PAUSES: u32 = 4;
-/// One spin in this many of those that succeeded after yielding tries [`PROBE_LOOKS`] looks
-/// before its first yield. On the same core that spin yields later than it could: about 4 µs
-/// with thinned looks, 1.5 µs for an answer, shared out over the spins in between.
+/// One spin in this many of those that succeeded after yielding tries more looks before its
+/// first yield ([`probe_looks`]). On the same core that spin yields later than it could, by
+/// about 1.5 µs, shared out over the spins in between.
 const PROBE_EVERY: u32 = 64;
-/// Looks before the first yield of a probing spin: enough for an answer from another core
-/// (a call takes about 1 µs there).
+/// Looks before the first yield of a probing spin, with looks `max_pauses` pauses apart at
+/// most: about 64 pauses in all (1.5 µs on the VM of docs/benchmarks.md), enough for an
+/// answer from another core (a call takes about 1 µs there), which a probing spin on the same
+/// core wastes once in [`PROBE_EVERY`].
+fn probe_looks(max_pauses: u32) -> u32 {
+    if max_pauses > ANSWER_PAUSES {
+        PROBE_LOOKS / 2
+    } else {
+        PROBE_LOOKS
+    }
+}
+
+/// Looks before the first yield of a probing spin for an answer.
 const PROBE_LOOKS: u32 = 16;
 
 #[cfg(test)]
@@ -142,6 +153,14 @@ mod tests {
 
     #[test]
     fn a_spin_that_yields_at_every_other_look_tries_more_looks_now_and_then() {
+        // A thinning spin probes with fewer looks (they are further apart).
+        let spin = Spin::new();
+        assert!(spin.run(ready_at(MAX_LOOKS + 1)));
+        for _ in 1..PROBE_EVERY {
+            assert!(spin.run(ready_at(MIN_LOOKS + 1)));
+        }
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS / 2);
+
         let spin = Spin::new();
         // Found after a yield (the peer seemed to share the core): yields at every other look.
         assert!(spin.run(ready_at(MAX_LOOKS + 1)));
