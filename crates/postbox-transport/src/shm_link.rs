@@ -88,6 +88,15 @@ struct Outbound {
     corked: bool,
 }
 
+/// What a wait on the link waits for, which sets how its spin looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    /// Input: a reply to a call or credit (on a caller's link), which the peer writes once.
+    Input,
+    /// Room in this side's stream, which the peer frees one read after another.
+    Room,
+}
+
 impl ShmLink {
     /// Opens this side of a link from the broker's descriptors.
     ///
@@ -146,7 +155,9 @@ impl ShmLink {
                 // What is staged goes first: the reader must see it to make room.
                 self.publish(&mut out.stream);
                 let stream = &mut out.stream;
-                self.wait_until(wait, || stream.free().map_or(true, |f| f >= total))?;
+                self.wait_until(wait, Awaited::Room, || {
+                    stream.free().map_or(true, |f| f >= total)
+                })?;
                 if !out.stream.stage(&[header, body]).map_err(corrupt)? {
                     return Err(TransportError::Corrupt);
                 }
@@ -176,7 +187,8 @@ impl ShmLink {
                 self.ring_peer();
                 continue;
             }
-            let waited = self.wait_until(wait, || out.free().map_or(true, |f| f > 0));
+            let waited =
+                self.wait_until(wait, Awaited::Room, || out.free().map_or(true, |f| f > 0));
             match waited {
                 Ok(()) => {}
                 Err(TransportError::WouldBlock | TransportError::TimedOut) if written > 0 => {
@@ -269,7 +281,7 @@ impl ShmLink {
                 });
             }
             // Blocking waits look at the socket between their sleep slices.
-            self.wait_until(wait, || inbound.available().map_or(true, |n| n > 0))?;
+            self.wait_until(wait, Awaited::Input, || inbound.available().map_or(true, |n| n > 0))?;
         }
     }
 
@@ -299,7 +311,7 @@ impl ShmLink {
             }
         };
         if !attempt() {
-            self.wait_until(wait, &mut attempt)?;
+            self.wait_until(wait, Awaited::Room, &mut attempt)?;
         }
         if let Some(error) = failed {
             self.violated.store(true, Ordering::Release);
@@ -548,12 +560,17 @@ impl ShmLink {
     fn wait_until(
         &self,
         wait: Wait,
+        awaited: Awaited,
         mut ready: impl FnMut() -> bool,
     ) -> Result<(), TransportError> {
         if wait == Wait::NonBlocking {
             return Err(TransportError::WouldBlock);
         }
-        if self.spin.run(&mut ready) {
+        let spun = match awaited {
+            Awaited::Input => self.spin.run_for_answer(&mut ready),
+            Awaited::Room => self.spin.run(&mut ready),
+        };
+        if spun {
             return Ok(());
         }
         loop {
