@@ -14,11 +14,26 @@ use crate::Message;
 /// is large enough, else a new one. A thread being torn down (a message built in a
 /// thread-local's destructor) gets a new one.
 pub(crate) fn take(room: usize) -> Vec<u8> {
+    take_within(room, usize::MAX)
+}
+
+/// A copy of `bytes` (a received body) in a buffer this thread kept, or in a new one. A kept
+/// buffer much larger than `bytes` is left for what this thread builds: the copy may be kept
+/// by the application for long, and must not hold much more memory than a copy of its own
+/// would (at most twice its length, or [`RECEIVED_SLACK`] bytes).
+pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
+    let mut buffer = take_within(bytes.len(), (2 * bytes.len()).max(RECEIVED_SLACK));
+    buffer.extend_from_slice(bytes);
+    buffer
+}
+
+/// [`take`], of a kept buffer of at most `most` bytes.
+fn take_within(room: usize, most: usize) -> Vec<u8> {
     let taken = SPARE.try_with(|spare| {
         let mut kept = spare.try_borrow_mut().ok()?;
         let fitting = kept
             .iter_mut()
-            .filter(|buffer| buffer.capacity() >= room)
+            .filter(|buffer| (room..=most).contains(&buffer.capacity()))
             .min_by_key(|buffer| buffer.capacity())?;
         Some(std::mem::take(fitting))
     });
@@ -29,13 +44,6 @@ pub(crate) fn take(room: usize) -> Vec<u8> {
         }
         _ => Vec::with_capacity(room),
     }
-}
-
-/// A copy of `bytes` in a buffer this thread kept, or in a new one.
-pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
-    let mut buffer = take(bytes.len());
-    buffer.extend_from_slice(bytes);
-    buffer
 }
 
 /// Keeps `buffer` (its bytes are used up) for this thread's next [`take`]: in a free place,
@@ -78,6 +86,10 @@ const SPARES: usize = 3;
 /// The largest buffer a thread keeps.
 pub(crate) const SPARE_LIMIT: usize = 4096;
 
+/// A received body may take a kept buffer of up to this many bytes, however short it is (a
+/// typed request or reply of a few dozen bytes takes the 256-byte buffer a reply was built in).
+const RECEIVED_SLACK: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +127,20 @@ mod tests {
         assert_ne!(new.as_ptr(), small_at);
         let again = take(10);
         assert_eq!(again.as_ptr(), small_at, "the small buffer was dropped");
+    }
+
+    #[test]
+    fn a_received_body_takes_no_buffer_much_larger_than_itself() {
+        let large = Vec::with_capacity(2000);
+        let large_at = large.as_ptr();
+        keep(large);
+        let copy = copy_of(&[7; 100]);
+        assert_ne!(copy.as_ptr(), large_at, "100 bytes kept 2000");
+        assert_eq!((copy.as_slice(), copy.capacity()), (&[7u8; 100][..], 100));
+        let copy = copy_of(&[7; 1000]);
+        assert_eq!(copy.as_ptr(), large_at, "1000 bytes may take 2000");
+        keep(Vec::with_capacity(RECEIVED_SLACK));
+        assert_eq!(copy_of(&[1; 65]).capacity(), RECEIVED_SLACK, "a typed reply's buffer");
     }
 
     #[test]

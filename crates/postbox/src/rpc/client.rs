@@ -661,6 +661,8 @@ const CONTROL_PRIORITY: u8 = 31;
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes reserved for a request's header (its method name apart).
-const HEADER_ROOM: usize = 64;
-/// Bytes reserved for a request's arguments before they are encoded: small ones fit.
-const SMALL_ARGUMENTS: usize = 192;
+const HEADER_ROOM: usize = 40;
+/// Bytes reserved for a request's arguments before they are encoded: small ones fit. With
+/// the header and a name of up to 40 bytes, the buffer is small enough for the reply to be
+/// received into it (`spare::copy_of`).
+const SMALL_ARGUMENTS: usize = 176;
