@@ -50,6 +50,11 @@ pub(crate) struct ServerLink {
     /// Pooled payloads are read in place (the port trusts its senders), not copied out.
     read_in_place: bool,
     flow: Mutex<LinkFlow>,
+    /// [`LinkFlow::is_full`] of `flow`, stored under its lock on every change of its counts,
+    /// so that a look at the link takes no lock. Counts grow only under the endpoint's lock
+    /// (in `settle`), so a reader holding it never sees a stale "not full"; a stale "full"
+    /// can only race a release, which wakes the receivers once it stored "not full".
+    full: AtomicBool,
     /// The endpoint's readiness (it watches this link for reading and writing), for replies
     /// written by async tasks.
     pub(crate) readiness: Arc<Readiness>,
@@ -304,6 +309,14 @@ impl Receiver {
             return None;
         }
         let max = self.spec.message_size.map_or(host_max, |n| n.min(host_max));
+        let flow = LinkFlow {
+            messages: 0,
+            bytes: 0,
+            calls: 0,
+            release: ReleaseCounter::new(&self.spec),
+            quota,
+        };
+        let full = flow.is_full(&self.spec);
         Arc::make_mut(&mut state.links).push(Arc::new(ServerLink {
             end: LinkEnd::new(link, host_max),
             id,
@@ -314,13 +327,8 @@ impl Receiver {
             undecoded: AtomicBool::new(false),
             max_payload: max,
             read_in_place: self.read_in_place,
-            flow: Mutex::new(LinkFlow {
-                messages: 0,
-                bytes: 0,
-                calls: 0,
-                release: ReleaseCounter::new(&self.spec),
-                quota,
-            }),
+            flow: Mutex::new(flow),
+            full: AtomicBool::new(full),
             readiness: Arc::clone(&self.readiness),
         }));
         if let Some(link) = state.links.last().filter(|_| self.readiness.is_active()) {
@@ -532,7 +540,7 @@ impl Receiver {
         let [link] = state.links.as_slice() else { return Direct::NotHere };
         if !link.end.link().is_shared_memory()
             || !link.has_input()
-            || link.is_full(&self.spec)
+            || link.is_full()
             || self.poll_due_sampled()
         {
             return Direct::NotHere;
@@ -540,7 +548,7 @@ impl Receiver {
         let mut arrived = std::mem::take(&mut state.scratch);
         let mut taker = Taker::new(&mut *sink, max, std::mem::take(&mut state.lost_pending));
         let limit = max.max(ARRIVED_CAPACITY);
-        let alive = read_link(link, &self.spec, &mut arrived, limit, Some(&mut taker));
+        let alive = read_link(link, &mut arrived, limit, Some(&mut taker));
         let took = taker.done();
         state.lost_total = state.lost_total.saturating_add(took.sender_dropped);
         state.lost_pending = state.lost_pending.saturating_add(took.lost_pending);
@@ -797,6 +805,7 @@ impl Receiver {
             flow.messages += 1;
             flow.bytes += len;
         }
+        link.full.store(flow.is_full(&self.spec), Ordering::Release);
         if run {
             state.queue.push_run(queued);
             return Ok(());
@@ -822,7 +831,9 @@ impl Receiver {
                 flow.release.on_release_many(messages, bytes);
                 link.send_credit(&mut flow, urgent);
             }
-            was_full && !flow.is_full(&self.spec)
+            let full = flow.is_full(&self.spec);
+            link.full.store(full, Ordering::Release);
+            was_full && !full
         };
         if was_full {
             // The leader may be polling without this link, and async receivers may have
@@ -846,22 +857,19 @@ impl Receiver {
         // One shared-memory link (a busy receiver's usual case): the same as below, without
         // gathering the links, and reading the clock on every few looks only.
         if let [link] = links {
-            if link.end.link().is_shared_memory()
-                && !self.readiness.is_active()
-                && !link.is_full(&self.spec)
+            if link.end.link().is_shared_memory() && !self.readiness.is_active() && !link.is_full()
             {
                 if wait != Wait::NonBlocking {
                     self.spin.run(|| link.has_input());
                 }
                 let input = link.has_input();
                 if (input || wait == Wait::NonBlocking) && !self.poll_due_sampled() {
-                    return read_links(&[link], &[input], &self.spec, limit, arrived, taker);
+                    return read_links(&[link], &[input], limit, arrived, taker);
                 }
                 return self.poll_fds(&[link], wait, limit, arrived, taker);
             }
         }
-        let links: Vec<&Arc<ServerLink>> =
-            links.iter().filter(|l| !l.is_full(&self.spec)).collect();
+        let links: Vec<&Arc<ServerLink>> = links.iter().filter(|l| !l.is_full()).collect();
         // Shared-memory links can be looked at without a system call: first a short spin,
         // and when they hold input, no poll at all (new links and hang-ups wait for the next
         // poll, which a link set of shared-memory links alone still makes every interval).
@@ -876,7 +884,7 @@ impl Receiver {
             if all_shared && !self.readiness.is_active() && !self.poll_due() {
                 let to_read: Vec<bool> = links.iter().map(|l| l.has_input()).collect();
                 if to_read.contains(&true) || wait == Wait::NonBlocking {
-                    return read_links(&links, &to_read, &self.spec, limit, arrived, taker);
+                    return read_links(&links, &to_read, limit, arrived, taker);
                 }
             }
         }
@@ -921,7 +929,7 @@ impl Receiver {
                 to_read[i] = true;
             }
         }
-        read_links(links, &to_read, &self.spec, limit, arrived, taker)
+        read_links(links, &to_read, limit, arrived, taker)
     }
 
     /// True when a look without a poll shows that no link has anything to read: every link is
@@ -961,14 +969,13 @@ impl Receiver {
 fn read_links(
     links: &[&Arc<ServerLink>],
     to_read: &[bool],
-    spec: &PortSpec,
     limit: usize,
     mut arrived: Vec<(Queued, u64)>,
     mut taker: Option<&mut Taker<'_>>,
 ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
     let mut dead = Vec::new();
     for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
-        if !read_link(link, spec, &mut arrived, limit, taker.as_deref_mut()) {
+        if !read_link(link, &mut arrived, limit, taker.as_deref_mut()) {
             link.end.close();
             dead.push(link.id);
         }
@@ -984,9 +991,10 @@ impl ServerLink {
 
     /// True when this link is not to be read now: its one-way messages fill the capacity
     /// (unless drop-oldest, which must read to drop), or its queued calls or bytes reached the
-    /// limits that protect memory.
-    fn is_full(&self, spec: &PortSpec) -> bool {
-        self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_full(spec)
+    /// limits that protect memory. No lock: the answer [`LinkFlow::is_full`] gave at the last
+    /// change of the counts (see `full`).
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
     }
 
     /// Sends the link's credit if one is due (or anything unreported, when `urgent`). Never
@@ -1046,7 +1054,6 @@ fn meta_of(queued: &Queued) -> QueuedMeta {
 /// protocol).
 fn read_link(
     link: &Arc<ServerLink>,
-    spec: &PortSpec,
     out: &mut Vec<(Queued, u64)>,
     limit: usize,
     mut taker: Option<&mut Taker<'_>>,
@@ -1092,7 +1099,7 @@ fn read_link(
             }
             Decoded::All => {}
         }
-        if !decoder.is_mid_frame() || link.is_full(spec) {
+        if !decoder.is_mid_frame() || link.is_full() {
             break;
         }
     }
