@@ -541,7 +541,7 @@ impl Receiver {
         if !link.end.link().is_shared_memory()
             || !link.has_input()
             || link.is_full()
-            || self.poll_due_sampled()
+            || self.poll_due_sampled_exclusive()
         {
             return Direct::NotHere;
         }
@@ -948,6 +948,16 @@ impl Receiver {
     /// due poll would only delay.
     fn poll_due_sampled(&self) -> bool {
         self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
+    }
+
+    /// [`poll_due_sampled`](Self::poll_due_sampled) for a caller that holds the endpoint's
+    /// lock while no leader polls (`state.polling` is false): every other counter of looks
+    /// then waits for the lock or for `polling`, so a load and a store count this look, without
+    /// the locked instruction a `fetch_add` costs on each message of a busy receiver.
+    fn poll_due_sampled_exclusive(&self) -> bool {
+        let looks = self.idle_looks.load(Ordering::Relaxed);
+        self.idle_looks.store(looks.wrapping_add(1), Ordering::Relaxed);
+        looks % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
     }
 
     /// True when the last poll of the links is older than [`POLL_INTERVAL`].
