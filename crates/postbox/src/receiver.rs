@@ -41,8 +41,7 @@ pub(crate) struct ServerLink {
     /// Its envelopes in the endpoint's queue, per priority (changed under the endpoint's
     /// lock; see `fair_queue.rs`).
     in_queue: [AtomicUsize; PRIORITIES],
-    decoder: Mutex<FrameDecoder>,
-    /// The decoder may hold complete frames not decoded yet (a receiver took only what it
+    /// The decoder (in its [`LinkReader`]) may hold complete frames not decoded yet (a receiver took only what it
     /// could hand out): the link is to be read even when its transport holds nothing new.
     undecoded: AtomicBool,
     /// The largest payload the port accepts.
@@ -73,6 +72,25 @@ struct LinkFlow {
     /// What the client may have waiting here (the broker's policy): beyond it, the link is
     /// not read, so a flooding client slows only itself.
     quota: Quota,
+}
+
+/// What only the reader of one link touches: its frame decoder. Owned by whoever reads the
+/// links (see `ReceiverState::readers`) rather than locked per read: a link is read only by
+/// the leader (the thread that set `polling`) or, while nobody polls, by a thread holding the
+/// endpoint's lock, and both own the readers for as long as they read.
+#[derive(Debug)]
+struct LinkReader {
+    id: LinkId,
+    decoder: FrameDecoder,
+}
+
+/// The readers of an endpoint's links, in the order the links were added.
+#[derive(Debug, Default)]
+struct Readers {
+    readers: Vec<LinkReader>,
+    /// Where the next look starts: links are read in the order of `links`, so the next one
+    /// asked for is usually here.
+    next: usize,
 }
 
 /// A queued envelope, the link it came from, and how it counts.
@@ -227,6 +245,11 @@ struct ReceiverState {
     waiting: usize,
     /// The vector the leader reads links into, kept between polls (see `settle`).
     scratch: Vec<(Queued, u64)>,
+    /// The links' decoders: taken by the thread that reads the links (the leader for its
+    /// poll, as `scratch`; the shortest receive under this lock) and given back before it
+    /// settles. While a leader holds them, links added meanwhile put theirs here, and
+    /// [`Readers::give_back`] keeps both.
+    readers: Readers,
     /// Messages lost (drop-oldest) since the last envelope was handed out.
     lost_pending: u64,
     /// Messages lost since the endpoint opened.
@@ -263,6 +286,7 @@ impl Receiver {
                 queue: FairQueue::new(),
                 taken_since_poll: 0,
                 scratch: Vec::new(),
+                readers: Readers::default(),
                 links: Arc::new(Vec::new()),
                 polling: false,
                 closed: false,
@@ -323,7 +347,6 @@ impl Receiver {
             client,
             rights,
             in_queue: std::array::from_fn(|_| AtomicUsize::new(0)),
-            decoder: Mutex::new(FrameDecoder::new(max)),
             undecoded: AtomicBool::new(false),
             max_payload: max,
             read_in_place: self.read_in_place,
@@ -331,6 +354,7 @@ impl Receiver {
             full: AtomicBool::new(full),
             readiness: Arc::clone(&self.readiness),
         }));
+        state.readers.add(id, max);
         if let Some(link) = state.links.last().filter(|_| self.readiness.is_active()) {
             link.end.watch(&self.readiness);
         }
@@ -349,6 +373,7 @@ impl Receiver {
         let links = std::mem::take(&mut state.links);
         let links = Arc::unwrap_or_clone(links);
         state.queue.clear();
+        state.readers = Readers::default();
         drop(state);
         self.waker.wake();
         self.arrived.notify_all();
@@ -415,10 +440,18 @@ impl Receiver {
                 state.polling = true;
                 let links = Arc::clone(&state.links);
                 let scratch = std::mem::take(&mut state.scratch);
+                let mut readers = std::mem::take(&mut state.readers);
                 drop(state);
-                let (arrived, dead) =
-                    self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
+                let (arrived, dead) = self.poll_links(
+                    &links,
+                    Wait::NonBlocking,
+                    usize::MAX,
+                    &mut readers,
+                    scratch,
+                    None,
+                );
                 state = self.lock();
+                state.readers.give_back(readers);
                 self.settle(&mut state, arrived, dead, on_dead, false);
             }
             let taken = self.take(&mut state, selector, max, sink);
@@ -450,6 +483,7 @@ impl Receiver {
             state.polling = true;
             let links = Arc::clone(&state.links);
             let scratch = std::mem::take(&mut state.scratch);
+            let mut readers = std::mem::take(&mut state.readers);
             // A receiver of any envelope takes frames as they are decoded when the queue could
             // only have handed them to it in the same order (see `Taker`); it then reports the
             // drops not reported yet.
@@ -479,18 +513,26 @@ impl Receiver {
             let (arrived, dead, took) = match taking {
                 Some(lost) => {
                     let mut taker = Taker::new(&mut *sink, max, lost);
-                    let (arrived, dead) =
-                        self.poll_links(&links, wait, limit, scratch, Some(&mut taker));
+                    let (arrived, dead) = self.poll_links(
+                        &links,
+                        wait,
+                        limit,
+                        &mut readers,
+                        scratch,
+                        Some(&mut taker),
+                    );
                     (arrived, dead, Some(taker.done()))
                 }
                 None => {
-                    let (arrived, dead) = self.poll_links(&links, wait, limit, scratch, None);
+                    let (arrived, dead) =
+                        self.poll_links(&links, wait, limit, &mut readers, scratch, None);
                     (arrived, dead, None)
                 }
             };
             let progress =
                 !arrived.is_empty() || !dead.is_empty() || took.is_some_and(|t| t.taken > 0);
             state = self.lock();
+            state.readers.give_back(readers);
             let taken = took.map_or(0, |took| self.took(&mut state, &links, took));
             // What the taker left may go on as a run of the queue (a receiver of any envelope
             // takes it next). Once the taker handed some out, nothing more goes into this
@@ -548,7 +590,8 @@ impl Receiver {
         let mut arrived = std::mem::take(&mut state.scratch);
         let mut taker = Taker::new(&mut *sink, max, std::mem::take(&mut state.lost_pending));
         let limit = max.max(ARRIVED_CAPACITY);
-        let alive = read_link(link, &mut arrived, limit, Some(&mut taker));
+        // Nobody polls and this thread holds the lock: the readers are here, and its own.
+        let alive = read_link(link, &mut state.readers, &mut arrived, limit, Some(&mut taker));
         let took = taker.done();
         state.lost_total = state.lost_total.saturating_add(took.sender_dropped);
         state.lost_pending = state.lost_pending.saturating_add(took.lost_pending);
@@ -636,9 +679,12 @@ impl Receiver {
         state.polling = true;
         let links = Arc::clone(&state.links);
         let scratch = std::mem::take(&mut state.scratch);
+        let mut readers = std::mem::take(&mut state.readers);
         drop(state);
-        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
+        let (arrived, dead) =
+            self.poll_links(&links, Wait::NonBlocking, usize::MAX, &mut readers, scratch, None);
         let mut state = self.lock();
+        state.readers.give_back(readers);
         self.settle(&mut state, arrived, dead, on_dead, false);
     }
 
@@ -657,6 +703,10 @@ impl Receiver {
     ) {
         state.polling = false;
         state.taken_since_poll = 0;
+        if state.closed {
+            // A leader that polled through the close gave back the readers of links gone.
+            state.readers = Readers::default();
+        }
         let priority = arrived.first().map(|(q, _)| q.envelope.message.priority);
         // Drop-oldest ports keep the newest of what arrived: it all goes through the queue.
         let run = may_run
@@ -689,6 +739,7 @@ impl Receiver {
         }
         if !dead.is_empty() {
             Arc::make_mut(&mut state.links).retain(|l| !dead.contains(&l.id));
+            state.readers.remove(&dead);
             // One-way messages a departed sender sent are still delivered (the ones held back
             // for fairness too); its calls can no longer be answered.
             state.queue.links_gone(&dead, |q| q.counted);
@@ -851,6 +902,7 @@ impl Receiver {
         links: &[Arc<ServerLink>],
         wait: Wait,
         limit: usize,
+        readers: &mut Readers,
         arrived: Vec<(Queued, u64)>,
         taker: Option<&mut Taker<'_>>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
@@ -864,9 +916,9 @@ impl Receiver {
                 }
                 let input = link.has_input();
                 if (input || wait == Wait::NonBlocking) && !self.poll_due_sampled() {
-                    return read_links(&[link], &[input], limit, arrived, taker);
+                    return read_links(&[link], &[input], limit, readers, arrived, taker);
                 }
-                return self.poll_fds(&[link], wait, limit, arrived, taker);
+                return self.poll_fds(&[link], wait, limit, readers, arrived, taker);
             }
         }
         let links: Vec<&Arc<ServerLink>> = links.iter().filter(|l| !l.is_full()).collect();
@@ -884,11 +936,11 @@ impl Receiver {
             if all_shared && !self.readiness.is_active() && !self.poll_due() {
                 let to_read: Vec<bool> = links.iter().map(|l| l.has_input()).collect();
                 if to_read.contains(&true) || wait == Wait::NonBlocking {
-                    return read_links(&links, &to_read, limit, arrived, taker);
+                    return read_links(&links, &to_read, limit, readers, arrived, taker);
                 }
             }
         }
-        self.poll_fds(&links, wait, limit, arrived, taker)
+        self.poll_fds(&links, wait, limit, readers, arrived, taker)
     }
 
     /// Polls the descriptors of `links` and the waker (waiting as `wait` says when no link
@@ -898,6 +950,7 @@ impl Receiver {
         links: &[&Arc<ServerLink>],
         wait: Wait,
         limit: usize,
+        readers: &mut Readers,
         arrived: Vec<(Queued, u64)>,
         taker: Option<&mut Taker<'_>>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
@@ -929,7 +982,7 @@ impl Receiver {
                 to_read[i] = true;
             }
         }
-        read_links(links, &to_read, limit, arrived, taker)
+        read_links(links, &to_read, limit, readers, arrived, taker)
     }
 
     /// True when a look without a poll shows that no link has anything to read: every link is
@@ -980,12 +1033,13 @@ fn read_links(
     links: &[&Arc<ServerLink>],
     to_read: &[bool],
     limit: usize,
+    readers: &mut Readers,
     mut arrived: Vec<(Queued, u64)>,
     mut taker: Option<&mut Taker<'_>>,
 ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
     let mut dead = Vec::new();
     for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
-        if !read_link(link, &mut arrived, limit, taker.as_deref_mut()) {
+        if !read_link(link, readers, &mut arrived, limit, taker.as_deref_mut()) {
             link.end.close();
             dead.push(link.id);
         }
@@ -1022,6 +1076,41 @@ impl ServerLink {
         if guard.write(FrameKind::Credit, &mut message, 0, Wait::NonBlocking).is_ok() {
             flow.release.credit_sent(credit);
         }
+    }
+}
+
+impl Readers {
+    /// Adds a reader for a new link `id` whose frames are at most `max` bytes.
+    fn add(&mut self, id: LinkId, max: u32) {
+        self.readers.push(LinkReader { id, decoder: FrameDecoder::new(max) });
+    }
+
+    /// The reader of `link`; a fresh one if it has none (which `add_link` prevents: it adds
+    /// one with every link, under the lock the reader of the links holds or gives them back
+    /// under).
+    fn of(&mut self, link: &ServerLink) -> &mut LinkReader {
+        let len = self.readers.len();
+        let found =
+            (0..len).map(|i| (self.next + i) % len).find(|&i| self.readers[i].id == link.id);
+        let index = found.unwrap_or_else(|| {
+            self.add(link.id, link.max_payload);
+            len
+        });
+        self.next = index + 1;
+        &mut self.readers[index]
+    }
+
+    /// Takes back the readers a reader of the links took, keeping those added meanwhile
+    /// (links added during its poll).
+    fn give_back(&mut self, taken: Readers) {
+        let added = std::mem::replace(self, taken);
+        self.readers.extend(added.readers);
+    }
+
+    /// Forgets the readers of links gone.
+    fn remove(&mut self, gone: &[LinkId]) {
+        self.readers.retain(|r| !gone.contains(&r.id));
+        self.next = 0;
     }
 }
 
@@ -1064,6 +1153,7 @@ fn meta_of(queued: &Queued) -> QueuedMeta {
 /// protocol).
 fn read_link(
     link: &Arc<ServerLink>,
+    readers: &mut Readers,
     out: &mut Vec<(Queued, u64)>,
     limit: usize,
     mut taker: Option<&mut Taker<'_>>,
@@ -1072,12 +1162,13 @@ fn read_link(
         // Cut here (its grant was revoked): whatever the client still writes is not read.
         return false;
     }
-    let mut decoder = link.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // No lock: whoever reads owns the readers (see `LinkReader`).
+    let decoder = &mut readers.of(link).decoder;
     let mut budget = limit;
     let first = out.len();
     if link.undecoded.load(Ordering::Acquire) {
         // Frames read before come first; the transport is read once they are all out.
-        match decode_ranked(link, &mut decoder, out, first, &mut budget, taker.as_deref_mut()) {
+        match decode_ranked(link, decoder, out, first, &mut budget, taker.as_deref_mut()) {
             Decoded::Broken => return false,
             Decoded::Limit => return true,
             Decoded::All => link.undecoded.store(false, Ordering::Release),
@@ -1096,12 +1187,12 @@ fn read_link(
                 taker.open = false;
             }
         }
-        match link.end.link().read_into(&mut decoder, Wait::NonBlocking) {
+        match link.end.link().read_into(decoder, Wait::NonBlocking) {
             Ok(_) => {}
             Err(TransportError::WouldBlock) => break,
             Err(_) => return false,
         }
-        match decode_ranked(link, &mut decoder, out, first, &mut budget, taker.as_deref_mut()) {
+        match decode_ranked(link, decoder, out, first, &mut budget, taker.as_deref_mut()) {
             Decoded::Broken => return false,
             Decoded::Limit => {
                 link.undecoded.store(true, Ordering::Release);
