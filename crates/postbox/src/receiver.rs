@@ -224,7 +224,7 @@ pub(crate) struct Receiver {
     /// When the endpoint opened, and when its links were last polled (µs after that).
     created: Instant,
     polled_at_us: AtomicU64,
-    /// Looks by receivers that do not wait and found nothing (see `nothing_to_read`).
+    /// Looks at the links without a poll, by which the clock is sampled (see `count_look`).
     idle_looks: AtomicU32,
 }
 
@@ -583,7 +583,7 @@ impl Receiver {
         if !link.end.link().is_shared_memory()
             || !link.has_input()
             || link.is_full()
-            || self.poll_due_sampled_exclusive()
+            || self.poll_due_sampled()
         {
             return Direct::NotHere;
         }
@@ -992,25 +992,27 @@ impl Receiver {
         !self.readiness.is_active()
             && state.links.iter().all(|l| l.end.link().is_shared_memory() && !l.has_input())
             // The clock is read on every few looks only: a look costs less than reading it.
-            && (self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS != 0
-                || !self.poll_due())
+            && (self.count_look() % CLOCK_EVERY_LOOKS != 0 || !self.poll_due())
     }
 
     /// Like [`poll_due`](Self::poll_due), reading the clock on one look in
     /// [`CLOCK_EVERY_LOOKS`] only (false on the others): for looks that find input, which a
     /// due poll would only delay.
     fn poll_due_sampled(&self) -> bool {
-        self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
+        self.count_look() % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
     }
 
-    /// [`poll_due_sampled`](Self::poll_due_sampled) for a caller that holds the endpoint's
-    /// lock while no leader polls (`state.polling` is false): every other counter of looks
-    /// then waits for the lock or for `polling`, so a load and a store count this look, without
-    /// the locked instruction a `fetch_add` costs on each message of a busy receiver.
-    fn poll_due_sampled_exclusive(&self) -> bool {
+    /// Counts a look; returns the count before it. A load and a store, not the locked
+    /// instruction a `fetch_add` costs on every look of a busy receiver: looks are counted
+    /// only by a thread that holds the endpoint's lock while nobody polls
+    /// ([`nothing_to_read`](Self::nothing_to_read) and the shortest receive), or by the
+    /// leader while it polls (`state.polling`, set and cleared under that lock), so no two
+    /// count at once, and the lock orders one's count before the next's. (A count lost
+    /// anyway would only move the next clock reading by a look.)
+    fn count_look(&self) -> u32 {
         let looks = self.idle_looks.load(Ordering::Relaxed);
         self.idle_looks.store(looks.wrapping_add(1), Ordering::Relaxed);
-        looks % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
+        looks
     }
 
     /// True when the last poll of the links is older than [`POLL_INTERVAL`].
