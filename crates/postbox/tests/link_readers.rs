@@ -121,3 +121,34 @@ fn a_link_that_connects_while_a_receiver_waits_is_read_whole() {
     assert_eq!(waiting.join().unwrap(), vec![1, 2, 3]);
     drop(late.join().unwrap());
 }
+
+/// A receiver that only ever looks without waiting (the shortest receive and the empty
+/// look, which count their looks without a locked instruction) notices a client that left,
+/// after delivering everything it sent.
+#[test]
+fn a_receiver_that_never_waits_notices_a_client_that_left() {
+    let broker = small_streams();
+    let server = broker.node().unwrap();
+    let port = server.port("readers/gone").open().unwrap();
+    let client = broker.node().unwrap();
+    let conn = client.connect("readers/gone").unwrap();
+    for i in 0..10 {
+        conn.send(numbered(i, 100)).unwrap();
+    }
+    let deadline = Instant::now() + WATCHDOG;
+    while port.connection_count() == 0 {
+        assert!(Instant::now() < deadline, "the link never reached the port");
+        std::thread::yield_now();
+    }
+    drop(conn);
+    drop(client);
+    let mut next = 0;
+    while port.connection_count() > 0 || next < 10 {
+        assert!(Instant::now() < deadline, "the hang-up was never noticed ({next} received)");
+        if let Ok(envelope) = port.try_recv() {
+            assert_eq!(checked(envelope.body(), 100), next);
+            next += 1;
+        }
+    }
+    assert!(port.try_recv().is_err());
+}
