@@ -41,8 +41,7 @@ pub(crate) struct ServerLink {
     /// Its envelopes in the endpoint's queue, per priority (changed under the endpoint's
     /// lock; see `fair_queue.rs`).
     in_queue: [AtomicUsize; PRIORITIES],
-    decoder: Mutex<FrameDecoder>,
-    /// The decoder may hold complete frames not decoded yet (a receiver took only what it
+    /// The decoder (in its [`LinkReader`]) may hold complete frames not decoded yet (a receiver took only what it
     /// could hand out): the link is to be read even when its transport holds nothing new.
     undecoded: AtomicBool,
     /// The largest payload the port accepts.
@@ -50,6 +49,11 @@ pub(crate) struct ServerLink {
     /// Pooled payloads are read in place (the port trusts its senders), not copied out.
     read_in_place: bool,
     flow: Mutex<LinkFlow>,
+    /// [`LinkFlow::is_full`] of `flow`, stored under its lock on every change of its counts,
+    /// so that a look at the link takes no lock. Counts grow only under the endpoint's lock
+    /// (in `settle`), so a reader holding it never sees a stale "not full"; a stale "full"
+    /// can only race a release, which wakes the receivers once it stored "not full".
+    full: AtomicBool,
     /// The endpoint's readiness (it watches this link for reading and writing), for replies
     /// written by async tasks.
     pub(crate) readiness: Arc<Readiness>,
@@ -68,6 +72,25 @@ struct LinkFlow {
     /// What the client may have waiting here (the broker's policy): beyond it, the link is
     /// not read, so a flooding client slows only itself.
     quota: Quota,
+}
+
+/// What only the reader of one link touches: its frame decoder. Owned by whoever reads the
+/// links (see `ReceiverState::readers`) rather than locked per read: a link is read only by
+/// the leader (the thread that set `polling`) or, while nobody polls, by a thread holding the
+/// endpoint's lock, and both own the readers for as long as they read.
+#[derive(Debug)]
+struct LinkReader {
+    id: LinkId,
+    decoder: FrameDecoder,
+}
+
+/// The readers of an endpoint's links, in the order the links were added.
+#[derive(Debug, Default)]
+struct Readers {
+    readers: Vec<LinkReader>,
+    /// Where the next look starts: links are read in the order of `links`, so the next one
+    /// asked for is usually here.
+    next: usize,
 }
 
 /// A queued envelope, the link it came from, and how it counts.
@@ -201,7 +224,7 @@ pub(crate) struct Receiver {
     /// When the endpoint opened, and when its links were last polled (µs after that).
     created: Instant,
     polled_at_us: AtomicU64,
-    /// Looks by receivers that do not wait and found nothing (see `nothing_to_read`).
+    /// Looks at the links without a poll, by which the clock is sampled (see `count_look`).
     idle_looks: AtomicU32,
 }
 
@@ -222,6 +245,11 @@ struct ReceiverState {
     waiting: usize,
     /// The vector the leader reads links into, kept between polls (see `settle`).
     scratch: Vec<(Queued, u64)>,
+    /// The links' decoders: taken by the thread that reads the links (the leader for its
+    /// poll, as `scratch`; the shortest receive under this lock) and given back before it
+    /// settles. While a leader holds them, links added meanwhile put theirs here, and
+    /// [`Readers::give_back`] keeps both.
+    readers: Readers,
     /// Messages lost (drop-oldest) since the last envelope was handed out.
     lost_pending: u64,
     /// Messages lost since the endpoint opened.
@@ -258,6 +286,7 @@ impl Receiver {
                 queue: FairQueue::new(),
                 taken_since_poll: 0,
                 scratch: Vec::new(),
+                readers: Readers::default(),
                 links: Arc::new(Vec::new()),
                 polling: false,
                 closed: false,
@@ -304,25 +333,28 @@ impl Receiver {
             return None;
         }
         let max = self.spec.message_size.map_or(host_max, |n| n.min(host_max));
+        let flow = LinkFlow {
+            messages: 0,
+            bytes: 0,
+            calls: 0,
+            release: ReleaseCounter::new(&self.spec),
+            quota,
+        };
+        let full = flow.is_full(&self.spec);
         Arc::make_mut(&mut state.links).push(Arc::new(ServerLink {
             end: LinkEnd::new(link, host_max),
             id,
             client,
             rights,
             in_queue: std::array::from_fn(|_| AtomicUsize::new(0)),
-            decoder: Mutex::new(FrameDecoder::new(max)),
             undecoded: AtomicBool::new(false),
             max_payload: max,
             read_in_place: self.read_in_place,
-            flow: Mutex::new(LinkFlow {
-                messages: 0,
-                bytes: 0,
-                calls: 0,
-                release: ReleaseCounter::new(&self.spec),
-                quota,
-            }),
+            flow: Mutex::new(flow),
+            full: AtomicBool::new(full),
             readiness: Arc::clone(&self.readiness),
         }));
+        state.readers.add(id, max);
         if let Some(link) = state.links.last().filter(|_| self.readiness.is_active()) {
             link.end.watch(&self.readiness);
         }
@@ -341,6 +373,7 @@ impl Receiver {
         let links = std::mem::take(&mut state.links);
         let links = Arc::unwrap_or_clone(links);
         state.queue.clear();
+        state.readers = Readers::default();
         drop(state);
         self.waker.wake();
         self.arrived.notify_all();
@@ -407,10 +440,18 @@ impl Receiver {
                 state.polling = true;
                 let links = Arc::clone(&state.links);
                 let scratch = std::mem::take(&mut state.scratch);
+                let mut readers = std::mem::take(&mut state.readers);
                 drop(state);
-                let (arrived, dead) =
-                    self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
+                let (arrived, dead) = self.poll_links(
+                    &links,
+                    Wait::NonBlocking,
+                    usize::MAX,
+                    &mut readers,
+                    scratch,
+                    None,
+                );
                 state = self.lock();
+                state.readers.give_back(readers);
                 self.settle(&mut state, arrived, dead, on_dead, false);
             }
             let taken = self.take(&mut state, selector, max, sink);
@@ -442,6 +483,7 @@ impl Receiver {
             state.polling = true;
             let links = Arc::clone(&state.links);
             let scratch = std::mem::take(&mut state.scratch);
+            let mut readers = std::mem::take(&mut state.readers);
             // A receiver of any envelope takes frames as they are decoded when the queue could
             // only have handed them to it in the same order (see `Taker`); it then reports the
             // drops not reported yet.
@@ -471,18 +513,26 @@ impl Receiver {
             let (arrived, dead, took) = match taking {
                 Some(lost) => {
                     let mut taker = Taker::new(&mut *sink, max, lost);
-                    let (arrived, dead) =
-                        self.poll_links(&links, wait, limit, scratch, Some(&mut taker));
+                    let (arrived, dead) = self.poll_links(
+                        &links,
+                        wait,
+                        limit,
+                        &mut readers,
+                        scratch,
+                        Some(&mut taker),
+                    );
                     (arrived, dead, Some(taker.done()))
                 }
                 None => {
-                    let (arrived, dead) = self.poll_links(&links, wait, limit, scratch, None);
+                    let (arrived, dead) =
+                        self.poll_links(&links, wait, limit, &mut readers, scratch, None);
                     (arrived, dead, None)
                 }
             };
             let progress =
                 !arrived.is_empty() || !dead.is_empty() || took.is_some_and(|t| t.taken > 0);
             state = self.lock();
+            state.readers.give_back(readers);
             let taken = took.map_or(0, |took| self.took(&mut state, &links, took));
             // What the taker left may go on as a run of the queue (a receiver of any envelope
             // takes it next). Once the taker handed some out, nothing more goes into this
@@ -532,7 +582,7 @@ impl Receiver {
         let [link] = state.links.as_slice() else { return Direct::NotHere };
         if !link.end.link().is_shared_memory()
             || !link.has_input()
-            || link.is_full(&self.spec)
+            || link.is_full()
             || self.poll_due_sampled()
         {
             return Direct::NotHere;
@@ -540,7 +590,8 @@ impl Receiver {
         let mut arrived = std::mem::take(&mut state.scratch);
         let mut taker = Taker::new(&mut *sink, max, std::mem::take(&mut state.lost_pending));
         let limit = max.max(ARRIVED_CAPACITY);
-        let alive = read_link(link, &self.spec, &mut arrived, limit, Some(&mut taker));
+        // Nobody polls and this thread holds the lock: the readers are here, and its own.
+        let alive = read_link(link, &mut state.readers, &mut arrived, limit, Some(&mut taker));
         let took = taker.done();
         state.lost_total = state.lost_total.saturating_add(took.sender_dropped);
         state.lost_pending = state.lost_pending.saturating_add(took.lost_pending);
@@ -628,9 +679,12 @@ impl Receiver {
         state.polling = true;
         let links = Arc::clone(&state.links);
         let scratch = std::mem::take(&mut state.scratch);
+        let mut readers = std::mem::take(&mut state.readers);
         drop(state);
-        let (arrived, dead) = self.poll_links(&links, Wait::NonBlocking, usize::MAX, scratch, None);
+        let (arrived, dead) =
+            self.poll_links(&links, Wait::NonBlocking, usize::MAX, &mut readers, scratch, None);
         let mut state = self.lock();
+        state.readers.give_back(readers);
         self.settle(&mut state, arrived, dead, on_dead, false);
     }
 
@@ -649,6 +703,10 @@ impl Receiver {
     ) {
         state.polling = false;
         state.taken_since_poll = 0;
+        if state.closed {
+            // A leader that polled through the close gave back the readers of links gone.
+            state.readers = Readers::default();
+        }
         let priority = arrived.first().map(|(q, _)| q.envelope.message.priority);
         // Drop-oldest ports keep the newest of what arrived: it all goes through the queue.
         let run = may_run
@@ -681,6 +739,7 @@ impl Receiver {
         }
         if !dead.is_empty() {
             Arc::make_mut(&mut state.links).retain(|l| !dead.contains(&l.id));
+            state.readers.remove(&dead);
             // One-way messages a departed sender sent are still delivered (the ones held back
             // for fairness too); its calls can no longer be answered.
             state.queue.links_gone(&dead, |q| q.counted);
@@ -797,6 +856,7 @@ impl Receiver {
             flow.messages += 1;
             flow.bytes += len;
         }
+        link.full.store(flow.is_full(&self.spec), Ordering::Release);
         if run {
             state.queue.push_run(queued);
             return Ok(());
@@ -822,7 +882,9 @@ impl Receiver {
                 flow.release.on_release_many(messages, bytes);
                 link.send_credit(&mut flow, urgent);
             }
-            was_full && !flow.is_full(&self.spec)
+            let full = flow.is_full(&self.spec);
+            link.full.store(full, Ordering::Release);
+            was_full && !full
         };
         if was_full {
             // The leader may be polling without this link, and async receivers may have
@@ -840,28 +902,26 @@ impl Receiver {
         links: &[Arc<ServerLink>],
         wait: Wait,
         limit: usize,
+        readers: &mut Readers,
         arrived: Vec<(Queued, u64)>,
         taker: Option<&mut Taker<'_>>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         // One shared-memory link (a busy receiver's usual case): the same as below, without
         // gathering the links, and reading the clock on every few looks only.
         if let [link] = links {
-            if link.end.link().is_shared_memory()
-                && !self.readiness.is_active()
-                && !link.is_full(&self.spec)
+            if link.end.link().is_shared_memory() && !self.readiness.is_active() && !link.is_full()
             {
                 if wait != Wait::NonBlocking {
                     self.spin.run(|| link.has_input());
                 }
                 let input = link.has_input();
                 if (input || wait == Wait::NonBlocking) && !self.poll_due_sampled() {
-                    return read_links(&[link], &[input], &self.spec, limit, arrived, taker);
+                    return read_links(&[link], &[input], limit, readers, arrived, taker);
                 }
-                return self.poll_fds(&[link], wait, limit, arrived, taker);
+                return self.poll_fds(&[link], wait, limit, readers, arrived, taker);
             }
         }
-        let links: Vec<&Arc<ServerLink>> =
-            links.iter().filter(|l| !l.is_full(&self.spec)).collect();
+        let links: Vec<&Arc<ServerLink>> = links.iter().filter(|l| !l.is_full()).collect();
         // Shared-memory links can be looked at without a system call: first a short spin,
         // and when they hold input, no poll at all (new links and hang-ups wait for the next
         // poll, which a link set of shared-memory links alone still makes every interval).
@@ -876,11 +936,11 @@ impl Receiver {
             if all_shared && !self.readiness.is_active() && !self.poll_due() {
                 let to_read: Vec<bool> = links.iter().map(|l| l.has_input()).collect();
                 if to_read.contains(&true) || wait == Wait::NonBlocking {
-                    return read_links(&links, &to_read, &self.spec, limit, arrived, taker);
+                    return read_links(&links, &to_read, limit, readers, arrived, taker);
                 }
             }
         }
-        self.poll_fds(&links, wait, limit, arrived, taker)
+        self.poll_fds(&links, wait, limit, readers, arrived, taker)
     }
 
     /// Polls the descriptors of `links` and the waker (waiting as `wait` says when no link
@@ -890,6 +950,7 @@ impl Receiver {
         links: &[&Arc<ServerLink>],
         wait: Wait,
         limit: usize,
+        readers: &mut Readers,
         arrived: Vec<(Queued, u64)>,
         taker: Option<&mut Taker<'_>>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
@@ -921,7 +982,7 @@ impl Receiver {
                 to_read[i] = true;
             }
         }
-        read_links(links, &to_read, &self.spec, limit, arrived, taker)
+        read_links(links, &to_read, limit, readers, arrived, taker)
     }
 
     /// True when a look without a poll shows that no link has anything to read: every link is
@@ -931,15 +992,27 @@ impl Receiver {
         !self.readiness.is_active()
             && state.links.iter().all(|l| l.end.link().is_shared_memory() && !l.has_input())
             // The clock is read on every few looks only: a look costs less than reading it.
-            && (self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS != 0
-                || !self.poll_due())
+            && (self.count_look() % CLOCK_EVERY_LOOKS != 0 || !self.poll_due())
     }
 
     /// Like [`poll_due`](Self::poll_due), reading the clock on one look in
     /// [`CLOCK_EVERY_LOOKS`] only (false on the others): for looks that find input, which a
     /// due poll would only delay.
     fn poll_due_sampled(&self) -> bool {
-        self.idle_looks.fetch_add(1, Ordering::Relaxed) % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
+        self.count_look() % CLOCK_EVERY_LOOKS == 0 && self.poll_due()
+    }
+
+    /// Counts a look; returns the count before it. A load and a store, not the locked
+    /// instruction a `fetch_add` costs on every look of a busy receiver: looks are counted
+    /// only by a thread that holds the endpoint's lock while nobody polls
+    /// ([`nothing_to_read`](Self::nothing_to_read) and the shortest receive), or by the
+    /// leader while it polls (`state.polling`, set and cleared under that lock), so no two
+    /// count at once, and the lock orders one's count before the next's. (A count lost
+    /// anyway would only move the next clock reading by a look.)
+    fn count_look(&self) -> u32 {
+        let looks = self.idle_looks.load(Ordering::Relaxed);
+        self.idle_looks.store(looks.wrapping_add(1), Ordering::Relaxed);
+        looks
     }
 
     /// True when the last poll of the links is older than [`POLL_INTERVAL`].
@@ -961,14 +1034,14 @@ impl Receiver {
 fn read_links(
     links: &[&Arc<ServerLink>],
     to_read: &[bool],
-    spec: &PortSpec,
     limit: usize,
+    readers: &mut Readers,
     mut arrived: Vec<(Queued, u64)>,
     mut taker: Option<&mut Taker<'_>>,
 ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
     let mut dead = Vec::new();
     for (link, _) in links.iter().zip(to_read).filter(|(_, read)| **read) {
-        if !read_link(link, spec, &mut arrived, limit, taker.as_deref_mut()) {
+        if !read_link(link, readers, &mut arrived, limit, taker.as_deref_mut()) {
             link.end.close();
             dead.push(link.id);
         }
@@ -984,9 +1057,10 @@ impl ServerLink {
 
     /// True when this link is not to be read now: its one-way messages fill the capacity
     /// (unless drop-oldest, which must read to drop), or its queued calls or bytes reached the
-    /// limits that protect memory.
-    fn is_full(&self, spec: &PortSpec) -> bool {
-        self.flow.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_full(spec)
+    /// limits that protect memory. No lock: the answer [`LinkFlow::is_full`] gave at the last
+    /// change of the counts (see `full`).
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
     }
 
     /// Sends the link's credit if one is due (or anything unreported, when `urgent`). Never
@@ -1004,6 +1078,41 @@ impl ServerLink {
         if guard.write(FrameKind::Credit, &mut message, 0, Wait::NonBlocking).is_ok() {
             flow.release.credit_sent(credit);
         }
+    }
+}
+
+impl Readers {
+    /// Adds a reader for a new link `id` whose frames are at most `max` bytes.
+    fn add(&mut self, id: LinkId, max: u32) {
+        self.readers.push(LinkReader { id, decoder: FrameDecoder::new(max) });
+    }
+
+    /// The reader of `link`; a fresh one if it has none (which `add_link` prevents: it adds
+    /// one with every link, under the lock the reader of the links holds or gives them back
+    /// under).
+    fn of(&mut self, link: &ServerLink) -> &mut LinkReader {
+        let len = self.readers.len();
+        let found =
+            (0..len).map(|i| (self.next + i) % len).find(|&i| self.readers[i].id == link.id);
+        let index = found.unwrap_or_else(|| {
+            self.add(link.id, link.max_payload);
+            len
+        });
+        self.next = index + 1;
+        &mut self.readers[index]
+    }
+
+    /// Takes back the readers a reader of the links took, keeping those added meanwhile
+    /// (links added during its poll).
+    fn give_back(&mut self, taken: Readers) {
+        let added = std::mem::replace(self, taken);
+        self.readers.extend(added.readers);
+    }
+
+    /// Forgets the readers of links gone.
+    fn remove(&mut self, gone: &[LinkId]) {
+        self.readers.retain(|r| !gone.contains(&r.id));
+        self.next = 0;
     }
 }
 
@@ -1046,7 +1155,7 @@ fn meta_of(queued: &Queued) -> QueuedMeta {
 /// protocol).
 fn read_link(
     link: &Arc<ServerLink>,
-    spec: &PortSpec,
+    readers: &mut Readers,
     out: &mut Vec<(Queued, u64)>,
     limit: usize,
     mut taker: Option<&mut Taker<'_>>,
@@ -1055,12 +1164,13 @@ fn read_link(
         // Cut here (its grant was revoked): whatever the client still writes is not read.
         return false;
     }
-    let mut decoder = link.decoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // No lock: whoever reads owns the readers (see `LinkReader`).
+    let decoder = &mut readers.of(link).decoder;
     let mut budget = limit;
     let first = out.len();
     if link.undecoded.load(Ordering::Acquire) {
         // Frames read before come first; the transport is read once they are all out.
-        match decode_ranked(link, &mut decoder, out, first, &mut budget, taker.as_deref_mut()) {
+        match decode_ranked(link, decoder, out, first, &mut budget, taker.as_deref_mut()) {
             Decoded::Broken => return false,
             Decoded::Limit => return true,
             Decoded::All => link.undecoded.store(false, Ordering::Release),
@@ -1079,12 +1189,12 @@ fn read_link(
                 taker.open = false;
             }
         }
-        match link.end.link().read_into(&mut decoder, Wait::NonBlocking) {
+        match link.end.link().read_into(decoder, Wait::NonBlocking) {
             Ok(_) => {}
             Err(TransportError::WouldBlock) => break,
             Err(_) => return false,
         }
-        match decode_ranked(link, &mut decoder, out, first, &mut budget, taker.as_deref_mut()) {
+        match decode_ranked(link, decoder, out, first, &mut budget, taker.as_deref_mut()) {
             Decoded::Broken => return false,
             Decoded::Limit => {
                 link.undecoded.store(true, Ordering::Release);
@@ -1092,7 +1202,7 @@ fn read_link(
             }
             Decoded::All => {}
         }
-        if !decoder.is_mid_frame() || link.is_full(spec) {
+        if !decoder.is_mid_frame() || link.is_full() {
             break;
         }
     }

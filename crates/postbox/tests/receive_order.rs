@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use postbox::{Broker, BrokerConfig, Message, Overflow};
+use postbox::{Broker, BrokerConfig, Message, Overflow, Selector};
 
 const WATCHDOG: Duration = Duration::from_secs(20);
 
@@ -182,5 +182,48 @@ fn several_receivers_lose_and_duplicate_nothing() {
         let bad: Vec<_> = seen.iter().enumerate().filter(|(_, n)| **n != 1).take(10).collect();
         assert!(bad.is_empty(), "shm {shared_memory}: not exactly once: {bad:?}");
         assert_eq!(port.stats().queued, 0);
+    }
+}
+
+/// Capacity 4, one shared-memory link. A receive by type queues the four messages it does not
+/// want: the link is at capacity and is not read past it (the port holds four, never five),
+/// and the sender's fifth waits for credit. A receive that takes one of the four frees a place:
+/// the receiver still waiting by type must be woken, read the link again and get the fifth,
+/// though it looked at the link while it was full (the link's "full" is read without a lock).
+#[test]
+fn a_link_at_capacity_is_not_read_past_it_and_is_read_again_once_a_place_is_free() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = std::sync::Arc::new(server.port("review/full").capacity(4).open().unwrap());
+    let client = broker.node().unwrap();
+    let conn = client.connect("review/full").unwrap();
+    for i in 0..4 {
+        conn.send(numbered(i, 64, 0).with_type(1)).unwrap();
+    }
+    let waiting = std::thread::spawn({
+        let port = std::sync::Arc::clone(&port);
+        move || port.recv_matching_timeout(Selector::ANY.of_type(2), WATCHDOG).unwrap()
+    });
+    let sender = std::thread::spawn(move || {
+        conn.send(numbered(4, 64, 0).with_type(2)).unwrap();
+        conn
+    });
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while port.stats().queued < 4 {
+        assert!(std::time::Instant::now() < deadline, "the four were never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..50 {
+        assert_eq!(port.stats().queued, 4, "the link was read past the port's capacity");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(!waiting.is_finished(), "the fifth got through a full link");
+    let first = port.try_recv().unwrap();
+    assert_eq!((number(first.body()), first.message().msg_type()), (0, 1));
+    let fifth = waiting.join().unwrap();
+    assert_eq!((number(fifth.body()), fifth.message().msg_type()), (4, 2));
+    drop(sender.join().unwrap());
+    for i in 1..4 {
+        assert_eq!(number(port.recv_timeout(WATCHDOG).unwrap().body()), i);
     }
 }
