@@ -221,6 +221,11 @@ pub(crate) struct Receiver {
     readiness: Arc<Readiness>,
     /// The leader's spin over shared-memory links before it polls.
     spin: Spin,
+    /// The last envelope [`recv`](Self::recv) handed out was a call: its caller waits for the
+    /// reply, so the next request (of that caller at least) comes after it, and the spin looks
+    /// for it often ([`Spin::run_for_answer`]). A one-way stream gets the thinning spin,
+    /// which leaves its sender's index alone.
+    answering: AtomicBool,
     /// When the endpoint opened, and when its links were last polled (µs after that).
     created: Instant,
     polled_at_us: AtomicU64,
@@ -297,6 +302,7 @@ impl Receiver {
             arrived: Condvar::new(),
             waker: Waker::new()?,
             spin: Spin::new(),
+            answering: AtomicBool::new(false),
             created: Instant::now(),
             polled_at_us: AtomicU64::new(0),
             idle_looks: AtomicU32::new(0),
@@ -408,7 +414,9 @@ impl Receiver {
     ) -> Result<Envelope, ReceiveFailure> {
         let mut taken = None;
         self.recv_into(selector, wait, on_dead, 1, &mut |envelope| taken = Some(envelope))?;
-        taken.ok_or(ReceiveFailure::Empty)
+        let envelope = taken.ok_or(ReceiveFailure::Empty)?;
+        self.answering.store(envelope.is_call(), Ordering::Relaxed);
+        Ok(envelope)
     }
 
     /// Takes up to `max` (at least one) envelopes `selector` picks into `out`, waiting up to
@@ -912,7 +920,7 @@ impl Receiver {
             if link.end.link().is_shared_memory() && !self.readiness.is_active() && !link.is_full()
             {
                 if wait != Wait::NonBlocking {
-                    self.spin.run(|| link.has_input());
+                    self.spin_until(|| link.has_input());
                 }
                 let input = link.has_input();
                 if (input || wait == Wait::NonBlocking) && !self.poll_due_sampled() {
@@ -929,7 +937,7 @@ impl Receiver {
         if shared {
             let all_shared = links.iter().all(|l| l.end.link().is_shared_memory());
             if wait != Wait::NonBlocking && links.len() <= SPIN_LINKS {
-                self.spin.run(|| links.iter().any(|l| l.has_input()));
+                self.spin_until(|| links.iter().any(|l| l.has_input()));
             }
             // Async receivers were woken by an edge-triggered epoll set: a hang-up it
             // reported once must be looked for now, so they always poll.
@@ -1013,6 +1021,16 @@ impl Receiver {
         let looks = self.idle_looks.load(Ordering::Relaxed);
         self.idle_looks.store(looks.wrapping_add(1), Ordering::Relaxed);
         looks
+    }
+
+    /// Spins until `ready`, looking as often as a caller waiting on this side needs (see
+    /// `answering`).
+    fn spin_until(&self, ready: impl FnMut() -> bool) -> bool {
+        if self.answering.load(Ordering::Relaxed) {
+            self.spin.run_for_answer(ready)
+        } else {
+            self.spin.run(ready)
+        }
     }
 
     /// True when the last poll of the links is older than [`POLL_INTERVAL`].
