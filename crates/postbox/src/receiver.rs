@@ -221,10 +221,10 @@ pub(crate) struct Receiver {
     readiness: Arc<Readiness>,
     /// The leader's spin over shared-memory links before it polls.
     spin: Spin,
-    /// The last envelope [`recv`](Self::recv) handed out was a call: its caller waits for the
-    /// reply, so the next request (of that caller at least) comes after it, and the spin looks
-    /// for it often ([`Spin::run_for_answer`]). A one-way stream gets the thinning spin,
-    /// which leaves its sender's index alone.
+    /// The last envelope [`recv`](Self::recv) or [`recv_batch`](Self::recv_batch) handed out
+    /// was a call: its caller waits for the reply, so the next request (of that caller at
+    /// least) comes after it, and the spin looks for it often ([`Spin::run_for_answer`]). A
+    /// one-way stream gets the thinning spin, which leaves its sender's index alone.
     answering: AtomicBool,
     /// When the endpoint opened, and when its links were last polled (µs after that).
     created: Instant,
@@ -429,7 +429,10 @@ impl Receiver {
         max: usize,
         out: &mut Vec<Envelope>,
     ) -> Result<usize, ReceiveFailure> {
-        self.recv_into(selector, wait, on_dead, max.max(1), &mut |envelope| out.push(envelope))
+        let taken = self
+            .recv_into(selector, wait, on_dead, max.max(1), &mut |envelope| out.push(envelope))?;
+        self.answering.store(out.last().is_some_and(Envelope::is_call), Ordering::Relaxed);
+        Ok(taken)
     }
 
     /// Hands up to `max` envelopes `selector` picks to `sink` once there is one, waiting up
