@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// How often to yield adapts too: a spin that succeeded only after yielding says the peer
 /// shares this core (looking without yielding is wasted there), one that succeeded before
 /// the first yield says it runs elsewhere. Now and then a spin that yields at every other
-/// look tries more looks first ([`PROBE_LOOKS`]), so that one met on the same core does not
+/// look tries more looks first ([`probe_looks`]), so that one met on the same core does not
 /// keep yielding once the peer runs elsewhere: each yield costs a system call (370 ns on the
 /// VM of docs/benchmarks.md), and a cross-core answer found after it comes that much later.
 #[derive(Debug)]
@@ -49,7 +49,10 @@ impl Spin {
 
     fn run_thinning_to(&self, max_pauses: u32, mut ready: impl FnMut() -> bool) -> bool {
         let budget = Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)));
-        let per_yield = self.looks_per_yield.load(Ordering::Relaxed).max(1);
+        let per_yield = match self.looks_per_yield.load(Ordering::Relaxed) {
+            PROBE => probe_looks(max_pauses),
+            looks => looks,
+        };
         let started = Instant::now();
         let mut looks = 0u32;
         let mut pauses = 1u32;
@@ -86,7 +89,8 @@ impl Spin {
                 let spins = self.yielding_spins.load(Ordering::Relaxed).wrapping_add(1);
                 self.yielding_spins.store(spins, Ordering::Relaxed);
                 if spins % PROBE_EVERY == 0 {
-                    probe_looks(max_pauses)
+                    // The next spin, of whichever kind, probes with looks of its own spacing.
+                    PROBE
                 } else {
                     MIN_LOOKS
                 }
@@ -121,22 +125,26 @@ const MAX_PAUSES: u32 = 16;
 const ANSWER_PAUSES: u32 = 4;
 /// One spin in this many of those that succeeded after yielding tries more looks before its
 /// first yield ([`probe_looks`]). On the same core that spin yields later than it could, by
-/// about 1.5 µs, shared out over the spins in between.
-const PROBE_EVERY: u32 = 64;
-/// Looks before the first yield of a probing spin, with looks `max_pauses` pauses apart at
-/// most: about 64 pauses in all (1.5 µs on the VM of docs/benchmarks.md), enough for an
-/// answer from another core (a call takes about 1 µs there), which a probing spin on the same
-/// core wastes once in [`PROBE_EVERY`].
+/// about 3 µs, shared out over the spins in between (25 ns each).
+const PROBE_EVERY: u32 = 128;
+/// `looks_per_yield` of the next spin when it is to probe.
+const PROBE: u32 = 0;
+
+/// Looks before the first yield of a probing spin whose looks are `max_pauses` pauses apart
+/// at most: about 130 pauses in all (3 µs on the VM of docs/benchmarks.md), enough for an
+/// answer from another core (a call takes about 1 µs there, a short method more).
 fn probe_looks(max_pauses: u32) -> u32 {
     if max_pauses > ANSWER_PAUSES {
-        PROBE_LOOKS / 2
+        PROBE_LOOKS_THINNING
     } else {
-        PROBE_LOOKS
+        PROBE_LOOKS_FOR_ANSWER
     }
 }
 
-/// Looks before the first yield of a probing spin for an answer.
-const PROBE_LOOKS: u32 = 16;
+/// Looks before the first yield of a probing spin for an answer: 123 pauses.
+const PROBE_LOOKS_FOR_ANSWER: u32 = 32;
+/// Looks before the first yield of a probing thinning spin: 143 pauses.
+const PROBE_LOOKS_THINNING: u32 = 12;
 
 #[cfg(test)]
 mod tests {
@@ -151,42 +159,60 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_spin_that_yields_at_every_other_look_tries_more_looks_now_and_then() {
-        // A thinning spin probes with fewer looks (they are further apart).
-        let spin = Spin::new();
-        assert!(spin.run(ready_at(MAX_LOOKS + 1)));
-        for _ in 1..PROBE_EVERY {
-            assert!(spin.run(ready_at(MIN_LOOKS + 1)));
+    /// Spins until a spin finds `ready_at(at)`: a spin whose yield handed the CPU to another
+    /// test's thread for longer than its budget gives up, and changes nothing but its budget.
+    fn spin_until_found(spin: &Spin, at: u32, for_answer: bool) {
+        while !if for_answer { spin.run_for_answer(ready_at(at)) } else { spin.run(ready_at(at)) } {
         }
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS / 2);
+    }
 
-        let spin = Spin::new();
-        // Found after a yield (the peer seemed to share the core): yields at every other look.
-        assert!(spin.run(ready_at(MAX_LOOKS + 1)));
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MIN_LOOKS);
-        for _ in 1..PROBE_EVERY - 1 {
-            assert!(spin.run_for_answer(ready_at(MIN_LOOKS + 1)));
+    /// Puts `spin` in the mode a peer on its core leaves it in, a yield at every other look, and
+    /// counts `spins` spins there (of `PROBE_EVERY` that make a probe).
+    fn met_on_this_core(spin: &Spin, spins: u32) {
+        spin_until_found(spin, MAX_LOOKS + 1, true);
+        for _ in 1..spins {
             assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MIN_LOOKS);
+            // Found at the look after the first yield.
+            spin_until_found(spin, MIN_LOOKS + 1, true);
         }
+    }
+
+    #[test]
+    fn a_peer_answering_from_another_core_takes_a_spin_out_of_yielding_at_every_other_look() {
+        let spin = Spin::new();
+        met_on_this_core(&spin, PROBE_EVERY - 1);
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MIN_LOOKS);
+        spin_until_found(&spin, MIN_LOOKS + 1, true);
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE, "no probe planned");
+        // The peer now answers from another core, at the third look: the probe finds that
+        // before its first yield, and the looks grow back.
         assert!(spin.run_for_answer(ready_at(MIN_LOOKS + 1)));
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS, "no probe");
-        // The peer now answers from another core before the first yield: the looks grow back.
-        assert!(spin.run_for_answer(ready_at(PROBE_LOOKS - 1)));
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS * 2);
-        assert!(spin.run_for_answer(ready_at(1)));
+        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS_FOR_ANSWER * 2);
+        assert!(spin.run_for_answer(ready_at(MIN_LOOKS + 1)));
         assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MAX_LOOKS);
+    }
+
+    #[test]
+    fn a_probe_looks_as_long_as_the_spin_that_makes_it_needs() {
+        for (thinning, probe) in [(false, PROBE_LOOKS_FOR_ANSWER), (true, PROBE_LOOKS_THINNING)] {
+            let spin = Spin::new();
+            met_on_this_core(&spin, PROBE_EVERY);
+            assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE);
+            // Found at the probe's last look before its first yield: the looks double.
+            assert!(if thinning {
+                spin.run(ready_at(probe))
+            } else {
+                spin.run_for_answer(ready_at(probe))
+            });
+            assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), probe * 2);
+        }
     }
 
     #[test]
     fn a_spin_finds_what_is_ready_and_gives_up_on_what_never_is() {
         for answer in [false, true] {
             let spin = Spin::new();
-            let mut looks = 0;
-            let mut ready = || {
-                looks += 1;
-                looks == 100
-            };
+            let mut ready = ready_at(100);
             assert!(if answer { spin.run_for_answer(&mut ready) } else { spin.run(&mut ready) });
             let started = Instant::now();
             assert!(!spin.run(|| false));
