@@ -91,7 +91,10 @@ impl Message {
         self.body.as_mut_slice()
     }
 
-    /// The body, taken out (copied when it is read in place or lent).
+    /// The body, taken out (copied when it is read in place or lent). A received body of
+    /// more than 64 bytes may come in a buffer the receiving thread had kept from a message it
+    /// sent (a call's request, a typed reply): its capacity is then at most twice its length,
+    /// or 256 bytes.
     #[must_use]
     pub fn into_body(self) -> Vec<u8> {
         self.body.into_vec()
