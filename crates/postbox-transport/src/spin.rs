@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// How often to yield adapts too: a spin that succeeded only after yielding says the peer
 /// shares this core (looking without yielding is wasted there), one that succeeded before
 /// the first yield says it runs elsewhere. Now and then a spin that yields at every other
-/// look tries more looks first ([`probe_looks`]), so that one met on the same core does not
+/// look tries more looks first (`probe_looks`), so that one met on the same core does not
 /// keep yielding once the peer runs elsewhere: each yield costs a system call (370 ns on the
 /// VM of docs/benchmarks.md), and a cross-core answer found after it comes that much later.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl Spin {
 
     /// Looks at `ready` until it is true or the budget is spent, yielding the CPU every few
     /// looks (a peer on the same core gets to run). True when `ready` came true. The looks
-    /// thin out to one per [`MAX_PAUSES`] pauses: a peer publishing one message after another
+    /// thin out to one per 16 pauses: a peer publishing one message after another
     /// does not pay a cache-line transfer per message.
     pub fn run(&self, ready: impl FnMut() -> bool) -> bool {
         self.run_thinning_to(MAX_PAUSES, ready)
@@ -41,7 +41,7 @@ impl Spin {
 
     /// Like [`run`](Self::run), for an answer: a reply to a call, or a request whose caller
     /// waits for this side. The peer writes once, so looks cost it nothing, and they stay
-    /// close together (one per [`ANSWER_PAUSES`] pauses): a look every 16 pauses (360 ns on
+    /// close together (one per 4 pauses): a look every 16 pauses (360 ns on
     /// the VM of docs/benchmarks.md) would find the answer 180 ns late on average.
     pub fn run_for_answer(&self, ready: impl FnMut() -> bool) -> bool {
         self.run_thinning_to(ANSWER_PAUSES, ready)
