@@ -22,6 +22,12 @@ fn a_quiet_senders_message_is_not_queued_behind_a_busy_senders_whole_backlog() {
         busy.send(format!("busy {i}").into_bytes()).unwrap();
     }
     quiet.send("quiet").unwrap();
+    // A link reaches its port's owner after `connect` returns: both links known to the port
+    // before the first receive (else the busy link's messages are all there is to take).
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while port.connection_count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // Everything was written before the first receive: one read of both links queues it all.
     let mut busy_before_quiet = 0;
     let mut next_busy = 0;
