@@ -91,7 +91,9 @@ struct Outbound {
 /// What a wait on the link waits for, which sets how its spin looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Awaited {
-    /// Input: a reply to a call or credit (on a caller's link), which the peer writes once.
+    /// Input. A blocking read of a shared-memory link is a caller's, for a reply or credit,
+    /// which the peer writes once (a port's receiver spins on its own and reads without
+    /// blocking; subscriptions read Unix links).
     Input,
     /// Room in this side's stream, which the peer frees one read after another.
     Room,
