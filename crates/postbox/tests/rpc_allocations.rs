@@ -1,7 +1,7 @@
 //! A warm typed call whose arguments and result own no heap memory allocates nothing, on the
 //! caller's thread or on the server's, although its request and reply are too large to be
 //! held in place: each thread's request, reply and received bodies take turns in the buffers
-//! the thread kept (docs/benchmarks.md, "Buffers that take turns").
+//! the thread kept (docs/benchmarks.md, "Buffers that take turns, answers looked for often").
 #![allow(missing_docs)]
 
 use postbox::Broker;
