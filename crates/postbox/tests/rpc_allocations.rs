@@ -45,10 +45,13 @@ fn a_warm_typed_call_with_requests_and_replies_over_64_bytes_allocates_nothing()
     let change = region.change();
     let allocations = (change.allocations + change.reallocations) as u64;
     // Before the buffers took turns, each call allocated at least three times (the request
-    // on both sides, the reply on both sides). A few allocations of the broker's or of the
-    // server's control lane may fall in the window.
+    // on both sides, the reply on both sides): 10 063 allocations in 2000 calls. Other
+    // threads allocate meanwhile at their own pace, whatever the calls do: the server's
+    // control lane (a look every 5 ms, 6 or 7 allocations each), the broker. Fewer than one
+    // allocation every other call means the calls themselves allocate nothing (one that
+    // allocated would allocate on every call); about 30 in a release build, 150 in a debug one.
     assert!(
-        allocations < CALLS / 20,
+        allocations < CALLS / 2,
         "{allocations} allocations in {CALLS} calls: a warm typed call allocates"
     );
 }
