@@ -446,8 +446,8 @@ impl ShmLink {
         self.mine.arm();
     }
 
-    /// The descriptors to poll for reading: this side's wake-up socket, and the socket (readable only
-    /// when the peer hangs up).
+    /// The descriptors to poll for reading: this side's wake-up socket, and the socket
+    /// (readable only when the peer hangs up).
     #[must_use]
     pub fn poll_fds(&self) -> [BorrowedFd<'_>; 2] {
         [self.wake.as_fd(), self.socket.as_fd()]

@@ -41,8 +41,9 @@ pub(crate) struct ServerLink {
     /// Its envelopes in the endpoint's queue, per priority (changed under the endpoint's
     /// lock; see `fair_queue.rs`).
     in_queue: [AtomicUsize; PRIORITIES],
-    /// The decoder (in its [`LinkReader`]) may hold complete frames not decoded yet (a receiver took only what it
-    /// could hand out): the link is to be read even when its transport holds nothing new.
+    /// The decoder (in its [`LinkReader`]) may hold complete frames not decoded yet (a
+    /// receiver took only what it could hand out): the link is to be read even when its
+    /// transport holds nothing new.
     undecoded: AtomicBool,
     /// The largest payload the port accepts.
     max_payload: u32,
