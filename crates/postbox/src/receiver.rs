@@ -416,7 +416,7 @@ impl Receiver {
         let mut taken = None;
         self.recv_into(selector, wait, on_dead, 1, &mut |envelope| taken = Some(envelope))?;
         let envelope = taken.ok_or(ReceiveFailure::Empty)?;
-        self.answering.store(envelope.is_call(), Ordering::Relaxed);
+        self.note_answering(envelope.is_call());
         Ok(envelope)
     }
 
@@ -432,7 +432,7 @@ impl Receiver {
     ) -> Result<usize, ReceiveFailure> {
         let taken = self
             .recv_into(selector, wait, on_dead, max.max(1), &mut |envelope| out.push(envelope))?;
-        self.answering.store(out.last().is_some_and(Envelope::is_call), Ordering::Relaxed);
+        self.note_answering(out.last().is_some_and(Envelope::is_call));
         Ok(taken)
     }
 
@@ -1025,6 +1025,15 @@ impl Receiver {
         let looks = self.idle_looks.load(Ordering::Relaxed);
         self.idle_looks.store(looks.wrapping_add(1), Ordering::Relaxed);
         looks
+    }
+
+    /// Records whether the last envelope handed out was a call (see `answering`), writing the
+    /// flag only when it changes: serving threads of one port would otherwise pass its cache
+    /// line around on every receive.
+    fn note_answering(&self, call: bool) {
+        if self.answering.load(Ordering::Relaxed) != call {
+            self.answering.store(call, Ordering::Relaxed);
+        }
     }
 
     /// Spins until `ready`, looking as often as a caller waiting on this side needs (see
