@@ -434,8 +434,8 @@ impl Client {
     fn header(&self, kind: RequestKind, method: usize, flags: u8) -> Vec<u8> {
         let schema = &self.schema.methods[method];
         // Room for the header and small arguments: a buffer that grows while the arguments
-        // are encoded costs a reallocation and a copy on every call. The thread's kept buffer
-        // when it has one (see `request_message`).
+        // are encoded costs a reallocation and a copy on every call. A buffer the thread
+        // kept when it has one (see `spare`).
         let mut body = spare::take(HEADER_ROOM + schema.name.len() + SMALL_ARGUMENTS);
         RequestHeader {
             kind,
