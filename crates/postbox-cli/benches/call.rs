@@ -5,6 +5,9 @@
 //! - `call_rtt/{postbox,raw_socketpair}/{64,4096,1048576}`: one request, one reply of the
 //!   same size. postbox: `Connection::call` to an echo port; raw: write N bytes on a socketpair,
 //!   the child writes them back.
+//! - `call_rtt_callers/postbox/{1,2,4}`: 64 B calls to the same echo port over 1, 2 or 4
+//!   links (one node each), taking turns: what a server with several callers pays per call
+//!   when their calls do not arrive at once.
 //! - `oneway/{postbox,raw_socketpair}/{64,4096,1048576}`: a batch of one-way messages, then
 //!   one synchronising round trip (postbox: a call, which the server answers only after the
 //!   batch because a link is FIFO; raw: the last message asks for a one-byte ack).
@@ -76,6 +79,30 @@ fn benches(c: &mut Criterion) {
         });
     }
     rtt.finish();
+
+    // Callers in turn: 64 B calls to the echo port over 1, 2 or 4 links (one node each), one
+    // call at a time, each on the next link; the server's port has that many links, and at
+    // each receive one of them holds input.
+    let mut callers = c.benchmark_group("call_rtt_callers");
+    configure(&mut callers, 64);
+    let nodes: Vec<_> = (0..4).map(|_| broker.node().expect("node")).collect();
+    let links: Vec<_> = nodes.iter().map(|n| n.connect("bench/echo").expect("connect")).collect();
+    for count in [1, 2, 4] {
+        let links = &links[..count];
+        let mut next = 0;
+        callers.bench_function(BenchmarkId::new("postbox", count), |b| {
+            b.iter_batched(
+                || Message::new(vec![0xa5u8; 64]),
+                |request| {
+                    next = (next + 1) % links.len();
+                    links[next].call(request).unwrap()
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    callers.finish();
+    drop((links, nodes));
 
     let mut oneway = c.benchmark_group("oneway");
     for size in SIZES {

@@ -227,3 +227,78 @@ fn a_link_at_capacity_is_not_read_past_it_and_is_read_again_once_a_place_is_free
         assert_eq!(number(port.recv_timeout(WATCHDOG).unwrap().body()), i);
     }
 }
+
+/// Waits until `port` knows `links` links.
+fn until_linked(port: &postbox::Port, links: usize) {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while port.connection_count() < links {
+        assert!(std::time::Instant::now() < deadline, "the links never reached the port");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Receives the next envelope: blocking, or with `try_recv` in a loop (the shortest receive).
+fn next(port: &postbox::Port, blocking: bool) -> postbox::Envelope {
+    if blocking {
+        return port.recv_timeout(WATCHDOG).unwrap();
+    }
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    loop {
+        match port.try_recv() {
+            Ok(envelope) => return envelope,
+            Err(postbox::TryRecvError::Empty) => {
+                assert!(std::time::Instant::now() < deadline, "nothing arrived");
+                std::hint::spin_loop();
+            }
+            Err(e) => panic!("try_recv: {e}"),
+        }
+    }
+}
+
+/// Three links, the two quiet ones connected first: the busy one is the lone link with input
+/// at every receive, and its messages are handed out straight from its decoder, blocking
+/// receives and non-blocking ones in turns. The credit of each goes back to the link it came
+/// from: its sender, held to 4 messages in flight, never stalls, and nothing is reordered.
+#[test]
+fn the_lone_busy_link_among_quiet_ones_gets_the_credit_of_its_messages() {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("review/lone").capacity(4).open().unwrap();
+    let quiet: Vec<_> = (0..2).map(|_| broker.node().unwrap()).collect();
+    let _quiet: Vec<_> = quiet.iter().map(|n| n.connect("review/lone").unwrap()).collect();
+    until_linked(&port, 2);
+    let busy_node = broker.node().unwrap();
+    let busy = busy_node.connect("review/lone").unwrap();
+    until_linked(&port, 3);
+    let sender = std::thread::spawn(move || {
+        for i in 0..400 {
+            busy.send(numbered(i, 64, 0)).unwrap();
+        }
+        busy
+    });
+    for i in 0..400 {
+        assert_eq!(number(next(&port, i % 2 == 0).body()), i);
+    }
+    drop(sender.join().unwrap());
+}
+
+/// Two links holding input at once: the higher priority is handed out first, though its link
+/// was connected last, for a blocking receive and for a non-blocking one.
+#[test]
+fn with_input_on_two_links_the_higher_priority_goes_first() {
+    for blocking in [false, true] {
+        let broker = Broker::embedded().unwrap();
+        let server = broker.node().unwrap();
+        let port = server.port("review/two").open().unwrap();
+        let (a_node, b_node) = (broker.node().unwrap(), broker.node().unwrap());
+        let a = a_node.connect("review/two").unwrap();
+        until_linked(&port, 1);
+        let b = b_node.connect("review/two").unwrap();
+        until_linked(&port, 2);
+        // A send returns once its frame is in the link.
+        a.send(numbered(1, 8, 0)).unwrap();
+        b.send(numbered(2, 8, 7)).unwrap();
+        let order: Vec<u32> = (0..2).map(|_| number(next(&port, blocking).body())).collect();
+        assert_eq!(order, [2, 1], "blocking: {blocking}");
+    }
+}
