@@ -99,7 +99,10 @@ struct Readers {
 #[derive(Debug)]
 struct Queued {
     link: Arc<ServerLink>,
-    envelope: Envelope,
+    /// Boxed: a queued envelope moves about ten times between its decoding and its
+    /// receiver (into what arrived, into the queue, out of it), and 8 bytes move faster than
+    /// its 176.
+    envelope: Box<Envelope>,
     /// A one-way message (counted against capacity) rather than a call.
     counted: bool,
     /// Its sender waits for it to be taken.
@@ -657,7 +660,7 @@ impl Receiver {
                 }
             }
             envelope.lost = std::mem::take(&mut state.lost_pending);
-            sink(envelope);
+            sink(*envelope);
             taken += 1;
         }
         if let Some(done) = run {
@@ -1412,7 +1415,12 @@ fn decode_frames(
                     out.reserve((*budget).min(ARRIVED_CAPACITY));
                 }
                 out.push((
-                    Queued { link: Arc::clone(link), envelope, counted, confirm },
+                    Queued {
+                        link: Arc::clone(link),
+                        envelope: Box::new(envelope),
+                        counted,
+                        confirm,
+                    },
                     sender_dropped,
                 ));
                 *budget -= 1;

@@ -302,3 +302,43 @@ fn with_input_on_two_links_the_higher_priority_goes_first() {
         assert_eq!(order, [2, 1], "blocking: {blocking}");
     }
 }
+
+/// Ten links sending at once, each from its own thread: receives that find one link with
+/// input and receives that find several (the queue) alternate at random, blocking and not.
+/// Every message arrives once, each link's in order.
+#[test]
+fn ten_links_sending_at_once_lose_and_reorder_nothing() {
+    const LINKS: usize = 10;
+    const EACH: u32 = 300;
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let port = server.port("review/ten").capacity(8).open().unwrap();
+    let nodes: Vec<_> = (0..LINKS).map(|_| broker.node().unwrap()).collect();
+    let links: Vec<_> = nodes.iter().map(|n| n.connect("review/ten").unwrap()).collect();
+    until_linked(&port, LINKS);
+    let senders: Vec<_> = links
+        .into_iter()
+        .enumerate()
+        .map(|(link, connection)| {
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let mut message = numbered(i, 16, 0);
+                    message.body_mut()[4] = link as u8;
+                    connection.send(message).unwrap();
+                }
+                connection
+            })
+        })
+        .collect();
+    let mut expected = [0u32; LINKS];
+    for i in 0..LINKS * EACH as usize {
+        let envelope = next(&port, i % 3 == 0);
+        let link = usize::from(envelope.body()[4]);
+        assert_eq!(number(envelope.body()), expected[link], "link {link} out of order");
+        expected[link] += 1;
+    }
+    assert_eq!(expected, [EACH; LINKS]);
+    for sender in senders {
+        drop(sender.join().unwrap());
+    }
+}
