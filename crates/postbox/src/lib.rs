@@ -55,6 +55,7 @@ mod mailbox;
 mod message;
 mod node;
 mod port;
+mod promotion;
 mod readiness;
 mod receiver;
 mod remote;

@@ -28,6 +28,7 @@ use crate::condvar::wait_until;
 use crate::envelope::{Envelope, ReplyToken};
 use crate::fair_queue::{FairQueue, Shared, FAIR_SHARE, PRIORITIES};
 use crate::link::LinkEnd;
+use crate::promotion::{self, Promotion};
 use crate::readiness::Readiness;
 use crate::Message;
 
@@ -263,6 +264,8 @@ struct ReceiverState {
     /// settles. While a leader holds them, links added meanwhile put theirs here, and
     /// [`Readers::give_back`] keeps both.
     readers: Readers,
+    /// How long threads stay away with an envelope: whether one leaving wakes another.
+    promotion: Promotion,
     /// Messages lost (drop-oldest) since the last envelope was handed out.
     lost_pending: u64,
     /// Messages lost since the endpoint opened.
@@ -304,6 +307,7 @@ impl Receiver {
                 polling: false,
                 closed: false,
                 waiting: 0,
+                promotion: Promotion::default(),
                 lost_pending: 0,
                 lost_total: 0,
             }),
@@ -454,6 +458,9 @@ impl Receiver {
         sink: &mut dyn FnMut(Envelope),
     ) -> Result<usize, ReceiveFailure> {
         let mut state = self.lock();
+        if let Some(away) = promotion::returning(self.address(), Instant::now) {
+            state.promotion.on_return(away);
+        }
         loop {
             if state.taken_since_poll >= FAIR_SHARE && !state.polling && state.queue.holds_back() {
                 state.polling = true;
@@ -475,6 +482,7 @@ impl Receiver {
             }
             let taken = self.take(&mut state, selector, max, sink);
             if taken > 0 {
+                self.leave(&mut state);
                 return Ok(taken);
             }
             if state.closed {
@@ -484,9 +492,15 @@ impl Receiver {
                 if wait.expired() {
                     return Err(ReceiveFailure::Empty);
                 }
+                // Woken when there is something to take or a leader left for long (see
+                // `promotion`); looking now and then whether one left the links unread.
+                let (standby, leaves) = state.promotion.standby();
+                let standby = Instant::now() + standby;
+                let until = wait.ends_at().map_or(standby, |end| end.min(standby));
                 state.waiting += 1;
-                state = wait_until(&self.arrived, state, wait.ends_at());
+                state = wait_until(&self.arrived, state, Some(until));
                 state.waiting -= 1;
+                state.promotion.on_look(leaves);
                 continue;
             }
             if wait == Wait::NonBlocking && self.nothing_to_read(&state) {
@@ -494,7 +508,10 @@ impl Receiver {
             }
             if wait == Wait::NonBlocking {
                 match self.take_direct(&mut state, selector, max, sink, on_dead) {
-                    Direct::Taken(taken) => return Ok(taken),
+                    Direct::Taken(taken) => {
+                        self.leave(&mut state);
+                        return Ok(taken);
+                    }
                     Direct::Progress => continue,
                     Direct::NotHere => {}
                 }
@@ -558,6 +575,7 @@ impl Receiver {
             self.settle(&mut state, arrived, dead, on_dead, selector == Selector::ANY);
             state.taken_since_poll += taken;
             if taken > 0 {
+                self.leave(&mut state);
                 return Ok(taken);
             }
             if wait == Wait::NonBlocking && progress {
@@ -567,11 +585,20 @@ impl Receiver {
             }
             if wait.expired() {
                 // The wait is over: one last look for a message this receiver may take.
-                return match self.take(&mut state, selector, max, sink) {
-                    0 if state.closed => Err(ReceiveFailure::Closed),
-                    0 => Err(ReceiveFailure::Empty),
-                    taken => Ok(taken),
-                };
+                let taken = self.take(&mut state, selector, max, sink);
+                if taken > 0 {
+                    self.leave(&mut state);
+                    return Ok(taken);
+                }
+                // Leaving empty-handed, maybe for good: a waiting thread reads the links.
+                if state.waiting > 0 {
+                    self.arrived.notify_one();
+                }
+                return Err(if state.closed {
+                    ReceiveFailure::Closed
+                } else {
+                    ReceiveFailure::Empty
+                });
             }
         }
     }
@@ -674,6 +701,24 @@ impl Receiver {
         taken
     }
 
+    /// This thread leaves with envelopes: a waiting thread is woken to read the links when
+    /// the endpoint's threads stay away longer than a wake-up takes, and this thread notes
+    /// when it left (see `promotion`).
+    fn leave(&self, state: &mut ReceiverState) {
+        if state.waiting == 0 || state.polling {
+            return;
+        }
+        if state.promotion.on_leave() {
+            self.arrived.notify_one();
+        }
+        promotion::note_leaving(self.address(), Instant::now());
+    }
+
+    /// This endpoint's address, which tells it apart from the others a thread receives on.
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// Tells receivers waiting (blocked, polling or async) that the queue changed.
     fn wake_receivers(&self, state: &ReceiverState) {
         if state.waiting > 0 {
@@ -760,7 +805,9 @@ impl Receiver {
             // for fairness too); its calls can no longer be answered.
             state.queue.links_gone(&dead, |q| q.counted);
         }
-        if state.waiting > 0 {
+        if state.waiting > 0 && state.queue.len() > 0 {
+            // Something to take. A leader that takes what it read wakes nobody here: see
+            // `leave`.
             self.arrived.notify_all();
         }
         self.readiness.signal();

@@ -1,0 +1,173 @@
+//! When a receiving thread leaves with an envelope, whether a thread waiting on the same
+//! endpoint is woken at once to read the links in its place.
+//!
+//! The threads of a pool take turns: one reads the links (the leader), the others wait. A
+//! leader that handed itself an envelope used to wake a waiting thread every time, so that
+//! the links were read while it handled the envelope. A wake-up costs a system call on the
+//! leader's way out and, on a small machine, a thread that competes for the CPU with the
+//! handler and its caller: with two serving threads, a lone caller's 64 B call took 14 µs
+//! instead of 0.7 µs on the VM of docs/benchmarks.md. A thread that comes back sooner than a
+//! woken one could start gains nothing from that wake-up.
+//!
+//! So an endpoint estimates how long its threads stay away with an envelope (from leaving to
+//! their next receive), and wakes a waiting thread at once only when that is longer than a
+//! wake-up takes ([`PROMPT_AWAY`]). Threads waiting behind a leader look now and then
+//! whether the links lost their reader, and take them over if so: every
+//! [`MIN_STANDBY`] while leaders keep leaving, so that a handler running long after many
+//! short ones delays the requests behind it by about that much at most; the interval
+//! doubles, up to [`MAX_STANDBY`], while nobody leaves (an idle pool wakes rarely), and a
+//! leader that leaves after such a quiet spell wakes one thread at once and shortens it
+//! again. The estimate jumps to a long absence at once and decays by an eighth of the
+//! difference per shorter one.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// How long an endpoint's threads stay away with an envelope, and how often its waiting
+/// threads look.
+#[derive(Debug)]
+pub(crate) struct Promotion {
+    away: Duration,
+    standby: Duration,
+    /// Leaders that left with an envelope, counted.
+    leaves: u64,
+}
+
+impl Default for Promotion {
+    fn default() -> Self {
+        Self { away: Duration::ZERO, standby: MIN_STANDBY, leaves: 0 }
+    }
+}
+
+impl Promotion {
+    /// A leader leaves with an envelope while threads wait: true when one must be woken now
+    /// to read the links (its threads stay away longer than a wake-up takes, or the waiting
+    /// ones look rarely after a quiet spell).
+    pub(crate) fn on_leave(&mut self) -> bool {
+        self.leaves = self.leaves.wrapping_add(1);
+        if self.away >= PROMPT_AWAY {
+            return true;
+        }
+        if self.standby > MIN_STANDBY {
+            self.standby = MIN_STANDBY;
+            return true;
+        }
+        false
+    }
+
+    /// A thread came back `away` after it left with an envelope.
+    pub(crate) fn on_return(&mut self, away: Duration) {
+        self.away = if away >= self.away { away } else { self.away - (self.away - away) / 8 };
+    }
+
+    /// For a thread about to wait behind a leader: how long before it looks again, and the
+    /// count of leaves to hand to [`on_look`](Self::on_look) then.
+    pub(crate) fn standby(&self) -> (Duration, u64) {
+        (self.standby, self.leaves)
+    }
+
+    /// A waiting thread looks again; `leaves` is what [`standby`](Self::standby) said before
+    /// it waited. Nobody left meanwhile: the next looks come later.
+    pub(crate) fn on_look(&mut self, leaves: u64) {
+        if self.leaves == leaves {
+            self.standby = (self.standby * 2).min(MAX_STANDBY);
+        }
+    }
+}
+
+/// Notes that this thread leaves endpoint `endpoint` (an address) with an envelope `now`.
+pub(crate) fn note_leaving(endpoint: usize, now: Instant) {
+    LEFT.set(Some((endpoint, now)));
+}
+
+/// How long this thread was away from `endpoint`, if it left it with an envelope last
+/// (forgotten once asked).
+pub(crate) fn returning(endpoint: usize, now: impl FnOnce() -> Instant) -> Option<Duration> {
+    match LEFT.get() {
+        Some((left, at)) if left == endpoint => {
+            LEFT.set(None);
+            Some(now().saturating_duration_since(at))
+        }
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// The endpoint this thread last left with an envelope while others waited, and when.
+    static LEFT: Cell<Option<(usize, Instant)>> = const { Cell::new(None) };
+}
+
+/// A wake-up of a waiting thread takes about this long to get it running (tens of
+/// microseconds across cores on a small VM): a leader back sooner is not replaced.
+pub(crate) const PROMPT_AWAY: Duration = Duration::from_micros(20);
+
+/// How often threads waiting behind a leader look whether the links lost their reader, while
+/// leaders keep leaving with envelopes...
+pub(crate) const MIN_STANDBY: Duration = Duration::from_millis(1);
+
+/// ... and at most, after a quiet spell.
+pub(crate) const MAX_STANDBY: Duration = Duration::from_millis(64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_absences_wake_nobody_and_one_long_absence_wakes_at_once_from_then_on() {
+        let mut promotion = Promotion::default();
+        for _ in 0..10 {
+            assert!(!promotion.on_leave(), "threads are expected back soon");
+            promotion.on_return(Duration::from_micros(2));
+        }
+        promotion.on_return(Duration::from_millis(5));
+        assert!(promotion.on_leave());
+        promotion.on_return(Duration::from_micros(2));
+        assert!(promotion.on_leave(), "one short absence does not undo a long one");
+    }
+
+    #[test]
+    fn the_estimate_decays_below_a_wake_up_after_enough_short_absences() {
+        let mut promotion = Promotion::default();
+        promotion.on_return(Duration::from_millis(1));
+        let mut returns = 0;
+        while promotion.on_leave() {
+            promotion.on_return(Duration::from_micros(1));
+            returns += 1;
+            assert!(returns < 100, "the estimate never decayed");
+        }
+        // From 1 ms to below 20 µs by an eighth of the difference each: about 30 returns.
+        assert!((20..60).contains(&returns), "decayed after {returns}");
+    }
+
+    #[test]
+    fn waiting_threads_look_rarely_while_nobody_leaves_and_often_again_once_one_does() {
+        let mut promotion = Promotion::default();
+        let (first, leaves) = promotion.standby();
+        assert_eq!(first, MIN_STANDBY);
+        // Leaders leave between two looks: the looks stay frequent, and nobody is woken.
+        assert!(!promotion.on_leave());
+        promotion.on_look(leaves);
+        assert_eq!(promotion.standby().0, MIN_STANDBY);
+        // A quiet spell: the looks thin out to the most.
+        for _ in 0..10 {
+            let (_, leaves) = promotion.standby();
+            promotion.on_look(leaves);
+        }
+        assert_eq!(promotion.standby().0, MAX_STANDBY);
+        // The first leader to leave after it wakes a thread at once; the looks are frequent
+        // again, and the next leader wakes nobody.
+        assert!(promotion.on_leave());
+        assert_eq!(promotion.standby().0, MIN_STANDBY);
+        assert!(!promotion.on_leave());
+    }
+
+    #[test]
+    fn a_thread_is_away_from_the_endpoint_it_left_only() {
+        let start = Instant::now();
+        note_leaving(1, start);
+        assert_eq!(returning(2, || start), None, "another endpoint");
+        let later = start + Duration::from_micros(7);
+        assert_eq!(returning(1, || later), Some(Duration::from_micros(7)));
+        assert_eq!(returning(1, || later), None, "asked once");
+    }
+}
