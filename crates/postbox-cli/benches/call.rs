@@ -8,6 +8,8 @@
 //! - `call_rtt_callers/postbox/{1,2,4}`: 64 B calls to the same echo port over 1, 2 or 4
 //!   links (one node each), taking turns: what a server with several callers pays per call
 //!   when their calls do not arrive at once.
+//! - `call_rtt_serving_threads/postbox/{1,2,4}`: 64 B calls from one caller to an echo port
+//!   served by 1, 2 or 4 threads of one worker process.
 //! - `oneway/{postbox,raw_socketpair}/{64,4096,1048576}`: a batch of one-way messages, then
 //!   one synchronising round trip (postbox: a call, which the server answers only after the
 //!   batch because a link is FIFO; raw: the last message asks for a one-byte ack).
@@ -37,22 +39,33 @@ mod placement;
 
 const SIZES: [usize; 3] = [64, 4096, 1 << 20];
 
+/// Threads serving the echo ports of `call_rtt_serving_threads`.
+const POOLS: [usize; 3] = [1, 2, 4];
+
 fn benches(c: &mut Criterion) {
     let placement = placement::Placement::from_bench_env();
     let broker = Broker::embedded().expect("embedded broker");
     let spawned = placement
         .apply(|| {
             let server = spawn(&broker, &["echo", "bench/echo"], Stdio::null());
+            let pools: Vec<_> = POOLS
+                .iter()
+                .map(|threads| {
+                    let name = format!("bench/pool-{threads}");
+                    let threads = threads.to_string();
+                    spawn(&broker, &["echo", &name, "--threads", &threads], Stdio::null())
+                })
+                .collect();
             let raw: Vec<_> = SIZES
                 .iter()
                 .flat_map(|&size| {
                     [raw_peer(&broker, "raw-echo", size), raw_peer(&broker, "raw-sink", size)]
                 })
                 .collect();
-            (server, raw)
+            (server, pools, raw)
         })
         .expect("pin to the chosen CPUs");
-    let (_server, mut raw_peers) = spawned;
+    let (_server, _pools, mut raw_peers) = spawned;
     let node = broker.node().expect("node");
     let connection = node.connect("bench/echo").expect("connect");
 
@@ -103,6 +116,22 @@ fn benches(c: &mut Criterion) {
     }
     callers.finish();
     drop((links, nodes));
+
+    // Serving threads: 64 B calls from one caller to an echo port served by 1, 2 or 4
+    // threads of one process (`postbox worker echo --threads`).
+    let mut pool = c.benchmark_group("call_rtt_serving_threads");
+    configure(&mut pool, 64);
+    for threads in POOLS {
+        let link = node.connect(&format!("bench/pool-{threads}")).expect("connect");
+        pool.bench_function(BenchmarkId::new("postbox", threads), |b| {
+            b.iter_batched(
+                || Message::new(vec![0xa5u8; 64]),
+                |request| link.call(request).unwrap(),
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    pool.finish();
 
     let mut oneway = c.benchmark_group("oneway");
     for size in SIZES {
