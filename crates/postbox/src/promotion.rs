@@ -12,13 +12,13 @@
 //! So an endpoint estimates how long its threads stay away with an envelope (from leaving to
 //! their next receive), and wakes a waiting thread at once only when that is longer than a
 //! wake-up takes ([`PROMPT_AWAY`]). Threads waiting behind a leader look now and then
-//! whether the links lost their reader, and take them over if so: every
-//! [`MIN_STANDBY`] while leaders keep leaving, so that a handler running long after many
-//! short ones delays the requests behind it by about that much at most; the interval
-//! doubles, up to [`MAX_STANDBY`], while nobody leaves (an idle pool wakes rarely), and a
-//! leader that leaves after such a quiet spell wakes one thread at once and shortens it
-//! again. The estimate jumps to a long absence at once and decays by an eighth of the
-//! difference per shorter one.
+//! whether the links lost their reader, and take them over if so: every [`MIN_STANDBY`]
+//! while leaders keep leaving, so that a handler running long after many short ones delays
+//! the requests behind it by about that much at most. The interval doubles, up to
+//! [`MAX_STANDBY`], with each look that times out with nobody having left meanwhile (an
+//! idle pool wakes rarely); a leader that leaves after such a quiet spell wakes every
+//! waiting thread, so that each goes back to the short interval. The estimate jumps to a
+//! long absence at once and decays by an eighth of the difference per shorter one.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -39,20 +39,31 @@ impl Default for Promotion {
     }
 }
 
+/// What a leader leaving with an envelope does for the threads waiting behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Promote {
+    /// Nothing: it will be back before a woken thread could start, and the waiting threads
+    /// look often.
+    Later,
+    /// Wake one to read the links now: the endpoint's threads stay away long.
+    Now,
+    /// Wake them all: each waits as long as the looks were apart when it began, which a
+    /// quiet spell made long; from now on they look often.
+    NowAndLookOften,
+}
+
 impl Promotion {
-    /// A leader leaves with an envelope while threads wait: true when one must be woken now
-    /// to read the links (its threads stay away longer than a wake-up takes, or the waiting
-    /// ones look rarely after a quiet spell).
-    pub(crate) fn on_leave(&mut self) -> bool {
+    /// A leader leaves with an envelope while threads wait.
+    pub(crate) fn on_leave(&mut self) -> Promote {
         self.leaves = self.leaves.wrapping_add(1);
-        if self.away >= PROMPT_AWAY {
-            return true;
-        }
         if self.standby > MIN_STANDBY {
             self.standby = MIN_STANDBY;
-            return true;
+            return Promote::NowAndLookOften;
         }
-        false
+        if self.away >= PROMPT_AWAY {
+            return Promote::Now;
+        }
+        Promote::Later
     }
 
     /// A thread came back `away` after it left with an envelope.
@@ -66,8 +77,8 @@ impl Promotion {
         (self.standby, self.leaves)
     }
 
-    /// A waiting thread looks again; `leaves` is what [`standby`](Self::standby) said before
-    /// it waited. Nobody left meanwhile: the next looks come later.
+    /// A waiting thread's wait ran out; `leaves` is what [`standby`](Self::standby) said
+    /// before it waited. Nobody left meanwhile: the next looks come later.
     pub(crate) fn on_look(&mut self, leaves: u64) {
         if self.leaves == leaves {
             self.standby = (self.standby * 2).min(MAX_STANDBY);
@@ -116,13 +127,17 @@ mod tests {
     fn short_absences_wake_nobody_and_one_long_absence_wakes_at_once_from_then_on() {
         let mut promotion = Promotion::default();
         for _ in 0..10 {
-            assert!(!promotion.on_leave(), "threads are expected back soon");
+            assert_eq!(promotion.on_leave(), Promote::Later, "threads are expected back soon");
             promotion.on_return(Duration::from_micros(2));
         }
         promotion.on_return(Duration::from_millis(5));
-        assert!(promotion.on_leave());
+        assert_eq!(promotion.on_leave(), Promote::Now);
         promotion.on_return(Duration::from_micros(2));
-        assert!(promotion.on_leave(), "one short absence does not undo a long one");
+        assert_eq!(
+            promotion.on_leave(),
+            Promote::Now,
+            "one short absence does not undo a long one"
+        );
     }
 
     #[test]
@@ -130,7 +145,7 @@ mod tests {
         let mut promotion = Promotion::default();
         promotion.on_return(Duration::from_millis(1));
         let mut returns = 0;
-        while promotion.on_leave() {
+        while promotion.on_leave() == Promote::Now {
             promotion.on_return(Duration::from_micros(1));
             returns += 1;
             assert!(returns < 100, "the estimate never decayed");
@@ -145,7 +160,7 @@ mod tests {
         let (first, leaves) = promotion.standby();
         assert_eq!(first, MIN_STANDBY);
         // Leaders leave between two looks: the looks stay frequent, and nobody is woken.
-        assert!(!promotion.on_leave());
+        assert_eq!(promotion.on_leave(), Promote::Later);
         promotion.on_look(leaves);
         assert_eq!(promotion.standby().0, MIN_STANDBY);
         // A quiet spell: the looks thin out to the most.
@@ -154,11 +169,11 @@ mod tests {
             promotion.on_look(leaves);
         }
         assert_eq!(promotion.standby().0, MAX_STANDBY);
-        // The first leader to leave after it wakes a thread at once; the looks are frequent
-        // again, and the next leader wakes nobody.
-        assert!(promotion.on_leave());
+        // The first leader to leave after it wakes every waiting thread; the looks are
+        // frequent again, and the next leader wakes nobody.
+        assert_eq!(promotion.on_leave(), Promote::NowAndLookOften);
         assert_eq!(promotion.standby().0, MIN_STANDBY);
-        assert!(!promotion.on_leave());
+        assert_eq!(promotion.on_leave(), Promote::Later);
     }
 
     #[test]

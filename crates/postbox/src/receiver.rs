@@ -2,9 +2,12 @@
 //! its flow control, and the leader/follower loop by which receiving threads read those links
 //! themselves.
 //!
-//! One receiving thread at a time (the leader) polls every link of the endpoint plus a waker,
-//! reads what is ready, queues the envelopes and wakes the others; each thread then takes the
-//! envelope its [`Selector`] picks. New links arrive from the node's control thread, which
+//! One receiving thread at a time (the leader) polls every link of the endpoint plus a waker
+//! and reads what is ready. When one link alone held input and the leader takes any envelope,
+//! it hands them to itself as they are decoded; otherwise it queues them and wakes the
+//! others, and each thread takes the envelope its [`Selector`] picks. A leader leaving with
+//! an envelope wakes a waiting thread to read in its place only when the endpoint's threads
+//! stay away longer than a wake-up takes (`promotion.rs`). New links arrive from the node's control thread, which
 //! fires the waker so the leader polls the new set.
 //!
 //! Flow control: every one-way message taken (or dropped by drop-oldest) is released on its
@@ -28,7 +31,7 @@ use crate::condvar::wait_until;
 use crate::envelope::{Envelope, ReplyToken};
 use crate::fair_queue::{FairQueue, Shared, FAIR_SHARE, PRIORITIES};
 use crate::link::LinkEnd;
-use crate::promotion::{self, Promotion};
+use crate::promotion::{self, Promote, Promotion};
 use crate::readiness::Readiness;
 use crate::Message;
 
@@ -461,9 +464,13 @@ impl Receiver {
         if let Some(away) = promotion::returning(self.address(), Instant::now) {
             state.promotion.on_return(away);
         }
+        // This receive read the links as their leader: leaving empty-handed, it wakes a
+        // waiting thread to take them over (see `hand_over`).
+        let mut led = false;
         loop {
             if state.taken_since_poll >= FAIR_SHARE && !state.polling && state.queue.holds_back() {
                 state.polling = true;
+                led = true;
                 let links = Arc::clone(&state.links);
                 let scratch = std::mem::take(&mut state.scratch);
                 let mut readers = std::mem::take(&mut state.readers);
@@ -500,10 +507,15 @@ impl Receiver {
                 state.waiting += 1;
                 state = wait_until(&self.arrived, state, Some(until));
                 state.waiting -= 1;
-                state.promotion.on_look(leaves);
+                if Instant::now() >= standby {
+                    state.promotion.on_look(leaves);
+                }
                 continue;
             }
             if wait == Wait::NonBlocking && self.nothing_to_read(&state) {
+                if led {
+                    self.hand_over(&state);
+                }
                 return Err(ReceiveFailure::Empty);
             }
             if wait == Wait::NonBlocking {
@@ -517,6 +529,7 @@ impl Receiver {
                 }
             }
             state.polling = true;
+            led = true;
             let links = Arc::clone(&state.links);
             let scratch = std::mem::take(&mut state.scratch);
             let mut readers = std::mem::take(&mut state.readers);
@@ -535,8 +548,10 @@ impl Receiver {
                     link.flush_credit(true);
                 }
             }
-            // A receiver that takes any envelope decodes little more than it can take (a poll
-            // costs more than queueing a few): the rest stay in the links' decoders.
+            // A receiver that takes any envelope from a port of one link decodes little more
+            // than it can take (a poll costs more than queueing a few): the rest stay in the
+            // link's decoder. With several links, a frame left in one decoder could be
+            // outranked by what another link brings, and everything read is decoded.
             let limit = if selector == Selector::ANY
                 && links.len() == 1
                 && self.spec.overflow != Overflow::DropOldest
@@ -590,10 +605,7 @@ impl Receiver {
                     self.leave(&mut state);
                     return Ok(taken);
                 }
-                // Leaving empty-handed, maybe for good: a waiting thread reads the links.
-                if state.waiting > 0 {
-                    self.arrived.notify_one();
-                }
+                self.hand_over(&state);
                 return Err(if state.closed {
                     ReceiveFailure::Closed
                 } else {
@@ -708,10 +720,22 @@ impl Receiver {
         if state.waiting == 0 || state.polling {
             return;
         }
-        if state.promotion.on_leave() {
-            self.arrived.notify_one();
+        match state.promotion.on_leave() {
+            Promote::Later => {}
+            Promote::Now => self.arrived.notify_one(),
+            // Each waiting thread waits as long as the looks were apart when it began: all
+            // of them are woken to wait the short while from now on.
+            Promote::NowAndLookOften => self.arrived.notify_all(),
         }
         promotion::note_leaving(self.address(), Instant::now());
+    }
+
+    /// A thread that read the links leaves without an envelope, maybe for good: a waiting
+    /// thread takes the links over.
+    fn hand_over(&self, state: &ReceiverState) {
+        if state.waiting > 0 && !state.polling {
+            self.arrived.notify_one();
+        }
     }
 
     /// This endpoint's address, which tells it apart from the others a thread receives on.
@@ -747,9 +771,12 @@ impl Receiver {
         let mut state = self.lock();
         state.readers.give_back(readers);
         self.settle(&mut state, arrived, dead, on_dead, false);
+        self.hand_over(&state);
     }
 
-    /// Ends a poll: queues what arrived, forgets dead links, wakes waiting receivers.
+    /// Ends a poll: queues what arrived, forgets dead links, and wakes waiting receivers when
+    /// something is queued for them (a leader leaving wakes one as `leave` and `hand_over`
+    /// say).
     ///
     /// With `may_run` (the polling receiver takes any envelope), what arrived is queued as a
     /// run (see `FairQueue::push_run`) when the queue could only hand it out in the same
@@ -991,7 +1018,8 @@ impl Receiver {
             && links.iter().all(|l| l.end.link().is_shared_memory())
         {
             let ready = |l: &Arc<ServerLink>| !l.is_full() && l.has_input();
-            if wait != Wait::NonBlocking {
+            // Links all full are not read: nothing to spin for (the queue must empty first).
+            if wait != Wait::NonBlocking && !links.iter().all(|l| l.is_full()) {
                 self.spin_until(|| links.iter().any(ready));
             }
             let mut to_read = [false; SPIN_LINKS];
