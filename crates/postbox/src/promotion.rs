@@ -11,13 +11,15 @@
 //!
 //! So an endpoint estimates how long its threads stay away with an envelope (from leaving to
 //! their next receive), and wakes a waiting thread at once only when that is longer than a
-//! wake-up takes ([`PROMPT_AWAY`]). Threads waiting behind a leader look now and then
-//! whether the links lost their reader, and take them over if so: every [`MIN_STANDBY`]
+//! wake-up takes ([`PROMPT_AWAY`]). One of the threads waiting behind a leader looks now and
+//! then whether the links lost their reader, and takes them over if so (a leader leaving
+//! when none keeps the looks wakes one to keep them): every [`MIN_STANDBY`]
 //! while leaders keep leaving, so that a handler running long after many short ones delays
 //! the requests behind it by about that much at most. The interval doubles, up to
-//! [`MAX_STANDBY`], with each look that times out with nobody having left meanwhile (an
+//! [`MAX_STANDBY`], with each look that times out when no leader has left for [`QUIET`] (an
 //! idle pool wakes rarely); a leader that leaves after such a quiet spell wakes every
-//! waiting thread, so that each goes back to the short interval. The estimate jumps to a
+//! waiting thread, so that each goes back to the short interval. Calls coming more often
+//! than one per [`QUIET`] keep the interval short and wake nobody. The estimate jumps to a
 //! long absence at once and decays by an eighth of the difference per shorter one.
 
 use std::cell::Cell;
@@ -29,13 +31,13 @@ use std::time::{Duration, Instant};
 pub(crate) struct Promotion {
     away: Duration,
     standby: Duration,
-    /// Leaders that left with an envelope, counted.
-    leaves: u64,
+    /// When a leader last left with an envelope.
+    left_at: Option<Instant>,
 }
 
 impl Default for Promotion {
     fn default() -> Self {
-        Self { away: Duration::ZERO, standby: MIN_STANDBY, leaves: 0 }
+        Self { away: Duration::ZERO, standby: MIN_STANDBY, left_at: None }
     }
 }
 
@@ -53,9 +55,9 @@ pub(crate) enum Promote {
 }
 
 impl Promotion {
-    /// A leader leaves with an envelope while threads wait.
-    pub(crate) fn on_leave(&mut self) -> Promote {
-        self.leaves = self.leaves.wrapping_add(1);
+    /// A leader leaves with an envelope while threads wait, `now`.
+    pub(crate) fn on_leave(&mut self, now: Instant) -> Promote {
+        self.left_at = Some(now);
         if self.standby > MIN_STANDBY {
             self.standby = MIN_STANDBY;
             return Promote::NowAndLookOften;
@@ -71,16 +73,15 @@ impl Promotion {
         self.away = if away >= self.away { away } else { self.away - (self.away - away) / 8 };
     }
 
-    /// For a thread about to wait behind a leader: how long before it looks again, and the
-    /// count of leaves to hand to [`on_look`](Self::on_look) then.
-    pub(crate) fn standby(&self) -> (Duration, u64) {
-        (self.standby, self.leaves)
+    /// For a thread about to wait behind a leader: how long before it looks again.
+    pub(crate) fn standby(&self) -> Duration {
+        self.standby
     }
 
-    /// A waiting thread's wait ran out; `leaves` is what [`standby`](Self::standby) said
-    /// before it waited. Nobody left meanwhile: the next looks come later.
-    pub(crate) fn on_look(&mut self, leaves: u64) {
-        if self.leaves == leaves {
+    /// A waiting thread's wait ran out, `now`. No leader left for [`QUIET`]: the next looks
+    /// come later.
+    pub(crate) fn on_look(&mut self, now: Instant) {
+        if self.left_at.is_none_or(|at| now.saturating_duration_since(at) >= QUIET) {
             self.standby = (self.standby * 2).min(MAX_STANDBY);
         }
     }
@@ -119,22 +120,26 @@ pub(crate) const MIN_STANDBY: Duration = Duration::from_millis(1);
 /// ... and at most, after a quiet spell.
 pub(crate) const MAX_STANDBY: Duration = Duration::from_millis(64);
 
+/// No leader leaving for this long is a quiet spell: the waiting threads' looks thin out.
+pub(crate) const QUIET: Duration = Duration::from_millis(8);
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn short_absences_wake_nobody_and_one_long_absence_wakes_at_once_from_then_on() {
+        let now = Instant::now();
         let mut promotion = Promotion::default();
         for _ in 0..10 {
-            assert_eq!(promotion.on_leave(), Promote::Later, "threads are expected back soon");
+            assert_eq!(promotion.on_leave(now), Promote::Later, "threads are expected back soon");
             promotion.on_return(Duration::from_micros(2));
         }
         promotion.on_return(Duration::from_millis(5));
-        assert_eq!(promotion.on_leave(), Promote::Now);
+        assert_eq!(promotion.on_leave(now), Promote::Now);
         promotion.on_return(Duration::from_micros(2));
         assert_eq!(
-            promotion.on_leave(),
+            promotion.on_leave(now),
             Promote::Now,
             "one short absence does not undo a long one"
         );
@@ -145,7 +150,7 @@ mod tests {
         let mut promotion = Promotion::default();
         promotion.on_return(Duration::from_millis(1));
         let mut returns = 0;
-        while promotion.on_leave() == Promote::Now {
+        while promotion.on_leave(Instant::now()) == Promote::Now {
             promotion.on_return(Duration::from_micros(1));
             returns += 1;
             assert!(returns < 100, "the estimate never decayed");
@@ -155,25 +160,31 @@ mod tests {
     }
 
     #[test]
-    fn waiting_threads_look_rarely_while_nobody_leaves_and_often_again_once_one_does() {
+    fn waiting_threads_look_rarely_after_a_quiet_spell_and_often_again_once_a_leader_leaves() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
         let mut promotion = Promotion::default();
-        let (first, leaves) = promotion.standby();
-        assert_eq!(first, MIN_STANDBY);
-        // Leaders leave between two looks: the looks stay frequent, and nobody is woken.
-        assert_eq!(promotion.on_leave(), Promote::Later);
-        promotion.on_look(leaves);
-        assert_eq!(promotion.standby().0, MIN_STANDBY);
-        // A quiet spell: the looks thin out to the most.
-        for _ in 0..10 {
-            let (_, leaves) = promotion.standby();
-            promotion.on_look(leaves);
+        assert_eq!(promotion.standby(), MIN_STANDBY);
+        // A leader leaves every 5 ms: the looks stay frequent, and nobody is woken.
+        for leave in 0..10 {
+            assert_eq!(promotion.on_leave(at(5 * leave)), Promote::Later);
+            promotion.on_look(at(5 * leave + 4));
+            assert_eq!(promotion.standby(), MIN_STANDBY);
         }
-        assert_eq!(promotion.standby().0, MAX_STANDBY);
+        // A quiet spell: from 8 ms after the last leave, each look doubles the interval.
+        promotion.on_look(at(45 + 7));
+        assert_eq!(promotion.standby(), MIN_STANDBY);
+        let mut now = 45 + 8;
+        for _ in 0..10 {
+            promotion.on_look(at(now));
+            now += promotion.standby().as_millis() as u64;
+        }
+        assert_eq!(promotion.standby(), MAX_STANDBY);
         // The first leader to leave after it wakes every waiting thread; the looks are
         // frequent again, and the next leader wakes nobody.
-        assert_eq!(promotion.on_leave(), Promote::NowAndLookOften);
-        assert_eq!(promotion.standby().0, MIN_STANDBY);
-        assert_eq!(promotion.on_leave(), Promote::Later);
+        assert_eq!(promotion.on_leave(at(now)), Promote::NowAndLookOften);
+        assert_eq!(promotion.standby(), MIN_STANDBY);
+        assert_eq!(promotion.on_leave(at(now + 1)), Promote::Later);
     }
 
     #[test]

@@ -269,6 +269,9 @@ struct ReceiverState {
     readers: Readers,
     /// How long threads stay away with an envelope: whether one leaving wakes another.
     promotion: Promotion,
+    /// A waiting thread looks now and then whether the links lost their reader (see
+    /// `promotion`); the others wait to be woken.
+    standby_kept: bool,
     /// Messages lost (drop-oldest) since the last envelope was handed out.
     lost_pending: u64,
     /// Messages lost since the endpoint opened.
@@ -311,6 +314,7 @@ impl Receiver {
                 closed: false,
                 waiting: 0,
                 promotion: Promotion::default(),
+                standby_kept: false,
                 lost_pending: 0,
                 lost_total: 0,
             }),
@@ -500,15 +504,25 @@ impl Receiver {
                     return Err(ReceiveFailure::Empty);
                 }
                 // Woken when there is something to take or a leader left for long (see
-                // `promotion`); looking now and then whether one left the links unread.
-                let (standby, leaves) = state.promotion.standby();
-                let standby = Instant::now() + standby;
-                let until = wait.ends_at().map_or(standby, |end| end.min(standby));
+                // `promotion`). One waiting thread at a time also looks now and then whether
+                // a leader left the links unread; the others wait to be woken.
+                let standby = (!state.standby_kept).then(|| {
+                    state.standby_kept = true;
+                    Instant::now() + state.promotion.standby()
+                });
+                let until = match (wait.ends_at(), standby) {
+                    (Some(end), Some(look)) => Some(end.min(look)),
+                    (end, look) => end.or(look),
+                };
                 state.waiting += 1;
-                state = wait_until(&self.arrived, state, Some(until));
+                state = wait_until(&self.arrived, state, until);
                 state.waiting -= 1;
-                if Instant::now() >= standby {
-                    state.promotion.on_look(leaves);
+                if let Some(look) = standby {
+                    state.standby_kept = false;
+                    let now = Instant::now();
+                    if now >= look {
+                        state.promotion.on_look(now);
+                    }
                 }
                 continue;
             }
@@ -720,14 +734,18 @@ impl Receiver {
         if state.waiting == 0 || state.polling {
             return;
         }
-        match state.promotion.on_leave() {
+        let now = Instant::now();
+        match state.promotion.on_leave(now) {
+            // Nobody keeps the looks (the thread that kept them left its wait): one is woken
+            // to keep them.
+            Promote::Later if !state.standby_kept => self.arrived.notify_one(),
             Promote::Later => {}
             Promote::Now => self.arrived.notify_one(),
             // Each waiting thread waits as long as the looks were apart when it began: all
             // of them are woken to wait the short while from now on.
             Promote::NowAndLookOften => self.arrived.notify_all(),
         }
-        promotion::note_leaving(self.address(), Instant::now());
+        promotion::note_leaving(self.address(), now);
     }
 
     /// A thread that read the links leaves without an envelope, maybe for good: a waiting
