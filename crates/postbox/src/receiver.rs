@@ -229,6 +229,8 @@ pub(crate) struct Receiver {
     read_in_place: bool,
     state: Mutex<ReceiverState>,
     arrived: Condvar,
+    /// The one waiting thread that keeps the looks waits here (see `standby_kept`).
+    keeper: Condvar,
     waker: Waker,
     readiness: Arc<Readiness>,
     /// The leader's spin over shared-memory links before it polls.
@@ -319,6 +321,7 @@ impl Receiver {
                 lost_total: 0,
             }),
             arrived: Condvar::new(),
+            keeper: Condvar::new(),
             waker: Waker::new()?,
             spin: Spin::new(),
             answering: AtomicBool::new(false),
@@ -402,6 +405,7 @@ impl Receiver {
         drop(state);
         self.waker.wake();
         self.arrived.notify_all();
+        self.keeper.notify_all();
         self.readiness.signal();
         links
             .iter()
@@ -515,7 +519,8 @@ impl Receiver {
                     (end, look) => end.or(look),
                 };
                 state.waiting += 1;
-                state = wait_until(&self.arrived, state, until);
+                let condvar = if standby.is_some() { &self.keeper } else { &self.arrived };
+                state = wait_until(condvar, state, until);
                 state.waiting -= 1;
                 if let Some(look) = standby {
                     state.standby_kept = false;
@@ -738,12 +743,12 @@ impl Receiver {
         match state.promotion.on_leave(now) {
             // Nobody keeps the looks (the thread that kept them left its wait): one is woken
             // to keep them.
-            Promote::Later if !state.standby_kept => self.arrived.notify_one(),
+            Promote::Later if !state.standby_kept => self.wake_one(state),
             Promote::Later => {}
-            Promote::Now => self.arrived.notify_one(),
-            // Each waiting thread waits as long as the looks were apart when it began: all
-            // of them are woken to wait the short while from now on.
-            Promote::NowAndLookOften => self.arrived.notify_all(),
+            Promote::Now => self.wake_one(state),
+            // Only the keeper waits with a timeout, as long as the looks were apart when it
+            // began: it alone is woken (and reads the links or waits the short while).
+            Promote::NowAndLookOften => self.keeper.notify_one(),
         }
         promotion::note_leaving(self.address(), now);
     }
@@ -752,7 +757,16 @@ impl Receiver {
     /// thread takes the links over.
     fn hand_over(&self, state: &ReceiverState) {
         if state.waiting > 0 && !state.polling {
+            self.wake_one(state);
+        }
+    }
+
+    /// Wakes one waiting thread: one that waits to be woken if any, else the keeper.
+    fn wake_one(&self, state: &ReceiverState) {
+        if state.waiting > usize::from(state.standby_kept) {
             self.arrived.notify_one();
+        } else {
+            self.keeper.notify_one();
         }
     }
 
@@ -765,6 +779,9 @@ impl Receiver {
     fn wake_receivers(&self, state: &ReceiverState) {
         if state.waiting > 0 {
             self.arrived.notify_all();
+            if state.standby_kept {
+                self.keeper.notify_one();
+            }
         }
         if state.polling {
             self.waker.wake();
@@ -854,6 +871,9 @@ impl Receiver {
             // Something to take. A leader that takes what it read wakes nobody here: see
             // `leave`.
             self.arrived.notify_all();
+            if state.standby_kept {
+                self.keeper.notify_one();
+            }
         }
         self.readiness.signal();
         for id in dead {
