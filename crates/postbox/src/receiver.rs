@@ -7,8 +7,8 @@
 //! it hands them to itself as they are decoded; otherwise it queues them and wakes the
 //! others, and each thread takes the envelope its [`Selector`] picks. A leader leaving with
 //! an envelope wakes a waiting thread to read in its place only when the endpoint's threads
-//! stay away longer than a wake-up takes (`promotion.rs`). New links arrive from the node's control thread, which
-//! fires the waker so the leader polls the new set.
+//! stay away longer than a wake-up takes (`promotion.rs`). New links arrive from the node's
+//! control thread, which fires the waker so the leader polls the new set.
 //!
 //! Flow control: every one-way message taken (or dropped by drop-oldest) is released on its
 //! link, and the link's [`ReleaseCounter`] decides when the sender hears of it (a credit
