@@ -13,13 +13,13 @@
 //! their next receive), and wakes a waiting thread at once only when that is longer than a
 //! wake-up takes ([`PROMPT_AWAY`]). One of the threads waiting behind a leader looks now and
 //! then whether the links lost their reader, and takes them over if so (a leader leaving
-//! when none keeps the looks wakes one to keep them): every [`MIN_STANDBY`]
-//! while leaders keep leaving, so that a handler running long after many short ones delays
-//! the requests behind it by about that much at most. The interval doubles, up to
-//! [`MAX_STANDBY`], with each look that times out when no leader has left for [`QUIET`] (an
-//! idle pool wakes rarely); a leader that leaves after such a quiet spell wakes every
-//! waiting thread, so that each goes back to the short interval. Calls coming more often
-//! than one per [`QUIET`] keep the interval short and wake nobody. The estimate jumps to a
+//! when none keeps the looks wakes one to keep them); the others wait to be woken. It looks
+//! every [`MIN_STANDBY`] while leaders keep leaving, so that a handler running long after
+//! many short ones delays the requests behind it by about that much at most. The interval
+//! doubles, up to [`MAX_STANDBY`], with each look that times out when no leader has left
+//! for [`QUIET`] (an idle pool wakes rarely); a leader that leaves after such a quiet spell
+//! wakes the thread that keeps the looks, which goes back to the short interval. Calls
+//! coming more often than one per [`QUIET`] keep the interval short and wake nobody. The estimate jumps to a
 //! long absence at once and decays by an eighth of the difference per shorter one.
 
 use std::cell::Cell;
@@ -49,8 +49,8 @@ pub(crate) enum Promote {
     Later,
     /// Wake one to read the links now: the endpoint's threads stay away long.
     Now,
-    /// Wake them all: each waits as long as the looks were apart when it began, which a
-    /// quiet spell made long; from now on they look often.
+    /// Wake the thread that keeps the looks: it waits as long as the looks were apart when
+    /// it began, which a quiet spell made long; from now on it looks often.
     NowAndLookOften,
 }
 
@@ -180,7 +180,7 @@ mod tests {
             now += promotion.standby().as_millis() as u64;
         }
         assert_eq!(promotion.standby(), MAX_STANDBY);
-        // The first leader to leave after it wakes every waiting thread; the looks are
+        // The first leader to leave after it wakes the thread that keeps the looks; they are
         // frequent again, and the next leader wakes nobody.
         assert_eq!(promotion.on_leave(at(now)), Promote::NowAndLookOften);
         assert_eq!(promotion.standby(), MIN_STANDBY);

@@ -1,16 +1,34 @@
 //! Threads serving one port take turns reading its links: one reads while the others wait,
 //! and one that leaves with a call wakes another only when calls keep threads away for
 //! longer than a wake-up takes. Whatever the calls so far, a call that comes while every
-//! thread that read is busy is taken by a waiting thread within about a millisecond (the
-//! waiting threads look that often while calls come), and a thread that read the links for a
+//! thread that read is busy is taken by a waiting thread within about a millisecond (one
+//! waiting thread looks that often while calls come), and a thread that read the links for a
 //! counter query leaves them to a waiting one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postbox::{Broker, Message};
+use postbox::{Broker, Connection, Message, Node};
 
 const WATCHDOG: Duration = Duration::from_secs(20);
+
+/// A port served by threads of [`serve`], and links to it, each from a node of its own.
+struct Pool {
+    links: Vec<Connection>,
+    _nodes: Vec<Node>,
+    _server: Node,
+    _broker: Broker,
+}
+
+/// Port `name` served by `threads` threads, and `callers` links to it.
+fn pool(name: &str, threads: usize, callers: usize) -> Pool {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    serve(server.port(name).open().unwrap(), threads);
+    let nodes: Vec<_> = (0..callers).map(|_| broker.node().unwrap()).collect();
+    let links = nodes.iter().map(|n| n.connect(name).unwrap()).collect();
+    Pool { links, _nodes: nodes, _server: server, _broker: broker }
+}
 
 /// Serves `port` with `threads` threads: each call's first byte says how many tens of
 /// milliseconds it takes; the reply is the request.
@@ -34,11 +52,8 @@ fn serve(port: postbox::Port, threads: usize) {
 /// once the first is done (800 ms).
 #[test]
 fn a_pool_used_to_short_calls_runs_long_ones_at_once() {
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    serve(server.port("pool/long").open().unwrap(), 4);
-    let nodes: Vec<_> = (0..4).map(|_| broker.node().unwrap()).collect();
-    let links: Vec<_> = nodes.iter().map(|n| n.connect("pool/long").unwrap()).collect();
+    let mut pool = pool("pool/long", 4, 4);
+    let links = std::mem::take(&mut pool.links);
     for i in 0..500u32 {
         let request = Message::new(vec![0, (i % 256) as u8]);
         let reply = links[0].call_timeout(request, WATCHDOG).unwrap();
@@ -71,11 +86,8 @@ fn a_pool_used_to_short_calls_runs_long_ones_at_once() {
 /// leave).
 #[test]
 fn a_pool_of_long_calls_keeps_a_reader_while_its_threads_work() {
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    serve(server.port("pool/steady").open().unwrap(), 2);
-    let nodes: Vec<_> = (0..2).map(|_| broker.node().unwrap()).collect();
-    let links: Vec<_> = nodes.iter().map(|n| n.connect("pool/steady").unwrap()).collect();
+    let mut pool = pool("pool/steady", 2, 2);
+    let links = std::mem::take(&mut pool.links);
     let started = Instant::now();
     let callers: Vec<_> = links
         .into_iter()
@@ -96,17 +108,14 @@ fn a_pool_of_long_calls_keeps_a_reader_while_its_threads_work() {
 }
 
 /// Three threads, idle long enough for the waiting ones' looks to thin out to one per 64 ms.
-/// Call 1 (300 ms): the leader takes it and wakes the waiting threads (after a quiet spell,
-/// all of them, so each looks often again). Call 2 (300 ms), 10 ms later: a second thread
+/// Call 1 (300 ms): the leader takes it and, after the quiet spell, wakes the thread that
+/// keeps the looks, which looks often again. Call 2 (300 ms), 10 ms later: a second thread
 /// takes it and wakes nobody. Call 3 (short), 10 ms later: the third thread must take it
 /// within a few milliseconds, not when a 64 ms wait begun before call 1 runs out. Returns
 /// how long call 3 took.
 fn one_trial(name: &str, extra: Duration) -> Duration {
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    serve(server.port(name).open().unwrap(), 3);
-    let nodes: Vec<_> = (0..3).map(|_| broker.node().unwrap()).collect();
-    let mut links: Vec<_> = nodes.iter().map(|n| n.connect(name).unwrap()).collect();
+    let mut pool = pool(name, 3, 3);
+    let mut links = std::mem::take(&mut pool.links);
     // Every link used once (a first call sets things up).
     for link in &links {
         link.call_timeout(Message::new(vec![0, 0]), WATCHDOG).unwrap();
