@@ -71,6 +71,8 @@ enum Measure {
 enum Carrier {
     Shm,
     ShmZeroCopy,
+    /// A connection's feed ([`postbox::FeedSender`]): small messages only.
+    ShmFeed,
     /// Shared memory, [`Connection::send_batch`] to a receiver taking batches.
     ShmBatch,
     Unix,
@@ -407,9 +409,53 @@ impl Rig {
             let _ = to.send(Message::new(vec![0u8; 8]).with_type(1));
             worker.wait_for_exit()?;
         }
+        let mut carriers = vec![Carrier::Shm, Carrier::ShmZeroCopy, Carrier::Unix];
+        if size <= postbox::FEED_MAX_LEN {
+            samples.push(self.one_way_feed(size, rounds)?);
+            carriers.push(Carrier::ShmFeed);
+        }
         samples.extend(self.raw_ping_pong(size, rounds, PingWait::Spin, 2)?);
-        let carriers = [Carrier::Shm, Carrier::ShmZeroCopy, Carrier::Unix, Carrier::RawSpin];
+        carriers.push(Carrier::RawSpin);
         Ok(latency_records(place, Measure::OneWayBusy, size, &carriers, samples))
+    }
+
+    /// One-way latency through a connection's feed to a busy-waiting receiver, measured as
+    /// [`one_way_busy`](Self::one_way_busy) measures the other carriers: from the send time
+    /// the message carries to its receipt.
+    fn one_way_feed(&self, size: usize, rounds: usize) -> Result<Samples> {
+        let name = format!("bench/busy-feed-{}-{size}", self.tag);
+        let back = format!("bench/busy-feed-back-{}-{size}", self.tag);
+        let back_port = self.shm_node.port(&back).open()?;
+        let mut worker = self.spawn(|| self.on_shm.worker(&["busy-feed-echo", &name, &back]))?;
+        let mut feed = self.shm_node.connect(&name)?.open_feed()?;
+        let mut body = vec![0x5au8; size];
+        let mut ping = || -> Result<Duration> {
+            // The send time goes in last: the receiver measures from it.
+            body[..8].copy_from_slice(&monotonic_ns().to_le_bytes());
+            loop {
+                match feed.try_send(&body) {
+                    Ok(()) => break,
+                    Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            loop {
+                match back_port.try_recv() {
+                    Ok(answer) => {
+                        let nanos =
+                            answer.body().first_chunk::<8>().map(|b| u64::from_le_bytes(*b));
+                        return Ok(Duration::from_nanos(nanos.unwrap_or(0)));
+                    }
+                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let samples = rotate(rounds, &mut [&mut ping])?;
+        // Ends the busy receiver: the end of its feed.
+        drop(feed);
+        worker.wait_for_exit()?;
+        samples.into_iter().next().context("one feed measurement")
     }
 
     /// A raw ping-pong whose server never sleeps, started for this measurement only: `rounds`
@@ -787,6 +833,7 @@ impl Carrier {
         match self {
             Self::Shm => "postbox_shm",
             Self::ShmZeroCopy => "postbox_shm_zero_copy",
+            Self::ShmFeed => "postbox_shm_feed",
             Self::ShmBatch => "postbox_shm_batch",
             Self::Unix => "postbox_unix",
             Self::RawSocketpair => "raw_socketpair",
@@ -809,6 +856,7 @@ impl Carrier {
         match self {
             Self::Shm => "postbox shm",
             Self::ShmZeroCopy => "postbox shm loan",
+            Self::ShmFeed => "postbox shm feed",
             Self::ShmBatch => "postbox shm batch",
             Self::Unix => "postbox unix",
             Self::RawSocketpair => "raw socketpair",
@@ -1027,6 +1075,16 @@ fn targets(records: &[Record]) -> Vec<Target> {
     let mut out = Vec::new();
     for place in [Placement::SameCore, Placement::CrossCore] {
         let label = place.label();
+        if let Some(r) = find(place, Measure::OneWayBusy, 64, Carrier::ShmFeed) {
+            if let Some(x) = ratio(records, r) {
+                out.push(Target::at_most(
+                    4,
+                    format!("{label}: one-way 64 B busy-wait, shm feed / raw spin"),
+                    x,
+                    1.5,
+                ));
+            }
+        }
         if let Some(r) = find(place, Measure::OneWayBusy, 64, Carrier::Shm) {
             if let Some(x) = ratio(records, r) {
                 out.push(Target::at_most(

@@ -188,6 +188,15 @@ pub(crate) enum Role {
         /// Port to send the messages back to.
         reply_to: String,
     },
+    /// Busy-waiting feed receiver for one-way latency: open port NAME, connect to REPLY_TO,
+    /// accept the first feed asked for, and answer every feed message on REPLY_TO with its
+    /// one-way latency, as [`Role::BusyEcho`] does. The end of the feed ends it.
+    BusyFeedEcho {
+        /// Port to open.
+        name: String,
+        /// Port to send the latencies to.
+        reply_to: String,
+    },
 }
 
 pub(crate) fn run(role: Role) -> Result<()> {
@@ -337,6 +346,7 @@ pub(crate) fn run(role: Role) -> Result<()> {
             Ok(())
         }
         Role::BusyEcho { name, reply_to } => busy_echo(&name, &reply_to),
+        Role::BusyFeedEcho { name, reply_to } => busy_feed_echo(&name, &reply_to),
         Role::Flood { name, mode, threads, size } => flood(&name, mode, threads, size),
         Role::TypedCalc { name, threads } => {
             use crate::services::{CalcServer, Calculator};
@@ -378,6 +388,41 @@ fn busy_echo(name: &str, reply_to: &str) -> Result<()> {
         let sent = envelope.body().first_chunk::<8>().map_or(received, |b| u64::from_le_bytes(*b));
         // The payload goes back to its sender's pool before the answer leaves.
         drop(envelope);
+        let mut message = Message::new(received.saturating_sub(sent).to_le_bytes().to_vec());
+        loop {
+            match back.try_send(message) {
+                Ok(()) => break,
+                Err(postbox::TrySendError::Full(m)) => {
+                    message = m;
+                    std::hint::spin_loop();
+                }
+                Err(e) => return Err(anyhow::anyhow!("send to {reply_to}: {e}")),
+            }
+        }
+    }
+}
+
+/// Answers every feed message at once without ever sleeping (see [`Role::BusyFeedEcho`]).
+fn busy_feed_echo(name: &str, reply_to: &str) -> Result<()> {
+    let node = Node::attach()?;
+    let port = node.port(name).open()?;
+    let back = node.connect(reply_to)?;
+    ready(Some(node.process_id()));
+    let request = port.recv().map_err(|e| anyhow::anyhow!("receive on {name}: {e}"))?;
+    let mut feed = request.accept_feed().map_err(|e| anyhow::anyhow!("accept a feed: {e}"))?;
+    let mut body = Vec::with_capacity(postbox::FEED_MAX_LEN);
+    loop {
+        match feed.try_recv_into(&mut body) {
+            Ok(()) => {}
+            Err(postbox::FeedRecvError::Empty) => {
+                std::hint::spin_loop();
+                continue;
+            }
+            Err(postbox::FeedRecvError::Disconnected) => return Ok(()),
+            Err(e) => return Err(anyhow::anyhow!("feed on {name}: {e}")),
+        }
+        let received = crate::latency::monotonic_ns();
+        let sent = body.first_chunk::<8>().map_or(received, |b| u64::from_le_bytes(*b));
         let mut message = Message::new(received.saturating_sub(sent).to_le_bytes().to_vec());
         loop {
             match back.try_send(message) {

@@ -125,6 +125,7 @@ impl Doorbell {
 
     /// True once this side said it closed.
     #[must_use]
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.words().closed.load(Ordering::Acquire) != 0
     }

@@ -27,6 +27,8 @@ mod baseline;
 #[cfg(not(loom))]
 mod doorbell;
 #[cfg(not(loom))]
+mod feed;
+#[cfg(not(loom))]
 mod link_segment;
 #[cfg(not(loom))]
 mod pool;
@@ -47,6 +49,8 @@ pub use baseline::{PingPong, PingWait};
 #[cfg(not(loom))]
 pub use doorbell::{Doorbell, Rung};
 #[cfg(not(loom))]
+pub use feed::{FeedConsumer, FeedEnd, FeedProducer, FEED_MAX_LEN};
+#[cfg(not(loom))]
 pub use link_segment::{
     create_link_segment, open_link_segment, LinkMemory, LinkSegmentError, LinkShape, LinkSide,
 };
@@ -54,7 +58,9 @@ pub use link_segment::{
 pub use pool::{PoolError, PoolLayout, PoolLoan, PoolReader, PoolRun, PoolView, PoolWriter};
 #[cfg(not(loom))]
 pub use ring::RegionRing;
-pub use ring::{Consumer, HeapRing, Producer, PushError, Ring, RingError, RingLayout, RingMemory};
+pub use ring::{
+    Consumer, HeapRing, Popped, Producer, PushError, Ring, RingError, RingLayout, RingMemory,
+};
 #[cfg(not(loom))]
 pub use scribble::Scribbler;
 #[cfg(not(loom))]

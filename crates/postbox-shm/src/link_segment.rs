@@ -1,9 +1,10 @@
 //! The segment of one shared-memory link: its shape, a doorbell per side, a byte stream each
-//! way, and a payload pool each way.
+//! way, a payload pool each way, and a feed from client to server.
 //!
 //! ```text
 //! data: 0 stream capacity u64, pool blocks u32 | 64 client doorbell | 128 server doorbell
 //!     | 192 stream client→server | stream server→client | (page) pool client→server | pool server→client
+//!     | (page) feed client→server
 //! ```
 //! The broker creates it (streams empty, doorbells quiet, pools free) and passes its
 //! descriptor to both sides at connect time; each side opens it as [`LinkSide::Client`] or
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::doorbell::Doorbell;
+use crate::feed::{open_feed, FeedEnd, FEED_SIZE};
 use crate::pool::{pool_at, PoolLayout, PoolReader, PoolWriter};
 use crate::stream::{RegionStream, Stream, StreamConsumer, StreamLayout, StreamProducer};
 use crate::{Segment, SegmentCreateError, SegmentOpenError};
@@ -56,8 +58,12 @@ impl LinkShape {
         (STREAMS_AT + 2 * self.stream().size()).next_multiple_of(PAGE)
     }
 
+    pub(crate) fn feed_at(&self) -> usize {
+        (self.pools_at() + 2 * self.pool.size()).next_multiple_of(PAGE)
+    }
+
     fn size(&self) -> usize {
-        self.pools_at() + 2 * self.pool.size()
+        self.feed_at() + FEED_SIZE
     }
 }
 
@@ -76,6 +82,8 @@ pub struct LinkMemory {
     pub mine: Doorbell,
     /// Where the peer sleeps (this side rings it).
     pub peer: Doorbell,
+    /// This side's end of the feed: the client's pushes, the server's pops.
+    pub feed: FeedEnd,
 }
 
 /// Failure to open a link segment.
@@ -147,6 +155,7 @@ pub fn open_link_segment(fd: OwnedFd, side: LinkSide) -> Result<LinkMemory, Link
     let (_, inbound_pool) = pool(inbound)?;
     let peer_bell = Doorbell::at(&segment, DOORBELLS_AT + peer * DOORBELL_SIZE);
     inbound_pool.ring_on_release(peer_bell);
+    let feed = open_feed(&segment, shape.feed_at(), side).ok_or(LinkSegmentError::BadLayout)?;
     Ok(LinkMemory {
         outbound: stream(outbound).producer(),
         inbound: stream(inbound).consumer(),
@@ -154,6 +163,7 @@ pub fn open_link_segment(fd: OwnedFd, side: LinkSide) -> Result<LinkMemory, Link
         inbound_pool,
         mine: Doorbell::at(&segment, DOORBELLS_AT + mine * DOORBELL_SIZE),
         peer: Doorbell::at(&segment, DOORBELLS_AT + peer * DOORBELL_SIZE),
+        feed,
     })
 }
 

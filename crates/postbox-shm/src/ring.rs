@@ -84,6 +84,10 @@ pub struct Ring<M: RingMemory> {
 pub struct Producer<M: RingMemory> {
     memory: Arc<M>,
     tail: u64,
+    /// The consumer's index as last loaded. It only grows, so slots it shows free are free:
+    /// `push` loads the index again only when this one shows the ring full, which keeps the
+    /// consumer's cache line out of a push that has room (a transfer between cores each).
+    head: u64,
 }
 
 /// The consuming end. `pop` takes `&mut self`: one consumer, by the type.
@@ -91,6 +95,19 @@ pub struct Producer<M: RingMemory> {
 pub struct Consumer<M: RingMemory> {
     memory: Arc<M>,
     head: u64,
+}
+
+/// What [`Consumer::pop_noting_full`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Popped {
+    /// No message was waiting.
+    Empty,
+    /// A message was copied out; `was_full` when every slot was taken before (a producer
+    /// waiting for room may be asleep and needs waking).
+    Took {
+        /// Every slot was taken before this pop.
+        was_full: bool,
+    },
 }
 
 impl<M: RingMemory> Ring<M> {
@@ -113,7 +130,9 @@ impl<M: RingMemory> Ring<M> {
     #[must_use]
     pub fn producer(self) -> Producer<M> {
         let tail = self.memory.tail().load(Ordering::Acquire);
-        Producer { memory: self.memory, tail }
+        // A head past the tail (scribbled, or left by an earlier user) is caught by the first
+        // push that loads the index again: starting from the tail, the ring looks empty.
+        Producer { memory: self.memory, tail, head: tail }
     }
 
     /// The consuming end only (the producer is another process).
@@ -130,27 +149,32 @@ impl<M: RingMemory> Producer<M> {
     /// # Errors
     /// [`PushError::Full`], [`PushError::TooLarge`], or [`PushError::Corrupt`] when the
     /// consumer's index is impossible.
+    #[inline]
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), PushError> {
         let memory = &*self.memory;
         if bytes.len() > memory.slot_size() {
             return Err(PushError::TooLarge { len: bytes.len(), slot_size: memory.slot_size() });
         }
-        // SYNC POINT: pairs with the consumer's Release store of `head` after copying a slot
-        // out, so the slot is free to overwrite.
-        let head = memory.head().load(Ordering::Acquire);
-        let used = self.tail.wrapping_sub(head);
-        if used > memory.capacity() {
-            return Err(PushError::Corrupt);
-        }
-        if used == memory.capacity() {
-            return Err(PushError::Full);
+        if self.tail.wrapping_sub(self.head) >= memory.capacity() {
+            // SYNC POINT: pairs with the consumer's Release store of `head` after copying a
+            // slot out, so the slot is free to overwrite.
+            let head = memory.head().load(Ordering::Acquire);
+            let used = self.tail.wrapping_sub(head);
+            if used > memory.capacity() {
+                return Err(PushError::Corrupt);
+            }
+            if used == memory.capacity() {
+                return Err(PushError::Full);
+            }
+            self.head = head;
         }
         // The mask keeps the index below the capacity, a power of two.
         let index = (self.tail & (memory.capacity() - 1)) as usize;
         // SAFETY: `push` takes `&mut self` and a `Producer` is only made once per ring, so
         // this is the only producer; `index < capacity` by the mask; the slot is free because
-        // `used < capacity` was computed from a `head` loaded with Acquire (the consumer
-        // finished reading it), and it is not published until the store below.
+        // `tail - head < capacity` for a `head` loaded with Acquire, now or at an earlier push
+        // (the consumer finished reading the slot before it stored that index, and indices
+        // only grow), and it is not published until the store below.
         unsafe { memory.write_slot(index, bytes) };
         self.tail = self.tail.wrapping_add(1);
         // SYNC POINT: publishes the slot; pairs with the consumer's Acquire load of `tail`.
@@ -164,6 +188,12 @@ impl<M: RingMemory> Producer<M> {
         let head = self.memory.head().load(Ordering::Acquire);
         self.tail.wrapping_sub(head) >= self.memory.capacity()
     }
+
+    /// The largest message a slot holds.
+    #[must_use]
+    pub fn slot_size(&self) -> usize {
+        self.memory.slot_size()
+    }
 }
 
 impl<M: RingMemory> Consumer<M> {
@@ -172,12 +202,21 @@ impl<M: RingMemory> Consumer<M> {
     /// # Errors
     /// [`RingError::Corrupt`] when the producer's index or a stored length is impossible.
     pub fn pop(&mut self, out: &mut Vec<u8>) -> Result<bool, RingError> {
+        Ok(self.pop_noting_full(out)? != Popped::Empty)
+    }
+
+    /// Like [`pop`](Self::pop), and says whether every slot was taken before it.
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] when the producer's index or a stored length is impossible.
+    #[inline]
+    pub fn pop_noting_full(&mut self, out: &mut Vec<u8>) -> Result<Popped, RingError> {
         let memory = &*self.memory;
         // SYNC POINT: pairs with the producer's Release store of `tail` after filling a slot.
         let tail = memory.tail().load(Ordering::Acquire);
         let available = tail.wrapping_sub(self.head);
         if available == 0 {
-            return Ok(false);
+            return Ok(Popped::Empty);
         }
         if available > memory.capacity() {
             return Err(RingError::Corrupt);
@@ -191,7 +230,13 @@ impl<M: RingMemory> Consumer<M> {
         self.head = self.head.wrapping_add(1);
         // SYNC POINT: frees the slot; pairs with the producer's Acquire load of `head`.
         memory.head().store(self.head, Ordering::Release);
-        Ok(true)
+        Ok(Popped::Took { was_full: available == memory.capacity() })
+    }
+
+    /// True when no message waits (as far as the producer's index tells now).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.memory.tail().load(Ordering::Acquire) == self.head
     }
 }
 
@@ -296,13 +341,13 @@ impl RingLayout {
 
     /// Bytes from one slot to the next: the length word and the data, rounded up to 8.
     #[must_use]
-    pub fn stride(&self) -> usize {
+    pub const fn stride(&self) -> usize {
         (4 + self.slot_size).next_multiple_of(8)
     }
 
     /// Bytes the whole ring takes.
     #[must_use]
-    pub fn size(&self) -> usize {
+    pub const fn size(&self) -> usize {
         Self::HEADER + self.capacity as usize * self.stride()
     }
 }
@@ -466,9 +511,35 @@ mod tests {
         // ... and an impossible producer index.
         words[0] = u64::MAX / 2;
         assert_eq!(consumer.pop(&mut out), Err(RingError::Corrupt));
-        // ... and an impossible consumer index, seen by the producer.
+        // ... and an impossible consumer index, seen by the producer once the slots it knew
+        // free are used (it loads the index only then).
         words[8] = u64::MAX / 2;
+        for _ in 1..4 {
+            producer.push(b"x").unwrap();
+        }
         assert_eq!(producer.push(b"x"), Err(PushError::Corrupt));
+    }
+
+    #[test]
+    fn a_pop_says_when_it_freed_a_full_ring() {
+        let (mut producer, mut consumer) = Ring::new(HeapRing::new(2, 8)).split();
+        let mut out = Vec::new();
+        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Empty));
+        assert!(consumer.is_empty());
+        producer.push(b"a").unwrap();
+        assert!(!consumer.is_empty());
+        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: false }));
+        producer.push(b"b").unwrap();
+        producer.push(b"c").unwrap();
+        assert_eq!(producer.push(b"d"), Err(PushError::Full));
+        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: true }));
+        assert_eq!(out, b"b");
+        // The producer's cached index said full; it loads the consumer's again and finds room.
+        producer.push(b"d").unwrap();
+        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: true }));
+        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: false }));
+        assert_eq!(out, b"d");
+        assert_eq!(producer.slot_size(), 8);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Test support for hostile-peer tests: a second mapping of a segment that writes random words
 //! all over its data, as a peer that keeps none of the rules would. Nothing in postbox uses it.
 
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -64,20 +65,29 @@ impl Scribbler {
     /// word's current value moved up or down a little (an index that still looks plausible),
     /// a small value, or one of 0, 1 and `u64::MAX`.
     pub fn scribble(&self, rng_state: &mut u64, writes: usize) {
-        let words = self.data_size() / 8;
+        self.scribble_within(rng_state, writes, 0..self.data_size());
+    }
+
+    /// Like [`scribble`](Self::scribble), within the bytes `range` of the data only (the first
+    /// 4 KiB of the range count as its hot words); nothing when the range holds no whole word.
+    pub fn scribble_within(&self, rng_state: &mut u64, writes: usize, range: Range<usize>) {
+        let first = range.start.div_ceil(8);
+        let end = range.end.min(self.data_size()) / 8;
+        let words = end.saturating_sub(first);
         if words == 0 {
             return;
         }
         for _ in 0..writes {
             let where_ = next_random(rng_state);
-            let word = match where_ % 4 {
-                0 | 1 => (where_ >> 8) as usize % words,
-                2 => {
-                    let line = (where_ >> 8) as usize % words.div_ceil(8);
-                    (line * 8 + ((where_ >> 2) & 1) as usize).min(words - 1)
-                }
-                _ => (where_ >> 8) as usize % words.min(HOT_WORDS),
-            };
+            let word = first
+                + match where_ % 4 {
+                    0 | 1 => (where_ >> 8) as usize % words,
+                    2 => {
+                        let line = (where_ >> 8) as usize % words.div_ceil(8);
+                        (line * 8 + ((where_ >> 2) & 1) as usize).min(words - 1)
+                    }
+                    _ => (where_ >> 8) as usize % words.min(HOT_WORDS),
+                };
             let offset = word * 8;
             let what = next_random(rng_state);
             let value = match what % 4 {

@@ -41,7 +41,8 @@ pub use error::{TransportError, WriteFramesError};
 pub use host_link::{HostLink, HostLinkConfig};
 pub use link::Link;
 pub use postbox_shm::{
-    LinkShape, LinkSide, PoolLoan, PoolView, SealedBuilder, SealedError, SealedPayload,
+    FeedConsumer, FeedEnd, FeedProducer, LinkShape, LinkSide, PoolLoan, PoolView, PushError,
+    SealedBuilder, SealedError, SealedPayload, FEED_MAX_LEN,
 };
 pub use shm_link::{ShmLink, ShmLinkParts};
 pub use spin::Spin;

@@ -5,6 +5,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use postbox_core::wire::frame::HEADER_LEN;
 use postbox_core::{FrameDecoder, PoolRef, SealedRef};
+use postbox_shm::FeedEnd;
 
 use crate::{
     LinkSide, PoolLoan, PoolView, SealedPayload, ShmLink, ShmLinkParts, TransportError, UnixLink,
@@ -288,6 +289,34 @@ impl Link {
         match self {
             Self::Unix(_) => Err(TransportError::Corrupt),
             Self::Shm(link) => link.take_sealed(sealed, max),
+        }
+    }
+
+    /// This side's end of the link's feed (see `postbox_shm::FeedEnd`), taken once; `None`
+    /// on a Unix link, or once taken.
+    pub fn take_feed(&self) -> Option<FeedEnd> {
+        match self {
+            Self::Unix(_) => None,
+            Self::Shm(link) => link.take_feed(),
+        }
+    }
+
+    /// Gives back a feed end [`take_feed`](Self::take_feed) returned, for a later taker.
+    pub fn give_back_feed(&self, end: FeedEnd) {
+        if let Self::Shm(link) = self {
+            link.give_back_feed(end);
+        }
+    }
+
+    /// True once the peer is known gone: the link was cut, or (shared memory) its socket hung
+    /// up, looked at when `now` or when the last look is older than the check interval.
+    ///
+    /// # Errors
+    /// `Corrupt` when the peer broke the protocol on the socket.
+    pub fn peer_gone(&self, now: bool) -> Result<bool, TransportError> {
+        match self {
+            Self::Unix(link) => Ok(link.is_cut()),
+            Self::Shm(link) => Ok(link.is_cut() || link.peer_gone(now)?),
         }
     }
 

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use postbox_core::{FrameDecoder, PoolRef, SealedRef};
 use postbox_shm::{
-    open_link_segment, Doorbell, LinkMemory, LinkShape, LinkSide, PoolLoan, PoolReader, PoolRun,
-    PoolView, PoolWriter, RegionStream, Rung, SealedPayload, StreamConsumer, StreamError,
+    open_link_segment, Doorbell, FeedEnd, LinkMemory, LinkShape, LinkSide, PoolLoan, PoolReader,
+    PoolRun, PoolView, PoolWriter, RegionStream, Rung, SealedPayload, StreamConsumer, StreamError,
     StreamProducer, StreamWatch,
 };
 use rustix::net::{recv, send, shutdown, RecvFlags, SendFlags, Shutdown};
@@ -79,6 +79,8 @@ pub struct ShmLink {
     checked_at_us: AtomicU64,
     /// How long to spin before sleeping.
     spin: Spin,
+    /// This side's end of the link's feed, until a feed takes it.
+    feed: Mutex<Option<FeedEnd>>,
 }
 
 /// This side's stream, and whether frames written to it wait for [`ShmLink::uncork`].
@@ -105,7 +107,7 @@ impl ShmLink {
     /// # Errors
     /// [`TransportError::Corrupt`] when the segment is not a link segment of this layout.
     pub fn open(parts: ShmLinkParts, side: LinkSide) -> Result<Self, TransportError> {
-        let LinkMemory { outbound, inbound, outbound_pool, inbound_pool, mine, peer } =
+        let LinkMemory { outbound, inbound, outbound_pool, inbound_pool, mine, peer, feed } =
             open_link_segment(parts.segment, side).map_err(|_| TransportError::Corrupt)?;
         Ok(Self {
             socket: parts.socket,
@@ -127,7 +129,18 @@ impl ShmLink {
             sealed_out: AtomicU64::new(0),
             checked_at_us: AtomicU64::new(coarse_now_us()),
             spin: Spin::new(),
+            feed: Mutex::new(Some(feed)),
         })
+    }
+
+    /// This side's end of the link's feed; `None` once taken (and not given back).
+    pub fn take_feed(&self) -> Option<FeedEnd> {
+        lock(&self.feed).take()
+    }
+
+    /// Gives back a feed end [`take_feed`](Self::take_feed) returned, for a later taker.
+    pub fn give_back_feed(&self, end: FeedEnd) {
+        *lock(&self.feed) = Some(end);
     }
 
     /// Writes `header` then `body` as one frame (see the module's contract).

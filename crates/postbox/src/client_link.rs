@@ -47,7 +47,7 @@ pub(crate) struct ClientLink {
     pub(crate) spec: PortSpec,
     id: LinkId,
     /// What the broker granted this link.
-    granted: Granted,
+    pub(crate) granted: Granted,
     state: Mutex<ClientState>,
     changed: Condvar,
     decoder: Mutex<FrameDecoder>,

@@ -357,6 +357,30 @@ impl Connection {
         self.link.call(request.into(), None)
     }
 
+    /// Opens this connection's feed: a one-way run of small messages to the server, straight
+    /// through the link's shared memory, for one thread of this process (see
+    /// [`FeedSender`](crate::FeedSender)). Returns once the server accepted
+    /// ([`Envelope::accept_feed`](crate::Envelope::accept_feed)). One feed per connection.
+    ///
+    /// # Errors
+    /// [`OpenFeedError`](crate::OpenFeedError): `NotShared` (a Unix or remote link), `Taken`,
+    /// `AccessDenied`, `Refused`, `PeerDied`.
+    pub fn open_feed(&self) -> Result<crate::FeedSender, crate::OpenFeedError> {
+        crate::feed::open(&self.link, None)
+    }
+
+    /// Like [`open_feed`](Self::open_feed), giving up after `timeout` (the feed is then
+    /// closed: the server may have taken its end).
+    ///
+    /// # Errors
+    /// As [`open_feed`](Self::open_feed), and `Timeout`.
+    pub fn open_feed_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<crate::FeedSender, crate::OpenFeedError> {
+        crate::feed::open(&self.link, Instant::now().checked_add(timeout))
+    }
+
     /// Like [`call`](Self::call), giving up after `timeout`.
     ///
     /// # Errors

@@ -8,6 +8,7 @@ use postbox_core::{FrameKind, PeerIdentity};
 use postbox_transport::Wait;
 
 use crate::error::{LoanError, SendError};
+use crate::feed::OpenFeedError;
 use crate::link::WriteFailure;
 use crate::receiver::ServerLink;
 use crate::{Message, ProcessId};
@@ -47,6 +48,11 @@ impl ReplyToken {
     /// [`LoanError`].
     pub fn loan(&self, len: usize) -> Result<Message, LoanError> {
         self.link.end.lend(len, Wait::timeout(crate::REPLY_WAIT))
+    }
+
+    /// The link the call came on.
+    pub(crate) fn server_link(&self) -> &Arc<ServerLink> {
+        &self.link
     }
 }
 
@@ -118,6 +124,27 @@ impl Envelope {
             Some(token) => token.reply(reply),
             None => Err(SendError::Disconnected(reply.into())),
         }
+    }
+
+    /// True when this is a request to open a feed ([`Connection::open_feed`]): a call of
+    /// type [`FEED_MSG_TYPE`](crate::FEED_MSG_TYPE).
+    ///
+    /// [`Connection::open_feed`]: crate::Connection::open_feed
+    #[must_use]
+    pub fn is_feed_request(&self) -> bool {
+        self.reply.is_some() && self.message.msg_type() == crate::FEED_MSG_TYPE
+    }
+
+    /// Accepts the feed this envelope asks for: the receiving end of the link's feed, for
+    /// one thread. The caller's [`open_feed`](crate::Connection::open_feed) returns once this
+    /// answered. Dropping the envelope instead refuses the feed.
+    ///
+    /// # Errors
+    /// [`OpenFeedError::NotAFeedRequest`], [`OpenFeedError::AccessDenied`] (the client may
+    /// not send one-way messages; it hears `Refused`), [`OpenFeedError::Taken`],
+    /// [`OpenFeedError::NotShared`], [`OpenFeedError::PeerDied`] (the caller gave up).
+    pub fn accept_feed(self) -> Result<crate::FeedReceiver, OpenFeedError> {
+        crate::feed::accept(self)
     }
 }
 

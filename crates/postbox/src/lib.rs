@@ -50,6 +50,7 @@ mod connection;
 mod envelope;
 mod error;
 mod fair_queue;
+mod feed;
 mod link;
 mod mailbox;
 mod message;
@@ -69,6 +70,10 @@ pub use envelope::{Envelope, ReplyToken, REPLY_WAIT};
 pub use error::{
     BrokerRequestError, CallError, ConnectError, LoanError, NodeError, OpenError, RecvError,
     RecvTimeoutError, SendBatchError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+pub use feed::{
+    FeedReceiver, FeedRecvError, FeedSendError, FeedSender, OpenFeedError, FEED_MAX_LEN,
+    FEED_MSG_TYPE,
 };
 pub use mailbox::{Mailbox, MailboxBuilder};
 pub use message::{BodyError, Message};

@@ -368,6 +368,11 @@ impl LinkEnd {
         &self.link
     }
 
+    /// The link itself, for a feed that outlives this borrow.
+    pub(crate) fn shared_link(&self) -> Arc<Link> {
+        Arc::clone(&self.link)
+    }
+
     /// A handle on the link for the node's table of link ends (the broker's notices).
     pub(crate) fn link_handle(&self) -> std::sync::Weak<Link> {
         Arc::downgrade(&self.link)

@@ -1245,6 +1245,11 @@ fn read_links<L: Borrow<Arc<ServerLink>>>(
 }
 
 impl ServerLink {
+    /// What the broker granted the client.
+    pub(crate) fn rights(&self) -> Rights {
+        self.rights
+    }
+
     /// True when the link has input: on its transport, or frames left in its decoder.
     fn has_input(&self) -> bool {
         self.undecoded.load(Ordering::Acquire) || self.end.link().has_input()

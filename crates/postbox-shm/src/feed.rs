@@ -1,0 +1,300 @@
+//! A link segment's feed: a ring of small messages from the link's client to its server, and
+//! a doorbell for each of its two ends, which one thread each holds alone.
+//!
+//! ```text
+//! feed: 0 consumer's doorbell | 64 producer's doorbell | 128 ring (tail, head, slots)
+//! ```
+//! The producer rings the consumer's doorbell after every push; the consumer rings the
+//! producer's only when a pop frees a full ring, the only time a producer sleeps. Each end
+//! marks its own doorbell closed when dropped. Everything the peer can write is checked as in
+//! the ring and the doorbells: a scribbling peer can garble messages, cause wake-ups that find
+//! nothing, or make the ring report [`RingError::Corrupt`], nothing worse.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::doorbell::Doorbell;
+use crate::link_segment::LinkSide;
+use crate::ring::{Consumer, Popped, Producer, PushError, Ring, RingError, RingLayout};
+use crate::segment::{Segment, SegmentRing};
+
+/// One end of a feed.
+#[derive(Debug)]
+pub enum FeedEnd {
+    /// The link client's end: it pushes.
+    Producer(FeedProducer),
+    /// The link server's end: it pops.
+    Consumer(FeedConsumer),
+}
+
+/// The sending end of a feed.
+#[derive(Debug)]
+pub struct FeedProducer {
+    ring: Producer<SegmentRing>,
+    /// Rung by the consumer when it frees room.
+    mine: Doorbell,
+    /// The consumer's: rung after every push.
+    peer: Doorbell,
+}
+
+/// The receiving end of a feed.
+#[derive(Debug)]
+pub struct FeedConsumer {
+    ring: Consumer<SegmentRing>,
+    /// Rung by the producer after every push.
+    mine: Doorbell,
+    /// The producer's: rung when a pop frees a full ring.
+    peer: Doorbell,
+}
+
+impl FeedProducer {
+    /// Copies `bytes` into the next slot, publishes it, and wakes the consumer if it sleeps.
+    ///
+    /// # Errors
+    /// [`PushError::Full`], [`PushError::TooLarge`] (over [`FEED_MAX_LEN`]), or
+    /// [`PushError::Corrupt`] when the consumer's index is impossible.
+    #[inline]
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), PushError> {
+        self.ring.push(bytes)?;
+        // Feeds never arm a wake-up descriptor: a `Signal` can only come from a scribbled
+        // word, and there is nobody to signal.
+        let _ = self.peer.ring();
+        Ok(())
+    }
+
+    /// True when every slot holds a message the consumer has not taken.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.ring.is_full()
+    }
+
+    /// Sleeps until the consumer frees room or closes, or `timeout`; returns at once when
+    /// either is already so. Callers look again afterwards (a wake-up may find nothing).
+    pub fn sleep_for_room(&self, timeout: Duration) {
+        self.mine.sleep(timeout, || !self.ring.is_full() || self.peer.is_closed());
+    }
+
+    /// True once the consumer's end was dropped.
+    #[must_use]
+    #[inline]
+    pub fn peer_closed(&self) -> bool {
+        self.peer.is_closed()
+    }
+}
+
+impl FeedConsumer {
+    /// Copies the next message into `out` (cleared first); `Ok(false)` when none waits. Wakes
+    /// the producer when this frees a full ring.
+    ///
+    /// # Errors
+    /// [`RingError::Corrupt`] when the producer's index or a stored length is impossible.
+    #[inline]
+    pub fn pop(&mut self, out: &mut Vec<u8>) -> Result<bool, RingError> {
+        match self.ring.pop_noting_full(out)? {
+            Popped::Empty => Ok(false),
+            Popped::Took { was_full } => {
+                if was_full {
+                    let _ = self.peer.ring();
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// True when no message waits.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Sleeps until the producer pushes or closes, or `timeout`; returns at once when either
+    /// is already so. Callers look again afterwards (a wake-up may find nothing).
+    pub fn sleep_for_input(&self, timeout: Duration) {
+        self.mine.sleep(timeout, || !self.ring.is_empty() || self.peer.is_closed());
+    }
+
+    /// True once the producer's end was dropped.
+    #[must_use]
+    #[inline]
+    pub fn peer_closed(&self) -> bool {
+        self.peer.is_closed()
+    }
+}
+
+impl Drop for FeedProducer {
+    fn drop(&mut self) {
+        self.mine.close();
+        let _ = self.peer.ring();
+    }
+}
+
+impl Drop for FeedConsumer {
+    fn drop(&mut self) {
+        self.mine.close();
+        let _ = self.peer.ring();
+    }
+}
+
+/// The largest message a feed carries, in bytes.
+pub const FEED_MAX_LEN: usize = 248;
+
+/// Bytes a feed takes in a link segment.
+pub(crate) const FEED_SIZE: usize = RING_AT + ring_layout().size();
+
+/// `side`'s end of the feed at `offset` (64-aligned) into `segment`; `None` when it does not
+/// fit (the caller checked the layout, so only a bug of this crate gets there).
+pub(crate) fn open_feed(segment: &Arc<Segment>, offset: usize, side: LinkSide) -> Option<FeedEnd> {
+    if offset.checked_add(FEED_SIZE)? > segment.data_size() || offset % 64 != 0 {
+        return None;
+    }
+    let ring = Ring::new(segment.ring(offset + RING_AT, ring_layout())?);
+    let consumer_bell = Doorbell::at(segment, offset);
+    let producer_bell = Doorbell::at(segment, offset + 64);
+    Some(match side {
+        LinkSide::Client => FeedEnd::Producer(FeedProducer {
+            ring: ring.producer(),
+            mine: producer_bell,
+            peer: consumer_bell,
+        }),
+        LinkSide::Server => FeedEnd::Consumer(FeedConsumer {
+            ring: ring.consumer(),
+            mine: consumer_bell,
+            peer: producer_bell,
+        }),
+    })
+}
+
+const fn ring_layout() -> RingLayout {
+    RingLayout { capacity: FEED_SLOTS, slot_size: FEED_MAX_LEN }
+}
+
+/// Slots in a feed (a power of two).
+const FEED_SLOTS: u64 = 256;
+/// Where the ring starts: after the two doorbells.
+const RING_AT: usize = 128;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+    use crate::{create_link_segment, open_link_segment, LinkShape, Scribbler};
+
+    fn ends() -> (FeedProducer, FeedConsumer) {
+        ends_and_segment().0
+    }
+
+    /// Both ends of a fresh link's feed, each in its own mapping, and the segment.
+    fn ends_and_segment() -> ((FeedProducer, FeedConsumer), Segment, LinkShape) {
+        let shape = LinkShape::new(4096, 1);
+        let segment = create_link_segment(shape).unwrap();
+        let fd = || segment.fd().try_clone_to_owned().unwrap();
+        let client = open_link_segment(fd(), LinkSide::Client).unwrap();
+        let server = open_link_segment(fd(), LinkSide::Server).unwrap();
+        match (client.feed, server.feed) {
+            (FeedEnd::Producer(p), FeedEnd::Consumer(c)) => ((p, c), segment, shape),
+            other => panic!("the client produces, the server consumes: {other:?}"),
+        }
+    }
+
+    /// A peer scribbling over the feed (indices, lengths, doorbells, bytes) while both ends
+    /// work: the ends see garbled messages, wake-ups that find nothing, or `Corrupt`, and
+    /// never a message longer than a slot, a panic, or a wait that does not end.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map memory objects")]
+    fn a_scribbled_feed_reports_corruption_and_never_overreads_or_hangs() {
+        let ((mut producer, mut consumer), segment, shape) = ends_and_segment();
+        let scribbler = Scribbler::open(segment.fd().try_clone_to_owned().unwrap()).unwrap();
+        let feed = shape.feed_at()..shape.feed_at() + FEED_SIZE;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let scribbling = {
+            let (stop, writes) = (Arc::clone(&stop), Arc::clone(&writes));
+            std::thread::spawn(move || {
+                let mut rng = 0x5eed_f00d;
+                while !stop.load(Ordering::Relaxed) {
+                    scribbler.scribble_within(&mut rng, 16, feed.clone());
+                    writes.fetch_add(16, Ordering::Relaxed);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let (mut pushed, mut popped, mut push_corrupt, mut pop_corrupt) = (0u32, 0u32, 0, 0);
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(300) || push_corrupt + pop_corrupt == 0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "the scribbler never hit");
+            match producer.push(&[0xab; 100][..(pushed as usize % 101)]) {
+                Ok(()) => pushed += 1,
+                Err(PushError::Corrupt) => push_corrupt += 1,
+                Err(PushError::Full) => producer.sleep_for_room(Duration::from_micros(100)),
+                Err(PushError::TooLarge { .. }) => unreachable!("at most 100 bytes"),
+            }
+            match consumer.pop(&mut out) {
+                Ok(true) => {
+                    assert!(out.len() <= FEED_MAX_LEN, "a message longer than a slot");
+                    popped += 1;
+                }
+                Ok(false) => consumer.sleep_for_input(Duration::from_micros(100)),
+                Err(RingError::Corrupt) => pop_corrupt += 1,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        scribbling.join().unwrap();
+        assert!(writes.load(Ordering::Relaxed) > 0);
+        eprintln!("pushed {pushed}, popped {popped}, corrupt {push_corrupt} + {pop_corrupt}");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map memory objects")]
+    fn a_feed_carries_messages_in_order_until_full() {
+        let (mut producer, mut consumer) = ends();
+        let mut out = Vec::new();
+        assert!(!consumer.pop(&mut out).unwrap());
+        for i in 0..FEED_SLOTS {
+            producer.push(&i.to_le_bytes()).unwrap();
+        }
+        assert!(producer.is_full());
+        assert_eq!(producer.push(b"x"), Err(PushError::Full));
+        let too_large = [0u8; FEED_MAX_LEN + 1];
+        assert!(matches!(producer.push(&too_large), Err(PushError::TooLarge { .. })));
+        for i in 0..FEED_SLOTS {
+            assert!(consumer.pop(&mut out).unwrap());
+            assert_eq!(out, i.to_le_bytes());
+        }
+        assert!(consumer.is_empty());
+        producer.push(&[7; FEED_MAX_LEN]).unwrap();
+        assert!(consumer.pop(&mut out).unwrap());
+        assert_eq!(out, [7; FEED_MAX_LEN]);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map memory objects")]
+    fn each_end_wakes_the_other_and_sees_it_close() {
+        let (mut producer, mut consumer) = ends();
+        let sleeper = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !consumer.pop(&mut out).unwrap() {
+                consumer.sleep_for_input(Duration::from_secs(30));
+            }
+            // Fill, then free one slot once the producer sleeps for room.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(consumer.pop(&mut out).unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+            consumer
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        producer.push(b"wake").unwrap();
+        while producer.push(b"fill").is_ok() {}
+        let started = std::time::Instant::now();
+        while producer.is_full() {
+            producer.sleep_for_room(Duration::from_secs(30));
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the pop woke the producer");
+        let consumer = sleeper.join().unwrap();
+        assert!(!producer.peer_closed());
+        drop(consumer);
+        assert!(producer.peer_closed());
+        producer.sleep_for_room(Duration::from_secs(30));
+    }
+}
