@@ -8,15 +8,16 @@
 //! `mode` bit 7 picks the link segment (else a bare stream region on the heap, where
 //! AddressSanitizer sees any stray access); the other bits pick the size and, for a segment,
 //! the side opened. A segment's payload pools are exercised too: views of runs the peer
-//! claims, and loans after releases the peer claims.
+//! claims, and loans after releases the peer claims; and its feed, whose consumer must never
+//! hand out more than a slot holds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use postbox_core::{DecodeError, FrameDecoder};
 use postbox_shm::fuzzing::ExposedStream;
 use postbox_shm::{
-    open_link_segment, LinkSide, PoolLayout, PoolRun, RegionStream, Scribbler, Segment,
-    StreamConsumer, StreamError, StreamProducer,
+    open_link_segment, FeedEnd, LinkSide, PoolLayout, PoolRun, PushError, RegionStream,
+    Scribbler, Segment, StreamConsumer, StreamError, StreamProducer, FEED_MAX_LEN,
 };
 
 /// Above the decoder's 64 KiB staging buffer, so that large declared bodies are read in place.
@@ -105,8 +106,8 @@ fn link_segment(mode: u8, contents: &[u8], mut ops: Ops<'_>) {
         // Small: too small for any shape the contents may claim, or just large enough.
         8 * (1 + size * size * 4)
     } else {
-        // 32 KiB to 1 MiB: room for streams and pools.
-        (size + 1) * 32 * 1024
+        // 96 KiB to about 1 MiB: room for streams, pools and the feed.
+        (size + 3) * 32 * 1024
     };
     let Ok(segment) = Segment::create(data_size) else {
         return;
@@ -130,11 +131,30 @@ fn link_segment(mode: u8, contents: &[u8], mut ops: Ops<'_>) {
     // Loans not yet sent, and views not yet dropped, on either side.
     let mut loans = Vec::new();
     let mut views = Vec::new();
+    let mut popped = Vec::new();
     while let Some(op) = ops.byte() {
-        match op % 12 {
+        match op % 14 {
             0 => {
                 let size = ops.read_size();
                 let _ = decoder.read(&mut ours.inbound, size, capacity);
+            }
+            12 | 13 => {
+                // Either side's end of the feed: the client's pushes, the server's pops.
+                let end = if op % 14 == 12 { &mut ours.feed } else { &mut theirs.feed };
+                match end {
+                    FeedEnd::Producer(producer) => {
+                        let len = usize::from(ops.byte().unwrap_or(0));
+                        let pushed = producer.push(&[0x3c; 255][..len]);
+                        let too_large = matches!(pushed, Err(PushError::TooLarge { .. }));
+                        assert_eq!(too_large, len > FEED_MAX_LEN, "the size is checked first");
+                    }
+                    FeedEnd::Consumer(consumer) => {
+                        if let Ok(true) = consumer.pop(&mut popped) {
+                            assert!(popped.len() <= FEED_MAX_LEN, "no more than a slot holds");
+                        }
+                        let _ = (consumer.is_empty(), consumer.peer_closed());
+                    }
+                }
             }
             1 => check_available(&mut ours.inbound, capacity),
             2 => {

@@ -73,6 +73,9 @@ enum Carrier {
     ShmZeroCopy,
     /// A connection's feed ([`postbox::FeedSender`]): small messages only.
     ShmFeed,
+    /// Two feeds, one each way, in a ping-pong: half a round trip, measured as the raw
+    /// ping-pongs are.
+    ShmFeedPingPong,
     /// Shared memory, [`Connection::send_batch`] to a receiver taking batches.
     ShmBatch,
     Unix,
@@ -412,7 +415,8 @@ impl Rig {
         let mut carriers = vec![Carrier::Shm, Carrier::ShmZeroCopy, Carrier::Unix];
         if size <= postbox::FEED_MAX_LEN {
             samples.push(self.one_way_feed(size, rounds)?);
-            carriers.push(Carrier::ShmFeed);
+            samples.push(self.feed_ping_pong(size, rounds)?);
+            carriers.extend([Carrier::ShmFeed, Carrier::ShmFeedPingPong]);
         }
         samples.extend(self.raw_ping_pong(size, rounds, PingWait::Spin, 2)?);
         carriers.push(Carrier::RawSpin);
@@ -456,6 +460,42 @@ impl Rig {
         drop(feed);
         worker.wait_for_exit()?;
         samples.into_iter().next().context("one feed measurement")
+    }
+
+    /// Half the round trip of a ping-pong over two feeds, one each way, both ends
+    /// busy-waiting: measured as the raw ping-pongs are, clock reads outside the trip.
+    fn feed_ping_pong(&self, size: usize, rounds: usize) -> Result<Samples> {
+        let name = format!("bench/feed-ping-{}-{size}", self.tag);
+        let back = format!("bench/feed-pong-{}-{size}", self.tag);
+        let back_port = self.shm_node.port(&back).open()?;
+        let mut worker =
+            self.spawn(|| self.on_shm.worker(&["busy-feed-echo", "--ping-pong", &name, &back]))?;
+        let mut ping = self.shm_node.connect(&name)?.open_feed()?;
+        let mut pong = back_port.recv()?.accept_feed()?;
+        let body = vec![0x5au8; size];
+        let mut answer = Vec::with_capacity(size);
+        let mut round = || -> Result<Duration> {
+            let start = Instant::now();
+            loop {
+                match ping.try_send(&body) {
+                    Ok(()) => break,
+                    Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            loop {
+                match pong.try_recv_into(&mut answer) {
+                    Ok(()) => return Ok(start.elapsed() / 2),
+                    Err(postbox::FeedRecvError::Empty) => std::hint::spin_loop(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let samples = rotate(rounds, &mut [&mut round])?;
+        // Ends the busy echo: the end of its feed.
+        drop(ping);
+        worker.wait_for_exit()?;
+        samples.into_iter().next().context("one feed ping-pong measurement")
     }
 
     /// A raw ping-pong whose server never sleeps, started for this measurement only: `rounds`
@@ -834,6 +874,7 @@ impl Carrier {
             Self::Shm => "postbox_shm",
             Self::ShmZeroCopy => "postbox_shm_zero_copy",
             Self::ShmFeed => "postbox_shm_feed",
+            Self::ShmFeedPingPong => "postbox_shm_feed_ping_pong",
             Self::ShmBatch => "postbox_shm_batch",
             Self::Unix => "postbox_unix",
             Self::RawSocketpair => "raw_socketpair",
@@ -857,6 +898,7 @@ impl Carrier {
             Self::Shm => "postbox shm",
             Self::ShmZeroCopy => "postbox shm loan",
             Self::ShmFeed => "postbox shm feed",
+            Self::ShmFeedPingPong => "feed ping-pong",
             Self::ShmBatch => "postbox shm batch",
             Self::Unix => "postbox unix",
             Self::RawSocketpair => "raw socketpair",
@@ -1075,11 +1117,16 @@ fn targets(records: &[Record]) -> Vec<Target> {
     let mut out = Vec::new();
     for place in [Placement::SameCore, Placement::CrossCore] {
         let label = place.label();
-        if let Some(r) = find(place, Measure::OneWayBusy, 64, Carrier::ShmFeed) {
-            if let Some(x) = ratio(records, r) {
+        for (carrier, how) in [
+            (Carrier::ShmFeed, "shm feed (send to receipt)"),
+            (Carrier::ShmFeedPingPong, "shm feed ping-pong (half a round trip)"),
+        ] {
+            if let Some(x) =
+                find(place, Measure::OneWayBusy, 64, carrier).and_then(|r| ratio(records, r))
+            {
                 out.push(Target::at_most(
                     4,
-                    format!("{label}: one-way 64 B busy-wait, shm feed / raw spin"),
+                    format!("{label}: one-way 64 B busy-wait, {how} / raw spin"),
                     x,
                     1.5,
                 ));

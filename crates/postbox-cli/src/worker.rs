@@ -196,6 +196,10 @@ pub(crate) enum Role {
         name: String,
         /// Port to send the latencies to.
         reply_to: String,
+        /// Open a feed to REPLY_TO and send every message back through it as it came (a
+        /// ping-pong of two feeds, for half a round trip), instead of answering with latencies.
+        #[arg(long)]
+        ping_pong: bool,
     },
 }
 
@@ -346,7 +350,9 @@ pub(crate) fn run(role: Role) -> Result<()> {
             Ok(())
         }
         Role::BusyEcho { name, reply_to } => busy_echo(&name, &reply_to),
-        Role::BusyFeedEcho { name, reply_to } => busy_feed_echo(&name, &reply_to),
+        Role::BusyFeedEcho { name, reply_to, ping_pong } => {
+            busy_feed_echo(&name, &reply_to, ping_pong)
+        }
         Role::Flood { name, mode, threads, size } => flood(&name, mode, threads, size),
         Role::TypedCalc { name, threads } => {
             use crate::services::{CalcServer, Calculator};
@@ -403,7 +409,7 @@ fn busy_echo(name: &str, reply_to: &str) -> Result<()> {
 }
 
 /// Answers every feed message at once without ever sleeping (see [`Role::BusyFeedEcho`]).
-fn busy_feed_echo(name: &str, reply_to: &str) -> Result<()> {
+fn busy_feed_echo(name: &str, reply_to: &str, ping_pong: bool) -> Result<()> {
     let node = Node::attach()?;
     let port = node.port(name).open()?;
     let back = node.connect(reply_to)?;
@@ -411,6 +417,27 @@ fn busy_feed_echo(name: &str, reply_to: &str) -> Result<()> {
     let request = port.recv().map_err(|e| anyhow::anyhow!("receive on {name}: {e}"))?;
     let mut feed = request.accept_feed().map_err(|e| anyhow::anyhow!("accept a feed: {e}"))?;
     let mut body = Vec::with_capacity(postbox::FEED_MAX_LEN);
+    if ping_pong {
+        let mut back = back.open_feed().map_err(|e| anyhow::anyhow!("open a feed back: {e}"))?;
+        loop {
+            match feed.try_recv_into(&mut body) {
+                Ok(()) => {}
+                Err(postbox::FeedRecvError::Empty) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Err(postbox::FeedRecvError::Disconnected) => return Ok(()),
+                Err(e) => return Err(anyhow::anyhow!("feed on {name}: {e}")),
+            }
+            loop {
+                match back.try_send(&body) {
+                    Ok(()) => break,
+                    Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
+                    Err(e) => return Err(anyhow::anyhow!("feed to {reply_to}: {e}")),
+                }
+            }
+        }
+    }
     loop {
         match feed.try_recv_into(&mut body) {
             Ok(()) => {}

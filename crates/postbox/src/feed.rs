@@ -16,7 +16,7 @@
 //! within its check interval; a peer that scribbles impossible indices or lengths over the
 //! ring gets its link shut down and [`FeedRecvError::ProtocolViolation`].
 //!
-//! ```no_run
+//! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use postbox::{Broker, FeedRecvError};
 //!

@@ -36,6 +36,9 @@
 //!   straight between the two processes.
 //! - [`Envelope`]: what a receive returns — the [`Message`], the sender as the system saw it,
 //!   and for a call a send-once [`ReplyToken`]. Dropping the token answers `NoReply`.
+//! - [`FeedSender`] / [`FeedReceiver`]: a connection's feed, a one-way run of small messages
+//!   through a ring in the link's shared memory, one thread at each end, for the lowest
+//!   latency ([`Connection::open_feed`], [`Envelope::accept_feed`]).
 //!
 //! Every operation has blocking, `try_` and `_timeout`/`_deadline` forms; failed sends hand
 //! the message back in their error. A server that dies mid-call fails its callers with
