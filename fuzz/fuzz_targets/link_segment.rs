@@ -149,7 +149,7 @@ fn link_segment(mode: u8, contents: &[u8], mut ops: Ops<'_>) {
                         assert_eq!(too_large, len > FEED_MAX_LEN, "the size is checked first");
                     }
                     FeedEnd::Consumer(consumer) => {
-                        if let Ok(true) = consumer.pop(&mut popped) {
+                        if let Ok(Some(_)) = consumer.pop(&mut popped) {
                             assert!(popped.len() <= FEED_MAX_LEN, "no more than a slot holds");
                         }
                         let _ = (consumer.is_empty(), consumer.peer_closed());

@@ -6,14 +6,16 @@
 //! ```
 //! The producer rings the consumer's doorbell after every push; the consumer rings the
 //! producer's only when a pop frees a full ring, the only time a producer sleeps. Each end
-//! marks its own doorbell closed when dropped. Everything the peer can write is checked as in
+//! marks its own doorbell closed when dropped. An end that waits by polling descriptors (the
+//! async forms) arms its doorbell; the ring then returns [`Rung::Signal`] to the other end,
+//! which writes the link's wake-up descriptor (this crate does not hold it). Everything the peer can write is checked as in
 //! the ring and the doorbells: a scribbling peer can garble messages, cause wake-ups that find
 //! nothing, or make the ring report [`RingError::Corrupt`], nothing worse.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::doorbell::Doorbell;
+use crate::doorbell::{Doorbell, Rung};
 use crate::link_segment::LinkSide;
 use crate::ring::{Consumer, Popped, Producer, PushError, Ring, RingError, RingLayout};
 use crate::segment::{Segment, SegmentRing};
@@ -48,18 +50,35 @@ pub struct FeedConsumer {
 }
 
 impl FeedProducer {
-    /// Copies `bytes` into the next slot, publishes it, and wakes the consumer if it sleeps.
+    /// Copies `bytes` into the next slot, publishes it, and wakes the consumer if it sleeps
+    /// on the futex; [`Rung::Signal`] when the consumer polls a descriptor instead (the
+    /// caller writes the link's wake-up descriptor).
     ///
     /// # Errors
     /// [`PushError::Full`], [`PushError::TooLarge`] (over [`FEED_MAX_LEN`]), or
     /// [`PushError::Corrupt`] when the consumer's index is impossible.
     #[inline]
-    pub fn push(&mut self, bytes: &[u8]) -> Result<(), PushError> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Rung, PushError> {
         self.ring.push(bytes)?;
-        // Feeds never arm a wake-up descriptor: a `Signal` can only come from a scribbled
-        // word, and there is nobody to signal.
-        let _ = self.peer.ring();
-        Ok(())
+        Ok(self.peer.ring())
+    }
+
+    /// Asks the consumer to return [`Rung::Signal`] from the pop that frees room, until
+    /// [`disarm`](Self::disarm): for a wait on descriptors. Look again after arming.
+    pub fn arm(&self) {
+        self.mine.arm();
+    }
+
+    /// Stops the signals [`arm`](Self::arm) asked for.
+    pub fn disarm(&self) {
+        self.mine.disarm();
+    }
+
+    /// Closes the feed from this end (as dropping it does) and wakes the consumer; `Signal`
+    /// when the consumer polls a descriptor, which the caller then writes.
+    pub fn close(&self) -> Rung {
+        self.mine.close();
+        self.peer.ring()
     }
 
     /// True when every slot holds a message the consumer has not taken.
@@ -83,22 +102,37 @@ impl FeedProducer {
 }
 
 impl FeedConsumer {
-    /// Copies the next message into `out` (cleared first); `Ok(false)` when none waits. Wakes
-    /// the producer when this frees a full ring.
+    /// Copies the next message into `out` (cleared first); `Ok(None)` when none waits. Wakes
+    /// the producer when this frees a full ring: `Some(Rung::Signal)` when the producer
+    /// polls a descriptor (the caller writes the link's wake-up descriptor).
     ///
     /// # Errors
     /// [`RingError::Corrupt`] when the producer's index or a stored length is impossible.
     #[inline]
-    pub fn pop(&mut self, out: &mut Vec<u8>) -> Result<bool, RingError> {
+    pub fn pop(&mut self, out: &mut Vec<u8>) -> Result<Option<Rung>, RingError> {
         match self.ring.pop_noting_full(out)? {
-            Popped::Empty => Ok(false),
-            Popped::Took { was_full } => {
-                if was_full {
-                    let _ = self.peer.ring();
-                }
-                Ok(true)
-            }
+            Popped::Empty => Ok(None),
+            Popped::Took { was_full: true } => Ok(Some(self.peer.ring())),
+            Popped::Took { was_full: false } => Ok(Some(Rung::Done)),
         }
+    }
+
+    /// Asks the producer to return [`Rung::Signal`] from every push, until
+    /// [`disarm`](Self::disarm): for a wait on descriptors. Look again after arming.
+    pub fn arm(&self) {
+        self.mine.arm();
+    }
+
+    /// Stops the signals [`arm`](Self::arm) asked for.
+    pub fn disarm(&self) {
+        self.mine.disarm();
+    }
+
+    /// Closes the feed from this end (as dropping it does) and wakes the producer; `Signal`
+    /// when the producer polls a descriptor, which the caller then writes.
+    pub fn close(&self) -> Rung {
+        self.mine.close();
+        self.peer.ring()
     }
 
     /// True when no message waits.
@@ -123,15 +157,15 @@ impl FeedConsumer {
 
 impl Drop for FeedProducer {
     fn drop(&mut self) {
-        self.mine.close();
-        let _ = self.peer.ring();
+        // A consumer polling a descriptor is woken by the holder of the link, which closes
+        // first (see `close`).
+        let _ = self.close();
     }
 }
 
 impl Drop for FeedConsumer {
     fn drop(&mut self) {
-        self.mine.close();
-        let _ = self.peer.ring();
+        let _ = self.close();
     }
 }
 
@@ -225,17 +259,17 @@ mod tests {
         while started.elapsed() < Duration::from_millis(300) || push_corrupt + pop_corrupt == 0 {
             assert!(started.elapsed() < Duration::from_secs(20), "the scribbler never hit");
             match producer.push(&[0xab; 100][..(pushed as usize % 101)]) {
-                Ok(()) => pushed += 1,
+                Ok(_) => pushed += 1,
                 Err(PushError::Corrupt) => push_corrupt += 1,
                 Err(PushError::Full) => producer.sleep_for_room(Duration::from_micros(100)),
                 Err(PushError::TooLarge { .. }) => unreachable!("at most 100 bytes"),
             }
             match consumer.pop(&mut out) {
-                Ok(true) => {
+                Ok(Some(_)) => {
                     assert!(out.len() <= FEED_MAX_LEN, "a message longer than a slot");
                     popped += 1;
                 }
-                Ok(false) => consumer.sleep_for_input(Duration::from_micros(100)),
+                Ok(None) => consumer.sleep_for_input(Duration::from_micros(100)),
                 Err(RingError::Corrupt) => pop_corrupt += 1,
             }
         }
@@ -250,21 +284,29 @@ mod tests {
     fn a_feed_carries_messages_in_order_until_full() {
         let (mut producer, mut consumer) = ends();
         let mut out = Vec::new();
-        assert!(!consumer.pop(&mut out).unwrap());
+        assert_eq!(consumer.pop(&mut out), Ok(None));
         for i in 0..FEED_SLOTS {
-            producer.push(&i.to_le_bytes()).unwrap();
+            assert_eq!(producer.push(&i.to_le_bytes()), Ok(Rung::Done));
         }
         assert!(producer.is_full());
         assert_eq!(producer.push(b"x"), Err(PushError::Full));
         let too_large = [0u8; FEED_MAX_LEN + 1];
         assert!(matches!(producer.push(&too_large), Err(PushError::TooLarge { .. })));
-        for i in 0..FEED_SLOTS {
-            assert!(consumer.pop(&mut out).unwrap());
+        // Each end armed asks the other to signal it: the producer on every push, the
+        // consumer on the pop that frees a full ring.
+        producer.arm();
+        assert_eq!(consumer.pop(&mut out), Ok(Some(Rung::Signal)), "it freed a full ring");
+        assert_eq!(out, 0u64.to_le_bytes());
+        producer.disarm();
+        for i in 1..FEED_SLOTS {
+            assert_eq!(consumer.pop(&mut out), Ok(Some(Rung::Done)));
             assert_eq!(out, i.to_le_bytes());
         }
         assert!(consumer.is_empty());
-        producer.push(&[7; FEED_MAX_LEN]).unwrap();
-        assert!(consumer.pop(&mut out).unwrap());
+        consumer.arm();
+        assert_eq!(producer.push(&[7; FEED_MAX_LEN]), Ok(Rung::Signal));
+        consumer.disarm();
+        assert!(consumer.pop(&mut out).unwrap().is_some());
         assert_eq!(out, [7; FEED_MAX_LEN]);
     }
 
@@ -274,12 +316,12 @@ mod tests {
         let (mut producer, mut consumer) = ends();
         let sleeper = std::thread::spawn(move || {
             let mut out = Vec::new();
-            while !consumer.pop(&mut out).unwrap() {
+            while consumer.pop(&mut out).unwrap().is_none() {
                 consumer.sleep_for_input(Duration::from_secs(30));
             }
             // Fill, then free one slot once the producer sleeps for room.
             std::thread::sleep(Duration::from_millis(50));
-            assert!(consumer.pop(&mut out).unwrap());
+            assert!(consumer.pop(&mut out).unwrap().is_some());
             std::thread::sleep(Duration::from_millis(50));
             consumer
         });

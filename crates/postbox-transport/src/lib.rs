@@ -41,7 +41,7 @@ pub use error::{TransportError, WriteFramesError};
 pub use host_link::{HostLink, HostLinkConfig};
 pub use link::Link;
 pub use postbox_shm::{
-    FeedConsumer, FeedEnd, FeedProducer, LinkShape, LinkSide, PoolLoan, PoolView, PushError,
+    FeedConsumer, FeedEnd, FeedProducer, LinkShape, LinkSide, PoolLoan, PoolView, PushError, Rung,
     SealedBuilder, SealedError, SealedPayload, FEED_MAX_LEN,
 };
 pub use shm_link::{ShmLink, ShmLinkParts};

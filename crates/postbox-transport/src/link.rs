@@ -301,6 +301,22 @@ impl Link {
         }
     }
 
+    /// Writes the peer's wake-up descriptor (see [`ShmLink::signal_peer`]); nothing on a
+    /// Unix link.
+    pub fn signal_peer(&self) {
+        if let Self::Shm(link) = self {
+            link.signal_peer();
+        }
+    }
+
+    /// Empties this side's wake-up socket (see [`ShmLink::drain_wake`]); nothing on a Unix
+    /// link.
+    pub fn drain_wake(&self) {
+        if let Self::Shm(link) = self {
+            link.drain_wake();
+        }
+    }
+
     /// Gives back a feed end [`take_feed`](Self::take_feed) returned, for a later taker.
     pub fn give_back_feed(&self, end: FeedEnd) {
         if let Self::Shm(link) = self {

@@ -435,8 +435,10 @@ impl ShmLink {
         self.drain_wake();
     }
 
-    /// Empties this side's wake-up socket (its bytes mean nothing but "look again").
-    fn drain_wake(&self) {
+    /// Empties this side's wake-up socket (its bytes mean nothing but "look again"): a waiter
+    /// on it that does not go through [`finish_poll`](Self::finish_poll) calls this after
+    /// each wait, or the socket fills and stops firing.
+    pub fn drain_wake(&self) {
         let mut buf = [0u8; 64];
         for _ in 0..WAKE_DRAIN_READS {
             match recv(&self.wake, &mut buf, RecvFlags::DONTWAIT) {
@@ -544,10 +546,16 @@ impl ShmLink {
     /// Rings the peer's doorbell after publishing bytes or freeing room.
     fn ring_peer(&self) {
         if self.peer.ring() == Rung::Signal {
-            // A full socket means wake-ups are already waiting: this one is delivered either
-            // way. Never blocks, whatever the peer did to its end.
-            let _ = send(&self.wake, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+            self.signal_peer();
         }
+    }
+
+    /// Writes the peer's wake-up descriptor: for a doorbell that answered [`Rung::Signal`]
+    /// (the peer polls descriptors, as its async forms do).
+    pub fn signal_peer(&self) {
+        // A full socket means wake-ups are already waiting: this one is delivered either
+        // way. Never blocks, whatever the peer did to its end.
+        let _ = send(&self.wake, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
     }
 
     /// True when the peer hung up its socket (it closed or died). Takes the sealed payload

@@ -39,10 +39,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postbox_core::{PeerIdentity, Rights};
-use postbox_transport::{FeedConsumer, FeedEnd, FeedProducer, Link, PushError, Spin};
+use postbox_transport::{FeedConsumer, FeedEnd, FeedProducer, Link, PushError, Rung, Spin};
 
 use crate::client_link::ClientLink;
 use crate::error::CallError;
+use crate::readiness::Readiness;
 use crate::{Envelope, Message, ProcessId};
 
 /// The largest message a feed carries, in bytes.
@@ -65,6 +66,10 @@ pub struct FeedSender {
     spin: Spin,
     /// Sends since the link's socket was last asked whether the peer died.
     since_check: u32,
+    /// The receiver is known gone: every send from now on says so.
+    gone: bool,
+    /// For the async forms: the link's descriptors, made on the first async wait.
+    readiness: Option<Readiness>,
 }
 
 /// The receiving end of a feed: held by one thread (`&mut self`).
@@ -78,6 +83,11 @@ pub struct FeedReceiver {
     since_check: u32,
     /// The peer broke the ring's rules: the feed is over.
     violated: bool,
+    /// The sender is known gone and the ring was found empty after that: every receive from
+    /// now on says so.
+    gone: bool,
+    /// For the async forms: the link's descriptors, made on the first async wait.
+    readiness: Option<Readiness>,
 }
 
 /// Failure to open or accept a feed.
@@ -167,6 +177,9 @@ impl FeedSender {
     /// # Errors
     /// [`FeedSendError::Full`], and those of [`send`](Self::send).
     pub fn try_send(&mut self, bytes: &[u8]) -> Result<(), FeedSendError> {
+        if self.gone {
+            return Err(FeedSendError::Disconnected);
+        }
         self.since_check += 1;
         if self.since_check >= CHECK_EVERY && self.peer_gone()? {
             return Err(FeedSendError::Disconnected);
@@ -176,7 +189,11 @@ impl FeedSender {
             return Err(FeedSendError::Disconnected);
         }
         match self.producer.push(bytes) {
-            Ok(()) => Ok(()),
+            Ok(Rung::Done) => Ok(()),
+            Ok(Rung::Signal) => {
+                self.link.signal_peer();
+                Ok(())
+            }
             Err(PushError::Full) if self.peer_gone()? => Err(FeedSendError::Disconnected),
             Err(PushError::Full) => Err(FeedSendError::Full),
             Err(PushError::TooLarge { len, slot_size }) => {
@@ -195,6 +212,32 @@ impl FeedSender {
     /// [`FeedSendError::Timeout`], and those of [`send`](Self::send).
     pub fn send_timeout(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), FeedSendError> {
         self.send_until(bytes, Some(Instant::now().checked_add(timeout).unwrap_or_else(far)))
+    }
+
+    /// Like [`send`](Self::send), without blocking the thread (tokio): while the feed is
+    /// full, the task waits on the link's wake-up descriptor, which the receiver writes when
+    /// it frees room.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_async(&mut self, bytes: &[u8]) -> Result<(), FeedSendError> {
+        loop {
+            match self.try_send(bytes) {
+                Err(FeedSendError::Full) => {}
+                done => return done,
+            }
+            self.producer.arm();
+            // Armed before this look: a pop that frees room after it signals the descriptor.
+            let ready = !self.producer.is_full() || self.producer.peer_closed();
+            let waited = if ready { Ok(()) } else { wait(&mut self.readiness, &self.link).await };
+            self.producer.disarm();
+            if waited.is_err() {
+                tokio::time::sleep(ASYNC_FALLBACK).await;
+            }
+            if self.peer_gone()? {
+                return Err(FeedSendError::Disconnected);
+            }
+        }
     }
 
     /// The serving process, which receives.
@@ -228,7 +271,10 @@ impl FeedSender {
     fn peer_gone(&mut self) -> Result<bool, FeedSendError> {
         self.since_check = 0;
         match self.link.peer_gone(false) {
-            Ok(gone) => Ok(gone || self.producer.peer_closed()),
+            Ok(gone) => {
+                self.gone = gone || self.producer.peer_closed();
+                Ok(self.gone)
+            }
             Err(_) => Err(FeedSendError::ProtocolViolation),
         }
     }
@@ -271,9 +317,12 @@ impl FeedReceiver {
         if self.violated {
             return Err(FeedRecvError::ProtocolViolation);
         }
+        if self.gone {
+            return Err(FeedRecvError::Disconnected);
+        }
         match self.consumer.pop(out) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
+            Ok(Some(rung)) => return Ok(self.signal(rung)),
+            Ok(None) => {}
             Err(_) => return Err(self.violation()),
         }
         self.since_check += 1;
@@ -285,9 +334,53 @@ impl FeedReceiver {
             return Err(FeedRecvError::Empty);
         }
         match self.consumer.pop(out) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(FeedRecvError::Disconnected),
+            Ok(Some(rung)) => Ok(self.signal(rung)),
+            Ok(None) => {
+                self.gone = true;
+                Err(FeedRecvError::Disconnected)
+            }
             Err(_) => Err(self.violation()),
+        }
+    }
+
+    /// Like [`recv`](Self::recv), without blocking the thread (tokio): the task waits on the
+    /// link's wake-up descriptor, which the sender writes while this end is armed.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub async fn recv_async(&mut self) -> Result<Vec<u8>, FeedRecvError> {
+        let mut out = Vec::new();
+        self.recv_into_async(&mut out).await.map(|()| out)
+    }
+
+    /// Like [`recv_into`](Self::recv_into), without blocking the thread (tokio).
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub async fn recv_into_async(&mut self, out: &mut Vec<u8>) -> Result<(), FeedRecvError> {
+        loop {
+            match self.try_recv_into(out) {
+                Err(FeedRecvError::Empty) => {}
+                done => return done,
+            }
+            self.consumer.arm();
+            // Armed before this look: a push after it signals the descriptor.
+            let ready = !self.consumer.is_empty() || self.consumer.peer_closed();
+            let waited = if ready { Ok(()) } else { wait(&mut self.readiness, &self.link).await };
+            self.consumer.disarm();
+            if waited.is_err() {
+                // No descriptor to wait on (out of memory): a short sleep instead.
+                tokio::time::sleep(ASYNC_FALLBACK).await;
+            }
+            // A killed sender writes nothing: its socket's hang-up woke this task.
+            self.since_check = CHECK_EVERY;
+        }
+    }
+
+    /// Passes a pop's wake-up on to the sender's descriptor when it asked for one.
+    fn signal(&self, rung: Rung) {
+        if rung == Rung::Signal {
+            self.link.signal_peer();
         }
     }
 
@@ -353,6 +446,23 @@ impl FeedReceiver {
     }
 }
 
+impl Drop for FeedSender {
+    fn drop(&mut self) {
+        // The receiver may wait on a descriptor: the ring alone does not reach it.
+        if self.producer.close() == Rung::Signal {
+            self.link.signal_peer();
+        }
+    }
+}
+
+impl Drop for FeedReceiver {
+    fn drop(&mut self) {
+        if self.consumer.close() == Rung::Signal {
+            self.link.signal_peer();
+        }
+    }
+}
+
 /// Opens `link`'s feed: takes its producing end, asks the server to accept, and gives the end
 /// back unless it did (so a later attempt can try again).
 pub(crate) fn open(
@@ -382,6 +492,8 @@ pub(crate) fn open(
                 server: link.server,
                 spin: Spin::new(),
                 since_check: 0,
+                gone: false,
+                readiness: None,
             });
         }
         Ok(_) | Err(CallError::Remote(_) | CallError::NoReply) => OpenFeedError::Refused,
@@ -427,10 +539,33 @@ pub(crate) fn accept(mut envelope: Envelope) -> Result<FeedReceiver, OpenFeedErr
             spin: Spin::new(),
             since_check: 0,
             violated: false,
+            gone: false,
+            readiness: None,
         }),
         // The caller gave up or died: it closed its end, and this one closes as it drops.
         Err(_) => Err(OpenFeedError::PeerDied),
     }
+}
+
+/// Waits until one of `link`'s descriptors (its wake-up socket, its socket) fires, making
+/// the set that watches them on the first call, then empties the wake-up socket (its bytes
+/// only say "look again"; a full socket would stop firing).
+async fn wait(readiness: &mut Option<Readiness>, link: &Link) -> std::io::Result<()> {
+    let readiness = match readiness {
+        Some(readiness) => readiness,
+        None => {
+            let made = Readiness::new()?;
+            let mut fds = Vec::with_capacity(2);
+            link.poll_fds(&mut fds);
+            for fd in fds {
+                made.watch(fd);
+            }
+            readiness.insert(made)
+        }
+    };
+    readiness.wait().await?;
+    link.drain_wake();
+    Ok(())
 }
 
 /// A deadline too far away to matter, for a timeout too long for the clock.
@@ -445,3 +580,5 @@ const ACCEPTED: &[u8] = b"postbox feed accepted";
 const CHECK_EVERY: u32 = 1024;
 /// The longest sleep between two looks at the link's socket.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
+/// An async wait's sleep when no descriptor set could be made.
+const ASYNC_FALLBACK: Duration = Duration::from_millis(1);

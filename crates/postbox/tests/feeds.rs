@@ -252,3 +252,87 @@ fn a_unix_link_has_no_feed() {
     assert!(asked.is_err(), "the server dropped it unanswered");
     serving.join().unwrap();
 }
+
+#[test]
+fn async_ends_wait_on_descriptors_and_meet_blocking_ones() {
+    let broker = Broker::embedded().unwrap();
+    let (port, connection) = pair(&broker, "feeds/async");
+    let (mut sender, mut receiver, _port) = open(port, &connection);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let count = 3000u32;
+    // An async receiver and a blocking sender that fills the ring again and again.
+    let sending = thread::spawn(move || {
+        for i in 0..count {
+            thread::sleep(Duration::from_micros(if i % 500 == 0 { 2000 } else { 0 }));
+            sender.send(&i.to_le_bytes()).unwrap();
+        }
+        sender
+    });
+    runtime.block_on(within_watchdog(async {
+        let mut out = Vec::new();
+        for i in 0..count {
+            receiver.recv_into_async(&mut out).await.unwrap();
+            assert_eq!(out, i.to_le_bytes(), "message {i}");
+        }
+    }));
+    let mut sender = sending.join().unwrap();
+    // An async sender waiting for room that a blocking receiver frees, many times over
+    // (more signals than the wake-up socket holds unread).
+    let receiving = thread::spawn(move || {
+        let mut out = Vec::new();
+        for i in 0..count * 100 {
+            receiver.recv_into(&mut out).unwrap();
+            assert_eq!(out, i.to_le_bytes(), "message {i}");
+            if i % 1000 == 0 {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        receiver
+    });
+    runtime.block_on(within_watchdog(async {
+        for i in 0..count * 100 {
+            sender.send_async(&i.to_le_bytes()).await.unwrap();
+        }
+    }));
+    let mut receiver = receiving.join().unwrap();
+    // The end of the sender reaches an async receiver that waits for it.
+    let dropping = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(30));
+        drop(sender);
+    });
+    let ended = runtime.block_on(within_watchdog(receiver.recv_async()));
+    assert_eq!(ended, Err(FeedRecvError::Disconnected));
+    dropping.join().unwrap();
+}
+
+#[test]
+fn an_async_receiver_takes_more_wake_ups_than_its_socket_holds() {
+    let broker = Broker::embedded().unwrap();
+    let (port, connection) = pair(&broker, "feeds/async-many");
+    let (mut sender, mut receiver, _port) = open(port, &connection);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Each message after a pause: the receiver is armed and waiting, so every send writes
+    // the wake-up socket once (far more bytes than it holds, were they never read).
+    let count = 300_000u32;
+    let sending = thread::spawn(move || {
+        for i in 0..count {
+            sender.send(&i.to_le_bytes()).unwrap();
+            for _ in 0..200 {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    runtime.block_on(within_watchdog(async {
+        let mut out = Vec::new();
+        for i in 0..count {
+            receiver.recv_into_async(&mut out).await.unwrap();
+            assert_eq!(out, i.to_le_bytes(), "message {i}");
+        }
+    }));
+    sending.join().unwrap();
+}
+
+/// `work`, or a panic if it has not ended after 60 s (a missed wake-up would hang forever).
+async fn within_watchdog<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), work).await.expect("watchdog: a wait never ended")
+}
