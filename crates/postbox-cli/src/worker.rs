@@ -201,6 +201,49 @@ pub(crate) enum Role {
         #[arg(long)]
         ping_pong: bool,
     },
+    /// Connect to port NAME, open its feed (printing `opened`) and send numbered 8-byte
+    /// messages (0, 1, … as little-endian u64), printing `sent N` whenever the count N of
+    /// messages sent reaches a multiple of --every. After --count messages prints `done N` and
+    /// ends; without it sends forever. A failed send prints `error N ERROR` (the error's debug
+    /// form) and ends the worker with status 1, or with --linger drops the feed and the
+    /// connection, prints the line and waits to be killed (to show what it let go of).
+    FeedSend {
+        /// Port name.
+        name: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print `sent N` after every this many messages.
+        #[arg(long, default_value_t = 1000)]
+        every: u64,
+        /// Send with `try_send`, trying again at once while the feed is full.
+        #[arg(long)]
+        try_send: bool,
+        /// After an error, let go of the feed and the connection and wait to be killed.
+        #[arg(long)]
+        linger: bool,
+    },
+    /// Open port NAME, accept the first feed asked for (printing `accepted`), and receive the
+    /// numbered messages of [`Role::FeedSend`] with blocking receives, printing `received N`
+    /// whenever the count N received reaches a multiple of --every, then `ended N ERROR` when
+    /// the feed ends. A message out of order ends the worker with status 1.
+    FeedRecv {
+        /// Port name.
+        name: String,
+        /// Print `received N` after every this many messages.
+        #[arg(long, default_value_t = 1000)]
+        every: u64,
+        /// Accept the feed, then never receive from it (a receiver that stopped reading).
+        #[arg(long)]
+        stall: bool,
+    },
+    /// Open port NAME and accept every feed asked for, each received on a thread of its own
+    /// as [`Role::FeedRecv`] does; prints `ended SENDER N ERROR` as each feed ends. A message
+    /// out of order ends the worker with status 1. Never ends by itself.
+    FeedSink {
+        /// Port name.
+        name: String,
+    },
 }
 
 pub(crate) fn run(role: Role) -> Result<()> {
@@ -353,6 +396,11 @@ pub(crate) fn run(role: Role) -> Result<()> {
         Role::BusyFeedEcho { name, reply_to, ping_pong } => {
             busy_feed_echo(&name, &reply_to, ping_pong)
         }
+        Role::FeedSend { name, count, every, try_send, linger } => {
+            feed_send(&name, count, every.max(1), try_send, linger)
+        }
+        Role::FeedRecv { name, every, stall } => feed_recv(&name, every.max(1), stall),
+        Role::FeedSink { name } => feed_sink(&name),
         Role::Flood { name, mode, threads, size } => flood(&name, mode, threads, size),
         Role::TypedCalc { name, threads } => {
             use crate::services::{CalcServer, Calculator};
@@ -461,6 +509,128 @@ fn busy_feed_echo(name: &str, reply_to: &str, ping_pong: bool) -> Result<()> {
                 Err(e) => return Err(anyhow::anyhow!("send to {reply_to}: {e}")),
             }
         }
+    }
+}
+
+/// Sends numbered messages on a feed to `name` (see [`Role::FeedSend`]).
+fn feed_send(
+    name: &str,
+    count: Option<u64>,
+    every: u64,
+    try_send: bool,
+    linger: bool,
+) -> Result<()> {
+    let node = Node::attach()?;
+    let connection = node.connect(name)?;
+    ready(Some(node.process_id()));
+    let mut feed = connection.open_feed().map_err(|e| anyhow::anyhow!("open a feed: {e}"))?;
+    outln!("opened")?;
+    let mut sent = 0u64;
+    let error = loop {
+        if count == Some(sent) {
+            outln!("done {sent}")?;
+            return Ok(());
+        }
+        let bytes = sent.to_le_bytes();
+        let result = if try_send {
+            loop {
+                match feed.try_send(&bytes) {
+                    Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
+                    other => break other,
+                }
+            }
+        } else {
+            feed.send(&bytes)
+        };
+        if let Err(error) = result {
+            break error;
+        }
+        sent += 1;
+        if sent % every == 0 {
+            outln!("sent {sent}")?;
+        }
+    };
+    if linger {
+        drop(feed);
+        drop(connection);
+        outln!("error {sent} {error:?}")?;
+        loop {
+            std::thread::park();
+        }
+    }
+    outln!("error {sent} {error:?}")?;
+    anyhow::bail!("feed to {name}: {error}")
+}
+
+/// Receives the first feed asked of port `name` (see [`Role::FeedRecv`]).
+fn feed_recv(name: &str, every: u64, stall: bool) -> Result<()> {
+    let node = Node::attach()?;
+    let port = node.port(name).open()?;
+    ready(Some(node.process_id()));
+    let request = loop {
+        let envelope = port.recv().map_err(|e| anyhow::anyhow!("receive on {name}: {e}"))?;
+        if envelope.is_feed_request() {
+            break envelope;
+        }
+    };
+    let mut feed = request.accept_feed().map_err(|e| anyhow::anyhow!("accept a feed: {e}"))?;
+    outln!("accepted")?;
+    if stall {
+        loop {
+            std::thread::park();
+        }
+    }
+    let (received, end) = receive_counters(&mut feed, |received| {
+        if received % every == 0 {
+            outln!("received {received}")?;
+        }
+        Ok(())
+    })?;
+    outln!("ended {received} {end:?}")?;
+    Ok(())
+}
+
+/// Receives every feed asked of port `name`, each on a thread (see [`Role::FeedSink`]).
+fn feed_sink(name: &str) -> Result<()> {
+    let node = Node::attach()?;
+    let port = node.port(name).open()?;
+    ready(Some(node.process_id()));
+    loop {
+        let envelope = port.recv().map_err(|e| anyhow::anyhow!("receive on {name}: {e}"))?;
+        if !envelope.is_feed_request() {
+            continue;
+        }
+        // A sender killed before the answer: its feed is not ours to count.
+        let Ok(mut feed) = envelope.accept_feed() else { continue };
+        std::thread::spawn(move || {
+            let sender = feed.sender();
+            let ended = receive_counters(&mut feed, |_| Ok(()))
+                .and_then(|(received, end)| Ok(outln!("ended {sender} {received} {end:?}")?));
+            if let Err(error) = ended {
+                eprintln!("postbox: feed from {sender}: {error:#}");
+                std::process::exit(1);
+            }
+        });
+    }
+}
+
+/// Receives the numbered messages of [`Role::FeedSend`] until the feed ends, calling
+/// `report` with the count after each; returns the count and the error that ended the feed.
+fn receive_counters(
+    feed: &mut postbox::FeedReceiver,
+    mut report: impl FnMut(u64) -> Result<()>,
+) -> Result<(u64, postbox::FeedRecvError)> {
+    let mut body = Vec::with_capacity(postbox::FEED_MAX_LEN);
+    let mut received = 0u64;
+    loop {
+        if let Err(end) = feed.recv_into(&mut body) {
+            return Ok((received, end));
+        }
+        if body != received.to_le_bytes() {
+            anyhow::bail!("message {received} out of order: {body:?}");
+        }
+        received += 1;
+        report(received)?;
     }
 }
 

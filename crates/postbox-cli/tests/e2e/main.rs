@@ -11,6 +11,7 @@ mod buffering;
 mod cli;
 mod death;
 mod demo;
+mod feeds;
 mod host_faults;
 mod hostile;
 mod hosts;

@@ -223,7 +223,7 @@ fn within_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send +
     join_within_watchdog(what, std::thread::spawn(f))
 }
 
-fn join_within_watchdog<T>(what: &str, thread: std::thread::JoinHandle<T>) -> T {
+pub(crate) fn join_within_watchdog<T>(what: &str, thread: std::thread::JoinHandle<T>) -> T {
     let deadline = Instant::now() + WATCHDOG;
     while !thread.is_finished() {
         assert!(Instant::now() < deadline, "{what} hung");
@@ -378,12 +378,12 @@ impl Bursts {
 
 /// Link segments a process holds: descriptors of, and mappings of, postbox memory objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Segments {
-    descriptors: usize,
-    mappings: usize,
+pub(crate) struct Segments {
+    pub(crate) descriptors: usize,
+    pub(crate) mappings: usize,
 }
 
-fn segments_of(pid: u32) -> Segments {
+pub(crate) fn segments_of(pid: u32) -> Segments {
     let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
@@ -395,7 +395,7 @@ fn segments_of(pid: u32) -> Segments {
 }
 
 /// `postbox worker ARGS` with its stderr captured (read it once it exited).
-fn worker_with_stderr(daemon: &Daemon, args: &[&str]) -> Worker {
+pub(crate) fn worker_with_stderr(daemon: &Daemon, args: &[&str]) -> Worker {
     let mut full = vec!["worker"];
     full.extend_from_slice(args);
     let mut command = daemon.command(&full);
@@ -404,7 +404,7 @@ fn worker_with_stderr(daemon: &Daemon, args: &[&str]) -> Worker {
 }
 
 /// Waits (up to the watchdog) for a worker to exit.
-fn exit_status(worker: &mut Worker) -> ExitStatus {
+pub(crate) fn exit_status(worker: &mut Worker) -> ExitStatus {
     let mut status = None;
     wait_until("the worker exits", || {
         status = worker.child.try_wait().unwrap();
@@ -478,7 +478,7 @@ fn link_and_scribbler(fds: Vec<OwnedFd>, side: LinkSide) -> (Link, Scribbler) {
 }
 
 /// The seed of a test's random choices: `POSTBOX_TEST_SEED`, else the clock. Printed.
-fn seed(test: &str) -> u64 {
+pub(crate) fn seed(test: &str) -> u64 {
     let seed =
         std::env::var("POSTBOX_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -488,7 +488,7 @@ fn seed(test: &str) -> u64 {
 }
 
 /// xorshift64*.
-fn next_random(state: &mut u64) -> u64 {
+pub(crate) fn next_random(state: &mut u64) -> u64 {
     if *state == 0 {
         *state = 0x9e37_79b9_7f4a_7c15;
     }
@@ -506,6 +506,6 @@ const PACE: Duration = Duration::from_micros(200);
 /// How often bursts of scribbling double.
 const ESCALATE_EVERY: Duration = Duration::from_millis(250);
 /// Kills come this long (at most) after the worker said it was ready.
-const MAX_KILL_DELAY_US: u64 = 30_000;
+pub(crate) const MAX_KILL_DELAY_US: u64 = 30_000;
 /// How a link segment's memory object shows in `/proc/PID/fd` and `/proc/PID/maps`.
 const SEGMENT_NAME: &str = "/memfd:postbox-segment";
