@@ -326,7 +326,7 @@ mod tests {
             consumer
         });
         std::thread::sleep(Duration::from_millis(20));
-        producer.push(b"wake").unwrap();
+        assert_eq!(producer.push(b"wake"), Ok(Rung::Done), "the consumer sleeps on its futex");
         while producer.push(b"fill").is_ok() {}
         let started = std::time::Instant::now();
         while producer.is_full() {
