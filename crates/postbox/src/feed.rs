@@ -321,7 +321,10 @@ impl FeedReceiver {
             return Err(FeedRecvError::Disconnected);
         }
         match self.consumer.pop(out) {
-            Ok(Some(rung)) => return Ok(self.signal(rung)),
+            Ok(Some(rung)) => {
+                self.signal(rung);
+                return Ok(());
+            }
             Ok(None) => {}
             Err(_) => return Err(self.violation()),
         }
@@ -334,7 +337,10 @@ impl FeedReceiver {
             return Err(FeedRecvError::Empty);
         }
         match self.consumer.pop(out) {
-            Ok(Some(rung)) => Ok(self.signal(rung)),
+            Ok(Some(rung)) => {
+                self.signal(rung);
+                Ok(())
+            }
             Ok(None) => {
                 self.gone = true;
                 Err(FeedRecvError::Disconnected)
