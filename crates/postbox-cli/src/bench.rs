@@ -432,7 +432,10 @@ impl Rig {
         let back_port = self.shm_node.port(&back).open()?;
         let mut worker = self.spawn(|| self.on_shm.worker(&["busy-feed-echo", &name, &back]))?;
         let mut feed = self.shm_node.connect(&name)?.open_feed()?;
+        // The answers come back on a feed the worker opens (their way is not measured).
+        let mut answers = back_port.recv()?.accept_feed()?;
         let mut body = vec![0x5au8; size];
+        let mut answer = Vec::with_capacity(8);
         let mut ping = || -> Result<Duration> {
             // The send time goes in last: the receiver measures from it.
             body[..8].copy_from_slice(&monotonic_ns().to_le_bytes());
@@ -444,13 +447,12 @@ impl Rig {
                 }
             }
             loop {
-                match back_port.try_recv() {
-                    Ok(answer) => {
-                        let nanos =
-                            answer.body().first_chunk::<8>().map(|b| u64::from_le_bytes(*b));
+                match answers.try_recv_into(&mut answer) {
+                    Ok(()) => {
+                        let nanos = answer.first_chunk::<8>().map(|b| u64::from_le_bytes(*b));
                         return Ok(Duration::from_nanos(nanos.unwrap_or(0)));
                     }
-                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(postbox::FeedRecvError::Empty) => std::hint::spin_loop(),
                     Err(e) => return Err(e.into()),
                 }
             }

@@ -188,16 +188,16 @@ pub(crate) enum Role {
         /// Port to send the messages back to.
         reply_to: String,
     },
-    /// Busy-waiting feed receiver for one-way latency: open port NAME, connect to REPLY_TO,
-    /// accept the first feed asked for, and answer every feed message on REPLY_TO with its
-    /// one-way latency, as [`Role::BusyEcho`] does. The end of the feed ends it.
+    /// Busy-waiting feed receiver for one-way latency: open port NAME, accept the first feed
+    /// asked for, open a feed to REPLY_TO, and answer every message on it with its one-way
+    /// latency, as [`Role::BusyEcho`] does. The end of the feed ends it.
     BusyFeedEcho {
         /// Port to open.
         name: String,
         /// Port to send the latencies to.
         reply_to: String,
-        /// Open a feed to REPLY_TO and send every message back through it as it came (a
-        /// ping-pong of two feeds, for half a round trip), instead of answering with latencies.
+        /// Send every message back as it came (a ping-pong of two feeds, for half a round
+        /// trip), instead of answering with latencies.
         #[arg(long)]
         ping_pong: bool,
     },
@@ -464,28 +464,10 @@ fn busy_feed_echo(name: &str, reply_to: &str, ping_pong: bool) -> Result<()> {
     ready(Some(node.process_id()));
     let request = port.recv().map_err(|e| anyhow::anyhow!("receive on {name}: {e}"))?;
     let mut feed = request.accept_feed().map_err(|e| anyhow::anyhow!("accept a feed: {e}"))?;
+    // The answers go back on a feed too: the measuring thread's wait for them stays off the
+    // port path, whose caches and queues the next message's trip would otherwise share.
+    let mut back = back.open_feed().map_err(|e| anyhow::anyhow!("open a feed back: {e}"))?;
     let mut body = Vec::with_capacity(postbox::FEED_MAX_LEN);
-    if ping_pong {
-        let mut back = back.open_feed().map_err(|e| anyhow::anyhow!("open a feed back: {e}"))?;
-        loop {
-            match feed.try_recv_into(&mut body) {
-                Ok(()) => {}
-                Err(postbox::FeedRecvError::Empty) => {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                Err(postbox::FeedRecvError::Disconnected) => return Ok(()),
-                Err(e) => return Err(anyhow::anyhow!("feed on {name}: {e}")),
-            }
-            loop {
-                match back.try_send(&body) {
-                    Ok(()) => break,
-                    Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
-                    Err(e) => return Err(anyhow::anyhow!("feed to {reply_to}: {e}")),
-                }
-            }
-        }
-    }
     loop {
         match feed.try_recv_into(&mut body) {
             Ok(()) => {}
@@ -496,17 +478,18 @@ fn busy_feed_echo(name: &str, reply_to: &str, ping_pong: bool) -> Result<()> {
             Err(postbox::FeedRecvError::Disconnected) => return Ok(()),
             Err(e) => return Err(anyhow::anyhow!("feed on {name}: {e}")),
         }
-        let received = crate::latency::monotonic_ns();
-        let sent = body.first_chunk::<8>().map_or(received, |b| u64::from_le_bytes(*b));
-        let mut message = Message::new(received.saturating_sub(sent).to_le_bytes().to_vec());
+        if !ping_pong {
+            // The answer is the one-way latency instead of the message.
+            let received = crate::latency::monotonic_ns();
+            let sent = body.first_chunk::<8>().map_or(received, |b| u64::from_le_bytes(*b));
+            body.clear();
+            body.extend_from_slice(&received.saturating_sub(sent).to_le_bytes());
+        }
         loop {
-            match back.try_send(message) {
+            match back.try_send(&body) {
                 Ok(()) => break,
-                Err(postbox::TrySendError::Full(m)) => {
-                    message = m;
-                    std::hint::spin_loop();
-                }
-                Err(e) => return Err(anyhow::anyhow!("send to {reply_to}: {e}")),
+                Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
+                Err(e) => return Err(anyhow::anyhow!("feed to {reply_to}: {e}")),
             }
         }
     }
