@@ -7,8 +7,9 @@
 //!   link) beside a raw socketpair echo and a raw futex ping-pong over shared memory;
 //! - one-way latency with busy-waiting receivers (cross-core only): postbox from send to
 //!   receipt, the send time carried in the message on the system-wide monotonic clock, with
-//!   copied and with loaned (zero-copy) payloads; the raw baseline is half the round trip of a
-//!   ping-pong spinning on a shared word;
+//!   copied and with loaned (zero-copy) payloads, and at 64 B through a connection's feed
+//!   (from send to receipt, and as half the round trip of a ping-pong over two feeds); the raw
+//!   baseline is half the round trip of a ping-pong spinning on a shared word;
 //! - one-way throughput at 64 B: a burst of one-way messages, then one round trip; sent one
 //!   by one to a receiver taking one at a time, and in batches to one taking batches;
 //! - flood fairness at 64 B over shared memory (`--measure flood`, not in the default set):
