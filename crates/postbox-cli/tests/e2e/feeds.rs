@@ -231,13 +231,13 @@ fn a_feed_between_two_processes_delivers_a_hundred_thousand_messages_in_order() 
 
 #[test]
 fn killing_either_end_of_feeds_at_random_leaves_the_survivor_working_and_no_segment_behind() {
-    kill_either_end_at_random(20);
+    kill_either_end_at_random(50);
 }
 
 #[test]
-#[ignore = "stress: two hundred kills; run with --ignored"]
-fn killing_either_end_of_feeds_two_hundred_times_leaves_no_segment_behind() {
-    kill_either_end_at_random(200);
+#[ignore = "stress: a thousand kills; run with --ignored"]
+fn killing_either_end_of_feeds_a_thousand_times_leaves_no_segment_behind() {
+    kill_either_end_at_random(1000);
 }
 
 /// Kills a feed's sender (feeding a long-lived sink) or its receiver (fed by a sender that
