@@ -415,8 +415,8 @@ impl Rig {
         }
         let mut carriers = vec![Carrier::Shm, Carrier::ShmZeroCopy, Carrier::Unix];
         if size <= postbox::FEED_MAX_LEN {
-            samples.push(self.one_way_feed(size, rounds)?);
-            samples.push(self.feed_ping_pong(size, rounds)?);
+            samples.push(self.feed_busy(size, rounds, false)?);
+            samples.push(self.feed_busy(size, rounds, true)?);
             carriers.extend([Carrier::ShmFeed, Carrier::ShmFeedPingPong]);
         }
         samples.extend(self.raw_ping_pong(size, rounds, PingWait::Spin, 2)?);
@@ -424,81 +424,44 @@ impl Rig {
         Ok(latency_records(place, Measure::OneWayBusy, size, &carriers, samples))
     }
 
-    /// One-way latency through a connection's feed to a busy-waiting receiver, measured as
-    /// [`one_way_busy`](Self::one_way_busy) measures the other carriers: from the send time
-    /// the message carries to its receipt.
-    fn one_way_feed(&self, size: usize, rounds: usize) -> Result<Samples> {
-        let name = format!("bench/busy-feed-{}-{size}", self.tag);
-        let back = format!("bench/busy-feed-back-{}-{size}", self.tag);
+    /// One-way latency through a connection's feed to a busy-waiting receiver, which answers
+    /// on a feed of its own (the answer's way is not measured). Without `ping_pong`, measured
+    /// as [`one_way_busy`](Self::one_way_busy) measures the other carriers, from the send time
+    /// the message carries to its receipt, which the receiver answers; with it, as the raw
+    /// ping-pongs are: half the round trip of the message and its echo, clock reads outside.
+    fn feed_busy(&self, size: usize, rounds: usize, ping_pong: bool) -> Result<Samples> {
+        let how = if ping_pong { "ping" } else { "busy" };
+        let name = format!("bench/feed-{how}-{}-{size}", self.tag);
+        let back = format!("bench/feed-{how}-back-{}-{size}", self.tag);
         let back_port = self.shm_node.port(&back).open()?;
-        let mut worker = self.spawn(|| self.on_shm.worker(&["busy-feed-echo", &name, &back]))?;
+        let mut args = vec!["busy-feed-echo", name.as_str(), back.as_str()];
+        if ping_pong {
+            args.push("--ping-pong");
+        }
+        let mut worker = self.spawn(|| self.on_shm.worker(&args))?;
         let mut feed = self.shm_node.connect(&name)?.open_feed()?;
-        // The answers come back on a feed the worker opens (their way is not measured).
         let mut answers = back_port.recv()?.accept_feed()?;
         let mut body = vec![0x5au8; size];
-        let mut answer = Vec::with_capacity(8);
-        let mut ping = || -> Result<Duration> {
-            // The send time goes in last: the receiver measures from it.
-            body[..8].copy_from_slice(&monotonic_ns().to_le_bytes());
-            loop {
-                match feed.try_send(&body) {
-                    Ok(()) => break,
-                    Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
-                    Err(e) => return Err(e.into()),
-                }
+        let mut answer = Vec::with_capacity(size);
+        let mut round = || -> Result<Duration> {
+            let start = Instant::now();
+            if !ping_pong {
+                // The send time goes in last: the receiver measures from it.
+                body[..8].copy_from_slice(&monotonic_ns().to_le_bytes());
             }
-            loop {
-                match answers.try_recv_into(&mut answer) {
-                    Ok(()) => {
-                        let nanos = answer.first_chunk::<8>().map(|b| u64::from_le_bytes(*b));
-                        return Ok(Duration::from_nanos(nanos.unwrap_or(0)));
-                    }
-                    Err(postbox::FeedRecvError::Empty) => std::hint::spin_loop(),
-                    Err(e) => return Err(e.into()),
-                }
+            send_spinning(&mut feed, &body)?;
+            recv_spinning(&mut answers, &mut answer)?;
+            if ping_pong {
+                return Ok(start.elapsed() / 2);
             }
+            let nanos = answer.first_chunk::<8>().map(|b| u64::from_le_bytes(*b));
+            Ok(Duration::from_nanos(nanos.unwrap_or(0)))
         };
-        let samples = rotate(rounds, &mut [&mut ping])?;
+        let samples = rotate(rounds, &mut [&mut round])?;
         // Ends the busy receiver: the end of its feed.
         drop(feed);
         worker.wait_for_exit()?;
         samples.into_iter().next().context("one feed measurement")
-    }
-
-    /// Half the round trip of a ping-pong over two feeds, one each way, both ends
-    /// busy-waiting: measured as the raw ping-pongs are, clock reads outside the trip.
-    fn feed_ping_pong(&self, size: usize, rounds: usize) -> Result<Samples> {
-        let name = format!("bench/feed-ping-{}-{size}", self.tag);
-        let back = format!("bench/feed-pong-{}-{size}", self.tag);
-        let back_port = self.shm_node.port(&back).open()?;
-        let mut worker =
-            self.spawn(|| self.on_shm.worker(&["busy-feed-echo", "--ping-pong", &name, &back]))?;
-        let mut ping = self.shm_node.connect(&name)?.open_feed()?;
-        let mut pong = back_port.recv()?.accept_feed()?;
-        let body = vec![0x5au8; size];
-        let mut answer = Vec::with_capacity(size);
-        let mut round = || -> Result<Duration> {
-            let start = Instant::now();
-            loop {
-                match ping.try_send(&body) {
-                    Ok(()) => break,
-                    Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            loop {
-                match pong.try_recv_into(&mut answer) {
-                    Ok(()) => return Ok(start.elapsed() / 2),
-                    Err(postbox::FeedRecvError::Empty) => std::hint::spin_loop(),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        let samples = rotate(rounds, &mut [&mut round])?;
-        // Ends the busy echo: the end of its feed.
-        drop(ping);
-        worker.wait_for_exit()?;
-        samples.into_iter().next().context("one feed ping-pong measurement")
     }
 
     /// A raw ping-pong whose server never sleeps, started for this measurement only: `rounds`
@@ -734,6 +697,28 @@ pub(crate) fn rotate(
         }
     }
     Ok(samples.into_iter().map(Samples::new).collect())
+}
+
+/// Sends `bytes` on `feed`, trying again at once while it is full.
+fn send_spinning(feed: &mut postbox::FeedSender, bytes: &[u8]) -> Result<()> {
+    loop {
+        match feed.try_send(bytes) {
+            Ok(()) => return Ok(()),
+            Err(postbox::FeedSendError::Full) => std::hint::spin_loop(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives the next message of `feed` into `out`, looking again at once while none waits.
+fn recv_spinning(feed: &mut postbox::FeedReceiver, out: &mut Vec<u8>) -> Result<()> {
+    loop {
+        match feed.try_recv_into(out) {
+            Ok(()) => return Ok(()),
+            Err(postbox::FeedRecvError::Empty) => std::hint::spin_loop(),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn latency_records(
