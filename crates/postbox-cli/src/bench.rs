@@ -1106,8 +1106,8 @@ fn targets(records: &[Record]) -> Vec<Target> {
     for place in [Placement::SameCore, Placement::CrossCore] {
         let label = place.label();
         for (carrier, how) in [
-            (Carrier::ShmFeed, "shm feed (send to receipt)"),
-            (Carrier::ShmFeedPingPong, "shm feed ping-pong (half a round trip)"),
+            (Carrier::ShmFeed, "shm feed"),
+            (Carrier::ShmFeedPingPong, "feed ping-pong"),
         ] {
             if let Some(x) =
                 find(place, Measure::OneWayBusy, 64, carrier).and_then(|r| ratio(records, r))
