@@ -1105,10 +1105,9 @@ fn targets(records: &[Record]) -> Vec<Target> {
     let mut out = Vec::new();
     for place in [Placement::SameCore, Placement::CrossCore] {
         let label = place.label();
-        for (carrier, how) in [
-            (Carrier::ShmFeed, "shm feed"),
-            (Carrier::ShmFeedPingPong, "feed ping-pong"),
-        ] {
+        for (carrier, how) in
+            [(Carrier::ShmFeed, "shm feed"), (Carrier::ShmFeedPingPong, "feed ping-pong")]
+        {
             if let Some(x) =
                 find(place, Measure::OneWayBusy, 64, carrier).and_then(|r| ratio(records, r))
             {

@@ -54,6 +54,47 @@ fn a_quick_call_run_reports_every_carrier_with_its_ratio_to_the_raw_socketpair()
     assert!(call_target["met"].is_boolean(), "{call_target}");
 }
 
+/// The busy-wait measure across cores: the feed's two rows at 64 B only (a feed carries at
+/// most 248 bytes), beside the other carriers, and a target for each.
+#[test]
+fn a_quick_busy_run_reports_the_feed_at_64_bytes_beside_the_other_carriers() {
+    let output = Command::new(exe())
+        .args(["bench", "--quick", "--json", "--measure", "busy", "--placement", "cross-core"])
+        .env_remove("POSTBOX_SOCKET")
+        .output()
+        .unwrap();
+    let stdout = stdout_of(&output);
+    assert!(output.status.success(), "{stdout}\n{}", stderr_of(&output));
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let carriers = |size: u64| -> BTreeSet<&str> {
+        results
+            .iter()
+            .filter(|r| r["size"] == size)
+            .map(|r| r["carrier"].as_str().unwrap())
+            .collect()
+    };
+    let feeds = ["postbox_shm_feed", "postbox_shm_feed_ping_pong"];
+    let others = ["postbox_shm", "postbox_shm_zero_copy", "postbox_unix", "raw_spin"];
+    let at_64: BTreeSet<&str> = feeds.into_iter().chain(others).collect();
+    assert_eq!(carriers(64), at_64);
+    assert_eq!(carriers(4096), others.into_iter().collect());
+    for feed in feeds {
+        let row = results.iter().find(|r| r["carrier"] == feed).unwrap();
+        assert_eq!(row["measure"], "one_way_busy");
+        assert_eq!(row["vs"], "raw_spin");
+        assert!(row["p50_ns"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let targets = report["targets"].as_array().unwrap();
+    for what in ["busy-wait, shm feed / raw spin", "busy-wait, feed ping-pong / raw spin"] {
+        let target = targets
+            .iter()
+            .find(|t| t["what"].as_str().is_some_and(|w| w.contains(what)))
+            .unwrap_or_else(|| panic!("no {what:?} target in {targets:?}"));
+        assert!(target["met"].is_boolean(), "{target}");
+    }
+}
+
 #[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     // `postbox bench --json | head -c 10`: the reader is gone before the report is written.
