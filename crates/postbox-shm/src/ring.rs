@@ -102,11 +102,11 @@ pub struct Consumer<M: RingMemory> {
 pub enum Popped {
     /// No message was waiting.
     Empty,
-    /// A message was copied out; `was_full` when every slot was taken before (a producer
-    /// waiting for room may be asleep and needs waking).
+    /// A message was copied out; `crowded` when at least half the slots were taken before
+    /// it (a producer waiting for room may be asleep and needs waking).
     Took {
-        /// Every slot was taken before this pop.
-        was_full: bool,
+        /// At least half the slots were taken before this pop.
+        crowded: bool,
     },
 }
 
@@ -205,7 +205,15 @@ impl<M: RingMemory> Consumer<M> {
         Ok(self.pop_noting_full(out)? != Popped::Empty)
     }
 
-    /// Like [`pop`](Self::pop), and says whether every slot was taken before it.
+    /// Like [`pop`](Self::pop), and says whether at least half the slots were taken before it.
+    ///
+    /// A producer that found the ring full may go to sleep; the pops that follow must wake
+    /// it. A pop's look at the producer's index may be older than the producer's last pushes
+    /// (it looked, then the producer filled the ring and slept before this pop's freeing of
+    /// a slot reached it), so "full" would miss it: the next pops would find one slot, then
+    /// two, fewer than all taken. Half the ring leaves room for every such pop, whose looks
+    /// all precede the producer's sleep (a store buffer's worth at most), yet is never
+    /// reached while a consumer keeps up, so its pops skip the waking (a fence each).
     ///
     /// # Errors
     /// [`RingError::Corrupt`] when the producer's index or a stored length is impossible.
@@ -230,7 +238,7 @@ impl<M: RingMemory> Consumer<M> {
         self.head = self.head.wrapping_add(1);
         // SYNC POINT: frees the slot; pairs with the producer's Acquire load of `head`.
         memory.head().store(self.head, Ordering::Release);
-        Ok(Popped::Took { was_full: available == memory.capacity() })
+        Ok(Popped::Took { crowded: available >= memory.capacity().div_ceil(2) })
     }
 
     /// True when no message waits (as far as the producer's index tells now).
@@ -521,24 +529,28 @@ mod tests {
     }
 
     #[test]
-    fn a_pop_says_when_it_freed_a_full_ring() {
-        let (mut producer, mut consumer) = Ring::new(HeapRing::new(2, 8)).split();
+    fn a_pop_says_when_it_found_the_ring_half_full_or_more() {
+        let (mut producer, mut consumer) = Ring::new(HeapRing::new(4, 8)).split();
         let mut out = Vec::new();
+        let took = |crowded| Ok(Popped::Took { crowded });
         assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Empty));
         assert!(consumer.is_empty());
         producer.push(b"a").unwrap();
         assert!(!consumer.is_empty());
-        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: false }));
-        producer.push(b"b").unwrap();
-        producer.push(b"c").unwrap();
-        assert_eq!(producer.push(b"d"), Err(PushError::Full));
-        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: true }));
+        assert_eq!(consumer.pop_noting_full(&mut out), took(false));
+        for byte in [b"b", b"c", b"d", b"e"] {
+            producer.push(byte).unwrap();
+        }
+        assert_eq!(producer.push(b"f"), Err(PushError::Full));
+        assert_eq!(consumer.pop_noting_full(&mut out), took(true), "4 of 4");
         assert_eq!(out, b"b");
         // The producer's cached index said full; it loads the consumer's again and finds room.
-        producer.push(b"d").unwrap();
-        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: true }));
-        assert_eq!(consumer.pop_noting_full(&mut out), Ok(Popped::Took { was_full: false }));
-        assert_eq!(out, b"d");
+        producer.push(b"f").unwrap();
+        assert_eq!(consumer.pop_noting_full(&mut out), took(true), "4 of 4");
+        assert_eq!(consumer.pop_noting_full(&mut out), took(true), "3 of 4");
+        assert_eq!(consumer.pop_noting_full(&mut out), took(true), "2 of 4");
+        assert_eq!(consumer.pop_noting_full(&mut out), took(false), "1 of 4");
+        assert_eq!(out, b"f");
         assert_eq!(producer.slot_size(), 8);
     }
 

@@ -83,9 +83,12 @@ pub struct FeedReceiver {
     since_check: u32,
     /// The peer broke the ring's rules: the feed is over.
     violated: bool,
-    /// The sender is known gone and the ring was found empty after that: every receive from
-    /// now on says so.
+    /// The sender is known gone and the ring was found empty after that, or the link was
+    /// cut: every receive from now on says so.
     gone: bool,
+    /// The link's socket hung up: the sender's process is gone (what it pushed is still
+    /// received).
+    hung_up: bool,
     /// For the async forms: the link's descriptors, made on the first async wait.
     readiness: Option<Readiness>,
 }
@@ -181,7 +184,7 @@ impl FeedSender {
             return Err(FeedSendError::Disconnected);
         }
         self.since_check += 1;
-        if self.since_check >= CHECK_EVERY && self.peer_gone()? {
+        if self.since_check >= CHECK_EVERY && self.peer_gone(false)? {
             return Err(FeedSendError::Disconnected);
         }
         // Read by the consumer's thread only when it closes: a look that stays in this cache.
@@ -194,7 +197,7 @@ impl FeedSender {
                 self.link.signal_peer();
                 Ok(())
             }
-            Err(PushError::Full) if self.peer_gone()? => Err(FeedSendError::Disconnected),
+            Err(PushError::Full) if self.peer_gone(false)? => Err(FeedSendError::Disconnected),
             Err(PushError::Full) => Err(FeedSendError::Full),
             Err(PushError::TooLarge { len, slot_size }) => {
                 Err(FeedSendError::TooLarge { len, max: slot_size })
@@ -228,13 +231,12 @@ impl FeedSender {
             }
             self.producer.arm();
             // Armed before this look: a pop that frees room after it signals the descriptor.
-            let ready = !self.producer.is_full() || self.producer.peer_closed();
-            let waited = if ready { Ok(()) } else { wait(&mut self.readiness, &self.link).await };
-            self.producer.disarm();
-            if waited.is_err() {
-                tokio::time::sleep(ASYNC_FALLBACK).await;
+            if self.producer.is_full() && !self.producer.peer_closed() {
+                wait(&mut self.readiness, &self.link).await;
             }
-            if self.peer_gone()? {
+            self.producer.disarm();
+            // Woken by the socket's hang-up, perhaps: look at it now.
+            if self.peer_gone(true)? {
                 return Err(FeedSendError::Disconnected);
             }
         }
@@ -261,16 +263,19 @@ impl FeedSender {
                     None => SLEEP_SLICE,
                 };
                 self.producer.sleep_for_room(slice);
-                if self.peer_gone()? {
+                // A killed receiver rings nobody: ask its socket after every sleep.
+                if self.peer_gone(true)? {
                     return Err(FeedSendError::Disconnected);
                 }
             }
         }
     }
 
-    fn peer_gone(&mut self) -> Result<bool, FeedSendError> {
+    /// True (from now on) when the receiver closed, its process is gone, or the link was
+    /// cut; the link's socket is looked at when `now`, else at most once per check interval.
+    fn peer_gone(&mut self, now: bool) -> Result<bool, FeedSendError> {
         self.since_check = 0;
-        match self.link.peer_gone(false) {
+        match self.link.peer_gone(now) {
             Ok(gone) => {
                 self.gone = gone || self.producer.peer_closed();
                 Ok(self.gone)
@@ -317,6 +322,12 @@ impl FeedReceiver {
         if self.violated {
             return Err(FeedRecvError::ProtocolViolation);
         }
+        self.since_check += 1;
+        if self.since_check >= CHECK_EVERY {
+            // Counted over messages too: a cut (revoked) link gives nothing more, however
+            // busy its sender keeps the ring.
+            self.look_at_link(false)?;
+        }
         if self.gone {
             return Err(FeedRecvError::Disconnected);
         }
@@ -328,12 +339,9 @@ impl FeedReceiver {
             Ok(None) => {}
             Err(_) => return Err(self.violation()),
         }
-        self.since_check += 1;
         // The producer's close comes after its last push: seen closed, one more look finds
-        // every message it sent.
-        let gone =
-            self.consumer.peer_closed() || (self.since_check >= CHECK_EVERY && self.peer_gone()?);
-        if !gone {
+        // every message it sent. So does a hang-up of its socket (it died).
+        if !self.consumer.peer_closed() && !self.hung_up {
             return Err(FeedRecvError::Empty);
         }
         match self.consumer.pop(out) {
@@ -371,15 +379,12 @@ impl FeedReceiver {
             }
             self.consumer.arm();
             // Armed before this look: a push after it signals the descriptor.
-            let ready = !self.consumer.is_empty() || self.consumer.peer_closed();
-            let waited = if ready { Ok(()) } else { wait(&mut self.readiness, &self.link).await };
-            self.consumer.disarm();
-            if waited.is_err() {
-                // No descriptor to wait on (out of memory): a short sleep instead.
-                tokio::time::sleep(ASYNC_FALLBACK).await;
+            if self.consumer.is_empty() && !self.consumer.peer_closed() {
+                wait(&mut self.readiness, &self.link).await;
             }
-            // A killed sender writes nothing: its socket's hang-up woke this task.
-            self.since_check = CHECK_EVERY;
+            self.consumer.disarm();
+            // Woken by the socket's hang-up, perhaps: look at it now.
+            self.look_at_link(true)?;
         }
     }
 
@@ -432,15 +437,25 @@ impl FeedReceiver {
                 };
                 self.consumer.sleep_for_input(slice);
                 // A killed sender rings nobody: ask its socket after every slice.
-                self.since_check = CHECK_EVERY;
+                self.look_at_link(true)?;
             }
         }
     }
 
-    fn peer_gone(&mut self) -> Result<bool, FeedRecvError> {
+    /// Asks the link whether it was cut (then nothing more is received) or its socket hung
+    /// up (then what the ring holds is still received); the socket is looked at when `now`,
+    /// else at most once per check interval.
+    fn look_at_link(&mut self, now: bool) -> Result<(), FeedRecvError> {
         self.since_check = 0;
-        match self.link.peer_gone(false) {
-            Ok(gone) => Ok(gone),
+        if self.link.is_cut() {
+            self.gone = true;
+            return Ok(());
+        }
+        match self.link.peer_gone(now) {
+            Ok(gone) => {
+                self.hung_up |= gone;
+                Ok(())
+            }
             Err(_) => Err(self.violation()),
         }
     }
@@ -546,6 +561,7 @@ pub(crate) fn accept(mut envelope: Envelope) -> Result<FeedReceiver, OpenFeedErr
             since_check: 0,
             violated: false,
             gone: false,
+            hung_up: false,
             readiness: None,
         }),
         // The caller gave up or died: it closed its end, and this one closes as it drops.
@@ -553,25 +569,30 @@ pub(crate) fn accept(mut envelope: Envelope) -> Result<FeedReceiver, OpenFeedErr
     }
 }
 
-/// Waits until one of `link`'s descriptors (its wake-up socket, its socket) fires, making
-/// the set that watches them on the first call, then empties the wake-up socket (its bytes
-/// only say "look again"; a full socket would stop firing).
-async fn wait(readiness: &mut Option<Readiness>, link: &Link) -> std::io::Result<()> {
-    let readiness = match readiness {
-        Some(readiness) => readiness,
-        None => {
-            let made = Readiness::new()?;
+/// Waits until one of `link`'s descriptors (its wake-up socket, its socket) fires, or
+/// [`SLEEP_SLICE`] passes, making the set that watches them on the first call; then empties
+/// the wake-up socket (its bytes only say "look again"; a full socket would stop firing).
+///
+/// The slice bounds what a lost wake-up costs: the port's own receive loop drains the same
+/// socket, and a byte it takes first may leave this set nothing to report. Without a set
+/// (out of descriptors or memory), the slice is a plain sleep.
+async fn wait(readiness: &mut Option<Readiness>, link: &Link) {
+    if readiness.is_none() {
+        *readiness = Readiness::new().ok().inspect(|made| {
             let mut fds = Vec::with_capacity(2);
             link.poll_fds(&mut fds);
             for fd in fds {
                 made.watch(fd);
             }
-            readiness.insert(made)
+        });
+    }
+    match readiness {
+        Some(readiness) => {
+            let _ = tokio::time::timeout(SLEEP_SLICE, readiness.wait()).await;
         }
-    };
-    readiness.wait().await?;
+        None => tokio::time::sleep(SLEEP_SLICE).await,
+    }
     link.drain_wake();
-    Ok(())
 }
 
 /// A deadline too far away to matter, for a timeout too long for the clock.
@@ -586,5 +607,3 @@ const ACCEPTED: &[u8] = b"postbox feed accepted";
 const CHECK_EVERY: u32 = 1024;
 /// The longest sleep between two looks at the link's socket.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
-/// An async wait's sleep when no descriptor set could be made.
-const ASYNC_FALLBACK: Duration = Duration::from_millis(1);

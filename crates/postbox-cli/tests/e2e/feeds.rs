@@ -87,6 +87,54 @@ fn killing_a_feed_sender_mid_stream_leaves_the_receiver_every_message_in_order_t
     assert!((sent..=sent + 1000).contains(&received), "received {received}, sent {sent}");
 }
 
+/// The async forms wait on the link's descriptors, which a killed process never writes:
+/// the hang-up of its socket wakes them, once, and they must look at the socket then (found
+/// by a review: a look rate-limited to one per interval could miss it and wait for good).
+#[test]
+fn async_ends_hear_of_a_peer_killed_while_they_wait() {
+    let daemon = Daemon::start();
+    let node = daemon.node();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // An async receiver waiting on an empty feed whose sender is killed.
+    let port = node.port("feed-async-recv").open().unwrap();
+    let mut sender =
+        daemon.worker(&["feed-send", "feed-async-recv", "--count", "10", "--every", "10"]);
+    let mut feed = accept(&port);
+    assert_eq!(line_starting(&sender.lines(), "done 10"), "done 10");
+    let ended = runtime.block_on(async {
+        let mut out = Vec::new();
+        for i in 0..10u64 {
+            feed.recv_into_async(&mut out).await.unwrap();
+            assert_eq!(out, i.to_le_bytes());
+        }
+        let waiting = feed.recv_into_async(&mut out);
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            sender.kill9();
+        };
+        let (ended, ()) = tokio::join!(tokio::time::timeout(WATCHDOG, waiting), kill);
+        ended
+    });
+    assert_eq!(
+        ended.expect("watchdog: the receiver never heard"),
+        Err(FeedRecvError::Disconnected)
+    );
+    // An async sender waiting for room in a feed whose receiver is killed.
+    let mut receiver = daemon.worker(&["feed-recv", "feed-async-send", "--stall"]);
+    let mut feed = node.connect("feed-async-send").unwrap().open_feed_timeout(WATCHDOG).unwrap();
+    assert!(fill(&mut feed) > 0);
+    let ended = runtime.block_on(async {
+        let waiting = feed.send_async(b"more");
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            receiver.kill9();
+        };
+        let (ended, ()) = tokio::join!(tokio::time::timeout(WATCHDOG, waiting), kill);
+        ended
+    });
+    assert_eq!(ended.expect("watchdog: the sender never heard"), Err(FeedSendError::Disconnected));
+}
+
 #[test]
 fn killing_a_feed_receiver_disconnects_a_sender_waiting_for_room_and_one_trying_to_send() {
     let daemon = Daemon::start();
