@@ -173,8 +173,10 @@ impl<M: RingMemory> Producer<M> {
         // SAFETY: `push` takes `&mut self` and a `Producer` is only made once per ring, so
         // this is the only producer; `index < capacity` by the mask; the slot is free because
         // `tail - head < capacity` for a `head` loaded with Acquire, now or at an earlier push
-        // (the consumer finished reading the slot before it stored that index, and indices
-        // only grow), and it is not published until the store below.
+        // (an honest consumer finished reading the slot before it stored that index, and its
+        // index only grows; a hostile one can only have a slot rewritten while it reads it,
+        // which `write_slot` keeps inside the region), and it is not published until the
+        // store below.
         unsafe { memory.write_slot(index, bytes) };
         self.tail = self.tail.wrapping_add(1);
         // SYNC POINT: publishes the slot; pairs with the consumer's Acquire load of `tail`.
