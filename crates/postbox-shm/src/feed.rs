@@ -6,12 +6,12 @@
 //! ```
 //! The producer rings the consumer's doorbell after every push; the consumer rings the
 //! producer's only after a pop that found the ring at least half full (a producer sleeps
-//! only on a full ring; see [`Popped::Took`] for why half). Each end
-//! marks its own doorbell closed when dropped. An end that waits by polling descriptors (the
-//! async forms) arms its doorbell; the ring then returns [`Rung::Signal`] to the other end,
-//! which writes the link's wake-up descriptor (this crate does not hold it). Everything the peer can write is checked as in
-//! the ring and the doorbells: a scribbling peer can garble messages, cause wake-ups that find
-//! nothing, or make the ring report [`RingError::Corrupt`], nothing worse.
+//! only on a full ring; see [`Popped::Took`] for why half). Each end marks its own doorbell
+//! closed when dropped. An end that waits by polling descriptors (the async forms) arms its
+//! doorbell; the ring then returns [`Rung::Signal`] to the other end, which writes the link's
+//! wake-up descriptor (this crate does not hold it). Everything the peer can write is
+//! checked as in the ring and the doorbells: a scribbling peer can garble messages, cause
+//! wake-ups that find nothing, or make the ring report [`RingError::Corrupt`], nothing worse.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,14 +7,18 @@
 //! server accepts ([`Connection::open_feed`], [`Envelope::accept_feed`]). Then each end
 //! belongs to one thread (`&mut self`): no lock, no frame header, no checksum, no priority,
 //! no port queue. A message is at most [`FEED_MAX_LEN`] bytes, copied into a slot of a ring
-//! of 256 and out of it; the sender waits (or gets `Full`) while the ring is full. What the
-//! port's capacity, priorities and selective receive do not see, they do not govern.
+//! of 256 and out of it; the sender waits (or gets `Full`) while the ring is full. The port's
+//! capacity, priorities and selective receive do not apply to feed messages.
+//!
+//! Waits spin briefly, then sleep on a futex (the blocking forms) or wait on the link's
+//! wake-up descriptor (the async forms, in slices of at most 20 ms).
 //!
 //! Death and damage are noticed as on the link: a dropped end closes the feed (the other end
 //! gets [`FeedSendError::Disconnected`] or, once the ring is empty,
-//! [`FeedRecvError::Disconnected`]); a killed peer is noticed through the link's socket
-//! within its check interval; a peer that scribbles impossible indices or lengths over the
-//! ring gets its link shut down and [`FeedRecvError::ProtocolViolation`].
+//! [`FeedRecvError::Disconnected`]); a killed peer is noticed through the link's socket,
+//! looked at every 1024 sends or receives and after every sleep; a cut (revoked) link ends
+//! the receiver at the next such look; a peer that scribbles impossible indices or lengths
+//! over the ring gets its link shut down and [`FeedRecvError::ProtocolViolation`].
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
