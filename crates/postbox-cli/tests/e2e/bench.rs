@@ -11,14 +11,7 @@ use crate::util::{exe, stderr_of, stdout_of};
 
 #[test]
 fn a_quick_call_run_reports_every_carrier_with_its_ratio_to_the_raw_socketpair() {
-    let output = Command::new(exe())
-        .args(["bench", "--quick", "--json", "--measure", "call", "--placement", "same-core"])
-        .env_remove("POSTBOX_SOCKET")
-        .output()
-        .unwrap();
-    let stdout = stdout_of(&output);
-    assert!(output.status.success(), "{stdout}\n{}", stderr_of(&output));
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let report = quick_run("call", "same-core");
     let results = report["results"].as_array().unwrap();
     let sizes: BTreeSet<u64> = results.iter().map(|r| r["size"].as_u64().unwrap()).collect();
     assert!(sizes.contains(&64), "{sizes:?}");
@@ -58,14 +51,7 @@ fn a_quick_call_run_reports_every_carrier_with_its_ratio_to_the_raw_socketpair()
 /// most 248 bytes), beside the other carriers, and a target for each.
 #[test]
 fn a_quick_busy_run_reports_the_feed_at_64_bytes_beside_the_other_carriers() {
-    let output = Command::new(exe())
-        .args(["bench", "--quick", "--json", "--measure", "busy", "--placement", "cross-core"])
-        .env_remove("POSTBOX_SOCKET")
-        .output()
-        .unwrap();
-    let stdout = stdout_of(&output);
-    assert!(output.status.success(), "{stdout}\n{}", stderr_of(&output));
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let report = quick_run("busy", "cross-core");
     let results = report["results"].as_array().unwrap();
     let carriers = |size: u64| -> BTreeSet<&str> {
         results
@@ -111,4 +97,17 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     assert!(output.status.success(), "{:?}\n{stderr}", output.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("postbox:"), "no error is reported: {stderr}");
+}
+
+/// `postbox bench --quick --json` of one measure at one placement, which must succeed: its
+/// report.
+fn quick_run(measure: &str, placement: &str) -> Value {
+    let output = Command::new(exe())
+        .args(["bench", "--quick", "--json", "--measure", measure, "--placement", placement])
+        .env_remove("POSTBOX_SOCKET")
+        .output()
+        .unwrap();
+    let stdout = stdout_of(&output);
+    assert!(output.status.success(), "{stdout}\n{}", stderr_of(&output));
+    serde_json::from_str(&stdout).unwrap()
 }
