@@ -509,14 +509,23 @@ impl Rig {
         };
         let batched = |connection: &Connection| batched_rate(connection, &body, burst);
         let mut raw = || raw_rate(&mut sink, &body, burst);
-        let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut feed = FeedBurst::start(self, place)?;
+        let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..THROUGHPUT_REPEATS {
             rates[0].push(postbox(&self.shm_echo)?);
             rates[1].push(batched(&self.shm_batch_echo)?);
-            rates[2].push(postbox(&self.unix_echo)?);
-            rates[3].push(raw()?);
+            rates[2].push(feed.rate(&body, burst)?);
+            rates[3].push(postbox(&self.unix_echo)?);
+            rates[4].push(raw()?);
         }
-        let carriers = [Carrier::Shm, Carrier::ShmBatch, Carrier::Unix, Carrier::RawSocketpair];
+        feed.stop()?;
+        let carriers = [
+            Carrier::Shm,
+            Carrier::ShmBatch,
+            Carrier::ShmFeed,
+            Carrier::Unix,
+            Carrier::RawSocketpair,
+        ];
         Ok(carriers
             .into_iter()
             .zip(rates)
@@ -697,6 +706,56 @@ pub(crate) fn rotate(
         }
     }
     Ok(samples.into_iter().map(Samples::new).collect())
+}
+
+/// A feed to a receiving worker (`postbox worker feed-recv`) for the throughput measure: each
+/// burst is numbered on from the last, and ends when the worker says it received all of it.
+struct FeedBurst {
+    feed: postbox::FeedSender,
+    worker: Worker,
+    sent: u64,
+}
+
+impl FeedBurst {
+    fn start(rig: &Rig, place: Placement) -> Result<Self> {
+        let name = format!("bench/feed-sink-{}-{}", rig.tag, place.label().replace(' ', "-"));
+        let every = THROUGHPUT_FEED_EVERY.to_string();
+        let mut worker =
+            rig.spawn(|| rig.on_shm.worker(&["feed-recv", &name, "--every", &every]))?;
+        let feed = rig.shm_node.connect(&name)?.open_feed()?;
+        let accepted = worker.read_line()?;
+        anyhow::ensure!(accepted == "accepted", "feed-recv said {accepted:?}");
+        Ok(Self { feed, worker, sent: 0 })
+    }
+
+    /// Messages per second of `burst` sends of `body` (numbered in its first 8 bytes, each
+    /// built inside the timed region as the other carriers' are), waiting while the feed is
+    /// full, until the receiver has them all.
+    fn rate(&mut self, body: &[u8], burst: usize) -> Result<f64> {
+        anyhow::ensure!(burst as u64 % THROUGHPUT_FEED_EVERY == 0, "bursts of whole reports");
+        let mut message = body.to_vec();
+        let start = Instant::now();
+        for _ in 0..burst {
+            message[..8].copy_from_slice(&self.sent.to_le_bytes());
+            self.feed.send(&message)?;
+            self.sent += 1;
+        }
+        let expected = format!("received {}", self.sent);
+        loop {
+            let line = self.worker.read_line()?;
+            if line == expected {
+                return Ok(burst as f64 / start.elapsed().as_secs_f64());
+            }
+            anyhow::ensure!(line.starts_with("received "), "feed-recv said {line:?}");
+        }
+    }
+
+    /// Ends the feed; the worker reports its end and exits.
+    fn stop(self) -> Result<()> {
+        let Self { feed, mut worker, .. } = self;
+        drop(feed);
+        worker.wait_for_exit()
+    }
 }
 
 /// Sends `bytes` on `feed`, trying again at once while it is full.
@@ -1149,7 +1208,12 @@ fn targets(records: &[Record]) -> Vec<Target> {
                 ));
             }
         }
-        for (carrier, how) in [(Carrier::Shm, "one by one"), (Carrier::ShmBatch, "batches")] {
+        let ways = [
+            (Carrier::Shm, "one by one"),
+            (Carrier::ShmBatch, "batches"),
+            (Carrier::ShmFeed, "feed"),
+        ];
+        for (carrier, how) in ways {
             if let Some(rate) = find(place, Measure::Throughput, 64, carrier).and_then(|r| r.rate) {
                 out.push(Target::at_least_rate(
                     4,
@@ -1273,6 +1337,8 @@ pub(crate) fn raw_rate(sink: &mut (impl Read + Write), body: &[u8], burst: usize
 
 /// Messages per [`Connection::send_batch`] (and most per receive) in the batched throughput.
 pub(crate) const THROUGHPUT_BATCH: usize = 64;
+/// How often the feed's receiver reports in the throughput measure (bursts are multiples).
+const THROUGHPUT_FEED_EVERY: u64 = 1000;
 /// Bursts per throughput figure; the median is reported.
 pub(crate) const THROUGHPUT_REPEATS: usize = 5;
 /// The flood measure's variants, in order: alone, then beside each kind of flooder (its
