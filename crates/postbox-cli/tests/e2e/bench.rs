@@ -81,6 +81,27 @@ fn a_quick_busy_run_reports_the_feed_at_64_bytes_beside_the_other_carriers() {
     }
 }
 
+/// The throughput measure: every carrier, the feed's among them, with a rate, and a target
+/// for the feed.
+#[test]
+fn a_quick_throughput_run_reports_a_rate_for_every_carrier_and_the_feed() {
+    let report = quick_run("throughput", "cross-core");
+    let results = report["results"].as_array().unwrap();
+    let carriers: BTreeSet<&str> = results.iter().map(|r| r["carrier"].as_str().unwrap()).collect();
+    let expected =
+        ["postbox_shm", "postbox_shm_batch", "postbox_shm_feed", "postbox_unix", "raw_socketpair"];
+    assert_eq!(carriers, expected.into_iter().collect());
+    for row in results {
+        assert_eq!(row["measure"], "throughput");
+        assert!(row["msgs_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{row}");
+    }
+    let targets = report["targets"].as_array().unwrap();
+    assert!(
+        targets.iter().any(|t| t["what"].as_str().is_some_and(|w| w.ends_with("shm, feed"))),
+        "no feed throughput target in {targets:?}"
+    );
+}
+
 #[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     // `postbox bench --json | head -c 10`: the reader is gone before the report is written.
