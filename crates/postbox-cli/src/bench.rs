@@ -444,14 +444,15 @@ impl Rig {
         let mut body = vec![0x5au8; size];
         let mut answer = Vec::with_capacity(size);
         let mut round = || -> Result<Duration> {
-            let start = Instant::now();
+            // A ping-pong times the round trip here; otherwise the send time goes in last, and
+            // the receiver measures from it.
+            let start = ping_pong.then(Instant::now);
             if !ping_pong {
-                // The send time goes in last: the receiver measures from it.
                 body[..8].copy_from_slice(&monotonic_ns().to_le_bytes());
             }
             send_spinning(&mut feed, &body)?;
             recv_spinning(&mut answers, &mut answer)?;
-            if ping_pong {
+            if let Some(start) = start {
                 return Ok(start.elapsed() / 2);
             }
             let nanos = answer.first_chunk::<8>().map(|b| u64::from_le_bytes(*b));

@@ -218,7 +218,8 @@ impl FeedSender {
     /// # Errors
     /// [`FeedSendError::Timeout`], and those of [`send`](Self::send).
     pub fn send_timeout(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), FeedSendError> {
-        self.send_until(bytes, Some(Instant::now().checked_add(timeout).unwrap_or_else(far)))
+        // A timeout too long for the clock is no limit at all.
+        self.send_until(bytes, Instant::now().checked_add(timeout))
     }
 
     /// Like [`send`](Self::send), without blocking the thread (tokio): while the feed is
@@ -259,12 +260,8 @@ impl FeedSender {
                 done => return done,
             }
             if !self.spin.run(|| !self.producer.is_full() || self.producer.peer_closed()) {
-                let slice = match deadline {
-                    Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                        Some(left) if !left.is_zero() => left.min(SLEEP_SLICE),
-                        _ => return Err(FeedSendError::Timeout),
-                    },
-                    None => SLEEP_SLICE,
+                let Some(slice) = sleep_slice(deadline) else {
+                    return Err(FeedSendError::Timeout);
                 };
                 self.producer.sleep_for_room(slice);
                 // A killed receiver rings nobody: ask its socket after every sleep.
@@ -405,8 +402,8 @@ impl FeedReceiver {
     /// [`FeedRecvError::Timeout`], and those of [`recv`](Self::recv).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>, FeedRecvError> {
         let mut out = Vec::new();
-        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far);
-        self.recv_until(&mut out, Some(deadline)).map(|()| out)
+        // A timeout too long for the clock is no limit at all.
+        self.recv_until(&mut out, Instant::now().checked_add(timeout)).map(|()| out)
     }
 
     /// The process that sends.
@@ -432,12 +429,8 @@ impl FeedReceiver {
                 done => return done,
             }
             if !self.spin.run_for_answer(|| !self.consumer.is_empty()) {
-                let slice = match deadline {
-                    Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                        Some(left) if !left.is_zero() => left.min(SLEEP_SLICE),
-                        _ => return Err(FeedRecvError::Timeout),
-                    },
-                    None => SLEEP_SLICE,
+                let Some(slice) = sleep_slice(deadline) else {
+                    return Err(FeedRecvError::Timeout);
                 };
                 self.consumer.sleep_for_input(slice);
                 // A killed sender rings nobody: ask its socket after every slice.
@@ -599,15 +592,18 @@ async fn wait(readiness: &mut Option<Readiness>, link: &Link) {
     link.drain_wake();
 }
 
-/// A deadline too far away to matter, for a timeout too long for the clock.
-fn far() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+/// How long the next sleep before `deadline` may last: [`SLEEP_SLICE`] at most; `None` once
+/// the deadline has passed.
+fn sleep_slice(deadline: Option<Instant>) -> Option<Duration> {
+    let Some(deadline) = deadline else { return Some(SLEEP_SLICE) };
+    let left = deadline.checked_duration_since(Instant::now())?;
+    (!left.is_zero()).then(|| left.min(SLEEP_SLICE))
 }
 
 /// The body of the reply that accepts a feed.
 const ACCEPTED: &[u8] = b"postbox feed accepted";
-/// Looks (sends, or empty receives) between two questions to the link's socket: a killed
-/// peer rings nobody and never marks the feed closed.
+/// Looks (sends, or receives) between two questions to the link: a killed peer rings nobody
+/// and never marks the feed closed, and a cut link says so only when asked.
 const CHECK_EVERY: u32 = 1024;
 /// The longest sleep between two looks at the link's socket.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
