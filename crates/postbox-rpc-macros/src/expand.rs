@@ -210,10 +210,18 @@ pub(crate) fn service(service: &Service) -> TokenStream {
                 self.schema
             }
 
-            fn dispatch(&self, method: usize, args: &[u8]) -> ::postbox::rpc::Outcome {
-                match method {
+            fn dispatch(
+                &self,
+                __postbox_method: usize,
+                __postbox_args: ::postbox::rpc::Args<'_>,
+                __postbox_answer: ::postbox::rpc::Answer<'_>,
+            ) {
+                // Prefixed names: a method's own arguments are bound in the arms.
+                match __postbox_method {
                     #(#arms)*
-                    _ => ::postbox::rpc::Outcome::unknown_method(method),
+                    _ => __postbox_answer.with(
+                        ::postbox::rpc::Outcome::unknown_method(__postbox_method),
+                    ),
                 }
             }
         }
@@ -274,7 +282,7 @@ fn client_method(vis: &syn::Visibility, index: usize, method: &Method) -> TokenS
         /// [`RpcError`](::postbox::rpc::RpcError): the method's own error as `Remote`, or why
         /// the call did not complete.
         #vis fn #name(&self, #(#params),*) -> ::std::result::Result<#ok, ::postbox::rpc::RpcError<#err>> {
-            self.inner.call::<_, #ok, #err>(#index, &(#(#names,)*))
+            self.inner.call::<_, #ok, #err>(#index, (#(#names,)*))
         }
 
         #[doc = #async_doc]
@@ -282,7 +290,7 @@ fn client_method(vis: &syn::Visibility, index: usize, method: &Method) -> TokenS
         /// # Errors
         /// [`RpcError`](::postbox::rpc::RpcError).
         #vis async fn #name_async(&self, #(#params_async),*) -> ::std::result::Result<#ok, ::postbox::rpc::RpcError<#err>> {
-            self.inner.call_async::<_, #ok, #err>(#index, &(#(#names,)*)).await
+            self.inner.call_async::<_, #ok, #err>(#index, (#(#names,)*)).await
         }
     }
 }
@@ -293,17 +301,22 @@ fn dispatch_arm(service: &Ident, index: usize, method: &Method) -> TokenStream {
     let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
     let types = method.args.iter().map(|(_, ty)| ty);
     let run = quote!(<__PostboxService as #service>::#name(&self.service, #(#names),*));
-    let answer = match &method.output {
-        Output::Fallible { .. } => quote!(::postbox::rpc::Outcome::result(&#run)),
-        Output::Plain(_) => quote!(::postbox::rpc::Outcome::ok(&#run)),
+    let outcome = match &method.output {
+        Output::Fallible { .. } => quote!(::postbox::rpc::Outcome::result(&__postbox_result)),
+        Output::Plain(_) => quote!(::postbox::rpc::Outcome::ok(&__postbox_result)),
     };
+    // The result is dropped after the answer is sent: the caller does not wait for the drop.
     quote! {
         #index => {
-            let (#(#names,)*): (#(#types,)*) = match ::postbox::rpc::Outcome::decode_args(args) {
-                ::std::result::Result::Ok(decoded) => decoded,
-                ::std::result::Result::Err(outcome) => return outcome,
-            };
-            #answer
+            let (#(#names,)*): (#(#types,)*) =
+                match ::postbox::rpc::Outcome::decode_args(__postbox_args) {
+                    ::std::result::Result::Ok(__postbox_decoded) => __postbox_decoded,
+                    ::std::result::Result::Err(__postbox_outcome) => {
+                        return __postbox_answer.with(__postbox_outcome);
+                    }
+                };
+            let __postbox_result = #run;
+            __postbox_answer.with(#outcome);
         }
     }
 }

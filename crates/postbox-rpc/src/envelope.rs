@@ -141,6 +141,7 @@ impl<'a> RequestHeader<'a> {
     ///
     /// # Errors
     /// [`DecodeError`] for a short, foreign or malformed header.
+    #[inline]
     pub fn decode(body: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
         // Every request is read here, on the server's critical path: a header that holds at
         // least its fixed part and its name's length is read straight from the slice (with
@@ -200,6 +201,7 @@ impl<'a> RequestHeader<'a> {
 }
 
 /// The request kind a header's byte names.
+#[inline]
 fn kind_of(byte: u8) -> Result<RequestKind, DecodeError> {
     match byte {
         1 => Ok(RequestKind::Call),
@@ -211,6 +213,7 @@ fn kind_of(byte: u8) -> Result<RequestKind, DecodeError> {
 }
 
 /// A header's flags byte, when it holds only known flags.
+#[inline]
 fn flags_of(byte: u8) -> Result<u8, DecodeError> {
     if byte & !(RequestFlags::RETRIES | RequestFlags::CANCELLABLE) != 0 {
         return Err(DecodeError::InvalidFlags(byte));

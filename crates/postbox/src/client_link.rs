@@ -591,15 +591,18 @@ impl ClientLink {
         request: Message,
         deadline: Option<Instant>,
     ) -> Result<Message, CallError> {
-        self.call_correlated(request, deadline).map(|(message, _)| message)
+        self.call_correlated(request, deadline, || {}).map(|(message, _)| message)
     }
 
     /// Like [`call`](Self::call), also returning the call's correlation id (a mailbox pull is
-    /// acknowledged by it).
+    /// acknowledged by it). `while_waiting` runs once the request is written (if it is), before
+    /// the wait for the reply: work that would otherwise delay the call, done while the server
+    /// works.
     pub(crate) fn call_correlated(
         &self,
         request: Message,
         deadline: Option<Instant>,
+        while_waiting: impl FnOnce(),
     ) -> Result<(Message, u64), CallError> {
         let mut request = self.permit_call(request)?;
         let id = {
@@ -633,6 +636,12 @@ impl ClientLink {
         }
         // Written: its buffer can take the reply.
         spare::keep_body(request);
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(while_waiting)) {
+            // The call is forgotten (a reply that still comes is dropped): a panic here must
+            // not keep its place among the calls in flight.
+            self.lock().calls.cancel(id);
+            std::panic::resume_unwind(panic);
+        }
         match self.wait_for(deadline, |s| s.calls.take(id)) {
             Ok(Outcome::Reply(message)) => Ok((message, id.0)),
             Ok(Outcome::Failed(error)) => Err(error),

@@ -393,6 +393,18 @@ impl Connection {
         self.link.call(request.into(), Instant::now().checked_add(timeout))
     }
 
+    /// Like [`call`](Self::call), giving up at `deadline` (if any), with `while_waiting` run
+    /// once the request is written, before the wait for the reply (see
+    /// `ClientLink::call_correlated`).
+    pub(crate) fn call_while(
+        &self,
+        request: Message,
+        deadline: Option<Instant>,
+        while_waiting: impl FnOnce(),
+    ) -> Result<Message, CallError> {
+        self.link.call_correlated(request, deadline, while_waiting).map(|(message, _)| message)
+    }
+
     /// Like [`call`](Self::call), giving up at `deadline`.
     ///
     /// # Errors

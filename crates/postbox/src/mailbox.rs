@@ -236,7 +236,7 @@ impl Mailbox {
                 )
             }
         };
-        match link.call_correlated(Message::new(body), deadline) {
+        match link.call_correlated(Message::new(body), deadline, || {}) {
             Ok((reply, correlation)) => {
                 // Taken: the mailbox may forget it.
                 link.acknowledge(correlation).map_err(|_| PullFailure::Closed)?;

@@ -13,6 +13,7 @@ use crate::Message;
 /// A buffer with room for `room` bytes, empty: the smallest this thread kept ([`keep`]) that
 /// is large enough, else a new one. A thread being torn down (a message built in a
 /// thread-local's destructor) gets a new one.
+#[inline]
 pub(crate) fn take(room: usize) -> Vec<u8> {
     take_within(room, usize::MAX)
 }
@@ -21,6 +22,7 @@ pub(crate) fn take(room: usize) -> Vec<u8> {
 /// buffer much larger than `bytes` is left for what this thread builds: the copy may be kept
 /// by the application for long, and must not hold much more memory than a copy of its own
 /// would (at most twice its length, or [`RECEIVED_SLACK`] bytes).
+#[inline]
 pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
     let mut buffer = take_within(bytes.len(), (2 * bytes.len()).max(RECEIVED_SLACK));
     buffer.extend_from_slice(bytes);
@@ -28,6 +30,7 @@ pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// [`take`], of a kept buffer of at most `most` bytes.
+#[inline]
 fn take_within(room: usize, most: usize) -> Vec<u8> {
     let taken = SPARE.try_with(|spare| {
         let mut kept = spare.try_borrow_mut().ok()?;
@@ -50,6 +53,7 @@ fn take_within(room: usize, most: usize) -> Vec<u8> {
 /// else instead of the smallest buffer kept when that one is smaller. A buffer larger than
 /// [`SPARE_LIMIT`] (or without any room) is freed; so is everything while the thread is
 /// torn down.
+#[inline]
 pub(crate) fn keep(buffer: Vec<u8>) {
     let capacity = buffer.capacity();
     if capacity == 0 || capacity > SPARE_LIMIT {
@@ -65,11 +69,38 @@ pub(crate) fn keep(buffer: Vec<u8>) {
     });
 }
 
+/// Makes this thread keep at least `count` buffers (at most [`SPARES`]) with room for `room`
+/// bytes, allocating the missing ones in place of the smallest kept: for a thread about to
+/// wait (for a reply, for the next request), so that what it receives or builds next takes a
+/// buffer without allocating.
+pub(crate) fn stock(count: usize, room: usize) {
+    if room > SPARE_LIMIT {
+        return;
+    }
+    let _ = SPARE.try_with(|spare| {
+        let Ok(mut kept) = spare.try_borrow_mut() else { return };
+        let fitting = kept.iter().filter(|buffer| buffer.capacity() >= room).count();
+        for _ in fitting..count.min(SPARES) {
+            // The smallest kept buffer is not one of the fitting ones (fewer fit than wanted).
+            if let Some(smallest) = kept.iter_mut().min_by_key(|buffer| buffer.capacity()) {
+                *smallest = Vec::with_capacity(room);
+            }
+        }
+    });
+}
+
 /// Keeps the buffer of a message this thread is done with (written to its link, or answered),
 /// when the message owns one.
-pub(crate) fn keep_body(message: Message) {
-    if let Body::Owned(buffer) = message.body {
-        keep(buffer);
+pub(crate) fn keep_body(mut message: Message) {
+    keep_body_of(&mut message);
+}
+
+/// [`keep_body`], for a message about to be dropped where it is (not moved once more: a
+/// message moved right after it was built costs more than what is done with it).
+#[inline]
+pub(crate) fn keep_body_of(message: &mut Message) {
+    if let Body::Owned(buffer) = &mut message.body {
+        keep(std::mem::take(buffer));
     }
 }
 
@@ -141,6 +172,29 @@ mod tests {
         assert_eq!(copy.as_ptr(), large_at, "1000 bytes may take 2000");
         keep(Vec::with_capacity(RECEIVED_SLACK));
         assert_eq!(copy_of(&[1; 65]).capacity(), RECEIVED_SLACK, "a typed reply's buffer");
+    }
+
+    #[test]
+    fn stocking_allocates_only_the_buffers_missing() {
+        let taken_sorted = || {
+            let mut taken: Vec<usize> = (0..SPARES).map(|_| take(1).capacity()).collect();
+            taken.sort_unstable();
+            taken
+        };
+        keep(Vec::with_capacity(300));
+        keep(Vec::with_capacity(10));
+        stock(2, 256);
+        assert_eq!(taken_sorted(), [10, 256, 300], "a new one in the free place, the rest kept");
+        for capacity in [300, 10, 20] {
+            keep(Vec::with_capacity(capacity));
+        }
+        stock(2, 256);
+        assert_eq!(taken_sorted(), [20, 256, 300], "the smallest made way");
+        stock(SPARES + 5, 64);
+        let taken: Vec<usize> = (0..SPARES).map(|_| take(64).capacity()).collect();
+        assert_eq!(taken, [64; SPARES], "at most SPARES buffers, each of the room asked");
+        stock(2, SPARE_LIMIT + 1);
+        assert_eq!(take(1).capacity(), 1, "no buffer over the limit is stocked");
     }
 
     #[test]

@@ -196,16 +196,24 @@ impl Client {
     /// Calls the `method`-th method of the schema with `args` (a tuple) and decodes its
     /// result: `T`, or the application error `E`.
     ///
+    /// The arguments are dropped while the reply is awaited, and the thread's spare buffers
+    /// refilled then (see `spare`): neither delays the call.
+    ///
     /// # Errors
     /// [`RpcError`].
-    pub fn call<A, T, E>(&self, method: usize, args: &A) -> Result<T, RpcError<E>>
+    pub fn call<A, T, E>(&self, method: usize, args: A) -> Result<T, RpcError<E>>
     where
-        A: Serialize + ?Sized,
+        A: Serialize,
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let reply =
-            self.exchange(self.request(RequestKind::Call, method, self.call_flags(), args)?)?;
+        let body = self.request(RequestKind::Call, method, self.call_flags(), &args)?;
+        let room = self.request_room(method);
+        let reply = self.exchange(body, move || {
+            drop(args);
+            // One buffer for the reply, one for the next request.
+            spare::stock(2, room);
+        })?;
         self.check_reply(method, &reply)?;
         decode_reply(reply)
     }
@@ -215,15 +223,16 @@ impl Client {
     ///
     /// # Errors
     /// [`RpcError`].
-    pub async fn call_async<A, T, E>(&self, method: usize, args: &A) -> Result<T, RpcError<E>>
+    pub async fn call_async<A, T, E>(&self, method: usize, args: A) -> Result<T, RpcError<E>>
     where
-        A: Serialize + ?Sized,
+        A: Serialize,
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
         // Dropped before its answer, an async call sends a cancel: the server registers it.
         let flags = self.call_flags() | RequestFlags::CANCELLABLE;
-        let body = self.request(RequestKind::Call, method, flags, args)?;
+        let body = self.request(RequestKind::Call, method, flags, &args)?;
+        drop(args);
         let reply = self.exchange_async(body).await?;
         self.check_reply(method, &reply)?;
         decode_reply(reply)
@@ -242,7 +251,7 @@ impl Client {
         };
         let mut body = self.header(RequestKind::Call, index, self.call_flags());
         body.extend_from_slice(args);
-        let reply = self.exchange(body)?;
+        let reply = self.exchange(body, || {})?;
         let (status, payload) =
             ReplyStatus::decode(reply.body()).map_err(|e| RpcError::Decode(e.to_string()))?;
         match status {
@@ -279,29 +288,33 @@ impl Client {
     }
 
     /// Sends the request `body` (its deadline field still 0) as a call, with retries (each
-    /// attempt with the deadline it has), and returns the reply.
-    fn exchange<E>(&self, body: Vec<u8>) -> Result<Message, RpcError<E>> {
+    /// attempt with the deadline it has), and returns the reply. `while_waiting` runs once,
+    /// while the reply of the first attempt written is awaited; it is only dropped when no
+    /// attempt is written.
+    fn exchange<E>(
+        &self,
+        body: Vec<u8>,
+        while_waiting: impl FnOnce(),
+    ) -> Result<Message, RpcError<E>> {
         let deadline = self.deadline();
         if self.retry.is_none() {
             // One attempt, the usual case: nothing kept for a retry.
             let request = request_message(body, deadline);
-            let link = self.slot.link();
-            let reply = match deadline {
-                Some(deadline) => link.call_deadline(request, deadline),
-                None => link.call(request),
-            };
+            let reply = self.slot.link().call_while(request, deadline, while_waiting);
             return reply.map_err(|error| call_error(error).map_remote(|n| match n {}));
         }
         let mut link = self.slot.link();
         let mut attempt = 1;
         let mut body = Some(body);
+        let mut while_waiting = Some(while_waiting);
         loop {
             let attempt_deadline = self.attempt_deadline(deadline);
             let request = self.attempt(&mut body, attempt, attempt_deadline);
-            let reply = match attempt_deadline {
-                Some(deadline) => link.call_deadline(request, deadline),
-                None => link.call(request),
-            };
+            let reply = link.call_while(request, attempt_deadline, || {
+                if let Some(f) = while_waiting.take() {
+                    f();
+                }
+            });
             match reply {
                 Ok(reply) => return Ok(reply),
                 Err(error) => match self.retry_after(error, &mut attempt, deadline, &link)? {
@@ -411,8 +424,11 @@ impl Client {
     where
         A: Serialize + ?Sized,
     {
-        codec::append(args, self.header(kind, method, flags))
-            .map_err(|e| RpcError::BadRequest(e.to_string()))
+        let mut body = self.header(kind, method, flags);
+        match codec::append(args, &mut body) {
+            Ok(()) => Ok(body),
+            Err(e) => Err(RpcError::BadRequest(e.to_string())),
+        }
     }
 
     /// A one-way request for the `method`-th method, with the deadline of now.
@@ -430,13 +446,18 @@ impl Client {
         }
     }
 
+    /// The room a request for the `method`-th method is built in: its header and small
+    /// arguments (a buffer that grows while the arguments are encoded costs a reallocation and
+    /// a copy on every call).
+    fn request_room(&self, method: usize) -> usize {
+        HEADER_ROOM + self.schema.methods[method].name.len() + SMALL_ARGUMENTS
+    }
+
     /// The request header for the `method`-th method, with a new call id and no deadline.
     fn header(&self, kind: RequestKind, method: usize, flags: u8) -> Vec<u8> {
         let schema = &self.schema.methods[method];
-        // Room for the header and small arguments: a buffer that grows while the arguments
-        // are encoded costs a reallocation and a copy on every call. A buffer the thread
-        // kept when it has one (see `spare`).
-        let mut body = spare::take(HEADER_ROOM + schema.name.len() + SMALL_ARGUMENTS);
+        // A buffer the thread kept when it has one (see `spare`).
+        let mut body = spare::take(self.request_room(method));
         RequestHeader {
             kind,
             flags,
@@ -543,21 +564,23 @@ fn reply_checks(schema: &ServiceSchema) -> Arc<[[bool; 2]]> {
 }
 
 /// Decodes a reply body into the method's result or its error.
-pub(crate) fn decode_reply<T, E>(reply: Message) -> Result<T, RpcError<E>>
+#[inline]
+pub(crate) fn decode_reply<T, E>(mut reply: Message) -> Result<T, RpcError<E>>
 where
     T: DeserializeOwned,
     E: DeserializeOwned,
 {
+    let body = reply.body();
     let (status, payload) =
-        ReplyStatus::decode(reply.body()).map_err(|e| RpcError::Decode(e.to_string()))?;
+        ReplyStatus::decode(body).map_err(|e| RpcError::Decode(e.to_string()))?;
     // Where the payload starts: the value may take the body over from there.
-    let at = reply.body().len() - payload.len();
+    let at = body.len() - payload.len();
     let decode_error = |e: postcard::Error| RpcError::Decode(e.to_string());
     let text = || String::from_utf8_lossy(&reply.body()[at..]).into_owned();
     match status {
-        ReplyStatus::Ok => codec::decode_at(reply, at).map_err(decode_error),
+        ReplyStatus::Ok => codec::decode_at(&mut reply, at).map_err(decode_error),
         ReplyStatus::Err => {
-            Err(RpcError::Remote(codec::decode_at(reply, at).map_err(decode_error)?))
+            Err(RpcError::Remote(codec::decode_at(&mut reply, at).map_err(decode_error)?))
         }
         ReplyStatus::TypeMismatch => Err(RpcError::TypeMismatch(text())),
         ReplyStatus::UnknownMethod => Err(RpcError::UnknownMethod(text())),

@@ -3,16 +3,18 @@
 //! from the reply cache when it is a retry, run with its call context (a panic answers an
 //! error), and answered; cancel and describe requests are answered at once.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use postbox_core::wire::DecodeError;
 use postbox_rpc::{
     json, CancelTable, Lookup, MethodSchema, ReplyCache, ReplyStatus, RequestFlags, RequestHeader,
     RequestKind, Shape, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 
-use crate::rpc::dispatch::{Dispatch, Outcome};
+use crate::rpc::dispatch::{Answer, Args, Dispatch, Outcome, SMALL_REPLY};
 use crate::rpc::{codec, context};
 use crate::{spare, Envelope, Message, ProcessId, ReplyToken};
 
@@ -53,51 +55,74 @@ impl Handler {
 
     /// Answers one request (or, for a retry of a call that ran or runs, its first reply).
     pub(crate) fn handle(&self, mut envelope: Envelope) {
-        let token = envelope.take_reply_token();
-        self.serve_request(token, &envelope);
-        // Answered: the request's buffer (unless it was small, and held in place) can hold
-        // this thread's next reply or request.
+        let caller = envelope.sender();
+        // The reply token stays in the envelope until the answer: moved out right after the
+        // envelope was built, it would be read back before the processor could forward it.
+        self.serve_request(&mut envelope.reply, &mut envelope.message, caller);
+        // Answered: the request's buffer (unless it was small and held in place, or the
+        // arguments took it over) can hold this thread's next reply or request...
         spare::keep_body(envelope.message);
+        // ... and what else the next call needs is allocated now, while the caller reads its
+        // reply: a buffer for the request, one for the reply.
+        spare::stock(2, SMALL_REPLY);
     }
 
-    /// Handles the request `envelope` holds, answering `token` (unless the request is one-way
-    /// or a cancel).
-    fn serve_request(&self, token: Option<ReplyToken>, envelope: &Envelope) {
+    /// Handles the request `message` from `caller`, answering `token` (unless the request is
+    /// one-way or a cancel).
+    fn serve_request(
+        &self,
+        token: &mut Option<ReplyToken>,
+        message: &mut Message,
+        caller: ProcessId,
+    ) {
         let arrived = token.as_ref().map_or_else(Instant::now, ReplyToken::arrived);
-        let msg_type = envelope.message().msg_type();
+        let msg_type = message.msg_type();
         if msg_type != RPC_MSG_TYPE && msg_type != RPC_CONTROL_MSG_TYPE {
             let what = "not a typed request (message type is not RPC_MSG_TYPE)";
-            return answer(token, Outcome::text(ReplyStatus::BadRequest, what));
+            return answer(token.take(), Outcome::text(ReplyStatus::BadRequest, what));
         }
-        let (header, args) = match RequestHeader::decode(envelope.body()) {
-            Ok(decoded) => decoded,
-            Err(e) => return answer(token, Outcome::text(ReplyStatus::BadRequest, &e.to_string())),
+        let request = match self.request_of(message.body()) {
+            Ok(request) => request,
+            Err(e) => {
+                let outcome = Outcome::text(ReplyStatus::BadRequest, &e.to_string());
+                return answer(token.take(), outcome);
+            }
         };
-        let caller = envelope.sender();
-        match header.kind {
-            RequestKind::Cancel => return lock(&self.cancels).cancel(caller, header.call_id),
-            RequestKind::Describe => return answer(token, Outcome::ok(self.service.schema())),
+        match request.kind {
+            RequestKind::Cancel => return lock(&self.cancels).cancel(caller, request.call_id),
+            RequestKind::Describe => {
+                return answer(token.take(), Outcome::ok(self.service.schema()));
+            }
             _ => {}
         }
-        let Some(token) = token else {
-            // One-way: nothing to answer, nothing to remember.
-            self.run(&header, args, caller, arrived);
+        if token.is_none() {
+            // One-way: nothing to answer, nothing to remember (the outcome's buffer serves
+            // again).
+            let mut keep = |outcome: Outcome| spare::keep(outcome.into_body());
+            self.run(&request, message, caller, arrived, &mut keep);
             return;
-        };
-        if header.kind != RequestKind::Call || header.flags & RequestFlags::RETRIES == 0 {
-            // A caller that never retries has no use for a kept reply.
-            return answer(Some(token), self.run(&header, args, caller, arrived));
         }
-        let lookup = lock(&self.cache).begin(caller, header.call_id, token);
+        if request.kind != RequestKind::Call || request.flags & RequestFlags::RETRIES == 0 {
+            // A caller that never retries has no use for a kept reply: it is answered as soon
+            // as the outcome is known.
+            let mut answer_once = |outcome| answer(token.take(), outcome);
+            self.run(&request, message, caller, arrived, &mut answer_once);
+            return;
+        }
+        let Some(token) = token.take() else { return };
+        let lookup = lock(&self.cache).begin(caller, request.call_id, token);
         match lookup {
             Lookup::Run(token) => {
-                let outcome = self.run(&header, args, caller, arrived);
+                let mut outcome = None;
+                self.run(&request, message, caller, arrived, &mut |o| outcome = Some(o));
+                // `run` answers every call it is given.
+                let outcome = outcome.unwrap_or_else(|| Outcome::text(ReplyStatus::Panicked, ""));
                 let ran = outcome.method_ran();
                 let reply = outcome.into_body();
                 let waiters = if ran {
-                    lock(&self.cache).finish(caller, header.call_id, &reply)
+                    lock(&self.cache).finish(caller, request.call_id, &reply)
                 } else {
-                    lock(&self.cache).abandon(caller, header.call_id)
+                    lock(&self.cache).abandon(caller, request.call_id)
                 };
                 // A caller that gave up or died is not the server's problem.
                 for waiter in std::iter::once(token).chain(waiters) {
@@ -113,60 +138,111 @@ impl Handler {
         }
     }
 
-    /// Runs a call or one-way request: the method it names, checked against this definition.
+    /// The request whose body is `body`: its header decoded, its method looked up by name.
+    fn request_of(&self, body: &[u8]) -> Result<Request, DecodeError> {
+        let (header, args) = RequestHeader::decode(body)?;
+        let method = match self.methods.iter().position(|m| m.name == header.method) {
+            Some(index) => Ok(index),
+            None => Err(header.method.into_owned()),
+        };
+        Ok(Request {
+            kind: header.kind,
+            flags: header.flags,
+            call_id: header.call_id,
+            method,
+            method_hash: header.method_hash,
+            deadline_ns: header.deadline_ns,
+            args_at: body.len() - args.len(),
+        })
+    }
+
+    /// Runs a call or one-way request (its arguments in `message`): the method it names,
+    /// checked against this definition. Hands `answer` the outcome once, as soon as it is
+    /// known (the method's result is dropped after).
     fn run(
         &self,
-        header: &RequestHeader,
-        args: &[u8],
+        request: &Request,
+        message: &mut Message,
         caller: ProcessId,
         arrived: Instant,
-    ) -> Outcome {
-        let Some(index) = self.methods.iter().position(|m| m.name == header.method) else {
-            return Outcome::text(ReplyStatus::UnknownMethod, &header.method);
+        answer: &mut dyn FnMut(Outcome),
+    ) {
+        let index = match &request.method {
+            Ok(index) => *index,
+            Err(name) => return answer(Outcome::text(ReplyStatus::UnknownMethod, name)),
         };
         let method = &self.methods[index];
-        if header.method_hash != 0 && header.method_hash != method.hash {
-            return Outcome::text(
+        if request.method_hash != 0 && request.method_hash != method.hash {
+            return answer(Outcome::text(
                 ReplyStatus::TypeMismatch,
                 &format!("method {}: the caller was built from another definition", method.name),
-            );
+            ));
         }
+        let args = message.body().get(request.args_at..).unwrap_or_default();
         if let Some(Err(e)) = self.checks[index].as_ref().map(|shape| json::check(args, shape)) {
-            return Outcome::text(ReplyStatus::BadRequest, &e.to_string());
+            return answer(Outcome::text(ReplyStatus::BadRequest, &e.to_string()));
         }
         // Counted from when the request was read off the link, not from now: it may have
         // waited in the port's queue.
-        let deadline = (header.deadline_ns != 0)
-            .then(|| arrived.checked_add(Duration::from_nanos(header.deadline_ns)))
+        let deadline = (request.deadline_ns != 0)
+            .then(|| arrived.checked_add(Duration::from_nanos(request.deadline_ns)))
             .flatten();
         if deadline.is_some_and(|d| d <= Instant::now()) {
-            return Outcome::text(ReplyStatus::DeadlineExceeded, "");
+            return answer(Outcome::text(ReplyStatus::DeadlineExceeded, ""));
         }
         // Only calls their callers may cancel are registered for cancels.
-        let cancellable = header.flags & RequestFlags::CANCELLABLE != 0;
+        let cancellable = request.flags & RequestFlags::CANCELLABLE != 0;
         let cancelled = if cancellable {
-            match lock(&self.cancels).start(caller, header.call_id) {
+            match lock(&self.cancels).start(caller, request.call_id) {
                 Some(flag) => Some(flag),
-                None => return Outcome::text(ReplyStatus::Cancelled, ""),
+                None => return answer(Outcome::text(ReplyStatus::Cancelled, "")),
             }
         } else {
             None
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            context::serving(deadline, caller, cancelled, || self.service.dispatch(index, args))
+        let answered = Cell::new(false);
+        let mut once = |outcome| {
+            if !answered.replace(true) {
+                answer(outcome);
+            }
+        };
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            context::serving(deadline, caller, cancelled, || {
+                let args = Args::new(message, request.args_at);
+                self.service.dispatch(index, args, Answer::new(&mut once));
+            });
         }));
         if cancellable {
-            lock(&self.cancels).finish(caller, header.call_id);
+            lock(&self.cancels).finish(caller, request.call_id);
         }
-        outcome.unwrap_or_else(|panic| {
-            let what = panic
+        if answered.get() {
+            // A panic after the answer (dropping the result) changes nothing for the caller.
+            return;
+        }
+        let what = match ran {
+            Ok(()) => "the service's dispatch gave no answer".to_owned(),
+            Err(panic) => panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
-            Outcome::text(ReplyStatus::Panicked, &what)
-        })
+                .unwrap_or_else(|| "a panic without a message".to_owned()),
+        };
+        once(Outcome::text(ReplyStatus::Panicked, &what));
     }
+}
+
+/// A request's header as the handler keeps it while the call runs, its method found by name
+/// (the header itself borrows the body, which the arguments may take over).
+struct Request {
+    kind: RequestKind,
+    flags: u8,
+    call_id: u64,
+    /// The method's index in the schema, or the name no method has.
+    method: Result<usize, String>,
+    method_hash: u64,
+    deadline_ns: u64,
+    /// Where the arguments start in the body.
+    args_at: usize,
 }
 
 /// Locks a table the serving threads share. Each is consistent between its own statements: a

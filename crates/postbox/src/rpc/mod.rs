@@ -34,7 +34,7 @@ mod server;
 
 pub use client::Client;
 pub use context::CallContext;
-pub use dispatch::{Dispatch, Outcome};
+pub use dispatch::{Answer, Args, Dispatch, Outcome};
 pub use postbox_rpc::{
     BindError, Container, Field, MethodKind, MethodSchema, Mismatch, Never, RpcError,
     SchemaBuilder, SchemaError, ServiceSchema, Shape, Variant, VariantBody,

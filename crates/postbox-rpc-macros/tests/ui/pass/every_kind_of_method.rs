@@ -21,6 +21,8 @@ pub trait Everything {
     #[oneway]
     fn fire(&self, what: Option<String>);
     fn qualified(&self) -> std::result::Result<(), Error>;
+    /// Arguments named as the generated dispatch's own parameters once were.
+    fn named(&self, answer: u32, args: u32, method: u32, outcome: u32) -> u32;
 }
 
 fn main() {
@@ -47,7 +49,10 @@ fn main() {
         fn qualified(&self) -> std::result::Result<(), Error> {
             Err(Error::Nope)
         }
+        fn named(&self, answer: u32, args: u32, method: u32, outcome: u32) -> u32 {
+            answer + args + method + outcome
+        }
     }
     let _server = EverythingServer::new(Impl).threads(2);
-    assert_eq!(EverythingClient::schema().unwrap().methods.len(), 6);
+    assert_eq!(EverythingClient::schema().unwrap().methods.len(), 7);
 }
