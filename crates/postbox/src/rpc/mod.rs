@@ -18,7 +18,11 @@
 //!
 //! Arguments and results travel as postcard. Byte payloads are best typed
 //! `serde_bytes::ByteBuf` (one length, one copy; a `ByteBuf` result takes over the reply's
-//! buffer): a `Vec<u8>` goes through serde byte by byte.
+//! buffer, a method's one `ByteBuf` argument the request's): a `Vec<u8>` goes through serde
+//! byte by byte.
+//!
+//! A server answers as soon as a method returns, before it drops the result; a client drops
+//! the arguments while it waits for the reply.
 //! A schema is traced from the types' serde implementations when a client binds or a server
 //! starts; an enum met only inside a later variant of another enum cannot be traced (a
 //! `SchemaError` names it).
