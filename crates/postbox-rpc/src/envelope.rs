@@ -97,22 +97,22 @@ pub enum ReplyStatus {
 
 impl<'a> RequestHeader<'a> {
     /// Appends the header; the arguments follow it.
+    #[inline]
     pub fn encode(&self, buf: &mut Vec<u8>) {
-        // The fixed part in one piece: written field by field, each push checks the capacity.
-        let mut fixed = [0u8; FIXED_LEN];
-        fixed[0] = RPC_VERSION;
-        fixed[1] = match self.kind {
+        let kind: u8 = match self.kind {
             RequestKind::Call => 1,
             RequestKind::Oneway => 2,
             RequestKind::Describe => 3,
             RequestKind::Cancel => 4,
         };
-        fixed[2] = self.flags;
-        // Bytes 3..8 are reserved (zero).
-        fixed[CALL_ID_AT..CALL_ID_AT + 8].copy_from_slice(&self.call_id.to_le_bytes());
-        fixed[HASH_AT..HASH_AT + 8].copy_from_slice(&self.method_hash.to_le_bytes());
-        fixed[DEADLINE_AT..DEADLINE_AT + 8].copy_from_slice(&self.deadline_ns.to_le_bytes());
-        buf.extend_from_slice(&fixed);
+        // The fixed part as four 8-byte words (bytes 3..8 are reserved, zero), each appended
+        // as it is made: a 32-byte array filled field by field and then copied at once is read
+        // back before the processor can forward its stores (a stall of several nanoseconds).
+        let first = u64::from_le_bytes([RPC_VERSION, kind, self.flags, 0, 0, 0, 0, 0]);
+        buf.reserve(FIXED_LEN + 2 + self.method.len());
+        for word in [first, self.call_id, self.method_hash, self.deadline_ns] {
+            buf.extend_from_slice(&word.to_le_bytes());
+        }
         match u16::try_from(self.method.len()) {
             // What `put_text` writes, without its call (method names are short).
             Ok(len) => {

@@ -26,7 +26,13 @@ pub(crate) enum Body {
 }
 
 /// Up to [`SMALL_BODY`] bytes, in place.
+///
+/// Aligned as a `Vec` is, so that every variant of [`Body`] starts at the same offset: with
+/// the bytes right after the enum's tag, building an owned body wrote its vector at an odd
+/// offset that a move then read back in other pieces, a store-forwarding stall of about 8 ns
+/// per message built (`perf annotate` of `Message::new`).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(8))]
 pub(crate) struct SmallBody {
     len: u8,
     bytes: [u8; SMALL_BODY],

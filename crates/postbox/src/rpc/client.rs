@@ -300,7 +300,10 @@ impl Client {
         if self.retry.is_none() {
             // One attempt, the usual case: nothing kept for a retry.
             let request = request_message(body, deadline);
-            let reply = self.slot.link().call_while(request, deadline, while_waiting);
+            let reply = match self.slot.first_link() {
+                Some(first) => first.call_while(request, deadline, while_waiting),
+                None => self.slot.link().call_while(request, deadline, while_waiting),
+            };
             return reply.map_err(|error| call_error(error).map_remote(|n| match n {}));
         }
         let mut link = self.slot.link();
@@ -454,6 +457,7 @@ impl Client {
     }
 
     /// The request header for the `method`-th method, with a new call id and no deadline.
+    #[inline]
     fn header(&self, kind: RequestKind, method: usize, flags: u8) -> Vec<u8> {
         let schema = &self.schema.methods[method];
         // A buffer the thread kept when it has one (see `spare`).
@@ -499,6 +503,12 @@ impl Client {
 impl LinkSlot {
     fn new(link: Connection) -> Self {
         Self { current: RwLock::new(link.clone()), first: link, replaced: AtomicBool::new(false) }
+    }
+
+    /// The link bound with, while it is the one in use (no reference count, no lock).
+    #[inline]
+    fn first_link(&self) -> Option<&Connection> {
+        (!self.replaced.load(Ordering::Acquire)).then_some(&self.first)
     }
 
     /// The link in use.
