@@ -103,11 +103,8 @@ impl Order for Server {
 
 #[test]
 fn the_server_answers_before_it_drops_the_result() {
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    let _serving = OrderServer::new(Server).start(&server, "order/hold").unwrap();
-    let node = broker.node().unwrap();
-    let client = OrderClient::bind(&node, "order/hold").unwrap().with_timeout(WAIT / 2);
+    let served = serve("order/hold", WAIT / 2);
+    let client = &served.client;
     // Dropped after the answer, the result cannot hold the reply back.
     assert_eq!(client.hold(7), Ok(Held(7)));
     RESULT_MAY_DROP.store(true, Ordering::Release);
@@ -116,11 +113,8 @@ fn the_server_answers_before_it_drops_the_result() {
 
 #[test]
 fn a_panic_after_the_answer_leaves_the_caller_its_reply() {
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    let _serving = OrderServer::new(Server).start(&server, "order/bomb").unwrap();
-    let node = broker.node().unwrap();
-    let client = OrderClient::bind(&node, "order/bomb").unwrap().with_timeout(WAIT);
+    let served = serve("order/bomb", WAIT);
+    let client = &served.client;
     for n in 0..3 {
         assert_eq!(client.bomb(n), Ok(Bomb(n)), "call {n}: the answer stands, the server serves");
     }
@@ -128,22 +122,16 @@ fn a_panic_after_the_answer_leaves_the_caller_its_reply() {
 
 #[test]
 fn the_client_drops_its_arguments_while_it_waits() {
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    let _serving = OrderServer::new(Server).start(&server, "order/args").unwrap();
-    let node = broker.node().unwrap();
-    let client = OrderClient::bind(&node, "order/args").unwrap().with_timeout(WAIT * 2);
+    let served = serve("order/args", WAIT * 2);
+    let client = &served.client;
     CLIENT_DROPPED_TOKEN.store(false, Ordering::Release);
     assert_eq!(client.client_dropped(Token(1)), Ok(true), "the server saw the drop while it ran");
 }
 
 #[test]
 fn a_call_whose_arguments_panic_when_dropped_leaves_no_call_in_flight() {
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    let _serving = OrderServer::new(Server).start(&server, "order/fuse").unwrap();
-    let node = broker.node().unwrap();
-    let client = OrderClient::bind(&node, "order/fuse").unwrap().with_timeout(WAIT);
+    let served = serve("order/fuse", WAIT);
+    let client = &served.client;
     // Those panics are expected: not one line each on the test's output.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -157,6 +145,25 @@ fn a_call_whose_arguments_panic_when_dropped_leaves_no_call_in_flight() {
         assert!(result.is_err(), "call {call}: the drop's panic reaches the caller");
     }
     assert_eq!(client.fuse(Fuse(2)), Ok(2), "every call that panicked was forgotten");
+}
+
+/// The order service on `name`, and a client of it whose calls wait at most `timeout`.
+fn serve(name: &str, timeout: Duration) -> Served {
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let serving = OrderServer::new(Server).start(&server, name).unwrap();
+    let node = broker.node().unwrap();
+    let client = OrderClient::bind(&node, name).unwrap().with_timeout(timeout);
+    Served { client, _node: node, _serving: serving, _server: server, _broker: broker }
+}
+
+/// What [`serve`] made, dropped in this order: the client first, the broker last.
+struct Served {
+    client: OrderClient,
+    _node: postbox::Node,
+    _serving: postbox::rpc::Serving,
+    _server: postbox::Node,
+    _broker: Broker,
 }
 
 /// A hand-written dispatch that answers nothing for method 0, and panics before answering for
