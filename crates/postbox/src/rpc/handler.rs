@@ -178,8 +178,10 @@ impl Handler {
                 &format!("method {}: the caller was built from another definition", method.name),
             ));
         }
-        let args = message.body().get(request.args_at..).unwrap_or_default();
-        if let Some(Err(e)) = self.checks[index].as_ref().map(|shape| json::check(args, shape)) {
+        let args = Args::new(message, request.args_at);
+        if let Some(Err(e)) =
+            self.checks[index].as_ref().map(|shape| json::check(args.bytes(), shape))
+        {
             return answer(Outcome::text(ReplyStatus::BadRequest, &e.to_string()));
         }
         // Counted from when the request was read off the link, not from now: it may have
@@ -208,7 +210,6 @@ impl Handler {
         };
         let ran = catch_unwind(AssertUnwindSafe(|| {
             context::serving(deadline, caller, cancelled, || {
-                let args = Args::new(message, request.args_at);
                 self.service.dispatch(index, args, Answer::new(&mut once));
             });
         }));
