@@ -6,29 +6,31 @@ use std::time::{Duration, Instant};
 
 /// A spin budget that adapts to how spins end: it doubles after a spin that found what it
 /// waited for and halves after one that did not, between a few microseconds and a limit.
-/// How often to yield adapts too: a spin that succeeded only after yielding says the peer
-/// shares this core (looking without yielding is wasted there), one that succeeded before
-/// the first yield says it runs elsewhere. Now and then a spin that yields at every other
-/// look tries more looks first (`probe_looks`), so that one met on the same core does not
-/// keep yielding once the peer runs elsewhere: each yield costs a system call (370 ns on the
-/// VM of docs/benchmarks.md), and a cross-core answer found after it comes that much later.
+///
+/// How often to yield adapts too, to where the peer runs. A spin that found what it waited for
+/// right after a yield that gave the CPU to another thread says the peer shares this core:
+/// looking without yielding is wasted there, so the spin yields at every other look. One that
+/// found it before yielding, or after yields that gave the CPU to nobody, says the peer runs
+/// elsewhere: each yield is then only a system call (370–750 ns on the VM of
+/// docs/benchmarks.md) that delays the answer, so the spin looks for longer first.
+///
+/// A yield tells what it did by how long it took: one that gave the CPU up for a while took
+/// more than twice as long as an empty one (a system call that finds nobody else to run; an
+/// exchange with a peer on the core is two context switches, 4 µs against 0.75 µs on that
+/// VM). Without that test, a peer on another core that was merely slow once (a pause between
+/// batches of calls) put the spin into yielding at every other look, and every call after
+/// paid for a yield.
 #[derive(Debug)]
 pub struct Spin {
     budget_ns: AtomicU32,
     looks_per_yield: AtomicU32,
-    /// Spins that succeeded after yielding, counted to [`PROBE_EVERY`].
-    yielding_spins: AtomicU32,
 }
 
 impl Spin {
     /// A budget starting in the middle of its range.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            budget_ns: AtomicU32::new(nanos(START)),
-            looks_per_yield: AtomicU32::new(MAX_LOOKS),
-            yielding_spins: AtomicU32::new(0),
-        }
+        Self { budget_ns: AtomicU32::new(nanos(START)), looks_per_yield: AtomicU32::new(MAX_LOOKS) }
     }
 
     /// Looks at `ready` until it is true or the budget is spent, yielding the CPU every few
@@ -36,7 +38,7 @@ impl Spin {
     /// thin out to one per 16 pauses: a peer publishing one message after another
     /// does not pay a cache-line transfer per message.
     pub fn run(&self, ready: impl FnMut() -> bool) -> bool {
-        self.run_thinning_to(MAX_PAUSES, ready)
+        self.run_thinning_to(MAX_PAUSES, ready, yield_cpu)
     }
 
     /// Like [`run`](Self::run), for an answer: a reply to a call, or a request whose caller
@@ -44,19 +46,24 @@ impl Spin {
     /// close together (one per 4 pauses): a look every 16 pauses (360 ns on
     /// the VM of docs/benchmarks.md) would find the answer 180 ns late on average.
     pub fn run_for_answer(&self, ready: impl FnMut() -> bool) -> bool {
-        self.run_thinning_to(ANSWER_PAUSES, ready)
+        self.run_thinning_to(ANSWER_PAUSES, ready, yield_cpu)
     }
 
-    fn run_thinning_to(&self, max_pauses: u32, mut ready: impl FnMut() -> bool) -> bool {
+    /// The spin, with `yield_now` to give the CPU up (true when another thread ran
+    /// meanwhile).
+    fn run_thinning_to(
+        &self,
+        max_pauses: u32,
+        mut ready: impl FnMut() -> bool,
+        mut yield_now: impl FnMut() -> bool,
+    ) -> bool {
         let budget = Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)));
-        let per_yield = match self.looks_per_yield.load(Ordering::Relaxed) {
-            PROBE => probe_looks(max_pauses),
-            looks => looks,
-        };
+        let per_yield = self.looks_per_yield.load(Ordering::Relaxed).max(1);
         let started = Instant::now();
         let mut looks = 0u32;
         let mut pauses = 1u32;
         let mut yielded = false;
+        let mut handed_over = false;
         let found = loop {
             if ready() {
                 break true;
@@ -68,7 +75,7 @@ impl Spin {
                 if yielded && started.elapsed() >= budget {
                     break false;
                 }
-                std::thread::yield_now();
+                handed_over |= yield_now();
                 yielded = true;
             } else {
                 // Looks thin out as the spin goes on: each one pulls the peer's index to this
@@ -83,19 +90,13 @@ impl Spin {
         let next = if found { budget * 2 } else { budget / 2 };
         self.budget_ns.store(nanos(next.clamp(MIN, MAX)), Ordering::Relaxed);
         if found {
-            let looks_next = if yielded {
-                // Counted without a locked instruction: a count lost to a race only delays
-                // the next probe.
-                let spins = self.yielding_spins.load(Ordering::Relaxed).wrapping_add(1);
-                self.yielding_spins.store(spins, Ordering::Relaxed);
-                if spins % PROBE_EVERY == 0 {
-                    // The next spin, of whichever kind, probes with looks of its own spacing.
-                    PROBE
-                } else {
-                    MIN_LOOKS
-                }
-            } else {
-                (per_yield * 2).min(MAX_LOOKS)
+            let looks_next = match (yielded, handed_over) {
+                // The peer answered while this thread had given it the CPU: it shares the core.
+                (true, true) => MIN_LOOKS,
+                // Found while looking, or after yields that only cost their system call: the
+                // peer runs elsewhere.
+                (false, _) => (per_yield * 2).min(MAX_LOOKS),
+                (true, false) => MAX_LOOKS,
             };
             self.looks_per_yield.store(looks_next, Ordering::Relaxed);
         }
@@ -109,9 +110,34 @@ impl Default for Spin {
     }
 }
 
+/// Gives the CPU up; true when another thread ran meanwhile, as far as the yield's length
+/// tells: more than twice the shortest yield this process has seen, which is what a yield
+/// costs when nobody else wants the CPU.
+fn yield_cpu() -> bool {
+    let before = Instant::now();
+    std::thread::yield_now();
+    judged(nanos(before.elapsed()), &EMPTY_YIELD_NS)
+}
+
+/// True when a yield that `took` ns handed the CPU over: it took more than twice `shortest`,
+/// the shortest yield seen, which it updates.
+fn judged(took: u32, shortest: &AtomicU32) -> bool {
+    let empty = shortest.load(Ordering::Relaxed);
+    if took < empty {
+        // A lost race only leaves a slightly longer shortest yield.
+        shortest.store(took.max(1), Ordering::Relaxed);
+    }
+    took > empty.saturating_mul(2)
+}
+
 fn nanos(d: Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
+
+/// The shortest yield seen in this process (ns). It starts at 500 ns, so that the first yields
+/// of a spin whose peer shares the core (microseconds each) count as handing the CPU over
+/// before any empty one was timed.
+static EMPTY_YIELD_NS: AtomicU32 = AtomicU32::new(500);
 
 const START: Duration = Duration::from_micros(20);
 const MIN: Duration = Duration::from_micros(1);
@@ -123,28 +149,6 @@ const MAX_LOOKS: u32 = 64;
 const MAX_PAUSES: u32 = 16;
 /// Most pauses between two looks for an answer.
 const ANSWER_PAUSES: u32 = 4;
-/// One spin in this many of those that succeeded after yielding tries more looks before its
-/// first yield ([`probe_looks`]). On the same core that spin yields later than it could, by
-/// about 3 µs, shared out over the spins in between (25 ns each).
-const PROBE_EVERY: u32 = 128;
-/// `looks_per_yield` of the next spin when it is to probe.
-const PROBE: u32 = 0;
-
-/// Looks before the first yield of a probing spin whose looks are `max_pauses` pauses apart
-/// at most: about 130 pauses in all (3 µs on the VM of docs/benchmarks.md), enough for an
-/// answer from another core (a call takes about 1 µs there, a short method more).
-fn probe_looks(max_pauses: u32) -> u32 {
-    if max_pauses > ANSWER_PAUSES {
-        PROBE_LOOKS_THINNING
-    } else {
-        PROBE_LOOKS_FOR_ANSWER
-    }
-}
-
-/// Looks before the first yield of a probing spin for an answer: 123 pauses.
-const PROBE_LOOKS_FOR_ANSWER: u32 = 32;
-/// Looks before the first yield of a probing thinning spin: 143 pauses.
-const PROBE_LOOKS_THINNING: u32 = 12;
 
 #[cfg(test)]
 mod tests {
@@ -159,53 +163,68 @@ mod tests {
         }
     }
 
-    /// Spins until a spin finds `ready_at(at)`: a spin whose yield handed the CPU to another
-    /// test's thread for longer than its budget gives up, and changes nothing but its budget.
-    fn spin_until_found(spin: &Spin, at: u32, for_answer: bool) {
-        while !if for_answer { spin.run_for_answer(ready_at(at)) } else { spin.run(ready_at(at)) } {
-        }
+    /// A spin for an answer found at look `at`, each yield reported as `handed_over`; returns
+    /// the yields it made.
+    fn spin_found_at(spin: &Spin, at: u32, handed_over: bool) -> u32 {
+        let mut yields = 0;
+        let found = spin.run_thinning_to(ANSWER_PAUSES, ready_at(at), || {
+            yields += 1;
+            handed_over
+        });
+        assert!(found, "a budget of at least {MIN:?} ran out within {at} looks");
+        yields
     }
 
-    /// Puts `spin` in the mode a peer on its core leaves it in, a yield at every other look, and
-    /// counts `spins` spins there (of `PROBE_EVERY` that make a probe).
-    fn met_on_this_core(spin: &Spin, spins: u32) {
-        spin_until_found(spin, MAX_LOOKS + 1, true);
-        for _ in 1..spins {
-            assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MIN_LOOKS);
-            // Found at the look after the first yield.
-            spin_until_found(spin, MIN_LOOKS + 1, true);
-        }
+    fn looks_per_yield(spin: &Spin) -> u32 {
+        spin.looks_per_yield.load(Ordering::Relaxed)
     }
 
     #[test]
-    fn a_peer_answering_from_another_core_takes_a_spin_out_of_yielding_at_every_other_look() {
+    fn a_peer_that_answers_while_given_the_cpu_makes_the_spin_yield_at_every_other_look() {
         let spin = Spin::new();
-        met_on_this_core(&spin, PROBE_EVERY - 1);
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MIN_LOOKS);
-        spin_until_found(&spin, MIN_LOOKS + 1, true);
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE, "no probe planned");
-        // The peer now answers from another core, at the third look: the probe finds that
-        // before its first yield, and the looks grow back.
-        assert!(spin.run_for_answer(ready_at(MIN_LOOKS + 1)));
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE_LOOKS_FOR_ANSWER * 2);
-        assert!(spin.run_for_answer(ready_at(MIN_LOOKS + 1)));
-        assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), MAX_LOOKS);
+        assert_eq!(spin_found_at(&spin, MAX_LOOKS + 1, true), 1);
+        assert_eq!(looks_per_yield(&spin), MIN_LOOKS);
+        // The next spins yield at every other look, for as long as the peer answers so.
+        assert_eq!(spin_found_at(&spin, 2 * MIN_LOOKS + 1, true), 2);
+        assert_eq!(looks_per_yield(&spin), MIN_LOOKS);
     }
 
     #[test]
-    fn a_probe_looks_as_long_as_the_spin_that_makes_it_needs() {
-        for (thinning, probe) in [(false, PROBE_LOOKS_FOR_ANSWER), (true, PROBE_LOOKS_THINNING)] {
-            let spin = Spin::new();
-            met_on_this_core(&spin, PROBE_EVERY);
-            assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), PROBE);
-            // Found at the probe's last look before its first yield: the looks double.
-            assert!(if thinning {
-                spin.run(ready_at(probe))
-            } else {
-                spin.run_for_answer(ready_at(probe))
-            });
-            assert_eq!(spin.looks_per_yield.load(Ordering::Relaxed), probe * 2);
+    fn a_peer_answering_late_from_another_core_does_not_make_the_spin_yield_early() {
+        let spin = Spin::new();
+        // Slow once, found after a yield that gave the CPU to nobody: the looks stay long.
+        assert_eq!(spin_found_at(&spin, MAX_LOOKS + 1, false), 1);
+        assert_eq!(looks_per_yield(&spin), MAX_LOOKS);
+        // Met on this core, then answering from another one: the first spin whose yields were
+        // empty gives the looks back at once.
+        spin_found_at(&spin, MAX_LOOKS + 1, true);
+        assert_eq!(looks_per_yield(&spin), MIN_LOOKS);
+        assert_eq!(spin_found_at(&spin, 5 * MIN_LOOKS + 1, false), 5);
+        assert_eq!(looks_per_yield(&spin), MAX_LOOKS);
+    }
+
+    #[test]
+    fn an_answer_found_before_the_first_yield_doubles_the_looks_between_yields() {
+        let spin = Spin::new();
+        spin_found_at(&spin, MAX_LOOKS + 1, true);
+        for expected in [2 * MIN_LOOKS, 4 * MIN_LOOKS, 8 * MIN_LOOKS] {
+            // Found at the last look before the next yield.
+            assert_eq!(spin_found_at(&spin, looks_per_yield(&spin) - 1, true), 0);
+            assert_eq!(looks_per_yield(&spin), expected);
         }
+    }
+
+    #[test]
+    fn a_yield_gave_the_cpu_up_when_it_took_more_than_twice_the_shortest() {
+        let shortest = AtomicU32::new(500);
+        assert!(!judged(700, &shortest), "an empty yield a little longer than the first guess");
+        assert_eq!(shortest.load(Ordering::Relaxed), 500);
+        assert!(judged(1001, &shortest));
+        assert!(!judged(300, &shortest), "the shortest yield yet");
+        assert_eq!(shortest.load(Ordering::Relaxed), 300);
+        assert!(judged(601, &shortest));
+        assert!(!judged(600, &shortest));
+        assert!(judged(u32::MAX, &shortest));
     }
 
     #[test]
