@@ -47,4 +47,4 @@ pub use postbox_shm::{
 pub use shm_link::{ShmLink, ShmLinkParts};
 pub use spin::Spin;
 pub use unix_link::UnixLink;
-pub use wait::{wait_readable, wait_ready, Interest, Wait, Waker};
+pub use wait::{wait_readable, wait_ready, Interest, ReadyFds, Wait, Waker, FEW_FDS};

@@ -128,9 +128,9 @@ impl Link {
     /// Appends the descriptors that turn readable when this link has something to read (or
     /// closed). Call [`prepare_poll`](Self::prepare_poll) before polling them and
     /// [`finish_poll`](Self::finish_poll) after.
-    pub fn poll_fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
+    pub fn poll_fds<'a>(&'a self, out: &mut impl Extend<BorrowedFd<'a>>) {
         match self {
-            Self::Unix(link) => out.push(link.as_fd()),
+            Self::Unix(link) => out.extend([link.as_fd()]),
             Self::Shm(link) => out.extend(link.poll_fds()),
         }
     }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::time::Timespec;
+use smallvec::SmallVec;
 
 use crate::TransportError;
 
@@ -58,13 +59,20 @@ impl Wait {
     }
 }
 
+/// The indices of the descriptors a wait found ready. A wait on a few descriptors (up to
+/// [`FEW_FDS`]) allocates nothing: a receiver that sleeps between calls does so on every call.
+pub type ReadyFds = SmallVec<[usize; FEW_FDS]>;
+
+/// How many descriptors a wait holds without an allocation.
+pub const FEW_FDS: usize = 16;
+
 /// Waits until at least one of `fds` is readable (or hung up), or `wait` ends.
 ///
 /// Returns the indices of the ready descriptors; empty when the wait ended first.
 ///
 /// # Errors
 /// [`TransportError::Os`] when `poll` fails for a reason other than a signal.
-pub fn wait_readable(fds: &[BorrowedFd<'_>], wait: Wait) -> Result<Vec<usize>, TransportError> {
+pub fn wait_readable(fds: &[BorrowedFd<'_>], wait: Wait) -> Result<ReadyFds, TransportError> {
     wait_for(fds, PollFlags::IN, wait)
 }
 
@@ -95,9 +103,10 @@ fn wait_for(
     fds: &[BorrowedFd<'_>],
     events: PollFlags,
     wait: Wait,
-) -> Result<Vec<usize>, TransportError> {
+) -> Result<ReadyFds, TransportError> {
     let interest = Interest { read: events.contains(PollFlags::IN), write: false };
-    let set: Vec<(BorrowedFd<'_>, Interest)> = fds.iter().map(|fd| (*fd, interest)).collect();
+    let set: SmallVec<[(BorrowedFd<'_>, Interest); FEW_FDS]> =
+        fds.iter().map(|fd| (*fd, interest)).collect();
     wait_ready(&set, wait)
 }
 
@@ -109,8 +118,8 @@ fn wait_for(
 pub fn wait_ready(
     fds: &[(BorrowedFd<'_>, Interest)],
     wait: Wait,
-) -> Result<Vec<usize>, TransportError> {
-    let mut pollfds: Vec<PollFd<'_>> = fds
+) -> Result<ReadyFds, TransportError> {
+    let mut pollfds: SmallVec<[PollFd<'_>; FEW_FDS]> = fds
         .iter()
         .map(|(fd, interest)| {
             let mut events = PollFlags::empty();
@@ -132,7 +141,7 @@ pub fn wait_ready(
             Ok(_) => break,
             Err(rustix::io::Errno::INTR) => {
                 if wait.expired() {
-                    return Ok(Vec::new());
+                    return Ok(ReadyFds::new());
                 }
             }
             Err(errno) => return Err(TransportError::os("poll", errno)),

@@ -16,6 +16,7 @@
 //! leader goes to sleep.
 
 use std::borrow::Borrow;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,7 +25,8 @@ use postbox_core::{
     FrameDecoder, FrameKind, LinkId, Overflow, PeerIdentity, Placement, PortSpec, QueuedMeta,
     Quota, ReleaseCounter, Rights, Selector,
 };
-use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker};
+use postbox_transport::{wait_readable, Link, Spin, TransportError, Wait, Waker, FEW_FDS};
+use smallvec::SmallVec;
 
 use crate::body::Body;
 use crate::condvar::wait_until;
@@ -1068,10 +1070,10 @@ impl Receiver {
             if (to_read.contains(&true) || wait == Wait::NonBlocking) && !self.poll_due_sampled() {
                 return read_links(links, to_read, limit, readers, arrived, taker);
             }
-            let links: Vec<&Arc<ServerLink>> = links.iter().filter(|l| !l.is_full()).collect();
+            let links: FewLinks<'_> = links.iter().filter(|l| !l.is_full()).collect();
             return self.poll_fds(&links, wait, limit, readers, arrived, taker);
         }
-        let links: Vec<&Arc<ServerLink>> = links.iter().filter(|l| !l.is_full()).collect();
+        let links: FewLinks<'_> = links.iter().filter(|l| !l.is_full()).collect();
         // Shared-memory links can be looked at without a system call: first a short spin,
         // and when they hold input, no poll at all (new links and hang-ups wait for the next
         // poll, which a link set of shared-memory links alone still makes every interval).
@@ -1084,7 +1086,8 @@ impl Receiver {
             // Async receivers were woken by an edge-triggered epoll set: a hang-up it
             // reported once must be looked for now, so they always poll.
             if all_shared && !self.readiness.is_active() && !self.poll_due() {
-                let to_read: Vec<bool> = links.iter().map(|l| l.has_input()).collect();
+                let to_read: SmallVec<[bool; FEW_LINKS]> =
+                    links.iter().map(|l| l.has_input()).collect();
                 if to_read.contains(&true) || wait == Wait::NonBlocking {
                     return read_links(&links, &to_read, limit, readers, arrived, taker);
                 }
@@ -1095,6 +1098,8 @@ impl Receiver {
 
     /// Polls the descriptors of `links` and the waker (waiting as `wait` says when no link
     /// holds input already), then reads the ready links as [`poll_links`](Self::poll_links).
+    /// With a few links (up to [`FEW_LINKS`]) it allocates nothing: a receiver whose calls come
+    /// slower than it spins polls on every call.
     fn poll_fds(
         &self,
         links: &[&Arc<ServerLink>],
@@ -1105,12 +1110,12 @@ impl Receiver {
         taker: Option<&mut Taker<'_>>,
     ) -> (Vec<(Queued, u64)>, Vec<LinkId>) {
         self.polled();
-        let mut fds = Vec::with_capacity(2 * links.len() + 1);
+        let mut fds: SmallVec<[BorrowedFd<'_>; FEW_FDS]> = SmallVec::new();
         fds.push(self.waker.as_fd());
         // Which link each descriptor belongs to, and which links hold input already.
-        let mut owner = vec![usize::MAX];
-        let mut first_fd = Vec::with_capacity(links.len());
-        let mut to_read = vec![false; links.len()];
+        let mut owner: SmallVec<[usize; FEW_FDS]> = SmallVec::from_elem(usize::MAX, 1);
+        let mut first_fd: SmallVec<[usize; FEW_LINKS]> = SmallVec::new();
+        let mut to_read: SmallVec<[bool; FEW_LINKS]> = SmallVec::from_elem(false, links.len());
         for (i, link) in links.iter().enumerate() {
             first_fd.push(fds.len());
             link.end.link().poll_fds(&mut fds);
@@ -1558,6 +1563,13 @@ const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// a look at 64 costs about 1 µs; a poll's wake-up costs 6 µs between threads and 50 µs
 /// between processes on the VM of docs/benchmarks.md.
 const SPIN_LINKS: usize = 64;
+
+/// Links a poll gathers without an allocation: each shared-memory link has two descriptors,
+/// and the waker one more.
+const FEW_LINKS: usize = (FEW_FDS - 1) / 2;
+
+/// The links a poll gathers.
+type FewLinks<'a> = SmallVec<[&'a Arc<ServerLink>; FEW_LINKS]>;
 
 /// Reads from one link before the others get a turn.
 const MAX_READS_PER_TURN: usize = 64;

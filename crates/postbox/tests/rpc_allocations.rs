@@ -2,7 +2,11 @@
 //! caller's thread or on the server's, although its request and reply are too large to be
 //! held in place: each thread's request, reply and received bodies take turns in the buffers
 //! the thread kept (docs/benchmarks.md, "Buffers that take turns, answers looked for often").
+//! Nor does one whose caller and server wait longer than they spin, and sleep: their polls
+//! keep their descriptor sets on the stack.
 #![allow(missing_docs)]
+
+use std::time::Duration;
 
 use postbox::Broker;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -16,30 +20,56 @@ pub trait Mixer {
     fn mix(&self, words: [u64; 12]) -> [u64; 8];
 }
 
-struct Xor;
+struct Xor {
+    /// How long each call takes.
+    takes: Duration,
+}
 
 impl Mixer for Xor {
     fn mix(&self, words: [u64; 12]) -> [u64; 8] {
+        if !self.takes.is_zero() {
+            std::thread::sleep(self.takes);
+        }
         std::array::from_fn(|i| words[i] ^ words[i + 4] ^ u64::MAX)
     }
 }
 
 #[test]
 fn a_warm_typed_call_with_requests_and_replies_over_64_bytes_allocates_nothing() {
+    assert_calls_allocate_nothing(Duration::ZERO, CALLS);
+}
+
+#[test]
+fn a_warm_typed_call_allocates_nothing_when_both_sides_wait_long_enough_to_sleep() {
+    // Longer than any spin (at most 50 µs): the caller sleeps until its reply, and the
+    // server's receiver until the next call.
+    assert_calls_allocate_nothing(Duration::from_micros(300), SLOW_CALLS);
+}
+
+/// Makes `calls` warm calls, `pause` apart, to a method that takes `pause`; asserts that they
+/// allocated nothing.
+fn assert_calls_allocate_nothing(pause: Duration, calls: u64) {
     let broker = Broker::embedded().unwrap();
     let server_node = broker.node().unwrap();
-    let _serving = MixerServer::new(Xor).start(&server_node, "alloc/mixer").unwrap();
+    let name = format!("alloc/mixer-{}", pause.as_micros());
+    let _serving = MixerServer::new(Xor { takes: pause }).start(&server_node, &name).unwrap();
     let node = broker.node().unwrap();
-    let client = MixerClient::bind(&node, "alloc/mixer").unwrap();
+    let client = MixerClient::bind(&node, &name).unwrap();
     // Large values: every word takes 9 or 10 bytes as a varint.
     let words: [u64; 12] = std::array::from_fn(|i| u64::MAX - i as u64);
     let expected: [u64; 8] = std::array::from_fn(|i| words[i] ^ words[i + 4] ^ u64::MAX);
+    let call = || {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        client.mix(words)
+    };
     for _ in 0..WARM_UP {
-        assert_eq!(client.mix(words).unwrap(), expected);
+        assert_eq!(call().unwrap(), expected);
     }
     let region = Region::new(ALLOCATOR);
-    for _ in 0..CALLS {
-        let mixed = client.mix(words);
+    for _ in 0..calls {
+        let mixed = call();
         assert!(matches!(mixed, Ok(m) if m == expected));
     }
     let change = region.change();
@@ -51,10 +81,12 @@ fn a_warm_typed_call_with_requests_and_replies_over_64_bytes_allocates_nothing()
     // allocation every other call means the calls themselves allocate nothing (one that
     // allocated would allocate on every call); about 30 in a release build, 150 in a debug one.
     assert!(
-        allocations < CALLS / 2,
-        "{allocations} allocations in {CALLS} calls: a warm typed call allocates"
+        allocations < calls / 2,
+        "{allocations} allocations in {calls} calls: a warm typed call allocates"
     );
 }
 
 const WARM_UP: u64 = 200;
 const CALLS: u64 = 2000;
+/// Calls that sleep on both sides: 300 of them take about 0.2 s.
+const SLOW_CALLS: u64 = 300;
