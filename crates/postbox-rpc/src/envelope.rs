@@ -61,6 +61,25 @@ pub struct RequestHeader<'a> {
     pub method: std::borrow::Cow<'a, str>,
 }
 
+/// A request's header as read off the wire, its method's name still bytes: what a server reads
+/// first. A server that finds the name among its own methods' needs no UTF-8 check (theirs are
+/// UTF-8); [`check`](Self::check) makes the [`RequestHeader`], with that check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestFields<'a> {
+    /// What is asked.
+    pub kind: RequestKind,
+    /// [`RequestFlags`].
+    pub flags: u8,
+    /// The caller's id for this call.
+    pub call_id: u64,
+    /// The hash of the method's schema as the caller was built; 0 for unchecked.
+    pub method_hash: u64,
+    /// Nanoseconds the caller had left when it sent the request; 0 for no deadline.
+    pub deadline_ns: u64,
+    /// The method's name, as sent: not checked as UTF-8.
+    pub method: &'a [u8],
+}
+
 /// The bits of [`RequestHeader::flags`].
 #[derive(Debug)]
 pub struct RequestFlags;
@@ -143,6 +162,20 @@ impl<'a> RequestHeader<'a> {
     /// [`DecodeError`] for a short, foreign or malformed header.
     #[inline]
     pub fn decode(body: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
+        let (fields, args) = RequestFields::decode(body)?;
+        Ok((fields.check()?, args))
+    }
+}
+
+impl<'a> RequestFields<'a> {
+    /// Decodes the header at the front of `body` as [`RequestHeader::decode`] does, all but
+    /// the UTF-8 check of the method's name (the last check it makes); returns it and the
+    /// argument bytes after it.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a short, foreign or malformed header.
+    #[inline]
+    pub fn decode(body: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
         // Every request is read here, on the server's critical path: a header that holds at
         // least its fixed part and its name's length is read straight from the slice (with
         // the checks, and errors, of the field-by-field reading below, in the same order).
@@ -163,19 +196,35 @@ impl<'a> RequestHeader<'a> {
             u64::from_le_bytes(bytes)
         };
         let len = usize::from(u16::from_le_bytes([fixed[FIXED_LEN], fixed[FIXED_LEN + 1]]));
-        let Some((name, args)) = rest.split_at_checked(len) else {
+        let Some((method, args)) = rest.split_at_checked(len) else {
             return Err(DecodeError::Truncated);
         };
-        let method = std::str::from_utf8(name).map_err(|_| DecodeError::InvalidUtf8)?;
-        let header = Self {
+        let fields = Self {
             kind,
             flags,
             call_id: u64_at(CALL_ID_AT),
             method_hash: u64_at(HASH_AT),
             deadline_ns: u64_at(DEADLINE_AT),
-            method: method.into(),
+            method,
         };
-        Ok((header, args))
+        Ok((fields, args))
+    }
+
+    /// The header, its method's name checked as UTF-8.
+    ///
+    /// # Errors
+    /// [`DecodeError::InvalidUtf8`].
+    #[inline]
+    pub fn check(self) -> Result<RequestHeader<'a>, DecodeError> {
+        let method = std::str::from_utf8(self.method).map_err(|_| DecodeError::InvalidUtf8)?;
+        Ok(RequestHeader {
+            kind: self.kind,
+            flags: self.flags,
+            call_id: self.call_id,
+            method_hash: self.method_hash,
+            deadline_ns: self.deadline_ns,
+            method: method.into(),
+        })
     }
 
     /// [`decode`](Self::decode), field by field: for bodies too short for its direct reading,
@@ -194,7 +243,8 @@ impl<'a> RequestHeader<'a> {
         let call_id = r.u64()?;
         let method_hash = r.u64()?;
         let deadline_ns = r.u64()?;
-        let method = r.text()?.into();
+        let len = r.u16()?;
+        let method = r.take(usize::from(len))?;
         let args = r.take(r.remaining())?;
         Ok((Self { kind, flags, call_id, method_hash, deadline_ns, method }, args))
     }
@@ -333,6 +383,31 @@ mod tests {
         assert_eq!(ReplyStatus::decode(&[1, 99]), Err(DecodeError::UnknownKind(99)));
     }
 
+    #[test]
+    fn a_method_name_that_is_not_utf8_is_read_as_bytes_and_refused_by_the_check() {
+        let mut buf = Vec::new();
+        RequestHeader {
+            kind: RequestKind::Call,
+            flags: 0,
+            call_id: 3,
+            method_hash: 4,
+            deadline_ns: 0,
+            method: "add".into(),
+        }
+        .encode(&mut buf);
+        buf.push(42);
+        let (fields, args) = RequestFields::decode(&buf).unwrap();
+        assert_eq!((fields.method, args), (&b"add"[..], &[42][..]));
+        assert_eq!(fields.check().unwrap().method, "add");
+        // The name's last byte replaced by one that starts a sequence it does not finish.
+        buf[FIXED_LEN + 4] = 0xc3;
+        let (fields, args) = RequestFields::decode(&buf).unwrap();
+        assert_eq!((fields.method, args), (&b"ad\xc3"[..], &[42][..]));
+        assert_eq!((fields.call_id, fields.method_hash), (3, 4));
+        assert_eq!(fields.check(), Err(DecodeError::InvalidUtf8));
+        assert_eq!(RequestHeader::decode(&buf), Err(DecodeError::InvalidUtf8));
+    }
+
     /// The direct reading of a request header must agree with the field-by-field one on
     /// every input: the same header and arguments, or the same error.
     #[test]
@@ -349,8 +424,8 @@ mod tests {
         .encode(&mut buf);
         buf.extend_from_slice(&[7, 8, 9]);
         let agree = |body: &[u8]| {
-            let by_fields = RequestHeader::decode_by_fields(body);
-            assert_eq!(RequestHeader::decode(body), by_fields, "{body:?}");
+            let by_fields = RequestFields::decode_by_fields(body);
+            assert_eq!(RequestFields::decode(body), by_fields, "{body:?}");
         };
         for len in 0..=buf.len() {
             agree(&buf[..len]);
@@ -381,8 +456,8 @@ mod tests {
                 body[33] = 0;
             }
             proptest::prop_assert_eq!(
-                RequestHeader::decode(&body),
-                RequestHeader::decode_by_fields(&body)
+                RequestFields::decode(&body),
+                RequestFields::decode_by_fields(&body)
             );
         }
     }

@@ -209,13 +209,15 @@ impl Client {
     {
         let body = self.request(RequestKind::Call, method, self.call_flags(), &args)?;
         let room = self.request_room(method);
-        let reply = self.exchange(body, move || {
+        let while_waiting = move || {
             drop(args);
             // One buffer for the reply, one for the next request.
             spare::stock(2, room);
-        })?;
-        self.check_reply(method, &reply)?;
-        decode_reply(reply)
+        };
+        self.exchange(body, while_waiting, |reply| {
+            self.check_reply(method, reply)?;
+            decode_reply(reply)
+        })
     }
 
     /// Like [`call`](Self::call), without blocking the thread (tokio). Dropping the future
@@ -233,9 +235,9 @@ impl Client {
         let flags = self.call_flags() | RequestFlags::CANCELLABLE;
         let body = self.request(RequestKind::Call, method, flags, &args)?;
         drop(args);
-        let reply = self.exchange_async(body).await?;
+        let mut reply = self.exchange_async(body).await?;
         self.check_reply(method, &reply)?;
-        decode_reply(reply)
+        decode_reply(&mut reply)
     }
 
     /// Calls the method named `method` with arguments already encoded (postcard, as the
@@ -251,14 +253,19 @@ impl Client {
         };
         let mut body = self.header(RequestKind::Call, index, self.call_flags());
         body.extend_from_slice(args);
-        let reply = self.exchange(body, || {})?;
-        let (status, payload) =
-            ReplyStatus::decode(reply.body()).map_err(|e| RpcError::Decode(e.to_string()))?;
-        match status {
-            ReplyStatus::Ok => Ok(payload.to_vec()),
-            ReplyStatus::Err => Err(RpcError::Remote(payload.to_vec())),
-            _ => decode_reply::<(), Vec<u8>>(reply).map(|()| Vec::new()),
-        }
+        self.exchange(
+            body,
+            || {},
+            |reply| {
+                let (status, payload) = ReplyStatus::decode(reply.body())
+                    .map_err(|e| RpcError::Decode(e.to_string()))?;
+                match status {
+                    ReplyStatus::Ok => Ok(payload.to_vec()),
+                    ReplyStatus::Err => Err(RpcError::Remote(payload.to_vec())),
+                    _ => decode_reply::<(), Vec<u8>>(reply).map(|()| Vec::new()),
+                }
+            },
+        )
     }
 
     /// The service's schema: the client's own definition, or the server's for a client made
@@ -288,23 +295,34 @@ impl Client {
     }
 
     /// Sends the request `body` (its deadline field still 0) as a call, with retries (each
-    /// attempt with the deadline it has), and returns the reply. `while_waiting` runs once,
-    /// while the reply of the first attempt written is awaited; it is only dropped when no
-    /// attempt is written.
-    fn exchange<E>(
+    /// attempt with the deadline it has), and returns what `on_reply` makes of the reply.
+    /// `while_waiting` runs once, while the reply of the first attempt written is awaited; it
+    /// is only dropped when no attempt is written.
+    ///
+    /// The reply is read where it was received (`on_reply` borrows it): a message moved right
+    /// after it was built is read back before the processor can forward its stores.
+    fn exchange<R, E>(
         &self,
         body: Vec<u8>,
         while_waiting: impl FnOnce(),
-    ) -> Result<Message, RpcError<E>> {
+        on_reply: impl FnOnce(&mut Message) -> Result<R, RpcError<E>>,
+    ) -> Result<R, RpcError<E>> {
         let deadline = self.deadline();
         if self.retry.is_none() {
             // One attempt, the usual case: nothing kept for a retry.
             let request = request_message(body, deadline);
-            let reply = match self.slot.first_link() {
-                Some(first) => first.call_while(request, deadline, while_waiting),
-                None => self.slot.link().call_while(request, deadline, while_waiting),
+            let replaced;
+            let link = match self.slot.first_link() {
+                Some(first) => first,
+                None => {
+                    replaced = self.slot.link();
+                    &*replaced
+                }
             };
-            return reply.map_err(|error| call_error(error).map_remote(|n| match n {}));
+            return match link.call_while(request, deadline, while_waiting) {
+                Ok(ref mut reply) => on_reply(reply),
+                Err(error) => Err(call_error(error).map_remote(|n| match n {})),
+            };
         }
         let mut link = self.slot.link();
         let mut attempt = 1;
@@ -319,7 +337,7 @@ impl Client {
                 }
             });
             match reply {
-                Ok(reply) => return Ok(reply),
+                Ok(mut reply) => return on_reply(&mut reply),
                 Err(error) => match self.retry_after(error, &mut attempt, deadline, &link)? {
                     Some(next) => link = Cow::Owned(next),
                     None => std::thread::sleep(self.backoff(deadline)),
@@ -561,7 +579,8 @@ fn describe_request() -> Message {
 
 /// The schema a describe `reply` carries.
 fn server_schema(reply: Result<Message, RpcError>) -> Result<ServiceSchema, BindError> {
-    decode_reply(reply.map_err(BindError::Describe)?).map_err(|e: RpcError| BindError::Describe(e))
+    decode_reply(&mut reply.map_err(BindError::Describe)?)
+        .map_err(|e: RpcError| BindError::Describe(e))
 }
 
 /// Which results and errors of `schema`'s methods must be checked before serde decodes them.
@@ -575,7 +594,7 @@ fn reply_checks(schema: &ServiceSchema) -> Arc<[[bool; 2]]> {
 
 /// Decodes a reply body into the method's result or its error.
 #[inline]
-pub(crate) fn decode_reply<T, E>(mut reply: Message) -> Result<T, RpcError<E>>
+pub(crate) fn decode_reply<T, E>(reply: &mut Message) -> Result<T, RpcError<E>>
 where
     T: DeserializeOwned,
     E: DeserializeOwned,
@@ -588,9 +607,9 @@ where
     let decode_error = |e: postcard::Error| RpcError::Decode(e.to_string());
     let text = || String::from_utf8_lossy(&reply.body()[at..]).into_owned();
     match status {
-        ReplyStatus::Ok => codec::decode_at(&mut reply, at).map_err(decode_error),
+        ReplyStatus::Ok => codec::decode_at(reply, at).map_err(decode_error),
         ReplyStatus::Err => {
-            Err(RpcError::Remote(codec::decode_at(&mut reply, at).map_err(decode_error)?))
+            Err(RpcError::Remote(codec::decode_at(reply, at).map_err(decode_error)?))
         }
         ReplyStatus::TypeMismatch => Err(RpcError::TypeMismatch(text())),
         ReplyStatus::UnknownMethod => Err(RpcError::UnknownMethod(text())),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use postbox_core::wire::DecodeError;
 use postbox_rpc::{
-    json, CancelTable, Lookup, MethodSchema, ReplyCache, ReplyStatus, RequestFlags, RequestHeader,
+    json, CancelTable, Lookup, MethodSchema, ReplyCache, ReplyStatus, RequestFields, RequestFlags,
     RequestKind, Shape, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 
@@ -139,19 +139,22 @@ impl Handler {
     }
 
     /// The request whose body is `body`: its header decoded, its method looked up by name.
+    /// The name is compared as bytes: one that matches a method's is UTF-8 (as the method's
+    /// is), and only one that matches none is checked, with the error `RequestHeader::decode`
+    /// gives.
     fn request_of(&self, body: &[u8]) -> Result<Request, DecodeError> {
-        let (header, args) = RequestHeader::decode(body)?;
-        let method = match self.methods.iter().position(|m| m.name == header.method) {
+        let (fields, args) = RequestFields::decode(body)?;
+        let method = match self.methods.iter().position(|m| m.name.as_bytes() == fields.method) {
             Some(index) => Ok(index),
-            None => Err(header.method.into_owned()),
+            None => Err(fields.check()?.method.into_owned()),
         };
         Ok(Request {
-            kind: header.kind,
-            flags: header.flags,
-            call_id: header.call_id,
+            kind: fields.kind,
+            flags: fields.flags,
+            call_id: fields.call_id,
             method,
-            method_hash: header.method_hash,
-            deadline_ns: header.deadline_ns,
+            method_hash: fields.method_hash,
+            deadline_ns: fields.deadline_ns,
             args_at: body.len() - args.len(),
         })
     }
