@@ -1,6 +1,8 @@
 //! Arbitrary bytes as the bodies of typed requests and replies (docs/wire-format.md §6), as a
-//! server's handler and a client take them. `RequestHeader::decode` and `ReplyStatus::decode`
-//! may not panic, and whatever decodes encodes back to the same bytes. The decoded requests
+//! server's handler and a client take them. `RequestHeader::decode`, `RequestFields::decode`
+//! (the handler's reading, its method's name still bytes) and `ReplyStatus::decode` may not
+//! panic, the two readings of a request agree, and whatever decodes encodes back to the same
+//! bytes. The decoded requests
 //! then drive a server's per-call bookkeeping as its handler does (the reply cache that makes
 //! retries run at most once, the cancel table of the control lane), checked against a model.
 //!
@@ -16,8 +18,8 @@ use libfuzzer_sys::fuzz_target;
 use postbox_core::ProcessId;
 use postbox_rpc::cancel::EARLY_CANCELS;
 use postbox_rpc::{
-    CancelTable, Lookup, ReplyCache, ReplyStatus, RequestFlags, RequestHeader, RequestKind,
-    MAX_WAITERS,
+    CancelTable, Lookup, ReplyCache, ReplyStatus, RequestFields, RequestFlags, RequestHeader,
+    RequestKind, MAX_WAITERS,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -51,6 +53,8 @@ fuzz_target!(|data: &[u8]| {
 fn request(body: &[u8]) -> Option<RequestHeader<'_>> {
     let mut retried = body.to_vec();
     RequestHeader::set_deadline(&mut retried, 0x0102_0304_0506_0708);
+    let by_fields = RequestFields::decode(body).and_then(|(f, args)| Ok((f.into_header()?, args)));
+    assert_eq!(by_fields, RequestHeader::decode(body), "the handler's reading agrees");
     let Ok((header, args)) = RequestHeader::decode(body) else {
         let _ = RequestHeader::call_id_of(body);
         return None;

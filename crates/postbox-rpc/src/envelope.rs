@@ -63,7 +63,7 @@ pub struct RequestHeader<'a> {
 
 /// A request's header as read off the wire, its method's name still bytes: what a server reads
 /// first. A server that finds the name among its own methods' needs no UTF-8 check (theirs are
-/// UTF-8); [`check`](Self::check) makes the [`RequestHeader`], with that check.
+/// UTF-8); [`into_header`](Self::into_header) makes the [`RequestHeader`], with that check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestFields<'a> {
     /// What is asked.
@@ -163,7 +163,7 @@ impl<'a> RequestHeader<'a> {
     #[inline]
     pub fn decode(body: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
         let (fields, args) = RequestFields::decode(body)?;
-        Ok((fields.check()?, args))
+        Ok((fields.into_header()?, args))
     }
 }
 
@@ -215,7 +215,7 @@ impl<'a> RequestFields<'a> {
     /// # Errors
     /// [`DecodeError::InvalidUtf8`].
     #[inline]
-    pub fn check(self) -> Result<RequestHeader<'a>, DecodeError> {
+    pub fn into_header(self) -> Result<RequestHeader<'a>, DecodeError> {
         let method = std::str::from_utf8(self.method).map_err(|_| DecodeError::InvalidUtf8)?;
         Ok(RequestHeader {
             kind: self.kind,
@@ -398,13 +398,13 @@ mod tests {
         buf.push(42);
         let (fields, args) = RequestFields::decode(&buf).unwrap();
         assert_eq!((fields.method, args), (&b"add"[..], &[42][..]));
-        assert_eq!(fields.check().unwrap().method, "add");
+        assert_eq!(fields.into_header().unwrap().method, "add");
         // The name's last byte replaced by one that starts a sequence it does not finish.
         buf[FIXED_LEN + 4] = 0xc3;
         let (fields, args) = RequestFields::decode(&buf).unwrap();
         assert_eq!((fields.method, args), (&b"ad\xc3"[..], &[42][..]));
         assert_eq!((fields.call_id, fields.method_hash), (3, 4));
-        assert_eq!(fields.check(), Err(DecodeError::InvalidUtf8));
+        assert_eq!(fields.into_header(), Err(DecodeError::InvalidUtf8));
         assert_eq!(RequestHeader::decode(&buf), Err(DecodeError::InvalidUtf8));
     }
 

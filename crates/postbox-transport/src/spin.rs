@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 /// How often to yield adapts too, to where the peer runs. A spin that found what it waited for
 /// right after a yield that gave the CPU to another thread says the peer shares this core:
 /// looking without yielding is wasted there, so the spin yields at every other look. One that
-/// found it before yielding, or after yields that gave the CPU to nobody, says the peer runs
-/// elsewhere: each yield is then only a system call (370–750 ns on the VM of
+/// found it before yielding, or after a yield that gave the CPU to nobody, says the peer runs
+/// elsewhere: each yield is then only a system call (0.4–1 µs on the VM of
 /// docs/benchmarks.md) that delays the answer, so the spin looks for longer first.
 ///
 /// A yield tells what it did by how long it took: one that gave the CPU up for a while took
-/// more than twice as long as an empty one (a system call that finds nobody else to run; an
-/// exchange with a peer on the core is two context switches, 4 µs against 0.75 µs on that
-/// VM). Without that test, a peer on another core that was merely slow once (a pause between
-/// batches of calls) put the spin into yielding at every other look, and every call after
-/// paid for a yield.
+/// more than twice the shortest yield seen (an exchange with a peer on the core is two
+/// context switches, 3–5 µs against 0.6–1 µs for an empty yield on that VM). Without that
+/// test, a peer on another core that was merely slow once (a pause between batches of calls)
+/// put the spin into yielding at every other look, and every call after paid for a yield.
+/// The test costs a clock read per yield.
 #[derive(Debug)]
 pub struct Spin {
     budget_ns: AtomicU32,
@@ -49,13 +49,13 @@ impl Spin {
         self.run_thinning_to(ANSWER_PAUSES, ready, yield_cpu)
     }
 
-    /// The spin, with `yield_now` to give the CPU up (true when another thread ran
-    /// meanwhile).
+    /// The spin, with `yield_now` to give the CPU up, the clock read just before given (true
+    /// when another thread ran meanwhile).
     fn run_thinning_to(
         &self,
         max_pauses: u32,
         mut ready: impl FnMut() -> bool,
-        mut yield_now: impl FnMut() -> bool,
+        mut yield_now: impl FnMut(Instant) -> bool,
     ) -> bool {
         let budget = Duration::from_nanos(u64::from(self.budget_ns.load(Ordering::Relaxed)));
         let per_yield = self.looks_per_yield.load(Ordering::Relaxed).max(1);
@@ -72,10 +72,13 @@ impl Spin {
             if looks % per_yield == 0 {
                 // At least one yield, whatever the budget: a peer on this core can only
                 // answer once it gets the CPU.
-                if yielded && started.elapsed() >= budget {
+                let now = Instant::now();
+                if yielded && now.duration_since(started) >= budget {
                     break false;
                 }
-                handed_over |= yield_now();
+                // Only the last yield counts: an answer from a peer on this core comes right
+                // after the yield that let it run.
+                handed_over = yield_now(now);
                 yielded = true;
             } else {
                 // Looks thin out as the spin goes on: each one pulls the peer's index to this
@@ -93,7 +96,7 @@ impl Spin {
             let looks_next = match (yielded, handed_over) {
                 // The peer answered while this thread had given it the CPU: it shares the core.
                 (true, true) => MIN_LOOKS,
-                // Found while looking, or after yields that only cost their system call: the
+                // Found while looking, or after a yield that only cost its system call: the
                 // peer runs elsewhere.
                 (false, _) => (per_yield * 2).min(MAX_LOOKS),
                 (true, false) => MAX_LOOKS,
@@ -110,11 +113,10 @@ impl Default for Spin {
     }
 }
 
-/// Gives the CPU up; true when another thread ran meanwhile, as far as the yield's length
-/// tells: more than twice the shortest yield this process has seen, which is what a yield
-/// costs when nobody else wants the CPU.
-fn yield_cpu() -> bool {
-    let before = Instant::now();
+/// Gives the CPU up (the clock read `before`); true when another thread ran meanwhile, as far
+/// as the yield's length tells: more than twice the shortest yield this process has seen
+/// (500 ns at most), which is what a yield costs when nobody else wants the CPU.
+fn yield_cpu(before: Instant) -> bool {
     std::thread::yield_now();
     judged(nanos(before.elapsed()), &EMPTY_YIELD_NS)
 }
@@ -122,11 +124,7 @@ fn yield_cpu() -> bool {
 /// True when a yield that `took` ns handed the CPU over: it took more than twice `shortest`,
 /// the shortest yield seen, which it updates.
 fn judged(took: u32, shortest: &AtomicU32) -> bool {
-    let empty = shortest.load(Ordering::Relaxed);
-    if took < empty {
-        // A lost race only leaves a slightly longer shortest yield.
-        shortest.store(took.max(1), Ordering::Relaxed);
-    }
+    let empty = shortest.fetch_min(took.max(1), Ordering::Relaxed);
     took > empty.saturating_mul(2)
 }
 
@@ -134,9 +132,11 @@ fn nanos(d: Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
 
-/// The shortest yield seen in this process (ns). It starts at 500 ns, so that the first yields
-/// of a spin whose peer shares the core (microseconds each) count as handing the CPU over
-/// before any empty one was timed.
+/// The shortest yield seen in this process (ns). It starts at 500 ns, so that the yields of a
+/// spin whose peer has shared the core from the start (microseconds each) count as handing
+/// the CPU over before any empty one was timed. It never rises: on a host where an empty
+/// yield takes more than twice that (1 µs), every yield counts as handing the CPU over, and
+/// the spin yields at every other look after any yield, as it did before yields were timed.
 static EMPTY_YIELD_NS: AtomicU32 = AtomicU32::new(500);
 
 const START: Duration = Duration::from_micros(20);
@@ -166,12 +166,20 @@ mod tests {
     /// A spin for an answer found at look `at`, each yield reported as `handed_over`; returns
     /// the yields it made.
     fn spin_found_at(spin: &Spin, at: u32, handed_over: bool) -> u32 {
+        spin_found_after(spin, at, |_| handed_over)
+    }
+
+    /// A spin for an answer found at look `at`, its `n`-th yield reported as `handed_over(n)`;
+    /// returns the yields it made. The budget is unbounded: a test thread preempted for long
+    /// still finds its answer.
+    fn spin_found_after(spin: &Spin, at: u32, mut handed_over: impl FnMut(u32) -> bool) -> u32 {
+        spin.budget_ns.store(u32::MAX, Ordering::Relaxed);
         let mut yields = 0;
-        let found = spin.run_thinning_to(ANSWER_PAUSES, ready_at(at), || {
+        let found = spin.run_thinning_to(ANSWER_PAUSES, ready_at(at), |_| {
             yields += 1;
-            handed_over
+            handed_over(yields)
         });
-        assert!(found, "a budget of at least {MIN:?} ran out within {at} looks");
+        assert!(found, "an unbounded budget ran out within {at} looks");
         yields
     }
 
@@ -201,6 +209,19 @@ mod tests {
         assert_eq!(looks_per_yield(&spin), MIN_LOOKS);
         assert_eq!(spin_found_at(&spin, 5 * MIN_LOOKS + 1, false), 5);
         assert_eq!(looks_per_yield(&spin), MAX_LOOKS);
+    }
+
+    #[test]
+    fn only_the_yield_right_before_the_answer_tells_where_the_peer_runs() {
+        let spin = Spin::new();
+        spin_found_at(&spin, MAX_LOOKS + 1, true);
+        assert_eq!(looks_per_yield(&spin), MIN_LOOKS);
+        // Another thread took the CPU at the first yield, not at the last one.
+        assert_eq!(spin_found_after(&spin, 3 * MIN_LOOKS + 1, |n| n == 1), 3);
+        assert_eq!(looks_per_yield(&spin), MAX_LOOKS);
+        // And the other way round.
+        assert_eq!(spin_found_after(&spin, 2 * MAX_LOOKS + 1, |n| n == 2), 2);
+        assert_eq!(looks_per_yield(&spin), MIN_LOOKS);
     }
 
     #[test]

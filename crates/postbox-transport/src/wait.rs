@@ -59,12 +59,19 @@ impl Wait {
     }
 }
 
-/// The indices of the descriptors a wait found ready. A wait on a few descriptors (up to
-/// [`FEW_FDS`]) allocates nothing: a receiver that sleeps between calls does so on every call.
-pub type ReadyFds = SmallVec<[usize; FEW_FDS]>;
+/// The indices of the descriptors a wait found ready, in order (a slice). A wait on a few
+/// descriptors (up to [`FEW_FDS`]) allocates nothing: a receiver that sleeps between calls
+/// waits on every call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadyFds(SmallVec<[usize; FEW_FDS]>);
 
-/// How many descriptors a wait holds without an allocation.
-pub const FEW_FDS: usize = 16;
+impl std::ops::Deref for ReadyFds {
+    type Target = [usize];
+
+    fn deref(&self) -> &[usize] {
+        &self.0
+    }
+}
 
 /// Waits until at least one of `fds` is readable (or hung up), or `wait` ends.
 ///
@@ -141,19 +148,21 @@ pub fn wait_ready(
             Ok(_) => break,
             Err(rustix::io::Errno::INTR) => {
                 if wait.expired() {
-                    return Ok(ReadyFds::new());
+                    return Ok(ReadyFds::default());
                 }
             }
             Err(errno) => return Err(TransportError::os("poll", errno)),
         }
     }
     let ready = PollFlags::IN | PollFlags::OUT | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
-    Ok(pollfds
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.revents().intersects(ready))
-        .map(|(i, _)| i)
-        .collect())
+    Ok(ReadyFds(
+        pollfds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents().intersects(ready))
+            .map(|(i, _)| i)
+            .collect(),
+    ))
 }
 
 /// Interrupts a [`wait_readable`] from another thread: include [`Waker::as_fd`] in the set,
@@ -194,3 +203,6 @@ impl Waker {
         self.fd.as_fd()
     }
 }
+
+/// How many descriptors a wait holds without an allocation.
+pub const FEW_FDS: usize = 16;

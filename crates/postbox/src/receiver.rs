@@ -1128,7 +1128,7 @@ impl Receiver {
             link.end.link().finish_poll();
         }
         let Ok(ready) = ready else { return (arrived, Vec::new()) };
-        for index in ready {
+        for &index in ready.iter() {
             if index == 0 {
                 self.waker.reset();
             } else {

@@ -257,6 +257,25 @@ fn every_request_is_checked_against_the_servers_definition() {
     // Bytes that are no request at all are answered too.
     let reply = raw.call(Message::new(vec![9, 9]).with_type(RPC_MSG_TYPE)).unwrap();
     assert_eq!(ReplyStatus::decode(reply.body()).unwrap().0, ReplyStatus::BadRequest);
+    // A method name that is not UTF-8 (the server compares names as bytes first): "ad" and a
+    // byte that starts a sequence it does not finish.
+    let mut body = Vec::new();
+    RequestHeader {
+        kind: RequestKind::Call,
+        flags: 0,
+        call_id: 1,
+        method_hash: 0,
+        deadline_ns: 0,
+        method: "add".into(),
+    }
+    .encode(&mut body);
+    let name_end = body.len();
+    body[name_end - 1] = 0xc3;
+    body.extend_from_slice(&args);
+    let reply = raw.call(Message::new(body).with_type(RPC_MSG_TYPE)).unwrap();
+    let (status, payload) = ReplyStatus::decode(reply.body()).unwrap();
+    assert_eq!(status, ReplyStatus::BadRequest);
+    assert!(String::from_utf8_lossy(payload).contains("UTF-8"), "{payload:?}");
 }
 
 #[test]

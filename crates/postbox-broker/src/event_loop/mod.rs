@@ -364,7 +364,7 @@ impl EventLoop {
                     }
                 }
                 match wait_ready(&set, Wait::deadline(self.next_timer())) {
-                    Ok(ready) => ready.into_iter().map(|i| slots[i]).collect::<Vec<_>>(),
+                    Ok(ready) => ready.iter().map(|&i| slots[i]).collect::<Vec<_>>(),
                     Err(_) => {
                         // poll itself failed (out of memory): try again shortly, never spin.
                         std::thread::sleep(Duration::from_millis(10));

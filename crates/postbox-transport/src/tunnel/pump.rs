@@ -269,7 +269,7 @@ impl Pump {
             }
         };
         match wait_ready(&set, wait) {
-            Ok(ready) => Ok(ready.into_iter().map(|index| slots[index]).collect()),
+            Ok(ready) => Ok(ready.iter().map(|&index| slots[index]).collect()),
             Err(TransportError::Os { kind, .. }) => {
                 Err(TunnelError::Os { operation: "poll", kind })
             }

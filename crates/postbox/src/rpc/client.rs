@@ -331,13 +331,13 @@ impl Client {
         loop {
             let attempt_deadline = self.attempt_deadline(deadline);
             let request = self.attempt(&mut body, attempt, attempt_deadline);
-            let reply = link.call_while(request, attempt_deadline, || {
+            let mut reply = link.call_while(request, attempt_deadline, || {
                 if let Some(f) = while_waiting.take() {
                     f();
                 }
             });
             match reply {
-                Ok(mut reply) => return on_reply(&mut reply),
+                Ok(ref mut reply) => return on_reply(reply),
                 Err(error) => match self.retry_after(error, &mut attempt, deadline, &link)? {
                     Some(next) => link = Cow::Owned(next),
                     None => std::thread::sleep(self.backoff(deadline)),

@@ -146,7 +146,7 @@ impl Handler {
         let (fields, args) = RequestFields::decode(body)?;
         let method = match self.methods.iter().position(|m| m.name.as_bytes() == fields.method) {
             Some(index) => Ok(index),
-            None => Err(fields.check()?.method.into_owned()),
+            None => Err(fields.into_header()?.method.into_owned()),
         };
         Ok(Request {
             kind: fields.kind,
