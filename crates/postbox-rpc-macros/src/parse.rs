@@ -43,10 +43,21 @@ pub(crate) fn service(attr: TokenStream, item: TokenStream) -> syn::Result<Servi
 }
 
 /// Method names that would collide with what the generated client has of its own, or with
-/// another method's `_async` form.
+/// another method's `_async` form, or that are too long for a request to carry.
 fn check_names(methods: &[Method]) -> syn::Result<()> {
     for method in methods {
         let name = method.name.to_string();
+        if name.len() > MAX_METHOD_NAME {
+            return Err(Error::new(
+                method.name.span(),
+                format!(
+                    "a request carries method names of at most {} bytes (this one has {}): \
+                     shorten it",
+                    MAX_METHOD_NAME,
+                    name.len()
+                ),
+            ));
+        }
         if RESERVED.contains(&name.as_str()) {
             return Err(Error::new(
                 method.name.span(),
@@ -68,6 +79,10 @@ fn check_names(methods: &[Method]) -> syn::Result<()> {
 /// What the generated `<Trait>Client` defines besides the methods.
 const RESERVED: &[&str] =
     &["bind", "bind_async", "with_timeout", "with_retries", "client", "from_client", "schema"];
+
+/// The longest method name a request carries (`postbox_rpc::MAX_METHOD_NAME`: its length is
+/// one byte, docs/wire-format.md §6.1).
+const MAX_METHOD_NAME: usize = 255;
 
 /// Removes `#[oneway]` from a method's attributes; true if it was there.
 fn take_oneway(attrs: &mut Vec<syn::Attribute>) -> syn::Result<bool> {

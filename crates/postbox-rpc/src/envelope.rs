@@ -5,7 +5,7 @@
 //! [`RPC_MSG_TYPE`]; its reply is the body of the call's reply. Arguments and results are
 //! postcard (little-endian, varint integers: the same bytes on every architecture).
 
-use postbox_core::wire::{put_text, DecodeError, Reader};
+use postbox_core::wire::{DecodeError, Reader};
 
 /// The message type of every RPC call and one-way request.
 pub const RPC_MSG_TYPE: u32 = 0x7270_6301;
@@ -16,16 +16,14 @@ pub const RPC_MSG_TYPE: u32 = 0x7270_6301;
 pub const RPC_CONTROL_MSG_TYPE: u32 = 0x7270_6302;
 
 /// The envelope version this build speaks.
-pub const RPC_VERSION: u8 = 1;
+pub const RPC_VERSION: u8 = 2;
 
-/// Where the call id field starts in an encoded request.
-const CALL_ID_AT: usize = 8;
-/// Where the method hash field starts in an encoded request.
-const HASH_AT: usize = 16;
-/// Where the deadline field starts in an encoded request.
-const DEADLINE_AT: usize = 24;
-/// The length of a request's fixed part, before the method name (a `u16` length, then UTF-8).
-const FIXED_LEN: usize = 32;
+/// The longest method name a request carries (its length is one byte).
+pub const MAX_METHOD_NAME: usize = 255;
+
+/// A deadline field holding this says there is no deadline after all: what a caller sends in
+/// a request that has the field (it may retry) when an attempt has no time limit.
+pub const NO_DEADLINE: u64 = u64::MAX;
 
 /// What a request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,9 +53,11 @@ pub struct RequestHeader<'a> {
     ///
     /// [`MethodSchema::hash`]: crate::MethodSchema::hash
     pub method_hash: u64,
-    /// Nanoseconds the caller had left when it sent the request; 0 for no deadline.
+    /// Nanoseconds the caller had left when it sent the request; 0 for no deadline (the
+    /// request then carries no deadline field), and [`NO_DEADLINE`] for none either.
     pub deadline_ns: u64,
-    /// The method's name (empty for [`RequestKind::Describe`]).
+    /// The method's name (empty for [`RequestKind::Describe`]): at most [`MAX_METHOD_NAME`]
+    /// bytes (a longer one is sent empty).
     pub method: std::borrow::Cow<'a, str>,
 }
 
@@ -92,6 +92,11 @@ impl RequestFlags {
     pub const CANCELLABLE: u8 = 0x02;
 }
 
+/// The flag bit that says a request carries a deadline field: set by the encoder when
+/// [`RequestHeader::deadline_ns`] is not 0, and taken out of [`RequestHeader::flags`] by the
+/// decoder.
+const DEADLINE_FLAG: u8 = 0x04;
+
 /// How a request ended, as its reply says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -115,7 +120,9 @@ pub enum ReplyStatus {
 }
 
 impl<'a> RequestHeader<'a> {
-    /// Appends the header; the arguments follow it.
+    /// Appends the header; the arguments follow it. A name longer than [`MAX_METHOD_NAME`]
+    /// bytes is sent empty: no method has that name, so a server answers `UnknownMethod`
+    /// (a name cut short could have been another method's).
     #[inline]
     pub fn encode(&self, buf: &mut Vec<u8>) {
         let kind: u8 = match self.kind {
@@ -124,30 +131,39 @@ impl<'a> RequestHeader<'a> {
             RequestKind::Describe => 3,
             RequestKind::Cancel => 4,
         };
-        // The fixed part as four 8-byte words (bytes 3..8 are reserved, zero), each appended
-        // as it is made: a 32-byte array filled field by field and then copied at once is read
-        // back before the processor can forward its stores (a stall of several nanoseconds).
-        let first = u64::from_le_bytes([RPC_VERSION, kind, self.flags, 0, 0, 0, 0, 0]);
-        buf.reserve(FIXED_LEN + 2 + self.method.len());
-        for word in [first, self.call_id, self.method_hash, self.deadline_ns] {
-            buf.extend_from_slice(&word.to_le_bytes());
+        let name = match self.method.as_bytes() {
+            name if name.len() <= MAX_METHOD_NAME => name,
+            _ => &[],
+        };
+        let has_deadline = self.deadline_ns != 0;
+        let flags = (self.flags & !DEADLINE_FLAG) | if has_deadline { DEADLINE_FLAG } else { 0 };
+        // The fixed part as whole words, each appended as it is made: an array filled field by
+        // field and then copied at once is read back before the processor can forward its
+        // stores (a stall of several nanoseconds). The cast cannot truncate (the match above).
+        let first = u32::from_le_bytes([RPC_VERSION, kind, flags, name.len() as u8]);
+        buf.reserve(FIXED_LEN + DEADLINE_LEN + name.len());
+        buf.extend_from_slice(&first.to_le_bytes());
+        buf.extend_from_slice(&self.call_id.to_le_bytes());
+        buf.extend_from_slice(&self.method_hash.to_le_bytes());
+        if has_deadline {
+            buf.extend_from_slice(&self.deadline_ns.to_le_bytes());
         }
-        match u16::try_from(self.method.len()) {
-            // What `put_text` writes, without its call (method names are short).
-            Ok(len) => {
-                buf.extend_from_slice(&len.to_le_bytes());
-                buf.extend_from_slice(self.method.as_bytes());
-            }
-            Err(_) => put_text(buf, &self.method),
-        }
+        buf.extend_from_slice(name);
     }
 
     /// Sets the deadline field of the encoded request `body` (a retry sends the same request
-    /// with the time left then). Does nothing to a body too short to be a request.
-    pub fn set_deadline(body: &mut [u8], deadline_ns: u64) {
-        if let Some(field) = body.get_mut(DEADLINE_AT..DEADLINE_AT + 8) {
-            field.copy_from_slice(&deadline_ns.to_le_bytes());
+    /// with the time left then); 0 is written as 1 ns, since a request that has the field has
+    /// a deadline. False, and `body` untouched, when the request was encoded without a
+    /// deadline (and so without the field) or `body` is too short to be a request.
+    pub fn set_deadline(body: &mut [u8], deadline_ns: u64) -> bool {
+        if body.get(2).is_none_or(|flags| flags & DEADLINE_FLAG == 0) {
+            return false;
         }
+        let Some(field) = body.get_mut(FIXED_LEN..FIXED_LEN + DEADLINE_LEN) else {
+            return false;
+        };
+        field.copy_from_slice(&deadline_ns.max(1).to_le_bytes());
+        true
     }
 
     /// The call id of the encoded request `body` (`None` for a body too short).
@@ -177,9 +193,9 @@ impl<'a> RequestFields<'a> {
     #[inline]
     pub fn decode(body: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
         // Every request is read here, on the server's critical path: a header that holds at
-        // least its fixed part and its name's length is read straight from the slice (with
-        // the checks, and errors, of the field-by-field reading below, in the same order).
-        let Some((fixed, rest)) = body.split_first_chunk::<{ FIXED_LEN + 2 }>() else {
+        // least its fixed part is read straight from the slice (with the checks, and errors,
+        // of the field-by-field reading below, in the same order).
+        let Some((fixed, rest)) = body.split_first_chunk::<FIXED_LEN>() else {
             return Self::decode_by_fields(body);
         };
         if fixed[0] != RPC_VERSION {
@@ -187,24 +203,28 @@ impl<'a> RequestFields<'a> {
         }
         let kind = kind_of(fixed[1])?;
         let flags = flags_of(fixed[2])?;
-        if fixed[3..CALL_ID_AT] != [0; 5] {
-            return Err(DecodeError::ReservedNotZero);
-        }
         let u64_at = |at: usize| {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(&fixed[at..at + 8]);
             u64::from_le_bytes(bytes)
         };
-        let len = usize::from(u16::from_le_bytes([fixed[FIXED_LEN], fixed[FIXED_LEN + 1]]));
-        let Some((method, args)) = rest.split_at_checked(len) else {
+        let (deadline_ns, rest) = if flags & DEADLINE_FLAG == 0 {
+            (0, rest)
+        } else {
+            let Some((deadline, rest)) = rest.split_first_chunk::<DEADLINE_LEN>() else {
+                return Err(DecodeError::Truncated);
+            };
+            (deadline_of(fixed[2], *deadline)?, rest)
+        };
+        let Some((method, args)) = rest.split_at_checked(usize::from(fixed[NAME_LEN_AT])) else {
             return Err(DecodeError::Truncated);
         };
         let fields = Self {
             kind,
-            flags,
+            flags: flags & !DEADLINE_FLAG,
             call_id: u64_at(CALL_ID_AT),
             method_hash: u64_at(HASH_AT),
-            deadline_ns: u64_at(DEADLINE_AT),
+            deadline_ns,
             method,
         };
         Ok((fields, args))
@@ -236,16 +256,16 @@ impl<'a> RequestFields<'a> {
             return Err(DecodeError::UnsupportedVersion(version));
         }
         let kind = kind_of(r.u8()?)?;
-        let flags = flags_of(r.u8()?)?;
-        if r.array::<5>()? != [0; 5] {
-            return Err(DecodeError::ReservedNotZero);
-        }
+        let raw_flags = r.u8()?;
+        let flags = flags_of(raw_flags)?;
+        let name_len = r.u8()?;
         let call_id = r.u64()?;
         let method_hash = r.u64()?;
-        let deadline_ns = r.u64()?;
-        let len = r.u16()?;
-        let method = r.take(usize::from(len))?;
+        let deadline_ns =
+            if flags & DEADLINE_FLAG == 0 { 0 } else { deadline_of(raw_flags, r.array()?)? };
+        let method = r.take(usize::from(name_len))?;
         let args = r.take(r.remaining())?;
+        let flags = flags & !DEADLINE_FLAG;
         Ok((Self { kind, flags, call_id, method_hash, deadline_ns, method }, args))
     }
 }
@@ -265,10 +285,20 @@ fn kind_of(byte: u8) -> Result<RequestKind, DecodeError> {
 /// A header's flags byte, when it holds only known flags.
 #[inline]
 fn flags_of(byte: u8) -> Result<u8, DecodeError> {
-    if byte & !(RequestFlags::RETRIES | RequestFlags::CANCELLABLE) != 0 {
+    if byte & !(RequestFlags::RETRIES | RequestFlags::CANCELLABLE | DEADLINE_FLAG) != 0 {
         return Err(DecodeError::InvalidFlags(byte));
     }
     Ok(byte)
+}
+
+/// The deadline a request's deadline field holds, under the flags byte `flags`: a field that
+/// is there says there is a deadline, so 0 contradicts the flag (`InvalidFlags`).
+#[inline]
+fn deadline_of(flags: u8, field: [u8; DEADLINE_LEN]) -> Result<u64, DecodeError> {
+    match u64::from_le_bytes(field) {
+        0 => Err(DecodeError::InvalidFlags(flags)),
+        ns => Ok(ns),
+    }
 }
 
 impl ReplyStatus {
@@ -325,6 +355,18 @@ impl ReplyStatus {
     }
 }
 
+/// Where the method name's length (one byte) is in an encoded request.
+const NAME_LEN_AT: usize = 3;
+/// Where the call id field starts in an encoded request.
+const CALL_ID_AT: usize = 4;
+/// Where the method hash field starts in an encoded request.
+const HASH_AT: usize = 12;
+/// The length of a request's fixed part: the deadline field (when the flags say there is
+/// one), the method's name and the arguments follow it.
+const FIXED_LEN: usize = 20;
+/// The length of the deadline field.
+const DEADLINE_LEN: usize = 8;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,12 +384,63 @@ mod tests {
         let mut buf = Vec::new();
         header.encode(&mut buf);
         buf.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(buf.len(), FIXED_LEN + DEADLINE_LEN + 3 + 3);
         let (decoded, args) = RequestHeader::decode(&buf).unwrap();
         assert_eq!(decoded, header);
         assert_eq!(args, [1, 2, 3]);
         assert_eq!(RequestHeader::call_id_of(&buf), Some(7));
-        RequestHeader::set_deadline(&mut buf, 5);
+        assert!(RequestHeader::set_deadline(&mut buf, 5));
         assert_eq!(RequestHeader::decode(&buf).unwrap().0.deadline_ns, 5);
+        // Once there, the field keeps saying there is a deadline.
+        assert!(RequestHeader::set_deadline(&mut buf, 0));
+        assert_eq!(RequestHeader::decode(&buf).unwrap().0.deadline_ns, 1);
+    }
+
+    #[test]
+    fn a_request_without_a_deadline_carries_no_deadline_field() {
+        let header = RequestHeader {
+            kind: RequestKind::Call,
+            // A deadline flag given by the caller means nothing: the field decides.
+            flags: RequestFlags::CANCELLABLE | DEADLINE_FLAG,
+            call_id: 9,
+            method_hash: 3,
+            deadline_ns: 0,
+            method: "echo".into(),
+        };
+        let mut buf = Vec::new();
+        header.encode(&mut buf);
+        buf.push(42);
+        assert_eq!(buf.len(), FIXED_LEN + 4 + 1);
+        assert_eq!(buf[2], RequestFlags::CANCELLABLE);
+        let (decoded, args) = RequestHeader::decode(&buf).unwrap();
+        assert_eq!(decoded, RequestHeader { flags: RequestFlags::CANCELLABLE, ..header });
+        assert_eq!(args, [42]);
+        let before = buf.clone();
+        assert!(!RequestHeader::set_deadline(&mut buf, 5), "no field to set");
+        assert_eq!(buf, before);
+        assert!(!RequestHeader::set_deadline(&mut [], 5));
+    }
+
+    #[test]
+    fn a_method_name_longer_than_a_request_carries_is_sent_empty() {
+        let name = "m".repeat(MAX_METHOD_NAME + 1);
+        let header = RequestHeader {
+            kind: RequestKind::Call,
+            flags: 0,
+            call_id: 1,
+            method_hash: 0,
+            deadline_ns: 0,
+            method: name.as_str().into(),
+        };
+        let mut buf = Vec::new();
+        header.encode(&mut buf);
+        let (decoded, args) = RequestHeader::decode(&buf).unwrap();
+        assert_eq!(decoded.method, "");
+        assert!(args.is_empty());
+        let longest = RequestHeader { method: name[..MAX_METHOD_NAME].into(), ..header };
+        buf.clear();
+        longest.encode(&mut buf);
+        assert_eq!(RequestHeader::decode(&buf).unwrap().0, longest);
     }
 
     #[test]
@@ -372,15 +465,23 @@ mod tests {
         other[1] = 0;
         assert_eq!(RequestHeader::decode(&other), Err(DecodeError::UnknownKind(0)));
         let mut other = buf.clone();
-        other[2] = 0x04;
-        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::InvalidFlags(0x04)));
+        other[2] = 0x08;
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::InvalidFlags(0x08)));
+        // A deadline flag without its field, and with a field that says none.
+        let mut other = buf.clone();
+        other[2] = DEADLINE_FLAG;
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::Truncated));
+        other.extend_from_slice(&[0; DEADLINE_LEN]);
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::InvalidFlags(DEADLINE_FLAG)));
+        // A name longer than the body.
         let mut other = buf;
-        other[5] = 1;
-        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::ReservedNotZero));
+        other[NAME_LEN_AT] = 1;
+        assert_eq!(RequestHeader::decode(&other), Err(DecodeError::Truncated));
         assert_eq!(ReplyStatus::decode(&[]), Err(DecodeError::Truncated));
         assert_eq!(ReplyStatus::decode(&[9]), Err(DecodeError::UnsupportedVersion(9)));
-        assert_eq!(ReplyStatus::decode(&[1]), Err(DecodeError::Truncated));
-        assert_eq!(ReplyStatus::decode(&[1, 99]), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(ReplyStatus::decode(&[1, 0]), Err(DecodeError::UnsupportedVersion(1)));
+        assert_eq!(ReplyStatus::decode(&[RPC_VERSION]), Err(DecodeError::Truncated));
+        assert_eq!(ReplyStatus::decode(&[RPC_VERSION, 99]), Err(DecodeError::UnknownKind(99)));
     }
 
     #[test]
@@ -400,7 +501,7 @@ mod tests {
         assert_eq!((fields.method, args), (&b"add"[..], &[42][..]));
         assert_eq!(fields.into_header().unwrap().method, "add");
         // The name's last byte replaced by one that starts a sequence it does not finish.
-        buf[FIXED_LEN + 4] = 0xc3;
+        buf[FIXED_LEN + 2] = 0xc3;
         let (fields, args) = RequestFields::decode(&buf).unwrap();
         assert_eq!((fields.method, args), (&b"ad\xc3"[..], &[42][..]));
         assert_eq!((fields.call_id, fields.method_hash), (3, 4));
@@ -447,13 +548,11 @@ mod tests {
             proptest::prelude::any::<u8>(), 0..64)) {
             let mut body = body;
             // Mostly plausible headers: the right version, kind and flags, short names.
-            if body.len() > 34 {
+            if body.len() > FIXED_LEN {
                 body[0] = RPC_VERSION;
                 body[1] %= 5;
-                body[2] %= 4;
-                body[3..8].fill(0);
-                body[32] %= 8;
-                body[33] = 0;
+                body[2] %= 8;
+                body[NAME_LEN_AT] %= 16;
             }
             proptest::prop_assert_eq!(
                 RequestFields::decode(&body),

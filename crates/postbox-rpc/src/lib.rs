@@ -20,8 +20,8 @@ pub mod shape;
 
 pub use cancel::CancelTable;
 pub use envelope::{
-    ReplyStatus, RequestFields, RequestFlags, RequestHeader, RequestKind, RPC_CONTROL_MSG_TYPE,
-    RPC_MSG_TYPE, RPC_VERSION,
+    ReplyStatus, RequestFields, RequestFlags, RequestHeader, RequestKind, MAX_METHOD_NAME,
+    NO_DEADLINE, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE, RPC_VERSION,
 };
 pub use error::{BindError, Never, RpcError};
 pub use json::{JsonError, JsonErrorKind};

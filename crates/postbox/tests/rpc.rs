@@ -365,13 +365,18 @@ fn requests_and_replies_around_the_inline_size_arrive_whole_with_their_deadlines
     let node = broker.node().unwrap();
     let plain = PaddedClient::bind(&node, "rpc/padded").unwrap();
     let hurried = plain.clone().with_timeout(Duration::from_secs(60));
-    // The request's header is 38 bytes with this method name: bodies of 0..=120 bytes make
-    // requests and replies on both sides of 64 bytes.
+    // The request's header is 24 bytes with this method name (32 with a deadline): bodies of
+    // 0..=120 bytes make requests and replies on both sides of 64 bytes.
     for len in 0..=120 {
         let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
         assert_eq!(plain.echo(body.clone()).unwrap(), (body.clone(), false), "{len} bytes");
         assert_eq!(hurried.echo(body.clone()).unwrap(), (body, true), "{len} bytes");
     }
+    // A retrying call carries the deadline field; attempts without a time limit say so in it.
+    let patient = plain.clone().with_retries(2, Duration::MAX);
+    assert_eq!(patient.echo(vec![7; 64]).unwrap(), (vec![7; 64], false));
+    let retrying = plain.with_retries(2, Duration::from_secs(60));
+    assert_eq!(retrying.echo(vec![7; 64]).unwrap(), (vec![7; 64], true));
 }
 
 /// Counts how often its method really ran, and lets a test wait until a run started.

@@ -847,13 +847,14 @@ fn malformed_typed_requests_are_answered_and_the_typed_server_keeps_serving() {
         let (status, _) = rpc_call(&calc, msg_type, body.clone());
         assert_eq!(status, ReplyStatus::BadRequest, "{body:02x?}");
     };
-    // Not a typed request at all; every cut of the envelope; foreign or reserved fields.
+    // Not a typed request at all; every cut of the envelope; a foreign version, an unknown
+    // kind or flag, a name longer than the body, a deadline flag without its field.
     bad_request(add.clone(), 0);
     let envelope_len = add.len() - args.len();
     for len in 0..envelope_len {
         bad_request(add[..len].to_vec(), RPC_MSG_TYPE);
     }
-    for (at, value) in [(0, 9), (1, 0), (1, 99), (2, 0x80), (3, 1), (7, 1)] {
+    for (at, value) in [(0, 1), (0, 9), (1, 0), (1, 99), (2, 0x80), (2, 0x08), (3, 200)] {
         let mut body = add.clone();
         body[at] = value;
         bad_request(body, RPC_MSG_TYPE);
@@ -866,19 +867,22 @@ fn malformed_typed_requests_are_answered_and_the_typed_server_keeps_serving() {
         rpc_call(&calc, RPC_MSG_TYPE, rpc_request(RequestKind::Call, 0, "sub", &args));
     assert_eq!(status, ReplyStatus::UnknownMethod);
     let mut mismatched = add.clone();
-    mismatched[16..24].copy_from_slice(&1_u64.to_le_bytes());
+    mismatched[12..20].copy_from_slice(&1_u64.to_le_bytes());
     assert_eq!(rpc_call(&calc, RPC_MSG_TYPE, mismatched).0, ReplyStatus::TypeMismatch);
 
     // Cancels of calls never made, far more than a server remembers, on the control lane and
     // on the main one; one-way garbage.
     for call_id in 0..3000_u64 {
         let mut cancel = rpc_request(RequestKind::Cancel, 0, "", &[]);
-        cancel[8..16].copy_from_slice(&call_id.to_le_bytes());
+        cancel[4..12].copy_from_slice(&call_id.to_le_bytes());
         let msg_type = if call_id % 2 == 0 { RPC_CONTROL_MSG_TYPE } else { RPC_MSG_TYPE };
         calc.send(postbox::Message::new(cancel).with_type(msg_type)).unwrap();
     }
     calc.send(postbox::Message::new(vec![0xff; 64]).with_type(RPC_MSG_TYPE)).unwrap();
     calc.send(postbox::Message::new(add[..5].to_vec()).with_type(RPC_CONTROL_MSG_TYPE)).unwrap();
+    let mut no_deadline_field = rpc_request(RequestKind::Cancel, 0, "", &[]);
+    no_deadline_field[2] = 0x04;
+    calc.send(postbox::Message::new(no_deadline_field).with_type(RPC_CONTROL_MSG_TYPE)).unwrap();
 
     // Still a typed service: it describes itself and adds.
     let describe = rpc_request(RequestKind::Describe, 0, "", &[]);

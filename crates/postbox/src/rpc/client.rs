@@ -11,7 +11,7 @@ use postbox_core::{AccessDenied, Operation, PortName, Rights, Target};
 
 use postbox_rpc::{
     BindError, ReplyStatus, RequestFlags, RequestHeader, RequestKind, RpcError, ServiceSchema,
-    RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
+    NO_DEADLINE, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -207,14 +207,17 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let body = self.request(RequestKind::Call, method, self.call_flags(), &args)?;
+        let deadline = self.deadline();
+        let with_deadline = self.sends_deadline(deadline);
+        let body =
+            self.request(RequestKind::Call, method, self.call_flags(), with_deadline, &args)?;
         let room = self.request_room(method);
         let while_waiting = move || {
             drop(args);
             // One buffer for the reply, one for the next request.
             spare::stock(2, room);
         };
-        self.exchange(body, while_waiting, |reply| {
+        self.exchange(body, deadline, while_waiting, |reply| {
             self.check_reply(method, reply)?;
             decode_reply(reply)
         })
@@ -233,9 +236,11 @@ impl Client {
     {
         // Dropped before its answer, an async call sends a cancel: the server registers it.
         let flags = self.call_flags() | RequestFlags::CANCELLABLE;
-        let body = self.request(RequestKind::Call, method, flags, &args)?;
+        let deadline = self.deadline();
+        let with_deadline = self.sends_deadline(deadline);
+        let body = self.request(RequestKind::Call, method, flags, with_deadline, &args)?;
         drop(args);
-        let mut reply = self.exchange_async(body).await?;
+        let mut reply = self.exchange_async(body, deadline).await?;
         self.check_reply(method, &reply)?;
         decode_reply(&mut reply)
     }
@@ -251,10 +256,13 @@ impl Client {
         let Some(index) = self.schema.methods.iter().position(|m| m.name == method) else {
             return Err(RpcError::UnknownMethod(method.to_owned()));
         };
-        let mut body = self.header(RequestKind::Call, index, self.call_flags());
+        let deadline = self.deadline();
+        let with_deadline = self.sends_deadline(deadline);
+        let mut body = self.header(RequestKind::Call, index, self.call_flags(), with_deadline);
         body.extend_from_slice(args);
         self.exchange(
             body,
+            deadline,
             || {},
             |reply| {
                 let (status, payload) = ReplyStatus::decode(reply.body())
@@ -294,20 +302,20 @@ impl Client {
         })
     }
 
-    /// Sends the request `body` (its deadline field still 0) as a call, with retries (each
-    /// attempt with the deadline it has), and returns what `on_reply` makes of the reply.
-    /// `while_waiting` runs once, while the reply of the first attempt written is awaited; it
-    /// is only dropped when no attempt is written.
+    /// Sends the request `body` (its deadline field, if any, still to be set) as a call that
+    /// ends at `deadline`, with retries (each attempt with the deadline it has), and returns
+    /// what `on_reply` makes of the reply. `while_waiting` runs once, while the reply of the
+    /// first attempt written is awaited; it is only dropped when no attempt is written.
     ///
     /// The reply is read where it was received (`on_reply` borrows it): a message moved right
     /// after it was built is read back before the processor can forward its stores.
     fn exchange<R, E>(
         &self,
         body: Vec<u8>,
+        deadline: Option<Instant>,
         while_waiting: impl FnOnce(),
         on_reply: impl FnOnce(&mut Message) -> Result<R, RpcError<E>>,
     ) -> Result<R, RpcError<E>> {
-        let deadline = self.deadline();
         if self.retry.is_none() {
             // One attempt, the usual case: nothing kept for a retry.
             let request = request_message(body, deadline);
@@ -348,8 +356,11 @@ impl Client {
 
     /// Like [`exchange`](Self::exchange), without blocking the thread (tokio).
     /// Dropped before it ends, it tells the server (the call is cancelled).
-    async fn exchange_async<E>(&self, body: Vec<u8>) -> Result<Message, RpcError<E>> {
-        let deadline = self.deadline();
+    async fn exchange_async<E>(
+        &self,
+        body: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<Message, RpcError<E>> {
         let mut link = self.link();
         let mut attempt = 1;
         let mut cancel = CancelOnDrop {
@@ -434,18 +445,26 @@ impl Client {
         }
     }
 
-    /// The body of a request for the `method`-th method with `args`, its deadline left 0.
+    /// Whether the requests of a call with `deadline` carry a deadline field: when the call
+    /// has a deadline, or its attempts have one each.
+    fn sends_deadline(&self, deadline: Option<Instant>) -> bool {
+        deadline.is_some() || self.retry.is_some()
+    }
+
+    /// The body of a request for the `method`-th method with `args`, its deadline field (when
+    /// `with_deadline`) still to be set ([`request_message`]).
     fn request<A, E>(
         &self,
         kind: RequestKind,
         method: usize,
         flags: u8,
+        with_deadline: bool,
         args: &A,
     ) -> Result<Vec<u8>, RpcError<E>>
     where
         A: Serialize + ?Sized,
     {
-        let mut body = self.header(kind, method, flags);
+        let mut body = self.header(kind, method, flags, with_deadline);
         match codec::append(args, &mut body) {
             Ok(()) => Ok(body),
             Err(e) => Err(RpcError::BadRequest(e.to_string())),
@@ -454,8 +473,9 @@ impl Client {
 
     /// A one-way request for the `method`-th method, with the deadline of now.
     fn oneway<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<Message, RpcError> {
-        let mut body = Some(self.request(RequestKind::Oneway, method, 0, args)?);
-        Ok(self.attempt(&mut body, u32::MAX, self.deadline()))
+        let deadline = self.deadline();
+        let body = self.request(RequestKind::Oneway, method, 0, deadline.is_some(), args)?;
+        Ok(self.attempt(&mut Some(body), u32::MAX, deadline))
     }
 
     /// The flags of a call of this client: whether it may retry (the server keeps the reply).
@@ -474,9 +494,10 @@ impl Client {
         HEADER_ROOM + self.schema.methods[method].name.len() + SMALL_ARGUMENTS
     }
 
-    /// The request header for the `method`-th method, with a new call id and no deadline.
+    /// The request header for the `method`-th method, with a new call id, and a deadline field
+    /// (1 ns until [`request_message`] sets it) when `with_deadline`.
     #[inline]
-    fn header(&self, kind: RequestKind, method: usize, flags: u8) -> Vec<u8> {
+    fn header(&self, kind: RequestKind, method: usize, flags: u8, with_deadline: bool) -> Vec<u8> {
         let schema = &self.schema.methods[method];
         // A buffer the thread kept when it has one (see `spare`).
         let mut body = spare::take(self.request_room(method));
@@ -485,7 +506,7 @@ impl Client {
             flags,
             call_id: next_call_id(),
             method_hash: schema.hash,
-            deadline_ns: 0,
+            deadline_ns: u64::from(with_deadline),
             method: schema.name.as_str().into(),
         }
         .encode(&mut body);
@@ -552,13 +573,18 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// The message of a request `body` sent now, with the time left before `deadline`.
+/// The message of a request `body` sent now, with the time left before `deadline` in its
+/// deadline field. The field is there when the call has a deadline (`sends_deadline`); an
+/// attempt without one after all (a per-attempt time too long for the clock) sends
+/// [`NO_DEADLINE`], which the server reads as none.
 fn request_message(mut body: Vec<u8>, deadline: Option<Instant>) -> Message {
-    let left = deadline.map_or(0, |d| {
+    let left = deadline.map_or(NO_DEADLINE, |d| {
         // A deadline already passed still says "there is one" (1 ns).
-        d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, u64::MAX.into()) as u64
+        d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, (NO_DEADLINE - 1).into())
+            as u64
     });
-    RequestHeader::set_deadline(&mut body, left);
+    let set = RequestHeader::set_deadline(&mut body, left);
+    debug_assert!(set || deadline.is_none(), "a request with a deadline has its field");
     // A small request is copied into the message, and the buffer kept for the next.
     codec::message_of(body).with_type(RPC_MSG_TYPE)
 }

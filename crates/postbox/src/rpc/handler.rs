@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use postbox_core::wire::DecodeError;
 use postbox_rpc::{
     json, CancelTable, Lookup, MethodSchema, ReplyCache, ReplyStatus, RequestFields, RequestFlags,
-    RequestKind, Shape, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
+    RequestKind, Shape, NO_DEADLINE, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 
 use crate::rpc::dispatch::{Answer, Args, Dispatch, Outcome, SMALL_REPLY};
@@ -189,7 +189,7 @@ impl Handler {
         }
         // Counted from when the request was read off the link, not from now: it may have
         // waited in the port's queue.
-        let deadline = (request.deadline_ns != 0)
+        let deadline = (request.deadline_ns != 0 && request.deadline_ns != NO_DEADLINE)
             .then(|| arrived.checked_add(Duration::from_nanos(request.deadline_ns)))
             .flatten();
         if deadline.is_some_and(|d| d <= Instant::now()) {
