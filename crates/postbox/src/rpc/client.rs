@@ -11,7 +11,7 @@ use postbox_core::{AccessDenied, Operation, PortName, Rights, Target};
 
 use postbox_rpc::{
     BindError, ReplyStatus, RequestFlags, RequestHeader, RequestKind, RpcError, ServiceSchema,
-    NO_DEADLINE, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
+    MAX_METHOD_NAME, NO_DEADLINE, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -251,14 +251,15 @@ impl Client {
     /// `Remote(bytes)`.
     ///
     /// # Errors
-    /// [`RpcError`]; `UnknownMethod` when the schema has no such method.
+    /// [`RpcError`]; `UnknownMethod` when the schema has no such method, `BadRequest` when its
+    /// name is longer than a request carries (`MAX_METHOD_NAME`).
     pub fn call_encoded(&self, method: &str, args: &[u8]) -> Result<Vec<u8>, RpcError<Vec<u8>>> {
         let Some(index) = self.schema.methods.iter().position(|m| m.name == method) else {
             return Err(RpcError::UnknownMethod(method.to_owned()));
         };
         let deadline = self.deadline();
         let with_deadline = self.sends_deadline(deadline);
-        let mut body = self.header(RequestKind::Call, index, self.call_flags(), with_deadline);
+        let mut body = self.header(RequestKind::Call, index, self.call_flags(), with_deadline)?;
         body.extend_from_slice(args);
         self.exchange(
             body,
@@ -464,7 +465,7 @@ impl Client {
     where
         A: Serialize + ?Sized,
     {
-        let mut body = self.header(kind, method, flags, with_deadline);
+        let mut body = self.header(kind, method, flags, with_deadline)?;
         match codec::append(args, &mut body) {
             Ok(()) => Ok(body),
             Err(e) => Err(RpcError::BadRequest(e.to_string())),
@@ -496,9 +497,21 @@ impl Client {
 
     /// The request header for the `method`-th method, with a new call id, and a deadline field
     /// (1 ns until [`request_message`] sets it) when `with_deadline`.
+    ///
+    /// A method whose name is too long for a request (only a schema built by hand can have
+    /// one: `#[postbox::service]` refuses them) cannot be called: `BadRequest` says so.
     #[inline]
-    fn header(&self, kind: RequestKind, method: usize, flags: u8, with_deadline: bool) -> Vec<u8> {
+    fn header<E>(
+        &self,
+        kind: RequestKind,
+        method: usize,
+        flags: u8,
+        with_deadline: bool,
+    ) -> Result<Vec<u8>, RpcError<E>> {
         let schema = &self.schema.methods[method];
+        if schema.name.len() > MAX_METHOD_NAME {
+            return Err(name_too_long(&schema.name));
+        }
         // A buffer the thread kept when it has one (see `spare`).
         let mut body = spare::take(self.request_room(method));
         RequestHeader {
@@ -510,7 +523,7 @@ impl Client {
             method: schema.name.as_str().into(),
         }
         .encode(&mut body);
-        body
+        Ok(body)
     }
 
     /// Checks a reply's payload against the `method`-th method's result or error shape, when
@@ -645,6 +658,16 @@ where
         ReplyStatus::Cancelled => Err(RpcError::Cancelled),
         _ => Err(RpcError::Decode(format!("unknown reply status {status:?}"))),
     }
+}
+
+/// Why a method named `name`, longer than a request's name field holds, cannot be called.
+#[cold]
+fn name_too_long<E>(name: &str) -> RpcError<E> {
+    RpcError::BadRequest(format!(
+        "method {name:?}: its name is {} bytes long, more than the {MAX_METHOD_NAME} a request \
+         carries",
+        name.len()
+    ))
 }
 
 /// True when a call that failed with `error` may be tried again before `deadline`: its answer

@@ -41,7 +41,7 @@ pub use context::CallContext;
 pub use dispatch::{Answer, Args, Dispatch, Outcome};
 pub use postbox_rpc::{
     BindError, Container, Field, MethodKind, MethodSchema, Mismatch, Never, RpcError,
-    SchemaBuilder, SchemaError, ServiceSchema, Shape, Variant, VariantBody,
+    SchemaBuilder, SchemaError, ServiceSchema, Shape, Variant, VariantBody, MAX_METHOD_NAME,
 };
 pub use server::{serve, serve_async, start, ServeError, Serving};
 
