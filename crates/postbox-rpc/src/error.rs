@@ -45,8 +45,9 @@ pub enum RpcError<E = Never> {
     /// The method panicked; the server goes on serving.
     #[error("the method panicked: {0}")]
     Panicked(String),
-    /// The server could not decode the arguments.
-    #[error("the server could not decode the arguments: {0}")]
+    /// The request was refused: the server could not decode its arguments, or the client could
+    /// not build it (arguments serde refuses, a method name longer than a request carries).
+    #[error("bad request: {0}")]
     BadRequest(String),
     /// The answer could not be decoded as the method's result.
     #[error("the answer does not decode as the method's result: {0}")]

@@ -252,7 +252,7 @@ impl Client {
     ///
     /// # Errors
     /// [`RpcError`]; `UnknownMethod` when the schema has no such method, `BadRequest` when its
-    /// name is longer than a request carries (`MAX_METHOD_NAME`).
+    /// name is longer than a request carries ([`MAX_METHOD_NAME`]).
     pub fn call_encoded(&self, method: &str, args: &[u8]) -> Result<Vec<u8>, RpcError<Vec<u8>>> {
         let Some(index) = self.schema.methods.iter().position(|m| m.name == method) else {
             return Err(RpcError::UnknownMethod(method.to_owned()));
@@ -417,7 +417,9 @@ impl Client {
     /// is in the link; nothing answers.
     ///
     /// # Errors
-    /// [`RpcError::PeerDied`] when the server is gone, [`RpcError::TooLarge`].
+    /// [`RpcError::PeerDied`] when the server is gone, [`RpcError::TooLarge`];
+    /// [`RpcError::BadRequest`] when the request cannot be built (arguments serde refuses, a
+    /// method name longer than a request carries): nothing is sent.
     pub fn send<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<(), RpcError> {
         let request = self.oneway(method, args)?;
         self.link().send(request).map_err(send_error)
@@ -498,8 +500,9 @@ impl Client {
     /// The request header for the `method`-th method, with a new call id, and a deadline field
     /// (1 ns until [`request_message`] sets it) when `with_deadline`.
     ///
-    /// A method whose name is too long for a request (only a schema built by hand can have
-    /// one: `#[postbox::service]` refuses them) cannot be called: `BadRequest` says so.
+    /// A method whose name is too long for a request (only a schema built by hand, or one a
+    /// server described, can have one: `#[postbox::service]` refuses them) cannot be called:
+    /// `BadRequest` says so.
     #[inline]
     fn header<E>(
         &self,
@@ -664,8 +667,7 @@ where
 #[cold]
 fn name_too_long<E>(name: &str) -> RpcError<E> {
     RpcError::BadRequest(format!(
-        "method {name:?}: its name is {} bytes long, more than the {MAX_METHOD_NAME} a request \
-         carries",
+        "a request carries method names of at most {MAX_METHOD_NAME} bytes ({name:?} has {})",
         name.len()
     ))
 }
