@@ -207,8 +207,7 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let deadline = self.deadline();
-        let with_deadline = self.sends_deadline(deadline);
+        let (deadline, with_deadline) = self.call_deadline();
         let body =
             self.request(RequestKind::Call, method, self.call_flags(), with_deadline, &args)?;
         let room = self.request_room(method);
@@ -236,8 +235,7 @@ impl Client {
     {
         // Dropped before its answer, an async call sends a cancel: the server registers it.
         let flags = self.call_flags() | RequestFlags::CANCELLABLE;
-        let deadline = self.deadline();
-        let with_deadline = self.sends_deadline(deadline);
+        let (deadline, with_deadline) = self.call_deadline();
         let body = self.request(RequestKind::Call, method, flags, with_deadline, &args)?;
         drop(args);
         let mut reply = self.exchange_async(body, deadline).await?;
@@ -257,8 +255,7 @@ impl Client {
         let Some(index) = self.schema.methods.iter().position(|m| m.name == method) else {
             return Err(RpcError::UnknownMethod(method.to_owned()));
         };
-        let deadline = self.deadline();
-        let with_deadline = self.sends_deadline(deadline);
+        let (deadline, with_deadline) = self.call_deadline();
         let mut body = self.header(RequestKind::Call, index, self.call_flags(), with_deadline)?;
         body.extend_from_slice(args);
         self.exchange(
@@ -448,10 +445,12 @@ impl Client {
         }
     }
 
-    /// Whether the requests of a call with `deadline` carry a deadline field: when the call
-    /// has a deadline, or its attempts have one each.
-    fn sends_deadline(&self, deadline: Option<Instant>) -> bool {
-        deadline.is_some() || self.retry.is_some()
+    /// The deadline of a call made now ([`deadline`](Self::deadline)), and whether its
+    /// requests carry a deadline field: when the call has a deadline, or its attempts have one
+    /// each (a one-way request, never retried, carries it only with a deadline).
+    fn call_deadline(&self) -> (Option<Instant>, bool) {
+        let deadline = self.deadline();
+        (deadline, deadline.is_some() || self.retry.is_some())
     }
 
     /// The body of a request for the `method`-th method with `args`, its deadline field (when
@@ -590,7 +589,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// The message of a request `body` sent now, with the time left before `deadline` in its
-/// deadline field. The field is there when the call has a deadline (`sends_deadline`); an
+/// deadline field. The field is there when the call has a deadline (`call_deadline`); an
 /// attempt without one after all (a per-attempt time too long for the clock) sends
 /// [`NO_DEADLINE`], which the server reads as none.
 fn request_message(mut body: Vec<u8>, deadline: Option<Instant>) -> Message {
