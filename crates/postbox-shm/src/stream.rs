@@ -199,6 +199,12 @@ impl<M: StreamMemory> StreamProducer<M> {
         }
     }
 
+    /// How many bytes were written in all, staged ones included (the producer's index).
+    #[must_use]
+    pub fn position(&self) -> u64 {
+        self.tail
+    }
+
     /// True when bytes are staged but not published.
     #[must_use]
     pub fn has_staged(&self) -> bool {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use postbox_core::wire::padding::Padding;
 use postbox_core::{FrameDecoder, PoolRef, SealedRef};
 use postbox_shm::{
     open_link_segment, Doorbell, FeedEnd, LinkMemory, LinkShape, LinkSide, PoolLoan, PoolReader,
@@ -165,15 +166,23 @@ impl ShmLink {
         let total = header.len() + body.len();
         let out = &mut *out;
         if total <= out.stream.capacity() {
-            // Whole or nothing: wait for room for all of it.
-            if !out.stream.stage(&[header, body]).map_err(corrupt)? {
+            // Whole or nothing: wait for room for all of it. A frame sent on its own is padded
+            // so that the next one starts on a cache line of its own (fewer lines cross
+            // between the cores per frame); corked frames, sent as a batch, are packed.
+            let padding = Padding::after(out.stream.position() + total as u64);
+            let padding = padding.as_slice();
+            let aligned = !out.corked && total + padding.len() <= out.stream.capacity();
+            let padding = if aligned { padding } else { &[] };
+            let parts = [header, body, padding];
+            let padded = total + padding.len();
+            if !out.stream.stage(&parts).map_err(corrupt)? {
                 // What is staged goes first: the reader must see it to make room.
                 self.publish(&mut out.stream);
                 let stream = &mut out.stream;
                 self.wait_until(wait, Awaited::Room, || {
-                    stream.free().map_or(true, |f| f >= total)
+                    stream.free().map_or(true, |f| f >= padded)
                 })?;
-                if !out.stream.stage(&[header, body]).map_err(corrupt)? {
+                if !out.stream.stage(&parts).map_err(corrupt)? {
                     return Err(TransportError::Corrupt);
                 }
             }
@@ -701,6 +710,7 @@ impl ShmLinkParts {
 
 #[cfg(test)]
 mod tests {
+    use postbox_core::wire::padding::FRAME_ALIGN;
     use postbox_core::Frame;
 
     use super::*;
@@ -744,6 +754,29 @@ mod tests {
             Err(TransportError::Closed),
             "a closed peer reads as closed once its data is read"
         );
+    }
+
+    #[test]
+    fn frames_sent_on_their_own_start_on_a_cache_line_and_corked_ones_are_packed() {
+        let (client, server) = pair(4096);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let read_up_to = || server.consumed.load(Ordering::Acquire);
+        for len in [1usize, 31, 32, 33, 63, 64, 65, 100, 200] {
+            let body = vec![len as u8; len];
+            client.write_frame(&header(len).encode(&body), &body, Wait::NonBlocking).unwrap();
+            assert_eq!(read_frame(&server, &mut decoder).body, body);
+            assert_eq!(read_up_to() % FRAME_ALIGN as u64, 0, "after a {len}-byte body");
+        }
+        let before = read_up_to();
+        client.cork();
+        for body in [b"one", b"two", b"six"] {
+            client.write_frame(&header(3).encode(body), body, Wait::NonBlocking).unwrap();
+        }
+        client.uncork();
+        for body in [b"one", b"two", b"six"] {
+            assert_eq!(read_frame(&server, &mut decoder).body, body);
+        }
+        assert_eq!(read_up_to() - before, 3 * 35, "a batch is packed");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! The sender is deliberately not a header field: the receiver knows who is at the other end
 //! of each link from the broker, so a peer cannot claim to be someone else.
 
+use super::padding::padding_len;
 use super::{DecodeError, Reader};
 
 /// The wire version this build writes and accepts.
@@ -510,8 +511,19 @@ impl FrameDecoder {
         if self.partial.is_some() {
             return Some(MAX_PRIORITY);
         }
+        // Padding alone is no frame.
+        self.skip_padding();
         let mut at = self.scanned.max(self.start);
-        while let Some(header) = self.staging[at..self.end].first_chunk::<HEADER_LEN>() {
+        loop {
+            let staged = &self.staging[at..self.end];
+            if let Some(len) = staged.first().and_then(|&b| padding_len(b)) {
+                if staged.len() < len {
+                    break;
+                }
+                at += len;
+                continue;
+            }
+            let Some(header) = staged.first_chunk::<HEADER_LEN>() else { break };
             self.staged_top = self.staged_top.max(header[2].min(MAX_PRIORITY));
             let body_len = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
             let next = at.saturating_add(HEADER_LEN).saturating_add(body_len as usize);
@@ -552,6 +564,9 @@ impl FrameDecoder {
             check(p.declared_crc, &p.header_bytes, &p.body)?;
             return Ok(Some(Located::Owned(Frame { header: p.header, body: p.body })));
         }
+        if !self.skip_padding() {
+            return Ok(None);
+        }
         let staged = &self.staging[self.start..self.end];
         let Some(header_bytes) = staged.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
@@ -562,9 +577,9 @@ impl FrameDecoder {
             check(declared_crc, header_bytes, &staged[HEADER_LEN..HEADER_LEN + body_len])?;
             let at = self.start + HEADER_LEN;
             self.start += HEADER_LEN + body_len;
-            if self.start == self.end {
-                self.empty_staging();
-            }
+            // The padding that follows goes now: a stream that ends after it ends between
+            // frames.
+            self.skip_padding();
             return Ok(Some(Located::Staged { header, at }));
         }
         if HEADER_LEN + body_len > self.staging.len() - self.start {
@@ -575,6 +590,26 @@ impl FrameDecoder {
             self.compact();
         }
         Ok(None)
+    }
+
+    /// Skips the padding staged where a frame would start (docs/wire-format.md §2.9); false
+    /// when padding is only partly here (it is skipped once whole: the read buffer makes room
+    /// for the rest). Starts the staging area over when nothing follows. Moves no bytes.
+    fn skip_padding(&mut self) -> bool {
+        let mut whole = true;
+        while let Some(len) =
+            self.staging[self.start..self.end].first().and_then(|&b| padding_len(b))
+        {
+            if self.end - self.start < len {
+                whole = false;
+                break;
+            }
+            self.start += len;
+        }
+        if self.start == self.end {
+            self.empty_staging();
+        }
+        whole
     }
 
     /// Moves a staged header (and the start of its body) into a [`PartialBody`].
@@ -646,6 +681,7 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::padding::{Padding, FRAME_ALIGN};
 
     fn frame(kind: FrameKind, body: &[u8]) -> Frame {
         let header = FrameHeader {
@@ -708,6 +744,58 @@ mod tests {
         assert_eq!(decoder.staged_priority(), Some(30));
         while decoder.poll_frame().unwrap().is_some() {}
         assert_eq!(decoder.staged_priority(), None, "everything was handed out");
+    }
+
+    #[test]
+    fn padding_between_frames_is_skipped_however_the_bytes_arrive() {
+        let bodies: [&[u8]; 4] = [b"a", &[5; 90], b"", &[9; 63]];
+        let frames: Vec<Frame> = bodies.iter().map(|b| frame(FrameKind::Call, b)).collect();
+        let mut stream = Vec::new();
+        for f in &frames {
+            stream.extend_from_slice(&f.to_bytes());
+            stream.extend_from_slice(Padding::after(stream.len() as u64).as_slice());
+        }
+        assert_eq!(stream.len() % FRAME_ALIGN, 0);
+        for piece in [1, 7, 64, stream.len()] {
+            let mut decoder = FrameDecoder::new(1 << 20);
+            let mut got = Vec::new();
+            for chunk in stream.chunks(piece) {
+                read_in(&mut decoder, chunk);
+                while let Some(f) = decoder.poll_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got, frames, "in pieces of {piece}");
+            assert!(!decoder.is_mid_frame(), "the stream ends between frames");
+            assert_eq!(decoder.staged_priority(), None);
+        }
+    }
+
+    #[test]
+    fn staged_priority_looks_past_padding() {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        read_in(&mut decoder, Padding::after(3).as_slice());
+        assert_eq!(decoder.staged_priority(), None, "padding alone is no frame");
+        let mut urgent = frame(FrameKind::Oneway, b"x");
+        urgent.header.priority = 20;
+        let mut bytes = urgent.to_bytes();
+        bytes.extend_from_slice(Padding::after(bytes.len() as u64).as_slice());
+        let mut late = frame(FrameKind::Oneway, b"y");
+        late.header.priority = 25;
+        bytes.extend_from_slice(&late.to_bytes());
+        read_in(&mut decoder, &bytes);
+        assert_eq!(decoder.staged_priority(), Some(25), "the frame after the padding counts");
+        assert_eq!(decoder.poll_frame().unwrap(), Some(urgent));
+        assert_eq!(decoder.poll_frame().unwrap(), Some(late));
+    }
+
+    #[test]
+    fn bytes_past_the_padding_marks_are_still_unsupported_versions() {
+        for first in [0u8, 2, 0x7f, 0xc0, 0xff] {
+            let mut bytes = frame(FrameKind::Oneway, b"x").to_bytes();
+            bytes[0] = first;
+            assert_eq!(Frame::decode(&bytes, 1024), Err(DecodeError::UnsupportedVersion(first)));
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod frame;
+pub mod padding;
 pub mod tunnel;
 
 /// Why bytes could not be decoded. Peer bytes are untrusted: this is the normal answer to
