@@ -1114,8 +1114,7 @@ pub(super) fn relayed_frames(
 
 /// The header and length of the frame at the start of `bytes` when it is whole and intact:
 /// its header decodes, its body is there, and its checksum matches. Checked in place rather
-/// than with `Frame::decode`, whose decoder allocates and zeroes a 64 KiB staging buffer for
-/// every frame.
+/// than with `Frame::decode`, which copies the body out.
 pub(super) fn frame_at_start(bytes: &[u8], max_body: u32) -> Option<(FrameHeader, usize)> {
     let header_bytes: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
     let (header, _) = FrameHeader::decode(header_bytes, max_body).ok()?;

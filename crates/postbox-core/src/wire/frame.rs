@@ -320,11 +320,15 @@ impl Frame {
     /// # Errors
     /// Any [`DecodeError`].
     pub fn decode(bytes: &[u8], max_body: u32) -> Result<Self, DecodeError> {
-        let mut decoder = FrameDecoder::new(max_body);
-        decoder.handle_bytes(bytes);
-        let frame = decoder.poll_frame()?.ok_or(DecodeError::Truncated)?;
-        match decoder.buffered() {
-            0 => Ok(frame),
+        // Checked in the decoder's order (header, then the body's length, then its checksum)
+        // without the decoder, which would skip padding (§2.5) around the frame.
+        let header_bytes = bytes.first_chunk::<HEADER_LEN>().ok_or(DecodeError::Truncated)?;
+        let (header, declared_crc) = FrameHeader::decode(header_bytes, max_body)?;
+        let rest = &bytes[HEADER_LEN..];
+        let body = rest.get(..header.body_len as usize).ok_or(DecodeError::Truncated)?;
+        check(declared_crc, header_bytes, body)?;
+        match rest.len() - body.len() {
+            0 => Ok(Self { header, body: body.to_vec() }),
             n => Err(DecodeError::TrailingBytes(n)),
         }
     }
@@ -592,7 +596,7 @@ impl FrameDecoder {
         Ok(None)
     }
 
-    /// Skips the padding staged where a frame would start (docs/wire-format.md §2.9); false
+    /// Skips the padding staged where a frame would start (docs/wire-format.md §2.5); false
     /// when padding is only partly here (it is skipped once whole: the read buffer makes room
     /// for the rest). Starts the staging area over when nothing follows. Moves no bytes.
     fn skip_padding(&mut self) -> bool {
@@ -787,6 +791,17 @@ mod tests {
         assert_eq!(decoder.staged_priority(), Some(25), "the frame after the padding counts");
         assert_eq!(decoder.poll_frame().unwrap(), Some(urgent));
         assert_eq!(decoder.poll_frame().unwrap(), Some(late));
+    }
+
+    #[test]
+    fn one_frame_alone_has_no_padding_around_it() {
+        let bytes = frame(FrameKind::Oneway, b"x").to_bytes();
+        let mut padded = Padding::after(1).as_slice().to_vec();
+        padded.extend_from_slice(&bytes);
+        assert_eq!(Frame::decode(&padded, 1024), Err(DecodeError::UnsupportedVersion(0xbe)));
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(Padding::after(bytes.len() as u64).as_slice());
+        assert_eq!(Frame::decode(&padded, 1024), Err(DecodeError::TrailingBytes(64 - 33)));
     }
 
     #[test]

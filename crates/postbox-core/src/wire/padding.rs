@@ -4,7 +4,7 @@
 //! about as often as not, and each line a frame spans crosses between the two cores twice
 //! (the writer takes it, then the reader). A writer that knows where a frame ends in the
 //! stream may follow it with padding up to the next multiple of [`FRAME_ALIGN`] bytes, so the
-//! next frame starts on a line of its own (docs/wire-format.md §2.9).
+//! next frame starts on a line of its own (docs/wire-format.md §2.5).
 //!
 //! Padding is 1 to 64 bytes where a frame would start. Its first byte is
 //! `PADDING_MARK | (length - 1)` (`0x80..=0xbf`, never a frame's version byte); the rest is
