@@ -6,6 +6,7 @@
 
 use postbox_core::wire::control::{CONTROL_HEADER_LEN, MAX_CONTROL_LEN};
 use postbox_core::wire::frame::{HEADER_LEN, MAX_PRIORITY};
+use postbox_core::wire::padding::Padding;
 use postbox_core::{
     Capacity, ControlErrorCode, ControlMessage, DecodeError, Delivery, EndpointKind, Frame,
     FrameDecoder, FrameHeader, FrameKind, LinkId, ListenTarget, Operation, Overflow, PeerIdentity,
@@ -61,6 +62,31 @@ proptest! {
         prop_assert_eq!(&out, &frames);
         prop_assert_eq!(decoder.buffered(), 0);
         prop_assert!(!decoder.is_mid_frame());
+    }
+
+    #[test]
+    fn padding_after_any_of_the_frames_leaves_the_stream_cut_into_the_same_frames(
+        frames in vec(frame(stream_body()), 1..6),
+        padded in vec(any::<bool>(), 6),
+        chunks in chunk_sizes(),
+    ) {
+        let mut stream = Vec::new();
+        for (frame, pad) in frames.iter().zip(&padded) {
+            stream.extend_from_slice(&frame.to_bytes());
+            if *pad {
+                stream.extend_from_slice(Padding::after(stream.len() as u64).as_slice());
+            }
+        }
+
+        let (out, end, decoder) = feed_with_handle_bytes(&stream, &chunks, LIMIT);
+        prop_assert_eq!(end, None);
+        prop_assert_eq!(&out, &frames);
+        prop_assert_eq!(decoder.buffered(), 0);
+
+        let (out, end, decoder) = feed_with_read_buffer(&stream, &chunks, LIMIT);
+        prop_assert_eq!(end, None);
+        prop_assert_eq!(&out, &frames);
+        prop_assert_eq!(decoder.buffered(), 0);
     }
 
     #[test]

@@ -166,23 +166,22 @@ impl ShmLink {
         let total = header.len() + body.len();
         let out = &mut *out;
         if total <= out.stream.capacity() {
-            // Whole or nothing: wait for room for all of it. A frame sent on its own is padded
-            // so that the next one starts on a cache line of its own (fewer lines cross
-            // between the cores per frame); corked frames, sent as a batch, are packed.
+            // Whole or nothing: wait for room for all of it. A frame sent on its own is
+            // padded, when the padding fits too, so that the next one starts on a cache line
+            // of its own (fewer lines cross between the cores per frame); a frame is never
+            // held back for its padding. Corked frames, sent as a batch, are packed.
             let padding = Padding::after(out.stream.position() + total as u64);
-            let padding = padding.as_slice();
-            let aligned = !out.corked && total + padding.len() <= out.stream.capacity();
-            let padding = if aligned { padding } else { &[] };
-            let parts = [header, body, padding];
-            let padded = total + padding.len();
-            if !out.stream.stage(&parts).map_err(corrupt)? {
+            let padded = !out.corked
+                && !padding.as_slice().is_empty()
+                && out.stream.stage(&[header, body, padding.as_slice()]).map_err(corrupt)?;
+            if !padded && !out.stream.stage(&[header, body]).map_err(corrupt)? {
                 // What is staged goes first: the reader must see it to make room.
                 self.publish(&mut out.stream);
                 let stream = &mut out.stream;
                 self.wait_until(wait, Awaited::Room, || {
-                    stream.free().map_or(true, |f| f >= padded)
+                    stream.free().map_or(true, |f| f >= total)
                 })?;
-                if !out.stream.stage(&parts).map_err(corrupt)? {
+                if !out.stream.stage(&[header, body]).map_err(corrupt)? {
                     return Err(TransportError::Corrupt);
                 }
             }
@@ -777,6 +776,29 @@ mod tests {
             assert_eq!(read_frame(&server, &mut decoder).body, body);
         }
         assert_eq!(read_up_to() - before, 3 * 35, "a batch is packed");
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn a_frame_that_fits_is_written_even_when_its_padding_does_not() {
+        let (client, server) = pair(512);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        // A batch leaves the reader at 105, off the lines; a frame on its own then ends the
+        // writer's bytes at 192, padding included: 425 bytes are free, not 448.
+        client.cork();
+        for body in [b"one", b"two", b"six"] {
+            client.write_frame(&header(3).encode(body), body, Wait::NonBlocking).unwrap();
+        }
+        client.uncork();
+        for body in [b"one", b"two", b"six"] {
+            assert_eq!(read_frame(&server, &mut decoder).body, body);
+        }
+        client.write_frame(&header(1).encode(b"z"), b"z", Wait::NonBlocking).unwrap();
+        let body = [7u8; 425 - 32];
+        client.write_frame(&header(body.len()).encode(&body), &body, Wait::NonBlocking).unwrap();
+        assert_eq!(read_frame(&server, &mut decoder).body, b"z");
+        assert_eq!(read_frame(&server, &mut decoder).body, body);
+        assert_eq!(decoder.buffered(), 0);
     }
 
     #[test]

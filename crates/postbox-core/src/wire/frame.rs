@@ -515,13 +515,23 @@ impl FrameDecoder {
         if self.partial.is_some() {
             return Some(MAX_PRIORITY);
         }
-        // Padding alone is no frame.
-        self.skip_padding();
+        match self.skip_padding() {
+            Ok(true) => {}
+            // Padding alone is no frame.
+            Ok(false) => {
+                self.scanned = self.start;
+                self.staged_top = 0;
+                return None;
+            }
+            // Bad bytes: the next poll reports them.
+            Err(_) => return Some(MAX_PRIORITY),
+        }
         let mut at = self.scanned.max(self.start);
         loop {
             let staged = &self.staging[at..self.end];
             if let Some(len) = staged.first().and_then(|&b| padding_len(b)) {
-                if staged.len() < len {
+                // Counted past when whole and valid; a poll reports bad padding.
+                if !staged.get(1..len).is_some_and(|rest| rest.iter().all(|&b| b == 0)) {
                     break;
                 }
                 at += len;
@@ -568,7 +578,7 @@ impl FrameDecoder {
             check(p.declared_crc, &p.header_bytes, &p.body)?;
             return Ok(Some(Located::Owned(Frame { header: p.header, body: p.body })));
         }
-        if !self.skip_padding() {
+        if !self.skip_padding()? {
             return Ok(None);
         }
         let staged = &self.staging[self.start..self.end];
@@ -582,8 +592,8 @@ impl FrameDecoder {
             let at = self.start + HEADER_LEN;
             self.start += HEADER_LEN + body_len;
             // The padding that follows goes now: a stream that ends after it ends between
-            // frames.
-            self.skip_padding();
+            // frames. Bad padding stays, for the next poll to report.
+            let _ = self.skip_padding();
             return Ok(Some(Located::Staged { header, at }));
         }
         if HEADER_LEN + body_len > self.staging.len() - self.start {
@@ -599,21 +609,28 @@ impl FrameDecoder {
     /// Skips the padding staged where a frame would start (docs/wire-format.md §2.5); false
     /// when padding is only partly here (it is skipped once whole: the read buffer makes room
     /// for the rest). Starts the staging area over when nothing follows. Moves no bytes.
-    fn skip_padding(&mut self) -> bool {
+    ///
+    /// # Errors
+    /// `ReservedNotZero` when a padding byte after the first is not zero (a damaged frame
+    /// whose first byte happens to start padding, most likely); nothing of it is skipped.
+    fn skip_padding(&mut self) -> Result<bool, DecodeError> {
         let mut whole = true;
         while let Some(len) =
             self.staging[self.start..self.end].first().and_then(|&b| padding_len(b))
         {
-            if self.end - self.start < len {
+            let Some(padding) = self.staging[self.start..self.end].get(..len) else {
                 whole = false;
                 break;
+            };
+            if padding[1..].iter().any(|&b| b != 0) {
+                return Err(DecodeError::ReservedNotZero);
             }
             self.start += len;
         }
         if self.start == self.end {
             self.empty_staging();
         }
-        whole
+        Ok(whole)
     }
 
     /// Moves a staged header (and the start of its body) into a [`PartialBody`].
@@ -810,7 +827,50 @@ mod tests {
             let mut bytes = frame(FrameKind::Oneway, b"x").to_bytes();
             bytes[0] = first;
             assert_eq!(Frame::decode(&bytes, 1024), Err(DecodeError::UnsupportedVersion(first)));
+            let mut decoder = FrameDecoder::new(1024);
+            read_in(&mut decoder, &bytes);
+            assert_eq!(decoder.poll_frame(), Err(DecodeError::UnsupportedVersion(first)));
         }
+    }
+
+    #[test]
+    fn the_longest_padding_is_skipped_and_padding_that_is_not_zero_is_refused() {
+        let next = frame(FrameKind::Oneway, b"after");
+        let mut longest = vec![0u8; FRAME_ALIGN];
+        longest[0] = 0xbf;
+        let mut bytes = longest.clone();
+        bytes.extend_from_slice(&next.to_bytes());
+        let mut decoder = FrameDecoder::new(1024);
+        read_in(&mut decoder, &bytes);
+        assert_eq!(decoder.poll_frame().unwrap(), Some(next.clone()));
+
+        // A damaged frame whose version byte reads as padding of its own length is not
+        // skipped: its other bytes are not zero.
+        let mut damaged = frame(FrameKind::Oneway, b"").to_bytes();
+        damaged[0] = 0x80 | (HEADER_LEN as u8 - 1);
+        damaged.extend_from_slice(&next.to_bytes());
+        let mut decoder = FrameDecoder::new(1024);
+        read_in(&mut decoder, &damaged);
+        assert_eq!(decoder.staged_priority(), Some(MAX_PRIORITY), "looked at by the next poll");
+        assert_eq!(decoder.poll_frame(), Err(DecodeError::ReservedNotZero));
+        assert_eq!(decoder.poll_frame(), Err(DecodeError::Poisoned), "nothing after it");
+    }
+
+    #[test]
+    fn a_frame_followed_by_part_of_its_padding_leaves_no_frame_staged() {
+        let mut urgent = frame(FrameKind::Oneway, b"x");
+        urgent.header.priority = 20;
+        let mut bytes = urgent.to_bytes();
+        let padding = Padding::after(bytes.len() as u64);
+        bytes.push(padding.as_slice()[0]);
+        let mut decoder = FrameDecoder::new(1024);
+        read_in(&mut decoder, &bytes);
+        assert_eq!(decoder.staged_priority(), Some(20));
+        assert_eq!(decoder.poll_frame().unwrap(), Some(urgent));
+        assert_eq!(decoder.staged_priority(), None, "only padding is left");
+        read_in(&mut decoder, &padding.as_slice()[1..]);
+        assert_eq!(decoder.poll_frame().unwrap(), None);
+        assert!(!decoder.is_mid_frame());
     }
 
     #[test]

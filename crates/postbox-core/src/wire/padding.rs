@@ -1,15 +1,15 @@
-//! Padding between frames: how a shared-memory writer starts every frame on a cache line.
+//! Padding between frames: how a shared-memory writer starts its frames on cache lines.
 //!
 //! A frame cut at an arbitrary offset of a stream spans one cache line more than it needs
 //! about as often as not, and each line a frame spans crosses between the two cores twice
 //! (the writer takes it, then the reader). A writer that knows where a frame ends in the
 //! stream may follow it with padding up to the next multiple of [`FRAME_ALIGN`] bytes, so the
-//! next frame starts on a line of its own (docs/wire-format.md §2.5).
+//! next frame starts on a line of its own (docs/wire-format.md §2.5, §5.6).
 //!
 //! Padding is 1 to 64 bytes where a frame would start. Its first byte is
-//! `PADDING_MARK | (length - 1)` (`0x80..=0xbf`, never a frame's version byte); the rest is
-//! zero and is skipped unread. A decoder accepts padding on any stream: writers that do not
-//! align (sockets) simply never send it.
+//! `PADDING_MARK | (length - 1)` (`0x80..=0xbf`, never a frame's version byte); the rest
+//! must be zero, which the frame decoder checks. A decoder accepts padding on any stream:
+//! writers that do not align (sockets) simply never send it.
 
 /// Where a writer that aligns its frames starts each of them: a multiple of this many bytes
 /// of the stream (a cache line).
