@@ -755,6 +755,18 @@ mod tests {
         );
     }
 
+    /// Three corked frames of 35 bytes each, written, then read.
+    fn send_and_read_a_batch(client: &ShmLink, server: &ShmLink, decoder: &mut FrameDecoder) {
+        client.cork();
+        for body in [b"one", b"two", b"six"] {
+            client.write_frame(&header(3).encode(body), body, Wait::NonBlocking).unwrap();
+        }
+        client.uncork();
+        for body in [b"one", b"two", b"six"] {
+            assert_eq!(read_frame(server, decoder).body, body);
+        }
+    }
+
     #[test]
     fn frames_sent_on_their_own_start_on_a_cache_line_and_corked_ones_are_packed() {
         let (client, server) = pair(4096);
@@ -767,14 +779,7 @@ mod tests {
             assert_eq!(read_up_to() % FRAME_ALIGN as u64, 0, "after a {len}-byte body");
         }
         let before = read_up_to();
-        client.cork();
-        for body in [b"one", b"two", b"six"] {
-            client.write_frame(&header(3).encode(body), body, Wait::NonBlocking).unwrap();
-        }
-        client.uncork();
-        for body in [b"one", b"two", b"six"] {
-            assert_eq!(read_frame(&server, &mut decoder).body, body);
-        }
+        send_and_read_a_batch(&client, &server, &mut decoder);
         assert_eq!(read_up_to() - before, 3 * 35, "a batch is packed");
         assert_eq!(decoder.buffered(), 0);
     }
@@ -785,14 +790,7 @@ mod tests {
         let mut decoder = FrameDecoder::new(1 << 20);
         // A batch leaves the reader at 105, off the lines; a frame on its own then ends the
         // writer's bytes at 192, padding included: 425 bytes are free, not 448.
-        client.cork();
-        for body in [b"one", b"two", b"six"] {
-            client.write_frame(&header(3).encode(body), body, Wait::NonBlocking).unwrap();
-        }
-        client.uncork();
-        for body in [b"one", b"two", b"six"] {
-            assert_eq!(read_frame(&server, &mut decoder).body, body);
-        }
+        send_and_read_a_batch(&client, &server, &mut decoder);
         client.write_frame(&header(1).encode(b"z"), b"z", Wait::NonBlocking).unwrap();
         let body = [7u8; 425 - 32];
         client.write_frame(&header(body.len()).encode(&body), &body, Wait::NonBlocking).unwrap();
