@@ -170,10 +170,12 @@ impl ShmLink {
             // padded, when the padding fits too, so that the next one starts on a cache line
             // of its own (fewer lines cross between the cores per frame); a frame is never
             // held back for its padding. Corked frames, sent as a batch, are packed.
-            let padding = Padding::after(out.stream.position() + total as u64);
-            let padded = !out.corked
-                && !padding.as_slice().is_empty()
-                && out.stream.stage(&[header, body, padding.as_slice()]).map_err(corrupt)?;
+            let padded = !out.corked && {
+                let padding = Padding::after(out.stream.position() + total as u64);
+                let padding = padding.as_slice();
+                !padding.is_empty()
+                    && out.stream.stage(&[header, body, padding]).map_err(corrupt)?
+            };
             if !padded && !out.stream.stage(&[header, body]).map_err(corrupt)? {
                 // What is staged goes first: the reader must see it to make room.
                 self.publish(&mut out.stream);

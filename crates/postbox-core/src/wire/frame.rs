@@ -10,7 +10,7 @@
 //! The sender is deliberately not a header field: the receiver knows who is at the other end
 //! of each link from the broker, so a peer cannot claim to be someone else.
 
-use super::padding::padding_len;
+use super::padding::{lead, Lead};
 use super::{DecodeError, Reader};
 
 /// The wire version this build writes and accepts.
@@ -529,13 +529,14 @@ impl FrameDecoder {
         let mut at = self.scanned.max(self.start);
         loop {
             let staged = &self.staging[at..self.end];
-            if let Some(len) = staged.first().and_then(|&b| padding_len(b)) {
-                // Counted past when whole and valid; a poll reports bad padding.
-                if !staged.get(1..len).is_some_and(|rest| rest.iter().all(|&b| b == 0)) {
-                    break;
+            match lead(staged) {
+                Ok(Lead::Frame) => {}
+                Ok(Lead::Padding(len)) => {
+                    at += len;
+                    continue;
                 }
-                at += len;
-                continue;
+                // Not whole yet, or bad (which a poll reports).
+                Ok(Lead::PartialPadding) | Err(_) => break,
             }
             let Some(header) = staged.first_chunk::<HEADER_LEN>() else { break };
             self.staged_top = self.staged_top.max(header[2].min(MAX_PRIORITY));
@@ -614,19 +615,13 @@ impl FrameDecoder {
     /// `ReservedNotZero` when a padding byte after the first is not zero (a damaged frame
     /// whose first byte happens to start padding, most likely); nothing of it is skipped.
     fn skip_padding(&mut self) -> Result<bool, DecodeError> {
-        let mut whole = true;
-        while let Some(len) =
-            self.staging[self.start..self.end].first().and_then(|&b| padding_len(b))
-        {
-            let Some(padding) = self.staging[self.start..self.end].get(..len) else {
-                whole = false;
-                break;
-            };
-            if padding[1..].iter().any(|&b| b != 0) {
-                return Err(DecodeError::ReservedNotZero);
+        let whole = loop {
+            match lead(&self.staging[self.start..self.end])? {
+                Lead::Padding(len) => self.start += len,
+                Lead::PartialPadding => break false,
+                Lead::Frame => break true,
             }
-            self.start += len;
-        }
+        };
         if self.start == self.end {
             self.empty_staging();
         }

@@ -11,6 +11,8 @@
 //! must be zero, which the frame decoder checks. A decoder accepts padding on any stream:
 //! writers that do not align (sockets) simply never send it.
 
+use super::DecodeError;
+
 /// Where a writer that aligns its frames starts each of them: a multiple of this many bytes
 /// of the stream (a cache line).
 pub const FRAME_ALIGN: usize = 64;
@@ -52,6 +54,31 @@ impl Padding {
 #[must_use]
 pub fn padding_len(first: u8) -> Option<usize> {
     (first & 0xc0 == PADDING_MARK).then(|| usize::from(first & 0x3f) + 1)
+}
+
+/// What the bytes where a frame would start begin with, as far as padding goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lead {
+    /// No padding: a frame (or nothing yet, or garbage for the frame decoder to report).
+    Frame,
+    /// Whole padding of this many bytes, to skip.
+    Padding(usize),
+    /// Padding whose end has not arrived yet.
+    PartialPadding,
+}
+
+/// What `staged` (bytes where a frame would start) begins with.
+///
+/// # Errors
+/// `ReservedNotZero` when whole padding has a byte after its first that is not zero (a
+/// damaged frame whose first byte happens to start padding, most likely).
+pub(crate) fn lead(staged: &[u8]) -> Result<Lead, DecodeError> {
+    let Some(len) = staged.first().and_then(|&b| padding_len(b)) else { return Ok(Lead::Frame) };
+    match staged.get(1..len) {
+        None => Ok(Lead::PartialPadding),
+        Some(rest) if rest.iter().any(|&b| b != 0) => Err(DecodeError::ReservedNotZero),
+        Some(_) => Ok(Lead::Padding(len)),
+    }
 }
 
 #[cfg(test)]
