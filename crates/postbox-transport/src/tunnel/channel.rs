@@ -11,6 +11,13 @@
 //! local socket fails) travels as `Reset`: the other end stops reading its local socket, shuts
 //! its receiving side (so the writer there hears that nobody reads, as it would locally), and
 //! ends its direction with `Eof`. A channel is forgotten once both directions ended.
+//!
+//! A `Reset` keeps the order a socketpair gives. A process that closes its end makes the
+//! other's writes fail only when everything it wrote is already in the other's socket, so a
+//! reader that gives up its link when a write fails still reads all of it. Across the tunnel,
+//! the reset is therefore sent only after what the local writer wrote before it (its `Eof`
+//! first, when it closed; at once when it only stopped reading), and the other end shuts its
+//! receiving side only once everything that came before the reset is written to its socket.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -44,6 +51,10 @@ pub(super) struct Channel {
     peer_eof: bool,
     /// The local reader went away: what the other end sends is dropped (and credited).
     reader_gone: bool,
+    /// The local reader went away and the other end is not told yet (see the module doc).
+    reset_owed: bool,
+    /// The socket's receiving side is to be shut once `inbound` is written (see `refused`).
+    read_shut_owed: bool,
     write_shut: bool,
 }
 
@@ -74,6 +85,8 @@ impl Channel {
             refused: false,
             peer_eof: false,
             reader_gone: false,
+            reset_owed: false,
+            read_shut_owed: false,
             write_shut: false,
         })
     }
@@ -123,17 +136,38 @@ impl Channel {
         (all > 0).then_some(all)
     }
 
-    /// Notes that the other end's reader went away: this end stops reading its socket and
-    /// shuts its receiving side, so the local writer learns it. Returns true when the other end
-    /// is to be told that this direction is over (`Eof`).
+    /// Notes that the other end's reader went away: this end stops reading its socket and,
+    /// once everything that came before the reset is written to it, shuts its receiving side,
+    /// so the local writer learns it. Returns true when the other end is to be told that this
+    /// direction is over (`Eof`).
     pub(super) fn handle_reset(&mut self) -> bool {
         self.refused = true;
+        self.read_shut_owed = true;
+        self.shut_reading_if_due();
         if self.sent_eof {
             return false;
         }
-        let _ = self.socket.shutdown(Shutdown::Read);
         self.sent_eof = true;
         true
+    }
+
+    /// Shuts the socket's receiving side after a reset, once nothing from before it waits.
+    fn shut_reading_if_due(&mut self) {
+        if self.read_shut_owed && self.inbound.is_empty() {
+            let _ = self.socket.shutdown(Shutdown::Read);
+            self.read_shut_owed = false;
+        }
+    }
+
+    /// True (once) when the other end is to be told now that the local reader went away:
+    /// the local writer's stream ended and its `Eof` went first, or the writer still writes
+    /// and left nothing to read (it only stopped reading).
+    pub(super) fn take_reset(&mut self) -> bool {
+        if self.reset_owed && (self.sent_eof || !self.is_readable_now()) {
+            self.reset_owed = false;
+            return true;
+        }
+        false
     }
 
     /// Writes what waits to the socket, as far as it takes it; says when the local reader
@@ -163,10 +197,13 @@ impl Channel {
                     self.written_of_front = 0;
                     self.inbound_len = 0;
                     self.reader_gone = true;
+                    self.reset_owed = true;
+                    self.shut_reading_if_due();
                     return WriteOutcome::ReaderGone { dropped };
                 }
             }
         }
+        self.shut_reading_if_due();
         if self.inbound.is_empty() && self.peer_eof && !self.write_shut {
             // The local reader sees the end of the stream, as it would the peer's close.
             let _ = self.socket.shutdown(Shutdown::Write);
@@ -245,7 +282,7 @@ impl Channel {
 
     /// True when both directions are over: nothing more can pass either way.
     pub(super) fn is_done(&self) -> bool {
-        self.sent_eof && self.peer_eof && self.inbound.is_empty()
+        self.sent_eof && self.peer_eof && self.inbound.is_empty() && !self.reset_owed
     }
 
     /// True when everything from the other end was written (or there was nothing).
@@ -265,7 +302,7 @@ pub(super) enum WriteOutcome {
     /// What the socket took is written; the rest waits.
     Written,
     /// The local reader went away: what waited was dropped, `dropped` bytes of it not yet
-    /// credited. The other end is to be told (`Reset`).
+    /// credited. The other end is to be told (`Reset`) when [`Channel::take_reset`] says.
     ReaderGone {
         /// Bytes to credit back.
         dropped: u32,

@@ -528,7 +528,7 @@ impl Pump {
     }
 
     /// Writes what waits for a channel's socket, and gives credit back as it goes; tells the
-    /// other end when the local reader went away.
+    /// other end when the local reader went away (once the local writer's bytes went first).
     fn write_channel(&mut self, id: ChannelId) {
         let window = self.config.window;
         let Some(channel) = self.channels.get_mut(&id) else { return };
@@ -539,11 +539,18 @@ impl Pump {
                 }
             }
             WriteOutcome::ReaderGone { dropped } => {
-                self.queue(&TunnelFrame::Reset { channel: id });
                 if dropped > 0 {
                     self.queue(&TunnelFrame::Credit { channel: id, bytes: dropped });
                 }
             }
+        }
+        self.tell_reset_if_due(id);
+    }
+
+    /// Sends the `Reset` a channel owes, when its local writer's bytes went before it.
+    fn tell_reset_if_due(&mut self, id: ChannelId) {
+        if self.channels.get_mut(&id).is_some_and(Channel::take_reset) {
+            self.queue(&TunnelFrame::Reset { channel: id });
         }
     }
 
@@ -584,6 +591,7 @@ impl Pump {
                 }
             }
         }
+        self.tell_reset_if_due(id);
         if self.channels.get(&id).is_some_and(Channel::is_done) {
             self.channels.remove(&id);
         }

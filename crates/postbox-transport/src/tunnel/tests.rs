@@ -189,6 +189,80 @@ fn everything_written_before_a_close_arrives_even_with_input_left_unread() {
     assert!(got == sent, "all {} bytes, then the end ({} came)", sent.len(), got.len());
 }
 
+/// A writer that closes while much of what it wrote is still on its way leaves its reader all
+/// of it, even a reader that gives the link up as soon as one of its own writes fails (as a
+/// postbox receiver does when its credit cannot be sent): the reset that the writer's close
+/// causes reaches the reader's socket only after the last byte. A local socketpair gives that
+/// order; the tunnel used to send the reset ahead of the bytes still waiting in the writer's
+/// socket, and the reader lost them.
+#[test]
+fn a_reader_that_gives_up_when_its_writes_fail_still_gets_all_a_closed_writer_sent() {
+    // A small window keeps most of what the node's end writes on the node's side.
+    let config = TunnelConfig { window: 8 * 1024, ..TunnelConfig::default() };
+    let listener = listener(config);
+    let node = dial_app(listener.local_addr(), config);
+    let broker = attached(&listener);
+    let (node_end, mut broker_end) = link_from_broker(&broker, &node);
+
+    // The node's end writes until everything is full (its socket, the tunnel, the broker's
+    // end's socket), then closes with its own bytes still waiting in its socket.
+    node_end.set_nonblocking(true).unwrap();
+    let mut sent: u64 = 0;
+    let mut chunk = [0u8; 4096];
+    let mut stable = 0;
+    while stable < 3 {
+        match (&node_end).write(&chunk) {
+            Ok(n) => {
+                sent += n as u64;
+                chunk.rotate_left(1);
+                stable = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stable += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    drop(node_end);
+
+    // The broker's end writes: the node's side finds nobody reading there. Long enough for a
+    // reset sent at once to have arrived before the reader reads anything.
+    broker_end.write_all(b"credit").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The reader: reads what is there, and writes now and then; once a write fails, it
+    // shuts its end down (as a postbox link end does) and reads what is left.
+    broker_end.set_nonblocking(true).unwrap();
+    let mut got: u64 = 0;
+    let mut gave_up = false;
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        assert!(Instant::now() < deadline, "{got} of {sent} bytes, and no end");
+        if !gave_up {
+            match (&broker_end).write(b"c") {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    broker_end.shutdown(std::net::Shutdown::Both).unwrap();
+                    gave_up = true;
+                }
+            }
+        }
+        match broker_end.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert_eq!(got, sent, "every byte the writer sent before it closed");
+    assert!(gave_up, "the reader's writes failed in the end");
+}
+
 #[test]
 fn a_reader_going_away_is_heard_by_the_writer_across_and_the_other_direction_goes_on() {
     let (mut node_end, mut broker_end, _listener, _node, _broker) = tunnel_with_link();
