@@ -10,6 +10,8 @@
 //! - [`Rng`]: the small seeded generator behind every fault, so a failing seed can be replayed.
 //! - [`Authority`]: a certificate authority made for a test, issuing host certificates
 //!   ([`Identity`]) for TLS host links.
+//! - [`free_port`], [`free_udp_port`]: a loopback port for a daemon to listen on, never the
+//!   same number twice in one test process.
 //!
 //! ```no_run
 //! use std::net::TcpListener;
@@ -34,9 +36,11 @@
 mod certs;
 mod datagram_proxy;
 mod fault_proxy;
+mod port;
 mod rng;
 
 pub use certs::{Authority, Identity};
 pub use datagram_proxy::{DatagramCounters, DatagramFaults, DatagramProxy};
 pub use fault_proxy::{FaultProxy, Faults, ProxyCounters};
+pub use port::{free_port, free_udp_port};
 pub use rng::Rng;

@@ -2,7 +2,7 @@
 //! what went wrong before): two embedded brokers in this process, `a` dials `b` over loopback
 //! TCP; or `a` and a hostile peer that speaks the host protocol by hand.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use postbox_core::{
     ControlMessage, FrameDecoder, FrameHeader, FrameKind, Placement, PortName, PortSpec, Rights,
     Target,
 };
+use postbox_test::free_port;
 use postbox_transport::host_link::{Event, HostLink, HostLinkConfig, StreamId};
 use postbox_transport::{ControlSocket, Link, LinkSide, TransportError, Wait};
 
@@ -25,10 +26,6 @@ const B_OPEN_TO_A: &str = "[[allow]]\nnames = ['**']\nhosts = ['a']\n\
 
 fn me() -> u32 {
     std::fs::metadata("/proc/self").unwrap().uid()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {

@@ -4,7 +4,6 @@
 //! in this process: `a` dials `b` over loopback TCP and accepts nodes over TCP.
 #![allow(missing_docs)]
 
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use postbox::{
     AttachSecurity, Broker, ConnectError, HostsConfig, NamedKey, Node, Policy, PreSharedKey,
     ProcessId, RemoteNodesConfig,
 };
+use postbox_test::free_port;
 
 const WATCHDOG: Duration = Duration::from_secs(20);
 /// b lets host a do everything with everything.
@@ -25,10 +25,6 @@ const A_OPEN_TO_APP: &str = "[[allow]]\nnames = ['**', '#inbox/**']\nremote_node
 
 fn me() -> u32 {
     std::fs::metadata("/proc/self").unwrap().uid()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn key() -> PreSharedKey {

@@ -10,7 +10,7 @@
 //!
 //! No privileges needed. The test process itself is the node on each host.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use postbox::{CallError, Delivery, Port, RecvTimeoutError, SendError, SendTimeoutError};
 use postbox_test::{DatagramCounters, DatagramFaults, DatagramProxy};
 
-use crate::util::{connect_remote, free_port, stderr_of, stdout_of, Daemon, WATCHDOG};
+use crate::util::{
+    connect_remote, free_port, free_udp_port, stderr_of, stdout_of, Daemon, WATCHDOG,
+};
 
 /// Host b listens for a (TCP) and takes a's datagrams on a UDP port of its own; a dials b and
 /// sends its datagrams through the proxy in front of that port.
@@ -34,7 +36,7 @@ impl DatagramPair {
     fn start(faults: DatagramFaults) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tcp = free_port();
-        let udp: SocketAddr = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let udp: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let proxy = DatagramProxy::start(udp, faults, 7).unwrap();
         let write = |name: &str, text: String| {
             let path = dir.path().join(name);

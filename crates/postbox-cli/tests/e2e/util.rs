@@ -2,12 +2,13 @@
 //! and hosts files.
 
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use postbox::{Connection, Node, ProcessId};
+/// Loopback ports, never the same number twice in this test binary.
+pub(crate) use postbox_test::{free_port, free_udp_port};
 use postbox_test::{Authority, Identity};
 
 /// Path of the binary under test.
@@ -15,11 +16,12 @@ pub(crate) fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_postbox")
 }
 
-/// A `postbox daemon` child with its own socket; killed when dropped.
+/// A `postbox daemon` child with its own socket; killed when dropped. What it logged is
+/// printed when it is dropped by a failing test.
 pub(crate) struct Daemon {
     child: Option<Child>,
     pub(crate) socket: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -31,16 +33,17 @@ impl Daemon {
         raise_descriptor_limit();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("broker.sock");
+        let log = std::fs::File::create(dir.path().join(LOG)).unwrap();
         let child = Command::new(exe())
             .arg("--socket")
             .arg(&socket)
             .arg("daemon")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
-        let daemon = Self { child: Some(child), socket, _dir: dir };
+        let daemon = Self { child: Some(child), socket, dir };
         wait_until("the daemon accepts nodes", || Node::attach_to(&daemon.socket).is_ok());
         daemon
     }
@@ -83,8 +86,15 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join(LOG)).unwrap_or_default();
+            eprintln!("--- daemon {} logged:\n{log}--- end of its log", self.socket.display());
+        }
     }
 }
+
+/// The daemon's stderr, in its directory.
+const LOG: &str = "daemon.log";
 
 /// A child process that printed `ready [process id]`; killed when dropped.
 pub(crate) struct Worker {
@@ -274,11 +284,6 @@ impl HostPair {
     }
 }
 
-/// A TCP port on loopback that was free a moment ago.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Writes `identity` and the CA `trusted` into `dir`, and a hosts file for host `name` with a
 /// `[tls]` table and `peers` (TOML lines of the `[peers]` table); returns the file's path.
 pub(crate) fn tls_hosts_file(
@@ -305,9 +310,4 @@ pub(crate) fn tls_hosts_file(
              [tls]\ncert = '{cert}'\nkey = '{key}'\nca = '{ca}'\n[peers]\n{peers}\n"
         ),
     )
-}
-
-/// A UDP port on loopback that was free a moment ago.
-pub(crate) fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
