@@ -18,6 +18,8 @@
 //! the reset is therefore sent only after what the local writer wrote before it (its `Eof`
 //! first, when it closed; at once when it only stopped reading), and the other end shuts its
 //! receiving side only once everything that came before the reset is written to its socket.
+//! Until then it reads and drops what its local writer writes, so that writer never blocks on
+//! a socket nobody reads (it may be waiting to write before it reads on).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -53,8 +55,11 @@ pub(super) struct Channel {
     reader_gone: bool,
     /// The local reader went away and the other end is not told yet (see the module doc).
     reset_owed: bool,
-    /// The socket's receiving side is to be shut once `inbound` is written (see `refused`).
+    /// The socket's receiving side is to be shut once `inbound` is written (see `refused`);
+    /// until then, what the local writer writes is read and dropped, so that it never blocks.
     read_shut_owed: bool,
+    /// While `read_shut_owed`: the local writer's stream ended, nothing more to drop.
+    dropped_all: bool,
     write_shut: bool,
 }
 
@@ -87,6 +92,7 @@ impl Channel {
             reader_gone: false,
             reset_owed: false,
             read_shut_owed: false,
+            dropped_all: false,
             write_shut: false,
         })
     }
@@ -136,10 +142,10 @@ impl Channel {
         (all > 0).then_some(all)
     }
 
-    /// Notes that the other end's reader went away: this end stops reading its socket and,
-    /// once everything that came before the reset is written to it, shuts its receiving side,
-    /// so the local writer learns it. Returns true when the other end is to be told that this
-    /// direction is over (`Eof`).
+    /// Notes that the other end's reader went away: this end sends nothing more from its
+    /// socket (what the local writer writes is dropped) and, once everything that came before
+    /// the reset is written to it, shuts its receiving side, so the local writer learns it.
+    /// Returns true when the other end is to be told that this direction is over (`Eof`).
     pub(super) fn handle_reset(&mut self) -> bool {
         self.refused = true;
         self.read_shut_owed = true;
@@ -223,6 +229,10 @@ impl Channel {
 
     /// Reads from the socket into `buf`, at most the credit left.
     pub(super) fn read_local(&mut self, buf: &mut [u8]) -> LocalRead {
+        if self.read_shut_owed {
+            self.drop_local(buf);
+            return LocalRead::WouldBlock;
+        }
         let room = buf.len().min(self.send_credit as usize);
         if room == 0 || self.sent_eof {
             return LocalRead::WouldBlock;
@@ -247,9 +257,28 @@ impl Channel {
         }
     }
 
+    /// Reads what the local writer wrote after the other end's reader went away, and drops
+    /// it (a few buffers' worth per call, so that other sockets get their turn).
+    fn drop_local(&mut self, buf: &mut [u8]) {
+        for _ in 0..DROP_READS {
+            match self.socket.read(buf) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                _ => {
+                    self.dropped_all = true;
+                    return;
+                }
+            }
+        }
+    }
+
     /// True when the socket is worth polling for reading: its stream goes on, and the other
-    /// end gave credit.
+    /// end gave credit (or what it writes is being dropped).
     pub(super) fn wants_read(&self) -> bool {
+        if self.read_shut_owed {
+            return !self.dropped_all;
+        }
         !self.sent_eof && self.send_credit > 0
     }
 
@@ -308,3 +337,6 @@ pub(super) enum WriteOutcome {
         dropped: u32,
     },
 }
+
+/// Reads of a socket whose bytes are dropped, at most, per turn.
+const DROP_READS: usize = 4;

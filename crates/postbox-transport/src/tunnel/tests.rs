@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use postbox_core::wire::tunnel::{ChannelId, TunnelFrame};
 use postbox_core::wire::DecodeError;
 
 use super::*;
@@ -469,6 +470,44 @@ fn a_slow_reader_gets_every_byte_after_the_connection_ended() {
     let mut got = Vec::new();
     link.read_to_end(&mut got).unwrap();
     assert!(got == sent, "all {} bytes ({} came)", sent.len(), got.len());
+}
+
+/// While a reset waits for the bytes that came before it to be written to the local reader,
+/// that reader's own writes never block (nobody would ever read them): the pump takes and
+/// drops them. Once it has read up to the reset, its writes fail, as they would locally.
+#[test]
+fn a_reader_writing_without_reading_is_never_blocked_by_a_reset_held_back() {
+    // The broker played here never pings: the tunnel must outlive the write's watchdog.
+    let config = TunnelConfig {
+        window: 4 * 1024 * 1024,
+        dead_after: 3 * WATCHDOG,
+        ..TunnelConfig::default()
+    };
+    let (node, mut socket) = scripted_broker(config);
+    let mut link = pass_link(&node, &mut socket);
+    // More than the link's socket holds, then the reset: the rest waits in the pump.
+    let sent: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    send_data(&mut socket, 1, &sent);
+    let mut reset = Vec::new();
+    TunnelFrame::Reset { channel: ChannelId(1) }.encode(&mut reset);
+    socket.write_all(&reset).unwrap();
+
+    // Far more than a socket holds, without reading; the watchdog is the write timeout.
+    link.set_write_timeout(Some(WATCHDOG)).unwrap();
+    link.write_all(&vec![7u8; 4 * 1024 * 1024]).unwrap();
+
+    let mut got = vec![0u8; sent.len()];
+    link.read_exact(&mut got).unwrap();
+    assert!(got == sent, "every byte from before the reset");
+    let deadline = Instant::now() + WATCHDOG;
+    let refused = loop {
+        assert!(Instant::now() < deadline, "the writer never heard");
+        match link.write_all(b"after") {
+            Ok(()) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => break e.kind(),
+        }
+    };
+    assert_eq!(refused, std::io::ErrorKind::BrokenPipe);
 }
 
 /// Clock ticks this process spent on a CPU so far (user and system).
