@@ -88,6 +88,17 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>, wait: Wait) -> Result<bool, Tran
     Ok(!wait_ready(&[(fd, Interest::WRITE)], wait)?.is_empty())
 }
 
+/// True when the peer of stream socket `fd` closed its sending side (it closed its end, or
+/// shut it down for writing): what is left to read ends with the end of the stream. A peer
+/// that only shut its reading side down has not. A failed look counts as closed.
+pub(crate) fn peer_closed_writing(fd: BorrowedFd<'_>) -> bool {
+    let mut pollfds = [PollFd::from_borrowed_fd(fd, PollFlags::RDHUP)];
+    match poll(&mut pollfds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(_) => pollfds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP),
+        Err(_) => true,
+    }
+}
+
 /// What a [`wait_ready`] caller waits for on one descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interest {

@@ -8,18 +8,21 @@
 //! Each direction ends on its own, as a socketpair's do. The writer's end of stream (the local
 //! socket read its end, or failed) travels as `Eof`; the local reader shuts the socket's
 //! sending side once everything before it is written. A reader that went away (writing to the
-//! local socket fails) travels as `Reset`: the other end stops reading its local socket, shuts
-//! its receiving side (so the writer there hears that nobody reads, as it would locally), and
-//! ends its direction with `Eof`. A channel is forgotten once both directions ended.
+//! local socket fails) travels as `Reset`: the other end sends nothing more from its local
+//! socket, ends its direction with `Eof`, and shuts the socket's receiving side (so the writer
+//! there hears that nobody reads, as it would locally). A channel is forgotten once both
+//! directions ended.
 //!
 //! A `Reset` keeps the order a socketpair gives. A process that closes its end makes the
 //! other's writes fail only when everything it wrote is already in the other's socket, so a
 //! reader that gives up its link when a write fails still reads all of it. Across the tunnel,
-//! the reset is therefore sent only after what the local writer wrote before it (its `Eof`
-//! first, when it closed; at once when it only stopped reading), and the other end shuts its
-//! receiving side only once everything that came before the reset is written to its socket.
-//! Until then it reads and drops what its local writer writes, so that writer never blocks on
-//! a socket nobody reads (it may be waiting to write before it reads on).
+//! the reset is therefore sent after the local writer's bytes when that writer closed (its
+//! `Eof` goes first), and at once when it only stopped reading; and the other end shuts its
+//! socket's receiving side only once nothing waits for that socket any more. Until then it
+//! reads and drops what its local writer writes, so that writer never blocks on a socket
+//! nobody reads (it may be writing before it reads on). The same holds for every channel once
+//! the connection ended: what arrived is written, the writers' bytes are dropped, and they
+//! hear that nobody reads once nothing waits.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -28,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use super::error::TunnelError;
-use crate::wait::{wait_ready, Interest, Wait};
+use crate::wait::{peer_closed_writing, wait_ready, Interest, Wait};
 
 /// A relayed link's state at one end of the tunnel.
 #[derive(Debug)]
@@ -55,8 +58,9 @@ pub(super) struct Channel {
     reader_gone: bool,
     /// The local reader went away and the other end is not told yet (see the module doc).
     reset_owed: bool,
-    /// The socket's receiving side is to be shut once `inbound` is written (see `refused`);
-    /// until then, what the local writer writes is read and dropped, so that it never blocks.
+    /// The socket's receiving side is to be shut once `inbound` is written (nobody at the
+    /// other end reads); until then, what the local writer writes is read and dropped, so
+    /// that it never blocks.
     read_shut_owed: bool,
     /// While `read_shut_owed`: the local writer's stream ended, nothing more to drop.
     dropped_all: bool,
@@ -143,9 +147,9 @@ impl Channel {
     }
 
     /// Notes that the other end's reader went away: this end sends nothing more from its
-    /// socket (what the local writer writes is dropped) and, once everything that came before
-    /// the reset is written to it, shuts its receiving side, so the local writer learns it.
-    /// Returns true when the other end is to be told that this direction is over (`Eof`).
+    /// socket (what the local writer writes is dropped) and, once nothing waits for the
+    /// socket, shuts its receiving side, so the local writer learns it. Returns true when the
+    /// other end is to be told that this direction is over (`Eof`).
     pub(super) fn handle_reset(&mut self) -> bool {
         self.refused = true;
         self.read_shut_owed = true;
@@ -157,7 +161,19 @@ impl Channel {
         true
     }
 
-    /// Shuts the socket's receiving side after a reset, once nothing from before it waits.
+    /// Notes that the connection ended: nothing more comes, and nothing can be sent. What
+    /// waits for the socket is still written; the local writer is treated as after a reset
+    /// (its bytes dropped, then its receiving side shut).
+    pub(super) fn handle_connection_end(&mut self) {
+        let _ = self.handle_eof();
+        // Nobody can be told any more.
+        self.reset_owed = false;
+        self.sent_eof = true;
+        self.read_shut_owed = true;
+        self.shut_reading_if_due();
+    }
+
+    /// Shuts the socket's receiving side after a reset, once nothing waits for the socket.
     fn shut_reading_if_due(&mut self) {
         if self.read_shut_owed && self.inbound.is_empty() {
             let _ = self.socket.shutdown(Shutdown::Read);
@@ -166,10 +182,10 @@ impl Channel {
     }
 
     /// True (once) when the other end is to be told now that the local reader went away:
-    /// the local writer's stream ended and its `Eof` went first, or the writer still writes
-    /// and left nothing to read (it only stopped reading).
+    /// the local writer's stream ended and its `Eof` went first, or the writer did not close
+    /// its sending side (it only stopped reading, and may write on).
     pub(super) fn take_reset(&mut self) -> bool {
-        if self.reset_owed && (self.sent_eof || !self.is_readable_now()) {
+        if self.reset_owed && (self.sent_eof || !peer_closed_writing(self.socket.as_fd())) {
             self.reset_owed = false;
             return true;
         }
@@ -229,10 +245,6 @@ impl Channel {
 
     /// Reads from the socket into `buf`, at most the credit left.
     pub(super) fn read_local(&mut self, buf: &mut [u8]) -> LocalRead {
-        if self.read_shut_owed {
-            self.drop_local(buf);
-            return LocalRead::WouldBlock;
-        }
         let room = buf.len().min(self.send_credit as usize);
         if room == 0 || self.sent_eof {
             return LocalRead::WouldBlock;
@@ -257,9 +269,15 @@ impl Channel {
         }
     }
 
+    /// True while what the local writer writes is read and dropped (see `read_shut_owed`):
+    /// the socket is worth polling for reading even when nothing can be sent.
+    pub(super) fn is_dropping(&self) -> bool {
+        self.read_shut_owed && !self.dropped_all
+    }
+
     /// Reads what the local writer wrote after the other end's reader went away, and drops
     /// it (a few buffers' worth per call, so that other sockets get their turn).
-    fn drop_local(&mut self, buf: &mut [u8]) {
+    pub(super) fn drop_local(&mut self, buf: &mut [u8]) {
         for _ in 0..DROP_READS {
             match self.socket.read(buf) {
                 Ok(n) if n > 0 => {}
@@ -273,12 +291,9 @@ impl Channel {
         }
     }
 
-    /// True when the socket is worth polling for reading: its stream goes on, and the other
-    /// end gave credit (or what it writes is being dropped).
+    /// True when the socket is worth polling to send what it has: its stream goes on, and
+    /// the other end gave credit.
     pub(super) fn wants_read(&self) -> bool {
-        if self.read_shut_owed {
-            return !self.dropped_all;
-        }
         !self.sent_eof && self.send_credit > 0
     }
 

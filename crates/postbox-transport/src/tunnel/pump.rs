@@ -249,7 +249,9 @@ impl Pump {
             }
         }
         for (id, channel) in &self.channels {
-            let read = open && room && channel.wants_read();
+            // A channel dropping its writer's bytes is read even while draining: that writer
+            // must not block.
+            let read = channel.is_dropping() || (open && room && channel.wants_read());
             let write = channel.wants_write();
             if read || write {
                 set.push((channel.as_fd(), Interest { read, write }));
@@ -318,7 +320,7 @@ impl Pump {
                     for id in ids {
                         if let Some(channel) = self.channels.get_mut(&id) {
                             // Nothing can be sent any more: the credit is not told.
-                            let _ = channel.handle_eof();
+                            channel.handle_connection_end();
                         }
                         self.settle_channel(id);
                     }
@@ -569,9 +571,12 @@ impl Pump {
         self.queue(&TunnelFrame::Eof { channel: id });
     }
 
-    /// Writes what waits for a channel's socket, and reads what it has.
+    /// Writes what waits for a channel's socket, and reads what it has (or drops it).
     fn serve_channel(&mut self, id: ChannelId) {
         self.write_channel(id);
+        if let Some(channel) = self.channels.get_mut(&id).filter(|c| c.is_dropping()) {
+            channel.drop_local(&mut self.scratch);
+        }
         let mut chunks = 0;
         while self.draining_since.is_none()
             && chunks < CHUNKS_PER_ROUND
