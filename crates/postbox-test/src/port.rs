@@ -1,6 +1,6 @@
 //! Loopback ports for daemons a test starts: never the same number twice in a process.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::{TcpListener, UdpSocket};
 use std::sync::{Mutex, PoisonError};
 
@@ -30,7 +30,6 @@ pub fn free_udp_port() -> u16 {
 
 fn pick(bind: impl Fn() -> std::io::Result<std::net::SocketAddr>) -> u16 {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
-    let handed_out = handed_out.get_or_insert_with(HashSet::new);
     for _ in 0..PICKS {
         let port = bind().expect("bind a loopback port").port();
         if handed_out.insert(port) {
@@ -41,7 +40,7 @@ fn pick(bind: impl Fn() -> std::io::Result<std::net::SocketAddr>) -> u16 {
 }
 
 /// Every port number [`free_port`] and [`free_udp_port`] returned in this process.
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// Picks before giving up.
 const PICKS: usize = 1000;
@@ -54,7 +53,7 @@ mod tests {
     fn no_port_number_is_handed_out_twice() {
         let ports: Vec<u16> =
             (0..2000).map(|i| if i % 3 == 0 { free_udp_port() } else { free_port() }).collect();
-        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
         assert!(ports.iter().all(|&port| port != 0));
     }

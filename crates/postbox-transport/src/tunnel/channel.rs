@@ -168,9 +168,7 @@ impl Channel {
         let _ = self.handle_eof();
         // Nobody can be told any more.
         self.reset_owed = false;
-        self.sent_eof = true;
-        self.read_shut_owed = true;
-        self.shut_reading_if_due();
+        let _ = self.handle_reset();
     }
 
     /// Shuts the socket's receiving side after a reset, once nothing waits for the socket.

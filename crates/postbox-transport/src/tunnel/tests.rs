@@ -152,11 +152,13 @@ fn a_slow_reader_holds_up_neither_its_writer_beyond_the_window_nor_other_links()
     drop(slow_broker);
 }
 
-/// A tunnel with one link passed; returns the node's end and the broker's end of the link
-/// (and what keeps the tunnel up).
-fn tunnel_with_link() -> (UnixStream, UnixStream, AttachListener, ControlSocket, AttachedNode) {
-    let listener = listener(TunnelConfig::default());
-    let node = dial_app(listener.local_addr(), TunnelConfig::default());
+/// A tunnel set up with `config`, with one link passed; returns the node's end and the
+/// broker's end of the link (and what keeps the tunnel up).
+fn tunnel_with_link(
+    config: TunnelConfig,
+) -> (UnixStream, UnixStream, AttachListener, ControlSocket, AttachedNode) {
+    let listener = listener(config);
+    let node = dial_app(listener.local_addr(), config);
     let broker = attached(&listener);
     let (node_end, broker_end) = link_from_broker(&broker, &node);
     (node_end, broker_end, listener, node, broker)
@@ -177,7 +179,8 @@ fn link_from_broker(broker: &AttachedNode, node: &ControlSocket) -> (UnixStream,
 
 #[test]
 fn everything_written_before_a_close_arrives_even_with_input_left_unread() {
-    let (mut node_end, mut broker_end, _listener, _node, _broker) = tunnel_with_link();
+    let (mut node_end, mut broker_end, _listener, _node, _broker) =
+        tunnel_with_link(TunnelConfig::default());
     // The node's end leaves these unread: its close then reads as a reset at the tunnel.
     broker_end.write_all(b"never read").unwrap();
     let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
@@ -200,10 +203,7 @@ fn everything_written_before_a_close_arrives_even_with_input_left_unread() {
 fn a_reader_that_gives_up_when_its_writes_fail_still_gets_all_a_closed_writer_sent() {
     // A small window keeps most of what the node's end writes on the node's side.
     let config = TunnelConfig { window: 8 * 1024, ..TunnelConfig::default() };
-    let listener = listener(config);
-    let node = dial_app(listener.local_addr(), config);
-    let broker = attached(&listener);
-    let (node_end, mut broker_end) = link_from_broker(&broker, &node);
+    let (node_end, mut broker_end, _listener, _node, _broker) = tunnel_with_link(config);
 
     // The node's end writes until everything is full (its socket, the tunnel, the broker's
     // end's socket), then closes with its own bytes still waiting in its socket.
@@ -288,7 +288,8 @@ fn first_failed_write(mut end: &UnixStream) -> std::io::ErrorKind {
 
 #[test]
 fn a_reader_going_away_is_heard_by_the_writer_across_and_the_other_direction_goes_on() {
-    let (mut node_end, mut broker_end, _listener, _node, _broker) = tunnel_with_link();
+    let (mut node_end, mut broker_end, _listener, _node, _broker) =
+        tunnel_with_link(TunnelConfig::default());
     node_end.shutdown(std::net::Shutdown::Read).unwrap();
     // The broker's side writes until it hears that nobody reads (never a hang: the watchdog
     // is the socket's write timeout).
