@@ -28,10 +28,15 @@
 //!
 //! criterion's ratios move with the machine's mood (a small VM switches between a fast and a
 //! slow mode during a run). `POSTBOX_BENCH_ALTERNATE=<rounds>x<calls>` (e.g. `10x30000`)
-//! runs the alternating probe instead: in one process, rounds of `calls` untyped then typed
-//! 64 B echo calls (the order swapped every round), printing each round's medians (of
-//! batches of 100 calls) and their ratio, then the medians over the rounds.
-//! `POSTBOX_BENCH_ALTERNATE_ONLY=typed` (or `untyped`) makes only those calls, for profiles.
+//! runs the alternating probe instead: in one process, rounds of `calls` 64 B echo calls of
+//! each of three kinds (the order rotated every round), printing each round's medians (of
+//! batches of 100 calls) and their ratios, then the medians over the rounds. The kinds:
+//! untyped; typed; and `server-only`, the typed server's half of a typed call alone: each
+//! request encoded as the client stub encodes it, but before the call is timed, and sent with
+//! `Connection::call`, its reply not decoded. What `server-only` adds to the untyped call is
+//! the typed server's work and the typed frames' sizes; what `typed` adds to `server-only` is
+//! the client stub's work. `POSTBOX_BENCH_ALTERNATE_ONLY=typed` (or `untyped`, or
+//! `server-only`) makes only those calls, for profiles.
 //! `POSTBOX_BENCH_WORKER=<path>` serves with another build's `postbox` binary (to compare
 //! builds: run each build's bench binary with its own worker).
 
@@ -174,6 +179,7 @@ mod alternate {
     use std::time::Instant;
 
     use postbox::{Broker, Message};
+    use postbox_rpc::{ReplyStatus, RequestHeader, RequestKind, RPC_MSG_TYPE};
 
     use super::{placement, spawn_worker, typed};
 
@@ -185,8 +191,8 @@ mod alternate {
         (rounds > 0 && calls > 0).then_some((rounds, calls))
     }
 
-    /// Runs `rounds` rounds of `calls` untyped and `calls` typed 64 B echo calls, and prints
-    /// the per-round medians and ratios.
+    /// Runs `rounds` rounds of `calls` 64 B echo calls of each [`Kind`], and prints the
+    /// per-round medians and ratios.
     pub(crate) fn run(rounds: usize, calls: usize) {
         let placement = placement::Placement::from_bench_env();
         let broker = Broker::embedded().expect("embedded broker");
@@ -202,54 +208,134 @@ mod alternate {
         let untyped = node.connect("bench/echo").expect("connect to the echo port");
         let typed =
             typed::EchoClient::bind(&node, "bench/typed-echo").expect("bind the typed echo");
+        // A link of its own to the typed server, as the stub's is.
+        let server_only = node.connect("bench/typed-echo").expect("connect to the typed echo");
         let body = vec![0xa5u8; SIZE];
-        let untyped_round =
-            || batches(calls, || Message::new(body.clone()), |m| untyped.call(m).expect("untyped"));
-        let typed_round = || {
-            batches(
+        let mut requests = TypedRequests::new(&body);
+        // The server must answer these requests as it answers the stub's (not, say, with a
+        // type mismatch), or `server-only` would time an error path.
+        let reply = server_only.call(requests.next()).expect("typed request");
+        assert_eq!(
+            ReplyStatus::decode(reply.body()),
+            Ok((ReplyStatus::Ok, requests.arguments.as_slice())),
+            "the typed echo did not answer a request built as the stub builds it"
+        );
+        let mut round = |kind: Kind| match kind {
+            Kind::Untyped => {
+                batches(calls, || Message::new(body.clone()), |m| untyped.call(m).expect("untyped"))
+            }
+            Kind::ServerOnly => {
+                batches(calls, || requests.next(), |m| server_only.call(m).expect("typed request"))
+            }
+            Kind::Typed => batches(
                 calls,
                 || serde_bytes::ByteBuf::from(body.clone()),
                 |b| typed.echo(b).expect("typed echo"),
-            )
+            ),
         };
-        let only = std::env::var(ONLY_ENV);
+        let only = match std::env::var(ONLY_ENV).as_deref() {
+            Ok("untyped") => Some(Kind::Untyped),
+            Ok("server-only") => Some(Kind::ServerOnly),
+            Ok("typed") => Some(Kind::Typed),
+            _ => None,
+        };
         // A round of each first, not counted: caches, branch predictors, the links' spinners.
-        untyped_round();
-        typed_round();
+        for kind in Kind::ALL {
+            round(kind);
+        }
         eprintln!(
             "alternating probe, {SIZE} B, {} ({rounds} rounds of {calls} calls)",
             placement.label()
         );
-        eprintln!("round  untyped ns  typed ns  typed / untyped");
-        let (mut untyped_ns, mut typed_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let (u, t) = if only.as_deref() == Ok("typed") {
-                (f64::NAN, typed_round())
-            } else if only.as_deref() == Ok("untyped") {
-                (untyped_round(), f64::NAN)
-            } else if round % 2 == 0 {
-                let u = untyped_round();
-                (u, typed_round())
-            } else {
-                let t = typed_round();
-                (untyped_round(), t)
-            };
-            eprintln!("{round:>5}  {u:>10.0}  {t:>8.0}  {:>15.3}", t / u);
-            untyped_ns.push(u);
-            typed_ns.push(t);
-            ratios.push(t / u);
+        eprintln!(
+            "round  untyped ns  server-only ns  typed ns  server-only / untyped  typed / untyped"
+        );
+        let mut ns: [Vec<f64>; 3] = Default::default();
+        let mut ratios: [Vec<f64>; 2] = Default::default();
+        for n in 0..rounds {
+            let mut medians = [f64::NAN; 3];
+            // Each kind goes first, second and last in turn.
+            for i in 0..Kind::ALL.len() {
+                let kind = Kind::ALL[(n + i) % Kind::ALL.len()];
+                if only.is_none_or(|only| only == kind) {
+                    medians[kind as usize] = round(kind);
+                }
+            }
+            let [u, s, t] = medians;
+            eprintln!("{n:>5}  {u:>10.0}  {s:>14.0}  {t:>8.0}  {:>21.3}  {:>15.3}", s / u, t / u);
+            for (values, median) in ns.iter_mut().zip(medians) {
+                values.push(median);
+            }
+            ratios[0].push(s / u);
+            ratios[1].push(t / u);
         }
         let summary = |values: &mut Vec<f64>| {
             values.sort_by(f64::total_cmp);
             (median(values), values[0], values[values.len() - 1])
         };
-        let (u, u_min, u_max) = summary(&mut untyped_ns);
-        let (t, t_min, t_max) = summary(&mut typed_ns);
-        let (r, r_min, r_max) = summary(&mut ratios);
+        let [u, s, t] = ns.each_mut().map(summary);
+        let [rs, rt] = ratios.each_mut().map(summary);
         eprintln!(
-            "median of rounds: untyped {u:.0} ns ({u_min:.0}–{u_max:.0}), typed {t:.0} ns \
-             ({t_min:.0}–{t_max:.0}), typed / untyped {r:.3} ({r_min:.3}–{r_max:.3}, goal ≤ 1.10)"
+            "median of rounds: untyped {:.0} ns ({:.0}–{:.0}), server-only {:.0} ns ({:.0}–{:.0}), \
+             typed {:.0} ns ({:.0}–{:.0})",
+            u.0, u.1, u.2, s.0, s.1, s.2, t.0, t.1, t.2
         );
+        eprintln!(
+            "server-only / untyped {:.3} ({:.3}–{:.3}); typed / untyped {:.3} ({:.3}–{:.3}, \
+             goal ≤ 1.10)",
+            rs.0, rs.1, rs.2, rt.0, rt.1, rt.2
+        );
+    }
+
+    /// The probe's kinds of call, indexing its figures.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Untyped = 0,
+        ServerOnly = 1,
+        Typed = 2,
+    }
+
+    impl Kind {
+        const ALL: [Self; 3] = [Self::Untyped, Self::ServerOnly, Self::Typed];
+    }
+
+    /// Requests for the typed echo, each as `EchoClient::echo` encodes one (a new call id, the
+    /// method's name and hash, no deadline, the argument in postcard), built outside the timed
+    /// calls.
+    struct TypedRequests {
+        method_hash: u64,
+        arguments: Vec<u8>,
+        call_id: u64,
+    }
+
+    impl TypedRequests {
+        fn new(body: &[u8]) -> Self {
+            let schema = typed::EchoClient::schema().expect("the echo's schema");
+            let method = schema.methods.iter().find(|m| m.name == "echo").expect("echo");
+            let arguments = (serde_bytes::ByteBuf::from(body.to_vec()),);
+            Self {
+                method_hash: method.hash,
+                arguments: Message::encode(&arguments).expect("encode").into_body(),
+                // Far from the ids this process's client stub hands out.
+                call_id: 1 << 48,
+            }
+        }
+
+        fn next(&mut self) -> Message {
+            self.call_id += 1;
+            let mut body = Vec::new();
+            RequestHeader {
+                kind: RequestKind::Call,
+                flags: 0,
+                call_id: self.call_id,
+                method_hash: self.method_hash,
+                deadline_ns: 0,
+                method: "echo".into(),
+            }
+            .encode(&mut body);
+            body.extend_from_slice(&self.arguments);
+            Message::new(body).with_type(RPC_MSG_TYPE)
+        }
     }
 
     /// The median time per call (ns) over batches of [`BATCH`] calls, `calls` calls in all:
@@ -285,7 +371,8 @@ mod alternate {
         }
     }
 
-    /// `typed` or `untyped`: the probe makes only those calls (for profiles of one kind).
+    /// `typed`, `untyped` or `server-only`: the probe makes only those calls (for profiles of
+    /// one kind).
     const ONLY_ENV: &str = "POSTBOX_BENCH_ALTERNATE_ONLY";
 
     /// The body size of the probe's calls (issue 5's goal is at 64 B).
