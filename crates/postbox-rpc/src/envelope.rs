@@ -125,6 +125,43 @@ impl<'a> RequestHeader<'a> {
     /// (a name cut short could have been another method's).
     #[inline]
     pub fn encode(&self, buf: &mut Vec<u8>) {
+        let (first, name) = self.first_word();
+        // The fixed part as whole words, each appended as it is made: an array filled field by
+        // field and then copied at once is read back before the processor can forward its
+        // stores (a stall of several nanoseconds).
+        buf.reserve(FIXED_LEN + DEADLINE_LEN + name.len());
+        buf.extend_from_slice(&first.to_le_bytes());
+        buf.extend_from_slice(&self.call_id.to_le_bytes());
+        buf.extend_from_slice(&self.method_hash.to_le_bytes());
+        if self.deadline_ns != 0 {
+            buf.extend_from_slice(&self.deadline_ns.to_le_bytes());
+        }
+        buf.extend_from_slice(name);
+    }
+
+    /// Writes the header at the front of `out`, as [`encode`](Self::encode) appends it, and
+    /// returns its length; `None` (and `out` untouched) when `out` is too short for it.
+    #[inline]
+    pub fn encode_into(&self, out: &mut [u8]) -> Option<usize> {
+        let (first, name) = self.first_word();
+        let deadline = if self.deadline_ns != 0 { DEADLINE_LEN } else { 0 };
+        let len = FIXED_LEN + deadline + name.len();
+        let out = out.get_mut(..len)?;
+        out[..4].copy_from_slice(&first.to_le_bytes());
+        out[4..12].copy_from_slice(&self.call_id.to_le_bytes());
+        out[12..FIXED_LEN].copy_from_slice(&self.method_hash.to_le_bytes());
+        if deadline != 0 {
+            out[FIXED_LEN..FIXED_LEN + DEADLINE_LEN]
+                .copy_from_slice(&self.deadline_ns.to_le_bytes());
+        }
+        out[FIXED_LEN + deadline..].copy_from_slice(name);
+        Some(len)
+    }
+
+    /// The header's first word (version, kind, flags with the deadline bit, the name's length)
+    /// and the name it is sent with.
+    #[inline]
+    fn first_word(&self) -> (u32, &[u8]) {
         let kind: u8 = match self.kind {
             RequestKind::Call => 1,
             RequestKind::Oneway => 2,
@@ -135,20 +172,10 @@ impl<'a> RequestHeader<'a> {
             name if name.len() <= MAX_METHOD_NAME => name,
             _ => &[],
         };
-        let has_deadline = self.deadline_ns != 0;
-        let flags = (self.flags & !DEADLINE_FLAG) | if has_deadline { DEADLINE_FLAG } else { 0 };
-        // The fixed part as whole words, each appended as it is made: an array filled field by
-        // field and then copied at once is read back before the processor can forward its
-        // stores (a stall of several nanoseconds). The cast cannot truncate (the match above).
-        let first = u32::from_le_bytes([RPC_VERSION, kind, flags, name.len() as u8]);
-        buf.reserve(FIXED_LEN + DEADLINE_LEN + name.len());
-        buf.extend_from_slice(&first.to_le_bytes());
-        buf.extend_from_slice(&self.call_id.to_le_bytes());
-        buf.extend_from_slice(&self.method_hash.to_le_bytes());
-        if has_deadline {
-            buf.extend_from_slice(&self.deadline_ns.to_le_bytes());
-        }
-        buf.extend_from_slice(name);
+        let deadline = if self.deadline_ns != 0 { DEADLINE_FLAG } else { 0 };
+        let flags = (self.flags & !DEADLINE_FLAG) | deadline;
+        // The cast cannot truncate (the match above).
+        (u32::from_le_bytes([RPC_VERSION, kind, flags, name.len() as u8]), name)
     }
 
     /// Sets the deadline field of the encoded request `body` (a retry sends the same request
@@ -394,6 +421,30 @@ mod tests {
         // Once there, the field keeps saying there is a deadline.
         assert!(RequestHeader::set_deadline(&mut buf, 0));
         assert_eq!(RequestHeader::decode(&buf).unwrap().0.deadline_ns, 1);
+    }
+
+    #[test]
+    fn a_header_written_into_a_slice_is_the_one_appended_and_never_overruns() {
+        let long = "m".repeat(MAX_METHOD_NAME + 1);
+        for (deadline_ns, method) in [(0, "echo"), (1_000, "echo"), (0, ""), (5, long.as_str())] {
+            let header = RequestHeader {
+                kind: RequestKind::Oneway,
+                flags: RequestFlags::CANCELLABLE,
+                call_id: 0x0102_0304_0506_0708,
+                method_hash: 0x1112_1314_1516_1718,
+                deadline_ns,
+                method: method.into(),
+            };
+            let mut appended = Vec::new();
+            header.encode(&mut appended);
+            let mut out = [0xffu8; FIXED_LEN + DEADLINE_LEN + 8];
+            let len = header.encode_into(&mut out).expect("room for the header");
+            assert_eq!(&out[..len], appended.as_slice(), "{deadline_ns} {method:?}");
+            assert!(out[len..].iter().all(|&b| b == 0xff), "bytes after the header written");
+            let mut short = vec![0xffu8; appended.len() - 1];
+            assert_eq!(header.encode_into(&mut short), None);
+            assert!(short.iter().all(|&b| b == 0xff), "a short slice was written");
+        }
     }
 
     #[test]

@@ -27,6 +27,52 @@ use crate::node::NodeShared;
 use crate::readiness::Readiness;
 use crate::{spare, Message};
 
+/// What a call writes: a [`Message`], or a small request built on the caller's stack
+/// ([`RequestBytes`]), which becomes a message only to be handed back with an error.
+pub(crate) trait CallRequest {
+    /// Writes the request as a call frame correlated by `id`.
+    fn write(&mut self, end: &LinkEnd, id: u64, wait: Wait) -> Result<(), WriteFailure>;
+    /// The request as a message, handed back with an error.
+    fn into_message(self) -> Message;
+    /// The request was written: what it holds may serve again.
+    fn written(self);
+}
+
+impl CallRequest for Message {
+    fn write(&mut self, end: &LinkEnd, id: u64, wait: Wait) -> Result<(), WriteFailure> {
+        end.write(FrameKind::Call, self, id, wait)
+    }
+
+    fn into_message(self) -> Message {
+        self
+    }
+
+    fn written(self) {
+        // Its buffer can take the reply.
+        spare::keep_body(self);
+    }
+}
+
+/// A request's body and type, in bytes the caller holds (a typed request encoded on its
+/// stack): written without a [`Message`] and without a buffer of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestBytes<'a> {
+    pub(crate) msg_type: u32,
+    pub(crate) body: &'a [u8],
+}
+
+impl CallRequest for RequestBytes<'_> {
+    fn write(&mut self, end: &LinkEnd, id: u64, wait: Wait) -> Result<(), WriteFailure> {
+        end.write_bytes(FrameKind::Call, self.msg_type, self.body, id, wait)
+    }
+
+    fn into_message(self) -> Message {
+        Message::new(self.body).with_type(self.msg_type)
+    }
+
+    fn written(self) {}
+}
+
 /// Forgets a call whose async caller went away before its reply.
 struct PendingCall<'a> {
     link: &'a ClientLink,
@@ -598,9 +644,9 @@ impl ClientLink {
     /// acknowledged by it). `while_waiting` runs once the request is written (if it is), before
     /// the wait for the reply: work that would otherwise delay the call, done while the server
     /// works.
-    pub(crate) fn call_correlated(
+    pub(crate) fn call_correlated<R: CallRequest>(
         &self,
-        request: Message,
+        request: R,
         deadline: Option<Instant>,
         while_waiting: impl FnOnce(),
     ) -> Result<(Message, u64), CallError> {
@@ -608,18 +654,17 @@ impl ClientLink {
         let id = {
             let mut state = self.lock();
             if state.broken.is_some() {
-                return Err(CallError::Disconnected(request));
+                return Err(CallError::Disconnected(request.into_message()));
             }
             let limit = self.granted.quota.calls_in_flight;
             if state.calls.in_flight() >= limit as usize {
-                return Err(CallError::TooManyCalls { message: request, limit });
+                return Err(CallError::TooManyCalls { message: request.into_message(), limit });
             }
             state.calls.begin(deadline)
         };
-        if let Err(failure) =
-            self.end.write(FrameKind::Call, &mut request, id.0, Wait::deadline(deadline))
-        {
+        if let Err(failure) = request.write(&self.end, id.0, Wait::deadline(deadline)) {
             self.lock().calls.cancel(id);
+            let request = request.into_message();
             return Err(match failure {
                 WriteFailure::TooLarge(limit) => CallError::TooLarge { message: request, limit },
                 WriteFailure::Full => CallError::Timeout(Some(request)),
@@ -634,8 +679,7 @@ impl ClientLink {
                 }
             });
         }
-        // Written: its buffer can take the reply.
-        spare::keep_body(request);
+        request.written();
         if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(while_waiting)) {
             // The call is forgotten (a reply that still comes is dropped): a panic here must
             // not keep its place among the calls in flight.
@@ -657,15 +701,15 @@ impl ClientLink {
 
     /// The request back, or the refusal when the link carries datagrams (one-way only) or the
     /// denial when it was granted one-way messages only.
-    fn permit_call(&self, request: Message) -> Result<Message, CallError> {
+    fn permit_call<R: CallRequest>(&self, request: R) -> Result<R, CallError> {
         if self.spec.delivery == Delivery::Datagrams {
-            return Err(CallError::DatagramsOnly(request));
+            return Err(CallError::DatagramsOnly(request.into_message()));
         }
         if self.granted.rights.contains(Rights::CALL) {
             Ok(request)
         } else {
             let denied = AccessDenied::new(Operation::Call, self.granted.target.clone());
-            Err(CallError::AccessDenied { denied, message: request })
+            Err(CallError::AccessDenied { denied, message: request.into_message() })
         }
     }
 

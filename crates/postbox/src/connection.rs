@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use postbox_core::{LinkId, PeerIdentity, PortSpec};
 use postbox_transport::{Link, Wait};
 
-use crate::client_link::{ClientLink, Granted, OnewayFailure};
+use crate::client_link::{CallRequest, ClientLink, Granted, OnewayFailure};
 use crate::error::{
     CallError, LoanError, SendBatchError, SendError, SendTimeoutError, TrySendError,
 };
@@ -395,10 +395,11 @@ impl Connection {
 
     /// Like [`call`](Self::call), giving up at `deadline` (if any), with `while_waiting` run
     /// once the request is written, before the wait for the reply (see
-    /// `ClientLink::call_correlated`).
+    /// `ClientLink::call_correlated`). The request is a [`Message`], or bytes the caller holds
+    /// (`RequestBytes`).
     pub(crate) fn call_while(
         &self,
-        request: Message,
+        request: impl CallRequest,
         deadline: Option<Instant>,
         while_waiting: impl FnOnce(),
     ) -> Result<Message, CallError> {

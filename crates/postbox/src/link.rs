@@ -144,6 +144,40 @@ impl WriteGuard<'_> {
         }
     }
 
+    /// Writes `body`, bytes of this process shorter than [`POOL_THRESHOLD`] (a small request
+    /// built on the caller's stack), as one frame of `kind` with type `msg_type`, priority 0:
+    /// what [`write`](Self::write) does for such a body, without a [`Message`] to hold it.
+    pub(crate) fn write_bytes(
+        &self,
+        kind: FrameKind,
+        msg_type: u32,
+        body: &[u8],
+        correlation: u64,
+        wait: Wait,
+    ) -> Result<(), WriteFailure> {
+        let end = self.end;
+        // A length past `u32` is too large for any link.
+        let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        if body_len > end.max_body {
+            return Err(WriteFailure::TooLarge(end.max_body));
+        }
+        if end.is_closed() {
+            return Err(WriteFailure::Closed);
+        }
+        debug_assert!(body.len() < POOL_THRESHOLD, "a body for the pool in write_bytes");
+        let header = FrameHeader {
+            kind,
+            priority: 0,
+            msg_type,
+            id: next_message_id(),
+            correlation,
+            body_len,
+            placement: Placement::Inline,
+        }
+        .encode(body);
+        end.link.write_frame(&header, body, wait).map_err(|error| end.failure_of(error))
+    }
+
     /// Writes `messages` in order as frames of `kind` (no correlation), counting in `written`
     /// those that went out; on a failure the others were not written, and the failure is the
     /// first of them's, as [`write`](Self::write) would report it.
@@ -341,6 +375,20 @@ impl LinkEnd {
     ) -> Result<(), WriteFailure> {
         let guard = self.enter(wait).ok_or(WriteFailure::Full)?;
         guard.write(kind, message, correlation, wait)
+    }
+
+    /// Like [`write`](Self::write), for a small body of bytes (see
+    /// [`WriteGuard::write_bytes`]).
+    pub(crate) fn write_bytes(
+        &self,
+        kind: FrameKind,
+        msg_type: u32,
+        body: &[u8],
+        correlation: u64,
+        wait: Wait,
+    ) -> Result<(), WriteFailure> {
+        let guard = self.enter(wait).ok_or(WriteFailure::Full)?;
+        guard.write_bytes(kind, msg_type, body, correlation, wait)
     }
 
     /// Becomes the only writer of this link until the guard drops, waiting until `wait` ends

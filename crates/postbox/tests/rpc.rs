@@ -379,6 +379,24 @@ fn requests_and_replies_around_the_inline_size_arrive_whole_with_their_deadlines
     assert_eq!(retrying.echo(vec![7; 64]).unwrap(), (vec![7; 64], true));
 }
 
+#[test]
+fn requests_around_and_beyond_the_callers_stack_buffer_arrive_whole_with_their_deadlines() {
+    let broker = Broker::embedded().unwrap();
+    let server_node = broker.node().unwrap();
+    let _serving = PaddedServer::new(PaddedEcho).start(&server_node, "rpc/stacked").unwrap();
+    let node = broker.node().unwrap();
+    let plain = PaddedClient::bind(&node, "rpc/stacked").unwrap();
+    let hurried = plain.clone().with_timeout(Duration::from_secs(60));
+    // A call's request is built on the caller's stack when it fits in 256 bytes (a header of 24
+    // bytes, 32 with a deadline, then the body's length and the body), else in a buffer; from
+    // 32 KiB on, its body goes through the link's payload pool.
+    for len in (180..=260).chain([1000, 4096, 40_000, 300_000]) {
+        let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        assert_eq!(plain.echo(body.clone()).unwrap(), (body.clone(), false), "{len} bytes");
+        assert_eq!(hurried.echo(body.clone()).unwrap(), (body, true), "{len} bytes");
+    }
+}
+
 /// Counts how often its method really ran, and lets a test wait until a run started.
 #[postbox::service]
 pub trait Once {

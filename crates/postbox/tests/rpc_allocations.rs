@@ -1,7 +1,8 @@
 //! A warm typed call whose arguments and result own no heap memory allocates nothing, on the
 //! caller's thread or on the server's, although its request and reply are too large to be
-//! held in place: each thread's request, reply and received bodies take turns in the buffers
-//! the thread kept (docs/benchmarks.md, "Buffers that take turns, answers looked for often").
+//! held in place: the caller builds its request on its stack, and each thread's other bodies
+//! (replies built and received, requests received) take turns in the buffers the thread kept
+//! (docs/benchmarks.md, "Buffers that take turns, answers looked for often").
 //! Nor does one whose caller and server wait longer than they spin, and sleep: their polls
 //! keep their descriptor sets on the stack.
 #![allow(missing_docs)]

@@ -16,6 +16,7 @@ use postbox_rpc::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::client_link::{CallRequest, RequestBytes};
 use crate::error::{CallError, ConnectError, SendError};
 use crate::node::NodeShared;
 use crate::rpc::{codec, context};
@@ -208,9 +209,27 @@ impl Client {
         E: DeserializeOwned,
     {
         let (deadline, with_deadline) = self.call_deadline();
+        let room = self.request_room(method);
+        if self.retry.is_none() {
+            // One attempt, the usual case: a request that fits is built on the stack and
+            // written from there (no buffer, no message).
+            let mut stack = [0u8; STACK_REQUEST];
+            if let Some(len) = self.request_on_stack(method, with_deadline, &args, &mut stack)? {
+                set_deadline(&mut stack[..len], deadline);
+                let request = RequestBytes { msg_type: RPC_MSG_TYPE, body: &stack[..len] };
+                let while_waiting = move || {
+                    drop(args);
+                    // One buffer for the reply.
+                    spare::stock(1, room);
+                };
+                return self.exchange_once(request, deadline, while_waiting, |reply| {
+                    self.check_reply(method, reply)?;
+                    decode_reply(reply)
+                });
+            }
+        }
         let body =
             self.request(RequestKind::Call, method, self.call_flags(), with_deadline, &args)?;
-        let room = self.request_room(method);
         let while_waiting = move || {
             drop(args);
             // One buffer for the reply, one for the next request.
@@ -316,19 +335,12 @@ impl Client {
     ) -> Result<R, RpcError<E>> {
         if self.retry.is_none() {
             // One attempt, the usual case: nothing kept for a retry.
-            let request = request_message(body, deadline);
-            let replaced;
-            let link = match self.slot.first_link() {
-                Some(first) => first,
-                None => {
-                    replaced = self.slot.link();
-                    &*replaced
-                }
-            };
-            return match link.call_while(request, deadline, while_waiting) {
-                Ok(ref mut reply) => on_reply(reply),
-                Err(error) => Err(call_error(error).map_remote(|n| match n {})),
-            };
+            return self.exchange_once(
+                request_message(body, deadline),
+                deadline,
+                while_waiting,
+                on_reply,
+            );
         }
         let mut link = self.slot.link();
         let mut attempt = 1;
@@ -349,6 +361,30 @@ impl Client {
                     None => std::thread::sleep(self.backoff(deadline)),
                 },
             }
+        }
+    }
+
+    /// One attempt of [`exchange`](Self::exchange), with `request` as it is (its deadline
+    /// field set), on the link in use.
+    #[inline]
+    fn exchange_once<R, E>(
+        &self,
+        request: impl CallRequest,
+        deadline: Option<Instant>,
+        while_waiting: impl FnOnce(),
+        on_reply: impl FnOnce(&mut Message) -> Result<R, RpcError<E>>,
+    ) -> Result<R, RpcError<E>> {
+        let replaced;
+        let link = match self.slot.first_link() {
+            Some(first) => first,
+            None => {
+                replaced = self.slot.link();
+                &*replaced
+            }
+        };
+        match link.call_while(request, deadline, while_waiting) {
+            Ok(ref mut reply) => on_reply(reply),
+            Err(error) => Err(call_error(error).map_remote(|n| match n {})),
         }
     }
 
@@ -473,6 +509,33 @@ impl Client {
         }
     }
 
+    /// The request of a call of the `method`-th method with `args`, written at the front of
+    /// `stack` (its deadline field, when `with_deadline`, still to be set); its length, or
+    /// `None` when it does not fit (it is then built in a buffer, [`request`](Self::request)).
+    ///
+    /// # Errors
+    /// As [`header`](Self::header), and `BadRequest` for arguments serde refuses.
+    #[inline]
+    fn request_on_stack<A, E>(
+        &self,
+        method: usize,
+        with_deadline: bool,
+        args: &A,
+        stack: &mut [u8],
+    ) -> Result<Option<usize>, RpcError<E>>
+    where
+        A: Serialize + ?Sized,
+    {
+        let header =
+            self.request_header(RequestKind::Call, method, self.call_flags(), with_deadline)?;
+        let Some(at) = header.encode_into(stack) else { return Ok(None) };
+        match postcard::to_slice(args, &mut stack[at..]) {
+            Ok(encoded) => Ok(Some(at + encoded.len())),
+            Err(postcard::Error::SerializeBufferFull) => Ok(None),
+            Err(e) => Err(RpcError::BadRequest(e.to_string())),
+        }
+    }
+
     /// A one-way request for the `method`-th method, with the deadline of now.
     fn oneway<A: Serialize + ?Sized>(&self, method: usize, args: &A) -> Result<Message, RpcError> {
         let deadline = self.deadline();
@@ -510,22 +573,36 @@ impl Client {
         flags: u8,
         with_deadline: bool,
     ) -> Result<Vec<u8>, RpcError<E>> {
+        let header = self.request_header(kind, method, flags, with_deadline)?;
+        // A buffer the thread kept when it has one (see `spare`).
+        let mut body = spare::take(self.request_room(method));
+        header.encode(&mut body);
+        Ok(body)
+    }
+
+    /// The request header for the `method`-th method, with a new call id, and a deadline field
+    /// (1 ns until it is set) when `with_deadline`; `BadRequest` for a name too long (see
+    /// [`header`](Self::header)).
+    #[inline]
+    fn request_header<E>(
+        &self,
+        kind: RequestKind,
+        method: usize,
+        flags: u8,
+        with_deadline: bool,
+    ) -> Result<RequestHeader<'_>, RpcError<E>> {
         let schema = &self.schema.methods[method];
         if schema.name.len() > MAX_METHOD_NAME {
             return Err(name_too_long(&schema.name));
         }
-        // A buffer the thread kept when it has one (see `spare`).
-        let mut body = spare::take(self.request_room(method));
-        RequestHeader {
+        Ok(RequestHeader {
             kind,
             flags,
             call_id: next_call_id(),
             method_hash: schema.hash,
             deadline_ns: u64::from(with_deadline),
             method: schema.name.as_str().into(),
-        }
-        .encode(&mut body);
-        Ok(body)
+        })
     }
 
     /// Checks a reply's payload against the `method`-th method's result or error shape, when
@@ -593,15 +670,21 @@ impl Drop for CancelOnDrop {
 /// attempt without one after all (a per-attempt time too long for the clock) sends
 /// [`NO_DEADLINE`], which the server reads as none.
 fn request_message(mut body: Vec<u8>, deadline: Option<Instant>) -> Message {
+    set_deadline(&mut body, deadline);
+    // A small request is copied into the message, and the buffer kept for the next.
+    codec::message_of(body).with_type(RPC_MSG_TYPE)
+}
+
+/// Sets the deadline field of the request `body`, when it has one: the time left before
+/// `deadline` (see [`request_message`]).
+fn set_deadline(body: &mut [u8], deadline: Option<Instant>) {
     let left = deadline.map_or(NO_DEADLINE, |d| {
         // A deadline already passed still says "there is one" (1 ns).
         d.saturating_duration_since(Instant::now()).as_nanos().clamp(1, (NO_DEADLINE - 1).into())
             as u64
     });
-    let set = RequestHeader::set_deadline(&mut body, left);
+    let set = RequestHeader::set_deadline(body, left);
     debug_assert!(set || deadline.is_none(), "a request with a deadline has its field");
-    // A small request is copied into the message, and the buffer kept for the next.
-    codec::message_of(body).with_type(RPC_MSG_TYPE)
 }
 
 /// A describe or cancel request (for call `call_id`): on the control lane, which a server
@@ -761,6 +844,10 @@ const CONTROL_PRIORITY: u8 = 31;
 
 /// How long binding waits for the service to describe itself.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most bytes a call's request built on the stack has (`Client::request_on_stack`):
+/// the header and small arguments, as a request built in a buffer reserves.
+const STACK_REQUEST: usize = 256;
 
 /// Bytes reserved for a request's header (its method name apart).
 const HEADER_ROOM: usize = 40;
