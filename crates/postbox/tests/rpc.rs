@@ -359,41 +359,56 @@ impl Padded for PaddedEcho {
 /// deadline or without one, and so does the next call of the same thread.
 #[test]
 fn requests_and_replies_around_the_inline_size_arrive_whole_with_their_deadlines() {
-    let broker = Broker::embedded().unwrap();
-    let server_node = broker.node().unwrap();
-    let _serving = PaddedServer::new(PaddedEcho).start(&server_node, "rpc/padded").unwrap();
-    let node = broker.node().unwrap();
-    let plain = PaddedClient::bind(&node, "rpc/padded").unwrap();
-    let hurried = plain.clone().with_timeout(Duration::from_secs(60));
+    let echoes = PaddedEchoes::start("rpc/padded");
     // The request's header is 24 bytes with this method name (32 with a deadline): bodies of
     // 0..=120 bytes make requests and replies on both sides of 64 bytes.
-    for len in 0..=120 {
-        let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
-        assert_eq!(plain.echo(body.clone()).unwrap(), (body.clone(), false), "{len} bytes");
-        assert_eq!(hurried.echo(body.clone()).unwrap(), (body, true), "{len} bytes");
-    }
+    echoes.echo_each(0..=120);
     // A retrying call carries the deadline field; attempts without a time limit say so in it.
-    let patient = plain.clone().with_retries(2, Duration::MAX);
+    let patient = echoes.plain.clone().with_retries(2, Duration::MAX);
     assert_eq!(patient.echo(vec![7; 64]).unwrap(), (vec![7; 64], false));
-    let retrying = plain.with_retries(2, Duration::from_secs(60));
+    let retrying = echoes.plain.clone().with_retries(2, Duration::from_secs(60));
     assert_eq!(retrying.echo(vec![7; 64]).unwrap(), (vec![7; 64], true));
 }
 
 #[test]
 fn requests_around_and_beyond_the_callers_stack_buffer_arrive_whole_with_their_deadlines() {
-    let broker = Broker::embedded().unwrap();
-    let server_node = broker.node().unwrap();
-    let _serving = PaddedServer::new(PaddedEcho).start(&server_node, "rpc/stacked").unwrap();
-    let node = broker.node().unwrap();
-    let plain = PaddedClient::bind(&node, "rpc/stacked").unwrap();
-    let hurried = plain.clone().with_timeout(Duration::from_secs(60));
     // A call's request is built on the caller's stack when it fits in 256 bytes (a header of 24
     // bytes, 32 with a deadline, then the body's length and the body), else in a buffer; from
     // 32 KiB on, its body goes through the link's payload pool.
-    for len in (180..=260).chain([1000, 4096, 40_000, 300_000]) {
-        let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        assert_eq!(plain.echo(body.clone()).unwrap(), (body.clone(), false), "{len} bytes");
-        assert_eq!(hurried.echo(body.clone()).unwrap(), (body, true), "{len} bytes");
+    PaddedEchoes::start("rpc/stacked").echo_each((180..=260).chain([1000, 4096, 40_000, 300_000]));
+}
+
+/// A `Padded` echo served on port `name` of a broker of its own, and a client bound to it.
+struct PaddedEchoes {
+    plain: PaddedClient,
+    _serving: postbox::rpc::Serving,
+    _nodes: [postbox::Node; 2],
+    _broker: Broker,
+}
+
+impl PaddedEchoes {
+    fn start(name: &str) -> Self {
+        let broker = Broker::embedded().unwrap();
+        let server_node = broker.node().unwrap();
+        let serving = PaddedServer::new(PaddedEcho).start(&server_node, name).unwrap();
+        let node = broker.node().unwrap();
+        let plain = PaddedClient::bind(&node, name).unwrap();
+        Self { plain, _serving: serving, _nodes: [node, server_node], _broker: broker }
+    }
+
+    /// Echoes a body of each length in `lens`, without a deadline and with one, and checks
+    /// what comes back.
+    fn echo_each(&self, lens: impl IntoIterator<Item = usize>) {
+        let hurried = self.plain.clone().with_timeout(Duration::from_secs(60));
+        for len in lens {
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            assert_eq!(
+                self.plain.echo(body.clone()).unwrap(),
+                (body.clone(), false),
+                "{len} bytes"
+            );
+            assert_eq!(hurried.echo(body.clone()).unwrap(), (body, true), "{len} bytes");
+        }
     }
 }
 
