@@ -210,6 +210,10 @@ impl Client {
     {
         let (deadline, with_deadline) = self.call_deadline();
         let room = self.request_room(method);
+        let on_reply = |reply: &mut Message| {
+            self.check_reply(method, reply)?;
+            decode_reply(reply)
+        };
         if self.retry.is_none() {
             // One attempt, the usual case: a request that fits is built on the stack and
             // written from there (no buffer, no message).
@@ -222,10 +226,7 @@ impl Client {
                     // One buffer for the reply.
                     spare::stock(1, room);
                 };
-                return self.exchange_once(request, deadline, while_waiting, |reply| {
-                    self.check_reply(method, reply)?;
-                    decode_reply(reply)
-                });
+                return self.exchange_once(request, deadline, while_waiting, on_reply);
             }
         }
         let body =
@@ -235,10 +236,7 @@ impl Client {
             // One buffer for the reply, one for the next request.
             spare::stock(2, room);
         };
-        self.exchange(body, deadline, while_waiting, |reply| {
-            self.check_reply(method, reply)?;
-            decode_reply(reply)
-        })
+        self.exchange(body, deadline, while_waiting, on_reply)
     }
 
     /// Like [`call`](Self::call), without blocking the thread (tokio). Dropping the future
