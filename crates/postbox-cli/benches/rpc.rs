@@ -179,7 +179,7 @@ mod alternate {
     use std::time::Instant;
 
     use postbox::{Broker, Message};
-    use postbox_rpc::{ReplyStatus, RequestHeader, RequestKind, RPC_MSG_TYPE};
+    use postbox_rpc::{ReplyStatus, RequestFields, RequestHeader, RequestKind, RPC_MSG_TYPE};
 
     use super::{placement, spawn_worker, typed};
 
@@ -195,6 +195,8 @@ mod alternate {
     /// per-round medians and ratios.
     pub(crate) fn run(rounds: usize, calls: usize) {
         let placement = placement::Placement::from_bench_env();
+        // Read before this thread is pinned to one of them.
+        let (client_cpu, server_cpu) = placement.cpus().expect("CPUs for the placement");
         let broker = Broker::embedded().expect("embedded broker");
         let _servers = placement
             .apply(|| {
@@ -248,10 +250,12 @@ mod alternate {
             placement.label()
         );
         eprintln!(
-            "round  untyped ns  server-only ns  typed ns  server-only / untyped  typed / untyped"
+            "round  untyped ns  server-only ns  typed ns  server-only / untyped  typed / untyped  \
+             client cpu µs  server cpu µs"
         );
         let mut ns: [Vec<f64>; 3] = Default::default();
         let mut ratios: [Vec<f64>; 2] = Default::default();
+        let mut cpus: [Vec<f64>; 2] = Default::default();
         for n in 0..rounds {
             let mut medians = [f64::NAN; 3];
             // Each kind goes first, second and last in turn.
@@ -262,7 +266,17 @@ mod alternate {
                 }
             }
             let [u, s, t] = medians;
-            eprintln!("{n:>5}  {u:>10.0}  {s:>14.0}  {t:>8.0}  {:>21.3}  {:>15.3}", s / u, t / u);
+            let cpu = [client_cpu, server_cpu].map(reference_work_us);
+            eprintln!(
+                "{n:>5}  {u:>10.0}  {s:>14.0}  {t:>8.0}  {:>21.3}  {:>15.3}  {:>13.1}  {:>13.1}",
+                s / u,
+                t / u,
+                cpu[0],
+                cpu[1]
+            );
+            for (values, us) in cpus.iter_mut().zip(cpu) {
+                values.push(us);
+            }
             for (values, median) in ns.iter_mut().zip(medians) {
                 values.push(median);
             }
@@ -275,6 +289,7 @@ mod alternate {
         };
         let [u, s, t] = ns.each_mut().map(summary);
         let [rs, rt] = ratios.each_mut().map(summary);
+        let [cc, cs] = cpus.each_mut().map(summary);
         eprintln!(
             "median of rounds: untyped {:.0} ns ({:.0}–{:.0}), server-only {:.0} ns ({:.0}–{:.0}), \
              typed {:.0} ns ({:.0}–{:.0})",
@@ -285,6 +300,49 @@ mod alternate {
              goal ≤ 1.10)",
             rs.0, rs.1, rs.2, rt.0, rt.1, rt.2
         );
+        eprintln!(
+            "reference work: client cpu {:.1} µs ({:.1}–{:.1}), server cpu {:.1} µs ({:.1}–{:.1})",
+            cc.0, cc.1, cc.2, cs.0, cs.1, cs.2
+        );
+    }
+
+    /// Microseconds that [`REFERENCE_CALLS`] typed requests' encoding and decoding take on
+    /// `cpu` (the best of 5 tries, on a thread pinned there): the machine's speed for typed
+    /// work at the time, beside the round's figures.
+    fn reference_work_us(cpu: usize) -> f64 {
+        let work = || {
+            placement::pin_current_thread(cpu).expect("pin the reference work");
+            let arguments = (serde_bytes::ByteBuf::from(vec![0xa5u8; SIZE]),);
+            let mut body = Vec::with_capacity(256);
+            let best = (0..5)
+                .map(|_| {
+                    let start = Instant::now();
+                    for call_id in 0..REFERENCE_CALLS {
+                        body.clear();
+                        RequestHeader {
+                            kind: RequestKind::Call,
+                            flags: 0,
+                            call_id,
+                            method_hash: 0x5eed,
+                            deadline_ns: 0,
+                            method: "echo".into(),
+                        }
+                        .encode(&mut body);
+                        let encoded = Message::encode(&arguments).expect("encode");
+                        body.extend_from_slice(encoded.body());
+                        let (fields, args) =
+                            RequestFields::decode(black_box(&body)).expect("decode");
+                        let decoded: (serde_bytes::ByteBuf,) =
+                            Message::new(args.to_vec()).decode().expect("decode the arguments");
+                        black_box((fields.call_id, decoded));
+                    }
+                    start.elapsed()
+                })
+                .min()
+                .unwrap_or_default();
+            best.as_secs_f64() * 1e6
+        };
+        std::thread::scope(|s| s.spawn(work).join().expect("the reference work"))
     }
 
     /// The probe's kinds of call, indexing its figures.
@@ -379,6 +437,8 @@ mod alternate {
     const SIZE: usize = 64;
     /// Calls per timed batch.
     const BATCH: usize = 100;
+    /// Requests encoded and decoded by [`reference_work_us`].
+    const REFERENCE_CALLS: u64 = 1000;
 }
 
 /// What `postbox worker typed-echo` serves: the same shape as `src/services.rs`'s `Echo` (a

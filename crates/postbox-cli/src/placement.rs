@@ -56,7 +56,7 @@ impl Placement {
     }
 
     /// (client CPU, server CPU).
-    fn cpus(self) -> Option<(usize, usize)> {
+    pub(crate) fn cpus(self) -> Option<(usize, usize)> {
         let cpus = allowed_cpus();
         match self {
             Self::SameCore => cpus.first().map(|&c| (c, c)),
