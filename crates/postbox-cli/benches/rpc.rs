@@ -322,15 +322,7 @@ mod alternate {
                     let start = Instant::now();
                     for call_id in 0..REFERENCE_CALLS {
                         body.clear();
-                        RequestHeader {
-                            kind: RequestKind::Call,
-                            flags: 0,
-                            call_id,
-                            method_hash: 0x5eed,
-                            deadline_ns: 0,
-                            method: "echo".into(),
-                        }
-                        .encode(&mut body);
+                        echo_request_header(call_id, 0x5eed).encode(&mut body);
                         let encoded = Message::encode(&arguments).expect("encode");
                         body.extend_from_slice(encoded.body());
                         let (fields, args) =
@@ -385,17 +377,21 @@ mod alternate {
         fn next(&mut self) -> Message {
             self.call_id += 1;
             let mut body = Vec::new();
-            RequestHeader {
-                kind: RequestKind::Call,
-                flags: 0,
-                call_id: self.call_id,
-                method_hash: self.method_hash,
-                deadline_ns: 0,
-                method: "echo".into(),
-            }
-            .encode(&mut body);
+            echo_request_header(self.call_id, self.method_hash).encode(&mut body);
             body.extend_from_slice(&self.arguments);
             Message::new(body).with_type(RPC_MSG_TYPE)
+        }
+    }
+
+    /// The header of an `echo` call as the client stub writes it: no retries, no deadline.
+    fn echo_request_header(call_id: u64, method_hash: u64) -> RequestHeader<'static> {
+        RequestHeader {
+            kind: RequestKind::Call,
+            flags: 0,
+            call_id,
+            method_hash,
+            deadline_ns: 0,
+            method: "echo".into(),
         }
     }
 
