@@ -331,17 +331,19 @@ fn deadline_of(flags: u8, field: [u8; DEADLINE_LEN]) -> Result<u64, DecodeError>
 impl ReplyStatus {
     /// Appends the reply's header (version, status); the payload follows it.
     pub fn encode(self, buf: &mut Vec<u8>) {
-        buf.push(RPC_VERSION);
-        buf.push(match self {
-            Self::Ok => 0,
-            Self::Err => 1,
-            Self::TypeMismatch => 2,
-            Self::UnknownMethod => 3,
-            Self::Panicked => 4,
-            Self::BadRequest => 5,
-            Self::DeadlineExceeded => 6,
-            Self::Cancelled => 7,
-        });
+        buf.extend_from_slice(&[
+            RPC_VERSION,
+            match self {
+                Self::Ok => 0,
+                Self::Err => 1,
+                Self::TypeMismatch => 2,
+                Self::UnknownMethod => 3,
+                Self::Panicked => 4,
+                Self::BadRequest => 5,
+                Self::DeadlineExceeded => 6,
+                Self::Cancelled => 7,
+            },
+        ]);
     }
 
     /// Decodes the status at the front of a reply body; returns it and the payload.

@@ -182,6 +182,28 @@ impl ReplyToken {
         result
     }
 
+    /// Like [`reply`](Self::reply), for a reply body of bytes the server holds (a typed
+    /// reply): written from them, without a [`Message`], when it is small enough to go inline
+    /// (else as a message, which may go through the link's payload pool). An error hands back
+    /// a copy.
+    pub(crate) fn reply_bytes(mut self, body: &[u8]) -> Result<(), SendError> {
+        if body.len() >= crate::link::POOL_THRESHOLD {
+            return self.reply_returning(Message::new(body)).map(drop);
+        }
+        let written = self.link.end.write_bytes(
+            FrameKind::Reply,
+            0,
+            body,
+            self.correlation,
+            Wait::timeout(REPLY_WAIT),
+        );
+        // A credit skipped while this reply held the link goes out now.
+        self.link.flush_credit(true);
+        let result = written.map_err(|failure| self.failed(failure, Message::new(body)));
+        self.settle(result.as_ref().err());
+        result
+    }
+
     /// Answers with an error: the caller gets [`CallError::Remote`](crate::CallError::Remote)
     /// with this message.
     ///
@@ -248,16 +270,21 @@ impl ReplyToken {
         self.link.flush_credit(true);
         match written {
             Ok(()) => Ok(message),
-            Err(WriteFailure::TooLarge(limit)) => Err(SendError::TooLarge { message, limit }),
-            Err(WriteFailure::Full) => {
+            Err(failure) => Err(self.failed(failure, message)),
+        }
+    }
+
+    /// The error of a reply `message` whose write failed with `failure`.
+    fn failed(&self, failure: WriteFailure, message: Message) -> SendError {
+        match failure {
+            WriteFailure::TooLarge(limit) => SendError::TooLarge { message, limit },
+            WriteFailure::Full => {
                 // The caller has not read its link for REPLY_WAIT: a reply may never fit, and
                 // a server thread must not wait on it forever.
                 self.link.end.close();
-                Err(SendError::Disconnected(message))
+                SendError::Disconnected(message)
             }
-            Err(WriteFailure::Closed | WriteFailure::Violation) => {
-                Err(SendError::Disconnected(message))
-            }
+            WriteFailure::Closed | WriteFailure::Violation => SendError::Disconnected(message),
         }
     }
 

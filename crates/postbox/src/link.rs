@@ -264,7 +264,7 @@ const BATCH_BYTES: usize = 32 * 1024;
 
 /// Bodies this large go through a shared-memory link's payload pool when it has room: below
 /// it, copying through the stream costs less than lending.
-const POOL_THRESHOLD: usize = 32 * 1024;
+pub(crate) const POOL_THRESHOLD: usize = 32 * 1024;
 
 /// Why a frame was not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

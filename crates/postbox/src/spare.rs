@@ -36,11 +36,16 @@ pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
 fn take_within(room: usize, most: usize) -> Vec<u8> {
     let taken = SPARE.try_with(|spare| {
         let mut kept = spare.try_borrow_mut().ok()?;
-        let fitting = kept
-            .iter_mut()
-            .filter(|buffer| (room..=most).contains(&buffer.capacity()))
-            .min_by_key(|buffer| buffer.capacity())?;
-        Some(std::mem::take(fitting))
+        let mut fitting: Option<&mut Vec<u8>> = None;
+        for buffer in kept.iter_mut() {
+            let capacity = buffer.capacity();
+            if (room..=most).contains(&capacity)
+                && fitting.as_ref().is_none_or(|best| capacity < best.capacity())
+            {
+                fitting = Some(buffer);
+            }
+        }
+        fitting.map(std::mem::take)
     });
     match taken {
         Ok(Some(mut buffer)) => {

@@ -85,7 +85,11 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        match data {
+            // A varint of one byte (most lengths and small numbers): no copy call for it.
+            [byte] => self.0.push(*byte),
+            _ => self.0.extend_from_slice(data),
+        }
         Ok(())
     }
 
@@ -119,22 +123,32 @@ impl<'de> Deserializer<'de> for TakeBytes<'_> {
 
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> postcard::Result<V::Value> {
-        let body = self.message.body();
-        let payload = body.get(self.at..).unwrap_or_default();
-        // postcard reads the length, so that it is read exactly as the fallback would.
-        let Ok((bytes, rest)) = postcard::take_from_bytes::<&[u8]>(payload) else {
-            return Err(postcard::Error::WontImplement);
+        let (start, end) = {
+            let body = self.message.body();
+            match body.get(self.at..).unwrap_or_default() {
+                // A length below 128 is one byte of postcard's varint: the usual case, read
+                // here at once.
+                [len, bytes @ ..] if *len < 0x80 && usize::from(*len) <= bytes.len() => {
+                    (self.at + 1, self.at + 1 + usize::from(*len))
+                }
+                // Any other, postcard reads, so that it is read exactly as the fallback would.
+                payload => {
+                    let Ok((bytes, rest)) = postcard::take_from_bytes::<&[u8]>(payload) else {
+                        return Err(postcard::Error::WontImplement);
+                    };
+                    // The bytes come right before `rest`, which ends the body.
+                    let end = body.len() - rest.len();
+                    (end - bytes.len(), end)
+                }
+            }
         };
-        // The bytes come right before `rest`, which ends the body.
-        let end = body.len() - rest.len();
-        let start = end - bytes.len();
         *self.taken = true;
-        if !matches!(self.message.body, Body::Owned(_)) {
+        let Body::Owned(owned) = &mut self.message.body else {
             // Held in place (small) or received in place: the bytes alone are copied once.
-            return visitor.visit_byte_buf(spare::copy_of(&body[start..end]));
-        }
+            return visitor.visit_byte_buf(spare::copy_of(&self.message.body()[start..end]));
+        };
         // Owned bytes are taken as they are, moved to the front.
-        let mut owned = std::mem::take(self.message.body.owned_mut());
+        let mut owned = std::mem::take(owned);
         owned.copy_within(start..end, 0);
         owned.truncate(end - start);
         visitor.visit_byte_buf(owned)

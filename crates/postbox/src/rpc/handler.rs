@@ -3,7 +3,6 @@
 //! from the reply cache when it is a retry, run with its call context (a panic answers an
 //! error), and answered; cancel and describe requests are answered at once.
 
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -14,8 +13,8 @@ use postbox_rpc::{
     RequestKind, Shape, NO_DEADLINE, RPC_CONTROL_MSG_TYPE, RPC_MSG_TYPE,
 };
 
-use crate::rpc::dispatch::{Answer, Args, Dispatch, Outcome, SMALL_REPLY};
-use crate::rpc::{codec, context};
+use crate::rpc::context;
+use crate::rpc::dispatch::{reply as answer, Answer, Args, Dispatch, Outcome, Sink, SMALL_REPLY};
 use crate::{spare, Envelope, Message, ProcessId, ReplyToken};
 
 /// What every serving thread (or task) of one service shares.
@@ -75,7 +74,6 @@ impl Handler {
         message: &mut Message,
         caller: ProcessId,
     ) {
-        let arrived = token.as_ref().map_or_else(Instant::now, ReplyToken::arrived);
         let msg_type = message.msg_type();
         if msg_type != RPC_MSG_TYPE && msg_type != RPC_CONTROL_MSG_TYPE {
             let what = "not a typed request (message type is not RPC_MSG_TYPE)";
@@ -95,18 +93,21 @@ impl Handler {
             }
             _ => {}
         }
-        if token.is_none() {
+        let Some(token_ref) = token.as_ref() else {
             // One-way: nothing to answer, nothing to remember (the outcome's buffer serves
-            // again).
-            let mut keep = |outcome: Outcome| spare::keep(outcome.into_body());
-            self.run(&request, message, caller, arrived, &mut keep);
+            // again, whatever the method did).
+            let arrived = Instant::now();
+            let _ = self.run(&request, message, caller, arrived, Answer::new(Sink::Nowhere));
             return;
-        }
+        };
+        let arrived = token_ref.arrived();
         if request.kind != RequestKind::Call || request.flags & RequestFlags::RETRIES == 0 {
             // A caller that never retries has no use for a kept reply: it is answered as soon
             // as the outcome is known.
-            let mut answer_once = |outcome| answer(token.take(), outcome);
-            self.run(&request, message, caller, arrived, &mut answer_once);
+            let ran = self.run(&request, message, caller, arrived, Answer::new(Sink::Reply(token)));
+            if token.is_some() {
+                answer(token.take(), unanswered(ran));
+            }
             return;
         }
         let Some(token) = token.take() else { return };
@@ -114,9 +115,9 @@ impl Handler {
         match lookup {
             Lookup::Run(token) => {
                 let mut outcome = None;
-                self.run(&request, message, caller, arrived, &mut |o| outcome = Some(o));
-                // `run` answers every call it is given.
-                let outcome = outcome.unwrap_or_else(|| Outcome::text(ReplyStatus::Panicked, ""));
+                let sink = Answer::new(Sink::Hold(&mut outcome));
+                let ran = self.run(&request, message, caller, arrived, sink);
+                let outcome = outcome.unwrap_or_else(|| unanswered(ran));
                 let ran = outcome.method_ran();
                 let reply = outcome.into_body();
                 let waiters = if ran {
@@ -145,8 +146,12 @@ impl Handler {
     fn request_of(&self, body: &[u8]) -> Result<Request, DecodeError> {
         let (fields, args) = RequestFields::decode(body)?;
         let method = match self.methods.iter().position(|m| m.name.as_bytes() == fields.method) {
-            Some(index) => Ok(index),
-            None => Err(fields.into_header()?.method.into_owned()),
+            Some(index) => index,
+            None => {
+                // Checked here, named when answered (see `unknown_method`).
+                fields.into_header()?;
+                self.methods.len()
+            }
         };
         Ok(Request {
             kind: fields.kind,
@@ -160,32 +165,70 @@ impl Handler {
     }
 
     /// Runs a call or one-way request (its arguments in `message`): the method it names,
-    /// checked against this definition. Hands `answer` the outcome once, as soon as it is
-    /// known (the method's result is dropped after).
+    /// checked against this definition. Hands `answer` the outcome (at most once), as soon as it
+    /// is known (the method's result is dropped after). Returns how the service's dispatch
+    /// ended: a dispatch that returned or panicked without answering leaves `answer` uncalled,
+    /// for the caller to answer with [`unanswered`].
     fn run(
         &self,
         request: &Request,
         message: &mut Message,
         caller: ProcessId,
         arrived: Instant,
-        answer: &mut dyn FnMut(Outcome),
-    ) {
-        let index = match &request.method {
-            Ok(index) => *index,
-            Err(name) => return answer(Outcome::text(ReplyStatus::UnknownMethod, name)),
+        answer: Answer<'_>,
+    ) -> std::thread::Result<()> {
+        let (index, deadline) = match self.admit(request, message.body(), arrived) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                answer.with(refusal);
+                return Ok(());
+            }
         };
-        let method = &self.methods[index];
+        // Only calls their callers may cancel are registered for cancels.
+        let cancellable = request.flags & RequestFlags::CANCELLABLE != 0;
+        let cancelled = if cancellable {
+            let Some(flag) = lock(&self.cancels).start(caller, request.call_id) else {
+                answer.with(Outcome::text(ReplyStatus::Cancelled, ""));
+                return Ok(());
+            };
+            Some(flag)
+        } else {
+            None
+        };
+        let args = Args::new(message, request.args_at);
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            context::serving(deadline, caller, cancelled, || {
+                self.service.dispatch(index, args, answer);
+            });
+        }));
+        if cancellable {
+            lock(&self.cancels).finish(caller, request.call_id);
+        }
+        ran
+    }
+
+    /// The method `request` (whose body is `body`) runs, and its deadline (counted from
+    /// `arrived`), or the outcome that refuses it: an unknown method, another definition's,
+    /// arguments that fail their shape's check, a deadline passed.
+    fn admit(
+        &self,
+        request: &Request,
+        body: &[u8],
+        arrived: Instant,
+    ) -> Result<(usize, Option<Instant>), Outcome> {
+        let index = request.method;
+        let Some(method) = self.methods.get(index) else { return Err(unknown_method(body)) };
         if request.method_hash != 0 && request.method_hash != method.hash {
-            return answer(Outcome::text(
+            return Err(Outcome::text(
                 ReplyStatus::TypeMismatch,
                 &format!("method {}: the caller was built from another definition", method.name),
             ));
         }
-        let args = Args::new(message, request.args_at);
-        if let Some(Err(e)) =
-            self.checks[index].as_ref().map(|shape| json::check(args.bytes(), shape))
+        if let Some(Err(e)) = self.checks[index]
+            .as_ref()
+            .map(|shape| json::check(body.get(request.args_at..).unwrap_or_default(), shape))
         {
-            return answer(Outcome::text(ReplyStatus::BadRequest, &e.to_string()));
+            return Err(Outcome::text(ReplyStatus::BadRequest, &e.to_string()));
         }
         // Counted from when the request was read off the link, not from now: it may have
         // waited in the port's queue.
@@ -193,46 +236,36 @@ impl Handler {
             .then(|| arrived.checked_add(Duration::from_nanos(request.deadline_ns)))
             .flatten();
         if deadline.is_some_and(|d| d <= Instant::now()) {
-            return answer(Outcome::text(ReplyStatus::DeadlineExceeded, ""));
+            return Err(Outcome::text(ReplyStatus::DeadlineExceeded, ""));
         }
-        // Only calls their callers may cancel are registered for cancels.
-        let cancellable = request.flags & RequestFlags::CANCELLABLE != 0;
-        let cancelled = if cancellable {
-            match lock(&self.cancels).start(caller, request.call_id) {
-                Some(flag) => Some(flag),
-                None => return answer(Outcome::text(ReplyStatus::Cancelled, "")),
-            }
-        } else {
-            None
-        };
-        let answered = Cell::new(false);
-        let mut once = |outcome| {
-            if !answered.replace(true) {
-                answer(outcome);
-            }
-        };
-        let ran = catch_unwind(AssertUnwindSafe(|| {
-            context::serving(deadline, caller, cancelled, || {
-                self.service.dispatch(index, args, Answer::new(&mut once));
-            });
-        }));
-        if cancellable {
-            lock(&self.cancels).finish(caller, request.call_id);
-        }
-        if answered.get() {
-            // A panic after the answer (dropping the result) changes nothing for the caller.
-            return;
-        }
-        let what = match ran {
-            Ok(()) => "the service's dispatch gave no answer".to_owned(),
-            Err(panic) => panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned()),
-        };
-        once(Outcome::text(ReplyStatus::Panicked, &what));
+        Ok((index, deadline))
     }
+}
+
+/// The answer to a call whose dispatch ended (`ran`) without answering: its panic's message,
+/// or a dispatch that gave no answer. A panic after the answer (dropping the result) changes
+/// nothing for the caller.
+fn unanswered(ran: std::thread::Result<()>) -> Outcome {
+    let what = match ran {
+        Ok(()) => "the service's dispatch gave no answer".to_owned(),
+        Err(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned()),
+    };
+    Outcome::text(ReplyStatus::Panicked, &what)
+}
+
+/// The answer to the request `body`, whose method's name (valid UTF-8) no method has.
+#[cold]
+fn unknown_method(body: &[u8]) -> Outcome {
+    let name = RequestFields::decode(body)
+        .ok()
+        .and_then(|(fields, _)| fields.into_header().ok())
+        .map(|header| header.method.into_owned())
+        .unwrap_or_default();
+    Outcome::text(ReplyStatus::UnknownMethod, &name)
 }
 
 /// A request's header as the handler keeps it while the call runs, its method found by name
@@ -241,8 +274,8 @@ struct Request {
     kind: RequestKind,
     flags: u8,
     call_id: u64,
-    /// The method's index in the schema, or the name no method has.
-    method: Result<usize, String>,
+    /// The method's index in the schema; past its end when no method has the name.
+    method: usize,
     method_hash: u64,
     deadline_ns: u64,
     /// Where the arguments start in the body.
@@ -253,16 +286,6 @@ struct Request {
 /// panic elsewhere leaves it usable.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Answers `token`, if there is one (a caller that gave up or died is not the server's
-/// problem).
-fn answer(token: Option<ReplyToken>, outcome: Outcome) {
-    if let Some(Ok(reply)) =
-        token.map(|token| token.reply_returning(codec::message_of(outcome.into_body())))
-    {
-        spare::keep_body(reply);
-    }
 }
 
 /// Replies of finished calls kept for retries, per service: at most this many...
