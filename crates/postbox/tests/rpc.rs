@@ -378,6 +378,43 @@ fn requests_around_and_beyond_the_callers_stack_buffer_arrive_whole_with_their_d
     PaddedEchoes::start("rpc/stacked").echo_each((180..=260).chain([1000, 4096, 40_000, 300_000]));
 }
 
+#[postbox::service]
+trait Filler {
+    /// `len` bytes.
+    fn fill(&self, len: u64) -> Vec<u8>;
+}
+
+struct Fill;
+
+impl Filler for Fill {
+    fn fill(&self, len: u64) -> Vec<u8> {
+        vec![9; usize::try_from(len).unwrap()]
+    }
+}
+
+/// A result larger than the links carry fails its call with the server's word on it, never a
+/// hang, and the server goes on: a reply written from the server's buffer (below 32 KiB) and
+/// one written as a message alike.
+#[test]
+fn a_result_over_the_size_limit_fails_its_call_saying_so_and_the_server_goes_on() {
+    let broker = Broker::embedded_with(|config| config.max_message_size(4096)).unwrap();
+    let server_node = broker.node().unwrap();
+    let _serving = FillerServer::new(Fill).start(&server_node, "rpc/fill").unwrap();
+    let node = broker.node().unwrap();
+    let filler = FillerClient::bind(&node, "rpc/fill").unwrap();
+    // The reply holds two bytes of status and two of length before the bytes.
+    assert_eq!(filler.fill(4092).unwrap(), vec![9; 4092]);
+    for len in [4093, 5000, 40_000] {
+        match filler.fill(len) {
+            Err(RpcError::Decode(text)) => {
+                assert!(text.contains("exceeds the limit of 4096"), "{len} bytes: {text}");
+            }
+            other => panic!("{len} bytes: expected the limit's error, got {other:?}"),
+        }
+        assert_eq!(filler.fill(3).unwrap(), vec![9; 3], "after {len} bytes");
+    }
+}
+
 /// A `Padded` echo served on port `name` of a broker of its own, and a client bound to it.
 struct PaddedEchoes {
     plain: PaddedClient,

@@ -772,12 +772,17 @@ fn call_error(error: CallError) -> RpcError {
         CallError::TooLarge { message, limit } => {
             RpcError::TooLarge { len: message.body().len(), limit }
         }
-        // A typed server answers every call with a reply; an error reply means the port is
-        // served by something else.
-        CallError::Remote(message) => RpcError::Decode(format!(
-            "the server answered with an error message of {} bytes, not a typed reply",
-            message.body().len()
-        )),
+        // A typed server answers every call with a reply, or (when its reply could not go
+        // out, as one over the size limit) with an error message that says why; an error
+        // reply may also mean the port is served by something else.
+        CallError::Remote(message) => {
+            let text = message.body().get(..ERROR_TEXT).unwrap_or(message.body());
+            RpcError::Decode(format!(
+                "the server answered with an error message of {} bytes, not a typed reply: {}",
+                message.body().len(),
+                String::from_utf8_lossy(text)
+            ))
+        }
         CallError::ProtocolViolation(what) => RpcError::Protocol(what),
         CallError::AccessDenied { denied, .. } => RpcError::AccessDenied(denied),
         CallError::TooManyCalls { limit, .. } => RpcError::TooManyCalls { limit },
@@ -842,6 +847,10 @@ const CONTROL_PRIORITY: u8 = 31;
 
 /// How long binding waits for the service to describe itself.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many bytes of an error message that answers a typed call are quoted in its
+/// error.
+const ERROR_TEXT: usize = 200;
 
 /// The most bytes a call's request built on the stack has (`Client::request_on_stack`):
 /// the header and small arguments, as a request built in a buffer reserves.
