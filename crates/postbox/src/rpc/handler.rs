@@ -14,7 +14,7 @@ use postbox_rpc::{
 };
 
 use crate::rpc::context;
-use crate::rpc::dispatch::{reply as answer, Answer, Args, Dispatch, Outcome, Sink, SMALL_REPLY};
+use crate::rpc::dispatch::{reply, Answer, Args, Dispatch, Outcome, Sink, SMALL_REPLY};
 use crate::{spare, Envelope, Message, ProcessId, ReplyToken};
 
 /// What every serving thread (or task) of one service shares.
@@ -77,19 +77,19 @@ impl Handler {
         let msg_type = message.msg_type();
         if msg_type != RPC_MSG_TYPE && msg_type != RPC_CONTROL_MSG_TYPE {
             let what = "not a typed request (message type is not RPC_MSG_TYPE)";
-            return answer(token.take(), Outcome::text(ReplyStatus::BadRequest, what));
+            return reply(token.take(), Outcome::text(ReplyStatus::BadRequest, what));
         }
         let request = match self.request_of(message.body()) {
             Ok(request) => request,
             Err(e) => {
                 let outcome = Outcome::text(ReplyStatus::BadRequest, &e.to_string());
-                return answer(token.take(), outcome);
+                return reply(token.take(), outcome);
             }
         };
         match request.kind {
             RequestKind::Cancel => return lock(&self.cancels).cancel(caller, request.call_id),
             RequestKind::Describe => {
-                return answer(token.take(), Outcome::ok(self.service.schema()));
+                return reply(token.take(), Outcome::ok(self.service.schema()));
             }
             _ => {}
         }
@@ -106,7 +106,7 @@ impl Handler {
             // as the outcome is known.
             let ran = self.run(&request, message, caller, arrived, Answer::new(Sink::Reply(token)));
             if token.is_some() {
-                answer(token.take(), unanswered(ran));
+                reply(token.take(), unanswered(ran));
             }
             return;
         }
