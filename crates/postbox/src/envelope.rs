@@ -175,7 +175,7 @@ impl ReplyToken {
     }
 
     /// Like [`reply`](Self::reply), handing the reply back once written, so that its buffer
-    /// serves again (a typed server keeps it for its next reply).
+    /// may serve again.
     pub(crate) fn reply_returning(mut self, reply: Message) -> Result<Message, SendError> {
         let result = self.send(FrameKind::Reply, reply);
         self.settle(result.as_ref().err());
