@@ -182,14 +182,10 @@ impl ReplyToken {
         result
     }
 
-    /// Like [`reply`](Self::reply), for a reply body of bytes the server holds (a typed
-    /// reply): written from them, without a [`Message`], when it is small enough to go inline
-    /// (else as a message, which may go through the link's payload pool). An error hands back
-    /// a copy.
+    /// Like [`reply`](Self::reply), for a reply body of bytes the server holds, shorter than
+    /// [`POOL_THRESHOLD`](crate::link::POOL_THRESHOLD) (a typed reply): written from them,
+    /// without a [`Message`]. An error hands back a copy.
     pub(crate) fn reply_bytes(mut self, body: &[u8]) -> Result<(), SendError> {
-        if body.len() >= crate::link::POOL_THRESHOLD {
-            return self.reply_returning(Message::new(body)).map(drop);
-        }
         let written = self.link.end.write_bytes(
             FrameKind::Reply,
             0,

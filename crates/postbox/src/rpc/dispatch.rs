@@ -5,6 +5,7 @@ use postbox_rpc::{ReplyStatus, ServiceSchema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::link::POOL_THRESHOLD;
 use crate::rpc::codec;
 use crate::{spare, Message, ReplyToken};
 
@@ -77,13 +78,21 @@ impl<'a> Answer<'a> {
 }
 
 /// Replies `outcome` on `token`, if there is one (a caller that gave up or died is not the
-/// server's problem), written from the outcome's buffer, which then serves this thread again.
+/// server's problem): a small reply written from the outcome's buffer, which then serves this
+/// thread again; a large one handed over as a message (it may go through the link's payload
+/// pool, and no thread keeps a buffer that large).
 pub(crate) fn reply(token: Option<ReplyToken>, outcome: Outcome) {
     let body = outcome.into_body();
-    if let Some(token) = token {
-        let _ = token.reply_bytes(&body);
+    match token {
+        Some(token) if body.len() >= POOL_THRESHOLD => {
+            let _ = token.reply(Message::new(body));
+        }
+        Some(token) => {
+            let _ = token.reply_bytes(&body);
+            spare::keep(body);
+        }
+        None => spare::keep(body),
     }
-    spare::keep(body);
 }
 
 impl std::fmt::Debug for Answer<'_> {
