@@ -301,9 +301,9 @@ fn dispatch_arm(service: &Ident, index: usize, method: &Method) -> TokenStream {
     let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
     let types = method.args.iter().map(|(_, ty)| ty);
     let run = quote!(<__PostboxService as #service>::#name(&self.service, #(#names),*));
-    let outcome = match &method.output {
-        Output::Fallible { .. } => quote!(::postbox::rpc::Outcome::result(&__postbox_result)),
-        Output::Plain(_) => quote!(::postbox::rpc::Outcome::ok(&__postbox_result)),
+    let answer = match &method.output {
+        Output::Fallible { .. } => quote!(__postbox_answer.result(&__postbox_result)),
+        Output::Plain(_) => quote!(__postbox_answer.ok(&__postbox_result)),
     };
     // The result is dropped after the answer is sent: the caller does not wait for the drop.
     quote! {
@@ -316,7 +316,7 @@ fn dispatch_arm(service: &Ident, index: usize, method: &Method) -> TokenStream {
                     }
                 };
             let __postbox_result = #run;
-            __postbox_answer.with(#outcome);
+            #answer;
         }
     }
 }

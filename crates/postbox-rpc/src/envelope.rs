@@ -331,7 +331,13 @@ fn deadline_of(flags: u8, field: [u8; DEADLINE_LEN]) -> Result<u64, DecodeError>
 impl ReplyStatus {
     /// Appends the reply's header (version, status); the payload follows it.
     pub fn encode(self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&[
+        buf.extend_from_slice(&self.header());
+    }
+
+    /// The reply's header (version, status), as [`encode`](Self::encode) appends it.
+    #[must_use]
+    pub fn header(self) -> [u8; 2] {
+        [
             RPC_VERSION,
             match self {
                 Self::Ok => 0,
@@ -343,7 +349,7 @@ impl ReplyStatus {
                 Self::DeadlineExceeded => 6,
                 Self::Cancelled => 7,
             },
-        ]);
+        ]
     }
 
     /// Decodes the status at the front of a reply body; returns it and the payload.

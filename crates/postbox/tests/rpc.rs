@@ -374,7 +374,9 @@ fn requests_and_replies_around_the_inline_size_arrive_whole_with_their_deadlines
 fn requests_around_and_beyond_the_callers_stack_buffer_arrive_whole_with_their_deadlines() {
     // A call's request is built on the caller's stack when it fits in 256 bytes (a header of 24
     // bytes, 32 with a deadline, then the body's length and the body), else in a buffer; from
-    // 32 KiB on, its body goes through the link's payload pool.
+    // 32 KiB on, its body goes through the link's payload pool. The reply (two bytes of
+    // status, the body's length and the body, then a flag) crosses the server's 256-byte stack
+    // the same way.
     PaddedEchoes::start("rpc/stacked").echo_each((180..=260).chain([1000, 4096, 40_000, 300_000]));
 }
 

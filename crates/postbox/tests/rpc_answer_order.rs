@@ -1,7 +1,7 @@
 //! A typed call's answer does not wait for what either side drops: the server answers before
 //! it drops the method's result, and the client drops its arguments while it waits for the
-//! reply. A dispatch that returns without answering, or a drop that panics after the answer,
-//! leaves the caller a clear answer and the server serving.
+//! reply. A dispatch that returns without answering, a drop that panics after the answer, or a
+//! result serde refuses to encode leaves the caller a clear answer and the server serving.
 //!
 //! Each test makes the order observable without timing: a drop that blocks until the other
 //! side has done its part would deadlock (and time out) in the old order.
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postbox::rpc::{
-    Answer, Args, CallContext, Client, Dispatch, MethodKind, Never, RpcError, SchemaBuilder,
-    ServiceSchema,
+    Answer, Args, CallContext, Client, Dispatch, MethodKind, Never, Outcome, RpcError,
+    SchemaBuilder, ServiceSchema,
 };
 use postbox::Broker;
 use serde::{Deserialize, Serialize};
@@ -204,6 +204,77 @@ fn a_dispatch_that_returns_without_answering_is_answered_as_a_panic() {
         other => panic!("expected the panic's message, got {other:?}"),
     }
     assert!(matches!(client.call::<_, u32, Never>(0, ()), Err(RpcError::Panicked(_))));
+}
+
+/// A value serde refuses to encode.
+struct Refused;
+
+impl Serialize for Refused {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("refused on purpose"))
+    }
+}
+
+/// Answers method 0 with a result serde refuses, method 1 with an error it refuses, method 2
+/// with 7, method 3 with a result too large for the stack (`n` bytes).
+struct Picky(&'static ServiceSchema);
+
+impl Dispatch for Picky {
+    fn schema(&self) -> &'static ServiceSchema {
+        self.0
+    }
+
+    fn dispatch(&self, method: usize, args: Args<'_>, answer: Answer<'_>) {
+        match method {
+            0 => answer.ok(&Refused),
+            1 => answer.result::<u32, _>(&Err(Refused)),
+            2 => answer.ok(&7u32),
+            _ => match Outcome::decode_args::<(u32,)>(args) {
+                Ok((n,)) => answer.ok(&vec![3u8; n as usize]),
+                Err(refusal) => answer.with(refusal),
+            },
+        }
+    }
+}
+
+#[test]
+fn a_result_serde_refuses_answers_as_a_panic_whether_sent_at_once_or_kept_for_retries() {
+    let schema = SchemaBuilder::new("Picky")
+        .method::<(), u32, Never>("result", MethodKind::Call, &[], false)
+        .and_then(|b| b.method::<(), u32, u32>("error", MethodKind::Call, &[], true))
+        .and_then(|b| b.method::<(), u32, Never>("seven", MethodKind::Call, &[], false))
+        .and_then(|b| b.method::<(u32,), Vec<u8>, Never>("many", MethodKind::Call, &["n"], false))
+        .unwrap()
+        .finish();
+    let schema: &'static ServiceSchema = Box::leak(Box::new(schema));
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let _serving = postbox::rpc::start(&server, "order/picky", Arc::new(Picky(schema)), 1).unwrap();
+    let node = broker.node().unwrap();
+    let once = Client::bind(&node, "order/picky", schema).unwrap().with_timeout(WAIT);
+    // A client that retries has its replies kept by the server before they are sent.
+    let kept = once.clone().with_retries(2, WAIT);
+    for client in [&once, &kept] {
+        match client.call::<_, u32, Never>(0, ()) {
+            Err(RpcError::Panicked(what)) => {
+                assert!(what.contains("cannot encode the result"), "{what}");
+            }
+            other => panic!("expected the encoding's failure, got {other:?}"),
+        }
+        match client.call::<_, u32, u32>(1, ()) {
+            Err(RpcError::Panicked(what)) => {
+                assert!(what.contains("cannot encode the error"), "{what}");
+            }
+            other => panic!("expected the encoding's failure, got {other:?}"),
+        }
+        assert_eq!(client.call::<_, u32, Never>(2, ()), Ok(7), "the server goes on");
+        // Around the server's 256-byte stack: a reply is two bytes of status, the length
+        // (two bytes from 128 on) and the bytes.
+        for n in [250u32, 251, 252, 253, 1000] {
+            let reply = client.call::<_, Vec<u8>, Never>(3, (n,));
+            assert_eq!(reply, Ok(vec![3; n as usize]), "{n} bytes");
+        }
+    }
 }
 
 /// Waits up to [`WAIT`] for `flag`; says whether it was raised.

@@ -527,8 +527,8 @@ impl Client {
         let header =
             self.request_header(RequestKind::Call, method, self.call_flags(), with_deadline)?;
         let Some(at) = header.encode_into(stack) else { return Ok(None) };
-        match postcard::to_slice(args, &mut stack[at..]) {
-            Ok(encoded) => Ok(Some(at + encoded.len())),
+        match codec::encode_into(args, &mut stack[at..]) {
+            Ok(encoded) => Ok(Some(at + encoded)),
             Err(postcard::Error::SerializeBufferFull) => Ok(None),
             Err(e) => Err(RpcError::BadRequest(e.to_string())),
         }

@@ -33,6 +33,18 @@ pub(crate) fn append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> pos
     postcard::serialize_with_flavor(value, Append(buf))
 }
 
+/// Writes `value` (postcard) at the front of `out` and returns its length, as
+/// `postcard::to_slice` does, with a one-byte varint (most lengths) stored without a copy call.
+///
+/// # Errors
+/// `SerializeBufferFull` when `value` does not fit, or serde's refusal.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut [u8],
+) -> postcard::Result<usize> {
+    postcard::serialize_with_flavor(value, Fill { out, len: 0 })
+}
+
 /// Decodes a `T` (postcard) from `message`'s body, from byte `at` on; bytes after the value are
 /// ignored, as `postcard::from_bytes` does. The body's buffer then serves this thread again,
 /// unless the value took it over (see [`decode_in`]).
@@ -101,6 +113,42 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
+    }
+}
+
+/// A postcard flavor that fills a borrowed slice from its front (see [`encode_into`]).
+struct Fill<'a> {
+    out: &'a mut [u8],
+    /// Bytes written so far.
+    len: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Fill<'_> {
+    type Output = usize;
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match data {
+            [byte] => self.try_push(*byte),
+            _ => {
+                let end = self.len + data.len();
+                let to = self.out.get_mut(self.len..end);
+                to.ok_or(postcard::Error::SerializeBufferFull)?.copy_from_slice(data);
+                self.len = end;
+                Ok(())
+            }
+        }
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        *self.out.get_mut(self.len).ok_or(postcard::Error::SerializeBufferFull)? = data;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.len)
     }
 }
 
@@ -362,5 +410,24 @@ mod tests {
         let mut appended = vec![1, 2, 3];
         append(&value, &mut appended).unwrap();
         assert_eq!(appended, expected);
+    }
+
+    #[test]
+    fn encoding_into_a_slice_writes_what_postcard_writes_or_says_it_does_not_fit() {
+        let value = (Bytes(vec![9; 200]), "name", 300u32, Some(-1i8), 5u8);
+        let expected = postcard::to_stdvec(&value).unwrap();
+        let mut out = [0xeeu8; 300];
+        assert_eq!(encode_into(&value, &mut out), Ok(expected.len()));
+        assert_eq!(&out[..expected.len()], expected, "the value at the front");
+        assert!(out[expected.len()..].iter().all(|&b| b == 0xee), "nothing after it");
+        let mut exact = vec![0u8; expected.len()];
+        assert_eq!(encode_into(&value, &mut exact), Ok(expected.len()));
+        assert_eq!(exact, expected);
+        // Every shorter slice, whether it ends in a one-byte varint, a string or the bytes.
+        for len in 0..expected.len() {
+            let mut short = vec![0u8; len];
+            let result = encode_into(&value, &mut short);
+            assert_eq!(result, Err(postcard::Error::SerializeBufferFull), "{len} bytes");
+        }
     }
 }

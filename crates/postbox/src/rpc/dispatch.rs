@@ -75,6 +75,42 @@ impl<'a> Answer<'a> {
             Sink::Nowhere => spare::keep(outcome.into_body()),
         }
     }
+
+    /// Answers the call with the method's `value`, as [`Outcome::ok`] would.
+    pub fn ok<T: Serialize + ?Sized>(self, value: &T) {
+        self.encoded(ReplyStatus::Ok, value);
+    }
+
+    /// Answers the call with the method's `result`, as [`Outcome::result`] would.
+    pub fn result<T: Serialize, E: Serialize>(self, result: &Result<T, E>) {
+        match result {
+            Ok(value) => self.encoded(ReplyStatus::Ok, value),
+            Err(error) => self.encoded(ReplyStatus::Err, error),
+        }
+    }
+
+    /// Answers with `status` and `value` (postcard). A reply sent at once that fits
+    /// [`STACK_REPLY`] bytes is encoded on the stack and written from there, as the client
+    /// writes its requests: no buffer is taken or kept.
+    fn encoded<T: Serialize + ?Sized>(self, status: ReplyStatus, value: &T) {
+        if let Sink::Reply(token) = self.0 {
+            let mut stack = [0u8; STACK_REPLY];
+            stack[..2].copy_from_slice(&status.header());
+            match codec::encode_into(value, &mut stack[2..]) {
+                Ok(payload) => {
+                    let len = 2 + payload;
+                    if let Some(token) = token.take() {
+                        // A caller that gave up or died is not the server's problem.
+                        let _ = token.reply_bytes(&stack[..len]);
+                    }
+                    return;
+                }
+                // Too large for the stack, or refused by serde: as an outcome, which says so.
+                Err(_) => return reply(token.take(), Outcome::encoded(status, value)),
+            }
+        }
+        self.with(Outcome::encoded(status, value));
+    }
 }
 
 /// Replies `outcome` on `token`, if there is one (a caller that gave up or died is not the
@@ -182,3 +218,5 @@ impl Outcome {
 
 /// Bytes reserved for a reply before its value is encoded: status and small results fit.
 pub(crate) const SMALL_REPLY: usize = 256;
+/// The largest reply [`Answer::ok`] and [`Answer::result`] encode on the stack.
+const STACK_REPLY: usize = 256;
