@@ -157,9 +157,26 @@ fn serve(name: &str, timeout: Duration) -> Served {
     Served { client, _node: node, _serving: serving, _server: server, _broker: broker }
 }
 
-/// What [`serve`] made, dropped in this order: the client first, the broker last.
-struct Served {
-    client: OrderClient,
+/// The hand-written dispatch `make` makes of `schema` on `name`, and a client of it whose calls
+/// wait at most [`WAIT`].
+fn serve_by_hand<D: Dispatch>(
+    name: &str,
+    schema: ServiceSchema,
+    make: impl FnOnce(&'static ServiceSchema) -> D,
+) -> Served<Client> {
+    let schema: &'static ServiceSchema = Box::leak(Box::new(schema));
+    let broker = Broker::embedded().unwrap();
+    let server = broker.node().unwrap();
+    let serving = postbox::rpc::start(&server, name, Arc::new(make(schema)), 1).unwrap();
+    let node = broker.node().unwrap();
+    let client = Client::bind(&node, name, schema).unwrap().with_timeout(WAIT);
+    Served { client, _node: node, _serving: serving, _server: server, _broker: broker }
+}
+
+/// What [`serve`] or [`serve_by_hand`] made, dropped in this order: the client first, the
+/// broker last.
+struct Served<C = OrderClient> {
+    client: C,
     _node: postbox::Node,
     _serving: postbox::rpc::Serving,
     _server: postbox::Node,
@@ -189,12 +206,8 @@ fn a_dispatch_that_returns_without_answering_is_answered_as_a_panic() {
         .and_then(|b| b.method::<(), u32, Never>("loud", MethodKind::Call, &[], false))
         .unwrap()
         .finish();
-    let schema: &'static ServiceSchema = Box::leak(Box::new(schema));
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    let _serving = postbox::rpc::start(&server, "order/mute", Arc::new(Mute(schema)), 1).unwrap();
-    let node = broker.node().unwrap();
-    let client = Client::bind(&node, "order/mute", schema).unwrap().with_timeout(WAIT);
+    let served = serve_by_hand("order/mute", schema, Mute);
+    let client = &served.client;
     match client.call::<_, u32, Never>(0, ()) {
         Err(RpcError::Panicked(what)) => assert!(what.contains("no answer"), "{what}"),
         other => panic!("expected a panic answer, got {other:?}"),
@@ -216,7 +229,7 @@ impl Serialize for Refused {
 }
 
 /// Answers method 0 with a result serde refuses, method 1 with an error it refuses, method 2
-/// with 7, method 3 with a result too large for the stack (`n` bytes).
+/// with 7, method 3 with `n` bytes.
 struct Picky(&'static ServiceSchema);
 
 impl Dispatch for Picky {
@@ -246,15 +259,10 @@ fn a_result_serde_refuses_answers_as_a_panic_whether_sent_at_once_or_kept_for_re
         .and_then(|b| b.method::<(u32,), Vec<u8>, Never>("many", MethodKind::Call, &["n"], false))
         .unwrap()
         .finish();
-    let schema: &'static ServiceSchema = Box::leak(Box::new(schema));
-    let broker = Broker::embedded().unwrap();
-    let server = broker.node().unwrap();
-    let _serving = postbox::rpc::start(&server, "order/picky", Arc::new(Picky(schema)), 1).unwrap();
-    let node = broker.node().unwrap();
-    let once = Client::bind(&node, "order/picky", schema).unwrap().with_timeout(WAIT);
+    let served = serve_by_hand("order/picky", schema, Picky);
     // A client that retries has its replies kept by the server before they are sent.
-    let kept = once.clone().with_retries(2, WAIT);
-    for client in [&once, &kept] {
+    let kept = served.client.clone().with_retries(2, WAIT);
+    for client in [&served.client, &kept] {
         match client.call::<_, u32, Never>(0, ()) {
             Err(RpcError::Panicked(what)) => {
                 assert!(what.contains("cannot encode the result"), "{what}");
