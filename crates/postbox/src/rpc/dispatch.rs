@@ -91,22 +91,18 @@ impl<'a> Answer<'a> {
 
     /// Answers with `status` and `value` (postcard). A reply sent at once that fits
     /// [`STACK_REPLY`] bytes is encoded on the stack and written from there, as the client
-    /// writes its requests: no buffer is taken or kept.
-    fn encoded<T: Serialize + ?Sized>(self, status: ReplyStatus, value: &T) {
-        if let Sink::Reply(token) = self.0 {
+    /// writes its requests: no buffer is taken or kept. Any other answer (too large for the
+    /// stack, refused by serde, or held for retries) goes as an [`Outcome`], which says so.
+    fn encoded<T: Serialize + ?Sized>(mut self, status: ReplyStatus, value: &T) {
+        if let Sink::Reply(token) = &mut self.0 {
             let mut stack = [0u8; STACK_REPLY];
             stack[..2].copy_from_slice(&status.header());
-            match codec::encode_into(value, &mut stack[2..]) {
-                Ok(payload) => {
-                    let len = 2 + payload;
-                    if let Some(token) = token.take() {
-                        // A caller that gave up or died is not the server's problem.
-                        let _ = token.reply_bytes(&stack[..len]);
-                    }
-                    return;
+            if let Ok(payload) = codec::encode_into(value, &mut stack[2..]) {
+                if let Some(token) = token.take() {
+                    // A caller that gave up or died is not the server's problem.
+                    let _ = token.reply_bytes(&stack[..2 + payload]);
                 }
-                // Too large for the stack, or refused by serde: as an outcome, which says so.
-                Err(_) => return reply(token.take(), Outcome::encoded(status, value)),
+                return;
             }
         }
         self.with(Outcome::encoded(status, value));
