@@ -298,12 +298,13 @@ impl ShmLink {
                 // Nothing to read: the socket tells whether that is for good. Polling readers
                 // ask at most once per interval (no system call per look); readers woken by
                 // an epoll set (async) always ask, since its hang-up event comes only once.
+                // A peer found gone may have written just before it went: the next turn
+                // reads that, or reports the close (`peer_gone` marked the link finished).
                 let always = self.keep_armed.load(Ordering::Acquire);
-                return Err(if self.peer_gone(always)? {
-                    TransportError::Closed
-                } else {
-                    TransportError::WouldBlock
-                });
+                if self.peer_gone(always)? {
+                    continue;
+                }
+                return Err(TransportError::WouldBlock);
             }
             // Blocking waits look at the socket between their sleep slices.
             self.wait_until(wait, Awaited::Input, || inbound.available().map_or(true, |n| n > 0))?;
@@ -608,7 +609,12 @@ impl ShmLink {
         }
         loop {
             if self.is_finished() {
-                return Err(TransportError::Closed);
+                // What the peer wrote before it closed is still read: a reader that finds it
+                // here returns to take it (and sees the close on its next read).
+                return match awaited {
+                    Awaited::Input if ready() => Ok(()),
+                    _ => Err(TransportError::Closed),
+                };
             }
             let now = Instant::now();
             let slice = match wait.ends_at() {
@@ -621,10 +627,10 @@ impl ShmLink {
                 return Ok(());
             }
             // After a whole slice, or (rate-limited) after a wake-up that found nothing, such
-            // as a signal: a peer that died without ringing is noticed either way.
-            if self.peer_gone(now.elapsed() >= slice)? {
-                return Err(TransportError::Closed);
-            }
+            // as a signal: a peer that died without ringing is noticed either way. It may
+            // have written just before it went: the loop's top decides (`peer_gone` marked
+            // the link finished).
+            self.peer_gone(now.elapsed() >= slice)?;
         }
     }
 }
@@ -835,6 +841,46 @@ mod tests {
         assert_eq!(client.read_into(&mut decoder, Wait::Forever), Err(TransportError::Closed));
         assert!(started.elapsed() < Duration::from_secs(5));
         killer.join().unwrap();
+    }
+
+    #[test]
+    fn a_frame_written_just_before_the_peer_closes_is_read_by_a_reader_already_waiting() {
+        // A blocking reader, after a sleep slice that found nothing.
+        a_frame_and_the_close_come_during_a_hang_up_check(Wait::timeout(Duration::from_secs(20)));
+        // A non-blocking reader woken by an epoll set (async), which always asks the socket.
+        a_frame_and_the_close_come_during_a_hang_up_check(Wait::NonBlocking);
+    }
+
+    /// Holding the lock a hang-up check takes stops the reader in that check, after it found
+    /// nothing to read: the frame and the close both come while it is there, as when a reader
+    /// is preempted at that point. The reader must return the frame, then see the close.
+    fn a_frame_and_the_close_come_during_a_hang_up_check(wait: Wait) {
+        let (client, server) = pair(4096);
+        if wait == Wait::NonBlocking {
+            // As the async forms set it: such a reader asks the socket on every empty read.
+            server.keep_armed();
+        }
+        let mut decoder = FrameDecoder::new(1 << 20);
+        std::thread::scope(|scope| {
+            let held = lock(&server.sealed_in);
+            let reader = scope.spawn(|| {
+                let read = server.read_into(&mut decoder, wait);
+                (read, decoder)
+            });
+            // Longer than a blocking reader's spin and first sleep slice.
+            std::thread::sleep(SLEEP_SLICE * 5);
+            client.write_frame(&header(5).encode(b"reply"), b"reply", Wait::Forever).unwrap();
+            drop(client);
+            drop(held);
+            let (read, mut decoder) = reader.join().unwrap();
+            assert!(read.is_ok(), "{wait:?}: the frame is read, not lost to the close: {read:?}");
+            assert_eq!(decoder.poll_frame().unwrap().unwrap().body, b"reply");
+            assert_eq!(
+                server.read_into(&mut decoder, Wait::NonBlocking),
+                Err(TransportError::Closed),
+                "{wait:?}: the close is seen once the frame is read"
+            );
+        });
     }
 
     #[test]
