@@ -581,10 +581,9 @@ impl ClientLink {
                 Err(WriteFailure::TooLarge(limit)) => {
                     return Err(CallError::TooLarge { message: request, limit })
                 }
-                Err(WriteFailure::Closed) => {
-                    self.break_link(Broken::PeerDied);
-                    return Err(CallError::Disconnected(request));
-                }
+                // Other calls' replies may still wait in the link: its reader reports the
+                // close once they are read (see `call_correlated`).
+                Err(WriteFailure::Closed) => return Err(CallError::Disconnected(request)),
                 Err(WriteFailure::Violation) => {
                     self.break_link(Broken::Violation(CORRUPT.into()));
                     return Err(CallError::Disconnected(request));
@@ -668,10 +667,9 @@ impl ClientLink {
             return Err(match failure {
                 WriteFailure::TooLarge(limit) => CallError::TooLarge { message: request, limit },
                 WriteFailure::Full => CallError::Timeout(Some(request)),
-                WriteFailure::Closed => {
-                    self.break_link(Broken::PeerDied);
-                    CallError::Disconnected(request)
-                }
+                // Not a break of the link: replies the server wrote before it closed may
+                // still wait there for other calls. Their reader sees the close after them.
+                WriteFailure::Closed => CallError::Disconnected(request),
                 // The request comes back; the link's later users see the violation.
                 WriteFailure::Violation => {
                     self.break_link(Broken::Violation(CORRUPT.into()));
@@ -934,5 +932,65 @@ impl Drop for ClientLink {
         if let Some(node) = self.node.upgrade() {
             node.report_link_closed(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{Broker, CallError, Message};
+
+    #[test]
+    fn a_reply_written_before_the_server_closed_reaches_its_caller_though_another_call_found_the_link_closed(
+    ) {
+        let broker = Broker::embedded().unwrap();
+        let server = broker.node().unwrap();
+        let port = server.port("late-close").open().unwrap();
+        let client = broker.node().unwrap();
+        let connection = client.connect("late-close").unwrap();
+        let serving = std::thread::spawn(move || {
+            let mut call = port.recv().unwrap();
+            call.take_reply_token().unwrap().reply(Message::new("answer")).unwrap();
+            // The port goes with its links right after the reply.
+            drop(port);
+        });
+        let other = connection.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let reply = connection.call_while(Message::new("question"), Some(deadline), || {
+            // Before this caller looks for its reply: the server answered and left, and
+            // another user of the connection finds the link closed.
+            serving.join().unwrap();
+            let late = other.call_timeout("too late", Duration::from_secs(20));
+            assert!(matches!(late, Err(CallError::Disconnected(_))), "{late:?}");
+        });
+        assert_eq!(reply.expect("the reply written before the close").body(), b"answer");
+    }
+
+    #[tokio::test]
+    async fn an_async_call_gets_the_reply_written_before_the_server_closed_though_another_found_it_closed(
+    ) {
+        let broker = Broker::embedded().unwrap();
+        let server = broker.node().unwrap();
+        let port = server.port("late-close").open().unwrap();
+        let client = broker.node().unwrap();
+        let connection = client.connect("late-close").unwrap();
+        let (go, told) = std::sync::mpsc::channel::<()>();
+        let serving = std::thread::spawn(move || {
+            let mut call = port.recv().unwrap();
+            told.recv().unwrap();
+            call.take_reply_token().unwrap().reply(Message::new("answer")).unwrap();
+            drop(port);
+        });
+        let mut first = Box::pin(connection.call_async("question"));
+        // Polled until its request is out and it waits for the reply (the server holds it).
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut first).await;
+        assert!(waited.is_err(), "no reply before the server is told to answer");
+        go.send(()).unwrap();
+        serving.join().unwrap();
+        let late = connection.call_async("too late").await;
+        assert!(matches!(late, Err(CallError::Disconnected(_))), "{late:?}");
+        let reply = tokio::time::timeout(Duration::from_secs(20), first).await.unwrap();
+        assert_eq!(reply.expect("the reply written before the close").body(), b"answer");
     }
 }
