@@ -117,6 +117,9 @@ pub(super) struct Relay {
     blocked: VecDeque<Vec<u8>>,
     /// The local end closed; what it sent before is still forwarded.
     pub(super) finished: bool,
+    /// The peer closed the channel (or is gone): what it sent before is still written to the
+    /// local end, and then the relay ends. The channel is no longer the gateway's.
+    peer_closed: bool,
     /// A channel to a datagram port: its one-way frames cross as datagrams
     /// (`datagrams.rs`), not as reliable messages.
     pub(super) datagrams: Option<DatagramRelay>,
@@ -236,6 +239,7 @@ impl Relay {
             out: OutQueue::default(),
             blocked: VecDeque::new(),
             finished: false,
+            peer_closed: false,
             datagrams: None,
         }
     }
@@ -266,7 +270,7 @@ impl Relay {
     /// What to poll its link for: readable while nothing waits for the host link, writable
     /// while frames wait for the local end.
     pub(super) fn interest(&self) -> Option<Interest> {
-        let read = !self.finished && self.blocked.is_empty();
+        let read = !self.finished && !self.peer_closed && self.blocked.is_empty();
         match (read, self.out.is_empty()) {
             (true, true) => Some(Interest::READ),
             (true, false) => Some(Interest::BOTH),
@@ -721,6 +725,10 @@ impl EventLoop {
     /// Serves a ready relay: writes what waits, reads and forwards what came.
     pub(super) fn service_relay(&mut self, key: RelayKey) {
         self.flush_relay(key);
+        if self.relays.get(key.0).and_then(Option::as_ref).is_none_or(|r| r.peer_closed) {
+            // Gone, or only writing what the peer sent before its close.
+            return;
+        }
         self.forward_relay(key);
         for _ in 0..MAX_READS_PER_ROUND {
             let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
@@ -945,7 +953,11 @@ impl EventLoop {
         // dropped its connection while credits were on their way to it). What it sent before
         // may still wait unread in the link: it is read to the end, and the end of the link
         // (not this write) finishes the relay. The frames that could not be written are gone.
-        let _ = relay.flush();
+        let written = relay.flush();
+        if relay.peer_closed && (!written || relay.out.is_empty()) {
+            // All the peer sent before its close is with the local end (or can never be).
+            self.close_relay(key, false);
+        }
     }
 
     pub(super) fn relay_of(&self, host: usize, channel: Channel) -> Option<RelayKey> {
@@ -973,9 +985,38 @@ impl EventLoop {
     pub(super) fn close_relay(&mut self, key: RelayKey, tell_peer: bool) {
         let Some(relay) = self.relays.get_mut(key.0).and_then(Option::take) else { return };
         relay.link.shutdown();
-        let Some((host, channel)) = relay.remote() else { return };
+        if !relay.peer_closed {
+            self.forget_channel(relay.remote(), relay.datagrams.is_some(), tell_peer);
+        }
+    }
+
+    /// The peer closed a relay's channel, or is gone: the relay ends once what the peer sent
+    /// before is written to its local end (at once when nothing waits), so that a reply the
+    /// server wrote just before it closed its port reaches its caller whole.
+    fn close_relay_when_written(&mut self, key: RelayKey) {
+        let Some(relay) = self.relays.get_mut(key.0).and_then(Option::as_mut) else { return };
+        if relay.out.is_empty() {
+            return self.close_relay(key, false);
+        }
+        relay.peer_closed = true;
+        // What waited for the peer's link can no longer go: the peer closed.
+        relay.blocked.clear();
+        let (remote, datagrams) = (relay.remote(), relay.datagrams.is_some());
+        // The channel is done with now (its id may come again): only the writing is left.
+        self.forget_channel(remote, datagrams, false);
+    }
+
+    /// Takes a relay's channel (`remote`) off the gateway's books; with `tell_peer`, the peer
+    /// closes its end too.
+    fn forget_channel(
+        &mut self,
+        remote: Option<(usize, Channel)>,
+        datagrams: bool,
+        tell_peer: bool,
+    ) {
+        let Some((host, channel)) = remote else { return };
         let Some(gateway) = &mut self.gateway else { return };
-        if relay.datagrams.is_some() {
+        if datagrams {
             gateway.datagrams_closing.retain(|&(h, c, _)| (h, c) != (host, channel));
         }
         if gateway.channels.remove(&(host, channel)).is_some() && !channel.opened_here {
@@ -990,7 +1031,8 @@ impl EventLoop {
 
     pub(super) fn close_channel(&mut self, host: usize, channel: Channel, tell_peer: bool) {
         match self.relay_of(host, channel) {
-            Some(key) => self.close_relay(key, tell_peer),
+            Some(key) if tell_peer => self.close_relay(key, true),
+            Some(key) => self.close_relay_when_written(key),
             None if tell_peer => {
                 if let Some(gateway) = &mut self.gateway {
                     gateway.peers[host].send_or_keep(channel.stream(), close(channel));

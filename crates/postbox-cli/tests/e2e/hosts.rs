@@ -3,7 +3,9 @@
 //!
 //! No privileges needed: each daemon has its own socket, the host link its own free port.
 
-use postbox::{CallError, ConnectError};
+use std::time::Duration;
+
+use postbox::{CallError, ConnectError, Message};
 
 use crate::util::{
     call_cut_by, calls_are_answered_in_upper_case, connect_remote, stdout_of, wait_until, HostPair,
@@ -46,6 +48,39 @@ fn a_call_and_a_send_to_port_at_host_cross_to_the_other_daemon_and_ls_shows_the_
     let hosts = node.hosts().unwrap();
     assert_eq!(hosts.len(), 1);
     assert!(hosts[0].rtt.is_some() && hosts[0].channels >= 1, "{hosts:?}");
+}
+
+#[test]
+fn a_large_reply_written_just_before_the_server_closes_its_port_arrives_whole_at_the_other_host() {
+    let pair = start_pair();
+    let server_node = pair.b.node();
+    let port = server_node.port("echo").open().unwrap();
+    // More than the caller's socket takes at once (and under the 1 MiB that crosses hosts).
+    let big: Vec<u8> = (0..900u32 << 10).map(|i| (i % 251) as u8).collect();
+    let serving = {
+        let big = big.clone();
+        std::thread::spawn(move || {
+            let mut call = port.recv_timeout(WATCHDOG).unwrap();
+            let sent = call.take_reply_token().unwrap().reply(Message::new(big));
+            assert!(sent.is_ok(), "{}", sent.unwrap_err());
+            drop(port);
+        })
+    };
+    let node = pair.a.node();
+    let connection = connect_remote(&node, "echo@b");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reply = runtime.block_on(async {
+        let mut call = Box::pin(connection.call_async("all of it"));
+        // Polled once (the request goes out); then the caller reads nothing for a while, so
+        // its broker still holds part of the reply when the server's close arrives.
+        let early = tokio::time::timeout(Duration::ZERO, &mut call).await;
+        assert!(early.is_err(), "no reply before the caller reads");
+        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::timeout(WATCHDOG, call).await.expect("the call ends")
+    });
+    serving.join().unwrap();
+    let reply = reply.unwrap_or_else(|e| panic!("the reply written before the close: {e}"));
+    assert!(reply.body() == big.as_slice(), "{} of {} bytes", reply.body().len(), big.len());
 }
 
 #[test]
