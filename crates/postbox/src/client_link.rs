@@ -939,58 +939,75 @@ impl Drop for ClientLink {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::{Broker, CallError, Message};
+    use crate::{Broker, BrokerConfig, CallError, Connection, Message, Node, Port};
 
-    #[test]
-    fn a_reply_written_before_the_server_closed_reaches_its_caller_though_another_call_found_the_link_closed(
-    ) {
-        let broker = Broker::embedded().unwrap();
+    /// A port and a connection to it, over shared memory or a Unix socketpair.
+    struct Connected {
+        port: Port,
+        connection: Connection,
+        _nodes: [Node; 2],
+        _broker: Broker,
+    }
+
+    fn connected(shared_memory: bool) -> Connected {
+        let broker = Broker::embedded_with(|c: BrokerConfig| c.shared_memory(shared_memory));
+        let broker = broker.unwrap();
         let server = broker.node().unwrap();
         let port = server.port("late-close").open().unwrap();
         let client = broker.node().unwrap();
         let connection = client.connect("late-close").unwrap();
-        let serving = std::thread::spawn(move || {
-            let mut call = port.recv().unwrap();
-            call.take_reply_token().unwrap().reply(Message::new("answer")).unwrap();
-            // The port goes with its links right after the reply.
-            drop(port);
-        });
-        let other = connection.clone();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let reply = connection.call_while(Message::new("question"), Some(deadline), || {
-            // Before this caller looks for its reply: the server answered and left, and
-            // another user of the connection finds the link closed.
-            serving.join().unwrap();
-            let late = other.call_timeout("too late", Duration::from_secs(20));
-            assert!(matches!(late, Err(CallError::Disconnected(_))), "{late:?}");
-        });
-        assert_eq!(reply.expect("the reply written before the close").body(), b"answer");
+        Connected { port, connection, _nodes: [server, client], _broker: broker }
+    }
+
+    #[test]
+    fn a_reply_written_before_the_server_closed_reaches_its_caller_though_another_call_found_the_link_closed(
+    ) {
+        for shared_memory in [true, false] {
+            let Connected { port, connection, _nodes, _broker } = connected(shared_memory);
+            let serving = std::thread::spawn(move || {
+                let mut call = port.recv().unwrap();
+                call.take_reply_token().unwrap().reply(Message::new("answer")).unwrap();
+                // The port goes with its links right after the reply.
+                drop(port);
+            });
+            let other = connection.clone();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let reply = connection.call_while(Message::new("question"), Some(deadline), || {
+                // Before this caller looks for its reply: the server answered and left, and
+                // another user of the connection finds the link closed.
+                serving.join().unwrap();
+                let late = other.call_timeout("too late", Duration::from_secs(20));
+                assert!(matches!(late, Err(CallError::Disconnected(_))), "{late:?}");
+            });
+            let reply = reply.unwrap_or_else(|e| panic!("shared memory {shared_memory}: {e}"));
+            assert_eq!(reply.body(), b"answer");
+        }
     }
 
     #[tokio::test]
     async fn an_async_call_gets_the_reply_written_before_the_server_closed_though_another_found_it_closed(
     ) {
-        let broker = Broker::embedded().unwrap();
-        let server = broker.node().unwrap();
-        let port = server.port("late-close").open().unwrap();
-        let client = broker.node().unwrap();
-        let connection = client.connect("late-close").unwrap();
-        let (go, told) = std::sync::mpsc::channel::<()>();
-        let serving = std::thread::spawn(move || {
-            let mut call = port.recv().unwrap();
-            told.recv().unwrap();
-            call.take_reply_token().unwrap().reply(Message::new("answer")).unwrap();
-            drop(port);
-        });
-        let mut first = Box::pin(connection.call_async("question"));
-        // Polled until its request is out and it waits for the reply (the server holds it).
-        let waited = tokio::time::timeout(Duration::from_millis(50), &mut first).await;
-        assert!(waited.is_err(), "no reply before the server is told to answer");
-        go.send(()).unwrap();
-        serving.join().unwrap();
-        let late = connection.call_async("too late").await;
-        assert!(matches!(late, Err(CallError::Disconnected(_))), "{late:?}");
-        let reply = tokio::time::timeout(Duration::from_secs(20), first).await.unwrap();
-        assert_eq!(reply.expect("the reply written before the close").body(), b"answer");
+        for shared_memory in [true, false] {
+            let Connected { port, connection, _nodes, _broker } = connected(shared_memory);
+            let (go, told) = std::sync::mpsc::channel::<()>();
+            let serving = std::thread::spawn(move || {
+                let mut call = port.recv().unwrap();
+                told.recv().unwrap();
+                call.take_reply_token().unwrap().reply(Message::new("answer")).unwrap();
+                drop(port);
+            });
+            let mut first = Box::pin(connection.call_async("question"));
+            // Polled until its request is out and it waits for the reply (the server holds
+            // it).
+            let waited = tokio::time::timeout(Duration::from_millis(50), &mut first).await;
+            assert!(waited.is_err(), "no reply before the server is told to answer");
+            go.send(()).unwrap();
+            serving.join().unwrap();
+            let late = connection.call_async("too late").await;
+            assert!(matches!(late, Err(CallError::Disconnected(_))), "{late:?}");
+            let reply = tokio::time::timeout(Duration::from_secs(20), first).await.unwrap();
+            let reply = reply.unwrap_or_else(|e| panic!("shared memory {shared_memory}: {e}"));
+            assert_eq!(reply.body(), b"answer");
+        }
     }
 }
